@@ -1,0 +1,68 @@
+//! Discovery and server capabilities:
+//! `GET /_matrix/client/versions`, `GET /.well-known/matrix/client`,
+//! `GET /.well-known/matrix/server`, `GET /_matrix/client/v3/capabilities`
+//! (spec: "Server Discovery", "Capabilities negotiation").
+
+use axum::{Json, Router, extract::State, routing::get};
+use ruma::api::client::discovery::{get_capabilities, get_supported_versions};
+use serde_json::{Value, json};
+
+use crate::{
+    api::{
+        auth::AuthUser,
+        ruma::{RouterExt, Ruma, RumaResponse},
+    },
+    app::AppState,
+    error::{Error, Result},
+};
+
+/// The spec versions whose endpoints Lattice serves. Raised as features land.
+const VERSIONS: &[&str] = &[
+    "r0.5.0", "r0.6.0", "r0.6.1", "v1.1", "v1.2", "v1.3", "v1.4", "v1.5",
+];
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .ruma::<get_supported_versions::Request, _, _>(versions)
+        .ruma::<get_capabilities::v3::Request, _, _>(capabilities)
+        .route("/.well-known/matrix/client", get(well_known_client))
+        .route("/.well-known/matrix/server", get(well_known_server))
+}
+
+async fn versions(
+    Ruma(_): Ruma<get_supported_versions::Request>,
+) -> RumaResponse<get_supported_versions::Response> {
+    let response =
+        get_supported_versions::Response::new(VERSIONS.iter().map(|v| (*v).to_owned()).collect());
+    RumaResponse(response)
+}
+
+/// Only capabilities that hold today: password changes work; display names, avatars
+/// and third-party IDs cannot be changed yet; no login tokens.
+async fn capabilities(
+    AuthUser(_): AuthUser,
+    Ruma(_): Ruma<get_capabilities::v3::Request>,
+) -> Json<Value> {
+    Json(json!({
+        "capabilities": {
+            "m.change_password": { "enabled": true },
+            "m.set_displayname": { "enabled": false },
+            "m.set_avatar_url": { "enabled": false },
+            "m.3pid_changes": { "enabled": false },
+            "m.get_login_token": { "enabled": false },
+        }
+    }))
+}
+
+async fn well_known_client(State(state): State<AppState>) -> Json<Value> {
+    Json(json!({ "m.homeserver": { "base_url": state.config.public_baseurl() } }))
+}
+
+/// Served only when `federation_delegate` is configured; otherwise other servers
+/// fall back to SRV records and port 8448, as the spec's discovery says.
+async fn well_known_server(State(state): State<AppState>) -> Result<Json<Value>> {
+    match &state.config.federation_delegate {
+        Some(delegate) => Ok(Json(json!({ "m.server": delegate }))),
+        None => Err(Error::not_found("No federation delegation configured")),
+    }
+}

@@ -1,0 +1,20 @@
+//! The Client-Server API, one module per group of endpoints as in the spec.
+
+mod account;
+mod devices;
+mod discovery;
+mod register;
+mod session;
+
+use axum::Router;
+
+use crate::app::AppState;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .merge(discovery::router())
+        .merge(register::router())
+        .merge(session::router())
+        .merge(account::router())
+        .merge(devices::router())
+}

@@ -1,0 +1,88 @@
+//! Account registration:
+//! `POST /_matrix/client/v3/register`, `GET /_matrix/client/v3/register/available`,
+//! `GET /_matrix/client/v1/register/m.login.registration_token/validity`
+//! (spec: "Account registration and management").
+
+use axum::{Router, extract::State};
+use ruma::api::client::account::{
+    check_registration_token_validity, get_username_availability, register,
+};
+
+use crate::{
+    api::{
+        auth::ClientIp,
+        rate_limited,
+        ruma::{RouterExt, Ruma, RumaResponse},
+    },
+    app::AppState,
+    error::Result,
+    service::account::{self, Registration},
+    storage::{now_ms, registration_tokens},
+};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .ruma::<register::v3::Request, _, _>(register)
+        .ruma::<get_username_availability::v3::Request, _, _>(available)
+        .ruma::<check_registration_token_validity::v1::Request, _, _>(token_validity)
+}
+
+async fn register(
+    State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
+    Ruma(req): Ruma<register::v3::Request>,
+) -> Result<RumaResponse<register::v3::Response>> {
+    rate_limited(state.login_limiter.check(&ip.clone().unwrap_or_default()))?;
+    let registered = account::register(
+        &state,
+        Registration {
+            username: req.username,
+            password: req.password,
+            device_id: req.device_id,
+            display_name: req.initial_device_display_name,
+            inhibit_login: req.inhibit_login,
+            refreshable: req.refresh_token,
+            guest: req.kind == register::RegistrationKind::Guest,
+            auth: req.auth,
+            ip,
+        },
+    )
+    .await?;
+    let mut response = register::v3::Response::new(registered.user_id);
+    if let Some(tokens) = registered.tokens {
+        response.access_token = Some(tokens.access_token);
+        response.device_id = Some(tokens.device_id);
+        response.refresh_token = tokens.refresh_token;
+        response.expires_in = tokens.expires_in;
+    }
+    Ok(RumaResponse(response))
+}
+
+async fn available(
+    State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
+    Ruma(req): Ruma<get_username_availability::v3::Request>,
+) -> Result<RumaResponse<get_username_availability::v3::Response>> {
+    rate_limited(state.login_limiter.check(&ip.unwrap_or_default()))?;
+    account::username_available(&state, &req.username).await?;
+    Ok(RumaResponse(get_username_availability::v3::Response::new(
+        true,
+    )))
+}
+
+async fn token_validity(
+    State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
+    Ruma(req): Ruma<check_registration_token_validity::v1::Request>,
+) -> Result<RumaResponse<check_registration_token_validity::v1::Response>> {
+    rate_limited(state.login_limiter.check(&ip.unwrap_or_default()))?;
+    if !state.config.registration.tokens {
+        return Err(crate::error::Error::forbidden(
+            "Registration tokens are not enabled",
+        ));
+    }
+    let valid = registration_tokens::is_valid(&state.db, &req.token, now_ms()).await?;
+    Ok(RumaResponse(
+        check_registration_token_validity::v1::Response::new(valid),
+    ))
+}

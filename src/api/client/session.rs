@@ -1,0 +1,118 @@
+//! Login and sessions:
+//! `GET/POST /_matrix/client/v3/login`, `POST /_matrix/client/v3/refresh`,
+//! `POST /_matrix/client/v3/logout`, `POST /_matrix/client/v3/logout/all`,
+//! `GET /_matrix/client/v3/account/whoami` (spec: "Login", "Account management").
+
+use axum::{Router, extract::State};
+use ruma::api::client::{
+    account::whoami,
+    session::{get_login_types, login, logout, logout_all, refresh_token},
+    uiaa::UserIdentifier,
+};
+
+use crate::{
+    api::{
+        auth::{AuthUser, ClientIp},
+        rate_limited,
+        ruma::{RouterExt, Ruma, RumaResponse},
+    },
+    app::AppState,
+    domain::localpart,
+    error::{Error, ErrorKind, Result},
+    service::session,
+};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .ruma::<get_login_types::v3::Request, _, _>(login_types)
+        .ruma::<login::v3::Request, _, _>(login)
+        .ruma::<refresh_token::v3::Request, _, _>(refresh)
+        .ruma::<logout::v3::Request, _, _>(logout)
+        .ruma::<logout_all::v3::Request, _, _>(logout_all)
+        .ruma::<whoami::v3::Request, _, _>(whoami)
+}
+
+async fn login_types(
+    Ruma(_): Ruma<get_login_types::v3::Request>,
+) -> RumaResponse<get_login_types::v3::Response> {
+    let password = get_login_types::v3::LoginType::Password(Default::default());
+    RumaResponse(get_login_types::v3::Response::new(vec![password]))
+}
+
+#[allow(deprecated)] // the legacy top-level `user` field is still sent by old clients
+async fn login(
+    State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
+    Ruma(req): Ruma<login::v3::Request>,
+) -> Result<RumaResponse<login::v3::Response>> {
+    rate_limited(state.login_limiter.check(&ip.clone().unwrap_or_default()))?;
+    let login::v3::LoginInfo::Password(info) = req.login_info else {
+        return Err(Error::new(ErrorKind::BadRequest, "Unsupported login type"));
+    };
+    let user = match (&info.identifier, &info.user) {
+        (Some(UserIdentifier::Matrix(id)), _) => id.user.clone(),
+        (None, Some(user)) => user.clone(),
+        (Some(_), _) => {
+            return Err(Error::new(
+                ErrorKind::BadRequest,
+                "Unsupported identifier type",
+            ));
+        }
+        (None, None) => return Err(Error::bad_json("Missing identifier")),
+    };
+    let user_id = localpart::login_user_id(&user, &state.server_name)
+        .filter(|u| u.server_name() == state.server_name)
+        .ok_or_else(|| Error::forbidden("Invalid username or password"))?;
+    let issued = session::login_password(
+        &state,
+        &user_id,
+        info.password,
+        req.device_id,
+        req.initial_device_display_name.as_deref(),
+        req.refresh_token,
+        ip.as_deref(),
+    )
+    .await?;
+    let mut response = login::v3::Response::new(user_id, issued.access_token, issued.device_id);
+    response.refresh_token = issued.refresh_token;
+    response.expires_in = issued.expires_in;
+    Ok(RumaResponse(response))
+}
+
+async fn refresh(
+    State(state): State<AppState>,
+    Ruma(req): Ruma<refresh_token::v3::Request>,
+) -> Result<RumaResponse<refresh_token::v3::Response>> {
+    let issued = session::refresh(&state, &req.refresh_token).await?;
+    let mut response = refresh_token::v3::Response::new(issued.access_token);
+    response.refresh_token = issued.refresh_token;
+    response.expires_in_ms = issued.expires_in;
+    Ok(RumaResponse(response))
+}
+
+async fn logout(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    Ruma(_): Ruma<logout::v3::Request>,
+) -> Result<RumaResponse<logout::v3::Response>> {
+    session::logout(&state, &user).await?;
+    Ok(RumaResponse(logout::v3::Response::new()))
+}
+
+async fn logout_all(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    Ruma(_): Ruma<logout_all::v3::Request>,
+) -> Result<RumaResponse<logout_all::v3::Response>> {
+    session::logout_all(&state, &user).await?;
+    Ok(RumaResponse(logout_all::v3::Response::new()))
+}
+
+async fn whoami(
+    AuthUser(user): AuthUser,
+    Ruma(_): Ruma<whoami::v3::Request>,
+) -> RumaResponse<whoami::v3::Response> {
+    let mut response = whoami::v3::Response::new(user.user_id, user.is_guest);
+    response.device_id = Some(user.device_id);
+    RumaResponse(response)
+}

@@ -1,0 +1,28 @@
+//! `Json<T>` for endpoints that are not ruma types (Synapse's admin API): the same
+//! body rules as `Ruma<T>` (size limit, `M_NOT_JSON`, `M_BAD_JSON`).
+
+use axum::extract::{FromRef, FromRequest, Request};
+use serde::de::DeserializeOwned;
+
+use super::ruma::{check_json, read_body};
+use crate::{app::AppState, error::Error};
+
+pub struct Json<T>(pub T);
+
+impl<S, T> FromRequest<S> for Json<T>
+where
+    S: Send + Sync,
+    AppState: FromRef<S>,
+    T: DeserializeOwned,
+{
+    type Rejection = Error;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let app = AppState::from_ref(state);
+        let bytes = read_body(req.into_body(), app.config.limits.max_request_body_bytes).await?;
+        check_json(&bytes)?;
+        serde_json::from_slice(&bytes)
+            .map(Json)
+            .map_err(|e| Error::bad_json(format!("Invalid request: {e}")))
+    }
+}

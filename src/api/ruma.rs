@@ -1,0 +1,157 @@
+//! Typed endpoints: the `Ruma<T>` extractor turns an HTTP request into ruma's
+//! request type `T`, `RumaResponse<R>` renders ruma's response type, and
+//! [`RouterExt::ruma`] registers a handler on every path ruma knows for `T`.
+//!
+//! Body rules shared by every JSON endpoint: larger than `limits.max_request_body_bytes`
+//! → `413 M_TOO_LARGE`; not JSON → `400 M_NOT_JSON`; JSON of the wrong shape →
+//! `400 M_BAD_JSON`. Endpoints the spec marks rate-limited take a token from the
+//! caller's bucket (user if authenticated, else IP).
+
+use axum::{
+    Router,
+    body::Body,
+    extract::{FromRef, FromRequest, FromRequestParts, RawPathParams, Request},
+    handler::Handler,
+    http::StatusCode,
+    response::{IntoResponse, Response},
+    routing::{MethodFilter, on},
+};
+use ruma::api::{
+    IncomingRequest, IncomingRequestExt, OutgoingResponse, OutgoingResponseExt,
+    error::DeserializationError, error::FromHttpRequestError, path_builder::PathBuilder,
+};
+
+use super::{auth::client_ip, rate_limited};
+use crate::{
+    app::AppState,
+    error::{Error, ErrorKind},
+    service::session::Session,
+};
+
+/// A request of ruma type `T`, parsed and validated.
+pub struct Ruma<T>(pub T);
+
+impl<S, T> FromRequest<S> for Ruma<T>
+where
+    S: Send + Sync,
+    AppState: FromRef<S>,
+    T: IncomingRequest,
+{
+    type Rejection = Error;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let app = AppState::from_ref(state);
+        let (mut parts, body) = req.into_parts();
+
+        if T::RATE_LIMITED {
+            let key = match parts.extensions.get::<Session>() {
+                Some(session) => session.user_id.to_string(),
+                None => client_ip(&parts)
+                    .map(|ip| ip.to_string())
+                    .unwrap_or_default(),
+            };
+            rate_limited(app.client_limiter.check(&key))?;
+        }
+
+        let params = RawPathParams::from_request_parts(&mut parts, state)
+            .await
+            .map_err(|e| Error::invalid_param(format!("Invalid path parameter: {e}")))?;
+        let params: Vec<&str> = params.iter().map(|(_, v)| v).collect();
+
+        let bytes = read_body(body, app.config.limits.max_request_body_bytes).await?;
+        if !bytes.is_empty() && is_json_content(&parts.headers) {
+            check_json(&bytes)?;
+        }
+        let request = http::Request::from_parts(parts, bytes.as_ref());
+        T::try_from_http_request(request, &params)
+            .map(Ruma)
+            .map_err(request_error)
+    }
+}
+
+/// Reads a whole body, refusing more than `limit` bytes with `M_TOO_LARGE`.
+pub async fn read_body(body: Body, limit: usize) -> Result<bytes::Bytes, Error> {
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        let inner = e.into_inner();
+        if inner
+            .downcast_ref::<http_body_util::LengthLimitError>()
+            .is_some()
+        {
+            Error::new(ErrorKind::TooLarge, "Request body too large")
+        } else {
+            Error::bad_json(format!("Could not read request body: {inner}"))
+        }
+    })
+}
+
+fn is_json_content(headers: &http::HeaderMap) -> bool {
+    match headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    {
+        None => true,
+        Some(ct) => ct.contains("json") || ct.starts_with("text/plain"),
+    }
+}
+
+/// Distinguishes "not JSON at all" from "JSON of the wrong shape".
+pub fn check_json(bytes: &[u8]) -> Result<(), Error> {
+    serde_json::from_slice::<serde::de::IgnoredAny>(bytes)
+        .map(|_| ())
+        .map_err(|e| Error::new(ErrorKind::NotJson, format!("Content not JSON: {e}")))
+}
+
+fn request_error(e: FromHttpRequestError) -> Error {
+    match e {
+        FromHttpRequestError::MethodMismatch { .. } => {
+            Error::unrecognized(StatusCode::METHOD_NOT_ALLOWED)
+        }
+        FromHttpRequestError::Deserialization(DeserializationError::Query(e)) => {
+            Error::invalid_param(format!("Invalid query parameters: {e}"))
+        }
+        FromHttpRequestError::Deserialization(DeserializationError::Ident(e)) => {
+            Error::invalid_param(format!("Invalid identifier: {e}"))
+        }
+        FromHttpRequestError::Deserialization(e) => {
+            Error::bad_json(format!("Invalid request: {e}"))
+        }
+        _ => Error::bad_json("Invalid request"),
+    }
+}
+
+/// A ruma response type, rendered as HTTP.
+pub struct RumaResponse<R>(pub R);
+
+impl<R: OutgoingResponse> IntoResponse for RumaResponse<R> {
+    fn into_response(self) -> Response {
+        match self.0.try_into_http_response::<bytes::BytesMut>() {
+            Ok(response) => response.map(|body| Body::from(body.freeze())),
+            Err(e) => Error::Internal(anyhow::anyhow!("serialising response: {e}")).into_response(),
+        }
+    }
+}
+
+pub trait RouterExt {
+    /// Routes every path ruma knows for `T` (stable and unstable) with `T`'s method
+    /// to `handler`.
+    fn ruma<T, H, X>(self, handler: H) -> Self
+    where
+        T: IncomingRequest,
+        H: Handler<X, AppState>,
+        X: 'static;
+}
+
+impl RouterExt for Router<AppState> {
+    fn ruma<T, H, X>(self, handler: H) -> Self
+    where
+        T: IncomingRequest,
+        H: Handler<X, AppState>,
+        X: 'static,
+    {
+        let method =
+            MethodFilter::try_from(T::METHOD).expect("ruma endpoints use standard methods");
+        T::PATH_BUILDER.all_paths().fold(self, |router, path| {
+            router.route(path, on(method, handler.clone()))
+        })
+    }
+}

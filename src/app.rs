@@ -1,0 +1,149 @@
+//! Application assembly: the shared state, the listeners, background workers and
+//! graceful shutdown on one cancellation token.
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use anyhow::Context;
+use ruma::OwnedServerName;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    api,
+    config::{Bucket, Config, Resource},
+    service::{ratelimit::RateLimiter, uia},
+    storage::{Database, Pool},
+};
+
+/// Everything a handler or service may use. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub db: Pool,
+    pub server_name: OwnedServerName,
+    /// Endpoints the spec marks rate-limited, per user or IP.
+    pub client_limiter: Arc<RateLimiter>,
+    /// Login and registration attempts, per IP.
+    pub login_limiter: Arc<RateLimiter>,
+    /// Throttles device last-seen writes to one a minute per device.
+    pub device_touch_limiter: Arc<RateLimiter>,
+    /// Nonces handed out for shared-secret registration.
+    pub nonces: Arc<Mutex<HashMap<String, Instant>>>,
+}
+
+impl AppState {
+    pub fn new(config: Config, db: Pool) -> Self {
+        let limits = &config.rate_limits;
+        Self {
+            server_name: config.server_name(),
+            client_limiter: Arc::new(RateLimiter::new(limits.enabled, limits.client)),
+            login_limiter: Arc::new(RateLimiter::new(limits.enabled, limits.login)),
+            device_touch_limiter: Arc::new(RateLimiter::new(
+                true,
+                Bucket {
+                    per_second: 1.0 / 60.0,
+                    burst: 1,
+                },
+            )),
+            nonces: Arc::default(),
+            config: Arc::new(config),
+            db,
+        }
+    }
+}
+
+/// A running server: its bound addresses and the handle that stops it.
+pub struct Server {
+    pub addrs: Vec<SocketAddr>,
+    shutdown: CancellationToken,
+    tasks: tokio::task::JoinSet<()>,
+}
+
+impl Server {
+    /// Binds every listener and starts serving and the workers.
+    pub async fn start(state: AppState) -> anyhow::Result<Self> {
+        let shutdown = CancellationToken::new();
+        let mut tasks = tokio::task::JoinSet::new();
+        let mut addrs = Vec::new();
+        for listener in &state.config.listeners {
+            let tcp = TcpListener::bind(listener.bind)
+                .await
+                .with_context(|| format!("binding listener {}", listener.bind))?;
+            let addr = tcp.local_addr()?;
+            addrs.push(addr);
+            let client = listener.resources.contains(&Resource::Client);
+            let router = api::router(state.clone(), client);
+            let token = shutdown.clone();
+            tracing::info!(%addr, resources = ?listener.resources, "listening");
+            tasks.spawn(async move {
+                let service = router.into_make_service_with_connect_info::<SocketAddr>();
+                let served = axum::serve(tcp, service)
+                    .with_graceful_shutdown(async move { token.cancelled().await })
+                    .await;
+                if let Err(e) = served {
+                    tracing::error!(error = %e, "listener failed");
+                }
+            });
+        }
+        tasks.spawn(purge_worker(state.clone(), shutdown.clone()));
+        Ok(Self {
+            addrs,
+            shutdown,
+            tasks,
+        })
+    }
+
+    /// Stops accepting, lets in-flight requests finish, stops the workers.
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        while self.tasks.join_next().await.is_some() {}
+    }
+
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+}
+
+/// Periodic clean-up of expired rows (UIA sessions and the token uses they held).
+async fn purge_worker(state: AppState, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(300));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {
+                if let Err(e) = uia::purge_expired(&state).await {
+                    tracing::warn!(error = %e, "purging expired UIA sessions failed");
+                }
+            }
+        }
+    }
+}
+
+/// `lattice serve`: open the database (embedded or configured), migrate, serve until
+/// SIGTERM or ctrl-c, then shut down in order: listeners, workers, pool, cluster.
+pub async fn serve(config: Config) -> anyhow::Result<()> {
+    let db = Database::open(&config).await?;
+    db.migrate().await?;
+    let state = AppState::new(config, db.pool.clone());
+    let server = Server::start(state).await?;
+    wait_for_signal().await;
+    tracing::info!("shutting down");
+    server.stop().await;
+    db.close().await;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing the SIGTERM handler");
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term.recv() => {}
+    }
+}

@@ -1,0 +1,376 @@
+//! Configuration: a TOML file (see `config/lattice.example.toml`) overridden by
+//! environment variables named `LATTICE__SECTION__KEY` (for example
+//! `LATTICE__DATABASE__URL`, `LATTICE__SERVER_NAME`).
+//!
+//! Every field has a default, so Lattice starts with no file at all: it then serves
+//! `localhost` on port 8008 with its own embedded PostgreSQL under `./data`, and
+//! registration closed.
+
+use std::{
+    fmt,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context, bail};
+use figment::{
+    Figment,
+    providers::{Env, Format, Serialized, Toml},
+};
+use ruma::{OwnedServerName, RoomVersionId, ServerName};
+use serde::{Deserialize, Serialize};
+
+/// The whole configuration. Sections mirror `config/lattice.example.toml`.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// The domain part of user IDs (`@alice:server_name`). Cannot change after the
+    /// first start.
+    pub server_name: String,
+    /// The URL clients reach this server at, advertised in `.well-known/matrix/client`.
+    pub public_baseurl: Option<String>,
+    /// Where federation traffic for `server_name` should go, advertised in
+    /// `.well-known/matrix/server` (for example `matrix.example.org:443`).
+    pub federation_delegate: Option<String>,
+    /// Directory for the embedded database, media and keys.
+    pub data_dir: PathBuf,
+    /// Log filter in `tracing` syntax (`info`, `lattice=debug,sqlx=warn`, ...).
+    pub log: String,
+    pub listeners: Vec<Listener>,
+    pub database: Database,
+    pub registration: Registration,
+    pub auth: Auth,
+    pub rate_limits: RateLimits,
+    pub limits: Limits,
+    pub rooms: Rooms,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listener {
+    /// Address and port to bind, for example `0.0.0.0:8008` or `[::]:8008`.
+    pub bind: SocketAddr,
+    /// What this listener serves: `client` (Client-Server API and admin API) and/or
+    /// `federation` (Server-Server API).
+    #[serde(default = "default_resources")]
+    pub resources: Vec<Resource>,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Resource {
+    Client,
+    Federation,
+}
+
+fn default_resources() -> Vec<Resource> {
+    vec![Resource::Client, Resource::Federation]
+}
+
+#[derive(Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Database {
+    /// `postgres://user:password@host:port/dbname`. Unset: Lattice runs its own
+    /// PostgreSQL cluster under `<data_dir>/postgres`.
+    pub url: Option<String>,
+    pub max_connections: u32,
+    /// How long to keep retrying while the database is not reachable at start.
+    pub startup_timeout_secs: u64,
+    /// The unprivileged OS user that runs the embedded cluster when Lattice is
+    /// started as root (PostgreSQL refuses to run as root).
+    pub embedded_os_user: String,
+}
+
+impl fmt::Debug for Database {
+    // The URL may carry a password: never print it.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Database")
+            .field("url", &self.url.as_ref().map(|_| "<redacted>"))
+            .field("max_connections", &self.max_connections)
+            .field("startup_timeout_secs", &self.startup_timeout_secs)
+            .field("embedded_os_user", &self.embedded_os_user)
+            .finish()
+    }
+}
+
+impl Default for Database {
+    fn default() -> Self {
+        Self {
+            url: None,
+            max_connections: 16,
+            startup_timeout_secs: 120,
+            embedded_os_user: "postgres".into(),
+        }
+    }
+}
+
+#[derive(Clone, Deserialize, Serialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Registration {
+    /// Anyone may register (`m.login.dummy`). Off by default.
+    pub open: bool,
+    /// Registration with a token (`m.login.registration_token`); tokens are created
+    /// with `lattice admin registration-token create`.
+    pub tokens: bool,
+    /// Shared secret for `/_synapse/admin/v1/register` (HMAC-SHA1, as Synapse).
+    /// Empty or unset: that endpoint is disabled.
+    pub shared_secret: Option<String>,
+    /// Allow `kind=guest` registration.
+    pub guests: bool,
+}
+
+impl fmt::Debug for Registration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Registration")
+            .field("open", &self.open)
+            .field("tokens", &self.tokens)
+            .field(
+                "shared_secret",
+                &self.shared_secret.as_ref().map(|_| "<redacted>"),
+            )
+            .field("guests", &self.guests)
+            .finish()
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Auth {
+    /// Lifetime of access tokens issued together with a refresh token.
+    pub refreshable_token_lifetime_secs: u64,
+    /// argon2id memory cost in KiB (OWASP minimum: 19456).
+    pub argon2_memory_kib: u32,
+    /// argon2id iterations.
+    pub argon2_iterations: u32,
+    /// Lifetime of a user-interactive authentication session.
+    pub uia_session_lifetime_secs: u64,
+}
+
+impl Default for Auth {
+    fn default() -> Self {
+        Self {
+            refreshable_token_lifetime_secs: 300,
+            argon2_memory_kib: 19456,
+            argon2_iterations: 2,
+            uia_session_lifetime_secs: 900,
+        }
+    }
+}
+
+/// Token-bucket rate limits. `per_second` is the refill rate, `burst` the bucket size.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimits {
+    /// Switch every limit off (benchmarks, trusted test setups).
+    pub enabled: bool,
+    /// Endpoints the spec marks rate-limited, keyed by user (or by IP when
+    /// unauthenticated).
+    pub client: Bucket,
+    /// Login and registration attempts, keyed by IP.
+    pub login: Bucket,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Bucket {
+    pub per_second: f64,
+    pub burst: u32,
+}
+
+impl Default for RateLimits {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            client: Bucket {
+                per_second: 10.0,
+                burst: 50,
+            },
+            login: Bucket {
+                per_second: 0.5,
+                burst: 10,
+            },
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest request body accepted on JSON endpoints.
+    pub max_request_body_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_request_body_bytes: 1024 * 1024,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Rooms {
+    /// Room version for new rooms.
+    pub default_version: String,
+}
+
+impl Default for Rooms {
+    fn default() -> Self {
+        Self {
+            default_version: "12".into(),
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            server_name: "localhost".into(),
+            public_baseurl: None,
+            federation_delegate: None,
+            data_dir: PathBuf::from("data"),
+            log: "info".into(),
+            listeners: vec![Listener {
+                bind: "0.0.0.0:8008".parse().expect("static address"),
+                resources: default_resources(),
+            }],
+            database: Database::default(),
+            registration: Registration::default(),
+            auth: Auth::default(),
+            rate_limits: RateLimits::default(),
+            limits: Limits::default(),
+            rooms: Rooms::default(),
+        }
+    }
+}
+
+impl Config {
+    /// Defaults, then the file (if given), then `LATTICE__*` environment variables.
+    pub fn load(file: Option<&Path>) -> anyhow::Result<Self> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(file) = file {
+            if !file.exists() {
+                bail!("config file {} does not exist", file.display());
+            }
+            figment = figment.merge(Toml::file_exact(file));
+        }
+        figment = figment.merge(Env::prefixed("LATTICE__").split("__"));
+        let config: Config = figment.extract().map_err(|e| {
+            // figment names the key ("for key `database.url`") and the source.
+            anyhow::anyhow!("invalid configuration: {e}")
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks that cannot be expressed in the types. Each message names its key.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        ServerName::parse(&self.server_name)
+            .with_context(|| format!("invalid `server_name` {:?}", self.server_name))?;
+        if self.listeners.is_empty() {
+            bail!("`listeners` must contain at least one listener");
+        }
+        if let Some(url) = &self.public_baseurl
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            bail!("`public_baseurl` must start with http:// or https://, got {url:?}");
+        }
+        if self.database.max_connections == 0 {
+            bail!("`database.max_connections` must be at least 1");
+        }
+        if let Some(url) = &self.database.url
+            && !(url.starts_with("postgres://") || url.starts_with("postgresql://"))
+        {
+            bail!("`database.url` must be a postgres:// URL");
+        }
+        RoomVersionId::try_from(self.rooms.default_version.as_str())
+            .ok()
+            .filter(|v| crate::domain::room_version::is_supported(v))
+            .with_context(|| {
+                format!(
+                    "`rooms.default_version` {:?} is not a supported room version",
+                    self.rooms.default_version
+                )
+            })?;
+        for (key, bucket) in [
+            ("rate_limits.client", &self.rate_limits.client),
+            ("rate_limits.login", &self.rate_limits.login),
+        ] {
+            if !(bucket.per_second > 0.0) || bucket.burst == 0 {
+                bail!("`{key}` needs per_second > 0 and burst >= 1");
+            }
+        }
+        if self.limits.max_request_body_bytes < 1024 {
+            bail!("`limits.max_request_body_bytes` must be at least 1024");
+        }
+        if self.auth.argon2_memory_kib < 8 || self.auth.argon2_iterations == 0 {
+            bail!("`auth.argon2_memory_kib` must be >= 8 and `auth.argon2_iterations` >= 1");
+        }
+        Ok(())
+    }
+
+    pub fn server_name(&self) -> OwnedServerName {
+        ServerName::parse(&self.server_name).expect("validated at load")
+    }
+
+    /// The base URL clients should use, derived from the first listener when unset.
+    pub fn public_baseurl(&self) -> String {
+        match &self.public_baseurl {
+            Some(url) => url.trim_end_matches('/').to_owned() + "/",
+            None => format!(
+                "http://{}:{}/",
+                self.server_name,
+                self.listeners[0].bind.port()
+            ),
+        }
+    }
+
+    pub fn shared_secret(&self) -> Option<&str> {
+        self.registration
+            .shared_secret
+            .as_deref()
+            .filter(|s| !s.is_empty())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_config_parses_and_matches_defaults_where_uncommented() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/lattice.example.toml");
+        let config = Config::load(Some(&path)).expect("example config loads");
+        assert_eq!(config.server_name, "example.org");
+        assert!(!config.registration.open);
+        assert!(config.rate_limits.enabled);
+    }
+
+    #[test]
+    fn invalid_value_names_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bad.toml");
+        std::fs::write(&path, "[database]\nmax_connections = \"many\"\n").unwrap();
+        let err = Config::load(Some(&path)).unwrap_err().to_string();
+        assert!(err.contains("database.max_connections"), "{err}");
+    }
+
+    #[test]
+    fn unknown_key_is_rejected_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bad.toml");
+        std::fs::write(&path, "[registration]\nopne = true\n").unwrap();
+        let err = Config::load(Some(&path)).unwrap_err().to_string();
+        assert!(err.contains("opne"), "{err}");
+    }
+
+    #[test]
+    fn bad_server_name_is_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bad.toml");
+        std::fs::write(&path, "server_name = \"not a name\"\n").unwrap();
+        let err = Config::load(Some(&path)).unwrap_err().to_string();
+        assert!(err.contains("server_name"), "{err}");
+    }
+}

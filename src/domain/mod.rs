@@ -1,0 +1,6 @@
+//! Pure rules, no I/O. Imports ruma, never sqlx.
+
+pub mod localpart;
+pub mod password;
+pub mod room_version;
+pub mod token;

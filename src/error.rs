@@ -1,0 +1,181 @@
+//! The one error type of the service and API layers, rendered as Matrix error JSON
+//! (`{"errcode": "M_…", "error": "…"}`) with the status the spec gives each code.
+//!
+//! Internal failures (database, I/O) become a logged `500 M_UNKNOWN` whose body
+//! leaks no detail.
+
+use axum::{
+    Json,
+    http::StatusCode,
+    response::{IntoResponse, Response},
+};
+use serde_json::{Value, json};
+
+/// Matrix error codes Lattice returns, each with its HTTP status.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ErrorKind {
+    Forbidden,
+    UnknownToken {
+        soft_logout: bool,
+    },
+    MissingToken,
+    BadJson,
+    NotJson,
+    NotFound,
+    LimitExceeded {
+        retry_after_ms: u64,
+    },
+    Unrecognized {
+        status: StatusCode,
+    },
+    Unauthorized,
+    UserDeactivated,
+    UserInUse,
+    InvalidUsername,
+    InvalidParam,
+    MissingParam,
+    TooLarge,
+    Exclusive,
+    GuestAccessForbidden,
+    WeakPassword,
+    /// `400 M_UNKNOWN`: a request Lattice understands but does not support.
+    BadRequest,
+    Unknown,
+}
+
+impl ErrorKind {
+    pub fn errcode(&self) -> &'static str {
+        match self {
+            Self::Forbidden => "M_FORBIDDEN",
+            Self::UnknownToken { .. } => "M_UNKNOWN_TOKEN",
+            Self::MissingToken => "M_MISSING_TOKEN",
+            Self::BadJson => "M_BAD_JSON",
+            Self::NotJson => "M_NOT_JSON",
+            Self::NotFound => "M_NOT_FOUND",
+            Self::LimitExceeded { .. } => "M_LIMIT_EXCEEDED",
+            Self::Unrecognized { .. } => "M_UNRECOGNIZED",
+            Self::Unauthorized => "M_UNAUTHORIZED",
+            Self::UserDeactivated => "M_USER_DEACTIVATED",
+            Self::UserInUse => "M_USER_IN_USE",
+            Self::InvalidUsername => "M_INVALID_USERNAME",
+            Self::InvalidParam => "M_INVALID_PARAM",
+            Self::MissingParam => "M_MISSING_PARAM",
+            Self::TooLarge => "M_TOO_LARGE",
+            Self::Exclusive => "M_EXCLUSIVE",
+            Self::GuestAccessForbidden => "M_GUEST_ACCESS_FORBIDDEN",
+            Self::WeakPassword => "M_WEAK_PASSWORD",
+            Self::BadRequest | Self::Unknown => "M_UNKNOWN",
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::Forbidden | Self::UserDeactivated | Self::GuestAccessForbidden => {
+                StatusCode::FORBIDDEN
+            }
+            Self::UnknownToken { .. } | Self::MissingToken | Self::Unauthorized => {
+                StatusCode::UNAUTHORIZED
+            }
+            Self::NotFound => StatusCode::NOT_FOUND,
+            Self::LimitExceeded { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::Unrecognized { status } => *status,
+            Self::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Unknown => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::BadJson
+            | Self::NotJson
+            | Self::UserInUse
+            | Self::InvalidUsername
+            | Self::InvalidParam
+            | Self::MissingParam
+            | Self::Exclusive
+            | Self::WeakPassword
+            | Self::BadRequest => StatusCode::BAD_REQUEST,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A Matrix error the client caused or may act on.
+    #[error("{kind:?}: {message}")]
+    Matrix { kind: ErrorKind, message: String },
+    /// User-interactive authentication is needed (or a stage failed): 401 with the
+    /// flows, the session and what is completed.
+    #[error("user-interactive authentication required")]
+    Uia(Box<Value>),
+    /// Anything else: logged, rendered as an opaque 500.
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self::Matrix {
+            kind,
+            message: message.into(),
+        }
+    }
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Forbidden, message)
+    }
+    pub fn bad_json(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::BadJson, message)
+    }
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::NotFound, message)
+    }
+    pub fn invalid_param(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::InvalidParam, message)
+    }
+    pub fn unrecognized(status: StatusCode) -> Self {
+        let message = if status == StatusCode::METHOD_NOT_ALLOWED {
+            "Method not allowed for this endpoint"
+        } else {
+            "Unrecognized request"
+        };
+        Self::new(ErrorKind::Unrecognized { status }, message)
+    }
+
+    pub fn kind(&self) -> Option<&ErrorKind> {
+        match self {
+            Self::Matrix { kind, .. } => Some(kind),
+            _ => None,
+        }
+    }
+}
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        match self {
+            Error::Matrix { kind, message } => {
+                let mut body = json!({ "errcode": kind.errcode(), "error": message });
+                match &kind {
+                    ErrorKind::UnknownToken { soft_logout } => {
+                        body["soft_logout"] = json!(soft_logout);
+                    }
+                    ErrorKind::LimitExceeded { retry_after_ms } => {
+                        body["retry_after_ms"] = json!(retry_after_ms);
+                    }
+                    _ => {}
+                }
+                let mut response = (kind.status(), Json(body)).into_response();
+                if let ErrorKind::LimitExceeded { retry_after_ms } = kind {
+                    // Retry-After (seconds) alongside retry_after_ms, as spec v1.10+.
+                    let secs = retry_after_ms.div_ceil(1000).max(1);
+                    response
+                        .headers_mut()
+                        .insert(http::header::RETRY_AFTER, http::HeaderValue::from(secs));
+                }
+                response
+            }
+            Error::Uia(body) => (StatusCode::UNAUTHORIZED, Json(*body)).into_response(),
+            Error::Internal(e) => {
+                tracing::error!(error = ?e, "internal error");
+                let body = json!({ "errcode": "M_UNKNOWN", "error": "Internal server error" });
+                (StatusCode::INTERNAL_SERVER_ERROR, Json(body)).into_response()
+            }
+        }
+    }
+}

@@ -1,0 +1,286 @@
+//! Accounts: registration, availability, password changes, deactivation, and
+//! accounts created by administrators.
+
+use ruma::{OwnedDeviceId, OwnedUserId, UserId, api::client::uiaa::AuthData};
+
+use super::{
+    session::{self, Issued, Session},
+    uia,
+};
+use crate::{
+    app::AppState,
+    domain::{localpart, password},
+    error::{Error, ErrorKind, Result},
+    storage::{devices, now_ms, registration_tokens, uia as uia_rows, users},
+};
+
+/// What `POST /register` asks for, after the HTTP layer.
+pub struct Registration {
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub device_id: Option<OwnedDeviceId>,
+    pub display_name: Option<String>,
+    pub inhibit_login: bool,
+    pub refreshable: bool,
+    pub guest: bool,
+    pub auth: Option<AuthData>,
+    pub ip: Option<String>,
+}
+
+pub struct Registered {
+    pub user_id: OwnedUserId,
+    pub tokens: Option<Issued>,
+}
+
+/// The UIA flows registration offers under the current configuration.
+pub fn registration_flows(state: &AppState) -> Vec<Vec<&'static str>> {
+    let mut flows = Vec::new();
+    if state.config.registration.open {
+        flows.push(vec![uia::DUMMY]);
+    }
+    if state.config.registration.tokens {
+        flows.push(vec![uia::REGISTRATION_TOKEN]);
+    }
+    flows
+}
+
+pub async fn register(state: &AppState, reg: Registration) -> Result<Registered> {
+    if reg.guest {
+        if !state.config.registration.guests {
+            return Err(Error::new(ErrorKind::Forbidden, "Guest access is disabled"));
+        }
+        return register_guest(state, reg).await;
+    }
+    let flows = registration_flows(state);
+    if flows.is_empty() {
+        return Err(Error::forbidden("Registration has been disabled"));
+    }
+    // Validate the username before UIA, so a client learns of a bad or taken name
+    // before spending a registration token on it.
+    let requested = match &reg.username {
+        Some(name) => {
+            let user_id = localpart::new_user_id(name, &state.server_name)
+                .map_err(|e| Error::new(ErrorKind::InvalidUsername, e.to_string()))?;
+            if users::exists(&state.db, user_id.as_str()).await? {
+                return Err(Error::new(ErrorKind::UserInUse, "User ID already taken"));
+            }
+            Some(user_id)
+        }
+        None => None,
+    };
+    let Some(password) = reg.password.filter(|p| !p.is_empty()) else {
+        // Lattice has no SSO or appservices yet, so an account needs a password.
+        return Err(Error::new(
+            ErrorKind::MissingParam,
+            "A password is required",
+        ));
+    };
+
+    let requirement = uia::Requirement {
+        kind: "register",
+        flows,
+        user: None,
+    };
+    let completed = uia::authenticate(state, &requirement, reg.auth.as_ref()).await?;
+
+    let hash = {
+        let cost = session::password_cost(state);
+        super::blocking(move || password::hash(&password, cost)).await??
+    };
+
+    let mut tx = state.db.begin().await?;
+    let now = now_ms();
+    let user_id = match requested {
+        Some(user_id) => {
+            if !users::insert(&mut *tx, user_id.as_str(), Some(&hash), false, false, now).await? {
+                return Err(Error::new(ErrorKind::UserInUse, "User ID already taken"));
+            }
+            user_id
+        }
+        None => insert_numeric_user(&mut tx, state, Some(&hash), false, now).await?,
+    };
+    if let Some(token) = &completed.registration_token {
+        registration_tokens::complete(&mut *tx, token).await?;
+    }
+    uia_rows::delete(&mut *tx, &completed.session_id).await?;
+    let tokens = if reg.inhibit_login {
+        None
+    } else {
+        Some(
+            session::issue(
+                &mut tx,
+                state,
+                &user_id,
+                reg.device_id,
+                reg.display_name.as_deref(),
+                reg.refreshable,
+                reg.ip.as_deref(),
+            )
+            .await?,
+        )
+    };
+    tx.commit().await?;
+    tracing::info!(user_id = %user_id, "registered");
+    Ok(Registered { user_id, tokens })
+}
+
+/// Guests get a numeric user ID, no password, and a device.
+async fn register_guest(state: &AppState, reg: Registration) -> Result<Registered> {
+    let mut tx = state.db.begin().await?;
+    let now = now_ms();
+    let user_id = insert_numeric_user(&mut tx, state, None, true, now).await?;
+    let tokens = session::issue(
+        &mut tx,
+        state,
+        &user_id,
+        reg.device_id,
+        reg.display_name.as_deref(),
+        reg.refreshable,
+        reg.ip.as_deref(),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(Registered {
+        user_id,
+        tokens: Some(tokens),
+    })
+}
+
+/// Picks the next free all-digit localpart, as Synapse does for registrations
+/// without a username.
+async fn insert_numeric_user(
+    tx: &mut crate::storage::Transaction<'_, crate::storage::Postgres>,
+    state: &AppState,
+    hash: Option<&str>,
+    guest: bool,
+    now: i64,
+) -> Result<OwnedUserId> {
+    let mut next = users::max_numeric_localpart(&mut **tx).await? + 1;
+    loop {
+        let user_id = UserId::parse(format!("@{next}:{}", state.server_name))
+            .map_err(|e| anyhow::anyhow!("generated user id: {e}"))?;
+        if users::insert(&mut **tx, user_id.as_str(), hash, false, guest, now).await? {
+            return Ok(user_id);
+        }
+        next += 1;
+    }
+}
+
+/// `GET /register/available`.
+pub async fn username_available(state: &AppState, username: &str) -> Result<()> {
+    let user_id = localpart::new_user_id(username, &state.server_name)
+        .map_err(|e| Error::new(ErrorKind::InvalidUsername, e.to_string()))?;
+    if users::exists(&state.db, user_id.as_str()).await? {
+        return Err(Error::new(ErrorKind::UserInUse, "User ID already taken"));
+    }
+    Ok(())
+}
+
+/// `POST /account/password` (behind UIA with the current password). With
+/// `logout_devices`, every other device is logged out.
+pub async fn change_password(
+    state: &AppState,
+    session: &Session,
+    new_password: String,
+    logout_devices: bool,
+    auth: Option<&AuthData>,
+) -> Result<()> {
+    let requirement = uia::Requirement {
+        kind: "change_password",
+        flows: vec![vec![uia::PASSWORD]],
+        user: Some(&session.user_id),
+    };
+    let completed = uia::authenticate(state, &requirement, auth).await?;
+    if new_password.is_empty() {
+        return Err(Error::new(
+            ErrorKind::WeakPassword,
+            "The new password may not be empty",
+        ));
+    }
+    let cost = session::password_cost(state);
+    let hash = super::blocking(move || password::hash(&new_password, cost)).await??;
+    let mut tx = state.db.begin().await?;
+    users::set_password_hash(&mut *tx, session.user_id.as_str(), Some(&hash)).await?;
+    if logout_devices {
+        devices::delete_all_except(
+            &mut *tx,
+            session.user_id.as_str(),
+            Some(session.device_id.as_str()),
+        )
+        .await?;
+    }
+    uia_rows::delete(&mut *tx, &completed.session_id).await?;
+    tx.commit().await?;
+    tracing::info!(user_id = %session.user_id, logout_devices, "password changed");
+    Ok(())
+}
+
+/// `POST /account/deactivate` (behind UIA): the account can no longer log in, its
+/// devices and tokens are deleted, and its ID is never reused.
+pub async fn deactivate(
+    state: &AppState,
+    session: &Session,
+    auth: Option<&AuthData>,
+) -> Result<()> {
+    let requirement = uia::Requirement {
+        kind: "deactivate",
+        flows: vec![vec![uia::PASSWORD]],
+        user: Some(&session.user_id),
+    };
+    let completed = uia::authenticate(state, &requirement, auth).await?;
+    deactivate_user(state, &session.user_id, Some(&completed.session_id)).await
+}
+
+/// Deactivates an account (also used by administrators).
+pub async fn deactivate_user(
+    state: &AppState,
+    user_id: &UserId,
+    uia_session: Option<&str>,
+) -> Result<()> {
+    let mut tx = state.db.begin().await?;
+    users::deactivate(&mut *tx, user_id.as_str()).await?;
+    devices::delete_all_except(&mut *tx, user_id.as_str(), None).await?;
+    if let Some(id) = uia_session {
+        uia_rows::delete(&mut *tx, id).await?;
+    }
+    tx.commit().await?;
+    tracing::info!(user_id = %user_id, "deactivated");
+    Ok(())
+}
+
+/// An account created by an administrator (CLI or shared-secret registration),
+/// bypassing the registration policy. Optionally logs it in.
+pub async fn create_by_admin(
+    state: &AppState,
+    username: &str,
+    password: &str,
+    admin: bool,
+    login: bool,
+) -> Result<Registered> {
+    let user_id = localpart::new_user_id(username, &state.server_name)
+        .map_err(|e| Error::new(ErrorKind::InvalidUsername, e.to_string()))?;
+    let cost = session::password_cost(state);
+    let password = password.to_owned();
+    let hash = super::blocking(move || password::hash(&password, cost)).await??;
+    let mut tx = state.db.begin().await?;
+    if !users::insert(
+        &mut *tx,
+        user_id.as_str(),
+        Some(&hash),
+        admin,
+        false,
+        now_ms(),
+    )
+    .await?
+    {
+        return Err(Error::new(ErrorKind::UserInUse, "User ID already taken"));
+    }
+    let tokens = if login {
+        Some(session::issue(&mut tx, state, &user_id, None, None, false, None).await?)
+    } else {
+        None
+    };
+    tx.commit().await?;
+    tracing::info!(user_id = %user_id, admin, "account created by an administrator");
+    Ok(Registered { user_id, tokens })
+}

@@ -1,0 +1,58 @@
+//! Devices: list, rename, delete (deletion behind UIA).
+
+use ruma::api::client::uiaa::AuthData;
+
+use super::{session::Session, uia};
+use crate::{
+    app::AppState,
+    error::{Error, Result},
+    storage::{devices, uia as uia_rows},
+};
+
+pub use devices::Device;
+
+pub async fn list(state: &AppState, session: &Session) -> Result<Vec<Device>> {
+    Ok(devices::list(&state.db, session.user_id.as_str()).await?)
+}
+
+pub async fn get(state: &AppState, session: &Session, device_id: &str) -> Result<Device> {
+    devices::get(&state.db, session.user_id.as_str(), device_id)
+        .await?
+        .ok_or_else(|| Error::not_found("Device not found"))
+}
+
+pub async fn rename(
+    state: &AppState,
+    session: &Session,
+    device_id: &str,
+    display_name: Option<&str>,
+) -> Result<()> {
+    if devices::set_display_name(&state.db, session.user_id.as_str(), device_id, display_name)
+        .await?
+    {
+        Ok(())
+    } else {
+        Err(Error::not_found("Device not found"))
+    }
+}
+
+/// Deletes devices (and so logs them out) after the user re-authenticates with
+/// their password. Unknown device IDs are ignored, as the spec allows.
+pub async fn delete(
+    state: &AppState,
+    session: &Session,
+    device_ids: Vec<String>,
+    auth: Option<&AuthData>,
+) -> Result<()> {
+    let requirement = uia::Requirement {
+        kind: "delete_devices",
+        flows: vec![vec![uia::PASSWORD]],
+        user: Some(&session.user_id),
+    };
+    let completed = uia::authenticate(state, &requirement, auth).await?;
+    let mut tx = state.db.begin().await?;
+    devices::delete_many(&mut *tx, session.user_id.as_str(), &device_ids).await?;
+    uia_rows::delete(&mut *tx, &completed.session_id).await?;
+    tx.commit().await?;
+    Ok(())
+}

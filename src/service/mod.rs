@@ -1,0 +1,18 @@
+//! Use cases. Services own transactions, call `domain` for rules and `storage` for
+//! rows, and never see HTTP.
+
+pub mod account;
+pub mod devices;
+pub mod ratelimit;
+pub mod session;
+pub mod uia;
+
+/// Runs CPU-heavy work (argon2, signing big events, state resolution) off the async
+/// workers.
+pub async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> anyhow::Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| anyhow::anyhow!("blocking task failed: {e}"))
+}

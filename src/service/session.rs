@@ -1,0 +1,260 @@
+//! Sessions: access-token authentication, login, refresh and logout.
+
+use std::time::Duration;
+
+use ruma::{OwnedDeviceId, OwnedUserId, UserId};
+
+use crate::{
+    app::AppState,
+    domain::{password, token},
+    error::{Error, ErrorKind, Result},
+    storage::{self, Postgres, Transaction, devices, now_ms, tokens, users},
+};
+
+/// Who a request's access token belongs to.
+#[derive(Clone, Debug)]
+pub struct Session {
+    pub user_id: OwnedUserId,
+    pub device_id: OwnedDeviceId,
+    pub is_admin: bool,
+    pub is_guest: bool,
+}
+
+/// The tokens a login (or registration, or refresh) hands out.
+#[derive(Debug)]
+pub struct Issued {
+    pub device_id: OwnedDeviceId,
+    pub access_token: String,
+    pub refresh_token: Option<String>,
+    pub expires_in: Option<Duration>,
+}
+
+/// Resolves an access token. Expired refreshable tokens are a soft logout: the
+/// client keeps its device and refreshes or logs in again.
+pub async fn authenticate(state: &AppState, access_token: &str) -> Result<Session> {
+    let hash = token::hash(access_token);
+    let owner = tokens::lookup_access(&state.db, &hash).await?;
+    let Some(owner) = owner else {
+        return Err(Error::new(
+            ErrorKind::UnknownToken { soft_logout: false },
+            "Unrecognised access token",
+        ));
+    };
+    if owner.deactivated {
+        return Err(Error::new(
+            ErrorKind::UnknownToken { soft_logout: false },
+            "This account has been deactivated",
+        ));
+    }
+    if owner.expires_ts.is_some_and(|exp| exp <= now_ms()) {
+        return Err(Error::new(
+            ErrorKind::UnknownToken { soft_logout: true },
+            "Access token has expired",
+        ));
+    }
+    Ok(Session {
+        user_id: UserId::parse(owner.user_id)
+            .map_err(|e| anyhow::anyhow!("stored user id: {e}"))?,
+        device_id: owner.device_id.into(),
+        is_admin: owner.is_admin,
+        is_guest: owner.is_guest,
+    })
+}
+
+/// Creates (or re-uses) a device and issues tokens for it, inside the caller's
+/// transaction. Re-using a device ID invalidates the tokens it had.
+pub async fn issue(
+    tx: &mut Transaction<'_, Postgres>,
+    state: &AppState,
+    user_id: &UserId,
+    device_id: Option<OwnedDeviceId>,
+    display_name: Option<&str>,
+    refreshable: bool,
+    ip: Option<&str>,
+) -> Result<Issued> {
+    let device_id = device_id.unwrap_or_else(|| token::new_device_id().into());
+    let now = now_ms();
+    devices::upsert(
+        &mut **tx,
+        user_id.as_str(),
+        device_id.as_str(),
+        display_name,
+        ip,
+        now,
+    )
+    .await?;
+    tokens::delete_for_device(&mut **tx, user_id.as_str(), device_id.as_str()).await?;
+    issue_tokens(tx, state, user_id, device_id, refreshable, now).await
+}
+
+async fn issue_tokens(
+    tx: &mut Transaction<'_, Postgres>,
+    state: &AppState,
+    user_id: &UserId,
+    device_id: OwnedDeviceId,
+    refreshable: bool,
+    now: i64,
+) -> Result<Issued> {
+    let access_token = token::new_access_token();
+    let (expires_ts, expires_in, refresh_token) = if refreshable {
+        let lifetime = Duration::from_secs(state.config.auth.refreshable_token_lifetime_secs);
+        let refresh = token::new_refresh_token();
+        tokens::insert_refresh(
+            &mut **tx,
+            &token::hash(&refresh),
+            user_id.as_str(),
+            device_id.as_str(),
+            now,
+        )
+        .await?;
+        (
+            Some(now + lifetime.as_millis() as i64),
+            Some(lifetime),
+            Some(refresh),
+        )
+    } else {
+        (None, None, None)
+    };
+    tokens::insert_access(
+        &mut **tx,
+        &token::hash(&access_token),
+        user_id.as_str(),
+        device_id.as_str(),
+        expires_ts,
+        now,
+    )
+    .await?;
+    Ok(Issued {
+        device_id,
+        access_token,
+        refresh_token,
+        expires_in,
+    })
+}
+
+/// `m.login.password`: checks the password (argon2 off the async workers) and logs
+/// the user in. Unknown users and wrong passwords get the same answer.
+pub async fn login_password(
+    state: &AppState,
+    user_id: &UserId,
+    password: String,
+    device_id: Option<OwnedDeviceId>,
+    display_name: Option<&str>,
+    refreshable: bool,
+    ip: Option<&str>,
+) -> Result<Issued> {
+    check_password(state, user_id, password).await?;
+    let mut tx = state.db.begin().await?;
+    let issued = issue(
+        &mut tx,
+        state,
+        user_id,
+        device_id,
+        display_name,
+        refreshable,
+        ip,
+    )
+    .await?;
+    tx.commit().await?;
+    tracing::info!(user_id = %user_id, device_id = %issued.device_id, "login");
+    Ok(issued)
+}
+
+/// Verifies a user's password: `M_FORBIDDEN` for a wrong password or an unknown
+/// user (indistinguishable), `M_USER_DEACTIVATED` for a deactivated account.
+pub async fn check_password(state: &AppState, user_id: &UserId, password: String) -> Result<()> {
+    let user = users::get(&state.db, user_id.as_str()).await?;
+    let Some(user) = user else {
+        // Spend the same time as a real check so timing does not reveal accounts.
+        let cost = password_cost(state);
+        super::blocking(move || password::hash("timing", cost)).await??;
+        return Err(Error::forbidden("Invalid username or password"));
+    };
+    if user.deactivated {
+        return Err(Error::new(
+            ErrorKind::UserDeactivated,
+            "This account has been deactivated",
+        ));
+    }
+    let Some(stored) = user.password_hash else {
+        return Err(Error::forbidden("Invalid username or password"));
+    };
+    let ok = super::blocking(move || password::verify(&password, &stored)).await?;
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::forbidden("Invalid username or password"))
+    }
+}
+
+pub fn password_cost(state: &AppState) -> password::Cost {
+    password::Cost {
+        memory_kib: state.config.auth.argon2_memory_kib,
+        iterations: state.config.auth.argon2_iterations,
+    }
+}
+
+/// `POST /refresh`: consumes the refresh token and issues a new pair for the same
+/// device; the old access token stops working.
+pub async fn refresh(state: &AppState, refresh_token: &str) -> Result<Issued> {
+    let mut tx = state.db.begin().await?;
+    let owner = tokens::take_refresh(&mut *tx, &token::hash(refresh_token)).await?;
+    let Some((user_id, device_id)) = owner else {
+        return Err(Error::new(
+            ErrorKind::UnknownToken { soft_logout: false },
+            "Unknown refresh token",
+        ));
+    };
+    let user_id = UserId::parse(user_id).map_err(|e| anyhow::anyhow!("stored user id: {e}"))?;
+    tokens::delete_for_device(&mut *tx, user_id.as_str(), &device_id).await?;
+    let issued = issue_tokens(&mut tx, state, &user_id, device_id.into(), true, now_ms()).await?;
+    tx.commit().await?;
+    Ok(issued)
+}
+
+/// `POST /logout`: the device and its tokens go.
+pub async fn logout(state: &AppState, session: &Session) -> Result<()> {
+    devices::delete_many(
+        &state.db,
+        session.user_id.as_str(),
+        &[session.device_id.to_string()],
+    )
+    .await?;
+    Ok(())
+}
+
+/// `POST /logout/all`: every device of the user goes.
+pub async fn logout_all(state: &AppState, session: &Session) -> Result<()> {
+    devices::delete_all_except(&state.db, session.user_id.as_str(), None).await?;
+    Ok(())
+}
+
+/// Records when a device was last seen, at most once a minute per device so busy
+/// clients do not turn every request into a write.
+pub async fn touch_device(state: &AppState, session: &Session, ip: Option<&str>) {
+    let key = format!("{}|{}", session.user_id, session.device_id);
+    if state.device_touch_limiter.check(&key).is_err() {
+        return;
+    }
+    let result = devices::touch(
+        &state.db,
+        session.user_id.as_str(),
+        session.device_id.as_str(),
+        ip,
+        now_ms(),
+    )
+    .await;
+    if let Err(e) = result {
+        tracing::warn!(error = %e, "could not record device last-seen");
+    }
+}
+
+/// Deletes a user's devices other than `keep`: used by password changes.
+pub async fn logout_other_devices(
+    db: &storage::Pool,
+    user_id: &UserId,
+    keep: Option<&str>,
+) -> Result<()> {
+    devices::delete_all_except(db, user_id.as_str(), keep).await?;
+    Ok(())
+}

@@ -1,0 +1,140 @@
+//! Storage: the only module that imports sqlx. Functions take `impl PgExecutor<'_>`
+//! so a service can compose several writes in one transaction.
+
+pub mod devices;
+pub mod embedded_pg;
+pub mod registration_tokens;
+pub mod tokens;
+pub mod uia;
+pub mod users;
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use sqlx::{
+    PgPool,
+    postgres::{PgConnectOptions, PgPoolOptions},
+};
+
+pub use sqlx::{PgPool as Pool, Postgres, Transaction};
+
+use crate::{config::Config, error::Error};
+
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+impl From<sqlx::Error> for Error {
+    fn from(e: sqlx::Error) -> Self {
+        Self::Internal(anyhow::Error::new(e).context("database error"))
+    }
+}
+
+/// Whether `e` is a unique-constraint violation (so the caller can map it to a
+/// domain error such as `M_USER_IN_USE`).
+pub fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.is_unique_violation())
+}
+
+/// The database Lattice runs on: a pool, plus the embedded cluster when it manages
+/// its own.
+pub struct Database {
+    pub pool: PgPool,
+    embedded: Option<embedded_pg::EmbeddedPostgres>,
+}
+
+impl Database {
+    /// Connects to `database.url`, or starts the embedded cluster when it is unset.
+    /// A server that is not up yet is retried until `database.startup_timeout_secs`.
+    pub async fn open(config: &Config) -> anyhow::Result<Self> {
+        let (options, embedded) = match &config.database.url {
+            Some(url) => {
+                let options: PgConnectOptions = url.parse().context("parsing `database.url`")?;
+                (options, None)
+            }
+            None => {
+                let pg = embedded_pg::EmbeddedPostgres::start(
+                    &config.data_dir,
+                    &config.database.embedded_os_user,
+                )
+                .await?;
+                (pg.connect_options(), Some(pg))
+            }
+        };
+        let pool = connect_with_retry(
+            options,
+            config.database.max_connections,
+            Duration::from_secs(config.database.startup_timeout_secs),
+        )
+        .await?;
+        Ok(Self { pool, embedded })
+    }
+
+    pub async fn migrate(&self) -> anyhow::Result<()> {
+        MIGRATOR
+            .run(&self.pool)
+            .await
+            .context("applying database migrations")?;
+        Ok(())
+    }
+
+    /// Closes the pool, then stops the embedded cluster (if any).
+    pub async fn close(self) {
+        self.pool.close().await;
+        if let Some(pg) = self.embedded {
+            pg.stop().await;
+        }
+    }
+
+    /// For one-shot commands (`migrate`, `admin`): stops the embedded cluster only if
+    /// this process started it, so a running server's cluster is left alone.
+    pub async fn close_if_started_here(self) {
+        self.pool.close().await;
+        if let Some(pg) = self.embedded
+            && pg.started_here()
+        {
+            pg.stop().await;
+        }
+    }
+}
+
+async fn connect_with_retry(
+    options: PgConnectOptions,
+    max_connections: u32,
+    timeout: Duration,
+) -> anyhow::Result<PgPool> {
+    let deadline = Instant::now() + timeout;
+    let mut delay = Duration::from_millis(250);
+    loop {
+        let attempt = PgPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(options.clone())
+            .await;
+        match attempt {
+            Ok(pool) => return Ok(pool),
+            Err(e) if Instant::now() + delay < deadline && is_transient(&e) => {
+                tracing::warn!(error = %e, retry_in = ?delay, "database not reachable yet; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => return Err(e).context("connecting to the database"),
+        }
+    }
+}
+
+/// Errors worth waiting out at start: the server is not up, or is starting.
+fn is_transient(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::Tls(_) => true,
+        // 57P03 cannot_connect_now: the database system is starting up.
+        sqlx::Error::Database(db) => db.code().as_deref() == Some("57P03"),
+        _ => false,
+    }
+}
+
+/// Milliseconds since the Unix epoch, the unit of every `*_ts` column.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,112 @@
+//! `users`: accounts.
+
+use sqlx::PgExecutor;
+
+#[derive(Debug, Clone)]
+pub struct User {
+    pub user_id: String,
+    pub password_hash: Option<String>,
+    pub is_admin: bool,
+    pub is_guest: bool,
+    pub deactivated: bool,
+    pub created_ts: i64,
+}
+
+/// Inserts a new account. Returns `false` when the user ID is taken (including by a
+/// deactivated account: IDs are never reused).
+pub async fn insert(
+    db: impl PgExecutor<'_>,
+    user_id: &str,
+    password_hash: Option<&str>,
+    is_admin: bool,
+    is_guest: bool,
+    now: i64,
+) -> sqlx::Result<bool> {
+    let row = sqlx::query!(
+        "insert into users (user_id, password_hash, is_admin, is_guest, created_ts)
+         values ($1, $2, $3, $4, $5)
+         on conflict (user_id) do nothing
+         returning user_id",
+        user_id,
+        password_hash,
+        is_admin,
+        is_guest,
+        now
+    )
+    .fetch_optional(db)
+    .await?;
+    Ok(row.is_some())
+}
+
+pub async fn get(db: impl PgExecutor<'_>, user_id: &str) -> sqlx::Result<Option<User>> {
+    sqlx::query_as!(
+        User,
+        "select user_id, password_hash, is_admin, is_guest, deactivated, created_ts
+         from users where user_id = $1",
+        user_id
+    )
+    .fetch_optional(db)
+    .await
+}
+
+pub async fn exists(db: impl PgExecutor<'_>, user_id: &str) -> sqlx::Result<bool> {
+    let found = sqlx::query_scalar!("select 1 as one from users where user_id = $1", user_id)
+        .fetch_optional(db)
+        .await?;
+    Ok(found.is_some())
+}
+
+pub async fn set_password_hash(
+    db: impl PgExecutor<'_>,
+    user_id: &str,
+    password_hash: Option<&str>,
+) -> sqlx::Result<()> {
+    sqlx::query!(
+        "update users set password_hash = $2 where user_id = $1",
+        user_id,
+        password_hash
+    )
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+pub async fn set_admin(
+    db: impl PgExecutor<'_>,
+    user_id: &str,
+    is_admin: bool,
+) -> sqlx::Result<bool> {
+    let done = sqlx::query!(
+        "update users set is_admin = $2 where user_id = $1",
+        user_id,
+        is_admin
+    )
+    .execute(db)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Marks the account deactivated and drops its password; devices and tokens are
+/// deleted by the caller in the same transaction.
+pub async fn deactivate(db: impl PgExecutor<'_>, user_id: &str) -> sqlx::Result<()> {
+    sqlx::query!(
+        "update users set deactivated = true, password_hash = null where user_id = $1",
+        user_id
+    )
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// The largest all-digit localpart in use, for generating the next free one the way
+/// Synapse does when a client registers without a username. Every row is a local
+/// user, so the server name need not be matched.
+pub async fn max_numeric_localpart(db: impl PgExecutor<'_>) -> sqlx::Result<i64> {
+    let max = sqlx::query_scalar!(
+        r#"select coalesce(max(substring(user_id from '^@([0-9]{1,18}):')::bigint), 0) as "max!"
+           from users where user_id ~ '^@[0-9]{1,18}:'"#
+    )
+    .fetch_one(db)
+    .await?;
+    Ok(max)
+}
