@@ -286,7 +286,7 @@ impl Config {
         }
         RoomVersionId::try_from(self.rooms.default_version.as_str())
             .ok()
-            .filter(|v| crate::domain::room_version::is_supported(v))
+            .filter(crate::domain::room_version::is_supported)
             .with_context(|| {
                 format!(
                     "`rooms.default_version` {:?} is not a supported room version",
@@ -297,7 +297,7 @@ impl Config {
             ("rate_limits.client", &self.rate_limits.client),
             ("rate_limits.login", &self.rate_limits.login),
         ] {
-            if !(bucket.per_second > 0.0) || bucket.burst == 0 {
+            if bucket.per_second.is_nan() || bucket.per_second <= 0.0 || bucket.burst == 0 {
                 bail!("`{key}` needs per_second > 0 and burst >= 1");
             }
         }

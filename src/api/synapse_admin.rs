@@ -75,7 +75,7 @@ async fn register(
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .remove(&body.nonce);
-    if !issued.is_some_and(|t| t.elapsed() < NONCE_LIFETIME) {
+    if issued.is_none_or(|t| t.elapsed() >= NONCE_LIFETIME) {
         return Err(Error::new(ErrorKind::BadRequest, "unrecognised nonce"));
     }
     if body.user_type.is_some() {

@@ -43,6 +43,17 @@ impl EmbeddedPostgres {
     /// Initialise (first time) and start the cluster under `root`, then make sure
     /// the `lattice` database exists.
     pub async fn start(root: &Path, os_user: &str) -> anyhow::Result<Self> {
+        Self::start_with(root, os_user, false).await
+    }
+
+    /// Like [`start`](Self::start); with `die_with_parent`, the postmaster gets a fast
+    /// shutdown when the calling thread ends (used by test harnesses, which have no
+    /// shutdown hook of their own).
+    pub async fn start_with(
+        root: &Path,
+        os_user: &str,
+        die_with_parent: bool,
+    ) -> anyhow::Result<Self> {
         let bins = find_binaries()?;
         let run_as = if Uid::effective().is_root() {
             let user = User::from_name(os_user)
@@ -140,6 +151,17 @@ impl EmbeddedPostgres {
                     .process_group(0)
                     .kill_on_drop(false);
                 as_user(&mut cmd, run_as.as_ref());
+                if die_with_parent {
+                    // SAFETY: prctl is async-signal-safe; nothing else runs in the
+                    // child between fork and exec. It runs after the uid change, which
+                    // would otherwise clear the setting.
+                    unsafe {
+                        cmd.pre_exec(|| {
+                            nix::sys::prctl::set_pdeathsig(Signal::SIGINT)
+                                .map_err(std::io::Error::from)
+                        });
+                    }
+                }
                 let child = cmd.spawn().context("starting postgres")?;
                 let pid = Pid::from_raw(child.id().context("postgres exited at once")? as i32);
                 // The postmaster outlives this handle; we stop it by signal.
@@ -267,10 +289,14 @@ fn find_binaries() -> anyhow::Result<Binaries> {
                 Some((v, e.path().join("bin")))
             })
             .collect();
-        versions.sort_by(|a, b| b.0.cmp(&a.0));
+        versions.sort_by_key(|v| std::cmp::Reverse(v.0));
         dirs.extend(versions.into_iter().map(|(_, p)| p));
     }
-    for dir in &dirs {
+    find_binaries_in(&dirs)
+}
+
+fn find_binaries_in(dirs: &[PathBuf]) -> anyhow::Result<Binaries> {
+    for dir in dirs {
         let (initdb, postgres) = (dir.join("initdb"), dir.join("postgres"));
         if initdb.is_file() && postgres.is_file() {
             return Ok(Binaries { initdb, postgres });
@@ -282,4 +308,30 @@ fn find_binaries() -> anyhow::Result<Binaries> {
          `apt-get install postgresql`; Fedora: `dnf install postgresql-server`; macOS: `brew \
          install postgresql`) or set database.url (LATTICE__DATABASE__URL) to an existing server"
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_binaries_say_how_to_fix_it() {
+        let empty = tempfile::tempdir().unwrap();
+        let err = find_binaries_in(&[empty.path().to_owned()])
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("apt-get install postgresql"), "{err}");
+        assert!(err.contains("database.url"), "{err}");
+    }
+
+    #[test]
+    fn finds_binaries_in_a_directory_that_has_both() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("initdb"), "").unwrap();
+        assert!(find_binaries_in(&[dir.path().to_owned()]).is_err());
+        std::fs::write(dir.path().join("postgres"), "").unwrap();
+        let found = find_binaries_in(&[dir.path().to_owned()]).unwrap();
+        assert_eq!(found.postgres, dir.path().join("postgres"));
+    }
 }

@@ -1,0 +1,186 @@
+//! The `lattice` binary's commands, run as a user would.
+
+use std::process::Command;
+
+use reqwest::StatusCode;
+
+use crate::harness::{TestServer, fresh_database_url, test_config, user_id};
+
+fn lattice() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_lattice"));
+    cmd.env_remove("LATTICE_CONFIG").env("LATTICE__LOG", "warn");
+    cmd
+}
+
+#[tokio::test]
+async fn admin_register_user_then_login_over_http() {
+    let url = fresh_database_url().await;
+    let out = lattice()
+        .args([
+            "admin",
+            "register-user",
+            "boss",
+            "--password",
+            "pw",
+            "--admin",
+        ])
+        .env("LATTICE__DATABASE__URL", &url)
+        .env("LATTICE__SERVER_NAME", "test.local")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("@boss:test.local (admin)"));
+
+    // Registering the same name again fails with a message.
+    let out = lattice()
+        .args(["admin", "register-user", "boss", "--password", "pw"])
+        .env("LATTICE__DATABASE__URL", &url)
+        .env("LATTICE__SERVER_NAME", "test.local")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already taken"));
+
+    let mut config = test_config();
+    config.database.url = Some(url);
+    let server = TestServer::start_config(config).await;
+    let (status, body) = server.login("boss", "pw").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["user_id"], user_id("boss"));
+    let user = lattice::storage::users::get(&server.state.db, &user_id("boss"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(user.is_admin);
+}
+
+#[tokio::test]
+async fn registration_token_commands() {
+    let url = fresh_database_url().await;
+    let run = |args: &[&str]| {
+        lattice()
+            .args(args)
+            .env("LATTICE__DATABASE__URL", &url)
+            .output()
+            .unwrap()
+    };
+    let out = run(&["admin", "registration-token", "create", "--uses", "2"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    assert_eq!(token.len(), 16);
+    let out = run(&["admin", "registration-token", "list"]);
+    let listing = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        listing.contains(&token) && listing.contains("uses_allowed=2"),
+        "{listing}"
+    );
+    let out = run(&["admin", "registration-token", "delete", &token]);
+    assert!(out.status.success());
+    let out = run(&["admin", "registration-token", "list"]);
+    assert!(!String::from_utf8(out.stdout).unwrap().contains(&token));
+}
+
+#[test]
+fn generate_config_output_loads() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("lattice.toml");
+    let out = lattice()
+        .args(["generate-config", "-o"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let config = lattice::config::Config::load(Some(&path)).unwrap();
+    assert_eq!(config.server_name, "example.org");
+}
+
+#[test]
+fn invalid_config_fails_at_start_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(&path, "[rate_limits]\nenabled = \"yes please\"\n").unwrap();
+    let out = lattice()
+        .arg("--config")
+        .arg(&path)
+        .arg("migrate")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("rate_limits.enabled"), "{stderr}");
+
+    // Environment overrides are checked the same way.
+    let out = lattice()
+        .arg("migrate")
+        .env("LATTICE__DATABASE__MAX_CONNECTIONS", "lots")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr).to_lowercase();
+    assert!(stderr.contains("database.max_connections"), "{stderr}");
+}
+
+/// The README's run command in miniature: the binary with no database configured
+/// starts its own cluster, answers `/versions`, and on SIGTERM stops the cluster
+/// and exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_serves_with_embedded_database_and_stops_on_sigterm() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::Builder::new()
+        .prefix("lattice-bin-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let port = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap().port()
+    };
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_lattice"))
+        .env_remove("LATTICE_CONFIG")
+        .env_remove("LATTICE__DATABASE__URL")
+        .env("LATTICE__DATA_DIR", dir.path().join("data"))
+        .env(
+            "LATTICE__LISTENERS",
+            format!("[{{bind=\"127.0.0.1:{port}\"}}]"),
+        )
+        .env("LATTICE__LOG", "warn")
+        .current_dir(dir.path())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+
+    let url = format!("http://127.0.0.1:{port}/_matrix/client/versions");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let body: serde_json::Value = loop {
+        match reqwest::get(&url).await {
+            Ok(resp) if resp.status().is_success() => break resp.json().await.unwrap(),
+            _ if std::time::Instant::now() < deadline => {
+                assert!(child.try_wait().unwrap().is_none(), "lattice exited early");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            other => panic!("server did not come up: {other:?}"),
+        }
+    };
+    assert!(
+        body["versions"].as_array().is_some_and(|v| !v.is_empty()),
+        "{body}"
+    );
+    assert!(dir.path().join("data/postgres/postmaster.pid").exists());
+
+    let pid = nix::unistd::Pid::from_raw(child.id().unwrap() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let status = tokio::time::timeout(std::time::Duration::from_secs(60), child.wait())
+        .await
+        .expect("lattice stops after SIGTERM")
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    assert!(!dir.path().join("data/postgres/postmaster.pid").exists());
+}

@@ -1,0 +1,234 @@
+//! Matrix errors for bad input, unknown endpoints, CORS, body limits, rate limits.
+
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+
+use crate::harness::TestServer;
+
+#[tokio::test]
+async fn missing_and_unknown_tokens() {
+    let server = TestServer::start().await;
+    let (status, body) = server.get("/_matrix/client/v3/account/whoami", None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(body["errcode"], "M_MISSING_TOKEN");
+
+    let (status, body) = server.whoami("not-a-token").await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(body["errcode"], "M_UNKNOWN_TOKEN");
+    assert_eq!(body["soft_logout"], false);
+
+    // The deprecated query parameter still works.
+    let alice = server.register("alice", "pw").await;
+    let (status, body) = server
+        .get(
+            &format!(
+                "/_matrix/client/v3/account/whoami?access_token={}",
+                alice.access_token
+            ),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
+
+#[tokio::test]
+async fn not_json_and_bad_json() {
+    let server = TestServer::start().await;
+    let resp = server
+        .client
+        .post(format!("{}/_matrix/client/v3/login", server.base))
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["errcode"], "M_NOT_JSON");
+
+    // Valid JSON, wrong types.
+    let (status, body) = server
+        .post(
+            "/_matrix/client/v3/login",
+            None,
+            json!({ "type": "m.login.password", "password": 5 }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(body["errcode"], "M_BAD_JSON", "{body}");
+
+    let (status, body) = server
+        .post("/_matrix/client/v3/register", None, json!([1, 2]))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(body["errcode"], "M_BAD_JSON", "{body}");
+
+    let alice = server.register("alice", "pw").await;
+    let (status, body) = server
+        .put(
+            "/_matrix/client/v3/devices/X",
+            Some(&alice.access_token),
+            json!({ "display_name": 7 }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(body["errcode"], "M_BAD_JSON");
+
+    // Missing required query parameter.
+    let (status, body) = server
+        .get("/_matrix/client/v3/register/available", None)
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        body["errcode"].as_str().unwrap().starts_with("M_"),
+        "{body}"
+    );
+
+    // Nothing half-way: no account was created by any of this.
+    let count: i64 = sqlx::query_scalar("select count(*) from users")
+        .fetch_one(&server.state.db)
+        .await
+        .unwrap();
+    assert_eq!(count, 1);
+}
+
+#[tokio::test]
+async fn unknown_endpoints_and_methods() {
+    let server = TestServer::start().await;
+    let (status, body) = server.get("/_matrix/client/v3/no/such/thing", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(body["errcode"], "M_UNRECOGNIZED");
+    let (status, body) = server.get("/", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(body["errcode"], "M_UNRECOGNIZED");
+
+    let (status, body) = server
+        .call(Method::DELETE, "/_matrix/client/v3/login", None, None)
+        .await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(body["errcode"], "M_UNRECOGNIZED");
+}
+
+#[tokio::test]
+async fn cors_preflight_and_headers() {
+    let server = TestServer::start().await;
+    let resp = server
+        .client
+        .request(
+            Method::OPTIONS,
+            format!("{}/_matrix/client/v3/login", server.base),
+        )
+        .header("origin", "https://app.element.io")
+        .header("access-control-request-method", "POST")
+        .header(
+            "access-control-request-headers",
+            "authorization, content-type",
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let h = resp.headers();
+    assert_eq!(h["access-control-allow-origin"], "*");
+    let methods = h["access-control-allow-methods"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    for m in ["GET", "POST", "PUT", "DELETE", "OPTIONS"] {
+        assert!(methods.contains(m), "{methods}");
+    }
+    let headers = h["access-control-allow-headers"]
+        .to_str()
+        .unwrap()
+        .to_lowercase();
+    for name in ["x-requested-with", "content-type", "authorization"] {
+        assert!(headers.contains(name), "{headers}");
+    }
+
+    let resp = server
+        .client
+        .get(format!("{}/_matrix/client/versions", server.base))
+        .header("origin", "https://app.element.io")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()["access-control-allow-origin"], "*");
+}
+
+#[tokio::test]
+async fn oversized_body_is_refused() {
+    let server = TestServer::start_with(|c| c.limits.max_request_body_bytes = 4096).await;
+    let big = "x".repeat(10_000);
+    let (status, body) = server
+        .post(
+            "/_matrix/client/v3/login",
+            None,
+            json!({ "type": "m.login.password", "password": big }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(body["errcode"], "M_TOO_LARGE");
+}
+
+#[tokio::test]
+async fn login_rate_limit_trips_with_retry_after() {
+    let server = TestServer::start_with(|c| {
+        c.rate_limits.enabled = true;
+        c.rate_limits.login = lattice::config::Bucket {
+            per_second: 0.01,
+            burst: 3,
+        };
+    })
+    .await;
+    for _ in 0..3 {
+        let (status, _) = server.login("nobody", "x").await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+    }
+    let resp = server
+        .client
+        .post(format!("{}/_matrix/client/v3/login", server.base))
+        .json(&json!({ "type": "m.login.password", "user": "nobody", "password": "x" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(resp.headers().contains_key("retry-after"));
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["errcode"], "M_LIMIT_EXCEEDED");
+    assert!(body["retry_after_ms"].as_u64().unwrap() > 1000, "{body}");
+}
+
+#[tokio::test]
+async fn per_user_rate_limit_on_rate_limited_endpoints() {
+    let server = TestServer::start_with(|c| {
+        c.rate_limits.enabled = true;
+        c.rate_limits.client = lattice::config::Bucket {
+            per_second: 0.01,
+            burst: 2,
+        };
+    })
+    .await;
+    let alice = server.register("alice", "pw").await;
+    // PUT /devices/{id} is not rate-limited by the spec; POST /account/password is.
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        let (status, _) = server
+            .post(
+                "/_matrix/client/v3/account/password",
+                Some(&alice.access_token),
+                json!({ "new_password": "n" }),
+            )
+            .await;
+        statuses.push(status);
+    }
+    assert_eq!(statuses[2], StatusCode::TOO_MANY_REQUESTS, "{statuses:?}");
+    // Endpoints the spec does not mark rate-limited are not limited.
+    let (status, _) = server
+        .put(
+            &format!("/_matrix/client/v3/devices/{}", alice.device_id),
+            Some(&alice.access_token),
+            json!({ "display_name": "ok" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+}

@@ -1,0 +1,333 @@
+//! Test harness: a real PostgreSQL and a real Lattice on a random loopback port.
+//!
+//! The PostgreSQL server is `DATABASE_URL` when set; otherwise a private cluster
+//! started once per test binary under a temporary directory (as the `postgres` OS
+//! user when running as root), which shuts down when the test process exits. Each
+//! test gets a fresh database cloned from a migrated template.
+
+use std::sync::OnceLock;
+
+use lattice::{
+    app::{AppState, Server},
+    config::{Config, Listener, Resource},
+    storage::{Database, embedded_pg::EmbeddedPostgres},
+};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use sqlx::{Connection, Executor, PgConnection, postgres::PgConnectOptions};
+
+/// Where the test databases live: connection options for the maintenance database.
+struct PgServer {
+    admin: PgConnectOptions,
+    template: String,
+}
+
+static PG: OnceLock<PgServer> = OnceLock::new();
+static TEMPLATE_LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+fn pg_server() -> &'static PgServer {
+    PG.get_or_init(|| {
+        let admin: PgConnectOptions = match std::env::var("DATABASE_URL") {
+            Ok(url) => url.parse().expect("DATABASE_URL parses"),
+            Err(_) => start_private_cluster(),
+        };
+        let template = format!("lattice_tmpl_{}", std::process::id());
+        // Build the template on a runtime of its own, once.
+        let admin2 = admin.clone();
+        let template2 = template.clone();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(prepare_template(admin2, &template2));
+        })
+        .join()
+        .expect("template preparation");
+        PgServer { admin, template }
+    })
+}
+
+/// Starts a private cluster on a thread that lives as long as the test process,
+/// so the postmaster (which dies with that thread) outlives every test.
+fn start_private_cluster() -> PgConnectOptions {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let dir = std::env::temp_dir().join(format!("lattice-test-pg-{}", std::process::id()));
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let pg = rt
+            .block_on(EmbeddedPostgres::start_with(&dir, "postgres", true))
+            .expect("starting the private test cluster");
+        tx.send(pg.connect_options().database("postgres")).unwrap();
+        // Park for the rest of the process; the cluster stops when we exit.
+        loop {
+            std::thread::park();
+        }
+    });
+    rx.recv().expect("private cluster started")
+}
+
+async fn prepare_template(admin: PgConnectOptions, template: &str) {
+    let mut conn = PgConnection::connect_with(&admin)
+        .await
+        .expect("connect to test PostgreSQL");
+    // Drop what earlier, crashed runs left behind (their process is gone).
+    let stale: Vec<String> = sqlx::query_scalar(
+        "select datname from pg_database where datname like 'lattice_tmpl_%' or datname like 'lattice_t_%'",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .unwrap();
+    for db in stale {
+        let pid: Option<i32> = db.split('_').nth(2).and_then(|p| p.parse().ok());
+        let alive = pid.is_some_and(|p| std::path::Path::new(&format!("/proc/{p}")).exists());
+        if !alive {
+            let _ = conn
+                .execute(format!("drop database if exists \"{db}\" with (force)").as_str())
+                .await;
+        }
+    }
+    conn.execute(format!("drop database if exists {template}").as_str())
+        .await
+        .unwrap();
+    conn.execute(
+        format!("create database {template} encoding 'UTF8' lc_collate 'C' lc_ctype 'C' template template0")
+            .as_str(),
+    )
+    .await
+    .unwrap();
+    let mut tmpl = PgConnection::connect_with(&admin.clone().database(template))
+        .await
+        .unwrap();
+    lattice::storage::MIGRATOR
+        .run(&mut tmpl)
+        .await
+        .expect("migrations apply");
+    tmpl.close().await.unwrap();
+}
+
+/// A fresh database for one test.
+pub async fn fresh_database() -> PgConnectOptions {
+    let server = pg_server();
+    let name = format!(
+        "lattice_t_{}_{}",
+        std::process::id(),
+        lattice::domain::token::random_string(10).to_lowercase()
+    );
+    let mut conn = PgConnection::connect_with(&server.admin).await.unwrap();
+    // CREATE DATABASE … TEMPLATE needs the template to have no other sessions.
+    let _guard = TEMPLATE_LOCK.lock().await;
+    conn.execute(format!("create database {name} template {}", server.template).as_str())
+        .await
+        .unwrap();
+    server.admin.clone().database(&name)
+}
+
+/// A fresh database, as a `database.url`.
+pub async fn fresh_database_url() -> String {
+    to_url(&fresh_database().await)
+}
+
+/// The URL form of connection options, for `database.url`.
+fn to_url(options: &PgConnectOptions) -> String {
+    let host = options.get_host();
+    let db = options.get_database().unwrap();
+    let user = options.get_username();
+    if let Some(socket) = options.get_socket() {
+        format!(
+            "postgres://{user}@localhost/{db}?host={}&port={}",
+            socket.display(),
+            options.get_port()
+        )
+    } else {
+        format!("postgres://{user}@{host}:{}/{db}", options.get_port())
+    }
+}
+
+pub struct TestServer {
+    pub base: String,
+    pub state: AppState,
+    pub client: reqwest::Client,
+    server: Option<Server>,
+    db: Option<Database>,
+}
+
+pub const SERVER_NAME: &str = "test.local";
+
+/// Settings tests start from: open registration, cheap argon2, no rate limits.
+pub fn test_config() -> Config {
+    let mut config = Config {
+        server_name: SERVER_NAME.into(),
+        listeners: vec![Listener {
+            bind: "127.0.0.1:0".parse().unwrap(),
+            resources: vec![Resource::Client, Resource::Federation],
+        }],
+        ..Default::default()
+    };
+    config.registration.open = true;
+    config.auth.argon2_memory_kib = 64;
+    config.auth.argon2_iterations = 1;
+    config.rate_limits.enabled = false;
+    config
+}
+
+impl TestServer {
+    pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> Self {
+        let mut config = test_config();
+        tweak(&mut config);
+        config.database.url = Some(fresh_database_url().await);
+        config.database.max_connections = 5;
+        Self::start_config(config).await
+    }
+
+    pub async fn start_config(config: Config) -> Self {
+        let db = Database::open(&config).await.expect("database opens");
+        db.migrate().await.expect("migrations");
+        let state = AppState::new(config, db.pool.clone());
+        let server = Server::start(state.clone()).await.expect("server starts");
+        let addr = server.addrs[0];
+        Self {
+            base: format!("http://{addr}"),
+
+            state,
+            client: reqwest::Client::new(),
+            server: Some(server),
+            db: Some(db),
+        }
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(server) = self.server.take() {
+            server.stop().await;
+        }
+        if let Some(db) = self.db.take() {
+            db.close().await;
+        }
+    }
+
+    /// Sends a request; returns the status and the JSON body (Null if none).
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut req = self
+            .client
+            .request(method, format!("{}{}", self.base, path));
+        if let Some(token) = token {
+            req = req.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        let resp = req.send().await.expect("request sent");
+        let status = resp.status();
+        let text = resp.text().await.unwrap();
+        let json = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
+        (status, json)
+    }
+
+    pub async fn get(&self, path: &str, token: Option<&str>) -> (StatusCode, Value) {
+        self.call(Method::GET, path, token, None).await
+    }
+
+    pub async fn post(&self, path: &str, token: Option<&str>, body: Value) -> (StatusCode, Value) {
+        self.call(Method::POST, path, token, Some(body)).await
+    }
+
+    pub async fn put(&self, path: &str, token: Option<&str>, body: Value) -> (StatusCode, Value) {
+        self.call(Method::PUT, path, token, Some(body)).await
+    }
+
+    /// Registers with open registration (two-step UIA, as Element does) and returns
+    /// the login.
+    pub async fn register(&self, username: &str, password: &str) -> Login {
+        let (status, body) = self
+            .post(
+                "/_matrix/client/v3/register",
+                None,
+                json!({ "username": username, "password": password }),
+            )
+            .await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+        let session = body["session"].as_str().expect("UIA session").to_owned();
+        let (status, body) = self
+            .post(
+                "/_matrix/client/v3/register",
+                None,
+                json!({
+                    "username": username,
+                    "password": password,
+                    "auth": { "type": "m.login.dummy", "session": session },
+                }),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        Login::from_json(&body)
+    }
+
+    pub async fn login(&self, username: &str, password: &str) -> (StatusCode, Value) {
+        self.post(
+            "/_matrix/client/v3/login",
+            None,
+            json!({
+                "type": "m.login.password",
+                "identifier": { "type": "m.id.user", "user": username },
+                "password": password,
+            }),
+        )
+        .await
+    }
+
+    pub async fn whoami(&self, token: &str) -> (StatusCode, Value) {
+        self.get("/_matrix/client/v3/account/whoami", Some(token))
+            .await
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Login {
+    pub user_id: String,
+    pub access_token: String,
+    pub device_id: String,
+}
+
+impl Login {
+    pub fn from_json(body: &Value) -> Self {
+        Self {
+            user_id: body["user_id"].as_str().expect("user_id").to_owned(),
+            access_token: body["access_token"]
+                .as_str()
+                .expect("access_token")
+                .to_owned(),
+            device_id: body["device_id"].as_str().expect("device_id").to_owned(),
+        }
+    }
+}
+
+pub fn user_id(localpart: &str) -> String {
+    format!("@{localpart}:{SERVER_NAME}")
+}
+
+/// The body of a password UIA stage for `user`.
+pub fn password_auth(user: &str, password: &str, session: &str) -> Value {
+    json!({
+        "type": "m.login.password",
+        "identifier": { "type": "m.id.user", "user": user },
+        "password": password,
+        "session": session,
+    })
+}

@@ -1,0 +1,10 @@
+//! End-to-end tests: the real server on a random loopback port, a real PostgreSQL.
+//! One test binary, so the server is linked once.
+
+mod accounts;
+mod cli;
+mod devices;
+mod embedded;
+mod errors;
+mod harness;
+mod sdk;

@@ -1,0 +1,51 @@
+//! Real client SDKs against a real server. matrix-nio comes from PyPI into a venv
+//! that `scripts/python-env` creates (outside the clone) on first use.
+
+use std::{path::Path, process::Command};
+
+use crate::harness::{TestServer, user_id};
+
+fn python_with_sdks() -> String {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = Command::new(root.join("scripts/python-env"))
+        .output()
+        .expect("running scripts/python-env");
+    assert!(
+        out.status.success(),
+        "python-env failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn matrix_nio_registers_logs_in_and_whoami() {
+    let python = python_with_sdks();
+    let server = TestServer::start().await;
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/nio_login.py");
+    let out = tokio::process::Command::new(python)
+        .arg(script)
+        .args([&server.base, "niouser", "hunter2"])
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "nio script failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.starts_with(&format!("ok {}", user_id("niouser"))),
+        "{stdout}"
+    );
+    // Both nio clients left a device behind: the registration's and the login's.
+    let devices = lattice::storage::devices::list(&server.state.db, &user_id("niouser"))
+        .await
+        .unwrap();
+    let names: Vec<_> = devices
+        .iter()
+        .filter_map(|d| d.display_name.clone())
+        .collect();
+    assert!(names.contains(&"nio-test".to_owned()), "{names:?}");
+}
