@@ -16,7 +16,8 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     api,
     config::{Bucket, Config, Resource},
-    service::{ratelimit::RateLimiter, uia},
+    notify::Notifier,
+    service::{event::SigningKey, keys, ratelimit::RateLimiter, uia},
     storage::{Database, Pool},
 };
 
@@ -34,12 +35,20 @@ pub struct AppState {
     pub device_touch_limiter: Arc<RateLimiter>,
     /// Nonces handed out for shared-secret registration.
     pub nonces: Arc<Mutex<HashMap<String, Instant>>>,
+    /// The key every local event is signed with.
+    pub signing_key: Arc<SigningKey>,
+    /// Stream positions: what readers may see, and wake-ups for waiters.
+    pub notifier: Notifier,
 }
 
 impl AppState {
-    pub fn new(config: Config, db: Pool) -> Self {
+    /// Builds the state, loading (or generating) the signing key and the stream
+    /// position from the database.
+    pub async fn load(config: Config, db: Pool) -> anyhow::Result<Self> {
+        let signing_key = keys::load_or_generate(&db).await?;
+        let persisted = crate::storage::events::max_stream_ordering(&db).await?;
         let limits = &config.rate_limits;
-        Self {
+        Ok(Self {
             server_name: config.server_name(),
             client_limiter: Arc::new(RateLimiter::new(limits.enabled, limits.client)),
             login_limiter: Arc::new(RateLimiter::new(limits.enabled, limits.login)),
@@ -51,9 +60,11 @@ impl AppState {
                 },
             )),
             nonces: Arc::default(),
+            signing_key: Arc::new(signing_key),
+            notifier: Notifier::new(persisted),
             config: Arc::new(config),
             db,
-        }
+        })
     }
 }
 
@@ -129,7 +140,7 @@ async fn purge_worker(state: AppState, shutdown: CancellationToken) {
 pub async fn serve(config: Config) -> anyhow::Result<()> {
     let db = Database::open(&config).await?;
     db.migrate().await?;
-    let state = AppState::new(config, db.pool.clone());
+    let state = AppState::load(config, db.pool.clone()).await?;
     let server = Server::start(state).await?;
     wait_for_signal().await;
     tracing::info!("shutting down");

@@ -144,7 +144,7 @@ fn init_tracing(filter: &str) {
 async fn run_admin(config: Config, command: Admin) -> anyhow::Result<()> {
     let db = Database::open(&config).await?;
     db.migrate().await?;
-    let state = AppState::new(config, db.pool.clone());
+    let state = AppState::load(config, db.pool.clone()).await?;
     let result = admin(&state, command).await;
     db.close_if_started_here().await;
     result

@@ -38,6 +38,11 @@ pub enum ErrorKind {
     Exclusive,
     GuestAccessForbidden,
     WeakPassword,
+    UnsupportedRoomVersion,
+    RoomInUse,
+    BadAlias,
+    /// `409 M_UNKNOWN`: the resource exists already (aliases).
+    Conflict,
     /// `400 M_UNKNOWN`: a request Lattice understands but does not support.
     BadRequest,
     Unknown,
@@ -64,6 +69,10 @@ impl ErrorKind {
             Self::Exclusive => "M_EXCLUSIVE",
             Self::GuestAccessForbidden => "M_GUEST_ACCESS_FORBIDDEN",
             Self::WeakPassword => "M_WEAK_PASSWORD",
+            Self::UnsupportedRoomVersion => "M_UNSUPPORTED_ROOM_VERSION",
+            Self::RoomInUse => "M_ROOM_IN_USE",
+            Self::BadAlias => "M_BAD_ALIAS",
+            Self::Conflict => "M_UNKNOWN",
             Self::BadRequest | Self::Unknown => "M_UNKNOWN",
         }
     }
@@ -77,6 +86,7 @@ impl ErrorKind {
                 StatusCode::UNAUTHORIZED
             }
             Self::NotFound => StatusCode::NOT_FOUND,
+            Self::Conflict => StatusCode::CONFLICT,
             Self::LimitExceeded { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Unrecognized { status } => *status,
             Self::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -89,6 +99,9 @@ impl ErrorKind {
             | Self::MissingParam
             | Self::Exclusive
             | Self::WeakPassword
+            | Self::UnsupportedRoomVersion
+            | Self::RoomInUse
+            | Self::BadAlias
             | Self::BadRequest => StatusCode::BAD_REQUEST,
         }
     }

@@ -16,5 +16,6 @@ pub mod cli;
 pub mod config;
 pub mod domain;
 pub mod error;
+pub mod notify;
 pub mod service;
 pub mod storage;

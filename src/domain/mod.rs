@@ -2,5 +2,6 @@
 
 pub mod localpart;
 pub mod password;
+pub mod pdu;
 pub mod room_version;
 pub mod token;

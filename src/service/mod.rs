@@ -3,7 +3,13 @@
 
 pub mod account;
 pub mod devices;
+pub mod directory;
+pub mod event;
+pub mod keys;
+pub mod membership;
 pub mod ratelimit;
+pub mod read;
+pub mod room;
 pub mod session;
 pub mod uia;
 

@@ -3,7 +3,11 @@
 
 pub mod devices;
 pub mod embedded_pg;
+pub mod events;
+pub mod keys;
 pub mod registration_tokens;
+pub mod rooms;
+pub mod state;
 pub mod tokens;
 pub mod uia;
 pub mod users;

@@ -190,7 +190,9 @@ impl TestServer {
     pub async fn start_config(config: Config) -> Self {
         let db = Database::open(&config).await.expect("database opens");
         db.migrate().await.expect("migrations");
-        let state = AppState::new(config, db.pool.clone());
+        let state = AppState::load(config, db.pool.clone())
+            .await
+            .expect("state loads");
         let server = Server::start(state.clone()).await.expect("server starts");
         let addr = server.addrs[0];
         Self {

@@ -4,6 +4,7 @@ mod account;
 mod devices;
 mod discovery;
 mod register;
+mod rooms;
 mod session;
 
 use axum::Router;
@@ -17,4 +18,5 @@ pub fn router() -> Router<AppState> {
         .merge(session::router())
         .merge(account::router())
         .merge(devices::router())
+        .merge(rooms::router())
 }

@@ -1,0 +1,553 @@
+//! Rooms, membership, events and reading:
+//! `POST /createRoom`; `POST /join/{roomIdOrAlias}`, `POST /rooms/{roomId}/join`,
+//! `…/leave`, `…/forget`, `…/invite`, `…/kick`, `…/ban`, `…/unban`, `POST /knock/{roomIdOrAlias}`;
+//! `PUT /rooms/{roomId}/send/{eventType}/{txnId}`, `PUT/GET /rooms/{roomId}/state/{eventType}/{stateKey}`,
+//! `GET /rooms/{roomId}/state`, `GET /rooms/{roomId}/event/{eventId}`,
+//! `PUT /rooms/{roomId}/redact/{eventId}/{txnId}`, `GET /rooms/{roomId}/messages`,
+//! `GET /rooms/{roomId}/members`, `GET /rooms/{roomId}/joined_members`, `GET /joined_rooms`;
+//! aliases: `PUT/GET/DELETE /directory/room/{roomAlias}`, `GET /rooms/{roomId}/aliases`
+//! (spec: "Rooms", "Room membership", "Events").
+
+use axum::{Json, Router, extract::State};
+use ruma::{
+    OwnedRoomId, RoomId, RoomOrAliasId,
+    api::{
+        Direction,
+        client::{
+            alias::{create_alias, delete_alias, get_alias},
+            filter::LazyLoadOptions,
+            knock::knock_room,
+            membership::{
+                ban_user, forget_room, get_member_events, invite_user, join_room_by_id,
+                join_room_by_id_or_alias, joined_members, joined_rooms, kick_user, leave_room,
+                unban_user,
+            },
+            message::{get_message_events, send_message_event},
+            redact::redact_event,
+            room::{aliases, create_room, get_room_event},
+            state::{get_state_event_for_key, get_state_events, send_state_event},
+        },
+    },
+};
+use serde_json::{Map, Value, json};
+
+use crate::{
+    api::{
+        auth::AuthUser,
+        ruma::{RouterExt, Ruma},
+    },
+    app::AppState,
+    domain::pdu::NewEvent,
+    error::{Error, ErrorKind, Result},
+    service::{
+        directory, event,
+        membership::{self, Change},
+        read::{self, TypeFilter},
+        room::{self, CreateRoom, Preset},
+    },
+};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .ruma::<create_room::v3::Request, _, _>(create)
+        .ruma::<join_room_by_id::v3::Request, _, _>(join_by_id)
+        .ruma::<join_room_by_id_or_alias::v3::Request, _, _>(join_by_id_or_alias)
+        .ruma::<leave_room::v3::Request, _, _>(leave)
+        .ruma::<forget_room::v3::Request, _, _>(forget)
+        .ruma::<invite_user::v3::Request, _, _>(invite)
+        .ruma::<kick_user::v3::Request, _, _>(kick)
+        .ruma::<ban_user::v3::Request, _, _>(ban)
+        .ruma::<unban_user::v3::Request, _, _>(unban)
+        .ruma::<knock_room::v3::Request, _, _>(knock)
+        .ruma::<send_message_event::v3::Request, _, _>(send)
+        .ruma::<send_state_event::v3::Request, _, _>(send_state)
+        .ruma::<get_state_event_for_key::v3::Request, _, _>(get_state_for_key)
+        .ruma::<get_state_events::v3::Request, _, _>(get_state)
+        .ruma::<get_room_event::v3::Request, _, _>(get_event)
+        .ruma::<redact_event::v3::Request, _, _>(redact)
+        .ruma::<get_message_events::v3::Request, _, _>(messages)
+        .ruma::<get_member_events::v3::Request, _, _>(members)
+        .ruma::<joined_members::v3::Request, _, _>(joined_members)
+        .ruma::<joined_rooms::v3::Request, _, _>(joined_rooms)
+        .ruma::<create_alias::v3::Request, _, _>(put_alias)
+        .ruma::<get_alias::v3::Request, _, _>(get_alias)
+        .ruma::<delete_alias::v3::Request, _, _>(remove_alias)
+        .ruma::<aliases::v3::Request, _, _>(room_aliases)
+}
+
+fn raw_object(json: &str, what: &str) -> Result<Map<String, Value>> {
+    match serde_json::from_str(json) {
+        Ok(Value::Object(map)) => Ok(map),
+        _ => Err(Error::bad_json(format!("{what} must be a JSON object"))),
+    }
+}
+
+async fn create(
+    State(app): State<AppState>,
+    AuthUser(user): AuthUser,
+    Ruma(req): Ruma<create_room::v3::Request>,
+) -> Result<Json<Value>> {
+    if user.is_guest {
+        return Err(Error::new(
+            ErrorKind::GuestAccessForbidden,
+            "Guests cannot create rooms",
+        ));
+    }
+    if !req.invite_3pid.is_empty() {
+        return Err(Error::new(
+            ErrorKind::BadRequest,
+            "Third-party invites are not supported",
+        ));
+    }
+    let mut initial_state = Vec::new();
+    for raw in &req.initial_state {
+        let ev = raw_object(raw.json().get(), "initial_state event")?;
+        let kind = ev
+            .get("type")
+            .and_then(Value::as_str)
+            .ok_or_else(|| Error::bad_json("initial_state event needs a type"))?;
+        let key = ev
+            .get("state_key")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let content = ev
+            .get("content")
+            .filter(|c| c.is_object())
+            .cloned()
+            .ok_or_else(|| Error::bad_json("initial_state event needs content"))?;
+        initial_state.push((kind.to_owned(), key.to_owned(), content));
+    }
+    let creation_content = match &req.creation_content {
+        Some(raw) => {
+            let mut content = raw_object(raw.json().get(), "creation_content")?;
+            // A space is a room with `type: m.space`; keep what the client sent.
+            if let Some(Value::String(t)) = content.get("type")
+                && t.is_empty()
+            {
+                content.remove("type");
+            }
+            Some(content)
+        }
+        None => None,
+    };
+    let preset = req.preset.as_ref().map(|p| match p.as_str() {
+        "public_chat" => Ok(Preset::PublicChat),
+        "trusted_private_chat" => Ok(Preset::TrustedPrivateChat),
+        "private_chat" => Ok(Preset::PrivateChat),
+        other => Err(Error::bad_json(format!("Unknown preset {other}"))),
+    });
+    let room_id = room::create(
+        &app,
+        &user.user_id,
+        CreateRoom {
+            room_version: req.room_version,
+            preset: preset.transpose()?,
+            public: req.visibility == ruma::api::client::room::Visibility::Public,
+            creation_content,
+            power_level_content_override: match &req.power_level_content_override {
+                Some(raw) => Some(raw_object(
+                    raw.json().get(),
+                    "power_level_content_override",
+                )?),
+                None => None,
+            },
+            initial_state,
+            name: req.name,
+            topic: req.topic,
+            room_alias_name: req.room_alias_name,
+            invite: req.invite,
+            is_direct: req.is_direct,
+        },
+    )
+    .await?;
+    Ok(Json(json!({ "room_id": room_id })))
+}
+
+async fn resolve(app: &AppState, id: &RoomOrAliasId) -> Result<OwnedRoomId> {
+    match <&RoomId>::try_from(id) {
+        Ok(room_id) => Ok(room_id.to_owned()),
+        Err(alias) => directory::resolve_local(app, alias.as_str())
+            .await?
+            .ok_or_else(|| Error::not_found("Room alias not found")),
+    }
+}
+
+async fn join_by_id(
+    State(app): State<AppState>,
+    AuthUser(user): AuthUser,
+    Ruma(req): Ruma<join_room_by_id::v3::Request>,
+) -> Result<Json<Value>> {
+    let room_id = membership::join(&app, &user.user_id, &req.room_id, req.reason).await?;
+    Ok(Json(json!({ "room_id": room_id })))
+}
+
+async fn join_by_id_or_alias(
+    State(app): State<AppState>,
+    AuthUser(user): AuthUser,
+    Ruma(req): Ruma<join_room_by_id_or_alias::v3::Request>,
+) -> Result<Json<Value>> {
+    let room_id = resolve(&app, &req.room_id_or_alias).await?;
+    let room_id = membership::join(&app, &user.user_id, &room_id, req.reason).await?;
+    Ok(Json(json!({ "room_id": room_id })))
+}
+
+async fn knock(
+    State(app): State<AppState>,
+    AuthUser(user): AuthUser,
+    Ruma(req): Ruma<knock_room::v3::Request>,
+) -> Result<Json<Value>> {
+    let room_id = resolve(&app, &req.room_id_or_alias).await?;
+    membership::knock(&app, &user.user_id, &room_id, req.reason).await?;
+    Ok(Json(json!({ "room_id": room_id })))
+}
+
+async fn leave(
+    State(app): State<AppState>,
+    AuthUser(user): AuthUser,
+    Ruma(req): Ruma<leave_room::v3::Request>,
+) -> Result<Json<Value>> {
+    membership::leave(&app, &user.user_id, &req.room_id, req.reason).await?;
+    Ok(Json(json!({})))
+}
+
+async fn forget(
+    State(app): State<AppState>,
+    AuthUser(user): AuthUser,
+    Ruma(req): Ruma<forget_room::v3::Request>,
+) -> Result<Json<Value>> {
+    membership::forget(&app, &user.user_id, &req.room_id).await?;
+    Ok(Json(json!({})))
+}
+
+async fn invite(
+    State(app): State<AppState>,
+    AuthUser(user): AuthUser,
+    Ruma(req): Ruma<invite_user::v3::Request>,
+) -> Result<Json<Value>> {
+    let invite_user::v3::InvitationRecipient::UserId(recipient) = req.recipient else {
+        return Err(Error::new(
+            ErrorKind::BadRequest,
+            "Third-party invites are not supported",
+        ));
+    };
+    membership::change(
+        &app,
+        &user.user_id,
+        &req.room_id,
+        &recipient.user_id,
+        Change::Invite,
+        recipient.reason,
+        false,
+    )
+    .await?;
+    Ok(Json(json!({})))
+}
+
+async fn kick(
+    State(app): State<AppState>,
+    AuthUser(user): AuthUser,
+    Ruma(req): Ruma<kick_user::v3::Request>,
+) -> Result<Json<Value>> {
+    membership::change(
+        &app,
+        &user.user_id,
+        &req.room_id,
+        &req.user_id,
+        Change::Kick,
+        req.reason,
+        false,
+    )
+    .await?;
+    Ok(Json(json!({})))
+}
+
+async fn ban(
+    State(app): State<AppState>,
+    AuthUser(user): AuthUser,
+    Ruma(req): Ruma<ban_user::v3::Request>,
+) -> Result<Json<Value>> {
+    membership::change(
+        &app,
+        &user.user_id,
+        &req.room_id,
+        &req.user_id,
+        Change::Ban,
+        req.reason,
+        false,
+    )
+    .await?;
+    Ok(Json(json!({})))
+}
+
+async fn unban(
+    State(app): State<AppState>,
+    AuthUser(user): AuthUser,
+    Ruma(req): Ruma<unban_user::v3::Request>,
+) -> Result<Json<Value>> {
+    membership::change(
+        &app,
+        &user.user_id,
+        &req.room_id,
+        &req.user_id,
+        Change::Unban,
+        req.reason,
+        false,
+    )
+    .await?;
+    Ok(Json(json!({})))
+}
+
+async fn send(
+    State(app): State<AppState>,
+    AuthUser(user): AuthUser,
+    Ruma(req): Ruma<send_message_event::v3::Request>,
+) -> Result<Json<Value>> {
+    let kind = req.event_type.to_string();
+    if kind == "m.room.redaction" {
+        // Redactions go through /redact, which checks the right to redact.
+        return Err(Error::bad_json("Use /redact to send redactions"));
+    }
+    let content = Value::Object(raw_object(req.body.json().get(), "Event content")?);
+    let event_id = event::send(
+        &app,
+        &req.room_id,
+        &user.user_id,
+        NewEvent {
+            kind,
+            content,
+            state_key: None,
+            redacts: None,
+        },
+        Some((user.device_id.as_str(), req.txn_id.as_str())),
+    )
+    .await?;
+    Ok(Json(json!({ "event_id": event_id })))
+}
+
+async fn send_state(
+    State(app): State<AppState>,
+    AuthUser(user): AuthUser,
+    Ruma(req): Ruma<send_state_event::v3::Request>,
+) -> Result<Json<Value>> {
+    let kind = req.event_type.to_string();
+    if kind == "m.room.create" {
+        return Err(Error::forbidden("m.room.create cannot be sent"));
+    }
+    let content = Value::Object(raw_object(req.body.json().get(), "Event content")?);
+    if kind == "m.room.canonical_alias" {
+        check_canonical_alias(&app, &req.room_id, &content).await?;
+    }
+    let event_id = event::send(
+        &app,
+        &req.room_id,
+        &user.user_id,
+        NewEvent {
+            kind,
+            content,
+            state_key: Some(req.state_key),
+            redacts: None,
+        },
+        None,
+    )
+    .await?;
+    Ok(Json(json!({ "event_id": event_id })))
+}
+
+/// Local aliases in `m.room.canonical_alias` must point at this room (spec:
+/// "m.room.canonical_alias", `M_BAD_ALIAS`).
+async fn check_canonical_alias(app: &AppState, room_id: &RoomId, content: &Value) -> Result<()> {
+    let mut aliases: Vec<&str> = content["alt_aliases"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    if let Some(alias) = content["alias"].as_str() {
+        aliases.push(alias);
+    }
+    for alias in aliases {
+        if ruma::RoomAliasId::parse(alias).is_err() {
+            return Err(Error::invalid_param(format!("Invalid alias {alias}")));
+        }
+        if alias.ends_with(&format!(":{}", app.server_name))
+            && directory::resolve_local(app, alias).await?.as_deref() != Some(room_id)
+        {
+            return Err(Error::new(
+                ErrorKind::BadAlias,
+                format!("{alias} does not point to this room"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+async fn get_state_for_key(
+    State(app): State<AppState>,
+    AuthUser(user): AuthUser,
+    Ruma(req): Ruma<get_state_event_for_key::v3::Request>,
+) -> Result<Json<Value>> {
+    let event = read::state_event(
+        &app,
+        &user.user_id,
+        &req.room_id,
+        &req.event_type.to_string(),
+        &req.state_key,
+    )
+    .await?;
+    Ok(Json(match req.format {
+        get_state_event_for_key::v3::StateEventFormat::Event => event,
+        _ => event["content"].clone(),
+    }))
+}
+
+async fn get_state(
+    State(app): State<AppState>,
+    AuthUser(user): AuthUser,
+    Ruma(req): Ruma<get_state_events::v3::Request>,
+) -> Result<Json<Value>> {
+    Ok(Json(Value::Array(
+        read::room_state(&app, &user.user_id, &req.room_id).await?,
+    )))
+}
+
+async fn get_event(
+    State(app): State<AppState>,
+    AuthUser(user): AuthUser,
+    Ruma(req): Ruma<get_room_event::v3::Request>,
+) -> Result<Json<Value>> {
+    Ok(Json(
+        read::event(&app, &user.user_id, &req.room_id, req.event_id.as_str()).await?,
+    ))
+}
+
+async fn redact(
+    State(app): State<AppState>,
+    AuthUser(user): AuthUser,
+    Ruma(req): Ruma<redact_event::v3::Request>,
+) -> Result<Json<Value>> {
+    let event_id = event::redact(
+        &app,
+        &req.room_id,
+        &user.user_id,
+        &req.event_id,
+        req.reason,
+        (user.device_id.as_str(), req.txn_id.as_str()),
+    )
+    .await?;
+    Ok(Json(json!({ "event_id": event_id })))
+}
+
+async fn messages(
+    State(app): State<AppState>,
+    AuthUser(user): AuthUser,
+    Ruma(req): Ruma<get_message_events::v3::Request>,
+) -> Result<Json<Value>> {
+    let filter = TypeFilter {
+        types: req.filter.types.clone(),
+        not_types: req.filter.not_types.clone(),
+    };
+    let lazy = matches!(
+        req.filter.lazy_load_options,
+        LazyLoadOptions::Enabled { .. }
+    );
+    let limit = req
+        .filter
+        .limit
+        .map(u64::from)
+        .unwrap_or(u64::from(req.limit)) as usize;
+    let page = read::messages(
+        &app,
+        &user.user_id,
+        &req.room_id,
+        req.from.as_deref(),
+        req.to.as_deref(),
+        req.dir == Direction::Backward,
+        limit,
+        lazy,
+        &filter,
+    )
+    .await?;
+    let mut body = json!({ "chunk": page.chunk, "start": page.start.to_string() });
+    if let Some(end) = page.end {
+        body["end"] = end.to_string().into();
+    }
+    if !page.state.is_empty() {
+        body["state"] = Value::Array(page.state);
+    }
+    Ok(Json(body))
+}
+
+async fn members(
+    State(app): State<AppState>,
+    AuthUser(user): AuthUser,
+    Ruma(req): Ruma<get_member_events::v3::Request>,
+) -> Result<Json<Value>> {
+    let chunk = read::members(
+        &app,
+        &user.user_id,
+        &req.room_id,
+        req.at.as_deref(),
+        req.membership.as_ref().map(|m| m.as_str()),
+        req.not_membership.as_ref().map(|m| m.as_str()),
+    )
+    .await?;
+    Ok(Json(json!({ "chunk": chunk })))
+}
+
+async fn joined_members(
+    State(app): State<AppState>,
+    AuthUser(user): AuthUser,
+    Ruma(req): Ruma<joined_members::v3::Request>,
+) -> Result<Json<Value>> {
+    let joined = read::joined_members(&app, &user.user_id, &req.room_id).await?;
+    Ok(Json(json!({ "joined": joined })))
+}
+
+async fn joined_rooms(
+    State(app): State<AppState>,
+    AuthUser(user): AuthUser,
+    Ruma(_): Ruma<joined_rooms::v3::Request>,
+) -> Result<Json<Value>> {
+    Ok(Json(
+        json!({ "joined_rooms": read::joined_rooms(&app, &user.user_id).await? }),
+    ))
+}
+
+async fn put_alias(
+    State(app): State<AppState>,
+    AuthUser(user): AuthUser,
+    Ruma(req): Ruma<create_alias::v3::Request>,
+) -> Result<Json<Value>> {
+    directory::create_alias(&app, &user, req.room_alias.as_str(), &req.room_id).await?;
+    Ok(Json(json!({})))
+}
+
+async fn get_alias(
+    State(app): State<AppState>,
+    Ruma(req): Ruma<get_alias::v3::Request>,
+) -> Result<Json<Value>> {
+    let room_id = directory::resolve_local(&app, req.room_alias.as_str())
+        .await?
+        .ok_or_else(|| Error::not_found("Room alias not found"))?;
+    Ok(Json(
+        json!({ "room_id": room_id, "servers": [app.server_name] }),
+    ))
+}
+
+async fn remove_alias(
+    State(app): State<AppState>,
+    AuthUser(user): AuthUser,
+    Ruma(req): Ruma<delete_alias::v3::Request>,
+) -> Result<Json<Value>> {
+    directory::delete_alias(&app, &user, req.room_alias.as_str()).await?;
+    Ok(Json(json!({})))
+}
+
+async fn room_aliases(
+    State(app): State<AppState>,
+    AuthUser(user): AuthUser,
+    Ruma(req): Ruma<aliases::v3::Request>,
+) -> Result<Json<Value>> {
+    let aliases = directory::room_aliases(&app, &user.user_id, &req.room_id).await?;
+    Ok(Json(json!({ "aliases": aliases })))
+}

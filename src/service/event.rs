@@ -1,0 +1,509 @@
+//! The local event path (ARCHITECTURE.md, "The two paths every event takes"):
+//!
+//! 1. The caller holds the room's event-creation lock (its row, `FOR UPDATE`) in an
+//!    open transaction, as a [`RoomCtx`].
+//! 2. [`append`] picks `prev_events` (the forward extremities), the auth events the
+//!    spec selects for the event, and `depth`; builds a PDU of the room's version
+//!    (content hash, signature, reference-hash ID).
+//! 3. The auth rules run against the state before the event.
+//! 4. [`persist`], the single writer, stores event + state delta + extremities +
+//!    membership in the caller's transaction and registers the new stream position;
+//!    it becomes visible to readers when the transaction commits and the guard drops.
+
+use std::collections::HashMap;
+
+use ruma::{
+    EventId, MilliSecondsSinceUnixEpoch, OwnedEventId, OwnedRoomId, RoomId, RoomVersionId, UserId,
+    events::TimelineEventType,
+    room_version_rules::RoomVersionRules,
+    signatures::Ed25519KeyPair,
+    state_res::{
+        auth_types_for_event, check_state_dependent_auth_rules, check_state_independent_auth_rules,
+    },
+};
+use serde_json::value::to_raw_value;
+
+use crate::{
+    app::AppState,
+    domain::pdu::{self, Built, NewEvent, Pdu, PduError, Position},
+    error::{Error, ErrorKind, Result},
+    notify::InFlight,
+    storage::{Postgres, Transaction, events, now_ms, rooms, state},
+};
+
+/// Deltas a state group may stack on its snapshot before a new snapshot is written:
+/// bounds the work of reading state, at a small storage cost.
+pub const MAX_STATE_CHAIN: i32 = 32;
+
+/// The server's signing key.
+pub struct SigningKey {
+    pub key_id: String,
+    pub pair: Ed25519KeyPair,
+}
+
+/// A room locked for event creation within one transaction.
+pub struct RoomCtx {
+    pub room_id: Option<OwnedRoomId>,
+    pub version: RoomVersionId,
+    pub rules: RoomVersionRules,
+    pub extremities: Vec<OwnedEventId>,
+    pub depth: i64,
+    pub state_group: Option<i64>,
+    /// Stream positions taken in this transaction; released after commit.
+    pub in_flight: Vec<InFlight>,
+}
+
+impl RoomCtx {
+    /// A room that does not exist yet (for its create event).
+    pub fn new_room(version: RoomVersionId) -> Result<Self> {
+        let rules = version
+            .rules()
+            .ok_or_else(|| Error::new(ErrorKind::BadRequest, "Unsupported room version"))?;
+        Ok(Self {
+            room_id: None,
+            version,
+            rules,
+            extremities: Vec::new(),
+            depth: 0,
+            state_group: None,
+            in_flight: Vec::new(),
+        })
+    }
+
+    /// Locks an existing room. `None` if the room is unknown.
+    pub async fn lock(
+        tx: &mut Transaction<'_, Postgres>,
+        room_id: &RoomId,
+    ) -> Result<Option<Self>> {
+        let Some(room) = rooms::lock(&mut **tx, room_id.as_str()).await? else {
+            return Ok(None);
+        };
+        let version = RoomVersionId::try_from(room.room_version.as_str())
+            .map_err(|e| anyhow::anyhow!("stored room version: {e}"))?;
+        let rules = version
+            .rules()
+            .ok_or_else(|| anyhow::anyhow!("stored room version unsupported"))?;
+        let extremities: Vec<OwnedEventId> =
+            rooms::forward_extremities(&mut **tx, room_id.as_str())
+                .await?
+                .into_iter()
+                .filter_map(|e| EventId::parse(e).ok())
+                .collect();
+        if extremities.len() > 1 {
+            // Only federation can fork a room; resolving forks arrives with it.
+            return Err(Error::Internal(anyhow::anyhow!(
+                "room {room_id} has {} forward extremities; state resolution is not wired yet",
+                extremities.len()
+            )));
+        }
+        let ids: Vec<String> = extremities.iter().map(|e| e.to_string()).collect();
+        let depth = events::get_many(&mut **tx, &ids)
+            .await?
+            .iter()
+            .map(|e| e.depth)
+            .max()
+            .unwrap_or(0);
+        Ok(Some(Self {
+            room_id: Some(room_id.to_owned()),
+            version,
+            rules,
+            extremities,
+            depth,
+            state_group: room.current_state_group,
+            in_flight: Vec::new(),
+        }))
+    }
+
+    pub fn room_id(&self) -> &RoomId {
+        self.room_id
+            .as_deref()
+            .expect("room exists after its create event")
+    }
+}
+
+/// Loads the given keys of the room's current state, as parsed PDUs.
+pub async fn state_events(
+    tx: &mut Transaction<'_, Postgres>,
+    group: Option<i64>,
+    keys: &[(String, String)],
+) -> Result<HashMap<(String, String), Pdu>> {
+    let Some(group) = group else {
+        return Ok(HashMap::new());
+    };
+    let entries = state::state_for_keys(&mut **tx, group, keys).await?;
+    let ids: Vec<String> = entries.iter().map(|(_, id)| id.clone()).collect();
+    let stored = events::get_many(&mut **tx, &ids).await?;
+    let mut by_id: HashMap<String, Pdu> = HashMap::new();
+    for ev in stored {
+        let id = EventId::parse(&ev.event_id).map_err(|e| anyhow::anyhow!("stored id: {e}"))?;
+        let pdu = Pdu::from_json(&id, &ev.json).map_err(|e| anyhow::anyhow!("stored pdu: {e}"))?;
+        by_id.insert(ev.event_id, pdu);
+    }
+    Ok(entries
+        .into_iter()
+        .filter_map(|(key, id)| by_id.remove(&id).map(|p| (key, p)))
+        .collect())
+}
+
+/// The result of appending an event.
+pub struct Appended {
+    pub event_id: OwnedEventId,
+    pub stream_ordering: i64,
+}
+
+/// Builds, authorises and persists one local event in a locked room.
+pub async fn append(
+    tx: &mut Transaction<'_, Postgres>,
+    app: &AppState,
+    room: &mut RoomCtx,
+    sender: &UserId,
+    event: NewEvent,
+) -> Result<Appended> {
+    let kind: TimelineEventType = event.kind.as_str().into();
+    let content_raw = to_raw_value(&event.content).map_err(|e| Error::bad_json(e.to_string()))?;
+    let auth_types = auth_types_for_event(
+        &kind,
+        sender,
+        event.state_key.as_deref(),
+        &content_raw,
+        &room.rules.authorization,
+    )
+    .map_err(|e| Error::bad_json(format!("Invalid content: {e}")))?;
+    let mut keys: Vec<(String, String)> = auth_types
+        .into_iter()
+        .map(|(t, k)| (t.to_string(), k))
+        .collect();
+    // The create event is always needed by the auth rules, even where (v12) it is
+    // not listed in auth_events.
+    let create_key = ("m.room.create".to_owned(), String::new());
+    if !keys.contains(&create_key) {
+        keys.push(create_key.clone());
+    }
+    keys.dedup();
+    let state_before = state_events(tx, room.state_group, &keys).await?;
+
+    let mut auth_ids: Vec<OwnedEventId> = state_before
+        .iter()
+        .filter(|(key, _)| {
+            !(room.rules.authorization.room_create_event_id_as_room_id && **key == create_key)
+        })
+        .map(|(_, pdu)| pdu.event_id.clone())
+        .collect();
+    auth_ids.sort();
+
+    let key = &app.signing_key;
+    let built = pdu::build(
+        &room.rules,
+        &event,
+        sender,
+        &Position {
+            room_id: room.room_id.as_deref(),
+            prev_events: &room.extremities,
+            auth_events: &auth_ids,
+            depth: room.depth + 1,
+        },
+        MilliSecondsSinceUnixEpoch::now(),
+        app.server_name.as_str(),
+        &key.pair,
+    )
+    .map_err(|e| match e {
+        PduError::TooLarge => Error::new(ErrorKind::TooLarge, "Event is larger than 65536 bytes"),
+        PduError::Malformed(m) => Error::bad_json(m),
+    })?;
+
+    authorize(&room.rules, &built.pdu, &state_before)?;
+    persist(tx, app, room, built).await
+}
+
+/// The create event: no state before it, no prev or auth events.
+pub async fn append_first(
+    tx: &mut Transaction<'_, Postgres>,
+    app: &AppState,
+    room: &mut RoomCtx,
+    sender: &UserId,
+    content: serde_json::Map<String, serde_json::Value>,
+) -> Result<Appended> {
+    let event = NewEvent {
+        kind: "m.room.create".into(),
+        content: serde_json::Value::Object(content),
+        state_key: Some(String::new()),
+        redacts: None,
+    };
+    let built = pdu::build(
+        &room.rules,
+        &event,
+        sender,
+        &Position {
+            room_id: room.room_id.as_deref(),
+            prev_events: &[],
+            auth_events: &[],
+            depth: 1,
+        },
+        MilliSecondsSinceUnixEpoch::now(),
+        app.server_name.as_str(),
+        &app.signing_key.pair,
+    )
+    .map_err(|e| match e {
+        PduError::TooLarge => Error::new(ErrorKind::TooLarge, "Event is larger than 65536 bytes"),
+        PduError::Malformed(m) => Error::bad_json(m),
+    })?;
+    authorize(&room.rules, &built.pdu, &HashMap::new())?;
+    persist(tx, app, room, built).await
+}
+
+/// Runs the auth rules of the room version against the state before the event.
+pub fn authorize(
+    rules: &RoomVersionRules,
+    pdu: &Pdu,
+    state_before: &HashMap<(String, String), Pdu>,
+) -> Result<()> {
+    let by_id: HashMap<&EventId, &Pdu> = state_before.values().map(|p| (&*p.event_id, p)).collect();
+    check_state_independent_auth_rules(&rules.authorization, pdu, |id: &EventId| {
+        by_id.get(id).copied()
+    })
+    .and_then(|()| {
+        check_state_dependent_auth_rules(&rules.authorization, pdu, |t, k| {
+            state_before.get(&(t.to_string(), k.to_owned()))
+        })
+    })
+    .map_err(|reason| Error::forbidden(format!("Event not allowed: {reason}")))
+}
+
+/// The single writer: event, state delta, extremities, membership — in the caller's
+/// transaction. The new stream position is published after the caller commits.
+pub async fn persist(
+    tx: &mut Transaction<'_, Postgres>,
+    app: &AppState,
+    room: &mut RoomCtx,
+    built: Built,
+) -> Result<Appended> {
+    let Built {
+        event_id,
+        room_id,
+        json,
+        pdu,
+    } = built;
+    if room.room_id.is_none() {
+        room.room_id = Some(room_id.clone());
+    }
+    let stream = events::next_stream_ordering(&mut **tx).await?;
+    room.in_flight.push(app.notifier.begin(stream));
+
+    let group = match &pdu.state_key {
+        Some(state_key) => Some(
+            new_state_group(
+                tx,
+                room_id.as_str(),
+                room.state_group,
+                (pdu.kind.to_string(), state_key.clone()),
+                event_id.as_str(),
+            )
+            .await?,
+        ),
+        None => room.state_group,
+    };
+    let text = serde_json::to_string(&json).map_err(|e| anyhow::anyhow!("serialising pdu: {e}"))?;
+    let event_type = pdu.kind.to_string();
+    events::insert(
+        &mut **tx,
+        &events::NewEventRow {
+            event_id: event_id.as_str(),
+            room_id: room_id.as_str(),
+            depth: pdu.depth,
+            event_type: &event_type,
+            state_key: pdu.state_key.as_deref(),
+            sender: pdu.sender.as_str(),
+            origin_server_ts: u64::from(pdu.origin_server_ts.0) as i64,
+            json: &text,
+            state_group: group,
+            rejected: false,
+            received_ts: now_ms(),
+        },
+        stream,
+    )
+    .await?;
+    let prev: Vec<String> = room.extremities.iter().map(|e| e.to_string()).collect();
+    rooms::replace_extremities(&mut **tx, room_id.as_str(), &prev, event_id.as_str()).await?;
+    if let Some(group) = group {
+        rooms::set_current_state_group(&mut **tx, room_id.as_str(), group).await?;
+    }
+    if pdu.kind == TimelineEventType::RoomMember
+        && let Some(target) = &pdu.state_key
+    {
+        let membership: serde_json::Value = serde_json::from_str(pdu.content.get())
+            .map_err(|e| anyhow::anyhow!("member content: {e}"))?;
+        let membership = membership["membership"].as_str().unwrap_or("leave");
+        rooms::set_membership(
+            &mut **tx,
+            room_id.as_str(),
+            target,
+            membership,
+            event_id.as_str(),
+            stream,
+        )
+        .await?;
+    }
+    if pdu.kind == TimelineEventType::RoomRedaction
+        && let Some(redacts) = &pdu.redacts
+    {
+        events::set_redacted_by(&mut **tx, redacts.as_str(), event_id.as_str()).await?;
+    }
+
+    room.extremities = vec![event_id.clone()];
+    room.depth = pdu.depth;
+    room.state_group = group;
+    Ok(Appended {
+        event_id,
+        stream_ordering: stream,
+    })
+}
+
+/// A new state group: the parent's state plus one entry, as a delta, or as a
+/// fresh snapshot when the parent's chain is at its bound.
+async fn new_state_group(
+    tx: &mut Transaction<'_, Postgres>,
+    room_id: &str,
+    parent: Option<i64>,
+    key: (String, String),
+    event_id: &str,
+) -> Result<i64> {
+    let parent_depth = match parent {
+        Some(p) => Some(state::chain_depth(&mut **tx, p).await?),
+        None => None,
+    };
+    match (parent, parent_depth) {
+        (Some(p), Some(depth)) if depth < MAX_STATE_CHAIN => {
+            let ids = state::intern_keys(&mut **tx, std::slice::from_ref(&key)).await?;
+            Ok(state::insert_group(
+                &mut **tx,
+                room_id,
+                Some(p),
+                depth + 1,
+                &ids,
+                &[event_id.to_owned()],
+            )
+            .await?)
+        }
+        _ => {
+            let mut full: HashMap<(String, String), String> = match parent {
+                Some(p) => state::full_state(&mut **tx, p).await?.into_iter().collect(),
+                None => HashMap::new(),
+            };
+            full.insert(key, event_id.to_owned());
+            let (keys, ids): (Vec<(String, String)>, Vec<String>) = full.into_iter().unzip();
+            let key_ids = state::intern_keys(&mut **tx, &keys).await?;
+            Ok(state::insert_group(&mut **tx, room_id, None, 0, &key_ids, &ids).await?)
+        }
+    }
+}
+
+/// Releases the stream positions of a committed (or abandoned) room transaction,
+/// publishing them to readers.
+pub fn release(room: RoomCtx) {
+    drop(room.in_flight);
+}
+
+/// Sends one event into an existing room in its own transaction, idempotently per
+/// `(user, device, txn_id)` when a transaction ID is given.
+pub async fn send(
+    app: &AppState,
+    room_id: &RoomId,
+    sender: &UserId,
+    event: NewEvent,
+    txn: Option<(&str, &str)>,
+) -> Result<OwnedEventId> {
+    if let Some((device, txn_id)) = txn
+        && let Some(existing) = rooms::txn_event(&app.db, sender.as_str(), device, txn_id).await?
+    {
+        return Ok(EventId::parse(existing).map_err(|e| anyhow::anyhow!("stored id: {e}"))?);
+    }
+    let mut tx = app.db.begin().await?;
+    let Some(mut room) = RoomCtx::lock(&mut tx, room_id).await? else {
+        return Err(Error::forbidden("Unknown room, or you are not in it"));
+    };
+    if let Some((device, txn_id)) = txn
+        && let Some(existing) = rooms::txn_event(&mut *tx, sender.as_str(), device, txn_id).await?
+    {
+        // A concurrent request with the same txnId won the lock first.
+        return Ok(EventId::parse(existing).map_err(|e| anyhow::anyhow!("stored id: {e}"))?);
+    }
+    let appended = append(&mut tx, app, &mut room, sender, event).await?;
+    if let Some((device, txn_id)) = txn {
+        rooms::insert_txn(
+            &mut *tx,
+            sender.as_str(),
+            device,
+            txn_id,
+            appended.event_id.as_str(),
+            now_ms(),
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    release(room);
+    Ok(appended.event_id)
+}
+
+/// `PUT /rooms/{roomId}/redact/{eventId}/{txnId}`: the sender may redact their own
+/// events, or others' with the `redact` power level.
+pub async fn redact(
+    app: &AppState,
+    room_id: &RoomId,
+    sender: &UserId,
+    target: &EventId,
+    reason: Option<String>,
+    (device, txn_id): (&str, &str),
+) -> Result<OwnedEventId> {
+    if let Some(existing) = rooms::txn_event(&app.db, sender.as_str(), device, txn_id).await? {
+        return Ok(EventId::parse(existing).map_err(|e| anyhow::anyhow!("stored id: {e}"))?);
+    }
+    let mut tx = app.db.begin().await?;
+    let Some(mut room) = RoomCtx::lock(&mut tx, room_id).await? else {
+        return Err(Error::forbidden("Unknown room, or you are not in it"));
+    };
+    let original = events::get(&mut *tx, target.as_str()).await?;
+    let Some(original) = original.filter(|e| e.room_id == room_id.as_str()) else {
+        return Err(Error::not_found("Event not found"));
+    };
+    if original.sender != sender.as_str() {
+        let keys = [("m.room.power_levels".to_owned(), String::new())];
+        let power = state_events(&mut tx, room.state_group, &keys).await?;
+        let power: serde_json::Value = power
+            .get(&keys[0])
+            .and_then(|p| serde_json::from_str(p.content.get()).ok())
+            .unwrap_or_default();
+        let creators = super::read::creators(&mut tx, &room).await?;
+        let is_creator = room.rules.authorization.explicitly_privilege_room_creators
+            && creators.iter().any(|c| c == sender.as_str());
+        let level = power["users"][sender.as_str()]
+            .as_i64()
+            .unwrap_or(power["users_default"].as_i64().unwrap_or(0));
+        let needed = power["redact"].as_i64().unwrap_or(50);
+        if !is_creator && level < needed {
+            return Err(Error::forbidden("You may not redact other users' events"));
+        }
+    }
+    let mut content = serde_json::json!({});
+    if let Some(reason) = reason {
+        content["reason"] = reason.into();
+    }
+    let event = NewEvent {
+        kind: "m.room.redaction".into(),
+        content,
+        state_key: None,
+        redacts: Some(target.to_owned()),
+    };
+    let appended = append(&mut tx, app, &mut room, sender, event).await?;
+    rooms::insert_txn(
+        &mut *tx,
+        sender.as_str(),
+        device,
+        txn_id,
+        appended.event_id.as_str(),
+        now_ms(),
+    )
+    .await?;
+    tx.commit().await?;
+    release(room);
+    Ok(appended.event_id)
+}

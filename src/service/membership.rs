@@ -1,0 +1,250 @@
+//! Membership changes: join, leave, invite, kick, ban, unban, knock, forget.
+//! Each is one `m.room.member` event through the local event path; the room
+//! version's auth rules decide whether it is allowed.
+
+use ruma::{OwnedRoomId, RoomId, UserId};
+use serde_json::{Value, json};
+
+use super::event::{self, RoomCtx};
+use crate::{
+    app::AppState,
+    domain::pdu::NewEvent,
+    error::{Error, ErrorKind, Result},
+    storage::rooms,
+};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Change {
+    Invite,
+    Kick,
+    Ban,
+    Unban,
+}
+
+/// Joins a local room. For `restricted` rooms the join is authorised by a local
+/// member who may invite, when the user is in one of the allowed rooms.
+pub async fn join(
+    app: &AppState,
+    user: &UserId,
+    room_id: &RoomId,
+    reason: Option<String>,
+) -> Result<OwnedRoomId> {
+    let mut tx = app.db.begin().await?;
+    let Some(mut room) = RoomCtx::lock(&mut tx, room_id).await? else {
+        return Err(Error::not_found("No known servers for this room"));
+    };
+    let current = rooms::membership(&mut *tx, room_id.as_str(), user.as_str()).await?;
+    if current.as_deref() == Some("ban") {
+        return Err(Error::forbidden("You are banned from this room"));
+    }
+    let mut content = json!({ "membership": "join" });
+    if let Some(reason) = reason {
+        content["reason"] = reason.into();
+    }
+    if !matches!(current.as_deref(), Some("join" | "invite"))
+        && let Some(authoriser) = restricted_join_authoriser(&mut tx, app, &room, user).await?
+    {
+        content["join_authorised_via_users_server"] = authoriser.into();
+    }
+    let event = NewEvent {
+        kind: "m.room.member".into(),
+        content,
+        state_key: Some(user.to_string()),
+        redacts: None,
+    };
+    event::append(&mut tx, app, &mut room, user, event).await?;
+    tx.commit().await?;
+    event::release(room);
+    Ok(room_id.to_owned())
+}
+
+/// For `restricted`/`knock_restricted` join rules: a local joined member with the
+/// power to invite, if the user is joined to one of the rooms the rule allows.
+async fn restricted_join_authoriser(
+    tx: &mut crate::storage::Transaction<'_, crate::storage::Postgres>,
+    app: &AppState,
+    room: &RoomCtx,
+    user: &UserId,
+) -> Result<Option<String>> {
+    let keys = [
+        ("m.room.join_rules".to_owned(), String::new()),
+        ("m.room.power_levels".to_owned(), String::new()),
+    ];
+    let state = event::state_events(tx, room.state_group, &keys).await?;
+    let Some(rules) = state.get(&keys[0]) else {
+        return Ok(None);
+    };
+    let rules: Value = serde_json::from_str(rules.content.get()).unwrap_or_default();
+    if !matches!(
+        rules["join_rule"].as_str(),
+        Some("restricted" | "knock_restricted")
+    ) {
+        return Ok(None);
+    }
+    let mut allowed = false;
+    for entry in rules["allow"].as_array().into_iter().flatten() {
+        if entry["type"] == "m.room_membership"
+            && let Some(allowed_room) = entry["room_id"].as_str()
+            && rooms::membership(&mut **tx, allowed_room, user.as_str())
+                .await?
+                .as_deref()
+                == Some("join")
+        {
+            allowed = true;
+            break;
+        }
+    }
+    if !allowed {
+        return Ok(None);
+    }
+    let power: Value = state
+        .get(&keys[1])
+        .and_then(|p| serde_json::from_str(p.content.get()).ok())
+        .unwrap_or_default();
+    let invite_level = power["invite"].as_i64().unwrap_or(0);
+    let users_default = power["users_default"].as_i64().unwrap_or(0);
+    let creators = super::read::creators(tx, room).await?;
+    for (member, _) in rooms::members(&mut **tx, room.room_id().as_str(), "join").await? {
+        let local = member.ends_with(&format!(":{}", app.server_name));
+        let level = power["users"][&member].as_i64().unwrap_or(users_default);
+        let is_creator = room.rules.authorization.explicitly_privilege_room_creators
+            && creators.contains(&member);
+        if local && (is_creator || level >= invite_level) {
+            return Ok(Some(member));
+        }
+    }
+    Ok(None)
+}
+
+pub async fn leave(
+    app: &AppState,
+    user: &UserId,
+    room_id: &RoomId,
+    reason: Option<String>,
+) -> Result<()> {
+    let mut tx = app.db.begin().await?;
+    let Some(mut room) = RoomCtx::lock(&mut tx, room_id).await? else {
+        return Err(Error::not_found("Unknown room"));
+    };
+    let current = rooms::membership(&mut *tx, room_id.as_str(), user.as_str()).await?;
+    if !matches!(current.as_deref(), Some("join" | "invite" | "knock")) {
+        return Err(Error::forbidden("You are not in this room"));
+    }
+    let mut content = json!({ "membership": "leave" });
+    if let Some(reason) = reason {
+        content["reason"] = reason.into();
+    }
+    let event = NewEvent {
+        kind: "m.room.member".into(),
+        content,
+        state_key: Some(user.to_string()),
+        redacts: None,
+    };
+    event::append(&mut tx, app, &mut room, user, event).await?;
+    tx.commit().await?;
+    event::release(room);
+    Ok(())
+}
+
+/// Invite, kick, ban, unban: the sender changes the target's membership.
+pub async fn change(
+    app: &AppState,
+    sender: &UserId,
+    room_id: &RoomId,
+    target: &UserId,
+    change: Change,
+    reason: Option<String>,
+    is_direct: bool,
+) -> Result<()> {
+    let mut tx = app.db.begin().await?;
+    let Some(mut room) = RoomCtx::lock(&mut tx, room_id).await? else {
+        return Err(Error::forbidden("Unknown room, or you are not in it"));
+    };
+    let current = rooms::membership(&mut *tx, room_id.as_str(), target.as_str()).await?;
+    let membership = match change {
+        Change::Invite => {
+            if current.as_deref() == Some("join") {
+                return Err(Error::forbidden("The user is already in the room"));
+            }
+            if current.as_deref() == Some("ban") {
+                return Err(Error::forbidden("The user is banned from the room"));
+            }
+            "invite"
+        }
+        Change::Kick => {
+            if !matches!(current.as_deref(), Some("join" | "invite" | "knock")) {
+                return Err(Error::forbidden("The user is not in the room"));
+            }
+            "leave"
+        }
+        Change::Ban => "ban",
+        Change::Unban => {
+            if current.as_deref() != Some("ban") {
+                return Err(Error::forbidden("The user is not banned"));
+            }
+            "leave"
+        }
+    };
+    let mut content = json!({ "membership": membership });
+    if let Some(reason) = reason {
+        content["reason"] = reason.into();
+    }
+    if is_direct {
+        content["is_direct"] = true.into();
+    }
+    let event = NewEvent {
+        kind: "m.room.member".into(),
+        content,
+        state_key: Some(target.to_string()),
+        redacts: None,
+    };
+    event::append(&mut tx, app, &mut room, sender, event).await?;
+    tx.commit().await?;
+    event::release(room);
+    Ok(())
+}
+
+/// Knocking (room versions 7+, join rule `knock` or `knock_restricted`).
+pub async fn knock(
+    app: &AppState,
+    user: &UserId,
+    room_id: &RoomId,
+    reason: Option<String>,
+) -> Result<()> {
+    let mut tx = app.db.begin().await?;
+    let Some(mut room) = RoomCtx::lock(&mut tx, room_id).await? else {
+        return Err(Error::not_found("No known servers for this room"));
+    };
+    if !room.rules.authorization.knocking {
+        return Err(Error::forbidden(
+            "This room version does not support knocking",
+        ));
+    }
+    let mut content = json!({ "membership": "knock" });
+    if let Some(reason) = reason {
+        content["reason"] = reason.into();
+    }
+    let event = NewEvent {
+        kind: "m.room.member".into(),
+        content,
+        state_key: Some(user.to_string()),
+        redacts: None,
+    };
+    event::append(&mut tx, app, &mut room, user, event).await?;
+    tx.commit().await?;
+    event::release(room);
+    Ok(())
+}
+
+/// Forgetting is allowed once the user has left (or was never in the room).
+pub async fn forget(app: &AppState, user: &UserId, room_id: &RoomId) -> Result<()> {
+    let current = rooms::membership(&app.db, room_id.as_str(), user.as_str()).await?;
+    if matches!(current.as_deref(), Some("join" | "invite" | "knock")) {
+        return Err(Error::new(
+            ErrorKind::BadRequest,
+            "You must leave the room before forgetting it",
+        ));
+    }
+    rooms::forget(&app.db, user.as_str(), room_id.as_str()).await?;
+    Ok(())
+}

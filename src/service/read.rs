@@ -1,0 +1,536 @@
+//! Reading rooms: state, single events, pagination and members, with history
+//! visibility enforced on every path (spec: "History visibility").
+//!
+//! An event is visible to a user when, in the state after the event:
+//! - `history_visibility` is `world_readable`; or
+//! - the user's membership was `join`; or
+//! - it is `shared` and the user is joined now; or
+//! - it is `invited` and the user's membership was `invite`.
+//!
+//! Room state is readable by current members, by anyone in world-readable rooms,
+//! and, for users who left or were banned, as it was when they left.
+
+use std::collections::HashMap;
+
+use ruma::{
+    EventId, MilliSecondsSinceUnixEpoch, RoomId, RoomVersionId, UserId,
+    room_version_rules::RoomVersionRules,
+};
+use serde_json::{Value, json};
+
+use super::event::RoomCtx;
+use crate::{
+    app::AppState,
+    domain::pdu::to_client_event,
+    error::{Error, Result},
+    storage::{Pool, Postgres, Transaction, events, events::StoredEvent, rooms, state},
+};
+
+/// The creators of a room: the create event's sender, plus `additional_creators`
+/// in room versions that have them.
+pub async fn creators(tx: &mut Transaction<'_, Postgres>, room: &RoomCtx) -> Result<Vec<String>> {
+    let key = ("m.room.create".to_owned(), String::new());
+    let state =
+        super::event::state_events(tx, room.state_group, std::slice::from_ref(&key)).await?;
+    let Some(create) = state.get(&key) else {
+        return Ok(Vec::new());
+    };
+    let mut creators = vec![create.sender.to_string()];
+    if room.rules.authorization.additional_room_creators {
+        let content: Value = serde_json::from_str(create.content.get()).unwrap_or_default();
+        for c in content["additional_creators"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            if let Some(c) = c.as_str() {
+                creators.push(c.to_owned());
+            }
+        }
+    }
+    Ok(creators)
+}
+
+/// A room as one user reads it.
+pub struct Viewer<'a> {
+    app: &'a AppState,
+    user: &'a UserId,
+    room_id: &'a RoomId,
+    pub rules: RoomVersionRules,
+    current_group: Option<i64>,
+    /// The user's current membership.
+    pub membership: Option<String>,
+    /// Per state group: (history visibility, the user's membership then).
+    seen: HashMap<i64, (String, Option<String>)>,
+}
+
+impl<'a> Viewer<'a> {
+    /// `M_FORBIDDEN` for unknown rooms too, so room existence does not leak.
+    pub async fn new(app: &'a AppState, user: &'a UserId, room_id: &'a RoomId) -> Result<Self> {
+        let Some(room) = rooms::get(&app.db, room_id.as_str()).await? else {
+            return Err(Error::forbidden("You are not allowed to view this room"));
+        };
+        let version = RoomVersionId::try_from(room.room_version.as_str())
+            .map_err(|e| anyhow::anyhow!("stored room version: {e}"))?;
+        let rules = version
+            .rules()
+            .ok_or_else(|| anyhow::anyhow!("unsupported stored version"))?;
+        let membership = rooms::membership(&app.db, room_id.as_str(), user.as_str()).await?;
+        Ok(Self {
+            app,
+            user,
+            room_id,
+            rules,
+            current_group: room.current_state_group,
+            membership,
+            seen: HashMap::new(),
+        })
+    }
+
+    pub fn is_joined(&self) -> bool {
+        self.membership.as_deref() == Some("join")
+    }
+
+    async fn visibility_at(&mut self, group: i64) -> Result<(String, Option<String>)> {
+        if let Some(v) = self.seen.get(&group) {
+            return Ok(v.clone());
+        }
+        let keys = [
+            ("m.room.history_visibility".to_owned(), String::new()),
+            ("m.room.member".to_owned(), self.user.to_string()),
+        ];
+        let entries = state::state_for_keys(&self.app.db, group, &keys).await?;
+        let ids: Vec<String> = entries.iter().map(|(_, id)| id.clone()).collect();
+        let stored = events::get_many(&self.app.db, &ids).await?;
+        let mut visibility = "shared".to_owned();
+        let mut membership = None;
+        for ev in stored {
+            let content: Value = serde_json::from_str(&ev.json).unwrap_or_default();
+            match ev.event_type.as_str() {
+                "m.room.history_visibility" => {
+                    if let Some(v) = content["content"]["history_visibility"].as_str() {
+                        visibility = v.to_owned();
+                    }
+                }
+                "m.room.member" => {
+                    membership = content["content"]["membership"].as_str().map(str::to_owned);
+                }
+                _ => {}
+            }
+        }
+        let v = (visibility, membership);
+        self.seen.insert(group, v.clone());
+        Ok(v)
+    }
+
+    pub async fn may_see(&mut self, event: &StoredEvent) -> Result<bool> {
+        let Some(group) = event.state_group else {
+            return Ok(false);
+        };
+        let (visibility, membership_then) = self.visibility_at(group).await?;
+        Ok(match visibility.as_str() {
+            "world_readable" => true,
+            "shared" => self.is_joined() || membership_then.as_deref() == Some("join"),
+            "invited" => {
+                matches!(membership_then.as_deref(), Some("join" | "invite")) || self.is_joined()
+            }
+            _ => membership_then.as_deref() == Some("join"),
+        })
+    }
+
+    async fn world_readable_now(&mut self) -> Result<bool> {
+        match self.current_group {
+            Some(g) => Ok(self.visibility_at(g).await?.0 == "world_readable"),
+            None => Ok(false),
+        }
+    }
+
+    /// The state group this user may read room state at, or `M_FORBIDDEN`.
+    pub async fn readable_state_group(&mut self) -> Result<i64> {
+        let forbidden = || Error::forbidden("You are not allowed to view this room");
+        if self.is_joined() || self.world_readable_now().await? {
+            return self.current_group.ok_or_else(forbidden);
+        }
+        if matches!(self.membership.as_deref(), Some("leave" | "ban")) {
+            let member = state::state_for_keys(
+                &self.app.db,
+                self.current_group.ok_or_else(forbidden)?,
+                &[("m.room.member".to_owned(), self.user.to_string())],
+            )
+            .await?;
+            if let Some((_, event_id)) = member.first()
+                && let Some(ev) = events::get(&self.app.db, event_id).await?
+                && let Some(group) = ev.state_group
+            {
+                return Ok(group);
+            }
+        }
+        Err(forbidden())
+    }
+
+    /// Whether the user may page through history at all.
+    pub async fn may_read_history(&mut self) -> Result<bool> {
+        Ok(self.membership.is_some() || self.world_readable_now().await?)
+    }
+
+    pub fn room_id(&self) -> &RoomId {
+        self.room_id
+    }
+}
+
+/// The client form of stored events, with redactions applied.
+pub async fn client_events(
+    db: &Pool,
+    rules: &RoomVersionRules,
+    stored: &[StoredEvent],
+) -> Result<Vec<Value>> {
+    let redaction_ids: Vec<String> = stored
+        .iter()
+        .filter_map(|e| e.redacted_by.clone())
+        .collect();
+    let redactions: HashMap<String, StoredEvent> = events::get_many(db, &redaction_ids)
+        .await?
+        .into_iter()
+        .map(|e| (e.event_id.clone(), e))
+        .collect();
+    let now = MilliSecondsSinceUnixEpoch::now();
+    Ok(stored
+        .iter()
+        .map(|ev| {
+            let because = ev
+                .redacted_by
+                .as_ref()
+                .and_then(|id| redactions.get(id))
+                .map(|r| one(rules, r, None, now));
+            one(rules, ev, because.as_ref(), now)
+        })
+        .collect())
+}
+
+fn one(
+    rules: &RoomVersionRules,
+    ev: &StoredEvent,
+    because: Option<&Value>,
+    now: MilliSecondsSinceUnixEpoch,
+) -> Value {
+    let event_id = EventId::parse(&ev.event_id).expect("stored event ids are valid");
+    let room_id = RoomId::parse(&ev.room_id).expect("stored room ids are valid");
+    to_client_event(&event_id, &room_id, &ev.json, rules, because, now)
+}
+
+/// `GET /rooms/{roomId}/state`.
+pub async fn room_state(app: &AppState, user: &UserId, room_id: &RoomId) -> Result<Vec<Value>> {
+    let mut viewer = Viewer::new(app, user, room_id).await?;
+    let group = viewer.readable_state_group().await?;
+    let ids: Vec<String> = state::full_state(&app.db, group)
+        .await?
+        .into_iter()
+        .map(|(_, id)| id)
+        .collect();
+    let stored = events::get_many(&app.db, &ids).await?;
+    client_events(&app.db, &viewer.rules, &stored).await
+}
+
+/// `GET /rooms/{roomId}/state/{eventType}/{stateKey}`: the event (client form).
+pub async fn state_event(
+    app: &AppState,
+    user: &UserId,
+    room_id: &RoomId,
+    event_type: &str,
+    state_key: &str,
+) -> Result<Value> {
+    let mut viewer = Viewer::new(app, user, room_id).await?;
+    let group = viewer.readable_state_group().await?;
+    let found = state::state_for_keys(
+        &app.db,
+        group,
+        &[(event_type.to_owned(), state_key.to_owned())],
+    )
+    .await?;
+    let Some((_, event_id)) = found.into_iter().next() else {
+        return Err(Error::not_found("Event not found"));
+    };
+    let stored = events::get_many(&app.db, &[event_id]).await?;
+    client_events(&app.db, &viewer.rules, &stored)
+        .await?
+        .into_iter()
+        .next()
+        .ok_or_else(|| Error::not_found("Event not found"))
+}
+
+/// `GET /rooms/{roomId}/event/{eventId}`.
+pub async fn event(
+    app: &AppState,
+    user: &UserId,
+    room_id: &RoomId,
+    event_id: &str,
+) -> Result<Value> {
+    let mut viewer = Viewer::new(app, user, room_id).await?;
+    let not_found = || Error::not_found("Event not found");
+    let stored = events::get(&app.db, event_id)
+        .await?
+        .ok_or_else(not_found)?;
+    if stored.room_id != room_id.as_str() || stored.rejected || !viewer.may_see(&stored).await? {
+        return Err(not_found());
+    }
+    client_events(&app.db, &viewer.rules, &[stored])
+        .await?
+        .into_iter()
+        .next()
+        .ok_or_else(not_found)
+}
+
+/// A position in a room's topological order, as a pagination token `t{depth}_{stream}`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TopoToken {
+    pub depth: i64,
+    pub stream: i64,
+}
+
+impl TopoToken {
+    pub fn parse(s: &str) -> Option<Self> {
+        let rest = s.strip_prefix('t')?;
+        let (depth, stream) = rest.split_once('_')?;
+        Some(Self {
+            depth: depth.parse().ok()?,
+            stream: stream.parse().ok()?,
+        })
+    }
+}
+
+impl std::fmt::Display for TopoToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "t{}_{}", self.depth, self.stream)
+    }
+}
+
+/// Event-type filtering for `/messages` (`types`, `not_types`; `*` is a wildcard).
+#[derive(Default)]
+pub struct TypeFilter {
+    pub types: Option<Vec<String>>,
+    pub not_types: Vec<String>,
+}
+
+impl TypeFilter {
+    pub fn matches(&self, event_type: &str) -> bool {
+        let hit = |pattern: &String| match pattern.split_once('*') {
+            Some((prefix, suffix)) => {
+                event_type.len() >= prefix.len() + suffix.len()
+                    && event_type.starts_with(prefix)
+                    && event_type.ends_with(suffix)
+            }
+            None => pattern == event_type,
+        };
+        !self.not_types.iter().any(hit) && self.types.as_ref().is_none_or(|t| t.iter().any(hit))
+    }
+}
+
+pub struct Page {
+    pub chunk: Vec<Value>,
+    pub start: TopoToken,
+    pub end: Option<TopoToken>,
+    /// Member events for the senders in `chunk` (lazy loading).
+    pub state: Vec<Value>,
+}
+
+/// `GET /rooms/{roomId}/messages`.
+#[allow(clippy::too_many_arguments)]
+pub async fn messages(
+    app: &AppState,
+    user: &UserId,
+    room_id: &RoomId,
+    from: Option<&str>,
+    to: Option<&str>,
+    backwards: bool,
+    limit: usize,
+    lazy_load_members: bool,
+    filter: &TypeFilter,
+) -> Result<Page> {
+    let mut viewer = Viewer::new(app, user, room_id).await?;
+    if !viewer.may_read_history().await? {
+        return Err(Error::forbidden("You are not allowed to view this room"));
+    }
+    let start = match from {
+        Some(token) => {
+            TopoToken::parse(token).ok_or_else(|| Error::invalid_param("Invalid from token"))?
+        }
+        None if backwards => {
+            let (depth, stream) = events::room_end(&app.db, room_id.as_str()).await?;
+            TopoToken { depth, stream }
+        }
+        None => TopoToken {
+            depth: 0,
+            stream: 0,
+        },
+    };
+    let to = match to {
+        Some(token) => {
+            Some(TopoToken::parse(token).ok_or_else(|| Error::invalid_param("Invalid to token"))?)
+        }
+        None => None,
+    };
+    let limit = limit.clamp(1, 1000);
+    let mut chunk_events = Vec::new();
+    let mut cursor = start;
+    let mut exhausted = false;
+    let batch_size = (limit * 2) as i64;
+    // Fetch in batches until `limit` visible events, the `to` token or the room's end.
+    'fill: loop {
+        let batch = events::page(
+            &app.db,
+            room_id.as_str(),
+            cursor.depth,
+            cursor.stream,
+            backwards,
+            batch_size,
+        )
+        .await?;
+        let fetched = batch.len() as i64;
+        for ev in batch {
+            let pos = TopoToken {
+                depth: ev.depth,
+                stream: ev.stream_ordering,
+            };
+            if to.is_some_and(|to| if backwards { pos <= to } else { pos >= to }) {
+                exhausted = true;
+                break 'fill;
+            }
+            cursor = pos;
+            if !filter.matches(&ev.event_type) || !viewer.may_see(&ev).await? {
+                continue;
+            }
+            chunk_events.push(ev);
+            if chunk_events.len() == limit {
+                break 'fill;
+            }
+        }
+        if fetched < batch_size {
+            exhausted = true;
+            break;
+        }
+    }
+    let chunk = client_events(&app.db, &viewer.rules, &chunk_events).await?;
+    let state = if lazy_load_members && !chunk_events.is_empty() {
+        lazy_members(app, &viewer, &chunk_events).await?
+    } else {
+        Vec::new()
+    };
+    Ok(Page {
+        chunk,
+        start,
+        end: (!exhausted).then_some(cursor),
+        state,
+    })
+}
+
+impl PartialOrd for TopoToken {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for TopoToken {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.depth, self.stream).cmp(&(other.depth, other.stream))
+    }
+}
+
+/// The member events of the chunk's senders, as of the newest event in the chunk.
+async fn lazy_members(
+    app: &AppState,
+    viewer: &Viewer<'_>,
+    chunk: &[StoredEvent],
+) -> Result<Vec<Value>> {
+    let Some(group) = chunk
+        .iter()
+        .max_by_key(|e| (e.depth, e.stream_ordering))
+        .and_then(|e| e.state_group)
+    else {
+        return Ok(Vec::new());
+    };
+    let mut senders: Vec<(String, String)> = chunk
+        .iter()
+        .map(|e| ("m.room.member".to_owned(), e.sender.clone()))
+        .collect();
+    senders.sort();
+    senders.dedup();
+    let ids: Vec<String> = state::state_for_keys(&app.db, group, &senders)
+        .await?
+        .into_iter()
+        .map(|(_, id)| id)
+        .collect();
+    let stored = events::get_many(&app.db, &ids).await?;
+    client_events(&app.db, &viewer.rules, &stored).await
+}
+
+/// `GET /rooms/{roomId}/members`: member events, optionally filtered.
+pub async fn members(
+    app: &AppState,
+    user: &UserId,
+    room_id: &RoomId,
+    at: Option<&str>,
+    membership: Option<&str>,
+    not_membership: Option<&str>,
+) -> Result<Vec<Value>> {
+    let mut viewer = Viewer::new(app, user, room_id).await?;
+    let mut group = viewer.readable_state_group().await?;
+    if let Some(at) = at {
+        let token = TopoToken::parse(at).ok_or_else(|| Error::invalid_param("Invalid at token"))?;
+        // The state at the newest event at or before the token, if the user may see it.
+        let before = events::page(
+            &app.db,
+            room_id.as_str(),
+            token.depth,
+            token.stream + 1,
+            true,
+            1,
+        )
+        .await?;
+        if let Some(ev) = before.first()
+            && viewer.may_see(ev).await?
+            && let Some(g) = ev.state_group
+        {
+            group = g;
+        }
+    }
+    let ids: Vec<String> = state::full_state(&app.db, group)
+        .await?
+        .into_iter()
+        .filter(|((t, _), _)| t == "m.room.member")
+        .map(|(_, id)| id)
+        .collect();
+    let stored = events::get_many(&app.db, &ids).await?;
+    let all = client_events(&app.db, &viewer.rules, &stored).await?;
+    Ok(all
+        .into_iter()
+        .filter(|ev| {
+            let m = ev["content"]["membership"].as_str().unwrap_or_default();
+            membership.is_none_or(|want| m == want) && not_membership.is_none_or(|not| m != not)
+        })
+        .collect())
+}
+
+/// `GET /rooms/{roomId}/joined_members`: only for members.
+pub async fn joined_members(app: &AppState, user: &UserId, room_id: &RoomId) -> Result<Value> {
+    let viewer = Viewer::new(app, user, room_id).await?;
+    if !viewer.is_joined() {
+        return Err(Error::forbidden("You are not in this room"));
+    }
+    let joined = rooms::members(&app.db, room_id.as_str(), "join").await?;
+    let ids: Vec<String> = joined.iter().map(|(_, e)| e.clone()).collect();
+    let stored = events::get_many(&app.db, &ids).await?;
+    let mut out = serde_json::Map::new();
+    for ev in stored {
+        let pdu: Value = serde_json::from_str(&ev.json).unwrap_or_default();
+        let content = &pdu["content"];
+        out.insert(
+            ev.state_key.clone().unwrap_or_default(),
+            json!({ "display_name": content["displayname"], "avatar_url": content["avatar_url"] }),
+        );
+    }
+    Ok(Value::Object(out))
+}
+
+pub async fn joined_rooms(app: &AppState, user: &UserId) -> Result<Vec<String>> {
+    Ok(rooms::rooms_for_user(&app.db, user.as_str(), "join").await?)
+}

@@ -1,0 +1,181 @@
+//! `events`: every PDU with its orderings and the state group after it.
+
+use sqlx::PgExecutor;
+
+#[derive(Debug, Clone)]
+pub struct StoredEvent {
+    pub event_id: String,
+    pub room_id: String,
+    pub stream_ordering: i64,
+    pub depth: i64,
+    pub event_type: String,
+    pub state_key: Option<String>,
+    pub sender: String,
+    pub json: String,
+    pub state_group: Option<i64>,
+    pub rejected: bool,
+    pub redacted_by: Option<String>,
+}
+
+pub struct NewEventRow<'a> {
+    pub event_id: &'a str,
+    pub room_id: &'a str,
+    pub depth: i64,
+    pub event_type: &'a str,
+    pub state_key: Option<&'a str>,
+    pub sender: &'a str,
+    pub origin_server_ts: i64,
+    pub json: &'a str,
+    pub state_group: Option<i64>,
+    pub rejected: bool,
+    pub received_ts: i64,
+}
+
+/// Takes the next global stream position. Called inside the persisting
+/// transaction; the position becomes visible to readers only through the stream
+/// tracker once the transaction commits (see `notify`).
+pub async fn next_stream_ordering(db: impl PgExecutor<'_>) -> sqlx::Result<i64> {
+    sqlx::query_scalar!(r#"select nextval('events_stream_seq') as "n!""#)
+        .fetch_one(db)
+        .await
+}
+
+pub async fn insert(
+    db: impl PgExecutor<'_>,
+    row: &NewEventRow<'_>,
+    stream_ordering: i64,
+) -> sqlx::Result<()> {
+    sqlx::query!(
+        "insert into events (event_id, room_id, stream_ordering, depth, event_type, state_key,
+                             sender, origin_server_ts, json, state_group, rejected, received_ts)
+         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+        row.event_id,
+        row.room_id,
+        stream_ordering,
+        row.depth,
+        row.event_type,
+        row.state_key,
+        row.sender,
+        row.origin_server_ts,
+        row.json,
+        row.state_group,
+        row.rejected,
+        row.received_ts
+    )
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+pub async fn get(db: impl PgExecutor<'_>, event_id: &str) -> sqlx::Result<Option<StoredEvent>> {
+    sqlx::query_as!(
+        StoredEvent,
+        "select event_id, room_id, stream_ordering, depth, event_type, state_key, sender, json,
+                state_group, rejected, redacted_by
+         from events where event_id = $1",
+        event_id
+    )
+    .fetch_optional(db)
+    .await
+}
+
+pub async fn get_many(
+    db: impl PgExecutor<'_>,
+    event_ids: &[String],
+) -> sqlx::Result<Vec<StoredEvent>> {
+    sqlx::query_as!(
+        StoredEvent,
+        "select event_id, room_id, stream_ordering, depth, event_type, state_key, sender, json,
+                state_group, rejected, redacted_by
+         from events where event_id = any($1)",
+        event_ids
+    )
+    .fetch_all(db)
+    .await
+}
+
+pub async fn set_redacted_by(
+    db: impl PgExecutor<'_>,
+    event_id: &str,
+    redaction_id: &str,
+) -> sqlx::Result<()> {
+    sqlx::query!(
+        "update events set redacted_by = $2 where event_id = $1 and redacted_by is null",
+        event_id,
+        redaction_id
+    )
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// Events of a room in topological order, strictly before (`backwards`) or after
+/// the position `(depth, stream)`, at most `limit`. Rejected events are skipped.
+pub async fn page(
+    db: impl PgExecutor<'_>,
+    room_id: &str,
+    depth: i64,
+    stream: i64,
+    backwards: bool,
+    limit: i64,
+) -> sqlx::Result<Vec<StoredEvent>> {
+    if backwards {
+        sqlx::query_as!(
+            StoredEvent,
+            "select event_id, room_id, stream_ordering, depth, event_type, state_key, sender, json,
+                    state_group, rejected, redacted_by
+             from events
+             where room_id = $1 and not rejected and (depth, stream_ordering) < ($2, $3)
+             order by depth desc, stream_ordering desc limit $4",
+            room_id,
+            depth,
+            stream,
+            limit
+        )
+        .fetch_all(db)
+        .await
+    } else {
+        sqlx::query_as!(
+            StoredEvent,
+            "select event_id, room_id, stream_ordering, depth, event_type, state_key, sender, json,
+                    state_group, rejected, redacted_by
+             from events
+             where room_id = $1 and not rejected and (depth, stream_ordering) > ($2, $3)
+             order by depth, stream_ordering limit $4",
+            room_id,
+            depth,
+            stream,
+            limit
+        )
+        .fetch_all(db)
+        .await
+    }
+}
+
+/// The topological position just past the room's newest event.
+pub async fn room_end(db: impl PgExecutor<'_>, room_id: &str) -> sqlx::Result<(i64, i64)> {
+    let row = sqlx::query!(
+        r#"select coalesce(max(depth), 0) as "depth!", coalesce(max(stream_ordering), 0) as "stream!"
+           from events where room_id = $1"#,
+        room_id
+    )
+    .fetch_one(db)
+    .await?;
+    Ok((row.depth + 1, row.stream + 1))
+}
+
+pub async fn count_in_room(db: impl PgExecutor<'_>, room_id: &str) -> sqlx::Result<i64> {
+    sqlx::query_scalar!(
+        r#"select count(*) as "n!" from events where room_id = $1"#,
+        room_id
+    )
+    .fetch_one(db)
+    .await
+}
+
+/// The highest stream position in the table (everything committed at start).
+pub async fn max_stream_ordering(db: impl PgExecutor<'_>) -> sqlx::Result<i64> {
+    sqlx::query_scalar!(r#"select coalesce(max(stream_ordering), 0) as "n!" from events"#)
+        .fetch_one(db)
+        .await
+}

@@ -1,0 +1,285 @@
+//! `rooms`, forward extremities, current membership, transaction IDs.
+
+use sqlx::PgExecutor;
+
+#[derive(Debug, Clone)]
+pub struct Room {
+    pub room_id: String,
+    pub room_version: String,
+    pub current_state_group: Option<i64>,
+}
+
+pub async fn insert(
+    db: impl PgExecutor<'_>,
+    room_id: &str,
+    room_version: &str,
+    creator: &str,
+    now: i64,
+) -> sqlx::Result<()> {
+    sqlx::query!(
+        "insert into rooms (room_id, room_version, creator, created_ts) values ($1, $2, $3, $4)",
+        room_id,
+        room_version,
+        creator,
+        now
+    )
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+pub async fn get(db: impl PgExecutor<'_>, room_id: &str) -> sqlx::Result<Option<Room>> {
+    sqlx::query_as!(
+        Room,
+        "select room_id, room_version, current_state_group from rooms where room_id = $1",
+        room_id
+    )
+    .fetch_optional(db)
+    .await
+}
+
+/// Loads the room and locks its row until the transaction ends: the per-room
+/// event-creation lock. Lock order: room row first, then anything else.
+pub async fn lock(db: impl PgExecutor<'_>, room_id: &str) -> sqlx::Result<Option<Room>> {
+    sqlx::query_as!(
+        Room,
+        "select room_id, room_version, current_state_group from rooms where room_id = $1 for update",
+        room_id
+    )
+    .fetch_optional(db)
+    .await
+}
+
+pub async fn set_current_state_group(
+    db: impl PgExecutor<'_>,
+    room_id: &str,
+    group: i64,
+) -> sqlx::Result<()> {
+    sqlx::query!(
+        "update rooms set current_state_group = $2 where room_id = $1",
+        room_id,
+        group
+    )
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+pub async fn forward_extremities(
+    db: impl PgExecutor<'_>,
+    room_id: &str,
+) -> sqlx::Result<Vec<String>> {
+    sqlx::query_scalar!(
+        "select event_id from forward_extremities where room_id = $1 order by event_id",
+        room_id
+    )
+    .fetch_all(db)
+    .await
+}
+
+/// The new event replaces the extremities it references.
+pub async fn replace_extremities(
+    db: impl PgExecutor<'_>,
+    room_id: &str,
+    prev_events: &[String],
+    event_id: &str,
+) -> sqlx::Result<()> {
+    sqlx::query!(
+        "with gone as (
+             delete from forward_extremities where room_id = $1 and event_id = any($2)
+         )
+         insert into forward_extremities (room_id, event_id) values ($1, $3)
+         on conflict do nothing",
+        room_id,
+        prev_events,
+        event_id
+    )
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+pub async fn set_membership(
+    db: impl PgExecutor<'_>,
+    room_id: &str,
+    user_id: &str,
+    membership: &str,
+    event_id: &str,
+    stream_ordering: i64,
+) -> sqlx::Result<()> {
+    sqlx::query!(
+        "insert into room_members (room_id, user_id, membership, event_id, stream_ordering)
+         values ($1, $2, $3, $4, $5)
+         on conflict (room_id, user_id) do update
+         set membership = excluded.membership, event_id = excluded.event_id,
+             stream_ordering = excluded.stream_ordering",
+        room_id,
+        user_id,
+        membership,
+        event_id,
+        stream_ordering
+    )
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+pub async fn membership(
+    db: impl PgExecutor<'_>,
+    room_id: &str,
+    user_id: &str,
+) -> sqlx::Result<Option<String>> {
+    sqlx::query_scalar!(
+        "select membership from room_members where room_id = $1 and user_id = $2",
+        room_id,
+        user_id
+    )
+    .fetch_optional(db)
+    .await
+}
+
+pub async fn rooms_for_user(
+    db: impl PgExecutor<'_>,
+    user_id: &str,
+    membership: &str,
+) -> sqlx::Result<Vec<String>> {
+    sqlx::query_scalar!(
+        "select room_id from room_members where user_id = $1 and membership = $2 order by room_id",
+        user_id,
+        membership
+    )
+    .fetch_all(db)
+    .await
+}
+
+/// Current members of a room with the given membership, with their member event.
+pub async fn members(
+    db: impl PgExecutor<'_>,
+    room_id: &str,
+    membership: &str,
+) -> sqlx::Result<Vec<(String, String)>> {
+    let rows = sqlx::query!(
+        "select user_id, event_id from room_members where room_id = $1 and membership = $2
+         order by user_id",
+        room_id,
+        membership
+    )
+    .fetch_all(db)
+    .await?;
+    Ok(rows.into_iter().map(|r| (r.user_id, r.event_id)).collect())
+}
+
+/// Servers with joined members (for federation fan-out and `via`).
+pub async fn joined_servers(db: impl PgExecutor<'_>, room_id: &str) -> sqlx::Result<Vec<String>> {
+    sqlx::query_scalar!(
+        r#"select distinct substring(user_id from position(':' in user_id) + 1) as "server!"
+           from room_members where room_id = $1 and membership = 'join'"#,
+        room_id
+    )
+    .fetch_all(db)
+    .await
+}
+
+pub async fn forget(db: impl PgExecutor<'_>, user_id: &str, room_id: &str) -> sqlx::Result<()> {
+    sqlx::query!(
+        "insert into forgotten_rooms (user_id, room_id) values ($1, $2) on conflict do nothing",
+        user_id,
+        room_id
+    )
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+pub async fn txn_event(
+    db: impl PgExecutor<'_>,
+    user_id: &str,
+    device_id: &str,
+    txn_id: &str,
+) -> sqlx::Result<Option<String>> {
+    sqlx::query_scalar!(
+        "select event_id from event_txn_ids where user_id = $1 and device_id = $2 and txn_id = $3",
+        user_id,
+        device_id,
+        txn_id
+    )
+    .fetch_optional(db)
+    .await
+}
+
+pub async fn insert_txn(
+    db: impl PgExecutor<'_>,
+    user_id: &str,
+    device_id: &str,
+    txn_id: &str,
+    event_id: &str,
+    now: i64,
+) -> sqlx::Result<()> {
+    sqlx::query!(
+        "insert into event_txn_ids (user_id, device_id, txn_id, event_id, created_ts)
+         values ($1, $2, $3, $4, $5)",
+        user_id,
+        device_id,
+        txn_id,
+        event_id,
+        now
+    )
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+pub async fn alias_room(db: impl PgExecutor<'_>, alias: &str) -> sqlx::Result<Option<String>> {
+    sqlx::query_scalar!(
+        "select room_id from room_aliases where room_alias = $1",
+        alias
+    )
+    .fetch_optional(db)
+    .await
+}
+
+/// Returns `false` if the alias exists already.
+pub async fn insert_alias(
+    db: impl PgExecutor<'_>,
+    alias: &str,
+    room_id: &str,
+    creator: &str,
+    now: i64,
+) -> sqlx::Result<bool> {
+    let done = sqlx::query!(
+        "insert into room_aliases (room_alias, room_id, creator, created_ts) values ($1, $2, $3, $4)
+         on conflict do nothing",
+        alias,
+        room_id,
+        creator,
+        now
+    )
+    .execute(db)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+pub async fn alias_creator(db: impl PgExecutor<'_>, alias: &str) -> sqlx::Result<Option<String>> {
+    sqlx::query_scalar!(
+        "select creator from room_aliases where room_alias = $1",
+        alias
+    )
+    .fetch_optional(db)
+    .await
+}
+
+pub async fn delete_alias(db: impl PgExecutor<'_>, alias: &str) -> sqlx::Result<bool> {
+    let done = sqlx::query!("delete from room_aliases where room_alias = $1", alias)
+        .execute(db)
+        .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+pub async fn aliases_of(db: impl PgExecutor<'_>, room_id: &str) -> sqlx::Result<Vec<String>> {
+    sqlx::query_scalar!(
+        "select room_alias from room_aliases where room_id = $1 order by room_alias",
+        room_id
+    )
+    .fetch_all(db)
+    .await
+}

@@ -1,0 +1,151 @@
+//! State groups: a room's state at an event, stored as a delta against a parent
+//! group with bounded chain depth, keyed by interned `(event_type, state_key)` ids.
+
+use sqlx::PgExecutor;
+
+/// One state entry: `((event_type, state_key), event_id)`.
+pub type Entry = ((String, String), String);
+
+/// Interns `(event_type, state_key)` pairs, returning their ids in input order.
+/// The input must not contain duplicates.
+pub async fn intern_keys(
+    db: impl PgExecutor<'_>,
+    keys: &[(String, String)],
+) -> sqlx::Result<Vec<i32>> {
+    let (types, state_keys): (Vec<String>, Vec<String>) = keys.iter().cloned().unzip();
+    let rows = sqlx::query!(
+        r#"insert into state_keys (event_type, state_key)
+           select * from unnest($1::text[], $2::text[])
+           on conflict (event_type, state_key) do update set event_type = excluded.event_type
+           returning state_key_id, event_type, state_key"#,
+        &types,
+        &state_keys
+    )
+    .fetch_all(db)
+    .await?;
+    let ids = keys
+        .iter()
+        .map(|(t, k)| {
+            rows.iter()
+                .find(|r| &r.event_type == t && &r.state_key == k)
+                .map(|r| r.state_key_id)
+                .unwrap_or_default()
+        })
+        .collect();
+    Ok(ids)
+}
+
+/// Creates a group. With a parent, `entries` is the delta; without, the full state.
+pub async fn insert_group(
+    db: impl PgExecutor<'_>,
+    room_id: &str,
+    parent: Option<i64>,
+    chain_depth: i32,
+    key_ids: &[i32],
+    event_ids: &[String],
+) -> sqlx::Result<i64> {
+    sqlx::query_scalar!(
+        r#"with g as (
+               insert into state_groups (room_id, parent_group, chain_depth) values ($1, $2, $3)
+               returning state_group
+           ),
+           e as (
+               insert into state_group_entries (state_group, state_key_id, event_id)
+               select g.state_group, u.k, u.e from g, unnest($4::int[], $5::text[]) as u(k, e)
+           )
+           select state_group as "state_group!" from g"#,
+        room_id,
+        parent,
+        chain_depth,
+        key_ids,
+        event_ids
+    )
+    .fetch_one(db)
+    .await
+}
+
+pub async fn chain_depth(db: impl PgExecutor<'_>, group: i64) -> sqlx::Result<i32> {
+    sqlx::query_scalar!(
+        "select chain_depth from state_groups where state_group = $1",
+        group
+    )
+    .fetch_one(db)
+    .await
+}
+
+/// The full state map of a group: the nearest entry along the chain wins.
+pub async fn full_state(db: impl PgExecutor<'_>, group: i64) -> sqlx::Result<Vec<Entry>> {
+    let rows = sqlx::query!(
+        r#"with recursive chain(state_group, parent_group, n) as (
+               select state_group, parent_group, 0 from state_groups where state_group = $1
+               union all
+               select g.state_group, g.parent_group, c.n + 1
+               from state_groups g join chain c on g.state_group = c.parent_group
+           )
+           select distinct on (e.state_key_id)
+                  k.event_type as "event_type!", k.state_key as "state_key!", e.event_id as "event_id!"
+           from chain c
+           join state_group_entries e on e.state_group = c.state_group
+           join state_keys k on k.state_key_id = e.state_key_id
+           order by e.state_key_id, c.n"#,
+        group
+    )
+    .fetch_all(db)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| ((r.event_type, r.state_key), r.event_id))
+        .collect())
+}
+
+/// Only the listed keys of a group's state (what the auth rules need).
+pub async fn state_for_keys(
+    db: impl PgExecutor<'_>,
+    group: i64,
+    keys: &[(String, String)],
+) -> sqlx::Result<Vec<Entry>> {
+    let (types, state_keys): (Vec<String>, Vec<String>) = keys.iter().cloned().unzip();
+    let rows = sqlx::query!(
+        r#"with recursive chain(state_group, parent_group, n) as (
+               select state_group, parent_group, 0 from state_groups where state_group = $1
+               union all
+               select g.state_group, g.parent_group, c.n + 1
+               from state_groups g join chain c on g.state_group = c.parent_group
+           ),
+           wanted as (
+               select k.state_key_id, k.event_type, k.state_key
+               from unnest($2::text[], $3::text[]) as w(event_type, state_key)
+               join state_keys k on k.event_type = w.event_type and k.state_key = w.state_key
+           )
+           select distinct on (e.state_key_id)
+                  w.event_type as "event_type!", w.state_key as "state_key!", e.event_id as "event_id!"
+           from chain c
+           join state_group_entries e on e.state_group = c.state_group
+           join wanted w on w.state_key_id = e.state_key_id
+           order by e.state_key_id, c.n"#,
+        group,
+        &types,
+        &state_keys
+    )
+    .fetch_all(db)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| ((r.event_type, r.state_key), r.event_id))
+        .collect())
+}
+
+/// Bytes the state tables take for one room (for the storage benchmark).
+pub async fn room_state_bytes(db: impl PgExecutor<'_>, room_id: &str) -> sqlx::Result<i64> {
+    let bytes = sqlx::query_scalar!(
+        r#"select (coalesce(sum(pg_column_size(g.*)), 0)
+                 + coalesce((select sum(pg_column_size(e.*)) from state_group_entries e
+                             join state_groups g2 on g2.state_group = e.state_group
+                             where g2.room_id = $1), 0))::bigint as "bytes!"
+           from state_groups g where g.room_id = $1"#,
+        room_id
+    )
+    .fetch_one(db)
+    .await?;
+    Ok(bytes)
+}
