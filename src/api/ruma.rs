@@ -56,7 +56,12 @@ where
         let params = RawPathParams::from_request_parts(&mut parts, state)
             .await
             .map_err(|e| Error::invalid_param(format!("Invalid path parameter: {e}")))?;
-        let params: Vec<&str> = params.iter().map(|(_, v)| v).collect();
+        let mut params: Vec<&str> = params.iter().map(|(_, v)| v).collect();
+        // Routes registered by `ruma_empty_last` end before the last parameter
+        // (`/state/m.room.name` or `/state/m.room.name/`): it is the empty string.
+        if params.len() + 1 == T::PATH_BUILDER._path_parameters().len() {
+            params.push("");
+        }
 
         let bytes = read_body(body, app.config.limits.max_request_body_bytes).await?;
         if !bytes.is_empty() && is_json_content(&parts.headers) {
@@ -132,6 +137,15 @@ impl<R: OutgoingResponse> IntoResponse for RumaResponse<R> {
 }
 
 pub trait RouterExt {
+    /// Like [`RouterExt::ruma`], and also routes the paths without their last
+    /// parameter, with and without a trailing slash, passing it as empty: state
+    /// keys are often empty and clients send `/state/{type}/` or `/state/{type}`.
+    fn ruma_empty_last<T, H, X>(self, handler: H) -> Self
+    where
+        T: IncomingRequest,
+        H: Handler<X, AppState>,
+        X: 'static;
+
     /// Routes every path ruma knows for `T` (stable and unstable) with `T`'s method
     /// to `handler`.
     fn ruma<T, H, X>(self, handler: H) -> Self
@@ -153,5 +167,23 @@ impl RouterExt for Router<AppState> {
         T::PATH_BUILDER.all_paths().fold(self, |router, path| {
             router.route(path, on(method, handler.clone()))
         })
+    }
+
+    fn ruma_empty_last<T, H, X>(self, handler: H) -> Self
+    where
+        T: IncomingRequest,
+        H: Handler<X, AppState>,
+        X: 'static,
+    {
+        let method =
+            MethodFilter::try_from(T::METHOD).expect("ruma endpoints use standard methods");
+        T::PATH_BUILDER
+            .all_paths()
+            .fold(self.ruma::<T, H, X>(handler.clone()), |router, path| {
+                let base = path.rsplit_once('/').map_or(path, |(base, _)| base);
+                router
+                    .route(base, on(method, handler.clone()))
+                    .route(&format!("{base}/"), on(method, handler.clone()))
+            })
     }
 }

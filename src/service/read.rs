@@ -266,6 +266,9 @@ pub async fn event(
     event_id: &str,
 ) -> Result<Value> {
     let mut viewer = Viewer::new(app, user, room_id).await?;
+    if !viewer.may_read_history().await? {
+        return Err(Error::forbidden("You are not allowed to view this room"));
+    }
     let not_found = || Error::not_found("Event not found");
     let stored = events::get(&app.db, event_id)
         .await?

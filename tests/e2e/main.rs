@@ -7,4 +7,5 @@ mod devices;
 mod embedded;
 mod errors;
 mod harness;
+mod rooms;
 mod sdk;
