@@ -49,3 +49,25 @@ async fn matrix_nio_registers_logs_in_and_whoami() {
         .collect();
     assert!(names.contains(&"nio-test".to_owned()), "{names:?}");
 }
+
+/// Two matrix-nio users chat in a room; each reads the other's message via
+/// `/messages` (the rooms issue's acceptance; `/sync` is its own issue).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn matrix_nio_two_users_chat_in_a_room() {
+    let python = python_with_sdks();
+    let server = TestServer::start().await;
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/nio_chat.py");
+    let out = tokio::process::Command::new(python)
+        .arg(script)
+        .arg(&server.base)
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "nio chat failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.starts_with("ok !"), "{stdout}");
+}
