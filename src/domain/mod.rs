@@ -1,5 +1,6 @@
 //! Pure rules, no I/O. Imports ruma, never sqlx.
 
+pub mod auth;
 pub mod localpart;
 pub mod password;
 pub mod pdu;

@@ -300,3 +300,251 @@ pub fn to_client_event(
     out.insert("unsigned".into(), Value::Object(unsigned));
     Value::Object(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use ruma::{
+        CanonicalJsonValue, RoomVersionId,
+        room_version_rules::RoomVersionRules,
+        serde::Base64,
+        signatures::{Ed25519KeyPair, KeyPair, hash_and_sign_event, sign_json, verify_event},
+    };
+    use serde_json::json;
+
+    use super::*;
+
+    /// The spec's test key (appendices, "Cryptographic Test Vectors").
+    fn spec_key() -> Ed25519KeyPair {
+        use base64::{Engine, engine::GeneralPurpose, engine::general_purpose::NO_PAD};
+        // The spec's seed has non-zero trailing bits; decode leniently.
+        let engine = GeneralPurpose::new(
+            &base64::alphabet::STANDARD,
+            NO_PAD.with_decode_allow_trailing_bits(true),
+        );
+        let seed = engine
+            .decode("YJDBA9Xnr2sVqXD9Vj7XVUnmFZcZrlw8Md7kMW+3XA1")
+            .unwrap();
+        // PKCS#8 v1 wrapping of an ed25519 seed.
+        let mut der = hex::decode("302e020100300506032b657004220420").unwrap();
+        der.extend_from_slice(&seed);
+        Ed25519KeyPair::from_der(&der, "1".into()).unwrap()
+    }
+
+    fn object(value: Value) -> CanonicalJsonObject {
+        match CanonicalJsonValue::try_from(value).unwrap() {
+            CanonicalJsonValue::Object(o) => o,
+            _ => panic!("not an object"),
+        }
+    }
+
+    #[test]
+    fn json_signing_matches_the_spec_vectors() {
+        let key = spec_key();
+        let mut empty = object(json!({}));
+        sign_json("domain", &key, &mut empty).unwrap();
+        assert_eq!(
+            serde_json::to_value(&empty).unwrap()["signatures"]["domain"]["ed25519:1"],
+            "K8280/U9SSy9IVtjBuVeLr+HpOB4BQFWbg+UZaADMtTdGYI7Geitb76LTrr5QV/7Xg4ahLwYGYZzuHGZKM5ZAQ"
+        );
+        let mut data = object(json!({ "one": 1, "two": "Two" }));
+        sign_json("domain", &key, &mut data).unwrap();
+        assert_eq!(
+            serde_json::to_value(&data).unwrap()["signatures"]["domain"]["ed25519:1"],
+            "KqmLSbO39/Bzb0QIYE82zqLwsA+PDzYIpIRA2sRQ4sL53+sN6/fpNSoqE7BP7vBZhG6kYdD13EIMJpvhJI+6Bw"
+        );
+    }
+
+    #[test]
+    fn event_signing_matches_the_spec_vector() {
+        let mut event = object(json!({
+            "room_id": "!x:domain", "sender": "@a:domain", "origin": "domain",
+            "origin_server_ts": 1000000, "signatures": {}, "hashes": {}, "type": "X",
+            "content": {}, "prev_events": [], "auth_events": [], "depth": 3,
+            "unsigned": { "age_ts": 1000000 }
+        }));
+        hash_and_sign_event(
+            "domain",
+            &spec_key(),
+            &mut event,
+            &RoomVersionRules::V1.redaction,
+        )
+        .unwrap();
+        let signed = serde_json::to_value(&event).unwrap();
+        assert_eq!(
+            signed["hashes"]["sha256"],
+            "5jM4wQpv6lnBo7CLIghJuHdW+s2CMBJPUOGOC89ncos"
+        );
+        assert_eq!(
+            signed["signatures"]["domain"]["ed25519:1"],
+            "KxwGjPSDEtvnFgU00fwFz+l6d2pJM6XBIaMEn81SXPTRl16AqLAYqfIReFGZlHi5KLjAWbOoMszkwsQma+lYAg"
+        );
+    }
+
+    fn built(version: &str, room_id: Option<&RoomId>, kind: &str, content: Value) -> Built {
+        let rules = RoomVersionId::try_from(version).unwrap().rules().unwrap();
+        let event = NewEvent {
+            kind: kind.into(),
+            content,
+            state_key: Some(String::new()),
+            redacts: None,
+        };
+        build(
+            &rules,
+            &event,
+            &UserId::parse("@a:domain").unwrap(),
+            &Position {
+                room_id,
+                prev_events: &[],
+                auth_events: &[],
+                depth: 1,
+            },
+            MilliSecondsSinceUnixEpoch(1_000_000u32.into()),
+            "domain",
+            &spec_key(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn event_ids_are_reference_hashes_and_signatures_verify() {
+        for version in ["6", "10", "11", "12"] {
+            let rules = RoomVersionId::try_from(version).unwrap().rules().unwrap();
+            let room_id = RoomId::parse("!r:domain").unwrap();
+            let room = (version != "12").then_some(&*room_id);
+            let b = built(
+                version,
+                room,
+                "m.room.create",
+                json!({ "room_version": version }),
+            );
+            // `$` + 43 characters of unpadded URL-safe base64 (32 bytes of sha256).
+            let id = b.event_id.as_str();
+            assert_eq!(id.len(), 44, "{id}");
+            assert!(
+                id[1..]
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'),
+                "{id}"
+            );
+            assert_eq!(reference_hash(&b.json, &rules).unwrap(), id[1..]);
+            // The ID is not part of the PDU in v3+.
+            assert!(!b.json.contains_key("event_id"));
+
+            let mut keys = BTreeMap::new();
+            keys.insert(
+                "ed25519:1".to_owned(),
+                Base64::new(spec_key().public_key().to_vec()),
+            );
+            let mut map = BTreeMap::new();
+            map.insert("domain".to_owned(), keys);
+            // v12 create events carry no room_id; verify against the room's version.
+            verify_event(&map, &b.json, &rules).unwrap();
+        }
+    }
+
+    #[test]
+    fn v12_room_ids_derive_from_the_create_event() {
+        let b = built("12", None, "m.room.create", json!({ "room_version": "12" }));
+        assert!(!b.json.contains_key("room_id"));
+        assert_eq!(
+            b.room_id.as_str(),
+            format!("!{}", &b.event_id.as_str()[1..])
+        );
+        // Changing the content changes the room ID.
+        let other = built(
+            "12",
+            None,
+            "m.room.create",
+            json!({ "room_version": "12", "x": 1 }),
+        );
+        assert_ne!(other.room_id, b.room_id);
+    }
+
+    #[test]
+    fn oversized_events_are_refused() {
+        let rules = RoomVersionId::V12.rules().unwrap();
+        let room_id = RoomId::parse("!r:domain").unwrap();
+        let event = NewEvent {
+            kind: "m.room.message".into(),
+            content: json!({ "body": "x".repeat(MAX_PDU_BYTES) }),
+            state_key: None,
+            redacts: None,
+        };
+        let result = build(
+            &rules,
+            &event,
+            &UserId::parse("@a:domain").unwrap(),
+            &Position {
+                room_id: Some(&room_id),
+                prev_events: &[],
+                auth_events: &[],
+                depth: 1,
+            },
+            MilliSecondsSinceUnixEpoch::now(),
+            "domain",
+            &spec_key(),
+        );
+        assert!(matches!(result, Err(PduError::TooLarge)));
+    }
+
+    /// Redaction per room version (spec: each version's "Redactions").
+    #[test]
+    fn redaction_keeps_what_each_version_keeps() {
+        let event_id = EventId::parse("$e").unwrap();
+        let room_id = RoomId::parse("!r:domain").unwrap();
+        let redact = |version: &str, kind: &str, content: Value| {
+            let rules = RoomVersionId::try_from(version).unwrap().rules().unwrap();
+            let pdu = json!({
+                "type": kind, "sender": "@a:domain", "room_id": "!r:domain", "state_key": "",
+                "origin_server_ts": 1, "content": content, "depth": 1, "prev_events": [], "auth_events": [],
+                "hashes": { "sha256": "x" }, "signatures": {}
+            });
+            let because = json!({ "event_id": "$r" });
+            to_client_event(
+                &event_id,
+                &room_id,
+                &pdu.to_string(),
+                &rules,
+                Some(&because),
+                MilliSecondsSinceUnixEpoch::now(),
+            )["content"]
+                .clone()
+        };
+        let create = json!({ "creator": "@a:domain", "room_version": "6", "m.federate": false });
+        // v1-v10 keep only `creator` of a create event; v11+ keep all of it.
+        assert_eq!(
+            redact("10", "m.room.create", create.clone()),
+            json!({ "creator": "@a:domain" })
+        );
+        assert_eq!(redact("11", "m.room.create", create.clone()), create);
+        // `invite` in power levels survives from v11.
+        let power = json!({ "invite": 50, "ban": 50, "users": {} , "events_default": 0 });
+        assert!(
+            redact("10", "m.room.power_levels", power.clone())
+                .get("invite")
+                .is_none()
+        );
+        assert_eq!(
+            redact("11", "m.room.power_levels", power.clone())["invite"],
+            50
+        );
+        // Join rules keep `allow` from v8.
+        let rules = json!({ "join_rule": "restricted", "allow": [{ "type": "m.room_membership", "room_id": "!o:x" }] });
+        assert!(
+            redact("7", "m.room.join_rules", rules.clone())
+                .get("allow")
+                .is_none()
+        );
+        assert_eq!(
+            redact("8", "m.room.join_rules", rules.clone())["allow"],
+            rules["allow"]
+        );
+        // Messages lose their whole content.
+        assert_eq!(
+            redact("12", "m.room.message", json!({ "body": "secret" })),
+            json!({})
+        );
+    }
+}

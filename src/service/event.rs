@@ -14,18 +14,17 @@ use std::collections::HashMap;
 
 use ruma::{
     EventId, MilliSecondsSinceUnixEpoch, OwnedEventId, OwnedRoomId, RoomId, RoomVersionId, UserId,
-    events::TimelineEventType,
-    room_version_rules::RoomVersionRules,
-    signatures::Ed25519KeyPair,
-    state_res::{
-        auth_types_for_event, check_state_dependent_auth_rules, check_state_independent_auth_rules,
-    },
+    events::TimelineEventType, room_version_rules::RoomVersionRules, signatures::Ed25519KeyPair,
+    state_res::auth_types_for_event,
 };
 use serde_json::value::to_raw_value;
 
 use crate::{
     app::AppState,
-    domain::pdu::{self, Built, NewEvent, Pdu, PduError, Position},
+    domain::{
+        auth,
+        pdu::{self, Built, NewEvent, Pdu, PduError, Position},
+    },
     error::{Error, ErrorKind, Result},
     notify::InFlight,
     storage::{Postgres, Transaction, events, now_ms, rooms, state},
@@ -257,16 +256,8 @@ pub fn authorize(
     pdu: &Pdu,
     state_before: &HashMap<(String, String), Pdu>,
 ) -> Result<()> {
-    let by_id: HashMap<&EventId, &Pdu> = state_before.values().map(|p| (&*p.event_id, p)).collect();
-    check_state_independent_auth_rules(&rules.authorization, pdu, |id: &EventId| {
-        by_id.get(id).copied()
-    })
-    .and_then(|()| {
-        check_state_dependent_auth_rules(&rules.authorization, pdu, |t, k| {
-            state_before.get(&(t.to_string(), k.to_owned()))
-        })
-    })
-    .map_err(|reason| Error::forbidden(format!("Event not allowed: {reason}")))
+    auth::authorize(rules, pdu, state_before)
+        .map_err(|reason| Error::forbidden(format!("Event not allowed: {reason}")))
 }
 
 /// The single writer: event, state delta, extremities, membership — in the caller's
