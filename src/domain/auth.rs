@@ -32,7 +32,7 @@ pub fn authorize(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     //! Auth-rule cases per room version, on rooms built in memory with real signed
     //! PDUs (no database).
 
@@ -45,14 +45,18 @@ mod tests {
     use super::*;
     use crate::domain::pdu::{NewEvent, Position, build};
 
-    /// A room held in memory: its state and extremity, and a signing key.
+    /// A room held in memory: its state, extremity and every event, a signing key,
+    /// and a clock for deterministic timestamps. Cloning forks it.
+    #[derive(Clone)]
     pub struct MemRoom {
         pub rules: RoomVersionRules,
         pub room_id: Option<ruma::OwnedRoomId>,
         pub state: StateMap,
         pub prev: Vec<OwnedEventId>,
         pub depth: i64,
-        key: Ed25519KeyPair,
+        pub all: HashMap<OwnedEventId, Pdu>,
+        pub clock: u64,
+        key: std::sync::Arc<Ed25519KeyPair>,
     }
 
     pub fn key() -> Ed25519KeyPair {
@@ -72,7 +76,9 @@ mod tests {
                 state: StateMap::new(),
                 prev: vec![],
                 depth: 0,
-                key: key(),
+                all: HashMap::new(),
+                clock: 1_700_000_000_000,
+                key: std::sync::Arc::new(key()),
             };
             let mut content = json!({ "room_version": version.as_str() });
             if !room.rules.authorization.use_room_create_sender {
@@ -147,7 +153,10 @@ mod tests {
                     auth_events: &auth,
                     depth: self.depth + 1,
                 },
-                MilliSecondsSinceUnixEpoch::now(),
+                {
+                    self.clock += 1;
+                    MilliSecondsSinceUnixEpoch(self.clock.try_into().unwrap())
+                },
                 "x",
                 &self.key,
             )
@@ -156,6 +165,7 @@ mod tests {
             if self.room_id.is_none() {
                 self.room_id = Some(built.room_id.clone());
             }
+            self.all.insert(built.event_id.clone(), built.pdu.clone());
             self.prev = vec![built.event_id.clone()];
             self.depth += 1;
             if let Some(key) = state_key {

@@ -5,4 +5,5 @@ pub mod localpart;
 pub mod password;
 pub mod pdu;
 pub mod room_version;
+pub mod state_res;
 pub mod token;
