@@ -149,3 +149,18 @@ pub async fn room_state_bytes(db: impl PgExecutor<'_>, room_id: &str) -> sqlx::R
     .await?;
     Ok(bytes)
 }
+
+/// (state groups, full snapshots among them, entry rows) of a room.
+pub async fn room_state_shape(db: impl PgExecutor<'_>, room_id: &str) -> sqlx::Result<(i64, i64, i64)> {
+    let row = sqlx::query!(
+        r#"select count(*) as "groups!",
+                  count(*) filter (where parent_group is null) as "snapshots!",
+                  (select count(*) from state_group_entries e join state_groups g2 using (state_group)
+                   where g2.room_id = $1) as "entries!"
+           from state_groups where room_id = $1"#,
+        room_id
+    )
+    .fetch_one(db)
+    .await?;
+    Ok((row.groups, row.snapshots, row.entries))
+}

@@ -1,0 +1,302 @@
+//! `lattice-bench`: the event-path benchmark. Not a test: it prints figures.
+//!
+//! It starts Lattice in-process on a fresh database of the PostgreSQL server given
+//! by `--database-url` (rate limits off, cheap password hashing, users registered
+//! before any timed phase), then runs, in one invocation:
+//!
+//! 1. sequential sends into one room (latency p50/p95);
+//! 2. 20 clients sending concurrently into one room (events/s, p50/p95);
+//! 3. 20 clients sending concurrently, each into its own room;
+//! 4. the baseline: one-row INSERT transactions on the same PostgreSQL server,
+//!    sequential and with 20 connections, to show how close the send path is to
+//!    the database's own write ceiling (ratios printed);
+//! 5. state storage: bytes of state tables per state change while 1,000 members
+//!    join one room.
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use anyhow::Context;
+use clap::Parser;
+use lattice::{
+    app::{AppState, Server},
+    config::{Config, Listener, Resource},
+    storage::{Database, state},
+};
+use serde_json::{Value, json};
+use sqlx::{Connection, Executor, PgConnection, postgres::PgConnectOptions};
+
+#[derive(Parser)]
+struct Args {
+    /// PostgreSQL server to create the benchmark database on (maintenance DB URL).
+    #[arg(long, env = "DATABASE_URL")]
+    database_url: String,
+    /// Messages per client in the concurrent phases.
+    #[arg(long, default_value_t = 50)]
+    messages: usize,
+    /// Concurrent clients.
+    #[arg(long, default_value_t = 20)]
+    clients: usize,
+    /// Sequential sends in phase 1.
+    #[arg(long, default_value_t = 300)]
+    sequential: usize,
+    /// Members joining the room in the state-storage phase.
+    #[arg(long, default_value_t = 1000)]
+    members: usize,
+}
+
+struct Client {
+    http: reqwest::Client,
+    base: String,
+    token: String,
+}
+
+impl Client {
+    async fn post(&self, path: &str, body: Value) -> anyhow::Result<Value> {
+        let resp = self
+            .http
+            .post(format!("{}/_matrix/client/v3{path}", self.base))
+            .bearer_auth(&self.token)
+            .json(&body)
+            .send()
+            .await?;
+        let status = resp.status();
+        let body: Value = resp.json().await?;
+        anyhow::ensure!(status.is_success(), "POST {path}: {status} {body}");
+        Ok(body)
+    }
+
+    async fn send(&self, room: &str, txn: &str) -> anyhow::Result<Duration> {
+        let start = Instant::now();
+        let resp = self
+            .http
+            .put(format!("{}/_matrix/client/v3/rooms/{room}/send/m.room.message/{txn}", self.base))
+            .bearer_auth(&self.token)
+            .json(&json!({ "msgtype": "m.text", "body": format!("benchmark message {txn}") }))
+            .send()
+            .await?;
+        anyhow::ensure!(resp.status().is_success(), "send: {}", resp.status());
+        Ok(start.elapsed())
+    }
+}
+
+async fn register(http: &reqwest::Client, base: &str, name: &str) -> anyhow::Result<Client> {
+    let resp: Value = http
+        .post(format!("{base}/_matrix/client/v3/register"))
+        .json(&json!({ "username": name, "password": "bench", "auth": { "type": "m.login.dummy" } }))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let token = resp["access_token"].as_str().with_context(|| format!("register {name}: {resp}"))?;
+    Ok(Client { http: http.clone(), base: base.to_owned(), token: token.to_owned() })
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+fn report(name: &str, mut latencies: Vec<Duration>, elapsed: Duration) -> f64 {
+    latencies.sort();
+    let rate = latencies.len() as f64 / elapsed.as_secs_f64();
+    println!(
+        "{name:<44} {:>6} events  {:>8.1} ev/s  p50 {:>7.2} ms  p95 {:>7.2} ms",
+        latencies.len(),
+        rate,
+        percentile(&latencies, 0.5).as_secs_f64() * 1e3,
+        percentile(&latencies, 0.95).as_secs_f64() * 1e3,
+    );
+    rate
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let admin: PgConnectOptions = args.database_url.parse()?;
+    let db_name = format!("lattice_bench_{}", std::process::id());
+    let mut conn = PgConnection::connect_with(&admin).await?;
+    conn.execute(format!("create database {db_name} encoding 'UTF8' lc_collate 'C' lc_ctype 'C' template template0").as_str())
+        .await?;
+    let result = run(&args, &admin, &db_name).await;
+    conn.execute(format!("drop database if exists {db_name} with (force)").as_str()).await?;
+    result
+}
+
+async fn run(args: &Args, admin: &PgConnectOptions, db_name: &str) -> anyhow::Result<()> {
+    let options = admin.clone().database(db_name);
+    let mut config = Config {
+        server_name: "bench.local".into(),
+        listeners: vec![Listener { bind: "127.0.0.1:0".parse()?, resources: vec![Resource::Client] }],
+        ..Default::default()
+    };
+    config.registration.open = true;
+    config.rate_limits.enabled = false;
+    config.auth.argon2_memory_kib = 64;
+    config.auth.argon2_iterations = 1;
+    config.database.max_connections = (args.clients as u32).max(10);
+    config.database.url = Some(match options.get_socket() {
+        Some(socket) => format!(
+            "postgres://{}@localhost/{db_name}?host={}&port={}",
+            options.get_username(),
+            socket.display(),
+            options.get_port()
+        ),
+        None => format!("postgres://{}@{}:{}/{db_name}", options.get_username(), options.get_host(), options.get_port()),
+    });
+    let db = Database::open(&config).await?;
+    db.migrate().await?;
+    let state_app = AppState::load(config, db.pool.clone()).await?;
+    let server = Server::start(state_app.clone()).await?;
+    let base = format!("http://{}", server.addrs[0]);
+    let http = reqwest::Client::builder().pool_max_idle_per_host(64).build()?;
+
+    println!("lattice-bench: {} clients x {} messages; PostgreSQL at {}", args.clients, args.messages, options.get_host());
+
+    // Register everyone before timing anything.
+    let mut clients = Vec::new();
+    for i in 0..args.clients {
+        clients.push(Arc::new(register(&http, &base, &format!("c{i}")).await?));
+    }
+    let owner = &clients[0];
+    let room = owner.post("/createRoom", json!({ "preset": "public_chat" })).await?["room_id"]
+        .as_str()
+        .context("room_id")?
+        .to_owned();
+    for c in &clients[1..] {
+        c.post(&format!("/rooms/{room}/join"), json!({})).await?;
+    }
+
+    // 1. Sequential sends.
+    let start = Instant::now();
+    let mut lat = Vec::new();
+    for i in 0..args.sequential {
+        lat.push(owner.send(&room, &format!("seq{i}")).await?);
+    }
+    let seq_rate = report("1. sequential sends, one room", lat, start.elapsed());
+
+    // 2. Concurrent, one room.
+    let (lat, elapsed) = concurrent(&clients, |_| room.clone(), args.messages, "one").await?;
+    let one_room_rate = report("2. concurrent sends, one room", lat, elapsed);
+
+    // 3. Concurrent, one room per client.
+    let mut rooms = Vec::new();
+    for c in &clients {
+        let r = c.post("/createRoom", json!({})).await?["room_id"].as_str().context("room_id")?.to_owned();
+        rooms.push(r);
+    }
+    let (lat, elapsed) = concurrent(&clients, |i| rooms[i].clone(), args.messages, "many").await?;
+    let many_rooms_rate = report("3. concurrent sends, one room per client", lat, elapsed);
+
+    // 4. Baseline: PostgreSQL one-row insert transactions on the same server.
+    let (pg_seq, pg_conc) = pg_baseline(&state_app.db, args.sequential, args.clients, args.messages).await?;
+    println!("4. baseline: PostgreSQL one-row INSERT commits: sequential {pg_seq:.1}/s, {} connections {pg_conc:.1}/s", args.clients);
+    println!(
+        "   ratios send/insert: sequential {:.3}, one room {:.3}, many rooms {:.3}",
+        seq_rate / pg_seq,
+        one_room_rate / pg_conc,
+        many_rooms_rate / pg_conc
+    );
+
+    // 5. State storage per state change: members join one room.
+    let big = owner.post("/createRoom", json!({ "preset": "public_chat" })).await?["room_id"]
+        .as_str()
+        .context("room_id")?
+        .to_owned();
+    let before = state::room_state_bytes(&state_app.db, &big).await?;
+    let mut joiners = Vec::new();
+    for i in 0..args.members {
+        joiners.push(register(&http, &base, &format!("m{i}")).await?);
+    }
+    let start = Instant::now();
+    for j in &joiners {
+        j.post(&format!("/rooms/{big}/join"), json!({})).await?;
+    }
+    let join_elapsed = start.elapsed();
+    let after = state::room_state_bytes(&state_app.db, &big).await?;
+    let per_change = (after - before) as f64 / args.members as f64;
+    println!(
+        "5. state storage: {} joins in {:.1} s ({:.1} joins/s); {} bytes of state rows for {} state changes = {:.0} bytes/change",
+        args.members,
+        join_elapsed.as_secs_f64(),
+        args.members as f64 / join_elapsed.as_secs_f64(),
+        after - before,
+        args.members,
+        per_change
+    );
+    let (groups, snapshots, entries) = state::room_state_shape(&state_app.db, &big).await?;
+    println!(
+        "   {groups} state groups, {snapshots} of them full snapshots (every {} deltas), {entries} entry rows",
+        lattice::service::event::MAX_STATE_CHAIN
+    );
+
+    server.stop().await;
+    db.close().await;
+    Ok(())
+}
+
+async fn concurrent(
+    clients: &[Arc<Client>],
+    room_of: impl Fn(usize) -> String,
+    messages: usize,
+    tag: &str,
+) -> anyhow::Result<(Vec<Duration>, Duration)> {
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for (i, c) in clients.iter().enumerate() {
+        let c = c.clone();
+        let room = room_of(i);
+        let tag = tag.to_owned();
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            for n in 0..messages {
+                lat.push(c.send(&room, &format!("{tag}{i}-{n}")).await?);
+            }
+            anyhow::Ok(lat)
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await??);
+    }
+    Ok((all, start.elapsed()))
+}
+
+async fn pg_baseline(
+    pool: &sqlx::PgPool,
+    sequential: usize,
+    clients: usize,
+    per_client: usize,
+) -> anyhow::Result<(f64, f64)> {
+    sqlx::query("create table if not exists bench_baseline (id bigserial primary key, body text not null)")
+        .execute(pool)
+        .await?;
+    let start = Instant::now();
+    for i in 0..sequential {
+        sqlx::query("insert into bench_baseline (body) values ($1)").bind(format!("row {i}")).execute(pool).await?;
+    }
+    let seq = sequential as f64 / start.elapsed().as_secs_f64();
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let pool = pool.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..per_client {
+                sqlx::query("insert into bench_baseline (body) values ($1)")
+                    .bind(format!("row {c}-{i}"))
+                    .execute(&pool)
+                    .await?;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let conc = (clients * per_client) as f64 / start.elapsed().as_secs_f64();
+    Ok((seq, conc))
+}
