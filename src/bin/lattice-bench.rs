@@ -72,7 +72,10 @@ impl Client {
         let start = Instant::now();
         let resp = self
             .http
-            .put(format!("{}/_matrix/client/v3/rooms/{room}/send/m.room.message/{txn}", self.base))
+            .put(format!(
+                "{}/_matrix/client/v3/rooms/{room}/send/m.room.message/{txn}",
+                self.base
+            ))
             .bearer_auth(&self.token)
             .json(&json!({ "msgtype": "m.text", "body": format!("benchmark message {txn}") }))
             .send()
@@ -85,13 +88,21 @@ impl Client {
 async fn register(http: &reqwest::Client, base: &str, name: &str) -> anyhow::Result<Client> {
     let resp: Value = http
         .post(format!("{base}/_matrix/client/v3/register"))
-        .json(&json!({ "username": name, "password": "bench", "auth": { "type": "m.login.dummy" } }))
+        .json(
+            &json!({ "username": name, "password": "bench", "auth": { "type": "m.login.dummy" } }),
+        )
         .send()
         .await?
         .json()
         .await?;
-    let token = resp["access_token"].as_str().with_context(|| format!("register {name}: {resp}"))?;
-    Ok(Client { http: http.clone(), base: base.to_owned(), token: token.to_owned() })
+    let token = resp["access_token"]
+        .as_str()
+        .with_context(|| format!("register {name}: {resp}"))?;
+    Ok(Client {
+        http: http.clone(),
+        base: base.to_owned(),
+        token: token.to_owned(),
+    })
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -123,7 +134,8 @@ async fn main() -> anyhow::Result<()> {
     conn.execute(format!("create database {db_name} encoding 'UTF8' lc_collate 'C' lc_ctype 'C' template template0").as_str())
         .await?;
     let result = run(&args, &admin, &db_name).await;
-    conn.execute(format!("drop database if exists {db_name} with (force)").as_str()).await?;
+    conn.execute(format!("drop database if exists {db_name} with (force)").as_str())
+        .await?;
     result
 }
 
@@ -131,7 +143,10 @@ async fn run(args: &Args, admin: &PgConnectOptions, db_name: &str) -> anyhow::Re
     let options = admin.clone().database(db_name);
     let mut config = Config {
         server_name: "bench.local".into(),
-        listeners: vec![Listener { bind: "127.0.0.1:0".parse()?, resources: vec![Resource::Client] }],
+        listeners: vec![Listener {
+            bind: "127.0.0.1:0".parse()?,
+            resources: vec![Resource::Client],
+        }],
         ..Default::default()
     };
     config.registration.open = true;
@@ -146,16 +161,28 @@ async fn run(args: &Args, admin: &PgConnectOptions, db_name: &str) -> anyhow::Re
             socket.display(),
             options.get_port()
         ),
-        None => format!("postgres://{}@{}:{}/{db_name}", options.get_username(), options.get_host(), options.get_port()),
+        None => format!(
+            "postgres://{}@{}:{}/{db_name}",
+            options.get_username(),
+            options.get_host(),
+            options.get_port()
+        ),
     });
     let db = Database::open(&config).await?;
     db.migrate().await?;
     let state_app = AppState::load(config, db.pool.clone()).await?;
     let server = Server::start(state_app.clone()).await?;
     let base = format!("http://{}", server.addrs[0]);
-    let http = reqwest::Client::builder().pool_max_idle_per_host(64).build()?;
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(64)
+        .build()?;
 
-    println!("lattice-bench: {} clients x {} messages; PostgreSQL at {}", args.clients, args.messages, options.get_host());
+    println!(
+        "lattice-bench: {} clients x {} messages; PostgreSQL at {}",
+        args.clients,
+        args.messages,
+        options.get_host()
+    );
 
     // Register everyone before timing anything.
     let mut clients = Vec::new();
@@ -163,7 +190,9 @@ async fn run(args: &Args, admin: &PgConnectOptions, db_name: &str) -> anyhow::Re
         clients.push(Arc::new(register(&http, &base, &format!("c{i}")).await?));
     }
     let owner = &clients[0];
-    let room = owner.post("/createRoom", json!({ "preset": "public_chat" })).await?["room_id"]
+    let room = owner
+        .post("/createRoom", json!({ "preset": "public_chat" }))
+        .await?["room_id"]
         .as_str()
         .context("room_id")?
         .to_owned();
@@ -186,15 +215,22 @@ async fn run(args: &Args, admin: &PgConnectOptions, db_name: &str) -> anyhow::Re
     // 3. Concurrent, one room per client.
     let mut rooms = Vec::new();
     for c in &clients {
-        let r = c.post("/createRoom", json!({})).await?["room_id"].as_str().context("room_id")?.to_owned();
+        let r = c.post("/createRoom", json!({})).await?["room_id"]
+            .as_str()
+            .context("room_id")?
+            .to_owned();
         rooms.push(r);
     }
     let (lat, elapsed) = concurrent(&clients, |i| rooms[i].clone(), args.messages, "many").await?;
     let many_rooms_rate = report("3. concurrent sends, one room per client", lat, elapsed);
 
     // 4. Baseline: PostgreSQL one-row insert transactions on the same server.
-    let (pg_seq, pg_conc) = pg_baseline(&state_app.db, args.sequential, args.clients, args.messages).await?;
-    println!("4. baseline: PostgreSQL one-row INSERT commits: sequential {pg_seq:.1}/s, {} connections {pg_conc:.1}/s", args.clients);
+    let (pg_seq, pg_conc) =
+        pg_baseline(&state_app.db, args.sequential, args.clients, args.messages).await?;
+    println!(
+        "4. baseline: PostgreSQL one-row INSERT commits: sequential {pg_seq:.1}/s, {} connections {pg_conc:.1}/s",
+        args.clients
+    );
     println!(
         "   ratios send/insert: sequential {:.3}, one room {:.3}, many rooms {:.3}",
         seq_rate / pg_seq,
@@ -203,7 +239,9 @@ async fn run(args: &Args, admin: &PgConnectOptions, db_name: &str) -> anyhow::Re
     );
 
     // 5. State storage per state change: members join one room.
-    let big = owner.post("/createRoom", json!({ "preset": "public_chat" })).await?["room_id"]
+    let big = owner
+        .post("/createRoom", json!({ "preset": "public_chat" }))
+        .await?["room_id"]
         .as_str()
         .context("room_id")?
         .to_owned();
@@ -230,7 +268,7 @@ async fn run(args: &Args, admin: &PgConnectOptions, db_name: &str) -> anyhow::Re
     );
     let (groups, snapshots, entries) = state::room_state_shape(&state_app.db, &big).await?;
     println!(
-        "   {groups} state groups, {snapshots} of them full snapshots (every {} deltas), {entries} entry rows",
+        "   {groups} state groups, {snapshots} of them full snapshots (chains of at most {} deltas), {entries} entry rows",
         lattice::service::event::MAX_STATE_CHAIN
     );
 
@@ -272,12 +310,17 @@ async fn pg_baseline(
     clients: usize,
     per_client: usize,
 ) -> anyhow::Result<(f64, f64)> {
-    sqlx::query("create table if not exists bench_baseline (id bigserial primary key, body text not null)")
-        .execute(pool)
-        .await?;
+    sqlx::query(
+        "create table if not exists bench_baseline (id bigserial primary key, body text not null)",
+    )
+    .execute(pool)
+    .await?;
     let start = Instant::now();
     for i in 0..sequential {
-        sqlx::query("insert into bench_baseline (body) values ($1)").bind(format!("row {i}")).execute(pool).await?;
+        sqlx::query("insert into bench_baseline (body) values ($1)")
+            .bind(format!("row {i}"))
+            .execute(pool)
+            .await?;
     }
     let seq = sequential as f64 / start.elapsed().as_secs_f64();
     let start = Instant::now();

@@ -349,8 +349,14 @@ pub async fn persist(
     })
 }
 
-/// A new state group: the parent's state plus one entry, as a delta, or as a
-/// fresh snapshot when the parent's chain is at its bound.
+/// A new state group: the parent's state plus one entry, stored as
+/// - a one-entry delta on the parent while the parent's chain is short;
+/// - at the chain bound, a delta on the chain's snapshot holding every key changed
+///   since it (a rebase), while that delta stays small next to the snapshot;
+/// - otherwise a fresh full snapshot.
+///
+/// Reads merge at most `MAX_STATE_CHAIN + 1` groups; a growing room writes a full
+/// snapshot only after many changes, not every `MAX_STATE_CHAIN`.
 async fn new_state_group(
     tx: &mut Transaction<'_, Postgres>,
     room_id: &str,
@@ -358,34 +364,54 @@ async fn new_state_group(
     key: (String, String),
     event_id: &str,
 ) -> Result<i64> {
-    let parent_depth = match parent {
-        Some(p) => Some(state::chain_depth(&mut **tx, p).await?),
-        None => None,
+    let Some(parent) = parent else {
+        return write_snapshot(tx, room_id, HashMap::from([(key, event_id.to_owned())])).await;
     };
-    match (parent, parent_depth) {
-        (Some(p), Some(depth)) if depth < MAX_STATE_CHAIN => {
-            let ids = state::intern_keys(&mut **tx, std::slice::from_ref(&key)).await?;
-            Ok(state::insert_group(
-                &mut **tx,
-                room_id,
-                Some(p),
-                depth + 1,
-                &ids,
-                &[event_id.to_owned()],
-            )
-            .await?)
-        }
-        _ => {
-            let mut full: HashMap<(String, String), String> = match parent {
-                Some(p) => state::full_state(&mut **tx, p).await?.into_iter().collect(),
-                None => HashMap::new(),
-            };
-            full.insert(key, event_id.to_owned());
-            let (keys, ids): (Vec<(String, String)>, Vec<String>) = full.into_iter().unzip();
-            let key_ids = state::intern_keys(&mut **tx, &keys).await?;
-            Ok(state::insert_group(&mut **tx, room_id, None, 0, &key_ids, &ids).await?)
-        }
+    let depth = state::chain_depth(&mut **tx, parent).await?;
+    if depth < MAX_STATE_CHAIN {
+        let ids = state::intern_keys(&mut **tx, std::slice::from_ref(&key)).await?;
+        return Ok(state::insert_group(
+            &mut **tx,
+            room_id,
+            Some(parent),
+            depth + 1,
+            &ids,
+            &[event_id.to_owned()],
+        )
+        .await?);
     }
+    let mut full: HashMap<(String, String), String> = state::full_state(&mut **tx, parent)
+        .await?
+        .into_iter()
+        .collect();
+    full.insert(key, event_id.to_owned());
+    let root = state::chain_root(&mut **tx, parent).await?;
+    let base: HashMap<(String, String), String> = state::full_state(&mut **tx, root)
+        .await?
+        .into_iter()
+        .collect();
+    let delta: Vec<((String, String), String)> = full
+        .iter()
+        .filter(|(k, v)| base.get(*k) != Some(*v))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    // State never loses keys, so `full` ⊇ `base` and the delta describes it exactly.
+    if delta.len() <= (base.len() / 4).max(64) {
+        let (keys, ids): (Vec<(String, String)>, Vec<String>) = delta.into_iter().unzip();
+        let key_ids = state::intern_keys(&mut **tx, &keys).await?;
+        return Ok(state::insert_group(&mut **tx, room_id, Some(root), 1, &key_ids, &ids).await?);
+    }
+    write_snapshot(tx, room_id, full).await
+}
+
+async fn write_snapshot(
+    tx: &mut Transaction<'_, Postgres>,
+    room_id: &str,
+    full: HashMap<(String, String), String>,
+) -> Result<i64> {
+    let (keys, ids): (Vec<(String, String)>, Vec<String>) = full.into_iter().unzip();
+    let key_ids = state::intern_keys(&mut **tx, &keys).await?;
+    Ok(state::insert_group(&mut **tx, room_id, None, 0, &key_ids, &ids).await?)
 }
 
 /// Releases the stream positions of a committed (or abandoned) room transaction,

@@ -151,7 +151,10 @@ pub async fn room_state_bytes(db: impl PgExecutor<'_>, room_id: &str) -> sqlx::R
 }
 
 /// (state groups, full snapshots among them, entry rows) of a room.
-pub async fn room_state_shape(db: impl PgExecutor<'_>, room_id: &str) -> sqlx::Result<(i64, i64, i64)> {
+pub async fn room_state_shape(
+    db: impl PgExecutor<'_>,
+    room_id: &str,
+) -> sqlx::Result<(i64, i64, i64)> {
     let row = sqlx::query!(
         r#"select count(*) as "groups!",
                   count(*) filter (where parent_group is null) as "snapshots!",
@@ -163,4 +166,20 @@ pub async fn room_state_shape(db: impl PgExecutor<'_>, room_id: &str) -> sqlx::R
     .fetch_one(db)
     .await?;
     Ok((row.groups, row.snapshots, row.entries))
+}
+
+/// The snapshot (parent-less group) at the bottom of a group's chain.
+pub async fn chain_root(db: impl PgExecutor<'_>, group: i64) -> sqlx::Result<i64> {
+    sqlx::query_scalar!(
+        r#"with recursive chain(state_group, parent_group) as (
+               select state_group, parent_group from state_groups where state_group = $1
+               union all
+               select g.state_group, g.parent_group
+               from state_groups g join chain c on g.state_group = c.parent_group
+           )
+           select state_group as "state_group!" from chain where parent_group is null"#,
+        group
+    )
+    .fetch_one(db)
+    .await
 }

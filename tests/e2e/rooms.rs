@@ -744,3 +744,63 @@ async fn concurrent_sends_neither_fork_nor_lose_events() {
     let user_ids: Vec<String> = users.iter().map(|u| u.user_id.clone()).collect();
     assert!(user_ids.contains(&user_id("u0")));
 }
+
+/// Enough state changes to pass the state-chain bound several times (deltas,
+/// rebases onto the snapshot, new snapshots): the state read back is exact.
+#[tokio::test]
+async fn state_stays_exact_across_many_state_changes() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice", "pw").await;
+    let room = create_room(&server, &alice, json!({ "preset": "public_chat" })).await;
+    let token = Some(alice.access_token.as_str());
+    for i in 0..150 {
+        let (status, body) = server
+            .put(
+                &format!("{V3}/rooms/{room}/state/org.example.counter/k{}", i % 70),
+                token,
+                json!({ "n": i }),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    let (_, state) = server.get(&format!("{V3}/rooms/{room}/state"), token).await;
+    let counters: std::collections::BTreeMap<String, i64> = state
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["type"] == "org.example.counter")
+        .map(|e| {
+            (
+                e["state_key"].as_str().unwrap().to_owned(),
+                e["content"]["n"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(counters.len(), 70);
+    for k in 0..70 {
+        // The last write to k{k} was the largest i with i % 70 == k.
+        let last = (0..150).filter(|i| i % 70 == k).max().unwrap();
+        assert_eq!(counters[&format!("k{k}")], last as i64, "k{k}");
+    }
+    // The room's other state survived every rebase.
+    assert!(
+        state
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["type"] == "m.room.join_rules")
+    );
+    let snapshots: i64 =
+        sqlx::query_scalar("select count(*) from state_groups where parent_group is null")
+            .fetch_one(&server.state.db)
+            .await
+            .unwrap();
+    let groups: i64 = sqlx::query_scalar("select count(*) from state_groups")
+        .fetch_one(&server.state.db)
+        .await
+        .unwrap();
+    assert!(
+        groups > 150 && snapshots < groups / 10,
+        "{snapshots} snapshots of {groups} groups"
+    );
+}
