@@ -93,3 +93,173 @@ pub async fn room_aliases(app: &AppState, user: &UserId, room_id: &RoomId) -> Re
     viewer.readable_state_group().await?;
     Ok(rooms::aliases_of(&app.db, room_id.as_str()).await?)
 }
+
+/// The current power level of `user` in a room and the level needed to send a
+/// state event of `event_type` (creators of v12 rooms rank above everyone).
+async fn power(
+    app: &AppState,
+    room_id: &RoomId,
+    user: &UserId,
+    event_type: &str,
+) -> Result<(i64, i64)> {
+    let mut tx = app.db.begin().await?;
+    let Some(room) = super::event::RoomCtx::lock_shared(&mut tx, room_id).await? else {
+        return Err(Error::not_found("Unknown room"));
+    };
+    let keys = [("m.room.power_levels".to_owned(), String::new())];
+    let levels = super::event::state_events(&mut tx, room.state_group, &keys).await?;
+    let creators = super::read::creators(&mut tx, &room).await?;
+    tx.commit().await?;
+    if room.rules.authorization.explicitly_privilege_room_creators
+        && creators.iter().any(|c| c == user.as_str())
+    {
+        return Ok((i64::MAX, 0));
+    }
+    let content: serde_json::Value = levels
+        .get(&keys[0])
+        .and_then(|p| serde_json::from_str(p.content.get()).ok())
+        .unwrap_or_default();
+    let users_default = content["users_default"].as_i64().unwrap_or(0);
+    let mine = content["users"][user.as_str()]
+        .as_i64()
+        .unwrap_or(users_default);
+    let needed = content["events"][event_type]
+        .as_i64()
+        .unwrap_or(content["state_default"].as_i64().unwrap_or(50));
+    Ok((mine, needed))
+}
+
+/// `GET /directory/list/room/{roomId}`.
+pub async fn visibility(app: &AppState, room_id: &RoomId) -> Result<bool> {
+    rooms::is_published(&app.db, room_id.as_str())
+        .await?
+        .ok_or_else(|| Error::not_found("Unknown room"))
+}
+
+/// `PUT /directory/list/room/{roomId}`: room moderators (who may change the
+/// canonical alias) and server admins.
+pub async fn set_visibility(
+    app: &AppState,
+    user: &Session,
+    room_id: &RoomId,
+    public: bool,
+) -> Result<()> {
+    if rooms::get(&app.db, room_id.as_str()).await?.is_none() {
+        return Err(Error::not_found("Unknown room"));
+    }
+    if !user.is_admin {
+        let joined = rooms::membership(&app.db, room_id.as_str(), user.user_id.as_str())
+            .await?
+            .as_deref()
+            == Some("join");
+        let (mine, needed) = power(app, room_id, &user.user_id, "m.room.canonical_alias").await?;
+        if !joined || mine < needed {
+            return Err(Error::forbidden(
+                "You may not change this room's directory visibility",
+            ));
+        }
+    }
+    rooms::set_published(&app.db, room_id.as_str(), public).await?;
+    Ok(())
+}
+
+/// `GET/POST /publicRooms`: published rooms, largest first, with their summaries;
+/// `since` is an offset token; `filter` matches name, topic and alias.
+pub async fn public_rooms(
+    app: &AppState,
+    limit: Option<usize>,
+    since: Option<&str>,
+    search: Option<&str>,
+) -> Result<serde_json::Value> {
+    let offset: usize = match since {
+        Some(s) => s
+            .strip_prefix('o')
+            .and_then(|n| n.parse().ok())
+            .ok_or_else(|| Error::invalid_param("Invalid since token"))?,
+        None => 0,
+    };
+    let search = search.map(str::to_lowercase).filter(|s| !s.is_empty());
+    let mut chunk = Vec::new();
+    for (room_id, group, joined) in rooms::published(&app.db).await? {
+        let Some(group) = group else { continue };
+        let summary = summary(app, &room_id, group, joined).await?;
+        if let Some(term) = &search {
+            let hay = ["name", "topic", "canonical_alias"]
+                .iter()
+                .filter_map(|k| summary[*k].as_str())
+                .collect::<Vec<_>>()
+                .join(" ")
+                .to_lowercase();
+            if !hay.contains(term.as_str()) {
+                continue;
+            }
+        }
+        chunk.push(summary);
+    }
+    let total = chunk.len();
+    let limit = limit.unwrap_or(usize::MAX).max(1);
+    let page: Vec<_> = chunk.into_iter().skip(offset).take(limit).collect();
+    let mut body = serde_json::json!({ "chunk": page, "total_room_count_estimate": total });
+    if offset + limit < total {
+        body["next_batch"] = format!("o{}", offset + limit).into();
+    }
+    if offset > 0 {
+        body["prev_batch"] = format!("o{}", offset.saturating_sub(limit)).into();
+    }
+    Ok(body)
+}
+
+/// A room's public summary from its current state.
+async fn summary(
+    app: &AppState,
+    room_id: &str,
+    group: i64,
+    joined: i64,
+) -> Result<serde_json::Value> {
+    let keys: Vec<(String, String)> = [
+        "m.room.name",
+        "m.room.topic",
+        "m.room.canonical_alias",
+        "m.room.avatar",
+        "m.room.join_rules",
+        "m.room.history_visibility",
+        "m.room.guest_access",
+        "m.room.create",
+    ]
+    .iter()
+    .map(|t| ((*t).to_owned(), String::new()))
+    .collect();
+    let entries = crate::storage::state::state_for_keys(&app.db, group, &keys).await?;
+    let ids: Vec<String> = entries.iter().map(|(_, id)| id.clone()).collect();
+    let mut out = serde_json::json!({
+        "room_id": room_id,
+        "num_joined_members": joined,
+        "world_readable": false,
+        "guest_can_join": false,
+        "join_rule": "invite",
+    });
+    for ev in crate::storage::events::get_many(&app.db, &ids).await? {
+        let pdu: serde_json::Value = serde_json::from_str(&ev.json).unwrap_or_default();
+        let c = &pdu["content"];
+        match ev.event_type.as_str() {
+            "m.room.name" if c["name"].is_string() => out["name"] = c["name"].clone(),
+            "m.room.topic" if c["topic"].is_string() => out["topic"] = c["topic"].clone(),
+            "m.room.canonical_alias" if c["alias"].is_string() => {
+                out["canonical_alias"] = c["alias"].clone()
+            }
+            "m.room.avatar" if c["url"].is_string() => out["avatar_url"] = c["url"].clone(),
+            "m.room.join_rules" if c["join_rule"].is_string() => {
+                out["join_rule"] = c["join_rule"].clone()
+            }
+            "m.room.history_visibility" => {
+                out["world_readable"] = (c["history_visibility"] == "world_readable").into()
+            }
+            "m.room.guest_access" => {
+                out["guest_can_join"] = (c["guest_access"] == "can_join").into()
+            }
+            "m.room.create" if c["type"].is_string() => out["room_type"] = c["type"].clone(),
+            _ => {}
+        }
+    }
+    Ok(out)
+}

@@ -27,7 +27,7 @@ use crate::{
     },
     error::{Error, ErrorKind, Result},
     notify::InFlight,
-    storage::{Postgres, Transaction, events, now_ms, rooms, state},
+    storage::{Postgres, Transaction, events, now_ms, relations, rooms, state},
 };
 
 /// Deltas a state group may stack on its snapshot before a new snapshot is written:
@@ -108,6 +108,31 @@ impl RoomCtx {
             rules,
             extremities,
             depth,
+            state_group: room.current_state_group,
+            in_flight: Vec::new(),
+        }))
+    }
+
+    /// Loads a room without taking the event-creation lock (for reading its
+    /// version rules and state).
+    pub async fn lock_shared(
+        tx: &mut Transaction<'_, Postgres>,
+        room_id: &RoomId,
+    ) -> Result<Option<Self>> {
+        let Some(room) = rooms::get(&mut **tx, room_id.as_str()).await? else {
+            return Ok(None);
+        };
+        let version = RoomVersionId::try_from(room.room_version.as_str())
+            .map_err(|e| anyhow::anyhow!("stored room version: {e}"))?;
+        let rules = version
+            .rules()
+            .ok_or_else(|| anyhow::anyhow!("stored room version unsupported"))?;
+        Ok(Some(Self {
+            room_id: Some(room_id.to_owned()),
+            version,
+            rules,
+            extremities: Vec::new(),
+            depth: 0,
             state_group: room.current_state_group,
             in_flight: Vec::new(),
         }))
@@ -331,6 +356,26 @@ pub async fn persist(
             membership,
             event_id.as_str(),
             stream,
+        )
+        .await?;
+    }
+    if let Ok(content) = serde_json::from_str::<serde_json::Value>(pdu.content.get())
+        && let (Some(rel_type), Some(target)) = (
+            content["m.relates_to"]["rel_type"].as_str(),
+            content["m.relates_to"]["event_id"].as_str(),
+        )
+    {
+        relations::insert(
+            &mut **tx,
+            &relations::NewRelation {
+                event_id: event_id.as_str(),
+                relates_to: target,
+                rel_type,
+                room_id: room_id.as_str(),
+                event_type: &event_type,
+                sender: pdu.sender.as_str(),
+                stream_ordering: stream,
+            },
         )
         .await?;
     }

@@ -11,6 +11,7 @@ pub mod ratelimit;
 pub mod read;
 pub mod room;
 pub mod session;
+pub mod timeline;
 pub mod uia;
 
 /// Runs CPU-heavy work (argon2, signing big events, state resolution) off the async

@@ -276,11 +276,9 @@ pub async fn event(
     if stored.room_id != room_id.as_str() || stored.rejected || !viewer.may_see(&stored).await? {
         return Err(not_found());
     }
-    client_events(&app.db, &viewer.rules, &[stored])
-        .await?
-        .into_iter()
-        .next()
-        .ok_or_else(not_found)
+    let mut out = client_events(&app.db, &viewer.rules, &[stored]).await?;
+    super::timeline::bundle_threads(app, &mut viewer, user, &mut out).await?;
+    out.into_iter().next().ok_or_else(not_found)
 }
 
 /// A position in a room's topological order, as a pagination token `t{depth}_{stream}`.
@@ -412,7 +410,8 @@ pub async fn messages(
             break;
         }
     }
-    let chunk = client_events(&app.db, &viewer.rules, &chunk_events).await?;
+    let mut chunk = client_events(&app.db, &viewer.rules, &chunk_events).await?;
+    super::timeline::bundle_threads(app, &mut viewer, user, &mut chunk).await?;
     let state = if lazy_load_members && !chunk_events.is_empty() {
         lazy_members(app, &viewer, &chunk_events).await?
     } else {

@@ -245,6 +245,9 @@ pub async fn create(app: &AppState, creator: &UserId, req: CreateRoom) -> Result
     if let Some(alias) = &alias {
         super::directory::insert_alias(&mut tx, alias, &room_id, creator).await?;
     }
+    if req.public {
+        rooms::set_published(&mut *tx, room_id.as_str(), true).await?;
+    }
     tx.commit().await?;
     event::release(room);
     tracing::info!(room_id = %room_id, %version, "room created");

@@ -179,3 +179,26 @@ pub async fn max_stream_ordering(db: impl PgExecutor<'_>) -> sqlx::Result<i64> {
         .fetch_one(db)
         .await
 }
+
+/// The event closest to `ts`: the last at or before it (`backwards`), or the first
+/// at or after it.
+pub async fn closest_to_ts(
+    db: impl PgExecutor<'_>,
+    room_id: &str,
+    ts: i64,
+    backwards: bool,
+) -> sqlx::Result<Option<(String, i64)>> {
+    let row = sqlx::query!(
+        r#"select event_id, origin_server_ts from events
+           where room_id = $1 and not rejected
+             and case when $3 then origin_server_ts <= $2 else origin_server_ts >= $2 end
+           order by case when $3 then -origin_server_ts else origin_server_ts end, stream_ordering
+           limit 1"#,
+        room_id,
+        ts,
+        backwards
+    )
+    .fetch_optional(db)
+    .await?;
+    Ok(row.map(|r| (r.event_id, r.origin_server_ts)))
+}

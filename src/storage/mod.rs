@@ -6,6 +6,7 @@ pub mod embedded_pg;
 pub mod events;
 pub mod keys;
 pub mod registration_tokens;
+pub mod relations;
 pub mod rooms;
 pub mod state;
 pub mod tokens;

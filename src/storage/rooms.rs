@@ -283,3 +283,40 @@ pub async fn aliases_of(db: impl PgExecutor<'_>, room_id: &str) -> sqlx::Result<
     .fetch_all(db)
     .await
 }
+
+pub async fn set_published(
+    db: impl PgExecutor<'_>,
+    room_id: &str,
+    published: bool,
+) -> sqlx::Result<bool> {
+    let done = sqlx::query!(
+        "update rooms set published = $2 where room_id = $1",
+        room_id,
+        published
+    )
+    .execute(db)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+pub async fn is_published(db: impl PgExecutor<'_>, room_id: &str) -> sqlx::Result<Option<bool>> {
+    sqlx::query_scalar!("select published from rooms where room_id = $1", room_id)
+        .fetch_optional(db)
+        .await
+}
+
+/// Published rooms with their joined-member counts, largest first.
+pub async fn published(db: impl PgExecutor<'_>) -> sqlx::Result<Vec<(String, Option<i64>, i64)>> {
+    let rows = sqlx::query!(
+        r#"select r.room_id, r.current_state_group,
+                  (select count(*) from room_members m where m.room_id = r.room_id and m.membership = 'join') as "joined!"
+           from rooms r where r.published
+           order by 3 desc, r.room_id"#
+    )
+    .fetch_all(db)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| (r.room_id, r.current_state_group, r.joined))
+        .collect())
+}

@@ -9,3 +9,4 @@ mod errors;
 mod harness;
 mod rooms;
 mod sdk;
+mod timeline;

@@ -2,10 +2,12 @@
 
 mod account;
 mod devices;
+mod directory;
 mod discovery;
 mod register;
 mod rooms;
 mod session;
+mod timeline;
 
 use axum::Router;
 
@@ -19,4 +21,6 @@ pub fn router() -> Router<AppState> {
         .merge(account::router())
         .merge(devices::router())
         .merge(rooms::router())
+        .merge(timeline::router())
+        .merge(directory::router())
 }

@@ -1,0 +1,183 @@
+//! Around events: `GET /rooms/{roomId}/context/{eventId}`,
+//! `GET /rooms/{roomId}/relations/{eventId}[/{relType}[/{eventType}]]`,
+//! `GET /rooms/{roomId}/threads`, `GET /rooms/{roomId}/timestamp_to_event`,
+//! `POST /rooms/{roomId}/report/{eventId}` (spec: "Relationships", "Threading",
+//! "Reporting content", "Events").
+
+use axum::{Json, Router, extract::State};
+use ruma::api::{
+    Direction,
+    client::{
+        context::get_context,
+        filter::LazyLoadOptions,
+        relations::{
+            get_relating_events, get_relating_events_with_rel_type,
+            get_relating_events_with_rel_type_and_event_type,
+        },
+        room::{get_event_by_timestamp, report_content},
+        threads::get_threads,
+    },
+};
+use serde_json::{Value, json};
+
+use crate::{
+    api::{
+        auth::AuthUser,
+        ruma::{RouterExt, Ruma},
+    },
+    app::AppState,
+    error::Result,
+    service::timeline,
+};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .ruma::<get_context::v3::Request, _, _>(context)
+        .ruma::<get_relating_events::v1::Request, _, _>(relations)
+        .ruma::<get_relating_events_with_rel_type::v1::Request, _, _>(relations_of_type)
+        .ruma::<get_relating_events_with_rel_type_and_event_type::v1::Request, _, _>(
+            relations_of_type_and_event,
+        )
+        .ruma::<get_threads::v1::Request, _, _>(threads)
+        .ruma::<get_event_by_timestamp::v1::Request, _, _>(timestamp_to_event)
+        .ruma::<report_content::v3::Request, _, _>(report)
+}
+
+async fn context(
+    State(app): State<AppState>,
+    AuthUser(user): AuthUser,
+    Ruma(req): Ruma<get_context::v3::Request>,
+) -> Result<Json<Value>> {
+    let lazy = matches!(
+        req.filter.lazy_load_options,
+        LazyLoadOptions::Enabled { .. }
+    );
+    let body = timeline::context(
+        &app,
+        &user.user_id,
+        &req.room_id,
+        req.event_id.as_str(),
+        u64::from(req.limit) as usize,
+        lazy,
+    )
+    .await?;
+    Ok(Json(body))
+}
+
+fn limit(limit: Option<ruma::UInt>) -> usize {
+    limit.map_or(50, |l| u64::from(l) as usize)
+}
+
+async fn relations(
+    State(app): State<AppState>,
+    AuthUser(user): AuthUser,
+    Ruma(req): Ruma<get_relating_events::v1::Request>,
+) -> Result<Json<Value>> {
+    let body = timeline::relations(
+        &app,
+        &user.user_id,
+        &req.room_id,
+        req.event_id.as_str(),
+        None,
+        None,
+        req.from.as_deref(),
+        req.dir == Direction::Backward,
+        limit(req.limit),
+    )
+    .await?;
+    Ok(Json(body))
+}
+
+async fn relations_of_type(
+    State(app): State<AppState>,
+    AuthUser(user): AuthUser,
+    Ruma(req): Ruma<get_relating_events_with_rel_type::v1::Request>,
+) -> Result<Json<Value>> {
+    let rel_type = req.rel_type.to_string();
+    let body = timeline::relations(
+        &app,
+        &user.user_id,
+        &req.room_id,
+        req.event_id.as_str(),
+        Some(&rel_type),
+        None,
+        req.from.as_deref(),
+        req.dir == Direction::Backward,
+        limit(req.limit),
+    )
+    .await?;
+    Ok(Json(body))
+}
+
+async fn relations_of_type_and_event(
+    State(app): State<AppState>,
+    AuthUser(user): AuthUser,
+    Ruma(req): Ruma<get_relating_events_with_rel_type_and_event_type::v1::Request>,
+) -> Result<Json<Value>> {
+    let rel_type = req.rel_type.to_string();
+    let event_type = req.event_type.to_string();
+    let body = timeline::relations(
+        &app,
+        &user.user_id,
+        &req.room_id,
+        req.event_id.as_str(),
+        Some(&rel_type),
+        Some(&event_type),
+        req.from.as_deref(),
+        req.dir == Direction::Backward,
+        limit(req.limit),
+    )
+    .await?;
+    Ok(Json(body))
+}
+
+async fn threads(
+    State(app): State<AppState>,
+    AuthUser(user): AuthUser,
+    Ruma(req): Ruma<get_threads::v1::Request>,
+) -> Result<Json<Value>> {
+    let participated = req.include == get_threads::v1::IncludeThreads::Participated;
+    let body = timeline::threads(
+        &app,
+        &user.user_id,
+        &req.room_id,
+        req.from.as_deref(),
+        participated,
+        limit(req.limit),
+    )
+    .await?;
+    Ok(Json(body))
+}
+
+async fn timestamp_to_event(
+    State(app): State<AppState>,
+    AuthUser(user): AuthUser,
+    Ruma(req): Ruma<get_event_by_timestamp::v1::Request>,
+) -> Result<Json<Value>> {
+    let ts = u64::from(req.ts.0) as i64;
+    let body = timeline::timestamp_to_event(
+        &app,
+        &user.user_id,
+        &req.room_id,
+        ts,
+        req.dir == Direction::Backward,
+    )
+    .await?;
+    Ok(Json(body))
+}
+
+async fn report(
+    State(app): State<AppState>,
+    AuthUser(user): AuthUser,
+    Ruma(req): Ruma<report_content::v3::Request>,
+) -> Result<Json<Value>> {
+    timeline::report(
+        &app,
+        &user.user_id,
+        &req.room_id,
+        req.event_id.as_str(),
+        req.reason.as_deref(),
+    )
+    .await?;
+    Ok(Json(json!({})))
+}

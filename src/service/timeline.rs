@@ -1,0 +1,321 @@
+//! Reading around events: `/context`, `/relations`, `/threads`,
+//! `/timestamp_to_event`, thread summaries bundled into events, and reporting.
+
+use ruma::{RoomId, UserId};
+use serde_json::{Value, json};
+
+use super::read::{TopoToken, Viewer, client_events};
+use crate::{
+    app::AppState,
+    error::{Error, Result},
+    storage::{events, events::StoredEvent, now_ms, relations, state},
+};
+
+/// Adds `unsigned.m.relations.m.thread` to thread roots among `out` (the client
+/// form of `stored`, same order).
+pub async fn bundle_threads(
+    app: &AppState,
+    viewer: &mut Viewer<'_>,
+    user: &UserId,
+    out: &mut [Value],
+) -> Result<()> {
+    let ids: Vec<String> = out
+        .iter()
+        .filter_map(|e| e["event_id"].as_str().map(str::to_owned))
+        .collect();
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let summaries = relations::thread_summaries(&app.db, &ids, user.as_str()).await?;
+    if summaries.is_empty() {
+        return Ok(());
+    }
+    let latest_ids: Vec<String> = summaries.iter().map(|s| s.latest.clone()).collect();
+    let mut latest_stored = events::get_many(&app.db, &latest_ids).await?;
+    let mut visible = Vec::new();
+    for ev in latest_stored.drain(..) {
+        if viewer.may_see(&ev).await? {
+            visible.push(ev);
+        }
+    }
+    let latest = client_events(&app.db, &viewer.rules, &visible).await?;
+    for summary in summaries {
+        let Some(latest_event) = latest
+            .iter()
+            .find(|e| e["event_id"] == summary.latest.as_str())
+        else {
+            continue;
+        };
+        if let Some(event) = out
+            .iter_mut()
+            .find(|e| e["event_id"] == summary.root.as_str())
+        {
+            event["unsigned"]["m.relations"]["m.thread"] = json!({
+                "latest_event": latest_event,
+                "count": summary.count,
+                "current_user_participated": summary.participated,
+            });
+        }
+    }
+    Ok(())
+}
+
+async fn visible(viewer: &mut Viewer<'_>, stored: Vec<StoredEvent>) -> Result<Vec<StoredEvent>> {
+    let mut out = Vec::with_capacity(stored.len());
+    for ev in stored {
+        if viewer.may_see(&ev).await? {
+            out.push(ev);
+        }
+    }
+    Ok(out)
+}
+
+/// `GET /rooms/{roomId}/context/{eventId}`.
+pub async fn context(
+    app: &AppState,
+    user: &UserId,
+    room_id: &RoomId,
+    event_id: &str,
+    limit: usize,
+    lazy: bool,
+) -> Result<Value> {
+    let mut viewer = Viewer::new(app, user, room_id).await?;
+    if !viewer.may_read_history().await? {
+        return Err(Error::forbidden("You are not allowed to view this room"));
+    }
+    let not_found = || Error::not_found("Event not found");
+    let target = events::get(&app.db, event_id)
+        .await?
+        .ok_or_else(not_found)?;
+    if target.room_id != room_id.as_str() || target.rejected || !viewer.may_see(&target).await? {
+        return Err(not_found());
+    }
+    let limit = limit.min(100);
+    let before_n = limit / 2;
+    let after_n = limit - before_n;
+    let before = events::page(
+        &app.db,
+        room_id.as_str(),
+        target.depth,
+        target.stream_ordering,
+        true,
+        before_n as i64,
+    )
+    .await?;
+    let after = events::page(
+        &app.db,
+        room_id.as_str(),
+        target.depth,
+        target.stream_ordering,
+        false,
+        after_n as i64,
+    )
+    .await?;
+    let start = before.last().map_or(
+        TopoToken {
+            depth: target.depth,
+            stream: target.stream_ordering,
+        },
+        |e| TopoToken {
+            depth: e.depth,
+            stream: e.stream_ordering,
+        },
+    );
+    let end = after.last().map_or(
+        TopoToken {
+            depth: target.depth,
+            stream: target.stream_ordering,
+        },
+        |e| TopoToken {
+            depth: e.depth,
+            stream: e.stream_ordering,
+        },
+    );
+    let before = visible(&mut viewer, before).await?;
+    let after = visible(&mut viewer, after).await?;
+
+    // State at the event: all of it, or only the members the events need.
+    let group = target.state_group.ok_or_else(not_found)?;
+    let entries = state::full_state(&app.db, group).await?;
+    let senders: std::collections::HashSet<&str> = before
+        .iter()
+        .chain(after.iter())
+        .chain(std::iter::once(&target))
+        .map(|e| e.sender.as_str())
+        .collect();
+    let ids: Vec<String> = entries
+        .into_iter()
+        .filter(|((t, k), _)| !lazy || t != "m.room.member" || senders.contains(k.as_str()))
+        .map(|(_, id)| id)
+        .collect();
+    let state_events = events::get_many(&app.db, &ids).await?;
+
+    let mut event = client_events(&app.db, &viewer.rules, std::slice::from_ref(&target)).await?;
+    let mut events_before = client_events(&app.db, &viewer.rules, &before).await?;
+    let mut events_after = client_events(&app.db, &viewer.rules, &after).await?;
+    bundle_threads(app, &mut viewer, user, &mut event).await?;
+    bundle_threads(app, &mut viewer, user, &mut events_before).await?;
+    bundle_threads(app, &mut viewer, user, &mut events_after).await?;
+    Ok(json!({
+        "event": event.pop(),
+        "events_before": events_before,
+        "events_after": events_after,
+        "start": start.to_string(),
+        "end": end.to_string(),
+        "state": client_events(&app.db, &viewer.rules, &state_events).await?,
+    }))
+}
+
+/// `GET /rooms/{roomId}/relations/{eventId}[/{relType}[/{eventType}]]`.
+#[allow(clippy::too_many_arguments)]
+pub async fn relations(
+    app: &AppState,
+    user: &UserId,
+    room_id: &RoomId,
+    event_id: &str,
+    rel_type: Option<&str>,
+    event_type: Option<&str>,
+    from: Option<&str>,
+    backwards: bool,
+    limit: usize,
+) -> Result<Value> {
+    let mut viewer = Viewer::new(app, user, room_id).await?;
+    if !viewer.may_read_history().await? {
+        return Err(Error::forbidden("You are not allowed to view this room"));
+    }
+    let parent = events::get(&app.db, event_id).await?;
+    let Some(parent) = parent.filter(|p| p.room_id == room_id.as_str()) else {
+        return Err(Error::not_found("Event not found"));
+    };
+    if !viewer.may_see(&parent).await? {
+        return Err(Error::not_found("Event not found"));
+    }
+    let from = match from {
+        Some(token) => token
+            .parse::<i64>()
+            .map_err(|_| Error::invalid_param("Invalid from token"))?,
+        None if backwards => i64::MAX,
+        None => 0,
+    };
+    let limit = limit.clamp(1, 100);
+    let children = relations::children(
+        &app.db,
+        event_id,
+        rel_type,
+        event_type,
+        from,
+        backwards,
+        limit as i64 + 1,
+    )
+    .await?;
+    let more = children.len() > limit;
+    let page: Vec<StoredEvent> = children.into_iter().take(limit).collect();
+    let next = page.last().map(|e| e.stream_ordering);
+    let page = visible(&mut viewer, page).await?;
+    let mut body = json!({ "chunk": client_events(&app.db, &viewer.rules, &page).await? });
+    if more && let Some(next) = next {
+        body["next_batch"] = next.to_string().into();
+    }
+    Ok(body)
+}
+
+/// `GET /rooms/{roomId}/threads`: roots by latest activity, with summaries.
+pub async fn threads(
+    app: &AppState,
+    user: &UserId,
+    room_id: &RoomId,
+    from: Option<&str>,
+    participated_only: bool,
+    limit: usize,
+) -> Result<Value> {
+    let mut viewer = Viewer::new(app, user, room_id).await?;
+    if !viewer.may_read_history().await? {
+        return Err(Error::forbidden("You are not allowed to view this room"));
+    }
+    let before = match from {
+        Some(token) => token
+            .parse::<i64>()
+            .map_err(|_| Error::invalid_param("Invalid from token"))?,
+        None => i64::MAX,
+    };
+    let limit = limit.clamp(1, 100);
+    let participant = participated_only.then_some(user.as_str());
+    let roots = relations::thread_roots(
+        &app.db,
+        room_id.as_str(),
+        before,
+        participant,
+        limit as i64 + 1,
+    )
+    .await?;
+    let more = roots.len() > limit;
+    let roots: Vec<_> = roots.into_iter().take(limit).collect();
+    let next = roots.last().map(|r| r.latest_stream);
+    let ids: Vec<String> = roots.iter().map(|r| r.root.clone()).collect();
+    let mut stored = events::get_many(&app.db, &ids).await?;
+    stored.sort_by_key(|e| ids.iter().position(|id| *id == e.event_id));
+    let stored = visible(&mut viewer, stored).await?;
+    let mut chunk = client_events(&app.db, &viewer.rules, &stored).await?;
+    bundle_threads(app, &mut viewer, user, &mut chunk).await?;
+    let mut body = json!({ "chunk": chunk });
+    if more && let Some(next) = next {
+        body["next_batch"] = next.to_string().into();
+    }
+    Ok(body)
+}
+
+/// `GET /rooms/{roomId}/timestamp_to_event`: the closest visible event.
+pub async fn timestamp_to_event(
+    app: &AppState,
+    user: &UserId,
+    room_id: &RoomId,
+    ts: i64,
+    backwards: bool,
+) -> Result<Value> {
+    let mut viewer = Viewer::new(app, user, room_id).await?;
+    if !viewer.may_read_history().await? {
+        return Err(Error::forbidden("You are not allowed to view this room"));
+    }
+    let not_found = || Error::not_found("No event found");
+    let (event_id, origin_server_ts) =
+        events::closest_to_ts(&app.db, room_id.as_str(), ts, backwards)
+            .await?
+            .ok_or_else(not_found)?;
+    let ev = events::get(&app.db, &event_id)
+        .await?
+        .ok_or_else(not_found)?;
+    if !viewer.may_see(&ev).await? {
+        return Err(not_found());
+    }
+    Ok(json!({ "event_id": event_id, "origin_server_ts": origin_server_ts }))
+}
+
+/// `POST /rooms/{roomId}/report/{eventId}`: recorded for the server admins. The
+/// reporter must be able to see the event; unknown events get 404 either way.
+pub async fn report(
+    app: &AppState,
+    user: &UserId,
+    room_id: &RoomId,
+    event_id: &str,
+    reason: Option<&str>,
+) -> Result<()> {
+    let mut viewer = Viewer::new(app, user, room_id).await?;
+    let not_found = || Error::not_found("Event not found");
+    let ev = events::get(&app.db, event_id)
+        .await?
+        .ok_or_else(not_found)?;
+    if ev.room_id != room_id.as_str() || !viewer.may_see(&ev).await? {
+        return Err(not_found());
+    }
+    relations::insert_report(
+        &app.db,
+        room_id.as_str(),
+        event_id,
+        user.as_str(),
+        reason,
+        now_ms(),
+    )
+    .await?;
+    tracing::info!(%room_id, event_id, reporter = %user, "event reported");
+    Ok(())
+}

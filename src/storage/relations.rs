@@ -1,0 +1,151 @@
+//! `event_relations` (threads, reactions, edits, references) and `event_reports`.
+
+use sqlx::PgExecutor;
+
+use super::events::StoredEvent;
+
+pub struct NewRelation<'a> {
+    pub event_id: &'a str,
+    pub relates_to: &'a str,
+    pub rel_type: &'a str,
+    pub room_id: &'a str,
+    pub event_type: &'a str,
+    pub sender: &'a str,
+    pub stream_ordering: i64,
+}
+
+pub async fn insert(db: impl PgExecutor<'_>, r: &NewRelation<'_>) -> sqlx::Result<()> {
+    sqlx::query!(
+        "insert into event_relations (event_id, relates_to, rel_type, room_id, event_type, sender, stream_ordering)
+         values ($1, $2, $3, $4, $5, $6, $7) on conflict do nothing",
+        r.event_id,
+        r.relates_to,
+        r.rel_type,
+        r.room_id,
+        r.event_type,
+        r.sender,
+        r.stream_ordering
+    )
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// Events relating to `target`, optionally of one relation and event type, in
+/// stream order before (`backwards`) or after `from`.
+pub async fn children(
+    db: impl PgExecutor<'_>,
+    target: &str,
+    rel_type: Option<&str>,
+    event_type: Option<&str>,
+    from: i64,
+    backwards: bool,
+    limit: i64,
+) -> sqlx::Result<Vec<StoredEvent>> {
+    sqlx::query_as!(
+        StoredEvent,
+        r#"select e.event_id, e.room_id, e.stream_ordering, e.depth, e.event_type, e.state_key, e.sender,
+                  e.json, e.state_group, e.rejected, e.redacted_by
+           from event_relations r join events e on e.event_id = r.event_id
+           where r.relates_to = $1
+             and ($2::text is null or r.rel_type = $2)
+             and ($3::text is null or r.event_type = $3)
+             and not e.rejected
+             and case when $5 then r.stream_ordering < $4 else r.stream_ordering > $4 end
+           order by case when $5 then -r.stream_ordering else r.stream_ordering end
+           limit $6"#,
+        target,
+        rel_type,
+        event_type,
+        from,
+        backwards,
+        limit
+    )
+    .fetch_all(db)
+    .await
+}
+
+pub struct ThreadRoot {
+    pub root: String,
+    pub latest_stream: i64,
+}
+
+/// Thread roots of a room, most recently active first, active before `before`;
+/// with `participant`, only threads the user started or replied in.
+pub async fn thread_roots(
+    db: impl PgExecutor<'_>,
+    room_id: &str,
+    before: i64,
+    participant: Option<&str>,
+    limit: i64,
+) -> sqlx::Result<Vec<ThreadRoot>> {
+    sqlx::query_as!(
+        ThreadRoot,
+        r#"select r.relates_to as "root!", max(r.stream_ordering) as "latest_stream!"
+           from event_relations r
+           where r.room_id = $1 and r.rel_type = 'm.thread'
+           group by r.relates_to
+           having max(r.stream_ordering) < $2
+              and ($3::text is null
+                   or bool_or(r.sender = $3)
+                   or exists (select 1 from events e where e.event_id = r.relates_to and e.sender = $3))
+           order by max(r.stream_ordering) desc
+           limit $4"#,
+        room_id,
+        before,
+        participant,
+        limit
+    )
+    .fetch_all(db)
+    .await
+}
+
+pub async fn insert_report(
+    db: impl PgExecutor<'_>,
+    room_id: &str,
+    event_id: &str,
+    reporter: &str,
+    reason: Option<&str>,
+    now: i64,
+) -> sqlx::Result<()> {
+    sqlx::query!(
+        "insert into event_reports (room_id, event_id, reporter, reason, created_ts) values ($1, $2, $3, $4, $5)",
+        room_id,
+        event_id,
+        reporter,
+        reason,
+        now
+    )
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+pub struct RootSummary {
+    pub root: String,
+    pub count: i64,
+    pub latest: String,
+    pub participated: bool,
+}
+
+/// Thread summaries for those of `roots` that have replies (for bundling).
+pub async fn thread_summaries(
+    db: impl PgExecutor<'_>,
+    roots: &[String],
+    user: &str,
+) -> sqlx::Result<Vec<RootSummary>> {
+    sqlx::query_as!(
+        RootSummary,
+        r#"select r.relates_to as "root!", count(*) as "count!",
+                  (array_agg(r.event_id order by r.stream_ordering desc))[1] as "latest!",
+                  (bool_or(r.sender = $2)
+                   or bool_or(exists (select 1 from events e where e.event_id = r.relates_to and e.sender = $2)))
+                   as "participated!"
+           from event_relations r where r.relates_to = any($1) and r.rel_type = 'm.thread'
+           group by r.relates_to"#,
+        roots,
+        user
+    )
+    .fetch_all(db)
+    .await
+}

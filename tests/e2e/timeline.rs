@@ -1,0 +1,343 @@
+//! Context, relations, threads, timestamp lookup, reports and the room directory.
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::harness::{Login, TestServer};
+
+const V3: &str = "/_matrix/client/v3";
+const V1: &str = "/_matrix/client/v1";
+
+async fn room(server: &TestServer, who: &Login, body: Value) -> String {
+    let (status, resp) = server
+        .post(&format!("{V3}/createRoom"), Some(&who.access_token), body)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{resp}");
+    resp["room_id"].as_str().unwrap().to_owned()
+}
+
+async fn send(server: &TestServer, who: &Login, room: &str, txn: &str, content: Value) -> String {
+    let kind = if content
+        .get("m.relates_to")
+        .and_then(|r| r.get("key"))
+        .is_some()
+    {
+        "m.reaction"
+    } else {
+        "m.room.message"
+    };
+    let (status, body) = server
+        .put(
+            &format!("{V3}/rooms/{room}/send/{kind}/{txn}"),
+            Some(&who.access_token),
+            content,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body["event_id"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn context_around_an_event() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice", "pw").await;
+    let r = room(&server, &alice, json!({})).await;
+    let mut ids = Vec::new();
+    for i in 0..9 {
+        ids.push(
+            send(
+                &server,
+                &alice,
+                &r,
+                &format!("t{i}"),
+                json!({ "msgtype": "m.text", "body": format!("m{i}") }),
+            )
+            .await,
+        );
+    }
+    let (status, body) = server
+        .get(
+            &format!("{V3}/rooms/{r}/context/{}?limit=4", ids[4]),
+            Some(&alice.access_token),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["event"]["content"]["body"], "m4");
+    let before: Vec<&str> = body["events_before"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["content"]["body"].as_str().unwrap())
+        .collect();
+    let after: Vec<&str> = body["events_after"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["content"]["body"].as_str().unwrap())
+        .collect();
+    assert_eq!(before, vec!["m3", "m2"]);
+    assert_eq!(after, vec!["m5", "m6"]);
+    assert!(
+        body["state"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["type"] == "m.room.create")
+    );
+    // The tokens continue with /messages.
+    let (_, older) = server
+        .get(
+            &format!(
+                "{V3}/rooms/{r}/messages?dir=b&limit=1&from={}",
+                body["start"].as_str().unwrap()
+            ),
+            Some(&alice.access_token),
+        )
+        .await;
+    assert_eq!(older["chunk"][0]["content"]["body"], "m1");
+    let (status, _) = server
+        .get(
+            &format!("{V3}/rooms/{r}/context/$missing"),
+            Some(&alice.access_token),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn relations_threads_and_bundled_summaries() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice", "pw").await;
+    let bob = server.register("bob", "pw").await;
+    let r = room(&server, &alice, json!({ "preset": "public_chat" })).await;
+    server
+        .post(
+            &format!("{V3}/rooms/{r}/join"),
+            Some(&bob.access_token),
+            json!({}),
+        )
+        .await;
+    let root = send(
+        &server,
+        &alice,
+        &r,
+        "root",
+        json!({ "msgtype": "m.text", "body": "root" }),
+    )
+    .await;
+    let thread = |body: &str| json!({ "msgtype": "m.text", "body": body, "m.relates_to": { "rel_type": "m.thread", "event_id": root } });
+    send(&server, &bob, &r, "r1", thread("reply 1")).await;
+    let last = send(&server, &bob, &r, "r2", thread("reply 2")).await;
+    send(
+        &server,
+        &alice,
+        &r,
+        "x1",
+        json!({ "m.relates_to": { "rel_type": "m.annotation", "event_id": root, "key": "👍" } }),
+    )
+    .await;
+
+    let t = Some(alice.access_token.as_str());
+    let (status, all) = server
+        .get(&format!("{V1}/rooms/{r}/relations/{root}"), t)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{all}");
+    assert_eq!(all["chunk"].as_array().unwrap().len(), 3);
+    let (_, threads_only) = server
+        .get(&format!("{V1}/rooms/{r}/relations/{root}/m.thread"), t)
+        .await;
+    let bodies: Vec<&str> = threads_only["chunk"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["content"]["body"].as_str().unwrap())
+        .collect();
+    assert_eq!(bodies, vec!["reply 2", "reply 1"]);
+    let (_, reactions) = server
+        .get(
+            &format!("{V1}/rooms/{r}/relations/{root}/m.annotation/m.reaction"),
+            t,
+        )
+        .await;
+    assert_eq!(reactions["chunk"].as_array().unwrap().len(), 1);
+    // Paging: one at a time.
+    let (_, page1) = server
+        .get(
+            &format!("{V1}/rooms/{r}/relations/{root}/m.thread?limit=1"),
+            t,
+        )
+        .await;
+    let next = page1["next_batch"].as_str().unwrap();
+    let (_, page2) = server
+        .get(
+            &format!("{V1}/rooms/{r}/relations/{root}/m.thread?limit=1&from={next}"),
+            t,
+        )
+        .await;
+    assert_eq!(page2["chunk"][0]["content"]["body"], "reply 1");
+    assert!(page2.get("next_batch").is_none(), "{page2}");
+
+    let (status, threads) = server.get(&format!("{V1}/rooms/{r}/threads"), t).await;
+    assert_eq!(status, StatusCode::OK, "{threads}");
+    let chunk = threads["chunk"].as_array().unwrap();
+    assert_eq!(chunk.len(), 1);
+    let summary = &chunk[0]["unsigned"]["m.relations"]["m.thread"];
+    assert_eq!(chunk[0]["event_id"], root);
+    assert_eq!(summary["count"], 2);
+    assert_eq!(summary["latest_event"]["event_id"], last);
+    assert_eq!(
+        summary["current_user_participated"], true,
+        "alice started the thread"
+    );
+    let (_, mine) = server
+        .get(
+            &format!("{V1}/rooms/{r}/threads?include=participated"),
+            Some(&bob.access_token),
+        )
+        .await;
+    assert_eq!(mine["chunk"].as_array().unwrap().len(), 1);
+
+    // /messages bundles the summary too.
+    let (_, page) = server
+        .get(&format!("{V3}/rooms/{r}/messages?dir=b&limit=20"), t)
+        .await;
+    let root_in_timeline = page["chunk"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["event_id"] == root.as_str())
+        .unwrap();
+    assert_eq!(
+        root_in_timeline["unsigned"]["m.relations"]["m.thread"]["count"],
+        2
+    );
+}
+
+#[tokio::test]
+async fn timestamp_to_event_and_reports() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice", "pw").await;
+    let eve = server.register("eve", "pw").await;
+    let r = room(&server, &alice, json!({})).await;
+    let first = send(
+        &server,
+        &alice,
+        &r,
+        "a",
+        json!({ "msgtype": "m.text", "body": "a" }),
+    )
+    .await;
+    let t = Some(alice.access_token.as_str());
+    let (_, ev) = server
+        .get(&format!("{V3}/rooms/{r}/event/{first}"), t)
+        .await;
+    let ts = ev["origin_server_ts"].as_i64().unwrap();
+    let (status, found) = server
+        .get(
+            &format!("{V1}/rooms/{r}/timestamp_to_event?ts={ts}&dir=b"),
+            t,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{found}");
+    assert_eq!(found["origin_server_ts"].as_i64().unwrap(), ts);
+    let (status, _) = server
+        .get(
+            &format!(
+                "{V1}/rooms/{r}/timestamp_to_event?ts={}&dir=f",
+                ts + 3_600_000
+            ),
+            t,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    let (status, _) = server
+        .post(
+            &format!("{V3}/rooms/{r}/report/{first}"),
+            t,
+            json!({ "reason": "spam" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let reports: i64 =
+        sqlx::query_scalar("select count(*) from event_reports where reason = 'spam'")
+            .fetch_one(&server.state.db)
+            .await
+            .unwrap();
+    assert_eq!(reports, 1);
+    // Outsiders cannot report (or probe) events of a private room.
+    let (status, _) = server
+        .post(
+            &format!("{V3}/rooms/{r}/report/{first}"),
+            Some(&eve.access_token),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = server
+        .post(&format!("{V3}/rooms/{r}/report/$nope"), t, json!({}))
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn public_room_directory() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice", "pw").await;
+    let bob = server.register("bob", "pw").await;
+    let public = room(&server, &alice, json!({ "visibility": "public", "preset": "public_chat", "name": "Rust Lab", "topic": "crabs", "room_alias_name": "rust" })).await;
+    let private = room(&server, &alice, json!({ "name": "Secret" })).await;
+
+    let (status, dir) = server.get(&format!("{V3}/publicRooms"), None).await;
+    assert_eq!(status, StatusCode::OK, "{dir}");
+    let chunk = dir["chunk"].as_array().unwrap();
+    assert_eq!(chunk.len(), 1);
+    assert_eq!(chunk[0]["room_id"], public);
+    assert_eq!(chunk[0]["name"], "Rust Lab");
+    assert_eq!(chunk[0]["topic"], "crabs");
+    assert_eq!(chunk[0]["canonical_alias"], "#rust:test.local");
+    assert_eq!(chunk[0]["join_rule"], "public");
+    assert_eq!(chunk[0]["num_joined_members"], 1);
+
+    // Bob may not publish Alice's private room; Alice may.
+    let vis = format!("{V3}/directory/list/room/{private}");
+    let (status, _) = server
+        .put(
+            &vis,
+            Some(&bob.access_token),
+            json!({ "visibility": "public" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, _) = server
+        .put(
+            &vis,
+            Some(&alice.access_token),
+            json!({ "visibility": "public" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(server.get(&vis, None).await.1["visibility"], "public");
+
+    let (_, searched) = server
+        .post(
+            &format!("{V3}/publicRooms"),
+            Some(&bob.access_token),
+            json!({ "filter": { "generic_search_term": "crab" } }),
+        )
+        .await;
+    assert_eq!(searched["chunk"].as_array().unwrap().len(), 1, "{searched}");
+    let (_, page) = server.get(&format!("{V3}/publicRooms?limit=1"), None).await;
+    assert_eq!(page["chunk"].as_array().unwrap().len(), 1);
+    assert_eq!(page["total_room_count_estimate"], 2);
+    let (_, page2) = server
+        .get(
+            &format!(
+                "{V3}/publicRooms?limit=1&since={}",
+                page["next_batch"].as_str().unwrap()
+            ),
+            None,
+        )
+        .await;
+    assert_ne!(page2["chunk"][0]["room_id"], page["chunk"][0]["room_id"]);
+}
