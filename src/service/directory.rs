@@ -210,7 +210,7 @@ pub async fn public_rooms(
 }
 
 /// A room's public summary from its current state.
-async fn summary(
+pub async fn summary(
     app: &AppState,
     room_id: &str,
     group: i64,

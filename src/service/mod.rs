@@ -11,8 +11,10 @@ pub mod ratelimit;
 pub mod read;
 pub mod room;
 pub mod session;
+pub mod space;
 pub mod timeline;
 pub mod uia;
+pub mod upgrade;
 
 /// Runs CPU-heavy work (argon2, signing big events, state resolution) off the async
 /// workers.

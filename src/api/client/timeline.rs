@@ -1,8 +1,9 @@
 //! Around events: `GET /rooms/{roomId}/context/{eventId}`,
 //! `GET /rooms/{roomId}/relations/{eventId}[/{relType}[/{eventType}]]`,
 //! `GET /rooms/{roomId}/threads`, `GET /rooms/{roomId}/timestamp_to_event`,
-//! `POST /rooms/{roomId}/report/{eventId}` (spec: "Relationships", "Threading",
-//! "Reporting content", "Events").
+//! `POST /rooms/{roomId}/report/{eventId}`, `POST /rooms/{roomId}/upgrade`,
+//! `GET /rooms/{roomId}/hierarchy` (spec: "Relationships", "Threading",
+//! "Reporting content", "Events", "Room Upgrades", "Spaces").
 
 use axum::{Json, Router, extract::State};
 use ruma::api::{
@@ -14,7 +15,8 @@ use ruma::api::{
             get_relating_events, get_relating_events_with_rel_type,
             get_relating_events_with_rel_type_and_event_type,
         },
-        room::{get_event_by_timestamp, report_content},
+        room::{get_event_by_timestamp, report_content, upgrade_room},
+        space::get_hierarchy,
         threads::get_threads,
     },
 };
@@ -27,7 +29,7 @@ use crate::{
     },
     app::AppState,
     error::Result,
-    service::timeline,
+    service::{space, timeline, upgrade as upgrades},
 };
 
 pub fn router() -> Router<AppState> {
@@ -41,6 +43,8 @@ pub fn router() -> Router<AppState> {
         .ruma::<get_threads::v1::Request, _, _>(threads)
         .ruma::<get_event_by_timestamp::v1::Request, _, _>(timestamp_to_event)
         .ruma::<report_content::v3::Request, _, _>(report)
+        .ruma::<upgrade_room::v3::Request, _, _>(upgrade)
+        .ruma::<get_hierarchy::v1::Request, _, _>(hierarchy)
 }
 
 async fn context(
@@ -180,4 +184,32 @@ async fn report(
     )
     .await?;
     Ok(Json(json!({})))
+}
+
+async fn upgrade(
+    State(app): State<AppState>,
+    AuthUser(user): AuthUser,
+    Ruma(req): Ruma<upgrade_room::v3::Request>,
+) -> Result<Json<Value>> {
+    let additional = req.additional_creators.iter().map(|u| u.to_string()).collect();
+    let new_room = upgrades::upgrade(&app, &user.user_id, &req.room_id, req.new_version, additional).await?;
+    Ok(Json(json!({ "replacement_room": new_room })))
+}
+
+async fn hierarchy(
+    State(app): State<AppState>,
+    AuthUser(user): AuthUser,
+    Ruma(req): Ruma<get_hierarchy::v1::Request>,
+) -> Result<Json<Value>> {
+    let body = space::hierarchy(
+        &app,
+        &user.user_id,
+        &req.room_id,
+        req.from.as_deref(),
+        limit(req.limit),
+        req.max_depth.map(|d| u64::from(d) as usize),
+        req.suggested_only,
+    )
+    .await?;
+    Ok(Json(body))
 }

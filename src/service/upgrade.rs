@@ -1,0 +1,163 @@
+//! Room upgrades (`POST /rooms/{roomId}/upgrade`, spec: "Room Upgrades"):
+//!
+//! 1. Check the user may send `m.room.tombstone` in the old room.
+//! 2. Create the new room (one transaction): create event with `predecessor`, the
+//!    upgrader's join, then the old room's transferable state (power levels, join
+//!    rules, history visibility, guest access, name, topic, avatar, encryption,
+//!    server ACLs) and its bans.
+//! 3. In the old room: the tombstone, then power levels that stop ordinary
+//!    members from talking or inviting.
+//! 4. Move local aliases and the canonical alias to the new room.
+
+use std::collections::HashMap;
+
+use ruma::{OwnedRoomId, RoomId, RoomVersionId, UserId};
+use serde_json::{Value, json};
+
+use super::event::{self, RoomCtx};
+use crate::{
+    app::AppState,
+    domain::{pdu::NewEvent, room_version, token},
+    error::{Error, ErrorKind, Result},
+    storage::{now_ms, rooms, state},
+};
+
+const TRANSFERRED: &[&str] = &[
+    "m.room.join_rules",
+    "m.room.history_visibility",
+    "m.room.guest_access",
+    "m.room.name",
+    "m.room.topic",
+    "m.room.avatar",
+    "m.room.encryption",
+    "m.room.server_acl",
+];
+
+pub async fn upgrade(
+    app: &AppState,
+    user: &UserId,
+    old_room: &RoomId,
+    new_version: RoomVersionId,
+    additional_creators: Vec<String>,
+) -> Result<OwnedRoomId> {
+    if !room_version::is_supported(&new_version) {
+        return Err(Error::new(ErrorKind::UnsupportedRoomVersion, format!("Room version {new_version} is not supported")));
+    }
+    if rooms::membership(&app.db, old_room.as_str(), user.as_str()).await?.as_deref() != Some("join") {
+        return Err(Error::forbidden("You are not in this room"));
+    }
+
+    // 1. Read the old room's state; check the tombstone would be allowed.
+    let mut tx = app.db.begin().await?;
+    let Some(old) = RoomCtx::lock_shared(&mut tx, old_room).await? else {
+        return Err(Error::forbidden("Unknown room"));
+    };
+    let group = old.state_group.ok_or_else(|| anyhow::anyhow!("room without state"))?;
+    let full: HashMap<(String, String), String> = state::full_state(&mut *tx, group).await?.into_iter().collect();
+    let mut wanted: Vec<(String, String)> = full.keys().filter(|(t, _)| TRANSFERRED.contains(&t.as_str()) || ["m.room.power_levels", "m.room.create", "m.room.member", "m.room.canonical_alias"].contains(&t.as_str())).cloned().collect();
+    wanted.sort();
+    let old_state = event::state_events(&mut tx, Some(group), &wanted).await?;
+    let creators = super::read::creators(&mut tx, &old).await?;
+    tx.commit().await?;
+
+    let content = |key: &(String, String)| -> Option<Value> {
+        old_state.get(key).and_then(|p| serde_json::from_str(p.content.get()).ok())
+    };
+    let power_key = ("m.room.power_levels".to_owned(), String::new());
+    let mut power = content(&power_key).unwrap_or_else(|| json!({}));
+    let users_default = power["users_default"].as_i64().unwrap_or(0);
+    let is_old_creator = old.rules.authorization.explicitly_privilege_room_creators && creators.iter().any(|c| c == user.as_str());
+    let my_level = if is_old_creator { i64::MAX } else { power["users"][user.as_str()].as_i64().unwrap_or(users_default) };
+    let tombstone_level = power["events"]["m.room.tombstone"].as_i64().unwrap_or(power["state_default"].as_i64().unwrap_or(50));
+    if my_level < tombstone_level {
+        return Err(Error::forbidden("You may not upgrade this room"));
+    }
+
+    // 2. The new room.
+    let mut room = RoomCtx::new_room(new_version.clone())?;
+    let v12 = room.rules.authorization.explicitly_privilege_room_creators;
+    if !room.rules.authorization.room_create_event_id_as_room_id {
+        room.room_id = Some(
+            RoomId::parse(format!("!{}:{}", token::random_string(18), app.server_name))
+                .map_err(|e| anyhow::anyhow!("generated room id: {e}"))?,
+        );
+    }
+    let old_create = content(&("m.room.create".to_owned(), String::new())).unwrap_or_default();
+    let mut create = serde_json::Map::new();
+    create.insert("room_version".into(), new_version.as_str().into());
+    create.insert("predecessor".into(), json!({ "room_id": old_room }));
+    if let Some(t) = old_create.get("type") {
+        create.insert("type".into(), t.clone());
+    }
+    if !room.rules.authorization.use_room_create_sender {
+        create.insert("creator".into(), user.as_str().into());
+    }
+    if room.rules.authorization.additional_room_creators && !additional_creators.is_empty() {
+        create.insert("additional_creators".into(), json!(additional_creators));
+    }
+
+    // Power levels for the new room: creators of a v12 room must not be listed;
+    // before v12 the upgrader needs an explicit level to set the room up.
+    if let Some(users) = power["users"].as_object_mut() {
+        if v12 {
+            users.remove(user.as_str());
+            for c in &additional_creators {
+                users.remove(c);
+            }
+        } else {
+            // As Synapse does, the upgrader gets (at least) 100 in the new room.
+            let current = users.get(user.as_str()).and_then(Value::as_i64).unwrap_or(users_default);
+            users.insert(user.to_string(), current.max(100).into());
+        }
+    } else if !v12 {
+        power["users"] = json!({ user.as_str(): 100 });
+    }
+
+    let mut tx = app.db.begin().await?;
+    event::append_first(&mut tx, app, &mut room, user, create).await?;
+    let new_room = room.room_id().to_owned();
+    rooms::insert(&mut *tx, new_room.as_str(), new_version.as_str(), user.as_str(), now_ms()).await?;
+    let state_event = |kind: &str, key: &str, content: Value| NewEvent { kind: kind.into(), content, state_key: Some(key.into()), redacts: None };
+    event::append(&mut tx, app, &mut room, user, state_event("m.room.member", user.as_str(), json!({ "membership": "join" }))).await?;
+    event::append(&mut tx, app, &mut room, user, state_event("m.room.power_levels", "", power.clone())).await?;
+    for kind in TRANSFERRED {
+        if let Some(c) = content(&((*kind).to_owned(), String::new())) {
+            event::append(&mut tx, app, &mut room, user, state_event(kind, "", c)).await?;
+        }
+    }
+    for ((kind, key), pdu) in &old_state {
+        if kind == "m.room.member" {
+            let c: Value = serde_json::from_str(pdu.content.get()).unwrap_or_default();
+            if c["membership"] == "ban" {
+                event::append(&mut tx, app, &mut room, user, state_event("m.room.member", key, json!({ "membership": "ban" }))).await?;
+            }
+        }
+    }
+    tx.commit().await?;
+    event::release(room);
+
+    // 3. Tombstone and restrict the old room.
+    let tombstone = json!({ "body": "This room has been replaced", "replacement_room": new_room });
+    event::send(app, old_room, user, NewEvent { kind: "m.room.tombstone".into(), content: tombstone, state_key: Some(String::new()), redacts: None }, None).await?;
+    let mut restricted = content(&power_key).unwrap_or_else(|| json!({}));
+    let level = (users_default + 1).max(50);
+    restricted["events_default"] = level.into();
+    restricted["invite"] = level.into();
+    if event::send(app, old_room, user, NewEvent { kind: "m.room.power_levels".into(), content: restricted, state_key: Some(String::new()), redacts: None }, None).await.is_err() {
+        tracing::warn!(%old_room, "could not restrict the old room's power levels after an upgrade");
+    }
+
+    // 4. Aliases follow the room.
+    let aliases = rooms::aliases_of(&app.db, old_room.as_str()).await?;
+    for alias in &aliases {
+        rooms::delete_alias(&app.db, alias).await?;
+        rooms::insert_alias(&app.db, alias, new_room.as_str(), user.as_str(), now_ms()).await?;
+    }
+    if let Some(canonical) = content(&("m.room.canonical_alias".to_owned(), String::new()))
+        && canonical.get("alias").is_some()
+    {
+        let _ = event::send(app, &new_room, user, state_event("m.room.canonical_alias", "", canonical), None).await;
+    }
+    tracing::info!(%old_room, %new_room, %new_version, "room upgraded");
+    Ok(new_room)
+}
