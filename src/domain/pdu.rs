@@ -309,7 +309,7 @@ mod tests {
         CanonicalJsonValue, RoomVersionId,
         room_version_rules::RoomVersionRules,
         serde::Base64,
-        signatures::{Ed25519KeyPair, KeyPair, hash_and_sign_event, sign_json, verify_event},
+        signatures::{Ed25519KeyPair, hash_and_sign_event, sign_json, verify_event},
     };
     use serde_json::json;
 

@@ -24,7 +24,10 @@ pub async fn hierarchy(
     suggested_only: bool,
 ) -> Result<Value> {
     let skip: usize = match from {
-        Some(token) => token.strip_prefix('h').and_then(|n| n.parse().ok()).ok_or_else(|| Error::invalid_param("Invalid from token"))?,
+        Some(token) => token
+            .strip_prefix('h')
+            .and_then(|n| n.parse().ok())
+            .ok_or_else(|| Error::invalid_param("Invalid from token"))?,
         None => 0,
     };
     if !may_preview(app, user, root.as_str()).await? {
@@ -39,11 +42,15 @@ pub async fn hierarchy(
         if !seen.insert(room_id.clone()) {
             continue;
         }
-        let Some(room) = rooms::get(&app.db, &room_id).await? else { continue };
+        let Some(room) = rooms::get(&app.db, &room_id).await? else {
+            continue;
+        };
         if room_id != root.as_str() && !may_preview(app, user, &room_id).await? {
             continue;
         }
-        let Some(group) = room.current_state_group else { continue };
+        let Some(group) = room.current_state_group else {
+            continue;
+        };
         let children = children_state(app, group, suggested_only).await?;
         if max_depth.is_none_or(|max| depth < max) {
             for child in &children {
@@ -80,7 +87,7 @@ async fn children_state(app: &AppState, group: i64, suggested_only: bool) -> Res
         let pdu: Value = serde_json::from_str(&ev.json).unwrap_or_default();
         let content = &pdu["content"];
         // A child without `via` has been removed.
-        if !content["via"].as_array().is_some_and(|v| !v.is_empty()) {
+        if content["via"].as_array().is_none_or(|v| v.is_empty()) {
             continue;
         }
         if suggested_only && content["suggested"] != true {
@@ -94,24 +101,60 @@ async fn children_state(app: &AppState, group: i64, suggested_only: bool) -> Res
             "origin_server_ts": pdu["origin_server_ts"],
         }));
     }
-    out.sort_by(|a, b| a["state_key"].as_str().cmp(&b["state_key"].as_str()));
+    // Spec order: a valid `order` string first (lexicographically), then the
+    // event's timestamp, then the room ID.
+    let order = |c: &Value| -> Option<String> {
+        c["content"]["order"]
+            .as_str()
+            .filter(|o| o.len() <= 50 && o.bytes().all(|b| (0x20..=0x7e).contains(&b)))
+            .map(str::to_owned)
+    };
+    out.sort_by(|a, b| {
+        let (oa, ob) = (order(a), order(b));
+        match (&oa, &ob) {
+            (Some(x), Some(y)) if x != y => return x.cmp(y),
+            (Some(_), None) => return std::cmp::Ordering::Less,
+            (None, Some(_)) => return std::cmp::Ordering::Greater,
+            _ => {}
+        }
+        (a["origin_server_ts"].as_u64(), a["state_key"].as_str())
+            .cmp(&(b["origin_server_ts"].as_u64(), b["state_key"].as_str()))
+    });
     Ok(out)
 }
 
 /// Members, world-readable rooms, and rooms the user could join or knock on.
 async fn may_preview(app: &AppState, user: &UserId, room_id: &str) -> Result<bool> {
-    if rooms::membership(&app.db, room_id, user.as_str()).await?.as_deref() == Some("join") {
+    if rooms::membership(&app.db, room_id, user.as_str())
+        .await?
+        .as_deref()
+        == Some("join")
+    {
         return Ok(true);
     }
-    let Some(room) = rooms::get(&app.db, room_id).await? else { return Ok(false) };
-    let Some(group) = room.current_state_group else { return Ok(false) };
-    let keys = [("m.room.join_rules".to_owned(), String::new()), ("m.room.history_visibility".to_owned(), String::new())];
-    let ids: Vec<String> = state::state_for_keys(&app.db, group, &keys).await?.into_iter().map(|(_, id)| id).collect();
+    let Some(room) = rooms::get(&app.db, room_id).await? else {
+        return Ok(false);
+    };
+    let Some(group) = room.current_state_group else {
+        return Ok(false);
+    };
+    let keys = [
+        ("m.room.join_rules".to_owned(), String::new()),
+        ("m.room.history_visibility".to_owned(), String::new()),
+    ];
+    let ids: Vec<String> = state::state_for_keys(&app.db, group, &keys)
+        .await?
+        .into_iter()
+        .map(|(_, id)| id)
+        .collect();
     for ev in events::get_many(&app.db, &ids).await? {
         let pdu: Value = serde_json::from_str(&ev.json).unwrap_or_default();
         let c = &pdu["content"];
         if c["history_visibility"] == "world_readable"
-            || matches!(c["join_rule"].as_str(), Some("public" | "knock" | "knock_restricted"))
+            || matches!(
+                c["join_rule"].as_str(),
+                Some("public" | "knock" | "knock_restricted")
+            )
         {
             return Ok(true);
         }

@@ -41,9 +41,16 @@ pub async fn upgrade(
     additional_creators: Vec<String>,
 ) -> Result<OwnedRoomId> {
     if !room_version::is_supported(&new_version) {
-        return Err(Error::new(ErrorKind::UnsupportedRoomVersion, format!("Room version {new_version} is not supported")));
+        return Err(Error::new(
+            ErrorKind::UnsupportedRoomVersion,
+            format!("Room version {new_version} is not supported"),
+        ));
     }
-    if rooms::membership(&app.db, old_room.as_str(), user.as_str()).await?.as_deref() != Some("join") {
+    if rooms::membership(&app.db, old_room.as_str(), user.as_str())
+        .await?
+        .as_deref()
+        != Some("join")
+    {
         return Err(Error::forbidden("You are not in this room"));
     }
 
@@ -52,23 +59,52 @@ pub async fn upgrade(
     let Some(old) = RoomCtx::lock_shared(&mut tx, old_room).await? else {
         return Err(Error::forbidden("Unknown room"));
     };
-    let group = old.state_group.ok_or_else(|| anyhow::anyhow!("room without state"))?;
-    let full: HashMap<(String, String), String> = state::full_state(&mut *tx, group).await?.into_iter().collect();
-    let mut wanted: Vec<(String, String)> = full.keys().filter(|(t, _)| TRANSFERRED.contains(&t.as_str()) || ["m.room.power_levels", "m.room.create", "m.room.member", "m.room.canonical_alias"].contains(&t.as_str())).cloned().collect();
+    let group = old
+        .state_group
+        .ok_or_else(|| anyhow::anyhow!("room without state"))?;
+    let full: HashMap<(String, String), String> = state::full_state(&mut *tx, group)
+        .await?
+        .into_iter()
+        .collect();
+    let mut wanted: Vec<(String, String)> = full
+        .keys()
+        .filter(|(t, _)| {
+            TRANSFERRED.contains(&t.as_str())
+                || [
+                    "m.room.power_levels",
+                    "m.room.create",
+                    "m.room.member",
+                    "m.room.canonical_alias",
+                ]
+                .contains(&t.as_str())
+        })
+        .cloned()
+        .collect();
     wanted.sort();
     let old_state = event::state_events(&mut tx, Some(group), &wanted).await?;
     let creators = super::read::creators(&mut tx, &old).await?;
     tx.commit().await?;
 
     let content = |key: &(String, String)| -> Option<Value> {
-        old_state.get(key).and_then(|p| serde_json::from_str(p.content.get()).ok())
+        old_state
+            .get(key)
+            .and_then(|p| serde_json::from_str(p.content.get()).ok())
     };
     let power_key = ("m.room.power_levels".to_owned(), String::new());
     let mut power = content(&power_key).unwrap_or_else(|| json!({}));
     let users_default = power["users_default"].as_i64().unwrap_or(0);
-    let is_old_creator = old.rules.authorization.explicitly_privilege_room_creators && creators.iter().any(|c| c == user.as_str());
-    let my_level = if is_old_creator { i64::MAX } else { power["users"][user.as_str()].as_i64().unwrap_or(users_default) };
-    let tombstone_level = power["events"]["m.room.tombstone"].as_i64().unwrap_or(power["state_default"].as_i64().unwrap_or(50));
+    let is_old_creator = old.rules.authorization.explicitly_privilege_room_creators
+        && creators.iter().any(|c| c == user.as_str());
+    let my_level = if is_old_creator {
+        i64::MAX
+    } else {
+        power["users"][user.as_str()]
+            .as_i64()
+            .unwrap_or(users_default)
+    };
+    let tombstone_level = power["events"]["m.room.tombstone"]
+        .as_i64()
+        .unwrap_or(power["state_default"].as_i64().unwrap_or(50));
     if my_level < tombstone_level {
         return Err(Error::forbidden("You may not upgrade this room"));
     }
@@ -106,7 +142,10 @@ pub async fn upgrade(
             }
         } else {
             // As Synapse does, the upgrader gets (at least) 100 in the new room.
-            let current = users.get(user.as_str()).and_then(Value::as_i64).unwrap_or(users_default);
+            let current = users
+                .get(user.as_str())
+                .and_then(Value::as_i64)
+                .unwrap_or(users_default);
             users.insert(user.to_string(), current.max(100).into());
         }
     } else if !v12 {
@@ -116,10 +155,40 @@ pub async fn upgrade(
     let mut tx = app.db.begin().await?;
     event::append_first(&mut tx, app, &mut room, user, create).await?;
     let new_room = room.room_id().to_owned();
-    rooms::insert(&mut *tx, new_room.as_str(), new_version.as_str(), user.as_str(), now_ms()).await?;
-    let state_event = |kind: &str, key: &str, content: Value| NewEvent { kind: kind.into(), content, state_key: Some(key.into()), redacts: None };
-    event::append(&mut tx, app, &mut room, user, state_event("m.room.member", user.as_str(), json!({ "membership": "join" }))).await?;
-    event::append(&mut tx, app, &mut room, user, state_event("m.room.power_levels", "", power.clone())).await?;
+    rooms::insert(
+        &mut *tx,
+        new_room.as_str(),
+        new_version.as_str(),
+        user.as_str(),
+        now_ms(),
+    )
+    .await?;
+    let state_event = |kind: &str, key: &str, content: Value| NewEvent {
+        kind: kind.into(),
+        content,
+        state_key: Some(key.into()),
+        redacts: None,
+    };
+    event::append(
+        &mut tx,
+        app,
+        &mut room,
+        user,
+        state_event(
+            "m.room.member",
+            user.as_str(),
+            json!({ "membership": "join" }),
+        ),
+    )
+    .await?;
+    event::append(
+        &mut tx,
+        app,
+        &mut room,
+        user,
+        state_event("m.room.power_levels", "", power.clone()),
+    )
+    .await?;
     for kind in TRANSFERRED {
         if let Some(c) = content(&((*kind).to_owned(), String::new())) {
             event::append(&mut tx, app, &mut room, user, state_event(kind, "", c)).await?;
@@ -129,7 +198,14 @@ pub async fn upgrade(
         if kind == "m.room.member" {
             let c: Value = serde_json::from_str(pdu.content.get()).unwrap_or_default();
             if c["membership"] == "ban" {
-                event::append(&mut tx, app, &mut room, user, state_event("m.room.member", key, json!({ "membership": "ban" }))).await?;
+                event::append(
+                    &mut tx,
+                    app,
+                    &mut room,
+                    user,
+                    state_event("m.room.member", key, json!({ "membership": "ban" })),
+                )
+                .await?;
             }
         }
     }
@@ -138,12 +214,38 @@ pub async fn upgrade(
 
     // 3. Tombstone and restrict the old room.
     let tombstone = json!({ "body": "This room has been replaced", "replacement_room": new_room });
-    event::send(app, old_room, user, NewEvent { kind: "m.room.tombstone".into(), content: tombstone, state_key: Some(String::new()), redacts: None }, None).await?;
+    event::send(
+        app,
+        old_room,
+        user,
+        NewEvent {
+            kind: "m.room.tombstone".into(),
+            content: tombstone,
+            state_key: Some(String::new()),
+            redacts: None,
+        },
+        None,
+    )
+    .await?;
     let mut restricted = content(&power_key).unwrap_or_else(|| json!({}));
     let level = (users_default + 1).max(50);
     restricted["events_default"] = level.into();
     restricted["invite"] = level.into();
-    if event::send(app, old_room, user, NewEvent { kind: "m.room.power_levels".into(), content: restricted, state_key: Some(String::new()), redacts: None }, None).await.is_err() {
+    if event::send(
+        app,
+        old_room,
+        user,
+        NewEvent {
+            kind: "m.room.power_levels".into(),
+            content: restricted,
+            state_key: Some(String::new()),
+            redacts: None,
+        },
+        None,
+    )
+    .await
+    .is_err()
+    {
         tracing::warn!(%old_room, "could not restrict the old room's power levels after an upgrade");
     }
 
@@ -156,7 +258,14 @@ pub async fn upgrade(
     if let Some(canonical) = content(&("m.room.canonical_alias".to_owned(), String::new()))
         && canonical.get("alias").is_some()
     {
-        let _ = event::send(app, &new_room, user, state_event("m.room.canonical_alias", "", canonical), None).await;
+        let _ = event::send(
+            app,
+            &new_room,
+            user,
+            state_event("m.room.canonical_alias", "", canonical),
+            None,
+        )
+        .await;
     }
     tracing::info!(%old_room, %new_room, %new_version, "room upgraded");
     Ok(new_room)

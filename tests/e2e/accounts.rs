@@ -41,6 +41,16 @@ async fn discovery_endpoints() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["capabilities"]["m.change_password"]["enabled"], true);
     assert_eq!(body["capabilities"]["m.3pid_changes"]["enabled"], false);
+    assert_eq!(body["capabilities"]["m.room_versions"]["default"], "12");
+    assert_eq!(
+        body["capabilities"]["m.room_versions"]["available"]["6"],
+        "stable"
+    );
+    assert!(
+        body["capabilities"]["m.room_versions"]["available"]
+            .get("5")
+            .is_none()
+    );
 }
 
 #[tokio::test]

@@ -804,3 +804,110 @@ async fn state_stays_exact_across_many_state_changes() {
         "{snapshots} snapshots of {groups} groups"
     );
 }
+
+#[tokio::test]
+async fn knocking_and_restricted_joins_over_http() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice", "pw").await;
+    let bob = server.register("bob", "pw").await;
+    let carol = server.register("carol", "pw").await;
+    let t = Some(alice.access_token.as_str());
+
+    // Knock: Bob knocks, Alice invites him in, he joins.
+    let knock_room = create_room(
+        &server,
+        &alice,
+        json!({ "initial_state": [{ "type": "m.room.join_rules", "content": { "join_rule": "knock" } }] }),
+    )
+    .await;
+    let (status, body) = server
+        .post(
+            &format!("{V3}/knock/{knock_room}"),
+            Some(&bob.access_token),
+            json!({ "reason": "hi" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (_, m) = server
+        .get(
+            &format!(
+                "{V3}/rooms/{knock_room}/state/m.room.member/{}",
+                bob.user_id
+            ),
+            t,
+        )
+        .await;
+    assert_eq!(m["membership"], "knock");
+    assert_eq!(
+        server
+            .post(
+                &format!("{V3}/rooms/{knock_room}/join"),
+                Some(&bob.access_token),
+                json!({})
+            )
+            .await
+            .0,
+        StatusCode::FORBIDDEN
+    );
+    server
+        .post(
+            &format!("{V3}/rooms/{knock_room}/invite"),
+            t,
+            json!({ "user_id": bob.user_id }),
+        )
+        .await;
+    assert_eq!(
+        server
+            .post(
+                &format!("{V3}/rooms/{knock_room}/join"),
+                Some(&bob.access_token),
+                json!({})
+            )
+            .await
+            .0,
+        StatusCode::OK
+    );
+
+    // Restricted: members of the allowed room may join; others may not.
+    let allowed = create_room(&server, &alice, json!({ "preset": "public_chat" })).await;
+    server
+        .post(
+            &format!("{V3}/rooms/{allowed}/join"),
+            Some(&bob.access_token),
+            json!({}),
+        )
+        .await;
+    let restricted = create_room(
+        &server,
+        &alice,
+        json!({ "initial_state": [{ "type": "m.room.join_rules",
+                "content": { "join_rule": "restricted", "allow": [{ "type": "m.room_membership", "room_id": allowed }] } }] }),
+    )
+    .await;
+    let (status, body) = server
+        .post(
+            &format!("{V3}/rooms/{restricted}/join"),
+            Some(&bob.access_token),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (_, m) = server
+        .get(
+            &format!(
+                "{V3}/rooms/{restricted}/state/m.room.member/{}",
+                bob.user_id
+            ),
+            t,
+        )
+        .await;
+    assert_eq!(m["join_authorised_via_users_server"], alice.user_id);
+    let (status, _) = server
+        .post(
+            &format!("{V3}/rooms/{restricted}/join"),
+            Some(&carol.access_token),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+}

@@ -350,41 +350,100 @@ async fn room_upgrade_moves_state_aliases_and_tombstones_the_old_room() {
     let eve = server.register("eve", "pw").await;
     let old = room(&server, &alice, json!({ "room_version": "10", "preset": "public_chat", "name": "Old", "room_alias_name": "up" })).await;
     let t = Some(alice.access_token.as_str());
-    server.post(&format!("{V3}/rooms/{old}/join"), Some(&bob.access_token), json!({})).await;
-    server.post(&format!("{V3}/rooms/{old}/ban"), t, json!({ "user_id": eve.user_id })).await;
+    server
+        .post(
+            &format!("{V3}/rooms/{old}/join"),
+            Some(&bob.access_token),
+            json!({}),
+        )
+        .await;
+    server
+        .post(
+            &format!("{V3}/rooms/{old}/ban"),
+            t,
+            json!({ "user_id": eve.user_id }),
+        )
+        .await;
 
     // Bob (power 0) may not upgrade.
-    let (status, _) = server.post(&format!("{V3}/rooms/{old}/upgrade"), Some(&bob.access_token), json!({ "new_version": "12" })).await;
+    let (status, _) = server
+        .post(
+            &format!("{V3}/rooms/{old}/upgrade"),
+            Some(&bob.access_token),
+            json!({ "new_version": "12" }),
+        )
+        .await;
     assert_eq!(status, StatusCode::FORBIDDEN);
-    let (status, body) = server.post(&format!("{V3}/rooms/{old}/upgrade"), t, json!({ "new_version": "12" })).await;
+    let (status, body) = server
+        .post(
+            &format!("{V3}/rooms/{old}/upgrade"),
+            t,
+            json!({ "new_version": "12" }),
+        )
+        .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let new = body["replacement_room"].as_str().unwrap().to_owned();
 
-    let (_, create) = server.get(&format!("{V3}/rooms/{new}/state/m.room.create/"), t).await;
+    let (_, create) = server
+        .get(&format!("{V3}/rooms/{new}/state/m.room.create/"), t)
+        .await;
     assert_eq!(create["room_version"], "12");
     assert_eq!(create["predecessor"]["room_id"], old);
-    let (_, name) = server.get(&format!("{V3}/rooms/{new}/state/m.room.name/"), t).await;
+    let (_, name) = server
+        .get(&format!("{V3}/rooms/{new}/state/m.room.name/"), t)
+        .await;
     assert_eq!(name["name"], "Old");
-    let (_, rules) = server.get(&format!("{V3}/rooms/{new}/state/m.room.join_rules/"), t).await;
+    let (_, rules) = server
+        .get(&format!("{V3}/rooms/{new}/state/m.room.join_rules/"), t)
+        .await;
     assert_eq!(rules["join_rule"], "public");
-    let (_, ban) = server.get(&format!("{V3}/rooms/{new}/state/m.room.member/{}", eve.user_id), t).await;
+    let (_, ban) = server
+        .get(
+            &format!("{V3}/rooms/{new}/state/m.room.member/{}", eve.user_id),
+            t,
+        )
+        .await;
     assert_eq!(ban["membership"], "ban");
-    let (_, power) = server.get(&format!("{V3}/rooms/{new}/state/m.room.power_levels/"), t).await;
-    assert!(power["users"].get(&alice.user_id).is_none(), "v12 creators are not listed: {power}");
+    let (_, power) = server
+        .get(&format!("{V3}/rooms/{new}/state/m.room.power_levels/"), t)
+        .await;
+    assert!(
+        power["users"].get(&alice.user_id).is_none(),
+        "v12 creators are not listed: {power}"
+    );
 
-    let (_, tomb) = server.get(&format!("{V3}/rooms/{old}/state/m.room.tombstone/"), t).await;
+    let (_, tomb) = server
+        .get(&format!("{V3}/rooms/{old}/state/m.room.tombstone/"), t)
+        .await;
     assert_eq!(tomb["replacement_room"], new);
     // Ordinary members can no longer talk in the old room.
     let (status, _) = server
-        .put(&format!("{V3}/rooms/{old}/send/m.room.message/late"), Some(&bob.access_token), json!({ "body": "hi" }))
+        .put(
+            &format!("{V3}/rooms/{old}/send/m.room.message/late"),
+            Some(&bob.access_token),
+            json!({ "body": "hi" }),
+        )
         .await;
     assert_eq!(status, StatusCode::FORBIDDEN);
     // The alias follows; Bob can join the new room through it.
-    let (_, resolved) = server.get(&format!("{V3}/directory/room/%23up:test.local"), None).await;
+    let (_, resolved) = server
+        .get(&format!("{V3}/directory/room/%23up:test.local"), None)
+        .await;
     assert_eq!(resolved["room_id"], new);
-    let (status, _) = server.post(&format!("{V3}/join/%23up:test.local"), Some(&bob.access_token), json!({})).await;
+    let (status, _) = server
+        .post(
+            &format!("{V3}/join/%23up:test.local"),
+            Some(&bob.access_token),
+            json!({}),
+        )
+        .await;
     assert_eq!(status, StatusCode::OK);
-    let (_, canonical) = server.get(&format!("{V3}/rooms/{new}/state/m.room.canonical_alias/"), t).await;
+    let (_, canonical) = server
+        .get(
+            &format!("{V3}/rooms/{new}/state/m.room.canonical_alias/"),
+            t,
+        )
+        .await;
     assert_eq!(canonical["alias"], "#up:test.local");
 }
 
@@ -395,41 +454,107 @@ async fn space_hierarchy_lists_visible_children() {
     let bob = server.register("bob", "pw").await;
     let t = Some(alice.access_token.as_str());
     let space = room(&server, &alice, json!({ "preset": "public_chat", "name": "Space", "creation_content": { "type": "m.space" } })).await;
-    let public = room(&server, &alice, json!({ "preset": "public_chat", "name": "Public child" })).await;
+    let public = room(
+        &server,
+        &alice,
+        json!({ "preset": "public_chat", "name": "Public child" }),
+    )
+    .await;
     let private = room(&server, &alice, json!({ "name": "Private child" })).await;
     let sub = room(&server, &alice, json!({ "preset": "public_chat", "name": "Sub space", "creation_content": { "type": "m.space" } })).await;
-    let deep = room(&server, &alice, json!({ "preset": "public_chat", "name": "Deep" })).await;
-    for (parent, child) in [(&space, &public), (&space, &private), (&space, &sub), (&sub, &deep)] {
+    let deep = room(
+        &server,
+        &alice,
+        json!({ "preset": "public_chat", "name": "Deep" }),
+    )
+    .await;
+    // Explicit `order`s: children are listed by order, then timestamp, then ID.
+    for (parent, child, order) in [
+        (&space, &public, "a"),
+        (&space, &private, "b"),
+        (&space, &sub, "c"),
+        (&sub, &deep, "a"),
+    ] {
+        let content =
+            json!({ "via": ["test.local"], "suggested": child == &public, "order": order });
         let (status, body) = server
-            .put(&format!("{V3}/rooms/{parent}/state/m.space.child/{child}"), t, json!({ "via": ["test.local"], "suggested": child == &public }))
+            .put(
+                &format!("{V3}/rooms/{parent}/state/m.space.child/{child}"),
+                t,
+                content,
+            )
             .await;
         assert_eq!(status, StatusCode::OK, "{body}");
     }
 
     let names = |body: &Value| -> Vec<String> {
-        body["rooms"].as_array().unwrap().iter().map(|r| r["name"].as_str().unwrap().to_owned()).collect()
+        body["rooms"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["name"].as_str().unwrap().to_owned())
+            .collect()
     };
-    let (status, body) = server.get(&format!("{V1}/rooms/{space}/hierarchy"), Some(&bob.access_token)).await;
+    let (status, body) = server
+        .get(
+            &format!("{V1}/rooms/{space}/hierarchy"),
+            Some(&bob.access_token),
+        )
+        .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     // Bob sees the space, the public child, the sub-space and its child; not the private room.
-    assert_eq!(names(&body), vec!["Space", "Public child", "Sub space", "Deep"]);
+    assert_eq!(
+        names(&body),
+        vec!["Space", "Public child", "Sub space", "Deep"]
+    );
     assert_eq!(body["rooms"][0]["room_type"], "m.space");
-    assert_eq!(body["rooms"][0]["children_state"].as_array().unwrap().len(), 3);
+    assert_eq!(
+        body["rooms"][0]["children_state"].as_array().unwrap().len(),
+        3
+    );
     // Alice, a member of everything, sees the private child too.
-    let (_, all) = server.get(&format!("{V1}/rooms/{space}/hierarchy"), t).await;
+    let (_, all) = server
+        .get(&format!("{V1}/rooms/{space}/hierarchy"), t)
+        .await;
     assert!(names(&all).contains(&"Private child".to_owned()));
 
-    let (_, shallow) = server.get(&format!("{V1}/rooms/{space}/hierarchy?max_depth=1"), Some(&bob.access_token)).await;
+    let (_, shallow) = server
+        .get(
+            &format!("{V1}/rooms/{space}/hierarchy?max_depth=1"),
+            Some(&bob.access_token),
+        )
+        .await;
     assert_eq!(names(&shallow), vec!["Space", "Public child", "Sub space"]);
-    let (_, suggested) = server.get(&format!("{V1}/rooms/{space}/hierarchy?suggested_only=true"), Some(&bob.access_token)).await;
+    let (_, suggested) = server
+        .get(
+            &format!("{V1}/rooms/{space}/hierarchy?suggested_only=true"),
+            Some(&bob.access_token),
+        )
+        .await;
     assert_eq!(names(&suggested), vec!["Space", "Public child"]);
-    let (_, page) = server.get(&format!("{V1}/rooms/{space}/hierarchy?limit=2"), Some(&bob.access_token)).await;
+    let (_, page) = server
+        .get(
+            &format!("{V1}/rooms/{space}/hierarchy?limit=2"),
+            Some(&bob.access_token),
+        )
+        .await;
     assert_eq!(names(&page).len(), 2);
     let (_, rest) = server
-        .get(&format!("{V1}/rooms/{space}/hierarchy?limit=2&from={}", page["next_batch"].as_str().unwrap()), Some(&bob.access_token))
+        .get(
+            &format!(
+                "{V1}/rooms/{space}/hierarchy?limit=2&from={}",
+                page["next_batch"].as_str().unwrap()
+            ),
+            Some(&bob.access_token),
+        )
         .await;
     assert_eq!(names(&rest), vec!["Sub space", "Deep"]);
 
-    let (status, _) = server.get(&format!("{V1}/rooms/{private}/hierarchy"), Some(&bob.access_token)).await;
+    let (status, _) = server
+        .get(
+            &format!("{V1}/rooms/{private}/hierarchy"),
+            Some(&bob.access_token),
+        )
+        .await;
     assert_eq!(status, StatusCode::FORBIDDEN);
 }

@@ -13,6 +13,7 @@ use crate::{
         ruma::{RouterExt, Ruma, RumaResponse},
     },
     app::AppState,
+    domain::room_version,
     error::{Error, Result},
 };
 
@@ -37,14 +38,24 @@ async fn versions(
     RumaResponse(response)
 }
 
-/// Only capabilities that hold today: password changes work; display names, avatars
-/// and third-party IDs cannot be changed yet; no login tokens.
+/// Only capabilities that hold today: password changes work; the room versions
+/// Lattice creates and joins; display names, avatars and third-party IDs cannot be
+/// changed yet; no login tokens.
 async fn capabilities(
+    State(state): State<AppState>,
     AuthUser(_): AuthUser,
     Ruma(_): Ruma<get_capabilities::v3::Request>,
 ) -> Json<Value> {
+    let available: serde_json::Map<String, Value> = room_version::SUPPORTED
+        .iter()
+        .map(|v| ((*v).to_owned(), Value::from("stable")))
+        .collect();
     Json(json!({
         "capabilities": {
+            "m.room_versions": {
+                "default": state.config.rooms.default_version,
+                "available": available,
+            },
             "m.change_password": { "enabled": true },
             "m.set_displayname": { "enabled": false },
             "m.set_avatar_url": { "enabled": false },

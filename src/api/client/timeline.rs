@@ -191,8 +191,19 @@ async fn upgrade(
     AuthUser(user): AuthUser,
     Ruma(req): Ruma<upgrade_room::v3::Request>,
 ) -> Result<Json<Value>> {
-    let additional = req.additional_creators.iter().map(|u| u.to_string()).collect();
-    let new_room = upgrades::upgrade(&app, &user.user_id, &req.room_id, req.new_version, additional).await?;
+    let additional = req
+        .additional_creators
+        .iter()
+        .map(|u| u.to_string())
+        .collect();
+    let new_room = upgrades::upgrade(
+        &app,
+        &user.user_id,
+        &req.room_id,
+        req.new_version,
+        additional,
+    )
+    .await?;
     Ok(Json(json!({ "replacement_room": new_room })))
 }
 
