@@ -21,6 +21,7 @@ pub struct Notifier {
 struct Inner {
     state: Mutex<Tracked>,
     published: watch::Sender<i64>,
+    waiting: std::sync::atomic::AtomicUsize,
 }
 
 struct Tracked {
@@ -39,6 +40,7 @@ impl Notifier {
                     max_seen: persisted,
                 }),
                 published,
+                waiting: std::sync::atomic::AtomicUsize::new(0),
             }),
         }
     }
@@ -62,6 +64,23 @@ impl Notifier {
 
     pub fn subscribe(&self) -> watch::Receiver<i64> {
         self.inner.published.subscribe()
+    }
+
+    /// Waits for the published position to change, at most `timeout`; counted in
+    /// [`Notifier::waiting`] meanwhile. Returns whether it changed.
+    pub async fn wait(&self, rx: &mut watch::Receiver<i64>, timeout: std::time::Duration) -> bool {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.inner.waiting.fetch_add(1, SeqCst);
+        let changed = tokio::time::timeout(timeout, rx.changed())
+            .await
+            .is_ok_and(|r| r.is_ok());
+        self.inner.waiting.fetch_sub(1, SeqCst);
+        changed
+    }
+
+    /// How many requests are parked waiting for new events (long-polling syncs).
+    pub fn waiting(&self) -> usize {
+        self.inner.waiting.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     fn finish(&self, position: i64) {

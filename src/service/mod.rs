@@ -12,6 +12,7 @@ pub mod read;
 pub mod room;
 pub mod session;
 pub mod space;
+pub mod sync;
 pub mod timeline;
 pub mod uia;
 pub mod upgrade;

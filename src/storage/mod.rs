@@ -9,6 +9,7 @@ pub mod registration_tokens;
 pub mod relations;
 pub mod rooms;
 pub mod state;
+pub mod sync;
 pub mod tokens;
 pub mod uia;
 pub mod users;

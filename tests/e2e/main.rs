@@ -9,4 +9,5 @@ mod errors;
 mod harness;
 mod rooms;
 mod sdk;
+mod sync;
 mod timeline;

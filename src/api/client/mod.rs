@@ -7,6 +7,7 @@ mod discovery;
 mod register;
 mod rooms;
 mod session;
+mod sync;
 mod timeline;
 
 use axum::Router;
@@ -23,4 +24,5 @@ pub fn router() -> Router<AppState> {
         .merge(rooms::router())
         .merge(timeline::router())
         .merge(directory::router())
+        .merge(sync::router())
 }

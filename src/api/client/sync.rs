@@ -1,0 +1,108 @@
+//! `GET /_matrix/client/v3/sync`, `POST /_matrix/client/v3/user/{userId}/filter`,
+//! `GET /_matrix/client/v3/user/{userId}/filter/{filterId}` (spec: "Syncing",
+//! "Filtering").
+
+use std::time::Duration;
+
+use axum::{Json, Router, extract::State};
+use ruma::api::client::{
+    filter::{FilterDefinition, LazyLoadOptions, create_filter, get_filter},
+    sync::sync_events::{self, v3::Filter},
+};
+use serde_json::{Value, json};
+
+use crate::{
+    api::{
+        auth::AuthUser,
+        ruma::{RouterExt, Ruma},
+    },
+    app::AppState,
+    error::{Error, Result},
+    service::{
+        read::TypeFilter,
+        sync::{self, Params},
+    },
+    storage::{now_ms, sync as rows},
+};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .ruma::<sync_events::v3::Request, _, _>(sync_handler)
+        .ruma::<create_filter::v3::Request, _, _>(create)
+        .ruma::<get_filter::v3::Request, _, _>(get)
+}
+
+async fn sync_handler(
+    State(app): State<AppState>,
+    AuthUser(user): AuthUser,
+    Ruma(req): Ruma<sync_events::v3::Request>,
+) -> Result<Json<Value>> {
+    let definition = match req.filter {
+        None => FilterDefinition::default(),
+        Some(Filter::FilterDefinition(def)) => def,
+        Some(Filter::FilterId(id)) => load_filter(&app, user.user_id.as_str(), &id).await?,
+        Some(_) => FilterDefinition::default(),
+    };
+    let room = &definition.room;
+    let params = Params {
+        since: req.since.as_deref().map(sync::parse_token).transpose()?,
+        timeout: req.timeout.unwrap_or(Duration::ZERO),
+        full_state: req.full_state,
+        timeline_limit: room.timeline.limit.map_or(10, |l| u64::from(l) as usize),
+        lazy_members: matches!(
+            room.state.lazy_load_options,
+            LazyLoadOptions::Enabled { .. }
+        ) || matches!(
+            room.timeline.lazy_load_options,
+            LazyLoadOptions::Enabled { .. }
+        ),
+        types: TypeFilter {
+            types: room.timeline.types.clone(),
+            not_types: room.timeline.not_types.clone(),
+        },
+        rooms: room
+            .rooms
+            .as_ref()
+            .map(|r| r.iter().map(|id| id.to_string()).collect()),
+        not_rooms: room.not_rooms.iter().map(|id| id.to_string()).collect(),
+        include_leave: room.include_leave,
+    };
+    Ok(Json(sync::sync(&app, &user.user_id, &params).await?))
+}
+
+async fn load_filter(app: &AppState, user: &str, id: &str) -> Result<FilterDefinition> {
+    let id: i64 = id
+        .parse()
+        .map_err(|_| Error::invalid_param("Unknown filter"))?;
+    let json = rows::get_filter(&app.db, user, id)
+        .await?
+        .ok_or_else(|| Error::not_found("Unknown filter"))?;
+    serde_json::from_str(&json).map_err(|e| Error::Internal(anyhow::anyhow!("stored filter: {e}")))
+}
+
+async fn create(
+    State(app): State<AppState>,
+    AuthUser(user): AuthUser,
+    Ruma(req): Ruma<create_filter::v3::Request>,
+) -> Result<Json<Value>> {
+    if req.user_id != user.user_id {
+        return Err(Error::forbidden("Cannot create filters for other users"));
+    }
+    let json = serde_json::to_string(&req.filter).map_err(|e| Error::bad_json(e.to_string()))?;
+    let id = rows::insert_filter(&app.db, user.user_id.as_str(), &json, now_ms()).await?;
+    Ok(Json(json!({ "filter_id": id.to_string() })))
+}
+
+async fn get(
+    State(app): State<AppState>,
+    AuthUser(user): AuthUser,
+    Ruma(req): Ruma<get_filter::v3::Request>,
+) -> Result<Json<Value>> {
+    if req.user_id != user.user_id {
+        return Err(Error::forbidden("Cannot read other users' filters"));
+    }
+    let definition = load_filter(&app, user.user_id.as_str(), &req.filter_id).await?;
+    Ok(Json(
+        serde_json::to_value(definition).map_err(|e| anyhow::anyhow!("{e}"))?,
+    ))
+}
