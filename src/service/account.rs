@@ -99,6 +99,7 @@ pub async fn register(state: &AppState, reg: Registration) -> Result<Registered>
         }
         None => insert_numeric_user(&mut tx, state, Some(&hash), false, now).await?,
     };
+    set_default_profile(&mut tx, &user_id).await?;
     if let Some(token) = &completed.registration_token {
         registration_tokens::complete(&mut *tx, token).await?;
     }
@@ -129,6 +130,7 @@ async fn register_guest(state: &AppState, reg: Registration) -> Result<Registere
     let mut tx = state.db.begin().await?;
     let now = now_ms();
     let user_id = insert_numeric_user(&mut tx, state, None, true, now).await?;
+    set_default_profile(&mut tx, &user_id).await?;
     let tokens = session::issue(
         &mut tx,
         state,
@@ -275,6 +277,7 @@ pub async fn create_by_admin(
     {
         return Err(Error::new(ErrorKind::UserInUse, "User ID already taken"));
     }
+    set_default_profile(&mut tx, &user_id).await?;
     let tokens = if login {
         Some(session::issue(&mut tx, state, &user_id, None, None, false, None).await?)
     } else {
@@ -283,4 +286,19 @@ pub async fn create_by_admin(
     tx.commit().await?;
     tracing::info!(user_id = %user_id, admin, "account created by an administrator");
     Ok(Registered { user_id, tokens })
+}
+
+/// New accounts show their localpart as display name until they set one, as on
+/// Synapse.
+async fn set_default_profile(
+    tx: &mut crate::storage::Transaction<'_, crate::storage::Postgres>,
+    user_id: &UserId,
+) -> Result<()> {
+    crate::storage::profiles::set_displayname(
+        &mut **tx,
+        user_id.as_str(),
+        Some(user_id.localpart()),
+    )
+    .await?;
+    Ok(())
 }

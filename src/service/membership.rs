@@ -38,6 +38,7 @@ pub async fn join(
         return Err(Error::forbidden("You are banned from this room"));
     }
     let mut content = json!({ "membership": "join" });
+    super::profile::decorate(&mut tx, user.as_str(), &mut content).await?;
     if let Some(reason) = reason {
         content["reason"] = reason.into();
     }
@@ -191,6 +192,9 @@ pub async fn change(
     }
     if is_direct {
         content["is_direct"] = true.into();
+    }
+    if change == Change::Invite && target.server_name() == app.server_name {
+        super::profile::decorate(&mut tx, target.as_str(), &mut content).await?;
     }
     let event = NewEvent {
         kind: "m.room.member".into(),

@@ -7,6 +7,7 @@ pub mod directory;
 pub mod event;
 pub mod keys;
 pub mod membership;
+pub mod profile;
 pub mod ratelimit;
 pub mod read;
 pub mod room;

@@ -115,16 +115,14 @@ pub async fn create(app: &AppState, creator: &UserId, req: CreateRoom) -> Result
         state_key: Some(key.into()),
         redacts: None,
     };
+    let mut join = json!({ "membership": "join" });
+    super::profile::decorate(&mut tx, creator.as_str(), &mut join).await?;
     event::append(
         &mut tx,
         app,
         &mut room,
         creator,
-        state(
-            "m.room.member",
-            creator.as_str(),
-            json!({ "membership": "join" }),
-        ),
+        state("m.room.member", creator.as_str(), join),
     )
     .await?;
 
@@ -231,6 +229,9 @@ pub async fn create(app: &AppState, creator: &UserId, req: CreateRoom) -> Result
         let mut content = json!({ "membership": "invite" });
         if req.is_direct {
             content["is_direct"] = true.into();
+        }
+        if invitee.server_name() == app.server_name {
+            super::profile::decorate(&mut tx, invitee.as_str(), &mut content).await?;
         }
         event::append(
             &mut tx,

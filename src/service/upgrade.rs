@@ -169,16 +169,14 @@ pub async fn upgrade(
         state_key: Some(key.into()),
         redacts: None,
     };
+    let mut join = json!({ "membership": "join" });
+    super::profile::decorate(&mut tx, user.as_str(), &mut join).await?;
     event::append(
         &mut tx,
         app,
         &mut room,
         user,
-        state_event(
-            "m.room.member",
-            user.as_str(),
-            json!({ "membership": "join" }),
-        ),
+        state_event("m.room.member", user.as_str(), join),
     )
     .await?;
     event::append(

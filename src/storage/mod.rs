@@ -5,6 +5,7 @@ pub mod devices;
 pub mod embedded_pg;
 pub mod events;
 pub mod keys;
+pub mod profiles;
 pub mod registration_tokens;
 pub mod relations;
 pub mod rooms;

@@ -911,3 +911,74 @@ async fn knocking_and_restricted_joins_over_http() {
         .await;
     assert_eq!(status, StatusCode::FORBIDDEN);
 }
+
+#[tokio::test]
+async fn profiles_show_in_member_events_and_follow_changes() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice", "pw").await;
+    let bob = server.register("bob", "pw").await;
+    let (status, p) = server
+        .get(&format!("{V3}/profile/{}", alice.user_id), None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(p, json!({ "displayname": "alice" }));
+    let room = create_room(&server, &alice, json!({ "preset": "public_chat" })).await;
+    server
+        .post(
+            &format!("{V3}/rooms/{room}/join"),
+            Some(&bob.access_token),
+            json!({}),
+        )
+        .await;
+
+    let (status, _) = server
+        .put(
+            &format!("{V3}/profile/{}/displayname", alice.user_id),
+            Some(&alice.access_token),
+            json!({ "displayname": "Alice A." }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = server
+        .put(
+            &format!("{V3}/profile/{}/avatar_url", alice.user_id),
+            Some(&alice.access_token),
+            json!({ "avatar_url": "mxc://test.local/abc" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, name) = server
+        .get(&format!("{V3}/profile/{}/displayname", alice.user_id), None)
+        .await;
+    assert_eq!(name["displayname"], "Alice A.");
+
+    let (_, member) = server
+        .get(
+            &format!("{V3}/rooms/{room}/state/m.room.member/{}", alice.user_id),
+            Some(&bob.access_token),
+        )
+        .await;
+    assert_eq!(member["displayname"], "Alice A.");
+    assert_eq!(member["avatar_url"], "mxc://test.local/abc");
+    let (_, joined) = server
+        .get(
+            &format!("{V3}/rooms/{room}/joined_members"),
+            Some(&bob.access_token),
+        )
+        .await;
+    assert_eq!(joined["joined"][&bob.user_id]["display_name"], "bob");
+
+    let (status, _) = server
+        .put(
+            &format!("{V3}/profile/{}/displayname", alice.user_id),
+            Some(&bob.access_token),
+            json!({ "displayname": "pwned" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, body) = server
+        .get(&format!("{V3}/profile/@nobody:test.local"), None)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(body["errcode"], "M_NOT_FOUND");
+}

@@ -57,8 +57,8 @@ async fn capabilities(
                 "available": available,
             },
             "m.change_password": { "enabled": true },
-            "m.set_displayname": { "enabled": false },
-            "m.set_avatar_url": { "enabled": false },
+            "m.set_displayname": { "enabled": true },
+            "m.set_avatar_url": { "enabled": true },
             "m.3pid_changes": { "enabled": false },
             "m.get_login_token": { "enabled": false },
         }

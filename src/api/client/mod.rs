@@ -4,6 +4,7 @@ mod account;
 mod devices;
 mod directory;
 mod discovery;
+mod profile;
 mod register;
 mod rooms;
 mod session;
@@ -25,4 +26,5 @@ pub fn router() -> Router<AppState> {
         .merge(timeline::router())
         .merge(directory::router())
         .merge(sync::router())
+        .merge(profile::router())
 }
