@@ -71,3 +71,24 @@ async fn matrix_nio_two_users_chat_in_a_room() {
     );
     assert!(stdout.starts_with("ok !"), "{stdout}");
 }
+
+/// matrix-nio's sync: an invite, a join, and a message arriving on a long poll.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn matrix_nio_syncs_invites_and_messages() {
+    let python = python_with_sdks();
+    let server = TestServer::start().await;
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/nio_sync.py");
+    let out = tokio::process::Command::new(python)
+        .arg(script)
+        .arg(&server.base)
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "nio sync failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(stdout.trim(), "ok");
+}
