@@ -92,3 +92,38 @@ async fn matrix_nio_syncs_invites_and_messages() {
     );
     assert_eq!(stdout.trim(), "ok");
 }
+
+/// matrix-js-sdk (Element Web's SDK) runs its own sync loop against Lattice and
+/// sees an invite, joins, and receives another user's message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn matrix_js_sdk_syncs_joins_and_receives_a_message() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = Command::new(root.join("scripts/node-env"))
+        .output()
+        .expect("running scripts/node-env");
+    assert!(
+        out.status.success(),
+        "node-env failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let node_dir = std::path::PathBuf::from(String::from_utf8(out.stdout).unwrap().trim());
+    // ES modules resolve packages next to the script: run a copy placed there.
+    let script = node_dir.join(format!("js_sync.{}.mjs", std::process::id()));
+    std::fs::copy(root.join("tests/sdk/js_sync.mjs"), &script).unwrap();
+
+    let server = TestServer::start().await;
+    let out = tokio::process::Command::new("node")
+        .arg(&script)
+        .arg(&server.base)
+        .output()
+        .await
+        .unwrap();
+    let _ = std::fs::remove_file(&script);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "js-sdk failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(stdout.trim(), "ok");
+}

@@ -5,6 +5,7 @@ mod devices;
 mod directory;
 mod discovery;
 mod profile;
+mod push;
 mod register;
 mod rooms;
 mod session;
@@ -27,4 +28,5 @@ pub fn router() -> Router<AppState> {
         .merge(directory::router())
         .merge(sync::router())
         .merge(profile::router())
+        .merge(push::router())
 }
