@@ -48,7 +48,7 @@ async fn discovery_endpoints() {
     );
     assert!(
         body["capabilities"]["m.room_versions"]["available"]
-            .get("5")
+            .get("2")
             .is_none()
     );
 }

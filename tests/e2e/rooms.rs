@@ -134,7 +134,7 @@ async fn create_room_sets_up_state_for_the_preset() {
 async fn older_room_versions_and_unsupported_ones() {
     let server = TestServer::start().await;
     let alice = server.register("alice", "pw").await;
-    for version in ["6", "7", "8", "9", "10", "11"] {
+    for version in ["3", "4", "5", "6", "7", "8", "9", "10", "11"] {
         let room = create_room(
             &server,
             &alice,
