@@ -17,7 +17,7 @@ use crate::{
     api,
     config::{Bucket, Config, Resource},
     notify::Notifier,
-    service::{event::SigningKey, keys, ratelimit::RateLimiter, uia},
+    service::{event::SigningKey, keys, ratelimit::RateLimiter, typing::Typing, uia},
     storage::{Database, Pool},
 };
 
@@ -39,6 +39,8 @@ pub struct AppState {
     pub signing_key: Arc<SigningKey>,
     /// Stream positions: what readers may see, and wake-ups for waiters.
     pub notifier: Notifier,
+    /// Who is typing where (in memory, with its own serial).
+    pub typing: Arc<Typing>,
 }
 
 impl AppState {
@@ -62,6 +64,7 @@ impl AppState {
             nonces: Arc::default(),
             signing_key: Arc::new(signing_key),
             notifier: Notifier::new(persisted),
+            typing: Arc::default(),
             config: Arc::new(config),
             db,
         })
@@ -102,6 +105,9 @@ impl Server {
             });
         }
         tasks.spawn(purge_worker(state.clone(), shutdown.clone()));
+        let typing = state.typing.clone();
+        let token = shutdown.clone();
+        tasks.spawn(async move { typing.run(token).await });
         Ok(Self {
             addrs,
             shutdown,

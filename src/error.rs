@@ -20,6 +20,8 @@ pub enum ErrorKind {
     },
     MissingToken,
     BadJson,
+    /// `M_BAD_JSON` with 405: account data the server controls.
+    ServerControlled,
     NotJson,
     NotFound,
     LimitExceeded {
@@ -41,6 +43,10 @@ pub enum ErrorKind {
     UnsupportedRoomVersion,
     RoomInUse,
     BadAlias,
+    /// `403 M_WRONG_ROOM_KEYS_VERSION`: key backup writes to a backup that is not current.
+    WrongRoomKeysVersion {
+        current_version: Option<String>,
+    },
     /// `409 M_UNKNOWN`: the resource exists already (aliases).
     Conflict,
     /// `400 M_UNKNOWN`: a request Lattice understands but does not support.
@@ -54,7 +60,7 @@ impl ErrorKind {
             Self::Forbidden => "M_FORBIDDEN",
             Self::UnknownToken { .. } => "M_UNKNOWN_TOKEN",
             Self::MissingToken => "M_MISSING_TOKEN",
-            Self::BadJson => "M_BAD_JSON",
+            Self::BadJson | Self::ServerControlled => "M_BAD_JSON",
             Self::NotJson => "M_NOT_JSON",
             Self::NotFound => "M_NOT_FOUND",
             Self::LimitExceeded { .. } => "M_LIMIT_EXCEEDED",
@@ -72,6 +78,7 @@ impl ErrorKind {
             Self::UnsupportedRoomVersion => "M_UNSUPPORTED_ROOM_VERSION",
             Self::RoomInUse => "M_ROOM_IN_USE",
             Self::BadAlias => "M_BAD_ALIAS",
+            Self::WrongRoomKeysVersion { .. } => "M_WRONG_ROOM_KEYS_VERSION",
             Self::Conflict => "M_UNKNOWN",
             Self::BadRequest | Self::Unknown => "M_UNKNOWN",
         }
@@ -86,6 +93,8 @@ impl ErrorKind {
                 StatusCode::UNAUTHORIZED
             }
             Self::NotFound => StatusCode::NOT_FOUND,
+            Self::WrongRoomKeysVersion { .. } => StatusCode::FORBIDDEN,
+            Self::ServerControlled => StatusCode::METHOD_NOT_ALLOWED,
             Self::Conflict => StatusCode::CONFLICT,
             Self::LimitExceeded { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Unrecognized { status } => *status,
@@ -170,6 +179,9 @@ impl IntoResponse for Error {
                     }
                     ErrorKind::LimitExceeded { retry_after_ms } => {
                         body["retry_after_ms"] = json!(retry_after_ms);
+                    }
+                    ErrorKind::WrongRoomKeysVersion { current_version } => {
+                        body["current_version"] = json!(current_version);
                     }
                     _ => {}
                 }

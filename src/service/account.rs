@@ -211,8 +211,15 @@ pub async fn change_password(
         )
         .await?;
     }
+    let guard = match logout_devices {
+        true => Some(
+            super::stream::device_list_changed(&mut tx, state, session.user_id.as_str()).await?,
+        ),
+        false => None,
+    };
     uia_rows::delete(&mut *tx, &completed.session_id).await?;
     tx.commit().await?;
+    drop(guard);
     tracing::info!(user_id = %session.user_id, logout_devices, "password changed");
     Ok(())
 }
@@ -242,10 +249,12 @@ pub async fn deactivate_user(
     let mut tx = state.db.begin().await?;
     users::deactivate(&mut *tx, user_id.as_str()).await?;
     devices::delete_all_except(&mut *tx, user_id.as_str(), None).await?;
+    let guard = super::stream::device_list_changed(&mut tx, state, user_id.as_str()).await?;
     if let Some(id) = uia_session {
         uia_rows::delete(&mut *tx, id).await?;
     }
     tx.commit().await?;
+    drop(guard);
     tracing::info!(user_id = %user_id, "deactivated");
     Ok(())
 }

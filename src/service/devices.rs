@@ -30,7 +30,7 @@ pub async fn rename(
     if devices::set_display_name(&state.db, session.user_id.as_str(), device_id, display_name)
         .await?
     {
-        Ok(())
+        super::stream::device_list_changed_now(state, session.user_id.as_str()).await
     } else {
         Err(Error::not_found("Device not found"))
     }
@@ -52,7 +52,10 @@ pub async fn delete(
     let completed = uia::authenticate(state, &requirement, auth).await?;
     let mut tx = state.db.begin().await?;
     devices::delete_many(&mut *tx, session.user_id.as_str(), &device_ids).await?;
+    let guard =
+        super::stream::device_list_changed(&mut tx, state, session.user_id.as_str()).await?;
     uia_rows::delete(&mut *tx, &completed.session_id).await?;
     tx.commit().await?;
+    drop(guard);
     Ok(())
 }

@@ -2,19 +2,26 @@
 //! rows, and never see HTTP.
 
 pub mod account;
+pub mod account_data;
+pub mod backup;
 pub mod devices;
 pub mod directory;
+pub mod e2e;
 pub mod event;
 pub mod keys;
 pub mod membership;
 pub mod profile;
 pub mod ratelimit;
 pub mod read;
+pub mod receipts;
 pub mod room;
 pub mod session;
 pub mod space;
+pub mod stream;
 pub mod sync;
 pub mod timeline;
+pub mod to_device;
+pub mod typing;
 pub mod uia;
 pub mod upgrade;
 

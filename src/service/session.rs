@@ -214,18 +214,28 @@ pub async fn refresh(state: &AppState, refresh_token: &str) -> Result<Issued> {
 
 /// `POST /logout`: the device and its tokens go.
 pub async fn logout(state: &AppState, session: &Session) -> Result<()> {
+    let mut tx = state.db.begin().await?;
     devices::delete_many(
-        &state.db,
+        &mut *tx,
         session.user_id.as_str(),
         &[session.device_id.to_string()],
     )
     .await?;
+    let guard =
+        super::stream::device_list_changed(&mut tx, state, session.user_id.as_str()).await?;
+    tx.commit().await?;
+    drop(guard);
     Ok(())
 }
 
 /// `POST /logout/all`: every device of the user goes.
 pub async fn logout_all(state: &AppState, session: &Session) -> Result<()> {
-    devices::delete_all_except(&state.db, session.user_id.as_str(), None).await?;
+    let mut tx = state.db.begin().await?;
+    devices::delete_all_except(&mut *tx, session.user_id.as_str(), None).await?;
+    let guard =
+        super::stream::device_list_changed(&mut tx, state, session.user_id.as_str()).await?;
+    tx.commit().await?;
+    drop(guard);
     Ok(())
 }
 

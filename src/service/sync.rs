@@ -1,6 +1,6 @@
 //! `GET /sync` (spec: "Syncing"), room sections: `join`, `invite`, `leave`.
 //!
-//! Tokens are `s{stream}`: everything at or below that stream position has been
+//! Tokens are [`SyncToken`]s: everything at or below the stream position has been
 //! delivered. A sync reads the window `(since, now]`, where `now` is the notifier's
 //! published position (every lower position is committed, so nothing is skipped).
 //! With a timeout and nothing to say, it waits on the notifier — no polling.
@@ -14,8 +14,9 @@
 //!   events are in the timeline). Lazy loading keeps only the members the timeline
 //!   needs (and the user's own).
 //!
-//! Not yet: ephemeral events, account data, to-device, device lists, presence,
-//! notification counts (their issue builds them on these positions).
+//! Besides rooms: global and room account data, receipts and typing (`ephemeral`),
+//! to-device messages, `device_lists`, one-time key counts and unused fallback key
+//! types. Not yet: presence, notification counts.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -25,16 +26,19 @@ use std::{
 use ruma::{RoomId, UserId};
 use serde_json::{Map, Value, json};
 
-use super::read::{TopoToken, TypeFilter, Viewer, client_events};
+use super::{
+    read::{TopoToken, TypeFilter, Viewer, client_events},
+    session::Session,
+};
 use crate::{
     app::AppState,
     error::{Error, Result},
-    storage::{events, events::StoredEvent, state, sync as rows},
+    storage::{e2e_keys, events, events::StoredEvent, state, sync as rows, user_streams},
 };
 
 /// What the client asked for, after parsing the filter.
 pub struct Params {
-    pub since: Option<i64>,
+    pub since: Option<SyncToken>,
     pub timeout: Duration,
     pub full_state: bool,
     pub timeline_limit: usize,
@@ -45,40 +49,102 @@ pub struct Params {
     pub include_leave: bool,
 }
 
-pub fn parse_token(token: &str) -> Result<i64> {
-    token
-        .strip_prefix('s')
-        .and_then(|n| n.parse().ok())
-        .filter(|n: &i64| *n >= 0)
-        .ok_or_else(|| Error::invalid_param("Invalid since token"))
+/// A sync token, `s{stream}_{typing}_{to_device}`: the global stream position
+/// (events, account data, receipts, device lists), the in-memory typing serial,
+/// and the last to-device message delivered to this device (acknowledged when the
+/// token comes back).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SyncToken {
+    pub stream: i64,
+    pub typing: u64,
+    pub to_device: i64,
 }
 
-pub async fn sync(app: &AppState, user: &UserId, params: &Params) -> Result<Value> {
+impl SyncToken {
+    pub fn parse(token: &str) -> Result<Self> {
+        let invalid = || Error::invalid_param("Invalid since token");
+        let mut parts = token.strip_prefix('s').ok_or_else(invalid)?.split('_');
+        let mut next = || -> Result<Option<i64>> {
+            match parts.next() {
+                None => Ok(None),
+                Some(p) => p
+                    .parse()
+                    .ok()
+                    .filter(|n: &i64| *n >= 0)
+                    .map(Some)
+                    .ok_or_else(invalid),
+            }
+        };
+        let stream = next()?.ok_or_else(invalid)?;
+        let typing = next()?.unwrap_or(0) as u64;
+        let to_device = next()?.unwrap_or(0);
+        if parts.next().is_some() {
+            return Err(invalid());
+        }
+        Ok(Self {
+            stream,
+            typing,
+            to_device,
+        })
+    }
+}
+
+impl std::fmt::Display for SyncToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "s{}_{}_{}", self.stream, self.typing, self.to_device)
+    }
+}
+
+pub async fn sync(app: &AppState, session: &Session, params: &Params) -> Result<Value> {
     let deadline = Instant::now() + params.timeout.min(Duration::from_secs(300));
     let mut wake = app.notifier.subscribe();
+    let mut typing_wake = app.typing.subscribe();
+    if let Some(since) = params.since
+        && since.to_device > 0
+    {
+        user_streams::ack_to_device(
+            &app.db,
+            session.user_id.as_str(),
+            session.device_id.as_str(),
+            since.to_device,
+        )
+        .await?;
+    }
     loop {
+        wake.borrow_and_update();
+        typing_wake.borrow_and_update();
         let now = app.notifier.current();
-        let response = build(app, user, params, now).await?;
-        let empty = response["rooms"]
-            .as_object()
-            .is_none_or(|r| r.values().all(|v| v.as_object().is_none_or(Map::is_empty)));
+        let typing_now = app.typing.current();
+        let (response, empty) = build(app, session, params, now, typing_now).await?;
         if params.since.is_none() || params.full_state || !empty || Instant::now() >= deadline {
             return Ok(response);
         }
         // Nothing new for this user yet: wait for the next published position.
-        wake.borrow_and_update();
-        if app.notifier.current() != now {
+        if app.notifier.current() != now || app.typing.current() != typing_now {
             continue;
         }
         let remaining = deadline.saturating_duration_since(Instant::now());
-        if !app.notifier.wait(&mut wake, remaining).await {
+        let woke = tokio::select! {
+            changed = app.notifier.wait(&mut wake, remaining) => changed,
+            changed = typing_wake.changed() => changed.is_ok(),
+        };
+        if !woke {
             return Ok(response);
         }
     }
 }
 
-async fn build(app: &AppState, user: &UserId, params: &Params, now: i64) -> Result<Value> {
-    let since = params.since.unwrap_or(0);
+/// The response, and whether it carries nothing new.
+async fn build(
+    app: &AppState,
+    session: &Session,
+    params: &Params,
+    now: i64,
+    typing_now: u64,
+) -> Result<(Value, bool)> {
+    let user: &UserId = &session.user_id;
+    let token = params.since.unwrap_or_default();
+    let since = token.stream;
     let initial = params.since.is_none();
     let memberships = rows::memberships(&app.db, user.as_str()).await?;
     let wanted = |room: &str| {
@@ -94,13 +160,73 @@ async fn build(app: &AppState, user: &UserId, params: &Params, now: i64) -> Resu
         .filter(|m| m.membership == "join" && wanted(&m.room_id))
         .map(|m| m.room_id.clone())
         .collect();
+
+    // Per-room extras: account data, receipts, typing.
+    let mut room_account_data: HashMap<String, Vec<Value>> = HashMap::new();
+    let mut global_account_data = Vec::new();
+    for row in user_streams::account_data_since(&app.db, user.as_str(), since, now).await? {
+        let content: Value = serde_json::from_str(&row.content).unwrap_or_default();
+        let event = json!({ "type": row.data_type, "content": content });
+        if row.room_id.is_empty() {
+            global_account_data.push(event);
+        } else {
+            room_account_data
+                .entry(row.room_id)
+                .or_default()
+                .push(event);
+        }
+    }
+    let mut ephemeral: HashMap<String, Vec<Value>> = HashMap::new();
+    let receipt_window_start = if initial { 0 } else { since };
+    let mut receipts: HashMap<String, Map<String, Value>> = HashMap::new();
+    for r in user_streams::receipts_since(&app.db, &joined, receipt_window_start, now).await? {
+        if r.receipt_type == "m.read.private" && r.user_id != user.as_str() {
+            continue;
+        }
+        let mut receipt = json!({ "ts": r.ts });
+        if !r.thread_id.is_empty() {
+            receipt["thread_id"] = r.thread_id.clone().into();
+        }
+        let content = receipts.entry(r.room_id).or_default();
+        let by_event = content.entry(r.event_id).or_insert_with(|| json!({}));
+        let by_type = &mut by_event[r.receipt_type.as_str()];
+        if !by_type.is_object() {
+            *by_type = json!({});
+        }
+        by_type[r.user_id.as_str()] = receipt;
+    }
+    for (room, content) in receipts {
+        ephemeral
+            .entry(room)
+            .or_default()
+            .push(json!({ "type": "m.receipt", "content": content }));
+    }
+    let typing_since = if initial { 0 } else { token.typing };
+    for (room, users) in app.typing.changed_since(&joined, typing_since) {
+        if initial && users.is_empty() {
+            continue;
+        }
+        ephemeral
+            .entry(room)
+            .or_default()
+            .push(json!({ "type": "m.typing", "content": { "user_ids": users } }));
+    }
+
     let active: HashSet<String> = if initial || params.full_state {
         joined.iter().cloned().collect()
     } else {
-        rows::rooms_with_events(&app.db, &joined, since, now)
+        let mut active: HashSet<String> = rows::rooms_with_events(&app.db, &joined, since, now)
             .await?
             .into_iter()
-            .collect()
+            .collect();
+        active.extend(
+            room_account_data
+                .keys()
+                .filter(|r| joined.contains(r))
+                .cloned(),
+        );
+        active.extend(ephemeral.keys().cloned());
+        active
     };
 
     let mut join = Map::new();
@@ -116,26 +242,95 @@ async fn build(app: &AppState, user: &UserId, params: &Params, now: i64) -> Resu
         match m.membership.as_str() {
             "join" if active.contains(&m.room_id) => {
                 let joined_in_window = !initial && changed;
-                let section =
+                let mut section =
                     joined_room(app, user, &room_id, params, since, now, joined_in_window).await?;
+                if let Some(events) = room_account_data.remove(&m.room_id) {
+                    section["account_data"]["events"] = events.into();
+                }
+                if let Some(events) = ephemeral.remove(&m.room_id) {
+                    section["ephemeral"]["events"] = events.into();
+                }
                 join.insert(m.room_id.clone(), section);
             }
             "invite" if initial || changed => {
                 invite.insert(m.room_id.clone(), json!({ "invite_state": { "events": stripped_state(app, &room_id, &m.event_id).await? } }));
             }
             "leave" | "ban" if (!initial && changed) || (initial && params.include_leave) => {
-                let section =
+                let mut section =
                     left_room(app, user, &room_id, params, since, m.stream_ordering).await?;
+                if let Some(events) = room_account_data.remove(&m.room_id) {
+                    section["account_data"]["events"] = events.into();
+                }
                 leave.insert(m.room_id.clone(), section);
             }
             _ => {}
         }
     }
-    Ok(json!({
-        "next_batch": format!("s{now}"),
-        "rooms": { "join": join, "invite": invite, "leave": leave },
-    }))
+
+    // To-device messages for this device (acknowledged when the token returns).
+    let pending = user_streams::to_device_pending(
+        &app.db,
+        user.as_str(),
+        session.device_id.as_str(),
+        now,
+        TO_DEVICE_LIMIT,
+    )
+    .await?;
+    let to_device_max = pending.last().map_or(token.to_device, |m| m.id);
+    let to_device: Vec<Value> = pending
+        .into_iter()
+        .map(|m| {
+            json!({
+                "sender": m.sender,
+                "type": m.event_type,
+                "content": serde_json::from_str::<Value>(&m.content).unwrap_or_default(),
+            })
+        })
+        .collect();
+
+    let (changed, left) = if initial {
+        (Vec::new(), Vec::new())
+    } else {
+        super::e2e::device_list_delta(app, user, since, now).await?
+    };
+    let otk_counts: Map<String, Value> =
+        e2e_keys::one_time_key_counts(&app.db, user.as_str(), session.device_id.as_str())
+            .await?
+            .into_iter()
+            .map(|c| (c.algorithm, Value::from(c.count)))
+            .collect();
+    let fallback =
+        e2e_keys::unused_fallback_algorithms(&app.db, user.as_str(), session.device_id.as_str())
+            .await?;
+
+    let empty = join.is_empty()
+        && invite.is_empty()
+        && leave.is_empty()
+        && global_account_data.is_empty()
+        && to_device.is_empty()
+        && changed.is_empty()
+        && left.is_empty();
+    let next = SyncToken {
+        stream: now,
+        typing: typing_now,
+        to_device: to_device_max,
+    };
+    Ok((
+        json!({
+            "next_batch": next.to_string(),
+            "rooms": { "join": join, "invite": invite, "leave": leave },
+            "account_data": { "events": global_account_data },
+            "to_device": { "events": to_device },
+            "device_lists": { "changed": changed, "left": left },
+            "device_one_time_keys_count": otk_counts,
+            "device_unused_fallback_key_types": fallback,
+        }),
+        empty,
+    ))
 }
+
+/// At most this many to-device messages per sync; the rest come with the next.
+const TO_DEVICE_LIMIT: i64 = 100;
 
 #[allow(clippy::too_many_arguments)]
 async fn joined_room(

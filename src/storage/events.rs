@@ -173,11 +173,14 @@ pub async fn count_in_room(db: impl PgExecutor<'_>, room_id: &str) -> sqlx::Resu
     .await
 }
 
-/// The highest stream position in the table (everything committed at start).
+/// The highest stream position taken so far. At startup nothing is in flight, so
+/// every position up to it is final (those rolled back are simply gaps).
 pub async fn max_stream_ordering(db: impl PgExecutor<'_>) -> sqlx::Result<i64> {
-    sqlx::query_scalar!(r#"select coalesce(max(stream_ordering), 0) as "n!" from events"#)
-        .fetch_one(db)
-        .await
+    sqlx::query_scalar!(
+        r#"select (case when is_called then last_value else 0 end) as "n!" from events_stream_seq"#
+    )
+    .fetch_one(db)
+    .await
 }
 
 /// The event closest to `ts`: the last at or before it (`backwards`), or the first

@@ -2,6 +2,7 @@
 //! so a service can compose several writes in one transaction.
 
 pub mod devices;
+pub mod e2e_keys;
 pub mod embedded_pg;
 pub mod events;
 pub mod keys;
@@ -13,6 +14,7 @@ pub mod state;
 pub mod sync;
 pub mod tokens;
 pub mod uia;
+pub mod user_streams;
 pub mod users;
 
 use std::time::{Duration, Instant};

@@ -4,6 +4,7 @@
 mod accounts;
 mod cli;
 mod devices;
+mod e2ee;
 mod embedded;
 mod errors;
 mod harness;

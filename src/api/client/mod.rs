@@ -4,6 +4,7 @@ mod account;
 mod devices;
 mod directory;
 mod discovery;
+mod keys;
 mod profile;
 mod push;
 mod register;
@@ -11,6 +12,7 @@ mod rooms;
 mod session;
 mod sync;
 mod timeline;
+mod user_data;
 
 use axum::Router;
 
@@ -29,4 +31,6 @@ pub fn router() -> Router<AppState> {
         .merge(sync::router())
         .merge(profile::router())
         .merge(push::router())
+        .merge(keys::router())
+        .merge(user_data::router())
 }

@@ -45,7 +45,11 @@ async fn sync_handler(
     };
     let room = &definition.room;
     let params = Params {
-        since: req.since.as_deref().map(sync::parse_token).transpose()?,
+        since: req
+            .since
+            .as_deref()
+            .map(sync::SyncToken::parse)
+            .transpose()?,
         timeout: req.timeout.unwrap_or(Duration::ZERO),
         full_state: req.full_state,
         timeline_limit: room.timeline.limit.map_or(10, |l| u64::from(l) as usize),
@@ -67,7 +71,7 @@ async fn sync_handler(
         not_rooms: room.not_rooms.iter().map(|id| id.to_string()).collect(),
         include_leave: room.include_leave,
     };
-    Ok(Json(sync::sync(&app, &user.user_id, &params).await?))
+    Ok(Json(sync::sync(&app, &user, &params).await?))
 }
 
 async fn load_filter(app: &AppState, user: &str, id: &str) -> Result<FilterDefinition> {

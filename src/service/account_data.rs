@@ -1,0 +1,144 @@
+//! Account data, global and per room, and room tags (spec: "Client Config",
+//! "Room Tagging"). Tags are the `m.tag` room account data, as in Synapse.
+
+use ruma::{RoomId, UserId};
+use serde_json::{Map, Value, json};
+
+use super::{session::Session, stream};
+use crate::{
+    app::AppState,
+    error::{Error, ErrorKind, Result},
+    storage::user_streams,
+};
+
+/// Types the server manages itself; clients may not set them through this API.
+const SERVER_MANAGED: &[&str] = &["m.fully_read", "m.push_rules"];
+
+fn check_owner(session: &Session, user: &UserId) -> Result<()> {
+    if session.user_id != user {
+        return Err(Error::forbidden("Cannot access other users' account data"));
+    }
+    Ok(())
+}
+
+pub async fn set(
+    app: &AppState,
+    session: &Session,
+    user: &UserId,
+    room: Option<&RoomId>,
+    data_type: &str,
+    content: &Value,
+) -> Result<()> {
+    check_owner(session, user)?;
+    if SERVER_MANAGED.contains(&data_type) {
+        return Err(Error::new(
+            ErrorKind::ServerControlled,
+            format!("Cannot set {data_type} through the account data API"),
+        ));
+    }
+    if !content.is_object() {
+        return Err(Error::bad_json("Account data content must be an object"));
+    }
+    store(app, user, room, data_type, content).await
+}
+
+/// Writes account data without the client-facing checks (also used for
+/// `m.fully_read` and tags).
+pub async fn store(
+    app: &AppState,
+    user: &UserId,
+    room: Option<&RoomId>,
+    data_type: &str,
+    content: &Value,
+) -> Result<()> {
+    let text = serde_json::to_string(content).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut tx = app.db.begin().await?;
+    let (position, guard) = stream::take(&mut tx, app).await?;
+    user_streams::set_account_data(
+        &mut *tx,
+        user.as_str(),
+        room.map_or("", |r| r.as_str()),
+        data_type,
+        &text,
+        position,
+    )
+    .await?;
+    tx.commit().await?;
+    drop(guard);
+    Ok(())
+}
+
+pub async fn get(
+    app: &AppState,
+    session: &Session,
+    user: &UserId,
+    room: Option<&RoomId>,
+    data_type: &str,
+) -> Result<Value> {
+    check_owner(session, user)?;
+    load(app, user, room, data_type)
+        .await?
+        .ok_or_else(|| Error::not_found("Account data not found"))
+}
+
+async fn load(
+    app: &AppState,
+    user: &UserId,
+    room: Option<&RoomId>,
+    data_type: &str,
+) -> Result<Option<Value>> {
+    let text = user_streams::get_account_data(
+        &app.db,
+        user.as_str(),
+        room.map_or("", |r| r.as_str()),
+        data_type,
+    )
+    .await?;
+    Ok(match text {
+        Some(t) => Some(
+            serde_json::from_str(&t).map_err(|e| anyhow::anyhow!("stored account data: {e}"))?,
+        ),
+        None => None,
+    })
+}
+
+/// `GET /user/{userId}/rooms/{roomId}/tags`.
+pub async fn tags(
+    app: &AppState,
+    session: &Session,
+    user: &UserId,
+    room: &RoomId,
+) -> Result<Value> {
+    check_owner(session, user)?;
+    let tags = load(app, user, Some(room), "m.tag")
+        .await?
+        .and_then(|v| v.get("tags").cloned())
+        .filter(Value::is_object)
+        .unwrap_or_else(|| json!({}));
+    Ok(json!({ "tags": tags }))
+}
+
+/// `PUT` (with `Some(info)`) or `DELETE` a tag.
+pub async fn set_tag(
+    app: &AppState,
+    session: &Session,
+    user: &UserId,
+    room: &RoomId,
+    tag: &str,
+    info: Option<Value>,
+) -> Result<()> {
+    check_owner(session, user)?;
+    let mut tags: Map<String, Value> = load(app, user, Some(room), "m.tag")
+        .await?
+        .and_then(|v| v.get("tags").and_then(Value::as_object).cloned())
+        .unwrap_or_default();
+    match info {
+        Some(info) => {
+            tags.insert(tag.to_owned(), info);
+        }
+        None => {
+            tags.remove(tag);
+        }
+    }
+    store(app, user, Some(room), "m.tag", &json!({ "tags": tags })).await
+}

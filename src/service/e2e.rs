@@ -1,0 +1,444 @@
+//! End-to-end encryption, server side (spec: "End-to-End Encryption"): the key
+//! store behind `/keys/upload`, `/keys/query`, `/keys/claim`, `/keys/changes`,
+//! cross-signing and signature uploads. The server stores keys verbatim; only the
+//! clients can check them, but it does check that a user only uploads keys for
+//! themselves and their own device, and that uploaded signatures verify.
+
+use std::collections::{BTreeMap, HashSet};
+
+use ruma::{
+    CanonicalJsonObject, CanonicalJsonValue, UserId, api::client::uiaa::AuthData,
+    signatures::verify_json,
+};
+use serde_json::{Map, Value, json};
+
+use super::{session::Session, stream, uia};
+use crate::{
+    app::AppState,
+    error::{Error, Result},
+    storage::{e2e_keys as keys, uia as uia_rows, user_streams},
+};
+
+/// `POST /keys/upload`. `one_time_keys` and `fallback_keys` are keyed
+/// `algorithm:key_id`. Returns the one-time key counts per algorithm.
+pub async fn upload(
+    app: &AppState,
+    session: &Session,
+    device_keys: Option<Value>,
+    one_time_keys: Vec<(String, String)>,
+    fallback_keys: Vec<(String, String)>,
+) -> Result<Map<String, Value>> {
+    let user = session.user_id.as_str();
+    let device = session.device_id.as_str();
+    let mut tx = app.db.begin().await?;
+    let mut guard = None;
+    if let Some(dk) = device_keys {
+        if dk["user_id"].as_str() != Some(user) || dk["device_id"].as_str() != Some(device) {
+            return Err(Error::invalid_param(
+                "device_keys must be for the logged-in user and device",
+            ));
+        }
+        let text = serde_json::to_string(&dk).map_err(|e| anyhow::anyhow!("{e}"))?;
+        if keys::set_device_keys(&mut *tx, user, device, &text).await? {
+            guard = Some(stream::device_list_changed(&mut tx, app, user).await?);
+        }
+    }
+    for (id, json) in &one_time_keys {
+        let (algorithm, key_id) = split_key_id(id)?;
+        keys::add_one_time_key(&mut *tx, user, device, algorithm, key_id, json).await?;
+    }
+    for (id, json) in &fallback_keys {
+        let (algorithm, key_id) = split_key_id(id)?;
+        keys::set_fallback_key(&mut *tx, user, device, algorithm, key_id, json).await?;
+    }
+    let counts = keys::one_time_key_counts(&mut *tx, user, device).await?;
+    tx.commit().await?;
+    drop(guard);
+    Ok(counts
+        .into_iter()
+        .map(|c| (c.algorithm, Value::from(c.count)))
+        .collect())
+}
+
+fn split_key_id(id: &str) -> Result<(&str, &str)> {
+    id.split_once(':')
+        .filter(|(a, k)| !a.is_empty() && !k.is_empty())
+        .ok_or_else(|| Error::invalid_param(format!("Invalid key ID {id:?}")))
+}
+
+/// `POST /keys/query`: device and cross-signing keys of the requested users.
+/// Remote users are reported under `failures` until federation lands.
+pub async fn query(
+    app: &AppState,
+    session: &Session,
+    wanted: Vec<(String, Vec<String>)>,
+) -> Result<Value> {
+    let viewer = session.user_id.as_str();
+    let mut device_keys = Map::new();
+    let mut master = Map::new();
+    let mut self_signing = Map::new();
+    let mut user_signing = Map::new();
+    let mut failures = Map::new();
+    for (user, devices) in wanted {
+        let Ok(user_id) = UserId::parse(&user) else {
+            continue;
+        };
+        if user_id.server_name() != app.server_name {
+            failures.insert(
+                user_id.server_name().to_string(),
+                json!({ "errcode": "M_UNRECOGNIZED", "error": "Federation is not available" }),
+            );
+            continue;
+        }
+        let mut per_device = Map::new();
+        for row in keys::device_keys(&app.db, &user, &devices).await? {
+            let mut value: Value = serde_json::from_str(&row.json)
+                .map_err(|e| anyhow::anyhow!("stored device keys: {e}"))?;
+            merge_signatures(app, &mut value, &user, &row.device_id, viewer).await?;
+            if let Some(name) = row.display_name {
+                value["unsigned"] = json!({ "device_display_name": name });
+            }
+            per_device.insert(row.device_id, value);
+        }
+        device_keys.insert(user.clone(), Value::Object(per_device));
+        for (kind, out) in [("master", &mut master), ("self_signing", &mut self_signing)] {
+            if let Some(text) = keys::cross_signing_key(&app.db, &user, kind).await? {
+                let mut value: Value = serde_json::from_str(&text)
+                    .map_err(|e| anyhow::anyhow!("stored cross-signing key: {e}"))?;
+                if let Some(public) = first_key(&value) {
+                    merge_signatures(app, &mut value, &user, &public, viewer).await?;
+                }
+                out.insert(user.clone(), value);
+            }
+        }
+        if user == viewer
+            && let Some(text) = keys::cross_signing_key(&app.db, &user, "user_signing").await?
+        {
+            let value: Value = serde_json::from_str(&text)
+                .map_err(|e| anyhow::anyhow!("stored cross-signing key: {e}"))?;
+            user_signing.insert(user.clone(), value);
+        }
+    }
+    Ok(json!({
+        "device_keys": device_keys,
+        "master_keys": master,
+        "self_signing_keys": self_signing,
+        "user_signing_keys": user_signing,
+        "failures": failures,
+    }))
+}
+
+/// The (only) public key of a cross-signing key, without its `ed25519:` prefix.
+fn first_key(value: &Value) -> Option<String> {
+    let keys = value["keys"].as_object()?;
+    let id = keys.keys().next()?;
+    Some(id.strip_prefix("ed25519:").unwrap_or(id).to_owned())
+}
+
+async fn merge_signatures(
+    app: &AppState,
+    value: &mut Value,
+    owner: &str,
+    target_key: &str,
+    viewer: &str,
+) -> Result<()> {
+    let extra = keys::signatures(&app.db, owner, target_key, viewer).await?;
+    if extra.is_empty() {
+        return Ok(());
+    }
+    if !value["signatures"].is_object() {
+        value["signatures"] = json!({});
+    }
+    for s in extra {
+        let signer = &mut value["signatures"][&s.signer_user_id];
+        if !signer.is_object() {
+            *signer = json!({});
+        }
+        signer[&s.signer_key_id] = Value::String(s.signature);
+    }
+    Ok(())
+}
+
+/// `POST /keys/claim`: one one-time key per requested device, falling back to the
+/// device's fallback key.
+pub async fn claim(app: &AppState, wanted: Vec<(String, String, String)>) -> Result<Value> {
+    let mut out: BTreeMap<String, Map<String, Value>> = BTreeMap::new();
+    let mut failures = Map::new();
+    for (user, device, algorithm) in wanted {
+        let Ok(user_id) = UserId::parse(&user) else {
+            continue;
+        };
+        if user_id.server_name() != app.server_name {
+            failures.insert(
+                user_id.server_name().to_string(),
+                json!({ "errcode": "M_UNRECOGNIZED", "error": "Federation is not available" }),
+            );
+            continue;
+        }
+        let claimed = match keys::claim_one_time_key(&app.db, &user, &device, &algorithm).await? {
+            Some(k) => Some(k),
+            None => keys::claim_fallback_key(&app.db, &user, &device, &algorithm).await?,
+        };
+        if let Some(k) = claimed {
+            let value: Value = serde_json::from_str(&k.json)
+                .map_err(|e| anyhow::anyhow!("stored one-time key: {e}"))?;
+            out.entry(user).or_default().insert(
+                device,
+                json!({ format!("{algorithm}:{}", k.key_id): value }),
+            );
+        }
+    }
+    Ok(json!({ "one_time_keys": out, "failures": failures }))
+}
+
+/// `GET /keys/changes`: users whose keys changed between two sync tokens, and
+/// users who no longer share a room.
+pub async fn changes(
+    app: &AppState,
+    user: &UserId,
+    from: i64,
+    to: i64,
+) -> Result<(Vec<String>, Vec<String>)> {
+    device_list_delta(app, user, from, to).await
+}
+
+/// `device_lists` between two stream positions: `changed` are users (sharing a
+/// room now) whose devices changed, or who newly share a room; `left` are users
+/// who no longer share any room with `user`.
+pub async fn device_list_delta(
+    app: &AppState,
+    user: &UserId,
+    after: i64,
+    upto: i64,
+) -> Result<(Vec<String>, Vec<String>)> {
+    let me = user.as_str();
+    let mut changed: HashSet<String> =
+        user_streams::device_lists_changed_since(&app.db, me, after, upto)
+            .await?
+            .into_iter()
+            .collect();
+    // Membership changes in rooms the user is or was in.
+    let rooms: Vec<String> = crate::storage::sync::memberships(&app.db, me)
+        .await?
+        .into_iter()
+        .map(|m| m.room_id)
+        .collect();
+    let mut candidates = HashSet::new();
+    let mut i_joined = Vec::new();
+    for c in user_streams::member_changes_since(&app.db, &rooms, after, upto).await? {
+        if c.user_id == me {
+            if c.membership == "join" {
+                i_joined.push(c.room_id);
+            } else {
+                // Everyone in that room may have stopped sharing a room with us.
+                for (member, _) in
+                    crate::storage::rooms::members(&app.db, &c.room_id, "join").await?
+                {
+                    candidates.insert(member);
+                }
+            }
+        } else {
+            candidates.insert(c.user_id);
+        }
+    }
+    for room in i_joined {
+        for (member, _) in crate::storage::rooms::members(&app.db, &room, "join").await? {
+            candidates.insert(member);
+        }
+    }
+    candidates.remove(me);
+    let candidates: Vec<String> = candidates.into_iter().collect();
+    let sharing: HashSet<String> = user_streams::sharing_a_room(&app.db, me, &candidates)
+        .await?
+        .into_iter()
+        .collect();
+    let mut left = Vec::new();
+    for c in candidates {
+        if sharing.contains(&c) {
+            changed.insert(c);
+        } else {
+            left.push(c);
+        }
+    }
+    let mut changed: Vec<String> = changed.into_iter().collect();
+    changed.sort();
+    left.sort();
+    Ok((changed, left))
+}
+
+/// `POST /keys/device_signing/upload`. The first upload needs no UIA (spec
+/// v1.11, MSC3967); replacing existing keys does.
+pub async fn upload_signing_keys(
+    app: &AppState,
+    session: &Session,
+    auth: Option<&AuthData>,
+    uploaded: Vec<(&'static str, Value)>,
+) -> Result<()> {
+    let user = session.user_id.as_str();
+    let existing = keys::cross_signing_key(&app.db, user, "master").await?;
+    let replacing = match (&existing, uploaded.iter().find(|(k, _)| *k == "master")) {
+        (None, _) => false,
+        (Some(old), Some((_, new))) => {
+            serde_json::from_str::<Value>(old).ok().as_ref() != Some(new)
+        }
+        (Some(_), None) => true,
+    };
+    let completed = if replacing {
+        let requirement = uia::Requirement {
+            kind: "device_signing_upload",
+            flows: vec![vec![uia::PASSWORD]],
+            user: Some(&session.user_id),
+        };
+        Some(uia::authenticate(app, &requirement, auth).await?)
+    } else {
+        None
+    };
+    for (kind, value) in &uploaded {
+        if value["user_id"].as_str() != Some(user) {
+            return Err(Error::invalid_param(format!(
+                "The {kind} key must belong to the uploading user"
+            )));
+        }
+        if first_key(value).is_none() {
+            return Err(Error::invalid_param(format!(
+                "The {kind} key has no public key"
+            )));
+        }
+    }
+    let mut tx = app.db.begin().await?;
+    for (kind, value) in &uploaded {
+        let text = serde_json::to_string(value).map_err(|e| anyhow::anyhow!("{e}"))?;
+        keys::set_cross_signing_key(&mut *tx, user, kind, &text).await?;
+    }
+    let guard = stream::device_list_changed(&mut tx, app, user).await?;
+    if let Some(c) = completed {
+        uia_rows::delete(&mut *tx, &c.session_id).await?;
+    }
+    tx.commit().await?;
+    drop(guard);
+    Ok(())
+}
+
+/// `POST /keys/signatures/upload`: signatures by the uploader's keys on their own
+/// devices and master key, or on other users' master keys. Each signature must
+/// verify against the signing key the uploader holds; failures are per key.
+pub async fn upload_signatures(
+    app: &AppState,
+    session: &Session,
+    signed: Vec<(String, String, Value)>,
+) -> Result<Value> {
+    let me = session.user_id.as_str();
+    let mut failures: BTreeMap<String, Map<String, Value>> = BTreeMap::new();
+    let mut changed_users = HashSet::new();
+    let mut tx = app.db.begin().await?;
+    for (target_user, target_key, object) in signed {
+        let result = check_signatures(app, me, &target_user, &target_key, &object).await;
+        match result {
+            Ok(sigs) => {
+                for (key_id, sig) in sigs {
+                    keys::add_signature(&mut *tx, &target_user, &target_key, me, &key_id, &sig)
+                        .await?;
+                }
+                changed_users.insert(target_user);
+            }
+            Err(reason) => {
+                failures.entry(target_user).or_default().insert(
+                    target_key,
+                    json!({ "errcode": "M_INVALID_SIGNATURE", "error": reason }),
+                );
+            }
+        }
+    }
+    let mut guards = Vec::new();
+    for user in &changed_users {
+        guards.push(stream::device_list_changed(&mut tx, app, user).await?);
+    }
+    tx.commit().await?;
+    drop(guards);
+    Ok(json!({ "failures": failures }))
+}
+
+/// The uploader's new, valid signatures on one key: `(key_id, signature)`.
+async fn check_signatures(
+    app: &AppState,
+    me: &str,
+    target_user: &str,
+    target_key: &str,
+    object: &Value,
+) -> std::result::Result<Vec<(String, String)>, String> {
+    let db_err = |e: sqlx::Error| format!("database error: {e}");
+    let Some(mine) = object["signatures"][me].as_object() else {
+        return Err("No signatures by the uploading user".into());
+    };
+    // Which of my keys may sign this target?
+    let signer_key: Option<Value> = if target_user == me {
+        let master = keys::cross_signing_key(&app.db, me, "master")
+            .await
+            .map_err(db_err)?;
+        let master_id = master
+            .as_deref()
+            .and_then(|m| serde_json::from_str::<Value>(m).ok())
+            .and_then(|m| first_key(&m));
+        if master_id.as_deref() == Some(target_key) {
+            // My master key, signed by one of my devices: check against the device keys.
+            None
+        } else {
+            keys::cross_signing_key(&app.db, me, "self_signing")
+                .await
+                .map_err(db_err)?
+                .and_then(|s| serde_json::from_str(&s).ok())
+        }
+    } else {
+        keys::cross_signing_key(&app.db, me, "user_signing")
+            .await
+            .map_err(db_err)?
+            .and_then(|s| serde_json::from_str(&s).ok())
+    };
+    let mut public_keys: BTreeMap<String, ruma::signatures::PublicKeySet> = BTreeMap::new();
+    let mut set = ruma::signatures::PublicKeySet::new();
+    match signer_key {
+        Some(key) => {
+            for (id, k) in key["keys"].as_object().into_iter().flatten() {
+                if let Some(k) = k.as_str() {
+                    set.insert(
+                        id.clone(),
+                        ruma::serde::Base64::parse(k).map_err(|e| e.to_string())?,
+                    );
+                }
+            }
+        }
+        None => {
+            for row in keys::device_keys(&app.db, me, &[]).await.map_err(db_err)? {
+                let v: Value = serde_json::from_str(&row.json).unwrap_or_default();
+                for (id, k) in v["keys"].as_object().into_iter().flatten() {
+                    if id.starts_with("ed25519:")
+                        && let Some(k) = k.as_str()
+                    {
+                        set.insert(
+                            id.clone(),
+                            ruma::serde::Base64::parse(k).map_err(|e| e.to_string())?,
+                        );
+                    }
+                }
+            }
+        }
+    }
+    public_keys.insert(me.to_owned(), set);
+    let mut out = Vec::new();
+    for (key_id, sig) in mine {
+        let Some(sig) = sig.as_str() else { continue };
+        // Verify this one signature on its own.
+        let mut single = object.clone();
+        single["signatures"] = json!({ me: { key_id: sig } });
+        single.as_object_mut().map(|o| o.remove("unsigned"));
+        let canonical: CanonicalJsonObject =
+            match serde_json::from_value::<CanonicalJsonValue>(single) {
+                Ok(CanonicalJsonValue::Object(o)) => o,
+                _ => return Err("The signed object is not valid canonical JSON".into()),
+            };
+        verify_json(&public_keys, &canonical)
+            .map_err(|e| format!("Signature {key_id} does not verify: {e}"))?;
+        out.push((key_id.clone(), sig.to_owned()));
+    }
+    Ok(out)
+}

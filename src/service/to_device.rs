@@ -1,0 +1,89 @@
+//! Send-to-device messaging (spec: "Send-to-Device messaging"). Messages are
+//! stored per target device and deleted once that device's next sync
+//! acknowledges them.
+
+use serde_json::Value;
+
+use super::{session::Session, stream};
+use crate::{
+    app::AppState,
+    error::{Error, Result},
+    storage::{devices, now_ms, user_streams},
+};
+
+/// One target: a user and a device ID, or `*` for all their devices.
+pub struct Message {
+    pub user_id: String,
+    pub device: String,
+    pub content: String,
+}
+
+pub async fn send(
+    app: &AppState,
+    session: &Session,
+    event_type: &str,
+    txn_id: &str,
+    messages: Vec<Message>,
+) -> Result<()> {
+    let sender = session.user_id.as_str();
+    let mut tx = app.db.begin().await?;
+    if !user_streams::claim_to_device_txn(
+        &mut *tx,
+        sender,
+        session.device_id.as_str(),
+        txn_id,
+        now_ms(),
+    )
+    .await?
+    {
+        // Seen before: the first request already delivered it.
+        return Ok(());
+    }
+    let (position, guard) = stream::take(&mut tx, app).await?;
+    for m in messages {
+        let Ok(user) = ruma::UserId::parse(&m.user_id) else {
+            return Err(Error::invalid_param(format!(
+                "Invalid user ID {:?}",
+                m.user_id
+            )));
+        };
+        if user.server_name() != app.server_name {
+            // Remote delivery arrives with federation (m.direct_to_device EDUs).
+            tracing::debug!(%user, "dropping to-device message for a remote user");
+            continue;
+        }
+        let targets: Vec<String> = if m.device == "*" {
+            devices::list(&mut *tx, user.as_str())
+                .await?
+                .into_iter()
+                .map(|d| d.device_id)
+                .collect()
+        } else {
+            vec![m.device]
+        };
+        user_streams::insert_to_device(
+            &mut *tx,
+            user.as_str(),
+            &targets,
+            position,
+            sender,
+            event_type,
+            &m.content,
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    drop(guard);
+    Ok(())
+}
+
+/// Content must be a JSON object.
+pub fn check_content(content: &Value) -> Result<()> {
+    if content.is_object() {
+        Ok(())
+    } else {
+        Err(Error::bad_json(
+            "To-device message content must be an object",
+        ))
+    }
+}

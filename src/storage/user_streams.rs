@@ -1,0 +1,335 @@
+//! Per-user streams besides room events: account data, receipts, to-device
+//! messages and device-list changes. Positions come from `events_stream_seq`
+//! (see migration 0006), taken with [`super::events::next_stream_ordering`].
+
+use sqlx::PgExecutor;
+
+pub struct AccountData {
+    pub room_id: String,
+    pub data_type: String,
+    pub content: String,
+}
+
+pub async fn set_account_data(
+    db: impl PgExecutor<'_>,
+    user_id: &str,
+    room_id: &str,
+    data_type: &str,
+    content: &str,
+    stream: i64,
+) -> sqlx::Result<()> {
+    sqlx::query!(
+        "insert into account_data (user_id, room_id, data_type, content, stream_ordering)
+         values ($1, $2, $3, $4, $5)
+         on conflict (user_id, room_id, data_type)
+         do update set content = excluded.content, stream_ordering = excluded.stream_ordering",
+        user_id,
+        room_id,
+        data_type,
+        content,
+        stream
+    )
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+pub async fn get_account_data(
+    db: impl PgExecutor<'_>,
+    user_id: &str,
+    room_id: &str,
+    data_type: &str,
+) -> sqlx::Result<Option<String>> {
+    sqlx::query_scalar!(
+        "select content from account_data where user_id = $1 and room_id = $2 and data_type = $3",
+        user_id,
+        room_id,
+        data_type
+    )
+    .fetch_optional(db)
+    .await
+}
+
+/// The user's account data changed in `(after, upto]` (all of it when `after` is 0).
+pub async fn account_data_since(
+    db: impl PgExecutor<'_>,
+    user_id: &str,
+    after: i64,
+    upto: i64,
+) -> sqlx::Result<Vec<AccountData>> {
+    sqlx::query_as!(
+        AccountData,
+        "select room_id, data_type, content from account_data
+         where user_id = $1 and stream_ordering > $2 and stream_ordering <= $3
+         order by stream_ordering",
+        user_id,
+        after,
+        upto
+    )
+    .fetch_all(db)
+    .await
+}
+
+pub struct Receipt {
+    pub room_id: String,
+    pub user_id: String,
+    pub receipt_type: String,
+    pub thread_id: String,
+    pub event_id: String,
+    pub ts: i64,
+}
+
+pub struct NewReceipt<'a> {
+    pub room_id: &'a str,
+    pub user_id: &'a str,
+    pub receipt_type: &'a str,
+    pub thread_id: &'a str,
+    pub event_id: &'a str,
+    pub ts: i64,
+}
+
+pub async fn set_receipt(
+    db: impl PgExecutor<'_>,
+    r: &NewReceipt<'_>,
+    stream: i64,
+) -> sqlx::Result<()> {
+    sqlx::query!(
+        "insert into receipts (room_id, user_id, receipt_type, thread_id, event_id, ts, stream_ordering)
+         values ($1, $2, $3, $4, $5, $6, $7)
+         on conflict (room_id, user_id, receipt_type, thread_id)
+         do update set event_id = excluded.event_id, ts = excluded.ts,
+                       stream_ordering = excluded.stream_ordering",
+        r.room_id,
+        r.user_id,
+        r.receipt_type,
+        r.thread_id,
+        r.event_id,
+        r.ts,
+        stream
+    )
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// Receipts in the given rooms changed in `(after, upto]`.
+pub async fn receipts_since(
+    db: impl PgExecutor<'_>,
+    rooms: &[String],
+    after: i64,
+    upto: i64,
+) -> sqlx::Result<Vec<Receipt>> {
+    sqlx::query_as!(
+        Receipt,
+        "select room_id, user_id, receipt_type, thread_id, event_id, ts from receipts
+         where room_id = any($1) and stream_ordering > $2 and stream_ordering <= $3
+         order by stream_ordering",
+        rooms,
+        after,
+        upto
+    )
+    .fetch_all(db)
+    .await
+}
+
+/// The stream position of `user`'s receipt of `receipt_type` in a room (any
+/// thread), to count unread events after it.
+pub async fn read_position(
+    db: impl PgExecutor<'_>,
+    room_id: &str,
+    user_id: &str,
+) -> sqlx::Result<Option<i64>> {
+    sqlx::query_scalar!(
+        r#"select max(e.stream_ordering) as "n" from receipts r
+           join events e on e.event_id = r.event_id
+           where r.room_id = $1 and r.user_id = $2
+             and r.receipt_type in ('m.read', 'm.read.private', 'm.fully_read')"#,
+        room_id,
+        user_id
+    )
+    .fetch_one(db)
+    .await
+}
+
+pub struct ToDevice {
+    pub id: i64,
+    pub sender: String,
+    pub event_type: String,
+    pub content: String,
+}
+
+/// Queues a message for each of `device_ids` that exists (unknown devices are
+/// skipped, as in Synapse).
+pub async fn insert_to_device(
+    db: impl PgExecutor<'_>,
+    user_id: &str,
+    device_ids: &[String],
+    stream: i64,
+    sender: &str,
+    event_type: &str,
+    content: &str,
+) -> sqlx::Result<()> {
+    sqlx::query!(
+        "insert into to_device (user_id, device_id, stream_ordering, sender, event_type, content)
+         select $1, d, $3, $4, $5, $6 from unnest($2::text[]) as d
+         where exists (select 1 from devices where user_id = $1 and device_id = d)",
+        user_id,
+        device_ids,
+        stream,
+        sender,
+        event_type,
+        content
+    )
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// Records a sendToDevice transaction; false when it was seen before.
+pub async fn claim_to_device_txn(
+    db: impl PgExecutor<'_>,
+    user_id: &str,
+    device_id: &str,
+    txn_id: &str,
+    now: i64,
+) -> sqlx::Result<bool> {
+    let done = sqlx::query!(
+        "insert into to_device_txns (user_id, device_id, txn_id, created_ts) values ($1, $2, $3, $4)
+         on conflict do nothing",
+        user_id,
+        device_id,
+        txn_id,
+        now
+    )
+    .execute(db)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Pending to-device messages for a device up to `upto`, oldest first.
+pub async fn to_device_pending(
+    db: impl PgExecutor<'_>,
+    user_id: &str,
+    device_id: &str,
+    upto: i64,
+    limit: i64,
+) -> sqlx::Result<Vec<ToDevice>> {
+    sqlx::query_as!(
+        ToDevice,
+        "select id, sender, event_type, content from to_device
+         where user_id = $1 and device_id = $2 and stream_ordering <= $3
+         order by id limit $4",
+        user_id,
+        device_id,
+        upto,
+        limit
+    )
+    .fetch_all(db)
+    .await
+}
+
+/// Deletes the messages a device acknowledged: those up to `max_id`, delivered by
+/// the sync whose token it now presents.
+pub async fn ack_to_device(
+    db: impl PgExecutor<'_>,
+    user_id: &str,
+    device_id: &str,
+    max_id: i64,
+) -> sqlx::Result<()> {
+    sqlx::query!(
+        "delete from to_device where user_id = $1 and device_id = $2 and id <= $3",
+        user_id,
+        device_id,
+        max_id
+    )
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+pub async fn device_list_changed(
+    db: impl PgExecutor<'_>,
+    user_id: &str,
+    stream: i64,
+) -> sqlx::Result<()> {
+    sqlx::query!(
+        "insert into device_list_changes (stream_ordering, user_id) values ($1, $2)
+         on conflict do nothing",
+        stream,
+        user_id
+    )
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// Users whose devices changed in `(after, upto]` and who share a room with
+/// `user_id` now (or are `user_id`).
+pub async fn device_lists_changed_since(
+    db: impl PgExecutor<'_>,
+    user_id: &str,
+    after: i64,
+    upto: i64,
+) -> sqlx::Result<Vec<String>> {
+    sqlx::query_scalar!(
+        r#"select distinct c.user_id as "user_id!" from device_list_changes c
+           where c.stream_ordering > $2 and c.stream_ordering <= $3
+             and (c.user_id = $1 or exists (
+                   select 1 from room_members a join room_members b on a.room_id = b.room_id
+                   where a.user_id = $1 and a.membership = 'join'
+                     and b.user_id = c.user_id and b.membership = 'join'))"#,
+        user_id,
+        after,
+        upto
+    )
+    .fetch_all(db)
+    .await
+}
+
+/// Users sharing at least one joined room with `user_id`, among `candidates`.
+pub async fn sharing_a_room(
+    db: impl PgExecutor<'_>,
+    user_id: &str,
+    candidates: &[String],
+) -> sqlx::Result<Vec<String>> {
+    sqlx::query_scalar!(
+        r#"select distinct b.user_id as "user_id!" from room_members a
+           join room_members b on a.room_id = b.room_id
+           where a.user_id = $1 and a.membership = 'join'
+             and b.user_id = any($2) and b.membership = 'join'"#,
+        user_id,
+        candidates
+    )
+    .fetch_all(db)
+    .await
+}
+
+/// Membership changes in `(after, upto]` in rooms `user_id` is or was in: who,
+/// in which room, to what. Feeds device_lists.changed / left.
+pub struct MemberChange {
+    pub room_id: String,
+    pub user_id: String,
+    pub membership: String,
+}
+
+pub async fn member_changes_since(
+    db: impl PgExecutor<'_>,
+    rooms: &[String],
+    after: i64,
+    upto: i64,
+) -> sqlx::Result<Vec<MemberChange>> {
+    sqlx::query_as!(
+        MemberChange,
+        r#"select room_id, state_key as "user_id!",
+                  coalesce(json::jsonb -> 'content' ->> 'membership', '') as "membership!"
+           from events
+           where room_id = any($1) and event_type = 'm.room.member' and state_key is not null
+             and stream_ordering > $2 and stream_ordering <= $3 and not rejected
+           order by stream_ordering"#,
+        rooms,
+        after,
+        upto
+    )
+    .fetch_all(db)
+    .await
+}
