@@ -11,6 +11,7 @@ pub mod event;
 pub mod keys;
 pub mod membership;
 pub mod profile;
+pub mod push;
 pub mod ratelimit;
 pub mod read;
 pub mod receipts;

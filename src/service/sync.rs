@@ -176,6 +176,18 @@ async fn build(
                 .push(event);
         }
     }
+    if initial
+        && !global_account_data
+            .iter()
+            .any(|e| e["type"] == super::push::ACCOUNT_DATA_TYPE)
+    {
+        // Never changed: the default rules, which clients read from here.
+        let rules = super::push::ruleset(app, user).await?;
+        global_account_data.push(json!({
+            "type": super::push::ACCOUNT_DATA_TYPE,
+            "content": super::push::account_data_content(&rules),
+        }));
+    }
     let mut ephemeral: HashMap<String, Vec<Value>> = HashMap::new();
     let receipt_window_start = if initial { 0 } else { since };
     let mut receipts: HashMap<String, Map<String, Value>> = HashMap::new();

@@ -8,6 +8,7 @@ mod e2ee;
 mod embedded;
 mod errors;
 mod harness;
+mod push;
 mod rooms;
 mod sdk;
 mod sync;
