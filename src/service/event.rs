@@ -388,6 +388,7 @@ pub async fn persist(
     room.extremities = vec![event_id.clone()];
     room.depth = pdu.depth;
     room.state_group = group;
+    super::push::record_actions(tx, app, room, &room_id, event_id.as_str(), &pdu, stream).await?;
     Ok(Appended {
         event_id,
         stream_ordering: stream,

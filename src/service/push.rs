@@ -2,17 +2,28 @@
 //! account data `m.push_rules` (`{"global": …}`), which is also how sync delivers
 //! it, as Synapse does. Users who never changed a rule have the spec's defaults.
 
+use std::collections::HashMap;
+
 use ruma::{
-    UserId,
-    push::{Action, AnyPushRule, NewPushRule, RuleKind, Ruleset},
+    OwnedUserId, RoomId, UInt, UserId,
+    events::{
+        AnySyncTimelineEvent,
+        room::power_levels::{RoomPowerLevels, RoomPowerLevelsEventContent, RoomPowerLevelsSource},
+    },
+    push::{
+        Action, AnyPushRule, NewPushRule, PushConditionPowerLevelsCtx, PushConditionRoomCtx,
+        RuleKind, Ruleset,
+    },
+    serde::Raw,
 };
 use serde_json::{Value, json};
 
-use super::account_data;
+use super::{account_data, event::RoomCtx};
 use crate::{
     app::AppState,
+    domain::pdu::Pdu,
     error::{Error, Result},
-    storage::user_streams,
+    storage::{Postgres, Transaction, rooms, user_streams},
 };
 
 pub const ACCOUNT_DATA_TYPE: &str = "m.push_rules";
@@ -112,4 +123,126 @@ pub async fn set_actions(
         .set_actions(kind, rule_id, actions)
         .map_err(|_| not_found())?;
     save(app, user, &rules).await
+}
+
+/// Evaluates the push rules of every local member (but the sender) for a newly
+/// persisted event, in the persisting transaction, and records who it notifies
+/// (and highlights). Sync turns these rows into `unread_notifications`.
+#[allow(clippy::too_many_arguments)]
+pub async fn record_actions(
+    tx: &mut Transaction<'_, Postgres>,
+    app: &AppState,
+    room: &RoomCtx,
+    room_id: &RoomId,
+    event_id: &str,
+    pdu: &Pdu,
+    stream: i64,
+) -> Result<()> {
+    let joined = rooms::members(&mut **tx, room_id.as_str(), "join").await?;
+    let local: Vec<String> = joined
+        .iter()
+        .map(|(u, _)| u.clone())
+        .filter(|u| {
+            u != pdu.sender.as_str()
+                && UserId::parse(u.as_str()).is_ok_and(|u| u.server_name() == app.server_name)
+        })
+        .collect();
+    if local.is_empty() {
+        return Ok(());
+    }
+    let mut keys: Vec<(String, String)> = local
+        .iter()
+        .map(|u| ("m.room.member".to_owned(), u.clone()))
+        .collect();
+    keys.push(("m.room.power_levels".to_owned(), String::new()));
+    let state = super::event::state_events(tx, room.state_group, &keys).await?;
+    let creators = super::read::creators(tx, room).await?;
+    let power_levels = state
+        .get(&("m.room.power_levels".to_owned(), String::new()))
+        .and_then(|pl| serde_json::from_str::<RoomPowerLevelsEventContent>(pl.content.get()).ok());
+    let source = match power_levels {
+        Some(content) => RoomPowerLevelsSource::Original(content),
+        None => RoomPowerLevelsSource::None,
+    };
+    let creators: Vec<OwnedUserId> = creators
+        .iter()
+        .filter_map(|c| UserId::parse(c.as_str()).ok())
+        .collect();
+    let pl_ctx: PushConditionPowerLevelsCtx =
+        RoomPowerLevels::new(source, &room.rules.authorization, creators).into();
+
+    let stored: HashMap<String, Ruleset> =
+        user_streams::account_data_for_users(&mut **tx, &local, ACCOUNT_DATA_TYPE)
+            .await?
+            .into_iter()
+            .filter_map(|(user, text)| {
+                let value: Value = serde_json::from_str(&text).ok()?;
+                Some((user, serde_json::from_value(value["global"].clone()).ok()?))
+            })
+            .collect();
+
+    let content: Value = serde_json::from_str(pdu.content.get()).unwrap_or_default();
+    let mut event = json!({
+        "type": pdu.kind.to_string(),
+        "content": content,
+        "sender": pdu.sender,
+        "event_id": event_id,
+        "origin_server_ts": pdu.origin_server_ts,
+        "room_id": room_id,
+    });
+    if let Some(key) = &pdu.state_key {
+        event["state_key"] = key.clone().into();
+    }
+    let raw: Raw<AnySyncTimelineEvent> = Raw::from_json(
+        serde_json::value::to_raw_value(&event).map_err(|e| anyhow::anyhow!("{e}"))?,
+    );
+    let thread_id = match (
+        content["m.relates_to"]["rel_type"].as_str(),
+        content["m.relates_to"]["event_id"].as_str(),
+    ) {
+        (Some("m.thread"), Some(root)) => root.to_owned(),
+        _ => String::new(),
+    };
+    let member_count = UInt::try_from(joined.len() as u64).unwrap_or(UInt::MAX);
+    for user in &local {
+        let Ok(user_id) = UserId::parse(user.as_str()) else {
+            continue;
+        };
+        let display_name = state
+            .get(&("m.room.member".to_owned(), user.clone()))
+            .and_then(|m| serde_json::from_str::<Value>(m.content.get()).ok())
+            .and_then(|c| c["displayname"].as_str().map(str::to_owned))
+            .unwrap_or_else(|| user_id.localpart().to_owned());
+        let mut ctx = PushConditionRoomCtx::new(
+            room_id.to_owned(),
+            member_count,
+            user_id.clone(),
+            display_name,
+        );
+        ctx.power_levels = Some(pl_ctx.clone());
+        let default;
+        let rules = match stored.get(user) {
+            Some(r) => r,
+            None => {
+                default = Ruleset::server_default(&user_id);
+                &default
+            }
+        };
+        let actions = rules.get_actions(&raw, &ctx).await;
+        if actions.iter().any(Action::should_notify) {
+            user_streams::insert_push_action(
+                &mut **tx,
+                &user_streams::PushAction {
+                    user_id: user,
+                    room_id: room_id.as_str(),
+                    stream_ordering: stream,
+                    event_id,
+                    thread_id: &thread_id,
+                    highlight: actions.iter().any(Action::is_highlight),
+                },
+            )
+            .await?;
+        }
+    }
+    Ok(())
 }

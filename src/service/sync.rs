@@ -409,6 +409,7 @@ async fn joined_room(
         "ephemeral": { "events": [] },
         "account_data": { "events": [] },
         "summary": summary(app, user, room_id).await?,
+        "unread_notifications": unread(app, user, room_id).await?,
     });
     if let Some(prev) = prev_batch {
         section["timeline"]["prev_batch"] = prev.into();
@@ -526,6 +527,17 @@ async fn stripped_state(
         }));
     }
     Ok(out)
+}
+
+/// `unread_notifications`: events that notified the user (by their push rules)
+/// after their read receipt, and how many of those highlight.
+async fn unread(app: &AppState, user: &UserId, room_id: &RoomId) -> Result<Value> {
+    let read = user_streams::read_position(&app.db, room_id.as_str(), user.as_str())
+        .await?
+        .unwrap_or(0);
+    let (notifications, highlights) =
+        user_streams::unread_counts(&app.db, user.as_str(), room_id.as_str(), read).await?;
+    Ok(json!({ "notification_count": notifications, "highlight_count": highlights }))
 }
 
 /// `summary`: member counts and, for rooms without a name, up to five heroes.

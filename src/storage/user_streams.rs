@@ -333,3 +333,66 @@ pub async fn member_changes_since(
     .fetch_all(db)
     .await
 }
+
+/// Stored account data of one type for several users: (user, content).
+pub async fn account_data_for_users(
+    db: impl PgExecutor<'_>,
+    users: &[String],
+    data_type: &str,
+) -> sqlx::Result<Vec<(String, String)>> {
+    let rows = sqlx::query!(
+        "select user_id, content from account_data
+         where user_id = any($1) and room_id = '' and data_type = $2",
+        users,
+        data_type
+    )
+    .fetch_all(db)
+    .await?;
+    Ok(rows.into_iter().map(|r| (r.user_id, r.content)).collect())
+}
+
+pub struct PushAction<'a> {
+    pub user_id: &'a str,
+    pub room_id: &'a str,
+    pub stream_ordering: i64,
+    pub event_id: &'a str,
+    pub thread_id: &'a str,
+    pub highlight: bool,
+}
+
+pub async fn insert_push_action(db: impl PgExecutor<'_>, a: &PushAction<'_>) -> sqlx::Result<()> {
+    sqlx::query!(
+        "insert into event_push_actions
+             (user_id, room_id, stream_ordering, event_id, thread_id, highlight)
+         values ($1, $2, $3, $4, $5, $6) on conflict do nothing",
+        a.user_id,
+        a.room_id,
+        a.stream_ordering,
+        a.event_id,
+        a.thread_id,
+        a.highlight
+    )
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// (notifications, highlights) for a user in a room after stream position `after`.
+pub async fn unread_counts(
+    db: impl PgExecutor<'_>,
+    user_id: &str,
+    room_id: &str,
+    after: i64,
+) -> sqlx::Result<(i64, i64)> {
+    let row = sqlx::query!(
+        r#"select count(*) as "n!", count(*) filter (where highlight) as "h!"
+           from event_push_actions
+           where user_id = $1 and room_id = $2 and stream_ordering > $3"#,
+        user_id,
+        room_id,
+        after
+    )
+    .fetch_one(db)
+    .await?;
+    Ok((row.n, row.h))
+}

@@ -345,9 +345,16 @@ async fn account_data_and_tags_sync() {
         s2["rooms"]["join"][&r]["account_data"]["events"],
         json!([{ "type": "m.tag", "content": { "tags": {} } }]),
     );
-    // Initial sync carries the current account data.
+    // Initial sync carries the current account data (and the default push rules).
     let full = sync(&server, &alice, None, 0).await;
-    assert_eq!(full["account_data"]["events"].as_array().unwrap().len(), 1);
+    let mut types: Vec<&str> = full["account_data"]["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["type"].as_str().unwrap())
+        .collect();
+    types.sort();
+    assert_eq!(types, vec!["m.push_rules", "org.example.settings"]);
 }
 
 #[tokio::test]

@@ -127,3 +127,100 @@ async fn matrix_js_sdk_syncs_joins_and_receives_a_message() {
     );
     assert_eq!(stdout.trim(), "ok");
 }
+
+/// Builds (once) and locates the matrix-rust-sdk client in tests/sdk/rust.
+fn rust_sdk_client() -> String {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = Command::new(root.join("scripts/rust-sdk-client"))
+        .output()
+        .expect("running scripts/rust-sdk-client");
+    assert!(
+        out.status.success(),
+        "building the matrix-rust-sdk client failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+/// Runs the matrix-rust-sdk client: two users, a room, a message each way.
+/// Returns the room ID.
+async fn rust_sdk_chat(server: &TestServer, mode: &str) -> String {
+    let client = tokio::task::spawn_blocking(rust_sdk_client).await.unwrap();
+    server.register("alice", "alicepw").await;
+    server.register("bob", "bobpw").await;
+    let out = tokio::process::Command::new(client)
+        .args([&server.base, mode, "alice", "alicepw", "bob", "bobpw"])
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "matrix-rust-sdk client failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+        .strip_prefix("ok ")
+        .unwrap_or_else(|| panic!("{stdout}"))
+        .trim()
+        .to_owned()
+}
+
+/// The room's message-like events as the server stores them: (type, sender).
+async fn stored_messages(server: &TestServer, room: &str) -> Vec<(String, String)> {
+    let login = server.login("alice", "alicepw").await.1;
+    let token = login["access_token"].as_str().unwrap();
+    let (status, page) = server
+        .get(
+            &format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=50"),
+            Some(token),
+        )
+        .await;
+    assert_eq!(status, reqwest::StatusCode::OK, "{page}");
+    page["chunk"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e.get("state_key").is_none())
+        .map(|e| {
+            (
+                e["type"].as_str().unwrap().to_owned(),
+                e["sender"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// matrix-rust-sdk (the SDK behind Element X): log in, create a room, invite,
+/// join, and a message each way over `/sync`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn matrix_rust_sdk_plain_chat() {
+    let server = TestServer::start().await;
+    let room = rust_sdk_chat(&server, "plain").await;
+    let messages = stored_messages(&server, &room).await;
+    assert!(
+        messages.contains(&("m.room.message".into(), user_id("alice")))
+            && messages.contains(&("m.room.message".into(), user_id("bob"))),
+        "{messages:?}"
+    );
+}
+
+/// matrix-rust-sdk with end-to-end encryption: both clients upload device and
+/// one-time keys, claim each other's, share Megolm sessions over to-device
+/// messages, and each decrypts the other's message. The server only ever stores
+/// `m.room.encrypted`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn matrix_rust_sdk_encrypted_chat() {
+    let server = TestServer::start().await;
+    let room = rust_sdk_chat(&server, "encrypted").await;
+    let messages = stored_messages(&server, &room).await;
+    assert!(
+        messages.contains(&("m.room.encrypted".into(), user_id("alice")))
+            && messages.contains(&("m.room.encrypted".into(), user_id("bob"))),
+        "{messages:?}"
+    );
+    assert!(
+        !messages.iter().any(|(t, _)| t == "m.room.message"),
+        "{messages:?}"
+    );
+}

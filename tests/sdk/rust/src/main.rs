@@ -1,0 +1,198 @@
+//! Drives two matrix-rust-sdk clients against a Lattice server.
+//!
+//! `lattice-sdk-client <homeserver> <plain|encrypted> <alice> <alice-pw> <bob> <bob-pw>`
+//!
+//! Alice creates a room (encrypted or not) and invites Bob; Bob joins; each sends
+//! a message and each must see the other's plaintext (decrypted by the SDK in the
+//! encrypted case). Prints `ok <room id>` on success; anything else fails with a
+//! message on stderr and a non-zero exit.
+
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use anyhow::{Context, Result, bail, ensure};
+use matrix_sdk::{
+    Client, RoomState,
+    config::SyncSettings,
+    room::Room,
+    ruma::{
+        OwnedRoomId, OwnedUserId,
+        api::client::room::create_room::v3::Request as CreateRoom,
+        events::{
+            InitialStateEvent,
+            room::{
+                encryption::RoomEncryptionEventContent,
+                message::{MessageType, OriginalSyncRoomMessageEvent, RoomMessageEventContent},
+            },
+        },
+    },
+};
+
+/// Messages a client's event handler saw: (room, sender, body).
+type Seen = Arc<Mutex<Vec<(OwnedRoomId, OwnedUserId, String)>>>;
+
+const ROUNDS: usize = 30;
+
+fn settings() -> SyncSettings {
+    SyncSettings::default().timeout(Duration::from_millis(1000))
+}
+
+async fn login(
+    homeserver: &str,
+    user: &str,
+    password: &str,
+    device: &str,
+) -> Result<(Client, Seen)> {
+    let client = Client::builder()
+        .homeserver_url(homeserver)
+        .build()
+        .await
+        .context("building the client")?;
+    client
+        .matrix_auth()
+        .login_username(user, password)
+        .device_id(device)
+        .initial_device_display_name(&format!("rust-sdk {device}"))
+        .send()
+        .await
+        .with_context(|| format!("logging in {user}"))?;
+    let seen: Seen = Arc::default();
+    let sink = seen.clone();
+    client.add_event_handler(move |ev: OriginalSyncRoomMessageEvent, room: Room| {
+        let sink = sink.clone();
+        async move {
+            if let MessageType::Text(text) = ev.content.msgtype {
+                sink.lock()
+                    .unwrap()
+                    .push((room.room_id().to_owned(), ev.sender, text.body));
+            }
+        }
+    });
+    // The first sync uploads the device's keys.
+    client.sync_once(settings()).await.context("first sync")?;
+    Ok((client, seen))
+}
+
+/// Syncs `client` until `done` holds, at most [`ROUNDS`] times.
+async fn sync_until(client: &Client, what: &str, mut done: impl FnMut() -> bool) -> Result<()> {
+    for _ in 0..ROUNDS {
+        if done() {
+            return Ok(());
+        }
+        client
+            .sync_once(settings())
+            .await
+            .with_context(|| format!("syncing while waiting for {what}"))?;
+    }
+    if done() {
+        return Ok(());
+    }
+    bail!("gave up waiting for {what} after {ROUNDS} syncs")
+}
+
+fn saw(seen: &Seen, room: &OwnedRoomId, sender: &OwnedUserId, body: &str) -> bool {
+    seen.lock()
+        .unwrap()
+        .iter()
+        .any(|(r, s, b)| r == room && s == sender && b == body)
+}
+
+async fn run() -> Result<String> {
+    let args: Vec<String> = std::env::args().collect();
+    let [_, homeserver, mode, alice_user, alice_pw, bob_user, bob_pw] = args.as_slice() else {
+        bail!("usage: lattice-sdk-client <homeserver> <plain|encrypted> <alice> <pw> <bob> <pw>");
+    };
+    let encrypted = match mode.as_str() {
+        "plain" => false,
+        "encrypted" => true,
+        other => bail!("unknown mode {other}"),
+    };
+    let (alice, alice_seen) = login(homeserver, alice_user, alice_pw, "ALICEDEV").await?;
+    let (bob, bob_seen) = login(homeserver, bob_user, bob_pw, "BOBDEV").await?;
+    let alice_id = alice.user_id().context("alice's user id")?.to_owned();
+    let bob_id = bob.user_id().context("bob's user id")?.to_owned();
+
+    let mut request = CreateRoom::new();
+    request.name = Some(format!("rust-sdk {mode}"));
+    request.invite = vec![bob_id.clone()];
+    if encrypted {
+        request.initial_state = vec![
+            InitialStateEvent::with_empty_state_key(
+                RoomEncryptionEventContent::with_recommended_defaults(),
+            )
+            .to_raw_any(),
+        ];
+    }
+    let room = alice
+        .create_room(request)
+        .await
+        .context("creating the room")?;
+    let room_id = room.room_id().to_owned();
+
+    sync_until(&bob, "the invite", || {
+        bob.get_room(&room_id)
+            .is_some_and(|r| r.state() == RoomState::Invited)
+    })
+    .await?;
+    bob.join_room_by_id(&room_id).await.context("bob joining")?;
+    sync_until(&bob, "bob's own join", || {
+        bob.get_room(&room_id)
+            .is_some_and(|r| r.state() == RoomState::Joined)
+    })
+    .await?;
+
+    // Alice learns that Bob joined (so her room key goes to his device).
+    for _ in 0..ROUNDS {
+        alice.sync_once(settings()).await.context("alice syncing")?;
+        if room.joined_members_count() >= 2 {
+            break;
+        }
+    }
+    ensure!(room.joined_members_count() >= 2, "alice never saw bob join");
+    if encrypted {
+        ensure!(
+            room.latest_encryption_state().await?.is_encrypted(),
+            "the room is not encrypted for alice"
+        );
+    }
+
+    let hello = "hello from alice";
+    room.send(RoomMessageEventContent::text_plain(hello))
+        .await
+        .context("alice sending")?;
+    sync_until(&bob, "alice's message", || {
+        saw(&bob_seen, &room_id, &alice_id, hello)
+    })
+    .await?;
+
+    let bob_room = bob.get_room(&room_id).context("bob's room")?;
+    if encrypted {
+        ensure!(
+            bob_room.latest_encryption_state().await?.is_encrypted(),
+            "the room is not encrypted for bob"
+        );
+    }
+    let reply = "hello back from bob";
+    bob_room
+        .send(RoomMessageEventContent::text_plain(reply))
+        .await
+        .context("bob sending")?;
+    sync_until(&alice, "bob's reply", || {
+        saw(&alice_seen, &room_id, &bob_id, reply)
+    })
+    .await?;
+    Ok(room_id.to_string())
+}
+
+#[tokio::main]
+async fn main() {
+    match run().await {
+        Ok(room) => println!("ok {room}"),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::exit(1);
+        }
+    }
+}
