@@ -108,6 +108,7 @@ impl Server {
         let typing = state.typing.clone();
         let token = shutdown.clone();
         tasks.spawn(async move { typing.run(token).await });
+        tasks.spawn(crate::service::pusher::run(state.clone(), shutdown.clone()));
         Ok(Self {
             addrs,
             shutdown,

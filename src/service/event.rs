@@ -27,7 +27,7 @@ use crate::{
     },
     error::{Error, ErrorKind, Result},
     notify::InFlight,
-    storage::{Postgres, Transaction, events, now_ms, relations, rooms, state},
+    storage::{Postgres, Transaction, events, now_ms, relations, rooms, search, state},
 };
 
 /// Deltas a state group may stack on its snapshot before a new snapshot is written:
@@ -383,6 +383,20 @@ pub async fn persist(
         && let Some(redacts) = &pdu.redacts
     {
         events::set_redacted_by(&mut **tx, redacts.as_str(), event_id.as_str()).await?;
+        search::remove(&mut **tx, redacts.as_str()).await?;
+    }
+    if let Ok(content) = serde_json::from_str::<serde_json::Value>(pdu.content.get())
+        && let Some((key, text)) = super::search::indexable(&event_type, &content)
+    {
+        search::index(
+            &mut **tx,
+            event_id.as_str(),
+            room_id.as_str(),
+            stream,
+            key,
+            text,
+        )
+        .await?;
     }
 
     room.extremities = vec![event_id.clone()];

@@ -10,12 +10,15 @@ pub mod e2e;
 pub mod event;
 pub mod keys;
 pub mod membership;
+pub mod presence;
 pub mod profile;
 pub mod push;
+pub mod pusher;
 pub mod ratelimit;
 pub mod read;
 pub mod receipts;
 pub mod room;
+pub mod search;
 pub mod session;
 pub mod space;
 pub mod stream;
@@ -25,6 +28,7 @@ pub mod to_device;
 pub mod typing;
 pub mod uia;
 pub mod upgrade;
+pub mod user_directory;
 
 /// Runs CPU-heavy work (argon2, signing big events, state resolution) off the async
 /// workers.

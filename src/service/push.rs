@@ -230,6 +230,8 @@ pub async fn record_actions(
         };
         let actions = rules.get_actions(&raw, &ctx).await;
         if actions.iter().any(Action::should_notify) {
+            let actions_json =
+                serde_json::to_string(&actions).map_err(|e| anyhow::anyhow!("{e}"))?;
             user_streams::insert_push_action(
                 &mut **tx,
                 &user_streams::PushAction {
@@ -239,6 +241,7 @@ pub async fn record_actions(
                     event_id,
                     thread_id: &thread_id,
                     highlight: actions.iter().any(Action::is_highlight),
+                    actions: &actions_json,
                 },
             )
             .await?;

@@ -16,7 +16,7 @@
 //!
 //! Besides rooms: global and room account data, receipts and typing (`ephemeral`),
 //! to-device messages, `device_lists`, one-time key counts and unused fallback key
-//! types. Not yet: presence, notification counts.
+//! types, presence, and notification counts per room (and per thread).
 
 use std::{
     collections::{HashMap, HashSet},
@@ -47,6 +47,10 @@ pub struct Params {
     pub rooms: Option<Vec<String>>,
     pub not_rooms: Vec<String>,
     pub include_leave: bool,
+    /// Split notification counts by thread (`unread_thread_notifications`).
+    pub unread_threads: bool,
+    /// Whether the filter lets `m.presence` events through.
+    pub presence: bool,
 }
 
 /// A sync token, `s{stream}_{typing}_{to_device}`: the global stream position
@@ -315,7 +319,14 @@ async fn build(
         e2e_keys::unused_fallback_algorithms(&app.db, user.as_str(), session.device_id.as_str())
             .await?;
 
+    let presence = if params.presence {
+        super::presence::sync_events(app, user, since, now).await?
+    } else {
+        Vec::new()
+    };
+
     let empty = join.is_empty()
+        && presence.is_empty()
         && invite.is_empty()
         && leave.is_empty()
         && global_account_data.is_empty()
@@ -332,6 +343,7 @@ async fn build(
             "next_batch": next.to_string(),
             "rooms": { "join": join, "invite": invite, "leave": leave },
             "account_data": { "events": global_account_data },
+            "presence": { "events": presence },
             "to_device": { "events": to_device },
             "device_lists": { "changed": changed, "left": left },
             "device_one_time_keys_count": otk_counts,
@@ -409,8 +421,12 @@ async fn joined_room(
         "ephemeral": { "events": [] },
         "account_data": { "events": [] },
         "summary": summary(app, user, room_id).await?,
-        "unread_notifications": unread(app, user, room_id).await?,
     });
+    let (counts, threads) = unread(app, user, room_id, params.unread_threads).await?;
+    section["unread_notifications"] = counts;
+    if let Some(threads) = threads {
+        section["unread_thread_notifications"] = threads;
+    }
     if let Some(prev) = prev_batch {
         section["timeline"]["prev_batch"] = prev.into();
     }
@@ -529,15 +545,33 @@ async fn stripped_state(
     Ok(out)
 }
 
-/// `unread_notifications`: events that notified the user (by their push rules)
-/// after their read receipt, and how many of those highlight.
-async fn unread(app: &AppState, user: &UserId, room_id: &RoomId) -> Result<Value> {
-    let read = user_streams::read_position(&app.db, room_id.as_str(), user.as_str())
-        .await?
-        .unwrap_or(0);
-    let (notifications, highlights) =
-        user_streams::unread_counts(&app.db, user.as_str(), room_id.as_str(), read).await?;
-    Ok(json!({ "notification_count": notifications, "highlight_count": highlights }))
+/// `unread_notifications` (and, when the filter asks for them,
+/// `unread_thread_notifications`): events that notified the user by their push
+/// rules after their read receipts, and how many of those highlight.
+async fn unread(
+    app: &AppState,
+    user: &UserId,
+    room_id: &RoomId,
+    by_thread: bool,
+) -> Result<(Value, Option<Value>)> {
+    let rows = user_streams::unread_by_thread(&app.db, user.as_str(), room_id.as_str()).await?;
+    let count = |n: i64, h: i64| json!({ "notification_count": n, "highlight_count": h });
+    if !by_thread {
+        let (n, h) = rows
+            .iter()
+            .fold((0, 0), |(n, h), r| (n + r.notifications, h + r.highlights));
+        return Ok((count(n, h), None));
+    }
+    let mut main = count(0, 0);
+    let mut threads = Map::new();
+    for r in rows {
+        if r.thread_id.is_empty() {
+            main = count(r.notifications, r.highlights);
+        } else {
+            threads.insert(r.thread_id, count(r.notifications, r.highlights));
+        }
+    }
+    Ok((main, Some(Value::Object(threads))))
 }
 
 /// `summary`: member counts and, for rooms without a name, up to five heroes.

@@ -6,14 +6,18 @@ pub mod e2e_keys;
 pub mod embedded_pg;
 pub mod events;
 pub mod keys;
+pub mod presence;
 pub mod profiles;
+pub mod pushers;
 pub mod registration_tokens;
 pub mod relations;
 pub mod rooms;
+pub mod search;
 pub mod state;
 pub mod sync;
 pub mod tokens;
 pub mod uia;
+pub mod user_directory;
 pub mod user_streams;
 pub mod users;
 

@@ -358,41 +358,132 @@ pub struct PushAction<'a> {
     pub event_id: &'a str,
     pub thread_id: &'a str,
     pub highlight: bool,
+    /// The matched rule's actions, as JSON.
+    pub actions: &'a str,
 }
 
 pub async fn insert_push_action(db: impl PgExecutor<'_>, a: &PushAction<'_>) -> sqlx::Result<()> {
     sqlx::query!(
         "insert into event_push_actions
-             (user_id, room_id, stream_ordering, event_id, thread_id, highlight)
-         values ($1, $2, $3, $4, $5, $6) on conflict do nothing",
+             (user_id, room_id, stream_ordering, event_id, thread_id, highlight, actions)
+         values ($1, $2, $3, $4, $5, $6, $7) on conflict do nothing",
         a.user_id,
         a.room_id,
         a.stream_ordering,
         a.event_id,
         a.thread_id,
-        a.highlight
+        a.highlight,
+        a.actions
     )
     .execute(db)
     .await?;
     Ok(())
 }
 
-/// (notifications, highlights) for a user in a room after stream position `after`.
-pub async fn unread_counts(
+/// Unread (notifications, highlights) in one thread (`""` for the main timeline)
+/// of a room: events after the newer of the user's unthreaded read receipt and
+/// their receipt in that thread (`"main"` for the main timeline).
+pub struct ThreadUnread {
+    pub thread_id: String,
+    pub notifications: i64,
+    pub highlights: i64,
+}
+
+pub async fn unread_by_thread(
     db: impl PgExecutor<'_>,
     user_id: &str,
     room_id: &str,
-    after: i64,
-) -> sqlx::Result<(i64, i64)> {
-    let row = sqlx::query!(
-        r#"select count(*) as "n!", count(*) filter (where highlight) as "h!"
-           from event_push_actions
-           where user_id = $1 and room_id = $2 and stream_ordering > $3"#,
+) -> sqlx::Result<Vec<ThreadUnread>> {
+    sqlx::query_as!(
+        ThreadUnread,
+        r#"select a.thread_id, count(*) as "notifications!",
+                  count(*) filter (where a.highlight) as "highlights!"
+           from event_push_actions a
+           where a.user_id = $1 and a.room_id = $2
+             and a.stream_ordering > coalesce((
+                 select max(e.stream_ordering) from receipts r
+                 join events e on e.event_id = r.event_id
+                 where r.room_id = $2 and r.user_id = $1
+                   and r.receipt_type in ('m.read', 'm.read.private')
+                   and (r.thread_id = ''
+                        or r.thread_id = case when a.thread_id = '' then 'main'
+                                              else a.thread_id end)), 0)
+           group by a.thread_id"#,
         user_id,
-        room_id,
-        after
+        room_id
+    )
+    .fetch_all(db)
+    .await
+}
+
+/// Unread notifications in all of a user's rooms (the badge count pushed to
+/// their devices).
+pub async fn unread_total(db: impl PgExecutor<'_>, user_id: &str) -> sqlx::Result<i64> {
+    sqlx::query_scalar!(
+        r#"select count(*) as "n!" from event_push_actions a
+           where a.user_id = $1
+             and a.stream_ordering > coalesce((
+                 select max(e.stream_ordering) from receipts r
+                 join events e on e.event_id = r.event_id
+                 where r.room_id = a.room_id and r.user_id = $1
+                   and r.receipt_type in ('m.read', 'm.read.private')
+                   and (r.thread_id = ''
+                        or r.thread_id = case when a.thread_id = '' then 'main'
+                                              else a.thread_id end)), 0)"#,
+        user_id
     )
     .fetch_one(db)
-    .await?;
-    Ok((row.n, row.h))
+    .await
+}
+
+pub struct Notification {
+    pub room_id: String,
+    pub stream_ordering: i64,
+    pub event_id: String,
+    pub highlight: bool,
+    pub actions: String,
+}
+
+/// A user's notifications below stream position `before`, newest first.
+pub async fn notifications(
+    db: impl PgExecutor<'_>,
+    user_id: &str,
+    before: i64,
+    only_highlight: bool,
+    limit: i64,
+) -> sqlx::Result<Vec<Notification>> {
+    sqlx::query_as!(
+        Notification,
+        "select room_id, stream_ordering, event_id, highlight, actions
+         from event_push_actions
+         where user_id = $1 and stream_ordering < $2 and (highlight or not $3)
+         order by stream_ordering desc limit $4",
+        user_id,
+        before,
+        only_highlight,
+        limit
+    )
+    .fetch_all(db)
+    .await
+}
+
+/// A user's notifications after stream position `after`, oldest first.
+pub async fn notifications_after(
+    db: impl PgExecutor<'_>,
+    user_id: &str,
+    after: i64,
+    limit: i64,
+) -> sqlx::Result<Vec<Notification>> {
+    sqlx::query_as!(
+        Notification,
+        "select room_id, stream_ordering, event_id, highlight, actions
+         from event_push_actions
+         where user_id = $1 and stream_ordering > $2
+         order by stream_ordering limit $3",
+        user_id,
+        after,
+        limit
+    )
+    .fetch_all(db)
+    .await
 }

@@ -298,7 +298,48 @@ impl TestServer {
         self.get("/_matrix/client/v3/account/whoami", Some(token))
             .await
     }
+
+    /// Creates a room (asserting success) and returns its id.
+    pub async fn create_room(&self, who: &Login, body: Value) -> String {
+        let (status, created) = self
+            .post(
+                "/_matrix/client/v3/createRoom",
+                Some(&who.access_token),
+                body,
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{created}");
+        created["room_id"].as_str().expect("room_id").to_owned()
+    }
+
+    /// Joins a room (asserting success).
+    pub async fn join(&self, who: &Login, room: &str) {
+        let (status, body) = self
+            .post(
+                &format!("/_matrix/client/v3/rooms/{room}/join"),
+                Some(&who.access_token),
+                json!({}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+
+    /// Sends an `m.room.message` (asserting success) and returns its event id.
+    pub async fn send_message(&self, who: &Login, room: &str, content: Value) -> String {
+        let txn = TXN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (status, body) = self
+            .put(
+                &format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/h{txn}"),
+                Some(&who.access_token),
+                content,
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        body["event_id"].as_str().expect("event_id").to_owned()
+    }
 }
+
+static TXN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 #[derive(Debug, Clone)]
 pub struct Login {

@@ -11,5 +11,6 @@ mod harness;
 mod push;
 mod rooms;
 mod sdk;
+mod social;
 mod sync;
 mod timeline;

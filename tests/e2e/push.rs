@@ -199,3 +199,248 @@ async fn unread_counts_follow_push_rules_and_receipts() {
         json!({ "notification_count": 0, "highlight_count": 0 })
     );
 }
+
+#[tokio::test]
+async fn notifications_list_and_thread_counts() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice", "pw").await;
+    let bob = server.register("bob", "pw").await;
+    let v3 = "/_matrix/client/v3";
+    let room = server
+        .create_room(&alice, json!({ "preset": "public_chat" }))
+        .await;
+    server.join(&bob, &room).await;
+    let root = server
+        .send_message(
+            &alice,
+            &room,
+            json!({ "msgtype": "m.text", "body": "root" }),
+        )
+        .await;
+    let reply = server
+        .send_message(
+            &alice,
+            &room,
+            json!({
+                "msgtype": "m.text", "body": "in thread",
+                "m.mentions": { "user_ids": [bob.user_id] },
+                "m.relates_to": { "rel_type": "m.thread", "event_id": root },
+            }),
+        )
+        .await;
+
+    // /notifications: newest first, highlight filter, read flags.
+    let t = Some(bob.access_token.as_str());
+    let (status, list) = server.get(&format!("{v3}/notifications"), t).await;
+    assert_eq!(status, StatusCode::OK, "{list}");
+    let n = list["notifications"].as_array().unwrap();
+    assert_eq!(n.len(), 2, "{list}");
+    assert_eq!(n[0]["event"]["event_id"], reply.as_str());
+    assert_eq!(n[0]["room_id"], room.as_str());
+    assert_eq!(n[0]["read"], false);
+    assert!(
+        n[0]["actions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["set_tweak"] == "highlight"),
+        "{list}"
+    );
+    let (_, highlights) = server
+        .get(&format!("{v3}/notifications?only=highlight"), t)
+        .await;
+    assert_eq!(highlights["notifications"].as_array().unwrap().len(), 1);
+    let (_, paged) = server.get(&format!("{v3}/notifications?limit=1"), t).await;
+    let next = paged["next_token"].as_str().expect("next_token").to_owned();
+    let (_, rest) = server
+        .get(&format!("{v3}/notifications?limit=1&from={next}"), t)
+        .await;
+    assert_eq!(rest["notifications"][0]["event"]["event_id"], root.as_str());
+
+    // Counts split by thread when the filter asks.
+    let filter = r#"{"room":{"timeline":{"unread_thread_notifications":true}}}"#;
+    let sync = || {
+        let url = format!("{v3}/sync?filter={filter}");
+        let token = bob.access_token.clone();
+        let server = &server;
+        async move { server.get(&url, Some(&token)).await.1 }
+    };
+    let s = sync().await;
+    let joined = &s["rooms"]["join"][&room];
+    assert_eq!(
+        joined["unread_notifications"],
+        json!({ "notification_count": 1, "highlight_count": 0 }),
+        "{joined}"
+    );
+    assert_eq!(
+        joined["unread_thread_notifications"][&root],
+        json!({ "notification_count": 1, "highlight_count": 1 })
+    );
+    // A threaded receipt clears the thread only.
+    let (status, body) = server
+        .post(
+            &format!("{v3}/rooms/{room}/receipt/m.read/{reply}"),
+            t,
+            json!({ "thread_id": root }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let s = sync().await;
+    let joined = &s["rooms"]["join"][&room];
+    assert_eq!(joined["unread_notifications"]["notification_count"], 1);
+    assert!(
+        joined["unread_thread_notifications"].get(&root).is_none(),
+        "{joined}"
+    );
+    // Without the filter option, one total.
+    let (_, plain) = server.get(&format!("{v3}/sync"), t).await;
+    assert_eq!(
+        plain["rooms"]["join"][&room]["unread_notifications"]["notification_count"],
+        1
+    );
+    assert!(
+        plain["rooms"]["join"][&room]
+            .get("unread_thread_notifications")
+            .is_none()
+    );
+}
+
+/// A push gateway on loopback: answers 503 to the first request, then 200, and
+/// reports each notification it accepted.
+async fn gateway(
+    reject: &'static str,
+) -> (
+    String,
+    tokio::sync::mpsc::UnboundedReceiver<serde_json::Value>,
+) {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    };
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let app = axum::Router::new().route(
+        "/_matrix/push/v1/notify",
+        axum::routing::post(move |axum::Json(body): axum::Json<serde_json::Value>| {
+            let tx = tx.clone();
+            let calls = calls.clone();
+            async move {
+                if calls.fetch_add(1, Ordering::SeqCst) == 0 {
+                    return (
+                        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                        axum::Json(json!({})),
+                    );
+                }
+                let rejected = body["notification"]["devices"][0]["pushkey"] == reject;
+                tx.send(body).unwrap();
+                let rejected: Vec<&str> = if rejected { vec![reject] } else { vec![] };
+                (
+                    axum::http::StatusCode::OK,
+                    axum::Json(json!({ "rejected": rejected })),
+                )
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (format!("http://{addr}/_matrix/push/v1/notify"), rx)
+}
+
+#[tokio::test]
+async fn pushers_deliver_to_the_gateway_with_retry() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice", "pw").await;
+    let bob = server.register("bob", "pw").await;
+    let v3 = "/_matrix/client/v3";
+    let t = Some(bob.access_token.as_str());
+    let (url, mut received) = gateway("gone-key").await;
+    let pusher = |pushkey: &str, url: &str| {
+        json!({
+            "pushkey": pushkey, "kind": "http", "app_id": "org.example.app",
+            "app_display_name": "Example", "device_display_name": "Phone",
+            "lang": "en", "data": { "url": url, "extra": 1 },
+        })
+    };
+    // The URL must be the push gateway's notify path.
+    let (status, body) = server
+        .post(
+            &format!("{v3}/pushers/set"),
+            t,
+            pusher("k1", "http://127.0.0.1:1/elsewhere"),
+        )
+        .await;
+    assert_eq!(
+        (status, body["errcode"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("M_INVALID_PARAM"))
+    );
+    let (status, body) = server
+        .post(&format!("{v3}/pushers/set"), t, pusher("k1", &url))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (_, listed) = server.get(&format!("{v3}/pushers"), t).await;
+    assert_eq!(listed["pushers"][0]["pushkey"], "k1");
+    assert_eq!(listed["pushers"][0]["data"]["url"], url.as_str());
+
+    let room = server
+        .create_room(&alice, json!({ "preset": "public_chat" }))
+        .await;
+    server.join(&bob, &room).await;
+    let event = server
+        .send_message(
+            &alice,
+            &room,
+            json!({ "msgtype": "m.text", "body": "ping" }),
+        )
+        .await;
+    // The first attempt gets 503; the retry after backoff is accepted.
+    let got = tokio::time::timeout(std::time::Duration::from_secs(30), received.recv())
+        .await
+        .expect("gateway called within 30 s")
+        .unwrap();
+    let n = &got["notification"];
+    assert_eq!(n["event_id"], event.as_str(), "{got}");
+    assert_eq!(n["room_id"], room.as_str());
+    assert_eq!(n["type"], "m.room.message");
+    assert_eq!(n["sender"], alice.user_id.as_str());
+    assert_eq!(n["content"]["body"], "ping");
+    assert_eq!(n["counts"]["unread"], 1);
+    assert_eq!(n["devices"][0]["pushkey"], "k1");
+    assert_eq!(n["devices"][0]["data"], json!({ "extra": 1 }));
+
+    // Deleting with kind null.
+    let mut delete = pusher("k1", &url);
+    delete["kind"] = serde_json::Value::Null;
+    let (status, _) = server.post(&format!("{v3}/pushers/set"), t, delete).await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, listed) = server.get(&format!("{v3}/pushers"), t).await;
+    assert_eq!(listed["pushers"], json!([]));
+
+    // A pushkey the gateway rejects is removed.
+    let (status, _) = server
+        .post(&format!("{v3}/pushers/set"), t, pusher("gone-key", &url))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    server
+        .send_message(
+            &alice,
+            &room,
+            json!({ "msgtype": "m.text", "body": "again" }),
+        )
+        .await;
+    let got = tokio::time::timeout(std::time::Duration::from_secs(30), received.recv())
+        .await
+        .expect("gateway called")
+        .unwrap();
+    assert_eq!(got["notification"]["devices"][0]["pushkey"], "gone-key");
+    let mut gone = false;
+    for _ in 0..50 {
+        let (_, listed) = server.get(&format!("{v3}/pushers"), t).await;
+        if listed["pushers"] == json!([]) {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(gone, "rejected pusher removed");
+}

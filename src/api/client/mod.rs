@@ -5,10 +5,12 @@ mod devices;
 mod directory;
 mod discovery;
 mod keys;
+mod presence;
 mod profile;
 mod push;
 mod register;
 mod rooms;
+mod search;
 mod session;
 mod sync;
 mod timeline;
@@ -33,4 +35,6 @@ pub fn router() -> Router<AppState> {
         .merge(push::router())
         .merge(keys::router())
         .merge(user_data::router())
+        .merge(presence::router())
+        .merge(search::router())
 }

@@ -1,11 +1,13 @@
 //! Push rules: `GET /pushrules/`, `GET /pushrules/global/`, and per rule
 //! `GET/PUT/DELETE /pushrules/global/{kind}/{ruleId}` with `…/enabled` and
 //! `…/actions` (spec: "Push Rules"). Rules live in `m.push_rules` account data.
+//! Also `/pushers`, `/pushers/set` and `/notifications`.
 
 use axum::{Json, Router, extract::State};
 use ruma::api::client::push::{
-    delete_pushrule, get_pushrule, get_pushrule_actions, get_pushrule_enabled, get_pushrules_all,
-    get_pushrules_global_scope, set_pushrule, set_pushrule_actions, set_pushrule_enabled,
+    delete_pushrule, get_notifications, get_pushers, get_pushrule, get_pushrule_actions,
+    get_pushrule_enabled, get_pushrules_all, get_pushrules_global_scope, set_pusher, set_pushrule,
+    set_pushrule_actions, set_pushrule_enabled,
 };
 use ruma::push::AnyPushRule;
 use serde_json::{Value, json};
@@ -17,7 +19,7 @@ use crate::{
     },
     app::AppState,
     error::{Error, Result},
-    service::push,
+    service::{push, pusher},
 };
 
 pub fn router() -> Router<AppState> {
@@ -31,6 +33,44 @@ pub fn router() -> Router<AppState> {
         .ruma::<set_pushrule_enabled::v3::Request, _, _>(set_enabled)
         .ruma::<get_pushrule_actions::v3::Request, _, _>(get_actions)
         .ruma::<set_pushrule_actions::v3::Request, _, _>(set_actions)
+        .ruma::<get_pushers::v3::Request, _, _>(pushers)
+        .ruma::<set_pusher::v3::Request, _, _>(set_pusher_handler)
+        .ruma::<get_notifications::v3::Request, _, _>(notifications)
+}
+
+async fn pushers(
+    State(app): State<AppState>,
+    AuthUser(user): AuthUser,
+    Ruma(_): Ruma<get_pushers::v3::Request>,
+) -> Result<Json<Value>> {
+    Ok(Json(pusher::list(&app, &user).await?))
+}
+
+async fn set_pusher_handler(
+    State(app): State<AppState>,
+    AuthUser(user): AuthUser,
+    Ruma(req): Ruma<set_pusher::v3::Request>,
+) -> Result<Json<Value>> {
+    let body = serde_json::to_value(&req.action).map_err(|e| Error::bad_json(e.to_string()))?;
+    pusher::set(&app, &user, &body).await?;
+    Ok(Json(json!({})))
+}
+
+async fn notifications(
+    State(app): State<AppState>,
+    AuthUser(user): AuthUser,
+    Ruma(req): Ruma<get_notifications::v3::Request>,
+) -> Result<Json<Value>> {
+    Ok(Json(
+        pusher::notifications(
+            &app,
+            &user,
+            req.from.as_deref(),
+            req.limit.map(u64::from),
+            req.only.as_deref(),
+        )
+        .await?,
+    ))
 }
 
 async fn all(

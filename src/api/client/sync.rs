@@ -19,6 +19,7 @@ use crate::{
     app::AppState,
     error::{Error, Result},
     service::{
+        presence,
         read::TypeFilter,
         sync::{self, Params},
     },
@@ -70,8 +71,16 @@ async fn sync_handler(
             .map(|r| r.iter().map(|id| id.to_string()).collect()),
         not_rooms: room.not_rooms.iter().map(|id| id.to_string()).collect(),
         include_leave: room.include_leave,
+        unread_threads: room.timeline.unread_thread_notifications,
+        presence: allows_presence(&definition.presence),
     };
+    presence::on_sync(&app, &user.user_id, req.set_presence.as_str()).await?;
     Ok(Json(sync::sync(&app, &user, &params).await?))
+}
+
+fn allows_presence(filter: &ruma::api::client::filter::Filter) -> bool {
+    let listed = |list: &[String]| list.iter().any(|t| t == "*" || t == "m.presence");
+    filter.types.as_deref().is_none_or(listed) && !listed(&filter.not_types)
 }
 
 async fn load_filter(app: &AppState, user: &str, id: &str) -> Result<FilterDefinition> {

@@ -1,0 +1,166 @@
+//! Presence (spec: "Presence"), kept cheap: nothing runs on a timer.
+//!
+//! A row per user holds the state they (or their syncing client) last set and
+//! when they were last seen. Only a change of state or status message takes a
+//! stream position and so reaches other users' syncs; being seen again updates
+//! `last_active_ts` at most once a minute and tells no one. An `online` user not
+//! seen for [`OFFLINE_AFTER_MS`] (their client stopped syncing) reads as
+//! `offline`, computed whenever presence is read.
+
+use ruma::UserId;
+use serde_json::{Value, json};
+
+use super::{session::Session, stream};
+use crate::{
+    app::AppState,
+    error::{Error, Result},
+    storage::{now_ms, presence as rows, presence::Presence, user_streams, users},
+};
+
+/// An `online` user unseen for this long reads as `offline`.
+pub const OFFLINE_AFTER_MS: i64 = 3 * 60 * 1000;
+/// Seen within this long: `currently_active`.
+const ACTIVE_WINDOW_MS: i64 = 60 * 1000;
+/// `last_active_ts` is rewritten at most this often per user.
+const TOUCH_EVERY_MS: i64 = 60 * 1000;
+
+const STATES: [&str; 3] = ["online", "unavailable", "offline"];
+
+/// The state others see, given the time.
+fn effective(p: &Presence, now: i64) -> &str {
+    if p.state == "online" && now - p.last_active_ts > OFFLINE_AFTER_MS {
+        "offline"
+    } else {
+        &p.state
+    }
+}
+
+/// The `m.presence` content for `p`.
+pub fn content(p: &Presence, now: i64) -> Value {
+    let state = effective(p, now);
+    let mut content = json!({
+        "presence": state,
+        "last_active_ago": (now - p.last_active_ts).max(0),
+    });
+    if state == "online" {
+        content["currently_active"] = (now - p.last_active_ts < ACTIVE_WINDOW_MS).into();
+    }
+    if let Some(msg) = &p.status_msg {
+        content["status_msg"] = msg.clone().into();
+    }
+    content
+}
+
+async fn write(app: &AppState, mut p: Presence) -> Result<()> {
+    let mut tx = app.db.begin().await?;
+    let (position, guard) = stream::take(&mut tx, app).await?;
+    p.stream_ordering = position;
+    rows::set(&mut *tx, &p).await?;
+    tx.commit().await?;
+    drop(guard);
+    Ok(())
+}
+
+/// `PUT /presence/{userId}/status`.
+pub async fn set(
+    app: &AppState,
+    session: &Session,
+    target: &UserId,
+    state: &str,
+    status_msg: Option<String>,
+) -> Result<()> {
+    if target != session.user_id {
+        return Err(Error::forbidden("Cannot set another user's presence"));
+    }
+    if !STATES.contains(&state) {
+        return Err(Error::invalid_param("Unknown presence state"));
+    }
+    write(
+        app,
+        Presence {
+            user_id: target.to_string(),
+            state: state.to_owned(),
+            status_msg,
+            last_active_ts: now_ms(),
+            stream_ordering: 0,
+        },
+    )
+    .await
+}
+
+/// `GET /presence/{userId}/status`: for the user themself and users sharing a room.
+pub async fn get(app: &AppState, session: &Session, target: &UserId) -> Result<Value> {
+    if target.server_name() != app.server_name
+        || users::get(&app.db, target.as_str()).await?.is_none()
+    {
+        return Err(Error::not_found("Unknown user"));
+    }
+    if target != session.user_id
+        && user_streams::sharing_a_room(&app.db, session.user_id.as_str(), &[target.to_string()])
+            .await?
+            .is_empty()
+    {
+        return Err(Error::forbidden(
+            "You are not allowed to see their presence",
+        ));
+    }
+    let now = now_ms();
+    Ok(match rows::get(&app.db, target.as_str()).await? {
+        Some(p) => content(&p, now),
+        None => json!({ "presence": "offline" }),
+    })
+}
+
+/// A sync with `set_presence`: `offline` leaves presence alone; otherwise the
+/// user is seen, and an `offline` user comes `online` (an explicit
+/// `unavailable` stays until changed).
+pub async fn on_sync(app: &AppState, user: &UserId, set_presence: &str) -> Result<()> {
+    if set_presence == "offline" {
+        return Ok(());
+    }
+    let now = now_ms();
+    let current = rows::get(&app.db, user.as_str()).await?;
+    let wanted = match (&current, set_presence) {
+        (None, s) => s.to_owned(),
+        (Some(p), "online") if effective(p, now) == "offline" => "online".to_owned(),
+        (Some(p), "online") => p.state.clone(),
+        (Some(_), s) => s.to_owned(),
+    };
+    match current {
+        Some(p) if effective(&p, now) == wanted.as_str() => {
+            if now - p.last_active_ts >= TOUCH_EVERY_MS {
+                rows::touch(&app.db, user.as_str(), now).await?;
+            }
+            Ok(())
+        }
+        current => {
+            let status_msg = current.and_then(|p| p.status_msg);
+            write(
+                app,
+                Presence {
+                    user_id: user.to_string(),
+                    state: wanted,
+                    status_msg,
+                    last_active_ts: now,
+                    stream_ordering: 0,
+                },
+            )
+            .await
+        }
+    }
+}
+
+/// `m.presence` events for a sync window.
+pub async fn sync_events(
+    app: &AppState,
+    user: &UserId,
+    after: i64,
+    upto: i64,
+) -> Result<Vec<Value>> {
+    let now = now_ms();
+    Ok(rows::visible_changes(&app.db, user.as_str(), after, upto)
+        .await?
+        .iter()
+        .map(|p| json!({ "type": "m.presence", "sender": p.user_id, "content": content(p, now) }))
+        .collect())
+}

@@ -1,0 +1,443 @@
+//! Pushers and notifications (spec: "Push Notifications"): `/pushers`,
+//! `/pushers/set`, `/notifications`, and the worker that hands notifications to
+//! push gateways (push gateway API `POST /_matrix/push/v1/notify`).
+//!
+//! The worker wakes on the notifier, sends each HTTP pusher its notifications in
+//! stream order, one request per notification, and advances the pusher's
+//! position once the gateway has answered 2xx. A gateway that fails (network
+//! error, 5xx, 429) is retried with exponential backoff per pusher, doubling from
+//! [`FIRST_RETRY`] to [`MAX_RETRY`]; a notification that keeps failing for
+//! [`GIVE_UP_AFTER`] is skipped, as Synapse does, so a dead gateway costs one
+//! request per backoff period and never delays other pushers. Pushkeys the
+//! gateway reports as `rejected` are deleted.
+
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
+
+use ruma::RoomId;
+use serde_json::{Map, Value, json};
+use tokio_util::sync::CancellationToken;
+
+use super::{read::Viewer, session::Session};
+use crate::{
+    app::AppState,
+    error::{Error, Result},
+    storage::{events, now_ms, pushers as rows, pushers::Pusher, rooms, state, user_streams},
+};
+
+const FIRST_RETRY: Duration = Duration::from_secs(1);
+const MAX_RETRY: Duration = Duration::from_secs(10 * 60);
+const GIVE_UP_AFTER: Duration = Duration::from_secs(24 * 60 * 60);
+const NOTIFY_PATH: &str = "/_matrix/push/v1/notify";
+
+fn required_str<'a>(body: &'a Value, key: &str) -> Result<&'a str> {
+    body[key]
+        .as_str()
+        .ok_or_else(|| Error::bad_json(format!("'{key}' must be a string")))
+}
+
+/// `POST /pushers/set`: create, replace (same app id and pushkey) or, with
+/// `kind: null`, delete a pusher.
+pub async fn set(app: &AppState, session: &Session, body: &Value) -> Result<()> {
+    let user = session.user_id.as_str();
+    let app_id = required_str(body, "app_id")?;
+    let pushkey = required_str(body, "pushkey")?;
+    if app_id.chars().count() > 64 {
+        return Err(Error::invalid_param("app_id is longer than 64 characters"));
+    }
+    if pushkey.len() > 512 {
+        return Err(Error::invalid_param("pushkey is longer than 512 bytes"));
+    }
+    let kind = match &body["kind"] {
+        Value::Null => {
+            rows::delete(&app.db, user, app_id, pushkey).await?;
+            return Ok(());
+        }
+        Value::String(kind) => kind.as_str(),
+        _ => return Err(Error::bad_json("'kind' must be a string or null")),
+    };
+    if kind != "http" {
+        return Err(Error::invalid_param(format!(
+            "Pushers of kind '{kind}' are not supported"
+        )));
+    }
+    let data = body["data"]
+        .as_object()
+        .ok_or_else(|| Error::bad_json("'data' must be an object"))?;
+    let url = data
+        .get("url")
+        .and_then(Value::as_str)
+        .ok_or_else(|| Error::invalid_param("'url' is required in 'data' for HTTP pushers"))?;
+    let parsed =
+        reqwest::Url::parse(url).map_err(|_| Error::invalid_param("'url' is not a valid URL"))?;
+    if !matches!(parsed.scheme(), "http" | "https") || parsed.path() != NOTIFY_PATH {
+        return Err(Error::invalid_param(format!(
+            "'url' must be an http(s) URL with the path '{NOTIFY_PATH}'"
+        )));
+    }
+    let optional = |key: &str| -> Result<Option<String>> {
+        match &body[key] {
+            Value::Null => Ok(None),
+            Value::String(s) => Ok(Some(s.clone())),
+            _ => Err(Error::bad_json(format!("'{key}' must be a string"))),
+        }
+    };
+    let pusher = Pusher {
+        user_id: user.to_owned(),
+        app_id: app_id.to_owned(),
+        pushkey: pushkey.to_owned(),
+        kind: kind.to_owned(),
+        app_display_name: required_str(body, "app_display_name")?.to_owned(),
+        device_display_name: required_str(body, "device_display_name")?.to_owned(),
+        profile_tag: optional("profile_tag")?,
+        lang: required_str(body, "lang")?.to_owned(),
+        data: Value::Object(data.clone()).to_string(),
+        created_ts: now_ms(),
+        // Only what happens from now on is pushed.
+        last_stream_ordering: app.notifier.current(),
+    };
+    let append = match &body["append"] {
+        Value::Null => false,
+        Value::Bool(b) => *b,
+        _ => return Err(Error::bad_json("'append' must be a boolean")),
+    };
+    let mut tx = app.db.begin().await?;
+    if !append {
+        rows::delete_for_others(&mut *tx, user, app_id, pushkey).await?;
+    }
+    rows::upsert(&mut *tx, &pusher).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// `GET /pushers`.
+pub async fn list(app: &AppState, session: &Session) -> Result<Value> {
+    let pushers: Vec<Value> = rows::for_user(&app.db, session.user_id.as_str())
+        .await?
+        .into_iter()
+        .map(|p| {
+            let mut out = json!({
+                "app_id": p.app_id,
+                "pushkey": p.pushkey,
+                "kind": p.kind,
+                "app_display_name": p.app_display_name,
+                "device_display_name": p.device_display_name,
+                "lang": p.lang,
+                "data": serde_json::from_str::<Value>(&p.data).unwrap_or_default(),
+            });
+            if let Some(tag) = p.profile_tag {
+                out["profile_tag"] = tag.into();
+            }
+            out
+        })
+        .collect();
+    Ok(json!({ "pushers": pushers }))
+}
+
+/// `GET /notifications`: newest first, paginated by stream position.
+pub async fn notifications(
+    app: &AppState,
+    session: &Session,
+    from: Option<&str>,
+    limit: Option<u64>,
+    only: Option<&str>,
+) -> Result<Value> {
+    let user = session.user_id.as_str();
+    let before = match from {
+        None => i64::MAX,
+        Some(t) => t
+            .parse()
+            .map_err(|_| Error::invalid_param("Invalid 'from' token"))?,
+    };
+    let limit = limit.unwrap_or(20).clamp(1, 100) as i64;
+    let only_highlight = only.is_some_and(|o| o.contains("highlight"));
+    let rows = user_streams::notifications(&app.db, user, before, only_highlight, limit).await?;
+    let next_token = (rows.len() as i64 == limit)
+        .then(|| rows.last().map(|r| r.stream_ordering.to_string()))
+        .flatten();
+    let ids: Vec<String> = rows.iter().map(|r| r.event_id.clone()).collect();
+    let stored: HashMap<String, events::StoredEvent> = events::get_many(&app.db, &ids)
+        .await?
+        .into_iter()
+        .map(|e| (e.event_id.clone(), e))
+        .collect();
+    let mut read_at: HashMap<String, i64> = HashMap::new();
+    let mut out = Vec::new();
+    for row in rows {
+        let Some(event) = stored.get(&row.event_id) else {
+            continue;
+        };
+        let room_id =
+            RoomId::parse(&row.room_id).map_err(|e| anyhow::anyhow!("stored room id: {e}"))?;
+        let viewer = Viewer::new(app, &session.user_id, &room_id).await?;
+        let client =
+            super::read::client_events(&app.db, &viewer.rules, std::slice::from_ref(event))
+                .await?
+                .pop()
+                .unwrap_or_default();
+        if !read_at.contains_key(&row.room_id) {
+            let read = user_streams::read_position(&app.db, &row.room_id, user)
+                .await?
+                .unwrap_or(0);
+            read_at.insert(row.room_id.clone(), read);
+        }
+        let ts = client["origin_server_ts"].clone();
+        out.push(json!({
+            "actions": serde_json::from_str::<Value>(&row.actions).unwrap_or_default(),
+            "event": client,
+            "read": row.stream_ordering <= read_at[&row.room_id],
+            "room_id": row.room_id,
+            "ts": ts,
+        }));
+    }
+    let mut body = json!({ "notifications": out });
+    if let Some(token) = next_token {
+        body["next_token"] = token.into();
+    }
+    Ok(body)
+}
+
+/// Backoff state of one failing pusher.
+struct Failing {
+    since: Instant,
+    delay: Duration,
+    retry_at: Instant,
+}
+
+type PusherKey = (String, String, String);
+
+fn key(p: &Pusher) -> PusherKey {
+    (p.user_id.clone(), p.app_id.clone(), p.pushkey.clone())
+}
+
+/// The push worker; runs until `shutdown`.
+pub async fn run(app: AppState, shutdown: CancellationToken) {
+    let client = match reqwest::Client::builder()
+        .timeout(Duration::from_secs(15))
+        .connect_timeout(Duration::from_secs(10))
+        .build()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!("push worker: cannot build an HTTP client: {e}");
+            return;
+        }
+    };
+    let mut wake = app.notifier.subscribe();
+    let mut failing: HashMap<PusherKey, Failing> = HashMap::new();
+    loop {
+        wake.borrow_and_update();
+        if let Err(e) = deliver(&app, &client, &mut failing).await {
+            tracing::warn!("push worker: {e}");
+        }
+        let now = Instant::now();
+        let wait = failing
+            .values()
+            .map(|f| f.retry_at.saturating_duration_since(now))
+            .min()
+            .unwrap_or(Duration::from_secs(3600))
+            .max(Duration::from_millis(50));
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = app.notifier.wait(&mut wake, wait) => {}
+        }
+    }
+}
+
+/// Sends what every due pusher has pending.
+async fn deliver(
+    app: &AppState,
+    client: &reqwest::Client,
+    failing: &mut HashMap<PusherKey, Failing>,
+) -> Result<()> {
+    let pending = rows::pending(&app.db).await?;
+    let live: std::collections::HashSet<PusherKey> = pending.iter().map(key).collect();
+    failing.retain(|k, _| live.contains(k));
+    for pusher in pending {
+        let k = key(&pusher);
+        if failing.get(&k).is_some_and(|f| f.retry_at > Instant::now()) {
+            continue;
+        }
+        match deliver_one(app, client, &pusher).await {
+            Ok(()) => {
+                failing.remove(&k);
+            }
+            Err(e) => {
+                let now = Instant::now();
+                let f = failing.entry(k).or_insert(Failing {
+                    since: now,
+                    delay: FIRST_RETRY / 2,
+                    retry_at: now,
+                });
+                f.delay = (f.delay * 2).min(MAX_RETRY);
+                f.retry_at = now + f.delay;
+                tracing::info!(
+                    user = %pusher.user_id, app_id = %pusher.app_id,
+                    "push gateway failed ({e}); retrying in {:?}", f.delay
+                );
+                if now.duration_since(f.since) >= GIVE_UP_AFTER {
+                    // Skip the notification that keeps failing.
+                    if let Some(n) = user_streams::notifications_after(
+                        &app.db,
+                        &pusher.user_id,
+                        pusher.last_stream_ordering,
+                        1,
+                    )
+                    .await?
+                    .first()
+                    {
+                        rows::advance(&app.db, &pusher, n.stream_ordering).await?;
+                    }
+                    f.since = now;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Sends one pusher's pending notifications in order; stops at the first failure.
+async fn deliver_one(
+    app: &AppState,
+    client: &reqwest::Client,
+    pusher: &Pusher,
+) -> anyhow::Result<()> {
+    let data: Map<String, Value> = serde_json::from_str(&pusher.data)?;
+    let url = data
+        .get("url")
+        .and_then(Value::as_str)
+        .ok_or_else(|| anyhow::anyhow!("pusher has no url"))?
+        .to_owned();
+    let event_id_only = data.get("format").and_then(Value::as_str) == Some("event_id_only");
+    let mut device_data = data.clone();
+    device_data.remove("url");
+    let pending = user_streams::notifications_after(
+        &app.db,
+        &pusher.user_id,
+        pusher.last_stream_ordering,
+        50,
+    )
+    .await?;
+    for n in pending {
+        let unread = user_streams::unread_total(&app.db, &pusher.user_id).await?;
+        let actions: Vec<Value> = serde_json::from_str(&n.actions).unwrap_or_default();
+        let mut tweaks = Map::new();
+        for action in &actions {
+            if let Some(tweak) = action["set_tweak"].as_str() {
+                let value = match tweak {
+                    "highlight" => action.get("value").cloned().unwrap_or(Value::Bool(true)),
+                    _ => action.get("value").cloned().unwrap_or(Value::Null),
+                };
+                tweaks.insert(tweak.to_owned(), value);
+            }
+        }
+        let mut notification = json!({
+            "event_id": n.event_id,
+            "room_id": n.room_id,
+            "counts": { "unread": unread },
+            "devices": [{
+                "app_id": pusher.app_id,
+                "pushkey": pusher.pushkey,
+                "pushkey_ts": pusher.created_ts / 1000,
+                "data": device_data,
+                "tweaks": tweaks,
+            }],
+        });
+        if !event_id_only {
+            describe(
+                app,
+                &pusher.user_id,
+                &n.room_id,
+                &n.event_id,
+                &mut notification,
+            )
+            .await?;
+        }
+        let response = client
+            .post(&url)
+            .json(&json!({ "notification": notification }))
+            .send()
+            .await?;
+        let status = response.status();
+        if status.is_server_error() || status == reqwest::StatusCode::TOO_MANY_REQUESTS {
+            anyhow::bail!("gateway answered {status}");
+        }
+        let body: Value = response.json().await.unwrap_or_default();
+        let rejected = status.is_client_error()
+            || body["rejected"].as_array().is_some_and(|r| {
+                r.iter()
+                    .any(|k| k.as_str() == Some(pusher.pushkey.as_str()))
+            });
+        if rejected {
+            tracing::info!(user = %pusher.user_id, app_id = %pusher.app_id, "gateway rejected pushkey; removing pusher");
+            rows::delete(&app.db, &pusher.user_id, &pusher.app_id, &pusher.pushkey).await?;
+            return Ok(());
+        }
+        rows::advance(&app.db, pusher, n.stream_ordering).await?;
+    }
+    Ok(())
+}
+
+/// The event fields of a full-format notification.
+async fn describe(
+    app: &AppState,
+    user: &str,
+    room_id: &str,
+    event_id: &str,
+    out: &mut Value,
+) -> anyhow::Result<()> {
+    let Some(event) = events::get(&app.db, event_id).await? else {
+        return Ok(());
+    };
+    let pdu: Value = serde_json::from_str(&event.json)?;
+    out["type"] = pdu["type"].clone();
+    out["sender"] = pdu["sender"].clone();
+    out["prio"] = if out["devices"][0]["tweaks"].get("highlight").is_some()
+        || pdu["type"] == "m.room.encrypted"
+        || pdu["type"] == "m.room.message"
+    {
+        "high"
+    } else {
+        "low"
+    }
+    .into();
+    if event.redacted_by.is_none() {
+        out["content"] = pdu["content"].clone();
+    }
+    if pdu["type"] == "m.room.member" {
+        out["user_is_target"] = (pdu["state_key"].as_str() == Some(user)).into();
+    }
+    let sender = pdu["sender"].as_str().unwrap_or_default();
+    let keys = [
+        ("m.room.name", ""),
+        ("m.room.canonical_alias", ""),
+        ("m.room.member", sender),
+    ]
+    .map(|(t, k)| (t.to_owned(), k.to_owned()));
+    let Some(group) = rooms::get(&app.db, room_id)
+        .await?
+        .and_then(|r| r.current_state_group)
+    else {
+        return Ok(());
+    };
+    let ids: Vec<String> = state::state_for_keys(&app.db, group, &keys)
+        .await?
+        .into_iter()
+        .map(|(_, id)| id)
+        .collect();
+    for ev in events::get_many(&app.db, &ids).await? {
+        let state: Value = serde_json::from_str(&ev.json)?;
+        let content = &state["content"];
+        let (field, value) = match ev.event_type.as_str() {
+            "m.room.name" => ("room_name", &content["name"]),
+            "m.room.canonical_alias" => ("room_alias", &content["alias"]),
+            _ => ("sender_display_name", &content["displayname"]),
+        };
+        if value.is_string() {
+            out[field] = value.clone();
+        }
+    }
+    Ok(())
+}

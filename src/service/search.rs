@@ -1,0 +1,297 @@
+//! `POST /search` (spec: "Server Side Search") over room events, with
+//! PostgreSQL full-text search: message bodies, room names and topics are
+//! indexed when persisted (English stemming, as Synapse does); each search word
+//! matches as a prefix. Only rooms the user is joined to are searched, and each
+//! hit is checked against history visibility. Results are ranked
+//! (`order_by: rank`, the default) or newest first (`recent`); `next_batch`
+//! continues either. `groupings` and `include_state` are not implemented (the
+//! response carries neither).
+
+use std::collections::HashMap;
+
+use ruma::{
+    OwnedRoomId, RoomId, UserId,
+    api::client::search::search_events::v3::{Criteria, OrderBy, SearchKeys},
+};
+use serde_json::{Map, Value, json};
+
+use super::read::{TopoToken, Viewer, client_events};
+use crate::{
+    app::AppState,
+    error::{Error, Result},
+    storage::{events, events::StoredEvent, profiles, search as rows},
+};
+
+/// The searchable fields: (search key, content field).
+pub const KEYS: [(&str, &str); 3] = [
+    ("content.body", "body"),
+    ("content.name", "name"),
+    ("content.topic", "topic"),
+];
+
+/// What to index for an event of `event_type` with `content`: (key, text).
+pub fn indexable<'a>(event_type: &str, content: &'a Value) -> Option<(&'static str, &'a str)> {
+    let key = match event_type {
+        "m.room.message" => "content.body",
+        "m.room.name" => "content.name",
+        "m.room.topic" => "content.topic",
+        _ => return None,
+    };
+    let field = KEYS.iter().find(|(k, _)| *k == key)?.1;
+    content[field].as_str().map(|text| (key, text))
+}
+
+/// The words of a search term as a prefix-matching tsquery (`a:* & b:*`).
+fn tsquery(term: &str) -> (String, Vec<String>) {
+    let words: Vec<String> = term
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .map(str::to_lowercase)
+        .collect();
+    let query = words
+        .iter()
+        .map(|w| format!("{w}:*"))
+        .collect::<Vec<_>>()
+        .join(" & ");
+    (query, words)
+}
+
+enum Batch {
+    Rank { offset: i64 },
+    Recent { before: i64 },
+}
+
+impl Batch {
+    fn parse(token: Option<&str>, by_rank: bool) -> Result<Self> {
+        let invalid = || Error::invalid_param("Invalid next_batch token");
+        Ok(match (token, by_rank) {
+            (None, true) => Batch::Rank { offset: 0 },
+            (None, false) => Batch::Recent { before: i64::MAX },
+            (Some(t), true) => Batch::Rank {
+                offset: t
+                    .strip_prefix('r')
+                    .and_then(|n| n.parse().ok())
+                    .ok_or_else(invalid)?,
+            },
+            (Some(t), false) => Batch::Recent {
+                before: t
+                    .strip_prefix('s')
+                    .and_then(|n| n.parse().ok())
+                    .ok_or_else(invalid)?,
+            },
+        })
+    }
+}
+
+pub async fn search(
+    app: &AppState,
+    user: &UserId,
+    criteria: &Criteria,
+    next_batch: Option<&str>,
+) -> Result<Value> {
+    let filter = &criteria.filter;
+    let mut rooms = super::read::joined_rooms(app, user).await?;
+    if let Some(only) = &filter.rooms {
+        rooms.retain(|r| only.iter().any(|o| o.as_str() == r));
+    }
+    rooms.retain(|r| !filter.not_rooms.iter().any(|o| o.as_str() == r));
+    let keys: Vec<String> = match &criteria.keys {
+        Some(keys) if !keys.is_empty() => keys
+            .iter()
+            .map(|k| match k {
+                SearchKeys::ContentBody => Ok("content.body".to_owned()),
+                SearchKeys::ContentName => Ok("content.name".to_owned()),
+                SearchKeys::ContentTopic => Ok("content.topic".to_owned()),
+                other => Err(Error::invalid_param(format!(
+                    "Unknown search key {}",
+                    other.as_str()
+                ))),
+            })
+            .collect::<Result<_>>()?,
+        _ => KEYS.iter().map(|(k, _)| (*k).to_owned()).collect(),
+    };
+    let by_rank = !matches!(criteria.order_by, Some(OrderBy::Recent));
+    let batch = Batch::parse(next_batch, by_rank)?;
+    let limit = filter.limit.map_or(10, |l| u64::from(l).clamp(1, 50)) as i64;
+    let (query, words) = tsquery(&criteria.search_term);
+    let empty = json!({ "search_categories": { "room_events": {
+        "count": 0, "highlights": [], "results": [] } } });
+    if query.is_empty() || rooms.is_empty() {
+        return Ok(empty);
+    }
+
+    let hits = rows::search(
+        &app.db,
+        &rows::Query {
+            query: &query,
+            rooms: &rooms,
+            keys: &keys,
+            by_rank,
+            before: match batch {
+                Batch::Recent { before } => before,
+                Batch::Rank { .. } => i64::MAX,
+            },
+            offset: match batch {
+                Batch::Rank { offset } => offset,
+                Batch::Recent { .. } => 0,
+            },
+            limit,
+        },
+    )
+    .await?;
+    let next = (hits.len() as i64 == limit).then(|| match batch {
+        Batch::Rank { offset } => format!("r{}", offset + limit),
+        Batch::Recent { .. } => format!("s{}", hits.last().map_or(0, |h| h.stream_ordering)),
+    });
+    let count = rows::count(&app.db, &query, &rooms, &keys).await?;
+
+    let ids: Vec<String> = hits.iter().map(|h| h.event_id.clone()).collect();
+    let mut stored: HashMap<String, StoredEvent> = events::get_many(&app.db, &ids)
+        .await?
+        .into_iter()
+        .map(|e| (e.event_id.clone(), e))
+        .collect();
+    let mut viewers: HashMap<String, Viewer<'_>> = HashMap::new();
+    let room_ids: HashMap<String, OwnedRoomId> = rooms
+        .iter()
+        .filter_map(|r| RoomId::parse(r).ok().map(|id| (r.clone(), id)))
+        .collect();
+    let mut results = Vec::new();
+    for hit in hits {
+        let Some(event) = stored.remove(&hit.event_id) else {
+            continue;
+        };
+        let Some(room_id) = room_ids.get(&event.room_id) else {
+            continue;
+        };
+        if !viewers.contains_key(&event.room_id) {
+            viewers.insert(
+                event.room_id.clone(),
+                Viewer::new(app, user, room_id).await?,
+            );
+        }
+        let viewer = viewers.get_mut(&event.room_id).expect("inserted above");
+        if event.redacted_by.is_some()
+            || !filter_allows(filter, &event)
+            || !viewer.may_see(&event).await?
+        {
+            continue;
+        }
+        let mut result = json!({
+            "rank": hit.rank,
+            "result": client_events(&app.db, &viewer.rules, std::slice::from_ref(&event))
+                .await?
+                .pop()
+                .unwrap_or_default(),
+        });
+        let ctx = &criteria.event_context;
+        let (before_n, after_n) = (u64::from(ctx.before_limit), u64::from(ctx.after_limit));
+        if before_n > 0 || after_n > 0 || ctx.include_profile {
+            result["context"] = context(
+                app,
+                viewer,
+                &event,
+                before_n.min(20),
+                after_n.min(20),
+                ctx.include_profile,
+            )
+            .await?;
+        }
+        results.push(result);
+    }
+    let mut room_events = json!({
+        "count": count,
+        "highlights": words,
+        "results": results,
+    });
+    if let Some(next) = next {
+        room_events["next_batch"] = next.into();
+    }
+    Ok(json!({ "search_categories": { "room_events": room_events } }))
+}
+
+/// The filter's `types`/`not_types`/`senders`/`not_senders` on a hit.
+fn filter_allows(filter: &ruma::api::client::filter::RoomEventFilter, e: &StoredEvent) -> bool {
+    let types = super::read::TypeFilter {
+        types: filter.types.clone(),
+        not_types: filter.not_types.clone(),
+    };
+    types.matches(&e.event_type)
+        && filter
+            .senders
+            .as_ref()
+            .is_none_or(|s| s.iter().any(|u| u.as_str() == e.sender))
+        && !filter.not_senders.iter().any(|u| u.as_str() == e.sender)
+}
+
+/// `context` of a result: visible events around it and, if asked, the senders'
+/// profiles.
+async fn context(
+    app: &AppState,
+    viewer: &mut Viewer<'_>,
+    event: &StoredEvent,
+    before_n: u64,
+    after_n: u64,
+    include_profile: bool,
+) -> Result<Value> {
+    let page = |backwards: bool, n: u64| {
+        events::page(
+            &app.db,
+            &event.room_id,
+            event.depth,
+            event.stream_ordering,
+            backwards,
+            n as i64,
+        )
+    };
+    let mut before = Vec::new();
+    for e in page(true, before_n).await? {
+        if viewer.may_see(&e).await? {
+            before.push(e);
+        }
+    }
+    let mut after = Vec::new();
+    for e in page(false, after_n).await? {
+        if viewer.may_see(&e).await? {
+            after.push(e);
+        }
+    }
+    let token = |e: Option<&StoredEvent>| {
+        let e = e.unwrap_or(event);
+        TopoToken {
+            depth: e.depth,
+            stream: e.stream_ordering,
+        }
+        .to_string()
+    };
+    let mut out = json!({
+        "start": token(before.last()),
+        "end": token(after.last()),
+        "events_before": client_events(&app.db, &viewer.rules, &before).await?,
+        "events_after": client_events(&app.db, &viewer.rules, &after).await?,
+    });
+    if include_profile {
+        let mut profiles_out = Map::new();
+        for sender in before
+            .iter()
+            .chain(after.iter())
+            .chain(std::iter::once(event))
+            .map(|e| e.sender.clone())
+        {
+            if profiles_out.contains_key(&sender) {
+                continue;
+            }
+            let p = profiles::get(&app.db, &sender).await?.unwrap_or_default();
+            let mut profile = json!({});
+            if let Some(name) = p.displayname {
+                profile["displayname"] = name.into();
+            }
+            if let Some(url) = p.avatar_url {
+                profile["avatar_url"] = url.into();
+            }
+            profiles_out.insert(sender, profile);
+        }
+        out["profile_info"] = Value::Object(profiles_out);
+    }
+    Ok(out)
+}

@@ -1,0 +1,79 @@
+//! `presence`: the last presence each local user set, and when they were last active.
+
+use sqlx::PgExecutor;
+
+#[derive(Debug, Clone)]
+pub struct Presence {
+    pub user_id: String,
+    pub state: String,
+    pub status_msg: Option<String>,
+    pub last_active_ts: i64,
+    pub stream_ordering: i64,
+}
+
+pub async fn get(db: impl PgExecutor<'_>, user_id: &str) -> sqlx::Result<Option<Presence>> {
+    sqlx::query_as!(
+        Presence,
+        "select user_id, state, status_msg, last_active_ts, stream_ordering
+         from presence where user_id = $1",
+        user_id
+    )
+    .fetch_optional(db)
+    .await
+}
+
+/// Stores a change others should see, at stream position `stream`.
+pub async fn set(db: impl PgExecutor<'_>, p: &Presence) -> sqlx::Result<()> {
+    sqlx::query!(
+        "insert into presence (user_id, state, status_msg, last_active_ts, stream_ordering)
+         values ($1, $2, $3, $4, $5)
+         on conflict (user_id) do update set state = excluded.state,
+             status_msg = excluded.status_msg, last_active_ts = excluded.last_active_ts,
+             stream_ordering = excluded.stream_ordering",
+        p.user_id,
+        p.state,
+        p.status_msg,
+        p.last_active_ts,
+        p.stream_ordering
+    )
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// Records activity without telling anyone (no stream position).
+pub async fn touch(db: impl PgExecutor<'_>, user_id: &str, ts: i64) -> sqlx::Result<()> {
+    sqlx::query!(
+        "update presence set last_active_ts = $2 where user_id = $1",
+        user_id,
+        ts
+    )
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// Presence changes in `(after, upto]` that `user_id` may see: their own and
+/// those of users sharing a joined room with them.
+pub async fn visible_changes(
+    db: impl PgExecutor<'_>,
+    user_id: &str,
+    after: i64,
+    upto: i64,
+) -> sqlx::Result<Vec<Presence>> {
+    sqlx::query_as!(
+        Presence,
+        "select p.user_id, p.state, p.status_msg, p.last_active_ts, p.stream_ordering
+         from presence p
+         where p.stream_ordering > $2 and p.stream_ordering <= $3
+           and (p.user_id = $1 or exists (
+               select 1 from room_members a join room_members b on a.room_id = b.room_id
+               where a.user_id = $1 and a.membership = 'join'
+                 and b.user_id = p.user_id and b.membership = 'join'))",
+        user_id,
+        after,
+        upto
+    )
+    .fetch_all(db)
+    .await
+}

@@ -1,0 +1,123 @@
+//! `pushers`: where to send push notifications for a user's devices.
+
+use sqlx::PgExecutor;
+
+#[derive(Debug, Clone)]
+pub struct Pusher {
+    pub user_id: String,
+    pub app_id: String,
+    pub pushkey: String,
+    pub kind: String,
+    pub app_display_name: String,
+    pub device_display_name: String,
+    pub profile_tag: Option<String>,
+    pub lang: String,
+    pub data: String,
+    pub created_ts: i64,
+    pub last_stream_ordering: i64,
+}
+
+pub async fn for_user(db: impl PgExecutor<'_>, user_id: &str) -> sqlx::Result<Vec<Pusher>> {
+    sqlx::query_as!(
+        Pusher,
+        "select * from pushers where user_id = $1 order by created_ts",
+        user_id
+    )
+    .fetch_all(db)
+    .await
+}
+
+/// Inserts or replaces the user's pusher with this app id and pushkey.
+/// A replaced pusher keeps its position, so nothing is pushed twice.
+pub async fn upsert(db: impl PgExecutor<'_>, p: &Pusher) -> sqlx::Result<()> {
+    sqlx::query!(
+        "insert into pushers (user_id, app_id, pushkey, kind, app_display_name,
+             device_display_name, profile_tag, lang, data, created_ts, last_stream_ordering)
+         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+         on conflict (app_id, pushkey, user_id) do update set kind = excluded.kind,
+             app_display_name = excluded.app_display_name,
+             device_display_name = excluded.device_display_name,
+             profile_tag = excluded.profile_tag, lang = excluded.lang, data = excluded.data",
+        p.user_id,
+        p.app_id,
+        p.pushkey,
+        p.kind,
+        p.app_display_name,
+        p.device_display_name,
+        p.profile_tag,
+        p.lang,
+        p.data,
+        p.created_ts,
+        p.last_stream_ordering
+    )
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+pub async fn delete(
+    db: impl PgExecutor<'_>,
+    user_id: &str,
+    app_id: &str,
+    pushkey: &str,
+) -> sqlx::Result<u64> {
+    Ok(sqlx::query!(
+        "delete from pushers where user_id = $1 and app_id = $2 and pushkey = $3",
+        user_id,
+        app_id,
+        pushkey
+    )
+    .execute(db)
+    .await?
+    .rows_affected())
+}
+
+/// Removes other users' pushers for the same app and pushkey (the device now
+/// belongs to someone else).
+pub async fn delete_for_others(
+    db: impl PgExecutor<'_>,
+    user_id: &str,
+    app_id: &str,
+    pushkey: &str,
+) -> sqlx::Result<()> {
+    sqlx::query!(
+        "delete from pushers where user_id <> $1 and app_id = $2 and pushkey = $3",
+        user_id,
+        app_id,
+        pushkey
+    )
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+pub async fn advance(
+    db: impl PgExecutor<'_>,
+    p: &Pusher,
+    stream_ordering: i64,
+) -> sqlx::Result<()> {
+    sqlx::query!(
+        "update pushers set last_stream_ordering = greatest(last_stream_ordering, $4)
+         where user_id = $1 and app_id = $2 and pushkey = $3",
+        p.user_id,
+        p.app_id,
+        p.pushkey,
+        stream_ordering
+    )
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// All HTTP pushers with notifications they have not been sent.
+pub async fn pending(db: impl PgExecutor<'_>) -> sqlx::Result<Vec<Pusher>> {
+    sqlx::query_as!(
+        Pusher,
+        "select p.* from pushers p
+         where p.kind = 'http' and exists (
+             select 1 from event_push_actions a
+             where a.user_id = p.user_id and a.stream_ordering > p.last_stream_ordering)"
+    )
+    .fetch_all(db)
+    .await
+}
