@@ -41,6 +41,8 @@ pub struct AppState {
     pub notifier: Notifier,
     /// Who is typing where (in memory, with its own serial).
     pub typing: Arc<Typing>,
+    /// Sliding-sync connection state (in memory).
+    pub sliding: Arc<crate::service::sliding_sync::Connections>,
 }
 
 impl AppState {
@@ -65,6 +67,7 @@ impl AppState {
             signing_key: Arc::new(signing_key),
             notifier: Notifier::new(persisted),
             typing: Arc::default(),
+            sliding: Arc::default(),
             config: Arc::new(config),
             db,
         })

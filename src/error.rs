@@ -47,6 +47,8 @@ pub enum ErrorKind {
     WrongRoomKeysVersion {
         current_version: Option<String>,
     },
+    /// `400 M_UNKNOWN_POS`: a sliding-sync `pos` the server no longer knows.
+    UnknownPos,
     /// `409 M_UNKNOWN`: the resource exists already (aliases).
     Conflict,
     /// `400 M_UNKNOWN`: a request Lattice understands but does not support.
@@ -79,6 +81,7 @@ impl ErrorKind {
             Self::RoomInUse => "M_ROOM_IN_USE",
             Self::BadAlias => "M_BAD_ALIAS",
             Self::WrongRoomKeysVersion { .. } => "M_WRONG_ROOM_KEYS_VERSION",
+            Self::UnknownPos => "M_UNKNOWN_POS",
             Self::Conflict => "M_UNKNOWN",
             Self::BadRequest | Self::Unknown => "M_UNKNOWN",
         }
@@ -111,6 +114,7 @@ impl ErrorKind {
             | Self::UnsupportedRoomVersion
             | Self::RoomInUse
             | Self::BadAlias
+            | Self::UnknownPos
             | Self::BadRequest => StatusCode::BAD_REQUEST,
         }
     }

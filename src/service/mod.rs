@@ -20,6 +20,7 @@ pub mod receipts;
 pub mod room;
 pub mod search;
 pub mod session;
+pub mod sliding_sync;
 pub mod space;
 pub mod stream;
 pub mod sync;

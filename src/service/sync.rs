@@ -503,7 +503,7 @@ async fn left_room(
 }
 
 /// Stripped state for an invite (spec: "Stripped state"): enough to show the room.
-async fn stripped_state(
+pub(super) async fn stripped_state(
     app: &AppState,
     room_id: &RoomId,
     invite_event: &str,

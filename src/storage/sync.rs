@@ -113,3 +113,33 @@ pub async fn get_filter(
     .fetch_optional(db)
     .await
 }
+
+pub struct BumpStamp {
+    pub room_id: String,
+    pub stream_ordering: Option<i64>,
+}
+
+/// For each room, the position of its newest event at or before `upto` whose
+/// type is one of `types` (what moves a room up a sliding-sync list). Walks each
+/// room's stream index backwards, so it stops at the first match.
+pub async fn bump_stamps(
+    db: impl PgExecutor<'_>,
+    rooms: &[String],
+    types: &[String],
+    upto: i64,
+) -> sqlx::Result<Vec<BumpStamp>> {
+    sqlx::query_as!(
+        BumpStamp,
+        r#"select r as "room_id!",
+                  (select e.stream_ordering from events e
+                   where e.room_id = r and e.event_type = any($2)
+                     and e.stream_ordering <= $3 and not e.rejected
+                   order by e.stream_ordering desc limit 1) as stream_ordering
+           from unnest($1::text[]) r"#,
+        rooms,
+        types,
+        upto
+    )
+    .fetch_all(db)
+    .await
+}

@@ -11,6 +11,7 @@ mod harness;
 mod push;
 mod rooms;
 mod sdk;
+mod sliding;
 mod social;
 mod sync;
 mod timeline;

@@ -224,3 +224,17 @@ async fn matrix_rust_sdk_encrypted_chat() {
         "{messages:?}"
     );
 }
+
+/// matrix-rust-sdk's sliding sync (MSC4186, what Element X uses): the room list
+/// shows both of Alice's rooms with their names, and Bob's message arrives
+/// through it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn matrix_rust_sdk_sliding_sync_room_list() {
+    let server = TestServer::start().await;
+    let room = rust_sdk_chat(&server, "sliding").await;
+    let messages = stored_messages(&server, &room).await;
+    assert!(
+        messages.contains(&("m.room.message".into(), user_id("bob"))),
+        "{messages:?}"
+    );
+}

@@ -33,8 +33,12 @@ pub fn router() -> Router<AppState> {
 async fn versions(
     Ruma(_): Ruma<get_supported_versions::Request>,
 ) -> RumaResponse<get_supported_versions::Response> {
-    let response =
+    let mut response =
         get_supported_versions::Response::new(VERSIONS.iter().map(|v| (*v).to_owned()).collect());
+    // Simplified sliding sync (MSC4186), as Synapse advertises it.
+    response
+        .unstable_features
+        .insert("org.matrix.simplified_msc3575".to_owned(), true);
     RumaResponse(response)
 }
 

@@ -21,6 +21,7 @@ use crate::{
     service::{
         presence,
         read::TypeFilter,
+        sliding_sync,
         sync::{self, Params},
     },
     storage::{now_ms, sync as rows},
@@ -31,6 +32,16 @@ pub fn router() -> Router<AppState> {
         .ruma::<sync_events::v3::Request, _, _>(sync_handler)
         .ruma::<create_filter::v3::Request, _, _>(create)
         .ruma::<get_filter::v3::Request, _, _>(get)
+        .ruma::<sync_events::v5::Request, _, _>(sliding)
+}
+
+/// Simplified sliding sync (MSC4186), which Element X uses.
+async fn sliding(
+    State(app): State<AppState>,
+    AuthUser(user): AuthUser,
+    Ruma(req): Ruma<sync_events::v5::Request>,
+) -> Result<Json<Value>> {
+    Ok(Json(sliding_sync::sync(&app, &user, &req).await?))
 }
 
 async fn sync_handler(

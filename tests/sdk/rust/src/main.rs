@@ -1,11 +1,17 @@
 //! Drives two matrix-rust-sdk clients against a Lattice server.
 //!
-//! `lattice-sdk-client <homeserver> <plain|encrypted> <alice> <alice-pw> <bob> <bob-pw>`
+//! `lattice-sdk-client <homeserver> <plain|encrypted|sliding> <alice> <alice-pw> <bob> <bob-pw>`
 //!
-//! Alice creates a room (encrypted or not) and invites Bob; Bob joins; each sends
-//! a message and each must see the other's plaintext (decrypted by the SDK in the
-//! encrypted case). Prints `ok <room id>` on success; anything else fails with a
-//! message on stderr and a non-zero exit.
+//! plain, encrypted: Alice creates a room (encrypted or not) and invites Bob; Bob
+//! joins; each sends a message and each must see the other's plaintext
+//! (decrypted by the SDK in the encrypted case), over `/sync`.
+//!
+//! sliding: Alice creates two named rooms and Bob joins one; Alice's client uses
+//! simplified sliding sync (MSC4186, as Element X does): a room list that must
+//! show both rooms with their names, then Bob's message arriving through it.
+//!
+//! Prints `ok <room id>` on success; anything else fails with a message on
+//! stderr and a non-zero exit.
 
 use std::{
     sync::{Arc, Mutex},
@@ -14,14 +20,14 @@ use std::{
 
 use anyhow::{Context, Result, bail, ensure};
 use matrix_sdk::{
-    Client, RoomState,
+    Client, RoomState, SlidingSyncList, SlidingSyncMode,
     config::SyncSettings,
     room::Room,
     ruma::{
         OwnedRoomId, OwnedUserId,
         api::client::room::create_room::v3::Request as CreateRoom,
         events::{
-            InitialStateEvent,
+            InitialStateEvent, StateEventType,
             room::{
                 encryption::RoomEncryptionEventContent,
                 message::{MessageType, OriginalSyncRoomMessageEvent, RoomMessageEventContent},
@@ -107,6 +113,7 @@ async fn run() -> Result<String> {
     let encrypted = match mode.as_str() {
         "plain" => false,
         "encrypted" => true,
+        "sliding" => return sliding(homeserver, alice_user, alice_pw, bob_user, bob_pw).await,
         other => bail!("unknown mode {other}"),
     };
     let (alice, alice_seen) = login(homeserver, alice_user, alice_pw, "ALICEDEV").await?;
@@ -183,6 +190,89 @@ async fn run() -> Result<String> {
         saw(&alice_seen, &room_id, &bob_id, reply)
     })
     .await?;
+    Ok(room_id.to_string())
+}
+
+async fn sliding(
+    homeserver: &str,
+    alice_user: &str,
+    alice_pw: &str,
+    bob_user: &str,
+    bob_pw: &str,
+) -> Result<String> {
+    let (alice, alice_seen) = login(homeserver, alice_user, alice_pw, "ALICESS").await?;
+    let (bob, _) = login(homeserver, bob_user, bob_pw, "BOBSS").await?;
+    let bob_id = bob.user_id().context("bob's user id")?.to_owned();
+    let mut names = Vec::new();
+    let mut rooms = Vec::new();
+    for name in ["sliding one", "sliding two"] {
+        let mut request = CreateRoom::new();
+        request.name = Some(name.to_owned());
+        request.invite = vec![bob_id.clone()];
+        let room = alice
+            .create_room(request)
+            .await
+            .context("creating a room")?;
+        names.push(name);
+        rooms.push(room.room_id().to_owned());
+    }
+    let room_id = rooms[0].clone();
+    let bob_room = bob.join_room_by_id(&room_id).await.context("bob joining")?;
+
+    let sliding = alice
+        .sliding_sync("room-list")?
+        .with_all_extensions()
+        .poll_timeout(Duration::from_secs(1))
+        .add_list(
+            SlidingSyncList::builder("all")
+                .sync_mode(SlidingSyncMode::new_selective().add_range(0..=20))
+                .timeline_limit(5)
+                .required_state(vec![
+                    (StateEventType::RoomName, String::new()),
+                    (StateEventType::RoomEncryption, String::new()),
+                    (StateEventType::RoomMember, "$LAZY".to_owned()),
+                ]),
+        )
+        .build()
+        .await
+        .context("building sliding sync")?;
+    sliding.sync_once().await.context("first sliding sync")?;
+    let count = sliding
+        .on_list("all", |list| {
+            std::future::ready(list.maximum_number_of_rooms())
+        })
+        .await
+        .flatten();
+    ensure!(
+        count == Some(2),
+        "the room list counts {count:?} rooms, not 2"
+    );
+    for (room, name) in rooms.iter().zip(&names) {
+        let known = alice
+            .get_room(room)
+            .with_context(|| format!("room {room} unknown"))?;
+        ensure!(
+            known.name().as_deref() == Some(*name),
+            "room {room} is named {:?}, not {name}",
+            known.name()
+        );
+    }
+
+    let hello = "hello over sliding sync";
+    bob_room
+        .send(RoomMessageEventContent::text_plain(hello))
+        .await
+        .context("bob sending")?;
+    for _ in 0..ROUNDS {
+        if saw(&alice_seen, &room_id, &bob_id, hello) {
+            return Ok(room_id.to_string());
+        }
+        sliding.sync_once().await.context("sliding sync")?;
+    }
+    ensure!(
+        saw(&alice_seen, &room_id, &bob_id, hello),
+        "bob's message never arrived over sliding sync"
+    );
     Ok(room_id.to_string())
 }
 
