@@ -11,7 +11,11 @@
 //!    sequential and with 20 connections, to show how close the send path is to
 //!    the database's own write ceiling (ratios printed);
 //! 5. state storage: bytes of state tables per state change while 1,000 members
-//!    join one room.
+//!    join one room;
+//! 6. sync: wake-up latency (a send until another user's long-poll `/sync`
+//!    returns it, p50/p95), initial `/sync` and sliding sync for a user in 300
+//!    rooms with history, and the cost of an incremental `/sync` call, next to
+//!    the baseline of an authenticated `whoami` round trip on the same server.
 
 use std::{
     sync::Arc,
@@ -45,6 +49,15 @@ struct Args {
     /// Members joining the room in the state-storage phase.
     #[arg(long, default_value_t = 1000)]
     members: usize,
+    /// Rooms of the user whose initial sync is timed.
+    #[arg(long, default_value_t = 300)]
+    sync_rooms: usize,
+    /// Messages of history per room in the sync phase.
+    #[arg(long, default_value_t = 10)]
+    sync_history: usize,
+    /// Wake-ups measured in the sync phase.
+    #[arg(long, default_value_t = 100)]
+    wakeups: usize,
 }
 
 struct Client {
@@ -54,6 +67,33 @@ struct Client {
 }
 
 impl Client {
+    async fn get(&self, path: &str) -> anyhow::Result<Value> {
+        let resp = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .send()
+            .await?;
+        let status = resp.status();
+        let body: Value = resp.json().await?;
+        anyhow::ensure!(status.is_success(), "GET {path}: {status} {body}");
+        Ok(body)
+    }
+
+    async fn post_raw(&self, path: &str, body: Value) -> anyhow::Result<Value> {
+        let resp = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .json(&body)
+            .send()
+            .await?;
+        let status = resp.status();
+        let body: Value = resp.json().await?;
+        anyhow::ensure!(status.is_success(), "POST {path}: {status} {body}");
+        Ok(body)
+    }
+
     async fn post(&self, path: &str, body: Value) -> anyhow::Result<Value> {
         let resp = self
             .http
@@ -272,8 +312,176 @@ async fn run(args: &Args, admin: &PgConnectOptions, db_name: &str) -> anyhow::Re
         lattice::service::event::MAX_STATE_CHAIN
     );
 
+    sync_phase(args, &state_app, &http, &base, &clients).await?;
+
     server.stop().await;
     db.close().await;
+    Ok(())
+}
+
+fn millis(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn summary(mut samples: Vec<Duration>) -> (Duration, Duration) {
+    samples.sort();
+    (percentile(&samples, 0.5), percentile(&samples, 0.95))
+}
+
+/// 6. Sync: wake-up latency, initial sync of a user in many rooms, and
+/// incremental sync cost, against a `whoami` round trip as the baseline.
+async fn sync_phase(
+    args: &Args,
+    app: &AppState,
+    http: &reqwest::Client,
+    base: &str,
+    clients: &[Arc<Client>],
+) -> anyhow::Result<()> {
+    let sender = clients[0].clone();
+    let reader = clients[1].clone();
+    let room = sender
+        .post("/createRoom", json!({ "preset": "public_chat" }))
+        .await?["room_id"]
+        .as_str()
+        .context("room_id")?
+        .to_owned();
+    reader
+        .post(&format!("/rooms/{room}/join"), json!({}))
+        .await?;
+    let filter = format!(r#"{{"room":{{"rooms":["{room}"]}},"presence":{{"types":[]}}}}"#);
+    let mut since = reader
+        .get(&format!("/_matrix/client/v3/sync?filter={filter}"))
+        .await?["next_batch"]
+        .as_str()
+        .context("next_batch")?
+        .to_owned();
+    let mut wake = Vec::new();
+    for i in 0..args.wakeups {
+        let poll = {
+            let reader = reader.clone();
+            let path = format!(
+                "/_matrix/client/v3/sync?since={since}&timeout=30000&set_presence=offline&filter={filter}"
+            );
+            tokio::spawn(async move { reader.get(&path).await })
+        };
+        // Wait until the long-poll is parked on the notifier.
+        let parked = Instant::now();
+        while app.notifier.waiting() == 0 {
+            anyhow::ensure!(
+                parked.elapsed() < Duration::from_secs(10),
+                "sync never parked"
+            );
+            tokio::time::sleep(Duration::from_micros(200)).await;
+        }
+        let start = Instant::now();
+        sender.send(&room, &format!("wake{i}")).await?;
+        let body = poll.await??;
+        wake.push(start.elapsed());
+        since = body["next_batch"]
+            .as_str()
+            .context("next_batch")?
+            .to_owned();
+    }
+    let (p50, p95) = summary(wake);
+    println!(
+        "6. sync wake-up (send until the other user's long-poll returns): {} samples, p50 {:.2} ms, p95 {:.2} ms",
+        args.wakeups,
+        millis(p50),
+        millis(p95)
+    );
+
+    // A user in many rooms, each with some history.
+    let many = register(http, base, "syncer").await?;
+    let setup = Instant::now();
+    for r in 0..args.sync_rooms {
+        let id = many
+            .post("/createRoom", json!({ "name": format!("room {r}") }))
+            .await?["room_id"]
+            .as_str()
+            .context("room_id")?
+            .to_owned();
+        for m in 0..args.sync_history {
+            many.send(&id, &format!("h{r}-{m}")).await?;
+        }
+    }
+    println!(
+        "   set-up: {} rooms x {} messages in {:.1} s",
+        args.sync_rooms,
+        args.sync_history,
+        setup.elapsed().as_secs_f64()
+    );
+    let mut initial = Vec::new();
+    let mut token = String::new();
+    for _ in 0..3 {
+        let start = Instant::now();
+        let body = many
+            .get("/_matrix/client/v3/sync?set_presence=offline")
+            .await?;
+        initial.push(start.elapsed());
+        let joined = body["rooms"]["join"].as_object().map_or(0, |j| j.len());
+        anyhow::ensure!(joined >= args.sync_rooms, "initial sync saw {joined} rooms");
+        token = body["next_batch"]
+            .as_str()
+            .context("next_batch")?
+            .to_owned();
+    }
+    let (initial_p50, _) = summary(initial.clone());
+    let mut sliding = Vec::new();
+    for _ in 0..3 {
+        let start = Instant::now();
+        let body = many
+            .post_raw(
+                "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync",
+                json!({ "conn_id": "bench", "lists": { "all": {
+                    "ranges": [[0, 19]], "timeline_limit": 1,
+                    "required_state": [["m.room.name", ""], ["m.room.member", "$LAZY"]],
+                } } }),
+            )
+            .await?;
+        sliding.push(start.elapsed());
+        anyhow::ensure!(
+            body["lists"]["all"]["count"].as_u64() == Some(args.sync_rooms as u64),
+            "sliding sync count: {}",
+            body["lists"]["all"]
+        );
+    }
+    let (sliding_p50, _) = summary(sliding);
+    println!(
+        "   initial /sync, {} rooms (timeline 10 each): median of 3 {:.1} ms; sliding sync, first 20 rooms of {}: median of 3 {:.1} ms",
+        args.sync_rooms,
+        millis(initial_p50),
+        args.sync_rooms,
+        millis(sliding_p50)
+    );
+
+    // Incremental sync with nothing new, and the whoami baseline.
+    let n = 100;
+    let mut incremental = Vec::new();
+    for _ in 0..n {
+        let start = Instant::now();
+        many.get(&format!(
+            "/_matrix/client/v3/sync?since={token}&timeout=0&set_presence=offline"
+        ))
+        .await?;
+        incremental.push(start.elapsed());
+    }
+    let mut whoami = Vec::new();
+    for _ in 0..n {
+        let start = Instant::now();
+        many.get("/_matrix/client/v3/account/whoami").await?;
+        whoami.push(start.elapsed());
+    }
+    let (inc50, inc95) = summary(incremental);
+    let (who50, who95) = summary(whoami);
+    println!(
+        "   incremental /sync, nothing new, {} rooms: p50 {:.2} ms p95 {:.2} ms; baseline whoami p50 {:.2} ms p95 {:.2} ms; ratio p50 {:.1}",
+        args.sync_rooms,
+        millis(inc50),
+        millis(inc95),
+        millis(who50),
+        millis(who95),
+        inc50.as_secs_f64() / who50.as_secs_f64()
+    );
     Ok(())
 }
 
