@@ -43,6 +43,9 @@ pub struct AppState {
     pub typing: Arc<Typing>,
     /// Sliding-sync connection state (in memory).
     pub sliding: Arc<crate::service::sliding_sync::Connections>,
+    /// Bumped whenever an async upload receives its bytes (wakes downloads
+    /// waiting for it).
+    pub media_uploaded: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 impl AppState {
@@ -68,6 +71,7 @@ impl AppState {
             notifier: Notifier::new(persisted),
             typing: Arc::default(),
             sliding: Arc::default(),
+            media_uploaded: Arc::new(tokio::sync::watch::Sender::new(0)),
             config: Arc::new(config),
             db,
         })
@@ -139,6 +143,11 @@ async fn purge_worker(state: AppState, shutdown: CancellationToken) {
             _ = tick.tick() => {
                 if let Err(e) = uia::purge_expired(&state).await {
                     tracing::warn!(error = %e, "purging expired UIA sessions failed");
+                }
+                match crate::service::media::collect_garbage(&state).await {
+                    Ok((0, 0)) => {}
+                    Ok((lapsed, previews)) => tracing::info!(lapsed, previews, "media clean-up"),
+                    Err(e) => tracing::warn!(error = %e, "media clean-up failed"),
                 }
             }
         }

@@ -43,6 +43,7 @@ pub struct Config {
     pub rate_limits: RateLimits,
     pub limits: Limits,
     pub rooms: Rooms,
+    pub media: Media,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -223,6 +224,97 @@ impl Default for Rooms {
     }
 }
 
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Media {
+    /// Largest upload, in bytes (`m.upload.size`).
+    pub max_upload_bytes: u64,
+    /// Serve the unauthenticated `/_matrix/media/v3/download` and `/thumbnail`
+    /// endpoints. Off, as Synapse since spec v1.11: clients use the
+    /// authenticated `/_matrix/client/v1/media/...` endpoints.
+    pub legacy_unauthenticated: bool,
+    /// Images with more pixels than this are not decoded for thumbnails.
+    pub max_image_pixels: u64,
+    /// How long an id from `/media/v1/create` waits for its upload.
+    pub unused_expiry_secs: u64,
+    /// Ids from `/create` a user may hold unfilled at once.
+    pub max_pending_uploads: i64,
+    pub url_preview: UrlPreview,
+}
+
+impl Default for Media {
+    fn default() -> Self {
+        Self {
+            max_upload_bytes: 50 * 1024 * 1024,
+            legacy_unauthenticated: false,
+            max_image_pixels: 32_000_000,
+            unused_expiry_secs: 24 * 60 * 60,
+            max_pending_uploads: 50,
+            url_preview: UrlPreview::default(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UrlPreview {
+    /// `/preview_url` is off unless enabled.
+    pub enabled: bool,
+    /// Address ranges never fetched (CIDR). The default covers loopback,
+    /// private, link-local, CGNAT, multicast and reserved ranges, v4 and v6.
+    pub ip_range_blocklist: Vec<String>,
+    /// Ranges fetched even though the blocklist covers them.
+    pub ip_range_allowlist: Vec<String>,
+    /// Largest page or image fetched, in bytes.
+    pub max_bytes: u64,
+    /// Time limit for one preview, all redirects included.
+    pub timeout_secs: u64,
+    /// How long a preview is cached.
+    pub cache_secs: u64,
+}
+
+impl Default for UrlPreview {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            ip_range_blocklist: [
+                "0.0.0.0/8",
+                "10.0.0.0/8",
+                "100.64.0.0/10",
+                "127.0.0.0/8",
+                "169.254.0.0/16",
+                "172.16.0.0/12",
+                "192.0.0.0/24",
+                "192.0.2.0/24",
+                "192.88.99.0/24",
+                "192.168.0.0/16",
+                "198.18.0.0/15",
+                "198.51.100.0/24",
+                "203.0.113.0/24",
+                "224.0.0.0/4",
+                "240.0.0.0/4",
+                "255.255.255.255/32",
+                "::/128",
+                "::1/128",
+                "::ffff:0:0/96",
+                "64:ff9b::/96",
+                "100::/64",
+                "2001:db8::/32",
+                "fc00::/7",
+                "fe80::/10",
+                "fec0::/10",
+                "ff00::/8",
+            ]
+            .map(String::from)
+            .to_vec(),
+            ip_range_allowlist: Vec::new(),
+            max_bytes: 10 * 1024 * 1024,
+            timeout_secs: 10,
+            cache_secs: 60 * 60,
+        }
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Self {
@@ -241,6 +333,7 @@ impl Default for Config {
             rate_limits: RateLimits::default(),
             limits: Limits::default(),
             rooms: Rooms::default(),
+            media: Media::default(),
         }
     }
 }

@@ -49,6 +49,10 @@ pub enum ErrorKind {
     },
     /// `400 M_UNKNOWN_POS`: a sliding-sync `pos` the server no longer knows.
     UnknownPos,
+    /// `409 M_CANNOT_OVERWRITE_MEDIA`: an async upload id already has its bytes.
+    CannotOverwriteMedia,
+    /// `504 M_NOT_YET_UPLOADED`: an async upload id still waits for its bytes.
+    NotYetUploaded,
     /// `409 M_UNKNOWN`: the resource exists already (aliases).
     Conflict,
     /// `400 M_UNKNOWN`: a request Lattice understands but does not support.
@@ -82,6 +86,8 @@ impl ErrorKind {
             Self::BadAlias => "M_BAD_ALIAS",
             Self::WrongRoomKeysVersion { .. } => "M_WRONG_ROOM_KEYS_VERSION",
             Self::UnknownPos => "M_UNKNOWN_POS",
+            Self::CannotOverwriteMedia => "M_CANNOT_OVERWRITE_MEDIA",
+            Self::NotYetUploaded => "M_NOT_YET_UPLOADED",
             Self::Conflict => "M_UNKNOWN",
             Self::BadRequest | Self::Unknown => "M_UNKNOWN",
         }
@@ -98,7 +104,8 @@ impl ErrorKind {
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::WrongRoomKeysVersion { .. } => StatusCode::FORBIDDEN,
             Self::ServerControlled => StatusCode::METHOD_NOT_ALLOWED,
-            Self::Conflict => StatusCode::CONFLICT,
+            Self::Conflict | Self::CannotOverwriteMedia => StatusCode::CONFLICT,
+            Self::NotYetUploaded => StatusCode::GATEWAY_TIMEOUT,
             Self::LimitExceeded { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Unrecognized { status } => *status,
             Self::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,

@@ -3,6 +3,7 @@
 pub mod auth;
 pub mod client;
 pub mod json;
+pub mod media;
 pub mod ruma;
 pub mod synapse_admin;
 
@@ -26,6 +27,7 @@ pub fn router(state: AppState, client: bool) -> Router {
     if client {
         router = router
             .merge(client::router())
+            .merge(media::router())
             .merge(synapse_admin::router());
     }
     router

@@ -328,7 +328,7 @@ fn summary(mut samples: Vec<Duration>) -> (Duration, Duration) {
     (percentile(&samples, 0.5), percentile(&samples, 0.95))
 }
 
-/// 6. Sync: wake-up latency, initial sync of a user in many rooms, and
+/// Phase 6, sync: wake-up latency, initial sync of a user in many rooms, and
 /// incremental sync cost, against a `whoami` round trip as the baseline.
 async fn sync_phase(
     args: &Args,

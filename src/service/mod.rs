@@ -9,6 +9,7 @@ pub mod directory;
 pub mod e2e;
 pub mod event;
 pub mod keys;
+pub mod media;
 pub mod membership;
 pub mod presence;
 pub mod profile;
@@ -29,6 +30,7 @@ pub mod to_device;
 pub mod typing;
 pub mod uia;
 pub mod upgrade;
+pub mod url_preview;
 pub mod user_directory;
 
 /// Runs CPU-heavy work (argon2, signing big events, state resolution) off the async

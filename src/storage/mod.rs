@@ -6,6 +6,7 @@ pub mod e2e_keys;
 pub mod embedded_pg;
 pub mod events;
 pub mod keys;
+pub mod media;
 pub mod presence;
 pub mod profiles;
 pub mod pushers;

@@ -153,6 +153,8 @@ pub struct TestServer {
     pub client: reqwest::Client,
     server: Option<Server>,
     db: Option<Database>,
+    /// The data directory (media) of servers started by `start_with`.
+    _data: Option<tempfile::TempDir>,
 }
 
 pub const SERVER_NAME: &str = "test.local";
@@ -180,11 +182,15 @@ impl TestServer {
     }
 
     pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> Self {
+        let data = tempfile::tempdir().expect("data dir");
         let mut config = test_config();
+        config.data_dir = data.path().to_owned();
         tweak(&mut config);
         config.database.url = Some(fresh_database_url().await);
         config.database.max_connections = 5;
-        Self::start_config(config).await
+        let mut server = Self::start_config(config).await;
+        server._data = Some(data);
+        server
     }
 
     pub async fn start_config(config: Config) -> Self {
@@ -202,6 +208,7 @@ impl TestServer {
             client: reqwest::Client::new(),
             server: Some(server),
             db: Some(db),
+            _data: None,
         }
     }
 

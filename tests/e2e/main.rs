@@ -8,6 +8,7 @@ mod e2ee;
 mod embedded;
 mod errors;
 mod harness;
+mod media;
 mod push;
 mod rooms;
 mod sdk;

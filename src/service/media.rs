@@ -1,0 +1,579 @@
+//! The media repository (spec: "Content repository"): uploads (direct and
+//! async via `/create`), downloads, thumbnails.
+//!
+//! Bytes are streamed to a temporary file while their SHA-256 is computed, then
+//! renamed to `<data_dir>/media/<ab>/<cd>/<sha256>`; identical uploads share one
+//! file. Rows in `media` map each `mxc://` id to its file; a file is deleted when
+//! no row uses it any more.
+//!
+//! Thumbnails use the standard sizes Synapse serves (32×32 and 96×96 cropped,
+//! 320×240, 640×480 and 800×600 scaled), picked as the smallest at least as big
+//! as asked, generated on first request in a blocking task and cached as files
+//! of their own. An image is only decoded if its header declares at most
+//! `media.max_image_pixels`, and decoding runs under the `image` crate's
+//! allocation limit, so a decompression bomb costs a header read.
+
+use std::{
+    io::Cursor,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
+use rand::{Rng, distributions::Alphanumeric};
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncWriteExt;
+
+use super::session::Session;
+use crate::{
+    app::AppState,
+    error::{Error, ErrorKind, Result},
+    storage::{media as rows, media::Media, now_ms},
+};
+
+/// (width, height, method) of the thumbnails served.
+const SIZES: [(u32, u32, &str); 5] = [
+    (32, 32, "crop"),
+    (96, 96, "crop"),
+    (320, 240, "scale"),
+    (640, 480, "scale"),
+    (800, 600, "scale"),
+];
+
+/// Content types served inline; everything else is an attachment.
+const INLINE_TYPES: &[&str] = &[
+    "text/css",
+    "text/plain",
+    "text/csv",
+    "application/json",
+    "application/ld+json",
+    "image/jpeg",
+    "image/gif",
+    "image/png",
+    "image/apng",
+    "image/webp",
+    "image/avif",
+    "video/mp4",
+    "video/webm",
+    "video/ogg",
+    "video/quicktime",
+    "audio/mp4",
+    "audio/webm",
+    "audio/aac",
+    "audio/mpeg",
+    "audio/ogg",
+    "audio/wave",
+    "audio/wav",
+    "audio/x-wav",
+    "audio/x-pn-wav",
+    "audio/flac",
+    "audio/x-flac",
+];
+
+pub fn is_inline(content_type: &str) -> bool {
+    let base = content_type
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    INLINE_TYPES.contains(&base.as_str())
+}
+
+fn media_root(app: &AppState) -> PathBuf {
+    app.config.data_dir.join("media")
+}
+
+/// Where the file with this hash lives.
+pub fn file_path(app: &AppState, sha256: &str) -> PathBuf {
+    media_root(app)
+        .join(&sha256[0..2])
+        .join(&sha256[2..4])
+        .join(sha256)
+}
+
+fn new_media_id() -> String {
+    rand::thread_rng()
+        .sample_iter(&Alphanumeric)
+        .take(24)
+        .map(char::from)
+        .collect()
+}
+
+/// Streams `body` into the store; returns (sha256, size). Refuses with
+/// `413 M_TOO_LARGE` as soon as the body passes `limit`, keeping nothing.
+pub async fn store_stream<S, E>(app: &AppState, mut body: S, limit: u64) -> Result<(String, u64)>
+where
+    S: Stream<Item = std::result::Result<Bytes, E>> + Unpin,
+    E: std::fmt::Display,
+{
+    let tmp_dir = media_root(app).join("tmp");
+    tokio::fs::create_dir_all(&tmp_dir)
+        .await
+        .map_err(|e| anyhow::anyhow!("creating {}: {e}", tmp_dir.display()))?;
+    let tmp = tmp_dir.join(new_media_id());
+    let result = async {
+        let mut file = tokio::fs::File::create(&tmp)
+            .await
+            .map_err(|e| anyhow::anyhow!("creating {}: {e}", tmp.display()))?;
+        let mut hasher = Sha256::new();
+        let mut size: u64 = 0;
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|e| Error::bad_json(format!("Reading the upload: {e}")))?;
+            size += chunk.len() as u64;
+            if size > limit {
+                return Err(Error::new(
+                    ErrorKind::TooLarge,
+                    format!("Uploads are limited to {limit} bytes"),
+                ));
+            }
+            hasher.update(&chunk);
+            file.write_all(&chunk)
+                .await
+                .map_err(|e| anyhow::anyhow!("writing an upload: {e}"))?;
+        }
+        file.flush()
+            .await
+            .map_err(|e| anyhow::anyhow!("writing an upload: {e}"))?;
+        Ok((hex::encode(hasher.finalize()), size))
+    }
+    .await;
+    let (sha, size) = match result {
+        Ok(done) => done,
+        Err(e) => {
+            let _ = tokio::fs::remove_file(&tmp).await;
+            return Err(e);
+        }
+    };
+    place(app, &tmp, &sha).await?;
+    Ok((sha, size))
+}
+
+/// Moves a finished temporary file to its content address (or drops it when the
+/// same bytes are stored already).
+async fn place(app: &AppState, tmp: &Path, sha: &str) -> Result<()> {
+    let target = file_path(app, sha);
+    if tokio::fs::try_exists(&target).await.unwrap_or(false) {
+        let _ = tokio::fs::remove_file(tmp).await;
+        return Ok(());
+    }
+    if let Some(dir) = target.parent() {
+        tokio::fs::create_dir_all(dir)
+            .await
+            .map_err(|e| anyhow::anyhow!("creating {}: {e}", dir.display()))?;
+    }
+    tokio::fs::rename(tmp, &target)
+        .await
+        .map_err(|e| anyhow::anyhow!("storing {}: {e}", target.display()))?;
+    Ok(())
+}
+
+/// Stores bytes already in memory (thumbnails, previews).
+async fn store_bytes(app: &AppState, bytes: &[u8]) -> Result<String> {
+    let sha = hex::encode(Sha256::digest(bytes));
+    let tmp_dir = media_root(app).join("tmp");
+    tokio::fs::create_dir_all(&tmp_dir)
+        .await
+        .map_err(|e| anyhow::anyhow!("creating {}: {e}", tmp_dir.display()))?;
+    let tmp = tmp_dir.join(new_media_id());
+    tokio::fs::write(&tmp, bytes)
+        .await
+        .map_err(|e| anyhow::anyhow!("writing {}: {e}", tmp.display()))?;
+    place(app, &tmp, &sha).await?;
+    Ok(sha)
+}
+
+/// Deletes files no row uses any more.
+pub async fn delete_unused_files(app: &AppState, hashes: &[String]) -> Result<usize> {
+    let mut deleted = 0;
+    for sha in hashes {
+        if !rows::file_in_use(&app.db, sha).await? {
+            let _ = tokio::fs::remove_file(file_path(app, sha)).await;
+            deleted += 1;
+        }
+    }
+    Ok(deleted)
+}
+
+pub fn mxc(app: &AppState, media_id: &str) -> String {
+    format!("mxc://{}/{media_id}", app.server_name)
+}
+
+/// `POST /upload`: stores the body as new media; returns the `mxc://` URI.
+pub async fn upload<S, E>(
+    app: &AppState,
+    session: &Session,
+    content_type: Option<String>,
+    filename: Option<String>,
+    body: S,
+) -> Result<String>
+where
+    S: Stream<Item = std::result::Result<Bytes, E>> + Unpin,
+    E: std::fmt::Display,
+{
+    let (sha, size) = store_stream(app, body, app.config.media.max_upload_bytes).await?;
+    let media_id = new_media_id();
+    rows::insert(
+        &app.db,
+        &Media {
+            server_name: app.server_name.to_string(),
+            media_id: media_id.clone(),
+            user_id: Some(session.user_id.to_string()),
+            content_type,
+            upload_name: filename,
+            size: Some(size as i64),
+            sha256: Some(sha),
+            created_ts: now_ms(),
+            unused_expires_ts: None,
+            quarantined: false,
+        },
+    )
+    .await?;
+    Ok(mxc(app, &media_id))
+}
+
+/// `POST /_matrix/media/v1/create`: reserves an id to upload to later.
+pub async fn create(app: &AppState, session: &Session) -> Result<(String, i64)> {
+    let now = now_ms();
+    if rows::pending_count(&app.db, session.user_id.as_str(), now).await?
+        >= app.config.media.max_pending_uploads
+    {
+        return Err(Error::new(
+            ErrorKind::LimitExceeded {
+                retry_after_ms: 60_000,
+            },
+            "Too many pending uploads",
+        ));
+    }
+    let media_id = new_media_id();
+    let expires = now + (app.config.media.unused_expiry_secs as i64) * 1000;
+    rows::insert(
+        &app.db,
+        &Media {
+            server_name: app.server_name.to_string(),
+            media_id: media_id.clone(),
+            user_id: Some(session.user_id.to_string()),
+            content_type: None,
+            upload_name: None,
+            size: None,
+            sha256: None,
+            created_ts: now,
+            unused_expires_ts: Some(expires),
+            quarantined: false,
+        },
+    )
+    .await?;
+    Ok((mxc(app, &media_id), expires))
+}
+
+/// `PUT /upload/{serverName}/{mediaId}`: fills an id from `/create`.
+pub async fn upload_to<S, E>(
+    app: &AppState,
+    session: &Session,
+    server_name: &str,
+    media_id: &str,
+    content_type: Option<String>,
+    filename: Option<String>,
+    body: S,
+) -> Result<()>
+where
+    S: Stream<Item = std::result::Result<Bytes, E>> + Unpin,
+    E: std::fmt::Display,
+{
+    let now = now_ms();
+    let existing = match server_name == app.server_name.as_str() {
+        true => rows::get(&app.db, server_name, media_id).await?,
+        false => None,
+    };
+    let Some(existing) = existing.filter(|m| m.sha256.is_some() || m.unused_expires_ts > Some(now))
+    else {
+        return Err(Error::not_found("Unknown media id"));
+    };
+    if existing.user_id.as_deref() != Some(session.user_id.as_str()) {
+        return Err(Error::forbidden("This media id belongs to another user"));
+    }
+    if existing.sha256.is_some() {
+        return Err(Error::new(
+            ErrorKind::CannotOverwriteMedia,
+            "Media already uploaded",
+        ));
+    }
+    let (sha, size) = store_stream(app, body, app.config.media.max_upload_bytes).await?;
+    let filled = rows::fill(
+        &app.db,
+        &Media {
+            content_type,
+            upload_name: filename,
+            size: Some(size as i64),
+            sha256: Some(sha.clone()),
+            ..existing
+        },
+        session.user_id.as_str(),
+        now,
+    )
+    .await?;
+    if !filled {
+        delete_unused_files(app, &[sha]).await?;
+        return Err(Error::new(
+            ErrorKind::CannotOverwriteMedia,
+            "Media already uploaded",
+        ));
+    }
+    app.media_uploaded.send_modify(|n| *n += 1);
+    Ok(())
+}
+
+/// The media row and its file, waiting up to `wait` for an async upload.
+pub async fn find(
+    app: &AppState,
+    server_name: &str,
+    media_id: &str,
+    wait: Duration,
+) -> Result<(Media, PathBuf)> {
+    let not_found = || Error::not_found("Media not found");
+    if server_name != app.server_name.as_str() {
+        // Remote media comes over federation, which Lattice does not speak yet.
+        return Err(not_found());
+    }
+    let deadline = tokio::time::Instant::now() + wait.min(Duration::from_secs(120));
+    let mut uploaded = app.media_uploaded.subscribe();
+    loop {
+        uploaded.borrow_and_update();
+        let media = rows::get(&app.db, server_name, media_id)
+            .await?
+            .ok_or_else(not_found)?;
+        if media.quarantined {
+            return Err(not_found());
+        }
+        if let Some(sha) = &media.sha256 {
+            let path = file_path(app, sha);
+            rows::touch(&app.db, server_name, media_id, now_ms()).await?;
+            return Ok((media, path));
+        }
+        if media.unused_expires_ts <= Some(now_ms()) {
+            return Err(not_found());
+        }
+        if tokio::time::timeout_at(deadline, uploaded.changed())
+            .await
+            .is_err()
+        {
+            return Err(Error::new(
+                ErrorKind::NotYetUploaded,
+                "The media has not been uploaded yet",
+            ));
+        }
+    }
+}
+
+/// The standard size to serve for a request.
+fn pick_size(width: u32, height: u32, method: &str) -> (u32, u32, &'static str) {
+    let want_crop = method == "crop";
+    let candidates: Vec<(u32, u32, &str)> = SIZES
+        .iter()
+        .copied()
+        .filter(|(_, _, m)| (*m == "crop") == want_crop)
+        .collect();
+    candidates
+        .iter()
+        .copied()
+        .find(|(w, h, _)| *w >= width && *h >= height)
+        .unwrap_or_else(|| *candidates.last().expect("sizes"))
+}
+
+/// A thumbnail: (content type, file path, size).
+pub async fn thumbnail(
+    app: &AppState,
+    server_name: &str,
+    media_id: &str,
+    width: u32,
+    height: u32,
+    method: &str,
+    wait: Duration,
+) -> Result<(String, PathBuf, u64)> {
+    if width == 0 || height == 0 {
+        return Err(Error::invalid_param("width and height must be positive"));
+    }
+    if method != "crop" && method != "scale" {
+        return Err(Error::invalid_param("method must be crop or scale"));
+    }
+    let (media, source) = find(app, server_name, media_id, wait).await?;
+    let (w, h, method) = pick_size(width, height, method);
+    if let Some(t) = rows::thumbnail(
+        &app.db,
+        server_name,
+        media_id,
+        w as i32,
+        h as i32,
+        method,
+        false,
+    )
+    .await?
+    {
+        return Ok((t.content_type, file_path(app, &t.sha256), t.size as u64));
+    }
+    let content_type = media.content_type.clone().unwrap_or_default();
+    if !content_type.starts_with("image/") || content_type.starts_with("image/svg") {
+        return Err(Error::not_found("No thumbnail for this media"));
+    }
+    let max_pixels = app.config.media.max_image_pixels;
+    let bytes = tokio::fs::read(&source)
+        .await
+        .map_err(|e| anyhow::anyhow!("reading {}: {e}", source.display()))?;
+    let method_owned = method.to_owned();
+    let made = tokio::task::spawn_blocking(move || {
+        make_thumbnail(&bytes, w, h, &method_owned, max_pixels)
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("thumbnail task: {e}"))?;
+    let (out, out_type) = match made {
+        Ok(made) => made,
+        Err(reason) => {
+            tracing::info!(media_id, "no thumbnail: {reason}");
+            return Err(Error::not_found("No thumbnail for this media"));
+        }
+    };
+    let sha = store_bytes(app, &out).await?;
+    rows::insert_thumbnail(
+        &app.db,
+        server_name,
+        media_id,
+        &rows::Thumbnail {
+            width: w as i32,
+            height: h as i32,
+            method: method.to_owned(),
+            animated: false,
+            content_type: out_type.to_owned(),
+            size: out.len() as i64,
+            sha256: sha.clone(),
+        },
+    )
+    .await?;
+    Ok((out_type.to_owned(), file_path(app, &sha), out.len() as u64))
+}
+
+/// Decodes (within limits) and resizes; returns the encoded thumbnail and its type.
+pub fn make_thumbnail(
+    bytes: &[u8],
+    width: u32,
+    height: u32,
+    method: &str,
+    max_pixels: u64,
+) -> std::result::Result<(Vec<u8>, &'static str), String> {
+    use image::{ImageFormat, ImageReader, imageops::FilterType};
+
+    let reader = ImageReader::new(Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| e.to_string())?;
+    let format = reader.format().ok_or("unknown image format")?;
+    let (w, h) = ImageReader::with_format(Cursor::new(bytes), format)
+        .into_dimensions()
+        .map_err(|e| e.to_string())?;
+    if u64::from(w) * u64::from(h) > max_pixels {
+        return Err(format!("{w}x{h} is more than {max_pixels} pixels"));
+    }
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(w);
+    limits.max_image_height = Some(h);
+    // Room for the decoded frame in RGBA16 and a little more.
+    limits.max_alloc = Some(max_pixels.saturating_mul(8).max(64 * 1024 * 1024));
+    let mut reader = reader;
+    reader.limits(limits);
+    let image = reader.decode().map_err(|e| e.to_string())?;
+    let thumb = if method == "crop" {
+        image.resize_to_fill(width, height, FilterType::Triangle)
+    } else if w <= width && h <= height {
+        image
+    } else {
+        image.resize(width, height, FilterType::Triangle)
+    };
+    let (out_format, out_type) = if format == ImageFormat::Jpeg {
+        (ImageFormat::Jpeg, "image/jpeg")
+    } else {
+        (ImageFormat::Png, "image/png")
+    };
+    let thumb = if out_format == ImageFormat::Jpeg {
+        image::DynamicImage::ImageRgb8(thumb.to_rgb8())
+    } else {
+        thumb
+    };
+    let mut out = Cursor::new(Vec::new());
+    thumb
+        .write_to(&mut out, out_format)
+        .map_err(|e| e.to_string())?;
+    Ok((out.into_inner(), out_type))
+}
+
+/// Deletes every upload of a user; returns how many files went.
+pub async fn purge_user(app: &AppState, user_id: &str) -> Result<usize> {
+    let hashes = rows::delete_by_user(&app.db, user_id).await?;
+    delete_unused_files(app, &hashes).await
+}
+
+/// Quarantines (or releases) one item: it is no longer served.
+pub async fn quarantine(app: &AppState, mxc_uri: &str, quarantined: bool) -> Result<()> {
+    let (server, id) = mxc_uri
+        .strip_prefix("mxc://")
+        .and_then(|rest| rest.split_once('/'))
+        .ok_or_else(|| Error::invalid_param("Not an mxc:// URI"))?;
+    if !rows::set_quarantined(&app.db, server, id, quarantined).await? {
+        return Err(Error::not_found("Media not found"));
+    }
+    Ok(())
+}
+
+/// Background clean-up: lapsed `/create` ids and expired URL previews.
+pub async fn collect_garbage(app: &AppState) -> Result<(u64, u64)> {
+    let now = now_ms();
+    let lapsed = rows::delete_lapsed(&app.db, now).await?;
+    let previews = rows::delete_expired_previews(&app.db, now).await?;
+    Ok((lapsed, previews))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn png(w: u32, h: u32) -> Vec<u8> {
+        let img = image::RgbImage::from_pixel(w, h, image::Rgb([200, 10, 10]));
+        let mut out = Cursor::new(Vec::new());
+        img.write_to(&mut out, image::ImageFormat::Png).unwrap();
+        out.into_inner()
+    }
+
+    #[test]
+    fn standard_sizes_are_picked_upwards() {
+        assert_eq!(pick_size(30, 30, "crop"), (32, 32, "crop"));
+        assert_eq!(pick_size(50, 50, "crop"), (96, 96, "crop"));
+        assert_eq!(pick_size(500, 500, "crop"), (96, 96, "crop"));
+        assert_eq!(pick_size(300, 200, "scale"), (320, 240, "scale"));
+        assert_eq!(pick_size(5000, 5000, "scale"), (800, 600, "scale"));
+    }
+
+    #[test]
+    fn crop_and_scale_dimensions() {
+        let source = png(1000, 500);
+        let (out, kind) = make_thumbnail(&source, 96, 96, "crop", 1 << 30).unwrap();
+        assert_eq!(kind, "image/png");
+        let img = image::load_from_memory(&out).unwrap();
+        assert_eq!((img.width(), img.height()), (96, 96));
+        let (out, _) = make_thumbnail(&source, 320, 240, "scale", 1 << 30).unwrap();
+        let img = image::load_from_memory(&out).unwrap();
+        assert_eq!((img.width(), img.height()), (320, 160));
+    }
+
+    #[test]
+    fn oversized_images_are_not_decoded() {
+        let source = png(3000, 3000);
+        let err = make_thumbnail(&source, 96, 96, "crop", 1_000_000).unwrap_err();
+        assert!(err.contains("pixels"), "{err}");
+    }
+
+    #[test]
+    fn inline_types() {
+        assert!(is_inline("image/png"));
+        assert!(is_inline("text/plain; charset=utf-8"));
+        assert!(!is_inline("text/html"));
+        assert!(!is_inline("image/svg+xml"));
+    }
+}
