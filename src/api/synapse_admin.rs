@@ -1,5 +1,7 @@
-//! The part of Synapse's admin API that deployment tools rely on at install time:
-//! shared-secret registration, `GET/POST /_synapse/admin/v1/register`.
+//! The parts of Synapse's admin API that deployment tools rely on: shared-secret
+//! registration, `GET/POST /_synapse/admin/v1/register`; and media moderation
+//! for server admins: quarantine (and release) one item, quarantine every local
+//! item a room refers to, delete a user's uploads.
 //!
 //! 1. `GET` returns a single-use nonce, valid for 60 seconds.
 //! 2. `POST` carries `nonce`, `username`, `password`, `admin` and `mac`, the hex
@@ -9,7 +11,11 @@
 
 use std::time::{Duration, Instant};
 
-use axum::{Json as AxumJson, Router, extract::State, routing::get};
+use axum::{
+    Json as AxumJson, Router,
+    extract::{Path, State},
+    routing::{delete, get, post},
+};
 use hmac::{Hmac, Mac};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -17,17 +23,72 @@ use sha1::Sha1;
 
 use super::{json::Json, rate_limited};
 use crate::{
-    api::auth::ClientIp,
+    api::auth::{AdminUser, ClientIp},
     app::AppState,
     domain::token,
     error::{Error, ErrorKind, Result},
-    service::account,
+    service::{account, media},
 };
 
 const NONCE_LIFETIME: Duration = Duration::from_secs(60);
 
 pub fn router() -> Router<AppState> {
-    Router::new().route("/_synapse/admin/v1/register", get(nonce).post(register))
+    Router::new()
+        .route("/_synapse/admin/v1/register", get(nonce).post(register))
+        .route(
+            "/_synapse/admin/v1/media/quarantine/{server}/{id}",
+            post(quarantine),
+        )
+        .route(
+            "/_synapse/admin/v1/media/unquarantine/{server}/{id}",
+            post(unquarantine),
+        )
+        .route(
+            "/_synapse/admin/v1/room/{room_id}/media/quarantine",
+            post(quarantine_room),
+        )
+        .route(
+            "/_synapse/admin/v1/users/{user_id}/media",
+            delete(purge_user_media),
+        )
+}
+
+async fn quarantine(
+    State(app): State<AppState>,
+    AdminUser(_): AdminUser,
+    Path((server, id)): Path<(String, String)>,
+) -> Result<AxumJson<Value>> {
+    media::quarantine(&app, &format!("mxc://{server}/{id}"), true).await?;
+    Ok(AxumJson(json!({})))
+}
+
+async fn unquarantine(
+    State(app): State<AppState>,
+    AdminUser(_): AdminUser,
+    Path((server, id)): Path<(String, String)>,
+) -> Result<AxumJson<Value>> {
+    media::quarantine(&app, &format!("mxc://{server}/{id}"), false).await?;
+    Ok(AxumJson(json!({})))
+}
+
+async fn quarantine_room(
+    State(app): State<AppState>,
+    AdminUser(_): AdminUser,
+    Path(room_id): Path<String>,
+) -> Result<AxumJson<Value>> {
+    let n = media::quarantine_room(&app, &room_id).await?;
+    Ok(AxumJson(json!({ "num_quarantined": n })))
+}
+
+async fn purge_user_media(
+    State(app): State<AppState>,
+    AdminUser(_): AdminUser,
+    Path(user_id): Path<String>,
+) -> Result<AxumJson<Value>> {
+    let ids = media::purge_user(&app, &user_id).await?;
+    Ok(AxumJson(
+        json!({ "total": ids.len(), "deleted_media": ids }),
+    ))
 }
 
 fn enabled(state: &AppState) -> Result<&str> {

@@ -504,10 +504,35 @@ pub fn make_thumbnail(
     Ok((out.into_inner(), out_type))
 }
 
-/// Deletes every upload of a user; returns how many files went.
-pub async fn purge_user(app: &AppState, user_id: &str) -> Result<usize> {
-    let hashes = rows::delete_by_user(&app.db, user_id).await?;
-    delete_unused_files(app, &hashes).await
+/// Deletes every upload of a user (and files no one else uses); returns the
+/// media ids deleted.
+pub async fn purge_user(app: &AppState, user_id: &str) -> Result<Vec<String>> {
+    let (ids, hashes) = rows::delete_by_user(&app.db, user_id).await?;
+    delete_unused_files(app, &hashes).await?;
+    Ok(ids)
+}
+
+/// Quarantines every local media item a room's events refer to; returns how
+/// many there were.
+pub async fn quarantine_room(app: &AppState, room_id: &str) -> Result<u64> {
+    let prefix = format!("mxc://{}/", app.server_name);
+    let mut ids = std::collections::BTreeSet::new();
+    for json in rows::room_events_mentioning(&app.db, room_id, &prefix).await? {
+        let mut rest = json.as_str();
+        while let Some(at) = rest.find(&prefix) {
+            let after = &rest[at + prefix.len()..];
+            let id: String = after
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '-')
+                .collect();
+            if !id.is_empty() {
+                ids.insert(id);
+            }
+            rest = after;
+        }
+    }
+    let ids: Vec<String> = ids.into_iter().collect();
+    Ok(rows::quarantine_many(&app.db, app.server_name.as_str(), &ids).await?)
 }
 
 /// Quarantines (or releases) one item: it is no longer served.

@@ -128,10 +128,13 @@ pub async fn set_quarantined(
     Ok(done.rows_affected() == 1)
 }
 
-/// Deletes a user's uploads; returns the file hashes they used (media and
-/// thumbnails), for the caller to delete the files no other row uses.
-pub async fn delete_by_user(db: impl PgExecutor<'_>, user_id: &str) -> sqlx::Result<Vec<String>> {
-    sqlx::query_scalar!(
+/// Deletes a user's uploads and their thumbnails; returns the media ids and the
+/// file hashes they used (for the caller to delete files no other row uses).
+pub async fn delete_by_user(
+    db: impl PgExecutor<'_>,
+    user_id: &str,
+) -> sqlx::Result<(Vec<String>, Vec<String>)> {
+    let rows = sqlx::query!(
         r#"with gone as (
                delete from media where user_id = $1 returning server_name, media_id, sha256
            ), thumbs as (
@@ -139,9 +142,43 @@ pub async fn delete_by_user(db: impl PgExecutor<'_>, user_id: &str) -> sqlx::Res
                where t.server_name = g.server_name and t.media_id = g.media_id
                returning t.sha256
            )
-           select sha256 as "sha256!" from gone where sha256 is not null
-           union select sha256 from thumbs"#,
+           select media_id as "media_id?", sha256 as "sha256?" from gone
+           union all select null, sha256 from thumbs"#,
         user_id
+    )
+    .fetch_all(db)
+    .await?;
+    let ids = rows.iter().filter_map(|r| r.media_id.clone()).collect();
+    let hashes = rows.into_iter().filter_map(|r| r.sha256).collect();
+    Ok((ids, hashes))
+}
+
+/// Quarantines the given local media ids; returns how many were found.
+pub async fn quarantine_many(
+    db: impl PgExecutor<'_>,
+    server_name: &str,
+    media_ids: &[String],
+) -> sqlx::Result<u64> {
+    Ok(sqlx::query!(
+        "update media set quarantined = true where server_name = $1 and media_id = any($2)",
+        server_name,
+        media_ids
+    )
+    .execute(db)
+    .await?
+    .rows_affected())
+}
+
+/// Event JSON in a room that mentions `needle` (an `mxc://server/` prefix).
+pub async fn room_events_mentioning(
+    db: impl PgExecutor<'_>,
+    room_id: &str,
+    needle: &str,
+) -> sqlx::Result<Vec<String>> {
+    sqlx::query_scalar!(
+        "select json from events where room_id = $1 and strpos(json, $2) > 0",
+        room_id,
+        needle
     )
     .fetch_all(db)
     .await

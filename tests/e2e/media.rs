@@ -518,3 +518,111 @@ async fn url_previews_are_off_by_default_and_refuse_blocked_addresses() {
     .await;
     assert_eq!(resp.status(), StatusCode::FORBIDDEN);
 }
+
+#[tokio::test]
+async fn admins_quarantine_media_and_purge_a_users_uploads() {
+    let server = TestServer::start().await;
+    let admin = server.register("admin", "pw").await;
+    lattice::storage::users::set_admin(&server.state.db, &admin.user_id, true)
+        .await
+        .unwrap();
+    let alice = server.register("alice", "pw").await;
+    let t = Some(admin.access_token.as_str());
+    let (_, one) = upload(&server, &alice, b"one".to_vec(), "text/plain", None).await;
+    let (_, two) = upload(&server, &alice, b"two".to_vec(), "text/plain", None).await;
+    let (one, two) = (
+        path_of(one["content_uri"].as_str().unwrap()),
+        path_of(two["content_uri"].as_str().unwrap()),
+    );
+
+    // Not for ordinary users.
+    let resp = server
+        .client
+        .post(format!(
+            "{}/_synapse/admin/v1/media/quarantine/{one}",
+            server.base
+        ))
+        .bearer_auth(&alice.access_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+
+    // Quarantined media is no longer served; releasing it serves it again.
+    let (status, _) = server
+        .post(
+            &format!("/_synapse/admin/v1/media/quarantine/{one}"),
+            t,
+            serde_json::json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let resp = get(
+        &server,
+        &format!("{V1}/download/{one}"),
+        Some(&alice.access_token),
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    let (status, _) = server
+        .post(
+            &format!("/_synapse/admin/v1/media/unquarantine/{one}"),
+            t,
+            serde_json::json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let resp = get(
+        &server,
+        &format!("{V1}/download/{one}"),
+        Some(&alice.access_token),
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::OK);
+
+    // Every item a room refers to.
+    let room = server.create_room(&alice, serde_json::json!({})).await;
+    server
+        .send_message(
+            &alice,
+            &room,
+            serde_json::json!({ "msgtype": "m.file", "body": "two", "url": format!("mxc://{two}") }),
+        )
+        .await;
+    let (status, body) = server
+        .post(
+            &format!("/_synapse/admin/v1/room/{room}/media/quarantine"),
+            t,
+            serde_json::json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["num_quarantined"], 1);
+    let resp = get(
+        &server,
+        &format!("{V1}/download/{two}"),
+        Some(&alice.access_token),
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+
+    // Purging the user's uploads deletes rows and files.
+    let (status, body) = server
+        .call(
+            reqwest::Method::DELETE,
+            &format!("/_synapse/admin/v1/users/{}/media", alice.user_id),
+            t,
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["total"], 2);
+    assert_eq!(files_under(&server.state.config.data_dir.join("media")), 0);
+    let resp = get(
+        &server,
+        &format!("{V1}/download/{one}"),
+        Some(&alice.access_token),
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+}

@@ -97,6 +97,27 @@ async fn matrix_nio_syncs_invites_and_messages() {
 /// sees an invite, joins, and receives another user's message.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn matrix_js_sdk_syncs_joins_and_receives_a_message() {
+    let server = TestServer::start().await;
+    assert_eq!(run_js(&server, "js_sync.mjs", &[]).await, "ok");
+}
+
+/// matrix-js-sdk uploads an avatar and an image; another user downloads both and
+/// a thumbnail through the authenticated media endpoints.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn matrix_js_sdk_uploads_and_downloads_media() {
+    let server = TestServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let png = dir.path().join("picture.png");
+    image::RgbImage::from_fn(400, 300, |x, y| image::Rgb([x as u8, y as u8, 99]))
+        .save(&png)
+        .unwrap();
+    let png = png.to_str().unwrap().to_owned();
+    assert_eq!(run_js(&server, "js_media.mjs", &[&png]).await, "ok");
+}
+
+/// Runs a script from tests/sdk with Node and matrix-js-sdk against `server`;
+/// returns its trimmed stdout (asserting success).
+async fn run_js(server: &TestServer, script: &str, args: &[&str]) -> String {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let out = Command::new(root.join("scripts/node-env"))
         .output()
@@ -108,24 +129,23 @@ async fn matrix_js_sdk_syncs_joins_and_receives_a_message() {
     );
     let node_dir = std::path::PathBuf::from(String::from_utf8(out.stdout).unwrap().trim());
     // ES modules resolve packages next to the script: run a copy placed there.
-    let script = node_dir.join(format!("js_sync.{}.mjs", std::process::id()));
-    std::fs::copy(root.join("tests/sdk/js_sync.mjs"), &script).unwrap();
-
-    let server = TestServer::start().await;
+    let copy = node_dir.join(format!("{}.{}.mjs", script, std::process::id()));
+    std::fs::copy(root.join("tests/sdk").join(script), &copy).unwrap();
     let out = tokio::process::Command::new("node")
-        .arg(&script)
+        .arg(&copy)
         .arg(&server.base)
+        .args(args)
         .output()
         .await
         .unwrap();
-    let _ = std::fs::remove_file(&script);
+    let _ = std::fs::remove_file(&copy);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
-        "js-sdk failed:\n{stdout}\n{}",
+        "{script} failed:\n{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(stdout.trim(), "ok");
+    stdout.trim().to_owned()
 }
 
 /// Builds (once) and locates the matrix-rust-sdk client in tests/sdk/rust.

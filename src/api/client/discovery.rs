@@ -18,8 +18,11 @@ use crate::{
 };
 
 /// The spec versions whose endpoints Lattice serves. Raised as features land.
+/// v1.11 tells clients to use the authenticated media endpoints (the legacy
+/// ones are off by default).
 const VERSIONS: &[&str] = &[
-    "r0.5.0", "r0.6.0", "r0.6.1", "v1.1", "v1.2", "v1.3", "v1.4", "v1.5",
+    "r0.5.0", "r0.6.0", "r0.6.1", "v1.1", "v1.2", "v1.3", "v1.4", "v1.5", "v1.6", "v1.7", "v1.8",
+    "v1.9", "v1.10", "v1.11",
 ];
 
 pub fn router() -> Router<AppState> {
