@@ -359,7 +359,7 @@ async fn stream_file(
             .await
             .map_err(|e| anyhow::anyhow!("seeking {}: {e}", path.display()))?;
     }
-    let body = Body::from_stream(ReaderStream::new(file.take(len)));
+    let body = Body::from_stream(ReaderStream::with_capacity(file.take(len), 256 * 1024));
     let mut response = Response::new(body);
     *response.status_mut() = status;
     let h = response.headers_mut();

@@ -15,7 +15,13 @@
 //! 6. sync: wake-up latency (a send until another user's long-poll `/sync`
 //!    returns it, p50/p95), initial `/sync` and sliding sync for a user in 300
 //!    rooms with history, and the cost of an incremental `/sync` call, next to
-//!    the baseline of an authenticated `whoami` round trip on the same server.
+//!    the baseline of an authenticated `whoami` round trip on the same server;
+//! 7. media: upload and download of a 50 MB file next to writing and reading
+//!    the same bytes as a plain file in the same directory, and thumbnail
+//!    generation for a 12-megapixel JPEG next to decoding it alone; peak RSS of
+//!    the process (server and load generator) during the phase.
+//!
+//! `--phases` picks some (`events,state,sync,media`; default all).
 
 use std::{
     sync::Arc,
@@ -58,6 +64,15 @@ struct Args {
     /// Wake-ups measured in the sync phase.
     #[arg(long, default_value_t = 100)]
     wakeups: usize,
+    /// Phases to run: events (1-4), state (5), sync (6), media (7), or all.
+    #[arg(long, default_value = "all")]
+    phases: String,
+}
+
+impl Args {
+    fn runs(&self, phase: &str) -> bool {
+        self.phases == "all" || self.phases.split(',').any(|p| p.trim() == phase)
+    }
 }
 
 struct Client {
@@ -194,6 +209,8 @@ async fn run(args: &Args, admin: &PgConnectOptions, db_name: &str) -> anyhow::Re
     config.auth.argon2_memory_kib = 64;
     config.auth.argon2_iterations = 1;
     config.database.max_connections = (args.clients as u32).max(10);
+    let data_dir = std::env::temp_dir().join(format!("lattice-bench-{}", std::process::id()));
+    config.data_dir = data_dir.clone();
     config.database.url = Some(match options.get_socket() {
         Some(socket) => format!(
             "postgres://{}@localhost/{db_name}?host={}&port={}",
@@ -240,6 +257,32 @@ async fn run(args: &Args, admin: &PgConnectOptions, db_name: &str) -> anyhow::Re
         c.post(&format!("/rooms/{room}/join"), json!({})).await?;
     }
 
+    if args.runs("events") {
+        events_phase(args, &state_app, &clients, &room).await?;
+    }
+    if args.runs("state") {
+        state_phase(args, &state_app, &http, &base, owner).await?;
+    }
+    if args.runs("sync") {
+        sync_phase(args, &state_app, &http, &base, &clients).await?;
+    }
+    if args.runs("media") {
+        media_phase(&state_app, &http, &base, owner).await?;
+    }
+
+    server.stop().await;
+    db.close().await;
+    let _ = std::fs::remove_dir_all(&data_dir);
+    Ok(())
+}
+
+async fn events_phase(
+    args: &Args,
+    state_app: &AppState,
+    clients: &[Arc<Client>],
+    room: &str,
+) -> anyhow::Result<()> {
+    let owner = &clients[0];
     // 1. Sequential sends.
     let start = Instant::now();
     let mut lat = Vec::new();
@@ -249,19 +292,19 @@ async fn run(args: &Args, admin: &PgConnectOptions, db_name: &str) -> anyhow::Re
     let seq_rate = report("1. sequential sends, one room", lat, start.elapsed());
 
     // 2. Concurrent, one room.
-    let (lat, elapsed) = concurrent(&clients, |_| room.clone(), args.messages, "one").await?;
+    let (lat, elapsed) = concurrent(clients, |_| room.to_owned(), args.messages, "one").await?;
     let one_room_rate = report("2. concurrent sends, one room", lat, elapsed);
 
     // 3. Concurrent, one room per client.
     let mut rooms = Vec::new();
-    for c in &clients {
+    for c in clients {
         let r = c.post("/createRoom", json!({})).await?["room_id"]
             .as_str()
             .context("room_id")?
             .to_owned();
         rooms.push(r);
     }
-    let (lat, elapsed) = concurrent(&clients, |i| rooms[i].clone(), args.messages, "many").await?;
+    let (lat, elapsed) = concurrent(clients, |i| rooms[i].clone(), args.messages, "many").await?;
     let many_rooms_rate = report("3. concurrent sends, one room per client", lat, elapsed);
 
     // 4. Baseline: PostgreSQL one-row insert transactions on the same server.
@@ -277,7 +320,16 @@ async fn run(args: &Args, admin: &PgConnectOptions, db_name: &str) -> anyhow::Re
         one_room_rate / pg_conc,
         many_rooms_rate / pg_conc
     );
+    Ok(())
+}
 
+async fn state_phase(
+    args: &Args,
+    state_app: &AppState,
+    http: &reqwest::Client,
+    base: &str,
+    owner: &Client,
+) -> anyhow::Result<()> {
     // 5. State storage per state change: members join one room.
     let big = owner
         .post("/createRoom", json!({ "preset": "public_chat" }))
@@ -288,7 +340,7 @@ async fn run(args: &Args, admin: &PgConnectOptions, db_name: &str) -> anyhow::Re
     let before = state::room_state_bytes(&state_app.db, &big).await?;
     let mut joiners = Vec::new();
     for i in 0..args.members {
-        joiners.push(register(&http, &base, &format!("m{i}")).await?);
+        joiners.push(register(http, base, &format!("m{i}")).await?);
     }
     let start = Instant::now();
     for j in &joiners {
@@ -311,11 +363,6 @@ async fn run(args: &Args, admin: &PgConnectOptions, db_name: &str) -> anyhow::Re
         "   {groups} state groups, {snapshots} of them full snapshots (chains of at most {} deltas), {entries} entry rows",
         lattice::service::event::MAX_STATE_CHAIN
     );
-
-    sync_phase(args, &state_app, &http, &base, &clients).await?;
-
-    server.stop().await;
-    db.close().await;
     Ok(())
 }
 
@@ -550,4 +597,156 @@ async fn pg_baseline(
     }
     let conc = (clients * per_client) as f64 / start.elapsed().as_secs_f64();
     Ok((seq, conc))
+}
+
+/// Peak resident set size of this process (kB), from /proc (Linux).
+fn peak_rss_kb() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// Phase 7, media: 50 MB upload and download against plain file I/O, thumbnail
+/// generation for a 12-megapixel JPEG against decoding it alone, peak RSS.
+async fn media_phase(
+    app: &AppState,
+    http: &reqwest::Client,
+    base: &str,
+    owner: &Client,
+) -> anyhow::Result<()> {
+    // Reset the peak RSS counter so it covers this phase only.
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+    let rss_before = peak_rss_kb();
+    let size = 50 * 1024 * 1024;
+    let mut data = vec![0u8; size];
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    for chunk in data.chunks_mut(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
+    }
+    let data = bytes::Bytes::from(data);
+    let mb = size as f64 / (1024.0 * 1024.0);
+
+    let start = Instant::now();
+    let resp: Value = http
+        .post(format!("{base}/_matrix/media/v3/upload?filename=big.bin"))
+        .bearer_auth(&owner.token)
+        .header("content-type", "application/octet-stream")
+        .body(data.clone())
+        .send()
+        .await?
+        .json()
+        .await?;
+    let upload = start.elapsed();
+    let mxc = resp["content_uri"]
+        .as_str()
+        .context("content_uri")?
+        .to_owned();
+    let path = mxc.trim_start_matches("mxc://").to_owned();
+    let start = Instant::now();
+    let mut resp = http
+        .get(format!("{base}/_matrix/client/v1/media/download/{path}"))
+        .bearer_auth(&owner.token)
+        .send()
+        .await?;
+    let mut got = 0usize;
+    while let Some(chunk) = resp.chunk().await? {
+        got += chunk.len();
+    }
+    let download = start.elapsed();
+    anyhow::ensure!(got == size, "downloaded {got} of {size} bytes");
+
+    // Baseline: the same bytes as a plain file in the same directory.
+    let plain = app.config.data_dir.join("baseline.bin");
+    let start = Instant::now();
+    {
+        use tokio::io::AsyncWriteExt;
+        let mut f = tokio::fs::File::create(&plain).await?;
+        f.write_all(&data).await?;
+        f.flush().await?;
+    }
+    let write_plain = start.elapsed();
+    let start = Instant::now();
+    let read_back = tokio::fs::read(&plain).await?;
+    let read_plain = start.elapsed();
+    anyhow::ensure!(read_back.len() == size);
+    drop(read_back);
+    let _ = tokio::fs::remove_file(&plain).await;
+    let rate = |d: Duration| mb / d.as_secs_f64();
+    println!(
+        "7. media: 50 MB upload {:.0} MB/s, download {:.0} MB/s; baseline file write {:.0} MB/s, read {:.0} MB/s; ratios upload/write {:.2}, download/read {:.2}",
+        rate(upload),
+        rate(download),
+        rate(write_plain),
+        rate(read_plain),
+        write_plain.as_secs_f64() / upload.as_secs_f64(),
+        read_plain.as_secs_f64() / download.as_secs_f64()
+    );
+
+    // A 12-megapixel JPEG, thumbnailed under several media ids (the file is
+    // stored once; thumbnails are per id).
+    let img = image::RgbImage::from_fn(4000, 3000, |x, y| {
+        image::Rgb([(x % 251) as u8, (y % 241) as u8, ((x * y) % 239) as u8])
+    });
+    let mut jpeg = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut jpeg, image::ImageFormat::Jpeg)?;
+    let jpeg = bytes::Bytes::from(jpeg.into_inner());
+    let runs = 5;
+    let mut thumbs = Vec::new();
+    let mut decodes = Vec::new();
+    for i in 0..runs {
+        let resp: Value = http
+            .post(format!("{base}/_matrix/media/v3/upload?filename=p{i}.jpg"))
+            .bearer_auth(&owner.token)
+            .header("content-type", "image/jpeg")
+            .body(jpeg.clone())
+            .send()
+            .await?
+            .json()
+            .await?;
+        let path = resp["content_uri"]
+            .as_str()
+            .context("content_uri")?
+            .trim_start_matches("mxc://")
+            .to_owned();
+        let start = Instant::now();
+        let resp = http
+            .get(format!(
+                "{base}/_matrix/client/v1/media/thumbnail/{path}?width=320&height=240&method=scale"
+            ))
+            .bearer_auth(&owner.token)
+            .send()
+            .await?;
+        anyhow::ensure!(resp.status().is_success(), "thumbnail: {}", resp.status());
+        resp.bytes().await?;
+        thumbs.push(start.elapsed());
+        let bytes = jpeg.clone();
+        let start = Instant::now();
+        tokio::task::spawn_blocking(move || image::load_from_memory(&bytes)).await??;
+        decodes.push(start.elapsed());
+    }
+    let (thumb50, _) = summary(thumbs);
+    let (decode50, _) = summary(decodes);
+    println!(
+        "   12-megapixel JPEG ({} KB): thumbnail 320x240 p50 {:.0} ms over {runs}; baseline decode alone p50 {:.0} ms; ratio {:.2}",
+        jpeg.len() / 1024,
+        millis(thumb50),
+        millis(decode50),
+        thumb50.as_secs_f64() / decode50.as_secs_f64()
+    );
+    if let (Some(before), Some(peak)) = (rss_before, peak_rss_kb()) {
+        println!(
+            "   peak RSS during the phase {:.0} MB (at its start {:.0} MB; the load generator holds the 50 MB body and the decoded image too)",
+            peak as f64 / 1024.0,
+            before as f64 / 1024.0
+        );
+    }
+    Ok(())
 }
