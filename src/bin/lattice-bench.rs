@@ -287,7 +287,7 @@ async fn events_phase(
     let start = Instant::now();
     let mut lat = Vec::new();
     for i in 0..args.sequential {
-        lat.push(owner.send(&room, &format!("seq{i}")).await?);
+        lat.push(owner.send(room, &format!("seq{i}")).await?);
     }
     let seq_rate = report("1. sequential sends, one room", lat, start.elapsed());
 
