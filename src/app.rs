@@ -9,6 +9,7 @@ use std::{
 };
 
 use anyhow::Context;
+use axum::serve::ListenerExt;
 use ruma::OwnedServerName;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -16,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     api,
     config::{Bucket, Config, Resource},
+    federation::{client::FederationClient, tls},
     notify::Notifier,
     service::{event::SigningKey, keys, ratelimit::RateLimiter, typing::Typing, uia},
     storage::{Database, Pool},
@@ -46,13 +48,22 @@ pub struct AppState {
     /// Bumped whenever an async upload receives its bytes (wakes downloads
     /// waiting for it).
     pub media_uploaded: Arc<tokio::sync::watch::Sender<u64>>,
+    /// The outbound federation client (discovery, signing, trust store).
+    pub federation: Arc<FederationClient>,
+    /// Backoff of failed server-key fetches.
+    pub key_fetch: Arc<crate::federation::keys::FetchState>,
+    /// Wakes the federation sender (new items queued).
+    pub federation_wake: Arc<tokio::sync::Notify>,
+    /// Destinations the sender is backing off.
+    pub federation_backed_off: Arc<crate::service::federation::sender::BackedOff>,
 }
 
 impl AppState {
     /// Builds the state, loading (or generating) the signing key and the stream
     /// position from the database.
     pub async fn load(config: Config, db: Pool) -> anyhow::Result<Self> {
-        let signing_key = keys::load_or_generate(&db).await?;
+        let signing_key = Arc::new(keys::load_or_generate(&db).await?);
+        let federation = Arc::new(FederationClient::new(&config, signing_key.clone())?);
         let persisted = crate::storage::events::max_stream_ordering(&db).await?;
         let limits = &config.rate_limits;
         Ok(Self {
@@ -67,7 +78,11 @@ impl AppState {
                 },
             )),
             nonces: Arc::default(),
-            signing_key: Arc::new(signing_key),
+            signing_key,
+            federation,
+            key_fetch: Arc::default(),
+            federation_wake: Arc::default(),
+            federation_backed_off: Arc::default(),
             notifier: Notifier::new(persisted),
             typing: Arc::default(),
             sliding: Arc::default(),
@@ -98,24 +113,47 @@ impl Server {
             let addr = tcp.local_addr()?;
             addrs.push(addr);
             let client = listener.resources.contains(&Resource::Client);
-            let router = api::router(state.clone(), client);
+            let federation = state.config.federation.enabled
+                && listener.resources.contains(&Resource::Federation);
+            let router = api::router(state.clone(), client, federation);
             let token = shutdown.clone();
-            tracing::info!(%addr, resources = ?listener.resources, "listening");
-            tasks.spawn(async move {
-                let service = router.into_make_service_with_connect_info::<SocketAddr>();
-                let served = axum::serve(tcp, service)
-                    .with_graceful_shutdown(async move { token.cancelled().await })
-                    .await;
-                if let Err(e) = served {
-                    tracing::error!(error = %e, "listener failed");
+            let service = router.into_make_service_with_connect_info::<SocketAddr>();
+            match (&listener.tls_certificate, &listener.tls_private_key) {
+                (Some(cert), Some(key)) => {
+                    let config = tls::server_config(cert, key)?;
+                    let tls = tls::TlsListener::new(tcp, config)?.tap_io(|_| {});
+                    tracing::info!(%addr, resources = ?listener.resources, "listening (TLS)");
+                    tasks.spawn(async move {
+                        let served = axum::serve(tls, service)
+                            .with_graceful_shutdown(async move { token.cancelled().await })
+                            .await;
+                        if let Err(e) = served {
+                            tracing::error!(error = %e, "listener failed");
+                        }
+                    });
                 }
-            });
+                _ => {
+                    tracing::info!(%addr, resources = ?listener.resources, "listening");
+                    tasks.spawn(async move {
+                        let served = axum::serve(tcp, service)
+                            .with_graceful_shutdown(async move { token.cancelled().await })
+                            .await;
+                        if let Err(e) = served {
+                            tracing::error!(error = %e, "listener failed");
+                        }
+                    });
+                }
+            }
         }
         tasks.spawn(purge_worker(state.clone(), shutdown.clone()));
         let typing = state.typing.clone();
         let token = shutdown.clone();
         tasks.spawn(async move { typing.run(token).await });
         tasks.spawn(crate::service::pusher::run(state.clone(), shutdown.clone()));
+        tasks.spawn(crate::service::federation::sender::run(
+            state.clone(),
+            shutdown.clone(),
+        ));
         Ok(Self {
             addrs,
             shutdown,

@@ -40,6 +40,20 @@ enum Command {
         #[arg(long, short)]
         output: Option<PathBuf>,
     },
+    /// Write a throwaway certificate authority and a TLS certificate it signed,
+    /// for development and test set-ups (peers must be told to trust its ca.pem).
+    GenerateTlsCert {
+        /// Directory for ca.pem, <name>.crt and <name>.key (an existing CA there
+        /// is reused).
+        #[arg(long, default_value = "data/tls")]
+        dir: PathBuf,
+        /// Base name of the certificate and key files.
+        #[arg(long, default_value = "lattice")]
+        name: String,
+        /// Host names and IP addresses the certificate is valid for.
+        #[arg(long = "host", default_values_t = ["localhost".to_string(), "127.0.0.1".to_string()])]
+        hosts: Vec<String>,
+    },
     /// Administration.
     #[command(subcommand)]
     Admin(Admin),
@@ -105,6 +119,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
         };
     }
+    if let Some(Command::GenerateTlsCert { dir, name, hosts }) = &cli.command {
+        let written = crate::federation::tls::generate_dev_certificates(dir, name, hosts)?;
+        println!("certificate authority: {}", written.ca.display());
+        println!("certificate:           {}", written.cert.display());
+        println!("private key:           {}", written.key.display());
+        return Ok(());
+    }
     let file = cli.config.clone().or_else(|| {
         let default = PathBuf::from("config/lattice.toml");
         default.exists().then_some(default)
@@ -126,7 +147,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 Ok(())
             }
             Command::Admin(admin) => run_admin(config, admin).await,
-            Command::GenerateConfig { .. } => unreachable!("handled above"),
+            Command::GenerateConfig { .. } | Command::GenerateTlsCert { .. } => {
+                unreachable!("handled above")
+            }
         }
     })
 }

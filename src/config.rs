@@ -44,6 +44,7 @@ pub struct Config {
     pub limits: Limits,
     pub rooms: Rooms,
     pub media: Media,
+    pub federation: Federation,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -55,6 +56,13 @@ pub struct Listener {
     /// `federation` (Server-Server API).
     #[serde(default = "default_resources")]
     pub resources: Vec<Resource>,
+    /// PEM certificate chain: serve TLS on this listener. Unset: plain HTTP (a
+    /// reverse proxy in front terminates TLS).
+    #[serde(default)]
+    pub tls_certificate: Option<PathBuf>,
+    /// PEM private key of `tls_certificate`.
+    #[serde(default)]
+    pub tls_private_key: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
@@ -273,44 +281,91 @@ pub struct UrlPreview {
     pub cache_secs: u64,
 }
 
+/// Loopback, private, link-local, CGNAT, multicast and reserved ranges, v4 and v6:
+/// never contacted on a user's or a remote server's behalf unless allowed.
+pub fn default_ip_blocklist() -> Vec<String> {
+    [
+        "0.0.0.0/8",
+        "10.0.0.0/8",
+        "100.64.0.0/10",
+        "127.0.0.0/8",
+        "169.254.0.0/16",
+        "172.16.0.0/12",
+        "192.0.0.0/24",
+        "192.0.2.0/24",
+        "192.88.99.0/24",
+        "192.168.0.0/16",
+        "198.18.0.0/15",
+        "198.51.100.0/24",
+        "203.0.113.0/24",
+        "224.0.0.0/4",
+        "240.0.0.0/4",
+        "255.255.255.255/32",
+        "::/128",
+        "::1/128",
+        "::ffff:0:0/96",
+        "64:ff9b::/96",
+        "100::/64",
+        "2001:db8::/32",
+        "fc00::/7",
+        "fe80::/10",
+        "fec0::/10",
+        "ff00::/8",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
 impl Default for UrlPreview {
     fn default() -> Self {
         Self {
             enabled: false,
-            ip_range_blocklist: [
-                "0.0.0.0/8",
-                "10.0.0.0/8",
-                "100.64.0.0/10",
-                "127.0.0.0/8",
-                "169.254.0.0/16",
-                "172.16.0.0/12",
-                "192.0.0.0/24",
-                "192.0.2.0/24",
-                "192.88.99.0/24",
-                "192.168.0.0/16",
-                "198.18.0.0/15",
-                "198.51.100.0/24",
-                "203.0.113.0/24",
-                "224.0.0.0/4",
-                "240.0.0.0/4",
-                "255.255.255.255/32",
-                "::/128",
-                "::1/128",
-                "::ffff:0:0/96",
-                "64:ff9b::/96",
-                "100::/64",
-                "2001:db8::/32",
-                "fc00::/7",
-                "fe80::/10",
-                "fec0::/10",
-                "ff00::/8",
-            ]
-            .map(String::from)
-            .to_vec(),
+            ip_range_blocklist: default_ip_blocklist(),
             ip_range_allowlist: Vec::new(),
             max_bytes: 10 * 1024 * 1024,
             timeout_secs: 10,
             cache_secs: 60 * 60,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Federation {
+    /// Talk to other servers. Off: federation endpoints answer 404 and nothing is
+    /// sent.
+    pub enabled: bool,
+    /// Notary servers asked for a server's keys when it cannot be reached
+    /// directly.
+    pub trusted_key_servers: Vec<String>,
+    /// Address ranges outbound federation never connects to (CIDR). The default
+    /// covers loopback, private, link-local and reserved ranges.
+    pub ip_range_blocklist: Vec<String>,
+    /// Ranges allowed even though the blocklist covers them (test set-ups on
+    /// loopback, private networks of trusted servers).
+    pub ip_range_allowlist: Vec<String>,
+    /// PEM files of extra certificate authorities to trust, besides the
+    /// built-in Mozilla root store.
+    pub extra_ca_files: Vec<PathBuf>,
+    /// Accept any TLS certificate from peers. Only for isolated test set-ups:
+    /// anyone on the path can impersonate any server.
+    pub dangerously_accept_invalid_certs: bool,
+    pub connect_timeout_secs: u64,
+    /// Time limit of one outbound request.
+    pub request_timeout_secs: u64,
+}
+
+impl Default for Federation {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            trusted_key_servers: vec!["matrix.org".into()],
+            ip_range_blocklist: default_ip_blocklist(),
+            ip_range_allowlist: Vec::new(),
+            extra_ca_files: Vec::new(),
+            dangerously_accept_invalid_certs: false,
+            connect_timeout_secs: 10,
+            request_timeout_secs: 60,
         }
     }
 }
@@ -326,6 +381,8 @@ impl Default for Config {
             listeners: vec![Listener {
                 bind: "0.0.0.0:8008".parse().expect("static address"),
                 resources: default_resources(),
+                tls_certificate: None,
+                tls_private_key: None,
             }],
             database: Database::default(),
             registration: Registration::default(),
@@ -334,6 +391,7 @@ impl Default for Config {
             limits: Limits::default(),
             rooms: Rooms::default(),
             media: Media::default(),
+            federation: Federation::default(),
         }
     }
 }
@@ -393,6 +451,17 @@ impl Config {
             if bucket.per_second.is_nan() || bucket.per_second <= 0.0 || bucket.burst == 0 {
                 bail!("`{key}` needs per_second > 0 and burst >= 1");
             }
+        }
+        for listener in &self.listeners {
+            if listener.tls_certificate.is_some() != listener.tls_private_key.is_some() {
+                bail!(
+                    "listener {}: `tls_certificate` and `tls_private_key` go together",
+                    listener.bind
+                );
+            }
+        }
+        if self.federation.request_timeout_secs == 0 || self.federation.connect_timeout_secs == 0 {
+            bail!("`federation.request_timeout_secs` and `connect_timeout_secs` must be >= 1");
         }
         if self.limits.max_request_body_bytes < 1024 {
             bail!("`limits.max_request_body_bytes` must be at least 1024");

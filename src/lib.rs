@@ -7,6 +7,7 @@
 //! - [`storage`]: the only module that imports sqlx; also runs the embedded cluster.
 //! - [`app`]: state, listeners, workers, graceful shutdown.
 //! - [`config`]: file + `LATTICE__*` environment configuration.
+//! - [`federation`]: TLS, discovery, the signing client, request auth, server keys.
 //!
 //! See `docs/architecture.md` for the data flows.
 
@@ -16,6 +17,7 @@ pub mod cli;
 pub mod config;
 pub mod domain;
 pub mod error;
+pub mod federation;
 pub mod notify;
 pub mod service;
 pub mod storage;

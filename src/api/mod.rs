@@ -2,6 +2,7 @@
 
 pub mod auth;
 pub mod client;
+pub mod federation;
 pub mod json;
 pub mod media;
 pub mod ruma;
@@ -22,8 +23,11 @@ use crate::{
 };
 
 /// The whole HTTP surface of one listener.
-pub fn router(state: AppState, client: bool) -> Router {
+pub fn router(state: AppState, client: bool, federation: bool) -> Router {
     let mut router = Router::new();
+    if federation {
+        router = router.merge(federation::router());
+    }
     if client {
         router = router
             .merge(client::router())

@@ -201,6 +201,8 @@ async fn run(args: &Args, admin: &PgConnectOptions, db_name: &str) -> anyhow::Re
         listeners: vec![Listener {
             bind: "127.0.0.1:0".parse()?,
             resources: vec![Resource::Client],
+            tls_certificate: None,
+            tls_private_key: None,
         }],
         ..Default::default()
     };

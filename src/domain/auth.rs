@@ -31,6 +31,24 @@ pub fn authorize(
     })
 }
 
+/// Like [`authorize`], with the event's auth events looked up in `auth_events`
+/// (received events reference their own, which need not be in `state`).
+pub fn authorize_with(
+    rules: &RoomVersionRules,
+    pdu: &Pdu,
+    auth_events: &HashMap<ruma::OwnedEventId, Pdu>,
+    state: &StateMap,
+) -> Result<(), String> {
+    check_state_independent_auth_rules(&rules.authorization, pdu, |id: &EventId| {
+        auth_events
+            .get(id)
+            .or_else(|| state.values().find(|p| &*p.event_id == id))
+    })?;
+    check_state_dependent_auth_rules(&rules.authorization, pdu, |t, k| {
+        state.get(&(t.to_string(), k.to_owned()))
+    })
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     //! Auth-rule cases per room version, on rooms built in memory with real signed

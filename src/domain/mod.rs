@@ -7,3 +7,4 @@ pub mod pdu;
 pub mod room_version;
 pub mod state_res;
 pub mod token;
+pub mod xmatrix;

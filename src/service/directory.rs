@@ -14,6 +14,11 @@ pub async fn resolve_local(app: &AppState, alias: &str) -> Result<Option<OwnedRo
     Ok(room.and_then(|r| RoomId::parse(r).ok()))
 }
 
+/// Servers with joined members in a room.
+pub async fn joined_servers(app: &AppState, room_id: &RoomId) -> Result<Vec<String>> {
+    Ok(rooms::joined_servers(&app.db, room_id.as_str()).await?)
+}
+
 pub async fn insert_alias(
     tx: &mut Transaction<'_, Postgres>,
     alias: &str,

@@ -34,6 +34,9 @@ use crate::{
 /// bounds the work of reading state, at a small storage cost.
 pub const MAX_STATE_CHAIN: i32 = 32;
 
+/// At most this many `prev_events` in a new event (the spec allows 20).
+const MAX_PREV_EVENTS: usize = 20;
+
 /// The server's signing key.
 pub struct SigningKey {
     pub key_id: String,
@@ -50,6 +53,9 @@ pub struct RoomCtx {
     pub state_group: Option<i64>,
     /// Stream positions taken in this transaction; released after commit.
     pub in_flight: Vec<InFlight>,
+    /// Set when this transaction queued events for other servers: the sender is
+    /// woken after commit.
+    pub federation_wake: Option<std::sync::Arc<tokio::sync::Notify>>,
 }
 
 impl RoomCtx {
@@ -66,6 +72,7 @@ impl RoomCtx {
             depth: 0,
             state_group: None,
             in_flight: Vec::new(),
+            federation_wake: None,
         })
     }
 
@@ -82,26 +89,19 @@ impl RoomCtx {
         let rules = version
             .rules()
             .ok_or_else(|| anyhow::anyhow!("stored room version unsupported"))?;
-        let extremities: Vec<OwnedEventId> =
-            rooms::forward_extremities(&mut **tx, room_id.as_str())
-                .await?
-                .into_iter()
-                .filter_map(|e| EventId::parse(e).ok())
-                .collect();
-        if extremities.len() > 1 {
-            // Only federation can fork a room; resolving forks arrives with it.
-            return Err(Error::Internal(anyhow::anyhow!(
-                "room {room_id} has {} forward extremities; state resolution is not wired yet",
-                extremities.len()
-            )));
-        }
-        let ids: Vec<String> = extremities.iter().map(|e| e.to_string()).collect();
-        let depth = events::get_many(&mut **tx, &ids)
-            .await?
+        // With federation the room may have forked: a new local event references
+        // every extremity (the newest 20), and the room's current state is the
+        // resolved state of all of them.
+        let ids = rooms::forward_extremities(&mut **tx, room_id.as_str()).await?;
+        let mut known = events::get_many(&mut **tx, &ids).await?;
+        known.sort_by_key(|e| std::cmp::Reverse(e.depth));
+        known.truncate(MAX_PREV_EVENTS);
+        let depth = known.iter().map(|e| e.depth).max().unwrap_or(0);
+        let mut extremities: Vec<OwnedEventId> = known
             .iter()
-            .map(|e| e.depth)
-            .max()
-            .unwrap_or(0);
+            .filter_map(|e| EventId::parse(&e.event_id).ok())
+            .collect();
+        extremities.sort();
         Ok(Some(Self {
             room_id: Some(room_id.to_owned()),
             version,
@@ -110,6 +110,7 @@ impl RoomCtx {
             depth,
             state_group: room.current_state_group,
             in_flight: Vec::new(),
+            federation_wake: None,
         }))
     }
 
@@ -135,6 +136,7 @@ impl RoomCtx {
             depth: 0,
             state_group: room.current_state_group,
             in_flight: Vec::new(),
+            federation_wake: None,
         }))
     }
 
@@ -285,13 +287,76 @@ pub fn authorize(
         .map_err(|reason| Error::forbidden(format!("Event not allowed: {reason}")))
 }
 
-/// The single writer: event, state delta, extremities, membership — in the caller's
-/// transaction. The new stream position is published after the caller commits.
+/// The single writer for local events: event, state delta, extremities,
+/// membership — in the caller's transaction — and the federation send queue for
+/// the servers in the room. The new stream position is published after the caller
+/// commits.
 pub async fn persist(
     tx: &mut Transaction<'_, Postgres>,
     app: &AppState,
     room: &mut RoomCtx,
     built: Built,
+) -> Result<Appended> {
+    if room.room_id.is_none() {
+        room.room_id = Some(built.room_id.clone());
+    }
+    let group = match &built.pdu.state_key {
+        Some(state_key) => Some(
+            new_state_group(
+                tx,
+                built.room_id.as_str(),
+                room.state_group,
+                (built.pdu.kind.to_string(), state_key.clone()),
+                built.event_id.as_str(),
+            )
+            .await?,
+        ),
+        None => room.state_group,
+    };
+    let prev = room.extremities.clone();
+    let federate = built.pdu.sender.server_name() == app.server_name;
+    let pdu = built.pdu.clone();
+    let appended = write_event(
+        tx,
+        app,
+        room,
+        built,
+        Placement {
+            state_group: group,
+            replaces_extremities: &prev,
+            current_state_group: group,
+            membership: true,
+        },
+    )
+    .await?;
+    room.extremities = vec![appended.event_id.clone()];
+    room.depth = pdu.depth;
+    room.state_group = group;
+    if federate {
+        crate::service::federation::enqueue_pdu(tx, app, room, &pdu, &appended.event_id).await?;
+    }
+    Ok(appended)
+}
+
+/// Where an event goes in the room: the state after it, the extremities it
+/// replaces, the room's current state after it (`None`: unchanged), and whether
+/// its membership change is part of the current state.
+pub struct Placement<'a> {
+    pub state_group: Option<i64>,
+    pub replaces_extremities: &'a [OwnedEventId],
+    pub current_state_group: Option<i64>,
+    pub membership: bool,
+}
+
+/// Writes one event that has passed its checks: the event row, extremities,
+/// current state, membership, relations, redaction, search index and push
+/// actions, in the caller's transaction.
+pub async fn write_event(
+    tx: &mut Transaction<'_, Postgres>,
+    app: &AppState,
+    room: &mut RoomCtx,
+    built: Built,
+    placement: Placement<'_>,
 ) -> Result<Appended> {
     let Built {
         event_id,
@@ -299,27 +364,12 @@ pub async fn persist(
         json,
         pdu,
     } = built;
-    if room.room_id.is_none() {
-        room.room_id = Some(room_id.clone());
-    }
     let stream = events::next_stream_ordering(&mut **tx).await?;
     room.in_flight.push(app.notifier.begin(stream));
-
-    let group = match &pdu.state_key {
-        Some(state_key) => Some(
-            new_state_group(
-                tx,
-                room_id.as_str(),
-                room.state_group,
-                (pdu.kind.to_string(), state_key.clone()),
-                event_id.as_str(),
-            )
-            .await?,
-        ),
-        None => room.state_group,
-    };
+    let group = placement.state_group;
     let text = serde_json::to_string(&json).map_err(|e| anyhow::anyhow!("serialising pdu: {e}"))?;
     let event_type = pdu.kind.to_string();
+    crate::storage::federation::delete_outlier(&mut **tx, event_id.as_str()).await?;
     events::insert(
         &mut **tx,
         &events::NewEventRow {
@@ -338,12 +388,17 @@ pub async fn persist(
         stream,
     )
     .await?;
-    let prev: Vec<String> = room.extremities.iter().map(|e| e.to_string()).collect();
+    let prev: Vec<String> = placement
+        .replaces_extremities
+        .iter()
+        .map(|e| e.to_string())
+        .collect();
     rooms::replace_extremities(&mut **tx, room_id.as_str(), &prev, event_id.as_str()).await?;
-    if let Some(group) = group {
-        rooms::set_current_state_group(&mut **tx, room_id.as_str(), group).await?;
+    if let Some(current) = placement.current_state_group {
+        rooms::set_current_state_group(&mut **tx, room_id.as_str(), current).await?;
     }
-    if pdu.kind == TimelineEventType::RoomMember
+    if placement.membership
+        && pdu.kind == TimelineEventType::RoomMember
         && let Some(target) = &pdu.state_key
     {
         let membership: serde_json::Value = serde_json::from_str(pdu.content.get())
@@ -398,11 +453,13 @@ pub async fn persist(
         )
         .await?;
     }
-
-    room.extremities = vec![event_id.clone()];
-    room.depth = pdu.depth;
-    room.state_group = group;
-    super::push::record_actions(tx, app, room, &room_id, event_id.as_str(), &pdu, stream).await?;
+    // Push rules see the state at the event.
+    let current = room.state_group;
+    room.state_group = group.or(current);
+    let pushed =
+        super::push::record_actions(tx, app, room, &room_id, event_id.as_str(), &pdu, stream).await;
+    room.state_group = current;
+    pushed?;
     Ok(Appended {
         event_id,
         stream_ordering: stream,
@@ -417,7 +474,7 @@ pub async fn persist(
 ///
 /// Reads merge at most `MAX_STATE_CHAIN + 1` groups; a growing room writes a full
 /// snapshot only after many changes, not every `MAX_STATE_CHAIN`.
-async fn new_state_group(
+pub async fn new_state_group(
     tx: &mut Transaction<'_, Postgres>,
     room_id: &str,
     parent: Option<i64>,
@@ -464,7 +521,7 @@ async fn new_state_group(
     write_snapshot(tx, room_id, full).await
 }
 
-async fn write_snapshot(
+pub async fn write_snapshot(
     tx: &mut Transaction<'_, Postgres>,
     room_id: &str,
     full: HashMap<(String, String), String>,
@@ -478,6 +535,9 @@ async fn write_snapshot(
 /// publishing them to readers.
 pub fn release(room: RoomCtx) {
     drop(room.in_flight);
+    if let Some(wake) = room.federation_wake {
+        wake.notify_one();
+    }
 }
 
 /// Sends one event into an existing room in its own transaction, idempotently per

@@ -8,6 +8,7 @@ pub mod devices;
 pub mod directory;
 pub mod e2e;
 pub mod event;
+pub mod federation;
 pub mod keys;
 pub mod media;
 pub mod membership;

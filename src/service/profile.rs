@@ -17,15 +17,39 @@ pub use profiles::Profile;
 
 pub async fn get(app: &AppState, user_id: &UserId) -> Result<Profile> {
     if user_id.server_name() != app.server_name {
-        return Err(Error::not_found(
-            "Profile lookups on other servers need federation",
-        ));
+        return remote(app, user_id).await;
     }
     match users::get(&app.db, user_id.as_str()).await? {
         Some(u) if !u.deactivated => Ok(profiles::get(&app.db, user_id.as_str())
             .await?
             .unwrap_or_default()),
         _ => Err(Error::not_found("Profile not found")),
+    }
+}
+
+/// A remote user's profile, asked of their server.
+async fn remote(app: &AppState, user_id: &UserId) -> Result<Profile> {
+    if !app.config.federation.enabled {
+        return Err(Error::not_found("Profile not found (federation is off)"));
+    }
+    let path = format!(
+        "/_matrix/federation/v1/query/profile?user_id={}",
+        form_urlencoded::byte_serialize(user_id.as_str().as_bytes()).collect::<String>()
+    );
+    match app
+        .federation
+        .request_json(user_id.server_name(), http::Method::GET, &path, None)
+        .await
+    {
+        Ok(body) => Ok(Profile {
+            displayname: body["displayname"].as_str().map(str::to_owned),
+            avatar_url: body["avatar_url"].as_str().map(str::to_owned),
+        }),
+        Err(e) if e.is_not_found() => Err(Error::not_found("Profile not found")),
+        Err(e) => {
+            tracing::info!(%user_id, error = %e, "remote profile lookup failed");
+            Err(Error::not_found("Profile not available"))
+        }
     }
 }
 

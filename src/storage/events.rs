@@ -67,12 +67,23 @@ pub async fn insert(
     Ok(())
 }
 
+/// An event by ID: a timeline event, or else an outlier (stream ordering 0, no
+/// state group).
 pub async fn get(db: impl PgExecutor<'_>, event_id: &str) -> sqlx::Result<Option<StoredEvent>> {
     sqlx::query_as!(
         StoredEvent,
-        "select event_id, room_id, stream_ordering, depth, event_type, state_key, sender, json,
-                state_group, rejected, redacted_by
-         from events where event_id = $1",
+        r#"select event_id as "event_id!", room_id as "room_id!",
+                  stream_ordering as "stream_ordering!", depth as "depth!",
+                  event_type as "event_type!", state_key, sender as "sender!", json as "json!",
+                  state_group, rejected as "rejected!", redacted_by
+           from (select event_id, room_id, stream_ordering, depth, event_type, state_key, sender,
+                        json, state_group, rejected, redacted_by, 0 as pref
+                 from events where event_id = $1
+                 union all
+                 select event_id, room_id, 0::bigint, depth, event_type, state_key, sender, json,
+                        null::bigint, rejected, null::text, 1
+                 from outlier_events where event_id = $1) e
+           order by pref limit 1"#,
         event_id
     )
     .fetch_optional(db)
@@ -85,9 +96,16 @@ pub async fn get_many(
 ) -> sqlx::Result<Vec<StoredEvent>> {
     sqlx::query_as!(
         StoredEvent,
-        "select event_id, room_id, stream_ordering, depth, event_type, state_key, sender, json,
-                state_group, rejected, redacted_by
-         from events where event_id = any($1)",
+        r#"select event_id as "event_id!", room_id as "room_id!",
+                  stream_ordering as "stream_ordering!", depth as "depth!",
+                  event_type as "event_type!", state_key, sender as "sender!", json as "json!",
+                  state_group, rejected as "rejected!", redacted_by
+           from events where event_id = any($1)
+           union all
+           select event_id, room_id, 0::bigint, depth, event_type, state_key, sender, json,
+                  null::bigint, rejected, null::text
+           from outlier_events o where event_id = any($1)
+             and not exists (select 1 from events e where e.event_id = o.event_id)"#,
         event_ids
     )
     .fetch_all(db)

@@ -37,3 +37,20 @@ pub async fn insert_if_none(
     .await?;
     Ok(done.rows_affected() == 1)
 }
+
+pub struct ExpiredKey {
+    pub key_id: String,
+    pub pkcs8: Vec<u8>,
+    pub expired_ts: i64,
+}
+
+/// Keys no longer in use, for `old_verify_keys`.
+pub async fn expired(db: impl PgExecutor<'_>) -> sqlx::Result<Vec<ExpiredKey>> {
+    sqlx::query_as!(
+        ExpiredKey,
+        r#"select key_id, pkcs8, expired_ts as "expired_ts!" from server_signing_keys
+           where expired_ts is not null order by expired_ts"#
+    )
+    .fetch_all(db)
+    .await
+}

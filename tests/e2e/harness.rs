@@ -166,6 +166,8 @@ pub fn test_config() -> Config {
         listeners: vec![Listener {
             bind: "127.0.0.1:0".parse().unwrap(),
             resources: vec![Resource::Client, Resource::Federation],
+            tls_certificate: None,
+            tls_private_key: None,
         }],
         ..Default::default()
     };
@@ -176,7 +178,78 @@ pub fn test_config() -> Config {
     config
 }
 
+/// The development CA and a certificate for `localhost` / `127.0.0.1`, written
+/// once per test process; every federating test server uses and trusts them.
+pub fn dev_tls() -> &'static lattice::federation::tls::DevCertificates {
+    static TLS: OnceLock<(tempfile::TempDir, lattice::federation::tls::DevCertificates)> =
+        OnceLock::new();
+    &TLS.get_or_init(|| {
+        let dir = tempfile::tempdir().expect("tls dir");
+        let certs = lattice::federation::tls::generate_dev_certificates(
+            dir.path(),
+            "localhost",
+            &["localhost".into(), "127.0.0.1".into()],
+        )
+        .expect("dev certificates");
+        (dir, certs)
+    })
+    .1
+}
+
+/// A free loopback port (bound and released: a small race, fine for tests).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 impl TestServer {
+    /// A server named `localhost:<port>` that federates: client API on plain HTTP
+    /// (`base`), federation over TLS on `<port>` with the dev certificate, peers'
+    /// certificates checked against the dev CA, loopback allowed.
+    pub async fn start_federating() -> Self {
+        Self::start_federating_with(|_| {}).await
+    }
+
+    pub async fn start_federating_with(tweak: impl FnOnce(&mut Config)) -> Self {
+        let tls = dev_tls();
+        let port = free_port();
+        Self::start_with(|config| {
+            config.server_name = format!("localhost:{port}");
+            config.listeners = vec![
+                Listener {
+                    bind: "127.0.0.1:0".parse().unwrap(),
+                    resources: vec![Resource::Client],
+                    tls_certificate: None,
+                    tls_private_key: None,
+                },
+                Listener {
+                    bind: format!("127.0.0.1:{port}").parse().unwrap(),
+                    resources: vec![Resource::Federation],
+                    tls_certificate: Some(tls.cert.clone()),
+                    tls_private_key: Some(tls.key.clone()),
+                },
+            ];
+            config.federation.extra_ca_files = vec![tls.ca.clone()];
+            config.federation.ip_range_allowlist = vec!["127.0.0.0/8".into(), "::1/128".into()];
+            config.federation.trusted_key_servers = Vec::new();
+            tweak(config);
+        })
+        .await
+    }
+
+    /// The server name (`localhost:<port>` for federating servers).
+    pub fn name(&self) -> &str {
+        self.state.server_name.as_str()
+    }
+
+    /// An HTTPS client for this server's federation port, trusting the dev CA.
+    pub fn federation_url(&self) -> String {
+        format!("https://{}", self.name())
+    }
+
     pub async fn start() -> Self {
         Self::start_with(|_| {}).await
     }

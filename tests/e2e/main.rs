@@ -7,6 +7,7 @@ mod devices;
 mod e2ee;
 mod embedded;
 mod errors;
+mod federation;
 mod harness;
 mod media;
 mod push;

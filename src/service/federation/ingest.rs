@@ -1,0 +1,653 @@
+//! The remote event path (spec "Checks performed on receipt of a PDU"), in order:
+//! format → signatures → hashes (a mismatch keeps the redacted form) → auth
+//! against the event's auth events → auth against the state before the event →
+//! soft-fail against the current state. Missing prev events are asked of the
+//! origin with `/get_missing_events`, missing auth events with `/event_auth`.
+//! Forks are resolved with state resolution v2 / v2.1. Accepted events go
+//! through the same [`write_event`] as local ones.
+
+use std::collections::{HashMap, HashSet};
+
+use ruma::{
+    CanonicalJsonObject, CanonicalJsonValue, EventId, OwnedEventId, OwnedServerName, RoomId,
+    RoomVersionId, ServerName,
+    room_version_rules::RoomVersionRules,
+    signatures::{
+        PublicKeyMap, Verified, reference_hash, required_server_signatures_to_verify_event,
+        verify_event,
+    },
+};
+use serde_json::{Value, json};
+
+use crate::{
+    app::AppState,
+    domain::{
+        auth,
+        pdu::{Built, MAX_PDU_BYTES, Pdu, canonical_len},
+        state_res,
+    },
+    error::Result,
+    federation::keys,
+    service::event::{self, Placement, RoomCtx},
+    storage::{events, federation as fed_store, now_ms, rooms, state},
+};
+
+/// What became of a received PDU that was not rejected.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Accepted,
+    /// Stored, but kept out of the timeline and current state (spec step 6).
+    SoftFailed,
+    AlreadyKnown,
+}
+
+/// A PDU that passed the format, signature and hash checks.
+pub struct Checked {
+    pub event_id: OwnedEventId,
+    pub object: CanonicalJsonObject,
+    pub pdu: Pdu,
+}
+
+/// Steps 1-3, no storage: the PDU's format and size, its event ID (reference
+/// hash), the signatures of the servers that must have signed it, and its
+/// content hash (on mismatch the event continues redacted).
+pub async fn check_pdu(
+    app: &AppState,
+    rules: &RoomVersionRules,
+    value: &Value,
+) -> Result<Checked, String> {
+    let object = match CanonicalJsonValue::try_from(value.clone()) {
+        Ok(CanonicalJsonValue::Object(o)) => o,
+        Ok(_) => return Err("PDU is not an object".into()),
+        Err(e) => return Err(format!("PDU is not canonical JSON: {e}")),
+    };
+    let mut object = object;
+    // v3+ PDUs carry no event ID; some servers add one anyway.
+    object.remove("event_id");
+    if canonical_len(&object) > MAX_PDU_BYTES {
+        return Err("PDU is larger than 65536 bytes".into());
+    }
+    let hash = reference_hash(&object, rules).map_err(|e| format!("reference hash: {e}"))?;
+    let event_id = EventId::parse(format!("${hash}")).map_err(|e| e.to_string())?;
+    let servers = required_server_signatures_to_verify_event(&object, &rules.signatures)
+        .map_err(|e| format!("signatures: {e}"))?;
+    let ts = object
+        .get("origin_server_ts")
+        .and_then(|t| match t {
+            CanonicalJsonValue::Integer(i) => Some(i64::from(*i)),
+            _ => None,
+        })
+        .unwrap_or(0);
+    let mut map = PublicKeyMap::new();
+    for server in &servers {
+        let key_ids: Vec<String> = match object.get("signatures") {
+            Some(CanonicalJsonValue::Object(sigs)) => match sigs.get(server.as_str()) {
+                Some(CanonicalJsonValue::Object(k)) => k.keys().cloned().collect(),
+                _ => return Err(format!("not signed by {server}")),
+            },
+            _ => return Err("no signatures".into()),
+        };
+        // Keys valid when the event was sent (v5+ rooms enforce validity).
+        let set = keys::public_keys(app, server, &key_ids, ts.min(now_ms()))
+            .await
+            .map_err(|e| format!("keys of {server}: {e}"))?;
+        map.insert(server.to_string(), set);
+    }
+    let verified = verify_event(&map, &object, rules).map_err(|e| format!("bad signature: {e}"))?;
+    if verified == Verified::Signatures {
+        tracing::info!(%event_id, "content hash mismatch: keeping the redacted event");
+        object = ruma::canonical_json::redact(object, &rules.redaction, None)
+            .map_err(|e| format!("redacting: {e}"))?;
+    }
+    let text = serde_json::to_string(&object).map_err(|e| e.to_string())?;
+    let pdu = Pdu::from_json(&event_id, &text).map_err(|e| e.to_string())?;
+    Ok(Checked {
+        event_id,
+        object,
+        pdu,
+    })
+}
+
+/// The parsed events among `ids` that we hold (timeline or outlier).
+pub async fn load_pdus(
+    db: impl sqlx::PgExecutor<'_>,
+    ids: &[String],
+) -> Result<HashMap<OwnedEventId, (Pdu, Option<i64>)>> {
+    let mut out = HashMap::new();
+    for ev in events::get_many(db, ids).await? {
+        let Ok(id) = EventId::parse(&ev.event_id) else {
+            continue;
+        };
+        let Ok(mut pdu) = Pdu::from_json(&id, &ev.json) else {
+            continue;
+        };
+        pdu.rejected = ev.rejected;
+        out.insert(id, (pdu, ev.state_group));
+    }
+    Ok(out)
+}
+
+/// Stores an event outside the timeline (auth chains, state at a join, rejected
+/// and soft-failed events).
+pub async fn store_outlier(
+    db: impl sqlx::PgExecutor<'_>,
+    checked: &Checked,
+    rejected: bool,
+) -> Result<()> {
+    let text = serde_json::to_string(&checked.object).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let kind = checked.pdu.kind.to_string();
+    fed_store::insert_outlier(
+        db,
+        &fed_store::NewOutlier {
+            event_id: checked.event_id.as_str(),
+            room_id: checked.pdu.room_id.as_str(),
+            depth: checked.pdu.depth,
+            event_type: &kind,
+            state_key: checked.pdu.state_key.as_deref(),
+            sender: checked.pdu.sender.as_str(),
+            json: &text,
+            rejected,
+            received_ts: now_ms(),
+        },
+    )
+    .await?;
+    Ok(())
+}
+
+/// Checks a batch of auth-chain or state events and stores them as outliers:
+/// signatures first, then (in depth order) each against its own auth events.
+/// Events failing auth are stored as rejected. Returns the accepted IDs.
+pub async fn store_auth_events(
+    app: &AppState,
+    rules: &RoomVersionRules,
+    room_id: &RoomId,
+    values: &[Value],
+) -> Result<HashSet<OwnedEventId>, String> {
+    let mut checked = Vec::new();
+    for value in values {
+        match check_pdu(app, rules, value).await {
+            Ok(c) if c.pdu.room_id == room_id => checked.push(c),
+            Ok(c) => tracing::info!(event_id = %c.event_id, "auth event of another room ignored"),
+            Err(e) => tracing::info!(error = %e, "auth event refused"),
+        }
+    }
+    checked.sort_by_key(|c| c.pdu.depth);
+    let ids: Vec<String> = checked
+        .iter()
+        .flat_map(|c| c.pdu.auth_events.iter().map(|a| a.to_string()))
+        .collect();
+    let mut known: HashMap<OwnedEventId, Pdu> = load_pdus(&app.db, &ids)
+        .await
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .map(|(id, (pdu, _))| (id, pdu))
+        .collect();
+    let mut accepted = HashSet::new();
+    for c in checked {
+        let auth_state = auth_state(&c.pdu, &known);
+        let ok = auth::authorize_with(rules, &c.pdu, &known, &auth_state).is_ok();
+        if !ok {
+            tracing::info!(event_id = %c.event_id, "auth event fails auth: stored as rejected");
+        }
+        store_outlier(&app.db, &c, !ok)
+            .await
+            .map_err(|e| e.to_string())?;
+        if ok {
+            accepted.insert(c.event_id.clone());
+        }
+        let mut pdu = c.pdu;
+        pdu.rejected = !ok;
+        known.insert(c.event_id, pdu);
+    }
+    Ok(accepted)
+}
+
+/// The state map the auth rules see when checking an event against its own
+/// auth events.
+fn auth_state(pdu: &Pdu, known: &HashMap<OwnedEventId, Pdu>) -> auth::StateMap {
+    pdu.auth_events
+        .iter()
+        .filter_map(|id| known.get(id))
+        .filter(|p| !p.rejected)
+        .filter_map(|p| {
+            p.state_key
+                .as_ref()
+                .map(|k| ((p.kind.to_string(), k.clone()), p.clone()))
+        })
+        .collect()
+}
+
+/// Receives one PDU from `origin` for a room we know.
+pub async fn receive_pdu(
+    app: &AppState,
+    origin: &ServerName,
+    value: &Value,
+) -> (Option<OwnedEventId>, Result<Outcome, String>) {
+    Box::pin(receive(app, origin, value, true)).await
+}
+
+async fn receive(
+    app: &AppState,
+    origin: &ServerName,
+    value: &Value,
+    fetch_missing: bool,
+) -> (Option<OwnedEventId>, Result<Outcome, String>) {
+    let Some(room_id) = value["room_id"]
+        .as_str()
+        .and_then(|r| RoomId::parse(r).ok())
+    else {
+        return (None, Err("missing or invalid room_id".into()));
+    };
+    let room = match rooms::get(&app.db, room_id.as_str()).await {
+        Ok(Some(room)) => room,
+        Ok(None) => return (None, Err("unknown room".into())),
+        Err(e) => return (None, Err(format!("database: {e}"))),
+    };
+    let Some(rules) = RoomVersionId::try_from(room.room_version.as_str())
+        .ok()
+        .and_then(|v| v.rules())
+    else {
+        return (None, Err("unsupported room version".into()));
+    };
+    let checked = match check_pdu(app, &rules, value).await {
+        Ok(c) => c,
+        Err(e) => return (None, Err(e)),
+    };
+    let event_id = checked.event_id.clone();
+    let result = receive_checked(app, origin, &rules, &room_id, checked, fetch_missing).await;
+    (Some(event_id), result)
+}
+
+async fn receive_checked(
+    app: &AppState,
+    origin: &ServerName,
+    rules: &RoomVersionRules,
+    room_id: &RoomId,
+    checked: Checked,
+    fetch_missing: bool,
+) -> Result<Outcome, String> {
+    let event_id = checked.event_id.clone();
+    if checked.pdu.room_id != room_id {
+        return Err("room_id mismatch".into());
+    }
+    if checked.pdu.sender.server_name() != origin {
+        return Err(format!("sender is not from {origin}"));
+    }
+    let db_err = |e: crate::error::Error| e.to_string();
+    match fed_store::known(&app.db, event_id.as_str()).await {
+        Ok(Some(_)) => {
+            // A timeline event is done; an outlier stays what it is.
+            return Ok(Outcome::AlreadyKnown);
+        }
+        Ok(None) => {}
+        Err(e) => return Err(e.to_string()),
+    }
+
+    // Missing prev events: ask the origin for what lies between our
+    // extremities and this event, oldest first.
+    let prev_ids: Vec<String> = checked
+        .pdu
+        .prev_events
+        .iter()
+        .map(|e| e.to_string())
+        .collect();
+    let have = timeline_events(app, &prev_ids).await.map_err(db_err)?;
+    if have.len() < prev_ids.len() && fetch_missing {
+        fetch_missing_prevs(app, origin, rules, room_id, &event_id).await;
+    }
+    let have = timeline_events(app, &prev_ids).await.map_err(db_err)?;
+    if have.len() < prev_ids.len() {
+        return Err("prev events are missing and could not be fetched".into());
+    }
+
+    // Missing auth events: the origin's auth chain for the event.
+    let auth_ids: Vec<String> = checked
+        .pdu
+        .auth_events
+        .iter()
+        .map(|e| e.to_string())
+        .collect();
+    let known_auth = load_pdus(&app.db, &auth_ids).await.map_err(db_err)?;
+    if known_auth.len() < auth_ids.len() {
+        let path = format!(
+            "/_matrix/federation/v1/event_auth/{}/{}",
+            enc(room_id.as_str()),
+            enc(event_id.as_str())
+        );
+        match app
+            .federation
+            .request_json(origin, http::Method::GET, &path, None)
+            .await
+        {
+            Ok(body) => {
+                let chain = body["auth_chain"].as_array().cloned().unwrap_or_default();
+                store_auth_events(app, rules, room_id, &chain).await?;
+            }
+            Err(e) => tracing::info!(%event_id, error = %e, "fetching the auth chain failed"),
+        }
+    }
+
+    let mut tx = app.db.begin().await.map_err(|e| e.to_string())?;
+    let Some(mut room) = RoomCtx::lock(&mut tx, room_id).await.map_err(db_err)? else {
+        return Err("unknown room".into());
+    };
+    if let Ok(Some(_)) = fed_store::known(&mut *tx, event_id.as_str()).await {
+        return Ok(Outcome::AlreadyKnown);
+    }
+    let auth_events: HashMap<OwnedEventId, Pdu> = load_pdus(&mut *tx, &auth_ids)
+        .await
+        .map_err(db_err)?
+        .into_iter()
+        .map(|(id, (pdu, _))| (id, pdu))
+        .collect();
+    if auth_events.len() < auth_ids.len() {
+        return Err("auth events are missing".into());
+    }
+    // Step 4: against its own auth events.
+    let own = auth_state(&checked.pdu, &auth_events);
+    if let Err(reason) = auth::authorize_with(rules, &checked.pdu, &auth_events, &own) {
+        store_outlier(&mut *tx, &checked, true)
+            .await
+            .map_err(db_err)?;
+        tx.commit().await.map_err(|e| e.to_string())?;
+        return Err(format!("fails auth against its auth events: {reason}"));
+    }
+
+    // Step 5: against the state before it (resolved over its prev events).
+    let prevs = load_pdus(&mut *tx, &prev_ids).await.map_err(db_err)?;
+    let prev_groups: Vec<i64> = prevs.values().filter_map(|(_, g)| *g).collect();
+    let before_group = resolved_group(&mut tx, rules, room_id, &prev_groups)
+        .await
+        .map_err(db_err)?;
+    let before = full_state_pdus(&mut tx, before_group)
+        .await
+        .map_err(db_err)?;
+    if let Err(reason) = auth::authorize_with(rules, &checked.pdu, &auth_events, &before) {
+        store_outlier(&mut *tx, &checked, true)
+            .await
+            .map_err(db_err)?;
+        tx.commit().await.map_err(|e| e.to_string())?;
+        return Err(format!("fails auth against the state before it: {reason}"));
+    }
+
+    // Step 6: soft-fail against the current state.
+    let current = full_state_pdus(&mut tx, room.state_group)
+        .await
+        .map_err(db_err)?;
+    if let Err(reason) = auth::authorize_with(rules, &checked.pdu, &auth_events, &current) {
+        tracing::info!(%event_id, %reason, "soft-failed");
+        store_outlier(&mut *tx, &checked, false)
+            .await
+            .map_err(db_err)?;
+        tx.commit().await.map_err(|e| e.to_string())?;
+        return Ok(Outcome::SoftFailed);
+    }
+
+    // Persist: the state after it, the new extremities, the current state.
+    let group = match &checked.pdu.state_key {
+        Some(k) => Some(
+            event::new_state_group(
+                &mut tx,
+                room_id.as_str(),
+                before_group,
+                (checked.pdu.kind.to_string(), k.clone()),
+                event_id.as_str(),
+            )
+            .await
+            .map_err(db_err)?,
+        ),
+        None => before_group,
+    };
+    let old_current = room.state_group;
+    let mut extremities: Vec<OwnedEventId> = room
+        .extremities
+        .iter()
+        .filter(|e| !checked.pdu.prev_events.contains(e))
+        .cloned()
+        .collect();
+    let linear = extremities.is_empty();
+    let replaced: Vec<OwnedEventId> = room
+        .extremities
+        .iter()
+        .filter(|e| checked.pdu.prev_events.contains(e))
+        .cloned()
+        .collect();
+    let new_current = if linear {
+        group
+    } else {
+        // A fork: the current state resolves the extremities' states.
+        let ids: Vec<String> = extremities.iter().map(|e| e.to_string()).collect();
+        let mut groups: Vec<i64> = load_pdus(&mut *tx, &ids)
+            .await
+            .map_err(db_err)?
+            .values()
+            .filter_map(|(_, g)| *g)
+            .collect();
+        groups.extend(group);
+        resolved_group(&mut tx, rules, room_id, &groups)
+            .await
+            .map_err(db_err)?
+    };
+    let pdu = checked.pdu.clone();
+    let built = Built {
+        event_id: checked.event_id.clone(),
+        room_id: room_id.to_owned(),
+        json: checked.object,
+        pdu: checked.pdu,
+    };
+    event::write_event(
+        &mut tx,
+        app,
+        &mut room,
+        built,
+        Placement {
+            state_group: group,
+            replaces_extremities: &replaced,
+            current_state_group: new_current,
+            membership: linear,
+        },
+    )
+    .await
+    .map_err(db_err)?;
+    if !linear {
+        sync_memberships(&mut tx, room_id, old_current, new_current)
+            .await
+            .map_err(db_err)?;
+    }
+    extremities.push(event_id.clone());
+    room.extremities = extremities;
+    room.state_group = new_current;
+    let _ = pdu;
+    tx.commit().await.map_err(|e| e.to_string())?;
+    event::release(room);
+    Ok(Outcome::Accepted)
+}
+
+/// Events among `ids` that are in the timeline (with a state group).
+async fn timeline_events(app: &AppState, ids: &[String]) -> Result<Vec<String>> {
+    Ok(events::get_many(&app.db, ids)
+        .await?
+        .into_iter()
+        .filter(|e| e.state_group.is_some() || e.stream_ordering > 0)
+        .map(|e| e.event_id)
+        .collect())
+}
+
+/// Asks `origin` for the events between our forward extremities and `latest`,
+/// and receives them oldest first (without fetching further gaps).
+async fn fetch_missing_prevs(
+    app: &AppState,
+    origin: &ServerName,
+    rules: &RoomVersionRules,
+    room_id: &RoomId,
+    latest: &EventId,
+) {
+    let earliest = rooms::forward_extremities(&app.db, room_id.as_str())
+        .await
+        .unwrap_or_default();
+    let body = json!({
+        "earliest_events": earliest,
+        "latest_events": [latest],
+        "limit": 20,
+        "min_depth": 0,
+    });
+    let path = format!(
+        "/_matrix/federation/v1/get_missing_events/{}",
+        enc(room_id.as_str())
+    );
+    let reply = match app
+        .federation
+        .request_json(origin, http::Method::POST, &path, Some(&body))
+        .await
+    {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::info!(%latest, error = %e, "get_missing_events failed");
+            return;
+        }
+    };
+    let mut found: Vec<Value> = reply["events"].as_array().cloned().unwrap_or_default();
+    found.sort_by_key(|v| v["depth"].as_i64().unwrap_or(0));
+    for value in found {
+        let checked = match check_pdu(app, rules, &value).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::info!(error = %e, "missing event refused");
+                continue;
+            }
+        };
+        let sender_server: OwnedServerName = checked.pdu.sender.server_name().to_owned();
+        let id = checked.event_id.clone();
+        if let Err(e) = Box::pin(receive_checked(
+            app,
+            &sender_server,
+            rules,
+            room_id,
+            checked,
+            false,
+        ))
+        .await
+        {
+            tracing::info!(event_id = %id, error = %e, "missing event not accepted");
+        }
+    }
+}
+
+/// The state group of the resolved state of several groups (the one group
+/// itself when there is one, or all are equal).
+pub async fn resolved_group(
+    tx: &mut crate::storage::Transaction<'_, crate::storage::Postgres>,
+    rules: &RoomVersionRules,
+    room_id: &RoomId,
+    groups: &[i64],
+) -> Result<Option<i64>> {
+    let mut unique: Vec<i64> = groups.to_vec();
+    unique.sort_unstable();
+    unique.dedup();
+    match unique.as_slice() {
+        [] => return Ok(None),
+        [one] => return Ok(Some(*one)),
+        _ => {}
+    }
+    let mut forks = Vec::new();
+    let mut ids = HashSet::new();
+    for g in &unique {
+        let fork: HashMap<(String, String), OwnedEventId> = state::full_state(&mut **tx, *g)
+            .await?
+            .into_iter()
+            .filter_map(|(k, id)| EventId::parse(id).ok().map(|id| (k, id)))
+            .collect();
+        ids.extend(fork.values().cloned());
+        forks.push(fork);
+    }
+    if forks.windows(2).all(|w| w[0] == w[1]) {
+        return Ok(Some(unique[0]));
+    }
+    // Every event of the forks and their auth chains.
+    let mut events_map: HashMap<OwnedEventId, Pdu> = HashMap::new();
+    let mut todo: Vec<String> = ids.iter().map(|i| i.to_string()).collect();
+    while !todo.is_empty() {
+        let loaded = load_pdus(&mut **tx, &todo).await?;
+        todo.clear();
+        for (id, (pdu, _)) in loaded {
+            for a in &pdu.auth_events {
+                if !events_map.contains_key(a) && !ids.contains(a) {
+                    ids.insert(a.clone());
+                    todo.push(a.to_string());
+                }
+            }
+            events_map.insert(id, pdu);
+        }
+    }
+    let resolved = state_res::resolve(rules, &forks, &events_map)
+        .map_err(|e| anyhow::anyhow!("state resolution: {e}"))?;
+    let full: HashMap<(String, String), String> = resolved
+        .into_iter()
+        .map(|(k, id)| (k, id.to_string()))
+        .collect();
+    Ok(Some(
+        event::write_snapshot(tx, room_id.as_str(), full).await?,
+    ))
+}
+
+/// The whole state of a group as parsed PDUs.
+pub async fn full_state_pdus(
+    tx: &mut crate::storage::Transaction<'_, crate::storage::Postgres>,
+    group: Option<i64>,
+) -> Result<auth::StateMap> {
+    let Some(group) = group else {
+        return Ok(HashMap::new());
+    };
+    let entries = state::full_state(&mut **tx, group).await?;
+    let ids: Vec<String> = entries.iter().map(|(_, id)| id.clone()).collect();
+    let loaded = load_pdus(&mut **tx, &ids).await?;
+    Ok(entries
+        .into_iter()
+        .filter_map(|(k, id)| {
+            let id = EventId::parse(id).ok()?;
+            loaded.get(&id).map(|(p, _)| (k, p.clone()))
+        })
+        .collect())
+}
+
+/// After a resolution changed the current state, brings `room_members` in line
+/// with the member events now current.
+async fn sync_memberships(
+    tx: &mut crate::storage::Transaction<'_, crate::storage::Postgres>,
+    room_id: &RoomId,
+    old: Option<i64>,
+    new: Option<i64>,
+) -> Result<()> {
+    let Some(new) = new else { return Ok(()) };
+    let old: HashMap<(String, String), String> = match old {
+        Some(g) => state::full_state(&mut **tx, g).await?.into_iter().collect(),
+        None => HashMap::new(),
+    };
+    let changed: Vec<((String, String), String)> = state::full_state(&mut **tx, new)
+        .await?
+        .into_iter()
+        .filter(|(k, id)| k.0 == "m.room.member" && old.get(k) != Some(id))
+        .collect();
+    let ids: Vec<String> = changed.iter().map(|(_, id)| id.clone()).collect();
+    let loaded = load_pdus(&mut **tx, &ids).await?;
+    for ((_, user), id) in changed {
+        let Some((pdu, _)) = EventId::parse(&id)
+            .ok()
+            .and_then(|i| loaded.get(&i).cloned())
+        else {
+            continue;
+        };
+        let content: Value = serde_json::from_str(pdu.content.get()).unwrap_or_default();
+        let membership = content["membership"].as_str().unwrap_or("leave");
+        let stream = events::get(&mut **tx, &id)
+            .await?
+            .map(|e| e.stream_ordering)
+            .unwrap_or(0);
+        rooms::set_membership(&mut **tx, room_id.as_str(), &user, membership, &id, stream).await?;
+    }
+    Ok(())
+}
+
+pub fn enc(s: &str) -> String {
+    form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}

@@ -1,0 +1,76 @@
+//! The federation use cases: queueing our events for the servers in a room, the
+//! sender worker that delivers them, and (in submodules) what other servers send
+//! us.
+
+pub mod ingest;
+pub mod sender;
+
+use std::collections::BTreeSet;
+
+use ruma::{EventId, UserId, events::TimelineEventType};
+
+use super::event::RoomCtx;
+use crate::{
+    app::AppState,
+    domain::pdu::Pdu,
+    error::Result,
+    storage::{Postgres, Transaction, federation, now_ms, rooms},
+};
+
+/// Queues one of our events for every other server with members in the room
+/// (after the event), plus the server of a member event's target (a kicked or
+/// banned user's server must hear of it). In the persisting transaction, so the
+/// event and its delivery are committed together.
+pub async fn enqueue_pdu(
+    tx: &mut Transaction<'_, Postgres>,
+    app: &AppState,
+    room: &mut RoomCtx,
+    pdu: &Pdu,
+    event_id: &EventId,
+) -> Result<()> {
+    if !app.config.federation.enabled {
+        return Ok(());
+    }
+    let mut destinations: BTreeSet<String> =
+        rooms::joined_servers(&mut **tx, room.room_id().as_str())
+            .await?
+            .into_iter()
+            .collect();
+    if pdu.kind == TimelineEventType::RoomMember
+        && let Some(target) = pdu.state_key.as_deref().and_then(|k| UserId::parse(k).ok())
+    {
+        destinations.insert(target.server_name().to_string());
+    }
+    destinations.remove(app.server_name.as_str());
+    if destinations.is_empty() {
+        return Ok(());
+    }
+    let destinations: Vec<String> = destinations.into_iter().collect();
+    federation::enqueue_pdu(&mut **tx, &destinations, event_id.as_str(), now_ms()).await?;
+    room.federation_wake = Some(app.federation_wake.clone());
+    Ok(())
+}
+
+/// Queues an EDU for the given servers (ours is skipped) and wakes the sender.
+pub async fn enqueue_edu(
+    app: &AppState,
+    destinations: impl IntoIterator<Item = String>,
+    edu: &serde_json::Value,
+) -> Result<()> {
+    if !app.config.federation.enabled {
+        return Ok(());
+    }
+    let destinations: Vec<String> = destinations
+        .into_iter()
+        .filter(|d| d != app.server_name.as_str())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    if destinations.is_empty() {
+        return Ok(());
+    }
+    let text = serde_json::to_string(edu).map_err(|e| anyhow::anyhow!("{e}"))?;
+    federation::enqueue_edu(&app.db, &destinations, &text, now_ms()).await?;
+    app.federation_wake.notify_one();
+    Ok(())
+}

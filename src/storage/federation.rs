@@ -1,0 +1,325 @@
+//! The federation send queue (`federation_outbox`), per-destination health
+//! (`federation_destinations`), inbound transaction replies
+//! (`federation_inbound_txns`) and outlier events.
+
+use sqlx::PgExecutor;
+
+/// Queues a PDU for each destination.
+pub async fn enqueue_pdu(
+    db: impl PgExecutor<'_>,
+    destinations: &[String],
+    event_id: &str,
+    now: i64,
+) -> sqlx::Result<()> {
+    sqlx::query!(
+        "insert into federation_outbox (destination, event_id, created_ts)
+         select d, $2, $3 from unnest($1::text[]) as d",
+        destinations,
+        event_id,
+        now
+    )
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// Queues an EDU (JSON) for each destination.
+pub async fn enqueue_edu(
+    db: impl PgExecutor<'_>,
+    destinations: &[String],
+    edu: &str,
+    now: i64,
+) -> sqlx::Result<()> {
+    sqlx::query!(
+        "insert into federation_outbox (destination, edu, created_ts)
+         select d, $2, $3 from unnest($1::text[]) as d",
+        destinations,
+        edu,
+        now
+    )
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// Destinations with queued items that are not backing off.
+pub async fn ready_destinations(db: impl PgExecutor<'_>, now: i64) -> sqlx::Result<Vec<String>> {
+    sqlx::query_scalar!(
+        r#"select distinct o.destination as "destination!"
+           from federation_outbox o
+           left join federation_destinations d on d.destination = o.destination
+           where coalesce(d.retry_after_ts, 0) <= $1"#,
+        now
+    )
+    .fetch_all(db)
+    .await
+}
+
+/// The soonest time a backed-off destination with queued items may be retried.
+pub async fn next_retry(db: impl PgExecutor<'_>) -> sqlx::Result<Option<i64>> {
+    sqlx::query_scalar!(
+        "select min(d.retry_after_ts) from federation_destinations d
+         where exists (select 1 from federation_outbox o where o.destination = d.destination)"
+    )
+    .fetch_one(db)
+    .await
+}
+
+pub struct QueuedPdu {
+    pub id: i64,
+    pub json: String,
+}
+
+/// The oldest queued PDUs of a destination, with their stored JSON (events
+/// since purged are skipped).
+pub async fn queued_pdus(
+    db: impl PgExecutor<'_>,
+    destination: &str,
+    limit: i64,
+) -> sqlx::Result<Vec<QueuedPdu>> {
+    sqlx::query_as!(
+        QueuedPdu,
+        r#"select o.id, e.json from federation_outbox o
+           join events e on e.event_id = o.event_id
+           where o.destination = $1 and o.event_id is not null
+           order by o.id limit $2"#,
+        destination,
+        limit
+    )
+    .fetch_all(db)
+    .await
+}
+
+pub struct QueuedEdu {
+    pub id: i64,
+    pub edu: String,
+}
+
+pub async fn queued_edus(
+    db: impl PgExecutor<'_>,
+    destination: &str,
+    limit: i64,
+) -> sqlx::Result<Vec<QueuedEdu>> {
+    sqlx::query_as!(
+        QueuedEdu,
+        r#"select id, edu as "edu!" from federation_outbox
+           where destination = $1 and edu is not null
+           order by id limit $2"#,
+        destination,
+        limit
+    )
+    .fetch_all(db)
+    .await
+}
+
+/// Removes delivered items (and PDU rows whose event no longer exists).
+pub async fn delete_delivered(
+    db: impl PgExecutor<'_>,
+    destination: &str,
+    ids: &[i64],
+) -> sqlx::Result<()> {
+    sqlx::query!(
+        "delete from federation_outbox where destination = $1
+         and (id = any($2) or (event_id is not null
+              and not exists (select 1 from events e where e.event_id = federation_outbox.event_id)))",
+        destination,
+        ids
+    )
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+pub async fn queue_len(db: impl PgExecutor<'_>, destination: &str) -> sqlx::Result<i64> {
+    sqlx::query_scalar!(
+        r#"select count(*) as "n!" from federation_outbox where destination = $1"#,
+        destination
+    )
+    .fetch_one(db)
+    .await
+}
+
+pub async fn record_success(
+    db: impl PgExecutor<'_>,
+    destination: &str,
+    now: i64,
+) -> sqlx::Result<()> {
+    sqlx::query!(
+        "insert into federation_destinations (destination, failures, retry_after_ts, last_success_ts)
+         values ($1, 0, 0, $2)
+         on conflict (destination) do update
+         set failures = 0, retry_after_ts = 0, last_error = null, last_success_ts = $2",
+        destination,
+        now
+    )
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// Records a failure and backs off: `base_ms` after the first, doubling with each
+/// further failure up to `cap_ms`. Returns the consecutive failures.
+pub async fn record_failure(
+    db: impl PgExecutor<'_>,
+    destination: &str,
+    error: &str,
+    now: i64,
+    base_ms: i64,
+    cap_ms: i64,
+) -> sqlx::Result<i32> {
+    sqlx::query_scalar!(
+        r#"insert into federation_destinations (destination, failures, last_error, retry_after_ts)
+           values ($1, 1, $2, $3::bigint + $4::bigint)
+           on conflict (destination) do update
+           set failures = federation_destinations.failures + 1, last_error = $2,
+               retry_after_ts = $3::bigint + least(
+                   $4::bigint * power(2, least(federation_destinations.failures, 30))::bigint,
+                   $5::bigint)
+           returning failures as "failures!""#,
+        destination,
+        error,
+        now,
+        base_ms,
+        cap_ms
+    )
+    .fetch_one(db)
+    .await
+}
+
+pub async fn set_retry_after(
+    db: impl PgExecutor<'_>,
+    destination: &str,
+    retry_after_ts: i64,
+) -> sqlx::Result<()> {
+    sqlx::query!(
+        "update federation_destinations set retry_after_ts = $2 where destination = $1",
+        destination,
+        retry_after_ts
+    )
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// Clears a destination's backoff (it just talked to us: it is up again).
+pub async fn clear_backoff(db: impl PgExecutor<'_>, destination: &str) -> sqlx::Result<bool> {
+    let done = sqlx::query!(
+        "update federation_destinations set retry_after_ts = 0
+         where destination = $1 and retry_after_ts > 0",
+        destination
+    )
+    .execute(db)
+    .await?;
+    Ok(done.rows_affected() > 0)
+}
+
+pub struct DestinationHealth {
+    pub failures: i32,
+    pub retry_after_ts: i64,
+}
+
+pub async fn health(
+    db: impl PgExecutor<'_>,
+    destination: &str,
+) -> sqlx::Result<Option<DestinationHealth>> {
+    sqlx::query_as!(
+        DestinationHealth,
+        "select failures, retry_after_ts from federation_destinations where destination = $1",
+        destination
+    )
+    .fetch_optional(db)
+    .await
+}
+
+/// The stored reply to an inbound transaction already processed.
+pub async fn inbound_reply(
+    db: impl PgExecutor<'_>,
+    origin: &str,
+    txn_id: &str,
+) -> sqlx::Result<Option<String>> {
+    sqlx::query_scalar!(
+        "select response from federation_inbound_txns where origin = $1 and txn_id = $2",
+        origin,
+        txn_id
+    )
+    .fetch_optional(db)
+    .await
+}
+
+pub async fn store_inbound_reply(
+    db: impl PgExecutor<'_>,
+    origin: &str,
+    txn_id: &str,
+    response: &str,
+    now: i64,
+) -> sqlx::Result<()> {
+    sqlx::query!(
+        "insert into federation_inbound_txns (origin, txn_id, response, received_ts)
+         values ($1, $2, $3, $4) on conflict do nothing",
+        origin,
+        txn_id,
+        response,
+        now
+    )
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+pub struct NewOutlier<'a> {
+    pub event_id: &'a str,
+    pub room_id: &'a str,
+    pub depth: i64,
+    pub event_type: &'a str,
+    pub state_key: Option<&'a str>,
+    pub sender: &'a str,
+    pub json: &'a str,
+    pub rejected: bool,
+    pub received_ts: i64,
+}
+
+/// Stores an outlier unless the event is known already (as outlier or timeline
+/// event).
+pub async fn insert_outlier(db: impl PgExecutor<'_>, o: &NewOutlier<'_>) -> sqlx::Result<()> {
+    sqlx::query!(
+        "insert into outlier_events (event_id, room_id, depth, event_type, state_key, sender,
+                                     json, rejected, received_ts)
+         select $1, $2, $3, $4, $5, $6, $7, $8, $9
+         where not exists (select 1 from events where event_id = $1)
+         on conflict (event_id) do nothing",
+        o.event_id,
+        o.room_id,
+        o.depth,
+        o.event_type,
+        o.state_key,
+        o.sender,
+        o.json,
+        o.rejected,
+        o.received_ts
+    )
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// Whether an event is known, as timeline event or outlier (and whether it was
+/// rejected).
+pub async fn known(db: impl PgExecutor<'_>, event_id: &str) -> sqlx::Result<Option<bool>> {
+    sqlx::query_scalar!(
+        r#"select rejected as "rejected!" from events where event_id = $1
+           union all
+           select rejected from outlier_events where event_id = $1
+           limit 1"#,
+        event_id
+    )
+    .fetch_optional(db)
+    .await
+}
+
+/// Forgets an outlier that has become a timeline event.
+pub async fn delete_outlier(db: impl PgExecutor<'_>, event_id: &str) -> sqlx::Result<()> {
+    sqlx::query!("delete from outlier_events where event_id = $1", event_id)
+        .execute(db)
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,315 @@
+//! Federation between Lattice servers on loopback: TLS with a development CA,
+//! discovery by explicit port, X-Matrix signing and verification, server keys
+//! fetched directly and through a notary.
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::harness::{TestServer, dev_tls};
+
+/// An HTTPS client that trusts the development CA (as a peer server would).
+fn https_client() -> reqwest::Client {
+    let pem = std::fs::read(&dev_tls().ca).unwrap();
+    reqwest::Client::builder()
+        .use_rustls_tls()
+        .add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap())
+        .build()
+        .unwrap()
+}
+
+fn enc(s: &str) -> String {
+    form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
+#[tokio::test]
+async fn version_and_self_signed_keys_over_tls() {
+    let a = TestServer::start_federating().await;
+    let http = https_client();
+
+    let version: Value = http
+        .get(format!(
+            "{}/_matrix/federation/v1/version",
+            a.federation_url()
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(version["server"]["name"], "Lattice");
+
+    let keys: Value = http
+        .get(format!("{}/_matrix/key/v2/server", a.federation_url()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(keys["server_name"], a.name());
+    assert!(keys["valid_until_ts"].as_i64().unwrap() > 0);
+    let (key_id, key) = keys["verify_keys"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .next()
+        .unwrap();
+    // The response is signed by the key it lists.
+    let mut map = ruma::signatures::PublicKeyMap::new();
+    map.insert(
+        a.name().to_owned(),
+        [(
+            key_id.clone(),
+            ruma::serde::Base64::parse(key["key"].as_str().unwrap()).unwrap(),
+        )]
+        .into_iter()
+        .collect(),
+    );
+    let object: ruma::CanonicalJsonObject = serde_json::from_value(keys.clone()).unwrap();
+    ruma::signatures::verify_json(&map, &object).expect("self-signed key response");
+
+    // The client API is not on the federation listener, and vice versa.
+    let status = http
+        .get(format!("{}/_matrix/client/versions", a.federation_url()))
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = a.get("/_matrix/key/v2/server", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    a.stop().await;
+}
+
+#[tokio::test]
+async fn remote_profile_is_fetched_over_signed_federation() {
+    let a = TestServer::start_federating().await;
+    let b = TestServer::start_federating().await;
+    let alice = a.register("alice", "password-a").await;
+    let bob = b.register("bob", "password-b").await;
+    let (status, _) = b
+        .put(
+            &format!(
+                "/_matrix/client/v3/profile/{}/displayname",
+                enc(&bob.user_id)
+            ),
+            Some(&bob.access_token),
+            json!({"displayname": "Bob on B"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+
+    // Alice's server asks Bob's: discovery, TLS, X-Matrix; B fetches A's keys to
+    // verify the request.
+    let (status, body) = a
+        .get(
+            &format!("/_matrix/client/v3/profile/{}", enc(&bob.user_id)),
+            Some(&alice.access_token),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["displayname"], "Bob on B");
+
+    // Unknown remote user: 404.
+    let (status, body) = a
+        .get(
+            &format!(
+                "/_matrix/client/v3/profile/{}",
+                enc(&format!("@nobody:{}", b.name()))
+            ),
+            Some(&alice.access_token),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+
+    // B cached A's key: it is in server_keys now.
+    let cached: i64 = sqlx::query_scalar("select count(*) from server_keys where server_name = $1")
+        .bind(a.name())
+        .fetch_one(&b.state.db)
+        .await
+        .unwrap();
+    assert_eq!(cached, 1);
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn unsigned_forged_and_misdirected_requests_are_refused() {
+    let a = TestServer::start_federating().await;
+    let b = TestServer::start_federating().await;
+    let bob = b.register("bob", "password-b").await;
+    let http = https_client();
+    let path = format!(
+        "/_matrix/federation/v1/query/profile?user_id={}",
+        enc(&bob.user_id)
+    );
+    let url = format!("{}{}", b.federation_url(), path);
+
+    // No authorization at all.
+    let response = http.get(&url).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["errcode"], "M_UNAUTHORIZED");
+
+    // Signed with a key that is not A's, claiming to be A.
+    let forged_key = ruma::signatures::Ed25519KeyPair::from_der(
+        &ruma::signatures::Ed25519KeyPair::generate(),
+        a.state
+            .signing_key
+            .key_id
+            .trim_start_matches("ed25519:")
+            .into(),
+    )
+    .unwrap();
+    let header = signed_header(&forged_key, a.name(), b.name(), "GET", &path);
+    let response = http
+        .get(&url)
+        .header("Authorization", header)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+
+    // Signed with A's real key, but for another destination.
+    let header = signed_header(
+        &a.state.signing_key.pair,
+        a.name(),
+        "elsewhere.example",
+        "GET",
+        &path,
+    );
+    let response = http
+        .get(&url)
+        .header("Authorization", header)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+
+    // Signed with A's real key for a different path than requested.
+    let header = signed_header(
+        &a.state.signing_key.pair,
+        a.name(),
+        b.name(),
+        "GET",
+        "/_matrix/federation/v1/query/profile?user_id=%40other%3Ax",
+    );
+    let response = http
+        .get(&url)
+        .header("Authorization", header)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+
+    // And the genuine request works.
+    let header = signed_header(&a.state.signing_key.pair, a.name(), b.name(), "GET", &path);
+    let response = http
+        .get(&url)
+        .header("Authorization", header)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    a.stop().await;
+    b.stop().await;
+}
+
+fn signed_header(
+    key: &ruma::signatures::Ed25519KeyPair,
+    origin: &str,
+    destination: &str,
+    method: &str,
+    uri: &str,
+) -> String {
+    let origin = ruma::ServerName::parse(origin).unwrap();
+    let destination = ruma::ServerName::parse(destination).unwrap();
+    let mut object =
+        lattice::domain::xmatrix::request_object(method, uri, &origin, &destination, None);
+    ruma::signatures::sign_json(origin.as_str(), key, &mut object).unwrap();
+    let object = serde_json::to_value(&object).unwrap();
+    let sig = object["signatures"][origin.as_str()]
+        .as_object()
+        .unwrap()
+        .values()
+        .next()
+        .unwrap()
+        .as_str()
+        .unwrap()
+        .to_owned();
+    lattice::domain::xmatrix::XMatrix {
+        origin: origin.clone(),
+        destination: Some(destination),
+        key: format!("ed25519:{}", key.version()).try_into().unwrap(),
+        sig,
+    }
+    .to_header()
+}
+
+#[tokio::test]
+async fn notary_relays_keys_signed_by_both_servers() {
+    let a = TestServer::start_federating().await;
+    let b = TestServer::start_federating().await;
+    let http = https_client();
+    let answer: Value = http
+        .post(format!("{}/_matrix/key/v2/query", a.federation_url()))
+        .json(&json!({"server_keys": {b.name(): {}}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let entries = answer["server_keys"].as_array().unwrap();
+    assert_eq!(entries.len(), 1, "{answer}");
+    let entry = &entries[0];
+    assert_eq!(entry["server_name"], b.name());
+    let sigs = entry["signatures"].as_object().unwrap();
+    assert!(sigs.contains_key(a.name()), "notary signature: {entry}");
+    assert!(sigs.contains_key(b.name()), "origin signature: {entry}");
+
+    // A server that cannot reach B directly gets B's keys through notary A.
+    let c = TestServer::start_federating_with(|config| {
+        config.federation.trusted_key_servers = vec![a.name().to_owned()];
+    })
+    .await;
+    b.stop().await;
+    let b_name = ruma::ServerName::parse(entry["server_name"].as_str().unwrap()).unwrap();
+    let keys = lattice::federation::keys::public_keys(
+        &c.state,
+        &b_name,
+        &[entry["verify_keys"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .next()
+            .unwrap()
+            .clone()],
+        lattice::storage::now_ms(),
+    )
+    .await
+    .expect("keys through the notary");
+    assert_eq!(keys.len(), 1);
+    a.stop().await;
+    c.stop().await;
+}
+
+#[tokio::test]
+async fn loopback_is_refused_unless_allowed() {
+    let b = TestServer::start_federating().await;
+    let c = TestServer::start_federating_with(|config| {
+        config.federation.ip_range_allowlist = Vec::new();
+    })
+    .await;
+    let b_name = ruma::ServerName::parse(b.name()).unwrap();
+    let err = c
+        .state
+        .federation
+        .request_json(&b_name, http::Method::GET, "/_matrix/key/v2/server", None)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("no permitted address"), "{err}");
+    b.stop().await;
+    c.stop().await;
+}
