@@ -47,6 +47,11 @@ pub enum ErrorKind {
     WrongRoomKeysVersion {
         current_version: Option<String>,
     },
+    /// `400 M_INCOMPATIBLE_ROOM_VERSION`: the joining server does not support the
+    /// room's version.
+    IncompatibleRoomVersion {
+        room_version: String,
+    },
     /// `400 M_UNKNOWN_POS`: a sliding-sync `pos` the server no longer knows.
     UnknownPos,
     /// `409 M_CANNOT_OVERWRITE_MEDIA`: an async upload id already has its bytes.
@@ -86,6 +91,7 @@ impl ErrorKind {
             Self::BadAlias => "M_BAD_ALIAS",
             Self::WrongRoomKeysVersion { .. } => "M_WRONG_ROOM_KEYS_VERSION",
             Self::UnknownPos => "M_UNKNOWN_POS",
+            Self::IncompatibleRoomVersion { .. } => "M_INCOMPATIBLE_ROOM_VERSION",
             Self::CannotOverwriteMedia => "M_CANNOT_OVERWRITE_MEDIA",
             Self::NotYetUploaded => "M_NOT_YET_UPLOADED",
             Self::Conflict => "M_UNKNOWN",
@@ -122,6 +128,7 @@ impl ErrorKind {
             | Self::RoomInUse
             | Self::BadAlias
             | Self::UnknownPos
+            | Self::IncompatibleRoomVersion { .. }
             | Self::BadRequest => StatusCode::BAD_REQUEST,
         }
     }
@@ -193,6 +200,9 @@ impl IntoResponse for Error {
                     }
                     ErrorKind::WrongRoomKeysVersion { current_version } => {
                         body["current_version"] = json!(current_version);
+                    }
+                    ErrorKind::IncompatibleRoomVersion { room_version } => {
+                        body["room_version"] = json!(room_version);
                     }
                     _ => {}
                 }

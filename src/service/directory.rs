@@ -14,6 +14,47 @@ pub async fn resolve_local(app: &AppState, alias: &str) -> Result<Option<OwnedRo
     Ok(room.and_then(|r| RoomId::parse(r).ok()))
 }
 
+/// Resolves an alias: ours from the database, others' over federation. Returns
+/// the room and the servers the alias's server names as resident.
+pub async fn resolve(
+    app: &AppState,
+    alias: &ruma::RoomAliasId,
+) -> Result<(OwnedRoomId, Vec<ruma::OwnedServerName>)> {
+    if alias.server_name() == app.server_name || !app.config.federation.enabled {
+        return resolve_local(app, alias.as_str())
+            .await?
+            .map(|r| (r, Vec::new()))
+            .ok_or_else(|| crate::error::Error::not_found("Room alias not found"));
+    }
+    let path = format!(
+        "/_matrix/federation/v1/query/directory?room_alias={}",
+        form_urlencoded::byte_serialize(alias.as_str().as_bytes()).collect::<String>()
+    );
+    let body = app
+        .federation
+        .request_json(alias.server_name(), http::Method::GET, &path, None)
+        .await
+        .map_err(|e| {
+            if e.is_not_found() {
+                crate::error::Error::not_found("Room alias not found")
+            } else {
+                crate::error::Error::not_found(format!("Room alias could not be resolved: {e}"))
+            }
+        })?;
+    let room_id = body["room_id"]
+        .as_str()
+        .and_then(|r| RoomId::parse(r).ok())
+        .ok_or_else(|| crate::error::Error::not_found("Room alias not found"))?;
+    let mut servers: Vec<ruma::OwnedServerName> = body["servers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s.as_str().and_then(|s| ruma::ServerName::parse(s).ok()))
+        .collect();
+    servers.insert(0, alias.server_name().to_owned());
+    Ok((room_id, servers))
+}
+
 /// Servers with joined members in a room.
 pub async fn joined_servers(app: &AppState, room_id: &RoomId) -> Result<Vec<String>> {
     Ok(rooms::joined_servers(&app.db, room_id.as_str()).await?)

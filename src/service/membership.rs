@@ -21,6 +21,41 @@ pub enum Change {
     Unban,
 }
 
+/// Joins a room: locally when this server is in it, otherwise over federation
+/// through `servers` (and the room ID's server, for room versions that have one).
+pub async fn join_via(
+    app: &AppState,
+    user: &UserId,
+    room_id: &RoomId,
+    reason: Option<String>,
+    servers: &[ruma::OwnedServerName],
+) -> Result<OwnedRoomId> {
+    let local_members = rooms::members(&app.db, room_id.as_str(), "join")
+        .await?
+        .iter()
+        .any(|(u, _)| UserId::parse(u.as_str()).is_ok_and(|u| u.server_name() == app.server_name));
+    let known = rooms::get(&app.db, room_id.as_str()).await?.is_some();
+    if known && (local_members || servers.is_empty()) {
+        return join(app, user, room_id, reason).await;
+    }
+    let mut candidates: Vec<ruma::OwnedServerName> = servers.to_vec();
+    if let Some(server) = room_id.server_name() {
+        candidates.push(server.to_owned());
+    }
+    // Servers of members we know of (an invite names its sender's server).
+    for (member, _) in rooms::members(&app.db, room_id.as_str(), "join").await? {
+        if let Ok(u) = UserId::parse(member.as_str()) {
+            candidates.push(u.server_name().to_owned());
+        }
+    }
+    let mut seen = std::collections::HashSet::new();
+    candidates.retain(|s| seen.insert(s.clone()) && s != &app.server_name);
+    if candidates.is_empty() {
+        return Err(Error::not_found("No known servers for this room"));
+    }
+    super::federation::join::remote_join(app, user, room_id, &candidates, reason).await
+}
+
 /// Joins a local room. For `restricted` rooms the join is authorised by a local
 /// member who may invite, when the user is in one of the allowed rooms.
 pub async fn join(

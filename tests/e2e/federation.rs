@@ -313,3 +313,164 @@ async fn loopback_is_refused_unless_allowed() {
     b.stop().await;
     c.stop().await;
 }
+
+/// Polls `check` every 100 ms for up to 20 s.
+async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..200 {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+/// The bodies of the `m.room.message` events a user's server shows in a room.
+async fn messages(server: &TestServer, token: &str, room: &str) -> Vec<String> {
+    let (status, body) = server
+        .get(
+            &format!(
+                "/_matrix/client/v3/rooms/{}/messages?dir=b&limit=50",
+                enc(room)
+            ),
+            Some(token),
+        )
+        .await;
+    if status != StatusCode::OK {
+        return Vec::new();
+    }
+    let mut out: Vec<String> = body["chunk"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["type"] == "m.room.message")
+        .filter_map(|e| e["content"]["body"].as_str().map(str::to_owned))
+        .collect();
+    out.reverse();
+    out
+}
+
+#[tokio::test]
+async fn join_a_remote_room_by_alias_and_chat_both_ways() {
+    let a = TestServer::start_federating().await;
+    let b = TestServer::start_federating().await;
+    let alice = a.register("alice", "password-a").await;
+    let bob = b.register("bob", "password-b").await;
+    let room = a
+        .create_room(
+            &alice,
+            json!({"preset": "public_chat", "room_alias_name": "fed", "name": "Federated"}),
+        )
+        .await;
+    a.send_message(
+        &alice,
+        &room,
+        json!({"msgtype": "m.text", "body": "before bob"}),
+    )
+    .await;
+
+    // Bob's server resolves the alias over federation and joins through A.
+    let alias = format!("#fed:{}", a.name());
+    let (status, body) = b
+        .post(
+            &format!("/_matrix/client/v3/join/{}", enc(&alias)),
+            Some(&bob.access_token),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["room_id"], room);
+
+    // Bob's server has the room's state: its name, and both members.
+    let (status, name) = b
+        .get(
+            &format!("/_matrix/client/v3/rooms/{}/state/m.room.name/", enc(&room)),
+            Some(&bob.access_token),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{name}");
+    assert_eq!(name["name"], "Federated");
+
+    // Alice's server sees Bob joined.
+    eventually("bob's join on A", || async {
+        let (_, members) = a
+            .get(
+                &format!("/_matrix/client/v3/rooms/{}/joined_members", enc(&room)),
+                Some(&alice.access_token),
+            )
+            .await;
+        members["joined"].get(&bob.user_id).is_some()
+    })
+    .await;
+
+    // Messages flow both ways.
+    a.send_message(
+        &alice,
+        &room,
+        json!({"msgtype": "m.text", "body": "hello bob"}),
+    )
+    .await;
+    eventually("alice's message on B", || async {
+        messages(&b, &bob.access_token, &room)
+            .await
+            .contains(&"hello bob".to_owned())
+    })
+    .await;
+    b.send_message(
+        &bob,
+        &room,
+        json!({"msgtype": "m.text", "body": "hi alice"}),
+    )
+    .await;
+    eventually("bob's message on A", || async {
+        messages(&a, &alice.access_token, &room)
+            .await
+            .contains(&"hi alice".to_owned())
+    })
+    .await;
+
+    // Bob's /sync shows the room with Alice's message in it.
+    let (status, sync) = b
+        .get("/_matrix/client/v3/sync", Some(&bob.access_token))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let timeline = sync["rooms"]["join"][&room]["timeline"]["events"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        timeline.iter().any(|e| e["content"]["body"] == "hello bob"),
+        "{sync}"
+    );
+    // A state change on A converges on B.
+    let (status, _) = a
+        .put(
+            &format!(
+                "/_matrix/client/v3/rooms/{}/state/m.room.topic/",
+                enc(&room)
+            ),
+            Some(&alice.access_token),
+            json!({"topic": "federated topic"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    eventually("the topic on B", || async {
+        let (_, topic) = b
+            .get(
+                &format!(
+                    "/_matrix/client/v3/rooms/{}/state/m.room.topic/",
+                    enc(&room)
+                ),
+                Some(&bob.access_token),
+            )
+            .await;
+        topic["topic"] == "federated topic"
+    })
+    .await;
+    a.stop().await;
+    b.stop().await;
+}

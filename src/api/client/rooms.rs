@@ -164,11 +164,18 @@ async fn create(
 }
 
 async fn resolve(app: &AppState, id: &RoomOrAliasId) -> Result<OwnedRoomId> {
+    Ok(resolve_with_servers(app, id).await?.0)
+}
+
+/// A room ID, or an alias resolved (over federation for remote aliases), with
+/// the servers the alias names as resident.
+async fn resolve_with_servers(
+    app: &AppState,
+    id: &RoomOrAliasId,
+) -> Result<(OwnedRoomId, Vec<ruma::OwnedServerName>)> {
     match <&RoomId>::try_from(id) {
-        Ok(room_id) => Ok(room_id.to_owned()),
-        Err(alias) => directory::resolve_local(app, alias.as_str())
-            .await?
-            .ok_or_else(|| Error::not_found("Room alias not found")),
+        Ok(room_id) => Ok((room_id.to_owned(), Vec::new())),
+        Err(alias) => directory::resolve(app, alias).await,
     }
 }
 
@@ -177,7 +184,7 @@ async fn join_by_id(
     AuthUser(user): AuthUser,
     Ruma(req): Ruma<join_room_by_id::v3::Request>,
 ) -> Result<Json<Value>> {
-    let room_id = membership::join(&app, &user.user_id, &req.room_id, req.reason).await?;
+    let room_id = membership::join_via(&app, &user.user_id, &req.room_id, req.reason, &[]).await?;
     Ok(Json(json!({ "room_id": room_id })))
 }
 
@@ -186,8 +193,9 @@ async fn join_by_id_or_alias(
     AuthUser(user): AuthUser,
     Ruma(req): Ruma<join_room_by_id_or_alias::v3::Request>,
 ) -> Result<Json<Value>> {
-    let room_id = resolve(&app, &req.room_id_or_alias).await?;
-    let room_id = membership::join(&app, &user.user_id, &room_id, req.reason).await?;
+    let (room_id, mut servers) = resolve_with_servers(&app, &req.room_id_or_alias).await?;
+    servers.extend(req.via);
+    let room_id = membership::join_via(&app, &user.user_id, &room_id, req.reason, &servers).await?;
     Ok(Json(json!({ "room_id": room_id })))
 }
 

@@ -2,6 +2,7 @@
 //! takes a [`FedRequest`], which exists only once the `X-Matrix` signature of the
 //! request has been verified against the origin's keys.
 
+mod events;
 mod keys;
 mod query;
 
@@ -58,5 +59,8 @@ where
 }
 
 pub fn router() -> Router<AppState> {
-    Router::new().merge(keys::router()).merge(query::router())
+    Router::new()
+        .merge(keys::router())
+        .merge(query::router())
+        .merge(events::router())
 }

@@ -174,7 +174,11 @@ pub async fn store_auth_events(
     checked.sort_by_key(|c| c.pdu.depth);
     let ids: Vec<String> = checked
         .iter()
-        .flat_map(|c| c.pdu.auth_events.iter().map(|a| a.to_string()))
+        .flat_map(|c| {
+            auth_ids_of(&c.pdu, rules)
+                .into_iter()
+                .map(|a| a.to_string())
+        })
         .collect();
     let mut known: HashMap<OwnedEventId, Pdu> = load_pdus(&app.db, &ids)
         .await
@@ -184,7 +188,7 @@ pub async fn store_auth_events(
         .collect();
     let mut accepted = HashSet::new();
     for c in checked {
-        let auth_state = auth_state(&c.pdu, &known);
+        let auth_state = auth_state(&c.pdu, rules, &known);
         let ok = auth::authorize_with(rules, &c.pdu, &known, &auth_state).is_ok();
         if !ok {
             tracing::info!(event_id = %c.event_id, "auth event fails auth: stored as rejected");
@@ -202,10 +206,28 @@ pub async fn store_auth_events(
     Ok(accepted)
 }
 
+/// The events the auth rules need for `pdu`: its auth events, plus (room
+/// versions whose room ID is the create event's) the create event.
+pub fn auth_ids_of(pdu: &Pdu, rules: &RoomVersionRules) -> Vec<OwnedEventId> {
+    let mut ids = pdu.auth_events.clone();
+    if rules.authorization.room_create_event_id_as_room_id
+        && pdu.kind != ruma::events::TimelineEventType::RoomCreate
+        && let Ok(create) = EventId::parse(format!("${}", &pdu.room_id.as_str()[1..]))
+        && !ids.contains(&create)
+    {
+        ids.push(create);
+    }
+    ids
+}
+
 /// The state map the auth rules see when checking an event against its own
 /// auth events.
-fn auth_state(pdu: &Pdu, known: &HashMap<OwnedEventId, Pdu>) -> auth::StateMap {
-    pdu.auth_events
+fn auth_state(
+    pdu: &Pdu,
+    rules: &RoomVersionRules,
+    known: &HashMap<OwnedEventId, Pdu>,
+) -> auth::StateMap {
+    auth_ids_of(pdu, rules)
         .iter()
         .filter_map(|id| known.get(id))
         .filter(|p| !p.rejected)
@@ -224,6 +246,17 @@ pub async fn receive_pdu(
     value: &Value,
 ) -> (Option<OwnedEventId>, Result<Outcome, String>) {
     Box::pin(receive(app, origin, value, true)).await
+}
+
+/// Receives a PDU that passed [`check_pdu`] (fetching what it misses).
+pub async fn receive_checked_pub(
+    app: &AppState,
+    origin: &ServerName,
+    rules: &RoomVersionRules,
+    room_id: &RoomId,
+    checked: Checked,
+) -> Result<Outcome, String> {
+    Box::pin(receive_checked(app, origin, rules, room_id, checked, true)).await
 }
 
 async fn receive(
@@ -301,9 +334,7 @@ async fn receive_checked(
     }
 
     // Missing auth events: the origin's auth chain for the event.
-    let auth_ids: Vec<String> = checked
-        .pdu
-        .auth_events
+    let auth_ids: Vec<String> = auth_ids_of(&checked.pdu, rules)
         .iter()
         .map(|e| e.to_string())
         .collect();
@@ -344,7 +375,7 @@ async fn receive_checked(
         return Err("auth events are missing".into());
     }
     // Step 4: against its own auth events.
-    let own = auth_state(&checked.pdu, &auth_events);
+    let own = auth_state(&checked.pdu, rules, &auth_events);
     if let Err(reason) = auth::authorize_with(rules, &checked.pdu, &auth_events, &own) {
         store_outlier(&mut *tx, &checked, true)
             .await

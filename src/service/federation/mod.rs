@@ -2,7 +2,9 @@
 //! sender worker that delivers them, and (in submodules) what other servers send
 //! us.
 
+pub mod edu;
 pub mod ingest;
+pub mod join;
 pub mod sender;
 
 use std::collections::BTreeSet;

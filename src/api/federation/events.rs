@@ -1,0 +1,326 @@
+//! Events between servers: `PUT /send/{txnId}`, joins (`make_join`,
+//! `send_join` v2), and reading the graph (`/event`, `/event_auth`, `/state`,
+//! `/state_ids`, `/get_missing_events`).
+
+use std::collections::{BTreeMap, HashSet};
+
+use axum::{
+    Json, Router,
+    extract::{Path, RawQuery, State},
+    routing::{get, post, put},
+};
+use ruma::{EventId, RoomId, RoomVersionId, UserId};
+use serde_json::{Value, json};
+
+use super::FedRequest;
+use crate::{
+    app::AppState,
+    domain::pdu::Pdu,
+    error::{Error, Result},
+    service::federation::{ingest, join},
+    storage::{events, federation as fed_store, now_ms, rooms},
+};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route(
+            "/_matrix/federation/v1/send/{txn_id}",
+            put(send_transaction),
+        )
+        .route(
+            "/_matrix/federation/v1/make_join/{room_id}/{user_id}",
+            get(make_join),
+        )
+        .route(
+            "/_matrix/federation/v2/send_join/{room_id}/{event_id}",
+            put(send_join),
+        )
+        .route("/_matrix/federation/v1/event/{event_id}", get(get_event))
+        .route(
+            "/_matrix/federation/v1/event_auth/{room_id}/{event_id}",
+            get(event_auth),
+        )
+        .route("/_matrix/federation/v1/state_ids/{room_id}", get(state_ids))
+        .route("/_matrix/federation/v1/state/{room_id}", get(state))
+        .route(
+            "/_matrix/federation/v1/get_missing_events/{room_id}",
+            post(get_missing_events),
+        )
+}
+
+const MAX_PDUS: usize = 50;
+const MAX_EDUS: usize = 100;
+
+async fn send_transaction(
+    State(app): State<AppState>,
+    Path(txn_id): Path<String>,
+    fed: FedRequest,
+) -> Result<Json<Value>> {
+    if let Some(reply) = fed_store::inbound_reply(&app.db, fed.origin.as_str(), &txn_id).await? {
+        let reply: Value = serde_json::from_str(&reply).map_err(|e| anyhow::anyhow!("{e}"))?;
+        return Ok(Json(reply));
+    }
+    let body: Value = fed.json()?;
+    if body["origin"]
+        .as_str()
+        .is_some_and(|o| o != fed.origin.as_str())
+    {
+        return Err(Error::forbidden(
+            "The transaction's origin is not the sender",
+        ));
+    }
+    let pdus = body["pdus"].as_array().cloned().unwrap_or_default();
+    let edus = body["edus"].as_array().cloned().unwrap_or_default();
+    if pdus.len() > MAX_PDUS || edus.len() > MAX_EDUS {
+        return Err(Error::bad_json(format!(
+            "At most {MAX_PDUS} PDUs and {MAX_EDUS} EDUs per transaction"
+        )));
+    }
+    let mut results = BTreeMap::new();
+    for value in &pdus {
+        let (event_id, outcome) = ingest::receive_pdu(&app, &fed.origin, value).await;
+        let Some(event_id) = event_id else {
+            tracing::info!(origin = %fed.origin, error = ?outcome.err(), "unparseable PDU dropped");
+            continue;
+        };
+        let entry = match outcome {
+            Ok(_) => json!({}),
+            Err(error) => {
+                tracing::info!(origin = %fed.origin, %event_id, %error, "PDU rejected");
+                json!({"error": error})
+            }
+        };
+        results.insert(event_id.to_string(), entry);
+    }
+    for edu in &edus {
+        crate::service::federation::edu::receive(&app, &fed.origin, edu).await;
+    }
+    let reply = json!({"pdus": results});
+    fed_store::store_inbound_reply(
+        &app.db,
+        fed.origin.as_str(),
+        &txn_id,
+        &reply.to_string(),
+        now_ms(),
+    )
+    .await?;
+    Ok(Json(reply))
+}
+
+async fn make_join(
+    State(app): State<AppState>,
+    Path((room_id, user_id)): Path<(String, String)>,
+    RawQuery(query): RawQuery,
+    fed: FedRequest,
+) -> Result<Json<Value>> {
+    let room_id = RoomId::parse(&room_id).map_err(|_| Error::invalid_param("Invalid room ID"))?;
+    let user_id = UserId::parse(&user_id).map_err(|_| Error::invalid_param("Invalid user ID"))?;
+    let versions: Vec<String> = form_urlencoded::parse(query.unwrap_or_default().as_bytes())
+        .filter(|(k, _)| k == "ver")
+        .map(|(_, v)| v.into_owned())
+        .collect();
+    // No `ver`: the server only knows version 1.
+    let versions = if versions.is_empty() {
+        vec!["1".to_owned()]
+    } else {
+        versions
+    };
+    Ok(Json(
+        join::make_join(&app, &fed.origin, &room_id, &user_id, &versions).await?,
+    ))
+}
+
+async fn send_join(
+    State(app): State<AppState>,
+    Path((room_id, event_id)): Path<(String, String)>,
+    fed: FedRequest,
+) -> Result<Json<Value>> {
+    let room_id = RoomId::parse(&room_id).map_err(|_| Error::invalid_param("Invalid room ID"))?;
+    let event_id =
+        EventId::parse(&event_id).map_err(|_| Error::invalid_param("Invalid event ID"))?;
+    let body: Value = fed.json()?;
+    Ok(Json(
+        join::send_join(&app, &fed.origin, &room_id, &event_id, &body).await?,
+    ))
+}
+
+/// Whether `origin` may read the room's events: it has (or had, when the event
+/// is older than its leaving) joined members, or the room is world-readable.
+/// Simplified: servers with a member in any membership, or a world-readable room.
+async fn server_may_read(app: &AppState, origin: &str, room_id: &str) -> Result<bool> {
+    let servers: HashSet<String> = rooms::joined_servers(&app.db, room_id)
+        .await?
+        .into_iter()
+        .collect();
+    if servers.contains(origin) {
+        return Ok(true);
+    }
+    let members = rooms::members(&app.db, room_id, "invite").await?;
+    Ok(members
+        .iter()
+        .any(|(u, _)| UserId::parse(u.as_str()).is_ok_and(|u| u.server_name() == origin)))
+}
+
+async fn room_rules(
+    app: &AppState,
+    room_id: &RoomId,
+) -> Result<ruma::room_version_rules::RoomVersionRules> {
+    let room = rooms::get(&app.db, room_id.as_str())
+        .await?
+        .ok_or_else(|| Error::not_found("Unknown room"))?;
+    RoomVersionId::try_from(room.room_version.as_str())
+        .ok()
+        .and_then(|v| v.rules())
+        .ok_or_else(|| Error::not_found("Unsupported room version"))
+}
+
+async fn get_event(
+    State(app): State<AppState>,
+    Path(event_id): Path<String>,
+    fed: FedRequest,
+) -> Result<Json<Value>> {
+    let stored = events::get(&app.db, &event_id)
+        .await?
+        .ok_or_else(|| Error::not_found("Event not found"))?;
+    if !server_may_read(&app, fed.origin.as_str(), &stored.room_id).await? {
+        return Err(Error::forbidden("Your server is not in this room"));
+    }
+    let pdu: Value = serde_json::from_str(&stored.json).map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(Json(json!({
+        "origin": app.server_name.as_str(),
+        "origin_server_ts": now_ms(),
+        "pdus": [pdu],
+    })))
+}
+
+async fn event_auth(
+    State(app): State<AppState>,
+    Path((room_id, event_id)): Path<(String, String)>,
+    fed: FedRequest,
+) -> Result<Json<Value>> {
+    if !server_may_read(&app, fed.origin.as_str(), &room_id).await? {
+        return Err(Error::forbidden("Your server is not in this room"));
+    }
+    let stored = events::get(&app.db, &event_id)
+        .await?
+        .filter(|e| e.room_id == room_id)
+        .ok_or_else(|| Error::not_found("Event not found"))?;
+    let chain = join::auth_chain_ids(&app, &[stored.event_id]).await?;
+    Ok(Json(
+        json!({"auth_chain": join::jsons(&app, &chain).await?}),
+    ))
+}
+
+#[derive(serde::Deserialize)]
+struct AtEvent {
+    event_id: String,
+}
+
+async fn state_at(
+    app: &AppState,
+    origin: &str,
+    room_id: &str,
+    event_id: &str,
+) -> Result<(Vec<String>, Vec<String>)> {
+    let room_id = RoomId::parse(room_id).map_err(|_| Error::invalid_param("Invalid room ID"))?;
+    if !server_may_read(app, origin, room_id.as_str()).await? {
+        return Err(Error::forbidden("Your server is not in this room"));
+    }
+    let rules = room_rules(app, &room_id).await?;
+    let stored = events::get(&app.db, event_id)
+        .await?
+        .filter(|e| e.room_id == room_id.as_str())
+        .ok_or_else(|| Error::not_found("Event not found"))?;
+    let id = EventId::parse(&stored.event_id).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let pdu = Pdu::from_json(&id, &stored.json).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let ids = join::state_ids_before(app, &rules, &room_id, &pdu).await?;
+    let chain = join::auth_chain_ids(app, &ids).await?;
+    Ok((ids, chain))
+}
+
+async fn state_ids(
+    State(app): State<AppState>,
+    Path(room_id): Path<String>,
+    axum::extract::Query(q): axum::extract::Query<AtEvent>,
+    fed: FedRequest,
+) -> Result<Json<Value>> {
+    let (ids, chain) = state_at(&app, fed.origin.as_str(), &room_id, &q.event_id).await?;
+    Ok(Json(json!({"pdu_ids": ids, "auth_chain_ids": chain})))
+}
+
+async fn state(
+    State(app): State<AppState>,
+    Path(room_id): Path<String>,
+    axum::extract::Query(q): axum::extract::Query<AtEvent>,
+    fed: FedRequest,
+) -> Result<Json<Value>> {
+    let (ids, chain) = state_at(&app, fed.origin.as_str(), &room_id, &q.event_id).await?;
+    Ok(Json(json!({
+        "pdus": join::jsons(&app, &ids).await?,
+        "auth_chain": join::jsons(&app, &chain).await?,
+    })))
+}
+
+#[derive(serde::Deserialize)]
+struct MissingEvents {
+    #[serde(default)]
+    earliest_events: Vec<String>,
+    latest_events: Vec<String>,
+    #[serde(default = "default_limit")]
+    limit: usize,
+    #[serde(default)]
+    min_depth: i64,
+}
+
+fn default_limit() -> usize {
+    10
+}
+
+/// Walks back from `latest_events` through `prev_events`, stopping at
+/// `earliest_events`, returning at most `limit` events (oldest first).
+async fn get_missing_events(
+    State(app): State<AppState>,
+    Path(room_id): Path<String>,
+    fed: FedRequest,
+) -> Result<Json<Value>> {
+    let q: MissingEvents = fed.json()?;
+    if !server_may_read(&app, fed.origin.as_str(), &room_id).await? {
+        return Err(Error::forbidden("Your server is not in this room"));
+    }
+    let limit = q.limit.clamp(1, 50);
+    let stop: HashSet<String> = q.earliest_events.into_iter().collect();
+    let mut seen: HashSet<String> = q.latest_events.iter().cloned().collect();
+    let mut frontier: Vec<String> = q.latest_events;
+    let mut found: Vec<(i64, Value)> = Vec::new();
+    // The latest events themselves are known to the requester.
+    let mut first = true;
+    while !frontier.is_empty() && found.len() < limit {
+        let loaded = events::get_many(&app.db, &frontier).await?;
+        frontier.clear();
+        for ev in loaded {
+            if ev.room_id != room_id || ev.stream_ordering == 0 {
+                continue;
+            }
+            let value: Value = serde_json::from_str(&ev.json).unwrap_or_default();
+            if !first && found.len() < limit {
+                found.push((ev.depth, value.clone()));
+            }
+            if ev.depth < q.min_depth {
+                continue;
+            }
+            for prev in value["prev_events"].as_array().into_iter().flatten() {
+                if let Some(p) = prev.as_str()
+                    && !stop.contains(p)
+                    && seen.insert(p.to_owned())
+                {
+                    frontier.push(p.to_owned());
+                }
+            }
+        }
+        first = false;
+    }
+    found.sort_by_key(|(d, _)| *d);
+    Ok(Json(
+        json!({"events": found.into_iter().map(|(_, v)| v).collect::<Vec<_>>()}),
+    ))
+}

@@ -1,0 +1,545 @@
+//! Joins over federation: as the joining server (`make_join` → sign → `send_join`
+//! → verify the returned state and auth chain → persist → live) and as the
+//! resident server (the join template, accepting the signed join, answering
+//! with the room's state and its auth chain).
+
+use std::collections::{HashMap, HashSet};
+
+use ruma::{
+    CanonicalJsonObject, CanonicalJsonValue, EventId, MilliSecondsSinceUnixEpoch, OwnedEventId,
+    OwnedRoomId, OwnedServerName, RoomId, RoomVersionId, ServerName, UserId,
+    events::TimelineEventType,
+    signatures::{hash_and_sign_event, reference_hash},
+    state_res::auth_types_for_event,
+};
+use serde_json::{Value, json};
+
+use super::ingest::{self, Checked, Outcome, enc};
+use crate::{
+    app::AppState,
+    domain::{
+        auth,
+        pdu::{Built, Pdu},
+        room_version,
+    },
+    error::{Error, ErrorKind, Result},
+    service::event::{self, Placement, RoomCtx},
+    storage::{events, federation as fed_store, now_ms, rooms},
+};
+
+/// Room versions this server can join, for `make_join`'s `ver`.
+fn supported_versions() -> Vec<String> {
+    ["6", "7", "8", "9", "10", "11", "12"]
+        .into_iter()
+        .filter(|v| {
+            RoomVersionId::try_from(*v)
+                .ok()
+                .is_some_and(|v| room_version::is_supported(&v))
+        })
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Joins `user` to a room hosted elsewhere, trying `servers` in order.
+pub async fn remote_join(
+    app: &AppState,
+    user: &UserId,
+    room_id: &RoomId,
+    servers: &[OwnedServerName],
+    reason: Option<String>,
+) -> Result<OwnedRoomId> {
+    if !app.config.federation.enabled {
+        return Err(Error::not_found("No known servers for this room"));
+    }
+    let mut last_error = String::from("no servers to join through");
+    for server in servers.iter().filter(|s| *s != &app.server_name) {
+        match join_via(app, user, room_id, server, reason.clone()).await {
+            Ok(()) => return Ok(room_id.to_owned()),
+            Err(JoinError::Refused(e)) => return Err(e),
+            Err(JoinError::Failed(e)) => {
+                tracing::info!(%room_id, %server, error = %e, "remote join failed");
+                last_error = format!("{server}: {e}");
+            }
+        }
+    }
+    Err(Error::not_found(format!(
+        "No server could be joined through ({last_error})"
+    )))
+}
+
+enum JoinError {
+    /// The resident server said no: do not try others.
+    Refused(Error),
+    Failed(String),
+}
+
+impl From<sqlx::Error> for JoinError {
+    fn from(e: sqlx::Error) -> Self {
+        Self::Failed(e.to_string())
+    }
+}
+
+impl From<crate::error::Error> for JoinError {
+    fn from(e: crate::error::Error) -> Self {
+        Self::Failed(e.to_string())
+    }
+}
+
+async fn join_via(
+    app: &AppState,
+    user: &UserId,
+    room_id: &RoomId,
+    server: &ServerName,
+    reason: Option<String>,
+) -> std::result::Result<(), JoinError> {
+    let vers: String = supported_versions()
+        .iter()
+        .map(|v| format!("ver={v}"))
+        .collect::<Vec<_>>()
+        .join("&");
+    let path = format!(
+        "/_matrix/federation/v1/make_join/{}/{}?{vers}",
+        enc(room_id.as_str()),
+        enc(user.as_str())
+    );
+    let template = match app
+        .federation
+        .request_json(server, http::Method::GET, &path, None)
+        .await
+    {
+        Ok(t) => t,
+        Err(crate::federation::client::FedError::Remote { status: 403, body }) => {
+            return Err(JoinError::Refused(Error::forbidden(format!(
+                "The room's server refused the join: {body}"
+            ))));
+        }
+        Err(e) => return Err(JoinError::Failed(e.to_string())),
+    };
+    let version = template["room_version"].as_str().unwrap_or("1");
+    let version = RoomVersionId::try_from(version)
+        .ok()
+        .filter(room_version::is_supported)
+        .ok_or_else(|| {
+            JoinError::Refused(Error::new(
+                ErrorKind::UnsupportedRoomVersion,
+                format!("Room version {version} is not supported"),
+            ))
+        })?;
+    let rules = version.rules().expect("supported versions have rules");
+    let mut event = template["event"].clone();
+    if event["type"] != "m.room.member"
+        || event["state_key"] != user.as_str()
+        || event["sender"] != user.as_str()
+        || event["content"]["membership"] != "join"
+    {
+        return Err(JoinError::Failed(
+            "make_join returned a different event".into(),
+        ));
+    }
+    let profile = crate::service::profile::get(app, user).await.ok();
+    if let Some(p) = profile {
+        if let Some(name) = p.displayname {
+            event["content"]["displayname"] = name.into();
+        }
+        if let Some(url) = p.avatar_url {
+            event["content"]["avatar_url"] = url.into();
+        }
+    }
+    if let Some(reason) = reason {
+        event["content"]["reason"] = reason.into();
+    }
+    event["origin_server_ts"] = now_ms().into();
+    event["origin"] = app.server_name.as_str().into();
+    let mut object: CanonicalJsonObject = match CanonicalJsonValue::try_from(event) {
+        Ok(CanonicalJsonValue::Object(o)) => o,
+        _ => {
+            return Err(JoinError::Failed(
+                "make_join returned no event object".into(),
+            ));
+        }
+    };
+    for field in ["event_id", "signatures", "hashes", "unsigned"] {
+        object.remove(field);
+    }
+    hash_and_sign_event(
+        app.server_name.as_str(),
+        &app.signing_key.pair,
+        &mut object,
+        &rules.redaction,
+    )
+    .map_err(|e| JoinError::Failed(format!("signing the join: {e}")))?;
+    let event_id = EventId::parse(format!(
+        "${}",
+        reference_hash(&object, &rules).map_err(|e| JoinError::Failed(e.to_string()))?
+    ))
+    .map_err(|e| JoinError::Failed(e.to_string()))?;
+
+    let path = format!(
+        "/_matrix/federation/v2/send_join/{}/{}",
+        enc(room_id.as_str()),
+        enc(event_id.as_str())
+    );
+    let body = serde_json::to_value(&object).map_err(|e| JoinError::Failed(e.to_string()))?;
+    let reply = match app
+        .federation
+        .request_json(server, http::Method::PUT, &path, Some(&body))
+        .await
+    {
+        Ok(r) => r,
+        Err(crate::federation::client::FedError::Remote { status: 403, body }) => {
+            return Err(JoinError::Refused(Error::forbidden(format!(
+                "The room's server refused the join: {body}"
+            ))));
+        }
+        Err(e) => return Err(JoinError::Failed(e.to_string())),
+    };
+    // A restricted join comes back signed by the authorising server too.
+    if let Some(signed) = reply.get("event").filter(|e| e.is_object()) {
+        let signed_object: CanonicalJsonObject =
+            serde_json::from_value(signed.clone()).map_err(|e| JoinError::Failed(e.to_string()))?;
+        if reference_hash(&signed_object, &rules).ok().as_deref() == Some(&event_id.as_str()[1..]) {
+            object = signed_object;
+        }
+    }
+
+    // The room's state and auth chain: signatures, hashes and auth checked.
+    let mut all: Vec<Value> = reply["auth_chain"].as_array().cloned().unwrap_or_default();
+    let state_values: Vec<Value> = reply["state"].as_array().cloned().unwrap_or_default();
+    all.extend(state_values.iter().cloned());
+    let accepted = ingest::store_auth_events(app, &rules, room_id, &all)
+        .await
+        .map_err(JoinError::Failed)?;
+    let mut state_map: HashMap<(String, String), String> = HashMap::new();
+    for value in &state_values {
+        let Ok(checked) = ingest::check_pdu(app, &rules, value).await else {
+            continue;
+        };
+        if !accepted.contains(&checked.event_id) {
+            continue;
+        }
+        if let Some(k) = &checked.pdu.state_key {
+            state_map.insert(
+                (checked.pdu.kind.to_string(), k.clone()),
+                checked.event_id.to_string(),
+            );
+        }
+    }
+    let create_key = ("m.room.create".to_owned(), String::new());
+    let Some(create_id) = state_map.get(&create_key).cloned() else {
+        return Err(JoinError::Failed(
+            "the returned state has no create event".into(),
+        ));
+    };
+
+    let text = serde_json::to_string(&object).map_err(|e| JoinError::Failed(e.to_string()))?;
+    let pdu = Pdu::from_json(&event_id, &text).map_err(|e| JoinError::Failed(e.to_string()))?;
+    let mut tx = app
+        .db
+        .begin()
+        .await
+        .map_err(|e| JoinError::Failed(e.to_string()))?;
+    let creator = {
+        let create = events::get(&mut *tx, &create_id)
+            .await?
+            .ok_or_else(|| JoinError::Failed("create event vanished".into()))?;
+        create.sender
+    };
+    if rooms::get(&mut *tx, room_id.as_str()).await?.is_none() {
+        rooms::insert(
+            &mut *tx,
+            room_id.as_str(),
+            version.as_str(),
+            &creator,
+            now_ms(),
+        )
+        .await?;
+    }
+    let Some(mut room) = RoomCtx::lock(&mut tx, room_id).await? else {
+        return Err(JoinError::Failed("room row vanished".into()));
+    };
+    let state_before = event::write_snapshot(&mut tx, room_id.as_str(), state_map.clone()).await?;
+    let before = ingest::full_state_pdus(&mut tx, Some(state_before)).await?;
+    let auth_ids: Vec<String> = ingest::auth_ids_of(&pdu, &rules)
+        .iter()
+        .map(|e| e.to_string())
+        .collect();
+    let auth_events: HashMap<OwnedEventId, Pdu> = ingest::load_pdus(&mut *tx, &auth_ids)
+        .await?
+        .into_iter()
+        .map(|(id, (p, _))| (id, p))
+        .collect();
+    auth::authorize_with(&rules, &pdu, &auth_events, &before)
+        .map_err(|e| JoinError::Failed(format!("our join fails auth against the room: {e}")))?;
+    // Everyone's membership as of the join, then the join itself.
+    let members: Vec<(String, String)> = state_map
+        .iter()
+        .filter(|((t, _), _)| t == "m.room.member")
+        .map(|((_, k), id)| (k.clone(), id.clone()))
+        .collect();
+    for (member, id) in &members {
+        if let Some((p, _)) = EventId::parse(id).ok().and_then(|i| {
+            before
+                .values()
+                .find(|p| p.event_id == i)
+                .map(|p| (p.clone(), ()))
+        }) {
+            let content: Value = serde_json::from_str(p.content.get()).unwrap_or_default();
+            let membership = content["membership"].as_str().unwrap_or("leave");
+            rooms::set_membership(&mut *tx, room_id.as_str(), member, membership, id, 0).await?;
+        }
+    }
+    let group = event::new_state_group(
+        &mut tx,
+        room_id.as_str(),
+        Some(state_before),
+        ("m.room.member".to_owned(), user.to_string()),
+        event_id.as_str(),
+    )
+    .await?;
+    let old_extremities = room.extremities.clone();
+    event::write_event(
+        &mut tx,
+        app,
+        &mut room,
+        Built {
+            event_id: event_id.clone(),
+            room_id: room_id.to_owned(),
+            json: object,
+            pdu,
+        },
+        Placement {
+            state_group: Some(group),
+            replaces_extremities: &old_extremities,
+            current_state_group: Some(group),
+            membership: true,
+        },
+    )
+    .await?;
+    tx.commit()
+        .await
+        .map_err(|e| JoinError::Failed(e.to_string()))?;
+    event::release(room);
+    tracing::info!(%room_id, %server, %user, "joined over federation");
+    Ok(())
+}
+
+/// `make_join` as the resident server: a join template for `user` on the
+/// room's current state, if the auth rules would let them join.
+pub async fn make_join(
+    app: &AppState,
+    origin: &ServerName,
+    room_id: &RoomId,
+    user: &UserId,
+    versions: &[String],
+) -> Result<Value> {
+    if user.server_name() != origin {
+        return Err(Error::forbidden("The user is not on the requesting server"));
+    }
+    let mut tx = app.db.begin().await?;
+    let Some(room) = RoomCtx::lock(&mut tx, room_id).await? else {
+        return Err(Error::not_found("Unknown room"));
+    };
+    drop(tx);
+    let version = room.version.to_string();
+    if !versions.iter().any(|v| v == &version) {
+        return Err(Error::new(
+            ErrorKind::IncompatibleRoomVersion {
+                room_version: version,
+            },
+            "Your server does not support this room's version",
+        ));
+    }
+    let content = json!({"membership": "join"});
+    let template = template_for(
+        app,
+        &room,
+        user,
+        "m.room.member",
+        Some(user.as_str()),
+        content,
+    )
+    .await?;
+    Ok(json!({"room_version": version, "event": template}))
+}
+
+/// An unsigned event on the room's current state, checked against the auth
+/// rules as far as the missing signature allows.
+async fn template_for(
+    app: &AppState,
+    room: &RoomCtx,
+    sender: &UserId,
+    kind: &str,
+    state_key: Option<&str>,
+    content: Value,
+) -> Result<Value> {
+    let kind_t: TimelineEventType = kind.into();
+    let raw = serde_json::value::to_raw_value(&content).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut keys: Vec<(String, String)> =
+        auth_types_for_event(&kind_t, sender, state_key, &raw, &room.rules.authorization)
+            .map_err(|e| Error::bad_json(e.to_string()))?
+            .into_iter()
+            .map(|(t, k)| (t.to_string(), k))
+            .collect();
+    let create_key = ("m.room.create".to_owned(), String::new());
+    if !keys.contains(&create_key) {
+        keys.push(create_key.clone());
+    }
+    let mut tx = app.db.begin().await?;
+    let state = event::state_events(&mut tx, room.state_group, &keys).await?;
+    drop(tx);
+    let mut auth_ids: Vec<OwnedEventId> = state
+        .iter()
+        .filter(|(k, _)| {
+            !(room.rules.authorization.room_create_event_id_as_room_id && **k == create_key)
+        })
+        .map(|(_, p)| p.event_id.clone())
+        .collect();
+    auth_ids.sort();
+    let mut template = json!({
+        "type": kind,
+        "content": content,
+        "sender": sender,
+        "room_id": room.room_id(),
+        "prev_events": room.extremities,
+        "auth_events": auth_ids,
+        "depth": room.depth + 1,
+        "origin_server_ts": MilliSecondsSinceUnixEpoch::now(),
+        "origin": app.server_name.as_str(),
+    });
+    if let Some(k) = state_key {
+        template["state_key"] = k.into();
+    }
+    let placeholder = EventId::parse("$template").map_err(|e| anyhow::anyhow!("{e}"))?;
+    let pdu = Pdu::from_json(&placeholder, &template.to_string())
+        .map_err(|e| anyhow::anyhow!("template: {e}"))?;
+    auth::authorize(&room.rules, &pdu, &state)
+        .map_err(|reason| Error::forbidden(format!("Not allowed: {reason}")))?;
+    Ok(template)
+}
+
+/// `send_join` (v2) as the resident server: accepts the signed join like any
+/// received PDU, sends it on to the other servers in the room, and answers with
+/// the state before it and the auth chain of that state.
+pub async fn send_join(
+    app: &AppState,
+    origin: &ServerName,
+    room_id: &RoomId,
+    event_id: &EventId,
+    body: &Value,
+) -> Result<Value> {
+    let Some(room) = rooms::get(&app.db, room_id.as_str()).await? else {
+        return Err(Error::not_found("Unknown room"));
+    };
+    let rules = RoomVersionId::try_from(room.room_version.as_str())
+        .ok()
+        .and_then(|v| v.rules())
+        .ok_or_else(|| anyhow::anyhow!("stored room version"))?;
+    let checked: Checked = ingest::check_pdu(app, &rules, body)
+        .await
+        .map_err(|e| Error::bad_json(format!("Invalid join event: {e}")))?;
+    let content: Value = serde_json::from_str(checked.pdu.content.get()).unwrap_or_default();
+    if checked.event_id != event_id
+        || checked.pdu.kind != TimelineEventType::RoomMember
+        || checked.pdu.state_key.as_deref() != Some(checked.pdu.sender.as_str())
+        || content["membership"] != "join"
+        || checked.pdu.sender.server_name() != origin
+    {
+        return Err(Error::bad_json(
+            "Not a join event of the requesting server for this ID",
+        ));
+    }
+    match ingest::receive_checked_pub(app, origin, &rules, room_id, checked).await {
+        Ok(Outcome::Accepted | Outcome::AlreadyKnown) => {}
+        Ok(Outcome::SoftFailed) => return Err(Error::forbidden("The join is not allowed now")),
+        Err(e) => return Err(Error::forbidden(format!("The join is not allowed: {e}"))),
+    }
+    let stored = events::get(&app.db, event_id.as_str())
+        .await?
+        .ok_or_else(|| Error::forbidden("The join was not accepted"))?;
+    // Tell the other servers in the room.
+    let mut others = rooms::joined_servers(&app.db, room_id.as_str()).await?;
+    others.retain(|s| s != app.server_name.as_str() && s != origin.as_str());
+    if !others.is_empty() {
+        fed_store::enqueue_pdu(&app.db, &others, event_id.as_str(), now_ms()).await?;
+        app.federation_wake.notify_one();
+    }
+    let pdu = Pdu::from_json(event_id, &stored.json).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let (state, auth_chain) = state_and_auth_chain_before(app, &rules, room_id, &pdu).await?;
+    Ok(json!({
+        "origin": app.server_name.as_str(),
+        "state": state,
+        "auth_chain": auth_chain,
+        "members_omitted": false,
+    }))
+}
+
+/// The state before an event (resolved over its prev events) and the auth chain
+/// of that state, as PDU JSON.
+pub async fn state_and_auth_chain_before(
+    app: &AppState,
+    rules: &ruma::room_version_rules::RoomVersionRules,
+    room_id: &RoomId,
+    pdu: &Pdu,
+) -> Result<(Vec<Value>, Vec<Value>)> {
+    let ids = state_ids_before(app, rules, room_id, pdu).await?;
+    let chain = auth_chain_ids(app, &ids).await?;
+    Ok((jsons(app, &ids).await?, jsons(app, &chain).await?))
+}
+
+/// The IDs of the state before an event.
+pub async fn state_ids_before(
+    app: &AppState,
+    rules: &ruma::room_version_rules::RoomVersionRules,
+    room_id: &RoomId,
+    pdu: &Pdu,
+) -> Result<Vec<String>> {
+    let prev: Vec<String> = pdu.prev_events.iter().map(|e| e.to_string()).collect();
+    let mut tx = app.db.begin().await?;
+    let groups: Vec<i64> = ingest::load_pdus(&mut *tx, &prev)
+        .await?
+        .values()
+        .filter_map(|(_, g)| *g)
+        .collect();
+    let group = ingest::resolved_group(&mut tx, rules, room_id, &groups).await?;
+    let ids = match group {
+        Some(g) => crate::storage::state::full_state(&mut *tx, g)
+            .await?
+            .into_iter()
+            .map(|(_, id)| id)
+            .collect(),
+        None => Vec::new(),
+    };
+    tx.commit().await?;
+    Ok(ids)
+}
+
+/// Every event reachable through `auth_events` from `ids` (not `ids` themselves
+/// unless reachable).
+pub async fn auth_chain_ids(app: &AppState, ids: &[String]) -> Result<Vec<String>> {
+    let mut seen: HashSet<String> = HashSet::new();
+    let mut todo: Vec<String> = ids.to_vec();
+    let mut first = true;
+    while !todo.is_empty() {
+        let loaded = ingest::load_pdus(&app.db, &todo).await?;
+        todo.clear();
+        for (_, (pdu, _)) in loaded {
+            for a in pdu.auth_events {
+                if seen.insert(a.to_string()) {
+                    todo.push(a.to_string());
+                }
+            }
+        }
+        first = false;
+    }
+    let _ = first;
+    Ok(seen.into_iter().collect())
+}
+
+/// The stored PDU JSON of each event.
+pub async fn jsons(app: &AppState, ids: &[String]) -> Result<Vec<Value>> {
+    Ok(events::get_many(&app.db, ids)
+        .await?
+        .into_iter()
+        .filter_map(|e| serde_json::from_str(&e.json).ok())
+        .collect())
+}
