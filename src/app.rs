@@ -195,21 +195,23 @@ async fn purge_worker(state: AppState, shutdown: CancellationToken) {
 /// `lattice serve`: open the database (embedded or configured), migrate, serve until
 /// SIGTERM or ctrl-c, then shut down in order: listeners, workers, pool, cluster.
 pub async fn serve(config: Config) -> anyhow::Result<()> {
+    // Installed first: a SIGTERM that arrives while starting is not fatal, it
+    // stops the server in order once it is up.
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
     let db = Database::open(&config).await?;
     db.migrate().await?;
     let state = AppState::load(config, db.pool.clone()).await?;
     let server = Server::start(state).await?;
-    wait_for_signal().await;
+    wait_for_signal(&mut term).await;
     tracing::info!("shutting down");
     server.stop().await;
     db.close().await;
     Ok(())
 }
 
-async fn wait_for_signal() {
+async fn wait_for_signal(term: &mut tokio::signal::unix::Signal) {
     let ctrl_c = tokio::signal::ctrl_c();
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("installing the SIGTERM handler");
     tokio::select! {
         _ = ctrl_c => {}
         _ = term.recv() => {}

@@ -223,10 +223,22 @@ fn signed_header(
     method: &str,
     uri: &str,
 ) -> String {
+    signed_header_with(key, origin, destination, method, uri, None)
+}
+
+fn signed_header_with(
+    key: &ruma::signatures::Ed25519KeyPair,
+    origin: &str,
+    destination: &str,
+    method: &str,
+    uri: &str,
+    body: Option<&Value>,
+) -> String {
     let origin = ruma::ServerName::parse(origin).unwrap();
     let destination = ruma::ServerName::parse(destination).unwrap();
+    let content = body.map(|b| b.clone().try_into().unwrap());
     let mut object =
-        lattice::domain::xmatrix::request_object(method, uri, &origin, &destination, None);
+        lattice::domain::xmatrix::request_object(method, uri, &origin, &destination, content);
     ruma::signatures::sign_json(origin.as_str(), key, &mut object).unwrap();
     let object = serde_json::to_value(&object).unwrap();
     let sig = object["signatures"][origin.as_str()]
@@ -473,4 +485,300 @@ async fn join_a_remote_room_by_alias_and_chat_both_ways() {
     .await;
     a.stop().await;
     b.stop().await;
+}
+
+/// Builds a PDU from Bob (on B) into the room on A, signed with `key` under B's
+/// key ID: its prev event is A's newest event, its auth events the room's power
+/// levels and Bob's membership.
+#[allow(clippy::too_many_arguments)]
+async fn bob_pdu(
+    a: &TestServer,
+    alice: &crate::harness::Login,
+    b: &TestServer,
+    bob: &str,
+    room: &str,
+    kind: &str,
+    state_key: Option<&str>,
+    content: Value,
+    key: &ruma::signatures::Ed25519KeyPair,
+) -> (String, Value) {
+    let (_, state) = a
+        .get(
+            &format!("/_matrix/client/v3/rooms/{}/state", enc(room)),
+            Some(&alice.access_token),
+        )
+        .await;
+    let find = |t: &str, k: &str| {
+        state
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["type"] == t && e["state_key"] == k)
+            .map(|e| e["event_id"].as_str().unwrap().to_owned())
+            .unwrap()
+    };
+    let mut auth = vec![
+        ruma::OwnedEventId::try_from(find("m.room.power_levels", "")).unwrap(),
+        ruma::OwnedEventId::try_from(find("m.room.member", bob)).unwrap(),
+    ];
+    auth.sort();
+    let prev: Vec<String> =
+        sqlx::query_scalar("select event_id from forward_extremities where room_id = $1")
+            .bind(room)
+            .fetch_all(&a.state.db)
+            .await
+            .unwrap();
+    let prev: Vec<ruma::OwnedEventId> = prev
+        .into_iter()
+        .map(|p| ruma::OwnedEventId::try_from(p).unwrap())
+        .collect();
+    let depth: i64 = sqlx::query_scalar("select max(depth) from events where room_id = $1")
+        .bind(room)
+        .fetch_one(&a.state.db)
+        .await
+        .unwrap();
+    let rules = ruma::RoomVersionId::V12.rules().unwrap();
+    let room_id = ruma::RoomId::parse(room).unwrap();
+    let sender = ruma::UserId::parse(bob).unwrap();
+    let built = lattice::domain::pdu::build(
+        &rules,
+        &lattice::domain::pdu::NewEvent {
+            kind: kind.into(),
+            content,
+            state_key: state_key.map(str::to_owned),
+            redacts: None,
+        },
+        &sender,
+        &lattice::domain::pdu::Position {
+            room_id: Some(&room_id),
+            prev_events: &prev,
+            auth_events: &auth,
+            depth: depth + 1,
+        },
+        ruma::MilliSecondsSinceUnixEpoch::now(),
+        b.name(),
+        key,
+    )
+    .unwrap();
+    (
+        built.event_id.to_string(),
+        serde_json::to_value(&built.json).unwrap(),
+    )
+}
+
+/// Sends a transaction to `to` as `from` (signed with from's real key).
+async fn send_txn(from: &TestServer, to: &TestServer, txn: &str, pdus: Vec<Value>) -> Value {
+    let path = format!("/_matrix/federation/v1/send/{txn}");
+    let body = json!({"origin": from.name(), "origin_server_ts": 1, "pdus": pdus, "edus": []});
+    let header = signed_header_with(
+        &from.state.signing_key.pair,
+        from.name(),
+        to.name(),
+        "PUT",
+        &path,
+        Some(&body),
+    );
+    let response = https_client()
+        .put(format!("{}{}", to.federation_url(), path))
+        .header("Authorization", header)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    response.json().await.unwrap()
+}
+
+#[tokio::test]
+async fn received_pdus_go_through_the_receipt_checks() {
+    let a = TestServer::start_federating().await;
+    let b = TestServer::start_federating().await;
+    let alice = a.register("alice", "password-a").await;
+    let bob = b.register("bob", "password-b").await;
+    let room = a
+        .create_room(
+            &alice,
+            json!({"preset": "public_chat", "room_alias_name": "checks"}),
+        )
+        .await;
+    let (status, body) = b
+        .post(
+            &format!(
+                "/_matrix/client/v3/join/{}",
+                enc(&format!("#checks:{}", a.name()))
+            ),
+            Some(&bob.access_token),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let b_key = &b.state.signing_key.pair;
+    let msg = |body: &str| json!({"msgtype": "m.text", "body": body});
+
+    // A good PDU is accepted; sent again (new transaction) it is not stored twice.
+    let (good_id, good) = bob_pdu(
+        &a,
+        &alice,
+        &b,
+        &bob.user_id,
+        &room,
+        "m.room.message",
+        None,
+        msg("good"),
+        b_key,
+    )
+    .await;
+    let reply = send_txn(&b, &a, "t1", vec![good.clone()]).await;
+    assert_eq!(reply["pdus"][&good_id], json!({}), "{reply}");
+    let reply = send_txn(&b, &a, "t2", vec![good.clone()]).await;
+    assert_eq!(reply["pdus"][&good_id], json!({}), "{reply}");
+    let copies: i64 = sqlx::query_scalar("select count(*) from events where event_id = $1")
+        .bind(&good_id)
+        .fetch_one(&a.state.db)
+        .await
+        .unwrap();
+    assert_eq!(copies, 1);
+    // The same transaction ID again gets the stored answer.
+    let reply = send_txn(&b, &a, "t1", vec![]).await;
+    assert_eq!(reply["pdus"][&good_id], json!({}), "{reply}");
+
+    // Signed by a key that is not B's: rejected, not stored.
+    let forged_key = ruma::signatures::Ed25519KeyPair::from_der(
+        &ruma::signatures::Ed25519KeyPair::generate(),
+        b.state
+            .signing_key
+            .key_id
+            .trim_start_matches("ed25519:")
+            .into(),
+    )
+    .unwrap();
+    let (bad_id, bad) = bob_pdu(
+        &a,
+        &alice,
+        &b,
+        &bob.user_id,
+        &room,
+        "m.room.message",
+        None,
+        msg("forged"),
+        &forged_key,
+    )
+    .await;
+    let reply = send_txn(&b, &a, "t3", vec![bad]).await;
+    assert!(
+        reply["pdus"][&bad_id]["error"]
+            .as_str()
+            .unwrap()
+            .contains("signature"),
+        "{reply}"
+    );
+    let (status, _) = a
+        .get(
+            &format!(
+                "/_matrix/client/v3/rooms/{}/event/{}",
+                enc(&room),
+                enc(&bad_id)
+            ),
+            Some(&alice.access_token),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    // Content changed after signing: the hash no longer matches, the signature
+    // (over the redacted form) does: kept, redacted.
+    let (tampered_id, mut tampered) = bob_pdu(
+        &a,
+        &alice,
+        &b,
+        &bob.user_id,
+        &room,
+        "m.room.message",
+        None,
+        msg("original"),
+        b_key,
+    )
+    .await;
+    tampered["content"]["body"] = "tampered".into();
+    let reply = send_txn(&b, &a, "t4", vec![tampered]).await;
+    assert_eq!(reply["pdus"][&tampered_id], json!({}), "{reply}");
+    let stored: String = sqlx::query_scalar("select json from events where event_id = $1")
+        .bind(&tampered_id)
+        .fetch_one(&a.state.db)
+        .await
+        .unwrap();
+    let stored: Value = serde_json::from_str(&stored).unwrap();
+    assert_eq!(stored["content"], json!({}), "kept redacted: {stored}");
+
+    // Bob may not change the power levels: rejected by the auth rules.
+    let (pl_id, pl) = bob_pdu(
+        &a,
+        &alice,
+        &b,
+        &bob.user_id,
+        &room,
+        "m.room.power_levels",
+        Some(""),
+        json!({"users": {&bob.user_id: 100}}),
+        b_key,
+    )
+    .await;
+    let reply = send_txn(&b, &a, "t5", vec![pl]).await;
+    assert!(
+        reply["pdus"][&pl_id]["error"]
+            .as_str()
+            .unwrap()
+            .contains("auth"),
+        "{reply}"
+    );
+
+    // Bob's event relayed by a server that is not Bob's: refused.
+    let c = TestServer::start_federating().await;
+    let (relayed_id, relayed) = bob_pdu(
+        &a,
+        &alice,
+        &b,
+        &bob.user_id,
+        &room,
+        "m.room.message",
+        None,
+        msg("relayed"),
+        b_key,
+    )
+    .await;
+    let reply = send_txn(&c, &a, "t6", vec![relayed]).await;
+    assert!(
+        reply["pdus"][&relayed_id]["error"]
+            .as_str()
+            .unwrap()
+            .contains("not from"),
+        "{reply}"
+    );
+
+    // Larger than 64 KiB: refused.
+    let big = "x".repeat(70_000);
+    let (_, mut oversized) = bob_pdu(
+        &a,
+        &alice,
+        &b,
+        &bob.user_id,
+        &room,
+        "m.room.message",
+        None,
+        msg("small"),
+        b_key,
+    )
+    .await;
+    oversized["content"]["body"] = big.into();
+    let reply = send_txn(&b, &a, "t7", vec![oversized]).await;
+    let results = reply["pdus"].as_object().unwrap();
+    assert!(
+        results.is_empty()
+            || results
+                .values()
+                .any(|r| r["error"].as_str().is_some_and(|e| e.contains("65536"))),
+        "{reply}"
+    );
+    a.stop().await;
+    b.stop().await;
+    c.stop().await;
 }

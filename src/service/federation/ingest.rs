@@ -108,6 +108,18 @@ pub async fn check_pdu(
     })
 }
 
+/// The event ID (reference hash) of a PDU, when it can be computed, so a PDU
+/// refused for its signatures is still answered by ID.
+fn event_id_of(rules: &RoomVersionRules, value: &Value) -> Option<OwnedEventId> {
+    let mut object = match CanonicalJsonValue::try_from(value.clone()).ok()? {
+        CanonicalJsonValue::Object(o) => o,
+        _ => return None,
+    };
+    object.remove("event_id");
+    let hash = reference_hash(&object, rules).ok()?;
+    EventId::parse(format!("${hash}")).ok()
+}
+
 /// The parsed events among `ids` that we hold (timeline or outlier).
 pub async fn load_pdus(
     db: impl sqlx::PgExecutor<'_>,
@@ -284,7 +296,7 @@ async fn receive(
     };
     let checked = match check_pdu(app, &rules, value).await {
         Ok(c) => c,
-        Err(e) => return (None, Err(e)),
+        Err(e) => return (event_id_of(&rules, value), Err(e)),
     };
     let event_id = checked.event_id.clone();
     let result = receive_checked(app, origin, &rules, &room_id, checked, fetch_missing).await;
