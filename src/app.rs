@@ -118,30 +118,17 @@ impl Server {
             let router = api::router(state.clone(), client, federation);
             let token = shutdown.clone();
             let service = router.into_make_service_with_connect_info::<SocketAddr>();
+            let shutdown_signal = async move { token.cancelled().await };
             match (&listener.tls_certificate, &listener.tls_private_key) {
                 (Some(cert), Some(key)) => {
                     let config = tls::server_config(cert, key)?;
                     let tls = tls::TlsListener::new(tcp, config)?.tap_io(|_| {});
                     tracing::info!(%addr, resources = ?listener.resources, "listening (TLS)");
-                    tasks.spawn(async move {
-                        let served = axum::serve(tls, service)
-                            .with_graceful_shutdown(async move { token.cancelled().await })
-                            .await;
-                        if let Err(e) = served {
-                            tracing::error!(error = %e, "listener failed");
-                        }
-                    });
+                    tasks.spawn(serve_listener(tls, service, shutdown_signal));
                 }
                 _ => {
                     tracing::info!(%addr, resources = ?listener.resources, "listening");
-                    tasks.spawn(async move {
-                        let served = axum::serve(tcp, service)
-                            .with_graceful_shutdown(async move { token.cancelled().await })
-                            .await;
-                        if let Err(e) = served {
-                            tracing::error!(error = %e, "listener failed");
-                        }
-                    });
+                    tasks.spawn(serve_listener(tcp, service, shutdown_signal));
                 }
             }
         }
@@ -169,6 +156,24 @@ impl Server {
 
     pub fn shutdown_token(&self) -> CancellationToken {
         self.shutdown.clone()
+    }
+}
+
+/// Serves one listener until `shutdown` completes.
+async fn serve_listener<L>(
+    listener: L,
+    service: axum::extract::connect_info::IntoMakeServiceWithConnectInfo<axum::Router, SocketAddr>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+    SocketAddr: for<'a> axum::extract::connect_info::Connected<axum::serve::IncomingStream<'a, L>>,
+{
+    if let Err(e) = axum::serve(listener, service)
+        .with_graceful_shutdown(shutdown)
+        .await
+    {
+        tracing::error!(error = %e, "listener failed");
     }
 }
 

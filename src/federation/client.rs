@@ -150,10 +150,9 @@ pub struct FederationClient {
     max_response_bytes: usize,
 }
 
-/// Successful discoveries are cached this long.
+/// Discovery results are cached this long.
 const DISCOVERY_TTL: Duration = Duration::from_secs(24 * 60 * 60);
-/// Failed `.well-known` lookups are remembered for a shorter time, inside
-/// [`discovery::Cache`] as a result without delegation.
+/// The largest response body accepted from another server.
 const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
 
 impl FederationClient {

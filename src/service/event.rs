@@ -171,6 +171,48 @@ pub async fn state_events(
         .collect())
 }
 
+/// The state keys the auth rules need for an event (the spec's selection, plus
+/// the create event, which the rules always consult).
+pub fn auth_keys(
+    rules: &RoomVersionRules,
+    kind: &TimelineEventType,
+    sender: &UserId,
+    state_key: Option<&str>,
+    content: &serde_json::value::RawValue,
+) -> Result<Vec<(String, String)>> {
+    let mut keys: Vec<(String, String)> =
+        auth_types_for_event(kind, sender, state_key, content, &rules.authorization)
+            .map_err(|e| Error::bad_json(format!("Invalid content: {e}")))?
+            .into_iter()
+            .map(|(t, k)| (t.to_string(), k))
+            .collect();
+    let create_key = ("m.room.create".to_owned(), String::new());
+    if !keys.contains(&create_key) {
+        keys.push(create_key);
+    }
+    keys.dedup();
+    Ok(keys)
+}
+
+/// The `auth_events` of a new event: the selected state, minus the create event
+/// in room versions whose room ID names it; sorted.
+pub fn auth_event_ids(
+    rules: &RoomVersionRules,
+    state: &HashMap<(String, String), Pdu>,
+) -> Vec<OwnedEventId> {
+    let mut ids: Vec<OwnedEventId> = state
+        .iter()
+        .filter(|((t, k), _)| {
+            !(rules.authorization.room_create_event_id_as_room_id
+                && t == "m.room.create"
+                && k.is_empty())
+        })
+        .map(|(_, pdu)| pdu.event_id.clone())
+        .collect();
+    ids.sort();
+    ids
+}
+
 /// The result of appending an event.
 pub struct Appended {
     pub event_id: OwnedEventId,
@@ -187,35 +229,15 @@ pub async fn append(
 ) -> Result<Appended> {
     let kind: TimelineEventType = event.kind.as_str().into();
     let content_raw = to_raw_value(&event.content).map_err(|e| Error::bad_json(e.to_string()))?;
-    let auth_types = auth_types_for_event(
+    let keys = auth_keys(
+        &room.rules,
         &kind,
         sender,
         event.state_key.as_deref(),
         &content_raw,
-        &room.rules.authorization,
-    )
-    .map_err(|e| Error::bad_json(format!("Invalid content: {e}")))?;
-    let mut keys: Vec<(String, String)> = auth_types
-        .into_iter()
-        .map(|(t, k)| (t.to_string(), k))
-        .collect();
-    // The create event is always needed by the auth rules, even where (v12) it is
-    // not listed in auth_events.
-    let create_key = ("m.room.create".to_owned(), String::new());
-    if !keys.contains(&create_key) {
-        keys.push(create_key.clone());
-    }
-    keys.dedup();
+    )?;
     let state_before = state_events(tx, room.state_group, &keys).await?;
-
-    let mut auth_ids: Vec<OwnedEventId> = state_before
-        .iter()
-        .filter(|(key, _)| {
-            !(room.rules.authorization.room_create_event_id_as_room_id && **key == create_key)
-        })
-        .map(|(_, pdu)| pdu.event_id.clone())
-        .collect();
-    auth_ids.sort();
+    let auth_ids = auth_event_ids(&room.rules, &state_before);
 
     let key = &app.signing_key;
     let built = pdu::build(

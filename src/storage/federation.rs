@@ -130,15 +130,6 @@ pub async fn delete_delivered(
     Ok(())
 }
 
-pub async fn queue_len(db: impl PgExecutor<'_>, destination: &str) -> sqlx::Result<i64> {
-    sqlx::query_scalar!(
-        r#"select count(*) as "n!" from federation_outbox where destination = $1"#,
-        destination
-    )
-    .fetch_one(db)
-    .await
-}
-
 pub async fn record_success(
     db: impl PgExecutor<'_>,
     destination: &str,
@@ -186,21 +177,6 @@ pub async fn record_failure(
     .await
 }
 
-pub async fn set_retry_after(
-    db: impl PgExecutor<'_>,
-    destination: &str,
-    retry_after_ts: i64,
-) -> sqlx::Result<()> {
-    sqlx::query!(
-        "update federation_destinations set retry_after_ts = $2 where destination = $1",
-        destination,
-        retry_after_ts
-    )
-    .execute(db)
-    .await?;
-    Ok(())
-}
-
 /// Clears a destination's backoff (it just talked to us: it is up again).
 pub async fn clear_backoff(db: impl PgExecutor<'_>, destination: &str) -> sqlx::Result<bool> {
     let done = sqlx::query!(
@@ -211,24 +187,6 @@ pub async fn clear_backoff(db: impl PgExecutor<'_>, destination: &str) -> sqlx::
     .execute(db)
     .await?;
     Ok(done.rows_affected() > 0)
-}
-
-pub struct DestinationHealth {
-    pub failures: i32,
-    pub retry_after_ts: i64,
-}
-
-pub async fn health(
-    db: impl PgExecutor<'_>,
-    destination: &str,
-) -> sqlx::Result<Option<DestinationHealth>> {
-    sqlx::query_as!(
-        DestinationHealth,
-        "select failures, retry_after_ts from federation_destinations where destination = $1",
-        destination
-    )
-    .fetch_optional(db)
-    .await
 }
 
 /// The stored reply to an inbound transaction already processed.

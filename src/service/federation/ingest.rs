@@ -471,7 +471,6 @@ async fn receive_checked(
             .await
             .map_err(db_err)?
     };
-    let pdu = checked.pdu.clone();
     let built = Built {
         event_id: checked.event_id.clone(),
         room_id: room_id.to_owned(),
@@ -500,7 +499,6 @@ async fn receive_checked(
     extremities.push(event_id.clone());
     room.extremities = extremities;
     room.state_group = new_current;
-    let _ = pdu;
     tx.commit().await.map_err(|e| e.to_string())?;
     event::release(room);
     Ok(Outcome::Accepted)

@@ -10,7 +10,6 @@ use ruma::{
     OwnedRoomId, OwnedServerName, RoomId, RoomVersionId, ServerName, UserId,
     events::TimelineEventType,
     signatures::{hash_and_sign_event, reference_hash},
-    state_res::auth_types_for_event,
 };
 use serde_json::{Value, json};
 
@@ -374,27 +373,11 @@ async fn template_for(
 ) -> Result<Value> {
     let kind_t: TimelineEventType = kind.into();
     let raw = serde_json::value::to_raw_value(&content).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let mut keys: Vec<(String, String)> =
-        auth_types_for_event(&kind_t, sender, state_key, &raw, &room.rules.authorization)
-            .map_err(|e| Error::bad_json(e.to_string()))?
-            .into_iter()
-            .map(|(t, k)| (t.to_string(), k))
-            .collect();
-    let create_key = ("m.room.create".to_owned(), String::new());
-    if !keys.contains(&create_key) {
-        keys.push(create_key.clone());
-    }
+    let keys = event::auth_keys(&room.rules, &kind_t, sender, state_key, &raw)?;
     let mut tx = app.db.begin().await?;
     let state = event::state_events(&mut tx, room.state_group, &keys).await?;
     drop(tx);
-    let mut auth_ids: Vec<OwnedEventId> = state
-        .iter()
-        .filter(|(k, _)| {
-            !(room.rules.authorization.room_create_event_id_as_room_id && **k == create_key)
-        })
-        .map(|(_, p)| p.event_id.clone())
-        .collect();
-    auth_ids.sort();
+    let auth_ids = event::auth_event_ids(&room.rules, &state);
     let mut template = json!({
         "type": kind,
         "content": content,
@@ -518,7 +501,6 @@ pub async fn state_ids_before(
 pub async fn auth_chain_ids(app: &AppState, ids: &[String]) -> Result<Vec<String>> {
     let mut seen: HashSet<String> = HashSet::new();
     let mut todo: Vec<String> = ids.to_vec();
-    let mut first = true;
     while !todo.is_empty() {
         let loaded = ingest::load_pdus(&app.db, &todo).await?;
         todo.clear();
@@ -529,9 +511,7 @@ pub async fn auth_chain_ids(app: &AppState, ids: &[String]) -> Result<Vec<String
                 }
             }
         }
-        first = false;
     }
-    let _ = first;
     Ok(seen.into_iter().collect())
 }
 
