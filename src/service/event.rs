@@ -227,6 +227,19 @@ pub async fn append(
     sender: &UserId,
     event: NewEvent,
 ) -> Result<Appended> {
+    let built = prepare(tx, app, room, sender, event).await?;
+    persist(tx, app, room, built).await
+}
+
+/// Builds, signs and authorises a local event at the room's head without storing
+/// it (an invite is countersigned by the invitee's server before it is stored).
+pub async fn prepare(
+    tx: &mut Transaction<'_, Postgres>,
+    app: &AppState,
+    room: &RoomCtx,
+    sender: &UserId,
+    event: NewEvent,
+) -> Result<Built> {
     let kind: TimelineEventType = event.kind.as_str().into();
     let content_raw = to_raw_value(&event.content).map_err(|e| Error::bad_json(e.to_string()))?;
     let keys = auth_keys(
@@ -260,7 +273,7 @@ pub async fn append(
     })?;
 
     authorize(&room.rules, &built.pdu, &state_before)?;
-    persist(tx, app, room, built).await
+    Ok(built)
 }
 
 /// The create event: no state before it, no prev or auth events.

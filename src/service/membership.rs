@@ -39,6 +39,13 @@ pub async fn join_via(
         return join(app, user, room_id, reason).await;
     }
     let mut candidates: Vec<ruma::OwnedServerName> = servers.to_vec();
+    // An invite from another server: that server is in the room.
+    if let Some(invite) =
+        crate::storage::federation::remote_invite(&app.db, room_id.as_str(), user.as_str()).await?
+        && let Ok(server) = ruma::OwnedServerName::try_from(invite.inviter_server)
+    {
+        candidates.insert(0, server);
+    }
     if let Some(server) = room_id.server_name() {
         candidates.push(server.to_owned());
     }
@@ -53,7 +60,11 @@ pub async fn join_via(
     if candidates.is_empty() {
         return Err(Error::not_found("No known servers for this room"));
     }
-    super::federation::join::remote_join(app, user, room_id, &candidates, reason).await
+    let joined =
+        super::federation::join::remote_join(app, user, room_id, &candidates, reason).await?;
+    crate::storage::federation::delete_remote_invite(&app.db, room_id.as_str(), user.as_str())
+        .await?;
+    Ok(joined)
 }
 
 /// Joins a local room. For `restricted` rooms the join is authorised by a local
@@ -237,7 +248,16 @@ pub async fn change(
         state_key: Some(target.to_string()),
         redacts: None,
     };
-    event::append(&mut tx, app, &mut room, sender, event).await?;
+    if change == Change::Invite && target.server_name() != app.server_name {
+        // The invitee's server countersigns the invite before it is stored. The
+        // room stays locked meanwhile (bounded by the federation timeout).
+        let built = event::prepare(&mut tx, app, &room, sender, event).await?;
+        let state = super::federation::invite::invite_room_state(&mut tx, &room, sender).await?;
+        let built = super::federation::invite::countersigned(app, &room, built, state).await?;
+        event::persist(&mut tx, app, &mut room, built).await?;
+    } else {
+        event::append(&mut tx, app, &mut room, sender, event).await?;
+    }
     tx.commit().await?;
     event::release(room);
     Ok(())

@@ -509,7 +509,29 @@ pub(super) async fn stripped_state(
     invite_event: &str,
 ) -> Result<Vec<Value>> {
     let Some(room) = crate::storage::rooms::get(&app.db, room_id.as_str()).await? else {
-        return Ok(Vec::new());
+        // A remote server's invite to a room we are not in: the state it sent.
+        let mut out: Vec<Value> =
+            crate::storage::federation::remote_invite_state(&app.db, invite_event)
+                .await?
+                .and_then(|s| s.as_array().cloned())
+                .unwrap_or_default();
+        out.extend(
+            events::get_many(&app.db, &[invite_event.to_owned()])
+                .await?
+                .iter()
+                .filter_map(|ev| serde_json::from_str(&ev.json).ok()),
+        );
+        return Ok(out
+            .iter()
+            .map(|pdu| {
+                json!({
+                    "type": pdu["type"],
+                    "state_key": pdu["state_key"],
+                    "content": pdu["content"],
+                    "sender": pdu["sender"],
+                })
+            })
+            .collect());
     };
     let keys: Vec<(String, String)> = [
         "m.room.create",

@@ -281,3 +281,80 @@ pub async fn delete_outlier(db: impl PgExecutor<'_>, event_id: &str) -> sqlx::Re
         .await?;
     Ok(())
 }
+
+pub struct RemoteInvite {
+    pub event_id: String,
+    pub room_version: String,
+    pub inviter_server: String,
+    pub invite_state: serde_json::Value,
+}
+
+/// Records (or replaces) a remote server's invite of a local user.
+pub async fn upsert_remote_invite(
+    db: impl PgExecutor<'_>,
+    room_id: &str,
+    user_id: &str,
+    invite: &RemoteInvite,
+) -> sqlx::Result<()> {
+    sqlx::query!(
+        "insert into remote_invites (room_id, user_id, event_id, room_version, inviter_server,
+                                     invite_state)
+         values ($1, $2, $3, $4, $5, $6)
+         on conflict (room_id, user_id) do update
+         set event_id = excluded.event_id, room_version = excluded.room_version,
+             inviter_server = excluded.inviter_server, invite_state = excluded.invite_state",
+        room_id,
+        user_id,
+        invite.event_id,
+        invite.room_version,
+        invite.inviter_server,
+        invite.invite_state
+    )
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+pub async fn remote_invite(
+    db: impl PgExecutor<'_>,
+    room_id: &str,
+    user_id: &str,
+) -> sqlx::Result<Option<RemoteInvite>> {
+    sqlx::query_as!(
+        RemoteInvite,
+        "select event_id, room_version, inviter_server, invite_state
+         from remote_invites where room_id = $1 and user_id = $2",
+        room_id,
+        user_id
+    )
+    .fetch_optional(db)
+    .await
+}
+
+pub async fn delete_remote_invite(
+    db: impl PgExecutor<'_>,
+    room_id: &str,
+    user_id: &str,
+) -> sqlx::Result<()> {
+    sqlx::query!(
+        "delete from remote_invites where room_id = $1 and user_id = $2",
+        room_id,
+        user_id
+    )
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// The `invite_room_state` received with a remote invite, by the invite's event ID.
+pub async fn remote_invite_state(
+    db: impl PgExecutor<'_>,
+    event_id: &str,
+) -> sqlx::Result<Option<serde_json::Value>> {
+    sqlx::query_scalar!(
+        "select invite_state from remote_invites where event_id = $1",
+        event_id
+    )
+    .fetch_optional(db)
+    .await
+}

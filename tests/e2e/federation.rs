@@ -5,7 +5,7 @@
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::harness::{TestServer, dev_tls};
+use crate::harness::{TestServer, dev_tls, enc, eventually, messages};
 
 /// An HTTPS client that trusts the development CA (as a peer server would).
 fn https_client() -> reqwest::Client {
@@ -15,10 +15,6 @@ fn https_client() -> reqwest::Client {
         .add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap())
         .build()
         .unwrap()
-}
-
-fn enc(s: &str) -> String {
-    form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }
 
 #[tokio::test]
@@ -327,45 +323,6 @@ async fn loopback_is_refused_unless_allowed() {
 }
 
 /// Polls `check` every 100 ms for up to 20 s.
-async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    for _ in 0..200 {
-        if check().await {
-            return;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    panic!("timed out waiting for {what}");
-}
-
-/// The bodies of the `m.room.message` events a user's server shows in a room.
-async fn messages(server: &TestServer, token: &str, room: &str) -> Vec<String> {
-    let (status, body) = server
-        .get(
-            &format!(
-                "/_matrix/client/v3/rooms/{}/messages?dir=b&limit=50",
-                enc(room)
-            ),
-            Some(token),
-        )
-        .await;
-    if status != StatusCode::OK {
-        return Vec::new();
-    }
-    let mut out: Vec<String> = body["chunk"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|e| e["type"] == "m.room.message")
-        .filter_map(|e| e["content"]["body"].as_str().map(str::to_owned))
-        .collect();
-    out.reverse();
-    out
-}
-
 #[tokio::test]
 async fn join_a_remote_room_by_alias_and_chat_both_ways() {
     let a = TestServer::start_federating().await;

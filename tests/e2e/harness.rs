@@ -147,10 +147,16 @@ fn to_url(options: &PgConnectOptions) -> String {
     }
 }
 
-pub struct TestServer {
+/// A homeserver's client API at `base`: what tests call, on Lattice or Synapse.
+pub struct ClientApi {
     pub base: String,
-    pub state: AppState,
     pub client: reqwest::Client,
+}
+
+pub struct TestServer {
+    /// The client API (reached through `Deref`: `server.get(…)`, `server.base`).
+    pub api: ClientApi,
+    pub state: AppState,
     server: Option<Server>,
     db: Option<Database>,
     /// The data directory (media) of servers started by `start_with`.
@@ -275,14 +281,23 @@ impl TestServer {
         let server = Server::start(state.clone()).await.expect("server starts");
         let addr = server.addrs[0];
         Self {
-            base: format!("http://{addr}"),
-
+            api: ClientApi::new(format!("http://{addr}")),
             state,
-            client: reqwest::Client::new(),
             server: Some(server),
             db: Some(db),
             _data: None,
         }
+    }
+
+    /// Stops the server and starts it again on the same database and settings
+    /// (the client listener gets a new port; fixed ports are bound again).
+    pub async fn restart(mut self) -> Self {
+        let config = Config::clone(&self.state.config);
+        let data = self._data.take();
+        self.stop().await;
+        let mut server = Self::start_config(config).await;
+        server._data = data;
+        server
     }
 
     pub async fn stop(mut self) {
@@ -291,6 +306,23 @@ impl TestServer {
         }
         if let Some(db) = self.db.take() {
             db.close().await;
+        }
+    }
+}
+
+impl std::ops::Deref for TestServer {
+    type Target = ClientApi;
+
+    fn deref(&self) -> &ClientApi {
+        &self.api
+    }
+}
+
+impl ClientApi {
+    pub fn new(base: String) -> Self {
+        Self {
+            base,
+            client: reqwest::Client::new(),
         }
     }
 
@@ -453,4 +485,49 @@ pub fn password_auth(user: &str, password: &str, session: &str) -> Value {
         "password": password,
         "session": session,
     })
+}
+
+/// Percent-encodes a path segment (room IDs, aliases, user IDs).
+pub fn enc(s: &str) -> String {
+    form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
+/// Polls `check` every 100 ms for up to 30 s.
+pub async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..300 {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+/// The bodies of the `m.room.message` events a user's server shows in a room.
+pub async fn messages(server: &ClientApi, token: &str, room: &str) -> Vec<String> {
+    let (status, body) = server
+        .get(
+            &format!(
+                "/_matrix/client/v3/rooms/{}/messages?dir=b&limit=50",
+                enc(room)
+            ),
+            Some(token),
+        )
+        .await;
+    if status != StatusCode::OK {
+        return Vec::new();
+    }
+    let mut out: Vec<String> = body["chunk"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["type"] == "m.room.message")
+        .filter_map(|e| e["content"]["body"].as_str().map(str::to_owned))
+        .collect();
+    out.reverse();
+    out
 }

@@ -15,5 +15,6 @@ mod rooms;
 mod sdk;
 mod sliding;
 mod social;
+mod synapse;
 mod sync;
 mod timeline;

@@ -16,7 +16,7 @@ use super::FedRequest;
 use crate::{
     app::AppState,
     domain::pdu::Pdu,
-    error::{Error, Result},
+    error::{Error, ErrorKind, Result},
     service::federation::{ingest, join},
     storage::{events, federation as fed_store, now_ms, rooms},
 };
@@ -35,7 +35,12 @@ pub fn router() -> Router<AppState> {
             "/_matrix/federation/v2/send_join/{room_id}/{event_id}",
             put(send_join),
         )
+        .route(
+            "/_matrix/federation/v2/invite/{room_id}/{event_id}",
+            put(invite),
+        )
         .route("/_matrix/federation/v1/event/{event_id}", get(get_event))
+        .route("/_matrix/federation/v1/backfill/{room_id}", get(backfill))
         .route(
             "/_matrix/federation/v1/event_auth/{room_id}/{event_id}",
             get(event_auth),
@@ -46,6 +51,84 @@ pub fn router() -> Router<AppState> {
             "/_matrix/federation/v1/get_missing_events/{room_id}",
             post(get_missing_events),
         )
+}
+
+/// `PUT /v2/invite/{roomId}/{eventId}`: countersign an invite of one of our users.
+async fn invite(
+    State(app): State<AppState>,
+    Path((room_id, event_id)): Path<(String, String)>,
+    fed: FedRequest,
+) -> Result<Json<Value>> {
+    let room_id = RoomId::parse(&room_id).map_err(|_| Error::bad_json("Bad room ID"))?;
+    let event_id = EventId::parse(&event_id).map_err(|_| Error::bad_json("Bad event ID"))?;
+    let body: Value = fed.json()?;
+    let reply =
+        crate::service::federation::invite::receive(&app, &fed.origin, &room_id, &event_id, &body)
+            .await?;
+    Ok(Json(reply))
+}
+
+/// `GET /backfill/{roomId}?v=…&limit=…`: the given events and those before them,
+/// newest (deepest) first, walking `prev_events`.
+async fn backfill(
+    State(app): State<AppState>,
+    Path(room_id): Path<String>,
+    RawQuery(query): RawQuery,
+    fed: FedRequest,
+) -> Result<Json<Value>> {
+    let mut from = Vec::new();
+    let mut limit = 10usize;
+    for (k, v) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+        match k.as_ref() {
+            "v" => from.push(v.into_owned()),
+            "limit" => {
+                limit = v
+                    .parse()
+                    .map_err(|_| Error::new(ErrorKind::InvalidParam, "limit must be a number"))?
+            }
+            _ => {}
+        }
+    }
+    if from.is_empty() {
+        return Err(Error::new(ErrorKind::MissingParam, "v is required"));
+    }
+    if !server_may_read(&app, fed.origin.as_str(), &room_id).await? {
+        return Err(Error::forbidden("Your server is not in this room"));
+    }
+    let limit = limit.clamp(1, 100);
+    let mut seen: HashSet<String> = from.iter().cloned().collect();
+    let mut queue: std::collections::BinaryHeap<(i64, i64, String)> = Default::default();
+    for ev in events::get_many(&app.db, &from).await? {
+        if ev.room_id == room_id && ev.stream_ordering != 0 {
+            queue.push((ev.depth, ev.stream_ordering, ev.json));
+        }
+    }
+    let mut pdus = Vec::new();
+    while let Some((_, _, json)) = queue.pop() {
+        if pdus.len() >= limit {
+            break;
+        }
+        let value: Value = serde_json::from_str(&json).unwrap_or_default();
+        let prevs: Vec<String> = value["prev_events"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|p| p.as_str())
+            .filter(|p| seen.insert((*p).to_owned()))
+            .map(str::to_owned)
+            .collect();
+        for ev in events::get_many(&app.db, &prevs).await? {
+            if ev.room_id == room_id && ev.stream_ordering != 0 {
+                queue.push((ev.depth, ev.stream_ordering, ev.json));
+            }
+        }
+        pdus.push(value);
+    }
+    Ok(Json(json!({
+        "origin": app.server_name.as_str(),
+        "origin_server_ts": now_ms(),
+        "pdus": pdus,
+    })))
 }
 
 const MAX_PDUS: usize = 50;

@@ -4,6 +4,7 @@
 
 pub mod edu;
 pub mod ingest;
+pub mod invite;
 pub mod join;
 pub mod sender;
 

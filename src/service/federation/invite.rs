@@ -1,0 +1,266 @@
+//! Invites across servers (`PUT /_matrix/federation/v2/invite`): countersigning
+//! another server's invite of one of our users, and having an invite of a remote
+//! user countersigned by that user's server before it is stored.
+
+use ruma::{
+    CanonicalJsonObject, CanonicalJsonValue, EventId, RoomId, RoomVersionId, ServerName, UserId,
+    room_version_rules::RoomVersionRules, signatures::sign_json,
+};
+use serde_json::{Value, json};
+
+use super::ingest::{self, enc};
+use crate::{
+    app::AppState,
+    domain::{pdu::Built, room_version},
+    error::{Error, ErrorKind, Result},
+    service::{
+        event::{self, RoomCtx},
+        stream,
+    },
+    storage::{Postgres, Transaction, events, federation as fed_store, rooms},
+};
+
+/// State types sent with an invite so the invitee's client can show the room.
+const INVITE_STATE_TYPES: [&str; 7] = [
+    "m.room.create",
+    "m.room.join_rules",
+    "m.room.name",
+    "m.room.avatar",
+    "m.room.canonical_alias",
+    "m.room.encryption",
+    "m.room.topic",
+];
+
+fn invalid(message: impl Into<String>) -> Error {
+    Error::new(ErrorKind::InvalidParam, message)
+}
+
+/// Adds this server's signature to an event (signing its redacted form, as event
+/// signatures are).
+fn countersign(
+    app: &AppState,
+    rules: &RoomVersionRules,
+    object: &mut CanonicalJsonObject,
+) -> Result<()> {
+    let mut redacted = ruma::canonical_json::redact(object.clone(), &rules.redaction, None)
+        .map_err(|e| invalid(format!("redacting the invite: {e}")))?;
+    sign_json(
+        app.server_name.as_str(),
+        &app.signing_key.pair,
+        &mut redacted,
+    )
+    .map_err(|e| anyhow::anyhow!("signing the invite: {e}"))?;
+    let ours = match redacted.get("signatures") {
+        Some(CanonicalJsonValue::Object(sigs)) => sigs.get(app.server_name.as_str()).cloned(),
+        _ => None,
+    }
+    .ok_or_else(|| anyhow::anyhow!("signing produced no signature"))?;
+    match object.get_mut("signatures") {
+        Some(CanonicalJsonValue::Object(sigs)) => {
+            sigs.insert(app.server_name.to_string(), ours);
+        }
+        _ => {
+            let mut sigs = CanonicalJsonObject::new();
+            sigs.insert(app.server_name.to_string(), ours);
+            object.insert("signatures".into(), CanonicalJsonValue::Object(sigs));
+        }
+    }
+    Ok(())
+}
+
+/// Another server invites one of our users: check the event (spec: signatures,
+/// type, membership, sender on the origin, target on this server), countersign
+/// it, and — when none of our users is in the room — remember the invite so the
+/// user sees it in `/sync` and can accept it through the inviting server.
+pub async fn receive(
+    app: &AppState,
+    origin: &ServerName,
+    room_id: &RoomId,
+    event_id: &EventId,
+    body: &Value,
+) -> Result<Value> {
+    let version = body["room_version"]
+        .as_str()
+        .ok_or_else(|| Error::bad_json("room_version is required"))?;
+    let version = RoomVersionId::try_from(version)
+        .ok()
+        .filter(room_version::is_supported)
+        .ok_or_else(|| {
+            Error::new(
+                ErrorKind::IncompatibleRoomVersion {
+                    room_version: version.to_owned(),
+                },
+                "This server does not support the room's version",
+            )
+        })?;
+    let rules = version.rules().expect("supported versions have rules");
+    let checked = ingest::check_pdu(app, &rules, &body["event"])
+        .await
+        .map_err(|e| invalid(format!("The invite event failed its checks: {e}")))?;
+    let pdu = &checked.pdu;
+    if checked.event_id != event_id {
+        return Err(invalid("The event ID does not match the event"));
+    }
+    if pdu.room_id != room_id {
+        return Err(invalid("The event is for another room"));
+    }
+    if pdu.kind.to_string() != "m.room.member" {
+        return Err(invalid("Not an m.room.member event"));
+    }
+    let content: Value = serde_json::from_str(pdu.content.get()).unwrap_or_default();
+    if content["membership"] != "invite" {
+        return Err(invalid("Not an invite"));
+    }
+    if pdu.sender.server_name() != origin {
+        return Err(invalid("The sender is not on the requesting server"));
+    }
+    let target = pdu
+        .state_key
+        .as_deref()
+        .and_then(|k| UserId::parse(k).ok())
+        .filter(|u| u.server_name() == app.server_name)
+        .ok_or_else(|| invalid("The invitee is not on this server"))?;
+    if crate::storage::users::get(&app.db, target.as_str())
+        .await?
+        .is_none_or(|u| u.deactivated)
+    {
+        return Err(Error::not_found("No such user"));
+    }
+
+    let mut object = checked.object.clone();
+    countersign(app, &rules, &mut object)?;
+
+    let resident = rooms::members(&app.db, room_id.as_str(), "join")
+        .await?
+        .iter()
+        .any(|(u, _)| UserId::parse(u.as_str()).is_ok_and(|u| u.server_name() == app.server_name));
+    if !resident {
+        // Keep it: the invite event (an outlier), what to show, whom to ask.
+        let mut state: Vec<Value> = body["invite_room_state"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        state.retain(Value::is_object);
+        let signed = ingest::Checked {
+            event_id: checked.event_id.clone(),
+            object: object.clone(),
+            pdu: checked.pdu.clone(),
+        };
+        let mut tx = app.db.begin().await?;
+        fed_store::delete_outlier(&mut *tx, checked.event_id.as_str()).await?;
+        ingest::store_outlier(&mut *tx, &signed, false).await?;
+        fed_store::upsert_remote_invite(
+            &mut *tx,
+            room_id.as_str(),
+            target.as_str(),
+            &fed_store::RemoteInvite {
+                event_id: checked.event_id.to_string(),
+                room_version: version.to_string(),
+                inviter_server: origin.to_string(),
+                invite_state: Value::Array(state),
+            },
+        )
+        .await?;
+        let (position, guard) = stream::take(&mut tx, app).await?;
+        rooms::set_membership(
+            &mut *tx,
+            room_id.as_str(),
+            target.as_str(),
+            "invite",
+            checked.event_id.as_str(),
+            position,
+        )
+        .await?;
+        tx.commit().await?;
+        drop(guard);
+    }
+    Ok(json!({ "event": object }))
+}
+
+/// The state sent with an invite: the room's create, join rules, name, avatar,
+/// alias, encryption and topic events, as full PDUs (spec v1.16+), plus the
+/// inviter's membership.
+pub async fn invite_room_state(
+    tx: &mut Transaction<'_, Postgres>,
+    room: &RoomCtx,
+    inviter: &UserId,
+) -> Result<Vec<Value>> {
+    let mut keys: Vec<(String, String)> = INVITE_STATE_TYPES
+        .iter()
+        .map(|t| ((*t).to_owned(), String::new()))
+        .collect();
+    keys.push(("m.room.member".into(), inviter.to_string()));
+    let state = event::state_events(tx, room.state_group, &keys).await?;
+    let ids: Vec<String> = state.values().map(|p| p.event_id.to_string()).collect();
+    let mut out = Vec::new();
+    for ev in events::get_many(&mut **tx, &ids).await? {
+        let mut pdu: Value = serde_json::from_str(&ev.json).map_err(|e| anyhow::anyhow!("{e}"))?;
+        if let Some(o) = pdu.as_object_mut() {
+            o.remove("unsigned");
+        }
+        out.push(pdu);
+    }
+    Ok(out)
+}
+
+/// Sends our invite of a remote user to that user's server and returns the
+/// event countersigned by it (checked to be the same event, signed by the
+/// invitee's server). The caller stores the returned event.
+pub async fn countersigned(
+    app: &AppState,
+    room: &RoomCtx,
+    built: Built,
+    invite_state: Vec<Value>,
+) -> Result<Built> {
+    let target = built
+        .pdu
+        .state_key
+        .as_deref()
+        .and_then(|k| UserId::parse(k).ok())
+        .ok_or_else(|| Error::bad_json("An invite needs a user ID as state key"))?;
+    let server = target.server_name();
+    let path = format!(
+        "/_matrix/federation/v2/invite/{}/{}",
+        enc(built.room_id.as_str()),
+        enc(built.event_id.as_str())
+    );
+    let body = json!({
+        "room_version": room.version.as_str(),
+        "event": built.json,
+        "invite_room_state": invite_state,
+    });
+    let reply = app
+        .federation
+        .request_json(server, http::Method::PUT, &path, Some(&body))
+        .await
+        .map_err(|e| match e {
+            crate::federation::client::FedError::Remote { status: 403, body } => {
+                Error::forbidden(format!("The invitee's server refused the invite: {body}"))
+            }
+            e => Error::new(
+                ErrorKind::Unknown,
+                format!("The invitee's server could not be reached: {e}"),
+            ),
+        })?;
+    let checked = ingest::check_pdu(app, &room.rules, &reply["event"])
+        .await
+        .map_err(|e| Error::forbidden(format!("The countersigned invite is bad: {e}")))?;
+    if checked.event_id != built.event_id {
+        return Err(Error::forbidden(
+            "The invitee's server returned a different event",
+        ));
+    }
+    let signed_by_invitee = matches!(
+        checked.object.get("signatures"),
+        Some(CanonicalJsonValue::Object(s)) if s.contains_key(server.as_str())
+    );
+    if !signed_by_invitee {
+        return Err(Error::forbidden(
+            "The invitee's server did not sign the invite",
+        ));
+    }
+    Ok(Built {
+        json: checked.object,
+        ..built
+    })
+}

@@ -1,0 +1,536 @@
+//! Interop with a real Synapse (the reference homeserver, installed from PyPI by
+//! `scripts/synapse-env`) on loopback: Synapse federates over TLS on the port in
+//! its server name, trusts the development CA, and may reach loopback.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Stdio,
+    time::Duration,
+};
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::harness::{ClientApi, Login, TestServer, dev_tls, enc, eventually, free_port, messages};
+
+/// A Synapse process with a client listener on plain HTTP (`base`) and a
+/// federation listener over TLS on the port in its server name.
+pub struct Synapse {
+    pub api: ClientApi,
+    name: String,
+    python: String,
+    dir: PathBuf,
+    /// Removes `dir` on drop, unless `LATTICE_KEEP_SYNAPSE` is set (for debugging).
+    _dir_guard: Option<tempfile::TempDir>,
+    child: Option<tokio::process::Child>,
+}
+
+impl std::ops::Deref for Synapse {
+    type Target = ClientApi;
+
+    fn deref(&self) -> &ClientApi {
+        &self.api
+    }
+}
+
+/// Installs (once) and locates the Synapse venv's python.
+fn synapse_python() -> String {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = std::process::Command::new(root.join("scripts/synapse-env"))
+        .output()
+        .expect("running scripts/synapse-env");
+    assert!(
+        out.status.success(),
+        "installing Synapse failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+impl Synapse {
+    pub async fn start() -> Self {
+        let python = tokio::task::spawn_blocking(synapse_python).await.unwrap();
+        let guard = tempfile::tempdir().expect("synapse dir");
+        let dir = guard.path().to_owned();
+        let guard = if std::env::var_os("LATTICE_KEEP_SYNAPSE").is_some() {
+            eprintln!("synapse directory: {}", guard.keep().display());
+            None
+        } else {
+            Some(guard)
+        };
+        let port = free_port();
+        let client_port = free_port();
+        let name = format!("localhost:{port}");
+        let tls = dev_tls();
+        let d = dir.display();
+        // Every rate limit out of the way: the tests send in bursts.
+        let lots = "{per_second: 1000, burst_count: 1000}";
+        let config = format!(
+            r#"server_name: "{name}"
+pid_file: {d}/homeserver.pid
+report_stats: false
+listeners:
+  - port: {port}
+    bind_addresses: ['127.0.0.1']
+    type: http
+    tls: true
+    resources: [{{names: [federation], compress: false}}]
+  - port: {client_port}
+    bind_addresses: ['127.0.0.1']
+    type: http
+    tls: false
+    resources: [{{names: [client], compress: false}}]
+tls_certificate_path: {cert}
+tls_private_key_path: {key}
+federation_custom_ca_list: [{ca}]
+ip_range_whitelist: ['127.0.0.0/8', '::1/128']
+database:
+  name: sqlite3
+  args: {{database: {d}/homeserver.db}}
+media_store_path: {d}/media
+signing_key_path: {d}/signing.key
+trusted_key_servers: []
+suppress_key_server_warning: true
+enable_registration: true
+enable_registration_without_verification: true
+macaroon_secret_key: "interop-test-macaroon"
+form_secret: "interop-test-form"
+presence: {{enabled: false}}
+caches: {{sync_response_cache_duration: 0}}
+rc_message: {lots}
+rc_registration: {lots}
+rc_login: {{address: {lots}, account: {lots}, failed_attempts: {lots}}}
+rc_joins: {{local: {lots}, remote: {lots}}}
+rc_joins_per_room: {lots}
+rc_invites: {{per_room: {lots}, per_user: {lots}, per_issuer: {lots}}}
+rc_key_requests: {lots}
+rc_federation: {{window_size: 1000, sleep_limit: 1000, sleep_delay: 1, reject_limit: 1000, concurrent: 100}}
+federation_rr_transactions_per_room_per_second: 1000
+"#,
+            cert = tls.cert.display(),
+            key = tls.key.display(),
+            ca = tls.ca.display(),
+        );
+        std::fs::write(dir.join("homeserver.yaml"), config).unwrap();
+        let keys = tokio::process::Command::new(&python)
+            .args(["-m", "synapse.app.homeserver", "--generate-keys", "-c"])
+            .arg(dir.join("homeserver.yaml"))
+            .output()
+            .await
+            .unwrap();
+        assert!(
+            keys.status.success(),
+            "synapse --generate-keys: {}",
+            String::from_utf8_lossy(&keys.stderr)
+        );
+        let mut synapse = Self {
+            api: ClientApi::new(format!("http://127.0.0.1:{client_port}")),
+            name,
+            python,
+            dir,
+            _dir_guard: guard,
+            child: None,
+        };
+        synapse.run().await;
+        synapse
+    }
+
+    /// Starts the process and waits until it answers.
+    pub async fn run(&mut self) {
+        assert!(self.child.is_none(), "synapse already running");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .unwrap();
+        let child = tokio::process::Command::new(&self.python)
+            .args(["-m", "synapse.app.homeserver", "-c"])
+            .arg(self.dir.join("homeserver.yaml"))
+            .stdout(Stdio::from(log.try_clone().unwrap()))
+            .stderr(Stdio::from(log))
+            .kill_on_drop(true)
+            .spawn()
+            .expect("starting synapse");
+        self.child = Some(child);
+        for _ in 0..300 {
+            if let Ok(resp) = self
+                .client
+                .get(format!("{}/health", self.base))
+                .send()
+                .await
+                && resp.status().is_success()
+            {
+                return;
+            }
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("synapse exited ({status}):\n{}", self.log_tail());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("synapse did not start:\n{}", self.log_tail());
+    }
+
+    /// Stops the process (SIGTERM, as an admin would) and waits for it to exit.
+    pub async fn halt(&mut self) {
+        let mut child = self.child.take().expect("synapse running");
+        if let Some(pid) = child.id() {
+            let pid = nix::unistd::Pid::from_raw(pid as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        }
+        if tokio::time::timeout(Duration::from_secs(30), child.wait())
+            .await
+            .is_err()
+        {
+            child.kill().await.unwrap();
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.join("synapse.log")
+    }
+
+    /// The last lines of Synapse's log, for failure messages.
+    pub fn log_tail(&self) -> String {
+        let log = std::fs::read_to_string(self.log_path()).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(60)..].join("\n")
+    }
+}
+
+/// Joins `room` (an ID or alias) on `server` as `who`; returns the room ID.
+async fn join(server: &ClientApi, who: &Login, room: &str) -> String {
+    let (status, body) = server
+        .post(
+            &format!("/_matrix/client/v3/join/{}", enc(room)),
+            Some(&who.access_token),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "joining {room}: {body}");
+    body["room_id"].as_str().unwrap().to_owned()
+}
+
+async fn joined(server: &ClientApi, who: &Login, room: &str) -> Vec<String> {
+    let (_, members) = server
+        .get(
+            &format!("/_matrix/client/v3/rooms/{}/joined_members", enc(room)),
+            Some(&who.access_token),
+        )
+        .await;
+    members["joined"]
+        .as_object()
+        .map(|m| m.keys().cloned().collect())
+        .unwrap_or_default()
+}
+
+/// The room's current state as a server shows it: (type, state_key) → event ID.
+async fn state_ids(
+    server: &ClientApi,
+    who: &Login,
+    room: &str,
+) -> std::collections::BTreeMap<(String, String), String> {
+    let (status, state) = server
+        .get(
+            &format!("/_matrix/client/v3/rooms/{}/state", enc(room)),
+            Some(&who.access_token),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{state}");
+    state
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                (
+                    e["type"].as_str().unwrap().to_owned(),
+                    e["state_key"].as_str().unwrap().to_owned(),
+                ),
+                e["event_id"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+async fn put_state(server: &ClientApi, who: &Login, room: &str, kind: &str, content: Value) {
+    let (status, body) = server
+        .put(
+            &format!("/_matrix/client/v3/rooms/{}/state/{kind}/", enc(room)),
+            Some(&who.access_token),
+            content,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "setting {kind}: {body}");
+}
+
+/// A user's `/sync` (left rooms included, short timeout).
+async fn sync(server: &ClientApi, who: &Login, since: Option<&str>) -> Value {
+    let filter = enc(r#"{"room":{"include_leave":true}}"#);
+    let path = match since {
+        Some(s) => format!("/_matrix/client/v3/sync?timeout=0&filter={filter}&since={s}"),
+        None => format!("/_matrix/client/v3/sync?timeout=0&filter={filter}"),
+    };
+    let (status, body) = server.get(&path, Some(&who.access_token)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body
+}
+
+/// The message bodies in a room's timeline in one `/sync` response.
+fn synced_bodies(sync: &Value, room: &str) -> Vec<String> {
+    sync["rooms"]["join"][room]["timeline"]["events"]
+        .as_array()
+        .map(|events| {
+            events
+                .iter()
+                .filter(|e| e["type"] == "m.room.message")
+                .filter_map(|e| e["content"]["body"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Rooms created on each side are joined from the other by alias; messages flow
+/// both ways and show in both users' `/sync`; name, topic and power-level
+/// changes leave both servers with the same current state; a kick and a ban
+/// issued on each side reach the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rooms_messages_and_state_with_synapse() {
+    let lattice = TestServer::start_federating().await;
+    let synapse = Synapse::start().await;
+    let alice = lattice.register("alice", "alice-password").await;
+    let sam = synapse.register("sam", "sam-password").await;
+
+    // A room on Lattice, joined from Synapse by alias.
+    let l_room = lattice
+        .create_room(
+            &alice,
+            json!({"preset": "public_chat", "room_alias_name": "lroom", "name": "On Lattice"}),
+        )
+        .await;
+    let joined_id = join(&synapse, &sam, &format!("#lroom:{}", lattice.name())).await;
+    assert_eq!(joined_id, l_room);
+    eventually("sam's join on Lattice", || async {
+        joined(&lattice, &alice, &l_room)
+            .await
+            .contains(&sam.user_id)
+    })
+    .await;
+
+    // A room on Synapse, joined from Lattice by alias.
+    let s_room = synapse
+        .create_room(
+            &sam,
+            json!({"preset": "public_chat", "room_alias_name": "sroom", "name": "On Synapse"}),
+        )
+        .await;
+    let joined_id = join(&lattice, &alice, &format!("#sroom:{}", synapse.name())).await;
+    assert_eq!(joined_id, s_room);
+    eventually("alice's join on Synapse", || async {
+        joined(&synapse, &sam, &s_room)
+            .await
+            .contains(&alice.user_id)
+    })
+    .await;
+
+    // Messages both ways in both rooms, seen in /messages on both servers.
+    let alice_since = sync(&lattice, &alice, None).await["next_batch"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let sam_since = sync(&synapse, &sam, None).await["next_batch"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for room in [&l_room, &s_room] {
+        lattice
+            .send_message(
+                &alice,
+                room,
+                json!({"msgtype": "m.text", "body": format!("alice in {room}")}),
+            )
+            .await;
+        synapse
+            .send_message(
+                &sam,
+                room,
+                json!({"msgtype": "m.text", "body": format!("sam in {room}")}),
+            )
+            .await;
+    }
+    for room in [&l_room, &s_room] {
+        for (server, who) in [(&*lattice, &alice), (&*synapse, &sam)] {
+            eventually("both messages on both servers", || async {
+                let seen = messages(server, &who.access_token, room).await;
+                seen.contains(&format!("alice in {room}"))
+                    && seen.contains(&format!("sam in {room}"))
+            })
+            .await;
+        }
+    }
+    // … and in each user's /sync since before they were sent.
+    for (server, who, since) in [
+        (&*lattice, &alice, alice_since),
+        (&*synapse, &sam, sam_since),
+    ] {
+        let got = sync(server, who, Some(&since)).await;
+        for room in [&l_room, &s_room] {
+            let bodies = synced_bodies(&got, room);
+            assert!(
+                bodies.contains(&format!("alice in {room}"))
+                    && bodies.contains(&format!("sam in {room}")),
+                "{} /sync in {room}: {bodies:?}",
+                who.user_id
+            );
+        }
+    }
+
+    // State changes on both sides converge to the same current state.
+    put_state(
+        &lattice,
+        &alice,
+        &l_room,
+        "m.room.topic",
+        json!({"topic": "set on lattice"}),
+    )
+    .await;
+    put_state(
+        &lattice,
+        &alice,
+        &l_room,
+        "m.room.name",
+        json!({"name": "Renamed on Lattice"}),
+    )
+    .await;
+    let (_, mut power) = lattice
+        .get(
+            &format!(
+                "/_matrix/client/v3/rooms/{}/state/m.room.power_levels/",
+                enc(&l_room)
+            ),
+            Some(&alice.access_token),
+        )
+        .await;
+    power["users"][&sam.user_id] = json!(50);
+    power["events"]["m.room.topic"] = json!(50);
+    put_state(&lattice, &alice, &l_room, "m.room.power_levels", power).await;
+    // Sam may now set the topic in Lattice's room, from Synapse.
+    eventually("sam's power level on Synapse", || async {
+        let (_, power) = synapse
+            .get(
+                &format!(
+                    "/_matrix/client/v3/rooms/{}/state/m.room.power_levels/",
+                    enc(&l_room)
+                ),
+                Some(&sam.access_token),
+            )
+            .await;
+        power["users"][&sam.user_id] == 50
+    })
+    .await;
+    put_state(
+        &synapse,
+        &sam,
+        &l_room,
+        "m.room.topic",
+        json!({"topic": "set on synapse"}),
+    )
+    .await;
+
+    put_state(
+        &synapse,
+        &sam,
+        &s_room,
+        "m.room.name",
+        json!({"name": "Renamed on Synapse"}),
+    )
+    .await;
+    put_state(
+        &synapse,
+        &sam,
+        &s_room,
+        "m.room.topic",
+        json!({"topic": "synapse topic"}),
+    )
+    .await;
+
+    for room in [&l_room, &s_room] {
+        let mut last = (Default::default(), Default::default());
+        for _ in 0..300 {
+            last = (
+                state_ids(&lattice, &alice, room).await,
+                state_ids(&synapse, &sam, room).await,
+            );
+            if last.0 == last.1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(
+            last.0,
+            last.1,
+            "current state of {room} differs:\n{}",
+            synapse.log_tail()
+        );
+    }
+    let (_, topic) = lattice
+        .get(
+            &format!(
+                "/_matrix/client/v3/rooms/{}/state/m.room.topic/",
+                enc(&l_room)
+            ),
+            Some(&alice.access_token),
+        )
+        .await;
+    assert_eq!(topic["topic"], "set on synapse");
+
+    // Alice kicks Sam from her room; Sam's server sees him leave.
+    let (status, body) = lattice
+        .post(
+            &format!("/_matrix/client/v3/rooms/{}/kick", enc(&l_room)),
+            Some(&alice.access_token),
+            json!({"user_id": sam.user_id, "reason": "interop kick"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    eventually("the kick on Synapse", || async {
+        let got = sync(&synapse, &sam, None).await;
+        got["rooms"]["leave"].get(&l_room).is_some()
+    })
+    .await;
+
+    // Sam bans Alice from his room; Alice's server sees the ban.
+    let (status, body) = synapse
+        .post(
+            &format!("/_matrix/client/v3/rooms/{}/ban", enc(&s_room)),
+            Some(&sam.access_token),
+            json!({"user_id": alice.user_id, "reason": "interop ban"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    eventually("the ban on Lattice", || async {
+        let got = sync(&lattice, &alice, None).await;
+        got["rooms"]["leave"][&s_room]["timeline"]["events"]
+            .as_array()
+            .is_some_and(|events| {
+                events.iter().any(|e| {
+                    e["type"] == "m.room.member"
+                        && e["state_key"] == alice.user_id
+                        && e["content"]["membership"] == "ban"
+                })
+            })
+    })
+    .await;
+    // Banned, Alice cannot join again.
+    let (status, _) = lattice
+        .post(
+            &format!("/_matrix/client/v3/join/{}", enc(&s_room)),
+            Some(&alice.access_token),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+}
