@@ -375,6 +375,9 @@ pub async fn messages(
     let mut cursor = start;
     let mut exhausted = false;
     let batch_size = (limit * 2) as i64;
+    // Backfill requests one page may make.
+    const MAX_BACKFILLS: usize = 3;
+    let mut backfills = 0;
     // Fetch in batches until `limit` visible events, the `to` token or the room's end.
     'fill: loop {
         let batch = events::page(
@@ -406,6 +409,16 @@ pub async fn messages(
             }
         }
         if fetched < batch_size {
+            // At the start of what we hold: a room joined over federation may
+            // have history on other servers.
+            if backwards
+                && to.is_none()
+                && backfills < MAX_BACKFILLS
+                && super::federation::backfill::backfill(app, room_id).await?
+            {
+                backfills += 1;
+                continue;
+            }
             exhausted = true;
             break;
         }

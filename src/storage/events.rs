@@ -223,3 +223,37 @@ pub async fn closest_to_ts(
     .await?;
     Ok(row.map(|r| (r.event_id, r.origin_server_ts)))
 }
+
+/// The next (negative) stream position for a backfilled event.
+pub async fn next_backfill_ordering(db: impl PgExecutor<'_>) -> sqlx::Result<i64> {
+    sqlx::query_scalar!(r#"select -nextval('events_backfill_seq') as "n!""#)
+        .fetch_one(db)
+        .await
+}
+
+/// The oldest timeline events of a room (lowest depth), for finding where its
+/// history stops: their JSON and state group.
+pub async fn oldest_in_room(
+    db: impl PgExecutor<'_>,
+    room_id: &str,
+    limit: i64,
+) -> sqlx::Result<Vec<StoredEvent>> {
+    sqlx::query_as!(
+        StoredEvent,
+        "select event_id, room_id, stream_ordering, depth, event_type, state_key, sender, json,
+                state_group, rejected, redacted_by
+         from events where room_id = $1
+         order by depth, stream_ordering limit $2",
+        room_id,
+        limit
+    )
+    .fetch_all(db)
+    .await
+}
+
+/// Which of these IDs are timeline events (not outliers).
+pub async fn in_timeline(db: impl PgExecutor<'_>, ids: &[String]) -> sqlx::Result<Vec<String>> {
+    sqlx::query_scalar!("select event_id from events where event_id = any($1)", ids)
+        .fetch_all(db)
+        .await
+}

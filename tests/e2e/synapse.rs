@@ -534,3 +534,165 @@ async fn rooms_messages_and_state_with_synapse() {
         .await;
     assert_eq!(status, StatusCode::FORBIDDEN);
 }
+
+/// Every message body in a room, oldest first, paging `/messages` backwards ten
+/// at a time from the end until the start of the room.
+async fn all_messages(server: &ClientApi, who: &Login, room: &str) -> Vec<String> {
+    let mut bodies = Vec::new();
+    let mut from: Option<String> = None;
+    for _ in 0..50 {
+        let mut path = format!(
+            "/_matrix/client/v3/rooms/{}/messages?dir=b&limit=10",
+            enc(room)
+        );
+        if let Some(from) = &from {
+            path.push_str(&format!("&from={}", enc(from)));
+        }
+        let (status, page) = server.get(&path, Some(&who.access_token)).await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        for e in page["chunk"].as_array().unwrap() {
+            if e["type"] == "m.room.message" {
+                bodies.push(e["content"]["body"].as_str().unwrap_or_default().to_owned());
+            }
+        }
+        match page["end"].as_str() {
+            Some(end) if !page["chunk"].as_array().unwrap().is_empty() => {
+                from = Some(end.to_owned())
+            }
+            _ => break,
+        }
+    }
+    bodies.reverse();
+    bodies
+}
+
+async fn invite(server: &ClientApi, who: &Login, room: &str, user: &str) {
+    let (status, body) = server
+        .post(
+            &format!("/_matrix/client/v3/rooms/{}/invite", enc(room)),
+            Some(&who.access_token),
+            json!({"user_id": user}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "inviting {user}: {body}");
+}
+
+/// The room name in an invite's stripped state, once the invite shows in `/sync`.
+async fn invited_room_name(server: &ClientApi, who: &Login, room: &str) -> Option<String> {
+    let got = sync(server, who, None).await;
+    let events = got["rooms"]["invite"][room]["invite_state"]["events"].as_array()?;
+    events
+        .iter()
+        .find(|e| e["type"] == "m.room.name")
+        .and_then(|e| e["content"]["name"].as_str().map(str::to_owned))
+}
+
+/// An invite from each side is received (with the room's name in its stripped
+/// state) and accepted; a user who joins late pages back through the history
+/// from before the join, in both directions (Lattice backfilling from Synapse
+/// and Synapse backfilling from Lattice).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invites_and_backfill_with_synapse() {
+    let lattice = TestServer::start_federating().await;
+    let synapse = Synapse::start().await;
+    let alice = lattice.register("alice", "alice-password").await;
+    let sam = synapse.register("sam", "sam-password").await;
+
+    // Lattice invites a Synapse user to a private room.
+    let l_room = lattice
+        .create_room(
+            &alice,
+            json!({"preset": "private_chat", "name": "Lattice private"}),
+        )
+        .await;
+    invite(&lattice, &alice, &l_room, &sam.user_id).await;
+    eventually("the invite in sam's /sync", || async {
+        invited_room_name(&synapse, &sam, &l_room).await.as_deref() == Some("Lattice private")
+    })
+    .await;
+    join(&synapse, &sam, &l_room).await;
+    eventually("sam's join on Lattice", || async {
+        joined(&lattice, &alice, &l_room)
+            .await
+            .contains(&sam.user_id)
+    })
+    .await;
+
+    // Synapse invites a Lattice user to a private room.
+    let s_room = synapse
+        .create_room(
+            &sam,
+            json!({"preset": "private_chat", "name": "Synapse private"}),
+        )
+        .await;
+    invite(&synapse, &sam, &s_room, &alice.user_id).await;
+    eventually("the invite in alice's /sync", || async {
+        invited_room_name(&lattice, &alice, &s_room)
+            .await
+            .as_deref()
+            == Some("Synapse private")
+    })
+    .await;
+    join(&lattice, &alice, &s_room).await;
+    eventually("alice's join on Synapse", || async {
+        joined(&synapse, &sam, &s_room)
+            .await
+            .contains(&alice.user_id)
+    })
+    .await;
+    for (room, from, to, sender, reader) in [
+        (&l_room, &*synapse, &*lattice, &sam, &alice),
+        (&s_room, &*lattice, &*synapse, &alice, &sam),
+    ] {
+        from.send_message(
+            sender,
+            room,
+            json!({"msgtype": "m.text", "body": "after the invite"}),
+        )
+        .await;
+        eventually("a message after the invite", || async {
+            messages(to, &reader.access_token, room)
+                .await
+                .contains(&"after the invite".to_owned())
+        })
+        .await;
+    }
+
+    // History written before the other server's user joins.
+    let history: Vec<String> = (0..30).map(|i| format!("history {i}")).collect();
+    let b_room = synapse
+        .create_room(
+            &sam,
+            json!({"preset": "public_chat", "room_alias_name": "history"}),
+        )
+        .await;
+    for body in &history {
+        synapse
+            .send_message(&sam, &b_room, json!({"msgtype": "m.text", "body": body}))
+            .await;
+    }
+    join(&lattice, &alice, &format!("#history:{}", synapse.name())).await;
+    assert_eq!(
+        all_messages(&lattice, &alice, &b_room).await,
+        history,
+        "Lattice backfilling from Synapse"
+    );
+
+    let h_room = lattice
+        .create_room(
+            &alice,
+            json!({"preset": "public_chat", "room_alias_name": "history"}),
+        )
+        .await;
+    for body in &history {
+        lattice
+            .send_message(&alice, &h_room, json!({"msgtype": "m.text", "body": body}))
+            .await;
+    }
+    join(&synapse, &sam, &format!("#history:{}", lattice.name())).await;
+    assert_eq!(
+        all_messages(&synapse, &sam, &h_room).await,
+        history,
+        "Synapse backfilling from Lattice"
+    );
+}

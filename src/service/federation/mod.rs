@@ -2,6 +2,7 @@
 //! sender worker that delivers them, and (in submodules) what other servers send
 //! us.
 
+pub mod backfill;
 pub mod edu;
 pub mod ingest;
 pub mod invite;

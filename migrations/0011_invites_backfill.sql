@@ -12,3 +12,7 @@ create table remote_invites (
     invite_state   jsonb not null,
     primary key (room_id, user_id)
 );
+
+-- History fetched with /backfill sits before everything sync has shown: it takes
+-- negative stream positions (sync never reads them; pagination orders by depth).
+create sequence events_backfill_seq;

@@ -1,0 +1,213 @@
+//! History from before this server joined a room (`GET /backfill`), fetched when
+//! a client pages back past the oldest event we hold.
+//!
+//! Backfilled events pass the signature and hash checks and the auth rules
+//! against their own auth events (fetched with `/event_auth` when missing). They
+//! take negative stream positions, so `/sync` never shows them as new, and they
+//! change neither the room's current state nor its forward extremities. For
+//! history visibility they are judged at the state of the oldest event held
+//! before them (the resident server already filtered what our server may see).
+
+use std::collections::{HashMap, HashSet};
+
+use ruma::{OwnedEventId, RoomId, RoomVersionId, ServerName};
+use serde_json::Value;
+
+use super::ingest::{self, Checked, enc};
+use crate::{
+    app::AppState,
+    domain::{auth, pdu::Pdu},
+    error::Result,
+    storage::{events, now_ms, rooms},
+};
+
+/// How many events one `/backfill` request asks for.
+const BATCH: usize = 50;
+
+/// Fetches history before the oldest events held in `room_id` from a server in
+/// the room. Returns whether any event was added to the timeline.
+pub async fn backfill(app: &AppState, room_id: &RoomId) -> Result<bool> {
+    if !app.config.federation.enabled {
+        return Ok(false);
+    }
+    let Some(room) = rooms::get(&app.db, room_id.as_str()).await? else {
+        return Ok(false);
+    };
+    let Some(rules) = RoomVersionId::try_from(room.room_version.as_str())
+        .ok()
+        .and_then(|v| v.rules())
+    else {
+        return Ok(false);
+    };
+    // The edge: prev events of the oldest timeline events we do not hold.
+    let oldest = events::oldest_in_room(&app.db, room_id.as_str(), 20).await?;
+    let Some(anchor_group) = oldest.iter().find_map(|e| e.state_group) else {
+        return Ok(false);
+    };
+    let mut edge: Vec<String> = Vec::new();
+    for ev in &oldest {
+        let value: Value = serde_json::from_str(&ev.json).unwrap_or_default();
+        for prev in value["prev_events"].as_array().into_iter().flatten() {
+            if let Some(p) = prev.as_str()
+                && !edge.iter().any(|e| e == p)
+            {
+                edge.push(p.to_owned());
+            }
+        }
+    }
+    let held: HashSet<String> = events::in_timeline(&app.db, &edge)
+        .await?
+        .into_iter()
+        .collect();
+    edge.retain(|e| !held.contains(e));
+    if edge.is_empty() {
+        return Ok(false);
+    }
+
+    let servers: Vec<String> = rooms::joined_servers(&app.db, room_id.as_str())
+        .await?
+        .into_iter()
+        .filter(|s| s != app.server_name.as_str())
+        .collect();
+    let query: String = edge
+        .iter()
+        .map(|e| format!("v={}", enc(e)))
+        .chain(std::iter::once(format!("limit={BATCH}")))
+        .collect::<Vec<_>>()
+        .join("&");
+    let path = format!(
+        "/_matrix/federation/v1/backfill/{}?{query}",
+        enc(room_id.as_str())
+    );
+    for server in servers {
+        let Ok(server) = ruma::OwnedServerName::try_from(server) else {
+            continue;
+        };
+        let reply = match app
+            .federation
+            .request_json(&server, http::Method::GET, &path, None)
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::info!(%room_id, %server, error = %e, "backfill failed");
+                continue;
+            }
+        };
+        let pdus = reply["pdus"].as_array().cloned().unwrap_or_default();
+        let added = store_batch(app, &server, &rules, room_id, anchor_group, &pdus).await?;
+        tracing::info!(%room_id, %server, received = pdus.len(), added, "backfilled");
+        return Ok(added > 0);
+    }
+    Ok(false)
+}
+
+/// Checks and stores one `/backfill` answer, oldest first.
+async fn store_batch(
+    app: &AppState,
+    server: &ServerName,
+    rules: &ruma::room_version_rules::RoomVersionRules,
+    room_id: &RoomId,
+    anchor_group: i64,
+    pdus: &[Value],
+) -> Result<usize> {
+    let mut checked: Vec<Checked> = Vec::new();
+    for value in pdus.iter().take(BATCH * 2) {
+        match ingest::check_pdu(app, rules, value).await {
+            Ok(c) if c.pdu.room_id == room_id => checked.push(c),
+            Ok(_) => tracing::info!(%room_id, "backfilled event for another room dropped"),
+            Err(e) => tracing::info!(%room_id, error = %e, "backfilled event dropped"),
+        }
+    }
+    checked.sort_by_key(|c| c.pdu.depth);
+    let mut added = 0;
+    for c in checked {
+        if events::in_timeline(&app.db, &[c.event_id.to_string()])
+            .await?
+            .first()
+            .is_some()
+        {
+            continue;
+        }
+        let auth_ids: Vec<String> = ingest::auth_ids_of(&c.pdu, rules)
+            .iter()
+            .map(|e| e.to_string())
+            .collect();
+        let mut known = ingest::load_pdus(&app.db, &auth_ids).await?;
+        if known.len() < auth_ids.len() {
+            let path = format!(
+                "/_matrix/federation/v1/event_auth/{}/{}",
+                enc(room_id.as_str()),
+                enc(c.event_id.as_str())
+            );
+            if let Ok(body) = app
+                .federation
+                .request_json(server, http::Method::GET, &path, None)
+                .await
+            {
+                let chain = body["auth_chain"].as_array().cloned().unwrap_or_default();
+                if let Err(e) = ingest::store_auth_events(app, rules, room_id, &chain).await {
+                    tracing::info!(%room_id, error = %e, "storing a backfilled auth chain failed");
+                }
+            }
+            known = ingest::load_pdus(&app.db, &auth_ids).await?;
+        }
+        let auth_events: HashMap<OwnedEventId, Pdu> =
+            known.into_iter().map(|(id, (pdu, _))| (id, pdu)).collect();
+        if auth_events.len() < auth_ids.len() {
+            tracing::info!(event_id = %c.event_id, "backfilled event without its auth events dropped");
+            continue;
+        }
+        let own: auth::StateMap = auth_events
+            .values()
+            .filter(|p| !p.rejected)
+            .filter_map(|p| {
+                p.state_key
+                    .as_ref()
+                    .map(|k| ((p.kind.to_string(), k.clone()), p.clone()))
+            })
+            .collect();
+        if let Err(reason) = auth::authorize_with(rules, &c.pdu, &auth_events, &own) {
+            tracing::info!(event_id = %c.event_id, %reason, "backfilled event fails auth");
+            ingest::store_outlier(&app.db, &c, true).await?;
+            continue;
+        }
+        write(app, &c, anchor_group).await?;
+        added += 1;
+    }
+    Ok(added)
+}
+
+/// Writes a backfilled event into the timeline at a negative stream position.
+async fn write(app: &AppState, c: &Checked, state_group: i64) -> Result<()> {
+    let text = serde_json::to_string(&c.object).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let kind = c.pdu.kind.to_string();
+    let mut tx = app.db.begin().await?;
+    let stream = events::next_backfill_ordering(&mut *tx).await?;
+    crate::storage::federation::delete_outlier(&mut *tx, c.event_id.as_str()).await?;
+    events::insert(
+        &mut *tx,
+        &events::NewEventRow {
+            event_id: c.event_id.as_str(),
+            room_id: c.pdu.room_id.as_str(),
+            depth: c.pdu.depth,
+            event_type: &kind,
+            state_key: c.pdu.state_key.as_deref(),
+            sender: c.pdu.sender.as_str(),
+            origin_server_ts: u64::from(c.pdu.origin_server_ts.0) as i64,
+            json: &text,
+            state_group: Some(state_group),
+            rejected: false,
+            received_ts: now_ms(),
+        },
+        stream,
+    )
+    .await?;
+    if c.pdu.kind == ruma::events::TimelineEventType::RoomRedaction
+        && let Some(redacts) = &c.pdu.redacts
+    {
+        events::set_redacted_by(&mut *tx, redacts.as_str(), c.event_id.as_str()).await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
