@@ -59,7 +59,13 @@ impl TlsListener {
         let (tx, incoming) = mpsc::channel(64);
         tokio::spawn(async move {
             loop {
-                let (stream, addr) = match tcp.accept().await {
+                // The socket closes as soon as the server stops listening (a
+                // restart binds the same port again).
+                let accepted = tokio::select! {
+                    _ = tx.closed() => return,
+                    accepted = tcp.accept() => accepted,
+                };
+                let (stream, addr) = match accepted {
                     Ok(accepted) => accepted,
                     Err(e) => {
                         tracing::debug!(error = %e, "accept failed");
@@ -67,9 +73,6 @@ impl TlsListener {
                         continue;
                     }
                 };
-                if tx.is_closed() {
-                    return;
-                }
                 let acceptor = acceptor.clone();
                 let tx = tx.clone();
                 tokio::spawn(async move {

@@ -696,3 +696,58 @@ async fn invites_and_backfill_with_synapse() {
         "Synapse backfilling from Lattice"
     );
 }
+
+/// Resilience: with Synapse stopped, 20 messages are sent on Lattice; Lattice
+/// restarts; Synapse starts again; all 20 arrive on Synapse, in order, once
+/// each (the durable send queue survives the restart and backs off meanwhile).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_messages_survive_a_peer_outage_and_a_restart() {
+    let lattice = TestServer::start_federating().await;
+    let mut synapse = Synapse::start().await;
+    let alice = lattice.register("alice", "alice-password").await;
+    let sam = synapse.register("sam", "sam-password").await;
+    let room = lattice
+        .create_room(
+            &alice,
+            json!({"preset": "public_chat", "room_alias_name": "outage"}),
+        )
+        .await;
+    join(&synapse, &sam, &format!("#outage:{}", lattice.name())).await;
+    lattice
+        .send_message(
+            &alice,
+            &room,
+            json!({"msgtype": "m.text", "body": "before"}),
+        )
+        .await;
+    eventually("the first message on Synapse", || async {
+        messages(&synapse, &sam.access_token, &room)
+            .await
+            .contains(&"before".to_owned())
+    })
+    .await;
+
+    synapse.halt().await;
+    let sent: Vec<String> = (0..20).map(|i| format!("while down {i}")).collect();
+    for body in &sent {
+        lattice
+            .send_message(&alice, &room, json!({"msgtype": "m.text", "body": body}))
+            .await;
+    }
+    let lattice = lattice.restart().await;
+    synapse.run().await;
+
+    let mut expected = vec!["before".to_owned()];
+    expected.extend(sent);
+    let mut last = Vec::new();
+    for _ in 0..600 {
+        last = all_messages(&synapse, &sam, &room).await;
+        if last.len() >= expected.len() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(last, expected, "{}", synapse.log_tail());
+    // Lattice still serves the room after its restart.
+    assert_eq!(all_messages(&lattice, &alice, &room).await, expected);
+}
