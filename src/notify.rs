@@ -54,6 +54,7 @@ impl Notifier {
         InFlight {
             notifier: self.clone(),
             position,
+            also_wake: None,
         }
     }
 
@@ -105,11 +106,24 @@ impl Notifier {
 pub struct InFlight {
     notifier: Notifier,
     position: i64,
+    /// Woken as well on drop (after commit): the federation sender, when the
+    /// transaction queued something for it.
+    also_wake: Option<std::sync::Arc<tokio::sync::Notify>>,
+}
+
+impl InFlight {
+    pub fn also_wake(mut self, notify: std::sync::Arc<tokio::sync::Notify>) -> Self {
+        self.also_wake = Some(notify);
+        self
+    }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.notifier.finish(self.position);
+        if let Some(n) = &self.also_wake {
+            n.notify_one();
+        }
     }
 }
 

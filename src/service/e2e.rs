@@ -66,66 +66,120 @@ fn split_key_id(id: &str) -> Result<(&str, &str)> {
         .ok_or_else(|| Error::invalid_param(format!("Invalid key ID {id:?}")))
 }
 
-/// `POST /keys/query`: device and cross-signing keys of the requested users.
-/// Remote users are reported under `failures` until federation lands.
+/// `POST /keys/query`: device and cross-signing keys of the requested users;
+/// remote users' keys are asked of their servers (one request per server, in
+/// parallel), and servers that fail are listed under `failures`.
 pub async fn query(
     app: &AppState,
     session: &Session,
     wanted: Vec<(String, Vec<String>)>,
 ) -> Result<Value> {
     let viewer = session.user_id.as_str();
-    let mut device_keys = Map::new();
-    let mut master = Map::new();
-    let mut self_signing = Map::new();
-    let mut user_signing = Map::new();
+    let mut out = KeysFound::default();
     let mut failures = Map::new();
+    let mut remote: BTreeMap<String, Map<String, Value>> = BTreeMap::new();
     for (user, devices) in wanted {
         let Ok(user_id) = UserId::parse(&user) else {
             continue;
         };
         if user_id.server_name() != app.server_name {
-            failures.insert(
-                user_id.server_name().to_string(),
-                json!({ "errcode": "M_UNRECOGNIZED", "error": "Federation is not available" }),
-            );
+            remote
+                .entry(user_id.server_name().to_string())
+                .or_default()
+                .insert(user, json!(devices));
             continue;
         }
-        let mut per_device = Map::new();
-        for row in keys::device_keys(&app.db, &user, &devices).await? {
-            let mut value: Value = serde_json::from_str(&row.json)
-                .map_err(|e| anyhow::anyhow!("stored device keys: {e}"))?;
-            merge_signatures(app, &mut value, &user, &row.device_id, viewer).await?;
-            if let Some(name) = row.display_name {
-                value["unsigned"] = json!({ "device_display_name": name });
-            }
-            per_device.insert(row.device_id, value);
-        }
-        device_keys.insert(user.clone(), Value::Object(per_device));
-        for (kind, out) in [("master", &mut master), ("self_signing", &mut self_signing)] {
-            if let Some(text) = keys::cross_signing_key(&app.db, &user, kind).await? {
-                let mut value: Value = serde_json::from_str(&text)
-                    .map_err(|e| anyhow::anyhow!("stored cross-signing key: {e}"))?;
-                if let Some(public) = first_key(&value) {
-                    merge_signatures(app, &mut value, &user, &public, viewer).await?;
+        local_keys(app, &user, &devices, Some(viewer), &mut out).await?;
+    }
+    let replies = futures_util::future::join_all(remote.into_iter().map(|(server, users)| async {
+        let reply = super::federation::e2ee::query_remote(app, &server, users).await;
+        (server, reply)
+    }))
+    .await;
+    for (server, reply) in replies {
+        match reply {
+            Ok(reply) => {
+                for (field, target) in [
+                    ("device_keys", &mut out.device_keys),
+                    ("master_keys", &mut out.master),
+                    ("self_signing_keys", &mut out.self_signing),
+                ] {
+                    for (user, keys) in reply[field].as_object().into_iter().flatten() {
+                        let from_server = UserId::parse(user.as_str())
+                            .is_ok_and(|u| u.server_name().as_str() == server);
+                        if from_server {
+                            target.insert(user.clone(), keys.clone());
+                        }
+                    }
                 }
-                out.insert(user.clone(), value);
             }
-        }
-        if user == viewer
-            && let Some(text) = keys::cross_signing_key(&app.db, &user, "user_signing").await?
-        {
-            let value: Value = serde_json::from_str(&text)
-                .map_err(|e| anyhow::anyhow!("stored cross-signing key: {e}"))?;
-            user_signing.insert(user.clone(), value);
+            Err(e) => {
+                failures.insert(server, json!({ "errcode": "M_UNAVAILABLE", "error": e }));
+            }
         }
     }
     Ok(json!({
-        "device_keys": device_keys,
-        "master_keys": master,
-        "self_signing_keys": self_signing,
-        "user_signing_keys": user_signing,
+        "device_keys": out.device_keys,
+        "master_keys": out.master,
+        "self_signing_keys": out.self_signing,
+        "user_signing_keys": out.user_signing,
         "failures": failures,
     }))
+}
+
+/// Keys found for a `/keys/query`, by user.
+#[derive(Default)]
+pub struct KeysFound {
+    pub device_keys: Map<String, Value>,
+    pub master: Map<String, Value>,
+    pub self_signing: Map<String, Value>,
+    pub user_signing: Map<String, Value>,
+}
+
+/// A local user's device keys (all devices when `devices` is empty) and
+/// cross-signing keys. `viewer` sees the signatures they made and, for
+/// themselves, their user-signing key; a remote server (`None`) sees only what
+/// is public.
+pub async fn local_keys(
+    app: &AppState,
+    user: &str,
+    devices: &[String],
+    viewer: Option<&str>,
+    out: &mut KeysFound,
+) -> Result<()> {
+    let mut per_device = Map::new();
+    for row in keys::device_keys(&app.db, user, devices).await? {
+        let mut value: Value = serde_json::from_str(&row.json)
+            .map_err(|e| anyhow::anyhow!("stored device keys: {e}"))?;
+        merge_signatures(app, &mut value, user, &row.device_id, viewer).await?;
+        if let Some(name) = row.display_name {
+            value["unsigned"] = json!({ "device_display_name": name });
+        }
+        per_device.insert(row.device_id, value);
+    }
+    out.device_keys
+        .insert(user.to_owned(), Value::Object(per_device));
+    for (kind, target) in [
+        ("master", &mut out.master),
+        ("self_signing", &mut out.self_signing),
+    ] {
+        if let Some(text) = keys::cross_signing_key(&app.db, user, kind).await? {
+            let mut value: Value = serde_json::from_str(&text)
+                .map_err(|e| anyhow::anyhow!("stored cross-signing key: {e}"))?;
+            if let Some(public) = first_key(&value) {
+                merge_signatures(app, &mut value, user, &public, viewer).await?;
+            }
+            target.insert(user.to_owned(), value);
+        }
+    }
+    if viewer == Some(user)
+        && let Some(text) = keys::cross_signing_key(&app.db, user, "user_signing").await?
+    {
+        let value: Value = serde_json::from_str(&text)
+            .map_err(|e| anyhow::anyhow!("stored cross-signing key: {e}"))?;
+        out.user_signing.insert(user.to_owned(), value);
+    }
+    Ok(())
 }
 
 /// The (only) public key of a cross-signing key, without its `ed25519:` prefix.
@@ -140,9 +194,10 @@ async fn merge_signatures(
     value: &mut Value,
     owner: &str,
     target_key: &str,
-    viewer: &str,
+    viewer: Option<&str>,
 ) -> Result<()> {
-    let extra = keys::signatures(&app.db, owner, target_key, viewer).await?;
+    // Signatures by the owner and, for a local viewer, by the viewer.
+    let extra = keys::signatures(&app.db, owner, target_key, viewer.unwrap_or(owner)).await?;
     if extra.is_empty() {
         return Ok(());
     }
@@ -160,21 +215,58 @@ async fn merge_signatures(
 }
 
 /// `POST /keys/claim`: one one-time key per requested device, falling back to the
-/// device's fallback key.
+/// device's fallback key. Remote users' keys are claimed from their servers.
 pub async fn claim(app: &AppState, wanted: Vec<(String, String, String)>) -> Result<Value> {
-    let mut out: BTreeMap<String, Map<String, Value>> = BTreeMap::new();
-    let mut failures = Map::new();
+    let mut remote: BTreeMap<String, Map<String, Value>> = BTreeMap::new();
+    let mut local = Vec::new();
     for (user, device, algorithm) in wanted {
         let Ok(user_id) = UserId::parse(&user) else {
             continue;
         };
-        if user_id.server_name() != app.server_name {
-            failures.insert(
-                user_id.server_name().to_string(),
-                json!({ "errcode": "M_UNRECOGNIZED", "error": "Federation is not available" }),
-            );
-            continue;
+        if user_id.server_name() == app.server_name {
+            local.push((user, device, algorithm));
+        } else {
+            let per_user = remote
+                .entry(user_id.server_name().to_string())
+                .or_default()
+                .entry(user)
+                .or_insert_with(|| json!({}));
+            per_user[device] = Value::String(algorithm);
         }
+    }
+    let mut out = claim_local(app, local).await?;
+    let mut failures = Map::new();
+    let replies = futures_util::future::join_all(remote.into_iter().map(|(server, users)| async {
+        let reply = super::federation::e2ee::claim_remote(app, &server, users).await;
+        (server, reply)
+    }))
+    .await;
+    for (server, reply) in replies {
+        match reply {
+            Ok(reply) => {
+                for (user, keys) in reply["one_time_keys"].as_object().into_iter().flatten() {
+                    let from_server = UserId::parse(user.as_str())
+                        .is_ok_and(|u| u.server_name().as_str() == server);
+                    if from_server && let Some(keys) = keys.as_object() {
+                        out.insert(user.clone(), keys.clone());
+                    }
+                }
+            }
+            Err(e) => {
+                failures.insert(server, json!({ "errcode": "M_UNAVAILABLE", "error": e }));
+            }
+        }
+    }
+    Ok(json!({ "one_time_keys": out, "failures": failures }))
+}
+
+/// Claims local users' keys: `(user, device, algorithm)` → user → device → key.
+pub async fn claim_local(
+    app: &AppState,
+    wanted: Vec<(String, String, String)>,
+) -> Result<BTreeMap<String, Map<String, Value>>> {
+    let mut out: BTreeMap<String, Map<String, Value>> = BTreeMap::new();
+    for (user, device, algorithm) in wanted {
         let claimed = match keys::claim_one_time_key(&app.db, &user, &device, &algorithm).await? {
             Some(k) => Some(k),
             None => keys::claim_fallback_key(&app.db, &user, &device, &algorithm).await?,
@@ -188,7 +280,7 @@ pub async fn claim(app: &AppState, wanted: Vec<(String, String, String)>) -> Res
             );
         }
     }
-    Ok(json!({ "one_time_keys": out, "failures": failures }))
+    Ok(out)
 }
 
 /// `GET /keys/changes`: users whose keys changed between two sync tokens, and

@@ -224,8 +224,14 @@ pub async fn create(app: &AppState, creator: &UserId, req: CreateRoom) -> Result
         .await?;
     }
 
-    // 9. Invites.
-    for invitee in &req.invite {
+    // 9. Invites: local ones now; remote ones once the room exists (their servers
+    // countersign them), as Synapse does: a failing remote server does not fail
+    // the creation.
+    let (local_invites, remote_invites): (Vec<_>, Vec<_>) = req
+        .invite
+        .iter()
+        .partition(|u| u.server_name() == app.server_name);
+    for invitee in local_invites {
         let mut content = json!({ "membership": "invite" });
         if req.is_direct {
             content["is_direct"] = true.into();
@@ -252,6 +258,15 @@ pub async fn create(app: &AppState, creator: &UserId, req: CreateRoom) -> Result
     tx.commit().await?;
     event::release(room);
     tracing::info!(room_id = %room_id, %version, "room created");
+    for invitee in remote_invites {
+        let change = super::membership::Change::Invite;
+        if let Err(e) =
+            super::membership::change(app, creator, &room_id, invitee, change, None, req.is_direct)
+                .await
+        {
+            tracing::info!(%room_id, %invitee, error = %e, "remote invite failed");
+        }
+    }
     Ok(room_id)
 }
 

@@ -13,7 +13,8 @@ pub async fn take(tx: &mut Transaction<'_, Postgres>, app: &AppState) -> Result<
     Ok((position, app.notifier.begin(position)))
 }
 
-/// Records that `user_id`'s devices or keys changed, in the caller's transaction.
+/// Records that `user_id`'s devices or keys changed, in the caller's transaction;
+/// for a local user, the servers sharing a room with them are told (after commit).
 pub async fn device_list_changed(
     tx: &mut Transaction<'_, Postgres>,
     app: &AppState,
@@ -21,6 +22,13 @@ pub async fn device_list_changed(
 ) -> Result<InFlight> {
     let (position, guard) = take(tx, app).await?;
     crate::storage::user_streams::device_list_changed(&mut **tx, user_id, position).await?;
+    let local = ruma::UserId::parse(user_id).is_ok_and(|u| u.server_name() == app.server_name);
+    if local
+        && crate::service::federation::e2ee::queue_device_list_update(tx, app, user_id, position)
+            .await?
+    {
+        return Ok(guard.also_wake(app.federation_wake.clone()));
+    }
     Ok(guard)
 }
 

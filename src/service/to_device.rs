@@ -40,6 +40,7 @@ pub async fn send(
         return Ok(());
     }
     let (position, guard) = stream::take(&mut tx, app).await?;
+    let mut remote = Vec::new();
     for m in messages {
         let Ok(user) = ruma::UserId::parse(&m.user_id) else {
             return Err(Error::invalid_param(format!(
@@ -48,8 +49,7 @@ pub async fn send(
             )));
         };
         if user.server_name() != app.server_name {
-            // Remote delivery arrives with federation (m.direct_to_device EDUs).
-            tracing::debug!(%user, "dropping to-device message for a remote user");
+            remote.push((m.user_id, m.device, m.content));
             continue;
         }
         let targets: Vec<String> = if m.device == "*" {
@@ -74,6 +74,18 @@ pub async fn send(
     }
     tx.commit().await?;
     drop(guard);
+    if !remote.is_empty() {
+        // Remote users' servers get them as m.direct_to_device EDUs.
+        let message_id = format!("{}{}", session.device_id, txn_id);
+        crate::service::federation::e2ee::send_to_device(
+            app,
+            sender,
+            event_type,
+            &message_id,
+            remote,
+        )
+        .await?;
+    }
     Ok(())
 }
 

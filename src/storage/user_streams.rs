@@ -487,3 +487,30 @@ pub async fn notifications_after(
     .fetch_all(db)
     .await
 }
+
+/// The servers of everyone sharing a joined room with `user_id` (theirs included).
+pub async fn servers_sharing_rooms(
+    db: impl PgExecutor<'_>,
+    user_id: &str,
+) -> sqlx::Result<Vec<String>> {
+    sqlx::query_scalar!(
+        r#"select distinct substring(o.user_id from position(':' in o.user_id) + 1) as "server!"
+           from room_members m
+           join room_members o on o.room_id = m.room_id and o.membership = 'join'
+           where m.user_id = $1 and m.membership = 'join'"#,
+        user_id
+    )
+    .fetch_all(db)
+    .await
+}
+
+/// The latest position at which `user_id`'s device list changed (0: never).
+pub async fn device_list_position(db: impl PgExecutor<'_>, user_id: &str) -> sqlx::Result<i64> {
+    sqlx::query_scalar!(
+        r#"select coalesce(max(stream_ordering), 0) as "n!" from device_list_changes
+           where user_id = $1"#,
+        user_id
+    )
+    .fetch_one(db)
+    .await
+}

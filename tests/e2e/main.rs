@@ -12,7 +12,7 @@ mod harness;
 mod media;
 mod push;
 mod rooms;
-mod sdk;
+pub mod sdk;
 mod sliding;
 mod social;
 mod synapse;

@@ -149,7 +149,7 @@ async fn run_js(server: &TestServer, script: &str, args: &[&str]) -> String {
 }
 
 /// Builds (once) and locates the matrix-rust-sdk client in tests/sdk/rust.
-fn rust_sdk_client() -> String {
+pub fn rust_sdk_client() -> String {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let out = Command::new(root.join("scripts/rust-sdk-client"))
         .output()

@@ -751,3 +751,71 @@ async fn queued_messages_survive_a_peer_outage_and_a_restart() {
     // Lattice still serves the room after its restart.
     assert_eq!(all_messages(&lattice, &alice, &room).await, expected);
 }
+
+/// E2EE across servers with matrix-rust-sdk: Alice on Lattice creates an
+/// encrypted room and invites Bob on Synapse; each client queries the other's
+/// device keys and claims one-time keys over federation, shares its Megolm
+/// session in to-device messages (EDUs between the servers), and decrypts the
+/// other's message. Both servers only ever hold `m.room.encrypted`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn encrypted_chat_across_servers_with_matrix_rust_sdk() {
+    let client = tokio::task::spawn_blocking(crate::sdk::rust_sdk_client)
+        .await
+        .unwrap();
+    let lattice = TestServer::start_federating().await;
+    let synapse = Synapse::start().await;
+    let alice = lattice.register("alice", "alice-password").await;
+    let bob = synapse.register("bob", "bob-password").await;
+    let out = tokio::process::Command::new(client)
+        .args([
+            &lattice.base,
+            "encrypted",
+            "alice",
+            "alice-password",
+            "bob",
+            "bob-password",
+            &synapse.base,
+        ])
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "matrix-rust-sdk client failed:\n{stdout}\n{}\nsynapse:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        synapse.log_tail()
+    );
+    let room = stdout.strip_prefix("ok ").unwrap().trim().to_owned();
+    for (server, who) in [(&*lattice, &alice), (&*synapse, &bob)] {
+        let (status, page) = server
+            .get(
+                &format!(
+                    "/_matrix/client/v3/rooms/{}/messages?dir=b&limit=50",
+                    enc(&room)
+                ),
+                Some(&who.access_token),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        let types: Vec<(String, String)> = page["chunk"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e.get("state_key").is_none())
+            .map(|e| {
+                (
+                    e["type"].as_str().unwrap().to_owned(),
+                    e["sender"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect();
+        assert!(
+            types.contains(&("m.room.encrypted".into(), alice.user_id.clone()))
+                && types.contains(&("m.room.encrypted".into(), bob.user_id.clone()))
+                && !types.iter().any(|(t, _)| t == "m.room.message"),
+            "{}: {types:?}",
+            who.user_id
+        );
+    }
+}

@@ -5,6 +5,7 @@
 mod events;
 mod keys;
 mod query;
+mod user;
 
 use axum::{
     Router,
@@ -63,4 +64,5 @@ pub fn router() -> Router<AppState> {
         .merge(keys::router())
         .merge(query::router())
         .merge(events::router())
+        .merge(user::router())
 }

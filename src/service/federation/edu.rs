@@ -1,6 +1,7 @@
-//! EDUs received in transactions. Typing notifications from a server's own,
-//! joined users are applied; other EDU types are not handled yet and are
-//! dropped (the transaction still succeeds, as the spec requires).
+//! EDUs received in transactions: typing notifications from a server's own,
+//! joined users; to-device messages; device-list and signing-key updates. Other
+//! EDU types (receipts, presence) are not handled yet and are dropped (the
+//! transaction still succeeds, as the spec requires).
 
 use std::time::Duration;
 
@@ -37,6 +38,16 @@ pub async fn receive(app: &AppState, origin: &ServerName, edu: &Value) {
             let typing = content["typing"].as_bool().unwrap_or(false);
             app.typing
                 .set(room, user.as_str(), typing.then_some(REMOTE_TYPING_TIMEOUT));
+        }
+        Some("m.direct_to_device") => {
+            if let Err(e) = super::e2ee::receive_to_device(app, origin, content).await {
+                tracing::warn!(%origin, error = %e, "storing to-device messages failed");
+            }
+        }
+        Some("m.device_list_update" | "m.signing_key_update") => {
+            if let Err(e) = super::e2ee::receive_device_list_update(app, origin, content).await {
+                tracing::warn!(%origin, error = %e, "recording a device list update failed");
+            }
         }
         Some(other) => tracing::debug!(%origin, edu_type = other, "EDU type not handled"),
         None => {}

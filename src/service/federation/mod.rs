@@ -3,6 +3,7 @@
 //! us.
 
 pub mod backfill;
+pub mod e2ee;
 pub mod edu;
 pub mod ingest;
 pub mod invite;

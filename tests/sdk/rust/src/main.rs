@@ -1,6 +1,9 @@
 //! Drives two matrix-rust-sdk clients against a Lattice server.
 //!
-//! `lattice-sdk-client <homeserver> <plain|encrypted|sliding> <alice> <alice-pw> <bob> <bob-pw>`
+//! `lattice-sdk-client <homeserver> <plain|encrypted|sliding> <alice> <alice-pw> <bob> <bob-pw> [<bob's homeserver>]`
+//!
+//! With a second homeserver (plain and encrypted modes), Bob logs in there and
+//! everything between the two users crosses federation.
 //!
 //! plain, encrypted: Alice creates a room (encrypted or not) and invites Bob; Bob
 //! joins; each sends a message and each must see the other's plaintext
@@ -107,9 +110,14 @@ fn saw(seen: &Seen, room: &OwnedRoomId, sender: &OwnedUserId, body: &str) -> boo
 
 async fn run() -> Result<String> {
     let args: Vec<String> = std::env::args().collect();
-    let [_, homeserver, mode, alice_user, alice_pw, bob_user, bob_pw] = args.as_slice() else {
-        bail!("usage: lattice-sdk-client <homeserver> <plain|encrypted> <alice> <pw> <bob> <pw>");
-    };
+    let (homeserver, mode, alice_user, alice_pw, bob_user, bob_pw, bob_homeserver) =
+        match args.as_slice() {
+            [_, hs, mode, au, ap, bu, bp] => (hs, mode, au, ap, bu, bp, hs),
+            [_, hs, mode, au, ap, bu, bp, bob_hs] => (hs, mode, au, ap, bu, bp, bob_hs),
+            _ => bail!(
+                "usage: lattice-sdk-client <homeserver> <plain|encrypted|sliding> <alice> <pw> <bob> <pw> [bob's homeserver]"
+            ),
+        };
     let encrypted = match mode.as_str() {
         "plain" => false,
         "encrypted" => true,
@@ -117,7 +125,7 @@ async fn run() -> Result<String> {
         other => bail!("unknown mode {other}"),
     };
     let (alice, alice_seen) = login(homeserver, alice_user, alice_pw, "ALICEDEV").await?;
-    let (bob, bob_seen) = login(homeserver, bob_user, bob_pw, "BOBDEV").await?;
+    let (bob, bob_seen) = login(bob_homeserver, bob_user, bob_pw, "BOBDEV").await?;
     let alice_id = alice.user_id().context("alice's user id")?.to_owned();
     let bob_id = bob.user_id().context("bob's user id")?.to_owned();
 
