@@ -1,0 +1,331 @@
+#!/usr/bin/env python3
+"""Federation benchmark, Lattice against Synapse on the same machine, same run.
+
+A Synapse ("resident") hosts a room with MEMBERS joined users and STATE state
+events in all. Then, side by side:
+
+* join: a Lattice user and a user of a second Synapse ("baseline") join the room
+  over federation. Reported: the time until `POST /join` returns, and until the
+  joining server answers `/joined_members` with every member (Synapse joins
+  with partial state and fills it in afterwards; Lattice joins with full state).
+* inbound PDUs: the resident's users send MESSAGES messages; reported: how long
+  after the first send each joining server holds all of them, and the rate.
+
+Run through scripts/bench-federation (it builds Lattice in release mode and uses
+the Synapse venv of the test suite). Needs `lattice` (the binary), a PostgreSQL
+for Lattice (DATABASE_URL of a maintenance database; a fresh database is
+created), and nothing else. Figures go to stdout.
+"""
+
+import argparse
+import concurrent.futures
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def call(base, method, path, token=None, body=None, timeout=600):
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(base + path, data=data, method=method)
+    req.add_header("Content-Type", "application/json")
+    if token:
+        req.add_header("Authorization", "Bearer " + token)
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status, json.loads(resp.read() or b"null")
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"null")
+
+
+def wait_up(base, proc, what):
+    for _ in range(600):
+        if proc.poll() is not None:
+            sys.exit(f"{what} exited with {proc.returncode}")
+        try:
+            status, _ = call(base, "GET", "/_matrix/client/versions", timeout=2)
+            if status == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    sys.exit(f"{what} did not start")
+
+
+def register(base, user, password="bench-password"):
+    status, body = call(base, "POST", "/_matrix/client/v3/register", body={
+        "username": user, "password": password})
+    assert status == 401, body
+    status, body = call(base, "POST", "/_matrix/client/v3/register", body={
+        "username": user, "password": password,
+        "auth": {"type": "m.login.dummy", "session": body["session"]}})
+    assert status == 200, body
+    return body["access_token"], body["user_id"]
+
+
+def q(s):
+    return urllib.parse.quote(s, safe="")
+
+
+class Synapse:
+    def __init__(self, python, work, tls, name):
+        self.dir = os.path.join(work, name)
+        os.makedirs(self.dir)
+        self.port, self.client_port = free_port(), free_port()
+        self.name = f"localhost:{self.port}"
+        self.base = f"http://127.0.0.1:{self.client_port}"
+        lots = "{per_second: 100000, burst_count: 100000}"
+        config = f"""server_name: "{self.name}"
+pid_file: {self.dir}/homeserver.pid
+report_stats: false
+listeners:
+  - {{port: {self.port}, bind_addresses: ['127.0.0.1'], type: http, tls: true,
+      resources: [{{names: [federation], compress: false}}]}}
+  - {{port: {self.client_port}, bind_addresses: ['127.0.0.1'], type: http, tls: false,
+      resources: [{{names: [client], compress: false}}]}}
+tls_certificate_path: {tls}/lattice.crt
+tls_private_key_path: {tls}/lattice.key
+federation_custom_ca_list: [{tls}/ca.pem]
+ip_range_whitelist: ['127.0.0.0/8', '::1/128']
+database: {{name: sqlite3, args: {{database: {self.dir}/homeserver.db}}}}
+media_store_path: {self.dir}/media
+signing_key_path: {self.dir}/signing.key
+trusted_key_servers: []
+suppress_key_server_warning: true
+enable_registration: true
+enable_registration_without_verification: true
+bcrypt_rounds: 4
+macaroon_secret_key: "bench"
+form_secret: "bench"
+presence: {{enabled: false}}
+log_config: {self.dir}/log.yaml
+rc_message: {lots}
+rc_registration: {lots}
+rc_login: {{address: {lots}, account: {lots}, failed_attempts: {lots}}}
+rc_joins: {{local: {lots}, remote: {lots}}}
+rc_joins_per_room: {lots}
+rc_invites: {{per_room: {lots}, per_user: {lots}, per_issuer: {lots}}}
+rc_federation: {{window_size: 1000, sleep_limit: 100000, sleep_delay: 1, reject_limit: 100000, concurrent: 1000}}
+federation_rr_transactions_per_room_per_second: 100000
+"""
+        with open(f"{self.dir}/homeserver.yaml", "w") as f:
+            f.write(config)
+        with open(f"{self.dir}/log.yaml", "w") as f:
+            f.write(f"""version: 1
+formatters: {{precise: {{format: '%(asctime)s %(name)s %(levelname)s %(message)s'}}}}
+handlers: {{file: {{class: logging.FileHandler, formatter: precise, filename: {self.dir}/synapse.log}}}}
+root: {{level: WARNING, handlers: [file]}}
+disable_existing_loggers: false
+""")
+        subprocess.run([python, "-m", "synapse.app.homeserver", "-c",
+                        f"{self.dir}/homeserver.yaml", "--generate-keys"],
+                       check=True, capture_output=True)
+        self.proc = subprocess.Popen(
+            [python, "-m", "synapse.app.homeserver", "-c", f"{self.dir}/homeserver.yaml"],
+            stdout=subprocess.DEVNULL, stderr=open(f"{self.dir}/stderr.log", "w"))
+        wait_up(self.base, self.proc, name)
+
+
+class Lattice:
+    def __init__(self, binary, work, tls, database_url):
+        self.dir = os.path.join(work, "lattice")
+        os.makedirs(self.dir)
+        self.port, self.client_port = free_port(), free_port()
+        self.name = f"localhost:{self.port}"
+        self.base = f"http://127.0.0.1:{self.client_port}"
+        config = f"""server_name = "{self.name}"
+data_dir = "{self.dir}"
+log = "warn"
+[[listeners]]
+bind = "127.0.0.1:{self.client_port}"
+resources = ["client"]
+[[listeners]]
+bind = "127.0.0.1:{self.port}"
+resources = ["federation"]
+tls_certificate = "{tls}/lattice.crt"
+tls_private_key = "{tls}/lattice.key"
+[database]
+url = "{database_url}"
+[registration]
+open = true
+[rate_limits]
+enabled = false
+[federation]
+trusted_key_servers = []
+extra_ca_files = ["{tls}/ca.pem"]
+ip_range_allowlist = ["127.0.0.0/8", "::1/128"]
+"""
+        with open(f"{self.dir}/lattice.toml", "w") as f:
+            f.write(config)
+        self.proc = subprocess.Popen(
+            [binary, "--config", f"{self.dir}/lattice.toml"],
+            stdout=subprocess.DEVNULL, stderr=open(f"{self.dir}/lattice.log", "w"))
+        wait_up(self.base, self.proc, "lattice")
+
+
+def joined_count(server, token, room):
+    status, body = call(server.base, "GET",
+                        f"/_matrix/client/v3/rooms/{q(room)}/joined_members", token)
+    return len(body.get("joined", {})) if status == 200 else 0
+
+
+def timed_join(server, token, alias, room, expected_members):
+    start = time.monotonic()
+    status, body = call(server.base, "POST", f"/_matrix/client/v3/join/{q(alias)}", token,
+                        body={})
+    joined = time.monotonic() - start
+    assert status == 200, body
+    while joined_count(server, token, room) < expected_members:
+        time.sleep(0.05)
+    return joined, time.monotonic() - start
+
+
+def message_count(server, token, room, prefix):
+    """Messages with `prefix` the server holds (paging back through the room)."""
+    seen = 0
+    frm = None
+    while True:
+        path = f"/_matrix/client/v3/rooms/{q(room)}/messages?dir=b&limit=1000"
+        path += '&filter=' + q(json.dumps({"types": ["m.room.message"]}))
+        if frm:
+            path += "&from=" + q(frm)
+        status, page = call(server.base, "GET", path, token)
+        if status != 200:
+            return seen
+        for e in page["chunk"]:
+            if e.get("content", {}).get("body", "").startswith(prefix):
+                seen += 1
+        if not page["chunk"] or "end" not in page:
+            return seen
+        frm = page["end"]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--lattice", required=True)
+    ap.add_argument("--synapse-python", required=True)
+    ap.add_argument("--database-url", required=True, help="a fresh, empty database for Lattice")
+    ap.add_argument("--members", type=int, default=1000)
+    ap.add_argument("--state", type=int, default=5000)
+    ap.add_argument("--messages", type=int, default=500)
+    ap.add_argument("--keep", action="store_true")
+    args = ap.parse_args()
+
+    work = tempfile.mkdtemp(prefix="lattice-fedbench-")
+    tls = os.path.join(work, "tls")
+    subprocess.run([args.lattice, "generate-tls-cert", "--dir", tls], check=True,
+                   capture_output=True)
+    servers = []
+    try:
+        resident = Synapse(args.synapse_python, work, tls, "resident")
+        servers.append(resident)
+        baseline = Synapse(args.synapse_python, work, tls, "baseline")
+        servers.append(baseline)
+        lattice = Lattice(args.lattice, work, tls, args.database_url)
+        servers.append(lattice)
+
+        t0 = time.monotonic()
+        owner, owner_id = register(resident.base, "owner")
+        status, body = call(resident.base, "POST", "/_matrix/client/v3/createRoom", owner, {
+            "preset": "public_chat", "room_alias_name": "big", "name": "Big room"})
+        assert status == 200, body
+        room = body["room_id"]
+        alias = f"#big:{resident.name}"
+
+        def member(i):
+            token, _ = register(resident.base, f"member{i}")
+            status, body = call(resident.base, "POST",
+                                f"/_matrix/client/v3/rooms/{q(room)}/join", token, {})
+            assert status == 200, body
+            return token
+
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            tokens = list(pool.map(member, range(args.members - 1)))
+        # Other state: custom state events, up to --state in all (about 7 come
+        # with the room).
+        extra = max(0, args.state - args.members - 7)
+
+        def state(i):
+            status, body = call(resident.base, "PUT",
+                                f"/_matrix/client/v3/rooms/{q(room)}/state/org.lattice.bench/{i}",
+                                owner, {"n": i, "pad": "x" * 64})
+            assert status == 200, body
+
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            list(pool.map(state, range(extra)))
+        print(f"room built on the resident Synapse: {args.members} members, "
+              f"~{args.members + extra + 7} state events, {time.monotonic() - t0:.0f} s",
+              flush=True)
+
+        l_token, _ = register(lattice.base, "joiner")
+        b_token, _ = register(baseline.base, "joiner")
+        expected = args.members + 1
+        # Lattice first, then Synapse; the resident warmed up building the room.
+        l_join, l_full = timed_join(lattice, l_token, alias, room, expected + 0)
+        b_join, b_full = timed_join(baseline, b_token, alias, room, expected + 1)
+        print("join of the big room over federation (seconds):")
+        print(f"  lattice:  /join returned {l_join:7.2f}   all members visible {l_full:7.2f}")
+        print(f"  synapse:  /join returned {b_join:7.2f}   all members visible {b_full:7.2f}")
+        print(f"  ratio lattice/synapse:   /join {l_join / b_join:5.2f}   "
+              f"full {l_full / b_full:5.2f}", flush=True)
+
+        # Inbound PDUs: the resident's members send; both joiners receive.
+        prefix = "bench message "
+        start = time.monotonic()
+
+        def send(i):
+            token = tokens[i % len(tokens)]
+            status, body = call(resident.base, "PUT",
+                                f"/_matrix/client/v3/rooms/{q(room)}/send/m.room.message/b{i}",
+                                token, {"msgtype": "m.text", "body": f"{prefix}{i}"})
+            assert status == 200, body
+
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            list(pool.map(send, range(args.messages)))
+        sent = time.monotonic() - start
+        done = {}
+        while len(done) < 2 and time.monotonic() - start < 600:
+            for name, server, token in (("lattice", lattice, l_token),
+                                        ("synapse", baseline, b_token)):
+                if name not in done and message_count(server, token, room, prefix) >= args.messages:
+                    done[name] = time.monotonic() - start
+            time.sleep(0.2)
+        print(f"inbound PDUs: {args.messages} messages sent by the resident in {sent:.2f} s")
+        for name in ("lattice", "synapse"):
+            if name in done:
+                print(f"  {name}: all held after {done[name]:6.2f} s "
+                      f"({args.messages / done[name]:7.1f} events/s end to end)")
+            else:
+                print(f"  {name}: not all arrived within 600 s")
+        if len(done) == 2:
+            print(f"  ratio lattice/synapse (time to hold all): "
+                  f"{done['lattice'] / done['synapse']:5.2f}")
+    finally:
+        for s in servers:
+            s.proc.terminate()
+        for s in servers:
+            try:
+                s.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                s.proc.kill()
+        if args.keep:
+            print(f"kept {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
