@@ -169,6 +169,24 @@ pub async fn leave(
     room_id: &RoomId,
     reason: Option<String>,
 ) -> Result<()> {
+    // An invite to a room we are not in is rejected through the inviting server.
+    if let Some(invite) =
+        crate::storage::federation::remote_invite(&app.db, room_id.as_str(), user.as_str()).await?
+        && let Ok(server) = ruma::OwnedServerName::try_from(invite.inviter_server)
+    {
+        let resident = rooms::members(&app.db, room_id.as_str(), "join")
+            .await?
+            .iter()
+            .any(|(u, _)| {
+                UserId::parse(u.as_str()).is_ok_and(|u| u.server_name() == app.server_name)
+            });
+        if !resident {
+            return super::federation::join::reject_remote_invite(
+                app, user, room_id, &server, reason,
+            )
+            .await;
+        }
+    }
     let mut tx = app.db.begin().await?;
     let Some(mut room) = RoomCtx::lock(&mut tx, room_id).await? else {
         return Err(Error::not_found("Unknown room"));

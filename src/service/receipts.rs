@@ -139,6 +139,22 @@ async fn store(
     .await?;
     tx.commit().await?;
     drop(guard);
+    if receipt_type == "m.read" {
+        // Public receipts go to the other servers in the room.
+        let mut data = json!({ "ts": now_ms() });
+        if !thread_id.is_empty() {
+            data["thread_id"] = thread_id.into();
+        }
+        let edu = json!({
+            "edu_type": "m.receipt",
+            "content": { room_id.as_str(): { "m.read": { user.as_str(): {
+                "event_ids": [event_id],
+                "data": data,
+            }}}},
+        });
+        let servers = super::directory::joined_servers(app, room_id).await?;
+        super::federation::enqueue_edu(app, servers, &edu).await?;
+    }
     Ok(())
 }
 
@@ -155,5 +171,15 @@ pub async fn typing(
     }
     require_joined(app, user, room_id).await?;
     app.typing.set(room_id.as_str(), user.as_str(), timeout);
+    let edu = json!({
+        "edu_type": "m.typing",
+        "content": {
+            "room_id": room_id,
+            "user_id": user,
+            "typing": timeout.is_some(),
+        },
+    });
+    let servers = super::directory::joined_servers(app, room_id).await?;
+    super::federation::enqueue_edu(app, servers, &edu).await?;
     Ok(())
 }

@@ -544,6 +544,14 @@ async fn room_section(
         return Ok(Some((section, true)));
     }
 
+    if c.membership != "join"
+        && crate::storage::rooms::get(&app.db, room_id.as_str())
+            .await?
+            .is_none()
+    {
+        // A rejected invite to a room this server was never in.
+        return Ok(None);
+    }
     let initial = sent.is_none() || (membership_changed && c.membership == "join");
     let config_changed = sent.is_some_and(|s| s.config != config.fingerprint());
     let after = if initial {

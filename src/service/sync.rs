@@ -272,8 +272,16 @@ async fn build(
                 invite.insert(m.room_id.clone(), json!({ "invite_state": { "events": stripped_state(app, &room_id, &m.event_id).await? } }));
             }
             "leave" | "ban" if (!initial && changed) || (initial && params.include_leave) => {
-                let mut section =
-                    left_room(app, user, &room_id, params, since, m.stream_ordering).await?;
+                let mut section = left_room(
+                    app,
+                    user,
+                    &room_id,
+                    params,
+                    since,
+                    m.stream_ordering,
+                    &m.event_id,
+                )
+                .await?;
                 if let Some(events) = room_account_data.remove(&m.room_id) {
                     section["account_data"]["events"] = events.into();
                 }
@@ -466,7 +474,39 @@ async fn left_room(
     params: &Params,
     since: i64,
     left_at: i64,
+    leave_event: &str,
 ) -> Result<Value> {
+    if crate::storage::rooms::get(&app.db, room_id.as_str())
+        .await?
+        .is_none()
+    {
+        // A rejected invite to a room this server was never in: the rejection.
+        let events: Vec<Value> = events::get_many(&app.db, &[leave_event.to_owned()])
+            .await?
+            .iter()
+            .filter_map(|ev| {
+                serde_json::from_str::<Value>(&ev.json)
+                    .ok()
+                    .map(|pdu| (ev, pdu))
+            })
+            .map(|(ev, pdu)| {
+                json!({
+                    "type": pdu["type"],
+                    "state_key": pdu["state_key"],
+                    "content": pdu["content"],
+                    "sender": pdu["sender"],
+                    "origin_server_ts": pdu["origin_server_ts"],
+                    "event_id": ev.event_id,
+                    "room_id": ev.room_id,
+                })
+            })
+            .collect();
+        return Ok(json!({
+            "timeline": { "events": events, "limited": false },
+            "state": { "events": [] },
+            "account_data": { "events": [] },
+        }));
+    }
     let mut viewer = Viewer::new(app, user, room_id).await?;
     let limit = params.timeline_limit.clamp(1, 100);
     let fetched = rows::room_events(

@@ -819,3 +819,186 @@ async fn encrypted_chat_across_servers_with_matrix_rust_sdk() {
         );
     }
 }
+
+async fn membership_on(server: &ClientApi, who: &Login, room: &str, user: &str) -> Option<String> {
+    let (status, body) = server
+        .get(
+            &format!(
+                "/_matrix/client/v3/rooms/{}/state/m.room.member/{}",
+                enc(room),
+                enc(user)
+            ),
+            Some(&who.access_token),
+        )
+        .await;
+    (status == StatusCode::OK).then(|| body["membership"].as_str().unwrap_or_default().to_owned())
+}
+
+/// The ephemeral events of a room in one `/sync` response.
+fn ephemeral<'a>(sync: &'a Value, room: &str) -> Vec<&'a Value> {
+    sync["rooms"]["join"][room]["ephemeral"]["events"]
+        .as_array()
+        .map(|events| events.iter().collect())
+        .unwrap_or_default()
+}
+
+/// Invites rejected on each side reach the inviter (`make_leave`/`send_leave`
+/// both ways); read receipts and typing notifications cross as EDUs both ways.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rejections_receipts_and_typing_with_synapse() {
+    let lattice = TestServer::start_federating().await;
+    let synapse = Synapse::start().await;
+    let alice = lattice.register("alice", "alice-password").await;
+    let sam = synapse.register("sam", "sam-password").await;
+
+    // Alice rejects Sam's invite; Synapse sees her leave.
+    let s_room = synapse
+        .create_room(&sam, json!({"preset": "private_chat"}))
+        .await;
+    invite(&synapse, &sam, &s_room, &alice.user_id).await;
+    eventually("the invite on Lattice", || async {
+        sync(&lattice, &alice, None).await["rooms"]["invite"]
+            .get(&s_room)
+            .is_some()
+    })
+    .await;
+    let (status, body) = lattice
+        .post(
+            &format!("/_matrix/client/v3/rooms/{}/leave", enc(&s_room)),
+            Some(&alice.access_token),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    eventually("alice's rejection on Synapse", || async {
+        membership_on(&synapse, &sam, &s_room, &alice.user_id)
+            .await
+            .as_deref()
+            == Some("leave")
+    })
+    .await;
+    assert!(
+        sync(&lattice, &alice, None).await["rooms"]["invite"]
+            .get(&s_room)
+            .is_none()
+    );
+
+    // Sam rejects Alice's invite; Lattice sees his leave.
+    let l_room = lattice
+        .create_room(&alice, json!({"preset": "private_chat"}))
+        .await;
+    invite(&lattice, &alice, &l_room, &sam.user_id).await;
+    eventually("the invite on Synapse", || async {
+        sync(&synapse, &sam, None).await["rooms"]["invite"]
+            .get(&l_room)
+            .is_some()
+    })
+    .await;
+    let (status, body) = synapse
+        .post(
+            &format!("/_matrix/client/v3/rooms/{}/leave", enc(&l_room)),
+            Some(&sam.access_token),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    eventually("sam's rejection on Lattice", || async {
+        membership_on(&lattice, &alice, &l_room, &sam.user_id)
+            .await
+            .as_deref()
+            == Some("leave")
+    })
+    .await;
+
+    // A shared room for receipts and typing.
+    let room = lattice
+        .create_room(
+            &alice,
+            json!({"preset": "public_chat", "room_alias_name": "edus"}),
+        )
+        .await;
+    join(&synapse, &sam, &format!("#edus:{}", lattice.name())).await;
+    let from_sam = synapse
+        .send_message(&sam, &room, json!({"msgtype": "m.text", "body": "read me"}))
+        .await;
+    eventually("sam's message on Lattice", || async {
+        messages(&lattice, &alice.access_token, &room)
+            .await
+            .contains(&"read me".to_owned())
+    })
+    .await;
+    let from_alice = lattice
+        .send_message(
+            &alice,
+            &room,
+            json!({"msgtype": "m.text", "body": "me too"}),
+        )
+        .await;
+    eventually("alice's message on Synapse", || async {
+        messages(&synapse, &sam.access_token, &room)
+            .await
+            .contains(&"me too".to_owned())
+    })
+    .await;
+    for (server, who, event) in [
+        (&*lattice, &alice, &from_sam),
+        (&*synapse, &sam, &from_alice),
+    ] {
+        let (status, body) = server
+            .post(
+                &format!(
+                    "/_matrix/client/v3/rooms/{}/receipt/m.read/{}",
+                    enc(&room),
+                    enc(event)
+                ),
+                Some(&who.access_token),
+                json!({}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    for (server, who, reader, event) in [
+        (&*synapse, &sam, &alice.user_id, &from_sam),
+        (&*lattice, &alice, &sam.user_id, &from_alice),
+    ] {
+        eventually("the other side's read receipt", || async {
+            let got = sync(server, who, None).await;
+            ephemeral(&got, &room).iter().any(|e| {
+                e["type"] == "m.receipt"
+                    && e["content"][event.as_str()]["m.read"].get(reader).is_some()
+            })
+        })
+        .await;
+    }
+
+    // Typing, both ways.
+    for (server, who) in [(&*lattice, &alice), (&*synapse, &sam)] {
+        let (status, body) = server
+            .put(
+                &format!(
+                    "/_matrix/client/v3/rooms/{}/typing/{}",
+                    enc(&room),
+                    enc(&who.user_id)
+                ),
+                Some(&who.access_token),
+                json!({"typing": true, "timeout": 20000}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    for (server, who, typist) in [
+        (&*synapse, &sam, &alice.user_id),
+        (&*lattice, &alice, &sam.user_id),
+    ] {
+        eventually("the other side typing", || async {
+            let got = sync(server, who, None).await;
+            ephemeral(&got, &room).iter().any(|e| {
+                e["type"] == "m.typing"
+                    && e["content"]["user_ids"]
+                        .as_array()
+                        .is_some_and(|ids| ids.iter().any(|u| u == typist.as_str()))
+            })
+        })
+        .await;
+    }
+}

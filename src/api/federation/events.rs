@@ -17,7 +17,7 @@ use crate::{
     app::AppState,
     domain::pdu::Pdu,
     error::{Error, ErrorKind, Result},
-    service::federation::{ingest, join},
+    service::federation::{acl, ingest, join},
     storage::{events, federation as fed_store, now_ms, rooms},
 };
 
@@ -38,6 +38,14 @@ pub fn router() -> Router<AppState> {
         .route(
             "/_matrix/federation/v2/invite/{room_id}/{event_id}",
             put(invite),
+        )
+        .route(
+            "/_matrix/federation/v1/make_leave/{room_id}/{user_id}",
+            get(make_leave),
+        )
+        .route(
+            "/_matrix/federation/v2/send_leave/{room_id}/{event_id}",
+            put(send_leave),
         )
         .route("/_matrix/federation/v1/event/{event_id}", get(get_event))
         .route("/_matrix/federation/v1/backfill/{room_id}", get(backfill))
@@ -61,6 +69,7 @@ async fn invite(
 ) -> Result<Json<Value>> {
     let room_id = RoomId::parse(&room_id).map_err(|_| Error::bad_json("Bad room ID"))?;
     let event_id = EventId::parse(&event_id).map_err(|_| Error::bad_json("Bad event ID"))?;
+    acl::check(&app, room_id.as_str(), fed.origin.as_str()).await?;
     let body: Value = fed.json()?;
     let reply =
         crate::service::federation::invite::receive(&app, &fed.origin, &room_id, &event_id, &body)
@@ -131,6 +140,34 @@ async fn backfill(
     })))
 }
 
+async fn make_leave(
+    State(app): State<AppState>,
+    Path((room_id, user_id)): Path<(String, String)>,
+    fed: FedRequest,
+) -> Result<Json<Value>> {
+    let room_id = RoomId::parse(&room_id).map_err(|_| Error::invalid_param("Invalid room ID"))?;
+    let user_id = UserId::parse(&user_id).map_err(|_| Error::invalid_param("Invalid user ID"))?;
+    acl::check(&app, room_id.as_str(), fed.origin.as_str()).await?;
+    Ok(Json(
+        join::make_leave(&app, &fed.origin, &room_id, &user_id).await?,
+    ))
+}
+
+async fn send_leave(
+    State(app): State<AppState>,
+    Path((room_id, event_id)): Path<(String, String)>,
+    fed: FedRequest,
+) -> Result<Json<Value>> {
+    let room_id = RoomId::parse(&room_id).map_err(|_| Error::invalid_param("Invalid room ID"))?;
+    let event_id =
+        EventId::parse(&event_id).map_err(|_| Error::invalid_param("Invalid event ID"))?;
+    acl::check(&app, room_id.as_str(), fed.origin.as_str()).await?;
+    let body: Value = fed.json()?;
+    Ok(Json(
+        join::send_leave(&app, &fed.origin, &room_id, &event_id, &body).await?,
+    ))
+}
+
 const MAX_PDUS: usize = 50;
 const MAX_EDUS: usize = 100;
 
@@ -197,6 +234,7 @@ async fn make_join(
     fed: FedRequest,
 ) -> Result<Json<Value>> {
     let room_id = RoomId::parse(&room_id).map_err(|_| Error::invalid_param("Invalid room ID"))?;
+    acl::check(&app, room_id.as_str(), fed.origin.as_str()).await?;
     let user_id = UserId::parse(&user_id).map_err(|_| Error::invalid_param("Invalid user ID"))?;
     let versions: Vec<String> = form_urlencoded::parse(query.unwrap_or_default().as_bytes())
         .filter(|(k, _)| k == "ver")
@@ -219,6 +257,7 @@ async fn send_join(
     fed: FedRequest,
 ) -> Result<Json<Value>> {
     let room_id = RoomId::parse(&room_id).map_err(|_| Error::invalid_param("Invalid room ID"))?;
+    acl::check(&app, room_id.as_str(), fed.origin.as_str()).await?;
     let event_id =
         EventId::parse(&event_id).map_err(|_| Error::invalid_param("Invalid event ID"))?;
     let body: Value = fed.json()?;
@@ -231,6 +270,9 @@ async fn send_join(
 /// is older than its leaving) joined members, or the room is world-readable.
 /// Simplified: servers with a member in any membership, or a world-readable room.
 async fn server_may_read(app: &AppState, origin: &str, room_id: &str) -> Result<bool> {
+    if !acl::allowed(app, room_id, origin).await? {
+        return Ok(false);
+    }
     let servers: HashSet<String> = rooms::joined_servers(&app.db, room_id)
         .await?
         .into_iter()

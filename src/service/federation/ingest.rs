@@ -288,6 +288,11 @@ async fn receive(
         Ok(None) => return (None, Err("unknown room".into())),
         Err(e) => return (None, Err(format!("database: {e}"))),
     };
+    match super::acl::allowed(app, room_id.as_str(), origin.as_str()).await {
+        Ok(true) => {}
+        Ok(false) => return (None, Err("the room's server ACL denies the origin".into())),
+        Err(e) => return (None, Err(format!("database: {e}"))),
+    }
     let Some(rules) = RoomVersionId::try_from(room.room_version.as_str())
         .ok()
         .and_then(|v| v.rules())

@@ -147,31 +147,7 @@ async fn join_via(
     if let Some(reason) = reason {
         event["content"]["reason"] = reason.into();
     }
-    event["origin_server_ts"] = now_ms().into();
-    event["origin"] = app.server_name.as_str().into();
-    let mut object: CanonicalJsonObject = match CanonicalJsonValue::try_from(event) {
-        Ok(CanonicalJsonValue::Object(o)) => o,
-        _ => {
-            return Err(JoinError::Failed(
-                "make_join returned no event object".into(),
-            ));
-        }
-    };
-    for field in ["event_id", "signatures", "hashes", "unsigned"] {
-        object.remove(field);
-    }
-    hash_and_sign_event(
-        app.server_name.as_str(),
-        &app.signing_key.pair,
-        &mut object,
-        &rules.redaction,
-    )
-    .map_err(|e| JoinError::Failed(format!("signing the join: {e}")))?;
-    let event_id = EventId::parse(format!(
-        "${}",
-        reference_hash(&object, &rules).map_err(|e| JoinError::Failed(e.to_string()))?
-    ))
-    .map_err(|e| JoinError::Failed(e.to_string()))?;
+    let (mut object, event_id) = sign_template(app, event, &rules).map_err(JoinError::Failed)?;
 
     let path = format!(
         "/_matrix/federation/v2/send_join/{}/{}",
@@ -522,4 +498,188 @@ pub async fn jsons(app: &AppState, ids: &[String]) -> Result<Vec<Value>> {
         .into_iter()
         .filter_map(|e| serde_json::from_str(&e.json).ok())
         .collect())
+}
+
+/// Completes a `make_join`/`make_leave` template as ours: timestamp and origin,
+/// hashes and our signature; returns the event and its ID.
+pub fn sign_template(
+    app: &AppState,
+    mut event: Value,
+    rules: &ruma::room_version_rules::RoomVersionRules,
+) -> std::result::Result<(CanonicalJsonObject, OwnedEventId), String> {
+    event["origin_server_ts"] = now_ms().into();
+    event["origin"] = app.server_name.as_str().into();
+    let mut object: CanonicalJsonObject = match CanonicalJsonValue::try_from(event) {
+        Ok(CanonicalJsonValue::Object(o)) => o,
+        _ => return Err("the template is not an event object".into()),
+    };
+    for field in ["event_id", "signatures", "hashes", "unsigned"] {
+        object.remove(field);
+    }
+    hash_and_sign_event(
+        app.server_name.as_str(),
+        &app.signing_key.pair,
+        &mut object,
+        &rules.redaction,
+    )
+    .map_err(|e| format!("signing the event: {e}"))?;
+    let hash = reference_hash(&object, rules).map_err(|e| e.to_string())?;
+    let event_id = EventId::parse(format!("${hash}")).map_err(|e| e.to_string())?;
+    Ok((object, event_id))
+}
+
+/// `make_leave` as the resident server: a leave template for `user`, if the
+/// auth rules would let them leave (they are joined, invited or knocking).
+pub async fn make_leave(
+    app: &AppState,
+    origin: &ServerName,
+    room_id: &RoomId,
+    user: &UserId,
+) -> Result<Value> {
+    if user.server_name() != origin {
+        return Err(Error::forbidden("The user is not on the requesting server"));
+    }
+    let mut tx = app.db.begin().await?;
+    let Some(room) = RoomCtx::lock(&mut tx, room_id).await? else {
+        return Err(Error::not_found("Unknown room"));
+    };
+    drop(tx);
+    let content = json!({"membership": "leave"});
+    let template = template_for(
+        app,
+        &room,
+        user,
+        "m.room.member",
+        Some(user.as_str()),
+        content,
+    )
+    .await?;
+    Ok(json!({"room_version": room.version.as_str(), "event": template}))
+}
+
+/// `send_leave` (v2) as the resident server: accepts the signed leave like any
+/// received PDU and sends it on to the other servers in the room.
+pub async fn send_leave(
+    app: &AppState,
+    origin: &ServerName,
+    room_id: &RoomId,
+    event_id: &EventId,
+    body: &Value,
+) -> Result<Value> {
+    let Some(room) = rooms::get(&app.db, room_id.as_str()).await? else {
+        return Err(Error::not_found("Unknown room"));
+    };
+    let rules = RoomVersionId::try_from(room.room_version.as_str())
+        .ok()
+        .and_then(|v| v.rules())
+        .ok_or_else(|| anyhow::anyhow!("stored room version"))?;
+    let checked: Checked = ingest::check_pdu(app, &rules, body)
+        .await
+        .map_err(|e| Error::bad_json(format!("Invalid leave event: {e}")))?;
+    let content: Value = serde_json::from_str(checked.pdu.content.get()).unwrap_or_default();
+    if checked.event_id != event_id
+        || checked.pdu.kind != TimelineEventType::RoomMember
+        || checked.pdu.state_key.as_deref() != Some(checked.pdu.sender.as_str())
+        || content["membership"] != "leave"
+        || checked.pdu.sender.server_name() != origin
+    {
+        return Err(Error::bad_json(
+            "Not a leave event of the requesting server for this ID",
+        ));
+    }
+    match ingest::receive_checked_pub(app, origin, &rules, room_id, checked).await {
+        Ok(Outcome::Accepted | Outcome::AlreadyKnown) => {}
+        Ok(Outcome::SoftFailed) => return Err(Error::forbidden("The leave is not allowed now")),
+        Err(e) => return Err(Error::forbidden(format!("The leave is not allowed: {e}"))),
+    }
+    let mut others = rooms::joined_servers(&app.db, room_id.as_str()).await?;
+    others.retain(|s| s != app.server_name.as_str() && s != origin.as_str());
+    if !others.is_empty() {
+        fed_store::enqueue_pdu(&app.db, &others, event_id.as_str(), now_ms()).await?;
+        app.federation_wake.notify_one();
+    }
+    Ok(json!({}))
+}
+
+/// Rejects an invite to a room this server is not in, through the inviting
+/// server: `make_leave`, sign, `send_leave`; the user's membership becomes
+/// `leave` (the leave event kept as an outlier).
+pub async fn reject_remote_invite(
+    app: &AppState,
+    user: &UserId,
+    room_id: &RoomId,
+    server: &ServerName,
+    reason: Option<String>,
+) -> Result<()> {
+    let failed = |e: String| {
+        Error::new(
+            ErrorKind::Unknown,
+            format!("Rejecting the invite through {server} failed: {e}"),
+        )
+    };
+    let path = format!(
+        "/_matrix/federation/v1/make_leave/{}/{}",
+        enc(room_id.as_str()),
+        enc(user.as_str())
+    );
+    let template = app
+        .federation
+        .request_json(server, http::Method::GET, &path, None)
+        .await
+        .map_err(|e| failed(e.to_string()))?;
+    let version = template["room_version"].as_str().unwrap_or("1");
+    let rules = RoomVersionId::try_from(version)
+        .ok()
+        .filter(room_version::is_supported)
+        .and_then(|v| v.rules())
+        .ok_or_else(|| failed(format!("room version {version} is not supported")))?;
+    let mut event = template["event"].clone();
+    if event["type"] != "m.room.member"
+        || event["state_key"] != user.as_str()
+        || event["sender"] != user.as_str()
+        || event["content"]["membership"] != "leave"
+    {
+        return Err(failed("make_leave returned a different event".into()));
+    }
+    if let Some(reason) = reason {
+        event["content"]["reason"] = reason.into();
+    }
+    let (object, event_id) = sign_template(app, event, &rules).map_err(failed)?;
+    let path = format!(
+        "/_matrix/federation/v2/send_leave/{}/{}",
+        enc(room_id.as_str()),
+        enc(event_id.as_str())
+    );
+    let body = serde_json::to_value(&object).map_err(|e| failed(e.to_string()))?;
+    app.federation
+        .request_json(server, http::Method::PUT, &path, Some(&body))
+        .await
+        .map_err(|e| failed(e.to_string()))?;
+    let text = serde_json::to_string(&object).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let pdu = Pdu::from_json(&event_id, &text).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut tx = app.db.begin().await?;
+    ingest::store_outlier(
+        &mut *tx,
+        &Checked {
+            event_id: event_id.clone(),
+            object,
+            pdu,
+        },
+        false,
+    )
+    .await?;
+    let (position, guard) = crate::service::stream::take(&mut tx, app).await?;
+    rooms::set_membership(
+        &mut *tx,
+        room_id.as_str(),
+        user.as_str(),
+        "leave",
+        event_id.as_str(),
+        position,
+    )
+    .await?;
+    fed_store::delete_remote_invite(&mut *tx, room_id.as_str(), user.as_str()).await?;
+    tx.commit().await?;
+    drop(guard);
+    Ok(())
 }

@@ -2,6 +2,7 @@
 //! sender worker that delivers them, and (in submodules) what other servers send
 //! us.
 
+pub mod acl;
 pub mod backfill;
 pub mod e2ee;
 pub mod edu;
