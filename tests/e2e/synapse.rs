@@ -308,9 +308,29 @@ async fn rooms_messages_and_state_with_synapse() {
     let l_room = lattice
         .create_room(
             &alice,
-            json!({"preset": "public_chat", "room_alias_name": "lroom", "name": "On Lattice"}),
+            json!({"preset": "public_chat", "room_alias_name": "lroom", "name": "On Lattice",
+                   "visibility": "public"}),
         )
         .await;
+    // Synapse lists Lattice's public rooms (federation /publicRooms).
+    let (status, listed) = synapse
+        .get(
+            &format!(
+                "/_matrix/client/v3/publicRooms?server={}",
+                enc(lattice.name())
+            ),
+            Some(&sam.access_token),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{listed}");
+    assert!(
+        listed["chunk"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["room_id"] == l_room.as_str() && r["name"] == "On Lattice"),
+        "{listed}"
+    );
     let joined_id = join(&synapse, &sam, &format!("#lroom:{}", lattice.name())).await;
     assert_eq!(joined_id, l_room);
     eventually("sam's join on Lattice", || async {

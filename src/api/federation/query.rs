@@ -1,5 +1,6 @@
-//! `GET /_matrix/federation/v1/query/profile` and `…/query/directory`: what other
-//! servers ask about our users and aliases.
+//! What other servers ask about our users, aliases and rooms:
+//! `/query/profile`, `/query/directory`, `/publicRooms` (GET and POST) and
+//! `/timestamp_to_event`.
 
 use axum::{
     Json, Router,
@@ -24,6 +25,77 @@ pub fn router() -> Router<AppState> {
             "/_matrix/federation/v1/query/directory",
             get(query_directory),
         )
+        .route(
+            "/_matrix/federation/v1/publicRooms",
+            get(public_rooms_get).post(public_rooms_post),
+        )
+        .route(
+            "/_matrix/federation/v1/timestamp_to_event/{room_id}",
+            get(timestamp_to_event),
+        )
+}
+
+#[derive(Deserialize)]
+struct PublicRoomsQuery {
+    limit: Option<usize>,
+    since: Option<String>,
+}
+
+async fn public_rooms_get(
+    State(app): State<AppState>,
+    Query(q): Query<PublicRoomsQuery>,
+    _fed: FedRequest,
+) -> Result<Json<Value>> {
+    Ok(Json(
+        directory::public_rooms(&app, q.limit, q.since.as_deref(), None).await?,
+    ))
+}
+
+async fn public_rooms_post(State(app): State<AppState>, fed: FedRequest) -> Result<Json<Value>> {
+    let body: Value = fed.json()?;
+    let limit = body["limit"].as_u64().map(|l| l as usize);
+    Ok(Json(
+        directory::public_rooms(
+            &app,
+            limit,
+            body["since"].as_str(),
+            body["filter"]["generic_search_term"].as_str(),
+        )
+        .await?,
+    ))
+}
+
+#[derive(Deserialize)]
+struct TimestampQuery {
+    ts: i64,
+    dir: String,
+}
+
+/// The event closest to `ts` in a room the requesting server is in.
+async fn timestamp_to_event(
+    State(app): State<AppState>,
+    axum::extract::Path(room_id): axum::extract::Path<String>,
+    Query(q): Query<TimestampQuery>,
+    fed: FedRequest,
+) -> Result<Json<Value>> {
+    let backwards = match q.dir.as_str() {
+        "b" => true,
+        "f" => false,
+        _ => return Err(Error::invalid_param("dir must be b or f")),
+    };
+    let servers = crate::storage::rooms::joined_servers(&app.db, &room_id).await?;
+    if !servers.iter().any(|s| s == fed.origin.as_str())
+        || !crate::service::federation::acl::allowed(&app, &room_id, fed.origin.as_str()).await?
+    {
+        return Err(Error::forbidden("Your server is not in this room"));
+    }
+    let (event_id, origin_server_ts) =
+        crate::storage::events::closest_to_ts(&app.db, &room_id, q.ts, backwards)
+            .await?
+            .ok_or_else(|| Error::not_found("No event found"))?;
+    Ok(Json(
+        json!({ "event_id": event_id, "origin_server_ts": origin_server_ts }),
+    ))
 }
 
 #[derive(Deserialize)]
