@@ -122,10 +122,9 @@ async fn store_batch(
     checked.sort_by_key(|c| c.pdu.depth);
     let mut added = 0;
     for c in checked {
-        if events::in_timeline(&app.db, &[c.event_id.to_string()])
+        if !events::in_timeline(&app.db, &[c.event_id.to_string()])
             .await?
-            .first()
-            .is_some()
+            .is_empty()
         {
             continue;
         }
