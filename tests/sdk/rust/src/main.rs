@@ -110,14 +110,15 @@ fn saw(seen: &Seen, room: &OwnedRoomId, sender: &OwnedUserId, body: &str) -> boo
 
 async fn run() -> Result<String> {
     let args: Vec<String> = std::env::args().collect();
-    let (homeserver, mode, alice_user, alice_pw, bob_user, bob_pw, bob_homeserver) =
-        match args.as_slice() {
-            [_, hs, mode, au, ap, bu, bp] => (hs, mode, au, ap, bu, bp, hs),
-            [_, hs, mode, au, ap, bu, bp, bob_hs] => (hs, mode, au, ap, bu, bp, bob_hs),
-            _ => bail!(
-                "usage: lattice-sdk-client <homeserver> <plain|encrypted|sliding> <alice> <pw> <bob> <pw> [bob's homeserver]"
-            ),
-        };
+    let (homeserver, mode, alice_user, alice_pw, bob_user, bob_pw, bob_homeserver) = match args
+        .as_slice()
+    {
+        [_, hs, mode, au, ap, bu, bp] => (hs, mode, au, ap, bu, bp, hs),
+        [_, hs, mode, au, ap, bu, bp, bob_hs] => (hs, mode, au, ap, bu, bp, bob_hs),
+        _ => bail!(
+            "usage: lattice-sdk-client <homeserver> <plain|encrypted|sliding> <alice> <pw> <bob> <pw> [bob's homeserver]"
+        ),
+    };
     let encrypted = match mode.as_str() {
         "plain" => false,
         "encrypted" => true,
