@@ -247,6 +247,8 @@ pub struct Media {
     pub unused_expiry_secs: u64,
     /// Ids from `/create` a user may hold unfilled at once.
     pub max_pending_uploads: i64,
+    /// Cached remote media not read for this many days is deleted (0: kept).
+    pub remote_cache_days: u64,
     pub url_preview: UrlPreview,
 }
 
@@ -258,6 +260,7 @@ impl Default for Media {
             max_image_pixels: 32_000_000,
             unused_expiry_secs: 24 * 60 * 60,
             max_pending_uploads: 50,
+            remote_cache_days: 30,
             url_preview: UrlPreview::default(),
         }
     }

@@ -62,6 +62,8 @@ pub enum ErrorKind {
     Conflict,
     /// `400 M_UNKNOWN`: a request Lattice understands but does not support.
     BadRequest,
+    /// `502 M_UNKNOWN`: another server (remote media) failed or answered badly.
+    BadGateway,
     Unknown,
 }
 
@@ -95,7 +97,7 @@ impl ErrorKind {
             Self::CannotOverwriteMedia => "M_CANNOT_OVERWRITE_MEDIA",
             Self::NotYetUploaded => "M_NOT_YET_UPLOADED",
             Self::Conflict => "M_UNKNOWN",
-            Self::BadRequest | Self::Unknown => "M_UNKNOWN",
+            Self::BadRequest | Self::Unknown | Self::BadGateway => "M_UNKNOWN",
         }
     }
 
@@ -116,6 +118,7 @@ impl ErrorKind {
             Self::Unrecognized { status } => *status,
             Self::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Unknown => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::BadGateway => StatusCode::BAD_GATEWAY,
             Self::BadJson
             | Self::NotJson
             | Self::UserInUse

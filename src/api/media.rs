@@ -269,7 +269,7 @@ async fn serve_media(
 }
 
 /// `Content-Disposition`: inline only for types browsers render safely.
-fn disposition(content_type: &str, name: Option<&str>) -> String {
+pub(crate) fn disposition(content_type: &str, name: Option<&str>) -> String {
     let kind = if media::is_inline(content_type) {
         "inline"
     } else {

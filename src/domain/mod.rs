@@ -2,6 +2,7 @@
 
 pub mod auth;
 pub mod localpart;
+pub mod multipart;
 pub mod password;
 pub mod pdu;
 pub mod room_version;

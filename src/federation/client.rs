@@ -239,7 +239,7 @@ impl FederationClient {
         let (parts, body) = http_request.into_parts();
         let body: Vec<u8> = ruma::api::OutgoingBody::try_into_buf(body)
             .map_err(|e| FedError::Invalid(format!("serialising request: {}", e.into())))?;
-        let (status, bytes) = self
+        let (status, _, bytes) = self
             .execute(destination, &target, parts.method, &parts.uri, body)
             .await?;
         let response = http::Response::builder()
@@ -274,7 +274,7 @@ impl FederationClient {
             Some(b) => serde_json::to_vec(b).map_err(|e| FedError::Invalid(e.to_string()))?,
             None => Vec::new(),
         };
-        let (status, bytes) = self
+        let (status, _, bytes) = self
             .execute(destination, &target, method, &uri, body)
             .await?;
         if status >= 400 {
@@ -286,6 +286,67 @@ impl FederationClient {
         serde_json::from_slice(&bytes).map_err(|e| FedError::Invalid(e.to_string()))
     }
 
+    /// A signed `GET` whose answer is not JSON (media): its content type and
+    /// bytes, at most `limit` of them.
+    pub async fn get_bytes(
+        &self,
+        destination: &ServerName,
+        path_and_query: &str,
+        limit: usize,
+    ) -> Result<(String, bytes::Bytes), FedError> {
+        let target = self.target(destination).await?;
+        let uri: http::Uri = format!("{}{}", target.base_url(), path_and_query)
+            .parse()
+            .map_err(|e| FedError::Invalid(format!("uri: {e}")))?;
+        let (status, content_type, bytes) = self
+            .execute_limited(
+                destination,
+                &target,
+                http::Method::GET,
+                &uri,
+                Vec::new(),
+                limit,
+            )
+            .await?;
+        if status >= 400 {
+            return Err(FedError::Remote {
+                status,
+                body: String::from_utf8_lossy(&bytes).chars().take(500).collect(),
+            });
+        }
+        Ok((content_type.unwrap_or_default(), bytes))
+    }
+
+    /// An unsigned `GET` of an HTTPS URL another server pointed us to (the
+    /// `Location` form of a media download), through the same address policy.
+    pub async fn get_url(
+        &self,
+        url: &str,
+        limit: usize,
+    ) -> Result<(String, bytes::Bytes), FedError> {
+        let response = self
+            .http
+            .get(url)
+            .send()
+            .await
+            .map_err(|e| FedError::Unreachable(format!("{url}: {}", error_chain(&e))))?;
+        let status = response.status().as_u16();
+        let content_type = response
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+            .unwrap_or_default();
+        let bytes = read_limited(response, limit, url).await?;
+        if status >= 400 {
+            return Err(FedError::Remote {
+                status,
+                body: String::from_utf8_lossy(&bytes).chars().take(500).collect(),
+            });
+        }
+        Ok((content_type, bytes))
+    }
+
     async fn execute(
         &self,
         destination: &ServerName,
@@ -293,7 +354,21 @@ impl FederationClient {
         method: http::Method,
         uri: &http::Uri,
         body: Vec<u8>,
-    ) -> Result<(u16, bytes::Bytes), FedError> {
+    ) -> Result<(u16, Option<String>, bytes::Bytes), FedError> {
+        let limit = self.max_response_bytes;
+        self.execute_limited(destination, target, method, uri, body, limit)
+            .await
+    }
+
+    async fn execute_limited(
+        &self,
+        destination: &ServerName,
+        target: &Target,
+        method: http::Method,
+        uri: &http::Uri,
+        body: Vec<u8>,
+        limit: usize,
+    ) -> Result<(u16, Option<String>, bytes::Bytes), FedError> {
         if destination == self.origin {
             return Err(FedError::Refused("a request to ourselves".into()));
         }
@@ -362,26 +437,37 @@ impl FederationClient {
             .await
             .map_err(|e| FedError::Unreachable(format!("{destination}: {}", error_chain(&e))))?;
         let status = response.status().as_u16();
-        if response
-            .content_length()
-            .is_some_and(|l| l > self.max_response_bytes as u64)
-        {
+        let content_type = response
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let bytes = read_limited(response, limit, destination.as_str()).await?;
+        Ok((status, content_type, bytes))
+    }
+}
+
+/// A response body, refused past `limit` bytes.
+async fn read_limited(
+    mut response: reqwest::Response,
+    limit: usize,
+    from: &str,
+) -> Result<bytes::Bytes, FedError> {
+    if response.content_length().is_some_and(|l| l > limit as u64) {
+        return Err(FedError::Invalid("response too large".into()));
+    }
+    let mut bytes = Vec::new();
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|e| FedError::Unreachable(format!("{from}: {}", error_chain(&e))))?
+    {
+        if bytes.len() + chunk.len() > limit {
             return Err(FedError::Invalid("response too large".into()));
         }
-        let mut bytes = Vec::new();
-        let mut response = response;
-        while let Some(chunk) = response
-            .chunk()
-            .await
-            .map_err(|e| FedError::Unreachable(format!("{destination}: {}", error_chain(&e))))?
-        {
-            if bytes.len() + chunk.len() > self.max_response_bytes {
-                return Err(FedError::Invalid("response too large".into()));
-            }
-            bytes.extend_from_slice(&chunk);
-        }
-        Ok((status, bytes.into()))
+        bytes.extend_from_slice(&chunk);
     }
+    Ok(bytes.into())
 }
 
 fn builder(

@@ -28,6 +28,7 @@ use tokio::io::AsyncWriteExt;
 use super::session::Session;
 use crate::{
     app::AppState,
+    domain::multipart,
     error::{Error, ErrorKind, Result},
     storage::{media as rows, media::Media, now_ms},
 };
@@ -333,8 +334,7 @@ pub async fn find(
 ) -> Result<(Media, PathBuf)> {
     let not_found = || Error::not_found("Media not found");
     if server_name != app.server_name.as_str() {
-        // Remote media comes over federation, which Lattice does not speak yet.
-        return Err(not_found());
+        return find_remote(app, server_name, media_id).await;
     }
     let deadline = tokio::time::Instant::now() + wait.min(Duration::from_secs(120));
     let mut uploaded = app.media_uploaded.subscribe();
@@ -364,6 +364,159 @@ pub async fn find(
             ));
         }
     }
+}
+
+/// Remote media: the cached copy, or fetched from its server over federation
+/// (`/_matrix/federation/v1/media/download`, following a `Location` part) and
+/// cached, at most `media.max_upload_bytes`.
+async fn find_remote(
+    app: &AppState,
+    server_name: &str,
+    media_id: &str,
+) -> Result<(Media, PathBuf)> {
+    let not_found = || Error::not_found("Media not found");
+    if let Some(media) = rows::get(&app.db, server_name, media_id).await? {
+        if media.quarantined {
+            return Err(not_found());
+        }
+        if let Some(sha) = &media.sha256 {
+            let path = file_path(app, sha);
+            if tokio::fs::try_exists(&path).await.unwrap_or(false) {
+                rows::touch(&app.db, server_name, media_id, now_ms()).await?;
+                return Ok((media, path));
+            }
+        }
+    }
+    if !app.config.federation.enabled
+        || media_id.is_empty()
+        || !media_id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
+        return Err(not_found());
+    }
+    let server = ruma::ServerName::parse(server_name).map_err(|_| not_found())?;
+    let limit = app.config.media.max_upload_bytes as usize;
+    let path = format!("/_matrix/federation/v1/media/download/{media_id}?timeout_ms=20000");
+    let (content_type, body) = match app
+        .federation
+        .get_bytes(&server, &path, limit + 64 * 1024)
+        .await
+    {
+        Ok(answer) => answer,
+        Err(e) if e.is_not_found() => return Err(not_found()),
+        Err(e) => {
+            tracing::info!(%server_name, media_id, error = %e, "remote media fetch failed");
+            return Err(Error::new(
+                ErrorKind::BadGateway,
+                format!("The media's server could not provide it: {e}"),
+            ));
+        }
+    };
+    let bad = |why: &str| {
+        Error::new(
+            ErrorKind::BadGateway,
+            format!("The media's server answered badly: {why}"),
+        )
+    };
+    let boundary = multipart::boundary(&content_type).ok_or_else(|| bad("not multipart"))?;
+    let parts = multipart::parse(&body, &boundary).map_err(|e| bad(&e))?;
+    let media_part = parts.get(1).ok_or_else(|| bad("no media part"))?;
+    let (content_type, bytes, disposition) = match media_part.header("location") {
+        Some(url) => {
+            let (ct, bytes) = app
+                .federation
+                .get_url(url, limit)
+                .await
+                .map_err(|e| bad(&e.to_string()))?;
+            (ct, bytes, None)
+        }
+        None => (
+            media_part
+                .header("content-type")
+                .unwrap_or("application/octet-stream")
+                .to_owned(),
+            media_part.body.clone(),
+            media_part.header("content-disposition").map(str::to_owned),
+        ),
+    };
+    if bytes.len() > limit {
+        return Err(Error::new(
+            ErrorKind::TooLarge,
+            "The remote media is too large",
+        ));
+    }
+    let sha = store_bytes(app, &bytes).await?;
+    let media = Media {
+        server_name: server_name.to_owned(),
+        media_id: media_id.to_owned(),
+        user_id: None,
+        content_type: Some(content_type),
+        upload_name: disposition.as_deref().and_then(filename_of),
+        size: Some(bytes.len() as i64),
+        sha256: Some(sha.clone()),
+        created_ts: now_ms(),
+        unused_expires_ts: None,
+        quarantined: false,
+    };
+    rows::upsert_remote(&app.db, &media).await?;
+    rows::touch(&app.db, server_name, media_id, now_ms()).await?;
+    Ok((media, file_path(app, &sha)))
+}
+
+/// The file name of a `Content-Disposition` header (`filename=` or `filename*=`).
+fn filename_of(disposition: &str) -> Option<String> {
+    disposition.split(';').find_map(|p| {
+        let (k, v) = p.trim().split_once('=')?;
+        match k.trim().to_ascii_lowercase().as_str() {
+            "filename" => Some(v.trim().trim_matches('"').to_owned()),
+            "filename*" => {
+                let encoded = v.trim().split_once("''").map_or(v.trim(), |(_, e)| e);
+                percent_decode(encoded)
+            }
+            _ => None,
+        }
+    })
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    let mut out = Vec::new();
+    let bytes = s.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// A local item as a federation media answer: `multipart/mixed` with empty
+/// JSON metadata, then the bytes. Returns (content type, body).
+pub fn federation_body(content_type: &str, disposition: &str, bytes: &[u8]) -> (String, Vec<u8>) {
+    let boundary = new_media_id();
+    let body = multipart::build(
+        &boundary,
+        &[
+            (
+                vec![("Content-Type".into(), "application/json".into())],
+                b"{}",
+            ),
+            (
+                vec![
+                    ("Content-Type".into(), content_type.to_owned()),
+                    ("Content-Disposition".into(), disposition.to_owned()),
+                ],
+                bytes,
+            ),
+        ],
+    );
+    (format!("multipart/mixed; boundary={boundary}"), body)
 }
 
 /// The standard size to serve for a request.
@@ -547,11 +700,22 @@ pub async fn quarantine(app: &AppState, mxc_uri: &str, quarantined: bool) -> Res
     Ok(())
 }
 
-/// Background clean-up: lapsed `/create` ids and expired URL previews.
+/// Background clean-up: lapsed `/create` ids, expired URL previews, and cached
+/// remote media unread for `media.remote_cache_days` (with their files, when
+/// nothing else uses them).
 pub async fn collect_garbage(app: &AppState) -> Result<(u64, u64)> {
     let now = now_ms();
     let lapsed = rows::delete_lapsed(&app.db, now).await?;
     let previews = rows::delete_expired_previews(&app.db, now).await?;
+    let days = app.config.media.remote_cache_days;
+    if days > 0 {
+        let before = now - (days as i64) * 24 * 60 * 60 * 1000;
+        let files = rows::delete_stale_remote(&app.db, app.server_name.as_str(), before).await?;
+        if !files.is_empty() {
+            let deleted = delete_unused_files(app, &files).await?;
+            tracing::info!(deleted, "expired remote media removed");
+        }
+    }
     Ok((lapsed, previews))
 }
 

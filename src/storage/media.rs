@@ -38,6 +38,28 @@ pub async fn insert(db: impl PgExecutor<'_>, m: &Media) -> sqlx::Result<()> {
     Ok(())
 }
 
+/// Records (or refreshes) a cached copy of remote media.
+pub async fn upsert_remote(db: impl PgExecutor<'_>, m: &Media) -> sqlx::Result<()> {
+    sqlx::query!(
+        "insert into media (server_name, media_id, user_id, content_type, upload_name, size,
+             sha256, created_ts, unused_expires_ts, quarantined)
+         values ($1, $2, null, $3, $4, $5, $6, $7, null, false)
+         on conflict (server_name, media_id) do update
+         set content_type = excluded.content_type, upload_name = excluded.upload_name,
+             size = excluded.size, sha256 = excluded.sha256",
+        m.server_name,
+        m.media_id,
+        m.content_type,
+        m.upload_name,
+        m.size,
+        m.sha256,
+        m.created_ts
+    )
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
 pub async fn get(
     db: impl PgExecutor<'_>,
     server_name: &str,
@@ -193,6 +215,31 @@ pub async fn delete_lapsed(db: impl PgExecutor<'_>, now: i64) -> sqlx::Result<u6
     .execute(db)
     .await?
     .rows_affected())
+}
+
+/// Deletes cached remote media last read before `before`; returns the files
+/// they used (the caller deletes those no other row uses).
+pub async fn delete_stale_remote(
+    db: impl PgExecutor<'_>,
+    local_server: &str,
+    before: i64,
+) -> sqlx::Result<Vec<String>> {
+    let rows = sqlx::query!(
+        r#"with gone as (
+               delete from media
+               where server_name <> $1 and coalesce(last_access_ts, created_ts) < $2
+               returning server_name, media_id, sha256
+           )
+           select sha256 as "sha256!" from gone where sha256 is not null
+           union
+           select t.sha256 from media_thumbnails t
+           join gone g on g.server_name = t.server_name and g.media_id = t.media_id"#,
+        local_server,
+        before
+    )
+    .fetch_all(db)
+    .await?;
+    Ok(rows.into_iter().map(|r| r.sha256).collect())
 }
 
 /// Whether any media or thumbnail row still uses a file.

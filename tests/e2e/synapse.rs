@@ -1022,3 +1022,125 @@ async fn rejections_receipts_and_typing_with_synapse() {
         .await;
     }
 }
+
+fn png(width: u32, height: u32) -> Vec<u8> {
+    let img = image::RgbImage::from_fn(width, height, |x, y| image::Rgb([x as u8, y as u8, 90]));
+    let mut out = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut out, image::ImageFormat::Png).unwrap();
+    out.into_inner()
+}
+
+async fn upload(server: &ClientApi, who: &Login, bytes: Vec<u8>) -> String {
+    let resp = server
+        .client
+        .post(format!(
+            "{}/_matrix/media/v3/upload?filename=pic.png",
+            server.base
+        ))
+        .bearer_auth(&who.access_token)
+        .header("Content-Type", "image/png")
+        .body(bytes)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let body: Value = resp.json().await.unwrap();
+    body["content_uri"].as_str().unwrap().to_owned()
+}
+
+async fn download(
+    server: &ClientApi,
+    who: &Login,
+    mxc: &str,
+    thumbnail: bool,
+) -> (StatusCode, Vec<u8>) {
+    let rest = mxc.strip_prefix("mxc://").unwrap();
+    let url = if thumbnail {
+        format!(
+            "{}/_matrix/client/v1/media/thumbnail/{rest}?width=32&height=32&method=crop",
+            server.base
+        )
+    } else {
+        format!("{}/_matrix/client/v1/media/download/{rest}", server.base)
+    };
+    let resp = server
+        .client
+        .get(url)
+        .bearer_auth(&who.access_token)
+        .send()
+        .await
+        .unwrap();
+    (resp.status(), resp.bytes().await.unwrap().to_vec())
+}
+
+/// Remote media both ways: a Lattice user downloads (and thumbnails) what a
+/// Synapse user uploaded — fetched over federation and cached — and Synapse
+/// fetches Lattice's media through `/_matrix/federation/v1/media/download`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn media_across_servers_with_synapse() {
+    let lattice = TestServer::start_federating().await;
+    let synapse = Synapse::start().await;
+    let alice = lattice.register("alice", "alice-password").await;
+    let sam = synapse.register("sam", "sam-password").await;
+
+    let on_synapse = png(64, 48);
+    let remote_mxc = upload(&synapse, &sam, on_synapse.clone()).await;
+    let mxc = remote_mxc.clone();
+    let (status, bytes) = download(&lattice, &alice, &mxc, false).await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "{}",
+        String::from_utf8_lossy(&bytes)
+    );
+    assert_eq!(
+        bytes, on_synapse,
+        "Lattice serves Synapse's bytes unchanged"
+    );
+    let (status, thumb) = download(&lattice, &alice, &mxc, true).await;
+    assert_eq!(status, StatusCode::OK);
+    let thumb = image::load_from_memory(&thumb).unwrap();
+    assert_eq!((thumb.width(), thumb.height()), (32, 32));
+    // An ID the remote server does not know is 404 here too.
+    let (status, _) = download(
+        &lattice,
+        &alice,
+        &format!("mxc://{}/doesnotexist", synapse.name()),
+        false,
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    let on_lattice = png(40, 30);
+    let mxc = upload(&lattice, &alice, on_lattice.clone()).await;
+    let (status, bytes) = download(&synapse, &sam, &mxc, false).await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "{}\n{}",
+        String::from_utf8_lossy(&bytes),
+        synapse.log_tail()
+    );
+    assert_eq!(
+        bytes, on_lattice,
+        "Synapse serves Lattice's bytes unchanged"
+    );
+
+    // Retention: cached remote media unread past `media.remote_cache_days` goes,
+    // local media stays; the remote item is fetched again when asked for.
+    sqlx::query("update media set last_access_ts = 0, created_ts = 0")
+        .execute(&lattice.state.db)
+        .await
+        .unwrap();
+    lattice::service::media::collect_garbage(&lattice.state)
+        .await
+        .unwrap();
+    let left: Vec<(String,)> = sqlx::query_as("select server_name from media")
+        .fetch_all(&lattice.state.db)
+        .await
+        .unwrap();
+    assert_eq!(left, vec![(lattice.name().to_owned(),)]);
+    let (status, bytes) = download(&lattice, &alice, &remote_mxc, false).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(bytes, on_synapse);
+}

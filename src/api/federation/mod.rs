@@ -4,6 +4,7 @@
 
 mod events;
 mod keys;
+mod media;
 mod query;
 mod user;
 
@@ -65,4 +66,5 @@ pub fn router() -> Router<AppState> {
         .merge(query::router())
         .merge(events::router())
         .merge(user::router())
+        .merge(media::router())
 }
