@@ -1,15 +1,16 @@
--- Invites from other servers to rooms this server is not in. The invite event
--- itself is an outlier; `room_members` holds the user's `invite` membership (so
--- sync shows it) and this row what is needed to show the room and to answer the
--- invite: the room version, the inviting server, and the state the inviter sent
--- (`invite_room_state`, as received).
-create table remote_invites (
+-- A local user's invite to, or knock on, a room this server is not in. The
+-- membership event itself is an outlier; `room_members` holds the membership (so
+-- sync shows it) and this row what is needed to show the room and to act on it:
+-- the room version, the server to go through (the inviter's, or the one knocked
+-- through) and the stripped state it sent (`invite_room_state`/`knock_room_state`).
+create table remote_memberships (
     room_id        text not null,
     user_id        text not null,
-    event_id       text not null,
+    membership     text not null,              -- invite, knock
+    event_id       text not null unique,
     room_version   text not null,
-    inviter_server text not null,
-    invite_state   jsonb not null,
+    via_server     text not null,
+    stripped_state jsonb not null,
     primary key (room_id, user_id)
 );
 

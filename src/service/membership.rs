@@ -39,10 +39,12 @@ pub async fn join_via(
         return join(app, user, room_id, reason).await;
     }
     let mut candidates: Vec<ruma::OwnedServerName> = servers.to_vec();
-    // An invite from another server: that server is in the room.
-    if let Some(invite) =
-        crate::storage::federation::remote_invite(&app.db, room_id.as_str(), user.as_str()).await?
-        && let Ok(server) = ruma::OwnedServerName::try_from(invite.inviter_server)
+    // An invite from (or a knock through) another server: that server is in
+    // the room.
+    if let Some(remote) =
+        crate::storage::federation::remote_membership(&app.db, room_id.as_str(), user.as_str())
+            .await?
+        && let Ok(server) = ruma::OwnedServerName::try_from(remote.via_server)
     {
         candidates.insert(0, server);
     }
@@ -62,7 +64,7 @@ pub async fn join_via(
     }
     let joined =
         super::federation::join::remote_join(app, user, room_id, &candidates, reason).await?;
-    crate::storage::federation::delete_remote_invite(&app.db, room_id.as_str(), user.as_str())
+    crate::storage::federation::delete_remote_membership(&app.db, room_id.as_str(), user.as_str())
         .await?;
     Ok(joined)
 }
@@ -169,10 +171,12 @@ pub async fn leave(
     room_id: &RoomId,
     reason: Option<String>,
 ) -> Result<()> {
-    // An invite to a room we are not in is rejected through the inviting server.
-    if let Some(invite) =
-        crate::storage::federation::remote_invite(&app.db, room_id.as_str(), user.as_str()).await?
-        && let Ok(server) = ruma::OwnedServerName::try_from(invite.inviter_server)
+    // An invite to (or a knock on) a room we are not in is answered through
+    // the inviting (or knocked-through) server.
+    if let Some(remote) =
+        crate::storage::federation::remote_membership(&app.db, room_id.as_str(), user.as_str())
+            .await?
+        && let Ok(server) = ruma::OwnedServerName::try_from(remote.via_server)
     {
         let resident = rooms::members(&app.db, room_id.as_str(), "join")
             .await?
@@ -181,10 +185,8 @@ pub async fn leave(
                 UserId::parse(u.as_str()).is_ok_and(|u| u.server_name() == app.server_name)
             });
         if !resident {
-            return super::federation::join::reject_remote_invite(
-                app, user, room_id, &server, reason,
-            )
-            .await;
+            return super::federation::join::leave_remote(app, user, room_id, &server, reason)
+                .await;
         }
     }
     let mut tx = app.db.begin().await?;
@@ -281,13 +283,32 @@ pub async fn change(
     Ok(())
 }
 
-/// Knocking (room versions 7+, join rule `knock` or `knock_restricted`).
+/// Knocking (room versions 7+, join rule `knock` or `knock_restricted`): on a
+/// room of ours, or over federation through `servers` (and the room ID's
+/// server) when none of our users is in it.
 pub async fn knock(
     app: &AppState,
     user: &UserId,
     room_id: &RoomId,
     reason: Option<String>,
+    servers: &[ruma::OwnedServerName],
 ) -> Result<()> {
+    let resident = rooms::members(&app.db, room_id.as_str(), "join")
+        .await?
+        .iter()
+        .any(|(u, _)| UserId::parse(u.as_str()).is_ok_and(|u| u.server_name() == app.server_name));
+    if !resident {
+        let mut candidates: Vec<ruma::OwnedServerName> = servers.to_vec();
+        if let Some(server) = room_id.server_name() {
+            candidates.push(server.to_owned());
+        }
+        let mut seen = std::collections::HashSet::new();
+        candidates.retain(|s| seen.insert(s.clone()) && s != &app.server_name);
+        if !candidates.is_empty() {
+            return super::federation::join::knock_remote(app, user, room_id, &candidates, reason)
+                .await;
+        }
+    }
     let mut tx = app.db.begin().await?;
     let Some(mut room) = RoomCtx::lock(&mut tx, room_id).await? else {
         return Err(Error::not_found("No known servers for this room"));

@@ -247,6 +247,7 @@ async fn build(
 
     let mut join = Map::new();
     let mut invite = Map::new();
+    let mut knock = Map::new();
     let mut leave = Map::new();
     for m in &memberships {
         if !wanted(&m.room_id) || m.stream_ordering > now {
@@ -270,6 +271,9 @@ async fn build(
             }
             "invite" if initial || changed => {
                 invite.insert(m.room_id.clone(), json!({ "invite_state": { "events": stripped_state(app, &room_id, &m.event_id).await? } }));
+            }
+            "knock" if initial || changed => {
+                knock.insert(m.room_id.clone(), json!({ "knock_state": { "events": stripped_state(app, &room_id, &m.event_id).await? } }));
             }
             "leave" | "ban" if (!initial && changed) || (initial && params.include_leave) => {
                 let mut section = left_room(
@@ -349,7 +353,7 @@ async fn build(
     Ok((
         json!({
             "next_batch": next.to_string(),
-            "rooms": { "join": join, "invite": invite, "leave": leave },
+            "rooms": { "join": join, "invite": invite, "knock": knock, "leave": leave },
             "account_data": { "events": global_account_data },
             "presence": { "events": presence },
             "to_device": { "events": to_device },
@@ -551,7 +555,7 @@ pub(super) async fn stripped_state(
     let Some(room) = crate::storage::rooms::get(&app.db, room_id.as_str()).await? else {
         // A remote server's invite to a room we are not in: the state it sent.
         let mut out: Vec<Value> =
-            crate::storage::federation::remote_invite_state(&app.db, invite_event)
+            crate::storage::federation::remote_stripped_state(&app.db, invite_event)
                 .await?
                 .and_then(|s| s.as_array().cloned())
                 .unwrap_or_default();

@@ -282,48 +282,51 @@ pub async fn delete_outlier(db: impl PgExecutor<'_>, event_id: &str) -> sqlx::Re
     Ok(())
 }
 
-pub struct RemoteInvite {
+pub struct RemoteMembership {
+    pub membership: String,
     pub event_id: String,
     pub room_version: String,
-    pub inviter_server: String,
-    pub invite_state: serde_json::Value,
+    pub via_server: String,
+    pub stripped_state: serde_json::Value,
 }
 
-/// Records (or replaces) a remote server's invite of a local user.
-pub async fn upsert_remote_invite(
+/// Records (or replaces) a local user's invite to / knock on a remote room.
+pub async fn upsert_remote_membership(
     db: impl PgExecutor<'_>,
     room_id: &str,
     user_id: &str,
-    invite: &RemoteInvite,
+    m: &RemoteMembership,
 ) -> sqlx::Result<()> {
     sqlx::query!(
-        "insert into remote_invites (room_id, user_id, event_id, room_version, inviter_server,
-                                     invite_state)
-         values ($1, $2, $3, $4, $5, $6)
+        "insert into remote_memberships (room_id, user_id, membership, event_id, room_version,
+                                         via_server, stripped_state)
+         values ($1, $2, $3, $4, $5, $6, $7)
          on conflict (room_id, user_id) do update
-         set event_id = excluded.event_id, room_version = excluded.room_version,
-             inviter_server = excluded.inviter_server, invite_state = excluded.invite_state",
+         set membership = excluded.membership, event_id = excluded.event_id,
+             room_version = excluded.room_version, via_server = excluded.via_server,
+             stripped_state = excluded.stripped_state",
         room_id,
         user_id,
-        invite.event_id,
-        invite.room_version,
-        invite.inviter_server,
-        invite.invite_state
+        m.membership,
+        m.event_id,
+        m.room_version,
+        m.via_server,
+        m.stripped_state
     )
     .execute(db)
     .await?;
     Ok(())
 }
 
-pub async fn remote_invite(
+pub async fn remote_membership(
     db: impl PgExecutor<'_>,
     room_id: &str,
     user_id: &str,
-) -> sqlx::Result<Option<RemoteInvite>> {
+) -> sqlx::Result<Option<RemoteMembership>> {
     sqlx::query_as!(
-        RemoteInvite,
-        "select event_id, room_version, inviter_server, invite_state
-         from remote_invites where room_id = $1 and user_id = $2",
+        RemoteMembership,
+        "select membership, event_id, room_version, via_server, stripped_state
+         from remote_memberships where room_id = $1 and user_id = $2",
         room_id,
         user_id
     )
@@ -331,13 +334,13 @@ pub async fn remote_invite(
     .await
 }
 
-pub async fn delete_remote_invite(
+pub async fn delete_remote_membership(
     db: impl PgExecutor<'_>,
     room_id: &str,
     user_id: &str,
 ) -> sqlx::Result<()> {
     sqlx::query!(
-        "delete from remote_invites where room_id = $1 and user_id = $2",
+        "delete from remote_memberships where room_id = $1 and user_id = $2",
         room_id,
         user_id
     )
@@ -346,13 +349,13 @@ pub async fn delete_remote_invite(
     Ok(())
 }
 
-/// The `invite_room_state` received with a remote invite, by the invite's event ID.
-pub async fn remote_invite_state(
+/// The stripped state received with a remote invite or knock, by its event ID.
+pub async fn remote_stripped_state(
     db: impl PgExecutor<'_>,
     event_id: &str,
 ) -> sqlx::Result<Option<serde_json::Value>> {
     sqlx::query_scalar!(
-        "select invite_state from remote_invites where event_id = $1",
+        "select stripped_state from remote_memberships where event_id = $1",
         event_id
     )
     .fetch_optional(db)

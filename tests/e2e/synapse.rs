@@ -1144,3 +1144,94 @@ async fn media_across_servers_with_synapse() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(bytes, on_synapse);
 }
+
+async fn knock(server: &ClientApi, who: &Login, room: &str, via: &str) {
+    let (status, body) = server
+        .post(
+            &format!("/_matrix/client/v3/knock/{}?via={}", enc(room), enc(via)),
+            Some(&who.access_token),
+            json!({"reason": "let me in"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "knocking on {room}: {body}");
+}
+
+/// Knocks across servers (`make_knock`/`send_knock` both ways): the knock
+/// reaches the room's members, shows in the knocker's `/sync`, and an invite
+/// then lets the knocker in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn knocks_with_synapse() {
+    let lattice = TestServer::start_federating().await;
+    let synapse = Synapse::start().await;
+    let alice = lattice.register("alice", "alice-password").await;
+    let sam = synapse.register("sam", "sam-password").await;
+    let knock_rule =
+        json!([{"type": "m.room.join_rules", "state_key": "", "content": {"join_rule": "knock"}}]);
+
+    // Sam knocks on Alice's room.
+    let l_room = lattice
+        .create_room(
+            &alice,
+            json!({"preset": "private_chat", "initial_state": knock_rule}),
+        )
+        .await;
+    knock(&synapse, &sam, &l_room, lattice.name()).await;
+    eventually("sam's knock on Lattice", || async {
+        membership_on(&lattice, &alice, &l_room, &sam.user_id)
+            .await
+            .as_deref()
+            == Some("knock")
+    })
+    .await;
+    invite(&lattice, &alice, &l_room, &sam.user_id).await;
+    eventually("the invite after the knock on Synapse", || async {
+        sync(&synapse, &sam, None).await["rooms"]["invite"]
+            .get(&l_room)
+            .is_some()
+    })
+    .await;
+    join(&synapse, &sam, &l_room).await;
+    eventually("sam in Alice's room", || async {
+        joined(&lattice, &alice, &l_room)
+            .await
+            .contains(&sam.user_id)
+    })
+    .await;
+
+    // Alice knocks on Sam's room.
+    let s_room = synapse
+        .create_room(
+            &sam,
+            json!({"preset": "private_chat", "initial_state": knock_rule}),
+        )
+        .await;
+    knock(&lattice, &alice, &s_room, synapse.name()).await;
+    let knocked = sync(&lattice, &alice, None).await;
+    assert!(
+        knocked["rooms"]["knock"][&s_room]["knock_state"]["events"]
+            .as_array()
+            .is_some_and(|e| e.iter().any(|e| e["type"] == "m.room.join_rules")),
+        "{knocked}"
+    );
+    eventually("alice's knock on Synapse", || async {
+        membership_on(&synapse, &sam, &s_room, &alice.user_id)
+            .await
+            .as_deref()
+            == Some("knock")
+    })
+    .await;
+    invite(&synapse, &sam, &s_room, &alice.user_id).await;
+    eventually("the invite after the knock on Lattice", || async {
+        sync(&lattice, &alice, None).await["rooms"]["invite"]
+            .get(&s_room)
+            .is_some()
+    })
+    .await;
+    join(&lattice, &alice, &s_room).await;
+    eventually("alice in Sam's room", || async {
+        joined(&synapse, &sam, &s_room)
+            .await
+            .contains(&alice.user_id)
+    })
+    .await;
+}

@@ -163,10 +163,6 @@ async fn create(
     Ok(Json(json!({ "room_id": room_id })))
 }
 
-async fn resolve(app: &AppState, id: &RoomOrAliasId) -> Result<OwnedRoomId> {
-    Ok(resolve_with_servers(app, id).await?.0)
-}
-
 /// A room ID, or an alias resolved (over federation for remote aliases), with
 /// the servers the alias names as resident.
 async fn resolve_with_servers(
@@ -204,8 +200,9 @@ async fn knock(
     AuthUser(user): AuthUser,
     Ruma(req): Ruma<knock_room::v3::Request>,
 ) -> Result<Json<Value>> {
-    let room_id = resolve(&app, &req.room_id_or_alias).await?;
-    membership::knock(&app, &user.user_id, &room_id, req.reason).await?;
+    let (room_id, mut servers) = resolve_with_servers(&app, &req.room_id_or_alias).await?;
+    servers.extend(req.via);
+    membership::knock(&app, &user.user_id, &room_id, req.reason, &servers).await?;
     Ok(Json(json!({ "room_id": room_id })))
 }
 

@@ -44,6 +44,14 @@ pub fn router() -> Router<AppState> {
             get(make_leave),
         )
         .route(
+            "/_matrix/federation/v1/make_knock/{room_id}/{user_id}",
+            get(make_knock),
+        )
+        .route(
+            "/_matrix/federation/v1/send_knock/{room_id}/{event_id}",
+            put(send_knock),
+        )
+        .route(
             "/_matrix/federation/v2/send_leave/{room_id}/{event_id}",
             put(send_leave),
         )
@@ -150,6 +158,39 @@ async fn make_leave(
     acl::check(&app, room_id.as_str(), fed.origin.as_str()).await?;
     Ok(Json(
         join::make_leave(&app, &fed.origin, &room_id, &user_id).await?,
+    ))
+}
+
+async fn make_knock(
+    State(app): State<AppState>,
+    Path((room_id, user_id)): Path<(String, String)>,
+    RawQuery(query): RawQuery,
+    fed: FedRequest,
+) -> Result<Json<Value>> {
+    let room_id = RoomId::parse(&room_id).map_err(|_| Error::invalid_param("Invalid room ID"))?;
+    let user_id = UserId::parse(&user_id).map_err(|_| Error::invalid_param("Invalid user ID"))?;
+    acl::check(&app, room_id.as_str(), fed.origin.as_str()).await?;
+    let versions: Vec<String> = form_urlencoded::parse(query.unwrap_or_default().as_bytes())
+        .filter(|(k, _)| k == "ver")
+        .map(|(_, v)| v.into_owned())
+        .collect();
+    Ok(Json(
+        join::make_knock(&app, &fed.origin, &room_id, &user_id, &versions).await?,
+    ))
+}
+
+async fn send_knock(
+    State(app): State<AppState>,
+    Path((room_id, event_id)): Path<(String, String)>,
+    fed: FedRequest,
+) -> Result<Json<Value>> {
+    let room_id = RoomId::parse(&room_id).map_err(|_| Error::invalid_param("Invalid room ID"))?;
+    let event_id =
+        EventId::parse(&event_id).map_err(|_| Error::invalid_param("Invalid event ID"))?;
+    acl::check(&app, room_id.as_str(), fed.origin.as_str()).await?;
+    let body: Value = fed.json()?;
+    Ok(Json(
+        join::send_knock(&app, &fed.origin, &room_id, &event_id, &body).await?,
     ))
 }
 

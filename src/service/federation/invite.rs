@@ -149,15 +149,16 @@ pub async fn receive(
         let mut tx = app.db.begin().await?;
         fed_store::delete_outlier(&mut *tx, checked.event_id.as_str()).await?;
         ingest::store_outlier(&mut *tx, &signed, false).await?;
-        fed_store::upsert_remote_invite(
+        fed_store::upsert_remote_membership(
             &mut *tx,
             room_id.as_str(),
             target.as_str(),
-            &fed_store::RemoteInvite {
+            &fed_store::RemoteMembership {
+                membership: "invite".into(),
                 event_id: checked.event_id.to_string(),
                 room_version: version.to_string(),
-                inviter_server: origin.to_string(),
-                invite_state: Value::Array(state),
+                via_server: origin.to_string(),
+                stripped_state: Value::Array(state),
             },
         )
         .await?;

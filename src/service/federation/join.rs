@@ -601,10 +601,11 @@ pub async fn send_leave(
     Ok(json!({}))
 }
 
-/// Rejects an invite to a room this server is not in, through the inviting
-/// server: `make_leave`, sign, `send_leave`; the user's membership becomes
-/// `leave` (the leave event kept as an outlier).
-pub async fn reject_remote_invite(
+/// Rejects an invite to (or withdraws a knock on) a room this server is not
+/// in, through the inviting (or knocked-through) server: `make_leave`, sign,
+/// `send_leave`; the user's membership becomes `leave` (the leave event kept as
+/// an outlier).
+pub async fn leave_remote(
     app: &AppState,
     user: &UserId,
     room_id: &RoomId,
@@ -614,7 +615,7 @@ pub async fn reject_remote_invite(
     let failed = |e: String| {
         Error::new(
             ErrorKind::Unknown,
-            format!("Rejecting the invite through {server} failed: {e}"),
+            format!("Leaving through {server} failed: {e}"),
         )
     };
     let path = format!(
@@ -678,8 +679,234 @@ pub async fn reject_remote_invite(
         position,
     )
     .await?;
-    fed_store::delete_remote_invite(&mut *tx, room_id.as_str(), user.as_str()).await?;
+    fed_store::delete_remote_membership(&mut *tx, room_id.as_str(), user.as_str()).await?;
     tx.commit().await?;
     drop(guard);
     Ok(())
+}
+
+/// `make_knock` as the resident server: a knock template for `user`, if the
+/// room's version knows knocking and the auth rules would allow it.
+pub async fn make_knock(
+    app: &AppState,
+    origin: &ServerName,
+    room_id: &RoomId,
+    user: &UserId,
+    versions: &[String],
+) -> Result<Value> {
+    if user.server_name() != origin {
+        return Err(Error::forbidden("The user is not on the requesting server"));
+    }
+    let mut tx = app.db.begin().await?;
+    let Some(room) = RoomCtx::lock(&mut tx, room_id).await? else {
+        return Err(Error::not_found("Unknown room"));
+    };
+    drop(tx);
+    let version = room.version.to_string();
+    if !versions.iter().any(|v| v == &version) || !room.rules.authorization.knocking {
+        return Err(Error::new(
+            ErrorKind::IncompatibleRoomVersion {
+                room_version: version,
+            },
+            "Your server does not support knocking in this room's version",
+        ));
+    }
+    let content = json!({"membership": "knock"});
+    let template = template_for(
+        app,
+        &room,
+        user,
+        "m.room.member",
+        Some(user.as_str()),
+        content,
+    )
+    .await?;
+    Ok(json!({"room_version": version, "event": template}))
+}
+
+/// `send_knock` as the resident server: accepts the signed knock like any
+/// received PDU, sends it on, and answers with the room's stripped state.
+pub async fn send_knock(
+    app: &AppState,
+    origin: &ServerName,
+    room_id: &RoomId,
+    event_id: &EventId,
+    body: &Value,
+) -> Result<Value> {
+    let Some(room) = rooms::get(&app.db, room_id.as_str()).await? else {
+        return Err(Error::not_found("Unknown room"));
+    };
+    let rules = RoomVersionId::try_from(room.room_version.as_str())
+        .ok()
+        .and_then(|v| v.rules())
+        .ok_or_else(|| anyhow::anyhow!("stored room version"))?;
+    let checked: Checked = ingest::check_pdu(app, &rules, body)
+        .await
+        .map_err(|e| Error::bad_json(format!("Invalid knock event: {e}")))?;
+    let content: Value = serde_json::from_str(checked.pdu.content.get()).unwrap_or_default();
+    if checked.event_id != event_id
+        || checked.pdu.kind != TimelineEventType::RoomMember
+        || checked.pdu.state_key.as_deref() != Some(checked.pdu.sender.as_str())
+        || content["membership"] != "knock"
+        || checked.pdu.sender.server_name() != origin
+    {
+        return Err(Error::bad_json(
+            "Not a knock event of the requesting server for this ID",
+        ));
+    }
+    let knocker = checked.pdu.sender.clone();
+    match ingest::receive_checked_pub(app, origin, &rules, room_id, checked).await {
+        Ok(Outcome::Accepted | Outcome::AlreadyKnown) => {}
+        Ok(Outcome::SoftFailed) => return Err(Error::forbidden("The knock is not allowed now")),
+        Err(e) => return Err(Error::forbidden(format!("The knock is not allowed: {e}"))),
+    }
+    let mut others = rooms::joined_servers(&app.db, room_id.as_str()).await?;
+    others.retain(|s| s != app.server_name.as_str() && s != origin.as_str());
+    if !others.is_empty() {
+        fed_store::enqueue_pdu(&app.db, &others, event_id.as_str(), now_ms()).await?;
+        app.federation_wake.notify_one();
+    }
+    let mut tx = app.db.begin().await?;
+    let Some(room) = RoomCtx::lock_shared(&mut tx, room_id).await? else {
+        return Err(Error::not_found("Unknown room"));
+    };
+    let state = super::invite::invite_room_state(&mut tx, &room, &knocker).await?;
+    drop(tx);
+    Ok(json!({ "knock_room_state": state }))
+}
+
+/// Knocks on a room this server is not in, through the first of `servers`
+/// that accepts: `make_knock`, sign, `send_knock`; the knock is kept as an
+/// outlier with the stripped state the server sent, and the user's membership
+/// becomes `knock`.
+pub async fn knock_remote(
+    app: &AppState,
+    user: &UserId,
+    room_id: &RoomId,
+    servers: &[OwnedServerName],
+    reason: Option<String>,
+) -> Result<()> {
+    let vers: String = supported_versions()
+        .iter()
+        .map(|v| format!("ver={v}"))
+        .collect::<Vec<_>>()
+        .join("&");
+    let mut last_error = String::from("no servers to knock through");
+    for server in servers {
+        let path = format!(
+            "/_matrix/federation/v1/make_knock/{}/{}?{vers}",
+            enc(room_id.as_str()),
+            enc(user.as_str())
+        );
+        let template = match app
+            .federation
+            .request_json(server, http::Method::GET, &path, None)
+            .await
+        {
+            Ok(t) => t,
+            Err(crate::federation::client::FedError::Remote { status: 403, body }) => {
+                return Err(Error::forbidden(format!(
+                    "The room's server refused the knock: {body}"
+                )));
+            }
+            Err(e) => {
+                last_error = format!("{server}: {e}");
+                continue;
+            }
+        };
+        let version = template["room_version"].as_str().unwrap_or("1").to_owned();
+        let Some(rules) = RoomVersionId::try_from(version.as_str())
+            .ok()
+            .filter(room_version::is_supported)
+            .and_then(|v| v.rules())
+        else {
+            return Err(Error::new(
+                ErrorKind::UnsupportedRoomVersion,
+                format!("Room version {version} is not supported"),
+            ));
+        };
+        let mut event = template["event"].clone();
+        if event["type"] != "m.room.member"
+            || event["state_key"] != user.as_str()
+            || event["sender"] != user.as_str()
+            || event["content"]["membership"] != "knock"
+        {
+            last_error = format!("{server}: make_knock returned a different event");
+            continue;
+        }
+        if let Some(reason) = &reason {
+            event["content"]["reason"] = reason.clone().into();
+        }
+        let (object, event_id) =
+            sign_template(app, event, &rules).map_err(|e| Error::new(ErrorKind::Unknown, e))?;
+        let path = format!(
+            "/_matrix/federation/v1/send_knock/{}/{}",
+            enc(room_id.as_str()),
+            enc(event_id.as_str())
+        );
+        let body = serde_json::to_value(&object).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let reply = match app
+            .federation
+            .request_json(server, http::Method::PUT, &path, Some(&body))
+            .await
+        {
+            Ok(r) => r,
+            Err(crate::federation::client::FedError::Remote { status: 403, body }) => {
+                return Err(Error::forbidden(format!(
+                    "The room's server refused the knock: {body}"
+                )));
+            }
+            Err(e) => {
+                last_error = format!("{server}: {e}");
+                continue;
+            }
+        };
+        let mut state: Vec<Value> = reply["knock_room_state"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        state.retain(Value::is_object);
+        let text = serde_json::to_string(&object).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let pdu = Pdu::from_json(&event_id, &text).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let mut tx = app.db.begin().await?;
+        ingest::store_outlier(
+            &mut *tx,
+            &Checked {
+                event_id: event_id.clone(),
+                object,
+                pdu,
+            },
+            false,
+        )
+        .await?;
+        fed_store::upsert_remote_membership(
+            &mut *tx,
+            room_id.as_str(),
+            user.as_str(),
+            &fed_store::RemoteMembership {
+                membership: "knock".into(),
+                event_id: event_id.to_string(),
+                room_version: version,
+                via_server: server.to_string(),
+                stripped_state: Value::Array(state),
+            },
+        )
+        .await?;
+        let (position, guard) = crate::service::stream::take(&mut tx, app).await?;
+        rooms::set_membership(
+            &mut *tx,
+            room_id.as_str(),
+            user.as_str(),
+            "knock",
+            event_id.as_str(),
+            position,
+        )
+        .await?;
+        tx.commit().await?;
+        drop(guard);
+        return Ok(());
+    }
+    Err(Error::not_found(format!(
+        "No server could be knocked through ({last_error})"
+    )))
 }
