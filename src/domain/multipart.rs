@@ -80,8 +80,11 @@ pub fn parse(body: &Bytes, boundary: &str) -> Result<Vec<Part>, String> {
     }
 }
 
+/// A part's headers as (name, value) pairs.
+pub type Headers = Vec<(String, String)>;
+
 /// Builds a `multipart/mixed` body from parts (headers as given).
-pub fn build(boundary: &str, parts: &[(Vec<(String, String)>, &[u8])]) -> Vec<u8> {
+pub fn build(boundary: &str, parts: &[(Headers, &[u8])]) -> Vec<u8> {
     let mut out = Vec::new();
     for (headers, body) in parts {
         out.extend_from_slice(format!("--{boundary}\r\n").as_bytes());
