@@ -29,6 +29,11 @@ async fn discovery_endpoints() {
         "{body}"
     );
 
+    // The health check answers plain "OK" while the database does.
+    let (status, body) = server.get("/health", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, "OK");
+
     // No delegation configured: 404.
     let (status, body) = server.get("/.well-known/matrix/server", None).await;
     assert_eq!(status, StatusCode::NOT_FOUND);

@@ -3,6 +3,7 @@
 
 mod accounts;
 mod cli;
+mod deploy;
 mod devices;
 mod e2ee;
 mod embedded;

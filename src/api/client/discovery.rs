@@ -1,7 +1,7 @@
 //! Discovery and server capabilities:
 //! `GET /_matrix/client/versions`, `GET /.well-known/matrix/client`,
 //! `GET /.well-known/matrix/server`, `GET /_matrix/client/v3/capabilities`
-//! (spec: "Server Discovery", "Capabilities negotiation").
+//! (spec: "Server Discovery", "Capabilities negotiation"), and `GET /health`.
 
 use axum::{Json, Router, extract::State, routing::get};
 use ruma::api::client::discovery::{get_capabilities, get_supported_versions};
@@ -31,6 +31,22 @@ pub fn router() -> Router<AppState> {
         .ruma::<get_capabilities::v3::Request, _, _>(capabilities)
         .route("/.well-known/matrix/client", get(well_known_client))
         .route("/.well-known/matrix/server", get(well_known_server))
+        .route("/health", get(health))
+}
+
+/// `GET /health` (as Synapse has it, for load balancers and container health
+/// checks): `200 OK` while the database answers, `503` otherwise.
+async fn health(State(state): State<AppState>) -> (axum::http::StatusCode, &'static str) {
+    match sqlx::query("select 1").execute(&state.db).await {
+        Ok(_) => (axum::http::StatusCode::OK, "OK"),
+        Err(e) => {
+            tracing::warn!(error = %e, "health check: database unreachable");
+            (
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                "database unreachable",
+            )
+        }
+    }
 }
 
 async fn versions(

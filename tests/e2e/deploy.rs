@@ -1,0 +1,91 @@
+//! Deployment files, checked with what runs without a Docker engine: the proxy
+//! configs by the real nginx, HAProxy and Caddy, the compose file parsed, and
+//! the container entrypoint run as a plain process against the test PostgreSQL.
+
+use std::{path::Path, time::Duration};
+
+use crate::harness::{free_port, fresh_database_url};
+
+#[test]
+fn proxy_configs_and_compose_file_check_out() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = std::process::Command::new(root.join("scripts/check-deploy"))
+        .output()
+        .expect("running scripts/check-deploy");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "scripts/check-deploy failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for checked in ["nginx:", "haproxy:", "caddy:", "compose:"] {
+        assert!(
+            stdout
+                .lines()
+                .any(|l| l.starts_with(checked) && (l.contains(" ok") || l.contains("parses"))),
+            "{checked} not checked:\n{stdout}"
+        );
+    }
+}
+
+/// `docker/entrypoint.sh` (the image's entrypoint) reads the mounted config
+/// file, serves `/health`, and stops cleanly on SIGTERM (what `docker stop`
+/// sends).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn container_entrypoint_serves_and_stops_outside_a_container() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = format!(
+        r#"server_name = "deploy.test"
+data_dir = "{data}"
+log = "warn"
+[[listeners]]
+bind = "127.0.0.1:{port}"
+resources = ["client", "federation"]
+[database]
+url = "{db}"
+"#,
+        data = dir.path().join("data").display(),
+        db = fresh_database_url().await,
+    );
+    let config_path = dir.path().join("lattice.toml");
+    std::fs::write(&config_path, config).unwrap();
+    let binary_dir = Path::new(env!("CARGO_BIN_EXE_lattice")).parent().unwrap();
+    let path = format!(
+        "{}:{}",
+        binary_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let mut child = tokio::process::Command::new(root.join("docker/entrypoint.sh"))
+        .arg("serve")
+        .env("PATH", path)
+        .env("LATTICE_CONFIG", &config_path)
+        .env_remove("LATTICE__DATABASE__URL")
+        .env_remove("DATABASE_URL")
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}/health");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        match reqwest::get(&url).await {
+            Ok(resp) if resp.status().is_success() => {
+                assert_eq!(resp.text().await.unwrap(), "OK");
+                break;
+            }
+            _ if std::time::Instant::now() < deadline => {
+                assert!(child.try_wait().unwrap().is_none(), "lattice exited early");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            other => panic!("server did not come up: {other:?}"),
+        }
+    }
+    let pid = nix::unistd::Pid::from_raw(child.id().unwrap() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(60), child.wait())
+        .await
+        .expect("lattice stops after SIGTERM")
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+}
