@@ -56,6 +56,8 @@ pub struct AppState {
     pub federation_wake: Arc<tokio::sync::Notify>,
     /// Destinations the sender is backing off.
     pub federation_backed_off: Arc<crate::service::federation::sender::BackedOff>,
+    /// `trusted_proxies`, parsed.
+    pub trusted_proxies: Arc<Vec<crate::service::url_preview::Cidr>>,
 }
 
 impl AppState {
@@ -83,6 +85,13 @@ impl AppState {
             key_fetch: Arc::default(),
             federation_wake: Arc::default(),
             federation_backed_off: Arc::default(),
+            trusted_proxies: Arc::new(
+                config
+                    .trusted_proxies
+                    .iter()
+                    .filter_map(|r| crate::service::url_preview::Cidr::parse(r))
+                    .collect(),
+            ),
             notifier: Notifier::new(persisted),
             typing: Arc::default(),
             sliding: Arc::default(),

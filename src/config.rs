@@ -36,6 +36,10 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Log filter in `tracing` syntax (`info`, `lattice=debug,sqlx=warn`, ...).
     pub log: String,
+    /// Reverse proxies (CIDR ranges) whose `X-Forwarded-For` is believed: the
+    /// client address is the right-most one not in these ranges. Empty: the
+    /// peer address is the client's.
+    pub trusted_proxies: Vec<String>,
     pub listeners: Vec<Listener>,
     pub database: Database,
     pub registration: Registration,
@@ -381,6 +385,7 @@ impl Default for Config {
             federation_delegate: None,
             data_dir: PathBuf::from("data"),
             log: "info".into(),
+            trusted_proxies: Vec::new(),
             listeners: vec![Listener {
                 bind: "0.0.0.0:8008".parse().expect("static address"),
                 resources: default_resources(),
@@ -424,6 +429,11 @@ impl Config {
             .with_context(|| format!("invalid `server_name` {:?}", self.server_name))?;
         if self.listeners.is_empty() {
             bail!("`listeners` must contain at least one listener");
+        }
+        for range in &self.trusted_proxies {
+            if crate::service::url_preview::Cidr::parse(range).is_none() {
+                bail!("`trusted_proxies`: {range:?} is not an address or CIDR range");
+            }
         }
         if let Some(url) = &self.public_baseurl
             && !(url.starts_with("http://") || url.starts_with("https://"))

@@ -39,7 +39,7 @@ where
         let token = access_token(parts)
             .ok_or_else(|| Error::new(ErrorKind::MissingToken, "Missing access token"))?;
         let session = session::authenticate(&app, &token).await?;
-        let ip = client_ip(parts).map(|ip| ip.to_string());
+        let ip = client_ip(parts, &app).map(|ip| ip.to_string());
         session::touch_device(&app, &session, ip.as_deref()).await;
         parts.extensions.insert(session.clone());
         Ok(Self(session))
@@ -76,22 +76,105 @@ fn access_token(parts: &Parts) -> Option<String> {
         .map(|(_, v)| v.into_owned())
 }
 
-/// The peer's IP address. (Trusting `X-Forwarded-For` from configured proxies
-/// comes with the deployment work.)
-pub fn client_ip(parts: &Parts) -> Option<IpAddr> {
-    parts
+/// The client's IP address: the peer's, or — when the peer is one of the
+/// configured `trusted_proxies` — the right-most `X-Forwarded-For` address that
+/// is not itself a trusted proxy.
+pub fn client_ip(parts: &Parts, app: &AppState) -> Option<IpAddr> {
+    let peer = parts
         .extensions
         .get::<ConnectInfo<SocketAddr>>()
-        .map(|ConnectInfo(addr)| addr.ip())
+        .map(|ConnectInfo(addr)| addr.ip())?;
+    Some(forwarded_client(
+        peer,
+        parts
+            .headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok()),
+        &app.trusted_proxies,
+    ))
+}
+
+fn forwarded_client<'a>(
+    peer: IpAddr,
+    headers: impl Iterator<Item = &'a str>,
+    trusted: &[crate::service::url_preview::Cidr],
+) -> IpAddr {
+    let is_trusted = |ip: IpAddr| trusted.iter().any(|c| c.contains(ip));
+    if !is_trusted(peer) {
+        return peer;
+    }
+    let hops: Vec<&str> = headers.flat_map(|h| h.split(',')).collect();
+    let mut client = peer;
+    for hop in hops.iter().rev() {
+        let Ok(ip) = hop.trim().parse::<IpAddr>() else {
+            break;
+        };
+        client = ip;
+        if !is_trusted(ip) {
+            break;
+        }
+    }
+    client
 }
 
 /// The caller's IP as a string, for IP-keyed rate limits.
 pub struct ClientIp(pub Option<String>);
 
-impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
+impl<S> FromRequestParts<S> for ClientIp
+where
+    S: Send + Sync,
+    AppState: FromRef<S>,
+{
     type Rejection = std::convert::Infallible;
 
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        Ok(Self(client_ip(parts).map(|ip| ip.to_string())))
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let app = AppState::from_ref(state);
+        Ok(Self(client_ip(parts, &app).map(|ip| ip.to_string())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::service::url_preview::Cidr;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn forwarded_for_is_believed_only_from_trusted_proxies() {
+        let trusted = vec![Cidr::parse("10.0.0.0/8").unwrap()];
+        let xff = ["203.0.113.7, 10.1.1.1"];
+        // A direct client cannot forge its address.
+        assert_eq!(
+            forwarded_client(ip("198.51.100.1"), xff.into_iter(), &trusted),
+            ip("198.51.100.1")
+        );
+        // Through the proxy chain: the right-most untrusted hop.
+        assert_eq!(
+            forwarded_client(ip("10.0.0.2"), xff.into_iter(), &trusted),
+            ip("203.0.113.7")
+        );
+        // A spoofed left-most entry does not win over the real client.
+        assert_eq!(
+            forwarded_client(
+                ip("10.0.0.2"),
+                ["1.2.3.4, 203.0.113.7"].into_iter(),
+                &trusted
+            ),
+            ip("203.0.113.7")
+        );
+        // No proxies configured: the peer.
+        assert_eq!(
+            forwarded_client(ip("10.0.0.2"), xff.into_iter(), &[]),
+            ip("10.0.0.2")
+        );
+        // Garbage stops the walk at the last good hop.
+        assert_eq!(
+            forwarded_client(ip("10.0.0.2"), ["junk"].into_iter(), &trusted),
+            ip("10.0.0.2")
+        );
     }
 }

@@ -46,7 +46,7 @@ where
         if T::RATE_LIMITED {
             let key = match parts.extensions.get::<Session>() {
                 Some(session) => session.user_id.to_string(),
-                None => client_ip(&parts)
+                None => client_ip(&parts, &app)
                     .map(|ip| ip.to_string())
                     .unwrap_or_default(),
             };

@@ -89,3 +89,33 @@ url = "{db}"
         .unwrap();
     assert!(status.success(), "{status:?}");
 }
+
+/// Behind a trusted proxy the client's address comes from `X-Forwarded-For`
+/// (a device's `last_seen_ip` shows it); from anyone else the header is ignored.
+#[tokio::test]
+async fn forwarded_for_is_believed_only_from_trusted_proxies() {
+    for (trusted, expected) in [
+        (vec![], "127.0.0.1"),
+        (vec!["127.0.0.1/32".to_owned()], "203.0.113.7"),
+    ] {
+        let server = crate::harness::TestServer::start_with(|c| c.trusted_proxies = trusted).await;
+        let alice = server.register("alice", "alice-password").await;
+        let resp = server
+            .client
+            .get(format!("{}/_matrix/client/v3/devices", server.base))
+            .bearer_auth(&alice.access_token)
+            .header("X-Forwarded-For", "198.51.100.9, 203.0.113.7")
+            .send()
+            .await
+            .unwrap();
+        let body: serde_json::Value = resp.json().await.unwrap();
+        let device = body["devices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["device_id"] == alice.device_id.as_str())
+            .unwrap()
+            .clone();
+        assert_eq!(device["last_seen_ip"], expected, "{device}");
+    }
+}
