@@ -56,6 +56,8 @@ pub struct AppState {
     pub federation_wake: Arc<tokio::sync::Notify>,
     /// Destinations the sender is backing off.
     pub federation_backed_off: Arc<crate::service::federation::sender::BackedOff>,
+    /// Request, event and other counters for `/metrics`.
+    pub metrics: Arc<crate::metrics::Metrics>,
     /// `trusted_proxies`, parsed.
     pub trusted_proxies: Arc<Vec<crate::service::url_preview::Cidr>>,
 }
@@ -85,6 +87,7 @@ impl AppState {
             key_fetch: Arc::default(),
             federation_wake: Arc::default(),
             federation_backed_off: Arc::default(),
+            metrics: Arc::default(),
             trusted_proxies: Arc::new(
                 config
                     .trusted_proxies
@@ -124,7 +127,8 @@ impl Server {
             let client = listener.resources.contains(&Resource::Client);
             let federation = state.config.federation.enabled
                 && listener.resources.contains(&Resource::Federation);
-            let router = api::router(state.clone(), client, federation);
+            let metrics = listener.resources.contains(&Resource::Metrics);
+            let router = api::router(state.clone(), client, federation, metrics);
             let token = shutdown.clone();
             let service = router.into_make_service_with_connect_info::<SocketAddr>();
             let shutdown_signal = async move { token.cancelled().await };

@@ -74,6 +74,8 @@ pub struct Listener {
 pub enum Resource {
     Client,
     Federation,
+    /// Prometheus `/metrics`: give it a listener of its own, not exposed publicly.
+    Metrics,
 }
 
 fn default_resources() -> Vec<Resource> {

@@ -18,6 +18,7 @@ pub mod config;
 pub mod domain;
 pub mod error;
 pub mod federation;
+pub mod metrics;
 pub mod notify;
 pub mod service;
 pub mod storage;

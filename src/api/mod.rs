@@ -23,7 +23,7 @@ use crate::{
 };
 
 /// The whole HTTP surface of one listener.
-pub fn router(state: AppState, client: bool, federation: bool) -> Router {
+pub fn router(state: AppState, client: bool, federation: bool, metrics: bool) -> Router {
     let mut router = Router::new();
     if federation {
         router = router.merge(federation::router());
@@ -33,6 +33,17 @@ pub fn router(state: AppState, client: bool, federation: bool) -> Router {
             .merge(client::router())
             .merge(media::router())
             .merge(synapse_admin::router());
+    }
+    // Every matched route is counted and timed (after routing, so by route).
+    // (axum refuses a route layer on a router without routes.)
+    if client || federation {
+        router = router.route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            track_request,
+        ));
+    }
+    if metrics {
+        router = router.route("/metrics", axum::routing::get(render_metrics));
     }
     router
         .fallback(|| async { Error::unrecognized(StatusCode::NOT_FOUND) })
@@ -53,6 +64,94 @@ pub fn router(state: AppState, client: bool, federation: bool) -> Router {
             }),
         )
         .with_state(state)
+}
+
+async fn track_request(
+    axum::extract::State(app): axum::extract::State<AppState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".into());
+    let method = req.method().to_string();
+    let start = std::time::Instant::now();
+    let response = next.run(req).await;
+    app.metrics
+        .observe_request(&method, &route, response.status().as_u16(), start.elapsed());
+    response
+}
+
+/// `GET /metrics` (listeners with the `metrics` resource).
+async fn render_metrics(
+    axum::extract::State(app): axum::extract::State<AppState>,
+) -> Result<impl IntoResponse, Error> {
+    use std::fmt::Write;
+    let mut out = String::new();
+    app.metrics.render_into(&mut out);
+    out.push_str(
+        "# HELP lattice_sync_waiters Long-polling /sync requests waiting now.
+",
+    );
+    out.push_str(
+        "# TYPE lattice_sync_waiters gauge
+",
+    );
+    let _ = writeln!(out, "lattice_sync_waiters {}", app.notifier.waiting());
+    out.push_str(
+        "# HELP lattice_db_pool_connections Database pool connections by state.
+",
+    );
+    out.push_str(
+        "# TYPE lattice_db_pool_connections gauge
+",
+    );
+    let idle = app.db.num_idle() as u32;
+    let size = app.db.size();
+    let _ = writeln!(
+        out,
+        "lattice_db_pool_connections{{state=\"idle\"}} {idle}\nlattice_db_pool_connections{{state=\"in_use\"}} {}",
+        size.saturating_sub(idle)
+    );
+    out.push_str(
+        "# HELP lattice_federation_queue_depth PDUs and EDUs queued per destination.
+",
+    );
+    out.push_str(
+        "# TYPE lattice_federation_queue_depth gauge
+",
+    );
+    for (destination, n) in crate::storage::federation::queue_depths(&app.db).await? {
+        let _ = writeln!(
+            out,
+            "lattice_federation_queue_depth{{destination=\"{}\"}} {n}",
+            crate::metrics::escape(&destination)
+        );
+    }
+    out.push_str("# HELP lattice_federation_backoff_seconds Seconds until a backed-off destination is retried.
+");
+    out.push_str(
+        "# TYPE lattice_federation_backoff_seconds gauge
+",
+    );
+    let now = crate::storage::now_ms();
+    for (destination, at) in crate::storage::federation::backoffs(&app.db, now).await? {
+        let _ = writeln!(
+            out,
+            "lattice_federation_backoff_seconds{{destination=\"{}\"}} {}",
+            crate::metrics::escape(&destination),
+            (at - now) as f64 / 1000.0
+        );
+    }
+    Ok((
+        [(
+            http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        out,
+    ))
 }
 
 /// CORS as the Client-Server API requires (spec "Web Browser Clients").

@@ -401,6 +401,7 @@ pub async fn write_event(
     } = built;
     let stream = events::next_stream_ordering(&mut **tx).await?;
     room.in_flight.push(app.notifier.begin(stream));
+    app.metrics.event_persisted();
     let group = placement.state_group;
     let text = serde_json::to_string(&json).map_err(|e| anyhow::anyhow!("serialising pdu: {e}"))?;
     let event_type = pdu.kind.to_string();

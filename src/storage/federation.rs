@@ -361,3 +361,28 @@ pub async fn remote_stripped_state(
     .fetch_optional(db)
     .await
 }
+
+/// Queued items per destination (for metrics).
+pub async fn queue_depths(db: impl PgExecutor<'_>) -> sqlx::Result<Vec<(String, i64)>> {
+    let rows = sqlx::query!(
+        r#"select destination, count(*) as "n!" from federation_outbox group by destination"#
+    )
+    .fetch_all(db)
+    .await?;
+    Ok(rows.into_iter().map(|r| (r.destination, r.n)).collect())
+}
+
+/// Destinations backing off, with when they are retried (for metrics).
+pub async fn backoffs(db: impl PgExecutor<'_>, now: i64) -> sqlx::Result<Vec<(String, i64)>> {
+    let rows = sqlx::query!(
+        "select destination, retry_after_ts from federation_destinations
+         where retry_after_ts > $1",
+        now
+    )
+    .fetch_all(db)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| (r.destination, r.retry_after_ts))
+        .collect())
+}

@@ -119,3 +119,58 @@ async fn forwarded_for_is_believed_only_from_trusted_proxies() {
         assert_eq!(device["last_seen_ip"], expected, "{device}");
     }
 }
+
+/// `/metrics` on a listener of its own: request counts and latencies by route,
+/// events persisted, sync waiters, pool connections; not on the client listener.
+#[tokio::test]
+async fn metrics_are_served_on_their_own_listener() {
+    let metrics_port = free_port();
+    let server = crate::harness::TestServer::start_with(|c| {
+        c.listeners.push(lattice::config::Listener {
+            bind: format!("127.0.0.1:{metrics_port}").parse().unwrap(),
+            resources: vec![lattice::config::Resource::Metrics],
+            tls_certificate: None,
+            tls_private_key: None,
+        });
+    })
+    .await;
+    let alice = server.register("alice", "alice-password").await;
+    let room = server.create_room(&alice, serde_json::json!({})).await;
+    server
+        .send_message(
+            &alice,
+            &room,
+            serde_json::json!({"msgtype": "m.text", "body": "hi"}),
+        )
+        .await;
+    let (status, _) = server.get("/metrics", None).await;
+    assert_eq!(
+        status,
+        reqwest::StatusCode::NOT_FOUND,
+        "not on the client listener"
+    );
+
+    let text = reqwest::get(format!("http://127.0.0.1:{metrics_port}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for series in [
+        "lattice_http_requests_total{method=\"POST\",route=\"/_matrix/client/v3/createRoom\",status=\"200\"} 1",
+        "lattice_http_request_duration_seconds_count{method=\"PUT\",route=\"/_matrix/client/v3/rooms/{room_id}/send/{event_type}/{txn_id}\"} 1",
+        "lattice_sync_waiters 0",
+        "lattice_db_pool_connections{state=\"idle\"}",
+        "# TYPE lattice_federation_queue_depth gauge",
+    ] {
+        assert!(text.contains(series), "missing {series}:\n{text}");
+    }
+    let persisted: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("lattice_events_persisted_total "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    // The room's creation events and the message.
+    assert!(persisted >= 6, "{persisted}");
+}
