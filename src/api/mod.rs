@@ -1,5 +1,6 @@
 //! HTTP only: extract → call a service → render. No SQL here.
 
+pub mod admin;
 pub mod auth;
 pub mod client;
 pub mod federation;
@@ -32,7 +33,8 @@ pub fn router(state: AppState, client: bool, federation: bool, metrics: bool) ->
         router = router
             .merge(client::router())
             .merge(media::router())
-            .merge(synapse_admin::router());
+            .merge(synapse_admin::router())
+            .merge(admin::router());
     }
     // Every matched route is counted and timed (after routing, so by route).
     // (axum refuses a route layer on a router without routes.)

@@ -85,6 +85,17 @@ pub async fn set(
     if *target != *session.user_id {
         return Err(Error::forbidden("You can only change your own profile"));
     }
+    apply(app, target, field, value).await
+}
+
+/// Sets a profile field and updates the user's member event in every joined
+/// room (also used by administrators, for any local user).
+pub async fn apply(
+    app: &AppState,
+    target: &UserId,
+    field: Field,
+    value: Option<String>,
+) -> Result<()> {
     if value.as_ref().is_some_and(|v| v.len() > 1024) {
         return Err(Error::bad_json("Profile values are limited to 1024 bytes"));
     }

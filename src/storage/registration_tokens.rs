@@ -105,3 +105,32 @@ pub async fn release(db: impl PgExecutor<'_>, token: &str) -> sqlx::Result<()> {
     .await?;
     Ok(())
 }
+
+pub async fn get(db: impl PgExecutor<'_>, token: &str) -> sqlx::Result<Option<RegistrationToken>> {
+    sqlx::query_as!(
+        RegistrationToken,
+        "select token, uses_allowed, pending, completed, expiry_ts
+         from registration_tokens where token = $1",
+        token
+    )
+    .fetch_optional(db)
+    .await
+}
+
+/// Sets a token's allowed uses and expiry; false when it does not exist.
+pub async fn update(
+    db: impl PgExecutor<'_>,
+    token: &str,
+    uses_allowed: Option<i32>,
+    expiry_ts: Option<i64>,
+) -> sqlx::Result<bool> {
+    let done = sqlx::query!(
+        "update registration_tokens set uses_allowed = $2, expiry_ts = $3 where token = $1",
+        token,
+        uses_allowed,
+        expiry_ts
+    )
+    .execute(db)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}

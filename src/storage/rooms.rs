@@ -320,3 +320,43 @@ pub async fn published(db: impl PgExecutor<'_>) -> sqlx::Result<Vec<(String, Opt
         .map(|r| (r.room_id, r.current_state_group, r.joined))
         .collect())
 }
+
+/// Rooms by ID for the admin API, `offset`/`limit` paged: (room ID, version,
+/// current state group, joined members, local joined members), with the total.
+pub async fn admin_list(
+    db: impl PgExecutor<'_> + Copy,
+    local_suffix: &str,
+    offset: i64,
+    limit: i64,
+) -> sqlx::Result<(Vec<(String, String, Option<i64>, i64, i64)>, i64)> {
+    let rows = sqlx::query!(
+        r#"select r.room_id, r.room_version, r.current_state_group,
+                  count(m.user_id) filter (where m.membership = 'join') as "joined!",
+                  count(m.user_id) filter (where m.membership = 'join' and m.user_id like $1)
+                      as "local!"
+           from rooms r left join room_members m on m.room_id = r.room_id
+           group by r.room_id order by r.room_id offset $2 limit $3"#,
+        format!("%:{local_suffix}"),
+        offset,
+        limit
+    )
+    .fetch_all(db)
+    .await?;
+    let total = sqlx::query_scalar!(r#"select count(*) as "n!" from rooms"#)
+        .fetch_one(db)
+        .await?;
+    Ok((
+        rows.into_iter()
+            .map(|r| {
+                (
+                    r.room_id,
+                    r.room_version,
+                    r.current_state_group,
+                    r.joined,
+                    r.local,
+                )
+            })
+            .collect(),
+        total,
+    ))
+}

@@ -110,3 +110,54 @@ pub async fn max_numeric_localpart(db: impl PgExecutor<'_>) -> sqlx::Result<i64>
     .await?;
     Ok(max)
 }
+
+/// A user as the admin API lists it.
+pub struct AdminRow {
+    pub user_id: String,
+    pub is_admin: bool,
+    pub is_guest: bool,
+    pub deactivated: bool,
+    pub created_ts: i64,
+    pub displayname: Option<String>,
+    pub avatar_url: Option<String>,
+}
+
+/// Users by ID, `offset`/`limit` paged, optionally filtered by a substring of
+/// the ID or display name; with the total matching.
+pub async fn admin_list(
+    db: impl PgExecutor<'_> + Copy,
+    offset: i64,
+    limit: i64,
+    name: Option<&str>,
+    guests: bool,
+    deactivated: bool,
+) -> sqlx::Result<(Vec<AdminRow>, i64)> {
+    let pattern = name.map(|n| format!("%{}%", n.replace('%', "\\%").replace('_', "\\_")));
+    let rows = sqlx::query_as!(
+        AdminRow,
+        r#"select u.user_id, u.is_admin, u.is_guest, u.deactivated, u.created_ts,
+                  p.displayname as "displayname?", p.avatar_url as "avatar_url?"
+           from users u left join profiles p on p.user_id = u.user_id
+           where ($1::text is null or u.user_id ilike $1 or p.displayname ilike $1)
+             and ($2 or not u.is_guest) and ($3 or not u.deactivated)
+           order by u.user_id offset $4 limit $5"#,
+        pattern,
+        guests,
+        deactivated,
+        offset,
+        limit
+    )
+    .fetch_all(db)
+    .await?;
+    let total = sqlx::query_scalar!(
+        r#"select count(*) as "n!" from users u left join profiles p on p.user_id = u.user_id
+           where ($1::text is null or u.user_id ilike $1 or p.displayname ilike $1)
+             and ($2 or not u.is_guest) and ($3 or not u.deactivated)"#,
+        pattern,
+        guests,
+        deactivated
+    )
+    .fetch_one(db)
+    .await?;
+    Ok((rows, total))
+}

@@ -2,6 +2,7 @@
 //! One test binary, so the server is linked once.
 
 mod accounts;
+mod admin;
 mod cli;
 mod deploy;
 mod devices;

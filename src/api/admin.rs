@@ -1,0 +1,230 @@
+//! The commonly used part of Synapse's admin API (`/_synapse/admin`), so tools
+//! such as synapse-admin work: server version, users (list, query,
+//! create/modify, deactivate, reset password, whois), rooms (list, details,
+//! members, state) and registration tokens. Server admins only (`M_FORBIDDEN`
+//! otherwise); every change is logged with the acting admin.
+
+use axum::{
+    Json as AxumJson, Router,
+    extract::{Path, Query, State},
+    http::StatusCode,
+    routing::{get, post},
+};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::json::Json;
+use crate::{
+    api::auth::AdminUser,
+    app::AppState,
+    error::{Error, Result},
+    service::admin,
+};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/_synapse/admin/v1/server_version", get(server_version))
+        .route("/_synapse/admin/v2/users", get(list_users))
+        .route(
+            "/_synapse/admin/v2/users/{user_id}",
+            get(user).put(put_user),
+        )
+        .route("/_synapse/admin/v1/deactivate/{user_id}", post(deactivate))
+        .route(
+            "/_synapse/admin/v1/reset_password/{user_id}",
+            post(reset_password),
+        )
+        .route("/_synapse/admin/v1/whois/{user_id}", get(whois))
+        .route("/_synapse/admin/v1/rooms", get(list_rooms))
+        .route("/_synapse/admin/v1/rooms/{room_id}", get(room))
+        .route("/_synapse/admin/v1/rooms/{room_id}/members", get(members))
+        .route("/_synapse/admin/v1/rooms/{room_id}/state", get(room_state))
+        .route("/_synapse/admin/v1/registration_tokens", get(list_tokens))
+        .route(
+            "/_synapse/admin/v1/registration_tokens/new",
+            post(create_token),
+        )
+        .route(
+            "/_synapse/admin/v1/registration_tokens/{token}",
+            get(get_token).put(update_token).delete(delete_token),
+        )
+}
+
+async fn server_version(AdminUser(_): AdminUser) -> AxumJson<Value> {
+    AxumJson(json!({ "server_version": format!("Lattice {}", env!("CARGO_PKG_VERSION")) }))
+}
+
+#[derive(Deserialize)]
+struct UserQuery {
+    from: Option<String>,
+    limit: Option<i64>,
+    name: Option<String>,
+    user_id: Option<String>,
+    guests: Option<bool>,
+    deactivated: Option<bool>,
+}
+
+fn offset(from: Option<&str>) -> Result<i64> {
+    match from {
+        None => Ok(0),
+        Some(f) => f
+            .parse()
+            .map_err(|_| Error::invalid_param("from must be a number")),
+    }
+}
+
+async fn list_users(
+    State(app): State<AppState>,
+    AdminUser(_): AdminUser,
+    Query(q): Query<UserQuery>,
+) -> Result<AxumJson<Value>> {
+    let name = q.name.as_deref().or(q.user_id.as_deref());
+    Ok(AxumJson(
+        admin::list_users(
+            &app,
+            offset(q.from.as_deref())?,
+            q.limit.unwrap_or(100),
+            name,
+            q.guests.unwrap_or(true),
+            q.deactivated.unwrap_or(false),
+        )
+        .await?,
+    ))
+}
+
+async fn user(
+    State(app): State<AppState>,
+    AdminUser(_): AdminUser,
+    Path(user_id): Path<String>,
+) -> Result<AxumJson<Value>> {
+    Ok(AxumJson(admin::user(&app, &user_id).await?))
+}
+
+async fn put_user(
+    State(app): State<AppState>,
+    AdminUser(by): AdminUser,
+    Path(user_id): Path<String>,
+    Json(body): Json<Value>,
+) -> Result<(StatusCode, AxumJson<Value>)> {
+    let (created, user) = admin::put_user(&app, &by, &user_id, &body).await?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, AxumJson(user)))
+}
+
+async fn deactivate(
+    State(app): State<AppState>,
+    AdminUser(by): AdminUser,
+    Path(user_id): Path<String>,
+) -> Result<AxumJson<Value>> {
+    admin::deactivate(&app, &by, &user_id).await?;
+    Ok(AxumJson(json!({ "id_server_unbind_result": "success" })))
+}
+
+async fn reset_password(
+    State(app): State<AppState>,
+    AdminUser(by): AdminUser,
+    Path(user_id): Path<String>,
+    Json(body): Json<Value>,
+) -> Result<AxumJson<Value>> {
+    let password = body["new_password"]
+        .as_str()
+        .ok_or_else(|| Error::invalid_param("new_password is required"))?;
+    let logout = body["logout_devices"].as_bool().unwrap_or(true);
+    admin::reset_password(&app, &by, &user_id, password, logout).await?;
+    Ok(AxumJson(json!({})))
+}
+
+async fn whois(
+    State(app): State<AppState>,
+    AdminUser(_): AdminUser,
+    Path(user_id): Path<String>,
+) -> Result<AxumJson<Value>> {
+    Ok(AxumJson(admin::whois(&app, &user_id).await?))
+}
+
+#[derive(Deserialize)]
+struct RoomQuery {
+    from: Option<i64>,
+    limit: Option<i64>,
+}
+
+async fn list_rooms(
+    State(app): State<AppState>,
+    AdminUser(_): AdminUser,
+    Query(q): Query<RoomQuery>,
+) -> Result<AxumJson<Value>> {
+    Ok(AxumJson(
+        admin::list_rooms(&app, q.from.unwrap_or(0), q.limit.unwrap_or(100)).await?,
+    ))
+}
+
+async fn room(
+    State(app): State<AppState>,
+    AdminUser(_): AdminUser,
+    Path(room_id): Path<String>,
+) -> Result<AxumJson<Value>> {
+    Ok(AxumJson(admin::room(&app, &room_id).await?))
+}
+
+async fn members(
+    State(app): State<AppState>,
+    AdminUser(_): AdminUser,
+    Path(room_id): Path<String>,
+) -> Result<AxumJson<Value>> {
+    Ok(AxumJson(admin::room_members(&app, &room_id).await?))
+}
+
+async fn room_state(
+    State(app): State<AppState>,
+    AdminUser(_): AdminUser,
+    Path(room_id): Path<String>,
+) -> Result<AxumJson<Value>> {
+    Ok(AxumJson(admin::room_state(&app, &room_id).await?))
+}
+
+async fn list_tokens(
+    State(app): State<AppState>,
+    AdminUser(_): AdminUser,
+) -> Result<AxumJson<Value>> {
+    Ok(AxumJson(admin::list_tokens(&app).await?))
+}
+
+async fn create_token(
+    State(app): State<AppState>,
+    AdminUser(by): AdminUser,
+    Json(body): Json<Value>,
+) -> Result<AxumJson<Value>> {
+    Ok(AxumJson(admin::create_token(&app, &by, &body).await?))
+}
+
+async fn get_token(
+    State(app): State<AppState>,
+    AdminUser(_): AdminUser,
+    Path(token): Path<String>,
+) -> Result<AxumJson<Value>> {
+    Ok(AxumJson(admin::get_token(&app, &token).await?))
+}
+
+async fn update_token(
+    State(app): State<AppState>,
+    AdminUser(by): AdminUser,
+    Path(token): Path<String>,
+    Json(body): Json<Value>,
+) -> Result<AxumJson<Value>> {
+    Ok(AxumJson(
+        admin::update_token(&app, &by, &token, &body).await?,
+    ))
+}
+
+async fn delete_token(
+    State(app): State<AppState>,
+    AdminUser(by): AdminUser,
+    Path(token): Path<String>,
+) -> Result<AxumJson<Value>> {
+    admin::delete_token(&app, &by, &token).await?;
+    Ok(AxumJson(json!({})))
+}

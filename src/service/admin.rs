@@ -1,0 +1,425 @@
+//! The administration use cases behind the Synapse-compatible admin API
+//! (`/_synapse/admin/...`): users, rooms and registration tokens. Every change
+//! is logged with the acting administrator.
+
+use ruma::{RoomId, UserId};
+use serde_json::{Value, json};
+
+use super::{account, profile, session::Session};
+use crate::{
+    app::AppState,
+    domain::{localpart, password},
+    error::{Error, ErrorKind, Result},
+    storage::{devices, now_ms, registration_tokens as tokens, rooms, state, users},
+};
+
+fn local_user(app: &AppState, user_id: &str) -> Result<ruma::OwnedUserId> {
+    let user = UserId::parse(user_id).map_err(|_| Error::invalid_param("Invalid user ID"))?;
+    if user.server_name() != app.server_name {
+        return Err(Error::invalid_param("Can only administer local users"));
+    }
+    Ok(user)
+}
+
+fn user_json(row: &users::AdminRow) -> Value {
+    json!({
+        "name": row.user_id,
+        "admin": row.is_admin,
+        "is_guest": row.is_guest,
+        "deactivated": row.deactivated,
+        "creation_ts": row.created_ts,
+        "displayname": row.displayname,
+        "avatar_url": row.avatar_url,
+        "user_type": null,
+        "shadow_banned": false,
+        "locked": false,
+        "erased": false,
+    })
+}
+
+/// `GET /_synapse/admin/v2/users`: `from` is an offset token.
+pub async fn list_users(
+    app: &AppState,
+    from: i64,
+    limit: i64,
+    name: Option<&str>,
+    guests: bool,
+    deactivated: bool,
+) -> Result<Value> {
+    let limit = limit.clamp(1, 1000);
+    let (rows, total) =
+        users::admin_list(&app.db, from.max(0), limit, name, guests, deactivated).await?;
+    let mut body = json!({
+        "users": rows.iter().map(user_json).collect::<Vec<_>>(),
+        "total": total,
+    });
+    if from + limit < total {
+        body["next_token"] = (from + limit).to_string().into();
+    }
+    Ok(body)
+}
+
+/// `GET /_synapse/admin/v2/users/{userId}`.
+pub async fn user(app: &AppState, user_id: &str) -> Result<Value> {
+    let user = local_user(app, user_id)?;
+    let (rows, _) = users::admin_list(&app.db, 0, 1, Some(user.as_str()), true, true).await?;
+    let row = rows
+        .iter()
+        .find(|r| r.user_id == user.as_str())
+        .ok_or_else(|| Error::not_found("User not found"))?;
+    let mut body = user_json(row);
+    body["threepids"] = json!([]);
+    body["external_ids"] = json!([]);
+    Ok(body)
+}
+
+/// `PUT /_synapse/admin/v2/users/{userId}`: creates the user when missing, or
+/// changes password, display name, avatar, admin flag, deactivation. Returns
+/// whether the user was created, and the user.
+pub async fn put_user(
+    app: &AppState,
+    by: &Session,
+    user_id: &str,
+    body: &Value,
+) -> Result<(bool, Value)> {
+    let user = local_user(app, user_id)?;
+    let existing = users::get(&app.db, user.as_str()).await?;
+    let created = existing.is_none();
+    let admin_flag = match &body["admin"] {
+        Value::Null => None,
+        Value::Bool(b) => Some(*b),
+        _ => return Err(Error::invalid_param("admin must be a boolean")),
+    };
+    let password = match &body["password"] {
+        Value::Null => None,
+        Value::String(p) if !p.is_empty() => Some(p.clone()),
+        _ => return Err(Error::invalid_param("password must be a non-empty string")),
+    };
+    if created {
+        localpart::new_user_id(user.localpart(), &app.server_name)
+            .map_err(|e| Error::new(ErrorKind::InvalidUsername, e.to_string()))?;
+        let hash = match &password {
+            Some(p) => {
+                let (p, cost) = (p.clone(), super::session::password_cost(app));
+                Some(super::blocking(move || password::hash(&p, cost)).await??)
+            }
+            None => None,
+        };
+        users::insert(
+            &app.db,
+            user.as_str(),
+            hash.as_deref(),
+            admin_flag.unwrap_or(false),
+            false,
+            now_ms(),
+        )
+        .await?;
+        crate::storage::profiles::set_displayname(&app.db, user.as_str(), Some(user.localpart()))
+            .await?;
+        tracing::info!(admin = %by.user_id, user = %user, "admin API: user created");
+    } else {
+        if let Some(p) = password {
+            let logout = body["logout_devices"].as_bool().unwrap_or(true);
+            reset_password(app, by, user.as_str(), &p, logout).await?;
+        }
+        if let Some(flag) = admin_flag {
+            users::set_admin(&app.db, user.as_str(), flag).await?;
+            tracing::info!(admin = %by.user_id, user = %user, flag, "admin API: admin flag set");
+        }
+        match &body["deactivated"] {
+            Value::Bool(true) if !existing.as_ref().is_some_and(|u| u.deactivated) => {
+                deactivate(app, by, user.as_str()).await?;
+            }
+            Value::Bool(false) if existing.as_ref().is_some_and(|u| u.deactivated) => {
+                return Err(Error::new(
+                    ErrorKind::BadRequest,
+                    "Reactivating a deactivated account is not supported",
+                ));
+            }
+            _ => {}
+        }
+    }
+    for (key, field) in [
+        ("displayname", profile::Field::DisplayName),
+        ("avatar_url", profile::Field::AvatarUrl),
+    ] {
+        if let Some(value) = body[key].as_str() {
+            profile::apply(app, &user, field, Some(value.to_owned())).await?;
+        }
+    }
+    Ok((created, self::user(app, user.as_str()).await?))
+}
+
+/// `POST /_synapse/admin/v1/deactivate/{userId}`.
+pub async fn deactivate(app: &AppState, by: &Session, user_id: &str) -> Result<()> {
+    let user = local_user(app, user_id)?;
+    if users::get(&app.db, user.as_str()).await?.is_none() {
+        return Err(Error::not_found("User not found"));
+    }
+    account::deactivate_user(app, &user, None).await?;
+    tracing::info!(admin = %by.user_id, user = %user, "admin API: user deactivated");
+    Ok(())
+}
+
+/// `POST /_synapse/admin/v1/reset_password/{userId}`.
+pub async fn reset_password(
+    app: &AppState,
+    by: &Session,
+    user_id: &str,
+    new_password: &str,
+    logout_devices: bool,
+) -> Result<()> {
+    let user = local_user(app, user_id)?;
+    if users::get(&app.db, user.as_str()).await?.is_none() {
+        return Err(Error::not_found("User not found"));
+    }
+    if new_password.is_empty() {
+        return Err(Error::new(
+            ErrorKind::WeakPassword,
+            "The password may not be empty",
+        ));
+    }
+    let (p, cost) = (new_password.to_owned(), super::session::password_cost(app));
+    let hash = super::blocking(move || password::hash(&p, cost)).await??;
+    let mut tx = app.db.begin().await?;
+    users::set_password_hash(&mut *tx, user.as_str(), Some(&hash)).await?;
+    let guard = if logout_devices {
+        devices::delete_all_except(&mut *tx, user.as_str(), None).await?;
+        Some(super::stream::device_list_changed(&mut tx, app, user.as_str()).await?)
+    } else {
+        None
+    };
+    tx.commit().await?;
+    drop(guard);
+    tracing::info!(admin = %by.user_id, user = %user, logout_devices, "admin API: password reset");
+    Ok(())
+}
+
+/// `GET /_synapse/admin/v1/whois/{userId}`: devices and where they were last seen.
+pub async fn whois(app: &AppState, user_id: &str) -> Result<Value> {
+    let user = local_user(app, user_id)?;
+    let mut out = serde_json::Map::new();
+    for d in devices::list(&app.db, user.as_str()).await? {
+        out.insert(
+            d.device_id.clone(),
+            json!({ "sessions": [{ "connections": [{
+                "ip": d.last_seen_ip,
+                "last_seen": d.last_seen_ts,
+                "user_agent": null,
+            }]}]}),
+        );
+    }
+    Ok(json!({ "user_id": user, "devices": out }))
+}
+
+/// `GET /_synapse/admin/v1/rooms`: `from` is an offset.
+pub async fn list_rooms(app: &AppState, from: i64, limit: i64) -> Result<Value> {
+    let limit = limit.clamp(1, 1000);
+    let (rows, total) =
+        rooms::admin_list(&app.db, app.server_name.as_str(), from.max(0), limit).await?;
+    let mut out = Vec::new();
+    for (room_id, version, group, joined, local) in rows {
+        out.push(room_json(app, &room_id, &version, group, joined, local).await?);
+    }
+    let mut body = json!({ "rooms": out, "offset": from, "total_rooms": total });
+    if from + limit < total {
+        body["next_batch"] = (from + limit).into();
+    }
+    Ok(body)
+}
+
+async fn room_json(
+    app: &AppState,
+    room_id: &str,
+    version: &str,
+    group: Option<i64>,
+    joined: i64,
+    local: i64,
+) -> Result<Value> {
+    let mut room = match group {
+        Some(g) => super::directory::summary(app, room_id, g, joined).await?,
+        None => json!({ "room_id": room_id }),
+    };
+    room["version"] = version.into();
+    room["joined_members"] = joined.into();
+    room["joined_local_members"] = local.into();
+    room["public"] = rooms::is_published(&app.db, room_id)
+        .await?
+        .unwrap_or(false)
+        .into();
+    room["state_events"] = match group {
+        Some(g) => (state::full_state(&app.db, g).await?.len() as i64).into(),
+        None => 0.into(),
+    };
+    if let Some(rule) = room.get("join_rule").cloned() {
+        room["join_rules"] = rule;
+    }
+    Ok(room)
+}
+
+/// `GET /_synapse/admin/v1/rooms/{roomId}`.
+pub async fn room(app: &AppState, room_id: &str) -> Result<Value> {
+    let room_id = RoomId::parse(room_id).map_err(|_| Error::invalid_param("Invalid room ID"))?;
+    let room = rooms::get(&app.db, room_id.as_str())
+        .await?
+        .ok_or_else(|| Error::not_found("Room not found"))?;
+    let members = rooms::members(&app.db, room_id.as_str(), "join").await?;
+    let suffix = format!(":{}", app.server_name);
+    let local = members.iter().filter(|(u, _)| u.ends_with(&suffix)).count() as i64;
+    room_json(
+        app,
+        room_id.as_str(),
+        &room.room_version,
+        room.current_state_group,
+        members.len() as i64,
+        local,
+    )
+    .await
+}
+
+/// `GET /_synapse/admin/v1/rooms/{roomId}/members`.
+pub async fn room_members(app: &AppState, room_id: &str) -> Result<Value> {
+    if rooms::get(&app.db, room_id).await?.is_none() {
+        return Err(Error::not_found("Room not found"));
+    }
+    let members: Vec<String> = rooms::members(&app.db, room_id, "join")
+        .await?
+        .into_iter()
+        .map(|(u, _)| u)
+        .collect();
+    Ok(json!({ "total": members.len(), "members": members }))
+}
+
+/// `GET /_synapse/admin/v1/rooms/{roomId}/state`: the current state events.
+pub async fn room_state(app: &AppState, room_id: &str) -> Result<Value> {
+    let room = rooms::get(&app.db, room_id)
+        .await?
+        .ok_or_else(|| Error::not_found("Room not found"))?;
+    let ids: Vec<String> = match room.current_state_group {
+        Some(g) => state::full_state(&app.db, g)
+            .await?
+            .into_iter()
+            .map(|(_, id)| id)
+            .collect(),
+        None => Vec::new(),
+    };
+    let events: Vec<Value> = crate::storage::events::get_many(&app.db, &ids)
+        .await?
+        .iter()
+        .filter_map(|e| {
+            let mut pdu: Value = serde_json::from_str(&e.json).ok()?;
+            pdu["event_id"] = e.event_id.clone().into();
+            Some(pdu)
+        })
+        .collect();
+    Ok(json!({ "state": events }))
+}
+
+fn token_json(t: &tokens::RegistrationToken) -> Value {
+    json!({
+        "token": t.token,
+        "uses_allowed": t.uses_allowed,
+        "pending": t.pending,
+        "completed": t.completed,
+        "expiry_time": t.expiry_ts,
+    })
+}
+
+/// `GET /_synapse/admin/v1/registration_tokens`.
+pub async fn list_tokens(app: &AppState) -> Result<Value> {
+    let all = tokens::list(&app.db).await?;
+    Ok(json!({ "registration_tokens": all.iter().map(token_json).collect::<Vec<_>>() }))
+}
+
+pub async fn get_token(app: &AppState, token: &str) -> Result<Value> {
+    tokens::get(&app.db, token)
+        .await?
+        .map(|t| token_json(&t))
+        .ok_or_else(|| Error::not_found("No such registration token"))
+}
+
+fn uses_and_expiry(body: &Value) -> Result<(Option<i32>, Option<i64>)> {
+    let uses = match &body["uses_allowed"] {
+        Value::Null => None,
+        v => Some(
+            v.as_i64()
+                .filter(|n| (0..=i32::MAX as i64).contains(n))
+                .ok_or_else(|| {
+                    Error::invalid_param("uses_allowed must be a non-negative integer")
+                })? as i32,
+        ),
+    };
+    let expiry = match &body["expiry_time"] {
+        Value::Null => None,
+        v => Some(
+            v.as_i64()
+                .filter(|t| *t > now_ms())
+                .ok_or_else(|| Error::invalid_param("expiry_time must be a future timestamp"))?,
+        ),
+    };
+    Ok((uses, expiry))
+}
+
+/// `POST /_synapse/admin/v1/registration_tokens/new`.
+pub async fn create_token(app: &AppState, by: &Session, body: &Value) -> Result<Value> {
+    let (uses, expiry) = uses_and_expiry(body)?;
+    let token = match &body["token"] {
+        Value::Null => {
+            let length = body["length"].as_u64().unwrap_or(16).clamp(1, 64) as usize;
+            crate::domain::token::random_string(length)
+        }
+        Value::String(t)
+            if !t.is_empty()
+                && t.len() <= 64
+                && t.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "._~-".contains(c)) =>
+        {
+            t.clone()
+        }
+        _ => {
+            return Err(Error::invalid_param(
+                "token must be 1-64 of [A-Za-z0-9._~-]",
+            ));
+        }
+    };
+    if !tokens::insert(&app.db, &token, uses, expiry, now_ms()).await? {
+        return Err(Error::invalid_param("Token already exists"));
+    }
+    tracing::info!(admin = %by.user_id, "admin API: registration token created");
+    get_token(app, &token).await
+}
+
+/// `PUT /_synapse/admin/v1/registration_tokens/{token}`.
+pub async fn update_token(
+    app: &AppState,
+    by: &Session,
+    token: &str,
+    body: &Value,
+) -> Result<Value> {
+    let current = tokens::get(&app.db, token)
+        .await?
+        .ok_or_else(|| Error::not_found("No such registration token"))?;
+    let (uses, expiry) = uses_and_expiry(body)?;
+    let uses = if body.get("uses_allowed").is_some() {
+        uses
+    } else {
+        current.uses_allowed
+    };
+    let expiry = if body.get("expiry_time").is_some() {
+        expiry
+    } else {
+        current.expiry_ts
+    };
+    tokens::update(&app.db, token, uses, expiry).await?;
+    tracing::info!(admin = %by.user_id, "admin API: registration token updated");
+    get_token(app, token).await
+}
+
+/// `DELETE /_synapse/admin/v1/registration_tokens/{token}`.
+pub async fn delete_token(app: &AppState, by: &Session, token: &str) -> Result<()> {
+    if !tokens::delete(&app.db, token).await? {
+        return Err(Error::not_found("No such registration token"));
+    }
+    tracing::info!(admin = %by.user_id, "admin API: registration token deleted");
+    Ok(())
+}
