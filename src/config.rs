@@ -524,6 +524,92 @@ mod tests {
         assert!(config.rate_limits.enabled);
     }
 
+    /// Every setting (as the defaults serialise) appears in the example file,
+    /// commented or not, under its section: the example is the reference.
+    #[test]
+    fn every_setting_is_in_the_example_config() {
+        let example = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("config/lattice.example.toml"),
+        )
+        .unwrap();
+        // The example's lines, uncommented, grouped by the section they are in.
+        let mut sections: std::collections::HashMap<String, Vec<String>> = Default::default();
+        let mut current = String::new();
+        for line in example.lines() {
+            let line = line.trim_start_matches('#').trim();
+            if let Some(name) = line
+                .strip_prefix("[[")
+                .and_then(|l| l.strip_suffix("]]"))
+                .or_else(|| line.strip_prefix('[').and_then(|l| l.strip_suffix(']')))
+            {
+                current = name.to_owned();
+                continue;
+            }
+            sections
+                .entry(current.clone())
+                .or_default()
+                .push(line.to_owned());
+        }
+        fn walk(
+            value: &toml::Value,
+            section: &str,
+            sections: &std::collections::HashMap<String, Vec<String>>,
+            missing: &mut Vec<String>,
+        ) {
+            let toml::Value::Table(table) = value else {
+                return;
+            };
+            for (key, v) in table {
+                let nested = match v {
+                    toml::Value::Table(_) => Some(v.clone()),
+                    toml::Value::Array(items)
+                        if items.iter().all(|i| i.is_table()) && !items.is_empty() =>
+                    {
+                        Some(items[0].clone())
+                    }
+                    _ => None,
+                };
+                // An inline table (`client = { per_second = …, burst = … }`).
+                let inline = sections
+                    .get(section)
+                    .and_then(|lines| lines.iter().find(|l| l.starts_with(&format!("{key} = {{"))));
+                if let (Some(line), toml::Value::Table(inner)) = (inline, v) {
+                    for inner_key in inner.keys() {
+                        if !line.contains(&format!("{inner_key} =")) {
+                            missing.push(format!("{section}.{key}.{inner_key}"));
+                        }
+                    }
+                    continue;
+                }
+                match nested {
+                    Some(inner) => {
+                        let name = if section.is_empty() {
+                            key.clone()
+                        } else {
+                            format!("{section}.{key}")
+                        };
+                        walk(&inner, &name, sections, missing);
+                    }
+                    None => {
+                        let documented = sections.get(section).is_some_and(|lines| {
+                            lines.iter().any(|l| l.starts_with(&format!("{key} =")))
+                        });
+                        if !documented {
+                            missing.push(format!("{section}.{key}"));
+                        }
+                    }
+                }
+            }
+        }
+        let defaults = toml::Value::try_from(Config::default()).unwrap();
+        let mut missing = Vec::new();
+        walk(&defaults, "", &sections, &mut missing);
+        assert!(
+            missing.is_empty(),
+            "not in config/lattice.example.toml: {missing:?}"
+        );
+    }
+
     #[test]
     fn invalid_value_names_the_key() {
         let dir = tempfile::tempdir().unwrap();

@@ -86,6 +86,12 @@ async fn track_request(
     response
 }
 
+fn gauge_header(out: &mut String, name: &str, help: &str) {
+    use std::fmt::Write;
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} gauge");
+}
+
 /// `GET /metrics` (listeners with the `metrics` resource).
 async fn render_metrics(
     axum::extract::State(app): axum::extract::State<AppState>,
@@ -93,37 +99,29 @@ async fn render_metrics(
     use std::fmt::Write;
     let mut out = String::new();
     app.metrics.render_into(&mut out);
-    out.push_str(
-        "# HELP lattice_sync_waiters Long-polling /sync requests waiting now.
-",
-    );
-    out.push_str(
-        "# TYPE lattice_sync_waiters gauge
-",
+    gauge_header(
+        &mut out,
+        "lattice_sync_waiters",
+        "Waiters on the event stream now: long-polling /sync requests (and the push worker).",
     );
     let _ = writeln!(out, "lattice_sync_waiters {}", app.notifier.waiting());
-    out.push_str(
-        "# HELP lattice_db_pool_connections Database pool connections by state.
-",
-    );
-    out.push_str(
-        "# TYPE lattice_db_pool_connections gauge
-",
+    gauge_header(
+        &mut out,
+        "lattice_db_pool_connections",
+        "Database pool connections by state.",
     );
     let idle = app.db.num_idle() as u32;
     let size = app.db.size();
+    let _ = writeln!(out, "lattice_db_pool_connections{{state=\"idle\"}} {idle}");
     let _ = writeln!(
         out,
-        "lattice_db_pool_connections{{state=\"idle\"}} {idle}\nlattice_db_pool_connections{{state=\"in_use\"}} {}",
+        "lattice_db_pool_connections{{state=\"in_use\"}} {}",
         size.saturating_sub(idle)
     );
-    out.push_str(
-        "# HELP lattice_federation_queue_depth PDUs and EDUs queued per destination.
-",
-    );
-    out.push_str(
-        "# TYPE lattice_federation_queue_depth gauge
-",
+    gauge_header(
+        &mut out,
+        "lattice_federation_queue_depth",
+        "PDUs and EDUs queued per destination.",
     );
     for (destination, n) in crate::storage::federation::queue_depths(&app.db).await? {
         let _ = writeln!(
@@ -132,11 +130,10 @@ async fn render_metrics(
             crate::metrics::escape(&destination)
         );
     }
-    out.push_str("# HELP lattice_federation_backoff_seconds Seconds until a backed-off destination is retried.
-");
-    out.push_str(
-        "# TYPE lattice_federation_backoff_seconds gauge
-",
+    gauge_header(
+        &mut out,
+        "lattice_federation_backoff_seconds",
+        "Seconds until a backed-off destination is retried.",
     );
     let now = crate::storage::now_ms();
     for (destination, at) in crate::storage::federation::backoffs(&app.db, now).await? {
