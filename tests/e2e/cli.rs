@@ -139,25 +139,22 @@ async fn binary_serves_with_embedded_database_and_stops_on_sigterm() {
         .tempdir_in("/tmp")
         .unwrap();
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let port = {
-        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        probe.local_addr().unwrap().port()
-    };
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_lattice"))
         .env_remove("LATTICE_CONFIG")
         .env_remove("LATTICE__DATABASE__URL")
+        .env_remove("RUST_LOG")
         .env("LATTICE__DATA_DIR", dir.path().join("data"))
-        .env(
-            "LATTICE__LISTENERS",
-            format!("[{{bind=\"127.0.0.1:{port}\"}}]"),
-        )
-        .env("LATTICE__LOG", "warn")
+        .env("LATTICE__LISTENERS", "[{bind=\"127.0.0.1:0\"}]")
+        .env("LATTICE__LOG", "warn,lattice::app=info")
+        .env("NO_COLOR", "1")
         .current_dir(dir.path())
+        .stderr(std::process::Stdio::piped())
         .kill_on_drop(true)
         .spawn()
         .unwrap();
+    let (addr, _log) = crate::harness::listening_addr(child.stderr.take().unwrap()).await;
 
-    let url = format!("http://127.0.0.1:{port}/_matrix/client/versions");
+    let url = format!("http://{addr}/_matrix/client/versions");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     let body: serde_json::Value = loop {
         match reqwest::get(&url).await {

@@ -35,13 +35,12 @@ fn proxy_configs_and_compose_file_check_out() {
 async fn container_entrypoint_serves_and_stops_outside_a_container() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
     let config = format!(
         r#"server_name = "deploy.test"
 data_dir = "{data}"
-log = "warn"
+log = "warn,lattice::app=info"
 [[listeners]]
-bind = "127.0.0.1:{port}"
+bind = "127.0.0.1:0"
 resources = ["client", "federation"]
 [database]
 url = "{db}"
@@ -63,10 +62,14 @@ url = "{db}"
         .env("LATTICE_CONFIG", &config_path)
         .env_remove("LATTICE__DATABASE__URL")
         .env_remove("DATABASE_URL")
+        .env_remove("RUST_LOG")
+        .env("NO_COLOR", "1")
+        .stderr(std::process::Stdio::piped())
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    let url = format!("http://127.0.0.1:{port}/health");
+    let (addr, _log) = crate::harness::listening_addr(child.stderr.take().unwrap()).await;
+    let url = format!("http://{addr}/health");
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {
         match reqwest::get(&url).await {

@@ -531,3 +531,32 @@ pub async fn messages(server: &ClientApi, token: &str, room: &str) -> Vec<String
     out.reverse();
     out
 }
+
+/// Reads a spawned `lattice` binary's log (stderr, with `lattice::app=info`)
+/// until it reports the address it listens on. Listening on port 0 and reading
+/// the address back avoids racing other tests for a "free" port.
+pub async fn listening_addr(
+    stderr: tokio::process::ChildStderr,
+) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let mut lines = BufReader::new(stderr).lines();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(90);
+    loop {
+        let line = tokio::time::timeout_at(deadline, lines.next_line())
+            .await
+            .expect("lattice did not report its address in time")
+            .expect("reading lattice's log")
+            .expect("lattice exited before listening");
+        if line.contains("listening")
+            && let Some(addr) = line
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix("addr="))
+                .and_then(|a| a.parse().ok())
+        {
+            // Keep draining the log so the child never blocks on a full pipe.
+            let drain =
+                tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+            return (addr, drain);
+        }
+    }
+}
