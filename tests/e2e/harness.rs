@@ -202,13 +202,28 @@ pub fn dev_tls() -> &'static lattice::federation::tls::DevCertificates {
     .1
 }
 
-/// A free loopback port (bound and released: a small race, fine for tests).
+/// A free loopback port for a listener started later (a federating server's
+/// name carries its port, so it must be known before the server starts).
+/// Taken below Linux's ephemeral range (32768+), where `bind(…:0)` — every other
+/// test server's way of listening — never lands, and handed out once per test
+/// process, so nothing else takes it in the window before it is bound.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    // Start at a per-process offset, so consecutive runs use different ports.
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        std::process::id() % 12_000,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::SeqCst);
+        let port = 20_000 + (n % 12_000) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 impl TestServer {
