@@ -1,7 +1,7 @@
 //! The commonly used part of Synapse's admin API (`/_synapse/admin`), so tools
 //! such as synapse-admin work: server version, users (list, query,
 //! create/modify, deactivate, reset password, whois), rooms (list, details,
-//! members, state) and registration tokens. Server admins only (`M_FORBIDDEN`
+//! members, state), event reports and registration tokens. Server admins only (`M_FORBIDDEN`
 //! otherwise); every change is logged with the acting admin.
 
 use axum::{
@@ -39,6 +39,11 @@ pub fn router() -> Router<AppState> {
         .route("/_synapse/admin/v1/rooms/{room_id}", get(room))
         .route("/_synapse/admin/v1/rooms/{room_id}/members", get(members))
         .route("/_synapse/admin/v1/rooms/{room_id}/state", get(room_state))
+        .route("/_synapse/admin/v1/event_reports", get(event_reports))
+        .route(
+            "/_synapse/admin/v1/event_reports/{report_id}",
+            get(event_report).delete(delete_event_report),
+        )
         .route("/_synapse/admin/v1/registration_tokens", get(list_tokens))
         .route(
             "/_synapse/admin/v1/registration_tokens/new",
@@ -227,4 +232,38 @@ async fn delete_token(
 ) -> Result<AxumJson<Value>> {
     admin::delete_token(&app, &by, &token).await?;
     Ok(AxumJson(json!({})))
+}
+
+async fn event_reports(
+    State(app): State<AppState>,
+    AdminUser(_): AdminUser,
+    Query(q): Query<RoomQuery>,
+) -> Result<AxumJson<Value>> {
+    Ok(AxumJson(
+        admin::event_reports(&app, q.from.unwrap_or(0), q.limit.unwrap_or(100)).await?,
+    ))
+}
+
+async fn event_report(
+    State(app): State<AppState>,
+    AdminUser(_): AdminUser,
+    Path(report_id): Path<String>,
+) -> Result<AxumJson<Value>> {
+    Ok(AxumJson(
+        admin::event_report(&app, report_number(&report_id)?).await?,
+    ))
+}
+
+async fn delete_event_report(
+    State(app): State<AppState>,
+    AdminUser(by): AdminUser,
+    Path(report_id): Path<String>,
+) -> Result<AxumJson<Value>> {
+    admin::delete_event_report(&app, &by, report_number(&report_id)?).await?;
+    Ok(AxumJson(json!({})))
+}
+
+fn report_number(id: &str) -> Result<i64> {
+    id.parse()
+        .map_err(|_| Error::invalid_param("The report ID must be a number"))
 }

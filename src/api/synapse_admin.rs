@@ -49,7 +49,7 @@ pub fn router() -> Router<AppState> {
         )
         .route(
             "/_synapse/admin/v1/users/{user_id}/media",
-            delete(purge_user_media),
+            delete(purge_user_media).get(list_user_media),
         )
 }
 
@@ -197,4 +197,28 @@ mod tests {
         let got = hex::encode(mac("secret", "abc", "alice", "pw", false));
         assert_eq!(got, "42e32623fe124933c326f9d2d67ff7c617915a10");
     }
+}
+
+#[derive(Deserialize)]
+struct Page {
+    from: Option<i64>,
+    limit: Option<i64>,
+}
+
+/// `GET /_synapse/admin/v1/users/{userId}/media`: the user's uploads.
+async fn list_user_media(
+    State(app): State<AppState>,
+    AdminUser(_): AdminUser,
+    Path(user_id): Path<String>,
+    axum::extract::Query(page): axum::extract::Query<Page>,
+) -> Result<AxumJson<Value>> {
+    Ok(AxumJson(
+        crate::service::admin::user_media(
+            &app,
+            &user_id,
+            page.from.unwrap_or(0),
+            page.limit.unwrap_or(100),
+        )
+        .await?,
+    ))
 }

@@ -423,3 +423,77 @@ pub async fn delete_token(app: &AppState, by: &Session, token: &str) -> Result<(
     tracing::info!(admin = %by.user_id, "admin API: registration token deleted");
     Ok(())
 }
+
+fn report_json(r: &crate::storage::relations::Report) -> Value {
+    json!({
+        "id": r.report_id,
+        "received_ts": r.created_ts,
+        "room_id": r.room_id,
+        "event_id": r.event_id,
+        "user_id": r.reporter,
+        "reason": r.reason,
+        "score": r.score,
+    })
+}
+
+/// `GET /_synapse/admin/v1/event_reports`: newest first, `from` an offset.
+pub async fn event_reports(app: &AppState, from: i64, limit: i64) -> Result<Value> {
+    let limit = limit.clamp(1, 1000);
+    let (rows, total) = crate::storage::relations::reports(&app.db, from.max(0), limit).await?;
+    let mut body = json!({
+        "event_reports": rows.iter().map(report_json).collect::<Vec<_>>(),
+        "total": total,
+    });
+    if from + limit < total {
+        body["next_token"] = (from + limit).into();
+    }
+    Ok(body)
+}
+
+/// `GET /_synapse/admin/v1/event_reports/{id}`: the report with the event.
+pub async fn event_report(app: &AppState, report_id: i64) -> Result<Value> {
+    let report = crate::storage::relations::report(&app.db, report_id)
+        .await?
+        .ok_or_else(|| Error::not_found("No such report"))?;
+    let mut body = report_json(&report);
+    if let Some(ev) = crate::storage::events::get(&app.db, &report.event_id).await? {
+        body["event_json"] = serde_json::from_str(&ev.json).unwrap_or_default();
+    }
+    Ok(body)
+}
+
+/// `DELETE /_synapse/admin/v1/event_reports/{id}`.
+pub async fn delete_event_report(app: &AppState, by: &Session, report_id: i64) -> Result<()> {
+    if !crate::storage::relations::delete_report(&app.db, report_id).await? {
+        return Err(Error::not_found("No such report"));
+    }
+    tracing::info!(admin = %by.user_id, report_id, "admin API: event report deleted");
+    Ok(())
+}
+
+/// `GET /_synapse/admin/v1/users/{userId}/media`: a local user's uploads.
+pub async fn user_media(app: &AppState, user_id: &str, from: i64, limit: i64) -> Result<Value> {
+    let user = local_user(app, user_id)?;
+    let limit = limit.clamp(1, 1000);
+    let (rows, total) =
+        crate::storage::media::by_user(&app.db, user.as_str(), from.max(0), limit).await?;
+    let media: Vec<Value> = rows
+        .iter()
+        .map(|m| {
+            json!({
+                "media_id": m.media_id,
+                "media_type": m.content_type,
+                "media_length": m.size,
+                "upload_name": m.upload_name,
+                "created_ts": m.created_ts,
+                "quarantined_by": if m.quarantined { Some("admin") } else { None },
+                "safe_from_quarantine": false,
+            })
+        })
+        .collect();
+    let mut body = json!({ "media": media, "total": total });
+    if from + limit < total {
+        body["next_token"] = (from + limit).into();
+    }
+    Ok(body)
+}

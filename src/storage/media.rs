@@ -351,3 +351,31 @@ pub async fn delete_expired_previews(db: impl PgExecutor<'_>, now: i64) -> sqlx:
             .rows_affected(),
     )
 }
+
+/// A user's uploads, newest first, `offset`/`limit` paged, with the total.
+pub async fn by_user(
+    db: impl PgExecutor<'_> + Copy,
+    user_id: &str,
+    offset: i64,
+    limit: i64,
+) -> sqlx::Result<(Vec<Media>, i64)> {
+    let rows = sqlx::query_as!(
+        Media,
+        "select server_name, media_id, user_id, content_type, upload_name, size, sha256,
+                created_ts, unused_expires_ts, quarantined
+         from media where user_id = $1
+         order by created_ts desc, media_id offset $2 limit $3",
+        user_id,
+        offset,
+        limit
+    )
+    .fetch_all(db)
+    .await?;
+    let total = sqlx::query_scalar!(
+        r#"select count(*) as "n!" from media where user_id = $1"#,
+        user_id
+    )
+    .fetch_one(db)
+    .await?;
+    Ok((rows, total))
+}

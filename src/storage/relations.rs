@@ -149,3 +149,52 @@ pub async fn thread_summaries(
     .fetch_all(db)
     .await
 }
+
+pub struct Report {
+    pub report_id: i64,
+    pub room_id: String,
+    pub event_id: String,
+    pub reporter: String,
+    pub reason: Option<String>,
+    pub score: Option<i32>,
+    pub created_ts: i64,
+}
+
+/// Event reports, newest first, `offset`/`limit` paged, with the total.
+pub async fn reports(
+    db: impl PgExecutor<'_> + Copy,
+    offset: i64,
+    limit: i64,
+) -> sqlx::Result<(Vec<Report>, i64)> {
+    let rows = sqlx::query_as!(
+        Report,
+        "select report_id, room_id, event_id, reporter, reason, score, created_ts
+         from event_reports order by report_id desc offset $1 limit $2",
+        offset,
+        limit
+    )
+    .fetch_all(db)
+    .await?;
+    let total = sqlx::query_scalar!(r#"select count(*) as "n!" from event_reports"#)
+        .fetch_one(db)
+        .await?;
+    Ok((rows, total))
+}
+
+pub async fn report(db: impl PgExecutor<'_>, report_id: i64) -> sqlx::Result<Option<Report>> {
+    sqlx::query_as!(
+        Report,
+        "select report_id, room_id, event_id, reporter, reason, score, created_ts
+         from event_reports where report_id = $1",
+        report_id
+    )
+    .fetch_optional(db)
+    .await
+}
+
+pub async fn delete_report(db: impl PgExecutor<'_>, report_id: i64) -> sqlx::Result<bool> {
+    let done = sqlx::query!("delete from event_reports where report_id = $1", report_id)
+        .execute(db)
+        .await?;
+    Ok(done.rows_affected() == 1)
+}

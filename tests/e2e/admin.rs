@@ -158,6 +158,71 @@ async fn admin_api_refuses_non_admins_and_works_for_admins() {
         .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 
+    // Event reports: list, read (with the event), delete.
+    let event = server
+        .send_message(&admin, &room, json!({"msgtype": "m.text", "body": "spam"}))
+        .await;
+    server.join(&alice_again(&server).await, &room).await;
+    let reporter = alice_again(&server).await;
+    let (status, _) = server
+        .post(
+            &format!(
+                "/_matrix/client/v3/rooms/{}/report/{}",
+                enc(&room),
+                enc(&event)
+            ),
+            Some(&reporter.access_token),
+            json!({"reason": "spam"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, reports) = server.get("/_synapse/admin/v1/event_reports", a).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(reports["total"], 1);
+    let id = reports["event_reports"][0]["id"].as_i64().unwrap();
+    let (_, report) = server
+        .get(&format!("/_synapse/admin/v1/event_reports/{id}"), a)
+        .await;
+    assert_eq!(report["reason"], "spam");
+    assert_eq!(report["event_json"]["content"]["body"], "spam");
+    let (status, _) = server
+        .call(
+            reqwest::Method::DELETE,
+            &format!("/_synapse/admin/v1/event_reports/{id}"),
+            a,
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, body) = server.get("/_synapse/admin/v1/event_reports/x", a).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(body["errcode"], "M_INVALID_PARAM");
+
+    // A user's uploads.
+    let resp = server
+        .client
+        .post(format!(
+            "{}/_matrix/media/v3/upload?filename=a.txt",
+            server.base
+        ))
+        .bearer_auth(&admin.access_token)
+        .header("Content-Type", "text/plain")
+        .body("hello")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let (status, media) = server
+        .get(
+            &format!("/_synapse/admin/v1/users/{}/media", enc(&admin.user_id)),
+            a,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{media}");
+    assert_eq!(media["total"], 1);
+    assert_eq!(media["media"][0]["media_length"], 5);
+    assert_eq!(media["media"][0]["upload_name"], "a.txt");
+
     // Registration tokens: create, read, update, list, delete.
     let (status, created) = server
         .post(
@@ -213,4 +278,11 @@ async fn admin_api_refuses_non_admins_and_works_for_admins() {
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(body["errcode"], "M_INVALID_PARAM");
+}
+
+/// Alice after her password reset: a fresh login.
+async fn alice_again(server: &TestServer) -> crate::harness::Login {
+    let (status, body) = server.login("alice", "new-alice-password").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    crate::harness::Login::from_json(&body)
 }
