@@ -4,6 +4,7 @@
 mod accounts;
 mod admin;
 mod cli;
+mod crash;
 mod deploy;
 mod devices;
 mod e2ee;
