@@ -237,3 +237,91 @@ enabled = false
             .is_some_and(|e| !e.is_empty())
     );
 }
+
+/// PostgreSQL stopped under a running server: requests get Matrix errors
+/// (not hangs) while it is away, and the server recovers by itself, without a
+/// restart, once it is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_restart_is_survived_without_restarting_lattice() {
+    use std::os::unix::fs::PermissionsExt;
+    let root = tempfile::Builder::new()
+        .prefix("lattice-pg-restart-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let pg =
+        lattice::storage::embedded_pg::EmbeddedPostgres::start_with(root.path(), "postgres", false)
+            .await
+            .expect("a private cluster for this test");
+    let data = tempfile::tempdir().unwrap();
+    let mut config = crate::harness::test_config();
+    config.data_dir = data.path().to_owned();
+    config.database.url = Some(crate::harness::to_url(&pg.connect_options()));
+    config.database.max_connections = 4;
+    let server = crate::harness::TestServer::start_config(config).await;
+    let alice = server.register("alice", "alice-password").await;
+    let room = server.create_room(&alice, json!({})).await;
+    server
+        .send_message(
+            &alice,
+            &room,
+            json!({"msgtype": "m.text", "body": "before"}),
+        )
+        .await;
+
+    pg.stop().await;
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let resp = http
+        .put(format!(
+            "{}/_matrix/client/v3/rooms/{}/send/m.room.message/down",
+            server.base,
+            enc(&room)
+        ))
+        .bearer_auth(&alice.access_token)
+        .json(&json!({"msgtype": "m.text", "body": "while down"}))
+        .send()
+        .await
+        .expect("an answer, not a hang");
+    assert!(resp.status().is_server_error(), "{}", resp.status());
+    let body: Value = resp.json().await.unwrap();
+    assert!(body["errcode"].is_string(), "a Matrix error: {body}");
+
+    let pg =
+        lattice::storage::embedded_pg::EmbeddedPostgres::start_with(root.path(), "postgres", false)
+            .await
+            .expect("the cluster starts again");
+    let mut recovered = false;
+    for _ in 0..60 {
+        let (status, _) = server
+            .put(
+                &format!(
+                    "/_matrix/client/v3/rooms/{}/send/m.room.message/after",
+                    enc(&room)
+                ),
+                Some(&alice.access_token),
+                json!({"msgtype": "m.text", "body": "after"}),
+            )
+            .await;
+        if status == StatusCode::OK {
+            recovered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(
+        recovered,
+        "the server did not recover after the database came back"
+    );
+    let (status, body) = server
+        .get(
+            "/_matrix/client/v3/sync?timeout=0",
+            Some(&alice.access_token),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    server.stop().await;
+    pg.stop().await;
+}

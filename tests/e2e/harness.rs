@@ -132,7 +132,7 @@ pub async fn fresh_database_url() -> String {
 }
 
 /// The URL form of connection options, for `database.url`.
-fn to_url(options: &PgConnectOptions) -> String {
+pub fn to_url(options: &PgConnectOptions) -> String {
     let host = options.get_host();
     let db = options.get_database().unwrap();
     let user = options.get_username();
