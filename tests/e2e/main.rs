@@ -3,6 +3,7 @@
 
 mod accounts;
 mod admin;
+mod authz;
 mod cli;
 mod crash;
 mod deploy;
