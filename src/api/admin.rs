@@ -4,9 +4,10 @@
 //! members, state), event reports and registration tokens. Server admins only (`M_FORBIDDEN`
 //! otherwise); every change is logged with the acting admin.
 
+use crate::api::json::Query;
 use axum::{
     Json as AxumJson, Router,
-    extract::{Path, Query, State},
+    extract::{Path, State},
     http::StatusCode,
     routing::{get, post},
 };

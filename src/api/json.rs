@@ -26,3 +26,26 @@ where
             .map_err(|e| Error::bad_json(format!("Invalid request: {e}")))
     }
 }
+
+/// Query parameters for non-ruma endpoints: like axum's `Query`, but a value of
+/// the wrong type is `400 M_INVALID_PARAM` (a Matrix error), not plain text.
+pub struct Query<T>(pub T);
+
+impl<S, T> axum::extract::FromRequestParts<S> for Query<T>
+where
+    S: Send + Sync,
+    T: DeserializeOwned,
+{
+    type Rejection = Error;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, Self::Rejection> {
+        axum::extract::Query::<T>::try_from_uri(&parts.uri)
+            .map(|axum::extract::Query(q)| Query(q))
+            .map_err(|e| {
+                Error::invalid_param(format!("Invalid query parameters: {}", e.body_text()))
+            })
+    }
+}

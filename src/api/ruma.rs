@@ -74,9 +74,15 @@ where
             }
         }
         let request = http::Request::from_parts(parts, bytes.as_ref());
-        T::try_from_http_request(request, &params)
-            .map(Ruma)
-            .map_err(request_error)
+        // A body ruma's parser cannot cope with must not take the request down
+        // (ruma 0.17's login parser indexes a map without checking, for one):
+        // a panic while parsing is the client's malformed input.
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            T::try_from_http_request(request, &params)
+        })) {
+            Ok(parsed) => parsed.map(Ruma).map_err(request_error),
+            Err(_) => Err(Error::bad_json("The request body could not be parsed")),
+        }
     }
 }
 

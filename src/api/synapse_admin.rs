@@ -210,7 +210,7 @@ async fn list_user_media(
     State(app): State<AppState>,
     AdminUser(_): AdminUser,
     Path(user_id): Path<String>,
-    axum::extract::Query(page): axum::extract::Query<Page>,
+    crate::api::json::Query(page): crate::api::json::Query<Page>,
 ) -> Result<AxumJson<Value>> {
     Ok(AxumJson(
         crate::service::admin::user_media(

@@ -19,6 +19,7 @@ mod rooms;
 pub mod sdk;
 mod sliding;
 mod social;
+mod sweep;
 mod synapse;
 mod sync;
 mod timeline;

@@ -407,7 +407,7 @@ async fn state_at(
 async fn state_ids(
     State(app): State<AppState>,
     Path(room_id): Path<String>,
-    axum::extract::Query(q): axum::extract::Query<AtEvent>,
+    crate::api::json::Query(q): crate::api::json::Query<AtEvent>,
     fed: FedRequest,
 ) -> Result<Json<Value>> {
     let (ids, chain) = state_at(&app, fed.origin.as_str(), &room_id, &q.event_id).await?;
@@ -417,7 +417,7 @@ async fn state_ids(
 async fn state(
     State(app): State<AppState>,
     Path(room_id): Path<String>,
-    axum::extract::Query(q): axum::extract::Query<AtEvent>,
+    crate::api::json::Query(q): crate::api::json::Query<AtEvent>,
     fed: FedRequest,
 ) -> Result<Json<Value>> {
     let (ids, chain) = state_at(&app, fed.origin.as_str(), &room_id, &q.event_id).await?;

@@ -2,9 +2,10 @@
 //! notary endpoints `GET /_matrix/key/v2/query/{serverName}` and
 //! `POST /_matrix/key/v2/query`. Unauthenticated, as the spec has them.
 
+use crate::api::json::Query;
 use axum::{
     Json, Router,
-    extract::{Path, Query, State},
+    extract::{Path, State},
     routing::{get, post},
 };
 use ruma::ServerName;

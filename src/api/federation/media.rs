@@ -4,9 +4,10 @@
 
 use std::time::Duration;
 
+use crate::api::json::Query;
 use axum::{
     Router,
-    extract::{Path, Query, State},
+    extract::{Path, State},
     http::header,
     response::{IntoResponse, Response},
     routing::get,

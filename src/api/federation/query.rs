@@ -2,11 +2,8 @@
 //! `/query/profile`, `/query/directory`, `/publicRooms` (GET and POST) and
 //! `/timestamp_to_event`.
 
-use axum::{
-    Json, Router,
-    extract::{Query, State},
-    routing::get,
-};
+use crate::api::json::Query;
+use axum::{Json, Router, extract::State, routing::get};
 use ruma::{RoomAliasId, UserId};
 use serde::Deserialize;
 use serde_json::{Value, json};
