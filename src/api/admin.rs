@@ -4,7 +4,6 @@
 //! members, state), event reports and registration tokens. Server admins only (`M_FORBIDDEN`
 //! otherwise); every change is logged with the acting admin.
 
-use crate::api::json::Query;
 use axum::{
     Json as AxumJson, Router,
     extract::{Path, State},
@@ -17,6 +16,7 @@ use serde_json::{Value, json};
 use super::json::Json;
 use crate::{
     api::auth::AdminUser,
+    api::json::Query,
     app::AppState,
     error::{Error, Result},
     service::admin,

@@ -8,7 +8,6 @@
 
 use std::time::Duration;
 
-use crate::api::json::Query;
 use axum::{
     Json, Router,
     body::Body,
@@ -24,6 +23,7 @@ use tokio_util::io::ReaderStream;
 
 use super::{auth::AuthUser, rate_limited};
 use crate::{
+    api::json::Query,
     app::AppState,
     error::{Error, Result},
     service::{media, url_preview},

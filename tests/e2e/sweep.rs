@@ -120,7 +120,7 @@ async fn malformed_input_never_gets_a_server_error() {
             ),
             (
                 Method::PUT,
-                format!("/_matrix/client/v3/directory/room/%23x%3Atest.local"),
+                "/_matrix/client/v3/directory/room/%23x%3Atest.local".to_owned(),
             ),
             (
                 Method::PUT,

@@ -2,7 +2,6 @@
 //! notary endpoints `GET /_matrix/key/v2/query/{serverName}` and
 //! `POST /_matrix/key/v2/query`. Unauthenticated, as the spec has them.
 
-use crate::api::json::Query;
 use axum::{
     Json, Router,
     extract::{Path, State},
@@ -14,6 +13,7 @@ use serde_json::{Value, json};
 
 use crate::{
     api::json::Json as JsonBody,
+    api::json::Query,
     app::AppState,
     error::{Error, Result},
     federation::keys,

@@ -4,7 +4,6 @@
 
 use std::time::Duration;
 
-use crate::api::json::Query;
 use axum::{
     Router,
     extract::{Path, State},
@@ -13,6 +12,8 @@ use axum::{
     routing::get,
 };
 use serde::Deserialize;
+
+use crate::api::json::Query;
 
 use super::FedRequest;
 use crate::{app::AppState, error::Result, service::media};

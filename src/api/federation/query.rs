@@ -2,7 +2,6 @@
 //! `/query/profile`, `/query/directory`, `/publicRooms` (GET and POST) and
 //! `/timestamp_to_event`.
 
-use crate::api::json::Query;
 use axum::{Json, Router, extract::State, routing::get};
 use ruma::{RoomAliasId, UserId};
 use serde::Deserialize;
@@ -10,6 +9,7 @@ use serde_json::{Value, json};
 
 use super::FedRequest;
 use crate::{
+    api::json::Query,
     app::AppState,
     error::{Error, Result},
     service::{directory, profile},
