@@ -9,7 +9,6 @@ use std::{
 };
 
 use anyhow::Context;
-use axum::serve::ListenerExt;
 use ruma::OwnedServerName;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -130,18 +129,18 @@ impl Server {
             let metrics = listener.resources.contains(&Resource::Metrics);
             let router = api::router(state.clone(), client, federation, metrics);
             let token = shutdown.clone();
-            let service = router.into_make_service_with_connect_info::<SocketAddr>();
+            let header_timeout = Duration::from_secs(state.config.limits.header_read_timeout_secs);
             let shutdown_signal = async move { token.cancelled().await };
             match (&listener.tls_certificate, &listener.tls_private_key) {
                 (Some(cert), Some(key)) => {
                     let config = tls::server_config(cert, key)?;
-                    let tls = tls::TlsListener::new(tcp, config)?.tap_io(|_| {});
+                    let tls = tls::TlsListener::new(tcp, config)?;
                     tracing::info!(%addr, resources = ?listener.resources, "listening (TLS)");
-                    tasks.spawn(serve_listener(tls, service, shutdown_signal));
+                    tasks.spawn(serve_listener(tls, router, shutdown_signal, header_timeout));
                 }
                 _ => {
                     tracing::info!(%addr, resources = ?listener.resources, "listening");
-                    tasks.spawn(serve_listener(tcp, service, shutdown_signal));
+                    tasks.spawn(serve_listener(tcp, router, shutdown_signal, header_timeout));
                 }
             }
         }
@@ -172,22 +171,60 @@ impl Server {
     }
 }
 
-/// Serves one listener until `shutdown` completes.
+/// Serves one listener until `shutdown` completes: HTTP/1.1 connections (with
+/// upgrades), each request carrying the peer address (`ConnectInfo`). A
+/// connection that does not send a whole request head within
+/// `limits.header_read_timeout_secs` is closed. On shutdown the listener closes
+/// at once and open connections finish their current request.
 async fn serve_listener<L>(
-    listener: L,
-    service: axum::extract::connect_info::IntoMakeServiceWithConnectInfo<axum::Router, SocketAddr>,
+    mut listener: L,
+    router: axum::Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
+    header_timeout: Duration,
 ) where
-    L: axum::serve::Listener,
-    L::Addr: std::fmt::Debug,
-    SocketAddr: for<'a> axum::extract::connect_info::Connected<axum::serve::IncomingStream<'a, L>>,
+    L: axum::serve::Listener<Addr = SocketAddr>,
 {
-    if let Err(e) = axum::serve(listener, service)
-        .with_graceful_shutdown(shutdown)
-        .await
-    {
-        tracing::error!(error = %e, "listener failed");
+    use axum::extract::ConnectInfo;
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use tower::ServiceExt;
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(());
+    let mut connections = tokio::task::JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        let (io, peer) = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = &mut shutdown => break,
+        };
+        let service =
+            router
+                .clone()
+                .map_request(move |mut req: http::Request<hyper::body::Incoming>| {
+                    req.extensions_mut().insert(ConnectInfo(peer));
+                    req.map(axum::body::Body::new)
+                });
+        let service = hyper_util::service::TowerToHyperService::new(service);
+        let mut stop = stop_rx.clone();
+        connections.spawn(async move {
+            let mut http = hyper::server::conn::http1::Builder::new();
+            http.timer(TokioTimer::new())
+                .header_read_timeout(header_timeout);
+            let connection = http
+                .serve_connection(TokioIo::new(io), service)
+                .with_upgrades();
+            tokio::pin!(connection);
+            tokio::select! {
+                _ = connection.as_mut() => return,
+                _ = stop.changed() => {}
+            }
+            connection.as_mut().graceful_shutdown();
+            let _ = connection.await;
+        });
+        while connections.try_join_next().is_some() {}
     }
+    drop(listener);
+    drop(stop_tx);
+    while connections.join_next().await.is_some() {}
 }
 
 /// Periodic clean-up of expired rows (UIA sessions and the token uses they held).

@@ -213,12 +213,16 @@ impl Default for RateLimits {
 pub struct Limits {
     /// Largest request body accepted on JSON endpoints.
     pub max_request_body_bytes: usize,
+    /// A connection that has not sent a whole request head this long after it
+    /// opened, or after its previous response, is closed (slowloris).
+    pub header_read_timeout_secs: u64,
 }
 
 impl Default for Limits {
     fn default() -> Self {
         Self {
             max_request_body_bytes: 1024 * 1024,
+            header_read_timeout_secs: 60,
         }
     }
 }
@@ -477,6 +481,9 @@ impl Config {
         }
         if self.federation.request_timeout_secs == 0 || self.federation.connect_timeout_secs == 0 {
             bail!("`federation.request_timeout_secs` and `connect_timeout_secs` must be >= 1");
+        }
+        if self.limits.header_read_timeout_secs == 0 {
+            bail!("`limits.header_read_timeout_secs` must be at least 1");
         }
         if self.limits.max_request_body_bytes < 1024 {
             bail!("`limits.max_request_body_bytes` must be at least 1024");

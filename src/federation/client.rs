@@ -480,7 +480,9 @@ fn builder(
         .dns_resolver(resolver)
         .connect_timeout(Duration::from_secs(fed.connect_timeout_secs))
         .timeout(Duration::from_secs(fed.request_timeout_secs))
-        .pool_idle_timeout(Duration::from_secs(90))
+        // Below the idle timeouts servers commonly use (60 s here and in nginx),
+        // so a pooled connection is not reused just as the peer closes it.
+        .pool_idle_timeout(Duration::from_secs(45))
         .user_agent(concat!("Lattice/", env!("CARGO_PKG_VERSION")));
     for file in &fed.extra_ca_files {
         let pem =

@@ -232,3 +232,41 @@ async fn per_user_rate_limit_on_rate_limited_endpoints() {
         .await;
     assert_eq!(status, StatusCode::OK);
 }
+
+/// Slowloris: a connection that never finishes its request head is closed
+/// after `limits.header_read_timeout_secs`; one that finishes it is served.
+#[tokio::test]
+async fn idle_and_slow_connections_are_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = TestServer::start_with(|c| c.limits.header_read_timeout_secs = 1).await;
+    let addr = server.base.trim_start_matches("http://").to_owned();
+
+    let mut slow = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    slow.write_all(b"GET /_matrix/client/versions HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let mut idle = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    for (name, conn) in [("slow", &mut slow), ("idle", &mut idle)] {
+        let mut buf = Vec::new();
+        // Generous bound: the point is that it ends, not how fast.
+        let read = tokio::time::timeout(
+            std::time::Duration::from_secs(20),
+            conn.read_to_end(&mut buf),
+        )
+        .await;
+        assert!(read.is_ok(), "the {name} connection was left open");
+        let text = String::from_utf8_lossy(&buf);
+        assert!(
+            buf.is_empty() || text.starts_with("HTTP/1.1 408"),
+            "{name}: {text}"
+        );
+    }
+
+    let mut ok = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    ok.write_all(b"GET /_matrix/client/versions HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    ok.read_to_end(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf).starts_with("HTTP/1.1 200"));
+}
