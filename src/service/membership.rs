@@ -21,6 +21,11 @@ pub enum Change {
     Unban,
 }
 
+/// Whether one of our users is joined to the room (so this server is in it).
+async fn resident(app: &AppState, room_id: &RoomId) -> Result<bool> {
+    Ok(rooms::has_joined_members_of(&app.db, room_id.as_str(), app.server_name.as_str()).await?)
+}
+
 /// Joins a room: locally when this server is in it, otherwise over federation
 /// through `servers` (and the room ID's server, for room versions that have one).
 pub async fn join_via(
@@ -30,10 +35,7 @@ pub async fn join_via(
     reason: Option<String>,
     servers: &[ruma::OwnedServerName],
 ) -> Result<OwnedRoomId> {
-    let local_members = rooms::members(&app.db, room_id.as_str(), "join")
-        .await?
-        .iter()
-        .any(|(u, _)| UserId::parse(u.as_str()).is_ok_and(|u| u.server_name() == app.server_name));
+    let local_members = resident(app, room_id).await?;
     let known = rooms::get(&app.db, room_id.as_str()).await?.is_some();
     if known && (local_members || servers.is_empty()) {
         return join(app, user, room_id, reason).await;
@@ -177,17 +179,9 @@ pub async fn leave(
         crate::storage::federation::remote_membership(&app.db, room_id.as_str(), user.as_str())
             .await?
         && let Ok(server) = ruma::OwnedServerName::try_from(remote.via_server)
+        && !resident(app, room_id).await?
     {
-        let resident = rooms::members(&app.db, room_id.as_str(), "join")
-            .await?
-            .iter()
-            .any(|(u, _)| {
-                UserId::parse(u.as_str()).is_ok_and(|u| u.server_name() == app.server_name)
-            });
-        if !resident {
-            return super::federation::join::leave_remote(app, user, room_id, &server, reason)
-                .await;
-        }
+        return super::federation::join::leave_remote(app, user, room_id, &server, reason).await;
     }
     let mut tx = app.db.begin().await?;
     let Some(mut room) = RoomCtx::lock(&mut tx, room_id).await? else {
@@ -293,11 +287,7 @@ pub async fn knock(
     reason: Option<String>,
     servers: &[ruma::OwnedServerName],
 ) -> Result<()> {
-    let resident = rooms::members(&app.db, room_id.as_str(), "join")
-        .await?
-        .iter()
-        .any(|(u, _)| UserId::parse(u.as_str()).is_ok_and(|u| u.server_name() == app.server_name));
-    if !resident {
+    if !resident(app, room_id).await? {
         let mut candidates: Vec<ruma::OwnedServerName> = servers.to_vec();
         if let Some(server) = room_id.server_name() {
             candidates.push(server.to_owned());

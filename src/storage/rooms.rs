@@ -360,3 +360,22 @@ pub async fn admin_list(
         total,
     ))
 }
+
+/// Whether any user of `server_name` is joined to the room.
+pub async fn has_joined_members_of(
+    db: impl PgExecutor<'_>,
+    room_id: &str,
+    server_name: &str,
+) -> sqlx::Result<bool> {
+    sqlx::query_scalar!(
+        r#"select exists (
+               select 1 from room_members
+               where room_id = $1 and membership = 'join'
+                 and right(user_id, length($2) + 1) = ':' || $2
+           ) as "found!""#,
+        room_id,
+        server_name
+    )
+    .fetch_one(db)
+    .await
+}

@@ -13,10 +13,7 @@ use crate::{
     app::AppState,
     domain::{pdu::Built, room_version},
     error::{Error, ErrorKind, Result},
-    service::{
-        event::{self, RoomCtx},
-        stream,
-    },
+    service::event::{self, RoomCtx},
     storage::{Postgres, Transaction, events, federation as fed_store, rooms},
 };
 
@@ -130,11 +127,7 @@ pub async fn receive(
     let mut object = checked.object.clone();
     countersign(app, &rules, &mut object)?;
 
-    let resident = rooms::members(&app.db, room_id.as_str(), "join")
-        .await?
-        .iter()
-        .any(|(u, _)| UserId::parse(u.as_str()).is_ok_and(|u| u.server_name() == app.server_name));
-    if !resident {
+    if !rooms::has_joined_members_of(&app.db, room_id.as_str(), app.server_name.as_str()).await? {
         // Keep it: the invite event (an outlier), what to show, whom to ask.
         let mut state: Vec<Value> = body["invite_room_state"]
             .as_array()
@@ -146,34 +139,14 @@ pub async fn receive(
             object: object.clone(),
             pdu: checked.pdu.clone(),
         };
-        let mut tx = app.db.begin().await?;
-        fed_store::delete_outlier(&mut *tx, checked.event_id.as_str()).await?;
-        ingest::store_outlier(&mut *tx, &signed, false).await?;
-        fed_store::upsert_remote_membership(
-            &mut *tx,
-            room_id.as_str(),
-            target.as_str(),
-            &fed_store::RemoteMembership {
-                membership: "invite".into(),
-                event_id: checked.event_id.to_string(),
-                room_version: version.to_string(),
-                via_server: origin.to_string(),
-                stripped_state: Value::Array(state),
-            },
-        )
-        .await?;
-        let (position, guard) = stream::take(&mut tx, app).await?;
-        rooms::set_membership(
-            &mut *tx,
-            room_id.as_str(),
-            target.as_str(),
-            "invite",
-            checked.event_id.as_str(),
-            position,
-        )
-        .await?;
-        tx.commit().await?;
-        drop(guard);
+        let remote = fed_store::RemoteMembership {
+            membership: "invite".into(),
+            event_id: checked.event_id.to_string(),
+            room_version: version.to_string(),
+            via_server: origin.to_string(),
+            stripped_state: Value::Array(state),
+        };
+        super::join::record_remote_membership(app, &signed, "invite", Some(remote)).await?;
     }
     Ok(json!({ "event": object }))
 }

@@ -91,83 +91,25 @@ async fn join_via(
     server: &ServerName,
     reason: Option<String>,
 ) -> std::result::Result<(), JoinError> {
-    let vers: String = supported_versions()
-        .iter()
-        .map(|v| format!("ver={v}"))
-        .collect::<Vec<_>>()
-        .join("&");
-    let path = format!(
-        "/_matrix/federation/v1/make_join/{}/{}?{vers}",
-        enc(room_id.as_str()),
-        enc(user.as_str())
-    );
-    let template = match app
-        .federation
-        .request_json(server, http::Method::GET, &path, None)
-        .await
-    {
-        Ok(t) => t,
-        Err(crate::federation::client::FedError::Remote { status: 403, body }) => {
-            return Err(JoinError::Refused(Error::forbidden(format!(
-                "The room's server refused the join: {body}"
-            ))));
-        }
-        Err(e) => return Err(JoinError::Failed(e.to_string())),
-    };
-    let version = template["room_version"].as_str().unwrap_or("1");
-    let version = RoomVersionId::try_from(version)
-        .ok()
-        .filter(room_version::is_supported)
-        .ok_or_else(|| {
-            JoinError::Refused(Error::new(
-                ErrorKind::UnsupportedRoomVersion,
-                format!("Room version {version} is not supported"),
-            ))
-        })?;
-    let rules = version.rules().expect("supported versions have rules");
-    let mut event = template["event"].clone();
-    if event["type"] != "m.room.member"
-        || event["state_key"] != user.as_str()
-        || event["sender"] != user.as_str()
-        || event["content"]["membership"] != "join"
-    {
-        return Err(JoinError::Failed(
-            "make_join returned a different event".into(),
-        ));
-    }
-    let profile = crate::service::profile::get(app, user).await.ok();
-    if let Some(p) = profile {
+    let mut extra = serde_json::Map::new();
+    if let Ok(p) = crate::service::profile::get(app, user).await {
         if let Some(name) = p.displayname {
-            event["content"]["displayname"] = name.into();
+            extra.insert("displayname".into(), name.into());
         }
         if let Some(url) = p.avatar_url {
-            event["content"]["avatar_url"] = url.into();
+            extra.insert("avatar_url".into(), url.into());
         }
     }
     if let Some(reason) = reason {
-        event["content"]["reason"] = reason.into();
+        extra.insert("reason".into(), reason.into());
     }
-    let (mut object, event_id) = sign_template(app, event, &rules).map_err(JoinError::Failed)?;
-
-    let path = format!(
-        "/_matrix/federation/v2/send_join/{}/{}",
-        enc(room_id.as_str()),
-        enc(event_id.as_str())
-    );
-    let body = serde_json::to_value(&object).map_err(|e| JoinError::Failed(e.to_string()))?;
-    let reply = match app
-        .federation
-        .request_json(server, http::Method::PUT, &path, Some(&body))
-        .await
-    {
-        Ok(r) => r,
-        Err(crate::federation::client::FedError::Remote { status: 403, body }) => {
-            return Err(JoinError::Refused(Error::forbidden(format!(
-                "The room's server refused the join: {body}"
-            ))));
-        }
-        Err(e) => return Err(JoinError::Failed(e.to_string())),
-    };
+    let Handshake {
+        mut object,
+        event_id,
+        version,
+        rules,
+        reply,
+    } = handshake(app, server, room_id, user, "join", extra).await?;
     // A restricted join comes back signed by the authorising server too.
     if let Some(signed) = reply.get("event").filter(|e| e.is_object()) {
         let signed_object: CanonicalJsonObject =
@@ -307,6 +249,44 @@ pub async fn make_join(
     user: &UserId,
     versions: &[String],
 ) -> Result<Value> {
+    membership_template(app, origin, room_id, user, "join", Some(versions)).await
+}
+
+/// `make_leave` as the resident server: a leave template for `user`, if the
+/// auth rules would let them leave (they are joined, invited or knocking).
+pub async fn make_leave(
+    app: &AppState,
+    origin: &ServerName,
+    room_id: &RoomId,
+    user: &UserId,
+) -> Result<Value> {
+    membership_template(app, origin, room_id, user, "leave", None).await
+}
+
+/// `make_knock` as the resident server: a knock template for `user`, if the
+/// room's version knows knocking and the auth rules would allow it.
+pub async fn make_knock(
+    app: &AppState,
+    origin: &ServerName,
+    room_id: &RoomId,
+    user: &UserId,
+    versions: &[String],
+) -> Result<Value> {
+    membership_template(app, origin, room_id, user, "knock", Some(versions)).await
+}
+
+/// The `make_*` answer: a `membership` event template for `user` (of the
+/// requesting server) on the room's current state, when the requester supports
+/// the room's version (`versions`, for joins and knocks) and the auth rules
+/// would allow the event.
+async fn membership_template(
+    app: &AppState,
+    origin: &ServerName,
+    room_id: &RoomId,
+    user: &UserId,
+    membership: &str,
+    versions: Option<&[String]>,
+) -> Result<Value> {
     if user.server_name() != origin {
         return Err(Error::forbidden("The user is not on the requesting server"));
     }
@@ -316,15 +296,22 @@ pub async fn make_join(
     };
     drop(tx);
     let version = room.version.to_string();
-    if !versions.iter().any(|v| v == &version) {
+    let unsupported = versions.is_some_and(|v| !v.iter().any(|v| v == &version));
+    let no_knocking = membership == "knock" && !room.rules.authorization.knocking;
+    if unsupported || no_knocking {
+        let message = if membership == "knock" {
+            "Your server does not support knocking in this room's version"
+        } else {
+            "Your server does not support this room's version"
+        };
         return Err(Error::new(
             ErrorKind::IncompatibleRoomVersion {
                 room_version: version,
             },
-            "Your server does not support this room's version",
+            message,
         ));
     }
-    let content = json!({"membership": "join"});
+    let content = json!({ "membership": membership });
     let template = template_for(
         app,
         &room,
@@ -386,6 +373,67 @@ pub async fn send_join(
     event_id: &EventId,
     body: &Value,
 ) -> Result<Value> {
+    let (rules, _) = accept_membership(app, origin, room_id, event_id, body, "join").await?;
+    let stored = events::get(&app.db, event_id.as_str())
+        .await?
+        .ok_or_else(|| Error::forbidden("The join was not accepted"))?;
+    let pdu = Pdu::from_json(event_id, &stored.json).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let (state, auth_chain) = state_and_auth_chain_before(app, &rules, room_id, &pdu).await?;
+    Ok(json!({
+        "origin": app.server_name.as_str(),
+        "state": state,
+        "auth_chain": auth_chain,
+        "members_omitted": false,
+    }))
+}
+
+/// `send_leave` (v2) as the resident server: accepts the signed leave like any
+/// received PDU and sends it on to the other servers in the room.
+pub async fn send_leave(
+    app: &AppState,
+    origin: &ServerName,
+    room_id: &RoomId,
+    event_id: &EventId,
+    body: &Value,
+) -> Result<Value> {
+    accept_membership(app, origin, room_id, event_id, body, "leave").await?;
+    Ok(json!({}))
+}
+
+/// `send_knock` as the resident server: accepts the signed knock like any
+/// received PDU, sends it on, and answers with the room's stripped state.
+pub async fn send_knock(
+    app: &AppState,
+    origin: &ServerName,
+    room_id: &RoomId,
+    event_id: &EventId,
+    body: &Value,
+) -> Result<Value> {
+    let (_, knocker) = accept_membership(app, origin, room_id, event_id, body, "knock").await?;
+    let mut tx = app.db.begin().await?;
+    let Some(room) = RoomCtx::lock_shared(&mut tx, room_id).await? else {
+        return Err(Error::not_found("Unknown room"));
+    };
+    let state = super::invite::invite_room_state(&mut tx, &room, &knocker).await?;
+    drop(tx);
+    Ok(json!({ "knock_room_state": state }))
+}
+
+/// The `send_*` side of the resident server: the event must be the requesting
+/// server's user's own `membership` event with this ID; it goes through the
+/// receipt checks like any PDU and is then sent on to the room's other servers.
+/// Returns the room's rules and the event's sender.
+async fn accept_membership(
+    app: &AppState,
+    origin: &ServerName,
+    room_id: &RoomId,
+    event_id: &EventId,
+    body: &Value,
+    membership: &str,
+) -> Result<(
+    ruma::room_version_rules::RoomVersionRules,
+    ruma::OwnedUserId,
+)> {
     let Some(room) = rooms::get(&app.db, room_id.as_str()).await? else {
         return Err(Error::not_found("Unknown room"));
     };
@@ -395,41 +443,39 @@ pub async fn send_join(
         .ok_or_else(|| anyhow::anyhow!("stored room version"))?;
     let checked: Checked = ingest::check_pdu(app, &rules, body)
         .await
-        .map_err(|e| Error::bad_json(format!("Invalid join event: {e}")))?;
+        .map_err(|e| Error::bad_json(format!("Invalid {membership} event: {e}")))?;
     let content: Value = serde_json::from_str(checked.pdu.content.get()).unwrap_or_default();
     if checked.event_id != event_id
         || checked.pdu.kind != TimelineEventType::RoomMember
         || checked.pdu.state_key.as_deref() != Some(checked.pdu.sender.as_str())
-        || content["membership"] != "join"
+        || content["membership"] != membership
         || checked.pdu.sender.server_name() != origin
     {
-        return Err(Error::bad_json(
-            "Not a join event of the requesting server for this ID",
-        ));
+        return Err(Error::bad_json(format!(
+            "Not a {membership} event of the requesting server for this ID"
+        )));
     }
+    let sender = checked.pdu.sender.clone();
     match ingest::receive_checked_pub(app, origin, &rules, room_id, checked).await {
         Ok(Outcome::Accepted | Outcome::AlreadyKnown) => {}
-        Ok(Outcome::SoftFailed) => return Err(Error::forbidden("The join is not allowed now")),
-        Err(e) => return Err(Error::forbidden(format!("The join is not allowed: {e}"))),
+        Ok(Outcome::SoftFailed) => {
+            return Err(Error::forbidden(format!(
+                "The {membership} is not allowed now"
+            )));
+        }
+        Err(e) => {
+            return Err(Error::forbidden(format!(
+                "The {membership} is not allowed: {e}"
+            )));
+        }
     }
-    let stored = events::get(&app.db, event_id.as_str())
-        .await?
-        .ok_or_else(|| Error::forbidden("The join was not accepted"))?;
-    // Tell the other servers in the room.
     let mut others = rooms::joined_servers(&app.db, room_id.as_str()).await?;
     others.retain(|s| s != app.server_name.as_str() && s != origin.as_str());
     if !others.is_empty() {
         fed_store::enqueue_pdu(&app.db, &others, event_id.as_str(), now_ms()).await?;
         app.federation_wake.notify_one();
     }
-    let pdu = Pdu::from_json(event_id, &stored.json).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let (state, auth_chain) = state_and_auth_chain_before(app, &rules, room_id, &pdu).await?;
-    Ok(json!({
-        "origin": app.server_name.as_str(),
-        "state": state,
-        "auth_chain": auth_chain,
-        "members_omitted": false,
-    }))
+    Ok((rules, sender))
 }
 
 /// The state before an event (resolved over its prev events) and the auth chain
@@ -528,77 +574,159 @@ pub fn sign_template(
     Ok((object, event_id))
 }
 
-/// `make_leave` as the resident server: a leave template for `user`, if the
-/// auth rules would let them leave (they are joined, invited or knocking).
-pub async fn make_leave(
-    app: &AppState,
-    origin: &ServerName,
-    room_id: &RoomId,
-    user: &UserId,
-) -> Result<Value> {
-    if user.server_name() != origin {
-        return Err(Error::forbidden("The user is not on the requesting server"));
-    }
-    let mut tx = app.db.begin().await?;
-    let Some(room) = RoomCtx::lock(&mut tx, room_id).await? else {
-        return Err(Error::not_found("Unknown room"));
-    };
-    drop(tx);
-    let content = json!({"membership": "leave"});
-    let template = template_for(
-        app,
-        &room,
-        user,
-        "m.room.member",
-        Some(user.as_str()),
-        content,
-    )
-    .await?;
-    Ok(json!({"room_version": room.version.as_str(), "event": template}))
+/// A `make_*` / `send_*` exchange done: our signed event, its ID, the room's
+/// version and rules, and the `send_*` answer.
+struct Handshake {
+    object: CanonicalJsonObject,
+    event_id: OwnedEventId,
+    version: RoomVersionId,
+    rules: ruma::room_version_rules::RoomVersionRules,
+    reply: Value,
 }
 
-/// `send_leave` (v2) as the resident server: accepts the signed leave like any
-/// received PDU and sends it on to the other servers in the room.
-pub async fn send_leave(
+/// Our side of a membership change in a room this server is not in: asks
+/// `server` for a `membership` template (`make_join`, `make_leave`,
+/// `make_knock`), checks it is the event we asked for, adds `extra` content,
+/// signs it and sends it back (`send_*`). A 403 or an unsupported room version
+/// is the room's answer (`Refused`); anything else may go better elsewhere.
+async fn handshake(
     app: &AppState,
-    origin: &ServerName,
+    server: &ServerName,
     room_id: &RoomId,
-    event_id: &EventId,
-    body: &Value,
-) -> Result<Value> {
-    let Some(room) = rooms::get(&app.db, room_id.as_str()).await? else {
-        return Err(Error::not_found("Unknown room"));
+    user: &UserId,
+    membership: &str,
+    extra: serde_json::Map<String, Value>,
+) -> std::result::Result<Handshake, JoinError> {
+    let (make, send) = match membership {
+        "join" => ("v1/make_join", "v2/send_join"),
+        "leave" => ("v1/make_leave", "v2/send_leave"),
+        _ => ("v1/make_knock", "v1/send_knock"),
     };
-    let rules = RoomVersionId::try_from(room.room_version.as_str())
-        .ok()
-        .and_then(|v| v.rules())
-        .ok_or_else(|| anyhow::anyhow!("stored room version"))?;
-    let checked: Checked = ingest::check_pdu(app, &rules, body)
+    let query = if membership == "leave" {
+        String::new()
+    } else {
+        let vers: Vec<String> = supported_versions()
+            .iter()
+            .map(|v| format!("ver={v}"))
+            .collect();
+        format!("?{}", vers.join("&"))
+    };
+    let refused = |body: String| {
+        JoinError::Refused(Error::forbidden(format!(
+            "The room's server refused the {membership}: {body}"
+        )))
+    };
+    let path = format!(
+        "/_matrix/federation/{make}/{}/{}{query}",
+        enc(room_id.as_str()),
+        enc(user.as_str())
+    );
+    let template = match app
+        .federation
+        .request_json(server, http::Method::GET, &path, None)
         .await
-        .map_err(|e| Error::bad_json(format!("Invalid leave event: {e}")))?;
-    let content: Value = serde_json::from_str(checked.pdu.content.get()).unwrap_or_default();
-    if checked.event_id != event_id
-        || checked.pdu.kind != TimelineEventType::RoomMember
-        || checked.pdu.state_key.as_deref() != Some(checked.pdu.sender.as_str())
-        || content["membership"] != "leave"
-        || checked.pdu.sender.server_name() != origin
     {
-        return Err(Error::bad_json(
-            "Not a leave event of the requesting server for this ID",
-        ));
+        Ok(t) => t,
+        Err(crate::federation::client::FedError::Remote { status: 403, body }) => {
+            return Err(refused(body));
+        }
+        Err(e) => return Err(JoinError::Failed(e.to_string())),
+    };
+    let version = template["room_version"].as_str().unwrap_or("1");
+    let version = RoomVersionId::try_from(version)
+        .ok()
+        .filter(room_version::is_supported)
+        .ok_or_else(|| {
+            JoinError::Refused(Error::new(
+                ErrorKind::UnsupportedRoomVersion,
+                format!("Room version {version} is not supported"),
+            ))
+        })?;
+    let rules = version.rules().expect("supported versions have rules");
+    let mut event = template["event"].clone();
+    if event["type"] != "m.room.member"
+        || event["state_key"] != user.as_str()
+        || event["sender"] != user.as_str()
+        || event["content"]["membership"] != membership
+    {
+        return Err(JoinError::Failed(format!(
+            "make_{membership} returned a different event"
+        )));
     }
-    match ingest::receive_checked_pub(app, origin, &rules, room_id, checked).await {
-        Ok(Outcome::Accepted | Outcome::AlreadyKnown) => {}
-        Ok(Outcome::SoftFailed) => return Err(Error::forbidden("The leave is not allowed now")),
-        Err(e) => return Err(Error::forbidden(format!("The leave is not allowed: {e}"))),
+    for (key, value) in extra {
+        event["content"][key] = value;
     }
-    let mut others = rooms::joined_servers(&app.db, room_id.as_str()).await?;
-    others.retain(|s| s != app.server_name.as_str() && s != origin.as_str());
-    if !others.is_empty() {
-        fed_store::enqueue_pdu(&app.db, &others, event_id.as_str(), now_ms()).await?;
-        app.federation_wake.notify_one();
+    let (object, event_id) = sign_template(app, event, &rules).map_err(JoinError::Failed)?;
+    let path = format!(
+        "/_matrix/federation/{send}/{}/{}",
+        enc(room_id.as_str()),
+        enc(event_id.as_str())
+    );
+    let body = serde_json::to_value(&object).map_err(|e| JoinError::Failed(e.to_string()))?;
+    let reply = match app
+        .federation
+        .request_json(server, http::Method::PUT, &path, Some(&body))
+        .await
+    {
+        Ok(r) => r,
+        Err(crate::federation::client::FedError::Remote { status: 403, body }) => {
+            return Err(refused(body));
+        }
+        Err(e) => return Err(JoinError::Failed(e.to_string())),
+    };
+    Ok(Handshake {
+        object,
+        event_id,
+        version,
+        rules,
+        reply,
+    })
+}
+
+/// Records a local user's membership of a room this server is not in: the
+/// membership event as an outlier, the user's `room_members` row at a new
+/// stream position, and what is needed to act on it later (`remote`: an invite
+/// or knock kept; `None`: any earlier one forgotten).
+pub async fn record_remote_membership(
+    app: &AppState,
+    checked: &Checked,
+    membership: &str,
+    remote: Option<fed_store::RemoteMembership>,
+) -> Result<()> {
+    let (room_id, user) = (
+        checked.pdu.room_id.as_str(),
+        checked.pdu.state_key.as_deref().unwrap_or_default(),
+    );
+    let mut tx = app.db.begin().await?;
+    fed_store::delete_outlier(&mut *tx, checked.event_id.as_str()).await?;
+    ingest::store_outlier(&mut *tx, checked, false).await?;
+    match &remote {
+        Some(r) => fed_store::upsert_remote_membership(&mut *tx, room_id, user, r).await?,
+        None => fed_store::delete_remote_membership(&mut *tx, room_id, user).await?,
     }
-    Ok(json!({}))
+    let (position, guard) = crate::service::stream::take(&mut tx, app).await?;
+    rooms::set_membership(
+        &mut *tx,
+        room_id,
+        user,
+        membership,
+        checked.event_id.as_str(),
+        position,
+    )
+    .await?;
+    tx.commit().await?;
+    drop(guard);
+    Ok(())
+}
+
+fn checked_of(object: CanonicalJsonObject, event_id: OwnedEventId) -> Result<Checked> {
+    let text = serde_json::to_string(&object).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let pdu = Pdu::from_json(&event_id, &text).map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(Checked {
+        event_id,
+        object,
+        pdu,
+    })
 }
 
 /// Rejects an invite to (or withdraws a knock on) a room this server is not
@@ -612,167 +740,24 @@ pub async fn leave_remote(
     server: &ServerName,
     reason: Option<String>,
 ) -> Result<()> {
-    let failed = |e: String| {
-        Error::new(
-            ErrorKind::Unknown,
-            format!("Leaving through {server} failed: {e}"),
-        )
-    };
-    let path = format!(
-        "/_matrix/federation/v1/make_leave/{}/{}",
-        enc(room_id.as_str()),
-        enc(user.as_str())
-    );
-    let template = app
-        .federation
-        .request_json(server, http::Method::GET, &path, None)
-        .await
-        .map_err(|e| failed(e.to_string()))?;
-    let version = template["room_version"].as_str().unwrap_or("1");
-    let rules = RoomVersionId::try_from(version)
-        .ok()
-        .filter(room_version::is_supported)
-        .and_then(|v| v.rules())
-        .ok_or_else(|| failed(format!("room version {version} is not supported")))?;
-    let mut event = template["event"].clone();
-    if event["type"] != "m.room.member"
-        || event["state_key"] != user.as_str()
-        || event["sender"] != user.as_str()
-        || event["content"]["membership"] != "leave"
-    {
-        return Err(failed("make_leave returned a different event".into()));
-    }
+    let mut extra = serde_json::Map::new();
     if let Some(reason) = reason {
-        event["content"]["reason"] = reason.into();
+        extra.insert("reason".into(), reason.into());
     }
-    let (object, event_id) = sign_template(app, event, &rules).map_err(failed)?;
-    let path = format!(
-        "/_matrix/federation/v2/send_leave/{}/{}",
-        enc(room_id.as_str()),
-        enc(event_id.as_str())
-    );
-    let body = serde_json::to_value(&object).map_err(|e| failed(e.to_string()))?;
-    app.federation
-        .request_json(server, http::Method::PUT, &path, Some(&body))
+    let done = handshake(app, server, room_id, user, "leave", extra)
         .await
-        .map_err(|e| failed(e.to_string()))?;
-    let text = serde_json::to_string(&object).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let pdu = Pdu::from_json(&event_id, &text).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let mut tx = app.db.begin().await?;
-    ingest::store_outlier(
-        &mut *tx,
-        &Checked {
-            event_id: event_id.clone(),
-            object,
-            pdu,
-        },
-        false,
-    )
-    .await?;
-    let (position, guard) = crate::service::stream::take(&mut tx, app).await?;
-    rooms::set_membership(
-        &mut *tx,
-        room_id.as_str(),
-        user.as_str(),
-        "leave",
-        event_id.as_str(),
-        position,
-    )
-    .await?;
-    fed_store::delete_remote_membership(&mut *tx, room_id.as_str(), user.as_str()).await?;
-    tx.commit().await?;
-    drop(guard);
-    Ok(())
-}
-
-/// `make_knock` as the resident server: a knock template for `user`, if the
-/// room's version knows knocking and the auth rules would allow it.
-pub async fn make_knock(
-    app: &AppState,
-    origin: &ServerName,
-    room_id: &RoomId,
-    user: &UserId,
-    versions: &[String],
-) -> Result<Value> {
-    if user.server_name() != origin {
-        return Err(Error::forbidden("The user is not on the requesting server"));
-    }
-    let mut tx = app.db.begin().await?;
-    let Some(room) = RoomCtx::lock(&mut tx, room_id).await? else {
-        return Err(Error::not_found("Unknown room"));
-    };
-    drop(tx);
-    let version = room.version.to_string();
-    if !versions.iter().any(|v| v == &version) || !room.rules.authorization.knocking {
-        return Err(Error::new(
-            ErrorKind::IncompatibleRoomVersion {
-                room_version: version,
-            },
-            "Your server does not support knocking in this room's version",
-        ));
-    }
-    let content = json!({"membership": "knock"});
-    let template = template_for(
-        app,
-        &room,
-        user,
-        "m.room.member",
-        Some(user.as_str()),
-        content,
-    )
-    .await?;
-    Ok(json!({"room_version": version, "event": template}))
-}
-
-/// `send_knock` as the resident server: accepts the signed knock like any
-/// received PDU, sends it on, and answers with the room's stripped state.
-pub async fn send_knock(
-    app: &AppState,
-    origin: &ServerName,
-    room_id: &RoomId,
-    event_id: &EventId,
-    body: &Value,
-) -> Result<Value> {
-    let Some(room) = rooms::get(&app.db, room_id.as_str()).await? else {
-        return Err(Error::not_found("Unknown room"));
-    };
-    let rules = RoomVersionId::try_from(room.room_version.as_str())
-        .ok()
-        .and_then(|v| v.rules())
-        .ok_or_else(|| anyhow::anyhow!("stored room version"))?;
-    let checked: Checked = ingest::check_pdu(app, &rules, body)
-        .await
-        .map_err(|e| Error::bad_json(format!("Invalid knock event: {e}")))?;
-    let content: Value = serde_json::from_str(checked.pdu.content.get()).unwrap_or_default();
-    if checked.event_id != event_id
-        || checked.pdu.kind != TimelineEventType::RoomMember
-        || checked.pdu.state_key.as_deref() != Some(checked.pdu.sender.as_str())
-        || content["membership"] != "knock"
-        || checked.pdu.sender.server_name() != origin
-    {
-        return Err(Error::bad_json(
-            "Not a knock event of the requesting server for this ID",
-        ));
-    }
-    let knocker = checked.pdu.sender.clone();
-    match ingest::receive_checked_pub(app, origin, &rules, room_id, checked).await {
-        Ok(Outcome::Accepted | Outcome::AlreadyKnown) => {}
-        Ok(Outcome::SoftFailed) => return Err(Error::forbidden("The knock is not allowed now")),
-        Err(e) => return Err(Error::forbidden(format!("The knock is not allowed: {e}"))),
-    }
-    let mut others = rooms::joined_servers(&app.db, room_id.as_str()).await?;
-    others.retain(|s| s != app.server_name.as_str() && s != origin.as_str());
-    if !others.is_empty() {
-        fed_store::enqueue_pdu(&app.db, &others, event_id.as_str(), now_ms()).await?;
-        app.federation_wake.notify_one();
-    }
-    let mut tx = app.db.begin().await?;
-    let Some(room) = RoomCtx::lock_shared(&mut tx, room_id).await? else {
-        return Err(Error::not_found("Unknown room"));
-    };
-    let state = super::invite::invite_room_state(&mut tx, &room, &knocker).await?;
-    drop(tx);
-    Ok(json!({ "knock_room_state": state }))
+        .map_err(|e| {
+            let e = match e {
+                JoinError::Refused(e) => e.to_string(),
+                JoinError::Failed(e) => e,
+            };
+            Error::new(
+                ErrorKind::Unknown,
+                format!("Leaving through {server} failed: {e}"),
+            )
+        })?;
+    let checked = checked_of(done.object, done.event_id)?;
+    record_remote_membership(app, &checked, "leave", None).await
 }
 
 /// Knocks on a room this server is not in, through the first of `servers`
@@ -786,125 +771,34 @@ pub async fn knock_remote(
     servers: &[OwnedServerName],
     reason: Option<String>,
 ) -> Result<()> {
-    let vers: String = supported_versions()
-        .iter()
-        .map(|v| format!("ver={v}"))
-        .collect::<Vec<_>>()
-        .join("&");
+    let mut extra = serde_json::Map::new();
+    if let Some(reason) = reason {
+        extra.insert("reason".into(), reason.into());
+    }
     let mut last_error = String::from("no servers to knock through");
     for server in servers {
-        let path = format!(
-            "/_matrix/federation/v1/make_knock/{}/{}?{vers}",
-            enc(room_id.as_str()),
-            enc(user.as_str())
-        );
-        let template = match app
-            .federation
-            .request_json(server, http::Method::GET, &path, None)
-            .await
-        {
-            Ok(t) => t,
-            Err(crate::federation::client::FedError::Remote { status: 403, body }) => {
-                return Err(Error::forbidden(format!(
-                    "The room's server refused the knock: {body}"
-                )));
-            }
-            Err(e) => {
+        let done = match handshake(app, server, room_id, user, "knock", extra.clone()).await {
+            Ok(done) => done,
+            Err(JoinError::Refused(e)) => return Err(e),
+            Err(JoinError::Failed(e)) => {
                 last_error = format!("{server}: {e}");
                 continue;
             }
         };
-        let version = template["room_version"].as_str().unwrap_or("1").to_owned();
-        let Some(rules) = RoomVersionId::try_from(version.as_str())
-            .ok()
-            .filter(room_version::is_supported)
-            .and_then(|v| v.rules())
-        else {
-            return Err(Error::new(
-                ErrorKind::UnsupportedRoomVersion,
-                format!("Room version {version} is not supported"),
-            ));
-        };
-        let mut event = template["event"].clone();
-        if event["type"] != "m.room.member"
-            || event["state_key"] != user.as_str()
-            || event["sender"] != user.as_str()
-            || event["content"]["membership"] != "knock"
-        {
-            last_error = format!("{server}: make_knock returned a different event");
-            continue;
-        }
-        if let Some(reason) = &reason {
-            event["content"]["reason"] = reason.clone().into();
-        }
-        let (object, event_id) =
-            sign_template(app, event, &rules).map_err(|e| Error::new(ErrorKind::Unknown, e))?;
-        let path = format!(
-            "/_matrix/federation/v1/send_knock/{}/{}",
-            enc(room_id.as_str()),
-            enc(event_id.as_str())
-        );
-        let body = serde_json::to_value(&object).map_err(|e| anyhow::anyhow!("{e}"))?;
-        let reply = match app
-            .federation
-            .request_json(server, http::Method::PUT, &path, Some(&body))
-            .await
-        {
-            Ok(r) => r,
-            Err(crate::federation::client::FedError::Remote { status: 403, body }) => {
-                return Err(Error::forbidden(format!(
-                    "The room's server refused the knock: {body}"
-                )));
-            }
-            Err(e) => {
-                last_error = format!("{server}: {e}");
-                continue;
-            }
-        };
-        let mut state: Vec<Value> = reply["knock_room_state"]
+        let mut state: Vec<Value> = done.reply["knock_room_state"]
             .as_array()
             .cloned()
             .unwrap_or_default();
         state.retain(Value::is_object);
-        let text = serde_json::to_string(&object).map_err(|e| anyhow::anyhow!("{e}"))?;
-        let pdu = Pdu::from_json(&event_id, &text).map_err(|e| anyhow::anyhow!("{e}"))?;
-        let mut tx = app.db.begin().await?;
-        ingest::store_outlier(
-            &mut *tx,
-            &Checked {
-                event_id: event_id.clone(),
-                object,
-                pdu,
-            },
-            false,
-        )
-        .await?;
-        fed_store::upsert_remote_membership(
-            &mut *tx,
-            room_id.as_str(),
-            user.as_str(),
-            &fed_store::RemoteMembership {
-                membership: "knock".into(),
-                event_id: event_id.to_string(),
-                room_version: version,
-                via_server: server.to_string(),
-                stripped_state: Value::Array(state),
-            },
-        )
-        .await?;
-        let (position, guard) = crate::service::stream::take(&mut tx, app).await?;
-        rooms::set_membership(
-            &mut *tx,
-            room_id.as_str(),
-            user.as_str(),
-            "knock",
-            event_id.as_str(),
-            position,
-        )
-        .await?;
-        tx.commit().await?;
-        drop(guard);
-        return Ok(());
+        let remote = fed_store::RemoteMembership {
+            membership: "knock".into(),
+            event_id: done.event_id.to_string(),
+            room_version: done.version.to_string(),
+            via_server: server.to_string(),
+            stripped_state: Value::Array(state),
+        };
+        let checked = checked_of(done.object, done.event_id)?;
+        return record_remote_membership(app, &checked, "knock", Some(remote)).await;
     }
     Err(Error::not_found(format!(
         "No server could be knocked through ({last_error})"
