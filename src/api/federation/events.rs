@@ -153,9 +153,8 @@ async fn make_leave(
     Path((room_id, user_id)): Path<(String, String)>,
     fed: FedRequest,
 ) -> Result<Json<Value>> {
-    let room_id = RoomId::parse(&room_id).map_err(|_| Error::invalid_param("Invalid room ID"))?;
-    let user_id = UserId::parse(&user_id).map_err(|_| Error::invalid_param("Invalid user ID"))?;
-    acl::check(&app, room_id.as_str(), fed.origin.as_str()).await?;
+    let room_id = acl_room(&app, &room_id, &fed.origin).await?;
+    let user_id = path_user(&user_id)?;
     Ok(Json(
         join::make_leave(&app, &fed.origin, &room_id, &user_id).await?,
     ))
@@ -167,13 +166,9 @@ async fn make_knock(
     RawQuery(query): RawQuery,
     fed: FedRequest,
 ) -> Result<Json<Value>> {
-    let room_id = RoomId::parse(&room_id).map_err(|_| Error::invalid_param("Invalid room ID"))?;
-    let user_id = UserId::parse(&user_id).map_err(|_| Error::invalid_param("Invalid user ID"))?;
-    acl::check(&app, room_id.as_str(), fed.origin.as_str()).await?;
-    let versions: Vec<String> = form_urlencoded::parse(query.unwrap_or_default().as_bytes())
-        .filter(|(k, _)| k == "ver")
-        .map(|(_, v)| v.into_owned())
-        .collect();
+    let room_id = acl_room(&app, &room_id, &fed.origin).await?;
+    let user_id = path_user(&user_id)?;
+    let versions = ver_params(query);
     Ok(Json(
         join::make_knock(&app, &fed.origin, &room_id, &user_id, &versions).await?,
     ))
@@ -184,10 +179,8 @@ async fn send_knock(
     Path((room_id, event_id)): Path<(String, String)>,
     fed: FedRequest,
 ) -> Result<Json<Value>> {
-    let room_id = RoomId::parse(&room_id).map_err(|_| Error::invalid_param("Invalid room ID"))?;
-    let event_id =
-        EventId::parse(&event_id).map_err(|_| Error::invalid_param("Invalid event ID"))?;
-    acl::check(&app, room_id.as_str(), fed.origin.as_str()).await?;
+    let room_id = acl_room(&app, &room_id, &fed.origin).await?;
+    let event_id = path_event(&event_id)?;
     let body: Value = fed.json()?;
     Ok(Json(
         join::send_knock(&app, &fed.origin, &room_id, &event_id, &body).await?,
@@ -199,14 +192,39 @@ async fn send_leave(
     Path((room_id, event_id)): Path<(String, String)>,
     fed: FedRequest,
 ) -> Result<Json<Value>> {
-    let room_id = RoomId::parse(&room_id).map_err(|_| Error::invalid_param("Invalid room ID"))?;
-    let event_id =
-        EventId::parse(&event_id).map_err(|_| Error::invalid_param("Invalid event ID"))?;
-    acl::check(&app, room_id.as_str(), fed.origin.as_str()).await?;
+    let room_id = acl_room(&app, &room_id, &fed.origin).await?;
+    let event_id = path_event(&event_id)?;
     let body: Value = fed.json()?;
     Ok(Json(
         join::send_leave(&app, &fed.origin, &room_id, &event_id, &body).await?,
     ))
+}
+
+/// A room ID from the path, in which the requesting server's ACL lets it act.
+async fn acl_room(
+    app: &AppState,
+    room_id: &str,
+    origin: &ruma::ServerName,
+) -> Result<ruma::OwnedRoomId> {
+    let room_id = RoomId::parse(room_id).map_err(|_| Error::invalid_param("Invalid room ID"))?;
+    acl::check(app, room_id.as_str(), origin.as_str()).await?;
+    Ok(room_id)
+}
+
+fn path_user(user_id: &str) -> Result<ruma::OwnedUserId> {
+    UserId::parse(user_id).map_err(|_| Error::invalid_param("Invalid user ID"))
+}
+
+fn path_event(event_id: &str) -> Result<ruma::OwnedEventId> {
+    EventId::parse(event_id).map_err(|_| Error::invalid_param("Invalid event ID"))
+}
+
+/// The room versions a `make_join`/`make_knock` caller supports (`ver=`).
+fn ver_params(query: Option<String>) -> Vec<String> {
+    form_urlencoded::parse(query.unwrap_or_default().as_bytes())
+        .filter(|(k, _)| k == "ver")
+        .map(|(_, v)| v.into_owned())
+        .collect()
 }
 
 const MAX_PDUS: usize = 50;
@@ -274,13 +292,9 @@ async fn make_join(
     RawQuery(query): RawQuery,
     fed: FedRequest,
 ) -> Result<Json<Value>> {
-    let room_id = RoomId::parse(&room_id).map_err(|_| Error::invalid_param("Invalid room ID"))?;
-    acl::check(&app, room_id.as_str(), fed.origin.as_str()).await?;
-    let user_id = UserId::parse(&user_id).map_err(|_| Error::invalid_param("Invalid user ID"))?;
-    let versions: Vec<String> = form_urlencoded::parse(query.unwrap_or_default().as_bytes())
-        .filter(|(k, _)| k == "ver")
-        .map(|(_, v)| v.into_owned())
-        .collect();
+    let room_id = acl_room(&app, &room_id, &fed.origin).await?;
+    let user_id = path_user(&user_id)?;
+    let versions = ver_params(query);
     // No `ver`: the server only knows version 1.
     let versions = if versions.is_empty() {
         vec!["1".to_owned()]
@@ -297,10 +311,8 @@ async fn send_join(
     Path((room_id, event_id)): Path<(String, String)>,
     fed: FedRequest,
 ) -> Result<Json<Value>> {
-    let room_id = RoomId::parse(&room_id).map_err(|_| Error::invalid_param("Invalid room ID"))?;
-    acl::check(&app, room_id.as_str(), fed.origin.as_str()).await?;
-    let event_id =
-        EventId::parse(&event_id).map_err(|_| Error::invalid_param("Invalid event ID"))?;
+    let room_id = acl_room(&app, &room_id, &fed.origin).await?;
+    let event_id = path_event(&event_id)?;
     let body: Value = fed.json()?;
     Ok(Json(
         join::send_join(&app, &fed.origin, &room_id, &event_id, &body).await?,
