@@ -91,31 +91,14 @@ pub async fn query(
         }
         local_keys(app, &user, &devices, Some(viewer), &mut out).await?;
     }
-    let replies = futures_util::future::join_all(remote.into_iter().map(|(server, users)| async {
-        let reply = super::federation::e2ee::query_remote(app, &server, users).await;
-        (server, reply)
-    }))
-    .await;
-    for (server, reply) in replies {
-        match reply {
-            Ok(reply) => {
-                for (field, target) in [
-                    ("device_keys", &mut out.device_keys),
-                    ("master_keys", &mut out.master),
-                    ("self_signing_keys", &mut out.self_signing),
-                ] {
-                    for (user, keys) in reply[field].as_object().into_iter().flatten() {
-                        let from_server = UserId::parse(user.as_str())
-                            .is_ok_and(|u| u.server_name().as_str() == server);
-                        if from_server {
-                            target.insert(user.clone(), keys.clone());
-                        }
-                    }
-                }
-            }
-            Err(e) => {
-                failures.insert(server, json!({ "errcode": "M_UNAVAILABLE", "error": e }));
-            }
+    let answers = ask_servers(app, remote, "query", "device_keys", &mut failures).await;
+    for (server, reply) in &answers {
+        for (field, target) in [
+            ("device_keys", &mut out.device_keys),
+            ("master_keys", &mut out.master),
+            ("self_signing_keys", &mut out.self_signing),
+        ] {
+            target.extend(users_of(server, &reply[field]));
         }
     }
     Ok(json!({
@@ -236,28 +219,56 @@ pub async fn claim(app: &AppState, wanted: Vec<(String, String, String)>) -> Res
     }
     let mut out = claim_local(app, local).await?;
     let mut failures = Map::new();
+    let answers = ask_servers(app, remote, "claim", "one_time_keys", &mut failures).await;
+    for (server, reply) in &answers {
+        for (user, keys) in users_of(server, &reply["one_time_keys"]) {
+            if let Value::Object(keys) = keys {
+                out.insert(user, keys);
+            }
+        }
+    }
+    Ok(json!({ "one_time_keys": out, "failures": failures }))
+}
+
+/// Asks each server, in parallel, `POST /_matrix/federation/v1/user/keys/{endpoint}`
+/// with its users under `field`; returns the answers, and records the servers
+/// that failed in `failures` (as `/keys/query` and `/keys/claim` report them).
+async fn ask_servers(
+    app: &AppState,
+    remote: BTreeMap<String, Map<String, Value>>,
+    endpoint: &str,
+    field: &str,
+    failures: &mut Map<String, Value>,
+) -> Vec<(String, Value)> {
     let replies = futures_util::future::join_all(remote.into_iter().map(|(server, users)| async {
-        let reply = super::federation::e2ee::claim_remote(app, &server, users).await;
+        let reply = super::federation::e2ee::user_keys(app, &server, endpoint, field, users).await;
         (server, reply)
     }))
     .await;
+    let mut answers = Vec::new();
     for (server, reply) in replies {
         match reply {
-            Ok(reply) => {
-                for (user, keys) in reply["one_time_keys"].as_object().into_iter().flatten() {
-                    let from_server = UserId::parse(user.as_str())
-                        .is_ok_and(|u| u.server_name().as_str() == server);
-                    if from_server && let Some(keys) = keys.as_object() {
-                        out.insert(user.clone(), keys.clone());
-                    }
-                }
-            }
+            Ok(reply) => answers.push((server, reply)),
             Err(e) => {
                 failures.insert(server, json!({ "errcode": "M_UNAVAILABLE", "error": e }));
             }
         }
     }
-    Ok(json!({ "one_time_keys": out, "failures": failures }))
+    answers
+}
+
+/// The entries of a per-user object that belong to users of `server` (a server
+/// answers for its own users only).
+fn users_of(server: &str, per_user: &Value) -> Vec<(String, Value)> {
+    per_user
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter(|(user, _)| {
+            UserId::parse(user.as_str()).is_ok_and(|u| u.server_name().as_str() == server)
+        })
+        .map(|(user, v)| (user.clone(), v.clone()))
+        .collect()
 }
 
 /// Claims local users' keys: `(user, device, algorithm)` → user → device → key.

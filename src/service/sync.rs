@@ -565,30 +565,12 @@ pub(super) async fn stripped_state(
                 .iter()
                 .filter_map(|ev| serde_json::from_str(&ev.json).ok()),
         );
-        return Ok(out
-            .iter()
-            .map(|pdu| {
-                json!({
-                    "type": pdu["type"],
-                    "state_key": pdu["state_key"],
-                    "content": pdu["content"],
-                    "sender": pdu["sender"],
-                })
-            })
-            .collect());
+        return Ok(out.iter().map(stripped).collect());
     };
-    let keys: Vec<(String, String)> = [
-        "m.room.create",
-        "m.room.join_rules",
-        "m.room.name",
-        "m.room.avatar",
-        "m.room.canonical_alias",
-        "m.room.encryption",
-        "m.room.topic",
-    ]
-    .iter()
-    .map(|t| ((*t).to_owned(), String::new()))
-    .collect();
+    let keys: Vec<(String, String)> = crate::service::federation::invite::INVITE_STATE_TYPES
+        .iter()
+        .map(|t| ((*t).to_owned(), String::new()))
+        .collect();
     let mut ids: Vec<String> = match room.current_state_group {
         Some(g) => state::state_for_keys(&app.db, g, &keys)
             .await?
@@ -598,17 +580,21 @@ pub(super) async fn stripped_state(
         None => Vec::new(),
     };
     ids.push(invite_event.to_owned());
-    let mut out = Vec::new();
-    for ev in events::get_many(&app.db, &ids).await? {
-        let pdu: Value = serde_json::from_str(&ev.json).unwrap_or_default();
-        out.push(json!({
-            "type": pdu["type"],
-            "state_key": pdu["state_key"],
-            "content": pdu["content"],
-            "sender": pdu["sender"],
-        }));
-    }
-    Ok(out)
+    Ok(events::get_many(&app.db, &ids)
+        .await?
+        .iter()
+        .map(|ev| stripped(&serde_json::from_str(&ev.json).unwrap_or_default()))
+        .collect())
+}
+
+/// A stripped state event (spec "Stripped state") from a full PDU.
+fn stripped(pdu: &Value) -> Value {
+    json!({
+        "type": pdu["type"],
+        "state_key": pdu["state_key"],
+        "content": pdu["content"],
+        "sender": pdu["sender"],
+    })
 }
 
 /// `unread_notifications` (and, when the filter asks for them,

@@ -18,10 +18,14 @@ use crate::{
     storage::{Postgres, Transaction, devices, federation as fed_store, now_ms, user_streams},
 };
 
-/// Asks `server` for its users' keys: `users` is user → device IDs (`[]`: all).
-pub async fn query_remote(
+/// `POST /_matrix/federation/v1/user/keys/{endpoint}` (`query` or `claim`) on
+/// `server`, with `users` under `field` (`device_keys`: user → device IDs;
+/// `one_time_keys`: user → device → algorithm).
+pub async fn user_keys(
     app: &AppState,
     server: &str,
+    endpoint: &str,
+    field: &str,
     users: Map<String, Value>,
 ) -> std::result::Result<Value, String> {
     let server = ServerName::parse(server).map_err(|e| e.to_string())?;
@@ -29,26 +33,8 @@ pub async fn query_remote(
         .request_json(
             &server,
             http::Method::POST,
-            "/_matrix/federation/v1/user/keys/query",
-            Some(&json!({ "device_keys": users })),
-        )
-        .await
-        .map_err(|e| e.to_string())
-}
-
-/// Claims one-time keys from `server`: `users` is user → device → algorithm.
-pub async fn claim_remote(
-    app: &AppState,
-    server: &str,
-    users: Map<String, Value>,
-) -> std::result::Result<Value, String> {
-    let server = ServerName::parse(server).map_err(|e| e.to_string())?;
-    app.federation
-        .request_json(
-            &server,
-            http::Method::POST,
-            "/_matrix/federation/v1/user/keys/claim",
-            Some(&json!({ "one_time_keys": users })),
+            &format!("/_matrix/federation/v1/user/keys/{endpoint}"),
+            Some(&json!({ field: users })),
         )
         .await
         .map_err(|e| e.to_string())

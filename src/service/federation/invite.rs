@@ -17,8 +17,9 @@ use crate::{
     storage::{Postgres, Transaction, events, federation as fed_store, rooms},
 };
 
-/// State types sent with an invite so the invitee's client can show the room.
-const INVITE_STATE_TYPES: [&str; 7] = [
+/// State types sent with an invite (and shown for one) so the invitee's client
+/// can show the room.
+pub const INVITE_STATE_TYPES: [&str; 7] = [
     "m.room.create",
     "m.room.join_rules",
     "m.room.name",
