@@ -12,10 +12,16 @@ use crate::{
 
 /// Whether the room's current ACL lets `server` take part (no ACL: yes).
 pub async fn allowed(app: &AppState, room_id: &str, server: &str) -> Result<bool> {
-    let Some(group) = rooms::get(&app.db, room_id)
+    let group = rooms::get(&app.db, room_id)
         .await?
-        .and_then(|r| r.current_state_group)
-    else {
+        .and_then(|r| r.current_state_group);
+    allowed_at(app, group, server).await
+}
+
+/// Whether the ACL in a state group (the room's current one, already at hand)
+/// lets `server` take part.
+pub async fn allowed_at(app: &AppState, group: Option<i64>, server: &str) -> Result<bool> {
+    let Some(group) = group else {
         return Ok(true);
     };
     let entries = state::state_for_keys(

@@ -288,7 +288,7 @@ async fn receive(
         Ok(None) => return (None, Err("unknown room".into())),
         Err(e) => return (None, Err(format!("database: {e}"))),
     };
-    match super::acl::allowed(app, room_id.as_str(), origin.as_str()).await {
+    match super::acl::allowed_at(app, room.current_state_group, origin.as_str()).await {
         Ok(true) => {}
         Ok(false) => return (None, Err("the room's server ACL denies the origin".into())),
         Err(e) => return (None, Err(format!("database: {e}"))),
