@@ -575,3 +575,18 @@ pub async fn listening_addr(
         }
     }
 }
+
+/// Runs one of the project's set-up scripts (`scripts/<name>`: installs a tool
+/// on first use and prints where it is) and returns its trimmed output.
+pub fn setup_script(name: &str) -> String {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = std::process::Command::new(root.join("scripts").join(name))
+        .output()
+        .unwrap_or_else(|e| panic!("running scripts/{name}: {e}"));
+    assert!(
+        out.status.success(),
+        "scripts/{name} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}

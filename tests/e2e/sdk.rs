@@ -1,21 +1,12 @@
 //! Real client SDKs against a real server. matrix-nio comes from PyPI into a venv
 //! that `scripts/python-env` creates (outside the clone) on first use.
 
-use std::{path::Path, process::Command};
+use std::path::Path;
 
 use crate::harness::{TestServer, user_id};
 
 fn python_with_sdks() -> String {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let out = Command::new(root.join("scripts/python-env"))
-        .output()
-        .expect("running scripts/python-env");
-    assert!(
-        out.status.success(),
-        "python-env failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    crate::harness::setup_script("python-env")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -119,15 +110,7 @@ async fn matrix_js_sdk_uploads_and_downloads_media() {
 /// returns its trimmed stdout (asserting success).
 async fn run_js(server: &TestServer, script: &str, args: &[&str]) -> String {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let out = Command::new(root.join("scripts/node-env"))
-        .output()
-        .expect("running scripts/node-env");
-    assert!(
-        out.status.success(),
-        "node-env failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let node_dir = std::path::PathBuf::from(String::from_utf8(out.stdout).unwrap().trim());
+    let node_dir = std::path::PathBuf::from(crate::harness::setup_script("node-env"));
     // ES modules resolve packages next to the script: run a copy placed there.
     let copy = node_dir.join(format!("{}.{}.mjs", script, std::process::id()));
     std::fs::copy(root.join("tests/sdk").join(script), &copy).unwrap();
@@ -150,16 +133,7 @@ async fn run_js(server: &TestServer, script: &str, args: &[&str]) -> String {
 
 /// Builds (once) and locates the matrix-rust-sdk client in tests/sdk/rust.
 pub fn rust_sdk_client() -> String {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let out = Command::new(root.join("scripts/rust-sdk-client"))
-        .output()
-        .expect("running scripts/rust-sdk-client");
-    assert!(
-        out.status.success(),
-        "building the matrix-rust-sdk client failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    crate::harness::setup_script("rust-sdk-client")
 }
 
 /// Runs the matrix-rust-sdk client: two users, a room, a message each way.

@@ -2,11 +2,7 @@
 //! `scripts/synapse-env`) on loopback: Synapse federates over TLS on the port in
 //! its server name, trusts the development CA, and may reach loopback.
 
-use std::{
-    path::{Path, PathBuf},
-    process::Stdio,
-    time::Duration,
-};
+use std::{path::PathBuf, process::Stdio, time::Duration};
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -35,16 +31,7 @@ impl std::ops::Deref for Synapse {
 
 /// Installs (once) and locates the Synapse venv's python.
 fn synapse_python() -> String {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let out = std::process::Command::new(root.join("scripts/synapse-env"))
-        .output()
-        .expect("running scripts/synapse-env");
-    assert!(
-        out.status.success(),
-        "installing Synapse failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    crate::harness::setup_script("synapse-env")
 }
 
 impl Synapse {
