@@ -120,14 +120,14 @@ async fn store_batch(
         }
     }
     checked.sort_by_key(|c| c.pdu.depth);
+    let ids: Vec<String> = checked.iter().map(|c| c.event_id.to_string()).collect();
+    let held: HashSet<String> = events::in_timeline(&app.db, &ids)
+        .await?
+        .into_iter()
+        .collect();
+    checked.retain(|c| !held.contains(c.event_id.as_str()));
     let mut added = 0;
     for c in checked {
-        if !events::in_timeline(&app.db, &[c.event_id.to_string()])
-            .await?
-            .is_empty()
-        {
-            continue;
-        }
         let auth_ids: Vec<String> = ingest::auth_ids_of(&c.pdu, rules)
             .iter()
             .map(|e| e.to_string())
