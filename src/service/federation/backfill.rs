@@ -125,7 +125,8 @@ async fn store_batch(
         .await?
         .into_iter()
         .collect();
-    checked.retain(|c| !held.contains(c.event_id.as_str()));
+    let mut seen = HashSet::new();
+    checked.retain(|c| !held.contains(c.event_id.as_str()) && seen.insert(c.event_id.clone()));
     let mut added = 0;
     for c in checked {
         let auth_ids: Vec<String> = ingest::auth_ids_of(&c.pdu, rules)
