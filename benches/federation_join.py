@@ -22,158 +22,11 @@ import concurrent.futures
 import json
 import os
 import shutil
-import socket
 import subprocess
-import sys
 import tempfile
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def call(base, method, path, token=None, body=None, timeout=600):
-    data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(base + path, data=data, method=method)
-    req.add_header("Content-Type", "application/json")
-    if token:
-        req.add_header("Authorization", "Bearer " + token)
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            return resp.status, json.loads(resp.read() or b"null")
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read() or b"null")
-
-
-def wait_up(base, proc, what):
-    for _ in range(600):
-        if proc.poll() is not None:
-            sys.exit(f"{what} exited with {proc.returncode}")
-        try:
-            status, _ = call(base, "GET", "/_matrix/client/versions", timeout=2)
-            if status == 200:
-                return
-        except OSError:
-            pass
-        time.sleep(0.1)
-    sys.exit(f"{what} did not start")
-
-
-def register(base, user, password="bench-password"):
-    status, body = call(base, "POST", "/_matrix/client/v3/register", body={
-        "username": user, "password": password})
-    assert status == 401, body
-    status, body = call(base, "POST", "/_matrix/client/v3/register", body={
-        "username": user, "password": password,
-        "auth": {"type": "m.login.dummy", "session": body["session"]}})
-    assert status == 200, body
-    return body["access_token"], body["user_id"]
-
-
-def q(s):
-    return urllib.parse.quote(s, safe="")
-
-
-class Synapse:
-    def __init__(self, python, work, tls, name):
-        self.dir = os.path.join(work, name)
-        os.makedirs(self.dir)
-        self.port, self.client_port = free_port(), free_port()
-        self.name = f"localhost:{self.port}"
-        self.base = f"http://127.0.0.1:{self.client_port}"
-        lots = "{per_second: 100000, burst_count: 100000}"
-        config = f"""server_name: "{self.name}"
-pid_file: {self.dir}/homeserver.pid
-report_stats: false
-listeners:
-  - {{port: {self.port}, bind_addresses: ['127.0.0.1'], type: http, tls: true,
-      resources: [{{names: [federation], compress: false}}]}}
-  - {{port: {self.client_port}, bind_addresses: ['127.0.0.1'], type: http, tls: false,
-      resources: [{{names: [client], compress: false}}]}}
-tls_certificate_path: {tls}/lattice.crt
-tls_private_key_path: {tls}/lattice.key
-federation_custom_ca_list: [{tls}/ca.pem]
-ip_range_whitelist: ['127.0.0.0/8', '::1/128']
-database: {{name: sqlite3, args: {{database: {self.dir}/homeserver.db}}}}
-media_store_path: {self.dir}/media
-signing_key_path: {self.dir}/signing.key
-trusted_key_servers: []
-suppress_key_server_warning: true
-enable_registration: true
-enable_registration_without_verification: true
-bcrypt_rounds: 4
-macaroon_secret_key: "bench"
-form_secret: "bench"
-presence: {{enabled: false}}
-log_config: {self.dir}/log.yaml
-rc_message: {lots}
-rc_registration: {lots}
-rc_login: {{address: {lots}, account: {lots}, failed_attempts: {lots}}}
-rc_joins: {{local: {lots}, remote: {lots}}}
-rc_joins_per_room: {lots}
-rc_invites: {{per_room: {lots}, per_user: {lots}, per_issuer: {lots}}}
-rc_federation: {{window_size: 1000, sleep_limit: 100000, sleep_delay: 1, reject_limit: 100000, concurrent: 1000}}
-federation_rr_transactions_per_room_per_second: 100000
-"""
-        with open(f"{self.dir}/homeserver.yaml", "w") as f:
-            f.write(config)
-        with open(f"{self.dir}/log.yaml", "w") as f:
-            f.write(f"""version: 1
-formatters: {{precise: {{format: '%(asctime)s %(name)s %(levelname)s %(message)s'}}}}
-handlers: {{file: {{class: logging.FileHandler, formatter: precise, filename: {self.dir}/synapse.log}}}}
-root: {{level: WARNING, handlers: [file]}}
-disable_existing_loggers: false
-""")
-        subprocess.run([python, "-m", "synapse.app.homeserver", "-c",
-                        f"{self.dir}/homeserver.yaml", "--generate-keys"],
-                       check=True, capture_output=True)
-        self.proc = subprocess.Popen(
-            [python, "-m", "synapse.app.homeserver", "-c", f"{self.dir}/homeserver.yaml"],
-            stdout=subprocess.DEVNULL, stderr=open(f"{self.dir}/stderr.log", "w"))
-        wait_up(self.base, self.proc, name)
-
-
-class Lattice:
-    def __init__(self, binary, work, tls, database_url):
-        self.dir = os.path.join(work, "lattice")
-        os.makedirs(self.dir)
-        self.port, self.client_port = free_port(), free_port()
-        self.name = f"localhost:{self.port}"
-        self.base = f"http://127.0.0.1:{self.client_port}"
-        config = f"""server_name = "{self.name}"
-data_dir = "{self.dir}"
-log = "warn"
-[[listeners]]
-bind = "127.0.0.1:{self.client_port}"
-resources = ["client"]
-[[listeners]]
-bind = "127.0.0.1:{self.port}"
-resources = ["federation"]
-tls_certificate = "{tls}/lattice.crt"
-tls_private_key = "{tls}/lattice.key"
-[database]
-url = "{database_url}"
-[registration]
-open = true
-[rate_limits]
-enabled = false
-[federation]
-trusted_key_servers = []
-extra_ca_files = ["{tls}/ca.pem"]
-ip_range_allowlist = ["127.0.0.0/8", "::1/128"]
-"""
-        with open(f"{self.dir}/lattice.toml", "w") as f:
-            f.write(config)
-        self.proc = subprocess.Popen(
-            [binary, "--config", f"{self.dir}/lattice.toml"],
-            stdout=subprocess.DEVNULL, stderr=open(f"{self.dir}/lattice.log", "w"))
-        wait_up(self.base, self.proc, "lattice")
+from servers import Lattice, Synapse, call, q, register, stop_all
 
 
 def joined_count(server, token, room):
@@ -230,11 +83,11 @@ def main():
                    capture_output=True)
     servers = []
     try:
-        resident = Synapse(args.synapse_python, work, tls, "resident")
+        resident = Synapse(args.synapse_python, work, "resident", tls=tls)
         servers.append(resident)
-        baseline = Synapse(args.synapse_python, work, tls, "baseline")
+        baseline = Synapse(args.synapse_python, work, "baseline", tls=tls)
         servers.append(baseline)
-        lattice = Lattice(args.lattice, work, tls, args.database_url)
+        lattice = Lattice(args.lattice, work, args.database_url, tls=tls)
         servers.append(lattice)
 
         t0 = time.monotonic()
@@ -314,13 +167,7 @@ def main():
             print(f"  ratio lattice/synapse (time to hold all): "
                   f"{done['lattice'] / done['synapse']:5.2f}")
     finally:
-        for s in servers:
-            s.proc.terminate()
-        for s in servers:
-            try:
-                s.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                s.proc.kill()
+        stop_all(servers)
         if args.keep:
             print(f"kept {work}")
         else:

@@ -111,11 +111,50 @@ fn is_json_content(headers: &http::HeaderMap) -> bool {
     }
 }
 
-/// Distinguishes "not JSON at all" from "JSON of the wrong shape".
+/// How deeply a request body's arrays and objects may nest. serde_json refuses to
+/// build values deeper than this anyway; checking up front refuses them before
+/// any parser (or anything walking raw event content) sees them.
+pub const MAX_JSON_DEPTH: usize = 128;
+
+/// Distinguishes "not JSON at all" from "JSON of the wrong shape", and refuses
+/// JSON nested deeper than [`MAX_JSON_DEPTH`] (`400 M_BAD_JSON`).
 pub fn check_json(bytes: &[u8]) -> Result<(), Error> {
     serde_json::from_slice::<serde::de::IgnoredAny>(bytes)
-        .map(|_| ())
-        .map_err(|e| Error::new(ErrorKind::NotJson, format!("Content not JSON: {e}")))
+        .map_err(|e| Error::new(ErrorKind::NotJson, format!("Content not JSON: {e}")))?;
+    if nesting_exceeds(bytes, MAX_JSON_DEPTH) {
+        return Err(Error::bad_json(format!(
+            "JSON nested deeper than {MAX_JSON_DEPTH} levels"
+        )));
+    }
+    Ok(())
+}
+
+/// Whether arrays and objects in `json` (valid JSON) nest deeper than `max`.
+fn nesting_exceeds(json: &[u8], max: usize) -> bool {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for &b in json {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > max {
+                    return true;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
 }
 
 fn request_error(e: FromHttpRequestError) -> Error {
@@ -197,5 +236,42 @@ impl RouterExt for Router<AppState> {
                     .route(base, on(method, handler.clone()))
                     .route(&format!("{base}/"), on(method, handler.clone()))
             })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kind(result: Result<(), Error>) -> ErrorKind {
+        match result {
+            Err(Error::Matrix { kind, .. }) => kind,
+            other => panic!("expected a Matrix error, got {other:?}"),
+        }
+    }
+
+    fn nested(depth: usize) -> String {
+        format!("{}1{}", "[".repeat(depth), "]".repeat(depth))
+    }
+
+    #[test]
+    fn json_nested_up_to_the_limit_is_accepted_and_deeper_is_refused() {
+        assert!(check_json(nested(MAX_JSON_DEPTH).as_bytes()).is_ok());
+        assert_eq!(
+            kind(check_json(nested(MAX_JSON_DEPTH + 1).as_bytes())),
+            ErrorKind::BadJson
+        );
+        // Objects count as arrays do.
+        let objects = format!(
+            "{}1{}",
+            r#"{"a":"#.repeat(MAX_JSON_DEPTH + 1),
+            "}".repeat(MAX_JSON_DEPTH + 1)
+        );
+        assert_eq!(kind(check_json(objects.as_bytes())), ErrorKind::BadJson);
+        // Brackets inside strings, escaped quotes included, are not nesting.
+        let quoted = format!(r#"{{"a": "\"{}", "b": [1]}}"#, "[".repeat(500));
+        assert!(check_json(quoted.as_bytes()).is_ok());
+        // Not JSON at all stays M_NOT_JSON.
+        assert_eq!(kind(check_json(b"[[")), ErrorKind::NotJson);
     }
 }

@@ -290,24 +290,36 @@ pub async fn append_first(
         state_key: Some(String::new()),
         redacts: None,
     };
-    let built = pdu::build(
-        &room.rules,
-        &event,
-        sender,
-        &Position {
-            room_id: room.room_id.as_deref(),
-            prev_events: &[],
-            auth_events: &[],
-            depth: 1,
-        },
-        MilliSecondsSinceUnixEpoch::now(),
-        app.server_name.as_str(),
-        &app.signing_key.pair,
-    )
-    .map_err(|e| match e {
-        PduError::TooLarge => Error::new(ErrorKind::TooLarge, "Event is larger than 65536 bytes"),
-        PduError::Malformed(m) => Error::bad_json(m),
-    })?;
+    let mut ts = MilliSecondsSinceUnixEpoch::now();
+    let built = loop {
+        let built = pdu::build(
+            &room.rules,
+            &event,
+            sender,
+            &Position {
+                room_id: room.room_id.as_deref(),
+                prev_events: &[],
+                auth_events: &[],
+                depth: 1,
+            },
+            ts,
+            app.server_name.as_str(),
+            &app.signing_key.pair,
+        )
+        .map_err(|e| match e {
+            PduError::TooLarge => {
+                Error::new(ErrorKind::TooLarge, "Event is larger than 65536 bytes")
+            }
+            PduError::Malformed(m) => Error::bad_json(m),
+        })?;
+        // In v12 the room ID is the create event's hash: the same user creating
+        // two rooms in one millisecond would create one room twice. The ID is
+        // held until commit; a taken one moves the timestamp on (as Synapse does).
+        if room.room_id.is_some() || events::claim_id(tx, built.event_id.as_str()).await? {
+            break built;
+        }
+        ts = MilliSecondsSinceUnixEpoch(ts.0 + ruma::UInt::from(1u32));
+    };
     authorize(&room.rules, &built.pdu, &HashMap::new())?;
     persist(tx, app, room, built).await
 }

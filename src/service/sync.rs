@@ -23,7 +23,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use ruma::{RoomId, UserId};
+use ruma::{
+    RoomId, UserId,
+    api::client::filter::{FilterDefinition, LazyLoadOptions},
+};
 use serde_json::{Map, Value, json};
 
 use super::{
@@ -51,6 +54,42 @@ pub struct Params {
     pub unread_threads: bool,
     /// Whether the filter lets `m.presence` events through.
     pub presence: bool,
+}
+
+impl Params {
+    /// What a filter definition asks for, with the request's token, timeout and
+    /// `full_state`.
+    pub fn new(
+        definition: &FilterDefinition,
+        since: Option<SyncToken>,
+        timeout: Duration,
+        full_state: bool,
+    ) -> Self {
+        let room = &definition.room;
+        let lazy = |o: &LazyLoadOptions| matches!(o, LazyLoadOptions::Enabled { .. });
+        let listed = |list: &[String]| list.iter().any(|t| t == "*" || t == "m.presence");
+        let presence = &definition.presence;
+        Self {
+            since,
+            timeout,
+            full_state,
+            timeline_limit: room.timeline.limit.map_or(10, |l| u64::from(l) as usize),
+            lazy_members: lazy(&room.state.lazy_load_options)
+                || lazy(&room.timeline.lazy_load_options),
+            types: TypeFilter {
+                types: room.timeline.types.clone(),
+                not_types: room.timeline.not_types.clone(),
+            },
+            rooms: room
+                .rooms
+                .as_ref()
+                .map(|r| r.iter().map(|id| id.to_string()).collect()),
+            not_rooms: room.not_rooms.iter().map(|id| id.to_string()).collect(),
+            include_leave: room.include_leave,
+            unread_threads: room.timeline.unread_thread_notifications,
+            presence: presence.types.as_deref().is_none_or(listed) && !listed(&presence.not_types),
+        }
+    }
 }
 
 /// A sync token, `s{stream}_{typing}_{to_device}`: the global stream position

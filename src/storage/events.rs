@@ -193,6 +193,25 @@ pub async fn count_in_room(db: impl PgExecutor<'_>, room_id: &str) -> sqlx::Resu
 
 /// The highest stream position taken so far. At startup nothing is in flight, so
 /// every position up to it is final (those rolled back are simply gaps).
+/// Locks `event_id` until the transaction ends (other transactions asking for
+/// the same ID wait) and tells whether it is still free. For IDs derived from
+/// content that may repeat: v12 create events, whose hash is the room ID.
+pub async fn claim_id(tx: &mut sqlx::PgConnection, event_id: &str) -> sqlx::Result<bool> {
+    sqlx::query_scalar!(
+        r#"select 1 as "locked!" from pg_advisory_xact_lock(hashtextextended($1, 0))"#,
+        event_id
+    )
+    .fetch_one(&mut *tx)
+    .await?;
+    let taken = sqlx::query_scalar!(
+        r#"select exists(select 1 from events where event_id = $1) as "taken!""#,
+        event_id
+    )
+    .fetch_one(&mut *tx)
+    .await?;
+    Ok(!taken)
+}
+
 pub async fn max_stream_ordering(db: impl PgExecutor<'_>) -> sqlx::Result<i64> {
     sqlx::query_scalar!(
         r#"select (case when is_called then last_value else 0 end) as "n!" from events_stream_seq"#

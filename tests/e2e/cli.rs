@@ -181,3 +181,55 @@ async fn binary_serves_with_embedded_database_and_stops_on_sigterm() {
     assert!(status.success(), "{status:?}");
     assert!(!dir.path().join("data/postgres/postmaster.pid").exists());
 }
+
+/// `lattice-load` (the side-by-side benchmark's load generator) runs every
+/// workload against a server over the Client-Server API and reports each
+/// figure; a small run, so a broken workload shows here and not first in a
+/// benchmark run.
+#[tokio::test]
+async fn load_generator_runs_every_workload() {
+    let server = TestServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let report = dir.path().join("load.json");
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_lattice-load"))
+        .args([
+            "--target",
+            &format!("lattice={}@{}", server.base, std::process::id()),
+        ])
+        .args(["--clients", "3", "--messages", "3", "--sequential", "5"])
+        .args(["--wakeups", "3", "--sync-rooms", "4", "--sync-history", "1"])
+        .args(["--events", "30", "--create-rooms", "3", "--members", "5"])
+        .args(["--repeat", "2", "--json"])
+        .arg(&report)
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(!stderr.contains("failed"), "{stderr}");
+    let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    let rows = doc["rows"].as_array().unwrap();
+    let workloads: std::collections::BTreeSet<&str> = rows
+        .iter()
+        .map(|r| r["workload"].as_str().unwrap())
+        .collect();
+    for w in [
+        "memory",
+        "send, sequential",
+        "send, concurrent",
+        "sync wake-up",
+        "sync, initial",
+        "sync, incremental",
+        "/messages",
+        "rooms",
+    ] {
+        assert!(workloads.contains(w), "{w} missing from {workloads:?}");
+    }
+    for row in rows {
+        let v = row["values"][0].as_f64();
+        assert!(v.is_some_and(|v| v > 0.0), "{row}");
+    }
+    assert_eq!(doc["rate_limited"], 0);
+    // The table on stdout names the target.
+    assert!(String::from_utf8_lossy(&out.stdout).contains("| lattice |"));
+}

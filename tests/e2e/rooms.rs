@@ -130,6 +130,35 @@ async fn create_room_sets_up_state_for_the_preset() {
     assert_eq!(body["room_id"], room);
 }
 
+/// In v12 the room ID is the create event's hash; the same user creating rooms
+/// with the same request at the same moment must still get distinct rooms.
+#[tokio::test]
+async fn identical_rooms_created_at_once_get_distinct_ids() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice", "pw").await;
+    let path = format!("{V3}/createRoom");
+    let creates = (0..8).map(|_| {
+        server.post(
+            &path,
+            Some(&alice.access_token),
+            json!({ "preset": "private_chat" }),
+        )
+    });
+    let mut rooms = Vec::new();
+    for (status, body) in futures_util::future::join_all(creates).await {
+        assert_eq!(status, StatusCode::OK, "{body}");
+        rooms.push(body["room_id"].as_str().unwrap().to_owned());
+    }
+    rooms.sort();
+    rooms.dedup();
+    assert_eq!(rooms.len(), 8, "{rooms:?}");
+    let (status, joined) = server
+        .get(&format!("{V3}/joined_rooms"), Some(&alice.access_token))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(joined["joined_rooms"].as_array().unwrap().len(), 8);
+}
+
 #[tokio::test]
 async fn older_room_versions_and_unsupported_ones() {
     let server = TestServer::start().await;

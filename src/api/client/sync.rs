@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use axum::{Json, Router, extract::State};
 use ruma::api::client::{
-    filter::{FilterDefinition, LazyLoadOptions, create_filter, get_filter},
+    filter::{FilterDefinition, create_filter, get_filter},
     sync::sync_events::{self, v3::Filter},
 };
 use serde_json::{Value, json};
@@ -19,9 +19,7 @@ use crate::{
     app::AppState,
     error::{Error, Result},
     service::{
-        presence,
-        read::TypeFilter,
-        sliding_sync,
+        presence, sliding_sync,
         sync::{self, Params},
     },
     storage::{now_ms, sync as rows},
@@ -55,43 +53,15 @@ async fn sync_handler(
         Some(Filter::FilterId(id)) => load_filter(&app, user.user_id.as_str(), &id).await?,
         Some(_) => FilterDefinition::default(),
     };
-    let room = &definition.room;
-    let params = Params {
-        since: req
-            .since
-            .as_deref()
-            .map(sync::SyncToken::parse)
-            .transpose()?,
-        timeout: req.timeout.unwrap_or(Duration::ZERO),
-        full_state: req.full_state,
-        timeline_limit: room.timeline.limit.map_or(10, |l| u64::from(l) as usize),
-        lazy_members: matches!(
-            room.state.lazy_load_options,
-            LazyLoadOptions::Enabled { .. }
-        ) || matches!(
-            room.timeline.lazy_load_options,
-            LazyLoadOptions::Enabled { .. }
-        ),
-        types: TypeFilter {
-            types: room.timeline.types.clone(),
-            not_types: room.timeline.not_types.clone(),
-        },
-        rooms: room
-            .rooms
-            .as_ref()
-            .map(|r| r.iter().map(|id| id.to_string()).collect()),
-        not_rooms: room.not_rooms.iter().map(|id| id.to_string()).collect(),
-        include_leave: room.include_leave,
-        unread_threads: room.timeline.unread_thread_notifications,
-        presence: allows_presence(&definition.presence),
-    };
+    let since = req
+        .since
+        .as_deref()
+        .map(sync::SyncToken::parse)
+        .transpose()?;
+    let timeout = req.timeout.unwrap_or(Duration::ZERO);
+    let params = Params::new(&definition, since, timeout, req.full_state);
     presence::on_sync(&app, &user.user_id, req.set_presence.as_str()).await?;
     Ok(Json(sync::sync(&app, &user, &params).await?))
-}
-
-fn allows_presence(filter: &ruma::api::client::filter::Filter) -> bool {
-    let listed = |list: &[String]| list.iter().any(|t| t == "*" || t == "m.presence");
-    filter.types.as_deref().is_none_or(listed) && !listed(&filter.not_types)
 }
 
 async fn load_filter(app: &AppState, user: &str, id: &str) -> Result<FilterDefinition> {
