@@ -617,6 +617,49 @@ mod tests {
         );
     }
 
+    /// docs/configuration.md (written by scripts/config-docs from the example
+    /// config) has an entry for every setting.
+    #[test]
+    fn every_setting_is_documented() {
+        let docs = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/configuration.md"),
+        )
+        .unwrap();
+        fn walk(value: &toml::Value, prefix: &str, docs: &str, missing: &mut Vec<String>) {
+            let toml::Value::Table(table) = value else {
+                return;
+            };
+            for (key, v) in table {
+                let name = if prefix.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{prefix}.{key}")
+                };
+                if docs.contains(&format!("### `{name}`")) {
+                    continue;
+                }
+                match v {
+                    toml::Value::Table(_) => walk(v, &name, docs, missing),
+                    toml::Value::Array(items) if items.first().is_some_and(|i| i.is_table()) => {
+                        walk(&items[0], &name, docs, missing)
+                    }
+                    _ => missing.push(name),
+                }
+            }
+        }
+        let mut missing = Vec::new();
+        walk(
+            &toml::Value::try_from(Config::default()).unwrap(),
+            "",
+            &docs,
+            &mut missing,
+        );
+        assert!(
+            missing.is_empty(),
+            "not in docs/configuration.md (run scripts/config-docs): {missing:?}"
+        );
+    }
+
     #[test]
     fn invalid_value_names_the_key() {
         let dir = tempfile::tempdir().unwrap();

@@ -1,7 +1,8 @@
 //! The commonly used part of Synapse's admin API (`/_synapse/admin`), so tools
 //! such as synapse-admin work: server version, users (list, query,
-//! create/modify, deactivate, reset password, whois), rooms (list, details,
-//! members, state), event reports and registration tokens. Server admins only (`M_FORBIDDEN`
+//! create/modify, deactivate, reset password, whois, login as the user), rooms (list, details,
+//! members, state, delete/purge with block), event reports and registration
+//! tokens. Server admins only (`M_FORBIDDEN`
 //! otherwise); every change is logged with the acting admin.
 
 use axum::{
@@ -36,8 +37,16 @@ pub fn router() -> Router<AppState> {
             post(reset_password),
         )
         .route("/_synapse/admin/v1/whois/{user_id}", get(whois))
+        .route("/_synapse/admin/v1/users/{user_id}/login", post(login_as))
         .route("/_synapse/admin/v1/rooms", get(list_rooms))
-        .route("/_synapse/admin/v1/rooms/{room_id}", get(room))
+        .route(
+            "/_synapse/admin/v1/rooms/{room_id}",
+            get(room).delete(delete_room),
+        )
+        .route(
+            "/_synapse/admin/v1/rooms/{room_id}/block",
+            get(block_status).put(set_block),
+        )
         .route("/_synapse/admin/v1/rooms/{room_id}/members", get(members))
         .route("/_synapse/admin/v1/rooms/{room_id}/state", get(room_state))
         .route("/_synapse/admin/v1/event_reports", get(event_reports))
@@ -174,6 +183,52 @@ async fn room(
     Path(room_id): Path<String>,
 ) -> Result<AxumJson<Value>> {
     Ok(AxumJson(admin::room(&app, &room_id).await?))
+}
+
+async fn delete_room(
+    State(app): State<AppState>,
+    AdminUser(by): AdminUser,
+    Path(room_id): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<AxumJson<Value>> {
+    // Synapse accepts an empty body (all defaults).
+    let body: Value = if body.iter().all(u8::is_ascii_whitespace) {
+        json!({})
+    } else {
+        super::ruma::check_json(&body)?;
+        serde_json::from_slice(&body).map_err(|e| Error::bad_json(e.to_string()))?
+    };
+    Ok(AxumJson(
+        admin::delete_room(&app, &by, &room_id, &body).await?,
+    ))
+}
+
+async fn block_status(
+    State(app): State<AppState>,
+    AdminUser(_): AdminUser,
+    Path(room_id): Path<String>,
+) -> Result<AxumJson<Value>> {
+    Ok(AxumJson(admin::block_status(&app, &room_id).await?))
+}
+
+async fn set_block(
+    State(app): State<AppState>,
+    AdminUser(by): AdminUser,
+    Path(room_id): Path<String>,
+    Json(body): Json<Value>,
+) -> Result<AxumJson<Value>> {
+    Ok(AxumJson(
+        admin::set_block(&app, &by, &room_id, &body).await?,
+    ))
+}
+
+async fn login_as(
+    State(app): State<AppState>,
+    AdminUser(by): AdminUser,
+    Path(user_id): Path<String>,
+    Json(body): Json<Value>,
+) -> Result<AxumJson<Value>> {
+    Ok(AxumJson(admin::login_as(&app, &by, &user_id, &body).await?))
 }
 
 async fn members(

@@ -161,6 +161,61 @@ pub async fn deactivate(app: &AppState, by: &Session, user_id: &str) -> Result<(
     Ok(())
 }
 
+/// `POST /_synapse/admin/v1/users/{userId}/login`: an access token acting as
+/// the user, optionally expiring at `valid_until_ms`. Unlike Synapse's puppet
+/// tokens it gets a device of its own, named after the admin, so the user sees
+/// it in their device list and can log it out.
+pub async fn login_as(app: &AppState, by: &Session, user_id: &str, body: &Value) -> Result<Value> {
+    let user = local_user(app, user_id)?;
+    if user == by.user_id {
+        return Err(Error::invalid_param(
+            "Cannot use the admin API to log in as yourself",
+        ));
+    }
+    let row = users::get(&app.db, user.as_str())
+        .await?
+        .ok_or_else(|| Error::not_found("User not found"))?;
+    if row.deactivated {
+        return Err(Error::invalid_param("The user is deactivated"));
+    }
+    let now = now_ms();
+    let valid_until = match &body["valid_until_ms"] {
+        Value::Null => None,
+        v => match v.as_i64() {
+            Some(ts) if ts > now => Some(ts),
+            _ => {
+                return Err(Error::invalid_param(
+                    "valid_until_ms must be a time in the future, in milliseconds",
+                ));
+            }
+        },
+    };
+    let device_id = crate::domain::token::new_device_id();
+    let access_token = crate::domain::token::new_access_token();
+    let mut tx = app.db.begin().await?;
+    devices::upsert(
+        &mut *tx,
+        user.as_str(),
+        &device_id,
+        Some(&format!("Admin login by {}", by.user_id)),
+        None,
+        now,
+    )
+    .await?;
+    crate::storage::tokens::insert_access(
+        &mut *tx,
+        &crate::domain::token::hash(&access_token),
+        user.as_str(),
+        &device_id,
+        valid_until,
+        now,
+    )
+    .await?;
+    tx.commit().await?;
+    tracing::info!(admin = %by.user_id, user = %user, device = %device_id, "admin API: logged in as user");
+    Ok(json!({ "access_token": access_token }))
+}
+
 /// `POST /_synapse/admin/v1/reset_password/{userId}`.
 pub async fn reset_password(
     app: &AppState,
@@ -275,6 +330,142 @@ pub async fn room(app: &AppState, room_id: &str) -> Result<Value> {
         local,
     )
     .await
+}
+
+/// `DELETE /_synapse/admin/v1/rooms/{roomId}`: every local member leaves (joined,
+/// invited, knocking), the room's local aliases are removed and it leaves the
+/// directory; with `block` local users cannot join it again; with `purge`
+/// (the default) everything held about it is deleted — refused while a local
+/// user could not be removed, unless `force_purge`. Synapse's replacement room
+/// (`new_room_user_id`) is not offered.
+pub async fn delete_room(
+    app: &AppState,
+    by: &Session,
+    room_id: &str,
+    body: &Value,
+) -> Result<Value> {
+    let room_id = RoomId::parse(room_id).map_err(|_| Error::invalid_param("Invalid room ID"))?;
+    if !body["new_room_user_id"].is_null() {
+        return Err(Error::invalid_param(
+            "new_room_user_id is not supported: Lattice does not create replacement rooms",
+        ));
+    }
+    let flag = |name: &str, default: bool| match &body[name] {
+        Value::Null => Ok(default),
+        Value::Bool(b) => Ok(*b),
+        _ => Err(Error::invalid_param(format!("{name} must be a boolean"))),
+    };
+    let (block, purge, force_purge) = (
+        flag("block", false)?,
+        flag("purge", true)?,
+        flag("force_purge", false)?,
+    );
+    let known = rooms::get(&app.db, room_id.as_str()).await?.is_some();
+    if !known && !block {
+        return Err(Error::not_found("Room not found"));
+    }
+    if block {
+        rooms::block(&app.db, room_id.as_str(), by.user_id.as_str(), now_ms()).await?;
+        tracing::info!(admin = %by.user_id, room = %room_id, "admin API: room blocked");
+    }
+    let (mut kicked, mut failed, mut aliases) = (Vec::new(), Vec::new(), Vec::new());
+    if known {
+        let suffix = format!(":{}", app.server_name);
+        let mut local = Vec::new();
+        for membership in ["join", "invite", "knock"] {
+            for (user, _) in rooms::members(&app.db, room_id.as_str(), membership).await? {
+                if user.ends_with(&suffix) {
+                    local.push((user, membership));
+                }
+            }
+        }
+        for (user, membership) in local {
+            let Ok(uid) = UserId::parse(user.as_str()) else {
+                continue;
+            };
+            let reason = Some("This room was removed by the server administrator".to_owned());
+            match super::membership::leave(app, &uid, &room_id, reason).await {
+                Ok(()) if membership == "join" => kicked.push(user),
+                Ok(()) => {}
+                Err(e) => {
+                    tracing::warn!(room = %room_id, %user, error = %e, "admin API: could not remove member");
+                    failed.push(user);
+                }
+            }
+        }
+        for alias in rooms::aliases_of(&app.db, room_id.as_str()).await? {
+            rooms::delete_alias(&app.db, &alias).await?;
+            aliases.push(alias);
+        }
+        rooms::set_published(&app.db, room_id.as_str(), false).await?;
+        tracing::info!(
+            admin = %by.user_id, room = %room_id, kicked = kicked.len(), failed = failed.len(),
+            "admin API: room emptied"
+        );
+        if purge && (failed.is_empty() || force_purge) {
+            purge_room(app, by, &room_id).await?;
+        } else if purge {
+            return Err(Error::new(
+                ErrorKind::Unknown,
+                format!(
+                    "Not purged: {} local users could not be removed (force_purge overrides)",
+                    failed.len()
+                ),
+            ));
+        }
+    }
+    Ok(json!({
+        "kicked_users": kicked,
+        "failed_to_kick_users": failed,
+        "local_aliases": aliases,
+        "new_room_id": null,
+    }))
+}
+
+/// Deletes a room's data in one transaction, logging a progress line per table.
+async fn purge_room(app: &AppState, by: &Session, room_id: &RoomId) -> Result<()> {
+    let started = std::time::Instant::now();
+    let mut tx = app.db.begin().await?;
+    if rooms::lock(&mut *tx, room_id.as_str()).await?.is_none() {
+        return Ok(());
+    }
+    const TABLES: usize = 17;
+    let mut step = 0;
+    let total = rooms::purge(&mut tx, room_id.as_str(), |table, rows| {
+        step += 1;
+        tracing::info!(room = %room_id, "purge {step}/{TABLES}: {rows} rows from {table}");
+    })
+    .await?;
+    tx.commit().await?;
+    tracing::info!(
+        admin = %by.user_id, room = %room_id, rows = total,
+        secs = started.elapsed().as_secs_f64(), "admin API: room purged"
+    );
+    Ok(())
+}
+
+/// `GET /_synapse/admin/v1/rooms/{roomId}/block`.
+pub async fn block_status(app: &AppState, room_id: &str) -> Result<Value> {
+    let room_id = RoomId::parse(room_id).map_err(|_| Error::invalid_param("Invalid room ID"))?;
+    Ok(match rooms::blocked_by(&app.db, room_id.as_str()).await? {
+        Some(by) => json!({ "block": true, "user_id": by }),
+        None => json!({ "block": false }),
+    })
+}
+
+/// `PUT /_synapse/admin/v1/rooms/{roomId}/block` with `{"block": bool}`.
+pub async fn set_block(app: &AppState, by: &Session, room_id: &str, body: &Value) -> Result<Value> {
+    let room_id = RoomId::parse(room_id).map_err(|_| Error::invalid_param("Invalid room ID"))?;
+    let block = body["block"]
+        .as_bool()
+        .ok_or_else(|| Error::bad_json("block must be a boolean"))?;
+    if block {
+        rooms::block(&app.db, room_id.as_str(), by.user_id.as_str(), now_ms()).await?;
+    } else {
+        rooms::unblock(&app.db, room_id.as_str()).await?;
+    }
+    tracing::info!(admin = %by.user_id, room = %room_id, block, "admin API: room block set");
+    Ok(json!({ "block": block }))
 }
 
 /// `GET /_synapse/admin/v1/rooms/{roomId}/members`.

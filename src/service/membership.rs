@@ -21,6 +21,20 @@ pub enum Change {
     Unban,
 }
 
+/// Refuses membership changes that bring local users into a room an
+/// administrator blocked (joins, invites of local users).
+pub async fn ensure_not_blocked(app: &AppState, room_id: &RoomId) -> Result<()> {
+    if rooms::blocked_by(&app.db, room_id.as_str())
+        .await?
+        .is_some()
+    {
+        return Err(Error::forbidden(
+            "This room has been blocked on this server",
+        ));
+    }
+    Ok(())
+}
+
 /// Whether one of our users is joined to the room (so this server is in it).
 async fn resident(app: &AppState, room_id: &RoomId) -> Result<bool> {
     Ok(rooms::has_joined_members_of(&app.db, room_id.as_str(), app.server_name.as_str()).await?)
@@ -35,6 +49,7 @@ pub async fn join_via(
     reason: Option<String>,
     servers: &[ruma::OwnedServerName],
 ) -> Result<OwnedRoomId> {
+    ensure_not_blocked(app, room_id).await?;
     let local_members = resident(app, room_id).await?;
     let known = rooms::get(&app.db, room_id.as_str()).await?.is_some();
     if known && (local_members || servers.is_empty()) {
@@ -79,6 +94,7 @@ pub async fn join(
     room_id: &RoomId,
     reason: Option<String>,
 ) -> Result<OwnedRoomId> {
+    ensure_not_blocked(app, room_id).await?;
     let mut tx = app.db.begin().await?;
     let Some(mut room) = RoomCtx::lock(&mut tx, room_id).await? else {
         return Err(Error::not_found("No known servers for this room"));
@@ -217,6 +233,9 @@ pub async fn change(
     reason: Option<String>,
     is_direct: bool,
 ) -> Result<()> {
+    if change == Change::Invite && target.server_name() == app.server_name {
+        ensure_not_blocked(app, room_id).await?;
+    }
     let mut tx = app.db.begin().await?;
     let Some(mut room) = RoomCtx::lock(&mut tx, room_id).await? else {
         return Err(Error::forbidden("Unknown room, or you are not in it"));

@@ -379,3 +379,97 @@ pub async fn has_joined_members_of(
     .fetch_one(db)
     .await
 }
+
+/// Blocks a room for local users (admin API); `false` if it already was.
+pub async fn block(
+    db: impl PgExecutor<'_>,
+    room_id: &str,
+    by: &str,
+    ts: i64,
+) -> sqlx::Result<bool> {
+    let done = sqlx::query!(
+        "insert into blocked_rooms (room_id, blocked_by, blocked_ts) values ($1, $2, $3)
+         on conflict (room_id) do nothing",
+        room_id,
+        by,
+        ts
+    )
+    .execute(db)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+pub async fn unblock(db: impl PgExecutor<'_>, room_id: &str) -> sqlx::Result<bool> {
+    let done = sqlx::query!("delete from blocked_rooms where room_id = $1", room_id)
+        .execute(db)
+        .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// The admin who blocked the room, if it is blocked.
+pub async fn blocked_by(db: impl PgExecutor<'_>, room_id: &str) -> sqlx::Result<Option<String>> {
+    sqlx::query_scalar!(
+        "select blocked_by from blocked_rooms where room_id = $1",
+        room_id
+    )
+    .fetch_optional(db)
+    .await
+}
+
+/// Deletes everything the server holds about a room (admin purge), table by
+/// table, calling `progress(table, rows)` after each. Users' own key backups
+/// and the block entry stay. The caller holds the room's lock.
+pub async fn purge(
+    tx: &mut sqlx::PgConnection,
+    room_id: &str,
+    mut progress: impl FnMut(&str, u64),
+) -> sqlx::Result<u64> {
+    let mut total = 0;
+    let mut step = |table: &str, rows: u64| {
+        total += rows;
+        progress(table, rows);
+    };
+    // Rows keyed by the room's events, then the room's own tables, the events
+    // themselves, and the room row last.
+    let done = sqlx::query!(
+        "delete from federation_outbox where event_id in
+           (select event_id from events where room_id = $1)",
+        room_id
+    )
+    .execute(&mut *tx)
+    .await?;
+    step("federation_outbox", done.rows_affected());
+    let done = sqlx::query!(
+        "delete from event_txn_ids where event_id in
+           (select event_id from events where room_id = $1)",
+        room_id
+    )
+    .execute(&mut *tx)
+    .await?;
+    step("event_txn_ids", done.rows_affected());
+    macro_rules! by_room {
+        ($table:literal) => {
+            let done = sqlx::query!("delete from " + $table + " where room_id = $1", room_id)
+                .execute(&mut *tx)
+                .await?;
+            step($table, done.rows_affected());
+        };
+    }
+    by_room!("event_push_actions");
+    by_room!("event_relations");
+    by_room!("event_reports");
+    by_room!("event_search");
+    by_room!("receipts");
+    by_room!("account_data");
+    by_room!("forgotten_rooms");
+    by_room!("forward_extremities");
+    by_room!("room_members");
+    by_room!("remote_memberships");
+    by_room!("room_aliases");
+    by_room!("outlier_events");
+    // State group entries go with their groups (on delete cascade).
+    by_room!("state_groups");
+    by_room!("events");
+    by_room!("rooms");
+    Ok(total)
+}

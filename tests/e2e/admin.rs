@@ -286,3 +286,206 @@ async fn alice_again(server: &TestServer) -> crate::harness::Login {
     assert_eq!(status, StatusCode::OK, "{body}");
     crate::harness::Login::from_json(&body)
 }
+
+/// `DELETE /_synapse/admin/v1/rooms/{roomId}` with block and purge: local
+/// members are removed, aliases deleted, the room's rows are gone, and local
+/// users cannot join it again until it is unblocked.
+#[tokio::test]
+async fn room_deletion_removes_members_purges_and_blocks() {
+    use reqwest::Method;
+    let server = TestServer::start().await;
+    let admin = server.register("root", "root-password").await;
+    lattice::storage::users::set_admin(&server.state.db, &admin.user_id, true)
+        .await
+        .unwrap();
+    let a = Some(admin.access_token.as_str());
+    let alice = server.register("alice", "pw").await;
+    let bob = server.register("bob", "pw").await;
+    let carol = server.register("carol", "pw").await;
+    let room = server
+        .create_room(
+            &alice,
+            json!({ "preset": "public_chat", "room_alias_name": "doomed", "visibility": "public" }),
+        )
+        .await;
+    server.join(&bob, &room).await;
+    server
+        .send_message(&bob, &room, json!({ "msgtype": "m.text", "body": "hello" }))
+        .await;
+    let (status, _) = server
+        .post(
+            &format!("/_matrix/client/v3/rooms/{}/invite", enc(&room)),
+            Some(&alice.access_token),
+            json!({ "user_id": carol.user_id }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let path = format!("/_synapse/admin/v1/rooms/{}", enc(&room));
+
+    // Not for non-admins.
+    let (status, body) = server
+        .call(
+            Method::DELETE,
+            &path,
+            Some(&alice.access_token),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert_eq!(body["errcode"], "M_FORBIDDEN");
+
+    let (status, body) = server
+        .call(
+            Method::DELETE,
+            &path,
+            a,
+            Some(json!({ "block": true, "purge": true })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let mut kicked: Vec<&str> = body["kicked_users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u.as_str().unwrap())
+        .collect();
+    kicked.sort();
+    assert_eq!(kicked, [alice.user_id.as_str(), bob.user_id.as_str()]);
+    assert_eq!(body["failed_to_kick_users"], json!([]));
+    assert_eq!(body["local_aliases"], json!(["#doomed:test.local"]));
+
+    // Gone: details, alias, the members' room lists, every row.
+    let (status, _) = server.get(&path, a).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = server
+        .get(
+            &format!(
+                "/_matrix/client/v3/directory/room/{}",
+                enc("#doomed:test.local")
+            ),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    for who in [&alice, &bob] {
+        let (_, joined) = server
+            .get("/_matrix/client/v3/joined_rooms", Some(&who.access_token))
+            .await;
+        assert_eq!(joined["joined_rooms"], json!([]), "{}", who.user_id);
+    }
+    for table in [
+        "events",
+        "state_groups",
+        "room_members",
+        "event_search",
+        "rooms",
+    ] {
+        let n: i64 =
+            sqlx::query_scalar(&format!("select count(*) from {table} where room_id = $1"))
+                .bind(&room)
+                .fetch_one(&server.state.db)
+                .await
+                .unwrap();
+        assert_eq!(n, 0, "{table} still holds rows of the purged room");
+    }
+    // Sync still works for a former member.
+    let (status, _) = server
+        .get("/_matrix/client/v3/sync", Some(&carol.access_token))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+
+    // Blocked: no local user may join; the block can be read and lifted.
+    let (status, body) = server
+        .post(
+            &format!("/_matrix/client/v3/join/{}", enc(&room)),
+            Some(&bob.access_token),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert_eq!(body["errcode"], "M_FORBIDDEN");
+    let (status, body) = server.get(&format!("{path}/block"), a).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, json!({ "block": true, "user_id": admin.user_id }));
+    let (status, body) = server
+        .put(&format!("{path}/block"), a, json!({ "block": false }))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (_, body) = server.get(&format!("{path}/block"), a).await;
+    assert_eq!(body, json!({ "block": false }));
+
+    // An unknown room without block is 404; a replacement room is refused.
+    let (status, _) = server
+        .call(
+            Method::DELETE,
+            "/_synapse/admin/v1/rooms/!nothing:test.local",
+            a,
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let other = server.create_room(&alice, json!({})).await;
+    let (status, body) = server
+        .call(
+            Method::DELETE,
+            &format!("/_synapse/admin/v1/rooms/{}", enc(&other)),
+            a,
+            Some(json!({ "new_room_user_id": admin.user_id })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+}
+
+/// `POST /_synapse/admin/v1/users/{userId}/login`: a token acting as the user,
+/// on a device the user can see; not for oneself, not for non-admins.
+#[tokio::test]
+async fn admin_can_log_in_as_a_user() {
+    let server = TestServer::start().await;
+    let admin = server.register("root", "root-password").await;
+    lattice::storage::users::set_admin(&server.state.db, &admin.user_id, true)
+        .await
+        .unwrap();
+    let a = Some(admin.access_token.as_str());
+    let alice = server.register("alice", "pw").await;
+    let path = format!("/_synapse/admin/v1/users/{}/login", enc(&alice.user_id));
+
+    let (status, body) = server
+        .post(&path, Some(&alice.access_token), json!({}))
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    let (status, body) = server
+        .post(
+            &format!("/_synapse/admin/v1/users/{}/login", enc(&admin.user_id)),
+            a,
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    let (status, body) = server
+        .post(&path, a, json!({ "valid_until_ms": 1000 }))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+
+    let until = lattice::storage::now_ms() + 3_600_000;
+    let (status, body) = server
+        .post(&path, a, json!({ "valid_until_ms": until }))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let token = body["access_token"].as_str().unwrap();
+    let (status, me) = server.whoami(token).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(me["user_id"], alice.user_id.as_str());
+    let (_, devices) = server
+        .get("/_matrix/client/v3/devices", Some(&alice.access_token))
+        .await;
+    let names: Vec<&str> = devices["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|d| d["display_name"].as_str())
+        .collect();
+    assert!(
+        names.contains(&format!("Admin login by {}", admin.user_id).as_str()),
+        "{devices}"
+    );
+}

@@ -170,6 +170,51 @@ async fn oversized_body_is_refused() {
     assert_eq!(body["errcode"], "M_TOO_LARGE");
 }
 
+/// Bodies nested deeper than 128 levels are refused before any parser walks
+/// them; content nested less deeply is an ordinary event.
+#[tokio::test]
+async fn deeply_nested_json_is_refused() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice", "pw").await;
+    let room = server.create_room(&alice, json!({})).await;
+    let nested = |depth: usize| -> serde_json::Value {
+        let mut v = json!(1);
+        for _ in 0..depth {
+            v = json!([v]);
+        }
+        json!({ "msgtype": "m.text", "body": "deep", "deep": v })
+    };
+    let path = format!("/_matrix/client/v3/rooms/{room}/send/m.room.message");
+    let (status, body) = server
+        .put(
+            &format!("{path}/t1"),
+            Some(&alice.access_token),
+            nested(200),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["errcode"], "M_BAD_JSON");
+    let (status, body) = server
+        .put(
+            &format!("{path}/t2"),
+            Some(&alice.access_token),
+            nested(100),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, event) = server
+        .get(
+            &format!(
+                "/_matrix/client/v3/rooms/{room}/event/{}",
+                body["event_id"].as_str().unwrap()
+            ),
+            Some(&alice.access_token),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{event}");
+    assert_eq!(event["content"]["deep"], nested(100)["deep"]);
+}
+
 #[tokio::test]
 async fn login_rate_limit_trips_with_retry_after() {
     let server = TestServer::start_with(|c| {

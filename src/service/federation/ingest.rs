@@ -48,20 +48,25 @@ pub struct Checked {
     pub pdu: Pdu,
 }
 
-/// Steps 1-3, no storage: the PDU's format and size, its event ID (reference
-/// hash), the signatures of the servers that must have signed it, and its
-/// content hash (on mismatch the event continues redacted).
-pub async fn check_pdu(
-    app: &AppState,
-    rules: &RoomVersionRules,
-    value: &Value,
-) -> Result<Checked, String> {
-    let object = match CanonicalJsonValue::try_from(value.clone()) {
+/// A PDU whose format is right: canonical JSON, within the size limit, with
+/// its event ID computed and the servers whose signatures it needs listed.
+pub struct Formatted {
+    pub object: CanonicalJsonObject,
+    pub event_id: OwnedEventId,
+    pub servers: Vec<OwnedServerName>,
+    /// `origin_server_ts` (0 when missing): which signing keys were valid.
+    pub ts: i64,
+}
+
+/// Step 1, pure: the PDU's format and size, its event ID (reference hash), and
+/// the servers that must have signed it. Anything a remote server sends passes
+/// through here first (fuzzed by `fuzz/fuzz_targets/pdu.rs`).
+pub fn check_format(rules: &RoomVersionRules, value: &Value) -> Result<Formatted, String> {
+    let mut object = match CanonicalJsonValue::try_from(value.clone()) {
         Ok(CanonicalJsonValue::Object(o)) => o,
         Ok(_) => return Err("PDU is not an object".into()),
         Err(e) => return Err(format!("PDU is not canonical JSON: {e}")),
     };
-    let mut object = object;
     // v3+ PDUs carry no event ID; some servers add one anyway.
     object.remove("event_id");
     if canonical_len(&object) > MAX_PDU_BYTES {
@@ -70,7 +75,9 @@ pub async fn check_pdu(
     let hash = reference_hash(&object, rules).map_err(|e| format!("reference hash: {e}"))?;
     let event_id = EventId::parse(format!("${hash}")).map_err(|e| e.to_string())?;
     let servers = required_server_signatures_to_verify_event(&object, &rules.signatures)
-        .map_err(|e| format!("signatures: {e}"))?;
+        .map_err(|e| format!("signatures: {e}"))?
+        .into_iter()
+        .collect();
     let ts = object
         .get("origin_server_ts")
         .and_then(|t| match t {
@@ -78,6 +85,28 @@ pub async fn check_pdu(
             _ => None,
         })
         .unwrap_or(0);
+    Ok(Formatted {
+        object,
+        event_id,
+        servers,
+        ts,
+    })
+}
+
+/// Steps 1-3, no storage: the PDU's format ([`check_format`]), the signatures
+/// of the servers that must have signed it, and its content hash (on mismatch
+/// the event continues redacted).
+pub async fn check_pdu(
+    app: &AppState,
+    rules: &RoomVersionRules,
+    value: &Value,
+) -> Result<Checked, String> {
+    let Formatted {
+        mut object,
+        event_id,
+        servers,
+        ts,
+    } = check_format(rules, value)?;
     let mut map = PublicKeyMap::new();
     for server in &servers {
         let key_ids: Vec<String> = match object.get("signatures") {

@@ -77,6 +77,7 @@ pub async fn receive(
     event_id: &EventId,
     body: &Value,
 ) -> Result<Value> {
+    super::super::membership::ensure_not_blocked(app, room_id).await?;
     let version = body["room_version"]
         .as_str()
         .ok_or_else(|| Error::bad_json("room_version is required"))?;
