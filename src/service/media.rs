@@ -186,12 +186,18 @@ async fn store_bytes(app: &AppState, bytes: &[u8]) -> Result<String> {
 }
 
 /// Deletes files no row uses any more.
+/// Long runs (a user's whole upload history, a large expired cache) log a
+/// progress line every `PROGRESS_EVERY` files.
 pub async fn delete_unused_files(app: &AppState, hashes: &[String]) -> Result<usize> {
+    const PROGRESS_EVERY: usize = 1000;
     let mut deleted = 0;
-    for sha in hashes {
+    for (i, sha) in hashes.iter().enumerate() {
         if !rows::file_in_use(&app.db, sha).await? {
             let _ = tokio::fs::remove_file(file_path(app, sha)).await;
             deleted += 1;
+        }
+        if (i + 1) % PROGRESS_EVERY == 0 {
+            tracing::info!("media files: {}/{} checked, {deleted} deleted", i + 1, hashes.len());
         }
     }
     Ok(deleted)

@@ -150,10 +150,18 @@ pub async fn record_actions(
     if local.is_empty() {
         return Ok(());
     }
-    let mut keys: Vec<(String, String)> = local
-        .iter()
-        .map(|u| ("m.room.member".to_owned(), u.clone()))
-        .collect();
+    let content: Value = serde_json::from_str(pdu.content.get()).unwrap_or_default();
+    // Room display names matter only to `contains_display_name`, which looks at
+    // `body`: events without one (joins in a big room) skip loading every
+    // member's event.
+    let mut keys: Vec<(String, String)> = if content["body"].is_string() {
+        local
+            .iter()
+            .map(|u| ("m.room.member".to_owned(), u.clone()))
+            .collect()
+    } else {
+        Vec::new()
+    };
     keys.push(("m.room.power_levels".to_owned(), String::new()));
     let state = super::event::state_events(tx, room.state_group, &keys).await?;
     let creators = super::read::creators(tx, room).await?;
@@ -181,7 +189,6 @@ pub async fn record_actions(
             })
             .collect();
 
-    let content: Value = serde_json::from_str(pdu.content.get()).unwrap_or_default();
     let mut event = json!({
         "type": pdu.kind.to_string(),
         "content": content,
@@ -204,6 +211,15 @@ pub async fn record_actions(
         _ => String::new(),
     };
     let member_count = UInt::try_from(joined.len() as u64).unwrap_or(UInt::MAX);
+    let mut notified = user_streams::PushActions {
+        room_id: room_id.as_str(),
+        stream_ordering: stream,
+        event_id,
+        thread_id: &thread_id,
+        users: Vec::new(),
+        highlights: Vec::new(),
+        actions: Vec::new(),
+    };
     for user in &local {
         let Ok(user_id) = UserId::parse(user.as_str()) else {
             continue;
@@ -230,22 +246,15 @@ pub async fn record_actions(
         };
         let actions = rules.get_actions(&raw, &ctx).await;
         if actions.iter().any(Action::should_notify) {
-            let actions_json =
-                serde_json::to_string(&actions).map_err(|e| anyhow::anyhow!("{e}"))?;
-            user_streams::insert_push_action(
-                &mut **tx,
-                &user_streams::PushAction {
-                    user_id: user,
-                    room_id: room_id.as_str(),
-                    stream_ordering: stream,
-                    event_id,
-                    thread_id: &thread_id,
-                    highlight: actions.iter().any(Action::is_highlight),
-                    actions: &actions_json,
-                },
-            )
-            .await?;
+            notified.users.push(user);
+            notified
+                .highlights
+                .push(actions.iter().any(Action::is_highlight));
+            notified
+                .actions
+                .push(serde_json::to_string(&actions).map_err(|e| anyhow::anyhow!("{e}"))?);
         }
     }
+    user_streams::insert_push_actions(&mut **tx, &notified).await?;
     Ok(())
 }

@@ -95,32 +95,60 @@ impl<'a> Viewer<'a> {
         if let Some(v) = self.seen.get(&group) {
             return Ok(v.clone());
         }
+        self.prefetch(&[group]).await?;
+        Ok(self.seen[&group].clone())
+    }
+
+    /// Looks up the history visibility and the viewer's membership at every
+    /// state group not seen yet, in two queries (not two per group): a
+    /// timeline's events mostly sit at different groups.
+    pub async fn prefetch(&mut self, groups: &[i64]) -> Result<()> {
+        let mut missing: Vec<i64> = groups
+            .iter()
+            .copied()
+            .filter(|g| !self.seen.contains_key(g))
+            .collect();
+        missing.sort_unstable();
+        missing.dedup();
+        if missing.is_empty() {
+            return Ok(());
+        }
         let keys = [
             ("m.room.history_visibility".to_owned(), String::new()),
             ("m.room.member".to_owned(), self.user.to_string()),
         ];
-        let entries = state::state_for_keys(&self.app.db, group, &keys).await?;
-        let ids: Vec<String> = entries.iter().map(|(_, id)| id.clone()).collect();
-        let stored = events::get_many(&self.app.db, &ids).await?;
-        let mut visibility = "shared".to_owned();
-        let mut membership = None;
-        for ev in stored {
-            let content: Value = serde_json::from_str(&ev.json).unwrap_or_default();
-            match ev.event_type.as_str() {
+        let entries = state::state_for_keys_at(&self.app.db, &missing, &keys).await?;
+        let mut ids: Vec<String> = entries.iter().map(|(_, (_, id))| id.clone()).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let contents: HashMap<String, Value> = events::get_many(&self.app.db, &ids)
+            .await?
+            .into_iter()
+            .map(|ev| {
+                let json: Value = serde_json::from_str(&ev.json).unwrap_or_default();
+                (ev.event_id, json["content"].clone())
+            })
+            .collect();
+        for group in missing {
+            self.seen.insert(group, ("shared".to_owned(), None));
+        }
+        for (group, ((kind, _), id)) in entries {
+            let (Some(content), Some(seen)) = (contents.get(&id), self.seen.get_mut(&group)) else {
+                continue;
+            };
+            match kind.as_str() {
                 "m.room.history_visibility" => {
-                    if let Some(v) = content["content"]["history_visibility"].as_str() {
-                        visibility = v.to_owned();
+                    if let Some(v) = content["history_visibility"].as_str() {
+                        seen.0 = v.to_owned();
                     }
                 }
                 "m.room.member" => {
-                    membership = content["content"]["membership"].as_str().map(str::to_owned);
+                    seen.1 = content["membership"].as_str().map(str::to_owned);
                 }
                 _ => {}
             }
         }
-        let v = (visibility, membership);
-        self.seen.insert(group, v.clone());
-        Ok(v)
+        Ok(())
     }
 
     pub async fn may_see(&mut self, event: &StoredEvent) -> Result<bool> {
@@ -188,11 +216,15 @@ pub async fn client_events(
         .iter()
         .filter_map(|e| e.redacted_by.clone())
         .collect();
-    let redactions: HashMap<String, StoredEvent> = events::get_many(db, &redaction_ids)
-        .await?
-        .into_iter()
-        .map(|e| (e.event_id.clone(), e))
-        .collect();
+    let redactions: HashMap<String, StoredEvent> = if redaction_ids.is_empty() {
+        HashMap::new()
+    } else {
+        events::get_many(db, &redaction_ids)
+            .await?
+            .into_iter()
+            .map(|e| (e.event_id.clone(), e))
+            .collect()
+    };
     let now = MilliSecondsSinceUnixEpoch::now();
     Ok(stored
         .iter()
@@ -390,6 +422,8 @@ pub async fn messages(
         )
         .await?;
         let fetched = batch.len() as i64;
+        let groups: Vec<i64> = batch.iter().filter_map(|e| e.state_group).collect();
+        viewer.prefetch(&groups).await?;
         for ev in batch {
             let pos = TopoToken {
                 depth: ev.depth,

@@ -498,6 +498,8 @@ async fn timeline(
     let fetched =
         rows::room_events(&app.db, room_id.as_str(), since, upto, (limit + 1) as i64).await?;
     let limited = fetched.len() > limit;
+    let groups: Vec<i64> = fetched.iter().filter_map(|e| e.state_group).collect();
+    viewer.prefetch(&groups).await?;
     let mut out = Vec::with_capacity(limit);
     for ev in fetched.into_iter().take(limit) {
         if params.types.matches(&ev.event_type) && viewer.may_see(&ev).await? {
@@ -561,6 +563,8 @@ async fn left_room(
     )
     .await?;
     let limited = fetched.len() > limit;
+    let groups: Vec<i64> = fetched.iter().filter_map(|e| e.state_group).collect();
+    viewer.prefetch(&groups).await?;
     let mut events_in = Vec::new();
     for ev in fetched.into_iter().take(limit) {
         // The user may no longer be joined, but saw these while they were.
@@ -667,18 +671,11 @@ async fn unread(
 
 /// `summary`: member counts and, for rooms without a name, up to five heroes.
 async fn summary(app: &AppState, user: &UserId, room_id: &RoomId) -> Result<Value> {
-    let joined = crate::storage::rooms::members(&app.db, room_id.as_str(), "join").await?;
-    let invited = crate::storage::rooms::members(&app.db, room_id.as_str(), "invite").await?;
-    let heroes: Vec<&String> = joined
-        .iter()
-        .chain(invited.iter())
-        .map(|(u, _)| u)
-        .filter(|u| u.as_str() != user.as_str())
-        .take(5)
-        .collect();
+    let (joined, invited, heroes) =
+        crate::storage::rooms::summary(&app.db, room_id.as_str(), user.as_str()).await?;
     Ok(json!({
         "m.heroes": heroes,
-        "m.joined_member_count": joined.len(),
-        "m.invited_member_count": invited.len(),
+        "m.joined_member_count": joined,
+        "m.invited_member_count": invited,
     }))
 }

@@ -84,11 +84,40 @@ impl Database {
         Ok(Self { pool, embedded })
     }
 
+    /// Applies pending migrations, logging which ones and how long they took.
     pub async fn migrate(&self) -> anyhow::Result<()> {
+        // The table sqlx records applied migrations in (absent on a new database).
+        let applied: Vec<i64> = sqlx::query_scalar(
+            "select version from _sqlx_migrations where success order by version",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .unwrap_or_default();
+        let pending: Vec<_> = MIGRATOR
+            .iter()
+            .filter(|m| !applied.contains(&m.version))
+            .collect();
+        for (i, m) in pending.iter().enumerate() {
+            tracing::info!(
+                "migration {}/{}: {} {}",
+                i + 1,
+                pending.len(),
+                m.version,
+                m.description
+            );
+        }
+        let started = std::time::Instant::now();
         MIGRATOR
             .run(&self.pool)
             .await
             .context("applying database migrations")?;
+        if !pending.is_empty() {
+            tracing::info!(
+                "applied {} migrations in {:.1} s",
+                pending.len(),
+                started.elapsed().as_secs_f64()
+            );
+        }
         Ok(())
     }
 

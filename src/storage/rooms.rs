@@ -169,6 +169,33 @@ pub async fn members(
     Ok(rows.into_iter().map(|r| (r.user_id, r.event_id)).collect())
 }
 
+/// A room's summary for `user`: joined and invited member counts, and up to
+/// five other members (joined first, then invited, each by user ID) as heroes.
+pub async fn summary(
+    db: &crate::storage::Pool,
+    room_id: &str,
+    user_id: &str,
+) -> sqlx::Result<(i64, i64, Vec<String>)> {
+    let counts = sqlx::query!(
+        r#"select count(*) filter (where membership = 'join') as "joined!",
+                  count(*) filter (where membership = 'invite') as "invited!"
+           from room_members where room_id = $1"#,
+        room_id
+    )
+    .fetch_one(db)
+    .await?;
+    let heroes = sqlx::query_scalar!(
+        "select user_id from room_members
+         where room_id = $1 and membership in ('join', 'invite') and user_id <> $2
+         order by membership <> 'join', user_id limit 5",
+        room_id,
+        user_id
+    )
+    .fetch_all(db)
+    .await?;
+    Ok((counts.joined, counts.invited, heroes))
+}
+
 /// Servers with joined members (for federation fan-out and `via`).
 pub async fn joined_servers(db: impl PgExecutor<'_>, room_id: &str) -> sqlx::Result<Vec<String>> {
     sqlx::query_scalar!(

@@ -135,6 +135,45 @@ pub async fn state_for_keys(
         .collect())
 }
 
+/// [`state_for_keys`] for many groups in one query: `(group, key, event ID)`.
+pub async fn state_for_keys_at(
+    db: impl PgExecutor<'_>,
+    groups: &[i64],
+    keys: &[(String, String)],
+) -> sqlx::Result<Vec<(i64, Entry)>> {
+    let (types, state_keys): (Vec<String>, Vec<String>) = keys.iter().cloned().unzip();
+    let rows = sqlx::query!(
+        r#"with recursive chain(root, state_group, parent_group, n) as (
+               select state_group, state_group, parent_group, 0
+               from state_groups where state_group = any($1)
+               union all
+               select c.root, g.state_group, g.parent_group, c.n + 1
+               from state_groups g join chain c on g.state_group = c.parent_group
+           ),
+           wanted as (
+               select k.state_key_id, k.event_type, k.state_key
+               from unnest($2::text[], $3::text[]) as w(event_type, state_key)
+               join state_keys k on k.event_type = w.event_type and k.state_key = w.state_key
+           )
+           select distinct on (c.root, e.state_key_id)
+                  c.root as "group!", w.event_type as "event_type!",
+                  w.state_key as "state_key!", e.event_id as "event_id!"
+           from chain c
+           join state_group_entries e on e.state_group = c.state_group
+           join wanted w on w.state_key_id = e.state_key_id
+           order by c.root, e.state_key_id, c.n"#,
+        groups,
+        &types,
+        &state_keys
+    )
+    .fetch_all(db)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| (r.group, ((r.event_type, r.state_key), r.event_id)))
+        .collect())
+}
+
 /// Bytes the state tables take for one room (for the storage benchmark).
 pub async fn room_state_bytes(db: impl PgExecutor<'_>, room_id: &str) -> sqlx::Result<i64> {
     let bytes = sqlx::query_scalar!(

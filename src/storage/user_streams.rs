@@ -351,29 +351,37 @@ pub async fn account_data_for_users(
     Ok(rows.into_iter().map(|r| (r.user_id, r.content)).collect())
 }
 
-pub struct PushAction<'a> {
-    pub user_id: &'a str,
+/// Who one event notifies: one row per user, with the actions of the rule
+/// that matched (as JSON) and whether it highlights.
+pub struct PushActions<'a> {
     pub room_id: &'a str,
     pub stream_ordering: i64,
     pub event_id: &'a str,
     pub thread_id: &'a str,
-    pub highlight: bool,
-    /// The matched rule's actions, as JSON.
-    pub actions: &'a str,
+    pub users: Vec<&'a str>,
+    pub highlights: Vec<bool>,
+    pub actions: Vec<String>,
 }
 
-pub async fn insert_push_action(db: impl PgExecutor<'_>, a: &PushAction<'_>) -> sqlx::Result<()> {
+/// Records an event's push actions for all its users in one statement.
+pub async fn insert_push_actions(db: impl PgExecutor<'_>, a: &PushActions<'_>) -> sqlx::Result<()> {
+    if a.users.is_empty() {
+        return Ok(());
+    }
+    let users: Vec<String> = a.users.iter().map(|u| (*u).to_owned()).collect();
     sqlx::query!(
         "insert into event_push_actions
              (user_id, room_id, stream_ordering, event_id, thread_id, highlight, actions)
-         values ($1, $2, $3, $4, $5, $6, $7) on conflict do nothing",
-        a.user_id,
+         select u, $2, $3, $4, $5, h, a
+         from unnest($1::text[], $6::bool[], $7::text[]) as t(u, h, a)
+         on conflict do nothing",
+        &users,
         a.room_id,
         a.stream_ordering,
         a.event_id,
         a.thread_id,
-        a.highlight,
-        a.actions
+        &a.highlights,
+        &a.actions
     )
     .execute(db)
     .await?;
