@@ -47,6 +47,7 @@ pub struct Config {
     pub rate_limits: RateLimits,
     pub limits: Limits,
     pub rooms: Rooms,
+    pub server_notices: ServerNotices,
     pub media: Media,
     pub federation: Federation,
 }
@@ -242,6 +243,29 @@ impl Default for Rooms {
     }
 }
 
+/// Server notices (admin API `send_server_notice`): messages from a system user
+/// in a room of its own with each recipient.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerNotices {
+    /// Localpart of the system user that sends notices; empty: notices off.
+    pub localpart: String,
+    /// The system user's display name.
+    pub display_name: String,
+    /// Name of the notices room.
+    pub room_name: String,
+}
+
+impl Default for ServerNotices {
+    fn default() -> Self {
+        Self {
+            localpart: String::new(),
+            display_name: "Server Notices".into(),
+            room_name: "Server Notices".into(),
+        }
+    }
+}
+
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Media {
@@ -404,6 +428,7 @@ impl Default for Config {
             rate_limits: RateLimits::default(),
             limits: Limits::default(),
             rooms: Rooms::default(),
+            server_notices: ServerNotices::default(),
             media: Media::default(),
             federation: Federation::default(),
         }

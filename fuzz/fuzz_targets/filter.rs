@@ -13,11 +13,24 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let params = lattice::service::sync::Params::new(&definition, None, Duration::ZERO, false);
-    for kind in ["m.room.message", "m.room.member", "m.presence", "", "*", "m.*"] {
+    for kind in [
+        "m.room.message",
+        "m.room.member",
+        "m.presence",
+        "",
+        "*",
+        "m.*",
+    ] {
         let _ = params.types.matches(kind);
     }
     // Types named in the filter itself, wildcards included.
-    for kind in params.types.types.iter().flatten().chain(&params.types.not_types) {
+    for kind in params
+        .types
+        .types
+        .iter()
+        .flatten()
+        .chain(&params.types.not_types)
+    {
         let _ = params.types.matches(kind);
     }
 });

@@ -12,7 +12,11 @@ fuzz_target!(|data: &[u8]| {
     let Ok(value) = serde_json::from_slice::<serde_json::Value>(data) else {
         return;
     };
-    for rules in [RoomVersionRules::V10, RoomVersionRules::V11, RoomVersionRules::V12] {
+    for rules in [
+        RoomVersionRules::V10,
+        RoomVersionRules::V11,
+        RoomVersionRules::V12,
+    ] {
         let Ok(formatted) = lattice::service::federation::ingest::check_format(&rules, &value)
         else {
             continue;

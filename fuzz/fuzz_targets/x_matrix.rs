@@ -11,6 +11,10 @@ fuzz_target!(|data: &[u8]| {
     };
     if let Ok(header) = XMatrix::parse(text) {
         let rendered = header.to_header();
-        assert_eq!(XMatrix::parse(&rendered).as_ref(), Ok(&header), "{rendered}");
+        assert_eq!(
+            XMatrix::parse(&rendered).as_ref(),
+            Ok(&header),
+            "{rendered}"
+        );
     }
 });

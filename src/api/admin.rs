@@ -1,8 +1,8 @@
 //! The commonly used part of Synapse's admin API (`/_synapse/admin`), so tools
 //! such as synapse-admin work: server version, users (list, query,
 //! create/modify, deactivate, reset password, whois, login as the user), rooms (list, details,
-//! members, state, delete/purge with block), event reports and registration
-//! tokens. Server admins only (`M_FORBIDDEN`
+//! members, state, delete/purge with block), server notices, event reports and
+//! registration tokens. Server admins only (`M_FORBIDDEN`
 //! otherwise); every change is logged with the acting admin.
 
 use axum::{
@@ -20,7 +20,7 @@ use crate::{
     api::json::Query,
     app::AppState,
     error::{Error, Result},
-    service::admin,
+    service::{admin, server_notices},
 };
 
 pub fn router() -> Router<AppState> {
@@ -49,6 +49,14 @@ pub fn router() -> Router<AppState> {
         )
         .route("/_synapse/admin/v1/rooms/{room_id}/members", get(members))
         .route("/_synapse/admin/v1/rooms/{room_id}/state", get(room_state))
+        .route(
+            "/_synapse/admin/v1/send_server_notice",
+            post(send_server_notice),
+        )
+        .route(
+            "/_synapse/admin/v1/send_server_notice/{txn_id}",
+            axum::routing::put(send_server_notice_txn),
+        )
         .route("/_synapse/admin/v1/event_reports", get(event_reports))
         .route(
             "/_synapse/admin/v1/event_reports/{report_id}",
@@ -229,6 +237,27 @@ async fn login_as(
     Json(body): Json<Value>,
 ) -> Result<AxumJson<Value>> {
     Ok(AxumJson(admin::login_as(&app, &by, &user_id, &body).await?))
+}
+
+async fn send_server_notice(
+    State(app): State<AppState>,
+    AdminUser(by): AdminUser,
+    Json(body): Json<Value>,
+) -> Result<AxumJson<Value>> {
+    Ok(AxumJson(
+        server_notices::send(&app, &by, &body, None).await?,
+    ))
+}
+
+async fn send_server_notice_txn(
+    State(app): State<AppState>,
+    AdminUser(by): AdminUser,
+    Path(txn_id): Path<String>,
+    Json(body): Json<Value>,
+) -> Result<AxumJson<Value>> {
+    Ok(AxumJson(
+        server_notices::send(&app, &by, &body, Some(&txn_id)).await?,
+    ))
 }
 
 async fn members(

@@ -429,7 +429,7 @@ async fn purge_room(app: &AppState, by: &Session, room_id: &RoomId) -> Result<()
     if rooms::lock(&mut *tx, room_id.as_str()).await?.is_none() {
         return Ok(());
     }
-    const TABLES: usize = 17;
+    const TABLES: usize = 18;
     let mut step = 0;
     let total = rooms::purge(&mut tx, room_id.as_str(), |table, rows| {
         step += 1;

@@ -197,7 +197,11 @@ pub async fn delete_unused_files(app: &AppState, hashes: &[String]) -> Result<us
             deleted += 1;
         }
         if (i + 1) % PROGRESS_EVERY == 0 {
-            tracing::info!("media files: {}/{} checked, {deleted} deleted", i + 1, hashes.len());
+            tracing::info!(
+                "media files: {}/{} checked, {deleted} deleted",
+                i + 1,
+                hashes.len()
+            );
         }
     }
     Ok(deleted)

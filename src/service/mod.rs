@@ -22,6 +22,7 @@ pub mod read;
 pub mod receipts;
 pub mod room;
 pub mod search;
+pub mod server_notices;
 pub mod session;
 pub mod sliding_sync;
 pub mod space;

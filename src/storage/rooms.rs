@@ -493,10 +493,40 @@ pub async fn purge(
     by_room!("room_members");
     by_room!("remote_memberships");
     by_room!("room_aliases");
+    by_room!("server_notice_rooms");
     by_room!("outlier_events");
     // State group entries go with their groups (on delete cascade).
     by_room!("state_groups");
     by_room!("events");
     by_room!("rooms");
     Ok(total)
+}
+
+/// The user's server notices room, if one was made.
+pub async fn server_notice_room(
+    db: impl PgExecutor<'_>,
+    user_id: &str,
+) -> sqlx::Result<Option<String>> {
+    sqlx::query_scalar!(
+        "select room_id from server_notice_rooms where user_id = $1",
+        user_id
+    )
+    .fetch_optional(db)
+    .await
+}
+
+pub async fn set_server_notice_room(
+    db: impl PgExecutor<'_>,
+    user_id: &str,
+    room_id: &str,
+) -> sqlx::Result<()> {
+    sqlx::query!(
+        "insert into server_notice_rooms (user_id, room_id) values ($1, $2)
+         on conflict (user_id) do update set room_id = excluded.room_id",
+        user_id,
+        room_id
+    )
+    .execute(db)
+    .await?;
+    Ok(())
 }

@@ -489,3 +489,112 @@ async fn admin_can_log_in_as_a_user() {
         "{devices}"
     );
 }
+
+/// `send_server_notice`: off unless configured; then the recipient is invited
+/// to a room of the system user, tagged `m.server_notice`, where they cannot
+/// write; later notices go to the same room, and a PUT with a transaction ID
+/// is idempotent.
+#[tokio::test]
+async fn server_notices_reach_users_in_a_tagged_room() {
+    let off = TestServer::start().await;
+    let admin = off.register("root", "root-password").await;
+    lattice::storage::users::set_admin(&off.state.db, &admin.user_id, true)
+        .await
+        .unwrap();
+    let bob = off.register("bob", "pw").await;
+    let (status, body) = off
+        .post(
+            "/_synapse/admin/v1/send_server_notice",
+            Some(&admin.access_token),
+            json!({ "user_id": bob.user_id, "content": { "msgtype": "m.text", "body": "hi" } }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    off.stop().await;
+
+    let server = TestServer::start_with(|c| c.server_notices.localpart = "notices".into()).await;
+    let admin = server.register("root", "root-password").await;
+    lattice::storage::users::set_admin(&server.state.db, &admin.user_id, true)
+        .await
+        .unwrap();
+    let a = Some(admin.access_token.as_str());
+    let alice = server.register("alice", "pw").await;
+    let notice = |body: &str| json!({ "user_id": alice.user_id, "content": { "msgtype": "m.text", "body": body } });
+    let (status, body) = server
+        .post(
+            "/_synapse/admin/v1/send_server_notice",
+            Some(&alice.access_token),
+            notice("not from an admin"),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+
+    let (status, first) = server
+        .post(
+            "/_synapse/admin/v1/send_server_notice",
+            a,
+            notice("maintenance at noon"),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{first}");
+    let path = "/_synapse/admin/v1/send_server_notice/t1";
+    let (status, second) = server.put(path, a, notice("back online")).await;
+    assert_eq!(status, StatusCode::OK, "{second}");
+    let (_, again) = server.put(path, a, notice("back online")).await;
+    assert_eq!(
+        again["event_id"], second["event_id"],
+        "PUT with a txnId is idempotent"
+    );
+
+    // Alice is invited by the system user, to a room named for notices.
+    let (_, sync) = server
+        .get("/_matrix/client/v3/sync", Some(&alice.access_token))
+        .await;
+    let invites = sync["rooms"]["invite"].as_object().unwrap();
+    assert_eq!(invites.len(), 1, "{sync}");
+    let (room, invite) = invites.iter().next().unwrap();
+    let state = invite["invite_state"]["events"].as_array().unwrap();
+    assert!(
+        state
+            .iter()
+            .any(|e| e["type"] == "m.room.name" && e["content"]["name"] == "Server Notices")
+    );
+    server.join(&alice, room).await;
+    let bodies = crate::harness::messages(&server, &alice.access_token, room).await;
+    assert!(
+        bodies.contains(&"maintenance at noon".to_owned()),
+        "{bodies:?}"
+    );
+    assert!(bodies.contains(&"back online".to_owned()), "{bodies:?}");
+    assert_eq!(
+        bodies.iter().filter(|b| *b == "back online").count(),
+        1,
+        "{bodies:?}"
+    );
+    let (_, tags) = server
+        .get(
+            &format!(
+                "/_matrix/client/v3/user/{}/rooms/{}/tags",
+                enc(&alice.user_id),
+                enc(room)
+            ),
+            Some(&alice.access_token),
+        )
+        .await;
+    assert!(tags["tags"].get("m.server_notice").is_some(), "{tags}");
+    // Read-only for her.
+    let (status, body) = server
+        .put(
+            &format!(
+                "/_matrix/client/v3/rooms/{}/send/m.room.message/x",
+                enc(room)
+            ),
+            Some(&alice.access_token),
+            json!({ "msgtype": "m.text", "body": "reply" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    // Nobody can log in as the system user.
+    let (status, _) = server.login("notices", "x").await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+}
