@@ -23,6 +23,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use futures_util::StreamExt;
 use ruma::{
     RoomId, UserId,
     api::client::filter::{FilterDefinition, LazyLoadOptions},
@@ -38,6 +39,9 @@ use crate::{
     error::{Error, Result},
     storage::{e2e_keys, events, events::StoredEvent, state, sync as rows, user_streams},
 };
+
+/// Joined rooms whose sections one sync builds concurrently.
+const ROOMS_AT_ONCE: usize = 8;
 
 /// What the client asked for, after parsing the filter.
 pub struct Params {
@@ -285,6 +289,9 @@ async fn build(
     };
 
     let mut join = Map::new();
+    // Joined rooms are built after the loop, several at a time: each is a
+    // handful of queries, and a user in hundreds of rooms waits for all of them.
+    let mut joined = Vec::new();
     let mut invite = Map::new();
     let mut knock = Map::new();
     let mut leave = Map::new();
@@ -297,16 +304,7 @@ async fn build(
         let changed = m.stream_ordering > since;
         match m.membership.as_str() {
             "join" if active.contains(&m.room_id) => {
-                let joined_in_window = !initial && changed;
-                let mut section =
-                    joined_room(app, user, &room_id, params, since, now, joined_in_window).await?;
-                if let Some(events) = room_account_data.remove(&m.room_id) {
-                    section["account_data"]["events"] = events.into();
-                }
-                if let Some(events) = ephemeral.remove(&m.room_id) {
-                    section["ephemeral"]["events"] = events.into();
-                }
-                join.insert(m.room_id.clone(), section);
+                joined.push((room_id, !initial && changed));
             }
             "invite" if initial || changed => {
                 invite.insert(m.room_id.clone(), json!({ "invite_state": { "events": stripped_state(app, &room_id, &m.event_id).await? } }));
@@ -332,6 +330,27 @@ async fn build(
             }
             _ => {}
         }
+    }
+
+    let sections: Vec<Result<(ruma::OwnedRoomId, Value)>> = futures_util::stream::iter(joined)
+        .map(|(room_id, joined_in_window)| async move {
+            let section =
+                joined_room(app, user, &room_id, params, since, now, joined_in_window).await?;
+            Ok((room_id, section))
+        })
+        .buffered(ROOMS_AT_ONCE)
+        .collect()
+        .await;
+    for built in sections {
+        let (room_id, mut section) = built?;
+        let key = room_id.as_str();
+        if let Some(events) = room_account_data.remove(key) {
+            section["account_data"]["events"] = events.into();
+        }
+        if let Some(events) = ephemeral.remove(key) {
+            section["ephemeral"]["events"] = events.into();
+        }
+        join.insert(key.to_owned(), section);
     }
 
     // To-device messages for this device (acknowledged when the token returns).
