@@ -117,6 +117,22 @@ pub async fn put_user(
         crate::storage::profiles::set_displayname(&app.db, user.as_str(), Some(user.localpart()))
             .await?;
         tracing::info!(admin = %by.user_id, user = %user, "admin API: user created");
+    } else if body["deactivated"] == Value::Bool(false)
+        && existing.as_ref().is_some_and(|u| u.deactivated)
+    {
+        // Reactivation needs a password: the deactivated account has none.
+        let Some(p) = password else {
+            return Err(Error::invalid_param(
+                "A password is required to reactivate an account",
+            ));
+        };
+        let cost = super::session::password_cost(app);
+        let hash = super::blocking(move || password::hash(&p, cost)).await??;
+        users::reactivate(&app.db, user.as_str(), &hash).await?;
+        tracing::info!(admin = %by.user_id, user = %user, "admin API: user reactivated");
+        if let Some(flag) = admin_flag {
+            users::set_admin(&app.db, user.as_str(), flag).await?;
+        }
     } else {
         if let Some(p) = password {
             let logout = body["logout_devices"].as_bool().unwrap_or(true);
@@ -129,12 +145,6 @@ pub async fn put_user(
         match &body["deactivated"] {
             Value::Bool(true) if !existing.as_ref().is_some_and(|u| u.deactivated) => {
                 deactivate(app, by, user.as_str()).await?;
-            }
-            Value::Bool(false) if existing.as_ref().is_some_and(|u| u.deactivated) => {
-                return Err(Error::new(
-                    ErrorKind::BadRequest,
-                    "Reactivating a deactivated account is not supported",
-                ));
             }
             _ => {}
         }

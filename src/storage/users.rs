@@ -86,6 +86,23 @@ pub async fn set_admin(
     Ok(done.rows_affected() == 1)
 }
 
+/// Reactivates a deactivated account with a new password (admin API).
+pub async fn reactivate(
+    db: impl PgExecutor<'_>,
+    user_id: &str,
+    password_hash: &str,
+) -> sqlx::Result<bool> {
+    let done = sqlx::query!(
+        "update users set deactivated = false, password_hash = $2
+         where user_id = $1 and deactivated",
+        user_id,
+        password_hash
+    )
+    .execute(db)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
 /// Marks the account deactivated and drops its password; devices and tokens are
 /// deleted by the caller in the same transaction.
 pub async fn deactivate(db: impl PgExecutor<'_>, user_id: &str) -> sqlx::Result<()> {

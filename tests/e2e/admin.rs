@@ -117,6 +117,23 @@ async fn admin_api_refuses_non_admins_and_works_for_admins() {
     assert_eq!(status, StatusCode::OK);
     let (status, _) = server.login("bob", "bob-password").await;
     assert_eq!(status, StatusCode::FORBIDDEN);
+    // Reactivation needs a new password, then the account logs in again.
+    let user_path = format!("/_synapse/admin/v2/users/{}", enc(&bob_id));
+    let (status, body) = server
+        .put(&user_path, a, json!({ "deactivated": false }))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    let (status, body) = server
+        .put(
+            &user_path,
+            a,
+            json!({ "deactivated": false, "password": "bob-again" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["deactivated"], false);
+    let (status, _) = server.login("bob", "bob-again").await;
+    assert_eq!(status, StatusCode::OK);
 
     // Rooms: list, details, members, state.
     let room = server
