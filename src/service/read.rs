@@ -565,16 +565,13 @@ pub async fn joined_members(app: &AppState, user: &UserId, room_id: &RoomId) -> 
     if !viewer.is_joined() {
         return Err(Error::forbidden("You are not in this room"));
     }
-    let joined = rooms::members(&app.db, room_id.as_str(), "join").await?;
-    let ids: Vec<String> = joined.iter().map(|(_, e)| e.clone()).collect();
-    let stored = events::get_many(&app.db, &ids).await?;
     let mut out = serde_json::Map::new();
-    for ev in stored {
-        let pdu: Value = serde_json::from_str(&ev.json).unwrap_or_default();
-        let content = &pdu["content"];
+    for (user, display_name, avatar_url) in
+        rooms::joined_profiles(&app.db, room_id.as_str()).await?
+    {
         out.insert(
-            ev.state_key.clone().unwrap_or_default(),
-            json!({ "display_name": content["displayname"], "avatar_url": content["avatar_url"] }),
+            user,
+            json!({ "display_name": display_name, "avatar_url": avatar_url }),
         );
     }
     Ok(Value::Object(out))

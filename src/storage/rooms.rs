@@ -196,6 +196,31 @@ pub async fn summary(
     Ok((counts.joined, counts.invited, heroes))
 }
 
+/// Joined members with the display name and avatar of their member event
+/// (taken out of the event in the database, not shipped whole and parsed here).
+pub async fn joined_profiles(
+    db: impl PgExecutor<'_>,
+    room_id: &str,
+) -> sqlx::Result<Vec<(String, Option<String>, Option<String>)>> {
+    let rows = sqlx::query!(
+        r#"select m.user_id as "user_id!",
+                  c.content ->> 'displayname' as displayname,
+                  c.content ->> 'avatar_url' as avatar_url
+           from room_members m
+           left join events e on e.event_id = m.event_id
+           left join outlier_events o on e.event_id is null and o.event_id = m.event_id
+           cross join lateral (select coalesce(e.json, o.json)::jsonb -> 'content' as content) c
+           where m.room_id = $1 and m.membership = 'join'"#,
+        room_id
+    )
+    .fetch_all(db)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| (r.user_id, r.displayname, r.avatar_url))
+        .collect())
+}
+
 /// Servers with joined members (for federation fan-out and `via`).
 pub async fn joined_servers(db: impl PgExecutor<'_>, room_id: &str) -> sqlx::Result<Vec<String>> {
     sqlx::query_scalar!(
