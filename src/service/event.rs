@@ -267,13 +267,18 @@ pub async fn prepare(
         app.server_name.as_str(),
         &key.pair,
     )
-    .map_err(|e| match e {
-        PduError::TooLarge => Error::new(ErrorKind::TooLarge, "Event is larger than 65536 bytes"),
-        PduError::Malformed(m) => Error::bad_json(m),
-    })?;
+    .map_err(build_error)?;
 
     authorize(&room.rules, &built.pdu, &state_before)?;
     Ok(built)
+}
+
+/// A local event that cannot be built is the client's: too large or malformed.
+fn build_error(e: PduError) -> Error {
+    match e {
+        PduError::TooLarge => Error::new(ErrorKind::TooLarge, "Event is larger than 65536 bytes"),
+        PduError::Malformed(m) => Error::bad_json(m),
+    }
 }
 
 /// The create event: no state before it, no prev or auth events.
@@ -306,12 +311,7 @@ pub async fn append_first(
             app.server_name.as_str(),
             &app.signing_key.pair,
         )
-        .map_err(|e| match e {
-            PduError::TooLarge => {
-                Error::new(ErrorKind::TooLarge, "Event is larger than 65536 bytes")
-            }
-            PduError::Malformed(m) => Error::bad_json(m),
-        })?;
+        .map_err(build_error)?;
         // In v12 the room ID is the create event's hash: the same user creating
         // two rooms in one millisecond would create one room twice. The ID is
         // held until commit; a taken one moves the timestamp on (as Synapse does).

@@ -104,34 +104,10 @@ pub async fn state_for_keys(
     group: i64,
     keys: &[(String, String)],
 ) -> sqlx::Result<Vec<Entry>> {
-    let (types, state_keys): (Vec<String>, Vec<String>) = keys.iter().cloned().unzip();
-    let rows = sqlx::query!(
-        r#"with recursive chain(state_group, parent_group, n) as (
-               select state_group, parent_group, 0 from state_groups where state_group = $1
-               union all
-               select g.state_group, g.parent_group, c.n + 1
-               from state_groups g join chain c on g.state_group = c.parent_group
-           ),
-           wanted as (
-               select k.state_key_id, k.event_type, k.state_key
-               from unnest($2::text[], $3::text[]) as w(event_type, state_key)
-               join state_keys k on k.event_type = w.event_type and k.state_key = w.state_key
-           )
-           select distinct on (e.state_key_id)
-                  w.event_type as "event_type!", w.state_key as "state_key!", e.event_id as "event_id!"
-           from chain c
-           join state_group_entries e on e.state_group = c.state_group
-           join wanted w on w.state_key_id = e.state_key_id
-           order by e.state_key_id, c.n"#,
-        group,
-        &types,
-        &state_keys
-    )
-    .fetch_all(db)
-    .await?;
-    Ok(rows
+    Ok(state_for_keys_at(db, &[group], keys)
+        .await?
         .into_iter()
-        .map(|r| ((r.event_type, r.state_key), r.event_id))
+        .map(|(_, entry)| entry)
         .collect())
 }
 

@@ -4,15 +4,21 @@
 use reqwest::StatusCode;
 use serde_json::json;
 
-use crate::harness::{TestServer, enc};
+use crate::harness::{Login, TestServer, enc};
 
-#[tokio::test]
-async fn admin_api_refuses_non_admins_and_works_for_admins() {
-    let server = TestServer::start().await;
+/// Registers `@root` and makes it a server admin.
+async fn register_admin(server: &TestServer) -> Login {
     let admin = server.register("root", "root-password").await;
     lattice::storage::users::set_admin(&server.state.db, &admin.user_id, true)
         .await
         .unwrap();
+    admin
+}
+
+#[tokio::test]
+async fn admin_api_refuses_non_admins_and_works_for_admins() {
+    let server = TestServer::start().await;
+    let admin = register_admin(&server).await;
     let alice = server.register("alice", "alice-password").await;
     let a = Some(admin.access_token.as_str());
 
@@ -311,10 +317,7 @@ async fn alice_again(server: &TestServer) -> crate::harness::Login {
 async fn room_deletion_removes_members_purges_and_blocks() {
     use reqwest::Method;
     let server = TestServer::start().await;
-    let admin = server.register("root", "root-password").await;
-    lattice::storage::users::set_admin(&server.state.db, &admin.user_id, true)
-        .await
-        .unwrap();
+    let admin = register_admin(&server).await;
     let a = Some(admin.access_token.as_str());
     let alice = server.register("alice", "pw").await;
     let bob = server.register("bob", "pw").await;
@@ -458,10 +461,7 @@ async fn room_deletion_removes_members_purges_and_blocks() {
 #[tokio::test]
 async fn admin_can_log_in_as_a_user() {
     let server = TestServer::start().await;
-    let admin = server.register("root", "root-password").await;
-    lattice::storage::users::set_admin(&server.state.db, &admin.user_id, true)
-        .await
-        .unwrap();
+    let admin = register_admin(&server).await;
     let a = Some(admin.access_token.as_str());
     let alice = server.register("alice", "pw").await;
     let path = format!("/_synapse/admin/v1/users/{}/login", enc(&alice.user_id));
@@ -514,10 +514,7 @@ async fn admin_can_log_in_as_a_user() {
 #[tokio::test]
 async fn server_notices_reach_users_in_a_tagged_room() {
     let off = TestServer::start().await;
-    let admin = off.register("root", "root-password").await;
-    lattice::storage::users::set_admin(&off.state.db, &admin.user_id, true)
-        .await
-        .unwrap();
+    let admin = register_admin(&off).await;
     let bob = off.register("bob", "pw").await;
     let (status, body) = off
         .post(
@@ -530,10 +527,7 @@ async fn server_notices_reach_users_in_a_tagged_room() {
     off.stop().await;
 
     let server = TestServer::start_with(|c| c.server_notices.localpart = "notices".into()).await;
-    let admin = server.register("root", "root-password").await;
-    lattice::storage::users::set_admin(&server.state.db, &admin.user_id, true)
-        .await
-        .unwrap();
+    let admin = register_admin(&server).await;
     let a = Some(admin.access_token.as_str());
     let alice = server.register("alice", "pw").await;
     let notice = |body: &str| json!({ "user_id": alice.user_id, "content": { "msgtype": "m.text", "body": body } });
