@@ -59,6 +59,8 @@ pub struct AppState {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// `trusted_proxies`, parsed.
     pub trusted_proxies: Arc<Vec<crate::service::url_preview::Cidr>>,
+    /// Room deletions running or finished (admin API v2), by delete ID.
+    pub room_deletions: Arc<crate::service::admin::Deletions>,
 }
 
 impl AppState {
@@ -87,6 +89,7 @@ impl AppState {
             federation_wake: Arc::default(),
             federation_backed_off: Arc::default(),
             metrics: Arc::default(),
+            room_deletions: Arc::default(),
             trusted_proxies: Arc::new(
                 config
                     .trusted_proxies

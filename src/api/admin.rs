@@ -44,6 +44,18 @@ pub fn router() -> Router<AppState> {
             get(room).delete(delete_room),
         )
         .route(
+            "/_synapse/admin/v2/rooms/{room_id}",
+            axum::routing::delete(delete_room_v2),
+        )
+        .route(
+            "/_synapse/admin/v2/rooms/{room_id}/delete_status",
+            get(room_delete_status),
+        )
+        .route(
+            "/_synapse/admin/v2/rooms/delete_status/{delete_id}",
+            get(delete_status),
+        )
+        .route(
             "/_synapse/admin/v1/rooms/{room_id}/block",
             get(block_status).put(set_block),
         )
@@ -193,22 +205,53 @@ async fn room(
     Ok(AxumJson(admin::room(&app, &room_id).await?))
 }
 
+/// Synapse accepts an empty body (all defaults).
+fn deletion_body(body: &[u8]) -> Result<Value> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(json!({}));
+    }
+    super::ruma::check_json(body)?;
+    serde_json::from_slice(body).map_err(|e| Error::bad_json(e.to_string()))
+}
+
 async fn delete_room(
     State(app): State<AppState>,
     AdminUser(by): AdminUser,
     Path(room_id): Path<String>,
     body: axum::body::Bytes,
 ) -> Result<AxumJson<Value>> {
-    // Synapse accepts an empty body (all defaults).
-    let body: Value = if body.iter().all(u8::is_ascii_whitespace) {
-        json!({})
-    } else {
-        super::ruma::check_json(&body)?;
-        serde_json::from_slice(&body).map_err(|e| Error::bad_json(e.to_string()))?
-    };
+    let body = deletion_body(&body)?;
     Ok(AxumJson(
         admin::delete_room(&app, &by, &room_id, &body).await?,
     ))
+}
+
+async fn delete_room_v2(
+    State(app): State<AppState>,
+    AdminUser(by): AdminUser,
+    Path(room_id): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<AxumJson<Value>> {
+    let body = deletion_body(&body)?;
+    Ok(AxumJson(
+        admin::delete_room_async(&app, &by, &room_id, &body).await?,
+    ))
+}
+
+async fn room_delete_status(
+    State(app): State<AppState>,
+    AdminUser(_): AdminUser,
+    Path(room_id): Path<String>,
+) -> Result<AxumJson<Value>> {
+    Ok(AxumJson(admin::room_deletion_statuses(&app, &room_id)?))
+}
+
+async fn delete_status(
+    State(app): State<AppState>,
+    AdminUser(_): AdminUser,
+    Path(delete_id): Path<String>,
+) -> Result<AxumJson<Value>> {
+    Ok(AxumJson(admin::deletion_status(&app, &delete_id)?))
 }
 
 async fn block_status(

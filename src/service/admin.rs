@@ -2,6 +2,8 @@
 //! (`/_synapse/admin/...`): users, rooms and registration tokens. Every change
 //! is logged with the acting administrator.
 
+use std::collections::HashMap;
+
 use ruma::{RoomId, UserId};
 use serde_json::{Value, json};
 
@@ -354,6 +356,21 @@ pub async fn delete_room(
     room_id: &str,
     body: &Value,
 ) -> Result<Value> {
+    let plan = plan_deletion(app, room_id, body).await?;
+    run_deletion(app, by, plan).await
+}
+
+/// A room deletion, checked and ready to run.
+pub struct Deletion {
+    room_id: ruma::OwnedRoomId,
+    known: bool,
+    block: bool,
+    purge: bool,
+    force_purge: bool,
+}
+
+/// The checks of a deletion request, answered before anything runs.
+pub async fn plan_deletion(app: &AppState, room_id: &str, body: &Value) -> Result<Deletion> {
     let room_id = RoomId::parse(room_id).map_err(|_| Error::invalid_param("Invalid room ID"))?;
     if !body["new_room_user_id"].is_null() {
         return Err(Error::invalid_param(
@@ -374,6 +391,24 @@ pub async fn delete_room(
     if !known && !block {
         return Err(Error::not_found("Room not found"));
     }
+    Ok(Deletion {
+        room_id,
+        known,
+        block,
+        purge,
+        force_purge,
+    })
+}
+
+/// Runs a planned deletion; answers what Synapse's `shutdown_room` holds.
+pub async fn run_deletion(app: &AppState, by: &Session, plan: Deletion) -> Result<Value> {
+    let Deletion {
+        room_id,
+        known,
+        block,
+        purge,
+        force_purge,
+    } = plan;
     if block {
         rooms::block(&app.db, room_id.as_str(), by.user_id.as_str(), now_ms()).await?;
         tracing::info!(admin = %by.user_id, room = %room_id, "admin API: room blocked");
@@ -452,6 +487,113 @@ async fn purge_room(app: &AppState, by: &Session, room_id: &RoomId) -> Result<()
         secs = started.elapsed().as_secs_f64(), "admin API: room purged"
     );
     Ok(())
+}
+
+/// Asynchronous room deletions (`DELETE /_synapse/admin/v2/rooms/{roomId}`),
+/// kept in memory for a day as Synapse does, by delete ID.
+#[derive(Default)]
+pub struct Deletions {
+    by_id: std::sync::Mutex<HashMap<String, DeletionStatus>>,
+}
+
+struct DeletionStatus {
+    room_id: String,
+    /// `active` (running), `complete` or `failed`.
+    status: &'static str,
+    result: Option<Value>,
+    error: Option<String>,
+    started: std::time::Instant,
+}
+
+impl DeletionStatus {
+    fn json(&self, delete_id: &str) -> Value {
+        let mut out = json!({ "delete_id": delete_id, "status": self.status });
+        if let Some(result) = &self.result {
+            out["shutdown_room"] = result.clone();
+        }
+        if let Some(error) = &self.error {
+            out["error"] = error.clone().into();
+        }
+        out
+    }
+}
+
+const DELETION_KEPT: std::time::Duration = std::time::Duration::from_secs(24 * 60 * 60);
+
+/// `DELETE /_synapse/admin/v2/rooms/{roomId}`: checks the request, starts the
+/// deletion in the background and answers its `delete_id`.
+pub async fn delete_room_async(
+    app: &AppState,
+    by: &Session,
+    room_id: &str,
+    body: &Value,
+) -> Result<Value> {
+    let plan = plan_deletion(app, room_id, body).await?;
+    let delete_id = crate::domain::token::random_string(16);
+    {
+        let mut all = app.room_deletions.by_id.lock().expect("not poisoned");
+        all.retain(|_, d| d.started.elapsed() < DELETION_KEPT);
+        if all
+            .values()
+            .any(|d| d.room_id == plan.room_id.as_str() && d.status == "active")
+        {
+            return Err(Error::bad_json(format!(
+                "A deletion of {} is already running",
+                plan.room_id
+            )));
+        }
+        all.insert(
+            delete_id.clone(),
+            DeletionStatus {
+                room_id: plan.room_id.to_string(),
+                status: "active",
+                result: None,
+                error: None,
+                started: std::time::Instant::now(),
+            },
+        );
+    }
+    let (app2, by, id) = (app.clone(), by.clone(), delete_id.clone());
+    tokio::spawn(async move {
+        let outcome = run_deletion(&app2, &by, plan).await;
+        let mut all = app2.room_deletions.by_id.lock().expect("not poisoned");
+        if let Some(d) = all.get_mut(&id) {
+            match outcome {
+                Ok(result) => {
+                    d.status = "complete";
+                    d.result = Some(result);
+                }
+                Err(e) => {
+                    tracing::warn!(room = %d.room_id, error = %e, "admin API: room deletion failed");
+                    d.status = "failed";
+                    d.error = Some(e.to_string());
+                }
+            }
+        }
+    });
+    Ok(json!({ "delete_id": delete_id }))
+}
+
+/// `GET /_synapse/admin/v2/rooms/delete_status/{deleteId}`.
+pub fn deletion_status(app: &AppState, delete_id: &str) -> Result<Value> {
+    let all = app.room_deletions.by_id.lock().expect("not poisoned");
+    all.get(delete_id)
+        .map(|d| d.json(delete_id))
+        .ok_or_else(|| Error::not_found("No deletion with this ID"))
+}
+
+/// `GET /_synapse/admin/v2/rooms/{roomId}/delete_status`: the room's deletions.
+pub fn room_deletion_statuses(app: &AppState, room_id: &str) -> Result<Value> {
+    let all = app.room_deletions.by_id.lock().expect("not poisoned");
+    let results: Vec<Value> = all
+        .iter()
+        .filter(|(_, d)| d.room_id == room_id)
+        .map(|(id, d)| d.json(id))
+        .collect();
+    if results.is_empty() {
+        return Err(Error::not_found("No deletion for this room"));
+    }
+    Ok(json!({ "results": results }))
 }
 
 /// `GET /_synapse/admin/v1/rooms/{roomId}/block`.

@@ -609,3 +609,77 @@ async fn server_notices_reach_users_in_a_tagged_room() {
     let (status, _) = server.login("notices", "x").await;
     assert_eq!(status, StatusCode::FORBIDDEN);
 }
+
+/// The asynchronous deletion (`DELETE /_synapse/admin/v2/rooms/{roomId}`, what
+/// synapse-admin uses): a delete ID at once, then its status by ID and by room.
+#[tokio::test]
+async fn rooms_are_deleted_in_the_background_with_status() {
+    use reqwest::Method;
+    let server = TestServer::start().await;
+    let admin = register_admin(&server).await;
+    let a = Some(admin.access_token.as_str());
+    let alice = server.register("alice", "pw").await;
+    let room = server
+        .create_room(&alice, json!({ "preset": "public_chat" }))
+        .await;
+
+    let (status, body) = server
+        .call(
+            Method::DELETE,
+            &format!("/_synapse/admin/v2/rooms/{}", enc(&room)),
+            Some(&alice.access_token),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    let (status, body) = server
+        .call(
+            Method::DELETE,
+            &format!("/_synapse/admin/v2/rooms/{}", enc(&room)),
+            a,
+            Some(json!({ "purge": true })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let delete_id = body["delete_id"].as_str().unwrap().to_owned();
+
+    let by_id = format!("/_synapse/admin/v2/rooms/delete_status/{delete_id}");
+    crate::harness::eventually("the deletion to complete", || async {
+        server.get(&by_id, a).await.1["status"] == "complete"
+    })
+    .await;
+    let (status, body) = server.get(&by_id, a).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        body["shutdown_room"]["kicked_users"],
+        json!([alice.user_id])
+    );
+    let (status, body) = server
+        .get(
+            &format!("/_synapse/admin/v2/rooms/{}/delete_status", enc(&room)),
+            a,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["results"][0]["delete_id"], delete_id.as_str());
+    assert_eq!(body["results"][0]["status"], "complete");
+    let (status, _) = server
+        .get(&format!("/_synapse/admin/v1/rooms/{}", enc(&room)), a)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    // Unknown IDs and rooms: 404; a bad request is refused before it starts.
+    let (status, _) = server
+        .get("/_synapse/admin/v2/rooms/delete_status/nothing", a)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = server
+        .call(
+            Method::DELETE,
+            "/_synapse/admin/v2/rooms/!nothing:test.local",
+            a,
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
