@@ -14,7 +14,7 @@ use axum::{
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::json::Json;
+use super::json::{Json, JsonOrEmpty};
 use crate::{
     api::auth::AdminUser,
     api::json::Query,
@@ -205,22 +205,12 @@ async fn room(
     Ok(AxumJson(admin::room(&app, &room_id).await?))
 }
 
-/// Synapse accepts an empty body (all defaults).
-fn deletion_body(body: &[u8]) -> Result<Value> {
-    if body.iter().all(u8::is_ascii_whitespace) {
-        return Ok(json!({}));
-    }
-    super::ruma::check_json(body)?;
-    serde_json::from_slice(body).map_err(|e| Error::bad_json(e.to_string()))
-}
-
 async fn delete_room(
     State(app): State<AppState>,
     AdminUser(by): AdminUser,
     Path(room_id): Path<String>,
-    body: axum::body::Bytes,
+    JsonOrEmpty(body): JsonOrEmpty,
 ) -> Result<AxumJson<Value>> {
-    let body = deletion_body(&body)?;
     Ok(AxumJson(
         admin::delete_room(&app, &by, &room_id, &body).await?,
     ))
@@ -230,9 +220,8 @@ async fn delete_room_v2(
     State(app): State<AppState>,
     AdminUser(by): AdminUser,
     Path(room_id): Path<String>,
-    body: axum::body::Bytes,
+    JsonOrEmpty(body): JsonOrEmpty,
 ) -> Result<AxumJson<Value>> {
-    let body = deletion_body(&body)?;
     Ok(AxumJson(
         admin::delete_room_async(&app, &by, &room_id, &body).await?,
     ))

@@ -20,11 +20,34 @@ where
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         let app = AppState::from_ref(state);
         let bytes = read_body(req.into_body(), app.config.limits.max_request_body_bytes).await?;
-        check_json(&bytes)?;
-        serde_json::from_slice(&bytes)
-            .map(Json)
-            .map_err(|e| Error::bad_json(format!("Invalid request: {e}")))
+        parse(&bytes).map(Json)
     }
+}
+
+/// A JSON object body that may be left out: an empty body reads as `{}` (as
+/// Synapse reads it for room deletion); otherwise the rules of [`Json`].
+pub struct JsonOrEmpty(pub serde_json::Value);
+
+impl<S> FromRequest<S> for JsonOrEmpty
+where
+    S: Send + Sync,
+    AppState: FromRef<S>,
+{
+    type Rejection = Error;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let app = AppState::from_ref(state);
+        let bytes = read_body(req.into_body(), app.config.limits.max_request_body_bytes).await?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(Self(serde_json::json!({})));
+        }
+        parse(&bytes).map(Self)
+    }
+}
+
+fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
+    check_json(bytes)?;
+    serde_json::from_slice(bytes).map_err(|e| Error::bad_json(format!("Invalid request: {e}")))
 }
 
 /// Query parameters for non-ruma endpoints: like axum's `Query`, but a value of

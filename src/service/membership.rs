@@ -86,15 +86,15 @@ pub async fn join_via(
     Ok(joined)
 }
 
-/// Joins a local room. For `restricted` rooms the join is authorised by a local
-/// member who may invite, when the user is in one of the allowed rooms.
-pub async fn join(
+/// Joins a local room (through [`join_via`], which has refused blocked rooms).
+/// For `restricted` rooms the join is authorised by a local member who may
+/// invite, when the user is in one of the allowed rooms.
+async fn join(
     app: &AppState,
     user: &UserId,
     room_id: &RoomId,
     reason: Option<String>,
 ) -> Result<OwnedRoomId> {
-    ensure_not_blocked(app, room_id).await?;
     let mut tx = app.db.begin().await?;
     let Some(mut room) = RoomCtx::lock(&mut tx, room_id).await? else {
         return Err(Error::not_found("No known servers for this room"));

@@ -99,10 +99,16 @@ impl<'a> Viewer<'a> {
         Ok(self.seen[&group].clone())
     }
 
+    /// [`Self::prefetch`] for the state groups of a page of events.
+    pub async fn prefetch_events(&mut self, events: &[StoredEvent]) -> Result<()> {
+        let groups: Vec<i64> = events.iter().filter_map(|e| e.state_group).collect();
+        self.prefetch(&groups).await
+    }
+
     /// Looks up the history visibility and the viewer's membership at every
     /// state group not seen yet, in two queries (not two per group): a
     /// timeline's events mostly sit at different groups.
-    pub async fn prefetch(&mut self, groups: &[i64]) -> Result<()> {
+    async fn prefetch(&mut self, groups: &[i64]) -> Result<()> {
         let mut missing: Vec<i64> = groups
             .iter()
             .copied()
@@ -422,8 +428,7 @@ pub async fn messages(
         )
         .await?;
         let fetched = batch.len() as i64;
-        let groups: Vec<i64> = batch.iter().filter_map(|e| e.state_group).collect();
-        viewer.prefetch(&groups).await?;
+        viewer.prefetch_events(&batch).await?;
         for ev in batch {
             let pos = TopoToken {
                 depth: ev.depth,

@@ -577,8 +577,7 @@ async fn room_section(
     }
     let mut viewer = Viewer::new(app, user, &room_id).await?;
     let limited = fetched.len() as u64 > limit;
-    let groups: Vec<i64> = fetched.iter().filter_map(|e| e.state_group).collect();
-    viewer.prefetch(&groups).await?;
+    viewer.prefetch_events(&fetched).await?;
     let mut timeline: Vec<StoredEvent> = Vec::new();
     for ev in fetched.into_iter().take(limit as usize) {
         if viewer.may_see(&ev).await? || ev.state_key.as_deref() == Some(user.as_str()) {

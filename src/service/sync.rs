@@ -517,8 +517,7 @@ async fn timeline(
     let fetched =
         rows::room_events(&app.db, room_id.as_str(), since, upto, (limit + 1) as i64).await?;
     let limited = fetched.len() > limit;
-    let groups: Vec<i64> = fetched.iter().filter_map(|e| e.state_group).collect();
-    viewer.prefetch(&groups).await?;
+    viewer.prefetch_events(&fetched).await?;
     let mut out = Vec::with_capacity(limit);
     for ev in fetched.into_iter().take(limit) {
         if params.types.matches(&ev.event_type) && viewer.may_see(&ev).await? {
@@ -582,8 +581,7 @@ async fn left_room(
     )
     .await?;
     let limited = fetched.len() > limit;
-    let groups: Vec<i64> = fetched.iter().filter_map(|e| e.state_group).collect();
-    viewer.prefetch(&groups).await?;
+    viewer.prefetch_events(&fetched).await?;
     let mut events_in = Vec::new();
     for ev in fetched.into_iter().take(limit) {
         // The user may no longer be joined, but saw these while they were.
