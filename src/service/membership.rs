@@ -282,15 +282,20 @@ pub async fn change(
         redacts: None,
     };
     if change == Change::Invite && target.server_name() != app.server_name {
-        // The invitee's server countersigns the invite before it is stored. The
-        // room stays locked meanwhile (bounded by the federation timeout).
+        // The invitee's server countersigns the invite before it is stored. No
+        // lock and no connection are held while it answers (however slowly): the
+        // invite is built, the transaction ends, and the countersigned event is
+        // then received like a remote one (the room may have moved on meanwhile).
         let built = event::prepare(&mut tx, app, &room, sender, event).await?;
         let state = super::federation::invite::invite_room_state(&mut tx, &room, sender).await?;
-        let built = super::federation::invite::countersigned(app, &room, built, state).await?;
-        event::persist(&mut tx, app, &mut room, built).await?;
-    } else {
-        event::append(&mut tx, app, &mut room, sender, event).await?;
+        let (version, rules) = (room.version.clone(), room.rules.clone());
+        tx.rollback().await?;
+        event::release(room);
+        let built =
+            super::federation::invite::countersigned(app, &version, &rules, built, state).await?;
+        return super::federation::ingest::receive_own(app, &rules, built).await;
     }
+    event::append(&mut tx, app, &mut room, sender, event).await?;
     tx.commit().await?;
     event::release(room);
     Ok(())

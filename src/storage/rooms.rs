@@ -232,6 +232,27 @@ pub async fn joined_servers(db: impl PgExecutor<'_>, room_id: &str) -> sqlx::Res
     .await
 }
 
+/// Users of `server` with a membership in the room, and which it is now.
+pub async fn members_of_server(
+    db: impl PgExecutor<'_>,
+    room_id: &str,
+    server: &str,
+) -> sqlx::Result<Vec<(String, String)>> {
+    let rows = sqlx::query!(
+        "select user_id, membership from room_members
+         where room_id = $1 and substring(user_id from position(':' in user_id) + 1) = $2
+         order by user_id",
+        room_id,
+        server
+    )
+    .fetch_all(db)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| (r.user_id, r.membership))
+        .collect())
+}
+
 pub async fn forget(db: impl PgExecutor<'_>, user_id: &str, room_id: &str) -> sqlx::Result<()> {
     sqlx::query!(
         "insert into forgotten_rooms (user_id, room_id) values ($1, $2) on conflict do nothing",

@@ -3,6 +3,7 @@
 
 mod accounts;
 mod admin;
+mod attacks;
 mod authz;
 mod cli;
 mod crash;
@@ -13,6 +14,7 @@ mod embedded;
 mod errors;
 mod federation;
 mod harness;
+mod hostile;
 mod media;
 mod push;
 mod rooms;

@@ -17,7 +17,10 @@ use crate::{
     app::AppState,
     domain::pdu::Pdu,
     error::{Error, ErrorKind, Result},
-    service::federation::{acl, ingest, join},
+    service::federation::{
+        acl, ingest, join,
+        visibility::{self, ServerView},
+    },
     storage::{events, federation as fed_store, now_ms, rooms},
 };
 
@@ -109,23 +112,24 @@ async fn backfill(
     if from.is_empty() {
         return Err(Error::new(ErrorKind::MissingParam, "v is required"));
     }
-    if !server_may_read(&app, fed.origin.as_str(), &room_id).await? {
-        return Err(Error::forbidden("Your server is not in this room"));
-    }
+    let room_id = RoomId::parse(&room_id).map_err(|_| Error::invalid_param("Invalid room ID"))?;
+    let mut view = ServerView::new(&app, &fed.origin, &room_id).await?;
+    view.require_in_room()?;
+    let rules = room_rules(&app, &room_id).await?;
     let limit = limit.clamp(1, 100);
     let mut seen: HashSet<String> = from.iter().cloned().collect();
-    let mut queue: std::collections::BinaryHeap<(i64, i64, String)> = Default::default();
+    let mut queue: std::collections::BinaryHeap<Queued> = Default::default();
     for ev in events::get_many(&app.db, &from).await? {
-        if ev.room_id == room_id && ev.stream_ordering != 0 {
-            queue.push((ev.depth, ev.stream_ordering, ev.json));
+        if ev.room_id == room_id.as_str() && ev.stream_ordering != 0 {
+            queue.push(Queued(ev));
         }
     }
-    let mut pdus = Vec::new();
-    while let Some((_, _, json)) = queue.pop() {
-        if pdus.len() >= limit {
+    let mut found = Vec::new();
+    while let Some(Queued(ev)) = queue.pop() {
+        if found.len() >= limit {
             break;
         }
-        let value: Value = serde_json::from_str(&json).unwrap_or_default();
+        let value: Value = serde_json::from_str(&ev.json).unwrap_or_default();
         let prevs: Vec<String> = value["prev_events"]
             .as_array()
             .into_iter()
@@ -135,12 +139,13 @@ async fn backfill(
             .map(str::to_owned)
             .collect();
         for ev in events::get_many(&app.db, &prevs).await? {
-            if ev.room_id == room_id && ev.stream_ordering != 0 {
-                queue.push((ev.depth, ev.stream_ordering, ev.json));
+            if ev.room_id == room_id.as_str() && ev.stream_ordering != 0 {
+                queue.push(Queued(ev));
             }
         }
-        pdus.push(value);
+        found.push(ev);
     }
+    let pdus = visible_pdus(&mut view, &rules, &found).await?;
     Ok(Json(json!({
         "origin": app.server_name.as_str(),
         "origin_server_ts": now_ms(),
@@ -319,24 +324,49 @@ async fn send_join(
     ))
 }
 
-/// Whether `origin` may read the room's events: it has (or had, when the event
-/// is older than its leaving) joined members, or the room is world-readable.
-/// Simplified: servers with a member in any membership, or a world-readable room.
-async fn server_may_read(app: &AppState, origin: &str, room_id: &str) -> Result<bool> {
-    if !acl::allowed(app, room_id, origin).await? {
-        return Ok(false);
+/// An event in the `/backfill` walk, deepest (then latest) first.
+struct Queued(events::StoredEvent);
+
+impl PartialEq for Queued {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == std::cmp::Ordering::Equal
     }
-    let servers: HashSet<String> = rooms::joined_servers(&app.db, room_id)
-        .await?
-        .into_iter()
-        .collect();
-    if servers.contains(origin) {
-        return Ok(true);
+}
+
+impl Eq for Queued {}
+
+impl PartialOrd for Queued {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
     }
-    let members = rooms::members(&app.db, room_id, "invite").await?;
-    Ok(members
+}
+
+impl Ord for Queued {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.0.depth, self.0.stream_ordering).cmp(&(other.0.depth, other.0.stream_ordering))
+    }
+}
+
+/// The PDUs of `stored` as the requesting server may receive them: whole when
+/// it may see them, redacted otherwise (so the graph stays connected).
+async fn visible_pdus(
+    view: &mut ServerView<'_>,
+    rules: &ruma::room_version_rules::RoomVersionRules,
+    stored: &[events::StoredEvent],
+) -> Result<Vec<Value>> {
+    let visible = view.visible(stored).await?;
+    Ok(stored
         .iter()
-        .any(|(u, _)| UserId::parse(u.as_str()).is_ok_and(|u| u.server_name() == origin)))
+        .zip(visible)
+        .map(|(ev, visible)| {
+            let pdu: Value = serde_json::from_str(&ev.json).unwrap_or_default();
+            if visible {
+                pdu
+            } else {
+                visibility::redacted_pdu(rules, pdu)
+            }
+        })
+        .collect())
 }
 
 async fn room_rules(
@@ -357,11 +387,14 @@ async fn get_event(
     Path(event_id): Path<String>,
     fed: FedRequest,
 ) -> Result<Json<Value>> {
+    let not_found = || Error::not_found("Event not found");
     let stored = events::get(&app.db, &event_id)
         .await?
-        .ok_or_else(|| Error::not_found("Event not found"))?;
-    if !server_may_read(&app, fed.origin.as_str(), &stored.room_id).await? {
-        return Err(Error::forbidden("Your server is not in this room"));
+        .ok_or_else(not_found)?;
+    let room_id = RoomId::parse(&stored.room_id).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut view = ServerView::new(&app, &fed.origin, &room_id).await?;
+    if !view.may_see(&stored).await? {
+        return Err(not_found());
     }
     let pdu: Value = serde_json::from_str(&stored.json).map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok(Json(json!({
@@ -376,14 +409,9 @@ async fn event_auth(
     Path((room_id, event_id)): Path<(String, String)>,
     fed: FedRequest,
 ) -> Result<Json<Value>> {
-    if !server_may_read(&app, fed.origin.as_str(), &room_id).await? {
-        return Err(Error::forbidden("Your server is not in this room"));
-    }
-    let stored = events::get(&app.db, &event_id)
-        .await?
-        .filter(|e| e.room_id == room_id)
-        .ok_or_else(|| Error::not_found("Event not found"))?;
-    let chain = join::auth_chain_ids(&app, &[stored.event_id]).await?;
+    let room_id = RoomId::parse(&room_id).map_err(|_| Error::invalid_param("Invalid room ID"))?;
+    let stored = readable_event(&app, &fed.origin, &room_id, &event_id).await?;
+    let chain = join::auth_chain_ids(&app, &room_id, &[stored.event_id]).await?;
     Ok(Json(
         json!({"auth_chain": join::jsons(&app, &chain).await?}),
     ))
@@ -396,24 +424,40 @@ struct AtEvent {
 
 async fn state_at(
     app: &AppState,
-    origin: &str,
+    origin: &ruma::ServerName,
     room_id: &str,
     event_id: &str,
 ) -> Result<(Vec<String>, Vec<String>)> {
     let room_id = RoomId::parse(room_id).map_err(|_| Error::invalid_param("Invalid room ID"))?;
-    if !server_may_read(app, origin, room_id.as_str()).await? {
-        return Err(Error::forbidden("Your server is not in this room"));
-    }
+    let stored = readable_event(app, origin, &room_id, event_id).await?;
     let rules = room_rules(app, &room_id).await?;
-    let stored = events::get(&app.db, event_id)
-        .await?
-        .filter(|e| e.room_id == room_id.as_str())
-        .ok_or_else(|| Error::not_found("Event not found"))?;
     let id = EventId::parse(&stored.event_id).map_err(|e| anyhow::anyhow!("{e}"))?;
     let pdu = Pdu::from_json(&id, &stored.json).map_err(|e| anyhow::anyhow!("{e}"))?;
     let ids = join::state_ids_before(app, &rules, &room_id, &pdu).await?;
-    let chain = join::auth_chain_ids(app, &ids).await?;
+    let chain = join::auth_chain_ids(app, &room_id, &ids).await?;
     Ok((ids, chain))
+}
+
+/// An event of `room_id` that `origin` may read the graph around: one of its
+/// users is joined now, and it may see the event (else `M_NOT_FOUND`).
+async fn readable_event(
+    app: &AppState,
+    origin: &ruma::ServerName,
+    room_id: &RoomId,
+    event_id: &str,
+) -> Result<events::StoredEvent> {
+    let mut view = ServerView::new(app, origin, room_id).await?;
+    view.require_in_room()?;
+    let not_found = || Error::not_found("Event not found");
+    let stored = events::get(&app.db, event_id)
+        .await?
+        .filter(|e| e.room_id == room_id.as_str())
+        .ok_or_else(not_found)?;
+    // Outliers (no state of their own) are not served here.
+    if !view.may_see(&stored).await? {
+        return Err(not_found());
+    }
+    Ok(stored)
 }
 
 async fn state_ids(
@@ -422,7 +466,7 @@ async fn state_ids(
     crate::api::json::Query(q): crate::api::json::Query<AtEvent>,
     fed: FedRequest,
 ) -> Result<Json<Value>> {
-    let (ids, chain) = state_at(&app, fed.origin.as_str(), &room_id, &q.event_id).await?;
+    let (ids, chain) = state_at(&app, &fed.origin, &room_id, &q.event_id).await?;
     Ok(Json(json!({"pdu_ids": ids, "auth_chain_ids": chain})))
 }
 
@@ -432,7 +476,7 @@ async fn state(
     crate::api::json::Query(q): crate::api::json::Query<AtEvent>,
     fed: FedRequest,
 ) -> Result<Json<Value>> {
-    let (ids, chain) = state_at(&app, fed.origin.as_str(), &room_id, &q.event_id).await?;
+    let (ids, chain) = state_at(&app, &fed.origin, &room_id, &q.event_id).await?;
     Ok(Json(json!({
         "pdus": join::jsons(&app, &ids).await?,
         "auth_chain": join::jsons(&app, &chain).await?,
@@ -462,28 +506,30 @@ async fn get_missing_events(
     fed: FedRequest,
 ) -> Result<Json<Value>> {
     let q: MissingEvents = fed.json()?;
-    if !server_may_read(&app, fed.origin.as_str(), &room_id).await? {
-        return Err(Error::forbidden("Your server is not in this room"));
-    }
+    let room_id = RoomId::parse(&room_id).map_err(|_| Error::invalid_param("Invalid room ID"))?;
+    let mut view = ServerView::new(&app, &fed.origin, &room_id).await?;
+    view.require_in_room()?;
+    let rules = room_rules(&app, &room_id).await?;
     let limit = q.limit.clamp(1, 50);
     let stop: HashSet<String> = q.earliest_events.into_iter().collect();
     let mut seen: HashSet<String> = q.latest_events.iter().cloned().collect();
     let mut frontier: Vec<String> = q.latest_events;
-    let mut found: Vec<(i64, Value)> = Vec::new();
+    let mut found: Vec<events::StoredEvent> = Vec::new();
     // The latest events themselves are known to the requester.
     let mut first = true;
     while !frontier.is_empty() && found.len() < limit {
         let loaded = events::get_many(&app.db, &frontier).await?;
         frontier.clear();
         for ev in loaded {
-            if ev.room_id != room_id || ev.stream_ordering == 0 {
+            if ev.room_id != room_id.as_str() || ev.stream_ordering == 0 {
                 continue;
             }
             let value: Value = serde_json::from_str(&ev.json).unwrap_or_default();
+            let depth = ev.depth;
             if !first && found.len() < limit {
-                found.push((ev.depth, value.clone()));
+                found.push(ev);
             }
-            if ev.depth < q.min_depth {
+            if depth < q.min_depth {
                 continue;
             }
             for prev in value["prev_events"].as_array().into_iter().flatten() {
@@ -497,8 +543,7 @@ async fn get_missing_events(
         }
         first = false;
     }
-    found.sort_by_key(|(d, _)| *d);
-    Ok(Json(
-        json!({"events": found.into_iter().map(|(_, v)| v).collect::<Vec<_>>()}),
-    ))
+    found.sort_by_key(|e| e.depth);
+    let events = visible_pdus(&mut view, &rules, &found).await?;
+    Ok(Json(json!({ "events": events })))
 }

@@ -80,16 +80,24 @@ async fn timestamp_to_event(
         "f" => false,
         _ => return Err(Error::invalid_param("dir must be b or f")),
     };
-    let servers = crate::storage::rooms::joined_servers(&app.db, &room_id).await?;
-    if !servers.iter().any(|s| s == fed.origin.as_str())
-        || !crate::service::federation::acl::allowed(&app, &room_id, fed.origin.as_str()).await?
-    {
-        return Err(Error::forbidden("Your server is not in this room"));
-    }
+    let room_id =
+        ruma::RoomId::parse(&room_id).map_err(|_| Error::invalid_param("Invalid room ID"))?;
+    let mut view =
+        crate::service::federation::visibility::ServerView::new(&app, &fed.origin, &room_id)
+            .await?;
+    view.require_in_room()?;
+    let not_found = || Error::not_found("No event found");
     let (event_id, origin_server_ts) =
-        crate::storage::events::closest_to_ts(&app.db, &room_id, q.ts, backwards)
+        crate::storage::events::closest_to_ts(&app.db, room_id.as_str(), q.ts, backwards)
             .await?
-            .ok_or_else(|| Error::not_found("No event found"))?;
+            .ok_or_else(not_found)?;
+    // The closest event, if the server may see it.
+    let stored = crate::storage::events::get(&app.db, &event_id)
+        .await?
+        .ok_or_else(not_found)?;
+    if !view.may_see(&stored).await? {
+        return Err(not_found());
+    }
     Ok(Json(
         json!({ "event_id": event_id, "origin_server_ts": origin_server_ts }),
     ))

@@ -95,7 +95,7 @@ pub async fn backfill(app: &AppState, room_id: &RoomId) -> Result<bool> {
             }
         };
         let pdus = reply["pdus"].as_array().cloned().unwrap_or_default();
-        let added = store_batch(app, &server, &rules, room_id, anchor_group, &pdus).await?;
+        let added = store_batch(app, &server, &rules, room_id, anchor_group, &edge, &pdus).await?;
         tracing::info!(%room_id, %server, received = pdus.len(), added, "backfilled");
         return Ok(added > 0);
     }
@@ -109,6 +109,7 @@ async fn store_batch(
     rules: &ruma::room_version_rules::RoomVersionRules,
     room_id: &RoomId,
     anchor_group: i64,
+    edge: &[String],
     pdus: &[Value],
 ) -> Result<usize> {
     let mut checked: Vec<Checked> = Vec::new();
@@ -118,6 +119,28 @@ async fn store_batch(
             Ok(_) => tracing::info!(%room_id, "backfilled event for another room dropped"),
             Err(e) => tracing::info!(%room_id, error = %e, "backfilled event dropped"),
         }
+    }
+    // Only what we asked for: the edge and what lies before it, reached through
+    // prev_events within the answer. Anything else is a lie (an unrelated event
+    // slipped into history) and is dropped.
+    let by_id: HashMap<String, &Checked> = checked
+        .iter()
+        .map(|c| (c.event_id.to_string(), c))
+        .collect();
+    let mut wanted: HashSet<String> = HashSet::new();
+    let mut todo: Vec<String> = edge.to_vec();
+    while let Some(id) = todo.pop() {
+        if let Some(c) = by_id.get(&id)
+            && wanted.insert(id)
+        {
+            todo.extend(c.pdu.prev_events.iter().map(|p| p.to_string()));
+        }
+    }
+    drop(by_id);
+    let before = checked.len();
+    checked.retain(|c| wanted.contains(c.event_id.as_str()));
+    if checked.len() < before {
+        tracing::info!(%room_id, dropped = before - checked.len(), "backfilled events not before the edge dropped");
     }
     checked.sort_by_key(|c| c.pdu.depth);
     let ids: Vec<String> = checked.iter().map(|c| c.event_id.to_string()).collect();
@@ -133,7 +156,11 @@ async fn store_batch(
             .iter()
             .map(|e| e.to_string())
             .collect();
-        let mut known = ingest::load_pdus(&app.db, &auth_ids).await?;
+        // An event naming another room's events is dropped, never used.
+        let Ok(mut known) = ingest::load_pdus(&app.db, room_id, &auth_ids).await else {
+            tracing::info!(event_id = %c.event_id, "backfilled event pointing into another room dropped");
+            continue;
+        };
         if known.len() < auth_ids.len() {
             let path = format!(
                 "/_matrix/federation/v1/event_auth/{}/{}",
@@ -145,12 +172,16 @@ async fn store_batch(
                 .request_json(server, http::Method::GET, &path, None)
                 .await
             {
-                let chain = body["auth_chain"].as_array().cloned().unwrap_or_default();
+                let mut chain = body["auth_chain"].as_array().cloned().unwrap_or_default();
+                chain.truncate(ingest::MAX_AUTH_CHAIN);
                 if let Err(e) = ingest::store_auth_events(app, rules, room_id, &chain).await {
                     tracing::info!(%room_id, error = %e, "storing a backfilled auth chain failed");
                 }
             }
-            known = ingest::load_pdus(&app.db, &auth_ids).await?;
+            let Ok(reloaded) = ingest::load_pdus(&app.db, room_id, &auth_ids).await else {
+                continue;
+            };
+            known = reloaded;
         }
         let auth_events: HashMap<OwnedEventId, Pdu> =
             known.into_iter().map(|(id, (pdu, _))| (id, pdu)).collect();

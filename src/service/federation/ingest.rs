@@ -26,7 +26,7 @@ use crate::{
         pdu::{Built, MAX_PDU_BYTES, Pdu, canonical_len},
         state_res,
     },
-    error::Result,
+    error::{Error, Result},
     federation::keys,
     service::event::{self, Placement, RoomCtx},
     storage::{events, federation as fed_store, now_ms, rooms, state},
@@ -149,13 +149,23 @@ fn event_id_of(rules: &RoomVersionRules, value: &Value) -> Option<OwnedEventId> 
     EventId::parse(format!("${hash}")).ok()
 }
 
-/// The parsed events among `ids` that we hold (timeline or outlier).
+/// The parsed events among `ids` that we hold (timeline or outlier), all of
+/// `room_id`. An ID naming an event of another room is an error: an event that
+/// points across rooms is rejected, and another room's events are never used
+/// for this room's state or auth (issue #16, finding 1).
 pub async fn load_pdus(
     db: impl sqlx::PgExecutor<'_>,
+    room_id: &RoomId,
     ids: &[String],
 ) -> Result<HashMap<OwnedEventId, (Pdu, Option<i64>)>> {
     let mut out = HashMap::new();
     for ev in events::get_many(db, ids).await? {
+        if ev.room_id != room_id.as_str() {
+            return Err(Error::forbidden(format!(
+                "{} is an event of another room",
+                ev.event_id
+            )));
+        }
         let Ok(id) = EventId::parse(&ev.event_id) else {
             continue;
         };
@@ -221,7 +231,7 @@ pub async fn store_auth_events(
                 .map(|a| a.to_string())
         })
         .collect();
-    let mut known: HashMap<OwnedEventId, Pdu> = load_pdus(&app.db, &ids)
+    let mut known: HashMap<OwnedEventId, Pdu> = load_pdus(&app.db, room_id, &ids)
         .await
         .map_err(|e| e.to_string())?
         .into_iter()
@@ -297,7 +307,57 @@ pub async fn receive_checked_pub(
     room_id: &RoomId,
     checked: Checked,
 ) -> Result<Outcome, String> {
-    Box::pin(receive_checked(app, origin, rules, room_id, checked, true)).await
+    Box::pin(receive_checked(
+        app,
+        origin,
+        rules,
+        room_id,
+        checked,
+        Mode::Remote {
+            fetch_missing: true,
+        },
+    ))
+    .await
+}
+
+/// Stores one of our own events that was built under the room lock but
+/// completed without it (an invite countersigned by the invitee's server): it
+/// is received like a remote event — so a room that moved on meanwhile forks
+/// and resolves — and queued for the room's other servers in the same
+/// transaction.
+pub async fn receive_own(app: &AppState, rules: &RoomVersionRules, built: Built) -> Result<()> {
+    let room_id = built.room_id.clone();
+    let checked = Checked {
+        event_id: built.event_id,
+        object: built.json,
+        pdu: built.pdu,
+    };
+    let origin = app.server_name.clone();
+    match Box::pin(receive_checked(
+        app,
+        &origin,
+        rules,
+        &room_id,
+        checked,
+        Mode::Own,
+    ))
+    .await
+    {
+        Ok(Outcome::Accepted | Outcome::AlreadyKnown) => Ok(()),
+        Ok(Outcome::SoftFailed) => Err(Error::forbidden(
+            "The room changed while the event was completed; it is no longer allowed",
+        )),
+        Err(e) => Err(Error::forbidden(format!("The event was not accepted: {e}"))),
+    }
+}
+
+/// How a PDU reached [`receive_checked`].
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// From another server; its missing prev events may be asked for.
+    Remote { fetch_missing: bool },
+    /// Ours, completed outside the room lock: queued for the other servers.
+    Own,
 }
 
 async fn receive(
@@ -333,7 +393,15 @@ async fn receive(
         Err(e) => return (event_id_of(&rules, value), Err(e)),
     };
     let event_id = checked.event_id.clone();
-    let result = receive_checked(app, origin, &rules, &room_id, checked, fetch_missing).await;
+    let result = receive_checked(
+        app,
+        origin,
+        &rules,
+        &room_id,
+        checked,
+        Mode::Remote { fetch_missing },
+    )
+    .await;
     (Some(event_id), result)
 }
 
@@ -343,8 +411,12 @@ async fn receive_checked(
     rules: &RoomVersionRules,
     room_id: &RoomId,
     checked: Checked,
-    fetch_missing: bool,
+    mode: Mode,
 ) -> Result<Outcome, String> {
+    let fetch_missing = mode
+        == Mode::Remote {
+            fetch_missing: true,
+        };
     let event_id = checked.event_id.clone();
     if checked.pdu.room_id != room_id {
         return Err("room_id mismatch".into());
@@ -370,11 +442,15 @@ async fn receive_checked(
         .iter()
         .map(|e| e.to_string())
         .collect();
-    let have = timeline_events(app, &prev_ids).await.map_err(db_err)?;
+    let have = timeline_events(app, room_id, &prev_ids)
+        .await
+        .map_err(db_err)?;
     if have.len() < prev_ids.len() && fetch_missing {
         fetch_missing_prevs(app, origin, rules, room_id, &event_id).await;
     }
-    let have = timeline_events(app, &prev_ids).await.map_err(db_err)?;
+    let have = timeline_events(app, room_id, &prev_ids)
+        .await
+        .map_err(db_err)?;
     if have.len() < prev_ids.len() {
         return Err("prev events are missing and could not be fetched".into());
     }
@@ -384,7 +460,9 @@ async fn receive_checked(
         .iter()
         .map(|e| e.to_string())
         .collect();
-    let known_auth = load_pdus(&app.db, &auth_ids).await.map_err(db_err)?;
+    let known_auth = load_pdus(&app.db, room_id, &auth_ids)
+        .await
+        .map_err(db_err)?;
     if known_auth.len() < auth_ids.len() {
         let path = format!(
             "/_matrix/federation/v1/event_auth/{}/{}",
@@ -398,6 +476,12 @@ async fn receive_checked(
         {
             Ok(body) => {
                 let chain = body["auth_chain"].as_array().cloned().unwrap_or_default();
+                if chain.len() > MAX_AUTH_CHAIN {
+                    return Err(format!(
+                        "an auth chain of {} events is refused",
+                        chain.len()
+                    ));
+                }
                 store_auth_events(app, rules, room_id, &chain).await?;
             }
             Err(e) => tracing::info!(%event_id, error = %e, "fetching the auth chain failed"),
@@ -411,7 +495,7 @@ async fn receive_checked(
     if let Ok(Some(_)) = fed_store::known(&mut *tx, event_id.as_str()).await {
         return Ok(Outcome::AlreadyKnown);
     }
-    let auth_events: HashMap<OwnedEventId, Pdu> = load_pdus(&mut *tx, &auth_ids)
+    let auth_events: HashMap<OwnedEventId, Pdu> = load_pdus(&mut *tx, room_id, &auth_ids)
         .await
         .map_err(db_err)?
         .into_iter()
@@ -431,12 +515,14 @@ async fn receive_checked(
     }
 
     // Step 5: against the state before it (resolved over its prev events).
-    let prevs = load_pdus(&mut *tx, &prev_ids).await.map_err(db_err)?;
+    let prevs = load_pdus(&mut *tx, room_id, &prev_ids)
+        .await
+        .map_err(db_err)?;
     let prev_groups: Vec<i64> = prevs.values().filter_map(|(_, g)| *g).collect();
     let before_group = resolved_group(&mut tx, rules, room_id, &prev_groups)
         .await
         .map_err(db_err)?;
-    let before = full_state_pdus(&mut tx, before_group)
+    let before = full_state_pdus(&mut tx, room_id, before_group)
         .await
         .map_err(db_err)?;
     if let Err(reason) = auth::authorize_with(rules, &checked.pdu, &auth_events, &before) {
@@ -448,7 +534,7 @@ async fn receive_checked(
     }
 
     // Step 6: soft-fail against the current state.
-    let current = full_state_pdus(&mut tx, room.state_group)
+    let current = full_state_pdus(&mut tx, room_id, room.state_group)
         .await
         .map_err(db_err)?;
     if let Err(reason) = auth::authorize_with(rules, &checked.pdu, &auth_events, &current) {
@@ -494,7 +580,7 @@ async fn receive_checked(
     } else {
         // A fork: the current state resolves the extremities' states.
         let ids: Vec<String> = extremities.iter().map(|e| e.to_string()).collect();
-        let mut groups: Vec<i64> = load_pdus(&mut *tx, &ids)
+        let mut groups: Vec<i64> = load_pdus(&mut *tx, room_id, &ids)
             .await
             .map_err(db_err)?
             .values()
@@ -505,6 +591,7 @@ async fn receive_checked(
             .await
             .map_err(db_err)?
     };
+    let own_pdu = (mode == Mode::Own).then(|| checked.pdu.clone());
     let built = Built {
         event_id: checked.event_id.clone(),
         room_id: room_id.to_owned(),
@@ -533,20 +620,38 @@ async fn receive_checked(
     extremities.push(event_id.clone());
     room.extremities = extremities;
     room.state_group = new_current;
+    if let Some(pdu) = own_pdu {
+        super::enqueue_pdu(&mut tx, app, &mut room, &pdu, &event_id)
+            .await
+            .map_err(db_err)?;
+    }
     tx.commit().await.map_err(|e| e.to_string())?;
     event::release(room);
     Ok(Outcome::Accepted)
 }
 
-/// Events among `ids` that are in the timeline (with a state group).
-async fn timeline_events(app: &AppState, ids: &[String]) -> Result<Vec<String>> {
-    Ok(events::get_many(&app.db, ids)
-        .await?
-        .into_iter()
-        .filter(|e| e.state_group.is_some() || e.stream_ordering > 0)
-        .map(|e| e.event_id)
-        .collect())
+/// Events among `ids` that are in the timeline (with a state group); an error
+/// when one of them is another room's.
+async fn timeline_events(app: &AppState, room_id: &RoomId, ids: &[String]) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    for e in events::get_many(&app.db, ids).await? {
+        if e.room_id != room_id.as_str() {
+            return Err(Error::forbidden(format!(
+                "{} is an event of another room",
+                e.event_id
+            )));
+        }
+        if e.state_group.is_some() || e.stream_ordering > 0 {
+            out.push(e.event_id);
+        }
+    }
+    Ok(out)
 }
+
+/// How many events one `/get_missing_events` asks for (and at most accepts).
+const MISSING_EVENTS_LIMIT: usize = 20;
+/// The largest auth chain accepted for one event (`/event_auth` answers).
+pub const MAX_AUTH_CHAIN: usize = 2000;
 
 /// Asks `origin` for the events between our forward extremities and `latest`,
 /// and receives them oldest first (without fetching further gaps).
@@ -563,7 +668,7 @@ async fn fetch_missing_prevs(
     let body = json!({
         "earliest_events": earliest,
         "latest_events": [latest],
-        "limit": 20,
+        "limit": MISSING_EVENTS_LIMIT,
         "min_depth": 0,
     });
     let path = format!(
@@ -582,7 +687,14 @@ async fn fetch_missing_prevs(
         }
     };
     let mut found: Vec<Value> = reply["events"].as_array().cloned().unwrap_or_default();
+    // No more than we asked for: a bigger answer costs a signature check each.
+    found.truncate(MISSING_EVENTS_LIMIT);
     found.sort_by_key(|v| v["depth"].as_i64().unwrap_or(0));
+    let acl_group = rooms::get(&app.db, room_id.as_str())
+        .await
+        .ok()
+        .flatten()
+        .and_then(|r| r.current_state_group);
     for value in found {
         let checked = match check_pdu(app, rules, &value).await {
             Ok(c) => c,
@@ -593,13 +705,24 @@ async fn fetch_missing_prevs(
         };
         let sender_server: OwnedServerName = checked.pdu.sender.server_name().to_owned();
         let id = checked.event_id.clone();
+        // The room's server ACL holds for events fetched on another server's
+        // word as for those it sends.
+        if !super::acl::allowed_at(app, acl_group, sender_server.as_str())
+            .await
+            .unwrap_or(false)
+        {
+            tracing::info!(event_id = %id, "missing event from a server the ACL denies refused");
+            continue;
+        }
         if let Err(e) = Box::pin(receive_checked(
             app,
             &sender_server,
             rules,
             room_id,
             checked,
-            false,
+            Mode::Remote {
+                fetch_missing: false,
+            },
         ))
         .await
         {
@@ -642,7 +765,7 @@ pub async fn resolved_group(
     let mut events_map: HashMap<OwnedEventId, Pdu> = HashMap::new();
     let mut todo: Vec<String> = ids.iter().map(|i| i.to_string()).collect();
     while !todo.is_empty() {
-        let loaded = load_pdus(&mut **tx, &todo).await?;
+        let loaded = load_pdus(&mut **tx, room_id, &todo).await?;
         todo.clear();
         for (id, (pdu, _)) in loaded {
             for a in &pdu.auth_events {
@@ -668,6 +791,7 @@ pub async fn resolved_group(
 /// The whole state of a group as parsed PDUs.
 pub async fn full_state_pdus(
     tx: &mut crate::storage::Transaction<'_, crate::storage::Postgres>,
+    room_id: &RoomId,
     group: Option<i64>,
 ) -> Result<auth::StateMap> {
     let Some(group) = group else {
@@ -675,7 +799,7 @@ pub async fn full_state_pdus(
     };
     let entries = state::full_state(&mut **tx, group).await?;
     let ids: Vec<String> = entries.iter().map(|(_, id)| id.clone()).collect();
-    let loaded = load_pdus(&mut **tx, &ids).await?;
+    let loaded = load_pdus(&mut **tx, room_id, &ids).await?;
     Ok(entries
         .into_iter()
         .filter_map(|(k, id)| {
@@ -704,7 +828,7 @@ async fn sync_memberships(
         .filter(|(k, id)| k.0 == "m.room.member" && old.get(k) != Some(id))
         .collect();
     let ids: Vec<String> = changed.iter().map(|(_, id)| id.clone()).collect();
-    let loaded = load_pdus(&mut **tx, &ids).await?;
+    let loaded = load_pdus(&mut **tx, room_id, &ids).await?;
     for ((_, user), id) in changed {
         let Some((pdu, _)) = EventId::parse(&id)
             .ok()

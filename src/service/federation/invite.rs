@@ -184,7 +184,8 @@ pub async fn invite_room_state(
 /// invitee's server). The caller stores the returned event.
 pub async fn countersigned(
     app: &AppState,
-    room: &RoomCtx,
+    version: &RoomVersionId,
+    rules: &RoomVersionRules,
     built: Built,
     invite_state: Vec<Value>,
 ) -> Result<Built> {
@@ -201,7 +202,7 @@ pub async fn countersigned(
         enc(built.event_id.as_str())
     );
     let body = json!({
-        "room_version": room.version.as_str(),
+        "room_version": version.as_str(),
         "event": built.json,
         "invite_room_state": invite_state,
     });
@@ -218,7 +219,7 @@ pub async fn countersigned(
                 format!("The invitee's server could not be reached: {e}"),
             ),
         })?;
-    let checked = ingest::check_pdu(app, &room.rules, &reply["event"])
+    let checked = ingest::check_pdu(app, rules, &reply["event"])
         .await
         .map_err(|e| Error::forbidden(format!("The countersigned invite is bad: {e}")))?;
     if checked.event_id != built.event_id {

@@ -175,12 +175,12 @@ async fn join_via(
         return Err(JoinError::Failed("room row vanished".into()));
     };
     let state_before = event::write_snapshot(&mut tx, room_id.as_str(), state_map.clone()).await?;
-    let before = ingest::full_state_pdus(&mut tx, Some(state_before)).await?;
+    let before = ingest::full_state_pdus(&mut tx, room_id, Some(state_before)).await?;
     let auth_ids: Vec<String> = ingest::auth_ids_of(&pdu, &rules)
         .iter()
         .map(|e| e.to_string())
         .collect();
-    let auth_events: HashMap<OwnedEventId, Pdu> = ingest::load_pdus(&mut *tx, &auth_ids)
+    let auth_events: HashMap<OwnedEventId, Pdu> = ingest::load_pdus(&mut *tx, room_id, &auth_ids)
         .await?
         .into_iter()
         .map(|(id, (p, _))| (id, p))
@@ -487,7 +487,7 @@ pub async fn state_and_auth_chain_before(
     pdu: &Pdu,
 ) -> Result<(Vec<Value>, Vec<Value>)> {
     let ids = state_ids_before(app, rules, room_id, pdu).await?;
-    let chain = auth_chain_ids(app, &ids).await?;
+    let chain = auth_chain_ids(app, room_id, &ids).await?;
     Ok((jsons(app, &ids).await?, jsons(app, &chain).await?))
 }
 
@@ -500,7 +500,7 @@ pub async fn state_ids_before(
 ) -> Result<Vec<String>> {
     let prev: Vec<String> = pdu.prev_events.iter().map(|e| e.to_string()).collect();
     let mut tx = app.db.begin().await?;
-    let groups: Vec<i64> = ingest::load_pdus(&mut *tx, &prev)
+    let groups: Vec<i64> = ingest::load_pdus(&mut *tx, room_id, &prev)
         .await?
         .values()
         .filter_map(|(_, g)| *g)
@@ -520,11 +520,15 @@ pub async fn state_ids_before(
 
 /// Every event reachable through `auth_events` from `ids` (not `ids` themselves
 /// unless reachable).
-pub async fn auth_chain_ids(app: &AppState, ids: &[String]) -> Result<Vec<String>> {
+pub async fn auth_chain_ids(
+    app: &AppState,
+    room_id: &RoomId,
+    ids: &[String],
+) -> Result<Vec<String>> {
     let mut seen: HashSet<String> = HashSet::new();
     let mut todo: Vec<String> = ids.to_vec();
     while !todo.is_empty() {
-        let loaded = ingest::load_pdus(&app.db, &todo).await?;
+        let loaded = ingest::load_pdus(&app.db, room_id, &todo).await?;
         todo.clear();
         for (_, (pdu, _)) in loaded {
             for a in pdu.auth_events {

@@ -10,6 +10,7 @@ pub mod ingest;
 pub mod invite;
 pub mod join;
 pub mod sender;
+pub mod visibility;
 
 use std::collections::BTreeSet;
 

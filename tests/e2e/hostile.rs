@@ -1,0 +1,560 @@
+//! A hostile federation peer: a small signing server of its own, written from the
+//! spec (not from Lattice's code), that tests script to lie.
+//!
+//! It has its own server name (`localhost:<port>`), signing key and TLS
+//! certificate from the dev CA, serves its keys at `/_matrix/key/v2/server`, and
+//! answers every other request as the test scripted it (a JSON answer, a hang,
+//! a slow or huge body, or a function of the request). It signs X-Matrix
+//! requests, builds valid PDUs of any room version (content hash, signature,
+//! reference-hash event ID), and joins Lattice rooms through
+//! `make_join`/`send_join` — after which it can forge, fork, point across rooms
+//! or lie in its answers.
+
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use axum::{
+    Router,
+    body::{Body, Bytes},
+    extract::Request,
+    http::{HeaderMap, Method, StatusCode},
+    response::{IntoResponse, Response},
+};
+use ruma::{
+    CanonicalJsonObject, CanonicalJsonValue, RoomVersionId,
+    signatures::{Ed25519KeyPair, hash_and_sign_event, reference_hash, sign_json},
+};
+use serde_json::{Value, json};
+
+use crate::harness::{TestServer, dev_tls, enc, free_port};
+
+/// An answer computed from the request's path (with query) and JSON body.
+pub type AnswerFn = Arc<dyn Fn(&str, &Value) -> Answer + Send + Sync>;
+
+/// What the peer answers to a request it was scripted for.
+#[derive(Clone)]
+pub enum Answer {
+    /// A JSON body with a status.
+    Json(StatusCode, Value),
+    /// Raw bytes with a status and headers (for media, redirects, bad bodies).
+    Raw(StatusCode, Vec<(String, String)>, Bytes),
+    /// Never answers (the connection stays open, nothing is sent).
+    Hang,
+    /// Answers after a delay.
+    Slow(Duration, Value),
+    /// Computed from the request's path (with query) and JSON body.
+    With(AnswerFn),
+}
+
+/// A request the peer received: method, path with query, JSON body (or null).
+#[derive(Clone, Debug)]
+pub struct Received {
+    pub method: Method,
+    pub path: String,
+    pub body: Value,
+}
+
+struct Script {
+    /// (method, path prefix, answer); the longest matching prefix wins.
+    answers: Vec<(Method, String, Answer)>,
+    received: Vec<Received>,
+}
+
+pub struct HostilePeer {
+    name: String,
+    key: Arc<Ed25519KeyPair>,
+    script: Arc<Mutex<Script>>,
+    http: reqwest::Client,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// A room the peer joined on a Lattice server, with what it needs to build
+/// events in it.
+#[derive(Clone, Debug)]
+pub struct JoinedRoom {
+    pub room_id: String,
+    pub version: RoomVersionId,
+    pub user_id: String,
+    /// The peer's own join event.
+    pub join_id: String,
+    /// The room's state at the join (`send_join`'s answer plus the join), as PDUs.
+    pub state: Vec<Value>,
+    /// The latest event the peer knows of (its join, then what it sent).
+    pub latest: String,
+    pub depth: i64,
+}
+
+impl JoinedRoom {
+    /// The ID of a state event at the join.
+    pub fn state_id(&self, kind: &str, state_key: &str) -> Option<String> {
+        self.state
+            .iter()
+            .find(|e| e["type"] == kind && e["state_key"] == state_key)
+            .and_then(|e| e["event_id"].as_str().map(str::to_owned))
+    }
+
+    /// The auth events of a message from the peer's user: create (where the
+    /// room version lists it), power levels, the user's membership.
+    pub fn message_auth(&self) -> Vec<String> {
+        let mut ids = Vec::new();
+        if !self.version_has_room_id_as_create()
+            && let Some(id) = self.state_id("m.room.create", "")
+        {
+            ids.push(id);
+        }
+        ids.extend(self.state_id("m.room.power_levels", ""));
+        ids.push(self.join_id.clone());
+        ids
+    }
+
+    /// Records an event the peer sent as its latest.
+    pub fn advance(&mut self, event_id: &str) {
+        self.latest = event_id.to_owned();
+        self.depth += 1;
+    }
+
+    fn version_has_room_id_as_create(&self) -> bool {
+        self.version
+            .rules()
+            .is_some_and(|r| r.authorization.room_create_event_id_as_room_id)
+    }
+}
+
+impl HostilePeer {
+    pub async fn start() -> Self {
+        let tls = dev_tls();
+        let port = free_port();
+        let name = format!("localhost:{port}");
+        let doc = Ed25519KeyPair::generate();
+        let key = Arc::new(Ed25519KeyPair::from_der(&doc, "hostile".into()).expect("key parses"));
+        let script = Arc::new(Mutex::new(Script {
+            answers: Vec::new(),
+            received: Vec::new(),
+        }));
+
+        let acceptor = {
+            let certs: Vec<_> = rustls_pemfile::certs(&mut std::io::BufReader::new(
+                std::fs::File::open(&tls.cert).unwrap(),
+            ))
+            .collect::<Result<_, _>>()
+            .unwrap();
+            let key = rustls_pemfile::private_key(&mut std::io::BufReader::new(
+                std::fs::File::open(&tls.key).unwrap(),
+            ))
+            .unwrap()
+            .unwrap();
+            let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .unwrap();
+            tokio_rustls::TlsAcceptor::from(Arc::new(config))
+        };
+        let app = Router::new().fallback({
+            let script = script.clone();
+            let key = key.clone();
+            let name = name.clone();
+            move |request: Request| {
+                let script = script.clone();
+                let key = key.clone();
+                let name = name.clone();
+                async move { answer(&script, &key, &name, request).await }
+            }
+        });
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .expect("hostile peer binds");
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let acceptor = acceptor.clone();
+                let app = app.clone();
+                tokio::spawn(async move {
+                    let Ok(stream) = acceptor.accept(stream).await else {
+                        return;
+                    };
+                    let service = hyper_util::service::TowerToHyperService::new(app);
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+
+        let pem = std::fs::read(&tls.ca).unwrap();
+        let http = reqwest::Client::builder()
+            .use_rustls_tls()
+            .add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap())
+            .timeout(Duration::from_secs(60))
+            .build()
+            .unwrap();
+        Self {
+            name,
+            key,
+            script,
+            http,
+            task,
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn user(&self, localpart: &str) -> String {
+        format!("@{localpart}:{}", self.name)
+    }
+
+    /// Scripts the answer to `method` requests whose path starts with `prefix`.
+    pub fn on(&self, method: Method, prefix: &str, answer: Answer) {
+        let mut script = self.script.lock().unwrap();
+        script
+            .answers
+            .retain(|(m, p, _)| !(m == method && p == prefix));
+        script.answers.push((method, prefix.to_owned(), answer));
+    }
+
+    /// The requests received so far whose path starts with `prefix`.
+    pub fn received(&self, prefix: &str) -> Vec<Received> {
+        self.script
+            .lock()
+            .unwrap()
+            .received
+            .iter()
+            .filter(|r| r.path.starts_with(prefix))
+            .cloned()
+            .collect()
+    }
+
+    /// Countersigns invites of its users (`PUT /_matrix/federation/v2/invite`),
+    /// as an honest invitee's server would.
+    pub fn accept_invites(&self) {
+        let key = self.key.clone();
+        let name = self.name.clone();
+        self.on(
+            Method::PUT,
+            "/_matrix/federation/v2/invite/",
+            Answer::With(Arc::new(move |_, body| {
+                let version = RoomVersionId::try_from(body["room_version"].as_str().unwrap_or(""))
+                    .expect("room version");
+                let rules = version.rules().expect("rules");
+                let mut object = to_object(body["event"].clone());
+                // Sign the redacted form and add the signature to the event.
+                let mut redacted =
+                    ruma::canonical_json::redact(object.clone(), &rules.redaction, None).unwrap();
+                sign_json(&name, key.as_ref(), &mut redacted).unwrap();
+                let ours = match redacted.get("signatures") {
+                    Some(CanonicalJsonValue::Object(s)) => s[name.as_str()].clone(),
+                    _ => unreachable!(),
+                };
+                if let Some(CanonicalJsonValue::Object(sigs)) = object.get_mut("signatures") {
+                    sigs.insert(name.clone(), ours);
+                }
+                Answer::Json(StatusCode::OK, json!({ "event": object }))
+            })),
+        );
+    }
+
+    /// A signed X-Matrix request to `server`'s federation API.
+    pub async fn request(
+        &self,
+        server: &str,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut object = CanonicalJsonObject::new();
+        object.insert("method".into(), method.as_str().into());
+        object.insert("uri".into(), path.into());
+        object.insert("origin".into(), self.name.as_str().into());
+        object.insert("destination".into(), server.into());
+        if let Some(body) = &body {
+            object.insert("content".into(), to_value(body.clone()));
+        }
+        sign_json(&self.name, self.key.as_ref(), &mut object).unwrap();
+        let sig = match &object["signatures"] {
+            CanonicalJsonValue::Object(s) => match &s[self.name.as_str()] {
+                CanonicalJsonValue::Object(k) => match &k["ed25519:hostile"] {
+                    CanonicalJsonValue::String(s) => s.clone(),
+                    _ => unreachable!(),
+                },
+                _ => unreachable!(),
+            },
+            _ => unreachable!(),
+        };
+        let header = format!(
+            "X-Matrix origin=\"{}\",destination=\"{server}\",key=\"ed25519:hostile\",sig=\"{sig}\"",
+            self.name
+        );
+        let mut request = self
+            .http
+            .request(method, format!("https://{server}{path}"))
+            .header("authorization", header);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.expect("request to the server");
+        let status = response.status();
+        let text = response.text().await.unwrap_or_default();
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    /// A PDU of `version` from `fields` (everything but hashes and signatures;
+    /// `origin_server_ts` defaults to now): hashed and signed by the peer.
+    /// Returns its event ID and the PDU as sent over federation.
+    pub fn pdu(&self, version: &RoomVersionId, mut fields: Value) -> (String, Value) {
+        let rules = version.rules().expect("known room version");
+        if fields.get("origin_server_ts").is_none() {
+            fields["origin_server_ts"] = now_ms().into();
+        }
+        let mut object = to_object(fields);
+        hash_and_sign_event(&self.name, self.key.as_ref(), &mut object, &rules.redaction)
+            .expect("hash and sign");
+        let hash = reference_hash(&object, &rules).expect("reference hash");
+        (format!("${hash}"), serde_json::to_value(&object).unwrap())
+    }
+
+    /// An event in a joined room from the peer's user, after `prev` with
+    /// `auth` as auth events (the caller picks both, to lie with them).
+    pub fn event(
+        &self,
+        room: &JoinedRoom,
+        kind: &str,
+        state_key: Option<&str>,
+        content: Value,
+        prev: &[String],
+        auth: &[String],
+    ) -> (String, Value) {
+        let mut fields = json!({
+            "room_id": room.room_id,
+            "sender": room.user_id,
+            "type": kind,
+            "content": content,
+            "prev_events": prev,
+            "auth_events": auth,
+            "depth": room.depth + 1,
+        });
+        if let Some(k) = state_key {
+            fields["state_key"] = k.into();
+        }
+        self.pdu(&room.version, fields)
+    }
+
+    /// A plain message after the peer's latest event, with honest auth events.
+    pub fn message(&self, room: &JoinedRoom, body: &str) -> (String, Value) {
+        self.event(
+            room,
+            "m.room.message",
+            None,
+            json!({"msgtype": "m.text", "body": body}),
+            std::slice::from_ref(&room.latest),
+            &room.message_auth(),
+        )
+    }
+
+    /// Sends PDUs in one transaction; returns the `pdus` result map.
+    pub async fn send(&self, server: &TestServer, pdus: Vec<Value>) -> Value {
+        let txn = lattice::domain::token::random_string(12);
+        let (status, body) = self
+            .request(
+                server.name(),
+                Method::PUT,
+                &format!("/_matrix/federation/v1/send/{txn}"),
+                Some(json!({
+                    "origin": self.name,
+                    "origin_server_ts": now_ms(),
+                    "pdus": pdus,
+                    "edus": [],
+                })),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "/send answered {body}");
+        body["pdus"].clone()
+    }
+
+    /// Joins `room_id` on `server` as `@localpart:<peer>` through
+    /// `make_join`/`send_join`, as an honest server would.
+    pub async fn join(&self, server: &TestServer, room_id: &str, localpart: &str) -> JoinedRoom {
+        let user_id = self.user(localpart);
+        let versions: String = ["6", "7", "8", "9", "10", "11", "12"]
+            .iter()
+            .map(|v| format!("ver={v}"))
+            .collect::<Vec<_>>()
+            .join("&");
+        let (status, body) = self
+            .request(
+                server.name(),
+                Method::GET,
+                &format!(
+                    "/_matrix/federation/v1/make_join/{}/{}?{versions}",
+                    enc(room_id),
+                    enc(&user_id)
+                ),
+                None,
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "make_join: {body}");
+        let version =
+            RoomVersionId::try_from(body["room_version"].as_str().unwrap()).expect("version");
+        let mut template = body["event"].clone();
+        template["origin_server_ts"] = now_ms().into();
+        template["origin"] = self.name.as_str().into();
+        let depth = template["depth"].as_i64().unwrap();
+        let (join_id, join) = self.pdu(&version, template);
+        let (status, body) = self
+            .request(
+                server.name(),
+                Method::PUT,
+                &format!(
+                    "/_matrix/federation/v2/send_join/{}/{}",
+                    enc(room_id),
+                    enc(&join_id)
+                ),
+                Some(join.clone()),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "send_join: {body}");
+        let rules = version.rules().unwrap();
+        let mut state: Vec<Value> = body["state"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| with_event_id(e, &rules))
+            .collect();
+        state.push(with_event_id(&join, &rules));
+        JoinedRoom {
+            room_id: room_id.to_owned(),
+            version,
+            user_id,
+            join_id: join_id.clone(),
+            state,
+            latest: join_id,
+            depth,
+        }
+    }
+
+    pub fn stop(self) {
+        self.task.abort();
+    }
+}
+
+/// A PDU with its `event_id` field added (computed), for lookups in tests.
+fn with_event_id(pdu: &Value, rules: &ruma::room_version_rules::RoomVersionRules) -> Value {
+    let mut pdu = pdu.clone();
+    let object = to_object(pdu.clone());
+    let hash = reference_hash(&object, rules).expect("reference hash");
+    pdu["event_id"] = format!("${hash}").into();
+    pdu
+}
+
+async fn answer(
+    script: &Mutex<Script>,
+    key: &Ed25519KeyPair,
+    name: &str,
+    request: Request,
+) -> Response {
+    let method = request.method().clone();
+    let path = request
+        .uri()
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_owned();
+    let bytes = axum::body::to_bytes(request.into_body(), 64 * 1024 * 1024)
+        .await
+        .unwrap_or_default();
+    let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    if path == "/_matrix/key/v2/server" {
+        return Json(StatusCode::OK, server_keys(key, name)).into_response();
+    }
+    let scripted = {
+        let mut script = script.lock().unwrap();
+        script.received.push(Received {
+            method: method.clone(),
+            path: path.clone(),
+            body: body.clone(),
+        });
+        script
+            .answers
+            .iter()
+            .filter(|(m, p, _)| *m == method && path.starts_with(p.as_str()))
+            .max_by_key(|(_, p, _)| p.len())
+            .map(|(_, _, a)| a.clone())
+    };
+    let mut answer = scripted.unwrap_or(Answer::Json(
+        StatusCode::NOT_FOUND,
+        json!({"errcode": "M_UNRECOGNIZED", "error": "not scripted"}),
+    ));
+    loop {
+        match answer {
+            Answer::With(f) => answer = f(&path, &body),
+            Answer::Json(status, value) => return Json(status, value).into_response(),
+            Answer::Raw(status, headers, bytes) => {
+                let mut map = HeaderMap::new();
+                for (k, v) in headers {
+                    map.append(
+                        axum::http::HeaderName::try_from(k).unwrap(),
+                        v.parse().unwrap(),
+                    );
+                }
+                return (status, map, Body::from(bytes)).into_response();
+            }
+            Answer::Hang => std::future::pending::<()>().await,
+            Answer::Slow(delay, value) => {
+                tokio::time::sleep(delay).await;
+                return Json(StatusCode::OK, value).into_response();
+            }
+        }
+    }
+}
+
+struct Json(StatusCode, Value);
+
+impl IntoResponse for Json {
+    fn into_response(self) -> Response {
+        (
+            self.0,
+            [("content-type", "application/json")],
+            self.1.to_string(),
+        )
+            .into_response()
+    }
+}
+
+/// The peer's `/_matrix/key/v2/server` answer, self-signed.
+fn server_keys(key: &Ed25519KeyPair, name: &str) -> Value {
+    use base64::Engine;
+    let public = base64::engine::general_purpose::STANDARD_NO_PAD.encode(key.public_key());
+    let mut object = to_object(json!({
+        "server_name": name,
+        "valid_until_ts": now_ms() + 24 * 3600 * 1000,
+        "verify_keys": { "ed25519:hostile": { "key": public } },
+        "old_verify_keys": {},
+    }));
+    sign_json(name, key, &mut object).unwrap();
+    serde_json::to_value(&object).unwrap()
+}
+
+fn to_value(v: Value) -> CanonicalJsonValue {
+    CanonicalJsonValue::try_from(v).expect("canonical JSON")
+}
+
+fn to_object(v: Value) -> CanonicalJsonObject {
+    match to_value(v) {
+        CanonicalJsonValue::Object(o) => o,
+        _ => panic!("not an object"),
+    }
+}
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
