@@ -283,4 +283,49 @@ mod tests {
             "{resolved:?}"
         );
     }
+
+    /// A member changes their display name on a fork whose other side only
+    /// went on with messages (same state): the rename is the later state.
+    #[test]
+    fn a_rename_on_one_fork_wins_over_the_unchanged_other() {
+        for v in ["10", "12"] {
+            let mut base = MemRoom::new(v);
+            base.send(
+                "@alice:x",
+                "m.room.join_rules",
+                Some(""),
+                json!({ "join_rule": "public" }),
+            )
+            .unwrap();
+            base.send(
+                "@bob:x",
+                "m.room.member",
+                Some("@bob:x"),
+                json!({ "membership": "join" }),
+            )
+            .unwrap();
+            let mut fork2 = base.clone();
+            fork2.clock += 1000;
+            let rename = fork2
+                .send(
+                    "@bob:x",
+                    "m.room.member",
+                    Some("@bob:x"),
+                    json!({ "membership": "join", "displayname": "Bob" }),
+                )
+                .unwrap();
+            let events = fork2.all.clone();
+            let resolved = resolve(
+                &base.rules,
+                &vec![fork_state(&base), fork_state(&fork2)],
+                &events,
+            )
+            .unwrap();
+            assert_eq!(
+                resolved[&("m.room.member".into(), "@bob:x".into())],
+                rename.event_id,
+                "v{v}"
+            );
+        }
+    }
 }

@@ -89,19 +89,7 @@ impl RoomCtx {
         let rules = version
             .rules()
             .ok_or_else(|| anyhow::anyhow!("stored room version unsupported"))?;
-        // With federation the room may have forked: a new local event references
-        // every extremity (the newest 20), and the room's current state is the
-        // resolved state of all of them.
-        let ids = rooms::forward_extremities(&mut **tx, room_id.as_str()).await?;
-        let mut known = events::get_many(&mut **tx, &ids).await?;
-        known.sort_by_key(|e| std::cmp::Reverse(e.depth));
-        known.truncate(MAX_PREV_EVENTS);
-        let depth = known.iter().map(|e| e.depth).max().unwrap_or(0);
-        let mut extremities: Vec<OwnedEventId> = known
-            .iter()
-            .filter_map(|e| EventId::parse(&e.event_id).ok())
-            .collect();
-        extremities.sort();
+        let (extremities, depth) = current_extremities(tx, room_id).await?;
         Ok(Some(Self {
             room_id: Some(room_id.to_owned()),
             version,
@@ -145,6 +133,27 @@ impl RoomCtx {
             .as_deref()
             .expect("room exists after its create event")
     }
+}
+
+/// The room's forward extremities as new events reference them, with the
+/// greatest depth among them. With federation the room may have forked: a new
+/// local event references every extremity (the newest 20), and the room's
+/// current state is the resolved state of all of them.
+pub async fn current_extremities(
+    db: &mut crate::storage::PgConnection,
+    room_id: &RoomId,
+) -> Result<(Vec<OwnedEventId>, i64)> {
+    let ids = rooms::forward_extremities(&mut *db, room_id.as_str()).await?;
+    let mut known = events::get_many(&mut *db, &ids).await?;
+    known.sort_by_key(|e| std::cmp::Reverse(e.depth));
+    known.truncate(MAX_PREV_EVENTS);
+    let depth = known.iter().map(|e| e.depth).max().unwrap_or(0);
+    let mut extremities: Vec<OwnedEventId> = known
+        .iter()
+        .filter_map(|e| EventId::parse(&e.event_id).ok())
+        .collect();
+    extremities.sort();
+    Ok((extremities, depth))
 }
 
 /// Loads the given keys of the room's current state, as parsed PDUs.

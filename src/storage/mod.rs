@@ -32,7 +32,7 @@ use sqlx::{
     postgres::{PgConnectOptions, PgPoolOptions},
 };
 
-pub use sqlx::{PgPool as Pool, Postgres, Transaction};
+pub use sqlx::{PgConnection, PgPool as Pool, Postgres, Transaction};
 
 use crate::{config::Config, error::Error};
 

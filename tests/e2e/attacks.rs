@@ -464,3 +464,87 @@ async fn lying_auth_chain_answers_reject_only_the_event() {
     peer.stop();
     lattice.stop().await;
 }
+
+/// A peer that forks the room: its state event after an older event joins the
+/// room's extremities and the current state is resolved (worked out before the
+/// room is locked); the next local event merges both branches. A forged fork (a
+/// power change by a member without power) is rejected.
+#[tokio::test]
+async fn forks_from_a_peer_resolve_into_the_current_state() {
+    let lattice = TestServer::start_federating().await;
+    let peer = HostilePeer::start().await;
+    let alice = lattice.register("alice", "password-a").await;
+    let room = lattice
+        .create_room(&alice, json!({"preset": "public_chat"}))
+        .await;
+    let v = peer.join(&lattice, &room, "mallory").await;
+    lattice
+        .send_message(
+            &alice,
+            &room,
+            json!({"msgtype": "m.text", "body": "meanwhile"}),
+        )
+        .await;
+    // After its join, not after alice's message: a fork.
+    let mut member_auth = v.message_auth();
+    member_auth.extend(v.state_id("m.room.join_rules", ""));
+    let (rename, pdu) = peer.event(
+        &v,
+        "m.room.member",
+        Some(&v.user_id),
+        json!({"membership": "join", "displayname": "Forked Mallory"}),
+        std::slice::from_ref(&v.latest),
+        &member_auth,
+    );
+    let mut power = v
+        .state
+        .iter()
+        .find(|e| e["type"] == "m.room.power_levels")
+        .unwrap()["content"]
+        .clone();
+    power["users"][&v.user_id] = 100.into();
+    let (grab, pdu_grab) = peer.event(
+        &v,
+        "m.room.power_levels",
+        Some(""),
+        power,
+        std::slice::from_ref(&v.latest),
+        &v.message_auth(),
+    );
+    let result = peer.send(&lattice, vec![pdu, pdu_grab]).await;
+    assert_eq!(result[&rename], json!({}), "{result}");
+    assert!(rejected(&result, &grab), "{result}");
+
+    let (status, member) = lattice
+        .get(
+            &format!(
+                "/_matrix/client/v3/rooms/{room}/state/m.room.member/{}",
+                enc(&v.user_id)
+            ),
+            Some(&alice.access_token),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{member}");
+    assert_eq!(member["displayname"], "Forked Mallory");
+    let pl = power_levels(&lattice, &alice, &room).await;
+    assert!(pl["users"].get(&v.user_id).is_none(), "{pl}");
+
+    // The next local event references both branches.
+    let merge = lattice
+        .send_message(&alice, &room, json!({"msgtype": "m.text", "body": "merge"}))
+        .await;
+    let (status, body) = peer
+        .request(
+            lattice.name(),
+            Method::GET,
+            &format!("/_matrix/federation/v1/event/{}", enc(&merge)),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let prevs = body["pdus"][0]["prev_events"].as_array().unwrap();
+    assert_eq!(prevs.len(), 2, "{body}");
+    assert!(prevs.iter().any(|p| p == &rename), "{body}");
+    peer.stop();
+    lattice.stop().await;
+}

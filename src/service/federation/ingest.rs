@@ -488,14 +488,12 @@ async fn receive_checked(
         }
     }
 
-    let mut tx = app.db.begin().await.map_err(|e| e.to_string())?;
-    let Some(mut room) = RoomCtx::lock(&mut tx, room_id).await.map_err(db_err)? else {
-        return Err("unknown room".into());
-    };
-    if let Ok(Some(_)) = fed_store::known(&mut *tx, event_id.as_str()).await {
-        return Ok(Outcome::AlreadyKnown);
-    }
-    let auth_events: HashMap<OwnedEventId, Pdu> = load_pdus(&mut *tx, room_id, &auth_ids)
+    // Steps 4 and 5 and the state after the event depend only on the event's
+    // own auth and prev events, which never change: they are worked out before
+    // the room is locked, in a transaction of their own, so a slow resolution
+    // never holds up the room's other events.
+    let mut pre = app.db.begin().await.map_err(|e| e.to_string())?;
+    let auth_events: HashMap<OwnedEventId, Pdu> = load_pdus(&mut *pre, room_id, &auth_ids)
         .await
         .map_err(db_err)?
         .into_iter()
@@ -507,30 +505,63 @@ async fn receive_checked(
     // Step 4: against its own auth events.
     let own = auth_state(&checked.pdu, rules, &auth_events);
     if let Err(reason) = auth::authorize_with(rules, &checked.pdu, &auth_events, &own) {
-        store_outlier(&mut *tx, &checked, true)
+        store_outlier(&mut *pre, &checked, true)
             .await
             .map_err(db_err)?;
-        tx.commit().await.map_err(|e| e.to_string())?;
+        pre.commit().await.map_err(|e| e.to_string())?;
         return Err(format!("fails auth against its auth events: {reason}"));
     }
 
     // Step 5: against the state before it (resolved over its prev events).
-    let prevs = load_pdus(&mut *tx, room_id, &prev_ids)
+    let prevs = load_pdus(&mut *pre, room_id, &prev_ids)
         .await
         .map_err(db_err)?;
     let prev_groups: Vec<i64> = prevs.values().filter_map(|(_, g)| *g).collect();
-    let before_group = resolved_group(&mut tx, rules, room_id, &prev_groups)
+    let before_group = resolved_group(&mut pre, rules, room_id, &prev_groups)
         .await
         .map_err(db_err)?;
-    let before = full_state_pdus(&mut tx, room_id, before_group)
+    let before = full_state_pdus(&mut pre, room_id, before_group)
         .await
         .map_err(db_err)?;
     if let Err(reason) = auth::authorize_with(rules, &checked.pdu, &auth_events, &before) {
-        store_outlier(&mut *tx, &checked, true)
+        store_outlier(&mut *pre, &checked, true)
             .await
             .map_err(db_err)?;
-        tx.commit().await.map_err(|e| e.to_string())?;
+        pre.commit().await.map_err(|e| e.to_string())?;
         return Err(format!("fails auth against the state before it: {reason}"));
+    }
+    // The state after it.
+    let group = match &checked.pdu.state_key {
+        Some(k) => Some(
+            event::new_state_group(
+                &mut pre,
+                room_id.as_str(),
+                before_group,
+                (checked.pdu.kind.to_string(), k.clone()),
+                event_id.as_str(),
+            )
+            .await
+            .map_err(db_err)?,
+        ),
+        None => before_group,
+    };
+    // The current state should the event fork the room, against the
+    // extremities as they are now; used if they are unchanged once locked.
+    let seen = event::current_extremities(&mut pre, room_id)
+        .await
+        .map_err(db_err)?
+        .0;
+    let guess = fork_state(&mut pre, rules, room_id, &checked.pdu, &seen, group)
+        .await
+        .map_err(db_err)?;
+    pre.commit().await.map_err(|e| e.to_string())?;
+
+    let mut tx = app.db.begin().await.map_err(|e| e.to_string())?;
+    let Some(mut room) = RoomCtx::lock(&mut tx, room_id).await.map_err(db_err)? else {
+        return Err("unknown room".into());
+    };
+    if let Ok(Some(_)) = fed_store::known(&mut *tx, event_id.as_str()).await {
+        return Ok(Outcome::AlreadyKnown);
     }
 
     // Step 6: soft-fail against the current state.
@@ -547,20 +578,6 @@ async fn receive_checked(
     }
 
     // Persist: the state after it, the new extremities, the current state.
-    let group = match &checked.pdu.state_key {
-        Some(k) => Some(
-            event::new_state_group(
-                &mut tx,
-                room_id.as_str(),
-                before_group,
-                (checked.pdu.kind.to_string(), k.clone()),
-                event_id.as_str(),
-            )
-            .await
-            .map_err(db_err)?,
-        ),
-        None => before_group,
-    };
     let old_current = room.state_group;
     let mut extremities: Vec<OwnedEventId> = room
         .extremities
@@ -577,19 +594,20 @@ async fn receive_checked(
         .collect();
     let new_current = if linear {
         group
+    } else if room.extremities == seen {
+        guess
     } else {
-        // A fork: the current state resolves the extremities' states.
-        let ids: Vec<String> = extremities.iter().map(|e| e.to_string()).collect();
-        let mut groups: Vec<i64> = load_pdus(&mut *tx, room_id, &ids)
-            .await
-            .map_err(db_err)?
-            .values()
-            .filter_map(|(_, g)| *g)
-            .collect();
-        groups.extend(group);
-        resolved_group(&mut tx, rules, room_id, &groups)
-            .await
-            .map_err(db_err)?
+        // The room moved on meanwhile: resolve again, now under the lock.
+        fork_state(
+            &mut tx,
+            rules,
+            room_id,
+            &checked.pdu,
+            &room.extremities,
+            group,
+        )
+        .await
+        .map_err(db_err)?
     };
     let own_pdu = (mode == Mode::Own).then(|| checked.pdu.clone());
     let built = Built {
@@ -731,6 +749,35 @@ async fn fetch_missing_prevs(
     }
 }
 
+/// The room's current state if `pdu` (with state `group` after it) joins the
+/// forward extremities `extremities`: its own state when it replaces them all,
+/// else the resolution of its state and the states of the others.
+async fn fork_state(
+    tx: &mut crate::storage::Transaction<'_, crate::storage::Postgres>,
+    rules: &RoomVersionRules,
+    room_id: &RoomId,
+    pdu: &Pdu,
+    extremities: &[OwnedEventId],
+    group: Option<i64>,
+) -> Result<Option<i64>> {
+    let others: Vec<String> = extremities
+        .iter()
+        .filter(|e| !pdu.prev_events.contains(e))
+        .map(|e| e.to_string())
+        .collect();
+    if others.is_empty() {
+        return Ok(group);
+    }
+    let mut groups: Vec<i64> = load_pdus(&mut **tx, room_id, &others)
+        .await?
+        .values()
+        .filter_map(|(_, g)| *g)
+        .collect();
+    groups.extend(group);
+    // The event itself is not stored yet: resolution must still see it.
+    resolved_group_with(tx, rules, room_id, &groups, Some(pdu)).await
+}
+
 /// The state group of the resolved state of several groups (the one group
 /// itself when there is one, or all are equal).
 pub async fn resolved_group(
@@ -738,6 +785,18 @@ pub async fn resolved_group(
     rules: &RoomVersionRules,
     room_id: &RoomId,
     groups: &[i64],
+) -> Result<Option<i64>> {
+    resolved_group_with(tx, rules, room_id, groups, None).await
+}
+
+/// [`resolved_group`] where one of the groups holds `unstored`, an event that
+/// is being received and is not in the database yet.
+async fn resolved_group_with(
+    tx: &mut crate::storage::Transaction<'_, crate::storage::Postgres>,
+    rules: &RoomVersionRules,
+    room_id: &RoomId,
+    groups: &[i64],
+    unstored: Option<&Pdu>,
 ) -> Result<Option<i64>> {
     let mut unique: Vec<i64> = groups.to_vec();
     unique.sort_unstable();
@@ -764,6 +823,14 @@ pub async fn resolved_group(
     // Every event of the forks and their auth chains.
     let mut events_map: HashMap<OwnedEventId, Pdu> = HashMap::new();
     let mut todo: Vec<String> = ids.iter().map(|i| i.to_string()).collect();
+    if let Some(pdu) = unstored {
+        for a in &pdu.auth_events {
+            if ids.insert(a.clone()) {
+                todo.push(a.to_string());
+            }
+        }
+        events_map.insert(pdu.event_id.clone(), pdu.clone());
+    }
     while !todo.is_empty() {
         let loaded = load_pdus(&mut **tx, room_id, &todo).await?;
         todo.clear();
@@ -777,8 +844,13 @@ pub async fn resolved_group(
             events_map.insert(id, pdu);
         }
     }
-    let resolved = state_res::resolve(rules, &forks, &events_map)
-        .map_err(|e| anyhow::anyhow!("state resolution: {e}"))?;
+    // CPU-bound on big rooms: off the async workers.
+    let rules = rules.clone();
+    let resolved =
+        tokio::task::spawn_blocking(move || state_res::resolve(&rules, &forks, &events_map))
+            .await
+            .map_err(|e| anyhow::anyhow!("state resolution task: {e}"))?
+            .map_err(|e| anyhow::anyhow!("state resolution: {e}"))?;
     let full: HashMap<(String, String), String> = resolved
         .into_iter()
         .map(|(k, id)| (k, id.to_string()))
