@@ -14,6 +14,7 @@ mod errors;
 mod federation;
 mod harness;
 mod media;
+mod outbound;
 mod push;
 mod rooms;
 pub mod sdk;
