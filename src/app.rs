@@ -58,7 +58,7 @@ pub struct AppState {
     /// Request, event and other counters for `/metrics`.
     pub metrics: Arc<crate::metrics::Metrics>,
     /// `trusted_proxies`, parsed.
-    pub trusted_proxies: Arc<Vec<crate::service::url_preview::Cidr>>,
+    pub trusted_proxies: Arc<Vec<crate::outbound::Cidr>>,
     /// Room deletions running or finished (admin API v2), by delete ID.
     pub room_deletions: Arc<crate::service::admin::Deletions>,
 }
@@ -94,7 +94,7 @@ impl AppState {
                 config
                     .trusted_proxies
                     .iter()
-                    .filter_map(|r| crate::service::url_preview::Cidr::parse(r))
+                    .filter_map(|r| crate::outbound::Cidr::parse(r))
                     .collect(),
             ),
             notifier: Notifier::new(persisted),

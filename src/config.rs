@@ -462,7 +462,7 @@ impl Config {
             bail!("`listeners` must contain at least one listener");
         }
         for range in &self.trusted_proxies {
-            if crate::service::url_preview::Cidr::parse(range).is_none() {
+            if crate::outbound::Cidr::parse(range).is_none() {
                 bail!("`trusted_proxies`: {range:?} is not an address or CIDR range");
             }
         }

@@ -8,6 +8,8 @@
 //! - [`app`]: state, listeners, workers, graceful shutdown.
 //! - [`config`]: file + `LATTICE__*` environment configuration.
 //! - [`federation`]: TLS, discovery, the signing client, request auth, server keys.
+//! - [`outbound`]: the one HTTP client builder and the address policy every
+//!   outbound request (federation, push gateways, URL previews) goes through.
 //!
 //! See `docs/architecture.md` for the data flows.
 
@@ -20,5 +22,6 @@ pub mod error;
 pub mod federation;
 pub mod metrics;
 pub mod notify;
+pub mod outbound;
 pub mod service;
 pub mod storage;

@@ -98,7 +98,7 @@ pub fn client_ip(parts: &Parts, app: &AppState) -> Option<IpAddr> {
 fn forwarded_client<'a>(
     peer: IpAddr,
     headers: impl Iterator<Item = &'a str>,
-    trusted: &[crate::service::url_preview::Cidr],
+    trusted: &[crate::outbound::Cidr],
 ) -> IpAddr {
     let is_trusted = |ip: IpAddr| trusted.iter().any(|c| c.contains(ip));
     if !is_trusted(peer) {
@@ -137,7 +137,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::service::url_preview::Cidr;
+    use crate::outbound::Cidr;
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()

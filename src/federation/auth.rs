@@ -18,14 +18,19 @@ fn unauthorized(msg: impl Into<String>) -> Error {
     Error::new(ErrorKind::Unauthorized, msg)
 }
 
-/// Verifies a request; returns the authenticated origin server.
-pub async fn verify_request(
-    app: &AppState,
-    method: &http::Method,
-    uri: &http::Uri,
-    headers: &http::HeaderMap,
-    body: &[u8],
-) -> Result<OwnedServerName> {
+/// A request's `X-Matrix` header, checked as far as it can be without the
+/// body: it parses, names us as destination and another server as origin, and
+/// that origin's key is known (fetched when not, under the key-fetch backoff).
+pub struct Claimed {
+    header: XMatrix,
+    key_id: String,
+    key: ruma::serde::Base64,
+}
+
+/// The checks that come before reading the body, so an unauthenticated request
+/// costs no body read or parse (and a bogus origin one failed key fetch per
+/// backoff window).
+pub async fn check_header(app: &AppState, headers: &http::HeaderMap) -> Result<Claimed> {
     let header = headers
         .get_all(http::header::AUTHORIZATION)
         .iter()
@@ -40,6 +45,36 @@ pub async fn verify_request(
     if header.origin == app.server_name {
         return Err(unauthorized("The request claims to come from this server"));
     }
+    let key_id = header.key.to_string();
+    let keys =
+        keys::public_keys(app, &header.origin, std::slice::from_ref(&key_id), now_ms()).await?;
+    let Some(key) = keys.get(&key_id).cloned() else {
+        return Err(unauthorized(format!(
+            "Unknown or expired key {key_id} of {}",
+            header.origin
+        )));
+    };
+    Ok(Claimed {
+        header,
+        key_id,
+        key,
+    })
+}
+
+/// Verifies the signature of a [`check_header`]ed request over exactly the
+/// method, target and body received; returns the authenticated origin.
+pub fn verify_signature(
+    app: &AppState,
+    claimed: Claimed,
+    method: &http::Method,
+    uri: &http::Uri,
+    body: &[u8],
+) -> Result<OwnedServerName> {
+    let Claimed {
+        header,
+        key_id,
+        key,
+    } = claimed;
     let content = if body.is_empty() {
         None
     } else {
@@ -58,7 +93,6 @@ pub async fn verify_request(
         &app.server_name,
         content,
     );
-    let key_id = header.key.to_string();
     let mut sigs = ruma::CanonicalJsonObject::new();
     let mut by_key = ruma::CanonicalJsonObject::new();
     by_key.insert(
@@ -70,19 +104,10 @@ pub async fn verify_request(
         CanonicalJsonValue::Object(by_key),
     );
     object.insert("signatures".into(), CanonicalJsonValue::Object(sigs));
-
-    let keys =
-        keys::public_keys(app, &header.origin, std::slice::from_ref(&key_id), now_ms()).await?;
-    let Some(key) = keys.get(&key_id) else {
-        return Err(unauthorized(format!(
-            "Unknown or expired key {key_id} of {}",
-            header.origin
-        )));
-    };
     let mut map = PublicKeyMap::new();
     map.insert(
         header.origin.to_string(),
-        [(key_id, key.clone())].into_iter().collect(),
+        [(key_id, key)].into_iter().collect(),
     );
     verify_json(&map, &object).map_err(|_| unauthorized("Invalid X-Matrix signature"))?;
     Ok(header.origin)

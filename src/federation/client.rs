@@ -1,15 +1,11 @@
 //! The outbound federation client: server discovery, `X-Matrix` request signing,
-//! a configurable trust store, timeouts, and a resolver that refuses private
-//! address ranges unless the configuration allows them.
+//! a configurable trust store and timeouts, over an [`OutboundClient`] that
+//! refuses the `federation.ip_range_blocklist` ranges (unless allowed) for
+//! resolved names, IP-literal hosts and every redirect hop.
 
-use std::{
-    collections::HashMap,
-    net::{IpAddr, SocketAddr},
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::{net::IpAddr, sync::Arc, time::Duration};
 
-use anyhow::Context;
+use reqwest::Url;
 use ruma::{
     CanonicalJsonValue, OwnedServerName, ServerName,
     api::{
@@ -21,10 +17,10 @@ use ruma::{
 
 use super::discovery::{self, Lookup, Target};
 use crate::{
-    config::{Config, Federation as FedConfig},
+    config::Config,
     domain::xmatrix::{self, XMatrix},
+    outbound::{self, OutboundClient, OutboundError, OutboundPolicy, ReadError},
     service::event::SigningKey,
-    service::url_preview::Cidr,
 };
 
 /// How a request to another server failed.
@@ -44,83 +40,45 @@ pub enum FedError {
     Refused(String),
 }
 
+impl From<OutboundError> for FedError {
+    fn from(e: OutboundError) -> Self {
+        match e {
+            OutboundError::Refused(m) => Self::Refused(m),
+            OutboundError::Unreachable(m) => Self::Unreachable(m),
+            OutboundError::Invalid(m) => Self::Invalid(m),
+        }
+    }
+}
+
 impl FedError {
     pub fn is_not_found(&self) -> bool {
         matches!(self, Self::Remote { status: 404, .. })
     }
 }
 
-/// Which addresses outbound federation may connect to.
-#[derive(Clone)]
-pub struct IpPolicy {
-    block: Vec<Cidr>,
-    allow: Vec<Cidr>,
-}
-
-impl IpPolicy {
-    pub fn new(block: &[String], allow: &[String]) -> Self {
-        let parse = |l: &[String]| l.iter().filter_map(|s| Cidr::parse(s)).collect();
-        Self {
-            block: parse(block),
-            allow: parse(allow),
-        }
-    }
-
-    pub fn allowed(&self, ip: IpAddr) -> bool {
-        self.allow.iter().any(|c| c.contains(ip)) || !self.block.iter().any(|c| c.contains(ip))
-    }
-}
-
-/// DNS for the HTTP client: names map to the SRV target discovery chose (when it
-/// did), are resolved by the system resolver, and lose every address the policy
-/// refuses. Resolving here, where the connection is made, leaves no gap for a
-/// name to change its answer between check and connect.
-struct GuardedResolver {
-    policy: IpPolicy,
-    /// `tls_name` → SRV target host.
-    srv_targets: Mutex<HashMap<String, String>>,
-}
-
-impl reqwest::dns::Resolve for GuardedResolver {
-    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
-        let host = self
-            .srv_targets
-            .lock()
-            .expect("srv targets")
-            .get(name.as_str())
-            .cloned()
-            .unwrap_or_else(|| name.as_str().to_owned());
-        let policy = self.policy.clone();
-        Box::pin(async move {
-            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
-                .await?
-                .filter(|a| policy.allowed(a.ip()))
-                .collect();
-            if addrs.is_empty() {
-                return Err(format!("no permitted address for {host}").into());
-            }
-            Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs)
-        })
-    }
-}
-
 /// `.well-known` fetches and SRV queries for discovery.
 struct NetLookup {
-    http: reqwest::Client,
+    http: Arc<OutboundClient>,
     dns: Option<hickory_resolver::TokioResolver>,
 }
 
+/// Redirects a `.well-known` fetch follows (each hop checked like the first).
+const WELL_KNOWN_REDIRECTS: usize = 5;
+const WELL_KNOWN_TIMEOUT: Duration = Duration::from_secs(10);
+
 impl Lookup for NetLookup {
     async fn well_known(&self, host: &str) -> Option<String> {
-        let url = format!("https://{host}/.well-known/matrix/server");
-        let response = self.http.get(&url).send().await.ok()?;
+        let url = Url::parse(&format!("https://{host}/.well-known/matrix/server")).ok()?;
+        let (_, response) = self
+            .http
+            .get_following(url, WELL_KNOWN_REDIRECTS, Some(WELL_KNOWN_TIMEOUT))
+            .await
+            .map_err(|e| tracing::debug!(%host, error = %e, ".well-known fetch failed"))
+            .ok()?;
         if !response.status().is_success() {
             return None;
         }
-        let bytes = response.bytes().await.ok()?;
-        if bytes.len() > 64 * 1024 {
-            return None;
-        }
+        let bytes = outbound::read_limited(response, 64 * 1024).await.ok()?;
         let body: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
         let server = body["m.server"].as_str()?;
         ServerName::parse(server).ok()?;
@@ -140,53 +98,53 @@ impl Lookup for NetLookup {
 
 /// The federation client of this server.
 pub struct FederationClient {
-    http: reqwest::Client,
+    http: Arc<OutboundClient>,
     lookup: NetLookup,
-    resolver: Arc<GuardedResolver>,
     cache: discovery::Cache,
     origin: OwnedServerName,
     key: Arc<SigningKey>,
-    policy: IpPolicy,
     max_response_bytes: usize,
 }
 
 /// Discovery results are cached this long.
 const DISCOVERY_TTL: Duration = Duration::from_secs(24 * 60 * 60);
+/// Redirects followed from a media `Location` (each hop checked).
+const MEDIA_REDIRECTS: usize = 5;
 /// The largest response body accepted from another server.
 const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
 
 impl FederationClient {
     pub fn new(config: &Config, key: Arc<SigningKey>) -> anyhow::Result<Self> {
         let fed = &config.federation;
-        let policy = IpPolicy::new(&fed.ip_range_blocklist, &fed.ip_range_allowlist);
-        let resolver = Arc::new(GuardedResolver {
-            policy: policy.clone(),
-            srv_targets: Mutex::default(),
-        });
-        let http = builder(fed, resolver.clone())?
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .context("building the federation HTTP client")?;
-        let well_known_http = builder(fed, resolver.clone())?
-            .redirect(reqwest::redirect::Policy::limited(5))
-            .timeout(Duration::from_secs(10))
-            .build()
-            .context("building the .well-known HTTP client")?;
+        if fed.dangerously_accept_invalid_certs {
+            tracing::warn!(
+                "federation.dangerously_accept_invalid_certs is set: peers are not authenticated"
+            );
+        }
+        let http = Arc::new(OutboundClient::new(
+            OutboundPolicy::federation(config),
+            &outbound::Options {
+                connect_timeout: Duration::from_secs(fed.connect_timeout_secs),
+                timeout: Duration::from_secs(fed.request_timeout_secs),
+                https_only: true,
+                extra_ca_files: fed.extra_ca_files.clone(),
+                accept_invalid_certs: fed.dangerously_accept_invalid_certs,
+                user_agent: concat!("Lattice/", env!("CARGO_PKG_VERSION")).into(),
+            },
+        )?);
         let dns = hickory_resolver::TokioResolver::builder_tokio()
             .map(|b| b.build())
             .map_err(|e| tracing::warn!(error = %e, "no DNS configuration: SRV lookups disabled"))
             .ok();
         Ok(Self {
-            http,
             lookup: NetLookup {
-                http: well_known_http,
+                http: http.clone(),
                 dns,
             },
-            resolver,
+            http,
             cache: discovery::Cache::default(),
             origin: config.server_name(),
             key,
-            policy,
             max_response_bytes: MAX_RESPONSE_BYTES,
         })
     }
@@ -204,18 +162,18 @@ impl FederationClient {
             .await
             .ok_or_else(|| FedError::Refused(format!("cannot resolve {server}")))?;
         if let Ok(ip) = target.connect_host.parse::<IpAddr>()
-            && !self.policy.allowed(ip)
+            && !self.http.policy().allowed(ip)
         {
             return Err(FedError::Refused(format!(
                 "{server} resolves to a refused address range"
             )));
         }
-        if target.connect_host != target.tls_name {
-            self.resolver
-                .srv_targets
-                .lock()
-                .expect("srv targets")
-                .insert(target.tls_name.clone(), target.connect_host.clone());
+        if target.connect_host != target.tls_name
+            && !self.http.route(&target.tls_name, &target.connect_host)
+        {
+            // The route table was full and emptied: cached targets that relied
+            // on a route must be resolved again.
+            self.cache.clear();
         }
         self.cache
             .put(server.as_str(), target.clone(), DISCOVERY_TTL);
@@ -318,18 +276,15 @@ impl FederationClient {
     }
 
     /// An unsigned `GET` of an HTTPS URL another server pointed us to (the
-    /// `Location` form of a media download), through the same address policy.
+    /// `Location` form of a media download), through the same address policy,
+    /// for the URL and every redirect it leads to.
     pub async fn get_url(
         &self,
         url: &str,
         limit: usize,
     ) -> Result<(String, bytes::Bytes), FedError> {
-        let response = self
-            .http
-            .get(url)
-            .send()
-            .await
-            .map_err(|e| FedError::Unreachable(format!("{url}: {}", error_chain(&e))))?;
+        let url = Url::parse(url).map_err(|e| FedError::Invalid(format!("location: {e}")))?;
+        let (url, response) = self.http.get_following(url, MEDIA_REDIRECTS, None).await?;
         let status = response.status().as_u16();
         let content_type = response
             .headers()
@@ -337,7 +292,7 @@ impl FederationClient {
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned)
             .unwrap_or_default();
-        let bytes = read_limited(response, limit, url).await?;
+        let bytes = read_limited(response, limit, url.as_str()).await?;
         if status >= 400 {
             return Err(FedError::Remote {
                 status,
@@ -421,21 +376,23 @@ impl FederationClient {
         }
         .to_header();
 
-        let url = format!("{}{}", target.base_url(), path_and_query);
-        let mut request = self
-            .http
-            .request(method, &url)
-            .header(http::header::AUTHORIZATION, header)
-            .header(http::header::HOST, &target.host_header);
+        let url = Url::parse(&format!("{}{}", target.base_url(), path_and_query))
+            .map_err(|e| FedError::Invalid(format!("uri: {e}")))?;
+        let header_value = |v: &str| {
+            http::HeaderValue::from_str(v).map_err(|e| FedError::Invalid(format!("header: {e}")))
+        };
+        let mut request = reqwest::Request::new(method, url);
+        let headers = request.headers_mut();
+        headers.insert(http::header::AUTHORIZATION, header_value(&header)?);
+        headers.insert(http::header::HOST, header_value(&target.host_header)?);
         if !body.is_empty() {
-            request = request
-                .header(http::header::CONTENT_TYPE, "application/json")
-                .body(body);
+            headers.insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("application/json"),
+            );
+            *request.body_mut() = Some(body.into());
         }
-        let response = request
-            .send()
-            .await
-            .map_err(|e| FedError::Unreachable(format!("{destination}: {}", error_chain(&e))))?;
+        let response = self.http.send(request).await?;
         let status = response.status().as_u16();
         let content_type = response
             .headers()
@@ -449,67 +406,14 @@ impl FederationClient {
 
 /// A response body, refused past `limit` bytes.
 async fn read_limited(
-    mut response: reqwest::Response,
+    response: reqwest::Response,
     limit: usize,
     from: &str,
 ) -> Result<bytes::Bytes, FedError> {
-    if response.content_length().is_some_and(|l| l > limit as u64) {
-        return Err(FedError::Invalid("response too large".into()));
-    }
-    let mut bytes = Vec::new();
-    while let Some(chunk) = response
-        .chunk()
+    outbound::read_limited(response, limit)
         .await
-        .map_err(|e| FedError::Unreachable(format!("{from}: {}", error_chain(&e))))?
-    {
-        if bytes.len() + chunk.len() > limit {
-            return Err(FedError::Invalid("response too large".into()));
-        }
-        bytes.extend_from_slice(&chunk);
-    }
-    Ok(bytes.into())
-}
-
-fn builder(
-    fed: &FedConfig,
-    resolver: Arc<GuardedResolver>,
-) -> anyhow::Result<reqwest::ClientBuilder> {
-    let mut builder = reqwest::Client::builder()
-        .use_rustls_tls()
-        .https_only(true)
-        .dns_resolver(resolver)
-        .connect_timeout(Duration::from_secs(fed.connect_timeout_secs))
-        .timeout(Duration::from_secs(fed.request_timeout_secs))
-        // Below the idle timeouts servers commonly use (60 s here and in nginx),
-        // so a pooled connection is not reused just as the peer closes it.
-        .pool_idle_timeout(Duration::from_secs(45))
-        .user_agent(concat!("Lattice/", env!("CARGO_PKG_VERSION")));
-    for file in &fed.extra_ca_files {
-        let pem =
-            std::fs::read(file).with_context(|| format!("reading CA file {}", file.display()))?;
-        for cert in reqwest::Certificate::from_pem_bundle(&pem)
-            .with_context(|| format!("parsing CA file {}", file.display()))?
-        {
-            builder = builder.add_root_certificate(cert);
-        }
-    }
-    if fed.dangerously_accept_invalid_certs {
-        tracing::warn!(
-            "federation.dangerously_accept_invalid_certs is set: peers are not authenticated"
-        );
-        builder = builder.danger_accept_invalid_certs(true);
-    }
-    Ok(builder)
-}
-
-/// An error with its sources, for logs ("connection refused" hides in a source).
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
+        .map_err(|e| match e {
+            ReadError::TooLarge => FedError::Invalid("response too large".into()),
+            ReadError::Failed(e) => FedError::Unreachable(format!("{from}: {e}")),
+        })
 }

@@ -142,8 +142,12 @@ impl Target {
     }
 }
 
+/// Resolved targets kept at most: anyone can make us resolve a name (a user ID
+/// or alias of any server), so the cache must not grow without bound.
+pub const MAX_CACHED: usize = 10_000;
+
 /// Resolved targets, cached: successful resolutions for `ttl`, so `.well-known`
-/// is not fetched for every request.
+/// is not fetched for every request. At most [`MAX_CACHED`] of them.
 #[derive(Default)]
 pub struct Cache {
     entries: Mutex<HashMap<String, (Target, Instant)>>,
@@ -158,11 +162,28 @@ impl Cache {
             .map(|(target, _)| target.clone())
     }
 
+    pub fn clear(&self) {
+        self.entries.lock().expect("discovery cache").clear();
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.lock().expect("discovery cache").len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     pub fn put(&self, server_name: &str, target: Target, ttl: Duration) {
         let mut entries = self.entries.lock().expect("discovery cache");
-        if entries.len() > 10_000 {
+        if entries.len() >= MAX_CACHED && !entries.contains_key(server_name) {
             let now = Instant::now();
             entries.retain(|_, (_, expires)| *expires > now);
+            if entries.len() >= MAX_CACHED {
+                // All still fresh: start over rather than grow (a miss costs
+                // one resolution).
+                entries.clear();
+            }
         }
         entries.insert(server_name.to_owned(), (target, Instant::now() + ttl));
     }
@@ -310,6 +331,17 @@ mod tests {
                 "srv _matrix._tcp.h.org"
             ]
         );
+    }
+
+    #[test]
+    fn the_cache_stays_bounded() {
+        let cache = Cache::default();
+        let t = target("a", "a", 8448, "a");
+        for i in 0..MAX_CACHED + 10 {
+            cache.put(&format!("s{i}.org"), t.clone(), Duration::from_secs(3600));
+            assert!(cache.len() <= MAX_CACHED);
+        }
+        assert!(cache.get(&format!("s{}.org", MAX_CACHED + 9)).is_some());
     }
 
     #[test]

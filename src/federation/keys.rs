@@ -4,12 +4,12 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
-    sync::Mutex,
+    sync::{Arc, Mutex, Weak},
     time::{Duration, Instant},
 };
 
 use ruma::{
-    CanonicalJsonObject, CanonicalJsonValue, ServerName,
+    CanonicalJsonObject, CanonicalJsonValue, OwnedServerName, ServerName,
     serde::Base64,
     signatures::{Ed25519KeyPair, PublicKeyMap, PublicKeySet, sign_json, verify_json},
 };
@@ -25,14 +25,66 @@ use crate::{
 const OWN_VALIDITY: Duration = Duration::from_secs(24 * 60 * 60);
 /// After a failed fetch, a server's keys are not asked for again this soon.
 const FETCH_BACKOFF: Duration = Duration::from_secs(60);
+/// After a successful fetch, not again this soon either (a request naming a key
+/// the server does not have must not cost a fetch each time).
+const REFETCH_AFTER: Duration = Duration::from_secs(10);
+/// Servers whose last fetch is remembered, at most.
+const MAX_REMEMBERED: usize = 10_000;
+/// Fetches one notary request (unauthenticated) may cause, at most; other
+/// servers it names are answered from what is stored.
+pub const MAX_NOTARY_FETCHES: usize = 10;
 /// Keys fetched are trusted at most this far into the future, whatever
 /// `valid_until_ts` says (as Synapse, 7 days).
 const MAX_VALIDITY_MS: i64 = 7 * 24 * 60 * 60 * 1000;
 
-/// Failed fetches, to back off servers that do not answer.
+/// Recent fetches, so a server is not asked again too soon (and a dead one
+/// costs one attempt per [`FETCH_BACKOFF`]), and one fetch at a time per
+/// server: concurrent requests for the same server wait for the one in flight.
 #[derive(Default)]
 pub struct FetchState {
-    failures: Mutex<HashMap<String, Instant>>,
+    /// Server → when its last fetch ended, and whether it succeeded.
+    last: Mutex<HashMap<String, (Instant, bool)>>,
+    in_flight: Mutex<HashMap<String, Weak<tokio::sync::Mutex<()>>>>,
+}
+
+impl FetchState {
+    /// Whether `server` was fetched too recently to be fetched again.
+    fn too_soon(&self, server: &str) -> Option<bool> {
+        let last = self.last.lock().expect("key fetch state");
+        let (at, ok) = last.get(server)?;
+        let wait = if *ok { REFETCH_AFTER } else { FETCH_BACKOFF };
+        (at.elapsed() < wait).then_some(*ok)
+    }
+
+    fn record(&self, server: &str, ok: bool) {
+        let mut last = self.last.lock().expect("key fetch state");
+        if last.len() >= MAX_REMEMBERED && !last.contains_key(server) {
+            last.retain(|_, (at, _)| at.elapsed() < FETCH_BACKOFF);
+            if last.len() >= MAX_REMEMBERED {
+                last.clear();
+            }
+        }
+        last.insert(server.to_owned(), (Instant::now(), ok));
+    }
+
+    /// Waits for the fetch of `server` in flight, if any, and holds the turn.
+    async fn turn(&self, server: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = {
+            let mut in_flight = self.in_flight.lock().expect("key fetch state");
+            match in_flight.get(server).and_then(Weak::upgrade) {
+                Some(lock) => lock,
+                None => {
+                    if in_flight.len() >= MAX_REMEMBERED {
+                        in_flight.retain(|_, w| w.strong_count() > 0);
+                    }
+                    let lock = Arc::new(tokio::sync::Mutex::new(()));
+                    in_flight.insert(server.to_owned(), Arc::downgrade(&lock));
+                    lock
+                }
+            }
+        };
+        lock.lock_owned().await
+    }
 }
 
 /// Our `/_matrix/key/v2/server` response: the current key, old keys with their
@@ -95,8 +147,18 @@ pub async fn public_keys(
     if key_ids.iter().all(|id| set.contains_key(id)) {
         return Ok(set);
     }
-    fetch(app, server).await?;
-    stored_usable(app, server, valid_at).await
+    let _turn = app.key_fetch.turn(server.as_str()).await;
+    // A fetch that ended while we waited may have brought the keys.
+    let set = stored_usable(app, server, valid_at).await?;
+    if key_ids.iter().all(|id| set.contains_key(id)) {
+        return Ok(set);
+    }
+    match fetch(app, server).await {
+        Ok(()) => stored_usable(app, server, valid_at).await,
+        // Fetched moments ago: what is stored is what the server has.
+        Err(_) if app.key_fetch.too_soon(server.as_str()) == Some(true) => Ok(set),
+        Err(e) => Err(e),
+    }
 }
 
 /// Stored keys of `server` usable at `valid_at`.
@@ -125,19 +187,19 @@ async fn own_key_set(app: &AppState) -> Result<PublicKeySet> {
     Ok(set)
 }
 
-/// Fetches `server`'s keys: directly, then through each configured notary. Backs
-/// off a server whose fetch failed recently.
-pub async fn fetch(app: &AppState, server: &ServerName) -> Result<()> {
-    {
-        let failures = app.key_fetch.failures.lock().expect("key fetch state");
-        if let Some(at) = failures.get(server.as_str())
-            && at.elapsed() < FETCH_BACKOFF
-        {
-            return Err(Error::new(
-                ErrorKind::Unauthorized,
-                format!("Keys of {server} are unavailable (recent fetch failed)"),
-            ));
-        }
+/// Fetches `server`'s keys: directly, then through each configured notary. Not
+/// again within [`REFETCH_AFTER`] of a success or [`FETCH_BACKOFF`] of a
+/// failure.
+async fn fetch(app: &AppState, server: &ServerName) -> Result<()> {
+    if let Some(ok) = app.key_fetch.too_soon(server.as_str()) {
+        return Err(Error::new(
+            ErrorKind::Unauthorized,
+            if ok {
+                format!("Keys of {server} were fetched moments ago")
+            } else {
+                format!("Keys of {server} are unavailable (recent fetch failed)")
+            },
+        ));
     }
     let direct = fetch_direct(app, server).await;
     let result = match direct {
@@ -165,17 +227,14 @@ pub async fn fetch(app: &AppState, server: &ServerName) -> Result<()> {
             result
         }
     };
-    let mut failures = app.key_fetch.failures.lock().expect("key fetch state");
+    app.key_fetch.record(server.as_str(), result.is_ok());
     match result {
-        Ok(()) => {
-            failures.remove(server.as_str());
-            Ok(())
-        }
+        Ok(()) => Ok(()),
         Err(e) => {
-            failures.insert(server.to_string(), Instant::now());
+            tracing::debug!(%server, error = %e, "key fetch failed");
             Err(Error::new(
                 ErrorKind::Unauthorized,
-                format!("Could not fetch the keys of {server}: {e}"),
+                format!("Could not fetch the keys of {server}"),
             ))
         }
     }
@@ -339,26 +398,53 @@ fn retain_signatures(object: &mut CanonicalJsonObject, entity: &str, key_id: Opt
     }
 }
 
-/// The notary answer for one server: the stored response (fetched again when it
-/// would not be valid until `minimum_valid_until`), with our signature added.
-pub async fn notary_response(
+/// The notary answer for each of `wanted` (server, `minimum_valid_until_ts`):
+/// the stored response, fetched again first when it would not be valid until
+/// the minimum, with our signature added. The endpoint is unauthenticated, so
+/// it costs at most [`MAX_NOTARY_FETCHES`] fetches, run together, each under
+/// the per-server backoff; other stale servers are answered from the store.
+pub async fn notary_responses(
     app: &AppState,
-    server: &ServerName,
-    minimum_valid_until: i64,
-) -> Result<Option<Value>> {
-    if server == app.server_name {
-        return own_response(app).await.map(Some);
+    wanted: &[(OwnedServerName, i64)],
+) -> Result<Vec<Value>> {
+    let mut stale = Vec::new();
+    for (server, minimum) in wanted {
+        if server == &app.server_name || stale.len() >= MAX_NOTARY_FETCHES {
+            continue;
+        }
+        let stored = server_keys::response(&app.db, server.as_str()).await?;
+        let fresh = stored
+            .as_ref()
+            .is_some_and(|(_, until)| *until >= (*minimum).max(now_ms()));
+        if !fresh && !stale.contains(&server) {
+            stale.push(server);
+        }
     }
-    let stored = server_keys::response(&app.db, server.as_str()).await?;
-    let fresh = stored
-        .as_ref()
-        .is_some_and(|(_, until)| *until >= minimum_valid_until.max(now_ms()));
-    if !fresh && let Err(e) = fetch_direct(app, server).await {
+    futures_util::future::join_all(stale.into_iter().map(|server| refresh(app, server))).await;
+    let mut out = Vec::new();
+    for (server, _) in wanted {
+        if server == &app.server_name {
+            out.push(own_response(app).await?);
+            continue;
+        }
+        let Some((json, _)) = server_keys::response(&app.db, server.as_str()).await? else {
+            continue;
+        };
+        let value: Value = serde_json::from_str(&json).map_err(|e| anyhow::anyhow!("{e}"))?;
+        out.push(sign(app, value)?);
+    }
+    Ok(out)
+}
+
+/// Fetches `server`'s keys directly for the notary, once per backoff window.
+async fn refresh(app: &AppState, server: &ServerName) {
+    let _turn = app.key_fetch.turn(server.as_str()).await;
+    if app.key_fetch.too_soon(server.as_str()).is_some() {
+        return;
+    }
+    let result = fetch_direct(app, server).await;
+    if let Err(e) = &result {
         tracing::debug!(%server, error = %e, "notary fetch failed; serving the cache");
     }
-    let Some((json, _)) = server_keys::response(&app.db, server.as_str()).await? else {
-        return Ok(None);
-    };
-    let value: Value = serde_json::from_str(&json).map_err(|e| anyhow::anyhow!("{e}"))?;
-    sign(app, value).map(Some)
+    app.key_fetch.record(server.as_str(), result.is_ok());
 }

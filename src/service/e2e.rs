@@ -230,9 +230,18 @@ pub async fn claim(app: &AppState, wanted: Vec<(String, String, String)>) -> Res
     Ok(json!({ "one_time_keys": out, "failures": failures }))
 }
 
-/// Asks each server, in parallel, `POST /_matrix/federation/v1/user/keys/{endpoint}`
-/// with its users under `field`; returns the answers, and records the servers
-/// that failed in `failures` (as `/keys/query` and `/keys/claim` report them).
+/// Remote servers one `/keys/query` or `/keys/claim` asks, at most; the others
+/// are listed under `failures` (a client asks again for what it still lacks).
+pub const MAX_REMOTE_SERVERS: usize = 250;
+/// Of those, at most this many are asked at once.
+const CONCURRENT_REMOTE: usize = 20;
+
+/// Asks each server, `CONCURRENT_REMOTE` at a time,
+/// `POST /_matrix/federation/v1/user/keys/{endpoint}` with its users under
+/// `field`; returns the answers, and records the servers that failed in
+/// `failures` (as `/keys/query` and `/keys/claim` report them). Every failure
+/// reads the same, whatever the cause (refused, timed out, TLS, an error
+/// answer), so the endpoint tells nothing about hosts and ports.
 async fn ask_servers(
     app: &AppState,
     remote: BTreeMap<String, Map<String, Value>>,
@@ -240,17 +249,34 @@ async fn ask_servers(
     field: &str,
     failures: &mut Map<String, Value>,
 ) -> Vec<(String, Value)> {
-    let replies = futures_util::future::join_all(remote.into_iter().map(|(server, users)| async {
-        let reply = super::federation::e2ee::user_keys(app, &server, endpoint, field, users).await;
-        (server, reply)
-    }))
-    .await;
+    use futures_util::StreamExt;
+    let mut remote = remote.into_iter();
+    let asked: Vec<_> = remote.by_ref().take(MAX_REMOTE_SERVERS).collect();
+    for (server, _) in remote {
+        failures.insert(
+            server,
+            json!({ "errcode": "M_LIMIT_EXCEEDED", "error": "Too many servers in one request" }),
+        );
+    }
+    let replies: Vec<_> =
+        futures_util::stream::iter(asked.into_iter().map(|(server, users)| async {
+            let reply =
+                super::federation::e2ee::user_keys(app, &server, endpoint, field, users).await;
+            (server, reply)
+        }))
+        .buffer_unordered(CONCURRENT_REMOTE)
+        .collect()
+        .await;
     let mut answers = Vec::new();
     for (server, reply) in replies {
         match reply {
             Ok(reply) => answers.push((server, reply)),
             Err(e) => {
-                failures.insert(server, json!({ "errcode": "M_UNAVAILABLE", "error": e }));
+                tracing::info!(%server, error = %e, "remote keys {endpoint} failed");
+                failures.insert(
+                    server,
+                    json!({ "errcode": "M_UNAVAILABLE", "error": "The server could not be reached" }),
+                );
             }
         }
     }

@@ -10,6 +10,11 @@
 //! [`GIVE_UP_AFTER`] is skipped, as Synapse does, so a dead gateway costs one
 //! request per backoff period and never delays other pushers. Pushkeys the
 //! gateway reports as `rejected` are deleted.
+//!
+//! Gateways are reached through an [`OutboundClient`] with the federation
+//! address policy: a URL naming a refused address is refused when set, a name
+//! resolving only to refused addresses is never connected to, and a redirect
+//! is a failure, never followed (it would carry the notification elsewhere).
 
 use std::{
     collections::HashMap,
@@ -24,6 +29,7 @@ use super::{read::Viewer, session::Session};
 use crate::{
     app::AppState,
     error::{Error, Result},
+    outbound::{self, OutboundClient, OutboundPolicy},
     storage::{events, now_ms, pushers as rows, pushers::Pusher, rooms, state, user_streams},
 };
 
@@ -31,6 +37,8 @@ const FIRST_RETRY: Duration = Duration::from_secs(1);
 const MAX_RETRY: Duration = Duration::from_secs(10 * 60);
 const GIVE_UP_AFTER: Duration = Duration::from_secs(24 * 60 * 60);
 const NOTIFY_PATH: &str = "/_matrix/push/v1/notify";
+/// The largest gateway answer read (it only lists rejected pushkeys).
+const MAX_GATEWAY_ANSWER: usize = 64 * 1024;
 
 fn required_str<'a>(body: &'a Value, key: &str) -> Result<&'a str> {
     body[key]
@@ -76,6 +84,14 @@ pub async fn set(app: &AppState, session: &Session, body: &Value) -> Result<()> 
         return Err(Error::invalid_param(format!(
             "'url' must be an http(s) URL with the path '{NOTIFY_PATH}'"
         )));
+    }
+    // An address the outbound policy refuses is refused now when the URL names
+    // it; a name is checked at each delivery, as it resolves then.
+    if let Err(e) = OutboundPolicy::federation(&app.config).check_url(&parsed) {
+        tracing::info!(%user, error = %e, "pusher URL refused");
+        return Err(Error::invalid_param(
+            "'url' points to an address push gateways may not have",
+        ));
     }
     let optional = |key: &str| -> Result<Option<String>> {
         match &body[key] {
@@ -212,13 +228,26 @@ fn key(p: &Pusher) -> PusherKey {
     (p.user_id.clone(), p.app_id.clone(), p.pushkey.clone())
 }
 
+/// The client gateways are called with: the outbound policy of federation (as
+/// Synapse's `ip_range_blocklist` covers push gateways), and no redirect is
+/// followed (a gateway's redirect would re-send the notification elsewhere).
+fn client(app: &AppState) -> anyhow::Result<OutboundClient> {
+    OutboundClient::new(
+        OutboundPolicy::federation(&app.config),
+        &outbound::Options {
+            connect_timeout: Duration::from_secs(10),
+            timeout: Duration::from_secs(15),
+            https_only: false,
+            extra_ca_files: Vec::new(),
+            accept_invalid_certs: false,
+            user_agent: concat!("Lattice/", env!("CARGO_PKG_VERSION")).into(),
+        },
+    )
+}
+
 /// The push worker; runs until `shutdown`.
 pub async fn run(app: AppState, shutdown: CancellationToken) {
-    let client = match reqwest::Client::builder()
-        .timeout(Duration::from_secs(15))
-        .connect_timeout(Duration::from_secs(10))
-        .build()
-    {
+    let client = match client(&app) {
         Ok(c) => c,
         Err(e) => {
             tracing::error!("push worker: cannot build an HTTP client: {e}");
@@ -249,7 +278,7 @@ pub async fn run(app: AppState, shutdown: CancellationToken) {
 /// Sends what every due pusher has pending.
 async fn deliver(
     app: &AppState,
-    client: &reqwest::Client,
+    client: &OutboundClient,
     failing: &mut HashMap<PusherKey, Failing>,
 ) -> Result<()> {
     let pending = rows::pending(&app.db).await?;
@@ -301,15 +330,15 @@ async fn deliver(
 /// Sends one pusher's pending notifications in order; stops at the first failure.
 async fn deliver_one(
     app: &AppState,
-    client: &reqwest::Client,
+    client: &OutboundClient,
     pusher: &Pusher,
 ) -> anyhow::Result<()> {
     let data: Map<String, Value> = serde_json::from_str(&pusher.data)?;
     let url = data
         .get("url")
         .and_then(Value::as_str)
-        .ok_or_else(|| anyhow::anyhow!("pusher has no url"))?
-        .to_owned();
+        .ok_or_else(|| anyhow::anyhow!("pusher has no url"))?;
+    let url = reqwest::Url::parse(url)?;
     let event_id_only = data.get("format").and_then(Value::as_str) == Some("event_id_only");
     let mut device_data = data.clone();
     device_data.remove("url");
@@ -355,16 +384,26 @@ async fn deliver_one(
             )
             .await?;
         }
-        let response = client
-            .post(&url)
-            .json(&json!({ "notification": notification }))
-            .send()
-            .await?;
+        let mut request = reqwest::Request::new(http::Method::POST, url.clone());
+        request.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/json"),
+        );
+        *request.body_mut() =
+            Some(serde_json::to_vec(&json!({ "notification": notification }))?.into());
+        let response = client.send(request).await?;
         let status = response.status();
         if status.is_server_error() || status == reqwest::StatusCode::TOO_MANY_REQUESTS {
             anyhow::bail!("gateway answered {status}");
         }
-        let body: Value = response.json().await.unwrap_or_default();
+        if status.is_redirection() {
+            anyhow::bail!("gateway answered {status}; redirects are not followed");
+        }
+        let body: Value = outbound::read_limited(response, MAX_GATEWAY_ANSWER)
+            .await
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
         let rejected = status.is_client_error()
             || body["rejected"].as_array().is_some_and(|r| {
                 r.iter()

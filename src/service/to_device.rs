@@ -18,6 +18,11 @@ pub struct Message {
     pub content: String,
 }
 
+/// Remote servers one request may send to, at most: each costs an outbound
+/// transaction to a server the user names. (Clients send room keys in requests
+/// of at most 250 messages, so this never bites them.)
+pub const MAX_REMOTE_SERVERS: usize = 1000;
+
 pub async fn send(
     app: &AppState,
     session: &Session,
@@ -26,6 +31,16 @@ pub async fn send(
     messages: Vec<Message>,
 ) -> Result<()> {
     let sender = session.user_id.as_str();
+    let servers: std::collections::HashSet<&str> = messages
+        .iter()
+        .filter_map(|m| m.user_id.split_once(':').map(|(_, server)| server))
+        .filter(|server| *server != app.server_name.as_str())
+        .collect();
+    if servers.len() > MAX_REMOTE_SERVERS {
+        return Err(Error::invalid_param(format!(
+            "To-device messages for at most {MAX_REMOTE_SERVERS} servers per request"
+        )));
+    }
     let mut tx = app.db.begin().await?;
     if !user_streams::claim_to_device_txn(
         &mut *tx,

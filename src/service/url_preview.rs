@@ -1,18 +1,15 @@
 //! URL previews (`GET /_matrix/client/v1/media/preview_url`): OpenGraph data of
 //! a web page, its image stored as media. Off unless `media.url_preview.enabled`.
 //!
-//! Every hop is checked before connecting: the host is resolved here, each
-//! address is tested against `ip_range_blocklist` (loopback, private, link-local
-//! and reserved ranges by default) unless `ip_range_allowlist` covers it, and the
-//! request then goes to exactly the address checked (no second DNS lookup to
-//! rebind). Redirects are followed by hand, at most five, each checked the same
-//! way. Bodies stop at `max_bytes`; the whole preview at `timeout_secs`. Results
+//! Every hop goes through an [`OutboundClient`] with the `ip_range_blocklist`
+//! (loopback, private, link-local and reserved ranges by default) minus
+//! `ip_range_allowlist` of `media.url_preview`: IP-literal hosts are checked
+//! before connecting, names as they resolve, where the connection is made (no
+//! second DNS lookup to rebind). Redirects are followed by hand, at most five,
+//! each checked the same way. Bodies stop at `max_bytes`; the whole preview at `timeout_secs`. Results
 //! are cached for `cache_secs`.
 
-use std::{
-    net::{IpAddr, SocketAddr},
-    time::Duration,
-};
+use std::time::Duration;
 
 use serde_json::{Map, Value};
 
@@ -20,68 +17,28 @@ use super::{media, session::Session};
 use crate::{
     app::AppState,
     error::{Error, Result},
+    outbound::{self, OutboundClient, OutboundError, OutboundPolicy, ReadError},
     storage::{media as rows, now_ms},
 };
 
 const MAX_REDIRECTS: usize = 5;
 
-/// An address range, `address/prefix`.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Cidr {
-    addr: IpAddr,
-    prefix: u8,
-}
-
-impl Cidr {
-    pub fn parse(s: &str) -> Option<Self> {
-        let (addr, prefix) = match s.split_once('/') {
-            Some((a, p)) => (a.parse::<IpAddr>().ok()?, p.parse::<u8>().ok()?),
-            None => {
-                let a: IpAddr = s.parse().ok()?;
-                (a, if a.is_ipv4() { 32 } else { 128 })
-            }
-        };
-        let max = if addr.is_ipv4() { 32 } else { 128 };
-        (prefix <= max).then_some(Self { addr, prefix })
-    }
-
-    pub fn contains(&self, ip: IpAddr) -> bool {
-        // An IPv4-mapped IPv6 address is checked as the IPv4 address it maps.
-        let ip = match ip {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-            v4 => v4,
-        };
-        match (self.addr, ip) {
-            (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                let mask = u32::MAX
-                    .checked_shl(32 - u32::from(self.prefix))
-                    .unwrap_or(0);
-                u32::from(net) & mask == u32::from(ip) & mask
-            }
-            (IpAddr::V6(net), IpAddr::V6(ip)) => {
-                let mask = u128::MAX
-                    .checked_shl(128 - u32::from(self.prefix))
-                    .unwrap_or(0);
-                u128::from(net) & mask == u128::from(ip) & mask
-            }
-            _ => false,
-        }
-    }
-}
-
-fn ranges(list: &[String]) -> Vec<Cidr> {
-    list.iter().filter_map(|s| Cidr::parse(s)).collect()
-}
-
-/// Whether previews may connect to `ip`.
-pub fn ip_allowed(app: &AppState, ip: IpAddr) -> bool {
+/// The client previews fetch with: `media.url_preview`'s address ranges,
+/// redirects followed by hand.
+fn client(app: &AppState) -> Result<OutboundClient> {
     let cfg = &app.config.media.url_preview;
-    ranges(&cfg.ip_range_allowlist)
-        .iter()
-        .any(|c| c.contains(ip))
-        || !ranges(&cfg.ip_range_blocklist)
-            .iter()
-            .any(|c| c.contains(ip))
+    OutboundClient::new(
+        OutboundPolicy::url_preview(&app.config),
+        &outbound::Options {
+            connect_timeout: Duration::from_secs(cfg.timeout_secs),
+            timeout: Duration::from_secs(cfg.timeout_secs),
+            https_only: false,
+            extra_ca_files: Vec::new(),
+            accept_invalid_certs: false,
+            user_agent: "Lattice URL preview".into(),
+        },
+    )
+    .map_err(Error::Internal)
 }
 
 pub async fn preview(app: &AppState, session: &Session, url: &str) -> Result<Value> {
@@ -120,7 +77,8 @@ pub async fn preview(app: &AppState, session: &Session, url: &str) -> Result<Val
 }
 
 async fn build(app: &AppState, session: &Session, url: reqwest::Url) -> Result<Value> {
-    let (final_url, content_type, body) = fetch(app, url).await?;
+    let client = client(app)?;
+    let (final_url, content_type, body) = fetch(app, &client, url).await?;
     let mut og = Map::new();
     if content_type.starts_with("image/") {
         add_image(app, session, &content_type, body, &mut og).await?;
@@ -138,7 +96,7 @@ async fn build(app: &AppState, session: &Session, url: reqwest::Url) -> Result<V
     {
         og.remove("og:image");
         if let Ok(image_url) = final_url.join(&image)
-            && let Ok((_, image_type, bytes)) = fetch(app, image_url).await
+            && let Ok((_, image_type, bytes)) = fetch(app, &client, image_url).await
             && image_type.starts_with("image/")
         {
             add_image(app, session, &image_type, bytes, &mut og).await?;
@@ -174,85 +132,52 @@ async fn add_image(
 
 /// GETs `url`, following redirects by hand, every hop checked against the
 /// address ranges. Returns the final URL, content type and (bounded) body.
-async fn fetch(app: &AppState, mut url: reqwest::Url) -> Result<(reqwest::Url, String, Vec<u8>)> {
+async fn fetch(
+    app: &AppState,
+    client: &OutboundClient,
+    url: reqwest::Url,
+) -> Result<(reqwest::Url, String, Vec<u8>)> {
     let cfg = &app.config.media.url_preview;
-    for _ in 0..=MAX_REDIRECTS {
-        if !matches!(url.scheme(), "http" | "https") {
-            return Err(Error::forbidden("Only http and https URLs are previewed"));
-        }
-        let host = url
-            .host_str()
-            .ok_or_else(|| Error::invalid_param("URL without a host"))?
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_owned();
-        let port = url.port_or_known_default().unwrap_or(80);
-        let addrs: Vec<SocketAddr> = match host.parse::<IpAddr>() {
-            Ok(ip) => vec![SocketAddr::new(ip, port)],
-            Err(_) => tokio::net::lookup_host((host.as_str(), port))
-                .await
-                .map_err(|_| Error::not_found("Could not resolve the URL's host"))?
-                .collect(),
-        };
-        if addrs.is_empty() {
-            return Err(Error::not_found("Could not resolve the URL's host"));
-        }
-        if let Some(bad) = addrs.iter().find(|a| !ip_allowed(app, a.ip())) {
-            tracing::info!(%url, ip = %bad.ip(), "URL preview refused: address blocked");
-            return Err(Error::forbidden("IP address blocked"));
-        }
-        let client = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .resolve(&host, addrs[0])
-            .timeout(Duration::from_secs(cfg.timeout_secs))
-            .user_agent("Lattice URL preview")
-            .build()
-            .map_err(|e| anyhow::anyhow!("preview client: {e}"))?;
-        let response = client.get(url.clone()).send().await.map_err(|e| {
-            Error::new(
-                crate::error::ErrorKind::Unknown,
-                format!("Fetching the URL failed: {e}"),
-            )
-        })?;
-        let status = response.status();
-        if status.is_redirection() {
-            let location = response
-                .headers()
-                .get(reqwest::header::LOCATION)
-                .and_then(|l| l.to_str().ok())
-                .ok_or_else(|| Error::not_found("Redirect without a location"))?;
-            url = url
-                .join(location)
-                .map_err(|_| Error::not_found("Redirect to an invalid URL"))?;
-            continue;
-        }
-        if !status.is_success() {
-            return Err(Error::not_found(format!("The URL answered {status}")));
-        }
-        let content_type = response
-            .headers()
-            .get(reqwest::header::CONTENT_TYPE)
-            .and_then(|c| c.to_str().ok())
-            .unwrap_or("application/octet-stream")
-            .to_ascii_lowercase();
-        let mut body = Vec::new();
-        let mut response = response;
-        while let Some(chunk) = response
-            .chunk()
-            .await
-            .map_err(|e| anyhow::anyhow!("reading the URL: {e}"))?
-        {
-            if (body.len() + chunk.len()) as u64 > cfg.max_bytes {
-                return Err(Error::new(
-                    crate::error::ErrorKind::TooLarge,
-                    "The URL's content is too large to preview",
-                ));
+    let (url, response) = client
+        .get_following(url, MAX_REDIRECTS, None)
+        .await
+        .map_err(|e| match e {
+            OutboundError::Refused(why) => {
+                tracing::info!(why, "URL preview refused: address blocked");
+                Error::forbidden("IP address blocked")
             }
-            body.extend_from_slice(&chunk);
-        }
-        return Ok((url, content_type, body));
+            OutboundError::Invalid(why) => Error::not_found(format!("Cannot preview: {why}")),
+            // The same answer for every network failure (refused, timed out,
+            // TLS), so previews do not tell hosts and ports apart.
+            OutboundError::Unreachable(why) => {
+                tracing::info!(why, "URL preview fetch failed");
+                Error::new(crate::error::ErrorKind::Unknown, "Fetching the URL failed")
+            }
+        })?;
+    let status = response.status();
+    if !status.is_success() {
+        return Err(Error::not_found(format!("The URL answered {status}")));
     }
-    Err(Error::not_found("Too many redirects"))
+    let content_type = response
+        .headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|c| c.to_str().ok())
+        .unwrap_or("application/octet-stream")
+        .to_ascii_lowercase();
+    let limit = usize::try_from(cfg.max_bytes).unwrap_or(usize::MAX);
+    let body = outbound::read_limited(response, limit)
+        .await
+        .map_err(|e| match e {
+            ReadError::TooLarge => Error::new(
+                crate::error::ErrorKind::TooLarge,
+                "The URL's content is too large to preview",
+            ),
+            ReadError::Failed(why) => {
+                tracing::info!(why, "URL preview read failed");
+                Error::new(crate::error::ErrorKind::Unknown, "Fetching the URL failed")
+            }
+        })?;
+    Ok((url, content_type, body.to_vec()))
 }
 
 /// `og:*` meta tags of a page (and its `<title>` as `og:title` when it has none).
@@ -378,24 +303,6 @@ fn unescape(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn cidr_matching() {
-        let lo = Cidr::parse("127.0.0.0/8").unwrap();
-        assert!(lo.contains("127.1.2.3".parse().unwrap()));
-        assert!(!lo.contains("128.0.0.1".parse().unwrap()));
-        // IPv4-mapped IPv6 is checked as IPv4.
-        assert!(lo.contains("::ffff:127.0.0.1".parse().unwrap()));
-        let ula = Cidr::parse("fc00::/7").unwrap();
-        assert!(ula.contains("fd12::1".parse().unwrap()));
-        assert!(!ula.contains("2001:db8::1".parse().unwrap()));
-        assert_eq!(Cidr::parse("10.0.0.0/33"), None);
-        assert!(
-            Cidr::parse("0.0.0.0/0")
-                .unwrap()
-                .contains("8.8.8.8".parse().unwrap())
-        );
-    }
 
     #[test]
     fn open_graph_tags_and_title() {

@@ -16,6 +16,7 @@ mod federation;
 mod harness;
 mod hostile;
 mod media;
+mod outbound;
 mod push;
 mod rooms;
 pub mod sdk;

@@ -349,7 +349,11 @@ async fn gateway(
 
 #[tokio::test]
 async fn pushers_deliver_to_the_gateway_with_retry() {
-    let server = TestServer::start().await;
+    // Gateways are reached under the outbound address policy: allow the one
+    // loopback address the test gateway listens on.
+    let server =
+        TestServer::start_with(|c| c.federation.ip_range_allowlist = vec!["127.0.0.1/32".into()])
+            .await;
     let alice = server.register("alice", "pw").await;
     let bob = server.register("bob", "pw").await;
     let v3 = "/_matrix/client/v3";

@@ -49,10 +49,9 @@ async fn query_one(
 ) -> Result<Json<Value>> {
     let server =
         ServerName::parse(&server_name).map_err(|_| Error::invalid_param("Invalid server name"))?;
-    let found = keys::notary_response(&app, &server, q.minimum_valid_until_ts.unwrap_or(0)).await?;
-    Ok(Json(
-        json!({"server_keys": found.into_iter().collect::<Vec<_>>()}),
-    ))
+    let wanted = [(server, q.minimum_valid_until_ts.unwrap_or(0))];
+    let found = keys::notary_responses(&app, &wanted).await?;
+    Ok(Json(json!({"server_keys": found})))
 }
 
 #[derive(Deserialize)]
@@ -65,7 +64,8 @@ struct Criteria {
     minimum_valid_until_ts: Option<i64>,
 }
 
-/// At most this many servers per batch query: each may cost an outbound fetch.
+/// At most this many servers per batch query (of which at most
+/// `keys::MAX_NOTARY_FETCHES` are fetched; the rest come from the store).
 const MAX_BATCH: usize = 50;
 
 async fn query_batch(
@@ -77,19 +77,19 @@ async fn query_batch(
             "At most {MAX_BATCH} servers per query"
         )));
     }
-    let mut out = Vec::new();
-    for (server_name, criteria) in &body.server_keys {
-        let Ok(server) = ServerName::parse(server_name) else {
-            continue;
-        };
-        let minimum = criteria
-            .values()
-            .filter_map(|c| c.minimum_valid_until_ts)
-            .max()
-            .unwrap_or(0);
-        if let Some(response) = keys::notary_response(&app, &server, minimum).await? {
-            out.push(response);
-        }
-    }
+    let wanted: Vec<_> = body
+        .server_keys
+        .iter()
+        .filter_map(|(server_name, criteria)| {
+            let server = ServerName::parse(server_name).ok()?;
+            let minimum = criteria
+                .values()
+                .filter_map(|c| c.minimum_valid_until_ts)
+                .max()
+                .unwrap_or(0);
+            Some((server, minimum))
+        })
+        .collect();
+    let out = keys::notary_responses(&app, &wanted).await?;
     Ok(Json(json!({"server_keys": out})))
 }

@@ -40,6 +40,9 @@ where
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         let app = AppState::from_ref(state);
         let (parts, body) = req.into_parts();
+        // The header and the origin's key first: a request that cannot be
+        // authentic costs no body read.
+        let claimed = auth::check_header(&app, &parts.headers).await?;
         // Transactions carry up to 50 PDUs of 64 KiB and 100 EDUs.
         let limit = app
             .config
@@ -50,8 +53,7 @@ where
         if !bytes.is_empty() {
             super::ruma::check_json(&bytes)?;
         }
-        let origin =
-            auth::verify_request(&app, &parts.method, &parts.uri, &parts.headers, &bytes).await?;
+        let origin = auth::verify_signature(&app, claimed, &parts.method, &parts.uri, &bytes)?;
         crate::service::federation::sender::heard_from(&app, &origin).await;
         Ok(Self {
             origin,

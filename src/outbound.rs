@@ -1,0 +1,568 @@
+//! Every outbound HTTP request of the server goes through here: federation
+//! requests, `.well-known` discovery, key and notary fetches, the media
+//! `Location` follow-up, push gateways and URL previews.
+//!
+//! One [`OutboundPolicy`] (blocked ranges minus allowed ranges) decides which
+//! addresses may be connected to, and an [`OutboundClient`] applies it at the
+//! three places an address can come from:
+//! - a host name: every address it resolves to is checked by the client's DNS
+//!   resolver, where the connection is made, so nothing can change the answer
+//!   between the check and the connect;
+//! - an IP-literal host, which never reaches a resolver: the URL is checked
+//!   before the request is sent;
+//! - a redirect: clients built here never follow one themselves;
+//!   [`OutboundClient::get_following`] follows them hop by hop, each hop a new
+//!   checked request.
+//!
+//! [`OutboundClient::new`] is the only place a `reqwest::Client` is built (a
+//! test below checks that no other module builds one), and the client is never
+//! handed out, so no code path can send an unchecked request.
+
+use std::{
+    collections::HashMap,
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use anyhow::Context;
+use reqwest::{Url, header::LOCATION};
+
+use crate::config::Config;
+
+/// An address range, `address/prefix`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Cidr {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl Cidr {
+    pub fn parse(s: &str) -> Option<Self> {
+        let (addr, prefix) = match s.split_once('/') {
+            Some((a, p)) => (a.parse::<IpAddr>().ok()?, p.parse::<u8>().ok()?),
+            None => {
+                let a: IpAddr = s.parse().ok()?;
+                (a, if a.is_ipv4() { 32 } else { 128 })
+            }
+        };
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        (prefix <= max).then_some(Self { addr, prefix })
+    }
+
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        // An IPv4-mapped IPv6 address is checked as the IPv4 address it maps.
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Which addresses outbound requests may connect to: any address outside the
+/// blocked ranges, and blocked ones that an allowed range covers.
+#[derive(Clone, Debug)]
+pub struct OutboundPolicy {
+    block: Arc<[Cidr]>,
+    allow: Arc<[Cidr]>,
+}
+
+impl OutboundPolicy {
+    pub fn new(block: &[String], allow: &[String]) -> Self {
+        let parse = |l: &[String]| l.iter().filter_map(|s| Cidr::parse(s)).collect();
+        Self {
+            block: parse(block),
+            allow: parse(allow),
+        }
+    }
+
+    /// The `federation` ranges, which (like Synapse's `ip_range_blocklist`)
+    /// cover every server-to-server request and push gateways.
+    pub fn federation(config: &Config) -> Self {
+        let fed = &config.federation;
+        Self::new(&fed.ip_range_blocklist, &fed.ip_range_allowlist)
+    }
+
+    /// The `media.url_preview` ranges.
+    pub fn url_preview(config: &Config) -> Self {
+        let cfg = &config.media.url_preview;
+        Self::new(&cfg.ip_range_blocklist, &cfg.ip_range_allowlist)
+    }
+
+    pub fn allowed(&self, ip: IpAddr) -> bool {
+        self.allow.iter().any(|c| c.contains(ip)) || !self.block.iter().any(|c| c.contains(ip))
+    }
+
+    /// Checks what can be checked of a URL before connecting: the scheme, and
+    /// the host when it is an IP literal (names are checked as they resolve).
+    pub fn check_url(&self, url: &Url) -> Result<(), OutboundError> {
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(OutboundError::Refused(format!(
+                "the scheme {:?} is not fetched",
+                url.scheme()
+            )));
+        }
+        let host = url
+            .host_str()
+            .ok_or_else(|| OutboundError::Invalid("a URL without a host".into()))?;
+        // The URL parser has already turned every IPv4 spelling (decimal, hex,
+        // short forms) into dotted form, and IPv6 hosts are bracketed.
+        let Ok(ip) = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<IpAddr>()
+        else {
+            return Ok(());
+        };
+        if self.allowed(ip) {
+            Ok(())
+        } else {
+            Err(OutboundError::Refused(format!(
+                "{ip} is in a refused range"
+            )))
+        }
+    }
+}
+
+/// Why an outbound request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum OutboundError {
+    /// Refused locally: an address the policy refuses, a scheme not fetched.
+    #[error("refused: {0}")]
+    Refused(String),
+    /// Not reached, or no (complete) answer in time.
+    #[error("{0}")]
+    Unreachable(String),
+    /// A URL or redirect that cannot be followed.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// The resolver's refusal, found again in reqwest's error chain.
+#[derive(Debug, thiserror::Error)]
+#[error("no address of {0} is permitted")]
+struct RefusedName(String);
+
+/// DNS for outbound clients: a name is resolved by the system resolver (or,
+/// when routed, its route's target is: federation SRV targets), and loses
+/// every address the policy refuses; a name left with none fails to connect.
+struct GuardedResolver {
+    policy: OutboundPolicy,
+    /// Name in the URL → host whose addresses to connect to.
+    routes: Mutex<HashMap<String, String>>,
+}
+
+impl reqwest::dns::Resolve for GuardedResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let host = self
+            .routes
+            .lock()
+            .expect("outbound routes")
+            .get(name.as_str())
+            .cloned()
+            .unwrap_or_else(|| name.as_str().to_owned());
+        let policy = self.policy.clone();
+        Box::pin(async move {
+            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
+                .await?
+                .filter(|a| {
+                    let ok = policy.allowed(a.ip());
+                    if !ok {
+                        tracing::debug!(%host, ip = %a.ip(), "outbound address refused");
+                    }
+                    ok
+                })
+                .collect();
+            if addrs.is_empty() {
+                return Err(Box::new(RefusedName(host)) as Box<_>);
+            }
+            Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
+}
+
+/// How an [`OutboundClient`] connects.
+pub struct Options {
+    pub connect_timeout: Duration,
+    /// Time limit of one request (one hop), answer body included.
+    pub timeout: Duration,
+    /// Refuse plain `http` URLs.
+    pub https_only: bool,
+    /// PEM files of certificate authorities trusted besides the Mozilla roots.
+    pub extra_ca_files: Vec<PathBuf>,
+    /// Accept any certificate (isolated test set-ups only).
+    pub accept_invalid_certs: bool,
+    pub user_agent: String,
+}
+
+/// Routes kept at most; past this they are dropped (and their owner told, so it
+/// can resolve again).
+pub const MAX_ROUTES: usize = 10_000;
+
+/// An HTTP client that sends only what its policy permits and follows no
+/// redirect on its own.
+pub struct OutboundClient {
+    http: reqwest::Client,
+    policy: OutboundPolicy,
+    resolver: Arc<GuardedResolver>,
+}
+
+impl OutboundClient {
+    pub fn new(policy: OutboundPolicy, options: &Options) -> anyhow::Result<Self> {
+        let resolver = Arc::new(GuardedResolver {
+            policy: policy.clone(),
+            routes: Mutex::default(),
+        });
+        let mut builder = reqwest::Client::builder()
+            .use_rustls_tls()
+            .https_only(options.https_only)
+            .dns_resolver(resolver.clone())
+            // A proxy would resolve the name instead of our resolver.
+            .no_proxy()
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(options.connect_timeout)
+            .timeout(options.timeout)
+            // Below the idle timeouts servers commonly use (60 s here and in
+            // nginx), so a pooled connection is not reused just as the peer
+            // closes it.
+            .pool_idle_timeout(Duration::from_secs(45))
+            .user_agent(options.user_agent.as_str());
+        for file in &options.extra_ca_files {
+            let pem = std::fs::read(file)
+                .with_context(|| format!("reading CA file {}", file.display()))?;
+            for cert in reqwest::Certificate::from_pem_bundle(&pem)
+                .with_context(|| format!("parsing CA file {}", file.display()))?
+            {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        if options.accept_invalid_certs {
+            builder = builder.danger_accept_invalid_certs(true);
+        }
+        let http = builder.build().context("building an HTTP client")?;
+        Ok(Self {
+            http,
+            policy,
+            resolver,
+        })
+    }
+
+    pub fn policy(&self) -> &OutboundPolicy {
+        &self.policy
+    }
+
+    /// Connects requests for `name` to the addresses of `connect_host` (still
+    /// checked). Returns false when the route table was full and was emptied
+    /// first, so the caller can forget what relied on older routes.
+    pub fn route(&self, name: &str, connect_host: &str) -> bool {
+        let mut routes = self.resolver.routes.lock().expect("outbound routes");
+        let kept = routes.len() < MAX_ROUTES || routes.contains_key(name);
+        if !kept {
+            routes.clear();
+        }
+        routes.insert(name.to_owned(), connect_host.to_owned());
+        kept
+    }
+
+    /// Sends one request; a redirect is returned as it is, not followed.
+    pub async fn send(
+        &self,
+        request: reqwest::Request,
+    ) -> Result<reqwest::Response, OutboundError> {
+        self.policy.check_url(request.url())?;
+        let url = request.url().clone();
+        self.http.execute(request).await.map_err(|e| {
+            if find_in_chain::<RefusedName>(&e) {
+                OutboundError::Refused(format!("{}: no permitted address", host_of(&url)))
+            } else {
+                OutboundError::Unreachable(format!("{}: {}", host_of(&url), error_chain(&e)))
+            }
+        })
+    }
+
+    /// `GET url`, following at most `max_redirects` redirects, each hop checked
+    /// like the first. Returns the final URL and its answer.
+    pub async fn get_following(
+        &self,
+        mut url: Url,
+        max_redirects: usize,
+        timeout: Option<Duration>,
+    ) -> Result<(Url, reqwest::Response), OutboundError> {
+        for _ in 0..=max_redirects {
+            let mut request = reqwest::Request::new(http::Method::GET, url.clone());
+            *request.timeout_mut() = timeout;
+            let response = self.send(request).await?;
+            if !response.status().is_redirection() {
+                return Ok((url, response));
+            }
+            let location = response
+                .headers()
+                .get(LOCATION)
+                .and_then(|l| l.to_str().ok())
+                .ok_or_else(|| OutboundError::Invalid("a redirect without a location".into()))?;
+            url = url
+                .join(location)
+                .map_err(|_| OutboundError::Invalid("a redirect to an invalid URL".into()))?;
+        }
+        Err(OutboundError::Invalid("too many redirects".into()))
+    }
+}
+
+/// A response body, refused past `limit` bytes.
+pub async fn read_limited(
+    mut response: reqwest::Response,
+    limit: usize,
+) -> Result<bytes::Bytes, ReadError> {
+    if response.content_length().is_some_and(|l| l > limit as u64) {
+        return Err(ReadError::TooLarge);
+    }
+    let mut bytes = Vec::new();
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|e| ReadError::Failed(error_chain(&e)))?
+    {
+        if bytes.len() + chunk.len() > limit {
+            return Err(ReadError::TooLarge);
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    Ok(bytes.into())
+}
+
+/// Why reading an answer's body failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("response too large")]
+    TooLarge,
+    #[error("reading the response: {0}")]
+    Failed(String),
+}
+
+fn host_of(url: &Url) -> String {
+    match (url.host_str(), url.port()) {
+        (Some(h), Some(p)) => format!("{h}:{p}"),
+        (Some(h), None) => h.to_owned(),
+        _ => url.to_string(),
+    }
+}
+
+fn find_in_chain<E: std::error::Error + 'static>(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current = Some(e);
+    while let Some(err) = current {
+        if err.is::<E>() {
+            return true;
+        }
+        current = err.source();
+    }
+    false
+}
+
+/// An error with its sources, for logs ("connection refused" hides in a source).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options() -> Options {
+        Options {
+            connect_timeout: Duration::from_secs(5),
+            timeout: Duration::from_secs(5),
+            https_only: false,
+            extra_ca_files: Vec::new(),
+            accept_invalid_certs: false,
+            user_agent: "test".into(),
+        }
+    }
+
+    #[test]
+    fn cidr_matching() {
+        let lo = Cidr::parse("127.0.0.0/8").unwrap();
+        assert!(lo.contains("127.1.2.3".parse().unwrap()));
+        assert!(!lo.contains("128.0.0.1".parse().unwrap()));
+        // IPv4-mapped IPv6 is checked as IPv4.
+        assert!(lo.contains("::ffff:127.0.0.1".parse().unwrap()));
+        let ula = Cidr::parse("fc00::/7").unwrap();
+        assert!(ula.contains("fd12::1".parse().unwrap()));
+        assert!(!ula.contains("2001:db8::1".parse().unwrap()));
+        assert_eq!(Cidr::parse("10.0.0.0/33"), None);
+        assert!(
+            Cidr::parse("0.0.0.0/0")
+                .unwrap()
+                .contains("8.8.8.8".parse().unwrap())
+        );
+    }
+
+    /// IP-literal hosts in every spelling a URL parser accepts are checked.
+    #[test]
+    fn ip_literal_urls_are_checked() {
+        let policy = OutboundPolicy::new(
+            &crate::config::default_ip_blocklist(),
+            &["127.0.0.1/32".into()],
+        );
+        for refused in [
+            "https://127.0.0.2/x",
+            "http://127.0.0.2:8080/x",
+            "https://2130706434/x",
+            "https://0x7f.0.0.2/x",
+            "https://[::ffff:127.0.0.2]/x",
+            "https://[::1]/x",
+            "https://10.1.2.3/x",
+            "https://169.254.169.254/latest/meta-data",
+        ] {
+            let url = Url::parse(refused).unwrap();
+            assert!(
+                matches!(policy.check_url(&url), Err(OutboundError::Refused(_))),
+                "{refused}"
+            );
+        }
+        for allowed in ["https://127.0.0.1:8448/x", "https://example.org/x"] {
+            assert!(
+                policy.check_url(&Url::parse(allowed).unwrap()).is_ok(),
+                "{allowed}"
+            );
+        }
+        assert!(matches!(
+            policy.check_url(&Url::parse("file:///etc/passwd").unwrap()),
+            Err(OutboundError::Refused(_))
+        ));
+    }
+
+    /// A name whose addresses are all refused fails as refused, before any
+    /// connection (nothing listens on the port, so a connection attempt would
+    /// show as unreachable instead).
+    #[tokio::test]
+    async fn names_resolving_to_refused_addresses_are_refused() {
+        let policy = OutboundPolicy::new(&crate::config::default_ip_blocklist(), &[]);
+        let client = OutboundClient::new(policy, &options()).unwrap();
+        let request = reqwest::Request::new(
+            http::Method::GET,
+            Url::parse("http://localhost:9/").unwrap(),
+        );
+        let err = client.send(request).await.unwrap_err();
+        assert!(matches!(err, OutboundError::Refused(_)), "{err}");
+        // A route to a refused host is refused the same way.
+        client.route("routed.invalid", "localhost");
+        let request = reqwest::Request::new(
+            http::Method::GET,
+            Url::parse("http://routed.invalid:9/").unwrap(),
+        );
+        let err = client.send(request).await.unwrap_err();
+        assert!(matches!(err, OutboundError::Refused(_)), "{err}");
+    }
+
+    /// Every redirect hop is checked: a redirect to a refused IP literal is
+    /// refused, and its target never hit.
+    #[tokio::test]
+    async fn redirect_hops_are_checked() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let hits = Arc::new(AtomicUsize::new(0));
+        let inner = tokio::net::TcpListener::bind("127.0.0.2:0").await.unwrap();
+        let inner_addr = inner.local_addr().unwrap();
+        let counted = hits.clone();
+        tokio::spawn(async move {
+            while let Ok((socket, _)) = inner.accept().await {
+                counted.fetch_add(1, Ordering::SeqCst);
+                drop(socket);
+            }
+        });
+        let outer = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let outer_addr = outer.local_addr().unwrap();
+        let app = axum::Router::new().route(
+            "/",
+            axum::routing::get(move || async move {
+                axum::response::Redirect::temporary(&format!("http://{inner_addr}/secret"))
+            }),
+        );
+        tokio::spawn(async move { axum::serve(outer, app).await.unwrap() });
+
+        let policy = OutboundPolicy::new(
+            &crate::config::default_ip_blocklist(),
+            &["127.0.0.1/32".into()],
+        );
+        let client = OutboundClient::new(policy, &options()).unwrap();
+        let url = Url::parse(&format!("http://{outer_addr}/")).unwrap();
+        let err = client
+            .get_following(url.clone(), 5, None)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, OutboundError::Refused(_)), "{err}");
+        // Not followed at all by a plain send: the 307 comes back as it is.
+        let response = client
+            .send(reqwest::Request::new(http::Method::GET, url))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), reqwest::StatusCode::TEMPORARY_REDIRECT);
+        assert_eq!(hits.load(Ordering::SeqCst), 0);
+    }
+
+    /// No module but this one builds an HTTP client, so none can skip the
+    /// policy. (The benchmark binaries under `src/bin` talk to our own server.)
+    #[test]
+    fn no_other_module_builds_an_http_client() {
+        fn walk(dir: &std::path::Path, out: &mut Vec<PathBuf>) {
+            for entry in std::fs::read_dir(dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    if !path.ends_with("bin") {
+                        walk(&path, out);
+                    }
+                } else if path.extension().is_some_and(|e| e == "rs") {
+                    out.push(path);
+                }
+            }
+        }
+        let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut files = Vec::new();
+        walk(&src, &mut files);
+        assert!(files.len() > 20, "walked {}", src.display());
+        let patterns = [
+            "Client::builder(",
+            "ClientBuilder",
+            "reqwest::Client::new",
+            "reqwest::Client;",
+            "reqwest::get(",
+            "hyper_util::client",
+            "TcpStream::connect",
+        ];
+        for file in files {
+            if file.ends_with("outbound.rs") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&file).unwrap();
+            for pattern in patterns {
+                assert!(
+                    !text.contains(pattern),
+                    "{} contains {pattern:?}: build outbound clients with outbound::OutboundClient",
+                    file.display()
+                );
+            }
+        }
+    }
+}
