@@ -453,7 +453,6 @@ async fn readable_event(
         .await?
         .filter(|e| e.room_id == room_id.as_str())
         .ok_or_else(not_found)?;
-    // Outliers (no state of their own) are not served here.
     if !view.may_see(&stored).await? {
         return Err(not_found());
     }

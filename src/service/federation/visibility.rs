@@ -11,6 +11,9 @@
 //! - `invited`: visible when one of the server's users was invited;
 //! - otherwise (`joined`, unknown values fall back to `shared`): not visible.
 //!
+//! Outliers (auth and state events held without state of their own) are
+//! visible to servers with a joined user when they are state events.
+//!
 //! Reading the graph around events (state, auth chains, backfill, missing
 //! events) also needs a joined user now, as Synapse requires.
 
@@ -67,9 +70,16 @@ impl<'a> ServerView<'a> {
     pub async fn visible(&mut self, stored: &[StoredEvent]) -> Result<Vec<bool>> {
         let groups: Vec<i64> = stored.iter().filter_map(|e| e.state_group).collect();
         self.prefetch(&groups).await?;
+        let in_room = self.in_room();
         Ok(stored
             .iter()
-            .map(|e| e.state_group.is_some_and(|g| self.seen[&g]))
+            .map(|e| match e.state_group {
+                Some(g) => self.seen[&g],
+                // An outlier (an auth or state event held without its own
+                // state, from a join through another server): state is what
+                // joined servers read anyway.
+                None => in_room && e.state_key.is_some(),
+            })
             .collect())
     }
 
