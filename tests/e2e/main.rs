@@ -15,6 +15,7 @@ mod federation;
 mod harness;
 mod media;
 mod push;
+mod redaction;
 mod rooms;
 pub mod sdk;
 mod sliding;
