@@ -5,7 +5,8 @@
 //! - `history_visibility` is `world_readable`; or
 //! - the user's membership was `join`; or
 //! - it is `shared` and the user is joined now; or
-//! - it is `invited` and the user's membership was `invite`.
+//! - it is `invited` and the user's membership was `invite` (or `join`): from
+//!   the invite on, never before it.
 //!
 //! Redactions that were not applied (see `domain::redaction`) are withheld.
 //!
@@ -214,9 +215,9 @@ impl<'a> Viewer<'a> {
         Ok(match visibility.as_str() {
             "world_readable" => true,
             "shared" => self.is_joined() || membership_then.as_deref() == Some("join"),
-            "invited" => {
-                matches!(membership_then.as_deref(), Some("join" | "invite")) || self.is_joined()
-            }
+            // From the invite on only: joining later does not open what came
+            // before it.
+            "invited" => matches!(membership_then.as_deref(), Some("join" | "invite")),
             _ => membership_then.as_deref() == Some("join"),
         })
     }

@@ -13,6 +13,7 @@ mod embedded;
 mod errors;
 mod federation;
 mod harness;
+mod hidden_history;
 mod media;
 mod push;
 mod redaction;
