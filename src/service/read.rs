@@ -8,7 +8,8 @@
 //! - it is `invited` and the user's membership was `invite` (or `join`): from
 //!   the invite on, never before it.
 //!
-//! Redactions that were not applied (see `domain::redaction`) are withheld.
+//! An event of another room is never visible through a room's viewer, and
+//! redactions that were not applied (see `domain::redaction`) are withheld.
 //!
 //! Room state is readable by current members, by anyone in world-readable rooms,
 //! and, for users who left or were banned, as it was when they left.
@@ -200,6 +201,11 @@ impl<'a> Viewer<'a> {
         event_type: &str,
         state_group: Option<i64>,
     ) -> Result<bool> {
+        // Relations and thread roots name events by ID, from any room: a room's
+        // viewer sees only that room's.
+        if room_id != self.room_id.as_str() {
+            return Ok(false);
+        }
         let Some(group) = state_group else {
             return Ok(false);
         };

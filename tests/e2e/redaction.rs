@@ -2,7 +2,7 @@
 //! a powered user, an unpowered member, a non-member, a remote server) ×
 //! target (same room, other room) × room version (10, 11, 12), asserting what
 //! another member then reads: whether the target's content is blanked in
-//! `/event` and `/messages`.
+//! `/event` and `/messages`, and which relations are served.
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 use crate::harness::{Login, TestServer, dev_tls, enc};
 
 const V3: &str = "/_matrix/client/v3";
+const V1: &str = "/_matrix/client/v1";
 
 /// Whether `event` reads as redacted to `viewer` in `/event` and in
 /// `/messages` (the two must agree).
@@ -364,6 +365,100 @@ async fn send_redaction_needs_its_target() {
         )
         .await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+}
+
+/// Relations name their parent by ID, from any room: a room's `/relations`,
+/// `/threads` and bundled thread summaries count only that room's events.
+#[tokio::test]
+async fn relations_and_threads_stay_in_their_room() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice", "alice-password").await;
+    let eve = server.register("eve", "eve-password").await;
+    let private = server
+        .create_room(&alice, json!({"preset": "private_chat"}))
+        .await;
+    let root = server
+        .send_message(&alice, &private, msg("private root"))
+        .await;
+    let thread = |body: &str, parent: &str| {
+        json!({"msgtype": "m.text", "body": body,
+               "m.relates_to": {"rel_type": "m.thread", "event_id": parent}})
+    };
+    let reply = server
+        .send_message(&alice, &private, thread("real reply", &root))
+        .await;
+
+    // Eve, in a room of her own, threads onto and reacts to the private root.
+    let own = server.create_room(&eve, json!({})).await;
+    server
+        .send_message(&eve, &own, thread("eve's reply", &root))
+        .await;
+    let (status, body) = server
+        .put(
+            &format!("{V3}/rooms/{}/send/m.reaction/r1", enc(&own)),
+            Some(&eve.access_token),
+            json!({"m.relates_to": {"rel_type": "m.annotation", "event_id": root, "key": "x"}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    // Eve's room does not list the private root as a thread of hers.
+    let (status, threads) = server
+        .get(
+            &format!("{V1}/rooms/{}/threads", enc(&own)),
+            Some(&eve.access_token),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{threads}");
+    assert_eq!(threads["chunk"], json!([]), "{threads}");
+    assert!(!threads.to_string().contains("private root"), "{threads}");
+    // Nor serves the root's relations through her room.
+    let (status, body) = server
+        .get(
+            &format!("{V1}/rooms/{}/relations/{}", enc(&own), enc(&root)),
+            Some(&eve.access_token),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+
+    // Alice's room: only its own reply, in /relations, /threads and the
+    // bundled summary.
+    let (status, relations) = server
+        .get(
+            &format!("{V1}/rooms/{}/relations/{}", enc(&private), enc(&root)),
+            Some(&alice.access_token),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{relations}");
+    let ids: Vec<&str> = relations["chunk"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["event_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, vec![reply.as_str()], "{relations}");
+    let (status, ev) = server
+        .get(
+            &format!("{V3}/rooms/{}/event/{}", enc(&private), enc(&root)),
+            Some(&alice.access_token),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{ev}");
+    let summary = &ev["unsigned"]["m.relations"]["m.thread"];
+    assert_eq!(summary["count"], 1, "{ev}");
+    assert_eq!(summary["latest_event"]["event_id"], reply, "{ev}");
+    let (status, threads) = server
+        .get(
+            &format!("{V1}/rooms/{}/threads", enc(&private)),
+            Some(&alice.access_token),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{threads}");
+    assert_eq!(threads["chunk"].as_array().unwrap().len(), 1, "{threads}");
+    assert_eq!(
+        threads["chunk"][0]["unsigned"]["m.relations"]["m.thread"]["count"], 1,
+        "{threads}"
+    );
 }
 
 // ---- Remote actors: a second server signs PDUs of its user and sends them.
