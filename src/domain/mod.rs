@@ -5,6 +5,7 @@ pub mod localpart;
 pub mod multipart;
 pub mod password;
 pub mod pdu;
+pub mod redaction;
 pub mod room_version;
 pub mod state_res;
 pub mod token;

@@ -29,6 +29,7 @@ pub struct Pdu {
     pub state_key: Option<String>,
     pub prev_events: Vec<OwnedEventId>,
     pub auth_events: Vec<OwnedEventId>,
+    /// The top-level `redacts` (see `redaction::target` for the room version's).
     pub redacts: Option<OwnedEventId>,
     pub depth: i64,
     pub rejected: bool,
@@ -80,8 +81,9 @@ impl Pdu {
         let content = field("content")
             .filter(|c| c.is_object())
             .ok_or_else(|| PduError::Malformed("missing `content`".into()))?;
+        // The top-level `redacts` (room versions up to 10); from v11 on it is in
+        // `content`: `redaction::target` reads the one the room version uses.
         let redacts = field("redacts")
-            .or_else(|| content.get("redacts"))
             .and_then(Value::as_str)
             .and_then(|s| EventId::parse(s).ok());
         Ok(Self {

@@ -24,10 +24,11 @@ use crate::{
     domain::{
         auth,
         pdu::{self, Built, NewEvent, Pdu, PduError, Position},
+        redaction::{self, Refusal},
     },
     error::{Error, ErrorKind, Result},
     notify::InFlight,
-    storage::{Postgres, Transaction, events, now_ms, relations, rooms, search, state},
+    storage::{Postgres, Transaction, events, now_ms, redactions, relations, rooms, search, state},
 };
 
 /// Deltas a state group may stack on its snapshot before a new snapshot is written:
@@ -250,6 +251,10 @@ pub async fn prepare(
     event: NewEvent,
 ) -> Result<Built> {
     let kind: TimelineEventType = event.kind.as_str().into();
+    if kind == TimelineEventType::RoomRedaction && event.state_key.is_some() {
+        // The spec gives a state-keyed `m.room.redaction` no meaning.
+        return Err(Error::bad_json(Refusal::StateKey.to_string()));
+    }
     let content_raw = to_raw_value(&event.content).map_err(|e| Error::bad_json(e.to_string()))?;
     let keys = auth_keys(
         &room.rules,
@@ -491,12 +496,10 @@ pub async fn write_event(
         )
         .await?;
     }
-    if pdu.kind == TimelineEventType::RoomRedaction
-        && let Some(redacts) = &pdu.redacts
-    {
-        events::set_redacted_by(&mut **tx, redacts.as_str(), event_id.as_str()).await?;
-        search::remove(&mut **tx, redacts.as_str()).await?;
-    }
+    // Our users' events are created here, and no redaction can name an event
+    // before it exists (its ID is its hash): only others' are looked up.
+    let received = pdu.sender.server_name() != app.server_name;
+    settle_redactions(tx, app, &room.rules, &pdu, group, received).await?;
     if let Ok(content) = serde_json::from_str::<serde_json::Value>(pdu.content.get())
         && let Some((key, text)) = super::search::indexable(&event_type, &content)
     {
@@ -521,6 +524,129 @@ pub async fn write_event(
         event_id,
         stream_ordering: stream,
     })
+}
+
+/// What a newly written event changes about redactions (spec: "Handling
+/// redactions"), by the one rule of [`redaction::check`]:
+/// - a redaction whose original is known is applied when allowed, else held;
+/// - one whose original is not known yet is held until it is;
+/// - with `look_up_held`, held redactions naming this event are applied now if
+///   allowed.
+///
+/// Held redactions are withheld from clients (`read::Viewer::may_see`). Every
+/// writer calls this: [`write_event`] (local events, `/send`, joins) and backfill.
+/// `state_group` is the state stored with the event (for a redaction, a message
+/// event, the state before it).
+pub async fn settle_redactions(
+    tx: &mut Transaction<'_, Postgres>,
+    app: &AppState,
+    rules: &RoomVersionRules,
+    event: &Pdu,
+    state_group: Option<i64>,
+    look_up_held: bool,
+) -> Result<()> {
+    if let Some(target) = redaction::target(rules, event) {
+        let applied = match redactions::origin(&mut **tx, target.as_str()).await? {
+            Some(original) => {
+                apply_redaction(tx, app, rules, event, state_group, &target, original).await?
+            }
+            None => false,
+        };
+        if !applied {
+            redactions::hold(
+                &mut **tx,
+                event.event_id.as_str(),
+                target.as_str(),
+                event.room_id.as_str(),
+            )
+            .await?;
+        }
+    }
+    if !look_up_held {
+        return Ok(());
+    }
+    for id in redactions::naming(&mut **tx, event.event_id.as_str()).await? {
+        let Some(stored) = events::get(&mut **tx, &id).await? else {
+            continue;
+        };
+        let held = EventId::parse(&stored.event_id)
+            .ok()
+            .and_then(|eid| Pdu::from_json(&eid, &stored.json).ok());
+        let Some(held) = held else {
+            continue;
+        };
+        let original = (event.room_id.to_string(), event.sender.to_string());
+        if apply_redaction(
+            tx,
+            app,
+            rules,
+            &held,
+            stored.state_group,
+            &event.event_id,
+            original,
+        )
+        .await?
+        {
+            redactions::release(&mut **tx, &id).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Redacts `target` (sent by `original.1` in room `original.0`) if
+/// [`redaction::check`] allows `redacting` with the power levels of
+/// `state_group`. Our own users are trusted only for their own events or with
+/// power (not for their server's sake: this is their server).
+async fn apply_redaction(
+    tx: &mut Transaction<'_, Postgres>,
+    app: &AppState,
+    rules: &RoomVersionRules,
+    redacting: &Pdu,
+    state_group: Option<i64>,
+    target: &EventId,
+    (original_room, original_sender): (String, String),
+) -> Result<bool> {
+    let (Ok(original_room), Ok(original_sender)) = (
+        RoomId::parse(&original_room),
+        UserId::parse(&original_sender),
+    ) else {
+        return Ok(false);
+    };
+    let local = redacting.sender.server_name() == app.server_name;
+    let allowed = |grant: redaction::Grant| !local || grant.allows_local();
+    let granted = match redaction::check(redacting, &original_room, &original_sender, None) {
+        Ok(grant) if allowed(grant) => true,
+        Ok(_) | Err(Refusal::NoPower) => {
+            let power = power_levels_at(tx, rules, state_group).await?;
+            redaction::check(redacting, &original_room, &original_sender, power.as_ref())
+                .is_ok_and(allowed)
+        }
+        Err(_) => false,
+    };
+    if granted {
+        events::set_redacted_by(&mut **tx, target.as_str(), redacting.event_id.as_str()).await?;
+        search::remove(&mut **tx, target.as_str()).await?;
+    }
+    Ok(granted)
+}
+
+/// The power levels (with the room's creators) of a state group, as the
+/// redaction rule reads them.
+async fn power_levels_at(
+    tx: &mut Transaction<'_, Postgres>,
+    rules: &RoomVersionRules,
+    state_group: Option<i64>,
+) -> Result<Option<ruma::events::room::power_levels::RoomPowerLevels>> {
+    let keys = [
+        ("m.room.power_levels".to_owned(), String::new()),
+        ("m.room.create".to_owned(), String::new()),
+    ];
+    let state = state_events(tx, state_group, &keys).await?;
+    Ok(redaction::power_levels(
+        rules,
+        state.get(&keys[0]),
+        state.get(&keys[1]),
+    ))
 }
 
 /// A new state group: the parent's state plus one entry, stored as
@@ -638,14 +764,16 @@ pub async fn send(
     Ok(appended.event_id)
 }
 
-/// `PUT /rooms/{roomId}/redact/{eventId}/{txnId}`: the sender may redact their own
-/// events, or others' with the `redact` power level.
+/// `PUT /rooms/{roomId}/redact/{eventId}/{txnId}` and `PUT /rooms/{roomId}/send/
+/// m.room.redaction/{txnId}`: the sender may redact their own events, or
+/// others' with the `redact` power level ([`redaction::check`], the rule the
+/// writer applies too). `content` is the redaction's (`reason`, ...).
 pub async fn redact(
     app: &AppState,
     room_id: &RoomId,
     sender: &UserId,
     target: &EventId,
-    reason: Option<String>,
+    content: serde_json::Map<String, serde_json::Value>,
     (device, txn_id): (&str, &str),
 ) -> Result<OwnedEventId> {
     if let Some(existing) = rooms::txn_event(&app.db, sender.as_str(), device, txn_id).await? {
@@ -655,39 +783,37 @@ pub async fn redact(
     let Some(mut room) = RoomCtx::lock(&mut tx, room_id).await? else {
         return Err(Error::forbidden("Unknown room, or you are not in it"));
     };
-    let original = events::get(&mut *tx, target.as_str()).await?;
-    let Some(original) = original.filter(|e| e.room_id == room_id.as_str()) else {
-        return Err(Error::not_found("Event not found"));
-    };
-    if original.sender != sender.as_str() {
-        let keys = [("m.room.power_levels".to_owned(), String::new())];
-        let power = state_events(&mut tx, room.state_group, &keys).await?;
-        let power: serde_json::Value = power
-            .get(&keys[0])
-            .and_then(|p| serde_json::from_str(p.content.get()).ok())
-            .unwrap_or_default();
-        let creators = super::read::creators(&mut tx, &room).await?;
-        let is_creator = room.rules.authorization.explicitly_privilege_room_creators
-            && creators.iter().any(|c| c == sender.as_str());
-        let level = power["users"][sender.as_str()]
-            .as_i64()
-            .unwrap_or(power["users_default"].as_i64().unwrap_or(0));
-        let needed = power["redact"].as_i64().unwrap_or(50);
-        if !is_creator && level < needed {
-            return Err(Error::forbidden("You may not redact other users' events"));
-        }
+    if let Some(existing) = rooms::txn_event(&mut *tx, sender.as_str(), device, txn_id).await? {
+        // A concurrent request with the same txnId won the lock first.
+        return Ok(EventId::parse(existing).map_err(|e| anyhow::anyhow!("stored id: {e}"))?);
     }
-    let mut content = serde_json::json!({});
-    if let Some(reason) = reason {
-        content["reason"] = reason.into();
-    }
+    let not_found = || Error::not_found("Event not found");
+    // Events of other rooms are "not found": their existence does not leak.
+    let (original_room, original_sender) = redactions::origin(&mut *tx, target.as_str())
+        .await?
+        .filter(|(room, _)| room == room_id.as_str())
+        .ok_or_else(not_found)?;
     let event = NewEvent {
         kind: "m.room.redaction".into(),
-        content,
+        content: serde_json::Value::Object(content),
         state_key: None,
         redacts: Some(target.to_owned()),
     };
-    let appended = append(&mut tx, app, &mut room, sender, event).await?;
+    // Built and authorised first (the sender may not even be in the room), then
+    // held to the redaction rule with the state before it.
+    let built = prepare(&mut tx, app, &room, sender, event).await?;
+    let original_room = RoomId::parse(original_room).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let original_sender = UserId::parse(original_sender).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let power = power_levels_at(&mut tx, &room.rules, room.state_group).await?;
+    match redaction::check(&built.pdu, &original_room, &original_sender, power.as_ref()) {
+        Ok(grant) if grant.allows_local() => {}
+        Err(Refusal::OtherRoom) => return Err(not_found()),
+        Ok(_) | Err(Refusal::NoPower) => {
+            return Err(Error::forbidden(Refusal::NoPower.to_string()));
+        }
+        Err(refusal) => return Err(Error::bad_json(refusal.to_string())),
+    }
+    let appended = persist(&mut tx, app, &mut room, built).await?;
     rooms::insert_txn(
         &mut *tx,
         sender.as_str(),

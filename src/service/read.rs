@@ -5,7 +5,11 @@
 //! - `history_visibility` is `world_readable`; or
 //! - the user's membership was `join`; or
 //! - it is `shared` and the user is joined now; or
-//! - it is `invited` and the user's membership was `invite`.
+//! - it is `invited` and the user's membership was `invite` (or `join`): from
+//!   the invite on, never before it.
+//!
+//! An event of another room is never visible through a room's viewer, and
+//! redactions that were not applied (see `domain::redaction`) are withheld.
 //!
 //! Room state is readable by current members, by anyone in world-readable rooms,
 //! and, for users who left or were banned, as it was when they left.
@@ -23,7 +27,7 @@ use crate::{
     app::AppState,
     domain::pdu::to_client_event,
     error::{Error, Result},
-    storage::{Pool, Postgres, Transaction, events, events::StoredEvent, rooms, state},
+    storage::{Pool, Postgres, Transaction, events, events::StoredEvent, redactions, rooms, state},
 };
 
 /// The creators of a room: the create event's sender, plus `additional_creators`
@@ -62,6 +66,8 @@ pub struct Viewer<'a> {
     pub membership: Option<String>,
     /// Per state group: (history visibility, the user's membership then).
     seen: HashMap<i64, (String, Option<String>)>,
+    /// Redactions looked up in `unapplied_redactions`: whether each is withheld.
+    withheld: HashMap<String, bool>,
 }
 
 impl<'a> Viewer<'a> {
@@ -84,6 +90,7 @@ impl<'a> Viewer<'a> {
             current_group: room.current_state_group,
             membership,
             seen: HashMap::new(),
+            withheld: HashMap::new(),
         })
     }
 
@@ -102,13 +109,32 @@ impl<'a> Viewer<'a> {
     /// [`Self::prefetch`] for the state groups of a page of events.
     pub async fn prefetch_events(&mut self, events: &[StoredEvent]) -> Result<()> {
         let groups: Vec<i64> = events.iter().filter_map(|e| e.state_group).collect();
-        self.prefetch(&groups).await
+        self.prefetch(&groups).await?;
+        let redactions: Vec<String> = events
+            .iter()
+            .filter(|e| e.event_type == "m.room.redaction")
+            .filter(|e| !self.withheld.contains_key(&e.event_id))
+            .map(|e| e.event_id.clone())
+            .collect();
+        self.prefetch_withheld(redactions).await
+    }
+
+    async fn prefetch_withheld(&mut self, ids: Vec<String>) -> Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let unapplied = redactions::unapplied(&self.app.db, &ids).await?;
+        for id in ids {
+            let held = unapplied.contains(&id);
+            self.withheld.insert(id, held);
+        }
+        Ok(())
     }
 
     /// Looks up the history visibility and the viewer's membership at every
     /// state group not seen yet, in two queries (not two per group): a
     /// timeline's events mostly sit at different groups.
-    async fn prefetch(&mut self, groups: &[i64]) -> Result<()> {
+    pub async fn prefetch(&mut self, groups: &[i64]) -> Result<()> {
         let mut missing: Vec<i64> = groups
             .iter()
             .copied()
@@ -158,16 +184,46 @@ impl<'a> Viewer<'a> {
     }
 
     pub async fn may_see(&mut self, event: &StoredEvent) -> Result<bool> {
-        let Some(group) = event.state_group else {
+        self.may_see_parts(
+            &event.room_id,
+            &event.event_id,
+            &event.event_type,
+            event.state_group,
+        )
+        .await
+    }
+
+    /// [`Self::may_see`] for an event known by its room, ID, type and state group.
+    pub async fn may_see_parts(
+        &mut self,
+        room_id: &str,
+        event_id: &str,
+        event_type: &str,
+        state_group: Option<i64>,
+    ) -> Result<bool> {
+        // Relations and thread roots name events by ID, from any room: a room's
+        // viewer sees only that room's.
+        if room_id != self.room_id.as_str() {
+            return Ok(false);
+        }
+        let Some(group) = state_group else {
             return Ok(false);
         };
+        if event_type == "m.room.redaction" {
+            if !self.withheld.contains_key(event_id) {
+                self.prefetch_withheld(vec![event_id.to_owned()]).await?;
+            }
+            if self.withheld[event_id] {
+                return Ok(false);
+            }
+        }
         let (visibility, membership_then) = self.visibility_at(group).await?;
         Ok(match visibility.as_str() {
             "world_readable" => true,
             "shared" => self.is_joined() || membership_then.as_deref() == Some("join"),
-            "invited" => {
-                matches!(membership_then.as_deref(), Some("join" | "invite")) || self.is_joined()
-            }
+            // From the invite on only: joining later does not open what came
+            // before it.
+            "invited" => matches!(membership_then.as_deref(), Some("join" | "invite")),
             _ => membership_then.as_deref() == Some("join"),
         })
     }

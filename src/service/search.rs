@@ -2,7 +2,8 @@
 //! PostgreSQL full-text search: message bodies, room names and topics are
 //! indexed when persisted (English stemming, as Synapse does); each search word
 //! matches as a prefix. Only rooms the user is joined to are searched, and each
-//! hit is checked against history visibility. Results are ranked
+//! match is checked against history visibility before it counts for anything
+//! (results, `count`, `next_batch`). Results are ranked
 //! (`order_by: rank`, the default) or newest first (`recent`); `next_batch`
 //! continues either. `groupings` and `include_state` are not implemented (the
 //! response carries neither).
@@ -55,6 +56,10 @@ fn tsquery(term: &str) -> (String, Vec<String>) {
         .join(" & ");
     (query, words)
 }
+
+/// Matches examined per search: `count` is exact up to this many (the spec
+/// calls it approximate), and ranked results page through this many.
+const MAX_CANDIDATES: i64 = 1000;
 
 enum Batch {
     Rank { offset: i64 },
@@ -112,7 +117,7 @@ pub async fn search(
     };
     let by_rank = !matches!(criteria.order_by, Some(OrderBy::Recent));
     let batch = Batch::parse(next_batch, by_rank)?;
-    let limit = filter.limit.map_or(10, |l| u64::from(l).clamp(1, 50)) as i64;
+    let limit = filter.limit.map_or(10, |l| u64::from(l).clamp(1, 50)) as usize;
     let (query, words) = tsquery(&criteria.search_term);
     let empty = json!({ "search_categories": { "room_events": {
         "count": 0, "highlights": [], "results": [] } } });
@@ -120,7 +125,10 @@ pub async fn search(
         return Ok(empty);
     }
 
-    let hits = rows::search(
+    // Results, count and next_batch come from the matches the user may see,
+    // and only those: a match in hidden history must not show, not even as a
+    // number (prefix matching would spell it out letter by letter).
+    let candidates = rows::candidates(
         &app.db,
         &rows::Query {
             query: &query,
@@ -131,50 +139,68 @@ pub async fn search(
                 Batch::Recent { before } => before,
                 Batch::Rank { .. } => i64::MAX,
             },
-            offset: match batch {
-                Batch::Rank { offset } => offset,
-                Batch::Recent { .. } => 0,
-            },
-            limit,
+            limit: MAX_CANDIDATES,
         },
     )
     .await?;
-    let next = (hits.len() as i64 == limit).then(|| match batch {
-        Batch::Rank { offset } => format!("r{}", offset + limit),
-        Batch::Recent { .. } => format!("s{}", hits.last().map_or(0, |h| h.stream_ordering)),
-    });
-    let count = rows::count(&app.db, &query, &rooms, &keys).await?;
-
-    let ids: Vec<String> = hits.iter().map(|h| h.event_id.clone()).collect();
-    let mut stored: HashMap<String, StoredEvent> = events::get_many(&app.db, &ids)
-        .await?
-        .into_iter()
-        .map(|e| (e.event_id.clone(), e))
-        .collect();
     let mut viewers: HashMap<String, Viewer<'_>> = HashMap::new();
     let room_ids: HashMap<String, OwnedRoomId> = rooms
         .iter()
         .filter_map(|r| RoomId::parse(r).ok().map(|id| (r.clone(), id)))
         .collect();
+    for (room, room_id) in &room_ids {
+        let groups: Vec<i64> = candidates
+            .iter()
+            .filter(|c| &c.room_id == room)
+            .filter_map(|c| c.state_group)
+            .collect();
+        if groups.is_empty() {
+            continue;
+        }
+        let mut viewer = Viewer::new(app, user, room_id).await?;
+        viewer.prefetch(&groups).await?;
+        viewers.insert(room.clone(), viewer);
+    }
+    let mut visible = Vec::new();
+    for c in candidates {
+        let Some(viewer) = viewers.get_mut(&c.room_id) else {
+            continue;
+        };
+        if filter_allows(filter, &c.event_type, &c.sender)
+            && viewer
+                .may_see_parts(&c.room_id, &c.event_id, &c.event_type, c.state_group)
+                .await?
+        {
+            visible.push(c);
+        }
+    }
+    let count = visible.len();
+    let skip = match batch {
+        Batch::Rank { offset } => usize::try_from(offset).unwrap_or(usize::MAX),
+        Batch::Recent { .. } => 0,
+    };
+    let page: Vec<rows::Candidate> = visible.into_iter().skip(skip).take(limit + 1).collect();
+    let next = (page.len() > limit).then(|| match batch {
+        Batch::Rank { offset } => format!("r{}", offset + limit as i64),
+        Batch::Recent { .. } => format!("s{}", page[limit - 1].stream_ordering),
+    });
+    let page = &page[..page.len().min(limit)];
+
+    let ids: Vec<String> = page.iter().map(|c| c.event_id.clone()).collect();
+    let mut stored: HashMap<String, StoredEvent> = events::get_many(&app.db, &ids)
+        .await?
+        .into_iter()
+        .map(|e| (e.event_id.clone(), e))
+        .collect();
     let mut results = Vec::new();
-    for hit in hits {
+    for hit in page {
         let Some(event) = stored.remove(&hit.event_id) else {
             continue;
         };
-        let Some(room_id) = room_ids.get(&event.room_id) else {
+        let Some(viewer) = viewers.get_mut(&event.room_id) else {
             continue;
         };
-        if !viewers.contains_key(&event.room_id) {
-            viewers.insert(
-                event.room_id.clone(),
-                Viewer::new(app, user, room_id).await?,
-            );
-        }
-        let viewer = viewers.get_mut(&event.room_id).expect("inserted above");
-        if event.redacted_by.is_some()
-            || !filter_allows(filter, &event)
-            || !viewer.may_see(&event).await?
-        {
+        if event.redacted_by.is_some() {
             continue;
         }
         let mut result = json!({
@@ -211,17 +237,21 @@ pub async fn search(
 }
 
 /// The filter's `types`/`not_types`/`senders`/`not_senders` on a hit.
-fn filter_allows(filter: &ruma::api::client::filter::RoomEventFilter, e: &StoredEvent) -> bool {
+fn filter_allows(
+    filter: &ruma::api::client::filter::RoomEventFilter,
+    event_type: &str,
+    sender: &str,
+) -> bool {
     let types = super::read::TypeFilter {
         types: filter.types.clone(),
         not_types: filter.not_types.clone(),
     };
-    types.matches(&e.event_type)
+    types.matches(event_type)
         && filter
             .senders
             .as_ref()
-            .is_none_or(|s| s.iter().any(|u| u.as_str() == e.sender))
-        && !filter.not_senders.iter().any(|u| u.as_str() == e.sender)
+            .is_none_or(|s| s.iter().any(|u| u.as_str() == sender))
+        && !filter.not_senders.iter().any(|u| u.as_str() == sender)
 }
 
 /// `context` of a result: visible events around it and, if asked, the senders'

@@ -26,7 +26,9 @@ pub async fn bundle_threads(
     if ids.is_empty() {
         return Ok(());
     }
-    let summaries = relations::thread_summaries(&app.db, &ids, user.as_str()).await?;
+    let summaries =
+        relations::thread_summaries(&app.db, viewer.room_id().as_str(), &ids, user.as_str())
+            .await?;
     if summaries.is_empty() {
         return Ok(());
     }
@@ -200,6 +202,7 @@ pub async fn relations(
     let limit = limit.clamp(1, 100);
     let children = relations::children(
         &app.db,
+        room_id.as_str(),
         event_id,
         rel_type,
         event_type,

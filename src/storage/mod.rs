@@ -11,6 +11,7 @@ pub mod media;
 pub mod presence;
 pub mod profiles;
 pub mod pushers;
+pub mod redactions;
 pub mod registration_tokens;
 pub mod relations;
 pub mod rooms;

@@ -31,10 +31,13 @@ pub async fn insert(db: impl PgExecutor<'_>, r: &NewRelation<'_>) -> sqlx::Resul
     Ok(())
 }
 
-/// Events relating to `target`, optionally of one relation and event type, in
-/// stream order before (`backwards`) or after `from`.
+/// Events of `room_id` relating to `target`, optionally of one relation and
+/// event type, in stream order before (`backwards`) or after `from`. (Any
+/// room's event may name any event: only the target's room counts.)
+#[allow(clippy::too_many_arguments)]
 pub async fn children(
     db: impl PgExecutor<'_>,
+    room_id: &str,
     target: &str,
     rel_type: Option<&str>,
     event_type: Option<&str>,
@@ -52,6 +55,7 @@ pub async fn children(
              and ($3::text is null or r.event_type = $3)
              and not e.rejected
              and case when $5 then r.stream_ordering < $4 else r.stream_ordering > $4 end
+             and r.room_id = $7 and e.room_id = $7
            order by case when $5 then -r.stream_ordering else r.stream_ordering end
            limit $6"#,
         target,
@@ -59,7 +63,8 @@ pub async fn children(
         event_type,
         from,
         backwards,
-        limit
+        limit,
+        room_id
     )
     .fetch_all(db)
     .await
@@ -71,7 +76,8 @@ pub struct ThreadRoot {
 }
 
 /// Thread roots of a room, most recently active first, active before `before`;
-/// with `participant`, only threads the user started or replied in.
+/// with `participant`, only threads the user started or replied in. Roots and
+/// replies are both of the room.
 pub async fn thread_roots(
     db: impl PgExecutor<'_>,
     room_id: &str,
@@ -84,6 +90,8 @@ pub async fn thread_roots(
         r#"select r.relates_to as "root!", max(r.stream_ordering) as "latest_stream!"
            from event_relations r
            where r.room_id = $1 and r.rel_type = 'm.thread'
+             and exists (select 1 from events root
+                         where root.event_id = r.relates_to and root.room_id = $1)
            group by r.relates_to
            having max(r.stream_ordering) < $2
               and ($3::text is null
@@ -128,9 +136,11 @@ pub struct RootSummary {
     pub participated: bool,
 }
 
-/// Thread summaries for those of `roots` that have replies (for bundling).
+/// Thread summaries for those of `roots` (events of `room_id`) that have
+/// replies in that room (for bundling).
 pub async fn thread_summaries(
     db: impl PgExecutor<'_>,
+    room_id: &str,
     roots: &[String],
     user: &str,
 ) -> sqlx::Result<Vec<RootSummary>> {
@@ -141,10 +151,12 @@ pub async fn thread_summaries(
                   (bool_or(r.sender = $2)
                    or bool_or(exists (select 1 from events e where e.event_id = r.relates_to and e.sender = $2)))
                    as "participated!"
-           from event_relations r where r.relates_to = any($1) and r.rel_type = 'm.thread'
+           from event_relations r
+           where r.relates_to = any($1) and r.rel_type = 'm.thread' and r.room_id = $3
            group by r.relates_to"#,
         roots,
-        user
+        user,
+        room_id
     )
     .fetch_all(db)
     .await

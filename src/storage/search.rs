@@ -32,62 +32,48 @@ pub async fn remove(db: impl PgExecutor<'_>, event_id: &str) -> sqlx::Result<()>
     Ok(())
 }
 
-pub struct Hit {
+/// A match with what deciding its visibility needs.
+pub struct Candidate {
     pub event_id: String,
+    pub room_id: String,
+    pub event_type: String,
+    pub sender: String,
+    pub state_group: Option<i64>,
     pub stream_ordering: i64,
     pub rank: f32,
 }
 
 /// Matches of the tsquery `query` (in `to_tsquery` syntax) in `rooms`, for `keys`.
-/// `by_rank`: best first, skipping `offset`; otherwise newest first, below
-/// `before` stream position.
+/// `by_rank`: best first; otherwise newest first, below `before` stream position.
 pub struct Query<'a> {
     pub query: &'a str,
     pub rooms: &'a [String],
     pub keys: &'a [String],
     pub by_rank: bool,
     pub before: i64,
-    pub offset: i64,
     pub limit: i64,
 }
 
-pub async fn search(db: impl PgExecutor<'_>, q: &Query<'_>) -> sqlx::Result<Vec<Hit>> {
+/// The first `limit` matches, in the order asked for.
+pub async fn candidates(db: impl PgExecutor<'_>, q: &Query<'_>) -> sqlx::Result<Vec<Candidate>> {
     sqlx::query_as!(
-        Hit,
-        r#"select s.event_id, s.stream_ordering,
-                  ts_rank_cd(s.vector, q) as "rank!"
-           from event_search s, to_tsquery('english', $1) q
+        Candidate,
+        r#"select s.event_id, e.room_id, e.event_type, e.sender, e.state_group,
+                  s.stream_ordering, ts_rank_cd(s.vector, q) as "rank!"
+           from event_search s join events e on e.event_id = s.event_id,
+                to_tsquery('english', $1) q
            where s.vector @@ q and s.room_id = any($2) and s.key = any($3)
-             and ($4 or s.stream_ordering < $5)
+             and ($4 or s.stream_ordering < $5) and not e.rejected
            order by case when $4 then ts_rank_cd(s.vector, q) else 0 end desc,
                     s.stream_ordering desc
-           offset $6 limit $7"#,
+           limit $6"#,
         q.query,
         q.rooms,
         q.keys,
         q.by_rank,
         q.before,
-        q.offset,
         q.limit
     )
     .fetch_all(db)
-    .await
-}
-
-/// How many events match in all (for `count`).
-pub async fn count(
-    db: impl PgExecutor<'_>,
-    query: &str,
-    rooms: &[String],
-    keys: &[String],
-) -> sqlx::Result<i64> {
-    sqlx::query_scalar!(
-        r#"select count(*) as "n!" from event_search s, to_tsquery('english', $1) q
-           where s.vector @@ q and s.room_id = any($2) and s.key = any($3)"#,
-        query,
-        rooms,
-        keys
-    )
-    .fetch_one(db)
     .await
 }

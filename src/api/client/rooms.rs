@@ -308,11 +308,28 @@ async fn send(
     Ruma(req): Ruma<send_message_event::v3::Request>,
 ) -> Result<Json<Value>> {
     let kind = req.event_type.to_string();
+    let content = raw_object(req.body.json().get(), "Event content")?;
     if kind == "m.room.redaction" {
-        // Redactions go through /redact, which checks the right to redact.
-        return Err(Error::bad_json("Use /redact to send redactions"));
+        // Allowed in every room version since v1.18 (spec: "Redactions",
+        // client behaviour), with the event under `content.redacts`; held to
+        // the same rule as /redact.
+        let target = content
+            .get("redacts")
+            .and_then(Value::as_str)
+            .and_then(|id| ruma::EventId::parse(id).ok())
+            .ok_or_else(|| Error::bad_json("A redaction needs `redacts`: an event ID"))?;
+        let event_id = event::redact(
+            &app,
+            &req.room_id,
+            &user.user_id,
+            &target,
+            content,
+            (user.device_id.as_str(), req.txn_id.as_str()),
+        )
+        .await?;
+        return Ok(Json(json!({ "event_id": event_id })));
     }
-    let content = Value::Object(raw_object(req.body.json().get(), "Event content")?);
+    let content = Value::Object(content);
     let event_id = event::send(
         &app,
         &req.room_id,
@@ -430,12 +447,16 @@ async fn redact(
     AuthUser(user): AuthUser,
     Ruma(req): Ruma<redact_event::v3::Request>,
 ) -> Result<Json<Value>> {
+    let mut content = Map::new();
+    if let Some(reason) = req.reason {
+        content.insert("reason".into(), reason.into());
+    }
     let event_id = event::redact(
         &app,
         &req.room_id,
         &user.user_id,
         &req.event_id,
-        req.reason,
+        content,
         (user.device_id.as_str(), req.txn_id.as_str()),
     )
     .await?;

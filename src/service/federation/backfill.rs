@@ -203,14 +203,19 @@ async fn store_batch(
             ingest::store_outlier(&app.db, &c, true).await?;
             continue;
         }
-        write(app, &c, anchor_group).await?;
+        write(app, rules, &c, anchor_group).await?;
         added += 1;
     }
     Ok(added)
 }
 
 /// Writes a backfilled event into the timeline at a negative stream position.
-async fn write(app: &AppState, c: &Checked, state_group: i64) -> Result<()> {
+async fn write(
+    app: &AppState,
+    rules: &ruma::room_version_rules::RoomVersionRules,
+    c: &Checked,
+    state_group: i64,
+) -> Result<()> {
     let text = serde_json::to_string(&c.object).map_err(|e| anyhow::anyhow!("{e}"))?;
     let kind = c.pdu.kind.to_string();
     let mut tx = app.db.begin().await?;
@@ -234,11 +239,10 @@ async fn write(app: &AppState, c: &Checked, state_group: i64) -> Result<()> {
         stream,
     )
     .await?;
-    if c.pdu.kind == ruma::events::TimelineEventType::RoomRedaction
-        && let Some(redacts) = &c.pdu.redacts
-    {
-        events::set_redacted_by(&mut *tx, redacts.as_str(), c.event_id.as_str()).await?;
-    }
+    // The same redaction rule as every writer: only allowed, same-room
+    // redactions are applied.
+    crate::service::event::settle_redactions(&mut tx, app, rules, &c.pdu, Some(state_group), true)
+        .await?;
     tx.commit().await?;
     Ok(())
 }

@@ -1,0 +1,191 @@
+//! History a user may not see stays hidden on every read path: `invited`
+//! visibility starts at the invite, and search neither returns nor counts
+//! matches in hidden history.
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::harness::{Login, TestServer, enc, messages};
+
+const V3: &str = "/_matrix/client/v3";
+
+fn msg(body: &str) -> Value {
+    json!({"msgtype": "m.text", "body": body})
+}
+
+async fn search(server: &TestServer, who: &Login, term: &str, limit: u64) -> Value {
+    let (status, body) = server
+        .post(
+            &format!("{V3}/search"),
+            Some(&who.access_token),
+            json!({"search_categories": {"room_events": {
+                "search_term": term, "filter": {"limit": limit}}}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body["search_categories"]["room_events"].clone()
+}
+
+#[tokio::test]
+async fn invited_visibility_starts_at_the_invite() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice", "alice-password").await;
+    let bob = server.register("bob", "bob-password").await;
+    let room = server
+        .create_room(
+            &alice,
+            json!({"preset": "private_chat", "initial_state": [{
+                "type": "m.room.history_visibility", "state_key": "",
+                "content": {"history_visibility": "invited"}}]}),
+        )
+        .await;
+    let r = enc(&room);
+    let early = server
+        .send_message(&alice, &room, msg("quagga before invite"))
+        .await;
+    server
+        .send_message(&alice, &room, msg("quagga also before"))
+        .await;
+    let (status, body) = server
+        .post(
+            &format!("{V3}/rooms/{r}/invite"),
+            Some(&alice.access_token),
+            json!({"user_id": bob.user_id}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let invited = server
+        .send_message(&alice, &room, msg("after invite"))
+        .await;
+    server.join(&bob, &room).await;
+    server.send_message(&alice, &room, msg("after join")).await;
+
+    // /messages
+    assert_eq!(
+        messages(&server, &bob.access_token, &room).await,
+        vec!["after invite", "after join"]
+    );
+    // /event
+    let (status, body) = server
+        .get(
+            &format!("{V3}/rooms/{r}/event/{}", enc(&early)),
+            Some(&bob.access_token),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    // /context: not of an earlier event, and not around a later one.
+    let (status, body) = server
+        .get(
+            &format!("{V3}/rooms/{r}/context/{}", enc(&early)),
+            Some(&bob.access_token),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    let (status, body) = server
+        .get(
+            &format!("{V3}/rooms/{r}/context/{}?limit=20", enc(&invited)),
+            Some(&bob.access_token),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(!body.to_string().contains("quagga"), "{body}");
+    // /sync (initial)
+    let (status, body) = server
+        .get(
+            &format!(
+                "{V3}/sync?filter={}",
+                enc(&json!({"room": {"timeline": {"limit": 50}}}).to_string())
+            ),
+            Some(&bob.access_token),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let timeline = &body["rooms"]["join"][&room]["timeline"]["events"];
+    assert!(timeline.to_string().contains("after invite"), "{timeline}");
+    assert!(!timeline.to_string().contains("quagga"), "{timeline}");
+    // /search: neither results nor count.
+    let found = search(&server, &bob, "quagga", 10).await;
+    assert_eq!(found["count"], 0, "{found}");
+    assert_eq!(found["results"], json!([]), "{found}");
+    // Alice, a member throughout, sees all of it.
+    assert_eq!(
+        messages(&server, &alice.access_token, &room).await,
+        vec![
+            "quagga before invite",
+            "quagga also before",
+            "after invite",
+            "after join"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn search_counts_only_visible_history() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice", "alice-password").await;
+    let bob = server.register("bob", "bob-password").await;
+    let room = server
+        .create_room(
+            &alice,
+            json!({"preset": "public_chat", "initial_state": [{
+                "type": "m.room.history_visibility", "state_key": "",
+                "content": {"history_visibility": "joined"}}]}),
+        )
+        .await;
+    server
+        .send_message(&alice, &room, msg("the password is zanzibar"))
+        .await;
+    server
+        .send_message(&alice, &room, msg("zanzibar again"))
+        .await;
+    server.join(&bob, &room).await;
+    server
+        .send_message(&alice, &room, msg("zebra crossing"))
+        .await;
+
+    // Bob joined after the secret: no prefix of it counts, or pages.
+    for term in ["zanzibar", "zanz", "zan", "za"] {
+        let found = search(&server, &bob, term, 1).await;
+        assert_eq!(found["count"], 0, "{term}: {found}");
+        assert_eq!(found["results"], json!([]), "{term}: {found}");
+        assert!(found.get("next_batch").is_none(), "{term}: {found}");
+    }
+    // "z" matches the visible "zebra" only.
+    let found = search(&server, &bob, "z", 1).await;
+    assert_eq!(found["count"], 1, "{found}");
+    assert_eq!(
+        found["results"][0]["result"]["content"]["body"],
+        "zebra crossing"
+    );
+    assert!(found.get("next_batch").is_none(), "{found}");
+    // Alice sees what she may: the two, paged one at a time.
+    let found = search(&server, &alice, "zan", 1).await;
+    assert_eq!(found["count"], 2, "{found}");
+    assert_eq!(found["results"].as_array().unwrap().len(), 1, "{found}");
+    let next = found["next_batch"].as_str().expect("next_batch").to_owned();
+    let (status, body) = server
+        .post(
+            &format!("{V3}/search?next_batch={}", enc(&next)),
+            Some(&alice.access_token),
+            json!({"search_categories": {"room_events": {
+                "search_term": "zan", "filter": {"limit": 1}}}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let page = &body["search_categories"]["room_events"];
+    assert_eq!(page["results"].as_array().unwrap().len(), 1, "{page}");
+    assert!(page.get("next_batch").is_none(), "{page}");
+    // Newest first pages the same way.
+    let (status, body) = server
+        .post(
+            &format!("{V3}/search"),
+            Some(&bob.access_token),
+            json!({"search_categories": {"room_events": {
+                "search_term": "za", "order_by": "recent", "filter": {"limit": 1}}}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let page = &body["search_categories"]["room_events"];
+    assert_eq!(page["count"], 0, "{page}");
+    assert!(page.get("next_batch").is_none(), "{page}");
+}
