@@ -129,8 +129,98 @@ pub async fn delete_alias(app: &AppState, user: &Session, alias: &str) -> Result
     if creator != user.user_id.as_str() && !user.is_admin {
         return Err(Error::forbidden("You may not delete this alias"));
     }
+    let room_id = rooms::alias_room(&app.db, alias).await?;
     rooms::delete_alias(&app.db, alias).await?;
+    if let Some(room_id) = room_id.and_then(|r| RoomId::parse(r).ok()) {
+        drop_from_canonical_alias(app, &user.user_id, &room_id, alias).await?;
+    }
     Ok(())
+}
+
+/// After an alias is deleted, the room's `m.room.canonical_alias` must stop
+/// naming it (as `alias` or among `alt_aliases`), or clients keep showing and
+/// resolving it. As Synapse does, the update is sent by the user who deleted
+/// the alias; when they lack the power to send it (a server admin outside the
+/// room, a creator who lost their power), the deletion stands and the event is
+/// left as it is.
+async fn drop_from_canonical_alias(
+    app: &AppState,
+    user: &UserId,
+    room_id: &RoomId,
+    alias: &str,
+) -> Result<()> {
+    let Some(group) = rooms::get(&app.db, room_id.as_str())
+        .await?
+        .and_then(|r| r.current_state_group)
+    else {
+        return Ok(());
+    };
+    let state = state_contents(app, group, &["m.room.canonical_alias"]).await?;
+    let Some(serde_json::Value::Object(mut content)) = state.get("m.room.canonical_alias").cloned()
+    else {
+        return Ok(());
+    };
+    let mut changed = false;
+    if content.get("alias").and_then(|a| a.as_str()) == Some(alias) {
+        content.remove("alias");
+        changed = true;
+    }
+    if let Some(serde_json::Value::Array(alt)) = content.get_mut("alt_aliases") {
+        let before = alt.len();
+        alt.retain(|a| a.as_str() != Some(alias));
+        changed |= alt.len() != before;
+        if alt.is_empty() {
+            content.remove("alt_aliases");
+        }
+    }
+    if !changed {
+        return Ok(());
+    }
+    let sent = super::event::send(
+        app,
+        room_id,
+        user,
+        crate::domain::pdu::NewEvent {
+            kind: "m.room.canonical_alias".to_owned(),
+            content: serde_json::Value::Object(content),
+            state_key: Some(String::new()),
+            redacts: None,
+        },
+        None,
+    )
+    .await;
+    match sent {
+        Ok(_) => Ok(()),
+        Err(Error::Matrix {
+            kind: ErrorKind::Forbidden,
+            message,
+        }) => {
+            tracing::info!(%room_id, %user, %message, "alias deleted; canonical alias event left as it is");
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// The content of the current state events of the given types (state key `""`)
+/// at a state group, by type.
+async fn state_contents(
+    app: &AppState,
+    group: i64,
+    types: &[&str],
+) -> Result<std::collections::HashMap<String, serde_json::Value>> {
+    let keys: Vec<(String, String)> = types
+        .iter()
+        .map(|t| ((*t).to_owned(), String::new()))
+        .collect();
+    let entries = crate::storage::state::state_for_keys(&app.db, group, &keys).await?;
+    let ids: Vec<String> = entries.iter().map(|(_, id)| id.clone()).collect();
+    let mut out = std::collections::HashMap::new();
+    for ev in crate::storage::events::get_many(&app.db, &ids).await? {
+        let mut pdu: serde_json::Value = serde_json::from_str(&ev.json).unwrap_or_default();
+        out.insert(ev.event_type, pdu["content"].take());
+    }
+    Ok(out)
 }
 
 /// `GET /rooms/{roomId}/aliases`: for those who may read the room's state.
