@@ -345,28 +345,35 @@ pub async fn public_rooms(
     Ok(body)
 }
 
-/// A room's public summary from its current state.
+/// The state types a room summary is made of.
+const SUMMARY_TYPES: &[&str] = &[
+    "m.room.name",
+    "m.room.topic",
+    "m.room.canonical_alias",
+    "m.room.avatar",
+    "m.room.join_rules",
+    "m.room.history_visibility",
+    "m.room.guest_access",
+    "m.room.create",
+    "m.room.encryption",
+];
+
+/// A room's public summary from its current state (a `/publicRooms` chunk).
 pub async fn summary(
     app: &AppState,
     room_id: &str,
     group: i64,
     joined: i64,
 ) -> Result<serde_json::Value> {
-    let keys: Vec<(String, String)> = [
-        "m.room.name",
-        "m.room.topic",
-        "m.room.canonical_alias",
-        "m.room.avatar",
-        "m.room.join_rules",
-        "m.room.history_visibility",
-        "m.room.guest_access",
-        "m.room.create",
-    ]
-    .iter()
-    .map(|t| ((*t).to_owned(), String::new()))
-    .collect();
-    let entries = crate::storage::state::state_for_keys(&app.db, group, &keys).await?;
-    let ids: Vec<String> = entries.iter().map(|(_, id)| id.clone()).collect();
+    let state = state_contents(app, group, SUMMARY_TYPES).await?;
+    Ok(chunk(room_id, joined, &state))
+}
+
+fn chunk(
+    room_id: &str,
+    joined: i64,
+    state: &std::collections::HashMap<String, serde_json::Value>,
+) -> serde_json::Value {
     let mut out = serde_json::json!({
         "room_id": room_id,
         "num_joined_members": joined,
@@ -374,10 +381,8 @@ pub async fn summary(
         "guest_can_join": false,
         "join_rule": "invite",
     });
-    for ev in crate::storage::events::get_many(&app.db, &ids).await? {
-        let pdu: serde_json::Value = serde_json::from_str(&ev.json).unwrap_or_default();
-        let c = &pdu["content"];
-        match ev.event_type.as_str() {
+    for (kind, c) in state {
+        match kind.as_str() {
             "m.room.name" if c["name"].is_string() => out["name"] = c["name"].clone(),
             "m.room.topic" if c["topic"].is_string() => out["topic"] = c["topic"].clone(),
             "m.room.canonical_alias" if c["alias"].is_string() => {
@@ -397,5 +402,107 @@ pub async fn summary(
             _ => {}
         }
     }
+    out
+}
+
+/// `GET /_matrix/client/v1/room_summary/{roomIdOrAlias}` (MSC3266): the
+/// `/publicRooms` chunk plus `room_version`, `encryption`, `allowed_room_ids`
+/// and, for an authenticated requester, their `membership` (`leave` when they
+/// have none). Answered as Synapse does, for rooms the requester may preview:
+/// a `public`, `knock` or `knock_restricted` join rule (where the room version
+/// has it), `world_readable` history, the requester joined, invited or
+/// knocking, or a `restricted` room whose allowed rooms the requester is in.
+/// Every other room, like an unknown one, is `404 M_NOT_FOUND`, so a summary
+/// never tells whether a private room exists. Only rooms this server is in.
+pub async fn room_summary(
+    app: &AppState,
+    requester: Option<&UserId>,
+    room_id: &RoomId,
+) -> Result<serde_json::Value> {
+    let not_found = || Error::not_found("Room not found or not accessible");
+    let Some(room) = rooms::get(&app.db, room_id.as_str()).await? else {
+        return Err(not_found());
+    };
+    let Some(group) = room.current_state_group else {
+        return Err(not_found());
+    };
+    let rules = ruma::RoomVersionId::try_from(room.room_version.as_str())
+        .ok()
+        .and_then(|v| v.rules())
+        .ok_or_else(not_found)?;
+    let state = state_contents(app, group, SUMMARY_TYPES).await?;
+    let membership = match requester {
+        Some(user) => Some(
+            rooms::membership(&app.db, room_id.as_str(), user.as_str())
+                .await?
+                .unwrap_or_else(|| "leave".to_owned()),
+        ),
+        None => None,
+    };
+    let join_rules = state.get("m.room.join_rules");
+    let join_rule = join_rules
+        .and_then(|c| c["join_rule"].as_str())
+        .unwrap_or("invite");
+    let allowed_rooms: Vec<String> = match join_rule {
+        "restricted" if rules.authorization.restricted_join_rule => allowed_rooms(join_rules),
+        "knock_restricted" if rules.authorization.knock_restricted_join_rule => {
+            allowed_rooms(join_rules)
+        }
+        _ => Vec::new(),
+    };
+    let open = match join_rule {
+        "public" => true,
+        "knock" => rules.authorization.knocking,
+        "knock_restricted" => rules.authorization.knock_restricted_join_rule,
+        _ => false,
+    };
+    let world_readable = state
+        .get("m.room.history_visibility")
+        .is_some_and(|c| c["history_visibility"] == "world_readable");
+    let member = matches!(membership.as_deref(), Some("join" | "invite" | "knock"));
+    let mut allowed = open || world_readable || member;
+    if !allowed && let Some(user) = requester {
+        for other in &allowed_rooms {
+            if rooms::membership(&app.db, other, user.as_str())
+                .await?
+                .as_deref()
+                == Some("join")
+            {
+                allowed = true;
+                break;
+            }
+        }
+    }
+    if !allowed {
+        return Err(not_found());
+    }
+    let (joined, _, _) = rooms::summary(&app.db, room_id.as_str(), "").await?;
+    let mut out = chunk(room_id.as_str(), joined, &state);
+    out["room_version"] = room.room_version.into();
+    if let Some(algorithm) = state
+        .get("m.room.encryption")
+        .and_then(|c| c["algorithm"].as_str())
+    {
+        out["encryption"] = algorithm.into();
+    }
+    if !allowed_rooms.is_empty() {
+        out["allowed_room_ids"] = allowed_rooms.into();
+    }
+    if let Some(membership) = membership {
+        out["membership"] = membership.into();
+    }
     Ok(out)
+}
+
+/// The rooms a `restricted` / `knock_restricted` join rule lets members of in.
+fn allowed_rooms(join_rules: Option<&serde_json::Value>) -> Vec<String> {
+    join_rules
+        .and_then(|c| c["allow"].as_array())
+        .into_iter()
+        .flatten()
+        .filter(|a| a["type"] == "m.room_membership")
+        .filter_map(|a| a["room_id"].as_str())
+        .filter(|r| RoomId::parse(*r).is_ok())
+        .map(str::to_owned)
+        .collect()
 }

@@ -1,11 +1,13 @@
 //! What Element, matrix-js-sdk and matrix-rust-sdk ask of a server besides the
-//! core API (issue #17): aliases leaving `m.room.canonical_alias` when deleted.
+//! core API (issue #17): aliases leaving `m.room.canonical_alias` when deleted,
+//! room summaries (MSC3266).
 
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
 use crate::harness::{Login, TestServer, enc};
 
+const V1: &str = "/_matrix/client/v1";
 const V3: &str = "/_matrix/client/v3";
 
 async fn canonical_alias(server: &TestServer, who: &Login, room: &str) -> (StatusCode, Value) {
@@ -117,4 +119,191 @@ async fn deleting_an_alias_removes_it_from_the_canonical_alias() {
     assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
     let (_, content) = canonical_alias(&server, &alice, &room).await;
     assert_eq!(content["alt_aliases"][0], "#other:test.local");
+}
+
+#[tokio::test]
+async fn room_summary_for_those_who_may_preview() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice", "pw").await;
+    let bob = server.register("bob", "pw").await;
+    let carol = server.register("carol", "pw").await;
+    let public = server
+        .create_room(
+            &alice,
+            json!({ "preset": "public_chat", "room_alias_name": "lobby", "name": "Lobby",
+                    "topic": "Hello", "initial_state": [{ "type": "m.room.encryption",
+                    "state_key": "", "content": { "algorithm": "m.megolm.v1.aes-sha2" } }] }),
+        )
+        .await;
+
+    // Public: to anyone, by ID or alias, with or without a token, on every path.
+    for path in [
+        format!("{V1}/room_summary/{public}"),
+        format!("{V1}/room_summary/{}", enc("#lobby:test.local")),
+        format!("/_matrix/client/unstable/im.nheko.summary/rooms/{public}/summary"),
+        format!("/_matrix/client/unstable/im.nheko.summary/summary/{public}"),
+    ] {
+        let (status, summary) = server.get(&path, Some(&bob.access_token)).await;
+        assert_eq!(status, StatusCode::OK, "{path}: {summary}");
+        assert_eq!(
+            summary,
+            json!({
+                "room_id": public, "name": "Lobby", "topic": "Hello",
+                "canonical_alias": "#lobby:test.local", "num_joined_members": 1,
+                "world_readable": false, "guest_can_join": false, "join_rule": "public",
+                "room_version": "12", "encryption": "m.megolm.v1.aes-sha2", "membership": "leave",
+            }),
+            "{path}"
+        );
+    }
+    let (status, summary) = server
+        .get(&format!("{V1}/room_summary/{public}"), None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{summary}");
+    assert!(summary.get("membership").is_none(), "{summary}");
+    let (_, summary) = server
+        .get(
+            &format!("{V1}/room_summary/{public}"),
+            Some(&alice.access_token),
+        )
+        .await;
+    assert_eq!(summary["membership"], "join");
+    // A token that is given must be valid.
+    let (status, body) = server
+        .get(&format!("{V1}/room_summary/{public}"), Some("not-a-token"))
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    assert_eq!(body["errcode"], "M_UNKNOWN_TOKEN");
+
+    // Private: nothing for outsiders, exactly as for a room that does not exist.
+    let private = server
+        .create_room(
+            &alice,
+            json!({ "preset": "private_chat", "name": "Secret" }),
+        )
+        .await;
+    for token in [Some(bob.access_token.as_str()), None] {
+        let (status, body) = server
+            .get(&format!("{V1}/room_summary/{private}"), token)
+            .await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+        assert_eq!(body["errcode"], "M_NOT_FOUND");
+        assert!(!body.to_string().contains("Secret"), "{body}");
+    }
+    let (status, body) = server
+        .get(
+            &format!("{V1}/room_summary/!unknown:test.local"),
+            Some(&bob.access_token),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    assert_eq!(body["errcode"], "M_NOT_FOUND");
+    let (status, body) = server
+        .get(
+            &format!("{V1}/room_summary/{}", enc("#nope:test.local")),
+            Some(&bob.access_token),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    assert_eq!(body["errcode"], "M_NOT_FOUND");
+    // Once invited, bob may look.
+    let (status, body) = server
+        .post(
+            &format!("{V3}/rooms/{private}/invite"),
+            Some(&alice.access_token),
+            json!({ "user_id": bob.user_id }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, summary) = server
+        .get(
+            &format!("{V1}/room_summary/{private}"),
+            Some(&bob.access_token),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{summary}");
+    assert_eq!(summary["name"], "Secret");
+    assert_eq!(summary["membership"], "invite");
+    assert_eq!(summary["join_rule"], "invite");
+    // ... and, once he left, no more.
+    let (status, body) = server
+        .post(
+            &format!("{V3}/rooms/{private}/leave"),
+            Some(&bob.access_token),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, _) = server
+        .get(
+            &format!("{V1}/room_summary/{private}"),
+            Some(&bob.access_token),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    // World-readable history: anyone, even without a token.
+    let readable = server
+        .create_room(
+            &alice,
+            json!({ "preset": "private_chat", "initial_state": [{ "type": "m.room.history_visibility",
+                    "state_key": "", "content": { "history_visibility": "world_readable" } }] }),
+        )
+        .await;
+    let (status, summary) = server
+        .get(&format!("{V1}/room_summary/{readable}"), None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{summary}");
+    assert_eq!(summary["world_readable"], true);
+
+    // Knock: anyone may see what they would knock on.
+    let knock = server
+        .create_room(
+            &alice,
+            json!({ "preset": "private_chat", "initial_state": [{ "type": "m.room.join_rules",
+                    "state_key": "", "content": { "join_rule": "knock" } }] }),
+        )
+        .await;
+    let (status, summary) = server
+        .get(&format!("{V1}/room_summary/{knock}"), None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{summary}");
+    assert_eq!(summary["join_rule"], "knock");
+
+    // Restricted: members of an allowed room may look; others may not.
+    let space = server
+        .create_room(&alice, json!({ "preset": "private_chat" }))
+        .await;
+    let (status, body) = server
+        .post(
+            &format!("{V3}/rooms/{space}/invite"),
+            Some(&alice.access_token),
+            json!({ "user_id": bob.user_id }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    server.join(&bob, &space).await;
+    let restricted = server
+        .create_room(
+            &alice,
+            json!({ "preset": "private_chat", "initial_state": [{ "type": "m.room.join_rules",
+                    "state_key": "", "content": { "join_rule": "restricted",
+                    "allow": [{ "type": "m.room_membership", "room_id": space }] } }] }),
+        )
+        .await;
+    let (status, summary) = server
+        .get(
+            &format!("{V1}/room_summary/{restricted}"),
+            Some(&bob.access_token),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{summary}");
+    assert_eq!(summary["join_rule"], "restricted");
+    assert_eq!(summary["allowed_room_ids"], json!([space]));
+    for token in [Some(carol.access_token.as_str()), None] {
+        let (status, body) = server
+            .get(&format!("{V1}/room_summary/{restricted}"), token)
+            .await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    }
 }
