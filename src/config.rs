@@ -50,6 +50,7 @@ pub struct Config {
     pub server_notices: ServerNotices,
     pub media: Media,
     pub federation: Federation,
+    pub support: Support,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -266,6 +267,29 @@ impl Default for ServerNotices {
     }
 }
 
+/// Who runs this server, served at `/.well-known/matrix/support` (spec:
+/// "Server support discovery"). Nothing set: that endpoint answers 404.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Support {
+    /// Ways to reach the administrators.
+    pub contacts: Vec<SupportContact>,
+    /// A page helping this server's users.
+    pub support_page: Option<String>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SupportContact {
+    /// A Matrix user ID (it may be on another server).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub matrix_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email_address: Option<String>,
+    /// `m.role.admin`, `m.role.security` or a namespaced role.
+    pub role: String,
+}
+
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Media {
@@ -431,6 +455,7 @@ impl Default for Config {
             server_notices: ServerNotices::default(),
             media: Media::default(),
             federation: Federation::default(),
+            support: Support::default(),
         }
     }
 }
@@ -506,6 +531,18 @@ impl Config {
         }
         if self.federation.request_timeout_secs == 0 || self.federation.connect_timeout_secs == 0 {
             bail!("`federation.request_timeout_secs` and `connect_timeout_secs` must be >= 1");
+        }
+        for contact in &self.support.contacts {
+            if contact.matrix_id.is_none() && contact.email_address.is_none() {
+                bail!("`support.contacts`: each contact needs `matrix_id` or `email_address`");
+            }
+            if let Some(id) = &contact.matrix_id {
+                ruma::UserId::parse(id)
+                    .with_context(|| format!("`support.contacts`: invalid `matrix_id` {id:?}"))?;
+            }
+            if contact.role.is_empty() {
+                bail!("`support.contacts`: each contact needs a `role`");
+            }
         }
         if self.limits.header_read_timeout_secs == 0 {
             bail!("`limits.header_read_timeout_secs` must be at least 1");
@@ -701,6 +738,36 @@ mod tests {
         std::fs::write(&path, "[registration]\nopne = true\n").unwrap();
         let err = Config::load(Some(&path)).unwrap_err().to_string();
         assert!(err.contains("opne"), "{err}");
+    }
+
+    #[test]
+    fn support_contacts_need_a_way_to_reach_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bad.toml");
+        for (contacts, expected) in [
+            (
+                r#"[{ role = "m.role.admin" }]"#,
+                "needs `matrix_id` or `email_address`",
+            ),
+            (
+                r#"[{ matrix_id = "admin", role = "m.role.admin" }]"#,
+                "invalid `matrix_id`",
+            ),
+            (
+                r#"[{ email_address = "a@example.org", role = "" }]"#,
+                "needs a `role`",
+            ),
+        ] {
+            std::fs::write(&path, format!("[support]\ncontacts = {contacts}\n")).unwrap();
+            let err = format!("{:#}", Config::load(Some(&path)).unwrap_err());
+            assert!(err.contains(expected), "{contacts}: {err}");
+        }
+        std::fs::write(
+            &path,
+            "[support]\ncontacts = [{ email_address = \"a@example.org\", role = \"m.role.admin\" }]\n",
+        )
+        .unwrap();
+        Config::load(Some(&path)).expect("a contact with an email address loads");
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! What Element, matrix-js-sdk and matrix-rust-sdk ask of a server besides the
 //! core API (issue #17): aliases leaving `m.room.canonical_alias` when deleted,
-//! room summaries (MSC3266).
+//! room summaries (MSC3266), `/thirdparty/protocols` and
+//! `/.well-known/matrix/support`.
 
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -306,4 +307,72 @@ async fn room_summary_for_those_who_may_preview() {
             .await;
         assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
     }
+}
+
+#[tokio::test]
+async fn thirdparty_protocols_is_empty_and_the_rest_absent() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice", "pw").await;
+    let (status, body) = server
+        .get(
+            &format!("{V3}/thirdparty/protocols"),
+            Some(&alice.access_token),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body, json!({}));
+    let (status, body) = server
+        .get(&format!("{V3}/thirdparty/protocols"), None)
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    assert_eq!(body["errcode"], "M_MISSING_TOKEN");
+    for path in [
+        "thirdparty/protocol/irc",
+        "thirdparty/user?userid=x",
+        "thirdparty/location?alias=x",
+    ] {
+        let (status, body) = server
+            .get(&format!("{V3}/{path}"), Some(&alice.access_token))
+            .await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{path}: {body}");
+        assert_eq!(body["errcode"], "M_UNRECOGNIZED");
+    }
+}
+
+#[tokio::test]
+async fn well_known_support_from_configuration() {
+    let unset = TestServer::start().await;
+    let (status, body) = unset.get("/.well-known/matrix/support", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    assert_eq!(body["errcode"], "M_NOT_FOUND");
+    unset.stop().await;
+
+    let server = TestServer::start_with(|config| {
+        config.support.contacts = vec![
+            lattice::config::SupportContact {
+                matrix_id: Some("@admin:example.org".into()),
+                email_address: Some("admin@example.org".into()),
+                role: "m.role.admin".into(),
+            },
+            lattice::config::SupportContact {
+                matrix_id: None,
+                email_address: Some("security@example.org".into()),
+                role: "m.role.security".into(),
+            },
+        ];
+        config.support.support_page = Some("https://example.org/support".into());
+    })
+    .await;
+    let (status, body) = server.get("/.well-known/matrix/support", None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        body,
+        json!({
+            "contacts": [
+                { "matrix_id": "@admin:example.org", "email_address": "admin@example.org", "role": "m.role.admin" },
+                { "email_address": "security@example.org", "role": "m.role.security" },
+            ],
+            "support_page": "https://example.org/support",
+        })
+    );
 }

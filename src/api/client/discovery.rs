@@ -1,10 +1,11 @@
 //! Discovery and server capabilities:
 //! `GET /_matrix/client/versions`, `GET /.well-known/matrix/client`,
-//! `GET /.well-known/matrix/server`, `GET /_matrix/client/v3/capabilities`
-//! (spec: "Server Discovery", "Capabilities negotiation"), and `GET /health`.
+//! `GET /.well-known/matrix/server`, `GET /.well-known/matrix/support`,
+//! `GET /_matrix/client/v3/capabilities` (spec: "Server Discovery", "Server
+//! support discovery", "Capabilities negotiation"), and `GET /health`.
 
 use axum::{Json, Router, extract::State, routing::get};
-use ruma::api::client::discovery::{get_capabilities, get_supported_versions};
+use ruma::api::client::discovery::{discover_support, get_capabilities, get_supported_versions};
 use serde_json::{Value, json};
 
 use crate::{
@@ -31,6 +32,7 @@ pub fn router() -> Router<AppState> {
         .ruma::<get_capabilities::v3::Request, _, _>(capabilities)
         .route("/.well-known/matrix/client", get(well_known_client))
         .route("/.well-known/matrix/server", get(well_known_server))
+        .ruma::<discover_support::Request, _, _>(well_known_support)
         .route("/health", get(health))
 }
 
@@ -99,4 +101,25 @@ async fn well_known_server(State(state): State<AppState>) -> Result<Json<Value>>
         Some(delegate) => Ok(Json(json!({ "m.server": delegate }))),
         None => Err(Error::not_found("No federation delegation configured")),
     }
+}
+
+/// From the `[support]` settings; `404` when none are set, as the spec allows
+/// ("No server support information available").
+async fn well_known_support(
+    State(state): State<AppState>,
+    Ruma(_): Ruma<discover_support::Request>,
+) -> Result<Json<Value>> {
+    let support = &state.config.support;
+    if support.contacts.is_empty() && support.support_page.is_none() {
+        return Err(Error::not_found("No support information configured"));
+    }
+    let mut body = json!({});
+    if !support.contacts.is_empty() {
+        body["contacts"] = serde_json::to_value(&support.contacts)
+            .map_err(|e| anyhow::anyhow!("support contacts: {e}"))?;
+    }
+    if let Some(page) = &support.support_page {
+        body["support_page"] = page.clone().into();
+    }
+    Ok(Json(body))
 }

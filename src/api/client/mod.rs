@@ -13,6 +13,7 @@ mod rooms;
 mod search;
 mod session;
 mod sync;
+mod thirdparty;
 mod timeline;
 mod user_data;
 
@@ -37,4 +38,5 @@ pub fn router() -> Router<AppState> {
         .merge(user_data::router())
         .merge(presence::router())
         .merge(search::router())
+        .merge(thirdparty::router())
 }
