@@ -1,7 +1,8 @@
 //! What Element, matrix-js-sdk and matrix-rust-sdk ask of a server besides the
-//! core API (issue #17): aliases leaving `m.room.canonical_alias` when deleted,
-//! room summaries (MSC3266), `/thirdparty/protocols` and
-//! `/.well-known/matrix/support`.
+//! core API (issue #17): the unstable flags of `/versions` (each one's feature
+//! called), aliases leaving `m.room.canonical_alias` when deleted, room
+//! summaries (MSC3266), `/thirdparty/protocols`, `/.well-known/matrix/support`
+//! and mutual rooms (MSC2666).
 
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -40,6 +41,156 @@ async fn delete_alias(server: &TestServer, who: &Login, alias: &str) -> (StatusC
             None,
         )
         .await
+}
+
+/// Calls the feature behind one advertised unstable flag and checks it works.
+async fn probe(server: &TestServer, n: usize, flag: &str) {
+    let alice = server.register(&format!("a{n}"), "pw").await;
+    let bob = server.register(&format!("b{n}"), "pw").await;
+    let room = server
+        .create_room(&alice, json!({ "preset": "public_chat" }))
+        .await;
+    server.join(&bob, &room).await;
+    let root = server
+        .send_message(
+            &alice,
+            &room,
+            json!({ "msgtype": "m.text", "body": "root" }),
+        )
+        .await;
+    let t = Some(alice.access_token.as_str());
+    match flag {
+        "org.matrix.e2e_cross_signing" => {
+            let master = json!({ "user_id": alice.user_id, "usage": ["master"], "keys": { "ed25519:MK": "MK" } });
+            let (status, body) = server
+                .post(
+                    &format!("{V3}/keys/device_signing/upload"),
+                    t,
+                    json!({ "master_key": master }),
+                )
+                .await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+            let (_, q) = server
+                .post(
+                    &format!("{V3}/keys/query"),
+                    Some(&bob.access_token),
+                    json!({ "device_keys": { alice.user_id.clone(): [] } }),
+                )
+                .await;
+            assert_eq!(
+                q["master_keys"][&alice.user_id]["keys"]["ed25519:MK"], "MK",
+                "{q}"
+            );
+        }
+        "org.matrix.msc2432" => {
+            let (status, body) = server
+                .put(
+                    &format!("{V3}/rooms/{room}/state/m.room.canonical_alias/"),
+                    t,
+                    json!({ "alias": "#nowhere:test.local" }),
+                )
+                .await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+            assert_eq!(body["errcode"], "M_BAD_ALIAS");
+        }
+        "org.matrix.msc2285.stable" => {
+            let (status, body) = server
+                .post(
+                    &format!("{V3}/rooms/{room}/receipt/m.read.private/{root}"),
+                    t,
+                    json!({}),
+                )
+                .await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+            // Private: bob's sync shows no receipt of alice's.
+            let (_, sync) = server
+                .get(&format!("{V3}/sync"), Some(&bob.access_token))
+                .await;
+            let ephemeral = &sync["rooms"]["join"][&room]["ephemeral"]["events"];
+            assert!(
+                !ephemeral.to_string().contains(&alice.user_id),
+                "{ephemeral}"
+            );
+        }
+        "org.matrix.msc3440.stable" | "org.matrix.msc3771" | "org.matrix.msc3773" => {
+            let reply = server
+                .send_message(
+                    &bob,
+                    &room,
+                    json!({ "msgtype": "m.text", "body": "in thread",
+                            "m.relates_to": { "rel_type": "m.thread", "event_id": root } }),
+                )
+                .await;
+            let (status, threads) = server.get(&format!("{V1}/rooms/{room}/threads"), t).await;
+            assert_eq!(status, StatusCode::OK, "{threads}");
+            assert_eq!(threads["chunk"][0]["event_id"], root.as_str(), "{threads}");
+            let filter = enc(
+                &json!({ "room": { "timeline": { "unread_thread_notifications": true } } })
+                    .to_string(),
+            );
+            let (_, sync) = server.get(&format!("{V3}/sync?filter={filter}"), t).await;
+            assert_eq!(
+                sync["rooms"]["join"][&room]["unread_thread_notifications"][&root]["notification_count"],
+                1,
+                "{sync}"
+            );
+            let (status, body) = server
+                .post(
+                    &format!("{V3}/rooms/{room}/receipt/m.read/{reply}"),
+                    t,
+                    json!({ "thread_id": root }),
+                )
+                .await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+        }
+        "org.matrix.msc3266" => {
+            let (status, summary) = server.get(&format!("{V1}/room_summary/{room}"), None).await;
+            assert_eq!(status, StatusCode::OK, "{summary}");
+            assert_eq!(summary["room_id"], room.as_str());
+        }
+        "uk.half-shot.msc2666.query_mutual_rooms"
+        | "uk.half-shot.msc2666.query_mutual_rooms.stable" => {
+            for path in [
+                "/_matrix/client/unstable/uk.half-shot.msc2666/user/mutual_rooms",
+                "/_matrix/client/v1/mutual_rooms",
+            ] {
+                let (status, body) = server
+                    .get(&format!("{path}?user_id={}", enc(&bob.user_id)), t)
+                    .await;
+                assert_eq!(status, StatusCode::OK, "{body}");
+                assert_eq!(body["joined"], json!([room]), "{path}: {body}");
+            }
+        }
+        "org.matrix.simplified_msc3575" => {
+            let (status, body) = server
+                .post(
+                    "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync",
+                    t,
+                    json!({ "lists": { "all": { "ranges": [[0, 10]], "timeline_limit": 1 } } }),
+                )
+                .await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+            assert!(body["pos"].is_string(), "{body}");
+            assert!(body["rooms"][&room].is_object(), "{body}");
+        }
+        other => panic!("/versions advertises {other}, which no test calls"),
+    }
+}
+
+#[tokio::test]
+async fn versions_advertises_cross_signing_and_only_working_unstable_features() {
+    let server = TestServer::start().await;
+    let (status, versions) = server.get("/_matrix/client/versions", None).await;
+    assert_eq!(status, StatusCode::OK, "{versions}");
+    let features = versions["unstable_features"]
+        .as_object()
+        .expect("unstable_features");
+    // Element 1.11 sets up cross-signing only when this is advertised.
+    assert_eq!(features["org.matrix.e2e_cross_signing"], true, "{versions}");
+    for (n, (flag, on)) in features.iter().enumerate() {
+        assert_eq!(on, &Value::Bool(true), "{flag} is listed but off");
+        probe(&server, n, flag).await;
+    }
 }
 
 #[tokio::test]
@@ -375,4 +526,110 @@ async fn well_known_support_from_configuration() {
             "support_page": "https://example.org/support",
         })
     );
+}
+
+#[tokio::test]
+async fn mutual_rooms_only_rooms_both_are_joined_to() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice", "pw").await;
+    let bob = server.register("bob", "pw").await;
+    let carol = server.register("carol", "pw").await;
+    let shared = server
+        .create_room(&alice, json!({ "preset": "public_chat" }))
+        .await;
+    server.join(&bob, &shared).await;
+    // Bob's private room, with alice only invited; a room bob left.
+    let bobs = server
+        .create_room(&bob, json!({ "preset": "private_chat" }))
+        .await;
+    let (status, body) = server
+        .post(
+            &format!("{V3}/rooms/{bobs}/invite"),
+            Some(&bob.access_token),
+            json!({ "user_id": alice.user_id }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let left = server
+        .create_room(&alice, json!({ "preset": "public_chat" }))
+        .await;
+    server.join(&bob, &left).await;
+    let (status, body) = server
+        .post(
+            &format!("{V3}/rooms/{left}/leave"),
+            Some(&bob.access_token),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    let ask = |who: &Login, query: String| {
+        let token = who.access_token.clone();
+        let server = &server;
+        async move {
+            server
+                .get(&format!("{V1}/mutual_rooms?{query}"), Some(&token))
+                .await
+        }
+    };
+    let (status, body) = ask(&alice, format!("user_id={}", enc(&bob.user_id))).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body, json!({ "joined": [shared], "count": 1 }));
+    // Carol shares nothing with bob and learns nothing of his rooms.
+    let (status, body) = ask(&carol, format!("user_id={}", enc(&bob.user_id))).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body, json!({ "joined": [], "count": 0 }));
+    // An unknown user: an empty list.
+    let (status, body) = ask(&alice, format!("user_id={}", enc("@ghost:test.local"))).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["joined"], json!([]));
+    // Oneself, a bad user ID, a token not ours: 400 M_INVALID_PARAM.
+    for query in [
+        format!("user_id={}", enc(&alice.user_id)),
+        format!("user_id={}&from=garbage", enc(&bob.user_id)),
+        "user_id=not-a-user".to_owned(),
+    ] {
+        let (status, body) = ask(&alice, query.clone()).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{query}: {body}");
+        assert_eq!(body["errcode"], "M_INVALID_PARAM", "{query}");
+    }
+}
+
+#[tokio::test]
+async fn mutual_rooms_pages_with_next_batch() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice", "pw").await;
+    let bob = server.register("bob", "pw").await;
+    let mut rooms = Vec::new();
+    for _ in 0..101 {
+        let room = server
+            .create_room(&alice, json!({ "preset": "public_chat" }))
+            .await;
+        server.join(&bob, &room).await;
+        rooms.push(room);
+    }
+    rooms.sort();
+    let query = format!("{V1}/mutual_rooms?user_id={}", enc(&bob.user_id));
+    let (status, first) = server.get(&query, Some(&alice.access_token)).await;
+    assert_eq!(status, StatusCode::OK, "{first}");
+    assert_eq!(first["count"], 101);
+    assert_eq!(first["joined"].as_array().unwrap().len(), 100);
+    let next = first["next_batch"].as_str().expect("next_batch");
+    let (status, second) = server
+        .get(
+            &format!("{query}&from={}", enc(next)),
+            Some(&alice.access_token),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{second}");
+    assert!(second.get("next_batch").is_none(), "{second}");
+    let mut seen: Vec<String> = first["joined"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(second["joined"].as_array().unwrap())
+        .map(|r| r.as_str().unwrap().to_owned())
+        .collect();
+    seen.sort();
+    assert_eq!(seen, rooms);
 }

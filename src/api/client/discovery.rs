@@ -51,15 +51,42 @@ async fn health(State(state): State<AppState>) -> (axum::http::StatusCode, &'sta
     }
 }
 
+/// Unstable features advertised in `/versions`: each one's feature works
+/// (tests/e2e/clients.rs calls every one of them). Features whose stable form
+/// came with a spec version listed above need no flag; these are the ones
+/// clients still look for by name.
+const UNSTABLE_FEATURES: &[&str] = &[
+    // Cross-signing: Element sets it up only when this is present.
+    "org.matrix.e2e_cross_signing",
+    // Local aliases in `m.room.canonical_alias` must point at the room.
+    "org.matrix.msc2432",
+    // Private read receipts (`m.read.private`).
+    "org.matrix.msc2285.stable",
+    // Threads: `/threads`, `m.thread` relations and bundled summaries.
+    "org.matrix.msc3440.stable",
+    // Threaded read receipts (`thread_id` on receipts).
+    "org.matrix.msc3771",
+    // Per-thread notification counts (`unread_thread_notifications`).
+    "org.matrix.msc3773",
+    // Room summaries (`/room_summary`, and im.nheko.summary's paths).
+    "org.matrix.msc3266",
+    // Mutual rooms (unstable and `/v1/mutual_rooms`).
+    "uk.half-shot.msc2666.query_mutual_rooms",
+    "uk.half-shot.msc2666.query_mutual_rooms.stable",
+    // Simplified sliding sync (MSC4186), as Synapse advertises it.
+    "org.matrix.simplified_msc3575",
+];
+
 async fn versions(
     Ruma(_): Ruma<get_supported_versions::Request>,
 ) -> RumaResponse<get_supported_versions::Response> {
     let mut response =
         get_supported_versions::Response::new(VERSIONS.iter().map(|v| (*v).to_owned()).collect());
-    // Simplified sliding sync (MSC4186), as Synapse advertises it.
-    response
-        .unstable_features
-        .insert("org.matrix.simplified_msc3575".to_owned(), true);
+    for feature in UNSTABLE_FEATURES {
+        response
+            .unstable_features
+            .insert((*feature).to_owned(), true);
+    }
     RumaResponse(response)
 }
 

@@ -5,6 +5,7 @@ mod devices;
 mod directory;
 mod discovery;
 mod keys;
+mod mutual_rooms;
 mod presence;
 mod profile;
 mod push;
@@ -39,4 +40,5 @@ pub fn router() -> Router<AppState> {
         .merge(presence::router())
         .merge(search::router())
         .merge(thirdparty::router())
+        .merge(mutual_rooms::router())
 }
