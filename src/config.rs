@@ -51,6 +51,7 @@ pub struct Config {
     pub media: Media,
     pub federation: Federation,
     pub support: Support,
+    pub turn: Turn,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -267,6 +268,47 @@ impl Default for ServerNotices {
     }
 }
 
+/// TURN servers for VoIP calls, handed out by `/voip/turnServer` with
+/// short-lived credentials from a secret shared with the TURN server (coturn's
+/// `use-auth-secret` / `static-auth-secret`).
+#[derive(Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Turn {
+    /// `turn:` / `turns:` URIs clients are given. Empty: no TURN server.
+    pub uris: Vec<String>,
+    /// coturn's `static-auth-secret`. Unset: no TURN server.
+    pub shared_secret: Option<String>,
+    /// How long the credentials handed out stay valid, in seconds.
+    pub user_lifetime_secs: u64,
+    /// Whether guests get credentials too.
+    pub allow_guests: bool,
+}
+
+impl Default for Turn {
+    fn default() -> Self {
+        Self {
+            uris: Vec::new(),
+            shared_secret: None,
+            user_lifetime_secs: 3600,
+            allow_guests: true,
+        }
+    }
+}
+
+impl fmt::Debug for Turn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Turn")
+            .field("uris", &self.uris)
+            .field(
+                "shared_secret",
+                &self.shared_secret.as_ref().map(|_| "<redacted>"),
+            )
+            .field("user_lifetime_secs", &self.user_lifetime_secs)
+            .field("allow_guests", &self.allow_guests)
+            .finish()
+    }
+}
+
 /// Who runs this server, served at `/.well-known/matrix/support` (spec:
 /// "Server support discovery"). Nothing set: that endpoint answers 404.
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
@@ -456,6 +498,7 @@ impl Default for Config {
             media: Media::default(),
             federation: Federation::default(),
             support: Support::default(),
+            turn: Turn::default(),
         }
     }
 }
@@ -531,6 +574,14 @@ impl Config {
         }
         if self.federation.request_timeout_secs == 0 || self.federation.connect_timeout_secs == 0 {
             bail!("`federation.request_timeout_secs` and `connect_timeout_secs` must be >= 1");
+        }
+        if self.turn.user_lifetime_secs == 0 {
+            bail!("`turn.user_lifetime_secs` must be at least 1");
+        }
+        for uri in &self.turn.uris {
+            if !(uri.starts_with("turn:") || uri.starts_with("turns:")) {
+                bail!("`turn.uris`: {uri:?} is not a turn: or turns: URI");
+            }
         }
         for contact in &self.support.contacts {
             if contact.matrix_id.is_none() && contact.email_address.is_none() {

@@ -36,6 +36,7 @@ pub mod uia;
 pub mod upgrade;
 pub mod url_preview;
 pub mod user_directory;
+pub mod voip;
 
 /// Runs CPU-heavy work (argon2, signing big events, state resolution) off the async
 /// workers.

@@ -2,7 +2,7 @@
 //! core API (issue #17): the unstable flags of `/versions` (each one's feature
 //! called), aliases leaving `m.room.canonical_alias` when deleted, room
 //! summaries (MSC3266), `/thirdparty/protocols`, `/.well-known/matrix/support`
-//! and mutual rooms (MSC2666).
+//! mutual rooms (MSC2666) and TURN credentials that a real coturn accepts.
 
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -632,4 +632,174 @@ async fn mutual_rooms_pages_with_next_batch() {
         .collect();
     seen.sort();
     assert_eq!(seen, rooms);
+}
+
+const TURN_SECRET: &str = "a shared secret";
+
+fn with_turn(config: &mut lattice::config::Config, port: u16) {
+    config.turn.uris = vec![format!("turn:127.0.0.1:{port}?transport=udp")];
+    config.turn.shared_secret = Some(TURN_SECRET.into());
+    config.turn.user_lifetime_secs = 600;
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+#[tokio::test]
+async fn turn_server_credentials_in_coturns_form() {
+    use base64::Engine;
+    use hmac::{Hmac, Mac};
+
+    // Not configured: {} (as Synapse), so clients call without TURN.
+    let unset = TestServer::start().await;
+    let alice = unset.register("alice", "pw").await;
+    let (status, body) = unset
+        .get(&format!("{V3}/voip/turnServer"), Some(&alice.access_token))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body, json!({}));
+    unset.stop().await;
+
+    let server = TestServer::start_with(|config| {
+        with_turn(config, 3478);
+        config.turn.allow_guests = false;
+        config.registration.guests = true;
+    })
+    .await;
+    let alice = server.register("alice", "pw").await;
+    let before = unix_now();
+    let (status, body) = server
+        .get(&format!("{V3}/voip/turnServer"), Some(&alice.access_token))
+        .await;
+    let after = unix_now();
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["uris"], json!(["turn:127.0.0.1:3478?transport=udp"]));
+    assert_eq!(body["ttl"], 600);
+    let username = body["username"].as_str().expect("username");
+    let (expiry, user) = username.split_once(':').expect("expiry:user_id");
+    assert_eq!(user, alice.user_id);
+    let expiry: u64 = expiry.parse().expect("unix seconds");
+    assert!((before + 600..=after + 600).contains(&expiry), "{expiry}");
+    let mut mac = Hmac::<sha1::Sha1>::new_from_slice(TURN_SECRET.as_bytes()).unwrap();
+    mac.update(username.as_bytes());
+    let expected = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
+    assert_eq!(body["password"], expected);
+
+    // Without a token: 401; guests when not allowed: 403.
+    let (status, body) = server.get(&format!("{V3}/voip/turnServer"), None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    assert_eq!(body["errcode"], "M_MISSING_TOKEN");
+    let (status, guest) = server
+        .post(&format!("{V3}/register?kind=guest"), None, json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{guest}");
+    let (status, body) = server
+        .get(
+            &format!("{V3}/voip/turnServer"),
+            guest["access_token"].as_str(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert_eq!(body["errcode"], "M_GUEST_ACCESS_FORBIDDEN");
+}
+
+/// coturn, stopped when dropped.
+struct Coturn(std::process::Child);
+
+impl Drop for Coturn {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Runs coturn's test client against the TURN server: an allocation with
+/// these credentials, then a message relayed to a peer and back.
+fn turn_client(bin: &std::path::Path, port: u16, username: &str, password: &str) -> (bool, String) {
+    let out = std::process::Command::new(bin.join("turnutils_uclient"))
+        .args(["-p", &port.to_string(), "-u", username, "-w", password])
+        .args(["-n", "1", "-m", "1", "-y", "-e", "127.0.0.1", "127.0.0.1"])
+        .output()
+        .expect("turnutils_uclient runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// The credentials Lattice hands out are accepted by a real coturn configured
+/// with `use-auth-secret` and the same secret; tampered ones are refused.
+#[tokio::test]
+async fn coturn_accepts_the_turn_credentials() {
+    let bin = std::path::PathBuf::from(crate::harness::setup_script("coturn-env"));
+    let port = crate::harness::free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let _coturn = Coturn(
+        std::process::Command::new(bin.join("turnserver"))
+            .args(["-n", "--listening-ip=127.0.0.1", "--relay-ip=127.0.0.1"])
+            .arg(format!("--listening-port={port}"))
+            .args(["--use-auth-secret", "--realm=test.local"])
+            .arg(format!("--static-auth-secret={TURN_SECRET}"))
+            .args([
+                "--no-tls",
+                "--no-dtls",
+                "--no-cli",
+                "--allow-loopback-peers",
+            ])
+            .arg(format!("--pidfile={}", dir.path().join("pid").display()))
+            .arg(format!("--log-file={}", dir.path().join("log").display()))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("turnserver starts"),
+    );
+    crate::harness::eventually("coturn listening", || async {
+        tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+    })
+    .await;
+
+    let server = TestServer::start_with(|config| with_turn(config, port)).await;
+    let alice = server.register("alice", "pw").await;
+    let (status, creds) = server
+        .get(&format!("{V3}/voip/turnServer"), Some(&alice.access_token))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{creds}");
+    let username = creds["username"].as_str().unwrap().to_owned();
+    let password = creds["password"].as_str().unwrap().to_owned();
+    let (ok, out) = tokio::task::spawn_blocking({
+        let (bin, username, password) = (bin.clone(), username.clone(), password.clone());
+        move || turn_client(&bin, port, &username, &password)
+    })
+    .await
+    .unwrap();
+    assert!(ok, "coturn refused Lattice's credentials:\n{out}");
+    assert!(out.contains("Total lost packets 0"), "{out}");
+
+    // Another user's name with alice's password, or a later expiry: refused.
+    let forged_user = username.replace(&alice.user_id, "@mallory:test.local");
+    let (ok, out) = tokio::task::spawn_blocking({
+        let bin = bin.clone();
+        let password = password.clone();
+        move || turn_client(&bin, port, &forged_user, &password)
+    })
+    .await
+    .unwrap();
+    assert!(!ok, "coturn accepted a forged username:\n{out}");
+    let (expiry, user) = username.split_once(':').unwrap();
+    let extended = format!("{}:{user}", expiry.parse::<u64>().unwrap() + 86_400);
+    let (ok, out) = tokio::task::spawn_blocking({
+        let bin = bin.clone();
+        move || turn_client(&bin, port, &extended, &password)
+    })
+    .await
+    .unwrap();
+    assert!(!ok, "coturn accepted an extended expiry:\n{out}");
 }

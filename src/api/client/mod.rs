@@ -17,6 +17,7 @@ mod sync;
 mod thirdparty;
 mod timeline;
 mod user_data;
+mod voip;
 
 use axum::Router;
 
@@ -41,4 +42,5 @@ pub fn router() -> Router<AppState> {
         .merge(search::router())
         .merge(thirdparty::router())
         .merge(mutual_rooms::router())
+        .merge(voip::router())
 }
