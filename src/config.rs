@@ -50,6 +50,8 @@ pub struct Config {
     pub server_notices: ServerNotices,
     pub media: Media,
     pub federation: Federation,
+    pub support: Support,
+    pub turn: Turn,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -266,6 +268,70 @@ impl Default for ServerNotices {
     }
 }
 
+/// TURN servers for VoIP calls, handed out by `/voip/turnServer` with
+/// short-lived credentials from a secret shared with the TURN server (coturn's
+/// `use-auth-secret` / `static-auth-secret`).
+#[derive(Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Turn {
+    /// `turn:` / `turns:` URIs clients are given. Empty: no TURN server.
+    pub uris: Vec<String>,
+    /// coturn's `static-auth-secret`. Unset: no TURN server.
+    pub shared_secret: Option<String>,
+    /// How long the credentials handed out stay valid, in seconds.
+    pub user_lifetime_secs: u64,
+    /// Whether guests get credentials too.
+    pub allow_guests: bool,
+}
+
+impl Default for Turn {
+    fn default() -> Self {
+        Self {
+            uris: Vec::new(),
+            shared_secret: None,
+            user_lifetime_secs: 3600,
+            allow_guests: true,
+        }
+    }
+}
+
+impl fmt::Debug for Turn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Turn")
+            .field("uris", &self.uris)
+            .field(
+                "shared_secret",
+                &self.shared_secret.as_ref().map(|_| "<redacted>"),
+            )
+            .field("user_lifetime_secs", &self.user_lifetime_secs)
+            .field("allow_guests", &self.allow_guests)
+            .finish()
+    }
+}
+
+/// Who runs this server, served at `/.well-known/matrix/support` (spec:
+/// "Server support discovery"). Nothing set: that endpoint answers 404.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Support {
+    /// Ways to reach the administrators.
+    pub contacts: Vec<SupportContact>,
+    /// A page helping this server's users.
+    pub support_page: Option<String>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SupportContact {
+    /// A Matrix user ID (it may be on another server).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub matrix_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email_address: Option<String>,
+    /// `m.role.admin`, `m.role.security` or a namespaced role.
+    pub role: String,
+}
+
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Media {
@@ -431,6 +497,8 @@ impl Default for Config {
             server_notices: ServerNotices::default(),
             media: Media::default(),
             federation: Federation::default(),
+            support: Support::default(),
+            turn: Turn::default(),
         }
     }
 }
@@ -506,6 +574,26 @@ impl Config {
         }
         if self.federation.request_timeout_secs == 0 || self.federation.connect_timeout_secs == 0 {
             bail!("`federation.request_timeout_secs` and `connect_timeout_secs` must be >= 1");
+        }
+        if self.turn.user_lifetime_secs == 0 {
+            bail!("`turn.user_lifetime_secs` must be at least 1");
+        }
+        for uri in &self.turn.uris {
+            if !(uri.starts_with("turn:") || uri.starts_with("turns:")) {
+                bail!("`turn.uris`: {uri:?} is not a turn: or turns: URI");
+            }
+        }
+        for contact in &self.support.contacts {
+            if contact.matrix_id.is_none() && contact.email_address.is_none() {
+                bail!("`support.contacts`: each contact needs `matrix_id` or `email_address`");
+            }
+            if let Some(id) = &contact.matrix_id {
+                ruma::UserId::parse(id)
+                    .with_context(|| format!("`support.contacts`: invalid `matrix_id` {id:?}"))?;
+            }
+            if contact.role.is_empty() {
+                bail!("`support.contacts`: each contact needs a `role`");
+            }
         }
         if self.limits.header_read_timeout_secs == 0 {
             bail!("`limits.header_read_timeout_secs` must be at least 1");
@@ -701,6 +789,36 @@ mod tests {
         std::fs::write(&path, "[registration]\nopne = true\n").unwrap();
         let err = Config::load(Some(&path)).unwrap_err().to_string();
         assert!(err.contains("opne"), "{err}");
+    }
+
+    #[test]
+    fn support_contacts_need_a_way_to_reach_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bad.toml");
+        for (contacts, expected) in [
+            (
+                r#"[{ role = "m.role.admin" }]"#,
+                "needs `matrix_id` or `email_address`",
+            ),
+            (
+                r#"[{ matrix_id = "admin", role = "m.role.admin" }]"#,
+                "invalid `matrix_id`",
+            ),
+            (
+                r#"[{ email_address = "a@example.org", role = "" }]"#,
+                "needs a `role`",
+            ),
+        ] {
+            std::fs::write(&path, format!("[support]\ncontacts = {contacts}\n")).unwrap();
+            let err = format!("{:#}", Config::load(Some(&path)).unwrap_err());
+            assert!(err.contains(expected), "{contacts}: {err}");
+        }
+        std::fs::write(
+            &path,
+            "[support]\ncontacts = [{ email_address = \"a@example.org\", role = \"m.role.admin\" }]\n",
+        )
+        .unwrap();
+        Config::load(Some(&path)).expect("a contact with an email address loads");
     }
 
     #[test]

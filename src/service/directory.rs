@@ -129,8 +129,98 @@ pub async fn delete_alias(app: &AppState, user: &Session, alias: &str) -> Result
     if creator != user.user_id.as_str() && !user.is_admin {
         return Err(Error::forbidden("You may not delete this alias"));
     }
+    let room_id = rooms::alias_room(&app.db, alias).await?;
     rooms::delete_alias(&app.db, alias).await?;
+    if let Some(room_id) = room_id.and_then(|r| RoomId::parse(r).ok()) {
+        drop_from_canonical_alias(app, &user.user_id, &room_id, alias).await?;
+    }
     Ok(())
+}
+
+/// After an alias is deleted, the room's `m.room.canonical_alias` must stop
+/// naming it (as `alias` or among `alt_aliases`), or clients keep showing and
+/// resolving it. As Synapse does, the update is sent by the user who deleted
+/// the alias; when they lack the power to send it (a server admin outside the
+/// room, a creator who lost their power), the deletion stands and the event is
+/// left as it is.
+async fn drop_from_canonical_alias(
+    app: &AppState,
+    user: &UserId,
+    room_id: &RoomId,
+    alias: &str,
+) -> Result<()> {
+    let Some(group) = rooms::get(&app.db, room_id.as_str())
+        .await?
+        .and_then(|r| r.current_state_group)
+    else {
+        return Ok(());
+    };
+    let state = state_contents(app, group, &["m.room.canonical_alias"]).await?;
+    let Some(serde_json::Value::Object(mut content)) = state.get("m.room.canonical_alias").cloned()
+    else {
+        return Ok(());
+    };
+    let mut changed = false;
+    if content.get("alias").and_then(|a| a.as_str()) == Some(alias) {
+        content.remove("alias");
+        changed = true;
+    }
+    if let Some(serde_json::Value::Array(alt)) = content.get_mut("alt_aliases") {
+        let before = alt.len();
+        alt.retain(|a| a.as_str() != Some(alias));
+        changed |= alt.len() != before;
+        if alt.is_empty() {
+            content.remove("alt_aliases");
+        }
+    }
+    if !changed {
+        return Ok(());
+    }
+    let sent = super::event::send(
+        app,
+        room_id,
+        user,
+        crate::domain::pdu::NewEvent {
+            kind: "m.room.canonical_alias".to_owned(),
+            content: serde_json::Value::Object(content),
+            state_key: Some(String::new()),
+            redacts: None,
+        },
+        None,
+    )
+    .await;
+    match sent {
+        Ok(_) => Ok(()),
+        Err(Error::Matrix {
+            kind: ErrorKind::Forbidden,
+            message,
+        }) => {
+            tracing::info!(%room_id, %user, %message, "alias deleted; canonical alias event left as it is");
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// The content of the current state events of the given types (state key `""`)
+/// at a state group, by type.
+async fn state_contents(
+    app: &AppState,
+    group: i64,
+    types: &[&str],
+) -> Result<std::collections::HashMap<String, serde_json::Value>> {
+    let keys: Vec<(String, String)> = types
+        .iter()
+        .map(|t| ((*t).to_owned(), String::new()))
+        .collect();
+    let entries = crate::storage::state::state_for_keys(&app.db, group, &keys).await?;
+    let ids: Vec<String> = entries.iter().map(|(_, id)| id.clone()).collect();
+    let mut out = std::collections::HashMap::new();
+    for ev in crate::storage::events::get_many(&app.db, &ids).await? {
+        let mut pdu: serde_json::Value = serde_json::from_str(&ev.json).unwrap_or_default();
+        out.insert(ev.event_type, pdu["content"].take());
+    }
+    Ok(out)
 }
 
 /// `GET /rooms/{roomId}/aliases`: for those who may read the room's state.
@@ -255,28 +345,35 @@ pub async fn public_rooms(
     Ok(body)
 }
 
-/// A room's public summary from its current state.
+/// The state types a room summary is made of.
+const SUMMARY_TYPES: &[&str] = &[
+    "m.room.name",
+    "m.room.topic",
+    "m.room.canonical_alias",
+    "m.room.avatar",
+    "m.room.join_rules",
+    "m.room.history_visibility",
+    "m.room.guest_access",
+    "m.room.create",
+    "m.room.encryption",
+];
+
+/// A room's public summary from its current state (a `/publicRooms` chunk).
 pub async fn summary(
     app: &AppState,
     room_id: &str,
     group: i64,
     joined: i64,
 ) -> Result<serde_json::Value> {
-    let keys: Vec<(String, String)> = [
-        "m.room.name",
-        "m.room.topic",
-        "m.room.canonical_alias",
-        "m.room.avatar",
-        "m.room.join_rules",
-        "m.room.history_visibility",
-        "m.room.guest_access",
-        "m.room.create",
-    ]
-    .iter()
-    .map(|t| ((*t).to_owned(), String::new()))
-    .collect();
-    let entries = crate::storage::state::state_for_keys(&app.db, group, &keys).await?;
-    let ids: Vec<String> = entries.iter().map(|(_, id)| id.clone()).collect();
+    let state = state_contents(app, group, SUMMARY_TYPES).await?;
+    Ok(chunk(room_id, joined, &state))
+}
+
+fn chunk(
+    room_id: &str,
+    joined: i64,
+    state: &std::collections::HashMap<String, serde_json::Value>,
+) -> serde_json::Value {
     let mut out = serde_json::json!({
         "room_id": room_id,
         "num_joined_members": joined,
@@ -284,10 +381,8 @@ pub async fn summary(
         "guest_can_join": false,
         "join_rule": "invite",
     });
-    for ev in crate::storage::events::get_many(&app.db, &ids).await? {
-        let pdu: serde_json::Value = serde_json::from_str(&ev.json).unwrap_or_default();
-        let c = &pdu["content"];
-        match ev.event_type.as_str() {
+    for (kind, c) in state {
+        match kind.as_str() {
             "m.room.name" if c["name"].is_string() => out["name"] = c["name"].clone(),
             "m.room.topic" if c["topic"].is_string() => out["topic"] = c["topic"].clone(),
             "m.room.canonical_alias" if c["alias"].is_string() => {
@@ -307,5 +402,107 @@ pub async fn summary(
             _ => {}
         }
     }
+    out
+}
+
+/// `GET /_matrix/client/v1/room_summary/{roomIdOrAlias}` (MSC3266): the
+/// `/publicRooms` chunk plus `room_version`, `encryption`, `allowed_room_ids`
+/// and, for an authenticated requester, their `membership` (`leave` when they
+/// have none). Answered as Synapse does, for rooms the requester may preview:
+/// a `public`, `knock` or `knock_restricted` join rule (where the room version
+/// has it), `world_readable` history, the requester joined, invited or
+/// knocking, or a `restricted` room whose allowed rooms the requester is in.
+/// Every other room, like an unknown one, is `404 M_NOT_FOUND`, so a summary
+/// never tells whether a private room exists. Only rooms this server is in.
+pub async fn room_summary(
+    app: &AppState,
+    requester: Option<&UserId>,
+    room_id: &RoomId,
+) -> Result<serde_json::Value> {
+    let not_found = || Error::not_found("Room not found or not accessible");
+    let Some(room) = rooms::get(&app.db, room_id.as_str()).await? else {
+        return Err(not_found());
+    };
+    let Some(group) = room.current_state_group else {
+        return Err(not_found());
+    };
+    let rules = ruma::RoomVersionId::try_from(room.room_version.as_str())
+        .ok()
+        .and_then(|v| v.rules())
+        .ok_or_else(not_found)?;
+    let state = state_contents(app, group, SUMMARY_TYPES).await?;
+    let membership = match requester {
+        Some(user) => Some(
+            rooms::membership(&app.db, room_id.as_str(), user.as_str())
+                .await?
+                .unwrap_or_else(|| "leave".to_owned()),
+        ),
+        None => None,
+    };
+    let join_rules = state.get("m.room.join_rules");
+    let join_rule = join_rules
+        .and_then(|c| c["join_rule"].as_str())
+        .unwrap_or("invite");
+    let allowed_rooms: Vec<String> = match join_rule {
+        "restricted" if rules.authorization.restricted_join_rule => allowed_rooms(join_rules),
+        "knock_restricted" if rules.authorization.knock_restricted_join_rule => {
+            allowed_rooms(join_rules)
+        }
+        _ => Vec::new(),
+    };
+    let open = match join_rule {
+        "public" => true,
+        "knock" => rules.authorization.knocking,
+        "knock_restricted" => rules.authorization.knock_restricted_join_rule,
+        _ => false,
+    };
+    let world_readable = state
+        .get("m.room.history_visibility")
+        .is_some_and(|c| c["history_visibility"] == "world_readable");
+    let member = matches!(membership.as_deref(), Some("join" | "invite" | "knock"));
+    let mut allowed = open || world_readable || member;
+    if !allowed && let Some(user) = requester {
+        for other in &allowed_rooms {
+            if rooms::membership(&app.db, other, user.as_str())
+                .await?
+                .as_deref()
+                == Some("join")
+            {
+                allowed = true;
+                break;
+            }
+        }
+    }
+    if !allowed {
+        return Err(not_found());
+    }
+    let (joined, _, _) = rooms::summary(&app.db, room_id.as_str(), "").await?;
+    let mut out = chunk(room_id.as_str(), joined, &state);
+    out["room_version"] = room.room_version.into();
+    if let Some(algorithm) = state
+        .get("m.room.encryption")
+        .and_then(|c| c["algorithm"].as_str())
+    {
+        out["encryption"] = algorithm.into();
+    }
+    if !allowed_rooms.is_empty() {
+        out["allowed_room_ids"] = allowed_rooms.into();
+    }
+    if let Some(membership) = membership {
+        out["membership"] = membership.into();
+    }
     Ok(out)
+}
+
+/// The rooms a `restricted` / `knock_restricted` join rule lets members of in.
+fn allowed_rooms(join_rules: Option<&serde_json::Value>) -> Vec<String> {
+    join_rules
+        .and_then(|c| c["allow"].as_array())
+        .into_iter()
+        .flatten()
+        .filter(|a| a["type"] == "m.room_membership")
+        .filter_map(|a| a["room_id"].as_str())
+        .filter(|r| RoomId::parse(*r).is_ok())
+        .map(str::to_owned)
+        .collect()
 }

@@ -13,6 +13,7 @@ pub mod federation;
 pub mod keys;
 pub mod media;
 pub mod membership;
+pub mod mutual_rooms;
 pub mod presence;
 pub mod profile;
 pub mod push;
@@ -35,6 +36,7 @@ pub mod uia;
 pub mod upgrade;
 pub mod url_preview;
 pub mod user_directory;
+pub mod voip;
 
 /// Runs CPU-heavy work (argon2, signing big events, state resolution) off the async
 /// workers.

@@ -6,6 +6,7 @@ mod admin;
 mod attacks;
 mod authz;
 mod cli;
+mod clients;
 mod crash;
 mod deploy;
 mod devices;

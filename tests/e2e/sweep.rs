@@ -99,6 +99,14 @@ async fn malformed_input_never_gets_a_server_error() {
                 format!("/_matrix/client/v1/rooms/{room}/timestamp_to_event?ts=x&dir=q"),
             ),
             (
+                Method::GET,
+                format!("/_matrix/client/v1/room_summary/{room}"),
+            ),
+            (
+                Method::GET,
+                format!("/_matrix/client/v1/mutual_rooms?user_id={user}&from={event}"),
+            ),
+            (
                 Method::PUT,
                 format!("/_matrix/client/v3/user/{user}/account_data/m.x"),
             ),

@@ -2,13 +2,22 @@
 //! `GET/PUT /_matrix/client/v3/directory/list/room/{roomId}` (spec: "Room
 //! directory"). Only this server's rooms: `server=` for another server is refused
 //! until federation lands.
+//!
+//! Room summaries: `GET /_matrix/client/v1/room_summary/{roomIdOrAlias}` (spec:
+//! "Room Summaries", MSC3266) and its unstable paths
+//! `/_matrix/client/unstable/im.nheko.summary/rooms/{roomIdOrAlias}/summary` and
+//! `/_matrix/client/unstable/im.nheko.summary/summary/{roomIdOrAlias}`; the
+//! access token is optional.
 
 use axum::{Json, Router, extract::State};
-use ruma::api::client::{
-    directory::{
-        get_public_rooms, get_public_rooms_filtered, get_room_visibility, set_room_visibility,
+use ruma::{
+    RoomId,
+    api::client::{
+        directory::{
+            get_public_rooms, get_public_rooms_filtered, get_room_visibility, set_room_visibility,
+        },
+        room::{Visibility, get_summary},
     },
-    room::Visibility,
 };
 use serde_json::{Value, json};
 
@@ -18,7 +27,7 @@ use crate::{
         ruma::{RouterExt, Ruma},
     },
     app::AppState,
-    error::{Error, Result},
+    error::{Error, ErrorKind, Result},
     service::directory,
 };
 
@@ -28,6 +37,37 @@ pub fn router() -> Router<AppState> {
         .ruma::<get_public_rooms_filtered::v3::Request, _, _>(public_rooms_filtered)
         .ruma::<get_room_visibility::v3::Request, _, _>(get_visibility)
         .ruma::<set_room_visibility::v3::Request, _, _>(set_visibility)
+        .ruma::<get_summary::v1::Request, _, _>(room_summary)
+        // MSC3266's later unstable path, which ruma does not list (same
+        // parameter, so the same request type parses it).
+        .route(
+            "/_matrix/client/unstable/im.nheko.summary/summary/{room_id_or_alias}",
+            axum::routing::get(room_summary),
+        )
+}
+
+/// The access token is optional: without one, only rooms anyone may preview
+/// are summarised; a token that is given must be valid.
+async fn room_summary(
+    State(app): State<AppState>,
+    auth: std::result::Result<AuthUser, Error>,
+    Ruma(req): Ruma<get_summary::v1::Request>,
+) -> Result<Json<Value>> {
+    let requester = match auth {
+        Ok(AuthUser(session)) => Some(session.user_id),
+        Err(Error::Matrix {
+            kind: ErrorKind::MissingToken,
+            ..
+        }) => None,
+        Err(e) => return Err(e),
+    };
+    let room_id = match <&RoomId>::try_from(&*req.room_id_or_alias) {
+        Ok(room_id) => room_id.to_owned(),
+        Err(alias) => directory::resolve(&app, alias).await?.0,
+    };
+    Ok(Json(
+        directory::room_summary(&app, requester.as_deref(), &room_id).await?,
+    ))
 }
 
 fn local_only(app: &AppState, server: Option<&ruma::ServerName>) -> Result<()> {

@@ -1,10 +1,11 @@
 //! Discovery and server capabilities:
 //! `GET /_matrix/client/versions`, `GET /.well-known/matrix/client`,
-//! `GET /.well-known/matrix/server`, `GET /_matrix/client/v3/capabilities`
-//! (spec: "Server Discovery", "Capabilities negotiation"), and `GET /health`.
+//! `GET /.well-known/matrix/server`, `GET /.well-known/matrix/support`,
+//! `GET /_matrix/client/v3/capabilities` (spec: "Server Discovery", "Server
+//! support discovery", "Capabilities negotiation"), and `GET /health`.
 
 use axum::{Json, Router, extract::State, routing::get};
-use ruma::api::client::discovery::{get_capabilities, get_supported_versions};
+use ruma::api::client::discovery::{discover_support, get_capabilities, get_supported_versions};
 use serde_json::{Value, json};
 
 use crate::{
@@ -31,6 +32,7 @@ pub fn router() -> Router<AppState> {
         .ruma::<get_capabilities::v3::Request, _, _>(capabilities)
         .route("/.well-known/matrix/client", get(well_known_client))
         .route("/.well-known/matrix/server", get(well_known_server))
+        .ruma::<discover_support::Request, _, _>(well_known_support)
         .route("/health", get(health))
 }
 
@@ -49,15 +51,42 @@ async fn health(State(state): State<AppState>) -> (axum::http::StatusCode, &'sta
     }
 }
 
+/// Unstable features advertised in `/versions`: each one's feature works
+/// (tests/e2e/clients.rs calls every one of them). Features whose stable form
+/// came with a spec version listed above need no flag; these are the ones
+/// clients still look for by name.
+const UNSTABLE_FEATURES: &[&str] = &[
+    // Cross-signing: Element sets it up only when this is present.
+    "org.matrix.e2e_cross_signing",
+    // Local aliases in `m.room.canonical_alias` must point at the room.
+    "org.matrix.msc2432",
+    // Private read receipts (`m.read.private`).
+    "org.matrix.msc2285.stable",
+    // Threads: `/threads`, `m.thread` relations and bundled summaries.
+    "org.matrix.msc3440.stable",
+    // Threaded read receipts (`thread_id` on receipts).
+    "org.matrix.msc3771",
+    // Per-thread notification counts (`unread_thread_notifications`).
+    "org.matrix.msc3773",
+    // Room summaries (`/room_summary`, and im.nheko.summary's paths).
+    "org.matrix.msc3266",
+    // Mutual rooms (unstable and `/v1/mutual_rooms`).
+    "uk.half-shot.msc2666.query_mutual_rooms",
+    "uk.half-shot.msc2666.query_mutual_rooms.stable",
+    // Simplified sliding sync (MSC4186), as Synapse advertises it.
+    "org.matrix.simplified_msc3575",
+];
+
 async fn versions(
     Ruma(_): Ruma<get_supported_versions::Request>,
 ) -> RumaResponse<get_supported_versions::Response> {
     let mut response =
         get_supported_versions::Response::new(VERSIONS.iter().map(|v| (*v).to_owned()).collect());
-    // Simplified sliding sync (MSC4186), as Synapse advertises it.
-    response
-        .unstable_features
-        .insert("org.matrix.simplified_msc3575".to_owned(), true);
+    for feature in UNSTABLE_FEATURES {
+        response
+            .unstable_features
+            .insert((*feature).to_owned(), true);
+    }
     RumaResponse(response)
 }
 
@@ -99,4 +128,25 @@ async fn well_known_server(State(state): State<AppState>) -> Result<Json<Value>>
         Some(delegate) => Ok(Json(json!({ "m.server": delegate }))),
         None => Err(Error::not_found("No federation delegation configured")),
     }
+}
+
+/// From the `[support]` settings; `404` when none are set, as the spec allows
+/// ("No server support information available").
+async fn well_known_support(
+    State(state): State<AppState>,
+    Ruma(_): Ruma<discover_support::Request>,
+) -> Result<Json<Value>> {
+    let support = &state.config.support;
+    if support.contacts.is_empty() && support.support_page.is_none() {
+        return Err(Error::not_found("No support information configured"));
+    }
+    let mut body = json!({});
+    if !support.contacts.is_empty() {
+        body["contacts"] = serde_json::to_value(&support.contacts)
+            .map_err(|e| anyhow::anyhow!("support contacts: {e}"))?;
+    }
+    if let Some(page) = &support.support_page {
+        body["support_page"] = page.clone().into();
+    }
+    Ok(Json(body))
 }

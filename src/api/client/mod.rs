@@ -5,6 +5,7 @@ mod devices;
 mod directory;
 mod discovery;
 mod keys;
+mod mutual_rooms;
 mod presence;
 mod profile;
 mod push;
@@ -13,8 +14,10 @@ mod rooms;
 mod search;
 mod session;
 mod sync;
+mod thirdparty;
 mod timeline;
 mod user_data;
+mod voip;
 
 use axum::Router;
 
@@ -37,4 +40,7 @@ pub fn router() -> Router<AppState> {
         .merge(user_data::router())
         .merge(presence::router())
         .merge(search::router())
+        .merge(thirdparty::router())
+        .merge(mutual_rooms::router())
+        .merge(voip::router())
 }
