@@ -32,6 +32,12 @@ pub struct AppState {
     pub client_limiter: Arc<RateLimiter>,
     /// Login and registration attempts, per IP.
     pub login_limiter: Arc<RateLimiter>,
+    /// Password checks, per user and per IP (failed guesses only: a correct
+    /// password gives its token back).
+    pub password_limiter: Arc<RateLimiter>,
+    /// Bounds concurrent argon2 work (hashes and verifications) to the cores, so
+    /// a burst of logins costs at most that many argon2 memory blocks at once.
+    pub password_hashing: Arc<tokio::sync::Semaphore>,
     /// Throttles device last-seen writes to one a minute per device.
     pub device_touch_limiter: Arc<RateLimiter>,
     /// Nonces handed out for shared-secret registration.
@@ -75,6 +81,10 @@ impl AppState {
             server_name: config.server_name(),
             client_limiter: Arc::new(RateLimiter::new(limits.enabled, limits.client)),
             login_limiter: Arc::new(RateLimiter::new(limits.enabled, limits.login)),
+            password_limiter: Arc::new(RateLimiter::new(limits.enabled, limits.password)),
+            password_hashing: Arc::new(tokio::sync::Semaphore::new(
+                std::thread::available_parallelism().map_or(1, |n| n.get()),
+            )),
             device_touch_limiter: Arc::new(RateLimiter::new(
                 true,
                 Bucket {

@@ -13,6 +13,7 @@ mod embedded;
 mod errors;
 mod federation;
 mod harness;
+mod limits;
 mod media;
 mod push;
 mod rooms;

@@ -23,7 +23,7 @@ use serde_json::{Value, json};
 
 use crate::{
     api::{
-        auth::AuthUser,
+        auth::{AuthUser, ClientIp},
         ruma::{RouterExt, Ruma},
     },
     app::AppState,
@@ -132,6 +132,7 @@ async fn changes(
 async fn signing_keys(
     State(app): State<AppState>,
     AuthUser(session): AuthUser,
+    ClientIp(ip): ClientIp,
     Ruma(req): Ruma<upload_signing_keys::v3::Request>,
 ) -> Result<Json<Value>> {
     let mut uploaded = Vec::new();
@@ -144,7 +145,7 @@ async fn signing_keys(
             uploaded.push((kind, value(raw)?));
         }
     }
-    e2e::upload_signing_keys(&app, &session, req.auth.as_ref(), uploaded).await?;
+    e2e::upload_signing_keys(&app, &session, req.auth.as_ref(), ip.as_deref(), uploaded).await?;
     Ok(Json(json!({})))
 }
 

@@ -1,0 +1,247 @@
+//! Resource limits an attacker runs into: password guessing, token and session
+//! reuse, unbounded maps, oversized events and inputs (issue #16).
+
+use lattice::config::Bucket;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::harness::{Login, TestServer, password_auth};
+
+/// Rate limits on, with three failed password checks per bucket and (almost) no
+/// refill; the other buckets out of the way. Loopback is a trusted proxy, so a
+/// test can speak from any address with `X-Forwarded-For`.
+async fn password_limited_server() -> TestServer {
+    TestServer::start_with(|c| {
+        c.rate_limits.enabled = true;
+        let roomy = Bucket {
+            per_second: 1000.0,
+            burst: 1000,
+        };
+        c.rate_limits.client = roomy;
+        c.rate_limits.login = roomy;
+        c.rate_limits.password = Bucket {
+            per_second: 0.001,
+            burst: 3,
+        };
+        c.trusted_proxies = vec!["127.0.0.0/8".into()];
+    })
+    .await
+}
+
+/// `POST /login` from `ip` (through the trusted proxy).
+async fn login_from(
+    server: &TestServer,
+    ip: &str,
+    user: &str,
+    password: &str,
+) -> (StatusCode, Value) {
+    let resp = reqwest::Client::new()
+        .post(format!("{}/_matrix/client/v3/login", server.base))
+        .header("x-forwarded-for", ip)
+        .json(&json!({
+            "type": "m.login.password",
+            "identifier": { "type": "m.id.user", "user": user },
+            "password": password,
+        }))
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status();
+    (status, resp.json().await.unwrap())
+}
+
+fn assert_limited(status: StatusCode, body: &Value) {
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    assert_eq!(body["errcode"], "M_LIMIT_EXCEEDED", "{body}");
+    assert!(body["retry_after_ms"].as_u64().unwrap() > 0, "{body}");
+}
+
+#[tokio::test]
+async fn password_guesses_at_login_are_limited_per_user_and_per_ip() {
+    let server = password_limited_server().await;
+    server.register("eve", "right").await;
+    server.register("frank", "right").await;
+
+    // Correct passwords give their token back: logging in often is fine.
+    for i in 0..6 {
+        let (status, body) = login_from(&server, "10.1.1.1", "frank", "right").await;
+        assert_eq!(status, StatusCode::OK, "login {i}: {body}");
+    }
+
+    // Per user: three guesses at eve's password, each from a fresh address ...
+    for i in 0..3 {
+        let (status, body) = login_from(&server, &format!("10.0.0.{i}"), "eve", "guess").await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+        assert_eq!(body["errcode"], "M_FORBIDDEN");
+    }
+    // ... and the fourth is refused before any check, from any address, even
+    // with the right password.
+    let (status, body) = login_from(&server, "10.0.0.9", "eve", "guess").await;
+    assert_limited(status, &body);
+    let (status, body) = login_from(&server, "10.0.0.10", "eve", "right").await;
+    assert_limited(status, &body);
+
+    // Per IP: one address guessing at many accounts (known or not).
+    for user in ["frank", "nobody1", "nobody2"] {
+        let (status, body) = login_from(&server, "192.0.2.7", user, "guess").await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    }
+    let (status, body) = login_from(&server, "192.0.2.7", "nobody3", "guess").await;
+    assert_limited(status, &body);
+    // frank, from elsewhere, is not locked out by that address.
+    let (status, body) = login_from(&server, "10.1.1.2", "frank", "right").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
+
+#[tokio::test]
+async fn password_guesses_in_user_interactive_auth_are_limited() {
+    let server = password_limited_server().await;
+    let eve = server.register("eve", "right").await;
+    let other = Login::from_json(&server.login("eve", "right").await.1);
+    let token = Some(eve.access_token.as_str());
+    let devices = json!([other.device_id]);
+
+    let (status, challenge) = server
+        .post(
+            "/_matrix/client/v3/delete_devices",
+            token,
+            json!({ "devices": devices }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{challenge}");
+    let session = challenge["session"].as_str().unwrap().to_owned();
+    for _ in 0..3 {
+        let (status, body) = server
+            .post(
+                "/_matrix/client/v3/delete_devices",
+                token,
+                json!({ "devices": devices, "auth": password_auth("eve", "guess", &session) }),
+            )
+            .await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+        assert_eq!(body["errcode"], "M_FORBIDDEN", "{body}");
+    }
+    let (status, body) = server
+        .post(
+            "/_matrix/client/v3/delete_devices",
+            token,
+            json!({ "devices": devices, "auth": password_auth("eve", "guess", &session) }),
+        )
+        .await;
+    assert_limited(status, &body);
+
+    // The bucket is the user's, whichever operation asks for the password.
+    let (_, challenge) = server
+        .post(
+            "/_matrix/client/v3/account/password",
+            token,
+            json!({ "new_password": "new" }),
+        )
+        .await;
+    let session = challenge["session"].as_str().unwrap().to_owned();
+    let (status, body) = server
+        .post(
+            "/_matrix/client/v3/account/password",
+            token,
+            json!({ "new_password": "new", "auth": password_auth("eve", "guess", &session) }),
+        )
+        .await;
+    assert_limited(status, &body);
+    // Nothing was deleted or changed.
+    assert_eq!(server.whoami(&other.access_token).await.0, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn login_reveals_deactivation_only_to_the_password_holder() {
+    let server = TestServer::start().await;
+    let quinn = server.register("quinn", "pw").await;
+    let (_, challenge) = server
+        .post(
+            "/_matrix/client/v3/account/deactivate",
+            Some(&quinn.access_token),
+            json!({}),
+        )
+        .await;
+    let session = challenge["session"].as_str().unwrap().to_owned();
+    let (status, body) = server
+        .post(
+            "/_matrix/client/v3/account/deactivate",
+            Some(&quinn.access_token),
+            json!({ "auth": password_auth("quinn", "pw", &session) }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    // A guesser learns nothing: the answer of any wrong password.
+    let (status, body) = server.login("quinn", "guess").await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert_eq!(body["errcode"], "M_FORBIDDEN", "{body}");
+    let (_, unknown) = server.login("nobody", "guess").await;
+    assert_eq!(body["error"], unknown["error"]);
+    // The owner is told why.
+    let (status, body) = server.login("quinn", "pw").await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert_eq!(body["errcode"], "M_USER_DEACTIVATED", "{body}");
+}
+
+#[tokio::test]
+async fn one_single_use_token_registers_one_account_under_concurrency() {
+    let server = TestServer::start_with(|c| {
+        c.registration.open = false;
+        c.registration.tokens = true;
+    })
+    .await;
+    lattice::storage::registration_tokens::insert(&server.state.db, "once", Some(1), None, 0)
+        .await
+        .unwrap();
+    let (status, body) = server
+        .post(
+            "/_matrix/client/v3/register",
+            None,
+            json!({ "username": "u0", "password": "pw" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    let session = body["session"].as_str().unwrap().to_owned();
+
+    // Six registrations race on the one session and its one token.
+    let mut racers = tokio::task::JoinSet::new();
+    for i in 0..6 {
+        let url = format!("{}/_matrix/client/v3/register", server.base);
+        let body = json!({
+            "username": format!("u{i}"),
+            "password": "pw",
+            "auth": { "type": "m.login.registration_token", "token": "once", "session": session },
+        });
+        racers.spawn(async move {
+            let resp = reqwest::Client::new()
+                .post(url)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            let status = resp.status();
+            (status, resp.json::<Value>().await.unwrap())
+        });
+    }
+    let mut ok = 0;
+    while let Some(result) = racers.join_next().await {
+        let (status, body) = result.unwrap();
+        if status == StatusCode::OK {
+            ok += 1;
+        } else {
+            assert!(status.is_client_error(), "{status} {body}");
+            assert!(body["errcode"].is_string(), "{body}");
+        }
+    }
+    assert_eq!(ok, 1);
+    let users: i64 = sqlx::query_scalar("select count(*) from users")
+        .fetch_one(&server.state.db)
+        .await
+        .unwrap();
+    assert_eq!(users, 1);
+    let token = lattice::storage::registration_tokens::get(&server.state.db, "once")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((token.pending, token.completed), (0, 1));
+}
