@@ -1,12 +1,7 @@
 //! Application assembly: the shared state, the listeners, background workers and
 //! graceful shutdown on one cancellation token.
 
-use std::{
-    collections::HashMap,
-    net::SocketAddr,
-    sync::{Arc, Mutex},
-    time::{Duration, Instant},
-};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use ruma::OwnedServerName;
@@ -41,7 +36,7 @@ pub struct AppState {
     /// Throttles device last-seen writes to one a minute per device.
     pub device_touch_limiter: Arc<RateLimiter>,
     /// Nonces handed out for shared-secret registration.
-    pub nonces: Arc<Mutex<HashMap<String, Instant>>>,
+    pub nonces: Arc<crate::service::nonces::Nonces>,
     /// The key every local event is signed with.
     pub signing_key: Arc<SigningKey>,
     /// Stream positions: what readers may see, and wake-ups for waiters.
@@ -92,7 +87,10 @@ impl AppState {
                     burst: 1,
                 },
             )),
-            nonces: Arc::default(),
+            nonces: Arc::new(crate::service::nonces::Nonces::new(
+                crate::service::nonces::MAX_OUTSTANDING,
+                crate::service::nonces::LIFETIME,
+            )),
             signing_key,
             federation,
             key_fetch: Arc::default(),

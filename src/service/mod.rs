@@ -13,6 +13,7 @@ pub mod federation;
 pub mod keys;
 pub mod media;
 pub mod membership;
+pub mod nonces;
 pub mod presence;
 pub mod profile;
 pub mod push;

@@ -245,3 +245,23 @@ async fn one_single_use_token_registers_one_account_under_concurrency() {
         .unwrap();
     assert_eq!((token.pending, token.completed), (0, 1));
 }
+
+#[tokio::test]
+async fn shared_secret_nonces_are_rate_limited() {
+    let server = TestServer::start_with(|c| {
+        c.registration.shared_secret = Some("s3cret".into());
+        c.rate_limits.enabled = true;
+        c.rate_limits.login = Bucket {
+            per_second: 0.001,
+            burst: 5,
+        };
+    })
+    .await;
+    for _ in 0..5 {
+        let (status, body) = server.get("/_synapse/admin/v1/register", None).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert!(body["nonce"].is_string());
+    }
+    let (status, body) = server.get("/_synapse/admin/v1/register", None).await;
+    assert_limited(status, &body);
+}
