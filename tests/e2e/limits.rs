@@ -265,3 +265,117 @@ async fn shared_secret_nonces_are_rate_limited() {
     let (status, body) = server.get("/_synapse/admin/v1/register", None).await;
     assert_limited(status, &body);
 }
+
+/// A v10 PDU whose keys are all within limits, with `key` set to `value`.
+fn pdu_with(key: &str, value: String) -> Value {
+    let mut pdu = json!({
+        "type": "m.room.message",
+        "room_id": "!room:remote.example",
+        "sender": "@mallory:remote.example",
+        "content": { "body": "hi" },
+        "depth": 5,
+        "prev_events": ["$prev"],
+        "auth_events": ["$auth"],
+        "origin_server_ts": 1_700_000_000_000_u64,
+        "hashes": { "sha256": "aGFzaA" },
+        "signatures": { "remote.example": { "ed25519:k": "c2ln" } },
+    });
+    pdu[key] = value.into();
+    pdu
+}
+
+#[test]
+fn check_format_enforces_the_per_key_size_limits() {
+    use lattice::service::federation::ingest::check_format;
+    let rules = ruma::RoomVersionId::V10.rules().unwrap();
+    let ok = check_format(&rules, &pdu_with("state_key", "k".repeat(255)));
+    assert!(ok.is_ok(), "{:?}", ok.err());
+    let long = |n: usize| "x".repeat(n);
+    for (key, value) in [
+        ("type", long(256)),
+        ("state_key", long(256)),
+        ("sender", format!("@{}:remote.example", long(250))),
+        ("room_id", format!("!{}:remote.example", long(250))),
+        ("event_id", format!("${}", long(255))),
+    ] {
+        let err = check_format(&rules, &pdu_with(key, value))
+            .err()
+            .unwrap_or_else(|| panic!("a PDU with a 256-byte {key} passed"));
+        assert!(err.contains(key) && err.contains("255"), "{key}: {err}");
+    }
+    // Exactly at the limit is fine.
+    assert!(check_format(&rules, &pdu_with("type", long(255))).is_ok());
+}
+
+#[tokio::test]
+async fn local_events_keep_the_per_key_size_limits() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice", "pw").await;
+    let token = Some(alice.access_token.as_str());
+    let room = server.create_room(&alice, json!({})).await;
+
+    let (status, body) = server
+        .put(
+            &format!(
+                "/_matrix/client/v3/rooms/{room}/send/{}/t1",
+                "t".repeat(256)
+            ),
+            token,
+            json!({ "body": "x" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
+    assert_eq!(body["errcode"], "M_TOO_LARGE", "{body}");
+    assert!(body["error"].as_str().unwrap().contains("type"), "{body}");
+
+    let (status, body) = server
+        .put(
+            &format!(
+                "/_matrix/client/v3/rooms/{room}/state/m.custom/{}",
+                "k".repeat(256)
+            ),
+            token,
+            json!({ "a": 1 }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
+    assert_eq!(body["errcode"], "M_TOO_LARGE", "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("state_key"),
+        "{body}"
+    );
+
+    // createRoom's initial state is held to the same limits.
+    let (status, body) = server
+        .post(
+            "/_matrix/client/v3/createRoom",
+            token,
+            json!({ "initial_state": [{ "type": "t".repeat(256), "state_key": "", "content": {} }] }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
+
+    // 255 bytes is within the limit.
+    let (status, body) = server
+        .put(
+            &format!(
+                "/_matrix/client/v3/rooms/{room}/send/{}/t2",
+                "t".repeat(255)
+            ),
+            token,
+            json!({ "body": "x" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = server
+        .put(
+            &format!(
+                "/_matrix/client/v3/rooms/{room}/state/m.custom/{}",
+                "k".repeat(255)
+            ),
+            token,
+            json!({ "a": 1 }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
