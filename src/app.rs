@@ -33,6 +33,9 @@ pub struct AppState {
     /// Bounds concurrent argon2 work (hashes and verifications) to the cores, so
     /// a burst of logins costs at most that many argon2 memory blocks at once.
     pub password_hashing: Arc<tokio::sync::Semaphore>,
+    /// Bounds concurrent thumbnail work (source in memory, decode, resize) to
+    /// the cores, so thumbnail requests cannot multiply the decode budget.
+    pub thumbnailing: Arc<tokio::sync::Semaphore>,
     /// Throttles device last-seen writes to one a minute per device.
     pub device_touch_limiter: Arc<RateLimiter>,
     /// Nonces handed out for shared-secret registration.
@@ -78,6 +81,9 @@ impl AppState {
             login_limiter: Arc::new(RateLimiter::new(limits.enabled, limits.login)),
             password_limiter: Arc::new(RateLimiter::new(limits.enabled, limits.password)),
             password_hashing: Arc::new(tokio::sync::Semaphore::new(
+                std::thread::available_parallelism().map_or(1, |n| n.get()),
+            )),
+            thumbnailing: Arc::new(tokio::sync::Semaphore::new(
                 std::thread::available_parallelism().map_or(1, |n| n.get()),
             )),
             device_touch_limiter: Arc::new(RateLimiter::new(

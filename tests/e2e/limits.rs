@@ -379,3 +379,72 @@ async fn local_events_keep_the_per_key_size_limits() {
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
 }
+
+#[tokio::test]
+async fn thumbnails_beyond_the_decode_budget_are_refused_and_the_original_served() {
+    use std::io::Cursor;
+    let server = TestServer::start_with(|c| c.media.max_image_pixels = 1_000_000).await;
+    let alice = server.register("alice", "pw").await;
+    let upload = |bytes: Vec<u8>| {
+        let server = &server;
+        let token = alice.access_token.clone();
+        async move {
+            let resp = server
+                .client
+                .post(format!("{}/_matrix/media/v3/upload", server.base))
+                .bearer_auth(token)
+                .header("content-type", "image/png")
+                .body(bytes)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), StatusCode::OK);
+            let body: Value = resp.json().await.unwrap();
+            body["content_uri"].as_str().unwrap()["mxc://".len()..].to_owned()
+        }
+    };
+    let get = |path: String| {
+        let server = &server;
+        let token = alice.access_token.clone();
+        async move {
+            server
+                .client
+                .get(format!("{}/_matrix/client/v1/media/{path}", server.base))
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let encode = |img: image::DynamicImage| {
+        let mut out = Cursor::new(Vec::new());
+        img.write_to(&mut out, image::ImageFormat::Png).unwrap();
+        out.into_inner()
+    };
+
+    // Within the pixel limit, but 16-bit RGBA needs 8 bytes a pixel to decode.
+    let deep = encode(image::DynamicImage::ImageRgba16(
+        image::ImageBuffer::from_pixel(1000, 1000, image::Rgba([9, 9, 9, 9])),
+    ));
+    // Few pixels, one very long side.
+    let long = encode(image::DynamicImage::ImageRgb8(image::RgbImage::new(
+        20_000, 1,
+    )));
+    for bytes in [deep, long] {
+        let id = upload(bytes.clone()).await;
+        let resp = get(format!("thumbnail/{id}?width=96&height=96&method=crop")).await;
+        assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(body["errcode"], "M_NOT_FOUND", "{body}");
+        let resp = get(format!("download/{id}")).await;
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert_eq!(resp.bytes().await.unwrap(), bytes);
+    }
+    // An ordinary picture still gets its thumbnail.
+    let id = upload(encode(image::DynamicImage::ImageRgb8(
+        image::RgbImage::new(900, 900),
+    )))
+    .await;
+    let resp = get(format!("thumbnail/{id}?width=96&height=96&method=crop")).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+}
