@@ -448,3 +448,155 @@ async fn thumbnails_beyond_the_decode_budget_are_refused_and_the_original_served
     let resp = get(format!("thumbnail/{id}?width=96&height=96&method=crop")).await;
     assert_eq!(resp.status(), StatusCode::OK);
 }
+
+#[tokio::test]
+async fn guests_may_do_only_what_the_guest_access_module_lists() {
+    let server = TestServer::start_with(|c| c.registration.guests = true).await;
+    let alice = server.register("alice", "pw").await;
+    let (status, body) = server
+        .post("/_matrix/client/v3/register?kind=guest", None, json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let guest = Login::from_json(&body);
+    let g = Some(guest.access_token.as_str());
+    let closed = server
+        .create_room(&alice, json!({ "preset": "public_chat" }))
+        .await;
+    let open = server
+        .create_room(
+            &alice,
+            json!({ "preset": "public_chat", "initial_state": [
+                { "type": "m.room.guest_access", "state_key": "", "content": { "guest_access": "can_join" } }
+            ] }),
+        )
+        .await;
+    let media = {
+        let resp = server
+            .client
+            .post(format!("{}/_matrix/media/v3/upload", server.base))
+            .bearer_auth(&alice.access_token)
+            .header("content-type", "text/plain")
+            .body("hello")
+            .send()
+            .await
+            .unwrap();
+        let body: Value = resp.json().await.unwrap();
+        body["content_uri"].as_str().unwrap()["mxc://".len()..].to_owned()
+    };
+
+    // Refused: a public room without guest_access can_join, and everything the
+    // module does not list.
+    let forbidden = |status: StatusCode, body: &Value, what: &str| {
+        assert_eq!(status, StatusCode::FORBIDDEN, "{what}: {body}");
+        assert_eq!(
+            body["errcode"], "M_GUEST_ACCESS_FORBIDDEN",
+            "{what}: {body}"
+        );
+    };
+    let (status, body) = server
+        .post(
+            &format!("/_matrix/client/v3/rooms/{closed}/join"),
+            g,
+            json!({}),
+        )
+        .await;
+    forbidden(status, &body, "join without can_join");
+    let (status, body) = server
+        .post(&format!("/_matrix/client/v3/join/{closed}"), g, json!({}))
+        .await;
+    forbidden(status, &body, "join by alias route without can_join");
+    let resp = server
+        .client
+        .post(format!("{}/_matrix/media/v3/upload", server.base))
+        .bearer_auth(&guest.access_token)
+        .header("content-type", "text/plain")
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status();
+    forbidden(status, &resp.json().await.unwrap(), "media upload");
+    let pusher = json!({ "kind": "http", "app_id": "a", "pushkey": "k", "app_display_name": "a",
+                         "device_display_name": "d", "lang": "en", "data": { "url": "https://push.example/_matrix/push/v1/notify" } });
+    let (status, body) = server
+        .post("/_matrix/client/v3/pushers/set", g, pusher)
+        .await;
+    forbidden(status, &body, "set pusher");
+    let (status, body) = server
+        .post("/_matrix/client/v3/createRoom", g, json!({}))
+        .await;
+    forbidden(status, &body, "createRoom");
+    let (status, body) = server
+        .put(
+            &format!("/_matrix/client/v3/user/{}/account_data/x.y", guest.user_id),
+            g,
+            json!({}),
+        )
+        .await;
+    forbidden(status, &body, "account data");
+    let (status, body) = server
+        .put(
+            &format!("/_matrix/client/v3/profile/{}/avatar_url", guest.user_id),
+            g,
+            json!({ "avatar_url": "mxc://x/y" }),
+        )
+        .await;
+    forbidden(status, &body, "avatar");
+    let (status, body) = server
+        .post(
+            &format!("/_matrix/client/v3/rooms/{open}/invite"),
+            g,
+            json!({ "user_id": alice.user_id }),
+        )
+        .await;
+    forbidden(status, &body, "invite");
+
+    // Allowed: what the module lists.
+    let (status, body) = server
+        .post(
+            &format!("/_matrix/client/v3/rooms/{open}/join"),
+            g,
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "join with can_join: {body}");
+    server
+        .send_message(&guest, &open, json!({ "msgtype": "m.text", "body": "hi" }))
+        .await;
+    for path in [
+        "/_matrix/client/v3/sync".to_owned(),
+        "/_matrix/client/v3/account/whoami".to_owned(),
+        "/_matrix/client/v3/devices".to_owned(),
+        format!("/_matrix/client/v3/rooms/{open}/messages?dir=b"),
+        format!("/_matrix/client/v3/rooms/{open}/state"),
+        format!("/_matrix/client/v3/rooms/{open}/members"),
+        format!("/_matrix/client/v1/media/download/{media}"),
+    ] {
+        let (status, body) = server.get(&path, g).await;
+        assert_eq!(status, StatusCode::OK, "{path}: {body}");
+    }
+    let (status, body) = server
+        .post(
+            "/_matrix/client/v3/keys/query",
+            g,
+            json!({ "device_keys": { alice.user_id.clone(): [] } }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "keys/query: {body}");
+    let (status, body) = server
+        .put(
+            &format!("/_matrix/client/v3/profile/{}/displayname", guest.user_id),
+            g,
+            json!({ "displayname": "Visitor" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "displayname: {body}");
+    let (status, body) = server
+        .post(
+            &format!("/_matrix/client/v3/rooms/{open}/leave"),
+            g,
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "leave: {body}");
+}

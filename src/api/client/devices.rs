@@ -12,7 +12,7 @@ use ruma::{
 
 use crate::{
     api::{
-        auth::{AuthUser, ClientIp},
+        auth::{AuthUser, ClientIp, GuestOk},
         ruma::{RouterExt, Ruma, RumaResponse},
     },
     app::AppState,
@@ -42,7 +42,7 @@ fn to_ruma(device: devices::Device) -> Device {
 
 async fn list(
     State(state): State<AppState>,
-    AuthUser(user): AuthUser,
+    GuestOk(user): GuestOk,
     Ruma(_): Ruma<get_devices::v3::Request>,
 ) -> Result<RumaResponse<get_devices::v3::Response>> {
     let list = devices::list(&state, &user).await?;
@@ -53,7 +53,7 @@ async fn list(
 
 async fn get(
     State(state): State<AppState>,
-    AuthUser(user): AuthUser,
+    GuestOk(user): GuestOk,
     Ruma(req): Ruma<get_device::v3::Request>,
 ) -> Result<RumaResponse<get_device::v3::Response>> {
     let device = devices::get(&state, &user, req.device_id.as_str()).await?;
@@ -62,7 +62,7 @@ async fn get(
 
 async fn update(
     State(state): State<AppState>,
-    AuthUser(user): AuthUser,
+    GuestOk(user): GuestOk,
     Ruma(req): Ruma<update_device::v3::Request>,
 ) -> Result<RumaResponse<update_device::v3::Response>> {
     match req.display_name {

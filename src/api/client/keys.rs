@@ -23,7 +23,7 @@ use serde_json::{Value, json};
 
 use crate::{
     api::{
-        auth::{AuthUser, ClientIp},
+        auth::{AuthUser, ClientIp, GuestOk},
         ruma::{RouterExt, Ruma},
     },
     app::AppState,
@@ -66,7 +66,7 @@ fn value<T>(raw: &Raw<T>) -> Result<Value> {
 
 async fn upload(
     State(app): State<AppState>,
-    AuthUser(session): AuthUser,
+    GuestOk(session): GuestOk,
     Ruma(req): Ruma<upload_keys::v3::Request>,
 ) -> Result<Json<Value>> {
     let device_keys = req.device_keys.as_ref().map(value).transpose()?;
@@ -86,7 +86,7 @@ async fn upload(
 
 async fn query(
     State(app): State<AppState>,
-    AuthUser(session): AuthUser,
+    GuestOk(session): GuestOk,
     Ruma(req): Ruma<get_keys::v3::Request>,
 ) -> Result<Json<Value>> {
     let wanted = req
@@ -104,7 +104,7 @@ async fn query(
 
 async fn claim(
     State(app): State<AppState>,
-    AuthUser(_): AuthUser,
+    GuestOk(_): GuestOk,
     Ruma(req): Ruma<claim_keys::v3::Request>,
 ) -> Result<Json<Value>> {
     let mut wanted = Vec::new();
@@ -167,7 +167,7 @@ async fn signatures(
 
 async fn send_to_device(
     State(app): State<AppState>,
-    AuthUser(session): AuthUser,
+    GuestOk(session): GuestOk,
     Ruma(req): Ruma<send_event_to_device::v3::Request>,
 ) -> Result<Json<Value>> {
     let mut messages = Vec::new();
