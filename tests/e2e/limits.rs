@@ -600,3 +600,106 @@ async fn guests_may_do_only_what_the_guest_access_module_lists() {
         .await;
     assert_eq!(status, StatusCode::OK, "leave: {body}");
 }
+
+#[test]
+fn generated_private_keys_are_readable_by_their_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    // A key file left world-readable by an earlier run is tightened too.
+    std::fs::write(dir.path().join("srv.key"), "old").unwrap();
+    std::fs::set_permissions(
+        dir.path().join("srv.key"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    let certs = lattice::federation::tls::generate_dev_certificates(
+        dir.path(),
+        "srv",
+        &["localhost".into()],
+    )
+    .unwrap();
+    for key in [certs.key, dir.path().join("ca.key")] {
+        let mode = std::fs::metadata(&key).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{}: {mode:o}", key.display());
+    }
+}
+
+#[test]
+fn one_receipt_edu_costs_bounded_work() {
+    use lattice::service::federation::edu::{MAX_RECEIPTS_PER_EDU, receipt_entries};
+    let origin = ruma::ServerName::parse("evil.example").unwrap();
+    // 50 rooms × 1000 users of the origin: 50 000 entries in one EDU.
+    let mut content = serde_json::Map::new();
+    for r in 0..50 {
+        let mut users = serde_json::Map::new();
+        for u in 0..1000 {
+            users.insert(
+                format!("@u{u}:evil.example"),
+                json!({ "event_ids": ["$e"], "data": { "ts": 1 } }),
+            );
+        }
+        content.insert(format!("!r{r}:x"), json!({ "m.read": users }));
+    }
+    let content = Value::Object(content);
+    assert_eq!(
+        receipt_entries(&origin, &content).len(),
+        MAX_RECEIPTS_PER_EDU
+    );
+
+    // Other servers' users are skipped but still count as looked at.
+    let mut users = serde_json::Map::new();
+    for u in 0..5000 {
+        users.insert(
+            format!("@u{u}:victim.example"),
+            json!({ "event_ids": ["$e"] }),
+        );
+    }
+    users.insert("@me:evil.example".into(), json!({ "event_ids": ["$e"] }));
+    let content = json!({ "!r:x": { "m.read": users } });
+    assert!(receipt_entries(&origin, &content).len() <= 1);
+    // A small, honest EDU passes whole.
+    let content = json!({ "!r:x": { "m.read": {
+        "@a:evil.example": { "event_ids": ["$1"], "data": { "ts": 5, "thread_id": "main" } },
+        "@b:evil.example": { "event_ids": ["$2"] },
+    } } });
+    let entries = receipt_entries(&origin, &content);
+    assert_eq!(entries.len(), 2);
+    assert_eq!(entries[0].event_id, "$1");
+    assert_eq!(entries[0].thread_id, "main");
+    assert_eq!(entries[0].ts, Some(5));
+}
+
+#[tokio::test]
+async fn push_rules_per_user_are_bounded() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice", "pw").await;
+    let t = Some(alice.access_token.as_str());
+    let mut refused = None;
+    for i in 0..lattice::service::push::MAX_RULES {
+        let (status, body) = server
+            .put(
+                &format!("/_matrix/client/v3/pushrules/global/content/r{i}"),
+                t,
+                json!({ "pattern": format!("word{i}"), "actions": ["notify"] }),
+            )
+            .await;
+        if status != StatusCode::OK {
+            refused = Some((i, status, body));
+            break;
+        }
+    }
+    let (i, status, body) = refused.expect("no push rule was ever refused");
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["errcode"], "M_INVALID_PARAM", "{body}");
+    assert!(i > 400, "refused after only {i} rules");
+    // One huge rule is refused too.
+    let (status, body) = server
+        .put(
+            "/_matrix/client/v3/pushrules/global/override/huge",
+            t,
+            json!({ "conditions": [{ "kind": "event_match", "key": "content.body", "pattern": "x".repeat(200_000) }],
+                    "actions": ["notify"] }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+}
