@@ -1,12 +1,7 @@
 //! Application assembly: the shared state, the listeners, background workers and
 //! graceful shutdown on one cancellation token.
 
-use std::{
-    collections::HashMap,
-    net::SocketAddr,
-    sync::{Arc, Mutex},
-    time::{Duration, Instant},
-};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use ruma::OwnedServerName;
@@ -32,10 +27,19 @@ pub struct AppState {
     pub client_limiter: Arc<RateLimiter>,
     /// Login and registration attempts, per IP.
     pub login_limiter: Arc<RateLimiter>,
+    /// Password checks, per user and per IP (failed guesses only: a correct
+    /// password gives its token back).
+    pub password_limiter: Arc<RateLimiter>,
+    /// Bounds concurrent argon2 work (hashes and verifications) to the cores, so
+    /// a burst of logins costs at most that many argon2 memory blocks at once.
+    pub password_hashing: Arc<tokio::sync::Semaphore>,
+    /// Bounds concurrent thumbnail work (source in memory, decode, resize) to
+    /// the cores, so thumbnail requests cannot multiply the decode budget.
+    pub thumbnailing: Arc<tokio::sync::Semaphore>,
     /// Throttles device last-seen writes to one a minute per device.
     pub device_touch_limiter: Arc<RateLimiter>,
     /// Nonces handed out for shared-secret registration.
-    pub nonces: Arc<Mutex<HashMap<String, Instant>>>,
+    pub nonces: Arc<crate::service::nonces::Nonces>,
     /// The key every local event is signed with.
     pub signing_key: Arc<SigningKey>,
     /// Stream positions: what readers may see, and wake-ups for waiters.
@@ -75,6 +79,13 @@ impl AppState {
             server_name: config.server_name(),
             client_limiter: Arc::new(RateLimiter::new(limits.enabled, limits.client)),
             login_limiter: Arc::new(RateLimiter::new(limits.enabled, limits.login)),
+            password_limiter: Arc::new(RateLimiter::new(limits.enabled, limits.password)),
+            password_hashing: Arc::new(tokio::sync::Semaphore::new(
+                std::thread::available_parallelism().map_or(1, |n| n.get()),
+            )),
+            thumbnailing: Arc::new(tokio::sync::Semaphore::new(
+                std::thread::available_parallelism().map_or(1, |n| n.get()),
+            )),
             device_touch_limiter: Arc::new(RateLimiter::new(
                 true,
                 Bucket {
@@ -82,7 +93,10 @@ impl AppState {
                     burst: 1,
                 },
             )),
-            nonces: Arc::default(),
+            nonces: Arc::new(crate::service::nonces::Nonces::new(
+                crate::service::nonces::MAX_OUTSTANDING,
+                crate::service::nonces::LIFETIME,
+            )),
             signing_key,
             federation,
             key_fetch: Arc::default(),

@@ -186,6 +186,10 @@ pub struct RateLimits {
     pub client: Bucket,
     /// Login and registration attempts, keyed by IP.
     pub login: Bucket,
+    /// Password checks (login and every user-interactive re-authentication),
+    /// keyed by user and, separately, by IP. A correct password gives its token
+    /// back, so only failed guesses drain the bucket.
+    pub password: Bucket,
 }
 
 #[derive(Clone, Copy, Debug, Deserialize, Serialize)]
@@ -206,6 +210,11 @@ impl Default for RateLimits {
             login: Bucket {
                 per_second: 0.5,
                 burst: 10,
+            },
+            // Synapse's `rc_login.failed_attempts`.
+            password: Bucket {
+                per_second: 0.17,
+                burst: 3,
             },
         }
     }
@@ -559,6 +568,7 @@ impl Config {
         for (key, bucket) in [
             ("rate_limits.client", &self.rate_limits.client),
             ("rate_limits.login", &self.rate_limits.login),
+            ("rate_limits.password", &self.rate_limits.password),
         ] {
             if bucket.per_second.is_nan() || bucket.per_second <= 0.0 || bucket.burst == 0 {
                 bail!("`{key}` needs per_second > 0 and burst >= 1");

@@ -1,6 +1,10 @@
 //! Authentication as types: a handler that needs a user takes [`AuthUser`] and
 //! cannot compile without one; [`AdminUser`] additionally requires a server admin.
 //!
+//! Guests are refused by [`AuthUser`] (`403 M_GUEST_ACCESS_FORBIDDEN`), so every
+//! endpoint is closed to them by default. Only the endpoints the spec's guest
+//! access module lists take [`GuestOk`] instead.
+//!
 //! The access token comes from `Authorization: Bearer …` or the deprecated
 //! `access_token` query parameter. The session is also stored in the request
 //! extensions, so the `Ruma<T>` extractor (which runs last) can rate-limit by user.
@@ -18,8 +22,13 @@ use crate::{
     service::session::{self, Session},
 };
 
-/// An authenticated (non-guest or guest) user and their device.
+/// An authenticated user (not a guest) and their device.
 pub struct AuthUser(pub Session);
+
+/// An authenticated user or guest: for the endpoints the spec's "Guest access"
+/// module allows guests (reading rooms, joining, leaving and sending, to-device,
+/// display name, their devices, whoami, E2EE keys, media downloads).
+pub struct GuestOk(pub Session);
 
 /// An authenticated server administrator.
 pub struct AdminUser(pub Session);
@@ -32,18 +41,41 @@ where
     type Rejection = Error;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        if let Some(session) = parts.extensions.get::<Session>() {
-            return Ok(Self(session.clone()));
+        let session = session_of(parts, &AppState::from_ref(state)).await?;
+        if session.is_guest {
+            return Err(Error::new(
+                ErrorKind::GuestAccessForbidden,
+                "Guest access is not allowed here",
+            ));
         }
-        let app = AppState::from_ref(state);
-        let token = access_token(parts)
-            .ok_or_else(|| Error::new(ErrorKind::MissingToken, "Missing access token"))?;
-        let session = session::authenticate(&app, &token).await?;
-        let ip = client_ip(parts, &app).map(|ip| ip.to_string());
-        session::touch_device(&app, &session, ip.as_deref()).await;
-        parts.extensions.insert(session.clone());
         Ok(Self(session))
     }
+}
+
+impl<S> FromRequestParts<S> for GuestOk
+where
+    S: Send + Sync,
+    AppState: FromRef<S>,
+{
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        Ok(Self(session_of(parts, &AppState::from_ref(state)).await?))
+    }
+}
+
+/// The request's session (guest or not), resolved once per request.
+async fn session_of(parts: &mut Parts, app: &AppState) -> Result<Session, Error> {
+    if let Some(session) = parts.extensions.get::<Session>() {
+        return Ok(session.clone());
+    }
+    let token = access_token(parts)
+        .ok_or_else(|| Error::new(ErrorKind::MissingToken, "Missing access token"))?;
+    let session = session::authenticate(app, &token).await?;
+    let ip = client_ip(parts, app).map(|ip| ip.to_string());
+    session::touch_device(app, &session, ip.as_deref()).await;
+    parts.extensions.insert(session.clone());
+    Ok(session)
 }
 
 impl<S> FromRequestParts<S> for AdminUser

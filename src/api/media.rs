@@ -21,7 +21,10 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio_util::io::ReaderStream;
 
-use super::{auth::AuthUser, rate_limited};
+use super::{
+    auth::{AuthUser, GuestOk},
+    rate_limited,
+};
 use crate::{
     api::json::Query,
     app::AppState,
@@ -141,7 +144,7 @@ fn wait_of(timeout_ms: Option<u64>) -> Duration {
 
 async fn download(
     State(app): State<AppState>,
-    AuthUser(_): AuthUser,
+    GuestOk(_): GuestOk,
     Path((server, id)): Path<(String, String)>,
     Query(q): Query<DownloadQuery>,
     headers: HeaderMap,
@@ -151,7 +154,7 @@ async fn download(
 
 async fn download_named(
     State(app): State<AppState>,
-    AuthUser(_): AuthUser,
+    GuestOk(_): GuestOk,
     Path((server, id, filename)): Path<(String, String, String)>,
     Query(q): Query<DownloadQuery>,
     headers: HeaderMap,
@@ -199,7 +202,7 @@ struct ThumbnailQuery {
 
 async fn thumbnail(
     State(app): State<AppState>,
-    AuthUser(_): AuthUser,
+    GuestOk(_): GuestOk,
     Path((server, id)): Path<(String, String)>,
     Query(q): Query<ThumbnailQuery>,
     headers: HeaderMap,

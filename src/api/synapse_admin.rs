@@ -9,8 +9,6 @@
 //!    `nonce \0 username \0 password \0 ("admin" | "notadmin")` (plus `\0 user_type`
 //!    when given), exactly as Synapse computes it.
 
-use std::time::{Duration, Instant};
-
 use axum::{
     Json as AxumJson, Router,
     extract::{Path, State},
@@ -29,8 +27,6 @@ use crate::{
     error::{Error, ErrorKind, Result},
     service::{account, media},
 };
-
-const NONCE_LIFETIME: Duration = Duration::from_secs(60);
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -100,13 +96,13 @@ fn enabled(state: &AppState) -> Result<&str> {
     })
 }
 
-async fn nonce(State(state): State<AppState>) -> Result<AxumJson<Value>> {
+async fn nonce(State(state): State<AppState>, ClientIp(ip): ClientIp) -> Result<AxumJson<Value>> {
     enabled(&state)?;
+    // Unauthenticated: limited per IP like the registration it leads to, and the
+    // set of outstanding nonces is capped (service::nonces).
+    rate_limited(state.login_limiter.check(&ip.unwrap_or_default()))?;
     let nonce = token::random_string(32);
-    let mut nonces = state.nonces.lock().unwrap_or_else(|e| e.into_inner());
-    let now = Instant::now();
-    nonces.retain(|_, issued| now.duration_since(*issued) < NONCE_LIFETIME);
-    nonces.insert(nonce.clone(), now);
+    state.nonces.issue(nonce.clone());
     Ok(AxumJson(json!({ "nonce": nonce })))
 }
 
@@ -131,12 +127,7 @@ async fn register(
 ) -> Result<AxumJson<Value>> {
     rate_limited(state.login_limiter.check(&ip.unwrap_or_default()))?;
     let secret = enabled(&state)?.to_owned();
-    let issued = state
-        .nonces
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .remove(&body.nonce);
-    if issued.is_none_or(|t| t.elapsed() >= NONCE_LIFETIME) {
+    if !state.nonces.take(&body.nonce) {
         return Err(Error::new(ErrorKind::BadRequest, "unrecognised nonce"));
     }
     if body.user_type.is_some() {

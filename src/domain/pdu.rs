@@ -17,6 +17,25 @@ use serde_json::{Value, value::RawValue as RawJsonValue};
 /// The largest PDU the spec allows, in bytes of canonical JSON.
 pub const MAX_PDU_BYTES: usize = 65_536;
 
+/// The keys the spec limits to 255 bytes each (client-server API, "Size limits";
+/// the identifier limits of the appendices for `sender`, `room_id`, `event_id`).
+const LIMITED_KEYS: [&str; 5] = ["type", "state_key", "sender", "room_id", "event_id"];
+pub const MAX_KEY_BYTES: usize = 255;
+
+/// The per-key size limits of a PDU: `type`, `state_key`, `sender`, `room_id`
+/// and `event_id` at most 255 bytes each (when present; a non-string is the
+/// format checks' business). Returns the first key over its limit.
+pub fn check_key_sizes(object: &CanonicalJsonObject) -> Result<(), PduError> {
+    for key in LIMITED_KEYS {
+        if let Some(CanonicalJsonValue::String(value)) = object.get(key)
+            && value.len() > MAX_KEY_BYTES
+        {
+            return Err(PduError::KeyTooLarge(key));
+        }
+    }
+    Ok(())
+}
+
 /// A parsed PDU, as the auth rules and state resolution see it.
 #[derive(Clone, Debug)]
 pub struct Pdu {
@@ -41,6 +60,9 @@ pub struct Pdu {
 pub enum PduError {
     #[error("event is larger than 65536 bytes")]
     TooLarge,
+    /// One of the keys limited to [`MAX_KEY_BYTES`] is longer.
+    #[error("event's `{0}` is longer than 255 bytes")]
+    KeyTooLarge(&'static str),
     #[error("malformed event: {0}")]
     Malformed(String),
 }
@@ -224,6 +246,7 @@ pub fn build(
         Ok(_) => return Err(PduError::Malformed("event is not an object".into())),
         Err(e) => return Err(PduError::Malformed(e.to_string())),
     };
+    check_key_sizes(&json)?;
     hash_and_sign_event(server_name, key, &mut json, &rules.redaction).map_err(|e| match e {
         ruma::signatures::JsonError::PduTooLarge => PduError::TooLarge,
         other => PduError::Malformed(other.to_string()),
@@ -489,6 +512,48 @@ mod tests {
             &spec_key(),
         );
         assert!(matches!(result, Err(PduError::TooLarge)));
+    }
+
+    #[test]
+    fn keys_over_255_bytes_are_refused() {
+        let rules = RoomVersionId::V12.rules().unwrap();
+        let room_id = RoomId::parse("!r:domain").unwrap();
+        let build_with = |kind: String, state_key: Option<String>| {
+            let event = NewEvent {
+                kind: kind.as_str().into(),
+                content: json!({}),
+                state_key,
+                redacts: None,
+            };
+            build(
+                &rules,
+                &event,
+                &UserId::parse("@a:domain").unwrap(),
+                &Position {
+                    room_id: Some(&room_id),
+                    prev_events: &[],
+                    auth_events: &[],
+                    depth: 1,
+                },
+                MilliSecondsSinceUnixEpoch::now(),
+                "domain",
+                &spec_key(),
+            )
+        };
+        assert!(matches!(
+            build_with("t".repeat(256), None),
+            Err(PduError::KeyTooLarge("type"))
+        ));
+        assert!(matches!(
+            build_with("m.custom".into(), Some("k".repeat(256))),
+            Err(PduError::KeyTooLarge("state_key"))
+        ));
+        assert!(build_with("t".repeat(255), Some("k".repeat(255))).is_ok());
+        // Bytes, not characters: 128 two-byte characters are 256 bytes.
+        assert!(matches!(
+            build_with("é".repeat(128), None),
+            Err(PduError::KeyTooLarge("type"))
+        ));
     }
 
     /// Redaction per room version (spec: each version's "Redactions").

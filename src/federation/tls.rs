@@ -110,6 +110,22 @@ impl axum::serve::Listener for TlsListener {
     }
 }
 
+/// Writes a private key readable by its owner only (0600), also when the file
+/// existed with wider permissions.
+fn write_private(path: &Path, pem: &str) -> anyhow::Result<()> {
+    use std::{io::Write, os::unix::fs::OpenOptionsExt, os::unix::fs::PermissionsExt};
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    file.write_all(pem.as_bytes())?;
+    Ok(())
+}
+
 /// The files [`generate_dev_certificates`] writes.
 pub struct DevCertificates {
     pub ca: PathBuf,
@@ -144,7 +160,7 @@ pub fn generate_dev_certificates(
     } else {
         let key = KeyPair::generate()?;
         let cert = ca_params.self_signed(&key)?;
-        std::fs::write(&ca_key_path, key.serialize_pem())?;
+        write_private(&ca_key_path, &key.serialize_pem())?;
         std::fs::write(&ca_path, cert.pem())?;
         (cert, key)
     };
@@ -157,7 +173,7 @@ pub fn generate_dev_certificates(
     let cert_path = dir.join(format!("{name}.crt"));
     let key_path = dir.join(format!("{name}.key"));
     std::fs::write(&cert_path, cert.pem() + &ca_cert.pem())?;
-    std::fs::write(&key_path, key.serialize_pem())?;
+    write_private(&key_path, &key.serialize_pem())?;
     Ok(DevCertificates {
         ca: ca_path,
         cert: cert_path,

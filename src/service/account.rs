@@ -9,9 +9,9 @@ use super::{
 };
 use crate::{
     app::AppState,
-    domain::{localpart, password},
+    domain::localpart,
     error::{Error, ErrorKind, Result},
-    storage::{devices, now_ms, registration_tokens, uia as uia_rows, users},
+    storage::{devices, now_ms, users},
 };
 
 /// What `POST /register` asks for, after the HTTP layer.
@@ -80,15 +80,16 @@ pub async fn register(state: &AppState, reg: Registration) -> Result<Registered>
         kind: "register",
         flows,
         user: None,
+        ip: reg.ip.as_deref(),
     };
     let completed = uia::authenticate(state, &requirement, reg.auth.as_ref()).await?;
 
-    let hash = {
-        let cost = session::password_cost(state);
-        super::blocking(move || password::hash(&password, cost)).await??
-    };
+    let hash = session::hash_password(state, password).await?;
 
     let mut tx = state.db.begin().await?;
+    // Spend the session (and its token use) first: of concurrent requests that
+    // present one completed session, only the first gets past here.
+    uia::consume(&mut tx, &completed).await?;
     let now = now_ms();
     let user_id = match requested {
         Some(user_id) => {
@@ -100,10 +101,6 @@ pub async fn register(state: &AppState, reg: Registration) -> Result<Registered>
         None => insert_numeric_user(&mut tx, state, Some(&hash), false, now).await?,
     };
     set_default_profile(&mut tx, &user_id).await?;
-    if let Some(token) = &completed.registration_token {
-        registration_tokens::complete(&mut *tx, token).await?;
-    }
-    uia_rows::delete(&mut *tx, &completed.session_id).await?;
     let tokens = if reg.inhibit_login {
         None
     } else {
@@ -186,11 +183,13 @@ pub async fn change_password(
     new_password: String,
     logout_devices: bool,
     auth: Option<&AuthData>,
+    ip: Option<&str>,
 ) -> Result<()> {
     let requirement = uia::Requirement {
         kind: "change_password",
         flows: vec![vec![uia::PASSWORD]],
         user: Some(&session.user_id),
+        ip,
     };
     let completed = uia::authenticate(state, &requirement, auth).await?;
     if new_password.is_empty() {
@@ -199,8 +198,7 @@ pub async fn change_password(
             "The new password may not be empty",
         ));
     }
-    let cost = session::password_cost(state);
-    let hash = super::blocking(move || password::hash(&new_password, cost)).await??;
+    let hash = session::hash_password(state, new_password).await?;
     let mut tx = state.db.begin().await?;
     users::set_password_hash(&mut *tx, session.user_id.as_str(), Some(&hash)).await?;
     if logout_devices {
@@ -217,7 +215,7 @@ pub async fn change_password(
         ),
         false => None,
     };
-    uia_rows::delete(&mut *tx, &completed.session_id).await?;
+    uia::consume(&mut tx, &completed).await?;
     tx.commit().await?;
     drop(guard);
     tracing::info!(user_id = %session.user_id, logout_devices, "password changed");
@@ -230,28 +228,30 @@ pub async fn deactivate(
     state: &AppState,
     session: &Session,
     auth: Option<&AuthData>,
+    ip: Option<&str>,
 ) -> Result<()> {
     let requirement = uia::Requirement {
         kind: "deactivate",
         flows: vec![vec![uia::PASSWORD]],
         user: Some(&session.user_id),
+        ip,
     };
     let completed = uia::authenticate(state, &requirement, auth).await?;
-    deactivate_user(state, &session.user_id, Some(&completed.session_id)).await
+    deactivate_user(state, &session.user_id, Some(&completed)).await
 }
 
 /// Deactivates an account (also used by administrators).
 pub async fn deactivate_user(
     state: &AppState,
     user_id: &UserId,
-    uia_session: Option<&str>,
+    uia_session: Option<&uia::Completed>,
 ) -> Result<()> {
     let mut tx = state.db.begin().await?;
     users::deactivate(&mut *tx, user_id.as_str()).await?;
     devices::delete_all_except(&mut *tx, user_id.as_str(), None).await?;
     let guard = super::stream::device_list_changed(&mut tx, state, user_id.as_str()).await?;
-    if let Some(id) = uia_session {
-        uia_rows::delete(&mut *tx, id).await?;
+    if let Some(completed) = uia_session {
+        uia::consume(&mut tx, completed).await?;
     }
     tx.commit().await?;
     drop(guard);
@@ -270,9 +270,7 @@ pub async fn create_by_admin(
 ) -> Result<Registered> {
     let user_id = localpart::new_user_id(username, &state.server_name)
         .map_err(|e| Error::new(ErrorKind::InvalidUsername, e.to_string()))?;
-    let cost = session::password_cost(state);
-    let password = password.to_owned();
-    let hash = super::blocking(move || password::hash(&password, cost)).await??;
+    let hash = session::hash_password(state, password.to_owned()).await?;
     let mut tx = state.db.begin().await?;
     if !users::insert(
         &mut *tx,

@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use super::{account, profile, session::Session};
 use crate::{
     app::AppState,
-    domain::{localpart, password},
+    domain::localpart,
     error::{Error, ErrorKind, Result},
     storage::{devices, now_ms, registration_tokens as tokens, rooms, state, users},
 };
@@ -101,10 +101,7 @@ pub async fn put_user(
         localpart::new_user_id(user.localpart(), &app.server_name)
             .map_err(|e| Error::new(ErrorKind::InvalidUsername, e.to_string()))?;
         let hash = match &password {
-            Some(p) => {
-                let (p, cost) = (p.clone(), super::session::password_cost(app));
-                Some(super::blocking(move || password::hash(&p, cost)).await??)
-            }
+            Some(p) => Some(super::session::hash_password(app, p.clone()).await?),
             None => None,
         };
         users::insert(
@@ -122,14 +119,13 @@ pub async fn put_user(
     } else if body["deactivated"] == Value::Bool(false)
         && existing.as_ref().is_some_and(|u| u.deactivated)
     {
-        // Reactivation needs a password: the deactivated account has none.
+        // Reactivation needs a new password, as on Synapse.
         let Some(p) = password else {
             return Err(Error::invalid_param(
                 "A password is required to reactivate an account",
             ));
         };
-        let cost = super::session::password_cost(app);
-        let hash = super::blocking(move || password::hash(&p, cost)).await??;
+        let hash = super::session::hash_password(app, p).await?;
         users::reactivate(&app.db, user.as_str(), &hash).await?;
         tracing::info!(admin = %by.user_id, user = %user, "admin API: user reactivated");
         if let Some(flag) = admin_flag {
@@ -246,8 +242,7 @@ pub async fn reset_password(
             "The password may not be empty",
         ));
     }
-    let (p, cost) = (new_password.to_owned(), super::session::password_cost(app));
-    let hash = super::blocking(move || password::hash(&p, cost)).await??;
+    let hash = super::session::hash_password(app, new_password.to_owned()).await?;
     let mut tx = app.db.begin().await?;
     users::set_password_hash(&mut *tx, user.as_str(), Some(&hash)).await?;
     let guard = if logout_devices {

@@ -6,7 +6,7 @@ use super::{session::Session, uia};
 use crate::{
     app::AppState,
     error::{Error, Result},
-    storage::{devices, uia as uia_rows},
+    storage::devices,
 };
 
 pub use devices::Device;
@@ -43,18 +43,20 @@ pub async fn delete(
     session: &Session,
     device_ids: Vec<String>,
     auth: Option<&AuthData>,
+    ip: Option<&str>,
 ) -> Result<()> {
     let requirement = uia::Requirement {
         kind: "delete_devices",
         flows: vec![vec![uia::PASSWORD]],
         user: Some(&session.user_id),
+        ip,
     };
     let completed = uia::authenticate(state, &requirement, auth).await?;
     let mut tx = state.db.begin().await?;
     devices::delete_many(&mut *tx, session.user_id.as_str(), &device_ids).await?;
     let guard =
         super::stream::device_list_changed(&mut tx, state, session.user_id.as_str()).await?;
-    uia_rows::delete(&mut *tx, &completed.session_id).await?;
+    uia::consume(&mut tx, &completed).await?;
     tx.commit().await?;
     drop(guard);
     Ok(())

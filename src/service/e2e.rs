@@ -16,7 +16,7 @@ use super::{session::Session, stream, uia};
 use crate::{
     app::AppState,
     error::{Error, Result},
-    storage::{e2e_keys as keys, uia as uia_rows, user_streams},
+    storage::{e2e_keys as keys, user_streams},
 };
 
 /// `POST /keys/upload`. `one_time_keys` and `fallback_keys` are keyed
@@ -401,6 +401,7 @@ pub async fn upload_signing_keys(
     app: &AppState,
     session: &Session,
     auth: Option<&AuthData>,
+    ip: Option<&str>,
     uploaded: Vec<(&'static str, Value)>,
 ) -> Result<()> {
     let user = session.user_id.as_str();
@@ -417,6 +418,7 @@ pub async fn upload_signing_keys(
             kind: "device_signing_upload",
             flows: vec![vec![uia::PASSWORD]],
             user: Some(&session.user_id),
+            ip,
         };
         Some(uia::authenticate(app, &requirement, auth).await?)
     } else {
@@ -441,7 +443,7 @@ pub async fn upload_signing_keys(
     }
     let guard = stream::device_list_changed(&mut tx, app, user).await?;
     if let Some(c) = completed {
-        uia_rows::delete(&mut *tx, &c.session_id).await?;
+        uia::consume(&mut tx, &c).await?;
     }
     tx.commit().await?;
     drop(guard);

@@ -291,6 +291,7 @@ pub async fn prepare(
 fn build_error(e: PduError) -> Error {
     match e {
         PduError::TooLarge => Error::new(ErrorKind::TooLarge, "Event is larger than 65536 bytes"),
+        e @ PduError::KeyTooLarge(_) => Error::new(ErrorKind::TooLarge, e.to_string()),
         PduError::Malformed(m) => Error::bad_json(m),
     }
 }

@@ -10,8 +10,12 @@
 //! 320×240, 640×480 and 800×600 scaled), picked as the smallest at least as big
 //! as asked, generated on first request in a blocking task and cached as files
 //! of their own. An image is only decoded if its header declares at most
-//! `media.max_image_pixels`, and decoding runs under the `image` crate's
-//! allocation limit, so a decompression bomb costs a header read.
+//! `media.max_image_pixels` and at most [`MAX_DIMENSION`] a side, and decoding
+//! runs under the `image` crate's allocation limit (4 bytes per allowed pixel),
+//! so a decompression bomb costs a header read. Downscaling samples straight
+//! into the thumbnail (no full-size intermediate), and at most one thumbnail
+//! per core is made at once (`AppState::thumbnailing`), so the memory thumbnails
+//! can take is bounded whatever the requests.
 
 use std::{
     io::Cursor,
@@ -580,6 +584,12 @@ pub async fn thumbnail(
         return Err(Error::not_found("No thumbnail for this media"));
     }
     let max_pixels = app.config.media.max_image_pixels;
+    // Held while the source is in memory and being decoded.
+    let _permit = app
+        .thumbnailing
+        .acquire()
+        .await
+        .map_err(|e| anyhow::anyhow!("thumbnail semaphore closed: {e}"))?;
     let bytes = tokio::fs::read(&source)
         .await
         .map_err(|e| anyhow::anyhow!("reading {}: {e}", source.display()))?;
@@ -615,6 +625,9 @@ pub async fn thumbnail(
     Ok((out_type.to_owned(), file_path(app, &sha), out.len() as u64))
 }
 
+/// The largest width or height decoded for a thumbnail, whatever the pixel count.
+pub const MAX_DIMENSION: u32 = 16_384;
+
 /// Decodes (within limits) and resizes; returns the encoded thumbnail and its type.
 pub fn make_thumbnail(
     bytes: &[u8],
@@ -623,7 +636,7 @@ pub fn make_thumbnail(
     method: &str,
     max_pixels: u64,
 ) -> std::result::Result<(Vec<u8>, &'static str), String> {
-    use image::{ImageFormat, ImageReader, imageops::FilterType};
+    use image::{ImageFormat, ImageReader};
 
     let reader = ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
@@ -632,23 +645,31 @@ pub fn make_thumbnail(
     let (w, h) = ImageReader::with_format(Cursor::new(bytes), format)
         .into_dimensions()
         .map_err(|e| e.to_string())?;
+    if w > MAX_DIMENSION || h > MAX_DIMENSION {
+        return Err(format!("{w}x{h} is wider or taller than {MAX_DIMENSION}"));
+    }
     if u64::from(w) * u64::from(h) > max_pixels {
         return Err(format!("{w}x{h} is more than {max_pixels} pixels"));
     }
+    // The limits bind the decoder itself: what the header declares is checked
+    // again there, and every buffer it allocates counts against `max_alloc`. The
+    // decoded frame may take 4 bytes per allowed pixel (8-bit RGBA); deeper
+    // images of the largest sizes are refused rather than decoded.
     let mut limits = image::Limits::default();
-    limits.max_image_width = Some(w);
-    limits.max_image_height = Some(h);
-    // Room for the decoded frame in RGBA16 and a little more.
-    limits.max_alloc = Some(max_pixels.saturating_mul(8).max(64 * 1024 * 1024));
+    limits.max_image_width = Some(MAX_DIMENSION);
+    limits.max_image_height = Some(MAX_DIMENSION);
+    limits.max_alloc = Some(max_pixels.saturating_mul(4));
     let mut reader = reader;
     reader.limits(limits);
     let image = reader.decode().map_err(|e| e.to_string())?;
     let thumb = if method == "crop" {
-        image.resize_to_fill(width, height, FilterType::Triangle)
+        crop_to(&image, width, height)
     } else if w <= width && h <= height {
         image
     } else {
-        image.resize(width, height, FilterType::Triangle)
+        // Integer area sampling straight into the thumbnail: no intermediate of
+        // the source's size (a filtered resize keeps one in f32, 16 bytes a pixel).
+        image.thumbnail(width, height)
     };
     let (out_format, out_type) = if format == ImageFormat::Jpeg {
         (ImageFormat::Jpeg, "image/jpeg")
@@ -665,6 +686,24 @@ pub fn make_thumbnail(
         .write_to(&mut out, out_format)
         .map_err(|e| e.to_string())?;
     Ok((out.into_inner(), out_type))
+}
+
+/// Scales to cover `width`×`height` and cuts out the middle. Shrinking samples
+/// straight into the scaled size; enlarging (a small source) filters.
+fn crop_to(image: &image::DynamicImage, width: u32, height: u32) -> image::DynamicImage {
+    let (w, h) = (image.width().max(1), image.height().max(1));
+    let ratio = f64::max(
+        f64::from(width) / f64::from(w),
+        f64::from(height) / f64::from(h),
+    );
+    let sw = ((f64::from(w) * ratio).round() as u32).max(width);
+    let sh = ((f64::from(h) * ratio).round() as u32).max(height);
+    let scaled = if ratio < 1.0 {
+        image.thumbnail_exact(sw, sh)
+    } else {
+        image.resize_exact(sw, sh, image::imageops::FilterType::Triangle)
+    };
+    scaled.crop_imm((sw - width) / 2, (sh - height) / 2, width, height)
 }
 
 /// Deletes every upload of a user (and files no one else uses); returns the
@@ -766,6 +805,40 @@ mod tests {
         let source = png(3000, 3000);
         let err = make_thumbnail(&source, 96, 96, "crop", 1_000_000).unwrap_err();
         assert!(err.contains("pixels"), "{err}");
+    }
+
+    #[test]
+    fn the_decoder_is_held_to_the_memory_budget() {
+        // 1000x1000 is within a 1 M pixel limit, but 16-bit RGBA needs 8 MB to
+        // decode, twice the 4 bytes a pixel allowed: refused, not decoded.
+        let img = image::ImageBuffer::<image::Rgba<u16>, _>::from_pixel(
+            1000,
+            1000,
+            image::Rgba([1, 2, 3, 4]),
+        );
+        let mut deep = Cursor::new(Vec::new());
+        img.write_to(&mut deep, image::ImageFormat::Png).unwrap();
+        let err = make_thumbnail(deep.get_ref(), 96, 96, "crop", 1_000_000).unwrap_err();
+        assert!(err.to_lowercase().contains("limit"), "{err}");
+        // The same picture in 8-bit RGB fits.
+        assert!(make_thumbnail(&png(1000, 1000), 96, 96, "crop", 1_000_000).is_ok());
+    }
+
+    #[test]
+    fn overlong_sides_are_not_decoded() {
+        // Few pixels, but a side past MAX_DIMENSION.
+        let source = png(MAX_DIMENSION + 1, 1);
+        let err = make_thumbnail(&source, 96, 96, "scale", 1 << 30).unwrap_err();
+        assert!(err.contains("wider or taller"), "{err}");
+    }
+
+    #[test]
+    fn crop_covers_then_cuts() {
+        for (w, h) in [(1000, 500), (500, 1000), (40, 10), (96, 96), (97, 3000)] {
+            let (out, _) = make_thumbnail(&png(w, h), 96, 96, "crop", 1 << 30).unwrap();
+            let img = image::load_from_memory(&out).unwrap();
+            assert_eq!((img.width(), img.height()), (96, 96), "{w}x{h}");
+        }
     }
 
     #[test]

@@ -10,7 +10,7 @@ use crate::{
     app::AppState,
     domain::pdu::NewEvent,
     error::{Error, ErrorKind, Result},
-    storage::rooms,
+    storage::{rooms, users},
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -54,6 +54,14 @@ pub async fn join_via(
     let known = rooms::get(&app.db, room_id.as_str()).await?.is_some();
     if known && (local_members || servers.is_empty()) {
         return join(app, user, room_id, reason).await;
+    }
+    // A guest may join only where m.room.guest_access says can_join, which this
+    // server can read only in rooms it is in.
+    if users::get(&app.db, user.as_str())
+        .await?
+        .is_some_and(|u| u.is_guest)
+    {
+        return Err(guests_not_allowed());
     }
     let mut candidates: Vec<ruma::OwnedServerName> = servers.to_vec();
     // An invite from (or a knock through) another server: that server is in
@@ -103,6 +111,12 @@ async fn join(
     if current.as_deref() == Some("ban") {
         return Err(Error::forbidden("You are banned from this room"));
     }
+    let guest = users::get(&mut *tx, user.as_str())
+        .await?
+        .is_some_and(|u| u.is_guest);
+    if guest && !guests_can_join(&mut tx, &room).await? {
+        return Err(guests_not_allowed());
+    }
     let mut content = json!({ "membership": "join" });
     super::profile::decorate(&mut tx, user.as_str(), &mut content).await?;
     if let Some(reason) = reason {
@@ -123,6 +137,27 @@ async fn join(
     tx.commit().await?;
     event::release(room);
     Ok(room_id.to_owned())
+}
+
+/// Spec "Guest access": guests join only rooms whose `m.room.guest_access` is
+/// `can_join`.
+async fn guests_can_join(
+    tx: &mut crate::storage::Transaction<'_, crate::storage::Postgres>,
+    room: &RoomCtx,
+) -> Result<bool> {
+    let key = ("m.room.guest_access".to_owned(), String::new());
+    let state = event::state_events(tx, room.state_group, std::slice::from_ref(&key)).await?;
+    Ok(state.get(&key).is_some_and(|e| {
+        serde_json::from_str::<Value>(e.content.get())
+            .is_ok_and(|c| c["guest_access"] == "can_join")
+    }))
+}
+
+fn guests_not_allowed() -> Error {
+    Error::new(
+        ErrorKind::GuestAccessForbidden,
+        "Guests may not join this room",
+    )
 }
 
 /// For `restricted`/`knock_restricted` join rules: a local joined member with the

@@ -14,6 +14,7 @@ pub mod keys;
 pub mod media;
 pub mod membership;
 pub mod mutual_rooms;
+pub mod nonces;
 pub mod presence;
 pub mod profile;
 pub mod push;

@@ -85,8 +85,20 @@ pub async fn set(
         ruma::push::InsertPushRuleError::UnknownRuleId => not_found(),
         other => Error::invalid_param(other.to_string()),
     })?;
+    // Every local event is matched against each member's rules inside the room
+    // lock, so a user's rules are bounded in number and size.
+    let size = serde_json::to_vec(&rules).map_or(usize::MAX, |v| v.len());
+    if rules.iter().count() > MAX_RULES || size > MAX_RULES_BYTES {
+        return Err(Error::invalid_param(format!(
+            "At most {MAX_RULES} push rules, of at most {MAX_RULES_BYTES} bytes in all"
+        )));
+    }
     save(app, user, &rules).await
 }
+
+/// Bounds on one user's push rules (the server defaults included).
+pub const MAX_RULES: usize = 500;
+pub const MAX_RULES_BYTES: usize = 128 * 1024;
 
 pub async fn delete(app: &AppState, user: &UserId, kind: RuleKind, rule_id: &str) -> Result<()> {
     let mut rules = ruleset(app, user).await?;

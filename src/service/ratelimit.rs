@@ -45,6 +45,19 @@ impl RateLimiter {
         self.check_at(key, Instant::now())
     }
 
+    /// Gives back a token taken by [`check`](Self::check) for an attempt that
+    /// turned out legitimate (a correct password), so only failures drain the bucket.
+    pub fn refund(&self, key: &str) {
+        if !self.enabled {
+            return;
+        }
+        let burst = f64::from(self.config.burst);
+        let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(state) = buckets.map.get_mut(key) {
+            state.tokens = (state.tokens + 1.0).min(burst);
+        }
+    }
+
     fn check_at(&self, key: &str, now: Instant) -> Result<(), Duration> {
         if !self.enabled {
             return Ok(());
@@ -111,6 +124,32 @@ mod tests {
                 .check_at("a", t0 + Duration::from_millis(500))
                 .is_err()
         );
+    }
+
+    #[test]
+    fn refund_gives_a_token_back() {
+        let limiter = RateLimiter::new(
+            true,
+            Bucket {
+                per_second: 0.001,
+                burst: 2,
+            },
+        );
+        let t0 = Instant::now();
+        for _ in 0..10 {
+            assert!(limiter.check_at("a", t0).is_ok());
+            limiter.refund("a");
+        }
+        assert!(limiter.check_at("a", t0).is_ok());
+        assert!(limiter.check_at("a", t0).is_ok());
+        assert!(limiter.check_at("a", t0).is_err());
+        // Never above the burst.
+        for _ in 0..5 {
+            limiter.refund("a");
+        }
+        assert!(limiter.check_at("a", t0).is_ok());
+        assert!(limiter.check_at("a", t0).is_ok());
+        assert!(limiter.check_at("a", t0).is_err());
     }
 
     #[test]

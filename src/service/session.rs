@@ -143,7 +143,7 @@ pub async fn login_password(
     refreshable: bool,
     ip: Option<&str>,
 ) -> Result<Issued> {
-    check_password(state, user_id, password).await?;
+    check_password(state, user_id, password, ip).await?;
     let mut tx = state.db.begin().await?;
     let issued = issue(
         &mut tx,
@@ -160,34 +160,105 @@ pub async fn login_password(
     Ok(issued)
 }
 
-/// Verifies a user's password: `M_FORBIDDEN` for a wrong password or an unknown
-/// user (indistinguishable), `M_USER_DEACTIVATED` for a deactivated account.
-pub async fn check_password(state: &AppState, user_id: &UserId, password: String) -> Result<()> {
+/// Verifies a user's password: every check (login and each user-interactive
+/// re-authentication) goes through here, so every one is rate-limited per user
+/// and per IP, and runs argon2 under [`AppState::password_hashing`].
+///
+/// `M_FORBIDDEN` for a wrong password, an unknown user or an account without a
+/// password (indistinguishable, in answer and in time); `M_USER_DEACTIVATED`
+/// only once the password has been proven, so the answer reveals nothing about
+/// an account to someone who does not know its password.
+pub async fn check_password(
+    state: &AppState,
+    user_id: &UserId,
+    password: String,
+    ip: Option<&str>,
+) -> Result<()> {
+    let attempt = PasswordAttempt::take(state, user_id, ip)?;
     let user = users::get(&state.db, user_id.as_str()).await?;
-    let Some(user) = user else {
+    let stored = user.as_ref().and_then(|u| u.password_hash.clone());
+    let Some(stored) = stored else {
         // Spend the same time as a real check so timing does not reveal accounts.
-        let cost = password_cost(state);
-        super::blocking(move || password::hash("timing", cost)).await??;
+        hash_password(state, "timing".to_owned()).await?;
         return Err(Error::forbidden("Invalid username or password"));
     };
-    if user.deactivated {
+    if !verify_password(state, password, stored).await? {
+        // The attempt's tokens stay spent: this is a failed guess.
+        return Err(Error::forbidden("Invalid username or password"));
+    }
+    attempt.succeeded();
+    if user.is_some_and(|u| u.deactivated) {
         return Err(Error::new(
             ErrorKind::UserDeactivated,
             "This account has been deactivated",
         ));
     }
-    let Some(stored) = user.password_hash else {
-        return Err(Error::forbidden("Invalid username or password"));
-    };
-    let ok = super::blocking(move || password::verify(&password, &stored)).await?;
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::forbidden("Invalid username or password"))
+    Ok(())
+}
+
+/// One password check's tokens from [`AppState::password_limiter`]: one keyed by
+/// the user, one by the client's IP. A correct password gives them back.
+struct PasswordAttempt<'a> {
+    state: &'a AppState,
+    keys: Vec<String>,
+}
+
+impl<'a> PasswordAttempt<'a> {
+    fn take(state: &'a AppState, user_id: &UserId, ip: Option<&str>) -> Result<Self> {
+        let mut attempt = Self {
+            state,
+            keys: Vec::with_capacity(2),
+        };
+        let keys =
+            std::iter::once(format!("user:{user_id}")).chain(ip.map(|ip| format!("ip:{ip}")));
+        for key in keys {
+            if let Err(wait) = state.password_limiter.check(&key) {
+                // Give back what this attempt took before it was refused.
+                attempt.succeeded();
+                return Err(Error::new(
+                    ErrorKind::LimitExceeded {
+                        retry_after_ms: wait.as_millis().max(1) as u64,
+                    },
+                    "Too many password attempts; try again later",
+                ));
+            }
+            attempt.keys.push(key);
+        }
+        Ok(attempt)
+    }
+
+    fn succeeded(self) {
+        for key in &self.keys {
+            self.state.password_limiter.refund(key);
+        }
     }
 }
 
-pub fn password_cost(state: &AppState) -> password::Cost {
+/// Hashes a password with the configured argon2 cost, off the async workers and
+/// under the argon2 concurrency bound.
+pub async fn hash_password(state: &AppState, password: String) -> Result<String> {
+    let cost = password_cost(state);
+    let _permit = argon2_permit(state).await?;
+    Ok(super::blocking(move || password::hash(&password, cost)).await??)
+}
+
+async fn verify_password(state: &AppState, password: String, stored: String) -> Result<bool> {
+    let _permit = argon2_permit(state).await?;
+    Ok(super::blocking(move || password::verify(&password, &stored)).await?)
+}
+
+/// A slot for one argon2 computation: each holds an argon2 memory block
+/// (`auth.argon2_memory_kib`), so at most one per core runs at once and the
+/// rest queue here instead of piling up blocking threads and memory.
+async fn argon2_permit(state: &AppState) -> Result<tokio::sync::SemaphorePermit<'_>> {
+    Ok(state
+        .password_hashing
+        .acquire()
+        .await
+        .map_err(|e| anyhow::anyhow!("argon2 semaphore closed: {e}"))?)
+}
+
+fn password_cost(state: &AppState) -> password::Cost {
     password::Cost {
         memory_kib: state.config.auth.argon2_memory_kib,
         iterations: state.config.auth.argon2_iterations,

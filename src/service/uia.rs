@@ -6,7 +6,9 @@
 //!    on the spot (matrix-nio registers with a bare `m.login.dummy`, and Synapse
 //!    accepts that).
 //! 3. When the completed stages cover a flow, the operation may proceed; the caller
-//!    deletes the session in the transaction that performs it.
+//!    spends the session ([`consume`]) in the transaction that performs it, so
+//!    one completed session authorises one operation even when several requests
+//!    present it at once.
 
 use ruma::{
     UserId,
@@ -18,7 +20,7 @@ use crate::{
     app::AppState,
     domain::{localpart, token},
     error::{Error, ErrorKind, Result},
-    storage::{now_ms, registration_tokens, uia},
+    storage::{Postgres, Transaction, now_ms, registration_tokens, uia},
 };
 
 pub const DUMMY: &str = "m.login.dummy";
@@ -31,14 +33,14 @@ pub struct Requirement<'a> {
     pub kind: &'static str,
     pub flows: Vec<Vec<&'static str>>,
     pub user: Option<&'a UserId>,
+    /// The client's IP: password stages are rate-limited by it (and by user).
+    pub ip: Option<&'a str>,
 }
 
 /// A completed authentication.
 #[derive(Debug)]
 pub struct Completed {
     pub session_id: String,
-    /// The registration token whose use the session reserved, if any.
-    pub registration_token: Option<String>,
 }
 
 pub async fn authenticate(
@@ -55,20 +57,10 @@ pub async fn authenticate(
         None => new_session(state, req).await?,
     };
 
-    let mut tx = state.db.begin().await?;
-    let session = uia::get_for_update(&mut *tx, &session_id).await?;
-    let lifetime_ms = state.config.auth.uia_session_lifetime_secs as i64 * 1000;
-    let Some(session) = session.filter(|s| s.created_ts + lifetime_ms > now_ms()) else {
-        return Err(Error::new(
-            ErrorKind::InvalidParam,
-            "Unknown or expired session ID",
-        ));
-    };
-    if session.kind != req.kind || session.user_id.as_deref() != req.user.map(|u| u.as_str()) {
-        return Err(Error::forbidden(
-            "This session was created for another request",
-        ));
-    }
+    // Everything but a token reservation is checked before the transaction, so no
+    // pooled connection (nor the session's row lock) is held while argon2 runs or
+    // waits for its turn.
+    let session = valid_session(state, req, uia::get(&state.db, &session_id).await?)?;
 
     let Some(stage) = auth.auth_type().map(|t| t.to_string()) else {
         return Err(Error::new(
@@ -87,22 +79,10 @@ pub async fn authenticate(
             )),
         ));
     }
-
-    let mut reserved_token = None;
     let stage_error = match auth {
-        AuthData::Dummy(_) => None,
+        AuthData::Dummy(_) | AuthData::RegistrationToken(_) => None,
         AuthData::Password(p) => {
             check_password_stage(state, req, &p.identifier, &p.password).await?
-        }
-        AuthData::RegistrationToken(t) => {
-            if session.registration_token.is_some() {
-                None
-            } else if registration_tokens::reserve(&mut *tx, &t.token, now_ms()).await? {
-                reserved_token = Some(t.token.clone());
-                None
-            } else {
-                Some(("M_UNAUTHORIZED", "Invalid registration token".to_owned()))
-            }
         }
         _ => Some((
             "M_UNRECOGNIZED",
@@ -110,8 +90,28 @@ pub async fn authenticate(
         )),
     };
     if let Some(err) = stage_error {
-        tx.commit().await?;
         return Err(challenge(req, &session_id, &session.completed, Some(err)));
+    }
+
+    let mut tx = state.db.begin().await?;
+    let session = valid_session(
+        state,
+        req,
+        uia::get_for_update(&mut *tx, &session_id).await?,
+    )?;
+    let mut reserved_token = None;
+    if let AuthData::RegistrationToken(t) = auth
+        && session.registration_token.is_none()
+    {
+        if !registration_tokens::reserve(&mut *tx, &t.token, now_ms()).await? {
+            return Err(challenge(
+                req,
+                &session_id,
+                &session.completed,
+                Some(("M_UNAUTHORIZED", "Invalid registration token".to_owned())),
+            ));
+        }
+        reserved_token = Some(t.token.clone());
     }
 
     uia::add_completed(&mut *tx, &session_id, &stage, reserved_token.as_deref()).await?;
@@ -126,13 +126,54 @@ pub async fn authenticate(
         .iter()
         .any(|flow| flow.iter().all(|s| completed.iter().any(|c| c == s)));
     if done {
-        Ok(Completed {
-            session_id,
-            registration_token: reserved_token.or(session.registration_token),
-        })
+        Ok(Completed { session_id })
     } else {
         Err(challenge(req, &session_id, &completed, None))
     }
+}
+
+/// Spends a completed session inside the transaction that performs its operation:
+/// deletes the session row and turns the registration-token use it reserved into
+/// a completed one. Concurrent requests that completed the same session queue on
+/// its row; all but the first find it gone and fail, and their transaction (the
+/// account, the deletion, ...) rolls back.
+pub async fn consume(tx: &mut Transaction<'_, Postgres>, completed: &Completed) -> Result<()> {
+    let Some(token) = uia::claim(&mut **tx, &completed.session_id).await? else {
+        return Err(Error::forbidden(
+            "This authentication session has already been used",
+        ));
+    };
+    if let Some(token) = token
+        && !registration_tokens::complete(&mut **tx, &token).await?
+    {
+        return Err(Error::new(
+            ErrorKind::Unauthorized,
+            "Invalid registration token",
+        ));
+    }
+    Ok(())
+}
+
+/// The session, if it exists, has not expired and was made for this operation and
+/// user.
+fn valid_session(
+    state: &AppState,
+    req: &Requirement<'_>,
+    session: Option<uia::UiaSession>,
+) -> Result<uia::UiaSession> {
+    let lifetime_ms = state.config.auth.uia_session_lifetime_secs as i64 * 1000;
+    let Some(session) = session.filter(|s| s.created_ts + lifetime_ms > now_ms()) else {
+        return Err(Error::new(
+            ErrorKind::InvalidParam,
+            "Unknown or expired session ID",
+        ));
+    };
+    if session.kind != req.kind || session.user_id.as_deref() != req.user.map(|u| u.as_str()) {
+        return Err(Error::forbidden(
+            "This session was created for another request",
+        ));
+    }
+    Ok(session)
 }
 
 async fn new_session(state: &AppState, req: &Requirement<'_>) -> Result<String> {
@@ -174,8 +215,15 @@ async fn check_password_stage(
             "Invalid username or password".to_owned(),
         )));
     }
-    match super::session::check_password(state, expected, password.to_owned()).await {
+    match super::session::check_password(state, expected, password.to_owned(), req.ip).await {
         Ok(()) => Ok(None),
+        // Too many attempts is the request's answer (429), not a stage error.
+        Err(
+            e @ Error::Matrix {
+                kind: ErrorKind::LimitExceeded { .. },
+                ..
+            },
+        ) => Err(e),
         Err(Error::Matrix { kind, message }) => Ok(Some((kind.errcode(), message))),
         Err(e) => Err(e),
     }

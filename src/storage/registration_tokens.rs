@@ -83,16 +83,19 @@ pub async fn reserve(db: impl PgExecutor<'_>, token: &str, now: i64) -> sqlx::Re
     Ok(done.rows_affected() == 1)
 }
 
-/// Turns a pending use into a completed one.
-pub async fn complete(db: impl PgExecutor<'_>, token: &str) -> sqlx::Result<()> {
-    sqlx::query!(
+/// Turns a pending use into a completed one, if the token still has a use left
+/// (an administrator may have lowered `uses_allowed` or deleted the token since
+/// the reservation). `false`: no use was taken.
+pub async fn complete(db: impl PgExecutor<'_>, token: &str) -> sqlx::Result<bool> {
+    let row = sqlx::query_scalar!(
         "update registration_tokens set pending = greatest(pending - 1, 0), completed = completed + 1
-         where token = $1",
+         where token = $1 and (uses_allowed is null or completed < uses_allowed)
+         returning token",
         token
     )
-    .execute(db)
+    .fetch_optional(db)
     .await?;
-    Ok(())
+    Ok(row.is_some())
 }
 
 /// Releases a pending use (its UIA session expired unfinished).

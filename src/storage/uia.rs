@@ -31,6 +31,18 @@ pub async fn create(
     Ok(())
 }
 
+/// Loads a session (no lock).
+pub async fn get(db: impl PgExecutor<'_>, session_id: &str) -> sqlx::Result<Option<UiaSession>> {
+    sqlx::query_as!(
+        UiaSession,
+        "select session_id, kind, user_id, completed, registration_token, created_ts
+         from uia_sessions where session_id = $1",
+        session_id
+    )
+    .fetch_optional(db)
+    .await
+}
+
 /// Loads a session and locks its row until the transaction ends, so two requests
 /// racing on one session complete it once.
 pub async fn get_for_update(
@@ -67,11 +79,20 @@ pub async fn add_completed(
     Ok(())
 }
 
-pub async fn delete(db: impl PgExecutor<'_>, session_id: &str) -> sqlx::Result<()> {
-    sqlx::query!("delete from uia_sessions where session_id = $1", session_id)
-        .execute(db)
-        .await?;
-    Ok(())
+/// Deletes a session to spend it. `None` when it was already gone (spent by a
+/// concurrent request that completed it too, or expired); otherwise the
+/// registration token whose use it reserved, if any. Concurrent claims of one
+/// session wait on its row, and only the first finds it.
+pub async fn claim(
+    db: impl PgExecutor<'_>,
+    session_id: &str,
+) -> sqlx::Result<Option<Option<String>>> {
+    sqlx::query_scalar!(
+        "delete from uia_sessions where session_id = $1 returning registration_token",
+        session_id
+    )
+    .fetch_optional(db)
+    .await
 }
 
 /// Deletes sessions created before `cutoff`; returns the registration tokens whose

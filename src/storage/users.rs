@@ -103,11 +103,13 @@ pub async fn reactivate(
     Ok(done.rows_affected() == 1)
 }
 
-/// Marks the account deactivated and drops its password; devices and tokens are
-/// deleted by the caller in the same transaction.
+/// Marks the account deactivated; devices and tokens are deleted by the caller in
+/// the same transaction. The password hash stays, so that only someone who knows
+/// the password learns that the account is deactivated (login checks it first);
+/// reactivation sets a new one.
 pub async fn deactivate(db: impl PgExecutor<'_>, user_id: &str) -> sqlx::Result<()> {
     sqlx::query!(
-        "update users set deactivated = true, password_hash = null where user_id = $1",
+        "update users set deactivated = true where user_id = $1",
         user_id
     )
     .execute(db)

@@ -156,7 +156,8 @@ async fn room_endpoints_refuse_outsiders_banned_users_guests_and_anonymous_calle
         matches!(status, StatusCode::FORBIDDEN | StatusCode::NOT_FOUND)
             && matches!(
                 body["errcode"].as_str(),
-                Some("M_FORBIDDEN" | "M_NOT_FOUND")
+                // Guests are refused before the room is looked at (#16 F13).
+                Some("M_FORBIDDEN" | "M_NOT_FOUND" | "M_GUEST_ACCESS_FORBIDDEN")
             )
     };
     for (label, who) in [

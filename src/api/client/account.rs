@@ -7,7 +7,7 @@ use ruma::api::client::account::{ThirdPartyIdRemovalStatus, change_password, dea
 
 use crate::{
     api::{
-        auth::AuthUser,
+        auth::{AuthUser, ClientIp},
         ruma::{RouterExt, Ruma, RumaResponse},
     },
     app::AppState,
@@ -24,6 +24,7 @@ pub fn router() -> Router<AppState> {
 async fn change_password(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
+    ClientIp(ip): ClientIp,
     Ruma(req): Ruma<change_password::v3::Request>,
 ) -> Result<RumaResponse<change_password::v3::Response>> {
     account::change_password(
@@ -32,6 +33,7 @@ async fn change_password(
         req.new_password,
         req.logout_devices,
         req.auth.as_ref(),
+        ip.as_deref(),
     )
     .await?;
     Ok(RumaResponse(change_password::v3::Response::new()))
@@ -40,9 +42,10 @@ async fn change_password(
 async fn deactivate(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
+    ClientIp(ip): ClientIp,
     Ruma(req): Ruma<deactivate::v3::Request>,
 ) -> Result<RumaResponse<deactivate::v3::Response>> {
-    account::deactivate(&state, &user, req.auth.as_ref()).await?;
+    account::deactivate(&state, &user, req.auth.as_ref(), ip.as_deref()).await?;
     // No third-party IDs are ever bound, so there is nothing to unbind.
     Ok(RumaResponse(deactivate::v3::Response::new(
         ThirdPartyIdRemovalStatus::NoSupport,

@@ -12,7 +12,7 @@ use ruma::{
 
 use crate::{
     api::{
-        auth::AuthUser,
+        auth::{AuthUser, ClientIp, GuestOk},
         ruma::{RouterExt, Ruma, RumaResponse},
     },
     app::AppState,
@@ -42,7 +42,7 @@ fn to_ruma(device: devices::Device) -> Device {
 
 async fn list(
     State(state): State<AppState>,
-    AuthUser(user): AuthUser,
+    GuestOk(user): GuestOk,
     Ruma(_): Ruma<get_devices::v3::Request>,
 ) -> Result<RumaResponse<get_devices::v3::Response>> {
     let list = devices::list(&state, &user).await?;
@@ -53,7 +53,7 @@ async fn list(
 
 async fn get(
     State(state): State<AppState>,
-    AuthUser(user): AuthUser,
+    GuestOk(user): GuestOk,
     Ruma(req): Ruma<get_device::v3::Request>,
 ) -> Result<RumaResponse<get_device::v3::Response>> {
     let device = devices::get(&state, &user, req.device_id.as_str()).await?;
@@ -62,7 +62,7 @@ async fn get(
 
 async fn update(
     State(state): State<AppState>,
-    AuthUser(user): AuthUser,
+    GuestOk(user): GuestOk,
     Ruma(req): Ruma<update_device::v3::Request>,
 ) -> Result<RumaResponse<update_device::v3::Response>> {
     match req.display_name {
@@ -76,6 +76,7 @@ async fn update(
 async fn delete_one(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
+    ClientIp(ip): ClientIp,
     Ruma(req): Ruma<delete_device::v3::Request>,
 ) -> Result<RumaResponse<delete_device::v3::Response>> {
     // The device must exist before UIA starts, or the client would authenticate
@@ -86,6 +87,7 @@ async fn delete_one(
         &user,
         vec![req.device_id.to_string()],
         req.auth.as_ref(),
+        ip.as_deref(),
     )
     .await?;
     Ok(RumaResponse(delete_device::v3::Response::new()))
@@ -94,9 +96,10 @@ async fn delete_one(
 async fn delete_many(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
+    ClientIp(ip): ClientIp,
     Ruma(req): Ruma<delete_devices::v3::Request>,
 ) -> Result<RumaResponse<delete_devices::v3::Response>> {
     let ids = req.devices.into_iter().map(|d| d.to_string()).collect();
-    devices::delete(&state, &user, ids, req.auth.as_ref()).await?;
+    devices::delete(&state, &user, ids, req.auth.as_ref(), ip.as_deref()).await?;
     Ok(RumaResponse(delete_devices::v3::Response::new()))
 }

@@ -23,7 +23,7 @@ use serde_json::{Value, json};
 
 use crate::{
     api::{
-        auth::AuthUser,
+        auth::{AuthUser, ClientIp, GuestOk},
         ruma::{RouterExt, Ruma},
     },
     app::AppState,
@@ -66,7 +66,7 @@ fn value<T>(raw: &Raw<T>) -> Result<Value> {
 
 async fn upload(
     State(app): State<AppState>,
-    AuthUser(session): AuthUser,
+    GuestOk(session): GuestOk,
     Ruma(req): Ruma<upload_keys::v3::Request>,
 ) -> Result<Json<Value>> {
     let device_keys = req.device_keys.as_ref().map(value).transpose()?;
@@ -86,7 +86,7 @@ async fn upload(
 
 async fn query(
     State(app): State<AppState>,
-    AuthUser(session): AuthUser,
+    GuestOk(session): GuestOk,
     Ruma(req): Ruma<get_keys::v3::Request>,
 ) -> Result<Json<Value>> {
     let wanted = req
@@ -104,7 +104,7 @@ async fn query(
 
 async fn claim(
     State(app): State<AppState>,
-    AuthUser(_): AuthUser,
+    GuestOk(_): GuestOk,
     Ruma(req): Ruma<claim_keys::v3::Request>,
 ) -> Result<Json<Value>> {
     let mut wanted = Vec::new();
@@ -132,6 +132,7 @@ async fn changes(
 async fn signing_keys(
     State(app): State<AppState>,
     AuthUser(session): AuthUser,
+    ClientIp(ip): ClientIp,
     Ruma(req): Ruma<upload_signing_keys::v3::Request>,
 ) -> Result<Json<Value>> {
     let mut uploaded = Vec::new();
@@ -144,7 +145,7 @@ async fn signing_keys(
             uploaded.push((kind, value(raw)?));
         }
     }
-    e2e::upload_signing_keys(&app, &session, req.auth.as_ref(), uploaded).await?;
+    e2e::upload_signing_keys(&app, &session, req.auth.as_ref(), ip.as_deref(), uploaded).await?;
     Ok(Json(json!({})))
 }
 
@@ -166,7 +167,7 @@ async fn signatures(
 
 async fn send_to_device(
     State(app): State<AppState>,
-    AuthUser(session): AuthUser,
+    GuestOk(session): GuestOk,
     Ruma(req): Ruma<send_event_to_device::v3::Request>,
 ) -> Result<Json<Value>> {
     let mut messages = Vec::new();

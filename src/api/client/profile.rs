@@ -10,7 +10,7 @@ use serde_json::{Map, Value, json};
 
 use crate::{
     api::{
-        auth::AuthUser,
+        auth::{AuthUser, GuestOk},
         ruma::{RouterExt, Ruma},
     },
     app::AppState,
@@ -60,7 +60,7 @@ async fn get_avatar(
 
 async fn set_name(
     State(app): State<AppState>,
-    AuthUser(user): AuthUser,
+    GuestOk(user): GuestOk,
     Ruma(req): Ruma<set_display_name::v3::Request>,
 ) -> Result<Json<Value>> {
     profile::set(

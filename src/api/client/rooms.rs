@@ -33,7 +33,7 @@ use serde_json::{Map, Value, json};
 
 use crate::{
     api::{
-        auth::AuthUser,
+        auth::{AuthUser, GuestOk},
         ruma::{RouterExt, Ruma},
     },
     app::AppState,
@@ -87,12 +87,6 @@ async fn create(
     AuthUser(user): AuthUser,
     Ruma(req): Ruma<create_room::v3::Request>,
 ) -> Result<Json<Value>> {
-    if user.is_guest {
-        return Err(Error::new(
-            ErrorKind::GuestAccessForbidden,
-            "Guests cannot create rooms",
-        ));
-    }
     if !req.invite_3pid.is_empty() {
         return Err(Error::new(
             ErrorKind::BadRequest,
@@ -177,7 +171,7 @@ async fn resolve_with_servers(
 
 async fn join_by_id(
     State(app): State<AppState>,
-    AuthUser(user): AuthUser,
+    GuestOk(user): GuestOk,
     Ruma(req): Ruma<join_room_by_id::v3::Request>,
 ) -> Result<Json<Value>> {
     let room_id = membership::join_via(&app, &user.user_id, &req.room_id, req.reason, &[]).await?;
@@ -186,7 +180,7 @@ async fn join_by_id(
 
 async fn join_by_id_or_alias(
     State(app): State<AppState>,
-    AuthUser(user): AuthUser,
+    GuestOk(user): GuestOk,
     Ruma(req): Ruma<join_room_by_id_or_alias::v3::Request>,
 ) -> Result<Json<Value>> {
     let (room_id, mut servers) = resolve_with_servers(&app, &req.room_id_or_alias).await?;
@@ -208,7 +202,7 @@ async fn knock(
 
 async fn leave(
     State(app): State<AppState>,
-    AuthUser(user): AuthUser,
+    GuestOk(user): GuestOk,
     Ruma(req): Ruma<leave_room::v3::Request>,
 ) -> Result<Json<Value>> {
     membership::leave(&app, &user.user_id, &req.room_id, req.reason).await?;
@@ -304,7 +298,7 @@ async fn unban(
 
 async fn send(
     State(app): State<AppState>,
-    AuthUser(user): AuthUser,
+    GuestOk(user): GuestOk,
     Ruma(req): Ruma<send_message_event::v3::Request>,
 ) -> Result<Json<Value>> {
     let kind = req.event_type.to_string();
@@ -348,7 +342,7 @@ async fn send(
 
 async fn send_state(
     State(app): State<AppState>,
-    AuthUser(user): AuthUser,
+    GuestOk(user): GuestOk,
     Ruma(req): Ruma<send_state_event::v3::Request>,
 ) -> Result<Json<Value>> {
     let kind = req.event_type.to_string();
@@ -405,7 +399,7 @@ async fn check_canonical_alias(app: &AppState, room_id: &RoomId, content: &Value
 
 async fn get_state_for_key(
     State(app): State<AppState>,
-    AuthUser(user): AuthUser,
+    GuestOk(user): GuestOk,
     Ruma(req): Ruma<get_state_event_for_key::v3::Request>,
 ) -> Result<Json<Value>> {
     let event = read::state_event(
@@ -424,7 +418,7 @@ async fn get_state_for_key(
 
 async fn get_state(
     State(app): State<AppState>,
-    AuthUser(user): AuthUser,
+    GuestOk(user): GuestOk,
     Ruma(req): Ruma<get_state_events::v3::Request>,
 ) -> Result<Json<Value>> {
     Ok(Json(Value::Array(
@@ -434,7 +428,7 @@ async fn get_state(
 
 async fn get_event(
     State(app): State<AppState>,
-    AuthUser(user): AuthUser,
+    GuestOk(user): GuestOk,
     Ruma(req): Ruma<get_room_event::v3::Request>,
 ) -> Result<Json<Value>> {
     Ok(Json(
@@ -465,7 +459,7 @@ async fn redact(
 
 async fn messages(
     State(app): State<AppState>,
-    AuthUser(user): AuthUser,
+    GuestOk(user): GuestOk,
     Ruma(req): Ruma<get_message_events::v3::Request>,
 ) -> Result<Json<Value>> {
     let filter = TypeFilter {
@@ -505,7 +499,7 @@ async fn messages(
 
 async fn members(
     State(app): State<AppState>,
-    AuthUser(user): AuthUser,
+    GuestOk(user): GuestOk,
     Ruma(req): Ruma<get_member_events::v3::Request>,
 ) -> Result<Json<Value>> {
     let chunk = read::members(

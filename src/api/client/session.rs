@@ -12,7 +12,7 @@ use ruma::api::client::{
 
 use crate::{
     api::{
-        auth::{AuthUser, ClientIp},
+        auth::{AuthUser, ClientIp, GuestOk},
         rate_limited,
         ruma::{RouterExt, Ruma, RumaResponse},
     },
@@ -109,7 +109,7 @@ async fn logout_all(
 }
 
 async fn whoami(
-    AuthUser(user): AuthUser,
+    GuestOk(user): GuestOk,
     Ruma(_): Ruma<whoami::v3::Request>,
 ) -> RumaResponse<whoami::v3::Response> {
     let mut response = whoami::v3::Response::new(user.user_id, user.is_guest);

@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 
 use crate::{
     api::{
-        auth::AuthUser,
+        auth::{AuthUser, GuestOk},
         ruma::{RouterExt, Ruma},
     },
     app::AppState,
@@ -44,7 +44,7 @@ async fn sliding(
 
 async fn sync_handler(
     State(app): State<AppState>,
-    AuthUser(user): AuthUser,
+    GuestOk(user): GuestOk,
     Ruma(req): Ruma<sync_events::v3::Request>,
 ) -> Result<Json<Value>> {
     let definition = match req.filter {

@@ -24,7 +24,7 @@ use serde_json::{Value, json};
 
 use crate::{
     api::{
-        auth::AuthUser,
+        auth::{AuthUser, GuestOk},
         ruma::{RouterExt, Ruma},
     },
     app::AppState,
@@ -49,7 +49,7 @@ pub fn router() -> Router<AppState> {
 
 async fn context(
     State(app): State<AppState>,
-    AuthUser(user): AuthUser,
+    GuestOk(user): GuestOk,
     Ruma(req): Ruma<get_context::v3::Request>,
 ) -> Result<Json<Value>> {
     let lazy = matches!(

@@ -68,20 +68,41 @@ pub async fn receive(app: &AppState, origin: &ServerName, edu: &Value) {
     }
 }
 
-/// `m.receipt`: public read receipts of `origin`'s users in rooms they are in.
-async fn receive_receipts(app: &AppState, origin: &ServerName, content: &Value) -> Result<()> {
+/// The most receipt entries (room × user) one `m.receipt` EDU may make this
+/// server look at. Each costs an ACL check, a membership lookup and a write;
+/// a server sends one EDU per room with its users' latest receipts, so this is
+/// far above what a legitimate EDU holds, and the rest of a larger one is
+/// dropped (receipts are best-effort).
+pub const MAX_RECEIPTS_PER_EDU: usize = 1000;
+
+/// One read receipt of an `m.receipt` EDU.
+#[derive(Debug, PartialEq, Eq)]
+pub struct ReceiptEntry<'a> {
+    pub room_id: &'a str,
+    pub user_id: &'a str,
+    pub event_id: &'a str,
+    pub thread_id: &'a str,
+    pub ts: Option<i64>,
+}
+
+/// The `m.read` receipts of an EDU's content that `origin` may send (its own
+/// users'), at most [`MAX_RECEIPTS_PER_EDU`] entries looked at in all. Pure.
+pub fn receipt_entries<'a>(origin: &ServerName, content: &'a Value) -> Vec<ReceiptEntry<'a>> {
+    let mut out = Vec::new();
+    let mut examined = 0;
     for (room, by_type) in content.as_object().into_iter().flatten() {
         let Some(receipts) = by_type["m.read"].as_object() else {
             continue;
         };
         for (user, receipt) in receipts {
+            examined += 1;
+            if examined > MAX_RECEIPTS_PER_EDU {
+                return out;
+            }
             let Ok(user_id) = UserId::parse(user.as_str()) else {
                 continue;
             };
-            if user_id.server_name() != origin
-                || !super::acl::allowed(app, room, origin.as_str()).await?
-                || rooms::membership(&app.db, room, user).await?.as_deref() != Some("join")
-            {
+            if user_id.server_name() != origin {
                 continue;
             }
             let Some(event_id) = receipt["event_ids"]
@@ -91,26 +112,55 @@ async fn receive_receipts(app: &AppState, origin: &ServerName, content: &Value) 
             else {
                 continue;
             };
-            let thread_id = receipt["data"]["thread_id"].as_str().unwrap_or("");
-            let ts = receipt["data"]["ts"].as_i64().unwrap_or_else(now_ms);
-            let mut tx = app.db.begin().await?;
-            let (position, guard) = stream::take(&mut tx, app).await?;
-            user_streams::set_receipt(
-                &mut *tx,
-                &user_streams::NewReceipt {
-                    room_id: room,
-                    user_id: user,
-                    receipt_type: "m.read",
-                    thread_id,
-                    event_id,
-                    ts,
-                },
-                position,
-            )
-            .await?;
-            tx.commit().await?;
-            drop(guard);
+            out.push(ReceiptEntry {
+                room_id: room,
+                user_id: user,
+                event_id,
+                thread_id: receipt["data"]["thread_id"].as_str().unwrap_or(""),
+                ts: receipt["data"]["ts"].as_i64(),
+            });
         }
+    }
+    out
+}
+
+/// `m.receipt`: public read receipts of `origin`'s users in rooms they are in.
+async fn receive_receipts(app: &AppState, origin: &ServerName, content: &Value) -> Result<()> {
+    let mut acl: std::collections::HashMap<&str, bool> = std::collections::HashMap::new();
+    for entry in receipt_entries(origin, content) {
+        let allowed = match acl.get(entry.room_id) {
+            Some(allowed) => *allowed,
+            None => {
+                let allowed = super::acl::allowed(app, entry.room_id, origin.as_str()).await?;
+                acl.insert(entry.room_id, allowed);
+                allowed
+            }
+        };
+        if !allowed
+            || rooms::membership(&app.db, entry.room_id, entry.user_id)
+                .await?
+                .as_deref()
+                != Some("join")
+        {
+            continue;
+        }
+        let mut tx = app.db.begin().await?;
+        let (position, guard) = stream::take(&mut tx, app).await?;
+        user_streams::set_receipt(
+            &mut *tx,
+            &user_streams::NewReceipt {
+                room_id: entry.room_id,
+                user_id: entry.user_id,
+                receipt_type: "m.read",
+                thread_id: entry.thread_id,
+                event_id: entry.event_id,
+                ts: entry.ts.unwrap_or_else(now_ms),
+            },
+            position,
+        )
+        .await?;
+        tx.commit().await?;
+        drop(guard);
     }
     Ok(())
 }

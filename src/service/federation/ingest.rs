@@ -67,6 +67,9 @@ pub fn check_format(rules: &RoomVersionRules, value: &Value) -> Result<Formatted
         Ok(_) => return Err("PDU is not an object".into()),
         Err(e) => return Err(format!("PDU is not canonical JSON: {e}")),
     };
+    // The spec's per-key limits (255 bytes: type, state_key, sender, room_id,
+    // event_id), checked before the event ID a server may add is dropped.
+    crate::domain::pdu::check_key_sizes(&object).map_err(|e| e.to_string())?;
     // v3+ PDUs carry no event ID; some servers add one anyway.
     object.remove("event_id");
     if canonical_len(&object) > MAX_PDU_BYTES {
