@@ -245,10 +245,15 @@ fn client(app: &AppState) -> anyhow::Result<OutboundClient> {
     )
 }
 
-/// The push worker; runs until `shutdown`.
+/// How many pushers are delivered to at once.
+const MAX_CONCURRENT_DELIVERIES: usize = 32;
+
+/// The push worker; runs until `shutdown`. Each pusher is delivered to by a
+/// task of its own (one at a time per pusher, so its notifications stay in
+/// order), so one slow or dead gateway delays only its own pushers.
 pub async fn run(app: AppState, shutdown: CancellationToken) {
     let client = match client(&app) {
-        Ok(c) => c,
+        Ok(c) => std::sync::Arc::new(c),
         Err(e) => {
             tracing::error!("push worker: cannot build an HTTP client: {e}");
             return;
@@ -256,9 +261,11 @@ pub async fn run(app: AppState, shutdown: CancellationToken) {
     };
     let mut wake = app.notifier.subscribe();
     let mut failing: HashMap<PusherKey, Failing> = HashMap::new();
+    let mut tasks: tokio::task::JoinSet<(Pusher, anyhow::Result<()>)> = tokio::task::JoinSet::new();
+    let mut busy: std::collections::HashSet<PusherKey> = std::collections::HashSet::new();
     loop {
         wake.borrow_and_update();
-        if let Err(e) = deliver(&app, &client, &mut failing).await {
+        if let Err(e) = dispatch(&app, &client, &mut failing, &mut busy, &mut tasks).await {
             tracing::warn!("push worker: {e}");
         }
         let now = Instant::now();
@@ -270,59 +277,88 @@ pub async fn run(app: AppState, shutdown: CancellationToken) {
             .max(Duration::from_millis(50));
         tokio::select! {
             _ = shutdown.cancelled() => return,
+            Some(done) = tasks.join_next() => {
+                if let Ok((pusher, result)) = done {
+                    busy.remove(&key(&pusher));
+                    if let Err(e) = settle(&app, &mut failing, &pusher, result).await {
+                        tracing::warn!("push worker: {e}");
+                    }
+                }
+            }
             _ = app.notifier.wait(&mut wake, wait) => {}
         }
     }
 }
 
-/// Sends what every due pusher has pending.
-async fn deliver(
+/// Starts a delivery for every due pusher with something pending that has
+/// none running.
+async fn dispatch(
     app: &AppState,
-    client: &OutboundClient,
+    client: &std::sync::Arc<OutboundClient>,
     failing: &mut HashMap<PusherKey, Failing>,
+    busy: &mut std::collections::HashSet<PusherKey>,
+    tasks: &mut tokio::task::JoinSet<(Pusher, anyhow::Result<()>)>,
 ) -> Result<()> {
     let pending = rows::pending(&app.db).await?;
     let live: std::collections::HashSet<PusherKey> = pending.iter().map(key).collect();
-    failing.retain(|k, _| live.contains(k));
+    failing.retain(|k, _| live.contains(k) || busy.contains(k));
     for pusher in pending {
         let k = key(&pusher);
-        if failing.get(&k).is_some_and(|f| f.retry_at > Instant::now()) {
+        if busy.contains(&k)
+            || tasks.len() >= MAX_CONCURRENT_DELIVERIES
+            || failing.get(&k).is_some_and(|f| f.retry_at > Instant::now())
+        {
             continue;
         }
-        match deliver_one(app, client, &pusher).await {
-            Ok(()) => {
-                failing.remove(&k);
-            }
-            Err(e) => {
-                let now = Instant::now();
-                let f = failing.entry(k).or_insert(Failing {
-                    since: now,
-                    delay: FIRST_RETRY / 2,
-                    retry_at: now,
-                });
-                f.delay = (f.delay * 2).min(MAX_RETRY);
-                f.retry_at = now + f.delay;
-                tracing::info!(
-                    user = %pusher.user_id, app_id = %pusher.app_id,
-                    "push gateway failed ({e}); retrying in {:?}", f.delay
-                );
-                if now.duration_since(f.since) >= GIVE_UP_AFTER {
-                    // Skip the notification that keeps failing.
-                    if let Some(n) = user_streams::notifications_after(
-                        &app.db,
-                        &pusher.user_id,
-                        pusher.last_stream_ordering,
-                        1,
-                    )
-                    .await?
-                    .first()
-                    {
-                        rows::advance(&app.db, &pusher, n.stream_ordering).await?;
-                    }
-                    f.since = now;
-                }
-            }
+        busy.insert(k);
+        let (app, client) = (app.clone(), client.clone());
+        tasks.spawn(async move {
+            let result = deliver_one(&app, &client, &pusher).await;
+            (pusher, result)
+        });
+    }
+    Ok(())
+}
+
+/// Records how a delivery went: success clears the pusher's backoff; failure
+/// doubles it, and a notification failing for a day is skipped.
+async fn settle(
+    app: &AppState,
+    failing: &mut HashMap<PusherKey, Failing>,
+    pusher: &Pusher,
+    result: anyhow::Result<()>,
+) -> Result<()> {
+    let k = key(pusher);
+    let Err(e) = result else {
+        failing.remove(&k);
+        return Ok(());
+    };
+    let now = Instant::now();
+    let f = failing.entry(k).or_insert(Failing {
+        since: now,
+        delay: FIRST_RETRY / 2,
+        retry_at: now,
+    });
+    f.delay = (f.delay * 2).min(MAX_RETRY);
+    f.retry_at = now + f.delay;
+    tracing::info!(
+        user = %pusher.user_id, app_id = %pusher.app_id,
+        "push gateway failed ({e}); retrying in {:?}", f.delay
+    );
+    if now.duration_since(f.since) >= GIVE_UP_AFTER {
+        // Skip the notification that keeps failing.
+        if let Some(n) = user_streams::notifications_after(
+            &app.db,
+            &pusher.user_id,
+            pusher.last_stream_ordering,
+            1,
+        )
+        .await?
+        .first()
+        {
+            rows::advance(&app.db, pusher, n.stream_ordering).await?;
         }
+        f.since = now;
     }
     Ok(())
 }

@@ -448,3 +448,69 @@ async fn pushers_deliver_to_the_gateway_with_retry() {
     }
     assert!(gone, "rejected pusher removed");
 }
+
+/// A push gateway that accepts connections and never answers (each request
+/// runs into the push client's 15 s timeout).
+async fn dead_gateway() -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            held.push(stream);
+        }
+    });
+    format!("http://{addr}/_matrix/push/v1/notify")
+}
+
+/// One slow or dead gateway delays only its own pushers: with three users'
+/// pushers on a gateway that never answers (15 s each, 45 s in a row), a
+/// fourth user's pusher on a working gateway is still called promptly.
+#[tokio::test]
+async fn a_dead_gateway_delays_only_its_own_pushers() {
+    let server =
+        TestServer::start_with(|c| c.federation.ip_range_allowlist = vec!["127.0.0.1/32".into()])
+            .await;
+    let alice = server.register("alice", "pw").await;
+    let room = server
+        .create_room(&alice, json!({ "preset": "public_chat" }))
+        .await;
+    let dead = dead_gateway().await;
+    let (live, mut received) = gateway("none").await;
+    for (name, url) in [
+        ("aa1", &dead),
+        ("aa2", &dead),
+        ("aa3", &dead),
+        ("zz", &live),
+    ] {
+        let user = server.register(name, "pw").await;
+        server.join(&user, &room).await;
+        let (status, body) = server
+            .post(
+                "/_matrix/client/v3/pushers/set",
+                Some(&user.access_token),
+                json!({
+                    "pushkey": format!("key-{name}"), "kind": "http", "app_id": "org.example.app",
+                    "app_display_name": "Example", "device_display_name": "Phone",
+                    "lang": "en", "data": { "url": url },
+                }),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    server
+        .send_message(
+            &alice,
+            &room,
+            json!({ "msgtype": "m.text", "body": "ping" }),
+        )
+        .await;
+    // The working gateway answers 503 once, then takes the retry (1 s later).
+    let got = tokio::time::timeout(std::time::Duration::from_secs(30), received.recv())
+        .await
+        .expect("the working gateway is called while the dead one hangs")
+        .unwrap();
+    assert_eq!(got["notification"]["devices"][0]["pushkey"], "key-zz");
+    assert_eq!(got["notification"]["content"]["body"], "ping");
+    server.stop().await;
+}
