@@ -548,3 +548,69 @@ async fn forks_from_a_peer_resolve_into_the_current_state() {
     peer.stop();
     lattice.stop().await;
 }
+
+/// The room's server ACL holds for events fetched on another server's word: an
+/// event by a server the ACL now denies, handed over in a `/get_missing_events`
+/// answer by a server it allows, is refused, and so is the event that needed it.
+#[tokio::test]
+async fn server_acls_hold_for_events_fetched_through_another_server() {
+    let lattice = TestServer::start_federating().await;
+    let allowed = HostilePeer::start().await;
+    let denied = HostilePeer::start_as("127.0.0.1").await;
+    let alice = lattice.register("alice", "password-a").await;
+    let room = lattice
+        .create_room(&alice, json!({"preset": "public_chat"}))
+        .await;
+    let a = allowed.join(&lattice, &room, "amy").await;
+    let d = denied.join(&lattice, &room, "dan").await;
+    // IP-literal servers are denied from now on (the allowed peer is a name).
+    let (status, body) = lattice
+        .put(
+            &format!("/_matrix/client/v3/rooms/{room}/state/m.room.server_acl/"),
+            Some(&alice.access_token),
+            json!({"allow": ["*"], "deny": [], "allow_ip_literals": false}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    // The denied server cannot send directly.
+    let (direct, pdu) = denied.message(&d, "direct");
+    let result = denied.send(&lattice, vec![pdu]).await;
+    assert!(
+        result.get(&direct).is_none_or(|r| r["error"].is_string()),
+        "{result}"
+    );
+    // x: the denied server's message (its user is still joined); y: the
+    // allowed server's message after x, sent alone, x given on request.
+    let (x, pdu_x) = denied.message(&d, "smuggled");
+    let mut after_x = a.clone();
+    after_x.latest = x.clone();
+    after_x.depth = after_x.depth.max(d.depth + 1);
+    let (y, pdu_y) = allowed.message(&after_x, "carrier");
+    allowed.on(
+        Method::POST,
+        "/_matrix/federation/v1/get_missing_events/",
+        Answer::Json(StatusCode::OK, json!({ "events": [pdu_x] })),
+    );
+    let result = allowed.send(&lattice, vec![pdu_y]).await;
+    assert!(
+        !allowed
+            .received("/_matrix/federation/v1/get_missing_events/")
+            .is_empty(),
+        "the gap was asked for"
+    );
+    assert!(rejected(&result, &y), "{result}");
+    for id in [&x, &y, &direct] {
+        assert_eq!(
+            event_status(&lattice, &alice, &room, id).await,
+            StatusCode::NOT_FOUND,
+            "{id}"
+        );
+    }
+    // The allowed server still takes part.
+    let (honest, pdu) = allowed.message(&a, "honest");
+    let result = allowed.send(&lattice, vec![pdu]).await;
+    assert_eq!(result[&honest], json!({}), "{result}");
+    allowed.stop();
+    denied.stop();
+    lattice.stop().await;
+}

@@ -124,9 +124,15 @@ impl JoinedRoom {
 
 impl HostilePeer {
     pub async fn start() -> Self {
+        Self::start_as("localhost").await
+    }
+
+    /// A peer named `<host>:<port>`; the dev certificate covers `localhost`
+    /// and `127.0.0.1` (an IP-literal server name, which ACLs can tell apart).
+    pub async fn start_as(host: &str) -> Self {
         let tls = dev_tls();
         let port = free_port();
-        let name = format!("localhost:{port}");
+        let name = format!("{host}:{port}");
         let doc = Ed25519KeyPair::generate();
         let key = Arc::new(Ed25519KeyPair::from_der(&doc, "hostile".into()).expect("key parses"));
         let script = Arc::new(Mutex::new(Script {
