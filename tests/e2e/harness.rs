@@ -76,7 +76,9 @@ async fn prepare_template(admin: PgConnectOptions, template: &str) {
         .expect("connect to test PostgreSQL");
     // Drop what earlier, crashed runs left behind (their process is gone).
     let stale: Vec<String> = sqlx::query_scalar(
-        "select datname from pg_database where datname like 'lattice_tmpl_%' or datname like 'lattice_t_%'",
+        // `_` is LIKE's any-character: escaped, so a developer's `lattice_tokens`
+        // (the brief's `lattice_NAME`) is not taken for a test database.
+        r"select datname from pg_database where datname like 'lattice\_tmpl\_%' or datname like 'lattice\_t\_%'",
     )
     .fetch_all(&mut conn)
     .await
