@@ -3,7 +3,7 @@
 //! token that parses to itself.
 #![no_main]
 
-use lattice::service::{read::TopoToken, sync::SyncToken};
+use lattice::service::{sync::SyncToken, tokens::TopoToken};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -32,6 +32,7 @@ pub mod stream;
 pub mod sync;
 pub mod timeline;
 pub mod to_device;
+pub mod tokens;
 pub mod typing;
 pub mod uia;
 pub mod upgrade;

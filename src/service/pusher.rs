@@ -163,9 +163,7 @@ pub async fn notifications(
     let user = session.user_id.as_str();
     let before = match from {
         None => i64::MAX,
-        Some(t) => t
-            .parse()
-            .map_err(|_| Error::invalid_param("Invalid 'from' token"))?,
+        Some(t) => super::tokens::stream_counter(app, "from", t).await?,
     };
     let limit = limit.unwrap_or(20).clamp(1, 100) as i64;
     let only_highlight = only.is_some_and(|o| o.contains("highlight"));

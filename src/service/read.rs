@@ -22,7 +22,10 @@ use ruma::{
 };
 use serde_json::{Value, json};
 
-use super::event::RoomCtx;
+use super::{
+    event::RoomCtx,
+    tokens::{RoomPos, TopoToken},
+};
 use crate::{
     app::AppState,
     domain::pdu::to_client_event,
@@ -375,30 +378,6 @@ pub async fn event(
     out.into_iter().next().ok_or_else(not_found)
 }
 
-/// A position in a room's topological order, as a pagination token `t{depth}_{stream}`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct TopoToken {
-    pub depth: i64,
-    pub stream: i64,
-}
-
-impl TopoToken {
-    pub fn parse(s: &str) -> Option<Self> {
-        let rest = s.strip_prefix('t')?;
-        let (depth, stream) = rest.split_once('_')?;
-        Some(Self {
-            depth: depth.parse().ok()?,
-            stream: stream.parse().ok()?,
-        })
-    }
-}
-
-impl std::fmt::Display for TopoToken {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "t{}_{}", self.depth, self.stream)
-    }
-}
-
 /// Event-type filtering for `/messages` (`types`, `not_types`; `*` is a wildcard).
 #[derive(Default)]
 pub struct TypeFilter {
@@ -422,13 +401,19 @@ impl TypeFilter {
 
 pub struct Page {
     pub chunk: Vec<Value>,
-    pub start: TopoToken,
+    /// The `from` token as given, or the room's edge.
+    pub start: String,
     pub end: Option<TopoToken>,
     /// Member events for the senders in `chunk` (lazy loading).
     pub state: Vec<Value>,
 }
 
 /// `GET /rooms/{roomId}/messages`.
+///
+/// `end` is omitted only when paging backwards reached the start of the room,
+/// or when nothing at all lay past `from`. A forward page that reached the
+/// newest event still gets one (clients continue from it once more arrives, and
+/// Synapse gives one), and so does a page stopped by `to`.
 #[allow(clippy::too_many_arguments)]
 pub async fn messages(
     app: &AppState,
@@ -445,56 +430,77 @@ pub async fn messages(
     if !viewer.may_read_history().await? {
         return Err(Error::forbidden("You are not allowed to view this room"));
     }
-    let start = match from {
-        Some(token) => {
-            TopoToken::parse(token).ok_or_else(|| Error::invalid_param("Invalid from token"))?
-        }
-        None if backwards => {
-            let (depth, stream) = events::room_end(&app.db, room_id.as_str()).await?;
-            TopoToken { depth, stream }
-        }
-        None => TopoToken {
-            depth: 0,
-            stream: 0,
-        },
+    let from = match from {
+        Some(token) => Some((token, RoomPos::parse(app, "from", token).await?)),
+        None => None,
     };
     let to = match to {
-        Some(token) => {
-            Some(TopoToken::parse(token).ok_or_else(|| Error::invalid_param("Invalid to token"))?)
-        }
+        Some(token) => Some(RoomPos::parse(app, "to", token).await?),
         None => None,
+    };
+    let (start, mut cursor) = match from {
+        Some((token, pos)) => (token.to_owned(), pos),
+        None => {
+            // The room's edge: after its newest event, or before its first.
+            let edge = if backwards {
+                let (depth, stream) = events::room_end(&app.db, room_id.as_str()).await?;
+                TopoToken { depth, stream }
+            } else {
+                TopoToken {
+                    depth: 0,
+                    stream: 0,
+                }
+            };
+            (edge.to_string(), RoomPos::Topo(edge))
+        }
     };
     let limit = limit.clamp(1, 1000);
     let mut chunk_events = Vec::new();
-    let mut cursor = start;
-    let mut exhausted = false;
+    let mut scanned_any = false;
+    // Reached the start of the room going backwards: no `end`.
+    let mut at_start = false;
     let batch_size = (limit * 2) as i64;
     // Backfill requests one page may make.
     const MAX_BACKFILLS: usize = 3;
     let mut backfills = 0;
     // Fetch in batches until `limit` visible events, the `to` token or the room's end.
     'fill: loop {
-        let batch = events::page(
-            &app.db,
-            room_id.as_str(),
-            cursor.depth,
-            cursor.stream,
-            backwards,
-            batch_size,
-        )
-        .await?;
+        let by_stream = matches!(cursor, RoomPos::Stream(_));
+        let batch = match cursor {
+            // `page` bounds are exclusive event positions: the gap after
+            // (d, s) going backwards is "below (d, s + 1)". Parsed and issued
+            // streams are at most the stream's head, so `+ 1` cannot overflow.
+            RoomPos::Topo(t) => {
+                let stream = if backwards { t.stream + 1 } else { t.stream };
+                events::page(
+                    &app.db,
+                    room_id.as_str(),
+                    t.depth,
+                    stream,
+                    backwards,
+                    batch_size,
+                )
+                .await?
+            }
+            RoomPos::Stream(s) => {
+                events::page_by_stream(&app.db, room_id.as_str(), s, backwards, batch_size).await?
+            }
+        };
         let fetched = batch.len() as i64;
+        let mut scanned_batch = false;
         viewer.prefetch_events(&batch).await?;
         for ev in batch {
-            let pos = TopoToken {
-                depth: ev.depth,
-                stream: ev.stream_ordering,
-            };
-            if to.is_some_and(|to| if backwards { pos <= to } else { pos >= to }) {
-                exhausted = true;
+            // Past `to`: the page ends here, with a token to go on from.
+            if to.is_some_and(|to| to.holds_event(&ev) == backwards) {
                 break 'fill;
             }
-            cursor = pos;
+            scanned_any = true;
+            scanned_batch = true;
+            cursor = RoomPos::Topo(if backwards {
+                TopoToken::before(&ev)
+            } else {
+                TopoToken::after(&ev)
+            });
             if !filter.matches(&ev.event_type) || !viewer.may_see(&ev).await? {
                 continue;
             }
@@ -504,6 +510,11 @@ pub async fn messages(
             }
         }
         if fetched < batch_size {
+            // A batch bounded by stream ordering is done; what lies beyond its
+            // last event in topological order is looked at once more.
+            if by_stream && scanned_batch {
+                continue;
+            }
             // At the start of what we hold: a room joined over federation may
             // have history on other servers.
             if backwards
@@ -514,7 +525,7 @@ pub async fn messages(
                 backfills += 1;
                 continue;
             }
-            exhausted = true;
+            at_start = backwards;
             break;
         }
     }
@@ -525,24 +536,16 @@ pub async fn messages(
     } else {
         Vec::new()
     };
+    let end = match cursor {
+        RoomPos::Topo(t) if scanned_any && !at_start => Some(t),
+        _ => None,
+    };
     Ok(Page {
         chunk,
         start,
-        end: (!exhausted).then_some(cursor),
+        end,
         state,
     })
-}
-
-impl PartialOrd for TopoToken {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl Ord for TopoToken {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        (self.depth, self.stream).cmp(&(other.depth, other.stream))
-    }
 }
 
 /// The member events of the chunk's senders, as of the newest event in the chunk.
@@ -573,7 +576,10 @@ async fn lazy_members(
     client_events(&app.db, &viewer.rules, &stored).await
 }
 
-/// `GET /rooms/{roomId}/members`: member events, optionally filtered.
+/// `GET /rooms/{roomId}/members`: member events, optionally filtered; with `at`
+/// (a `prev_batch` or `next_batch` of `/sync`, or a `/messages` token), as of
+/// that position. Where the user may not see that point of the room's history,
+/// the state they may read now.
 pub async fn members(
     app: &AppState,
     user: &UserId,
@@ -585,19 +591,22 @@ pub async fn members(
     let mut viewer = Viewer::new(app, user, room_id).await?;
     let mut group = viewer.readable_state_group().await?;
     if let Some(at) = at {
-        let token = TopoToken::parse(at).ok_or_else(|| Error::invalid_param("Invalid at token"))?;
-        // The state at the newest event at or before the token, if the user may see it.
-        let before = events::page(
-            &app.db,
-            room_id.as_str(),
-            token.depth,
-            token.stream + 1,
-            true,
-            1,
-        )
-        .await?;
-        if let Some(ev) = before.first()
-            && viewer.may_see(ev).await?
+        // The state after the newest event at or before the position (by
+        // stream ordering for a sync token, as Synapse does), if the user may
+        // see it; none before the room's first event.
+        let before = match RoomPos::parse(app, "at", at).await? {
+            RoomPos::Topo(t) => {
+                events::page(&app.db, room_id.as_str(), t.depth, t.stream + 1, true, 1).await?
+            }
+            RoomPos::Stream(s) => events::newest_at_stream(&app.db, room_id.as_str(), s)
+                .await?
+                .into_iter()
+                .collect(),
+        };
+        let Some(ev) = before.first() else {
+            return Ok(Vec::new());
+        };
+        if viewer.may_see(ev).await?
             && let Some(g) = ev.state_group
         {
             group = g;

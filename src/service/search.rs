@@ -16,7 +16,10 @@ use ruma::{
 };
 use serde_json::{Map, Value, json};
 
-use super::read::{TopoToken, Viewer, client_events};
+use super::{
+    read::{Viewer, client_events},
+    tokens::TopoToken,
+};
 use crate::{
     app::AppState,
     error::{Error, Result},
@@ -286,17 +289,11 @@ async fn context(
             after.push(e);
         }
     }
-    let token = |e: Option<&StoredEvent>| {
-        let e = e.unwrap_or(event);
-        TopoToken {
-            depth: e.depth,
-            stream: e.stream_ordering,
-        }
-        .to_string()
-    };
+    // Gaps: before the oldest event shown, after the newest (`/messages`
+    // continues from either).
     let mut out = json!({
-        "start": token(before.last()),
-        "end": token(after.last()),
+        "start": TopoToken::before(before.last().unwrap_or(event)).to_string(),
+        "end": TopoToken::after(after.last().unwrap_or(event)).to_string(),
         "events_before": client_events(&app.db, &viewer.rules, &before).await?,
         "events_after": client_events(&app.db, &viewer.rules, &after).await?,
     });

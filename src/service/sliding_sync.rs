@@ -33,8 +33,9 @@ use ruma::{
 use serde_json::{Map, Value, json};
 
 use super::{
-    read::{TopoToken, Viewer, client_events},
+    read::{Viewer, client_events},
     session::Session,
+    tokens::TopoToken,
 };
 use crate::{
     app::AppState,
@@ -648,12 +649,7 @@ async fn room_section(
         section["num_live"] = timeline.len().into();
     }
     if let Some(first) = timeline.first() {
-        section["prev_batch"] = TopoToken {
-            depth: first.depth,
-            stream: first.stream_ordering,
-        }
-        .to_string()
-        .into();
+        section["prev_batch"] = TopoToken::before(first).to_string().into();
     }
     let names_changed = initial
         || changed

@@ -23,11 +23,10 @@ pub async fn hierarchy(
     max_depth: Option<usize>,
     suggested_only: bool,
 ) -> Result<Value> {
+    let fingerprint = session_fingerprint(root, max_depth, suggested_only);
     let skip: usize = match from {
-        Some(token) => token
-            .strip_prefix('h')
-            .and_then(|n| n.parse().ok())
-            .ok_or_else(|| Error::invalid_param("Invalid from token"))?,
+        Some(token) => parse_token(token, &fingerprint)
+            .ok_or_else(|| Error::invalid_param("Invalid 'from' token"))?,
         None => 0,
     };
     if !may_preview(app, user, root.as_str()).await? {
@@ -67,10 +66,30 @@ pub async fn hierarchy(
         }
         index += 1;
         if out.len() == limit && !queue.is_empty() {
-            return Ok(json!({ "rooms": out, "next_batch": format!("h{}", skip + limit) }));
+            let next = format!("h{}_{fingerprint}", skip + limit);
+            return Ok(json!({ "rooms": out, "next_batch": next }));
         }
     }
     Ok(json!({ "rooms": out }))
+}
+
+/// What a `from` token is bound to: the spec forbids changing `max_depth` and
+/// `suggested_only` between pages, and a token of another space means nothing
+/// here. A token is `h{rooms skipped}_{fingerprint}`.
+fn session_fingerprint(root: &RoomId, max_depth: Option<usize>, suggested_only: bool) -> String {
+    use sha2::{Digest, Sha256};
+    let depth = max_depth.map_or_else(|| "-".to_owned(), |d| d.to_string());
+    let digest = Sha256::digest(format!("{root}\n{depth}\n{suggested_only}"));
+    hex::encode(&digest[..6])
+}
+
+/// The rooms to skip, if `token` is a token of this walk.
+fn parse_token(token: &str, fingerprint: &str) -> Option<usize> {
+    let (skip, fp) = token.strip_prefix('h')?.split_once('_')?;
+    if fp != fingerprint || skip.is_empty() || !skip.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    skip.parse().ok()
 }
 
 /// The room's `m.space.child` events with a `via`, stripped (type, state_key,

@@ -31,8 +31,9 @@ use ruma::{
 use serde_json::{Map, Value, json};
 
 use super::{
-    read::{TopoToken, TypeFilter, Viewer, client_events},
+    read::{TypeFilter, Viewer, client_events},
     session::Session,
+    tokens::TopoToken,
 };
 use crate::{
     app::AppState,
@@ -476,13 +477,7 @@ async fn joined_room(
     let ids: Vec<String> = state_ids.into_iter().map(|(_, id)| id).collect();
     let state_events = events::get_many(&app.db, &ids).await?;
 
-    let prev_batch = timeline.first().map(|e| {
-        TopoToken {
-            depth: e.depth,
-            stream: e.stream_ordering,
-        }
-        .to_string()
-    });
+    let prev_batch = timeline.first().map(|e| TopoToken::before(e).to_string());
     let mut timeline_json = client_events(&app.db, &viewer.rules, &timeline).await?;
     super::timeline::bundle_threads(app, &mut viewer, user, &mut timeline_json).await?;
     let mut section = json!({
@@ -596,12 +591,7 @@ async fn left_room(
         "account_data": { "events": [] },
     });
     if let Some(first) = events_in.first() {
-        section["timeline"]["prev_batch"] = TopoToken {
-            depth: first.depth,
-            stream: first.stream_ordering,
-        }
-        .to_string()
-        .into();
+        section["timeline"]["prev_batch"] = TopoToken::before(first).to_string().into();
     }
     Ok(section)
 }

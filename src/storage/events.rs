@@ -170,7 +170,68 @@ pub async fn page(
     }
 }
 
-/// The topological position just past the room's newest event.
+/// A page of a room's events in topological order bounded by stream ordering:
+/// going backwards, those at or below `stream`; forwards, those above it.
+pub async fn page_by_stream(
+    db: impl PgExecutor<'_>,
+    room_id: &str,
+    stream: i64,
+    backwards: bool,
+    limit: i64,
+) -> sqlx::Result<Vec<StoredEvent>> {
+    if backwards {
+        sqlx::query_as!(
+            StoredEvent,
+            "select event_id, room_id, stream_ordering, depth, event_type, state_key, sender, json,
+                    state_group, rejected, redacted_by
+             from events
+             where room_id = $1 and not rejected and stream_ordering <= $2
+             order by depth desc, stream_ordering desc limit $3",
+            room_id,
+            stream,
+            limit
+        )
+        .fetch_all(db)
+        .await
+    } else {
+        sqlx::query_as!(
+            StoredEvent,
+            "select event_id, room_id, stream_ordering, depth, event_type, state_key, sender, json,
+                    state_group, rejected, redacted_by
+             from events
+             where room_id = $1 and not rejected and stream_ordering > $2
+             order by depth, stream_ordering limit $3",
+            room_id,
+            stream,
+            limit
+        )
+        .fetch_all(db)
+        .await
+    }
+}
+
+/// The room's newest event in stream order at or below `stream`.
+pub async fn newest_at_stream(
+    db: impl PgExecutor<'_>,
+    room_id: &str,
+    stream: i64,
+) -> sqlx::Result<Option<StoredEvent>> {
+    sqlx::query_as!(
+        StoredEvent,
+        "select event_id, room_id, stream_ordering, depth, event_type, state_key, sender, json,
+                state_group, rejected, redacted_by
+         from events
+         where room_id = $1 and not rejected and stream_ordering <= $2
+         order by stream_ordering desc limit 1",
+        room_id,
+        stream
+    )
+    .fetch_optional(db)
+    .await
+}
+
+/// The room's greatest depth and stream ordering: as a position, the gap after
+/// its newest event ((0, 0) for a room without events).
 pub async fn room_end(db: impl PgExecutor<'_>, room_id: &str) -> sqlx::Result<(i64, i64)> {
     let row = sqlx::query!(
         r#"select coalesce(max(depth), 0) as "depth!", coalesce(max(stream_ordering), 0) as "stream!"
@@ -179,7 +240,7 @@ pub async fn room_end(db: impl PgExecutor<'_>, room_id: &str) -> sqlx::Result<(i
     )
     .fetch_one(db)
     .await?;
-    Ok((row.depth + 1, row.stream + 1))
+    Ok((row.depth, row.stream))
 }
 
 pub async fn count_in_room(db: impl PgExecutor<'_>, room_id: &str) -> sqlx::Result<i64> {
@@ -241,6 +302,18 @@ pub async fn closest_to_ts(
     .fetch_optional(db)
     .await?;
     Ok(row.map(|r| (r.event_id, r.origin_server_ts)))
+}
+
+/// The lowest and highest stream positions taken so far: backfilled events
+/// count down from -1, everything else up from 1 (0 stands for "none yet").
+pub async fn stream_range(db: impl PgExecutor<'_>) -> sqlx::Result<(i64, i64)> {
+    let row = sqlx::query!(
+        r#"select (select case when is_called then -last_value else 0 end from events_backfill_seq) as "low!",
+                  (select case when is_called then last_value else 0 end from events_stream_seq) as "high!""#
+    )
+    .fetch_one(db)
+    .await?;
+    Ok((row.low, row.high))
 }
 
 /// The next (negative) stream position for a backfilled event.

@@ -31,9 +31,25 @@ pub async fn insert(db: impl PgExecutor<'_>, r: &NewRelation<'_>) -> sqlx::Resul
     Ok(())
 }
 
-/// Events of `room_id` relating to `target`, optionally of one relation and
-/// event type, in stream order before (`backwards`) or after `from`. (Any
-/// room's event may name any event: only the target's room counts.)
+/// Where a page of relations may lie, in topological order (depth, stream
+/// ordering): each bound is a gap, either after a topological position or after
+/// a stream position; `None` leaves that side open.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Bounds {
+    /// Only events after the gap after this (depth, stream) position.
+    pub topo_after: Option<(i64, i64)>,
+    /// Only events at or before this (depth, stream) position.
+    pub topo_upto: Option<(i64, i64)>,
+    /// Only events with a stream ordering above this.
+    pub stream_after: Option<i64>,
+    /// Only events with a stream ordering at or below this.
+    pub stream_upto: Option<i64>,
+}
+
+/// Events of `room_id` relating to `target`, directly or (with `hops` > 1)
+/// through up to `hops` relations, optionally of one relation and event type,
+/// within `bounds`, newest first (`backwards`) or oldest first in topological
+/// order. (Any room's event may name any event: only the target's room counts.)
 #[allow(clippy::too_many_arguments)]
 pub async fn children(
     db: impl PgExecutor<'_>,
@@ -41,30 +57,51 @@ pub async fn children(
     target: &str,
     rel_type: Option<&str>,
     event_type: Option<&str>,
-    from: i64,
+    hops: i32,
+    bounds: Bounds,
     backwards: bool,
     limit: i64,
 ) -> sqlx::Result<Vec<StoredEvent>> {
+    let (after_depth, after_stream) = bounds.topo_after.unzip();
+    let (upto_depth, upto_stream) = bounds.topo_upto.unzip();
     sqlx::query_as!(
         StoredEvent,
-        r#"select e.event_id, e.room_id, e.stream_ordering, e.depth, e.event_type, e.state_key, e.sender,
+        r#"with recursive related (event_id, hops) as (
+               select r.event_id, 1 from event_relations r
+               where r.relates_to = $1 and r.room_id = $6
+             union
+               select r.event_id, related.hops + 1
+               from event_relations r join related on r.relates_to = related.event_id
+               where related.hops < $7 and r.room_id = $6
+           )
+           select e.event_id, e.room_id, e.stream_ordering, e.depth, e.event_type, e.state_key, e.sender,
                   e.json, e.state_group, e.rejected, e.redacted_by
            from event_relations r join events e on e.event_id = r.event_id
-           where r.relates_to = $1
+           where r.event_id in (select event_id from related)
              and ($2::text is null or r.rel_type = $2)
              and ($3::text is null or r.event_type = $3)
              and not e.rejected
-             and case when $5 then r.stream_ordering < $4 else r.stream_ordering > $4 end
-             and r.room_id = $7 and e.room_id = $7
-           order by case when $5 then -r.stream_ordering else r.stream_ordering end
-           limit $6"#,
+             and r.room_id = $6 and e.room_id = $6
+             and ($8::bigint is null or (e.depth, e.stream_ordering) > ($8, $9::bigint))
+             and ($10::bigint is null or (e.depth, e.stream_ordering) <= ($10, $11::bigint))
+             and ($12::bigint is null or e.stream_ordering > $12)
+             and ($13::bigint is null or e.stream_ordering <= $13)
+           order by case when $4 then e.depth end desc, case when $4 then e.stream_ordering end desc,
+                    e.depth, e.stream_ordering
+           limit $5"#,
         target,
         rel_type,
         event_type,
-        from,
         backwards,
         limit,
-        room_id
+        room_id,
+        hops,
+        after_depth,
+        after_stream,
+        upto_depth,
+        upto_stream,
+        bounds.stream_after,
+        bounds.stream_upto,
     )
     .fetch_all(db)
     .await

@@ -85,7 +85,9 @@ async fn relations(
         None,
         None,
         req.from.as_deref(),
+        req.to.as_deref(),
         req.dir == Direction::Backward,
+        req.recurse,
         limit(req.limit),
     )
     .await?;
@@ -106,7 +108,9 @@ async fn relations_of_type(
         Some(&rel_type),
         None,
         req.from.as_deref(),
+        req.to.as_deref(),
         req.dir == Direction::Backward,
+        req.recurse,
         limit(req.limit),
     )
     .await?;
@@ -128,7 +132,9 @@ async fn relations_of_type_and_event(
         Some(&rel_type),
         Some(&event_type),
         req.from.as_deref(),
+        req.to.as_deref(),
         req.dir == Direction::Backward,
+        req.recurse,
         limit(req.limit),
     )
     .await?;
