@@ -30,3 +30,4 @@ mod sweep;
 mod synapse;
 mod sync;
 mod timeline;
+mod unsigned;
