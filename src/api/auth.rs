@@ -166,6 +166,18 @@ where
     }
 }
 
+/// Whether the request carries an access token at all (checked or not):
+/// `POST /register` treats a token as an application service's.
+pub struct TokenGiven(pub bool);
+
+impl<S: Send + Sync> FromRequestParts<S> for TokenGiven {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(Self(access_token(parts).is_some()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -281,6 +281,24 @@ pub fn canonical_len(json: &CanonicalJsonObject) -> usize {
         .unwrap_or(usize::MAX)
 }
 
+/// A stored PDU's JSON, redacted by the room version's rules when `redacted`.
+pub fn stored_pdu(
+    json: &str,
+    rules: &RoomVersionRules,
+    redacted: bool,
+) -> serde_json::Map<String, Value> {
+    let pdu: serde_json::Map<String, Value> = serde_json::from_str(json).unwrap_or_default();
+    if redacted
+        && let Ok(CanonicalJsonValue::Object(obj)) =
+            CanonicalJsonValue::try_from(Value::Object(pdu.clone()))
+        && let Ok(redacted) = ruma::canonical_json::redact(obj, &rules.redaction, None)
+        && let Ok(Value::Object(map)) = serde_json::to_value(redacted)
+    {
+        return map;
+    }
+    pdu
+}
+
 /// The client-server form of a stored PDU (spec: "ClientEvent"), redacted when
 /// `redacted_because` is set.
 pub fn to_client_event(
@@ -291,17 +309,7 @@ pub fn to_client_event(
     redacted_because: Option<&Value>,
     now: MilliSecondsSinceUnixEpoch,
 ) -> Value {
-    let mut pdu: serde_json::Map<String, Value> = serde_json::from_str(json).unwrap_or_default();
-    if let Some(because) = redacted_because {
-        if let Ok(CanonicalJsonValue::Object(obj)) =
-            CanonicalJsonValue::try_from(Value::Object(pdu.clone()))
-            && let Ok(redacted) = ruma::canonical_json::redact(obj, &rules.redaction, None)
-            && let Ok(Value::Object(map)) = serde_json::to_value(redacted)
-        {
-            pdu = map;
-        }
-        let _ = because;
-    }
+    let mut pdu = stored_pdu(json, rules, redacted_because.is_some());
     let ts = pdu
         .get("origin_server_ts")
         .and_then(Value::as_u64)

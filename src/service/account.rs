@@ -68,14 +68,8 @@ pub async fn register(state: &AppState, reg: Registration) -> Result<Registered>
         }
         None => None,
     };
-    let Some(password) = reg.password.filter(|p| !p.is_empty()) else {
-        // Lattice has no SSO or appservices yet, so an account needs a password.
-        return Err(Error::new(
-            ErrorKind::MissingParam,
-            "A password is required",
-        ));
-    };
-
+    // The flows come first, as Synapse does: clients (and their test helpers)
+    // start registration with `{}` to learn them and get a session.
     let requirement = uia::Requirement {
         kind: "register",
         flows,
@@ -83,6 +77,14 @@ pub async fn register(state: &AppState, reg: Registration) -> Result<Registered>
         ip: reg.ip.as_deref(),
     };
     let completed = uia::authenticate(state, &requirement, reg.auth.as_ref()).await?;
+    let Some(password) = reg.password.filter(|p| !p.is_empty()) else {
+        // Lattice has no SSO or appservices yet, so an account needs a password.
+        // The session stays valid: the client may send it again with one.
+        return Err(Error::new(
+            ErrorKind::MissingParam,
+            "A password is required",
+        ));
+    };
 
     let hash = session::hash_password(state, password).await?;
 
@@ -176,11 +178,12 @@ pub async fn username_available(state: &AppState, username: &str) -> Result<()> 
 }
 
 /// `POST /account/password` (behind UIA with the current password). With
-/// `logout_devices`, every other device is logged out.
+/// `logout_devices`, every other device is logged out. `new_password` may be
+/// left out of requests that only make UIA progress.
 pub async fn change_password(
     state: &AppState,
     session: &Session,
-    new_password: String,
+    new_password: Option<String>,
     logout_devices: bool,
     auth: Option<&AuthData>,
     ip: Option<&str>,
@@ -191,7 +194,14 @@ pub async fn change_password(
         user: Some(&session.user_id),
         ip,
     };
+    // UIA first, as Synapse does: a first request may carry nothing but `{}`.
     let completed = uia::authenticate(state, &requirement, auth).await?;
+    let Some(new_password) = new_password else {
+        return Err(Error::new(
+            ErrorKind::MissingParam,
+            "Missing params: new_password",
+        ));
+    };
     if new_password.is_empty() {
         return Err(Error::new(
             ErrorKind::WeakPassword,

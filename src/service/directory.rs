@@ -225,7 +225,7 @@ async fn state_contents(
 
 /// `GET /rooms/{roomId}/aliases`: for those who may read the room's state.
 pub async fn room_aliases(app: &AppState, user: &UserId, room_id: &RoomId) -> Result<Vec<String>> {
-    let mut viewer = super::read::Viewer::new(app, user, room_id).await?;
+    let mut viewer = super::read::Viewer::new(app, user, None, room_id).await?;
     viewer.readable_state_group().await?;
     Ok(rooms::aliases_of(&app.db, room_id.as_str()).await?)
 }

@@ -658,6 +658,9 @@ async fn power_levels_at(
 ///
 /// Reads merge at most `MAX_STATE_CHAIN + 1` groups; a growing room writes a full
 /// snapshot only after many changes, not every `MAX_STATE_CHAIN`.
+///
+/// `parent` is the state before the event, so the event the new one replaces is
+/// recorded here too (clients see it as `unsigned.replaces_state`).
 pub async fn new_state_group(
     tx: &mut Transaction<'_, Postgres>,
     room_id: &str,
@@ -668,6 +671,15 @@ pub async fn new_state_group(
     let Some(parent) = parent else {
         return write_snapshot(tx, room_id, HashMap::from([(key, event_id.to_owned())])).await;
     };
+    if let Some((_, replaced)) =
+        state::state_for_keys(&mut **tx, parent, std::slice::from_ref(&key))
+            .await?
+            .into_iter()
+            .next()
+        && replaced != event_id
+    {
+        state::record_replaced(&mut **tx, event_id, &replaced).await?;
+    }
     let depth = state::chain_depth(&mut **tx, parent).await?;
     if depth < MAX_STATE_CHAIN {
         let ids = state::intern_keys(&mut **tx, std::slice::from_ref(&key)).await?;

@@ -5,6 +5,7 @@ pub mod account;
 pub mod account_data;
 pub mod admin;
 pub mod backup;
+pub mod client_event;
 pub mod devices;
 pub mod directory;
 pub mod e2e;

@@ -185,12 +185,12 @@ pub async fn notifications(
         };
         let room_id =
             RoomId::parse(&row.room_id).map_err(|e| anyhow::anyhow!("stored room id: {e}"))?;
-        let viewer = Viewer::new(app, &session.user_id, &room_id).await?;
-        let client =
-            super::read::client_events(&app.db, &viewer.rules, std::slice::from_ref(event))
-                .await?
-                .pop()
-                .unwrap_or_default();
+        let mut viewer = Viewer::for_session(app, session, &room_id).await?;
+        let client = viewer
+            .client_events(std::slice::from_ref(event))
+            .await?
+            .pop()
+            .unwrap_or_default();
         if !read_at.contains_key(&row.room_id) {
             let read = user_streams::read_position(&app.db, &row.room_id, user)
                 .await?

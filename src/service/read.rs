@@ -16,21 +16,18 @@
 
 use std::collections::HashMap;
 
-use ruma::{
-    EventId, MilliSecondsSinceUnixEpoch, RoomId, RoomVersionId, UserId,
-    room_version_rules::RoomVersionRules,
-};
+use ruma::{DeviceId, RoomId, RoomVersionId, UserId, room_version_rules::RoomVersionRules};
 use serde_json::{Value, json};
 
 use super::{
     event::RoomCtx,
+    session::Session,
     tokens::{RoomPos, TopoToken},
 };
 use crate::{
     app::AppState,
-    domain::pdu::to_client_event,
     error::{Error, Result},
-    storage::{Pool, Postgres, Transaction, events, events::StoredEvent, redactions, rooms, state},
+    storage::{Postgres, Transaction, events, events::StoredEvent, redactions, rooms, state},
 };
 
 /// The creators of a room: the create event's sender, plus `additional_creators`
@@ -58,10 +55,12 @@ pub async fn creators(tx: &mut Transaction<'_, Postgres>, room: &RoomCtx) -> Res
     Ok(creators)
 }
 
-/// A room as one user reads it.
+/// A room as one user reads it, from one device (whose transaction IDs its own
+/// events show; `None` where no device asks, as for push notifications).
 pub struct Viewer<'a> {
     app: &'a AppState,
     user: &'a UserId,
+    device: Option<&'a DeviceId>,
     room_id: &'a RoomId,
     pub rules: RoomVersionRules,
     current_group: Option<i64>,
@@ -75,7 +74,12 @@ pub struct Viewer<'a> {
 
 impl<'a> Viewer<'a> {
     /// `M_FORBIDDEN` for unknown rooms too, so room existence does not leak.
-    pub async fn new(app: &'a AppState, user: &'a UserId, room_id: &'a RoomId) -> Result<Self> {
+    pub async fn new(
+        app: &'a AppState,
+        user: &'a UserId,
+        device: Option<&'a DeviceId>,
+        room_id: &'a RoomId,
+    ) -> Result<Self> {
         let Some(room) = rooms::get(&app.db, room_id.as_str()).await? else {
             return Err(Error::forbidden("You are not allowed to view this room"));
         };
@@ -88,6 +92,7 @@ impl<'a> Viewer<'a> {
         Ok(Self {
             app,
             user,
+            device,
             room_id,
             rules,
             current_group: room.current_state_group,
@@ -95,6 +100,15 @@ impl<'a> Viewer<'a> {
             seen: HashMap::new(),
             withheld: HashMap::new(),
         })
+    }
+
+    /// The viewer for a signed-in device.
+    pub async fn for_session(
+        app: &'a AppState,
+        session: &'a Session,
+        room_id: &'a RoomId,
+    ) -> Result<Self> {
+        Self::new(app, &session.user_id, Some(&session.device_id), room_id).await
     }
 
     pub fn is_joined(&self) -> bool {
@@ -269,55 +283,35 @@ impl<'a> Viewer<'a> {
     pub fn room_id(&self) -> &RoomId {
         self.room_id
     }
-}
 
-/// The client form of stored events, with redactions applied.
-pub async fn client_events(
-    db: &Pool,
-    rules: &RoomVersionRules,
-    stored: &[StoredEvent],
-) -> Result<Vec<Value>> {
-    let redaction_ids: Vec<String> = stored
-        .iter()
-        .filter_map(|e| e.redacted_by.clone())
-        .collect();
-    let redactions: HashMap<String, StoredEvent> = if redaction_ids.is_empty() {
-        HashMap::new()
-    } else {
-        events::get_many(db, &redaction_ids)
-            .await?
-            .into_iter()
-            .map(|e| (e.event_id.clone(), e))
-            .collect()
-    };
-    let now = MilliSecondsSinceUnixEpoch::now();
-    Ok(stored
-        .iter()
-        .map(|ev| {
-            let because = ev
-                .redacted_by
-                .as_ref()
-                .and_then(|id| redactions.get(id))
-                .map(|r| one(rules, r, None, now));
-            one(rules, ev, because.as_ref(), now)
-        })
-        .collect())
-}
+    pub fn user(&self) -> &'a UserId {
+        self.user
+    }
 
-fn one(
-    rules: &RoomVersionRules,
-    ev: &StoredEvent,
-    because: Option<&Value>,
-    now: MilliSecondsSinceUnixEpoch,
-) -> Value {
-    let event_id = EventId::parse(&ev.event_id).expect("stored event ids are valid");
-    let room_id = RoomId::parse(&ev.room_id).expect("stored room ids are valid");
-    to_client_event(&event_id, &room_id, &ev.json, rules, because, now)
+    pub fn device(&self) -> Option<&'a DeviceId> {
+        self.device
+    }
+
+    pub fn app(&self) -> &'a AppState {
+        self.app
+    }
+
+    /// The user's membership in a state group looked up before ([`Self::prefetch`]):
+    /// `Some(None)` when they had none there.
+    pub fn membership_at(&self, group: i64) -> Option<Option<&str>> {
+        self.seen.get(&group).map(|(_, m)| m.as_deref())
+    }
+
+    /// The client form of stored events of this room, as this reader gets them
+    /// (see [`super::client_event`]).
+    pub async fn client_events(&mut self, stored: &[StoredEvent]) -> Result<Vec<Value>> {
+        super::client_event::format(self, stored).await
+    }
 }
 
 /// `GET /rooms/{roomId}/state`.
-pub async fn room_state(app: &AppState, user: &UserId, room_id: &RoomId) -> Result<Vec<Value>> {
-    let mut viewer = Viewer::new(app, user, room_id).await?;
+pub async fn room_state(app: &AppState, reader: &Session, room_id: &RoomId) -> Result<Vec<Value>> {
+    let mut viewer = Viewer::for_session(app, reader, room_id).await?;
     let group = viewer.readable_state_group().await?;
     let ids: Vec<String> = state::full_state(&app.db, group)
         .await?
@@ -325,18 +319,18 @@ pub async fn room_state(app: &AppState, user: &UserId, room_id: &RoomId) -> Resu
         .map(|(_, id)| id)
         .collect();
     let stored = events::get_many(&app.db, &ids).await?;
-    client_events(&app.db, &viewer.rules, &stored).await
+    viewer.client_events(&stored).await
 }
 
 /// `GET /rooms/{roomId}/state/{eventType}/{stateKey}`: the event (client form).
 pub async fn state_event(
     app: &AppState,
-    user: &UserId,
+    reader: &Session,
     room_id: &RoomId,
     event_type: &str,
     state_key: &str,
 ) -> Result<Value> {
-    let mut viewer = Viewer::new(app, user, room_id).await?;
+    let mut viewer = Viewer::for_session(app, reader, room_id).await?;
     let group = viewer.readable_state_group().await?;
     let found = state::state_for_keys(
         &app.db,
@@ -348,7 +342,8 @@ pub async fn state_event(
         return Err(Error::not_found("Event not found"));
     };
     let stored = events::get_many(&app.db, &[event_id]).await?;
-    client_events(&app.db, &viewer.rules, &stored)
+    viewer
+        .client_events(&stored)
         .await?
         .into_iter()
         .next()
@@ -358,11 +353,11 @@ pub async fn state_event(
 /// `GET /rooms/{roomId}/event/{eventId}`.
 pub async fn event(
     app: &AppState,
-    user: &UserId,
+    reader: &Session,
     room_id: &RoomId,
     event_id: &str,
 ) -> Result<Value> {
-    let mut viewer = Viewer::new(app, user, room_id).await?;
+    let mut viewer = Viewer::for_session(app, reader, room_id).await?;
     if !viewer.may_read_history().await? {
         return Err(Error::forbidden("You are not allowed to view this room"));
     }
@@ -373,8 +368,7 @@ pub async fn event(
     if stored.room_id != room_id.as_str() || stored.rejected || !viewer.may_see(&stored).await? {
         return Err(not_found());
     }
-    let mut out = client_events(&app.db, &viewer.rules, &[stored]).await?;
-    super::timeline::bundle_threads(app, &mut viewer, user, &mut out).await?;
+    let out = viewer.client_events(&[stored]).await?;
     out.into_iter().next().ok_or_else(not_found)
 }
 
@@ -417,7 +411,7 @@ pub struct Page {
 #[allow(clippy::too_many_arguments)]
 pub async fn messages(
     app: &AppState,
-    user: &UserId,
+    reader: &Session,
     room_id: &RoomId,
     from: Option<&str>,
     to: Option<&str>,
@@ -426,7 +420,7 @@ pub async fn messages(
     lazy_load_members: bool,
     filter: &TypeFilter,
 ) -> Result<Page> {
-    let mut viewer = Viewer::new(app, user, room_id).await?;
+    let mut viewer = Viewer::for_session(app, reader, room_id).await?;
     if !viewer.may_read_history().await? {
         return Err(Error::forbidden("You are not allowed to view this room"));
     }
@@ -529,10 +523,9 @@ pub async fn messages(
             break;
         }
     }
-    let mut chunk = client_events(&app.db, &viewer.rules, &chunk_events).await?;
-    super::timeline::bundle_threads(app, &mut viewer, user, &mut chunk).await?;
+    let chunk = viewer.client_events(&chunk_events).await?;
     let state = if lazy_load_members && !chunk_events.is_empty() {
-        lazy_members(app, &viewer, &chunk_events).await?
+        lazy_members(app, &mut viewer, &chunk_events).await?
     } else {
         Vec::new()
     };
@@ -551,7 +544,7 @@ pub async fn messages(
 /// The member events of the chunk's senders, as of the newest event in the chunk.
 async fn lazy_members(
     app: &AppState,
-    viewer: &Viewer<'_>,
+    viewer: &mut Viewer<'_>,
     chunk: &[StoredEvent],
 ) -> Result<Vec<Value>> {
     let Some(group) = chunk
@@ -573,7 +566,7 @@ async fn lazy_members(
         .map(|(_, id)| id)
         .collect();
     let stored = events::get_many(&app.db, &ids).await?;
-    client_events(&app.db, &viewer.rules, &stored).await
+    viewer.client_events(&stored).await
 }
 
 /// `GET /rooms/{roomId}/members`: member events, optionally filtered; with `at`
@@ -582,13 +575,13 @@ async fn lazy_members(
 /// the state they may read now.
 pub async fn members(
     app: &AppState,
-    user: &UserId,
+    reader: &Session,
     room_id: &RoomId,
     at: Option<&str>,
     membership: Option<&str>,
     not_membership: Option<&str>,
 ) -> Result<Vec<Value>> {
-    let mut viewer = Viewer::new(app, user, room_id).await?;
+    let mut viewer = Viewer::for_session(app, reader, room_id).await?;
     let mut group = viewer.readable_state_group().await?;
     if let Some(at) = at {
         // The state after the newest event at or before the position (by
@@ -619,7 +612,7 @@ pub async fn members(
         .map(|(_, id)| id)
         .collect();
     let stored = events::get_many(&app.db, &ids).await?;
-    let all = client_events(&app.db, &viewer.rules, &stored).await?;
+    let all = viewer.client_events(&stored).await?;
     Ok(all
         .into_iter()
         .filter(|ev| {
@@ -631,7 +624,7 @@ pub async fn members(
 
 /// `GET /rooms/{roomId}/joined_members`: only for members.
 pub async fn joined_members(app: &AppState, user: &UserId, room_id: &RoomId) -> Result<Value> {
-    let viewer = Viewer::new(app, user, room_id).await?;
+    let viewer = Viewer::new(app, user, None, room_id).await?;
     if !viewer.is_joined() {
         return Err(Error::forbidden("You are not in this room"));
     }

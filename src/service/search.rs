@@ -11,15 +11,12 @@
 use std::collections::HashMap;
 
 use ruma::{
-    OwnedRoomId, RoomId, UserId,
+    OwnedRoomId, RoomId,
     api::client::search::search_events::v3::{Criteria, OrderBy, SearchKeys},
 };
 use serde_json::{Map, Value, json};
 
-use super::{
-    read::{Viewer, client_events},
-    tokens::TopoToken,
-};
+use super::{read::Viewer, session::Session, tokens::TopoToken};
 use crate::{
     app::AppState,
     error::{Error, Result},
@@ -93,10 +90,11 @@ impl Batch {
 
 pub async fn search(
     app: &AppState,
-    user: &UserId,
+    reader: &Session,
     criteria: &Criteria,
     next_batch: Option<&str>,
 ) -> Result<Value> {
+    let user = &reader.user_id;
     let filter = &criteria.filter;
     let mut rooms = super::read::joined_rooms(app, user).await?;
     if let Some(only) = &filter.rooms {
@@ -160,7 +158,7 @@ pub async fn search(
         if groups.is_empty() {
             continue;
         }
-        let mut viewer = Viewer::new(app, user, room_id).await?;
+        let mut viewer = Viewer::for_session(app, reader, room_id).await?;
         viewer.prefetch(&groups).await?;
         viewers.insert(room.clone(), viewer);
     }
@@ -208,7 +206,8 @@ pub async fn search(
         }
         let mut result = json!({
             "rank": hit.rank,
-            "result": client_events(&app.db, &viewer.rules, std::slice::from_ref(&event))
+            "result": viewer
+                .client_events(std::slice::from_ref(&event))
                 .await?
                 .pop()
                 .unwrap_or_default(),
@@ -294,8 +293,8 @@ async fn context(
     let mut out = json!({
         "start": TopoToken::before(before.last().unwrap_or(event)).to_string(),
         "end": TopoToken::after(after.last().unwrap_or(event)).to_string(),
-        "events_before": client_events(&app.db, &viewer.rules, &before).await?,
-        "events_after": client_events(&app.db, &viewer.rules, &after).await?,
+        "events_before": viewer.client_events(&before).await?,
+        "events_after": viewer.client_events(&after).await?,
     });
     if include_profile {
         let mut profiles_out = Map::new();

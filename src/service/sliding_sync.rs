@@ -32,11 +32,7 @@ use ruma::{
 };
 use serde_json::{Map, Value, json};
 
-use super::{
-    read::{Viewer, client_events},
-    session::Session,
-    tokens::TopoToken,
-};
+use super::{read::Viewer, session::Session, tokens::TopoToken};
 use crate::{
     app::AppState,
     error::{Error, ErrorKind, Result},
@@ -371,7 +367,7 @@ async fn build(
             continue;
         };
         let sent = prev.and_then(|p| p.rooms.get(room_id));
-        let section = room_section(app, user, c, config, sent, now).await?;
+        let section = room_section(app, session, c, config, sent, now).await?;
         if let Some((section, initial)) = section {
             if initial {
                 initial_rooms.insert(room_id.clone());
@@ -520,12 +516,13 @@ async fn current_state(app: &AppState, room_id: &str, keys: &[(&str, &str)]) -> 
 /// A room's section, if there is anything to send: `(section, initial)`.
 async fn room_section(
     app: &AppState,
-    user: &UserId,
+    session: &Session,
     c: &Candidate,
     config: &RoomConfig,
     sent: Option<&SentRoom>,
     now: i64,
 ) -> Result<Option<(Value, bool)>> {
+    let user: &UserId = &session.user_id;
     let room_id = RoomId::parse(&c.room_id).map_err(|e| anyhow::anyhow!("stored room id: {e}"))?;
     let membership_changed = sent.is_none_or(|s| s.membership_event != c.membership_event);
     if c.membership == "invite" || c.membership == "knock" {
@@ -576,7 +573,7 @@ async fn room_section(
     {
         return Ok(None);
     }
-    let mut viewer = Viewer::new(app, user, &room_id).await?;
+    let mut viewer = Viewer::for_session(app, session, &room_id).await?;
     let limited = fetched.len() as u64 > limit;
     viewer.prefetch_events(&fetched).await?;
     let mut timeline: Vec<StoredEvent> = Vec::new();
@@ -635,11 +632,10 @@ async fn room_section(
     let state_ids: Vec<String> = ids.into_iter().chain(lazy_extra).collect();
     let state_events = events::get_many(&app.db, &state_ids).await?;
 
-    let mut timeline_json = client_events(&app.db, &viewer.rules, &timeline).await?;
-    super::timeline::bundle_threads(app, &mut viewer, user, &mut timeline_json).await?;
+    let timeline_json = viewer.client_events(&timeline).await?;
     let mut section = json!({
         "timeline": timeline_json,
-        "required_state": client_events(&app.db, &viewer.rules, &state_events).await?,
+        "required_state": viewer.client_events(&state_events).await?,
         "limited": limited,
         "bump_stamp": c.stamp,
     });

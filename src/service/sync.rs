@@ -31,7 +31,7 @@ use ruma::{
 use serde_json::{Map, Value, json};
 
 use super::{
-    read::{TypeFilter, Viewer, client_events},
+    read::{TypeFilter, Viewer},
     session::Session,
     tokens::TopoToken,
 };
@@ -316,7 +316,7 @@ async fn build(
             "leave" | "ban" if (!initial && changed) || (initial && params.include_leave) => {
                 let mut section = left_room(
                     app,
-                    user,
+                    session,
                     &room_id,
                     params,
                     since,
@@ -336,7 +336,7 @@ async fn build(
     let sections: Vec<Result<(ruma::OwnedRoomId, Value)>> = futures_util::stream::iter(joined)
         .map(|(room_id, joined_in_window)| async move {
             let section =
-                joined_room(app, user, &room_id, params, since, now, joined_in_window).await?;
+                joined_room(app, session, &room_id, params, since, now, joined_in_window).await?;
             Ok((room_id, section))
         })
         .buffered(ROOMS_AT_ONCE)
@@ -430,14 +430,15 @@ const TO_DEVICE_LIMIT: i64 = 100;
 #[allow(clippy::too_many_arguments)]
 async fn joined_room(
     app: &AppState,
-    user: &UserId,
+    session: &Session,
     room_id: &RoomId,
     params: &Params,
     since: i64,
     upto: i64,
     joined_in_window: bool,
 ) -> Result<Value> {
-    let mut viewer = Viewer::new(app, user, room_id).await?;
+    let user: &UserId = &session.user_id;
+    let mut viewer = Viewer::for_session(app, session, room_id).await?;
     let (timeline, limited) = timeline(app, &mut viewer, room_id, params, since, upto).await?;
     let initial = params.since.is_none();
     let timeline_start = timeline.first().map_or(upto + 1, |e| e.stream_ordering);
@@ -478,11 +479,10 @@ async fn joined_room(
     let state_events = events::get_many(&app.db, &ids).await?;
 
     let prev_batch = timeline.first().map(|e| TopoToken::before(e).to_string());
-    let mut timeline_json = client_events(&app.db, &viewer.rules, &timeline).await?;
-    super::timeline::bundle_threads(app, &mut viewer, user, &mut timeline_json).await?;
+    let timeline_json = viewer.client_events(&timeline).await?;
     let mut section = json!({
         "timeline": { "events": timeline_json, "limited": limited },
-        "state": { "events": client_events(&app.db, &viewer.rules, &state_events).await? },
+        "state": { "events": viewer.client_events(&state_events).await? },
         "ephemeral": { "events": [] },
         "account_data": { "events": [] },
         "summary": summary(app, user, room_id).await?,
@@ -527,7 +527,7 @@ async fn timeline(
 /// timeline up to and including their leave event.
 async fn left_room(
     app: &AppState,
-    user: &UserId,
+    session: &Session,
     room_id: &RoomId,
     params: &Params,
     since: i64,
@@ -565,7 +565,8 @@ async fn left_room(
             "account_data": { "events": [] },
         }));
     }
-    let mut viewer = Viewer::new(app, user, room_id).await?;
+    let user: &UserId = &session.user_id;
+    let mut viewer = Viewer::for_session(app, session, room_id).await?;
     let limit = params.timeline_limit.clamp(1, 100);
     let fetched = rows::room_events(
         &app.db,
@@ -586,7 +587,7 @@ async fn left_room(
     }
     events_in.reverse();
     let mut section = json!({
-        "timeline": { "events": client_events(&app.db, &viewer.rules, &events_in).await?, "limited": limited },
+        "timeline": { "events": viewer.client_events(&events_in).await?, "limited": limited },
         "state": { "events": [] },
         "account_data": { "events": [] },
     });

@@ -1,11 +1,13 @@
 //! Reading around events: `/context`, `/relations`, `/threads`,
-//! `/timestamp_to_event`, thread summaries bundled into events, and reporting.
+//! `/timestamp_to_event`, and reporting. (Bundled aggregations, thread summaries
+//! among them, are added where every event is formatted: `client_event`.)
 
 use ruma::{RoomId, UserId};
 use serde_json::{Value, json};
 
 use super::{
-    read::{Viewer, client_events},
+    read::Viewer,
+    session::Session,
     tokens::{RoomPos, TopoToken, stream_counter},
 };
 use crate::{
@@ -13,57 +15,6 @@ use crate::{
     error::{Error, Result},
     storage::{events, events::StoredEvent, now_ms, relations, state},
 };
-
-/// Adds `unsigned.m.relations.m.thread` to thread roots among `out` (the client
-/// form of `stored`, same order).
-pub async fn bundle_threads(
-    app: &AppState,
-    viewer: &mut Viewer<'_>,
-    user: &UserId,
-    out: &mut [Value],
-) -> Result<()> {
-    let ids: Vec<String> = out
-        .iter()
-        .filter_map(|e| e["event_id"].as_str().map(str::to_owned))
-        .collect();
-    if ids.is_empty() {
-        return Ok(());
-    }
-    let summaries =
-        relations::thread_summaries(&app.db, viewer.room_id().as_str(), &ids, user.as_str())
-            .await?;
-    if summaries.is_empty() {
-        return Ok(());
-    }
-    let latest_ids: Vec<String> = summaries.iter().map(|s| s.latest.clone()).collect();
-    let mut latest_stored = events::get_many(&app.db, &latest_ids).await?;
-    let mut visible = Vec::new();
-    for ev in latest_stored.drain(..) {
-        if viewer.may_see(&ev).await? {
-            visible.push(ev);
-        }
-    }
-    let latest = client_events(&app.db, &viewer.rules, &visible).await?;
-    for summary in summaries {
-        let Some(latest_event) = latest
-            .iter()
-            .find(|e| e["event_id"] == summary.latest.as_str())
-        else {
-            continue;
-        };
-        if let Some(event) = out
-            .iter_mut()
-            .find(|e| e["event_id"] == summary.root.as_str())
-        {
-            event["unsigned"]["m.relations"]["m.thread"] = json!({
-                "latest_event": latest_event,
-                "count": summary.count,
-                "current_user_participated": summary.participated,
-            });
-        }
-    }
-    Ok(())
-}
 
 async fn visible(viewer: &mut Viewer<'_>, stored: Vec<StoredEvent>) -> Result<Vec<StoredEvent>> {
     let mut out = Vec::with_capacity(stored.len());
@@ -78,13 +29,13 @@ async fn visible(viewer: &mut Viewer<'_>, stored: Vec<StoredEvent>) -> Result<Ve
 /// `GET /rooms/{roomId}/context/{eventId}`.
 pub async fn context(
     app: &AppState,
-    user: &UserId,
+    reader: &Session,
     room_id: &RoomId,
     event_id: &str,
     limit: usize,
     lazy: bool,
 ) -> Result<Value> {
-    let mut viewer = Viewer::new(app, user, room_id).await?;
+    let mut viewer = Viewer::for_session(app, reader, room_id).await?;
     if !viewer.may_read_history().await? {
         return Err(Error::forbidden("You are not allowed to view this room"));
     }
@@ -139,19 +90,20 @@ pub async fn context(
         .collect();
     let state_events = events::get_many(&app.db, &ids).await?;
 
-    let mut event = client_events(&app.db, &viewer.rules, std::slice::from_ref(&target)).await?;
-    let mut events_before = client_events(&app.db, &viewer.rules, &before).await?;
-    let mut events_after = client_events(&app.db, &viewer.rules, &after).await?;
-    bundle_threads(app, &mut viewer, user, &mut event).await?;
-    bundle_threads(app, &mut viewer, user, &mut events_before).await?;
-    bundle_threads(app, &mut viewer, user, &mut events_after).await?;
+    // One formatting pass for the three parts: the event, then before, then after.
+    let (n_before, n_after) = (before.len(), after.len());
+    let all: Vec<StoredEvent> = std::iter::once(target).chain(before).chain(after).collect();
+    let mut formatted = viewer.client_events(&all).await?.into_iter();
+    let event = formatted.next();
+    let events_before: Vec<Value> = formatted.by_ref().take(n_before).collect();
+    let events_after: Vec<Value> = formatted.take(n_after).collect();
     Ok(json!({
-        "event": event.pop(),
+        "event": event,
         "events_before": events_before,
         "events_after": events_after,
         "start": start.to_string(),
         "end": end.to_string(),
-        "state": client_events(&app.db, &viewer.rules, &state_events).await?,
+        "state": viewer.client_events(&state_events).await?,
     }))
 }
 
@@ -166,7 +118,7 @@ const RECURSION_DEPTH: i32 = 3;
 #[allow(clippy::too_many_arguments)]
 pub async fn relations(
     app: &AppState,
-    user: &UserId,
+    reader: &Session,
     room_id: &RoomId,
     event_id: &str,
     rel_type: Option<&str>,
@@ -177,7 +129,7 @@ pub async fn relations(
     recurse: bool,
     limit: usize,
 ) -> Result<Value> {
-    let mut viewer = Viewer::new(app, user, room_id).await?;
+    let mut viewer = Viewer::for_session(app, reader, room_id).await?;
     if !viewer.may_read_history().await? {
         return Err(Error::forbidden("You are not allowed to view this room"));
     }
@@ -237,7 +189,7 @@ pub async fn relations(
         }
     });
     let page = visible(&mut viewer, page).await?;
-    let mut body = json!({ "chunk": client_events(&app.db, &viewer.rules, &page).await? });
+    let mut body = json!({ "chunk": viewer.client_events(&page).await? });
     if more && let Some(next) = next {
         body["next_batch"] = next.to_string().into();
     }
@@ -253,13 +205,13 @@ pub async fn relations(
 /// `GET /rooms/{roomId}/threads`: roots by latest activity, with summaries.
 pub async fn threads(
     app: &AppState,
-    user: &UserId,
+    reader: &Session,
     room_id: &RoomId,
     from: Option<&str>,
     participated_only: bool,
     limit: usize,
 ) -> Result<Value> {
-    let mut viewer = Viewer::new(app, user, room_id).await?;
+    let mut viewer = Viewer::for_session(app, reader, room_id).await?;
     if !viewer.may_read_history().await? {
         return Err(Error::forbidden("You are not allowed to view this room"));
     }
@@ -268,7 +220,7 @@ pub async fn threads(
         None => i64::MAX,
     };
     let limit = limit.clamp(1, 100);
-    let participant = participated_only.then_some(user.as_str());
+    let participant = participated_only.then_some(reader.user_id.as_str());
     let roots = relations::thread_roots(
         &app.db,
         room_id.as_str(),
@@ -284,8 +236,7 @@ pub async fn threads(
     let mut stored = events::get_many(&app.db, &ids).await?;
     stored.sort_by_key(|e| ids.iter().position(|id| *id == e.event_id));
     let stored = visible(&mut viewer, stored).await?;
-    let mut chunk = client_events(&app.db, &viewer.rules, &stored).await?;
-    bundle_threads(app, &mut viewer, user, &mut chunk).await?;
+    let chunk = viewer.client_events(&stored).await?;
     let mut body = json!({ "chunk": chunk });
     if more && let Some(next) = next {
         body["next_batch"] = next.to_string().into();
@@ -301,7 +252,7 @@ pub async fn timestamp_to_event(
     ts: i64,
     backwards: bool,
 ) -> Result<Value> {
-    let mut viewer = Viewer::new(app, user, room_id).await?;
+    let mut viewer = Viewer::new(app, user, None, room_id).await?;
     if !viewer.may_read_history().await? {
         return Err(Error::forbidden("You are not allowed to view this room"));
     }
@@ -328,7 +279,7 @@ pub async fn report(
     event_id: &str,
     reason: Option<&str>,
 ) -> Result<()> {
-    let mut viewer = Viewer::new(app, user, room_id).await?;
+    let mut viewer = Viewer::new(app, user, None, room_id).await?;
     let not_found = || Error::not_found("Event not found");
     let ev = events::get(&app.db, event_id)
         .await?

@@ -247,3 +247,121 @@ pub async fn delete_report(db: impl PgExecutor<'_>, report_id: i64) -> sqlx::Res
         .await?;
     Ok(done.rows_affected() == 1)
 }
+
+/// A child event and the event it relates to.
+pub struct Child {
+    pub relates_to: String,
+    pub event: StoredEvent,
+}
+
+struct ChildRow {
+    relates_to: String,
+    event_id: String,
+    room_id: String,
+    stream_ordering: i64,
+    depth: i64,
+    event_type: String,
+    state_key: Option<String>,
+    sender: String,
+    json: String,
+    state_group: Option<i64>,
+    rejected: bool,
+    redacted_by: Option<String>,
+}
+
+impl From<ChildRow> for Child {
+    fn from(r: ChildRow) -> Self {
+        Self {
+            relates_to: r.relates_to,
+            event: StoredEvent {
+                event_id: r.event_id,
+                room_id: r.room_id,
+                stream_ordering: r.stream_ordering,
+                depth: r.depth,
+                event_type: r.event_type,
+                state_key: r.state_key,
+                sender: r.sender,
+                json: r.json,
+                state_group: r.state_group,
+                rejected: r.rejected,
+                redacted_by: r.redacted_by,
+            },
+        }
+    }
+}
+
+/// The newest (by `origin_server_ts`, then the larger event ID) `per_target`
+/// edits of each of `targets` that can be valid replacements: of the room, by the
+/// original's sender, of its type, neither a state event, not rejected, not
+/// redacted. The caller checks the rest (the original is no edit itself, the
+/// edit has `m.new_content`, the reader may see it). Newest first per target.
+pub async fn edits(
+    db: impl PgExecutor<'_>,
+    room_id: &str,
+    targets: &[String],
+    per_target: i64,
+) -> sqlx::Result<Vec<Child>> {
+    let rows = sqlx::query_as!(
+        ChildRow,
+        r#"select relates_to as "relates_to!", event_id as "event_id!", room_id as "room_id!",
+                  stream_ordering as "stream_ordering!", depth as "depth!",
+                  event_type as "event_type!", state_key, sender as "sender!", json as "json!",
+                  state_group, rejected as "rejected!", redacted_by
+           from (select r.relates_to, e.event_id, e.room_id, e.stream_ordering, e.depth,
+                        e.event_type, e.state_key, e.sender, e.json, e.state_group, e.rejected,
+                        e.redacted_by,
+                        row_number() over (partition by r.relates_to
+                                           order by e.origin_server_ts desc,
+                                                    e.event_id collate "C" desc) as n
+                 from event_relations r
+                 join events e on e.event_id = r.event_id
+                 join events o on o.event_id = r.relates_to
+                 where r.relates_to = any($2) and r.rel_type = 'm.replace' and r.room_id = $1
+                   and e.room_id = $1 and o.room_id = $1
+                   and not e.rejected and e.redacted_by is null
+                   and e.sender = o.sender and e.event_type = o.event_type
+                   and e.state_key is null and o.state_key is null) c
+           where n <= $3
+           order by relates_to, n"#,
+        room_id,
+        targets,
+        per_target
+    )
+    .fetch_all(db)
+    .await?;
+    Ok(rows.into_iter().map(Child::from).collect())
+}
+
+/// The first `per_target` events of the room (in topological order) that
+/// reference each of `targets` (`m.reference`), not rejected, not redacted.
+pub async fn references(
+    db: impl PgExecutor<'_>,
+    room_id: &str,
+    targets: &[String],
+    per_target: i64,
+) -> sqlx::Result<Vec<Child>> {
+    let rows = sqlx::query_as!(
+        ChildRow,
+        r#"select relates_to as "relates_to!", event_id as "event_id!", room_id as "room_id!",
+                  stream_ordering as "stream_ordering!", depth as "depth!",
+                  event_type as "event_type!", state_key, sender as "sender!", json as "json!",
+                  state_group, rejected as "rejected!", redacted_by
+           from (select r.relates_to, e.event_id, e.room_id, e.stream_ordering, e.depth,
+                        e.event_type, e.state_key, e.sender, e.json, e.state_group, e.rejected,
+                        e.redacted_by,
+                        row_number() over (partition by r.relates_to
+                                           order by e.depth, e.stream_ordering) as n
+                 from event_relations r
+                 join events e on e.event_id = r.event_id
+                 where r.relates_to = any($2) and r.rel_type = 'm.reference' and r.room_id = $1
+                   and e.room_id = $1 and not e.rejected and e.redacted_by is null) c
+           where n <= $3
+           order by relates_to, n"#,
+        room_id,
+        targets,
+        per_target
+    )
+    .fetch_all(db)
+    .await?;
+    Ok(rows.into_iter().map(Child::from).collect())
+}

@@ -520,6 +520,14 @@ pub async fn purge(
     .execute(&mut *tx)
     .await?;
     step("event_txn_ids", done.rows_affected());
+    let done = sqlx::query!(
+        "delete from state_replaced where event_id in
+           (select event_id from events where room_id = $1)",
+        room_id
+    )
+    .execute(&mut *tx)
+    .await?;
+    step("state_replaced", done.rows_affected());
     macro_rules! by_room {
         ($table:literal) => {
             let done = sqlx::query!("delete from " + $table + " where room_id = $1", room_id)
@@ -575,4 +583,24 @@ pub async fn set_server_notice_room(
     .execute(db)
     .await?;
     Ok(())
+}
+
+/// The transaction IDs `(user, device)` sent any of `event_ids` with:
+/// `(event ID, transaction ID)`.
+pub async fn txn_ids_for_events(
+    db: impl PgExecutor<'_>,
+    user_id: &str,
+    device_id: &str,
+    event_ids: &[String],
+) -> sqlx::Result<Vec<(String, String)>> {
+    let rows = sqlx::query!(
+        "select event_id, txn_id from event_txn_ids
+         where event_id = any($3) and user_id = $1 and device_id = $2",
+        user_id,
+        device_id,
+        event_ids
+    )
+    .fetch_all(db)
+    .await?;
+    Ok(rows.into_iter().map(|r| (r.event_id, r.txn_id)).collect())
 }

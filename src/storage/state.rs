@@ -198,3 +198,38 @@ pub async fn chain_root(db: impl PgExecutor<'_>, group: i64) -> sqlx::Result<i64
     .fetch_one(db)
     .await
 }
+
+/// Records that state event `event_id` replaced `replaces` (the same key in the
+/// state before it).
+pub async fn record_replaced(
+    db: impl PgExecutor<'_>,
+    event_id: &str,
+    replaces: &str,
+) -> sqlx::Result<()> {
+    sqlx::query!(
+        "insert into state_replaced (event_id, replaces_state) values ($1, $2)
+         on conflict do nothing",
+        event_id,
+        replaces
+    )
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// The events each of `event_ids` replaced, where known: `(event ID, replaced ID)`.
+pub async fn replaced(
+    db: impl PgExecutor<'_>,
+    event_ids: &[String],
+) -> sqlx::Result<Vec<(String, String)>> {
+    let rows = sqlx::query!(
+        "select event_id, replaces_state from state_replaced where event_id = any($1)",
+        event_ids
+    )
+    .fetch_all(db)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| (r.event_id, r.replaces_state))
+        .collect())
+}

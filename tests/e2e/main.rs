@@ -31,3 +31,4 @@ mod synapse;
 mod sync;
 mod timeline;
 mod tokens;
+mod unsigned;

@@ -232,3 +232,36 @@ async fn matrix_rust_sdk_sliding_sync_room_list() {
         "{messages:?}"
     );
 }
+
+/// matrix-rust-sdk registers Alice through its UIA flow (`POST /register {}`
+/// first), sends through its send queue (a local echo under a transaction ID),
+/// and her remote echo comes back over `/sync` carrying that transaction ID —
+/// what the SDK's timeline matches to replace the local echo. Her other device
+/// and Bob get the event without it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn matrix_rust_sdk_registers_and_matches_its_remote_echo() {
+    let server = TestServer::start().await;
+    let client = tokio::task::spawn_blocking(rust_sdk_client).await.unwrap();
+    server.register("bob", "bobpw").await;
+    let out = tokio::process::Command::new(client)
+        .args([&server.base, "echo", "alice", "alicepw", "bob", "bobpw"])
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "matrix-rust-sdk client failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.starts_with("ok !"), "{stdout}");
+    let devices = lattice::storage::devices::list(&server.state.db, &user_id("alice"))
+        .await
+        .unwrap();
+    assert!(
+        devices
+            .iter()
+            .any(|d| d.display_name.as_deref() == Some("rust-sdk registration")),
+        "{devices:?}"
+    );
+}

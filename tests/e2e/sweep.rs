@@ -1,6 +1,7 @@
 //! Malformed input over the client API: wrong types, missing fields, arrays for
 //! objects, deep nesting, huge strings, invalid IDs and bad UTF-8. Whatever the
-//! endpoint, the answer is a Matrix error (4xx with an errcode) or a success —
+//! endpoint, the answer is a Matrix error (4xx with an errcode, or a UIA
+//! challenge: 401 with the flows) or a success —
 //! never a 5xx, a panic or a hang.
 
 use reqwest::{Method, StatusCode};
@@ -263,7 +264,12 @@ async fn malformed_input_never_gets_a_server_error() {
                 failures.push(format!("{method} {path} [{label}]: {status} {text}"));
             } else if status.is_client_error() {
                 let json: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
-                if !json["errcode"].is_string() {
+                // A UIA challenge (the flows and a session) is the spec's
+                // answer to a first request without `auth`; it has no errcode.
+                let uia_challenge = status == StatusCode::UNAUTHORIZED
+                    && json["flows"].is_array()
+                    && json["session"].is_string();
+                if !json["errcode"].is_string() && !uia_challenge {
                     failures.push(format!(
                         "{method} {path} [{label}]: {status} without errcode: {text}"
                     ));

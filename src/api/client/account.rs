@@ -3,15 +3,21 @@
 //! (spec: "Account management").
 
 use axum::{Router, extract::State};
-use ruma::api::client::account::{ThirdPartyIdRemovalStatus, change_password, deactivate};
+use ruma::api::client::{
+    account::{ThirdPartyIdRemovalStatus, change_password, deactivate},
+    uiaa::AuthData,
+};
+use serde::Deserialize;
 
 use crate::{
     api::{
         auth::{AuthUser, ClientIp},
+        json::JsonOrEmpty,
+        rate_limited,
         ruma::{RouterExt, Ruma, RumaResponse},
     },
     app::AppState,
-    error::Result,
+    error::{Error, Result},
     service::account,
 };
 
@@ -21,18 +27,37 @@ pub fn router() -> Router<AppState> {
         .ruma::<deactivate::v3::Request, _, _>(deactivate)
 }
 
+/// The body of `POST /account/password`. ruma's type requires `new_password`;
+/// this one does not, so a first request of `{}` starts UIA (401 with the
+/// flows) as it does on Synapse, and the password is asked for after it.
+#[derive(Deserialize)]
+struct PasswordBody {
+    new_password: Option<String>,
+    #[serde(default = "yes")]
+    logout_devices: bool,
+    auth: Option<AuthData>,
+}
+
+fn yes() -> bool {
+    true
+}
+
 async fn change_password(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
     ClientIp(ip): ClientIp,
-    Ruma(req): Ruma<change_password::v3::Request>,
+    JsonOrEmpty(body): JsonOrEmpty,
 ) -> Result<RumaResponse<change_password::v3::Response>> {
+    // The spec rate-limits this endpoint (the `Ruma` extractor's rule, by user).
+    rate_limited(state.client_limiter.check(user.user_id.as_str()))?;
+    let body: PasswordBody = serde_json::from_value(body)
+        .map_err(|e| Error::bad_json(format!("Invalid request: {e}")))?;
     account::change_password(
         &state,
         &user,
-        req.new_password,
-        req.logout_devices,
-        req.auth.as_ref(),
+        body.new_password,
+        body.logout_devices,
+        body.auth.as_ref(),
         ip.as_deref(),
     )
     .await?;

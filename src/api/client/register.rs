@@ -1,7 +1,9 @@
 //! Account registration:
 //! `POST /_matrix/client/v3/register`, `GET /_matrix/client/v3/register/available`,
 //! `GET /_matrix/client/v1/register/m.login.registration_token/validity`
-//! (spec: "Account registration and management").
+//! (spec: "Account registration and management"). Registration answers with
+//! its UIA flows first (`{}` → 401 with a session), as Synapse does; guests and
+//! application services skip UIA.
 
 use axum::{Router, extract::State};
 use ruma::api::client::account::{
@@ -10,12 +12,12 @@ use ruma::api::client::account::{
 
 use crate::{
     api::{
-        auth::ClientIp,
+        auth::{ClientIp, TokenGiven},
         rate_limited,
         ruma::{RouterExt, Ruma, RumaResponse},
     },
     app::AppState,
-    error::Result,
+    error::{Error, ErrorKind, Result},
     service::account::{self, Registration},
     storage::{now_ms, registration_tokens},
 };
@@ -30,9 +32,25 @@ pub fn router() -> Router<AppState> {
 async fn register(
     State(state): State<AppState>,
     ClientIp(ip): ClientIp,
+    TokenGiven(token_given): TokenGiven,
     Ruma(req): Ruma<register::v3::Request>,
 ) -> Result<RumaResponse<register::v3::Response>> {
     rate_limited(state.login_limiter.check(&ip.clone().unwrap_or_default()))?;
+    if req.login_type == Some(register::LoginType::ApplicationService) {
+        // Application services register without UIA, with their own token. No
+        // application service is registered with Lattice, so no token is one.
+        return Err(if token_given {
+            Error::new(
+                ErrorKind::UnknownToken { soft_logout: false },
+                "Unrecognised access token: no application service is registered here",
+            )
+        } else {
+            Error::new(
+                ErrorKind::BadRequest,
+                "Appservice token must be provided when using a type of m.login.application_service",
+            )
+        });
+    }
     let registered = account::register(
         &state,
         Registration {
@@ -77,9 +95,7 @@ async fn token_validity(
 ) -> Result<RumaResponse<check_registration_token_validity::v1::Response>> {
     rate_limited(state.login_limiter.check(&ip.unwrap_or_default()))?;
     if !state.config.registration.tokens {
-        return Err(crate::error::Error::forbidden(
-            "Registration tokens are not enabled",
-        ));
+        return Err(Error::forbidden("Registration tokens are not enabled"));
     }
     let valid = registration_tokens::is_valid(&state.db, &req.token, now_ms()).await?;
     Ok(RumaResponse(

@@ -404,7 +404,7 @@ async fn get_state_for_key(
 ) -> Result<Json<Value>> {
     let event = read::state_event(
         &app,
-        &user.user_id,
+        &user,
         &req.room_id,
         &req.event_type.to_string(),
         &req.state_key,
@@ -422,7 +422,7 @@ async fn get_state(
     Ruma(req): Ruma<get_state_events::v3::Request>,
 ) -> Result<Json<Value>> {
     Ok(Json(Value::Array(
-        read::room_state(&app, &user.user_id, &req.room_id).await?,
+        read::room_state(&app, &user, &req.room_id).await?,
     )))
 }
 
@@ -432,7 +432,7 @@ async fn get_event(
     Ruma(req): Ruma<get_room_event::v3::Request>,
 ) -> Result<Json<Value>> {
     Ok(Json(
-        read::event(&app, &user.user_id, &req.room_id, req.event_id.as_str()).await?,
+        read::event(&app, &user, &req.room_id, req.event_id.as_str()).await?,
     ))
 }
 
@@ -477,7 +477,7 @@ async fn messages(
         .unwrap_or(u64::from(req.limit)) as usize;
     let page = read::messages(
         &app,
-        &user.user_id,
+        &user,
         &req.room_id,
         req.from.as_deref(),
         req.to.as_deref(),
@@ -504,7 +504,7 @@ async fn members(
 ) -> Result<Json<Value>> {
     let chunk = read::members(
         &app,
-        &user.user_id,
+        &user,
         &req.room_id,
         req.at.as_deref(),
         req.membership.as_ref().map(|m| m.as_str()),

@@ -30,7 +30,7 @@ async fn search_handler(
         return Ok(Json(json!({ "search_categories": {} })));
     };
     Ok(Json(
-        search::search(&app, &session.user_id, criteria, req.next_batch.as_deref()).await?,
+        search::search(&app, &session, criteria, req.next_batch.as_deref()).await?,
     ))
 }
 

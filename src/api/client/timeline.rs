@@ -58,7 +58,7 @@ async fn context(
     );
     let body = timeline::context(
         &app,
-        &user.user_id,
+        &user,
         &req.room_id,
         req.event_id.as_str(),
         u64::from(req.limit) as usize,
@@ -79,7 +79,7 @@ async fn relations(
 ) -> Result<Json<Value>> {
     let body = timeline::relations(
         &app,
-        &user.user_id,
+        &user,
         &req.room_id,
         req.event_id.as_str(),
         None,
@@ -102,7 +102,7 @@ async fn relations_of_type(
     let rel_type = req.rel_type.to_string();
     let body = timeline::relations(
         &app,
-        &user.user_id,
+        &user,
         &req.room_id,
         req.event_id.as_str(),
         Some(&rel_type),
@@ -126,7 +126,7 @@ async fn relations_of_type_and_event(
     let event_type = req.event_type.to_string();
     let body = timeline::relations(
         &app,
-        &user.user_id,
+        &user,
         &req.room_id,
         req.event_id.as_str(),
         Some(&rel_type),
@@ -149,7 +149,7 @@ async fn threads(
     let participated = req.include == get_threads::v1::IncludeThreads::Participated;
     let body = timeline::threads(
         &app,
-        &user.user_id,
+        &user,
         &req.room_id,
         req.from.as_deref(),
         participated,

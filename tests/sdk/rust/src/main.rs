@@ -1,6 +1,6 @@
 //! Drives two matrix-rust-sdk clients against a Lattice server.
 //!
-//! `lattice-sdk-client <homeserver> <plain|encrypted|sliding> <alice> <alice-pw> <bob> <bob-pw> [<bob's homeserver>]`
+//! `lattice-sdk-client <homeserver> <plain|encrypted|sliding|echo> <alice> <alice-pw> <bob> <bob-pw> [<bob's homeserver>]`
 //!
 //! With a second homeserver (plain and encrypted modes), Bob logs in there and
 //! everything between the two users crosses federation.
@@ -12,6 +12,13 @@
 //! sliding: Alice creates two named rooms and Bob joins one; Alice's client uses
 //! simplified sliding sync (MSC4186, as Element X does): a room list that must
 //! show both rooms with their names, then Bob's message arriving through it.
+//!
+//! echo: Alice is not registered beforehand: the client registers her the way
+//! the SDK's UIA goes, starting with `POST /register {}` for the flows and a
+//! session. She sends a message through the SDK's send queue (the local echo,
+//! as Element X sends) and her remote echo must come back over `/sync` with the
+//! send queue's transaction ID in `unsigned`, which is how the timeline replaces
+//! the local echo. Her other device and Bob get the event without it.
 //!
 //! Prints `ok <room id>` on success; anything else fails with a message on
 //! stderr and a non-zero exit.
@@ -27,8 +34,12 @@ use matrix_sdk::{
     config::SyncSettings,
     room::Room,
     ruma::{
-        OwnedRoomId, OwnedUserId,
-        api::client::room::create_room::v3::Request as CreateRoom,
+        OwnedEventId, OwnedRoomId, OwnedTransactionId, OwnedUserId,
+        api::client::{
+            account::register::v3::Request as RegistrationRequest,
+            room::create_room::v3::{Request as CreateRoom, RoomPreset},
+            uiaa::{AuthData, AuthType, Dummy},
+        },
         events::{
             InitialStateEvent, StateEventType,
             room::{
@@ -37,10 +48,14 @@ use matrix_sdk::{
             },
         },
     },
+    send_queue::RoomSendQueueUpdate,
 };
 
 /// Messages a client's event handler saw: (room, sender, body).
 type Seen = Arc<Mutex<Vec<(OwnedRoomId, OwnedUserId, String)>>>;
+
+/// Messages a client's event handler saw: (event ID, `unsigned.transaction_id`).
+type Echoes = Arc<Mutex<Vec<(OwnedEventId, Option<OwnedTransactionId>)>>>;
 
 const ROUNDS: usize = 30;
 
@@ -67,6 +82,51 @@ async fn login(
         .send()
         .await
         .with_context(|| format!("logging in {user}"))?;
+    let seen = watch(&client).await?;
+    Ok((client, seen))
+}
+
+/// Registers `user` as the SDK's UIA goes: `POST /register {}` first, for the
+/// flows and a session, then the dummy stage in that session.
+async fn register(homeserver: &str, user: &str, password: &str) -> Result<(Client, Seen)> {
+    let client = Client::builder()
+        .homeserver_url(homeserver)
+        .build()
+        .await
+        .context("building the client")?;
+    let auth = client.matrix_auth();
+    let uiaa = match auth.register(RegistrationRequest::new()).await {
+        Ok(_) => bail!("POST /register {{}} registered an account without UIA"),
+        Err(e) => e
+            .as_uiaa_response()
+            .cloned()
+            .with_context(|| format!("POST /register {{}} answered no UIA flows: {e}"))?,
+    };
+    ensure!(
+        uiaa.flows.iter().any(|f| f.stages == [AuthType::Dummy]),
+        "no dummy flow offered: {:?}",
+        uiaa.flows
+    );
+    let mut dummy = Dummy::new();
+    dummy.session = Some(uiaa.session.context("the UIA answer has no session")?);
+    let mut request = RegistrationRequest::new();
+    request.username = Some(user.to_owned());
+    request.password = Some(password.to_owned());
+    request.initial_device_display_name = Some("rust-sdk registration".to_owned());
+    request.auth = Some(AuthData::Dummy(dummy));
+    auth.register(request)
+        .await
+        .context("registering in the UIA session")?;
+    ensure!(
+        client.user_id().is_some_and(|u| u.localpart() == user),
+        "not logged in as {user} after registering"
+    );
+    let seen = watch(&client).await?;
+    Ok((client, seen))
+}
+
+/// Records the text messages `client` syncs, and syncs once.
+async fn watch(client: &Client) -> Result<Seen> {
     let seen: Seen = Arc::default();
     let sink = seen.clone();
     client.add_event_handler(move |ev: OriginalSyncRoomMessageEvent, room: Room| {
@@ -81,7 +141,31 @@ async fn login(
     });
     // The first sync uploads the device's keys.
     client.sync_once(settings()).await.context("first sync")?;
-    Ok((client, seen))
+    Ok(seen)
+}
+
+/// Records every message `client` syncs with its `unsigned.transaction_id`.
+fn echoes(client: &Client) -> Echoes {
+    let echoes: Echoes = Arc::default();
+    let sink = echoes.clone();
+    client.add_event_handler(move |ev: OriginalSyncRoomMessageEvent| {
+        let sink = sink.clone();
+        async move {
+            sink.lock()
+                .unwrap()
+                .push((ev.event_id, ev.unsigned.transaction_id));
+        }
+    });
+    echoes
+}
+
+fn echo_of(echoes: &Echoes, event_id: &OwnedEventId) -> Option<Option<OwnedTransactionId>> {
+    echoes
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|(id, _)| id == event_id)
+        .map(|(_, txn)| txn.clone())
 }
 
 /// Syncs `client` until `done` holds, at most [`ROUNDS`] times.
@@ -116,13 +200,14 @@ async fn run() -> Result<String> {
         [_, hs, mode, au, ap, bu, bp] => (hs, mode, au, ap, bu, bp, hs),
         [_, hs, mode, au, ap, bu, bp, bob_hs] => (hs, mode, au, ap, bu, bp, bob_hs),
         _ => bail!(
-            "usage: lattice-sdk-client <homeserver> <plain|encrypted|sliding> <alice> <pw> <bob> <pw> [bob's homeserver]"
+            "usage: lattice-sdk-client <homeserver> <plain|encrypted|sliding|echo> <alice> <pw> <bob> <pw> [bob's homeserver]"
         ),
     };
     let encrypted = match mode.as_str() {
         "plain" => false,
         "encrypted" => true,
         "sliding" => return sliding(homeserver, alice_user, alice_pw, bob_user, bob_pw).await,
+        "echo" => return echo(homeserver, alice_user, alice_pw, bob_user, bob_pw).await,
         other => bail!("unknown mode {other}"),
     };
     let (alice, alice_seen) = login(homeserver, alice_user, alice_pw, "ALICEDEV").await?;
@@ -282,6 +367,84 @@ async fn sliding(
         saw(&alice_seen, &room_id, &bob_id, hello),
         "bob's message never arrived over sliding sync"
     );
+    Ok(room_id.to_string())
+}
+
+async fn echo(
+    homeserver: &str,
+    alice_user: &str,
+    alice_pw: &str,
+    bob_user: &str,
+    bob_pw: &str,
+) -> Result<String> {
+    let (alice, _) = register(homeserver, alice_user, alice_pw).await?;
+    let alice_echoes = echoes(&alice);
+    let (other, _) = login(homeserver, alice_user, alice_pw, "ALICEOTHER").await?;
+    let other_echoes = echoes(&other);
+    let (bob, _) = login(homeserver, bob_user, bob_pw, "BOBECHO").await?;
+    let bob_echoes = echoes(&bob);
+
+    let mut request = CreateRoom::new();
+    request.name = Some("rust-sdk echo".to_owned());
+    request.preset = Some(RoomPreset::PublicChat);
+    let room = alice
+        .create_room(request)
+        .await
+        .context("creating the room")?;
+    let room_id = room.room_id().to_owned();
+    bob.join_room_by_id(&room_id).await.context("bob joining")?;
+
+    // Sent through the send queue: a local echo first, under a transaction ID
+    // the SDK picks, then the event ID once the server has the event.
+    let queue = room.send_queue();
+    let (_, mut updates) = queue.subscribe().await.context("send queue")?;
+    queue
+        .send(RoomMessageEventContent::text_plain("echo me").into())
+        .await
+        .context("queueing the message")?;
+    let (mut local, mut sent) = (None, None);
+    while sent.is_none() {
+        let update = tokio::time::timeout(Duration::from_secs(30), updates.recv())
+            .await
+            .context("no send queue update in 30 s")?
+            .context("send queue updates")?;
+        match update {
+            RoomSendQueueUpdate::NewLocalEvent(echo) => local = Some(echo.transaction_id),
+            RoomSendQueueUpdate::SentEvent {
+                transaction_id,
+                event_id,
+            } => sent = Some((transaction_id, event_id)),
+            RoomSendQueueUpdate::SendError { error, .. } => bail!("sending failed: {error}"),
+            _ => {}
+        }
+    }
+    let (txn, event_id) = sent.context("sent")?;
+    ensure!(
+        local.as_ref() == Some(&txn),
+        "the local echo was {local:?}, the sent event {txn}"
+    );
+
+    sync_until(&alice, "alice's remote echo", || {
+        echo_of(&alice_echoes, &event_id).is_some()
+    })
+    .await?;
+    let got = echo_of(&alice_echoes, &event_id).flatten();
+    ensure!(
+        got.as_ref() == Some(&txn),
+        "alice's remote echo of {event_id} carries transaction ID {got:?}, not {txn}: \
+         the timeline cannot replace its local echo"
+    );
+    for (client, seen, who) in [
+        (&other, &other_echoes, "alice's other device"),
+        (&bob, &bob_echoes, "bob"),
+    ] {
+        sync_until(client, &format!("the message at {who}"), || {
+            echo_of(seen, &event_id).is_some()
+        })
+        .await?;
+        let got = echo_of(seen, &event_id).flatten();
+        ensure!(got.is_none(), "{who} got the transaction ID {got:?}");
+    }
     Ok(room_id.to_string())
 }
 
