@@ -51,6 +51,8 @@ pub struct AppState {
     /// Bumped whenever an async upload receives its bytes (wakes downloads
     /// waiting for it).
     pub media_uploaded: Arc<tokio::sync::watch::Sender<u64>>,
+    /// Remote media fetches in progress (one per item at a time).
+    pub remote_fetches: Arc<crate::service::media::RemoteFetches>,
     /// The outbound federation client (discovery, signing, trust store).
     pub federation: Arc<FederationClient>,
     /// Backoff of failed server-key fetches.
@@ -115,6 +117,7 @@ impl AppState {
             typing: Arc::default(),
             sliding: Arc::default(),
             media_uploaded: Arc::new(tokio::sync::watch::Sender::new(0)),
+            remote_fetches: Arc::default(),
             config: Arc::new(config),
             db,
         })

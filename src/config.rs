@@ -358,6 +358,9 @@ pub struct Media {
     pub max_pending_uploads: i64,
     /// Cached remote media not read for this many days is deleted (0: kept).
     pub remote_cache_days: u64,
+    /// Time limit for fetching one remote media item, redirects and the whole
+    /// body included (waiting for the same item's fetch by another request too).
+    pub remote_fetch_timeout_secs: u64,
     pub url_preview: UrlPreview,
 }
 
@@ -370,6 +373,7 @@ impl Default for Media {
             unused_expiry_secs: 24 * 60 * 60,
             max_pending_uploads: 50,
             remote_cache_days: 30,
+            remote_fetch_timeout_secs: 120,
             url_preview: UrlPreview::default(),
         }
     }
@@ -584,6 +588,9 @@ impl Config {
         }
         if self.federation.request_timeout_secs == 0 || self.federation.connect_timeout_secs == 0 {
             bail!("`federation.request_timeout_secs` and `connect_timeout_secs` must be >= 1");
+        }
+        if self.media.remote_fetch_timeout_secs == 0 {
+            bail!("`media.remote_fetch_timeout_secs` must be at least 1");
         }
         if self.turn.user_lifetime_secs == 0 {
             bail!("`turn.user_lifetime_secs` must be at least 1");

@@ -64,6 +64,9 @@ pub enum ErrorKind {
     BadRequest,
     /// `502 M_UNKNOWN`: another server (remote media) failed or answered badly.
     BadGateway,
+    /// `502 M_TOO_LARGE`: remote media larger than this server accepts (the
+    /// spec's download answer "content is too large for the server to serve").
+    RemoteTooLarge,
     Unknown,
 }
 
@@ -84,7 +87,7 @@ impl ErrorKind {
             Self::InvalidUsername => "M_INVALID_USERNAME",
             Self::InvalidParam => "M_INVALID_PARAM",
             Self::MissingParam => "M_MISSING_PARAM",
-            Self::TooLarge => "M_TOO_LARGE",
+            Self::TooLarge | Self::RemoteTooLarge => "M_TOO_LARGE",
             Self::Exclusive => "M_EXCLUSIVE",
             Self::GuestAccessForbidden => "M_GUEST_ACCESS_FORBIDDEN",
             Self::WeakPassword => "M_WEAK_PASSWORD",
@@ -118,7 +121,7 @@ impl ErrorKind {
             Self::Unrecognized { status } => *status,
             Self::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Unknown => StatusCode::INTERNAL_SERVER_ERROR,
-            Self::BadGateway => StatusCode::BAD_GATEWAY,
+            Self::BadGateway | Self::RemoteTooLarge => StatusCode::BAD_GATEWAY,
             Self::BadJson
             | Self::NotJson
             | Self::UserInUse

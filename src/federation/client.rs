@@ -244,62 +244,47 @@ impl FederationClient {
         serde_json::from_slice(&bytes).map_err(|e| FedError::Invalid(e.to_string()))
     }
 
-    /// A signed `GET` whose answer is not JSON (media): its content type and
-    /// bytes, at most `limit` of them.
-    pub async fn get_bytes(
+    /// A signed `GET` whose answer the caller reads as it arrives (media), within
+    /// `timeout` for the whole exchange, body included. An error status is
+    /// returned as [`FedError::Remote`].
+    pub async fn get_streaming(
         &self,
         destination: &ServerName,
         path_and_query: &str,
-        limit: usize,
-    ) -> Result<(String, bytes::Bytes), FedError> {
+        timeout: Duration,
+    ) -> Result<reqwest::Response, FedError> {
         let target = self.target(destination).await?;
         let uri: http::Uri = format!("{}{}", target.base_url(), path_and_query)
             .parse()
             .map_err(|e| FedError::Invalid(format!("uri: {e}")))?;
-        let (status, content_type, bytes) = self
-            .execute_limited(
+        let response = self
+            .send_signed(
                 destination,
                 &target,
                 http::Method::GET,
                 &uri,
                 Vec::new(),
-                limit,
+                Some(timeout),
             )
             .await?;
-        if status >= 400 {
-            return Err(FedError::Remote {
-                status,
-                body: String::from_utf8_lossy(&bytes).chars().take(500).collect(),
-            });
-        }
-        Ok((content_type.unwrap_or_default(), bytes))
+        error_status(response, destination.as_str()).await
     }
 
-    /// An unsigned `GET` of an HTTPS URL another server pointed us to (the
-    /// `Location` form of a media download), through the same address policy,
-    /// for the URL and every redirect it leads to.
-    pub async fn get_url(
+    /// An unsigned `GET` of a URL another server pointed us to (the `Location`
+    /// form of a media download), through the same address policy for the URL
+    /// and every redirect it leads to, within `timeout` for each hop. The caller
+    /// reads the answer as it arrives; an error status is [`FedError::Remote`].
+    pub async fn get_url_streaming(
         &self,
         url: &str,
-        limit: usize,
-    ) -> Result<(String, bytes::Bytes), FedError> {
+        timeout: Duration,
+    ) -> Result<reqwest::Response, FedError> {
         let url = Url::parse(url).map_err(|e| FedError::Invalid(format!("location: {e}")))?;
-        let (url, response) = self.http.get_following(url, MEDIA_REDIRECTS, None).await?;
-        let status = response.status().as_u16();
-        let content_type = response
-            .headers()
-            .get(http::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned)
-            .unwrap_or_default();
-        let bytes = read_limited(response, limit, url.as_str()).await?;
-        if status >= 400 {
-            return Err(FedError::Remote {
-                status,
-                body: String::from_utf8_lossy(&bytes).chars().take(500).collect(),
-            });
-        }
-        Ok((content_type, bytes))
+        let (url, response) = self
+            .http
+            .get_following(url, MEDIA_REDIRECTS, Some(timeout))
+            .await?;
+        error_status(response, url.as_str()).await
     }
 
     async fn execute(
@@ -324,6 +309,30 @@ impl FederationClient {
         body: Vec<u8>,
         limit: usize,
     ) -> Result<(u16, Option<String>, bytes::Bytes), FedError> {
+        let response = self
+            .send_signed(destination, target, method, uri, body, None)
+            .await?;
+        let status = response.status().as_u16();
+        let content_type = response
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let bytes = read_limited(response, limit, destination.as_str()).await?;
+        Ok((status, content_type, bytes))
+    }
+
+    /// Sends a signed request; the answer's body is left to the caller.
+    /// `timeout` replaces the client's time limit for this request.
+    async fn send_signed(
+        &self,
+        destination: &ServerName,
+        target: &Target,
+        method: http::Method,
+        uri: &http::Uri,
+        body: Vec<u8>,
+        timeout: Option<Duration>,
+    ) -> Result<reqwest::Response, FedError> {
         if destination == self.origin {
             return Err(FedError::Refused("a request to ourselves".into()));
         }
@@ -392,16 +401,30 @@ impl FederationClient {
             );
             *request.body_mut() = Some(body.into());
         }
-        let response = self.http.send(request).await?;
-        let status = response.status().as_u16();
-        let content_type = response
-            .headers()
-            .get(http::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        let bytes = read_limited(response, limit, destination.as_str()).await?;
-        Ok((status, content_type, bytes))
+        if timeout.is_some() {
+            *request.timeout_mut() = timeout;
+        }
+        Ok(self.http.send(request).await?)
     }
+}
+
+/// The answer itself when its status is not an error; otherwise the error,
+/// with the start of its body.
+async fn error_status(
+    response: reqwest::Response,
+    from: &str,
+) -> Result<reqwest::Response, FedError> {
+    let status = response.status().as_u16();
+    if status < 400 {
+        return Ok(response);
+    }
+    let body = read_limited(response, 64 * 1024, from)
+        .await
+        .unwrap_or_default();
+    Err(FedError::Remote {
+        status,
+        body: String::from_utf8_lossy(&body).chars().take(500).collect(),
+    })
 }
 
 /// A response body, refused past `limit` bytes.

@@ -4,7 +4,9 @@
 //! Bytes are streamed to a temporary file while their SHA-256 is computed, then
 //! renamed to `<data_dir>/media/<ab>/<cd>/<sha256>`; identical uploads share one
 //! file. Rows in `media` map each `mxc://` id to its file; a file is deleted when
-//! no row uses it any more.
+//! no row uses it any more. Remote media takes the same way in: its federation
+//! answer is parsed as it arrives and the media written out under the upload
+//! limit and a deadline (see `find_remote`).
 //!
 //! Thumbnails use the standard sizes Synapse serves (32×32 and 96×96 cropped,
 //! 320×240, 640×480 and 800×600 scaled), picked as the smallest at least as big
@@ -18,8 +20,10 @@
 //! can take is bounded whatever the requests.
 
 use std::{
+    collections::HashMap,
     io::Cursor,
     path::{Path, PathBuf},
+    sync::Arc,
     time::Duration,
 };
 
@@ -106,53 +110,103 @@ fn new_media_id() -> String {
         .collect()
 }
 
+/// A file being written under `<media>/tmp`, its SHA-256 and size kept as it
+/// grows. Dropped before [`TempFile::place`] (an error, a limit passed, a
+/// deadline, a request cancelled mid-way) it is deleted, so a partial write
+/// never stays behind.
+struct TempFile {
+    path: PathBuf,
+    file: tokio::fs::File,
+    hasher: Sha256,
+    size: u64,
+    placed: bool,
+}
+
+impl TempFile {
+    async fn create(app: &AppState) -> Result<Self> {
+        let tmp_dir = media_root(app).join("tmp");
+        tokio::fs::create_dir_all(&tmp_dir)
+            .await
+            .map_err(|e| anyhow::anyhow!("creating {}: {e}", tmp_dir.display()))?;
+        let path = tmp_dir.join(new_media_id());
+        let file = tokio::fs::File::create(&path)
+            .await
+            .map_err(|e| anyhow::anyhow!("creating {}: {e}", path.display()))?;
+        Ok(Self {
+            path,
+            file,
+            hasher: Sha256::new(),
+            size: 0,
+            placed: false,
+        })
+    }
+
+    /// Bytes written so far.
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    async fn write(&mut self, bytes: &[u8]) -> Result<()> {
+        self.hasher.update(bytes);
+        self.size += bytes.len() as u64;
+        self.file
+            .write_all(bytes)
+            .await
+            .map_err(|e| anyhow::anyhow!("writing {}: {e}", self.path.display()))?;
+        Ok(())
+    }
+
+    /// Moves the finished file to its content address (or drops it when the
+    /// same bytes are stored already); returns (sha256, size).
+    async fn place(mut self, app: &AppState) -> Result<(String, u64)> {
+        self.file
+            .flush()
+            .await
+            .map_err(|e| anyhow::anyhow!("writing {}: {e}", self.path.display()))?;
+        let sha = hex::encode(std::mem::take(&mut self.hasher).finalize());
+        place(app, &self.path, &sha).await?;
+        self.placed = true;
+        Ok((sha, self.size))
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if !self.placed {
+            // Synchronous, so it happens even when the task is being cancelled.
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
 /// Streams `body` into the store; returns (sha256, size). Refuses with
 /// `413 M_TOO_LARGE` as soon as the body passes `limit`, keeping nothing.
-pub async fn store_stream<S, E>(app: &AppState, mut body: S, limit: u64) -> Result<(String, u64)>
+async fn store_stream<S, E>(app: &AppState, mut body: S, limit: u64) -> Result<(String, u64)>
+where
+    S: Stream<Item = std::result::Result<Bytes, E>> + Unpin,
+    Error: From<E>,
+{
+    let mut file = TempFile::create(app).await?;
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk?;
+        if file.size() + chunk.len() as u64 > limit {
+            return Err(Error::new(
+                ErrorKind::TooLarge,
+                format!("Uploads are limited to {limit} bytes"),
+            ));
+        }
+        file.write(&chunk).await?;
+    }
+    file.place(app).await
+}
+
+/// An upload body's chunks, a read failure as `400`.
+fn upload_body<S, E>(body: S) -> impl Stream<Item = Result<Bytes>> + Unpin
 where
     S: Stream<Item = std::result::Result<Bytes, E>> + Unpin,
     E: std::fmt::Display,
 {
-    let tmp_dir = media_root(app).join("tmp");
-    tokio::fs::create_dir_all(&tmp_dir)
-        .await
-        .map_err(|e| anyhow::anyhow!("creating {}: {e}", tmp_dir.display()))?;
-    let tmp = tmp_dir.join(new_media_id());
-    let result = async {
-        let mut file = tokio::fs::File::create(&tmp)
-            .await
-            .map_err(|e| anyhow::anyhow!("creating {}: {e}", tmp.display()))?;
-        let mut hasher = Sha256::new();
-        let mut size: u64 = 0;
-        while let Some(chunk) = body.next().await {
-            let chunk = chunk.map_err(|e| Error::bad_json(format!("Reading the upload: {e}")))?;
-            size += chunk.len() as u64;
-            if size > limit {
-                return Err(Error::new(
-                    ErrorKind::TooLarge,
-                    format!("Uploads are limited to {limit} bytes"),
-                ));
-            }
-            hasher.update(&chunk);
-            file.write_all(&chunk)
-                .await
-                .map_err(|e| anyhow::anyhow!("writing an upload: {e}"))?;
-        }
-        file.flush()
-            .await
-            .map_err(|e| anyhow::anyhow!("writing an upload: {e}"))?;
-        Ok((hex::encode(hasher.finalize()), size))
-    }
-    .await;
-    let (sha, size) = match result {
-        Ok(done) => done,
-        Err(e) => {
-            let _ = tokio::fs::remove_file(&tmp).await;
-            return Err(e);
-        }
-    };
-    place(app, &tmp, &sha).await?;
-    Ok((sha, size))
+    body.map(|chunk| chunk.map_err(|e| Error::bad_json(format!("Reading the upload: {e}"))))
 }
 
 /// Moves a finished temporary file to its content address (or drops it when the
@@ -174,19 +228,11 @@ async fn place(app: &AppState, tmp: &Path, sha: &str) -> Result<()> {
     Ok(())
 }
 
-/// Stores bytes already in memory (thumbnails, previews).
+/// Stores bytes already in memory (thumbnails).
 async fn store_bytes(app: &AppState, bytes: &[u8]) -> Result<String> {
-    let sha = hex::encode(Sha256::digest(bytes));
-    let tmp_dir = media_root(app).join("tmp");
-    tokio::fs::create_dir_all(&tmp_dir)
-        .await
-        .map_err(|e| anyhow::anyhow!("creating {}: {e}", tmp_dir.display()))?;
-    let tmp = tmp_dir.join(new_media_id());
-    tokio::fs::write(&tmp, bytes)
-        .await
-        .map_err(|e| anyhow::anyhow!("writing {}: {e}", tmp.display()))?;
-    place(app, &tmp, &sha).await?;
-    Ok(sha)
+    let mut file = TempFile::create(app).await?;
+    file.write(bytes).await?;
+    Ok(file.place(app).await?.0)
 }
 
 /// Deletes files no row uses any more.
@@ -227,7 +273,41 @@ where
     S: Stream<Item = std::result::Result<Bytes, E>> + Unpin,
     E: std::fmt::Display,
 {
-    let (sha, size) = store_stream(app, body, app.config.media.max_upload_bytes).await?;
+    let limit = app.config.media.max_upload_bytes;
+    let stored = store_new(
+        app,
+        session,
+        content_type,
+        filename,
+        upload_body(body),
+        limit,
+    )
+    .await?;
+    Ok(stored.mxc)
+}
+
+/// New media stored by [`store_new`].
+pub struct Stored {
+    pub mxc: String,
+    /// Its file.
+    pub path: PathBuf,
+    pub size: u64,
+}
+
+/// Stores `body` (at most `limit` bytes, else `413 M_TOO_LARGE` and nothing
+/// kept) as new media of `session`'s user.
+pub async fn store_new<S>(
+    app: &AppState,
+    session: &Session,
+    content_type: Option<String>,
+    filename: Option<String>,
+    body: S,
+    limit: u64,
+) -> Result<Stored>
+where
+    S: Stream<Item = Result<Bytes>> + Unpin,
+{
+    let (sha, size) = store_stream(app, body, limit).await?;
     let media_id = new_media_id();
     rows::insert(
         &app.db,
@@ -238,14 +318,18 @@ where
             content_type,
             upload_name: filename,
             size: Some(size as i64),
-            sha256: Some(sha),
+            sha256: Some(sha.clone()),
             created_ts: now_ms(),
             unused_expires_ts: None,
             quarantined: false,
         },
     )
     .await?;
-    Ok(mxc(app, &media_id))
+    Ok(Stored {
+        mxc: mxc(app, &media_id),
+        path: file_path(app, &sha),
+        size,
+    })
 }
 
 /// `POST /_matrix/media/v1/create`: reserves an id to upload to later.
@@ -314,7 +398,8 @@ where
             "Media already uploaded",
         ));
     }
-    let (sha, size) = store_stream(app, body, app.config.media.max_upload_bytes).await?;
+    let (sha, size) =
+        store_stream(app, upload_body(body), app.config.media.max_upload_bytes).await?;
     let filled = rows::fill(
         &app.db,
         &Media {
@@ -380,26 +465,115 @@ pub async fn find(
     }
 }
 
+/// The largest JSON metadata part of a federation media answer (spec: "currently
+/// always an empty object").
+const MAX_METADATA_BYTES: u64 = 64 * 1024;
+/// The largest header block of a part of a federation media answer.
+const MAX_PART_HEAD: usize = 16 * 1024;
+/// The largest preamble of a federation media answer.
+const MAX_PREAMBLE: usize = 64 * 1024;
+
+/// Remote media fetches in progress, one per item at a time (as Synapse's
+/// linearizer): a request for an item being fetched waits for that fetch and
+/// then finds the copy it cached, instead of downloading it again.
+#[derive(Default)]
+pub struct RemoteFetches {
+    /// (server name, media id) → the item's turn.
+    items: std::sync::Mutex<HashMap<(String, String), Turn>>,
+}
+
+/// Held by the request fetching an item; the others wait for it.
+type Turn = Arc<tokio::sync::Mutex<()>>;
+
+/// A request's place in the queue for one item; its entry goes when the last
+/// request for the item is done with it.
+struct FetchSlot<'a> {
+    fetches: &'a RemoteFetches,
+    key: (String, String),
+    turn: Turn,
+}
+
+impl RemoteFetches {
+    fn slot(&self, server_name: &str, media_id: &str) -> FetchSlot<'_> {
+        let key = (server_name.to_owned(), media_id.to_owned());
+        let turn = self
+            .items
+            .lock()
+            .expect("remote fetches")
+            .entry(key.clone())
+            .or_default()
+            .clone();
+        FetchSlot {
+            fetches: self,
+            key,
+            turn,
+        }
+    }
+
+    /// Items with a fetch running or waited for.
+    pub fn len(&self) -> usize {
+        self.items.lock().expect("remote fetches").len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl Drop for FetchSlot<'_> {
+    fn drop(&mut self) {
+        let mut items = self.fetches.items.lock().expect("remote fetches");
+        // Clones are only taken under this lock: two references (the map's and
+        // ours) mean nobody else waits for the item.
+        if Arc::strong_count(&self.turn) == 2 {
+            items.remove(&self.key);
+        }
+    }
+}
+
+/// The cached copy of a remote item, if there is one (an error if quarantined).
+async fn cached_remote(
+    app: &AppState,
+    server_name: &str,
+    media_id: &str,
+) -> Result<Option<(Media, PathBuf)>> {
+    let Some(media) = rows::get(&app.db, server_name, media_id).await? else {
+        return Ok(None);
+    };
+    if media.quarantined {
+        return Err(Error::not_found("Media not found"));
+    }
+    let Some(sha) = &media.sha256 else {
+        return Ok(None);
+    };
+    let path = file_path(app, sha);
+    if !tokio::fs::try_exists(&path).await.unwrap_or(false) {
+        return Ok(None);
+    }
+    rows::touch(&app.db, server_name, media_id, now_ms()).await?;
+    Ok(Some((media, path)))
+}
+
 /// Remote media: the cached copy, or fetched from its server over federation
 /// (`/_matrix/federation/v1/media/download`, following a `Location` part) and
 /// cached, at most `media.max_upload_bytes`.
+///
+/// The answer is streamed: the multipart body is parsed as it arrives and the
+/// media written to a temporary file in the store, hashed as it goes, then
+/// renamed into place and recorded; only a complete copy within the limit is
+/// kept (anything else leaves no file and no row). A copy over the limit is
+/// refused (`502 M_TOO_LARGE`, as Synapse) the moment it passes it, and the
+/// whole fetch (waiting for another request's fetch of the item included)
+/// stops at `media.remote_fetch_timeout_secs`. No database connection is held
+/// while the network is read.
 async fn find_remote(
     app: &AppState,
     server_name: &str,
     media_id: &str,
 ) -> Result<(Media, PathBuf)> {
     let not_found = || Error::not_found("Media not found");
-    if let Some(media) = rows::get(&app.db, server_name, media_id).await? {
-        if media.quarantined {
-            return Err(not_found());
-        }
-        if let Some(sha) = &media.sha256 {
-            let path = file_path(app, sha);
-            if tokio::fs::try_exists(&path).await.unwrap_or(false) {
-                rows::touch(&app.db, server_name, media_id, now_ms()).await?;
-                return Ok((media, path));
-            }
-        }
+    if let Some(found) = cached_remote(app, server_name, media_id).await? {
+        return Ok(found);
     }
     if !app.config.federation.enabled
         || media_id.is_empty()
@@ -410,72 +584,214 @@ async fn find_remote(
         return Err(not_found());
     }
     let server = ruma::ServerName::parse(server_name).map_err(|_| not_found())?;
-    let limit = app.config.media.max_upload_bytes as usize;
+    let timeout = Duration::from_secs(app.config.media.remote_fetch_timeout_secs);
+    let deadline = tokio::time::Instant::now() + timeout;
+    let timed_out = || {
+        tracing::info!(%server_name, media_id, "remote media fetch timed out");
+        Error::new(
+            ErrorKind::BadGateway,
+            format!("The media's server did not provide it within {timeout:?}"),
+        )
+    };
+    let slot = app.remote_fetches.slot(server_name, media_id);
+    let _turn = tokio::time::timeout_at(deadline, slot.turn.lock())
+        .await
+        .map_err(|_| timed_out())?;
+    // Fetched by a request this one waited for?
+    if let Some(found) = cached_remote(app, server_name, media_id).await? {
+        return Ok(found);
+    }
+    let fetched = tokio::time::timeout_at(deadline, fetch_remote(app, &server, media_id, deadline))
+        .await
+        .map_err(|_| timed_out())??;
+    let (sha, size) = fetched.file.place(app).await?;
+    let media = Media {
+        server_name: server_name.to_owned(),
+        media_id: media_id.to_owned(),
+        user_id: None,
+        content_type: Some(fetched.content_type),
+        upload_name: fetched.disposition.as_deref().and_then(filename_of),
+        size: Some(size as i64),
+        sha256: Some(sha.clone()),
+        created_ts: now_ms(),
+        unused_expires_ts: None,
+        quarantined: false,
+    };
+    if let Err(e) = rows::upsert_remote(&app.db, &media).await {
+        // No row, no file (unless another row uses the same bytes).
+        let _ = delete_unused_files(app, std::slice::from_ref(&sha)).await;
+        return Err(e.into());
+    }
+    rows::touch(&app.db, server_name, media_id, now_ms()).await?;
+    Ok((media, file_path(app, &sha)))
+}
+
+/// A remote item downloaded into a temporary file, not yet placed.
+struct Fetched {
+    file: TempFile,
+    content_type: String,
+    disposition: Option<String>,
+}
+
+/// The time left until `deadline`.
+fn remaining(deadline: tokio::time::Instant) -> Duration {
+    deadline.saturating_duration_since(tokio::time::Instant::now())
+}
+
+fn bad_answer(why: &str) -> Error {
+    Error::new(
+        ErrorKind::BadGateway,
+        format!("The media's server answered badly: {why}"),
+    )
+}
+
+fn remote_too_large(limit: u64) -> Error {
+    Error::new(
+        ErrorKind::RemoteTooLarge,
+        format!("The remote media is larger than this server's limit of {limit} bytes"),
+    )
+}
+
+fn read_failed(e: &reqwest::Error) -> Error {
+    Error::new(
+        ErrorKind::BadGateway,
+        format!(
+            "The media's server could not provide it: {}",
+            crate::outbound::error_chain(e)
+        ),
+    )
+}
+
+fn header_of(response: &reqwest::Response, name: http::HeaderName) -> Option<String> {
+    response
+        .headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
+/// Downloads `media_id` from `server` into a temporary file: the multipart
+/// answer parsed as it arrives (the metadata part skipped, the media part
+/// written out), or the URL of its `Location` part fetched.
+async fn fetch_remote(
+    app: &AppState,
+    server: &ruma::ServerName,
+    media_id: &str,
+    deadline: tokio::time::Instant,
+) -> Result<Fetched> {
+    use multipart::Event;
+
+    let limit = app.config.media.max_upload_bytes;
     let path = format!("/_matrix/federation/v1/media/download/{media_id}?timeout_ms=20000");
-    let (content_type, body) = match app
+    let mut response = match app
         .federation
-        .get_bytes(&server, &path, limit + 64 * 1024)
+        .get_streaming(server, &path, remaining(deadline))
         .await
     {
-        Ok(answer) => answer,
-        Err(e) if e.is_not_found() => return Err(not_found()),
+        Ok(response) => response,
+        Err(e) if e.is_not_found() => return Err(Error::not_found("Media not found")),
         Err(e) => {
-            tracing::info!(%server_name, media_id, error = %e, "remote media fetch failed");
+            tracing::info!(%server, media_id, error = %e, "remote media fetch failed");
             return Err(Error::new(
                 ErrorKind::BadGateway,
                 format!("The media's server could not provide it: {e}"),
             ));
         }
     };
-    let bad = |why: &str| {
-        Error::new(
-            ErrorKind::BadGateway,
-            format!("The media's server answered badly: {why}"),
-        )
-    };
-    let boundary = multipart::boundary(&content_type).ok_or_else(|| bad("not multipart"))?;
-    let parts = multipart::parse(&body, &boundary).map_err(|e| bad(&e))?;
-    let media_part = parts.get(1).ok_or_else(|| bad("no media part"))?;
-    let (content_type, bytes, disposition) = match media_part.header("location") {
-        Some(url) => {
-            let (ct, bytes) = app
-                .federation
-                .get_url(url, limit)
-                .await
-                .map_err(|e| bad(&e.to_string()))?;
-            (ct, bytes, None)
-        }
-        None => (
-            media_part
-                .header("content-type")
-                .unwrap_or("application/octet-stream")
-                .to_owned(),
-            media_part.body.clone(),
-            media_part.header("content-disposition").map(str::to_owned),
-        ),
-    };
-    if bytes.len() > limit {
-        return Err(Error::new(
-            ErrorKind::TooLarge,
-            "The remote media is too large",
-        ));
+    // What the parts other than the media may take, at most.
+    let overhead = MAX_METADATA_BYTES + (MAX_PREAMBLE + 2 * MAX_PART_HEAD) as u64 + 1024;
+    if response
+        .content_length()
+        .is_some_and(|l| l > limit.saturating_add(overhead))
+    {
+        return Err(remote_too_large(limit));
     }
-    let sha = store_bytes(app, &bytes).await?;
-    let media = Media {
-        server_name: server_name.to_owned(),
-        media_id: media_id.to_owned(),
-        user_id: None,
-        content_type: Some(content_type),
-        upload_name: disposition.as_deref().and_then(filename_of),
-        size: Some(bytes.len() as i64),
-        sha256: Some(sha.clone()),
-        created_ts: now_ms(),
-        unused_expires_ts: None,
-        quarantined: false,
+    let content_type = header_of(&response, http::header::CONTENT_TYPE).unwrap_or_default();
+    let boundary = multipart::boundary(&content_type).ok_or_else(|| bad_answer("not multipart"))?;
+    let mut parser = multipart::Parser::new(
+        &boundary,
+        multipart::Limits {
+            parts: vec![MAX_METADATA_BYTES, limit],
+            head: MAX_PART_HEAD,
+            preamble: MAX_PREAMBLE,
+        },
+    )
+    .map_err(|e| bad_answer(&e.to_string()))?;
+    let refused = |e: multipart::MultipartError| match e {
+        multipart::MultipartError::PartTooLarge { index: 1, .. } => remote_too_large(limit),
+        other => bad_answer(&other.to_string()),
     };
-    rows::upsert_remote(&app.db, &media).await?;
-    rows::touch(&app.db, server_name, media_id, now_ms()).await?;
-    Ok((media, file_path(app, &sha)))
+    let mut file = TempFile::create(app).await?;
+    let mut media_headers = None;
+    let mut location = None;
+    'read: while !parser.is_done() {
+        let Some(chunk) = response.chunk().await.map_err(|e| read_failed(&e))? else {
+            parser.finish().map_err(refused)?;
+            break;
+        };
+        for event in parser.feed(&chunk).map_err(refused)? {
+            match event {
+                Event::Part { index: 1, headers } => {
+                    if let Some(url) = multipart::header(&headers, "location") {
+                        // The rest of the answer is of no use.
+                        location = Some(url.to_owned());
+                        break 'read;
+                    }
+                    media_headers = Some(headers);
+                }
+                Event::Body { index: 1, bytes } => file.write(&bytes).await?,
+                _ => {}
+            }
+        }
+    }
+    drop(response);
+    if let Some(url) = location {
+        return fetch_location(app, file, &url, limit, deadline).await;
+    }
+    let headers = media_headers.ok_or_else(|| bad_answer("no media part"))?;
+    Ok(Fetched {
+        file,
+        content_type: multipart::header(&headers, "content-type")
+            .unwrap_or("application/octet-stream")
+            .to_owned(),
+        disposition: multipart::header(&headers, "content-disposition").map(str::to_owned),
+    })
+}
+
+/// The `Location` form: the media at a URL the remote server gave, fetched
+/// through the outbound policy (every redirect hop checked) into `file`.
+async fn fetch_location(
+    app: &AppState,
+    mut file: TempFile,
+    url: &str,
+    limit: u64,
+    deadline: tokio::time::Instant,
+) -> Result<Fetched> {
+    let mut response = app
+        .federation
+        .get_url_streaming(url, remaining(deadline))
+        .await
+        .map_err(|e| {
+            tracing::info!(error = %e, "remote media Location fetch failed");
+            bad_answer(&e.to_string())
+        })?;
+    if response.content_length().is_some_and(|l| l > limit) {
+        return Err(remote_too_large(limit));
+    }
+    let content_type = header_of(&response, http::header::CONTENT_TYPE)
+        .unwrap_or_else(|| "application/octet-stream".into());
+    let disposition = header_of(&response, http::header::CONTENT_DISPOSITION);
+    while let Some(chunk) = response.chunk().await.map_err(|e| read_failed(&e))? {
+        if file.size() + chunk.len() as u64 > limit {
+            return Err(remote_too_large(limit));
+        }
+        file.write(&chunk).await?;
+    }
+    Ok(Fetched {
+        file,
+        content_type,
+        disposition,
+    })
 }
 
 /// The file name of a `Content-Disposition` header (`filename=` or `filename*=`).
@@ -511,10 +827,11 @@ fn percent_decode(s: &str) -> Option<String> {
 }
 
 /// A local item as a federation media answer: `multipart/mixed` with empty
-/// JSON metadata, then the bytes. Returns (content type, body).
-pub fn federation_body(content_type: &str, disposition: &str, bytes: &[u8]) -> (String, Vec<u8>) {
+/// JSON metadata, then the bytes, which go between the two pieces returned, so
+/// the file can be streamed. Returns (content type, before, after).
+pub fn federation_frame(content_type: &str, disposition: &str) -> (String, Vec<u8>, Vec<u8>) {
     let boundary = new_media_id();
-    let body = multipart::build(
+    let mut whole = multipart::build(
         &boundary,
         &[
             (
@@ -526,11 +843,17 @@ pub fn federation_body(content_type: &str, disposition: &str, bytes: &[u8]) -> (
                     ("Content-Type".into(), content_type.to_owned()),
                     ("Content-Disposition".into(), disposition.to_owned()),
                 ],
-                bytes,
+                b"",
             ),
         ],
     );
-    (format!("multipart/mixed; boundary={boundary}"), body)
+    // The empty media part sits right before the line break that ends it.
+    let after = whole.split_off(whole.len() - format!("\r\n--{boundary}--\r\n").len());
+    (
+        format!("multipart/mixed; boundary={boundary}"),
+        whole,
+        after,
+    )
 }
 
 /// The standard size to serve for a request.

@@ -6,8 +6,9 @@
 //! `ip_range_allowlist` of `media.url_preview`: IP-literal hosts are checked
 //! before connecting, names as they resolve, where the connection is made (no
 //! second DNS lookup to rebind). Redirects are followed by hand, at most five,
-//! each checked the same way. Bodies stop at `max_bytes`; the whole preview at `timeout_secs`. Results
-//! are cached for `cache_secs`.
+//! each checked the same way. Bodies stop at `max_bytes` (pages are read into
+//! memory to be parsed; images stream into the media store); the whole
+//! preview stops at `timeout_secs`. Results are cached for `cache_secs`.
 
 use std::time::Duration;
 
@@ -78,15 +79,16 @@ pub async fn preview(app: &AppState, session: &Session, url: &str) -> Result<Val
 
 async fn build(app: &AppState, session: &Session, url: reqwest::Url) -> Result<Value> {
     let client = client(app)?;
-    let (final_url, content_type, body) = fetch(app, &client, url).await?;
+    let (final_url, content_type, response) = fetch(&client, url).await?;
     let mut og = Map::new();
     if content_type.starts_with("image/") {
-        add_image(app, session, &content_type, body, &mut og).await?;
+        add_image(app, session, &content_type, response, &mut og).await?;
         return Ok(Value::Object(og));
     }
     if !content_type.starts_with("text/html") {
         return Ok(Value::Object(og));
     }
+    let body = read_page(app, response).await?;
     let html = String::from_utf8_lossy(&body);
     og = open_graph(&html);
     if let Some(image) = og
@@ -96,33 +98,90 @@ async fn build(app: &AppState, session: &Session, url: reqwest::Url) -> Result<V
     {
         og.remove("og:image");
         if let Ok(image_url) = final_url.join(&image)
-            && let Ok((_, image_type, bytes)) = fetch(app, &client, image_url).await
+            && let Ok((_, image_type, response)) = fetch(&client, image_url).await
             && image_type.starts_with("image/")
         {
-            add_image(app, session, &image_type, bytes, &mut og).await?;
+            // A page's image is optional: one that cannot be had leaves it out.
+            match add_image(app, session, &image_type, response, &mut og).await {
+                Err(Error::Internal(e)) => return Err(Error::Internal(e)),
+                Err(e) => tracing::info!(error = %e, "URL preview image left out"),
+                Ok(()) => {}
+            }
         }
     }
     Ok(Value::Object(og))
 }
 
-/// Stores an image as media and describes it in `og`.
+fn too_large() -> Error {
+    Error::new(
+        crate::error::ErrorKind::TooLarge,
+        "The URL's content is too large to preview",
+    )
+}
+
+fn fetch_failed(why: &str) -> Error {
+    tracing::info!(why, "URL preview read failed");
+    Error::new(crate::error::ErrorKind::Unknown, "Fetching the URL failed")
+}
+
+/// Streams an image answer into the media store (at most `url_preview.max_bytes`
+/// and `max_upload_bytes`, never held in memory) and describes it in `og`.
 async fn add_image(
     app: &AppState,
     session: &Session,
     content_type: &str,
-    bytes: Vec<u8>,
+    response: reqwest::Response,
     og: &mut Map<String, Value>,
 ) -> Result<()> {
-    let size = bytes.len();
-    let dims = image::ImageReader::new(std::io::Cursor::new(&bytes))
-        .with_guessed_format()
-        .ok()
-        .and_then(|r| r.into_dimensions().ok());
-    let stream = futures_util::stream::iter([Ok::<_, std::io::Error>(bytes::Bytes::from(bytes))]);
-    let uri = media::upload(app, session, Some(content_type.to_owned()), None, stream).await?;
-    og.insert("og:image".into(), uri.into());
+    let limit = app
+        .config
+        .media
+        .url_preview
+        .max_bytes
+        .min(app.config.media.max_upload_bytes);
+    if response.content_length().is_some_and(|l| l > limit) {
+        return Err(too_large());
+    }
+    let chunks = Box::pin(futures_util::stream::unfold(
+        Some(response),
+        |response| async move {
+            let mut response = response?;
+            match response.chunk().await {
+                Ok(Some(chunk)) => Some((Ok(chunk), Some(response))),
+                Ok(None) => None,
+                Err(e) => Some((Err(fetch_failed(&outbound::error_chain(&e))), None)),
+            }
+        },
+    ));
+    let stored = media::store_new(
+        app,
+        session,
+        Some(content_type.to_owned()),
+        None,
+        chunks,
+        limit,
+    )
+    .await
+    .map_err(|e| match e.kind() {
+        Some(crate::error::ErrorKind::TooLarge) => too_large(),
+        _ => e,
+    })?;
+    // The header is enough for the dimensions.
+    let path = stored.path.clone();
+    let dims = tokio::task::spawn_blocking(move || {
+        image::ImageReader::open(&path)
+            .ok()?
+            .with_guessed_format()
+            .ok()?
+            .into_dimensions()
+            .ok()
+    })
+    .await
+    .ok()
+    .flatten();
+    og.insert("og:image".into(), stored.mxc.into());
     og.insert("og:image:type".into(), content_type.into());
-    og.insert("matrix:image:size".into(), size.into());
+    og.insert("matrix:image:size".into(), stored.size.into());
     if let Some((w, h)) = dims {
         og.insert("og:image:width".into(), w.into());
         og.insert("og:image:height".into(), h.into());
@@ -131,13 +190,12 @@ async fn add_image(
 }
 
 /// GETs `url`, following redirects by hand, every hop checked against the
-/// address ranges. Returns the final URL, content type and (bounded) body.
+/// address ranges. Returns the final URL, content type and the answer, whose
+/// body is left to the caller.
 async fn fetch(
-    app: &AppState,
     client: &OutboundClient,
     url: reqwest::Url,
-) -> Result<(reqwest::Url, String, Vec<u8>)> {
-    let cfg = &app.config.media.url_preview;
+) -> Result<(reqwest::Url, String, reqwest::Response)> {
     let (url, response) = client
         .get_following(url, MAX_REDIRECTS, None)
         .await
@@ -164,20 +222,18 @@ async fn fetch(
         .and_then(|c| c.to_str().ok())
         .unwrap_or("application/octet-stream")
         .to_ascii_lowercase();
-    let limit = usize::try_from(cfg.max_bytes).unwrap_or(usize::MAX);
-    let body = outbound::read_limited(response, limit)
+    Ok((url, content_type, response))
+}
+
+/// A page's body, at most `url_preview.max_bytes` (it is parsed whole).
+async fn read_page(app: &AppState, response: reqwest::Response) -> Result<bytes::Bytes> {
+    let limit = usize::try_from(app.config.media.url_preview.max_bytes).unwrap_or(usize::MAX);
+    outbound::read_limited(response, limit)
         .await
         .map_err(|e| match e {
-            ReadError::TooLarge => Error::new(
-                crate::error::ErrorKind::TooLarge,
-                "The URL's content is too large to preview",
-            ),
-            ReadError::Failed(why) => {
-                tracing::info!(why, "URL preview read failed");
-                Error::new(crate::error::ErrorKind::Unknown, "Fetching the URL failed")
-            }
-        })?;
-    Ok((url, content_type, body.to_vec()))
+            ReadError::TooLarge => too_large(),
+            ReadError::Failed(why) => fetch_failed(&why),
+        })
 }
 
 /// `og:*` meta tags of a page (and its `<title>` as `og:title` when it has none).

@@ -4,9 +4,9 @@
 //! It has its own server name (`localhost:<port>`), signing key and TLS
 //! certificate from the dev CA, serves its keys at `/_matrix/key/v2/server`, and
 //! answers every other request as the test scripted it (a JSON answer, a hang,
-//! a slow or huge body, or a function of the request). It signs X-Matrix
-//! requests, builds valid PDUs of any room version (content hash, signature,
-//! reference-hash event ID), and joins Lattice rooms through
+//! a slow, trickling, endless or huge body, or a function of the request). It
+//! signs X-Matrix requests, builds valid PDUs of any room version (content
+//! hash, signature, reference-hash event ID), and joins Lattice rooms through
 //! `make_join`/`send_join` — after which it can forge, fork, point across rooms
 //! or lie in its answers.
 
@@ -22,6 +22,7 @@ use axum::{
     http::{HeaderMap, Method, StatusCode},
     response::{IntoResponse, Response},
 };
+use futures_util::StreamExt;
 use ruma::{
     CanonicalJsonObject, CanonicalJsonValue, RoomVersionId,
     signatures::{Ed25519KeyPair, hash_and_sign_event, reference_hash, sign_json},
@@ -44,6 +45,17 @@ pub enum Answer {
     Hang,
     /// Answers after a delay.
     Slow(Duration, Value),
+    /// Another answer, after a delay.
+    Delayed(Duration, Box<Answer>),
+    /// A body that never ends, with a status and headers: `head`, then `chunk`
+    /// every `every` (a trickle, or an endless flood when `every` is zero).
+    Stream {
+        status: StatusCode,
+        headers: Vec<(String, String)>,
+        head: Bytes,
+        chunk: Bytes,
+        every: Duration,
+    },
     /// Computed from the request's path (with query) and JSON body.
     With(AnswerFn),
 }
@@ -276,6 +288,21 @@ impl HostilePeer {
         path: &str,
         body: Option<Value>,
     ) -> (StatusCode, Value) {
+        let response = self.request_raw(server, method, path, body).await;
+        let status = response.status();
+        let text = response.text().await.unwrap_or_default();
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    /// A signed X-Matrix request to `server`'s federation API; the answer as it
+    /// is (for bodies that are not JSON).
+    pub async fn request_raw(
+        &self,
+        server: &str,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> reqwest::Response {
         let mut object = CanonicalJsonObject::new();
         object.insert("method".into(), method.as_str().into());
         object.insert("uri".into(), path.into());
@@ -306,10 +333,7 @@ impl HostilePeer {
         if let Some(body) = body {
             request = request.json(&body);
         }
-        let response = request.send().await.expect("request to the server");
-        let status = response.status();
-        let text = response.text().await.unwrap_or_default();
-        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+        request.send().await.expect("request to the server")
     }
 
     /// A PDU of `version` from `fields` (everything but hashes and signatures;
@@ -502,22 +526,51 @@ async fn answer(
             Answer::With(f) => answer = f(&path, &body),
             Answer::Json(status, value) => return Json(status, value).into_response(),
             Answer::Raw(status, headers, bytes) => {
-                let mut map = HeaderMap::new();
-                for (k, v) in headers {
-                    map.append(
-                        axum::http::HeaderName::try_from(k).unwrap(),
-                        v.parse().unwrap(),
-                    );
-                }
-                return (status, map, Body::from(bytes)).into_response();
+                return (status, header_map(headers), Body::from(bytes)).into_response();
             }
             Answer::Hang => std::future::pending::<()>().await,
             Answer::Slow(delay, value) => {
                 tokio::time::sleep(delay).await;
                 return Json(StatusCode::OK, value).into_response();
             }
+            Answer::Delayed(delay, then) => {
+                tokio::time::sleep(delay).await;
+                answer = *then;
+            }
+            Answer::Stream {
+                status,
+                headers,
+                head,
+                chunk,
+                every,
+            } => {
+                let rest = futures_util::stream::unfold((), move |()| {
+                    let chunk = chunk.clone();
+                    async move {
+                        if every.is_zero() {
+                            tokio::task::yield_now().await;
+                        } else {
+                            tokio::time::sleep(every).await;
+                        }
+                        Some((Ok::<_, std::io::Error>(chunk), ()))
+                    }
+                });
+                let body = futures_util::stream::once(async move { Ok(head) }).chain(rest);
+                return (status, header_map(headers), Body::from_stream(body)).into_response();
+            }
         }
     }
+}
+
+fn header_map(headers: Vec<(String, String)>) -> HeaderMap {
+    let mut map = HeaderMap::new();
+    for (k, v) in headers {
+        map.append(
+            axum::http::HeaderName::try_from(k).unwrap(),
+            v.parse().unwrap(),
+        );
+    }
+    map
 }
 
 struct Json(StatusCode, Value);

@@ -22,6 +22,7 @@ mod media;
 mod outbound;
 mod push;
 mod redaction;
+mod remote_media;
 mod rooms;
 pub mod sdk;
 mod sliding;

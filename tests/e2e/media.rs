@@ -440,6 +440,23 @@ async fn web(ip: &str, redirect_to: Option<String>) -> String {
             }),
         )
         .route(
+            "/big.png",
+            get(|| async { ([(h::CONTENT_TYPE, "image/png")], vec![7u8; 64 * 1024]) }),
+        )
+        .route(
+            // No length, no end.
+            "/endless.png",
+            get(|| async {
+                let chunks = futures_util::stream::repeat_with(|| {
+                    Ok::<_, std::io::Error>(axum::body::Bytes::from_static(&[7u8; 8192]))
+                });
+                (
+                    [(h::CONTENT_TYPE, "image/png")],
+                    axum::body::Body::from_stream(chunks),
+                )
+            }),
+        )
+        .route(
             "/redirect",
             get(move || {
                 let to = redirect_to.clone().unwrap_or_default();
@@ -481,6 +498,7 @@ async fn url_previews_are_off_by_default_and_refuse_blocked_addresses() {
     let allowed = TestServer::start_with(|c| {
         c.media.url_preview.enabled = true;
         c.media.url_preview.ip_range_allowlist = vec!["127.0.0.1/32".into()];
+        c.media.url_preview.max_bytes = 50_000;
     })
     .await;
     let alice = allowed.register("alice", "pw").await;
@@ -503,6 +521,38 @@ async fn url_previews_are_off_by_default_and_refuse_blocked_addresses() {
     )
     .await;
     assert_eq!(resp.status(), StatusCode::OK);
+    // An image URL previews as the image, streamed into the store; one over
+    // `max_bytes` (announced, or found out from a body that never ends) is
+    // refused and leaves nothing.
+    let resp = get(
+        &allowed,
+        &format!("{V1}/preview_url?url={site}/image.png"),
+        Some(&alice.access_token),
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let og: Value = resp.json().await.unwrap();
+    assert_eq!(og["og:image:height"], 100, "{og}");
+    assert_eq!(og["matrix:image:size"], png(200, 100).len(), "{og}");
+    let media_dir = allowed.state.config.data_dir.join("media");
+    let stored = files_under(&media_dir);
+    for big in ["big.png", "endless.png"] {
+        let resp = get(
+            &allowed,
+            &format!("{V1}/preview_url?url={site}/{big}"),
+            Some(&alice.access_token),
+        )
+        .await;
+        assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE, "{big}");
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(body["errcode"], "M_TOO_LARGE", "{big}");
+        assert_eq!(files_under(&media_dir), stored, "{big}");
+        assert_eq!(
+            std::fs::read_dir(media_dir.join("tmp")).map_or(0, |d| d.count()),
+            0,
+            "{big}"
+        );
+    }
     let resp = get(
         &allowed,
         &format!("{V1}/preview_url?url={site}/redirect"),

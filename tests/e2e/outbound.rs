@@ -25,7 +25,7 @@ use crate::harness::{TestServer, dev_tls, eventually};
 
 /// A listener that counts the connections it accepts and drops them: an
 /// internal service that records whether it was reached, or a dead server.
-async fn counting_listener(ip: &str, hits: Arc<AtomicUsize>) -> SocketAddr {
+pub async fn counting_listener(ip: &str, hits: Arc<AtomicUsize>) -> SocketAddr {
     let listener = tokio::net::TcpListener::bind(format!("{ip}:0"))
         .await
         .unwrap();

@@ -6,12 +6,15 @@ use std::time::Duration;
 
 use axum::{
     Router,
+    body::{Body, Bytes},
     extract::{Path, State},
     http::header,
     response::{IntoResponse, Response},
     routing::get,
 };
+use futures_util::StreamExt;
 use serde::Deserialize;
+use tokio_util::io::ReaderStream;
 
 use crate::api::json::Query;
 
@@ -36,17 +39,35 @@ fn wait(timeout_ms: Option<u64>) -> Duration {
     Duration::from_millis(timeout_ms.unwrap_or(20_000).min(120_000))
 }
 
+/// The file as a federation media answer, streamed from disk (never read
+/// into memory whole).
 async fn multipart(
     content_type: &str,
     name: Option<&str>,
     path: &std::path::Path,
 ) -> Result<Response> {
-    let bytes = tokio::fs::read(path)
+    let file = tokio::fs::File::open(path)
         .await
-        .map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
+        .map_err(|e| anyhow::anyhow!("opening {}: {e}", path.display()))?;
+    let len = file
+        .metadata()
+        .await
+        .map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?
+        .len();
     let disposition = crate::api::media::disposition(content_type, name);
-    let (kind, body) = media::federation_body(content_type, &disposition, &bytes);
-    Ok(([(header::CONTENT_TYPE, kind)], body).into_response())
+    let (kind, before, after) = media::federation_frame(content_type, &disposition);
+    let total = before.len() as u64 + len + after.len() as u64;
+    let body = futures_util::stream::iter([Ok(Bytes::from(before))])
+        .chain(ReaderStream::new(file))
+        .chain(futures_util::stream::iter([Ok(Bytes::from(after))]));
+    Ok((
+        [
+            (header::CONTENT_TYPE, kind),
+            (header::CONTENT_LENGTH, total.to_string()),
+        ],
+        Body::from_stream(body),
+    )
+        .into_response())
 }
 
 async fn download(
