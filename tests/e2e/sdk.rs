@@ -232,3 +232,21 @@ async fn matrix_rust_sdk_sliding_sync_room_list() {
         "{messages:?}"
     );
 }
+
+/// matrix-rust-sdk names the inviter of an invite (`Room::invite_details`): the
+/// invite's stripped state carries the inviter's member event, display name
+/// included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn matrix_rust_sdk_invite_details_with_the_inviter() {
+    let server = TestServer::start().await;
+    rust_sdk_chat(&server, "invite").await;
+}
+
+/// matrix-rust-sdk: a joiner's first sync carries the history they may see
+/// (`shared`), paginating back from its `prev_batch` reaches the first message,
+/// and `joined` history stays hidden however far the client pages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn matrix_rust_sdk_joiner_sees_history_per_history_visibility() {
+    let server = TestServer::start().await;
+    rust_sdk_chat(&server, "history").await;
+}
