@@ -57,6 +57,9 @@ pub struct Params {
     pub full_state: bool,
     pub timeline_limit: usize,
     pub lazy_members: bool,
+    /// Lazy loading sends the senders' member events even to a device that
+    /// has them (`include_redundant_members`).
+    pub redundant_members: bool,
     pub types: TypeFilter,
     pub rooms: Option<Vec<String>>,
     pub not_rooms: Vec<String>,
@@ -78,6 +81,14 @@ impl Params {
     ) -> Self {
         let room = &definition.room;
         let lazy = |o: &LazyLoadOptions| matches!(o, LazyLoadOptions::Enabled { .. });
+        let redundant = |o: &LazyLoadOptions| {
+            matches!(
+                o,
+                LazyLoadOptions::Enabled {
+                    include_redundant_members: true
+                }
+            )
+        };
         let listed = |list: &[String]| list.iter().any(|t| t == "*" || t == "m.presence");
         let presence = &definition.presence;
         Self {
@@ -87,6 +98,8 @@ impl Params {
             timeline_limit: room.timeline.limit.map_or(10, |l| u64::from(l) as usize),
             lazy_members: lazy(&room.state.lazy_load_options)
                 || lazy(&room.timeline.lazy_load_options),
+            redundant_members: redundant(&room.state.lazy_load_options)
+                || redundant(&room.timeline.lazy_load_options),
             types: TypeFilter {
                 types: room.timeline.types.clone(),
                 not_types: room.timeline.not_types.clone(),
@@ -532,14 +545,15 @@ async fn joined_room(
                     && senders.contains(k.as_str())
                     && !held.contains(id.as_str())
                     && !in_timeline.contains(id.as_str())
-                    && !app.lazy_members.client_has(
-                        user.as_str(),
-                        session.device_id.as_str(),
-                        room_id.as_str(),
-                        k,
-                        id,
-                        since,
-                    )
+                    && (params.redundant_members
+                        || !app.lazy_members.client_has(
+                            user.as_str(),
+                            session.device_id.as_str(),
+                            room_id.as_str(),
+                            k,
+                            id,
+                            since,
+                        ))
                 {
                     extra.push(((t.clone(), k.clone()), id.clone()));
                 }

@@ -408,6 +408,16 @@ async fn lazy_loaded_members_cover_the_timeline_senders_in_sync() {
     let joined = &s3["rooms"]["join"][&room];
     assert_eq!(bodies(&joined["timeline"]["events"]), vec!["again"]);
     assert_eq!(joined["state"]["events"], json!([]), "{joined}");
+    // Unless the filter asks for redundant members.
+    let redundant = json!({ "room": {
+        "timeline": { "limit": 1 },
+        "state": { "lazy_load_members": true, "include_redundant_members": true },
+    } });
+    let again = sync(&server, &bob, Some(&t2), &redundant).await;
+    assert!(
+        members(&again["rooms"]["join"][&room]["state"]["events"]).contains_key(&alice.user_id),
+        "{again}"
+    );
     let t3 = next_batch(&s3);
 
     // A new member joins and speaks, beyond the timeline's limit: their
