@@ -48,6 +48,8 @@ pub struct AppState {
     pub typing: Arc<Typing>,
     /// Sliding-sync connection state (in memory).
     pub sliding: Arc<crate::service::sliding_sync::Connections>,
+    /// Member events `/sync` lazy loading sent to each device (in memory).
+    pub lazy_members: Arc<crate::service::lazy_members::LazyMembers>,
     /// Bumped whenever an async upload receives its bytes (wakes downloads
     /// waiting for it).
     pub media_uploaded: Arc<tokio::sync::watch::Sender<u64>>,
@@ -116,6 +118,7 @@ impl AppState {
             notifier: Notifier::new(persisted),
             typing: Arc::default(),
             sliding: Arc::default(),
+            lazy_members: Arc::default(),
             media_uploaded: Arc::new(tokio::sync::watch::Sender::new(0)),
             remote_fetches: Arc::default(),
             config: Arc::new(config),

@@ -12,6 +12,7 @@ pub mod e2e;
 pub mod event;
 pub mod federation;
 pub mod keys;
+pub mod lazy_members;
 pub mod media;
 pub mod membership;
 pub mod mutual_rooms;

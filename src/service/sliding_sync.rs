@@ -16,6 +16,12 @@
 //! parameters are not sticky: each request carries its lists, subscriptions
 //! and extensions, as matrix-rust-sdk sends them.
 //!
+//! A room new to the connection (or newly joined) comes with `initial: true`,
+//! its recent history as far as the user may see it (`limited` when there is
+//! more, and a `prev_batch`), and all of its required state; `$LAZY` members are
+//! those of the timeline's senders (and the user's), each sent once per
+//! connection.
+//!
 //! Rooms sort by their newest event of a "bump" type (messages, encrypted
 //! messages, stickers, call invites, polls, beacons, the room's creation), as
 //! Synapse does; invites and left rooms by the membership event.
@@ -36,7 +42,7 @@ use super::{read::Viewer, session::Session, tokens::TopoToken};
 use crate::{
     app::AppState,
     error::{Error, ErrorKind, Result},
-    storage::{e2e_keys, events, events::StoredEvent, rooms, state, sync as rows, user_streams},
+    storage::{e2e_keys, events, rooms, state, sync as rows, user_streams},
 };
 
 /// Event types that move a room to the top of a list.
@@ -77,6 +83,8 @@ struct SentRoom {
     config: String,
     /// The membership event it was sent with.
     membership_event: String,
+    /// Member events `$LAZY` sent (by member), so they are not sent again.
+    lazy_members: HashMap<String, String>,
 }
 
 struct Conn {
@@ -367,19 +375,24 @@ async fn build(
             continue;
         };
         let sent = prev.and_then(|p| p.rooms.get(room_id));
-        let section = room_section(app, session, c, config, sent, now).await?;
-        if let Some((section, initial)) = section {
-            if initial {
-                initial_rooms.insert(room_id.clone());
+        let built = room_section(app, session, c, config, sent, now).await?;
+        let lazy_members = match built {
+            Some(built) => {
+                if built.initial {
+                    initial_rooms.insert(room_id.clone());
+                }
+                rooms_out.insert(room_id.clone(), built.section);
+                built.lazy_members
             }
-            rooms_out.insert(room_id.clone(), section);
-        }
+            None => sent.map(|s| s.lazy_members.clone()).unwrap_or_default(),
+        };
         next.rooms.insert(
             room_id.clone(),
             SentRoom {
                 upto: now,
                 config: config.fingerprint(),
                 membership_event: c.membership_event.clone(),
+                lazy_members,
             },
         );
     }
@@ -513,7 +526,16 @@ async fn current_state(app: &AppState, room_id: &str, keys: &[(&str, &str)]) -> 
         .collect())
 }
 
-/// A room's section, if there is anything to send: `(section, initial)`.
+/// A room's section as built for a response.
+struct Built {
+    section: Value,
+    /// Whether the room is new to the connection (`initial`).
+    initial: bool,
+    /// The `$LAZY` member events the connection holds after this response.
+    lazy_members: HashMap<String, String>,
+}
+
+/// A room's section, if there is anything to send.
 async fn room_section(
     app: &AppState,
     session: &Session,
@@ -521,7 +543,7 @@ async fn room_section(
     config: &RoomConfig,
     sent: Option<&SentRoom>,
     now: i64,
-) -> Result<Option<(Value, bool)>> {
+) -> Result<Option<Built>> {
     let user: &UserId = &session.user_id;
     let room_id = RoomId::parse(&c.room_id).map_err(|e| anyhow::anyhow!("stored room id: {e}"))?;
     let membership_changed = sent.is_none_or(|s| s.membership_event != c.membership_event);
@@ -539,7 +561,11 @@ async fn room_section(
                     .await?
                     .into();
         }
-        return Ok(Some((section, true)));
+        return Ok(Some(Built {
+            section,
+            initial: true,
+            lazy_members: HashMap::new(),
+        }));
     }
 
     if c.membership != "join"
@@ -552,10 +578,9 @@ async fn room_section(
     }
     let initial = sent.is_none() || (membership_changed && c.membership == "join");
     let config_changed = sent.is_some_and(|s| s.config != config.fingerprint());
-    let after = if initial {
-        0
-    } else {
-        sent.map_or(0, |s| s.upto)
+    let after = match sent {
+        Some(s) if !initial => s.upto,
+        _ => i64::MIN,
     };
     // A left room shows events up to the leave.
     let upto = if c.membership == "join" {
@@ -563,26 +588,32 @@ async fn room_section(
     } else {
         c.membership_stream
     };
-    let limit = config.timeline_limit;
-    let fetched =
-        rows::room_events(&app.db, room_id.as_str(), after, upto, limit as i64 + 1).await?;
     if !initial
         && !config_changed
-        && fetched.is_empty()
+        && rows::room_events(&app.db, room_id.as_str(), after, upto, 1)
+            .await?
+            .is_empty()
         && !own_receipt_changed(app, user, &room_id, after, now).await?
     {
+        // Nothing since the room was last sent.
         return Ok(None);
     }
     let mut viewer = Viewer::for_session(app, session, &room_id).await?;
-    let limited = fetched.len() as u64 > limit;
-    viewer.prefetch_events(&fetched).await?;
-    let mut timeline: Vec<StoredEvent> = Vec::new();
-    for ev in fetched.into_iter().take(limit as usize) {
-        if viewer.may_see(&ev).await? || ev.state_key.as_deref() == Some(user.as_str()) {
-            timeline.push(ev);
-        }
-    }
-    timeline.reverse();
+    // A room new to the connection (or newly joined) gets its recent history,
+    // as far as the user may see it; later, what came since it was last sent.
+    // Always the user's own membership changes.
+    let recent = super::sync::recent_events(
+        app,
+        &mut viewer,
+        &room_id,
+        after,
+        upto,
+        config.timeline_limit as usize,
+        |ev, visible| visible || ev.state_key.as_deref() == Some(user.as_str()),
+    )
+    .await?;
+    let limited = recent.more;
+    let timeline = recent.events;
 
     // required_state: all of it when the room is new to the connection or asked
     // for differently; else what changed since it was last sent.
@@ -620,17 +651,37 @@ async fn room_section(
         })
         .map(|(_, id)| id.clone())
         .collect();
+    // The member events this connection holds for the room: none when the
+    // room is sent afresh.
+    let mut lazy_members: HashMap<String, String> = match sent {
+        Some(s) if !(initial || config_changed) => s.lazy_members.clone(),
+        _ => HashMap::new(),
+    };
     let mut lazy_extra: Vec<String> = Vec::new();
     if lazy && !(initial || config_changed) {
-        // Members of new senders, even if their member event did not change.
+        // Members of the senders whose member events the connection lacks,
+        // even if those did not change.
         for ((t, k), id) in &current {
-            if t == "m.room.member" && senders.contains(k.as_str()) && !ids.contains(id) {
+            if t == "m.room.member"
+                && senders.contains(k.as_str())
+                && !ids.contains(id)
+                && lazy_members.get(k) != Some(id)
+            {
                 lazy_extra.push(id.clone());
             }
         }
     }
     let state_ids: Vec<String> = ids.into_iter().chain(lazy_extra).collect();
     let state_events = events::get_many(&app.db, &state_ids).await?;
+    if lazy {
+        for ev in state_events.iter().chain(&timeline) {
+            if ev.event_type == "m.room.member"
+                && let Some(member) = &ev.state_key
+            {
+                lazy_members.insert(member.clone(), ev.event_id.clone());
+            }
+        }
+    }
 
     let timeline_json = viewer.client_events(&timeline).await?;
     let mut section = json!({
@@ -660,7 +711,11 @@ async fn room_section(
         .fold((0, 0), |(n, h), r| (n + r.notifications, h + r.highlights));
     section["notification_count"] = n.into();
     section["highlight_count"] = h.into();
-    Ok(Some((section, initial)))
+    Ok(Some(Built {
+        section,
+        initial,
+        lazy_members,
+    }))
 }
 
 /// Whether the user's own read receipts in the room moved (their counts changed).

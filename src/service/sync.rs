@@ -6,13 +6,19 @@
 //! With a timeout and nothing to say, it waits on the notifier — no polling.
 //!
 //! Per joined room:
-//! - `timeline`: the newest `limit` events of the window (visible to the user);
+//! - `timeline`: the newest `limit` events of the window that the user may see
+//!   (read back page by page, so hidden history does not crowd them out);
 //!   `limited` when the window held more; `prev_batch` continues with `/messages`.
+//!   A room joined within the window (the user was not joined at `since`) is new
+//!   to the client: its timeline reaches back before the window, as far as
+//!   history visibility lets the user see, and is always `limited`, as on Synapse.
 //! - `state`: on initial sync, `full_state`, or for a room joined within the
 //!   window, the full state before the timeline; for a limited timeline, the state
 //!   changes between `since` and the timeline's start; otherwise nothing (the state
 //!   events are in the timeline). Lazy loading keeps only the members the timeline
-//!   needs (and the user's own).
+//!   needs (and the user's own), and adds the member events of the timeline's
+//!   senders that the device has not been sent yet ([`super::lazy_members`]).
+//! - `invite_state`: stripped state, the inviter's member event, and the invite.
 //!
 //! Besides rooms: global and room account data, receipts and typing (`ephemeral`),
 //! to-device messages, `device_lists`, one-time key counts and unused fallback key
@@ -51,6 +57,9 @@ pub struct Params {
     pub full_state: bool,
     pub timeline_limit: usize,
     pub lazy_members: bool,
+    /// Lazy loading sends the senders' member events even to a device that
+    /// has them (`include_redundant_members`).
+    pub redundant_members: bool,
     pub types: TypeFilter,
     pub rooms: Option<Vec<String>>,
     pub not_rooms: Vec<String>,
@@ -72,6 +81,14 @@ impl Params {
     ) -> Self {
         let room = &definition.room;
         let lazy = |o: &LazyLoadOptions| matches!(o, LazyLoadOptions::Enabled { .. });
+        let redundant = |o: &LazyLoadOptions| {
+            matches!(
+                o,
+                LazyLoadOptions::Enabled {
+                    include_redundant_members: true
+                }
+            )
+        };
         let listed = |list: &[String]| list.iter().any(|t| t == "*" || t == "m.presence");
         let presence = &definition.presence;
         Self {
@@ -81,6 +98,8 @@ impl Params {
             timeline_limit: room.timeline.limit.map_or(10, |l| u64::from(l) as usize),
             lazy_members: lazy(&room.state.lazy_load_options)
                 || lazy(&room.timeline.lazy_load_options),
+            redundant_members: redundant(&room.state.lazy_load_options)
+                || redundant(&room.timeline.lazy_load_options),
             types: TypeFilter {
                 types: room.timeline.types.clone(),
                 not_types: room.timeline.not_types.clone(),
@@ -163,8 +182,17 @@ pub async fn sync(app: &AppState, session: &Session, params: &Params) -> Result<
         typing_wake.borrow_and_update();
         let now = app.notifier.current();
         let typing_now = app.typing.current();
-        let (response, empty) = build(app, session, params, now, typing_now).await?;
+        let (response, empty, members_sent) = build(app, session, params, now, typing_now).await?;
         if params.since.is_none() || params.full_state || !empty || Instant::now() >= deadline {
+            if params.lazy_members {
+                app.lazy_members.record(
+                    session.user_id.as_str(),
+                    session.device_id.as_str(),
+                    now,
+                    params.since.is_none(),
+                    members_sent,
+                );
+            }
             return Ok(response);
         }
         // Nothing new for this user yet: wait for the next published position.
@@ -182,14 +210,18 @@ pub async fn sync(app: &AppState, session: &Session, params: &Params) -> Result<
     }
 }
 
-/// The response, and whether it carries nothing new.
+/// Member events a response carried, as (room, member, event ID): what lazy
+/// loading need not send the device again.
+type MembersSent = Vec<(String, String, String)>;
+
+/// The response, whether it carries nothing new, and the member events it sent.
 async fn build(
     app: &AppState,
     session: &Session,
     params: &Params,
     now: i64,
     typing_now: u64,
-) -> Result<(Value, bool)> {
+) -> Result<(Value, bool, MembersSent)> {
     let user: &UserId = &session.user_id;
     let token = params.since.unwrap_or_default();
     let since = token.stream;
@@ -333,17 +365,20 @@ async fn build(
         }
     }
 
-    let sections: Vec<Result<(ruma::OwnedRoomId, Value)>> = futures_util::stream::iter(joined)
-        .map(|(room_id, joined_in_window)| async move {
-            let section =
-                joined_room(app, session, &room_id, params, since, now, joined_in_window).await?;
-            Ok((room_id, section))
-        })
-        .buffered(ROOMS_AT_ONCE)
-        .collect()
-        .await;
+    let sections: Vec<Result<(ruma::OwnedRoomId, Value, MembersSent)>> =
+        futures_util::stream::iter(joined)
+            .map(|(room_id, changed)| async move {
+                let (section, sent) =
+                    joined_room(app, session, &room_id, params, since, now, changed).await?;
+                Ok((room_id, section, sent))
+            })
+            .buffered(ROOMS_AT_ONCE)
+            .collect()
+            .await;
+    let mut members_sent = Vec::new();
     for built in sections {
-        let (room_id, mut section) = built?;
+        let (room_id, mut section, sent) = built?;
+        members_sent.extend(sent);
         let key = room_id.as_str();
         if let Some(events) = room_account_data.remove(key) {
             section["account_data"]["events"] = events.into();
@@ -421,6 +456,7 @@ async fn build(
             "device_unused_fallback_key_types": fallback,
         }),
         empty,
+        members_sent,
     ))
 }
 
@@ -435,22 +471,45 @@ async fn joined_room(
     params: &Params,
     since: i64,
     upto: i64,
-    joined_in_window: bool,
-) -> Result<Value> {
+    membership_changed: bool,
+) -> Result<(Value, MembersSent)> {
     let user: &UserId = &session.user_id;
     let mut viewer = Viewer::for_session(app, session, room_id).await?;
-    let (timeline, limited) = timeline(app, &mut viewer, room_id, params, since, upto).await?;
     let initial = params.since.is_none();
+    // Joined since the last sync (not a profile change of a member): the room is
+    // new to the client.
+    let newly_joined =
+        !initial && membership_changed && !joined_at(app, room_id, user, since).await?;
+    // A room new to the client gets its recent history, as far as the user may
+    // see it, not only the window; and `limited`, so the client offers to page
+    // back (as Synapse does for newly joined rooms).
+    let after = if initial || newly_joined {
+        i64::MIN
+    } else {
+        since
+    };
+    let recent = recent_events(
+        app,
+        &mut viewer,
+        room_id,
+        after,
+        upto,
+        params.timeline_limit.clamp(1, 100),
+        |ev, visible| visible && params.types.matches(&ev.event_type),
+    )
+    .await?;
+    let limited = recent.more || newly_joined;
+    let timeline = recent.events;
     let timeline_start = timeline.first().map_or(upto + 1, |e| e.stream_ordering);
 
     // State before the timeline, as the spec defines `state`.
-    let full = initial || params.full_state || joined_in_window;
+    let full = initial || params.full_state || newly_joined;
     let before = match rows::state_group_at(&app.db, room_id.as_str(), timeline_start - 1).await? {
         Some(g) => state::full_state(&app.db, g).await?,
         None => Vec::new(),
     };
     let mut state_ids: Vec<((String, String), String)> = if full {
-        before
+        before.clone()
     } else if limited {
         let old: HashMap<(String, String), String> =
             match rows::state_group_at(&app.db, room_id.as_str(), since).await? {
@@ -458,8 +517,9 @@ async fn joined_room(
                 None => HashMap::new(),
             };
         before
-            .into_iter()
+            .iter()
             .filter(|(k, v)| old.get(k) != Some(v))
+            .cloned()
             .collect()
     } else {
         Vec::new()
@@ -467,13 +527,50 @@ async fn joined_room(
     // Events already in the timeline are not repeated in `state`.
     let in_timeline: HashSet<&str> = timeline.iter().map(|e| e.event_id.as_str()).collect();
     state_ids.retain(|(_, id)| !in_timeline.contains(id.as_str()));
+    let mut members_sent = MembersSent::new();
     if params.lazy_members {
-        let needed: HashSet<String> = timeline
+        // Only the members the timeline needs: its senders', and the user's own.
+        let senders: HashSet<&str> = timeline.iter().map(|e| e.sender.as_str()).collect();
+        state_ids.retain(|((t, k), _)| {
+            t != "m.room.member" || senders.contains(k.as_str()) || k == user.as_str()
+        });
+        if !full {
+            // The senders' member events, unless the client has them already: a
+            // sender's membership may be older than `since` and was never sent
+            // (lazy loading sent only the senders of earlier timelines).
+            let held: HashSet<&str> = state_ids.iter().map(|(_, id)| id.as_str()).collect();
+            let mut extra = Vec::new();
+            for ((t, k), id) in &before {
+                if t == "m.room.member"
+                    && senders.contains(k.as_str())
+                    && !held.contains(id.as_str())
+                    && !in_timeline.contains(id.as_str())
+                    && (params.redundant_members
+                        || !app.lazy_members.client_has(
+                            user.as_str(),
+                            session.device_id.as_str(),
+                            room_id.as_str(),
+                            k,
+                            id,
+                            since,
+                        ))
+                {
+                    extra.push(((t.clone(), k.clone()), id.clone()));
+                }
+            }
+            state_ids.extend(extra);
+        }
+        let members = state_ids
             .iter()
-            .map(|e| e.sender.clone())
-            .chain(std::iter::once(user.to_string()))
-            .collect();
-        state_ids.retain(|((t, k), _)| t != "m.room.member" || needed.contains(k));
+            .filter(|((t, _), _)| t == "m.room.member")
+            .map(|((_, k), id)| (k.clone(), id.clone()))
+            .chain(
+                timeline
+                    .iter()
+                    .filter(|e| e.event_type == "m.room.member")
+                    .filter_map(|e| Some((e.state_key.clone()?, e.event_id.clone()))),
+            );
+        members_sent.extend(members.map(|(k, id)| (room_id.to_string(), k, id)));
     }
     let ids: Vec<String> = state_ids.into_iter().map(|(_, id)| id).collect();
     let state_events = events::get_many(&app.db, &ids).await?;
@@ -495,32 +592,80 @@ async fn joined_room(
     if let Some(prev) = prev_batch {
         section["timeline"]["prev_batch"] = prev.into();
     }
-    Ok(section)
+    Ok((section, members_sent))
 }
 
-/// The newest `limit` visible events of the window, oldest first, and whether
-/// the window held more.
-async fn timeline(
+/// Whether the user was joined to the room at stream position `at`.
+async fn joined_at(app: &AppState, room_id: &RoomId, user: &UserId, at: i64) -> Result<bool> {
+    let Some(group) = rows::state_group_at(&app.db, room_id.as_str(), at).await? else {
+        return Ok(false);
+    };
+    let key = ("m.room.member".to_owned(), user.to_string());
+    let Some((_, event_id)) = state::state_for_keys(&app.db, group, &[key])
+        .await?
+        .into_iter()
+        .next()
+    else {
+        return Ok(false);
+    };
+    Ok(events::get(&app.db, &event_id).await?.is_some_and(|ev| {
+        serde_json::from_str::<Value>(&ev.json)
+            .is_ok_and(|pdu| pdu["content"]["membership"] == "join")
+    }))
+}
+
+/// Pages a timeline may read (of twice its limit, at least 10 events, as
+/// Synapse does) looking for events the user may see: bounded, so history the
+/// user may not see costs a few queries, not a scan of the room.
+const TIMELINE_PAGES: usize = 5;
+
+/// The newest events of a room's window, as a timeline.
+pub(super) struct Recent {
+    /// Oldest first.
+    pub events: Vec<StoredEvent>,
+    /// Whether the window holds older events than these that were left out
+    /// (beyond the limit, or not read): the timeline is `limited`.
+    pub more: bool,
+}
+
+/// The newest `limit` events of `(after, upto]` that `keep` lets through, told
+/// whether the user may see each. Reads backwards page by page until the limit
+/// is filled, so hidden events do not crowd out visible ones.
+pub(super) async fn recent_events(
     app: &AppState,
     viewer: &mut Viewer<'_>,
     room_id: &RoomId,
-    params: &Params,
-    since: i64,
+    after: i64,
     upto: i64,
-) -> Result<(Vec<StoredEvent>, bool)> {
-    let limit = params.timeline_limit.clamp(1, 100);
-    let fetched =
-        rows::room_events(&app.db, room_id.as_str(), since, upto, (limit + 1) as i64).await?;
-    let limited = fetched.len() > limit;
-    viewer.prefetch_events(&fetched).await?;
+    limit: usize,
+    keep: impl Fn(&StoredEvent, bool) -> bool,
+) -> Result<Recent> {
+    let page = (limit * 2).max(10);
     let mut out = Vec::with_capacity(limit);
-    for ev in fetched.into_iter().take(limit) {
-        if params.types.matches(&ev.event_type) && viewer.may_see(&ev).await? {
-            out.push(ev);
+    let mut cursor = upto;
+    let mut more = true;
+    'pages: for _ in 0..TIMELINE_PAGES {
+        let fetched =
+            rows::room_events(&app.db, room_id.as_str(), after, cursor, page as i64).await?;
+        let last_page = fetched.len() < page;
+        viewer.prefetch_events(&fetched).await?;
+        for ev in fetched {
+            if out.len() == limit {
+                break 'pages;
+            }
+            cursor = ev.stream_ordering - 1;
+            let visible = viewer.may_see(&ev).await?;
+            if keep(&ev, visible) {
+                out.push(ev);
+            }
+        }
+        if last_page {
+            more = false;
+            break;
         }
     }
     out.reverse();
-    Ok((out, limited))
+    Ok(Recent { events: out, more })
 }
 
 /// A room the user left (or was kicked or banned from) in the window: the
@@ -567,25 +712,19 @@ async fn left_room(
     }
     let user: &UserId = &session.user_id;
     let mut viewer = Viewer::for_session(app, session, room_id).await?;
-    let limit = params.timeline_limit.clamp(1, 100);
-    let fetched = rows::room_events(
-        &app.db,
-        room_id.as_str(),
+    // The user may no longer be joined, but saw these while they were; and
+    // their own membership changes.
+    let recent = recent_events(
+        app,
+        &mut viewer,
+        room_id,
         since,
         left_at,
-        (limit + 1) as i64,
+        params.timeline_limit.clamp(1, 100),
+        |ev, visible| visible || ev.state_key.as_deref() == Some(user.as_str()),
     )
     .await?;
-    let limited = fetched.len() > limit;
-    viewer.prefetch_events(&fetched).await?;
-    let mut events_in = Vec::new();
-    for ev in fetched.into_iter().take(limit) {
-        // The user may no longer be joined, but saw these while they were.
-        if viewer.may_see(&ev).await? || ev.state_key.as_deref() == Some(user.as_str()) {
-            events_in.push(ev);
-        }
-    }
-    events_in.reverse();
+    let (events_in, limited) = (recent.events, recent.more);
     let mut section = json!({
         "timeline": { "events": viewer.client_events(&events_in).await?, "limited": limited },
         "state": { "events": [] },
@@ -597,25 +736,27 @@ async fn left_room(
     Ok(section)
 }
 
-/// Stripped state for an invite (spec: "Stripped state"): enough to show the room.
+/// Stripped state for an invite or a knock (spec: "Stripped state"): enough to
+/// show the room, then the membership event itself. An invite also carries the
+/// inviter's member event (as Synapse's does), so clients can show who invited
+/// the user by name and matrix-rust-sdk knows the inviter.
 pub(super) async fn stripped_state(
     app: &AppState,
     room_id: &RoomId,
-    invite_event: &str,
+    membership_event: &str,
 ) -> Result<Vec<Value>> {
+    let own = events::get(&app.db, membership_event).await?;
+    let own_pdu: Option<Value> = own
+        .as_ref()
+        .and_then(|ev| serde_json::from_str(&ev.json).ok());
     let Some(room) = crate::storage::rooms::get(&app.db, room_id.as_str()).await? else {
         // A remote server's invite to a room we are not in: the state it sent.
         let mut out: Vec<Value> =
-            crate::storage::federation::remote_stripped_state(&app.db, invite_event)
+            crate::storage::federation::remote_stripped_state(&app.db, membership_event)
                 .await?
                 .and_then(|s| s.as_array().cloned())
                 .unwrap_or_default();
-        out.extend(
-            events::get_many(&app.db, &[invite_event.to_owned()])
-                .await?
-                .iter()
-                .filter_map(|ev| serde_json::from_str(&ev.json).ok()),
-        );
+        out.extend(own_pdu);
         return Ok(out.iter().map(stripped).collect());
     };
     let keys: Vec<(String, String)> = crate::service::federation::invite::INVITE_STATE_TYPES
@@ -630,12 +771,31 @@ pub(super) async fn stripped_state(
             .collect(),
         None => Vec::new(),
     };
-    ids.push(invite_event.to_owned());
-    Ok(events::get_many(&app.db, &ids)
+    // The inviter's member event as of the invite (now, for an invite held as
+    // an outlier).
+    if let (Some(own), Some(pdu)) = (&own, &own_pdu)
+        && pdu["content"]["membership"] == "invite"
+        && let (Some(inviter), Some(group)) = (
+            pdu["sender"].as_str(),
+            own.state_group.or(room.current_state_group),
+        )
+    {
+        let key = ("m.room.member".to_owned(), inviter.to_owned());
+        ids.extend(
+            state::state_for_keys(&app.db, group, &[key])
+                .await?
+                .into_iter()
+                .map(|(_, id)| id)
+                .filter(|id| id != membership_event),
+        );
+    }
+    let mut out: Vec<Value> = events::get_many(&app.db, &ids)
         .await?
         .iter()
         .map(|ev| stripped(&serde_json::from_str(&ev.json).unwrap_or_default()))
-        .collect())
+        .collect();
+    out.extend(own_pdu.as_ref().map(stripped));
+    Ok(out)
 }
 
 /// A stripped state event (spec "Stripped state") from a full PDU.

@@ -92,6 +92,15 @@ async fn matrix_js_sdk_syncs_joins_and_receives_a_message() {
     assert_eq!(run_js(&server, "js_sync.mjs", &[]).await, "ok");
 }
 
+/// matrix-js-sdk with its Rust crypto and lazy-loaded members, as Element runs it:
+/// an encrypted room with messages both ways, a reply, an edit, a reaction, an
+/// encrypted image, and a late joiner paging back (tests/sdk/js_crypto.mjs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn matrix_js_sdk_rust_crypto_in_an_encrypted_room() {
+    let server = TestServer::start().await;
+    assert_eq!(run_js(&server, "js_crypto.mjs", &[]).await, "ok");
+}
+
 /// matrix-js-sdk uploads an avatar and an image; another user downloads both and
 /// a thumbnail through the authenticated media endpoints.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -264,4 +273,22 @@ async fn matrix_rust_sdk_registers_and_matches_its_remote_echo() {
             .any(|d| d.display_name.as_deref() == Some("rust-sdk registration")),
         "{devices:?}"
     );
+}
+
+/// matrix-rust-sdk names the inviter of an invite (`Room::invite_details`): the
+/// invite's stripped state carries the inviter's member event, display name
+/// included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn matrix_rust_sdk_invite_details_with_the_inviter() {
+    let server = TestServer::start().await;
+    rust_sdk_chat(&server, "invite").await;
+}
+
+/// matrix-rust-sdk: a joiner's first sync carries the history they may see
+/// (`shared`), paginating back from its `prev_batch` reaches the first message,
+/// and `joined` history stays hidden however far the client pages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn matrix_rust_sdk_joiner_sees_history_per_history_visibility() {
+    let server = TestServer::start().await;
+    rust_sdk_chat(&server, "history").await;
 }

@@ -1,6 +1,6 @@
 //! Drives two matrix-rust-sdk clients against a Lattice server.
 //!
-//! `lattice-sdk-client <homeserver> <plain|encrypted|sliding|echo> <alice> <alice-pw> <bob> <bob-pw> [<bob's homeserver>]`
+//! `lattice-sdk-client <homeserver> <plain|encrypted|sliding|echo|invite|history> <alice> <alice-pw> <bob> <bob-pw> [<bob's homeserver>]`
 //!
 //! With a second homeserver (plain and encrypted modes), Bob logs in there and
 //! everything between the two users crosses federation.
@@ -20,6 +20,16 @@
 //! send queue's transaction ID in `unsigned`, which is how the timeline replaces
 //! the local echo. Her other device and Bob get the event without it.
 //!
+//! invite: Alice, with a display name, invites Bob; Bob's client must name her
+//! as the inviter (`Room::invite_details`), which needs her member event in the
+//! invite's stripped state.
+//!
+//! history: Alice writes in two rooms before inviting Bob, one with `shared`
+//! history, one with `joined`. After joining, Bob's first sync must already
+//! carry the latest earlier message of the `shared` room, and paginating back
+//! (the event cache, from the sync's `prev_batch`) must reach the earliest; in
+//! the `joined` room, nothing from before his join, however far he pages.
+//!
 //! Prints `ok <room id>` on success; anything else fails with a message on
 //! stderr and a non-zero exit.
 
@@ -34,16 +44,19 @@ use matrix_sdk::{
     config::SyncSettings,
     room::Room,
     ruma::{
-        OwnedEventId, OwnedRoomId, OwnedTransactionId, OwnedUserId,
+        OwnedEventId, OwnedRoomId, OwnedTransactionId, OwnedUserId, UserId,
         api::client::{
             account::register::v3::Request as RegistrationRequest,
             room::create_room::v3::{Request as CreateRoom, RoomPreset},
             uiaa::{AuthData, AuthType, Dummy},
         },
         events::{
-            InitialStateEvent, StateEventType,
+            AnySyncMessageLikeEvent, AnySyncStateEvent, AnySyncTimelineEvent, InitialStateEvent,
+            StateEventType, SyncMessageLikeEvent, SyncStateEvent,
             room::{
                 encryption::RoomEncryptionEventContent,
+                history_visibility::{HistoryVisibility, RoomHistoryVisibilityEventContent},
+                member::MembershipState,
                 message::{MessageType, OriginalSyncRoomMessageEvent, RoomMessageEventContent},
             },
         },
@@ -200,7 +213,7 @@ async fn run() -> Result<String> {
         [_, hs, mode, au, ap, bu, bp] => (hs, mode, au, ap, bu, bp, hs),
         [_, hs, mode, au, ap, bu, bp, bob_hs] => (hs, mode, au, ap, bu, bp, bob_hs),
         _ => bail!(
-            "usage: lattice-sdk-client <homeserver> <plain|encrypted|sliding|echo> <alice> <pw> <bob> <pw> [bob's homeserver]"
+            "usage: lattice-sdk-client <homeserver> <plain|encrypted|sliding|echo|invite|history> <alice> <pw> <bob> <pw> [bob's homeserver]"
         ),
     };
     let encrypted = match mode.as_str() {
@@ -208,6 +221,8 @@ async fn run() -> Result<String> {
         "encrypted" => true,
         "sliding" => return sliding(homeserver, alice_user, alice_pw, bob_user, bob_pw).await,
         "echo" => return echo(homeserver, alice_user, alice_pw, bob_user, bob_pw).await,
+        "invite" => return invite(homeserver, alice_user, alice_pw, bob_user, bob_pw).await,
+        "history" => return history(homeserver, alice_user, alice_pw, bob_user, bob_pw).await,
         other => bail!("unknown mode {other}"),
     };
     let (alice, alice_seen) = login(homeserver, alice_user, alice_pw, "ALICEDEV").await?;
@@ -446,6 +461,209 @@ async fn echo(
         ensure!(got.is_none(), "{who} got the transaction ID {got:?}");
     }
     Ok(room_id.to_string())
+}
+
+const ALICE_NAME: &str = "Alice Liddell";
+
+/// Alice creates a room (with `initial_state`) and invites Bob; Bob syncs until
+/// he sees the invite.
+async fn room_with_invite(
+    alice: &Client,
+    bob: &Client,
+    name: &str,
+    initial_state: Vec<
+        matrix_sdk::ruma::serde::Raw<matrix_sdk::ruma::events::AnyInitialStateEvent>,
+    >,
+    before_invite: &[&str],
+) -> Result<OwnedRoomId> {
+    let bob_id = bob.user_id().context("bob's user id")?.to_owned();
+    let mut request = CreateRoom::new();
+    request.name = Some(name.to_owned());
+    request.initial_state = initial_state;
+    let room = alice
+        .create_room(request)
+        .await
+        .context("creating a room")?;
+    for body in before_invite {
+        room.send(RoomMessageEventContent::text_plain(*body))
+            .await
+            .context("alice sending")?;
+    }
+    room.invite_user_by_id(&bob_id)
+        .await
+        .context("inviting bob")?;
+    let room_id = room.room_id().to_owned();
+    sync_until(bob, "the invite", || {
+        bob.get_room(&room_id)
+            .is_some_and(|r| r.state() == RoomState::Invited)
+    })
+    .await?;
+    Ok(room_id)
+}
+
+async fn invite(
+    homeserver: &str,
+    alice_user: &str,
+    alice_pw: &str,
+    bob_user: &str,
+    bob_pw: &str,
+) -> Result<String> {
+    let (alice, _) = login(homeserver, alice_user, alice_pw, "ALICEINV").await?;
+    let (bob, _) = login(homeserver, bob_user, bob_pw, "BOBINV").await?;
+    let alice_id = alice.user_id().context("alice's user id")?.to_owned();
+    alice
+        .account()
+        .set_display_name(Some(ALICE_NAME))
+        .await
+        .context("setting alice's display name")?;
+    let room_id = room_with_invite(&alice, &bob, "rust-sdk invite", Vec::new(), &[]).await?;
+    let details = bob
+        .get_room(&room_id)
+        .context("bob's invited room")?
+        .invite_details()
+        .await
+        .context("the invite's details")?;
+    ensure!(
+        details.inviter_id == alice_id,
+        "the invite names {} as the inviter",
+        details.inviter_id
+    );
+    let inviter = details
+        .inviter
+        .context("the invite has no member event of the inviter")?;
+    ensure!(
+        inviter.user_id() == alice_id && inviter.display_name() == Some(ALICE_NAME),
+        "the inviter is {} named {:?}",
+        inviter.user_id(),
+        inviter.display_name()
+    );
+    Ok(room_id.to_string())
+}
+
+/// The bodies of the text messages in a room's event cache, oldest first.
+async fn cached_bodies(room: &Room) -> Result<Vec<String>> {
+    let (cache, _handles) = room.event_cache().await.context("the room's event cache")?;
+    let mut bodies = Vec::new();
+    for ev in cache.events().await.context("cached events")? {
+        if let Ok(AnySyncTimelineEvent::MessageLike(AnySyncMessageLikeEvent::RoomMessage(
+            SyncMessageLikeEvent::Original(m),
+        ))) = ev.raw().deserialize()
+        {
+            bodies.push(m.content.body().to_owned());
+        }
+    }
+    Ok(bodies)
+}
+
+/// Whether `me`'s join to the room is in its event cache (it came by sync).
+async fn has_own_join(room: &Room, me: &UserId) -> Result<bool> {
+    let (cache, _handles) = room.event_cache().await.context("the room's event cache")?;
+    Ok(cache
+        .events()
+        .await
+        .context("cached events")?
+        .iter()
+        .any(|ev| {
+            matches!(
+                ev.raw().deserialize(),
+                Ok(AnySyncTimelineEvent::State(AnySyncStateEvent::RoomMember(
+                    SyncStateEvent::Original(m)
+                ))) if m.state_key == me && m.content.membership == MembershipState::Join
+            )
+        }))
+}
+
+/// Pages a room's event cache back to the start of what Bob may see.
+async fn paginate_to_start(room: &Room) -> Result<()> {
+    let (cache, _handles) = room.event_cache().await.context("the room's event cache")?;
+    for _ in 0..ROUNDS {
+        let outcome = cache
+            .pagination()
+            .run_backwards_until(50)
+            .await
+            .context("paginating back")?;
+        if outcome.reached_start {
+            return Ok(());
+        }
+    }
+    bail!("never reached the start of {}", room.room_id())
+}
+
+async fn history(
+    homeserver: &str,
+    alice_user: &str,
+    alice_pw: &str,
+    bob_user: &str,
+    bob_pw: &str,
+) -> Result<String> {
+    let (alice, _) = login(homeserver, alice_user, alice_pw, "ALICEHIST").await?;
+    let (bob, _) = login(homeserver, bob_user, bob_pw, "BOBHIST").await?;
+    bob.event_cache()
+        .subscribe()
+        .context("subscribing the event cache")?;
+    let visibility = |v: HistoryVisibility| {
+        vec![
+            InitialStateEvent::with_empty_state_key(RoomHistoryVisibilityEventContent::new(v))
+                .to_raw_any(),
+        ]
+    };
+    let early = ["early one", "early two", "early three"];
+    let shared = room_with_invite(
+        &alice,
+        &bob,
+        "shared history",
+        visibility(HistoryVisibility::Shared),
+        &early,
+    )
+    .await?;
+    let secret = "before bob joined";
+    let joined = room_with_invite(
+        &alice,
+        &bob,
+        "joined history",
+        visibility(HistoryVisibility::Joined),
+        &[secret],
+    )
+    .await?;
+    let bob_id = bob.user_id().context("bob's user id")?.to_owned();
+    for room_id in [&shared, &joined] {
+        bob.join_room_by_id(room_id).await.context("bob joining")?;
+    }
+    // The client marks a room joined as soon as the join request returns: sync
+    // until the join itself arrives.
+    let shared_room = bob.get_room(&shared).context("the shared room")?;
+    for _ in 0..ROUNDS {
+        if has_own_join(&shared_room, &bob_id).await? {
+            break;
+        }
+        bob.sync_once(settings()).await.context("bob syncing")?;
+    }
+    ensure!(
+        has_own_join(&shared_room, &bob_id).await?,
+        "bob's join never arrived through sync"
+    );
+
+    // The sync that brought the join carries the recent history Bob may see.
+    let synced = cached_bodies(&shared_room).await?;
+    ensure!(
+        synced.iter().any(|b| b == "early three"),
+        "the first sync after joining carried no earlier message: {synced:?}"
+    );
+    paginate_to_start(&shared_room).await?;
+    let all = cached_bodies(&shared_room).await?;
+    ensure!(
+        all == early,
+        "paginating the shared room gave {all:?}, not {early:?}"
+    );
+
+    let joined_room = bob.get_room(&joined).context("the joined room")?;
+    paginate_to_start(&joined_room).await?;
+    let all = cached_bodies(&joined_room).await?;
+    ensure!(
+        !all.iter().any(|b| b == secret),
+        "history from before the join leaked: {all:?}"
+    );
+    Ok(shared.to_string())
 }
 
 #[tokio::main]
