@@ -21,6 +21,7 @@ mod joinsync;
 mod limits;
 mod media;
 mod outbound;
+mod peeking;
 mod push;
 mod redaction;
 mod remote_media;
