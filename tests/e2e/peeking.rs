@@ -78,12 +78,19 @@ async fn world_readable_rooms_can_be_previewed_by_non_members() {
         .create_room(&alice, json!({"preset": "public_chat", "name": "Open"}))
         .await;
     // Sent while history is `shared`: never for non-members.
-    server.send_message(&alice, &room, msg("members only")).await;
+    server
+        .send_message(&alice, &room, msg("members only"))
+        .await;
     set_visibility(&server, &alice, &room, "world_readable").await;
-    let public = server.send_message(&alice, &room, msg("for everyone")).await;
+    let public = server
+        .send_message(&alice, &room, msg("for everyone"))
+        .await;
 
     let ok = vec![StatusCode::OK; 6];
-    assert_eq!(reads(&server.api, &bob.access_token, &room, &public).await, ok);
+    assert_eq!(
+        reads(&server.api, &bob.access_token, &room, &public).await,
+        ok
+    );
     assert_eq!(
         bodies(&server.api, &bob.access_token, &room).await,
         Ok(vec!["for everyone".to_owned()]),
