@@ -6,6 +6,7 @@ mod directory;
 mod discovery;
 mod keys;
 mod mutual_rooms;
+mod openid;
 mod presence;
 mod profile;
 mod push;
@@ -43,4 +44,5 @@ pub fn router() -> Router<AppState> {
         .merge(thirdparty::router())
         .merge(mutual_rooms::router())
         .merge(voip::router())
+        .merge(openid::router())
 }
