@@ -4,6 +4,7 @@ mod account;
 mod devices;
 mod directory;
 mod discovery;
+mod fallback;
 mod keys;
 mod mutual_rooms;
 mod openid;
@@ -45,4 +46,5 @@ pub fn router() -> Router<AppState> {
         .merge(mutual_rooms::router())
         .merge(voip::router())
         .merge(openid::router())
+        .merge(fallback::router())
 }
