@@ -20,6 +20,7 @@ mod hostile;
 mod joinsync;
 mod limits;
 mod media;
+mod openid;
 mod outbound;
 mod peeking;
 mod push;
