@@ -20,6 +20,7 @@ mod hostile;
 mod limits;
 mod media;
 mod outbound;
+mod private_ca;
 mod push;
 mod redaction;
 mod rooms;
