@@ -228,7 +228,8 @@ impl<'a> Viewer<'a> {
         })
     }
 
-    async fn world_readable_now(&mut self) -> Result<bool> {
+    /// Whether the room's history is `world_readable` now.
+    pub async fn world_readable_now(&mut self) -> Result<bool> {
         match self.current_group {
             Some(g) => Ok(self.visibility_at(g).await?.0 == "world_readable"),
             None => Ok(false),
@@ -299,6 +300,22 @@ pub async fn client_events(
             one(rules, ev, because.as_ref(), now)
         })
         .collect())
+}
+
+/// The client form of an event of a room this server is not in (an invite
+/// from another server, its rejection), whose room version is unknown here:
+/// the fields as the PDU has them, nothing redacted.
+pub fn plain_client_event(ev: &StoredEvent) -> Value {
+    let pdu: Value = serde_json::from_str(&ev.json).unwrap_or_default();
+    json!({
+        "type": pdu["type"],
+        "state_key": pdu["state_key"],
+        "content": pdu["content"],
+        "sender": pdu["sender"],
+        "origin_server_ts": pdu["origin_server_ts"],
+        "event_id": ev.event_id,
+        "room_id": ev.room_id,
+    })
 }
 
 fn one(

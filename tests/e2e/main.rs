@@ -17,6 +17,7 @@ mod federation;
 mod harness;
 mod hidden_history;
 mod hostile;
+mod legacy_sync;
 mod limits;
 mod media;
 mod outbound;

@@ -5,6 +5,7 @@ mod devices;
 mod directory;
 mod discovery;
 mod keys;
+mod legacy_sync;
 mod mutual_rooms;
 mod presence;
 mod profile;
@@ -34,6 +35,7 @@ pub fn router() -> Router<AppState> {
         .merge(timeline::router())
         .merge(directory::router())
         .merge(sync::router())
+        .merge(legacy_sync::router())
         .merge(profile::router())
         .merge(push::router())
         .merge(keys::router())
