@@ -9,7 +9,8 @@
 //! serial) like `/sync` when nothing has:
 //! - room events of the rooms the user is joined to (or of `room_id` only),
 //!   each held to history visibility by [`Viewer`], plus the user's own
-//!   membership changes in other rooms (invites, leaves);
+//!   membership changes in other rooms (invites, leaves), in this API's
+//!   format ([`legacy_format`]);
 //! - `m.presence` of the user and users sharing a room with them (of the room's
 //!   members when `room_id` is given), with `content.user_id` as this API has it;
 //! - `m.typing` and `m.receipt`, each with its `room_id`;
@@ -30,7 +31,7 @@ use serde_json::{Value, json};
 
 use super::{
     presence,
-    read::{Viewer, client_events},
+    read::{Viewer, client_events, legacy_format, plain_client_event},
     receipts,
     session::Session,
     sync::SyncToken,
@@ -255,12 +256,17 @@ async fn room_events(
         let Some(viewer) = viewers.get_mut(ev.room_id.as_str()) else {
             // An invite to, or a rejection in, a room this server is not in.
             if own_membership {
-                out.push(super::read::plain_client_event(ev));
+                out.push(legacy_format(plain_client_event(ev)));
             }
             continue;
         };
         if own_membership || viewer.may_see(ev).await? {
-            out.extend(client_events(&app.db, &viewer.rules, std::slice::from_ref(ev)).await?);
+            out.extend(
+                client_events(&app.db, &viewer.rules, std::slice::from_ref(ev))
+                    .await?
+                    .into_iter()
+                    .map(legacy_format),
+            );
         }
     }
     Ok(out)

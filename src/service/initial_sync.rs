@@ -8,13 +8,14 @@
 //! for a user who left (or was banned), the state and messages up to their
 //! leave; for anyone else, when the room is world-readable, what a peeking
 //! user may see. Every message goes through [`Viewer`], as `/messages` does.
+//! Events are in this API's format ([`legacy_format`]).
 
 use ruma::{RoomId, UserId};
 use serde_json::{Value, json};
 
 use super::{
     presence,
-    read::{TopoToken, Viewer, client_events, plain_client_event},
+    read::{TopoToken, Viewer, client_events, legacy_format, plain_client_event},
     receipts,
     session::Session,
     sync::SyncToken,
@@ -67,9 +68,10 @@ pub async fn all_rooms(
                                 .await?
                                 .into_iter()
                                 .next()
+                                .map(legacy_format)
                                 .unwrap_or_default()
                         }
-                        None => plain_client_event(&invite),
+                        None => legacy_format(plain_client_event(&invite)),
                     };
                 }
             }
@@ -244,7 +246,7 @@ async fn fill(
     }
     visible.reverse();
     let mut messages = json!({
-        "chunk": client_events(&app.db, &viewer.rules, &visible).await?,
+        "chunk": legacy(client_events(&app.db, &viewer.rules, &visible).await?),
         "end": end.to_string(),
     });
     // `start` continues backwards with /messages from the oldest event read.
@@ -264,8 +266,12 @@ async fn fill(
         .collect();
     let stored = events::get_many(&app.db, &ids).await?;
     room["messages"] = messages;
-    room["state"] = client_events(&app.db, &viewer.rules, &stored).await?.into();
+    room["state"] = legacy(client_events(&app.db, &viewer.rules, &stored).await?).into();
     Ok(())
+}
+
+fn legacy(events: Vec<Value>) -> Vec<Value> {
+    events.into_iter().map(legacy_format).collect()
 }
 
 /// `public` when the room is in the public room directory.

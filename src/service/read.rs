@@ -318,6 +318,22 @@ pub fn plain_client_event(ev: &StoredEvent) -> Value {
     })
 }
 
+/// The pre-r0 client format that the legacy endpoints (`/events`, the
+/// `initialSync`s, `/events/{eventId}`) serve, as Synapse serves them: the
+/// client event, plus `user_id` (the sender) and `age`, `prev_content`,
+/// `redacted_because` and `replaces_state` copied up from `unsigned`.
+pub fn legacy_format(mut event: Value) -> Value {
+    if let Some(sender) = event.get("sender").cloned() {
+        event["user_id"] = sender;
+    }
+    for key in ["age", "prev_content", "redacted_because", "replaces_state"] {
+        if let Some(v) = event.get("unsigned").and_then(|u| u.get(key)).cloned() {
+            event[key] = v;
+        }
+    }
+    event
+}
+
 fn one(
     rules: &RoomVersionRules,
     ev: &StoredEvent,

@@ -91,6 +91,9 @@ async fn the_event_stream_carries_events_receipts_typing_and_account_data() {
     assert_eq!(messages[1]["event_id"], second.as_str());
     assert_eq!(messages[0]["room_id"], room.as_str());
     assert_eq!(messages[0]["content"]["body"], "one");
+    // This API's format: the sender also as `user_id`, `age` at the top.
+    assert_eq!(messages[0]["user_id"], alice.user_id.as_str());
+    assert!(messages[0]["age"].is_u64(), "{body}");
     let from = body["end"].as_str().unwrap().to_owned();
 
     // Nothing new: an empty chunk, and the same position.
@@ -518,6 +521,16 @@ async fn initial_sync_snapshots_every_room() {
         "{j}"
     );
     assert!(
+        j["state"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["type"] == "m.room.member"
+                && e["state_key"] == alice.user_id.as_str()
+                && e["user_id"] == alice.user_id.as_str()),
+        "{j}"
+    );
+    assert!(
         j["account_data"]
             .as_array()
             .unwrap()
@@ -743,6 +756,7 @@ async fn a_single_event_by_id() {
     assert_eq!(body["event_id"], id.as_str());
     assert_eq!(body["room_id"], room.as_str());
     assert_eq!(body["content"]["body"], "mine");
+    assert_eq!(body["user_id"], alice.user_id.as_str());
 
     let (status, body) = server
         .get(

@@ -138,7 +138,7 @@ async fn one_event(
         .await?
         .ok_or_else(not_found)?;
     let room_id = OwnedRoomId::try_from(stored.room_id).map_err(|_| not_found())?;
-    Ok(Json(
+    Ok(Json(read::legacy_format(
         read::event(&app, &user.user_id, &room_id, event_id.as_str()).await?,
-    ))
+    )))
 }
