@@ -245,7 +245,8 @@ impl<'a> Viewer<'a> {
         })
     }
 
-    async fn world_readable_now(&mut self) -> Result<bool> {
+    /// Whether the room's history is `world_readable` now.
+    pub async fn world_readable_now(&mut self) -> Result<bool> {
         match self.current_group {
             Some(g) => Ok(self.visibility_at(g).await?.0 == "world_readable"),
             None => Ok(false),
@@ -307,6 +308,38 @@ impl<'a> Viewer<'a> {
     pub async fn client_events(&mut self, stored: &[StoredEvent]) -> Result<Vec<Value>> {
         super::client_event::format(self, stored).await
     }
+}
+
+/// The client form of an event of a room this server is not in (an invite
+/// from another server, its rejection), whose room version is unknown here:
+/// the fields as the PDU has them, nothing redacted.
+pub fn plain_client_event(ev: &StoredEvent) -> Value {
+    let pdu: Value = serde_json::from_str(&ev.json).unwrap_or_default();
+    json!({
+        "type": pdu["type"],
+        "state_key": pdu["state_key"],
+        "content": pdu["content"],
+        "sender": pdu["sender"],
+        "origin_server_ts": pdu["origin_server_ts"],
+        "event_id": ev.event_id,
+        "room_id": ev.room_id,
+    })
+}
+
+/// The pre-r0 client format that the legacy endpoints (`/events`, the
+/// `initialSync`s, `/events/{eventId}`) serve, as Synapse serves them: the
+/// client event, plus `user_id` (the sender) and `age`, `prev_content`,
+/// `redacted_because` and `replaces_state` copied up from `unsigned`.
+pub fn legacy_format(mut event: Value) -> Value {
+    if let Some(sender) = event.get("sender").cloned() {
+        event["user_id"] = sender;
+    }
+    for key in ["age", "prev_content", "redacted_because", "replaces_state"] {
+        if let Some(v) = event.get("unsigned").and_then(|u| u.get(key)).cloned() {
+            event[key] = v;
+        }
+    }
+    event
 }
 
 /// `GET /rooms/{roomId}/state`.

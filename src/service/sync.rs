@@ -270,23 +270,10 @@ async fn build(
     }
     let mut ephemeral: HashMap<String, Vec<Value>> = HashMap::new();
     let receipt_window_start = if initial { 0 } else { since };
-    let mut receipts: HashMap<String, Map<String, Value>> = HashMap::new();
-    for r in user_streams::receipts_since(&app.db, &joined, receipt_window_start, now).await? {
-        if r.receipt_type == "m.read.private" && r.user_id != user.as_str() {
-            continue;
-        }
-        let mut receipt = json!({ "ts": r.ts });
-        if !r.thread_id.is_empty() {
-            receipt["thread_id"] = r.thread_id.clone().into();
-        }
-        let content = receipts.entry(r.room_id).or_default();
-        let by_event = content.entry(r.event_id).or_insert_with(|| json!({}));
-        let by_type = &mut by_event[r.receipt_type.as_str()];
-        if !by_type.is_object() {
-            *by_type = json!({});
-        }
-        by_type[r.user_id.as_str()] = receipt;
-    }
+    let receipts = super::receipts::contents(
+        user_streams::receipts_since(&app.db, &joined, receipt_window_start, now).await?,
+        user,
+    );
     for (room, content) in receipts {
         ephemeral
             .entry(room)
@@ -687,22 +674,7 @@ async fn left_room(
         let events: Vec<Value> = events::get_many(&app.db, &[leave_event.to_owned()])
             .await?
             .iter()
-            .filter_map(|ev| {
-                serde_json::from_str::<Value>(&ev.json)
-                    .ok()
-                    .map(|pdu| (ev, pdu))
-            })
-            .map(|(ev, pdu)| {
-                json!({
-                    "type": pdu["type"],
-                    "state_key": pdu["state_key"],
-                    "content": pdu["content"],
-                    "sender": pdu["sender"],
-                    "origin_server_ts": pdu["origin_server_ts"],
-                    "event_id": ev.event_id,
-                    "room_id": ev.room_id,
-                })
-            })
+            .map(super::read::plain_client_event)
             .collect();
         return Ok(json!({
             "timeline": { "events": events, "limited": false },

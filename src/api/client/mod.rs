@@ -6,6 +6,7 @@ mod directory;
 mod discovery;
 mod fallback;
 mod keys;
+mod legacy_sync;
 mod mutual_rooms;
 mod openid;
 mod presence;
@@ -36,6 +37,7 @@ pub fn router() -> Router<AppState> {
         .merge(timeline::router())
         .merge(directory::router())
         .merge(sync::router())
+        .merge(legacy_sync::router())
         .merge(profile::router())
         .merge(push::router())
         .merge(keys::router())
