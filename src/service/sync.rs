@@ -20,6 +20,12 @@
 //!   senders that the device has not been sent yet ([`super::lazy_members`]).
 //! - `invite_state`: stripped state, the inviter's member event, and the invite.
 //!
+//! The filter ([`crate::domain::filter::Filter`]) picks the rooms and what each
+//! section carries: the timeline is filtered before its limit is counted, and
+//! only among events the user may see; `event_fields` and `event_format` shape
+//! the room events. An incremental sync leaves out a room whose news were all
+//! filtered out.
+//!
 //! Besides rooms: global and room account data, receipts and typing (`ephemeral`),
 //! to-device messages, `device_lists`, one-time key counts and unused fallback key
 //! types, presence, and notification counts per room (and per thread).
