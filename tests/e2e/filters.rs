@@ -731,3 +731,61 @@ async fn invalid_filters_and_other_users_filter_ids() {
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     assert_eq!(body["errcode"], "M_INVALID_PARAM", "{body}");
 }
+
+#[tokio::test]
+async fn search_takes_the_same_filter() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice", "pw-alice-1").await;
+    let bob = server.register("bob", "pw-bob-1").await;
+    let room = server
+        .create_room(&alice, json!({ "preset": "public_chat" }))
+        .await;
+    server.join(&bob, &room).await;
+    text(&server, &alice, &room, "apple plain").await;
+    send(
+        &server,
+        &alice,
+        &room,
+        "m.room.message",
+        json!({ "msgtype": "m.image", "body": "apple picture", "url": "mxc://test.local/p" }),
+    )
+    .await;
+    text(&server, &bob, &room, "apple from bob").await;
+    let search = |filter: Value| {
+        let token = alice.access_token.clone();
+        let server = &server;
+        async move {
+            let (status, body) = server
+                .post(
+                    &format!("{V3}/search"),
+                    Some(&token),
+                    json!({ "search_categories": { "room_events": {
+                        "search_term": "apple", "order_by": "recent", "filter": filter } } }),
+                )
+                .await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+            let mut found: Vec<String> = body["search_categories"]["room_events"]["results"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter_map(|r| r["result"]["content"]["body"].as_str().map(str::to_owned))
+                .collect();
+            found.sort();
+            found
+        }
+    };
+    assert_eq!(search(json!({})).await.len(), 3);
+    assert_eq!(
+        search(json!({ "senders": [bob.user_id] })).await,
+        ["apple from bob"]
+    );
+    assert_eq!(
+        search(json!({ "contains_url": true })).await,
+        ["apple picture"]
+    );
+    assert_eq!(
+        search(json!({ "contains_url": false, "not_senders": [bob.user_id] })).await,
+        ["apple plain"]
+    );
+    assert!(search(json!({ "not_rooms": [room] })).await.is_empty());
+}
