@@ -17,6 +17,7 @@ pub mod media;
 pub mod membership;
 pub mod mutual_rooms;
 pub mod nonces;
+pub mod openid;
 pub mod presence;
 pub mod profile;
 pub mod push;

@@ -4,8 +4,10 @@ mod account;
 mod devices;
 mod directory;
 mod discovery;
+mod fallback;
 mod keys;
 mod mutual_rooms;
+mod openid;
 mod presence;
 mod profile;
 mod push;
@@ -43,4 +45,6 @@ pub fn router() -> Router<AppState> {
         .merge(thirdparty::router())
         .merge(mutual_rooms::router())
         .merge(voip::router())
+        .merge(openid::router())
+        .merge(fallback::router())
 }
