@@ -26,6 +26,7 @@ use super::{
 };
 use crate::{
     app::AppState,
+    domain::filter::{Candidate, EventFilter},
     error::{Error, Result},
     storage::{Postgres, Transaction, events, events::StoredEvent, redactions, rooms, state},
 };
@@ -405,25 +406,22 @@ pub async fn event(
     out.into_iter().next().ok_or_else(not_found)
 }
 
-/// Event-type filtering for `/messages` (`types`, `not_types`; `*` is a wildcard).
-#[derive(Default)]
-pub struct TypeFilter {
-    pub types: Option<Vec<String>>,
-    pub not_types: Vec<String>,
-}
-
-impl TypeFilter {
-    pub fn matches(&self, event_type: &str) -> bool {
-        let hit = |pattern: &String| match pattern.split_once('*') {
-            Some((prefix, suffix)) => {
-                event_type.len() >= prefix.len() + suffix.len()
-                    && event_type.starts_with(prefix)
-                    && event_type.ends_with(suffix)
-            }
-            None => pattern == event_type,
-        };
-        !self.not_types.iter().any(hit) && self.types.as_ref().is_none_or(|t| t.iter().any(hit))
-    }
+/// Whether a room event passes a filter (its content parsed only when the
+/// filter needs it; a redacted event's content has no `url`).
+pub fn filter_allows(filter: &EventFilter, ev: &StoredEvent) -> bool {
+    let content = if filter.needs_content() && ev.redacted_by.is_none() {
+        serde_json::from_str::<Value>(&ev.json)
+            .ok()
+            .map(|mut pdu| pdu["content"].take())
+    } else {
+        None
+    };
+    filter.allows(Candidate {
+        event_type: &ev.event_type,
+        sender: Some(&ev.sender),
+        room_id: Some(&ev.room_id),
+        content: content.as_ref(),
+    })
 }
 
 pub struct Page {
@@ -451,7 +449,7 @@ pub async fn messages(
     backwards: bool,
     limit: usize,
     lazy_load_members: bool,
-    filter: &TypeFilter,
+    filter: &EventFilter,
 ) -> Result<Page> {
     let mut viewer = Viewer::for_session(app, reader, room_id).await?;
     if !viewer.may_read_history().await? {
@@ -528,7 +526,7 @@ pub async fn messages(
             } else {
                 TopoToken::after(&ev)
             });
-            if !filter.matches(&ev.event_type) || !viewer.may_see(&ev).await? {
+            if !filter_allows(filter, &ev) || !viewer.may_see(&ev).await? {
                 continue;
             }
             chunk_events.push(ev);

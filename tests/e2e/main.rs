@@ -14,6 +14,7 @@ mod e2ee;
 mod embedded;
 mod errors;
 mod federation;
+mod filters;
 mod harness;
 mod hidden_history;
 mod hostile;

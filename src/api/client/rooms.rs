@@ -21,7 +21,6 @@ use ruma::{
         Direction,
         client::{
             alias::{create_alias, delete_alias, get_alias},
-            filter::LazyLoadOptions,
             knock::knock_room,
             membership::{
                 ban_user, forget_room, get_member_events, invite_user, join_room_by_id,
@@ -44,12 +43,12 @@ use crate::{
         ruma::{RouterExt, Ruma},
     },
     app::AppState,
-    domain::pdu::NewEvent,
+    domain::{filter::EventFilter, pdu::NewEvent},
     error::{Error, ErrorKind, Result},
     service::{
         directory, event,
         membership::{self, Change},
-        read::{self, TypeFilter},
+        read,
         room::{self, CreateRoom, Preset},
         session::Session,
     },
@@ -536,19 +535,14 @@ async fn messages(
     GuestOk(user): GuestOk,
     Ruma(req): Ruma<get_message_events::v3::Request>,
 ) -> Result<Json<Value>> {
-    let filter = TypeFilter {
-        types: req.filter.types.clone(),
-        not_types: req.filter.not_types.clone(),
+    // One room's timeline: `rooms` / `not_rooms` do not apply here.
+    let filter = EventFilter {
+        rooms: None,
+        not_rooms: Vec::new(),
+        ..EventFilter::from_room_event_filter(&req.filter)
     };
-    let lazy = matches!(
-        req.filter.lazy_load_options,
-        LazyLoadOptions::Enabled { .. }
-    );
-    let limit = req
-        .filter
-        .limit
-        .map(u64::from)
-        .unwrap_or(u64::from(req.limit)) as usize;
+    let lazy = filter.lazy_load_members;
+    let limit = filter.limit.unwrap_or(u64::from(req.limit) as usize);
     let page = read::messages(
         &app,
         &user,
