@@ -154,8 +154,14 @@ async fn deactivate(
     State(app): State<AppState>,
     AdminUser(by): AdminUser,
     Path(user_id): Path<String>,
+    JsonOrEmpty(body): JsonOrEmpty,
 ) -> Result<AxumJson<Value>> {
-    admin::deactivate(&app, &by, &user_id).await?;
+    let erase = match &body["erase"] {
+        Value::Null => false,
+        Value::Bool(b) => *b,
+        _ => return Err(Error::invalid_param("erase must be a boolean")),
+    };
+    admin::deactivate(&app, &by, &user_id, erase).await?;
     Ok(AxumJson(json!({ "id_server_unbind_result": "success" })))
 }
 

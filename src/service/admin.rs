@@ -35,7 +35,7 @@ fn user_json(row: &users::AdminRow) -> Value {
         "user_type": null,
         "shadow_banned": false,
         "locked": false,
-        "erased": false,
+        "erased": row.erased,
     })
 }
 
@@ -142,7 +142,7 @@ pub async fn put_user(
         }
         match &body["deactivated"] {
             Value::Bool(true) if !existing.as_ref().is_some_and(|u| u.deactivated) => {
-                deactivate(app, by, user.as_str()).await?;
+                deactivate(app, by, user.as_str(), false).await?;
             }
             _ => {}
         }
@@ -158,14 +158,14 @@ pub async fn put_user(
     Ok((created, self::user(app, user.as_str()).await?))
 }
 
-/// `POST /_synapse/admin/v1/deactivate/{userId}`.
-pub async fn deactivate(app: &AppState, by: &Session, user_id: &str) -> Result<()> {
+/// `POST /_synapse/admin/v1/deactivate/{userId}` (body `{"erase": bool}`).
+pub async fn deactivate(app: &AppState, by: &Session, user_id: &str, erase: bool) -> Result<()> {
     let user = local_user(app, user_id)?;
     if users::get(&app.db, user.as_str()).await?.is_none() {
         return Err(Error::not_found("User not found"));
     }
-    account::deactivate_user(app, &user, None).await?;
-    tracing::info!(admin = %by.user_id, user = %user, "admin API: user deactivated");
+    account::deactivate_user(app, &user, erase, None).await?;
+    tracing::info!(admin = %by.user_id, user = %user, erase, "admin API: user deactivated");
     Ok(())
 }
 

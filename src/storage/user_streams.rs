@@ -34,6 +34,14 @@ pub async fn set_account_data(
     Ok(())
 }
 
+/// Removes all of a user's account data, global and per room (deactivation).
+pub async fn delete_all_account_data(db: impl PgExecutor<'_>, user_id: &str) -> sqlx::Result<()> {
+    sqlx::query!("delete from account_data where user_id = $1", user_id)
+        .execute(db)
+        .await?;
+    Ok(())
+}
+
 pub async fn get_account_data(
     db: impl PgExecutor<'_>,
     user_id: &str,

@@ -70,9 +70,10 @@ async fn deactivate(
     ClientIp(ip): ClientIp,
     Ruma(req): Ruma<deactivate::v3::Request>,
 ) -> Result<RumaResponse<deactivate::v3::Response>> {
-    account::deactivate(&state, &user, req.auth.as_ref(), ip.as_deref()).await?;
-    // No third-party IDs are ever bound, so there is nothing to unbind.
+    account::deactivate(&state, &user, req.erase, req.auth.as_ref(), ip.as_deref()).await?;
+    // No third-party IDs are ever bound, so there is nothing to unbind: the spec
+    // asks for `success` then.
     Ok(RumaResponse(deactivate::v3::Response::new(
-        ThirdPartyIdRemovalStatus::NoSupport,
+        ThirdPartyIdRemovalStatus::Success,
     )))
 }

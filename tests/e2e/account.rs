@@ -1,0 +1,335 @@
+//! Account lifecycle beyond registration and login: deactivation (with and
+//! without erasure), and what other users see afterwards.
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::harness::{Login, TestServer, enc, password_auth};
+
+const V3: &str = "/_matrix/client/v3";
+
+/// Deactivates `who` through UIA with their password (`erase` as given).
+async fn deactivate(server: &TestServer, who: &Login, password: &str, erase: bool) -> Value {
+    let t = Some(who.access_token.as_str());
+    let (status, body) = server
+        .post(&format!("{V3}/account/deactivate"), t, json!({}))
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    let session = body["session"].as_str().unwrap().to_owned();
+    let localpart = who.user_id[1..].split(':').next().unwrap().to_owned();
+    let (status, body) = server
+        .post(
+            &format!("{V3}/account/deactivate"),
+            t,
+            json!({ "erase": erase, "auth": password_auth(&localpart, password, &session) }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body
+}
+
+/// `who`'s membership in `room` as a member of it (`reader`) sees it.
+async fn membership_of(server: &TestServer, reader: &Login, room: &str, who: &str) -> Value {
+    let (status, body) = server
+        .get(
+            &format!("{V3}/rooms/{}/state/m.room.member/{}", enc(room), enc(who)),
+            Some(&reader.access_token),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body["membership"].clone()
+}
+
+/// The content of an event as `reader` gets it from `/event`.
+async fn event_content(server: &TestServer, reader: &Login, room: &str, event_id: &str) -> Value {
+    let (status, body) = server
+        .get(
+            &format!("{V3}/rooms/{}/event/{}", enc(room), enc(event_id)),
+            Some(&reader.access_token),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body["unsigned"].get("redacted_because").is_none(), "{body}");
+    body["content"].clone()
+}
+
+/// The content of `event_id` in `reader`'s `/messages` page of `room`.
+async fn paged_content(server: &TestServer, reader: &Login, room: &str, event_id: &str) -> Value {
+    let (status, body) = server
+        .get(
+            &format!("{V3}/rooms/{}/messages?dir=b&limit=50", enc(room)),
+            Some(&reader.access_token),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body["chunk"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["event_id"] == event_id)
+        .unwrap_or_else(|| panic!("{event_id} not in {body}"))["content"]
+        .clone()
+}
+
+#[tokio::test]
+async fn deactivation_leaves_rooms_rejects_invites_withdraws_knocks() {
+    let server =
+        TestServer::start_with(|c| c.federation.ip_range_allowlist = vec!["127.0.0.1/32".into()])
+            .await;
+    let alice = server.register("alice", "alice-pw").await;
+    let bob = server.register("bob", "bob-pw").await;
+    let carol = server.register("carol", "carol-pw").await;
+    let t = Some(alice.access_token.as_str());
+
+    // A published room alice is joined to (and speaks in), a room she is
+    // invited to, and a room she knocked on.
+    let joined = server
+        .create_room(
+            &bob,
+            json!({ "preset": "public_chat", "visibility": "public" }),
+        )
+        .await;
+    server.join(&alice, &joined).await;
+    let said = server
+        .send_message(
+            &alice,
+            &joined,
+            json!({ "msgtype": "m.text", "body": "kept" }),
+        )
+        .await;
+    let invited = server.create_room(&bob, json!({})).await;
+    let (status, body) = server
+        .post(
+            &format!("{V3}/rooms/{}/invite", enc(&invited)),
+            Some(&bob.access_token),
+            json!({ "user_id": alice.user_id }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let knocked = server
+        .create_room(
+            &bob,
+            json!({ "initial_state": [{ "type": "m.room.join_rules", "state_key": "",
+                    "content": { "join_rule": "knock" } }] }),
+        )
+        .await;
+    let (status, body) = server
+        .post(&format!("{V3}/knock/{}", enc(&knocked)), t, json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    // Data of hers that must go: a pusher and account data.
+    let (status, body) = server
+        .post(
+            &format!("{V3}/pushers/set"),
+            t,
+            json!({
+                "pushkey": "k", "kind": "http", "app_id": "org.example.app",
+                "app_display_name": "Example", "device_display_name": "Phone", "lang": "en",
+                "data": { "url": "http://127.0.0.1:9/_matrix/push/v1/notify" },
+            }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, _) = server
+        .put(
+            &format!(
+                "{V3}/user/{}/account_data/org.example.x",
+                enc(&alice.user_id)
+            ),
+            t,
+            json!({ "a": 1 }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    // Bob finds her in the user directory while they share a room.
+    let search = || async {
+        let (status, body) = server
+            .post(
+                &format!("{V3}/user_directory/search"),
+                Some(&bob.access_token),
+                json!({ "search_term": "alice" }),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        body["results"].as_array().unwrap().len()
+    };
+    assert_eq!(search().await, 1);
+
+    let body = deactivate(&server, &alice, "alice-pw", false).await;
+    // No 3PIDs are bound, so the spec asks for `success`.
+    assert_eq!(body["id_server_unbind_result"], "success");
+
+    // The old token is dead and the password no longer logs in.
+    let (status, body) = server.whoami(&alice.access_token).await;
+    assert_eq!(
+        (status, body["errcode"].as_str()),
+        (StatusCode::UNAUTHORIZED, Some("M_UNKNOWN_TOKEN"))
+    );
+    let (status, body) = server.login("alice", "alice-pw").await;
+    assert_eq!(
+        (status, body["errcode"].as_str()),
+        (StatusCode::FORBIDDEN, Some("M_USER_DEACTIVATED"))
+    );
+
+    // Out of every room: left, invite rejected, knock withdrawn.
+    for room in [&joined, &invited, &knocked] {
+        assert_eq!(
+            membership_of(&server, &bob, room, &alice.user_id).await,
+            "leave",
+            "{room}"
+        );
+    }
+    // Out of the user directory; the room stays published (as on Synapse).
+    assert_eq!(search().await, 0);
+    let (_, public) = server.get(&format!("{V3}/publicRooms"), None).await;
+    assert!(
+        public["chunk"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["room_id"] == joined.as_str()),
+        "{public}"
+    );
+    // Pushers and account data are gone.
+    let db = &server.state.db;
+    let left: i64 = sqlx::query_scalar(
+        "select (select count(*) from pushers where user_id = $1)
+              + (select count(*) from account_data where user_id = $1)",
+    )
+    .bind(&alice.user_id)
+    .fetch_one(db)
+    .await
+    .unwrap();
+    assert_eq!(left, 0);
+
+    // Without `erase`, what she said stays readable, even to a later joiner.
+    server.join(&carol, &joined).await;
+    assert_eq!(
+        event_content(&server, &carol, &joined, &said).await["body"],
+        "kept"
+    );
+}
+
+#[tokio::test]
+async fn erased_users_events_are_redacted_for_later_joiners_only() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice", "alice-pw").await;
+    let bob = server.register("bob", "bob-pw").await;
+    let carol = server.register("carol", "carol-pw").await;
+    // Shared history: a later joiner may read what came before.
+    let room = server
+        .create_room(&alice, json!({ "preset": "public_chat" }))
+        .await;
+    server.join(&bob, &room).await;
+    let secret = server
+        .send_message(
+            &alice,
+            &room,
+            json!({ "msgtype": "m.text", "body": "secret" }),
+        )
+        .await;
+    let (status, _) = server
+        .put(
+            &format!("{V3}/profile/{}/displayname", enc(&alice.user_id)),
+            Some(&alice.access_token),
+            json!({ "displayname": "Alice Real-Name" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+
+    deactivate(&server, &alice, "alice-pw", true).await;
+
+    // Bob was joined when she spoke: he still sees it whole.
+    assert_eq!(
+        event_content(&server, &bob, &room, &secret).await["body"],
+        "secret"
+    );
+    assert_eq!(
+        paged_content(&server, &bob, &room, &secret).await["body"],
+        "secret"
+    );
+
+    // Carol joins afterwards: the event is there, redacted, everywhere she reads.
+    server.join(&carol, &room).await;
+    assert_eq!(
+        event_content(&server, &carol, &room, &secret).await,
+        json!({})
+    );
+    assert_eq!(
+        paged_content(&server, &carol, &room, &secret).await,
+        json!({})
+    );
+    let (status, sync) = server
+        .get(&format!("{V3}/sync"), Some(&carol.access_token))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{sync}");
+    let timeline = sync["rooms"]["join"][&room]["timeline"]["events"]
+        .as_array()
+        .unwrap();
+    let seen = timeline
+        .iter()
+        .find(|e| e["event_id"] == secret.as_str())
+        .unwrap_or_else(|| panic!("the newly joined room's history: {sync}"));
+    assert_eq!(seen["content"], json!({}), "{seen}");
+    // Alice's member events (her display name) are redacted for Carol too.
+    let (_, members) = server
+        .get(
+            &format!("{V3}/rooms/{}/members", enc(&room)),
+            Some(&carol.access_token),
+        )
+        .await;
+    assert!(
+        !members.to_string().contains("Alice Real-Name"),
+        "{members}"
+    );
+
+    // The profile is cleared, and the admin API reports the erasure.
+    let root = server.register("root", "root-pw").await;
+    lattice::storage::users::set_admin(&server.state.db, &root.user_id, true)
+        .await
+        .unwrap();
+    let (status, user) = server
+        .get(
+            &format!("/_synapse/admin/v2/users/{}", enc(&alice.user_id)),
+            Some(&root.access_token),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{user}");
+    assert_eq!(
+        (&user["deactivated"], &user["erased"], &user["displayname"]),
+        (&json!(true), &json!(true), &Value::Null)
+    );
+
+    // An administrator can erase too; a non-boolean `erase` is refused.
+    let (status, body) = server
+        .post(
+            &format!("/_synapse/admin/v1/deactivate/{}", enc(&bob.user_id)),
+            Some(&root.access_token),
+            json!({ "erase": "yes" }),
+        )
+        .await;
+    assert_eq!(
+        (status, body["errcode"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("M_INVALID_PARAM"))
+    );
+    let (status, body) = server
+        .post(
+            &format!("/_synapse/admin/v1/deactivate/{}", enc(&bob.user_id)),
+            Some(&root.access_token),
+            json!({ "erase": true }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (_, user) = server
+        .get(
+            &format!("/_synapse/admin/v2/users/{}", enc(&bob.user_id)),
+            Some(&root.access_token),
+        )
+        .await;
+    assert_eq!(user["erased"], true, "{user}");
+    assert_eq!(
+        membership_of(&server, &carol, &room, &bob.user_id).await,
+        "leave"
+    );
+}
