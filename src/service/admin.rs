@@ -809,6 +809,113 @@ pub async fn delete_event_report(app: &AppState, by: &Session, report_id: i64) -
     Ok(())
 }
 
+/// `GET /_synapse/admin/v1/room_reports`: newest first, `from` an offset,
+/// optionally of one room (`room_id`) or by one reporter (`user_id`); each with
+/// the room's name, topic and canonical alias.
+pub async fn room_reports(
+    app: &AppState,
+    from: i64,
+    limit: i64,
+    room_id: Option<&str>,
+    reporter: Option<&str>,
+) -> Result<Value> {
+    let limit = limit.clamp(1, 1000);
+    let (rows, total) =
+        crate::storage::reports::room_reports(&app.db, from.max(0), limit, room_id, reporter)
+            .await?;
+    let mut out = Vec::with_capacity(rows.len());
+    for r in &rows {
+        out.push(room_report_json(app, r).await?);
+    }
+    let mut body = json!({ "room_reports": out, "total": total });
+    if from + limit < total {
+        body["next_batch"] = (from + limit).into();
+    }
+    Ok(body)
+}
+
+async fn room_report_json(app: &AppState, r: &crate::storage::reports::Report) -> Result<Value> {
+    let mut body = json!({
+        "id": r.report_id,
+        "received_ts": r.created_ts,
+        "room_id": r.subject,
+        "user_id": r.reporter,
+        "reason": r.reason,
+        "canonical_alias": null,
+        "name": null,
+        "topic": null,
+    });
+    if let Some(room) = rooms::get(&app.db, &r.subject).await?
+        && let Some(group) = room.current_state_group
+    {
+        let summary = super::directory::summary(app, &r.subject, group, 0).await?;
+        for key in ["canonical_alias", "name", "topic"] {
+            if let Some(v) = summary.get(key) {
+                body[key] = v.clone();
+            }
+        }
+    }
+    Ok(body)
+}
+
+/// `GET /_synapse/admin/v1/room_reports/{id}`.
+pub async fn room_report(app: &AppState, report_id: i64) -> Result<Value> {
+    let report = crate::storage::reports::room_report(&app.db, report_id)
+        .await?
+        .ok_or_else(|| Error::not_found("Room report not found"))?;
+    room_report_json(app, &report).await
+}
+
+fn user_report_json(r: &crate::storage::reports::Report) -> Value {
+    json!({
+        "id": r.report_id,
+        "received_ts": r.created_ts,
+        "target_user_id": r.subject,
+        "user_id": r.reporter,
+        "reason": r.reason,
+    })
+}
+
+/// `GET /_synapse/admin/v1/user_reports`: newest first, `from` an offset,
+/// optionally of one user (`target_user_id`) or by one reporter (`user_id`).
+pub async fn user_reports(
+    app: &AppState,
+    from: i64,
+    limit: i64,
+    target: Option<&str>,
+    reporter: Option<&str>,
+) -> Result<Value> {
+    let limit = limit.clamp(1, 1000);
+    let (rows, total) =
+        crate::storage::reports::user_reports(&app.db, from.max(0), limit, target, reporter)
+            .await?;
+    let mut body = json!({
+        "user_reports": rows.iter().map(user_report_json).collect::<Vec<_>>(),
+        "total": total,
+    });
+    if from + limit < total {
+        body["next_token"] = (from + limit).into();
+    }
+    Ok(body)
+}
+
+/// `GET /_synapse/admin/v1/user_reports/{id}`.
+pub async fn user_report(app: &AppState, report_id: i64) -> Result<Value> {
+    let report = crate::storage::reports::user_report(&app.db, report_id)
+        .await?
+        .ok_or_else(|| Error::not_found("User report not found"))?;
+    Ok(user_report_json(&report))
+}
+
+/// `DELETE /_synapse/admin/v1/user_reports/{id}`.
+pub async fn delete_user_report(app: &AppState, by: &Session, report_id: i64) -> Result<()> {
+    if !crate::storage::reports::delete_user_report(&app.db, report_id).await? {
+        return Err(Error::not_found("User report not found"));
+    }
+    tracing::info!(admin = %by.user_id, report_id, "admin API: user report deleted");
+    Ok(())
+}
+
 /// `GET /_synapse/admin/v1/users/{userId}/media`: a local user's uploads.
 pub async fn user_media(app: &AppState, user_id: &str, from: i64, limit: i64) -> Result<Value> {
     let user = local_user(app, user_id)?;

@@ -333,3 +333,182 @@ async fn erased_users_events_are_redacted_for_later_joiners_only() {
         "leave"
     );
 }
+
+#[tokio::test]
+async fn rooms_and_users_are_reported_to_the_admins() {
+    let server = TestServer::start().await;
+    let bob = server.register("bob", "bob-pw").await;
+    let mallory = server.register("mallory", "mallory-pw").await;
+    let root = server.register("root", "root-pw").await;
+    lattice::storage::users::set_admin(&server.state.db, &root.user_id, true)
+        .await
+        .unwrap();
+    let m = Some(mallory.access_token.as_str());
+    let a = Some(root.access_token.as_str());
+    let room = server
+        .create_room(&bob, json!({ "name": "Bad place", "topic": "t" }))
+        .await;
+    let said = server
+        .send_message(&bob, &room, json!({ "msgtype": "m.text", "body": "x" }))
+        .await;
+
+    // A room may be reported by someone not in it (unlike its events).
+    let (status, body) = server
+        .post(
+            &format!("{V3}/rooms/{}/report", enc(&room)),
+            m,
+            json!({ "reason": "spam" }),
+        )
+        .await;
+    assert_eq!((status, &body), (StatusCode::OK, &json!({})));
+    let (status, body) = server
+        .post(
+            &format!("{V3}/rooms/{}/report/{}", enc(&room), enc(&said)),
+            m,
+            json!({ "reason": "spam" }),
+        )
+        .await;
+    assert_eq!(
+        (status, body["errcode"].as_str()),
+        (StatusCode::NOT_FOUND, Some("M_NOT_FOUND")),
+        "an event of a room the reporter is not in: {body}"
+    );
+    // An unknown room is 404; a malformed room ID is refused.
+    let (status, body) = server
+        .post(
+            &format!("{V3}/rooms/{}/report", enc("!nowhere:test.local")),
+            m,
+            json!({ "reason": "spam" }),
+        )
+        .await;
+    assert_eq!(
+        (status, body["errcode"].as_str()),
+        (StatusCode::NOT_FOUND, Some("M_NOT_FOUND"))
+    );
+    let (status, _) = server
+        .post(
+            &format!("{V3}/rooms/not-a-room/report"),
+            m,
+            json!({ "reason": "x" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    // Anonymous callers are refused.
+    let (status, _) = server
+        .post(
+            &format!("{V3}/rooms/{}/report", enc(&room)),
+            None,
+            json!({ "reason": "x" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+
+    // Users: a local account is recorded; unknown and remote users get the
+    // same 200 and nothing is stored (no account enumeration).
+    for target in [
+        bob.user_id.as_str(),
+        "@nobody:test.local",
+        "@someone:elsewhere.example",
+    ] {
+        let (status, body) = server
+            .post(
+                &format!("{V3}/users/{}/report", enc(target)),
+                m,
+                json!({ "reason": "rude" }),
+            )
+            .await;
+        assert_eq!((status, &body), (StatusCode::OK, &json!({})), "{target}");
+    }
+    for bad in [
+        json!({}),
+        json!({ "reason": 5 }),
+        json!({ "reason": "x".repeat(1001) }),
+    ] {
+        let (status, body) = server
+            .post(&format!("{V3}/users/{}/report", enc(&bob.user_id)), m, bad)
+            .await;
+        assert_eq!(
+            (status, body["errcode"].as_str()),
+            (StatusCode::BAD_REQUEST, Some("M_BAD_JSON")),
+            "{body}"
+        );
+    }
+
+    // The admins see both; others may not look.
+    for path in [
+        "/_synapse/admin/v1/room_reports",
+        "/_synapse/admin/v1/user_reports",
+    ] {
+        let (status, _) = server.get(path, m).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{path}");
+    }
+    let (status, body) = server.get("/_synapse/admin/v1/room_reports", a).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["total"], 1, "{body}");
+    let report = &body["room_reports"][0];
+    assert_eq!(
+        (&report["room_id"], &report["user_id"], &report["reason"]),
+        (&json!(room), &json!(mallory.user_id), &json!("spam"))
+    );
+    assert_eq!(
+        (&report["name"], &report["topic"]),
+        (&json!("Bad place"), &json!("t"))
+    );
+    let (status, one) = server
+        .get(
+            &format!("/_synapse/admin/v1/room_reports/{}", report["id"]),
+            a,
+        )
+        .await;
+    assert_eq!((status, &one["room_id"]), (StatusCode::OK, &json!(room)));
+
+    let (status, body) = server.get("/_synapse/admin/v1/user_reports", a).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["total"], 1, "{body}");
+    let report = &body["user_reports"][0];
+    assert_eq!(
+        (
+            &report["target_user_id"],
+            &report["user_id"],
+            &report["reason"]
+        ),
+        (&json!(bob.user_id), &json!(mallory.user_id), &json!("rude"))
+    );
+    let one = format!("/_synapse/admin/v1/user_reports/{}", report["id"]);
+    let (status, _) = server.call(reqwest::Method::DELETE, &one, a, None).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, body) = server.get(&one, a).await;
+    assert_eq!(
+        (status, body["errcode"].as_str()),
+        (StatusCode::NOT_FOUND, Some("M_NOT_FOUND"))
+    );
+}
+
+#[tokio::test]
+async fn reports_are_rate_limited() {
+    let server = TestServer::start_with(|c| {
+        c.rate_limits.enabled = true;
+        c.rate_limits.client = lattice::config::Bucket {
+            per_second: 0.01,
+            burst: 2,
+        };
+    })
+    .await;
+    let mallory = server.register("mallory", "pw").await;
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        let (status, body) = server
+            .post(
+                &format!("{V3}/users/{}/report", enc("@bob:test.local")),
+                Some(&mallory.access_token),
+                json!({ "reason": "again" }),
+            )
+            .await;
+        statuses.push((status, body["errcode"].clone()));
+    }
+    assert_eq!(
+        statuses[2],
+        (StatusCode::TOO_MANY_REQUESTS, json!("M_LIMIT_EXCEEDED")),
+        "{statuses:?}"
+    );
+}
