@@ -512,3 +512,148 @@ async fn reports_are_rate_limited() {
         "{statuses:?}"
     );
 }
+
+/// The `content` of account data `kind` in a sync body (global, or of `room`).
+fn synced(sync: &Value, room: Option<&str>, kind: &str) -> Option<Value> {
+    let events = match room {
+        None => &sync["account_data"]["events"],
+        Some(room) => &sync["rooms"]["join"][room]["account_data"]["events"],
+    };
+    events
+        .as_array()?
+        .iter()
+        .find(|e| e["type"] == kind)
+        .map(|e| e["content"].clone())
+}
+
+#[tokio::test]
+async fn account_data_can_be_deleted_msc3391() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice", "alice-pw").await;
+    let mallory = server.register("mallory", "mallory-pw").await;
+    let t = Some(alice.access_token.as_str());
+    let room = server.create_room(&alice, json!({})).await;
+    let me = enc(&alice.user_id);
+    let global = |kind: &str| format!("{V3}/user/{me}/account_data/{kind}");
+    let in_room = |kind: &str| format!("{V3}/user/{me}/rooms/{}/account_data/{kind}", enc(&room));
+    let unstable = "/_matrix/client/unstable/org.matrix.msc3391";
+    let delete_global = |kind: &str| format!("{unstable}/user/{me}/account_data/{kind}");
+    let delete_in_room = |kind: &str| {
+        format!(
+            "{unstable}/user/{me}/rooms/{}/account_data/{kind}",
+            enc(&room)
+        )
+    };
+    let delete = |path: String, token: &str| {
+        let token = token.to_owned();
+        let server = &server;
+        async move {
+            server
+                .call(reqwest::Method::DELETE, &path, Some(&token), None)
+                .await
+        }
+    };
+    for path in [
+        global("org.example.a"),
+        global("org.example.b"),
+        in_room("org.example.r"),
+    ] {
+        let (status, body) = server.put(&path, t, json!({ "v": 1 })).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    let (_, first) = server.get(&format!("{V3}/sync"), t).await;
+    assert_eq!(
+        synced(&first, None, "org.example.a"),
+        Some(json!({ "v": 1 }))
+    );
+    let since = first["next_batch"].as_str().unwrap().to_owned();
+
+    // Someone else may neither delete nor read them.
+    for path in [
+        delete_global("org.example.a"),
+        delete_in_room("org.example.r"),
+    ] {
+        let (status, body) = delete(path, &mallory.access_token).await;
+        assert_eq!(
+            (status, body["errcode"].as_str()),
+            (StatusCode::FORBIDDEN, Some("M_FORBIDDEN")),
+            "{body}"
+        );
+    }
+    let (status, _) = server
+        .get(&global("org.example.a"), Some(&mallory.access_token))
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    // Server-managed types are refused, as are malformed room IDs.
+    let (status, body) = delete(delete_global("m.push_rules"), &alice.access_token).await;
+    assert_eq!(
+        (status, body["errcode"].as_str()),
+        (StatusCode::METHOD_NOT_ALLOWED, Some("M_BAD_JSON"))
+    );
+    let (status, body) = delete(
+        format!("{unstable}/user/{me}/rooms/not-a-room/account_data/x"),
+        &alice.access_token,
+    )
+    .await;
+    assert_eq!(
+        (status, body["errcode"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("M_INVALID_PARAM"))
+    );
+
+    // DELETE, and PUT with `{}`, delete; deleting what is not set is a no-op.
+    let (status, body) = delete(delete_global("org.example.a"), &alice.access_token).await;
+    assert_eq!((status, &body), (StatusCode::OK, &json!({})));
+    let (status, _) = server.put(&global("org.example.b"), t, json!({})).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = delete(delete_in_room("org.example.r"), &alice.access_token).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = delete(delete_global("org.example.never"), &alice.access_token).await;
+    assert_eq!(status, StatusCode::OK);
+    for path in [
+        global("org.example.a"),
+        global("org.example.b"),
+        in_room("org.example.r"),
+    ] {
+        let (status, body) = server.get(&path, t).await;
+        assert_eq!(
+            (status, body["errcode"].as_str()),
+            (StatusCode::NOT_FOUND, Some("M_NOT_FOUND")),
+            "{path}"
+        );
+    }
+    // An incremental sync carries the deletions as empty content...
+    let (_, next) = server.get(&format!("{V3}/sync?since={since}"), t).await;
+    assert_eq!(
+        synced(&next, None, "org.example.a"),
+        Some(json!({})),
+        "{next}"
+    );
+    assert_eq!(
+        synced(&next, None, "org.example.b"),
+        Some(json!({})),
+        "{next}"
+    );
+    assert_eq!(
+        synced(&next, Some(&room), "org.example.r"),
+        Some(json!({})),
+        "{next}"
+    );
+    assert_eq!(synced(&next, None, "org.example.never"), None, "{next}");
+    // ...and an initial sync leaves them out.
+    let (_, fresh) = server.get(&format!("{V3}/sync"), t).await;
+    for kind in ["org.example.a", "org.example.b"] {
+        assert_eq!(synced(&fresh, None, kind), None, "{fresh}");
+    }
+    assert_eq!(
+        synced(&fresh, Some(&room), "org.example.r"),
+        None,
+        "{fresh}"
+    );
+    // Setting it again brings it back.
+    let (status, _) = server
+        .put(&global("org.example.a"), t, json!({ "v": 2 }))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, body) = server.get(&global("org.example.a"), t).await;
+    assert_eq!((status, body), (StatusCode::OK, json!({ "v": 2 })));
+}

@@ -73,6 +73,9 @@ const UNSTABLE_FEATURES: &[&str] = &[
     // Mutual rooms (unstable and `/v1/mutual_rooms`).
     "uk.half-shot.msc2666.query_mutual_rooms",
     "uk.half-shot.msc2666.query_mutual_rooms.stable",
+    // Deleting account data (MSC3391: `DELETE` under its unstable prefix, and
+    // `PUT` with `{}`), as Synapse advertises it when enabled.
+    "org.matrix.msc3391",
     // Simplified sliding sync (MSC4186), as Synapse advertises it.
     "org.matrix.simplified_msc3575",
 ];
