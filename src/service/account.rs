@@ -275,6 +275,7 @@ pub async fn deactivate_user(
     if erase {
         profiles::set_displayname(&mut *tx, user, None).await?;
         profiles::set_avatar_url(&mut *tx, user, None).await?;
+        profiles::set_fields(&mut *tx, user, "{}").await?;
     }
     let guard = super::stream::device_list_changed(&mut tx, state, user).await?;
     if let Some(completed) = uia_session {

@@ -657,3 +657,203 @@ async fn account_data_can_be_deleted_msc3391() {
     let (status, body) = server.get(&global("org.example.a"), t).await;
     assert_eq!((status, body), (StatusCode::OK, json!({ "v": 2 })));
 }
+
+#[tokio::test]
+async fn profile_fields_beyond_name_and_avatar() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice", "alice-pw").await;
+    let mallory = server.register("mallory", "mallory-pw").await;
+    let t = Some(alice.access_token.as_str());
+    let m = Some(mallory.access_token.as_str());
+    let field = |key: &str| format!("{V3}/profile/{}/{key}", enc(&alice.user_id));
+    let err = |r: &(StatusCode, Value)| (r.0, r.1["errcode"].as_str().map(str::to_owned));
+    let code = |s: StatusCode, c: &str| (s, Some(c.to_owned()));
+
+    let (_, caps) = server.get(&format!("{V3}/capabilities"), t).await;
+    assert_eq!(
+        caps["capabilities"]["m.profile_fields"]["enabled"], true,
+        "{caps}"
+    );
+
+    // m.tz (a string) and a custom key (any JSON).
+    let (status, body) = server
+        .put(&field("m.tz"), t, json!({ "m.tz": "Europe/Paris" }))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let custom = json!({ "pronouns": ["she", "her"], "n": 1 });
+    let (status, body) = server
+        .put(
+            &field("org.example.about"),
+            t,
+            json!({ "org.example.about": custom }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = server.get(&field("org.example.about"), None).await;
+    assert_eq!(
+        (status, body),
+        (StatusCode::OK, json!({ "org.example.about": custom }))
+    );
+    let (status, all) = server
+        .get(&format!("{V3}/profile/{}", enc(&alice.user_id)), None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{all}");
+    assert_eq!(
+        all,
+        json!({ "displayname": "alice", "m.tz": "Europe/Paris", "org.example.about": custom })
+    );
+    assert_eq!(
+        err(&server.get(&field("org.example.unset"), None).await),
+        code(StatusCode::NOT_FOUND, "M_NOT_FOUND")
+    );
+
+    // Another user may neither set nor delete them.
+    assert_eq!(
+        err(&server
+            .put(
+                &field("org.example.about"),
+                m,
+                json!({ "org.example.about": 1 })
+            )
+            .await),
+        code(StatusCode::FORBIDDEN, "M_FORBIDDEN")
+    );
+    let delete = |path: String, token: Option<&str>| {
+        let token = token.map(str::to_owned);
+        let server = &server;
+        async move {
+            server
+                .call(reqwest::Method::DELETE, &path, token.as_deref(), None)
+                .await
+        }
+    };
+    assert_eq!(
+        err(&delete(field("org.example.about"), m).await),
+        code(StatusCode::FORBIDDEN, "M_FORBIDDEN")
+    );
+    assert_eq!(
+        err(&delete(field("org.example.about"), None).await),
+        code(StatusCode::UNAUTHORIZED, "M_MISSING_TOKEN")
+    );
+
+    // Key and value rules.
+    for (key, body, want) in [
+        (
+            "Org.Example",
+            json!({ "Org.Example": 1 }),
+            code(StatusCode::BAD_REQUEST, "M_INVALID_PARAM"),
+        ),
+        (
+            "m.unknown",
+            json!({ "m.unknown": 1 }),
+            code(StatusCode::BAD_REQUEST, "M_INVALID_PARAM"),
+        ),
+        (
+            "m.tz",
+            json!({ "m.tz": 5 }),
+            code(StatusCode::BAD_REQUEST, "M_INVALID_PARAM"),
+        ),
+        (
+            "org.example.x",
+            json!({ "org.example.x": null }),
+            code(StatusCode::BAD_REQUEST, "M_INVALID_PARAM"),
+        ),
+        (
+            "org.example.x",
+            json!({ "other": 1 }),
+            code(StatusCode::BAD_REQUEST, "M_MISSING_PARAM"),
+        ),
+        (
+            "displayname",
+            json!({ "displayname": 7 }),
+            code(StatusCode::BAD_REQUEST, "M_BAD_JSON"),
+        ),
+    ] {
+        assert_eq!(err(&server.put(&field(key), t, body).await), want, "{key}");
+    }
+    let long = format!("org.{}", "x".repeat(260));
+    assert_eq!(
+        err(&server
+            .put(&field(&long), t, json!({ long.clone(): 1 }))
+            .await),
+        code(StatusCode::BAD_REQUEST, "M_KEY_TOO_LARGE")
+    );
+    // The whole profile stays under 64 KiB.
+    let big = "x".repeat(40_000);
+    let (status, _) = server
+        .put(
+            &field("org.example.one"),
+            t,
+            json!({ "org.example.one": big }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        err(&server
+            .put(
+                &field("org.example.two"),
+                t,
+                json!({ "org.example.two": big })
+            )
+            .await),
+        code(StatusCode::BAD_REQUEST, "M_PROFILE_TOO_LARGE")
+    );
+
+    // DELETE removes custom fields and the display name; deleting an unset
+    // field succeeds.
+    for key in [
+        "org.example.one",
+        "org.example.about",
+        "displayname",
+        "org.example.unset",
+    ] {
+        let (status, body) = delete(field(key), t).await;
+        assert_eq!(status, StatusCode::OK, "{key}: {body}");
+    }
+    let (_, all) = server
+        .get(&format!("{V3}/profile/{}", enc(&alice.user_id)), None)
+        .await;
+    assert_eq!(all, json!({ "m.tz": "Europe/Paris" }));
+}
+
+#[tokio::test]
+async fn profile_fields_over_federation() {
+    let a = TestServer::start_federating().await;
+    let b = TestServer::start_federating().await;
+    let alice = a.register("alice", "password-a").await;
+    let bob = b.register("bob", "password-b").await;
+    let (status, _) = b
+        .put(
+            &format!("{V3}/profile/{}/org.example.status", enc(&bob.user_id)),
+            Some(&bob.access_token),
+            json!({ "org.example.status": { "text": "away" } }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    // A asks B for one field (`/query/profile?field=`) and for the whole profile.
+    let (status, body) = a
+        .get(
+            &format!("{V3}/profile/{}/org.example.status", enc(&bob.user_id)),
+            Some(&alice.access_token),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body, json!({ "org.example.status": { "text": "away" } }));
+    let (status, body) = a
+        .get(
+            &format!("{V3}/profile/{}", enc(&bob.user_id)),
+            Some(&alice.access_token),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["org.example.status"]["text"], "away", "{body}");
+    let (status, body) = a
+        .get(
+            &format!("{V3}/profile/{}/org.example.none", enc(&bob.user_id)),
+            Some(&alice.access_token),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    a.stop().await;
+    b.stop().await;
+}

@@ -198,6 +198,16 @@ async fn probe(server: &TestServer, n: usize, flag: &str) {
                 (StatusCode::NOT_FOUND, Some("M_NOT_FOUND"))
             );
         }
+        "uk.tcpip.msc4133.stable" => {
+            let path = format!("{V3}/profile/{}/org.example.pronouns", enc(&alice.user_id));
+            let (status, body) = server
+                .put(&path, t, json!({ "org.example.pronouns": "she/her" }))
+                .await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+            let (status, body) = server.get(&path, None).await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+            assert_eq!(body, json!({ "org.example.pronouns": "she/her" }));
+        }
         other => panic!("/versions advertises {other}, which no test calls"),
     }
 }

@@ -76,6 +76,9 @@ const UNSTABLE_FEATURES: &[&str] = &[
     // Deleting account data (MSC3391: `DELETE` under its unstable prefix, and
     // `PUT` with `{}`), as Synapse advertises it when enabled.
     "org.matrix.msc3391",
+    // Profile fields beyond name and avatar on the stable paths (MSC4133, in
+    // spec v1.16), as Synapse advertises it.
+    "uk.tcpip.msc4133.stable",
     // Simplified sliding sync (MSC4186), as Synapse advertises it.
     "org.matrix.simplified_msc3575",
 ];
@@ -94,8 +97,8 @@ async fn versions(
 }
 
 /// Only capabilities that hold today: password changes work; the room versions
-/// Lattice creates and joins; display names, avatars and third-party IDs cannot be
-/// changed yet; no login tokens.
+/// Lattice creates and joins; every profile field may be changed; third-party
+/// IDs cannot be changed; no login tokens.
 async fn capabilities(
     State(state): State<AppState>,
     AuthUser(_): AuthUser,
@@ -112,6 +115,7 @@ async fn capabilities(
                 "available": available,
             },
             "m.change_password": { "enabled": true },
+            "m.profile_fields": { "enabled": true },
             "m.set_displayname": { "enabled": true },
             "m.set_avatar_url": { "enabled": true },
             "m.3pid_changes": { "enabled": false },
