@@ -257,21 +257,36 @@ pub async fn reset_password(
     Ok(())
 }
 
-/// `GET /_synapse/admin/v1/whois/{userId}`: devices and where they were last seen.
+/// `GET /_synapse/admin/v1/whois/{userId}` and the client API's
+/// `GET /_matrix/client/v3/admin/whois/{userId}`: devices and where they were
+/// last seen (fields Lattice does not know, such as the user agent, are left
+/// out, as the spec allows).
 pub async fn whois(app: &AppState, user_id: &str) -> Result<Value> {
     let user = local_user(app, user_id)?;
     let mut out = serde_json::Map::new();
     for d in devices::list(&app.db, user.as_str()).await? {
+        let mut connection = serde_json::Map::new();
+        if let Some(ip) = &d.last_seen_ip {
+            connection.insert("ip".into(), ip.as_str().into());
+        }
+        if let Some(ts) = d.last_seen_ts {
+            connection.insert("last_seen".into(), ts.into());
+        }
         out.insert(
             d.device_id.clone(),
-            json!({ "sessions": [{ "connections": [{
-                "ip": d.last_seen_ip,
-                "last_seen": d.last_seen_ts,
-                "user_agent": null,
-            }]}]}),
+            json!({ "sessions": [{ "connections": [connection] }] }),
         );
     }
     Ok(json!({ "user_id": user, "devices": out }))
+}
+
+/// The client API's whois: the user themself, or a server admin (as Synapse
+/// allows); local users only.
+pub async fn whois_for(app: &AppState, by: &Session, user_id: &str) -> Result<Value> {
+    if by.user_id.as_str() != user_id && !by.is_admin {
+        return Err(Error::forbidden("You are not a server admin"));
+    }
+    whois(app, user_id).await
 }
 
 /// `GET /_synapse/admin/v1/rooms`: `from` is an offset.

@@ -857,3 +857,57 @@ async fn profile_fields_over_federation() {
     a.stop().await;
     b.stop().await;
 }
+
+#[tokio::test]
+async fn whois_on_the_client_path_for_oneself_and_admins_only() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice", "alice-pw").await;
+    let mallory = server.register("mallory", "mallory-pw").await;
+    let root = server.register("root", "root-pw").await;
+    lattice::storage::users::set_admin(&server.state.db, &root.user_id, true)
+        .await
+        .unwrap();
+    // The client path as Element's devtools and clients call it.
+    let whois = |who: &str| format!("{V3}/admin/whois/{}", enc(who));
+    let (status, body) = server
+        .get(&whois(&alice.user_id), Some(&alice.access_token))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["user_id"], alice.user_id.as_str());
+    let connections = &body["devices"][&alice.device_id]["sessions"][0]["connections"];
+    assert!(connections.is_array(), "{body}");
+    assert!(
+        connections[0]
+            .get("user_agent")
+            .is_none_or(Value::is_string),
+        "{body}"
+    );
+    // Someone else's is for admins only.
+    let (status, body) = server
+        .get(&whois(&alice.user_id), Some(&mallory.access_token))
+        .await;
+    assert_eq!(
+        (status, body["errcode"].as_str()),
+        (StatusCode::FORBIDDEN, Some("M_FORBIDDEN")),
+        "{body}"
+    );
+    let (status, body) = server.get(&whois(&alice.user_id), None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    let (status, body) = server
+        .get(&whois(&alice.user_id), Some(&root.access_token))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body["devices"][&alice.device_id].is_object(), "{body}");
+    // Remote users are not ours to describe.
+    let (status, body) = server
+        .get(
+            &whois("@someone:elsewhere.example"),
+            Some(&root.access_token),
+        )
+        .await;
+    assert_eq!(
+        (status, body["errcode"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("M_INVALID_PARAM")),
+        "{body}"
+    );
+}
