@@ -36,6 +36,10 @@ pub enum ErrorKind {
     InvalidUsername,
     InvalidParam,
     MissingParam,
+    /// `400 M_PROFILE_TOO_LARGE`: a profile change past the 64 KiB limit.
+    ProfileTooLarge,
+    /// `400 M_KEY_TOO_LARGE`: a profile key over 255 bytes.
+    KeyTooLarge,
     TooLarge,
     Exclusive,
     GuestAccessForbidden,
@@ -87,6 +91,8 @@ impl ErrorKind {
             Self::InvalidUsername => "M_INVALID_USERNAME",
             Self::InvalidParam => "M_INVALID_PARAM",
             Self::MissingParam => "M_MISSING_PARAM",
+            Self::ProfileTooLarge => "M_PROFILE_TOO_LARGE",
+            Self::KeyTooLarge => "M_KEY_TOO_LARGE",
             Self::TooLarge | Self::RemoteTooLarge => "M_TOO_LARGE",
             Self::Exclusive => "M_EXCLUSIVE",
             Self::GuestAccessForbidden => "M_GUEST_ACCESS_FORBIDDEN",
@@ -128,6 +134,8 @@ impl ErrorKind {
             | Self::InvalidUsername
             | Self::InvalidParam
             | Self::MissingParam
+            | Self::ProfileTooLarge
+            | Self::KeyTooLarge
             | Self::Exclusive
             | Self::WeakPassword
             | Self::UnsupportedRoomVersion

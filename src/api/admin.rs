@@ -1,8 +1,8 @@
 //! The commonly used part of Synapse's admin API (`/_synapse/admin`), so tools
 //! such as synapse-admin work: server version, users (list, query,
 //! create/modify, deactivate, reset password, whois, login as the user), rooms (list, details,
-//! members, state, delete/purge with block), server notices, event reports and
-//! registration tokens. Server admins only (`M_FORBIDDEN`
+//! members, state, delete/purge with block), server notices, event, room and
+//! user reports and registration tokens. Server admins only (`M_FORBIDDEN`
 //! otherwise); every change is logged with the acting admin.
 
 use axum::{
@@ -70,6 +70,16 @@ pub fn router() -> Router<AppState> {
             axum::routing::put(send_server_notice_txn),
         )
         .route("/_synapse/admin/v1/event_reports", get(event_reports))
+        .route("/_synapse/admin/v1/room_reports", get(room_reports))
+        .route(
+            "/_synapse/admin/v1/room_reports/{report_id}",
+            get(room_report),
+        )
+        .route("/_synapse/admin/v1/user_reports", get(user_reports))
+        .route(
+            "/_synapse/admin/v1/user_reports/{report_id}",
+            get(user_report).delete(delete_user_report),
+        )
         .route(
             "/_synapse/admin/v1/event_reports/{report_id}",
             get(event_report).delete(delete_event_report),
@@ -154,8 +164,14 @@ async fn deactivate(
     State(app): State<AppState>,
     AdminUser(by): AdminUser,
     Path(user_id): Path<String>,
+    JsonOrEmpty(body): JsonOrEmpty,
 ) -> Result<AxumJson<Value>> {
-    admin::deactivate(&app, &by, &user_id).await?;
+    let erase = match &body["erase"] {
+        Value::Null => false,
+        Value::Bool(b) => *b,
+        _ => return Err(Error::invalid_param("erase must be a boolean")),
+    };
+    admin::deactivate(&app, &by, &user_id, erase).await?;
     Ok(AxumJson(json!({ "id_server_unbind_result": "success" })))
 }
 
@@ -377,6 +393,79 @@ async fn delete_event_report(
     Path(report_id): Path<String>,
 ) -> Result<AxumJson<Value>> {
     admin::delete_event_report(&app, &by, report_number(&report_id)?).await?;
+    Ok(AxumJson(json!({})))
+}
+
+#[derive(Deserialize)]
+struct ReportQuery {
+    from: Option<i64>,
+    limit: Option<i64>,
+    /// The reporter.
+    user_id: Option<String>,
+    room_id: Option<String>,
+    target_user_id: Option<String>,
+}
+
+async fn room_reports(
+    State(app): State<AppState>,
+    AdminUser(_): AdminUser,
+    Query(q): Query<ReportQuery>,
+) -> Result<AxumJson<Value>> {
+    Ok(AxumJson(
+        admin::room_reports(
+            &app,
+            q.from.unwrap_or(0),
+            q.limit.unwrap_or(100),
+            q.room_id.as_deref(),
+            q.user_id.as_deref(),
+        )
+        .await?,
+    ))
+}
+
+async fn room_report(
+    State(app): State<AppState>,
+    AdminUser(_): AdminUser,
+    Path(report_id): Path<String>,
+) -> Result<AxumJson<Value>> {
+    Ok(AxumJson(
+        admin::room_report(&app, report_number(&report_id)?).await?,
+    ))
+}
+
+async fn user_reports(
+    State(app): State<AppState>,
+    AdminUser(_): AdminUser,
+    Query(q): Query<ReportQuery>,
+) -> Result<AxumJson<Value>> {
+    Ok(AxumJson(
+        admin::user_reports(
+            &app,
+            q.from.unwrap_or(0),
+            q.limit.unwrap_or(100),
+            q.target_user_id.as_deref(),
+            q.user_id.as_deref(),
+        )
+        .await?,
+    ))
+}
+
+async fn user_report(
+    State(app): State<AppState>,
+    AdminUser(_): AdminUser,
+    Path(report_id): Path<String>,
+) -> Result<AxumJson<Value>> {
+    Ok(AxumJson(
+        admin::user_report(&app, report_number(&report_id)?).await?,
+    ))
+}
+
+async fn delete_user_report(
+    State(app): State<AppState>,
+    AdminUser(by): AdminUser,
+    Path(report_id): Path<String>,
+) -> Result<AxumJson<Value>> {
+    admin::delete_user_report(&app, &by, report_number(&report_id)?).await?;
     Ok(AxumJson(json!({})))
 }
 

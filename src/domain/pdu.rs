@@ -300,16 +300,18 @@ pub fn stored_pdu(
 }
 
 /// The client-server form of a stored PDU (spec: "ClientEvent"), redacted when
-/// `redacted_because` is set.
+/// `redacted_because` is set (a redaction took effect) or `pruned` is (the
+/// sender was erased: no redaction event to name).
 pub fn to_client_event(
     event_id: &EventId,
     room_id: &RoomId,
     json: &str,
     rules: &RoomVersionRules,
+    pruned: bool,
     redacted_because: Option<&Value>,
     now: MilliSecondsSinceUnixEpoch,
 ) -> Value {
-    let mut pdu = stored_pdu(json, rules, redacted_because.is_some());
+    let mut pdu = stored_pdu(json, rules, pruned || redacted_because.is_some());
     let ts = pdu
         .get("origin_server_ts")
         .and_then(Value::as_u64)
@@ -582,6 +584,7 @@ mod tests {
                 &room_id,
                 &pdu.to_string(),
                 &rules,
+                false,
                 Some(&because),
                 MilliSecondsSinceUnixEpoch::now(),
             )["content"]

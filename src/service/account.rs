@@ -1,7 +1,7 @@
 //! Accounts: registration, availability, password changes, deactivation, and
 //! accounts created by administrators.
 
-use ruma::{OwnedDeviceId, OwnedUserId, UserId, api::client::uiaa::AuthData};
+use ruma::{OwnedDeviceId, OwnedUserId, RoomId, UserId, api::client::uiaa::AuthData};
 
 use super::{
     session::{self, Issued, Session},
@@ -11,7 +11,7 @@ use crate::{
     app::AppState,
     domain::localpart,
     error::{Error, ErrorKind, Result},
-    storage::{devices, now_ms, users},
+    storage::{devices, e2e_keys, now_ms, profiles, pushers, rooms, user_streams, users},
 };
 
 /// What `POST /register` asks for, after the HTTP layer.
@@ -232,11 +232,11 @@ pub async fn change_password(
     Ok(())
 }
 
-/// `POST /account/deactivate` (behind UIA): the account can no longer log in, its
-/// devices and tokens are deleted, and its ID is never reused.
+/// `POST /account/deactivate` (behind UIA): see [`deactivate_user`].
 pub async fn deactivate(
     state: &AppState,
     session: &Session,
+    erase: bool,
     auth: Option<&AuthData>,
     ip: Option<&str>,
 ) -> Result<()> {
@@ -247,25 +247,62 @@ pub async fn deactivate(
         ip,
     };
     let completed = uia::authenticate(state, &requirement, auth).await?;
-    deactivate_user(state, &session.user_id, Some(&completed)).await
+    deactivate_user(state, &session.user_id, erase, Some(&completed)).await
 }
 
-/// Deactivates an account (also used by administrators).
+/// Deactivates an account (also used by administrators), as Synapse does: the
+/// account can no longer log in and its ID is never reused; its devices, tokens,
+/// pushers, account data and key backups are deleted; it leaves the user
+/// directory (which lists active accounts only). With `erase` its display name
+/// and avatar are removed and it is marked erased, so that the events it sent
+/// are served redacted to anyone who was not joined when they were sent (see
+/// [`super::client_event`]). Then it leaves every room it is joined to
+/// (forgetting them), and rejects its invites and withdraws its knocks. Rooms
+/// stay in the published room directory, as on Synapse.
 pub async fn deactivate_user(
     state: &AppState,
     user_id: &UserId,
+    erase: bool,
     uia_session: Option<&uia::Completed>,
 ) -> Result<()> {
+    let user = user_id.as_str();
     let mut tx = state.db.begin().await?;
-    users::deactivate(&mut *tx, user_id.as_str()).await?;
-    devices::delete_all_except(&mut *tx, user_id.as_str(), None).await?;
-    let guard = super::stream::device_list_changed(&mut tx, state, user_id.as_str()).await?;
+    users::deactivate(&mut *tx, user, erase).await?;
+    devices::delete_all_except(&mut *tx, user, None).await?;
+    pushers::delete_all(&mut *tx, user).await?;
+    user_streams::delete_all_account_data(&mut *tx, user).await?;
+    e2e_keys::delete_all_backups(&mut *tx, user).await?;
+    if erase {
+        profiles::set_displayname(&mut *tx, user, None).await?;
+        profiles::set_avatar_url(&mut *tx, user, None).await?;
+        profiles::set_fields(&mut *tx, user, "{}").await?;
+    }
+    let guard = super::stream::device_list_changed(&mut tx, state, user).await?;
     if let Some(completed) = uia_session {
         uia::consume(&mut tx, completed).await?;
     }
     tx.commit().await?;
     drop(guard);
-    tracing::info!(user_id = %user_id, "deactivated");
+    tracing::info!(user_id = %user_id, erase, "deactivated");
+
+    // Out of the account's rooms, one room at a time (each takes that room's
+    // lock; a remote invite or knock is answered through its server). A room
+    // that fails is logged and skipped, as Synapse does.
+    for membership in ["join", "invite", "knock"] {
+        for room in rooms::rooms_for_user(&state.db, user, membership).await? {
+            let Ok(room_id) = RoomId::parse(&room) else {
+                continue;
+            };
+            let left = super::membership::leave(state, user_id, &room_id, None).await;
+            if let Err(e) = &left {
+                tracing::warn!(%user_id, %room_id, membership, error = %e, "deactivation: could not leave");
+            } else if membership == "join"
+                && let Err(e) = super::membership::forget(state, user_id, &room_id).await
+            {
+                tracing::warn!(%user_id, %room_id, error = %e, "deactivation: could not forget");
+            }
+        }
+    }
     Ok(())
 }
 

@@ -1,5 +1,7 @@
 //! Account data, global and per room, and room tags (spec: "Client Config",
 //! "Room Tagging"). Tags are the `m.tag` room account data, as in Synapse.
+//! Deleting account data (MSC3391) stores empty content: `GET` then answers
+//! 404, initial syncs leave the type out and incremental syncs carry `{}`.
 
 use ruma::{RoomId, UserId};
 use serde_json::{Map, Value, json};
@@ -76,9 +78,38 @@ pub async fn get(
     data_type: &str,
 ) -> Result<Value> {
     check_owner(session, user)?;
+    // Empty content is a deleted type (MSC3391), as on Synapse.
     load(app, user, room, data_type)
         .await?
+        .filter(|v| v.as_object().is_none_or(|o| !o.is_empty()))
         .ok_or_else(|| Error::not_found("Account data not found"))
+}
+
+/// `DELETE /unstable/org.matrix.msc3391/user/{userId}[/rooms/{roomId}]/account_data/{type}`
+/// (MSC3391): the type reads as absent again, and incremental syncs carry it
+/// with empty content, as Synapse does. `PUT` with `{}` is the same deletion.
+/// Deleting a type that is not set changes nothing.
+pub async fn delete(
+    app: &AppState,
+    session: &Session,
+    user: &UserId,
+    room: Option<&RoomId>,
+    data_type: &str,
+) -> Result<()> {
+    check_owner(session, user)?;
+    if SERVER_MANAGED.contains(&data_type) {
+        return Err(Error::new(
+            ErrorKind::ServerControlled,
+            format!("Cannot delete {data_type} through the account data API"),
+        ));
+    }
+    let set = load(app, user, room, data_type)
+        .await?
+        .is_some_and(|v| v.as_object().is_none_or(|o| !o.is_empty()));
+    if set {
+        store(app, user, room, data_type, &json!({})).await?;
+    }
+    Ok(())
 }
 
 async fn load(

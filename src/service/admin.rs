@@ -35,7 +35,7 @@ fn user_json(row: &users::AdminRow) -> Value {
         "user_type": null,
         "shadow_banned": false,
         "locked": false,
-        "erased": false,
+        "erased": row.erased,
     })
 }
 
@@ -142,7 +142,7 @@ pub async fn put_user(
         }
         match &body["deactivated"] {
             Value::Bool(true) if !existing.as_ref().is_some_and(|u| u.deactivated) => {
-                deactivate(app, by, user.as_str()).await?;
+                deactivate(app, by, user.as_str(), false).await?;
             }
             _ => {}
         }
@@ -158,14 +158,14 @@ pub async fn put_user(
     Ok((created, self::user(app, user.as_str()).await?))
 }
 
-/// `POST /_synapse/admin/v1/deactivate/{userId}`.
-pub async fn deactivate(app: &AppState, by: &Session, user_id: &str) -> Result<()> {
+/// `POST /_synapse/admin/v1/deactivate/{userId}` (body `{"erase": bool}`).
+pub async fn deactivate(app: &AppState, by: &Session, user_id: &str, erase: bool) -> Result<()> {
     let user = local_user(app, user_id)?;
     if users::get(&app.db, user.as_str()).await?.is_none() {
         return Err(Error::not_found("User not found"));
     }
-    account::deactivate_user(app, &user, None).await?;
-    tracing::info!(admin = %by.user_id, user = %user, "admin API: user deactivated");
+    account::deactivate_user(app, &user, erase, None).await?;
+    tracing::info!(admin = %by.user_id, user = %user, erase, "admin API: user deactivated");
     Ok(())
 }
 
@@ -257,21 +257,36 @@ pub async fn reset_password(
     Ok(())
 }
 
-/// `GET /_synapse/admin/v1/whois/{userId}`: devices and where they were last seen.
+/// `GET /_synapse/admin/v1/whois/{userId}` and the client API's
+/// `GET /_matrix/client/v3/admin/whois/{userId}`: devices and where they were
+/// last seen (fields Lattice does not know, such as the user agent, are left
+/// out, as the spec allows).
 pub async fn whois(app: &AppState, user_id: &str) -> Result<Value> {
     let user = local_user(app, user_id)?;
     let mut out = serde_json::Map::new();
     for d in devices::list(&app.db, user.as_str()).await? {
+        let mut connection = serde_json::Map::new();
+        if let Some(ip) = &d.last_seen_ip {
+            connection.insert("ip".into(), ip.as_str().into());
+        }
+        if let Some(ts) = d.last_seen_ts {
+            connection.insert("last_seen".into(), ts.into());
+        }
         out.insert(
             d.device_id.clone(),
-            json!({ "sessions": [{ "connections": [{
-                "ip": d.last_seen_ip,
-                "last_seen": d.last_seen_ts,
-                "user_agent": null,
-            }]}]}),
+            json!({ "sessions": [{ "connections": [connection] }] }),
         );
     }
     Ok(json!({ "user_id": user, "devices": out }))
+}
+
+/// The client API's whois: the user themself, or a server admin (as Synapse
+/// allows); local users only.
+pub async fn whois_for(app: &AppState, by: &Session, user_id: &str) -> Result<Value> {
+    if by.user_id.as_str() != user_id && !by.is_admin {
+        return Err(Error::forbidden("You are not a server admin"));
+    }
+    whois(app, user_id).await
 }
 
 /// `GET /_synapse/admin/v1/rooms`: `from` is an offset.
@@ -806,6 +821,113 @@ pub async fn delete_event_report(app: &AppState, by: &Session, report_id: i64) -
         return Err(Error::not_found("No such report"));
     }
     tracing::info!(admin = %by.user_id, report_id, "admin API: event report deleted");
+    Ok(())
+}
+
+/// `GET /_synapse/admin/v1/room_reports`: newest first, `from` an offset,
+/// optionally of one room (`room_id`) or by one reporter (`user_id`); each with
+/// the room's name, topic and canonical alias.
+pub async fn room_reports(
+    app: &AppState,
+    from: i64,
+    limit: i64,
+    room_id: Option<&str>,
+    reporter: Option<&str>,
+) -> Result<Value> {
+    let limit = limit.clamp(1, 1000);
+    let (rows, total) =
+        crate::storage::reports::room_reports(&app.db, from.max(0), limit, room_id, reporter)
+            .await?;
+    let mut out = Vec::with_capacity(rows.len());
+    for r in &rows {
+        out.push(room_report_json(app, r).await?);
+    }
+    let mut body = json!({ "room_reports": out, "total": total });
+    if from + limit < total {
+        body["next_batch"] = (from + limit).into();
+    }
+    Ok(body)
+}
+
+async fn room_report_json(app: &AppState, r: &crate::storage::reports::Report) -> Result<Value> {
+    let mut body = json!({
+        "id": r.report_id,
+        "received_ts": r.created_ts,
+        "room_id": r.subject,
+        "user_id": r.reporter,
+        "reason": r.reason,
+        "canonical_alias": null,
+        "name": null,
+        "topic": null,
+    });
+    if let Some(room) = rooms::get(&app.db, &r.subject).await?
+        && let Some(group) = room.current_state_group
+    {
+        let summary = super::directory::summary(app, &r.subject, group, 0).await?;
+        for key in ["canonical_alias", "name", "topic"] {
+            if let Some(v) = summary.get(key) {
+                body[key] = v.clone();
+            }
+        }
+    }
+    Ok(body)
+}
+
+/// `GET /_synapse/admin/v1/room_reports/{id}`.
+pub async fn room_report(app: &AppState, report_id: i64) -> Result<Value> {
+    let report = crate::storage::reports::room_report(&app.db, report_id)
+        .await?
+        .ok_or_else(|| Error::not_found("Room report not found"))?;
+    room_report_json(app, &report).await
+}
+
+fn user_report_json(r: &crate::storage::reports::Report) -> Value {
+    json!({
+        "id": r.report_id,
+        "received_ts": r.created_ts,
+        "target_user_id": r.subject,
+        "user_id": r.reporter,
+        "reason": r.reason,
+    })
+}
+
+/// `GET /_synapse/admin/v1/user_reports`: newest first, `from` an offset,
+/// optionally of one user (`target_user_id`) or by one reporter (`user_id`).
+pub async fn user_reports(
+    app: &AppState,
+    from: i64,
+    limit: i64,
+    target: Option<&str>,
+    reporter: Option<&str>,
+) -> Result<Value> {
+    let limit = limit.clamp(1, 1000);
+    let (rows, total) =
+        crate::storage::reports::user_reports(&app.db, from.max(0), limit, target, reporter)
+            .await?;
+    let mut body = json!({
+        "user_reports": rows.iter().map(user_report_json).collect::<Vec<_>>(),
+        "total": total,
+    });
+    if from + limit < total {
+        body["next_token"] = (from + limit).into();
+    }
+    Ok(body)
+}
+
+/// `GET /_synapse/admin/v1/user_reports/{id}`.
+pub async fn user_report(app: &AppState, report_id: i64) -> Result<Value> {
+    let report = crate::storage::reports::user_report(&app.db, report_id)
+        .await?
+        .ok_or_else(|| Error::not_found("User report not found"))?;
+    Ok(user_report_json(&report))
+}
+
+/// `DELETE /_synapse/admin/v1/user_reports/{id}`.
+pub async fn delete_user_report(app: &AppState, by: &Session, report_id: i64) -> Result<()> {
+    if !crate::storage::reports::delete_user_report(&app.db, report_id).await? {
+        return Err(Error::not_found("User report not found"));
+    }
+    tracing::info!(admin = %by.user_id, report_id, "admin API: user report deleted");
     Ok(())
 }
 

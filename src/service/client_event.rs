@@ -15,6 +15,11 @@
 //!   IDs of the referencing events). Only children the reader may see count, and
 //!   redacted children break their relationship.
 //!
+//! Events whose sender asked for erasure (deactivation with `erase`) are served
+//! redacted, without `redacted_because`, to a reader who was not joined in the
+//! state after the event; members who were joined then still see them whole
+//! (spec: "Account deactivation"; Synapse's rule).
+//!
 //! Events nested in another (the thread's latest reply, the edit, the redaction)
 //! get the same fields but no aggregations of their own.
 
@@ -28,7 +33,7 @@ use crate::{
     domain::filter::Filter,
     domain::pdu::{stored_pdu, to_client_event},
     error::Result,
-    storage::{events, events::StoredEvent, relations, rooms, state},
+    storage::{events, events::StoredEvent, relations, rooms, state, users},
 };
 
 /// Edits looked at per original: the newest that the reader may see and that
@@ -126,6 +131,21 @@ async fn plain(viewer: &mut Viewer<'_>, stored: &[StoredEvent]) -> Result<Vec<Va
         events::get_many(db, &prev_ids).await?
     });
 
+    // Senders who asked for erasure: their events are pruned for a reader who
+    // was not joined when they were sent (as Synapse's visibility filter does).
+    let mut senders: Vec<String> = stored
+        .iter()
+        .chain(redactions.values())
+        .chain(prevs.values())
+        .map(|e| e.sender.clone())
+        .collect();
+    senders.sort_unstable();
+    senders.dedup();
+    let erased: HashSet<String> = users::erased_among(db, &senders)
+        .await?
+        .into_iter()
+        .collect();
+
     // History visibility and the reader's membership at every state group
     // involved, in one lookup.
     let groups: Vec<i64> = stored
@@ -144,10 +164,22 @@ async fn plain(viewer: &mut Viewer<'_>, stored: &[StoredEvent]) -> Result<Vec<Va
 
     let rules = &viewer.rules;
     let now = MilliSecondsSinceUnixEpoch::now();
+    let pruned = |ev: &StoredEvent| {
+        erased.contains(&ev.sender)
+            && ev.state_group.and_then(|g| viewer.membership_at(g)) != Some(Some("join"))
+    };
     let annotate = |ev: &StoredEvent, because: Option<&Value>| {
         let event_id = EventId::parse(&ev.event_id).expect("stored event ids are valid");
         let room_id = RoomId::parse(&ev.room_id).expect("stored room ids are valid");
-        let mut value = to_client_event(&event_id, &room_id, &ev.json, rules, because, now);
+        let mut value = to_client_event(
+            &event_id,
+            &room_id,
+            &ev.json,
+            rules,
+            pruned(ev),
+            because,
+            now,
+        );
         let unsigned = &mut value["unsigned"];
         if let Some(txn) = txns.get(&ev.event_id) {
             unsigned["transaction_id"] = json!(txn);
@@ -160,7 +192,11 @@ async fn plain(viewer: &mut Viewer<'_>, stored: &[StoredEvent]) -> Result<Vec<Va
             if let Some(prev) = prevs.get(prev_id)
                 && visible_prevs.contains(prev_id)
             {
-                let mut pdu = stored_pdu(&prev.json, rules, prev.redacted_by.is_some());
+                let mut pdu = stored_pdu(
+                    &prev.json,
+                    rules,
+                    prev.redacted_by.is_some() || pruned(prev),
+                );
                 unsigned["prev_content"] = pdu.remove("content").unwrap_or_else(|| json!({}));
                 unsigned["prev_sender"] = json!(prev.sender);
             }

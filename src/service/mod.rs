@@ -27,6 +27,7 @@ pub mod pusher;
 pub mod ratelimit;
 pub mod read;
 pub mod receipts;
+pub mod reports;
 pub mod room;
 pub mod search;
 pub mod server_notices;

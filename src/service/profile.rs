@@ -1,15 +1,17 @@
 //! Profiles: display name and avatar of local users, shown in member events.
 //! Changing them updates the user's member event in every room they are in, as
-//! Synapse does, so other members see the new name.
+//! Synapse does, so other members see the new name. Other fields (spec v1.16:
+//! `m.tz` and custom namespaced keys, any JSON value) are stored with them;
+//! the whole profile stays under 64 KiB.
 
 use ruma::{RoomId, UserId};
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 
 use super::{event, session::Session};
 use crate::{
     app::AppState,
     domain::pdu::NewEvent,
-    error::{Error, Result},
+    error::{Error, ErrorKind, Result},
     storage::{Postgres, Transaction, profiles, rooms, users},
 };
 
@@ -29,28 +31,221 @@ pub async fn get(app: &AppState, user_id: &UserId) -> Result<Profile> {
 
 /// A remote user's profile, asked of their server.
 async fn remote(app: &AppState, user_id: &UserId) -> Result<Profile> {
+    let body = remote_body(app, user_id, None).await?;
+    Ok(Profile {
+        displayname: body["displayname"].as_str().map(str::to_owned),
+        avatar_url: body["avatar_url"].as_str().map(str::to_owned),
+    })
+}
+
+/// A remote user's profile as their server answers `/query/profile` (one
+/// `field` of it when given).
+async fn remote_body(app: &AppState, user_id: &UserId, field: Option<&str>) -> Result<Value> {
     if !app.config.federation.enabled {
         return Err(Error::not_found("Profile not found (federation is off)"));
     }
-    let path = format!(
+    let enc = |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+    let mut path = format!(
         "/_matrix/federation/v1/query/profile?user_id={}",
-        form_urlencoded::byte_serialize(user_id.as_str().as_bytes()).collect::<String>()
+        enc(user_id.as_str())
     );
+    if let Some(field) = field {
+        path.push_str(&format!("&field={}", enc(field)));
+    }
     match app
         .federation
         .request_json(user_id.server_name(), http::Method::GET, &path, None)
         .await
     {
-        Ok(body) => Ok(Profile {
-            displayname: body["displayname"].as_str().map(str::to_owned),
-            avatar_url: body["avatar_url"].as_str().map(str::to_owned),
-        }),
+        Ok(body) if body.is_object() => Ok(body),
+        Ok(_) => Err(Error::not_found("Profile not available")),
         Err(e) if e.is_not_found() => Err(Error::not_found("Profile not found")),
         Err(e) => {
             tracing::info!(%user_id, error = %e, "remote profile lookup failed");
             Err(Error::not_found("Profile not available"))
         }
     }
+}
+
+/// The largest profile, as canonical JSON, in bytes (spec: "MUST be under 64 KiB").
+const MAX_PROFILE_BYTES: usize = 64 * 1024;
+/// The longest profile key, in bytes.
+const MAX_KEY_BYTES: usize = 255;
+
+/// The whole profile (`GET /profile/{userId}`, federation `/query/profile`):
+/// display name, avatar and every other field.
+pub async fn full(app: &AppState, user_id: &UserId) -> Result<Map<String, Value>> {
+    if user_id.server_name() != app.server_name {
+        let body = remote_body(app, user_id, None).await?;
+        return Ok(body.as_object().cloned().unwrap_or_default());
+    }
+    let p = get(app, user_id).await?;
+    let fields = profiles::fields(&app.db, user_id.as_str()).await?;
+    Ok(assemble(&p, fields.as_deref()))
+}
+
+fn assemble(p: &Profile, fields: Option<&str>) -> Map<String, Value> {
+    let mut out: Map<String, Value> = fields
+        .and_then(|f| serde_json::from_str(f).ok())
+        .unwrap_or_default();
+    if let Some(name) = &p.displayname {
+        out.insert("displayname".into(), name.as_str().into());
+    }
+    if let Some(url) = &p.avatar_url {
+        out.insert("avatar_url".into(), url.as_str().into());
+    }
+    out
+}
+
+/// One field of a profile: `404` when the user has no such field.
+pub async fn field(app: &AppState, user_id: &UserId, key: &str) -> Result<Value> {
+    check_key(key)?;
+    let value = if user_id.server_name() != app.server_name {
+        remote_body(app, user_id, Some(key)).await?[key].take()
+    } else {
+        full(app, user_id).await?.remove(key).unwrap_or(Value::Null)
+    };
+    if value.is_null() {
+        return Err(Error::not_found("Profile field not found"));
+    }
+    Ok(value)
+}
+
+/// The spec's key rules: 1 to 255 bytes of the Common Namespaced Identifier
+/// Grammar (as Synapse checks it: a lowercase letter, then lowercase letters,
+/// digits, `_`, `-` and `.`).
+fn check_key(key: &str) -> Result<()> {
+    if key.len() > MAX_KEY_BYTES {
+        return Err(Error::new(
+            ErrorKind::KeyTooLarge,
+            "Profile keys are limited to 255 bytes",
+        ));
+    }
+    let mut chars = key.chars();
+    let valid = chars.next().is_some_and(|c| c.is_ascii_lowercase())
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "_-.".contains(c));
+    if !valid {
+        return Err(Error::invalid_param(
+            "The key does not follow the Common Namespaced Identifier Grammar",
+        ));
+    }
+    Ok(())
+}
+
+/// `PUT /profile/{userId}/{keyName}`: own profile only. `displayname` and
+/// `avatar_url` must be strings and update the member events; `m.tz` must be a
+/// string; other `m.` keys are reserved for the spec; custom keys take any
+/// JSON value but `null` (refused, as Synapse does).
+pub async fn set_field(
+    app: &AppState,
+    session: &Session,
+    target: &UserId,
+    key: &str,
+    value: Value,
+) -> Result<()> {
+    check_key(key)?;
+    if *target != *session.user_id {
+        return Err(Error::forbidden("You can only change your own profile"));
+    }
+    if value.is_null() {
+        return Err(Error::invalid_param(format!("'{key}' can not be null")));
+    }
+    let must_be_string = || Error::invalid_param(format!("'{key}' must be a string"));
+    match key {
+        "displayname" | "avatar_url" => {
+            let text = value.as_str().ok_or_else(must_be_string)?.to_owned();
+            let field = if key == "displayname" {
+                Field::DisplayName
+            } else {
+                Field::AvatarUrl
+            };
+            check_size(app, target, key, &value).await?;
+            return apply(app, target, field, Some(text)).await;
+        }
+        "m.tz" if !value.is_string() => return Err(must_be_string()),
+        "m.tz" => {}
+        _ if key.starts_with("m.") => {
+            return Err(Error::invalid_param(
+                "Keys in the m. namespace are reserved for the specification",
+            ));
+        }
+        _ => {}
+    }
+    let mut tx = app.db.begin().await?;
+    let mut fields = locked_fields(&mut tx, target).await?;
+    fields.insert(key.to_owned(), value);
+    let p = profiles::get(&mut *tx, target.as_str())
+        .await?
+        .unwrap_or_default();
+    let text = serde_json::to_string(&fields).map_err(|e| anyhow::anyhow!("{e}"))?;
+    if size(&p, &text) >= MAX_PROFILE_BYTES {
+        return Err(too_large());
+    }
+    profiles::set_fields(&mut *tx, target.as_str(), &text).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// `DELETE /profile/{userId}/{keyName}`: own profile only; deleting a field that
+/// is not set succeeds.
+pub async fn delete_field(
+    app: &AppState,
+    session: &Session,
+    target: &UserId,
+    key: &str,
+) -> Result<()> {
+    check_key(key)?;
+    if *target != *session.user_id {
+        return Err(Error::forbidden("You can only change your own profile"));
+    }
+    match key {
+        "displayname" => return apply(app, target, Field::DisplayName, None).await,
+        "avatar_url" => return apply(app, target, Field::AvatarUrl, None).await,
+        _ => {}
+    }
+    let mut tx = app.db.begin().await?;
+    let mut fields = locked_fields(&mut tx, target).await?;
+    if fields.remove(key).is_some() {
+        let text = serde_json::to_string(&fields).map_err(|e| anyhow::anyhow!("{e}"))?;
+        profiles::set_fields(&mut *tx, target.as_str(), &text).await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+async fn locked_fields(
+    tx: &mut Transaction<'_, Postgres>,
+    user: &UserId,
+) -> Result<Map<String, Value>> {
+    Ok(profiles::fields_for_update(&mut **tx, user.as_str())
+        .await?
+        .and_then(|f| serde_json::from_str(&f).ok())
+        .unwrap_or_default())
+}
+
+/// Refuses a display name or avatar that would take the profile past the limit.
+async fn check_size(app: &AppState, user: &UserId, key: &str, value: &Value) -> Result<()> {
+    let p = profiles::get(&app.db, user.as_str())
+        .await?
+        .unwrap_or_default();
+    let fields = profiles::fields(&app.db, user.as_str()).await?;
+    let mut all = assemble(&p, fields.as_deref());
+    all.insert(key.to_owned(), value.clone());
+    if serde_json::to_string(&all).map_or(0, |t| t.len()) >= MAX_PROFILE_BYTES {
+        return Err(too_large());
+    }
+    Ok(())
+}
+
+fn size(p: &Profile, fields: &str) -> usize {
+    serde_json::to_string(&assemble(p, Some(fields))).map_or(0, |t| t.len())
+}
+
+fn too_large() -> Error {
+    Error::new(
+        ErrorKind::ProfileTooLarge,
+        "The profile would exceed its 64 KiB limit",
+    )
 }
 
 /// Adds the user's profile to a member event's content (joins and invites).

@@ -342,6 +342,14 @@ pub async fn delete_backup(
     Ok(done.rows_affected() == 1)
 }
 
+/// Removes every key backup of a user, with its keys (deactivation).
+pub async fn delete_all_backups(db: impl PgExecutor<'_>, user_id: &str) -> sqlx::Result<()> {
+    sqlx::query!("delete from room_key_backups where user_id = $1", user_id)
+        .execute(db)
+        .await?;
+    Ok(())
+}
+
 pub async fn bump_backup_etag(
     db: impl PgExecutor<'_>,
     user_id: &str,

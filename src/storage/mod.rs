@@ -15,6 +15,7 @@ pub mod pushers;
 pub mod redactions;
 pub mod registration_tokens;
 pub mod relations;
+pub mod reports;
 pub mod rooms;
 pub mod search;
 pub mod server_keys;

@@ -49,3 +49,37 @@ pub async fn set_avatar_url(
     .await?;
     Ok(())
 }
+
+/// The custom fields (`m.tz` and namespaced keys) of a user's profile, as a
+/// JSON object; `None` without a profile row.
+pub async fn fields(db: impl PgExecutor<'_>, user_id: &str) -> sqlx::Result<Option<String>> {
+    sqlx::query_scalar!("select fields from profiles where user_id = $1", user_id)
+        .fetch_optional(db)
+        .await
+}
+
+/// [`fields`] with the row locked until the transaction ends, so that
+/// concurrent changes cannot together exceed the size limit.
+pub async fn fields_for_update(
+    db: impl PgExecutor<'_>,
+    user_id: &str,
+) -> sqlx::Result<Option<String>> {
+    sqlx::query_scalar!(
+        "select fields from profiles where user_id = $1 for update",
+        user_id
+    )
+    .fetch_optional(db)
+    .await
+}
+
+pub async fn set_fields(db: impl PgExecutor<'_>, user_id: &str, fields: &str) -> sqlx::Result<()> {
+    sqlx::query!(
+        "insert into profiles (user_id, fields) values ($1, $2)
+         on conflict (user_id) do update set fields = excluded.fields",
+        user_id,
+        fields
+    )
+    .execute(db)
+    .await?;
+    Ok(())
+}

@@ -72,6 +72,14 @@ pub async fn delete(
     .rows_affected())
 }
 
+/// Removes every pusher of a user (deactivation).
+pub async fn delete_all(db: impl PgExecutor<'_>, user_id: &str) -> sqlx::Result<()> {
+    sqlx::query!("delete from pushers where user_id = $1", user_id)
+        .execute(db)
+        .await?;
+    Ok(())
+}
+
 /// Removes other users' pushers for the same app and pushkey (the device now
 /// belongs to someone else).
 pub async fn delete_for_others(

@@ -34,6 +34,14 @@ pub async fn set_account_data(
     Ok(())
 }
 
+/// Removes all of a user's account data, global and per room (deactivation).
+pub async fn delete_all_account_data(db: impl PgExecutor<'_>, user_id: &str) -> sqlx::Result<()> {
+    sqlx::query!("delete from account_data where user_id = $1", user_id)
+        .execute(db)
+        .await?;
+    Ok(())
+}
+
 pub async fn get_account_data(
     db: impl PgExecutor<'_>,
     user_id: &str,
@@ -50,7 +58,9 @@ pub async fn get_account_data(
     .await
 }
 
-/// The user's account data changed in `(after, upto]` (all of it when `after` is 0).
+/// The user's account data changed in `(after, upto]`. When `after` is 0 (an
+/// initial sync), all of it but deleted types: a deletion (MSC3391) is stored as
+/// empty content, which only incremental syncs carry.
 pub async fn account_data_since(
     db: impl PgExecutor<'_>,
     user_id: &str,
@@ -61,6 +71,7 @@ pub async fn account_data_since(
         AccountData,
         "select room_id, data_type, content from account_data
          where user_id = $1 and stream_ordering > $2 and stream_ordering <= $3
+           and ($2 > 0 or content <> '{}')
          order by stream_ordering",
         user_id,
         after,

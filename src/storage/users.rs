@@ -93,7 +93,7 @@ pub async fn reactivate(
     password_hash: &str,
 ) -> sqlx::Result<bool> {
     let done = sqlx::query!(
-        "update users set deactivated = false, password_hash = $2
+        "update users set deactivated = false, erased = false, password_hash = $2
          where user_id = $1 and deactivated",
         user_id,
         password_hash
@@ -103,18 +103,33 @@ pub async fn reactivate(
     Ok(done.rows_affected() == 1)
 }
 
-/// Marks the account deactivated; devices and tokens are deleted by the caller in
-/// the same transaction. The password hash stays, so that only someone who knows
-/// the password learns that the account is deactivated (login checks it first);
-/// reactivation sets a new one.
-pub async fn deactivate(db: impl PgExecutor<'_>, user_id: &str) -> sqlx::Result<()> {
+/// Marks the account deactivated, and erased when asked (an erasure is never
+/// undone by a later deactivation without it); devices and tokens are deleted
+/// by the caller in the same transaction. The password hash stays, so that only
+/// someone who knows the password learns that the account is deactivated (login
+/// checks it first); reactivation sets a new one.
+pub async fn deactivate(db: impl PgExecutor<'_>, user_id: &str, erase: bool) -> sqlx::Result<()> {
     sqlx::query!(
-        "update users set deactivated = true where user_id = $1",
-        user_id
+        "update users set deactivated = true, erased = erased or $2 where user_id = $1",
+        user_id,
+        erase
     )
     .execute(db)
     .await?;
     Ok(())
+}
+
+/// Which of `user_ids` asked for their account to be erased.
+pub async fn erased_among(
+    db: impl PgExecutor<'_>,
+    user_ids: &[String],
+) -> sqlx::Result<Vec<String>> {
+    sqlx::query_scalar!(
+        "select user_id from users where erased and user_id = any($1)",
+        user_ids
+    )
+    .fetch_all(db)
+    .await
 }
 
 /// The largest all-digit localpart in use, for generating the next free one the way
@@ -136,6 +151,7 @@ pub struct AdminRow {
     pub is_admin: bool,
     pub is_guest: bool,
     pub deactivated: bool,
+    pub erased: bool,
     pub created_ts: i64,
     pub displayname: Option<String>,
     pub avatar_url: Option<String>,
@@ -154,7 +170,7 @@ pub async fn admin_list(
     let pattern = name.map(|n| format!("%{}%", n.replace('%', "\\%").replace('_', "\\_")));
     let rows = sqlx::query_as!(
         AdminRow,
-        r#"select u.user_id, u.is_admin, u.is_guest, u.deactivated, u.created_ts,
+        r#"select u.user_id, u.is_admin, u.is_guest, u.deactivated, u.erased, u.created_ts,
                   p.displayname as "displayname?", p.avatar_url as "avatar_url?"
            from users u left join profiles p on p.user_id = u.user_id
            where ($1::text is null or u.user_id ilike $1 or p.displayname ilike $1)

@@ -613,7 +613,7 @@ async fn deactivate_locks_the_account_for_good() {
         )
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    assert_eq!(body["id_server_unbind_result"], "no-support");
+    assert_eq!(body["id_server_unbind_result"], "success");
     assert_eq!(
         server.whoami(&quinn.access_token).await.0,
         StatusCode::UNAUTHORIZED

@@ -173,6 +173,41 @@ async fn probe(server: &TestServer, n: usize, flag: &str) {
             assert!(body["pos"].is_string(), "{body}");
             assert!(body["rooms"][&room].is_object(), "{body}");
         }
+        "org.matrix.msc3391" => {
+            let path = format!(
+                "{V3}/user/{}/account_data/org.example.probe",
+                enc(&alice.user_id)
+            );
+            let (status, _) = server.put(&path, t, json!({ "on": true })).await;
+            assert_eq!(status, StatusCode::OK);
+            let (status, body) = server
+                .call(
+                    reqwest::Method::DELETE,
+                    &format!(
+                        "/_matrix/client/unstable/org.matrix.msc3391/user/{}/account_data/org.example.probe",
+                        enc(&alice.user_id)
+                    ),
+                    t,
+                    None,
+                )
+                .await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+            let (status, body) = server.get(&path, t).await;
+            assert_eq!(
+                (status, body["errcode"].as_str()),
+                (StatusCode::NOT_FOUND, Some("M_NOT_FOUND"))
+            );
+        }
+        "uk.tcpip.msc4133.stable" => {
+            let path = format!("{V3}/profile/{}/org.example.pronouns", enc(&alice.user_id));
+            let (status, body) = server
+                .put(&path, t, json!({ "org.example.pronouns": "she/her" }))
+                .await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+            let (status, body) = server.get(&path, None).await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+            assert_eq!(body, json!({ "org.example.pronouns": "she/her" }));
+        }
         other => panic!("/versions advertises {other}, which no test calls"),
     }
 }

@@ -1,6 +1,7 @@
 //! End-to-end tests: the real server on a random loopback port, a real PostgreSQL.
 //! One test binary, so the server is linked once.
 
+mod account;
 mod accounts;
 mod admin;
 mod attacks;

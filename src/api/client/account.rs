@@ -1,13 +1,16 @@
 //! Account management behind user-interactive auth:
 //! `POST /_matrix/client/v3/account/password`, `POST /_matrix/client/v3/account/deactivate`
-//! (spec: "Account management").
+//! (spec: "Account management"); and `GET /_matrix/client/v3/admin/whois/{userId}`
+//! (spec: "Server administration").
 
-use axum::{Router, extract::State};
+use axum::{Json, Router, extract::State};
 use ruma::api::client::{
     account::{ThirdPartyIdRemovalStatus, change_password, deactivate},
+    admin::get_user_info,
     uiaa::AuthData,
 };
 use serde::Deserialize;
+use serde_json::Value;
 
 use crate::{
     api::{
@@ -18,13 +21,25 @@ use crate::{
     },
     app::AppState,
     error::{Error, Result},
-    service::account,
+    service::{account, admin},
 };
 
 pub fn router() -> Router<AppState> {
     Router::new()
         .ruma::<change_password::v3::Request, _, _>(change_password)
         .ruma::<deactivate::v3::Request, _, _>(deactivate)
+        .ruma::<get_user_info::v3::Request, _, _>(whois)
+}
+
+/// The user themself or a server admin; `M_FORBIDDEN` for anyone else.
+async fn whois(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    Ruma(req): Ruma<get_user_info::v3::Request>,
+) -> Result<Json<Value>> {
+    Ok(Json(
+        admin::whois_for(&state, &user, req.user_id.as_str()).await?,
+    ))
 }
 
 /// The body of `POST /account/password`. ruma's type requires `new_password`;
@@ -70,9 +85,10 @@ async fn deactivate(
     ClientIp(ip): ClientIp,
     Ruma(req): Ruma<deactivate::v3::Request>,
 ) -> Result<RumaResponse<deactivate::v3::Response>> {
-    account::deactivate(&state, &user, req.auth.as_ref(), ip.as_deref()).await?;
-    // No third-party IDs are ever bound, so there is nothing to unbind.
+    account::deactivate(&state, &user, req.erase, req.auth.as_ref(), ip.as_deref()).await?;
+    // No third-party IDs are ever bound, so there is nothing to unbind: the spec
+    // asks for `success` then.
     Ok(RumaResponse(deactivate::v3::Response::new(
-        ThirdPartyIdRemovalStatus::NoSupport,
+        ThirdPartyIdRemovalStatus::Success,
     )))
 }

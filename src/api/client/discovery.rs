@@ -73,6 +73,12 @@ const UNSTABLE_FEATURES: &[&str] = &[
     // Mutual rooms (unstable and `/v1/mutual_rooms`).
     "uk.half-shot.msc2666.query_mutual_rooms",
     "uk.half-shot.msc2666.query_mutual_rooms.stable",
+    // Deleting account data (MSC3391: `DELETE` under its unstable prefix, and
+    // `PUT` with `{}`), as Synapse advertises it when enabled.
+    "org.matrix.msc3391",
+    // Profile fields beyond name and avatar on the stable paths (MSC4133, in
+    // spec v1.16), as Synapse advertises it.
+    "uk.tcpip.msc4133.stable",
     // Simplified sliding sync (MSC4186), as Synapse advertises it.
     "org.matrix.simplified_msc3575",
 ];
@@ -91,8 +97,8 @@ async fn versions(
 }
 
 /// Only capabilities that hold today: password changes work; the room versions
-/// Lattice creates and joins; display names, avatars and third-party IDs cannot be
-/// changed yet; no login tokens.
+/// Lattice creates and joins; every profile field may be changed; third-party
+/// IDs cannot be changed; no login tokens.
 async fn capabilities(
     State(state): State<AppState>,
     AuthUser(_): AuthUser,
@@ -109,6 +115,7 @@ async fn capabilities(
                 "available": available,
             },
             "m.change_password": { "enabled": true },
+            "m.profile_fields": { "enabled": true },
             "m.set_displayname": { "enabled": true },
             "m.set_avatar_url": { "enabled": true },
             "m.3pid_changes": { "enabled": false },

@@ -1,20 +1,28 @@
 //! Profiles: `GET /_matrix/client/v3/profile/{userId}`,
-//! `GET/PUT /_matrix/client/v3/profile/{userId}/displayname` and `…/avatar_url`
-//! (spec: "Profiles"). Local users only until federation lands.
+//! `GET/PUT /_matrix/client/v3/profile/{userId}/displayname` and `…/avatar_url`,
+//! and every other field (spec v1.16): `GET/PUT/DELETE
+//! /_matrix/client/v3/profile/{userId}/{keyName}` (spec: "Profiles"). Remote
+//! users' profiles are asked of their server.
 
-use axum::{Json, Router, extract::State};
+use axum::{
+    Json, Router,
+    extract::{Path, State},
+    routing::get,
+};
 use ruma::api::client::profile::{
     get_avatar_url, get_display_name, get_profile, set_avatar_url, set_display_name,
 };
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
 use crate::{
     api::{
         auth::{AuthUser, GuestOk},
+        json::JsonOrEmpty,
+        rate_limited,
         ruma::{RouterExt, Ruma},
     },
     app::AppState,
-    error::Result,
+    error::{Error, ErrorKind, Result},
     service::profile::{self, Field},
 };
 
@@ -25,21 +33,87 @@ pub fn router() -> Router<AppState> {
         .ruma::<get_avatar_url::v3::Request, _, _>(get_avatar)
         .ruma::<set_display_name::v3::Request, _, _>(set_name)
         .ruma::<set_avatar_url::v3::Request, _, _>(set_avatar)
+        // Any field (ruma's typed field requests would answer a body without
+        // the key with M_BAD_JSON, where the spec wants M_MISSING_PARAM).
+        // `displayname` and `avatar_url` keep their typed GET and PUT above.
+        .route(
+            "/_matrix/client/v3/profile/{user_id}/{key}",
+            get(get_field).put(put_field).delete(delete_field),
+        )
+        .route(
+            "/_matrix/client/v3/profile/{user_id}/displayname",
+            axum::routing::delete(delete_field),
+        )
+        .route(
+            "/_matrix/client/v3/profile/{user_id}/avatar_url",
+            axum::routing::delete(delete_field),
+        )
+}
+
+fn user_param(user_id: &str) -> Result<ruma::OwnedUserId> {
+    ruma::UserId::parse(user_id).map_err(|_| Error::invalid_param("Invalid user ID"))
+}
+
+async fn get_field(
+    State(app): State<AppState>,
+    Path((user_id, key)): Path<(String, String)>,
+) -> Result<Json<Value>> {
+    let user = user_param(&user_id)?;
+    let value = profile::field(&app, &user, &key).await?;
+    Ok(Json(json!({ key: value })))
+}
+
+async fn put_field(
+    State(app): State<AppState>,
+    AuthUser(session): AuthUser,
+    Path((user_id, key)): Path<(String, String)>,
+    JsonOrEmpty(mut body): JsonOrEmpty,
+) -> Result<Json<Value>> {
+    // The spec rate-limits this endpoint (by user, as the `Ruma` extractor does).
+    rate_limited(app.client_limiter.check(session.user_id.as_str()))?;
+    let user = user_param(&user_id)?;
+    if !body.is_object() {
+        return Err(Error::bad_json("The body must be a JSON object"));
+    }
+    let Some(value) = body.as_object_mut().and_then(|o| o.remove(&key)) else {
+        return Err(Error::new(
+            ErrorKind::MissingParam,
+            format!("Missing key '{key}'"),
+        ));
+    };
+    profile::set_field(&app, &session, &user, &key, value).await?;
+    Ok(Json(json!({})))
+}
+
+async fn delete_field(
+    State(app): State<AppState>,
+    AuthUser(session): AuthUser,
+    Path(params): Path<Vec<(String, String)>>,
+    uri: axum::http::Uri,
+) -> Result<Json<Value>> {
+    rate_limited(app.client_limiter.check(session.user_id.as_str()))?;
+    let user_id = params
+        .iter()
+        .find(|(k, _)| k == "user_id")
+        .map(|(_, v)| v.as_str())
+        .unwrap_or_default();
+    let user = user_param(user_id)?;
+    // `{key}`, or the last segment of the fixed displayname/avatar_url paths.
+    let key = match params.iter().find(|(k, _)| k == "key") {
+        Some((_, key)) => key.clone(),
+        None => uri.path().rsplit('/').next().unwrap_or_default().to_owned(),
+    };
+    profile::delete_field(&app, &session, &user, &key).await?;
+    Ok(Json(json!({})))
 }
 
 async fn get_all(
     State(app): State<AppState>,
     Ruma(req): Ruma<get_profile::v3::Request>,
 ) -> Result<Json<Value>> {
-    let p = profile::get(&app, &req.user_id).await?;
-    let mut out = Map::new();
-    if let Some(name) = p.displayname {
-        out.insert("displayname".into(), name.into());
-    }
-    if let Some(url) = p.avatar_url {
-        out.insert("avatar_url".into(), url.into());
-    }
-    Ok(Json(Value::Object(out)))
+    Ok(Json(Value::Object(
+        profile::full(&app, &req.user_id).await?,
+    )))
 }
 
 async fn get_name(

@@ -1,7 +1,8 @@
 //! Around events: `GET /rooms/{roomId}/context/{eventId}`,
 //! `GET /rooms/{roomId}/relations/{eventId}[/{relType}[/{eventType}]]`,
 //! `GET /rooms/{roomId}/threads`, `GET /rooms/{roomId}/timestamp_to_event`,
-//! `POST /rooms/{roomId}/report/{eventId}`, `POST /rooms/{roomId}/upgrade`,
+//! `POST /rooms/{roomId}/report/{eventId}`, `POST /rooms/{roomId}/report`,
+//! `POST /users/{userId}/report`, `POST /rooms/{roomId}/upgrade`,
 //! `GET /rooms/{roomId}/hierarchy` (spec: "Relationships", "Threading",
 //! "Reporting content", "Events", "Room Upgrades", "Spaces").
 
@@ -14,7 +15,8 @@ use ruma::api::{
             get_relating_events, get_relating_events_with_rel_type,
             get_relating_events_with_rel_type_and_event_type,
         },
-        room::{get_event_by_timestamp, report_content, upgrade_room},
+        reporting::report_user,
+        room::{get_event_by_timestamp, report_content, report_room, upgrade_room},
         space::get_hierarchy,
         threads::get_threads,
     },
@@ -29,7 +31,7 @@ use crate::{
     app::AppState,
     domain::filter::EventFilter,
     error::Result,
-    service::{space, timeline, upgrade as upgrades},
+    service::{reports, space, timeline, upgrade as upgrades},
 };
 
 pub fn router() -> Router<AppState> {
@@ -43,6 +45,8 @@ pub fn router() -> Router<AppState> {
         .ruma::<get_threads::v1::Request, _, _>(threads)
         .ruma::<get_event_by_timestamp::v1::Request, _, _>(timestamp_to_event)
         .ruma::<report_content::v3::Request, _, _>(report)
+        .ruma::<report_room::v3::Request, _, _>(report_room)
+        .ruma::<report_user::v3::Request, _, _>(report_user)
         .ruma::<upgrade_room::v3::Request, _, _>(upgrade)
         .ruma::<get_hierarchy::v1::Request, _, _>(hierarchy)
 }
@@ -186,6 +190,26 @@ async fn report(
         req.reason.as_deref(),
     )
     .await?;
+    Ok(Json(json!({})))
+}
+
+/// Reporting a room needs no membership of it. A missing `reason` reads as
+/// empty (it was optional in v1.13).
+async fn report_room(
+    State(app): State<AppState>,
+    AuthUser(user): AuthUser,
+    Ruma(req): Ruma<report_room::v3::Request>,
+) -> Result<Json<Value>> {
+    reports::report_room(&app, &user.user_id, &req.room_id, &req.reason).await?;
+    Ok(Json(json!({})))
+}
+
+async fn report_user(
+    State(app): State<AppState>,
+    AuthUser(user): AuthUser,
+    Ruma(req): Ruma<report_user::v3::Request>,
+) -> Result<Json<Value>> {
+    reports::report_user(&app, &user.user_id, &req.user_id, &req.reason).await?;
     Ok(Json(json!({})))
 }
 

@@ -1,9 +1,16 @@
 //! Account data, tags, receipts, read markers and typing (spec: "Client Config",
-//! "Room Tagging", "Receipts", "Fully read markers", "Typing Notifications").
+//! "Room Tagging", "Receipts", "Fully read markers", "Typing Notifications"),
+//! and deleting account data (MSC3391, unstable, as Synapse serves it):
+//! `DELETE /_matrix/client/unstable/org.matrix.msc3391/user/{userId}/account_data/{type}`
+//! and `…/user/{userId}/rooms/{roomId}/account_data/{type}`.
 
 use std::time::Duration;
 
-use axum::{Json, Router, extract::State};
+use axum::{
+    Json, Router,
+    extract::{Path, State},
+    routing::delete,
+};
 use ruma::api::client::{
     config::{
         get_global_account_data, get_room_account_data, set_global_account_data,
@@ -14,6 +21,7 @@ use ruma::api::client::{
     tag::{create_tag, delete_tag, get_tags},
     typing::create_typing_event::{self, v3::Typing},
 };
+use ruma::{OwnedUserId, RoomId, UserId};
 use serde_json::{Value, json};
 
 use crate::{
@@ -38,6 +46,41 @@ pub fn router() -> Router<AppState> {
         .ruma::<create_receipt::v3::Request, _, _>(receipt)
         .ruma::<set_read_marker::v3::Request, _, _>(read_markers)
         .ruma::<create_typing_event::v3::Request, _, _>(typing)
+        // MSC3391: ruma has no request types for these.
+        .route(
+            "/_matrix/client/unstable/org.matrix.msc3391/user/{user_id}/account_data/{data_type}",
+            delete(delete_global),
+        )
+        .route(
+            "/_matrix/client/unstable/org.matrix.msc3391/user/{user_id}/rooms/{room_id}/account_data/{data_type}",
+            delete(delete_room),
+        )
+}
+
+fn user_param(user_id: &str) -> Result<OwnedUserId> {
+    UserId::parse(user_id).map_err(|_| Error::invalid_param("Invalid user ID"))
+}
+
+async fn delete_global(
+    State(app): State<AppState>,
+    AuthUser(session): AuthUser,
+    Path((user_id, data_type)): Path<(String, String)>,
+) -> Result<Json<Value>> {
+    let user = user_param(&user_id)?;
+    account_data::delete(&app, &session, &user, None, &data_type).await?;
+    Ok(Json(json!({})))
+}
+
+async fn delete_room(
+    State(app): State<AppState>,
+    AuthUser(session): AuthUser,
+    Path((user_id, room_id, data_type)): Path<(String, String, String)>,
+) -> Result<Json<Value>> {
+    let user = user_param(&user_id)?;
+    let room = RoomId::parse(&room_id)
+        .map_err(|_| Error::invalid_param(format!("{room_id} is not a valid room ID")))?;
+    account_data::delete(&app, &session, &user, Some(&room), &data_type).await?;
+    Ok(Json(json!({})))
 }
 
 fn raw_object<T>(raw: &ruma::serde::Raw<T>) -> Result<Value> {

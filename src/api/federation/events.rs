@@ -348,13 +348,14 @@ impl Ord for Queued {
 }
 
 /// The PDUs of `stored` as the requesting server may receive them: whole when
-/// it may see them, redacted otherwise (so the graph stays connected).
+/// it may see them (and their sender was not erased), redacted otherwise (so
+/// the graph stays connected).
 async fn visible_pdus(
     view: &mut ServerView<'_>,
     rules: &ruma::room_version_rules::RoomVersionRules,
     stored: &[events::StoredEvent],
 ) -> Result<Vec<Value>> {
-    let visible = view.visible(stored).await?;
+    let visible = view.whole(stored).await?;
     Ok(stored
         .iter()
         .zip(visible)

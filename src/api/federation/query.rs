@@ -118,20 +118,15 @@ async fn query_profile(
     if user_id.server_name() != app.server_name {
         return Err(Error::invalid_param("The user is not on this server"));
     }
-    let p = profile::get(&app, &user_id).await?;
-    let mut out = serde_json::Map::new();
-    let want = |f: &str| q.field.as_deref().is_none_or(|w| w == f);
-    if want("displayname")
-        && let Some(name) = p.displayname
-    {
-        out.insert("displayname".into(), name.into());
-    }
-    if want("avatar_url")
-        && let Some(url) = p.avatar_url
-    {
-        out.insert("avatar_url".into(), url.into());
-    }
-    Ok(Json(Value::Object(out)))
+    // The whole profile, custom fields too (spec v1.16), or the one `field`.
+    let mut all = profile::full(&app, &user_id).await?;
+    Ok(Json(Value::Object(match &q.field {
+        None => all,
+        Some(field) => all
+            .remove_entry(field)
+            .into_iter()
+            .collect::<serde_json::Map<_, _>>(),
+    })))
 }
 
 #[derive(Deserialize)]

@@ -25,7 +25,7 @@ use serde_json::Value;
 use crate::{
     app::AppState,
     error::{Error, Result},
-    storage::{events, events::StoredEvent, rooms, state},
+    storage::{events, events::StoredEvent, rooms, state, users},
 };
 
 pub struct ServerView<'a> {
@@ -80,6 +80,23 @@ impl<'a> ServerView<'a> {
                 // joined servers read anyway.
                 None => in_room && e.state_key.is_some(),
             })
+            .collect())
+    }
+
+    /// Whether the server may receive each event whole where the graph is
+    /// walked (`/backfill`, `/get_missing_events`): visible, and not sent by a
+    /// user who asked for erasure (those go out redacted, as Synapse sends them;
+    /// spec: "Account deactivation").
+    pub async fn whole(&mut self, stored: &[StoredEvent]) -> Result<Vec<bool>> {
+        let visible = self.visible(stored).await?;
+        let mut senders: Vec<String> = stored.iter().map(|e| e.sender.clone()).collect();
+        senders.sort_unstable();
+        senders.dedup();
+        let erased = users::erased_among(&self.app.db, &senders).await?;
+        Ok(stored
+            .iter()
+            .zip(visible)
+            .map(|(e, v)| v && !erased.contains(&e.sender))
             .collect())
     }
 
