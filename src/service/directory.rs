@@ -1,4 +1,5 @@
-//! Room aliases (local ones; remote resolution arrives with federation).
+//! Room aliases (ours, and others' through the alias's server), the public
+//! room directory and room summaries.
 
 use ruma::{OwnedRoomId, RoomId, UserId};
 
@@ -14,44 +15,110 @@ pub async fn resolve_local(app: &AppState, alias: &str) -> Result<Option<OwnedRo
     Ok(room.and_then(|r| RoomId::parse(r).ok()))
 }
 
-/// Resolves an alias: ours from the database, others' over federation. Returns
-/// the room and the servers the alias's server names as resident.
+/// The most servers a directory answer lists (a peer's longer list is cut).
+const MAX_ALIAS_SERVERS: usize = 50;
+/// The largest answer accepted to a remote alias query.
+const MAX_ALIAS_ANSWER_BYTES: usize = 64 * 1024;
+
+/// How long a query made on a client's behalf may take (the configured
+/// request timeout, at most 30 seconds: a client is waiting).
+pub(crate) fn query_timeout(app: &AppState) -> std::time::Duration {
+    std::time::Duration::from_secs(app.config.federation.request_timeout_secs.clamp(1, 30))
+}
+
+/// Resolves an alias for a join or a knock: the room and the servers to try,
+/// the alias's own server first (as Synapse does: it knows the room).
 pub async fn resolve(
     app: &AppState,
     alias: &ruma::RoomAliasId,
 ) -> Result<(OwnedRoomId, Vec<ruma::OwnedServerName>)> {
-    if alias.server_name() == app.server_name || !app.config.federation.enabled {
-        return resolve_local(app, alias.as_str())
-            .await?
-            .map(|r| (r, Vec::new()))
-            .ok_or_else(|| crate::error::Error::not_found("Room alias not found"));
+    let (room_id, mut servers) = association(app, alias).await?;
+    if alias.server_name() != app.server_name {
+        servers.retain(|s| s != alias.server_name());
+        servers.insert(0, alias.server_name().to_owned());
     }
+    Ok((room_id, servers))
+}
+
+/// `GET /directory/room/{roomAlias}`: the room an alias names and servers
+/// that know the room. Ours from the database, with the room's joined
+/// servers; others' from the alias's server
+/// (`GET /_matrix/federation/v1/query/directory`), with the servers it lists
+/// (well-formed names only, at most [`MAX_ALIAS_SERVERS`]) and those we know
+/// in the room. This server comes first when it is in the list.
+pub async fn association(
+    app: &AppState,
+    alias: &ruma::RoomAliasId,
+) -> Result<(OwnedRoomId, Vec<ruma::OwnedServerName>)> {
+    let not_found = || Error::not_found("Room alias not found");
+    let (room_id, mut servers) =
+        if alias.server_name() == app.server_name || !app.config.federation.enabled {
+            let room_id = resolve_local(app, alias.as_str())
+                .await?
+                .ok_or_else(not_found)?;
+            (room_id, Vec::new())
+        } else {
+            resolve_remote(app, alias).await?
+        };
+    for server in joined_servers(app, &room_id).await? {
+        if let Ok(server) = ruma::ServerName::parse(&server) {
+            servers.push(server);
+        }
+    }
+    let mut seen = std::collections::HashSet::new();
+    servers.retain(|s| seen.insert(s.clone()));
+    if let Some(at) = servers.iter().position(|s| s == &app.server_name) {
+        let ours = servers.remove(at);
+        servers.insert(0, ours);
+    } else if alias.server_name() == app.server_name {
+        // Our own alias for a room nobody here is joined to any more: we still
+        // know it.
+        servers.insert(0, app.server_name.clone());
+    }
+    servers.truncate(MAX_ALIAS_SERVERS);
+    Ok((room_id, servers))
+}
+
+/// Asks the alias's server. Its answer must name a valid room ID; the servers
+/// it lists are kept when they are server names, at most [`MAX_ALIAS_SERVERS`].
+async fn resolve_remote(
+    app: &AppState,
+    alias: &ruma::RoomAliasId,
+) -> Result<(OwnedRoomId, Vec<ruma::OwnedServerName>)> {
     let path = format!(
         "/_matrix/federation/v1/query/directory?room_alias={}",
         form_urlencoded::byte_serialize(alias.as_str().as_bytes()).collect::<String>()
     );
     let body = app
         .federation
-        .request_json(alias.server_name(), http::Method::GET, &path, None)
+        .request_json_bounded(
+            alias.server_name(),
+            http::Method::GET,
+            &path,
+            None,
+            MAX_ALIAS_ANSWER_BYTES,
+            query_timeout(app),
+        )
         .await
         .map_err(|e| {
             if e.is_not_found() {
-                crate::error::Error::not_found("Room alias not found")
+                Error::not_found("Room alias not found")
             } else {
-                crate::error::Error::not_found(format!("Room alias could not be resolved: {e}"))
+                tracing::info!(%alias, error = %e, "remote alias query failed");
+                Error::not_found("Room alias could not be resolved")
             }
         })?;
     let room_id = body["room_id"]
         .as_str()
         .and_then(|r| RoomId::parse(r).ok())
-        .ok_or_else(|| crate::error::Error::not_found("Room alias not found"))?;
-    let mut servers: Vec<ruma::OwnedServerName> = body["servers"]
+        .ok_or_else(|| Error::not_found("Room alias not found"))?;
+    let servers = body["servers"]
         .as_array()
         .into_iter()
         .flatten()
         .filter_map(|s| s.as_str().and_then(|s| ruma::ServerName::parse(s).ok()))
+        .take(MAX_ALIAS_SERVERS)
         .collect();
-    servers.insert(0, alias.server_name().to_owned());
     Ok((room_id, servers))
 }
 
@@ -343,6 +410,166 @@ pub async fn public_rooms(
         body["prev_batch"] = format!("o{}", offset.saturating_sub(limit)).into();
     }
     Ok(body)
+}
+
+/// The most rooms relayed from another server's `/publicRooms` page (also
+/// the page size asked for when the client names none).
+const MAX_REMOTE_PUBLIC_ROOMS: usize = 500;
+/// The largest `/publicRooms` answer accepted from another server.
+const MAX_PUBLIC_ROOMS_ANSWER_BYTES: usize = 4 * 1024 * 1024;
+/// Longest relayed text field (`name`, `topic`; in characters).
+const MAX_RELAYED_TEXT: usize = 1024;
+/// Longest relayed token (`since`, `next_batch`, `prev_batch`; in bytes).
+const MAX_RELAYED_TOKEN: usize = 1024;
+
+/// What a client asks of another server's room directory.
+pub struct RemotePublicRooms<'a> {
+    pub limit: Option<usize>,
+    pub since: Option<&'a str>,
+    /// `POST` only: the `filter` object as the client sent it.
+    pub filter: Option<serde_json::Value>,
+    /// `POST` only: `include_all_networks` / `third_party_instance_id`.
+    pub network: Option<serde_json::Map<String, serde_json::Value>>,
+    /// `POST` (with a filter or a network) rather than `GET`.
+    pub post: bool,
+}
+
+/// `/publicRooms?server=…`: another server's directory, through its federation
+/// `/publicRooms` (`GET` with `limit` and `since`, or `POST` with the filter and
+/// network too). The answer is checked and rebuilt, not passed through: each
+/// entry needs a valid room ID, fields of the wrong type are dropped, text is
+/// cut to [`MAX_RELAYED_TEXT`] characters, and no more rooms than asked for
+/// (at most [`MAX_REMOTE_PUBLIC_ROOMS`]) are relayed.
+pub async fn remote_public_rooms(
+    app: &AppState,
+    server: &ruma::ServerName,
+    query: RemotePublicRooms<'_>,
+) -> Result<serde_json::Value> {
+    if !app.config.federation.enabled {
+        return Err(Error::new(
+            ErrorKind::BadRequest,
+            "Federation is disabled on this server",
+        ));
+    }
+    if query.since.is_some_and(|s| s.len() > MAX_RELAYED_TOKEN) {
+        return Err(Error::invalid_param("Invalid since token"));
+    }
+    let limit = query
+        .limit
+        .unwrap_or(MAX_REMOTE_PUBLIC_ROOMS)
+        .clamp(1, MAX_REMOTE_PUBLIC_ROOMS);
+    let path = "/_matrix/federation/v1/publicRooms";
+    let (method, path, body) = if query.post {
+        let mut body = query.network.unwrap_or_default();
+        body.insert("limit".into(), limit.into());
+        if let Some(since) = query.since {
+            body.insert("since".into(), since.into());
+        }
+        if let Some(filter) = query.filter {
+            body.insert("filter".into(), filter);
+        }
+        (
+            http::Method::POST,
+            path.to_owned(),
+            Some(serde_json::Value::Object(body)),
+        )
+    } else {
+        let mut q = form_urlencoded::Serializer::new(String::new());
+        q.append_pair("limit", &limit.to_string());
+        if let Some(since) = query.since {
+            q.append_pair("since", since);
+        }
+        (http::Method::GET, format!("{path}?{}", q.finish()), None)
+    };
+    let answer = app
+        .federation
+        .request_json_bounded(
+            server,
+            method,
+            &path,
+            body.as_ref(),
+            MAX_PUBLIC_ROOMS_ANSWER_BYTES,
+            query_timeout(app),
+        )
+        .await
+        .map_err(|e| {
+            tracing::info!(%server, error = %e, "remote /publicRooms failed");
+            Error::new(
+                ErrorKind::BadGateway,
+                format!("{server} did not give its public rooms"),
+            )
+        })?;
+    relay_public_rooms(&answer, limit).ok_or_else(|| {
+        Error::new(
+            ErrorKind::BadGateway,
+            format!("{server} gave an invalid public room list"),
+        )
+    })
+}
+
+/// A `/publicRooms` answer from another server, rebuilt from its valid parts
+/// (`None` when it has no `chunk` list).
+fn relay_public_rooms(answer: &serde_json::Value, limit: usize) -> Option<serde_json::Value> {
+    let text = |v: &serde_json::Value| -> Option<serde_json::Value> {
+        v.as_str()
+            .map(|s| s.chars().take(MAX_RELAYED_TEXT).collect::<String>().into())
+    };
+    let token = |v: &serde_json::Value| -> Option<serde_json::Value> {
+        v.as_str()
+            .filter(|s| !s.is_empty() && s.len() <= MAX_RELAYED_TOKEN)
+            .map(Into::into)
+    };
+    let mut chunk = Vec::new();
+    for entry in answer["chunk"].as_array()? {
+        if chunk.len() == limit {
+            break;
+        }
+        let Some(room_id) = entry["room_id"]
+            .as_str()
+            .filter(|r| RoomId::parse(*r).is_ok())
+        else {
+            continue;
+        };
+        let mut out = serde_json::json!({
+            "room_id": room_id,
+            "num_joined_members": entry["num_joined_members"].as_u64().unwrap_or(0),
+            "world_readable": entry["world_readable"].as_bool().unwrap_or(false),
+            "guest_can_join": entry["guest_can_join"].as_bool().unwrap_or(false),
+        });
+        for key in ["name", "topic"] {
+            if let Some(v) = text(&entry[key]) {
+                out[key] = v;
+            }
+        }
+        if let Some(alias) = entry["canonical_alias"]
+            .as_str()
+            .filter(|a| ruma::RoomAliasId::parse(*a).is_ok())
+        {
+            out["canonical_alias"] = alias.into();
+        }
+        if let Some(url) = entry["avatar_url"]
+            .as_str()
+            .filter(|u| <&ruma::MxcUri>::from(*u).is_valid())
+        {
+            out["avatar_url"] = url.into();
+        }
+        for key in ["join_rule", "room_type"] {
+            if let Some(v) = entry[key].as_str().filter(|s| s.len() <= 255) {
+                out[key] = v.into();
+            }
+        }
+        chunk.push(out);
+    }
+    let mut out = serde_json::json!({ "chunk": chunk });
+    if let Some(total) = answer["total_room_count_estimate"].as_u64() {
+        out["total_room_count_estimate"] = total.into();
+    }
+    for key in ["next_batch", "prev_batch"] {
+        if let Some(v) = token(&answer[key]) {
+            out[key] = v;
+        }
+    }
+    Some(out)
 }
 
 /// The state types a room summary is made of.

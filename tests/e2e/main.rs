@@ -14,6 +14,7 @@ mod e2ee;
 mod embedded;
 mod errors;
 mod federation;
+mod fedir;
 mod harness;
 mod hidden_history;
 mod hostile;

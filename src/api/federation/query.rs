@@ -149,12 +149,7 @@ async fn query_directory(
     if alias.server_name() != app.server_name {
         return Err(Error::invalid_param("The alias is not on this server"));
     }
-    let Some(room_id) = directory::resolve_local(&app, alias.as_str()).await? else {
-        return Err(Error::not_found("Room alias not found"));
-    };
-    let mut servers = directory::joined_servers(&app, &room_id).await?;
-    // This server first: it certainly knows the room.
-    servers.retain(|s| s != app.server_name.as_str());
-    servers.insert(0, app.server_name.to_string());
+    // Our alias: the room and its joined servers, this one first.
+    let (room_id, servers) = directory::association(&app, &alias).await?;
     Ok(Json(json!({"room_id": room_id, "servers": servers})))
 }
