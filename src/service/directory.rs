@@ -510,10 +510,6 @@ pub async fn remote_public_rooms(
 /// A `/publicRooms` answer from another server, rebuilt from its valid parts
 /// (`None` when it has no `chunk` list).
 fn relay_public_rooms(answer: &serde_json::Value, limit: usize) -> Option<serde_json::Value> {
-    let text = |v: &serde_json::Value| -> Option<serde_json::Value> {
-        v.as_str()
-            .map(|s| s.chars().take(MAX_RELAYED_TEXT).collect::<String>().into())
-    };
     let token = |v: &serde_json::Value| -> Option<serde_json::Value> {
         v.as_str()
             .filter(|s| !s.is_empty() && s.len() <= MAX_RELAYED_TOKEN)
@@ -524,40 +520,9 @@ fn relay_public_rooms(answer: &serde_json::Value, limit: usize) -> Option<serde_
         if chunk.len() == limit {
             break;
         }
-        let Some(room_id) = entry["room_id"]
-            .as_str()
-            .filter(|r| RoomId::parse(*r).is_ok())
-        else {
+        let Some(out) = clean_chunk_entry(entry) else {
             continue;
         };
-        let mut out = serde_json::json!({
-            "room_id": room_id,
-            "num_joined_members": entry["num_joined_members"].as_u64().unwrap_or(0),
-            "world_readable": entry["world_readable"].as_bool().unwrap_or(false),
-            "guest_can_join": entry["guest_can_join"].as_bool().unwrap_or(false),
-        });
-        for key in ["name", "topic"] {
-            if let Some(v) = text(&entry[key]) {
-                out[key] = v;
-            }
-        }
-        if let Some(alias) = entry["canonical_alias"]
-            .as_str()
-            .filter(|a| ruma::RoomAliasId::parse(*a).is_ok())
-        {
-            out["canonical_alias"] = alias.into();
-        }
-        if let Some(url) = entry["avatar_url"]
-            .as_str()
-            .filter(|u| <&ruma::MxcUri>::from(*u).is_valid())
-        {
-            out["avatar_url"] = url.into();
-        }
-        for key in ["join_rule", "room_type"] {
-            if let Some(v) = entry[key].as_str().filter(|s| s.len() <= 255) {
-                out[key] = v.into();
-            }
-        }
         chunk.push(out);
     }
     let mut out = serde_json::json!({ "chunk": chunk });
@@ -567,6 +532,47 @@ fn relay_public_rooms(answer: &serde_json::Value, limit: usize) -> Option<serde_
     for key in ["next_batch", "prev_batch"] {
         if let Some(v) = token(&answer[key]) {
             out[key] = v;
+        }
+    }
+    Some(out)
+}
+
+/// A `/publicRooms` chunk entry of another server, rebuilt from its valid
+/// parts (`None` without a valid `room_id`).
+fn clean_chunk_entry(entry: &serde_json::Value) -> Option<serde_json::Value> {
+    let text = |v: &serde_json::Value| -> Option<serde_json::Value> {
+        v.as_str()
+            .map(|s| s.chars().take(MAX_RELAYED_TEXT).collect::<String>().into())
+    };
+    let room_id = entry["room_id"]
+        .as_str()
+        .filter(|r| RoomId::parse(*r).is_ok())?;
+    let mut out = serde_json::json!({
+        "room_id": room_id,
+        "num_joined_members": entry["num_joined_members"].as_u64().unwrap_or(0),
+        "world_readable": entry["world_readable"].as_bool().unwrap_or(false),
+        "guest_can_join": entry["guest_can_join"].as_bool().unwrap_or(false),
+    });
+    for key in ["name", "topic"] {
+        if let Some(v) = text(&entry[key]) {
+            out[key] = v;
+        }
+    }
+    if let Some(alias) = entry["canonical_alias"]
+        .as_str()
+        .filter(|a| ruma::RoomAliasId::parse(*a).is_ok())
+    {
+        out["canonical_alias"] = alias.into();
+    }
+    if let Some(url) = entry["avatar_url"]
+        .as_str()
+        .filter(|u| <&ruma::MxcUri>::from(*u).is_valid())
+    {
+        out["avatar_url"] = url.into();
+    }
+    for key in ["join_rule", "room_type"] {
+        if let Some(v) = entry[key].as_str().filter(|s| s.len() <= 255) {
+            out[key] = v.into();
         }
     }
     Some(out)
@@ -632,40 +638,82 @@ fn chunk(
     out
 }
 
-/// `GET /_matrix/client/v1/room_summary/{roomIdOrAlias}` (MSC3266): the
-/// `/publicRooms` chunk plus `room_version`, `encryption`, `allowed_room_ids`
-/// and, for an authenticated requester, their `membership` (`leave` when they
-/// have none). Answered as Synapse does, for rooms the requester may preview:
-/// a `public`, `knock` or `knock_restricted` join rule (where the room version
-/// has it), `world_readable` history, the requester joined, invited or
-/// knocking, or a `restricted` room whose allowed rooms the requester is in.
-/// Every other room, like an unknown one, is `404 M_NOT_FOUND`, so a summary
-/// never tells whether a private room exists. Only rooms this server is in.
-pub async fn room_summary(
-    app: &AppState,
-    requester: Option<&UserId>,
-    room_id: &RoomId,
-) -> Result<serde_json::Value> {
-    let not_found = || Error::not_found("Room not found or not accessible");
+/// A room this server holds, summarised, with what decides who may preview it.
+pub(crate) struct LocalRoom {
+    /// The `/publicRooms` chunk plus `room_version`, `encryption` and
+    /// `allowed_room_ids` (restricted rooms).
+    pub entry: serde_json::Value,
+    /// A `public`, `knock` or `knock_restricted` join rule (where the room
+    /// version has it): anyone may preview.
+    pub open: bool,
+    pub world_readable: bool,
+    /// The rooms whose members may join (restricted join rules).
+    pub allowed_rooms: Vec<String>,
+}
+
+impl LocalRoom {
+    /// Whether `server` may see the room (federation `/hierarchy`, as Synapse
+    /// decides): anyone may see an open or world-readable room; otherwise the
+    /// server needs a user joined to or invited into it, or, for a restricted
+    /// room, a user joined to one of the allowed rooms.
+    pub async fn visible_to_server(
+        &self,
+        app: &AppState,
+        room_id: &RoomId,
+        server: &ruma::ServerName,
+    ) -> Result<bool> {
+        if self.open || self.world_readable {
+            return Ok(true);
+        }
+        let members = rooms::members_of_server(&app.db, room_id.as_str(), server.as_str()).await?;
+        if members.iter().any(|(_, m)| m == "join" || m == "invite") {
+            return Ok(true);
+        }
+        for other in &self.allowed_rooms {
+            if rooms::has_joined_members_of(&app.db, other, server.as_str()).await? {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Whether `user` may preview the room: open or world-readable, the user
+    /// joined, invited or knocking (`membership`), or joined to an allowed room.
+    pub async fn visible_to_user(
+        &self,
+        app: &AppState,
+        user: Option<&UserId>,
+        membership: Option<&str>,
+    ) -> Result<bool> {
+        if self.open
+            || self.world_readable
+            || matches!(membership, Some("join" | "invite" | "knock"))
+        {
+            return Ok(true);
+        }
+        match user {
+            Some(user) => joined_any(app, user, &self.allowed_rooms).await,
+            None => Ok(false),
+        }
+    }
+}
+
+/// The summary of a room this server holds state for (`None` for unknown
+/// rooms and room versions it cannot read).
+pub(crate) async fn local_room(app: &AppState, room_id: &RoomId) -> Result<Option<LocalRoom>> {
     let Some(room) = rooms::get(&app.db, room_id.as_str()).await? else {
-        return Err(not_found());
+        return Ok(None);
     };
     let Some(group) = room.current_state_group else {
-        return Err(not_found());
+        return Ok(None);
     };
-    let rules = ruma::RoomVersionId::try_from(room.room_version.as_str())
+    let Some(rules) = ruma::RoomVersionId::try_from(room.room_version.as_str())
         .ok()
         .and_then(|v| v.rules())
-        .ok_or_else(not_found)?;
-    let state = state_contents(app, group, SUMMARY_TYPES).await?;
-    let membership = match requester {
-        Some(user) => Some(
-            rooms::membership(&app.db, room_id.as_str(), user.as_str())
-                .await?
-                .unwrap_or_else(|| "leave".to_owned()),
-        ),
-        None => None,
+    else {
+        return Ok(None);
     };
+    let state = state_contents(app, group, SUMMARY_TYPES).await?;
     let join_rules = state.get("m.room.join_rules");
     let join_rule = join_rules
         .and_then(|c| c["join_rule"].as_str())
@@ -686,39 +734,171 @@ pub async fn room_summary(
     let world_readable = state
         .get("m.room.history_visibility")
         .is_some_and(|c| c["history_visibility"] == "world_readable");
-    let member = matches!(membership.as_deref(), Some("join" | "invite" | "knock"));
-    let mut allowed = open || world_readable || member;
-    if !allowed && let Some(user) = requester {
-        for other in &allowed_rooms {
-            if rooms::membership(&app.db, other, user.as_str())
-                .await?
-                .as_deref()
-                == Some("join")
-            {
-                allowed = true;
-                break;
-            }
-        }
-    }
-    if !allowed {
-        return Err(not_found());
-    }
     let (joined, _, _) = rooms::summary(&app.db, room_id.as_str(), "").await?;
-    let mut out = chunk(room_id.as_str(), joined, &state);
-    out["room_version"] = room.room_version.into();
+    let mut entry = chunk(room_id.as_str(), joined, &state);
+    entry["room_version"] = room.room_version.into();
     if let Some(algorithm) = state
         .get("m.room.encryption")
         .and_then(|c| c["algorithm"].as_str())
     {
-        out["encryption"] = algorithm.into();
+        entry["encryption"] = algorithm.into();
     }
     if !allowed_rooms.is_empty() {
-        out["allowed_room_ids"] = allowed_rooms.into();
+        entry["allowed_room_ids"] = allowed_rooms.clone().into();
     }
+    Ok(Some(LocalRoom {
+        entry,
+        open,
+        world_readable,
+        allowed_rooms,
+    }))
+}
+
+/// Whether `user` is joined to any of `rooms` (here).
+pub(crate) async fn joined_any(app: &AppState, user: &UserId, rooms: &[String]) -> Result<bool> {
+    for other in rooms {
+        if rooms::membership(&app.db, other, user.as_str())
+            .await?
+            .as_deref()
+            == Some("join")
+        {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// Whether `user` may see a room entry another server gave (its root room or
+/// a child in a `/hierarchy` answer), as Synapse decides: an open join rule
+/// (`public`, `knock`, `knock_restricted`; the entry has no room version to
+/// check them against), world-readable history, a membership here
+/// (`join`, `invite`, `knock`), or a join to one of its `allowed_room_ids`.
+pub(crate) async fn remote_visible_to_user(
+    app: &AppState,
+    user: Option<&UserId>,
+    room: &serde_json::Value,
+) -> Result<bool> {
+    if matches!(
+        room["join_rule"].as_str(),
+        Some("public" | "knock" | "knock_restricted")
+    ) || room["world_readable"] == true
+    {
+        return Ok(true);
+    }
+    let Some(user) = user else {
+        return Ok(false);
+    };
+    let Some(room_id) = room["room_id"].as_str() else {
+        return Ok(false);
+    };
+    if matches!(
+        rooms::membership(&app.db, room_id, user.as_str())
+            .await?
+            .as_deref(),
+        Some("join" | "invite" | "knock")
+    ) {
+        return Ok(true);
+    }
+    let allowed: Vec<String> = room["allowed_room_ids"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| r.as_str().map(str::to_owned))
+        .collect();
+    joined_any(app, user, &allowed).await
+}
+
+/// `GET /_matrix/client/v1/room_summary/{roomIdOrAlias}` (MSC3266): the
+/// `/publicRooms` chunk plus `room_version`, `encryption`, `allowed_room_ids`
+/// and, for an authenticated requester, their `membership` (`leave` when they
+/// have none). Answered as Synapse does, for rooms the requester may preview:
+/// a `public`, `knock` or `knock_restricted` join rule (where the room version
+/// has it), `world_readable` history, the requester joined, invited or
+/// knocking, or a `restricted` room whose allowed rooms the requester is in.
+/// Every other room, like an unknown one, is `404 M_NOT_FOUND`, so a summary
+/// never tells whether a private room exists.
+///
+/// A room this server is not joined to is asked of the `via` servers (and the
+/// room ID's server, where it has one) through federation `/hierarchy`, as
+/// Synapse does; the root room of the answer must be the room asked for, and
+/// the same rules are applied to it. When no server answers, what this server
+/// still holds about the room is used.
+pub async fn room_summary(
+    app: &AppState,
+    requester: Option<&UserId>,
+    room_id: &RoomId,
+    via: &[ruma::OwnedServerName],
+) -> Result<serde_json::Value> {
+    let not_found = || Error::not_found("Room not found or not accessible");
+    let membership = match requester {
+        Some(user) => Some(
+            rooms::membership(&app.db, room_id.as_str(), user.as_str())
+                .await?
+                .unwrap_or_else(|| "leave".to_owned()),
+        ),
+        None => None,
+    };
+    let joined_here =
+        rooms::has_joined_members_of(&app.db, room_id.as_str(), app.server_name.as_str()).await?;
+    let mut remote = None;
+    if !joined_here && app.config.federation.enabled {
+        let mut via = via.to_vec();
+        via.extend(room_id.server_name().map(ToOwned::to_owned));
+        let deadline = tokio::time::Instant::now() + query_timeout(app);
+        remote = super::space::fetch_remote(app, room_id, &via, false, deadline)
+            .await
+            .map(|h| h.room);
+    }
+    let mut out = match remote {
+        Some(mut room) => {
+            if !remote_visible_to_user(app, requester, &room).await? {
+                return Err(not_found());
+            }
+            if let Some(map) = room.as_object_mut() {
+                map.remove("children_state");
+            }
+            room
+        }
+        None => {
+            let local = local_room(app, room_id).await?.ok_or_else(not_found)?;
+            if !local
+                .visible_to_user(app, requester, membership.as_deref())
+                .await?
+            {
+                return Err(not_found());
+            }
+            local.entry
+        }
+    };
     if let Some(membership) = membership {
         out["membership"] = membership.into();
     }
     Ok(out)
+}
+
+/// A room entry of another server's answer (`/hierarchy`), rebuilt from its
+/// valid parts, or `None` without a valid `room_id`: text cut to
+/// [`MAX_RELAYED_TEXT`] characters, fields of the wrong type dropped, at most
+/// 50 `allowed_room_ids`.
+pub(crate) fn clean_remote_entry(entry: &serde_json::Value) -> Option<serde_json::Value> {
+    let mut out = clean_chunk_entry(entry)?;
+    for key in ["room_version", "encryption"] {
+        if let Some(v) = entry[key].as_str().filter(|s| s.len() <= 255) {
+            out[key] = v.into();
+        }
+    }
+    let allowed: Vec<serde_json::Value> = entry["allowed_room_ids"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| r.as_str().filter(|r| RoomId::parse(*r).is_ok()))
+        .take(50)
+        .map(Into::into)
+        .collect();
+    if !allowed.is_empty() {
+        out["allowed_room_ids"] = allowed.into();
+    }
+    Some(out)
 }
 
 /// The rooms a `restricted` / `knock_restricted` join rule lets members of in.

@@ -368,3 +368,446 @@ async fn lying_public_room_lists_are_checked_and_trimmed() {
     assert!(started.elapsed() < Duration::from_secs(10));
     lattice.stop().await;
 }
+
+async fn summary(
+    server: &TestServer,
+    token: Option<&str>,
+    room: &str,
+    via: &str,
+) -> (StatusCode, Value) {
+    server
+        .get(
+            &format!(
+                "/_matrix/client/v1/room_summary/{}?via={}",
+                enc(room),
+                enc(via)
+            ),
+            token,
+        )
+        .await
+}
+
+async fn add_child(
+    server: &TestServer,
+    who: &crate::harness::Login,
+    space: &str,
+    child: &str,
+    via: &str,
+) {
+    let (status, body) = server
+        .put(
+            &format!(
+                "/_matrix/client/v3/rooms/{}/state/m.space.child/{}",
+                enc(space),
+                enc(child)
+            ),
+            Some(&who.access_token),
+            json!({"via": [via], "suggested": true}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
+
+fn restricted_to(room: &str) -> Value {
+    json!({"type": "m.room.join_rules", "state_key": "",
+           "content": {"join_rule": "restricted",
+                       "allow": [{"type": "m.room_membership", "room_id": room}]}})
+}
+
+#[tokio::test]
+async fn room_summary_of_a_room_on_another_server() {
+    let a = TestServer::start_federating().await;
+    let b = TestServer::start_federating().await;
+    let alice = a.register("alice", "password-a").await;
+    let bob = b.register("bob", "password-b").await;
+    let carol = b.register("carol", "password-c").await;
+    let lobby = a
+        .create_room(
+            &alice,
+            json!({"preset": "public_chat", "room_alias_name": "lobby", "name": "Lobby",
+                   "topic": "come in"}),
+        )
+        .await;
+    let private = a
+        .create_room(&alice, json!({"preset": "private_chat", "name": "Private"}))
+        .await;
+    let members = a
+        .create_room(
+            &alice,
+            json!({"name": "Members", "initial_state": [restricted_to(&lobby)]}),
+        )
+        .await;
+
+    // A public room B is not in: asked of A over federation.
+    let (status, body) = summary(&b, Some(&bob.access_token), &lobby, a.name()).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["room_id"], lobby);
+    assert_eq!(body["name"], "Lobby");
+    assert_eq!(body["topic"], "come in");
+    assert_eq!(body["join_rule"], "public");
+    assert_eq!(body["num_joined_members"], 1);
+    assert_eq!(body["membership"], "leave");
+    assert!(body.get("children_state").is_none(), "{body}");
+    // Without a token too, and by alias (resolved through A).
+    let (status, body) = summary(&b, None, &lobby, a.name()).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body.get("membership").is_none(), "{body}");
+    let (status, body) = b
+        .get(
+            &format!(
+                "/_matrix/client/v1/room_summary/{}",
+                enc(&format!("#lobby:{}", a.name()))
+            ),
+            Some(&bob.access_token),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["room_id"], lobby);
+
+    // A private room: A does not show it to B, so it is not found.
+    let (status, body) = summary(&b, Some(&bob.access_token), &private, a.name()).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    assert_eq!(body["errcode"], "M_NOT_FOUND");
+    // Without a via, a room ID without a server name cannot be asked for.
+    let (status, _) = b
+        .get(
+            &format!("/_matrix/client/v1/room_summary/{}", enc(&lobby)),
+            Some(&bob.access_token),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    // A restricted room: hidden until someone of B is in the allowed room,
+    // then shown to that user only.
+    let (status, body) = summary(&b, Some(&bob.access_token), &members, a.name()).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    join_via(&b, &bob, &lobby, a.name()).await;
+    crate::harness::eventually("bob in the lobby on A", || async {
+        summary(&b, Some(&bob.access_token), &members, a.name())
+            .await
+            .0
+            == StatusCode::OK
+    })
+    .await;
+    let (_, body) = summary(&b, Some(&bob.access_token), &members, a.name()).await;
+    assert_eq!(body["name"], "Members");
+    assert_eq!(body["join_rule"], "restricted");
+    assert_eq!(body["allowed_room_ids"], json!([lobby]));
+    let (status, body) = summary(&b, Some(&carol.access_token), &members, a.name()).await;
+    assert_eq!(
+        status,
+        StatusCode::NOT_FOUND,
+        "carol is not in the lobby: {body}"
+    );
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn lying_room_summaries_are_refused_or_trimmed() {
+    let lattice = impatient().await;
+    let peer = HostilePeer::start().await;
+    let bob = lattice.register("bob", "password-b").await;
+    let room = format!("!asked:{}", peer.name());
+    let path = "/_matrix/federation/v1/hierarchy/";
+    let public = |id: &str, name: String| {
+        json!({"room": {"room_id": id, "name": name, "join_rule": "public",
+                        "num_joined_members": 3, "world_readable": false,
+                        "guest_can_join": false, "children_state": []},
+               "children": [], "inaccessible_children": []})
+    };
+
+    // The summary of another room than the one asked for.
+    peer.on(
+        Method::GET,
+        path,
+        Answer::Json(
+            StatusCode::OK,
+            public("!other:elsewhere.example", "Other".into()),
+        ),
+    );
+    let (status, body) = summary(&lattice, Some(&bob.access_token), &room, peer.name()).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    let asked = peer.received(path);
+    assert!(
+        asked[0].path.contains("suggested_only=false"),
+        "{:?}",
+        asked[0]
+    );
+
+    // The right room with an endless name: cut.
+    peer.on(
+        Method::GET,
+        path,
+        Answer::Json(StatusCode::OK, public(&room, "n".repeat(200_000))),
+    );
+    let (status, body) = summary(&lattice, Some(&bob.access_token), &room, peer.name()).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["room_id"], room.as_str());
+    assert_eq!(body["name"].as_str().unwrap().chars().count(), 1024);
+
+    // A room the peer says is invite-only: not shown, whatever else it says.
+    peer.on(
+        Method::GET,
+        path,
+        Answer::Json(
+            StatusCode::OK,
+            json!({"room": {"room_id": room, "join_rule": "invite", "world_readable": "yes",
+                            "allowed_room_ids": ["!not-mine:elsewhere.example"],
+                            "children_state": []},
+                   "children": [], "inaccessible_children": []}),
+        ),
+    );
+    let (status, body) = summary(&lattice, Some(&bob.access_token), &room, peer.name()).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+
+    // No answer: not found within the configured time.
+    peer.on(Method::GET, path, Answer::Hang);
+    let started = Instant::now();
+    let (status, _) = summary(&lattice, Some(&bob.access_token), &room, peer.name()).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(started.elapsed() < Duration::from_secs(10));
+    lattice.stop().await;
+}
+
+async fn hierarchy(server: &TestServer, who: &crate::harness::Login, space: &str) -> Vec<Value> {
+    let (status, body) = server
+        .get(
+            &format!("/_matrix/client/v1/rooms/{}/hierarchy", enc(space)),
+            Some(&who.access_token),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body["rooms"].as_array().unwrap().clone()
+}
+
+fn names(rooms: &[Value]) -> Vec<String> {
+    let mut names: Vec<String> = rooms
+        .iter()
+        .map(|r| r["name"].as_str().unwrap_or("?").to_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[tokio::test]
+async fn hierarchy_reaches_into_another_servers_rooms() {
+    let a = TestServer::start_federating().await;
+    let b = TestServer::start_federating().await;
+    let alice = a.register("alice", "password-a").await;
+    let bob = b.register("bob", "password-b").await;
+    let space_a = a
+        .create_room(
+            &alice,
+            json!({"preset": "public_chat", "name": "Space A",
+                   "creation_content": {"type": "m.space"}}),
+        )
+        .await;
+    let child = a
+        .create_room(&alice, json!({"preset": "public_chat", "name": "Child"}))
+        .await;
+    let members = a
+        .create_room(
+            &alice,
+            json!({"name": "Members", "initial_state": [restricted_to(&space_a)]}),
+        )
+        .await;
+    let secret = a
+        .create_room(&alice, json!({"preset": "private_chat", "name": "Secret"}))
+        .await;
+    for room in [&child, &members, &secret] {
+        add_child(&a, &alice, &space_a, room, a.name()).await;
+    }
+    let space_b = b
+        .create_room(
+            &bob,
+            json!({"preset": "public_chat", "name": "Space B",
+                   "creation_content": {"type": "m.space"}}),
+        )
+        .await;
+    add_child(&b, &bob, &space_b, &space_a, a.name()).await;
+
+    // A serves its space to B: the public child, the secret one as
+    // inaccessible, the restricted one as inaccessible while nobody of B is in
+    // the space.
+    let a_name = ruma::ServerName::parse(a.name()).unwrap();
+    let answer = b
+        .state
+        .federation
+        .request_json(
+            &a_name,
+            http::Method::GET,
+            &format!("/_matrix/federation/v1/hierarchy/{}", enc(&space_a)),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(answer["room"]["room_id"], space_a);
+    assert_eq!(answer["room"]["room_type"], "m.space");
+    assert_eq!(
+        answer["room"]["children_state"].as_array().unwrap().len(),
+        3
+    );
+    let children: Vec<&str> = answer["children"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["room_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(children, vec![child.as_str()], "{answer}");
+    let mut hidden: Vec<&str> = answer["inaccessible_children"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap())
+        .collect();
+    hidden.sort();
+    let mut expected = vec![members.as_str(), secret.as_str()];
+    expected.sort();
+    assert_eq!(hidden, expected, "{answer}");
+    // A private room is not served at all.
+    let err = b
+        .state
+        .federation
+        .request_json(
+            &a_name,
+            http::Method::GET,
+            &format!("/_matrix/federation/v1/hierarchy/{}", enc(&secret)),
+            None,
+        )
+        .await
+        .unwrap_err();
+    assert!(err.is_not_found(), "{err}");
+
+    // Bob's space reaches into A's: the space and its public child.
+    let rooms = hierarchy(&b, &bob, &space_b).await;
+    assert_eq!(
+        names(&rooms),
+        vec!["Child", "Space A", "Space B"],
+        "{rooms:?}"
+    );
+    let remote = rooms.iter().find(|r| r["room_id"] == space_a).unwrap();
+    assert_eq!(remote["children_state"].as_array().unwrap().len(), 3);
+
+    // Once Bob is in space A, the restricted room is his to see (A shows it to
+    // B, B to Bob); the secret room stays hidden.
+    join_via(&b, &bob, &space_a, a.name()).await;
+    crate::harness::eventually("bob sees the restricted room", || async {
+        names(&hierarchy(&b, &bob, &space_b).await).contains(&"Members".to_owned())
+    })
+    .await;
+    let rooms = hierarchy(&b, &bob, &space_b).await;
+    assert_eq!(
+        names(&rooms),
+        vec!["Child", "Members", "Space A", "Space B"],
+        "{rooms:?}"
+    );
+    assert!(rooms.iter().all(|r| r.get("allowed_room_ids").is_none()));
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn lying_hierarchies_are_refused_or_trimmed() {
+    let lattice = impatient().await;
+    let peer = HostilePeer::start().await;
+    let bob = lattice.register("bob", "password-b").await;
+    let space = lattice
+        .create_room(
+            &bob,
+            json!({"preset": "public_chat", "name": "Space",
+                   "creation_content": {"type": "m.space"}}),
+        )
+        .await;
+    let remote = format!("!remote:{}", peer.name());
+    add_child(&lattice, &bob, &space, &remote, peer.name()).await;
+    let path = "/_matrix/federation/v1/hierarchy/";
+
+    // Another room than asked for: left out.
+    peer.on(
+        Method::GET,
+        path,
+        Answer::Json(
+            StatusCode::OK,
+            json!({"room": {"room_id": "!other:elsewhere.example", "name": "Other",
+                            "join_rule": "public", "children_state": []},
+                   "children": [], "inaccessible_children": []}),
+        ),
+    );
+    let rooms = hierarchy(&lattice, &bob, &space).await;
+    assert_eq!(names(&rooms), vec!["Space"], "{rooms:?}");
+
+    // The right room with five thousand children, some malformed, and a
+    // children list of rooms it claims: children_state is cut to 100 valid
+    // events, and only the page's rooms are listed.
+    let mut state: Vec<Value> = (0..5_000)
+        .map(|i| {
+            json!({"type": "m.space.child", "state_key": format!("!c{i}:elsewhere.example"),
+                        "content": {"via": ["elsewhere.example"]}, "sender": "@m:elsewhere.example",
+                        "origin_server_ts": i})
+        })
+        .collect();
+    state.insert(
+        0,
+        json!({"type": "m.space.child", "state_key": "junk", "content": {"via": ["x"]}}),
+    );
+    state.insert(
+        1,
+        json!({"type": "m.room.name", "state_key": "!n:elsewhere.example"}),
+    );
+    peer.on(
+        Method::GET,
+        path,
+        Answer::Json(
+            StatusCode::OK,
+            json!({"room": {"room_id": remote, "name": "Remote", "join_rule": "public",
+                            "room_type": "m.space", "children_state": state},
+                   "children": [], "inaccessible_children": []}),
+        ),
+    );
+    let (status, body) = lattice
+        .get(
+            &format!(
+                "/_matrix/client/v1/rooms/{}/hierarchy?max_depth=1",
+                enc(&space)
+            ),
+            Some(&bob.access_token),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let rooms = body["rooms"].as_array().unwrap();
+    assert_eq!(names(rooms), vec!["Remote", "Space"], "{body}");
+    let remote_entry = rooms
+        .iter()
+        .find(|r| r["room_id"] == remote.as_str())
+        .unwrap();
+    let kids = remote_entry["children_state"].as_array().unwrap();
+    assert_eq!(kids.len(), 100);
+    assert_eq!(kids[0]["state_key"], "!c0:elsewhere.example");
+
+    // An invite-only room is not shown to Bob, whatever the peer serves.
+    peer.on(
+        Method::GET,
+        path,
+        Answer::Json(
+            StatusCode::OK,
+            json!({"room": {"room_id": remote, "name": "Remote", "join_rule": "invite",
+                            "children_state": []},
+                   "children": [], "inaccessible_children": []}),
+        ),
+    );
+    let rooms = hierarchy(&lattice, &bob, &space).await;
+    assert_eq!(names(&rooms), vec!["Space"], "{rooms:?}");
+    lattice.stop().await;
+}
+
+async fn join_via(server: &TestServer, who: &crate::harness::Login, room: &str, via: &str) {
+    let (status, body) = server
+        .post(
+            &format!("/_matrix/client/v3/join/{}?via={}", enc(room), enc(via)),
+            Some(&who.access_token),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}

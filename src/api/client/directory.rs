@@ -62,12 +62,13 @@ async fn room_summary(
         }) => None,
         Err(e) => return Err(e),
     };
-    let room_id = match <&RoomId>::try_from(&*req.room_id_or_alias) {
-        Ok(room_id) => room_id.to_owned(),
-        Err(alias) => directory::resolve(&app, alias).await?.0,
+    let (room_id, mut via) = match <&RoomId>::try_from(&*req.room_id_or_alias) {
+        Ok(room_id) => (room_id.to_owned(), Vec::new()),
+        Err(alias) => directory::resolve(&app, alias).await?,
     };
+    via.extend(req.via);
     Ok(Json(
-        directory::room_summary(&app, requester.as_deref(), &room_id).await?,
+        directory::room_summary(&app, requester.as_deref(), &room_id, &via).await?,
     ))
 }
 
