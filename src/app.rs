@@ -250,7 +250,8 @@ async fn serve_listener<L>(
     while connections.join_next().await.is_some() {}
 }
 
-/// Periodic clean-up of expired rows (UIA sessions and the token uses they held).
+/// Periodic clean-up of expired rows (UIA sessions and the token uses they held,
+/// OpenID tokens).
 async fn purge_worker(state: AppState, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(Duration::from_secs(300));
     loop {
@@ -259,6 +260,9 @@ async fn purge_worker(state: AppState, shutdown: CancellationToken) {
             _ = tick.tick() => {
                 if let Err(e) = uia::purge_expired(&state).await {
                     tracing::warn!(error = %e, "purging expired UIA sessions failed");
+                }
+                if let Err(e) = crate::service::openid::purge_expired(&state).await {
+                    tracing::warn!(error = %e, "purging expired OpenID tokens failed");
                 }
                 match crate::service::media::collect_garbage(&state).await {
                     Ok((0, 0)) => {}

@@ -49,6 +49,7 @@ pub struct Config {
     pub rooms: Rooms,
     pub server_notices: ServerNotices,
     pub media: Media,
+    pub outbound: Outbound,
     pub federation: Federation,
     pub support: Support,
     pub turn: Turn,
@@ -445,6 +446,16 @@ impl Default for UrlPreview {
     }
 }
 
+/// What every outbound HTTP client shares: federation, push gateways, URL
+/// previews.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Outbound {
+    /// PEM files of extra certificate authorities, trusted besides the built-in
+    /// Mozilla root store by every outbound client (a private CA).
+    pub extra_ca_files: Vec<PathBuf>,
+}
+
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Federation {
@@ -460,8 +471,9 @@ pub struct Federation {
     /// Ranges allowed even though the blocklist covers them (test set-ups on
     /// loopback, private networks of trusted servers).
     pub ip_range_allowlist: Vec<String>,
-    /// PEM files of extra certificate authorities to trust, besides the
-    /// built-in Mozilla root store.
+    /// The older place of `outbound.extra_ca_files`, kept so existing
+    /// configurations keep working: these files are trusted by every outbound
+    /// client too.
     pub extra_ca_files: Vec<PathBuf>,
     /// Accept any TLS certificate from peers. Only for isolated test set-ups:
     /// anyone on the path can impersonate any server.
@@ -509,6 +521,7 @@ impl Default for Config {
             rooms: Rooms::default(),
             server_notices: ServerNotices::default(),
             media: Media::default(),
+            outbound: Outbound::default(),
             federation: Federation::default(),
             support: Support::default(),
             turn: Turn::default(),
@@ -517,6 +530,18 @@ impl Default for Config {
 }
 
 impl Config {
+    /// The extra certificate authorities every outbound client trusts:
+    /// `outbound.extra_ca_files` and then `federation.extra_ca_files`.
+    pub fn extra_ca_files(&self) -> Vec<PathBuf> {
+        let mut files = self.outbound.extra_ca_files.clone();
+        for f in &self.federation.extra_ca_files {
+            if !files.contains(f) {
+                files.push(f.clone());
+            }
+        }
+        files
+    }
+
     /// Defaults, then the file (if given), then `LATTICE__*` environment variables.
     pub fn load(file: Option<&Path>) -> anyhow::Result<Self> {
         let mut figment = Figment::from(Serialized::defaults(Config::default()));

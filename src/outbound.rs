@@ -14,6 +14,10 @@
 //!   [`OutboundClient::get_following`] follows them hop by hop, each hop a new
 //!   checked request.
 //!
+//! Every client trusts the Mozilla roots plus the configured extra CAs
+//! ([`crate::config::Config::extra_ca_files`]: a private CA), which changes
+//! nothing about which addresses may be reached.
+//!
 //! [`OutboundClient::new`] is the only place a `reqwest::Client` is built (a
 //! test below checks that no other module builds one), and the client is never
 //! handed out, so no code path can send an unchecked request.

@@ -1,6 +1,7 @@
 //! Pure rules, no I/O. Imports ruma, never sqlx.
 
 pub mod auth;
+pub mod filter;
 pub mod localpart;
 pub mod multipart;
 pub mod password;

@@ -127,7 +127,7 @@ impl FederationClient {
                 connect_timeout: Duration::from_secs(fed.connect_timeout_secs),
                 timeout: Duration::from_secs(fed.request_timeout_secs),
                 https_only: true,
-                extra_ca_files: fed.extra_ca_files.clone(),
+                extra_ca_files: config.extra_ca_files(),
                 accept_invalid_certs: fed.dangerously_accept_invalid_certs,
                 user_agent: concat!("Lattice/", env!("CARGO_PKG_VERSION")).into(),
             },

@@ -25,6 +25,7 @@ use serde_json::{Value, json};
 
 use super::read::Viewer;
 use crate::{
+    domain::filter::Filter,
     domain::pdu::{stored_pdu, to_client_event},
     error::Result,
     storage::{events, events::StoredEvent, relations, rooms, state},
@@ -41,6 +42,30 @@ pub async fn format(viewer: &mut Viewer<'_>, stored: &[StoredEvent]) -> Result<V
     let mut out = plain(viewer, stored).await?;
     bundle(viewer, stored, &mut out).await?;
     Ok(out)
+}
+
+/// [`format`], then shaped by a `/sync` filter: `event_format: federation`
+/// gives each event as its PDU (with `event_id` and the same `unsigned`), and
+/// `event_fields` keep only the paths asked for.
+pub async fn format_filtered(
+    viewer: &mut Viewer<'_>,
+    stored: &[StoredEvent],
+    filter: &Filter,
+) -> Result<Vec<Value>> {
+    let mut out = format(viewer, stored).await?;
+    if filter.federation_format {
+        for (value, ev) in out.iter_mut().zip(stored) {
+            let pdu = stored_pdu(&ev.json, &viewer.rules, ev.redacted_by.is_some());
+            if let Value::Object(map) = value {
+                for (key, v) in pdu {
+                    if key != "unsigned" {
+                        map.entry(key).or_insert(v);
+                    }
+                }
+            }
+        }
+    }
+    Ok(out.into_iter().map(|v| filter.shape(v)).collect())
 }
 
 /// The client form with every `unsigned` field but the aggregations.

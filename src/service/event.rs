@@ -778,7 +778,8 @@ pub async fn send(
 }
 
 /// `PUT /rooms/{roomId}/redact/{eventId}/{txnId}` and `PUT /rooms/{roomId}/send/
-/// m.room.redaction/{txnId}`: the sender may redact their own events, or
+/// m.room.redaction/{txnId}` (and their `POST`s without a txnId, `txn` `None`):
+/// the sender may redact their own events, or
 /// others' with the `redact` power level ([`redaction::check`], the rule the
 /// writer applies too). `content` is the redaction's (`reason`, ...).
 pub async fn redact(
@@ -787,16 +788,20 @@ pub async fn redact(
     sender: &UserId,
     target: &EventId,
     content: serde_json::Map<String, serde_json::Value>,
-    (device, txn_id): (&str, &str),
+    txn: Option<(&str, &str)>,
 ) -> Result<OwnedEventId> {
-    if let Some(existing) = rooms::txn_event(&app.db, sender.as_str(), device, txn_id).await? {
+    if let Some((device, txn_id)) = txn
+        && let Some(existing) = rooms::txn_event(&app.db, sender.as_str(), device, txn_id).await?
+    {
         return Ok(EventId::parse(existing).map_err(|e| anyhow::anyhow!("stored id: {e}"))?);
     }
     let mut tx = app.db.begin().await?;
     let Some(mut room) = RoomCtx::lock(&mut tx, room_id).await? else {
         return Err(Error::forbidden("Unknown room, or you are not in it"));
     };
-    if let Some(existing) = rooms::txn_event(&mut *tx, sender.as_str(), device, txn_id).await? {
+    if let Some((device, txn_id)) = txn
+        && let Some(existing) = rooms::txn_event(&mut *tx, sender.as_str(), device, txn_id).await?
+    {
         // A concurrent request with the same txnId won the lock first.
         return Ok(EventId::parse(existing).map_err(|e| anyhow::anyhow!("stored id: {e}"))?);
     }
@@ -827,15 +832,17 @@ pub async fn redact(
         Err(refusal) => return Err(Error::bad_json(refusal.to_string())),
     }
     let appended = persist(&mut tx, app, &mut room, built).await?;
-    rooms::insert_txn(
-        &mut *tx,
-        sender.as_str(),
-        device,
-        txn_id,
-        appended.event_id.as_str(),
-        now_ms(),
-    )
-    .await?;
+    if let Some((device, txn_id)) = txn {
+        rooms::insert_txn(
+            &mut *tx,
+            sender.as_str(),
+            device,
+            txn_id,
+            appended.event_id.as_str(),
+            now_ms(),
+        )
+        .await?;
+    }
     tx.commit().await?;
     release(room);
     Ok(appended.event_id)

@@ -161,6 +161,34 @@ pub async fn sync_events(
     Ok(rows::visible_changes(&app.db, user.as_str(), after, upto)
         .await?
         .iter()
-        .map(|p| json!({ "type": "m.presence", "sender": p.user_id, "content": content(p, now) }))
+        .map(|p| event(p, now))
         .collect())
+}
+
+/// The `m.presence` event for `p`.
+pub fn event(p: &Presence, now: i64) -> Value {
+    json!({ "type": "m.presence", "sender": p.user_id, "content": content(p, now) })
+}
+
+/// The `m.presence` event as the legacy endpoints (`/events`, `/initialSync`)
+/// give it: the user is also named in `content.user_id`, as in the pre-r0 API
+/// these endpoints come from (and Synapse gives them).
+pub fn legacy_event(p: &Presence, now: i64) -> Value {
+    let mut event = event(p, now);
+    event["content"]["user_id"] = p.user_id.clone().into();
+    event
+}
+
+/// The legacy `m.presence` event of a user with no presence set: offline.
+pub fn legacy_offline(user: &str) -> Value {
+    json!({
+        "type": "m.presence",
+        "sender": user,
+        "content": { "presence": "offline", "user_id": user },
+    })
+}
+
+/// Whether `p` reads as offline now.
+pub fn is_offline(p: &Presence, now: i64) -> bool {
+    effective(p, now) == "offline"
 }

@@ -236,7 +236,7 @@ fn client(app: &AppState) -> anyhow::Result<OutboundClient> {
             connect_timeout: Duration::from_secs(10),
             timeout: Duration::from_secs(15),
             https_only: false,
-            extra_ca_files: Vec::new(),
+            extra_ca_files: app.config.extra_ca_files(),
             accept_invalid_certs: false,
             user_agent: concat!("Lattice/", env!("CARGO_PKG_VERSION")).into(),
         },

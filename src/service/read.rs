@@ -26,6 +26,7 @@ use super::{
 };
 use crate::{
     app::AppState,
+    domain::filter::{Candidate, EventFilter},
     error::{Error, Result},
     storage::{Postgres, Transaction, events, events::StoredEvent, redactions, rooms, state},
 };
@@ -245,7 +246,8 @@ impl<'a> Viewer<'a> {
         })
     }
 
-    async fn world_readable_now(&mut self) -> Result<bool> {
+    /// Whether the room's history is `world_readable` now.
+    pub async fn world_readable_now(&mut self) -> Result<bool> {
         match self.current_group {
             Some(g) => Ok(self.visibility_at(g).await?.0 == "world_readable"),
             None => Ok(false),
@@ -307,6 +309,38 @@ impl<'a> Viewer<'a> {
     pub async fn client_events(&mut self, stored: &[StoredEvent]) -> Result<Vec<Value>> {
         super::client_event::format(self, stored).await
     }
+}
+
+/// The client form of an event of a room this server is not in (an invite
+/// from another server, its rejection), whose room version is unknown here:
+/// the fields as the PDU has them, nothing redacted.
+pub fn plain_client_event(ev: &StoredEvent) -> Value {
+    let pdu: Value = serde_json::from_str(&ev.json).unwrap_or_default();
+    json!({
+        "type": pdu["type"],
+        "state_key": pdu["state_key"],
+        "content": pdu["content"],
+        "sender": pdu["sender"],
+        "origin_server_ts": pdu["origin_server_ts"],
+        "event_id": ev.event_id,
+        "room_id": ev.room_id,
+    })
+}
+
+/// The pre-r0 client format that the legacy endpoints (`/events`, the
+/// `initialSync`s, `/events/{eventId}`) serve, as Synapse serves them: the
+/// client event, plus `user_id` (the sender) and `age`, `prev_content`,
+/// `redacted_because` and `replaces_state` copied up from `unsigned`.
+pub fn legacy_format(mut event: Value) -> Value {
+    if let Some(sender) = event.get("sender").cloned() {
+        event["user_id"] = sender;
+    }
+    for key in ["age", "prev_content", "redacted_because", "replaces_state"] {
+        if let Some(v) = event.get("unsigned").and_then(|u| u.get(key)).cloned() {
+            event[key] = v;
+        }
+    }
+    event
 }
 
 /// `GET /rooms/{roomId}/state`.
@@ -372,25 +406,22 @@ pub async fn event(
     out.into_iter().next().ok_or_else(not_found)
 }
 
-/// Event-type filtering for `/messages` (`types`, `not_types`; `*` is a wildcard).
-#[derive(Default)]
-pub struct TypeFilter {
-    pub types: Option<Vec<String>>,
-    pub not_types: Vec<String>,
-}
-
-impl TypeFilter {
-    pub fn matches(&self, event_type: &str) -> bool {
-        let hit = |pattern: &String| match pattern.split_once('*') {
-            Some((prefix, suffix)) => {
-                event_type.len() >= prefix.len() + suffix.len()
-                    && event_type.starts_with(prefix)
-                    && event_type.ends_with(suffix)
-            }
-            None => pattern == event_type,
-        };
-        !self.not_types.iter().any(hit) && self.types.as_ref().is_none_or(|t| t.iter().any(hit))
-    }
+/// Whether a room event passes a filter (its content parsed only when the
+/// filter needs it; a redacted event's content has no `url`).
+pub fn filter_allows(filter: &EventFilter, ev: &StoredEvent) -> bool {
+    let content = if filter.needs_content() && ev.redacted_by.is_none() {
+        serde_json::from_str::<Value>(&ev.json)
+            .ok()
+            .map(|mut pdu| pdu["content"].take())
+    } else {
+        None
+    };
+    filter.allows(Candidate {
+        event_type: &ev.event_type,
+        sender: Some(&ev.sender),
+        room_id: Some(&ev.room_id),
+        content: content.as_ref(),
+    })
 }
 
 pub struct Page {
@@ -418,7 +449,7 @@ pub async fn messages(
     backwards: bool,
     limit: usize,
     lazy_load_members: bool,
-    filter: &TypeFilter,
+    filter: &EventFilter,
 ) -> Result<Page> {
     let mut viewer = Viewer::for_session(app, reader, room_id).await?;
     if !viewer.may_read_history().await? {
@@ -495,7 +526,7 @@ pub async fn messages(
             } else {
                 TopoToken::after(&ev)
             });
-            if !filter.matches(&ev.event_type) || !viewer.may_see(&ev).await? {
+            if !filter_allows(filter, &ev) || !viewer.may_see(&ev).await? {
                 continue;
             }
             chunk_events.push(ev);

@@ -2,10 +2,10 @@
 //! requests. Receipts are durable rows on the global stream; `m.fully_read` is
 //! room account data, as the spec defines it.
 
-use std::time::Duration;
+use std::{collections::HashMap, time::Duration};
 
 use ruma::{RoomId, UserId};
-use serde_json::json;
+use serde_json::{Map, Value, json};
 
 use super::{account_data, session::Session, stream};
 use crate::{
@@ -26,6 +26,33 @@ async fn require_event_in_room(app: &AppState, room_id: &RoomId, event_id: &str)
         Some(ev) if ev.room_id == room_id.as_str() && !ev.rejected => Ok(()),
         _ => Err(Error::not_found("Event not found in this room")),
     }
+}
+
+/// The `m.receipt` contents, by room, of stored receipts as `viewer` may see
+/// them (others' private receipts left out): `{event_id: {type: {user: {ts,
+/// thread_id?}}}}`.
+pub fn contents(
+    receipts: Vec<user_streams::Receipt>,
+    viewer: &UserId,
+) -> HashMap<String, Map<String, Value>> {
+    let mut by_room: HashMap<String, Map<String, Value>> = HashMap::new();
+    for r in receipts {
+        if r.receipt_type == "m.read.private" && r.user_id != viewer.as_str() {
+            continue;
+        }
+        let mut receipt = json!({ "ts": r.ts });
+        if !r.thread_id.is_empty() {
+            receipt["thread_id"] = r.thread_id.clone().into();
+        }
+        let content = by_room.entry(r.room_id).or_default();
+        let by_event = content.entry(r.event_id).or_insert_with(|| json!({}));
+        let by_type = &mut by_event[r.receipt_type.as_str()];
+        if !by_type.is_object() {
+            *by_type = json!({});
+        }
+        by_type[r.user_id.as_str()] = receipt;
+    }
+    by_room
 }
 
 /// `POST /rooms/{roomId}/receipt/{receiptType}/{eventId}`.

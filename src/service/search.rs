@@ -16,9 +16,14 @@ use ruma::{
 };
 use serde_json::{Map, Value, json};
 
-use super::{read::Viewer, session::Session, tokens::TopoToken};
+use super::{
+    read::{Viewer, filter_allows},
+    session::Session,
+    tokens::TopoToken,
+};
 use crate::{
     app::AppState,
+    domain::filter::{Candidate, EventFilter},
     error::{Error, Result},
     storage::{events, events::StoredEvent, profiles, search as rows},
 };
@@ -96,11 +101,9 @@ pub async fn search(
 ) -> Result<Value> {
     let user = &reader.user_id;
     let filter = &criteria.filter;
+    let event_filter = EventFilter::from_room_event_filter(filter);
     let mut rooms = super::read::joined_rooms(app, user).await?;
-    if let Some(only) = &filter.rooms {
-        rooms.retain(|r| only.iter().any(|o| o.as_str() == r));
-    }
-    rooms.retain(|r| !filter.not_rooms.iter().any(|o| o.as_str() == r));
+    rooms.retain(|r| event_filter.allows_room(r));
     let keys: Vec<String> = match &criteria.keys {
         Some(keys) if !keys.is_empty() => keys
             .iter()
@@ -162,12 +165,35 @@ pub async fn search(
         viewer.prefetch(&groups).await?;
         viewers.insert(room.clone(), viewer);
     }
+    // `contains_url` looks at the content: read it only when asked.
+    let contents: HashMap<String, StoredEvent> = if event_filter.needs_content() {
+        let ids: Vec<String> = candidates.iter().map(|c| c.event_id.clone()).collect();
+        events::get_many(&app.db, &ids)
+            .await?
+            .into_iter()
+            .map(|e| (e.event_id.clone(), e))
+            .collect()
+    } else {
+        HashMap::new()
+    };
+    let allowed = |c: &rows::Candidate| match contents.get(&c.event_id) {
+        Some(ev) => filter_allows(&event_filter, ev),
+        None => {
+            !event_filter.needs_content()
+                && event_filter.allows(Candidate {
+                    event_type: &c.event_type,
+                    sender: Some(&c.sender),
+                    room_id: Some(&c.room_id),
+                    content: None,
+                })
+        }
+    };
     let mut visible = Vec::new();
     for c in candidates {
         let Some(viewer) = viewers.get_mut(&c.room_id) else {
             continue;
         };
-        if filter_allows(filter, &c.event_type, &c.sender)
+        if allowed(&c)
             && viewer
                 .may_see_parts(&c.room_id, &c.event_id, &c.event_type, c.state_group)
                 .await?
@@ -236,24 +262,6 @@ pub async fn search(
         room_events["next_batch"] = next.into();
     }
     Ok(json!({ "search_categories": { "room_events": room_events } }))
-}
-
-/// The filter's `types`/`not_types`/`senders`/`not_senders` on a hit.
-fn filter_allows(
-    filter: &ruma::api::client::filter::RoomEventFilter,
-    event_type: &str,
-    sender: &str,
-) -> bool {
-    let types = super::read::TypeFilter {
-        types: filter.types.clone(),
-        not_types: filter.not_types.clone(),
-    };
-    types.matches(event_type)
-        && filter
-            .senders
-            .as_ref()
-            .is_none_or(|s| s.iter().any(|u| u.as_str() == sender))
-        && !filter.not_senders.iter().any(|u| u.as_str() == sender)
 }
 
 /// `context` of a result: visible events around it and, if asked, the senders'

@@ -20,6 +20,12 @@
 //!   senders that the device has not been sent yet ([`super::lazy_members`]).
 //! - `invite_state`: stripped state, the inviter's member event, and the invite.
 //!
+//! The filter ([`crate::domain::filter::Filter`]) picks the rooms and what each
+//! section carries: the timeline is filtered before its limit is counted, and
+//! only among events the user may see; `event_fields` and `event_format` shape
+//! the room events. An incremental sync leaves out a room whose news were all
+//! filtered out.
+//!
 //! Besides rooms: global and room account data, receipts and typing (`ephemeral`),
 //! to-device messages, `device_lists`, one-time key counts and unused fallback key
 //! types, presence, and notification counts per room (and per thread).
@@ -30,19 +36,18 @@ use std::{
 };
 
 use futures_util::StreamExt;
-use ruma::{
-    RoomId, UserId,
-    api::client::filter::{FilterDefinition, LazyLoadOptions},
-};
+use ruma::{RoomId, UserId};
 use serde_json::{Map, Value, json};
 
 use super::{
-    read::{TypeFilter, Viewer},
+    client_event::format_filtered,
+    read::{Viewer, filter_allows},
     session::Session,
     tokens::TopoToken,
 };
 use crate::{
     app::AppState,
+    domain::filter::{Candidate, EventFilter, Filter},
     error::{Error, Result},
     storage::{e2e_keys, events, events::StoredEvent, state, sync as rows, user_streams},
 };
@@ -60,60 +65,50 @@ pub struct Params {
     /// Lazy loading sends the senders' member events even to a device that
     /// has them (`include_redundant_members`).
     pub redundant_members: bool,
-    pub types: TypeFilter,
-    pub rooms: Option<Vec<String>>,
-    pub not_rooms: Vec<String>,
-    pub include_leave: bool,
     /// Split notification counts by thread (`unread_thread_notifications`).
     pub unread_threads: bool,
-    /// Whether the filter lets `m.presence` events through.
-    pub presence: bool,
+    /// The whole filter: which rooms, and what of each section.
+    pub filter: Filter,
 }
 
 impl Params {
-    /// What a filter definition asks for, with the request's token, timeout and
+    /// What a filter asks for, with the request's token, timeout and
     /// `full_state`.
     pub fn new(
-        definition: &FilterDefinition,
+        filter: Filter,
         since: Option<SyncToken>,
         timeout: Duration,
         full_state: bool,
     ) -> Self {
-        let room = &definition.room;
-        let lazy = |o: &LazyLoadOptions| matches!(o, LazyLoadOptions::Enabled { .. });
-        let redundant = |o: &LazyLoadOptions| {
-            matches!(
-                o,
-                LazyLoadOptions::Enabled {
-                    include_redundant_members: true
-                }
-            )
-        };
-        let listed = |list: &[String]| list.iter().any(|t| t == "*" || t == "m.presence");
-        let presence = &definition.presence;
+        let (state, timeline) = (&filter.state, &filter.timeline);
         Self {
             since,
             timeout,
             full_state,
-            timeline_limit: room.timeline.limit.map_or(10, |l| u64::from(l) as usize),
-            lazy_members: lazy(&room.state.lazy_load_options)
-                || lazy(&room.timeline.lazy_load_options),
-            redundant_members: redundant(&room.state.lazy_load_options)
-                || redundant(&room.timeline.lazy_load_options),
-            types: TypeFilter {
-                types: room.timeline.types.clone(),
-                not_types: room.timeline.not_types.clone(),
-            },
-            rooms: room
-                .rooms
-                .as_ref()
-                .map(|r| r.iter().map(|id| id.to_string()).collect()),
-            not_rooms: room.not_rooms.iter().map(|id| id.to_string()).collect(),
-            include_leave: room.include_leave,
-            unread_threads: room.timeline.unread_thread_notifications,
-            presence: presence.types.as_deref().is_none_or(listed) && !listed(&presence.not_types),
+            timeline_limit: timeline.limit.unwrap_or(10),
+            lazy_members: state.lazy_load_members || timeline.lazy_load_members,
+            redundant_members: state.include_redundant_members
+                || timeline.include_redundant_members,
+            unread_threads: timeline.unread_thread_notifications,
+            filter,
         }
     }
+}
+
+/// The filter's view of an item without a sender (account data, receipts,
+/// typing).
+fn item_allowed(
+    filter: &EventFilter,
+    event_type: &str,
+    room_id: Option<&str>,
+    content: &Value,
+) -> bool {
+    filter.allows(Candidate {
+        event_type,
+        sender: None,
+        room_id,
+        content: Some(content),
+    })
 }
 
 /// A sync token, `s{stream}_{typing}_{to_device}`: the global stream position
@@ -227,13 +222,8 @@ async fn build(
     let since = token.stream;
     let initial = params.since.is_none();
     let memberships = rows::memberships(&app.db, user.as_str()).await?;
-    let wanted = |room: &str| {
-        params
-            .rooms
-            .as_ref()
-            .is_none_or(|r| r.iter().any(|x| x == room))
-            && !params.not_rooms.iter().any(|x| x == room)
-    };
+    let filter = &params.filter;
+    let wanted = |room: &str| filter.rooms.allows_room(room);
 
     let joined: Vec<String> = memberships
         .iter()
@@ -246,10 +236,17 @@ async fn build(
     let mut global_account_data = Vec::new();
     for row in user_streams::account_data_since(&app.db, user.as_str(), since, now).await? {
         let content: Value = serde_json::from_str(&row.content).unwrap_or_default();
-        let event = json!({ "type": row.data_type, "content": content });
         if row.room_id.is_empty() {
-            global_account_data.push(event);
-        } else {
+            if item_allowed(&filter.account_data, &row.data_type, None, &content) {
+                global_account_data.push(json!({ "type": row.data_type, "content": content }));
+            }
+        } else if item_allowed(
+            &filter.room_account_data,
+            &row.data_type,
+            Some(&row.room_id),
+            &content,
+        ) {
+            let event = json!({ "type": row.data_type, "content": content });
             room_account_data
                 .entry(row.room_id)
                 .or_default()
@@ -257,6 +254,10 @@ async fn build(
         }
     }
     if initial
+        && filter
+            .account_data
+            .allows_type(super::push::ACCOUNT_DATA_TYPE)
+        && filter.account_data.allows_sender(None)
         && !global_account_data
             .iter()
             .any(|e| e["type"] == super::push::ACCOUNT_DATA_TYPE)
@@ -270,24 +271,14 @@ async fn build(
     }
     let mut ephemeral: HashMap<String, Vec<Value>> = HashMap::new();
     let receipt_window_start = if initial { 0 } else { since };
-    let mut receipts: HashMap<String, Map<String, Value>> = HashMap::new();
-    for r in user_streams::receipts_since(&app.db, &joined, receipt_window_start, now).await? {
-        if r.receipt_type == "m.read.private" && r.user_id != user.as_str() {
+    let receipts = super::receipts::contents(
+        user_streams::receipts_since(&app.db, &joined, receipt_window_start, now).await?,
+        user,
+    );
+    for (room, content) in receipts {
+        if !item_allowed(&filter.ephemeral, "m.receipt", Some(&room), &Value::Null) {
             continue;
         }
-        let mut receipt = json!({ "ts": r.ts });
-        if !r.thread_id.is_empty() {
-            receipt["thread_id"] = r.thread_id.clone().into();
-        }
-        let content = receipts.entry(r.room_id).or_default();
-        let by_event = content.entry(r.event_id).or_insert_with(|| json!({}));
-        let by_type = &mut by_event[r.receipt_type.as_str()];
-        if !by_type.is_object() {
-            *by_type = json!({});
-        }
-        by_type[r.user_id.as_str()] = receipt;
-    }
-    for (room, content) in receipts {
         ephemeral
             .entry(room)
             .or_default()
@@ -295,7 +286,9 @@ async fn build(
     }
     let typing_since = if initial { 0 } else { token.typing };
     for (room, users) in app.typing.changed_since(&joined, typing_since) {
-        if initial && users.is_empty() {
+        if (initial && users.is_empty())
+            || !item_allowed(&filter.ephemeral, "m.typing", Some(&room), &Value::Null)
+        {
             continue;
         }
         ephemeral
@@ -345,7 +338,7 @@ async fn build(
             "knock" if initial || changed => {
                 knock.insert(m.room_id.clone(), json!({ "knock_state": { "events": stripped_state(app, &room_id, &m.event_id).await? } }));
             }
-            "leave" | "ban" if (!initial && changed) || (initial && params.include_leave) => {
+            "leave" | "ban" if (!initial && changed) || (initial && filter.include_leave) => {
                 let mut section = left_room(
                     app,
                     session,
@@ -365,19 +358,19 @@ async fn build(
         }
     }
 
-    let sections: Vec<Result<(ruma::OwnedRoomId, Value, MembersSent)>> =
-        futures_util::stream::iter(joined)
-            .map(|(room_id, changed)| async move {
-                let (section, sent) =
-                    joined_room(app, session, &room_id, params, since, now, changed).await?;
-                Ok((room_id, section, sent))
-            })
-            .buffered(ROOMS_AT_ONCE)
-            .collect()
-            .await;
+    type Built = (ruma::OwnedRoomId, bool, Value, MembersSent);
+    let sections: Vec<Result<Built>> = futures_util::stream::iter(joined)
+        .map(|(room_id, changed)| async move {
+            let (section, sent) =
+                joined_room(app, session, &room_id, params, since, now, changed).await?;
+            Ok((room_id, changed, section, sent))
+        })
+        .buffered(ROOMS_AT_ONCE)
+        .collect()
+        .await;
     let mut members_sent = Vec::new();
     for built in sections {
-        let (room_id, mut section, sent) = built?;
+        let (room_id, changed, mut section, sent) = built?;
         members_sent.extend(sent);
         let key = room_id.as_str();
         if let Some(events) = room_account_data.remove(key) {
@@ -385,6 +378,18 @@ async fn build(
         }
         if let Some(events) = ephemeral.remove(key) {
             section["ephemeral"]["events"] = events.into();
+        }
+        // An incremental sync leaves out a room with nothing to say: its new
+        // events were all filtered out or hidden.
+        let nothing = |part: &str| section[part]["events"].as_array().is_none_or(Vec::is_empty);
+        if !initial
+            && !params.full_state
+            && !changed
+            && ["timeline", "state", "ephemeral", "account_data"]
+                .into_iter()
+                .all(nothing)
+        {
+            continue;
         }
         join.insert(key.to_owned(), section);
     }
@@ -425,8 +430,19 @@ async fn build(
         e2e_keys::unused_fallback_algorithms(&app.db, user.as_str(), session.device_id.as_str())
             .await?;
 
-    let presence = if params.presence {
-        super::presence::sync_events(app, user, since, now).await?
+    let presence: Vec<Value> = if filter.presence.allows_type("m.presence") {
+        super::presence::sync_events(app, user, since, now)
+            .await?
+            .into_iter()
+            .filter(|p| {
+                filter.presence.allows(Candidate {
+                    event_type: "m.presence",
+                    sender: p["sender"].as_str(),
+                    room_id: None,
+                    content: None,
+                })
+            })
+            .collect()
     } else {
         Vec::new()
     };
@@ -495,7 +511,7 @@ async fn joined_room(
         after,
         upto,
         params.timeline_limit.clamp(1, 100),
-        |ev, visible| visible && params.types.matches(&ev.event_type),
+        |ev, visible| visible && filter_allows(&params.filter.timeline, ev),
     )
     .await?;
     let limited = recent.more || newly_joined;
@@ -573,13 +589,14 @@ async fn joined_room(
         members_sent.extend(members.map(|(k, id)| (room_id.to_string(), k, id)));
     }
     let ids: Vec<String> = state_ids.into_iter().map(|(_, id)| id).collect();
-    let state_events = events::get_many(&app.db, &ids).await?;
+    let mut state_events = events::get_many(&app.db, &ids).await?;
+    state_events.retain(|ev| filter_allows(&params.filter.state, ev));
 
     let prev_batch = timeline.first().map(|e| TopoToken::before(e).to_string());
-    let timeline_json = viewer.client_events(&timeline).await?;
+    let timeline_json = format_filtered(&mut viewer, &timeline, &params.filter).await?;
     let mut section = json!({
         "timeline": { "events": timeline_json, "limited": limited },
-        "state": { "events": viewer.client_events(&state_events).await? },
+        "state": { "events": format_filtered(&mut viewer, &state_events, &params.filter).await? },
         "ephemeral": { "events": [] },
         "account_data": { "events": [] },
         "summary": summary(app, user, room_id).await?,
@@ -687,22 +704,7 @@ async fn left_room(
         let events: Vec<Value> = events::get_many(&app.db, &[leave_event.to_owned()])
             .await?
             .iter()
-            .filter_map(|ev| {
-                serde_json::from_str::<Value>(&ev.json)
-                    .ok()
-                    .map(|pdu| (ev, pdu))
-            })
-            .map(|(ev, pdu)| {
-                json!({
-                    "type": pdu["type"],
-                    "state_key": pdu["state_key"],
-                    "content": pdu["content"],
-                    "sender": pdu["sender"],
-                    "origin_server_ts": pdu["origin_server_ts"],
-                    "event_id": ev.event_id,
-                    "room_id": ev.room_id,
-                })
-            })
+            .map(super::read::plain_client_event)
             .collect();
         return Ok(json!({
             "timeline": { "events": events, "limited": false },
@@ -721,12 +723,18 @@ async fn left_room(
         since,
         left_at,
         params.timeline_limit.clamp(1, 100),
-        |ev, visible| visible || ev.state_key.as_deref() == Some(user.as_str()),
+        |ev, visible| {
+            (visible || ev.state_key.as_deref() == Some(user.as_str()))
+                && filter_allows(&params.filter.timeline, ev)
+        },
     )
     .await?;
     let (events_in, limited) = (recent.events, recent.more);
     let mut section = json!({
-        "timeline": { "events": viewer.client_events(&events_in).await?, "limited": limited },
+        "timeline": {
+            "events": format_filtered(&mut viewer, &events_in, &params.filter).await?,
+            "limited": limited,
+        },
         "state": { "events": [] },
         "account_data": { "events": [] },
     });

@@ -6,12 +6,13 @@ use ruma::{RoomId, UserId};
 use serde_json::{Value, json};
 
 use super::{
-    read::Viewer,
+    read::{Viewer, filter_allows},
     session::Session,
     tokens::{RoomPos, TopoToken, stream_counter},
 };
 use crate::{
     app::AppState,
+    domain::filter::EventFilter,
     error::{Error, Result},
     storage::{events, events::StoredEvent, now_ms, relations, state},
 };
@@ -26,15 +27,71 @@ async fn visible(viewer: &mut Viewer<'_>, stored: Vec<StoredEvent>) -> Result<Ve
     Ok(out)
 }
 
-/// `GET /rooms/{roomId}/context/{eventId}`.
+/// Pages `around` reads on each side of the event looking for events the
+/// filter keeps: bounded, so a filter that matches little costs a few queries.
+const AROUND_PAGES: usize = 5;
+
+/// Up to `n` events next to `target` (older when `backwards`) that pass the
+/// filter and that the user may see, nearest first — filtered before the
+/// limit, as Synapse does — and the last event looked at, where the gap for
+/// `/messages` begins.
+async fn around(
+    app: &AppState,
+    viewer: &mut Viewer<'_>,
+    target: &StoredEvent,
+    backwards: bool,
+    n: usize,
+    filter: &EventFilter,
+) -> Result<(Vec<StoredEvent>, Option<StoredEvent>)> {
+    let mut out = Vec::with_capacity(n);
+    let mut last: Option<StoredEvent> = None;
+    if n == 0 {
+        return Ok((out, last));
+    }
+    let page = (n * 2).max(10) as i64;
+    for _ in 0..AROUND_PAGES {
+        let from = last.as_ref().unwrap_or(target);
+        let batch = events::page(
+            &app.db,
+            target.room_id.as_str(),
+            from.depth,
+            from.stream_ordering,
+            backwards,
+            page,
+        )
+        .await?;
+        let done = (batch.len() as i64) < page;
+        viewer.prefetch_events(&batch).await?;
+        for ev in batch {
+            let keep = filter_allows(filter, &ev) && viewer.may_see(&ev).await?;
+            if keep {
+                out.push(ev.clone());
+            }
+            last = Some(ev);
+            if out.len() == n {
+                return Ok((out, last));
+            }
+        }
+        if done {
+            break;
+        }
+    }
+    Ok((out, last))
+}
+
+/// `GET /rooms/{roomId}/context/{eventId}`: `limit` split between before and
+/// after as Synapse does; the filter (types, senders, `contains_url`, …) picks
+/// the events around but never hides the event asked for; with
+/// `lazy_load_members`, `state` holds only the members of the events' senders.
 pub async fn context(
     app: &AppState,
     reader: &Session,
     room_id: &RoomId,
     event_id: &str,
     limit: usize,
-    lazy: bool,
+    filter: &EventFilter,
 ) -> Result<Value> {
+    let lazy = filter.lazy_load_members;
     let mut viewer = Viewer::for_session(app, reader, room_id).await?;
     if !viewer.may_read_history().await? {
         return Err(Error::forbidden("You are not allowed to view this room"));
@@ -49,30 +106,12 @@ pub async fn context(
     let limit = limit.min(100);
     let before_n = limit / 2;
     let after_n = limit - before_n;
-    let before = events::page(
-        &app.db,
-        room_id.as_str(),
-        target.depth,
-        target.stream_ordering,
-        true,
-        before_n as i64,
-    )
-    .await?;
-    let after = events::page(
-        &app.db,
-        room_id.as_str(),
-        target.depth,
-        target.stream_ordering,
-        false,
-        after_n as i64,
-    )
-    .await?;
+    let (before, oldest) = around(app, &mut viewer, &target, true, before_n, filter).await?;
+    let (after, newest) = around(app, &mut viewer, &target, false, after_n, filter).await?;
     // Gaps: before the oldest event looked at, after the newest; `/messages`
     // continues from either.
-    let start = TopoToken::before(before.last().unwrap_or(&target));
-    let end = TopoToken::after(after.last().unwrap_or(&target));
-    let before = visible(&mut viewer, before).await?;
-    let after = visible(&mut viewer, after).await?;
+    let start = TopoToken::before(oldest.as_ref().unwrap_or(&target));
+    let end = TopoToken::after(newest.as_ref().unwrap_or(&target));
 
     // State at the event: all of it, or only the members the events need.
     let group = target.state_group.ok_or_else(not_found)?;

@@ -4,7 +4,9 @@
 //! 1. No `auth`: a session is created and the flows are returned (401).
 //! 2. `auth` with a stage: the stage is checked. Without a `session`, one is created
 //!    on the spot (matrix-nio registers with a bare `m.login.dummy`, and Synapse
-//!    accepts that).
+//!    accepts that). `auth` with only a `session`: a stage was completed out of
+//!    band, on a fallback page ([`complete_fallback`]); the session's completed
+//!    stages are checked as they are.
 //! 3. When the completed stages cover a flow, the operation may proceed; the caller
 //!    spends the session ([`consume`]) in the transaction that performs it, so
 //!    one completed session authorises one operation even when several requests
@@ -63,10 +65,13 @@ pub async fn authenticate(
     let session = valid_session(state, req, uia::get(&state.db, &session_id).await?)?;
 
     let Some(stage) = auth.auth_type().map(|t| t.to_string()) else {
-        return Err(Error::new(
-            ErrorKind::BadRequest,
-            "Fallback authentication is not supported",
-        ));
+        // `{"session": …}` alone: the client says a stage was completed out of
+        // band (the fallback page); the session's completed stages decide.
+        return if flow_done(req, &session.completed) {
+            Ok(Completed { session_id })
+        } else {
+            Err(challenge(req, &session_id, &session.completed, None))
+        };
     };
     if !req.flows.iter().any(|f| f.contains(&stage.as_str())) {
         return Err(challenge(
@@ -121,15 +126,90 @@ pub async fn authenticate(
     if !completed.contains(&stage) {
         completed.push(stage);
     }
-    let done = req
-        .flows
-        .iter()
-        .any(|flow| flow.iter().all(|s| completed.iter().any(|c| c == s)));
-    if done {
+    if flow_done(req, &completed) {
         Ok(Completed { session_id })
     } else {
         Err(challenge(req, &session_id, &completed, None))
     }
+}
+
+/// Whether the completed stages cover one of the flows.
+fn flow_done(req: &Requirement<'_>, completed: &[String]) -> bool {
+    req.flows
+        .iter()
+        .any(|flow| flow.iter().all(|s| completed.iter().any(|c| c == s)))
+}
+
+/// The stages the fallback pages can complete (as Synapse: of the stages
+/// Lattice offers, only the registration token needs a page; the dummy and
+/// password stages are every client's own).
+pub const FALLBACK_STAGES: &[&str] = &[REGISTRATION_TOKEN];
+
+/// What the fallback page learns about a session before showing its form.
+pub enum Fallback {
+    /// The stage is done (or was already): show the page that tells the client.
+    Done,
+    /// The stage failed: show the form again with this message.
+    Retry(String),
+}
+
+/// Checks that `session_id` names a live session whose operation offers
+/// `stage`, for the fallback page's GET.
+pub async fn fallback_session(state: &AppState, session_id: &str, stage: &str) -> Result<()> {
+    let session = live_session(state, uia::get(&state.db, session_id).await?)?;
+    offered_for(state, &session, stage)
+}
+
+/// Completes a stage out of band, from the fallback page's form (the client then
+/// sends `{"auth": {"session": …}}`). Only the registration-token stage has a
+/// page.
+pub async fn complete_fallback(
+    state: &AppState,
+    session_id: &str,
+    stage: &str,
+    token: &str,
+) -> Result<Fallback> {
+    if stage != REGISTRATION_TOKEN {
+        return Err(Error::forbidden(
+            "This authentication type has no fallback page",
+        ));
+    }
+    let mut tx = state.db.begin().await?;
+    let session = live_session(state, uia::get_for_update(&mut *tx, session_id).await?)?;
+    offered_for(state, &session, stage)?;
+    if session.completed.iter().any(|c| c == stage) {
+        return Ok(Fallback::Done);
+    }
+    if token.is_empty() || !registration_tokens::reserve(&mut *tx, token, now_ms()).await? {
+        return Ok(Fallback::Retry("Invalid registration token".to_owned()));
+    }
+    uia::add_completed(&mut *tx, session_id, stage, Some(token)).await?;
+    tx.commit().await?;
+    Ok(Fallback::Done)
+}
+
+/// A session that exists and has not expired (whatever its operation).
+fn live_session(state: &AppState, session: Option<uia::UiaSession>) -> Result<uia::UiaSession> {
+    let lifetime_ms = state.config.auth.uia_session_lifetime_secs as i64 * 1000;
+    session
+        .filter(|s| s.created_ts + lifetime_ms > now_ms())
+        .ok_or_else(|| Error::new(ErrorKind::InvalidParam, "Unknown or expired session ID"))
+}
+
+/// Whether the session's operation offers `stage` in one of its flows now.
+fn offered_for(state: &AppState, session: &uia::UiaSession, stage: &str) -> Result<()> {
+    let offered = match session.kind.as_str() {
+        "register" => super::account::registration_flows(state)
+            .iter()
+            .any(|f| f.contains(&stage)),
+        _ => false,
+    };
+    if !offered {
+        return Err(Error::forbidden(
+            "This authentication type is not offered for this session",
+        ));
+    }
+    Ok(())
 }
 
 /// Spends a completed session inside the transaction that performs its operation:

@@ -34,7 +34,7 @@ fn client(app: &AppState) -> Result<OutboundClient> {
             connect_timeout: Duration::from_secs(cfg.timeout_secs),
             timeout: Duration::from_secs(cfg.timeout_secs),
             https_only: false,
-            extra_ca_files: Vec::new(),
+            extra_ca_files: app.config.extra_ca_files(),
             accept_invalid_certs: false,
             user_agent: "Lattice URL preview".into(),
         },

@@ -8,6 +8,7 @@ pub mod events;
 pub mod federation;
 pub mod keys;
 pub mod media;
+pub mod openid;
 pub mod presence;
 pub mod profiles;
 pub mod pushers;

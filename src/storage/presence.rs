@@ -77,3 +77,24 @@ pub async fn visible_changes(
     .fetch_all(db)
     .await
 }
+
+/// The presence of `users` changed in `(after, upto]` (all they ever set
+/// when `after` is 0).
+pub async fn changes_of(
+    db: impl PgExecutor<'_>,
+    users: &[String],
+    after: i64,
+    upto: i64,
+) -> sqlx::Result<Vec<Presence>> {
+    sqlx::query_as!(
+        Presence,
+        "select user_id, state, status_msg, last_active_ts, stream_ordering
+         from presence
+         where user_id = any($1) and stream_ordering > $2 and stream_ordering <= $3",
+        users,
+        after,
+        upto
+    )
+    .fetch_all(db)
+    .await
+}

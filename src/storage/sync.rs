@@ -66,6 +66,32 @@ pub async fn room_events(
     .await
 }
 
+/// The events of any of `rooms` in `(after, upto]`, oldest first, at most
+/// `limit` (the legacy `/events` stream).
+pub async fn events_in_rooms(
+    db: impl PgExecutor<'_>,
+    rooms: &[String],
+    after: i64,
+    upto: i64,
+    limit: i64,
+) -> sqlx::Result<Vec<StoredEvent>> {
+    sqlx::query_as!(
+        StoredEvent,
+        "select event_id, room_id, stream_ordering, depth, event_type, state_key, sender, json,
+                state_group, rejected, redacted_by
+         from events
+         where room_id = any($1) and stream_ordering > $2 and stream_ordering <= $3
+           and not rejected
+         order by stream_ordering limit $4",
+        rooms,
+        after,
+        upto,
+        limit
+    )
+    .fetch_all(db)
+    .await
+}
+
 /// The state group after the room's last event at or before `stream`.
 pub async fn state_group_at(
     db: impl PgExecutor<'_>,

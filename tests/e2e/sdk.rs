@@ -284,6 +284,15 @@ async fn matrix_rust_sdk_invite_details_with_the_inviter() {
     rust_sdk_chat(&server, "invite").await;
 }
 
+/// matrix-rust-sdk previews rooms as Element X does for room links: a public
+/// room by ID and by alias through the room summary (MSC3266), nothing for a
+/// private room the user is not in, and an invite once invited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn matrix_rust_sdk_previews_rooms_through_the_room_summary() {
+    let server = TestServer::start().await;
+    rust_sdk_chat(&server, "preview").await;
+}
+
 /// matrix-rust-sdk: a joiner's first sync carries the history they may see
 /// (`shared`), paginating back from its `prev_batch` reaches the first message,
 /// and `joined` history stays hidden however far the client pages.

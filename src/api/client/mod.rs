@@ -4,8 +4,11 @@ mod account;
 mod devices;
 mod directory;
 mod discovery;
+mod fallback;
 mod keys;
+mod legacy_sync;
 mod mutual_rooms;
+mod openid;
 mod presence;
 mod profile;
 mod push;
@@ -34,6 +37,7 @@ pub fn router() -> Router<AppState> {
         .merge(timeline::router())
         .merge(directory::router())
         .merge(sync::router())
+        .merge(legacy_sync::router())
         .merge(profile::router())
         .merge(push::router())
         .merge(keys::router())
@@ -43,4 +47,6 @@ pub fn router() -> Router<AppState> {
         .merge(thirdparty::router())
         .merge(mutual_rooms::router())
         .merge(voip::router())
+        .merge(openid::router())
+        .merge(fallback::router())
 }

@@ -1,21 +1,26 @@
 //! Rooms, membership, events and reading:
 //! `POST /createRoom`; `POST /join/{roomIdOrAlias}`, `POST /rooms/{roomId}/join`,
 //! `…/leave`, `…/forget`, `…/invite`, `…/kick`, `…/ban`, `…/unban`, `POST /knock/{roomIdOrAlias}`;
-//! `PUT /rooms/{roomId}/send/{eventType}/{txnId}`, `PUT/GET /rooms/{roomId}/state/{eventType}/{stateKey}`,
+//! `PUT /rooms/{roomId}/send/{eventType}/{txnId}` (and Synapse's `POST` without
+//! the txnId), `PUT/GET /rooms/{roomId}/state/{eventType}/{stateKey}`,
 //! `GET /rooms/{roomId}/state`, `GET /rooms/{roomId}/event/{eventId}`,
-//! `PUT /rooms/{roomId}/redact/{eventId}/{txnId}`, `GET /rooms/{roomId}/messages`,
+//! `PUT /rooms/{roomId}/redact/{eventId}/{txnId}` (and `POST` without the txnId),
+//! `GET /rooms/{roomId}/messages`,
 //! `GET /rooms/{roomId}/members`, `GET /rooms/{roomId}/joined_members`, `GET /joined_rooms`;
 //! aliases: `PUT/GET/DELETE /directory/room/{roomAlias}`, `GET /rooms/{roomId}/aliases`
 //! (spec: "Rooms", "Room membership", "Events").
 
-use axum::{Json, Router, extract::State};
+use axum::{
+    Json, Router,
+    extract::{Path, State},
+    routing::post,
+};
 use ruma::{
-    OwnedRoomId, RoomId, RoomOrAliasId,
+    OwnedEventId, OwnedRoomId, RoomId, RoomOrAliasId,
     api::{
         Direction,
         client::{
             alias::{create_alias, delete_alias, get_alias},
-            filter::LazyLoadOptions,
             knock::knock_room,
             membership::{
                 ban_user, forget_room, get_member_events, invite_user, join_room_by_id,
@@ -34,21 +39,23 @@ use serde_json::{Map, Value, json};
 use crate::{
     api::{
         auth::{AuthUser, GuestOk},
+        json::JsonOrEmpty,
         ruma::{RouterExt, Ruma},
     },
     app::AppState,
-    domain::pdu::NewEvent,
+    domain::{filter::EventFilter, pdu::NewEvent},
     error::{Error, ErrorKind, Result},
     service::{
         directory, event,
         membership::{self, Change},
-        read::{self, TypeFilter},
+        read,
         room::{self, CreateRoom, Preset},
+        session::Session,
     },
 };
 
 pub fn router() -> Router<AppState> {
-    Router::new()
+    let router = Router::new()
         .ruma::<create_room::v3::Request, _, _>(create)
         .ruma::<join_room_by_id::v3::Request, _, _>(join_by_id)
         .ruma::<join_room_by_id_or_alias::v3::Request, _, _>(join_by_id_or_alias)
@@ -72,7 +79,21 @@ pub fn router() -> Router<AppState> {
         .ruma::<create_alias::v3::Request, _, _>(put_alias)
         .ruma::<get_alias::v3::Request, _, _>(get_alias)
         .ruma::<delete_alias::v3::Request, _, _>(remove_alias)
-        .ruma::<aliases::v3::Request, _, _>(room_aliases)
+        .ruma::<aliases::v3::Request, _, _>(room_aliases);
+    // Sending and redacting without a transaction ID: not in the spec (see the
+    // handlers), so not in ruma; the paths of the `PUT`s without their last part.
+    ["r0", "v3"].into_iter().fold(router, |router, version| {
+        let base = format!("/_matrix/client/{version}/rooms/{{room_id}}");
+        router
+            .route(
+                &format!("{base}/send/{{event_type}}"),
+                post(send_without_txn),
+            )
+            .route(
+                &format!("{base}/redact/{{event_id}}"),
+                post(redact_without_txn),
+            )
+    })
 }
 
 fn raw_object(json: &str, what: &str) -> Result<Map<String, Value>> {
@@ -301,8 +322,44 @@ async fn send(
     GuestOk(user): GuestOk,
     Ruma(req): Ruma<send_message_event::v3::Request>,
 ) -> Result<Json<Value>> {
-    let kind = req.event_type.to_string();
     let content = raw_object(req.body.json().get(), "Event content")?;
+    send_event(
+        &app,
+        &user,
+        &req.room_id,
+        req.event_type.to_string(),
+        content,
+        Some(req.txn_id.as_str()),
+    )
+    .await
+}
+
+/// `POST /rooms/{roomId}/send/{eventType}`: the send without a transaction ID
+/// that Synapse keeps from the pre-r0 API (so no idempotency; the spec has
+/// only the `PUT` with one).
+async fn send_without_txn(
+    State(app): State<AppState>,
+    GuestOk(user): GuestOk,
+    Path((room_id, event_type)): Path<(String, String)>,
+    crate::api::json::Json(content): crate::api::json::Json<Map<String, Value>>,
+) -> Result<Json<Value>> {
+    let room_id = parse_room_id(room_id)?;
+    send_event(&app, &user, &room_id, event_type, content, None).await
+}
+
+fn parse_room_id(room_id: String) -> Result<OwnedRoomId> {
+    OwnedRoomId::try_from(room_id).map_err(|_| Error::invalid_param("Invalid room ID"))
+}
+
+async fn send_event(
+    app: &AppState,
+    user: &Session,
+    room_id: &RoomId,
+    kind: String,
+    content: Map<String, Value>,
+    txn_id: Option<&str>,
+) -> Result<Json<Value>> {
+    let txn = txn_id.map(|t| (user.device_id.as_str(), t));
     if kind == "m.room.redaction" {
         // Allowed in every room version since v1.18 (spec: "Redactions",
         // client behaviour), with the event under `content.redacts`; held to
@@ -312,21 +369,13 @@ async fn send(
             .and_then(Value::as_str)
             .and_then(|id| ruma::EventId::parse(id).ok())
             .ok_or_else(|| Error::bad_json("A redaction needs `redacts`: an event ID"))?;
-        let event_id = event::redact(
-            &app,
-            &req.room_id,
-            &user.user_id,
-            &target,
-            content,
-            (user.device_id.as_str(), req.txn_id.as_str()),
-        )
-        .await?;
+        let event_id = event::redact(app, room_id, &user.user_id, &target, content, txn).await?;
         return Ok(Json(json!({ "event_id": event_id })));
     }
     let content = Value::Object(content);
     let event_id = event::send(
-        &app,
-        &req.room_id,
+        app,
+        room_id,
         &user.user_id,
         NewEvent {
             kind,
@@ -334,7 +383,7 @@ async fn send(
             state_key: None,
             redacts: None,
         },
-        Some((user.device_id.as_str(), req.txn_id.as_str())),
+        txn,
     )
     .await?;
     Ok(Json(json!({ "event_id": event_id })))
@@ -451,9 +500,33 @@ async fn redact(
         &user.user_id,
         &req.event_id,
         content,
-        (user.device_id.as_str(), req.txn_id.as_str()),
+        Some((user.device_id.as_str(), req.txn_id.as_str())),
     )
     .await?;
+    Ok(Json(json!({ "event_id": event_id })))
+}
+
+/// `POST /rooms/{roomId}/redact/{eventId}`: the redaction without a
+/// transaction ID that Synapse keeps from the pre-r0 API (the spec has only the
+/// `PUT`); the body, with an optional `reason`, may be left out.
+async fn redact_without_txn(
+    State(app): State<AppState>,
+    AuthUser(user): AuthUser,
+    Path((room_id, event_id)): Path<(String, String)>,
+    JsonOrEmpty(body): JsonOrEmpty,
+) -> Result<Json<Value>> {
+    let room_id = parse_room_id(room_id)?;
+    let event_id =
+        OwnedEventId::try_from(event_id).map_err(|_| Error::invalid_param("Invalid event ID"))?;
+    let mut content = Map::new();
+    match body.get("reason") {
+        None => {}
+        Some(Value::String(reason)) => {
+            content.insert("reason".into(), reason.clone().into());
+        }
+        Some(_) => return Err(Error::bad_json("`reason` must be a string")),
+    }
+    let event_id = event::redact(&app, &room_id, &user.user_id, &event_id, content, None).await?;
     Ok(Json(json!({ "event_id": event_id })))
 }
 
@@ -462,19 +535,14 @@ async fn messages(
     GuestOk(user): GuestOk,
     Ruma(req): Ruma<get_message_events::v3::Request>,
 ) -> Result<Json<Value>> {
-    let filter = TypeFilter {
-        types: req.filter.types.clone(),
-        not_types: req.filter.not_types.clone(),
+    // One room's timeline: `rooms` / `not_rooms` do not apply here.
+    let filter = EventFilter {
+        rooms: None,
+        not_rooms: Vec::new(),
+        ..EventFilter::from_room_event_filter(&req.filter)
     };
-    let lazy = matches!(
-        req.filter.lazy_load_options,
-        LazyLoadOptions::Enabled { .. }
-    );
-    let limit = req
-        .filter
-        .limit
-        .map(u64::from)
-        .unwrap_or(u64::from(req.limit)) as usize;
+    let lazy = filter.lazy_load_members;
+    let limit = filter.limit.unwrap_or(u64::from(req.limit) as usize);
     let page = read::messages(
         &app,
         &user,

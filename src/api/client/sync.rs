@@ -17,7 +17,8 @@ use crate::{
         ruma::{RouterExt, Ruma},
     },
     app::AppState,
-    error::{Error, Result},
+    domain::filter::{Filter as DomainFilter, InvalidFilter},
+    error::{Error, ErrorKind, Result},
     service::{
         presence, sliding_sync,
         sync::{self, Params},
@@ -50,18 +51,32 @@ async fn sync_handler(
     let definition = match req.filter {
         None => FilterDefinition::default(),
         Some(Filter::FilterDefinition(def)) => def,
-        Some(Filter::FilterId(id)) => load_filter(&app, user.user_id.as_str(), &id).await?,
+        // Another user's filter, or none: as Synapse answers.
+        Some(Filter::FilterId(id)) => load_filter(&app, user.user_id.as_str(), &id)
+            .await
+            .map_err(|e| match e.kind() {
+                Some(ErrorKind::NotFound) => Error::invalid_param("No such filter"),
+                _ => e,
+            })?,
         Some(_) => FilterDefinition::default(),
     };
+    let filter = checked(&definition)?;
     let since = req
         .since
         .as_deref()
         .map(sync::SyncToken::parse)
         .transpose()?;
     let timeout = req.timeout.unwrap_or(Duration::ZERO);
-    let params = Params::new(&definition, since, timeout, req.full_state);
+    let params = Params::new(filter, since, timeout, req.full_state);
     presence::on_sync(&app, &user.user_id, req.set_presence.as_str()).await?;
     Ok(Json(sync::sync(&app, &user, &params).await?))
+}
+
+/// A filter definition as the one domain type, or `M_BAD_JSON` when it does
+/// not hold together (malformed IDs and wrong types are refused earlier, when
+/// the request is parsed).
+fn checked(definition: &FilterDefinition) -> Result<DomainFilter> {
+    DomainFilter::new(definition).map_err(|InvalidFilter(e)| Error::bad_json(e))
 }
 
 async fn load_filter(app: &AppState, user: &str, id: &str) -> Result<FilterDefinition> {
@@ -82,6 +97,7 @@ async fn create(
     if req.user_id != user.user_id {
         return Err(Error::forbidden("Cannot create filters for other users"));
     }
+    checked(&req.filter)?;
     let json = serde_json::to_string(&req.filter).map_err(|e| Error::bad_json(e.to_string()))?;
     let id = rows::insert_filter(&app.db, user.user_id.as_str(), &json, now_ms()).await?;
     Ok(Json(json!({ "filter_id": id.to_string() })))

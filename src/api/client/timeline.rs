@@ -10,7 +10,6 @@ use ruma::api::{
     Direction,
     client::{
         context::get_context,
-        filter::LazyLoadOptions,
         relations::{
             get_relating_events, get_relating_events_with_rel_type,
             get_relating_events_with_rel_type_and_event_type,
@@ -28,6 +27,7 @@ use crate::{
         ruma::{RouterExt, Ruma},
     },
     app::AppState,
+    domain::filter::EventFilter,
     error::Result,
     service::{space, timeline, upgrade as upgrades},
 };
@@ -52,17 +52,14 @@ async fn context(
     GuestOk(user): GuestOk,
     Ruma(req): Ruma<get_context::v3::Request>,
 ) -> Result<Json<Value>> {
-    let lazy = matches!(
-        req.filter.lazy_load_options,
-        LazyLoadOptions::Enabled { .. }
-    );
+    let filter = EventFilter::from_room_event_filter(&req.filter);
     let body = timeline::context(
         &app,
         &user,
         &req.room_id,
         req.event_id.as_str(),
         u64::from(req.limit) as usize,
-        lazy,
+        &filter,
     )
     .await?;
     Ok(Json(body))

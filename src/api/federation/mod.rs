@@ -5,6 +5,7 @@
 mod events;
 mod keys;
 mod media;
+mod openid;
 mod query;
 mod user;
 
@@ -69,4 +70,5 @@ pub fn router() -> Router<AppState> {
         .merge(events::router())
         .merge(user::router())
         .merge(media::router())
+        .merge(openid::router())
 }

@@ -1,6 +1,6 @@
 //! Drives two matrix-rust-sdk clients against a Lattice server.
 //!
-//! `lattice-sdk-client <homeserver> <plain|encrypted|sliding|echo|invite|history> <alice> <alice-pw> <bob> <bob-pw> [<bob's homeserver>]`
+//! `lattice-sdk-client <homeserver> <plain|encrypted|sliding|echo|invite|history|preview> <alice> <alice-pw> <bob> <bob-pw> [<bob's homeserver>]`
 //!
 //! With a second homeserver (plain and encrypted modes), Bob logs in there and
 //! everything between the two users crosses federation.
@@ -30,6 +30,12 @@
 //! (the event cache, from the sync's `prev_batch`) must reach the earliest; in
 //! the `joined` room, nothing from before his join, however far he pages.
 //!
+//! preview: Alice creates a public room with a name and topic, and a private
+//! one; Bob, in neither, previews the public room through the room summary
+//! endpoint (MSC3266, as Element X does for room links) by ID and by alias, and
+//! gets nothing for the private one; once invited to it, his preview shows it
+//! as an invite.
+//!
 //! Prints `ok <room id>` on success; anything else fails with a message on
 //! stderr and a non-zero exit.
 
@@ -44,7 +50,8 @@ use matrix_sdk::{
     config::SyncSettings,
     room::Room,
     ruma::{
-        OwnedEventId, OwnedRoomId, OwnedTransactionId, OwnedUserId, UserId,
+        OwnedEventId, OwnedRoomId, OwnedTransactionId, OwnedUserId, RoomAliasId, RoomOrAliasId,
+        UserId,
         api::client::{
             account::register::v3::Request as RegistrationRequest,
             room::create_room::v3::{Request as CreateRoom, RoomPreset},
@@ -213,7 +220,7 @@ async fn run() -> Result<String> {
         [_, hs, mode, au, ap, bu, bp] => (hs, mode, au, ap, bu, bp, hs),
         [_, hs, mode, au, ap, bu, bp, bob_hs] => (hs, mode, au, ap, bu, bp, bob_hs),
         _ => bail!(
-            "usage: lattice-sdk-client <homeserver> <plain|encrypted|sliding|echo|invite|history> <alice> <pw> <bob> <pw> [bob's homeserver]"
+            "usage: lattice-sdk-client <homeserver> <plain|encrypted|sliding|echo|invite|history|preview> <alice> <pw> <bob> <pw> [bob's homeserver]"
         ),
     };
     let encrypted = match mode.as_str() {
@@ -222,6 +229,7 @@ async fn run() -> Result<String> {
         "sliding" => return sliding(homeserver, alice_user, alice_pw, bob_user, bob_pw).await,
         "echo" => return echo(homeserver, alice_user, alice_pw, bob_user, bob_pw).await,
         "invite" => return invite(homeserver, alice_user, alice_pw, bob_user, bob_pw).await,
+        "preview" => return preview(homeserver, alice_user, alice_pw, bob_user, bob_pw).await,
         "history" => return history(homeserver, alice_user, alice_pw, bob_user, bob_pw).await,
         other => bail!("unknown mode {other}"),
     };
@@ -538,6 +546,111 @@ async fn invite(
         inviter.display_name()
     );
     Ok(room_id.to_string())
+}
+
+/// Room previews (`Client::get_room_preview`, through the room summary).
+async fn preview(
+    homeserver: &str,
+    alice_user: &str,
+    alice_pw: &str,
+    bob_user: &str,
+    bob_pw: &str,
+) -> Result<String> {
+    let (alice, _) = login(homeserver, alice_user, alice_pw, "ALICEPRE").await?;
+    let (bob, _) = login(homeserver, bob_user, bob_pw, "BOBPRE").await?;
+    let server = alice
+        .user_id()
+        .context("alice's user id")?
+        .server_name()
+        .to_owned();
+
+    let mut request = CreateRoom::new();
+    request.name = Some("Previewed".to_owned());
+    request.topic = Some("what a preview shows".to_owned());
+    request.preset = Some(RoomPreset::PublicChat);
+    request.room_alias_name = Some("previewed".to_owned());
+    let public = alice
+        .create_room(request)
+        .await
+        .context("creating the public room")?;
+    let public_id = public.room_id().to_owned();
+    let alias = RoomAliasId::parse(format!("#previewed:{server}")).context("alias")?;
+
+    // By ID, through the summary endpoint itself (no fallback to other APIs).
+    let by_id = matrix_sdk::room_preview::RoomPreview::from_room_summary(
+        &bob,
+        public_id.clone(),
+        <&RoomOrAliasId>::from(&*public_id),
+        Vec::new(),
+    )
+    .await
+    .context("previewing the public room by ID")?;
+    ensure!(
+        by_id.room_id == public_id
+            && by_id.name.as_deref() == Some("Previewed")
+            && by_id.topic.as_deref() == Some("what a preview shows")
+            && by_id.num_joined_members == 1
+            && by_id.canonical_alias.as_ref() == Some(&alias)
+            && by_id.state.is_none(),
+        "preview by ID: {by_id:?}"
+    );
+    ensure!(
+        matches!(
+            by_id.join_rule,
+            Some(matrix_sdk::ruma::room::JoinRuleSummary::Public)
+        ),
+        "join rule {:?}",
+        by_id.join_rule
+    );
+    // By alias, as a room link gives it.
+    let by_alias = bob
+        .get_room_preview(<&RoomOrAliasId>::from(&*alias), Vec::new())
+        .await
+        .context("previewing the public room by alias")?;
+    ensure!(
+        by_alias.room_id == public_id && by_alias.name.as_deref() == Some("Previewed"),
+        "preview by alias: {by_alias:?}"
+    );
+
+    // A private room: nothing for an outsider, an invite once invited.
+    let mut request = CreateRoom::new();
+    request.name = Some("Hidden".to_owned());
+    request.preset = Some(RoomPreset::PrivateChat);
+    let private = alice
+        .create_room(request)
+        .await
+        .context("creating the private room")?;
+    let private_id = private.room_id().to_owned();
+    let outsider = matrix_sdk::room_preview::RoomPreview::from_room_summary(
+        &bob,
+        private_id.clone(),
+        <&RoomOrAliasId>::from(&*private_id),
+        Vec::new(),
+    )
+    .await;
+    ensure!(
+        outsider.is_err(),
+        "an outsider previewed a private room: {outsider:?}"
+    );
+    let bob_id = bob.user_id().context("bob's user id")?.to_owned();
+    private
+        .invite_user_by_id(&bob_id)
+        .await
+        .context("inviting bob")?;
+    sync_until(&bob, "the invite", || {
+        bob.get_room(&private_id)
+            .is_some_and(|r| r.state() == RoomState::Invited)
+    })
+    .await?;
+    let invited = bob
+        .get_room_preview(<&RoomOrAliasId>::from(&*private_id), Vec::new())
+        .await
+        .context("previewing the room bob is invited to")?;
+    ensure!(
+        invited.name.as_deref() == Some("Hidden") && invited.state == Some(RoomState::Invited),
+        "preview as an invitee: {invited:?}"
+    );
+    Ok(public_id.to_string())
 }
 
 /// The bodies of the text messages in a room's event cache, oldest first.

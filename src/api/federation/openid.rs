@@ -1,0 +1,41 @@
+//! `GET /_matrix/federation/v1/openid/userinfo?access_token=…` (spec:
+//! server-server API, "OpenID"): whose an OpenID token is. The caller is any
+//! third party holding a token, not a server, so there is no X-Matrix
+//! authentication; callers are rate-limited by IP instead.
+
+use axum::{
+    Json, Router,
+    extract::{RawQuery, State},
+    routing::get,
+};
+use serde_json::{Value, json};
+
+use crate::{
+    api::{auth::ClientIp, rate_limited},
+    app::AppState,
+    error::{Error, ErrorKind, Result},
+    service::openid,
+};
+
+pub fn router() -> Router<AppState> {
+    Router::new().route("/_matrix/federation/v1/openid/userinfo", get(userinfo))
+}
+
+async fn userinfo(
+    State(app): State<AppState>,
+    ClientIp(ip): ClientIp,
+    RawQuery(query): RawQuery,
+) -> Result<Json<Value>> {
+    rate_limited(app.client_limiter.check(&ip.unwrap_or_default()))?;
+    let token = query.and_then(|q| {
+        form_urlencoded::parse(q.as_bytes())
+            .find(|(k, _)| k == "access_token")
+            .map(|(_, v)| v.into_owned())
+    });
+    // As Synapse answers: a missing token is 401 M_MISSING_TOKEN.
+    let Some(token) = token.filter(|t| !t.is_empty()) else {
+        return Err(Error::new(ErrorKind::MissingToken, "Access token required"));
+    };
+    let user_id = openid::userinfo(&app, &token).await?;
+    Ok(Json(json!({ "sub": user_id })))
+}
