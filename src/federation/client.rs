@@ -244,6 +244,43 @@ impl FederationClient {
         serde_json::from_slice(&bytes).map_err(|e| FedError::Invalid(e.to_string()))
     }
 
+    /// [`Self::request_json`] for queries made on a client's behalf (directory,
+    /// public rooms, hierarchy): the answer must fit in `limit` bytes and the
+    /// whole exchange, discovery included, must end within `timeout`.
+    pub async fn request_json_bounded(
+        &self,
+        destination: &ServerName,
+        method: http::Method,
+        path_and_query: &str,
+        body: Option<&serde_json::Value>,
+        limit: usize,
+        timeout: Duration,
+    ) -> Result<serde_json::Value, FedError> {
+        let exchange = async {
+            let target = self.target(destination).await?;
+            let uri: http::Uri = format!("{}{}", target.base_url(), path_and_query)
+                .parse()
+                .map_err(|e| FedError::Invalid(format!("uri: {e}")))?;
+            let body = match body {
+                Some(b) => serde_json::to_vec(b).map_err(|e| FedError::Invalid(e.to_string()))?,
+                None => Vec::new(),
+            };
+            let (status, _, bytes) = self
+                .execute_limited(destination, &target, method, &uri, body, limit)
+                .await?;
+            if status >= 400 {
+                return Err(FedError::Remote {
+                    status,
+                    body: String::from_utf8_lossy(&bytes).chars().take(500).collect(),
+                });
+            }
+            serde_json::from_slice(&bytes).map_err(|e| FedError::Invalid(e.to_string()))
+        };
+        tokio::time::timeout(timeout, exchange)
+            .await
+            .map_err(|_| FedError::Unreachable(format!("{destination}: no answer in time")))?
+    }
+
     /// A signed `GET` whose answer the caller reads as it arrives (media), within
     /// `timeout` for the whole exchange, body included. An error status is
     /// returned as [`FedError::Remote`].

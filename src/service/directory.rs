@@ -1,4 +1,5 @@
-//! Room aliases (local ones; remote resolution arrives with federation).
+//! Room aliases (ours, and others' through the alias's server), the public
+//! room directory and room summaries.
 
 use ruma::{OwnedRoomId, RoomId, UserId};
 
@@ -14,44 +15,110 @@ pub async fn resolve_local(app: &AppState, alias: &str) -> Result<Option<OwnedRo
     Ok(room.and_then(|r| RoomId::parse(r).ok()))
 }
 
-/// Resolves an alias: ours from the database, others' over federation. Returns
-/// the room and the servers the alias's server names as resident.
+/// The most servers a directory answer lists (a peer's longer list is cut).
+const MAX_ALIAS_SERVERS: usize = 50;
+/// The largest answer accepted to a remote alias query.
+const MAX_ALIAS_ANSWER_BYTES: usize = 64 * 1024;
+
+/// How long a query made on a client's behalf may take (the configured
+/// request timeout, at most 30 seconds: a client is waiting).
+pub(crate) fn query_timeout(app: &AppState) -> std::time::Duration {
+    std::time::Duration::from_secs(app.config.federation.request_timeout_secs.clamp(1, 30))
+}
+
+/// Resolves an alias for a join or a knock: the room and the servers to try,
+/// the alias's own server first (as Synapse does: it knows the room).
 pub async fn resolve(
     app: &AppState,
     alias: &ruma::RoomAliasId,
 ) -> Result<(OwnedRoomId, Vec<ruma::OwnedServerName>)> {
-    if alias.server_name() == app.server_name || !app.config.federation.enabled {
-        return resolve_local(app, alias.as_str())
-            .await?
-            .map(|r| (r, Vec::new()))
-            .ok_or_else(|| crate::error::Error::not_found("Room alias not found"));
+    let (room_id, mut servers) = association(app, alias).await?;
+    if alias.server_name() != app.server_name {
+        servers.retain(|s| s != alias.server_name());
+        servers.insert(0, alias.server_name().to_owned());
     }
+    Ok((room_id, servers))
+}
+
+/// `GET /directory/room/{roomAlias}`: the room an alias names and servers
+/// that know the room. Ours from the database, with the room's joined
+/// servers; others' from the alias's server
+/// (`GET /_matrix/federation/v1/query/directory`), with the servers it lists
+/// (well-formed names only, at most [`MAX_ALIAS_SERVERS`]) and those we know
+/// in the room. This server comes first when it is in the list.
+pub async fn association(
+    app: &AppState,
+    alias: &ruma::RoomAliasId,
+) -> Result<(OwnedRoomId, Vec<ruma::OwnedServerName>)> {
+    let not_found = || Error::not_found("Room alias not found");
+    let (room_id, mut servers) =
+        if alias.server_name() == app.server_name || !app.config.federation.enabled {
+            let room_id = resolve_local(app, alias.as_str())
+                .await?
+                .ok_or_else(not_found)?;
+            (room_id, Vec::new())
+        } else {
+            resolve_remote(app, alias).await?
+        };
+    for server in joined_servers(app, &room_id).await? {
+        if let Ok(server) = ruma::ServerName::parse(&server) {
+            servers.push(server);
+        }
+    }
+    let mut seen = std::collections::HashSet::new();
+    servers.retain(|s| seen.insert(s.clone()));
+    if let Some(at) = servers.iter().position(|s| s == &app.server_name) {
+        let ours = servers.remove(at);
+        servers.insert(0, ours);
+    } else if alias.server_name() == app.server_name {
+        // Our own alias for a room nobody here is joined to any more: we still
+        // know it.
+        servers.insert(0, app.server_name.clone());
+    }
+    servers.truncate(MAX_ALIAS_SERVERS);
+    Ok((room_id, servers))
+}
+
+/// Asks the alias's server. Its answer must name a valid room ID; the servers
+/// it lists are kept when they are server names, at most [`MAX_ALIAS_SERVERS`].
+async fn resolve_remote(
+    app: &AppState,
+    alias: &ruma::RoomAliasId,
+) -> Result<(OwnedRoomId, Vec<ruma::OwnedServerName>)> {
     let path = format!(
         "/_matrix/federation/v1/query/directory?room_alias={}",
         form_urlencoded::byte_serialize(alias.as_str().as_bytes()).collect::<String>()
     );
     let body = app
         .federation
-        .request_json(alias.server_name(), http::Method::GET, &path, None)
+        .request_json_bounded(
+            alias.server_name(),
+            http::Method::GET,
+            &path,
+            None,
+            MAX_ALIAS_ANSWER_BYTES,
+            query_timeout(app),
+        )
         .await
         .map_err(|e| {
             if e.is_not_found() {
-                crate::error::Error::not_found("Room alias not found")
+                Error::not_found("Room alias not found")
             } else {
-                crate::error::Error::not_found(format!("Room alias could not be resolved: {e}"))
+                tracing::info!(%alias, error = %e, "remote alias query failed");
+                Error::not_found("Room alias could not be resolved")
             }
         })?;
     let room_id = body["room_id"]
         .as_str()
         .and_then(|r| RoomId::parse(r).ok())
-        .ok_or_else(|| crate::error::Error::not_found("Room alias not found"))?;
-    let mut servers: Vec<ruma::OwnedServerName> = body["servers"]
+        .ok_or_else(|| Error::not_found("Room alias not found"))?;
+    let servers = body["servers"]
         .as_array()
         .into_iter()
         .flatten()
         .filter_map(|s| s.as_str().and_then(|s| ruma::ServerName::parse(s).ok()))
+        .take(MAX_ALIAS_SERVERS)
         .collect();
-    servers.insert(0, alias.server_name().to_owned());
     Ok((room_id, servers))
 }
 
@@ -345,6 +412,172 @@ pub async fn public_rooms(
     Ok(body)
 }
 
+/// The most rooms relayed from another server's `/publicRooms` page (also
+/// the page size asked for when the client names none).
+const MAX_REMOTE_PUBLIC_ROOMS: usize = 500;
+/// The largest `/publicRooms` answer accepted from another server.
+const MAX_PUBLIC_ROOMS_ANSWER_BYTES: usize = 4 * 1024 * 1024;
+/// Longest relayed text field (`name`, `topic`; in characters).
+const MAX_RELAYED_TEXT: usize = 1024;
+/// Longest relayed token (`since`, `next_batch`, `prev_batch`; in bytes).
+const MAX_RELAYED_TOKEN: usize = 1024;
+
+/// What a client asks of another server's room directory.
+pub struct RemotePublicRooms<'a> {
+    pub limit: Option<usize>,
+    pub since: Option<&'a str>,
+    /// `POST` only: the `filter` object as the client sent it.
+    pub filter: Option<serde_json::Value>,
+    /// `POST` only: `include_all_networks` / `third_party_instance_id`.
+    pub network: Option<serde_json::Map<String, serde_json::Value>>,
+    /// `POST` (with a filter or a network) rather than `GET`.
+    pub post: bool,
+}
+
+/// `/publicRooms?server=…`: another server's directory, through its federation
+/// `/publicRooms` (`GET` with `limit` and `since`, or `POST` with the filter and
+/// network too). The answer is checked and rebuilt, not passed through: each
+/// entry needs a valid room ID, fields of the wrong type are dropped, text is
+/// cut to [`MAX_RELAYED_TEXT`] characters, and no more rooms than asked for
+/// (at most [`MAX_REMOTE_PUBLIC_ROOMS`]) are relayed.
+pub async fn remote_public_rooms(
+    app: &AppState,
+    server: &ruma::ServerName,
+    query: RemotePublicRooms<'_>,
+) -> Result<serde_json::Value> {
+    if !app.config.federation.enabled {
+        return Err(Error::new(
+            ErrorKind::BadRequest,
+            "Federation is disabled on this server",
+        ));
+    }
+    if query.since.is_some_and(|s| s.len() > MAX_RELAYED_TOKEN) {
+        return Err(Error::invalid_param("Invalid since token"));
+    }
+    let limit = query
+        .limit
+        .unwrap_or(MAX_REMOTE_PUBLIC_ROOMS)
+        .clamp(1, MAX_REMOTE_PUBLIC_ROOMS);
+    let path = "/_matrix/federation/v1/publicRooms";
+    let (method, path, body) = if query.post {
+        let mut body = query.network.unwrap_or_default();
+        body.insert("limit".into(), limit.into());
+        if let Some(since) = query.since {
+            body.insert("since".into(), since.into());
+        }
+        if let Some(filter) = query.filter {
+            body.insert("filter".into(), filter);
+        }
+        (
+            http::Method::POST,
+            path.to_owned(),
+            Some(serde_json::Value::Object(body)),
+        )
+    } else {
+        let mut q = form_urlencoded::Serializer::new(String::new());
+        q.append_pair("limit", &limit.to_string());
+        if let Some(since) = query.since {
+            q.append_pair("since", since);
+        }
+        (http::Method::GET, format!("{path}?{}", q.finish()), None)
+    };
+    let answer = app
+        .federation
+        .request_json_bounded(
+            server,
+            method,
+            &path,
+            body.as_ref(),
+            MAX_PUBLIC_ROOMS_ANSWER_BYTES,
+            query_timeout(app),
+        )
+        .await
+        .map_err(|e| {
+            tracing::info!(%server, error = %e, "remote /publicRooms failed");
+            Error::new(
+                ErrorKind::BadGateway,
+                format!("{server} did not give its public rooms"),
+            )
+        })?;
+    relay_public_rooms(&answer, limit).ok_or_else(|| {
+        Error::new(
+            ErrorKind::BadGateway,
+            format!("{server} gave an invalid public room list"),
+        )
+    })
+}
+
+/// A `/publicRooms` answer from another server, rebuilt from its valid parts
+/// (`None` when it has no `chunk` list).
+fn relay_public_rooms(answer: &serde_json::Value, limit: usize) -> Option<serde_json::Value> {
+    let token = |v: &serde_json::Value| -> Option<serde_json::Value> {
+        v.as_str()
+            .filter(|s| !s.is_empty() && s.len() <= MAX_RELAYED_TOKEN)
+            .map(Into::into)
+    };
+    let mut chunk = Vec::new();
+    for entry in answer["chunk"].as_array()? {
+        if chunk.len() == limit {
+            break;
+        }
+        let Some(out) = clean_chunk_entry(entry) else {
+            continue;
+        };
+        chunk.push(out);
+    }
+    let mut out = serde_json::json!({ "chunk": chunk });
+    if let Some(total) = answer["total_room_count_estimate"].as_u64() {
+        out["total_room_count_estimate"] = total.into();
+    }
+    for key in ["next_batch", "prev_batch"] {
+        if let Some(v) = token(&answer[key]) {
+            out[key] = v;
+        }
+    }
+    Some(out)
+}
+
+/// A `/publicRooms` chunk entry of another server, rebuilt from its valid
+/// parts (`None` without a valid `room_id`).
+fn clean_chunk_entry(entry: &serde_json::Value) -> Option<serde_json::Value> {
+    let text = |v: &serde_json::Value| -> Option<serde_json::Value> {
+        v.as_str()
+            .map(|s| s.chars().take(MAX_RELAYED_TEXT).collect::<String>().into())
+    };
+    let room_id = entry["room_id"]
+        .as_str()
+        .filter(|r| RoomId::parse(*r).is_ok())?;
+    let mut out = serde_json::json!({
+        "room_id": room_id,
+        "num_joined_members": entry["num_joined_members"].as_u64().unwrap_or(0),
+        "world_readable": entry["world_readable"].as_bool().unwrap_or(false),
+        "guest_can_join": entry["guest_can_join"].as_bool().unwrap_or(false),
+    });
+    for key in ["name", "topic"] {
+        if let Some(v) = text(&entry[key]) {
+            out[key] = v;
+        }
+    }
+    if let Some(alias) = entry["canonical_alias"]
+        .as_str()
+        .filter(|a| ruma::RoomAliasId::parse(*a).is_ok())
+    {
+        out["canonical_alias"] = alias.into();
+    }
+    if let Some(url) = entry["avatar_url"]
+        .as_str()
+        .filter(|u| <&ruma::MxcUri>::from(*u).is_valid())
+    {
+        out["avatar_url"] = url.into();
+    }
+    for key in ["join_rule", "room_type"] {
+        if let Some(v) = entry[key].as_str().filter(|s| s.len() <= 255) {
+            out[key] = v.into();
+        }
+    }
+    Some(out)
+}
+
 /// The state types a room summary is made of.
 const SUMMARY_TYPES: &[&str] = &[
     "m.room.name",
@@ -405,40 +638,82 @@ fn chunk(
     out
 }
 
-/// `GET /_matrix/client/v1/room_summary/{roomIdOrAlias}` (MSC3266): the
-/// `/publicRooms` chunk plus `room_version`, `encryption`, `allowed_room_ids`
-/// and, for an authenticated requester, their `membership` (`leave` when they
-/// have none). Answered as Synapse does, for rooms the requester may preview:
-/// a `public`, `knock` or `knock_restricted` join rule (where the room version
-/// has it), `world_readable` history, the requester joined, invited or
-/// knocking, or a `restricted` room whose allowed rooms the requester is in.
-/// Every other room, like an unknown one, is `404 M_NOT_FOUND`, so a summary
-/// never tells whether a private room exists. Only rooms this server is in.
-pub async fn room_summary(
-    app: &AppState,
-    requester: Option<&UserId>,
-    room_id: &RoomId,
-) -> Result<serde_json::Value> {
-    let not_found = || Error::not_found("Room not found or not accessible");
+/// A room this server holds, summarised, with what decides who may preview it.
+pub(crate) struct LocalRoom {
+    /// The `/publicRooms` chunk plus `room_version`, `encryption` and
+    /// `allowed_room_ids` (restricted rooms).
+    pub entry: serde_json::Value,
+    /// A `public`, `knock` or `knock_restricted` join rule (where the room
+    /// version has it): anyone may preview.
+    pub open: bool,
+    pub world_readable: bool,
+    /// The rooms whose members may join (restricted join rules).
+    pub allowed_rooms: Vec<String>,
+}
+
+impl LocalRoom {
+    /// Whether `server` may see the room (federation `/hierarchy`, as Synapse
+    /// decides): anyone may see an open or world-readable room; otherwise the
+    /// server needs a user joined to or invited into it, or, for a restricted
+    /// room, a user joined to one of the allowed rooms.
+    pub async fn visible_to_server(
+        &self,
+        app: &AppState,
+        room_id: &RoomId,
+        server: &ruma::ServerName,
+    ) -> Result<bool> {
+        if self.open || self.world_readable {
+            return Ok(true);
+        }
+        let members = rooms::members_of_server(&app.db, room_id.as_str(), server.as_str()).await?;
+        if members.iter().any(|(_, m)| m == "join" || m == "invite") {
+            return Ok(true);
+        }
+        for other in &self.allowed_rooms {
+            if rooms::has_joined_members_of(&app.db, other, server.as_str()).await? {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Whether `user` may preview the room: open or world-readable, the user
+    /// joined, invited or knocking (`membership`), or joined to an allowed room.
+    pub async fn visible_to_user(
+        &self,
+        app: &AppState,
+        user: Option<&UserId>,
+        membership: Option<&str>,
+    ) -> Result<bool> {
+        if self.open
+            || self.world_readable
+            || matches!(membership, Some("join" | "invite" | "knock"))
+        {
+            return Ok(true);
+        }
+        match user {
+            Some(user) => joined_any(app, user, &self.allowed_rooms).await,
+            None => Ok(false),
+        }
+    }
+}
+
+/// The summary of a room this server holds state for (`None` for unknown
+/// rooms and room versions it cannot read).
+pub(crate) async fn local_room(app: &AppState, room_id: &RoomId) -> Result<Option<LocalRoom>> {
     let Some(room) = rooms::get(&app.db, room_id.as_str()).await? else {
-        return Err(not_found());
+        return Ok(None);
     };
     let Some(group) = room.current_state_group else {
-        return Err(not_found());
+        return Ok(None);
     };
-    let rules = ruma::RoomVersionId::try_from(room.room_version.as_str())
+    let Some(rules) = ruma::RoomVersionId::try_from(room.room_version.as_str())
         .ok()
         .and_then(|v| v.rules())
-        .ok_or_else(not_found)?;
-    let state = state_contents(app, group, SUMMARY_TYPES).await?;
-    let membership = match requester {
-        Some(user) => Some(
-            rooms::membership(&app.db, room_id.as_str(), user.as_str())
-                .await?
-                .unwrap_or_else(|| "leave".to_owned()),
-        ),
-        None => None,
+    else {
+        return Ok(None);
     };
+    let state = state_contents(app, group, SUMMARY_TYPES).await?;
     let join_rules = state.get("m.room.join_rules");
     let join_rule = join_rules
         .and_then(|c| c["join_rule"].as_str())
@@ -459,39 +734,171 @@ pub async fn room_summary(
     let world_readable = state
         .get("m.room.history_visibility")
         .is_some_and(|c| c["history_visibility"] == "world_readable");
-    let member = matches!(membership.as_deref(), Some("join" | "invite" | "knock"));
-    let mut allowed = open || world_readable || member;
-    if !allowed && let Some(user) = requester {
-        for other in &allowed_rooms {
-            if rooms::membership(&app.db, other, user.as_str())
-                .await?
-                .as_deref()
-                == Some("join")
-            {
-                allowed = true;
-                break;
-            }
-        }
-    }
-    if !allowed {
-        return Err(not_found());
-    }
     let (joined, _, _) = rooms::summary(&app.db, room_id.as_str(), "").await?;
-    let mut out = chunk(room_id.as_str(), joined, &state);
-    out["room_version"] = room.room_version.into();
+    let mut entry = chunk(room_id.as_str(), joined, &state);
+    entry["room_version"] = room.room_version.into();
     if let Some(algorithm) = state
         .get("m.room.encryption")
         .and_then(|c| c["algorithm"].as_str())
     {
-        out["encryption"] = algorithm.into();
+        entry["encryption"] = algorithm.into();
     }
     if !allowed_rooms.is_empty() {
-        out["allowed_room_ids"] = allowed_rooms.into();
+        entry["allowed_room_ids"] = allowed_rooms.clone().into();
     }
+    Ok(Some(LocalRoom {
+        entry,
+        open,
+        world_readable,
+        allowed_rooms,
+    }))
+}
+
+/// Whether `user` is joined to any of `rooms` (here).
+pub(crate) async fn joined_any(app: &AppState, user: &UserId, rooms: &[String]) -> Result<bool> {
+    for other in rooms {
+        if rooms::membership(&app.db, other, user.as_str())
+            .await?
+            .as_deref()
+            == Some("join")
+        {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// Whether `user` may see a room entry another server gave (its root room or
+/// a child in a `/hierarchy` answer), as Synapse decides: an open join rule
+/// (`public`, `knock`, `knock_restricted`; the entry has no room version to
+/// check them against), world-readable history, a membership here
+/// (`join`, `invite`, `knock`), or a join to one of its `allowed_room_ids`.
+pub(crate) async fn remote_visible_to_user(
+    app: &AppState,
+    user: Option<&UserId>,
+    room: &serde_json::Value,
+) -> Result<bool> {
+    if matches!(
+        room["join_rule"].as_str(),
+        Some("public" | "knock" | "knock_restricted")
+    ) || room["world_readable"] == true
+    {
+        return Ok(true);
+    }
+    let Some(user) = user else {
+        return Ok(false);
+    };
+    let Some(room_id) = room["room_id"].as_str() else {
+        return Ok(false);
+    };
+    if matches!(
+        rooms::membership(&app.db, room_id, user.as_str())
+            .await?
+            .as_deref(),
+        Some("join" | "invite" | "knock")
+    ) {
+        return Ok(true);
+    }
+    let allowed: Vec<String> = room["allowed_room_ids"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| r.as_str().map(str::to_owned))
+        .collect();
+    joined_any(app, user, &allowed).await
+}
+
+/// `GET /_matrix/client/v1/room_summary/{roomIdOrAlias}` (MSC3266): the
+/// `/publicRooms` chunk plus `room_version`, `encryption`, `allowed_room_ids`
+/// and, for an authenticated requester, their `membership` (`leave` when they
+/// have none). Answered as Synapse does, for rooms the requester may preview:
+/// a `public`, `knock` or `knock_restricted` join rule (where the room version
+/// has it), `world_readable` history, the requester joined, invited or
+/// knocking, or a `restricted` room whose allowed rooms the requester is in.
+/// Every other room, like an unknown one, is `404 M_NOT_FOUND`, so a summary
+/// never tells whether a private room exists.
+///
+/// A room this server is not joined to is asked of the `via` servers (and the
+/// room ID's server, where it has one) through federation `/hierarchy`, as
+/// Synapse does; the root room of the answer must be the room asked for, and
+/// the same rules are applied to it. When no server answers, what this server
+/// still holds about the room is used.
+pub async fn room_summary(
+    app: &AppState,
+    requester: Option<&UserId>,
+    room_id: &RoomId,
+    via: &[ruma::OwnedServerName],
+) -> Result<serde_json::Value> {
+    let not_found = || Error::not_found("Room not found or not accessible");
+    let membership = match requester {
+        Some(user) => Some(
+            rooms::membership(&app.db, room_id.as_str(), user.as_str())
+                .await?
+                .unwrap_or_else(|| "leave".to_owned()),
+        ),
+        None => None,
+    };
+    let joined_here =
+        rooms::has_joined_members_of(&app.db, room_id.as_str(), app.server_name.as_str()).await?;
+    let mut remote = None;
+    if !joined_here && app.config.federation.enabled {
+        let mut via = via.to_vec();
+        via.extend(room_id.server_name().map(ToOwned::to_owned));
+        let deadline = tokio::time::Instant::now() + query_timeout(app);
+        remote = super::space::fetch_remote(app, room_id, &via, false, deadline)
+            .await
+            .map(|h| h.room);
+    }
+    let mut out = match remote {
+        Some(mut room) => {
+            if !remote_visible_to_user(app, requester, &room).await? {
+                return Err(not_found());
+            }
+            if let Some(map) = room.as_object_mut() {
+                map.remove("children_state");
+            }
+            room
+        }
+        None => {
+            let local = local_room(app, room_id).await?.ok_or_else(not_found)?;
+            if !local
+                .visible_to_user(app, requester, membership.as_deref())
+                .await?
+            {
+                return Err(not_found());
+            }
+            local.entry
+        }
+    };
     if let Some(membership) = membership {
         out["membership"] = membership.into();
     }
     Ok(out)
+}
+
+/// A room entry of another server's answer (`/hierarchy`), rebuilt from its
+/// valid parts, or `None` without a valid `room_id`: text cut to
+/// [`MAX_RELAYED_TEXT`] characters, fields of the wrong type dropped, at most
+/// 50 `allowed_room_ids`.
+pub(crate) fn clean_remote_entry(entry: &serde_json::Value) -> Option<serde_json::Value> {
+    let mut out = clean_chunk_entry(entry)?;
+    for key in ["room_version", "encryption"] {
+        if let Some(v) = entry[key].as_str().filter(|s| s.len() <= 255) {
+            out[key] = v.into();
+        }
+    }
+    let allowed: Vec<serde_json::Value> = entry["allowed_room_ids"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| r.as_str().filter(|r| RoomId::parse(*r).is_ok()))
+        .take(50)
+        .map(Into::into)
+        .collect();
+    if !allowed.is_empty() {
+        out["allowed_room_ids"] = allowed.into();
+    }
+    Some(out)
 }
 
 /// The rooms a `restricted` / `knock_restricted` join rule lets members of in.

@@ -15,6 +15,7 @@ mod e2ee;
 mod embedded;
 mod errors;
 mod federation;
+mod fedir;
 mod filters;
 mod harness;
 mod hidden_history;

@@ -1,7 +1,7 @@
 //! The public room directory: `GET/POST /_matrix/client/v3/publicRooms`,
 //! `GET/PUT /_matrix/client/v3/directory/list/room/{roomId}` (spec: "Room
-//! directory"). Only this server's rooms: `server=` for another server is refused
-//! until federation lands.
+//! directory"). `server=` another server relays that server's federation
+//! `/publicRooms` (checked and trimmed; an access token is needed).
 //!
 //! Room summaries: `GET /_matrix/client/v1/room_summary/{roomIdOrAlias}` (spec:
 //! "Room Summaries", MSC3266) and its unstable paths
@@ -18,6 +18,7 @@ use ruma::{
         },
         room::{Visibility, get_summary},
     },
+    directory::RoomNetwork,
 };
 use serde_json::{Value, json};
 
@@ -61,31 +62,44 @@ async fn room_summary(
         }) => None,
         Err(e) => return Err(e),
     };
-    let room_id = match <&RoomId>::try_from(&*req.room_id_or_alias) {
-        Ok(room_id) => room_id.to_owned(),
-        Err(alias) => directory::resolve(&app, alias).await?.0,
+    let (room_id, mut via) = match <&RoomId>::try_from(&*req.room_id_or_alias) {
+        Ok(room_id) => (room_id.to_owned(), Vec::new()),
+        Err(alias) => directory::resolve(&app, alias).await?,
     };
+    via.extend(req.via);
     Ok(Json(
-        directory::room_summary(&app, requester.as_deref(), &room_id).await?,
+        directory::room_summary(&app, requester.as_deref(), &room_id, &via).await?,
     ))
 }
 
-fn local_only(app: &AppState, server: Option<&ruma::ServerName>) -> Result<()> {
-    match server {
-        Some(s) if s != app.server_name => Err(Error::new(
-            crate::error::ErrorKind::BadRequest,
-            "Querying other servers' directories needs federation, which is not available yet",
-        )),
-        _ => Ok(()),
-    }
+/// The server a `/publicRooms` request names, when it is another one. Asking
+/// another server needs an access token (as on Synapse): an anonymous caller
+/// may not make this server send requests.
+fn remote(app: &AppState, server: Option<&ruma::ServerName>) -> Option<ruma::OwnedServerName> {
+    server
+        .filter(|s| *s != app.server_name)
+        .map(ToOwned::to_owned)
 }
 
 async fn public_rooms(
     State(app): State<AppState>,
+    auth: std::result::Result<AuthUser, Error>,
     Ruma(req): Ruma<get_public_rooms::v3::Request>,
 ) -> Result<Json<Value>> {
-    local_only(&app, req.server.as_deref())?;
     let limit = req.limit.map(|l| u64::from(l) as usize);
+    if let Some(server) = remote(&app, req.server.as_deref()) {
+        auth?;
+        let query = directory::RemotePublicRooms {
+            limit,
+            since: req.since.as_deref(),
+            filter: None,
+            network: None,
+            post: false,
+        };
+        return Ok(Json(
+            directory::remote_public_rooms(&app, &server, query).await?,
+        ));
+    }
     Ok(Json(
         directory::public_rooms(&app, limit, req.since.as_deref(), None).await?,
     ))
@@ -93,14 +107,41 @@ async fn public_rooms(
 
 async fn public_rooms_filtered(
     State(app): State<AppState>,
-    AuthUser(_): AuthUser,
+    auth: std::result::Result<AuthUser, Error>,
     Ruma(req): Ruma<get_public_rooms_filtered::v3::Request>,
 ) -> Result<Json<Value>> {
-    local_only(&app, req.server.as_deref())?;
     let limit = req.limit.map(|l| u64::from(l) as usize);
-    let term = req.filter.generic_search_term.as_deref();
+    auth?;
+    let Some(server) = remote(&app, req.server.as_deref()) else {
+        let term = req.filter.generic_search_term.as_deref();
+        return Ok(Json(
+            directory::public_rooms(&app, limit, req.since.as_deref(), term).await?,
+        ));
+    };
+    let mut network = serde_json::Map::new();
+    match &req.room_network {
+        RoomNetwork::Matrix => {}
+        RoomNetwork::All => {
+            network.insert("include_all_networks".into(), true.into());
+        }
+        RoomNetwork::ThirdParty(id) => {
+            network.insert("third_party_instance_id".into(), id.as_str().into());
+        }
+        _ => {}
+    }
+    let filter = (!req.filter.is_empty())
+        .then(|| serde_json::to_value(&req.filter))
+        .transpose()
+        .map_err(|e| Error::bad_json(e.to_string()))?;
+    let query = directory::RemotePublicRooms {
+        limit,
+        since: req.since.as_deref(),
+        filter,
+        network: Some(network),
+        post: true,
+    };
     Ok(Json(
-        directory::public_rooms(&app, limit, req.since.as_deref(), term).await?,
+        directory::remote_public_rooms(&app, &server, query).await?,
     ))
 }
 

@@ -614,12 +614,8 @@ async fn get_alias(
     State(app): State<AppState>,
     Ruma(req): Ruma<get_alias::v3::Request>,
 ) -> Result<Json<Value>> {
-    let room_id = directory::resolve_local(&app, req.room_alias.as_str())
-        .await?
-        .ok_or_else(|| Error::not_found("Room alias not found"))?;
-    Ok(Json(
-        json!({ "room_id": room_id, "servers": [app.server_name] }),
-    ))
+    let (room_id, servers) = directory::association(&app, &req.room_alias).await?;
+    Ok(Json(json!({ "room_id": room_id, "servers": servers })))
 }
 
 async fn remove_alias(

@@ -1,6 +1,6 @@
 //! What other servers ask about our users, aliases and rooms:
-//! `/query/profile`, `/query/directory`, `/publicRooms` (GET and POST) and
-//! `/timestamp_to_event`.
+//! `/query/profile`, `/query/directory`, `/publicRooms` (GET and POST),
+//! `/timestamp_to_event` and `/hierarchy/{roomId}` (spec: "Spaces").
 
 use axum::{Json, Router, extract::State, routing::get};
 use ruma::{RoomAliasId, UserId};
@@ -30,6 +30,30 @@ pub fn router() -> Router<AppState> {
             "/_matrix/federation/v1/timestamp_to_event/{room_id}",
             get(timestamp_to_event),
         )
+        .route("/_matrix/federation/v1/hierarchy/{room_id}", get(hierarchy))
+}
+
+#[derive(Deserialize)]
+struct HierarchyQuery {
+    #[serde(default)]
+    suggested_only: bool,
+}
+
+/// A space and its children, as far as the requesting server may see them
+/// (and its server ACL lets it ask).
+async fn hierarchy(
+    State(app): State<AppState>,
+    axum::extract::Path(room_id): axum::extract::Path<String>,
+    Query(q): Query<HierarchyQuery>,
+    fed: FedRequest,
+) -> Result<Json<Value>> {
+    let room_id =
+        ruma::RoomId::parse(&room_id).map_err(|_| Error::invalid_param("Invalid room ID"))?;
+    crate::service::federation::acl::check(&app, room_id.as_str(), fed.origin.as_str()).await?;
+    Ok(Json(
+        crate::service::space::federation_hierarchy(&app, &fed.origin, &room_id, q.suggested_only)
+            .await?,
+    ))
 }
 
 #[derive(Deserialize)]
@@ -144,12 +168,7 @@ async fn query_directory(
     if alias.server_name() != app.server_name {
         return Err(Error::invalid_param("The alias is not on this server"));
     }
-    let Some(room_id) = directory::resolve_local(&app, alias.as_str()).await? else {
-        return Err(Error::not_found("Room alias not found"));
-    };
-    let mut servers = directory::joined_servers(&app, &room_id).await?;
-    // This server first: it certainly knows the room.
-    servers.retain(|s| s != app.server_name.as_str());
-    servers.insert(0, app.server_name.to_string());
+    // Our alias: the room and its joined servers, this one first.
+    let (room_id, servers) = directory::association(&app, &alias).await?;
     Ok(Json(json!({"room_id": room_id, "servers": servers})))
 }
