@@ -3,8 +3,8 @@
 //! an event with its `event_fields` never panic.
 #![no_main]
 
-use libfuzzer_sys::fuzz_target;
 use lattice::domain::filter::{Candidate, Filter};
+use libfuzzer_sys::fuzz_target;
 use ruma::api::client::filter::FilterDefinition;
 use serde_json::json;
 
@@ -17,12 +17,24 @@ fuzz_target!(|data: &[u8]| {
     };
     let content = json!({ "body": "hi", "url": "mxc://a/b", "a.b": { "c": 1 } });
     let timeline = &filter.timeline;
-    let mut kinds: Vec<&str> = vec!["m.room.message", "m.room.member", "m.presence", "", "*", "m.*"];
+    let mut kinds: Vec<&str> = vec![
+        "m.room.message",
+        "m.room.member",
+        "m.presence",
+        "",
+        "*",
+        "m.*",
+    ];
     // Types named in the filter itself, wildcards included.
     kinds.extend(timeline.types.iter().flatten().map(String::as_str));
     kinds.extend(timeline.not_types.iter().map(String::as_str));
     for kind in kinds {
-        for section in [&filter.timeline, &filter.state, &filter.presence, &filter.ephemeral] {
+        for section in [
+            &filter.timeline,
+            &filter.state,
+            &filter.presence,
+            &filter.ephemeral,
+        ] {
             let _ = section.allows(Candidate {
                 event_type: kind,
                 sender: Some("@a:x"),
