@@ -33,7 +33,11 @@ use crate::{
     domain::filter::Filter,
     domain::pdu::{stored_pdu, to_client_event},
     error::Result,
-    storage::{events, events::StoredEvent, relations, rooms, state, users},
+    storage::{
+        events,
+        events::{AnnotationQuery, Annotations, StoredEvent},
+        relations,
+    },
 };
 
 /// Edits looked at per original: the newest that the reader may see and that
@@ -43,12 +47,17 @@ const EDITS_PER_EVENT: i64 = 5;
 const REFERENCES_PER_EVENT: i64 = 100;
 
 /// `stored` (events of the viewer's room) in client form, for the viewer.
+///
+/// A page costs one query for what its events need besides themselves
+/// ([`events::annotations`]: transaction IDs, erased senders, replaced state,
+/// which events have relations), plus one for each kind of thing that is there
+/// (redactions, replaced state events, thread summaries, edits, references)
+/// and the viewer's visibility lookups of state groups it has not seen.
 pub async fn format(viewer: &mut Viewer<'_>, stored: &[StoredEvent]) -> Result<Vec<Value>> {
-    let mut out = plain(viewer, stored).await?;
-    bundle(viewer, stored, &mut out).await?;
+    let (mut out, notes) = plain(viewer, stored, true).await?;
+    bundle(viewer, stored, &notes.related, &mut out).await?;
     Ok(out)
 }
-
 /// [`format`], then shaped by a `/sync` filter: `event_format: federation`
 /// gives each event as its PDU (with `event_id` and the same `unsigned`), and
 /// `event_fields` keep only the paths asked for.
@@ -73,10 +82,30 @@ pub async fn format_filtered(
     Ok(out.into_iter().map(|v| filter.shape(v)).collect())
 }
 
-/// The client form with every `unsigned` field but the aggregations.
-async fn plain(viewer: &mut Viewer<'_>, stored: &[StoredEvent]) -> Result<Vec<Value>> {
+/// [`format_filtered`] of two lists at once (a room's timeline and its state in
+/// `/sync`), for the cost of one page.
+pub async fn format_filtered_pair(
+    viewer: &mut Viewer<'_>,
+    first: &[StoredEvent],
+    second: &[StoredEvent],
+    filter: &Filter,
+) -> Result<(Vec<Value>, Vec<Value>)> {
+    let both: Vec<StoredEvent> = first.iter().chain(second).cloned().collect();
+    let mut out = format_filtered(viewer, &both, filter).await?;
+    let second_out = out.split_off(first.len());
+    Ok((out, second_out))
+}
+
+/// The client form with every `unsigned` field but the aggregations, and the
+/// page's annotations (with the relations of its non-state events when
+/// `relations` is set).
+async fn plain(
+    viewer: &mut Viewer<'_>,
+    stored: &[StoredEvent],
+    relations: bool,
+) -> Result<(Vec<Value>, Annotations)> {
     if stored.is_empty() {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), Annotations::default()));
     }
     let db = &viewer.app().db;
 
@@ -91,37 +120,58 @@ async fn plain(viewer: &mut Viewer<'_>, stored: &[StoredEvent]) -> Result<Vec<Va
     });
 
     // The reader's own events (and redactions), for their transaction IDs.
-    let txns: HashMap<String, String> = match viewer.device() {
-        Some(device) => {
-            let own: Vec<String> = stored
-                .iter()
-                .chain(redactions.values())
-                .filter(|e| e.sender == viewer.user().as_str())
-                .map(|e| e.event_id.clone())
-                .collect();
-            if own.is_empty() {
-                HashMap::new()
-            } else {
-                rooms::txn_ids_for_events(db, viewer.user().as_str(), device.as_str(), &own)
-                    .await?
-                    .into_iter()
-                    .collect()
-            }
-        }
-        None => HashMap::new(),
+    let own: Vec<String> = match viewer.device() {
+        Some(_) => stored
+            .iter()
+            .chain(redactions.values())
+            .filter(|e| e.sender == viewer.user().as_str())
+            .map(|e| e.event_id.clone())
+            .collect(),
+        None => Vec::new(),
     };
-
+    // Senders who asked for erasure: their events are pruned for a reader who
+    // was not joined when they were sent (as Synapse's visibility filter does).
+    let mut senders: Vec<String> = stored
+        .iter()
+        .chain(redactions.values())
+        .map(|e| e.sender.clone())
+        .collect();
+    senders.sort_unstable();
+    senders.dedup();
     // The events state events replaced.
     let state_ids: Vec<String> = stored
         .iter()
         .filter(|e| e.state_key.is_some())
         .map(|e| e.event_id.clone())
         .collect();
-    let replaced: HashMap<String, String> = if state_ids.is_empty() {
-        HashMap::new()
+    let targets: Vec<String> = if relations {
+        stored
+            .iter()
+            .filter(|e| e.state_key.is_none())
+            .map(|e| e.event_id.clone())
+            .collect()
     } else {
-        state::replaced(db, &state_ids).await?.into_iter().collect()
+        Vec::new()
     };
+    let notes = events::annotations(
+        db,
+        AnnotationQuery {
+            user_id: viewer.user().as_str(),
+            device_id: viewer.device().map(|d| d.as_str()),
+            own: &own,
+            senders: &senders,
+            state: &state_ids,
+            targets: &targets,
+            room_id: viewer.room_id().as_str(),
+        },
+    )
+    .await?;
+    let Annotations {
+        txns,
+        erased,
+        replaced,
+        ..
+    } = &notes;
     let mut prev_ids: Vec<String> = replaced.values().cloned().collect();
     prev_ids.sort_unstable();
     prev_ids.dedup();
@@ -130,21 +180,6 @@ async fn plain(viewer: &mut Viewer<'_>, stored: &[StoredEvent]) -> Result<Vec<Va
     } else {
         events::get_many(db, &prev_ids).await?
     });
-
-    // Senders who asked for erasure: their events are pruned for a reader who
-    // was not joined when they were sent (as Synapse's visibility filter does).
-    let mut senders: Vec<String> = stored
-        .iter()
-        .chain(redactions.values())
-        .chain(prevs.values())
-        .map(|e| e.sender.clone())
-        .collect();
-    senders.sort_unstable();
-    senders.dedup();
-    let erased: HashSet<String> = users::erased_among(db, &senders)
-        .await?
-        .into_iter()
-        .collect();
 
     // History visibility and the reader's membership at every state group
     // involved, in one lookup.
@@ -203,7 +238,7 @@ async fn plain(viewer: &mut Viewer<'_>, stored: &[StoredEvent]) -> Result<Vec<Va
         }
         value
     };
-    Ok(stored
+    let out = stored
         .iter()
         .map(|ev| {
             let because = ev
@@ -213,21 +248,46 @@ async fn plain(viewer: &mut Viewer<'_>, stored: &[StoredEvent]) -> Result<Vec<Va
                 .map(|r| annotate(r, None));
             annotate(ev, because.as_ref())
         })
-        .collect())
+        .collect();
+    Ok((out, notes))
 }
 
 /// Adds `unsigned.m.relations` to the non-state events among `out` (the client
-/// form of `stored`, in the same order).
-async fn bundle(viewer: &mut Viewer<'_>, stored: &[StoredEvent], out: &mut [Value]) -> Result<()> {
-    let targets: Vec<&StoredEvent> = stored.iter().filter(|e| e.state_key.is_none()).collect();
-    if targets.is_empty() {
+/// form of `stored`, in the same order); `related` gives the relation types
+/// naming each event, so only the kinds that are there are looked up.
+async fn bundle(
+    viewer: &mut Viewer<'_>,
+    stored: &[StoredEvent],
+    related: &HashMap<String, Vec<String>>,
+    out: &mut [Value],
+) -> Result<()> {
+    let with = |rel: &str| -> Vec<&StoredEvent> {
+        stored
+            .iter()
+            .filter(|e| e.state_key.is_none())
+            .filter(|e| {
+                related
+                    .get(&e.event_id)
+                    .is_some_and(|t| t.iter().any(|t| t == rel))
+            })
+            .collect()
+    };
+    let (roots, edited, referenced_ids) =
+        (with("m.thread"), with("m.replace"), with("m.reference"));
+    if roots.is_empty() && edited.is_empty() && referenced_ids.is_empty() {
         return Ok(());
     }
     let db = &viewer.app().db;
     let room_id = viewer.room_id().as_str().to_owned();
-    let ids: Vec<String> = targets.iter().map(|e| e.event_id.clone()).collect();
+    let ids = |events: &[&StoredEvent]| -> Vec<String> {
+        events.iter().map(|e| e.event_id.clone()).collect()
+    };
 
-    let threads = relations::thread_summaries(db, &room_id, &ids, viewer.user().as_str()).await?;
+    let threads = if roots.is_empty() {
+        Vec::new()
+    } else {
+        relations::thread_summaries(db, &room_id, &ids(&roots), viewer.user().as_str()).await?
+    };
     let latest_ids: Vec<String> = threads.iter().map(|s| s.latest.clone()).collect();
     let latest = if latest_ids.is_empty() {
         Vec::new()
@@ -236,7 +296,7 @@ async fn bundle(viewer: &mut Viewer<'_>, stored: &[StoredEvent], out: &mut [Valu
     };
 
     // A redacted event gets no edit, nor does an edit (edits of edits are void).
-    let editable: Vec<String> = targets
+    let editable: Vec<String> = edited
         .iter()
         .filter(|e| e.redacted_by.is_none() && rel_type(&e.json).as_deref() != Some("m.replace"))
         .map(|e| e.event_id.clone())
@@ -246,7 +306,11 @@ async fn bundle(viewer: &mut Viewer<'_>, stored: &[StoredEvent], out: &mut [Valu
     } else {
         relations::edits(db, &room_id, &editable, EDITS_PER_EVENT).await?
     };
-    let references = relations::references(db, &room_id, &ids, REFERENCES_PER_EVENT).await?;
+    let references = if referenced_ids.is_empty() {
+        Vec::new()
+    } else {
+        relations::references(db, &room_id, &ids(&referenced_ids), REFERENCES_PER_EVENT).await?
+    };
 
     let groups: Vec<i64> = latest
         .iter()
@@ -282,8 +346,9 @@ async fn bundle(viewer: &mut Viewer<'_>, stored: &[StoredEvent], out: &mut [Valu
                 .push(json!({ "event_id": child.event.event_id }));
         }
     }
-    let nested: HashMap<String, Value> = plain(viewer, &nested)
+    let nested: HashMap<String, Value> = plain(viewer, &nested, false)
         .await?
+        .0
         .into_iter()
         .filter_map(|v| Some((v["event_id"].as_str()?.to_owned(), v)))
         .collect();

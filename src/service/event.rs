@@ -671,16 +671,12 @@ pub async fn new_state_group(
     let Some(parent) = parent else {
         return write_snapshot(tx, room_id, HashMap::from([(key, event_id.to_owned())])).await;
     };
-    if let Some((_, replaced)) =
-        state::state_for_keys(&mut **tx, parent, std::slice::from_ref(&key))
-            .await?
-            .into_iter()
-            .next()
+    let (depth, replaced) = state::depth_and_entry(&mut **tx, parent, &key).await?;
+    if let Some(replaced) = replaced
         && replaced != event_id
     {
         state::record_replaced(&mut **tx, event_id, &replaced).await?;
     }
-    let depth = state::chain_depth(&mut **tx, parent).await?;
     if depth < MAX_STATE_CHAIN {
         let ids = state::intern_keys(&mut **tx, std::slice::from_ref(&key)).await?;
         return Ok(state::insert_group(

@@ -40,7 +40,7 @@ use ruma::{RoomId, UserId};
 use serde_json::{Map, Value, json};
 
 use super::{
-    client_event::format_filtered,
+    client_event::{format_filtered, format_filtered_pair},
     read::{Viewer, filter_allows},
     session::Session,
     tokens::TopoToken,
@@ -593,10 +593,11 @@ async fn joined_room(
     state_events.retain(|ev| filter_allows(&params.filter.state, ev));
 
     let prev_batch = timeline.first().map(|e| TopoToken::before(e).to_string());
-    let timeline_json = format_filtered(&mut viewer, &timeline, &params.filter).await?;
+    let (timeline_json, state_json) =
+        format_filtered_pair(&mut viewer, &timeline, &state_events, &params.filter).await?;
     let mut section = json!({
         "timeline": { "events": timeline_json, "limited": limited },
-        "state": { "events": format_filtered(&mut viewer, &state_events, &params.filter).await? },
+        "state": { "events": state_json },
         "ephemeral": { "events": [] },
         "account_data": { "events": [] },
         "summary": summary(app, user, room_id).await?,

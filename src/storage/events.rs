@@ -349,3 +349,80 @@ pub async fn in_timeline(db: impl PgExecutor<'_>, ids: &[String]) -> sqlx::Resul
         .fetch_all(db)
         .await
 }
+
+/// What the client form of a page of events needs besides the events, in one
+/// round trip (see `service::client_event`).
+#[derive(Debug, Default)]
+pub struct Annotations {
+    /// Event ID to the transaction ID it was sent with, for the reader's device.
+    pub txns: std::collections::HashMap<String, String>,
+    /// Senders (of the page, or of the state events the page's replaced) who
+    /// asked for erasure.
+    pub erased: std::collections::HashSet<String>,
+    /// State event ID to the event it replaced.
+    pub replaced: std::collections::HashMap<String, String>,
+    /// Event ID to the relation types of the page's room naming it (`m.thread`,
+    /// `m.replace`, `m.reference`, ...).
+    pub related: std::collections::HashMap<String, Vec<String>>,
+}
+
+/// What the page asks about: `own` events looked up for the transaction IDs of
+/// `user`'s `device` (none without a device), `senders` checked for erasure,
+/// `state` events looked up for what they replaced, `targets` for relations in
+/// `room_id`.
+pub struct AnnotationQuery<'a> {
+    pub user_id: &'a str,
+    pub device_id: Option<&'a str>,
+    pub own: &'a [String],
+    pub senders: &'a [String],
+    pub state: &'a [String],
+    pub targets: &'a [String],
+    pub room_id: &'a str,
+}
+
+pub async fn annotations(
+    db: impl PgExecutor<'_>,
+    q: AnnotationQuery<'_>,
+) -> sqlx::Result<Annotations> {
+    let rows = sqlx::query!(
+        r#"select 1 as "kind!", event_id as "a!", txn_id as "b?" from event_txn_ids
+           where event_id = any($1) and user_id = $2 and device_id = $3
+           union all
+           select 2, user_id, null from users
+           where user_id = any($4::text[] || array(select e.sender from state_replaced r
+                                                  join events e on e.event_id = r.replaces_state
+                                                  where r.event_id = any($5)))
+             and erased
+           union all
+           select 3, event_id, replaces_state from state_replaced where event_id = any($5)
+           union all
+           select distinct 4, relates_to, rel_type from event_relations
+           where relates_to = any($6) and room_id = $7"#,
+        q.own,
+        q.user_id,
+        q.device_id.unwrap_or(""),
+        q.senders,
+        q.state,
+        q.targets,
+        q.room_id,
+    )
+    .fetch_all(db)
+    .await?;
+    let mut out = Annotations::default();
+    for row in rows {
+        match (row.kind, row.b) {
+            (1, Some(txn)) => {
+                out.txns.insert(row.a, txn);
+            }
+            (2, _) => {
+                out.erased.insert(row.a);
+            }
+            (3, Some(replaced)) => {
+                out.replaced.insert(row.a, replaced);
+            }
+            (4, Some(rel_type)) => out.related.entry(row.a).or_default().push(rel_type),
+            _ => {}
+        }
+    }
+    Ok(out)
+}

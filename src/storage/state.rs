@@ -64,13 +64,33 @@ pub async fn insert_group(
     .await
 }
 
-pub async fn chain_depth(db: impl PgExecutor<'_>, group: i64) -> sqlx::Result<i32> {
-    sqlx::query_scalar!(
-        "select chain_depth from state_groups where state_group = $1",
-        group
+/// A group's chain depth, and the event its state holds at `key` (if any), in
+/// one round trip: what a new state group on top of it needs.
+pub async fn depth_and_entry(
+    db: impl PgExecutor<'_>,
+    group: i64,
+    key: &(String, String),
+) -> sqlx::Result<(i32, Option<String>)> {
+    let row = sqlx::query!(
+        r#"with recursive chain(state_group, parent_group, n) as (
+               select state_group, parent_group, 0 from state_groups where state_group = $1
+               union all
+               select g.state_group, g.parent_group, c.n + 1
+               from state_groups g join chain c on g.state_group = c.parent_group
+           )
+           select (select chain_depth from state_groups where state_group = $1) as "depth!",
+                  (select e.event_id from chain c
+                   join state_group_entries e on e.state_group = c.state_group
+                   join state_keys k on k.state_key_id = e.state_key_id
+                   where k.event_type = $2 and k.state_key = $3
+                   order by c.n limit 1) as "event_id?""#,
+        group,
+        key.0,
+        key.1
     )
     .fetch_one(db)
-    .await
+    .await?;
+    Ok((row.depth, row.event_id))
 }
 
 /// The full state map of a group: the nearest entry along the chain wins.

@@ -26,16 +26,12 @@ use crate::{
     storage::{events, federation as fed_store, now_ms, rooms},
 };
 
-/// Room versions this server can join, for `make_join`'s `ver`.
+/// Room versions this server can join, for `make_join`'s `ver`: every version
+/// it supports.
 fn supported_versions() -> Vec<String> {
-    ["6", "7", "8", "9", "10", "11", "12"]
-        .into_iter()
-        .filter(|v| {
-            RoomVersionId::try_from(*v)
-                .ok()
-                .is_some_and(|v| room_version::is_supported(&v))
-        })
-        .map(str::to_owned)
+    room_version::SUPPORTED
+        .iter()
+        .map(|v| (*v).to_owned())
         .collect()
 }
 
