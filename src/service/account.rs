@@ -224,9 +224,9 @@ async fn registered_again(
     user_id: &str,
 ) -> Result<Registered> {
     let user_id = UserId::parse(user_id).map_err(anyhow::Error::from)?;
-    if !users::get(&state.db, user_id.as_str())
+    if users::get(&state.db, user_id.as_str())
         .await?
-        .is_some_and(|u| !u.deactivated)
+        .is_none_or(|u| u.deactivated)
     {
         return Err(Error::forbidden(
             "This authentication session has already been used",
