@@ -119,6 +119,9 @@ pub const MAX_JSON_DEPTH: usize = 128;
 /// Distinguishes "not JSON at all" from "JSON of the wrong shape", and refuses
 /// JSON nested deeper than [`MAX_JSON_DEPTH`] (`400 M_BAD_JSON`).
 pub fn check_json(bytes: &[u8]) -> Result<(), Error> {
+    // JSON is UTF-8 (RFC 8259); skipping over a string does not check it.
+    std::str::from_utf8(bytes)
+        .map_err(|e| Error::new(ErrorKind::NotJson, format!("Content not UTF-8: {e}")))?;
     serde_json::from_slice::<serde::de::IgnoredAny>(bytes)
         .map_err(|e| Error::new(ErrorKind::NotJson, format!("Content not JSON: {e}")))?;
     if nesting_exceeds(bytes, MAX_JSON_DEPTH) {
@@ -273,5 +276,10 @@ mod tests {
         assert!(check_json(quoted.as_bytes()).is_ok());
         // Not JSON at all stays M_NOT_JSON.
         assert_eq!(kind(check_json(b"[[")), ErrorKind::NotJson);
+        // Invalid UTF-8 inside a string is not JSON either.
+        assert_eq!(
+            kind(check_json(b"{ \"username\": \"a\x81\" }")),
+            ErrorKind::NotJson
+        );
     }
 }

@@ -11,7 +11,9 @@ use crate::{
     app::AppState,
     domain::localpart,
     error::{Error, ErrorKind, Result},
-    storage::{devices, e2e_keys, now_ms, profiles, pushers, rooms, user_streams, users},
+    storage::{
+        devices, e2e_keys, now_ms, profiles, pushers, rooms, uia as uia_store, user_streams, users,
+    },
 };
 
 /// What `POST /register` asks for, after the HTTP layer.
@@ -55,9 +57,49 @@ pub async fn register(state: &AppState, reg: Registration) -> Result<Registered>
     if flows.is_empty() {
         return Err(Error::forbidden("Registration has been disabled"));
     }
+    let requirement = uia::Requirement {
+        kind: "register",
+        flows,
+        user: None,
+        ip: reg.ip.as_deref(),
+        operation: None,
+    };
+    // A registration may span several requests of one UIA session; what the
+    // earlier ones asked for is remembered on it (as Synapse does).
+    let session_id = reg
+        .auth
+        .as_ref()
+        .and_then(|a| a.session())
+        .map(str::to_owned);
+    let memory = match &session_id {
+        Some(id) => {
+            let lifetime_ms = state.config.auth.uia_session_lifetime_secs as i64 * 1000;
+            uia_store::registration_memory(&state.db, id, now_ms() - lifetime_ms)
+                .await?
+                .unwrap_or_default()
+        }
+        None => Default::default(),
+    };
+    let params = Remembered::merge(&reg, memory.params.as_ref());
+    if let Some(user_id) = memory.registered_user {
+        // The session already registered its account: a retry of the request
+        // that did it (a lost response) answers with the same account. A
+        // request for another account cannot use the spent session.
+        let same = reg.username.as_deref().is_none_or(|name| {
+            localpart::new_user_id(name, &state.server_name)
+                .is_ok_and(|wanted| wanted.as_str() == user_id)
+        });
+        if !same {
+            return Err(Error::forbidden(
+                "This authentication session has already been used",
+            ));
+        }
+        return registered_again(state, &reg, params, &user_id).await;
+    }
+
     // Validate the username before UIA, so a client learns of a bad or taken name
     // before spending a registration token on it.
-    let requested = match &reg.username {
+    let requested = match &params.username {
         Some(name) => {
             let user_id = localpart::new_user_id(name, &state.server_name)
                 .map_err(|e| Error::new(ErrorKind::InvalidUsername, e.to_string()))?;
@@ -68,16 +110,34 @@ pub async fn register(state: &AppState, reg: Registration) -> Result<Registered>
         }
         None => None,
     };
+    let fresh_hash = match reg.password.clone().filter(|p| !p.is_empty()) {
+        Some(password) => Some(session::hash_password(state, password).await?),
+        None => None,
+    };
+    let remembered = serde_json::to_value(&params).map_err(anyhow::Error::from)?;
     // The flows come first, as Synapse does: clients (and their test helpers)
     // start registration with `{}` to learn them and get a session.
-    let requirement = uia::Requirement {
-        kind: "register",
-        flows,
-        user: None,
-        ip: reg.ip.as_deref(),
+    let completed = match &reg.auth {
+        None => {
+            let (session_id, challenge) = uia::start(state, &requirement).await?;
+            uia_store::remember_registration(
+                &state.db,
+                &session_id,
+                &remembered,
+                fresh_hash.as_deref(),
+            )
+            .await?;
+            return Err(challenge);
+        }
+        Some(auth) => {
+            if let Some(id) = &session_id {
+                uia_store::remember_registration(&state.db, id, &remembered, fresh_hash.as_deref())
+                    .await?;
+            }
+            uia::authenticate(state, &requirement, Some(auth)).await?
+        }
     };
-    let completed = uia::authenticate(state, &requirement, reg.auth.as_ref()).await?;
-    let Some(password) = reg.password.filter(|p| !p.is_empty()) else {
+    let Some(hash) = fresh_hash.or(memory.password_hash) else {
         // Lattice has no SSO or appservices yet, so an account needs a password.
         // The session stays valid: the client may send it again with one.
         return Err(Error::new(
@@ -85,8 +145,6 @@ pub async fn register(state: &AppState, reg: Registration) -> Result<Registered>
             "A password is required",
         ));
     };
-
-    let hash = session::hash_password(state, password).await?;
 
     let mut tx = state.db.begin().await?;
     // Spend the session (and its token use) first: of concurrent requests that
@@ -102,8 +160,9 @@ pub async fn register(state: &AppState, reg: Registration) -> Result<Registered>
         }
         None => insert_numeric_user(&mut tx, state, Some(&hash), false, now).await?,
     };
+    uia_store::set_registered(&mut *tx, &completed.session_id, user_id.as_str()).await?;
     set_default_profile(&mut tx, &user_id).await?;
-    let tokens = if reg.inhibit_login {
+    let tokens = if params.inhibit_login {
         None
     } else {
         Some(
@@ -111,9 +170,9 @@ pub async fn register(state: &AppState, reg: Registration) -> Result<Registered>
                 &mut tx,
                 state,
                 &user_id,
-                reg.device_id,
-                reg.display_name.as_deref(),
-                reg.refreshable,
+                params.device_id.map(Into::into),
+                params.display_name.as_deref(),
+                params.refreshable,
                 reg.ip.as_deref(),
             )
             .await?,
@@ -122,6 +181,79 @@ pub async fn register(state: &AppState, reg: Registration) -> Result<Registered>
     tx.commit().await?;
     tracing::info!(user_id = %user_id, "registered");
     Ok(Registered { user_id, tokens })
+}
+
+/// The parameters a registration session remembers from its requests; a later
+/// request's own parameters win.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+struct Remembered {
+    username: Option<String>,
+    device_id: Option<String>,
+    display_name: Option<String>,
+    #[serde(default)]
+    inhibit_login: bool,
+    #[serde(default)]
+    refreshable: bool,
+}
+
+impl Remembered {
+    fn merge(reg: &Registration, earlier: Option<&serde_json::Value>) -> Self {
+        let earlier: Self = earlier
+            .and_then(|v| serde_json::from_value(v.clone()).ok())
+            .unwrap_or_default();
+        Self {
+            username: reg.username.clone().or(earlier.username),
+            device_id: reg
+                .device_id
+                .as_ref()
+                .map(|d| d.to_string())
+                .or(earlier.device_id),
+            display_name: reg.display_name.clone().or(earlier.display_name),
+            inhibit_login: reg.inhibit_login || earlier.inhibit_login,
+            refreshable: reg.refreshable || earlier.refreshable,
+        }
+    }
+}
+
+/// The answer to a retry of a registration session that already created
+/// `user_id`: the same account, logged in again unless login was inhibited.
+async fn registered_again(
+    state: &AppState,
+    reg: &Registration,
+    params: Remembered,
+    user_id: &str,
+) -> Result<Registered> {
+    let user_id = UserId::parse(user_id).map_err(anyhow::Error::from)?;
+    if users::get(&state.db, user_id.as_str())
+        .await?
+        .is_none_or(|u| u.deactivated)
+    {
+        return Err(Error::forbidden(
+            "This authentication session has already been used",
+        ));
+    }
+    if params.inhibit_login {
+        return Ok(Registered {
+            user_id,
+            tokens: None,
+        });
+    }
+    let mut tx = state.db.begin().await?;
+    let tokens = session::issue(
+        &mut tx,
+        state,
+        &user_id,
+        params.device_id.map(Into::into),
+        params.display_name.as_deref(),
+        params.refreshable,
+        reg.ip.as_deref(),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(Registered {
+        user_id,
+        tokens: Some(tokens),
+    })
 }
 
 /// Guests get a numeric user ID, no password, and a device.
@@ -193,6 +325,7 @@ pub async fn change_password(
         flows: vec![vec![uia::PASSWORD]],
         user: Some(&session.user_id),
         ip,
+        operation: None,
     };
     // UIA first, as Synapse does: a first request may carry nothing but `{}`.
     let completed = uia::authenticate(state, &requirement, auth).await?;
@@ -245,6 +378,7 @@ pub async fn deactivate(
         flows: vec![vec![uia::PASSWORD]],
         user: Some(&session.user_id),
         ip,
+        operation: None,
     };
     let completed = uia::authenticate(state, &requirement, auth).await?;
     deactivate_user(state, &session.user_id, erase, Some(&completed)).await

@@ -45,11 +45,15 @@ pub async fn delete(
     auth: Option<&AuthData>,
     ip: Option<&str>,
 ) -> Result<()> {
+    let mut which = device_ids.clone();
+    which.sort_unstable();
+    which.dedup();
     let requirement = uia::Requirement {
         kind: "delete_devices",
         flows: vec![vec![uia::PASSWORD]],
         user: Some(&session.user_id),
         ip,
+        operation: Some(which.join("\n")),
     };
     let completed = uia::authenticate(state, &requirement, auth).await?;
     let mut tx = state.db.begin().await?;

@@ -419,6 +419,7 @@ pub async fn upload_signing_keys(
             flows: vec![vec![uia::PASSWORD]],
             user: Some(&session.user_id),
             ip,
+            operation: None,
         };
         Some(uia::authenticate(app, &requirement, auth).await?)
     } else {

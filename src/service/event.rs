@@ -756,6 +756,9 @@ pub async fn send(
         // A concurrent request with the same txnId won the lock first.
         return Ok(EventId::parse(existing).map_err(|e| anyhow::anyhow!("stored id: {e}"))?);
     }
+    if let Some(existing) = unchanged_state(&mut tx, &room, sender, &event).await? {
+        return Ok(existing);
+    }
     let appended = append(&mut tx, app, &mut room, sender, event).await?;
     if let Some((device, txn_id)) = txn {
         rooms::insert_txn(
@@ -771,6 +774,28 @@ pub async fn send(
     tx.commit().await?;
     release(room);
     Ok(appended.event_id)
+}
+
+/// The current state event a new state event would repeat: same key, same
+/// sender, same content. Setting state to what it is makes no new event (as
+/// Synapse does): the answer is the event already there.
+pub async fn unchanged_state(
+    tx: &mut Transaction<'_, Postgres>,
+    room: &RoomCtx,
+    sender: &UserId,
+    event: &NewEvent,
+) -> Result<Option<OwnedEventId>> {
+    let Some(state_key) = &event.state_key else {
+        return Ok(None);
+    };
+    let key = (event.kind.clone(), state_key.clone());
+    let current = state_events(tx, room.state_group, std::slice::from_ref(&key)).await?;
+    let Some(existing) = current.get(&key) else {
+        return Ok(None);
+    };
+    let same_content = serde_json::from_str::<serde_json::Value>(existing.content.get())
+        .is_ok_and(|content| content == event.content);
+    Ok((existing.sender == sender && same_content).then(|| existing.event_id.clone()))
 }
 
 /// `PUT /rooms/{roomId}/redact/{eventId}/{txnId}` and `PUT /rooms/{roomId}/send/

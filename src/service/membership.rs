@@ -133,6 +133,14 @@ async fn join(
         state_key: Some(user.to_string()),
         redacts: None,
     };
+    // Joining again with the same profile changes nothing (as Synapse).
+    if current.as_deref() == Some("join")
+        && event::unchanged_state(&mut tx, &room, user, &event)
+            .await?
+            .is_some()
+    {
+        return Ok(room_id.to_owned());
+    }
     event::append(&mut tx, app, &mut room, user, event).await?;
     tx.commit().await?;
     event::release(room);

@@ -37,6 +37,11 @@ pub struct Requirement<'a> {
     pub user: Option<&'a UserId>,
     /// The client's IP: password stages are rate-limited by it (and by user).
     pub ip: Option<&'a str>,
+    /// What exactly is authorised, when more than the kind and user (which
+    /// devices are deleted): a session started for one operation completes no
+    /// other (SyTest "The operation must be consistent through an interactive
+    /// authentication session"; Synapse compares the request).
+    pub operation: Option<String>,
 }
 
 /// A completed authentication.
@@ -192,7 +197,7 @@ pub async fn complete_fallback(
 fn live_session(state: &AppState, session: Option<uia::UiaSession>) -> Result<uia::UiaSession> {
     let lifetime_ms = state.config.auth.uia_session_lifetime_secs as i64 * 1000;
     session
-        .filter(|s| s.created_ts + lifetime_ms > now_ms())
+        .filter(|s| s.created_ts + lifetime_ms > now_ms() && !s.spent)
         .ok_or_else(|| Error::new(ErrorKind::InvalidParam, "Unknown or expired session ID"))
 }
 
@@ -213,7 +218,7 @@ fn offered_for(state: &AppState, session: &uia::UiaSession, stage: &str) -> Resu
 }
 
 /// Spends a completed session inside the transaction that performs its operation:
-/// deletes the session row and turns the registration-token use it reserved into
+/// marks the session spent and turns the registration-token use it reserved into
 /// a completed one. Concurrent requests that completed the same session queue on
 /// its row; all but the first find it gone and fail, and their transaction (the
 /// account, the deletion, ...) rolls back.
@@ -248,12 +253,31 @@ fn valid_session(
             "Unknown or expired session ID",
         ));
     };
-    if session.kind != req.kind || session.user_id.as_deref() != req.user.map(|u| u.as_str()) {
+    if session.spent {
+        // As if it were gone (it is kept only for a registration's retry).
+        return Err(Error::new(
+            ErrorKind::InvalidParam,
+            "Unknown or expired session ID",
+        ));
+    }
+    if session.kind != req.kind
+        || session.user_id.as_deref() != req.user.map(|u| u.as_str())
+        || session.operation != req.operation
+    {
         return Err(Error::forbidden(
             "This session was created for another request",
         ));
     }
     Ok(session)
+}
+
+/// Starts a session for `req` and returns its ID, with the challenge a client
+/// gets for it (what [`authenticate`] answers a request without `auth`): for
+/// an operation that remembers something on the session before answering.
+pub async fn start(state: &AppState, req: &Requirement<'_>) -> Result<(String, Error)> {
+    let session_id = new_session(state, req).await?;
+    let challenge = challenge(req, &session_id, &[], None);
+    Ok((session_id, challenge))
 }
 
 async fn new_session(state: &AppState, req: &Requirement<'_>) -> Result<String> {
@@ -263,6 +287,7 @@ async fn new_session(state: &AppState, req: &Requirement<'_>) -> Result<String> 
         &session_id,
         req.kind,
         req.user.map(|u| u.as_str()),
+        req.operation.as_deref(),
         now_ms(),
     )
     .await?;
@@ -289,11 +314,21 @@ async fn check_password_stage(
         }
         _ => None,
     };
-    if named.as_deref() != Some(expected) {
-        return Ok(Some((
-            "M_FORBIDDEN",
-            "Invalid username or password".to_owned(),
-        )));
+    match named.as_deref() {
+        Some(named) if named == expected => {}
+        // Another user's credentials (a stolen access token and the thief's own
+        // password): the request is refused outright, as Synapse does (403).
+        Some(_) => {
+            return Err(Error::forbidden(
+                "The authenticated user does not match the user of this request",
+            ));
+        }
+        None => {
+            return Ok(Some((
+                "M_FORBIDDEN",
+                "Invalid username or password".to_owned(),
+            )));
+        }
     }
     match super::session::check_password(state, expected, password.to_owned(), req.ip).await {
         Ok(()) => Ok(None),
@@ -321,14 +356,13 @@ fn challenge(
         .iter()
         .map(|stages| json!({ "stages": stages }))
         .collect();
+    // `completed` even when empty, as Synapse sends it (SyTest checks for it).
     let mut body = json!({
         "flows": flows,
         "params": {},
         "session": session_id,
+        "completed": completed,
     });
-    if !completed.is_empty() {
-        body["completed"] = json!(completed);
-    }
     if let Some((errcode, message)) = error {
         body["errcode"] = json!(errcode);
         body["error"] = json!(message);

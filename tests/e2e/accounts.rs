@@ -587,7 +587,8 @@ async fn password_uia_cannot_authenticate_as_someone_else() {
             json!({ "new_password": "x", "auth": password_auth("bob", "b", &session) }),
         )
         .await;
-    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    // Refused outright (Synapse: 403), not a stage to retry.
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
     assert_eq!(body["errcode"], "M_FORBIDDEN");
     assert_eq!(server.login("alice", "a").await.0, StatusCode::OK);
 }
@@ -721,4 +722,177 @@ async fn shared_secret_registration_disabled_without_secret() {
     let (status, body) = server.get("/_synapse/admin/v1/register", None).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(body["errcode"], "M_UNKNOWN");
+}
+
+/// Starts a registration with `params` (no `auth`): the 401's session.
+async fn start_registration(server: &TestServer, params: serde_json::Value) -> String {
+    let (status, body) = server
+        .post("/_matrix/client/v3/register", None, params)
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    body["session"].as_str().unwrap().to_owned()
+}
+
+async fn complete_registration(
+    server: &TestServer,
+    session: &str,
+    mut params: serde_json::Value,
+) -> (StatusCode, serde_json::Value) {
+    params["auth"] = json!({ "type": "m.login.dummy", "session": session });
+    server
+        .post("/_matrix/client/v3/register", None, params)
+        .await
+}
+
+#[tokio::test]
+async fn registration_remembers_the_parameters_of_its_session() {
+    // Synapse's behaviour (SyTest "registration remembers parameters"): the
+    // request that completes the last stage may carry only `auth`.
+    let server = TestServer::start().await;
+    let session = start_registration(
+        &server,
+        json!({
+            "username": "remy", "password": "übers3kr1t", "device_id": "XYZZY",
+            "initial_device_display_name": "Remy's phone",
+        }),
+    )
+    .await;
+    let (status, body) = complete_registration(&server, &session, json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["user_id"], user_id("remy"));
+    assert_eq!(body["device_id"], "XYZZY");
+    let token = body["access_token"].as_str().unwrap();
+    let (status, device) = server
+        .get("/_matrix/client/v3/devices/XYZZY", Some(token))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{device}");
+    assert_eq!(device["display_name"], "Remy's phone");
+    // The remembered (non-ASCII) password is the account's password.
+    let (status, body) = server.login("remy", "übers3kr1t").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, _) = server.login("remy", "wrong").await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+}
+
+#[tokio::test]
+async fn registration_remembers_inhibit_login() {
+    let server = TestServer::start().await;
+    let session = start_registration(
+        &server,
+        json!({ "username": "ivy", "password": "pw", "inhibit_login": true }),
+    )
+    .await;
+    let (status, body) = complete_registration(&server, &session, json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["user_id"], user_id("ivy"));
+    assert!(body.get("access_token").is_none(), "{body}");
+    assert!(body.get("device_id").is_none(), "{body}");
+}
+
+#[tokio::test]
+async fn a_later_request_overrides_what_the_session_remembers() {
+    let server = TestServer::start().await;
+    let session =
+        start_registration(&server, json!({ "username": "first", "password": "one" })).await;
+    let (status, body) = complete_registration(
+        &server,
+        &session,
+        json!({ "username": "second", "password": "two" }),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["user_id"], user_id("second"));
+    assert_eq!(server.login("second", "two").await.0, StatusCode::OK);
+    assert_eq!(server.login("first", "one").await.0, StatusCode::FORBIDDEN);
+}
+
+#[tokio::test]
+async fn a_retried_registration_answers_with_the_same_account() {
+    // A client whose response was lost retries the request: Synapse answers
+    // with the account the session already registered (SyTest "registration
+    // is idempotent"), logged in again.
+    let server = TestServer::start().await;
+    let params = json!({ "username": "ida", "password": "pw" });
+    let session = start_registration(&server, params.clone()).await;
+    let (status, first) = complete_registration(&server, &session, params.clone()).await;
+    assert_eq!(status, StatusCode::OK, "{first}");
+    let (status, again) = complete_registration(&server, &session, params).await;
+    assert_eq!(status, StatusCode::OK, "{again}");
+    assert_eq!(again["user_id"], first["user_id"]);
+    let token = again["access_token"].as_str().unwrap();
+    assert_eq!(server.whoami(token).await.1["user_id"], user_id("ida"));
+    // Without a username too (the numeric-ID flow).
+    let session = start_registration(&server, json!({ "password": "pw" })).await;
+    let (_, first) = complete_registration(&server, &session, json!({})).await;
+    let (status, again) = complete_registration(&server, &session, json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{again}");
+    assert_eq!(again["user_id"], first["user_id"]);
+    let users: i64 = sqlx::query_scalar("select count(*) from users")
+        .fetch_one(&server.state.db)
+        .await
+        .unwrap();
+    assert_eq!(users, 2);
+}
+
+#[tokio::test]
+async fn a_spent_registration_session_cannot_register_or_log_in_another_account() {
+    let server = TestServer::start().await;
+    let session =
+        start_registration(&server, json!({ "username": "owner", "password": "pw" })).await;
+    let (status, _) = complete_registration(&server, &session, json!({})).await;
+    assert_eq!(status, StatusCode::OK);
+    // Another name with the spent session: refused, nothing created.
+    let (status, body) = complete_registration(
+        &server,
+        &session,
+        json!({ "username": "intruder", "password": "pw" }),
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert_eq!(body["errcode"], "M_FORBIDDEN");
+    assert_eq!(
+        server.login("intruder", "pw").await.0,
+        StatusCode::FORBIDDEN
+    );
+    // A made-up session remembers nothing and logs no one in.
+    let (status, body) =
+        complete_registration(&server, "not-a-session", json!({ "username": "owner" })).await;
+    assert_ne!(status, StatusCode::OK, "{body}");
+    // Once the owner is deactivated, a retry of the session gives no login.
+    let (_, login) = server.login("owner", "pw").await;
+    let token = login["access_token"].as_str().unwrap().to_owned();
+    let (status, body) = server
+        .post(
+            "/_matrix/client/v3/account/deactivate",
+            Some(&token),
+            json!({ "auth": { "type": "m.login.password", "password": "pw",
+                               "identifier": { "type": "m.id.user", "user": "owner" } } }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = complete_registration(&server, &session, json!({})).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+}
+
+#[tokio::test]
+async fn a_wrong_password_stage_answers_with_the_whole_challenge() {
+    // SyTest "Can't deactivate account with wrong password": 401 with
+    // `error`, `errcode` (M_FORBIDDEN), `params`, `completed` and `flows`.
+    let server = TestServer::start().await;
+    let gil = server.register("gil", "pw").await;
+    let (status, body) = server
+        .post(
+            "/_matrix/client/v3/account/deactivate",
+            Some(&gil.access_token),
+            json!({ "auth": { "type": "m.login.password", "password": "wrong",
+                               "identifier": { "type": "m.id.user", "user": "gil" } } }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    assert_eq!(body["errcode"], "M_FORBIDDEN", "{body}");
+    assert!(body["error"].is_string(), "{body}");
+    assert_eq!(body["completed"], json!([]), "{body}");
+    assert!(body["params"].is_object(), "{body}");
+    assert!(body["flows"].is_array(), "{body}");
+    assert_eq!(server.whoami(&gil.access_token).await.0, StatusCode::OK);
 }

@@ -165,3 +165,98 @@ async fn uia_session_is_bound_to_its_operation() {
     assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
     assert_eq!(server.whoami(&main.access_token).await.0, StatusCode::OK);
 }
+
+#[tokio::test]
+async fn a_uia_session_for_one_device_cannot_delete_another() {
+    // SyTest "The operation must be consistent through an interactive
+    // authentication session": the session started to delete one device is
+    // refused for another, and that device stays.
+    let server = TestServer::start().await;
+    let main = server.register("fay", "pw").await;
+    let first = Login::from_json(&server.login("fay", "pw").await.1);
+    let second = Login::from_json(&server.login("fay", "pw").await.1);
+    let token = Some(main.access_token.as_str());
+    let first_path = format!("/_matrix/client/v3/devices/{}", first.device_id);
+    let second_path = format!("/_matrix/client/v3/devices/{}", second.device_id);
+    let (status, body) = server
+        .call(Method::DELETE, &first_path, token, Some(json!({})))
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    let session = body["session"].as_str().unwrap().to_owned();
+
+    let (status, body) = server
+        .call(
+            Method::DELETE,
+            &second_path,
+            token,
+            Some(json!({ "auth": password_auth("fay", "pw", &session) })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert_eq!(body["errcode"], "M_FORBIDDEN");
+    assert_eq!(server.whoami(&second.access_token).await.0, StatusCode::OK);
+    // Nor through the bulk endpoint with a different list.
+    let (status, body) = server
+        .post(
+            "/_matrix/client/v3/delete_devices",
+            token,
+            json!({ "devices": [first.device_id, second.device_id],
+                    "auth": password_auth("fay", "pw", &session) }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert_eq!(server.whoami(&second.access_token).await.0, StatusCode::OK);
+
+    // The operation it was started for still completes.
+    let (status, body) = server
+        .call(
+            Method::DELETE,
+            &first_path,
+            token,
+            Some(json!({ "auth": password_auth("fay", "pw", &session) })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        server.whoami(&first.access_token).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(server.whoami(&second.access_token).await.0, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn deleting_a_device_with_another_users_password_is_refused() {
+    // A stolen access token and the thief's own password: 403, the device
+    // stays; the owner's password then deletes it.
+    let server = TestServer::start().await;
+    let alice = server.register("alice", "alice-pw").await;
+    server.register("eve", "eve-pw").await;
+    let device = Login::from_json(&server.login("alice", "alice-pw").await.1);
+    let path = format!("/_matrix/client/v3/devices/{}", device.device_id);
+    let token = Some(alice.access_token.as_str());
+    let eve_auth = json!({ "type": "m.login.password", "password": "eve-pw",
+                           "identifier": { "type": "m.id.user", "user": "eve" } });
+    let (status, body) = server
+        .call(
+            Method::DELETE,
+            &path,
+            token,
+            Some(json!({ "auth": eve_auth })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert_eq!(body["errcode"], "M_FORBIDDEN");
+    assert_eq!(server.get(&path, token).await.0, StatusCode::OK);
+    let alice_auth = json!({ "type": "m.login.password", "password": "alice-pw",
+                             "identifier": { "type": "m.id.user", "user": "alice" } });
+    let (status, body) = server
+        .call(
+            Method::DELETE,
+            &path,
+            token,
+            Some(json!({ "auth": alice_auth })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(server.get(&path, token).await.0, StatusCode::NOT_FOUND);
+}

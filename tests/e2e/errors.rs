@@ -45,6 +45,19 @@ async fn not_json_and_bad_json() {
     assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
     let body: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(body["errcode"], "M_NOT_JSON");
+    // Invalid UTF-8 inside a JSON string is not JSON (SyTest "POST rejects
+    // invalid utf-8 in JSON").
+    let resp = server
+        .client
+        .post(format!("{}/_matrix/client/v3/register", server.base))
+        .header("content-type", "application/json")
+        .body(b"{ \"username\": \"a\x81\" }".to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["errcode"], "M_NOT_JSON", "{body}");
 
     // Valid JSON, wrong types.
     let (status, body) = server

@@ -1011,3 +1011,56 @@ async fn profiles_show_in_member_events_and_follow_changes() {
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert_eq!(body["errcode"], "M_NOT_FOUND");
 }
+
+#[tokio::test]
+async fn setting_state_to_what_it_is_makes_no_new_event() {
+    // Synapse's behaviour (SyTest "Setting state twice is idempotent", "Joining
+    // room twice is idempotent"): the same sender, key and content answer
+    // with the event already there.
+    let server = TestServer::start().await;
+    let alice = server.register("alice", "pw").await;
+    let bob = server.register("bob", "pw").await;
+    let room = server
+        .create_room(&alice, json!({ "preset": "public_chat" }))
+        .await;
+    let path = format!("/_matrix/client/v3/rooms/{room}/state/m.room.topic/");
+    let token = Some(alice.access_token.as_str());
+    let (status, first) = server.put(&path, token, json!({ "topic": "t" })).await;
+    assert_eq!(status, StatusCode::OK, "{first}");
+    let (_, again) = server.put(&path, token, json!({ "topic": "t" })).await;
+    assert_eq!(again["event_id"], first["event_id"]);
+    // Other content, or another sender, is a new event.
+    let (_, changed) = server.put(&path, token, json!({ "topic": "u" })).await;
+    assert_ne!(changed["event_id"], first["event_id"]);
+    server.join(&bob, &room).await;
+    let member = format!(
+        "/_matrix/client/v3/rooms/{room}/state/m.room.member/{}",
+        bob.user_id
+    );
+    let (_, before) = server
+        .get(&format!("{member}?format=event"), Some(&bob.access_token))
+        .await;
+    server.join(&bob, &room).await;
+    let (_, after) = server
+        .get(&format!("{member}?format=event"), Some(&bob.access_token))
+        .await;
+    assert!(before["event_id"].is_string(), "{before}");
+    assert_eq!(after["event_id"], before["event_id"]);
+    // The timeline holds one topic "t" and one join of bob.
+    let (_, page) = server
+        .get(
+            &format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=50"),
+            token,
+        )
+        .await;
+    let events = page["chunk"].as_array().unwrap();
+    let topics_t = events
+        .iter()
+        .filter(|e| e["type"] == "m.room.topic" && e["content"]["topic"] == "t")
+        .count();
+    let joins_of_bob = events
+        .iter()
+        .filter(|e| e["type"] == "m.room.member" && e["state_key"] == bob.user_id.as_str())
+        .count();
+    assert_eq!((topics_t, joins_of_bob), (1, 1), "{page}");
+}

@@ -5,10 +5,11 @@
 //! its UIA flows first (`{}` → 401 with a session), as Synapse does; guests and
 //! application services skip UIA.
 
-use axum::{Router, extract::State};
+use axum::{Json, Router, extract::State};
 use ruma::api::client::account::{
     check_registration_token_validity, get_username_availability, register,
 };
+use serde_json::{Value, json};
 
 use crate::{
     api::{
@@ -34,7 +35,7 @@ async fn register(
     ClientIp(ip): ClientIp,
     TokenGiven(token_given): TokenGiven,
     Ruma(req): Ruma<register::v3::Request>,
-) -> Result<RumaResponse<register::v3::Response>> {
+) -> Result<Json<Value>> {
     rate_limited(state.login_limiter.check(&ip.clone().unwrap_or_default()))?;
     if req.login_type == Some(register::LoginType::ApplicationService) {
         // Application services register without UIA, with their own token. No
@@ -66,14 +67,20 @@ async fn register(
         },
     )
     .await?;
-    let mut response = register::v3::Response::new(registered.user_id);
+    // Built by hand: ruma's response writes `"device_id": null` when login is
+    // inhibited, and the spec (and Synapse) leave the field out.
+    let mut response = json!({ "user_id": registered.user_id });
     if let Some(tokens) = registered.tokens {
-        response.access_token = Some(tokens.access_token);
-        response.device_id = Some(tokens.device_id);
-        response.refresh_token = tokens.refresh_token;
-        response.expires_in = tokens.expires_in;
+        response["access_token"] = tokens.access_token.into();
+        response["device_id"] = tokens.device_id.as_str().into();
+        if let Some(refresh) = tokens.refresh_token {
+            response["refresh_token"] = refresh.into();
+        }
+        if let Some(expires) = tokens.expires_in {
+            response["expires_in_ms"] = (expires.as_millis() as u64).into();
+        }
     }
-    Ok(RumaResponse(response))
+    Ok(Json(response))
 }
 
 async fn available(
