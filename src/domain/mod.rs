@@ -6,6 +6,7 @@ pub mod localpart;
 pub mod multipart;
 pub mod password;
 pub mod pdu;
+pub mod push_rules;
 pub mod redaction;
 pub mod room_version;
 pub mod state_res;

@@ -10,10 +10,7 @@ use ruma::{
         AnySyncTimelineEvent,
         room::power_levels::{RoomPowerLevels, RoomPowerLevelsEventContent, RoomPowerLevelsSource},
     },
-    push::{
-        Action, AnyPushRule, NewPushRule, PushConditionPowerLevelsCtx, PushConditionRoomCtx,
-        RuleKind, Ruleset,
-    },
+    push::{Action, PushConditionPowerLevelsCtx, PushConditionRoomCtx, Ruleset},
     serde::Raw,
 };
 use serde_json::{Value, json};
@@ -21,74 +18,54 @@ use serde_json::{Value, json};
 use super::{account_data, event::RoomCtx};
 use crate::{
     app::AppState,
-    domain::pdu::Pdu,
-    error::{Error, Result},
+    domain::{
+        pdu::Pdu,
+        push_rules::{Kind, RuleError, Rules},
+    },
+    error::{Error, ErrorKind, Result},
     storage::{Postgres, Transaction, rooms, user_streams},
 };
 
 pub const ACCOUNT_DATA_TYPE: &str = "m.push_rules";
 
-pub async fn ruleset(app: &AppState, user: &UserId) -> Result<Ruleset> {
+/// The user's rules: the stored `m.push_rules`, else the spec's defaults.
+pub async fn rules(app: &AppState, user: &UserId) -> Result<Rules> {
     let stored =
         user_streams::get_account_data(&app.db, user.as_str(), "", ACCOUNT_DATA_TYPE).await?;
-    if let Some(text) = stored
-        && let Ok(value) = serde_json::from_str::<Value>(&text)
-        && let Ok(rules) = serde_json::from_value::<Ruleset>(value["global"].clone())
-    {
-        return Ok(rules);
+    Ok(stored
+        .and_then(|text| serde_json::from_str::<Value>(&text).ok())
+        .and_then(|content| Rules::from_content(&content))
+        .unwrap_or_else(|| Rules::server_default(user)))
+}
+
+async fn save(app: &AppState, user: &UserId, rules: &Rules) -> Result<()> {
+    account_data::store(app, user, None, ACCOUNT_DATA_TYPE, &rules.to_content()).await
+}
+
+fn rule_error(e: RuleError) -> Error {
+    match e {
+        RuleError::NotFound => Error::not_found("Push rule not found"),
+        RuleError::RelativeNotFound(id) => Error::new(
+            ErrorKind::BadRequest,
+            format!("before/after rule not found: {id}"),
+        ),
+        RuleError::ServerDefault => Error::forbidden("Server-default rules cannot be deleted"),
+        RuleError::Invalid(message) => Error::invalid_param(message),
     }
-    Ok(Ruleset::server_default(user))
 }
 
-/// The `m.push_rules` account data event for a user (defaults included).
-pub fn account_data_content(rules: &Ruleset) -> Value {
-    json!({ "global": rules })
-}
-
-async fn save(app: &AppState, user: &UserId, rules: &Ruleset) -> Result<()> {
-    account_data::store(
-        app,
-        user,
-        None,
-        ACCOUNT_DATA_TYPE,
-        &account_data_content(rules),
-    )
-    .await
-}
-
-fn not_found() -> Error {
-    Error::not_found("Push rule not found")
-}
-
-pub async fn get(
+/// Applies one edit to the user's rules and stores them.
+async fn edit(
     app: &AppState,
     user: &UserId,
-    kind: RuleKind,
-    rule_id: &str,
-) -> Result<AnyPushRule> {
-    let rules = ruleset(app, user).await?;
-    rules
-        .get(kind, rule_id)
-        .map(|r| r.to_owned())
-        .ok_or_else(not_found)
-}
-
-pub async fn set(
-    app: &AppState,
-    user: &UserId,
-    rule: NewPushRule,
-    after: Option<&str>,
-    before: Option<&str>,
+    change: impl FnOnce(&mut Rules) -> std::result::Result<(), RuleError>,
 ) -> Result<()> {
-    let mut rules = ruleset(app, user).await?;
-    rules.insert(rule, after, before).map_err(|e| match e {
-        ruma::push::InsertPushRuleError::UnknownRuleId => not_found(),
-        other => Error::invalid_param(other.to_string()),
-    })?;
+    let mut rules = rules(app, user).await?;
+    change(&mut rules).map_err(rule_error)?;
     // Every local event is matched against each member's rules inside the room
     // lock, so a user's rules are bounded in number and size.
-    let size = serde_json::to_vec(&rules).map_or(usize::MAX, |v| v.len());
-    if rules.iter().count() > MAX_RULES || size > MAX_RULES_BYTES {
+    let size = serde_json::to_vec(&rules.to_content()).map_or(usize::MAX, |v| v.len());
+    if rules.len() > MAX_RULES || size > MAX_RULES_BYTES {
         return Err(Error::invalid_param(format!(
             "At most {MAX_RULES} push rules, of at most {MAX_RULES_BYTES} bytes in all"
         )));
@@ -100,41 +77,51 @@ pub async fn set(
 pub const MAX_RULES: usize = 500;
 pub const MAX_RULES_BYTES: usize = 128 * 1024;
 
-pub async fn delete(app: &AppState, user: &UserId, kind: RuleKind, rule_id: &str) -> Result<()> {
-    let mut rules = ruleset(app, user).await?;
-    rules.remove(kind, rule_id).map_err(|e| match e {
-        ruma::push::RemovePushRuleError::NotFound => not_found(),
-        other => Error::forbidden(other.to_string()),
-    })?;
-    save(app, user, &rules).await
+pub async fn get(app: &AppState, user: &UserId, kind: Kind, rule_id: &str) -> Result<Value> {
+    rules(app, user)
+        .await?
+        .get(kind, rule_id)
+        .cloned()
+        .ok_or_else(|| Error::not_found("Push rule not found"))
+}
+
+pub async fn set(
+    app: &AppState,
+    user: &UserId,
+    kind: Kind,
+    rule_id: &str,
+    body: &Value,
+    before: Option<&str>,
+    after: Option<&str>,
+) -> Result<()> {
+    edit(app, user, |rules| {
+        rules.insert(kind, rule_id, body, before, after)
+    })
+    .await
+}
+
+pub async fn delete(app: &AppState, user: &UserId, kind: Kind, rule_id: &str) -> Result<()> {
+    edit(app, user, |rules| rules.remove(kind, rule_id)).await
 }
 
 pub async fn set_enabled(
     app: &AppState,
     user: &UserId,
-    kind: RuleKind,
+    kind: Kind,
     rule_id: &str,
     enabled: bool,
 ) -> Result<()> {
-    let mut rules = ruleset(app, user).await?;
-    rules
-        .set_enabled(kind, rule_id, enabled)
-        .map_err(|_| not_found())?;
-    save(app, user, &rules).await
+    edit(app, user, |rules| rules.set_enabled(kind, rule_id, enabled)).await
 }
 
 pub async fn set_actions(
     app: &AppState,
     user: &UserId,
-    kind: RuleKind,
+    kind: Kind,
     rule_id: &str,
-    actions: Vec<Action>,
+    actions: &Value,
 ) -> Result<()> {
-    let mut rules = ruleset(app, user).await?;
-    rules
-        .set_actions(kind, rule_id, actions)
-        .map_err(|_| not_found())?;
-    save(app, user, &rules).await
+    edit(app, user, |rules| rules.set_actions(kind, rule_id, actions)).await
 }
 
 /// Evaluates the push rules of every local member (but the sender) for a newly
@@ -151,9 +138,19 @@ pub async fn record_actions(
     stream: i64,
 ) -> Result<()> {
     let joined = rooms::members(&mut **tx, room_id.as_str(), "join").await?;
-    let local: Vec<String> = joined
-        .iter()
-        .map(|(u, _)| u.clone())
+    let mut candidates: Vec<String> = joined.iter().map(|(u, _)| u.clone()).collect();
+    // The invitee of an invite is not a member yet, but the default rule
+    // `.m.rule.invite_for_me` is there to tell them (as Synapse does).
+    if pdu.kind.to_string() == "m.room.member"
+        && let Some(invitee) = &pdu.state_key
+        && serde_json::from_str::<Value>(pdu.content.get())
+            .is_ok_and(|c| c["membership"] == "invite")
+        && !candidates.contains(invitee)
+    {
+        candidates.push(invitee.clone());
+    }
+    let local: Vec<String> = candidates
+        .into_iter()
         .filter(|u| {
             u != pdu.sender.as_str()
                 && UserId::parse(u.as_str()).is_ok_and(|u| u.server_name() == app.server_name)
@@ -196,8 +193,8 @@ pub async fn record_actions(
             .await?
             .into_iter()
             .filter_map(|(user, text)| {
-                let value: Value = serde_json::from_str(&text).ok()?;
-                Some((user, serde_json::from_value(value["global"].clone()).ok()?))
+                let content: Value = serde_json::from_str(&text).ok()?;
+                Some((user, Rules::from_content(&content)?.evaluator()))
             })
             .collect();
 

@@ -113,6 +113,7 @@ pub async fn set(app: &AppState, session: &Session, body: &Value) -> Result<()> 
         created_ts: now_ms(),
         // Only what happens from now on is pushed.
         last_stream_ordering: app.notifier.current(),
+        device_id: Some(session.device_id.to_string()),
     };
     let append = match &body["append"] {
         Value::Null => false,
@@ -465,6 +466,8 @@ async fn describe(
         return Ok(());
     };
     let pdu: Value = serde_json::from_str(&event.json)?;
+    // `id` is the deprecated name of `event_id` that Synapse still sends.
+    out["id"] = event_id.into();
     out["type"] = pdu["type"].clone();
     out["sender"] = pdu["sender"].clone();
     out["prio"] = if out["devices"][0]["tweaks"].get("highlight").is_some()
@@ -479,7 +482,10 @@ async fn describe(
     if event.redacted_by.is_none() {
         out["content"] = pdu["content"].clone();
     }
-    if pdu["type"] == "m.room.member" {
+    // Synapse's membership fields (not in the push gateway spec's schema, but
+    // gateways and SyTest read them).
+    if pdu["type"] == "m.room.member" && pdu["state_key"].is_string() {
+        out["membership"] = pdu["content"]["membership"].clone();
         out["user_is_target"] = (pdu["state_key"].as_str() == Some(user)).into();
     }
     let sender = pdu["sender"].as_str().unwrap_or_default();

@@ -910,10 +910,10 @@ async fn extensions(
                 .iter()
                 .any(|e| e["type"] == super::push::ACCOUNT_DATA_TYPE)
         {
-            let rules = super::push::ruleset(app, &session.user_id).await?;
+            let rules = super::push::rules(app, &session.user_id).await?;
             global.push(json!({
                 "type": super::push::ACCOUNT_DATA_TYPE,
-                "content": super::push::account_data_content(&rules),
+                "content": rules.to_content(),
             }));
         }
         if !global.is_empty() || !by_room.is_empty() {

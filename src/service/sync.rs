@@ -263,10 +263,10 @@ async fn build(
             .any(|e| e["type"] == super::push::ACCOUNT_DATA_TYPE)
     {
         // Never changed: the default rules, which clients read from here.
-        let rules = super::push::ruleset(app, user).await?;
+        let rules = super::push::rules(app, user).await?;
         global_account_data.push(json!({
             "type": super::push::ACCOUNT_DATA_TYPE,
-            "content": super::push::account_data_content(&rules),
+            "content": rules.to_content(),
         }));
     }
     let mut ephemeral: HashMap<String, Vec<Value>> = HashMap::new();

@@ -15,6 +15,8 @@ pub struct Pusher {
     pub data: String,
     pub created_ts: i64,
     pub last_stream_ordering: i64,
+    /// The device that set it; the pusher is deleted with it.
+    pub device_id: Option<String>,
 }
 
 pub async fn for_user(db: impl PgExecutor<'_>, user_id: &str) -> sqlx::Result<Vec<Pusher>> {
@@ -32,12 +34,14 @@ pub async fn for_user(db: impl PgExecutor<'_>, user_id: &str) -> sqlx::Result<Ve
 pub async fn upsert(db: impl PgExecutor<'_>, p: &Pusher) -> sqlx::Result<()> {
     sqlx::query!(
         "insert into pushers (user_id, app_id, pushkey, kind, app_display_name,
-             device_display_name, profile_tag, lang, data, created_ts, last_stream_ordering)
-         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+             device_display_name, profile_tag, lang, data, created_ts, last_stream_ordering,
+             device_id)
+         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
          on conflict (app_id, pushkey, user_id) do update set kind = excluded.kind,
              app_display_name = excluded.app_display_name,
              device_display_name = excluded.device_display_name,
-             profile_tag = excluded.profile_tag, lang = excluded.lang, data = excluded.data",
+             profile_tag = excluded.profile_tag, lang = excluded.lang, data = excluded.data,
+             device_id = excluded.device_id",
         p.user_id,
         p.app_id,
         p.pushkey,
@@ -48,7 +52,8 @@ pub async fn upsert(db: impl PgExecutor<'_>, p: &Pusher) -> sqlx::Result<()> {
         p.lang,
         p.data,
         p.created_ts,
-        p.last_stream_ordering
+        p.last_stream_ordering,
+        p.device_id
     )
     .execute(db)
     .await?;

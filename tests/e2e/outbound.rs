@@ -185,6 +185,7 @@ async fn pushers_never_reach_refused_addresses() {
             data: json!({ "url": internal_url }).to_string(),
             created_ts: 0,
             last_stream_ordering: server.state.notifier.current(),
+            device_id: None,
         },
     )
     .await

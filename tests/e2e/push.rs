@@ -4,7 +4,7 @@
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 
-use crate::harness::TestServer;
+use crate::harness::{Login, TestServer, enc, password_auth};
 
 const RULES: &str = "/_matrix/client/v3/pushrules/global";
 
@@ -513,4 +513,429 @@ async fn a_dead_gateway_delays_only_its_own_pushers() {
     assert_eq!(got["notification"]["devices"][0]["pushkey"], "key-zz");
     assert_eq!(got["notification"]["content"]["body"], "ping");
     server.stop().await;
+}
+
+/// The ids of the rules of one kind, as `GET /pushrules/` lists them.
+async fn rule_ids(server: &TestServer, token: &str, kind: &str) -> Vec<String> {
+    let (status, all) = server
+        .get("/_matrix/client/v3/pushrules/", Some(token))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{all}");
+    all["global"][kind]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["rule_id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn push_rules_of_every_kind_are_added_listed_ordered_and_deleted() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice", "pw").await;
+    let t = Some(alice.access_token.as_str());
+    let notify = || json!({ "actions": ["notify"] });
+    let notice =
+        json!([{ "kind": "event_match", "key": "content.msgtype", "pattern": "m.notice" }]);
+    // A room rule may be named by an alias (Synapse takes any string), a content
+    // rule by any text.
+    let added = [
+        ("room", "#spam:example.com", notify()),
+        ("sender", "@bob:example.com", notify()),
+        (
+            "content",
+            "тест",
+            json!({ "actions": ["notify"], "pattern": "тест" }),
+        ),
+        (
+            "override",
+            "mine",
+            json!({ "actions": ["notify"], "conditions": notice }),
+        ),
+        (
+            "underride",
+            "mine",
+            json!({ "actions": ["notify"], "conditions": notice }),
+        ),
+    ];
+    for (kind, id, body) in &added {
+        let path = format!("{RULES}/{kind}/{}", enc(id));
+        let (status, reply) = server.put(&path, t, body.clone()).await;
+        assert_eq!(
+            (status, reply.clone()),
+            (StatusCode::OK, json!({})),
+            "{kind}"
+        );
+        let (status, rule) = server.get(&path, t).await;
+        assert_eq!(status, StatusCode::OK, "{rule}");
+        assert_eq!(
+            (&rule["rule_id"], &rule["enabled"], &rule["default"]),
+            (&json!(id), &json!(true), &json!(false)),
+            "{rule}"
+        );
+        // The kind's listing (trailing slash), the scope's and the whole set.
+        let (status, listed) = server.get(&format!("{RULES}/{kind}/"), t).await;
+        assert_eq!(status, StatusCode::OK, "{listed}");
+        assert!(listed.as_array().unwrap().contains(&rule), "{listed}");
+        let (_, scope) = server.get(&format!("{RULES}/"), t).await;
+        assert!(scope[kind].as_array().unwrap().contains(&rule), "{scope}");
+        assert!(
+            rule_ids(&server, &alice.access_token, kind)
+                .await
+                .contains(&id.to_string())
+        );
+        let (_, enabled) = server.get(&format!("{path}/enabled"), t).await;
+        assert_eq!(enabled, json!({ "enabled": true }));
+        let (_, actions) = server.get(&format!("{path}/actions"), t).await;
+        assert_eq!(actions, json!({ "actions": ["notify"] }));
+    }
+    // A user override rule comes right after `.m.rule.master`.
+    let overrides = rule_ids(&server, &alice.access_token, "override").await;
+    assert_eq!(overrides[..2], [".m.rule.master", "mine"]);
+
+    // New rules go first; `before` and `after` place them among user rules.
+    let room = |id: &str| format!("{RULES}/room/{}", enc(id));
+    server.put(&room("#a:x"), t, notify()).await;
+    server.put(&room("#b:x"), t, notify()).await;
+    let (status, _) = server
+        .put(
+            &format!("{}?before={}", room("#c:x"), enc("#a:x")),
+            t,
+            notify(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = server
+        .put(
+            &format!("{}?after={}", room("#d:x"), enc("#b:x")),
+            t,
+            notify(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        rule_ids(&server, &alice.access_token, "room").await,
+        ["#b:x", "#d:x", "#c:x", "#a:x", "#spam:example.com"]
+    );
+    // Relative to a rule that does not exist, or to a server-default rule: 400.
+    let (status, body) = server
+        .put(&format!("{}?before=nope", room("#e:x")), t, notify())
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    let (status, body) = server
+        .put(
+            &format!("{RULES}/override/x?after=.m.rule.master"),
+            t,
+            json!({ "actions": [], "conditions": [] }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+
+    // Disabling, then deleting.
+    let (status, _) = server
+        .put(
+            &format!("{}/enabled", room("#a:x")),
+            t,
+            json!({ "enabled": false }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, rule) = server.get(&room("#a:x"), t).await;
+    assert_eq!(rule["enabled"], false);
+    let (status, _) = server.call(Method::DELETE, &room("#a:x"), t, None).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, body) = server.get(&room("#a:x"), t).await;
+    assert_eq!(
+        (status, body["errcode"].as_str()),
+        (StatusCode::NOT_FOUND, Some("M_NOT_FOUND"))
+    );
+    assert_eq!(
+        rule_ids(&server, &alice.access_token, "room").await,
+        ["#b:x", "#d:x", "#c:x", "#spam:example.com"]
+    );
+    // m.push_rules (what sync carries) holds the alias-named rule too.
+    let (_, sync) = server.get("/_matrix/client/v3/sync", t).await;
+    let rules = sync["account_data"]["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["type"] == "m.push_rules")
+        .expect("m.push_rules in sync")
+        .clone();
+    assert_eq!(
+        rules["content"]["global"]["room"][0]["rule_id"], "#b:x",
+        "{rules}"
+    );
+
+    // Rules are per user: bob neither sees nor touches alice's.
+    let bob = server.register("bob", "pw").await;
+    let b = Some(bob.access_token.as_str());
+    let (status, _) = server.get(&room("#b:x"), b).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = server.call(Method::DELETE, &room("#b:x"), b, None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = server
+        .put(
+            &format!("{}/enabled", room("#b:x")),
+            b,
+            json!({ "enabled": false }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(
+        rule_ids(&server, &bob.access_token, "room")
+            .await
+            .is_empty()
+    );
+    let (_, rule) = server.get(&room("#b:x"), t).await;
+    assert_eq!(rule["enabled"], true);
+}
+
+#[tokio::test]
+async fn malformed_push_rule_requests_are_refused() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice", "pw").await;
+    let t = Some(alice.access_token.as_str());
+    let v3 = "/_matrix/client/v3/pushrules";
+    let notify = json!({ "actions": ["notify"] });
+
+    // Paths naming no rule, listing or attribute: 400 M_UNRECOGNIZED (Synapse).
+    let paths = [
+        (Method::PUT, "/"),
+        (Method::PUT, "/not_a_scope/room/x"),
+        (Method::PUT, "/global"),
+        (Method::PUT, "/global/"),
+        (Method::PUT, "/global/room"),
+        (Method::PUT, "/global/room/"),
+        (Method::PUT, "/global/not_a_kind/x"),
+        (Method::PUT, "/global/override/.m.rule.master/not_an_attr"),
+        (Method::DELETE, "/global/room"),
+        (Method::GET, "/global"),
+        (Method::GET, "/global/room"),
+        (Method::GET, "/not_a_scope/"),
+        (Method::GET, "/global/not_a_kind/"),
+        (Method::GET, "/global/not_a_kind/x"),
+        (Method::GET, "/global/override/.m.rule.master/not_an_attr"),
+    ];
+    for (method, path) in paths {
+        let (status, body) = server
+            .call(
+                method.clone(),
+                &format!("{v3}{path}"),
+                t,
+                Some(notify.clone()),
+            )
+            .await;
+        assert_eq!(
+            (status, body["errcode"].as_str()),
+            (StatusCode::BAD_REQUEST, Some("M_UNRECOGNIZED")),
+            "{method} {path}: {body}"
+        );
+    }
+    // Without a trailing slash `/pushrules` is no endpoint at all.
+    let (status, _) = server.get(v3, t).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    // These still need an access token.
+    let (status, _) = server.get(&format!("{v3}/global/room"), None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+
+    // Bodies and rule IDs the spec or Synapse refuse: 400, and nothing stored.
+    let bodies = [
+        ("override/x", json!({ "actions": ["notify"] })),
+        (
+            "underride/x",
+            json!({ "actions": ["notify"], "conditions": [{}] }),
+        ),
+        ("content/x", json!({ "actions": ["notify"] })),
+        ("room/%23r:x", json!({})),
+        ("room/%23r:x", json!({ "actions": ["not_an_action"] })),
+        ("room/%23r:x", json!({ "actions": [{ "tweak": "sound" }] })),
+        ("room/.reserved", json!({ "actions": ["notify"] })),
+        ("room/a%5Cb", json!({ "actions": ["notify"] })),
+        ("room/%23r:x", json!(["notify"])),
+    ];
+    for (path, body) in bodies {
+        let (status, reply) = server
+            .put(&format!("{v3}/global/{path}"), t, body.clone())
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{path} {body}: {reply}");
+    }
+    let (status, body) = server
+        .put(
+            &format!("{v3}/global/override/.m.rule.master/actions"),
+            t,
+            json!({ "actions": ["not_an_action"] }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    let (status, body) = server
+        .put(
+            &format!("{v3}/global/override/.m.rule.master/enabled"),
+            t,
+            json!({ "enabled": "yes" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    let (status, _) = server.get(&format!("{v3}/global/override/nope"), t).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(
+        rule_ids(&server, &alice.access_token, "room")
+            .await
+            .is_empty()
+    );
+    assert!(
+        rule_ids(&server, &alice.access_token, "content")
+            .await
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn invites_are_pushed_to_the_invitee() {
+    let server =
+        TestServer::start_with(|c| c.federation.ip_range_allowlist = vec!["127.0.0.1/32".into()])
+            .await;
+    let alice = server.register("alice", "pw").await;
+    let bob = server.register("bob", "pw").await;
+    let (url, mut received) = gateway("none").await;
+    let (status, body) = server
+        .post(
+            "/_matrix/client/v3/pushers/set",
+            Some(&alice.access_token),
+            json!({
+                "pushkey": "k", "kind": "http", "app_id": "org.example.app",
+                "app_display_name": "Example", "device_display_name": "Phone",
+                "lang": "en", "data": { "url": url },
+            }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let room = server
+        .create_room(&bob, json!({ "preset": "private_chat" }))
+        .await;
+    let (status, body) = server
+        .post(
+            &format!("/_matrix/client/v3/rooms/{room}/invite"),
+            Some(&bob.access_token),
+            json!({ "user_id": alice.user_id }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    // `.m.rule.invite_for_me` notifies alice though she is not in the room.
+    let got = tokio::time::timeout(std::time::Duration::from_secs(30), received.recv())
+        .await
+        .expect("gateway called within 30 s")
+        .unwrap();
+    let n = &got["notification"];
+    assert_eq!(n["type"], "m.room.member", "{got}");
+    assert_eq!(n["membership"], "invite", "{got}");
+    assert_eq!(n["user_is_target"], true, "{got}");
+    assert_eq!(n["room_id"], room.as_str());
+    assert_eq!(n["sender"], bob.user_id.as_str());
+    // Synapse's deprecated `id` beside `event_id`.
+    assert!(n["event_id"].is_string(), "{got}");
+    assert_eq!(n["id"], n["event_id"], "{got}");
+    // /notifications lists it too.
+    let (_, listed) = server
+        .get(
+            "/_matrix/client/v3/notifications",
+            Some(&alice.access_token),
+        )
+        .await;
+    assert_eq!(
+        listed["notifications"][0]["event"]["content"]["membership"], "invite",
+        "{listed}"
+    );
+}
+
+async fn set_pusher(server: &TestServer, who: &Login, pushkey: &str) {
+    let (status, body) = server
+        .post(
+            "/_matrix/client/v3/pushers/set",
+            Some(&who.access_token),
+            json!({
+                "pushkey": pushkey, "kind": "http", "app_id": "org.example.app",
+                "app_display_name": "Example", "device_display_name": "Phone",
+                "lang": "en", "append": true,
+                "data": { "url": "https://push.example.org/_matrix/push/v1/notify" },
+            }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
+
+async fn pushkeys(server: &TestServer, who: &Login) -> Vec<String> {
+    let (status, body) = server
+        .get("/_matrix/client/v3/pushers", Some(&who.access_token))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let mut keys: Vec<String> = body["pushers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["pushkey"].as_str().unwrap().to_owned())
+        .collect();
+    keys.sort();
+    keys
+}
+
+async fn change_password(server: &TestServer, who: &Login, old: &str, new: &str, logout: bool) {
+    let path = "/_matrix/client/v3/account/password";
+    let token = Some(who.access_token.as_str());
+    let (status, body) = server.post(path, token, json!({})).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    let session = body["session"].as_str().unwrap().to_owned();
+    let (status, body) = server
+        .post(
+            path,
+            token,
+            json!({
+                "new_password": new, "logout_devices": logout,
+                "auth": password_auth(&who.user_id, old, &session),
+            }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
+
+#[tokio::test]
+async fn pushers_go_with_the_sessions_that_set_them() {
+    let server = TestServer::start().await;
+    let main = server.register("pat", "one").await;
+    let other = Login::from_json(&server.login("pat", "one").await.1);
+    set_pusher(&server, &main, "main-key").await;
+    set_pusher(&server, &other, "other-key").await;
+    assert_eq!(pushkeys(&server, &main).await, ["main-key", "other-key"]);
+
+    // Keeping the other sessions keeps their pushers.
+    change_password(&server, &main, "one", "two", false).await;
+    assert_eq!(pushkeys(&server, &main).await, ["main-key", "other-key"]);
+    // Logging them out (the default) deletes their pushers, not this session's.
+    change_password(&server, &main, "two", "three", true).await;
+    assert_eq!(pushkeys(&server, &main).await, ["main-key"]);
+
+    // Logging out deletes the session's pushers too, as does deleting its device.
+    let third = Login::from_json(&server.login("pat", "three").await.1);
+    set_pusher(&server, &third, "third-key").await;
+    let (status, _) = server
+        .post(
+            "/_matrix/client/v3/logout",
+            Some(&third.access_token),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(pushkeys(&server, &main).await, ["main-key"]);
+    // A pusher set again from another session moves to that session.
+    let fourth = Login::from_json(&server.login("pat", "three").await.1);
+    set_pusher(&server, &fourth, "main-key").await;
+    let (status, _) = server
+        .post(
+            "/_matrix/client/v3/logout",
+            Some(&fourth.access_token),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(pushkeys(&server, &main).await.is_empty());
 }
