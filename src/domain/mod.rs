@@ -9,5 +9,6 @@ pub mod pdu;
 pub mod redaction;
 pub mod room_version;
 pub mod state_res;
+pub mod state_res_v1;
 pub mod token;
 pub mod xmatrix;
