@@ -240,8 +240,7 @@ pub fn received_event_id(
 /// versions (the event's contents, sender, time and position).
 pub fn local_v1_event_id(event: &Value, server_name: &str) -> String {
     let digest = Sha256::digest(event.to_string().as_bytes());
-    let opaque =
-        base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, digest);
+    let opaque = base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, digest);
     format!("${}:{server_name}", &opaque[..24])
 }
 
@@ -254,7 +253,11 @@ pub fn reference_pair(
 ) -> Result<(OwnedEventId, String), PduError> {
     let object = match serde_json::from_str::<CanonicalJsonValue>(json) {
         Ok(CanonicalJsonValue::Object(o)) => o,
-        _ => return Err(PduError::Malformed(format!("stored {event_id} is not an object"))),
+        _ => {
+            return Err(PduError::Malformed(format!(
+                "stored {event_id} is not an object"
+            )));
+        }
     };
     let hash = reference_hash(&object, rules).map_err(|e| PduError::Malformed(e.to_string()))?;
     Ok((event_id.to_owned(), hash))
@@ -349,9 +352,10 @@ pub fn build(
         }
         ids.iter()
             .map(|id| {
-                let hash = position.reference_hashes.get(id).ok_or_else(|| {
-                    PduError::Malformed(format!("no reference hash for {id}"))
-                })?;
+                let hash = position
+                    .reference_hashes
+                    .get(id)
+                    .ok_or_else(|| PduError::Malformed(format!("no reference hash for {id}")))?;
                 Ok(serde_json::json!([id, { "sha256": hash }]))
             })
             .collect::<Result<Vec<Value>, PduError>>()
@@ -674,7 +678,10 @@ mod tests {
             assert_eq!(join.pdu.auth_events, vec![create.event_id.clone()]);
             check_reference_format(&rules, &join.json).unwrap();
             // Received: the carried ID is the ID.
-            assert_eq!(received_event_id(&rules, &join.json).unwrap(), join.event_id);
+            assert_eq!(
+                received_event_id(&rules, &join.json).unwrap(),
+                join.event_id
+            );
             // A later format's shape is refused in a v1 room, and vice versa.
             let mut wrong = join.json.clone();
             wrong.insert(

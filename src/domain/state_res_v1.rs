@@ -20,8 +20,7 @@ use std::{
 };
 
 use ruma::{
-    OwnedEventId, room_version_rules::RoomVersionRules,
-    state_res::check_state_dependent_auth_rules,
+    OwnedEventId, room_version_rules::RoomVersionRules, state_res::check_state_dependent_auth_rules,
 };
 use sha1::{Digest, Sha1};
 
@@ -38,7 +37,10 @@ pub fn resolve(
     let mut candidates: BTreeMap<Key, BTreeSet<OwnedEventId>> = BTreeMap::new();
     for fork in forks {
         for (key, id) in fork {
-            candidates.entry(key.clone()).or_default().insert(id.clone());
+            candidates
+                .entry(key.clone())
+                .or_default()
+                .insert(id.clone());
         }
     }
     let event = |id: &OwnedEventId| -> Result<&Pdu, String> {
@@ -172,14 +174,24 @@ mod tests {
         let mut fork1 = base.clone();
         fork1.clock += 10_000;
         fork1
-            .send("@alice:x", "m.room.topic", Some(""), json!({ "topic": "a" }))
+            .send(
+                "@alice:x",
+                "m.room.topic",
+                Some(""),
+                json!({ "topic": "a" }),
+            )
             .unwrap();
         let mut fork2 = base.clone();
         fork2
             .send("@bob:x", "m.room.message", None, json!({ "body": "hi" }))
             .unwrap();
         let deeper = fork2
-            .send("@alice:x", "m.room.topic", Some(""), json!({ "topic": "b" }))
+            .send(
+                "@alice:x",
+                "m.room.topic",
+                Some(""),
+                json!({ "topic": "b" }),
+            )
             .unwrap();
         let events = both(&fork1, &fork2);
         let forks = vec![fork_state(&fork1), fork_state(&fork2)];
@@ -200,11 +212,21 @@ mod tests {
         let base = with_bob("1");
         let mut fork1 = base.clone();
         let a = fork1
-            .send("@alice:x", "m.room.topic", Some(""), json!({ "topic": "a" }))
+            .send(
+                "@alice:x",
+                "m.room.topic",
+                Some(""),
+                json!({ "topic": "a" }),
+            )
             .unwrap();
         let mut fork2 = base.clone();
         let b = fork2
-            .send("@alice:x", "m.room.topic", Some(""), json!({ "topic": "b" }))
+            .send(
+                "@alice:x",
+                "m.room.topic",
+                Some(""),
+                json!({ "topic": "b" }),
+            )
             .unwrap();
         assert_eq!(a.depth, b.depth);
         let expected = if sha1_hex(&a) < sha1_hex(&b) { &a } else { &b };
@@ -253,10 +275,7 @@ mod tests {
             &both(&fork1, &fork2),
         )
         .unwrap();
-        assert_eq!(
-            resolved[&key("m.room.power_levels", "")],
-            promote.event_id
-        );
+        assert_eq!(resolved[&key("m.room.power_levels", "")], promote.event_id);
     }
 
     /// Step 2 on members, after join rules: Alice bans Bob on one fork; Bob

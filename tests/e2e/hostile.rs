@@ -394,10 +394,8 @@ impl HostilePeer {
         let mut hashes = self.hashes.lock().unwrap();
         for pdu in pdus {
             let object = to_object(pdu.clone());
-            if let (Some(id), Ok(hash)) = (
-                pdu["event_id"].as_str(),
-                reference_hash(&object, rules),
-            ) {
+            if let (Some(id), Ok(hash)) = (pdu["event_id"].as_str(), reference_hash(&object, rules))
+            {
                 hashes.insert(id.to_owned(), hash);
             }
         }
@@ -465,11 +463,13 @@ impl HostilePeer {
     /// `make_join`/`send_join`, as an honest server would.
     pub async fn join(&self, server: &TestServer, room_id: &str, localpart: &str) -> JoinedRoom {
         let user_id = self.user(localpart);
-        let versions: String = ["1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12"]
-            .iter()
-            .map(|v| format!("ver={v}"))
-            .collect::<Vec<_>>()
-            .join("&");
+        let versions: String = [
+            "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12",
+        ]
+        .iter()
+        .map(|v| format!("ver={v}"))
+        .collect::<Vec<_>>()
+        .join("&");
         let (status, body) = self
             .request(
                 server.name(),

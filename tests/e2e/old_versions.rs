@@ -95,8 +95,12 @@ async fn v1_and_v2_rooms_are_created_joined_and_used_over_federation() {
             .await;
         assert_eq!(bob_member["membership"], "join", "{bob_member}");
 
-        a.send_message(&alice, &room, json!({"msgtype": "m.text", "body": "to bob"}))
-            .await;
+        a.send_message(
+            &alice,
+            &room,
+            json!({"msgtype": "m.text", "body": "to bob"}),
+        )
+        .await;
         eventually("alice's message on B", || async {
             messages(&b, &bob.access_token, &room)
                 .await
@@ -104,7 +108,11 @@ async fn v1_and_v2_rooms_are_created_joined_and_used_over_federation() {
         })
         .await;
         let from_bob = b
-            .send_message(&bob, &room, json!({"msgtype": "m.text", "body": "to alice"}))
+            .send_message(
+                &bob,
+                &room,
+                json!({"msgtype": "m.text", "body": "to alice"}),
+            )
             .await;
         assert!(from_bob.ends_with(&format!(":{}", b.name())), "{from_bob}");
         eventually("bob's message on A", || async {
@@ -117,7 +125,10 @@ async fn v1_and_v2_rooms_are_created_joined_and_used_over_federation() {
         // State converges; a redaction applies on both servers.
         let (status, _) = a
             .put(
-                &format!("/_matrix/client/v3/rooms/{}/state/m.room.topic/", enc(&room)),
+                &format!(
+                    "/_matrix/client/v3/rooms/{}/state/m.room.topic/",
+                    enc(&room)
+                ),
                 Some(&alice.access_token),
                 json!({"topic": format!("topic {version}")}),
             )
@@ -164,7 +175,10 @@ async fn a_remote_v1_format_event_is_checked_on_receipt() {
     let alice = lattice.register("alice", "password-a").await;
     for version in ["1", "2"] {
         let room = lattice
-            .create_room(&alice, json!({"preset": "public_chat", "room_version": version}))
+            .create_room(
+                &alice,
+                json!({"preset": "public_chat", "room_version": version}),
+            )
             .await;
         let mut joined = peer.join(&lattice, &room, "mallory").await;
         assert_eq!(joined.version, RoomVersionId::try_from(version).unwrap());
@@ -179,7 +193,12 @@ async fn a_remote_v1_format_event_is_checked_on_receipt() {
             .iter()
             .find(|e| e["type"] == "m.room.create")
             .unwrap();
-        assert!(create["event_id"].as_str().unwrap().ends_with(lattice.name()));
+        assert!(
+            create["event_id"]
+                .as_str()
+                .unwrap()
+                .ends_with(lattice.name())
+        );
         let pl = joined
             .state
             .iter()
@@ -214,9 +233,7 @@ async fn a_remote_v1_format_event_is_checked_on_receipt() {
         // A signature that does not verify: the signed type changed after signing.
         let (bad_sig, mut bad_sig_pdu) = peer.message(&joined, "bad sig");
         bad_sig_pdu["type"] = "m.room.other".into();
-        let result = peer
-            .send(&lattice, vec![pdu, flat_pdu, bad_sig_pdu])
-            .await;
+        let result = peer.send(&lattice, vec![pdu, flat_pdu, bad_sig_pdu]).await;
         for id in [&forged_id, &flat, &bad_sig] {
             assert!(
                 result[id.as_str()]["error"].is_string(),
@@ -255,16 +272,19 @@ async fn state_resolution_v1_picks_the_deeper_topic_and_v2_the_later() {
             .create_room(
                 &alice,
                 json!({"preset": "public_chat", "room_version": version,
-                       "power_level_content_override": {
-                           "users": { alice.user_id.clone(): 100, mallory.clone(): 100 }
-                       }}),
+                "power_level_content_override": {
+                    "users": { alice.user_id.clone(): 100, mallory.clone(): 100 }
+                }}),
             )
             .await;
         let mut joined = peer.join(&lattice, &room, "mallory").await;
         // Alice's topic, after the peer's join.
         let (status, _) = lattice
             .put(
-                &format!("/_matrix/client/v3/rooms/{}/state/m.room.topic/", enc(&room)),
+                &format!(
+                    "/_matrix/client/v3/rooms/{}/state/m.room.topic/",
+                    enc(&room)
+                ),
                 Some(&alice.access_token),
                 json!({"topic": "alice"}),
             )

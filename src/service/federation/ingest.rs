@@ -3,7 +3,7 @@
 //! against the event's auth events → auth against the state before the event →
 //! soft-fail against the current state. Missing prev events are asked of the
 //! origin with `/get_missing_events`, missing auth events with `/event_auth`.
-//! Forks are resolved with state resolution v2 / v2.1. Accepted events go
+//! Forks are resolved with state resolution v2 / v2.1 (v1 in room version 1). Accepted events go
 //! through the same [`write_event`] as local ones.
 
 use std::collections::{HashMap, HashSet};
@@ -13,8 +13,7 @@ use ruma::{
     RoomVersionId, ServerName,
     room_version_rules::RoomVersionRules,
     signatures::{
-        PublicKeyMap, Verified, required_server_signatures_to_verify_event,
-        verify_event,
+        PublicKeyMap, Verified, required_server_signatures_to_verify_event, verify_event,
     },
 };
 use serde_json::{Value, json};

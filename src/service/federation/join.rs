@@ -8,8 +8,7 @@ use std::collections::{HashMap, HashSet};
 use ruma::{
     CanonicalJsonObject, CanonicalJsonValue, EventId, MilliSecondsSinceUnixEpoch, OwnedEventId,
     OwnedRoomId, OwnedServerName, RoomId, RoomVersionId, ServerName, UserId,
-    events::TimelineEventType,
-    signatures::hash_and_sign_event,
+    events::TimelineEventType, signatures::hash_and_sign_event,
 };
 use serde_json::{Value, json};
 
