@@ -73,6 +73,8 @@ pub(crate) mod tests {
         pub prev: Vec<OwnedEventId>,
         pub depth: i64,
         pub all: HashMap<OwnedEventId, Pdu>,
+        /// Reference hashes of every event (event format v1 references them).
+        pub hashes: HashMap<OwnedEventId, String>,
         pub clock: u64,
         key: std::sync::Arc<Ed25519KeyPair>,
     }
@@ -95,6 +97,7 @@ pub(crate) mod tests {
                 prev: vec![],
                 depth: 0,
                 all: HashMap::new(),
+                hashes: HashMap::new(),
                 clock: 1_700_000_000_000,
                 key: std::sync::Arc::new(key()),
             };
@@ -169,6 +172,7 @@ pub(crate) mod tests {
                     room_id: self.room_id.as_deref(),
                     prev_events: &self.prev,
                     auth_events: &auth,
+                    reference_hashes: &self.hashes,
                     depth: self.depth + 1,
                 },
                 {
@@ -184,6 +188,9 @@ pub(crate) mod tests {
                 self.room_id = Some(built.room_id.clone());
             }
             self.all.insert(built.event_id.clone(), built.pdu.clone());
+            let hash = ruma::signatures::reference_hash(&built.json, &self.rules)
+                .map_err(|e| e.to_string())?;
+            self.hashes.insert(built.event_id.clone(), hash);
             self.prev = vec![built.event_id.clone()];
             self.depth += 1;
             if let Some(key) = state_key {

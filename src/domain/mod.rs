@@ -10,5 +10,6 @@ pub mod push_rules;
 pub mod redaction;
 pub mod room_version;
 pub mod state_res;
+pub mod state_res_v1;
 pub mod token;
 pub mod xmatrix;

@@ -4,6 +4,12 @@
 //! Every event Lattice creates is a real PDU: content hash, signature of the server
 //! key, reference-hash event ID (v3+), and for v12 the room ID derived from the
 //! create event.
+//!
+//! Room versions 1 and 2 use event format v1 (spec rooms/v1.md "Event format"):
+//! the event carries its own `event_id` (`$opaque:origin`), and `prev_events` /
+//! `auth_events` are `[event_id, {"sha256": reference hash}]` pairs.
+
+use std::collections::HashMap;
 
 use ruma::{
     CanonicalJsonObject, CanonicalJsonValue, EventId, MilliSecondsSinceUnixEpoch, OwnedEventId,
@@ -13,6 +19,7 @@ use ruma::{
     signatures::{Ed25519KeyPair, hash_and_sign_event, reference_hash},
 };
 use serde_json::{Value, value::RawValue as RawJsonValue};
+use sha2::{Digest, Sha256};
 
 /// The largest PDU the spec allows, in bytes of canonical JSON.
 pub const MAX_PDU_BYTES: usize = 65_536;
@@ -88,13 +95,15 @@ impl Pdu {
             }
             None => return Err(PduError::Malformed("missing `room_id`".into())),
         };
+        // Both event formats: IDs (v3+) or `[id, hashes]` pairs (v1); which
+        // one a room version allows is `check_reference_format`'s business.
         let ids = |name: &str| -> Result<Vec<OwnedEventId>, PduError> {
             let list = field(name)
                 .and_then(Value::as_array)
                 .ok_or_else(|| PduError::Malformed(format!("missing `{name}`")))?;
             list.iter()
                 .map(|v| {
-                    v.as_str()
+                    reference_id(v)
                         .and_then(|s| EventId::parse(s).ok())
                         .ok_or_else(|| PduError::Malformed(format!("invalid id in `{name}`")))
                 })
@@ -139,6 +148,119 @@ impl Pdu {
 pub fn room_id_from_create_event_id(event_id: &EventId) -> Result<OwnedRoomId, PduError> {
     RoomId::parse(format!("!{}", &event_id.as_str()[1..]))
         .map_err(|e| PduError::Malformed(e.to_string()))
+}
+
+/// Whether the room version uses event format v1 (room versions 1 and 2): the
+/// PDU carries its `event_id`, and references are `[id, hashes]` pairs.
+pub fn is_v1_format(rules: &RoomVersionRules) -> bool {
+    rules.event_format.require_event_id
+}
+
+/// The event ID in one entry of `prev_events` / `auth_events`: the string itself
+/// (event format v2+) or the first element of an `[id, hashes]` pair (v1).
+pub fn reference_id(entry: &Value) -> Option<&str> {
+    match entry {
+        Value::String(id) => Some(id),
+        Value::Array(pair) => pair.first().and_then(Value::as_str),
+        _ => None,
+    }
+}
+
+/// The event IDs a raw PDU's `prev_events` or `auth_events` name, in either
+/// event format (unparseable entries are skipped).
+pub fn referenced_ids(pdu: &Value, key: &str) -> Vec<String> {
+    pdu.get(key)
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(reference_id)
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The event format's shape of `prev_events` and `auth_events`: arrays of
+/// event IDs (v2+), or of `[event_id, {"sha256": hash}]` pairs (v1).
+pub fn check_reference_format(
+    rules: &RoomVersionRules,
+    object: &CanonicalJsonObject,
+) -> Result<(), String> {
+    for key in ["prev_events", "auth_events"] {
+        let Some(CanonicalJsonValue::Array(list)) = object.get(key) else {
+            return Err(format!("missing or invalid `{key}`"));
+        };
+        for entry in list {
+            let ok = match entry {
+                CanonicalJsonValue::String(id) if !is_v1_format(rules) => {
+                    EventId::parse(id).is_ok()
+                }
+                CanonicalJsonValue::Array(pair) if is_v1_format(rules) => matches!(
+                    pair.as_slice(),
+                    [CanonicalJsonValue::String(id), CanonicalJsonValue::Object(hashes)]
+                        if EventId::parse(id).is_ok_and(|id| id.server_name().is_some())
+                            && matches!(hashes.get("sha256"), Some(CanonicalJsonValue::String(_)))
+                ),
+                _ => false,
+            };
+            if !ok {
+                return Err(format!("invalid entry in `{key}` for this room version"));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The event ID of a received PDU: in event format v1 the `event_id` it
+/// carries, which must name a server (`$opaque:server`; that server's signature
+/// is then required, spec "Validating hashes and signatures on received
+/// events"); from v3 on its reference hash (any `event_id` key is ignored and
+/// must be removed by the caller before storing).
+pub fn received_event_id(
+    rules: &RoomVersionRules,
+    object: &CanonicalJsonObject,
+) -> Result<OwnedEventId, String> {
+    if is_v1_format(rules) {
+        let Some(CanonicalJsonValue::String(id)) = object.get("event_id") else {
+            return Err("missing `event_id`".into());
+        };
+        let id = EventId::parse(id).map_err(|e| format!("invalid `event_id`: {e}"))?;
+        if id.server_name().is_none() {
+            return Err("`event_id` names no server".into());
+        }
+        return Ok(id);
+    }
+    let mut object = object.clone();
+    object.remove("event_id");
+    let hash = reference_hash(&object, rules).map_err(|e| format!("reference hash: {e}"))?;
+    EventId::parse(format!("${hash}")).map_err(|e| e.to_string())
+}
+
+/// An event ID for a new event-format-v1 event of ours: `$` + 24 URL-safe
+/// characters of the sha256 of the event so far + `:server_name`. Deriving it
+/// keeps building pure; it is as unique as the reference hashes of later
+/// versions (the event's contents, sender, time and position).
+pub fn local_v1_event_id(event: &Value, server_name: &str) -> String {
+    let digest = Sha256::digest(event.to_string().as_bytes());
+    let opaque = base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, digest);
+    format!("${}:{server_name}", &opaque[..24])
+}
+
+/// The `[event_id, {"sha256": hash}]` pair that references a stored v1-format
+/// event, its hash computed from its JSON.
+pub fn reference_pair(
+    rules: &RoomVersionRules,
+    event_id: &EventId,
+    json: &str,
+) -> Result<(OwnedEventId, String), PduError> {
+    let object = match serde_json::from_str::<CanonicalJsonValue>(json) {
+        Ok(CanonicalJsonValue::Object(o)) => o,
+        _ => {
+            return Err(PduError::Malformed(format!(
+                "stored {event_id} is not an object"
+            )));
+        }
+    };
+    let hash = reference_hash(&object, rules).map_err(|e| PduError::Malformed(e.to_string()))?;
+    Ok((event_id.to_owned(), hash))
 }
 
 impl ruma::state_res::Event for Pdu {
@@ -195,6 +317,9 @@ pub struct Position<'a> {
     pub room_id: Option<&'a RoomId>,
     pub prev_events: &'a [OwnedEventId],
     pub auth_events: &'a [OwnedEventId],
+    /// Event format v1: the reference hash of every prev and auth event (ignored
+    /// in later formats, where the event ID is the hash).
+    pub reference_hashes: &'a HashMap<OwnedEventId, String>,
     pub depth: i64,
 }
 
@@ -207,7 +332,9 @@ pub struct Built {
 }
 
 /// Builds a PDU of the room's version: hashes, signs with `key` as `server_name`,
-/// and computes the reference-hash event ID.
+/// and computes the reference-hash event ID (v3+) or, in event format v1, gives
+/// the event an ID of `server_name` whose opaque part derives from the event's
+/// contents (unique as the reference hashes of later versions are).
 #[allow(clippy::too_many_arguments)]
 pub fn build(
     rules: &RoomVersionRules,
@@ -218,14 +345,30 @@ pub fn build(
     server_name: &str,
     key: &Ed25519KeyPair,
 ) -> Result<Built, PduError> {
+    let v1 = is_v1_format(rules);
+    let references = |ids: &[OwnedEventId]| -> Result<Value, PduError> {
+        if !v1 {
+            return Ok(serde_json::json!(ids));
+        }
+        ids.iter()
+            .map(|id| {
+                let hash = position
+                    .reference_hashes
+                    .get(id)
+                    .ok_or_else(|| PduError::Malformed(format!("no reference hash for {id}")))?;
+                Ok(serde_json::json!([id, { "sha256": hash }]))
+            })
+            .collect::<Result<Vec<Value>, PduError>>()
+            .map(Value::Array)
+    };
     let mut value = serde_json::json!({
         "type": event.kind,
         "content": event.content,
         "sender": sender,
         "origin_server_ts": origin_server_ts,
         "depth": position.depth,
-        "prev_events": position.prev_events,
-        "auth_events": position.auth_events,
+        "prev_events": references(position.prev_events)?,
+        "auth_events": references(position.auth_events)?,
     });
     if let Some(room_id) = position.room_id {
         value["room_id"] = room_id.as_str().into();
@@ -241,6 +384,9 @@ pub fn build(
         }
         value["redacts"] = redacts.as_str().into();
     }
+    if v1 {
+        value["event_id"] = local_v1_event_id(&value, server_name).into();
+    }
     let mut json = match CanonicalJsonValue::try_from(value) {
         Ok(CanonicalJsonValue::Object(obj)) => obj,
         Ok(_) => return Err(PduError::Malformed("event is not an object".into())),
@@ -254,12 +400,7 @@ pub fn build(
     if canonical_len(&json) > MAX_PDU_BYTES {
         return Err(PduError::TooLarge);
     }
-    let hash = reference_hash(&json, rules).map_err(|e| match e {
-        ruma::signatures::JsonError::PduTooLarge => PduError::TooLarge,
-        other => PduError::Malformed(other.to_string()),
-    })?;
-    let event_id =
-        EventId::parse(format!("${hash}")).map_err(|e| PduError::Malformed(e.to_string()))?;
+    let event_id = received_event_id(rules, &json).map_err(PduError::Malformed)?;
     let room_id = match (position.room_id, rules.room_id_format) {
         (Some(room_id), _) => room_id.to_owned(),
         (None, RoomIdFormatVersion::V2) => room_id_from_create_event_id(&event_id)?,
@@ -433,6 +574,7 @@ mod tests {
                 room_id,
                 prev_events: &[],
                 auth_events: &[],
+                reference_hashes: &Default::default(),
                 depth: 1,
             },
             MilliSecondsSinceUnixEpoch(1_000_000u32.into()),
@@ -479,6 +621,100 @@ mod tests {
         }
     }
 
+    /// Event format v1 (room versions 1 and 2): the event carries an ID of our
+    /// server, references are `[id, {"sha256": reference hash}]` pairs, and the
+    /// signature covers the ID.
+    #[test]
+    fn v1_format_events_carry_their_id_and_reference_pairs() {
+        for version in ["1", "2"] {
+            let rules = RoomVersionId::try_from(version).unwrap().rules().unwrap();
+            let room_id = RoomId::parse("!r:domain").unwrap();
+            let create = built(
+                version,
+                Some(&room_id),
+                "m.room.create",
+                json!({ "creator": "@a:domain" }),
+            );
+            assert_eq!(
+                create.event_id.server_name().map(|s| s.as_str()),
+                Some("domain")
+            );
+            assert_eq!(
+                create.json.get("event_id"),
+                Some(&CanonicalJsonValue::String(create.event_id.to_string()))
+            );
+            let create_hash = reference_hash(&create.json, &rules).unwrap();
+            let mut hashes = HashMap::new();
+            hashes.insert(create.event_id.clone(), create_hash.clone());
+            let ids = [create.event_id.clone()];
+            let event = NewEvent {
+                kind: "m.room.member".into(),
+                content: json!({ "membership": "join" }),
+                state_key: Some("@a:domain".into()),
+                redacts: None,
+            };
+            let join = build(
+                &rules,
+                &event,
+                &UserId::parse("@a:domain").unwrap(),
+                &Position {
+                    room_id: Some(&room_id),
+                    prev_events: &ids,
+                    auth_events: &ids,
+                    reference_hashes: &hashes,
+                    depth: 2,
+                },
+                MilliSecondsSinceUnixEpoch(1_000_001u32.into()),
+                "domain",
+                &spec_key(),
+            )
+            .unwrap();
+            let value = serde_json::to_value(&join.json).unwrap();
+            assert_eq!(
+                value["prev_events"],
+                json!([[create.event_id, { "sha256": create_hash }]])
+            );
+            assert_eq!(join.pdu.prev_events, vec![create.event_id.clone()]);
+            assert_eq!(join.pdu.auth_events, vec![create.event_id.clone()]);
+            check_reference_format(&rules, &join.json).unwrap();
+            // Received: the carried ID is the ID.
+            assert_eq!(
+                received_event_id(&rules, &join.json).unwrap(),
+                join.event_id
+            );
+            // A later format's shape is refused in a v1 room, and vice versa.
+            let mut wrong = join.json.clone();
+            wrong.insert(
+                "prev_events".into(),
+                CanonicalJsonValue::Array(vec![CanonicalJsonValue::String(
+                    create.event_id.to_string(),
+                )]),
+            );
+            assert!(check_reference_format(&rules, &wrong).is_err());
+            assert!(check_reference_format(&RoomVersionRules::V10, &join.json).is_err());
+            // An ID that names no server is refused.
+            let mut nameless = join.json.clone();
+            nameless.insert("event_id".into(), CanonicalJsonValue::String("$abc".into()));
+            assert!(received_event_id(&rules, &nameless).is_err());
+
+            let mut keys = BTreeMap::new();
+            keys.insert(
+                "ed25519:1".to_owned(),
+                Base64::new(spec_key().public_key().to_vec()),
+            );
+            let mut map = BTreeMap::new();
+            map.insert("domain".to_owned(), keys.clone());
+            verify_event(&map, &join.json, &rules).unwrap();
+            // Claiming another server's ID needs that server's signature.
+            let mut forged = join.json.clone();
+            forged.insert(
+                "event_id".into(),
+                CanonicalJsonValue::String("$forged:other".into()),
+            );
+            assert!(verify_event(&map, &forged, &rules).is_err());
+        }
+    }
+
     #[test]
     fn v12_room_ids_derive_from_the_create_event() {
         let b = built("12", None, "m.room.create", json!({ "room_version": "12" }));
@@ -515,6 +751,7 @@ mod tests {
                 room_id: Some(&room_id),
                 prev_events: &[],
                 auth_events: &[],
+                reference_hashes: &Default::default(),
                 depth: 1,
             },
             MilliSecondsSinceUnixEpoch::now(),
@@ -543,6 +780,7 @@ mod tests {
                     room_id: Some(&room_id),
                     prev_events: &[],
                     auth_events: &[],
+                    reference_hashes: &Default::default(),
                     depth: 1,
                 },
                 MilliSecondsSinceUnixEpoch::now(),

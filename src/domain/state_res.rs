@@ -1,7 +1,7 @@
 //! State resolution v2 / v2.1 (spec: room versions' "State resolution") over
-//! events held in memory, through ruma's implementation. The caller loads the
-//! events the forks reference (and their auth chains) first; this module does no
-//! I/O.
+//! events held in memory, through ruma's implementation; v1 (room version 1)
+//! in [`super::state_res_v1`]. The caller loads the events the forks reference
+//! (and their auth chains) first; this module does no I/O.
 
 use std::collections::{HashMap, HashSet};
 
@@ -23,8 +23,10 @@ pub fn resolve(
     forks: &Forks,
     events: &HashMap<OwnedEventId, Pdu>,
 ) -> Result<HashMap<(String, String), OwnedEventId>, String> {
-    let StateResolutionVersion::V2(v2_rules) = &rules.state_res else {
-        return Err("state resolution v1 is not supported".into());
+    let v2_rules = match &rules.state_res {
+        StateResolutionVersion::V2(v2_rules) => v2_rules,
+        StateResolutionVersion::V1 => return super::state_res_v1::resolve(rules, forks, events),
+        _ => return Err("unknown state resolution version".into()),
     };
     let maps: Vec<StateMap<OwnedEventId>> = forks
         .iter()

@@ -266,6 +266,14 @@ pub async fn prepare(
     let state_before = state_events(tx, room.state_group, &keys).await?;
     let auth_ids = auth_event_ids(&room.rules, &state_before);
 
+    let hashes = if pdu::is_v1_format(&room.rules) {
+        let mut ids = room.extremities.clone();
+        ids.extend(auth_ids.iter().cloned());
+        reference_hashes(tx, &room.rules, &ids).await?
+    } else {
+        HashMap::new()
+    };
+
     let key = &app.signing_key;
     let built = pdu::build(
         &room.rules,
@@ -275,6 +283,7 @@ pub async fn prepare(
             room_id: room.room_id.as_deref(),
             prev_events: &room.extremities,
             auth_events: &auth_ids,
+            reference_hashes: &hashes,
             depth: room.depth + 1,
         },
         MilliSecondsSinceUnixEpoch::now(),
@@ -285,6 +294,24 @@ pub async fn prepare(
 
     authorize(&room.rules, &built.pdu, &state_before)?;
     Ok(built)
+}
+
+/// Event format v1 (room versions 1 and 2): the reference hashes of the stored
+/// events a new event references (prev and auth events: in the room, stored).
+pub async fn reference_hashes(
+    tx: &mut Transaction<'_, Postgres>,
+    rules: &RoomVersionRules,
+    ids: &[OwnedEventId],
+) -> Result<HashMap<OwnedEventId, String>> {
+    let wanted: Vec<String> = ids.iter().map(|i| i.to_string()).collect();
+    let mut out = HashMap::new();
+    for ev in events::get_many(&mut **tx, &wanted).await? {
+        let id = EventId::parse(&ev.event_id).map_err(|e| anyhow::anyhow!("stored id: {e}"))?;
+        let (id, hash) = pdu::reference_pair(rules, &id, &ev.json)
+            .map_err(|e| anyhow::anyhow!("reference hash: {e}"))?;
+        out.insert(id, hash);
+    }
+    Ok(out)
 }
 
 /// A local event that cannot be built is the client's: too large or malformed.
@@ -320,6 +347,7 @@ pub async fn append_first(
                 room_id: room.room_id.as_deref(),
                 prev_events: &[],
                 auth_events: &[],
+                reference_hashes: &HashMap::new(),
                 depth: 1,
             },
             ts,

@@ -51,9 +51,14 @@ async fn discovery_endpoints() {
         body["capabilities"]["m.room_versions"]["available"]["6"],
         "stable"
     );
+    // Every version from 1 (event format v1) to 12; none past it.
+    assert_eq!(
+        body["capabilities"]["m.room_versions"]["available"]["1"],
+        "stable"
+    );
     assert!(
         body["capabilities"]["m.room_versions"]["available"]
-            .get("2")
+            .get("13")
             .is_none()
     );
 }

@@ -6,7 +6,8 @@
 //! answers every other request as the test scripted it (a JSON answer, a hang,
 //! a slow, trickling, endless or huge body, or a function of the request). It
 //! signs X-Matrix requests, builds valid PDUs of any room version (content
-//! hash, signature, reference-hash event ID), and joins Lattice rooms through
+//! hash, signature, reference-hash event ID; in room versions 1 and 2 an
+//! `$opaque:peer` event ID and `[id, {"sha256": …}]` references), and joins Lattice rooms through
 //! `make_join`/`send_join` — after which it can forge, fork, point across rooms
 //! or lie in its answers.
 
@@ -78,6 +79,9 @@ pub struct HostilePeer {
     name: String,
     key: Arc<Ed25519KeyPair>,
     script: Arc<Mutex<Script>>,
+    /// Reference hashes of the events the peer built or was sent (event format
+    /// v1 references events by ID and hash).
+    hashes: Mutex<std::collections::HashMap<String, String>>,
     http: reqwest::Client,
     task: tokio::task::JoinHandle<()>,
 }
@@ -217,6 +221,7 @@ impl HostilePeer {
             name,
             key,
             script,
+            hashes: Mutex::default(),
             http,
             task,
         }
@@ -339,16 +344,61 @@ impl HostilePeer {
     /// A PDU of `version` from `fields` (everything but hashes and signatures;
     /// `origin_server_ts` defaults to now): hashed and signed by the peer.
     /// Returns its event ID and the PDU as sent over federation.
+    ///
+    /// In room versions 1 and 2 (event format v1) the event gets an ID of the
+    /// peer unless `fields` has one, and `prev_events` / `auth_events` given as
+    /// IDs become `[id, {"sha256": hash}]` pairs.
     pub fn pdu(&self, version: &RoomVersionId, mut fields: Value) -> (String, Value) {
         let rules = version.rules().expect("known room version");
         if fields.get("origin_server_ts").is_none() {
             fields["origin_server_ts"] = now_ms().into();
         }
+        let v1 = rules.event_format.require_event_id;
+        if v1 {
+            if fields.get("event_id").is_none() {
+                fields["event_id"] = format!(
+                    "${}:{}",
+                    lattice::domain::token::random_string(18),
+                    self.name
+                )
+                .into();
+            }
+            let hashes = self.hashes.lock().unwrap();
+            for key in ["prev_events", "auth_events"] {
+                if let Some(list) = fields[key].as_array_mut() {
+                    for entry in list.iter_mut() {
+                        if let Some(id) = entry.as_str().map(str::to_owned) {
+                            let hash = hashes.get(&id).cloned().unwrap_or_default();
+                            *entry = json!([id, { "sha256": hash }]);
+                        }
+                    }
+                }
+            }
+        }
         let mut object = to_object(fields);
         hash_and_sign_event(&self.name, self.key.as_ref(), &mut object, &rules.redaction)
             .expect("hash and sign");
         let hash = reference_hash(&object, &rules).expect("reference hash");
-        (format!("${hash}"), serde_json::to_value(&object).unwrap())
+        let id = if v1 {
+            object["event_id"].as_str().unwrap().to_owned()
+        } else {
+            format!("${hash}")
+        };
+        self.hashes.lock().unwrap().insert(id.clone(), hash);
+        (id, serde_json::to_value(&object).unwrap())
+    }
+
+    /// Records the reference hashes of events the peer was sent (event format
+    /// v1 references them).
+    fn learn(&self, pdus: &[Value], rules: &ruma::room_version_rules::RoomVersionRules) {
+        let mut hashes = self.hashes.lock().unwrap();
+        for pdu in pdus {
+            let object = to_object(pdu.clone());
+            if let (Some(id), Ok(hash)) = (pdu["event_id"].as_str(), reference_hash(&object, rules))
+            {
+                hashes.insert(id.to_owned(), hash);
+            }
+        }
     }
 
     /// An event in a joined room from the peer's user, after `prev` with
@@ -413,11 +463,13 @@ impl HostilePeer {
     /// `make_join`/`send_join`, as an honest server would.
     pub async fn join(&self, server: &TestServer, room_id: &str, localpart: &str) -> JoinedRoom {
         let user_id = self.user(localpart);
-        let versions: String = ["6", "7", "8", "9", "10", "11", "12"]
-            .iter()
-            .map(|v| format!("ver={v}"))
-            .collect::<Vec<_>>()
-            .join("&");
+        let versions: String = [
+            "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12",
+        ]
+        .iter()
+        .map(|v| format!("ver={v}"))
+        .collect::<Vec<_>>()
+        .join("&");
         let (status, body) = self
             .request(
                 server.name(),
@@ -435,6 +487,11 @@ impl HostilePeer {
             RoomVersionId::try_from(body["room_version"].as_str().unwrap()).expect("version");
         let mut template = body["event"].clone();
         template["origin_server_ts"] = now_ms().into();
+        // In event format v1 the join is the peer's: it gets the peer's ID
+        // (the template's references stay the resident server's pairs).
+        if let Some(o) = template.as_object_mut() {
+            o.remove("event_id");
+        }
         template["origin"] = self.name.as_str().into();
         let depth = template["depth"].as_i64().unwrap();
         let (join_id, join) = self.pdu(&version, template);
@@ -458,6 +515,7 @@ impl HostilePeer {
             .iter()
             .map(|e| with_event_id(e, &rules))
             .collect();
+        self.learn(&state, &rules);
         state.push(with_event_id(&join, &rules));
         JoinedRoom {
             room_id: room_id.to_owned(),
@@ -478,6 +536,10 @@ impl HostilePeer {
 /// A PDU with its `event_id` field added (computed), for lookups in tests.
 fn with_event_id(pdu: &Value, rules: &ruma::room_version_rules::RoomVersionRules) -> Value {
     let mut pdu = pdu.clone();
+    if rules.event_format.require_event_id {
+        // Event format v1 carries its ID.
+        return pdu;
+    }
     let object = to_object(pdu.clone());
     let hash = reference_hash(&object, rules).expect("reference hash");
     pdu["event_id"] = format!("${hash}").into();

@@ -24,6 +24,7 @@ mod joinsync;
 mod legacy_sync;
 mod limits;
 mod media;
+mod old_versions;
 mod openid;
 mod outbound;
 mod peeking;

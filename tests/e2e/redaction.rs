@@ -590,6 +590,7 @@ async fn remote_pdu(
             room_id: Some(&room_id),
             prev_events: &prev,
             auth_events: &auth,
+            reference_hashes: &Default::default(),
             depth: depth + 1,
         },
         ruma::MilliSecondsSinceUnixEpoch::now(),

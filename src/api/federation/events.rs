@@ -130,13 +130,9 @@ async fn backfill(
             break;
         }
         let value: Value = serde_json::from_str(&ev.json).unwrap_or_default();
-        let prevs: Vec<String> = value["prev_events"]
-            .as_array()
+        let prevs: Vec<String> = crate::domain::pdu::referenced_ids(&value, "prev_events")
             .into_iter()
-            .flatten()
-            .filter_map(|p| p.as_str())
-            .filter(|p| seen.insert((*p).to_owned()))
-            .map(str::to_owned)
+            .filter(|p| seen.insert(p.clone()))
             .collect();
         for ev in events::get_many(&app.db, &prevs).await? {
             if ev.room_id == room_id.as_str() && ev.stream_ordering != 0 {
@@ -532,12 +528,9 @@ async fn get_missing_events(
             if depth < q.min_depth {
                 continue;
             }
-            for prev in value["prev_events"].as_array().into_iter().flatten() {
-                if let Some(p) = prev.as_str()
-                    && !stop.contains(p)
-                    && seen.insert(p.to_owned())
-                {
-                    frontier.push(p.to_owned());
+            for p in crate::domain::pdu::referenced_ids(&value, "prev_events") {
+                if !stop.contains(p.as_str()) && seen.insert(p.clone()) {
+                    frontier.push(p);
                 }
             }
         }

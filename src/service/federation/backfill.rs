@@ -47,11 +47,9 @@ pub async fn backfill(app: &AppState, room_id: &RoomId) -> Result<bool> {
     let mut edge: Vec<String> = Vec::new();
     for ev in &oldest {
         let value: Value = serde_json::from_str(&ev.json).unwrap_or_default();
-        for prev in value["prev_events"].as_array().into_iter().flatten() {
-            if let Some(p) = prev.as_str()
-                && !edge.iter().any(|e| e == p)
-            {
-                edge.push(p.to_owned());
+        for p in crate::domain::pdu::referenced_ids(&value, "prev_events") {
+            if !edge.contains(&p) {
+                edge.push(p);
             }
         }
     }

@@ -3,7 +3,7 @@
 //! against the event's auth events → auth against the state before the event →
 //! soft-fail against the current state. Missing prev events are asked of the
 //! origin with `/get_missing_events`, missing auth events with `/event_auth`.
-//! Forks are resolved with state resolution v2 / v2.1. Accepted events go
+//! Forks are resolved with state resolution v2 / v2.1 (v1 in room version 1). Accepted events go
 //! through the same [`write_event`] as local ones.
 
 use std::collections::{HashMap, HashSet};
@@ -13,8 +13,7 @@ use ruma::{
     RoomVersionId, ServerName,
     room_version_rules::RoomVersionRules,
     signatures::{
-        PublicKeyMap, Verified, reference_hash, required_server_signatures_to_verify_event,
-        verify_event,
+        PublicKeyMap, Verified, required_server_signatures_to_verify_event, verify_event,
     },
 };
 use serde_json::{Value, json};
@@ -23,7 +22,7 @@ use crate::{
     app::AppState,
     domain::{
         auth,
-        pdu::{Built, MAX_PDU_BYTES, Pdu, canonical_len},
+        pdu::{self, Built, MAX_PDU_BYTES, Pdu, canonical_len},
         state_res,
     },
     error::{Error, Result},
@@ -70,13 +69,18 @@ pub fn check_format(rules: &RoomVersionRules, value: &Value) -> Result<Formatted
     // The spec's per-key limits (255 bytes: type, state_key, sender, room_id,
     // event_id), checked before the event ID a server may add is dropped.
     crate::domain::pdu::check_key_sizes(&object).map_err(|e| e.to_string())?;
-    // v3+ PDUs carry no event ID; some servers add one anyway.
-    object.remove("event_id");
+    // v3+ PDUs carry no event ID; some servers add one anyway. Event format
+    // v1 (room versions 1 and 2) carries it, signed and hashed with the rest.
+    if !pdu::is_v1_format(rules) {
+        object.remove("event_id");
+    }
     if canonical_len(&object) > MAX_PDU_BYTES {
         return Err("PDU is larger than 65536 bytes".into());
     }
-    let hash = reference_hash(&object, rules).map_err(|e| format!("reference hash: {e}"))?;
-    let event_id = EventId::parse(format!("${hash}")).map_err(|e| e.to_string())?;
+    pdu::check_reference_format(rules, &object)?;
+    // v1: the event ID names its server, whose signature `verify_event` then
+    // requires (a forged ID of another server fails there); v3+: the hash.
+    let event_id = pdu::received_event_id(rules, &object)?;
     let servers = required_server_signatures_to_verify_event(&object, &rules.signatures)
         .map_err(|e| format!("signatures: {e}"))?
         .into_iter()
@@ -143,13 +147,11 @@ pub async fn check_pdu(
 /// The event ID (reference hash) of a PDU, when it can be computed, so a PDU
 /// refused for its signatures is still answered by ID.
 fn event_id_of(rules: &RoomVersionRules, value: &Value) -> Option<OwnedEventId> {
-    let mut object = match CanonicalJsonValue::try_from(value.clone()).ok()? {
+    let object = match CanonicalJsonValue::try_from(value.clone()).ok()? {
         CanonicalJsonValue::Object(o) => o,
         _ => return None,
     };
-    object.remove("event_id");
-    let hash = reference_hash(&object, rules).ok()?;
-    EventId::parse(format!("${hash}")).ok()
+    pdu::received_event_id(rules, &object).ok()
 }
 
 /// The parsed events among `ids` that we hold (timeline or outlier), all of

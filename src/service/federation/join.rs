@@ -8,8 +8,7 @@ use std::collections::{HashMap, HashSet};
 use ruma::{
     CanonicalJsonObject, CanonicalJsonValue, EventId, MilliSecondsSinceUnixEpoch, OwnedEventId,
     OwnedRoomId, OwnedServerName, RoomId, RoomVersionId, ServerName, UserId,
-    events::TimelineEventType,
-    signatures::{hash_and_sign_event, reference_hash},
+    events::TimelineEventType, signatures::hash_and_sign_event,
 };
 use serde_json::{Value, json};
 
@@ -18,7 +17,7 @@ use crate::{
     app::AppState,
     domain::{
         auth,
-        pdu::{Built, Pdu},
+        pdu::{self, Built, Pdu},
         room_version,
     },
     error::{Error, ErrorKind, Result},
@@ -110,7 +109,7 @@ async fn join_via(
     if let Some(signed) = reply.get("event").filter(|e| e.is_object()) {
         let signed_object: CanonicalJsonObject =
             serde_json::from_value(signed.clone()).map_err(|e| JoinError::Failed(e.to_string()))?;
-        if reference_hash(&signed_object, &rules).ok().as_deref() == Some(&event_id.as_str()[1..]) {
+        if pdu::received_event_id(&rules, &signed_object).ok().as_ref() == Some(&event_id) {
             object = signed_object;
         }
     }
@@ -335,15 +334,29 @@ async fn template_for(
     let keys = event::auth_keys(&room.rules, &kind_t, sender, state_key, &raw)?;
     let mut tx = app.db.begin().await?;
     let state = event::state_events(&mut tx, room.state_group, &keys).await?;
-    drop(tx);
     let auth_ids = event::auth_event_ids(&room.rules, &state);
+    // Event format v1 references events as `[id, {"sha256": hash}]` pairs.
+    let (prev_events, auth_events) = if pdu::is_v1_format(&room.rules) {
+        let mut ids = room.extremities.clone();
+        ids.extend(auth_ids.iter().cloned());
+        let hashes = event::reference_hashes(&mut tx, &room.rules, &ids).await?;
+        let pairs = |ids: &[OwnedEventId]| -> Value {
+            ids.iter()
+                .map(|id| json!([id, { "sha256": hashes.get(id) }]))
+                .collect()
+        };
+        (pairs(&room.extremities), pairs(&auth_ids))
+    } else {
+        (json!(room.extremities), json!(auth_ids))
+    };
+    drop(tx);
     let mut template = json!({
         "type": kind,
         "content": content,
         "sender": sender,
         "room_id": room.room_id(),
-        "prev_events": room.extremities,
-        "auth_events": auth_ids,
+        "prev_events": prev_events,
+        "auth_events": auth_events,
         "depth": room.depth + 1,
         "origin_server_ts": MilliSecondsSinceUnixEpoch::now(),
         "origin": app.server_name.as_str(),
@@ -562,6 +575,13 @@ pub fn sign_template(
     for field in ["event_id", "signatures", "hashes", "unsigned"] {
         object.remove(field);
     }
+    if pdu::is_v1_format(rules) {
+        // Event format v1: the event is ours, so is its ID (the template's,
+        // if any, was the resident server's).
+        let so_far = serde_json::to_value(&object).map_err(|e| e.to_string())?;
+        let id = pdu::local_v1_event_id(&so_far, app.server_name.as_str());
+        object.insert("event_id".into(), CanonicalJsonValue::String(id));
+    }
     hash_and_sign_event(
         app.server_name.as_str(),
         &app.signing_key.pair,
@@ -569,8 +589,7 @@ pub fn sign_template(
         &rules.redaction,
     )
     .map_err(|e| format!("signing the event: {e}"))?;
-    let hash = reference_hash(&object, rules).map_err(|e| e.to_string())?;
-    let event_id = EventId::parse(format!("${hash}")).map_err(|e| e.to_string())?;
+    let event_id = pdu::received_event_id(rules, &object)?;
     Ok((object, event_id))
 }
 
