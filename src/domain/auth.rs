@@ -84,6 +84,14 @@ pub(crate) mod tests {
     }
 
     impl MemRoom {
+        /// The room's state as event IDs (a fork's state map for resolution).
+        pub fn state_ids(&self) -> HashMap<(String, String), OwnedEventId> {
+            self.state
+                .iter()
+                .map(|(k, p)| (k.clone(), p.event_id.clone()))
+                .collect()
+        }
+
         /// Creates a room of `version` whose creator is `@alice:x`.
         pub fn new(version: &str) -> Self {
             let version = RoomVersionId::try_from(version).unwrap();

@@ -107,13 +107,6 @@ mod tests {
     use super::*;
     use crate::domain::auth::tests::MemRoom;
 
-    fn fork_state(room: &MemRoom) -> HashMap<(String, String), OwnedEventId> {
-        room.state
-            .iter()
-            .map(|(k, p)| (k.clone(), p.event_id.clone()))
-            .collect()
-    }
-
     fn content(room_events: &HashMap<OwnedEventId, Pdu>, id: &OwnedEventId) -> serde_json::Value {
         serde_json::from_str(room_events[id].content.get()).unwrap()
     }
@@ -176,7 +169,7 @@ mod tests {
             events.extend(fork2.all.clone());
             let resolved = resolve(
                 &base.rules,
-                &vec![fork_state(&fork1), fork_state(&fork2)],
+                &vec![fork1.state_ids(), fork2.state_ids()],
                 &events,
             )
             .unwrap();
@@ -226,7 +219,7 @@ mod tests {
             assert!(late.origin_server_ts > early.origin_server_ts);
             let mut events = fork1.all.clone();
             events.extend(fork2.all.clone());
-            let forks = vec![fork_state(&fork1), fork_state(&fork2)];
+            let forks = vec![fork1.state_ids(), fork2.state_ids()];
             let resolved = resolve(&base.rules, &forks, &events).unwrap();
             let topic = &resolved[&("m.room.topic".into(), String::new())];
             assert_eq!(content(&events, topic)["topic"], "late", "v{v}");
@@ -272,7 +265,7 @@ mod tests {
         events.extend(fork2.all.clone());
         let resolved = resolve(
             &base.rules,
-            &vec![fork_state(&fork1), fork_state(&fork2)],
+            &vec![fork1.state_ids(), fork2.state_ids()],
             &events,
         )
         .unwrap();
@@ -319,7 +312,7 @@ mod tests {
             let events = fork2.all.clone();
             let resolved = resolve(
                 &base.rules,
-                &vec![fork_state(&base), fork_state(&fork2)],
+                &vec![base.state_ids(), fork2.state_ids()],
                 &events,
             )
             .unwrap();

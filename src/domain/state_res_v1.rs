@@ -129,13 +129,6 @@ mod tests {
     use super::*;
     use crate::domain::auth::tests::MemRoom;
 
-    fn fork_state(room: &MemRoom) -> HashMap<Key, OwnedEventId> {
-        room.state
-            .iter()
-            .map(|(k, p)| (k.clone(), p.event_id.clone()))
-            .collect()
-    }
-
     fn key(t: &str, k: &str) -> Key {
         (t.to_owned(), k.to_owned())
     }
@@ -194,7 +187,7 @@ mod tests {
             )
             .unwrap();
         let events = both(&fork1, &fork2);
-        let forks = vec![fork_state(&fork1), fork_state(&fork2)];
+        let forks = vec![fork1.state_ids(), fork2.state_ids()];
         let resolved = resolve(&base.rules, &forks, &events).unwrap();
         assert_eq!(resolved[&key("m.room.topic", "")], deeper.event_id);
         let reversed = vec![forks[1].clone(), forks[0].clone()];
@@ -232,7 +225,7 @@ mod tests {
         let expected = if sha1_hex(&a) < sha1_hex(&b) { &a } else { &b };
         let resolved = resolve(
             &base.rules,
-            &vec![fork_state(&fork1), fork_state(&fork2)],
+            &vec![fork1.state_ids(), fork2.state_ids()],
             &both(&fork1, &fork2),
         )
         .unwrap();
@@ -271,7 +264,7 @@ mod tests {
         assert!(demote.depth > promote.depth);
         let resolved = resolve(
             &base.rules,
-            &vec![fork_state(&fork1), fork_state(&fork2)],
+            &vec![fork1.state_ids(), fork2.state_ids()],
             &both(&fork1, &fork2),
         )
         .unwrap();
@@ -308,7 +301,7 @@ mod tests {
             .unwrap();
         let resolved = resolve(
             &base.rules,
-            &vec![fork_state(&fork1), fork_state(&fork2)],
+            &vec![fork1.state_ids(), fork2.state_ids()],
             &both(&fork1, &fork2),
         )
         .unwrap();
@@ -325,7 +318,7 @@ mod tests {
             .unwrap();
         let resolved = resolve(
             &base.rules,
-            &vec![fork_state(&fork1), fork_state(&base)],
+            &vec![fork1.state_ids(), base.state_ids()],
             &fork1.all,
         )
         .unwrap();
