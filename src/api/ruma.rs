@@ -71,6 +71,9 @@ where
                 bytes = bytes::Bytes::from_static(b"{}");
             } else if !bytes.is_empty() {
                 check_json(&bytes)?;
+                if let Some(rewritten) = legacy_password_auth(&bytes) {
+                    bytes = rewritten;
+                }
             }
         }
         let request = http::Request::from_parts(parts, bytes.as_ref());
@@ -84,6 +87,29 @@ where
             Err(_) => Err(Error::bad_json("The request body could not be parsed")),
         }
     }
+}
+
+/// A body whose UIA `auth` is an `m.login.password` stage in the deprecated
+/// form, `"user": "<id>"` instead of an `identifier` (SyTest and older
+/// clients send it; Synapse accepts it; ruma's type has only `identifier`),
+/// rewritten with the equivalent `m.id.user` identifier. `None` for any other
+/// body (most: only bodies naming both `auth` and `user` are parsed).
+fn legacy_password_auth(bytes: &[u8]) -> Option<bytes::Bytes> {
+    use memchr::memmem::find;
+    find(bytes, b"\"auth\"")?;
+    find(bytes, b"\"user\"")?;
+    let mut body: serde_json::Value = serde_json::from_slice(bytes).ok()?;
+    let auth = body.get_mut("auth")?.as_object_mut()?;
+    if auth.get("type")?.as_str()? != "m.login.password" || auth.contains_key("identifier") {
+        return None;
+    }
+    let user = auth.remove("user")?;
+    user.as_str()?;
+    auth.insert(
+        "identifier".into(),
+        serde_json::json!({ "type": "m.id.user", "user": user }),
+    );
+    serde_json::to_vec(&body).ok().map(bytes::Bytes::from)
 }
 
 /// Reads a whole body, refusing more than `limit` bytes with `M_TOO_LARGE`.
@@ -255,6 +281,28 @@ mod tests {
 
     fn nested(depth: usize) -> String {
         format!("{}1{}", "[".repeat(depth), "]".repeat(depth))
+    }
+
+    /// The deprecated `user` of a password stage becomes an `m.id.user`
+    /// identifier; everything else is left as it came.
+    #[test]
+    fn legacy_password_auth_gets_an_identifier() {
+        let legacy = br#"{"auth":{"type":"m.login.password","user":"@a:x","password":"p","session":"s"},"k":1}"#;
+        let rewritten: serde_json::Value =
+            serde_json::from_slice(&legacy_password_auth(legacy).unwrap()).unwrap();
+        assert_eq!(
+            rewritten,
+            serde_json::json!({ "auth": { "type": "m.login.password", "password": "p",
+                "session": "s", "identifier": { "type": "m.id.user", "user": "@a:x" } }, "k": 1 })
+        );
+        for untouched in [
+            &br#"{"auth":{"type":"m.login.password","identifier":{"type":"m.id.user","user":"a"},"user":"b"}}"#[..],
+            br#"{"auth":{"type":"m.login.dummy","user":"a"}}"#,
+            br#"{"user":"a","password":"p"}"#,
+            br#"{"auth":{"type":"m.login.password","user":5}}"#,
+        ] {
+            assert!(legacy_password_auth(untouched).is_none());
+        }
     }
 
     #[test]

@@ -440,37 +440,91 @@ pub fn stored_pdu(
     pdu
 }
 
+/// The fields of a PDU that its client form keeps. Deserializing only these
+/// skips the signatures, hashes and event references without building them.
+#[derive(serde::Deserialize)]
+struct ClientFields {
+    #[serde(rename = "type")]
+    kind: Option<Value>,
+    content: Option<Value>,
+    sender: Option<Value>,
+    origin_server_ts: Option<Value>,
+    state_key: Option<Value>,
+    redacts: Option<Value>,
+}
+
+/// A stored PDU's `content`, redacted by the room version's rules when
+/// `redacted` (`{}` when it has none).
+pub fn stored_content(json: &str, rules: &RoomVersionRules, redacted: bool) -> Value {
+    if redacted {
+        return stored_pdu(json, rules, true)
+            .remove("content")
+            .unwrap_or_else(|| Value::Object(Default::default()));
+    }
+    #[derive(serde::Deserialize)]
+    struct Content {
+        content: Option<Value>,
+    }
+    serde_json::from_str::<Content>(json)
+        .ok()
+        .and_then(|c| c.content)
+        .unwrap_or_else(|| Value::Object(Default::default()))
+}
+
 /// The client-server form of a stored PDU (spec: "ClientEvent"), redacted when
 /// `redacted_because` is set (a redaction took effect) or `pruned` is (the
-/// sender was erased: no redaction event to name).
+/// sender was erased: no redaction event to name). A redacted event names its
+/// redaction in `unsigned.redacted_by` and carries it in `redacted_because`.
 pub fn to_client_event(
-    event_id: &EventId,
-    room_id: &RoomId,
+    event_id: &str,
+    room_id: &str,
     json: &str,
     rules: &RoomVersionRules,
     pruned: bool,
     redacted_because: Option<&Value>,
     now: MilliSecondsSinceUnixEpoch,
 ) -> Value {
-    let mut pdu = stored_pdu(json, rules, pruned || redacted_because.is_some());
-    let ts = pdu
-        .get("origin_server_ts")
+    let fields = if pruned || redacted_because.is_some() {
+        serde_json::from_value(Value::Object(stored_pdu(json, rules, true)))
+    } else {
+        serde_json::from_str::<ClientFields>(json)
+    };
+    let fields = fields.unwrap_or(ClientFields {
+        kind: None,
+        content: None,
+        sender: None,
+        origin_server_ts: None,
+        state_key: None,
+        redacts: None,
+    });
+    let ts = fields
+        .origin_server_ts
+        .as_ref()
         .and_then(Value::as_u64)
         .unwrap_or(0);
     let mut out = serde_json::Map::new();
-    for key in ["type", "content", "sender", "origin_server_ts", "state_key"] {
-        if let Some(v) = pdu.remove(key) {
+    for (key, value) in [
+        ("type", fields.kind),
+        ("content", fields.content),
+        ("sender", fields.sender),
+        ("origin_server_ts", fields.origin_server_ts),
+        ("state_key", fields.state_key),
+        ("redacts", fields.redacts),
+    ] {
+        if let Some(v) = value {
             out.insert(key.to_owned(), v);
         }
     }
-    out.insert("event_id".into(), event_id.as_str().into());
-    out.insert("room_id".into(), room_id.as_str().into());
-    if let Some(redacts) = pdu.remove("redacts") {
-        out.insert("redacts".into(), redacts);
-    }
+    out.insert("event_id".into(), event_id.into());
+    out.insert("room_id".into(), room_id.into());
     let mut unsigned = serde_json::Map::new();
     unsigned.insert("age".into(), (u64::from(now.0).saturating_sub(ts)).into());
     if let Some(because) = redacted_because {
+        // Synapse names the redaction in `redacted_by` too; clients and SyTest
+        // read it.
+        if let Some(id) = because.get("event_id") {
+            unsigned.insert("redacted_by".into(), id.clone());
+        }
         unsigned.insert("redacted_because".into(), because.clone());
     }
     out.insert("unsigned".into(), Value::Object(unsigned));
@@ -804,11 +858,58 @@ mod tests {
         ));
     }
 
+    /// The client form keeps the ClientEvent fields and drops the federation
+    /// ones (spec: "Room event format"); `age` counts from `origin_server_ts`.
+    #[test]
+    fn client_event_keeps_only_client_fields() {
+        let rules = RoomVersionId::V10.rules().unwrap();
+        let pdu = json!({
+            "type": "m.room.redaction", "sender": "@a:domain", "room_id": "!r:domain",
+            "origin_server_ts": 1000, "content": { "reason": "r" }, "redacts": "$x",
+            "depth": 3, "prev_events": ["$p"], "auth_events": ["$a"],
+            "hashes": { "sha256": "x" }, "signatures": { "domain": {} }, "unsigned": { "age_ts": 1 }
+        });
+        let now = MilliSecondsSinceUnixEpoch(ruma::UInt::from(1500u32));
+        let client = to_client_event(
+            "$e",
+            "!r:domain",
+            &pdu.to_string(),
+            &rules,
+            false,
+            None,
+            now,
+        );
+        assert_eq!(
+            client,
+            json!({
+                "type": "m.room.redaction", "sender": "@a:domain", "room_id": "!r:domain",
+                "event_id": "$e", "origin_server_ts": 1000, "content": { "reason": "r" },
+                "redacts": "$x", "unsigned": { "age": 500 }
+            })
+        );
+        let state = json!({ "type": "m.room.topic", "state_key": "", "sender": "@a:domain",
+            "origin_server_ts": 1, "content": { "topic": "t" } });
+        let client = to_client_event(
+            "$s",
+            "!r:domain",
+            &state.to_string(),
+            &rules,
+            false,
+            None,
+            now,
+        );
+        assert_eq!(client["state_key"], json!(""));
+        assert_eq!(
+            stored_content(&state.to_string(), &rules, false),
+            json!({ "topic": "t" })
+        );
+        assert_eq!(stored_content(&state.to_string(), &rules, true), json!({}));
+        assert_eq!(stored_content("{}", &rules, false), json!({}));
+    }
+
     /// Redaction per room version (spec: each version's "Redactions").
     #[test]
     fn redaction_keeps_what_each_version_keeps() {
-        let event_id = EventId::parse("$e").unwrap();
-        let room_id = RoomId::parse("!r:domain").unwrap();
         let redact = |version: &str, kind: &str, content: Value| {
             let rules = RoomVersionId::try_from(version).unwrap().rules().unwrap();
             let pdu = json!({
@@ -818,8 +919,8 @@ mod tests {
             });
             let because = json!({ "event_id": "$r" });
             to_client_event(
-                &event_id,
-                &room_id,
+                "$e",
+                "!r:domain",
                 &pdu.to_string(),
                 &rules,
                 false,

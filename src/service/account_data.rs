@@ -70,6 +70,21 @@ pub async fn store(
     Ok(())
 }
 
+/// The users `user` ignores (`m.ignored_user_list`, spec: "Ignoring Users"):
+/// their non-state events and invites are kept from `user`.
+pub async fn ignored_users(
+    app: &AppState,
+    user: &UserId,
+) -> Result<std::collections::HashSet<String>> {
+    Ok(load(app, user, None, "m.ignored_user_list")
+        .await?
+        .and_then(|v| match v.get("ignored_users") {
+            Some(Value::Object(users)) => Some(users.keys().cloned().collect()),
+            _ => None,
+        })
+        .unwrap_or_default())
+}
+
 pub async fn get(
     app: &AppState,
     session: &Session,

@@ -25,13 +25,13 @@
 
 use std::collections::{HashMap, HashSet};
 
-use ruma::{EventId, MilliSecondsSinceUnixEpoch, RoomId};
+use ruma::MilliSecondsSinceUnixEpoch;
 use serde_json::{Value, json};
 
 use super::read::Viewer;
 use crate::{
     domain::filter::Filter,
-    domain::pdu::{stored_pdu, to_client_event},
+    domain::pdu::{stored_content, stored_pdu, to_client_event},
     error::Result,
     storage::{
         events,
@@ -204,11 +204,9 @@ async fn plain(
             && ev.state_group.and_then(|g| viewer.membership_at(g)) != Some(Some("join"))
     };
     let annotate = |ev: &StoredEvent, because: Option<&Value>| {
-        let event_id = EventId::parse(&ev.event_id).expect("stored event ids are valid");
-        let room_id = RoomId::parse(&ev.room_id).expect("stored room ids are valid");
         let mut value = to_client_event(
-            &event_id,
-            &room_id,
+            &ev.event_id,
+            &ev.room_id,
             &ev.json,
             rules,
             pruned(ev),
@@ -227,12 +225,11 @@ async fn plain(
             if let Some(prev) = prevs.get(prev_id)
                 && visible_prevs.contains(prev_id)
             {
-                let mut pdu = stored_pdu(
+                unsigned["prev_content"] = stored_content(
                     &prev.json,
                     rules,
                     prev.redacted_by.is_some() || pruned(prev),
                 );
-                unsigned["prev_content"] = pdu.remove("content").unwrap_or_else(|| json!({}));
                 unsigned["prev_sender"] = json!(prev.sender);
             }
         }

@@ -188,15 +188,24 @@ pub async fn create_alias(
     }
 }
 
-/// `DELETE /directory/room/{alias}`: by its creator or a server admin.
+/// `DELETE /directory/room/{alias}`: by its creator, a server admin, or a
+/// member with the power to send the room's `m.room.canonical_alias` (as
+/// Synapse allows, and the spec permits).
 pub async fn delete_alias(app: &AppState, user: &Session, alias: &str) -> Result<()> {
     let Some(creator) = rooms::alias_creator(&app.db, alias).await? else {
         return Err(Error::not_found("Room alias not found"));
     };
-    if creator != user.user_id.as_str() && !user.is_admin {
+    let room_id = rooms::alias_room(&app.db, alias).await?;
+    let powered = match room_id.as_deref().and_then(|r| RoomId::parse(r).ok()) {
+        Some(room) => {
+            super::event::may_send_state(app, &room, &user.user_id, "m.room.canonical_alias")
+                .await?
+        }
+        None => false,
+    };
+    if creator != user.user_id.as_str() && !user.is_admin && !powered {
         return Err(Error::forbidden("You may not delete this alias"));
     }
-    let room_id = rooms::alias_room(&app.db, alias).await?;
     rooms::delete_alias(&app.db, alias).await?;
     if let Some(room_id) = room_id.and_then(|r| RoomId::parse(r).ok()) {
         drop_from_canonical_alias(app, &user.user_id, &room_id, alias).await?;

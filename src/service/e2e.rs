@@ -15,7 +15,7 @@ use serde_json::{Map, Value, json};
 use super::{session::Session, stream, uia};
 use crate::{
     app::AppState,
-    error::{Error, Result},
+    error::{Error, ErrorKind, Result},
     storage::{e2e_keys as keys, user_streams},
 };
 
@@ -33,6 +33,11 @@ pub async fn upload(
     let mut tx = app.db.begin().await?;
     let mut guard = None;
     if let Some(dk) = device_keys {
+        // The spec's `DeviceKeys`: `algorithms`, `keys` and `signatures` are
+        // required (M_BAD_JSON without them, as Synapse answers).
+        if let Err(e) = serde_json::from_value::<ruma::encryption::DeviceKeys>(dk.clone()) {
+            return Err(Error::bad_json(format!("Invalid device_keys: {e}")));
+        }
         if dk["user_id"].as_str() != Some(user) || dk["device_id"].as_str() != Some(device) {
             return Err(Error::invalid_param(
                 "device_keys must be for the logged-in user and device",
@@ -135,9 +140,12 @@ pub async fn local_keys(
         let mut value: Value = serde_json::from_str(&row.json)
             .map_err(|e| anyhow::anyhow!("stored device keys: {e}"))?;
         merge_signatures(app, &mut value, user, &row.device_id, viewer).await?;
-        if let Some(name) = row.display_name {
-            value["unsigned"] = json!({ "device_display_name": name });
-        }
+        // `unsigned` is always there, as Synapse sends it (SyTest reads it);
+        // the display name when the device has one.
+        value["unsigned"] = match row.display_name {
+            Some(name) => json!({ "device_display_name": name }),
+            None => json!({}),
+        };
         per_device.insert(row.device_id, value);
     }
     out.device_keys
@@ -406,6 +414,14 @@ pub async fn upload_signing_keys(
 ) -> Result<()> {
     let user = session.user_id.as_str();
     let existing = keys::cross_signing_key(&app.db, user, "master").await?;
+    // Self- and user-signing keys hang off a master key: one in this upload
+    // or one already held (spec: `POST /keys/device_signing/upload`).
+    if existing.is_none() && !uploaded.iter().any(|(k, _)| *k == "master") && !uploaded.is_empty() {
+        return Err(Error::new(
+            ErrorKind::MissingParam,
+            "No master key: upload one with the other keys",
+        ));
+    }
     let replacing = match (&existing, uploaded.iter().find(|(k, _)| *k == "master")) {
         (None, _) => false,
         (Some(old), Some((_, new))) => {

@@ -659,6 +659,37 @@ async fn apply_redaction(
     Ok(granted)
 }
 
+/// Whether `user` is joined to the room and may send the state event
+/// `event_type` under its current power levels (Synapse's test for who may
+/// change a room's aliases and directory listing).
+pub async fn may_send_state(
+    app: &AppState,
+    room_id: &RoomId,
+    user: &UserId,
+    event_type: &str,
+) -> Result<bool> {
+    if rooms::membership(&app.db, room_id.as_str(), user.as_str())
+        .await?
+        .as_deref()
+        != Some("join")
+    {
+        return Ok(false);
+    }
+    let Some(room) = rooms::get(&app.db, room_id.as_str()).await? else {
+        return Ok(false);
+    };
+    let Some(rules) = RoomVersionId::try_from(room.room_version.as_str())
+        .ok()
+        .and_then(|v| v.rules())
+    else {
+        return Ok(false);
+    };
+    let mut tx = app.db.begin().await?;
+    let power = power_levels_at(&mut tx, &rules, room.current_state_group).await?;
+    tx.commit().await?;
+    Ok(power.is_some_and(|p| p.user_can_send_state(user, event_type.into())))
+}
+
 /// The power levels (with the room's creators) of a state group, as the
 /// redaction rule reads them.
 async fn power_levels_at(

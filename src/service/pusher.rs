@@ -114,6 +114,8 @@ pub async fn set(app: &AppState, session: &Session, body: &Value) -> Result<()> 
         // Only what happens from now on is pushed.
         last_stream_ordering: app.notifier.current(),
         device_id: Some(session.device_id.to_string()),
+        badge_wanted: 0,
+        badge_sent: 0,
     };
     let append = match &body["append"] {
         Value::Null => false,
@@ -451,6 +453,47 @@ async fn deliver_one(
         }
         rows::advance(&app.db, pusher, n.stream_ordering).await?;
     }
+    if pusher.badge_wanted > pusher.badge_sent {
+        send_badge(app, client, pusher, &url, &device_data).await?;
+    }
+    Ok(())
+}
+
+/// A badge-only notification (no event: only the user's unread count), sent
+/// after a read receipt so the device's badge follows, as Synapse does.
+async fn send_badge(
+    app: &AppState,
+    client: &OutboundClient,
+    pusher: &Pusher,
+    url: &reqwest::Url,
+    device_data: &Map<String, Value>,
+) -> anyhow::Result<()> {
+    let unread = user_streams::unread_total(&app.db, &pusher.user_id).await?;
+    let notification = json!({
+        "id": "",
+        "type": null,
+        "sender": "",
+        "counts": { "unread": unread },
+        "devices": [{
+            "app_id": pusher.app_id,
+            "pushkey": pusher.pushkey,
+            "pushkey_ts": pusher.created_ts / 1000,
+            "data": device_data,
+        }],
+    });
+    let mut request = reqwest::Request::new(http::Method::POST, url.clone());
+    request.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    *request.body_mut() =
+        Some(serde_json::to_vec(&json!({ "notification": notification }))?.into());
+    let status = client.send(request).await?.status();
+    if status.is_server_error() || status == reqwest::StatusCode::TOO_MANY_REQUESTS {
+        anyhow::bail!("gateway answered {status} to a badge");
+    }
+    // A badge the gateway refuses is not retried: the next receipt sends another.
+    rows::badge_sent(&app.db, pusher).await?;
     Ok(())
 }
 
@@ -514,9 +557,16 @@ async fn describe(
             "m.room.canonical_alias" => ("room_alias", &content["alias"]),
             _ => ("sender_display_name", &content["displayname"]),
         };
-        if value.is_string() {
+        if value.as_str().is_some_and(|v| !v.is_empty()) {
             out[field] = value.clone();
         }
+    }
+    // `room_name` is the room's display name as Synapse computes it for pushes:
+    // its name, or else its canonical alias (no member-based fallback).
+    if out.get("room_name").is_none()
+        && let Some(alias) = out.get("room_alias").cloned()
+    {
+        out["room_name"] = alias;
     }
     Ok(())
 }

@@ -391,11 +391,20 @@ pub async fn event(
     room_id: &RoomId,
     event_id: &str,
 ) -> Result<Value> {
-    let mut viewer = Viewer::for_session(app, reader, room_id).await?;
-    if !viewer.may_read_history().await? {
-        return Err(Error::forbidden("You are not allowed to view this room"));
-    }
     let not_found = || Error::not_found("Event not found");
+    // An event the reader may not see is not found, whether the room is
+    // unknown, its history hidden from them, or the event (as Synapse
+    // answers): the same answer in every case, so it tells nothing apart.
+    let mut viewer = match Viewer::for_session(app, reader, room_id).await {
+        Err(Error::Matrix {
+            kind: crate::error::ErrorKind::Forbidden,
+            ..
+        }) => return Err(not_found()),
+        other => other?,
+    };
+    if !viewer.may_read_history().await? {
+        return Err(not_found());
+    }
     let stored = events::get(&app.db, event_id)
         .await?
         .ok_or_else(not_found)?;
@@ -480,6 +489,9 @@ pub async fn messages(
         }
     };
     let limit = limit.clamp(1, 1000);
+    // Message-like events of users the reader ignores are left out (spec:
+    // "Ignoring Users"); state events are not.
+    let ignored = super::account_data::ignored_users(app, &reader.user_id).await?;
     let mut chunk_events = Vec::new();
     let mut scanned_any = false;
     // Reached the start of the room going backwards: no `end`.
@@ -526,7 +538,10 @@ pub async fn messages(
             } else {
                 TopoToken::after(&ev)
             });
-            if !filter_allows(filter, &ev) || !viewer.may_see(&ev).await? {
+            if !filter_allows(filter, &ev)
+                || (ev.state_key.is_none() && ignored.contains(&ev.sender))
+                || !viewer.may_see(&ev).await?
+            {
                 continue;
             }
             chunk_events.push(ev);

@@ -11,7 +11,7 @@ use super::{account_data, session::Session, stream};
 use crate::{
     app::AppState,
     error::{Error, Result},
-    storage::{events, now_ms, rooms, user_streams},
+    storage::{events, now_ms, pushers, rooms, user_streams},
 };
 
 async fn require_joined(app: &AppState, user: &UserId, room_id: &RoomId) -> Result<()> {
@@ -164,6 +164,8 @@ async fn store(
         position,
     )
     .await?;
+    // The user's unread count may have changed: their phones get a badge.
+    pushers::want_badge(&mut *tx, user.as_str()).await?;
     tx.commit().await?;
     drop(guard);
     if receipt_type == "m.read" {

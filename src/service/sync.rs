@@ -40,7 +40,7 @@ use ruma::{RoomId, UserId};
 use serde_json::{Map, Value, json};
 
 use super::{
-    client_event::{format_filtered, format_filtered_pair},
+    client_event::format_filtered_pair,
     read::{Viewer, filter_allows},
     session::Session,
     tokens::TopoToken,
@@ -222,6 +222,7 @@ async fn build(
     let since = token.stream;
     let initial = params.since.is_none();
     let memberships = rows::memberships(&app.db, user.as_str()).await?;
+    let ignored = &super::account_data::ignored_users(app, user).await?;
     let filter = &params.filter;
     let wanted = |room: &str| filter.rooms.allows_room(room);
 
@@ -333,7 +334,17 @@ async fn build(
                 joined.push((room_id, !initial && changed));
             }
             "invite" if initial || changed => {
-                invite.insert(m.room_id.clone(), json!({ "invite_state": { "events": stripped_state(app, &room_id, &m.event_id).await? } }));
+                let events = stripped_state(app, &room_id, &m.event_id).await?;
+                // An invite from an ignored user is not shown (the invite is
+                // the last of its stripped state).
+                let inviter = events.last().and_then(|e| e["sender"].as_str());
+                if inviter.is_some_and(|s| ignored.contains(s)) {
+                    continue;
+                }
+                invite.insert(
+                    m.room_id.clone(),
+                    json!({ "invite_state": { "events": events } }),
+                );
             }
             "knock" if initial || changed => {
                 knock.insert(m.room_id.clone(), json!({ "knock_state": { "events": stripped_state(app, &room_id, &m.event_id).await? } }));
@@ -344,6 +355,7 @@ async fn build(
                     session,
                     &room_id,
                     params,
+                    ignored,
                     since,
                     m.stream_ordering,
                     &m.event_id,
@@ -358,19 +370,20 @@ async fn build(
         }
     }
 
+    // (room, newly joined, section, member events sent)
     type Built = (ruma::OwnedRoomId, bool, Value, MembersSent);
     let sections: Vec<Result<Built>> = futures_util::stream::iter(joined)
         .map(|(room_id, changed)| async move {
-            let (section, sent) =
-                joined_room(app, session, &room_id, params, since, now, changed).await?;
-            Ok((room_id, changed, section, sent))
+            let (section, sent, newly_joined) =
+                joined_room(app, session, &room_id, params, ignored, since, now, changed).await?;
+            Ok((room_id, newly_joined, section, sent))
         })
         .buffered(ROOMS_AT_ONCE)
         .collect()
         .await;
     let mut members_sent = Vec::new();
     for built in sections {
-        let (room_id, changed, mut section, sent) = built?;
+        let (room_id, newly_joined, mut section, sent) = built?;
         members_sent.extend(sent);
         let key = room_id.as_str();
         if let Some(events) = room_account_data.remove(key) {
@@ -380,11 +393,12 @@ async fn build(
             section["ephemeral"]["events"] = events.into();
         }
         // An incremental sync leaves out a room with nothing to say: its new
-        // events were all filtered out or hidden.
+        // events were all filtered out or hidden. A room the user just joined
+        // is always there; a change of their profile in it is not a join.
         let nothing = |part: &str| section[part]["events"].as_array().is_none_or(Vec::is_empty);
         if !initial
             && !params.full_state
-            && !changed
+            && !newly_joined
             && ["timeline", "state", "ephemeral", "account_data"]
                 .into_iter()
                 .all(nothing)
@@ -485,10 +499,11 @@ async fn joined_room(
     session: &Session,
     room_id: &RoomId,
     params: &Params,
+    ignored: &HashSet<String>,
     since: i64,
     upto: i64,
     membership_changed: bool,
-) -> Result<(Value, MembersSent)> {
+) -> Result<(Value, MembersSent, bool)> {
     let user: &UserId = &session.user_id;
     let mut viewer = Viewer::for_session(app, session, room_id).await?;
     let initial = params.since.is_none();
@@ -510,8 +525,10 @@ async fn joined_room(
         room_id,
         after,
         upto,
-        params.timeline_limit.clamp(1, 100),
-        |ev, visible| visible && filter_allows(&params.filter.timeline, ev),
+        params.timeline_limit.clamp(0, 100),
+        |ev, visible| {
+            visible && filter_allows(&params.filter.timeline, ev) && !ignoring(ignored, ev)
+        },
     )
     .await?;
     let limited = recent.more || newly_joined;
@@ -545,12 +562,16 @@ async fn joined_room(
     state_ids.retain(|(_, id)| !in_timeline.contains(id.as_str()));
     let mut members_sent = MembersSent::new();
     if params.lazy_members {
-        // Only the members the timeline needs: its senders', and the user's own.
         let senders: HashSet<&str> = timeline.iter().map(|e| e.sender.as_str()).collect();
-        state_ids.retain(|((t, k), _)| {
-            t != "m.room.member" || senders.contains(k.as_str()) || k == user.as_str()
-        });
-        if !full {
+        if full {
+            // Only the members the timeline needs: its senders', and the
+            // user's own. An incremental sync keeps every membership that
+            // changed in the gap (joins and leaves the client must learn of,
+            // as Synapse sends them).
+            state_ids.retain(|((t, k), _)| {
+                t != "m.room.member" || senders.contains(k.as_str()) || k == user.as_str()
+            });
+        } else {
             // The senders' member events, unless the client has them already: a
             // sender's membership may be older than `since` and was never sent
             // (lazy loading sent only the senders of earlier timelines).
@@ -592,7 +613,20 @@ async fn joined_room(
     let mut state_events = events::get_many(&app.db, &ids).await?;
     state_events.retain(|ev| filter_allows(&params.filter.state, ev));
 
-    let prev_batch = timeline.first().map(|e| TopoToken::before(e).to_string());
+    let named = is_named(app, &before, &timeline, &state_events).await?;
+    // With an empty timeline (a `full_state` sync of a quiet room, or
+    // `limit: 0`), the position of the sync itself: `/messages` pages back
+    // from it as from any sync token. Synapse always sends `prev_batch`.
+    let prev_batch = timeline.first().map_or_else(
+        || {
+            SyncToken {
+                stream: upto,
+                ..SyncToken::default()
+            }
+            .to_string()
+        },
+        |e| TopoToken::before(e).to_string(),
+    );
     let (timeline_json, state_json) =
         format_filtered_pair(&mut viewer, &timeline, &state_events, &params.filter).await?;
     let mut section = json!({
@@ -600,17 +634,15 @@ async fn joined_room(
         "state": { "events": state_json },
         "ephemeral": { "events": [] },
         "account_data": { "events": [] },
-        "summary": summary(app, user, room_id).await?,
+        "summary": summary(app, user, room_id, named).await?,
     });
     let (counts, threads) = unread(app, user, room_id, params.unread_threads).await?;
     section["unread_notifications"] = counts;
     if let Some(threads) = threads {
         section["unread_thread_notifications"] = threads;
     }
-    if let Some(prev) = prev_batch {
-        section["timeline"]["prev_batch"] = prev.into();
-    }
-    Ok((section, members_sent))
+    section["timeline"]["prev_batch"] = prev_batch.into();
+    Ok((section, members_sent, newly_joined))
 }
 
 /// Whether the user was joined to the room at stream position `at`.
@@ -641,8 +673,9 @@ const TIMELINE_PAGES: usize = 5;
 pub(super) struct Recent {
     /// Oldest first.
     pub events: Vec<StoredEvent>,
-    /// Whether the window holds older events than these that were left out
-    /// (beyond the limit, or not read): the timeline is `limited`.
+    /// Whether the window holds an older event that `keep` lets through but
+    /// the limit left out, or older events were not read (after
+    /// [`TIMELINE_PAGES`]): the timeline is `limited`.
     pub more: bool,
 }
 
@@ -662,18 +695,41 @@ pub(super) async fn recent_events(
     let mut out = Vec::with_capacity(limit);
     let mut cursor = upto;
     let mut more = true;
+    // The room's state at `upto`, read once if a hidden state event needs it.
+    let mut current: Option<Option<i64>> = None;
     'pages: for _ in 0..TIMELINE_PAGES {
         let fetched =
             rows::room_events(&app.db, room_id.as_str(), after, cursor, page as i64).await?;
         let last_page = fetched.len() < page;
         viewer.prefetch_events(&fetched).await?;
         for ev in fetched {
-            if out.len() == limit {
-                break 'pages;
-            }
             cursor = ev.stream_ordering - 1;
-            let visible = viewer.may_see(&ev).await?;
+            let mut visible = viewer.may_see(&ev).await?;
+            if !visible && let Some(state_key) = &ev.state_key {
+                // A state event that is part of the room's current state is
+                // shown even where history visibility hides it, as Synapse's
+                // sync does (SyTest: "Current state appears in timeline in
+                // private history"): the client's view of the state must add up.
+                let group = match current {
+                    Some(g) => g,
+                    None => *current
+                        .insert(rows::state_group_at(&app.db, room_id.as_str(), upto).await?),
+                };
+                if let Some(group) = group {
+                    let key = (ev.event_type.clone(), state_key.clone());
+                    visible = state::state_for_keys(&app.db, group, &[key])
+                        .await?
+                        .iter()
+                        .any(|(_, id)| *id == ev.event_id);
+                }
+            }
             if keep(&ev, visible) {
+                // `limited` means another event the filter keeps is left out,
+                // not merely an older event of any kind (SyTest: "A filtered
+                // timeline reaches its limit").
+                if out.len() == limit {
+                    break 'pages;
+                }
                 out.push(ev);
             }
         }
@@ -686,13 +742,22 @@ pub(super) async fn recent_events(
     Ok(Recent { events: out, more })
 }
 
+/// Whether an event is kept from the user because they ignore its sender:
+/// message-like events are, state events are not (the room's state must add
+/// up), as Synapse filters them.
+fn ignoring(ignored: &HashSet<String>, ev: &StoredEvent) -> bool {
+    ev.state_key.is_none() && ignored.contains(&ev.sender)
+}
+
 /// A room the user left (or was kicked or banned from) in the window: the
 /// timeline up to and including their leave event.
+#[allow(clippy::too_many_arguments)]
 async fn left_room(
     app: &AppState,
     session: &Session,
     room_id: &RoomId,
     params: &Params,
+    ignored: &HashSet<String>,
     since: i64,
     left_at: i64,
     leave_event: &str,
@@ -723,20 +788,56 @@ async fn left_room(
         room_id,
         since,
         left_at,
-        params.timeline_limit.clamp(1, 100),
+        params.timeline_limit.clamp(0, 100),
         |ev, visible| {
             (visible || ev.state_key.as_deref() == Some(user.as_str()))
                 && filter_allows(&params.filter.timeline, ev)
+                && !ignoring(ignored, ev)
         },
     )
     .await?;
     let (events_in, limited) = (recent.events, recent.more);
+    // `state`: the state before the timeline, as for a joined room. Whole when
+    // the user was not joined at `since` (an initial sync with `include_leave`,
+    // or joined and left within the window); else what changed since then.
+    let timeline_start = events_in.first().map_or(left_at + 1, |e| e.stream_ordering);
+    let before = match rows::state_group_at(&app.db, room_id.as_str(), timeline_start - 1).await? {
+        Some(g) => state::full_state(&app.db, g).await?,
+        None => Vec::new(),
+    };
+    let mut state_ids: Vec<state::Entry> =
+        if since > 0 && joined_at(app, room_id, user, since).await? {
+            let old: HashMap<(String, String), String> =
+                match rows::state_group_at(&app.db, room_id.as_str(), since).await? {
+                    Some(g) => state::full_state(&app.db, g).await?.into_iter().collect(),
+                    None => HashMap::new(),
+                };
+            before
+                .into_iter()
+                .filter(|(k, v)| old.get(k) != Some(v))
+                .collect()
+        } else {
+            before
+        };
+    let in_timeline: HashSet<&str> = events_in.iter().map(|e| e.event_id.as_str()).collect();
+    state_ids.retain(|(_, id)| !in_timeline.contains(id.as_str()));
+    if params.lazy_members {
+        let senders: HashSet<&str> = events_in.iter().map(|e| e.sender.as_str()).collect();
+        state_ids.retain(|((t, k), _)| {
+            t != "m.room.member" || senders.contains(k.as_str()) || k == user.as_str()
+        });
+    }
+    let ids: Vec<String> = state_ids.into_iter().map(|(_, id)| id).collect();
+    let mut state_events = events::get_many(&app.db, &ids).await?;
+    state_events.retain(|ev| filter_allows(&params.filter.state, ev));
+    let (timeline_json, state_json) =
+        format_filtered_pair(&mut viewer, &events_in, &state_events, &params.filter).await?;
     let mut section = json!({
         "timeline": {
-            "events": format_filtered(&mut viewer, &events_in, &params.filter).await?,
+            "events": timeline_json,
             "limited": limited,
         },
-        "state": { "events": [] },
+        "state": { "events": state_json },
         "account_data": { "events": [] },
     });
     if let Some(first) = events_in.first() {
@@ -846,13 +947,68 @@ async fn unread(
     Ok((main, Some(Value::Object(threads))))
 }
 
-/// `summary`: member counts and, for rooms without a name, up to five heroes.
-async fn summary(app: &AppState, user: &UserId, room_id: &RoomId) -> Result<Value> {
+/// `summary`: member counts and, for rooms without a name (`named` false),
+/// up to five heroes. A room with a name or canonical alias gets no
+/// `m.heroes`, as Synapse sends it: clients name it by those.
+async fn summary(app: &AppState, user: &UserId, room_id: &RoomId, named: bool) -> Result<Value> {
     let (joined, invited, heroes) =
         crate::storage::rooms::summary(&app.db, room_id.as_str(), user.as_str()).await?;
-    Ok(json!({
-        "m.heroes": heroes,
+    let mut out = json!({
         "m.joined_member_count": joined,
         "m.invited_member_count": invited,
-    }))
+    });
+    if !named {
+        out["m.heroes"] = heroes.into();
+    }
+    Ok(out)
+}
+
+/// Whether the room has a non-empty `m.room.name` or canonical alias at the
+/// end of the timeline: `before` is the state before it. The naming events are
+/// usually among those already loaded; any other is read (one query).
+async fn is_named(
+    app: &AppState,
+    before: &[state::Entry],
+    timeline: &[StoredEvent],
+    loaded: &[StoredEvent],
+) -> Result<bool> {
+    const NAMING: [&str; 2] = ["m.room.name", "m.room.canonical_alias"];
+    let mut ids: HashMap<&str, &str> = before
+        .iter()
+        .filter(|((t, k), _)| k.is_empty() && NAMING.contains(&t.as_str()))
+        .map(|((t, _), id)| (t.as_str(), id.as_str()))
+        .collect();
+    for ev in timeline {
+        if ev.state_key.as_deref() == Some("")
+            && !ev.rejected
+            && NAMING.contains(&ev.event_type.as_str())
+        {
+            ids.insert(ev.event_type.as_str(), ev.event_id.as_str());
+        }
+    }
+    if ids.is_empty() {
+        return Ok(false);
+    }
+    let names = |ev: &StoredEvent| {
+        serde_json::from_str::<Value>(&ev.json).is_ok_and(|pdu| {
+            ["name", "alias"]
+                .iter()
+                .any(|f| pdu["content"][f].as_str().is_some_and(|v| !v.is_empty()))
+        })
+    };
+    let mut missing = Vec::new();
+    for id in ids.values() {
+        match timeline.iter().chain(loaded).find(|e| e.event_id == *id) {
+            Some(ev) if ev.redacted_by.is_none() && names(ev) => return Ok(true),
+            Some(_) => {}
+            None => missing.push((*id).to_owned()),
+        }
+    }
+    if missing.is_empty() {
+        return Ok(false);
+    }
+    Ok(events::get_many(&app.db, &missing)
+        .await?
+        .iter()
+        .any(|ev| ev.redacted_by.is_none() && names(ev)))
 }

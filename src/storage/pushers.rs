@@ -17,6 +17,11 @@ pub struct Pusher {
     pub last_stream_ordering: i64,
     /// The device that set it; the pusher is deleted with it.
     pub device_id: Option<String>,
+    /// Raised by each read receipt of the user: a badge-only push is due
+    /// while it is above `badge_sent`.
+    pub badge_wanted: i64,
+    /// The `badge_wanted` the last badge-only push was sent for.
+    pub badge_sent: i64,
 }
 
 pub async fn for_user(db: impl PgExecutor<'_>, user_id: &str) -> sqlx::Result<Vec<Pusher>> {
@@ -122,14 +127,42 @@ pub async fn advance(
     Ok(())
 }
 
-/// All HTTP pushers with notifications they have not been sent.
+/// Asks for a badge-only push to each of the user's HTTP pushers (their
+/// unread count changed).
+pub async fn want_badge(db: impl PgExecutor<'_>, user_id: &str) -> sqlx::Result<()> {
+    sqlx::query!(
+        "update pushers set badge_wanted = badge_wanted + 1
+         where user_id = $1 and kind = 'http'",
+        user_id
+    )
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// Records that a badge was sent for `p.badge_wanted`.
+pub async fn badge_sent(db: impl PgExecutor<'_>, p: &Pusher) -> sqlx::Result<()> {
+    sqlx::query!(
+        "update pushers set badge_sent = greatest(badge_sent, $4)
+         where user_id = $1 and app_id = $2 and pushkey = $3",
+        p.user_id,
+        p.app_id,
+        p.pushkey,
+        p.badge_wanted
+    )
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// All HTTP pushers with notifications they have not been sent, or a badge.
 pub async fn pending(db: impl PgExecutor<'_>) -> sqlx::Result<Vec<Pusher>> {
     sqlx::query_as!(
         Pusher,
         "select p.* from pushers p
-         where p.kind = 'http' and exists (
+         where p.kind = 'http' and (p.badge_wanted > p.badge_sent or exists (
              select 1 from event_push_actions a
-             where a.user_id = p.user_id and a.stream_ordering > p.last_stream_ordering)"
+             where a.user_id = p.user_id and a.stream_ordering > p.last_stream_ordering))"
     )
     .fetch_all(db)
     .await

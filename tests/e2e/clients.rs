@@ -306,6 +306,28 @@ async fn deleting_an_alias_removes_it_from_the_canonical_alias() {
     assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
     let (_, content) = canonical_alias(&server, &alice, &room).await;
     assert_eq!(content["alt_aliases"][0], "#other:test.local");
+
+    // Once he may send the canonical alias, he may delete others' aliases of
+    // the room (as Synapse allows; SyTest: "Users with sufficient power-level
+    // can delete other's aliases"), but not those of a room he has no power in.
+    let elsewhere = server
+        .create_room(&alice, json!({ "preset": "public_chat" }))
+        .await;
+    server.join(&bob, &elsewhere).await;
+    put_alias(&server, &alice, "#elsewhere:test.local", &elsewhere).await;
+    let (status, body) = server
+        .put(
+            &format!("{V3}/rooms/{room}/state/m.room.power_levels/"),
+            Some(&alice.access_token),
+            // (Alice created the room: in room version 12 that is power enough.)
+            json!({ "users": { bob.user_id.clone(): 50 }, "state_default": 50 }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = delete_alias(&server, &bob, "#elsewhere:test.local").await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    let (status, body) = delete_alias(&server, &bob, "#other:test.local").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
 }
 
 #[tokio::test]

@@ -97,6 +97,23 @@ async fn keys_upload_query_claim_with_fallback() {
         )
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
+    // Device keys without the required `algorithms`, `keys` and `signatures`:
+    // M_BAD_JSON, and nothing stored (the one-time key with them neither).
+    let (status, body) = server
+        .post(
+            &format!("{V3}/keys/upload"),
+            Some(&alice.access_token),
+            json!({
+                "device_keys": { "user_id": alice.user_id, "device_id": alice.device_id },
+                "one_time_keys": { "signed_curve25519:ZZZZ": { "key": "k9", "signatures": {} } },
+            }),
+        )
+        .await;
+    assert_eq!(
+        (status, body["errcode"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("M_BAD_JSON")),
+        "{body}"
+    );
 
     let (status, q) = server
         .post(
@@ -108,6 +125,8 @@ async fn keys_upload_query_claim_with_fallback() {
     assert_eq!(status, StatusCode::OK, "{q}");
     let dk = &q["device_keys"][&alice.user_id][&alice.device_id];
     assert_eq!(dk["keys"][format!("ed25519:{}", alice.device_id)], "edkey");
+    // `unsigned` is always there (with the device's display name if it has one).
+    assert!(dk["unsigned"].is_object(), "{dk}");
     assert_eq!(
         q["device_keys"][&alice.user_id].as_object().unwrap().len(),
         1
@@ -568,6 +587,20 @@ async fn cross_signing_keys_upload_and_replace_needs_password() {
     let alice = server.register("alice", "pw").await;
     let bob = server.register("bob", "pw").await;
     let master = |key: &str| json!({ "user_id": alice.user_id, "usage": ["master"], "keys": { format!("ed25519:{key}"): key } });
+    // A self-signing key with no master key to hang off: refused.
+    let (status, body) = server
+        .post(
+            &format!("{V3}/keys/device_signing/upload"),
+            Some(&alice.access_token),
+            json!({ "self_signing_key": { "user_id": alice.user_id, "usage": ["self_signing"],
+                "keys": { "ed25519:SSK": "SSK" } } }),
+        )
+        .await;
+    assert_eq!(
+        (status, body["errcode"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("M_MISSING_PARAM")),
+        "{body}"
+    );
     let (status, body) = server
         .post(
             &format!("{V3}/keys/device_signing/upload"),

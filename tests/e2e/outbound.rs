@@ -186,6 +186,8 @@ async fn pushers_never_reach_refused_addresses() {
             created_ts: 0,
             last_stream_ordering: server.state.notifier.current(),
             device_id: None,
+            badge_wanted: 0,
+            badge_sent: 0,
         },
     )
     .await

@@ -156,9 +156,16 @@ async fn previews_end_when_the_room_stops_being_world_readable() {
     );
     set_visibility(&server, &alice, &room, "shared").await;
     server.send_message(&alice, &room, msg("now private")).await;
-    for status in reads(&server.api, &bob.access_token, &room, &public).await {
-        assert_eq!(status, StatusCode::FORBIDDEN);
-    }
+    // `/event` answers 404 for an event the reader may not see (as Synapse).
+    let refused = {
+        let mut r = vec![StatusCode::FORBIDDEN; 6];
+        r[4] = StatusCode::NOT_FOUND;
+        r
+    };
+    assert_eq!(
+        reads(&server.api, &bob.access_token, &room, &public).await,
+        refused
+    );
     assert_eq!(
         bodies(&server.api, &bob.access_token, &room).await,
         Err(StatusCode::FORBIDDEN)
@@ -170,10 +177,9 @@ async fn previews_end_when_the_room_stops_being_world_readable() {
         .create_room(&alice, json!({"preset": "private_chat"}))
         .await;
     let secret = server.send_message(&alice, &private, msg("secret")).await;
-    let forbidden = vec![StatusCode::FORBIDDEN; 6];
     assert_eq!(
         reads(&server.api, &bob.access_token, &private, &secret).await,
-        forbidden
+        refused
     );
     assert_eq!(
         reads(
@@ -183,6 +189,6 @@ async fn previews_end_when_the_room_stops_being_world_readable() {
             "$nosuchevent"
         )
         .await,
-        forbidden
+        refused
     );
 }

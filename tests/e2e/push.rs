@@ -412,6 +412,29 @@ async fn pushers_deliver_to_the_gateway_with_retry() {
     assert_eq!(n["devices"][0]["pushkey"], "k1");
     assert_eq!(n["devices"][0]["data"], json!({ "extra": 1 }));
 
+    // Someone else's read receipt changes nothing of Bob's: no push.
+    let receipt = format!("{v3}/rooms/{room}/receipt/m.read/{event}");
+    let (status, _) = server
+        .post(&receipt, Some(&alice.access_token), json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert!(received.try_recv().is_err(), "Alice's receipt pushed Bob");
+    // Bob's own receipt: a badge-only push with his new unread count and no
+    // event, as Synapse sends (SyTest "Test that a message is pushed").
+    let (status, _) = server.post(&receipt, t, json!({})).await;
+    assert_eq!(status, StatusCode::OK);
+    let got = tokio::time::timeout(std::time::Duration::from_secs(30), received.recv())
+        .await
+        .expect("badge within 30 s")
+        .unwrap();
+    let n = &got["notification"];
+    assert_eq!(n["counts"]["unread"], 0, "{got}");
+    assert!(n.get("event_id").is_none(), "{got}");
+    assert_eq!(n["id"], "");
+    assert_eq!(n["devices"][0]["pushkey"], "k1");
+    assert_eq!(n["devices"][0]["data"], json!({ "extra": 1 }));
+
     // Deleting with kind null.
     let mut delete = pusher("k1", &url);
     delete["kind"] = serde_json::Value::Null;

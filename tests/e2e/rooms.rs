@@ -358,7 +358,9 @@ async fn private_rooms_are_closed_to_non_members() {
         .await;
     assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
 
-    // Event IDs of the room do not leak through /event either.
+    // Event IDs of the room do not leak through /event either: a real event
+    // of the room, an unknown event and an unknown room all answer 404
+    // M_NOT_FOUND (as Synapse answers /event).
     let (_, page) = server
         .get(
             &format!("{V3}/rooms/{room}/messages?dir=b&limit=1"),
@@ -366,10 +368,18 @@ async fn private_rooms_are_closed_to_non_members() {
         )
         .await;
     let event_id = page["chunk"][0]["event_id"].as_str().unwrap();
-    let (status, _) = server
-        .get(&format!("{V3}/rooms/{room}/event/{event_id}"), eve_t)
-        .await;
-    assert_eq!(status, StatusCode::FORBIDDEN);
+    for path in [
+        format!("{V3}/rooms/{room}/event/{event_id}"),
+        format!("{V3}/rooms/{room}/event/$nosuchevent"),
+        format!("{V3}/rooms/!nope:test.local/event/{event_id}"),
+    ] {
+        let (status, body) = server.get(&path, eve_t).await;
+        assert_eq!(
+            (status, body["errcode"].as_str()),
+            (StatusCode::NOT_FOUND, Some("M_NOT_FOUND")),
+            "{path}"
+        );
+    }
 }
 
 #[tokio::test]
@@ -590,6 +600,8 @@ async fn redaction_strips_content_and_needs_power_for_others() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(ev["content"], json!({}), "{ev}");
     assert_eq!(ev["unsigned"]["redacted_because"]["event_id"], redaction_id);
+    // As Synapse: the redaction's ID in `redacted_by` too (SyTest reads it).
+    assert_eq!(ev["unsigned"]["redacted_by"], redaction_id);
     let all = all_messages(&server, &bob, &room, 50).await;
     assert!(!all.iter().any(|e| e.to_string().contains("regret")));
 

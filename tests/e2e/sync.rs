@@ -386,3 +386,313 @@ async fn incremental_sync_across_many_rooms_returns_exactly_the_new_events() {
     }
     assert_eq!(got, sent);
 }
+
+/// Ignoring users (spec: "Ignoring Users"): the ignored user's messages leave
+/// `/sync` and `/messages`, their invites are not shown, and their state events
+/// still are (the room's state must add up). Someone else's ignore list changes
+/// nothing for the others.
+#[tokio::test]
+async fn ignored_users_messages_and_invites_are_hidden() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice", "pw").await;
+    let bob = server.register("bob", "pw").await;
+    let carol = server.register("carol", "pw").await;
+    let r = room(&server, &alice, json!({ "preset": "public_chat" })).await;
+    server.join(&bob, &r).await;
+    server.join(&carol, &r).await;
+    say(&server, &bob, &r, "b1", "from bob").await;
+    say(&server, &carol, &r, "c1", "from carol").await;
+
+    let (status, _) = server
+        .put(
+            &format!(
+                "{V3}/user/{}/account_data/m.ignored_user_list",
+                alice.user_id
+            ),
+            Some(&alice.access_token),
+            json!({ "ignored_users": { bob.user_id.clone(): {} } }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let first = sync(&server, &alice, "").await;
+    let section = &first["rooms"]["join"][&r];
+    assert_eq!(bodies(section), vec!["from carol"], "{section}");
+    // Bob's join (state) is still there, in the timeline or the state.
+    let all = section.to_string();
+    assert!(all.contains(&format!("\"state_key\":\"{}\"", bob.user_id)));
+    let next = first["next_batch"].as_str().unwrap().to_owned();
+
+    // An incremental sync with only Bob's new message leaves the room out.
+    say(&server, &bob, &r, "b2", "bob again").await;
+    let inc = sync(&server, &alice, &format!("since={next}&timeout=0")).await;
+    assert!(inc["rooms"]["join"].get(&r).is_none(), "{inc}");
+    // Carol, who ignores nobody, sees both of Bob's messages.
+    let carols = sync(&server, &carol, "").await;
+    let b = bodies(&carols["rooms"]["join"][&r]);
+    assert!(b.contains(&"from bob".to_owned()) && b.contains(&"bob again".to_owned()));
+
+    // /messages leaves them out too.
+    let (status, page) = server
+        .get(
+            &format!("{V3}/rooms/{r}/messages?dir=b&limit=50"),
+            Some(&alice.access_token),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let texts: Vec<&str> = page["chunk"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["content"]["body"].as_str())
+        .collect();
+    assert_eq!(texts, vec!["from carol"], "{page}");
+
+    // An invite from Bob is not shown; one from Carol is.
+    let from_bob = room(&server, &bob, json!({ "invite": [alice.user_id] })).await;
+    let from_carol = room(&server, &carol, json!({ "invite": [alice.user_id] })).await;
+    let again = sync(&server, &alice, "").await;
+    let invites = &again["rooms"]["invite"];
+    assert!(invites.get(&from_bob).is_none(), "{invites}");
+    assert!(invites.get(&from_carol).is_some(), "{invites}");
+}
+
+/// `summary` (spec: "/sync", `RoomSummary`): a room with a name or canonical
+/// alias gets the member counts and no `m.heroes`; an unnamed one gets heroes.
+/// Counts follow joins and leaves.
+#[tokio::test]
+async fn room_summary_heroes_only_for_unnamed_rooms() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice", "pw").await;
+    let bob = server.register("bob", "pw").await;
+    let named = room(
+        &server,
+        &alice,
+        json!({ "preset": "public_chat", "name": "Named" }),
+    )
+    .await;
+    let unnamed = room(&server, &alice, json!({ "preset": "public_chat" })).await;
+    for r in [&named, &unnamed] {
+        server.join(&bob, r).await;
+    }
+    let body = sync(&server, &alice, "").await;
+    assert_eq!(
+        body["rooms"]["join"][&named]["summary"],
+        json!({ "m.joined_member_count": 2, "m.invited_member_count": 0 })
+    );
+    assert_eq!(
+        body["rooms"]["join"][&unnamed]["summary"],
+        json!({ "m.joined_member_count": 2, "m.invited_member_count": 0,
+                "m.heroes": [bob.user_id] })
+    );
+    // An emptied name makes the room unnamed again.
+    let (status, _) = server
+        .put(
+            &format!("{V3}/rooms/{named}/state/m.room.name/"),
+            Some(&alice.access_token),
+            json!({ "name": "" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let next = body["next_batch"].as_str().unwrap();
+    let inc = sync(&server, &alice, &format!("since={next}&timeout=0")).await;
+    assert_eq!(
+        inc["rooms"]["join"][&named]["summary"]["m.heroes"],
+        json!([bob.user_id])
+    );
+}
+
+/// Timeline limits: `limit: 0` gives no events and the state; a filtered
+/// timeline is `limited` only when another event the filter keeps was left
+/// out, not when older events of other types exist (SyTest: "A filtered
+/// timeline reaches its limit").
+#[tokio::test]
+async fn timeline_limits_count_only_what_the_filter_keeps() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice", "pw").await;
+    let r = room(&server, &alice, json!({ "preset": "private_chat" })).await;
+    let first = say(&server, &alice, &r, "m1", "my message").await;
+    for i in 0..12 {
+        let (status, _) = server
+            .put(
+                &format!("{V3}/rooms/{r}/send/a.made.up.filler.type/f{i}"),
+                Some(&alice.access_token),
+                json!({}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    let filter = json!({ "room": {
+        "timeline": { "limit": 1, "types": ["m.room.message"] },
+        "state": { "types": [] } } });
+    let body = sync(&server, &alice, &format!("filter={}", enc(filter))).await;
+    let timeline = &body["rooms"]["join"][&r]["timeline"];
+    assert_eq!(
+        timeline["events"].as_array().unwrap().len(),
+        1,
+        "{timeline}"
+    );
+    assert_eq!(timeline["events"][0]["event_id"], first.as_str());
+    assert_eq!(timeline["limited"], false, "{timeline}");
+    // A second message: now one is left out, and the timeline is limited.
+    say(&server, &alice, &r, "m2", "second").await;
+    let body = sync(
+        &server,
+        &alice,
+        &format!(
+            "filter={}",
+            enc(json!({ "room": {
+        "timeline": { "limit": 1, "types": ["m.room.message"] } } }))
+        ),
+    )
+    .await;
+    assert_eq!(body["rooms"]["join"][&r]["timeline"]["limited"], true);
+
+    // `limit: 0`: no events, and the state (here only the members).
+    let filter = json!({ "room": {
+        "timeline": { "limit": 0 }, "state": { "types": ["m.room.member"] } } });
+    let body = sync(&server, &alice, &format!("filter={}", enc(filter))).await;
+    let section = &body["rooms"]["join"][&r];
+    assert_eq!(section["timeline"]["events"], json!([]), "{section}");
+    let state = section["state"]["events"].as_array().unwrap();
+    assert_eq!(state.len(), 1, "{section}");
+    assert_eq!(state[0]["type"], "m.room.member");
+    // Still a `prev_batch`, from which `/messages` pages back to the newest.
+    let prev = section["timeline"]["prev_batch"]
+        .as_str()
+        .expect("prev_batch with an empty timeline");
+    let (status, page) = server
+        .get(
+            &format!("{V3}/rooms/{r}/messages?dir=b&limit=1&from={prev}"),
+            Some(&alice.access_token),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert_eq!(page["chunk"][0]["content"]["body"], "second", "{page}");
+}
+
+/// A state event that is part of the current state shows in the timeline
+/// even where history visibility hides it from the user, as Synapse does
+/// (SyTest: "Current state appears in timeline in private history"); hidden
+/// messages stay hidden.
+#[tokio::test]
+async fn current_state_shows_through_hidden_history() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice", "pw").await;
+    let bob = server.register("bob", "pw").await;
+    let carol = server.register("carol", "pw").await;
+    let r = room(&server, &alice, json!({ "preset": "public_chat" })).await;
+    server.join(&bob, &r).await;
+    let (status, _) = server
+        .put(
+            &format!("{V3}/rooms/{r}/state/m.room.history_visibility/"),
+            Some(&alice.access_token),
+            json!({ "history_visibility": "joined" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let before = sync(&server, &bob, "").await;
+    let next = before["next_batch"].as_str().unwrap().to_owned();
+    let (status, _) = server
+        .post(
+            &format!("{V3}/rooms/{r}/leave"),
+            Some(&bob.access_token),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    server.join(&carol, &r).await;
+    say(&server, &alice, &r, "secret", "while bob was away").await;
+    server.join(&bob, &r).await;
+    let inc = sync(&server, &bob, &format!("since={next}&timeout=0")).await;
+    let section = &inc["rooms"]["join"][&r];
+    let timeline = section["timeline"]["events"].as_array().unwrap();
+    assert!(
+        timeline.iter().any(|e| e["type"] == "m.room.member"
+            && e["state_key"] == carol.user_id.as_str()
+            && e["content"]["membership"] == "join"),
+        "{section}"
+    );
+    assert!(
+        !section.to_string().contains("while bob was away"),
+        "{section}"
+    );
+}
+
+/// A left room's `state` is the state before its timeline: all of it when the
+/// user joined and left within the window, filtered like a joined room's
+/// (SyTest: "When user joins and leaves a room in the same batch, the full
+/// state is still included in the next sync"). A profile change in a joined
+/// room is not a join: with everything filtered out, the room stays out of an
+/// incremental sync (SyTest: "A change to displayname should not result in a
+/// full state sync").
+#[tokio::test]
+async fn left_rooms_carry_state_and_profile_changes_are_not_joins() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice", "pw").await;
+    let bob = server.register("bob", "pw").await;
+    let filter = enc(json!({ "room": {
+        "timeline": { "types": [] },
+        "state": { "types": ["a.madeup.test.state"] },
+        "ephemeral": { "types": [] },
+        "include_leave": true } }));
+    let r = room(&server, &alice, json!({ "preset": "public_chat" })).await;
+    let (status, _) = server
+        .put(
+            &format!("{V3}/rooms/{r}/state/a.madeup.test.state/"),
+            Some(&alice.access_token),
+            json!({ "my_key": 1 }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let first = sync(&server, &bob, &format!("filter={filter}")).await;
+    let next = first["next_batch"].as_str().unwrap().to_owned();
+    server.join(&bob, &r).await;
+    let (status, _) = server
+        .post(
+            &format!("{V3}/rooms/{r}/leave"),
+            Some(&bob.access_token),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let inc = sync(
+        &server,
+        &bob,
+        &format!("filter={filter}&since={next}&timeout=0"),
+    )
+    .await;
+    let state = inc["rooms"]["leave"][&r]["state"]["events"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{inc}"))
+        .clone();
+    assert_eq!(state.len(), 1, "{inc}");
+    assert_eq!(state[0]["type"], "a.madeup.test.state");
+    assert_eq!(state[0]["content"]["my_key"], 1);
+
+    // Alice changes her display name in the room: filtered out, and no join.
+    let first = sync(&server, &alice, &format!("filter={filter}")).await;
+    assert_eq!(
+        first["rooms"]["join"][&r]["state"]["events"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    let next = first["next_batch"].as_str().unwrap().to_owned();
+    let (status, _) = server
+        .put(
+            &format!("{V3}/rooms/{r}/state/m.room.member/{}", alice.user_id),
+            Some(&alice.access_token),
+            json!({ "membership": "join", "displayname": "boris" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    say(&server, &alice, &r, "w", "to wait on").await;
+    let inc = sync(
+        &server,
+        &alice,
+        &format!("filter={filter}&since={next}&timeout=0"),
+    )
+    .await;
+    assert!(inc["rooms"]["join"].get(&r).is_none(), "{inc}");
+}

@@ -21,7 +21,7 @@ use crate::{
         json::Query,
     },
     app::AppState,
-    error::{Error, Result},
+    error::{Error, ErrorKind, Result},
     service::{
         event_stream::{self, Params},
         initial_sync, read,
@@ -138,7 +138,14 @@ async fn one_event(
         .await?
         .ok_or_else(not_found)?;
     let room_id = OwnedRoomId::try_from(stored.room_id).map_err(|_| not_found())?;
-    Ok(Json(read::legacy_format(
-        read::event(&app, &user, &room_id, event_id.as_str()).await?,
-    )))
+    // As Synapse: an event the user may not see is 403 here (the room path's
+    // `/event` answers 404).
+    let event = match read::event(&app, &user, &room_id, event_id.as_str()).await {
+        Err(Error::Matrix {
+            kind: ErrorKind::NotFound,
+            ..
+        }) => return Err(Error::forbidden("You may not see this event")),
+        other => other?,
+    };
+    Ok(Json(read::legacy_format(event)))
 }

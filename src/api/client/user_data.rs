@@ -19,7 +19,7 @@ use ruma::api::client::{
     read_marker::set_read_marker,
     receipt::create_receipt,
     tag::{create_tag, delete_tag, get_tags},
-    typing::create_typing_event::{self, v3::Typing},
+    typing::create_typing_event,
 };
 use ruma::{OwnedUserId, RoomId, UserId};
 use serde_json::{Value, json};
@@ -45,6 +45,7 @@ pub fn router() -> Router<AppState> {
         .ruma::<delete_tag::v3::Request, _, _>(remove_tag)
         .ruma::<create_receipt::v3::Request, _, _>(receipt)
         .ruma::<set_read_marker::v3::Request, _, _>(read_markers)
+        // The path of ruma's request type, read by `typing` (see `TypingBody`).
         .ruma::<create_typing_event::v3::Request, _, _>(typing)
         // MSC3391: ruma has no request types for these.
         .route(
@@ -211,15 +212,26 @@ async fn read_markers(
     Ok(Json(json!({})))
 }
 
+/// The body of `PUT /rooms/{roomId}/typing/{userId}`. `timeout` may be left
+/// out when typing (Synapse then takes 30 s; ruma's request type requires it,
+/// so the body is read here).
+#[derive(serde::Deserialize)]
+struct TypingBody {
+    typing: bool,
+    timeout: Option<u64>,
+}
+
 async fn typing(
     State(app): State<AppState>,
     AuthUser(session): AuthUser,
-    Ruma(req): Ruma<create_typing_event::v3::Request>,
+    Path((room_id, user_id)): Path<(String, String)>,
+    crate::api::json::Json(body): crate::api::json::Json<TypingBody>,
 ) -> Result<Json<Value>> {
-    let timeout = match req.state {
-        Typing::Yes(info) => Some(info.timeout.min(Duration::from_secs(120))),
-        _ => None,
-    };
-    receipts::typing(&app, &session, &req.room_id, &req.user_id, timeout).await?;
+    let room_id = RoomId::parse(&room_id).map_err(|_| Error::invalid_param("Invalid room ID"))?;
+    let user_id = UserId::parse(&user_id).map_err(|_| Error::invalid_param("Invalid user ID"))?;
+    let timeout = body.typing.then(|| {
+        Duration::from_millis(body.timeout.unwrap_or(30_000)).min(Duration::from_secs(120))
+    });
+    receipts::typing(&app, &session, &room_id, &user_id, timeout).await?;
     Ok(Json(json!({})))
 }
