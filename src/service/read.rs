@@ -538,9 +538,14 @@ pub async fn messages(
             } else {
                 TopoToken::after(&ev)
             });
+            // The reader's own membership events are theirs to see (their
+            // leave above all, which history visibility after it would hide;
+            // as Synapse's filter, and as `/sync`'s leave section shows it).
+            let own_membership = ev.event_type == "m.room.member"
+                && ev.state_key.as_deref() == Some(reader.user_id.as_str());
             if !filter_allows(filter, &ev)
                 || (ev.state_key.is_none() && ignored.contains(&ev.sender))
-                || !viewer.may_see(&ev).await?
+                || !(own_membership || viewer.may_see(&ev).await?)
             {
                 continue;
             }

@@ -189,3 +189,49 @@ async fn search_counts_only_visible_history() {
     assert_eq!(page["count"], 0, "{page}");
     assert!(page.get("next_batch").is_none(), "{page}");
 }
+
+/// A user who left pages back from the room's end and sees history up to and
+/// including their own leave, nothing after it (SyTest: "Can get
+/// rooms/{roomId}/messages for a departed room (SPEC-216)").
+#[tokio::test]
+async fn a_departed_user_reads_up_to_their_leave() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice", "alice-password").await;
+    let bob = server.register("bob", "bob-password").await;
+    let room = server
+        .create_room(&alice, json!({"preset": "public_chat"}))
+        .await;
+    server.join(&bob, &room).await;
+    server.send_message(&alice, &room, msg("before")).await;
+    let (status, _) = server
+        .post(
+            &format!("{V3}/rooms/{}/leave", enc(&room)),
+            Some(&bob.access_token),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    server.send_message(&alice, &room, msg("after")).await;
+    let (status, _) = server
+        .put(
+            &format!("{V3}/rooms/{}/state/m.room.name/", enc(&room)),
+            Some(&alice.access_token),
+            json!({"name": "renamed after"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, page) = server
+        .get(
+            &format!("{V3}/rooms/{}/messages?dir=b&limit=2", enc(&room)),
+            Some(&bob.access_token),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    let chunk = page["chunk"].as_array().unwrap();
+    assert_eq!(chunk.len(), 2, "{page}");
+    assert_eq!(chunk[0]["type"], "m.room.member");
+    assert_eq!(chunk[0]["state_key"], bob.user_id.as_str());
+    assert_eq!(chunk[0]["content"]["membership"], "leave");
+    assert_eq!(chunk[1]["content"]["body"], "before", "{page}");
+    assert!(!page.to_string().contains("after"), "{page}");
+}
