@@ -71,12 +71,19 @@ pub enum ErrorKind {
     /// `502 M_TOO_LARGE`: remote media larger than this server accepts (the
     /// spec's download answer "content is too large for the server to serve").
     RemoteTooLarge,
+    /// Another server's refusal passed through to the client (a `make_join`
+    /// error, as the spec asks): its 4xx status and errcode.
+    Remote {
+        status: StatusCode,
+        errcode: String,
+    },
     Unknown,
 }
 
 impl ErrorKind {
-    pub fn errcode(&self) -> &'static str {
+    pub fn errcode(&self) -> &str {
         match self {
+            Self::Remote { errcode, .. } => errcode,
             Self::Forbidden => "M_FORBIDDEN",
             Self::UnknownToken { .. } => "M_UNKNOWN_TOKEN",
             Self::MissingToken => "M_MISSING_TOKEN",
@@ -124,7 +131,7 @@ impl ErrorKind {
             Self::Conflict | Self::CannotOverwriteMedia => StatusCode::CONFLICT,
             Self::NotYetUploaded => StatusCode::GATEWAY_TIMEOUT,
             Self::LimitExceeded { .. } => StatusCode::TOO_MANY_REQUESTS,
-            Self::Unrecognized { status } => *status,
+            Self::Unrecognized { status } | Self::Remote { status, .. } => *status,
             Self::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Unknown => StatusCode::INTERNAL_SERVER_ERROR,
             Self::BadGateway | Self::RemoteTooLarge => StatusCode::BAD_GATEWAY,

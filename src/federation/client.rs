@@ -54,6 +54,31 @@ impl FedError {
     pub fn is_not_found(&self) -> bool {
         matches!(self, Self::Remote { status: 404, .. })
     }
+
+    /// The `errcode` of a remote error answer whose body is a Matrix error.
+    pub fn errcode(&self) -> Option<String> {
+        let Self::Remote { body, .. } = self else {
+            return None;
+        };
+        let body: serde_json::Value = serde_json::from_str(body).ok()?;
+        body["errcode"].as_str().map(str::to_owned)
+    }
+
+    /// The server does not have the endpoint (so an older version of it may
+    /// be tried): MSC3743's 404/405 `M_UNRECOGNIZED`, the 400 `M_UNRECOGNIZED`
+    /// of older Dendrites, or the 404/405 without a Matrix error of older
+    /// Synapses (and SyTest) — as Synapse decides before falling back to
+    /// `/v1/send_join`, `/v1/send_leave` and `/v1/invite`.
+    pub fn is_unknown_endpoint(&self) -> bool {
+        let Self::Remote { status, .. } = self else {
+            return false;
+        };
+        matches!(
+            (status, self.errcode().as_deref()),
+            (404 | 405, None | Some("M_UNRECOGNIZED" | "M_UNKNOWN"))
+                | (400, Some("M_UNRECOGNIZED"))
+        )
+    }
 }
 
 /// `.well-known` fetches and SRV queries for discovery.

@@ -237,10 +237,19 @@ pub async fn leave(
     if let Some(remote) =
         crate::storage::federation::remote_membership(&app.db, room_id.as_str(), user.as_str())
             .await?
-        && let Ok(server) = ruma::OwnedServerName::try_from(remote.via_server)
+        && let Ok(server) = ruma::OwnedServerName::try_from(remote.via_server.as_str())
         && !resident(app, room_id).await?
     {
-        return super::federation::join::leave_remote(app, user, room_id, &server, reason).await;
+        let through =
+            super::federation::join::leave_remote(app, user, room_id, &server, reason.clone());
+        let Err(error) = through.await else {
+            return Ok(());
+        };
+        // The user is not kept in a room they want out of because its server
+        // cannot be asked: they leave here alone (as Synapse does).
+        tracing::info!(%room_id, %server, %error, "remote rejection failed: leaving locally");
+        return super::federation::join::leave_out_of_band(app, user, room_id, &remote, reason)
+            .await;
     }
     let mut tx = app.db.begin().await?;
     let Some(mut room) = RoomCtx::lock(&mut tx, room_id).await? else {

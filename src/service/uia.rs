@@ -95,12 +95,13 @@ pub async fn authenticate(
             check_password_stage(state, req, &p.identifier, &p.password).await?
         }
         _ => Some((
-            "M_UNRECOGNIZED",
+            "M_UNRECOGNIZED".to_owned(),
             format!("Authentication type {stage} is not supported"),
         )),
     };
-    if let Some(err) = stage_error {
-        return Err(challenge(req, &session_id, &session.completed, Some(err)));
+    if let Some((errcode, message)) = stage_error {
+        let error = Some((errcode.as_str(), message));
+        return Err(challenge(req, &session_id, &session.completed, error));
     }
 
     let mut tx = state.db.begin().await?;
@@ -301,10 +302,10 @@ async fn check_password_stage(
     req: &Requirement<'_>,
     identifier: &UserIdentifier,
     password: &str,
-) -> Result<Option<(&'static str, String)>> {
+) -> Result<Option<(String, String)>> {
     let Some(expected) = req.user else {
         return Ok(Some((
-            "M_FORBIDDEN",
+            "M_FORBIDDEN".to_owned(),
             "Password authentication needs a user".to_owned(),
         )));
     };
@@ -325,7 +326,7 @@ async fn check_password_stage(
         }
         None => {
             return Ok(Some((
-                "M_FORBIDDEN",
+                "M_FORBIDDEN".to_owned(),
                 "Invalid username or password".to_owned(),
             )));
         }
@@ -339,7 +340,7 @@ async fn check_password_stage(
                 ..
             },
         ) => Err(e),
-        Err(Error::Matrix { kind, message }) => Ok(Some((kind.errcode(), message))),
+        Err(Error::Matrix { kind, message }) => Ok(Some((kind.errcode().to_owned(), message))),
         Err(e) => Err(e),
     }
 }

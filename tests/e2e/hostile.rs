@@ -267,22 +267,35 @@ impl HostilePeer {
             Answer::With(Arc::new(move |_, body| {
                 let version = RoomVersionId::try_from(body["room_version"].as_str().unwrap_or(""))
                     .expect("room version");
-                let rules = version.rules().expect("rules");
-                let mut object = to_object(body["event"].clone());
-                // Sign the redacted form and add the signature to the event.
-                let mut redacted =
-                    ruma::canonical_json::redact(object.clone(), &rules.redaction, None).unwrap();
-                sign_json(&name, key.as_ref(), &mut redacted).unwrap();
-                let ours = match redacted.get("signatures") {
-                    Some(CanonicalJsonValue::Object(s)) => s[name.as_str()].clone(),
-                    _ => unreachable!(),
-                };
-                if let Some(CanonicalJsonValue::Object(sigs)) = object.get_mut("signatures") {
-                    sigs.insert(name.clone(), ours);
-                }
+                let object = countersign(&name, &key, &version, body["event"].clone());
                 Answer::Json(StatusCode::OK, json!({ "event": object }))
             })),
         );
+    }
+
+    /// Countersigns invites of its users through the deprecated
+    /// `PUT /_matrix/federation/v1/invite` (the body is the event, the room
+    /// version 1 or 2), answering `[200, {"event": …}]` as old servers do.
+    pub fn accept_v1_invites(&self) {
+        let key = self.key.clone();
+        let name = self.name.clone();
+        self.on(
+            Method::PUT,
+            "/_matrix/federation/v1/invite/",
+            Answer::With(Arc::new(move |_, body| {
+                let object = countersign(&name, &key, &RoomVersionId::V1, body.clone());
+                Answer::Json(StatusCode::OK, json!([200, { "event": object }]))
+            })),
+        );
+    }
+
+    /// `[id, {"sha256": hash}]` references (event format v1) to events the
+    /// peer built or was sent.
+    pub fn v1_refs(&self, ids: &[String]) -> Vec<Value> {
+        let hashes = self.hashes.lock().unwrap();
+        ids.iter()
+            .map(|id| json!([id, { "sha256": hashes.get(id).cloned().unwrap_or_default() }]))
+            .collect()
     }
 
     /// A signed X-Matrix request to `server`'s federation API.
@@ -462,6 +475,55 @@ impl HostilePeer {
     /// Joins `room_id` on `server` as `@localpart:<peer>` through
     /// `make_join`/`send_join`, as an honest server would.
     pub async fn join(&self, server: &TestServer, room_id: &str, localpart: &str) -> JoinedRoom {
+        let signed = self.signed_join(server, room_id, localpart).await;
+        let (status, body) = self
+            .request(
+                server.name(),
+                Method::PUT,
+                &format!(
+                    "/_matrix/federation/v2/send_join/{}/{}",
+                    enc(room_id),
+                    enc(&signed.event_id)
+                ),
+                Some(signed.pdu.clone()),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "send_join: {body}");
+        self.joined(room_id, signed, &body["state"])
+    }
+
+    /// The peer's side of a join sent and answered: the room as it knows it
+    /// from `state` (a `send_join` answer's) and its join.
+    pub fn joined(&self, room_id: &str, signed: SignedJoin, state: &Value) -> JoinedRoom {
+        let rules = signed.version.rules().unwrap();
+        let mut state: Vec<Value> = state
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| with_event_id(e, &rules))
+            .collect();
+        self.learn(&state, &rules);
+        state.push(with_event_id(&signed.pdu, &rules));
+        JoinedRoom {
+            room_id: room_id.to_owned(),
+            version: signed.version,
+            user_id: signed.user_id,
+            join_id: signed.event_id.clone(),
+            state,
+            latest: signed.event_id,
+            depth: signed.depth,
+        }
+    }
+
+    /// The first half of a join of `room_id` on `server` as
+    /// `@localpart:<peer>`: `make_join`, then the template completed and
+    /// signed (not yet sent).
+    pub async fn signed_join(
+        &self,
+        server: &TestServer,
+        room_id: &str,
+        localpart: &str,
+    ) -> SignedJoin {
         let user_id = self.user(localpart);
         let versions: String = [
             "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12",
@@ -494,36 +556,12 @@ impl HostilePeer {
         }
         template["origin"] = self.name.as_str().into();
         let depth = template["depth"].as_i64().unwrap();
-        let (join_id, join) = self.pdu(&version, template);
-        let (status, body) = self
-            .request(
-                server.name(),
-                Method::PUT,
-                &format!(
-                    "/_matrix/federation/v2/send_join/{}/{}",
-                    enc(room_id),
-                    enc(&join_id)
-                ),
-                Some(join.clone()),
-            )
-            .await;
-        assert_eq!(status, StatusCode::OK, "send_join: {body}");
-        let rules = version.rules().unwrap();
-        let mut state: Vec<Value> = body["state"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|e| with_event_id(e, &rules))
-            .collect();
-        self.learn(&state, &rules);
-        state.push(with_event_id(&join, &rules));
-        JoinedRoom {
-            room_id: room_id.to_owned(),
+        let (event_id, pdu) = self.pdu(&version, template);
+        SignedJoin {
             version,
             user_id,
-            join_id: join_id.clone(),
-            state,
-            latest: join_id,
+            event_id,
+            pdu,
             depth,
         }
     }
@@ -531,6 +569,34 @@ impl HostilePeer {
     pub fn stop(self) {
         self.task.abort();
     }
+}
+
+/// A join the peer signed, not yet sent (`HostilePeer::signed_join`).
+#[derive(Clone, Debug)]
+pub struct SignedJoin {
+    pub version: RoomVersionId,
+    pub user_id: String,
+    pub event_id: String,
+    pub pdu: Value,
+    pub depth: i64,
+}
+
+/// `event` with `name`'s signature added (over its redacted form, as event
+/// signatures are), as the invitee's server countersigns an invite.
+fn countersign(name: &str, key: &Ed25519KeyPair, version: &RoomVersionId, event: Value) -> Value {
+    let rules = version.rules().expect("rules");
+    let mut object = to_object(event);
+    let mut redacted =
+        ruma::canonical_json::redact(object.clone(), &rules.redaction, None).unwrap();
+    sign_json(name, key, &mut redacted).unwrap();
+    let ours = match redacted.get("signatures") {
+        Some(CanonicalJsonValue::Object(s)) => s[name].clone(),
+        _ => unreachable!(),
+    };
+    if let Some(CanonicalJsonValue::Object(sigs)) = object.get_mut("signatures") {
+        sigs.insert(name.to_owned(), ours);
+    }
+    serde_json::to_value(&object).unwrap()
 }
 
 /// A PDU with its `event_id` field added (computed), for lookups in tests.

@@ -16,6 +16,7 @@ mod embedded;
 mod errors;
 mod federation;
 mod fedir;
+mod fedv1;
 mod filters;
 mod harness;
 mod hidden_history;

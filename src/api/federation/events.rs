@@ -1,6 +1,12 @@
 //! Events between servers: `PUT /send/{txnId}`, joins (`make_join`,
-//! `send_join` v2), and reading the graph (`/event`, `/event_auth`, `/state`,
-//! `/state_ids`, `/get_missing_events`).
+//! `send_join` v2 and the deprecated v1), invites (v2 and v1), leaves
+//! (`make_leave`, `send_leave` v2 and v1), knocks, and reading the graph
+//! (`/event`, `/event_auth`, `/state`, `/state_ids`, `/get_missing_events`).
+//!
+//! The deprecated v1 `send_join`, `send_leave` and `invite` (spec: "Joining
+//! Rooms", "Leaving Rooms", "Inviting to a room"; v1 `send_join`/`send_leave`
+//! removed in v1.18 but still sent by older servers) answer `[200, {…}]`, a
+//! historical accident kept on the wire.
 
 use std::collections::{BTreeMap, HashSet};
 
@@ -18,7 +24,7 @@ use crate::{
     domain::pdu::Pdu,
     error::{Error, ErrorKind, Result},
     service::federation::{
-        acl, ingest, join,
+        acl, ingest, invite, join,
         visibility::{self, ServerView},
     },
     storage::{events, federation as fed_store, now_ms, rooms},
@@ -35,12 +41,20 @@ pub fn router() -> Router<AppState> {
             get(make_join),
         )
         .route(
+            "/_matrix/federation/v1/send_join/{room_id}/{event_id}",
+            put(send_join_v1),
+        )
+        .route(
             "/_matrix/federation/v2/send_join/{room_id}/{event_id}",
             put(send_join),
         )
         .route(
+            "/_matrix/federation/v1/invite/{room_id}/{event_id}",
+            put(invite_v1),
+        )
+        .route(
             "/_matrix/federation/v2/invite/{room_id}/{event_id}",
-            put(invite),
+            put(invite_v2),
         )
         .route(
             "/_matrix/federation/v1/make_leave/{room_id}/{user_id}",
@@ -53,6 +67,10 @@ pub fn router() -> Router<AppState> {
         .route(
             "/_matrix/federation/v1/send_knock/{room_id}/{event_id}",
             put(send_knock),
+        )
+        .route(
+            "/_matrix/federation/v1/send_leave/{room_id}/{event_id}",
+            put(send_leave_v1),
         )
         .route(
             "/_matrix/federation/v2/send_leave/{room_id}/{event_id}",
@@ -73,19 +91,64 @@ pub fn router() -> Router<AppState> {
 }
 
 /// `PUT /v2/invite/{roomId}/{eventId}`: countersign an invite of one of our users.
-async fn invite(
+async fn invite_v2(
     State(app): State<AppState>,
     Path((room_id, event_id)): Path<(String, String)>,
     fed: FedRequest,
 ) -> Result<Json<Value>> {
-    let room_id = RoomId::parse(&room_id).map_err(|_| Error::bad_json("Bad room ID"))?;
-    let event_id = EventId::parse(&event_id).map_err(|_| Error::bad_json("Bad event ID"))?;
-    acl::check(&app, room_id.as_str(), fed.origin.as_str()).await?;
+    let (room_id, event_id) = invite_path(&app, &room_id, &event_id, &fed).await?;
     let body: Value = fed.json()?;
-    let reply =
-        crate::service::federation::invite::receive(&app, &fed.origin, &room_id, &event_id, &body)
-            .await?;
-    Ok(Json(reply))
+    let room_version = body["room_version"]
+        .as_str()
+        .ok_or_else(|| Error::bad_json("room_version is required"))?;
+    let incoming = invite::Incoming {
+        api: invite::InviteApi::V2,
+        room_version,
+        event: &body["event"],
+        invite_room_state: body["invite_room_state"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default(),
+    };
+    let event = invite::receive(&app, &fed.origin, &room_id, &event_id, incoming).await?;
+    Ok(Json(json!({ "event": event })))
+}
+
+/// `PUT /v1/invite/{roomId}/{eventId}` (deprecated): the body is the event,
+/// its stripped state in `unsigned.invite_room_state`; the room version is not
+/// given, so it is taken to be "1" (the spec: "1" or "2", which differ only in
+/// state resolution, not used here), as Synapse does.
+async fn invite_v1(
+    State(app): State<AppState>,
+    Path((room_id, event_id)): Path<(String, String)>,
+    fed: FedRequest,
+) -> Result<Json<Value>> {
+    let (room_id, event_id) = invite_path(&app, &room_id, &event_id, &fed).await?;
+    let event: Value = fed.json()?;
+    let incoming = invite::Incoming {
+        api: invite::InviteApi::V1,
+        room_version: "1",
+        event: &event,
+        invite_room_state: event["unsigned"]["invite_room_state"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default(),
+    };
+    let event = invite::receive(&app, &fed.origin, &room_id, &event_id, incoming).await?;
+    Ok(Json(json!([200, { "event": event }])))
+}
+
+/// An invite's room and event IDs, the room one the origin's ACL lets it act in.
+async fn invite_path(
+    app: &AppState,
+    room_id: &str,
+    event_id: &str,
+    fed: &FedRequest,
+) -> Result<(ruma::OwnedRoomId, ruma::OwnedEventId)> {
+    let room_id = RoomId::parse(room_id).map_err(|_| Error::bad_json("Bad room ID"))?;
+    let event_id = EventId::parse(event_id).map_err(|_| Error::bad_json("Bad event ID"))?;
+    acl::check(app, room_id.as_str(), fed.origin.as_str()).await?;
+    Ok((room_id, event_id))
 }
 
 /// `GET /backfill/{roomId}?v=…&limit=…`: the given events and those before them,
@@ -196,9 +259,21 @@ async fn send_leave(
     let room_id = acl_room(&app, &room_id, &fed.origin).await?;
     let event_id = path_event(&event_id)?;
     let body: Value = fed.json()?;
-    Ok(Json(
-        join::send_leave(&app, &fed.origin, &room_id, &event_id, &body).await?,
-    ))
+    join::send_leave(&app, &fed.origin, &room_id, &event_id, &body).await?;
+    Ok(Json(json!({})))
+}
+
+/// `PUT /v1/send_leave/{roomId}/{eventId}` (deprecated): v2's, as `[200, {}]`.
+async fn send_leave_v1(
+    State(app): State<AppState>,
+    Path((room_id, event_id)): Path<(String, String)>,
+    fed: FedRequest,
+) -> Result<Json<Value>> {
+    let room_id = acl_room(&app, &room_id, &fed.origin).await?;
+    let event_id = path_event(&event_id)?;
+    let body: Value = fed.json()?;
+    join::send_leave(&app, &fed.origin, &room_id, &event_id, &body).await?;
+    Ok(Json(json!([200, {}])))
 }
 
 /// A room ID from the path, in which the requesting server's ACL lets it act.
@@ -307,6 +382,8 @@ async fn make_join(
     ))
 }
 
+/// `PUT /v2/send_join/{roomId}/{eventId}`: the state before the join and its
+/// auth chain (whole: `members_omitted` is false).
 async fn send_join(
     State(app): State<AppState>,
     Path((room_id, event_id)): Path<(String, String)>,
@@ -315,9 +392,31 @@ async fn send_join(
     let room_id = acl_room(&app, &room_id, &fed.origin).await?;
     let event_id = path_event(&event_id)?;
     let body: Value = fed.json()?;
-    Ok(Json(
-        join::send_join(&app, &fed.origin, &room_id, &event_id, &body).await?,
-    ))
+    let joined = join::send_join(&app, &fed.origin, &room_id, &event_id, &body).await?;
+    Ok(Json(json!({
+        "origin": app.server_name.as_str(),
+        "state": joined.state,
+        "auth_chain": joined.auth_chain,
+        "members_omitted": false,
+    })))
+}
+
+/// `PUT /v1/send_join/{roomId}/{eventId}` (deprecated): v2's checks and
+/// answer, as `[200, {origin, state, auth_chain}]`.
+async fn send_join_v1(
+    State(app): State<AppState>,
+    Path((room_id, event_id)): Path<(String, String)>,
+    fed: FedRequest,
+) -> Result<Json<Value>> {
+    let room_id = acl_room(&app, &room_id, &fed.origin).await?;
+    let event_id = path_event(&event_id)?;
+    let body: Value = fed.json()?;
+    let joined = join::send_join(&app, &fed.origin, &room_id, &event_id, &body).await?;
+    Ok(Json(json!([200, {
+        "origin": app.server_name.as_str(),
+        "state": joined.state,
+        "auth_chain": joined.auth_chain,
+    }])))
 }
 
 /// An event in the `/backfill` walk, deepest (then latest) first.

@@ -100,6 +100,19 @@ pub fn check_format(rules: &RoomVersionRules, value: &Value) -> Result<Formatted
     })
 }
 
+/// Why a received PDU failed [`check_pdu`].
+#[derive(Debug, thiserror::Error)]
+pub enum PduError {
+    /// Not a PDU of the room version (not canonical JSON, too large, bad
+    /// references or event ID, not an event once redacted).
+    #[error("{0}")]
+    Format(String),
+    /// A server that must have signed it did not, or its signature does not
+    /// verify (or its keys could not be had).
+    #[error("{0}")]
+    Signature(String),
+}
+
 /// Steps 1-3, no storage: the PDU's format ([`check_format`]), the signatures
 /// of the servers that must have signed it, and its content hash (on mismatch
 /// the event continues redacted).
@@ -107,36 +120,37 @@ pub async fn check_pdu(
     app: &AppState,
     rules: &RoomVersionRules,
     value: &Value,
-) -> Result<Checked, String> {
+) -> Result<Checked, PduError> {
     let Formatted {
         mut object,
         event_id,
         servers,
         ts,
-    } = check_format(rules, value)?;
+    } = check_format(rules, value).map_err(PduError::Format)?;
     let mut map = PublicKeyMap::new();
     for server in &servers {
         let key_ids: Vec<String> = match object.get("signatures") {
             Some(CanonicalJsonValue::Object(sigs)) => match sigs.get(server.as_str()) {
                 Some(CanonicalJsonValue::Object(k)) => k.keys().cloned().collect(),
-                _ => return Err(format!("not signed by {server}")),
+                _ => return Err(PduError::Signature(format!("not signed by {server}"))),
             },
-            _ => return Err("no signatures".into()),
+            _ => return Err(PduError::Signature("no signatures".into())),
         };
         // Keys valid when the event was sent (v5+ rooms enforce validity).
         let set = keys::public_keys(app, server, &key_ids, ts.min(now_ms()))
             .await
-            .map_err(|e| format!("keys of {server}: {e}"))?;
+            .map_err(|e| PduError::Signature(format!("keys of {server}: {e}")))?;
         map.insert(server.to_string(), set);
     }
-    let verified = verify_event(&map, &object, rules).map_err(|e| format!("bad signature: {e}"))?;
+    let verified = verify_event(&map, &object, rules)
+        .map_err(|e| PduError::Signature(format!("bad signature: {e}")))?;
     if verified == Verified::Signatures {
         tracing::info!(%event_id, "content hash mismatch: keeping the redacted event");
         object = ruma::canonical_json::redact(object, &rules.redaction, None)
-            .map_err(|e| format!("redacting: {e}"))?;
+            .map_err(|e| PduError::Format(format!("redacting: {e}")))?;
     }
-    let text = serde_json::to_string(&object).map_err(|e| e.to_string())?;
-    let pdu = Pdu::from_json(&event_id, &text).map_err(|e| e.to_string())?;
+    let text = serde_json::to_string(&object).map_err(|e| PduError::Format(e.to_string()))?;
+    let pdu = Pdu::from_json(&event_id, &text).map_err(|e| PduError::Format(e.to_string()))?;
     Ok(Checked {
         event_id,
         object,
@@ -395,7 +409,7 @@ async fn receive(
     };
     let checked = match check_pdu(app, &rules, value).await {
         Ok(c) => c,
-        Err(e) => return (event_id_of(&rules, value), Err(e)),
+        Err(e) => return (event_id_of(&rules, value), Err(e.to_string())),
     };
     let event_id = checked.event_id.clone();
     let result = receive_checked(

@@ -1,6 +1,7 @@
-//! Invites across servers (`PUT /_matrix/federation/v2/invite`): countersigning
-//! another server's invite of one of our users, and having an invite of a remote
-//! user countersigned by that user's server before it is stored.
+//! Invites across servers (`PUT /_matrix/federation/v2/invite`, and the
+//! deprecated `/v1/invite` for room versions 1 and 2): countersigning another
+//! server's invite of one of our users, and having an invite of a remote user
+//! countersigned by that user's server before it is stored.
 
 use ruma::{
     CanonicalJsonObject, CanonicalJsonValue, EventId, RoomId, RoomVersionId, ServerName, UserId,
@@ -11,7 +12,10 @@ use serde_json::{Value, json};
 use super::ingest::{self, enc};
 use crate::{
     app::AppState,
-    domain::{pdu::Built, room_version},
+    domain::{
+        pdu::{self, Built},
+        room_version,
+    },
     error::{Error, ErrorKind, Result},
     service::event::{self, RoomCtx},
     storage::{Postgres, Transaction, events, federation as fed_store, rooms},
@@ -66,36 +70,64 @@ fn countersign(
     Ok(())
 }
 
+/// The invite endpoint an invite came through.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InviteApi {
+    /// `PUT /v1/invite` (deprecated): the body is the event; the room version
+    /// is not given.
+    V1,
+    /// `PUT /v2/invite`: the event, the room version and the stripped state.
+    V2,
+}
+
+/// An invite as another server sent it.
+pub struct Incoming<'a> {
+    pub api: InviteApi,
+    pub room_version: &'a str,
+    pub event: &'a Value,
+    pub invite_room_state: Vec<Value>,
+}
+
 /// Another server invites one of our users: check the event (spec: signatures,
 /// type, membership, sender on the origin, target on this server), countersign
 /// it, and — when none of our users is in the room — remember the invite so the
 /// user sees it in `/sync` and can accept it through the inviting server.
+/// Returns the countersigned event.
 pub async fn receive(
     app: &AppState,
     origin: &ServerName,
     room_id: &RoomId,
     event_id: &EventId,
-    body: &Value,
-) -> Result<Value> {
+    invite: Incoming<'_>,
+) -> Result<CanonicalJsonObject> {
     super::super::membership::ensure_not_blocked(app, room_id).await?;
-    let version = body["room_version"]
-        .as_str()
-        .ok_or_else(|| Error::bad_json("room_version is required"))?;
-    let version = RoomVersionId::try_from(version)
+    let version = RoomVersionId::try_from(invite.room_version)
         .ok()
         .filter(room_version::is_supported)
         .ok_or_else(|| {
             Error::new(
                 ErrorKind::IncompatibleRoomVersion {
-                    room_version: version.to_owned(),
+                    room_version: invite.room_version.to_owned(),
                 },
                 "This server does not support the room's version",
             )
         })?;
     let rules = version.rules().expect("supported versions have rules");
-    let checked = ingest::check_pdu(app, &rules, &body["event"])
+    let checked = ingest::check_pdu(app, &rules, invite.event)
         .await
-        .map_err(|e| invalid(format!("The invite event failed its checks: {e}")))?;
+        .map_err(|e| match e {
+            ingest::PduError::Format(e) => {
+                Error::bad_json(format!("The invite event is malformed: {e}"))
+            }
+            // The spec suggests M_INVALID_PARAM (v2); the deprecated v1 API
+            // answers 403 M_FORBIDDEN, as Synapse does and SyTest expects.
+            ingest::PduError::Signature(e) if invite.api == InviteApi::V1 => {
+                Error::forbidden(format!("The invite event is not signed: {e}"))
+            }
+            ingest::PduError::Signature(e) => {
+                invalid(format!("The invite event is not signed: {e}"))
+            }
+        })?;
     let pdu = &checked.pdu;
     if checked.event_id != event_id {
         return Err(invalid("The event ID does not match the event"));
@@ -131,14 +163,15 @@ pub async fn receive(
 
     if !rooms::has_joined_members_of(&app.db, room_id.as_str(), app.server_name.as_str()).await? {
         // Keep it: the invite event (an outlier), what to show, whom to ask.
-        let mut state: Vec<Value> = body["invite_room_state"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default();
+        let mut state = invite.invite_room_state;
         state.retain(Value::is_object);
+        // Kept without `unsigned` (a v1 invite carries its stripped state
+        // there, kept apart below).
+        let mut kept = object.clone();
+        kept.remove("unsigned");
         let signed = ingest::Checked {
             event_id: checked.event_id.clone(),
-            object: object.clone(),
+            object: kept,
             pdu: checked.pdu.clone(),
         };
         let remote = fed_store::RemoteMembership {
@@ -150,7 +183,7 @@ pub async fn receive(
         };
         super::join::record_remote_membership(app, &signed, "invite", Some(remote)).await?;
     }
-    Ok(json!({ "event": object }))
+    Ok(object)
 }
 
 /// The state sent with an invite: the room's create, join rules, name, avatar,
@@ -206,22 +239,36 @@ pub async fn countersigned(
         "event": built.json,
         "invite_room_state": invite_state,
     });
-    let reply = app
+    let reply = match app
         .federation
         .request_json(server, http::Method::PUT, &path, Some(&body))
         .await
-        .map_err(|e| match e {
-            crate::federation::client::FedError::Remote { status: 403, body } => {
-                Error::forbidden(format!("The invitee's server refused the invite: {body}"))
-            }
-            e => Error::new(
-                ErrorKind::Unknown,
-                format!("The invitee's server could not be reached: {e}"),
-            ),
-        })?;
+    {
+        Ok(reply) => reply,
+        // A server without `/v2/invite` knows only room versions 1 and 2: it
+        // gets those invites through `/v1/invite` (as Synapse falls back), and
+        // no invite to a room of a later version.
+        Err(e) if e.is_unknown_endpoint() && pdu::is_v1_format(rules) => {
+            v1_invite(app, server, &built, body["invite_room_state"].clone()).await?
+        }
+        Err(e) if e.is_unknown_endpoint() => {
+            return Err(Error::new(
+                ErrorKind::UnsupportedRoomVersion,
+                "The invitee's server does not support this room's version",
+            ));
+        }
+        Err(e) => return Err(invite_refused(e)),
+    };
     let checked = ingest::check_pdu(app, rules, &reply["event"])
         .await
-        .map_err(|e| Error::forbidden(format!("The countersigned invite is bad: {e}")))?;
+        .map_err(|e| match e {
+            ingest::PduError::Format(e) => {
+                Error::bad_json(format!("The countersigned invite is malformed: {e}"))
+            }
+            ingest::PduError::Signature(e) => {
+                Error::forbidden(format!("The countersigned invite is bad: {e}"))
+            }
+        })?;
     if checked.event_id != built.event_id {
         return Err(Error::forbidden(
             "The invitee's server returned a different event",
@@ -236,8 +283,51 @@ pub async fn countersigned(
             "The invitee's server did not sign the invite",
         ));
     }
-    Ok(Built {
-        json: checked.object,
-        ..built
+    // Our signature covers everything but `unsigned`, which is the invitee's
+    // to fill (the stripped state a v1 invite carries comes back in it): not
+    // kept in the event.
+    let mut json = checked.object;
+    json.remove("unsigned");
+    Ok(Built { json, ..built })
+}
+
+/// `PUT /v1/invite` (deprecated): the body is the event itself, the stripped
+/// state in its `unsigned`; the answer is `[200, {"event": …}]`.
+async fn v1_invite(
+    app: &AppState,
+    server: &ServerName,
+    built: &Built,
+    invite_state: Value,
+) -> Result<Value> {
+    let path = format!(
+        "/_matrix/federation/v1/invite/{}/{}",
+        enc(built.room_id.as_str()),
+        enc(built.event_id.as_str())
+    );
+    let mut event = serde_json::to_value(&built.json).map_err(|e| anyhow::anyhow!("{e}"))?;
+    event["unsigned"]["invite_room_state"] = invite_state;
+    let reply = app
+        .federation
+        .request_json(server, http::Method::PUT, &path, Some(&event))
+        .await
+        .map_err(invite_refused)?;
+    super::join::v1_answer(reply).ok_or_else(|| {
+        Error::new(
+            ErrorKind::BadGateway,
+            "The invitee's server answered /v1/invite with something else than [200, {…}]",
+        )
     })
+}
+
+/// A failed invite request, as the inviting client sees it.
+fn invite_refused(e: crate::federation::client::FedError) -> Error {
+    match e {
+        crate::federation::client::FedError::Remote { status: 403, body } => {
+            Error::forbidden(format!("The invitee's server refused the invite: {body}"))
+        }
+        e => Error::new(
+            ErrorKind::Unknown,
+            format!("The invitee's server could not be reached: {e}"),
+        ),
+    }
 }

@@ -21,6 +21,7 @@ use crate::{
         room_version,
     },
     error::{Error, ErrorKind, Result},
+    federation::client::FedError,
     service::event::{self, Placement, RoomCtx},
     storage::{events, federation as fed_store, now_ms, rooms},
 };
@@ -290,6 +291,15 @@ async fn membership_template(
         return Err(Error::not_found("Unknown room"));
     };
     drop(tx);
+    // A room all our users have left is one this server no longer takes part
+    // in: it cannot vouch for its current state (Synapse: "Not an active room
+    // on this server"). Leaving needs no such vouching.
+    if membership != "leave"
+        && !rooms::has_joined_members_of(&app.db, room_id.as_str(), app.server_name.as_str())
+            .await?
+    {
+        return Err(Error::not_found("Not an active room on this server"));
+    }
     let version = room.version.to_string();
     let unsupported = versions.is_some_and(|v| !v.iter().any(|v| v == &version));
     let no_knocking = membership == "knock" && !room.rules.authorization.knocking;
@@ -372,41 +382,43 @@ async fn template_for(
     Ok(template)
 }
 
-/// `send_join` (v2) as the resident server: accepts the signed join like any
-/// received PDU, sends it on to the other servers in the room, and answers with
-/// the state before it and the auth chain of that state.
+/// What the resident server answers a `send_join` with: the room's state
+/// before the join and that state's auth chain, as PDUs.
+pub struct JoinedState {
+    pub state: Vec<Value>,
+    pub auth_chain: Vec<Value>,
+}
+
+/// `send_join` (v1 and v2) as the resident server: accepts the signed join
+/// like any received PDU, sends it on to the other servers in the room, and
+/// answers with the state before it and the auth chain of that state.
 pub async fn send_join(
     app: &AppState,
     origin: &ServerName,
     room_id: &RoomId,
     event_id: &EventId,
     body: &Value,
-) -> Result<Value> {
+) -> Result<JoinedState> {
     let (rules, _) = accept_membership(app, origin, room_id, event_id, body, "join").await?;
     let stored = events::get(&app.db, event_id.as_str())
         .await?
         .ok_or_else(|| Error::forbidden("The join was not accepted"))?;
     let pdu = Pdu::from_json(event_id, &stored.json).map_err(|e| anyhow::anyhow!("{e}"))?;
     let (state, auth_chain) = state_and_auth_chain_before(app, &rules, room_id, &pdu).await?;
-    Ok(json!({
-        "origin": app.server_name.as_str(),
-        "state": state,
-        "auth_chain": auth_chain,
-        "members_omitted": false,
-    }))
+    Ok(JoinedState { state, auth_chain })
 }
 
-/// `send_leave` (v2) as the resident server: accepts the signed leave like any
-/// received PDU and sends it on to the other servers in the room.
+/// `send_leave` (v1 and v2) as the resident server: accepts the signed leave
+/// like any received PDU and sends it on to the other servers in the room.
 pub async fn send_leave(
     app: &AppState,
     origin: &ServerName,
     room_id: &RoomId,
     event_id: &EventId,
     body: &Value,
-) -> Result<Value> {
+) -> Result<()> {
     accept_membership(app, origin, room_id, event_id, body, "leave").await?;
-    Ok(json!({}))
+    Ok(())
 }
 
 /// `send_knock` as the resident server: accepts the signed knock like any
@@ -452,13 +464,27 @@ async fn accept_membership(
         .ok_or_else(|| anyhow::anyhow!("stored room version"))?;
     let checked: Checked = ingest::check_pdu(app, &rules, body)
         .await
-        .map_err(|e| Error::bad_json(format!("Invalid {membership} event: {e}")))?;
+        .map_err(|e| match e {
+            ingest::PduError::Format(e) => {
+                Error::bad_json(format!("Invalid {membership} event: {e}"))
+            }
+            ingest::PduError::Signature(e) => {
+                Error::forbidden(format!("The {membership} event is not signed: {e}"))
+            }
+        })?;
+    // Only a server's own users' membership: another server's event, even
+    // one it signed (a join replayed after its user left), is not the
+    // requester's to send.
+    if checked.pdu.sender.server_name() != origin {
+        return Err(Error::forbidden(format!(
+            "Not allowed to send a {membership} on behalf of another server"
+        )));
+    }
     let content: Value = serde_json::from_str(checked.pdu.content.get()).unwrap_or_default();
     if checked.event_id != event_id
         || checked.pdu.kind != TimelineEventType::RoomMember
         || checked.pdu.state_key.as_deref() != Some(checked.pdu.sender.as_str())
         || content["membership"] != membership
-        || checked.pdu.sender.server_name() != origin
     {
         return Err(Error::bad_json(format!(
             "Not a {membership} event of the requesting server for this ID"
@@ -606,8 +632,10 @@ struct Handshake {
 /// Our side of a membership change in a room this server is not in: asks
 /// `server` for a `membership` template (`make_join`, `make_leave`,
 /// `make_knock`), checks it is the event we asked for, adds `extra` content,
-/// signs it and sends it back (`send_*`). A 403 or an unsupported room version
-/// is the room's answer (`Refused`); anything else may go better elsewhere.
+/// signs it and sends it back (`send_*`, falling back to the deprecated v1
+/// when the server does not know v2). The room's refusal (see
+/// [`make_failure`], [`send_failure`]) or an unsupported room version is the
+/// answer (`Refused`); anything else may go better elsewhere.
 async fn handshake(
     app: &AppState,
     server: &ServerName,
@@ -616,10 +644,12 @@ async fn handshake(
     membership: &str,
     extra: serde_json::Map<String, Value>,
 ) -> std::result::Result<Handshake, JoinError> {
-    let (make, send) = match membership {
-        "join" => ("v1/make_join", "v2/send_join"),
-        "leave" => ("v1/make_leave", "v2/send_leave"),
-        _ => ("v1/make_knock", "v1/send_knock"),
+    // `send_join` and `send_leave` have a deprecated v1, tried when the
+    // server does not know v2.
+    let (make, send, send_v1) = match membership {
+        "join" => ("v1/make_join", "v2/send_join", Some("v1/send_join")),
+        "leave" => ("v1/make_leave", "v2/send_leave", Some("v1/send_leave")),
+        _ => ("v1/make_knock", "v1/send_knock", None),
     };
     let query = if membership == "leave" {
         String::new()
@@ -630,27 +660,16 @@ async fn handshake(
             .collect();
         format!("?{}", vers.join("&"))
     };
-    let refused = |body: String| {
-        JoinError::Refused(Error::forbidden(format!(
-            "The room's server refused the {membership}: {body}"
-        )))
-    };
     let path = format!(
         "/_matrix/federation/{make}/{}/{}{query}",
         enc(room_id.as_str()),
         enc(user.as_str())
     );
-    let template = match app
+    let template = app
         .federation
         .request_json(server, http::Method::GET, &path, None)
         .await
-    {
-        Ok(t) => t,
-        Err(crate::federation::client::FedError::Remote { status: 403, body }) => {
-            return Err(refused(body));
-        }
-        Err(e) => return Err(JoinError::Failed(e.to_string())),
-    };
+        .map_err(|e| make_failure(membership, e))?;
     let version = template["room_version"].as_str().unwrap_or("1");
     let version = RoomVersionId::try_from(version)
         .ok()
@@ -676,22 +695,33 @@ async fn handshake(
         event["content"][key] = value;
     }
     let (object, event_id) = sign_template(app, event, &rules).map_err(JoinError::Failed)?;
-    let path = format!(
-        "/_matrix/federation/{send}/{}/{}",
-        enc(room_id.as_str()),
-        enc(event_id.as_str())
-    );
+    let send_path = |send: &str| {
+        format!(
+            "/_matrix/federation/{send}/{}/{}",
+            enc(room_id.as_str()),
+            enc(event_id.as_str())
+        )
+    };
     let body = serde_json::to_value(&object).map_err(|e| JoinError::Failed(e.to_string()))?;
-    let reply = match app
+    let sent = app
         .federation
-        .request_json(server, http::Method::PUT, &path, Some(&body))
-        .await
-    {
-        Ok(r) => r,
-        Err(crate::federation::client::FedError::Remote { status: 403, body }) => {
-            return Err(refused(body));
+        .request_json(server, http::Method::PUT, &send_path(send), Some(&body))
+        .await;
+    let reply = match (sent, send_v1) {
+        (Ok(reply), _) => reply,
+        (Err(e), Some(send_v1)) if e.is_unknown_endpoint() => {
+            let reply = app
+                .federation
+                .request_json(server, http::Method::PUT, &send_path(send_v1), Some(&body))
+                .await
+                .map_err(|e| send_failure(membership, e))?;
+            v1_answer(reply).ok_or_else(|| {
+                JoinError::Failed(format!(
+                    "{send_v1} answered something else than [200, {{…}}]"
+                ))
+            })?
         }
-        Err(e) => return Err(JoinError::Failed(e.to_string())),
+        (Err(e), _) => return Err(send_failure(membership, e)),
     };
     Ok(Handshake {
         object,
@@ -700,6 +730,80 @@ async fn handshake(
         rules,
         reply,
     })
+}
+
+/// The body of a deprecated v1 answer (`send_join`, `send_leave`, `invite`):
+/// `[200, {…}]`, an accident of history kept on the wire.
+pub(super) fn v1_answer(reply: Value) -> Option<Value> {
+    match reply {
+        Value::Array(mut items) if items.len() == 2 && items[1].is_object() => {
+            Some(items.remove(1))
+        }
+        _ => None,
+    }
+}
+
+/// Errcodes with which a resident server says another server might do better
+/// (restricted rooms: it cannot authorise the join, another one may).
+const TRY_ELSEWHERE: [&str; 2] = ["M_UNABLE_TO_AUTHORISE_JOIN", "M_UNABLE_TO_GRANT_JOIN"];
+
+/// A failed `make_*`. The room's answer — a 4xx other than "unknown room" or
+/// a request to try elsewhere — is passed through to the client, as the spec
+/// asks ("The error should be passed through to clients"); anything else may
+/// go better with another server.
+fn make_failure(membership: &str, e: FedError) -> JoinError {
+    let FedError::Remote { status, body } = &e else {
+        return JoinError::Failed(e.to_string());
+    };
+    let errcode = e.errcode();
+    let try_elsewhere = matches!(status, 401 | 404 | 408 | 429)
+        || errcode
+            .as_deref()
+            .is_some_and(|c| TRY_ELSEWHERE.contains(&c));
+    if !(400..500).contains(status) || try_elsewhere {
+        return JoinError::Failed(e.to_string());
+    }
+    JoinError::Refused(passed_through(membership, *status, body))
+}
+
+/// A failed `send_*`: a 403 is the room's refusal; anything else may go
+/// better with another server.
+fn send_failure(membership: &str, e: FedError) -> JoinError {
+    match &e {
+        FedError::Remote { status: 403, body } => {
+            JoinError::Refused(passed_through(membership, 403, body))
+        }
+        _ => JoinError::Failed(e.to_string()),
+    }
+}
+
+/// Another server's 4xx error as our client's: its status, errcode (when it
+/// is one: `M_…` or namespaced, upper case) and message; `room_version` kept
+/// for `M_INCOMPATIBLE_ROOM_VERSION`.
+fn passed_through(membership: &str, status: u16, body: &str) -> Error {
+    let body: Value = serde_json::from_str(body).unwrap_or_default();
+    let message = body["error"].as_str().unwrap_or("no reason given");
+    let message: String = message.chars().take(500).collect();
+    let message = format!("The room's server refused the {membership}: {message}");
+    let errcode = body["errcode"].as_str().filter(|c| {
+        (1..=128).contains(&c.len())
+            && c.bytes()
+                .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_' || b == b'.')
+    });
+    let room_version = body["room_version"]
+        .as_str()
+        .filter(|v| (1..=32).contains(&v.len()));
+    let kind = match (status, errcode, room_version) {
+        (400, Some("M_INCOMPATIBLE_ROOM_VERSION"), Some(v)) => ErrorKind::IncompatibleRoomVersion {
+            room_version: v.to_owned(),
+        },
+        (403, Some("M_FORBIDDEN") | None, _) => ErrorKind::Forbidden,
+        _ => ErrorKind::Remote {
+            status: http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::BAD_REQUEST),
+            errcode: errcode.unwrap_or("M_UNKNOWN").to_owned(),
+        },
+    };
+    Error::new(kind, message)
 }
 
 /// Records a local user's membership of a room this server is not in: the
@@ -776,6 +880,56 @@ pub async fn leave_remote(
             )
         })?;
     let checked = checked_of(done.object, done.event_id)?;
+    record_remote_membership(app, &checked, "leave", None).await
+}
+
+/// Rejects an invite to (or withdraws a knock on) a room this server is not
+/// in when the room's server cannot do it (unreachable, or refusing): a leave
+/// of our own after the invite or knock, kept as an outlier, so the user is out
+/// of it here; the room's servers never hear of it (Synapse's "out-of-band"
+/// leave).
+pub async fn leave_out_of_band(
+    app: &AppState,
+    user: &UserId,
+    room_id: &RoomId,
+    remote: &fed_store::RemoteMembership,
+    reason: Option<String>,
+) -> Result<()> {
+    let rules = RoomVersionId::try_from(remote.room_version.as_str())
+        .ok()
+        .and_then(|v| v.rules())
+        .ok_or_else(|| anyhow::anyhow!("stored room version {}", remote.room_version))?;
+    let before_id = EventId::parse(&remote.event_id).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let before = events::get(&app.db, before_id.as_str())
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("the {} event is gone", remote.membership))?;
+    // Event format v1 references events with their reference hashes.
+    let reference = if pdu::is_v1_format(&rules) {
+        let mut tx = app.db.begin().await?;
+        let hashes =
+            event::reference_hashes(&mut tx, &rules, std::slice::from_ref(&before_id)).await?;
+        drop(tx);
+        json!([[before_id, { "sha256": hashes.get(&before_id) }]])
+    } else {
+        json!([before_id])
+    };
+    let mut content = json!({ "membership": "leave" });
+    if let Some(reason) = reason {
+        content["reason"] = reason.into();
+    }
+    let template = json!({
+        "type": "m.room.member",
+        "state_key": user,
+        "sender": user,
+        "room_id": room_id,
+        "content": content,
+        "prev_events": reference,
+        "auth_events": reference,
+        "depth": before.depth + 1,
+    });
+    let (object, event_id) =
+        sign_template(app, template, &rules).map_err(|e| anyhow::anyhow!(e))?;
+    let checked = checked_of(object, event_id)?;
     record_remote_membership(app, &checked, "leave", None).await
 }
 

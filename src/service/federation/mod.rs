@@ -26,7 +26,9 @@ use crate::{
 
 /// Queues one of our events for every other server with members in the room
 /// (after the event), plus the server of a member event's target (a kicked or
-/// banned user's server must hear of it). In the persisting transaction, so the
+/// banned user's server must hear of it) — but not an invitee's server, which
+/// had the invite through `/invite` (a server outside the room would get an
+/// event of a room it does not know). In the persisting transaction, so the
 /// event and its delivery are committed together.
 pub async fn enqueue_pdu(
     tx: &mut Transaction<'_, Postgres>,
@@ -45,6 +47,7 @@ pub async fn enqueue_pdu(
             .collect();
     if pdu.kind == TimelineEventType::RoomMember
         && let Some(target) = pdu.state_key.as_deref().and_then(|k| UserId::parse(k).ok())
+        && !is_invite(pdu)
     {
         destinations.insert(target.server_name().to_string());
     }
@@ -56,6 +59,11 @@ pub async fn enqueue_pdu(
     federation::enqueue_pdu(&mut **tx, &destinations, event_id.as_str(), now_ms()).await?;
     room.federation_wake = Some(app.federation_wake.clone());
     Ok(())
+}
+
+fn is_invite(pdu: &Pdu) -> bool {
+    serde_json::from_str::<serde_json::Value>(pdu.content.get())
+        .is_ok_and(|c| c["membership"] == "invite")
 }
 
 /// Queues an EDU for the given servers (ours is skipped) and wakes the sender.
