@@ -34,6 +34,7 @@ mod redaction;
 mod remote_media;
 mod rooms;
 pub mod sdk;
+mod server_acl;
 mod sliding;
 mod social;
 mod sweep;
