@@ -24,6 +24,7 @@ mod joinsync;
 mod legacy_sync;
 mod limits;
 mod media;
+mod notary;
 mod old_versions;
 mod openid;
 mod outbound;
