@@ -18,15 +18,20 @@ use serde_json::{Value, json};
 use crate::{
     app::AppState,
     error::{Error, ErrorKind, Result},
+    federation::client::FedError,
     storage::{keys as own_keys, now_ms, server_keys},
 };
 
 /// How long our published keys are valid for; peers re-fetch after this.
 const OWN_VALIDITY: Duration = Duration::from_secs(24 * 60 * 60);
-/// After a failed fetch, a server's keys are not asked for again this soon.
+/// After a fetch found a server unreachable, it is not asked again this soon
+/// (a dead server must not cost a connection attempt per request).
 const FETCH_BACKOFF: Duration = Duration::from_secs(60);
-/// After a successful fetch, not again this soon either (a request naming a key
-/// the server does not have must not cost a fetch each time).
+/// Fetches of a server that answers may run this many in a row (a notary
+/// asked for a newer key, then for one the origin no longer has, …)…
+const FETCH_BURST: u32 = 6;
+/// …and earn one more per this long: at most six a minute in the long run,
+/// whatever requests name keys or validities a server does not have.
 const REFETCH_AFTER: Duration = Duration::from_secs(10);
 /// Servers whose last fetch is remembered, at most.
 const MAX_REMEMBERED: usize = 10_000;
@@ -37,34 +42,98 @@ pub const MAX_NOTARY_FETCHES: usize = 10;
 /// `valid_until_ts` says (as Synapse, 7 days).
 const MAX_VALIDITY_MS: i64 = 7 * 24 * 60 * 60 * 1000;
 
-/// Recent fetches, so a server is not asked again too soon (and a dead one
-/// costs one attempt per [`FETCH_BACKOFF`]), and one fetch at a time per
-/// server: concurrent requests for the same server wait for the one in flight.
+/// Recent fetches per server, so that requests naming a server cannot make us
+/// fetch its keys at will: a server found unreachable is not asked again
+/// within [`FETCH_BACKOFF`]; one that answers (keys or an error) may be asked
+/// [`FETCH_BURST`] times in a row, then once per [`REFETCH_AFTER`]. One fetch
+/// at a time per server: concurrent requests for the same server wait for the
+/// one in flight.
 #[derive(Default)]
 pub struct FetchState {
-    /// Server → when its last fetch ended, and whether it succeeded.
-    last: Mutex<HashMap<String, (Instant, bool)>>,
+    last: Mutex<HashMap<String, Budget>>,
     in_flight: Mutex<HashMap<String, Weak<tokio::sync::Mutex<()>>>>,
 }
 
-impl FetchState {
-    /// Whether `server` was fetched too recently to be fetched again.
-    fn too_soon(&self, server: &str) -> Option<bool> {
-        let last = self.last.lock().expect("key fetch state");
-        let (at, ok) = last.get(server)?;
-        let wait = if *ok { REFETCH_AFTER } else { FETCH_BACKOFF };
-        (at.elapsed() < wait).then_some(*ok)
+/// One server's fetch budget.
+struct Budget {
+    /// Fetches it may still have now, as of `counted`.
+    left: u32,
+    counted: Instant,
+    /// When a fetch last found it unreachable (cleared by an answer).
+    unreachable: Option<Instant>,
+}
+
+impl Budget {
+    fn full() -> Self {
+        Self {
+            left: FETCH_BURST,
+            counted: Instant::now(),
+            unreachable: None,
+        }
     }
 
-    fn record(&self, server: &str, ok: bool) {
+    /// Adds the fetches earned since `counted`.
+    fn refill(&mut self) {
+        let earned = (self.counted.elapsed().as_millis() / REFETCH_AFTER.as_millis()) as u32;
+        if earned > 0 {
+            self.left = (self.left + earned).min(FETCH_BURST);
+            self.counted += REFETCH_AFTER * earned;
+        }
+        if self.left == FETCH_BURST {
+            self.counted = Instant::now();
+        }
+    }
+
+    /// Whether nothing about the server needs remembering any more.
+    fn idle(&mut self) -> bool {
+        self.refill();
+        self.left == FETCH_BURST
+            && self
+                .unreachable
+                .is_none_or(|at| at.elapsed() >= FETCH_BACKOFF)
+    }
+}
+
+/// Why a server's keys were not fetched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum NotNow {
+    /// A recent fetch found it unreachable.
+    Unreachable,
+    /// It answered, but has been asked as often as its budget allows.
+    Spent,
+}
+
+impl FetchState {
+    /// Takes one fetch of `server` from its budget, or says why not.
+    fn take(&self, server: &str) -> Result<(), NotNow> {
         let mut last = self.last.lock().expect("key fetch state");
         if last.len() >= MAX_REMEMBERED && !last.contains_key(server) {
-            last.retain(|_, (at, _)| at.elapsed() < FETCH_BACKOFF);
+            last.retain(|_, b| !b.idle());
             if last.len() >= MAX_REMEMBERED {
                 last.clear();
             }
         }
-        last.insert(server.to_owned(), (Instant::now(), ok));
+        let budget = last.entry(server.to_owned()).or_insert_with(Budget::full);
+        if budget
+            .unreachable
+            .is_some_and(|at| at.elapsed() < FETCH_BACKOFF)
+        {
+            return Err(NotNow::Unreachable);
+        }
+        budget.refill();
+        if budget.left == 0 {
+            return Err(NotNow::Spent);
+        }
+        budget.left -= 1;
+        Ok(())
+    }
+
+    /// Records how a fetch of `server` ended: whether it was reachable.
+    fn record(&self, server: &str, reachable: bool) {
+        let mut last = self.last.lock().expect("key fetch state");
+        if let Some(budget) = last.get_mut(server) {
+            budget.unreachable = (!reachable).then(Instant::now);
+        }
     }
 
     /// Waits for the fetch of `server` in flight, if any, and holds the turn.
@@ -85,6 +154,15 @@ impl FetchState {
         };
         lock.lock_owned().await
     }
+}
+
+/// Whether a failed fetch reached the server (it answered, if not with keys):
+/// only a server that could not be reached at all is backed off.
+fn reached(error: &anyhow::Error) -> bool {
+    !matches!(
+        error.downcast_ref::<FedError>(),
+        Some(FedError::Unreachable(_) | FedError::Refused(_))
+    )
 }
 
 /// Our `/_matrix/key/v2/server` response: the current key, old keys with their
@@ -155,9 +233,12 @@ pub async fn public_keys(
     }
     match fetch(app, server).await {
         Ok(()) => stored_usable(app, server, valid_at).await,
-        // Fetched moments ago: what is stored is what the server has.
-        Err(_) if app.key_fetch.too_soon(server.as_str()) == Some(true) => Ok(set),
-        Err(e) => Err(e),
+        // Asked as often as it may be lately: what is stored is what it has.
+        Err(Fetch::NotNow(NotNow::Spent)) => Ok(set),
+        Err(_) => Err(Error::new(
+            ErrorKind::Unauthorized,
+            format!("Could not fetch the keys of {server}"),
+        )),
     }
 }
 
@@ -187,25 +268,25 @@ async fn own_key_set(app: &AppState) -> Result<PublicKeySet> {
     Ok(set)
 }
 
-/// Fetches `server`'s keys: directly, then through each configured notary. Not
-/// again within [`REFETCH_AFTER`] of a success or [`FETCH_BACKOFF`] of a
-/// failure.
-async fn fetch(app: &AppState, server: &ServerName) -> Result<()> {
-    if let Some(ok) = app.key_fetch.too_soon(server.as_str()) {
-        return Err(Error::new(
-            ErrorKind::Unauthorized,
-            if ok {
-                format!("Keys of {server} were fetched moments ago")
-            } else {
-                format!("Keys of {server} are unavailable (recent fetch failed)")
-            },
-        ));
-    }
+/// Why [`fetch`] brought no keys.
+#[derive(Debug)]
+enum Fetch {
+    /// Not tried: see [`FetchState`].
+    NotNow(NotNow),
+    /// Tried, directly and through every notary, without success.
+    Failed,
+}
+
+/// Fetches `server`'s keys: directly, then through each configured notary,
+/// when its [`FetchState`] budget allows.
+async fn fetch(app: &AppState, server: &ServerName) -> std::result::Result<(), Fetch> {
+    app.key_fetch.take(server.as_str()).map_err(Fetch::NotNow)?;
     let direct = fetch_direct(app, server).await;
-    let result = match direct {
-        Ok(()) => Ok(()),
+    let (result, reachable) = match direct {
+        Ok(()) => (Ok(()), true),
         Err(e) => {
             tracing::debug!(%server, error = %e, "direct key fetch failed");
+            let reachable = reached(&e);
             let mut result = Err(e);
             for notary in &app.config.federation.trusted_key_servers {
                 let Ok(notary) = ServerName::parse(notary) else {
@@ -224,20 +305,15 @@ async fn fetch(app: &AppState, server: &ServerName) -> Result<()> {
                     }
                 }
             }
-            result
+            let reachable = reachable || result.is_ok();
+            (result, reachable)
         }
     };
-    app.key_fetch.record(server.as_str(), result.is_ok());
-    match result {
-        Ok(()) => Ok(()),
-        Err(e) => {
-            tracing::debug!(%server, error = %e, "key fetch failed");
-            Err(Error::new(
-                ErrorKind::Unauthorized,
-                format!("Could not fetch the keys of {server}"),
-            ))
-        }
-    }
+    app.key_fetch.record(server.as_str(), reachable);
+    result.map_err(|e| {
+        tracing::debug!(%server, error = %e, "key fetch failed");
+        Fetch::Failed
+    })
 }
 
 async fn fetch_direct(app: &AppState, server: &ServerName) -> anyhow::Result<()> {
@@ -341,8 +417,11 @@ async fn store_verified(
         verify_json(&map, &only).map_err(|e| anyhow::anyhow!("notary signature: {e}"))?;
     }
     let mut tx = app.db.begin().await?;
+    // The keys this response vouches for (a key ID we hold with another key
+    // keeps its key, and the response that listed that one).
+    let mut listed = Vec::new();
     for (id, key) in &current {
-        server_keys::upsert(
+        let stored = server_keys::upsert(
             &mut *tx,
             server.as_str(),
             &server_keys::ServerKey {
@@ -354,6 +433,9 @@ async fn store_verified(
             now,
         )
         .await?;
+        if stored {
+            listed.push(id.clone());
+        }
     }
     if let Some(old) = response["old_verify_keys"].as_object() {
         for (id, key) in old {
@@ -363,7 +445,7 @@ async fn store_verified(
             let Ok(k) = Base64::<ruma::serde::base64::Standard, Vec<u8>>::parse(k) else {
                 continue;
             };
-            server_keys::upsert(
+            let stored = server_keys::upsert(
                 &mut *tx,
                 server.as_str(),
                 &server_keys::ServerKey {
@@ -375,13 +457,20 @@ async fn store_verified(
                 now,
             )
             .await?;
+            if stored {
+                listed.push(id.clone());
+            }
         }
     }
     // The notary signature is not part of what we serve again.
     let mut served = object;
     retain_signatures(&mut served, server.as_str(), None);
     let text = serde_json::to_string(&served)?;
-    server_keys::store_response(&mut *tx, server.as_str(), &text, valid_until, now).await?;
+    // Kept per key: a later response that no longer lists a key (the origin
+    // forgot it, or answered spuriously) cannot make the notary forget it.
+    for id in &listed {
+        server_keys::store_response(&mut *tx, server.as_str(), id, &text, valid_until, now).await?;
+    }
     tx.commit().await?;
     Ok(())
 }
@@ -398,53 +487,102 @@ fn retain_signatures(object: &mut CanonicalJsonObject, entity: &str, key_id: Opt
     }
 }
 
-/// The notary answer for each of `wanted` (server, `minimum_valid_until_ts`):
-/// the stored response, fetched again first when it would not be valid until
-/// the minimum, with our signature added. The endpoint is unauthenticated, so
-/// it costs at most [`MAX_NOTARY_FETCHES`] fetches, run together, each under
-/// the per-server backoff; other stale servers are answered from the store.
-pub async fn notary_responses(
-    app: &AppState,
-    wanted: &[(OwnedServerName, i64)],
-) -> Result<Vec<Value>> {
-    let mut stale = Vec::new();
-    for (server, minimum) in wanted {
-        if server == &app.server_name || stale.len() >= MAX_NOTARY_FETCHES {
+/// What a notary request asks about one server: the keys it names, each with
+/// its `minimum_valid_until_ts`, or (none named) all the keys it has, valid
+/// until `minimum`.
+#[derive(Debug, Clone)]
+pub struct NotaryQuery {
+    pub server: OwnedServerName,
+    pub key_ids: Vec<(String, Option<i64>)>,
+    pub minimum: Option<i64>,
+}
+
+impl NotaryQuery {
+    /// Whether what is stored answers the query: every key named has a
+    /// response valid until its minimum (until now when none is given), or —
+    /// no key named — some response is.
+    fn answered_by(&self, stored: &[server_keys::KeyResponse]) -> bool {
+        let valid = |until: i64, minimum: Option<i64>| until >= minimum.unwrap_or_else(now_ms);
+        if self.key_ids.is_empty() {
+            return stored.iter().any(|r| valid(r.valid_until_ts, self.minimum));
+        }
+        self.key_ids.iter().all(|(id, minimum)| {
+            stored
+                .iter()
+                .any(|r| &r.key_id == id && valid(r.valid_until_ts, *minimum))
+        })
+    }
+
+    /// The stored responses that answer it (one per distinct response): those
+    /// of the keys named, or all. An expired one is still returned when there
+    /// is no other (the requester may need it for old events).
+    fn pick(&self, stored: Vec<server_keys::KeyResponse>) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for r in stored {
+            let named =
+                self.key_ids.is_empty() || self.key_ids.iter().any(|(id, _)| *id == r.key_id);
+            if named && !out.contains(&r.json) {
+                out.push(r.json);
+            }
+        }
+        out
+    }
+}
+
+/// The notary answer for each query: the stored responses for the keys asked
+/// about, fetched again first when they would not be valid until the
+/// minimum (or a key is unknown), with our signature added. The endpoint is
+/// unauthenticated, so it costs at most [`MAX_NOTARY_FETCHES`] fetches, run
+/// together, each within the server's [`FetchState`] budget; other servers are
+/// answered from the store.
+pub async fn notary_responses(app: &AppState, wanted: &[NotaryQuery]) -> Result<Vec<Value>> {
+    let mut stale: Vec<&NotaryQuery> = Vec::new();
+    for query in wanted {
+        if query.server == app.server_name || stale.len() >= MAX_NOTARY_FETCHES {
             continue;
         }
-        let stored = server_keys::response(&app.db, server.as_str()).await?;
-        let fresh = stored
-            .as_ref()
-            .is_some_and(|(_, until)| *until >= (*minimum).max(now_ms()));
-        if !fresh && !stale.contains(&server) {
-            stale.push(server);
+        let stored = server_keys::responses(&app.db, query.server.as_str()).await?;
+        if !query.answered_by(&stored) && !stale.iter().any(|q| q.server == query.server) {
+            stale.push(query);
         }
     }
-    futures_util::future::join_all(stale.into_iter().map(|server| refresh(app, server))).await;
+    futures_util::future::join_all(stale.into_iter().map(|query| refresh(app, query))).await;
     let mut out = Vec::new();
-    for (server, _) in wanted {
-        if server == &app.server_name {
+    for query in wanted {
+        if query.server == app.server_name {
             out.push(own_response(app).await?);
             continue;
         }
-        let Some((json, _)) = server_keys::response(&app.db, server.as_str()).await? else {
-            continue;
-        };
-        let value: Value = serde_json::from_str(&json).map_err(|e| anyhow::anyhow!("{e}"))?;
-        out.push(sign(app, value)?);
+        let stored = server_keys::responses(&app.db, query.server.as_str()).await?;
+        for json in query.pick(stored) {
+            let value: Value = serde_json::from_str(&json).map_err(|e| anyhow::anyhow!("{e}"))?;
+            out.push(sign(app, value)?);
+        }
     }
     Ok(out)
 }
 
-/// Fetches `server`'s keys directly for the notary, once per backoff window.
-async fn refresh(app: &AppState, server: &ServerName) {
-    let _turn = app.key_fetch.turn(server.as_str()).await;
-    if app.key_fetch.too_soon(server.as_str()).is_some() {
+/// Fetches a server's keys directly for the notary, within its budget, unless
+/// a fetch that ended while this one waited its turn brought what is asked.
+async fn refresh(app: &AppState, query: &NotaryQuery) {
+    let server = query.server.as_str();
+    let _turn = app.key_fetch.turn(server).await;
+    match server_keys::responses(&app.db, server).await {
+        Ok(stored) if query.answered_by(&stored) => return,
+        Ok(_) => {}
+        Err(e) => {
+            tracing::warn!(%server, error = %e, "reading stored keys failed");
+            return;
+        }
+    }
+    if let Err(why) = app.key_fetch.take(server) {
+        tracing::debug!(%server, ?why, "notary fetch not tried; serving the cache");
         return;
     }
-    let result = fetch_direct(app, server).await;
+    let result = fetch_direct(app, &query.server).await;
     if let Err(e) = &result {
         tracing::debug!(%server, error = %e, "notary fetch failed; serving the cache");
     }
-    app.key_fetch.record(server.as_str(), result.is_ok());
+    app.key_fetch
+        .record(server, result.as_ref().map_or_else(reached, |()| true));
 }

@@ -628,9 +628,6 @@ async fn answer(
         .await
         .unwrap_or_default();
     let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-    if path == "/_matrix/key/v2/server" {
-        return Json(StatusCode::OK, server_keys(key, name)).into_response();
-    }
     let scripted = {
         let mut script = script.lock().unwrap();
         script.received.push(Received {
@@ -645,6 +642,10 @@ async fn answer(
             .max_by_key(|(_, p, _)| p.len())
             .map(|(_, _, a)| a.clone())
     };
+    // Its own keys, unless a test scripted other key answers.
+    if scripted.is_none() && path == "/_matrix/key/v2/server" {
+        return Json(StatusCode::OK, server_keys(key, name)).into_response();
+    }
     let mut answer = scripted.unwrap_or(Answer::Json(
         StatusCode::NOT_FOUND,
         json!({"errcode": "M_UNRECOGNIZED", "error": "not scripted"}),

@@ -582,6 +582,7 @@ async fn state(
 struct MissingEvents {
     #[serde(default)]
     earliest_events: Vec<String>,
+    #[serde(default)]
     latest_events: Vec<String>,
     #[serde(default = "default_limit")]
     limit: usize,
@@ -600,9 +601,11 @@ async fn get_missing_events(
     Path(room_id): Path<String>,
     fed: FedRequest,
 ) -> Result<Json<Value>> {
-    let q: MissingEvents = fed.json()?;
     let room_id = RoomId::parse(&room_id).map_err(|_| Error::invalid_param("Invalid room ID"))?;
+    // The room's server ACL first (in `ServerView::new`): a denied server
+    // learns nothing, not even whether its body was right.
     let mut view = ServerView::new(&app, &fed.origin, &room_id).await?;
+    let q: MissingEvents = fed.json()?;
     view.require_in_room()?;
     let rules = room_rules(&app, &room_id).await?;
     let limit = q.limit.clamp(1, 50);

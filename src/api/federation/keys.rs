@@ -1,6 +1,10 @@
 //! `GET /_matrix/federation/v1/version`, `GET /_matrix/key/v2/server`, and the
-//! notary endpoints `GET /_matrix/key/v2/query/{serverName}` and
-//! `POST /_matrix/key/v2/query`. Unauthenticated, as the spec has them.
+//! notary endpoints `GET /_matrix/key/v2/query/{serverName}` (and the
+//! deprecated `…/{keyId}` form) and `POST /_matrix/key/v2/query`.
+//! Unauthenticated, as the spec has them (spec: "Querying Keys Through
+//! Another Server").
+
+use std::collections::BTreeMap;
 
 use axum::{
     Json, Router,
@@ -26,6 +30,10 @@ pub fn router() -> Router<AppState> {
         // Older servers still ask with a key ID in the path.
         .route("/_matrix/key/v2/server/{key_id}", get(server_keys))
         .route("/_matrix/key/v2/query/{server_name}", get(query_one))
+        .route(
+            "/_matrix/key/v2/query/{server_name}/{key_id}",
+            get(query_one_key),
+        )
         .route("/_matrix/key/v2/query", post(query_batch))
 }
 
@@ -42,21 +50,46 @@ struct MinimumValidUntil {
     minimum_valid_until_ts: Option<i64>,
 }
 
+/// `GET /query/{serverName}`: every key of the server.
 async fn query_one(
     State(app): State<AppState>,
     Path(server_name): Path<String>,
     Query(q): Query<MinimumValidUntil>,
 ) -> Result<Json<Value>> {
+    query_get(&app, &server_name, Vec::new(), q.minimum_valid_until_ts).await
+}
+
+/// `GET /query/{serverName}/{keyId}` (deprecated; Synapse still serves it):
+/// one key of the server.
+async fn query_one_key(
+    State(app): State<AppState>,
+    Path((server_name, key_id)): Path<(String, String)>,
+    Query(q): Query<MinimumValidUntil>,
+) -> Result<Json<Value>> {
+    let minimum = q.minimum_valid_until_ts;
+    query_get(&app, &server_name, vec![(key_id, minimum)], minimum).await
+}
+
+async fn query_get(
+    app: &AppState,
+    server_name: &str,
+    key_ids: Vec<(String, Option<i64>)>,
+    minimum: Option<i64>,
+) -> Result<Json<Value>> {
     let server =
-        ServerName::parse(&server_name).map_err(|_| Error::invalid_param("Invalid server name"))?;
-    let wanted = [(server, q.minimum_valid_until_ts.unwrap_or(0))];
-    let found = keys::notary_responses(&app, &wanted).await?;
+        ServerName::parse(server_name).map_err(|_| Error::invalid_param("Invalid server name"))?;
+    let wanted = [keys::NotaryQuery {
+        server,
+        key_ids,
+        minimum,
+    }];
+    let found = keys::notary_responses(app, &wanted).await?;
     Ok(Json(json!({"server_keys": found})))
 }
 
 #[derive(Deserialize)]
 struct BatchQuery {
-    server_keys: std::collections::BTreeMap<String, std::collections::BTreeMap<String, Criteria>>,
+    server_keys: BTreeMap<String, BTreeMap<String, Criteria>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -67,27 +100,38 @@ struct Criteria {
 /// At most this many servers per batch query (of which at most
 /// `keys::MAX_NOTARY_FETCHES` are fetched; the rest come from the store).
 const MAX_BATCH: usize = 50;
+/// At most this many key IDs per server in a batch query.
+const MAX_KEYS_PER_SERVER: usize = 50;
 
+/// `POST /query`: per server, the keys named (each with its minimum
+/// validity), or all of them when none is named.
 async fn query_batch(
     State(app): State<AppState>,
     JsonBody(body): JsonBody<BatchQuery>,
 ) -> Result<Json<Value>> {
-    if body.server_keys.len() > MAX_BATCH {
+    if body.server_keys.len() > MAX_BATCH
+        || body
+            .server_keys
+            .values()
+            .any(|keys| keys.len() > MAX_KEYS_PER_SERVER)
+    {
         return Err(Error::bad_json(format!(
-            "At most {MAX_BATCH} servers per query"
+            "At most {MAX_BATCH} servers and {MAX_KEYS_PER_SERVER} keys per server per query"
         )));
     }
     let wanted: Vec<_> = body
         .server_keys
-        .iter()
+        .into_iter()
         .filter_map(|(server_name, criteria)| {
-            let server = ServerName::parse(server_name).ok()?;
-            let minimum = criteria
-                .values()
-                .filter_map(|c| c.minimum_valid_until_ts)
-                .max()
-                .unwrap_or(0);
-            Some((server, minimum))
+            let server = ServerName::parse(&server_name).ok()?;
+            Some(keys::NotaryQuery {
+                server,
+                key_ids: criteria
+                    .into_iter()
+                    .map(|(id, c)| (id, c.minimum_valid_until_ts))
+                    .collect(),
+                minimum: None,
+            })
         })
         .collect();
     let out = keys::notary_responses(&app, &wanted).await?;

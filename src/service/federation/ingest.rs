@@ -396,17 +396,24 @@ async fn receive(
         Ok(None) => return (None, Err("unknown room".into())),
         Err(e) => return (None, Err(format!("database: {e}"))),
     };
-    match super::acl::allowed_at(app, room.current_state_group, origin.as_str()).await {
-        Ok(true) => {}
-        Ok(false) => return (None, Err("the room's server ACL denies the origin".into())),
-        Err(e) => return (None, Err(format!("database: {e}"))),
-    }
     let Some(rules) = RoomVersionId::try_from(room.room_version.as_str())
         .ok()
         .and_then(|v| v.rules())
     else {
         return (None, Err("unsupported room version".into()));
     };
+    // A server the room's ACL denies has each of its PDUs refused, by ID (spec
+    // "Server Access Control Lists"), before anything else is done with them.
+    match super::acl::allowed_at(app, room.current_state_group, origin.as_str()).await {
+        Ok(true) => {}
+        Ok(false) => {
+            return (
+                event_id_of(&rules, value),
+                Err("the room's server ACL denies the origin".into()),
+            );
+        }
+        Err(e) => return (None, Err(format!("database: {e}"))),
+    }
     let checked = match check_pdu(app, &rules, value).await {
         Ok(c) => c,
         Err(e) => return (event_id_of(&rules, value), Err(e.to_string())),

@@ -151,17 +151,20 @@ pub async fn receive(
         .and_then(|k| UserId::parse(k).ok())
         .filter(|u| u.server_name() == app.server_name)
         .ok_or_else(|| invalid("The invitee is not on this server"))?;
-    if crate::storage::users::get(&app.db, target.as_str())
-        .await?
-        .is_none_or(|u| u.deactivated)
-    {
+    // An unknown user's invite is countersigned (as Synapse does) but not
+    // kept: there is nobody to show it to. A deactivated user's is refused.
+    let user = crate::storage::users::get(&app.db, target.as_str()).await?;
+    if user.as_ref().is_some_and(|u| u.deactivated) {
         return Err(Error::not_found("No such user"));
     }
 
     let mut object = checked.object.clone();
     countersign(app, &rules, &mut object)?;
 
-    if !rooms::has_joined_members_of(&app.db, room_id.as_str(), app.server_name.as_str()).await? {
+    if user.is_some()
+        && !rooms::has_joined_members_of(&app.db, room_id.as_str(), app.server_name.as_str())
+            .await?
+    {
         // Keep it: the invite event (an outlier), what to show, whom to ask.
         let mut state = invite.invite_room_state;
         state.retain(Value::is_object);
