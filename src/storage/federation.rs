@@ -260,6 +260,51 @@ pub async fn insert_outlier(db: impl PgExecutor<'_>, o: &NewOutlier<'_>) -> sqlx
     Ok(())
 }
 
+/// Keeps the state group of an outlier in the room's graph (a soft-failed
+/// event's state after it, a rejected one's state before it).
+pub async fn set_outlier_state_group(
+    db: impl PgExecutor<'_>,
+    event_id: &str,
+    state_group: i64,
+) -> sqlx::Result<()> {
+    sqlx::query!(
+        "update outlier_events set state_group = $2 where event_id = $1",
+        event_id,
+        state_group
+    )
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// A soft-failed or rejected event in a room's graph.
+#[derive(Debug, Clone)]
+pub struct GraphOutlier {
+    pub event_id: String,
+    pub room_id: String,
+    pub state_group: i64,
+    pub rejected: bool,
+    pub json: String,
+}
+
+/// The outliers among `event_ids` that are in a room's graph (those with a
+/// state group).
+pub async fn graph_outliers(
+    db: impl PgExecutor<'_>,
+    event_ids: &[String],
+) -> sqlx::Result<Vec<GraphOutlier>> {
+    sqlx::query_as!(
+        GraphOutlier,
+        r#"select event_id, room_id, state_group as "state_group!", rejected, json
+           from outlier_events o
+           where event_id = any($1) and state_group is not null
+             and not exists (select 1 from events e where e.event_id = o.event_id)"#,
+        event_ids
+    )
+    .fetch_all(db)
+    .await
+}
+
 /// Whether an event is known, as timeline event or outlier (and whether it was
 /// rejected).
 pub async fn known(db: impl PgExecutor<'_>, event_id: &str) -> sqlx::Result<Option<bool>> {

@@ -680,14 +680,27 @@ async fn received_pdus_go_through_the_receipt_checks() {
         b_key,
     )
     .await;
+    // Handled (held as rejected, as Synapse does: no `error`), never applied.
     let reply = send_txn(&b, &a, "t5", vec![pl]).await;
-    assert!(
-        reply["pdus"][&pl_id]["error"]
-            .as_str()
-            .unwrap()
-            .contains("auth"),
-        "{reply}"
-    );
+    assert_eq!(reply["pdus"][&pl_id], json!({}), "{reply}");
+    let rejected: bool =
+        sqlx::query_scalar("select rejected from outlier_events where event_id = $1")
+            .bind(&pl_id)
+            .fetch_one(&a.state.db)
+            .await
+            .unwrap();
+    assert!(rejected, "held as rejected");
+    let (status, levels) = a
+        .get(
+            &format!(
+                "/_matrix/client/v3/rooms/{}/state/m.room.power_levels/",
+                enc(&room)
+            ),
+            Some(&alice.access_token),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{levels}");
+    assert!(levels["users"].get(&bob.user_id).is_none(), "{levels}");
 
     // Bob's event relayed by a server that is not Bob's: refused.
     let c = TestServer::start_federating().await;

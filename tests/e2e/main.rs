@@ -39,6 +39,7 @@ pub mod sdk;
 mod server_acl;
 mod sliding;
 mod social;
+mod soft_fail;
 mod sweep;
 mod synapse;
 mod sync;

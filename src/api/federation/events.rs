@@ -340,6 +340,13 @@ async fn send_transaction(
         };
         let entry = match outcome {
             Ok(_) => json!({}),
+            // Rejected by the auth rules but handled: held in the room's graph,
+            // as Synapse does, so nothing is reported (spec: no `error` means
+            // the PDU was handled).
+            Err(error) if ingest::held_as_rejected(&app, &event_id).await => {
+                tracing::info!(origin = %fed.origin, %event_id, %error, "PDU rejected by the auth rules");
+                json!({})
+            }
             Err(error) => {
                 tracing::info!(origin = %fed.origin, %event_id, %error, "PDU rejected");
                 json!({"error": error})

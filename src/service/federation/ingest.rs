@@ -224,6 +224,23 @@ pub async fn store_outlier(
     Ok(())
 }
 
+/// Stores a soft-failed (`rejected` false) or rejected event received in the
+/// room's graph: an outlier, with the state it leaves the room in when it is
+/// named as a prev event (the state after a soft-failed event, the state
+/// before a rejected one).
+async fn store_in_graph(
+    tx: &mut crate::storage::Transaction<'_, crate::storage::Postgres>,
+    checked: &Checked,
+    rejected: bool,
+    state_group: Option<i64>,
+) -> Result<()> {
+    store_outlier(&mut **tx, checked, rejected).await?;
+    if let Some(group) = state_group {
+        fed_store::set_outlier_state_group(&mut **tx, checked.event_id.as_str(), group).await?;
+    }
+    Ok(())
+}
+
 /// Checks a batch of auth-chain or state events and stores them as outliers:
 /// signatures first, then (in depth order) each against its own auth events.
 /// Events failing auth are stored as rejected. Returns the accepted IDs.
@@ -316,6 +333,16 @@ pub async fn receive_pdu(
     value: &Value,
 ) -> (Option<OwnedEventId>, Result<Outcome, String>) {
     Box::pin(receive(app, origin, value, true)).await
+}
+
+/// Whether a PDU that [`receive_pdu`] refused is still held, as an event the
+/// auth rules rejected (kept in the room's graph, so events after it can
+/// name it): it was handled, and the sender's transaction says so.
+pub async fn held_as_rejected(app: &AppState, event_id: &EventId) -> bool {
+    matches!(
+        fed_store::known(&app.db, event_id.as_str()).await,
+        Ok(Some(true))
+    )
 }
 
 /// Receives a PDU that passed [`check_pdu`] (fetching what it misses).
@@ -468,13 +495,13 @@ async fn receive_checked(
         .iter()
         .map(|e| e.to_string())
         .collect();
-    let have = timeline_events(app, room_id, &prev_ids)
+    let have = graph_events(app, room_id, &prev_ids)
         .await
         .map_err(db_err)?;
     if have.len() < prev_ids.len() && fetch_missing {
         fetch_missing_prevs(app, origin, rules, room_id, &event_id).await;
     }
-    let have = timeline_events(app, room_id, &prev_ids)
+    let have = graph_events(app, room_id, &prev_ids)
         .await
         .map_err(db_err)?;
     if have.len() < prev_ids.len() {
@@ -528,29 +555,31 @@ async fn receive_checked(
     if auth_events.len() < auth_ids.len() {
         return Err("auth events are missing".into());
     }
+    // The state before it, resolved over its prev events: worked out first, so
+    // that a rejected event keeps it (later events may name it as a prev
+    // event, Synapse's events do).
+    let prev_groups = prev_state_groups(&mut pre, room_id, &prev_ids)
+        .await
+        .map_err(db_err)?;
+    let before_group = resolved_group(&mut pre, rules, room_id, &prev_groups)
+        .await
+        .map_err(db_err)?;
     // Step 4: against its own auth events.
     let own = auth_state(&checked.pdu, rules, &auth_events);
     if let Err(reason) = auth::authorize_with(rules, &checked.pdu, &auth_events, &own) {
-        store_outlier(&mut *pre, &checked, true)
+        store_in_graph(&mut pre, &checked, true, before_group)
             .await
             .map_err(db_err)?;
         pre.commit().await.map_err(|e| e.to_string())?;
         return Err(format!("fails auth against its auth events: {reason}"));
     }
 
-    // Step 5: against the state before it (resolved over its prev events).
-    let prevs = load_pdus(&mut *pre, room_id, &prev_ids)
-        .await
-        .map_err(db_err)?;
-    let prev_groups: Vec<i64> = prevs.values().filter_map(|(_, g)| *g).collect();
-    let before_group = resolved_group(&mut pre, rules, room_id, &prev_groups)
-        .await
-        .map_err(db_err)?;
+    // Step 5: against the state before it.
     let before = full_state_pdus(&mut pre, room_id, before_group)
         .await
         .map_err(db_err)?;
     if let Err(reason) = auth::authorize_with(rules, &checked.pdu, &auth_events, &before) {
-        store_outlier(&mut *pre, &checked, true)
+        store_in_graph(&mut pre, &checked, true, before_group)
             .await
             .map_err(db_err)?;
         pre.commit().await.map_err(|e| e.to_string())?;
@@ -573,13 +602,24 @@ async fn receive_checked(
     };
     // The current state should the event fork the room, against the
     // extremities as they are now; used if they are unchanged once locked.
+    let covered = covered_events(&mut pre, room_id, &checked.pdu.prev_events)
+        .await
+        .map_err(db_err)?;
     let seen = event::current_extremities(&mut pre, room_id)
         .await
         .map_err(db_err)?
         .0;
-    let guess = fork_state(&mut pre, rules, room_id, &checked.pdu, &seen, group)
-        .await
-        .map_err(db_err)?;
+    let guess = fork_state(
+        &mut pre,
+        rules,
+        room_id,
+        &checked.pdu,
+        &covered,
+        &seen,
+        group,
+    )
+    .await
+    .map_err(db_err)?;
     pre.commit().await.map_err(|e| e.to_string())?;
 
     let mut tx = app.db.begin().await.map_err(|e| e.to_string())?;
@@ -596,7 +636,7 @@ async fn receive_checked(
         .map_err(db_err)?;
     if let Err(reason) = auth::authorize_with(rules, &checked.pdu, &auth_events, &current) {
         tracing::info!(%event_id, %reason, "soft-failed");
-        store_outlier(&mut *tx, &checked, false)
+        store_in_graph(&mut tx, &checked, false, group)
             .await
             .map_err(db_err)?;
         tx.commit().await.map_err(|e| e.to_string())?;
@@ -608,14 +648,14 @@ async fn receive_checked(
     let mut extremities: Vec<OwnedEventId> = room
         .extremities
         .iter()
-        .filter(|e| !checked.pdu.prev_events.contains(e))
+        .filter(|e| !covered.contains(*e))
         .cloned()
         .collect();
     let linear = extremities.is_empty();
     let replaced: Vec<OwnedEventId> = room
         .extremities
         .iter()
-        .filter(|e| checked.pdu.prev_events.contains(e))
+        .filter(|e| covered.contains(*e))
         .cloned()
         .collect();
     let new_current = if linear {
@@ -629,6 +669,7 @@ async fn receive_checked(
             rules,
             room_id,
             &checked.pdu,
+            &covered,
             &room.extremities,
             group,
         )
@@ -674,10 +715,13 @@ async fn receive_checked(
     Ok(Outcome::Accepted)
 }
 
-/// Events among `ids` that are in the timeline (with a state group); an error
-/// when one of them is another room's.
-async fn timeline_events(app: &AppState, room_id: &RoomId, ids: &[String]) -> Result<Vec<String>> {
+/// Events among `ids` that are in the room's graph: in the timeline (with a
+/// state group), or soft-failed or rejected there (outliers with a state
+/// group, which later events may name as prev events); an error when one of
+/// them is another room's.
+async fn graph_events(app: &AppState, room_id: &RoomId, ids: &[String]) -> Result<Vec<String>> {
     let mut out = Vec::new();
+    let mut outliers = Vec::new();
     for e in events::get_many(&app.db, ids).await? {
         if e.room_id != room_id.as_str() {
             return Err(Error::forbidden(format!(
@@ -687,9 +731,75 @@ async fn timeline_events(app: &AppState, room_id: &RoomId, ids: &[String]) -> Re
         }
         if e.state_group.is_some() || e.stream_ordering > 0 {
             out.push(e.event_id);
+        } else {
+            outliers.push(e.event_id);
         }
     }
+    if !outliers.is_empty() {
+        out.extend(
+            fed_store::graph_outliers(&app.db, &outliers)
+                .await?
+                .into_iter()
+                .map(|o| o.event_id),
+        );
+    }
     Ok(out)
+}
+
+/// The state groups the prev events leave the room in: the state after a
+/// timeline or soft-failed event, the state before a rejected one.
+async fn prev_state_groups(
+    tx: &mut crate::storage::Transaction<'_, crate::storage::Postgres>,
+    room_id: &RoomId,
+    prev_ids: &[String],
+) -> Result<Vec<i64>> {
+    let prevs = load_pdus(&mut **tx, room_id, prev_ids).await?;
+    let mut groups: Vec<i64> = prevs.values().filter_map(|(_, g)| *g).collect();
+    groups.extend(
+        fed_store::graph_outliers(&mut **tx, prev_ids)
+            .await?
+            .into_iter()
+            .map(|o| o.state_group),
+    );
+    Ok(groups)
+}
+
+/// How far back [`covered_events`] follows soft-failed and rejected events.
+const MAX_SKIPPED_WALK: usize = 100;
+
+/// The events an event with these prev events leaves behind: the prev events,
+/// and through any that were soft-failed or rejected, their prev events in
+/// turn, up to the first timeline events. A forward extremity among them is
+/// one no longer (spec "Soft failure": a soft-failed event is not an
+/// extremity, so an event after it would otherwise leave the one before it
+/// dangling as an extremity).
+async fn covered_events(
+    tx: &mut crate::storage::Transaction<'_, crate::storage::Postgres>,
+    room_id: &RoomId,
+    prev_events: &[OwnedEventId],
+) -> Result<HashSet<OwnedEventId>> {
+    let mut covered: HashSet<OwnedEventId> = prev_events.iter().cloned().collect();
+    let mut frontier: Vec<String> = prev_events.iter().map(|e| e.to_string()).collect();
+    let mut walked = 0;
+    while !frontier.is_empty() && walked < MAX_SKIPPED_WALK {
+        let skipped = fed_store::graph_outliers(&mut **tx, &frontier).await?;
+        frontier.clear();
+        for outlier in skipped {
+            walked += 1;
+            if outlier.room_id != room_id.as_str() {
+                continue;
+            }
+            let value: Value = serde_json::from_str(&outlier.json).unwrap_or_default();
+            for prev in pdu::referenced_ids(&value, "prev_events") {
+                if let Ok(id) = EventId::parse(&prev)
+                    && covered.insert(id)
+                {
+                    frontier.push(prev);
+                }
+            }
+        }
+    }
+    Ok(covered)
 }
 
 /// How many events one `/get_missing_events` asks for (and at most accepts).
@@ -775,20 +885,22 @@ async fn fetch_missing_prevs(
     }
 }
 
-/// The room's current state if `pdu` (with state `group` after it) joins the
-/// forward extremities `extremities`: its own state when it replaces them all,
-/// else the resolution of its state and the states of the others.
+/// The room's current state if `pdu` (with state `group` after it, leaving
+/// `covered` behind) joins the forward extremities `extremities`: its own
+/// state when it replaces them all, else the resolution of its state and the
+/// states of the others.
 async fn fork_state(
     tx: &mut crate::storage::Transaction<'_, crate::storage::Postgres>,
     rules: &RoomVersionRules,
     room_id: &RoomId,
     pdu: &Pdu,
+    covered: &HashSet<OwnedEventId>,
     extremities: &[OwnedEventId],
     group: Option<i64>,
 ) -> Result<Option<i64>> {
     let others: Vec<String> = extremities
         .iter()
-        .filter(|e| !pdu.prev_events.contains(e))
+        .filter(|e| !covered.contains(*e))
         .map(|e| e.to_string())
         .collect();
     if others.is_empty() {
