@@ -421,14 +421,7 @@ async fn deliver_one(
             )
             .await?;
         }
-        let mut request = reqwest::Request::new(http::Method::POST, url.clone());
-        request.headers_mut().insert(
-            http::header::CONTENT_TYPE,
-            http::HeaderValue::from_static("application/json"),
-        );
-        *request.body_mut() =
-            Some(serde_json::to_vec(&json!({ "notification": notification }))?.into());
-        let response = client.send(request).await?;
+        let response = post_notification(client, &url, &notification).await?;
         let status = response.status();
         if status.is_server_error() || status == reqwest::StatusCode::TOO_MANY_REQUESTS {
             anyhow::bail!("gateway answered {status}");
@@ -459,6 +452,22 @@ async fn deliver_one(
     Ok(())
 }
 
+/// `POST {"notification": …}` to a push gateway.
+async fn post_notification(
+    client: &OutboundClient,
+    url: &reqwest::Url,
+    notification: &Value,
+) -> anyhow::Result<reqwest::Response> {
+    let mut request = reqwest::Request::new(http::Method::POST, url.clone());
+    request.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    *request.body_mut() =
+        Some(serde_json::to_vec(&json!({ "notification": notification }))?.into());
+    Ok(client.send(request).await?)
+}
+
 /// A badge-only notification (no event: only the user's unread count), sent
 /// after a read receipt so the device's badge follows, as Synapse does.
 async fn send_badge(
@@ -481,14 +490,9 @@ async fn send_badge(
             "data": device_data,
         }],
     });
-    let mut request = reqwest::Request::new(http::Method::POST, url.clone());
-    request.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("application/json"),
-    );
-    *request.body_mut() =
-        Some(serde_json::to_vec(&json!({ "notification": notification }))?.into());
-    let status = client.send(request).await?.status();
+    let status = post_notification(client, url, &notification)
+        .await?
+        .status();
     if status.is_server_error() || status == reqwest::StatusCode::TOO_MANY_REQUESTS {
         anyhow::bail!("gateway answered {status} to a badge");
     }

@@ -544,16 +544,7 @@ async fn joined_room(
     let mut state_ids: Vec<((String, String), String)> = if full {
         before.clone()
     } else if limited {
-        let old: HashMap<(String, String), String> =
-            match rows::state_group_at(&app.db, room_id.as_str(), since).await? {
-                Some(g) => state::full_state(&app.db, g).await?.into_iter().collect(),
-                None => HashMap::new(),
-            };
-        before
-            .iter()
-            .filter(|(k, v)| old.get(k) != Some(v))
-            .cloned()
-            .collect()
+        changed_since(app, room_id, before.clone(), since).await?
     } else {
         Vec::new()
     };
@@ -742,6 +733,25 @@ pub(super) async fn recent_events(
     Ok(Recent { events: out, more })
 }
 
+/// The entries of `state` that differ from the room's state at stream
+/// position `since` (the state delta of a gappy or a leave section).
+async fn changed_since(
+    app: &AppState,
+    room_id: &RoomId,
+    state: Vec<state::Entry>,
+    since: i64,
+) -> Result<Vec<state::Entry>> {
+    let old: HashMap<(String, String), String> =
+        match rows::state_group_at(&app.db, room_id.as_str(), since).await? {
+            Some(g) => state::full_state(&app.db, g).await?.into_iter().collect(),
+            None => HashMap::new(),
+        };
+    Ok(state
+        .into_iter()
+        .filter(|(k, v)| old.get(k) != Some(v))
+        .collect())
+}
+
 /// Whether an event is kept from the user because they ignore its sender:
 /// message-like events are, state events are not (the room's state must add
 /// up), as Synapse filters them.
@@ -807,15 +817,7 @@ async fn left_room(
     };
     let mut state_ids: Vec<state::Entry> =
         if since > 0 && joined_at(app, room_id, user, since).await? {
-            let old: HashMap<(String, String), String> =
-                match rows::state_group_at(&app.db, room_id.as_str(), since).await? {
-                    Some(g) => state::full_state(&app.db, g).await?.into_iter().collect(),
-                    None => HashMap::new(),
-                };
-            before
-                .into_iter()
-                .filter(|(k, v)| old.get(k) != Some(v))
-                .collect()
+            changed_since(app, room_id, before, since).await?
         } else {
             before
         };
