@@ -73,7 +73,13 @@ async fn session_of(parts: &mut Parts, app: &AppState) -> Result<Session, Error>
         .ok_or_else(|| Error::new(ErrorKind::MissingToken, "Missing access token"))?;
     let session = session::authenticate(app, &token).await?;
     let ip = client_ip(parts, app).map(|ip| ip.to_string());
-    session::touch_device(app, &session, ip.as_deref()).await;
+    // Kept short: a header is the client's to fill.
+    let user_agent = parts
+        .headers
+        .get(axum::http::header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .map(|ua| ua.chars().take(512).collect::<String>());
+    session::touch_device(app, &session, ip.as_deref(), user_agent.as_deref()).await;
     parts.extensions.insert(session.clone());
     Ok(session)
 }

@@ -40,52 +40,82 @@ where
     type Rejection = Error;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let app = AppState::from_ref(state);
-        let (mut parts, body) = req.into_parts();
+        Ok(Ruma(parse(req, state).await?.0))
+    }
+}
 
-        if T::RATE_LIMITED {
-            let key = match parts.extensions.get::<Session>() {
-                Some(session) => session.user_id.to_string(),
-                None => client_ip(&parts, &app)
-                    .map(|ip| ip.to_string())
-                    .unwrap_or_default(),
-            };
-            rate_limited(app.client_limiter.check(&key))?;
-        }
+/// [`Ruma`] plus the body's top-level JSON object, for the keys beyond the
+/// spec's that Synapse honours (a join's custom member content): empty when
+/// the body is not an object.
+pub struct RumaWithObject<T>(pub T, pub serde_json::Map<String, serde_json::Value>);
 
-        let params = RawPathParams::from_request_parts(&mut parts, state)
-            .await
-            .map_err(|e| Error::invalid_param(format!("Invalid path parameter: {e}")))?;
-        let mut params: Vec<&str> = params.iter().map(|(_, v)| v).collect();
-        // Routes registered by `ruma_empty_last` end before the last parameter
-        // (`/state/m.room.name` or `/state/m.room.name/`): it is the empty string.
-        if params.len() + 1 == T::PATH_BUILDER._path_parameters().len() {
-            params.push("");
-        }
+impl<S, T> FromRequest<S> for RumaWithObject<T>
+where
+    S: Send + Sync,
+    AppState: FromRef<S>,
+    T: IncomingRequest,
+{
+    type Rejection = Error;
 
-        let mut bytes = read_body(body, app.config.limits.max_request_body_bytes).await?;
-        if is_json_content(&parts.headers) {
-            if bytes.is_empty() && matches!(parts.method, http::Method::POST | http::Method::PUT) {
-                // Clients (matrix-nio's join, among others) send no body where the
-                // spec's body has only optional fields; Synapse reads that as `{}`.
-                bytes = bytes::Bytes::from_static(b"{}");
-            } else if !bytes.is_empty() {
-                check_json(&bytes)?;
-                if let Some(rewritten) = legacy_password_auth(&bytes) {
-                    bytes = rewritten;
-                }
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let (parsed, bytes) = parse(req, state).await?;
+        let object = serde_json::from_slice(&bytes).unwrap_or_default();
+        Ok(RumaWithObject(parsed, object))
+    }
+}
+
+/// Parses and validates a ruma request; also returns the body as read.
+async fn parse<S, T>(req: Request, state: &S) -> Result<(T, bytes::Bytes), Error>
+where
+    S: Send + Sync,
+    AppState: FromRef<S>,
+    T: IncomingRequest,
+{
+    let app = AppState::from_ref(state);
+    let (mut parts, body) = req.into_parts();
+
+    if T::RATE_LIMITED {
+        let key = match parts.extensions.get::<Session>() {
+            Some(session) => session.user_id.to_string(),
+            None => client_ip(&parts, &app)
+                .map(|ip| ip.to_string())
+                .unwrap_or_default(),
+        };
+        rate_limited(app.client_limiter.check(&key))?;
+    }
+
+    let params = RawPathParams::from_request_parts(&mut parts, state)
+        .await
+        .map_err(|e| Error::invalid_param(format!("Invalid path parameter: {e}")))?;
+    let mut params: Vec<&str> = params.iter().map(|(_, v)| v).collect();
+    // Routes registered by `ruma_empty_last` end before the last parameter
+    // (`/state/m.room.name` or `/state/m.room.name/`): it is the empty string.
+    if params.len() + 1 == T::PATH_BUILDER._path_parameters().len() {
+        params.push("");
+    }
+
+    let mut bytes = read_body(body, app.config.limits.max_request_body_bytes).await?;
+    if is_json_content(&parts.headers) {
+        if bytes.is_empty() && matches!(parts.method, http::Method::POST | http::Method::PUT) {
+            // Clients (matrix-nio's join, among others) send no body where the
+            // spec's body has only optional fields; Synapse reads that as `{}`.
+            bytes = bytes::Bytes::from_static(b"{}");
+        } else if !bytes.is_empty() {
+            check_json(&bytes)?;
+            if let Some(rewritten) = legacy_password_auth(&bytes) {
+                bytes = rewritten;
             }
         }
-        let request = http::Request::from_parts(parts, bytes.as_ref());
-        // A body ruma's parser cannot cope with must not take the request down
-        // (ruma 0.17's login parser indexes a map without checking, for one):
-        // a panic while parsing is the client's malformed input.
-        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            T::try_from_http_request(request, &params)
-        })) {
-            Ok(parsed) => parsed.map(Ruma).map_err(request_error),
-            Err(_) => Err(Error::bad_json("The request body could not be parsed")),
-        }
+    }
+    let request = http::Request::from_parts(parts, bytes.as_ref());
+    // A body ruma's parser cannot cope with must not take the request down
+    // (ruma 0.17's login parser indexes a map without checking, for one):
+    // a panic while parsing is the client's malformed input.
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        T::try_from_http_request(request, &params)
+    })) {
+        Ok(parsed) => parsed.map(|p| (p, bytes.clone())).map_err(request_error),
+        Err(_) => Err(Error::bad_json("The request body could not be parsed")),
     }
 }
 

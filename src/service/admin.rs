@@ -259,8 +259,8 @@ pub async fn reset_password(
 
 /// `GET /_synapse/admin/v1/whois/{userId}` and the client API's
 /// `GET /_matrix/client/v3/admin/whois/{userId}`: devices and where they were
-/// last seen (fields Lattice does not know, such as the user agent, are left
-/// out, as the spec allows).
+/// last seen: address, time and user agent (each left out while unknown, as
+/// the spec allows).
 pub async fn whois(app: &AppState, user_id: &str) -> Result<Value> {
     let user = local_user(app, user_id)?;
     let mut out = serde_json::Map::new();
@@ -271,6 +271,9 @@ pub async fn whois(app: &AppState, user_id: &str) -> Result<Value> {
         }
         if let Some(ts) = d.last_seen_ts {
             connection.insert("last_seen".into(), ts.into());
+        }
+        if let Some(agent) = &d.last_seen_user_agent {
+            connection.insert("user_agent".into(), agent.as_str().into());
         }
         out.insert(
             d.device_id.clone(),

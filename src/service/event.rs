@@ -144,14 +144,13 @@ pub async fn current_extremities(
     db: &mut crate::storage::PgConnection,
     room_id: &RoomId,
 ) -> Result<(Vec<OwnedEventId>, i64)> {
-    let ids = rooms::forward_extremities(&mut *db, room_id.as_str()).await?;
-    let mut known = events::get_many(&mut *db, &ids).await?;
-    known.sort_by_key(|e| std::cmp::Reverse(e.depth));
+    let mut known = rooms::forward_extremities_with_depth(&mut *db, room_id.as_str()).await?;
+    known.sort_by_key(|(_, depth)| std::cmp::Reverse(*depth));
     known.truncate(MAX_PREV_EVENTS);
-    let depth = known.iter().map(|e| e.depth).max().unwrap_or(0);
+    let depth = known.iter().map(|(_, depth)| *depth).max().unwrap_or(0);
     let mut extremities: Vec<OwnedEventId> = known
         .iter()
-        .filter_map(|e| EventId::parse(&e.event_id).ok())
+        .filter_map(|(id, _)| EventId::parse(id).ok())
         .collect();
     extremities.sort();
     Ok((extremities, depth))
@@ -166,19 +165,13 @@ pub async fn state_events(
     let Some(group) = group else {
         return Ok(HashMap::new());
     };
-    let entries = state::state_for_keys(&mut **tx, group, keys).await?;
-    let ids: Vec<String> = entries.iter().map(|(_, id)| id.clone()).collect();
-    let stored = events::get_many(&mut **tx, &ids).await?;
-    let mut by_id: HashMap<String, Pdu> = HashMap::new();
-    for ev in stored {
-        let id = EventId::parse(&ev.event_id).map_err(|e| anyhow::anyhow!("stored id: {e}"))?;
-        let pdu = Pdu::from_json(&id, &ev.json).map_err(|e| anyhow::anyhow!("stored pdu: {e}"))?;
-        by_id.insert(ev.event_id, pdu);
+    let mut out = HashMap::new();
+    for ((key, event_id), json) in state::state_events_for_keys(&mut **tx, group, keys).await? {
+        let id = EventId::parse(&event_id).map_err(|e| anyhow::anyhow!("stored id: {e}"))?;
+        let pdu = Pdu::from_json(&id, &json).map_err(|e| anyhow::anyhow!("stored pdu: {e}"))?;
+        out.insert(key, pdu);
     }
-    Ok(entries
-        .into_iter()
-        .filter_map(|(key, id)| by_id.remove(&id).map(|p| (key, p)))
-        .collect())
+    Ok(out)
 }
 
 /// The state keys the auth rules need for an event (the spec's selection, plus
@@ -227,6 +220,9 @@ pub fn auth_event_ids(
 pub struct Appended {
     pub event_id: OwnedEventId,
     pub stream_ordering: i64,
+    /// The room's joined members just after the event (push and federation
+    /// fan-out both need them: loaded once).
+    pub joined: Vec<String>,
 }
 
 /// Builds, authorises and persists one local event in a locked room.
@@ -414,7 +410,9 @@ pub async fn persist(
         Placement {
             state_group: group,
             replaces_extremities: &prev,
-            current_state_group: group,
+            // A message leaves the room's state (and its stored current group,
+            // which a locked room's `state_group` is) as it was.
+            current_state_group: pdu.state_key.is_some().then_some(group).flatten(),
             membership: true,
         },
     )
@@ -423,7 +421,15 @@ pub async fn persist(
     room.depth = pdu.depth;
     room.state_group = group;
     if federate {
-        crate::service::federation::enqueue_pdu(tx, app, room, &pdu, &appended.event_id).await?;
+        crate::service::federation::enqueue_pdu(
+            tx,
+            app,
+            room,
+            &pdu,
+            &appended.event_id,
+            Some(&appended.joined),
+        )
+        .await?;
     }
     Ok(appended)
 }
@@ -454,14 +460,19 @@ pub async fn write_event(
         json,
         pdu,
     } = built;
-    let stream = events::next_stream_ordering(&mut **tx).await?;
-    room.in_flight.push(app.notifier.begin(stream));
-    app.metrics.event_persisted();
     let group = placement.state_group;
     let text = serde_json::to_string(&json).map_err(|e| anyhow::anyhow!("serialising pdu: {e}"))?;
     let event_type = pdu.kind.to_string();
-    crate::storage::federation::delete_outlier(&mut **tx, event_id.as_str()).await?;
-    events::insert(
+    // Our users' events are created here, and no redaction can name an event
+    // before it exists (its ID is its hash): only others' are looked up, and
+    // only others' can have been stored as outliers before.
+    let received = pdu.sender.server_name() != app.server_name;
+    if received {
+        crate::storage::federation::delete_outlier(&mut **tx, event_id.as_str()).await?;
+    }
+    // The position is taken by the insert itself and registered at once: it is
+    // in flight until the caller's transaction ends (crate::notify).
+    let stream = events::insert_next(
         &mut **tx,
         &events::NewEventRow {
             event_id: event_id.as_str(),
@@ -476,9 +487,10 @@ pub async fn write_event(
             rejected: false,
             received_ts: now_ms(),
         },
-        stream,
     )
     .await?;
+    room.in_flight.push(app.notifier.begin(stream));
+    app.metrics.event_persisted();
     let prev: Vec<String> = placement
         .replaces_extremities
         .iter()
@@ -525,9 +537,6 @@ pub async fn write_event(
         )
         .await?;
     }
-    // Our users' events are created here, and no redaction can name an event
-    // before it exists (its ID is its hash): only others' are looked up.
-    let received = pdu.sender.server_name() != app.server_name;
     settle_redactions(tx, app, &room.rules, &pdu, group, received).await?;
     if let Ok(content) = serde_json::from_str::<serde_json::Value>(pdu.content.get())
         && let Some((key, text)) = super::search::indexable(&event_type, &content)
@@ -542,16 +551,27 @@ pub async fn write_event(
         )
         .await?;
     }
+    let joined = rooms::joined_users(&mut **tx, room_id.as_str()).await?;
     // Push rules see the state at the event.
     let current = room.state_group;
     room.state_group = group.or(current);
-    let pushed =
-        super::push::record_actions(tx, app, room, &room_id, event_id.as_str(), &pdu, stream).await;
+    let pushed = super::push::record_actions(
+        tx,
+        app,
+        room,
+        &room_id,
+        event_id.as_str(),
+        &pdu,
+        stream,
+        &joined,
+    )
+    .await;
     room.state_group = current;
     pushed?;
     Ok(Appended {
         event_id,
         stream_ordering: stream,
+        joined,
     })
 }
 
@@ -800,11 +820,6 @@ pub async fn send(
     event: NewEvent,
     txn: Option<(&str, &str)>,
 ) -> Result<OwnedEventId> {
-    if let Some((device, txn_id)) = txn
-        && let Some(existing) = rooms::txn_event(&app.db, sender.as_str(), device, txn_id).await?
-    {
-        return Ok(EventId::parse(existing).map_err(|e| anyhow::anyhow!("stored id: {e}"))?);
-    }
     let mut tx = app.db.begin().await?;
     let Some(mut room) = RoomCtx::lock(&mut tx, room_id).await? else {
         return Err(Error::forbidden("Unknown room, or you are not in it"));
@@ -812,7 +827,9 @@ pub async fn send(
     if let Some((device, txn_id)) = txn
         && let Some(existing) = rooms::txn_event(&mut *tx, sender.as_str(), device, txn_id).await?
     {
-        // A concurrent request with the same txnId won the lock first.
+        // A retry, or a concurrent request with the same txnId that won the
+        // lock first (looked up under the lock only: retries are rare, and
+        // every send saves the round trip).
         return Ok(EventId::parse(existing).map_err(|e| anyhow::anyhow!("stored id: {e}"))?);
     }
     if let Some(existing) = unchanged_state(&mut tx, &room, sender, &event).await? {
@@ -870,11 +887,6 @@ pub async fn redact(
     content: serde_json::Map<String, serde_json::Value>,
     txn: Option<(&str, &str)>,
 ) -> Result<OwnedEventId> {
-    if let Some((device, txn_id)) = txn
-        && let Some(existing) = rooms::txn_event(&app.db, sender.as_str(), device, txn_id).await?
-    {
-        return Ok(EventId::parse(existing).map_err(|e| anyhow::anyhow!("stored id: {e}"))?);
-    }
     let mut tx = app.db.begin().await?;
     let Some(mut room) = RoomCtx::lock(&mut tx, room_id).await? else {
         return Err(Error::forbidden("Unknown room, or you are not in it"));
@@ -882,7 +894,9 @@ pub async fn redact(
     if let Some((device, txn_id)) = txn
         && let Some(existing) = rooms::txn_event(&mut *tx, sender.as_str(), device, txn_id).await?
     {
-        // A concurrent request with the same txnId won the lock first.
+        // A retry, or a concurrent request with the same txnId that won the
+        // lock first (looked up under the lock only: retries are rare, and
+        // every send saves the round trip).
         return Ok(EventId::parse(existing).map_err(|e| anyhow::anyhow!("stored id: {e}"))?);
     }
     let not_found = || Error::not_found("Event not found");

@@ -40,20 +40,49 @@ async fn resident(app: &AppState, room_id: &RoomId) -> Result<bool> {
     Ok(rooms::has_joined_members_of(&app.db, room_id.as_str(), app.server_name.as_str()).await?)
 }
 
+/// What a joining client puts in its member event beyond `membership`: the
+/// join body's keys (`reason`, and any custom content, which Synapse keeps),
+/// but never the keys the server owns.
+#[derive(Debug, Clone, Default)]
+pub struct JoinContent(serde_json::Map<String, Value>);
+
+impl JoinContent {
+    /// From the body of `POST /join/{roomIdOrAlias}` or `/rooms/{roomId}/join`.
+    pub fn from_body(mut body: serde_json::Map<String, Value>) -> Self {
+        for owned in [
+            "membership",
+            "join_authorised_via_users_server",
+            "third_party_signed",
+            "third_party_invite",
+        ] {
+            body.remove(owned);
+        }
+        Self(body)
+    }
+
+    /// Adds these keys to a member event's content, over what is there
+    /// (the profile; a client may join with a per-room name, as with Synapse).
+    pub fn apply_to(&self, content: &mut serde_json::Map<String, Value>) {
+        for (key, value) in &self.0 {
+            content.insert(key.clone(), value.clone());
+        }
+    }
+}
+
 /// Joins a room: locally when this server is in it, otherwise over federation
 /// through `servers` (and the room ID's server, for room versions that have one).
 pub async fn join_via(
     app: &AppState,
     user: &UserId,
     room_id: &RoomId,
-    reason: Option<String>,
+    extra: JoinContent,
     servers: &[ruma::OwnedServerName],
 ) -> Result<OwnedRoomId> {
     ensure_not_blocked(app, room_id).await?;
     let local_members = resident(app, room_id).await?;
     let known = rooms::get(&app.db, room_id.as_str()).await?.is_some();
     if known && (local_members || servers.is_empty()) {
-        return join(app, user, room_id, reason).await;
+        return join(app, user, room_id, extra).await;
     }
     // A guest may join only where m.room.guest_access says can_join, which this
     // server can read only in rooms it is in.
@@ -88,7 +117,7 @@ pub async fn join_via(
         return Err(Error::not_found("No known servers for this room"));
     }
     let joined =
-        super::federation::join::remote_join(app, user, room_id, &candidates, reason).await?;
+        super::federation::join::remote_join(app, user, room_id, &candidates, extra).await?;
     crate::storage::federation::delete_remote_membership(&app.db, room_id.as_str(), user.as_str())
         .await?;
     Ok(joined)
@@ -101,7 +130,7 @@ async fn join(
     app: &AppState,
     user: &UserId,
     room_id: &RoomId,
-    reason: Option<String>,
+    extra: JoinContent,
 ) -> Result<OwnedRoomId> {
     let mut tx = app.db.begin().await?;
     let Some(mut room) = RoomCtx::lock(&mut tx, room_id).await? else {
@@ -119,8 +148,8 @@ async fn join(
     }
     let mut content = json!({ "membership": "join" });
     super::profile::decorate(&mut tx, user.as_str(), &mut content).await?;
-    if let Some(reason) = reason {
-        content["reason"] = reason.into();
+    if let Some(object) = content.as_object_mut() {
+        extra.apply_to(object);
     }
     if !matches!(current.as_deref(), Some("join" | "invite"))
         && let Some(authoriser) = restricted_join_authoriser(&mut tx, app, &room, user).await?

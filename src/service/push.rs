@@ -23,7 +23,7 @@ use crate::{
         push_rules::{Kind, RuleError, Rules},
     },
     error::{Error, ErrorKind, Result},
-    storage::{Postgres, Transaction, rooms, user_streams},
+    storage::{Postgres, Transaction, user_streams},
 };
 
 pub const ACCOUNT_DATA_TYPE: &str = "m.push_rules";
@@ -127,6 +127,7 @@ pub async fn set_actions(
 /// Evaluates the push rules of every local member (but the sender) for a newly
 /// persisted event, in the persisting transaction, and records who it notifies
 /// (and highlights). Sync turns these rows into `unread_notifications`.
+/// `joined`: the room's joined users after the event.
 #[allow(clippy::too_many_arguments)]
 pub async fn record_actions(
     tx: &mut Transaction<'_, Postgres>,
@@ -136,9 +137,9 @@ pub async fn record_actions(
     event_id: &str,
     pdu: &Pdu,
     stream: i64,
+    joined: &[String],
 ) -> Result<()> {
-    let joined = rooms::members(&mut **tx, room_id.as_str(), "join").await?;
-    let mut candidates: Vec<String> = joined.iter().map(|(u, _)| u.clone()).collect();
+    let mut candidates: Vec<String> = joined.to_vec();
     // The invitee of an invite is not a member yet, but the default rule
     // `.m.rule.invite_for_me` is there to tell them (as Synapse does).
     if pdu.kind.to_string() == "m.room.member"

@@ -312,7 +312,12 @@ pub async fn logout_all(state: &AppState, session: &Session) -> Result<()> {
 
 /// Records when a device was last seen, at most once a minute per device so busy
 /// clients do not turn every request into a write.
-pub async fn touch_device(state: &AppState, session: &Session, ip: Option<&str>) {
+pub async fn touch_device(
+    state: &AppState,
+    session: &Session,
+    ip: Option<&str>,
+    user_agent: Option<&str>,
+) {
     let key = format!("{}|{}", session.user_id, session.device_id);
     if state.device_touch_limiter.check(&key).is_err() {
         return;
@@ -322,6 +327,7 @@ pub async fn touch_device(state: &AppState, session: &Session, ip: Option<&str>)
         session.user_id.as_str(),
         session.device_id.as_str(),
         ip,
+        user_agent,
         now_ms(),
     )
     .await;

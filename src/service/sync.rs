@@ -287,9 +287,10 @@ async fn build(
     }
     let typing_since = if initial { 0 } else { token.typing };
     for (room, users) in app.typing.changed_since(&joined, typing_since) {
-        if (initial && users.is_empty())
-            || !item_allowed(&filter.ephemeral, "m.typing", Some(&room), &Value::Null)
-        {
+        // An initial sync also shows a typing set that just became empty (as
+        // Synapse does): a client that synced from scratch after someone
+        // stopped typing still learns it.
+        if !item_allowed(&filter.ephemeral, "m.typing", Some(&room), &Value::Null) {
             continue;
         }
         ephemeral

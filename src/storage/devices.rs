@@ -9,6 +9,7 @@ pub struct Device {
     pub display_name: Option<String>,
     pub last_seen_ts: Option<i64>,
     pub last_seen_ip: Option<String>,
+    pub last_seen_user_agent: Option<String>,
 }
 
 /// Creates the device, or keeps the existing one of that ID (a login that names an
@@ -40,7 +41,7 @@ pub async fn upsert(
 pub async fn list(db: impl PgExecutor<'_>, user_id: &str) -> sqlx::Result<Vec<Device>> {
     sqlx::query_as!(
         Device,
-        "select device_id, display_name, last_seen_ts, last_seen_ip from devices
+        "select device_id, display_name, last_seen_ts, last_seen_ip, last_seen_user_agent from devices
          where user_id = $1 order by created_ts, device_id",
         user_id
     )
@@ -55,7 +56,7 @@ pub async fn get(
 ) -> sqlx::Result<Option<Device>> {
     sqlx::query_as!(
         Device,
-        "select device_id, display_name, last_seen_ts, last_seen_ip from devices
+        "select device_id, display_name, last_seen_ts, last_seen_ip, last_seen_user_agent from devices
          where user_id = $1 and device_id = $2",
         user_id,
         device_id
@@ -87,15 +88,18 @@ pub async fn touch(
     user_id: &str,
     device_id: &str,
     ip: Option<&str>,
+    user_agent: Option<&str>,
     now: i64,
 ) -> sqlx::Result<()> {
     sqlx::query!(
-        "update devices set last_seen_ts = $3, last_seen_ip = coalesce($4, last_seen_ip)
+        "update devices set last_seen_ts = $3, last_seen_ip = coalesce($4, last_seen_ip),
+                            last_seen_user_agent = coalesce($5, last_seen_user_agent)
          where user_id = $1 and device_id = $2",
         user_id,
         device_id,
         now,
-        ip
+        ip,
+        user_agent
     )
     .execute(db)
     .await?;

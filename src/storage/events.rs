@@ -67,6 +67,29 @@ pub async fn insert(
     Ok(())
 }
 
+/// [`insert`] at the next stream position, which it returns (one round trip).
+pub async fn insert_next(db: impl PgExecutor<'_>, row: &NewEventRow<'_>) -> sqlx::Result<i64> {
+    sqlx::query_scalar!(
+        r#"insert into events (event_id, room_id, stream_ordering, depth, event_type, state_key,
+                             sender, origin_server_ts, json, state_group, rejected, received_ts)
+           values ($1, $2, nextval('events_stream_seq'), $3, $4, $5, $6, $7, $8, $9, $10, $11)
+           returning stream_ordering as "stream_ordering!""#,
+        row.event_id,
+        row.room_id,
+        row.depth,
+        row.event_type,
+        row.state_key,
+        row.sender,
+        row.origin_server_ts,
+        row.json,
+        row.state_group,
+        row.rejected,
+        row.received_ts
+    )
+    .fetch_one(db)
+    .await
+}
+
 /// An event by ID: a timeline event, or else an outlier (stream ordering 0, no
 /// state group).
 pub async fn get(db: impl PgExecutor<'_>, event_id: &str) -> sqlx::Result<Option<StoredEvent>> {

@@ -77,6 +77,25 @@ pub async fn forward_extremities(
     .await
 }
 
+/// The room's forward extremities with their depths (timeline events, or else
+/// outliers), in one round trip. Extremities not stored are left out.
+pub async fn forward_extremities_with_depth(
+    db: impl PgExecutor<'_>,
+    room_id: &str,
+) -> sqlx::Result<Vec<(String, i64)>> {
+    let rows = sqlx::query!(
+        r#"select f.event_id as "event_id!", coalesce(e.depth, o.depth) as "depth!"
+           from forward_extremities f
+           left join events e on e.event_id = f.event_id
+           left join outlier_events o on e.event_id is null and o.event_id = f.event_id
+           where f.room_id = $1 and (e.event_id is not null or o.event_id is not null)"#,
+        room_id
+    )
+    .fetch_all(db)
+    .await?;
+    Ok(rows.into_iter().map(|r| (r.event_id, r.depth)).collect())
+}
+
 /// The new event replaces the extremities it references.
 pub async fn replace_extremities(
     db: impl PgExecutor<'_>,
@@ -219,6 +238,16 @@ pub async fn joined_profiles(
         .into_iter()
         .map(|r| (r.user_id, r.displayname, r.avatar_url))
         .collect())
+}
+
+/// The room's joined users.
+pub async fn joined_users(db: impl PgExecutor<'_>, room_id: &str) -> sqlx::Result<Vec<String>> {
+    sqlx::query_scalar!(
+        "select user_id from room_members where room_id = $1 and membership = 'join'",
+        room_id
+    )
+    .fetch_all(db)
+    .await
 }
 
 /// Servers with joined members (for federation fan-out and `via`).

@@ -131,6 +131,54 @@ pub async fn state_for_keys(
         .collect())
 }
 
+/// [`state_for_keys`] with each event's JSON (a timeline event, or else an
+/// outlier), in one round trip: `(key, event ID, JSON)`. Entries whose event is
+/// not stored are left out.
+pub async fn state_events_for_keys(
+    db: impl PgExecutor<'_>,
+    group: i64,
+    keys: &[(String, String)],
+) -> sqlx::Result<Vec<(Entry, String)>> {
+    let (types, state_keys): (Vec<String>, Vec<String>) = keys.iter().cloned().unzip();
+    let rows = sqlx::query!(
+        r#"with recursive chain(state_group, parent_group, n) as (
+               select state_group, parent_group, 0
+               from state_groups where state_group = $1
+               union all
+               select g.state_group, g.parent_group, c.n + 1
+               from state_groups g join chain c on g.state_group = c.parent_group
+           ),
+           wanted as (
+               select k.state_key_id, k.event_type, k.state_key
+               from unnest($2::text[], $3::text[]) as w(event_type, state_key)
+               join state_keys k on k.event_type = w.event_type and k.state_key = w.state_key
+           ),
+           found as (
+               select distinct on (e.state_key_id)
+                      w.event_type, w.state_key, e.event_id
+               from chain c
+               join state_group_entries e on e.state_group = c.state_group
+               join wanted w on w.state_key_id = e.state_key_id
+               order by e.state_key_id, c.n
+           )
+           select f.event_type as "event_type!", f.state_key as "state_key!",
+                  f.event_id as "event_id!", coalesce(ev.json, o.json) as "json!"
+           from found f
+           left join events ev on ev.event_id = f.event_id
+           left join outlier_events o on ev.event_id is null and o.event_id = f.event_id
+           where ev.event_id is not null or o.event_id is not null"#,
+        group,
+        &types,
+        &state_keys
+    )
+    .fetch_all(db)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| (((r.event_type, r.state_key), r.event_id), r.json))
+        .collect())
+}
+
 /// [`state_for_keys`] for many groups in one query: `(group, key, event ID)`.
 pub async fn state_for_keys_at(
     db: impl PgExecutor<'_>,

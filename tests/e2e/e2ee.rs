@@ -468,6 +468,20 @@ async fn typing_and_receipts_arrive_as_ephemeral_events() {
         .clone();
     let typing = eph.iter().find(|e| e["type"] == "m.typing").unwrap();
     assert_eq!(typing["content"]["user_ids"], json!([]));
+    // A client syncing from scratch after the stop learns it too (SyTest's
+    // "Typing can be explicitly stopped" syncs so; Synapse answers so).
+    let fresh = sync(&server, &bob, None, 0).await;
+    let typing = fresh["rooms"]["join"][&r]["ephemeral"]["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["type"] == "m.typing")
+        .cloned();
+    assert_eq!(
+        typing.map(|t| t["content"]["user_ids"].clone()),
+        Some(json!([])),
+        "{fresh}"
+    );
     let receipt = eph.iter().find(|e| e["type"] == "m.receipt").unwrap();
     assert!(receipt["content"][&event]["m.read"][&alice.user_id]["ts"].is_i64());
     assert!(

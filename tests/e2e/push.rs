@@ -239,6 +239,10 @@ async fn notifications_list_and_thread_counts() {
     assert_eq!(n[0]["room_id"], room.as_str());
     assert_eq!(n[0]["read"], false);
     assert!(
+        n[0].as_object().unwrap().contains_key("profile_tag"),
+        "{list}"
+    );
+    assert!(
         n[0]["actions"]
             .as_array()
             .unwrap()

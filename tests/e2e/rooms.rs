@@ -1076,3 +1076,65 @@ async fn setting_state_to_what_it_is_makes_no_new_event() {
         .count();
     assert_eq!((topics_t, joins_of_bob), (1, 1), "{page}");
 }
+
+/// A join body's keys beyond the spec's go into the member event (as Synapse
+/// does; SyTest's "can join a room with custom content"), through both join
+/// routes, but the keys the server owns cannot be forged that way.
+#[tokio::test]
+async fn join_with_custom_content_keeps_it_but_not_server_keys() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice", "pw").await;
+    let bob = server.register("bob", "pw").await;
+    let carol = server.register("carol", "pw").await;
+    let room = create_room(
+        &server,
+        &alice,
+        json!({ "preset": "public_chat", "room_alias_name": "custom" }),
+    )
+    .await;
+    let member = |who: &Login| {
+        format!(
+            "/_matrix/client/v3/rooms/{room}/state/m.room.member/{}",
+            who.user_id
+        )
+    };
+    let (status, body) = server
+        .post(
+            &format!("/_matrix/client/v3/join/{room}"),
+            Some(&bob.access_token),
+            json!({
+                "foo": "bar",
+                "reason": "hello",
+                "membership": "leave",
+                "join_authorised_via_users_server": alice.user_id,
+            }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, content) = server.get(&member(&bob), Some(&bob.access_token)).await;
+    assert_eq!(status, StatusCode::OK, "{content}");
+    assert_eq!(content["foo"], "bar", "{content}");
+    assert_eq!(content["reason"], "hello", "{content}");
+    assert_eq!(content["membership"], "join", "{content}");
+    assert!(
+        content.get("join_authorised_via_users_server").is_none(),
+        "{content}"
+    );
+
+    // By alias, the same.
+    let alias = format!("%23custom:{}", server.state.server_name);
+    let (status, body) = server
+        .post(
+            &format!("/_matrix/client/v3/join/{alias}"),
+            Some(&carol.access_token),
+            json!({ "foo": "baz" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (_, content) = server.get(&member(&carol), Some(&carol.access_token)).await;
+    assert_eq!(
+        (&content["foo"], &content["membership"]),
+        (&json!("baz"), &json!("join")),
+        "{content}"
+    );
+}

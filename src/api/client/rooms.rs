@@ -40,7 +40,7 @@ use crate::{
     api::{
         auth::{AuthUser, GuestOk},
         json::JsonOrEmpty,
-        ruma::{RouterExt, Ruma},
+        ruma::{RouterExt, Ruma, RumaWithObject},
     },
     app::AppState,
     domain::{filter::EventFilter, pdu::NewEvent},
@@ -193,20 +193,22 @@ async fn resolve_with_servers(
 async fn join_by_id(
     State(app): State<AppState>,
     GuestOk(user): GuestOk,
-    Ruma(req): Ruma<join_room_by_id::v3::Request>,
+    RumaWithObject(req, body): RumaWithObject<join_room_by_id::v3::Request>,
 ) -> Result<Json<Value>> {
-    let room_id = membership::join_via(&app, &user.user_id, &req.room_id, req.reason, &[]).await?;
+    let content = membership::JoinContent::from_body(body);
+    let room_id = membership::join_via(&app, &user.user_id, &req.room_id, content, &[]).await?;
     Ok(Json(json!({ "room_id": room_id })))
 }
 
 async fn join_by_id_or_alias(
     State(app): State<AppState>,
     GuestOk(user): GuestOk,
-    Ruma(req): Ruma<join_room_by_id_or_alias::v3::Request>,
+    RumaWithObject(req, body): RumaWithObject<join_room_by_id_or_alias::v3::Request>,
 ) -> Result<Json<Value>> {
     let (room_id, mut servers) = resolve_with_servers(&app, &req.room_id_or_alias).await?;
     servers.extend(req.via);
-    let room_id = membership::join_via(&app, &user.user_id, &room_id, req.reason, &servers).await?;
+    let content = membership::JoinContent::from_body(body);
+    let room_id = membership::join_via(&app, &user.user_id, &room_id, content, &servers).await?;
     Ok(Json(json!({ "room_id": room_id })))
 }
 

@@ -706,7 +706,7 @@ async fn receive_checked(
     room.extremities = extremities;
     room.state_group = new_current;
     if let Some(pdu) = own_pdu {
-        super::enqueue_pdu(&mut tx, app, &mut room, &pdu, &event_id)
+        super::enqueue_pdu(&mut tx, app, &mut room, &pdu, &event_id, None)
             .await
             .map_err(db_err)?;
     }

@@ -41,14 +41,14 @@ pub async fn remote_join(
     user: &UserId,
     room_id: &RoomId,
     servers: &[OwnedServerName],
-    reason: Option<String>,
+    extra: crate::service::membership::JoinContent,
 ) -> Result<OwnedRoomId> {
     if !app.config.federation.enabled {
         return Err(Error::not_found("No known servers for this room"));
     }
     let mut last_error = String::from("no servers to join through");
     for server in servers.iter().filter(|s| *s != &app.server_name) {
-        match join_via(app, user, room_id, server, reason.clone()).await {
+        match join_via(app, user, room_id, server, &extra).await {
             Ok(()) => return Ok(room_id.to_owned()),
             Err(JoinError::Refused(e)) => return Err(e),
             Err(JoinError::Failed(e)) => {
@@ -85,7 +85,7 @@ async fn join_via(
     user: &UserId,
     room_id: &RoomId,
     server: &ServerName,
-    reason: Option<String>,
+    content: &crate::service::membership::JoinContent,
 ) -> std::result::Result<(), JoinError> {
     let mut extra = serde_json::Map::new();
     if let Ok(p) = crate::service::profile::get(app, user).await {
@@ -96,9 +96,7 @@ async fn join_via(
             extra.insert("avatar_url".into(), url.into());
         }
     }
-    if let Some(reason) = reason {
-        extra.insert("reason".into(), reason.into());
-    }
+    content.apply_to(&mut extra);
     let Handshake {
         mut object,
         event_id,

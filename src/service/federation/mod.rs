@@ -29,22 +29,29 @@ use crate::{
 /// banned user's server must hear of it) — but not an invitee's server, which
 /// had the invite through `/invite` (a server outside the room would get an
 /// event of a room it does not know). In the persisting transaction, so the
-/// event and its delivery are committed together.
+/// event and its delivery are committed together. `joined`: the room's joined
+/// users after the event, when the caller has them loaded.
 pub async fn enqueue_pdu(
     tx: &mut Transaction<'_, Postgres>,
     app: &AppState,
     room: &mut RoomCtx,
     pdu: &Pdu,
     event_id: &EventId,
+    joined: Option<&[String]>,
 ) -> Result<()> {
     if !app.config.federation.enabled {
         return Ok(());
     }
-    let mut destinations: BTreeSet<String> =
-        rooms::joined_servers(&mut **tx, room.room_id().as_str())
+    let mut destinations: BTreeSet<String> = match joined {
+        Some(users) => users
+            .iter()
+            .filter_map(|u| u.split_once(':').map(|(_, server)| server.to_owned()))
+            .collect(),
+        None => rooms::joined_servers(&mut **tx, room.room_id().as_str())
             .await?
             .into_iter()
-            .collect();
+            .collect(),
+    };
     if pdu.kind == TimelineEventType::RoomMember
         && let Some(target) = pdu.state_key.as_deref().and_then(|k| UserId::parse(k).ok())
         && !is_invite(pdu)
