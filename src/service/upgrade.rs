@@ -5,8 +5,10 @@
 //!    upgrader's join, then the old room's transferable state (power levels, join
 //!    rules, history visibility, guest access, name, topic, avatar, encryption,
 //!    server ACLs) and its bans.
-//! 3. In the old room: the tombstone, then power levels that stop ordinary
-//!    members from talking or inviting.
+//! 3. In the old room: the tombstone (before v12 built first, so that the
+//!    create event's `predecessor` names it; stored in the same transaction as
+//!    the new room), then power levels that stop ordinary members from talking
+//!    or inviting.
 //! 4. Move local aliases and the canonical alias to the new room.
 
 use std::collections::HashMap;
@@ -118,10 +120,35 @@ pub async fn upgrade(
                 .map_err(|e| anyhow::anyhow!("generated room id: {e}"))?,
         );
     }
+    let mut tx = app.db.begin().await?;
+    let Some(mut old_ctx) = RoomCtx::lock(&mut tx, old_room).await? else {
+        return Err(Error::forbidden("Unknown room"));
+    };
+    let tombstone_event = |replacement: &RoomId| NewEvent {
+        kind: "m.room.tombstone".into(),
+        content: json!({ "body": "This room has been replaced", "replacement_room": replacement }),
+        state_key: Some(String::new()),
+        redacts: None,
+    };
+    // Where the new room's ID is known before its create event (before v12),
+    // the tombstone is built first and the create event's `predecessor` names
+    // it (as Synapse does; the spec lets v12+ leave `event_id` out, whose room
+    // ID is the create event's own hash). It is stored after the new room,
+    // all in one transaction.
+    let mut tombstone = match &room.room_id {
+        Some(new_id) => {
+            Some(event::prepare(&mut tx, app, &old_ctx, user, tombstone_event(new_id)).await?)
+        }
+        None => None,
+    };
     let old_create = content(&("m.room.create".to_owned(), String::new())).unwrap_or_default();
     let mut create = serde_json::Map::new();
     create.insert("room_version".into(), new_version.as_str().into());
-    create.insert("predecessor".into(), json!({ "room_id": old_room }));
+    let predecessor = match &tombstone {
+        Some(t) => json!({ "room_id": old_room, "event_id": t.event_id }),
+        None => json!({ "room_id": old_room }),
+    };
+    create.insert("predecessor".into(), predecessor);
     if let Some(t) = old_create.get("type") {
         create.insert("type".into(), t.clone());
     }
@@ -152,7 +179,6 @@ pub async fn upgrade(
         power["users"] = json!({ user.as_str(): 100 });
     }
 
-    let mut tx = app.db.begin().await?;
     event::append_first(&mut tx, app, &mut room, user, create).await?;
     let new_room = room.room_id().to_owned();
     rooms::insert(
@@ -192,6 +218,25 @@ pub async fn upgrade(
             event::append(&mut tx, app, &mut room, user, state_event(kind, "", c)).await?;
         }
     }
+    // No guest access in the old room is guest access `forbidden`: said
+    // explicitly in the new one, which is what the room had (Synapse's
+    // upgrades always carry an `m.room.guest_access`, and clients and SyTest
+    // wait for one; Synapse's is its preset's `can_join`, which would open a
+    // closed room to guests).
+    if content(&("m.room.guest_access".to_owned(), String::new())).is_none() {
+        event::append(
+            &mut tx,
+            app,
+            &mut room,
+            user,
+            state_event(
+                "m.room.guest_access",
+                "",
+                json!({ "guest_access": "forbidden" }),
+            ),
+        )
+        .await?;
+    }
     for ((kind, key), pdu) in &old_state {
         if kind == "m.room.member" {
             let c: Value = serde_json::from_str(pdu.content.get()).unwrap_or_default();
@@ -207,24 +252,16 @@ pub async fn upgrade(
             }
         }
     }
+    // 3. The tombstone, then restricting the old room.
+    let tombstone = match tombstone.take() {
+        Some(built) => built,
+        None => event::prepare(&mut tx, app, &old_ctx, user, tombstone_event(&new_room)).await?,
+    };
+    event::persist(&mut tx, app, &mut old_ctx, tombstone).await?;
     tx.commit().await?;
     event::release(room);
+    event::release(old_ctx);
 
-    // 3. Tombstone and restrict the old room.
-    let tombstone = json!({ "body": "This room has been replaced", "replacement_room": new_room });
-    event::send(
-        app,
-        old_room,
-        user,
-        NewEvent {
-            kind: "m.room.tombstone".into(),
-            content: tombstone,
-            state_key: Some(String::new()),
-            redacts: None,
-        },
-        None,
-    )
-    .await?;
     let mut restricted = content(&power_key).unwrap_or_else(|| json!({}));
     let level = (users_default + 1).max(50);
     restricted["events_default"] = level.into();

@@ -558,3 +558,65 @@ async fn space_hierarchy_lists_visible_children() {
         .await;
     assert_eq!(status, StatusCode::FORBIDDEN);
 }
+
+/// Before v12 the new room's create event names the tombstone that replaced
+/// the old room (`predecessor.event_id`; SyTest's "/upgrade creates a new
+/// room"), and a room without guest access keeps none: it gets an explicit
+/// `forbidden`, never a preset's `can_join`.
+#[tokio::test]
+async fn upgrade_before_v12_names_the_tombstone_and_keeps_guests_out() {
+    let server = TestServer::start_with(|c| c.registration.guests = true).await;
+    let alice = server.register("alice", "pw").await;
+    let old = room(
+        &server,
+        &alice,
+        json!({ "room_version": "10", "preset": "public_chat" }),
+    )
+    .await;
+    let t = Some(alice.access_token.as_str());
+    let (status, body) = server
+        .post(
+            &format!("{V3}/rooms/{old}/upgrade"),
+            t,
+            json!({ "new_version": "11" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let new = body["replacement_room"].as_str().unwrap().to_owned();
+    let (_, state) = server.get(&format!("{V3}/rooms/{old}/state"), t).await;
+    let tombstone = state
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["type"] == "m.room.tombstone")
+        .cloned()
+        .expect("tombstone in the old room");
+    assert_eq!(tombstone["content"]["replacement_room"], new.as_str());
+    let (_, create) = server
+        .get(&format!("{V3}/rooms/{new}/state/m.room.create/"), t)
+        .await;
+    assert_eq!(create["room_version"], "11");
+    assert_eq!(
+        create["predecessor"],
+        json!({ "room_id": old, "event_id": tombstone["event_id"] }),
+        "{create}"
+    );
+    let (status, guests) = server
+        .get(&format!("{V3}/rooms/{new}/state/m.room.guest_access/"), t)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{guests}");
+    assert_eq!(guests["guest_access"], "forbidden");
+    // A guest cannot join the new public room.
+    let (status, guest) = server
+        .post("/_matrix/client/v3/register?kind=guest", None, json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{guest}");
+    let (status, body) = server
+        .post(
+            &format!("{V3}/rooms/{new}/join"),
+            guest["access_token"].as_str(),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+}
