@@ -139,11 +139,16 @@ pub async fn on_join(
 /// (and that we put in one).
 pub const MAX_PRESENCE_PER_EDU: usize = 500;
 
-/// An `m.presence` EDU from `origin`: the presence of its users who share a
-/// room with one of ours is stored (each at a new position, so our users'
-/// syncs carry it); others are ignored.
+/// An `m.presence` EDU from `origin`: the presence of its own users is
+/// stored, the first [`MAX_PRESENCE_PER_EDU`] of them, all at one new position
+/// in one transaction, so our users' syncs carry it — to those sharing a room
+/// with them only (see `storage::presence::visible_changes`). As Synapse, it
+/// is not required that they share a room already: a server sends its
+/// members' presence as soon as it has accepted our user's join, which may
+/// be before we have written that join.
 pub async fn receive_edu(app: &AppState, origin: &ruma::ServerName, content: &Value) -> Result<()> {
     let now = now_ms();
+    let mut updates = Vec::new();
     for entry in content["push"]
         .as_array()
         .into_iter()
@@ -159,14 +164,7 @@ pub async fn receive_edu(app: &AppState, origin: &ruma::ServerName, content: &Va
         let Some(state) = entry["presence"].as_str().filter(|s| STATES.contains(s)) else {
             continue;
         };
-        if user.server_name() != origin
-            || !crate::storage::remote_devices::tracked(
-                &app.db,
-                user.as_str(),
-                app.server_name.as_str(),
-            )
-            .await?
-        {
+        if user.server_name() != origin {
             continue;
         }
         let ago = entry["last_active_ago"].as_i64().unwrap_or(0).clamp(0, now);
@@ -174,22 +172,25 @@ pub async fn receive_edu(app: &AppState, origin: &ruma::ServerName, content: &Va
             .as_str()
             .filter(|m| m.len() <= 1024)
             .map(str::to_owned);
-        let mut tx = app.db.begin().await?;
-        let (position, guard) = stream::take(&mut tx, app).await?;
-        rows::set(
-            &mut *tx,
-            &Presence {
-                user_id: user.to_string(),
-                state: state.to_owned(),
-                status_msg,
-                last_active_ts: now - ago,
-                stream_ordering: position,
-            },
-        )
-        .await?;
-        tx.commit().await?;
-        drop(guard);
+        updates.push(Presence {
+            user_id: user.to_string(),
+            state: state.to_owned(),
+            status_msg,
+            last_active_ts: now - ago,
+            stream_ordering: 0,
+        });
     }
+    if updates.is_empty() {
+        return Ok(());
+    }
+    let mut tx = app.db.begin().await?;
+    let (position, guard) = stream::take(&mut tx, app).await?;
+    for mut p in updates {
+        p.stream_ordering = position;
+        rows::set(&mut *tx, &p).await?;
+    }
+    tx.commit().await?;
+    drop(guard);
     Ok(())
 }
 
@@ -300,10 +301,23 @@ pub async fn sync_events(
         .filter(|u| !changes.iter().any(|p| &p.user_id == *u))
         .cloned()
         .collect();
+    let mut events: Vec<Value> = Vec::new();
     if !others.is_empty() {
-        changes.extend(rows::changes_of(&app.db, &others, 0, upto).await?);
+        let known = rows::changes_of(&app.db, &others, 0, upto).await?;
+        // Users who never set a presence read as offline (as Synapse says).
+        for u in &others {
+            if !known.iter().any(|p| &p.user_id == u) {
+                events.push(json!({
+                    "type": "m.presence",
+                    "sender": u,
+                    "content": { "presence": "offline" },
+                }));
+            }
+        }
+        changes.extend(known);
     }
-    Ok(changes.iter().map(|p| event(p, now)).collect())
+    events.splice(0..0, changes.iter().map(|p| event(p, now)));
+    Ok(events)
 }
 
 /// The `m.presence` event for `p`.
