@@ -305,9 +305,10 @@ async fn updates_for_another_servers_users_are_ignored() {
     assert_eq!(status, StatusCode::OK, "{presence}");
     assert_eq!(presence["status_msg"], "mine", "{presence}");
     assert_eq!(presence["presence"], "online", "{presence}");
-    // Dave was told of Bob's change, and Alice's (her own upload), nothing forged.
+    // Dave was told of Bob's change, nothing of Alice's (the forged update).
     let s = sync(&a, &dave, Some(&dave_since)).await;
     assert!(changed(&s).contains(&bob.user_id), "{s}");
+    assert!(!changed(&s).contains(&alice.user_id), "{s}");
     a.stop().await;
     b.stop().await;
 }
