@@ -344,19 +344,24 @@ pub async fn change_password(
     let hash = session::hash_password(state, new_password).await?;
     let mut tx = state.db.begin().await?;
     users::set_password_hash(&mut *tx, session.user_id.as_str(), Some(&hash)).await?;
-    if logout_devices {
-        devices::delete_all_except(
+    let guard = if logout_devices {
+        let gone = devices::delete_all_except(
             &mut *tx,
             session.user_id.as_str(),
             Some(session.device_id.as_str()),
         )
         .await?;
-    }
-    let guard = match logout_devices {
-        true => Some(
-            super::stream::device_list_changed(&mut tx, state, session.user_id.as_str()).await?,
-        ),
-        false => None,
+        Some(
+            super::stream::device_list_changed(
+                &mut tx,
+                state,
+                session.user_id.as_str(),
+                super::stream::DeviceChange::Devices(&gone),
+            )
+            .await?,
+        )
+    } else {
+        None
     };
     uia::consume(&mut tx, &completed).await?;
     tx.commit().await?;
@@ -402,7 +407,7 @@ pub async fn deactivate_user(
     let user = user_id.as_str();
     let mut tx = state.db.begin().await?;
     users::deactivate(&mut *tx, user, erase).await?;
-    devices::delete_all_except(&mut *tx, user, None).await?;
+    let gone = devices::delete_all_except(&mut *tx, user, None).await?;
     pushers::delete_all(&mut *tx, user).await?;
     user_streams::delete_all_account_data(&mut *tx, user).await?;
     e2e_keys::delete_all_backups(&mut *tx, user).await?;
@@ -411,7 +416,13 @@ pub async fn deactivate_user(
         profiles::set_avatar_url(&mut *tx, user, None).await?;
         profiles::set_fields(&mut *tx, user, "{}").await?;
     }
-    let guard = super::stream::device_list_changed(&mut tx, state, user).await?;
+    let guard = super::stream::device_list_changed(
+        &mut tx,
+        state,
+        user,
+        super::stream::DeviceChange::Devices(&gone),
+    )
+    .await?;
     if let Some(completed) = uia_session {
         uia::consume(&mut tx, completed).await?;
     }

@@ -246,8 +246,16 @@ pub async fn reset_password(
     let mut tx = app.db.begin().await?;
     users::set_password_hash(&mut *tx, user.as_str(), Some(&hash)).await?;
     let guard = if logout_devices {
-        devices::delete_all_except(&mut *tx, user.as_str(), None).await?;
-        Some(super::stream::device_list_changed(&mut tx, app, user.as_str()).await?)
+        let gone = devices::delete_all_except(&mut *tx, user.as_str(), None).await?;
+        Some(
+            super::stream::device_list_changed(
+                &mut tx,
+                app,
+                user.as_str(),
+                super::stream::DeviceChange::Devices(&gone),
+            )
+            .await?,
+        )
     } else {
         None
     };

@@ -30,7 +30,12 @@ pub async fn rename(
     if devices::set_display_name(&state.db, session.user_id.as_str(), device_id, display_name)
         .await?
     {
-        super::stream::device_list_changed_now(state, session.user_id.as_str()).await
+        super::stream::device_list_changed_now(
+            state,
+            session.user_id.as_str(),
+            super::stream::DeviceChange::Devices(&[device_id.to_owned()]),
+        )
+        .await
     } else {
         Err(Error::not_found("Device not found"))
     }
@@ -57,9 +62,14 @@ pub async fn delete(
     };
     let completed = uia::authenticate(state, &requirement, auth).await?;
     let mut tx = state.db.begin().await?;
-    devices::delete_many(&mut *tx, session.user_id.as_str(), &device_ids).await?;
-    let guard =
-        super::stream::device_list_changed(&mut tx, state, session.user_id.as_str()).await?;
+    let gone = devices::delete_many(&mut *tx, session.user_id.as_str(), &device_ids).await?;
+    let guard = super::stream::device_list_changed(
+        &mut tx,
+        state,
+        session.user_id.as_str(),
+        super::stream::DeviceChange::Devices(&gone),
+    )
+    .await?;
     uia::consume(&mut tx, &completed).await?;
     tx.commit().await?;
     drop(guard);

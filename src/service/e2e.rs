@@ -4,10 +4,10 @@
 //! clients can check them, but it does check that a user only uploads keys for
 //! themselves and their own device, and that uploaded signatures verify.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use ruma::{
-    CanonicalJsonObject, CanonicalJsonValue, UserId, api::client::uiaa::AuthData,
+    CanonicalJsonObject, CanonicalJsonValue, OwnedUserId, UserId, api::client::uiaa::AuthData,
     signatures::verify_json,
 };
 use serde_json::{Map, Value, json};
@@ -16,7 +16,7 @@ use super::{session::Session, stream, uia};
 use crate::{
     app::AppState,
     error::{Error, ErrorKind, Result},
-    storage::{e2e_keys as keys, user_streams},
+    storage::{e2e_keys as keys, remote_devices, user_streams},
 };
 
 /// `POST /keys/upload`. `one_time_keys` and `fallback_keys` are keyed
@@ -45,7 +45,15 @@ pub async fn upload(
         }
         let text = serde_json::to_string(&dk).map_err(|e| anyhow::anyhow!("{e}"))?;
         if keys::set_device_keys(&mut *tx, user, device, &text).await? {
-            guard = Some(stream::device_list_changed(&mut tx, app, user).await?);
+            guard = Some(
+                stream::device_list_changed(
+                    &mut tx,
+                    app,
+                    user,
+                    stream::DeviceChange::Devices(&[device.to_owned()]),
+                )
+                .await?,
+            );
         }
     }
     for (id, json) in &one_time_keys {
@@ -71,9 +79,11 @@ fn split_key_id(id: &str) -> Result<(&str, &str)> {
         .ok_or_else(|| Error::invalid_param(format!("Invalid key ID {id:?}")))
 }
 
-/// `POST /keys/query`: device and cross-signing keys of the requested users;
-/// remote users' keys are asked of their servers (one request per server, in
-/// parallel), and servers that fail are listed under `failures`.
+/// `POST /keys/query`: device and cross-signing keys of the requested users.
+/// Remote users sharing a room with one of ours are answered from the device
+/// lists we hold (fetched with `/user/devices` when not held yet); the others
+/// are asked of their servers (one request per server, in parallel), and
+/// servers that fail are listed under `failures`.
 pub async fn query(
     app: &AppState,
     session: &Session,
@@ -82,20 +92,18 @@ pub async fn query(
     let viewer = session.user_id.as_str();
     let mut out = KeysFound::default();
     let mut failures = Map::new();
-    let mut remote: BTreeMap<String, Map<String, Value>> = BTreeMap::new();
+    let mut remote_users: Vec<(OwnedUserId, Vec<String>)> = Vec::new();
     for (user, devices) in wanted {
         let Ok(user_id) = UserId::parse(&user) else {
             continue;
         };
         if user_id.server_name() != app.server_name {
-            remote
-                .entry(user_id.server_name().to_string())
-                .or_default()
-                .insert(user, json!(devices));
+            remote_users.push((user_id, devices));
             continue;
         }
         local_keys(app, &user, &devices, Some(viewer), &mut out).await?;
     }
+    let remote = cached_remote_keys(app, viewer, remote_users, &mut out, &mut failures).await?;
     let answers = ask_servers(app, remote, "query", "device_keys", &mut failures).await;
     for (server, reply) in &answers {
         for (field, target) in [
@@ -113,6 +121,133 @@ pub async fn query(
         "user_signing_keys": out.user_signing,
         "failures": failures,
     }))
+}
+
+/// Remote users at most one `/keys/query` fetches the device lists of.
+const MAX_RESYNCS: usize = 100;
+
+/// Answers from the device lists we hold for the remote users in `wanted`
+/// (fetching those of tracked users not held yet, a few at a time); returns
+/// the rest, by server, to be asked with `/user/keys/query`.
+async fn cached_remote_keys(
+    app: &AppState,
+    viewer: &str,
+    wanted: Vec<(OwnedUserId, Vec<String>)>,
+    out: &mut KeysFound,
+    failures: &mut Map<String, Value>,
+) -> Result<BTreeMap<String, Map<String, Value>>> {
+    use futures_util::StreamExt;
+    let mut remote: BTreeMap<String, Map<String, Value>> = BTreeMap::new();
+    if wanted.is_empty() {
+        return Ok(remote);
+    }
+    let names: Vec<String> = wanted.iter().map(|(u, _)| u.to_string()).collect();
+    let mut held: HashSet<String> = remote_devices::lists(&app.db, &names)
+        .await?
+        .into_iter()
+        .map(|l| l.user_id)
+        .collect();
+    // Tracked users whose list is not held yet: fetch it now.
+    let mut missing = Vec::new();
+    for (user, _) in &wanted {
+        if !held.contains(user.as_str())
+            && missing.len() < MAX_RESYNCS
+            && remote_devices::tracked(&app.db, user.as_str(), app.server_name.as_str()).await?
+        {
+            missing.push(user.clone());
+        }
+    }
+    let fetched: Vec<(OwnedUserId, bool)> = futures_util::stream::iter(missing)
+        .map(|user| async move {
+            let ok = match super::federation::e2ee::resync(app, &user).await {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::info!(user_id = %user, error = %e, "device list fetch failed");
+                    false
+                }
+            };
+            (user, ok)
+        })
+        .buffer_unordered(CONCURRENT_REMOTE)
+        .collect()
+        .await;
+    let mut failed = HashSet::new();
+    for (user, ok) in fetched {
+        if ok {
+            held.insert(user.to_string());
+        } else {
+            failed.insert(user);
+        }
+    }
+    let mut from_cache = Vec::new();
+    for (user, devices) in wanted {
+        if held.contains(user.as_str()) {
+            from_cache.push((user, devices));
+        } else if failed.contains(&user) {
+            failures.insert(
+                user.server_name().to_string(),
+                json!({ "errcode": "M_UNAVAILABLE", "error": "The server could not be reached" }),
+            );
+        } else {
+            remote
+                .entry(user.server_name().to_string())
+                .or_default()
+                .insert(user.to_string(), json!(devices));
+        }
+    }
+    if from_cache.is_empty() {
+        return Ok(remote);
+    }
+    let names: Vec<String> = from_cache.iter().map(|(u, _)| u.to_string()).collect();
+    let lists = remote_devices::lists(&app.db, &names).await?;
+    let mut per_user: BTreeMap<String, Map<String, Value>> = BTreeMap::new();
+    for d in remote_devices::devices(&app.db, &names).await? {
+        let Some(keys) = d.keys.as_deref() else {
+            continue;
+        };
+        let mut value: Value = serde_json::from_str(keys).unwrap_or_default();
+        if !value.is_object() {
+            continue;
+        }
+        value["unsigned"] = match d.display_name {
+            Some(name) => json!({ "device_display_name": name }),
+            None => json!({}),
+        };
+        per_user
+            .entry(d.user_id)
+            .or_default()
+            .insert(d.device_id, value);
+    }
+    for (user, devices) in &from_cache {
+        if !lists.iter().any(|l| l.user_id == user.as_str()) {
+            continue; // dropped meanwhile
+        }
+        let mut found = per_user.remove(user.as_str()).unwrap_or_default();
+        if !devices.is_empty() {
+            found.retain(|id, _| devices.contains(id));
+        }
+        out.device_keys
+            .insert(user.to_string(), Value::Object(found));
+    }
+    for list in lists {
+        for (text, target) in [
+            (&list.master_key, &mut out.master),
+            (&list.self_signing_key, &mut out.self_signing),
+        ] {
+            let Some(mut value) = text
+                .as_deref()
+                .and_then(|t| serde_json::from_str::<Value>(t).ok())
+            else {
+                continue;
+            };
+            // The viewer's own signatures (with their user-signing key).
+            if let Some(public) = first_key(&value) {
+                merge_signatures(app, &mut value, &list.user_id, &public, Some(viewer)).await?;
+            }
+            target.insert(list.user_id.clone(), value);
+        }
+    }
+    Ok(remote)
 }
 
 /// Keys found for a `/keys/query`, by user.
@@ -339,68 +474,134 @@ pub async fn changes(
     device_list_delta(app, user, from, to).await
 }
 
-/// `device_lists` between two stream positions: `changed` are users (sharing a
-/// room now) whose devices changed, or who newly share a room; `left` are users
-/// who no longer share any room with `user`.
+/// [`device_lists`] with the user's memberships read here.
 pub async fn device_list_delta(
     app: &AppState,
     user: &UserId,
     after: i64,
     upto: i64,
 ) -> Result<(Vec<String>, Vec<String>)> {
-    let me = user.as_str();
-    let mut changed: HashSet<String> =
-        user_streams::device_lists_changed_since(&app.db, me, after, upto)
-            .await?
-            .into_iter()
-            .collect();
-    // Membership changes in rooms the user is or was in.
-    let rooms: Vec<String> = crate::storage::sync::memberships(&app.db, me)
+    let rooms: Vec<String> = crate::storage::sync::memberships(&app.db, user.as_str())
         .await?
         .into_iter()
         .map(|m| m.room_id)
         .collect();
-    let mut candidates = HashSet::new();
-    let mut i_joined = Vec::new();
-    for c in user_streams::member_changes_since(&app.db, &rooms, after, upto).await? {
+    let delta = member_delta(app, user, &rooms, after, upto).await?;
+    device_lists(app, user, &delta, after, upto).await
+}
+
+/// Who came to share, or stopped sharing, a room with a user over a window
+/// of the stream, from the membership changes in the rooms they are or were
+/// in, taken in order (a user who left and came back counts as come, one who
+/// came and left as gone), as Synapse counts them.
+#[derive(Debug, Default)]
+pub struct MemberDelta {
+    /// Others who joined, were invited to or knocked on one of the user's
+    /// rooms, and the members of the rooms the user joined.
+    pub arrived: HashSet<String>,
+    /// Of those, the ones joined: whose presence the user now sees.
+    pub joined: HashSet<String>,
+    /// Others who left one of the user's rooms, and the members of rooms the
+    /// user left (some may still share another room).
+    pub departed: HashSet<String>,
+}
+
+impl MemberDelta {
+    pub fn is_empty(&self) -> bool {
+        self.arrived.is_empty() && self.departed.is_empty()
+    }
+}
+
+/// The [`MemberDelta`] of `user` over `(after, upto]`; `rooms` are the rooms
+/// they have a membership in.
+pub async fn member_delta(
+    app: &AppState,
+    user: &UserId,
+    rooms: &[String],
+    after: i64,
+    upto: i64,
+) -> Result<MemberDelta> {
+    let me = user.as_str();
+    let mut delta = MemberDelta::default();
+    if after >= upto || rooms.is_empty() {
+        return Ok(delta);
+    }
+    // My joins and leaves, the last of each room winning.
+    let mut mine: BTreeMap<String, bool> = BTreeMap::new();
+    for c in user_streams::member_changes_since(&app.db, rooms, after, upto).await? {
+        let came = matches!(c.membership.as_str(), "join" | "invite" | "knock");
         if c.user_id == me {
-            if c.membership == "join" {
-                i_joined.push(c.room_id);
-            } else {
-                // Everyone in that room may have stopped sharing a room with us.
-                for (member, _) in
-                    crate::storage::rooms::members(&app.db, &c.room_id, "join").await?
-                {
-                    candidates.insert(member);
+            match c.membership.as_str() {
+                "join" => {
+                    mine.insert(c.room_id, true);
                 }
+                "leave" | "ban" => {
+                    mine.insert(c.room_id, false);
+                }
+                _ => {}
             }
+        } else if came {
+            delta.departed.remove(&c.user_id);
+            if c.membership == "join" {
+                delta.joined.insert(c.user_id.clone());
+            }
+            delta.arrived.insert(c.user_id);
         } else {
-            candidates.insert(c.user_id);
+            delta.arrived.remove(&c.user_id);
+            delta.joined.remove(&c.user_id);
+            delta.departed.insert(c.user_id);
         }
     }
-    for room in i_joined {
+    for (room, joined) in mine {
         for (member, _) in crate::storage::rooms::members(&app.db, &room, "join").await? {
-            candidates.insert(member);
+            if joined {
+                delta.joined.insert(member.clone());
+                delta.arrived.insert(member);
+            } else {
+                delta.departed.insert(member);
+            }
         }
     }
-    candidates.remove(me);
-    let candidates: Vec<String> = candidates.into_iter().collect();
-    let sharing: HashSet<String> = user_streams::sharing_a_room(&app.db, me, &candidates)
-        .await?
-        .into_iter()
-        .collect();
+    delta.arrived.remove(me);
+    delta.joined.remove(me);
+    delta.departed.remove(me);
+    Ok(delta)
+}
+
+/// `device_lists` between two stream positions: `changed` are users sharing a
+/// room now whose devices changed (and users whose keys only `user` sees
+/// changed), plus those who came to share a room; `left` are users who no
+/// longer share any room with `user`.
+pub async fn device_lists(
+    app: &AppState,
+    user: &UserId,
+    delta: &MemberDelta,
+    after: i64,
+    upto: i64,
+) -> Result<(Vec<String>, Vec<String>)> {
+    let me = user.as_str();
+    let mut changed: BTreeSet<String> =
+        user_streams::device_lists_changed_since(&app.db, me, after, upto)
+            .await?
+            .into_iter()
+            .collect();
+    changed.extend(delta.arrived.iter().cloned());
     let mut left = Vec::new();
-    for c in candidates {
-        if sharing.contains(&c) {
-            changed.insert(c);
-        } else {
-            left.push(c);
-        }
+    let gone: Vec<String> = delta
+        .departed
+        .iter()
+        .filter(|u| !changed.contains(*u))
+        .cloned()
+        .collect();
+    if !gone.is_empty() {
+        let sharing: HashSet<String> = user_streams::sharing_a_room(&app.db, me, &gone)
+            .await?
+            .into_iter()
+            .collect();
+        left = gone.into_iter().filter(|u| !sharing.contains(u)).collect();
+        left.sort();
     }
-    let mut changed: Vec<String> = changed.into_iter().collect();
-    changed.sort();
-    left.sort();
-    Ok((changed, left))
+    Ok((changed.into_iter().collect(), left))
 }
 
 /// `POST /keys/device_signing/upload`. The first upload needs no UIA (spec
@@ -458,12 +659,31 @@ pub async fn upload_signing_keys(
         let text = serde_json::to_string(value).map_err(|e| anyhow::anyhow!("{e}"))?;
         keys::set_cross_signing_key(&mut *tx, user, kind, &text).await?;
     }
-    let guard = stream::device_list_changed(&mut tx, app, user).await?;
+    // The master and self-signing keys are public; the user-signing key is
+    // the user's alone (spec: only they are told it changed).
+    let mut guards = Vec::new();
+    if uploaded.iter().any(|(k, _)| *k != "user_signing") {
+        guards.push(
+            stream::device_list_changed(&mut tx, app, user, stream::DeviceChange::SigningKeys)
+                .await?,
+        );
+    }
+    if uploaded.iter().any(|(k, _)| *k == "user_signing") {
+        guards.push(
+            stream::device_list_changed(
+                &mut tx,
+                app,
+                user,
+                stream::DeviceChange::Private { viewer: user },
+            )
+            .await?,
+        );
+    }
     if let Some(c) = completed {
         uia::consume(&mut tx, &c).await?;
     }
     tx.commit().await?;
-    drop(guard);
+    drop(guards);
     Ok(())
 }
 
@@ -477,7 +697,7 @@ pub async fn upload_signatures(
 ) -> Result<Value> {
     let me = session.user_id.as_str();
     let mut failures: BTreeMap<String, Map<String, Value>> = BTreeMap::new();
-    let mut changed_users = HashSet::new();
+    let mut changed_keys = BTreeSet::new();
     let mut tx = app.db.begin().await?;
     for (target_user, target_key, object) in signed {
         let result = check_signatures(app, me, &target_user, &target_key, &object).await;
@@ -487,7 +707,7 @@ pub async fn upload_signatures(
                     keys::add_signature(&mut *tx, &target_user, &target_key, me, &key_id, &sig)
                         .await?;
                 }
-                changed_users.insert(target_user);
+                changed_keys.insert((target_user, target_key));
             }
             Err(reason) => {
                 failures.entry(target_user).or_default().insert(
@@ -497,9 +717,21 @@ pub async fn upload_signatures(
             }
         }
     }
+    // A signature on one of my devices changes that device; on my master
+    // key, my signing keys; on another user's key, only what I see of them.
     let mut guards = Vec::new();
-    for user in &changed_users {
-        guards.push(stream::device_list_changed(&mut tx, app, user).await?);
+    for (user, key) in &changed_keys {
+        let change = if user != me {
+            stream::DeviceChange::Private { viewer: me }
+        } else if crate::storage::devices::get(&mut *tx, me, key)
+            .await?
+            .is_some()
+        {
+            stream::DeviceChange::Devices(std::slice::from_ref(key))
+        } else {
+            stream::DeviceChange::SigningKeys
+        };
+        guards.push(stream::device_list_changed(&mut tx, app, user, change).await?);
     }
     tx.commit().await?;
     drop(guards);

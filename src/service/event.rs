@@ -507,6 +507,7 @@ pub async fn write_event(
         let membership: serde_json::Value = serde_json::from_str(pdu.content.get())
             .map_err(|e| anyhow::anyhow!("member content: {e}"))?;
         let membership = membership["membership"].as_str().unwrap_or("leave");
+        let was = rooms::membership(&mut **tx, room_id.as_str(), target).await?;
         rooms::set_membership(
             &mut **tx,
             room_id.as_str(),
@@ -516,6 +517,27 @@ pub async fn write_event(
             stream,
         )
         .await?;
+        if membership == "join"
+            && was.as_deref() != Some("join")
+            && let Ok(target) = UserId::parse(target.as_str())
+            && super::presence::on_join(tx, app, room_id.as_str(), &target).await?
+        {
+            room.federation_wake = Some(app.federation_wake.clone());
+        }
+        if membership != "join" {
+            // Remote users no longer sharing a room with ours: their device
+            // lists stop being updated, so they are not kept.
+            let target_local =
+                UserId::parse(target.as_str()).is_ok_and(|u| u.server_name() == app.server_name);
+            crate::storage::remote_devices::forget_untracked(
+                &mut **tx,
+                room_id.as_str(),
+                target,
+                target_local,
+                app.server_name.as_str(),
+            )
+            .await?;
+        }
     }
     if let Ok(content) = serde_json::from_str::<serde_json::Value>(pdu.content.get())
         && let (Some(rel_type), Some(target)) = (

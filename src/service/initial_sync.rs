@@ -41,6 +41,9 @@ pub async fn all_rooms(
     archived: bool,
 ) -> Result<Value> {
     let user = &session.user_id;
+    // A client starting the legacy event stream is online, as with /events
+    // (so a new user sees their own presence, with `last_active_ago`).
+    presence::on_sync(app, user, "online").await?;
     let now = app.notifier.current();
     let typing_now = app.typing.current();
     let memberships = rows::memberships(&app.db, user.as_str()).await?;

@@ -81,7 +81,13 @@ pub async fn join_via(
     ensure_not_blocked(app, room_id).await?;
     let local_members = resident(app, room_id).await?;
     let known = rooms::get(&app.db, room_id.as_str()).await?.is_some();
-    if known && (local_members || servers.is_empty()) {
+    // A room we left whole is joined again through the server that invited
+    // us back: our copy of its state stopped with our leave.
+    let invited_from_afar = !local_members
+        && crate::storage::federation::remote_membership(&app.db, room_id.as_str(), user.as_str())
+            .await?
+            .is_some();
+    if known && (local_members || (servers.is_empty() && !invited_from_afar)) {
         return join(app, user, room_id, extra).await;
     }
     // A guest may join only where m.room.guest_access says can_join, which this

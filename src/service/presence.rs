@@ -14,7 +14,9 @@ use super::{session::Session, stream};
 use crate::{
     app::AppState,
     error::{Error, Result},
-    storage::{now_ms, presence as rows, presence::Presence, user_streams, users},
+    storage::{
+        Postgres, Transaction, now_ms, presence as rows, presence::Presence, user_streams, users,
+    },
 };
 
 /// An `online` user unseen for this long reads as `offline`.
@@ -51,11 +53,142 @@ pub fn content(p: &Presence, now: i64) -> Value {
     content
 }
 
+/// Stores a local user's new presence at a new position and, in the same
+/// transaction, queues it as `m.presence` for the servers sharing a room with
+/// them.
 async fn write(app: &AppState, mut p: Presence) -> Result<()> {
     let mut tx = app.db.begin().await?;
-    let (position, guard) = stream::take(&mut tx, app).await?;
+    let (position, mut guard) = stream::take(&mut tx, app).await?;
     p.stream_ordering = position;
     rows::set(&mut *tx, &p).await?;
+    if app.config.federation.enabled {
+        let mut servers = user_streams::servers_sharing_rooms(&mut *tx, &p.user_id).await?;
+        servers.retain(|s| s != app.server_name.as_str());
+        if !servers.is_empty() {
+            queue_edu(&mut tx, &servers, std::slice::from_ref(&p)).await?;
+            guard = guard.also_wake(app.federation_wake.clone());
+        }
+    }
+    tx.commit().await?;
+    drop(guard);
+    Ok(())
+}
+
+/// Queues one `m.presence` EDU carrying `states` for `servers`.
+async fn queue_edu(
+    tx: &mut Transaction<'_, Postgres>,
+    servers: &[String],
+    states: &[Presence],
+) -> Result<()> {
+    let now = now_ms();
+    let push: Vec<Value> = states
+        .iter()
+        .map(|p| {
+            let mut entry = content(p, now);
+            entry["user_id"] = p.user_id.clone().into();
+            entry
+        })
+        .collect();
+    let edu = json!({ "edu_type": "m.presence", "content": { "push": push } });
+    let text = serde_json::to_string(&edu).map_err(|e| anyhow::anyhow!("{e}"))?;
+    crate::storage::federation::enqueue_edu(&mut **tx, servers, &text, now).await?;
+    Ok(())
+}
+
+/// A join was written (in the caller's transaction): servers newly sharing
+/// the room learn the presence they have not had. Our user's join tells the
+/// room's other servers their presence; a remote user's join, the first of
+/// their server in the room, tells that server our members' presence.
+/// Returns whether something was queued.
+pub async fn on_join(
+    tx: &mut Transaction<'_, Postgres>,
+    app: &AppState,
+    room_id: &str,
+    target: &UserId,
+) -> Result<bool> {
+    if !app.config.federation.enabled {
+        return Ok(false);
+    }
+    if target.server_name() == app.server_name {
+        let Some(p) = rows::get(&mut **tx, target.as_str()).await? else {
+            return Ok(false);
+        };
+        let mut servers = crate::storage::rooms::joined_servers(&mut **tx, room_id).await?;
+        servers.retain(|s| s != app.server_name.as_str());
+        if servers.is_empty() {
+            return Ok(false);
+        }
+        queue_edu(tx, &servers, &[p]).await?;
+        return Ok(true);
+    }
+    let server = target.server_name().as_str();
+    if rows::server_already_joined(&mut **tx, room_id, server, target.as_str()).await? {
+        return Ok(false);
+    }
+    let ours = rows::of_local_members(&mut **tx, room_id, app.server_name.as_str()).await?;
+    if ours.is_empty() {
+        return Ok(false);
+    }
+    for chunk in ours.chunks(MAX_PRESENCE_PER_EDU) {
+        queue_edu(tx, &[server.to_owned()], chunk).await?;
+    }
+    Ok(true)
+}
+
+/// The most presence updates one `m.presence` EDU may carry that we look at
+/// (and that we put in one).
+pub const MAX_PRESENCE_PER_EDU: usize = 500;
+
+/// An `m.presence` EDU from `origin`: the presence of its own users is
+/// stored, the first [`MAX_PRESENCE_PER_EDU`] of them, all at one new position
+/// in one transaction, so our users' syncs carry it — to those sharing a room
+/// with them only (see `storage::presence::visible_changes`). As Synapse, it
+/// is not required that they share a room already: a server sends its
+/// members' presence as soon as it has accepted our user's join, which may
+/// be before we have written that join.
+pub async fn receive_edu(app: &AppState, origin: &ruma::ServerName, content: &Value) -> Result<()> {
+    let now = now_ms();
+    let mut updates = Vec::new();
+    for entry in content["push"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .take(MAX_PRESENCE_PER_EDU)
+    {
+        let Some(user) = entry["user_id"]
+            .as_str()
+            .and_then(|u| UserId::parse(u).ok())
+        else {
+            continue;
+        };
+        let Some(state) = entry["presence"].as_str().filter(|s| STATES.contains(s)) else {
+            continue;
+        };
+        if user.server_name() != origin {
+            continue;
+        }
+        let ago = entry["last_active_ago"].as_i64().unwrap_or(0).clamp(0, now);
+        let status_msg = entry["status_msg"]
+            .as_str()
+            .filter(|m| m.len() <= 1024)
+            .map(str::to_owned);
+        updates.push(Presence {
+            user_id: user.to_string(),
+            state: state.to_owned(),
+            status_msg,
+            last_active_ts: now - ago,
+            stream_ordering: 0,
+        });
+    }
+    if updates.is_empty() {
+        return Ok(());
+    }
+    let mut tx = app.db.begin().await?;
+    let (position, guard) = stream::take(&mut tx, app).await?;
+    for mut p in updates {
+        p.stream_ordering = position;
+        rows::set(&mut *tx, &p).await?;
+    }
     tx.commit().await?;
     drop(guard);
     Ok(())
@@ -150,19 +283,41 @@ pub async fn on_sync(app: &AppState, user: &UserId, set_presence: &str) -> Resul
     }
 }
 
-/// `m.presence` events for a sync window.
+/// `m.presence` events for a sync window: the changes the user may see, and
+/// the presence (unchanged, but not yet seen) of `newly_met`, the users who
+/// came to share a room with them in the window (spec: a client learns a
+/// user's presence when it starts sharing a room with them).
 pub async fn sync_events(
     app: &AppState,
     user: &UserId,
     after: i64,
     upto: i64,
+    newly_met: &std::collections::HashSet<String>,
 ) -> Result<Vec<Value>> {
     let now = now_ms();
-    Ok(rows::visible_changes(&app.db, user.as_str(), after, upto)
-        .await?
+    let mut changes = rows::visible_changes(&app.db, user.as_str(), after, upto).await?;
+    let others: Vec<String> = newly_met
         .iter()
-        .map(|p| event(p, now))
-        .collect())
+        .filter(|u| !changes.iter().any(|p| &p.user_id == *u))
+        .cloned()
+        .collect();
+    let mut events: Vec<Value> = Vec::new();
+    if !others.is_empty() {
+        let known = rows::changes_of(&app.db, &others, 0, upto).await?;
+        // Users who never set a presence read as offline (as Synapse says).
+        for u in &others {
+            if !known.iter().any(|p| &p.user_id == u) {
+                events.push(json!({
+                    "type": "m.presence",
+                    "sender": u,
+                    "content": { "presence": "offline" },
+                }));
+            }
+        }
+        changes.extend(known);
+    }
+    events.splice(0..0, changes.iter().map(|p| event(p, now)));
+    Ok(events)
 }
 
 /// The `m.presence` event for `p`.

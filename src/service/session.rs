@@ -27,6 +27,9 @@ pub struct Issued {
     pub access_token: String,
     pub refresh_token: Option<String>,
     pub expires_in: Option<Duration>,
+    /// A new device is a device-list change (others sharing a room see it):
+    /// the position it took, held until the caller has committed.
+    pub new_device: Option<super::stream::DeviceListGuard>,
 }
 
 /// Resolves an access token. Expired refreshable tokens are a soft logout: the
@@ -74,7 +77,7 @@ pub async fn issue(
 ) -> Result<Issued> {
     let device_id = device_id.unwrap_or_else(|| token::new_device_id().into());
     let now = now_ms();
-    devices::upsert(
+    let created = devices::upsert(
         &mut **tx,
         user_id.as_str(),
         device_id.as_str(),
@@ -83,8 +86,23 @@ pub async fn issue(
         now,
     )
     .await?;
+    let new_device = if created {
+        Some(
+            super::stream::device_list_changed(
+                tx,
+                state,
+                user_id.as_str(),
+                super::stream::DeviceChange::Devices(&[device_id.to_string()]),
+            )
+            .await?,
+        )
+    } else {
+        None
+    };
     tokens::delete_for_device(&mut **tx, user_id.as_str(), device_id.as_str()).await?;
-    issue_tokens(tx, state, user_id, device_id, refreshable, now).await
+    let mut issued = issue_tokens(tx, state, user_id, device_id, refreshable, now).await?;
+    issued.new_device = new_device;
+    Ok(issued)
 }
 
 async fn issue_tokens(
@@ -129,6 +147,7 @@ async fn issue_tokens(
         access_token,
         refresh_token,
         expires_in,
+        new_device: None,
     })
 }
 
@@ -286,14 +305,19 @@ pub async fn refresh(state: &AppState, refresh_token: &str) -> Result<Issued> {
 /// `POST /logout`: the device and its tokens go.
 pub async fn logout(state: &AppState, session: &Session) -> Result<()> {
     let mut tx = state.db.begin().await?;
-    devices::delete_many(
+    let gone = devices::delete_many(
         &mut *tx,
         session.user_id.as_str(),
         &[session.device_id.to_string()],
     )
     .await?;
-    let guard =
-        super::stream::device_list_changed(&mut tx, state, session.user_id.as_str()).await?;
+    let guard = super::stream::device_list_changed(
+        &mut tx,
+        state,
+        session.user_id.as_str(),
+        super::stream::DeviceChange::Devices(&gone),
+    )
+    .await?;
     tx.commit().await?;
     drop(guard);
     Ok(())
@@ -302,9 +326,14 @@ pub async fn logout(state: &AppState, session: &Session) -> Result<()> {
 /// `POST /logout/all`: every device of the user goes.
 pub async fn logout_all(state: &AppState, session: &Session) -> Result<()> {
     let mut tx = state.db.begin().await?;
-    devices::delete_all_except(&mut *tx, session.user_id.as_str(), None).await?;
-    let guard =
-        super::stream::device_list_changed(&mut tx, state, session.user_id.as_str()).await?;
+    let gone = devices::delete_all_except(&mut *tx, session.user_id.as_str(), None).await?;
+    let guard = super::stream::device_list_changed(
+        &mut tx,
+        state,
+        session.user_id.as_str(),
+        super::stream::DeviceChange::Devices(&gone),
+    )
+    .await?;
     tx.commit().await?;
     drop(guard);
     Ok(())

@@ -430,10 +430,18 @@ async fn build(
         })
         .collect();
 
+    // Who came to share or stopped sharing a room with the user: for
+    // device_lists and for the presence of newly met users.
+    let delta = if initial {
+        super::e2e::MemberDelta::default()
+    } else {
+        let rooms: Vec<String> = memberships.iter().map(|m| m.room_id.clone()).collect();
+        super::e2e::member_delta(app, user, &rooms, since, now).await?
+    };
     let (changed, left) = if initial {
         (Vec::new(), Vec::new())
     } else {
-        super::e2e::device_list_delta(app, user, since, now).await?
+        super::e2e::device_lists(app, user, &delta, since, now).await?
     };
     let otk_counts: Map<String, Value> =
         e2e_keys::one_time_key_counts(&app.db, user.as_str(), session.device_id.as_str())
@@ -446,7 +454,7 @@ async fn build(
             .await?;
 
     let presence: Vec<Value> = if filter.presence.allows_type("m.presence") {
-        super::presence::sync_events(app, user, since, now)
+        super::presence::sync_events(app, user, since, now, &delta.joined)
             .await?
             .into_iter()
             .filter(|p| {
@@ -475,20 +483,24 @@ async fn build(
         typing: typing_now,
         to_device: to_device_max,
     };
-    Ok((
-        json!({
-            "next_batch": next.to_string(),
-            "rooms": { "join": join, "invite": invite, "knock": knock, "leave": leave },
-            "account_data": { "events": global_account_data },
-            "presence": { "events": presence },
-            "to_device": { "events": to_device },
-            "device_lists": { "changed": changed, "left": left },
-            "device_one_time_keys_count": otk_counts,
-            "device_unused_fallback_key_types": fallback,
-        }),
-        empty,
-        members_sent,
-    ))
+    let mut response = json!({
+        "next_batch": next.to_string(),
+        "rooms": { "join": join, "invite": invite, "knock": knock, "leave": leave },
+        "account_data": { "events": global_account_data },
+        "presence": { "events": presence },
+        "to_device": { "events": to_device },
+        "device_one_time_keys_count": otk_counts,
+        "device_unused_fallback_key_types": fallback,
+    });
+    // As Synapse: `device_lists` and its lists only when not empty (clients
+    // read a missing list as empty).
+    if !changed.is_empty() {
+        response["device_lists"]["changed"] = changed.into();
+    }
+    if !left.is_empty() {
+        response["device_lists"]["left"] = left.into();
+    }
+    Ok((response, empty, members_sent))
 }
 
 /// At most this many to-device messages per sync; the rest come with the next.

@@ -14,6 +14,7 @@ pub struct Device {
 
 /// Creates the device, or keeps the existing one of that ID (a login that names an
 /// existing device re-uses it). The display name is only set on creation.
+/// Returns whether the device is new.
 pub async fn upsert(
     db: impl PgExecutor<'_>,
     user_id: &str,
@@ -21,21 +22,21 @@ pub async fn upsert(
     display_name: Option<&str>,
     ip: Option<&str>,
     now: i64,
-) -> sqlx::Result<()> {
-    sqlx::query!(
-        "insert into devices (user_id, device_id, display_name, last_seen_ts, last_seen_ip, created_ts)
+) -> sqlx::Result<bool> {
+    sqlx::query_scalar!(
+        r#"insert into devices (user_id, device_id, display_name, last_seen_ts, last_seen_ip, created_ts)
          values ($1, $2, $3, $5, $4, $5)
          on conflict (user_id, device_id) do update
-         set last_seen_ts = excluded.last_seen_ts, last_seen_ip = excluded.last_seen_ip",
+         set last_seen_ts = excluded.last_seen_ts, last_seen_ip = excluded.last_seen_ip
+         returning (xmax = 0) as "created!""#,
         user_id,
         device_id,
         display_name,
         ip,
         now
     )
-    .execute(db)
-    .await?;
-    Ok(())
+    .fetch_one(db)
+    .await
 }
 
 pub async fn list(db: impl PgExecutor<'_>, user_id: &str) -> sqlx::Result<Vec<Device>> {
@@ -111,29 +112,29 @@ pub async fn delete_many(
     db: impl PgExecutor<'_>,
     user_id: &str,
     device_ids: &[String],
-) -> sqlx::Result<u64> {
-    let done = sqlx::query!(
-        "delete from devices where user_id = $1 and device_id = any($2)",
+) -> sqlx::Result<Vec<String>> {
+    sqlx::query_scalar!(
+        "delete from devices where user_id = $1 and device_id = any($2) returning device_id",
         user_id,
         device_ids
     )
-    .execute(db)
-    .await?;
-    Ok(done.rows_affected())
+    .fetch_all(db)
+    .await
 }
 
-/// Deletes every device of the user except `keep` (when given).
+/// Deletes every device of the user except `keep` (when given); returns the
+/// deleted devices' IDs.
 pub async fn delete_all_except(
     db: impl PgExecutor<'_>,
     user_id: &str,
     keep: Option<&str>,
-) -> sqlx::Result<u64> {
-    let done = sqlx::query!(
-        "delete from devices where user_id = $1 and device_id is distinct from $2",
+) -> sqlx::Result<Vec<String>> {
+    sqlx::query_scalar!(
+        "delete from devices where user_id = $1 and device_id is distinct from $2
+         returning device_id",
         user_id,
         keep
     )
-    .execute(db)
-    .await?;
-    Ok(done.rows_affected())
+    .fetch_all(db)
+    .await
 }

@@ -15,6 +15,7 @@ pub mod pushers;
 pub mod redactions;
 pub mod registration_tokens;
 pub mod relations;
+pub mod remote_devices;
 pub mod reports;
 pub mod rooms;
 pub mod search;

@@ -98,3 +98,41 @@ pub async fn changes_of(
     .fetch_all(db)
     .await
 }
+
+/// The presence rows of the room's joined members who are users of
+/// `server_name` (ours).
+pub async fn of_local_members(
+    db: impl PgExecutor<'_>,
+    room_id: &str,
+    server_name: &str,
+) -> sqlx::Result<Vec<Presence>> {
+    sqlx::query_as!(
+        Presence,
+        "select p.user_id, p.state, p.status_msg, p.last_active_ts, p.stream_ordering
+         from room_members m join presence p on p.user_id = m.user_id
+         where m.room_id = $1 and m.membership = 'join' and m.user_id like '%:' || $2",
+        room_id,
+        server_name
+    )
+    .fetch_all(db)
+    .await
+}
+
+/// Whether a user of `server` other than `except` is joined to the room.
+pub async fn server_already_joined(
+    db: impl PgExecutor<'_>,
+    room_id: &str,
+    server: &str,
+    except: &str,
+) -> sqlx::Result<bool> {
+    sqlx::query_scalar!(
+        r#"select exists (select 1 from room_members
+                          where room_id = $1 and membership = 'join' and user_id <> $3
+                            and user_id like '%:' || $2) as "joined!""#,
+        room_id,
+        server,
+        except
+    )
+    .fetch_one(db)
+    .await
+}

@@ -258,24 +258,45 @@ pub async fn ack_to_device(
     Ok(())
 }
 
+/// Records that `user_id`'s devices or keys changed at `stream`; with
+/// `only_for`, a change only that user sees.
 pub async fn device_list_changed(
     db: impl PgExecutor<'_>,
     user_id: &str,
     stream: i64,
+    only_for: Option<&str>,
 ) -> sqlx::Result<()> {
     sqlx::query!(
-        "insert into device_list_changes (stream_ordering, user_id) values ($1, $2)
+        "insert into device_list_changes (stream_ordering, user_id, only_for) values ($1, $2, $3)
          on conflict do nothing",
         stream,
-        user_id
+        user_id,
+        only_for
     )
     .execute(db)
     .await?;
     Ok(())
 }
 
+/// The position of `user_id`'s last change before `before` that other servers
+/// were told of (the `prev_id` of the next `m.device_list_update`).
+pub async fn previous_device_list_change(
+    db: impl PgExecutor<'_>,
+    user_id: &str,
+    before: i64,
+) -> sqlx::Result<Option<i64>> {
+    sqlx::query_scalar!(
+        "select max(stream_ordering) from device_list_changes
+         where user_id = $1 and stream_ordering < $2 and only_for is null",
+        user_id,
+        before
+    )
+    .fetch_one(db)
+    .await
+}
+
 /// Users whose devices changed in `(after, upto]` and who share a room with
-/// `user_id` now (or are `user_id`).
+/// `user_id` now (or are `user_id`), and changes only `user_id` may see.
 pub async fn device_lists_changed_since(
     db: impl PgExecutor<'_>,
     user_id: &str,
@@ -285,10 +306,11 @@ pub async fn device_lists_changed_since(
     sqlx::query_scalar!(
         r#"select distinct c.user_id as "user_id!" from device_list_changes c
            where c.stream_ordering > $2 and c.stream_ordering <= $3
-             and (c.user_id = $1 or exists (
+             and (c.only_for = $1
+                  or (c.only_for is null and (c.user_id = $1 or exists (
                    select 1 from room_members a join room_members b on a.room_id = b.room_id
                    where a.user_id = $1 and a.membership = 'join'
-                     and b.user_id = c.user_id and b.membership = 'join'))"#,
+                     and b.user_id = c.user_id and b.membership = 'join'))))"#,
         user_id,
         after,
         upto
@@ -527,7 +549,7 @@ pub async fn servers_sharing_rooms(
 pub async fn device_list_position(db: impl PgExecutor<'_>, user_id: &str) -> sqlx::Result<i64> {
     sqlx::query_scalar!(
         r#"select coalesce(max(stream_ordering), 0) as "n!" from device_list_changes
-           where user_id = $1"#,
+           where user_id = $1 and only_for is null"#,
         user_id
     )
     .fetch_one(db)

@@ -10,6 +10,7 @@ mod cli;
 mod clients;
 mod crash;
 mod deploy;
+mod devicelists;
 mod devices;
 mod e2ee;
 mod embedded;

@@ -4,18 +4,23 @@
 //! `m.direct_to_device` EDUs, and device-list changes as `m.device_list_update`
 //! EDUs to the servers sharing a room with the user.
 //!
-//! Remote users' keys are not cached: every `/keys/query` for them asks their
-//! server, so an `m.device_list_update` only has to tell the local users who
-//! share a room (through `device_lists.changed` in their sync).
+//! The device lists of remote users who share a room with one of ours are
+//! held (`storage::remote_devices`) and kept current by their servers'
+//! `m.device_list_update` / `m.signing_key_update` EDUs, refetched with
+//! `/user/devices` when one went missing; `/keys/query` answers from them.
+//! Other remote users' keys are asked of their servers each time.
 
-use ruma::{ServerName, UserId};
+use ruma::{OwnedUserId, ServerName, UserId};
 use serde_json::{Map, Value, json};
 
 use crate::{
     app::AppState,
     error::Result,
     service::stream,
-    storage::{Postgres, Transaction, devices, federation as fed_store, now_ms, user_streams},
+    storage::{
+        Postgres, Transaction, devices, e2e_keys, federation as fed_store, now_ms, remote_devices,
+        user_streams,
+    },
 };
 
 /// `POST /_matrix/federation/v1/user/keys/{endpoint}` (`query` or `claim`) on
@@ -70,43 +75,125 @@ pub async fn user_devices(app: &AppState, user: &UserId) -> Result<Value> {
     Ok(reply)
 }
 
-/// Queues `m.device_list_update` for a local user whose devices or keys changed,
-/// to every server sharing a room with them, in the caller's transaction. The
-/// update names a `prev_id` the receiver has not seen, so it fetches the whole
-/// list with `/user/devices` (we do not send per-device deltas).
-pub async fn queue_device_list_update(
+/// The servers to tell of a change of `user`'s devices: those of everyone
+/// sharing a joined room with them, ours excepted.
+pub async fn servers_to_tell(
     tx: &mut Transaction<'_, Postgres>,
     app: &AppState,
     user: &str,
-    position: i64,
-) -> Result<bool> {
+) -> Result<Vec<String>> {
     if !app.config.federation.enabled {
-        return Ok(false);
+        return Ok(Vec::new());
     }
     let mut servers = user_streams::servers_sharing_rooms(&mut **tx, user).await?;
     servers.retain(|s| s != app.server_name.as_str());
+    Ok(servers)
+}
+
+/// Queues the `m.device_list_update` of one local device's change at
+/// `position` for `servers`, in the caller's transaction: the device as it is
+/// now (keys with their owner's signatures, display name), or `deleted`.
+/// `prev_id` is the user's previous change that was federated, so a receiver
+/// that missed one fetches the whole list (`/user/devices`).
+pub async fn queue_device_update(
+    tx: &mut Transaction<'_, Postgres>,
+    servers: &[String],
+    user: &str,
+    device: &str,
+    position: i64,
+) -> Result<bool> {
     if servers.is_empty() {
         return Ok(false);
     }
-    let device = devices::list(&mut **tx, user)
-        .await?
-        .into_iter()
-        .next()
-        .map(|d| d.device_id)
-        .unwrap_or_default();
-    let edu = json!({
-        "edu_type": "m.device_list_update",
-        "content": {
-            "user_id": user,
-            "device_id": device,
-            "stream_id": position,
-            "prev_id": [position - 1],
-            "deleted": false,
-        },
+    let prev = user_streams::previous_device_list_change(&mut **tx, user, position).await?;
+    let mut content = json!({
+        "user_id": user,
+        "device_id": device,
+        "stream_id": position,
+        "prev_id": prev.into_iter().collect::<Vec<i64>>(),
     });
+    match devices::get(&mut **tx, user, device).await? {
+        None => content["deleted"] = true.into(),
+        Some(d) => {
+            if let Some(name) = d.display_name {
+                content["device_display_name"] = name.into();
+            }
+            let device_ids = [device.to_owned()];
+            if let Some(row) = e2e_keys::device_keys(&mut **tx, user, &device_ids)
+                .await?
+                .into_iter()
+                .next()
+            {
+                let mut keys: Value = serde_json::from_str(&row.json)
+                    .map_err(|e| anyhow::anyhow!("stored device keys: {e}"))?;
+                owner_signatures(tx, &mut keys, user, device).await?;
+                content["keys"] = keys;
+            }
+        }
+    }
+    let edu = json!({ "edu_type": "m.device_list_update", "content": content });
     let text = serde_json::to_string(&edu).map_err(|e| anyhow::anyhow!("{e}"))?;
-    fed_store::enqueue_edu(&mut **tx, &servers, &text, now_ms()).await?;
+    fed_store::enqueue_edu(&mut **tx, servers, &text, now_ms()).await?;
     Ok(true)
+}
+
+/// Queues `m.signing_key_update` (the user's master and self-signing keys as
+/// they are now) for `servers`, in the caller's transaction.
+pub async fn queue_signing_key_update(
+    tx: &mut Transaction<'_, Postgres>,
+    servers: &[String],
+    user: &str,
+) -> Result<bool> {
+    if servers.is_empty() {
+        return Ok(false);
+    }
+    let mut content = json!({ "user_id": user });
+    for (kind, field) in [
+        ("master", "master_key"),
+        ("self_signing", "self_signing_key"),
+    ] {
+        if let Some(text) = e2e_keys::cross_signing_key(&mut **tx, user, kind).await? {
+            let mut key: Value = serde_json::from_str(&text)
+                .map_err(|e| anyhow::anyhow!("stored cross-signing key: {e}"))?;
+            if let Some(public) = key["keys"]
+                .as_object()
+                .and_then(|k| k.keys().next())
+                .map(|id| id.strip_prefix("ed25519:").unwrap_or(id).to_owned())
+            {
+                owner_signatures(tx, &mut key, user, &public).await?;
+            }
+            content[field] = key;
+        }
+    }
+    let edu = json!({ "edu_type": "m.signing_key_update", "content": content });
+    let text = serde_json::to_string(&edu).map_err(|e| anyhow::anyhow!("{e}"))?;
+    fed_store::enqueue_edu(&mut **tx, servers, &text, now_ms()).await?;
+    Ok(true)
+}
+
+/// Adds the owner's stored signatures (uploaded with `/keys/signatures/upload`)
+/// to one of their keys, read in the transaction that may have added them.
+async fn owner_signatures(
+    tx: &mut Transaction<'_, Postgres>,
+    value: &mut Value,
+    owner: &str,
+    target_key: &str,
+) -> Result<()> {
+    let extra = e2e_keys::signatures(&mut **tx, owner, target_key, owner).await?;
+    if extra.is_empty() {
+        return Ok(());
+    }
+    if !value["signatures"].is_object() {
+        value["signatures"] = json!({});
+    }
+    for s in extra {
+        let signer = &mut value["signatures"][&s.signer_user_id];
+        if !signer.is_object() {
+            *signer = json!({});
+        }
+        signer[&s.signer_key_id] = Value::String(s.signature);
+    }
+    Ok(())
 }
 
 /// To-device messages for remote users, grouped by server into
@@ -197,8 +284,22 @@ pub async fn receive_to_device(app: &AppState, origin: &ServerName, content: &Va
     Ok(())
 }
 
-/// `m.device_list_update` / `m.signing_key_update`: a remote user's keys changed;
-/// our users sharing a room with them see it in `device_lists.changed`.
+/// The most devices of one remote user we keep; a longer list is cut.
+pub const MAX_REMOTE_DEVICES: usize = 1000;
+/// The largest device keys or cross-signing key (JSON bytes) we keep.
+const MAX_KEY_BYTES: usize = 16 * 1024;
+/// The largest `/user/devices` answer we read.
+const MAX_DEVICES_ANSWER_BYTES: usize = 4 * 1024 * 1024;
+/// How long a `/user/devices` request may take.
+const DEVICES_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// `m.device_list_update`: one device of a remote user changed. Only updates
+/// from the user's own server, for users sharing a room with one of ours, are
+/// looked at. When we hold the user's list and the update follows on from it
+/// (its `prev_id`s are all ones we have seen), it is applied; otherwise the
+/// whole list is fetched again in the background. Either way our users
+/// sharing a room see the user in `device_lists.changed` once the list is
+/// current.
 pub async fn receive_device_list_update(
     app: &AppState,
     origin: &ServerName,
@@ -210,8 +311,231 @@ pub async fn receive_device_list_update(
     else {
         return Ok(());
     };
-    if user.server_name() != origin {
+    let (Some(device), Some(stream_id)) =
+        (content["device_id"].as_str(), content["stream_id"].as_i64())
+    else {
+        return Ok(());
+    };
+    if user.server_name() != origin
+        || device.is_empty()
+        || device.len() > 255
+        || !remote_devices::tracked(&app.db, user.as_str(), app.server_name.as_str()).await?
+    {
         return Ok(());
     }
-    stream::device_list_changed_now(app, user.as_str()).await
+    let prev_ids: Vec<i64> = content["prev_id"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_i64)
+        .collect();
+    let mut tx = app.db.begin().await?;
+    let Some(list) = remote_devices::list(&mut *tx, user.as_str()).await? else {
+        drop(tx);
+        spawn_resync(app, user);
+        return Ok(());
+    };
+    if stream_id <= list.stream_id {
+        return Ok(()); // seen already (or older than the list we fetched)
+    }
+    if prev_ids.iter().any(|p| *p > list.stream_id) {
+        // One went missing: the list we hold may be stale.
+        drop(tx);
+        spawn_resync(app, user);
+        return Ok(());
+    }
+    let deleted = content["deleted"].as_bool() == Some(true);
+    let keys = device_keys_of(&user, device, &content["keys"]);
+    let name = content["device_display_name"]
+        .as_str()
+        .filter(|n| n.len() <= 1024);
+    if !deleted
+        && remote_devices::device_count(&mut *tx, user.as_str()).await? >= MAX_REMOTE_DEVICES as i64
+        && !remote_devices::devices(&mut *tx, &[user.to_string()])
+            .await?
+            .iter()
+            .any(|d| d.device_id == device)
+    {
+        return Ok(());
+    }
+    remote_devices::apply(
+        &mut tx,
+        user.as_str(),
+        stream_id,
+        device,
+        (!deleted).then_some((name, keys.as_deref())),
+        now_ms(),
+    )
+    .await?;
+    let guard = stream::device_list_changed(
+        &mut tx,
+        app,
+        user.as_str(),
+        stream::DeviceChange::Devices(&[]),
+    )
+    .await?;
+    tx.commit().await?;
+    drop(guard);
+    Ok(())
+}
+
+/// `m.signing_key_update`: a remote user's master or self-signing key changed.
+pub async fn receive_signing_key_update(
+    app: &AppState,
+    origin: &ServerName,
+    content: &Value,
+) -> Result<()> {
+    let Some(user) = content["user_id"]
+        .as_str()
+        .and_then(|u| UserId::parse(u).ok())
+    else {
+        return Ok(());
+    };
+    if user.server_name() != origin
+        || !remote_devices::tracked(&app.db, user.as_str(), app.server_name.as_str()).await?
+    {
+        return Ok(());
+    }
+    let master = cross_signing_key_of(&user, &content["master_key"]);
+    let self_signing = cross_signing_key_of(&user, &content["self_signing_key"]);
+    let mut tx = app.db.begin().await?;
+    if remote_devices::list(&mut *tx, user.as_str())
+        .await?
+        .is_none()
+    {
+        drop(tx);
+        spawn_resync(app, user);
+        return Ok(());
+    }
+    if master.is_none() && self_signing.is_none() {
+        return Ok(());
+    }
+    remote_devices::set_signing_keys(
+        &mut *tx,
+        user.as_str(),
+        master.as_deref(),
+        self_signing.as_deref(),
+        now_ms(),
+    )
+    .await?;
+    let guard = stream::device_list_changed(
+        &mut tx,
+        app,
+        user.as_str(),
+        stream::DeviceChange::Devices(&[]),
+    )
+    .await?;
+    tx.commit().await?;
+    drop(guard);
+    Ok(())
+}
+
+/// Device keys as a remote server sent them for `user`'s `device`: kept
+/// verbatim when they are a JSON object of bounded size that names no other
+/// user or device.
+fn device_keys_of(user: &UserId, device: &str, keys: &Value) -> Option<String> {
+    let object = keys.as_object()?;
+    if object.get("user_id").is_some_and(|u| u != user.as_str())
+        || object.get("device_id").is_some_and(|d| d != device)
+    {
+        return None;
+    }
+    serde_json::to_string(keys)
+        .ok()
+        .filter(|t| t.len() <= MAX_KEY_BYTES)
+}
+
+/// A remote user's cross-signing key: an object of bounded size naming the user.
+fn cross_signing_key_of(user: &UserId, key: &Value) -> Option<String> {
+    if key["user_id"].as_str() != Some(user.as_str()) || !key["keys"].is_object() {
+        return None;
+    }
+    serde_json::to_string(key)
+        .ok()
+        .filter(|t| t.len() <= MAX_KEY_BYTES)
+}
+
+/// Fetches `user`'s device list again, in the background.
+fn spawn_resync(app: &AppState, user: OwnedUserId) {
+    let app = app.clone();
+    tokio::spawn(async move {
+        if let Err(e) = resync(&app, &user).await {
+            tracing::info!(user_id = %user, error = %e, "device list resync failed");
+        }
+    });
+}
+
+/// Fetches a remote user's whole device list from their server
+/// (`GET /user/devices/{userId}`) and stores it, if they still share a room
+/// with one of our users; our users sharing a room see them in
+/// `device_lists.changed`. No connection is held during the request.
+pub async fn resync(app: &AppState, user: &UserId) -> Result<()> {
+    let path = format!(
+        "/_matrix/federation/v1/user/devices/{}",
+        form_urlencoded::byte_serialize(user.as_str().as_bytes()).collect::<String>()
+    );
+    let reply = app
+        .federation
+        .request_json_bounded(
+            user.server_name(),
+            http::Method::GET,
+            &path,
+            None,
+            MAX_DEVICES_ANSWER_BYTES,
+            DEVICES_TIMEOUT,
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("/user/devices: {e}"))?;
+    if reply["user_id"].as_str() != Some(user.as_str()) {
+        return Err(anyhow::anyhow!("/user/devices answered for another user").into());
+    }
+    let stream_id = reply["stream_id"].as_i64().unwrap_or(0);
+    let mut seen = std::collections::HashSet::new();
+    let devices: Vec<remote_devices::RemoteDevice> = reply["devices"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|d| {
+            let id = d["device_id"]
+                .as_str()
+                .filter(|i| !i.is_empty() && i.len() <= 255)?;
+            seen.insert(id.to_owned())
+                .then(|| remote_devices::RemoteDevice {
+                    user_id: user.to_string(),
+                    device_id: id.to_owned(),
+                    display_name: d["device_display_name"]
+                        .as_str()
+                        .filter(|n| n.len() <= 1024)
+                        .map(str::to_owned),
+                    keys: device_keys_of(user, id, &d["keys"]),
+                })
+        })
+        .take(MAX_REMOTE_DEVICES)
+        .collect();
+    let list = remote_devices::RemoteList {
+        user_id: user.to_string(),
+        stream_id,
+        master_key: cross_signing_key_of(user, &reply["master_key"]),
+        self_signing_key: cross_signing_key_of(user, &reply["self_signing_key"]),
+    };
+    let mut tx = app.db.begin().await?;
+    if !remote_devices::tracked(&mut *tx, user.as_str(), app.server_name.as_str()).await? {
+        return Ok(());
+    }
+    if let Some(held) = remote_devices::list(&mut *tx, user.as_str()).await?
+        && held.stream_id > stream_id
+    {
+        return Ok(()); // a later update was applied meanwhile
+    }
+    remote_devices::replace(&mut tx, &list, &devices, now_ms()).await?;
+    let guard = stream::device_list_changed(
+        &mut tx,
+        app,
+        user.as_str(),
+        stream::DeviceChange::Devices(&[]),
+    )
+    .await?;
+    tx.commit().await?;
+    drop(guard);
+    Ok(())
 }

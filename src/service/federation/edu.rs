@@ -1,7 +1,7 @@
 //! EDUs received in transactions: typing notifications from a server's own,
 //! joined users; read receipts; to-device messages; device-list and signing-key
-//! updates. Other EDU types (presence) are not handled yet and are dropped (the
-//! transaction still succeeds, as the spec requires).
+//! updates; presence. Other EDU types are dropped (the transaction still
+//! succeeds, as the spec requires).
 
 use std::time::Duration;
 
@@ -58,9 +58,19 @@ pub async fn receive(app: &AppState, origin: &ServerName, edu: &Value) {
                 tracing::warn!(%origin, error = %e, "storing to-device messages failed");
             }
         }
-        Some("m.device_list_update" | "m.signing_key_update") => {
+        Some("m.device_list_update") => {
             if let Err(e) = super::e2ee::receive_device_list_update(app, origin, content).await {
                 tracing::warn!(%origin, error = %e, "recording a device list update failed");
+            }
+        }
+        Some("m.signing_key_update") => {
+            if let Err(e) = super::e2ee::receive_signing_key_update(app, origin, content).await {
+                tracing::warn!(%origin, error = %e, "recording a signing key update failed");
+            }
+        }
+        Some("m.presence") => {
+            if let Err(e) = crate::service::presence::receive_edu(app, origin, content).await {
+                tracing::warn!(%origin, error = %e, "storing presence failed");
             }
         }
         Some(other) => tracing::debug!(%origin, edu_type = other, "EDU type not handled"),
