@@ -9,7 +9,8 @@
 //!    create event's `predecessor` names it; stored in the same transaction as
 //!    the new room), then power levels that stop ordinary members from talking
 //!    or inviting.
-//! 4. Move local aliases and the canonical alias to the new room.
+//! 4. Move the directory listing, local aliases and the canonical alias (and
+//!    `alt_aliases`) to the new room; the old room's canonical alias is cleared.
 
 use std::collections::HashMap;
 
@@ -152,6 +153,10 @@ pub async fn upgrade(
     if let Some(t) = old_create.get("type") {
         create.insert("type".into(), t.clone());
     }
+    // A room closed to federation stays closed (as Synapse copies it).
+    if let Some(federate) = old_create.get("m.federate") {
+        create.insert("m.federate".into(), federate.clone());
+    }
     if !room.rules.authorization.use_room_create_sender {
         create.insert("creator".into(), user.as_str().into());
     }
@@ -284,20 +289,35 @@ pub async fn upgrade(
         tracing::warn!(%old_room, "could not restrict the old room's power levels after an upgrade");
     }
 
-    // 4. Aliases follow the room.
+    // 4. The directory listing moves to the new room.
+    if rooms::is_published(&app.db, old_room.as_str()).await? == Some(true) {
+        rooms::set_published(&app.db, new_room.as_str(), true).await?;
+        rooms::set_published(&app.db, old_room.as_str(), false).await?;
+    }
+
+    // 5. Aliases follow the room.
     let aliases = rooms::aliases_of(&app.db, old_room.as_str()).await?;
     for alias in &aliases {
         rooms::delete_alias(&app.db, alias).await?;
         rooms::insert_alias(&app.db, alias, new_room.as_str(), user.as_str(), now_ms()).await?;
     }
     if let Some(canonical) = content(&("m.room.canonical_alias".to_owned(), String::new()))
-        && canonical.get("alias").is_some()
+        && (canonical.get("alias").is_some() || canonical.get("alt_aliases").is_some())
     {
         let _ = event::send(
             app,
             &new_room,
             user,
             state_event("m.room.canonical_alias", "", canonical),
+            None,
+        )
+        .await;
+        // The old room no longer claims them (as Synapse clears it).
+        let _ = event::send(
+            app,
+            old_room,
+            user,
+            state_event("m.room.canonical_alias", "", json!({})),
             None,
         )
         .await;

@@ -570,7 +570,13 @@ async fn upgrade_before_v12_names_the_tombstone_and_keeps_guests_out() {
     let old = room(
         &server,
         &alice,
-        json!({ "room_version": "10", "preset": "public_chat" }),
+        json!({
+            "room_version": "10",
+            "preset": "public_chat",
+            "visibility": "public",
+            "room_alias_name": "v10",
+            "creation_content": { "m.federate": false },
+        }),
     )
     .await;
     let t = Some(alice.access_token.as_str());
@@ -601,6 +607,32 @@ async fn upgrade_before_v12_names_the_tombstone_and_keeps_guests_out() {
         json!({ "room_id": old, "event_id": tombstone["event_id"] }),
         "{create}"
     );
+    // Closed to federation before, closed after.
+    assert_eq!(create["m.federate"], false, "{create}");
+    // The directory lists the new room instead of the old.
+    let (_, public) = server.get(&format!("{V3}/publicRooms"), None).await;
+    let listed: Vec<&str> = public["chunk"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["room_id"].as_str())
+        .collect();
+    assert_eq!(listed, [new.as_str()], "{public}");
+    // The old room no longer claims the alias; the new one does.
+    let (_, old_alias) = server
+        .get(
+            &format!("{V3}/rooms/{old}/state/m.room.canonical_alias/"),
+            t,
+        )
+        .await;
+    assert!(old_alias.get("alias").is_none(), "{old_alias}");
+    let (_, new_alias) = server
+        .get(
+            &format!("{V3}/rooms/{new}/state/m.room.canonical_alias/"),
+            t,
+        )
+        .await;
+    assert_eq!(new_alias["alias"], "#v10:test.local", "{new_alias}");
     let (status, guests) = server
         .get(&format!("{V3}/rooms/{new}/state/m.room.guest_access/"), t)
         .await;
