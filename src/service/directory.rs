@@ -53,9 +53,16 @@ pub async fn association(
     let not_found = || Error::not_found("Room alias not found");
     let (room_id, mut servers) =
         if alias.server_name() == app.server_name || !app.config.federation.enabled {
-            let room_id = resolve_local(app, alias.as_str())
-                .await?
-                .ok_or_else(not_found)?;
+            let room_id = match resolve_local(app, alias.as_str()).await? {
+                Some(room) => room,
+                // An alias in an appservice's namespace may be made on demand.
+                None if alias.server_name() == app.server_name => {
+                    super::appservice::query_alias(app, alias)
+                        .await?
+                        .ok_or_else(not_found)?
+                }
+                None => return Err(not_found()),
+            };
             (room_id, Vec::new())
         } else {
             resolve_remote(app, alias).await?
@@ -160,13 +167,17 @@ pub async fn create_alias(
             "Aliases can only be created on this server",
         ));
     }
+    super::appservice::check_alias_allowed(app, alias, user.appservice.as_deref())?;
     if rooms::get(&app.db, room_id.as_str()).await?.is_none() {
         return Err(Error::not_found("Unknown room"));
     }
-    if rooms::membership(&app.db, room_id.as_str(), user.user_id.as_str())
-        .await?
-        .as_deref()
-        != Some("join")
+    // Appservices map aliases in their namespace to rooms they manage without
+    // being joined to them (as Synapse allows).
+    if user.appservice.is_none()
+        && rooms::membership(&app.db, room_id.as_str(), user.user_id.as_str())
+            .await?
+            .as_deref()
+            != Some("join")
     {
         return Err(Error::forbidden("You are not in this room"));
     }
@@ -257,6 +268,7 @@ async fn drop_from_canonical_alias(
         room_id,
         user,
         crate::domain::pdu::NewEvent {
+            origin_server_ts: None,
             kind: "m.room.canonical_alias".to_owned(),
             content: serde_json::Value::Object(content),
             state_key: Some(String::new()),

@@ -164,6 +164,7 @@ pub async fn upgrade(
     )
     .await?;
     let state_event = |kind: &str, key: &str, content: Value| NewEvent {
+        origin_server_ts: None,
         kind: kind.into(),
         content,
         state_key: Some(key.into()),
@@ -217,6 +218,7 @@ pub async fn upgrade(
         old_room,
         user,
         NewEvent {
+            origin_server_ts: None,
             kind: "m.room.tombstone".into(),
             content: tombstone,
             state_key: Some(String::new()),
@@ -234,6 +236,7 @@ pub async fn upgrade(
         old_room,
         user,
         NewEvent {
+            origin_server_ts: None,
             kind: "m.room.power_levels".into(),
             content: restricted,
             state_key: Some(String::new()),
