@@ -71,6 +71,8 @@ pub struct AppState {
     pub room_deletions: Arc<crate::service::admin::Deletions>,
     /// Application service registrations (`appservices`), loaded at start.
     pub appservices: Arc<crate::domain::appservice::Registry>,
+    /// One HTTP client per appservice (by ID), and their protocol metadata.
+    pub appservice_http: Arc<crate::service::appservice::Clients>,
 }
 
 impl AppState {
@@ -81,6 +83,10 @@ impl AppState {
         let federation = Arc::new(FederationClient::new(&config, signing_key.clone())?);
         let persisted = crate::storage::events::max_stream_ordering(&db).await?;
         let appservices = Arc::new(crate::service::appservice::load(&config)?);
+        let appservice_http = Arc::new(crate::service::appservice::Clients::new(
+            &config,
+            &appservices,
+        )?);
         let limits = &config.rate_limits;
         Ok(Self {
             server_name: config.server_name(),
@@ -112,6 +118,7 @@ impl AppState {
             metrics: Arc::default(),
             room_deletions: Arc::default(),
             appservices,
+            appservice_http,
             trusted_proxies: Arc::new(
                 config
                     .trusted_proxies

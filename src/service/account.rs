@@ -376,6 +376,11 @@ pub async fn deactivate(
     auth: Option<&AuthData>,
     ip: Option<&str>,
 ) -> Result<()> {
+    // An application service deactivates its own users without UIA (they
+    // have no password), as Synapse allows.
+    if session.appservice.is_some() {
+        return deactivate_user(state, &session.user_id, erase, None).await;
+    }
     let requirement = uia::Requirement {
         kind: "deactivate",
         flows: vec![vec![uia::PASSWORD]],

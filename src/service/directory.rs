@@ -387,6 +387,17 @@ pub async fn set_visibility(
     Ok(())
 }
 
+/// Which room directory list `/publicRooms` reads (spec: `include_all_networks`,
+/// `third_party_instance_id`).
+pub enum Network {
+    /// The server's own list.
+    Matrix,
+    /// The server's list and every appservice's.
+    All,
+    /// One appservice network's list: `{appservice_id}|{network_id}`.
+    ThirdParty(String),
+}
+
 /// `GET/POST /publicRooms`: published rooms, largest first, with their summaries;
 /// `since` is an offset token; `filter` matches name, topic and alias.
 pub async fn public_rooms(
@@ -394,6 +405,7 @@ pub async fn public_rooms(
     limit: Option<usize>,
     since: Option<&str>,
     search: Option<&str>,
+    network: &Network,
 ) -> Result<serde_json::Value> {
     let offset: usize = match since {
         Some(s) => s
@@ -404,7 +416,28 @@ pub async fn public_rooms(
     };
     let search = search.map(str::to_lowercase).filter(|s| !s.is_empty());
     let mut chunk = Vec::new();
-    for (room_id, group, joined) in rooms::published(&app.db).await? {
+    let listed = match network {
+        Network::Matrix => rooms::published(&app.db).await?,
+        Network::All => {
+            let mut all = rooms::published(&app.db).await?;
+            let mut seen: std::collections::HashSet<String> =
+                all.iter().map(|(r, _, _)| r.clone()).collect();
+            for row in crate::storage::appservice::listed(&app.db, None).await? {
+                if seen.insert(row.0.clone()) {
+                    all.push(row);
+                }
+            }
+            all.sort_by(|a, b| b.2.cmp(&a.2).then_with(|| a.0.cmp(&b.0)));
+            all
+        }
+        Network::ThirdParty(instance) => match instance.split_once('|') {
+            Some((appservice, network)) => {
+                crate::storage::appservice::listed(&app.db, Some((appservice, network))).await?
+            }
+            None => return Err(Error::invalid_param("Unknown third_party_instance_id")),
+        },
+    };
+    for (room_id, group, joined) in listed {
         let Some(group) = group else { continue };
         let summary = summary(app, &room_id, group, joined).await?;
         if let Some(term) = &search {

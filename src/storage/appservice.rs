@@ -131,17 +131,31 @@ pub async fn set_listed(
     Ok(())
 }
 
-/// Rooms listed by appservices: `(appservice_id, network_id, room_id)`.
-pub async fn listed_rooms(db: impl PgExecutor<'_>) -> sqlx::Result<Vec<(String, String, String)>> {
+/// Rooms appservices list (all of them, or one appservice's network), with
+/// their current state group and joined-member count, largest first.
+pub async fn listed(
+    db: impl PgExecutor<'_>,
+    network: Option<(&str, &str)>,
+) -> sqlx::Result<Vec<(String, Option<i64>, i64)>> {
+    let (appservice_id, network_id) = network.unzip();
     let rows = sqlx::query!(
-        "select appservice_id, network_id, room_id from appservice_room_list
-         order by appservice_id, network_id, room_id"
+        r#"select r.room_id, r.current_state_group,
+                  (select count(*) from room_members m
+                   where m.room_id = r.room_id and m.membership = 'join') as "joined!"
+           from rooms r
+           where exists (select 1 from appservice_room_list l
+                         where l.room_id = r.room_id
+                           and ($1::text is null or l.appservice_id = $1)
+                           and ($2::text is null or l.network_id = $2))
+           order by 3 desc, r.room_id"#,
+        appservice_id,
+        network_id
     )
     .fetch_all(db)
     .await?;
     Ok(rows
         .into_iter()
-        .map(|r| (r.appservice_id, r.network_id, r.room_id))
+        .map(|r| (r.room_id, r.current_state_group, r.joined))
         .collect())
 }
 

@@ -6,12 +6,17 @@
 
 pub mod sender;
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
 
 use anyhow::Context;
 use ruma::{
     OwnedDeviceId, OwnedRoomId, RoomAliasId, RoomId, UserId, room_version_rules::RoomVersionRules,
 };
+use serde_json::{Map, Value};
 
 use super::session::{self, Issued, Session};
 use crate::{
@@ -313,8 +318,8 @@ pub async fn enqueue(
 /// the registration's own host, trusted because the administrator configured
 /// it (appservices usually live on loopback or a private network). No
 /// redirect is followed.
-pub fn client_for(app: &AppState, reg: &Registration) -> anyhow::Result<OutboundClient> {
-    let mut policy = OutboundPolicy::federation(&app.config);
+fn client_for(config: &Config, reg: &Registration) -> anyhow::Result<OutboundClient> {
+    let mut policy = OutboundPolicy::federation(config);
     if let Some(host) = reg.url.as_ref().and_then(|u| u.host_str()) {
         policy = policy.trusting_host(host);
     }
@@ -324,11 +329,41 @@ pub fn client_for(app: &AppState, reg: &Registration) -> anyhow::Result<Outbound
             connect_timeout: Duration::from_secs(10),
             timeout: Duration::from_secs(60),
             https_only: false,
-            extra_ca_files: app.config.extra_ca_files(),
+            extra_ca_files: config.extra_ca_files(),
             accept_invalid_certs: false,
             user_agent: concat!("Lattice/", env!("CARGO_PKG_VERSION")).into(),
         },
     )
+}
+
+/// The appservices' HTTP clients (built once, at start), and the protocol
+/// metadata they answered, kept for [`PROTOCOL_CACHE`].
+pub struct Clients {
+    clients: HashMap<String, Arc<OutboundClient>>,
+    protocols: Mutex<HashMap<(String, String), (Instant, Value)>>,
+}
+
+/// How long an appservice's answer about a protocol is reused (as Synapse
+/// caches it): clients ask for `/thirdparty/protocols` on every start.
+pub const PROTOCOL_CACHE: Duration = Duration::from_secs(5 * 60);
+
+impl Clients {
+    pub fn new(config: &Config, registry: &Registry) -> anyhow::Result<Self> {
+        let mut clients = HashMap::new();
+        for reg in &registry.list {
+            if reg.url.is_some() {
+                clients.insert(reg.id.clone(), Arc::new(client_for(config, reg)?));
+            }
+        }
+        Ok(Self {
+            clients,
+            protocols: Mutex::default(),
+        })
+    }
+
+    pub fn get(&self, id: &str) -> Option<Arc<OutboundClient>> {
+        self.clients.get(id).cloned()
+    }
 }
 
 /// `{url}/_matrix/app/v1/{segments…}` (the registration's URL may have a
@@ -344,20 +379,20 @@ pub fn endpoint(reg: &Registration, segments: &[&str]) -> Option<reqwest::Url> {
     Some(url)
 }
 
-/// A query to an appservice (`GET /users/{userId}`, `/rooms/{alias}`):
-/// whether it answered 2xx. Failures are logged and count as "no".
-async fn query(app: &AppState, reg: &Registration, segments: &[&str]) -> bool {
+/// A `GET` to an appservice with its `hs_token`: the answer, or `None` (and a
+/// log line) when it could not be had.
+async fn get(
+    app: &AppState,
+    reg: &Registration,
+    segments: &[&str],
+    query: &[(String, String)],
+) -> Option<reqwest::Response> {
     let path = segments.join("/");
-    let Some(url) = endpoint(reg, segments) else {
-        return false;
-    };
-    let client = match client_for(app, reg) {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::warn!(appservice = %reg.id, "appservice client: {e:#}");
-            return false;
-        }
-    };
+    let mut url = endpoint(reg, segments)?;
+    if !query.is_empty() {
+        url.query_pairs_mut().extend_pairs(query);
+    }
+    let client = app.appservice_http.get(&reg.id)?;
     let mut request = reqwest::Request::new(http::Method::GET, url);
     *request.timeout_mut() = Some(super::directory::query_timeout(app));
     if let Ok(value) = format!("Bearer {}", reg.hs_token).parse() {
@@ -366,12 +401,121 @@ async fn query(app: &AppState, reg: &Registration, segments: &[&str]) -> bool {
             .insert(http::header::AUTHORIZATION, value);
     }
     match client.send(request).await {
-        Ok(response) => response.status().is_success(),
+        Ok(response) => Some(response),
         Err(e) => {
             tracing::info!(appservice = %reg.id, "appservice query {path} failed: {e}");
-            false
+            None
         }
     }
+}
+
+/// A query to an appservice (`GET /users/{userId}`, `/rooms/{alias}`):
+/// whether it answered 2xx. Failures count as "no".
+async fn query(app: &AppState, reg: &Registration, segments: &[&str]) -> bool {
+    get(app, reg, segments, &[])
+        .await
+        .is_some_and(|r| r.status().is_success())
+}
+
+/// A JSON answer (at most 1 MiB) to a `GET`, when 2xx.
+async fn get_json(
+    app: &AppState,
+    reg: &Registration,
+    segments: &[&str],
+    query: &[(String, String)],
+) -> Option<Value> {
+    let response = get(app, reg, segments, query).await?;
+    if !response.status().is_success() {
+        return None;
+    }
+    let body = outbound::read_limited(response, 1024 * 1024).await.ok()?;
+    serde_json::from_slice(&body).ok()
+}
+
+/// `GET /thirdparty/protocols` (or one protocol): each appservice's answer
+/// for each protocol it registered, the first answer's fields with every
+/// answer's `instances` (an instance with a `network_id` gets the
+/// `instance_id` `{appservice}|{network}` the room directory takes).
+pub async fn protocols(app: &AppState, only: Option<&str>) -> Map<String, Value> {
+    let mut out = Map::new();
+    for reg in &app.appservices.list {
+        for protocol in &reg.protocols {
+            if only.is_some_and(|p| p != protocol) {
+                continue;
+            }
+            let Some(mut info) = protocol_of(app, reg, protocol).await else {
+                continue;
+            };
+            if let Some(instances) = info["instances"].as_array_mut() {
+                for instance in instances.iter_mut() {
+                    if let Some(network) = instance["network_id"].as_str() {
+                        instance["instance_id"] = format!("{}|{network}", reg.id).into();
+                    }
+                }
+            }
+            match out.get_mut(protocol) {
+                None => {
+                    out.insert(protocol.clone(), info);
+                }
+                Some(merged) => {
+                    let more = info["instances"].as_array().cloned().unwrap_or_default();
+                    if let Some(list) = merged["instances"].as_array_mut() {
+                        list.extend(more);
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+async fn protocol_of(app: &AppState, reg: &Registration, protocol: &str) -> Option<Value> {
+    let key = (reg.id.clone(), protocol.to_owned());
+    if let Some((at, info)) = app.appservice_http.protocols.lock().ok()?.get(&key)
+        && at.elapsed() < PROTOCOL_CACHE
+    {
+        return Some(info.clone());
+    }
+    let info = get_json(app, reg, &["thirdparty", "protocol", protocol], &[]).await?;
+    // Valid metadata has a list of instances.
+    if !info.is_object() || !info["instances"].is_array() {
+        return None;
+    }
+    if let Ok(mut cache) = app.appservice_http.protocols.lock() {
+        cache.insert(key, (Instant::now(), info.clone()));
+    }
+    Some(info)
+}
+
+/// `GET /thirdparty/{user|location}/{protocol}` (and the reverse lookups
+/// without a protocol): every answering appservice's results, concatenated;
+/// results without their key field (`userid`, `alias`) are dropped.
+pub async fn third_party_lookup(
+    app: &AppState,
+    kind: &str,
+    protocol: Option<&str>,
+    query: &[(String, String)],
+) -> Vec<Value> {
+    let key = if kind == "user" { "userid" } else { "alias" };
+    let mut out = Vec::new();
+    for reg in &app.appservices.list {
+        let mut segments = vec!["thirdparty", kind];
+        match protocol {
+            Some(p) if reg.protocols.iter().any(|q| q == p) => segments.push(p),
+            Some(_) => continue,
+            None if reg.protocols.is_empty() => continue,
+            None => {}
+        }
+        let Some(Value::Array(results)) = get_json(app, reg, &segments, query).await else {
+            continue;
+        };
+        out.extend(
+            results
+                .into_iter()
+                .filter(|r| r[key].is_string() && r["protocol"].is_string()),
+        );
+    }
+    out
 }
 
 /// Whether a local user exists, asking the appservices whose user namespace
@@ -411,4 +555,89 @@ pub async fn query_alias(app: &AppState, alias: &RoomAliasId) -> Result<Option<O
         }
     }
     Ok(None)
+}
+
+/// Adds a room to (or removes it from) one of the appservice's room
+/// directory lists, shown by `/publicRooms` with `third_party_instance_id`
+/// `{appservice}|{network}` or `include_all_networks`.
+pub async fn set_listed(
+    app: &AppState,
+    reg: &Registration,
+    network_id: &str,
+    room_id: &RoomId,
+    listed: bool,
+) -> Result<()> {
+    if listed
+        && storage::rooms::get(&app.db, room_id.as_str())
+            .await?
+            .is_none()
+    {
+        return Err(Error::not_found("Unknown room"));
+    }
+    storage::appservice::set_listed(&app.db, &reg.id, network_id, room_id.as_str(), listed).await?;
+    Ok(())
+}
+
+/// `POST /appservice/{id}/ping`: the homeserver calls the appservice's
+/// `POST /_matrix/app/v1/ping` and reports how long it took, or why it failed
+/// (`M_URL_NOT_SET`, `M_BAD_STATUS`, `M_CONNECTION_FAILED`,
+/// `M_CONNECTION_TIMEOUT`).
+pub async fn ping(
+    app: &AppState,
+    reg: &Registration,
+    transaction_id: Option<&str>,
+) -> Result<Duration> {
+    let remote = |status: http::StatusCode, errcode: &str, message: String| {
+        Error::new(
+            ErrorKind::Remote {
+                status,
+                errcode: errcode.to_owned(),
+            },
+            message,
+        )
+    };
+    let (Some(url), Some(client)) = (endpoint(reg, &["ping"]), app.appservice_http.get(&reg.id))
+    else {
+        return Err(remote(
+            http::StatusCode::BAD_REQUEST,
+            "M_URL_NOT_SET",
+            "The application service has no URL".into(),
+        ));
+    };
+    let mut body = serde_json::json!({});
+    if let Some(id) = transaction_id {
+        body["transaction_id"] = id.into();
+    }
+    let mut request = reqwest::Request::new(http::Method::POST, url);
+    *request.timeout_mut() = Some(Duration::from_secs(30));
+    request.headers_mut().insert(
+        http::header::AUTHORIZATION,
+        format!("Bearer {}", reg.hs_token)
+            .parse()
+            .map_err(|_| anyhow::anyhow!("hs_token is not a header value"))?,
+    );
+    request.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    *request.body_mut() = Some(body.to_string().into());
+    let started = Instant::now();
+    match client.send(request).await {
+        Ok(response) if response.status().is_success() => Ok(started.elapsed()),
+        Ok(response) => Err(remote(
+            http::StatusCode::BAD_GATEWAY,
+            "M_BAD_STATUS",
+            format!("The application service answered {}", response.status()),
+        )),
+        Err(e) if e.to_string().contains("timed out") => Err(remote(
+            http::StatusCode::GATEWAY_TIMEOUT,
+            "M_CONNECTION_TIMEOUT",
+            "The application service did not answer in time".into(),
+        )),
+        Err(e) => Err(remote(
+            http::StatusCode::BAD_GATEWAY,
+            "M_CONNECTION_FAILED",
+            format!("The application service could not be reached: {e}"),
+        )),
+    }
 }

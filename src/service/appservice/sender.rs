@@ -41,12 +41,8 @@ pub fn spawn_all(
 }
 
 async fn run(app: AppState, reg: Arc<Registration>, shutdown: CancellationToken) {
-    let client = match super::client_for(&app, &reg) {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::error!(appservice = %reg.id, "cannot build an HTTP client: {e:#}");
-            return;
-        }
+    let Some(client) = app.appservice_http.get(&reg.id) else {
+        return;
     };
     let mut wake = app.notifier.subscribe();
     let mut delay = FIRST_RETRY;
