@@ -155,6 +155,68 @@ async fn query_alias(
     (AxStatus::OK, axum::Json(json!({})))
 }
 
+async fn ping(
+    State(seen): State<Arc<Seen>>,
+    headers: HeaderMap,
+    axum::Json(body): axum::Json<Value>,
+) -> (AxStatus, axum::Json<Value>) {
+    if !authorized(&seen, &headers) {
+        return (AxStatus::FORBIDDEN, axum::Json(json!({})));
+    }
+    seen.queries.lock().unwrap().push(format!(
+        "ping {}",
+        body["transaction_id"].as_str().unwrap_or_default()
+    ));
+    (AxStatus::OK, axum::Json(json!({})))
+}
+
+async fn protocol(
+    State(seen): State<Arc<Seen>>,
+    Path(protocol): Path<String>,
+    headers: HeaderMap,
+) -> (AxStatus, axum::Json<Value>) {
+    if !authorized(&seen, &headers) || protocol != "irc" {
+        return (AxStatus::NOT_FOUND, axum::Json(json!({})));
+    }
+    seen.queries
+        .lock()
+        .unwrap()
+        .push(format!("protocol {protocol}"));
+    (
+        AxStatus::OK,
+        axum::Json(json!({
+            "user_fields": ["network", "nickname"],
+            "location_fields": ["network", "channel"],
+            "icon": "mxc://example.org/irc",
+            "field_types": {},
+            "instances": [{ "desc": "Libera", "network_id": "libera", "fields": {} }],
+        })),
+    )
+}
+
+async fn third_party_user(
+    State(seen): State<Arc<Seen>>,
+    Path(protocol): Path<String>,
+    axum::extract::Query(query): axum::extract::Query<std::collections::BTreeMap<String, String>>,
+    headers: HeaderMap,
+) -> (AxStatus, axum::Json<Value>) {
+    if !authorized(&seen, &headers) {
+        return (AxStatus::FORBIDDEN, axum::Json(json!([])));
+    }
+    // The client's token is not passed on.
+    if query.contains_key("access_token") {
+        return (AxStatus::BAD_REQUEST, axum::Json(json!([])));
+    }
+    let nick = query.get("nickname").cloned().unwrap_or_default();
+    (
+        AxStatus::OK,
+        axum::Json(json!([
+            { "protocol": protocol, "fields": { "nickname": nick }, "userid": format!("@irc_{nick}:{SERVER_NAME}") },
+            { "protocol": protocol, "fields": {}, "no_userid": true },
+        ])),
+    )
+}
+
 /// Starts the appservice on loopback and writes its registration.
 async fn appservice(dir: &std::path::Path) -> (Arc<Seen>, PathBuf) {
     let seen = Arc::new(Seen::default());
@@ -170,6 +232,15 @@ async fn appservice(dir: &std::path::Path) -> (Arc<Seen>, PathBuf) {
         .route(
             "/_matrix/app/v1/rooms/{alias}",
             axum::routing::get(query_alias),
+        )
+        .route("/_matrix/app/v1/ping", axum::routing::post(ping))
+        .route(
+            "/_matrix/app/v1/thirdparty/protocol/{protocol}",
+            axum::routing::get(protocol),
+        )
+        .route(
+            "/_matrix/app/v1/thirdparty/user/{protocol}",
+            axum::routing::get(third_party_user),
         )
         .with_state(seen.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -698,4 +769,152 @@ async fn a_bad_registration_stops_the_server_naming_file_and_field() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("`id`"), "{err}");
+}
+
+#[tokio::test]
+async fn ping_room_lists_third_party_and_deactivation() {
+    let (server, seen, _dir) = start().await;
+    let alice = server.register("alice", "pw").await;
+    // Ping: the homeserver calls the appservice with the transaction ID.
+    let (status, body) = server
+        .post(
+            "/_matrix/client/v1/appservice/irc/ping",
+            Some(AS_TOKEN),
+            json!({ "transaction_id": "t1" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body["duration_ms"].is_u64(), "{body}");
+    assert!(seen.queries.lock().unwrap().contains(&"ping t1".to_owned()));
+    for (token, id) in [(AS_TOKEN, "other"), (alice.access_token.as_str(), "irc")] {
+        let (status, body) = server
+            .post(
+                &format!("/_matrix/client/v1/appservice/{id}/ping"),
+                Some(token),
+                json!({}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+        assert_eq!(body["errcode"], "M_FORBIDDEN");
+    }
+    // Room lists: the appservice's own, apart from the main one.
+    let room = server
+        .create_room(&alice, json!({ "preset": "public_chat" }))
+        .await;
+    let list = format!("{V3}/directory/list/appservice/libera/{}", enc(&room));
+    let (status, body) = server
+        .put(
+            &list,
+            Some(&alice.access_token),
+            json!({ "visibility": "public" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    let (status, body) = server
+        .put(&list, Some(AS_TOKEN), json!({ "visibility": "public" }))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let rooms_in = |filter: Value| {
+        let server = &server;
+        let token = alice.access_token.clone();
+        async move {
+            let (status, body) = server
+                .post(&format!("{V3}/publicRooms"), Some(&token), filter)
+                .await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+            body["chunk"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r["room_id"].as_str().unwrap().to_owned())
+                .collect::<Vec<_>>()
+        }
+    };
+    assert!(!rooms_in(json!({})).await.contains(&room));
+    assert!(
+        rooms_in(json!({ "third_party_instance_id": "irc|libera" }))
+            .await
+            .contains(&room)
+    );
+    assert!(
+        !rooms_in(json!({ "third_party_instance_id": "irc|other" }))
+            .await
+            .contains(&room)
+    );
+    assert!(
+        rooms_in(json!({ "include_all_networks": true }))
+            .await
+            .contains(&room)
+    );
+    let (status, _) = server
+        .call(reqwest::Method::DELETE, &list, Some(AS_TOKEN), None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        !rooms_in(json!({ "third_party_instance_id": "irc|libera" }))
+            .await
+            .contains(&room)
+    );
+    // Third-party protocols come from the appservice, with instance IDs.
+    let (status, body) = server
+        .get(
+            &format!("{V3}/thirdparty/protocols"),
+            Some(&alice.access_token),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["irc"]["user_fields"], json!(["network", "nickname"]));
+    assert_eq!(body["irc"]["instances"][0]["instance_id"], "irc|libera");
+    let (status, body) = server
+        .get(
+            &format!("{V3}/thirdparty/protocol/irc"),
+            Some(&alice.access_token),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["icon"], "mxc://example.org/irc");
+    let (status, _) = server
+        .get(
+            &format!("{V3}/thirdparty/protocol/xmpp"),
+            Some(&alice.access_token),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, body) = server
+        .get(
+            &format!(
+                "{V3}/thirdparty/user/irc?nickname=bob&access_token={}",
+                enc(&alice.access_token)
+            ),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        body.as_array().unwrap().len(),
+        1,
+        "invalid results dropped: {body}"
+    );
+    assert_eq!(body[0]["userid"], format!("@irc_bob:{SERVER_NAME}"));
+    // The metadata is cached: one question for the three answers above.
+    let asked = seen
+        .queries
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|q| q.starts_with("protocol"))
+        .count();
+    assert_eq!(asked, 1);
+    // Deactivating its own user needs no UIA.
+    let ghost = register_ghost(&server, "irc_gone").await;
+    let (status, body) = server
+        .post(
+            &format!("{V3}/account/deactivate?{}", as_user(&ghost.user_id)),
+            Some(AS_TOKEN),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, _) = server.whoami(&ghost.access_token).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
 }

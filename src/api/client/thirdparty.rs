@@ -53,8 +53,13 @@ async fn protocol(
         .ok_or_else(|| Error::not_found("Unknown protocol"))
 }
 
+/// The protocol's fields from the query string: every parameter but the
+/// client's own `access_token` (never passed on to an appservice).
 fn pairs(fields: std::collections::BTreeMap<String, String>) -> Vec<(String, String)> {
-    fields.into_iter().collect()
+    fields
+        .into_iter()
+        .filter(|(k, _)| k != "access_token")
+        .collect()
 }
 
 async fn user_for_protocol(
