@@ -477,7 +477,16 @@ async fn the_as_token_authenticates_and_a_wrong_one_is_refused() {
         .post(&format!("{V3}/createRoom"), Some(AS_TOKEN), json!({}))
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    // Appservice login for a namespace user.
+    // Appservice login for a namespace user (offered when appservices exist).
+    let (_, flows) = server.get(&format!("{V3}/login"), None).await;
+    assert!(
+        flows["flows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["type"] == "m.login.application_service"),
+        "{flows}"
+    );
     register_ghost(&server, "irc_dave").await;
     let (status, body) = server
         .post(

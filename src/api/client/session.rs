@@ -33,13 +33,17 @@ pub fn router() -> Router<AppState> {
 }
 
 async fn login_types(
+    State(state): State<AppState>,
     Ruma(_): Ruma<get_login_types::v3::Request>,
 ) -> RumaResponse<get_login_types::v3::Response> {
-    let password = get_login_types::v3::LoginType::Password(Default::default());
-    let appservice = get_login_types::v3::LoginType::ApplicationService(Default::default());
-    RumaResponse(get_login_types::v3::Response::new(vec![
-        password, appservice,
-    ]))
+    let mut types = vec![get_login_types::v3::LoginType::Password(Default::default())];
+    // Offered when an application service may use it.
+    if !state.appservices.is_empty() {
+        types.push(get_login_types::v3::LoginType::ApplicationService(
+            Default::default(),
+        ));
+    }
+    RumaResponse(get_login_types::v3::Response::new(types))
 }
 
 #[allow(deprecated)] // the legacy top-level `user` field is still sent by old clients
