@@ -277,7 +277,13 @@ async fn start() -> (TestServer, Arc<Seen>, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let (seen, path) = appservice(dir.path()).await;
     // No outbound allowance for loopback: the registration's host is trusted.
-    let server = TestServer::start_with(|c| c.appservices = vec![path]).await;
+    let server = TestServer::start_with(|c| {
+        c.appservices = vec![path];
+        c.listeners[0]
+            .resources
+            .push(lattice::config::Resource::Metrics);
+    })
+    .await;
     *seen.hs_base.lock().unwrap() = Some(server.base.clone());
     (server, seen, dir)
 }
@@ -410,6 +416,19 @@ async fn an_appservice_down_then_back_gets_everything_in_order_across_a_restart(
     })
     .await;
     assert!(seen.bodies_in(&room).is_empty());
+    // `/metrics` shows the queue and the failures.
+    let (_, metrics) = server.get("/metrics", None).await;
+    let metrics = metrics.as_str().unwrap_or_default().to_owned();
+    let depth: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("lattice_appservice_queue_depth{appservice=\"irc\"} "))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{metrics}"));
+    assert!(depth >= 10, "{metrics}");
+    assert!(
+        metrics.contains("lattice_appservice_failures_total{appservice=\"irc\"}"),
+        "{metrics}"
+    );
     // The homeserver restarts while the appservice is still down.
     let server = server.restart().await;
     *seen.hs_base.lock().unwrap() = Some(server.base.clone());
