@@ -69,6 +69,10 @@ pub struct AppState {
     pub trusted_proxies: Arc<Vec<crate::outbound::Cidr>>,
     /// Room deletions running or finished (admin API v2), by delete ID.
     pub room_deletions: Arc<crate::service::admin::Deletions>,
+    /// Application service registrations (`appservices`), loaded at start.
+    pub appservices: Arc<crate::domain::appservice::Registry>,
+    /// One HTTP client per appservice (by ID), and their protocol metadata.
+    pub appservice_http: Arc<crate::service::appservice::Clients>,
 }
 
 impl AppState {
@@ -78,6 +82,11 @@ impl AppState {
         let signing_key = Arc::new(keys::load_or_generate(&db).await?);
         let federation = Arc::new(FederationClient::new(&config, signing_key.clone())?);
         let persisted = crate::storage::events::max_stream_ordering(&db).await?;
+        let appservices = Arc::new(crate::service::appservice::load(&config)?);
+        let appservice_http = Arc::new(crate::service::appservice::Clients::new(
+            &config,
+            &appservices,
+        )?);
         let limits = &config.rate_limits;
         Ok(Self {
             server_name: config.server_name(),
@@ -108,6 +117,8 @@ impl AppState {
             federation_backed_off: Arc::default(),
             metrics: Arc::default(),
             room_deletions: Arc::default(),
+            appservices,
+            appservice_http,
             trusted_proxies: Arc::new(
                 config
                     .trusted_proxies
@@ -139,6 +150,9 @@ impl Server {
     pub async fn start(state: AppState) -> anyhow::Result<Self> {
         let shutdown = CancellationToken::new();
         let mut tasks = tokio::task::JoinSet::new();
+        crate::service::appservice::create_senders(&state)
+            .await
+            .context("creating the appservice sender users")?;
         let mut addrs = Vec::new();
         for listener in &state.config.listeners {
             let tcp = TcpListener::bind(listener.bind)
@@ -176,6 +190,7 @@ impl Server {
             state.clone(),
             shutdown.clone(),
         ));
+        crate::service::appservice::sender::spawn_all(&state, &shutdown, &mut tasks);
         Ok(Self {
             addrs,
             shutdown,

@@ -40,6 +40,8 @@ pub struct Config {
     /// client address is the right-most one not in these ranges. Empty: the
     /// peer address is the client's.
     pub trusted_proxies: Vec<String>,
+    /// Application service registration files (YAML), loaded at start.
+    pub appservices: Vec<PathBuf>,
     pub listeners: Vec<Listener>,
     pub database: Database,
     pub registration: Registration,
@@ -507,6 +509,7 @@ impl Default for Config {
             data_dir: PathBuf::from("data"),
             log: "info".into(),
             trusted_proxies: Vec::new(),
+            appservices: Vec::new(),
             listeners: vec![Listener {
                 bind: "0.0.0.0:8008".parse().expect("static address"),
                 resources: default_resources(),

@@ -35,6 +35,8 @@ struct RouteStats {
 pub struct Metrics {
     http: Mutex<BTreeMap<(String, String, u16), RouteStats>>,
     events_persisted: AtomicU64,
+    /// Per appservice: (events delivered, failed transactions).
+    appservices: Mutex<BTreeMap<String, (u64, u64)>>,
 }
 
 impl Metrics {
@@ -55,6 +57,16 @@ impl Metrics {
 
     pub fn event_persisted(&self) {
         self.events_persisted.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn appservice_sent(&self, id: &str, events: usize) {
+        let mut map = self.appservices.lock().unwrap_or_else(|e| e.into_inner());
+        map.entry(id.to_owned()).or_default().0 += events as u64;
+    }
+
+    pub fn appservice_failure(&self, id: &str) {
+        let mut map = self.appservices.lock().unwrap_or_else(|e| e.into_inner());
+        map.entry(id.to_owned()).or_default().1 += 1;
     }
 
     /// The in-memory series, in the text format.
@@ -112,6 +124,27 @@ impl Metrics {
             "lattice_events_persisted_total {}",
             self.events_persisted.load(Ordering::Relaxed)
         );
+        let appservices = self.appservices.lock().unwrap_or_else(|e| e.into_inner());
+        if !appservices.is_empty() {
+            out.push_str("# HELP lattice_appservice_events_sent_total Events delivered to each application service.\n");
+            out.push_str("# TYPE lattice_appservice_events_sent_total counter\n");
+            for (id, (sent, _)) in appservices.iter() {
+                let _ = writeln!(
+                    out,
+                    "lattice_appservice_events_sent_total{{appservice=\"{}\"}} {sent}",
+                    escape(id)
+                );
+            }
+            out.push_str("# HELP lattice_appservice_failures_total Transactions to each application service that failed (and are retried).\n");
+            out.push_str("# TYPE lattice_appservice_failures_total counter\n");
+            for (id, (_, failed)) in appservices.iter() {
+                let _ = writeln!(
+                    out,
+                    "lattice_appservice_failures_total{{appservice=\"{}\"}} {failed}",
+                    escape(id)
+                );
+            }
+        }
     }
 }
 

@@ -85,6 +85,10 @@ impl Cidr {
 pub struct OutboundPolicy {
     block: Arc<[Cidr]>,
     allow: Arc<[Cidr]>,
+    /// Hosts (names or IP literals, as written in URLs) every address of which
+    /// is allowed: only an application service's client has one, its
+    /// registration's host, which the administrator configured.
+    trusted_hosts: Arc<[String]>,
 }
 
 impl OutboundPolicy {
@@ -93,7 +97,31 @@ impl OutboundPolicy {
         Self {
             block: parse(block),
             allow: parse(allow),
+            trusted_hosts: Arc::new([]),
         }
+    }
+
+    /// This policy, with every address of `host` allowed (the host of an
+    /// application service's registered URL: appservices usually listen on
+    /// loopback or a private network). Only requests to that very host are
+    /// concerned: a name resolving there, or another host, is checked as
+    /// before, and no redirect is ever followed to leave it.
+    pub fn trusting_host(mut self, host: &str) -> Self {
+        let mut hosts = self.trusted_hosts.to_vec();
+        hosts.push(
+            host.trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_ascii_lowercase(),
+        );
+        self.trusted_hosts = hosts.into();
+        self
+    }
+
+    fn trusts(&self, host: &str) -> bool {
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        self.trusted_hosts
+            .iter()
+            .any(|h| h.eq_ignore_ascii_case(host))
     }
 
     /// The `federation` ranges, which (like Synapse's `ip_range_blocklist`)
@@ -125,6 +153,9 @@ impl OutboundPolicy {
         let host = url
             .host_str()
             .ok_or_else(|| OutboundError::Invalid("a URL without a host".into()))?;
+        if self.trusts(host) {
+            return Ok(());
+        }
         // The URL parser has already turned every IPv4 spelling (decimal, hex,
         // short forms) into dotted form, and IPv6 hosts are bracketed.
         let Ok(ip) = host
@@ -182,11 +213,12 @@ impl reqwest::dns::Resolve for GuardedResolver {
             .cloned()
             .unwrap_or_else(|| name.as_str().to_owned());
         let policy = self.policy.clone();
+        let trusted = policy.trusts(name.as_str()) && host == name.as_str();
         Box::pin(async move {
             let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
                 .await?
                 .filter(|a| {
-                    let ok = policy.allowed(a.ip());
+                    let ok = trusted || policy.allowed(a.ip());
                     if !ok {
                         tracing::debug!(%host, ip = %a.ip(), "outbound address refused");
                     }
@@ -420,6 +452,34 @@ mod tests {
             Cidr::parse("0.0.0.0/0")
                 .unwrap()
                 .contains("8.8.8.8".parse().unwrap())
+        );
+    }
+
+    /// An appservice's registered host is reachable, and only that host.
+    #[test]
+    fn a_trusted_host_is_allowed_and_no_other() {
+        let policy = OutboundPolicy::new(&crate::config::default_ip_blocklist(), &[])
+            .trusting_host("127.0.0.1");
+        assert!(
+            policy
+                .check_url(&Url::parse("http://127.0.0.1:9000/x").unwrap())
+                .is_ok()
+        );
+        for refused in [
+            "http://127.0.0.2:9000/x",
+            "http://[::1]/x",
+            "http://10.0.0.1/x",
+        ] {
+            assert!(
+                policy.check_url(&Url::parse(refused).unwrap()).is_err(),
+                "{refused}"
+            );
+        }
+        let v6 =
+            OutboundPolicy::new(&crate::config::default_ip_blocklist(), &[]).trusting_host("[::1]");
+        assert!(
+            v6.check_url(&Url::parse("http://[::1]:80/x").unwrap())
+                .is_ok()
         );
     }
 

@@ -71,7 +71,27 @@ async fn session_of(parts: &mut Parts, app: &AppState) -> Result<Session, Error>
     }
     let token = access_token(parts)
         .ok_or_else(|| Error::new(ErrorKind::MissingToken, "Missing access token"))?;
-    let session = session::authenticate(app, &token).await?;
+    // An application service's token: it acts as `user_id` (default: its
+    // sender) and, with MSC3202, as one of that user's devices. Others'
+    // `user_id` parameters are ignored.
+    let appservice = if app.appservices.is_empty() {
+        None
+    } else {
+        let masquerade = query_param(parts, "user_id");
+        let device = query_param(parts, "org.matrix.msc3202.device_id")
+            .or_else(|| query_param(parts, "device_id"));
+        crate::service::appservice::authenticate(
+            app,
+            &crate::domain::token::hash(&token),
+            masquerade.as_deref(),
+            device.as_deref(),
+        )
+        .await?
+    };
+    let session = match appservice {
+        Some(session) => session,
+        None => session::authenticate(app, &token).await?,
+    };
     let ip = client_ip(parts, app).map(|ip| ip.to_string());
     // Kept short: a header is the client's to fill.
     let user_agent = parts
@@ -98,6 +118,13 @@ where
         }
         Ok(Self(session))
     }
+}
+
+fn query_param(parts: &Parts, name: &str) -> Option<String> {
+    let query = parts.uri.query()?;
+    form_urlencoded::parse(query.as_bytes())
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
 }
 
 fn access_token(parts: &Parts) -> Option<String> {
@@ -172,15 +199,37 @@ where
     }
 }
 
-/// Whether the request carries an access token at all (checked or not):
-/// `POST /register` treats a token as an application service's.
-pub struct TokenGiven(pub bool);
+/// The application service whose `as_token` the request carries: `Ok(None)`
+/// without a token, `Err(M_UNKNOWN_TOKEN)` when the token is no appservice's
+/// (`POST /register` with `m.login.application_service`, `/login` with it).
+pub struct AsToken(
+    pub Result<Option<std::sync::Arc<crate::domain::appservice::Registration>>, Error>,
+);
 
-impl<S: Send + Sync> FromRequestParts<S> for TokenGiven {
+impl<S> FromRequestParts<S> for AsToken
+where
+    S: Send + Sync,
+    AppState: FromRef<S>,
+{
     type Rejection = std::convert::Infallible;
 
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        Ok(Self(access_token(parts).is_some()))
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let app = AppState::from_ref(state);
+        let Some(token) = access_token(parts) else {
+            return Ok(Self(Ok(None)));
+        };
+        Ok(Self(
+            match app
+                .appservices
+                .by_token(&crate::domain::token::hash(&token))
+            {
+                Some(reg) => Ok(Some(reg)),
+                None => Err(Error::new(
+                    ErrorKind::UnknownToken { soft_logout: false },
+                    "Unrecognised access token: not an application service's",
+                )),
+            },
+        ))
     }
 }
 

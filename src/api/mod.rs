@@ -144,6 +144,26 @@ async fn render_metrics(
             (at - now) as f64 / 1000.0
         );
     }
+    if !app.appservices.is_empty() {
+        gauge_header(
+            &mut out,
+            "lattice_appservice_queue_depth",
+            "Events queued per application service, not yet acknowledged.",
+        );
+        let depths: std::collections::HashMap<String, i64> =
+            crate::storage::appservice::depth(&app.db)
+                .await?
+                .into_iter()
+                .collect();
+        for reg in &app.appservices.list {
+            let _ = writeln!(
+                out,
+                "lattice_appservice_queue_depth{{appservice=\"{}\"}} {}",
+                crate::metrics::escape(&reg.id),
+                depths.get(&reg.id).copied().unwrap_or(0)
+            );
+        }
+    }
     Ok((
         [(
             http::header::CONTENT_TYPE,

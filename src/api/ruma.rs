@@ -74,7 +74,13 @@ where
     let app = AppState::from_ref(state);
     let (mut parts, body) = req.into_parts();
 
-    if T::RATE_LIMITED {
+    // Appservices registered with `rate_limited: false` are exempt.
+    let exempt = parts
+        .extensions
+        .get::<Session>()
+        .and_then(|s| s.appservice.as_ref())
+        .is_some_and(|a| !a.rate_limited);
+    if T::RATE_LIMITED && !exempt {
         let key = match parts.extensions.get::<Session>() {
             Some(session) => session.user_id.to_string(),
             None => client_ip(&parts, &app)

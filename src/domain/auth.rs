@@ -167,6 +167,7 @@ pub(crate) mod tests {
                 .collect();
             auth.sort();
             let event = NewEvent {
+                origin_server_ts: None,
                 kind: kind.into(),
                 content,
                 state_key: state_key.map(str::to_owned),

@@ -1,5 +1,6 @@
 //! Pure rules, no I/O. Imports ruma, never sqlx.
 
+pub mod appservice;
 pub mod auth;
 pub mod filter;
 pub mod localpart;

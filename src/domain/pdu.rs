@@ -309,6 +309,9 @@ pub struct NewEvent {
     pub state_key: Option<String>,
     /// For `m.room.redaction`: the event it redacts.
     pub redacts: Option<OwnedEventId>,
+    /// The timestamp an application service asked for (`ts`, "timestamp
+    /// massaging"); `None`: now.
+    pub origin_server_ts: Option<MilliSecondsSinceUnixEpoch>,
 }
 
 /// The graph position of a new event: chosen by the service under the room lock.
@@ -615,6 +618,7 @@ mod tests {
     fn built(version: &str, room_id: Option<&RoomId>, kind: &str, content: Value) -> Built {
         let rules = RoomVersionId::try_from(version).unwrap().rules().unwrap();
         let event = NewEvent {
+            origin_server_ts: None,
             kind: kind.into(),
             content,
             state_key: Some(String::new()),
@@ -702,6 +706,7 @@ mod tests {
             hashes.insert(create.event_id.clone(), create_hash.clone());
             let ids = [create.event_id.clone()];
             let event = NewEvent {
+                origin_server_ts: None,
                 kind: "m.room.member".into(),
                 content: json!({ "membership": "join" }),
                 state_key: Some("@a:domain".into()),
@@ -792,6 +797,7 @@ mod tests {
         let rules = RoomVersionId::V12.rules().unwrap();
         let room_id = RoomId::parse("!r:domain").unwrap();
         let event = NewEvent {
+            origin_server_ts: None,
             kind: "m.room.message".into(),
             content: json!({ "body": "x".repeat(MAX_PDU_BYTES) }),
             state_key: None,
@@ -821,6 +827,7 @@ mod tests {
         let room_id = RoomId::parse("!r:domain").unwrap();
         let build_with = |kind: String, state_key: Option<String>| {
             let event = NewEvent {
+                origin_server_ts: None,
                 kind: kind.as_str().into(),
                 content: json!({}),
                 state_key,

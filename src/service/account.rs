@@ -103,6 +103,7 @@ pub async fn register(state: &AppState, reg: Registration) -> Result<Registered>
         Some(name) => {
             let user_id = localpart::new_user_id(name, &state.server_name)
                 .map_err(|e| Error::new(ErrorKind::InvalidUsername, e.to_string()))?;
+            super::appservice::check_user_not_claimed(state, &user_id, None)?;
             if users::exists(&state.db, user_id.as_str()).await? {
                 return Err(Error::new(ErrorKind::UserInUse, "User ID already taken"));
             }
@@ -138,7 +139,8 @@ pub async fn register(state: &AppState, reg: Registration) -> Result<Registered>
         }
     };
     let Some(hash) = fresh_hash.or(memory.password_hash) else {
-        // Lattice has no SSO or appservices yet, so an account needs a password.
+        // Lattice has no SSO, so an account made here needs a password
+        // (appservices register theirs without one, in service::appservice).
         // The session stays valid: the client may send it again with one.
         return Err(Error::new(
             ErrorKind::MissingParam,
@@ -303,6 +305,7 @@ async fn insert_numeric_user(
 pub async fn username_available(state: &AppState, username: &str) -> Result<()> {
     let user_id = localpart::new_user_id(username, &state.server_name)
         .map_err(|e| Error::new(ErrorKind::InvalidUsername, e.to_string()))?;
+    super::appservice::check_user_not_claimed(state, &user_id, None)?;
     if users::exists(&state.db, user_id.as_str()).await? {
         return Err(Error::new(ErrorKind::UserInUse, "User ID already taken"));
     }
@@ -378,6 +381,11 @@ pub async fn deactivate(
     auth: Option<&AuthData>,
     ip: Option<&str>,
 ) -> Result<()> {
+    // An application service deactivates its own users without UIA (they
+    // have no password), as Synapse allows.
+    if session.appservice.is_some() {
+        return deactivate_user(state, &session.user_id, erase, None).await;
+    }
     let requirement = uia::Requirement {
         kind: "deactivate",
         flows: vec![vec![uia::PASSWORD]],

@@ -53,9 +53,16 @@ pub async fn association(
     let not_found = || Error::not_found("Room alias not found");
     let (room_id, mut servers) =
         if alias.server_name() == app.server_name || !app.config.federation.enabled {
-            let room_id = resolve_local(app, alias.as_str())
-                .await?
-                .ok_or_else(not_found)?;
+            let room_id = match resolve_local(app, alias.as_str()).await? {
+                Some(room) => room,
+                // An alias in an appservice's namespace may be made on demand.
+                None if alias.server_name() == app.server_name => {
+                    super::appservice::query_alias(app, alias)
+                        .await?
+                        .ok_or_else(not_found)?
+                }
+                None => return Err(not_found()),
+            };
             (room_id, Vec::new())
         } else {
             resolve_remote(app, alias).await?
@@ -160,13 +167,17 @@ pub async fn create_alias(
             "Aliases can only be created on this server",
         ));
     }
+    super::appservice::check_alias_allowed(app, alias, user.appservice.as_deref())?;
     if rooms::get(&app.db, room_id.as_str()).await?.is_none() {
         return Err(Error::not_found("Unknown room"));
     }
-    if rooms::membership(&app.db, room_id.as_str(), user.user_id.as_str())
-        .await?
-        .as_deref()
-        != Some("join")
+    // Appservices map aliases in their namespace to rooms they manage without
+    // being joined to them (as Synapse allows).
+    if user.appservice.is_none()
+        && rooms::membership(&app.db, room_id.as_str(), user.user_id.as_str())
+            .await?
+            .as_deref()
+            != Some("join")
     {
         return Err(Error::forbidden("You are not in this room"));
     }
@@ -257,6 +268,7 @@ async fn drop_from_canonical_alias(
         room_id,
         user,
         crate::domain::pdu::NewEvent {
+            origin_server_ts: None,
             kind: "m.room.canonical_alias".to_owned(),
             content: serde_json::Value::Object(content),
             state_key: Some(String::new()),
@@ -375,6 +387,17 @@ pub async fn set_visibility(
     Ok(())
 }
 
+/// Which room directory list `/publicRooms` reads (spec: `include_all_networks`,
+/// `third_party_instance_id`).
+pub enum Network {
+    /// The server's own list.
+    Matrix,
+    /// The server's list and every appservice's.
+    All,
+    /// One appservice network's list: `{appservice_id}|{network_id}`.
+    ThirdParty(String),
+}
+
 /// `GET/POST /publicRooms`: published rooms, largest first, with their summaries;
 /// `since` is an offset token; `filter` matches name, topic and alias.
 pub async fn public_rooms(
@@ -382,6 +405,7 @@ pub async fn public_rooms(
     limit: Option<usize>,
     since: Option<&str>,
     search: Option<&str>,
+    network: &Network,
 ) -> Result<serde_json::Value> {
     let offset: usize = match since {
         Some(s) => s
@@ -392,7 +416,28 @@ pub async fn public_rooms(
     };
     let search = search.map(str::to_lowercase).filter(|s| !s.is_empty());
     let mut chunk = Vec::new();
-    for (room_id, group, joined) in rooms::published(&app.db).await? {
+    let listed = match network {
+        Network::Matrix => rooms::published(&app.db).await?,
+        Network::All => {
+            let mut all = rooms::published(&app.db).await?;
+            let mut seen: std::collections::HashSet<String> =
+                all.iter().map(|(r, _, _)| r.clone()).collect();
+            for row in crate::storage::appservice::listed(&app.db, None).await? {
+                if seen.insert(row.0.clone()) {
+                    all.push(row);
+                }
+            }
+            all.sort_by(|a, b| b.2.cmp(&a.2).then_with(|| a.0.cmp(&b.0)));
+            all
+        }
+        Network::ThirdParty(instance) => match instance.split_once('|') {
+            Some((appservice, network)) => {
+                crate::storage::appservice::listed(&app.db, Some((appservice, network))).await?
+            }
+            None => return Err(Error::invalid_param("Unknown third_party_instance_id")),
+        },
+    };
+    for (room_id, group, joined) in listed {
         let Some(group) = group else { continue };
         let summary = summary(app, &room_id, group, joined).await?;
         if let Some(term) = &search {

@@ -282,7 +282,9 @@ pub async fn prepare(
             reference_hashes: &hashes,
             depth: room.depth + 1,
         },
-        MilliSecondsSinceUnixEpoch::now(),
+        event
+            .origin_server_ts
+            .unwrap_or_else(MilliSecondsSinceUnixEpoch::now),
         app.server_name.as_str(),
         &key.pair,
     )
@@ -328,6 +330,7 @@ pub async fn append_first(
     content: serde_json::Map<String, serde_json::Value>,
 ) -> Result<Appended> {
     let event = NewEvent {
+        origin_server_ts: None,
         kind: "m.room.create".into(),
         content: serde_json::Value::Object(content),
         state_key: Some(String::new()),
@@ -574,6 +577,18 @@ pub async fn write_event(
         .await?;
     }
     let joined = rooms::joined_users(&mut **tx, room_id.as_str()).await?;
+    if !app.appservices.is_empty() {
+        super::appservice::enqueue(
+            tx,
+            app,
+            &room.rules,
+            &room_id,
+            event_id.as_str(),
+            &text,
+            &pdu,
+        )
+        .await?;
+    }
     // Push rules see the state at the event.
     let current = room.state_group;
     room.state_group = group.or(current);
@@ -928,6 +943,7 @@ pub async fn redact(
         .filter(|(room, _)| room == room_id.as_str())
         .ok_or_else(not_found)?;
     let event = NewEvent {
+        origin_server_ts: None,
         kind: "m.room.redaction".into(),
         content: serde_json::Value::Object(content),
         state_key: None,

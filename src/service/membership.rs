@@ -163,6 +163,7 @@ async fn join(
         content["join_authorised_via_users_server"] = authoriser.into();
     }
     let event = NewEvent {
+        origin_server_ts: None,
         kind: "m.room.member".into(),
         content,
         state_key: Some(user.to_string()),
@@ -299,6 +300,7 @@ pub async fn leave(
         content["reason"] = reason.into();
     }
     let event = NewEvent {
+        origin_server_ts: None,
         kind: "m.room.member".into(),
         content,
         state_key: Some(user.to_string()),
@@ -322,6 +324,11 @@ pub async fn change(
 ) -> Result<()> {
     if change == Change::Invite && target.server_name() == app.server_name {
         ensure_not_blocked(app, room_id).await?;
+        // An unknown user in an appservice's namespace: the appservice is
+        // asked (and may create it) before the invite, with no lock held.
+        if !app.appservices.is_empty() {
+            super::appservice::user_exists(app, target).await?;
+        }
     }
     let mut tx = app.db.begin().await?;
     let Some(mut room) = RoomCtx::lock(&mut tx, room_id).await? else {
@@ -363,6 +370,7 @@ pub async fn change(
         super::profile::decorate(&mut tx, target.as_str(), &mut content).await?;
     }
     let event = NewEvent {
+        origin_server_ts: None,
         kind: "m.room.member".into(),
         content,
         state_key: Some(target.to_string()),
@@ -424,6 +432,7 @@ pub async fn knock(
         content["reason"] = reason.into();
     }
     let event = NewEvent {
+        origin_server_ts: None,
         kind: "m.room.member".into(),
         content,
         state_key: Some(user.to_string()),

@@ -4,6 +4,7 @@
 pub mod account;
 pub mod account_data;
 pub mod admin;
+pub mod appservice;
 pub mod backup;
 pub mod client_event;
 pub mod devices;

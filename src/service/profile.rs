@@ -21,7 +21,14 @@ pub async fn get(app: &AppState, user_id: &UserId) -> Result<Profile> {
     if user_id.server_name() != app.server_name {
         return remote(app, user_id).await;
     }
-    match users::get(&app.db, user_id.as_str()).await? {
+    let mut user = users::get(&app.db, user_id.as_str()).await?;
+    if user.is_none()
+        && !app.appservices.is_empty()
+        && super::appservice::user_exists(app, user_id).await?
+    {
+        user = users::get(&app.db, user_id.as_str()).await?;
+    }
+    match user {
         Some(u) if !u.deactivated => Ok(profiles::get(&app.db, user_id.as_str())
             .await?
             .unwrap_or_default()),
@@ -317,6 +324,7 @@ pub async fn apply(
             content["avatar_url"] = url.as_str().into();
         }
         let member = NewEvent {
+            origin_server_ts: None,
             kind: "m.room.member".into(),
             content,
             state_key: Some(target.to_string()),

@@ -110,6 +110,7 @@ pub async fn create(app: &AppState, creator: &UserId, req: CreateRoom) -> Result
 
     // 2. The creator joins.
     let state = |kind: &str, key: &str, content: Value| NewEvent {
+        origin_server_ts: None,
         kind: kind.into(),
         content,
         state_key: Some(key.into()),

@@ -62,6 +62,7 @@ pub async fn send(app: &AppState, by: &Session, body: &Value, txn: Option<&str>)
     let system = system_user(app, localpart).await?;
     let room_id = room_for(app, &system, &user).await?;
     let event = NewEvent {
+        origin_server_ts: None,
         kind: kind.into(),
         content: Value::Object(content.clone()),
         state_key,

@@ -18,6 +18,8 @@ pub struct Session {
     pub device_id: OwnedDeviceId,
     pub is_admin: bool,
     pub is_guest: bool,
+    /// Set when the request was made with an application service's token.
+    pub appservice: Option<std::sync::Arc<crate::domain::appservice::Registration>>,
 }
 
 /// The tokens a login (or registration, or refresh) hands out.
@@ -61,6 +63,7 @@ pub async fn authenticate(state: &AppState, access_token: &str) -> Result<Sessio
         device_id: owner.device_id.into(),
         is_admin: owner.is_admin,
         is_guest: owner.is_guest,
+        appservice: None,
     })
 }
 

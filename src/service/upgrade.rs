@@ -126,6 +126,7 @@ pub async fn upgrade(
         return Err(Error::forbidden("Unknown room"));
     };
     let tombstone_event = |replacement: &RoomId| NewEvent {
+        origin_server_ts: None,
         kind: "m.room.tombstone".into(),
         content: json!({ "body": "This room has been replaced", "replacement_room": replacement }),
         state_key: Some(String::new()),
@@ -195,6 +196,7 @@ pub async fn upgrade(
     )
     .await?;
     let state_event = |kind: &str, key: &str, content: Value| NewEvent {
+        origin_server_ts: None,
         kind: kind.into(),
         content,
         state_key: Some(key.into()),
@@ -276,6 +278,7 @@ pub async fn upgrade(
         old_room,
         user,
         NewEvent {
+            origin_server_ts: None,
             kind: "m.room.power_levels".into(),
             content: restricted,
             state_key: Some(String::new()),

@@ -1,6 +1,7 @@
 //! Storage: the only module that imports sqlx. Functions take `impl PgExecutor<'_>`
 //! so a service can compose several writes in one transaction.
 
+pub mod appservice;
 pub mod devices;
 pub mod e2e_keys;
 pub mod embedded_pg;

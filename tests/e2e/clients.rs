@@ -1,7 +1,7 @@
 //! What Element, matrix-js-sdk and matrix-rust-sdk ask of a server besides the
 //! core API (issue #17): the unstable flags of `/versions` (each one's feature
 //! called), aliases leaving `m.room.canonical_alias` when deleted, room
-//! summaries (MSC3266), `/thirdparty/protocols`, `/.well-known/matrix/support`
+//! summaries (MSC3266), `/thirdparty/*` without appservices, `/.well-known/matrix/support`
 //! mutual rooms (MSC2666) and TURN credentials that a real coturn accepts.
 
 use reqwest::{Method, StatusCode};
@@ -518,7 +518,7 @@ async fn room_summary_for_those_who_may_preview() {
 }
 
 #[tokio::test]
-async fn thirdparty_protocols_is_empty_and_the_rest_absent() {
+async fn thirdparty_without_appservices_is_empty() {
     let server = TestServer::start().await;
     let alice = server.register("alice", "pw").await;
     let (status, body) = server
@@ -534,16 +534,26 @@ async fn thirdparty_protocols_is_empty_and_the_rest_absent() {
         .await;
     assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
     assert_eq!(body["errcode"], "M_MISSING_TOKEN");
+    // No appservice lists the protocol.
+    let (status, body) = server
+        .get(
+            &format!("{V3}/thirdparty/protocol/irc"),
+            Some(&alice.access_token),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    assert_eq!(body["errcode"], "M_NOT_FOUND");
+    // Lookups find nothing (the appservice tests cover answers).
     for path in [
-        "thirdparty/protocol/irc",
-        "thirdparty/user?userid=x",
-        "thirdparty/location?alias=x",
+        "thirdparty/user/irc?nick=x",
+        "thirdparty/user?userid=%40x%3Ay",
+        "thirdparty/location?alias=%23x%3Ay",
     ] {
         let (status, body) = server
             .get(&format!("{V3}/{path}"), Some(&alice.access_token))
             .await;
-        assert_eq!(status, StatusCode::NOT_FOUND, "{path}: {body}");
-        assert_eq!(body["errcode"], "M_UNRECOGNIZED");
+        assert_eq!(status, StatusCode::OK, "{path}: {body}");
+        assert_eq!(body, json!([]), "{path}");
     }
 }
 

@@ -500,6 +500,7 @@ async fn bob_pdu(
     let built = lattice::domain::pdu::build(
         &rules,
         &lattice::domain::pdu::NewEvent {
+            origin_server_ts: None,
             kind: kind.into(),
             content,
             state_key: state_key.map(str::to_owned),

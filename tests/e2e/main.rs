@@ -4,6 +4,7 @@
 mod account;
 mod accounts;
 mod admin;
+mod appservice;
 mod attacks;
 mod authz;
 mod cli;

@@ -606,6 +606,7 @@ async fn remote_pdu(
 
 fn redaction_of(target: &str) -> lattice::domain::pdu::NewEvent {
     lattice::domain::pdu::NewEvent {
+        origin_server_ts: None,
         kind: "m.room.redaction".into(),
         content: json!({}),
         state_key: None,
@@ -615,6 +616,7 @@ fn redaction_of(target: &str) -> lattice::domain::pdu::NewEvent {
 
 fn message(body: &str) -> lattice::domain::pdu::NewEvent {
     lattice::domain::pdu::NewEvent {
+        origin_server_ts: None,
         kind: "m.room.message".into(),
         content: msg(body),
         state_key: None,

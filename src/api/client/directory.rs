@@ -101,7 +101,14 @@ async fn public_rooms(
         ));
     }
     Ok(Json(
-        directory::public_rooms(&app, limit, req.since.as_deref(), None).await?,
+        directory::public_rooms(
+            &app,
+            limit,
+            req.since.as_deref(),
+            None,
+            &directory::Network::Matrix,
+        )
+        .await?,
     ))
 }
 
@@ -114,8 +121,13 @@ async fn public_rooms_filtered(
     auth?;
     let Some(server) = remote(&app, req.server.as_deref()) else {
         let term = req.filter.generic_search_term.as_deref();
+        let network = match &req.room_network {
+            RoomNetwork::All => directory::Network::All,
+            RoomNetwork::ThirdParty(id) => directory::Network::ThirdParty(id.to_string()),
+            _ => directory::Network::Matrix,
+        };
         return Ok(Json(
-            directory::public_rooms(&app, limit, req.since.as_deref(), term).await?,
+            directory::public_rooms(&app, limit, req.since.as_deref(), term, &network).await?,
         ));
     };
     let mut network = serde_json::Map::new();

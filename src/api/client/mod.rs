@@ -1,6 +1,7 @@
 //! The Client-Server API, one module per group of endpoints as in the spec.
 
 mod account;
+mod appservice;
 mod devices;
 mod directory;
 mod discovery;
@@ -36,6 +37,7 @@ pub fn router() -> Router<AppState> {
         .merge(rooms::router())
         .merge(timeline::router())
         .merge(directory::router())
+        .merge(appservice::router())
         .merge(sync::router())
         .merge(legacy_sync::router())
         .merge(profile::router())

@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 
 use crate::{
     api::{
-        auth::{ClientIp, TokenGiven},
+        auth::{AsToken, ClientIp},
         rate_limited,
         ruma::{RouterExt, Ruma, RumaResponse},
     },
@@ -33,25 +33,40 @@ pub fn router() -> Router<AppState> {
 async fn register(
     State(state): State<AppState>,
     ClientIp(ip): ClientIp,
-    TokenGiven(token_given): TokenGiven,
+    AsToken(appservice): AsToken,
     Ruma(req): Ruma<register::v3::Request>,
 ) -> Result<Json<Value>> {
-    rate_limited(state.login_limiter.check(&ip.clone().unwrap_or_default()))?;
     if req.login_type == Some(register::LoginType::ApplicationService) {
-        // Application services register without UIA, with their own token. No
-        // application service is registered with Lattice, so no token is one.
-        return Err(if token_given {
-            Error::new(
-                ErrorKind::UnknownToken { soft_logout: false },
-                "Unrecognised access token: no application service is registered here",
-            )
-        } else {
-            Error::new(
+        // Application services register without UIA, with their own token.
+        let Some(appservice) = appservice? else {
+            return Err(Error::new(
                 ErrorKind::BadRequest,
                 "Appservice token must be provided when using a type of m.login.application_service",
-            )
-        });
+            ));
+        };
+        if appservice.rate_limited {
+            rate_limited(state.login_limiter.check(&ip.clone().unwrap_or_default()))?;
+        }
+        let (user_id, tokens) = crate::service::appservice::register(
+            &state,
+            &appservice,
+            req.username.as_deref(),
+            req.device_id,
+            req.initial_device_display_name.as_deref(),
+            req.inhibit_login,
+            req.refresh_token,
+            ip.as_deref(),
+        )
+        .await?;
+        return Ok(Json(registered_body(user_id, tokens)));
     }
+    if appservice.is_ok_and(|a| a.is_some()) {
+        return Err(Error::new(
+            ErrorKind::BadRequest,
+            "An application service registers users with type m.login.application_service",
+        ));
+    }
+    rate_limited(state.login_limiter.check(&ip.clone().unwrap_or_default()))?;
     let registered = account::register(
         &state,
         Registration {
@@ -67,10 +82,17 @@ async fn register(
         },
     )
     .await?;
-    // Built by hand: ruma's response writes `"device_id": null` when login is
-    // inhibited, and the spec (and Synapse) leave the field out.
-    let mut response = json!({ "user_id": registered.user_id });
-    if let Some(tokens) = registered.tokens {
+    Ok(Json(registered_body(registered.user_id, registered.tokens)))
+}
+
+// Built by hand: ruma's response writes `"device_id": null` when login is
+// inhibited, and the spec (and Synapse) leave the field out.
+fn registered_body(
+    user_id: ruma::OwnedUserId,
+    tokens: Option<crate::service::session::Issued>,
+) -> Value {
+    let mut response = json!({ "user_id": user_id });
+    if let Some(tokens) = tokens {
         response["access_token"] = tokens.access_token.into();
         response["device_id"] = tokens.device_id.as_str().into();
         if let Some(refresh) = tokens.refresh_token {
@@ -80,7 +102,7 @@ async fn register(
             response["expires_in_ms"] = (expires.as_millis() as u64).into();
         }
     }
-    Ok(Json(response))
+    response
 }
 
 async fn available(

@@ -332,6 +332,7 @@ async fn send(
         req.event_type.to_string(),
         content,
         Some(req.txn_id.as_str()),
+        req.timestamp,
     )
     .await
 }
@@ -346,7 +347,7 @@ async fn send_without_txn(
     crate::api::json::Json(content): crate::api::json::Json<Map<String, Value>>,
 ) -> Result<Json<Value>> {
     let room_id = parse_room_id(room_id)?;
-    send_event(&app, &user, &room_id, event_type, content, None).await
+    send_event(&app, &user, &room_id, event_type, content, None, None).await
 }
 
 fn parse_room_id(room_id: String) -> Result<OwnedRoomId> {
@@ -360,6 +361,7 @@ async fn send_event(
     kind: String,
     content: Map<String, Value>,
     txn_id: Option<&str>,
+    ts: Option<ruma::MilliSecondsSinceUnixEpoch>,
 ) -> Result<Json<Value>> {
     let txn = txn_id.map(|t| (user.device_id.as_str(), t));
     if kind == "m.room.redaction" {
@@ -380,6 +382,8 @@ async fn send_event(
         room_id,
         &user.user_id,
         NewEvent {
+            // Timestamp massaging: appservices only.
+            origin_server_ts: ts.filter(|_| user.appservice.is_some()),
             kind,
             content,
             state_key: None,
@@ -409,6 +413,8 @@ async fn send_state(
         &req.room_id,
         &user.user_id,
         NewEvent {
+            // Timestamp massaging: appservices only.
+            origin_server_ts: req.timestamp.filter(|_| user.appservice.is_some()),
             kind,
             content,
             state_key: Some(req.state_key),

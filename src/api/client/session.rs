@@ -12,7 +12,7 @@ use ruma::api::client::{
 
 use crate::{
     api::{
-        auth::{AuthUser, ClientIp, GuestOk},
+        auth::{AsToken, AuthUser, ClientIp, GuestOk},
         rate_limited,
         ruma::{RouterExt, Ruma, RumaResponse},
     },
@@ -33,22 +33,66 @@ pub fn router() -> Router<AppState> {
 }
 
 async fn login_types(
+    State(state): State<AppState>,
     Ruma(_): Ruma<get_login_types::v3::Request>,
 ) -> RumaResponse<get_login_types::v3::Response> {
-    let password = get_login_types::v3::LoginType::Password(Default::default());
-    RumaResponse(get_login_types::v3::Response::new(vec![password]))
+    let mut types = vec![get_login_types::v3::LoginType::Password(Default::default())];
+    // Offered when an application service may use it.
+    if !state.appservices.is_empty() {
+        types.push(get_login_types::v3::LoginType::ApplicationService(
+            Default::default(),
+        ));
+    }
+    RumaResponse(get_login_types::v3::Response::new(types))
 }
 
 #[allow(deprecated)] // the legacy top-level `user` field is still sent by old clients
 async fn login(
     State(state): State<AppState>,
     ClientIp(ip): ClientIp,
+    AsToken(appservice): AsToken,
     Ruma(req): Ruma<login::v3::Request>,
 ) -> Result<RumaResponse<login::v3::Response>> {
-    rate_limited(state.login_limiter.check(&ip.clone().unwrap_or_default()))?;
-    let login::v3::LoginInfo::Password(info) = req.login_info else {
-        return Err(Error::new(ErrorKind::BadRequest, "Unsupported login type"));
+    let info = match req.login_info {
+        login::v3::LoginInfo::Password(info) => info,
+        login::v3::LoginInfo::ApplicationService(info) => {
+            // A device for a user of the appservice's namespace, with its token.
+            let appservice = appservice?.ok_or_else(|| {
+                Error::new(
+                    ErrorKind::MissingToken,
+                    "Missing the appservice's access token",
+                )
+            })?;
+            if appservice.rate_limited {
+                rate_limited(state.login_limiter.check(&ip.clone().unwrap_or_default()))?;
+            }
+            let user = match (&info.identifier, &info.user) {
+                (Some(UserIdentifier::Matrix(id)), _) => id.user.clone(),
+                (None, Some(user)) => user.clone(),
+                _ => return Err(Error::bad_json("Missing identifier")),
+            };
+            let user_id = localpart::login_user_id(&user, &state.server_name)
+                .filter(|u| u.server_name() == state.server_name)
+                .ok_or_else(|| Error::invalid_param("Invalid user ID"))?;
+            let issued = crate::service::appservice::login(
+                &state,
+                &appservice,
+                &user_id,
+                req.device_id,
+                req.initial_device_display_name.as_deref(),
+                req.refresh_token,
+                ip.as_deref(),
+            )
+            .await?;
+            let mut response =
+                login::v3::Response::new(user_id, issued.access_token, issued.device_id);
+            response.refresh_token = issued.refresh_token;
+            response.expires_in = issued.expires_in;
+            return Ok(RumaResponse(response));
+        }
+        _ => return Err(Error::new(ErrorKind::BadRequest, "Unsupported login type")),
     };
+    rate_limited(state.login_limiter.check(&ip.clone().unwrap_or_default()))?;
     let user = match (&info.identifier, &info.user) {
         (Some(UserIdentifier::Matrix(id)), _) => id.user.clone(),
         (None, Some(user)) => user.clone(),

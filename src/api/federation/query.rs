@@ -68,7 +68,14 @@ async fn public_rooms_get(
     _fed: FedRequest,
 ) -> Result<Json<Value>> {
     Ok(Json(
-        directory::public_rooms(&app, q.limit, q.since.as_deref(), None).await?,
+        directory::public_rooms(
+            &app,
+            q.limit,
+            q.since.as_deref(),
+            None,
+            &directory::Network::Matrix,
+        )
+        .await?,
     ))
 }
 
@@ -81,9 +88,22 @@ async fn public_rooms_post(State(app): State<AppState>, fed: FedRequest) -> Resu
             limit,
             body["since"].as_str(),
             body["filter"]["generic_search_term"].as_str(),
+            &network_of(&body),
         )
         .await?,
     ))
+}
+
+/// The list a federation `/publicRooms` `POST` asks for.
+fn network_of(body: &Value) -> directory::Network {
+    match (
+        body["include_all_networks"].as_bool(),
+        body["third_party_instance_id"].as_str(),
+    ) {
+        (Some(true), _) => directory::Network::All,
+        (_, Some(id)) => directory::Network::ThirdParty(id.to_owned()),
+        _ => directory::Network::Matrix,
+    }
 }
 
 #[derive(Deserialize)]
