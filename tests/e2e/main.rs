@@ -20,6 +20,7 @@ mod federation;
 mod fedir;
 mod fedv1;
 mod filters;
+mod guests;
 mod harness;
 mod hidden_history;
 mod hostile;
