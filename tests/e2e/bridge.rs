@@ -301,8 +301,11 @@ async fn setup(tamper: impl FnOnce(String) -> String) -> (Setup, Login) {
     let text = std::fs::read_to_string(&reg).unwrap();
     let lattice_copy = dir.path().join("lattice-registration.yaml");
     std::fs::write(&lattice_copy, tamper(text)).unwrap();
+    let client_port = free_port();
     let server = TestServer::start_with(|c| {
         c.appservices = vec![lattice_copy];
+        // A fixed port: a restarted Lattice is where the bridge expects it.
+        c.listeners[0].bind = format!("127.0.0.1:{client_port}").parse().unwrap();
         c.listeners[0]
             .resources
             .push(lattice::config::Resource::Metrics);
@@ -464,6 +467,124 @@ async fn heisenbridge_bridges_a_matrix_user_and_an_irc_user_both_ways() {
                 && !l.ends_with(" 0")),
             "{metrics}"
         );
+    })
+    .await;
+    if result.is_err() {
+        panic!("timed out; bridge log:\n{}", setup.bridge_log());
+    }
+    if let Some(mut bridge) = setup.bridge.take() {
+        let _ = bridge.kill().await;
+    }
+}
+
+/// A registration field's value, as the generated YAML writes it
+/// (`key: value`).
+fn field(text: &str, key: &str) -> String {
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{key}: ")))
+        .unwrap_or_else(|| panic!("no {key} in {text}"))
+        .trim()
+        .to_owned()
+}
+
+/// Lattice holding another `hs_token` than the bridge: the bridge refuses
+/// every transaction (and ping) with 401, nothing reaches it, Lattice keeps
+/// the events and retries with backoff. Restarted with the right token, Lattice
+/// delivers what was queued, once, and the bridge acts on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heisenbridge_refuses_a_wrong_hs_token_and_gets_the_queue_once_it_is_right() {
+    let (mut setup, alice) = setup(|text| {
+        let hs = field(&text, "hs_token");
+        text.replace(&hs, "not-the-bridges-hs-token")
+    })
+    .await;
+    let result = tokio::time::timeout(Duration::from_secs(240), async {
+        let reg_path = setup.dir.path().join("heisenbridge.yaml");
+        let as_token = field(&std::fs::read_to_string(&reg_path).unwrap(), "as_token");
+        let mut m = Matrix::new(&setup.server, alice.clone());
+        // The bridge's own requests (as_token) work: it opens the control room.
+        let control = m.invite_after(0, "the control room invite").await;
+        m.join(&control).await;
+        m.until("the bridge's help", |m| {
+            m.has_body(&control, BOT, "ADDNETWORK").then_some(())
+        })
+        .await;
+        m.say(&control, "ADDNETWORK refused").await;
+        // Ping: Lattice reaches the bridge, which refuses the token.
+        let (status, body) = setup
+            .server
+            .post(
+                "/_matrix/client/v1/appservice/heisenbridge/ping",
+                Some(&as_token),
+                json!({}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
+        assert_eq!(body["errcode"], "M_BAD_STATUS", "{body}");
+        crate::harness::eventually("the bridge refusing transactions", || {
+            let log = setup.bridge_log();
+            async move {
+                log.lines()
+                    .any(|l| l.contains("PUT /_matrix/app/v1/transactions/") && l.contains(" 401 "))
+            }
+        })
+        .await;
+        let (_, metrics) = setup.server.get("/metrics", None).await;
+        let metrics = metrics.as_str().unwrap_or_default().to_owned();
+        let value = |name: &str| -> u64 {
+            metrics
+                .lines()
+                .find_map(|l| l.strip_prefix(&format!("{name}{{appservice=\"heisenbridge\"}} ")))
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("{name} in {metrics}"))
+        };
+        assert!(value("lattice_appservice_failures_total") >= 1, "{metrics}");
+        assert!(value("lattice_appservice_queue_depth") >= 1, "{metrics}");
+        // Nothing was accepted: the bridge never answered the command.
+        m.sync().await;
+        assert!(!m.has_body(&control, BOT, "Network added"));
+        assert!(
+            !setup
+                .bridge_log()
+                .lines()
+                .any(|l| l.contains("PUT /_matrix/app/v1/transactions/") && l.contains(" 200 ")),
+            "{}",
+            setup.bridge_log()
+        );
+
+        // The administrator fixes the registration and restarts Lattice.
+        let fixed = std::fs::read_to_string(&reg_path).unwrap();
+        std::fs::write(setup.dir.path().join("lattice-registration.yaml"), fixed).unwrap();
+        setup.server.restart_in_place().await;
+        let (status, body) = setup
+            .server
+            .post(
+                "/_matrix/client/v1/appservice/heisenbridge/ping",
+                Some(&as_token),
+                json!({}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        // The queued command reaches the bridge, which answers it once.
+        let mut m = Matrix::new(&setup.server, alice.clone());
+        m.until("the bridge's answer to the queued command", |m| {
+            m.has_body(&control, BOT, "Network added").then_some(())
+        })
+        .await;
+        m.say(&control, "NETWORKS").await;
+        m.until("the bridge listing the network", |m| {
+            m.bodies(&control)
+                .iter()
+                .any(|(s, b)| s == BOT && b.contains("refused") && !b.contains("Network added"))
+                .then_some(())
+        })
+        .await;
+        let added = m
+            .bodies(&control)
+            .iter()
+            .filter(|(s, b)| s == BOT && b.contains("Network added"))
+            .count();
+        assert_eq!(added, 1, "{:#?}", m.bodies(&control));
     })
     .await;
     if result.is_err() {
