@@ -436,6 +436,42 @@ async fn an_appservice_down_then_back_gets_everything_in_order_across_a_restart(
         metrics.contains("lattice_appservice_failures_total{appservice=\"irc\"}"),
         "{metrics}"
     );
+    // The admin API lists the appservice and its stuck queue; others may not.
+    let (status, body) = server
+        .get("/_lattice/admin/v1/appservices", Some(&alice.access_token))
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert_eq!(body["errcode"], "M_FORBIDDEN");
+    lattice::storage::users::set_admin(&server.state.db, &alice.user_id, true)
+        .await
+        .unwrap();
+    let (status, body) = server
+        .get("/_lattice/admin/v1/appservices", Some(&alice.access_token))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["total"], 1, "{body}");
+    let irc = &body["appservices"][0];
+    assert_eq!(irc["id"], "irc");
+    assert_eq!(irc["sender"], format!("@ircbot:{SERVER_NAME}"));
+    assert_eq!(
+        irc["namespaces"]["users"][0],
+        json!({ "regex": format!("@irc_.*:{SERVER_NAME}"), "exclusive": true })
+    );
+    assert!(irc["queue"]["events"].as_i64().unwrap() >= 10, "{body}");
+    assert!(
+        irc["queue"]["failed_transactions"].as_u64().unwrap() >= 1,
+        "{body}"
+    );
+    assert!(
+        irc["queue"]["transaction_in_flight"]["txn_id"].is_string(),
+        "{body}"
+    );
+    // No token of either side is shown.
+    let text = body.to_string();
+    assert!(
+        !text.contains(AS_TOKEN) && !text.contains(HS_TOKEN),
+        "{text}"
+    );
     // The homeserver restarts while the appservice is still down.
     let server = server.restart().await;
     *seen.hs_base.lock().unwrap() = Some(server.base.clone());
