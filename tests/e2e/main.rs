@@ -7,6 +7,7 @@ mod admin;
 mod appservice;
 mod attacks;
 mod authz;
+mod bridge;
 mod cli;
 mod clients;
 mod crash;
