@@ -1,6 +1,6 @@
 //! `POST /user_directory/search` (spec: "User directory"): users who share a
-//! room with the searcher and members of published rooms, as Synapse does by
-//! default.
+//! room with the searcher and members of public rooms (join rule `public` or
+//! history `world_readable`) this server is in, as Synapse does by default.
 
 use serde_json::{Value, json};
 
@@ -21,8 +21,14 @@ pub async fn search(app: &AppState, session: &Session, term: &str, limit: u64) -
     if terms.is_empty() {
         return Ok(json!({ "results": [], "limited": false }));
     }
-    let mut rows =
-        user_directory::search(&app.db, session.user_id.as_str(), &terms, limit + 1).await?;
+    let mut rows = user_directory::search(
+        &app.db,
+        session.user_id.as_str(),
+        &terms,
+        limit + 1,
+        app.server_name.as_str(),
+    )
+    .await?;
     let limited = rows.len() as i64 > limit;
     rows.truncate(limit as usize);
     let results: Vec<Value> = rows

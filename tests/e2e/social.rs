@@ -196,6 +196,39 @@ async fn user_directory_finds_room_mates_and_public_room_members() {
     assert!(ids(&search("dave").await).is_empty());
     // LIKE wildcards in the term are literal.
     assert!(ids(&search("%").await).is_empty());
+
+    // A room is public for the directory by its state, not its listing (as
+    // on Synapse): Erin's unlisted private room, opened and closed again.
+    let erin = server.register("erin", "pw").await;
+    let hers = server
+        .create_room(&erin, json!({ "preset": "private_chat" }))
+        .await;
+    assert!(ids(&search("erin").await).is_empty());
+    let set = |kind: &'static str, content: Value| {
+        let server = &server;
+        let token = erin.access_token.clone();
+        let path = format!("{V3}/rooms/{hers}/state/{kind}/");
+        async move {
+            let (status, body) = server.put(&path, Some(&token), content).await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+        }
+    };
+    set("m.room.join_rules", json!({ "join_rule": "public" })).await;
+    assert_eq!(ids(&search("erin").await), vec![erin.user_id.clone()]);
+    set("m.room.join_rules", json!({ "join_rule": "invite" })).await;
+    assert!(ids(&search("erin").await).is_empty());
+    set(
+        "m.room.history_visibility",
+        json!({ "history_visibility": "world_readable" }),
+    )
+    .await;
+    assert_eq!(ids(&search("erin").await), vec![erin.user_id.clone()]);
+    set(
+        "m.room.history_visibility",
+        json!({ "history_visibility": "shared" }),
+    )
+    .await;
+    assert!(ids(&search("erin").await).is_empty());
 }
 
 #[tokio::test]
