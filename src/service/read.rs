@@ -235,7 +235,19 @@ impl<'a> Viewer<'a> {
                 return Ok(false);
             }
         }
-        let (visibility, membership_then) = self.visibility_at(group).await?;
+        let (mut visibility, membership_then) = self.visibility_at(group).await?;
+        // A change of history visibility is seen by whoever could see either
+        // side of it: the more permissive of the old and new settings (as
+        // Synapse), so members see where the boundaries moved.
+        if event_type == "m.room.history_visibility" {
+            let before = events::replaced_content(&self.app.db, event_id)
+                .await?
+                .and_then(|c| c["history_visibility"].as_str().map(str::to_owned));
+            let before = before.unwrap_or_else(|| "shared".to_owned());
+            if permissiveness(&before) < permissiveness(&visibility) {
+                visibility = before;
+            }
+        }
         Ok(match visibility.as_str() {
             "world_readable" => true,
             "shared" => self.is_joined() || membership_then.as_deref() == Some("join"),
@@ -308,6 +320,17 @@ impl<'a> Viewer<'a> {
     /// (see [`super::client_event`]).
     pub async fn client_events(&mut self, stored: &[StoredEvent]) -> Result<Vec<Value>> {
         super::client_event::format(self, stored).await
+    }
+}
+
+/// Rank of a history visibility setting, most permissive first (an unknown
+/// value counts as `shared`, the spec's default).
+fn permissiveness(visibility: &str) -> u8 {
+    match visibility {
+        "world_readable" => 0,
+        "invited" => 2,
+        "joined" => 3,
+        _ => 1,
     }
 }
 

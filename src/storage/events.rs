@@ -449,3 +449,24 @@ pub async fn annotations(
     }
     Ok(out)
 }
+
+/// The content of the state event `event_id` replaced (same type and state
+/// key, before it), if any.
+pub async fn replaced_content(
+    db: impl PgExecutor<'_>,
+    event_id: &str,
+) -> sqlx::Result<Option<serde_json::Value>> {
+    let json = sqlx::query_scalar!(
+        "select e.json from state_replaced r
+         join events e on e.event_id = r.replaces_state
+         where r.event_id = $1",
+        event_id
+    )
+    .fetch_optional(db)
+    .await?;
+    Ok(json.and_then(|j| {
+        serde_json::from_str::<serde_json::Value>(&j)
+            .ok()
+            .map(|v| v["content"].clone())
+    }))
+}

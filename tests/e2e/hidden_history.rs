@@ -235,3 +235,69 @@ async fn a_departed_user_reads_up_to_their_leave() {
     assert_eq!(chunk[1]["content"]["body"], "before", "{page}");
     assert!(!page.to_string().contains("after"), "{page}");
 }
+
+/// A history visibility change is visible to whoever could see either side
+/// of it (the more permissive of the old and new settings, as Synapse): a
+/// late joiner sees where the boundaries moved, not what they hid.
+#[tokio::test]
+async fn visibility_changes_are_seen_on_their_boundaries() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice", "pw").await;
+    let bob = server.register("bob", "pw").await;
+    let room = server
+        .create_room(&alice, json!({ "preset": "public_chat" }))
+        .await;
+    let set = |value: &'static str| {
+        let server = &server;
+        let token = alice.access_token.clone();
+        let path = format!("{V3}/rooms/{}/state/m.room.history_visibility/", enc(&room));
+        async move {
+            let (status, body) = server
+                .put(&path, Some(&token), json!({ "history_visibility": value }))
+                .await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+        }
+    };
+    set("joined").await;
+    server.send_message(&alice, &room, msg("one")).await;
+    set("invited").await;
+    server.send_message(&alice, &room, msg("two")).await;
+    set("shared").await;
+    server.send_message(&alice, &room, msg("three")).await;
+    server.join(&bob, &room).await;
+
+    let (_, sync) = server
+        .get(&format!("{V3}/sync"), Some(&bob.access_token))
+        .await;
+    let timeline = sync["rooms"]["join"][&room]["timeline"]["events"]
+        .as_array()
+        .unwrap()
+        .clone();
+    let seen: Vec<String> = timeline
+        .iter()
+        .map(|e| match e["type"].as_str().unwrap() {
+            "m.room.history_visibility" => {
+                format!(
+                    "hv:{}",
+                    e["content"]["history_visibility"].as_str().unwrap()
+                )
+            }
+            "m.room.message" => format!("msg:{}", e["content"]["body"].as_str().unwrap()),
+            other => other.to_owned(),
+        })
+        .collect();
+    let tail = &seen[seen.len() - 4..];
+    // shared→joined is seen (shared before); one, joined→invited and two are
+    // not; invited→shared is (shared after), then three and bob's join.
+    assert_eq!(
+        tail,
+        ["hv:joined", "hv:shared", "msg:three", "m.room.member"],
+        "{seen:?}"
+    );
+    assert!(
+        !seen
+            .iter()
+            .any(|s| s == "msg:one" || s == "msg:two" || s == "hv:invited"),
+        "{seen:?}"
+    );
+}
