@@ -23,6 +23,7 @@ pub mod search;
 pub mod server_keys;
 pub mod state;
 pub mod sync;
+pub mod threepids;
 pub mod tokens;
 pub mod uia;
 pub mod user_directory;

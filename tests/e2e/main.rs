@@ -14,6 +14,7 @@ mod deploy;
 mod devicelists;
 mod devices;
 mod e2ee;
+mod email;
 mod embedded;
 mod errors;
 mod federation;

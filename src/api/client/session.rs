@@ -96,6 +96,13 @@ async fn login(
     let user = match (&info.identifier, &info.user) {
         (Some(UserIdentifier::Matrix(id)), _) => id.user.clone(),
         (None, Some(user)) => user.clone(),
+        // An email address bound to an account (as Synapse accepts); an
+        // unknown one fails like a wrong password.
+        (Some(UserIdentifier::Email(email)), _) => {
+            crate::service::threepid::user_for_email(&state, &email.address)
+                .await?
+                .ok_or_else(|| Error::forbidden("Invalid username or password"))?
+        }
         (Some(_), _) => {
             return Err(Error::new(
                 ErrorKind::BadRequest,
