@@ -25,6 +25,8 @@ pub struct Mailer {
     app_name: String,
     server_name: String,
     templates: HashMap<&'static str, Template>,
+    /// The whole conversation's time limit (lettre's bounds each read).
+    timeout: Duration,
 }
 
 impl Mailer {
@@ -96,6 +98,7 @@ impl Mailer {
             app_name: email.app_name.clone(),
             server_name: config.server_name.clone(),
             templates,
+            timeout: Duration::from_secs(email.timeout_secs),
         }))
     }
 
@@ -125,9 +128,9 @@ impl Mailer {
             .header(ContentType::TEXT_PLAIN)
             .body(body)
             .context("building the mail")?;
-        self.transport
-            .send(message)
+        tokio::time::timeout(self.timeout, self.transport.send(message))
             .await
+            .map_err(|_| anyhow::anyhow!("the SMTP server did not answer in time"))?
             .context("sending the mail")?;
         Ok(())
     }
