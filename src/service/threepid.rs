@@ -213,6 +213,15 @@ fn enc(s: &str) -> String {
     form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }
 
+/// Whether opening the link of session `sid` must be confirmed with a second
+/// step: for password resets (an unknown session shows the same page; its
+/// form then fails).
+pub async fn link_needs_confirmation(state: &AppState, sid: &str) -> Result<bool> {
+    Ok(threepids::get(&state.db, sid)
+        .await?
+        .is_none_or(|s| s.purpose == Purpose::PasswordReset.as_str()))
+}
+
 /// The link's page: validates the session with the mailed token. Returns where
 /// to send the user next (the request's `next_link`), if anywhere.
 pub async fn validate_link(

@@ -8,8 +8,9 @@
 //! - `GET /_matrix/client/v3/account/3pid`, `POST /account/3pid/add` (UIA),
 //!   `POST /account/3pid/delete`
 //! - the mailed link's page, `GET`/`POST /_synapse/client/email/validate`
-//!   (`GET` asks to confirm, the form's `POST` validates: a mail scanner that
-//!   follows links validates nothing), and the requestToken answers'
+//!   (as on Synapse, `GET` validates a registration or an addition; for a
+//!   password reset it asks to confirm and the form's `POST` validates, so a
+//!   mail scanner that follows links resets nothing), and the requestToken answers'
 //!   `submit_url`, `POST /_synapse/client/email/submit_token` (the identity
 //!   service's `submitToken` body: `sid`, `client_secret`, `token`).
 //!
@@ -202,17 +203,28 @@ async fn submit_token(
     Ok(Json(json!({ "success": true })))
 }
 
-/// `GET` of the mailed link: a page asking to confirm (the form posts the same
-/// parameters back).
-async fn link_page(RawQuery(query): RawQuery) -> Result<Response> {
+/// `GET` of the mailed link. As on Synapse, a registration or an addition is
+/// validated by opening the link; a password reset first asks to confirm
+/// (the form posts the same parameters back), so that a mail scanner following
+/// links cannot validate a reset somebody else asked for.
+async fn link_page(
+    State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
+    RawQuery(query): RawQuery,
+) -> Result<Response> {
     let query = query.unwrap_or_default();
     let (sid, token) = link_params(query.as_bytes())?;
+    if !threepid::link_needs_confirmation(&state, &sid).await? {
+        rate_limited(state.login_limiter.check(&ip.unwrap_or_default()))?;
+        return validation_page(&state, &sid, &token).await;
+    }
     Ok(html(page(
-        "Confirm your email address",
+        "Confirm the password reset",
         "",
         &format!(
             "<form method=\"post\">\n\
-             <p>Confirm that this email address is yours.</p>\n\
+             <p>Confirm that you asked to reset your password. You will choose the \
+             new password in your application.</p>\n\
              <input type=\"hidden\" name=\"sid\" value=\"{}\">\n\
              <input type=\"hidden\" name=\"token\" value=\"{}\">\n\
              <input type=\"submit\" value=\"Confirm\">\n\
@@ -223,8 +235,7 @@ async fn link_page(RawQuery(query): RawQuery) -> Result<Response> {
     )))
 }
 
-/// The confirmation form's `POST`: validates, then shows the result (and sends
-/// the user on to the request's `next_link`, if it gave one).
+/// The confirmation form's `POST`.
 async fn link_submit(
     State(state): State<AppState>,
     ClientIp(ip): ClientIp,
@@ -235,7 +246,13 @@ async fn link_submit(
     let body = read_body(body, 64 * 1024).await?;
     let (sid, token) =
         link_params(&body).or_else(|_| link_params(parts.uri.query().unwrap_or("").as_bytes()))?;
-    match threepid::validate_link(&state, &sid, &token).await {
+    validation_page(&state, &sid, &token).await
+}
+
+/// Validates, then shows the result (and sends the user on to the request's
+/// `next_link`, if it gave one).
+async fn validation_page(state: &AppState, sid: &str, token: &str) -> Result<Response> {
+    match threepid::validate_link(state, sid, token).await {
         Ok(next_link) => {
             let (head, more) = match &next_link {
                 Some(link) => (
