@@ -285,6 +285,9 @@ async fn purge_worker(state: AppState, shutdown: CancellationToken) {
                 if let Err(e) = uia::purge_expired(&state).await {
                     tracing::warn!(error = %e, "purging expired UIA sessions failed");
                 }
+                if let Err(e) = crate::service::session::purge_expired_login_tokens(&state).await {
+                    tracing::warn!(error = %e, "purging expired login tokens failed");
+                }
                 if let Err(e) = crate::service::threepid::purge_expired(&state).await {
                     tracing::warn!(error = %e, "purging email validation sessions failed");
                 }

@@ -171,6 +171,12 @@ pub struct Auth {
     pub argon2_iterations: u32,
     /// Lifetime of a user-interactive authentication session.
     pub uia_session_lifetime_secs: u64,
+    /// `POST /login/get_token` (MSC3882): a logged-in user, after entering
+    /// the password again, gets a single-use `m.login.token` for another
+    /// device (QR login). Off by default, as on Synapse.
+    pub login_via_existing_session: bool,
+    /// How long such a token is valid.
+    pub login_token_lifetime_secs: u64,
 }
 
 impl Default for Auth {
@@ -180,6 +186,8 @@ impl Default for Auth {
             argon2_memory_kib: 19456,
             argon2_iterations: 2,
             uia_session_lifetime_secs: 900,
+            login_via_existing_session: false,
+            login_token_lifetime_secs: 120,
         }
     }
 }
@@ -791,6 +799,9 @@ impl Config {
         }
         if self.limits.max_request_body_bytes < 1024 {
             bail!("`limits.max_request_body_bytes` must be at least 1024");
+        }
+        if self.auth.login_token_lifetime_secs == 0 {
+            bail!("`auth.login_token_lifetime_secs` must be at least 1");
         }
         if self.auth.argon2_memory_kib < 8 || self.auth.argon2_iterations == 0 {
             bail!("`auth.argon2_memory_kib` must be >= 8 and `auth.argon2_iterations` >= 1");

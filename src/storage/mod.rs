@@ -8,6 +8,7 @@ pub mod embedded_pg;
 pub mod events;
 pub mod federation;
 pub mod keys;
+pub mod login_tokens;
 pub mod media;
 pub mod openid;
 pub mod presence;

@@ -27,6 +27,7 @@ mod hostile;
 mod joinsync;
 mod legacy_sync;
 mod limits;
+mod login_token;
 mod media;
 mod notary;
 mod old_versions;

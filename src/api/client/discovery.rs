@@ -99,7 +99,7 @@ async fn versions(
 /// Only capabilities that hold today: password changes work; the room versions
 /// Lattice creates and joins; every profile field may be changed; third-party
 /// IDs (email addresses) can be added and removed when the server sends email;
-/// no login tokens.
+/// login tokens for other devices when `auth.login_via_existing_session` is on.
 async fn capabilities(
     State(state): State<AppState>,
     AuthUser(_): AuthUser,
@@ -120,7 +120,7 @@ async fn capabilities(
             "m.set_displayname": { "enabled": true },
             "m.set_avatar_url": { "enabled": true },
             "m.3pid_changes": { "enabled": state.mailer.is_some() },
-            "m.get_login_token": { "enabled": false },
+            "m.get_login_token": { "enabled": state.config.auth.login_via_existing_session },
         }
     }))
 }

@@ -6,7 +6,7 @@
 use axum::{Router, extract::State};
 use ruma::api::client::{
     account::whoami,
-    session::{get_login_types, login, logout, logout_all, refresh_token},
+    session::{get_login_token, get_login_types, login, logout, logout_all, refresh_token},
     uiaa::UserIdentifier,
 };
 
@@ -30,6 +30,25 @@ pub fn router() -> Router<AppState> {
         .ruma::<logout::v3::Request, _, _>(logout)
         .ruma::<logout_all::v3::Request, _, _>(logout_all)
         .ruma::<whoami::v3::Request, _, _>(whoami)
+        .ruma::<get_login_token::v1::Request, _, _>(get_login_token)
+}
+
+/// `POST /_matrix/client/v1/login/get_token` (MSC3882; spec v1.7): absent
+/// (`404 M_UNRECOGNIZED`) unless `auth.login_via_existing_session` is on.
+async fn get_login_token(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    ClientIp(ip): ClientIp,
+    Ruma(req): Ruma<get_login_token::v1::Request>,
+) -> Result<RumaResponse<get_login_token::v1::Response>> {
+    if !state.config.auth.login_via_existing_session {
+        return Err(Error::unrecognized(axum::http::StatusCode::NOT_FOUND));
+    }
+    let (token, lifetime) =
+        session::issue_login_token(&state, &user, req.auth.as_ref(), ip.as_deref()).await?;
+    Ok(RumaResponse(get_login_token::v1::Response::new(
+        lifetime, token,
+    )))
 }
 
 async fn login_types(
@@ -37,6 +56,12 @@ async fn login_types(
     Ruma(_): Ruma<get_login_types::v3::Request>,
 ) -> RumaResponse<get_login_types::v3::Response> {
     let mut types = vec![get_login_types::v3::LoginType::Password(Default::default())];
+    // Tokens come only from /login/get_token for now (no SSO yet).
+    if state.config.auth.login_via_existing_session {
+        let mut token = get_login_types::v3::TokenLoginType::new();
+        token.get_login_token = true;
+        types.push(get_login_types::v3::LoginType::Token(token));
+    }
     // Offered when an application service may use it.
     if !state.appservices.is_empty() {
         types.push(get_login_types::v3::LoginType::ApplicationService(
@@ -78,6 +103,23 @@ async fn login(
                 &state,
                 &appservice,
                 &user_id,
+                req.device_id,
+                req.initial_device_display_name.as_deref(),
+                req.refresh_token,
+                ip.as_deref(),
+            )
+            .await?;
+            let mut response =
+                login::v3::Response::new(user_id, issued.access_token, issued.device_id);
+            response.refresh_token = issued.refresh_token;
+            response.expires_in = issued.expires_in;
+            return Ok(RumaResponse(response));
+        }
+        login::v3::LoginInfo::Token(info) if state.config.auth.login_via_existing_session => {
+            rate_limited(state.login_limiter.check(&ip.clone().unwrap_or_default()))?;
+            let (user_id, issued) = session::login_token(
+                &state,
+                &info.token,
                 req.device_id,
                 req.initial_device_display_name.as_deref(),
                 req.refresh_token,
