@@ -1003,3 +1003,15 @@ async fn next_link_is_followed_after_validation_and_checked() {
     );
     assert_eq!(smtp.mails().len(), 1);
 }
+
+#[tokio::test]
+async fn matrix_js_sdk_registers_resets_and_manages_addresses() {
+    let smtp = Smtp::start().await;
+    let server = server_with(smtp.port, |_| {}).await;
+    let dir = smtp.dir.path().to_str().unwrap().to_owned();
+    assert_eq!(
+        crate::sdk::run_js(&server, "js_email.mjs", &[&dir]).await,
+        "ok"
+    );
+    assert_eq!(smtp.mails().len(), 3);
+}
