@@ -347,6 +347,17 @@ async fn registration_with_a_mailed_link_binds_the_address() {
     let (status, body) = login("ALICE@example.org", "pw-1").await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["user_id"], "@alice:test.local");
+    // The spec's deprecated top-level `medium` and `address` work too.
+    let (status, body) = server
+        .post(
+            "/_matrix/client/v3/login",
+            None,
+            json!({ "type": "m.login.password", "medium": "email",
+                    "address": "alice@example.org", "password": "pw-1" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["user_id"], "@alice:test.local");
     let (status, wrong) = login("alice@example.org", "nope").await;
     assert_eq!(status, StatusCode::FORBIDDEN);
     let (status, unknown) = login("nobody@example.org", "pw-1").await;

@@ -14,7 +14,7 @@ use crate::{
     api::{
         auth::{AsToken, AuthUser, ClientIp, GuestOk},
         rate_limited,
-        ruma::{RouterExt, Ruma, RumaResponse},
+        ruma::{RouterExt, Ruma, RumaResponse, RumaWithObject},
     },
     app::AppState,
     domain::localpart,
@@ -76,7 +76,7 @@ async fn login(
     State(state): State<AppState>,
     ClientIp(ip): ClientIp,
     AsToken(appservice): AsToken,
-    Ruma(req): Ruma<login::v3::Request>,
+    RumaWithObject(req, body): RumaWithObject<login::v3::Request>,
 ) -> Result<RumaResponse<login::v3::Response>> {
     let info = match req.login_info {
         login::v3::LoginInfo::Password(info) => info,
@@ -151,7 +151,16 @@ async fn login(
                 "Unsupported identifier type",
             ));
         }
-        (None, None) => return Err(Error::bad_json("Missing identifier")),
+        // The spec's deprecated top-level `medium` and `address` (older
+        // clients), as Synapse still reads them.
+        (None, None) => match (body.get("medium"), body.get("address")) {
+            (Some(medium), Some(serde_json::Value::String(address))) if medium == "email" => {
+                crate::service::threepid::user_for_email(&state, address)
+                    .await?
+                    .ok_or_else(|| Error::forbidden("Invalid username or password"))?
+            }
+            _ => return Err(Error::bad_json("Missing identifier")),
+        },
     };
     let user_id = localpart::login_user_id(&user, &state.server_name)
         .filter(|u| u.server_name() == state.server_name)
