@@ -64,6 +64,12 @@ impl Metrics {
         map.entry(id.to_owned()).or_default().0 += events as u64;
     }
 
+    /// (events delivered, failed transactions) of one appservice since start.
+    pub fn appservice_counts(&self, id: &str) -> (u64, u64) {
+        let map = self.appservices.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(id).copied().unwrap_or_default()
+    }
+
     pub fn appservice_failure(&self, id: &str) {
         let mut map = self.appservices.lock().unwrap_or_else(|e| e.into_inner());
         map.entry(id.to_owned()).or_default().1 += 1;

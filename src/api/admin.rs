@@ -26,6 +26,7 @@ use crate::{
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/_synapse/admin/v1/server_version", get(server_version))
+        .route("/_lattice/admin/v1/appservices", get(appservices))
         .route("/_synapse/admin/v2/users", get(list_users))
         .route(
             "/_synapse/admin/v2/users/{user_id}",
@@ -201,6 +202,16 @@ async fn whois(
 struct RoomQuery {
     from: Option<i64>,
     limit: Option<i64>,
+}
+
+/// Lattice's own: the registered application services and their queues.
+async fn appservices(
+    State(app): State<AppState>,
+    AdminUser(_): AdminUser,
+) -> Result<AxumJson<Value>> {
+    Ok(AxumJson(
+        crate::service::appservice::admin_list(&app).await?,
+    ))
 }
 
 async fn list_rooms(

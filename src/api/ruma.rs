@@ -40,7 +40,8 @@ where
     type Rejection = Error;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        Ok(Ruma(parse(req, state).await?.0))
+        let (parsed, _) = parse(req, state).await?;
+        Ok(Ruma(parsed?))
     }
 }
 
@@ -60,12 +61,39 @@ where
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         let (parsed, bytes) = parse(req, state).await?;
         let object = serde_json::from_slice(&bytes).unwrap_or_default();
-        Ok(RumaWithObject(parsed, object))
+        Ok(RumaWithObject(parsed?, object))
     }
 }
 
-/// Parses and validates a ruma request; also returns the body as read.
-async fn parse<S, T>(req: Request, state: &S) -> Result<(T, bytes::Bytes), Error>
+/// Like [`RumaWithObject`], but a body that is JSON yet not of ruma's shape
+/// is handed to the handler with ruma's error, for endpoints whose errcode
+/// for a bad value is not `M_BAD_JSON` (an unknown room version on
+/// `/upgrade` is `M_UNSUPPORTED_ROOM_VERSION`). Rate limits, size and
+/// not-JSON are still refused here.
+pub struct RumaOrObject<T>(
+    pub Result<T, Error>,
+    pub serde_json::Map<String, serde_json::Value>,
+);
+
+impl<S, T> FromRequest<S> for RumaOrObject<T>
+where
+    S: Send + Sync,
+    AppState: FromRef<S>,
+    T: IncomingRequest,
+{
+    type Rejection = Error;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let (parsed, bytes) = parse(req, state).await?;
+        let object = serde_json::from_slice(&bytes).unwrap_or_default();
+        Ok(RumaOrObject(parsed, object))
+    }
+}
+
+/// Parses and validates a ruma request; also returns the body as read. The
+/// outer error refuses the request before its body is known to be JSON; the
+/// inner one is ruma's verdict on a JSON body.
+async fn parse<S, T>(req: Request, state: &S) -> Result<(Result<T, Error>, bytes::Bytes), Error>
 where
     S: Send + Sync,
     AppState: FromRef<S>,
@@ -120,8 +148,11 @@ where
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         T::try_from_http_request(request, &params)
     })) {
-        Ok(parsed) => parsed.map(|p| (p, bytes.clone())).map_err(request_error),
-        Err(_) => Err(Error::bad_json("The request body could not be parsed")),
+        Ok(parsed) => Ok((parsed.map_err(request_error), bytes.clone())),
+        Err(_) => Ok((
+            Err(Error::bad_json("The request body could not be parsed")),
+            bytes.clone(),
+        )),
     }
 }
 

@@ -59,9 +59,15 @@ struct RawNamespace {
 pub struct Namespace {
     pub exclusive: bool,
     regex: Regex,
+    /// The regex as the registration wrote it.
+    source: String,
 }
 
 impl Namespace {
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
     fn matches(&self, id: &str) -> bool {
         self.regex.is_match(id)
     }
@@ -269,11 +275,12 @@ pub fn parse(
                 .regex
                 .filter(|r| !r.is_empty())
                 .ok_or_else(|| err(&field, "missing or empty"))?;
-            let regex = Regex::new(&format!("^(?:{regex})"))
+            let compiled = Regex::new(&format!("^(?:{regex})"))
                 .map_err(|e| err(&field, &format!("not a valid regex: {e}")))?;
             out.push(Namespace {
                 exclusive: ns.exclusive.unwrap_or(false),
-                regex,
+                regex: compiled,
+                source: regex,
             });
         }
         Ok::<_, String>(out)

@@ -28,6 +28,9 @@ pub struct Registration {
     pub guest: bool,
     pub auth: Option<AuthData>,
     pub ip: Option<String>,
+    /// A guest's access token, when the guest registers its own user ID to
+    /// become a full account (spec: "Guest access").
+    pub guest_access_token: Option<String>,
 }
 
 pub struct Registered {
@@ -112,9 +115,29 @@ pub async fn register(state: &AppState, reg: Registration) -> Result<Registered>
         return registered_again(state, &reg, params, &user_id).await;
     }
 
+    // A guest that registers its own localpart with its own access token
+    // becomes a full account under the same user ID (as Synapse does);
+    // anyone else's token, or a full account's, earns 403.
+    let upgrading_guest = match (&reg.guest_access_token, &params.username) {
+        (Some(token), Some(name)) => {
+            let refused = || {
+                Error::forbidden("Cannot register taken user ID without valid guest credentials")
+            };
+            let guest = session::authenticate(state, token)
+                .await
+                .map_err(|_| refused())?;
+            if !guest.is_guest || guest.user_id.localpart() != name {
+                return Err(refused());
+            }
+            Some(guest.user_id)
+        }
+        _ => None,
+    };
+
     // Validate the username before UIA, so a client learns of a bad or taken name
     // before spending a registration token on it.
     let requested = match &params.username {
+        _ if upgrading_guest.is_some() => upgrading_guest.clone(),
         Some(name) => {
             let user_id = localpart::new_user_id(name, &state.server_name)
                 .map_err(|e| Error::new(ErrorKind::InvalidUsername, e.to_string()))?;
@@ -169,6 +192,12 @@ pub async fn register(state: &AppState, reg: Registration) -> Result<Registered>
     uia::consume(&mut tx, &completed).await?;
     let now = now_ms();
     let user_id = match requested {
+        Some(user_id) if upgrading_guest.is_some() => {
+            if !users::upgrade_guest(&mut *tx, user_id.as_str(), &hash).await? {
+                return Err(Error::new(ErrorKind::UserInUse, "User ID already taken"));
+            }
+            user_id
+        }
         Some(user_id) => {
             if !users::insert(&mut *tx, user_id.as_str(), Some(&hash), false, false, now).await? {
                 return Err(Error::new(ErrorKind::UserInUse, "User ID already taken"));
@@ -183,7 +212,9 @@ pub async fn register(state: &AppState, reg: Registration) -> Result<Registered>
         let (address, validated_ts) = threepid::spend(&mut tx, sid).await?;
         threepid::bind(&mut tx, &user_id, &address, validated_ts).await?;
     }
-    set_default_profile(&mut tx, &user_id).await?;
+    if upgrading_guest.is_none() {
+        set_default_profile(&mut tx, &user_id).await?;
+    }
     let tokens = if params.inhibit_login {
         None
     } else {

@@ -148,6 +148,43 @@ async fn load(
     })
 }
 
+/// On a room upgrade (as Synapse does): `user`'s tags for `old` are copied to
+/// `new`, and `new` joins every `m.direct` list that names `old`.
+pub async fn copy_to_upgraded_room(
+    app: &AppState,
+    user: &UserId,
+    old: &RoomId,
+    new: &RoomId,
+) -> Result<()> {
+    if let Some(Value::Object(mut direct)) = load(app, user, None, "m.direct").await? {
+        let mut changed = false;
+        for rooms in direct.values_mut().filter_map(Value::as_array_mut) {
+            if rooms.iter().any(|r| r == old.as_str()) && !rooms.iter().any(|r| r == new.as_str()) {
+                rooms.push(new.as_str().into());
+                changed = true;
+            }
+        }
+        if changed {
+            store(app, user, None, "m.direct", &Value::Object(direct)).await?;
+        }
+    }
+    let tags = load(app, user, Some(old), "m.tag")
+        .await?
+        .and_then(|v| v.get("tags").and_then(Value::as_object).cloned())
+        .filter(|t| !t.is_empty());
+    if let Some(tags) = tags {
+        let mut merged: Map<String, Value> = load(app, user, Some(new), "m.tag")
+            .await?
+            .and_then(|v| v.get("tags").and_then(Value::as_object).cloned())
+            .unwrap_or_default();
+        for (tag, info) in tags {
+            merged.entry(tag).or_insert(info);
+        }
+        store(app, user, Some(new), "m.tag", &json!({ "tags": merged })).await?;
+    }
+    Ok(())
+}
+
 /// `GET /user/{userId}/rooms/{roomId}/tags`.
 pub async fn tags(
     app: &AppState,

@@ -563,6 +563,12 @@ pub async fn write_event(
         .await?;
     }
     settle_redactions(tx, app, &room.rules, &pdu, group, received).await?;
+    if pdu.kind == TimelineEventType::RoomGuestAccess
+        && pdu.state_key.as_deref() == Some("")
+        && placement.current_state_group.is_some()
+    {
+        super::membership::kick_guests_after_commit(app.clone(), room_id.clone());
+    }
     if let Ok(content) = serde_json::from_str::<serde_json::Value>(pdu.content.get())
         && let Some((key, text)) = super::search::indexable(&event_type, &content)
     {

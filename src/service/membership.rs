@@ -60,6 +60,14 @@ impl JoinContent {
         Self(body)
     }
 
+    /// Marks the join as a guest's (`"kind": "guest"`, as Synapse sends it
+    /// over federation): the resident server, which alone knows the room's
+    /// `m.room.guest_access`, refuses it unless guests may join.
+    pub fn as_guest(mut self) -> Self {
+        self.0.insert("kind".into(), "guest".into());
+        self
+    }
+
     /// Adds these keys to a member event's content, over what is there
     /// (the profile; a client may join with a per-room name, as with Synapse).
     pub fn apply_to(&self, content: &mut serde_json::Map<String, Value>) {
@@ -90,14 +98,17 @@ pub async fn join_via(
     if known && (local_members || (servers.is_empty() && !invited_from_afar)) {
         return join(app, user, room_id, extra).await;
     }
-    // A guest may join only where m.room.guest_access says can_join, which this
-    // server can read only in rooms it is in.
-    if users::get(&app.db, user.as_str())
+    // A guest may join only where m.room.guest_access says can_join, which
+    // only a server in the room can read: the join says it is a guest's, and
+    // the resident server checks (as between Synapses).
+    let extra = if users::get(&app.db, user.as_str())
         .await?
         .is_some_and(|u| u.is_guest)
     {
-        return Err(guests_not_allowed());
-    }
+        extra.as_guest()
+    } else {
+        extra
+    };
     let mut candidates: Vec<ruma::OwnedServerName> = servers.to_vec();
     // An invite from (or a knock through) another server: that server is in
     // the room.
@@ -126,6 +137,7 @@ pub async fn join_via(
         super::federation::join::remote_join(app, user, room_id, &candidates, extra).await?;
     crate::storage::federation::delete_remote_membership(&app.db, room_id.as_str(), user.as_str())
         .await?;
+    super::upgrade::carry_over_on_join(app, user, &joined, None, true).await?;
     Ok(joined)
 }
 
@@ -179,7 +191,11 @@ async fn join(
     }
     event::append(&mut tx, app, &mut room, user, event).await?;
     tx.commit().await?;
+    let group = room.state_group;
     event::release(room);
+    if current.as_deref() != Some("join") {
+        super::upgrade::carry_over_on_join(app, user, room_id, group, false).await?;
+    }
     Ok(room_id.to_owned())
 }
 
@@ -195,6 +211,46 @@ async fn guests_can_join(
         serde_json::from_str::<Value>(e.content.get())
             .is_ok_and(|c| c["guest_access"] == "can_join")
     }))
+}
+
+/// When a room stops letting guests join, its local guests leave it (as
+/// Synapse does; the spec's "Guest access" leaves revocation to servers).
+/// Runs after the transaction that wrote the change: taking the room's lock
+/// waits for that transaction to end, and the state is read again under it,
+/// so a change that was rolled back kicks no one.
+pub fn kick_guests_after_commit(app: AppState, room_id: ruma::OwnedRoomId) {
+    tokio::spawn(async move {
+        if let Err(error) = kick_guests(&app, &room_id).await {
+            tracing::warn!(%room_id, %error, "could not remove guests after guest access was revoked");
+        }
+    });
+}
+
+async fn kick_guests(app: &AppState, room_id: &RoomId) -> Result<()> {
+    let mut guests = Vec::new();
+    {
+        let mut tx = app.db.begin().await?;
+        let Some(room) = RoomCtx::lock(&mut tx, room_id).await? else {
+            return Ok(());
+        };
+        if guests_can_join(&mut tx, &room).await? {
+            return Ok(());
+        }
+        for (member, _) in rooms::members(&mut *tx, room_id.as_str(), "join").await? {
+            if let Ok(user) = UserId::parse(member.as_str())
+                && user.server_name() == app.server_name
+                && users::get(&mut *tx, user.as_str())
+                    .await?
+                    .is_some_and(|u| u.is_guest)
+            {
+                guests.push(user);
+            }
+        }
+    }
+    for guest in guests {
+        leave(app, &guest, room_id, None).await?;
+    }
+    Ok(())
 }
 
 fn guests_not_allowed() -> Error {

@@ -11,6 +11,13 @@
 //!    or inviting.
 //! 4. Move the directory listing, local aliases and the canonical alias (and
 //!    `alt_aliases`) to the new room; the old room's canonical alias is cleared.
+//! 5. Each local member's tags and `m.direct` entry for the old room are
+//!    copied to the new one.
+//!
+//! A server that learns of an upgrade by joining the new room over federation
+//! does the same for itself ([`carry_over_on_join`]), as Synapse does: the
+//! old room's directory listing and local aliases move, and the joining
+//! user's tags and `m.direct` entry follow.
 
 use std::collections::HashMap;
 
@@ -325,6 +332,71 @@ pub async fn upgrade(
         )
         .await;
     }
+    // 6. What each local member set for the old room follows them.
+    for member in rooms::joined_users(&app.db, old_room.as_str()).await? {
+        if let Ok(member) = UserId::parse(member.as_str())
+            && member.server_name() == app.server_name
+        {
+            super::account_data::copy_to_upgraded_room(app, &member, old_room, &new_room).await?;
+        }
+    }
     tracing::info!(%old_room, %new_room, %new_version, "room upgraded");
     Ok(new_room)
+}
+
+/// The room `room_id` replaces: its create event's `predecessor.room_id`.
+async fn predecessor(
+    app: &AppState,
+    room_id: &RoomId,
+    group: Option<i64>,
+) -> Result<Option<OwnedRoomId>> {
+    let group = match group {
+        Some(g) => Some(g),
+        None => rooms::get(&app.db, room_id.as_str())
+            .await?
+            .and_then(|r| r.current_state_group),
+    };
+    let Some(group) = group else {
+        return Ok(None);
+    };
+    let key = ("m.room.create".to_owned(), String::new());
+    let found = state::state_events_for_keys(&app.db, group, std::slice::from_ref(&key)).await?;
+    Ok(found.into_iter().next().and_then(|(_, json)| {
+        let create: Value = serde_json::from_str(&json).ok()?;
+        RoomId::parse(create["content"]["predecessor"]["room_id"].as_str()?).ok()
+    }))
+}
+
+/// After a local `user` newly joined `room_id`: when it is an upgraded room
+/// the user's tags and `m.direct` entry for its predecessor follow. When
+/// `server_first` (this server has just joined over federation), the old
+/// room's directory listing and local aliases move to it too. `group` is the
+/// room's state after the join, when the caller has it.
+pub async fn carry_over_on_join(
+    app: &AppState,
+    user: &UserId,
+    room_id: &RoomId,
+    group: Option<i64>,
+    server_first: bool,
+) -> Result<()> {
+    let Some(old_room) = predecessor(app, room_id, group).await? else {
+        return Ok(());
+    };
+    if rooms::get(&app.db, old_room.as_str()).await?.is_none() {
+        return Ok(());
+    }
+    if server_first {
+        if rooms::is_published(&app.db, old_room.as_str()).await? == Some(true) {
+            rooms::set_published(&app.db, room_id.as_str(), true).await?;
+            rooms::set_published(&app.db, old_room.as_str(), false).await?;
+        }
+        for alias in rooms::aliases_of(&app.db, old_room.as_str()).await? {
+            let creator = rooms::alias_creator(&app.db, &alias)
+                .await?
+                .unwrap_or_else(|| user.to_string());
+            rooms::delete_alias(&app.db, &alias).await?;
+            rooms::insert_alias(&app.db, &alias, room_id.as_str(), &creator, now_ms()).await?;
+        }
+    }
+    super::account_data::copy_to_upgraded_room(app, user, &old_room, room_id).await
 }

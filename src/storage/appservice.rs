@@ -99,6 +99,36 @@ pub async fn depth(db: impl PgExecutor<'_>) -> sqlx::Result<Vec<(String, i64)>> 
     Ok(rows.into_iter().map(|r| (r.appservice_id, r.n)).collect())
 }
 
+/// One appservice's queue, for the admin API.
+pub struct QueueState {
+    pub appservice_id: String,
+    /// Events waiting, the open transaction's included.
+    pub queued: i64,
+    /// The transaction sent (or about to be) and not yet acknowledged.
+    pub open_txn_id: Option<i64>,
+    pub open_txn_events: i64,
+}
+
+/// Every appservice's queue that has rows.
+pub async fn queue_states(db: impl PgExecutor<'_>) -> sqlx::Result<Vec<QueueState>> {
+    let rows = sqlx::query!(
+        r#"select appservice_id, count(*) as "queued!", min(txn_id) as open_txn_id,
+                  count(txn_id) as "open_txn_events!"
+           from appservice_outbox group by appservice_id"#
+    )
+    .fetch_all(db)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| QueueState {
+            appservice_id: r.appservice_id,
+            queued: r.queued,
+            open_txn_id: r.open_txn_id,
+            open_txn_events: r.open_txn_events,
+        })
+        .collect())
+}
+
 /// Adds or removes a room from an appservice's directory list.
 pub async fn set_listed(
     db: impl PgExecutor<'_>,

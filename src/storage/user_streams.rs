@@ -99,6 +99,8 @@ pub struct NewReceipt<'a> {
     pub ts: i64,
 }
 
+/// Stores a receipt, unless it would move the user's receipt of this type
+/// (and thread) back to an older event.
 pub async fn set_receipt(
     db: impl PgExecutor<'_>,
     r: &NewReceipt<'_>,
@@ -109,7 +111,13 @@ pub async fn set_receipt(
          values ($1, $2, $3, $4, $5, $6, $7)
          on conflict (room_id, user_id, receipt_type, thread_id)
          do update set event_id = excluded.event_id, ts = excluded.ts,
-                       stream_ordering = excluded.stream_ordering",
+                       stream_ordering = excluded.stream_ordering
+         -- Receipts only move forward (as Synapse's do): one for an event
+         -- older than the receipt's current event is ignored.
+         where coalesce(
+             (select e.stream_ordering from events e where e.event_id = excluded.event_id)
+             > (select e.stream_ordering from events e where e.event_id = receipts.event_id),
+             true)",
         r.room_id,
         r.user_id,
         r.receipt_type,

@@ -38,6 +38,24 @@ pub async fn insert(
     Ok(row.is_some())
 }
 
+/// Makes guest `user_id` a full account with this password; false when it
+/// is not (or no longer) a guest.
+pub async fn upgrade_guest(
+    db: impl PgExecutor<'_>,
+    user_id: &str,
+    password_hash: &str,
+) -> sqlx::Result<bool> {
+    let done = sqlx::query!(
+        "update users set is_guest = false, password_hash = $2
+         where user_id = $1 and is_guest and not deactivated",
+        user_id,
+        password_hash
+    )
+    .execute(db)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
 pub async fn get(db: impl PgExecutor<'_>, user_id: &str) -> sqlx::Result<Option<User>> {
     sqlx::query_as!(
         User,

@@ -40,6 +40,9 @@ struct Seen {
     queries: Mutex<Vec<String>>,
     /// Answer 503 to everything.
     down: AtomicBool,
+    /// Never answer (the transaction is recorded in `held`).
+    hold: AtomicBool,
+    held: Mutex<Vec<Txn>>,
     /// The homeserver's client API, for the alias query to create the alias.
     hs_base: Mutex<Option<String>>,
     /// The room the alias query maps its alias to.
@@ -98,6 +101,10 @@ async fn transaction(
         return (AxStatus::SERVICE_UNAVAILABLE, axum::Json(json!({})));
     }
     let events = body["events"].as_array().cloned().unwrap_or_default();
+    if seen.hold.load(Ordering::SeqCst) {
+        seen.held.lock().unwrap().push(Txn { id: txn, events });
+        return std::future::pending().await;
+    }
     seen.accepted.lock().unwrap().push(Txn { id: txn, events });
     (AxStatus::OK, axum::Json(json!({})))
 }
@@ -428,6 +435,42 @@ async fn an_appservice_down_then_back_gets_everything_in_order_across_a_restart(
     assert!(
         metrics.contains("lattice_appservice_failures_total{appservice=\"irc\"}"),
         "{metrics}"
+    );
+    // The admin API lists the appservice and its stuck queue; others may not.
+    let (status, body) = server
+        .get("/_lattice/admin/v1/appservices", Some(&alice.access_token))
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert_eq!(body["errcode"], "M_FORBIDDEN");
+    lattice::storage::users::set_admin(&server.state.db, &alice.user_id, true)
+        .await
+        .unwrap();
+    let (status, body) = server
+        .get("/_lattice/admin/v1/appservices", Some(&alice.access_token))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["total"], 1, "{body}");
+    let irc = &body["appservices"][0];
+    assert_eq!(irc["id"], "irc");
+    assert_eq!(irc["sender"], format!("@ircbot:{SERVER_NAME}"));
+    assert_eq!(
+        irc["namespaces"]["users"][0],
+        json!({ "regex": format!("@irc_.*:{SERVER_NAME}"), "exclusive": true })
+    );
+    assert!(irc["queue"]["events"].as_i64().unwrap() >= 10, "{body}");
+    assert!(
+        irc["queue"]["failed_transactions"].as_u64().unwrap() >= 1,
+        "{body}"
+    );
+    assert!(
+        irc["queue"]["transaction_in_flight"]["txn_id"].is_string(),
+        "{body}"
+    );
+    // No token of either side is shown.
+    let text = body.to_string();
+    assert!(
+        !text.contains(AS_TOKEN) && !text.contains(HS_TOKEN),
+        "{text}"
     );
     // The homeserver restarts while the appservice is still down.
     let server = server.restart().await;
@@ -945,4 +988,111 @@ async fn ping_room_lists_third_party_and_deactivation() {
     assert_eq!(status, StatusCode::OK, "{body}");
     let (status, _) = server.whoami(&ghost.access_token).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
+}
+
+/// The real binary is killed (SIGKILL) while a transaction is in flight (sent,
+/// not answered): after the restart the same transaction ID comes again with
+/// the same events, then the rest, so the appservice (deduplicating by
+/// transaction ID) has every event once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn lattice_killed_mid_transaction_resends_it_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (seen, reg) = appservice(dir.path()).await;
+    // Every room interests this appservice.
+    let text = std::fs::read_to_string(&reg).unwrap();
+    std::fs::write(
+        &reg,
+        text.replace(
+            "  rooms: []",
+            "  rooms:\n    - exclusive: false\n      regex: \"!.*\"",
+        ),
+    )
+    .unwrap();
+    seen.hold.store(true, Ordering::SeqCst);
+    let config = dir.path().join("lattice.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"server_name = "{SERVER_NAME}"
+data_dir = "{data}"
+log = "warn,lattice::app=info"
+appservices = ["{reg}"]
+[[listeners]]
+bind = "127.0.0.1:0"
+[database]
+url = "{db}"
+[registration]
+open = true
+[auth]
+argon2_memory_kib = 64
+argon2_iterations = 1
+[rate_limits]
+enabled = false
+"#,
+            data = dir.path().join("data").display(),
+            reg = reg.display(),
+            db = crate::harness::fresh_database_url().await,
+        ),
+    )
+    .unwrap();
+    let mut lattice = crate::crash::run(&config).await;
+    let alice = lattice.api.register("alice", "pw").await;
+    let room = lattice.api.create_room(&alice, json!({})).await;
+    let mut sent = Vec::new();
+    for i in 0..5 {
+        let body = format!("before the kill {i}");
+        lattice
+            .api
+            .send_message(&alice, &room, json!({ "msgtype": "m.text", "body": body }))
+            .await;
+        sent.push(body);
+    }
+    eventually("a transaction in flight", || {
+        let seen = seen.clone();
+        async move { !seen.held.lock().unwrap().is_empty() }
+    })
+    .await;
+    lattice.child.start_kill().unwrap();
+    lattice.child.wait().await.unwrap();
+    let in_flight = seen.held.lock().unwrap()[0].clone();
+    assert!(seen.accepted.lock().unwrap().is_empty());
+    seen.hold.store(false, Ordering::SeqCst);
+
+    let lattice = crate::crash::run(&config).await;
+    let (status, body) = lattice.api.login("alice", "pw").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let alice = Login::from_json(&body);
+    for i in 0..5 {
+        let body = format!("after the restart {i}");
+        lattice
+            .api
+            .send_message(&alice, &room, json!({ "msgtype": "m.text", "body": body }))
+            .await;
+        sent.push(body);
+    }
+    eventually("every message at the appservice", || {
+        let seen = seen.clone();
+        let room = room.clone();
+        let n = sent.len();
+        async move { seen.bodies_in(&room).len() >= n }
+    })
+    .await;
+    // The first transaction accepted is the one that was in flight, unchanged.
+    let first = seen.accepted.lock().unwrap()[0].clone();
+    assert_eq!(first.id, in_flight.id);
+    let ids = |t: &Txn| -> Vec<Value> { t.events.iter().map(|e| e["event_id"].clone()).collect() };
+    assert_eq!(ids(&first), ids(&in_flight));
+    assert_eq!(
+        seen.bodies_in(&room),
+        sent,
+        "in order, none lost, none twice"
+    );
+    let all: Vec<Value> = seen
+        .events()
+        .iter()
+        .map(|e| e["event_id"].clone())
+        .collect();
+    let unique: std::collections::HashSet<String> = all.iter().map(Value::to_string).collect();
+    assert_eq!(unique.len(), all.len(), "an event in two transactions");
+    assert!(seen.bad_auth.lock().unwrap().is_empty());
 }

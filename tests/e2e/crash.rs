@@ -8,13 +8,14 @@ use serde_json::{Value, json};
 
 use crate::harness::{ClientApi, Login, enc, fresh_database_url, listening_addr};
 
-struct Running {
-    child: tokio::process::Child,
-    api: ClientApi,
+pub struct Running {
+    pub child: tokio::process::Child,
+    pub api: ClientApi,
     _log: tokio::task::JoinHandle<()>,
 }
 
-async fn run(config: &Path) -> Running {
+/// Starts the real binary with `config`; killed when dropped.
+pub async fn run(config: &Path) -> Running {
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_lattice"))
         .arg("--config")
         .arg(config)

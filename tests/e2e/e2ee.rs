@@ -674,3 +674,51 @@ async fn cross_signing_keys_upload_and_replace_needs_password() {
         "M_INVALID_SIGNATURE"
     );
 }
+
+/// Receipts only move forward (as Synapse's): a receipt for an older event
+/// leaves the newer one in place; another user's receipt is their own.
+#[tokio::test]
+async fn read_receipts_do_not_move_back() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice", "pw").await;
+    let bob = server.register("bob", "pw").await;
+    let r = room(&server, &alice, json!({ "preset": "public_chat" })).await;
+    join(&server, &bob, &r).await;
+    let first = server
+        .send_message(&alice, &r, json!({ "msgtype": "m.text", "body": "one" }))
+        .await;
+    let second = server
+        .send_message(&alice, &r, json!({ "msgtype": "m.text", "body": "two" }))
+        .await;
+    let receipt = |who: &Login, event: &str| {
+        let path = format!("{V3}/rooms/{r}/receipt/m.read/{event}");
+        let token = who.access_token.clone();
+        let server = &server;
+        async move {
+            let (status, body) = server.post(&path, Some(&token), json!({})).await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+        }
+    };
+    receipt(&alice, &second).await;
+    receipt(&alice, &first).await;
+    receipt(&bob, &first).await;
+    let s = sync(&server, &alice, None, 0).await;
+    let eph = s["rooms"]["join"][&r]["ephemeral"]["events"]
+        .as_array()
+        .unwrap()
+        .clone();
+    let receipts = eph.iter().find(|e| e["type"] == "m.receipt").unwrap();
+    let content = &receipts["content"];
+    assert!(
+        content[&second]["m.read"].get(&alice.user_id).is_some(),
+        "{content}"
+    );
+    assert!(
+        content[&first]["m.read"].get(&alice.user_id).is_none(),
+        "{content}"
+    );
+    assert!(
+        content[&first]["m.read"].get(&bob.user_id).is_some(),
+        "{content}"
+    );
+}

@@ -754,3 +754,116 @@ async fn received_pdus_go_through_the_receipt_checks() {
     b.stop().await;
     c.stop().await;
 }
+
+/// A server that learns of a room upgrade by joining the new room moves its
+/// own aliases and directory listing of the old room to it (as Synapse does),
+/// and no other room's.
+#[tokio::test]
+async fn joining_an_upgraded_room_moves_this_servers_aliases_and_listing() {
+    let a = TestServer::start_federating().await;
+    let b = TestServer::start_federating().await;
+    let alice = a.register("alice", "password-a").await;
+    let bob = b.register("bob", "password-b").await;
+    let v3 = "/_matrix/client/v3";
+    let old = a
+        .create_room(
+            &alice,
+            json!({"preset": "public_chat", "room_version": "10"}),
+        )
+        .await;
+    let other = a
+        .create_room(&alice, json!({"preset": "public_chat"}))
+        .await;
+    for room in [&old, &other] {
+        let (status, body) = b
+            .post(
+                &format!("{v3}/join/{}?server_name={}", enc(room), a.name()),
+                Some(&bob.access_token),
+                json!({}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    // Bob may publish the room in his server's directory.
+    let (_, mut levels) = a
+        .get(
+            &format!("{v3}/rooms/{}/state/m.room.power_levels/", enc(&old)),
+            Some(&alice.access_token),
+        )
+        .await;
+    levels["users"][&bob.user_id] = json!(100);
+    let (status, _) = a
+        .put(
+            &format!("{v3}/rooms/{}/state/m.room.power_levels/", enc(&old)),
+            Some(&alice.access_token),
+            levels,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    eventually("bob's power on B", || async {
+        let (_, l) = b
+            .get(
+                &format!("{v3}/rooms/{}/state/m.room.power_levels/", enc(&old)),
+                Some(&bob.access_token),
+            )
+            .await;
+        l["users"][&bob.user_id] == 100
+    })
+    .await;
+    let old_alias = format!("#old:{}", b.name());
+    let other_alias = format!("#other:{}", b.name());
+    for (alias, room) in [(&old_alias, &old), (&other_alias, &other)] {
+        let (status, body) = b
+            .put(
+                &format!("{v3}/directory/room/{}", enc(alias)),
+                Some(&bob.access_token),
+                json!({ "room_id": room }),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    let (status, body) = b
+        .put(
+            &format!("{v3}/directory/list/room/{}", enc(&old)),
+            Some(&bob.access_token),
+            json!({ "visibility": "public" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    let (status, body) = a
+        .post(
+            &format!("{v3}/rooms/{}/upgrade", enc(&old)),
+            Some(&alice.access_token),
+            json!({ "new_version": "11" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let new = body["replacement_room"].as_str().unwrap().to_owned();
+    let (status, body) = b
+        .post(
+            &format!("{v3}/join/{}?server_name={}", enc(&new), a.name()),
+            Some(&bob.access_token),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    let (_, resolved) = b
+        .get(&format!("{v3}/directory/room/{}", enc(&old_alias)), None)
+        .await;
+    assert_eq!(resolved["room_id"], new.as_str(), "{resolved}");
+    let (_, resolved) = b
+        .get(&format!("{v3}/directory/room/{}", enc(&other_alias)), None)
+        .await;
+    assert_eq!(resolved["room_id"], other.as_str(), "{resolved}");
+    let (_, public) = b.get(&format!("{v3}/publicRooms"), None).await;
+    let listed: Vec<&str> = public["chunk"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["room_id"].as_str())
+        .collect();
+    assert!(listed.contains(&new.as_str()), "{public}");
+    assert!(!listed.contains(&old.as_str()), "{public}");
+}

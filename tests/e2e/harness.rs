@@ -317,6 +317,21 @@ impl TestServer {
         server
     }
 
+    /// [`restart`](Self::restart) through a reference, for a server kept in
+    /// a struct.
+    pub async fn restart_in_place(&mut self) {
+        let config = Config::clone(&self.state.config);
+        let data = self._data.take();
+        if let Some(server) = self.server.take() {
+            server.stop().await;
+        }
+        if let Some(db) = self.db.take() {
+            db.close().await;
+        }
+        *self = Self::start_config(config).await;
+        self._data = data;
+    }
+
     pub async fn stop(mut self) {
         if let Some(server) = self.server.take() {
             server.stop().await;

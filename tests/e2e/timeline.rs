@@ -652,3 +652,92 @@ async fn upgrade_before_v12_names_the_tombstone_and_keeps_guests_out() {
         .await;
     assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
 }
+
+#[tokio::test]
+async fn upgrade_carries_members_tags_and_direct_entries_and_refuses_unknown_versions() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice", "pw").await;
+    let bob = server.register("bob", "pw").await;
+    let carol = server.register("carol", "pw").await;
+    let old = room(
+        &server,
+        &alice,
+        json!({ "room_version": "10", "invite": [bob.user_id] }),
+    )
+    .await;
+    server.join(&bob, &old).await;
+    for (who, tag) in [(&alice, "u.work"), (&bob, "m.favourite"), (&carol, "u.spy")] {
+        // Carol is not in the room: a tag she set on its ID is hers alone.
+        let (status, body) = server
+            .put(
+                &format!("{V3}/user/{}/rooms/{old}/tags/{tag}", who.user_id),
+                Some(&who.access_token),
+                json!({ "order": 0.5 }),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    let (status, _) = server
+        .put(
+            &format!("{V3}/user/{}/account_data/m.direct", alice.user_id),
+            Some(&alice.access_token),
+            json!({ bob.user_id.clone(): [old], "@other:elsewhere": ["!x:elsewhere"] }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+
+    // A version that is not even an identifier, and one that is unknown.
+    let t = Some(alice.access_token.as_str());
+    for bad in ["my_bad_version", "999"] {
+        let (status, body) = server
+            .post(
+                &format!("{V3}/rooms/{old}/upgrade"),
+                t,
+                json!({ "new_version": bad }),
+            )
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        assert_eq!(body["errcode"], "M_UNSUPPORTED_ROOM_VERSION", "{body}");
+    }
+    // A body without one is still malformed.
+    let (status, body) = server
+        .post(
+            &format!("{V3}/rooms/{old}/upgrade"),
+            t,
+            json!({ "new_version": 11 }),
+        )
+        .await;
+    assert_eq!(body["errcode"], "M_BAD_JSON", "{status} {body}");
+
+    let (status, body) = server
+        .post(
+            &format!("{V3}/rooms/{old}/upgrade"),
+            t,
+            json!({ "new_version": "11" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let new = body["replacement_room"].as_str().unwrap().to_owned();
+
+    let tags = |who: &Login, room: &str| {
+        let path = format!("{V3}/user/{}/rooms/{room}/tags", who.user_id);
+        let token = who.access_token.clone();
+        let server = &server;
+        async move { server.get(&path, Some(&token)).await.1["tags"].clone() }
+    };
+    assert!(tags(&alice, &new).await.get("u.work").is_some());
+    assert!(tags(&bob, &new).await.get("m.favourite").is_some());
+    assert_eq!(tags(&carol, &new).await, json!({}));
+    let (_, direct) = server
+        .get(
+            &format!("{V3}/user/{}/account_data/m.direct", alice.user_id),
+            t,
+        )
+        .await;
+    assert_eq!(direct[&bob.user_id], json!([old, new]), "{direct}");
+    assert_eq!(
+        direct["@other:elsewhere"],
+        json!(["!x:elsewhere"]),
+        "{direct}"
+    );
+}

@@ -15,7 +15,7 @@ use crate::{
     api::{
         auth::{AsToken, ClientIp},
         rate_limited,
-        ruma::{RouterExt, Ruma, RumaResponse},
+        ruma::{RouterExt, Ruma, RumaResponse, RumaWithObject},
     },
     app::AppState,
     error::{Error, ErrorKind, Result},
@@ -34,7 +34,7 @@ async fn register(
     State(state): State<AppState>,
     ClientIp(ip): ClientIp,
     AsToken(appservice): AsToken,
-    Ruma(req): Ruma<register::v3::Request>,
+    RumaWithObject(req, body): RumaWithObject<register::v3::Request>,
 ) -> Result<Json<Value>> {
     if req.login_type == Some(register::LoginType::ApplicationService) {
         // Application services register without UIA, with their own token.
@@ -79,6 +79,12 @@ async fn register(
             guest: req.kind == register::RegistrationKind::Guest,
             auth: req.auth,
             ip,
+            // Not in ruma's request type; Synapse and the spec's guest
+            // access module take it.
+            guest_access_token: body
+                .get("guest_access_token")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
         },
     )
     .await?;

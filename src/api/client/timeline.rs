@@ -26,11 +26,11 @@ use serde_json::{Value, json};
 use crate::{
     api::{
         auth::{AuthUser, GuestOk},
-        ruma::{RouterExt, Ruma},
+        ruma::{RouterExt, Ruma, RumaOrObject},
     },
     app::AppState,
     domain::filter::EventFilter,
-    error::Result,
+    error::{Error, ErrorKind, Result},
     service::{reports, space, timeline, upgrade as upgrades},
 };
 
@@ -216,8 +216,18 @@ async fn report_user(
 async fn upgrade(
     State(app): State<AppState>,
     AuthUser(user): AuthUser,
-    Ruma(req): Ruma<upgrade_room::v3::Request>,
+    RumaOrObject(req, body): RumaOrObject<upgrade_room::v3::Request>,
 ) -> Result<Json<Value>> {
+    // A version string that is not even a room version identifier
+    // (`my_bad_version`) is a version this server does not support, as
+    // Synapse answers, not a malformed body.
+    let req = req.map_err(|e| match body.get("new_version").and_then(Value::as_str) {
+        Some(v) if ruma::RoomVersionId::try_from(v).is_err() => Error::new(
+            ErrorKind::UnsupportedRoomVersion,
+            format!("Room version {v:?} is not supported"),
+        ),
+        _ => e,
+    })?;
     let additional = req
         .additional_creators
         .iter()

@@ -641,3 +641,43 @@ pub async fn ping(
         )),
     }
 }
+
+/// The admin API's view of the appservices: each registration (tokens left
+/// out) with its queue — events waiting, the transaction in flight — and the
+/// events delivered and transactions failed since start.
+pub async fn admin_list(app: &AppState) -> Result<Value> {
+    let queues = storage::appservice::queue_states(&app.db).await?;
+    let namespaces = |list: &[appservice::Namespace]| -> Vec<Value> {
+        list.iter()
+            .map(|n| serde_json::json!({ "regex": n.source(), "exclusive": n.exclusive }))
+            .collect()
+    };
+    let mut out = Vec::new();
+    for reg in &app.appservices.list {
+        let queue = queues.iter().find(|q| q.appservice_id == reg.id);
+        let (sent, failures) = app.metrics.appservice_counts(&reg.id);
+        out.push(serde_json::json!({
+            "id": reg.id,
+            "url": reg.url.as_ref().map(|u| u.as_str()),
+            "sender": reg.sender,
+            "rate_limited": reg.rate_limited,
+            "receive_ephemeral": reg.receive_ephemeral,
+            "protocols": reg.protocols,
+            "namespaces": {
+                "users": namespaces(&reg.users),
+                "aliases": namespaces(&reg.aliases),
+                "rooms": namespaces(&reg.rooms),
+            },
+            "queue": {
+                "events": queue.map_or(0, |q| q.queued),
+                "transaction_in_flight": queue.and_then(|q| q.open_txn_id).map(|id| serde_json::json!({
+                    "txn_id": id.to_string(),
+                    "events": queue.map_or(0, |q| q.open_txn_events),
+                })),
+                "events_delivered": sent,
+                "failed_transactions": failures,
+            },
+        }));
+    }
+    Ok(serde_json::json!({ "appservices": out, "total": out.len() }))
+}

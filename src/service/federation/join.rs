@@ -488,6 +488,15 @@ async fn accept_membership(
             "Not a {membership} event of the requesting server for this ID"
         )));
     }
+    // Guests are a local concept, so the joining server marks a guest's join
+    // (`"kind": "guest"`) and the room's servers hold it to the room's
+    // `m.room.guest_access`, as Synapse does.
+    if membership == "join" && content["kind"] == "guest" && !guests_may_join(app, room_id).await? {
+        return Err(Error::new(
+            ErrorKind::GuestAccessForbidden,
+            "Guests may not join this room",
+        ));
+    }
     let sender = checked.pdu.sender.clone();
     match ingest::receive_checked_pub(app, origin, &rules, room_id, checked).await {
         Ok(Outcome::Accepted | Outcome::AlreadyKnown) => {}
@@ -509,6 +518,24 @@ async fn accept_membership(
         app.federation_wake.notify_one();
     }
     Ok((rules, sender))
+}
+
+/// Whether the room's current `m.room.guest_access` is `can_join`.
+async fn guests_may_join(app: &AppState, room_id: &RoomId) -> Result<bool> {
+    let Some(group) = rooms::get(&app.db, room_id.as_str())
+        .await?
+        .and_then(|r| r.current_state_group)
+    else {
+        return Ok(false);
+    };
+    let key = ("m.room.guest_access".to_owned(), String::new());
+    let found =
+        crate::storage::state::state_events_for_keys(&app.db, group, std::slice::from_ref(&key))
+            .await?;
+    Ok(found.into_iter().next().is_some_and(|(_, json)| {
+        serde_json::from_str::<Value>(&json)
+            .is_ok_and(|e| e["content"]["guest_access"] == "can_join")
+    }))
 }
 
 /// The state before an event (resolved over its prev events) and the auth chain
