@@ -73,6 +73,11 @@ pub struct AppState {
     pub appservices: Arc<crate::domain::appservice::Registry>,
     /// One HTTP client per appservice (by ID), and their protocol metadata.
     pub appservice_http: Arc<crate::service::appservice::Clients>,
+    /// Outgoing mail, when `[email]` is set up.
+    pub mailer: Option<Arc<crate::service::mail::Mailer>>,
+    /// Validation mails, per address and per IP.
+    pub email_address_limiter: Arc<RateLimiter>,
+    pub email_ip_limiter: Arc<RateLimiter>,
 }
 
 impl AppState {
@@ -87,8 +92,12 @@ impl AppState {
             &config,
             &appservices,
         )?);
+        let mailer = crate::service::mail::Mailer::from_config(&config)?.map(Arc::new);
         let limits = &config.rate_limits;
         Ok(Self {
+            mailer,
+            email_address_limiter: Arc::new(RateLimiter::new(limits.enabled, limits.email_address)),
+            email_ip_limiter: Arc::new(RateLimiter::new(limits.enabled, limits.email_ip)),
             server_name: config.server_name(),
             client_limiter: Arc::new(RateLimiter::new(limits.enabled, limits.client)),
             login_limiter: Arc::new(RateLimiter::new(limits.enabled, limits.login)),
@@ -275,6 +284,12 @@ async fn purge_worker(state: AppState, shutdown: CancellationToken) {
             _ = tick.tick() => {
                 if let Err(e) = uia::purge_expired(&state).await {
                     tracing::warn!(error = %e, "purging expired UIA sessions failed");
+                }
+                if let Err(e) = crate::service::session::purge_expired_login_tokens(&state).await {
+                    tracing::warn!(error = %e, "purging expired login tokens failed");
+                }
+                if let Err(e) = crate::service::threepid::purge_expired(&state).await {
+                    tracing::warn!(error = %e, "purging email validation sessions failed");
                 }
                 if let Err(e) = crate::service::openid::purge_expired(&state).await {
                     tracing::warn!(error = %e, "purging expired OpenID tokens failed");

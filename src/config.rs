@@ -55,6 +55,7 @@ pub struct Config {
     pub federation: Federation,
     pub support: Support,
     pub turn: Turn,
+    pub email: Email,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -138,6 +139,10 @@ pub struct Registration {
     pub shared_secret: Option<String>,
     /// Allow `kind=guest` registration.
     pub guests: bool,
+    /// Every registration must validate an email address
+    /// (`m.login.email.identity`); needs `[email]`. Without it, an email
+    /// address is optional where registration is offered.
+    pub require_email: bool,
 }
 
 impl fmt::Debug for Registration {
@@ -150,6 +155,7 @@ impl fmt::Debug for Registration {
                 &self.shared_secret.as_ref().map(|_| "<redacted>"),
             )
             .field("guests", &self.guests)
+            .field("require_email", &self.require_email)
             .finish()
     }
 }
@@ -165,6 +171,12 @@ pub struct Auth {
     pub argon2_iterations: u32,
     /// Lifetime of a user-interactive authentication session.
     pub uia_session_lifetime_secs: u64,
+    /// `POST /login/get_token` (MSC3882): a logged-in user, after entering
+    /// the password again, gets a single-use `m.login.token` for another
+    /// device (QR login). Off by default, as on Synapse.
+    pub login_via_existing_session: bool,
+    /// How long such a token is valid.
+    pub login_token_lifetime_secs: u64,
 }
 
 impl Default for Auth {
@@ -174,6 +186,8 @@ impl Default for Auth {
             argon2_memory_kib: 19456,
             argon2_iterations: 2,
             uia_session_lifetime_secs: 900,
+            login_via_existing_session: false,
+            login_token_lifetime_secs: 120,
         }
     }
 }
@@ -193,6 +207,11 @@ pub struct RateLimits {
     /// keyed by user and, separately, by IP. A correct password gives its token
     /// back, so only failed guesses drain the bucket.
     pub password: Bucket,
+    /// Mails asking to validate an address (every `requestToken`), keyed by
+    /// the address.
+    pub email_address: Bucket,
+    /// The same, keyed by the client's IP.
+    pub email_ip: Bucket,
 }
 
 #[derive(Clone, Copy, Debug, Deserialize, Serialize)]
@@ -218,6 +237,15 @@ impl Default for RateLimits {
             password: Bucket {
                 per_second: 0.17,
                 burst: 3,
+            },
+            // Synapse's `rc_3pid_validation`: a few mails, then one per ~5 min.
+            email_address: Bucket {
+                per_second: 0.003,
+                burst: 5,
+            },
+            email_ip: Bucket {
+                per_second: 0.01,
+                burst: 10,
             },
         }
     }
@@ -318,6 +346,125 @@ impl fmt::Debug for Turn {
             .field("user_lifetime_secs", &self.user_lifetime_secs)
             .field("allow_guests", &self.allow_guests)
             .finish()
+    }
+}
+
+/// Outgoing email (SMTP): validation mails for registration, password reset
+/// and adding an address to an account. Off while `smtp_host` is empty.
+#[derive(Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Email {
+    /// The SMTP server (a relay or submission server). Empty: no email.
+    pub smtp_host: String,
+    /// 587 for STARTTLS submission, 465 for implicit TLS.
+    pub smtp_port: u16,
+    /// `starttls` (upgrade required, never sent in clear), `tls` (implicit
+    /// TLS from the first byte) or `off` (plain: only for a relay on loopback).
+    pub tls: SmtpTls,
+    /// Credentials for SMTP AUTH; unset: no authentication.
+    pub smtp_user: Option<String>,
+    pub smtp_pass: Option<String>,
+    /// The From header, `Name <address>` or a bare address.
+    pub from: String,
+    /// Named in the mails (Synapse's `app_name`).
+    pub app_name: String,
+    /// How long a mailed token (and its link) stays valid.
+    pub token_lifetime_secs: u64,
+    /// How long a validated address may still be used (to register, reset the
+    /// password or add it to an account) after its session started.
+    pub session_lifetime_secs: u64,
+    /// Time limit for one conversation with the SMTP server.
+    pub timeout_secs: u64,
+    /// A directory with `registration.txt`, `password_reset.txt` and
+    /// `add_threepid.txt` replacing the built-in mails (first line `Subject:
+    /// …`, a blank line, then the body). Unset: the built-in ones.
+    pub template_dir: Option<PathBuf>,
+    /// Answer requestToken for an address that is taken (registration,
+    /// adding) or unknown (password reset) as if it were not, sending no mail.
+    /// Off: `M_THREEPID_IN_USE` / `M_THREEPID_NOT_FOUND`, as Synapse answers
+    /// by default.
+    pub inhibit_3pid_errors: bool,
+    /// Hosts a requestToken's `next_link` may point to (where the user lands
+    /// after validating). Empty: any http(s) URL.
+    pub next_link_domain_allowlist: Vec<String>,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SmtpTls {
+    Starttls,
+    Tls,
+    Off,
+}
+
+impl Default for Email {
+    fn default() -> Self {
+        Self {
+            smtp_host: String::new(),
+            smtp_port: 587,
+            tls: SmtpTls::Starttls,
+            smtp_user: None,
+            smtp_pass: None,
+            from: String::new(),
+            app_name: "Matrix".into(),
+            token_lifetime_secs: 3600,
+            session_lifetime_secs: 86400,
+            timeout_secs: 30,
+            template_dir: None,
+            inhibit_3pid_errors: false,
+            next_link_domain_allowlist: Vec::new(),
+        }
+    }
+}
+
+impl fmt::Debug for Email {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Email")
+            .field("smtp_host", &self.smtp_host)
+            .field("smtp_port", &self.smtp_port)
+            .field("tls", &self.tls)
+            .field("smtp_user", &self.smtp_user)
+            .field("smtp_pass", &self.smtp_pass.as_ref().map(|_| "<redacted>"))
+            .field("from", &self.from)
+            .field("app_name", &self.app_name)
+            .field("token_lifetime_secs", &self.token_lifetime_secs)
+            .field("session_lifetime_secs", &self.session_lifetime_secs)
+            .field("timeout_secs", &self.timeout_secs)
+            .field("template_dir", &self.template_dir)
+            .field("inhibit_3pid_errors", &self.inhibit_3pid_errors)
+            .field(
+                "next_link_domain_allowlist",
+                &self.next_link_domain_allowlist,
+            )
+            .finish()
+    }
+}
+
+impl Email {
+    /// Whether mail can be sent (and so the email features are offered).
+    pub fn enabled(&self) -> bool {
+        !self.smtp_host.is_empty()
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        if !self.enabled() {
+            return Ok(());
+        }
+        if self.from.is_empty() {
+            bail!("`email.from` is needed when `email.smtp_host` is set");
+        }
+        if self.smtp_user.is_some() != self.smtp_pass.is_some() {
+            bail!("`email.smtp_user` and `email.smtp_pass` go together");
+        }
+        if self.token_lifetime_secs == 0
+            || self.session_lifetime_secs == 0
+            || self.timeout_secs == 0
+        {
+            bail!(
+                "`email.token_lifetime_secs`, `session_lifetime_secs` and `timeout_secs` must be >= 1"
+            );
+        }
+        Ok(())
     }
 }
 
@@ -528,6 +675,7 @@ impl Default for Config {
             federation: Federation::default(),
             support: Support::default(),
             turn: Turn::default(),
+            email: Email::default(),
         }
     }
 }
@@ -601,6 +749,8 @@ impl Config {
             ("rate_limits.client", &self.rate_limits.client),
             ("rate_limits.login", &self.rate_limits.login),
             ("rate_limits.password", &self.rate_limits.password),
+            ("rate_limits.email_address", &self.rate_limits.email_address),
+            ("rate_limits.email_ip", &self.rate_limits.email_ip),
         ] {
             if bucket.per_second.is_nan() || bucket.per_second <= 0.0 || bucket.burst == 0 {
                 bail!("`{key}` needs per_second > 0 and burst >= 1");
@@ -640,11 +790,18 @@ impl Config {
                 bail!("`support.contacts`: each contact needs a `role`");
             }
         }
+        self.email.validate()?;
+        if self.registration.require_email && !self.email.enabled() {
+            bail!("`registration.require_email` needs `email.smtp_host` and `email.from`");
+        }
         if self.limits.header_read_timeout_secs == 0 {
             bail!("`limits.header_read_timeout_secs` must be at least 1");
         }
         if self.limits.max_request_body_bytes < 1024 {
             bail!("`limits.max_request_body_bytes` must be at least 1024");
+        }
+        if self.auth.login_token_lifetime_secs == 0 {
+            bail!("`auth.login_token_lifetime_secs` must be at least 1");
         }
         if self.auth.argon2_memory_kib < 8 || self.auth.argon2_iterations == 0 {
             bail!("`auth.argon2_memory_kib` must be >= 8 and `auth.argon2_iterations` >= 1");

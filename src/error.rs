@@ -78,6 +78,14 @@ pub enum ErrorKind {
         errcode: String,
     },
     Unknown,
+    /// `400 M_THREEPID_IN_USE`: the address belongs to an account already.
+    ThreepidInUse,
+    /// `400 M_THREEPID_NOT_FOUND`: no account has the address.
+    ThreepidNotFound,
+    /// `400 M_THREEPID_AUTH_FAILED`: no validated session for the address.
+    ThreepidAuthFailed,
+    /// `403 M_THREEPID_DENIED`: the server does not take such addresses.
+    ThreepidDenied,
 }
 
 impl ErrorKind {
@@ -113,15 +121,20 @@ impl ErrorKind {
             Self::CannotOverwriteMedia => "M_CANNOT_OVERWRITE_MEDIA",
             Self::NotYetUploaded => "M_NOT_YET_UPLOADED",
             Self::Conflict => "M_UNKNOWN",
+            Self::ThreepidInUse => "M_THREEPID_IN_USE",
+            Self::ThreepidNotFound => "M_THREEPID_NOT_FOUND",
+            Self::ThreepidAuthFailed => "M_THREEPID_AUTH_FAILED",
+            Self::ThreepidDenied => "M_THREEPID_DENIED",
             Self::BadRequest | Self::Unknown | Self::BadGateway => "M_UNKNOWN",
         }
     }
 
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::Forbidden | Self::UserDeactivated | Self::GuestAccessForbidden => {
-                StatusCode::FORBIDDEN
-            }
+            Self::Forbidden
+            | Self::UserDeactivated
+            | Self::GuestAccessForbidden
+            | Self::ThreepidDenied => StatusCode::FORBIDDEN,
             Self::UnknownToken { .. } | Self::MissingToken | Self::Unauthorized => {
                 StatusCode::UNAUTHORIZED
             }
@@ -150,7 +163,10 @@ impl ErrorKind {
             | Self::BadAlias
             | Self::UnknownPos
             | Self::IncompatibleRoomVersion { .. }
-            | Self::BadRequest => StatusCode::BAD_REQUEST,
+            | Self::BadRequest
+            | Self::ThreepidInUse
+            | Self::ThreepidNotFound
+            | Self::ThreepidAuthFailed => StatusCode::BAD_REQUEST,
         }
     }
 }

@@ -33,6 +33,27 @@ pub struct GuestOk(pub Session);
 /// An authenticated server administrator.
 pub struct AdminUser(pub Session);
 
+/// A user when the request carries an access token (which must then be valid),
+/// `None` when it carries none: for `POST /account/password`, which resets a
+/// forgotten password without one.
+pub struct MaybeAuthUser(pub Option<Session>);
+
+impl<S> FromRequestParts<S> for MaybeAuthUser
+where
+    S: Send + Sync,
+    AppState: FromRef<S>,
+{
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        if access_token(parts).is_none() {
+            return Ok(Self(None));
+        }
+        let AuthUser(session) = AuthUser::from_request_parts(parts, state).await?;
+        Ok(Self(Some(session)))
+    }
+}
+
 impl<S> FromRequestParts<S> for AuthUser
 where
     S: Send + Sync,

@@ -12,5 +12,6 @@ pub mod redaction;
 pub mod room_version;
 pub mod state_res;
 pub mod state_res_v1;
+pub mod threepid;
 pub mod token;
 pub mod xmatrix;

@@ -5,14 +5,15 @@ use ruma::{OwnedDeviceId, OwnedUserId, RoomId, UserId, api::client::uiaa::AuthDa
 
 use super::{
     session::{self, Issued, Session},
-    uia,
+    threepid, uia,
 };
 use crate::{
     app::AppState,
     domain::localpart,
     error::{Error, ErrorKind, Result},
     storage::{
-        devices, e2e_keys, now_ms, profiles, pushers, rooms, uia as uia_store, user_streams, users,
+        devices, e2e_keys, now_ms, profiles, pushers, rooms, threepids, uia as uia_store,
+        user_streams, users,
     },
 };
 
@@ -38,13 +39,27 @@ pub struct Registered {
 }
 
 /// The UIA flows registration offers under the current configuration.
+/// With email set up, a flow with `m.login.email.identity` is offered beside
+/// each (as Synapse does), or instead of each with `require_email`.
 pub fn registration_flows(state: &AppState) -> Vec<Vec<&'static str>> {
+    let email = state.mailer.is_some();
+    let require_email = email && state.config.registration.require_email;
     let mut flows = Vec::new();
     if state.config.registration.open {
-        flows.push(vec![uia::DUMMY]);
+        if !require_email {
+            flows.push(vec![uia::DUMMY]);
+        }
+        if email {
+            flows.push(vec![uia::EMAIL_IDENTITY]);
+        }
     }
     if state.config.registration.tokens {
-        flows.push(vec![uia::REGISTRATION_TOKEN]);
+        if !require_email {
+            flows.push(vec![uia::REGISTRATION_TOKEN]);
+        }
+        if email {
+            flows.push(vec![uia::REGISTRATION_TOKEN, uia::EMAIL_IDENTITY]);
+        }
     }
     flows
 }
@@ -192,6 +207,11 @@ pub async fn register(state: &AppState, reg: Registration) -> Result<Registered>
         None => insert_numeric_user(&mut tx, state, Some(&hash), false, now).await?,
     };
     uia_store::set_registered(&mut *tx, &completed.session_id, user_id.as_str()).await?;
+    if let Some(sid) = &completed.threepid_sid {
+        // The validated address goes with the account, or neither is made.
+        let (address, validated_ts) = threepid::spend(&mut tx, sid).await?;
+        threepid::bind(&mut tx, &user_id, &address, validated_ts).await?;
+    }
     if upgrading_guest.is_none() {
         set_default_profile(&mut tx, &user_id).await?;
     }
@@ -404,6 +424,84 @@ pub async fn change_password(
     Ok(())
 }
 
+/// `POST /account/password` without an access token: a password reset,
+/// authorised by an email address validated for it (the
+/// `m.login.email.identity` stage after `/account/password/email/requestToken`).
+/// The account that has the address gets the new password; with
+/// `logout_devices` (the default) all its devices are logged out, as on Synapse.
+pub async fn reset_password(
+    state: &AppState,
+    new_password: Option<String>,
+    logout_devices: bool,
+    auth: Option<&AuthData>,
+    ip: Option<&str>,
+) -> Result<()> {
+    if state.mailer.is_none() {
+        return Err(Error::new(ErrorKind::MissingToken, "Missing access token"));
+    }
+    let requirement = uia::Requirement {
+        kind: "reset_password",
+        flows: vec![vec![uia::EMAIL_IDENTITY]],
+        user: None,
+        ip,
+        operation: None,
+    };
+    let completed = uia::authenticate(state, &requirement, auth).await?;
+    let Some(new_password) = new_password else {
+        return Err(Error::new(
+            ErrorKind::MissingParam,
+            "Missing params: new_password",
+        ));
+    };
+    if new_password.is_empty() {
+        return Err(Error::new(
+            ErrorKind::WeakPassword,
+            "The new password may not be empty",
+        ));
+    }
+    let Some(sid) = completed.threepid_sid.clone() else {
+        return Err(Error::new(
+            ErrorKind::ThreepidAuthFailed,
+            "No validated email session",
+        ));
+    };
+    let hash = session::hash_password(state, new_password).await?;
+    let mut tx = state.db.begin().await?;
+    uia::consume(&mut tx, &completed).await?;
+    let (address, _) = threepid::spend(&mut tx, &sid).await?;
+    let user = match threepids::owner(&mut *tx, crate::domain::threepid::EMAIL, &address).await? {
+        Some(user) => users::get(&mut *tx, &user)
+            .await?
+            .filter(|u| !u.deactivated),
+        None => None,
+    };
+    let Some(user) = user else {
+        return Err(Error::new(
+            ErrorKind::ThreepidNotFound,
+            "Email address not found",
+        ));
+    };
+    users::set_password_hash(&mut *tx, &user.user_id, Some(&hash)).await?;
+    let guard = if logout_devices {
+        let gone = devices::delete_all_except(&mut *tx, &user.user_id, None).await?;
+        Some(
+            super::stream::device_list_changed(
+                &mut tx,
+                state,
+                &user.user_id,
+                super::stream::DeviceChange::Devices(&gone),
+            )
+            .await?,
+        )
+    } else {
+        None
+    };
+    tx.commit().await?;
+    drop(guard);
+    tracing::info!(user_id = %user.user_id, logout_devices, "password reset by email");
+    Ok(())
+}
+
 /// `POST /account/deactivate` (behind UIA): see [`deactivate_user`].
 pub async fn deactivate(
     state: &AppState,
@@ -450,6 +548,8 @@ pub async fn deactivate_user(
     pushers::delete_all(&mut *tx, user).await?;
     user_streams::delete_all_account_data(&mut *tx, user).await?;
     e2e_keys::delete_all_backups(&mut *tx, user).await?;
+    // As Synapse does: a deactivated account's addresses are free again.
+    threepids::delete_all(&mut *tx, user).await?;
     if erase {
         profiles::set_displayname(&mut *tx, user, None).await?;
         profiles::set_avatar_url(&mut *tx, user, None).await?;

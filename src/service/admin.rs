@@ -70,7 +70,20 @@ pub async fn user(app: &AppState, user_id: &str) -> Result<Value> {
         .find(|r| r.user_id == user.as_str())
         .ok_or_else(|| Error::not_found("User not found"))?;
     let mut body = user_json(row);
-    body["threepids"] = json!([]);
+    // Synapse's shape: medium, address, added_at, validated_at.
+    let threepids: Vec<Value> = crate::storage::threepids::list(&app.db, user.as_str())
+        .await?
+        .into_iter()
+        .map(|t| {
+            json!({
+                "medium": t.medium,
+                "address": t.address,
+                "added_at": t.added_ts,
+                "validated_at": t.validated_ts,
+            })
+        })
+        .collect();
+    body["threepids"] = json!(threepids);
     body["external_ids"] = json!([]);
     Ok(body)
 }

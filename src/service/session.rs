@@ -377,3 +377,83 @@ pub async fn logout_other_devices(
     devices::delete_all_except(db, user_id.as_str(), keep).await?;
     Ok(())
 }
+
+/// `POST /login/get_token` (MSC3882, behind UIA with the password): a
+/// single-use token for `m.login.token`, valid `auth.login_token_lifetime_secs`.
+/// `None` when the feature is off.
+pub async fn issue_login_token(
+    state: &AppState,
+    session: &Session,
+    auth: Option<&ruma::api::client::uiaa::AuthData>,
+    ip: Option<&str>,
+) -> Result<(String, Duration)> {
+    let requirement = super::uia::Requirement {
+        kind: "get_login_token",
+        flows: vec![vec![super::uia::PASSWORD]],
+        user: Some(&session.user_id),
+        ip,
+        operation: None,
+    };
+    let completed = super::uia::authenticate(state, &requirement, auth).await?;
+    let lifetime = Duration::from_secs(state.config.auth.login_token_lifetime_secs);
+    let login_token = token::random_string(43);
+    let now = now_ms();
+    let mut tx = state.db.begin().await?;
+    storage::login_tokens::insert(
+        &mut *tx,
+        &token::hash(&login_token),
+        session.user_id.as_str(),
+        now + lifetime.as_millis() as i64,
+        now,
+    )
+    .await?;
+    super::uia::consume(&mut tx, &completed).await?;
+    tx.commit().await?;
+    tracing::info!(user_id = %session.user_id, "login token issued");
+    Ok((login_token, lifetime))
+}
+
+/// `m.login.token`: the token is used up whether or not the login succeeds;
+/// unknown, used and expired tokens are all `403 M_FORBIDDEN`.
+pub async fn login_token(
+    state: &AppState,
+    login_token: &str,
+    device_id: Option<OwnedDeviceId>,
+    display_name: Option<&str>,
+    refreshable: bool,
+    ip: Option<&str>,
+) -> Result<(OwnedUserId, Issued)> {
+    let user = storage::login_tokens::take(&state.db, &token::hash(login_token), now_ms())
+        .await?
+        .ok_or_else(|| Error::forbidden("Invalid login token"))?;
+    if users::get(&state.db, &user)
+        .await?
+        .is_none_or(|u| u.deactivated)
+    {
+        return Err(Error::new(
+            ErrorKind::UserDeactivated,
+            "This account has been deactivated",
+        ));
+    }
+    let user_id = UserId::parse(user).map_err(|e| anyhow::anyhow!("stored user id: {e}"))?;
+    let mut tx = state.db.begin().await?;
+    let issued = issue(
+        &mut tx,
+        state,
+        &user_id,
+        device_id,
+        display_name,
+        refreshable,
+        ip,
+    )
+    .await?;
+    tx.commit().await?;
+    tracing::info!(user_id = %user_id, device_id = %issued.device_id, "login with a login token");
+    Ok((user_id, issued))
+}
+
+/// Deletes expired login tokens. Run periodically.
+pub async fn purge_expired_login_tokens(state: &AppState) -> Result<()> {
+    storage::login_tokens::delete_expired(&state.db, now_ms()).await?;
+    Ok(())
+}

@@ -28,6 +28,7 @@ use crate::{
 pub const DUMMY: &str = "m.login.dummy";
 pub const PASSWORD: &str = "m.login.password";
 pub const REGISTRATION_TOKEN: &str = "m.login.registration_token";
+pub const EMAIL_IDENTITY: &str = "m.login.email.identity";
 
 /// What the operation needs: its kind (sessions are bound to one kind), the flows,
 /// and the user it acts for (stages must authenticate as that user).
@@ -48,6 +49,9 @@ pub struct Requirement<'a> {
 #[derive(Debug)]
 pub struct Completed {
     pub session_id: String,
+    /// The email validation session of its m.login.email.identity stage: the
+    /// operation spends it and acts on its address.
+    pub threepid_sid: Option<String>,
 }
 
 pub async fn authenticate(
@@ -73,7 +77,10 @@ pub async fn authenticate(
         // `{"session": …}` alone: the client says a stage was completed out of
         // band (the fallback page); the session's completed stages decide.
         return if flow_done(req, &session.completed) {
-            Ok(Completed { session_id })
+            Ok(Completed {
+                session_id,
+                threepid_sid: session.threepid_sid,
+            })
         } else {
             Err(challenge(req, &session_id, &session.completed, None))
         };
@@ -89,10 +96,36 @@ pub async fn authenticate(
             )),
         ));
     }
+    let mut threepid_sid = None;
     let stage_error = match auth {
         AuthData::Dummy(_) | AuthData::RegistrationToken(_) => None,
         AuthData::Password(p) => {
             check_password_stage(state, req, &p.identifier, &p.password).await?
+        }
+        AuthData::EmailIdentity(e) => {
+            let creds = &e.thirdparty_id_creds;
+            match email_purpose(req.kind) {
+                Some(purpose)
+                    if super::threepid::validated_session(
+                        state,
+                        purpose,
+                        creds.sid.as_str(),
+                        creds.client_secret.as_str(),
+                    )
+                    .await?
+                    .is_some() =>
+                {
+                    threepid_sid = Some(creds.sid.to_string());
+                    None
+                }
+                // Not validated (yet: clients poll this stage while the user
+                // reads the mail), unknown, or another client's: one answer
+                // for all, as Synapse gives.
+                _ => Some((
+                    "M_UNAUTHORIZED".to_owned(),
+                    "The email address has not been validated".to_owned(),
+                )),
+            }
         }
         _ => Some((
             "M_UNRECOGNIZED".to_owned(),
@@ -126,6 +159,9 @@ pub async fn authenticate(
     }
 
     uia::add_completed(&mut *tx, &session_id, &stage, reserved_token.as_deref()).await?;
+    if let Some(sid) = &threepid_sid {
+        uia::set_threepid(&mut *tx, &session_id, sid).await?;
+    }
     tx.commit().await?;
 
     let mut completed = session.completed;
@@ -133,9 +169,22 @@ pub async fn authenticate(
         completed.push(stage);
     }
     if flow_done(req, &completed) {
-        Ok(Completed { session_id })
+        Ok(Completed {
+            session_id,
+            threepid_sid: threepid_sid.or(session.threepid_sid),
+        })
     } else {
         Err(challenge(req, &session_id, &completed, None))
+    }
+}
+
+/// Which validation sessions an operation's email stage accepts.
+fn email_purpose(kind: &str) -> Option<crate::domain::threepid::Purpose> {
+    use crate::domain::threepid::Purpose;
+    match kind {
+        "register" => Some(Purpose::Register),
+        "reset_password" => Some(Purpose::PasswordReset),
+        _ => None,
     }
 }
 
@@ -313,6 +362,9 @@ async fn check_password_stage(
         UserIdentifier::Matrix(id) => {
             localpart::login_user_id(id.user.as_str(), &state.server_name)
         }
+        UserIdentifier::Email(e) => super::threepid::user_for_email(state, &e.address)
+            .await?
+            .and_then(|u| UserId::parse(u).ok()),
         _ => None,
     };
     match named.as_deref() {

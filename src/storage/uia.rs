@@ -14,6 +14,8 @@ pub struct UiaSession {
     pub spent: bool,
     /// What it authorises beyond its kind and user, if anything.
     pub operation: Option<String>,
+    /// The email validation session its m.login.email.identity stage used.
+    pub threepid_sid: Option<String>,
 }
 
 pub async fn create(
@@ -43,7 +45,7 @@ pub async fn get(db: impl PgExecutor<'_>, session_id: &str) -> sqlx::Result<Opti
     sqlx::query_as!(
         UiaSession,
         "select session_id, kind, user_id, completed, registration_token, created_ts, spent,
-                operation
+                operation, threepid_sid
          from uia_sessions where session_id = $1",
         session_id
     )
@@ -60,7 +62,7 @@ pub async fn get_for_update(
     sqlx::query_as!(
         UiaSession,
         "select session_id, kind, user_id, completed, registration_token, created_ts, spent,
-                operation
+                operation, threepid_sid
          from uia_sessions where session_id = $1 for update",
         session_id
     )
@@ -82,6 +84,22 @@ pub async fn add_completed(
         session_id,
         stage,
         registration_token
+    )
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// Records the validation session an m.login.email.identity stage used.
+pub async fn set_threepid(
+    db: impl PgExecutor<'_>,
+    session_id: &str,
+    threepid_sid: &str,
+) -> sqlx::Result<()> {
+    sqlx::query!(
+        "update uia_sessions set threepid_sid = $2 where session_id = $1",
+        session_id,
+        threepid_sid
     )
     .execute(db)
     .await?;

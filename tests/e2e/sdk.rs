@@ -117,7 +117,7 @@ async fn matrix_js_sdk_uploads_and_downloads_media() {
 
 /// Runs a script from tests/sdk with Node and matrix-js-sdk against `server`;
 /// returns its trimmed stdout (asserting success).
-async fn run_js(server: &TestServer, script: &str, args: &[&str]) -> String {
+pub async fn run_js(server: &TestServer, script: &str, args: &[&str]) -> String {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let node_dir = std::path::PathBuf::from(crate::harness::setup_script("node-env"));
     // ES modules resolve packages next to the script: run a copy placed there.

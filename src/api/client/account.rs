@@ -14,7 +14,7 @@ use serde_json::Value;
 
 use crate::{
     api::{
-        auth::{AuthUser, ClientIp},
+        auth::{AuthUser, ClientIp, MaybeAuthUser},
         json::JsonOrEmpty,
         rate_limited,
         ruma::{RouterExt, Ruma, RumaResponse},
@@ -57,16 +57,33 @@ fn yes() -> bool {
     true
 }
 
+/// With an access token: a password change. Without one: a password reset
+/// through an email address validated for it (when email is set up).
 async fn change_password(
     State(state): State<AppState>,
-    AuthUser(user): AuthUser,
+    MaybeAuthUser(user): MaybeAuthUser,
     ClientIp(ip): ClientIp,
     JsonOrEmpty(body): JsonOrEmpty,
 ) -> Result<RumaResponse<change_password::v3::Response>> {
     // The spec rate-limits this endpoint (the `Ruma` extractor's rule, by user).
-    rate_limited(state.client_limiter.check(user.user_id.as_str()))?;
+    let limit_key = match &user {
+        Some(user) => user.user_id.to_string(),
+        None => ip.clone().unwrap_or_default(),
+    };
+    rate_limited(state.client_limiter.check(&limit_key))?;
     let body: PasswordBody = serde_json::from_value(body)
         .map_err(|e| Error::bad_json(format!("Invalid request: {e}")))?;
+    let Some(user) = user else {
+        account::reset_password(
+            &state,
+            body.new_password,
+            body.logout_devices,
+            body.auth.as_ref(),
+            ip.as_deref(),
+        )
+        .await?;
+        return Ok(RumaResponse(change_password::v3::Response::new()));
+    };
     account::change_password(
         &state,
         &user,

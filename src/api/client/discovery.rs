@@ -98,7 +98,8 @@ async fn versions(
 
 /// Only capabilities that hold today: password changes work; the room versions
 /// Lattice creates and joins; every profile field may be changed; third-party
-/// IDs cannot be changed; no login tokens.
+/// IDs (email addresses) can be added and removed when the server sends email;
+/// login tokens for other devices when `auth.login_via_existing_session` is on.
 async fn capabilities(
     State(state): State<AppState>,
     AuthUser(_): AuthUser,
@@ -118,8 +119,8 @@ async fn capabilities(
             "m.profile_fields": { "enabled": true },
             "m.set_displayname": { "enabled": true },
             "m.set_avatar_url": { "enabled": true },
-            "m.3pid_changes": { "enabled": false },
-            "m.get_login_token": { "enabled": false },
+            "m.3pid_changes": { "enabled": state.mailer.is_some() },
+            "m.get_login_token": { "enabled": state.config.auth.login_via_existing_session },
         }
     }))
 }

@@ -113,7 +113,7 @@ fn param_bytes(form: &[u8], name: &str) -> Option<String> {
 }
 
 /// A page with the headers every fallback page carries.
-fn html(page: String) -> Response {
+pub(super) fn html(page: String) -> Response {
     let mut response = (StatusCode::OK, Body::from(page)).into_response();
     let headers = response.headers_mut();
     headers.insert(
@@ -175,7 +175,7 @@ fn csp_hash(text: &str) -> String {
     )
 }
 
-fn page(title: &str, head_extra: &str, body: &str) -> String {
+pub(super) fn page(title: &str, head_extra: &str, body: &str) -> String {
     format!(
         "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n\
          <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n\

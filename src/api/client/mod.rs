@@ -19,6 +19,7 @@ mod search;
 mod session;
 mod sync;
 mod thirdparty;
+mod threepid;
 mod timeline;
 mod user_data;
 mod voip;
@@ -47,6 +48,7 @@ pub fn router() -> Router<AppState> {
         .merge(presence::router())
         .merge(search::router())
         .merge(thirdparty::router())
+        .merge(threepid::router())
         .merge(mutual_rooms::router())
         .merge(voip::router())
         .merge(openid::router())

@@ -6,7 +6,7 @@
 use axum::{Router, extract::State};
 use ruma::api::client::{
     account::whoami,
-    session::{get_login_types, login, logout, logout_all, refresh_token},
+    session::{get_login_token, get_login_types, login, logout, logout_all, refresh_token},
     uiaa::UserIdentifier,
 };
 
@@ -14,7 +14,7 @@ use crate::{
     api::{
         auth::{AsToken, AuthUser, ClientIp, GuestOk},
         rate_limited,
-        ruma::{RouterExt, Ruma, RumaResponse},
+        ruma::{RouterExt, Ruma, RumaResponse, RumaWithObject},
     },
     app::AppState,
     domain::localpart,
@@ -30,6 +30,25 @@ pub fn router() -> Router<AppState> {
         .ruma::<logout::v3::Request, _, _>(logout)
         .ruma::<logout_all::v3::Request, _, _>(logout_all)
         .ruma::<whoami::v3::Request, _, _>(whoami)
+        .ruma::<get_login_token::v1::Request, _, _>(get_login_token)
+}
+
+/// `POST /_matrix/client/v1/login/get_token` (MSC3882; spec v1.7): absent
+/// (`404 M_UNRECOGNIZED`) unless `auth.login_via_existing_session` is on.
+async fn get_login_token(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    ClientIp(ip): ClientIp,
+    Ruma(req): Ruma<get_login_token::v1::Request>,
+) -> Result<RumaResponse<get_login_token::v1::Response>> {
+    if !state.config.auth.login_via_existing_session {
+        return Err(Error::unrecognized(axum::http::StatusCode::NOT_FOUND));
+    }
+    let (token, lifetime) =
+        session::issue_login_token(&state, &user, req.auth.as_ref(), ip.as_deref()).await?;
+    Ok(RumaResponse(get_login_token::v1::Response::new(
+        lifetime, token,
+    )))
 }
 
 async fn login_types(
@@ -37,6 +56,12 @@ async fn login_types(
     Ruma(_): Ruma<get_login_types::v3::Request>,
 ) -> RumaResponse<get_login_types::v3::Response> {
     let mut types = vec![get_login_types::v3::LoginType::Password(Default::default())];
+    // Tokens come only from /login/get_token for now (no SSO yet).
+    if state.config.auth.login_via_existing_session {
+        let mut token = get_login_types::v3::TokenLoginType::new();
+        token.get_login_token = true;
+        types.push(get_login_types::v3::LoginType::Token(token));
+    }
     // Offered when an application service may use it.
     if !state.appservices.is_empty() {
         types.push(get_login_types::v3::LoginType::ApplicationService(
@@ -51,7 +76,7 @@ async fn login(
     State(state): State<AppState>,
     ClientIp(ip): ClientIp,
     AsToken(appservice): AsToken,
-    Ruma(req): Ruma<login::v3::Request>,
+    RumaWithObject(req, body): RumaWithObject<login::v3::Request>,
 ) -> Result<RumaResponse<login::v3::Response>> {
     let info = match req.login_info {
         login::v3::LoginInfo::Password(info) => info,
@@ -90,19 +115,52 @@ async fn login(
             response.expires_in = issued.expires_in;
             return Ok(RumaResponse(response));
         }
+        login::v3::LoginInfo::Token(info) if state.config.auth.login_via_existing_session => {
+            rate_limited(state.login_limiter.check(&ip.clone().unwrap_or_default()))?;
+            let (user_id, issued) = session::login_token(
+                &state,
+                &info.token,
+                req.device_id,
+                req.initial_device_display_name.as_deref(),
+                req.refresh_token,
+                ip.as_deref(),
+            )
+            .await?;
+            let mut response =
+                login::v3::Response::new(user_id, issued.access_token, issued.device_id);
+            response.refresh_token = issued.refresh_token;
+            response.expires_in = issued.expires_in;
+            return Ok(RumaResponse(response));
+        }
         _ => return Err(Error::new(ErrorKind::BadRequest, "Unsupported login type")),
     };
     rate_limited(state.login_limiter.check(&ip.clone().unwrap_or_default()))?;
     let user = match (&info.identifier, &info.user) {
         (Some(UserIdentifier::Matrix(id)), _) => id.user.clone(),
         (None, Some(user)) => user.clone(),
+        // An email address bound to an account (as Synapse accepts); an
+        // unknown one fails like a wrong password.
+        (Some(UserIdentifier::Email(email)), _) => {
+            crate::service::threepid::user_for_email(&state, &email.address)
+                .await?
+                .ok_or_else(|| Error::forbidden("Invalid username or password"))?
+        }
         (Some(_), _) => {
             return Err(Error::new(
                 ErrorKind::BadRequest,
                 "Unsupported identifier type",
             ));
         }
-        (None, None) => return Err(Error::bad_json("Missing identifier")),
+        // The spec's deprecated top-level `medium` and `address` (older
+        // clients), as Synapse still reads them.
+        (None, None) => match (body.get("medium"), body.get("address")) {
+            (Some(medium), Some(serde_json::Value::String(address))) if medium == "email" => {
+                crate::service::threepid::user_for_email(&state, address)
+                    .await?
+                    .ok_or_else(|| Error::forbidden("Invalid username or password"))?
+            }
+            _ => return Err(Error::bad_json("Missing identifier")),
+        },
     };
     let user_id = localpart::login_user_id(&user, &state.server_name)
         .filter(|u| u.server_name() == state.server_name)

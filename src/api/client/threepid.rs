@@ -1,0 +1,311 @@
+//! Email addresses (spec: "Adding Account Administrative Contact
+//! Information", "Account registration", "Password management"), validated by
+//! this server's own mail, with no identity server:
+//!
+//! - `POST /_matrix/client/v3/register/email/requestToken`
+//! - `POST /_matrix/client/v3/account/password/email/requestToken`
+//! - `POST /_matrix/client/v3/account/3pid/email/requestToken`
+//! - `GET /_matrix/client/v3/account/3pid`, `POST /account/3pid/add` (UIA),
+//!   `POST /account/3pid/delete`
+//! - the mailed link's page, `GET`/`POST /_synapse/client/email/validate`
+//!   (as on Synapse, `GET` validates a registration or an addition; for a
+//!   password reset it asks to confirm and the form's `POST` validates, so a
+//!   mail scanner that follows links resets nothing), and the requestToken answers'
+//!   `submit_url`, `POST /_synapse/client/email/submit_token` (the identity
+//!   service's `submitToken` body: `sid`, `client_secret`, `token`).
+//!
+//! `/account/3pid/bind`, `/unbind`, the deprecated `POST /account/3pid` and the
+//! msisdn endpoints need an identity server or SMS and are absent
+//! (`M_UNRECOGNIZED`).
+
+use axum::{
+    Json, Router,
+    extract::{RawQuery, Request, State},
+    response::Response,
+    routing::{get, post},
+};
+use ruma::api::client::account::{
+    ThirdPartyIdRemovalStatus, add_3pid, delete_3pid, get_3pids,
+    request_3pid_management_token_via_email, request_password_change_token_via_email,
+    request_registration_token_via_email,
+};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::fallback::{escape_html, html, page};
+use crate::{
+    api::{
+        auth::{AuthUser, ClientIp},
+        json, rate_limited,
+        ruma::{RouterExt, Ruma, RumaResponse, read_body},
+    },
+    app::AppState,
+    domain::threepid::Purpose,
+    error::{Error, ErrorKind, Result},
+    service::{
+        account,
+        threepid::{self, TokenRequest},
+        uia,
+    },
+};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .ruma::<request_registration_token_via_email::v3::Request, _, _>(register_token)
+        .ruma::<request_password_change_token_via_email::v3::Request, _, _>(password_token)
+        .ruma::<request_3pid_management_token_via_email::v3::Request, _, _>(add_token)
+        .ruma::<get_3pids::v3::Request, _, _>(list)
+        .ruma::<add_3pid::v3::Request, _, _>(add)
+        .ruma::<delete_3pid::v3::Request, _, _>(delete)
+        .route(
+            &format!("/{}", threepid::LINK_PATH),
+            get(link_page).post(link_submit),
+        )
+        .route(&format!("/{}", threepid::SUBMIT_PATH), post(submit_token))
+}
+
+fn sent(sent: threepid::TokenSent) -> Json<Value> {
+    Json(json!({ "sid": sent.sid, "submit_url": sent.submit_url }))
+}
+
+async fn register_token(
+    State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
+    Ruma(req): Ruma<request_registration_token_via_email::v3::Request>,
+) -> Result<Json<Value>> {
+    // Mail goes out only where registration would take the address.
+    if state.mailer.is_some()
+        && !account::registration_flows(&state)
+            .iter()
+            .any(|f| f.contains(&uia::EMAIL_IDENTITY))
+    {
+        return Err(Error::forbidden("Registration has been disabled"));
+    }
+    let result = threepid::request_token(
+        &state,
+        TokenRequest {
+            purpose: Purpose::Register,
+            client_secret: req.client_secret.to_string(),
+            email: req.email,
+            send_attempt: req.send_attempt.into(),
+            next_link: req.next_link,
+            ip,
+        },
+    )
+    .await?;
+    Ok(sent(result))
+}
+
+async fn password_token(
+    State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
+    Ruma(req): Ruma<request_password_change_token_via_email::v3::Request>,
+) -> Result<Json<Value>> {
+    let result = threepid::request_token(
+        &state,
+        TokenRequest {
+            purpose: Purpose::PasswordReset,
+            client_secret: req.client_secret.to_string(),
+            email: req.email,
+            send_attempt: req.send_attempt.into(),
+            next_link: req.next_link,
+            ip,
+        },
+    )
+    .await?;
+    Ok(sent(result))
+}
+
+async fn add_token(
+    State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
+    Ruma(req): Ruma<request_3pid_management_token_via_email::v3::Request>,
+) -> Result<Json<Value>> {
+    let result = threepid::request_token(
+        &state,
+        TokenRequest {
+            purpose: Purpose::AddThreepid,
+            client_secret: req.client_secret.to_string(),
+            email: req.email,
+            send_attempt: req.send_attempt.into(),
+            next_link: req.next_link,
+            ip,
+        },
+    )
+    .await?;
+    Ok(sent(result))
+}
+
+async fn list(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    Ruma(_): Ruma<get_3pids::v3::Request>,
+) -> Result<Json<Value>> {
+    let threepids: Vec<Value> = threepid::list(&state, &user.user_id)
+        .await?
+        .into_iter()
+        .map(|t| {
+            json!({
+                "medium": t.medium,
+                "address": t.address,
+                "validated_at": t.validated_ts,
+                "added_at": t.added_ts,
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "threepids": threepids })))
+}
+
+async fn add(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    ClientIp(ip): ClientIp,
+    Ruma(req): Ruma<add_3pid::v3::Request>,
+) -> Result<RumaResponse<add_3pid::v3::Response>> {
+    threepid::add(
+        &state,
+        &user,
+        req.client_secret.as_str(),
+        req.sid.as_str(),
+        req.auth.as_ref(),
+        ip.as_deref(),
+    )
+    .await?;
+    Ok(RumaResponse(add_3pid::v3::Response::new()))
+}
+
+async fn delete(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    Ruma(req): Ruma<delete_3pid::v3::Request>,
+) -> Result<RumaResponse<delete_3pid::v3::Response>> {
+    threepid::delete(&state, &user.user_id, req.medium.as_str(), &req.address).await?;
+    Ok(RumaResponse(delete_3pid::v3::Response::new(
+        ThirdPartyIdRemovalStatus::NoSupport,
+    )))
+}
+
+#[derive(Deserialize)]
+struct SubmitToken {
+    sid: String,
+    client_secret: String,
+    token: String,
+}
+
+/// The requestToken answers' `submit_url`.
+async fn submit_token(
+    State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
+    json::Json(body): json::Json<SubmitToken>,
+) -> Result<Json<Value>> {
+    rate_limited(state.login_limiter.check(&ip.unwrap_or_default()))?;
+    threepid::submit_token(&state, &body.sid, &body.client_secret, &body.token).await?;
+    Ok(Json(json!({ "success": true })))
+}
+
+/// `GET` of the mailed link. As on Synapse, a registration or an addition is
+/// validated by opening the link; a password reset first asks to confirm
+/// (the form posts the same parameters back), so that a mail scanner following
+/// links cannot validate a reset somebody else asked for.
+async fn link_page(
+    State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
+    RawQuery(query): RawQuery,
+) -> Result<Response> {
+    let query = query.unwrap_or_default();
+    let (sid, token) = link_params(query.as_bytes())?;
+    if !threepid::link_needs_confirmation(&state, &sid).await? {
+        rate_limited(state.login_limiter.check(&ip.unwrap_or_default()))?;
+        return validation_page(&state, &sid, &token).await;
+    }
+    Ok(html(page(
+        "Confirm the password reset",
+        "",
+        &format!(
+            "<form method=\"post\">\n\
+             <p>Confirm that you asked to reset your password. You will choose the \
+             new password in your application.</p>\n\
+             <input type=\"hidden\" name=\"sid\" value=\"{}\">\n\
+             <input type=\"hidden\" name=\"token\" value=\"{}\">\n\
+             <input type=\"submit\" value=\"Confirm\">\n\
+             </form>",
+            escape_html(&sid),
+            escape_html(&token)
+        ),
+    )))
+}
+
+/// The confirmation form's `POST`.
+async fn link_submit(
+    State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
+    req: Request,
+) -> Result<Response> {
+    rate_limited(state.login_limiter.check(&ip.unwrap_or_default()))?;
+    let (parts, body) = req.into_parts();
+    let body = read_body(body, 64 * 1024).await?;
+    let (sid, token) =
+        link_params(&body).or_else(|_| link_params(parts.uri.query().unwrap_or("").as_bytes()))?;
+    validation_page(&state, &sid, &token).await
+}
+
+/// Validates, then shows the result (and sends the user on to the request's
+/// `next_link`, if it gave one).
+async fn validation_page(state: &AppState, sid: &str, token: &str) -> Result<Response> {
+    match threepid::validate_link(state, sid, token).await {
+        Ok(next_link) => {
+            let (head, more) = match &next_link {
+                Some(link) => (
+                    format!(
+                        "<meta http-equiv=\"refresh\" content=\"0;url={}\">\n",
+                        escape_html(link)
+                    ),
+                    format!("<p><a href=\"{}\">Continue</a></p>", escape_html(link)),
+                ),
+                None => (
+                    String::new(),
+                    "<p>You may now close this window and return to the application.</p>"
+                        .to_owned(),
+                ),
+            };
+            Ok(html(page(
+                "Email address confirmed",
+                &head,
+                &format!("<p>Your email address has been confirmed.</p>\n{more}"),
+            )))
+        }
+        Err(Error::Matrix {
+            kind: ErrorKind::ThreepidAuthFailed,
+            ..
+        }) => {
+            let mut response = html(page(
+                "Link not valid",
+                "",
+                "<p class=\"error\">This link is wrong, has expired or was used already.</p>\n\
+                 <p>Ask for a new mail from the application.</p>",
+            ));
+            *response.status_mut() = axum::http::StatusCode::BAD_REQUEST;
+            Ok(response)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+fn link_params(form: &[u8]) -> Result<(String, String)> {
+    let mut sid = None;
+    let mut token = None;
+    for (k, v) in form_urlencoded::parse(form) {
+        match &*k {
+            "sid" => sid = Some(v.into_owned()),
+            "token" => token = Some(v.into_owned()),
+            _ => {}
+        }
+    }
+    match (sid, token) {
+        (Some(sid), Some(token)) if !sid.is_empty() && !token.is_empty() => Ok((sid, token)),
+        _ => Err(Error::new(
+            ErrorKind::MissingParam,
+            "The link misses its sid or token",
+        )),
+    }
+}
