@@ -73,6 +73,9 @@ pub struct AppState {
     pub appservices: Arc<crate::domain::appservice::Registry>,
     /// One HTTP client per appservice (by ID), and their protocol metadata.
     pub appservice_http: Arc<crate::service::appservice::Clients>,
+    /// Bumped when rows are queued for appservices without a stream position
+    /// (typing): wakes the appservice senders.
+    pub appservice_wake: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 impl AppState {
@@ -119,6 +122,7 @@ impl AppState {
             room_deletions: Arc::default(),
             appservices,
             appservice_http,
+            appservice_wake: Arc::new(tokio::sync::watch::channel(0).0),
             trusted_proxies: Arc::new(
                 config
                     .trusted_proxies

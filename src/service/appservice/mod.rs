@@ -4,6 +4,7 @@
 //! and the user and alias queries made when a client touches an unknown ID in
 //! a namespace. The delivery worker is [`sender`].
 
+pub mod ephemeral;
 pub mod sender;
 
 use std::{
@@ -258,6 +259,13 @@ pub async fn enqueue(
     json: &str,
     event: &pdu::Pdu,
 ) -> Result<()> {
+    if event.kind == ruma::events::TimelineEventType::RoomMember
+        && let Some(target) = event.state_key.as_deref()
+        && serde_json::from_str::<Value>(event.content.get())
+            .is_ok_and(|c| matches!(c["membership"].as_str(), Some("leave" | "ban")))
+    {
+        ephemeral::on_leave(tx, app, room_id.as_str(), target).await?;
+    }
     let candidates: Vec<&Arc<Registration>> = app
         .appservices
         .list
@@ -662,6 +670,8 @@ pub async fn admin_list(app: &AppState) -> Result<Value> {
             "sender": reg.sender,
             "rate_limited": reg.rate_limited,
             "receive_ephemeral": reg.receive_ephemeral,
+            "push_ephemeral": reg.ephemeral_legacy,
+            "org.matrix.msc3202": reg.msc3202,
             "protocols": reg.protocols,
             "namespaces": {
                 "users": namespaces(&reg.users),
