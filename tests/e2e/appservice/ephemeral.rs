@@ -20,13 +20,13 @@ use crate::harness::{Login, SERVER_NAME, TestServer, enc, eventually};
 
 /// One appservice: its tokens, and the bodies of the transactions it
 /// accepted (each transaction ID once).
-struct Recorder {
+pub(super) struct Recorder {
     hs_token: String,
     bodies: Mutex<Vec<(String, Value)>>,
 }
 
 impl Recorder {
-    fn bodies(&self) -> Vec<Value> {
+    pub(super) fn bodies(&self) -> Vec<Value> {
         self.bodies
             .lock()
             .unwrap()
@@ -36,7 +36,7 @@ impl Recorder {
     }
 
     /// Every entry of `field` across transactions.
-    fn all(&self, field: &str) -> Vec<Value> {
+    pub(super) fn all(&self, field: &str) -> Vec<Value> {
         self.bodies()
             .iter()
             .flat_map(|b| b[field].as_array().cloned().unwrap_or_default())
@@ -72,6 +72,12 @@ async fn transaction(
 /// Starts an appservice `id` (users `@{id}_.*`) on loopback and writes its
 /// registration with `flags` (YAML lines).
 async fn appservice(dir: &std::path::Path, id: &str, flags: &str) -> (Arc<Recorder>, PathBuf) {
+    let (rec, addr) = listen(id).await;
+    (rec, registration(dir, id, addr, flags, SERVER_NAME))
+}
+
+/// An appservice `id` listening on loopback.
+pub(super) async fn listen(id: &str) -> (Arc<Recorder>, std::net::SocketAddr) {
     let rec = Arc::new(Recorder {
         hs_token: format!("hs-{id}-token"),
         bodies: Mutex::default(),
@@ -85,6 +91,17 @@ async fn appservice(dir: &std::path::Path, id: &str, flags: &str) -> (Arc<Record
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (rec, addr)
+}
+
+/// Writes appservice `id`'s registration (users `@{id}_.*:{server}`).
+pub(super) fn registration(
+    dir: &std::path::Path,
+    id: &str,
+    addr: std::net::SocketAddr,
+    flags: &str,
+    server: &str,
+) -> PathBuf {
     let path = dir.join(format!("{id}.yaml"));
     std::fs::write(
         &path,
@@ -99,15 +116,15 @@ rate_limited: false
 namespaces:
   users:
     - exclusive: true
-      regex: "@{id}_.*:{SERVER_NAME}"
+      regex: "@{id}_.*:{server}"
 "##
         ),
     )
     .unwrap();
-    (rec, path)
+    path
 }
 
-fn as_token(id: &str) -> String {
+pub(super) fn as_token(id: &str) -> String {
     format!("as-{id}-token")
 }
 
