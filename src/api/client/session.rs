@@ -38,7 +38,7 @@ async fn login_types(
 ) -> RumaResponse<get_login_types::v3::Response> {
     let mut types = vec![get_login_types::v3::LoginType::Password(Default::default())];
     // Offered when an application service may use it.
-    if !state.appservices.is_empty() {
+    if !state.appservices.current().is_empty() {
         types.push(get_login_types::v3::LoginType::ApplicationService(
             Default::default(),
         ));

@@ -29,6 +29,7 @@ use crate::{
 
 fn with_url(app: &AppState, pred: impl Fn(&Registration) -> bool) -> Vec<Arc<Registration>> {
     app.appservices
+        .current()
         .list
         .iter()
         .filter(|r| r.url.is_some() && pred(r))

@@ -26,26 +26,46 @@ const MAX_EVENTS: i64 = 100;
 /// Looked at again this often even without a wake-up.
 const IDLE_CHECK: Duration = Duration::from_secs(60);
 
-/// Starts one delivery task per appservice that has a URL.
+/// Starts the delivery workers: one task per appservice that has a URL, and
+/// the typing forwarder; all restarted with the new set when the
+/// registrations are reloaded.
 pub fn spawn_all(
     app: &AppState,
     shutdown: &CancellationToken,
     tasks: &mut tokio::task::JoinSet<()>,
 ) {
-    for reg in &app.appservices.list {
-        if reg.url.is_none() {
-            continue;
+    tasks.spawn(supervise(app.clone(), shutdown.clone()));
+}
+
+async fn supervise(app: AppState, shutdown: CancellationToken) {
+    let mut reloads = app.appservice_reloaded.subscribe();
+    loop {
+        reloads.borrow_and_update();
+        let generation = shutdown.child_token();
+        let mut workers = tokio::task::JoinSet::new();
+        for reg in &app.appservices.current().list {
+            if reg.url.is_some() {
+                workers.spawn(run(app.clone(), reg.clone(), generation.clone()));
+            }
         }
-        tasks.spawn(run(app.clone(), reg.clone(), shutdown.clone()));
+        workers.spawn(super::ephemeral::forward_typing(
+            app.clone(),
+            generation.clone(),
+        ));
+        let stop = tokio::select! {
+            _ = shutdown.cancelled() => true,
+            changed = reloads.changed() => changed.is_err(),
+        };
+        generation.cancel();
+        while workers.join_next().await.is_some() {}
+        if stop {
+            return;
+        }
     }
-    tasks.spawn(super::ephemeral::forward_typing(
-        app.clone(),
-        shutdown.clone(),
-    ));
 }
 
 async fn run(app: AppState, reg: Arc<Registration>, shutdown: CancellationToken) {
-    let Some(client) = app.appservice_http.get(&reg.id) else {
+    let Some(client) = app.appservice_http.current().get(&reg.id) else {
         return;
     };
     let mut wake = app.notifier.subscribe();
@@ -54,7 +74,13 @@ async fn run(app: AppState, reg: Arc<Registration>, shutdown: CancellationToken)
     loop {
         wake.borrow_and_update();
         also_wake.borrow_and_update();
-        let pause = match deliver_one(&app, &reg, &client).await {
+        // Stopping (shutdown, reload) may cut a transaction short: it is
+        // durable, and sent again under the same ID.
+        let outcome = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            outcome = deliver_one(&app, &reg, &client) => outcome,
+        };
+        let pause = match outcome {
             Ok(true) => {
                 delay = FIRST_RETRY;
                 continue;

@@ -840,7 +840,7 @@ pub async fn record_remote_membership(
     // get it here, in the same transaction.
     if let Some(r) = &remote
         && membership == "invite"
-        && !app.appservices.is_empty()
+        && !app.appservices.current().is_empty()
         && let Some(rules) = RoomVersionId::try_from(r.room_version.as_str())
             .ok()
             .and_then(|v| v.rules())
