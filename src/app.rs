@@ -70,9 +70,15 @@ pub struct AppState {
     /// Room deletions running or finished (admin API v2), by delete ID.
     pub room_deletions: Arc<crate::service::admin::Deletions>,
     /// Application service registrations (`appservices`), loaded at start.
-    pub appservices: Arc<crate::domain::appservice::Registry>,
+    pub appservices: Arc<crate::service::appservice::Live<crate::domain::appservice::Registry>>,
     /// One HTTP client per appservice (by ID), and their protocol metadata.
-    pub appservice_http: Arc<crate::service::appservice::Clients>,
+    pub appservice_http: Arc<crate::service::appservice::Live<crate::service::appservice::Clients>>,
+    /// Bumped when the registrations are reloaded: the delivery workers
+    /// restart with the new set.
+    pub appservice_reloaded: Arc<tokio::sync::watch::Sender<u64>>,
+    /// Bumped when rows are queued for appservices without a stream position
+    /// (typing): wakes the appservice senders.
+    pub appservice_wake: Arc<tokio::sync::watch::Sender<u64>>,
     /// Outgoing mail, when `[email]` is set up.
     pub mailer: Option<Arc<crate::service::mail::Mailer>>,
     /// Validation mails, per address and per IP.
@@ -87,11 +93,11 @@ impl AppState {
         let signing_key = Arc::new(keys::load_or_generate(&db).await?);
         let federation = Arc::new(FederationClient::new(&config, signing_key.clone())?);
         let persisted = crate::storage::events::max_stream_ordering(&db).await?;
-        let appservices = Arc::new(crate::service::appservice::load(&config)?);
-        let appservice_http = Arc::new(crate::service::appservice::Clients::new(
-            &config,
-            &appservices,
-        )?);
+        let registry = crate::service::appservice::load(&config)?;
+        let appservice_http = Arc::new(crate::service::appservice::Live::new(
+            crate::service::appservice::Clients::new(&config, &registry)?,
+        ));
+        let appservices = Arc::new(crate::service::appservice::Live::new(registry));
         let mailer = crate::service::mail::Mailer::from_config(&config)?.map(Arc::new);
         let limits = &config.rate_limits;
         Ok(Self {
@@ -128,6 +134,8 @@ impl AppState {
             room_deletions: Arc::default(),
             appservices,
             appservice_http,
+            appservice_wake: Arc::new(tokio::sync::watch::channel(0).0),
+            appservice_reloaded: Arc::new(tokio::sync::watch::channel(0).0),
             trusted_proxies: Arc::new(
                 config
                     .trusted_proxies
@@ -306,7 +314,7 @@ async fn purge_worker(state: AppState, shutdown: CancellationToken) {
 
 /// `lattice serve`: open the database (embedded or configured), migrate, serve until
 /// SIGTERM or ctrl-c, then shut down in order: listeners, workers, pool, cluster.
-pub async fn serve(config: Config) -> anyhow::Result<()> {
+pub async fn serve(config: Config, file: Option<std::path::PathBuf>) -> anyhow::Result<()> {
     // Installed first: a SIGTERM that arrives while starting is not fatal, it
     // stops the server in order once it is up.
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -314,12 +322,37 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let db = Database::open(&config).await?;
     db.migrate().await?;
     let state = AppState::load(config, db.pool.clone()).await?;
-    let server = Server::start(state).await?;
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("installing the SIGHUP handler")?;
+    let server = Server::start(state.clone()).await?;
+    let reloader = tokio::spawn(async move {
+        while hangup.recv().await.is_some() {
+            reload_appservices(&state, file.as_deref()).await;
+        }
+    });
     wait_for_signal(&mut term).await;
+    reloader.abort();
     tracing::info!("shutting down");
     server.stop().await;
     db.close().await;
     Ok(())
+}
+
+/// SIGHUP: the configuration file is read again for its `appservices` list
+/// (other settings need a restart) and the registrations are reloaded. Any
+/// error is logged and the registrations in use stay.
+async fn reload_appservices(state: &AppState, file: Option<&std::path::Path>) {
+    tracing::info!("SIGHUP: reloading application service registrations");
+    let paths = match Config::load(file) {
+        Ok(config) => config.appservices,
+        Err(e) => {
+            tracing::error!("appservice registrations not reloaded: {e:#}");
+            return;
+        }
+    };
+    if let Err(e) = crate::service::appservice::reload(state, &paths).await {
+        tracing::error!("appservice registrations not reloaded, the previous ones stay: {e:#}");
+    }
 }
 
 async fn wait_for_signal(term: &mut tokio::signal::unix::Signal) {

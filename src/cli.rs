@@ -137,7 +137,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         .build()?;
     runtime.block_on(async move {
         match cli.command.unwrap_or(Command::Serve) {
-            Command::Serve => app::serve(config).await,
+            Command::Serve => app::serve(config, file).await,
             Command::Migrate => {
                 let db = Database::open(&config).await?;
                 let result = db.migrate().await;

@@ -95,7 +95,7 @@ async fn session_of(parts: &mut Parts, app: &AppState) -> Result<Session, Error>
     // An application service's token: it acts as `user_id` (default: its
     // sender) and, with MSC3202, as one of that user's devices. Others'
     // `user_id` parameters are ignored.
-    let appservice = if app.appservices.is_empty() {
+    let appservice = if app.appservices.current().is_empty() {
         None
     } else {
         let masquerade = query_param(parts, "user_id");
@@ -242,6 +242,7 @@ where
         Ok(Self(
             match app
                 .appservices
+                .current()
                 .by_token(&crate::domain::token::hash(&token))
             {
                 Some(reg) => Ok(Some(reg)),

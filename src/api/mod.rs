@@ -144,7 +144,7 @@ async fn render_metrics(
             (at - now) as f64 / 1000.0
         );
     }
-    if !app.appservices.is_empty() {
+    if !app.appservices.current().is_empty() {
         gauge_header(
             &mut out,
             "lattice_appservice_queue_depth",
@@ -155,7 +155,7 @@ async fn render_metrics(
                 .await?
                 .into_iter()
                 .collect();
-        for reg in &app.appservices.list {
+        for reg in &app.appservices.current().list {
             let _ = writeln!(
                 out,
                 "lattice_appservice_queue_depth{{appservice=\"{}\"}} {}",

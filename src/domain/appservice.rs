@@ -35,6 +35,8 @@ struct RawRegistration {
     push_ephemeral_msc2409: Option<bool>,
     #[serde(default)]
     push_ephemeral: Option<bool>,
+    #[serde(default, rename = "org.matrix.msc3202")]
+    msc3202: Option<bool>,
 }
 
 #[derive(Deserialize, Default)]
@@ -89,7 +91,15 @@ pub struct Registration {
     pub rooms: Vec<Namespace>,
     pub rate_limited: bool,
     pub protocols: Vec<String>,
+    /// `receive_ephemeral`: typing, receipts and presence go out in the
+    /// transactions' `ephemeral` (MSC2409 as merged in the spec).
     pub receive_ephemeral: bool,
+    /// `de.sorunome.msc2409.push_ephemeral` (or `push_ephemeral`): the same,
+    /// under the unstable name `de.sorunome.msc2409.ephemeral`.
+    pub ephemeral_legacy: bool,
+    /// `org.matrix.msc3202`: device lists, one-time key counts and unused
+    /// fallback key types of the namespace's devices (encrypted bridges).
+    pub msc3202: bool,
 }
 
 impl fmt::Debug for Registration {
@@ -126,6 +136,27 @@ impl Registration {
 
     pub fn is_interested_in_room(&self, room_id: &str) -> bool {
         any(&self.rooms, room_id)
+    }
+
+    /// Typing, receipts and presence are sent to it.
+    pub fn wants_ephemeral(&self) -> bool {
+        self.receive_ephemeral || self.ephemeral_legacy
+    }
+
+    /// The transaction field ephemeral events go in (Synapse's choice: the
+    /// stable name when `receive_ephemeral` is set, else the unstable one).
+    pub fn ephemeral_field(&self) -> &'static str {
+        if self.receive_ephemeral {
+            "ephemeral"
+        } else {
+            "de.sorunome.msc2409.ephemeral"
+        }
+    }
+
+    /// To-device messages for its users' devices are sent to it (MSC4203,
+    /// `de.sorunome.msc2409.to_device`): with ephemeral events or MSC3202.
+    pub fn wants_to_device(&self) -> bool {
+        self.wants_ephemeral() || self.msc3202
     }
 
     pub fn claims_user(&self, user_id: &str) -> bool {
@@ -303,11 +334,12 @@ pub fn parse(
         rooms,
         rate_limited: raw.rate_limited.unwrap_or(true),
         protocols,
-        receive_ephemeral: raw
-            .receive_ephemeral
+        receive_ephemeral: raw.receive_ephemeral.unwrap_or(false),
+        ephemeral_legacy: raw
+            .push_ephemeral_msc2409
             .or(raw.push_ephemeral)
-            .or(raw.push_ephemeral_msc2409)
             .unwrap_or(false),
+        msc3202: raw.msc3202.unwrap_or(false),
     })
 }
 
@@ -355,7 +387,23 @@ namespaces:
         assert_eq!(reg.id, "irc");
         assert_eq!(reg.sender.as_str(), "@ircbot:example.org");
         assert!(!reg.rate_limited);
-        assert!(reg.receive_ephemeral);
+        assert!(!reg.receive_ephemeral && reg.ephemeral_legacy && !reg.msc3202);
+        assert!(reg.wants_ephemeral() && reg.wants_to_device());
+        assert_eq!(reg.ephemeral_field(), "de.sorunome.msc2409.ephemeral");
+        let stable = load(&GOOD.replace(
+            "de.sorunome.msc2409.push_ephemeral: true",
+            "receive_ephemeral: true",
+        ))
+        .unwrap();
+        assert_eq!(stable.ephemeral_field(), "ephemeral");
+        let plain = load(&GOOD.replace("de.sorunome.msc2409.push_ephemeral: true", "")).unwrap();
+        assert!(!plain.wants_ephemeral() && !plain.wants_to_device());
+        let e2ee = load(&GOOD.replace(
+            "de.sorunome.msc2409.push_ephemeral: true",
+            "org.matrix.msc3202: true",
+        ))
+        .unwrap();
+        assert!(!e2ee.wants_ephemeral() && e2ee.wants_to_device() && e2ee.msc3202);
         assert!(reg.claims_user("@irc_bob:example.org"));
         assert!(reg.claims_user("@ircbot:example.org"));
         assert!(!reg.claims_user("@_shared1:example.org"));

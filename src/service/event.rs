@@ -583,7 +583,7 @@ pub async fn write_event(
         .await?;
     }
     let joined = rooms::joined_users(&mut **tx, room_id.as_str()).await?;
-    if !app.appservices.is_empty() {
+    if !app.appservices.current().is_empty() {
         super::appservice::enqueue(
             tx,
             app,

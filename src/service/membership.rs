@@ -382,7 +382,7 @@ pub async fn change(
         ensure_not_blocked(app, room_id).await?;
         // An unknown user in an appservice's namespace: the appservice is
         // asked (and may create it) before the invite, with no lock held.
-        if !app.appservices.is_empty() {
+        if !app.appservices.current().is_empty() {
             super::appservice::user_exists(app, target).await?;
         }
     }

@@ -61,6 +61,7 @@ async fn write(app: &AppState, mut p: Presence) -> Result<()> {
     let (position, mut guard) = stream::take(&mut tx, app).await?;
     p.stream_ordering = position;
     rows::set(&mut *tx, &p).await?;
+    super::appservice::ephemeral::on_presence(&mut tx, app, &p).await?;
     if app.config.federation.enabled {
         let mut servers = user_streams::servers_sharing_rooms(&mut *tx, &p.user_id).await?;
         servers.retain(|s| s != app.server_name.as_str());
@@ -188,6 +189,7 @@ pub async fn receive_edu(app: &AppState, origin: &ruma::ServerName, content: &Va
     for mut p in updates {
         p.stream_ordering = position;
         rows::set(&mut *tx, &p).await?;
+        super::appservice::ephemeral::on_presence(&mut tx, app, &p).await?;
     }
     tx.commit().await?;
     drop(guard);

@@ -23,7 +23,7 @@ pub async fn get(app: &AppState, user_id: &UserId) -> Result<Profile> {
     }
     let mut user = users::get(&app.db, user_id.as_str()).await?;
     if user.is_none()
-        && !app.appservices.is_empty()
+        && !app.appservices.current().is_empty()
         && super::appservice::user_exists(app, user_id).await?
     {
         user = users::get(&app.db, user_id.as_str()).await?;

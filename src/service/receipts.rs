@@ -164,6 +164,19 @@ async fn store(
         position,
     )
     .await?;
+    super::appservice::ephemeral::on_receipt(
+        &mut tx,
+        app,
+        &super::appservice::ephemeral::Receipt {
+            room_id: room_id.as_str(),
+            user_id: user.as_str(),
+            receipt_type,
+            thread_id,
+            event_id,
+            ts: now_ms(),
+        },
+    )
+    .await?;
     // The user's unread count may have changed: their phones get a badge.
     pushers::want_badge(&mut *tx, user.as_str()).await?;
     tx.commit().await?;

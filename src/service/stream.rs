@@ -85,6 +85,9 @@ pub async fn device_list_changed(
             }
         }
     }
+    if !matches!(change, DeviceChange::Private { .. }) {
+        crate::service::appservice::ephemeral::on_device_list_change(tx, app, user_id).await?;
+    }
     if queued && let Some(last) = guards.pop() {
         guards.push(last.also_wake(app.federation_wake.clone()));
     }

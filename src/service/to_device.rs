@@ -86,6 +86,16 @@ pub async fn send(
             &m.content,
         )
         .await?;
+        super::appservice::ephemeral::on_to_device(
+            &mut tx,
+            app,
+            user.as_str(),
+            &targets,
+            sender,
+            event_type,
+            &m.content,
+        )
+        .await?;
     }
     tx.commit().await?;
     drop(guard);

@@ -79,6 +79,26 @@ impl Typing {
         self.serial.subscribe()
     }
 
+    /// Every room whose typing set changed after serial `since`, with the
+    /// users typing there now (the appservice forwarder's view), and the
+    /// serial this is as of.
+    pub fn all_changed_since(&self, since: u64) -> (u64, Vec<(String, Vec<String>)>) {
+        let state = self.lock();
+        let since = if since > state.serial { 0 } else { since };
+        let mut out: Vec<(String, Vec<String>)> = state
+            .rooms
+            .iter()
+            .filter(|(_, r)| r.changed > since)
+            .map(|(room, r)| {
+                let mut users: Vec<String> = r.users.keys().cloned().collect();
+                users.sort();
+                (room.clone(), users)
+            })
+            .collect();
+        out.sort();
+        (state.serial, out)
+    }
+
     /// Rooms among `rooms` whose typing set changed after serial `since`, with the
     /// users typing there now. A `since` from before a restart (higher than the
     /// current serial) counts as 0.

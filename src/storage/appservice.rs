@@ -22,10 +22,31 @@ pub async fn enqueue(
     Ok(())
 }
 
-/// A transaction for one appservice: its ID and its events, oldest first.
+/// Queues one row that is not a room event (`kind`: `ephemeral`,
+/// `to_device`, `device_list`; see the migration) for each of `appservices`.
+pub async fn enqueue_other(
+    db: impl PgExecutor<'_>,
+    appservices: &[String],
+    kind: &str,
+    json: &str,
+) -> sqlx::Result<()> {
+    sqlx::query!(
+        "insert into appservice_outbox (appservice_id, kind, event_json)
+         select a, $2, $3 from unnest($1::text[]) as a",
+        appservices,
+        kind,
+        json
+    )
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// A transaction for one appservice: its ID and its rows (kind, JSON),
+/// oldest first.
 pub struct Pending {
     pub txn_id: i64,
-    pub events: Vec<String>,
+    pub rows: Vec<(String, String)>,
 }
 
 /// The transaction already formed and not yet acknowledged, if any.
@@ -34,7 +55,7 @@ pub async fn open_transaction(
     appservice_id: &str,
 ) -> sqlx::Result<Option<Pending>> {
     let rows = sqlx::query!(
-        "select txn_id as \"txn_id!\", event_json from appservice_outbox
+        "select txn_id as \"txn_id!\", kind, event_json from appservice_outbox
          where appservice_id = $1
            and txn_id = (select min(txn_id) from appservice_outbox
                          where appservice_id = $1 and txn_id is not null)
@@ -45,7 +66,10 @@ pub async fn open_transaction(
     .await?;
     Ok(rows.first().map(|first| Pending {
         txn_id: first.txn_id,
-        events: rows.iter().map(|r| r.event_json.clone()).collect(),
+        rows: rows
+            .iter()
+            .map(|r| (r.kind.clone(), r.event_json.clone()))
+            .collect(),
     }))
 }
 
@@ -196,6 +220,69 @@ pub async fn local_members(db: impl PgExecutor<'_>, room_id: &str) -> sqlx::Resu
         "select user_id from room_members
          where room_id = $1 and membership in ('join', 'invite')",
         room_id
+    )
+    .fetch_all(db)
+    .await
+}
+
+/// One-time keys left per device and algorithm of `users`' devices (every
+/// device, with no algorithm and a count of 0 when it has none).
+pub async fn one_time_key_counts(
+    db: impl PgExecutor<'_>,
+    users: &[String],
+) -> sqlx::Result<Vec<(String, String, Option<String>, i64)>> {
+    let rows = sqlx::query!(
+        r#"select d.user_id, d.device_id, k.algorithm as "algorithm?", count(k.key_id) as "count!"
+           from devices d
+           left join one_time_keys k on k.user_id = d.user_id and k.device_id = d.device_id
+           where d.user_id = any($1)
+           group by d.user_id, d.device_id, k.algorithm"#,
+        users
+    )
+    .fetch_all(db)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| (r.user_id, r.device_id, r.algorithm, r.count))
+        .collect())
+}
+
+/// The unused fallback key algorithms of `users`' devices (every device, with
+/// no algorithm when it has none unused).
+pub async fn unused_fallback_keys(
+    db: impl PgExecutor<'_>,
+    users: &[String],
+) -> sqlx::Result<Vec<(String, String, Option<String>)>> {
+    let rows = sqlx::query!(
+        r#"select d.user_id, d.device_id, f.algorithm as "algorithm?"
+           from devices d
+           left join fallback_keys f
+             on f.user_id = d.user_id and f.device_id = d.device_id and not f.used
+           where d.user_id = any($1)"#,
+        users
+    )
+    .fetch_all(db)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| (r.user_id, r.device_id, r.algorithm))
+        .collect())
+}
+
+/// This server's users joined to any room `user_id` is joined to (presence
+/// and device-list interest).
+pub async fn local_users_sharing_rooms(
+    db: impl PgExecutor<'_>,
+    user_id: &str,
+    server_suffix: &str,
+) -> sqlx::Result<Vec<String>> {
+    sqlx::query_scalar!(
+        r#"select distinct m.user_id as "user_id!" from room_members m
+           where m.membership = 'join' and right(m.user_id, length($2)) = $2
+             and m.room_id in (select room_id from room_members
+                               where user_id = $1 and membership = 'join')"#,
+        user_id,
+        server_suffix
     )
     .fetch_all(db)
     .await

@@ -18,6 +18,10 @@ use serde_json::{Value, json};
 
 use crate::harness::{Login, SERVER_NAME, TestServer, enc, eventually};
 
+mod ephemeral;
+mod federation;
+mod reload;
+
 const AS_TOKEN: &str = "as-secret-token-0123456789";
 const HS_TOKEN: &str = "hs-secret-token-9876543210";
 

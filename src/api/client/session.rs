@@ -63,7 +63,7 @@ async fn login_types(
         types.push(get_login_types::v3::LoginType::Token(token));
     }
     // Offered when an application service may use it.
-    if !state.appservices.is_empty() {
+    if !state.appservices.current().is_empty() {
         types.push(get_login_types::v3::LoginType::ApplicationService(
             Default::default(),
         ));

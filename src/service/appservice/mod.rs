@@ -4,11 +4,12 @@
 //! and the user and alias queries made when a client touches an unknown ID in
 //! a namespace. The delivery worker is [`sender`].
 
+pub mod ephemeral;
 pub mod sender;
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, RwLock},
     time::{Duration, Instant},
 };
 
@@ -31,14 +32,42 @@ use crate::{
     storage::{self, Postgres, Transaction, now_ms, profiles, users},
 };
 
+/// A value replaced whole on reload (the registrations, their HTTP
+/// clients): readers take the current `Arc` and keep using it, a reload
+/// swaps in a new one.
+pub struct Live<T>(RwLock<Arc<T>>);
+
+impl<T> Live<T> {
+    pub fn new(value: T) -> Self {
+        Self(RwLock::new(Arc::new(value)))
+    }
+
+    pub fn current(&self) -> Arc<T> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn replace(&self, value: T) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(value);
+    }
+}
+
 /// Reads and validates every registration file the configuration lists.
 pub fn load(config: &Config) -> anyhow::Result<Registry> {
-    let server_name = config.server_name();
+    load_files(&config.appservices, &config.server_name())
+}
+
+/// Reads and validates registration files: each on its own (errors name the
+/// file and the field), then against each other (IDs, tokens and senders
+/// unique).
+fn load_files(
+    paths: &[std::path::PathBuf],
+    server_name: &ruma::ServerName,
+) -> anyhow::Result<Registry> {
     let mut list = Vec::new();
-    for path in &config.appservices {
+    for path in paths {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("reading appservice registration {}", path.display()))?;
-        let reg = appservice::parse(path, &text, &server_name, token::hash)
+        let reg = appservice::parse(path, &text, server_name, token::hash)
             .map_err(|e| anyhow::anyhow!(e))?;
         list.push((path.display().to_string(), reg));
     }
@@ -49,10 +78,31 @@ pub fn load(config: &Config) -> anyhow::Result<Registry> {
     Ok(registry)
 }
 
+/// Reloads the registrations (SIGHUP): `paths` are the files the
+/// configuration lists now. Every file is validated first; on any error the
+/// registrations in use stay as they are and the error (naming the file and
+/// the field) is returned. Otherwise the new set replaces the old one at
+/// once, new senders are created, and the delivery workers restart with it
+/// (a transaction in flight is sent again, under the same ID).
+pub async fn reload(app: &AppState, paths: &[std::path::PathBuf]) -> anyhow::Result<()> {
+    let registry = load_files(paths, &app.server_name)?;
+    let clients = Clients::new(&app.config, &registry)?;
+    let count = registry.list.len();
+    app.appservices.replace(registry);
+    app.appservice_http.replace(clients);
+    create_senders(app).await?;
+    app.appservice_reloaded.send_modify(|n| *n += 1);
+    tracing::info!(
+        appservices = count,
+        "application service registrations reloaded"
+    );
+    Ok(())
+}
+
 /// Creates each appservice's sender user if it does not exist yet (it exists
 /// implicitly, as the spec says).
 pub async fn create_senders(app: &AppState) -> anyhow::Result<()> {
-    for reg in &app.appservices.list {
+    for reg in &app.appservices.current().list {
         let mut tx = app.db.begin().await?;
         if users::insert(&mut *tx, reg.sender.as_str(), None, false, false, now_ms()).await? {
             profiles::set_displayname(&mut *tx, reg.sender.as_str(), Some(reg.sender.localpart()))
@@ -74,7 +124,7 @@ pub async fn authenticate(
     user_id: Option<&str>,
     device_id: Option<&str>,
 ) -> Result<Option<Session>> {
-    let Some(reg) = app.appservices.by_token(token_hash) else {
+    let Some(reg) = app.appservices.current().by_token(token_hash) else {
         return Ok(None);
     };
     let user_id = match user_id {
@@ -212,7 +262,11 @@ pub fn check_user_not_claimed(
     user_id: &UserId,
     requester: Option<&Registration>,
 ) -> Result<()> {
-    match app.appservices.exclusive_user_owner(user_id.as_str()) {
+    match app
+        .appservices
+        .current()
+        .exclusive_user_owner(user_id.as_str())
+    {
         Some(owner) if requester.is_none_or(|r| r.id != owner.id) => Err(Error::new(
             ErrorKind::Exclusive,
             "This user ID is reserved by an application service",
@@ -236,7 +290,7 @@ pub fn check_alias_allowed(
             "This application service has not reserved this kind of alias",
         ));
     }
-    match app.appservices.exclusive_alias_owner(alias) {
+    match app.appservices.current().exclusive_alias_owner(alias) {
         Some(owner) if requester.is_none_or(|r| r.id != owner.id) => Err(Error::new(
             ErrorKind::Exclusive,
             "This alias is reserved by an application service",
@@ -258,12 +312,16 @@ pub async fn enqueue(
     json: &str,
     event: &pdu::Pdu,
 ) -> Result<()> {
-    let candidates: Vec<&Arc<Registration>> = app
-        .appservices
-        .list
-        .iter()
-        .filter(|r| r.url.is_some())
-        .collect();
+    if event.kind == ruma::events::TimelineEventType::RoomMember
+        && let Some(target) = event.state_key.as_deref()
+        && serde_json::from_str::<Value>(event.content.get())
+            .is_ok_and(|c| matches!(c["membership"].as_str(), Some("leave" | "ban")))
+    {
+        ephemeral::on_leave(tx, app, room_id.as_str(), target).await?;
+    }
+    let registry = app.appservices.current();
+    let candidates: Vec<&Arc<Registration>> =
+        registry.list.iter().filter(|r| r.url.is_some()).collect();
     if candidates.is_empty() {
         return Ok(());
     }
@@ -392,7 +450,7 @@ async fn get(
     if !query.is_empty() {
         url.query_pairs_mut().extend_pairs(query);
     }
-    let client = app.appservice_http.get(&reg.id)?;
+    let client = app.appservice_http.current().get(&reg.id)?;
     let mut request = reqwest::Request::new(http::Method::GET, url);
     *request.timeout_mut() = Some(super::directory::query_timeout(app));
     if let Ok(value) = format!("Bearer {}", reg.hs_token).parse() {
@@ -438,7 +496,7 @@ async fn get_json(
 /// `instance_id` `{appservice}|{network}` the room directory takes).
 pub async fn protocols(app: &AppState, only: Option<&str>) -> Map<String, Value> {
     let mut out = Map::new();
-    for reg in &app.appservices.list {
+    for reg in &app.appservices.current().list {
         for protocol in &reg.protocols {
             if only.is_some_and(|p| p != protocol) {
                 continue;
@@ -471,7 +529,13 @@ pub async fn protocols(app: &AppState, only: Option<&str>) -> Map<String, Value>
 
 async fn protocol_of(app: &AppState, reg: &Registration, protocol: &str) -> Option<Value> {
     let key = (reg.id.clone(), protocol.to_owned());
-    if let Some((at, info)) = app.appservice_http.protocols.lock().ok()?.get(&key)
+    if let Some((at, info)) = app
+        .appservice_http
+        .current()
+        .protocols
+        .lock()
+        .ok()?
+        .get(&key)
         && at.elapsed() < PROTOCOL_CACHE
     {
         return Some(info.clone());
@@ -481,7 +545,7 @@ async fn protocol_of(app: &AppState, reg: &Registration, protocol: &str) -> Opti
     if !info.is_object() || !info["instances"].is_array() {
         return None;
     }
-    if let Ok(mut cache) = app.appservice_http.protocols.lock() {
+    if let Ok(mut cache) = app.appservice_http.current().protocols.lock() {
         cache.insert(key, (Instant::now(), info.clone()));
     }
     Some(info)
@@ -498,7 +562,7 @@ pub async fn third_party_lookup(
 ) -> Vec<Value> {
     let key = if kind == "user" { "userid" } else { "alias" };
     let mut out = Vec::new();
-    for reg in &app.appservices.list {
+    for reg in &app.appservices.current().list {
         let mut segments = vec!["thirdparty", kind];
         match protocol {
             Some(p) if reg.protocols.iter().any(|q| q == p) => segments.push(p),
@@ -529,7 +593,7 @@ pub async fn user_exists(app: &AppState, user_id: &UserId) -> Result<bool> {
     if user_id.server_name() != app.server_name {
         return Ok(false);
     }
-    for reg in app.appservices.user_queriers(user_id.as_str()) {
+    for reg in app.appservices.current().user_queriers(user_id.as_str()) {
         if query(app, &reg, &["users", user_id.as_str()]).await {
             let mut tx = app.db.begin().await?;
             if users::insert(&mut *tx, user_id.as_str(), None, false, false, now_ms()).await? {
@@ -547,7 +611,7 @@ pub async fn user_exists(app: &AppState, user_id: &UserId) -> Result<bool> {
 /// whose alias namespace covers it (`GET /_matrix/app/v1/rooms/{alias}`): one
 /// that answers 2xx has created it meanwhile.
 pub async fn query_alias(app: &AppState, alias: &RoomAliasId) -> Result<Option<OwnedRoomId>> {
-    for reg in app.appservices.alias_queriers(alias.as_str()) {
+    for reg in app.appservices.current().alias_queriers(alias.as_str()) {
         if query(app, &reg, &["rooms", alias.as_str()]).await
             && let Some(room) = super::directory::resolve_local(app, alias.as_str()).await?
         {
@@ -596,8 +660,10 @@ pub async fn ping(
             message,
         )
     };
-    let (Some(url), Some(client)) = (endpoint(reg, &["ping"]), app.appservice_http.get(&reg.id))
-    else {
+    let (Some(url), Some(client)) = (
+        endpoint(reg, &["ping"]),
+        app.appservice_http.current().get(&reg.id),
+    ) else {
         return Err(remote(
             http::StatusCode::BAD_REQUEST,
             "M_URL_NOT_SET",
@@ -653,7 +719,7 @@ pub async fn admin_list(app: &AppState) -> Result<Value> {
             .collect()
     };
     let mut out = Vec::new();
-    for reg in &app.appservices.list {
+    for reg in &app.appservices.current().list {
         let queue = queues.iter().find(|q| q.appservice_id == reg.id);
         let (sent, failures) = app.metrics.appservice_counts(&reg.id);
         out.push(serde_json::json!({
@@ -662,6 +728,8 @@ pub async fn admin_list(app: &AppState) -> Result<Value> {
             "sender": reg.sender,
             "rate_limited": reg.rate_limited,
             "receive_ephemeral": reg.receive_ephemeral,
+            "push_ephemeral": reg.ephemeral_legacy,
+            "org.matrix.msc3202": reg.msc3202,
             "protocols": reg.protocols,
             "namespaces": {
                 "users": namespaces(&reg.users),

@@ -26,29 +26,61 @@ const MAX_EVENTS: i64 = 100;
 /// Looked at again this often even without a wake-up.
 const IDLE_CHECK: Duration = Duration::from_secs(60);
 
-/// Starts one delivery task per appservice that has a URL.
+/// Starts the delivery workers: one task per appservice that has a URL, and
+/// the typing forwarder; all restarted with the new set when the
+/// registrations are reloaded.
 pub fn spawn_all(
     app: &AppState,
     shutdown: &CancellationToken,
     tasks: &mut tokio::task::JoinSet<()>,
 ) {
-    for reg in &app.appservices.list {
-        if reg.url.is_none() {
-            continue;
+    tasks.spawn(supervise(app.clone(), shutdown.clone()));
+}
+
+async fn supervise(app: AppState, shutdown: CancellationToken) {
+    let mut reloads = app.appservice_reloaded.subscribe();
+    loop {
+        reloads.borrow_and_update();
+        let generation = shutdown.child_token();
+        let mut workers = tokio::task::JoinSet::new();
+        for reg in &app.appservices.current().list {
+            if reg.url.is_some() {
+                workers.spawn(run(app.clone(), reg.clone(), generation.clone()));
+            }
         }
-        tasks.spawn(run(app.clone(), reg.clone(), shutdown.clone()));
+        workers.spawn(super::ephemeral::forward_typing(
+            app.clone(),
+            generation.clone(),
+        ));
+        let stop = tokio::select! {
+            _ = shutdown.cancelled() => true,
+            changed = reloads.changed() => changed.is_err(),
+        };
+        generation.cancel();
+        while workers.join_next().await.is_some() {}
+        if stop {
+            return;
+        }
     }
 }
 
 async fn run(app: AppState, reg: Arc<Registration>, shutdown: CancellationToken) {
-    let Some(client) = app.appservice_http.get(&reg.id) else {
+    let Some(client) = app.appservice_http.current().get(&reg.id) else {
         return;
     };
     let mut wake = app.notifier.subscribe();
+    let mut also_wake = app.appservice_wake.subscribe();
     let mut delay = FIRST_RETRY;
     loop {
         wake.borrow_and_update();
-        let pause = match deliver_one(&app, &reg, &client).await {
+        also_wake.borrow_and_update();
+        // Stopping (shutdown, reload) may cut a transaction short: it is
+        // durable, and sent again under the same ID.
+        let outcome = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            outcome = deliver_one(&app, &reg, &client) => outcome,
+        };
+        let pause = match outcome {
             Ok(true) => {
                 delay = FIRST_RETRY;
                 continue;
@@ -74,6 +106,7 @@ async fn run(app: AppState, reg: Arc<Registration>, shutdown: CancellationToken)
             None => tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = wake.changed() => {}
+                _ = also_wake.changed() => {}
                 _ = tokio::time::sleep(IDLE_CHECK) => {}
             },
         }
@@ -101,16 +134,134 @@ async fn deliver_one(
                 .ok_or_else(|| anyhow::anyhow!("formed transaction vanished"))?
         }
     };
-    let events: Vec<Value> = pending
-        .events
-        .iter()
-        .map(|e| serde_json::from_str(e).unwrap_or(Value::Null))
-        .collect();
+    let (body, events) = body(app, reg, &pending.rows).await?;
     let txn_id = pending.txn_id.to_string();
-    send(client, reg, &txn_id, &json!({ "events": events })).await?;
+    send(client, reg, &txn_id, &body).await?;
     storage::appservice::complete(&app.db, &reg.id, pending.txn_id).await?;
-    app.metrics.appservice_sent(&reg.id, events.len());
+    app.metrics.appservice_sent(&reg.id, events);
     Ok(true)
+}
+
+/// The transaction body for a transaction's rows (and the number of room
+/// events in it): `events`; the ephemeral events under the field the
+/// registration asked for; `de.sorunome.msc2409.to_device`; and for MSC3202
+/// registrations `org.matrix.msc3202.device_lists` (the rows merged, the
+/// latest word on each user winning) and the one-time key counts and unused
+/// fallback key types, read now, of the devices of the users the
+/// transaction concerns (as Synapse chooses them: the sender, the to-device
+/// recipients, and the namespace's users in the rooms of its events). A
+/// part the registration does not (or no longer) ask for is left out.
+async fn body(
+    app: &AppState,
+    reg: &Registration,
+    rows: &[(String, String)],
+) -> anyhow::Result<(Value, usize)> {
+    let mut events = Vec::new();
+    let mut ephemeral = Vec::new();
+    let mut to_device = Vec::new();
+    let mut changed: Vec<String> = Vec::new();
+    let mut left: Vec<String> = Vec::new();
+    for (kind, text) in rows {
+        let value: Value = serde_json::from_str(text).unwrap_or(Value::Null);
+        match kind.as_str() {
+            "ephemeral" => ephemeral.push(value),
+            "to_device" => to_device.push(value),
+            "device_list" => {
+                if let Some(user) = value["changed"].as_str() {
+                    left.retain(|u| u != user);
+                    if !changed.iter().any(|u| u == user) {
+                        changed.push(user.to_owned());
+                    }
+                } else if let Some(user) = value["left"].as_str() {
+                    changed.retain(|u| u != user);
+                    if !left.iter().any(|u| u == user) {
+                        left.push(user.to_owned());
+                    }
+                }
+            }
+            _ => events.push(value),
+        }
+    }
+    let mut body = json!({ "events": events });
+    if reg.wants_ephemeral() {
+        body[reg.ephemeral_field()] = ephemeral.clone().into();
+    }
+    if reg.wants_to_device() && !to_device.is_empty() {
+        body["de.sorunome.msc2409.to_device"] = to_device.clone().into();
+    }
+    if reg.msc3202 {
+        if !changed.is_empty() || !left.is_empty() {
+            body["org.matrix.msc3202.device_lists"] = json!({ "changed": changed, "left": left });
+        }
+        let mut users: Vec<String> = vec![reg.sender.to_string()];
+        users.extend(
+            to_device
+                .iter()
+                .filter_map(|m| m["to_user_id"].as_str().map(str::to_owned)),
+        );
+        let mut rooms: Vec<&str> = events
+            .iter()
+            .chain(ephemeral.iter())
+            .filter_map(|e| e["room_id"].as_str())
+            .collect();
+        rooms.sort_unstable();
+        rooms.dedup();
+        for room in rooms {
+            users.extend(
+                storage::appservice::local_members(&app.db, room)
+                    .await?
+                    .into_iter()
+                    .filter(|u| reg.is_interested_in_user(u)),
+            );
+        }
+        users.sort_unstable();
+        users.dedup();
+        let (counts, fallback) = key_state(app, &users).await?;
+        if counts.as_object().is_some_and(|o| !o.is_empty()) {
+            body["org.matrix.msc3202.device_one_time_keys_count"] = counts.clone();
+            // The name Synapse sent first, still read by some bridges.
+            body["org.matrix.msc3202.device_one_time_key_counts"] = counts;
+        }
+        if fallback.as_object().is_some_and(|o| !o.is_empty()) {
+            body["org.matrix.msc3202.device_unused_fallback_key_types"] = fallback;
+        }
+    }
+    Ok((body, events.len()))
+}
+
+/// `{user: {device: {algorithm: count}}}` (with `signed_curve25519` always
+/// present) and `{user: {device: [algorithm…]}}` for every device of `users`.
+async fn key_state(app: &AppState, users: &[String]) -> anyhow::Result<(Value, Value)> {
+    let mut counts = serde_json::Map::new();
+    for (user, device, algorithm, count) in
+        storage::appservice::one_time_key_counts(&app.db, users).await?
+    {
+        let entry = counts
+            .entry(user)
+            .or_insert_with(|| json!({}))
+            .as_object_mut()
+            .map(|devices| {
+                devices
+                    .entry(device)
+                    .or_insert_with(|| json!({ "signed_curve25519": 0 }))
+            });
+        if let (Some(entry), Some(algorithm)) = (entry, algorithm) {
+            entry[algorithm] = count.into();
+        }
+    }
+    let mut fallback = serde_json::Map::new();
+    for (user, device, algorithm) in
+        storage::appservice::unused_fallback_keys(&app.db, users).await?
+    {
+        let list = &mut fallback.entry(user).or_insert_with(|| json!({}))[device.as_str()];
+        if !list.is_array() {
+            *list = json!([]);
+        }
+        if let (Some(list), Some(algorithm)) = (list.as_array_mut(), algorithm) {
+            list.push(algorithm.into());
+        }
+    }
+    Ok((counts.into(), fallback.into()))
 }
 
 /// One `PUT /transactions/{txnId}`; an answer other than 2xx is an error.

@@ -277,6 +277,16 @@ pub async fn receive_to_device(app: &AppState, origin: &ServerName, content: &Va
                 &text,
             )
             .await?;
+            crate::service::appservice::ephemeral::on_to_device(
+                &mut tx,
+                app,
+                user,
+                &targets,
+                sender.as_str(),
+                event_type,
+                &text,
+            )
+            .await?;
         }
     }
     tx.commit().await?;

@@ -169,6 +169,19 @@ async fn receive_receipts(app: &AppState, origin: &ServerName, content: &Value) 
             position,
         )
         .await?;
+        crate::service::appservice::ephemeral::on_receipt(
+            &mut tx,
+            app,
+            &crate::service::appservice::ephemeral::Receipt {
+                room_id: entry.room_id,
+                user_id: entry.user_id,
+                receipt_type: "m.read",
+                thread_id: entry.thread_id,
+                event_id: entry.event_id,
+                ts: entry.ts.unwrap_or_else(now_ms),
+            },
+        )
+        .await?;
         tx.commit().await?;
         drop(guard);
     }
