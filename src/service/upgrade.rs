@@ -368,7 +368,9 @@ async fn predecessor(
 }
 
 /// After a local `user` newly joined `room_id`: when it is an upgraded room
-/// the user's tags and `m.direct` entry for its predecessor follow. When
+/// (its create event names a predecessor whose tombstone, in the state this
+/// server holds, names it back) the user's tags and `m.direct` entry for the
+/// predecessor follow. When
 /// `server_first` (this server has just joined over federation), the old
 /// room's directory listing and local aliases move to it too. `group` is the
 /// room's state after the join, when the caller has it.
@@ -382,7 +384,24 @@ pub async fn carry_over_on_join(
     let Some(old_room) = predecessor(app, room_id, group).await? else {
         return Ok(());
     };
-    if rooms::get(&app.db, old_room.as_str()).await?.is_none() {
+    // Anyone can create a room naming any room as its predecessor: only the
+    // old room's own tombstone, in its current state here, makes this room
+    // its replacement. Without it nothing moves (a forged predecessor must
+    // not take our aliases, listing or users' tags).
+    let Some(old_group) = rooms::get(&app.db, old_room.as_str())
+        .await?
+        .and_then(|r| r.current_state_group)
+    else {
+        return Ok(());
+    };
+    let key = ("m.room.tombstone".to_owned(), String::new());
+    let tombstone =
+        state::state_events_for_keys(&app.db, old_group, std::slice::from_ref(&key)).await?;
+    let replaced_by_this = tombstone.into_iter().next().is_some_and(|(_, json)| {
+        serde_json::from_str::<Value>(&json)
+            .is_ok_and(|t| t["content"]["replacement_room"] == room_id.as_str())
+    });
+    if !replaced_by_this {
         return Ok(());
     }
     if server_first {

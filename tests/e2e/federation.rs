@@ -867,3 +867,64 @@ async fn joining_an_upgraded_room_moves_this_servers_aliases_and_listing() {
     assert!(listed.contains(&new.as_str()), "{public}");
     assert!(!listed.contains(&old.as_str()), "{public}");
 }
+
+/// Any server can create a room that names one of ours as its predecessor.
+/// Joining it moves nothing: only the old room's own tombstone makes a room
+/// its replacement.
+#[tokio::test]
+async fn a_forged_predecessor_takes_no_aliases_listing_or_tags() {
+    let a = TestServer::start_federating().await;
+    let b = TestServer::start_federating().await;
+    let alice = a.register("alice", "password-a").await;
+    let mallory = b.register("mallory", "password-b").await;
+    let v3 = "/_matrix/client/v3";
+    let ours = a
+        .create_room(
+            &alice,
+            json!({"preset": "public_chat", "visibility": "public", "room_alias_name": "ours"}),
+        )
+        .await;
+    let (status, _) = a
+        .put(
+            &format!("{v3}/user/{}/rooms/{}/tags/u.work", alice.user_id, enc(&ours)),
+            Some(&alice.access_token),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let bait = b
+        .create_room(
+            &mallory,
+            json!({
+                "preset": "public_chat",
+                "invite": [alice.user_id],
+                "creation_content": { "predecessor": { "room_id": ours, "event_id": "$forged" } },
+            }),
+        )
+        .await;
+    eventually("the invite reaches A", || async {
+        let (_, sync) = a.get(&format!("{v3}/sync"), Some(&alice.access_token)).await;
+        sync["rooms"]["invite"].get(bait.as_str()).is_some()
+    })
+    .await;
+    let (status, body) = a
+        .post(&format!("{v3}/rooms/{}/join", enc(&bait)), Some(&alice.access_token), json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    let alias = format!("#ours:{}", a.name());
+    let (_, resolved) = a.get(&format!("{v3}/directory/room/{}", enc(&alias)), None).await;
+    assert_eq!(resolved["room_id"], ours.as_str(), "{resolved}");
+    let (_, public) = a.get(&format!("{v3}/publicRooms"), None).await;
+    let listed: Vec<&str> = public["chunk"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["room_id"].as_str())
+        .collect();
+    assert_eq!(listed, [ours.as_str()], "{public}");
+    let (_, tags) = a
+        .get(&format!("{v3}/user/{}/rooms/{}/tags", alice.user_id, enc(&bait)), Some(&alice.access_token))
+        .await;
+    assert_eq!(tags["tags"], json!({}), "{tags}");
+}
