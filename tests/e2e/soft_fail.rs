@@ -350,3 +350,77 @@ async fn events_after_a_rejected_event_are_accepted() {
     peer.stop();
     lattice.stop().await;
 }
+
+/// The state at an event after a rejected one is the state before the
+/// rejected event (it changed nothing), and a rejected event has no state of
+/// its own to give: `/state_ids` answers 404 for it (as Synapse).
+#[tokio::test]
+async fn state_after_a_rejected_event_is_the_state_before_it() {
+    let lattice = TestServer::start_federating().await;
+    let peer = HostilePeer::start().await;
+    let alice = lattice.register("alice", "password-a").await;
+    let room = lattice
+        .create_room(&alice, json!({"preset": "public_chat"}))
+        .await;
+    let mut v = peer.join(&lattice, &room, "mallory").await;
+    let before: BTreeSet<String> = v
+        .state
+        .iter()
+        .filter_map(|e| e["event_id"].as_str().map(str::to_owned))
+        .collect();
+    let state_ids = |event: String| {
+        let peer = &peer;
+        let lattice = &lattice;
+        let room = room.clone();
+        async move {
+            peer.request(
+                lattice.name(),
+                Method::GET,
+                &format!(
+                    "/_matrix/federation/v1/state_ids/{}?event_id={}",
+                    enc(&room),
+                    enc(&event)
+                ),
+                None,
+            )
+            .await
+        }
+    };
+    // A state event from a user who is not in the room: rejected.
+    let mut auth = Vec::new();
+    auth.extend(v.state_id("m.room.create", ""));
+    auth.extend(v.state_id("m.room.power_levels", ""));
+    let (bad, pdu) = peer.pdu(
+        &v.version,
+        json!({
+            "room_id": room,
+            "sender": peer.user("outsider"),
+            "type": "m.room.name",
+            "state_key": "",
+            "content": { "name": "taken over" },
+            "prev_events": [v.latest],
+            "auth_events": auth,
+            "depth": v.depth + 1,
+        }),
+    );
+    let result = peer.send(&lattice, vec![pdu]).await;
+    assert_eq!(result[&bad], json!({}), "handled: {result}");
+    v.advance(&bad);
+    let (good, pdu) = peer.message(&v, "after it");
+    let result = peer.send(&lattice, vec![pdu]).await;
+    assert_eq!(result[&good], json!({}), "{result}");
+
+    let (status, body) = state_ids(bad.clone()).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    let (status, body) = state_ids(good.clone()).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let at_good: BTreeSet<String> = body["pdu_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e.as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(at_good, before, "{body}");
+    peer.stop();
+    lattice.stop().await;
+}

@@ -533,6 +533,10 @@ async fn state_at(
 ) -> Result<(Vec<String>, Vec<String>)> {
     let room_id = RoomId::parse(room_id).map_err(|_| Error::invalid_param("Invalid room ID"))?;
     let stored = readable_event(app, origin, &room_id, event_id).await?;
+    // A rejected event has no state of its own to give (as Synapse answers).
+    if stored.rejected {
+        return Err(Error::not_found("Event not found"));
+    }
     let rules = room_rules(app, &room_id).await?;
     let id = EventId::parse(&stored.event_id).map_err(|e| anyhow::anyhow!("{e}"))?;
     let pdu = Pdu::from_json(&id, &stored.json).map_err(|e| anyhow::anyhow!("{e}"))?;

@@ -748,7 +748,7 @@ async fn graph_events(app: &AppState, room_id: &RoomId, ids: &[String]) -> Resul
 
 /// The state groups the prev events leave the room in: the state after a
 /// timeline or soft-failed event, the state before a rejected one.
-async fn prev_state_groups(
+pub async fn prev_state_groups(
     tx: &mut crate::storage::Transaction<'_, crate::storage::Postgres>,
     room_id: &RoomId,
     prev_ids: &[String],

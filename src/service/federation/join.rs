@@ -560,11 +560,9 @@ pub async fn state_ids_before(
 ) -> Result<Vec<String>> {
     let prev: Vec<String> = pdu.prev_events.iter().map(|e| e.to_string()).collect();
     let mut tx = app.db.begin().await?;
-    let groups: Vec<i64> = ingest::load_pdus(&mut *tx, room_id, &prev)
-        .await?
-        .values()
-        .filter_map(|(_, g)| *g)
-        .collect();
+    // Prev events held as outliers (soft-failed, or rejected: the state
+    // before them) count with the state they were kept with.
+    let groups = ingest::prev_state_groups(&mut tx, room_id, &prev).await?;
     let group = ingest::resolved_group(&mut tx, rules, room_id, &groups).await?;
     let ids = match group {
         Some(g) => crate::storage::state::full_state(&mut *tx, g)
