@@ -375,7 +375,7 @@ pub struct Email {
     pub session_lifetime_secs: u64,
     /// Time limit for one conversation with the SMTP server.
     pub timeout_secs: u64,
-    /// A directory with `registration.txt`, `password_reset.txt` and
+    /// A directory with `register.txt`, `password_reset.txt` and
     /// `add_threepid.txt` replacing the built-in mails (first line `Subject:
     /// …`, a blank line, then the body). Unset: the built-in ones.
     pub template_dir: Option<PathBuf>,

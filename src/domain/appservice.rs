@@ -154,9 +154,12 @@ impl Registration {
     }
 
     /// To-device messages for its users' devices are sent to it (MSC4203,
-    /// `de.sorunome.msc2409.to_device`): with ephemeral events or MSC3202.
+    /// `de.sorunome.msc2409.to_device`) only when it opts in to encrypted
+    /// bridging (MSC3202): a registration that asked for typing and receipts
+    /// under a broad namespace must not start receiving every user's key
+    /// requests and verification messages.
     pub fn wants_to_device(&self) -> bool {
-        self.wants_ephemeral() || self.msc3202
+        self.msc3202
     }
 
     pub fn claims_user(&self, user_id: &str) -> bool {
@@ -388,7 +391,8 @@ namespaces:
         assert_eq!(reg.sender.as_str(), "@ircbot:example.org");
         assert!(!reg.rate_limited);
         assert!(!reg.receive_ephemeral && reg.ephemeral_legacy && !reg.msc3202);
-        assert!(reg.wants_ephemeral() && reg.wants_to_device());
+        // Ephemeral events alone do not bring to-device messages.
+        assert!(reg.wants_ephemeral() && !reg.wants_to_device());
         assert_eq!(reg.ephemeral_field(), "de.sorunome.msc2409.ephemeral");
         let stable = load(&GOOD.replace(
             "de.sorunome.msc2409.push_ephemeral: true",

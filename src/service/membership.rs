@@ -247,8 +247,11 @@ async fn kick_guests(app: &AppState, room_id: &RoomId) -> Result<()> {
             }
         }
     }
+    // One guest's failure does not keep the others in.
     for guest in guests {
-        leave(app, &guest, room_id, None).await?;
+        if let Err(error) = leave(app, &guest, room_id, None).await {
+            tracing::warn!(%room_id, %guest, %error, "could not remove a guest");
+        }
     }
     Ok(())
 }

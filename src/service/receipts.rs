@@ -151,7 +151,7 @@ async fn store(
 ) -> Result<()> {
     let mut tx = app.db.begin().await?;
     let (position, guard) = stream::take(&mut tx, app).await?;
-    user_streams::set_receipt(
+    let stored = user_streams::set_receipt(
         &mut *tx,
         &user_streams::NewReceipt {
             room_id: room_id.as_str(),
@@ -164,6 +164,11 @@ async fn store(
         position,
     )
     .await?;
+    if !stored {
+        // A receipt for an older event than the user's: ignored, and told to
+        // no one.
+        return Ok(());
+    }
     super::appservice::ephemeral::on_receipt(
         &mut tx,
         app,

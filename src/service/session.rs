@@ -190,6 +190,16 @@ pub async fn login_password(
 /// password (indistinguishable, in answer and in time); `M_USER_DEACTIVATED`
 /// only once the password has been proven, so the answer reveals nothing about
 /// an account to someone who does not know its password.
+/// The answer to a login naming no account (an unknown user, or an email
+/// address bound to none), after the time a real password check takes, so
+/// that neither answer nor timing reveals which accounts exist.
+pub async fn unknown_login(state: &AppState) -> Error {
+    if let Err(e) = hash_password(state, "timing".to_owned()).await {
+        return e;
+    }
+    Error::forbidden("Invalid username or password")
+}
+
 pub async fn check_password(
     state: &AppState,
     user_id: &UserId,
@@ -200,9 +210,7 @@ pub async fn check_password(
     let user = users::get(&state.db, user_id.as_str()).await?;
     let stored = user.as_ref().and_then(|u| u.password_hash.clone());
     let Some(stored) = stored else {
-        // Spend the same time as a real check so timing does not reveal accounts.
-        hash_password(state, "timing".to_owned()).await?;
-        return Err(Error::forbidden("Invalid username or password"));
+        return Err(unknown_login(state).await);
     };
     if !verify_password(state, password, stored).await? {
         // The attempt's tokens stay spent: this is a failed guess.

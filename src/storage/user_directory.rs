@@ -26,6 +26,11 @@ pub async fn search(
     sqlx::query_as!(
         Match,
         r#"with recursive
+           -- Rooms this server is in, worked out once.
+           local_rooms as (
+               select distinct l.room_id from room_members l
+               where l.membership = 'join' and right(l.user_id, length($4) + 1) = ':' || $4
+           ),
            cand as (
                select m.room_id, m.user_id,
                       e.json::jsonb -> 'content' ->> 'displayname' as member_name,
@@ -49,6 +54,7 @@ pub async fn search(
                select r.room_id, r.current_state_group, 0
                from rooms r
                where r.room_id in (select room_id from cand where not shared)
+                 and r.room_id in (select room_id from local_rooms)
                  and r.current_state_group is not null
                union all
                select c.room_id, g.parent_group, c.n + 1
@@ -76,11 +82,7 @@ pub async fn search(
                select c.user_id, bool_or(c.shared) as shared,
                       max(c.member_name) as member_name, max(c.member_avatar) as member_avatar
                from cand c
-               where c.shared
-                  or (c.room_id in (select room_id from public_rooms)
-                      and exists (select 1 from room_members l
-                                  where l.room_id = c.room_id and l.membership = 'join'
-                                    and right(l.user_id, length($4) + 1) = ':' || $4))
+               where c.shared or c.room_id in (select room_id from public_rooms)
                group by c.user_id
            )
            select v.user_id as "user_id!",

@@ -100,13 +100,13 @@ pub struct NewReceipt<'a> {
 }
 
 /// Stores a receipt, unless it would move the user's receipt of this type
-/// (and thread) back to an older event.
+/// (and thread) back to an older event: whether it was stored.
 pub async fn set_receipt(
     db: impl PgExecutor<'_>,
     r: &NewReceipt<'_>,
     stream: i64,
-) -> sqlx::Result<()> {
-    sqlx::query!(
+) -> sqlx::Result<bool> {
+    let done = sqlx::query!(
         "insert into receipts (room_id, user_id, receipt_type, thread_id, event_id, ts, stream_ordering)
          values ($1, $2, $3, $4, $5, $6, $7)
          on conflict (room_id, user_id, receipt_type, thread_id)
@@ -128,7 +128,7 @@ pub async fn set_receipt(
     )
     .execute(db)
     .await?;
-    Ok(())
+    Ok(done.rows_affected() == 1)
 }
 
 /// Receipts in the given rooms changed in `(after, upto]`.

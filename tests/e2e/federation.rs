@@ -886,7 +886,11 @@ async fn a_forged_predecessor_takes_no_aliases_listing_or_tags() {
         .await;
     let (status, _) = a
         .put(
-            &format!("{v3}/user/{}/rooms/{}/tags/u.work", alice.user_id, enc(&ours)),
+            &format!(
+                "{v3}/user/{}/rooms/{}/tags/u.work",
+                alice.user_id,
+                enc(&ours)
+            ),
             Some(&alice.access_token),
             json!({}),
         )
@@ -903,17 +907,25 @@ async fn a_forged_predecessor_takes_no_aliases_listing_or_tags() {
         )
         .await;
     eventually("the invite reaches A", || async {
-        let (_, sync) = a.get(&format!("{v3}/sync"), Some(&alice.access_token)).await;
+        let (_, sync) = a
+            .get(&format!("{v3}/sync"), Some(&alice.access_token))
+            .await;
         sync["rooms"]["invite"].get(bait.as_str()).is_some()
     })
     .await;
     let (status, body) = a
-        .post(&format!("{v3}/rooms/{}/join", enc(&bait)), Some(&alice.access_token), json!({}))
+        .post(
+            &format!("{v3}/rooms/{}/join", enc(&bait)),
+            Some(&alice.access_token),
+            json!({}),
+        )
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
 
     let alias = format!("#ours:{}", a.name());
-    let (_, resolved) = a.get(&format!("{v3}/directory/room/{}", enc(&alias)), None).await;
+    let (_, resolved) = a
+        .get(&format!("{v3}/directory/room/{}", enc(&alias)), None)
+        .await;
     assert_eq!(resolved["room_id"], ours.as_str(), "{resolved}");
     let (_, public) = a.get(&format!("{v3}/publicRooms"), None).await;
     let listed: Vec<&str> = public["chunk"]
@@ -924,7 +936,10 @@ async fn a_forged_predecessor_takes_no_aliases_listing_or_tags() {
         .collect();
     assert_eq!(listed, [ours.as_str()], "{public}");
     let (_, tags) = a
-        .get(&format!("{v3}/user/{}/rooms/{}/tags", alice.user_id, enc(&bait)), Some(&alice.access_token))
+        .get(
+            &format!("{v3}/user/{}/rooms/{}/tags", alice.user_id, enc(&bait)),
+            Some(&alice.access_token),
+        )
         .await;
     assert_eq!(tags["tags"], json!({}), "{tags}");
 }

@@ -141,9 +141,10 @@ async fn login(
         // An email address bound to an account (as Synapse accepts); an
         // unknown one fails like a wrong password.
         (Some(UserIdentifier::Email(email)), _) => {
-            crate::service::threepid::user_for_email(&state, &email.address)
-                .await?
-                .ok_or_else(|| Error::forbidden("Invalid username or password"))?
+            match crate::service::threepid::user_for_email(&state, &email.address).await? {
+                Some(user) => user,
+                None => return Err(session::unknown_login(&state).await),
+            }
         }
         (Some(_), _) => {
             return Err(Error::new(
@@ -155,9 +156,10 @@ async fn login(
         // clients), as Synapse still reads them.
         (None, None) => match (body.get("medium"), body.get("address")) {
             (Some(medium), Some(serde_json::Value::String(address))) if medium == "email" => {
-                crate::service::threepid::user_for_email(&state, address)
-                    .await?
-                    .ok_or_else(|| Error::forbidden("Invalid username or password"))?
+                match crate::service::threepid::user_for_email(&state, address).await? {
+                    Some(user) => user,
+                    None => return Err(session::unknown_login(&state).await),
+                }
             }
             _ => return Err(Error::bad_json("Missing identifier")),
         },

@@ -90,8 +90,10 @@ pub async fn reload(app: &AppState, paths: &[std::path::PathBuf]) -> anyhow::Res
     let count = registry.list.len();
     app.appservices.replace(registry);
     app.appservice_http.replace(clients);
-    create_senders(app).await?;
+    // The workers restart with the new set whatever happens next: they must
+    // not keep an old URL or `hs_token` because a sender could not be made.
     app.appservice_reloaded.send_modify(|n| *n += 1);
+    create_senders(app).await?;
     tracing::info!(
         appservices = count,
         "application service registrations reloaded"

@@ -156,7 +156,7 @@ async fn receive_receipts(app: &AppState, origin: &ServerName, content: &Value) 
         }
         let mut tx = app.db.begin().await?;
         let (position, guard) = stream::take(&mut tx, app).await?;
-        user_streams::set_receipt(
+        let stored = user_streams::set_receipt(
             &mut *tx,
             &user_streams::NewReceipt {
                 room_id: entry.room_id,
@@ -169,6 +169,10 @@ async fn receive_receipts(app: &AppState, origin: &ServerName, content: &Value) 
             position,
         )
         .await?;
+        if !stored {
+            // Older than the user's receipt here: ignored.
+            continue;
+        }
         crate::service::appservice::ephemeral::on_receipt(
             &mut tx,
             app,
