@@ -359,7 +359,7 @@ pub struct Email {
     /// 587 for STARTTLS submission, 465 for implicit TLS.
     pub smtp_port: u16,
     /// `starttls` (upgrade required, never sent in clear), `tls` (implicit
-    /// TLS from the first byte) or `off` (plain: only for a relay on loopback).
+    /// TLS from the first byte) or `off` (plain: meant for a relay on loopback; the host is not checked).
     pub tls: SmtpTls,
     /// Credentials for SMTP AUTH; unset: no authentication.
     pub smtp_user: Option<String>,
