@@ -323,6 +323,32 @@ impl<'a> Viewer<'a> {
     }
 }
 
+/// The content of the room's `event_type` state event (empty state key) in
+/// state group `group`, or in its current state when `group` is `None`.
+pub async fn state_content(
+    app: &AppState,
+    room_id: &RoomId,
+    group: Option<i64>,
+    event_type: &str,
+) -> Result<Option<Value>> {
+    let group = match group {
+        Some(g) => Some(g),
+        None => rooms::get(&app.db, room_id.as_str())
+            .await?
+            .and_then(|r| r.current_state_group),
+    };
+    let Some(group) = group else {
+        return Ok(None);
+    };
+    let key = (event_type.to_owned(), String::new());
+    let found = state::state_events_for_keys(&app.db, group, std::slice::from_ref(&key)).await?;
+    Ok(found.into_iter().next().and_then(|(_, json)| {
+        serde_json::from_str::<Value>(&json)
+            .ok()
+            .map(|e| e["content"].clone())
+    }))
+}
+
 /// Rank of a history visibility setting, most permissive first (an unknown
 /// value counts as `shared`, the spec's default).
 fn permissiveness(visibility: &str) -> u8 {

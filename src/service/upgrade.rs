@@ -350,21 +350,8 @@ async fn predecessor(
     room_id: &RoomId,
     group: Option<i64>,
 ) -> Result<Option<OwnedRoomId>> {
-    let group = match group {
-        Some(g) => Some(g),
-        None => rooms::get(&app.db, room_id.as_str())
-            .await?
-            .and_then(|r| r.current_state_group),
-    };
-    let Some(group) = group else {
-        return Ok(None);
-    };
-    let key = ("m.room.create".to_owned(), String::new());
-    let found = state::state_events_for_keys(&app.db, group, std::slice::from_ref(&key)).await?;
-    Ok(found.into_iter().next().and_then(|(_, json)| {
-        let create: Value = serde_json::from_str(&json).ok()?;
-        RoomId::parse(create["content"]["predecessor"]["room_id"].as_str()?).ok()
-    }))
+    let create = super::read::state_content(app, room_id, group, "m.room.create").await?;
+    Ok(create.and_then(|c| RoomId::parse(c["predecessor"]["room_id"].as_str()?).ok()))
 }
 
 /// After a local `user` newly joined `room_id`: when it is an upgraded room
@@ -388,19 +375,8 @@ pub async fn carry_over_on_join(
     // old room's own tombstone, in its current state here, makes this room
     // its replacement. Without it nothing moves (a forged predecessor must
     // not take our aliases, listing or users' tags).
-    let Some(old_group) = rooms::get(&app.db, old_room.as_str())
-        .await?
-        .and_then(|r| r.current_state_group)
-    else {
-        return Ok(());
-    };
-    let key = ("m.room.tombstone".to_owned(), String::new());
-    let tombstone =
-        state::state_events_for_keys(&app.db, old_group, std::slice::from_ref(&key)).await?;
-    let replaced_by_this = tombstone.into_iter().next().is_some_and(|(_, json)| {
-        serde_json::from_str::<Value>(&json)
-            .is_ok_and(|t| t["content"]["replacement_room"] == room_id.as_str())
-    });
+    let tombstone = super::read::state_content(app, &old_room, None, "m.room.tombstone").await?;
+    let replaced_by_this = tombstone.is_some_and(|t| t["replacement_room"] == room_id.as_str());
     if !replaced_by_this {
         return Ok(());
     }

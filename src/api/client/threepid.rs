@@ -81,14 +81,36 @@ async fn register_token(
     {
         return Err(Error::forbidden("Registration has been disabled"));
     }
-    let result = threepid::request_token(
+    request_token(
         &state,
+        Purpose::Register,
+        req.client_secret.to_string(),
+        req.email,
+        req.send_attempt.into(),
+        req.next_link,
+        ip,
+    )
+    .await
+}
+
+/// The three `requestToken` endpoints differ only in their purpose.
+async fn request_token(
+    state: &AppState,
+    purpose: Purpose,
+    client_secret: String,
+    email: String,
+    send_attempt: u64,
+    next_link: Option<String>,
+    ip: Option<String>,
+) -> Result<Json<Value>> {
+    let result = threepid::request_token(
+        state,
         TokenRequest {
-            purpose: Purpose::Register,
-            client_secret: req.client_secret.to_string(),
-            email: req.email,
-            send_attempt: req.send_attempt.into(),
-            next_link: req.next_link,
+            purpose,
+            client_secret,
+            email,
+            send_attempt,
+            next_link,
             ip,
         },
     )
@@ -101,19 +123,16 @@ async fn password_token(
     ClientIp(ip): ClientIp,
     Ruma(req): Ruma<request_password_change_token_via_email::v3::Request>,
 ) -> Result<Json<Value>> {
-    let result = threepid::request_token(
+    request_token(
         &state,
-        TokenRequest {
-            purpose: Purpose::PasswordReset,
-            client_secret: req.client_secret.to_string(),
-            email: req.email,
-            send_attempt: req.send_attempt.into(),
-            next_link: req.next_link,
-            ip,
-        },
+        Purpose::PasswordReset,
+        req.client_secret.to_string(),
+        req.email,
+        req.send_attempt.into(),
+        req.next_link,
+        ip,
     )
-    .await?;
-    Ok(sent(result))
+    .await
 }
 
 async fn add_token(
@@ -121,19 +140,16 @@ async fn add_token(
     ClientIp(ip): ClientIp,
     Ruma(req): Ruma<request_3pid_management_token_via_email::v3::Request>,
 ) -> Result<Json<Value>> {
-    let result = threepid::request_token(
+    request_token(
         &state,
-        TokenRequest {
-            purpose: Purpose::AddThreepid,
-            client_secret: req.client_secret.to_string(),
-            email: req.email,
-            send_attempt: req.send_attempt.into(),
-            next_link: req.next_link,
-            ip,
-        },
+        Purpose::AddThreepid,
+        req.client_secret.to_string(),
+        req.email,
+        req.send_attempt.into(),
+        req.next_link,
+        ip,
     )
-    .await?;
-    Ok(sent(result))
+    .await
 }
 
 async fn list(

@@ -522,20 +522,9 @@ async fn accept_membership(
 
 /// Whether the room's current `m.room.guest_access` is `can_join`.
 async fn guests_may_join(app: &AppState, room_id: &RoomId) -> Result<bool> {
-    let Some(group) = rooms::get(&app.db, room_id.as_str())
-        .await?
-        .and_then(|r| r.current_state_group)
-    else {
-        return Ok(false);
-    };
-    let key = ("m.room.guest_access".to_owned(), String::new());
-    let found =
-        crate::storage::state::state_events_for_keys(&app.db, group, std::slice::from_ref(&key))
-            .await?;
-    Ok(found.into_iter().next().is_some_and(|(_, json)| {
-        serde_json::from_str::<Value>(&json)
-            .is_ok_and(|e| e["content"]["guest_access"] == "can_join")
-    }))
+    let access =
+        crate::service::read::state_content(app, room_id, None, "m.room.guest_access").await?;
+    Ok(access.is_some_and(|c| c["guest_access"] == "can_join"))
 }
 
 /// The state before an event (resolved over its prev events) and the auth chain
