@@ -31,6 +31,9 @@ pub enum ErrorKind {
         status: StatusCode,
     },
     Unauthorized,
+    /// `400 M_UNAUTHORIZED`: an `X-Matrix` header that does not parse (a
+    /// bad origin server name, say), as Synapse answers.
+    MalformedAuthorization,
     UserDeactivated,
     UserInUse,
     InvalidUsername,
@@ -100,7 +103,7 @@ impl ErrorKind {
             Self::NotFound => "M_NOT_FOUND",
             Self::LimitExceeded { .. } => "M_LIMIT_EXCEEDED",
             Self::Unrecognized { .. } => "M_UNRECOGNIZED",
-            Self::Unauthorized => "M_UNAUTHORIZED",
+            Self::Unauthorized | Self::MalformedAuthorization => "M_UNAUTHORIZED",
             Self::UserDeactivated => "M_USER_DEACTIVATED",
             Self::UserInUse => "M_USER_IN_USE",
             Self::InvalidUsername => "M_INVALID_USERNAME",
@@ -164,6 +167,7 @@ impl ErrorKind {
             | Self::UnknownPos
             | Self::IncompatibleRoomVersion { .. }
             | Self::BadRequest
+            | Self::MalformedAuthorization
             | Self::ThreepidInUse
             | Self::ThreepidNotFound
             | Self::ThreepidAuthFailed => StatusCode::BAD_REQUEST,

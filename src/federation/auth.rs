@@ -31,12 +31,25 @@ pub struct Claimed {
 /// costs no body read or parse (and a bogus origin one failed key fetch per
 /// backoff window).
 pub async fn check_header(app: &AppState, headers: &http::HeaderMap) -> Result<Claimed> {
+    let mut offered = false;
     let header = headers
         .get_all(http::header::AUTHORIZATION)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .find_map(|v| XMatrix::parse(v).ok())
-        .ok_or_else(|| unauthorized("Missing or malformed X-Matrix authorization"))?;
+        .inspect(|v| offered |= v.trim_start().starts_with("X-Matrix"))
+        .find_map(|v| XMatrix::parse(v).ok());
+    let Some(header) = header else {
+        // An X-Matrix header that does not parse (an origin such as
+        // `localhost:http`) is a bad request; none at all, unauthorized.
+        return Err(if offered {
+            Error::new(
+                ErrorKind::MalformedAuthorization,
+                "Malformed X-Matrix authorization",
+            )
+        } else {
+            unauthorized("Missing X-Matrix authorization")
+        });
+    };
     if let Some(destination) = &header.destination
         && destination != &app.server_name
     {

@@ -11,7 +11,8 @@ pub struct Match {
 
 /// Users visible to `searcher` whose id or display name contains every one of
 /// `terms` (lower-case), users sharing a room first. Visible, as on Synapse:
-/// users sharing a joined room with the searcher, and members of public rooms
+/// other users sharing a joined room with the searcher (the searcher is not
+/// visible to themself through a private room), and members of public rooms
 /// (join rule `public` or history `world_readable`, by current state) that
 /// this server (`server_name`) is still in. Deactivated local users are left
 /// out. Display names and avatars come from the user's profile when local,
@@ -35,9 +36,10 @@ pub async fn search(
                select m.room_id, m.user_id,
                       e.json::jsonb -> 'content' ->> 'displayname' as member_name,
                       e.json::jsonb -> 'content' ->> 'avatar_url' as member_avatar,
-                      exists (select 1 from room_members mine
-                              where mine.room_id = m.room_id and mine.user_id = $1
-                                and mine.membership = 'join') as shared
+                      m.user_id <> $1
+                      and exists (select 1 from room_members mine
+                                  where mine.room_id = m.room_id and mine.user_id = $1
+                                    and mine.membership = 'join') as shared
                from room_members m
                join events e on e.event_id = m.event_id
                left join profiles p on p.user_id = m.user_id

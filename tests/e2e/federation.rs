@@ -17,6 +17,40 @@ fn https_client() -> reqwest::Client {
         .unwrap()
 }
 
+/// A request with no `X-Matrix` header is unauthorized (401); one whose
+/// header does not parse — SyTest's origin `localhost:http`, a port that is
+/// not a number — is a bad request (400 `M_UNAUTHORIZED`), as on Synapse.
+#[tokio::test]
+async fn malformed_x_matrix_headers_are_bad_requests() {
+    let a = TestServer::start_federating().await;
+    let http = https_client();
+    let path = format!(
+        "{}/_matrix/federation/v1/query/profile?user_id=%40x%3A{}",
+        a.federation_url(),
+        enc(a.name())
+    );
+    let response = http.get(&path).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["errcode"], "M_UNAUTHORIZED", "{body}");
+    for origin in ["localhost:http", "bad host"] {
+        let header = format!(
+            "X-Matrix origin=\"{origin}\",destination=\"{}\",key=\"ed25519:1\",sig=\"AAAA\"",
+            a.name()
+        );
+        let response = http
+            .get(&path)
+            .header("authorization", header)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{origin}");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["errcode"], "M_UNAUTHORIZED", "{origin}: {body}");
+    }
+    a.stop().await;
+}
+
 #[tokio::test]
 async fn version_and_self_signed_keys_over_tls() {
     let a = TestServer::start_federating().await;

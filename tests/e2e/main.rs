@@ -22,6 +22,7 @@ mod federation;
 mod fedir;
 mod fedv1;
 mod filters;
+mod gaps;
 mod guests;
 mod harness;
 mod hidden_history;

@@ -2,7 +2,9 @@
 //! format → signatures → hashes (a mismatch keeps the redacted form) → auth
 //! against the event's auth events → auth against the state before the event →
 //! soft-fail against the current state. Missing prev events are asked of the
-//! origin with `/get_missing_events`, missing auth events with `/event_auth`.
+//! origin with `/get_missing_events` (for an event so fetched whose prev events
+//! are still unknown, the state after them with `/state_ids`: [`super::gap`]),
+//! missing auth events with `/event_auth`.
 //! Forks are resolved with state resolution v2 / v2.1 (v1 in room version 1). Accepted events go
 //! through the same [`write_event`] as local ones.
 
@@ -160,7 +162,7 @@ pub async fn check_pdu(
 
 /// The event ID (reference hash) of a PDU, when it can be computed, so a PDU
 /// refused for its signatures is still answered by ID.
-fn event_id_of(rules: &RoomVersionRules, value: &Value) -> Option<OwnedEventId> {
+pub(super) fn event_id_of(rules: &RoomVersionRules, value: &Value) -> Option<OwnedEventId> {
     let object = match CanonicalJsonValue::try_from(value.clone()).ok()? {
         CanonicalJsonValue::Object(o) => o,
         _ => return None,
@@ -359,9 +361,7 @@ pub async fn receive_checked_pub(
         rules,
         room_id,
         checked,
-        Mode::Remote {
-            fetch_missing: true,
-        },
+        Mode::Pushed,
     ))
     .await
 }
@@ -399,9 +399,13 @@ pub async fn receive_own(app: &AppState, rules: &RoomVersionRules, built: Built)
 
 /// How a PDU reached [`receive_checked`].
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Mode {
-    /// From another server; its missing prev events may be asked for.
-    Remote { fetch_missing: bool },
+enum Mode<'a> {
+    /// Sent to us by another server: a gap before it is asked for with
+    /// `/get_missing_events`, and it is refused if the gap stays open.
+    Pushed,
+    /// Fetched from this server to fill a gap: prev events still unknown have
+    /// the state after them asked of it ([`super::gap`]).
+    Pulled(&'a ServerName),
     /// Ours, completed outside the room lock: queued for the other servers.
     Own,
 }
@@ -452,7 +456,11 @@ async fn receive(
         &rules,
         &room_id,
         checked,
-        Mode::Remote { fetch_missing },
+        if fetch_missing {
+            Mode::Pushed
+        } else {
+            Mode::Pulled(origin)
+        },
     )
     .await;
     (Some(event_id), result)
@@ -464,12 +472,9 @@ async fn receive_checked(
     rules: &RoomVersionRules,
     room_id: &RoomId,
     checked: Checked,
-    mode: Mode,
+    mode: Mode<'_>,
 ) -> Result<Outcome, String> {
-    let fetch_missing = mode
-        == Mode::Remote {
-            fetch_missing: true,
-        };
+    let fetch_missing = mode == Mode::Pushed;
     let event_id = checked.event_id.clone();
     if checked.pdu.room_id != room_id {
         return Err("room_id mismatch".into());
@@ -504,8 +509,23 @@ async fn receive_checked(
     let have = graph_events(app, room_id, &prev_ids)
         .await
         .map_err(db_err)?;
+    // A gap that stays open: refused for an event sent to us, filled with the
+    // state its sender gives for one we fetched.
+    let mut gap_groups = Vec::new();
     if have.len() < prev_ids.len() {
-        return Err("prev events are missing and could not be fetched".into());
+        let Mode::Pulled(from) = mode else {
+            return Err("prev events are missing and could not be fetched".into());
+        };
+        let missing: Vec<&String> = prev_ids.iter().filter(|p| !have.contains(*p)).collect();
+        if missing.len() > super::gap::MAX_MISSING_PREVS {
+            return Err(format!("{} prev events are missing", missing.len()));
+        }
+        for prev in missing {
+            let group = super::gap::state_after(app, from, rules, room_id, prev)
+                .await
+                .map_err(|e| format!("the state after missing prev event {prev}: {e}"))?;
+            gap_groups.push(group);
+        }
     }
 
     // Missing auth events: the origin's auth chain for the event.
@@ -558,9 +578,10 @@ async fn receive_checked(
     // The state before it, resolved over its prev events: worked out first, so
     // that a rejected event keeps it (later events may name it as a prev
     // event, Synapse's events do).
-    let prev_groups = prev_state_groups(&mut pre, room_id, &prev_ids)
+    let mut prev_groups = prev_state_groups(&mut pre, room_id, &prev_ids)
         .await
         .map_err(db_err)?;
+    prev_groups.extend(gap_groups);
     let before_group = resolved_group(&mut pre, rules, room_id, &prev_groups)
         .await
         .map_err(db_err)?;
@@ -874,9 +895,7 @@ async fn fetch_missing_prevs(
             rules,
             room_id,
             checked,
-            Mode::Remote {
-                fetch_missing: false,
-            },
+            Mode::Pulled(origin),
         ))
         .await
         {

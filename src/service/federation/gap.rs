@@ -1,0 +1,237 @@
+//! Gaps that `/get_missing_events` could not fill.
+//!
+//! An event fetched to fill a gap may itself name prev events we never see
+//! (the origin answers only so many missing events). Rather than refuse it, we
+//! ask the server we fetched it from for the state after each such prev event,
+//! as Synapse does: `/state_ids` at the prev event, then the events we lack
+//! (`/event` one by one, or `/state` when many are missing), each checked like
+//! any PDU and against its own auth events. The state before the fetched
+//! event is then the resolution of these states and the states after its
+//! known prev events ([`super::ingest`]).
+//!
+//! A server that lies here gains nothing state resolution would not give it:
+//! an event that fails auth against its own auth events (a made-up power
+//! levels event that claims powers its sender never had) is rejected and left
+//! out of the state, events of another room are refused outright, and the
+//! lied-about state is resolved against the room's own before it counts. An
+//! event *pushed* to us whose gap stays open is refused instead (it could
+//! otherwise become the room's only forward extremity on state no one
+//! vouched for).
+
+use std::collections::{HashMap, HashSet};
+
+use futures_util::future::join_all;
+use ruma::{RoomId, ServerName, room_version_rules::RoomVersionRules};
+use serde_json::Value;
+
+use super::ingest::{enc, event_id_of, load_pdus, store_auth_events};
+use crate::{app::AppState, domain::pdu::Pdu, service::event};
+
+/// How many unknown prev events of one fetched event have their state asked
+/// for; an event with more is refused.
+pub const MAX_MISSING_PREVS: usize = 5;
+/// The most state and auth chain IDs accepted from one `/state_ids` answer.
+const MAX_STATE_IDS: usize = 50_000;
+/// Up to this many missing events are fetched one by one with `/event`; more
+/// are fetched with one `/state` request.
+const MAX_SINGLE_FETCHES: usize = 50;
+/// How many `/event` requests run at once.
+const FETCH_CONCURRENCY: usize = 8;
+
+/// The state group of the state after `prev`, an event of `room_id` we do not
+/// hold, as `from` describes it (checked as above).
+pub async fn state_after(
+    app: &AppState,
+    from: &ServerName,
+    rules: &RoomVersionRules,
+    room_id: &RoomId,
+    prev: &str,
+) -> Result<i64, String> {
+    let path = format!(
+        "/_matrix/federation/v1/state_ids/{}?event_id={}",
+        enc(room_id.as_str()),
+        enc(prev)
+    );
+    let body = app
+        .federation
+        .request_json(from, http::Method::GET, &path, None)
+        .await
+        .map_err(|e| format!("/state_ids: {e}"))?;
+    let state_ids = id_list(&body["pdu_ids"], "pdu_ids")?;
+    let chain_ids = id_list(&body["auth_chain_ids"], "auth_chain_ids")?;
+    if state_ids.len() + chain_ids.len() > MAX_STATE_IDS {
+        return Err(format!(
+            "a state of {} events is refused",
+            state_ids.len() + chain_ids.len()
+        ));
+    }
+    let mut wanted: Vec<String> = state_ids.iter().chain(&chain_ids).cloned().collect();
+    wanted.push(prev.to_owned());
+    wanted.sort_unstable();
+    wanted.dedup();
+
+    // What we lack (an ID of another room's event refuses the whole answer).
+    let db_err = |e: crate::error::Error| e.to_string();
+    let known: HashSet<String> = load_pdus(&app.db, room_id, &wanted)
+        .await
+        .map_err(db_err)?
+        .into_keys()
+        .map(|id| id.to_string())
+        .collect();
+    let missing: HashSet<String> = wanted
+        .into_iter()
+        .filter(|id| !known.contains(id))
+        .collect();
+    if !missing.is_empty() {
+        let values = if missing.len() > MAX_SINGLE_FETCHES {
+            let mut values = fetch_state(app, from, rules, room_id, prev, &missing).await?;
+            if missing.contains(prev) {
+                values.extend(fetch_each(app, from, rules, &[prev.to_owned()]).await);
+            }
+            values
+        } else {
+            let ids: Vec<String> = missing.iter().cloned().collect();
+            fetch_each(app, from, rules, &ids).await
+        };
+        // Signatures, hashes, the room, and auth against their own auth
+        // events; the ones failing auth are stored as rejected.
+        store_auth_events(app, rules, room_id, &values).await?;
+    }
+
+    let mut ids = state_ids.clone();
+    ids.push(prev.to_owned());
+    let held: HashMap<String, Pdu> = load_pdus(&app.db, room_id, &ids)
+        .await
+        .map_err(db_err)?
+        .into_iter()
+        .map(|(id, (pdu, _))| (id.to_string(), pdu))
+        .collect();
+    let mut full: HashMap<(String, String), String> = HashMap::new();
+    for id in &state_ids {
+        let Some(pdu) = held.get(id) else {
+            tracing::info!(event_id = %id, "a state event at a gap could not be had");
+            continue;
+        };
+        if pdu.rejected {
+            tracing::info!(event_id = %id, "a state event at a gap fails auth: left out");
+            continue;
+        }
+        let Some(state_key) = &pdu.state_key else {
+            return Err(format!("{id} is not a state event"));
+        };
+        if full
+            .insert((pdu.kind.to_string(), state_key.clone()), id.clone())
+            .is_some()
+        {
+            return Err("two events are given for one state key".into());
+        }
+    }
+    if !full.contains_key(&("m.room.create".to_owned(), String::new())) {
+        return Err("the state has no create event".into());
+    }
+    let Some(prev_pdu) = held.get(prev) else {
+        return Err("the prev event itself could not be had".into());
+    };
+    if !prev_pdu.rejected
+        && let Some(state_key) = &prev_pdu.state_key
+    {
+        full.insert(
+            (prev_pdu.kind.to_string(), state_key.clone()),
+            prev.to_owned(),
+        );
+    }
+    let mut tx = app.db.begin().await.map_err(|e| e.to_string())?;
+    let group = event::write_snapshot(&mut tx, room_id.as_str(), full)
+        .await
+        .map_err(db_err)?;
+    tx.commit().await.map_err(|e| e.to_string())?;
+    Ok(group)
+}
+
+/// A list of event IDs in an answer.
+fn id_list(value: &Value, field: &str) -> Result<Vec<String>, String> {
+    let Some(list) = value.as_array() else {
+        return Err(format!("{field} is not a list"));
+    };
+    list.iter()
+        .map(|v| {
+            v.as_str()
+                .filter(|s| s.starts_with('$') && s.len() <= 255)
+                .map(str::to_owned)
+                .ok_or_else(|| format!("{field} holds something other than an event ID"))
+        })
+        .collect()
+}
+
+/// The events `ids` as `from` serves them with `/event`, each only if it is
+/// the event asked for (its ID computed from its content where the room
+/// version does so). Events that cannot be had are left out.
+async fn fetch_each(
+    app: &AppState,
+    from: &ServerName,
+    rules: &RoomVersionRules,
+    ids: &[String],
+) -> Vec<Value> {
+    let mut values = Vec::new();
+    for chunk in ids.chunks(FETCH_CONCURRENCY) {
+        let fetches = chunk.iter().map(|id| fetch_one(app, from, rules, id));
+        values.extend(join_all(fetches).await.into_iter().flatten());
+    }
+    values
+}
+
+/// One event as `from` serves it with `/event`, if it is the event asked for.
+async fn fetch_one(
+    app: &AppState,
+    from: &ServerName,
+    rules: &RoomVersionRules,
+    id: &str,
+) -> Option<Value> {
+    let path = format!("/_matrix/federation/v1/event/{}", enc(id));
+    let body = match app
+        .federation
+        .request_json(from, http::Method::GET, &path, None)
+        .await
+    {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::info!(event_id = %id, error = %e, "fetching an event at a gap failed");
+            return None;
+        }
+    };
+    let value = body["pdus"].as_array()?.first()?.clone();
+    event_id_of(rules, &value)
+        .is_some_and(|got| got.as_str() == id)
+        .then_some(value)
+}
+
+/// The events among `missing` in `from`'s `/state` answer at `prev` (state
+/// and auth chain); anything else it holds is ignored.
+async fn fetch_state(
+    app: &AppState,
+    from: &ServerName,
+    rules: &RoomVersionRules,
+    room_id: &RoomId,
+    prev: &str,
+    missing: &HashSet<String>,
+) -> Result<Vec<Value>, String> {
+    let path = format!(
+        "/_matrix/federation/v1/state/{}?event_id={}",
+        enc(room_id.as_str()),
+        enc(prev)
+    );
+    let body = app
+        .federation
+        .request_json(from, http::Method::GET, &path, None)
+        .await
+        .map_err(|e| format!("/state: {e}"))?;
+    let mut values = Vec::new();
+    for field in ["pdus", "auth_chain"] {
+        for value in body[field].as_array().into_iter().flatten() {
+            if event_id_of(rules, value).is_some_and(|id| missing.contains(id.as_str())) {
+                values.push(value.clone());
+            }
+        }
+    }
+    Ok(values)
+}

@@ -1,0 +1,431 @@
+//! Gaps `/get_missing_events` cannot fill (spec "Checks performed on receipt of
+//! a PDU"; SyTest `50federation/36state.pl`): an event fetched to fill a gap
+//! whose own prev events stay unknown gets its state from its sender's
+//! `/state_ids` — and a sender that lies there (a made-up power levels event,
+//! another room's events, the wrong event for an ID) does not take the room.
+
+use std::{collections::HashMap, sync::Arc};
+
+use axum::http::Method;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::{
+    harness::{Login, TestServer, enc},
+    hostile::{Answer, HostilePeer, JoinedRoom},
+};
+
+/// Serves `GET /_matrix/federation/v1/event/{id}` from `events`.
+fn serve_events(peer: &HostilePeer, events: HashMap<String, Value>) {
+    let origin = peer.name().to_owned();
+    peer.on(
+        Method::GET,
+        "/_matrix/federation/v1/event/",
+        Answer::With(Arc::new(move |path, _| {
+            let id = path.rsplit('/').next().unwrap_or("");
+            let id = urlencoding_decode(id);
+            match events.get(&id) {
+                Some(pdu) => Answer::Json(
+                    StatusCode::OK,
+                    json!({"origin": origin, "origin_server_ts": 0, "pdus": [pdu]}),
+                ),
+                None => Answer::Json(
+                    StatusCode::NOT_FOUND,
+                    json!({"errcode": "M_NOT_FOUND", "error": "no such event"}),
+                ),
+            }
+        })),
+    );
+}
+
+/// Undoes the percent-encoding of a path segment.
+fn urlencoding_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && let Some(b) = s
+                .get(i + 1..i + 3)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+        {
+            out.push(b);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// An event ID no server has an event for.
+fn unknown_event_id(version: &str, peer: &HostilePeer) -> String {
+    if version == "1" {
+        format!("$nowhere:{}", peer.name())
+    } else {
+        "$nowhere0000000000000000000000000000000000000".into()
+    }
+}
+
+/// The IDs of the room's state as the peer knew it at its join.
+fn state_ids(room: &JoinedRoom) -> Vec<String> {
+    room.state
+        .iter()
+        .map(|e| e["event_id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+async fn state_event(server: &TestServer, who: &Login, room: &str, kind: &str, key: &str) -> Value {
+    let (status, body) = server
+        .get(
+            &format!("/_matrix/client/v3/rooms/{room}/state/{kind}/{key}?format=event"),
+            Some(&who.access_token),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{kind}/{key}: {body}");
+    body
+}
+
+async fn event_status(server: &TestServer, who: &Login, room: &str, event_id: &str) -> StatusCode {
+    server
+        .get(
+            &format!("/_matrix/client/v3/rooms/{room}/event/{}", enc(event_id)),
+            Some(&who.access_token),
+        )
+        .await
+        .0
+}
+
+/// C is sent; its prev X is missing and handed over by `/get_missing_events`;
+/// X's prev Y is unknown too. Lattice asks for the state at Y, fetches what it
+/// lacks (Y and a state event T that only that state holds), and accepts X and
+/// C with the resolved state; a pushed event with an open gap is refused
+/// without such a request.
+#[tokio::test]
+async fn a_gap_is_filled_with_the_state_after_the_missing_event() {
+    for version in ["10", "1"] {
+        let lattice = TestServer::start_federating().await;
+        let peer = HostilePeer::start().await;
+        let alice = lattice.register("alice", "password-a").await;
+        let mallory = peer.user("mallory");
+        let room = lattice
+            .create_room(
+                &alice,
+                json!({
+                    "preset": "public_chat",
+                    "room_version": version,
+                    "power_level_content_override": {"users": {alice.user_id.clone(): 100, mallory: 50}},
+                }),
+            )
+            .await;
+        let mut v = peer.join(&lattice, &room, "mallory").await;
+        let auth = v.message_auth();
+        let join = v.latest.clone();
+
+        let (t, pdu_t) = peer.event(
+            &v,
+            "org.example.state",
+            Some("T"),
+            json!({"only": "at the gap"}),
+            std::slice::from_ref(&join),
+            &auth,
+        );
+        let (y, pdu_y) = peer.event(
+            &v,
+            "org.example.state",
+            Some("Y"),
+            json!({"body": "y"}),
+            std::slice::from_ref(&join),
+            &auth,
+        );
+        v.advance(&y);
+        let (x, pdu_x) = peer.event(
+            &v,
+            "m.room.message",
+            None,
+            json!({"msgtype": "m.text", "body": "x"}),
+            &[join.clone(), y.clone()],
+            &auth,
+        );
+        v.advance(&x);
+        let (c, pdu_c) = peer.message(&v, "c");
+
+        let mut at_y = state_ids(&v);
+        at_y.push(t.clone());
+        serve_events(
+            &peer,
+            HashMap::from([(t.clone(), pdu_t), (y.clone(), pdu_y)]),
+        );
+        peer.on(
+            Method::POST,
+            "/_matrix/federation/v1/get_missing_events/",
+            Answer::Json(StatusCode::OK, json!({ "events": [pdu_x] })),
+        );
+        peer.on(
+            Method::GET,
+            "/_matrix/federation/v1/state_ids/",
+            Answer::Json(
+                StatusCode::OK,
+                json!({"pdu_ids": at_y, "auth_chain_ids": []}),
+            ),
+        );
+        let result = peer.send(&lattice, vec![pdu_c]).await;
+        assert_eq!(result[&c], json!({}), "v{version}: {result}");
+        let asked = peer.received("/_matrix/federation/v1/state_ids/");
+        assert_eq!(asked.len(), 1, "v{version}: {asked:?}");
+        assert!(asked[0].path.contains(&enc(&y)), "{asked:?}");
+        for id in [&x, &c] {
+            assert_eq!(
+                event_status(&lattice, &alice, &room, id).await,
+                StatusCode::OK,
+                "v{version}: {id}"
+            );
+        }
+        // The state after the gap holds Y and T; power stays alice's.
+        for (key, id) in [("Y", &y), ("T", &t)] {
+            let ev = state_event(&lattice, &alice, &room, "org.example.state", key).await;
+            assert_eq!(ev["event_id"], json!(id), "v{version}: {ev}");
+        }
+        let pl = state_event(&lattice, &alice, &room, "m.room.power_levels", "").await;
+        assert_eq!(pl["content"]["users"][&alice.user_id], json!(100), "{pl}");
+
+        // An event *pushed* with an unknown prev (and nothing to fill it) is
+        // refused, and no state is asked for it.
+        peer.on(
+            Method::POST,
+            "/_matrix/federation/v1/get_missing_events/",
+            Answer::Json(StatusCode::OK, json!({ "events": [] })),
+        );
+        let mut pushed_room = v.clone();
+        pushed_room.latest = unknown_event_id(version, &peer);
+        let (pushed, pdu_pushed) = peer.message(&pushed_room, "after a gap");
+        let result = peer.send(&lattice, vec![pdu_pushed]).await;
+        assert!(result[&pushed]["error"].is_string(), "v{version}: {result}");
+        assert_eq!(
+            peer.received("/_matrix/federation/v1/state_ids/").len(),
+            1,
+            "no state is asked for a pushed event"
+        );
+        peer.stop();
+        lattice.stop().await;
+    }
+}
+
+/// Mallory's server builds C (after an event no one has) and a power levels
+/// event X that gives mallory all power and alice none, then sends E after D
+/// after C, and says the state at C is the create event, mallory's join and X.
+/// SyTest's form ("Should not be able to take over the room by pretending
+/// there is no PL event") lists the real power levels among X's auth events,
+/// so X fails auth against them; the stronger form leaves them out, so X
+/// passes that check and state resolution must keep the real power levels.
+/// Either way alice keeps her power and the room its state.
+#[tokio::test]
+async fn a_made_up_power_levels_event_at_a_gap_does_not_take_the_room() {
+    for (version, omit_pl) in [("10", false), ("10", true), ("1", false), ("12", true)] {
+        let lattice = TestServer::start_federating().await;
+        let peer = HostilePeer::start().await;
+        let alice = lattice.register("alice", "password-a").await;
+        let mallory = peer.user("mallory");
+        let room = lattice
+            .create_room(
+                &alice,
+                json!({"preset": "public_chat", "room_version": version, "name": "kept"}),
+            )
+            .await;
+        let v = peer.join(&lattice, &room, "mallory").await;
+        let pl = state_event(&lattice, &alice, &room, "m.room.power_levels", "").await;
+        let real_pl = pl["event_id"].as_str().unwrap().to_owned();
+        let mut x_auth = v.message_auth();
+        if omit_pl {
+            x_auth.retain(|id| *id != real_pl);
+        }
+        let unknown = unknown_event_id(version, &peer);
+        // Depth 0 so that X sorts first where depth orders (state resolution v1).
+        let mut early = v.clone();
+        early.depth = -1;
+        let (x, pdu_x) = peer.event(
+            &early,
+            "m.room.power_levels",
+            Some(""),
+            json!({"users": {mallory.clone(): 100, alice.user_id.clone(): 0}}),
+            std::slice::from_ref(&unknown),
+            &x_auth,
+        );
+        let mut chain = v.clone();
+        chain.depth += 10;
+        chain.latest = unknown.clone();
+        let (c, pdu_c) = peer.message(&chain, "hehehe");
+        chain.advance(&c);
+        let (d, pdu_d) = peer.message(&chain, "totes legit");
+        chain.advance(&d);
+        let (e, pdu_e) = peer.message(&chain, "nothing to see");
+        chain.advance(&e);
+
+        let mut at_c: Vec<String> = v.state_id("m.room.create", "").into_iter().collect();
+        at_c.push(v.join_id.clone());
+        at_c.push(x.clone());
+        serve_events(
+            &peer,
+            HashMap::from([(c.clone(), pdu_c), (x.clone(), pdu_x)]),
+        );
+        peer.on(
+            Method::POST,
+            "/_matrix/federation/v1/get_missing_events/",
+            Answer::Json(StatusCode::OK, json!({ "events": [pdu_d] })),
+        );
+        peer.on(
+            Method::GET,
+            "/_matrix/federation/v1/state_ids/",
+            Answer::Json(
+                StatusCode::OK,
+                json!({"pdu_ids": at_c, "auth_chain_ids": []}),
+            ),
+        );
+        let result = peer.send(&lattice, vec![pdu_e]).await;
+        assert!(
+            !peer
+                .received("/_matrix/federation/v1/state_ids/")
+                .is_empty(),
+            "v{version}: the state at C was asked for: {result}"
+        );
+
+        // X is not the room's power levels; alice still rules the room.
+        let after = state_event(&lattice, &alice, &room, "m.room.power_levels", "").await;
+        assert_eq!(
+            after["event_id"],
+            json!(real_pl),
+            "v{version} omit {omit_pl}: {after}"
+        );
+        assert_eq!(after["content"], pl["content"], "v{version}");
+        let (status, body) = lattice
+            .put(
+                &format!("/_matrix/client/v3/rooms/{room}/state/m.room.topic/"),
+                Some(&alice.access_token),
+                json!({"topic": "still alice's"}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "v{version}: {body}");
+
+        // Mallory's name change, authorised by X, does not count.
+        let (rename, pdu_rename) = peer.event(
+            &chain,
+            "m.room.name",
+            Some(""),
+            json!({"name": "taken"}),
+            std::slice::from_ref(&e),
+            &[
+                v.state_id("m.room.create", "")
+                    .filter(|_| version != "12")
+                    .into_iter()
+                    .collect::<Vec<_>>(),
+                vec![x.clone(), v.join_id.clone()],
+            ]
+            .concat(),
+        );
+        let result = peer.send(&lattice, vec![pdu_rename]).await;
+        let name = state_event(&lattice, &alice, &room, "m.room.name", "").await;
+        assert_eq!(
+            name["content"]["name"],
+            json!("kept"),
+            "v{version}: {result}"
+        );
+        let _ = rename;
+        peer.stop();
+        lattice.stop().await;
+    }
+}
+
+/// A sender that lies in its gap answers gets nothing in: a `/state_ids`
+/// answer naming another room's event, or an `/event` answer that is another
+/// event than the one asked for, refuses the fetched event (and the one
+/// after it). The same gap with honest answers is then filled (so the
+/// refusals are not the harness failing).
+#[tokio::test]
+async fn lies_in_gap_answers_are_refused() {
+    let lattice = TestServer::start_federating().await;
+    let peer = HostilePeer::start().await;
+    let alice = lattice.register("alice", "password-a").await;
+    let carol = lattice.register("carol", "password-c").await;
+    let room = lattice
+        .create_room(
+            &alice,
+            json!({"preset": "public_chat", "room_version": "10"}),
+        )
+        .await;
+    let other = lattice
+        .create_room(
+            &carol,
+            json!({"preset": "public_chat", "room_version": "10"}),
+        )
+        .await;
+    let v = peer.join(&lattice, &room, "mallory").await;
+    let o = peer.join(&lattice, &other, "mallory").await;
+
+    let unknown = unknown_event_id("10", &peer);
+    let mut chain = v.clone();
+    chain.latest = unknown;
+    let (c, pdu_c) = peer.message(&chain, "c");
+    chain.advance(&c);
+    let (d, pdu_d) = peer.message(&chain, "d");
+    chain.advance(&d);
+    let (e, pdu_e) = peer.message(&chain, "e");
+    peer.on(
+        Method::POST,
+        "/_matrix/federation/v1/get_missing_events/",
+        Answer::Json(StatusCode::OK, json!({ "events": [pdu_d] })),
+    );
+    let honest = state_ids(&v);
+
+    // 1. The state names the peer's join in another room.
+    let mut crossed = honest.clone();
+    crossed.push(o.join_id.clone());
+    peer.on(
+        Method::GET,
+        "/_matrix/federation/v1/state_ids/",
+        Answer::Json(
+            StatusCode::OK,
+            json!({"pdu_ids": crossed, "auth_chain_ids": []}),
+        ),
+    );
+    serve_events(&peer, HashMap::from([(c.clone(), pdu_c.clone())]));
+    let result = peer.send(&lattice, vec![pdu_e.clone()]).await;
+    assert!(result[&e]["error"].is_string(), "{result}");
+    for id in [&d, &e] {
+        assert_eq!(
+            event_status(&lattice, &alice, &room, id).await,
+            StatusCode::NOT_FOUND
+        );
+    }
+
+    // 2. Asked for C, it serves another event.
+    peer.on(
+        Method::GET,
+        "/_matrix/federation/v1/state_ids/",
+        Answer::Json(
+            StatusCode::OK,
+            json!({"pdu_ids": honest, "auth_chain_ids": []}),
+        ),
+    );
+    let (_, decoy) = peer.message(&v, "not c");
+    serve_events(&peer, HashMap::from([(c.clone(), decoy)]));
+    let result = peer.send(&lattice, vec![pdu_e.clone()]).await;
+    assert!(result[&e]["error"].is_string(), "{result}");
+    assert_eq!(
+        event_status(&lattice, &alice, &room, &e).await,
+        StatusCode::NOT_FOUND
+    );
+
+    // 3. Honest answers: the gap is filled.
+    serve_events(&peer, HashMap::from([(c.clone(), pdu_c)]));
+    let result = peer.send(&lattice, vec![pdu_e]).await;
+    assert_eq!(result[&e], json!({}), "{result}");
+    for id in [&d, &e] {
+        assert_eq!(
+            event_status(&lattice, &alice, &room, id).await,
+            StatusCode::OK
+        );
+    }
+    peer.stop();
+    lattice.stop().await;
+}
