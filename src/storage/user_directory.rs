@@ -34,19 +34,22 @@ pub async fn search(
            ),
            cand as (
                select m.room_id, m.user_id,
-                      e.json::jsonb -> 'content' ->> 'displayname' as member_name,
-                      e.json::jsonb -> 'content' ->> 'avatar_url' as member_avatar,
+                      coalesce(e.json, oe.json)::jsonb -> 'content' ->> 'displayname' as member_name,
+                      coalesce(e.json, oe.json)::jsonb -> 'content' ->> 'avatar_url' as member_avatar,
                       m.user_id <> $1
                       and exists (select 1 from room_members mine
                                   where mine.room_id = m.room_id and mine.user_id = $1
                                     and mine.membership = 'join') as shared
                from room_members m
-               join events e on e.event_id = m.event_id
+               -- Member events of a room joined over federation are outliers
+               -- (the state send_join gave).
+               left join events e on e.event_id = m.event_id
+               left join outlier_events oe on oe.event_id = m.event_id and e.event_id is null
                left join profiles p on p.user_id = m.user_id
                where m.membership = 'join'
                  and (select bool_and(lower(m.user_id) like '%' || t || '%'
                              or lower(coalesce(p.displayname,
-                                               e.json::jsonb -> 'content' ->> 'displayname', ''))
+                                               coalesce(e.json, oe.json)::jsonb -> 'content' ->> 'displayname', ''))
                                 like '%' || t || '%')
                       from unnest($2::text[]) t)
            ),

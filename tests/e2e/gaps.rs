@@ -189,6 +189,35 @@ async fn a_gap_is_filled_with_the_state_after_the_missing_event() {
         }
         let pl = state_event(&lattice, &alice, &room, "m.room.power_levels", "").await;
         assert_eq!(pl["content"]["users"][&alice.user_id], json!(100), "{pl}");
+        // Over federation: the state at X holds Y and T (the gap's state
+        // counts for the events after it); Y itself, held as an outlier, has
+        // no state to give (404, as Synapse answers).
+        let state_at = |event: String| {
+            let (peer, lattice, room) = (&peer, &lattice, room.clone());
+            async move {
+                peer.request(
+                    lattice.name(),
+                    Method::GET,
+                    &format!(
+                        "/_matrix/federation/v1/state_ids/{}?event_id={}",
+                        enc(&room),
+                        enc(&event)
+                    ),
+                    None,
+                )
+                .await
+            }
+        };
+        let (status, body) = state_at(x.clone()).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        for id in [&y, &t, &join] {
+            assert!(
+                body["pdu_ids"].as_array().unwrap().contains(&json!(id)),
+                "v{version}: {id} at X: {body}"
+            );
+        }
+        let (status, body) = state_at(y.clone()).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "v{version}: {body}");
 
         // An event *pushed* with an unknown prev (and nothing to fill it) is
         // refused, and no state is asked for it.
@@ -336,11 +365,11 @@ async fn a_made_up_power_levels_event_at_a_gap_does_not_take_the_room() {
     }
 }
 
-/// A sender that lies in its gap answers gets nothing in: a `/state_ids`
-/// answer naming another room's event, or an `/event` answer that is another
-/// event than the one asked for, refuses the fetched event (and the one
-/// after it). The same gap with honest answers is then filled (so the
-/// refusals are not the harness failing).
+/// A sender that lies in its gap answers gets nothing in: an `/event` answer
+/// that is another event than the one asked for refuses the fetched event
+/// (and the one after it); a `/state_ids` answer naming another room's event
+/// (mallory's join there) is filled without it, as Synapse ignores such IDs,
+/// and that event never becomes part of this room's state.
 #[tokio::test]
 async fn lies_in_gap_answers_are_refused() {
     let lattice = TestServer::start_federating().await;
@@ -375,10 +404,12 @@ async fn lies_in_gap_answers_are_refused() {
         "/_matrix/federation/v1/get_missing_events/",
         Answer::Json(StatusCode::OK, json!({ "events": [pdu_d] })),
     );
-    let honest = state_ids(&v);
-
-    // 1. The state names the peer's join in another room.
-    let mut crossed = honest.clone();
+    // The state at C without mallory's join here, with the one in the other
+    // room instead.
+    let mut crossed: Vec<String> = state_ids(&v)
+        .into_iter()
+        .filter(|id| *id != v.join_id)
+        .collect();
     crossed.push(o.join_id.clone());
     peer.on(
         Method::GET,
@@ -388,7 +419,10 @@ async fn lies_in_gap_answers_are_refused() {
             json!({"pdu_ids": crossed, "auth_chain_ids": []}),
         ),
     );
-    serve_events(&peer, HashMap::from([(c.clone(), pdu_c.clone())]));
+
+    // 1. Asked for C, it serves another event: C cannot be had.
+    let (_, decoy) = peer.message(&v, "not c");
+    serve_events(&peer, HashMap::from([(c.clone(), decoy)]));
     let result = peer.send(&lattice, vec![pdu_e.clone()]).await;
     assert!(result[&e]["error"].is_string(), "{result}");
     for id in [&d, &e] {
@@ -398,34 +432,33 @@ async fn lies_in_gap_answers_are_refused() {
         );
     }
 
-    // 2. Asked for C, it serves another event.
-    peer.on(
-        Method::GET,
-        "/_matrix/federation/v1/state_ids/",
-        Answer::Json(
-            StatusCode::OK,
-            json!({"pdu_ids": honest, "auth_chain_ids": []}),
-        ),
-    );
-    let (_, decoy) = peer.message(&v, "not c");
-    serve_events(&peer, HashMap::from([(c.clone(), decoy)]));
-    let result = peer.send(&lattice, vec![pdu_e.clone()]).await;
-    assert!(result[&e]["error"].is_string(), "{result}");
-    assert_eq!(
-        event_status(&lattice, &alice, &room, &e).await,
-        StatusCode::NOT_FOUND
-    );
-
-    // 3. Honest answers: the gap is filled.
+    // 2. C served: the state at C has no member event for mallory (the
+    // other room's is left out), so D, from mallory, is rejected; E too (held
+    // as rejected, which the transaction's answer does not tell).
     serve_events(&peer, HashMap::from([(c.clone(), pdu_c)]));
-    let result = peer.send(&lattice, vec![pdu_e]).await;
-    assert_eq!(result[&e], json!({}), "{result}");
+    peer.send(&lattice, vec![pdu_e]).await;
     for id in [&d, &e] {
         assert_eq!(
             event_status(&lattice, &alice, &room, id).await,
-            StatusCode::OK
+            StatusCode::NOT_FOUND
         );
     }
+    // The other room's event is nowhere in this room's state; alice sends on.
+    let (status, body) = lattice
+        .get(
+            &format!("/_matrix/client/v3/rooms/{room}/state"),
+            Some(&alice.access_token),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(!body.to_string().contains(&o.join_id), "{body}");
+    lattice
+        .send_message(
+            &alice,
+            &room,
+            json!({"msgtype": "m.text", "body": "still here"}),
+        )
+        .await;
     peer.stop();
     lattice.stop().await;
 }

@@ -533,8 +533,11 @@ async fn state_at(
 ) -> Result<(Vec<String>, Vec<String>)> {
     let room_id = RoomId::parse(room_id).map_err(|_| Error::invalid_param("Invalid room ID"))?;
     let stored = readable_event(app, origin, &room_id, event_id).await?;
-    // A rejected event has no state of its own to give (as Synapse answers).
-    if stored.rejected {
+    // A rejected event has no state of its own to give, nor has an event held
+    // only as an outlier (auth chains, the prev event at a filled gap,
+    // soft-failed events), as Synapse answers.
+    let outlier = stored.stream_ordering == 0 && stored.state_group.is_none();
+    if stored.rejected || outlier {
         return Err(Error::not_found("Event not found"));
     }
     let rules = room_rules(app, &room_id).await?;

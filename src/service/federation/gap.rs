@@ -12,8 +12,8 @@
 //! A server that lies here gains nothing state resolution would not give it:
 //! an event that fails auth against its own auth events (a made-up power
 //! levels event that claims powers its sender never had) is rejected and left
-//! out of the state, events of another room are refused outright, and the
-//! lied-about state is resolved against the room's own before it counts. An
+//! out of the state, events of another room are never used (an ID of one is
+//! left out of the state), and the lied-about state is resolved against the room's own before it counts. An
 //! event *pushed* to us whose gap stays open is refused instead (it could
 //! otherwise become the room's only forward extremity on state no one
 //! vouched for).
@@ -24,8 +24,13 @@ use futures_util::future::join_all;
 use ruma::{RoomId, ServerName, room_version_rules::RoomVersionRules};
 use serde_json::Value;
 
-use super::ingest::{enc, event_id_of, load_pdus, store_auth_events};
-use crate::{app::AppState, domain::pdu::Pdu, service::event};
+use super::ingest::{enc, event_id_of, load_room_pdus, store_auth_events};
+use crate::{
+    app::AppState,
+    domain::pdu::Pdu,
+    service::event,
+    storage::{events, federation as fed_store},
+};
 
 /// How many unknown prev events of one fetched event have their state asked
 /// for; an event with more is refused.
@@ -70,13 +75,14 @@ pub async fn state_after(
     wanted.sort_unstable();
     wanted.dedup();
 
-    // What we lack (an ID of another room's event refuses the whole answer).
+    // What we lack. IDs of another room's events are held but never used
+    // (as Synapse ignores them): they are not fetched, and not loaded below.
     let db_err = |e: crate::error::Error| e.to_string();
-    let known: HashSet<String> = load_pdus(&app.db, room_id, &wanted)
+    let known: HashSet<String> = events::get_many(&app.db, &wanted)
         .await
-        .map_err(db_err)?
-        .into_keys()
-        .map(|id| id.to_string())
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .map(|e| e.event_id)
         .collect();
     let missing: HashSet<String> = wanted
         .into_iter()
@@ -100,7 +106,7 @@ pub async fn state_after(
 
     let mut ids = state_ids.clone();
     ids.push(prev.to_owned());
-    let held: HashMap<String, Pdu> = load_pdus(&app.db, room_id, &ids)
+    let held: HashMap<String, Pdu> = load_room_pdus(&app.db, room_id, &ids)
         .await
         .map_err(db_err)?
         .into_iter()
@@ -144,6 +150,12 @@ pub async fn state_after(
     let group = event::write_snapshot(&mut tx, room_id.as_str(), full)
         .await
         .map_err(db_err)?;
+    // The prev event joins the room's graph as an outlier with the state
+    // after it: the events after it count it (`ingest::prev_state_groups`:
+    // the state at them, `/state_ids` at them) without asking again.
+    fed_store::set_outlier_state_group(&mut *tx, prev, group)
+        .await
+        .map_err(|e| e.to_string())?;
     tx.commit().await.map_err(|e| e.to_string())?;
     Ok(group)
 }

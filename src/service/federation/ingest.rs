@@ -199,6 +199,34 @@ pub async fn load_pdus(
     Ok(out)
 }
 
+/// The parsed events among `ids` that we hold and that are of `room_id`;
+/// another room's are left out (and logged), never used. For events that
+/// others name on a server's word (auth chains, the state at a gap), where
+/// one foreign ID must not make the rest unusable: the event that names it
+/// then lacks it, and fails auth if it needed it.
+pub async fn load_room_pdus(
+    db: impl sqlx::PgExecutor<'_>,
+    room_id: &RoomId,
+    ids: &[String],
+) -> Result<HashMap<OwnedEventId, (Pdu, Option<i64>)>> {
+    let mut out = HashMap::new();
+    for ev in events::get_many(db, ids).await? {
+        if ev.room_id != room_id.as_str() {
+            tracing::info!(event_id = %ev.event_id, "an event of another room left out");
+            continue;
+        }
+        let Ok(id) = EventId::parse(&ev.event_id) else {
+            continue;
+        };
+        let Ok(mut pdu) = Pdu::from_json(&id, &ev.json) else {
+            continue;
+        };
+        pdu.rejected = ev.rejected;
+        out.insert(id, (pdu, ev.state_group));
+    }
+    Ok(out)
+}
+
 /// Stores an event outside the timeline (auth chains, state at a join, rejected
 /// and soft-failed events).
 pub async fn store_outlier(
@@ -269,7 +297,7 @@ pub async fn store_auth_events(
                 .map(|a| a.to_string())
         })
         .collect();
-    let mut known: HashMap<OwnedEventId, Pdu> = load_pdus(&app.db, room_id, &ids)
+    let mut known: HashMap<OwnedEventId, Pdu> = load_room_pdus(&app.db, room_id, &ids)
         .await
         .map_err(|e| e.to_string())?
         .into_iter()
