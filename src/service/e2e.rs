@@ -746,7 +746,7 @@ async fn check_signatures(
     target_key: &str,
     object: &Value,
 ) -> std::result::Result<Vec<(String, String)>, String> {
-    let db_err = |e: sqlx::Error| format!("database error: {e}");
+    let db_err = |e: crate::storage::DbError| format!("database error: {e}");
     let Some(mine) = object["signatures"][me].as_object() else {
         return Err("No signatures by the uploading user".into());
     };

@@ -19,6 +19,7 @@ pub mod lazy_members;
 pub mod mail;
 pub mod media;
 pub mod membership;
+pub mod metrics;
 pub mod mutual_rooms;
 pub mod nonces;
 pub mod openid;
@@ -57,4 +58,11 @@ pub async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| anyhow::anyhow!("blocking task failed: {e}"))
+}
+
+/// Whether the database answers (`GET /health`).
+pub async fn database_reachable(
+    app: &crate::app::AppState,
+) -> Result<(), crate::storage::DbError> {
+    crate::storage::ping(&app.db).await
 }

@@ -743,3 +743,10 @@ pub async fn joined_members(app: &AppState, user: &UserId, room_id: &RoomId) -> 
 pub async fn joined_rooms(app: &AppState, user: &UserId) -> Result<Vec<String>> {
     Ok(rooms::rooms_for_user(&app.db, user.as_str(), "join").await?)
 }
+
+/// The room an event we hold belongs to (no visibility check: callers check).
+pub async fn room_of_event(app: &AppState, event_id: &str) -> Result<Option<ruma::OwnedRoomId>> {
+    Ok(crate::storage::events::get(&app.db, event_id)
+        .await?
+        .and_then(|e| ruma::OwnedRoomId::try_from(e.room_id).ok()))
+}

@@ -3,7 +3,7 @@
 //! transaction; readers see the position once the returned guard drops after
 //! commit (see `notify`).
 
-use sqlx::{Postgres, Transaction};
+use crate::storage::{Postgres, Transaction};
 
 use crate::{app::AppState, error::Result, notify::InFlight, storage::events};
 

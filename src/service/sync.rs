@@ -1027,3 +1027,13 @@ async fn is_named(
         .iter()
         .any(|ev| ev.redacted_by.is_none() && names(ev)))
 }
+
+/// A user's stored filter definition (JSON), by ID.
+pub async fn stored_filter(app: &AppState, user: &str, id: i64) -> Result<Option<String>> {
+    Ok(crate::storage::sync::get_filter(&app.db, user, id).await?)
+}
+
+/// Stores a filter definition (JSON) for a user; its new ID.
+pub async fn store_filter(app: &AppState, user: &str, json: &str) -> Result<i64> {
+    Ok(crate::storage::sync::insert_filter(&app.db, user, json, crate::clock::now_ms()).await?)
+}

@@ -431,3 +431,15 @@ pub async fn backoffs(db: impl PgExecutor<'_>, now: i64) -> sqlx::Result<Vec<(St
         .map(|r| (r.destination, r.retry_after_ts))
         .collect())
 }
+
+/// Drops everything queued for `destination` (a server name that cannot be
+/// sent to).
+pub async fn clear_queue(db: impl PgExecutor<'_>, destination: &str) -> sqlx::Result<()> {
+    sqlx::query!(
+        "delete from federation_outbox where destination = $1",
+        destination
+    )
+    .execute(db)
+    .await?;
+    Ok(())
+}

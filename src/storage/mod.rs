@@ -39,7 +39,11 @@ use sqlx::{
     postgres::{PgConnectOptions, PgPoolOptions},
 };
 
-pub use sqlx::{PgConnection, PgPool as Pool, Postgres, Transaction};
+pub use sqlx::{
+    Error as DbError, PgConnection, PgExecutor as Executor, PgPool as Pool, Postgres, Transaction,
+};
+
+pub use crate::clock::now_ms;
 
 use crate::{config::Config, error::Error};
 
@@ -183,10 +187,7 @@ fn is_transient(e: &sqlx::Error) -> bool {
     }
 }
 
-/// Milliseconds since the Unix epoch, the unit of every `*_ts` column.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+/// Whether the database answers a trivial query (the health check).
+pub async fn ping(db: &Pool) -> sqlx::Result<()> {
+    sqlx::query("select 1").execute(db).await.map(|_| ())
 }

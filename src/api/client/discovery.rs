@@ -39,7 +39,7 @@ pub fn router() -> Router<AppState> {
 /// `GET /health` (as Synapse has it, for load balancers and container health
 /// checks): `200 OK` while the database answers, `503` otherwise.
 async fn health(State(state): State<AppState>) -> (axum::http::StatusCode, &'static str) {
-    match sqlx::query("select 1").execute(&state.db).await {
+    match crate::service::database_reachable(&state).await {
         Ok(_) => (axum::http::StatusCode::OK, "OK"),
         Err(e) => {
             tracing::warn!(error = %e, "health check: database unreachable");

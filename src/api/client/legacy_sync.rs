@@ -27,7 +27,6 @@ use crate::{
         initial_sync, read,
         sync::SyncToken,
     },
-    storage::events,
 };
 
 /// `GET /events` waits this long when the client gives no `timeout` (as Synapse).
@@ -134,10 +133,9 @@ async fn one_event(
     let event_id =
         OwnedEventId::try_from(event_id).map_err(|_| Error::invalid_param("Invalid event ID"))?;
     let not_found = || Error::not_found("Event not found");
-    let stored = events::get(&app.db, event_id.as_str())
+    let room_id = read::room_of_event(&app, event_id.as_str())
         .await?
         .ok_or_else(not_found)?;
-    let room_id = OwnedRoomId::try_from(stored.room_id).map_err(|_| not_found())?;
     // As Synapse: an event the user may not see is 403 here (the room path's
     // `/event` answers 404).
     let event = match read::event(&app, &user, &room_id, event_id.as_str()).await {

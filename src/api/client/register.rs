@@ -20,7 +20,6 @@ use crate::{
     app::AppState,
     error::{Error, ErrorKind, Result},
     service::account::{self, Registration},
-    storage::{now_ms, registration_tokens},
 };
 
 pub fn router() -> Router<AppState> {
@@ -132,7 +131,7 @@ async fn token_validity(
     if !state.config.registration.tokens {
         return Err(Error::forbidden("Registration tokens are not enabled"));
     }
-    let valid = registration_tokens::is_valid(&state.db, &req.token, now_ms()).await?;
+    let valid = crate::service::account::registration_token_valid(&state, &req.token).await?;
     Ok(RumaResponse(
         check_registration_token_validity::v1::Response::new(valid),
     ))

@@ -23,7 +23,6 @@ use crate::{
         presence, sliding_sync,
         sync::{self, Params},
     },
-    storage::{now_ms, sync as rows},
 };
 
 pub fn router() -> Router<AppState> {
@@ -83,7 +82,7 @@ async fn load_filter(app: &AppState, user: &str, id: &str) -> Result<FilterDefin
     let id: i64 = id
         .parse()
         .map_err(|_| Error::invalid_param("Unknown filter"))?;
-    let json = rows::get_filter(&app.db, user, id)
+    let json = crate::service::sync::stored_filter(app, user, id)
         .await?
         .ok_or_else(|| Error::not_found("Unknown filter"))?;
     serde_json::from_str(&json).map_err(|e| Error::Internal(anyhow::anyhow!("stored filter: {e}")))
@@ -99,7 +98,7 @@ async fn create(
     }
     checked(&req.filter)?;
     let json = serde_json::to_string(&req.filter).map_err(|e| Error::bad_json(e.to_string()))?;
-    let id = rows::insert_filter(&app.db, user.user_id.as_str(), &json, now_ms()).await?;
+    let id = crate::service::sync::store_filter(&app, user.user_id.as_str(), &json).await?;
     Ok(Json(json!({ "filter_id": id.to_string() })))
 }
 

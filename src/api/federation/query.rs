@@ -126,22 +126,15 @@ async fn timestamp_to_event(
     };
     let room_id =
         ruma::RoomId::parse(&room_id).map_err(|_| Error::invalid_param("Invalid room ID"))?;
-    let mut view =
-        crate::service::federation::visibility::ServerView::new(&app, &fed.origin, &room_id)
-            .await?;
-    view.require_in_room()?;
-    let not_found = || Error::not_found("No event found");
-    let (event_id, origin_server_ts) =
-        crate::storage::events::closest_to_ts(&app.db, room_id.as_str(), q.ts, backwards)
-            .await?
-            .ok_or_else(not_found)?;
-    // The closest event, if the server may see it.
-    let stored = crate::storage::events::get(&app.db, &event_id)
-        .await?
-        .ok_or_else(not_found)?;
-    if !view.may_see(&stored).await? {
-        return Err(not_found());
-    }
+    let (event_id, origin_server_ts) = crate::service::federation::visibility::closest_to_ts(
+        &app,
+        &fed.origin,
+        &room_id,
+        q.ts,
+        backwards,
+    )
+    .await?
+    .ok_or_else(|| Error::not_found("No event found"))?;
     Ok(Json(
         json!({ "event_id": event_id, "origin_server_ts": origin_server_ts }),
     ))

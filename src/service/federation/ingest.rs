@@ -175,7 +175,7 @@ pub(super) fn event_id_of(rules: &RoomVersionRules, value: &Value) -> Option<Own
 /// points across rooms is rejected, and another room's events are never used
 /// for this room's state or auth (issue #16, finding 1).
 pub async fn load_pdus(
-    db: impl sqlx::PgExecutor<'_>,
+    db: impl crate::storage::Executor<'_>,
     room_id: &RoomId,
     ids: &[String],
 ) -> Result<HashMap<OwnedEventId, (Pdu, Option<i64>)>> {
@@ -205,7 +205,7 @@ pub async fn load_pdus(
 /// one foreign ID must not make the rest unusable: the event that names it
 /// then lacks it, and fails auth if it needed it.
 pub async fn load_room_pdus(
-    db: impl sqlx::PgExecutor<'_>,
+    db: impl crate::storage::Executor<'_>,
     room_id: &RoomId,
     ids: &[String],
 ) -> Result<HashMap<OwnedEventId, (Pdu, Option<i64>)>> {
@@ -230,7 +230,7 @@ pub async fn load_room_pdus(
 /// Stores an event outside the timeline (auth chains, state at a join, rejected
 /// and soft-failed events).
 pub async fn store_outlier(
-    db: impl sqlx::PgExecutor<'_>,
+    db: impl crate::storage::Executor<'_>,
     checked: &Checked,
     rejected: bool,
 ) -> Result<()> {

@@ -68,8 +68,8 @@ enum JoinError {
     Failed(String),
 }
 
-impl From<sqlx::Error> for JoinError {
-    fn from(e: sqlx::Error) -> Self {
+impl From<crate::storage::DbError> for JoinError {
+    fn from(e: crate::storage::DbError) -> Self {
         Self::Failed(e.to_string())
     }
 }

@@ -101,10 +101,7 @@ pub async fn run(app: AppState, shutdown: CancellationToken) {
 async fn deliver(app: &AppState, destination: &str) {
     let Ok(server) = ServerName::parse(destination) else {
         tracing::warn!(%destination, "dropping the queue of an invalid server name");
-        let _ = sqlx::query("delete from federation_outbox where destination = $1")
-            .bind(destination)
-            .execute(&app.db)
-            .await;
+        let _ = crate::storage::federation::clear_queue(&app.db, destination).await;
         return;
     };
     loop {

@@ -186,3 +186,28 @@ pub fn redacted_pdu(rules: &ruma::room_version_rules::RoomVersionRules, pdu: Val
         Err(_) => Value::Null,
     }
 }
+
+/// `/timestamp_to_event` for `origin`: the event closest to `ts` in `dir`
+/// (backwards or not), if `origin` is in the room and may see it.
+pub async fn closest_to_ts(
+    app: &AppState,
+    origin: &ServerName,
+    room_id: &RoomId,
+    ts: i64,
+    backwards: bool,
+) -> Result<Option<(String, i64)>> {
+    let mut view = ServerView::new(app, origin, room_id).await?;
+    view.require_in_room()?;
+    let Some((event_id, origin_server_ts)) =
+        events::closest_to_ts(&app.db, room_id.as_str(), ts, backwards).await?
+    else {
+        return Ok(None);
+    };
+    let Some(stored) = events::get(&app.db, &event_id).await? else {
+        return Ok(None);
+    };
+    Ok(view
+        .may_see(&stored)
+        .await?
+        .then_some((event_id, origin_server_ts)))
+}
