@@ -4,7 +4,8 @@
 //! - `GET`/`POST /_matrix/client/v3/auth/{authType}/fallback/web?session=…`
 //!   (spec: "User-interactive authentication API", "Fallback"). As Synapse,
 //!   only the stages that need a page have one: of those Lattice offers, the
-//!   registration token. Others are `404 M_UNRECOGNIZED`. The form POSTs back
+//!   registration token and single sign-on (`m.login.sso`, whose page is in
+//!   [`super::sso`]). Others are `404 M_UNRECOGNIZED`. The form POSTs back
 //!   here; when the stage is done the page calls `window.onAuthDone()` or posts
 //!   `"authDone"` to its opener, and the client resubmits with the session.
 //! - `GET /_matrix/static/client/login/` (spec: "Login Fallback"): a page that
@@ -55,11 +56,22 @@ pub fn router() -> Router<AppState> {
 async fn fallback_page(
     State(app): State<AppState>,
     Path(auth_type): Path<String>,
+    ClientIp(ip): ClientIp,
     RawQuery(query): RawQuery,
 ) -> Result<Response> {
     let stage = fallback_stage(&auth_type)?;
-    let session = param(query.as_deref().unwrap_or(""), "session")
+    let query = query.as_deref().unwrap_or("");
+    let session = param(query, "session")
         .ok_or_else(|| Error::new(crate::error::ErrorKind::MissingParam, "No session supplied"))?;
+    if stage == uia::SSO {
+        return match param(query, "idp") {
+            Some(idp) => {
+                rate_limited(app.login_limiter.check(&ip.unwrap_or_default()))?;
+                super::sso::uia_start(&app, &session, &idp).await
+            }
+            None => super::sso::uia_page(&app, &session).await,
+        };
+    }
     uia::fallback_session(&app, &session, stage).await?;
     Ok(html(token_form(&session, None)))
 }
@@ -73,6 +85,10 @@ async fn fallback_submit(
     req: Request,
 ) -> Result<Response> {
     let stage = fallback_stage(&auth_type)?;
+    if stage == uia::SSO {
+        // Its page has links, not forms.
+        return Err(Error::unrecognized(StatusCode::METHOD_NOT_ALLOWED));
+    }
     // Guessing registration tokens here costs what guessing them at /register does.
     rate_limited(app.login_limiter.check(&ip.unwrap_or_default()))?;
     let (parts, body) = req.into_parts();
@@ -94,6 +110,11 @@ fn fallback_stage(auth_type: &str) -> Result<&'static str> {
         .copied()
         .find(|s| *s == auth_type)
         .ok_or_else(|| Error::unrecognized(StatusCode::NOT_FOUND))
+}
+
+/// The page for a completed stage (also the SSO callback's, for UIA).
+pub(super) fn done_page() -> Response {
+    html(DONE_PAGE.to_owned())
 }
 
 /// `GET /_matrix/static/client/login/`.
