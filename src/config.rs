@@ -527,6 +527,10 @@ pub struct OidcProvider {
     pub token_endpoint: Option<String>,
     #[serde(default)]
     pub jwks_uri: Option<String>,
+    /// Needed for `user_profile_method = "userinfo_endpoint"` without
+    /// discovery.
+    #[serde(default)]
+    pub userinfo_endpoint: Option<String>,
     pub client_id: String,
     #[serde(default)]
     pub client_secret: Option<String>,
@@ -539,6 +543,11 @@ pub struct OidcProvider {
     /// PKCE (S256): `auto` (when the provider advertises it), `always`, `never`.
     #[serde(default)]
     pub pkce_method: PkceMethod,
+    /// Where the claims come from: `auto` (the ID token) or
+    /// `userinfo_endpoint` (also the userinfo endpoint, for providers that
+    /// put few claims in ID tokens).
+    #[serde(default)]
+    pub user_profile_method: UserProfileMethod,
     /// The claim that identifies the user at the provider for good.
     #[serde(default = "default_subject_claim")]
     pub subject_claim: String,
@@ -618,6 +627,16 @@ pub enum ClientAuthMethod {
 }
 
 #[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum UserProfileMethod {
+    /// The ID token's claims.
+    #[default]
+    Auto,
+    /// The ID token's claims, with the userinfo endpoint's over them.
+    UserinfoEndpoint,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum PkceMethod {
     #[default]
@@ -675,6 +694,13 @@ impl Sso {
                 }
             };
             https("issuer", &p.issuer)?;
+            if let Some(url) = &p.userinfo_endpoint {
+                https("userinfo_endpoint", url)?;
+            } else if !p.discover && p.user_profile_method == UserProfileMethod::UserinfoEndpoint {
+                bail!(
+                    "`sso.oidc_providers` {name}: `userinfo_endpoint` is needed for user_profile_method \"userinfo_endpoint\" when `discover` is off"
+                );
+            }
             for (key, url) in [
                 ("authorization_endpoint", &p.authorization_endpoint),
                 ("token_endpoint", &p.token_endpoint),

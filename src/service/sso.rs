@@ -36,7 +36,7 @@ use sha2::{Digest, Sha256};
 
 use crate::{
     app::AppState,
-    config::{ClientAuthMethod, Config, OidcProvider, PkceMethod},
+    config::{ClientAuthMethod, Config, OidcProvider, PkceMethod, UserProfileMethod},
     domain::{
         jwt::{self, JwkSet},
         localpart,
@@ -86,6 +86,7 @@ struct Metadata {
     authorization_endpoint: Url,
     token_endpoint: Url,
     jwks_uri: Url,
+    userinfo_endpoint: Option<Url>,
     pkce_s256: bool,
 }
 
@@ -95,6 +96,7 @@ struct Discovered {
     authorization_endpoint: Option<String>,
     token_endpoint: Option<String>,
     jwks_uri: Option<String>,
+    userinfo_endpoint: Option<String>,
     #[serde(default)]
     code_challenge_methods_supported: Vec<String>,
 }
@@ -130,6 +132,7 @@ impl Provider {
             .chain(p.authorization_endpoint.as_ref())
             .chain(p.token_endpoint.as_ref())
             .chain(p.jwks_uri.as_ref())
+            .chain(p.userinfo_endpoint.as_ref())
         {
             if let Some(host) = Url::parse(url)
                 .ok()
@@ -214,6 +217,13 @@ impl Provider {
                 d.and_then(|d| d.token_endpoint.as_ref()),
             )?,
             jwks_uri: endpoint(configured(&c.jwks_uri), d.and_then(|d| d.jwks_uri.as_ref()))?,
+            userinfo_endpoint: match c.user_profile_method {
+                UserProfileMethod::Auto => None,
+                UserProfileMethod::UserinfoEndpoint => Some(endpoint(
+                    configured(&c.userinfo_endpoint),
+                    d.and_then(|d| d.userinfo_endpoint.as_ref()),
+                )?),
+            },
             pkce_s256: match c.pkce_method {
                 PkceMethod::Always => true,
                 PkceMethod::Never => false,
@@ -274,14 +284,14 @@ impl Provider {
     }
 
     /// Exchanges an authorization code at the token endpoint; returns the ID
-    /// token.
+    /// token and the access token.
     async fn exchange(
         &self,
         metadata: &Metadata,
         redirect_uri: &str,
         code: &str,
         code_verifier: Option<&str>,
-    ) -> Result<String> {
+    ) -> Result<TokenAnswer> {
         let c = &self.config;
         let mut form: Vec<(&str, &str)> = vec![
             ("grant_type", "authorization_code"),
@@ -334,14 +344,44 @@ impl Provider {
             tracing::warn!(idp = %self.id, error = %e, "token endpoint unreachable");
             provider_error("The identity provider could not be reached")
         })?;
-        #[derive(Deserialize)]
-        struct TokenAnswer {
-            id_token: Option<String>,
-        }
         let answer: TokenAnswer = self.read_json(response).await?;
-        answer
-            .id_token
-            .ok_or_else(|| provider_error("The identity provider sent no ID token"))
+        if answer.id_token.is_none() {
+            return Err(provider_error("The identity provider sent no ID token"));
+        }
+        Ok(answer)
+    }
+
+    /// The userinfo endpoint's claims (OpenID Connect Core §5.3), which must
+    /// be about the ID token's subject (§5.3.2).
+    async fn userinfo(
+        &self,
+        endpoint: &Url,
+        access_token: &str,
+        subject: &str,
+    ) -> Result<Map<String, Value>> {
+        let mut request = reqwest::Request::new(http::Method::GET, endpoint.clone());
+        request.headers_mut().insert(
+            http::header::AUTHORIZATION,
+            http::HeaderValue::from_str(&format!("Bearer {access_token}")).map_err(|_| {
+                provider_error("The identity provider sent an unusable access token")
+            })?,
+        );
+        request.headers_mut().insert(
+            http::header::ACCEPT,
+            http::HeaderValue::from_static("application/json"),
+        );
+        let response = self.http.send(request).await.map_err(|e| {
+            tracing::warn!(idp = %self.id, error = %e, "userinfo endpoint unreachable");
+            provider_error("The identity provider could not be reached")
+        })?;
+        let claims: Map<String, Value> = self.read_json(response).await?;
+        if claims.get("sub").and_then(Value::as_str) != Some(subject) {
+            tracing::warn!(idp = %self.id, "userinfo about another subject");
+            return Err(Error::forbidden(
+                "The identity provider's user information is about someone else",
+            ));
+        }
+        Ok(claims)
     }
 
     /// Checks an ID token: signature against the provider's keys (fetched
@@ -370,6 +410,13 @@ impl Provider {
         };
         token.verify(&keys, &expected).map_err(refused)
     }
+}
+
+/// The token endpoint's answer (the parts used).
+#[derive(Deserialize)]
+struct TokenAnswer {
+    id_token: Option<String>,
+    access_token: Option<String>,
 }
 
 fn provider_error(message: &str) -> Error {
@@ -560,7 +607,7 @@ async fn complete(
         .as_deref()
         .ok_or_else(|| Error::new(ErrorKind::BadRequest, "The identity provider sent no code"))?;
     let metadata = provider.metadata().await?;
-    let id_token = provider
+    let tokens = provider
         .exchange(
             &metadata,
             &callback_url(state),
@@ -568,9 +615,21 @@ async fn complete(
             pending.code_verifier.as_deref(),
         )
         .await?;
-    let claims = provider
-        .verify(&metadata, &id_token, &pending.nonce)
-        .await?;
+    let id_token = tokens.id_token.as_deref().unwrap_or_default();
+    let mut claims = provider.verify(&metadata, id_token, &pending.nonce).await?;
+    if let Some(endpoint) = &metadata.userinfo_endpoint {
+        let access_token = tokens
+            .access_token
+            .as_deref()
+            .ok_or_else(|| provider_error("The identity provider sent no access token"))?;
+        let sub = claims
+            .get("sub")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
+        // The ID token's claims, with the userinfo endpoint's over them.
+        claims.extend(provider.userinfo(endpoint, access_token, &sub).await?);
+    }
     let subject = rules::claim_text(&claims, &[provider.config.subject_claim.as_str()])
         .filter(|s| !s.is_empty())
         .ok_or_else(|| Error::forbidden("The identity provider sent no subject"))?;

@@ -140,6 +140,14 @@ async fn sso_server(tweak: impl FnOnce(&mut lattice::config::Config)) -> (TestSe
             ),
         ];
         providers.extend(TAMPERED.iter().map(|(mode, _)| tampered(mode, &issuer)));
+        // ID tokens without profile claims: read from the userinfo endpoint,
+        // or not at all.
+        let mut userinfo = tampered("bare", &issuer);
+        userinfo.idp_id = "userinfo".into();
+        userinfo.user_profile_method = lattice::config::UserProfileMethod::UserinfoEndpoint;
+        userinfo.userinfo_endpoint = Some(format!("{issuer}/me"));
+        providers.push(userinfo);
+        providers.push(tampered("bare", &issuer));
         c.sso.oidc_providers = providers;
         tweak(c);
     })
@@ -750,4 +758,30 @@ async fn matrix_js_sdk_signs_in_with_sso() {
     let token = outcome.login_token();
     let out = crate::sdk::run_js(&server, "js_sso.mjs", &["login", &token]).await;
     assert_eq!(out, format!("ok {}", user_id("heidi")));
+}
+
+/// A provider that puts profile claims only at its userinfo endpoint: with
+/// `user_profile_method = "userinfo_endpoint"` they are read there; without,
+/// there is no username to make an account from.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claims_from_the_userinfo_endpoint() {
+    let (server, _idp) = sso_server(|_| {}).await;
+    let outcome = Browser::new()
+        .sign_in(&redirect_url(&server, "oidc-bare"), "ivan")
+        .await;
+    assert_eq!(outcome.status, StatusCode::FORBIDDEN, "{outcome:?}");
+    assert!(
+        outcome.body.contains("sent no username"),
+        "{}",
+        outcome.body
+    );
+    let alice = sso_login(&server, "oidc-userinfo", "alice").await;
+    assert_eq!(alice.user_id, user_id("alice"));
+    let (_, profile) = server
+        .get(
+            &format!("/_matrix/client/v3/profile/{}", enc(&alice.user_id)),
+            Some(&alice.access_token),
+        )
+        .await;
+    assert_eq!(profile["displayname"], "Alice Liddell");
 }

@@ -14,7 +14,8 @@
 // misbehaves (or an attacker holding a token for something else) would send
 // it: aud (another client's token), iss (another issuer's), expired, nonce
 // (another sign-in's), badsig (signed by a key that is not the provider's),
-// none (unsigned).
+// none (unsigned); and bare, an honest token with no claims beyond those
+// an ID token must have (the rest only at the userinfo endpoint, /me).
 
 import { createServer } from "node:https";
 import { readFileSync } from "node:fs";
@@ -93,6 +94,11 @@ async function tampered(mode, req, res) {
             case "nonce": claims.nonce = "from-another-sign-in"; break;
             case "badsig": key = other.privateKey; break;
             case "none": break;
+            case "bare": // only what an ID token must carry: the rest is at /me
+                for (const k of Object.keys(claims)) {
+                    if (!["iss", "aud", "sub", "exp", "iat", "nonce", "azp", "auth_time", "at_hash"].includes(k)) delete claims[k];
+                }
+                break;
             default: res.writeHead(404).end(); return;
         }
         if (mode === "none") {
