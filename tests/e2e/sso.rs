@@ -785,3 +785,39 @@ async fn claims_from_the_userinfo_endpoint() {
         .await;
     assert_eq!(profile["displayname"], "Alice Liddell");
 }
+
+/// A deactivated account cannot sign in through SSO; with registration off
+/// only linked accounts can.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deactivated_accounts_and_closed_registration() {
+    let (server, _idp) = sso_server(|c| {
+        // "staff" (alice may pass its requirement) stops making accounts.
+        c.sso.oidc_providers[1].enable_registration = false;
+    })
+    .await;
+    let judy = sso_login(&server, "oidc-main", "judy").await;
+    lattice::service::account::deactivate_user(
+        &server.state,
+        &ruma::UserId::parse(judy.user_id.as_str()).unwrap(),
+        false,
+        None,
+    )
+    .await
+    .unwrap();
+    let outcome = Browser::new()
+        .sign_in(&redirect_url(&server, "oidc-main"), "judy")
+        .await;
+    assert_eq!(outcome.status, StatusCode::FORBIDDEN, "{outcome:?}");
+    assert!(outcome.body.contains("deactivated"), "{}", outcome.body);
+
+    let outcome = Browser::new()
+        .sign_in(&redirect_url(&server, "oidc-staff"), "alice")
+        .await;
+    assert_eq!(outcome.status, StatusCode::FORBIDDEN, "{outcome:?}");
+    assert!(
+        outcome.body.contains("No account here is linked"),
+        "{}",
+        outcome.body
+    );
+    assert!(!user_exists(&server, "alice").await);
+}
