@@ -821,3 +821,40 @@ async fn deactivated_accounts_and_closed_registration() {
     );
     assert!(!user_exists(&server, "alice").await);
 }
+
+/// The whole sign-in in a real browser: headless Chromium (Debian's,
+/// `scripts/browser-env`) driven by playwright-core, typing into the
+/// provider's pages; then the client's token login.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_person_signs_in_with_headless_chromium() {
+    let chromium = setup_script("browser-env");
+    let (server, _idp) = sso_server(|_| {}).await;
+    let node_dir = PathBuf::from(setup_script("node-env"));
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let copy = node_dir.join(format!("browser_sso.{}.mjs", std::process::id()));
+    std::fs::copy(root.join("tests/sdk/browser_sso.mjs"), &copy).unwrap();
+    let out = tokio::process::Command::new("node")
+        .arg(&copy)
+        .arg(&chromium)
+        .arg(redirect_url(&server, "oidc-main"))
+        .arg("kim")
+        .arg("https://app.test.invalid/")
+        .output()
+        .await
+        .unwrap();
+    let _ = std::fs::remove_file(&copy);
+    let stdout = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert!(
+        out.status.success(),
+        "browser_sso.mjs failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let landed = Outcome {
+        status: StatusCode::FOUND,
+        location: Some(stdout),
+        body: String::new(),
+    };
+    let (status, body) = token_login(&server, &landed.login_token()).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["user_id"], user_id("kim"));
+}
