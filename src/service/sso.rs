@@ -52,8 +52,15 @@ use crate::{
 pub const CALLBACK_PATH: &str = "_synapse/client/oidc/callback";
 /// The cookie that binds a sign-in to the browser that started it.
 pub const COOKIE: &str = "lattice_oidc_session";
-/// Where that cookie is sent: the callback only.
-pub const COOKIE_PATH: &str = "/_synapse/client/oidc";
+/// Where that cookie is sent: the callback only (under `public_baseurl`'s
+/// path, which a reverse proxy may add).
+fn cookie_path(state: &AppState) -> String {
+    let base = state.config.public_baseurl();
+    let prefix = Url::parse(&base)
+        .map(|u| u.path().to_owned())
+        .unwrap_or_else(|_| "/".into());
+    format!("{prefix}_synapse/client/oidc")
+}
 
 /// How long discovered metadata is kept before it is fetched again.
 const METADATA_TTL: Duration = Duration::from_secs(3600);
@@ -501,7 +508,8 @@ pub async fn start(state: &AppState, provider: &Provider, purpose: Purpose) -> R
         ""
     };
     let cookie = format!(
-        "{COOKIE}={browser}; Path={COOKIE_PATH}; Max-Age={}; HttpOnly; SameSite=Lax{secure}",
+        "{COOKIE}={browser}; Path={}; Max-Age={}; HttpOnly; SameSite=Lax{secure}",
+        cookie_path(state),
         state.config.sso.session_lifetime_secs
     );
     tracing::info!(idp = %provider.id, "SSO sign-in started");
@@ -512,8 +520,11 @@ pub async fn start(state: &AppState, provider: &Provider, purpose: Purpose) -> R
 }
 
 /// The cookie that forgets the sign-in (set on every callback answer).
-pub fn clear_cookie() -> String {
-    format!("{COOKIE}=; Path={COOKIE_PATH}; Max-Age=0; HttpOnly; SameSite=Lax")
+pub fn clear_cookie(state: &AppState) -> String {
+    format!(
+        "{COOKIE}=; Path={}; Max-Age=0; HttpOnly; SameSite=Lax",
+        cookie_path(state)
+    )
 }
 
 /// The provider's answer, as the callback's query carries it.

@@ -858,3 +858,30 @@ async fn a_person_signs_in_with_headless_chromium() {
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["user_id"], user_id("kim"));
 }
+
+/// With one provider the generic redirect goes straight to it; without a
+/// `redirectUrl` it is a client error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_provider_needs_no_choice() {
+    let (server, _idp) = sso_server(|c| c.sso.oidc_providers.truncate(1)).await;
+    let outcome = Browser::new()
+        .sign_in(
+            &format!(
+                "{}/_matrix/client/v3/login/sso/redirect?redirectUrl={}",
+                server.base,
+                enc(CLIENT)
+            ),
+            "leo",
+        )
+        .await;
+    assert_eq!(outcome.status, StatusCode::FOUND, "{outcome:?}");
+    let (status, body) = token_login(&server, &outcome.login_token()).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["user_id"], user_id("leo"));
+
+    let (status, body) = server
+        .get("/_matrix/client/v3/login/sso/redirect/oidc-main", None)
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(body["errcode"].is_string(), "{body}");
+}

@@ -155,7 +155,7 @@ async fn callback(
         Ok(Completed::Uia) => super::fallback::done_page(),
         Err(e) => error_response(e),
     };
-    if taken && let Ok(v) = HeaderValue::from_str(&sso::clear_cookie()) {
+    if taken && let Ok(v) = HeaderValue::from_str(&sso::clear_cookie(&state)) {
         response.headers_mut().append(header::SET_COOKIE, v);
     }
     response
