@@ -454,10 +454,27 @@ fn hash(secret: &str) -> [u8; 32] {
     Sha256::digest(secret.as_bytes()).into()
 }
 
+/// This server's login fallback page, always an allowed `redirectUrl` (the
+/// spec: "the homeserver's own login fallback implementation could be
+/// excluded").
+pub fn login_fallback_url(state: &AppState) -> String {
+    format!(
+        "{}_matrix/static/client/login",
+        state.config.public_baseurl()
+    )
+}
+
+/// Whether the browser may be sent to `redirect_url` with a login token: an
+/// entry of `sso.client_allowlist`, or this server's login fallback page.
+pub fn redirect_allowed(state: &AppState, redirect_url: &str) -> bool {
+    rules::redirect_allowed(&state.config.sso.client_allowlist, redirect_url)
+        || rules::redirect_allowed(&[login_fallback_url(state)], redirect_url)
+}
+
 /// Starts a sign-in at `provider` (step 1).
 pub async fn start(state: &AppState, provider: &Provider, purpose: Purpose) -> Result<Started> {
     if let Purpose::Login { redirect_url } = &purpose
-        && !rules::redirect_allowed(&state.config.sso.client_allowlist, redirect_url)
+        && !redirect_allowed(state, redirect_url)
     {
         // No login token is ever sent where the administrator did not allow.
         return Err(Error::forbidden(

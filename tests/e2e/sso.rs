@@ -560,6 +560,26 @@ async fn redirects_go_only_to_allowed_clients() {
             assert_eq!(body["errcode"], "M_FORBIDDEN", "{target}");
         }
     }
+    // This server's own login fallback page is always allowed.
+    let response = Browser::new()
+        .http
+        .get(format!(
+            "{}/_matrix/client/v3/login/sso/redirect/oidc-main?redirectUrl={}",
+            server.base,
+            enc(&format!(
+                "{}/_matrix/static/client/login/?device_id=X",
+                server.base
+            ))
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        response.status(),
+        StatusCode::OK,
+        "followed to the provider"
+    );
+    assert!(response.url().as_str().starts_with("https://127.0.0.1:"));
     // An unknown provider.
     let (status, body) = server
         .get(
@@ -822,23 +842,19 @@ async fn deactivated_accounts_and_closed_registration() {
     assert!(!user_exists(&server, "alice").await);
 }
 
-/// The whole sign-in in a real browser: headless Chromium (Debian's,
-/// `scripts/browser-env`) driven by playwright-core, typing into the
-/// provider's pages; then the client's token login.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_person_signs_in_with_headless_chromium() {
+/// Runs `tests/sdk/browser_sso.mjs` (headless Chromium); returns its output.
+async fn chromium(start_url: &str, login: &str, client_prefix: &str) -> String {
     let chromium = setup_script("browser-env");
-    let (server, _idp) = sso_server(|_| {}).await;
     let node_dir = PathBuf::from(setup_script("node-env"));
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let copy = node_dir.join(format!("browser_sso.{}.mjs", std::process::id()));
+    let copy = node_dir.join(format!("browser_sso.{}.{login}.mjs", std::process::id()));
     std::fs::copy(root.join("tests/sdk/browser_sso.mjs"), &copy).unwrap();
     let out = tokio::process::Command::new("node")
         .arg(&copy)
         .arg(&chromium)
-        .arg(redirect_url(&server, "oidc-main"))
-        .arg("kim")
-        .arg("https://app.test.invalid/")
+        .arg(start_url)
+        .arg(login)
+        .arg(client_prefix)
         .output()
         .await
         .unwrap();
@@ -849,6 +865,22 @@ async fn a_person_signs_in_with_headless_chromium() {
         "browser_sso.mjs failed:\n{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    stdout
+}
+
+/// The whole sign-in in a real browser: headless Chromium (Debian's,
+/// `scripts/browser-env`) driven by playwright-core, typing into the
+/// provider's pages; then the client's token login. And the same through
+/// this server's login fallback page, which logs in by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_person_signs_in_with_headless_chromium() {
+    let (server, _idp) = sso_server(|_| {}).await;
+    let stdout = chromium(
+        &redirect_url(&server, "oidc-main"),
+        "kim",
+        "https://app.test.invalid/",
+    )
+    .await;
     let landed = Outcome {
         status: StatusCode::FOUND,
         location: Some(stdout),
@@ -857,6 +889,14 @@ async fn a_person_signs_in_with_headless_chromium() {
     let (status, body) = token_login(&server, &landed.login_token()).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["user_id"], user_id("kim"));
+
+    let said = chromium(
+        &format!("{}/_matrix/static/client/login/", server.base),
+        "lou",
+        "fallback",
+    )
+    .await;
+    assert_eq!(said, format!("You are logged in as {}.", user_id("lou")));
 }
 
 /// With one provider the generic redirect goes straight to it; without a

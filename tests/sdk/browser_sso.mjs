@@ -6,6 +6,10 @@
 //
 // Usage: node browser_sso.mjs CHROMIUM START_URL LOGIN CLIENT_PREFIX
 // Prints the URL the browser was sent to (with its loginToken).
+//
+// With CLIENT_PREFIX "fallback", START_URL is the server's login fallback
+// page: the person clicks its first "Continue with" link, signs in, and is
+// brought back to the page, which logs in; prints what the page then says.
 
 import { chromium } from "playwright-core";
 
@@ -25,18 +29,32 @@ try {
     // The test provider's certificate is from the tests' own CA.
     const context = await browser.newContext({ ignoreHTTPSErrors: true });
     const page = await context.newPage();
-    await page.route(`${clientPrefix}**`, (route) =>
-        route.fulfill({ status: 200, contentType: "text/html", body: "<p>the client</p>" }),
-    );
+    const fallback = clientPrefix === "fallback";
+    if (!fallback) {
+        await page.route(`${clientPrefix}**`, (route) =>
+            route.fulfill({ status: 200, contentType: "text/html", body: "<p>the client</p>" }),
+        );
+    }
     await page.goto(startUrl);
+    if (fallback) {
+        await page.click("#sso a");
+    }
     await page.fill('input[name="login"]', login);
     await page.fill('input[name="password"]', "any password");
     await page.click('button[type="submit"]');
     // The consent page.
     await page.waitForSelector('input[name="prompt"][value="consent"]', { state: "attached" });
     await page.click('button[type="submit"]');
-    await page.waitForURL(`${clientPrefix}**`);
-    console.log(page.url());
+    if (fallback) {
+        await page.waitForFunction(() =>
+            document.getElementById("status")?.textContent.startsWith("You are logged in"),
+        );
+        if (page.url().includes("loginToken")) fail(`the token stayed in the address: ${page.url()}`);
+        console.log(await page.textContent("#status"));
+    } else {
+        await page.waitForURL(`${clientPrefix}**`);
+        console.log(page.url());
+    }
 } catch (e) {
     fail(String(e?.stack ?? e));
 } finally {

@@ -10,7 +10,10 @@
 //!   `"authDone"` to its opener, and the client resubmits with the session.
 //! - `GET /_matrix/static/client/login/` (spec: "Login Fallback"): a page that
 //!   logs in through `POST /_matrix/client/v3/login` and calls
-//!   `window.matrixLogin.onLogin(response)`.
+//!   `window.matrixLogin.onLogin(response)`: with a password, or through single
+//!   sign-on (a link per identity provider; the provider's sign-in comes back
+//!   to the page, which is always an allowed `redirectUrl`, and the page logs
+//!   in with the `loginToken`).
 //!
 //! The pages are self-contained (no external resources). Their scripts and
 //! styles are fixed text allowed by hash in a strict `Content-Security-Policy`,
@@ -250,20 +253,15 @@ window.matrixLogin = window.matrixLogin || {};
 if (!window.matrixLogin.onLogin) {
     window.matrixLogin.onLogin = function (response) {
         document.getElementById("form").hidden = true;
+        document.getElementById("sso").hidden = true;
         document.getElementById("status").textContent = "You are logged in as " + response.user_id + ".";
     };
 }
 document.addEventListener("DOMContentLoaded", function () {
     var form = document.getElementById("form");
     var status = document.getElementById("status");
-    form.addEventListener("submit", function (ev) {
-        ev.preventDefault();
-        var body = {
-            type: "m.login.password",
-            identifier: { type: "m.id.user", user: form.elements.user.value },
-            password: form.elements.password.value
-        };
-        var query = new URLSearchParams(window.location.search);
+    var query = new URLSearchParams(window.location.search);
+    function login(body) {
         if (query.get("device_id")) { body.device_id = query.get("device_id"); }
         if (query.get("initial_device_display_name")) {
             body.initial_device_display_name = query.get("initial_device_display_name");
@@ -287,7 +285,42 @@ document.addEventListener("DOMContentLoaded", function () {
         }).catch(function () {
             status.textContent = "The server could not be reached";
         });
+    }
+    form.addEventListener("submit", function (ev) {
+        ev.preventDefault();
+        login({
+            type: "m.login.password",
+            identifier: { type: "m.id.user", user: form.elements.user.value },
+            password: form.elements.password.value
+        });
     });
+    // Back from single sign-on with a login token: used once, and taken out
+    // of the address bar.
+    var token = query.get("loginToken");
+    query.delete("loginToken");
+    var rest = query.toString();
+    var here = window.location.origin + window.location.pathname + (rest ? "?" + rest : "");
+    if (token) {
+        window.history.replaceState(null, "", here);
+        login({ type: "m.login.token", token: token });
+    }
+    // A link per identity provider, coming back here.
+    fetch("/_matrix/client/v3/login", { credentials: "omit" }).then(function (resp) {
+        return resp.json();
+    }).then(function (json) {
+        var sso = (json.flows || []).filter(function (f) { return f.type === "m.login.sso"; })[0];
+        if (!sso) { return; }
+        var list = document.getElementById("sso");
+        (sso.identity_providers || []).forEach(function (idp) {
+            var link = document.createElement("a");
+            link.href = "/_matrix/client/v3/login/sso/redirect/" + encodeURIComponent(idp.id) +
+                "?redirectUrl=" + encodeURIComponent(here);
+            link.textContent = "Continue with " + idp.name;
+            var p = document.createElement("p");
+            p.appendChild(link);
+            list.appendChild(p);
+        });
+    }).catch(function () {});
 });
 "#;
 
@@ -301,7 +334,7 @@ static LOGIN_PAGE: LazyLock<String> = LazyLock::new(|| {
          <label for=\"password\">Password</label>\n\
          <input type=\"password\" id=\"password\" name=\"password\" autocomplete=\"current-password\" required>\n\
          <input type=\"submit\" value=\"Log in\">\n\
-         </form>\n<p id=\"status\" class=\"error\" role=\"status\"></p>",
+         </form>\n<div id=\"sso\"></div>\n<p id=\"status\" class=\"error\" role=\"status\"></p>",
     )
 });
 

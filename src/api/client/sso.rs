@@ -62,10 +62,7 @@ async fn redirect(
         }
         several => {
             // Refuse a bad redirectUrl here too, before anyone picks.
-            if !crate::domain::sso::redirect_allowed(
-                &state.config.sso.client_allowlist,
-                &req.redirect_url,
-            ) {
+            if !sso::redirect_allowed(&state, &req.redirect_url) {
                 return Err(Error::forbidden(
                     "This redirectUrl is not an allowed client of this server",
                 ));
