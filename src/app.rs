@@ -84,6 +84,9 @@ pub struct AppState {
     /// Validation mails, per address and per IP.
     pub email_address_limiter: Arc<RateLimiter>,
     pub email_ip_limiter: Arc<RateLimiter>,
+    /// Upstream OpenID Connect providers (`sso.oidc_providers`), with their
+    /// HTTP clients and cached metadata and keys.
+    pub sso: Arc<crate::service::sso::Providers>,
 }
 
 impl AppState {
@@ -101,6 +104,7 @@ impl AppState {
         let mailer = crate::service::mail::Mailer::from_config(&config)?.map(Arc::new);
         let limits = &config.rate_limits;
         Ok(Self {
+            sso: Arc::new(crate::service::sso::Providers::from_config(&config)?),
             mailer,
             email_address_limiter: Arc::new(RateLimiter::new(limits.enabled, limits.email_address)),
             email_ip_limiter: Arc::new(RateLimiter::new(limits.enabled, limits.email_ip)),
@@ -295,6 +299,9 @@ async fn purge_worker(state: AppState, shutdown: CancellationToken) {
                 }
                 if let Err(e) = crate::service::session::purge_expired_login_tokens(&state).await {
                     tracing::warn!(error = %e, "purging expired login tokens failed");
+                }
+                if let Err(e) = crate::service::sso::purge_expired(&state).await {
+                    tracing::warn!(error = %e, "purging unfinished SSO sign-ins failed");
                 }
                 if let Err(e) = crate::service::threepid::purge_expired(&state).await {
                     tracing::warn!(error = %e, "purging email validation sessions failed");

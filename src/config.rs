@@ -56,6 +56,7 @@ pub struct Config {
     pub support: Support,
     pub turn: Turn,
     pub email: Email,
+    pub sso: Sso,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -468,6 +469,294 @@ impl Email {
     }
 }
 
+/// Single sign-on through upstream OpenID Connect providers (`m.login.sso`).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Sso {
+    /// Where a client may have the browser sent back with its login token
+    /// (the `redirectUrl` of `/login/sso/redirect`): URLs whose scheme, host
+    /// and port are those of an entry and whose path starts with the entry's.
+    /// Any other `redirectUrl` is refused.
+    pub client_allowlist: Vec<String>,
+    /// How long the login token the browser carries back is valid.
+    pub login_token_lifetime_secs: u64,
+    /// How long a sign-in may take at the provider, from the redirect to the
+    /// callback.
+    pub session_lifetime_secs: u64,
+    /// The providers, offered as `identity_providers` of `m.login.sso`.
+    pub oidc_providers: Vec<OidcProvider>,
+}
+
+impl Default for Sso {
+    fn default() -> Self {
+        Self {
+            client_allowlist: Vec::new(),
+            login_token_lifetime_secs: 30,
+            session_lifetime_secs: 600,
+            oidc_providers: Vec::new(),
+        }
+    }
+}
+
+/// One upstream OpenID Connect provider, as Synapse's `oidc_providers`.
+#[derive(Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct OidcProvider {
+    /// A short stable name (`keycloak`); the IdP's ID clients see is
+    /// `oidc-<idp_id>`, as on Synapse. Changing it loses every user's link.
+    pub idp_id: String,
+    /// The name clients show ("Sign in with …"). Default: the `idp_id`.
+    #[serde(default)]
+    pub idp_name: Option<String>,
+    /// An `mxc://` icon for the provider.
+    #[serde(default)]
+    pub idp_icon: Option<String>,
+    /// A brand hint (`github`, `gitlab`, `google`, …).
+    #[serde(default)]
+    pub idp_brand: Option<String>,
+    /// The provider's issuer identifier (`https://…`), exactly as its ID tokens
+    /// carry it in `iss`.
+    pub issuer: String,
+    /// Read the endpoints from `<issuer>/.well-known/openid-configuration`.
+    #[serde(default = "yes")]
+    pub discover: bool,
+    /// Endpoints, needed when `discover` is off (they override discovery).
+    #[serde(default)]
+    pub authorization_endpoint: Option<String>,
+    #[serde(default)]
+    pub token_endpoint: Option<String>,
+    #[serde(default)]
+    pub jwks_uri: Option<String>,
+    /// Needed for `user_profile_method = "userinfo_endpoint"` without
+    /// discovery.
+    #[serde(default)]
+    pub userinfo_endpoint: Option<String>,
+    pub client_id: String,
+    #[serde(default)]
+    pub client_secret: Option<String>,
+    /// How the client authenticates at the token endpoint.
+    #[serde(default)]
+    pub client_auth_method: ClientAuthMethod,
+    /// Scopes asked for; `openid` must be one of them.
+    #[serde(default = "default_scopes")]
+    pub scopes: Vec<String>,
+    /// PKCE (S256): `auto` (when the provider advertises it), `always`, `never`.
+    #[serde(default)]
+    pub pkce_method: PkceMethod,
+    /// Where the claims come from: `auto` (the ID token) or
+    /// `userinfo_endpoint` (also the userinfo endpoint, for providers that
+    /// put few claims in ID tokens).
+    #[serde(default)]
+    pub user_profile_method: UserProfileMethod,
+    /// The claim that identifies the user at the provider for good.
+    #[serde(default = "default_subject_claim")]
+    pub subject_claim: String,
+    /// The localpart of a new user, from the ID token's claims
+    /// (`{{ user.preferred_username }}`; filters `lower` and
+    /// `localpart_from_email`). Characters a user ID cannot have are mapped.
+    #[serde(default = "default_localpart_template")]
+    pub localpart_template: String,
+    /// A new user's display name, from the claims. Unset: the localpart.
+    #[serde(default)]
+    pub display_name_template: Option<String>,
+    /// An email address bound to a new user, from the claims.
+    #[serde(default)]
+    pub email_template: Option<String>,
+    /// A first sign-in whose localpart is an existing user's is linked to that
+    /// user (the provider vouches for it). Off: another localpart is chosen.
+    #[serde(default)]
+    pub allow_existing_users: bool,
+    /// Create users on first sign-in. Off: only users already linked (by an
+    /// administrator, or `allow_existing_users`) may sign in.
+    #[serde(default = "yes")]
+    pub enable_registration: bool,
+    /// Claims every sign-in must have: `{ attribute = "groups", value = "staff" }`
+    /// (a list claim must contain the value) or `one_of = [...]`.
+    #[serde(default)]
+    pub attribute_requirements: Vec<AttributeRequirement>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn default_scopes() -> Vec<String> {
+    vec!["openid".into(), "profile".into()]
+}
+
+fn default_subject_claim() -> String {
+    "sub".into()
+}
+
+fn default_localpart_template() -> String {
+    "{{ user.preferred_username }}".into()
+}
+
+impl fmt::Debug for OidcProvider {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OidcProvider")
+            .field("idp_id", &self.idp_id)
+            .field("issuer", &self.issuer)
+            .field("client_id", &self.client_id)
+            .field(
+                "client_secret",
+                &self.client_secret.as_ref().map(|_| "<redacted>"),
+            )
+            .field("scopes", &self.scopes)
+            .finish_non_exhaustive()
+    }
+}
+
+impl OidcProvider {
+    /// The IdP ID clients see: `oidc-<idp_id>`, as on Synapse.
+    pub fn id(&self) -> String {
+        format!("oidc-{}", self.idp_id)
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientAuthMethod {
+    /// HTTP Basic with the client ID and secret (the OAuth default).
+    #[default]
+    ClientSecretBasic,
+    /// The ID and secret in the form body.
+    ClientSecretPost,
+    /// A public client: no secret (PKCE protects the code).
+    None,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum UserProfileMethod {
+    /// The ID token's claims.
+    #[default]
+    Auto,
+    /// The ID token's claims, with the userinfo endpoint's over them.
+    UserinfoEndpoint,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum PkceMethod {
+    #[default]
+    Auto,
+    Always,
+    Never,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AttributeRequirement {
+    pub attribute: String,
+    #[serde(default)]
+    pub value: Option<String>,
+    #[serde(default)]
+    pub one_of: Option<Vec<String>>,
+}
+
+impl Sso {
+    fn validate(&self, has_public_baseurl: bool) -> anyhow::Result<()> {
+        if self.login_token_lifetime_secs == 0 || self.session_lifetime_secs == 0 {
+            bail!("`sso.login_token_lifetime_secs` and `sso.session_lifetime_secs` must be >= 1");
+        }
+        for entry in &self.client_allowlist {
+            if reqwest::Url::parse(entry).is_err() {
+                bail!("`sso.client_allowlist`: {entry:?} is not an absolute URL");
+            }
+        }
+        if self.oidc_providers.is_empty() {
+            return Ok(());
+        }
+        if !has_public_baseurl {
+            bail!("`sso.oidc_providers` needs `public_baseurl` (the providers redirect there)");
+        }
+        let mut seen = std::collections::HashSet::new();
+        for p in &self.oidc_providers {
+            let name = &p.idp_id;
+            if name.is_empty()
+                || name.len() > 200
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '~' | '-'))
+            {
+                bail!("`sso.oidc_providers`: idp_id {name:?} must be 1-200 of A-Z a-z 0-9 . _ ~ -");
+            }
+            if !seen.insert(name.clone()) {
+                bail!("`sso.oidc_providers`: idp_id {name:?} appears twice");
+            }
+            let https = |key: &str, url: &str| -> anyhow::Result<()> {
+                match reqwest::Url::parse(url) {
+                    Ok(u) if u.scheme() == "https" && u.host_str().is_some() => Ok(()),
+                    _ => bail!(
+                        "`sso.oidc_providers` {name}: `{key}` must be an https:// URL, got {url:?}"
+                    ),
+                }
+            };
+            https("issuer", &p.issuer)?;
+            if let Some(url) = &p.userinfo_endpoint {
+                https("userinfo_endpoint", url)?;
+            } else if !p.discover && p.user_profile_method == UserProfileMethod::UserinfoEndpoint {
+                bail!(
+                    "`sso.oidc_providers` {name}: `userinfo_endpoint` is needed for user_profile_method \"userinfo_endpoint\" when `discover` is off"
+                );
+            }
+            for (key, url) in [
+                ("authorization_endpoint", &p.authorization_endpoint),
+                ("token_endpoint", &p.token_endpoint),
+                ("jwks_uri", &p.jwks_uri),
+            ] {
+                match url {
+                    Some(url) => https(key, url)?,
+                    None if !p.discover => {
+                        bail!(
+                            "`sso.oidc_providers` {name}: `{key}` is needed when `discover` is off"
+                        )
+                    }
+                    None => {}
+                }
+            }
+            if p.client_id.is_empty() {
+                bail!("`sso.oidc_providers` {name}: `client_id` is needed");
+            }
+            if p.client_auth_method != ClientAuthMethod::None && p.client_secret.is_none() {
+                bail!(
+                    "`sso.oidc_providers` {name}: `client_secret` is needed unless `client_auth_method` is \"none\""
+                );
+            }
+            if !p.scopes.iter().any(|s| s == "openid") {
+                bail!("`sso.oidc_providers` {name}: `scopes` must include \"openid\"");
+            }
+            if let Some(icon) = &p.idp_icon
+                && ruma::OwnedMxcUri::from(icon.as_str()).validate().is_err()
+            {
+                bail!("`sso.oidc_providers` {name}: `idp_icon` must be an mxc:// URI");
+            }
+            for template in std::iter::once(&p.localpart_template)
+                .chain(p.display_name_template.as_ref())
+                .chain(p.email_template.as_ref())
+            {
+                crate::domain::sso::Template::parse(template).map_err(|e| {
+                    anyhow::anyhow!("`sso.oidc_providers` {name}: template {template:?}: {e}")
+                })?;
+            }
+            for r in &p.attribute_requirements {
+                if r.value.is_some() == r.one_of.is_some() {
+                    bail!(
+                        "`sso.oidc_providers` {name}: each of `attribute_requirements` needs `value` or `one_of`"
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether SSO is offered (a provider is configured).
+    pub fn enabled(&self) -> bool {
+        !self.oidc_providers.is_empty()
+    }
+}
+
 /// Who runs this server, served at `/.well-known/matrix/support` (spec:
 /// "Server support discovery"). Nothing set: that endpoint answers 404.
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
@@ -676,6 +965,7 @@ impl Default for Config {
             support: Support::default(),
             turn: Turn::default(),
             email: Email::default(),
+            sso: Sso::default(),
         }
     }
 }
@@ -791,6 +1081,7 @@ impl Config {
             }
         }
         self.email.validate()?;
+        self.sso.validate(self.public_baseurl.is_some())?;
         if self.registration.require_email && !self.email.enabled() {
             bail!("`registration.require_email` needs `email.smtp_host` and `email.from`");
         }

@@ -1,6 +1,7 @@
 //! The commonly used part of Synapse's admin API (`/_synapse/admin`), so tools
 //! such as synapse-admin work: server version, users (list, query,
-//! create/modify, deactivate, reset password, whois, login as the user), rooms (list, details,
+//! create/modify with external IDs, deactivate, reset password, whois, login
+//! as the user, find by external ID), rooms (list, details,
 //! members, state, delete/purge with block), server notices, event, room and
 //! user reports and registration tokens. Server admins only (`M_FORBIDDEN`
 //! otherwise); every change is logged with the acting admin.
@@ -38,6 +39,10 @@ pub fn router() -> Router<AppState> {
             post(reset_password),
         )
         .route("/_synapse/admin/v1/whois/{user_id}", get(whois))
+        .route(
+            "/_synapse/admin/v1/auth_providers/{provider}/users/{external_id}",
+            get(user_by_external_id),
+        )
         .route("/_synapse/admin/v1/users/{user_id}/login", post(login_as))
         .route("/_synapse/admin/v1/rooms", get(list_rooms))
         .route(
@@ -188,6 +193,16 @@ async fn reset_password(
     let logout = body["logout_devices"].as_bool().unwrap_or(true);
     admin::reset_password(&app, &by, &user_id, password, logout).await?;
     Ok(AxumJson(json!({})))
+}
+
+async fn user_by_external_id(
+    State(app): State<AppState>,
+    AdminUser(_): AdminUser,
+    Path((provider, external_id)): Path<(String, String)>,
+) -> Result<AxumJson<Value>> {
+    Ok(AxumJson(
+        admin::user_by_external_id(&app, &provider, &external_id).await?,
+    ))
 }
 
 async fn whois(

@@ -3,6 +3,7 @@
 pub mod appservice;
 pub mod auth;
 pub mod filter;
+pub mod jwt;
 pub mod localpart;
 pub mod multipart;
 pub mod password;
@@ -10,6 +11,7 @@ pub mod pdu;
 pub mod push_rules;
 pub mod redaction;
 pub mod room_version;
+pub mod sso;
 pub mod state_res;
 pub mod state_res_v1;
 pub mod threepid;

@@ -376,7 +376,7 @@ pub async fn change_password(
 ) -> Result<()> {
     let requirement = uia::Requirement {
         kind: "change_password",
-        flows: vec![vec![uia::PASSWORD]],
+        flows: uia::reauth_flows(state, &session.user_id).await?,
         user: Some(&session.user_id),
         ip,
         operation: None,
@@ -517,7 +517,7 @@ pub async fn deactivate(
     }
     let requirement = uia::Requirement {
         kind: "deactivate",
-        flows: vec![vec![uia::PASSWORD]],
+        flows: uia::reauth_flows(state, &session.user_id).await?,
         user: Some(&session.user_id),
         ip,
         operation: None,

@@ -84,8 +84,71 @@ pub async fn user(app: &AppState, user_id: &str) -> Result<Value> {
         })
         .collect();
     body["threepids"] = json!(threepids);
-    body["external_ids"] = json!([]);
+    let external: Vec<Value> = crate::storage::sso::list_for_user(&app.db, user.as_str())
+        .await?
+        .into_iter()
+        .map(|e| json!({ "auth_provider": e.auth_provider, "external_id": e.external_id }))
+        .collect();
+    body["external_ids"] = json!(external);
     Ok(body)
+}
+
+/// `GET /_synapse/admin/v1/auth_providers/{provider}/users/{externalId}`:
+/// the user an identity provider's subject is linked to.
+pub async fn user_by_external_id(
+    app: &AppState,
+    auth_provider: &str,
+    external_id: &str,
+) -> Result<Value> {
+    let user = crate::storage::sso::user_for(&app.db, auth_provider, external_id)
+        .await?
+        .ok_or_else(|| Error::not_found("User not found"))?;
+    Ok(json!({ "user_id": user }))
+}
+
+/// The `external_ids` of a `PUT /_synapse/admin/v2/users/{userId}` body:
+/// `[{"auth_provider": …, "external_id": …}]`, replacing the user's list.
+fn parse_external_ids(value: &Value) -> Result<Option<Vec<(String, String)>>> {
+    let Some(list) = value.as_array() else {
+        return match value {
+            Value::Null => Ok(None),
+            _ => Err(Error::invalid_param("external_ids must be a list")),
+        };
+    };
+    list.iter()
+        .map(
+            |e| match (e["auth_provider"].as_str(), e["external_id"].as_str()) {
+                (Some(p), Some(id)) if !p.is_empty() && !id.is_empty() => {
+                    Ok((p.to_owned(), id.to_owned()))
+                }
+                _ => Err(Error::invalid_param(
+                    "each of external_ids needs auth_provider and external_id",
+                )),
+            },
+        )
+        .collect::<Result<Vec<_>>>()
+        .map(Some)
+}
+
+async fn set_external_ids(
+    app: &AppState,
+    by: &Session,
+    user: &UserId,
+    ids: &[(String, String)],
+) -> Result<()> {
+    let mut tx = app.db.begin().await?;
+    crate::storage::sso::delete_for_user(&mut *tx, user.as_str()).await?;
+    for (provider, id) in ids {
+        if !crate::storage::sso::link(&mut *tx, provider, id, user.as_str(), now_ms()).await? {
+            return Err(Error::new(
+                ErrorKind::Conflict,
+                "External id is already in use",
+            ));
+        }
+    }
+    tx.commit().await?;
+    tracing::info!(admin = %by.user_id, user = %user, count = ids.len(), "admin API: external IDs set");
+    Ok(())
 }
 
 /// `PUT /_synapse/admin/v2/users/{userId}`: creates the user when missing, or
@@ -100,6 +163,7 @@ pub async fn put_user(
     let user = local_user(app, user_id)?;
     let existing = users::get(&app.db, user.as_str()).await?;
     let created = existing.is_none();
+    let external_ids = parse_external_ids(&body["external_ids"])?;
     let admin_flag = match &body["admin"] {
         Value::Null => None,
         Value::Bool(b) => Some(*b),
@@ -167,6 +231,9 @@ pub async fn put_user(
         if let Some(value) = body[key].as_str() {
             profile::apply(app, &user, field, Some(value.to_owned())).await?;
         }
+    }
+    if let Some(ids) = &external_ids {
+        set_external_ids(app, by, &user, ids).await?;
     }
     Ok((created, self::user(app, user.as_str()).await?))
 }

@@ -55,7 +55,7 @@ pub async fn delete(
     which.dedup();
     let requirement = uia::Requirement {
         kind: "delete_devices",
-        flows: vec![vec![uia::PASSWORD]],
+        flows: uia::reauth_flows(state, &session.user_id).await?,
         user: Some(&session.user_id),
         ip,
         operation: Some(which.join("\n")),

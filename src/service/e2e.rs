@@ -633,7 +633,7 @@ pub async fn upload_signing_keys(
     let completed = if replacing {
         let requirement = uia::Requirement {
             kind: "device_signing_upload",
-            flows: vec![vec![uia::PASSWORD]],
+            flows: uia::reauth_flows(app, &session.user_id).await?,
             user: Some(&session.user_id),
             ip,
             operation: None,

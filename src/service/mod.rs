@@ -37,6 +37,7 @@ pub mod server_notices;
 pub mod session;
 pub mod sliding_sync;
 pub mod space;
+pub mod sso;
 pub mod stream;
 pub mod sync;
 pub mod threepid;

@@ -397,7 +397,7 @@ pub async fn issue_login_token(
 ) -> Result<(String, Duration)> {
     let requirement = super::uia::Requirement {
         kind: "get_login_token",
-        flows: vec![vec![super::uia::PASSWORD]],
+        flows: super::uia::reauth_flows(state, &session.user_id).await?,
         user: Some(&session.user_id),
         ip,
         operation: None,

@@ -360,7 +360,7 @@ pub async fn add(
     }
     let requirement = super::uia::Requirement {
         kind: "add_threepid",
-        flows: vec![vec![super::uia::PASSWORD]],
+        flows: super::uia::reauth_flows(state, &session.user_id).await?,
         user: Some(&session.user_id),
         ip,
         // One authentication adds the address it was started for.

@@ -29,6 +29,29 @@ pub const DUMMY: &str = "m.login.dummy";
 pub const PASSWORD: &str = "m.login.password";
 pub const REGISTRATION_TOKEN: &str = "m.login.registration_token";
 pub const EMAIL_IDENTITY: &str = "m.login.email.identity";
+/// Completed on the fallback page, by signing in at an identity provider.
+pub const SSO: &str = "m.login.sso";
+
+/// The flows that re-authenticate `user_id` (deleting devices, changing the
+/// password, ...), as Synapse offers them: the password if the account has
+/// one, single sign-on if it is linked at a configured identity provider.
+/// An account with neither gets the password flow, which it cannot pass.
+pub async fn reauth_flows(state: &AppState, user_id: &UserId) -> Result<Vec<Vec<&'static str>>> {
+    let mut flows = Vec::new();
+    let has_password = crate::storage::users::get(&state.db, user_id.as_str())
+        .await?
+        .is_some_and(|u| u.password_hash.is_some());
+    if has_password {
+        flows.push(vec![PASSWORD]);
+    }
+    if !super::sso::providers_of(state, user_id).await?.is_empty() {
+        flows.push(vec![SSO]);
+    }
+    if flows.is_empty() {
+        flows.push(vec![PASSWORD]);
+    }
+    Ok(flows)
+}
 
 /// What the operation needs: its kind (sessions are bound to one kind), the flows,
 /// and the user it acts for (stages must authenticate as that user).
@@ -95,6 +118,18 @@ pub async fn authenticate(
                 format!("Authentication type {stage} is not offered here"),
             )),
         ));
+    }
+    if stage == SSO {
+        // Done on the fallback page, never in this request: the session's
+        // completed stages decide, as for `{"session": …}` alone.
+        return if flow_done(req, &session.completed) {
+            Ok(Completed {
+                session_id,
+                threepid_sid: session.threepid_sid,
+            })
+        } else {
+            Err(challenge(req, &session_id, &session.completed, None))
+        };
     }
     let mut threepid_sid = None;
     let stage_error = match auth {
@@ -198,7 +233,7 @@ fn flow_done(req: &Requirement<'_>, completed: &[String]) -> bool {
 /// The stages the fallback pages can complete (as Synapse: of the stages
 /// Lattice offers, only the registration token needs a page; the dummy and
 /// password stages are every client's own).
-pub const FALLBACK_STAGES: &[&str] = &[REGISTRATION_TOKEN];
+pub const FALLBACK_STAGES: &[&str] = &[REGISTRATION_TOKEN, SSO];
 
 /// What the fallback page learns about a session before showing its form.
 pub enum Fallback {
@@ -210,9 +245,32 @@ pub enum Fallback {
 
 /// Checks that `session_id` names a live session whose operation offers
 /// `stage`, for the fallback page's GET.
-pub async fn fallback_session(state: &AppState, session_id: &str, stage: &str) -> Result<()> {
+pub async fn fallback_session(
+    state: &AppState,
+    session_id: &str,
+    stage: &str,
+) -> Result<uia::UiaSession> {
     let session = live_session(state, uia::get(&state.db, session_id).await?)?;
-    offered_for(state, &session, stage)
+    offered_for(state, &session, stage).await?;
+    Ok(session)
+}
+
+/// Completes the `m.login.sso` stage of `session_id`, after `user_id` signed
+/// in at an identity provider: only the session's own user completes it.
+pub async fn complete_sso(state: &AppState, session_id: &str, user_id: &UserId) -> Result<()> {
+    // Checked before the transaction: no pooled connection is held waiting
+    // for another.
+    fallback_session(state, session_id, SSO).await?;
+    let mut tx = state.db.begin().await?;
+    let session = live_session(state, uia::get_for_update(&mut *tx, session_id).await?)?;
+    if session.user_id.as_deref() != Some(user_id.as_str()) {
+        return Err(Error::forbidden(
+            "You signed in as another user than the one this request is for",
+        ));
+    }
+    uia::add_completed(&mut *tx, session_id, SSO, None).await?;
+    tx.commit().await?;
+    Ok(())
 }
 
 /// Completes a stage out of band, from the fallback page's form (the client then
@@ -231,7 +289,7 @@ pub async fn complete_fallback(
     }
     let mut tx = state.db.begin().await?;
     let session = live_session(state, uia::get_for_update(&mut *tx, session_id).await?)?;
-    offered_for(state, &session, stage)?;
+    offered_for(state, &session, stage).await?;
     if session.completed.iter().any(|c| c == stage) {
         return Ok(Fallback::Done);
     }
@@ -252,11 +310,19 @@ fn live_session(state: &AppState, session: Option<uia::UiaSession>) -> Result<ui
 }
 
 /// Whether the session's operation offers `stage` in one of its flows now.
-fn offered_for(state: &AppState, session: &uia::UiaSession, stage: &str) -> Result<()> {
-    let offered = match session.kind.as_str() {
-        "register" => super::account::registration_flows(state)
+async fn offered_for(state: &AppState, session: &uia::UiaSession, stage: &str) -> Result<()> {
+    let offered = match (session.kind.as_str(), &session.user_id) {
+        ("register", _) => super::account::registration_flows(state)
             .iter()
             .any(|f| f.contains(&stage)),
+        // Re-authentication of a user: the SSO stage, when it is one of theirs.
+        (_, Some(user)) if stage == SSO => {
+            let user = UserId::parse(user.as_str()).map_err(anyhow::Error::from)?;
+            reauth_flows(state, &user)
+                .await?
+                .iter()
+                .any(|f| f.contains(&stage))
+        }
         _ => false,
     };
     if !offered {

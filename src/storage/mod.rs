@@ -22,6 +22,7 @@ pub mod reports;
 pub mod rooms;
 pub mod search;
 pub mod server_keys;
+pub mod sso;
 pub mod state;
 pub mod sync;
 pub mod threepids;

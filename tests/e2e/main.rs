@@ -47,6 +47,7 @@ mod server_acl;
 mod sliding;
 mod social;
 mod soft_fail;
+mod sso;
 mod sweep;
 mod synapse;
 mod sync;

@@ -4,12 +4,16 @@
 //! - `GET`/`POST /_matrix/client/v3/auth/{authType}/fallback/web?session=…`
 //!   (spec: "User-interactive authentication API", "Fallback"). As Synapse,
 //!   only the stages that need a page have one: of those Lattice offers, the
-//!   registration token. Others are `404 M_UNRECOGNIZED`. The form POSTs back
+//!   registration token and single sign-on (`m.login.sso`, whose page is in
+//!   [`super::sso`]). Others are `404 M_UNRECOGNIZED`. The form POSTs back
 //!   here; when the stage is done the page calls `window.onAuthDone()` or posts
 //!   `"authDone"` to its opener, and the client resubmits with the session.
 //! - `GET /_matrix/static/client/login/` (spec: "Login Fallback"): a page that
 //!   logs in through `POST /_matrix/client/v3/login` and calls
-//!   `window.matrixLogin.onLogin(response)`.
+//!   `window.matrixLogin.onLogin(response)`: with a password, or through single
+//!   sign-on (a link per identity provider; the provider's sign-in comes back
+//!   to the page, which is always an allowed `redirectUrl`, and the page logs
+//!   in with the `loginToken`).
 //!
 //! The pages are self-contained (no external resources). Their scripts and
 //! styles are fixed text allowed by hash in a strict `Content-Security-Policy`,
@@ -55,11 +59,22 @@ pub fn router() -> Router<AppState> {
 async fn fallback_page(
     State(app): State<AppState>,
     Path(auth_type): Path<String>,
+    ClientIp(ip): ClientIp,
     RawQuery(query): RawQuery,
 ) -> Result<Response> {
     let stage = fallback_stage(&auth_type)?;
-    let session = param(query.as_deref().unwrap_or(""), "session")
+    let query = query.as_deref().unwrap_or("");
+    let session = param(query, "session")
         .ok_or_else(|| Error::new(crate::error::ErrorKind::MissingParam, "No session supplied"))?;
+    if stage == uia::SSO {
+        return match param(query, "idp") {
+            Some(idp) => {
+                rate_limited(app.login_limiter.check(&ip.unwrap_or_default()))?;
+                super::sso::uia_start(&app, &session, &idp).await
+            }
+            None => super::sso::uia_page(&app, &session).await,
+        };
+    }
     uia::fallback_session(&app, &session, stage).await?;
     Ok(html(token_form(&session, None)))
 }
@@ -73,6 +88,10 @@ async fn fallback_submit(
     req: Request,
 ) -> Result<Response> {
     let stage = fallback_stage(&auth_type)?;
+    if stage == uia::SSO {
+        // Its page has links, not forms.
+        return Err(Error::unrecognized(StatusCode::METHOD_NOT_ALLOWED));
+    }
     // Guessing registration tokens here costs what guessing them at /register does.
     rate_limited(app.login_limiter.check(&ip.unwrap_or_default()))?;
     let (parts, body) = req.into_parts();
@@ -94,6 +113,11 @@ fn fallback_stage(auth_type: &str) -> Result<&'static str> {
         .copied()
         .find(|s| *s == auth_type)
         .ok_or_else(|| Error::unrecognized(StatusCode::NOT_FOUND))
+}
+
+/// The page for a completed stage (also the SSO callback's, for UIA).
+pub(super) fn done_page() -> Response {
+    html(DONE_PAGE.to_owned())
 }
 
 /// `GET /_matrix/static/client/login/`.
@@ -229,20 +253,15 @@ window.matrixLogin = window.matrixLogin || {};
 if (!window.matrixLogin.onLogin) {
     window.matrixLogin.onLogin = function (response) {
         document.getElementById("form").hidden = true;
+        document.getElementById("sso").hidden = true;
         document.getElementById("status").textContent = "You are logged in as " + response.user_id + ".";
     };
 }
 document.addEventListener("DOMContentLoaded", function () {
     var form = document.getElementById("form");
     var status = document.getElementById("status");
-    form.addEventListener("submit", function (ev) {
-        ev.preventDefault();
-        var body = {
-            type: "m.login.password",
-            identifier: { type: "m.id.user", user: form.elements.user.value },
-            password: form.elements.password.value
-        };
-        var query = new URLSearchParams(window.location.search);
+    var query = new URLSearchParams(window.location.search);
+    function login(body) {
         if (query.get("device_id")) { body.device_id = query.get("device_id"); }
         if (query.get("initial_device_display_name")) {
             body.initial_device_display_name = query.get("initial_device_display_name");
@@ -266,7 +285,42 @@ document.addEventListener("DOMContentLoaded", function () {
         }).catch(function () {
             status.textContent = "The server could not be reached";
         });
+    }
+    form.addEventListener("submit", function (ev) {
+        ev.preventDefault();
+        login({
+            type: "m.login.password",
+            identifier: { type: "m.id.user", user: form.elements.user.value },
+            password: form.elements.password.value
+        });
     });
+    // Back from single sign-on with a login token: used once, and taken out
+    // of the address bar.
+    var token = query.get("loginToken");
+    query.delete("loginToken");
+    var rest = query.toString();
+    var here = window.location.origin + window.location.pathname + (rest ? "?" + rest : "");
+    if (token) {
+        window.history.replaceState(null, "", here);
+        login({ type: "m.login.token", token: token });
+    }
+    // A link per identity provider, coming back here.
+    fetch("/_matrix/client/v3/login", { credentials: "omit" }).then(function (resp) {
+        return resp.json();
+    }).then(function (json) {
+        var sso = (json.flows || []).filter(function (f) { return f.type === "m.login.sso"; })[0];
+        if (!sso) { return; }
+        var list = document.getElementById("sso");
+        (sso.identity_providers || []).forEach(function (idp) {
+            var link = document.createElement("a");
+            link.href = "/_matrix/client/v3/login/sso/redirect/" + encodeURIComponent(idp.id) +
+                "?redirectUrl=" + encodeURIComponent(here);
+            link.textContent = "Continue with " + idp.name;
+            var p = document.createElement("p");
+            p.appendChild(link);
+            list.appendChild(p);
+        });
+    }).catch(function () {});
 });
 "#;
 
@@ -280,7 +334,7 @@ static LOGIN_PAGE: LazyLock<String> = LazyLock::new(|| {
          <label for=\"password\">Password</label>\n\
          <input type=\"password\" id=\"password\" name=\"password\" autocomplete=\"current-password\" required>\n\
          <input type=\"submit\" value=\"Log in\">\n\
-         </form>\n<p id=\"status\" class=\"error\" role=\"status\"></p>",
+         </form>\n<div id=\"sso\"></div>\n<p id=\"status\" class=\"error\" role=\"status\"></p>",
     )
 });
 

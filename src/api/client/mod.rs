@@ -17,6 +17,7 @@ mod register;
 mod rooms;
 mod search;
 mod session;
+mod sso;
 mod sync;
 mod thirdparty;
 mod threepid;
@@ -33,6 +34,7 @@ pub fn router() -> Router<AppState> {
         .merge(discovery::router())
         .merge(register::router())
         .merge(session::router())
+        .merge(sso::router())
         .merge(account::router())
         .merge(devices::router())
         .merge(rooms::router())

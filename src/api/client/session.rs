@@ -51,15 +51,37 @@ async fn get_login_token(
     )))
 }
 
+/// `m.login.token` is offered when tokens can be had: from
+/// `/login/get_token`, or from single sign-on.
+fn token_login_enabled(state: &AppState) -> bool {
+    state.config.auth.login_via_existing_session || !state.sso.is_empty()
+}
+
 async fn login_types(
     State(state): State<AppState>,
     Ruma(_): Ruma<get_login_types::v3::Request>,
 ) -> RumaResponse<get_login_types::v3::Response> {
     let mut types = vec![get_login_types::v3::LoginType::Password(Default::default())];
-    // Tokens come only from /login/get_token for now (no SSO yet).
-    if state.config.auth.login_via_existing_session {
+    if !state.sso.is_empty() {
+        let mut sso = get_login_types::v3::SsoLoginType::new();
+        sso.identity_providers = state
+            .sso
+            .all()
+            .iter()
+            .map(|p| {
+                let mut idp =
+                    get_login_types::v3::IdentityProvider::new(p.id.clone(), p.name().to_owned());
+                idp.icon = p.config.idp_icon.as_deref().map(Into::into);
+                idp.brand = p.config.idp_brand.as_deref().map(Into::into);
+                idp
+            })
+            .collect();
+        types.push(get_login_types::v3::LoginType::Sso(sso));
+    }
+    // Tokens come from /login/get_token and from SSO's redirect.
+    if token_login_enabled(&state) {
         let mut token = get_login_types::v3::TokenLoginType::new();
-        token.get_login_token = true;
+        token.get_login_token = state.config.auth.login_via_existing_session;
         types.push(get_login_types::v3::LoginType::Token(token));
     }
     // Offered when an application service may use it.
@@ -115,7 +137,7 @@ async fn login(
             response.expires_in = issued.expires_in;
             return Ok(RumaResponse(response));
         }
-        login::v3::LoginInfo::Token(info) if state.config.auth.login_via_existing_session => {
+        login::v3::LoginInfo::Token(info) if token_login_enabled(&state) => {
             rate_limited(state.login_limiter.check(&ip.clone().unwrap_or_default()))?;
             let (user_id, issued) = session::login_token(
                 &state,
