@@ -79,7 +79,7 @@ impl Namespace {
 pub struct Registration {
     pub id: String,
     /// Where transactions and queries go; `None`: nothing is pushed.
-    pub url: Option<reqwest::Url>,
+    pub url: Option<url::Url>,
     /// SHA-256 of the `as_token`: the token itself is not kept.
     as_token_hash: [u8; 32],
     /// Sent to the appservice to authenticate us (it must be kept).
@@ -293,8 +293,7 @@ pub fn parse(
     let url = match raw.url.filter(|u| !u.is_empty()) {
         None => None,
         Some(url) => {
-            let parsed =
-                reqwest::Url::parse(&url).map_err(|e| err("url", &format!("{url:?}: {e}")))?;
+            let parsed = url::Url::parse(&url).map_err(|e| err("url", &format!("{url:?}: {e}")))?;
             if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
                 return Err(err("url", "must be an http:// or https:// URL with a host"));
             }

@@ -644,5 +644,8 @@ async fn set_default_profile(
 /// Whether a registration token may be used now
 /// (`GET /register/m.login.registration_token/validity`).
 pub async fn registration_token_valid(app: &AppState, token: &str) -> Result<bool> {
-    Ok(crate::storage::registration_tokens::is_valid(&app.db, token, crate::clock::now_ms()).await?)
+    Ok(
+        crate::storage::registration_tokens::is_valid(&app.db, token, crate::clock::now_ms())
+            .await?,
+    )
 }

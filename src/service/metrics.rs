@@ -65,11 +65,10 @@ pub async fn render(app: &AppState) -> Result<String> {
             "lattice_appservice_queue_depth",
             "Events queued per application service, not yet acknowledged.",
         );
-        let depths: std::collections::HashMap<String, i64> =
-            storage::appservice::depth(&app.db)
-                .await?
-                .into_iter()
-                .collect();
+        let depths: std::collections::HashMap<String, i64> = storage::appservice::depth(&app.db)
+            .await?
+            .into_iter()
+            .collect();
         for reg in &app.appservices.current().list {
             let _ = writeln!(
                 out,

@@ -62,8 +62,6 @@ pub async fn blocking<T: Send + 'static>(
 }
 
 /// Whether the database answers (`GET /health`).
-pub async fn database_reachable(
-    app: &crate::app::AppState,
-) -> Result<(), crate::storage::DbError> {
+pub async fn database_reachable(app: &crate::app::AppState) -> Result<(), crate::storage::DbError> {
     crate::storage::ping(&app.db).await
 }
