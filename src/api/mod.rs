@@ -1,4 +1,5 @@
-//! HTTP only: extract → call a service → render. No SQL here.
+//! HTTP only: extract → call a service → render. No SQL here, and no
+//! `storage::` either (`tests/layers.rs`).
 
 pub mod admin;
 pub mod auth;

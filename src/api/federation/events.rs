@@ -8,26 +8,21 @@
 //! removed in v1.18 but still sent by older servers) answer `[200, {…}]`, a
 //! historical accident kept on the wire.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 
 use axum::{
     Json, Router,
     extract::{Path, RawQuery, State},
     routing::{get, post, put},
 };
-use ruma::{EventId, RoomId, RoomVersionId, UserId};
+use ruma::{EventId, RoomId, UserId};
 use serde_json::{Value, json};
 
 use super::FedRequest;
 use crate::{
     app::AppState,
-    domain::pdu::Pdu,
     error::{Error, ErrorKind, Result},
-    service::federation::{
-        acl, ingest, invite, join,
-        visibility::{self, ServerView},
-    },
-    storage::{events, federation as fed_store, now_ms, rooms},
+    service::federation::{acl, ingest, invite, join, reads, visibility::ServerView},
 };
 
 pub fn router() -> Router<AppState> {
@@ -176,38 +171,10 @@ async fn backfill(
         return Err(Error::new(ErrorKind::MissingParam, "v is required"));
     }
     let room_id = RoomId::parse(&room_id).map_err(|_| Error::invalid_param("Invalid room ID"))?;
-    let mut view = ServerView::new(&app, &fed.origin, &room_id).await?;
-    view.require_in_room()?;
-    let rules = room_rules(&app, &room_id).await?;
-    let limit = limit.clamp(1, 100);
-    let mut seen: HashSet<String> = from.iter().cloned().collect();
-    let mut queue: std::collections::BinaryHeap<Queued> = Default::default();
-    for ev in events::get_many(&app.db, &from).await? {
-        if ev.room_id == room_id.as_str() && ev.stream_ordering != 0 {
-            queue.push(Queued(ev));
-        }
-    }
-    let mut found = Vec::new();
-    while let Some(Queued(ev)) = queue.pop() {
-        if found.len() >= limit {
-            break;
-        }
-        let value: Value = serde_json::from_str(&ev.json).unwrap_or_default();
-        let prevs: Vec<String> = crate::domain::pdu::referenced_ids(&value, "prev_events")
-            .into_iter()
-            .filter(|p| seen.insert(p.clone()))
-            .collect();
-        for ev in events::get_many(&app.db, &prevs).await? {
-            if ev.room_id == room_id.as_str() && ev.stream_ordering != 0 {
-                queue.push(Queued(ev));
-            }
-        }
-        found.push(ev);
-    }
-    let pdus = visible_pdus(&mut view, &rules, &found).await?;
+    let pdus = reads::backfill(&app, &fed.origin, &room_id, from, limit).await?;
     Ok(Json(json!({
         "origin": app.server_name.as_str(),
-        "origin_server_ts": now_ms(),
+        "origin_server_ts": crate::clock::now_ms(),
         "pdus": pdus,
     })))
 }
@@ -311,8 +278,7 @@ async fn send_transaction(
     Path(txn_id): Path<String>,
     fed: FedRequest,
 ) -> Result<Json<Value>> {
-    if let Some(reply) = fed_store::inbound_reply(&app.db, fed.origin.as_str(), &txn_id).await? {
-        let reply: Value = serde_json::from_str(&reply).map_err(|e| anyhow::anyhow!("{e}"))?;
+    if let Some(reply) = reads::transaction_reply(&app, &fed.origin, &txn_id).await? {
         return Ok(Json(reply));
     }
     let body: Value = fed.json()?;
@@ -358,14 +324,7 @@ async fn send_transaction(
         crate::service::federation::edu::receive(&app, &fed.origin, edu).await;
     }
     let reply = json!({"pdus": results});
-    fed_store::store_inbound_reply(
-        &app.db,
-        fed.origin.as_str(),
-        &txn_id,
-        &reply.to_string(),
-        now_ms(),
-    )
-    .await?;
+    reads::store_transaction_reply(&app, &fed.origin, &txn_id, &reply).await?;
     Ok(Json(reply))
 }
 
@@ -426,83 +385,15 @@ async fn send_join_v1(
     }])))
 }
 
-/// An event in the `/backfill` walk, deepest (then latest) first.
-struct Queued(events::StoredEvent);
-
-impl PartialEq for Queued {
-    fn eq(&self, other: &Self) -> bool {
-        self.cmp(other) == std::cmp::Ordering::Equal
-    }
-}
-
-impl Eq for Queued {}
-
-impl PartialOrd for Queued {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl Ord for Queued {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        (self.0.depth, self.0.stream_ordering).cmp(&(other.0.depth, other.0.stream_ordering))
-    }
-}
-
-/// The PDUs of `stored` as the requesting server may receive them: whole when
-/// it may see them (and their sender was not erased), redacted otherwise (so
-/// the graph stays connected).
-async fn visible_pdus(
-    view: &mut ServerView<'_>,
-    rules: &ruma::room_version_rules::RoomVersionRules,
-    stored: &[events::StoredEvent],
-) -> Result<Vec<Value>> {
-    let visible = view.whole(stored).await?;
-    Ok(stored
-        .iter()
-        .zip(visible)
-        .map(|(ev, visible)| {
-            let pdu: Value = serde_json::from_str(&ev.json).unwrap_or_default();
-            if visible {
-                pdu
-            } else {
-                visibility::redacted_pdu(rules, pdu)
-            }
-        })
-        .collect())
-}
-
-async fn room_rules(
-    app: &AppState,
-    room_id: &RoomId,
-) -> Result<ruma::room_version_rules::RoomVersionRules> {
-    let room = rooms::get(&app.db, room_id.as_str())
-        .await?
-        .ok_or_else(|| Error::not_found("Unknown room"))?;
-    RoomVersionId::try_from(room.room_version.as_str())
-        .ok()
-        .and_then(|v| v.rules())
-        .ok_or_else(|| Error::not_found("Unsupported room version"))
-}
-
 async fn get_event(
     State(app): State<AppState>,
     Path(event_id): Path<String>,
     fed: FedRequest,
 ) -> Result<Json<Value>> {
-    let not_found = || Error::not_found("Event not found");
-    let stored = events::get(&app.db, &event_id)
-        .await?
-        .ok_or_else(not_found)?;
-    let room_id = RoomId::parse(&stored.room_id).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let mut view = ServerView::new(&app, &fed.origin, &room_id).await?;
-    if !view.may_see(&stored).await? {
-        return Err(not_found());
-    }
-    let pdu: Value = serde_json::from_str(&stored.json).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let pdu = reads::event(&app, &fed.origin, &event_id).await?;
     Ok(Json(json!({
         "origin": app.server_name.as_str(),
-        "origin_server_ts": now_ms(),
+        "origin_server_ts": crate::clock::now_ms(),
         "pdus": [pdu],
     })))
 }
@@ -513,7 +404,7 @@ async fn event_auth(
     fed: FedRequest,
 ) -> Result<Json<Value>> {
     let room_id = RoomId::parse(&room_id).map_err(|_| Error::invalid_param("Invalid room ID"))?;
-    let stored = readable_event(&app, &fed.origin, &room_id, &event_id).await?;
+    let stored = reads::readable_event(&app, &fed.origin, &room_id, &event_id).await?;
     let chain = join::auth_chain_ids(&app, &room_id, &[stored.event_id]).await?;
     Ok(Json(
         json!({"auth_chain": join::jsons(&app, &chain).await?}),
@@ -525,57 +416,13 @@ struct AtEvent {
     event_id: String,
 }
 
-async fn state_at(
-    app: &AppState,
-    origin: &ruma::ServerName,
-    room_id: &str,
-    event_id: &str,
-) -> Result<(Vec<String>, Vec<String>)> {
-    let room_id = RoomId::parse(room_id).map_err(|_| Error::invalid_param("Invalid room ID"))?;
-    let stored = readable_event(app, origin, &room_id, event_id).await?;
-    // A rejected event has no state of its own to give, nor has an event held
-    // only as an outlier (auth chains, the prev event at a filled gap,
-    // soft-failed events), as Synapse answers.
-    let outlier = stored.stream_ordering == 0 && stored.state_group.is_none();
-    if stored.rejected || outlier {
-        return Err(Error::not_found("Event not found"));
-    }
-    let rules = room_rules(app, &room_id).await?;
-    let id = EventId::parse(&stored.event_id).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let pdu = Pdu::from_json(&id, &stored.json).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let ids = join::state_ids_before(app, &rules, &room_id, &pdu).await?;
-    let chain = join::auth_chain_ids(app, &room_id, &ids).await?;
-    Ok((ids, chain))
-}
-
-/// An event of `room_id` that `origin` may read the graph around: one of its
-/// users is joined now, and it may see the event (else `M_NOT_FOUND`).
-async fn readable_event(
-    app: &AppState,
-    origin: &ruma::ServerName,
-    room_id: &RoomId,
-    event_id: &str,
-) -> Result<events::StoredEvent> {
-    let mut view = ServerView::new(app, origin, room_id).await?;
-    view.require_in_room()?;
-    let not_found = || Error::not_found("Event not found");
-    let stored = events::get(&app.db, event_id)
-        .await?
-        .filter(|e| e.room_id == room_id.as_str())
-        .ok_or_else(not_found)?;
-    if !view.may_see(&stored).await? {
-        return Err(not_found());
-    }
-    Ok(stored)
-}
-
 async fn state_ids(
     State(app): State<AppState>,
     Path(room_id): Path<String>,
     crate::api::json::Query(q): crate::api::json::Query<AtEvent>,
     fed: FedRequest,
 ) -> Result<Json<Value>> {
-    let (ids, chain) = state_at(&app, &fed.origin, &room_id, &q.event_id).await?;
+    let (ids, chain) = reads::state_at(&app, &fed.origin, &room_id, &q.event_id).await?;
     Ok(Json(json!({"pdu_ids": ids, "auth_chain_ids": chain})))
 }
 
@@ -585,27 +432,11 @@ async fn state(
     crate::api::json::Query(q): crate::api::json::Query<AtEvent>,
     fed: FedRequest,
 ) -> Result<Json<Value>> {
-    let (ids, chain) = state_at(&app, &fed.origin, &room_id, &q.event_id).await?;
+    let (ids, chain) = reads::state_at(&app, &fed.origin, &room_id, &q.event_id).await?;
     Ok(Json(json!({
         "pdus": join::jsons(&app, &ids).await?,
         "auth_chain": join::jsons(&app, &chain).await?,
     })))
-}
-
-#[derive(serde::Deserialize)]
-struct MissingEvents {
-    #[serde(default)]
-    earliest_events: Vec<String>,
-    #[serde(default)]
-    latest_events: Vec<String>,
-    #[serde(default = "default_limit")]
-    limit: usize,
-    #[serde(default)]
-    min_depth: i64,
-}
-
-fn default_limit() -> usize {
-    10
 }
 
 /// Walks back from `latest_events` through `prev_events`, stopping at
@@ -618,41 +449,9 @@ async fn get_missing_events(
     let room_id = RoomId::parse(&room_id).map_err(|_| Error::invalid_param("Invalid room ID"))?;
     // The room's server ACL first (in `ServerView::new`): a denied server
     // learns nothing, not even whether its body was right.
-    let mut view = ServerView::new(&app, &fed.origin, &room_id).await?;
-    let q: MissingEvents = fed.json()?;
+    let view = ServerView::new(&app, &fed.origin, &room_id).await?;
+    let q: reads::MissingEvents = fed.json()?;
     view.require_in_room()?;
-    let rules = room_rules(&app, &room_id).await?;
-    let limit = q.limit.clamp(1, 50);
-    let stop: HashSet<String> = q.earliest_events.into_iter().collect();
-    let mut seen: HashSet<String> = q.latest_events.iter().cloned().collect();
-    let mut frontier: Vec<String> = q.latest_events;
-    let mut found: Vec<events::StoredEvent> = Vec::new();
-    // The latest events themselves are known to the requester.
-    let mut first = true;
-    while !frontier.is_empty() && found.len() < limit {
-        let loaded = events::get_many(&app.db, &frontier).await?;
-        frontier.clear();
-        for ev in loaded {
-            if ev.room_id != room_id.as_str() || ev.stream_ordering == 0 {
-                continue;
-            }
-            let value: Value = serde_json::from_str(&ev.json).unwrap_or_default();
-            let depth = ev.depth;
-            if !first && found.len() < limit {
-                found.push(ev);
-            }
-            if depth < q.min_depth {
-                continue;
-            }
-            for p in crate::domain::pdu::referenced_ids(&value, "prev_events") {
-                if !stop.contains(p.as_str()) && seen.insert(p.clone()) {
-                    frontier.push(p);
-                }
-            }
-        }
-        first = false;
-    }
-    found.sort_by_key(|e| e.depth);
-    let events = visible_pdus(&mut view, &rules, &found).await?;
+    let events = reads::missing_events(&app, view, &room_id, q).await?;
     Ok(Json(json!({ "events": events })))
 }

@@ -10,6 +10,7 @@ pub mod gap;
 pub mod ingest;
 pub mod invite;
 pub mod join;
+pub mod reads;
 pub mod sender;
 pub mod visibility;
 
