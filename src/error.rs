@@ -54,6 +54,12 @@ pub enum ErrorKind {
     WrongRoomKeysVersion {
         current_version: Option<String>,
     },
+    /// `400 M_UNABLE_TO_AUTHORISE_JOIN`: a restricted room's allowed rooms
+    /// include one this server is not in; another resident server may know.
+    UnableToAuthoriseJoin,
+    /// `400 M_UNABLE_TO_GRANT_JOIN`: the join is allowed, but no local member
+    /// may invite, so this server cannot authorise it.
+    UnableToGrantJoin,
     /// `400 M_INCOMPATIBLE_ROOM_VERSION`: the joining server does not support the
     /// room's version.
     IncompatibleRoomVersion {
@@ -120,6 +126,8 @@ impl ErrorKind {
             Self::BadAlias => "M_BAD_ALIAS",
             Self::WrongRoomKeysVersion { .. } => "M_WRONG_ROOM_KEYS_VERSION",
             Self::UnknownPos => "M_UNKNOWN_POS",
+            Self::UnableToAuthoriseJoin => "M_UNABLE_TO_AUTHORISE_JOIN",
+            Self::UnableToGrantJoin => "M_UNABLE_TO_GRANT_JOIN",
             Self::IncompatibleRoomVersion { .. } => "M_INCOMPATIBLE_ROOM_VERSION",
             Self::CannotOverwriteMedia => "M_CANNOT_OVERWRITE_MEDIA",
             Self::NotYetUploaded => "M_NOT_YET_UPLOADED",
@@ -165,6 +173,8 @@ impl ErrorKind {
             | Self::RoomInUse
             | Self::BadAlias
             | Self::UnknownPos
+            | Self::UnableToAuthoriseJoin
+            | Self::UnableToGrantJoin
             | Self::IncompatibleRoomVersion { .. }
             | Self::BadRequest
             | Self::MalformedAuthorization

@@ -170,7 +170,8 @@ async fn join(
         extra.apply_to(object);
     }
     if !matches!(current.as_deref(), Some("join" | "invite"))
-        && let Some(authoriser) = restricted_join_authoriser(&mut tx, app, &room, user).await?
+        && let Restricted::Authorised(authoriser) =
+            restricted_join(&mut tx, app, &room, user).await?
     {
         content["join_authorised_via_users_server"] = authoriser.into();
     }
@@ -263,44 +264,67 @@ fn guests_not_allowed() -> Error {
     )
 }
 
-/// For `restricted`/`knock_restricted` join rules: a local joined member with the
-/// power to invite, if the user is joined to one of the rooms the rule allows.
-async fn restricted_join_authoriser(
+/// What a `restricted`/`knock_restricted` join rule says of a join by `user`,
+/// as far as this server can tell.
+pub(crate) enum Restricted {
+    /// The join rule is not restricted.
+    Open,
+    /// Allowed: this local joined member may invite, and authorises it.
+    Authorised(String),
+    /// The user is in none of the allowed rooms this server is in; `unknown`
+    /// when some allowed room is one it is not in (another server may know).
+    NotAllowed { unknown: bool },
+    /// Allowed, but no local member may invite.
+    NoAuthoriser,
+}
+
+/// For `restricted`/`knock_restricted` join rules: a local joined member with
+/// the power to invite, if the user is joined to one of the rooms the rule
+/// allows (spec "Restricted rooms").
+pub(crate) async fn restricted_join(
     tx: &mut crate::storage::Transaction<'_, crate::storage::Postgres>,
     app: &AppState,
     room: &RoomCtx,
     user: &UserId,
-) -> Result<Option<String>> {
+) -> Result<Restricted> {
     let keys = [
         ("m.room.join_rules".to_owned(), String::new()),
         ("m.room.power_levels".to_owned(), String::new()),
     ];
     let state = event::state_events(tx, room.state_group, &keys).await?;
     let Some(rules) = state.get(&keys[0]) else {
-        return Ok(None);
+        return Ok(Restricted::Open);
     };
     let rules: Value = serde_json::from_str(rules.content.get()).unwrap_or_default();
     if !matches!(
         rules["join_rule"].as_str(),
         Some("restricted" | "knock_restricted")
     ) {
-        return Ok(None);
+        return Ok(Restricted::Open);
     }
     let mut allowed = false;
+    let mut unknown = false;
     for entry in rules["allow"].as_array().into_iter().flatten() {
-        if entry["type"] == "m.room_membership"
-            && let Some(allowed_room) = entry["room_id"].as_str()
-            && rooms::membership(&mut **tx, allowed_room, user.as_str())
-                .await?
-                .as_deref()
-                == Some("join")
+        let Some(allowed_room) = entry["room_id"].as_str() else {
+            continue;
+        };
+        if entry["type"] != "m.room_membership" {
+            continue;
+        }
+        if rooms::membership(&mut **tx, allowed_room, user.as_str())
+            .await?
+            .as_deref()
+            == Some("join")
         {
             allowed = true;
             break;
         }
+        if !rooms::has_joined_members_of(&mut **tx, allowed_room, app.server_name.as_str()).await? {
+            unknown = true;
+        }
     }
     if !allowed {
-        return Ok(None);
+        return Ok(Restricted::NotAllowed { unknown });
     }
     let power: Value = state
         .get(&keys[1])
@@ -315,10 +339,10 @@ async fn restricted_join_authoriser(
         let is_creator = room.rules.authorization.explicitly_privilege_room_creators
             && creators.contains(&member);
         if local && (is_creator || level >= invite_level) {
-            return Ok(Some(member));
+            return Ok(Restricted::Authorised(member));
         }
     }
-    Ok(None)
+    Ok(Restricted::NoAuthoriser)
 }
 
 pub async fn leave(

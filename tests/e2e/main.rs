@@ -41,6 +41,7 @@ mod private_ca;
 mod push;
 mod redaction;
 mod remote_media;
+mod restricted;
 mod rooms;
 pub mod sdk;
 mod server_acl;

@@ -359,12 +359,16 @@ async fn send_join(
     let event_id = path_event(&event_id)?;
     let body: Value = fed.json()?;
     let joined = join::send_join(&app, &fed.origin, &room_id, &event_id, &body).await?;
-    Ok(Json(json!({
+    let mut answer = json!({
         "origin": app.server_name.as_str(),
         "state": joined.state,
         "auth_chain": joined.auth_chain,
         "members_omitted": false,
-    })))
+    });
+    if let Some(event) = joined.event {
+        answer["event"] = event;
+    }
+    Ok(Json(answer))
 }
 
 /// `PUT /v1/send_join/{roomId}/{eventId}` (deprecated): v2's checks and

@@ -39,7 +39,7 @@ fn invalid(message: impl Into<String>) -> Error {
 
 /// Adds this server's signature to an event (signing its redacted form, as event
 /// signatures are).
-fn countersign(
+pub(super) fn countersign(
     app: &AppState,
     rules: &RoomVersionRules,
     object: &mut CanonicalJsonObject,

@@ -314,7 +314,13 @@ async fn membership_template(
             message,
         ));
     }
-    let content = json!({ "membership": membership });
+    let mut content = json!({ "membership": membership });
+    if membership == "join" {
+        let mut tx = app.db.begin().await?;
+        if let Some(authoriser) = restricted_authoriser(&mut tx, app, &room, user).await? {
+            content["join_authorised_via_users_server"] = authoriser.into();
+        }
+    }
     let template = template_for(
         app,
         &room,
@@ -325,6 +331,42 @@ async fn membership_template(
     )
     .await?;
     Ok(json!({"room_version": version, "event": template}))
+}
+
+/// For a restricted room, the local member who authorises `user`'s join
+/// (spec "Restricted rooms": the resident server picks one who may invite and
+/// signs the join); none when the room is not restricted or the user is
+/// already joined or invited. An error when this server cannot authorise it:
+/// `M_UNABLE_TO_AUTHORISE_JOIN` when an allowed room is one it is not in (the
+/// joining server tries another), `M_FORBIDDEN` when the user is in none of
+/// the allowed rooms it knows, `M_UNABLE_TO_GRANT_JOIN` when no local member
+/// may invite.
+async fn restricted_authoriser(
+    tx: &mut crate::storage::Transaction<'_, crate::storage::Postgres>,
+    app: &AppState,
+    room: &RoomCtx,
+    user: &UserId,
+) -> Result<Option<String>> {
+    let current = rooms::membership(&mut **tx, room.room_id().as_str(), user.as_str()).await?;
+    if matches!(current.as_deref(), Some("join" | "invite")) {
+        return Ok(None);
+    }
+    use crate::service::membership::Restricted;
+    match crate::service::membership::restricted_join(tx, app, room, user).await? {
+        Restricted::Open => Ok(None),
+        Restricted::Authorised(member) => Ok(Some(member)),
+        Restricted::NotAllowed { unknown: true } => Err(Error::new(
+            ErrorKind::UnableToAuthoriseJoin,
+            "This server cannot tell whether the user is in an allowed room",
+        )),
+        Restricted::NotAllowed { unknown: false } => Err(Error::forbidden(
+            "You do not belong to any of the rooms this room allows",
+        )),
+        Restricted::NoAuthoriser => Err(Error::new(
+            ErrorKind::UnableToGrantJoin,
+            "No user of this server may authorise the join",
+        )),
+    }
 }
 
 /// An unsigned event on the room's current state, checked against the auth
@@ -385,6 +427,9 @@ async fn template_for(
 pub struct JoinedState {
     pub state: Vec<Value>,
     pub auth_chain: Vec<Value>,
+    /// The join with this server's signature added, when it authorised a
+    /// restricted join (`send_join`'s `event`).
+    pub event: Option<Value>,
 }
 
 /// `send_join` (v1 and v2) as the resident server: accepts the signed join
@@ -397,13 +442,74 @@ pub async fn send_join(
     event_id: &EventId,
     body: &Value,
 ) -> Result<JoinedState> {
+    // A restricted join this server authorises gets its signature first (the
+    // auth rules require it).
+    let countersigned = authorise_restricted(app, origin, room_id, body).await?;
+    let body = countersigned.as_ref().unwrap_or(body);
     let (rules, _) = accept_membership(app, origin, room_id, event_id, body, "join").await?;
     let stored = events::get(&app.db, event_id.as_str())
         .await?
         .ok_or_else(|| Error::forbidden("The join was not accepted"))?;
     let pdu = Pdu::from_json(event_id, &stored.json).map_err(|e| anyhow::anyhow!("{e}"))?;
     let (state, auth_chain) = state_and_auth_chain_before(app, &rules, room_id, &pdu).await?;
-    Ok(JoinedState { state, auth_chain })
+    Ok(JoinedState {
+        state,
+        auth_chain,
+        event: countersigned,
+    })
+}
+
+/// The join `body` with this server's signature added, when it names one of
+/// our users in `join_authorised_via_users_server`: only if this server would
+/// authorise that join itself now (the user is in an allowed room it knows,
+/// and the named member may invite), so no server gets a join signed that
+/// `make_join` would have refused. `None` when it names no user of ours.
+async fn authorise_restricted(
+    app: &AppState,
+    origin: &ServerName,
+    room_id: &RoomId,
+    body: &Value,
+) -> Result<Option<Value>> {
+    let Some(authoriser) = body["content"]["join_authorised_via_users_server"].as_str() else {
+        return Ok(None);
+    };
+    let Ok(authoriser) = UserId::parse(authoriser) else {
+        return Err(Error::bad_json("Invalid join_authorised_via_users_server"));
+    };
+    if authoriser.server_name() != app.server_name {
+        return Ok(None);
+    }
+    let Some(user) = body["state_key"]
+        .as_str()
+        .and_then(|u| UserId::parse(u).ok())
+    else {
+        return Err(Error::bad_json(
+            "A join needs the joining user as state_key",
+        ));
+    };
+    if user.server_name() != origin {
+        return Err(Error::forbidden("The user is not on the requesting server"));
+    }
+    let mut tx = app.db.begin().await?;
+    let Some(room) = RoomCtx::lock_shared(&mut tx, room_id).await? else {
+        return Err(Error::not_found("Unknown room"));
+    };
+    let chosen = restricted_authoriser(&mut tx, app, &room, &user).await?;
+    let rules = room.rules.clone();
+    drop(tx);
+    if chosen.is_none() {
+        return Err(Error::forbidden(
+            "This server authorises no such join: the room is not restricted, or the user is in it",
+        ));
+    }
+    // Any local member who may invite will do (the auth rules check the
+    // named one's membership and power).
+    let mut object: CanonicalJsonObject = serde_json::from_value(body.clone())
+        .map_err(|e| Error::bad_json(format!("Invalid join event: {e}")))?;
+    super::invite::countersign(app, &rules, &mut object)?;
+    Ok(Some(
+        serde_json::to_value(&object).map_err(|e| anyhow::anyhow!("{e}"))?,
+    ))
 }
 
 /// `send_leave` (v1 and v2) as the resident server: accepts the signed leave
