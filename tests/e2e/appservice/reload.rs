@@ -242,6 +242,9 @@ struct Endpoint {
     hs_token: String,
     down: std::sync::atomic::AtomicBool,
     attempts: std::sync::atomic::AtomicUsize,
+    /// Requests that carried the token as `?access_token=` too (only with
+    /// `appservice_legacy_authorization`, off here).
+    legacy: std::sync::atomic::AtomicUsize,
     accepted: Mutex<Vec<(String, Vec<serde_json::Value>)>>,
 }
 
@@ -264,10 +267,14 @@ async fn endpoint(hs_token: &str) -> (Arc<Endpoint>, std::net::SocketAddr) {
     async fn put(
         axum::extract::State(ep): axum::extract::State<Arc<Endpoint>>,
         axum::extract::Path(txn): axum::extract::Path<String>,
+        axum::extract::RawQuery(query): axum::extract::RawQuery,
         headers: axum::http::HeaderMap,
         axum::Json(body): axum::Json<serde_json::Value>,
     ) -> axum::http::StatusCode {
         ep.attempts.fetch_add(1, Ordering::SeqCst);
+        if query.is_some_and(|q| q.contains("access_token")) {
+            ep.legacy.fetch_add(1, Ordering::SeqCst);
+        }
         let auth = headers
             .get("authorization")
             .and_then(|v| v.to_str().ok())
@@ -289,6 +296,7 @@ async fn endpoint(hs_token: &str) -> (Arc<Endpoint>, std::net::SocketAddr) {
         hs_token: hs_token.to_owned(),
         down: Default::default(),
         attempts: Default::default(),
+        legacy: Default::default(),
         accepted: Mutex::default(),
     });
     let app = axum::Router::new()
@@ -456,4 +464,8 @@ async fn queued_rows_follow_the_registrations_in_use_after_a_reload() {
         two_ep.bodies(),
         ["m1", "m2", "m3", "m4 while one is gone", "m5", "m7"]
     );
+    // The hs_token went in the Authorization header only.
+    for ep in [&one_old, &one_new, &two_ep] {
+        assert_eq!(ep.legacy.load(Ordering::SeqCst), 0);
+    }
 }
