@@ -97,6 +97,9 @@ appservice.on("room.message", async (roomId, event) => {
         await appservice.botIntent.sendText(roomId, "echo: " + body.slice(6), "m.notice");
     }
 });
+// Joins of its users, as its transactions told it.
+const joinsSeen = [];
+appservice.on("room.join", (roomId, event) => joinsSeen.push([roomId, event.state_key]));
 await appservice.begin();
 
 // 2. A room; the bot and an unknown namespace user invited.
@@ -186,6 +189,10 @@ const { room_id: dm } = await ok("POST", "/_matrix/client/v3/createRoom", alice,
 });
 await until("the puppet joining the direct chat", async () => (await joined(alice, dm))[dmTarget]);
 if (!(await joined(alice, dm))[aliceId]) fail("alice is not in her direct chat");
+// The last event (that join) reached the appservice before it stops.
+await until("the direct chat's join in a transaction", () =>
+    joinsSeen.some(([r, who]) => r === dm && who === dmTarget),
+);
 
 appservice.stop();
 print("ok");
