@@ -34,10 +34,11 @@ const fail = (msg) => {
     console.error(msg);
     process.exit(1);
 };
-setTimeout(() => fail("timed out"), 120_000).unref();
+// Generous: a loaded CI machine can stall a step for a minute.
+setTimeout(() => fail("timed out"), 300_000).unref();
 LogService.setLevel(LogLevel.ERROR);
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-async function until(what, check, ms = 60_000) {
+async function until(what, check, ms = 120_000) {
     const end = Date.now() + ms;
     for (;;) {
         const value = await check();

@@ -72,9 +72,10 @@ const fail = (msg) => {
     process.exit(1);
 };
 process.on("unhandledRejection", (e) => fail(`unhandled rejection: ${e?.stack ?? JSON.stringify(e)}`));
-setTimeout(() => fail("timed out"), 170_000).unref();
+// Generous: a loaded CI machine can stall a step for a minute.
+setTimeout(() => fail("timed out"), 360_000).unref();
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-async function until(what, check, ms = 90_000) {
+async function until(what, check, ms = 150_000) {
     const end = Date.now() + ms;
     for (;;) {
         const value = await check();
