@@ -79,7 +79,7 @@ class Synapse:
     """A Synapse monolith. `postgres` is a libpq URL of an empty database with
     the C locale (SQLite in the server's directory without it)."""
 
-    def __init__(self, python, work, name, tls=None, postgres=None, pool=16):
+    def __init__(self, python, work, name, tls=None, postgres=None, pool=16, appservices=()):
         self.dir = os.path.join(work, name)
         os.makedirs(self.dir)
         self.port, self.client_port = free_port(), free_port()
@@ -128,6 +128,7 @@ rc_joins_per_room: {lots}
 rc_invites: {{per_room: {lots}, per_user: {lots}, per_issuer: {lots}}}
 rc_federation: {{window_size: 1000, sleep_limit: 100000, sleep_delay: 1, reject_limit: 100000, concurrent: 1000}}
 federation_rr_transactions_per_room_per_second: 100000
+app_service_config_files: [{", ".join(appservices)}]
 """
         with open(f"{self.dir}/homeserver.yaml", "w") as f:
             f.write(config)
@@ -148,9 +149,10 @@ disable_existing_loggers: false
 
 
 class Lattice:
-    """Lattice on the PostgreSQL database `database_url` (empty or Lattice's)."""
+    """Lattice on the PostgreSQL database `database_url` (empty or Lattice's),
+    with the appservice registration files `appservices`."""
 
-    def __init__(self, binary, work, database_url, tls=None, pool=16):
+    def __init__(self, binary, work, database_url, tls=None, pool=16, appservices=()):
         self.dir = os.path.join(work, "lattice")
         os.makedirs(self.dir)
         self.port, self.client_port = free_port(), free_port()
@@ -159,6 +161,7 @@ class Lattice:
         config = f"""server_name = "{self.name}"
 data_dir = "{self.dir}"
 log = "warn"
+appservices = [{", ".join(json.dumps(a) for a in appservices)}]
 [[listeners]]
 bind = "127.0.0.1:{self.client_port}"
 resources = ["client"]

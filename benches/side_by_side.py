@@ -9,6 +9,13 @@ the PostgreSQL server's own ceiling for one-row INSERT transactions with
 pgbench (one connection, and as many as the load generator's clients) and
 prints it beside the send throughputs.
 
+Then an application-service phase, on a second pair of servers (so that the
+first phase's figures are those of servers without appservices): both get the
+same appservice registration, whose URL is lattice-load itself, acknowledging
+each transaction at once; its `appservice` workload prints, for each server,
+the events/s sent into a room with a user of the appservice's namespace and
+the events/s delivered to the appservice (`--no-appservice` skips the phase).
+
 Run through scripts/bench-synapse, which builds the release binaries and the
 Synapse venv. Arguments after `--` go to lattice-load (e.g. `-- --members 200`).
 """
@@ -23,7 +30,7 @@ import sys
 import tempfile
 import urllib.parse
 
-from servers import Lattice, Synapse, stop_all
+from servers import Lattice, Synapse, free_port, stop_all
 
 
 def psql(admin, sql):
@@ -46,6 +53,71 @@ def pgbench_tps(pgbench, url, clients, seconds, script):
     return float(match.group(1))
 
 
+# Must match AS_TOKEN and HS_TOKEN in src/bin/lattice-load.rs.
+APPSERVICE = """id: lattice-load
+url: "http://{addr}"
+as_token: lattice-load-appservice-as-token
+hs_token: lattice-load-appservice-hs-token
+sender_localpart: loadasbot
+rate_limited: false
+namespaces:
+  users: [{{regex: "@loadas_.*", exclusive: true}}]
+  aliases: []
+  rooms: []
+"""
+
+
+def workloads_arg(load_args):
+    """The value of `--workloads` among lattice-load's arguments, and the
+    arguments without it."""
+    value, rest, skip = None, [], False
+    for i, a in enumerate(load_args):
+        if skip:
+            skip = False
+        elif a == "--workloads" and i + 1 < len(load_args):
+            value, skip = load_args[i + 1], True
+        elif a.startswith("--workloads="):
+            value = a.split("=", 1)[1]
+        else:
+            rest.append(a)
+    return value, rest
+
+
+def run_pair(args, work, dbs, load_args, appservices=None):
+    """Starts Lattice and Synapse (each with its appservice registration when
+    `appservices` maps their names to listening addresses), runs lattice-load
+    against both, and returns its rows."""
+    registrations = {}
+    for name, addr in (appservices or {}).items():
+        path = os.path.join(work, f"{name}-appservice.yaml")
+        with open(path, "w") as f:
+            f.write(APPSERVICE.format(addr=addr))
+        registrations[name] = [path]
+    servers = []
+    try:
+        lattice = Lattice(args.lattice, work, database_url(args.admin_url, dbs["lattice"]),
+                          appservices=registrations.get("lattice", ()))
+        servers.append(lattice)
+        synapse = Synapse(args.synapse_python, work, "synapse",
+                          postgres=database_url(args.admin_url, dbs["synapse"]),
+                          appservices=registrations.get("synapse", ()))
+        servers.append(synapse)
+        report = os.path.join(work, "load.json")
+        extra = []
+        for name, addr in (appservices or {}).items():
+            extra += ["--appservice", f"{name}={addr}"]
+        subprocess.run(
+            [args.load,
+             "--target", f"lattice={lattice.base}@{lattice.proc.pid}",
+             "--target", f"synapse={synapse.base}@{synapse.proc.pid}",
+             "--clients", str(args.clients), "--json", report, *extra, *load_args],
+            check=True)
+        with open(report) as f:
+            return json.load(f)["rows"]
+    finally:
+        stop_all(servers)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--lattice", required=True, help="the lattice binary")
@@ -57,35 +129,32 @@ def main():
     ap.add_argument("--pgbench-seconds", type=int, default=10)
     ap.add_argument("--clients", type=int, default=20)
     ap.add_argument("--keep", action="store_true")
+    ap.add_argument("--no-appservice", action="store_true",
+                    help="skip the application-service phase")
     ap.add_argument("load_args", nargs="*", help="passed on to lattice-load")
     args = ap.parse_args()
 
     work = tempfile.mkdtemp(prefix="lattice-sbs-")
     suffix = os.getpid()
-    dbs = {name: f"{name}_sbs_{suffix}" for name in ("lattice", "synapse", "pgbench")}
+    names = ("lattice", "synapse", "pgbench", "lattice_as", "synapse_as")
+    dbs = {name: f"{name}_sbs_{suffix}" for name in names}
     for db in dbs.values():
         psql(args.admin_url, f"create database {db} encoding 'UTF8' lc_collate 'C' "
                              "lc_ctype 'C' template template0")
-    servers = []
+    workloads, other_args = workloads_arg(args.load_args)
+    chosen = (workloads or "all").split(",")
+    rows = []
     try:
-        lattice = Lattice(args.lattice, work, database_url(args.admin_url, dbs["lattice"]))
-        servers.append(lattice)
-        synapse = Synapse(args.synapse_python, work, "synapse",
-                          postgres=database_url(args.admin_url, dbs["synapse"]))
-        servers.append(synapse)
-        report = os.path.join(work, "load.json")
-        subprocess.run(
-            [args.load,
-             "--target", f"lattice={lattice.base}@{lattice.proc.pid}",
-             "--target", f"synapse={synapse.base}@{synapse.proc.pid}",
-             "--clients", str(args.clients), "--json", report, *args.load_args],
-            check=True)
-        with open(report) as f:
-            rows = json.load(f)["rows"]
-    finally:
-        stop_all(servers)
+        if chosen != ["appservice"]:
+            rows += run_pair(args, work, dbs, args.load_args)
+        if not args.no_appservice and ("all" in chosen or "appservice" in chosen):
+            phase = os.path.join(work, "appservice")
+            os.makedirs(phase)
+            addrs = {name: f"127.0.0.1:{free_port()}" for name in ("lattice", "synapse")}
+            rows += run_pair(args, phase,
+                             {"lattice": dbs["lattice_as"], "synapse": dbs["synapse_as"]},
+                             ["--workloads", "appservice", *other_args], addrs)
 
-    try:
         # The database's own write ceiling, with the servers stopped.
         pg = database_url(args.admin_url, dbs["pgbench"])
         psql(pg, "create table one_row (id bigserial primary key, body text not null)")

@@ -42,6 +42,10 @@ pub struct Config {
     pub trusted_proxies: Vec<String>,
     /// Application service registration files (YAML), loaded at start.
     pub appservices: Vec<PathBuf>,
+    /// Also send the `hs_token` to appservices as the `access_token` query
+    /// parameter (the spec's way before v1.4), for frameworks that read only
+    /// that (matrix-bot-sdk before 0.7). Off: the `Authorization` header only.
+    pub appservice_legacy_authorization: bool,
     pub listeners: Vec<Listener>,
     pub database: Database,
     pub registration: Registration,
@@ -946,6 +950,7 @@ impl Default for Config {
             log: "info".into(),
             trusted_proxies: Vec::new(),
             appservices: Vec::new(),
+            appservice_legacy_authorization: false,
             listeners: vec![Listener {
                 bind: "0.0.0.0:8008".parse().expect("static address"),
                 resources: default_resources(),

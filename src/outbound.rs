@@ -324,6 +324,9 @@ impl OutboundClient {
         self.policy.check_url(request.url())?;
         let url = request.url().clone();
         self.http.execute(request).await.map_err(|e| {
+            // The URL may carry a secret (an appservice's legacy
+            // `access_token`): errors name the host only.
+            let e = e.without_url();
             if find_in_chain::<RefusedName>(&e) {
                 OutboundError::Refused(format!("{}: no permitted address", host_of(&url)))
             } else {

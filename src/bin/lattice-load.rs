@@ -20,7 +20,16 @@
 //!   incremental `/sync` after EVENTS events in a room;
 //! * `messages`: paging back through EVENTS events with `/messages`;
 //! * `rooms`: `/createRoom` rate; MEMBERS users joining one room (joins/s and
-//!   latency p50/p95; later joins are into a bigger room).
+//!   latency p50/p95; later joins are into a bigger room);
+//! * `appservice` (only for the targets given `--appservice NAME=ADDR`):
+//!   this program is an application service listening on ADDR that
+//!   acknowledges each transaction at once; a user of its namespace is in a
+//!   room where CLIENTS clients send MESSAGES messages each concurrently, and
+//!   the figures are the events/s sent and the events/s delivered to the
+//!   appservice (from the first send until the last event arrived), side by
+//!   side. The target must be started with the registration
+//!   `benches/side_by_side.py` writes (tokens [`AS_TOKEN`] and [`HS_TOKEN`],
+//!   users `@loadas_.*`).
 //!
 //! `--json FILE` writes the rows as JSON (used by `scripts/bench-synapse`).
 
@@ -75,9 +84,15 @@ struct Args {
     /// Repetitions of the single-request figures (median reported).
     #[arg(long, default_value_t = 3)]
     repeat: usize,
-    /// Workloads to run: send, sync, messages, rooms (comma-separated) or all.
+    /// Workloads to run: send, sync, messages, rooms, appservice
+    /// (comma-separated) or all.
     #[arg(long, default_value = "all")]
     workloads: String,
+    /// Where to listen as the appservice of a target, as NAME=ADDR (the
+    /// target's registration sends its transactions there). The appservice
+    /// workload runs against the targets that have one.
+    #[arg(long = "appservice")]
+    appservices: Vec<String>,
     /// Also write the rows as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -408,6 +423,12 @@ struct Users {
     clients: Vec<Arc<Client>>,
     members: Vec<Arc<Client>>,
     syncer: Arc<Client>,
+    /// The target, for the appservice workload: its HTTP client and base URL,
+    /// this run's prefix, and where to listen as its appservice.
+    http: reqwest::Client,
+    base: String,
+    run: String,
+    appservice: Option<std::net::SocketAddr>,
 }
 
 #[tokio::main]
@@ -434,6 +455,20 @@ async fn main() -> anyhow::Result<()> {
         }
     }
 
+    let mut listen = std::collections::HashMap::new();
+    for spec in &args.appservices {
+        let (name, addr) = spec.split_once('=').context("--appservice is NAME=ADDR")?;
+        anyhow::ensure!(
+            names.iter().any(|n| n == name),
+            "--appservice {name}: no such target"
+        );
+        listen.insert(
+            name.to_owned(),
+            addr.parse::<std::net::SocketAddr>()
+                .context("--appservice address")?,
+        );
+    }
+
     let mut users = Vec::new();
     for t in &targets {
         let start = Instant::now();
@@ -454,6 +489,10 @@ async fn main() -> anyhow::Result<()> {
             clients,
             members,
             syncer,
+            http: t.http.clone(),
+            base: t.base.clone(),
+            run: t.run.clone(),
+            appservice: listen.get(&t.name).copied(),
         });
     }
 
@@ -463,7 +502,7 @@ async fn main() -> anyhow::Result<()> {
     ) -> std::pin::Pin<
         Box<dyn std::future::Future<Output = anyhow::Result<Figures>> + 'a>,
     >;
-    let workloads: [(&str, &str, Workload); 7] = [
+    let workloads: [(&str, &str, Workload); 8] = [
         ("send", "send, sequential", |a, u| {
             Box::pin(send_sequential(a, u))
         }),
@@ -477,12 +516,18 @@ async fn main() -> anyhow::Result<()> {
         }),
         ("messages", "/messages", |a, u| Box::pin(pagination(a, u))),
         ("rooms", "rooms", |a, u| Box::pin(rooms(a, u))),
+        ("appservice", "appservice delivery", |a, u| {
+            Box::pin(appservice_delivery(a, u))
+        }),
     ];
     for (group, name, workload) in workloads {
         if !args.runs(group) {
             continue;
         }
         for (i, t) in targets.iter().enumerate() {
+            if group == "appservice" && users[i].appservice.is_none() {
+                continue;
+            }
             let start = Instant::now();
             match workload(&args, &users[i]).await {
                 Ok(figures) => table.add(name, i, n, figures),
@@ -868,4 +913,190 @@ async fn rooms(args: &Args, users: &Users) -> anyhow::Result<Figures> {
         median(times),
     ));
     Ok(figures)
+}
+
+/// The tokens of the appservice registration `benches/side_by_side.py` writes
+/// for the `appservice` workload (users `@loadas_.*`).
+const AS_TOKEN: &str = "lattice-load-appservice-as-token";
+const HS_TOKEN: &str = "lattice-load-appservice-hs-token";
+
+/// The appservice's side of the `appservice` workload: transactions
+/// acknowledged at once, each ID counted once.
+#[derive(Default)]
+struct Receiver {
+    state: std::sync::Mutex<ReceiverState>,
+}
+
+#[derive(Default)]
+struct ReceiverState {
+    transactions: std::collections::HashSet<String>,
+    /// This workload's messages received, in how many transactions, and when
+    /// the last one came.
+    messages: usize,
+    with_messages: usize,
+    last: Option<Instant>,
+}
+
+async fn receive(
+    axum::extract::State(receiver): axum::extract::State<Arc<Receiver>>,
+    axum::extract::Path(txn): axum::extract::Path<String>,
+    headers: axum::http::HeaderMap,
+    axum::Json(body): axum::Json<Value>,
+) -> (axum::http::StatusCode, axum::Json<Value>) {
+    let authorized = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        == Some(format!("Bearer {HS_TOKEN}").as_str());
+    if !authorized {
+        return (axum::http::StatusCode::FORBIDDEN, axum::Json(json!({})));
+    }
+    let mut state = receiver.state.lock().unwrap_or_else(|e| e.into_inner());
+    if state.transactions.insert(txn) {
+        let ours = body["events"].as_array().map_or(0, |events| {
+            events
+                .iter()
+                .filter(|e| {
+                    e["content"]["body"]
+                        .as_str()
+                        .is_some_and(|b| b.starts_with("load message appservice"))
+                })
+                .count()
+        });
+        if ours > 0 {
+            state.messages += ours;
+            state.with_messages += 1;
+            state.last = Some(Instant::now());
+        }
+    }
+    (axum::http::StatusCode::OK, axum::Json(json!({})))
+}
+
+/// Events/s sent into a room with a user of the appservice's namespace, and
+/// events/s delivered to the appservice, from the first send until the last
+/// of those events arrived.
+async fn appservice_delivery(args: &Args, users: &Users) -> anyhow::Result<Figures> {
+    let addr = users
+        .appservice
+        .context("no --appservice for this target")?;
+    let receiver = Arc::new(Receiver::default());
+    let app = axum::Router::new()
+        .route(
+            "/_matrix/app/v1/transactions/{txn}",
+            axum::routing::put(receive),
+        )
+        .with_state(receiver.clone());
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("listening on {addr}"))?;
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    let result = appservice_load(args, users, &receiver).await;
+    server.abort();
+    result
+}
+
+async fn appservice_load(
+    args: &Args,
+    users: &Users,
+    receiver: &Receiver,
+) -> anyhow::Result<Figures> {
+    // Not timed: the namespace user, registered by the appservice, joins a
+    // room all clients are in.
+    let register: Value = users
+        .http
+        .post(format!("{}/_matrix/client/v3/register", users.base))
+        .bearer_auth(AS_TOKEN)
+        .json(&json!({
+            "type": "m.login.application_service",
+            "username": format!("loadas_{}", users.run),
+            "inhibit_login": true,
+        }))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let ghost = register["user_id"]
+        .as_str()
+        .with_context(|| format!("appservice registration: {register}"))?
+        .to_owned();
+    let clients = &users.clients;
+    let room = shared_room(clients).await?;
+    let joined = users
+        .http
+        .post(format!(
+            "{}/_matrix/client/v3/join/{}?user_id={}",
+            users.base,
+            enc(&room),
+            enc(&ghost)
+        ))
+        .bearer_auth(AS_TOKEN)
+        .json(&json!({}))
+        .send()
+        .await?;
+    anyhow::ensure!(
+        joined.status().is_success(),
+        "the appservice's join: {}",
+        joined.text().await.unwrap_or_default()
+    );
+    let settle = Instant::now();
+    while receiver
+        .state
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .transactions
+        .is_empty()
+    {
+        anyhow::ensure!(
+            settle.elapsed() < Duration::from_secs(60),
+            "no transaction reached the appservice"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let n = clients.len();
+    let total = n * args.messages;
+    let start = Instant::now();
+    let (_, elapsed) = send_all(clients, &vec![room; n], args.messages, "appservice").await?;
+    let sent_at = start + elapsed;
+    let deadline = Duration::from_secs(600);
+    let (last, transactions) = loop {
+        {
+            let state = receiver.state.lock().unwrap_or_else(|e| e.into_inner());
+            if state.messages >= total {
+                break (state.last.unwrap_or(sent_at), state.with_messages);
+            }
+            anyhow::ensure!(
+                start.elapsed() < deadline,
+                "{} of {total} events delivered after {deadline:?}",
+                state.messages
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    let delivered = last.duration_since(start);
+    Ok(vec![
+        (
+            format!("{n} clients, one room: sent"),
+            "events/s",
+            Better::Higher,
+            total as f64 / elapsed.as_secs_f64(),
+        ),
+        (
+            "delivered to the appservice".into(),
+            "events/s",
+            Better::Higher,
+            total as f64 / delivered.as_secs_f64(),
+        ),
+        (
+            "last delivery after the last send".into(),
+            "ms",
+            Better::Lower,
+            millis(last.saturating_duration_since(sent_at)),
+        ),
+        (
+            "events per transaction".into(),
+            "events",
+            Better::Higher,
+            total as f64 / transactions.max(1) as f64,
+        ),
+    ])
 }

@@ -722,16 +722,28 @@ pub async fn members(
         .collect())
 }
 
-/// `GET /rooms/{roomId}/joined_members`: only for members.
-pub async fn joined_members(app: &AppState, user: &UserId, room_id: &RoomId) -> Result<Value> {
+/// `GET /rooms/{roomId}/joined_members`: only for members, and (as Synapse
+/// allows it, bridges rely on it) for an application service when one of the
+/// joined members is its sender or in its user namespace.
+pub async fn joined_members(
+    app: &AppState,
+    user: &UserId,
+    appservice: Option<&crate::domain::appservice::Registration>,
+    room_id: &RoomId,
+) -> Result<Value> {
     let viewer = Viewer::new(app, user, None, room_id).await?;
-    if !viewer.is_joined() {
+    let joined = rooms::joined_profiles(&app.db, room_id.as_str()).await?;
+    let allowed = viewer.is_joined()
+        || appservice.is_some_and(|reg| {
+            joined
+                .iter()
+                .any(|(member, _, _)| reg.is_interested_in_user(member))
+        });
+    if !allowed {
         return Err(Error::forbidden("You are not in this room"));
     }
     let mut out = serde_json::Map::new();
-    for (user, display_name, avatar_url) in
-        rooms::joined_profiles(&app.db, room_id.as_str()).await?
-    {
+    for (user, display_name, avatar_url) in joined {
         out.insert(
             user,
             json!({ "display_name": display_name, "avatar_url": avatar_url }),

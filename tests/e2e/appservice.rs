@@ -18,6 +18,7 @@ use serde_json::{Value, json};
 
 use crate::harness::{Login, SERVER_NAME, TestServer, enc, eventually};
 
+mod botsdk;
 mod ephemeral;
 mod federation;
 mod reload;
@@ -1099,4 +1100,98 @@ enabled = false
     let unique: std::collections::HashSet<String> = all.iter().map(Value::to_string).collect();
     assert_eq!(unique.len(), all.len(), "an event in two transactions");
     assert!(seen.bad_auth.lock().unwrap().is_empty());
+}
+
+/// What bridge frameworks lean on, as Synapse allows it: the appservice
+/// reads the joined members of a room one of its users is in without being
+/// in it itself (not of another room, and not with a normal user's token);
+/// and it logs a user in with MSC2778's unstable login type
+/// (matrix-bot-sdk 0.6 sends it), inside its namespace only.
+#[tokio::test]
+async fn an_appservice_reads_members_where_its_users_are_and_logs_in_with_the_unstable_type() {
+    let (server, _seen, _dir) = start().await;
+    let alice = server.register("alice", "pw").await;
+    let mallory = server.register("mallory", "pw").await;
+    let room = server
+        .create_room(&alice, json!({ "preset": "public_chat" }))
+        .await;
+    let ghost = register_ghost(&server, "irc_bob").await;
+    let (status, body) = server
+        .post(
+            &format!("{V3}/join/{}?{}", enc(&room), as_user(&ghost.user_id)),
+            Some(AS_TOKEN),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let members = |token: &'static str, room: String| {
+        let server = &server;
+        async move {
+            server
+                .get(
+                    &format!("{V3}/rooms/{}/joined_members", enc(&room)),
+                    Some(token),
+                )
+                .await
+        }
+    };
+    // As the sender, who is not in the room.
+    let (status, body) = members(AS_TOKEN, room.clone()).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let joined = body["joined"].as_object().unwrap();
+    assert!(joined.contains_key(&ghost.user_id), "{body}");
+    assert!(joined.contains_key(&alice.user_id), "{body}");
+    // A room without any of its users.
+    let other = server
+        .create_room(&alice, json!({ "preset": "public_chat" }))
+        .await;
+    let (status, body) = members(AS_TOKEN, other.clone()).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert_eq!(body["errcode"], "M_FORBIDDEN");
+    // A normal user outside the room gets no more than before.
+    let (status, body) = server
+        .get(
+            &format!("{V3}/rooms/{}/joined_members", enc(&room)),
+            Some(&mallory.access_token),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+
+    // MSC2778's unstable name: a device for the ghost.
+    let unstable = "uk.half-shot.msc2778.login.application_service";
+    let (status, body) = server
+        .post(
+            &format!("{V3}/login"),
+            Some(AS_TOKEN),
+            json!({ "type": unstable, "identifier": { "type": "m.id.user", "user": ghost.user_id } }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["user_id"], ghost.user_id.as_str());
+    let token = body["access_token"].as_str().unwrap().to_owned();
+    let device = body["device_id"].clone();
+    assert!(device.is_string(), "{body}");
+    let (status, body) = server.whoami(&token).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["user_id"], ghost.user_id.as_str());
+    assert_eq!(body["device_id"], device);
+    // Outside the namespace, and without the as_token: refused.
+    let (status, body) = server
+        .post(
+            &format!("{V3}/login"),
+            Some(AS_TOKEN),
+            json!({ "type": unstable, "identifier": { "type": "m.id.user", "user": alice.user_id } }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["errcode"], "M_EXCLUSIVE");
+    let (status, body) = server
+        .post(
+            &format!("{V3}/login"),
+            None,
+            json!({ "type": unstable, "identifier": { "type": "m.id.user", "user": ghost.user_id } }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    assert_eq!(body["errcode"], "M_MISSING_TOKEN");
 }

@@ -595,7 +595,13 @@ async fn joined_members(
     AuthUser(user): AuthUser,
     Ruma(req): Ruma<joined_members::v3::Request>,
 ) -> Result<Json<Value>> {
-    let joined = read::joined_members(&app, &user.user_id, &req.room_id).await?;
+    let joined = read::joined_members(
+        &app,
+        &user.user_id,
+        user.appservice.as_deref(),
+        &req.room_id,
+    )
+    .await?;
     Ok(Json(json!({ "joined": joined })))
 }
 

@@ -98,8 +98,18 @@ async fn login(
     State(state): State<AppState>,
     ClientIp(ip): ClientIp,
     AsToken(appservice): AsToken,
-    RumaWithObject(req, body): RumaWithObject<login::v3::Request>,
+    RumaWithObject(mut req, body): RumaWithObject<login::v3::Request>,
 ) -> Result<RumaResponse<login::v3::Response>> {
+    // MSC2778's unstable name for the appservice login, still sent by older
+    // bridge frameworks (matrix-bot-sdk 0.6); Synapse accepts both.
+    if body.get("type").and_then(|t| t.as_str())
+        == Some("uk.half-shot.msc2778.login.application_service")
+    {
+        let mut stable = body.clone();
+        stable.insert("type".into(), "m.login.application_service".into());
+        req.login_info = serde_json::from_value(serde_json::Value::Object(stable))
+            .map_err(|_| Error::bad_json("Invalid login body"))?;
+    }
     let info = match req.login_info {
         login::v3::LoginInfo::Password(info) => info,
         login::v3::LoginInfo::ApplicationService(info) => {

@@ -439,6 +439,29 @@ pub fn endpoint(reg: &Registration, segments: &[&str]) -> Option<reqwest::Url> {
     Some(url)
 }
 
+/// Puts the appservice's `hs_token` on a request to it: the `Authorization`
+/// header, and with `appservice_legacy_authorization` the `access_token`
+/// query parameter too.
+pub fn authorize(
+    request: &mut reqwest::Request,
+    reg: &Registration,
+    legacy: bool,
+) -> anyhow::Result<()> {
+    request.headers_mut().insert(
+        http::header::AUTHORIZATION,
+        format!("Bearer {}", reg.hs_token)
+            .parse()
+            .map_err(|_| anyhow::anyhow!("hs_token is not a header value"))?,
+    );
+    if legacy {
+        request
+            .url_mut()
+            .query_pairs_mut()
+            .append_pair("access_token", &reg.hs_token);
+    }
+    Ok(())
+}
+
 /// A `GET` to an appservice with its `hs_token`: the answer, or `None` (and a
 /// log line) when it could not be had.
 async fn get(
@@ -455,11 +478,12 @@ async fn get(
     let client = app.appservice_http.current().get(&reg.id)?;
     let mut request = reqwest::Request::new(http::Method::GET, url);
     *request.timeout_mut() = Some(super::directory::query_timeout(app));
-    if let Ok(value) = format!("Bearer {}", reg.hs_token).parse() {
-        request
-            .headers_mut()
-            .insert(http::header::AUTHORIZATION, value);
-    }
+    authorize(
+        &mut request,
+        reg,
+        app.config.appservice_legacy_authorization,
+    )
+    .ok()?;
     match client.send(request).await {
         Ok(response) => Some(response),
         Err(e) => {
@@ -678,12 +702,11 @@ pub async fn ping(
     }
     let mut request = reqwest::Request::new(http::Method::POST, url);
     *request.timeout_mut() = Some(Duration::from_secs(30));
-    request.headers_mut().insert(
-        http::header::AUTHORIZATION,
-        format!("Bearer {}", reg.hs_token)
-            .parse()
-            .map_err(|_| anyhow::anyhow!("hs_token is not a header value"))?,
-    );
+    authorize(
+        &mut request,
+        reg,
+        app.config.appservice_legacy_authorization,
+    )?;
     request.headers_mut().insert(
         http::header::CONTENT_TYPE,
         http::HeaderValue::from_static("application/json"),
@@ -712,8 +735,10 @@ pub async fn ping(
 
 /// The admin API's view of the appservices: each registration (tokens left
 /// out) with its queue — events waiting, the transaction in flight — and the
-/// events delivered and transactions failed since start.
+/// events delivered and transactions failed since start — and the queues
+/// kept for appservices no longer registered.
 pub async fn admin_list(app: &AppState) -> Result<Value> {
+    let registry = app.appservices.current();
     let queues = storage::appservice::queue_states(&app.db).await?;
     let namespaces = |list: &[appservice::Namespace]| -> Vec<Value> {
         list.iter()
@@ -721,7 +746,7 @@ pub async fn admin_list(app: &AppState) -> Result<Value> {
             .collect()
     };
     let mut out = Vec::new();
-    for reg in &app.appservices.current().list {
+    for reg in &registry.list {
         let queue = queues.iter().find(|q| q.appservice_id == reg.id);
         let (sent, failures) = app.metrics.appservice_counts(&reg.id);
         out.push(serde_json::json!({
@@ -749,5 +774,17 @@ pub async fn admin_list(app: &AppState) -> Result<Value> {
             },
         }));
     }
-    Ok(serde_json::json!({ "appservices": out, "total": out.len() }))
+    // Rows queued for an appservice whose registration was since removed
+    // (reload or restart): kept, and sent if a registration with that `id`
+    // comes back; listed so that an administrator sees them.
+    let unregistered: Vec<Value> = queues
+        .iter()
+        .filter(|q| !registry.list.iter().any(|r| r.id == q.appservice_id))
+        .map(|q| serde_json::json!({ "id": q.appservice_id, "events": q.queued }))
+        .collect();
+    Ok(serde_json::json!({
+        "appservices": out,
+        "total": out.len(),
+        "unregistered_queues": unregistered,
+    }))
 }

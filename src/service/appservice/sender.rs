@@ -136,7 +136,14 @@ async fn deliver_one(
     };
     let (body, events) = body(app, reg, &pending.rows).await?;
     let txn_id = pending.txn_id.to_string();
-    send(client, reg, &txn_id, &body).await?;
+    send(
+        client,
+        reg,
+        &txn_id,
+        &body,
+        app.config.appservice_legacy_authorization,
+    )
+    .await?;
     storage::appservice::complete(&app.db, &reg.id, pending.txn_id).await?;
     app.metrics.appservice_sent(&reg.id, events);
     Ok(true)
@@ -265,19 +272,18 @@ async fn key_state(app: &AppState, users: &[String]) -> anyhow::Result<(Value, V
 }
 
 /// One `PUT /transactions/{txnId}`; an answer other than 2xx is an error.
+/// `legacy`: the `hs_token` as a query parameter too.
 pub async fn send(
     client: &OutboundClient,
     reg: &Registration,
     txn_id: &str,
     body: &Value,
+    legacy: bool,
 ) -> anyhow::Result<()> {
     let url =
         super::endpoint(reg, &["transactions", txn_id]).ok_or_else(|| anyhow::anyhow!("no URL"))?;
     let mut request = reqwest::Request::new(http::Method::PUT, url);
-    request.headers_mut().insert(
-        http::header::AUTHORIZATION,
-        format!("Bearer {}", reg.hs_token).parse()?,
-    );
+    super::authorize(&mut request, reg, legacy)?;
     request.headers_mut().insert(
         http::header::CONTENT_TYPE,
         http::HeaderValue::from_static("application/json"),

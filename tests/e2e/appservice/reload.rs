@@ -235,3 +235,237 @@ async fn listening_addr_keeping(
     });
     (addr, kept)
 }
+
+/// An appservice endpoint whose transactions are refused while `down`,
+/// recording the accepted ones (each ID once) and counting every attempt.
+struct Endpoint {
+    hs_token: String,
+    down: std::sync::atomic::AtomicBool,
+    attempts: std::sync::atomic::AtomicUsize,
+    /// Requests that carried the token as `?access_token=` too (only with
+    /// `appservice_legacy_authorization`, off here).
+    legacy: std::sync::atomic::AtomicUsize,
+    accepted: Mutex<Vec<(String, Vec<serde_json::Value>)>>,
+}
+
+impl Endpoint {
+    /// The bodies of the `m.room.message` events it accepted, in order.
+    fn bodies(&self) -> Vec<String> {
+        self.accepted
+            .lock()
+            .unwrap()
+            .iter()
+            .flat_map(|(_, events)| events.clone())
+            .filter(|e| e["type"] == "m.room.message")
+            .map(|e| e["content"]["body"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    }
+}
+
+async fn endpoint(hs_token: &str) -> (Arc<Endpoint>, std::net::SocketAddr) {
+    use std::sync::atomic::Ordering;
+    async fn put(
+        axum::extract::State(ep): axum::extract::State<Arc<Endpoint>>,
+        axum::extract::Path(txn): axum::extract::Path<String>,
+        axum::extract::RawQuery(query): axum::extract::RawQuery,
+        headers: axum::http::HeaderMap,
+        axum::Json(body): axum::Json<serde_json::Value>,
+    ) -> axum::http::StatusCode {
+        ep.attempts.fetch_add(1, Ordering::SeqCst);
+        if query.is_some_and(|q| q.contains("access_token")) {
+            ep.legacy.fetch_add(1, Ordering::SeqCst);
+        }
+        let auth = headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        if auth != format!("Bearer {}", ep.hs_token) {
+            return axum::http::StatusCode::FORBIDDEN;
+        }
+        if ep.down.load(Ordering::SeqCst) {
+            return axum::http::StatusCode::SERVICE_UNAVAILABLE;
+        }
+        let mut accepted = ep.accepted.lock().unwrap();
+        if !accepted.iter().any(|(id, _)| *id == txn) {
+            let events = body["events"].as_array().cloned().unwrap_or_default();
+            accepted.push((txn, events));
+        }
+        axum::http::StatusCode::OK
+    }
+    let ep = Arc::new(Endpoint {
+        hs_token: hs_token.to_owned(),
+        down: Default::default(),
+        attempts: Default::default(),
+        legacy: Default::default(),
+        accepted: Mutex::default(),
+    });
+    let app = axum::Router::new()
+        .route(
+            "/_matrix/app/v1/transactions/{txn}",
+            axum::routing::put(put),
+        )
+        .with_state(ep.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (ep, addr)
+}
+
+/// Rows waiting for appservice `id`.
+async fn depth(server: &crate::harness::TestServer, id: &str) -> i64 {
+    lattice::storage::appservice::depth(&server.state.db)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|(a, _)| a == id)
+        .map_or(0, |(_, n)| n)
+}
+
+/// What happens to queued rows when the registrations change (the reload
+/// SIGHUP triggers, called directly): the rows of an appservice removed from
+/// the configuration are kept (listed by the admin API as unregistered) and
+/// nothing new is queued for it; registered again under the same `id`, with
+/// another URL and `hs_token`, it gets them there, with that token, in order
+/// and once, and then what came after it was back — not what happened while
+/// it was gone. A namespace narrowed on reload decides what is queued from
+/// then on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_rows_follow_the_registrations_in_use_after_a_reload() {
+    use std::sync::atomic::Ordering;
+    let dir = tempfile::tempdir().unwrap();
+    let (one_old, one_old_addr) = endpoint("hs-one-token").await;
+    one_old.down.store(true, Ordering::SeqCst);
+    let (two_ep, two_addr) = endpoint("hs-two-token").await;
+    let one = registration(dir.path(), "one", one_old_addr, "", SERVER_NAME);
+    let two = registration(dir.path(), "two", two_addr, "", SERVER_NAME);
+    let server =
+        crate::harness::TestServer::start_with(|c| c.appservices = vec![one.clone(), two.clone()])
+            .await;
+    let alice = server.register("alice", "pw").await;
+    lattice::storage::users::set_admin(&server.state.db, &alice.user_id, true)
+        .await
+        .unwrap();
+    let room = server
+        .create_room(&alice, json!({ "preset": "public_chat" }))
+        .await;
+    for (id, ghost) in [("one", "one_a"), ("two", "two_a")] {
+        let (status, body) = register_as(&server, id, ghost).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let (status, body) = server
+            .post(
+                &format!(
+                    "{V3}/join/{}?user_id={}",
+                    enc(&room),
+                    enc(&format!("@{ghost}:{SERVER_NAME}"))
+                ),
+                Some(&as_token(id)),
+                json!({}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    let say = |body: &'static str| {
+        let (server, alice, room) = (&server, &alice, &room);
+        async move {
+            server
+                .send_message(alice, room, json!({ "msgtype": "m.text", "body": body }))
+                .await;
+        }
+    };
+    for body in ["m1", "m2", "m3"] {
+        say(body).await;
+    }
+    let wait_for = |ep: Arc<Endpoint>, body: &'static str| async move {
+        eventually(&format!("{body} delivered"), || {
+            let ep = ep.clone();
+            async move { ep.bodies().iter().any(|b| b == body) }
+        })
+        .await;
+    };
+    wait_for(two_ep.clone(), "m3").await;
+    eventually("a refused attempt at the first appservice", || {
+        let ep = one_old.clone();
+        async move { ep.attempts.load(Ordering::SeqCst) > 0 }
+    })
+    .await;
+
+    // Removed: its rows stay, listed as unregistered; nothing more is queued.
+    lattice::service::appservice::reload(&server.state, std::slice::from_ref(&two))
+        .await
+        .unwrap();
+    let kept = depth(&server, "one").await;
+    assert!(kept >= 3, "rows kept for the removed appservice: {kept}");
+    say("m4 while one is gone").await;
+    assert_eq!(depth(&server, "one").await, kept);
+    let (status, body) = server
+        .get("/_lattice/admin/v1/appservices", Some(&alice.access_token))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        body["unregistered_queues"],
+        json!([{ "id": "one", "events": kept }]),
+        "{body}"
+    );
+    assert_eq!(body["total"], 1, "{body}");
+
+    // Back under the same ID, at another URL with another hs_token.
+    let (one_new, one_new_addr) = endpoint("hs-one-token-v2").await;
+    let text = std::fs::read_to_string(&one)
+        .unwrap()
+        .replace(&one_old_addr.to_string(), &one_new_addr.to_string())
+        .replace("hs-one-token", "hs-one-token-v2");
+    std::fs::write(&one, text).unwrap();
+    lattice::service::appservice::reload(&server.state, &[one.clone(), two.clone()])
+        .await
+        .unwrap();
+    wait_for(one_new.clone(), "m3").await;
+    say("m5").await;
+    wait_for(one_new.clone(), "m5").await;
+    assert_eq!(one_new.bodies(), ["m1", "m2", "m3", "m5"]);
+    assert!(one_old.bodies().is_empty());
+    let (_, body) = server
+        .get("/_lattice/admin/v1/appservices", Some(&alice.access_token))
+        .await;
+    assert_eq!(body["unregistered_queues"], json!([]), "{body}");
+
+    // The second appservice's namespace narrowed to `@two_b…`: its ghost
+    // `two_a` no longer makes the room interesting.
+    let narrowed = std::fs::read_to_string(&two)
+        .unwrap()
+        .replace("\"@two_.*", "\"@two_b.*");
+    std::fs::write(&two, narrowed).unwrap();
+    lattice::service::appservice::reload(&server.state, &[one.clone(), two.clone()])
+        .await
+        .unwrap();
+    say("m6 after the narrowing").await;
+    let (status, body) = register_as(&server, "two", "two_b").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let other = server
+        .create_room(&alice, json!({ "preset": "public_chat" }))
+        .await;
+    let (status, body) = server
+        .post(
+            &format!(
+                "{V3}/join/{}?user_id={}",
+                enc(&other),
+                enc(&format!("@two_b:{SERVER_NAME}"))
+            ),
+            Some(&as_token("two")),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    server
+        .send_message(&alice, &other, json!({ "msgtype": "m.text", "body": "m7" }))
+        .await;
+    // Delivered in order: m7 arriving means m6 would have come before it.
+    wait_for(two_ep.clone(), "m7").await;
+    assert_eq!(
+        two_ep.bodies(),
+        ["m1", "m2", "m3", "m4 while one is gone", "m5", "m7"]
+    );
+    // The hs_token went in the Authorization header only.
+    for ep in [&one_old, &one_new, &two_ep] {
+        assert_eq!(ep.legacy.load(Ordering::SeqCst), 0);
+    }
+}
