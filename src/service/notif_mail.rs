@@ -8,15 +8,18 @@
 //! - the ones already read (a receipt at or past them) are passed over;
 //! - once the oldest unread one is older than the delay and the throttle
 //!   allows, one mail lists every unread one, grouped by room, and the
-//!   position moves past them. A mail that fails is tried again at the next
-//!   round; nothing is lost.
+//!   position moves past them. A mail that fails is tried again after a
+//!   backoff (30 s doubling to an hour); nothing is lost.
 //!
 //! Each mail carries an unsubscribe link served here ([`unsubscribe`]) with
 //! the pusher's random token; it removes that pusher and nothing else.
 //! Nothing runs without `[email]`, and no database connection is held while
 //! the SMTP server is talked to.
 
-use std::{collections::HashMap, time::Duration};
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
 
 use serde_json::Value;
 use subtle::ConstantTimeEq;
@@ -44,6 +47,14 @@ pub const UNSUBSCRIBE_PATH: &str = "_synapse/client/unsubscribe";
 const MAX_PER_MAIL: i64 = 50;
 /// The longest time between two looks at the pushers.
 const MAX_POLL: Duration = Duration::from_secs(30);
+/// After a failed send, a pusher waits this long, doubling up to
+/// [`MAX_RETRY`], so an SMTP server that is down costs one attempt per
+/// pusher per period.
+const FIRST_RETRY: Duration = Duration::from_secs(30);
+const MAX_RETRY: Duration = Duration::from_secs(60 * 60);
+
+/// Backoff of the pushers whose last send failed, by (user, app id, pushkey).
+type Failing = HashMap<(String, String, String), (Instant, Duration)>;
 
 /// Checks an email pusher before it is set: mail must be on, and the address
 /// one of the user's validated addresses. Returns the unsubscribe token a new
@@ -107,8 +118,9 @@ pub async fn run(app: AppState, shutdown: CancellationToken) {
         return;
     };
     let poll = Duration::from_secs(app.config.email.notif_delay_secs).min(MAX_POLL);
+    let mut failing = Failing::new();
     loop {
-        let next = match round(&app, &mailer).await {
+        let next = match round(&app, &mailer, &mut failing).await {
             Ok(next) => next,
             Err(e) => {
                 tracing::warn!("email notifications: {e}");
@@ -126,14 +138,39 @@ pub async fn run(app: AppState, shutdown: CancellationToken) {
 }
 
 /// One look at every email pusher; the time until the next one has a mail due.
-async fn round(app: &AppState, mailer: &Mailer) -> Result<Option<Duration>> {
+async fn round(app: &AppState, mailer: &Mailer, failing: &mut Failing) -> Result<Option<Duration>> {
     let mut next: Option<Duration> = None;
-    for p in rows::email_pushers(&app.db).await? {
+    let pushers = rows::email_pushers(&app.db).await?;
+    let key = |p: &EmailPusher| {
+        (
+            p.pusher.user_id.clone(),
+            p.pusher.app_id.clone(),
+            p.pusher.pushkey.clone(),
+        )
+    };
+    let live: std::collections::HashSet<_> = pushers.iter().map(key).collect();
+    failing.retain(|k, _| live.contains(k));
+    for p in pushers {
+        let k = key(&p);
+        if failing.get(&k).is_some_and(|(at, _)| *at > Instant::now()) {
+            continue;
+        }
         match process(app, mailer, &p).await {
-            Ok(Some(due)) => next = Some(next.map_or(due, |n| n.min(due))),
-            Ok(None) => {}
+            Ok(due) => {
+                failing.remove(&k);
+                if let Some(due) = due {
+                    next = Some(next.map_or(due, |n| n.min(due)));
+                }
+            }
             Err(e) => {
-                tracing::info!(user_id = %p.pusher.user_id, "notification mail not sent: {e}")
+                let delay = failing
+                    .get(&k)
+                    .map_or(FIRST_RETRY, |(_, d)| (*d * 2).min(MAX_RETRY));
+                failing.insert(k, (Instant::now() + delay, delay));
+                tracing::info!(
+                    user_id = %p.pusher.user_id,
+                    "notification mail not sent ({e}); trying again in {delay:?}"
+                );
             }
         }
     }

@@ -103,7 +103,10 @@ pub async fn set(app: &AppState, session: &Session, body: &Value) -> Result<()> 
         created_ts: now_ms(),
         // Only what happens from now on is pushed.
         last_stream_ordering: app.notifier.current(),
-        device_id: Some(session.device_id.to_string()),
+        // An email pusher belongs to the account's address, not to the
+        // device that set it (Element offers it in the account's settings):
+        // logging that device out does not stop the mails.
+        device_id: (kind == "http").then(|| session.device_id.to_string()),
         badge_wanted: 0,
         badge_sent: 0,
     };

@@ -1048,6 +1048,8 @@ fn email_pusher(address: &str) -> Value {
         "device_display_name": address,
         "lang": "en",
         "data": { "brand": "Element" },
+        // As Element sets it: beside the user's other pushers.
+        "append": true,
     })
 }
 
@@ -1309,9 +1311,23 @@ async fn email_pushers_only_for_the_users_own_addresses() {
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(pushers(&server, &bob).await, json!([]));
 
-    // Removing the address removes its pusher.
-    let (status, _) = set_pusher(&server, &bob, email_pusher("bob@example.org")).await;
+    // Set from a second device, it outlives that device's logout (it belongs
+    // to the address, not to the device)...
+    let (status, body) = server.login("bob", "pw-1").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let phone = Login::from_json(&body);
+    let (status, _) = set_pusher(&server, &phone, email_pusher("bob@example.org")).await;
     assert_eq!(status, StatusCode::OK);
+    let (status, _) = server
+        .post(
+            "/_matrix/client/v3/logout",
+            Some(&phone.access_token),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(pushers(&server, &bob).await.as_array().unwrap().len(), 1);
+    // ...but not the address: removing it removes its pusher.
     let (status, body) = server
         .post(
             "/_matrix/client/v3/account/3pid/delete",
