@@ -207,6 +207,10 @@ impl Server {
         let token = shutdown.clone();
         tasks.spawn(async move { typing.run(token).await });
         tasks.spawn(crate::service::pusher::run(state.clone(), shutdown.clone()));
+        tasks.spawn(crate::service::notif_mail::run(
+            state.clone(),
+            shutdown.clone(),
+        ));
         tasks.spawn(crate::service::federation::sender::run(
             state.clone(),
             shutdown.clone(),

@@ -392,6 +392,16 @@ pub struct Email {
     /// Hosts a requestToken's `next_link` may point to (where the user lands
     /// after validating). Empty: any http(s) URL.
     pub next_link_domain_allowlist: Vec<String>,
+    /// Email pushers (notifications by mail, as Synapse's `notif_delay`): a
+    /// notification still unread this long after it arrived is mailed.
+    pub notif_delay_secs: u64,
+    /// The least time between two notification mails to one address; the
+    /// notifications meanwhile wait for the next mail.
+    pub notif_throttle_secs: u64,
+    /// The client the notification mails link to: `https://matrix.to` links
+    /// as `https://matrix.to/#/!room:server`, any other as Element Web's
+    /// `{client_base_url}/#/room/!room:server` (Synapse's `client_base_url`).
+    pub client_base_url: String,
 }
 
 #[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
@@ -418,6 +428,9 @@ impl Default for Email {
             template_dir: None,
             inhibit_3pid_errors: false,
             next_link_domain_allowlist: Vec::new(),
+            notif_delay_secs: 600,
+            notif_throttle_secs: 3600,
+            client_base_url: "https://matrix.to".into(),
         }
     }
 }
@@ -441,6 +454,9 @@ impl fmt::Debug for Email {
                 "next_link_domain_allowlist",
                 &self.next_link_domain_allowlist,
             )
+            .field("notif_delay_secs", &self.notif_delay_secs)
+            .field("notif_throttle_secs", &self.notif_throttle_secs)
+            .field("client_base_url", &self.client_base_url)
             .finish()
     }
 }
@@ -468,6 +484,16 @@ impl Email {
             bail!(
                 "`email.token_lifetime_secs`, `session_lifetime_secs` and `timeout_secs` must be >= 1"
             );
+        }
+        if self.notif_delay_secs == 0 {
+            bail!("`email.notif_delay_secs` must be >= 1");
+        }
+        match url::Url::parse(&self.client_base_url) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {}
+            _ => bail!(
+                "`email.client_base_url` {:?} is not an http(s) URL",
+                self.client_base_url
+            ),
         }
         Ok(())
     }

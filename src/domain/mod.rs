@@ -6,6 +6,7 @@ pub mod filter;
 pub mod jwt;
 pub mod localpart;
 pub mod multipart;
+pub mod notif_mail;
 pub mod password;
 pub mod pdu;
 pub mod push_rules;

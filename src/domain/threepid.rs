@@ -97,7 +97,7 @@ impl Template {
 
     fn check(&self) -> Result<(), String> {
         for text in [&self.subject, &self.body] {
-            render(text, &HashMap::new(), true)?;
+            render(text, &HashMap::new(), true, PLACEHOLDERS)?;
         }
         Ok(())
     }
@@ -105,8 +105,8 @@ impl Template {
     /// The subject and body with the placeholders filled in.
     pub fn render(&self, values: &HashMap<&str, String>) -> (String, String) {
         (
-            render(&self.subject, values, false).unwrap_or_default(),
-            render(&self.body, values, false).unwrap_or_default(),
+            render(&self.subject, values, false, PLACEHOLDERS).unwrap_or_default(),
+            render(&self.body, values, false, PLACEHOLDERS).unwrap_or_default(),
         )
     }
 
@@ -152,8 +152,14 @@ impl Template {
 }
 
 /// Fills `{name}` placeholders; `{{`/`}}` are literal braces. With `strict`,
-/// an unknown or unclosed placeholder is an error (for checking templates).
-fn render(text: &str, values: &HashMap<&str, String>, strict: bool) -> Result<String, String> {
+/// an unknown (not in `known`) or unclosed placeholder is an error (for
+/// checking templates).
+pub(crate) fn render(
+    text: &str,
+    values: &HashMap<&str, String>,
+    strict: bool,
+    known: &[&str],
+) -> Result<String, String> {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(i) = rest.find(['{', '}']) {
@@ -170,10 +176,10 @@ fn render(text: &str, values: &HashMap<&str, String>, strict: bool) -> Result<St
                 .find('}')
                 .ok_or_else(|| "an unclosed `{` (write `{{` for a brace)".to_owned())?;
             let name = &after[..end];
-            if !PLACEHOLDERS.contains(&name) {
+            if !known.contains(&name) {
                 return Err(format!(
                     "unknown placeholder {{{name}}} (known: {})",
-                    PLACEHOLDERS.join(", ")
+                    known.join(", ")
                 ));
             }
             if !strict {

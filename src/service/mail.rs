@@ -1,5 +1,5 @@
 //! Outgoing mail over SMTP (lettre, rustls): the validation mails of
-//! [`super::threepid`]. Built once at start from `[email]`; a mail is sent on
+//! [`super::threepid`] and the notification mails of [`super::notif_mail`]. Built once at start from `[email]`; a mail is sent on
 //! a connection of its own, with no database connection held.
 
 use std::{collections::HashMap, time::Duration};
@@ -7,7 +7,10 @@ use std::{collections::HashMap, time::Duration};
 use anyhow::Context;
 use lettre::{
     AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor,
-    message::{Mailbox, header::ContentType},
+    message::{
+        Mailbox, MultiPart,
+        header::{ContentType, HeaderName, HeaderValue},
+    },
     transport::smtp::{
         authentication::Credentials,
         client::{Certificate, Tls, TlsParameters},
@@ -16,7 +19,10 @@ use lettre::{
 
 use crate::{
     config::{Config, SmtpTls},
-    domain::threepid::{Purpose, Template},
+    domain::{
+        notif_mail::{self, Templates},
+        threepid::{Purpose, Template},
+    },
 };
 
 pub struct Mailer {
@@ -25,6 +31,7 @@ pub struct Mailer {
     app_name: String,
     server_name: String,
     templates: HashMap<&'static str, Template>,
+    notif_templates: Templates,
     /// The whole conversation's time limit (lettre's bounds each read).
     timeout: Duration,
 }
@@ -92,12 +99,31 @@ impl Mailer {
             };
             templates.insert(purpose.as_str(), template);
         }
+        let read_optional = |name: &str| -> anyhow::Result<Option<String>> {
+            let Some(dir) = &email.template_dir else {
+                return Ok(None);
+            };
+            let path = dir.join(name);
+            if !path.exists() {
+                return Ok(None);
+            }
+            Ok(Some(
+                std::fs::read_to_string(&path)
+                    .with_context(|| format!("reading {}", path.display()))?,
+            ))
+        };
+        let notif_templates = Templates::parse(
+            read_optional("notif.txt")?.as_deref(),
+            read_optional("notif.html")?.as_deref(),
+        )
+        .map_err(|e| anyhow::anyhow!("`email.template_dir`: {e}"))?;
         Ok(Some(Self {
             transport: builder.build(),
             from,
             app_name: email.app_name.clone(),
             server_name: config.server_name.clone(),
             templates,
+            notif_templates,
             timeout: Duration::from_secs(email.timeout_secs),
         }))
     }
@@ -128,6 +154,43 @@ impl Mailer {
             .header(ContentType::TEXT_PLAIN)
             .body(body)
             .context("building the mail")?;
+        self.send(message).await
+    }
+
+    pub fn notif_templates(&self) -> &Templates {
+        &self.notif_templates
+    }
+
+    /// Sends a notification mail (plain text and HTML) to `address`, with the
+    /// `List-Unsubscribe` headers (RFC 2369, and RFC 8058's one-click `POST`)
+    /// naming `unsubscribe_link`.
+    pub async fn send_notification(
+        &self,
+        address: &str,
+        mail: notif_mail::Mail,
+        unsubscribe_link: &str,
+    ) -> anyhow::Result<()> {
+        let to: Mailbox = address
+            .parse()
+            .with_context(|| format!("recipient {address:?}"))?;
+        let message = Message::builder()
+            .from(self.from.clone())
+            .to(to)
+            .subject(mail.subject)
+            .raw_header(HeaderValue::new(
+                HeaderName::new_from_ascii_str("List-Unsubscribe"),
+                format!("<{unsubscribe_link}>"),
+            ))
+            .raw_header(HeaderValue::new(
+                HeaderName::new_from_ascii_str("List-Unsubscribe-Post"),
+                "List-Unsubscribe=One-Click".to_owned(),
+            ))
+            .multipart(MultiPart::alternative_plain_html(mail.text, mail.html))
+            .context("building the mail")?;
+        self.send(message).await
+    }
+
+    async fn send(&self, message: Message) -> anyhow::Result<()> {
         tokio::time::timeout(self.timeout, self.transport.send(message))
             .await
             .map_err(|_| anyhow::anyhow!("the SMTP server did not answer in time"))?

@@ -22,6 +22,7 @@ pub mod membership;
 pub mod metrics;
 pub mod mutual_rooms;
 pub mod nonces;
+pub mod notif_mail;
 pub mod openid;
 pub mod presence;
 pub mod profile;

@@ -1,6 +1,7 @@
 //! Pushers and notifications (spec: "Push Notifications"): `/pushers`,
 //! `/pushers/set`, `/notifications`, and the worker that hands notifications to
-//! push gateways (push gateway API `POST /_matrix/push/v1/notify`).
+//! push gateways (push gateway API `POST /_matrix/push/v1/notify`). Email
+//! pushers are set here and mailed by [`super::notif_mail`].
 //!
 //! The worker wakes on the notifier, sends each HTTP pusher its notifications in
 //! stream order, one request per notification, and advances the pusher's
@@ -66,7 +67,7 @@ pub async fn set(app: &AppState, session: &Session, body: &Value) -> Result<()> 
         Value::String(kind) => kind.as_str(),
         _ => return Err(Error::bad_json("'kind' must be a string or null")),
     };
-    if kind != "http" {
+    if !matches!(kind, "http" | "email") {
         return Err(Error::invalid_param(format!(
             "Pushers of kind '{kind}' are not supported"
         )));
@@ -74,25 +75,14 @@ pub async fn set(app: &AppState, session: &Session, body: &Value) -> Result<()> 
     let data = body["data"]
         .as_object()
         .ok_or_else(|| Error::bad_json("'data' must be an object"))?;
-    let url = data
-        .get("url")
-        .and_then(Value::as_str)
-        .ok_or_else(|| Error::invalid_param("'url' is required in 'data' for HTTP pushers"))?;
-    let parsed =
-        reqwest::Url::parse(url).map_err(|_| Error::invalid_param("'url' is not a valid URL"))?;
-    if !matches!(parsed.scheme(), "http" | "https") || parsed.path() != NOTIFY_PATH {
-        return Err(Error::invalid_param(format!(
-            "'url' must be an http(s) URL with the path '{NOTIFY_PATH}'"
-        )));
-    }
-    // An address the outbound policy refuses is refused now when the URL names
-    // it; a name is checked at each delivery, as it resolves then.
-    if let Err(e) = OutboundPolicy::federation(&app.config).check_url(&parsed) {
-        tracing::info!(%user, error = %e, "pusher URL refused");
-        return Err(Error::invalid_param(
-            "'url' points to an address push gateways may not have",
-        ));
-    }
+    let unsubscribe_token = match kind {
+        "http" => {
+            check_http_data(app, user, data)?;
+            None
+        }
+        // The pushkey is the address, which must be one of the user's.
+        _ => Some(super::notif_mail::check_new_pusher(app, user, pushkey).await?),
+    };
     let optional = |key: &str| -> Result<Option<String>> {
         match &body[key] {
             Value::Null => Ok(None),
@@ -113,7 +103,10 @@ pub async fn set(app: &AppState, session: &Session, body: &Value) -> Result<()> 
         created_ts: now_ms(),
         // Only what happens from now on is pushed.
         last_stream_ordering: app.notifier.current(),
-        device_id: Some(session.device_id.to_string()),
+        // An email pusher belongs to the account's address, not to the
+        // device that set it (Element offers it in the account's settings):
+        // logging that device out does not stop the mails.
+        device_id: (kind == "http").then(|| session.device_id.to_string()),
         badge_wanted: 0,
         badge_sent: 0,
     };
@@ -127,7 +120,34 @@ pub async fn set(app: &AppState, session: &Session, body: &Value) -> Result<()> 
         rows::delete_for_others(&mut *tx, user, app_id, pushkey).await?;
     }
     rows::upsert(&mut *tx, &pusher).await?;
+    if let Some(token) = unsubscribe_token {
+        rows::init_email_state(&mut *tx, user, app_id, pushkey, &token).await?;
+    }
     tx.commit().await?;
+    Ok(())
+}
+
+/// An HTTP pusher's `data`: a push gateway `url` the outbound policy allows.
+fn check_http_data(app: &AppState, user: &str, data: &Map<String, Value>) -> Result<()> {
+    let url = data
+        .get("url")
+        .and_then(Value::as_str)
+        .ok_or_else(|| Error::invalid_param("'url' is required in 'data' for HTTP pushers"))?;
+    let parsed =
+        reqwest::Url::parse(url).map_err(|_| Error::invalid_param("'url' is not a valid URL"))?;
+    if !matches!(parsed.scheme(), "http" | "https") || parsed.path() != NOTIFY_PATH {
+        return Err(Error::invalid_param(format!(
+            "'url' must be an http(s) URL with the path '{NOTIFY_PATH}'"
+        )));
+    }
+    // An address the outbound policy refuses is refused now when the URL names
+    // it; a name is checked at each delivery, as it resolves then.
+    if let Err(e) = OutboundPolicy::federation(&app.config).check_url(&parsed) {
+        tracing::info!(%user, error = %e, "pusher URL refused");
+        return Err(Error::invalid_param(
+            "'url' points to an address push gateways may not have",
+        ));
+    }
     Ok(())
 }
 

@@ -22,7 +22,7 @@ use crate::{
         token,
     },
     error::{Error, ErrorKind, Result},
-    storage::{Postgres, Transaction, now_ms, threepids},
+    storage::{Postgres, Transaction, now_ms, pushers, threepids},
 };
 
 /// The path of the page the mailed link opens.
@@ -396,6 +396,11 @@ pub async fn delete(state: &AppState, user_id: &UserId, medium: &str, address: &
     };
     if threepids::delete(&state.db, user_id.as_str(), medium, &address).await? {
         tracing::info!(%user_id, medium, "third-party identifier removed");
+    }
+    if medium == EMAIL {
+        // Mail goes only to the user's own addresses, as Synapse removes the
+        // address's email pushers with it.
+        pushers::delete_email(&state.db, user_id.as_str(), &address).await?;
     }
     Ok(())
 }

@@ -167,3 +167,138 @@ pub async fn pending(db: impl PgExecutor<'_>) -> sqlx::Result<Vec<Pusher>> {
     .fetch_all(db)
     .await
 }
+
+/// One of a user's pushers.
+pub async fn get(
+    db: impl PgExecutor<'_>,
+    user_id: &str,
+    app_id: &str,
+    pushkey: &str,
+) -> sqlx::Result<Option<Pusher>> {
+    sqlx::query_as!(
+        Pusher,
+        "select * from pushers where user_id = $1 and app_id = $2 and pushkey = $3",
+        user_id,
+        app_id,
+        pushkey
+    )
+    .fetch_optional(db)
+    .await
+}
+
+/// An email pusher with its mail state.
+pub struct EmailPusher {
+    pub pusher: Pusher,
+    pub unsubscribe_token: String,
+    pub last_mail_ts: i64,
+}
+
+/// Gives a new email pusher its unsubscribe token; a replaced one keeps its
+/// own (links already mailed keep working) and its throttle.
+pub async fn init_email_state(
+    db: impl PgExecutor<'_>,
+    user_id: &str,
+    app_id: &str,
+    pushkey: &str,
+    unsubscribe_token: &str,
+) -> sqlx::Result<()> {
+    sqlx::query!(
+        "insert into email_pusher_state (user_id, app_id, pushkey, unsubscribe_token)
+         values ($1, $2, $3, $4) on conflict do nothing",
+        user_id,
+        app_id,
+        pushkey,
+        unsubscribe_token
+    )
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// Every email pusher with its mail state.
+pub async fn email_pushers(db: impl PgExecutor<'_>) -> sqlx::Result<Vec<EmailPusher>> {
+    let rows = sqlx::query!(
+        r#"select p.user_id, p.app_id, p.pushkey, p.kind, p.app_display_name,
+                  p.device_display_name, p.profile_tag, p.lang, p.data, p.created_ts,
+                  p.last_stream_ordering, p.device_id, p.badge_wanted, p.badge_sent,
+                  s.unsubscribe_token, s.last_mail_ts
+           from pushers p join email_pusher_state s
+             on s.user_id = p.user_id and s.app_id = p.app_id and s.pushkey = p.pushkey
+           where p.kind = 'email'"#
+    )
+    .fetch_all(db)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| EmailPusher {
+            pusher: Pusher {
+                user_id: r.user_id,
+                app_id: r.app_id,
+                pushkey: r.pushkey,
+                kind: r.kind,
+                app_display_name: r.app_display_name,
+                device_display_name: r.device_display_name,
+                profile_tag: r.profile_tag,
+                lang: r.lang,
+                data: r.data,
+                created_ts: r.created_ts,
+                last_stream_ordering: r.last_stream_ordering,
+                device_id: r.device_id,
+                badge_wanted: r.badge_wanted,
+                badge_sent: r.badge_sent,
+            },
+            unsubscribe_token: r.unsubscribe_token,
+            last_mail_ts: r.last_mail_ts,
+        })
+        .collect())
+}
+
+/// The unsubscribe token of a user's email pusher.
+pub async fn unsubscribe_token(
+    db: impl PgExecutor<'_>,
+    user_id: &str,
+    app_id: &str,
+    pushkey: &str,
+) -> sqlx::Result<Option<String>> {
+    sqlx::query_scalar!(
+        "select s.unsubscribe_token from email_pusher_state s
+         join pushers p on s.user_id = p.user_id and s.app_id = p.app_id and s.pushkey = p.pushkey
+         where s.user_id = $1 and s.app_id = $2 and s.pushkey = $3 and p.kind = 'email'",
+        user_id,
+        app_id,
+        pushkey
+    )
+    .fetch_optional(db)
+    .await
+}
+
+/// Records a mail sent at `ts` (the throttle's start).
+pub async fn mail_sent(db: impl PgExecutor<'_>, p: &Pusher, ts: i64) -> sqlx::Result<()> {
+    sqlx::query!(
+        "update email_pusher_state set last_mail_ts = $4
+         where user_id = $1 and app_id = $2 and pushkey = $3",
+        p.user_id,
+        p.app_id,
+        p.pushkey,
+        ts
+    )
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// Removes a user's email pushers for an address (it is no longer theirs).
+pub async fn delete_email(
+    db: impl PgExecutor<'_>,
+    user_id: &str,
+    address: &str,
+) -> sqlx::Result<()> {
+    sqlx::query!(
+        "delete from pushers where user_id = $1 and kind = 'email' and lower(pushkey) = lower($2)",
+        user_id,
+        address
+    )
+    .execute(db)
+    .await?;
+    Ok(())
+}

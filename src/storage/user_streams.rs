@@ -563,3 +563,42 @@ pub async fn device_list_position(db: impl PgExecutor<'_>, user_id: &str) -> sql
     .fetch_one(db)
     .await
 }
+
+/// A notification an email pusher may mail.
+pub struct MailCandidate {
+    pub room_id: String,
+    pub stream_ordering: i64,
+    pub event_id: String,
+    /// When this server received the event (the mail delay counts from it).
+    pub received_ts: i64,
+    /// A read receipt of the user's in the room is at or past it.
+    pub read: bool,
+}
+
+/// A user's notifications after stream position `after`, oldest first, with
+/// when each arrived and whether it has been read.
+pub async fn mail_candidates(
+    db: impl PgExecutor<'_>,
+    user_id: &str,
+    after: i64,
+    limit: i64,
+) -> sqlx::Result<Vec<MailCandidate>> {
+    sqlx::query_as!(
+        MailCandidate,
+        r#"select a.room_id, a.stream_ordering, a.event_id, e.received_ts,
+                  a.stream_ordering <= coalesce((
+                      select max(re.stream_ordering) from receipts r
+                      join events re on re.event_id = r.event_id
+                      where r.room_id = a.room_id and r.user_id = a.user_id
+                        and r.receipt_type in ('m.read', 'm.read.private', 'm.fully_read')
+                  ), 0) as "read!"
+           from event_push_actions a join events e on e.event_id = a.event_id
+           where a.user_id = $1 and a.stream_ordering > $2
+           order by a.stream_ordering limit $3"#,
+        user_id,
+        after,
+        limit
+    )
+    .fetch_all(db)
+    .await
+}

@@ -1026,3 +1026,335 @@ async fn matrix_js_sdk_registers_resets_and_manages_addresses() {
     );
     assert_eq!(smtp.mails().len(), 3);
 }
+
+// ---- Email pushers: notification mails for missed messages ----
+
+/// A server whose notification mails go out 2 s after a message arrives.
+async fn notif_server(smtp: &Smtp) -> TestServer {
+    server_with(smtp.port, |c| {
+        c.email.notif_delay_secs = 2;
+        c.email.notif_throttle_secs = 3600;
+        c.email.client_base_url = "https://app.element.io".into();
+    })
+    .await
+}
+
+fn email_pusher(address: &str) -> Value {
+    json!({
+        "kind": "email",
+        "app_id": "m.email",
+        "pushkey": address,
+        "app_display_name": "Email Notifications",
+        "device_display_name": address,
+        "lang": "en",
+        "data": { "brand": "Element" },
+        // As Element sets it: beside the user's other pushers.
+        "append": true,
+    })
+}
+
+async fn set_pusher(server: &TestServer, who: &Login, body: Value) -> (StatusCode, Value) {
+    server
+        .post(
+            "/_matrix/client/v3/pushers/set",
+            Some(&who.access_token),
+            body,
+        )
+        .await
+}
+
+async fn pushers(server: &TestServer, who: &Login) -> Value {
+    let (status, body) = server
+        .get("/_matrix/client/v3/pushers", Some(&who.access_token))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body["pushers"].clone()
+}
+
+/// Alice's room "Tea <&> biscuits" with Bob in it; returns its ID.
+async fn room_with(server: &TestServer, alice: &Login, bob: &Login) -> String {
+    let room = server
+        .create_room(
+            alice,
+            json!({ "name": "Tea <&> biscuits", "invite": [bob.user_id] }),
+        )
+        .await;
+    server.join(bob, &room).await;
+    room
+}
+
+/// Waits for the worker to have had every chance to mail (the delay and two
+/// of its rounds), then returns how many mails arrived.
+async fn mails_after_the_delay(smtp: &Smtp) -> usize {
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    smtp.mails().len()
+}
+
+#[tokio::test]
+async fn an_unread_message_is_mailed_once_and_the_link_unsubscribes() {
+    let smtp = Smtp::start().await;
+    let server = notif_server(&smtp).await;
+    let bob = register_with_email(&server, &smtp, 1, "bob", "bob@example.org").await;
+    let alice = server.register("alice", "pw-a").await;
+    let room = room_with(&server, &alice, &bob).await;
+
+    let (status, body) = set_pusher(&server, &bob, email_pusher("bob@example.org")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let listed = pushers(&server, &bob).await;
+    assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
+    assert_eq!(listed[0]["kind"], "email");
+    assert_eq!(listed[0]["app_id"], "m.email");
+    assert_eq!(listed[0]["pushkey"], "bob@example.org");
+    assert_eq!(listed[0]["data"], json!({ "brand": "Element" }));
+
+    // A message with markup, and an encrypted one, both left unread.
+    server
+        .send_message(
+            &alice,
+            &room,
+            json!({ "msgtype": "m.text", "body": "<img src=x onerror=alert(1)> tea & <b>cake</b>?" }),
+        )
+        .await;
+    let (status, body) = server
+        .put(
+            &format!(
+                "/_matrix/client/v3/rooms/{}/send/m.room.encrypted/e1",
+                enc(&room)
+            ),
+            Some(&alice.access_token),
+            json!({
+                "algorithm": "m.megolm.v1.aes-sha2",
+                "ciphertext": "SECRET-CIPHERTEXT",
+                "sender_key": "k", "session_id": "s", "device_id": "D",
+            }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    let mail = smtp.mail(2).await;
+    assert_eq!(mail["to"], json!(["bob@example.org"]), "{mail}");
+    let subject = mail["subject"].as_str().unwrap();
+    assert!(subject.contains("Tea <&> biscuits"), "{subject}");
+    let text = mail["body"].as_str().unwrap();
+    assert!(text.contains("Tea <&> biscuits"), "{text}");
+    assert!(
+        text.contains("alice: <img src=x onerror=alert(1)> tea & <b>cake</b>?"),
+        "{text}"
+    );
+    assert!(text.contains("an encrypted message"), "{text}");
+    assert!(!text.contains("SECRET-CIPHERTEXT"), "{text}");
+    assert!(
+        text.contains(&format!("https://app.element.io/#/room/{room}")),
+        "{text}"
+    );
+    let html = mail["html"].as_str().expect("an HTML part");
+    assert!(
+        html.contains("&lt;img src=x onerror=alert(1)&gt; tea &amp; &lt;b&gt;cake&lt;/b&gt;?"),
+        "{html}"
+    );
+    assert!(!html.contains("<img"), "{html}");
+    assert!(!html.contains("<b>cake"), "{html}");
+    assert!(html.contains("Tea &lt;&amp;&gt; biscuits"), "{html}");
+    assert!(html.contains("an encrypted message"), "{html}");
+    assert!(!html.contains("SECRET-CIPHERTEXT"), "{html}");
+
+    // The unsubscribe link, in the body and in List-Unsubscribe (one-click).
+    let link = text
+        .split_whitespace()
+        .find(|w| w.contains("/_synapse/client/unsubscribe?"))
+        .unwrap_or_else(|| panic!("no unsubscribe link in {text}"))
+        .to_owned();
+    assert_eq!(mail["list_unsubscribe"], format!("<{link}>"));
+    assert_eq!(mail["list_unsubscribe_post"], "List-Unsubscribe=One-Click");
+    assert!(html.contains(&link.replace('&', "&amp;")), "{html}");
+
+    // The throttle: another unread message brings no second mail.
+    server
+        .send_message(
+            &alice,
+            &room,
+            json!({ "msgtype": "m.text", "body": "hello?" }),
+        )
+        .await;
+    assert_eq!(mails_after_the_delay(&smtp).await, 2);
+
+    // The link: GET only asks (a link scanner unsubscribes no one)...
+    let link = link
+        .strip_prefix("http://test.local:0")
+        .map(|path| format!("{}{path}", server.base))
+        .unwrap_or_else(|| panic!("the link starts with public_baseurl: {link}"));
+    let client = reqwest::Client::new();
+    let page = client.get(&link).send().await.unwrap();
+    assert_eq!(page.status(), StatusCode::OK);
+    assert!(
+        page.text()
+            .await
+            .unwrap()
+            .contains("<form method=\"post\">")
+    );
+    assert_eq!(pushers(&server, &bob).await.as_array().unwrap().len(), 1);
+    // ...a forged token removes nothing...
+    let token = query_param(&link, "token");
+    let forged = link.replace(&token, &"A".repeat(token.len()));
+    let resp = client.post(&forged).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(pushers(&server, &bob).await.as_array().unwrap().len(), 1);
+    // ...nor does the right token naming another user's pusher...
+    let form = |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+    let other = link.replace(&form(&bob.user_id), &form(&alice.user_id));
+    assert_ne!(other, link);
+    let resp = client.post(&other).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    // ...and the POST (as a mail client's one-click) removes the pusher.
+    let resp = client
+        .post(&link)
+        .form(&[("List-Unsubscribe", "One-Click")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert!(
+        resp.text()
+            .await
+            .unwrap()
+            .contains("no more notification mails")
+    );
+    assert_eq!(pushers(&server, &bob).await, json!([]));
+    let resp = client.post(&link).send().await.unwrap();
+    assert_eq!(
+        resp.status(),
+        StatusCode::BAD_REQUEST,
+        "a used link stays used"
+    );
+}
+
+#[tokio::test]
+async fn a_message_read_in_time_is_not_mailed() {
+    let smtp = Smtp::start().await;
+    let server = notif_server(&smtp).await;
+    let bob = register_with_email(&server, &smtp, 1, "bob", "bob@example.org").await;
+    let alice = server.register("alice", "pw-a").await;
+    let room = room_with(&server, &alice, &bob).await;
+    let (status, body) = set_pusher(&server, &bob, email_pusher("bob@example.org")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    let read = server
+        .send_message(
+            &alice,
+            &room,
+            json!({ "msgtype": "m.text", "body": "seen in time" }),
+        )
+        .await;
+    let (status, body) = server
+        .post(
+            &format!(
+                "/_matrix/client/v3/rooms/{}/receipt/m.read/{}",
+                enc(&room),
+                enc(&read)
+            ),
+            Some(&bob.access_token),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        mails_after_the_delay(&smtp).await,
+        1,
+        "only the registration mail"
+    );
+
+    // An unread one afterwards is mailed, alone.
+    server
+        .send_message(
+            &alice,
+            &room,
+            json!({ "msgtype": "m.text", "body": "left unread" }),
+        )
+        .await;
+    let mail = smtp.mail(2).await;
+    let text = mail["body"].as_str().unwrap();
+    assert!(text.contains("left unread"), "{text}");
+    assert!(!text.contains("seen in time"), "{text}");
+}
+
+#[tokio::test]
+async fn email_pushers_only_for_the_users_own_addresses() {
+    let smtp = Smtp::start().await;
+    let server = notif_server(&smtp).await;
+    let bob = register_with_email(&server, &smtp, 1, "bob", "bob@example.org").await;
+    let mallory = server.register("mallory", "pw-m").await;
+
+    // Another user's address, in any case.
+    for address in ["bob@example.org", "BOB@Example.org"] {
+        let (status, body) = set_pusher(&server, &mallory, email_pusher(address)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        assert_eq!(body["errcode"], "M_THREEPID_NOT_FOUND", "{body}");
+    }
+    // An address bound to no one, and something that is no address.
+    for address in ["mallory@example.org", "not an address"] {
+        let (status, body) = set_pusher(&server, &mallory, email_pusher(address)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        assert_eq!(body["errcode"], "M_THREEPID_NOT_FOUND", "{body}");
+    }
+    assert_eq!(pushers(&server, &mallory).await, json!([]));
+    // Bob's pusher is not touched by Mallory's attempts.
+    let (status, body) = set_pusher(&server, &bob, email_pusher("bob@example.org")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, _) = set_pusher(&server, &mallory, email_pusher("bob@example.org")).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(pushers(&server, &bob).await.as_array().unwrap().len(), 1);
+
+    // Deleting works as for any pusher (`kind: null`).
+    let mut delete = email_pusher("bob@example.org");
+    delete["kind"] = Value::Null;
+    let (status, body) = set_pusher(&server, &bob, delete).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(pushers(&server, &bob).await, json!([]));
+
+    // Set from a second device, it outlives that device's logout (it belongs
+    // to the address, not to the device)...
+    let (status, body) = server.login("bob", "pw-1").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let phone = Login::from_json(&body);
+    let (status, _) = set_pusher(&server, &phone, email_pusher("bob@example.org")).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = server
+        .post(
+            "/_matrix/client/v3/logout",
+            Some(&phone.access_token),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(pushers(&server, &bob).await.as_array().unwrap().len(), 1);
+    // ...but not the address: removing it removes its pusher.
+    let (status, body) = server
+        .post(
+            "/_matrix/client/v3/account/3pid/delete",
+            Some(&bob.access_token),
+            json!({ "medium": "email", "address": "bob@example.org" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(pushers(&server, &bob).await, json!([]));
+    let (status, body) = set_pusher(&server, &bob, email_pusher("bob@example.org")).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["errcode"], "M_THREEPID_NOT_FOUND");
+}
+
+#[tokio::test]
+async fn without_email_email_pushers_are_refused() {
+    let server = TestServer::start().await;
+    let bob = server.register("bob", "pw-b").await;
+    let (status, body) = set_pusher(&server, &bob, email_pusher("bob@example.org")).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert_eq!(body["errcode"], "M_THREEPID_DENIED", "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("does not send email"),
+        "{body}"
+    );
+    assert_eq!(pushers(&server, &bob).await, json!([]));
+}

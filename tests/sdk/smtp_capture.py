@@ -1,8 +1,8 @@
 """A real SMTP server for the end-to-end tests (aiosmtpd, from PyPI).
 
 Listens on 127.0.0.1:PORT and writes every mail it accepts to DIR as
-NNNN.json ({"from", "to", "subject", "body"}, the body decoded from its
-transfer encoding), next to the raw NNNN.eml. Optional STARTTLS (required
+NNNN.json ({"from", "to", "subject", "body", "html", "list_unsubscribe"},
+the plain-text and HTML bodies decoded from their transfer encoding), next to the raw NNNN.eml. Optional STARTTLS (required
 before MAIL) with --cert/--key, and AUTH (PLAIN/LOGIN, only over TLS) with
 --user/--password. Prints "ready" once listening and stops when its standard
 input closes (the test that started it is gone).
@@ -31,12 +31,17 @@ class Capture:
         raw = envelope.original_content or envelope.content
         message = email.message_from_bytes(raw, policy=email.policy.default)
         body = message.get_body(preferencelist=("plain",))
+        html = message.get_body(preferencelist=("html",))
         record = {
             "from": envelope.mail_from,
             "to": envelope.rcpt_tos,
             "subject": str(message["subject"]),
             "header_from": str(message["from"]),
             "body": body.get_content() if body is not None else "",
+            "html": html.get_content() if html is not None else None,
+            "list_unsubscribe": message["list-unsubscribe"] and str(message["list-unsubscribe"]),
+            "list_unsubscribe_post": message["list-unsubscribe-post"]
+            and str(message["list-unsubscribe-post"]),
         }
         with open(base + ".eml", "wb") as f:
             f.write(raw)

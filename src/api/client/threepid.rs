@@ -13,6 +13,10 @@
 //!   mail scanner that follows links resets nothing), and the requestToken answers'
 //!   `submit_url`, `POST /_synapse/client/email/submit_token` (the identity
 //!   service's `submitToken` body: `sid`, `client_secret`, `token`).
+//! - the unsubscribe link of notification mails (email pushers),
+//!   `GET`/`POST /_synapse/client/unsubscribe`: `GET` asks to confirm (a mail
+//!   scanner following links unsubscribes no one), `POST` removes the pusher;
+//!   the `POST` is also RFC 8058's one-click unsubscribe.
 //!
 //! `/account/3pid/bind`, `/unbind`, the deprecated `POST /account/3pid` and the
 //! msisdn endpoints need an identity server or SMS and are absent
@@ -43,7 +47,7 @@ use crate::{
     domain::threepid::Purpose,
     error::{Error, ErrorKind, Result},
     service::{
-        account,
+        account, notif_mail,
         threepid::{self, TokenRequest},
         uia,
     },
@@ -62,6 +66,84 @@ pub fn router() -> Router<AppState> {
             get(link_page).post(link_submit),
         )
         .route(&format!("/{}", threepid::SUBMIT_PATH), post(submit_token))
+        .route(
+            &format!("/{}", notif_mail::UNSUBSCRIBE_PATH),
+            get(unsubscribe_page).post(unsubscribe_submit),
+        )
+}
+
+/// The unsubscribe link's parameters, from its query string.
+fn unsubscribe_params(query: &str) -> Result<notif_mail::Unsubscribe> {
+    let mut values: std::collections::HashMap<String, String> =
+        form_urlencoded::parse(query.as_bytes())
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect();
+    let mut take = |k: &str| values.remove(k).filter(|v| !v.is_empty());
+    match (
+        take("user_id"),
+        take("app_id"),
+        take("pushkey"),
+        take("token"),
+    ) {
+        (Some(user_id), Some(app_id), Some(pushkey), Some(token)) => Ok(notif_mail::Unsubscribe {
+            user_id,
+            app_id,
+            pushkey,
+            token,
+        }),
+        _ => Err(Error::new(
+            ErrorKind::MissingParam,
+            "The link misses one of user_id, app_id, pushkey and token",
+        )),
+    }
+}
+
+async fn unsubscribe_page(RawQuery(query): RawQuery) -> Result<Response> {
+    let u = unsubscribe_params(query.as_deref().unwrap_or(""))?;
+    // The form posts back to this same URL, query string included.
+    Ok(html(page(
+        "Unsubscribe",
+        "",
+        &format!(
+            "<form method=\"post\">\n\
+             <p>Stop the notification mails to {}?</p>\n\
+             <input type=\"submit\" value=\"Unsubscribe\">\n\
+             </form>",
+            escape_html(&u.pushkey)
+        ),
+    )))
+}
+
+async fn unsubscribe_submit(
+    State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
+    RawQuery(query): RawQuery,
+) -> Result<Response> {
+    rate_limited(state.login_limiter.check(&ip.unwrap_or_default()))?;
+    let u = unsubscribe_params(query.as_deref().unwrap_or(""))?;
+    match notif_mail::unsubscribe(&state, &u).await {
+        Ok(()) => Ok(html(page(
+            "Unsubscribed",
+            "",
+            &format!(
+                "<p>You will get no more notification mails at {}.</p>",
+                escape_html(&u.pushkey)
+            ),
+        ))),
+        Err(Error::Matrix {
+            kind: ErrorKind::Forbidden,
+            ..
+        }) => {
+            let mut response = html(page(
+                "Link not valid",
+                "",
+                "<p class=\"error\">This link is wrong, or you have unsubscribed already.</p>",
+            ));
+            *response.status_mut() = axum::http::StatusCode::BAD_REQUEST;
+            Ok(response)
+        }
+        Err(e) => Err(e),
+    }
 }
 
 fn sent(sent: threepid::TokenSent) -> Json<Value> {
