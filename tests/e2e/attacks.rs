@@ -22,16 +22,6 @@ async fn power_levels(server: &TestServer, who: &Login, room: &str) -> Value {
     body
 }
 
-async fn event_status(server: &TestServer, who: &Login, room: &str, event_id: &str) -> StatusCode {
-    server
-        .get(
-            &format!("/_matrix/client/v3/rooms/{room}/event/{}", enc(event_id)),
-            Some(&who.access_token),
-        )
-        .await
-        .0
-}
-
 fn rejected(result: &Value, event_id: &str) -> bool {
     result[event_id]["error"].is_string()
 }
@@ -107,7 +97,7 @@ async fn events_pointing_into_another_room_are_rejected() {
         for id in [&a, &b, &c] {
             assert!(rejected(&result, id), "v{version}: {id} accepted: {result}");
             assert_eq!(
-                event_status(&lattice, &alice, &victim, id).await,
+                lattice.event_status(&alice, &victim, id).await,
                 StatusCode::NOT_FOUND
             );
         }
@@ -140,7 +130,7 @@ async fn events_pointing_into_another_room_are_rejected() {
         );
         for id in [&x, &y] {
             assert_eq!(
-                event_status(&lattice, &alice, &victim, id).await,
+                lattice.event_status(&alice, &victim, id).await,
                 StatusCode::NOT_FOUND
             );
         }
@@ -457,7 +447,7 @@ async fn lying_auth_chain_answers_reject_only_the_event() {
     let result = peer.send(&lattice, vec![pdu]).await;
     assert_eq!(result[&honest], json!({}), "{result}");
     assert_eq!(
-        event_status(&lattice, &alice, &room, &honest).await,
+        lattice.event_status(&alice, &room, &honest).await,
         StatusCode::OK
     );
     assert!(peer.name().starts_with("localhost:"));
@@ -517,7 +507,7 @@ async fn forks_from_a_peer_resolve_into_the_current_state() {
     // Synapse answers), never visible, never in the state (checked below).
     assert_eq!(result[&grab], json!({}), "{result}");
     assert_eq!(
-        event_status(&lattice, &alice, &room, &grab).await,
+        lattice.event_status(&alice, &room, &grab).await,
         StatusCode::NOT_FOUND
     );
 
@@ -607,7 +597,7 @@ async fn server_acls_hold_for_events_fetched_through_another_server() {
     assert!(rejected(&result, &y), "{result}");
     for id in [&x, &y, &direct] {
         assert_eq!(
-            event_status(&lattice, &alice, &room, id).await,
+            lattice.event_status(&alice, &room, id).await,
             StatusCode::NOT_FOUND,
             "{id}"
         );

@@ -87,16 +87,6 @@ async fn state_event(server: &TestServer, who: &Login, room: &str, kind: &str, k
     body
 }
 
-async fn event_status(server: &TestServer, who: &Login, room: &str, event_id: &str) -> StatusCode {
-    server
-        .get(
-            &format!("/_matrix/client/v3/rooms/{room}/event/{}", enc(event_id)),
-            Some(&who.access_token),
-        )
-        .await
-        .0
-}
-
 /// C is sent; its prev X is missing and handed over by `/get_missing_events`;
 /// X's prev Y is unknown too. Lattice asks for the state at Y, fetches what it
 /// lacks (Y and a state event T that only that state holds), and accepts X and
@@ -177,7 +167,7 @@ async fn a_gap_is_filled_with_the_state_after_the_missing_event() {
         assert!(asked[0].path.contains(&enc(&y)), "{asked:?}");
         for id in [&x, &c] {
             assert_eq!(
-                event_status(&lattice, &alice, &room, id).await,
+                lattice.event_status(&alice, &room, id).await,
                 StatusCode::OK,
                 "v{version}: {id}"
             );
@@ -192,23 +182,7 @@ async fn a_gap_is_filled_with_the_state_after_the_missing_event() {
         // Over federation: the state at X holds Y and T (the gap's state
         // counts for the events after it); Y itself, held as an outlier, has
         // no state to give (404, as Synapse answers).
-        let state_at = |event: String| {
-            let (peer, lattice, room) = (&peer, &lattice, room.clone());
-            async move {
-                peer.request(
-                    lattice.name(),
-                    Method::GET,
-                    &format!(
-                        "/_matrix/federation/v1/state_ids/{}?event_id={}",
-                        enc(&room),
-                        enc(&event)
-                    ),
-                    None,
-                )
-                .await
-            }
-        };
-        let (status, body) = state_at(x.clone()).await;
+        let (status, body) = peer.state_ids(&lattice, &room, &x).await;
         assert_eq!(status, StatusCode::OK, "{body}");
         for id in [&y, &t, &join] {
             assert!(
@@ -216,7 +190,7 @@ async fn a_gap_is_filled_with_the_state_after_the_missing_event() {
                 "v{version}: {id} at X: {body}"
             );
         }
-        let (status, body) = state_at(y.clone()).await;
+        let (status, body) = peer.state_ids(&lattice, &room, &y).await;
         assert_eq!(status, StatusCode::NOT_FOUND, "v{version}: {body}");
 
         // An event *pushed* with an unknown prev (and nothing to fill it) is
@@ -427,7 +401,7 @@ async fn lies_in_gap_answers_are_refused() {
     assert!(result[&e]["error"].is_string(), "{result}");
     for id in [&d, &e] {
         assert_eq!(
-            event_status(&lattice, &alice, &room, id).await,
+            lattice.event_status(&alice, &room, id).await,
             StatusCode::NOT_FOUND
         );
     }
@@ -439,7 +413,7 @@ async fn lies_in_gap_answers_are_refused() {
     peer.send(&lattice, vec![pdu_e]).await;
     for id in [&d, &e] {
         assert_eq!(
-            event_status(&lattice, &alice, &room, id).await,
+            lattice.event_status(&alice, &room, id).await,
             StatusCode::NOT_FOUND
         );
     }

@@ -386,6 +386,17 @@ impl ClientApi {
         (status, json)
     }
 
+    /// The status of `GET /rooms/{room}/event/{event_id}` for `who`: whether
+    /// the event is in the room and visible to them.
+    pub async fn event_status(&self, who: &Login, room: &str, event_id: &str) -> StatusCode {
+        self.get(
+            &format!("/_matrix/client/v3/rooms/{room}/event/{}", enc(event_id)),
+            Some(&who.access_token),
+        )
+        .await
+        .0
+    }
+
     pub async fn get(&self, path: &str, token: Option<&str>) -> (StatusCode, Value) {
         self.call(Method::GET, path, token, None).await
     }

@@ -298,6 +298,26 @@ impl HostilePeer {
             .collect()
     }
 
+    /// `GET /state_ids/{room}?event_id=…` on `server`'s federation API.
+    pub async fn state_ids(
+        &self,
+        server: &TestServer,
+        room: &str,
+        event: &str,
+    ) -> (StatusCode, Value) {
+        self.request(
+            server.name(),
+            Method::GET,
+            &format!(
+                "/_matrix/federation/v1/state_ids/{}?event_id={}",
+                enc(room),
+                enc(event)
+            ),
+            None,
+        )
+        .await
+    }
+
     /// A signed X-Matrix request to `server`'s federation API.
     pub async fn request(
         &self,

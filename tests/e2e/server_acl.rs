@@ -9,19 +9,9 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::{
-    harness::{Login, TestServer, enc, password_auth},
+    harness::{TestServer, enc, password_auth},
     hostile::{HostilePeer, JoinedRoom},
 };
-
-async fn event_status(server: &TestServer, who: &Login, room: &str, event_id: &str) -> StatusCode {
-    server
-        .get(
-            &format!("/_matrix/client/v3/rooms/{room}/event/{}", enc(event_id)),
-            Some(&who.access_token),
-        )
-        .await
-        .0
-}
 
 /// The room endpoints a joined server calls, each with what the server would
 /// send; `(name, method, path, body)`.
@@ -179,7 +169,7 @@ async fn a_denied_server_is_refused_on_every_room_endpoint() {
     let result = denied.send(&lattice, vec![pdu]).await;
     assert!(result[&after]["error"].is_string(), "{result}");
     assert_eq!(
-        event_status(&lattice, &alice, &room, &after).await,
+        lattice.event_status(&alice, &room, &after).await,
         StatusCode::NOT_FOUND
     );
 

@@ -16,16 +16,6 @@ use crate::{
     hostile::{HostilePeer, JoinedRoom},
 };
 
-async fn event_status(server: &TestServer, who: &Login, room: &str, event_id: &str) -> StatusCode {
-    server
-        .get(
-            &format!("/_matrix/client/v3/rooms/{room}/event/{}", enc(event_id)),
-            Some(&who.access_token),
-        )
-        .await
-        .0
-}
-
 async fn extremities(server: &TestServer, room: &str) -> BTreeSet<String> {
     lattice::storage::rooms::forward_extremities(&server.state.db, room)
         .await
@@ -121,7 +111,7 @@ async fn an_event_forbidden_by_the_current_state_is_soft_failed() {
         "soft failure is no error: {result}"
     );
     assert_eq!(
-        event_status(&lattice, &alice, &room, &denied).await,
+        lattice.event_status(&alice, &room, &denied).await,
         StatusCode::NOT_FOUND
     );
     let soft_failed: (bool, Option<i64>) =
@@ -150,7 +140,7 @@ async fn an_event_forbidden_by_the_current_state_is_soft_failed() {
     let result = peer.send(&lattice, vec![pdu]).await;
     assert_eq!(result[&allowed], json!({}), "{result}");
     assert_eq!(
-        event_status(&lattice, &alice, &room, &allowed).await,
+        lattice.event_status(&alice, &room, &allowed).await,
         StatusCode::OK
     );
     assert_eq!(extremities(&lattice, &room).await, set([&allowed]));
@@ -207,7 +197,7 @@ async fn soft_failed_events_are_never_extremities() {
     assert_eq!(result[&sf2], json!({}), "{result}");
     for id in [&sf1, &sf2] {
         assert_eq!(
-            event_status(&lattice, &alice, &room, id).await,
+            lattice.event_status(&alice, &room, id).await,
             StatusCode::NOT_FOUND
         );
     }
@@ -286,7 +276,7 @@ async fn a_soft_failed_state_event_stays_out_of_the_state() {
     let result = peer.send(&lattice, vec![pdu]).await;
     assert_eq!(result[&message], json!({}), "{result}");
     assert_eq!(
-        event_status(&lattice, &alice, &room, &message).await,
+        lattice.event_status(&alice, &room, &message).await,
         StatusCode::OK
     );
     let (status, body) = lattice
@@ -334,7 +324,7 @@ async fn events_after_a_rejected_event_are_accepted() {
             .unwrap();
     assert!(rejected);
     assert_eq!(
-        event_status(&lattice, &alice, &room, &bad).await,
+        lattice.event_status(&alice, &room, &bad).await,
         StatusCode::NOT_FOUND
     );
     assert!(!extremities(&lattice, &room).await.contains(&bad));
@@ -343,7 +333,7 @@ async fn events_after_a_rejected_event_are_accepted() {
     let result = peer.send(&lattice, vec![pdu]).await;
     assert_eq!(result[&good], json!({}), "{result}");
     assert_eq!(
-        event_status(&lattice, &alice, &room, &good).await,
+        lattice.event_status(&alice, &room, &good).await,
         StatusCode::OK
     );
     assert_eq!(extremities(&lattice, &room).await, set([&good]));
@@ -368,24 +358,6 @@ async fn state_after_a_rejected_event_is_the_state_before_it() {
         .iter()
         .filter_map(|e| e["event_id"].as_str().map(str::to_owned))
         .collect();
-    let state_ids = |event: String| {
-        let peer = &peer;
-        let lattice = &lattice;
-        let room = room.clone();
-        async move {
-            peer.request(
-                lattice.name(),
-                Method::GET,
-                &format!(
-                    "/_matrix/federation/v1/state_ids/{}?event_id={}",
-                    enc(&room),
-                    enc(&event)
-                ),
-                None,
-            )
-            .await
-        }
-    };
     // A state event from a user who is not in the room: rejected.
     let mut auth = Vec::new();
     auth.extend(v.state_id("m.room.create", ""));
@@ -410,9 +382,9 @@ async fn state_after_a_rejected_event_is_the_state_before_it() {
     let result = peer.send(&lattice, vec![pdu]).await;
     assert_eq!(result[&good], json!({}), "{result}");
 
-    let (status, body) = state_ids(bad.clone()).await;
+    let (status, body) = peer.state_ids(&lattice, &room, &bad).await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
-    let (status, body) = state_ids(good.clone()).await;
+    let (status, body) = peer.state_ids(&lattice, &room, &good).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let at_good: BTreeSet<String> = body["pdu_ids"]
         .as_array()

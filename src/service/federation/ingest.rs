@@ -179,24 +179,7 @@ pub async fn load_pdus(
     room_id: &RoomId,
     ids: &[String],
 ) -> Result<HashMap<OwnedEventId, (Pdu, Option<i64>)>> {
-    let mut out = HashMap::new();
-    for ev in events::get_many(db, ids).await? {
-        if ev.room_id != room_id.as_str() {
-            return Err(Error::forbidden(format!(
-                "{} is an event of another room",
-                ev.event_id
-            )));
-        }
-        let Ok(id) = EventId::parse(&ev.event_id) else {
-            continue;
-        };
-        let Ok(mut pdu) = Pdu::from_json(&id, &ev.json) else {
-            continue;
-        };
-        pdu.rejected = ev.rejected;
-        out.insert(id, (pdu, ev.state_group));
-    }
-    Ok(out)
+    load(db, room_id, ids, true).await
 }
 
 /// The parsed events among `ids` that we hold and that are of `room_id`;
@@ -209,9 +192,26 @@ pub async fn load_room_pdus(
     room_id: &RoomId,
     ids: &[String],
 ) -> Result<HashMap<OwnedEventId, (Pdu, Option<i64>)>> {
+    load(db, room_id, ids, false).await
+}
+
+/// [`load_pdus`] (`strict`: another room's event is an error) and
+/// [`load_room_pdus`] (it is left out).
+async fn load(
+    db: impl crate::storage::Executor<'_>,
+    room_id: &RoomId,
+    ids: &[String],
+    strict: bool,
+) -> Result<HashMap<OwnedEventId, (Pdu, Option<i64>)>> {
     let mut out = HashMap::new();
     for ev in events::get_many(db, ids).await? {
         if ev.room_id != room_id.as_str() {
+            if strict {
+                return Err(Error::forbidden(format!(
+                    "{} is an event of another room",
+                    ev.event_id
+                )));
+            }
             tracing::info!(event_id = %ev.event_id, "an event of another room left out");
             continue;
         }
