@@ -272,7 +272,9 @@ impl<'a> Viewer<'a> {
         if self.is_joined() || self.world_readable_now().await? {
             return self.current_group.ok_or_else(forbidden);
         }
-        if matches!(self.membership.as_deref(), Some("leave" | "ban")) {
+        // A user who left reads the state as it was when they left; a banned
+        // user reads nothing (as Synapse: a ban is not a departure).
+        if self.membership.as_deref() == Some("leave") {
             let member = state::state_for_keys(
                 &self.app.db,
                 self.current_group.ok_or_else(forbidden)?,
@@ -289,9 +291,14 @@ impl<'a> Viewer<'a> {
         Err(forbidden())
     }
 
-    /// Whether the user may page through history at all.
+    /// Whether the user may page through history at all: anyone with a
+    /// membership but a ban (as Synapse refuses banned users `/messages`,
+    /// `/context` and the rest), or anyone at all in a world-readable room.
     pub async fn may_read_history(&mut self) -> Result<bool> {
-        Ok(self.membership.is_some() || self.world_readable_now().await?)
+        Ok(
+            self.membership.is_some() && self.membership.as_deref() != Some("ban")
+                || self.world_readable_now().await?,
+        )
     }
 
     pub fn room_id(&self) -> &RoomId {

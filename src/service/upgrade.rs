@@ -56,6 +56,10 @@ pub async fn upgrade(
             format!("Room version {new_version} is not supported"),
         ));
     }
+    // An unknown room is 404, a known one the user is not in 403 (as Synapse).
+    if rooms::get(&app.db, old_room.as_str()).await?.is_none() {
+        return Err(Error::not_found("Unknown room"));
+    }
     if rooms::membership(&app.db, old_room.as_str(), user.as_str())
         .await?
         .as_deref()

@@ -917,3 +917,43 @@ async fn whois_on_the_client_path_for_oneself_and_admins_only() {
         "{body}"
     );
 }
+
+/// Over federation, an erased user's events go out redacted to every server,
+/// `/event` as `/backfill` (as Synapse sends them; SyTest's "Inbound federation
+/// redacts events from erased users"), whole before the erasure.
+#[tokio::test]
+async fn erased_users_events_go_out_redacted_over_federation() {
+    use crate::hostile::HostilePeer;
+    let server = TestServer::start_federating().await;
+    let peer = HostilePeer::start().await;
+    let alice = server.register("alice", "alice-pw").await;
+    let room = server
+        .create_room(&alice, json!({ "preset": "public_chat" }))
+        .await;
+    peer.join(&server, &room, "remote").await;
+    let said = server
+        .send_message(
+            &alice,
+            &room,
+            json!({ "msgtype": "m.text", "body": "erase me" }),
+        )
+        .await;
+    let path = format!("/_matrix/federation/v1/event/{}", enc(&said));
+    let fetch = || async {
+        let (status, body) = peer
+            .request(server.name(), reqwest::Method::GET, &path, None)
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        body["pdus"][0].clone()
+    };
+    assert_eq!(fetch().await["content"]["body"], "erase me");
+
+    deactivate(&server, &alice, "alice-pw", true).await;
+    let pdu = fetch().await;
+    assert_eq!(pdu["content"], json!({}), "{pdu}");
+    // Still the same event: its room, sender and hashes stay.
+    assert_eq!(pdu["room_id"], room);
+    assert_eq!(pdu["sender"], alice.user_id);
+    assert!(pdu["hashes"]["sha256"].is_string(), "{pdu}");
+    peer.stop();
+}

@@ -977,3 +977,66 @@ async fn a_forged_predecessor_takes_no_aliases_listing_or_tags() {
         .await;
     assert_eq!(tags["tags"], json!({}), "{tags}");
 }
+
+/// History fetched with `/backfill` carries its own state: a user of another
+/// server who joins a room that was `joined`-only, then `shared`, reads the
+/// `shared` part of what came before the join, never the `joined` part (as
+/// SyTest's "Backfill works correctly with history visibility set to joined").
+#[tokio::test]
+async fn backfilled_history_keeps_its_own_history_visibility() {
+    let a = TestServer::start_federating().await;
+    let b = TestServer::start_federating().await;
+    let alice = a.register("alice", "password-a").await;
+    let bob = b.register("bob", "password-b").await;
+    let room = a
+        .create_room(&alice, json!({"preset": "public_chat"}))
+        .await;
+    let v3 = "/_matrix/client/v3";
+    let set_visibility = |visibility: &'static str| {
+        let (a, room, token) = (&a, room.clone(), alice.access_token.clone());
+        async move {
+            let (status, body) = a
+                .put(
+                    &format!("{v3}/rooms/{}/state/m.room.history_visibility/", enc(&room)),
+                    Some(&token),
+                    json!({ "history_visibility": visibility }),
+                )
+                .await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+        }
+    };
+    set_visibility("joined").await;
+    for body in ["hidden 1", "hidden 2", "hidden 3"] {
+        a.send_message(&alice, &room, json!({"msgtype": "m.text", "body": body}))
+            .await;
+    }
+    set_visibility("shared").await;
+    for body in ["shared 1", "shared 2"] {
+        a.send_message(&alice, &room, json!({"msgtype": "m.text", "body": body}))
+            .await;
+    }
+    let (status, body) = b
+        .post(
+            &format!("{v3}/join/{}?server_name={}", enc(&room), a.name()),
+            Some(&bob.access_token),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    // Paging back makes B backfill from A.
+    eventually("the shared history on B", || async {
+        let seen = messages(&b, &bob.access_token, &room).await;
+        seen.contains(&"shared 1".to_owned())
+    })
+    .await;
+    let seen = messages(&b, &bob.access_token, &room).await;
+    assert_eq!(seen, vec!["shared 1", "shared 2"], "what Bob reads on B");
+    // Alice, on A, reads everything.
+    let seen = messages(&a, &alice.access_token, &room).await;
+    assert_eq!(
+        seen,
+        vec!["hidden 1", "hidden 2", "hidden 3", "shared 1", "shared 2"]
+    );
+    a.stop().await;
+    b.stop().await;
+}

@@ -1138,3 +1138,86 @@ async fn join_with_custom_content_keeps_it_but_not_server_keys() {
         "{content}"
     );
 }
+
+/// A user who left still reads the room as it was up to their leave (the spec:
+/// "weren't previously a member"); a banned user reads nothing of it, as on
+/// Synapse, whose SyTest checks the ban over federation too.
+#[tokio::test]
+async fn left_user_reads_up_to_the_leave_and_a_banned_user_reads_nothing() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice", "pw").await;
+    let leaver = server.register("leaver", "pw").await;
+    let banned = server.register("banned", "pw").await;
+    let room = create_room(&server, &alice, json!({ "preset": "public_chat" })).await;
+    server.join(&leaver, &room).await;
+    server.join(&banned, &room).await;
+    server
+        .send_message(
+            &alice,
+            &room,
+            json!({"msgtype": "m.text", "body": "before"}),
+        )
+        .await;
+    let (status, body) = server
+        .post(
+            &format!("{V3}/rooms/{room}/leave"),
+            Some(&leaver.access_token),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = server
+        .post(
+            &format!("{V3}/rooms/{room}/ban"),
+            Some(&alice.access_token),
+            json!({ "user_id": banned.user_id }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    server
+        .send_message(&alice, &room, json!({"msgtype": "m.text", "body": "after"}))
+        .await;
+    let (status, body) = server
+        .put(
+            &format!("{V3}/rooms/{room}/state/m.room.topic/"),
+            Some(&alice.access_token),
+            json!({ "topic": "set after both were gone" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    // The leaver: history up to the leave, and the state as it was then.
+    let bodies = crate::harness::messages(&server, &leaver.access_token, &room).await;
+    assert_eq!(bodies, vec!["before"]);
+    let (status, topic) = server
+        .get(
+            &format!("{V3}/rooms/{room}/state/m.room.topic/"),
+            Some(&leaver.access_token),
+        )
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::NOT_FOUND,
+        "no topic when they left: {topic}"
+    );
+    let (status, member) = server
+        .get(
+            &format!("{V3}/rooms/{room}/state/m.room.member/{}", leaver.user_id),
+            Some(&leaver.access_token),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{member}");
+    assert_eq!(member["membership"], "leave");
+
+    // The banned user: nothing, neither history from before the ban nor state.
+    for path in [
+        format!("{V3}/rooms/{room}/messages?dir=b"),
+        format!("{V3}/rooms/{room}/state"),
+        format!("{V3}/rooms/{room}/state/m.room.member/{}", banned.user_id),
+        format!("{V3}/rooms/{room}/members"),
+    ] {
+        let (status, body) = server.get(&path, Some(&banned.access_token)).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{path}: {body}");
+        assert_eq!(body["errcode"], "M_FORBIDDEN", "{path}");
+    }
+}

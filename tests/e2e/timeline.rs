@@ -699,6 +699,24 @@ async fn upgrade_carries_members_tags_and_direct_entries_and_refuses_unknown_ver
         assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
         assert_eq!(body["errcode"], "M_UNSUPPORTED_ROOM_VERSION", "{body}");
     }
+    // An unknown room is 404; a room Carol is not in, 403 (as Synapse).
+    let (status, body) = server
+        .post(
+            &format!("{V3}/rooms/!nowhere:unknown/upgrade"),
+            t,
+            json!({ "new_version": "11" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    assert_eq!(body["errcode"], "M_NOT_FOUND", "{body}");
+    let (status, body) = server
+        .post(
+            &format!("{V3}/rooms/{old}/upgrade"),
+            Some(&carol.access_token),
+            json!({ "new_version": "11" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
     // A body without one is still malformed.
     let (status, body) = server
         .post(

@@ -4,9 +4,15 @@
 //! Backfilled events pass the signature and hash checks and the auth rules
 //! against their own auth events (fetched with `/event_auth` when missing). They
 //! take negative stream positions, so `/sync` never shows them as new, and they
-//! change neither the room's current state nor its forward extremities. For
-//! history visibility they are judged at the state of the oldest event held
-//! before them (the resident server already filtered what our server may see).
+//! change neither the room's current state nor its forward extremities.
+//!
+//! Each carries the state after it, for history visibility: a user who joined
+//! a `joined` room later must not read what came before (the resident server
+//! sends such events redacted, not left out, as Synapse does). The state is
+//! asked of the server we backfill from (`/state_ids`, [`super::gap::state_after`])
+//! for the oldest event of each unbroken stretch of the answer, then carried
+//! forward through the stretch event by event. A server that lies about it can
+//! only show our users history it could have sent us anyway.
 
 use std::collections::{HashMap, HashSet};
 
@@ -41,9 +47,6 @@ pub async fn backfill(app: &AppState, room_id: &RoomId) -> Result<bool> {
     };
     // The edge: prev events of the oldest timeline events we do not hold.
     let oldest = events::oldest_in_room(&app.db, room_id.as_str(), 20).await?;
-    let Some(anchor_group) = oldest.iter().find_map(|e| e.state_group) else {
-        return Ok(false);
-    };
     let mut edge: Vec<String> = Vec::new();
     for ev in &oldest {
         let value: Value = serde_json::from_str(&ev.json).unwrap_or_default();
@@ -93,7 +96,7 @@ pub async fn backfill(app: &AppState, room_id: &RoomId) -> Result<bool> {
             }
         };
         let pdus = reply["pdus"].as_array().cloned().unwrap_or_default();
-        let added = store_batch(app, &server, &rules, room_id, anchor_group, &edge, &pdus).await?;
+        let added = store_batch(app, &server, &rules, room_id, &edge, &pdus).await?;
         tracing::info!(%room_id, %server, received = pdus.len(), added, "backfilled");
         return Ok(added > 0);
     }
@@ -106,7 +109,6 @@ async fn store_batch(
     server: &ServerName,
     rules: &ruma::room_version_rules::RoomVersionRules,
     room_id: &RoomId,
-    anchor_group: i64,
     edge: &[String],
     pdus: &[Value],
 ) -> Result<usize> {
@@ -149,6 +151,8 @@ async fn store_batch(
     let mut seen = HashSet::new();
     checked.retain(|c| !held.contains(c.event_id.as_str()) && seen.insert(c.event_id.clone()));
     let mut added = 0;
+    // The state group after each event written from this answer.
+    let mut after: HashMap<String, i64> = HashMap::new();
     for c in checked {
         let auth_ids: Vec<String> = ingest::auth_ids_of(&c.pdu, rules)
             .iter()
@@ -201,22 +205,65 @@ async fn store_batch(
             ingest::store_outlier(&app.db, &c, true).await?;
             continue;
         }
-        write(app, rules, &c, anchor_group).await?;
+        let at = match c
+            .pdu
+            .prev_events
+            .iter()
+            .find_map(|p| after.get(p.as_str()).copied())
+        {
+            Some(group) => StateAt::OnTopOf(group),
+            None => match super::gap::state_after(app, server, rules, room_id, c.event_id.as_str())
+                .await
+            {
+                Ok(group) => StateAt::After(group),
+                Err(reason) => {
+                    // Without its state, who may read it is unknown: not stored.
+                    tracing::info!(event_id = %c.event_id, %reason, "no state for a backfilled event; dropped");
+                    continue;
+                }
+            },
+        };
+        let group = write(app, rules, &c, at).await?;
+        after.insert(c.event_id.to_string(), group);
         added += 1;
     }
     Ok(added)
 }
 
-/// Writes a backfilled event into the timeline at a negative stream position.
+/// Where a backfilled event's state comes from.
+enum StateAt {
+    /// The state after it, as the server we backfill from gave it.
+    After(i64),
+    /// The state after its prev event in the same answer: its own state is
+    /// that, plus itself when it is a state event.
+    OnTopOf(i64),
+}
+
+/// Writes a backfilled event into the timeline at a negative stream position;
+/// returns the state group after it.
 async fn write(
     app: &AppState,
     rules: &ruma::room_version_rules::RoomVersionRules,
     c: &Checked,
-    state_group: i64,
-) -> Result<()> {
+    at: StateAt,
+) -> Result<i64> {
     let text = serde_json::to_string(&c.object).map_err(|e| anyhow::anyhow!("{e}"))?;
     let kind = c.pdu.kind.to_string();
     let mut tx = app.db.begin().await?;
+    let state_group = match (at, &c.pdu.state_key) {
+        (StateAt::After(group), _) => group,
+        (StateAt::OnTopOf(parent), Some(state_key)) => {
+            crate::service::event::new_state_group(
+                &mut tx,
+                c.pdu.room_id.as_str(),
+                Some(parent),
+                (kind.clone(), state_key.clone()),
+                c.event_id.as_str(),
+            )
+            .await?
+        }
+        (StateAt::OnTopOf(parent), None) => parent,
+    };
     let stream = events::next_backfill_ordering(&mut *tx).await?;
     crate::storage::federation::delete_outlier(&mut *tx, c.event_id.as_str()).await?;
     events::insert(
@@ -242,5 +289,5 @@ async fn write(
     crate::service::event::settle_redactions(&mut tx, app, rules, &c.pdu, Some(state_group), true)
         .await?;
     tx.commit().await?;
-    Ok(())
+    Ok(state_group)
 }

@@ -561,10 +561,14 @@ async fn receive_checked(
         .iter()
         .map(|e| e.to_string())
         .collect();
-    let known_auth = load_pdus(&app.db, room_id, &auth_ids)
-        .await
-        .map_err(db_err)?;
-    if known_auth.len() < auth_ids.len() {
+    // An auth event of another room: the event is rejected (held in the
+    // room's graph as rejected, never used for auth or state), as Synapse
+    // rejects it.
+    let (known_auth, foreign_auth) = match load_pdus(&app.db, room_id, &auth_ids).await {
+        Ok(known) => (known, None),
+        Err(e) => (HashMap::new(), Some(e.to_string())),
+    };
+    if foreign_auth.is_none() && known_auth.len() < auth_ids.len() {
         let path = format!(
             "/_matrix/federation/v1/event_auth/{}/{}",
             enc(room_id.as_str()),
@@ -594,15 +598,6 @@ async fn receive_checked(
     // the room is locked, in a transaction of their own, so a slow resolution
     // never holds up the room's other events.
     let mut pre = app.db.begin().await.map_err(|e| e.to_string())?;
-    let auth_events: HashMap<OwnedEventId, Pdu> = load_pdus(&mut *pre, room_id, &auth_ids)
-        .await
-        .map_err(db_err)?
-        .into_iter()
-        .map(|(id, (pdu, _))| (id, pdu))
-        .collect();
-    if auth_events.len() < auth_ids.len() {
-        return Err("auth events are missing".into());
-    }
     // The state before it, resolved over its prev events: worked out first, so
     // that a rejected event keeps it (later events may name it as a prev
     // event, Synapse's events do).
@@ -613,6 +608,24 @@ async fn receive_checked(
     let before_group = resolved_group(&mut pre, rules, room_id, &prev_groups)
         .await
         .map_err(db_err)?;
+    if let Some(reason) = foreign_auth {
+        store_in_graph(&mut pre, &checked, true, before_group)
+            .await
+            .map_err(db_err)?;
+        pre.commit().await.map_err(|e| e.to_string())?;
+        return Err(format!(
+            "names another room's event as an auth event: {reason}"
+        ));
+    }
+    let auth_events: HashMap<OwnedEventId, Pdu> = load_pdus(&mut *pre, room_id, &auth_ids)
+        .await
+        .map_err(db_err)?
+        .into_iter()
+        .map(|(id, (pdu, _))| (id, pdu))
+        .collect();
+    if auth_events.len() < auth_ids.len() {
+        return Err("auth events are missing".into());
+    }
     // Step 4: against its own auth events.
     let own = auth_state(&checked.pdu, rules, &auth_events);
     if let Err(reason) = auth::authorize_with(rules, &checked.pdu, &auth_events, &own) {

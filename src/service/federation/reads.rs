@@ -121,7 +121,8 @@ pub async fn missing_events(
     visible_pdus(&mut view, &rules, &found).await
 }
 
-/// `/event`: the PDU, if `origin` may see it.
+/// `/event`: the PDU, if `origin` may see it; redacted when its sender asked
+/// for erasure (as `/backfill` sends it, and as Synapse does).
 pub async fn event(app: &AppState, origin: &ServerName, event_id: &str) -> Result<Value> {
     let not_found = || Error::not_found("Event not found");
     let stored = events::get(&app.db, event_id)
@@ -132,7 +133,11 @@ pub async fn event(app: &AppState, origin: &ServerName, event_id: &str) -> Resul
     if !view.may_see(&stored).await? {
         return Err(not_found());
     }
-    Ok(serde_json::from_str(&stored.json).map_err(|e| anyhow::anyhow!("{e}"))?)
+    let rules = room_rules(app, &room_id).await?;
+    let pdus = visible_pdus(&mut view, &rules, std::slice::from_ref(&stored)).await?;
+    pdus.into_iter()
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("no PDU for a stored event").into())
 }
 
 /// The state IDs before an event and their auth chain (`/state`,
