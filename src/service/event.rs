@@ -846,11 +846,21 @@ pub async fn write_snapshot(
 }
 
 /// Releases the stream positions of a committed (or abandoned) room transaction,
-/// publishing them to readers.
+/// publishing them to readers, and wakes the federation sender if events were
+/// queued. Called right after the commit, where the reader sees it; a room
+/// context dropped without it (an early return) does the same on drop, so no
+/// wake-up is ever lost.
 pub fn release(room: RoomCtx) {
-    drop(room.in_flight);
-    if let Some(wake) = room.federation_wake {
-        wake.notify_one();
+    drop(room);
+}
+
+impl Drop for RoomCtx {
+    fn drop(&mut self) {
+        // Positions first (readers may then look), then the sender.
+        self.in_flight.clear();
+        if let Some(wake) = self.federation_wake.take() {
+            wake.notify_one();
+        }
     }
 }
 

@@ -939,22 +939,8 @@ async fn extensions(
             .collect();
         let mut receipts = user_streams::receipts_since(&app.db, &old, since, now).await?;
         receipts.extend(user_streams::receipts_since(&app.db, &fresh, 0, now).await?);
-        for r in receipts {
-            if r.receipt_type == "m.read.private" && r.user_id != user {
-                continue;
-            }
-            let mut receipt = json!({ "ts": r.ts });
-            if !r.thread_id.is_empty() {
-                receipt["thread_id"] = r.thread_id.clone().into();
-            }
-            let by_event = content.entry(r.room_id).or_default();
-            let entry = by_event.entry(r.event_id).or_insert_with(|| json!({}));
-            let by_type = &mut entry[r.receipt_type.as_str()];
-            if !by_type.is_object() {
-                *by_type = json!({});
-            }
-            by_type[r.user_id.as_str()] = receipt;
-        }
+        // The same privacy rule as `/sync`: private receipts only to their owner.
+        content.extend(super::receipts::contents(receipts, &session.user_id));
         if !content.is_empty() {
             news = true;
             let rooms: Map<String, Value> = content

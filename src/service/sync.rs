@@ -473,6 +473,7 @@ async fn build(
     let empty = join.is_empty()
         && presence.is_empty()
         && invite.is_empty()
+        && knock.is_empty()
         && leave.is_empty()
         && global_account_data.is_empty()
         && to_device.is_empty()

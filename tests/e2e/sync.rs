@@ -211,6 +211,59 @@ async fn long_poll_wakes_on_an_event_and_times_out_empty() {
     assert_eq!(bodies(&woke["rooms"]["join"][&r]), vec!["wake up"]);
 }
 
+/// A knock, with nothing else new, ends a long-polling `/sync` of the knocker
+/// (it is news: `rooms.knock`), as an invite or a leave does.
+#[tokio::test]
+async fn a_knock_alone_wakes_a_waiting_sync() {
+    let server = std::sync::Arc::new(TestServer::start().await);
+    let alice = server.register("alice", "pw").await;
+    let bob = server.register("bob", "pw").await;
+    let r = room(
+        &server,
+        &alice,
+        json!({ "initial_state": [{ "type": "m.room.join_rules", "content": { "join_rule": "knock" } }] }),
+    )
+    .await;
+    let next = sync(&server, &bob, "").await["next_batch"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let waiter = {
+        let (server, bob, next) = (server.clone(), bob.clone(), next.clone());
+        // Far longer than the bound below: only a wake-up answers in time.
+        tokio::spawn(
+            async move { sync(&server, &bob, &format!("since={next}&timeout=600000")).await },
+        )
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while server.state.notifier.waiting() == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the sync never started waiting"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let (status, body) = server
+        .post(
+            &format!("{V3}/knock/{r}"),
+            Some(&bob.access_token),
+            json!({ "reason": "let me in" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let woke = tokio::time::timeout(std::time::Duration::from_secs(60), waiter)
+        .await
+        .expect("the knock did not end the waiting sync")
+        .unwrap();
+    let knock_state = &woke["rooms"]["knock"][&r]["knock_state"]["events"];
+    assert!(
+        knock_state
+            .as_array()
+            .is_some_and(|events| events.iter().any(|e| e["type"] == "m.room.join_rules")),
+        "{woke}"
+    );
+}
+
 #[tokio::test]
 async fn invites_joins_and_leaves_move_between_sections() {
     let server = TestServer::start().await;
