@@ -1027,6 +1027,87 @@ async fn matrix_js_sdk_registers_resets_and_manages_addresses() {
     assert_eq!(smtp.mails().len(), 3);
 }
 
+/// matrix-rust-sdk and email (tests/sdk/rust/src/signin.rs): registration
+/// with the `m.login.email.identity` stage after the mailed link; `Account`'s
+/// 3PID methods (`request_3pid_email_token` refused for Bob's address,
+/// `add_3pid` refused while the session was "validated" only with Bob's
+/// token or a forged one, then added behind the password with the right
+/// link, refused a second time, `get_3pids`, `delete_3pid`); and a forgotten
+/// password reset through `change_password` with the email stage on a client
+/// that is not logged in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn matrix_rust_sdk_registers_resets_and_manages_addresses() {
+    let smtp = Smtp::start().await;
+    let server = server_with(smtp.port, |_| {}).await;
+    let bob = register_with_email(&server, &smtp, 1, "bob", "bob@example.org").await;
+    let mut run = crate::sdk::RustSdkRun::start(
+        &server,
+        &[
+            "email",
+            "rosa",
+            "pw-r",
+            "rosa@example.org",
+            "rosa.work@example.org",
+            "BOB@example.org",
+        ],
+    )
+    .await;
+
+    assert_eq!(run.line().await, "mail register");
+    let mail = smtp.mail(2).await;
+    assert_eq!(mail["to"], json!(["rosa@example.org"]));
+    let (status, page) = open_link(&link_in(&server, &mail)).await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    run.answer("opened").await;
+
+    // Rosa's session for her second address, opened with Bob's token (from
+    // his own request for another address) and with a forged one.
+    assert_eq!(run.line().await, "mail add-wrong");
+    let rosas = smtp.mail(3).await;
+    assert_eq!(rosas["to"], json!(["rosa.work@example.org"]));
+    let (status, body) = request_token(&server, "3pid", "bob-s", "bob.home@example.org", 1).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let bobs = smtp.mail(4).await;
+    let rosas_link = link_in(&server, &rosas);
+    let rosas_token = token_in(&rosas);
+    for token in [token_in(&bobs), "forged".to_owned()] {
+        let link = rosas_link.replace(
+            &format!("token={}", enc(&rosas_token)),
+            &format!("token={}", enc(&token)),
+        );
+        assert_ne!(link, rosas_link);
+        let (status, page) = open_link(&link).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{page}");
+    }
+    run.answer("opened wrong").await;
+
+    assert_eq!(run.line().await, "mail add");
+    let (status, page) = open_link(&rosas_link).await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    run.answer("opened").await;
+
+    assert_eq!(run.line().await, "mail reset");
+    let mail = smtp.mail(5).await;
+    assert_eq!(mail["to"], json!(["rosa@example.org"]));
+    let (status, page) = open_link(&link_in(&server, &mail)).await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    run.answer("opened").await;
+
+    assert_eq!(
+        run.outcome().await,
+        format!(
+            "ok {} taken=M_THREEPID_IN_USE wrong=M_THREEPID_AUTH_FAILED \
+             again=M_THREEPID_AUTH_FAILED old=M_FORBIDDEN",
+            crate::harness::user_id("rosa")
+        )
+    );
+    assert_eq!(smtp.mails().len(), 5);
+    // Bob keeps his address.
+    let listed = threepids(&server, &bob).await;
+    assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
+    assert_eq!(listed[0]["address"], "bob@example.org");
+}
+
 // ---- Email pushers: notification mails for missed messages ----
 
 /// A server whose notification mails go out 2 s after a message arrives.

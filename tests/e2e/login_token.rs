@@ -5,7 +5,10 @@
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::harness::{Login, TestServer, password_auth};
+use crate::{
+    harness::{Login, TestServer, password_auth, user_id},
+    sdk::rust_sdk_run,
+};
 
 async fn token_login(server: &TestServer, token: &str) -> (StatusCode, Value) {
     server
@@ -159,4 +162,70 @@ async fn an_expired_token_is_refused() {
     tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
     let (status, body) = token_login(&server, body["login_token"].as_str().unwrap()).await;
     assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+}
+
+/// matrix-rust-sdk signs in a second device with a login token: the signed-in
+/// device reads the `m.get_login_token` capability and asks
+/// `POST /login/get_token` through the SDK, whose UIA refuses Bob's password
+/// and a wrong one before Alice's own; the new device logs in with the
+/// SDK's `login_token` as Alice, and its message reaches her first device.
+/// The used token, replayed through the SDK, is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn matrix_rust_sdk_signs_in_a_second_device_with_a_token() {
+    let server = TestServer::start_with(|c| c.auth.login_via_existing_session = true).await;
+    let alice = server.register("alice", "pw-a").await;
+    server.register("bob", "pw-b").await;
+    let out = rust_sdk_run(&server, &["get-token", "alice", "pw-a", "bob", "pw-b", "0"]).await;
+    assert_eq!(
+        out,
+        format!(
+            "ok {} TOKENNEW other=M_FORBIDDEN wrong=M_FORBIDDEN replay=M_FORBIDDEN",
+            alice.user_id
+        )
+    );
+    let devices = lattice::storage::devices::list(&server.state.db, &alice.user_id)
+        .await
+        .unwrap();
+    assert!(
+        devices
+            .iter()
+            .any(|d| d.device_id == "TOKENNEW"
+                && d.display_name.as_deref() == Some("rust-sdk by token")),
+        "{devices:?}"
+    );
+    // Bob got no device out of it.
+    let bobs = lattice::storage::devices::list(&server.state.db, &user_id("bob"))
+        .await
+        .unwrap();
+    assert_eq!(bobs.len(), 1, "{bobs:?}");
+}
+
+/// Through matrix-rust-sdk: with the server's default (off) the capability
+/// says so and `get_token` is unrecognised; a token used after its lifetime
+/// logs nobody in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn matrix_rust_sdk_token_login_off_by_default_and_expiring() {
+    let server = TestServer::start().await;
+    server.register("alice", "pw-a").await;
+    server.register("bob", "pw-b").await;
+    let args = ["get-token", "alice", "pw-a", "bob", "pw-b", "0"];
+    assert_eq!(rust_sdk_run(&server, &args).await, "off M_UNRECOGNIZED");
+
+    let server = TestServer::start_with(|c| {
+        c.auth.login_via_existing_session = true;
+        c.auth.login_token_lifetime_secs = 1;
+    })
+    .await;
+    let alice = server.register("alice", "pw-a").await;
+    server.register("bob", "pw-b").await;
+    // The token's lifetime has to pass: there is no condition to wait on.
+    let args = ["get-token", "alice", "pw-a", "bob", "pw-b", "1500"];
+    assert_eq!(rust_sdk_run(&server, &args).await, "refused M_FORBIDDEN");
+    let devices = lattice::storage::devices::list(&server.state.db, &alice.user_id)
+        .await
+        .unwrap();
+    assert!(
+        !devices.iter().any(|d| d.device_id == "TOKENNEW"),
+        "{devices:?}"
+    );
 }

@@ -301,3 +301,95 @@ async fn matrix_rust_sdk_joiner_sees_history_per_history_visibility() {
     let server = TestServer::start().await;
     rust_sdk_chat(&server, "history").await;
 }
+
+/// The matrix-rust-sdk client running one of its sign-in modes
+/// (tests/sdk/rust/src/signin.rs): it prints a line when the test has to act
+/// (as a person's browser: `sso-url <url>`, `mail <purpose>`), waits for an
+/// answer on stdin where it says so, and ends with its outcome.
+pub struct RustSdkRun {
+    child: tokio::process::Child,
+    lines: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+    stdin: tokio::process::ChildStdin,
+}
+
+impl RustSdkRun {
+    pub async fn start(server: &TestServer, args: &[&str]) -> Self {
+        use tokio::io::AsyncBufReadExt;
+        let client = tokio::task::spawn_blocking(rust_sdk_client).await.unwrap();
+        let mut child = tokio::process::Command::new(client)
+            .arg(&server.base)
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("starting the matrix-rust-sdk client");
+        let lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let stdin = child.stdin.take().unwrap();
+        Self {
+            child,
+            lines,
+            stdin,
+        }
+    }
+
+    /// The next line the client prints (it fails the test if the client
+    /// ends instead, or says nothing for two minutes).
+    pub async fn line(&mut self) -> String {
+        let next =
+            tokio::time::timeout(std::time::Duration::from_secs(120), self.lines.next_line())
+                .await
+                .expect("the matrix-rust-sdk client said nothing for 120 s")
+                .unwrap();
+        match next {
+            Some(line) => line,
+            None => {
+                let out = exit_report(&mut self.child).await;
+                panic!("the matrix-rust-sdk client ended early:\n{out}");
+            }
+        }
+    }
+
+    /// Answers the client's last question.
+    pub async fn answer(&mut self, line: &str) {
+        use tokio::io::AsyncWriteExt;
+        self.stdin
+            .write_all(format!("{line}\n").as_bytes())
+            .await
+            .unwrap();
+        self.stdin.flush().await.unwrap();
+    }
+
+    /// The client's last line, once it has exited successfully.
+    pub async fn outcome(mut self) -> String {
+        let line = self.line().await;
+        let status = tokio::time::timeout(std::time::Duration::from_secs(60), self.child.wait())
+            .await
+            .expect("the matrix-rust-sdk client did not exit")
+            .unwrap();
+        assert!(
+            status.success(),
+            "the matrix-rust-sdk client failed after {line:?}:\n{}",
+            exit_report(&mut self.child).await
+        );
+        line
+    }
+}
+
+/// A child's exit status and stderr, once it has exited.
+async fn exit_report(child: &mut tokio::process::Child) -> String {
+    use tokio::io::AsyncReadExt;
+    let status = child.wait().await.unwrap();
+    let mut stderr = String::new();
+    if let Some(mut pipe) = child.stderr.take() {
+        pipe.read_to_string(&mut stderr).await.unwrap();
+    }
+    format!("{status}\n{stderr}")
+}
+
+/// Runs the matrix-rust-sdk client in a mode that asks nothing; returns its
+/// outcome line.
+pub async fn rust_sdk_run(server: &TestServer, args: &[&str]) -> String {
+    RustSdkRun::start(server, args).await.outcome().await
+}

@@ -11,7 +11,10 @@ use std::{path::PathBuf, time::Duration};
 use reqwest::{StatusCode, header::LOCATION};
 use serde_json::{Value, json};
 
-use crate::harness::{Login, TestServer, dev_tls, enc, free_port, setup_script, user_id};
+use crate::{
+    harness::{Login, TestServer, dev_tls, enc, free_port, setup_script, user_id},
+    sdk::{RustSdkRun, rust_sdk_run},
+};
 
 /// The client a sign-in returns to (never connected to: the browser stops
 /// there).
@@ -167,11 +170,16 @@ struct Outcome {
 impl Outcome {
     /// The login token of a redirect to the client.
     fn login_token(&self) -> String {
+        self.login_token_for(CLIENT)
+    }
+
+    /// The login token of a redirect to `client`.
+    fn login_token_for(&self, client: &str) -> String {
         let location = self
             .location
             .as_deref()
             .unwrap_or_else(|| panic!("no redirect: {self:?}"));
-        assert!(location.starts_with(CLIENT), "{location}");
+        assert!(location.starts_with(client), "{location}");
         let url = reqwest::Url::parse(location).unwrap();
         let tokens: Vec<String> = url
             .query_pairs()
@@ -184,28 +192,31 @@ impl Outcome {
 }
 
 /// A browser: cookies kept, TLS to the provider trusted through the dev CA,
-/// redirects followed except to the client (or, with `stop_at_callback`, to
-/// the server's SSO callback).
+/// redirects followed except to the client (`https://app.test.invalid/`, or
+/// another given) or, with `stop_at_callback`, to the server's SSO callback.
 struct Browser {
     http: reqwest::Client,
 }
 
 impl Browser {
     fn new() -> Self {
-        Self::build(false)
+        Self::build("https://app.test.invalid/", false)
     }
 
     fn stopping_at_callback() -> Self {
-        Self::build(true)
+        Self::build("https://app.test.invalid/", true)
     }
 
-    fn build(stop_at_callback: bool) -> Self {
+    /// Stops where it would be sent to `client` (a URL prefix).
+    fn stopping_at(client: &str) -> Self {
+        Self::build(client, false)
+    }
+
+    fn build(client: &str, stop_at_callback: bool) -> Self {
         let ca = std::fs::read(&dev_tls().ca).unwrap();
+        let client = client.to_owned();
         let policy = reqwest::redirect::Policy::custom(move |attempt| {
-            let stop = attempt
-                .url()
-                .as_str()
-                .starts_with("https://app.test.invalid/")
+            let stop = attempt.url().as_str().starts_with(&client)
                 || (stop_at_callback && attempt.url().path() == "/_synapse/client/oidc/callback");
             if stop {
                 attempt.stop()
@@ -844,6 +855,12 @@ async fn deactivated_accounts_and_closed_registration() {
 
 /// Runs `tests/sdk/browser_sso.mjs` (headless Chromium); returns its output.
 async fn chromium(start_url: &str, login: &str, client_prefix: &str) -> String {
+    chromium_with(start_url, login, client_prefix, "played").await
+}
+
+/// As [`chromium`]; with `client` "real", the client's page is not played by
+/// the browser but loaded from the client (a callback server).
+async fn chromium_with(start_url: &str, login: &str, client_prefix: &str, client: &str) -> String {
     let chromium = setup_script("browser-env");
     let node_dir = PathBuf::from(setup_script("node-env"));
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
@@ -855,6 +872,7 @@ async fn chromium(start_url: &str, login: &str, client_prefix: &str) -> String {
         .arg(start_url)
         .arg(login)
         .arg(client_prefix)
+        .arg(client)
         .output()
         .await
         .unwrap();
@@ -924,4 +942,137 @@ async fn one_provider_needs_no_choice() {
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     assert!(body["errcode"].is_string(), "{body}");
+}
+
+/// The URL a matrix-rust-sdk client printed as `sso-url <url>`, checked to
+/// be this server's SSO redirect (for `idp`, or the choice) back to
+/// `callback`.
+fn sdk_sso_url(line: &str, server: &TestServer, idp: Option<&str>, callback: &str) -> String {
+    let url = line
+        .strip_prefix("sso-url ")
+        .unwrap_or_else(|| panic!("not an SSO URL: {line}"));
+    let parsed = reqwest::Url::parse(url).unwrap();
+    let path = match idp {
+        Some(idp) => format!("/_matrix/client/v3/login/sso/redirect/{idp}"),
+        None => "/_matrix/client/v3/login/sso/redirect".to_owned(),
+    };
+    assert!(url.starts_with(&format!("{}{path}?", server.base)), "{url}");
+    let targets: Vec<String> = parsed
+        .query_pairs()
+        .filter(|(k, _)| k == "redirectUrl")
+        .map(|(_, v)| v.into_owned())
+        .collect();
+    assert_eq!(targets, [callback], "{url}");
+    url.to_owned()
+}
+
+/// A matrix-rust-sdk client's callback server, given a port: the URL it
+/// listens at, which the server must allow.
+fn sdk_callback(port: u16) -> String {
+    format!("http://127.0.0.1:{port}/")
+}
+
+/// matrix-rust-sdk's SSO login as an application runs it
+/// (`MatrixAuth::login_sso`, feature `sso-login`): the SDK reads the login
+/// flows, starts its callback server on loopback, builds the redirect URL
+/// for the provider, and a person signs in in headless Chromium, which the
+/// server sends on to the SDK's callback server with the `loginToken`; the
+/// SDK logs in with it, syncs, and sends a message. A second sign-in,
+/// through the URL without a provider (the server's choice page), reaches
+/// the same user on another device. The tokens both carried, replayed
+/// through the SDK's `login_token`, and a forged one are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn matrix_rust_sdk_signs_in_with_sso() {
+    let port = free_port();
+    let callback = sdk_callback(port);
+    let allowed = callback.clone();
+    let (server, _idp) = sso_server(|c| c.sso.client_allowlist.push(allowed)).await;
+    let port = port.to_string();
+
+    let mut first = RustSdkRun::start(&server, &["sso", "oidc-main", &port, "SSOFIRST"]).await;
+    let url = sdk_sso_url(&first.line().await, &server, Some("oidc-main"), &callback);
+    let landed = chromium_with(&url, "mona", &callback, "real").await;
+    assert_eq!(
+        first.outcome().await,
+        format!("ok {} SSOFIRST", user_id("mona"))
+    );
+    let first_token = Outcome {
+        status: StatusCode::FOUND,
+        location: Some(landed),
+        body: String::new(),
+    }
+    .login_token_for(&callback);
+
+    // Without a provider: the server's page to choose one, then the sign-in
+    // (in a browser that shows the test where it is sent, then goes there).
+    let mut second = RustSdkRun::start(&server, &["sso", "-", &port, "SSOSECOND"]).await;
+    let url = sdk_sso_url(&second.line().await, &server, None, &callback);
+    let browser = Browser::stopping_at(&callback);
+    let choose = browser.get(&url).await;
+    assert_eq!(choose.status, StatusCode::OK, "{choose:?}");
+    let marker = "/_matrix/client/v3/login/sso/redirect/oidc-main?redirectUrl=";
+    let at = choose
+        .body
+        .find(marker)
+        .unwrap_or_else(|| panic!("{}", choose.body));
+    let end = at + choose.body[at..].find('"').unwrap();
+    let link = choose.body[at..end].replace("&amp;", "&");
+    let sent = browser
+        .sign_in(&format!("{}{link}", server.base), "mona")
+        .await;
+    let second_token = sent.login_token_for(&callback);
+    let delivered = browser.get(sent.location.as_deref().unwrap()).await;
+    assert_eq!(delivered.status, StatusCode::OK, "{delivered:?}");
+    assert_eq!(
+        second.outcome().await,
+        format!("ok {} SSOSECOND", user_id("mona"))
+    );
+    let devices = lattice::storage::devices::list(&server.state.db, &user_id("mona"))
+        .await
+        .unwrap();
+    let mut ids: Vec<_> = devices.iter().map(|d| d.device_id.to_string()).collect();
+    ids.sort();
+    assert_eq!(ids, ["SSOFIRST", "SSOSECOND"]);
+    assert!(
+        devices
+            .iter()
+            .all(|d| d.display_name.as_deref() == Some("rust-sdk sso")),
+        "{devices:?}"
+    );
+
+    for token in [first_token.as_str(), second_token.as_str(), "forged-token"] {
+        assert_eq!(
+            rust_sdk_run(&server, &["token", token, "REPLAY"]).await,
+            "refused M_FORBIDDEN",
+            "{token}"
+        );
+    }
+}
+
+/// A `loginToken` that reaches matrix-rust-sdk's callback server after its
+/// lifetime is refused through the SDK's login, and makes no device.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn matrix_rust_sdk_sso_with_an_expired_token_is_refused() {
+    let port = free_port();
+    let callback = sdk_callback(port);
+    let allowed = callback.clone();
+    let (server, _idp) = sso_server(|c| {
+        c.sso.client_allowlist.push(allowed);
+        c.sso.login_token_lifetime_secs = 1;
+    })
+    .await;
+    let mut run =
+        RustSdkRun::start(&server, &["sso", "oidc-main", &port.to_string(), "LATE"]).await;
+    let url = sdk_sso_url(&run.line().await, &server, Some("oidc-main"), &callback);
+    let browser = Browser::stopping_at(&callback);
+    let sent = browser.sign_in(&url, "nick").await;
+    sent.login_token_for(&callback);
+    // The token's lifetime has to pass: there is no condition to wait on.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    browser.get(sent.location.as_deref().unwrap()).await;
+    assert_eq!(run.outcome().await, "refused M_FORBIDDEN");
+    let devices = lattice::storage::devices::list(&server.state.db, &user_id("nick"))
+        .await
+        .unwrap();
+    assert!(devices.is_empty(), "{devices:?}");
 }

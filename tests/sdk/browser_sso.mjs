@@ -4,8 +4,10 @@
 // consents, and waits to be sent back to the client, whose page is played by
 // an interception (the client's host does not exist).
 //
-// Usage: node browser_sso.mjs CHROMIUM START_URL LOGIN CLIENT_PREFIX
-// Prints the URL the browser was sent to (with its loginToken).
+// Usage: node browser_sso.mjs CHROMIUM START_URL LOGIN CLIENT_PREFIX [real]
+// Prints the URL the browser was sent to (with its loginToken). With "real",
+// the client's page is loaded from the client itself (a client's callback
+// server on loopback, as matrix-rust-sdk's login_sso runs one).
 //
 // With CLIENT_PREFIX "fallback", START_URL is the server's login fallback
 // page: the person clicks its first "Continue with" link, signs in, and is
@@ -13,7 +15,7 @@
 
 import { chromium } from "playwright-core";
 
-const [executablePath, startUrl, login, clientPrefix] = process.argv.slice(2);
+const [executablePath, startUrl, login, clientPrefix, client] = process.argv.slice(2);
 const fail = (msg) => {
     console.error(msg);
     process.exit(1);
@@ -30,7 +32,7 @@ try {
     const context = await browser.newContext({ ignoreHTTPSErrors: true });
     const page = await context.newPage();
     const fallback = clientPrefix === "fallback";
-    if (!fallback) {
+    if (!fallback && client !== "real") {
         await page.route(`${clientPrefix}**`, (route) =>
             route.fulfill({ status: 200, contentType: "text/html", body: "<p>the client</p>" }),
         );

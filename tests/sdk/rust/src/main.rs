@@ -38,6 +38,13 @@
 //!
 //! Prints `ok <room id>` on success; anything else fails with a message on
 //! stderr and a non-zero exit.
+//!
+//! Signing in (the modes in `signin.rs`, each with arguments of its own):
+//!
+//! `lattice-sdk-client <homeserver> sso <idp id|-> <callback port> <device>`
+//! `lattice-sdk-client <homeserver> token <login token> <device>`
+//! `lattice-sdk-client <homeserver> get-token <user> <pw> <other user> <other pw> <delay ms>`
+//! `lattice-sdk-client <homeserver> email <user> <pw> <address> <second address> <taken address>`
 
 use std::{
     sync::{Arc, Mutex},
@@ -70,6 +77,8 @@ use matrix_sdk::{
     },
     send_queue::RoomSendQueueUpdate,
 };
+
+mod signin;
 
 /// Messages a client's event handler saw: (room, sender, body).
 type Seen = Arc<Mutex<Vec<(OwnedRoomId, OwnedUserId, String)>>>;
@@ -212,11 +221,43 @@ fn saw(seen: &Seen, room: &OwnedRoomId, sender: &OwnedUserId, body: &str) -> boo
         .any(|(r, s, b)| r == room && s == sender && b == body)
 }
 
+/// Runs the mode the arguments name; returns the line to print.
 async fn run() -> Result<String> {
     let args: Vec<String> = std::env::args().collect();
-    let (homeserver, mode, alice_user, alice_pw, bob_user, bob_pw, bob_homeserver) = match args
-        .as_slice()
-    {
+    let usage = || format!("bad arguments for this mode: {:?}", &args[1..]);
+    match args.get(2).map(String::as_str) {
+        Some("sso") => {
+            let [_, hs, _, idp, port, device] = args.as_slice() else {
+                bail!(usage())
+            };
+            return signin::sso(hs, idp, port.parse()?, device).await;
+        }
+        Some("token") => {
+            let [_, hs, _, token, device] = args.as_slice() else {
+                bail!(usage())
+            };
+            return signin::token(hs, token, device).await;
+        }
+        Some("get-token") => {
+            let [_, hs, _, user, pw, other, other_pw, delay] = args.as_slice() else {
+                bail!(usage())
+            };
+            return signin::get_token(hs, user, pw, other, other_pw, delay.parse()?).await;
+        }
+        Some("email") => {
+            let [_, hs, _, user, pw, address, second, taken] = args.as_slice() else {
+                bail!(usage())
+            };
+            return signin::email(hs, user, pw, address, second, taken).await;
+        }
+        _ => {}
+    }
+    chat(&args).await.map(|room| format!("ok {room}"))
+}
+
+/// The chat modes; returns a room ID.
+async fn chat(args: &[String]) -> Result<String> {
+    let (homeserver, mode, alice_user, alice_pw, bob_user, bob_pw, bob_homeserver) = match args {
         [_, hs, mode, au, ap, bu, bp] => (hs, mode, au, ap, bu, bp, hs),
         [_, hs, mode, au, ap, bu, bp, bob_hs] => (hs, mode, au, ap, bu, bp, bob_hs),
         _ => bail!(
@@ -782,7 +823,7 @@ async fn history(
 #[tokio::main]
 async fn main() {
     match run().await {
-        Ok(room) => println!("ok {room}"),
+        Ok(line) => println!("{line}"),
         Err(e) => {
             eprintln!("error: {e:#}");
             std::process::exit(1);
