@@ -36,6 +36,9 @@ use crate::{
     storage::{profiles, rooms},
 };
 
+/// The most invites one `onbind` may carry.
+pub const MAX_ONBIND_INVITES: usize = 50;
+
 /// A client's request to invite an address.
 #[derive(Debug, Clone)]
 pub struct Invite3pid {
@@ -170,6 +173,15 @@ pub async fn on_bind(app: &AppState, body: &Value) -> Result<()> {
     let Some(invites) = body["invites"].as_array() else {
         return Ok(());
     };
+    // Anyone may call onbind, and each invite may make this server call
+    // another: a bound on how many one request asks for (an address has
+    // few pending invites).
+    if invites.len() > MAX_ONBIND_INVITES {
+        return Err(Error::new(
+            ErrorKind::TooLarge,
+            format!("At most {MAX_ONBIND_INVITES} invites per onbind"),
+        ));
+    }
     let mut last_error = None;
     for invite in invites {
         let (Some(room_id), Some(sender), Some(mxid)) = (

@@ -838,6 +838,18 @@ async fn onbind_makes_no_invite_from_a_forged_misplaced_or_revoked_block() {
         None
     );
 
+    // Too many invites in one onbind: refused whole, nothing attempted.
+    let (status, body) = is
+        .onbind(
+            &server.federation_url(),
+            "bob@example.org",
+            &bob.user_id,
+            vec![genuine.clone(); lattice::service::third_party_invite::MAX_ONBIND_INVITES + 1],
+        )
+        .await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
+    assert_eq!(membership(&server, &alice, &room, &bob.user_id).await, None);
+
     // Genuine, but the identity server no longer calls the key valid.
     is.revoke_keys();
     let (status, body) = is
