@@ -57,6 +57,8 @@ pub struct AppState {
     pub remote_fetches: Arc<crate::service::media::RemoteFetches>,
     /// The outbound federation client (discovery, signing, trust store).
     pub federation: Arc<FederationClient>,
+    /// Requests to identity servers (binding addresses, invites by email).
+    pub identity: Arc<crate::service::identity::IdentityClient>,
     /// Backoff of failed server-key fetches.
     pub key_fetch: Arc<crate::federation::keys::FetchState>,
     /// Wakes the federation sender (new items queued).
@@ -131,6 +133,7 @@ impl AppState {
             )),
             signing_key,
             federation,
+            identity: Arc::new(crate::service::identity::IdentityClient::new(&config)?),
             key_fetch: Arc::default(),
             federation_wake: Arc::default(),
             federation_backed_off: Arc::default(),

@@ -57,6 +57,7 @@ pub struct Config {
     pub media: Media,
     pub outbound: Outbound,
     pub federation: Federation,
+    pub identity: Identity,
     pub support: Support,
     pub turn: Turn,
     pub email: Email,
@@ -924,6 +925,30 @@ pub struct Outbound {
     pub extra_ca_files: Vec<PathBuf>,
 }
 
+/// Requests to identity servers (spec: Identity Service API), which clients
+/// name per request (`id_server`): binding an address through this server,
+/// unbinding it, and invites by email. They go through the `federation`
+/// address ranges (as Synapse's do), over HTTPS only.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Identity {
+    /// Accept any TLS certificate from identity servers. Only for isolated
+    /// test set-ups (SyTest's identity server has a self-signed certificate):
+    /// anyone on the path can then impersonate an identity server.
+    pub dangerously_accept_invalid_certs: bool,
+    /// Time limit of one request to an identity server.
+    pub request_timeout_secs: u64,
+}
+
+impl Default for Identity {
+    fn default() -> Self {
+        Self {
+            dangerously_accept_invalid_certs: false,
+            request_timeout_secs: 15,
+        }
+    }
+}
+
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Federation {
@@ -993,6 +1018,7 @@ impl Default for Config {
             media: Media::default(),
             outbound: Outbound::default(),
             federation: Federation::default(),
+            identity: Identity::default(),
             support: Support::default(),
             turn: Turn::default(),
             email: Email::default(),

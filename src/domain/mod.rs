@@ -15,6 +15,7 @@ pub mod room_version;
 pub mod sso;
 pub mod state_res;
 pub mod state_res_v1;
+pub mod third_party_invite;
 pub mod threepid;
 pub mod token;
 pub mod xmatrix;

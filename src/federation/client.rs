@@ -384,25 +384,20 @@ impl FederationClient {
         Ok((status, content_type, bytes))
     }
 
-    /// Sends a signed request; the answer's body is left to the caller.
-    /// `timeout` replaces the client's time limit for this request.
-    async fn send_signed(
+    /// The `Authorization: X-Matrix …` value of a request from this server to
+    /// `destination` (spec "Request Authentication"); also what identity
+    /// servers accept to learn which server asks (`/3pid/unbind`).
+    pub fn authorization(
         &self,
         destination: &ServerName,
-        target: &Target,
-        method: http::Method,
-        uri: &http::Uri,
-        body: Vec<u8>,
-        timeout: Option<Duration>,
-    ) -> Result<reqwest::Response, FedError> {
-        if destination == self.origin {
-            return Err(FedError::Refused("a request to ourselves".into()));
-        }
-        let path_and_query = uri.path_and_query().map_or("/", |p| p.as_str());
+        method: &http::Method,
+        path_and_query: &str,
+        body: &[u8],
+    ) -> Result<String, FedError> {
         let content: Option<CanonicalJsonValue> = if body.is_empty() {
             None
         } else {
-            let value: serde_json::Value = serde_json::from_slice(&body)
+            let value: serde_json::Value = serde_json::from_slice(body)
                 .map_err(|e| FedError::Invalid(format!("request body: {e}")))?;
             Some(
                 value
@@ -434,7 +429,7 @@ impl FederationClient {
                 _ => None,
             })
             .ok_or_else(|| FedError::Invalid("signing produced no signature".into()))?;
-        let header = XMatrix {
+        Ok(XMatrix {
             origin: self.origin.clone(),
             destination: Some(destination.to_owned()),
             key: self
@@ -445,7 +440,25 @@ impl FederationClient {
                 .map_err(|_| FedError::Invalid("own key id".into()))?,
             sig,
         }
-        .to_header();
+        .to_header())
+    }
+
+    /// Sends a signed request; the answer's body is left to the caller.
+    /// `timeout` replaces the client's time limit for this request.
+    async fn send_signed(
+        &self,
+        destination: &ServerName,
+        target: &Target,
+        method: http::Method,
+        uri: &http::Uri,
+        body: Vec<u8>,
+        timeout: Option<Duration>,
+    ) -> Result<reqwest::Response, FedError> {
+        if destination == self.origin {
+            return Err(FedError::Refused("a request to ourselves".into()));
+        }
+        let path_and_query = uri.path_and_query().map_or("/", |p| p.as_str());
+        let header = self.authorization(destination, &method, path_and_query, &body)?;
 
         let url = Url::parse(&format!("{}{}", target.base_url(), path_and_query))
             .map_err(|e| FedError::Invalid(format!("uri: {e}")))?;

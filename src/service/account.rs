@@ -509,11 +509,12 @@ pub async fn deactivate(
     erase: bool,
     auth: Option<&AuthData>,
     ip: Option<&str>,
-) -> Result<()> {
+    id_server: Option<&str>,
+) -> Result<super::identity::Unbound> {
     // An application service deactivates its own users without UIA (they
     // have no password), as Synapse allows.
     if session.appservice.is_some() {
-        return deactivate_user(state, &session.user_id, erase, None).await;
+        return deactivate_user(state, &session.user_id, erase, None, id_server).await;
     }
     let requirement = uia::Requirement {
         kind: "deactivate",
@@ -523,7 +524,7 @@ pub async fn deactivate(
         operation: None,
     };
     let completed = uia::authenticate(state, &requirement, auth).await?;
-    deactivate_user(state, &session.user_id, erase, Some(&completed)).await
+    deactivate_user(state, &session.user_id, erase, Some(&completed), id_server).await
 }
 
 /// Deactivates an account (also used by administrators), as Synapse does: the
@@ -535,12 +536,18 @@ pub async fn deactivate(
 /// [`super::client_event`]). Then it leaves every room it is joined to
 /// (forgetting them), and rejects its invites and withdraws its knocks. Rooms
 /// stay in the published room directory, as on Synapse.
+///
+/// First, the addresses bound on identity servers through this server are
+/// unbound there (at `id_server` when given); the answer says whether every
+/// identity server did.
 pub async fn deactivate_user(
     state: &AppState,
     user_id: &UserId,
     erase: bool,
     uia_session: Option<&uia::Completed>,
-) -> Result<()> {
+    id_server: Option<&str>,
+) -> Result<super::identity::Unbound> {
+    let unbound = super::identity::unbind_all(state, user_id, id_server).await;
     let user = user_id.as_str();
     let mut tx = state.db.begin().await?;
     users::deactivate(&mut *tx, user, erase).await?;
@@ -587,7 +594,7 @@ pub async fn deactivate_user(
             }
         }
     }
-    Ok(())
+    Ok(unbound)
 }
 
 /// An account created by an administrator (CLI or shared-secret registration),

@@ -244,7 +244,7 @@ pub async fn deactivate(app: &AppState, by: &Session, user_id: &str, erase: bool
     if users::get(&app.db, user.as_str()).await?.is_none() {
         return Err(Error::not_found("User not found"));
     }
-    account::deactivate_user(app, &user, erase, None).await?;
+    account::deactivate_user(app, &user, erase, None, None).await?;
     tracing::info!(admin = %by.user_id, user = %user, erase, "admin API: user deactivated");
     Ok(())
 }

@@ -731,6 +731,25 @@ pub async fn may_send_state(
     user: &UserId,
     event_type: &str,
 ) -> Result<bool> {
+    may(app, room_id, user, |p| {
+        p.user_can_send_state(user, event_type.into())
+    })
+    .await
+}
+
+/// Whether `user` is joined to the room and may invite under its current
+/// power levels (checked before an invite by email asks an identity server
+/// to store anything; the auth rules decide again when the event is sent).
+pub async fn may_invite(app: &AppState, room_id: &RoomId, user: &UserId) -> Result<bool> {
+    may(app, room_id, user, |p| p.user_can_invite(user)).await
+}
+
+async fn may(
+    app: &AppState,
+    room_id: &RoomId,
+    user: &UserId,
+    allowed: impl FnOnce(&ruma::events::room::power_levels::RoomPowerLevels) -> bool,
+) -> Result<bool> {
     if rooms::membership(&app.db, room_id.as_str(), user.as_str())
         .await?
         .as_deref()
@@ -750,7 +769,7 @@ pub async fn may_send_state(
     let mut tx = app.db.begin().await?;
     let power = power_levels_at(&mut tx, &rules, room.current_state_group).await?;
     tx.commit().await?;
-    Ok(power.is_some_and(|p| p.user_can_send_state(user, event_type.into())))
+    Ok(power.is_some_and(|p| allowed(&p)))
 }
 
 /// The power levels (with the room's creators) of a state group, as the

@@ -405,6 +405,48 @@ pub async fn change(
     reason: Option<String>,
     is_direct: bool,
 ) -> Result<()> {
+    change_with(
+        app, sender, room_id, target, change, reason, is_direct, None,
+    )
+    .await
+}
+
+/// The invite a third-party invite becomes once its address is bound to
+/// `target` (spec "Third-party invites"): sent by the inviter, carrying the
+/// identity server's signed block (`third_party_invite`), which the auth
+/// rules check against the room's `m.room.third_party_invite` event (not the
+/// inviter's power: they may have left since).
+pub async fn third_party_invite(
+    app: &AppState,
+    sender: &UserId,
+    room_id: &RoomId,
+    target: &UserId,
+    third_party_invite: Value,
+) -> Result<()> {
+    change_with(
+        app,
+        sender,
+        room_id,
+        target,
+        Change::Invite,
+        None,
+        false,
+        Some(third_party_invite),
+    )
+    .await
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn change_with(
+    app: &AppState,
+    sender: &UserId,
+    room_id: &RoomId,
+    target: &UserId,
+    change: Change,
+    reason: Option<String>,
+    is_direct: bool,
+    third_party_invite: Option<Value>,
+) -> Result<()> {
     if change == Change::Invite && target.server_name() == app.server_name {
         ensure_not_blocked(app, room_id).await?;
         // An unknown user in an appservice's namespace: the appservice is
@@ -448,6 +490,9 @@ pub async fn change(
     }
     if is_direct {
         content["is_direct"] = true.into();
+    }
+    if let Some(third_party_invite) = third_party_invite {
+        content["third_party_invite"] = third_party_invite;
     }
     if change == Change::Invite && target.server_name() == app.server_name {
         super::profile::decorate(&mut tx, target.as_str(), &mut content).await?;

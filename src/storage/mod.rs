@@ -7,6 +7,7 @@ pub mod e2e_keys;
 pub mod embedded_pg;
 pub mod events;
 pub mod federation;
+pub mod identity_bindings;
 pub mod keys;
 pub mod login_tokens;
 pub mod media;

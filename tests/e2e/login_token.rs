@@ -141,6 +141,7 @@ async fn a_token_signs_in_another_device_once() {
         &ruma::UserId::parse(&bob.user_id).unwrap(),
         false,
         None,
+        None,
     )
     .await
     .unwrap();

@@ -27,6 +27,7 @@ mod guests;
 mod harness;
 mod hidden_history;
 mod hostile;
+mod identity;
 mod joinsync;
 mod legacy_sync;
 mod limits;

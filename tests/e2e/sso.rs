@@ -832,6 +832,7 @@ async fn deactivated_accounts_and_closed_registration() {
         &ruma::UserId::parse(judy.user_id.as_str()).unwrap(),
         false,
         None,
+        None,
     )
     .await
     .unwrap();

@@ -21,7 +21,7 @@ use crate::{
     },
     app::AppState,
     error::{Error, Result},
-    service::{account, admin},
+    service::{account, admin, identity},
 };
 
 pub fn router() -> Router<AppState> {
@@ -102,10 +102,21 @@ async fn deactivate(
     ClientIp(ip): ClientIp,
     Ruma(req): Ruma<deactivate::v3::Request>,
 ) -> Result<RumaResponse<deactivate::v3::Response>> {
-    account::deactivate(&state, &user, req.erase, req.auth.as_ref(), ip.as_deref()).await?;
-    // No third-party IDs are ever bound, so there is nothing to unbind: the spec
-    // asks for `success` then.
+    let unbound = account::deactivate(
+        &state,
+        &user,
+        req.erase,
+        req.auth.as_ref(),
+        ip.as_deref(),
+        req.id_server.as_deref(),
+    )
+    .await?;
+    // `success` also when nothing was bound (the spec's answer then).
     Ok(RumaResponse(deactivate::v3::Response::new(
-        ThirdPartyIdRemovalStatus::Success,
+        if unbound == identity::Unbound::Success {
+            ThirdPartyIdRemovalStatus::Success
+        } else {
+            ThirdPartyIdRemovalStatus::NoSupport
+        },
     )))
 }

@@ -65,8 +65,9 @@ async fn stream(
     Query(q): Query<StreamQuery>,
 ) -> Result<Json<Value>> {
     let from = match q.from.as_deref() {
-        // "END" is the old spelling of "from now on".
-        None | Some("END") => None,
+        // "END" is the old spelling of "from now on"; an empty `from=` means
+        // none (as Synapse reads it; SyTest's first /events call sends it).
+        None | Some("END" | "") => None,
         Some(token) => {
             Some(SyncToken::parse(token).map_err(|_| Error::invalid_param("Invalid from token"))?)
         }

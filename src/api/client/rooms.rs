@@ -51,6 +51,7 @@ use crate::{
         read,
         room::{self, CreateRoom, Preset},
         session::Session,
+        third_party_invite::{self, Invite3pid},
     },
 };
 
@@ -108,12 +109,7 @@ async fn create(
     AuthUser(user): AuthUser,
     Ruma(req): Ruma<create_room::v3::Request>,
 ) -> Result<Json<Value>> {
-    if !req.invite_3pid.is_empty() {
-        return Err(Error::new(
-            ErrorKind::BadRequest,
-            "Third-party invites are not supported",
-        ));
-    }
+    let invite_3pid: Vec<Invite3pid> = req.invite_3pid.iter().map(invite_3pid).collect();
     let mut initial_state = Vec::new();
     for raw in &req.initial_state {
         let ev = raw_object(raw.json().get(), "initial_state event")?;
@@ -175,7 +171,20 @@ async fn create(
         },
     )
     .await?;
+    // As on Synapse, invites by address follow the room's creation, one by one.
+    for invite in &invite_3pid {
+        third_party_invite::invite(&app, &user.user_id, &room_id, invite).await?;
+    }
     Ok(Json(json!({ "room_id": room_id })))
+}
+
+fn invite_3pid(invite: &ruma::api::client::membership::Invite3pid) -> Invite3pid {
+    Invite3pid {
+        id_server: invite.id_server.clone(),
+        id_access_token: invite.id_access_token.clone(),
+        medium: invite.medium.as_str().to_owned(),
+        address: invite.address.clone(),
+    }
 }
 
 /// A room ID, or an alias resolved (over federation for remote aliases), with
@@ -195,6 +204,9 @@ async fn join_by_id(
     GuestOk(user): GuestOk,
     RumaWithObject(req, body): RumaWithObject<join_room_by_id::v3::Request>,
 ) -> Result<Json<Value>> {
+    if let Some(signed) = body.get("third_party_signed") {
+        third_party_invite::join_signed(&app, &user.user_id, &req.room_id, signed).await?;
+    }
     let content = membership::JoinContent::from_body(body);
     let room_id = membership::join_via(&app, &user.user_id, &req.room_id, content, &[]).await?;
     Ok(Json(json!({ "room_id": room_id })))
@@ -207,6 +219,9 @@ async fn join_by_id_or_alias(
 ) -> Result<Json<Value>> {
     let (room_id, mut servers) = resolve_with_servers(&app, &req.room_id_or_alias).await?;
     servers.extend(req.via);
+    if let Some(signed) = body.get("third_party_signed") {
+        third_party_invite::join_signed(&app, &user.user_id, &room_id, signed).await?;
+    }
     let content = membership::JoinContent::from_body(body);
     let room_id = membership::join_via(&app, &user.user_id, &room_id, content, &servers).await?;
     Ok(Json(json!({ "room_id": room_id })))
@@ -246,11 +261,19 @@ async fn invite(
     AuthUser(user): AuthUser,
     Ruma(req): Ruma<invite_user::v3::Request>,
 ) -> Result<Json<Value>> {
-    let invite_user::v3::InvitationRecipient::UserId(recipient) = req.recipient else {
-        return Err(Error::new(
-            ErrorKind::BadRequest,
-            "Third-party invites are not supported",
-        ));
+    let recipient = match req.recipient {
+        invite_user::v3::InvitationRecipient::UserId(recipient) => recipient,
+        invite_user::v3::InvitationRecipient::ThirdPartyId(invite) => {
+            third_party_invite::invite(&app, &user.user_id, &req.room_id, &invite_3pid(&invite))
+                .await?;
+            return Ok(Json(json!({})));
+        }
+        _ => {
+            return Err(Error::new(
+                ErrorKind::BadRequest,
+                "An invite needs a user_id, or an id_server, medium and address",
+            ));
+        }
     };
     membership::change(
         &app,

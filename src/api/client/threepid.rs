@@ -18,9 +18,14 @@
 //!   scanner following links unsubscribes no one), `POST` removes the pusher;
 //!   the `POST` is also RFC 8058's one-click unsubscribe.
 //!
-//! `/account/3pid/bind`, `/unbind`, the deprecated `POST /account/3pid` and the
-//! msisdn endpoints need an identity server or SMS and are absent
-//! (`M_UNRECOGNIZED`).
+//! - through an identity server the client names (`id_server`,
+//!   `id_access_token`; see [`crate::service::identity`]):
+//!   `POST /account/3pid/bind`, `POST /account/3pid/unbind` (also under
+//!   `r0` and `unstable`, as Synapse serves them), and `id_server` in
+//!   `/account/3pid/delete`, which unbinds there too.
+//!
+//! The deprecated `POST /account/3pid` and the msisdn endpoints need SMS or
+//! are gone from the spec's current form and are absent (`M_UNRECOGNIZED`).
 
 use axum::{
     Json, Router,
@@ -47,7 +52,7 @@ use crate::{
     domain::threepid::Purpose,
     error::{Error, ErrorKind, Result},
     service::{
-        account, notif_mail,
+        account, identity, notif_mail,
         threepid::{self, TokenRequest},
         uia,
     },
@@ -66,10 +71,80 @@ pub fn router() -> Router<AppState> {
             get(link_page).post(link_submit),
         )
         .route(&format!("/{}", threepid::SUBMIT_PATH), post(submit_token))
+        .merge(identity_routes())
         .route(
             &format!("/{}", notif_mail::UNSUBSCRIBE_PATH),
             get(unsubscribe_page).post(unsubscribe_submit),
         )
+}
+
+/// `/account/3pid/bind` and `/unbind` under each prefix Synapse serves them.
+fn identity_routes() -> Router<AppState> {
+    ["r0", "v3", "unstable"]
+        .into_iter()
+        .fold(Router::new(), |router, version| {
+            router
+                .route(
+                    &format!("/_matrix/client/{version}/account/3pid/bind"),
+                    post(bind),
+                )
+                .route(
+                    &format!("/_matrix/client/{version}/account/3pid/unbind"),
+                    post(unbind),
+                )
+        })
+}
+
+#[derive(Deserialize)]
+struct Bind {
+    client_secret: String,
+    id_access_token: String,
+    id_server: String,
+    sid: String,
+}
+
+/// `POST /account/3pid/bind`: the identity server binds the address it
+/// validated (session `sid`) to the user.
+async fn bind(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    json::Json(body): json::Json<Bind>,
+) -> Result<Json<Value>> {
+    identity::bind(
+        &state,
+        &user.user_id,
+        &body.id_server,
+        &body.id_access_token,
+        &body.sid,
+        &body.client_secret,
+    )
+    .await?;
+    Ok(Json(json!({})))
+}
+
+#[derive(Deserialize)]
+struct Unbind {
+    medium: String,
+    address: String,
+    id_server: Option<String>,
+}
+
+/// `POST /account/3pid/unbind`: at `id_server`, or wherever this server bound
+/// the address.
+async fn unbind(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    json::Json(body): json::Json<Unbind>,
+) -> Result<Json<Value>> {
+    let result = identity::unbind(
+        &state,
+        &user.user_id,
+        &body.medium,
+        &body.address,
+        body.id_server.as_deref(),
+    )
+    .await?;
+    Ok(Json(json!({ "id_server_unbind_result": result.as_str() })))
 }
 
 /// The unsubscribe link's parameters, from its query string.
@@ -277,9 +352,22 @@ async fn delete(
     AuthUser(user): AuthUser,
     Ruma(req): Ruma<delete_3pid::v3::Request>,
 ) -> Result<RumaResponse<delete_3pid::v3::Response>> {
+    // Unbound at the identity servers first (as Synapse does): an identity
+    // server that cannot be reached keeps the address, and the client can retry.
+    let unbound = identity::unbind(
+        &state,
+        &user.user_id,
+        req.medium.as_str(),
+        &req.address,
+        req.id_server.as_deref(),
+    )
+    .await?;
     threepid::delete(&state, &user.user_id, req.medium.as_str(), &req.address).await?;
     Ok(RumaResponse(delete_3pid::v3::Response::new(
-        ThirdPartyIdRemovalStatus::NoSupport,
+        match unbound {
+            identity::Unbound::Success => ThirdPartyIdRemovalStatus::Success,
+            identity::Unbound::NoSupport => ThirdPartyIdRemovalStatus::NoSupport,
+        },
     )))
 }
 

@@ -7,6 +7,7 @@ mod keys;
 mod media;
 mod openid;
 mod query;
+mod third_party;
 mod user;
 
 use axum::{
@@ -71,4 +72,5 @@ pub fn router() -> Router<AppState> {
         .merge(user::router())
         .merge(media::router())
         .merge(openid::router())
+        .merge(third_party::router())
 }
