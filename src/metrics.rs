@@ -3,6 +3,7 @@
 //!
 //! Series: `lattice_http_requests_total` and `lattice_http_request_duration_seconds`
 //! by method, matched route and status; `lattice_events_persisted_total`;
+//! `lattice_federation_send_joins_total` by `members_omitted` (faster joins);
 //! `lattice_sync_waiters`; `lattice_db_pool_connections` by state;
 //! `lattice_federation_queue_depth` and `lattice_federation_backoff_seconds` by
 //! destination.
@@ -35,6 +36,8 @@ struct RouteStats {
 pub struct Metrics {
     http: Mutex<BTreeMap<(String, String, u16), RouteStats>>,
     events_persisted: AtomicU64,
+    /// `send_join`s answered: whole, and with membership events omitted.
+    send_joins: [AtomicU64; 2],
     /// Per appservice: (events delivered, failed transactions).
     appservices: Mutex<BTreeMap<String, (u64, u64)>>,
 }
@@ -57,6 +60,11 @@ impl Metrics {
 
     pub fn event_persisted(&self) {
         self.events_persisted.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A `send_join` answered, whole or with membership events omitted.
+    pub fn send_join_answered(&self, members_omitted: bool) {
+        self.send_joins[usize::from(members_omitted)].fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn appservice_sent(&self, id: &str, events: usize) {
@@ -130,6 +138,15 @@ impl Metrics {
             "lattice_events_persisted_total {}",
             self.events_persisted.load(Ordering::Relaxed)
         );
+        out.push_str("# HELP lattice_federation_send_joins_total send_join requests answered, by whether membership events were omitted (faster joins).\n");
+        out.push_str("# TYPE lattice_federation_send_joins_total counter\n");
+        for (omitted, n) in ["false", "true"].iter().zip(&self.send_joins) {
+            let _ = writeln!(
+                out,
+                "lattice_federation_send_joins_total{{members_omitted=\"{omitted}\"}} {}",
+                n.load(Ordering::Relaxed)
+            );
+        }
         let appservices = self.appservices.lock().unwrap_or_else(|e| e.into_inner());
         if !appservices.is_empty() {
             out.push_str("# HELP lattice_appservice_events_sent_total Events delivered to each application service.\n");

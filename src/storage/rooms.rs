@@ -157,6 +157,22 @@ pub async fn membership(
     .await
 }
 
+/// A user's current membership in a room and the event that set it.
+pub async fn member_event(
+    db: impl PgExecutor<'_>,
+    room_id: &str,
+    user_id: &str,
+) -> sqlx::Result<Option<(String, String)>> {
+    let row = sqlx::query!(
+        "select membership, event_id from room_members where room_id = $1 and user_id = $2",
+        room_id,
+        user_id
+    )
+    .fetch_optional(db)
+    .await?;
+    Ok(row.map(|r| (r.membership, r.event_id)))
+}
+
 pub async fn rooms_for_user(
     db: impl PgExecutor<'_>,
     user_id: &str,
@@ -256,6 +272,26 @@ pub async fn joined_servers(db: impl PgExecutor<'_>, room_id: &str) -> sqlx::Res
         r#"select distinct substring(user_id from position(':' in user_id) + 1) as "server!"
            from room_members where room_id = $1 and membership = 'join'"#,
         room_id
+    )
+    .fetch_all(db)
+    .await
+}
+
+/// The servers whose users the given member events make joined: the servers
+/// in a room at a state, given that state's `m.room.member` event IDs (held in
+/// the room's graph or as outliers).
+pub async fn servers_joined_by(
+    db: impl PgExecutor<'_>,
+    member_event_ids: &[String],
+) -> sqlx::Result<Vec<String>> {
+    sqlx::query_scalar!(
+        r#"select distinct substring(m.state_key from position(':' in m.state_key) + 1) as "server!"
+           from (select state_key, json from events where event_id = any($1)
+                 union all
+                 select state_key, json from outlier_events where event_id = any($1)) m
+           where m.state_key is not null
+             and m.json::jsonb -> 'content' ->> 'membership' = 'join'"#,
+        member_event_ids
     )
     .fetch_all(db)
     .await

@@ -18,6 +18,7 @@ mod e2ee;
 mod email;
 mod embedded;
 mod errors;
+mod faster_join;
 mod federation;
 mod fedir;
 mod fedv1;

@@ -1222,3 +1222,175 @@ async fn knocks_with_synapse() {
     })
     .await;
 }
+
+/// Local members of the big room Synapse joins with partial state.
+const BIG_ROOM_MEMBERS: usize = 120;
+
+/// Faster joins against Lattice (spec: `send_join`'s `omit_members`; MSC3706):
+/// a Synapse user joins a public Lattice room of 120 local members by alias.
+/// Synapse asks every resident for partial state, and Lattice gives it: it
+/// counts the join in `lattice_federation_send_joins_total{members_omitted="true"}`
+/// and Synapse logs the state resync it then runs against Lattice
+/// (`/state_ids`, `/state`, `/event`). Messages sent on both sides as soon as
+/// the join returns reach the other server, Synapse pages back through the
+/// history from before the join, and once Synapse has the full state both
+/// servers list the same joined members and the same current state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn synapse_joins_a_big_lattice_room_with_partial_state() {
+    let lattice = TestServer::start_federating_with(|c| {
+        c.listeners[0]
+            .resources
+            .push(lattice::config::Resource::Metrics);
+    })
+    .await;
+    let synapse = Synapse::start().await;
+    let alice = lattice.register("alice", "alice-password").await;
+    let sam = synapse.register("sam", "sam-password").await;
+    let room = lattice
+        .create_room(
+            &alice,
+            json!({"preset": "public_chat", "room_alias_name": "big", "name": "Big room"}),
+        )
+        .await;
+    let numbers: Vec<usize> = (0..BIG_ROOM_MEMBERS).collect();
+    for chunk in numbers.chunks(8) {
+        futures_util::future::join_all(chunk.iter().map(|i| {
+            let (lattice, room) = (&lattice, &room);
+            async move {
+                let who = lattice
+                    .register(&format!("member{i:03}"), "member-password")
+                    .await;
+                lattice.join(&who, room).await;
+            }
+        }))
+        .await;
+    }
+    lattice
+        .send_message(
+            &alice,
+            &room,
+            json!({"msgtype": "m.text", "body": "before the join"}),
+        )
+        .await;
+
+    assert_eq!(
+        join(&synapse, &sam, &format!("#big:{}", lattice.name())).await,
+        room
+    );
+    // At once, from both sides (Synapse completes the state meanwhile).
+    let (_, _) = tokio::join!(
+        lattice.send_message(
+            &alice,
+            &room,
+            json!({"msgtype": "m.text", "body": "from lattice during the resync"}),
+        ),
+        synapse.send_message(
+            &sam,
+            &room,
+            json!({"msgtype": "m.text", "body": "from synapse during the resync"}),
+        ),
+    );
+    for (server, who) in [(&*lattice, &alice), (&*synapse, &sam)] {
+        eventually("both messages on both servers", || async {
+            let seen = messages(server, &who.access_token, &room).await;
+            seen.iter().any(|b| b == "from lattice during the resync")
+                && seen.iter().any(|b| b == "from synapse during the resync")
+        })
+        .await;
+    }
+
+    // Synapse joined with partial state and completed it from Lattice (its
+    // log); Sam's message was sent, and Lattice's transaction with Alice's
+    // received, after the partial-state join began.
+    eventually("Synapse's state resync", || async {
+        synapse_log(&synapse).contains(&format!("State resync complete for {room}"))
+    })
+    .await;
+    let log = synapse_log(&synapse);
+    let line = |needle: &dyn Fn(&str) -> bool| log.lines().position(needle);
+    let started = line(&|l| {
+        l.contains(&format!(
+            "Syncing state for room {room} via {}",
+            lattice.name()
+        ))
+    });
+    let sent = line(&|l| {
+        l.contains("Processed request")
+            && l.contains(&format!(
+                "PUT /_matrix/client/v3/rooms/{room}/send/m.room.message"
+            ))
+    });
+    let received = line(&|l| {
+        l.contains("Received txn")
+            && l.contains(&format!("from {}.", lattice.name()))
+            && !l.contains("(PDUs: 0,")
+    });
+    let complete = line(&|l| l.contains(&format!("State resync complete for {room}")));
+    assert!(
+        started.is_some() && sent.is_some() && received.is_some(),
+        "{started:?} {sent:?} {received:?}: {}",
+        synapse.log_tail()
+    );
+    // Sam sent once his join returned, which is after the partial-state join
+    // began. Whether both messages also crossed before the resync ended
+    // depends on timing (about 0.4 s of margin on a loaded 2-core machine),
+    // so it is reported, not asserted: a flaky assertion proves nothing.
+    assert!(
+        started < sent && started < received,
+        "the messages crossed before the partial-state join began \
+         (started {started:?}, sent {sent:?}, received {received:?})"
+    );
+    eprintln!(
+        "faster join: messages during the resync: sent {}, received {}",
+        sent < complete,
+        received < complete
+    );
+    // Lattice's side: one send_join answered with members omitted, then the
+    // state at the join served (`/state_ids`, `/state`).
+    let (_, metrics) = lattice.get("/metrics", None).await;
+    let metrics = metrics.as_str().unwrap_or_default().to_owned();
+    for series in [
+        "lattice_federation_send_joins_total{members_omitted=\"true\"} 1".to_owned(),
+        "lattice_federation_send_joins_total{members_omitted=\"false\"} 0".to_owned(),
+    ] {
+        assert!(metrics.contains(&series), "{series}: {metrics}");
+    }
+    for route in ["state_ids/{room_id}", "state/{room_id}"] {
+        let served = format!(
+            "lattice_http_requests_total{{method=\"GET\",route=\"/_matrix/federation/v1/{route}\",status=\"200\"}}"
+        );
+        assert!(metrics.contains(&served), "{served}: {metrics}");
+    }
+
+    // Converged: the same members and the same current state on both.
+    let mut last = (Vec::new(), Vec::new());
+    for _ in 0..300 {
+        let mut l = joined(&lattice, &alice, &room).await;
+        let mut s = joined(&synapse, &sam, &room).await;
+        l.sort();
+        s.sort();
+        last = (l, s);
+        if last.0 == last.1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(last.0, last.1, "joined members differ");
+    assert_eq!(last.0.len(), BIG_ROOM_MEMBERS + 2);
+    assert_eq!(
+        state_ids(&lattice, &alice, &room).await,
+        state_ids(&synapse, &sam, &room).await,
+        "current state differs"
+    );
+    // The history from before the join, backfilled from Lattice.
+    let history = all_messages(&synapse, &sam, &room).await;
+    assert!(
+        history.iter().any(|b| b == "before the join"),
+        "{history:?}"
+    );
+}
+
+/// Synapse's whole log so far.
+fn synapse_log(synapse: &Synapse) -> String {
+    std::fs::read_to_string(synapse.log_path()).unwrap_or_default()
+}

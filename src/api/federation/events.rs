@@ -348,27 +348,53 @@ async fn make_join(
     ))
 }
 
-/// `PUT /v2/send_join/{roomId}/{eventId}`: the state before the join and its
-/// auth chain (whole: `members_omitted` is false).
+/// `PUT /v2/send_join/{roomId}/{eventId}[?omit_members=true]`: the state
+/// before the join and its auth chain; with `omit_members=true` (faster joins,
+/// spec v1.6), without most membership events, with `members_omitted: true`
+/// and `servers_in_room`.
 async fn send_join(
     State(app): State<AppState>,
     Path((room_id, event_id)): Path<(String, String)>,
+    RawQuery(query): RawQuery,
     fed: FedRequest,
 ) -> Result<Json<Value>> {
     let room_id = acl_room(&app, &room_id, &fed.origin).await?;
     let event_id = path_event(&event_id)?;
+    let omit_members = omit_members_param(query)?;
     let body: Value = fed.json()?;
-    let joined = join::send_join(&app, &fed.origin, &room_id, &event_id, &body).await?;
+    let joined =
+        join::send_join(&app, &fed.origin, &room_id, &event_id, &body, omit_members).await?;
     let mut answer = json!({
         "origin": app.server_name.as_str(),
         "state": joined.state,
         "auth_chain": joined.auth_chain,
-        "members_omitted": false,
+        "members_omitted": joined.servers_in_room.is_some(),
     });
+    if let Some(servers) = joined.servers_in_room {
+        answer["servers_in_room"] = servers.into();
+    }
     if let Some(event) = joined.event {
         answer["event"] = event;
     }
     Ok(Json(answer))
+}
+
+/// `send_join`'s `omit_members` query parameter: `true` or `false` (absent:
+/// false); anything else is `M_INVALID_PARAM`, as Synapse answers.
+fn omit_members_param(query: Option<String>) -> Result<bool> {
+    let mut omit = false;
+    for (k, v) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+        if k == "omit_members" {
+            omit = match v.as_ref() {
+                "true" => true,
+                "false" => false,
+                _ => {
+                    return Err(Error::invalid_param("omit_members must be true or false"));
+                }
+            };
+        }
+    }
+    Ok(omit)
 }
 
 /// `PUT /v1/send_join/{roomId}/{eventId}` (deprecated): v2's checks and
@@ -381,7 +407,7 @@ async fn send_join_v1(
     let room_id = acl_room(&app, &room_id, &fed.origin).await?;
     let event_id = path_event(&event_id)?;
     let body: Value = fed.json()?;
-    let joined = join::send_join(&app, &fed.origin, &room_id, &event_id, &body).await?;
+    let joined = join::send_join(&app, &fed.origin, &room_id, &event_id, &body, false).await?;
     Ok(Json(json!([200, {
         "origin": app.server_name.as_str(),
         "state": joined.state,

@@ -6,6 +6,7 @@ pub mod acl;
 pub mod backfill;
 pub mod e2ee;
 pub mod edu;
+pub mod faster_join;
 pub mod gap;
 pub mod ingest;
 pub mod invite;
