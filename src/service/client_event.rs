@@ -25,8 +25,8 @@
 
 use std::collections::{HashMap, HashSet};
 
-use ruma::MilliSecondsSinceUnixEpoch;
-use serde_json::{Value, json};
+use ruma::{MilliSecondsSinceUnixEpoch, serde::Raw};
+use serde_json::{Value, json, value::to_raw_value};
 
 use super::read::Viewer;
 use crate::{
@@ -45,6 +45,14 @@ use crate::{
 const EDITS_PER_EVENT: i64 = 5;
 /// Referencing events listed per event.
 const REFERENCES_PER_EVENT: i64 = 100;
+
+/// A client event as ruma's `Raw<T>` for a typed response: exactly the JSON
+/// built here (the event's own fields and `unsigned` as they are), not
+/// re-serialised through ruma's event types, which would drop or reshape
+/// what they do not model.
+pub fn raw<T>(event: &Value) -> Raw<T> {
+    Raw::from_json(to_raw_value(event).expect("a JSON value always serialises"))
+}
 
 /// `stored` (events of the viewer's room) in client form, for the viewer.
 ///

@@ -7,7 +7,10 @@
 //! seen for [`OFFLINE_AFTER_MS`] (their client stopped syncing) reads as
 //! `offline`, computed whenever presence is read.
 
-use ruma::UserId;
+use ruma::{
+    UInt, UserId, api::client::presence::get_presence, events::presence::PresenceEventContent,
+    presence::PresenceState,
+};
 use serde_json::{Value, json};
 
 use super::{session::Session, stream};
@@ -39,17 +42,18 @@ fn effective(p: &Presence, now: i64) -> &str {
 
 /// The `m.presence` content for `p`.
 pub fn content(p: &Presence, now: i64) -> Value {
+    serde_json::to_value(typed_content(p, now)).unwrap_or_default()
+}
+
+/// [`content`] as ruma's type.
+fn typed_content(p: &Presence, now: i64) -> PresenceEventContent {
     let state = effective(p, now);
-    let mut content = json!({
-        "presence": state,
-        "last_active_ago": (now - p.last_active_ts).max(0),
-    });
+    let mut content = PresenceEventContent::new(PresenceState::from(state));
+    content.last_active_ago = UInt::try_from((now - p.last_active_ts).max(0)).ok();
     if state == "online" {
-        content["currently_active"] = (now - p.last_active_ts < ACTIVE_WINDOW_MS).into();
+        content.currently_active = Some(now - p.last_active_ts < ACTIVE_WINDOW_MS);
     }
-    if let Some(msg) = &p.status_msg {
-        content["status_msg"] = msg.clone().into();
-    }
+    content.status_msg = p.status_msg.clone();
     content
 }
 
@@ -224,7 +228,11 @@ pub async fn set(
 }
 
 /// `GET /presence/{userId}/status`: for the user themself and users sharing a room.
-pub async fn get(app: &AppState, session: &Session, target: &UserId) -> Result<Value> {
+pub async fn get(
+    app: &AppState,
+    session: &Session,
+    target: &UserId,
+) -> Result<get_presence::v3::Response> {
     if target.server_name() != app.server_name
         || users::get(&app.db, target.as_str()).await?.is_none()
     {
@@ -241,8 +249,17 @@ pub async fn get(app: &AppState, session: &Session, target: &UserId) -> Result<V
     }
     let now = now_ms();
     Ok(match rows::get(&app.db, target.as_str()).await? {
-        Some(p) => content(&p, now),
-        None => json!({ "presence": "offline" }),
+        Some(p) => {
+            let c = typed_content(&p, now);
+            let mut out = get_presence::v3::Response::new(c.presence);
+            out.status_msg = c.status_msg;
+            out.currently_active = c.currently_active;
+            out.last_active_ago = c
+                .last_active_ago
+                .map(|ms| std::time::Duration::from_millis(ms.into()));
+            out
+        }
+        None => get_presence::v3::Response::new(PresenceState::Offline),
     })
 }
 

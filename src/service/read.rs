@@ -14,12 +14,18 @@
 //! Room state is readable by current members, by anyone in world-readable rooms,
 //! and, for users who left or were banned, as it was when they left.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
-use ruma::{DeviceId, RoomId, RoomVersionId, UserId, room_version_rules::RoomVersionRules};
+use ruma::{
+    DeviceId, RoomId, RoomVersionId, UserId,
+    events::{AnyStateEvent, AnyTimelineEvent, room::member::RoomMemberEvent},
+    room_version_rules::RoomVersionRules,
+    serde::Raw,
+};
 use serde_json::{Value, json};
 
 use super::{
+    client_event::raw,
     event::RoomCtx,
     session::Session,
     tokens::{RoomPos, TopoToken},
@@ -400,7 +406,11 @@ pub fn legacy_format(mut event: Value) -> Value {
 }
 
 /// `GET /rooms/{roomId}/state`.
-pub async fn room_state(app: &AppState, reader: &Session, room_id: &RoomId) -> Result<Vec<Value>> {
+pub async fn room_state(
+    app: &AppState,
+    reader: &Session,
+    room_id: &RoomId,
+) -> Result<Vec<Raw<AnyStateEvent>>> {
     let mut viewer = Viewer::for_session(app, reader, room_id).await?;
     let group = viewer.readable_state_group().await?;
     let ids: Vec<String> = state::full_state(&app.db, group)
@@ -409,7 +419,12 @@ pub async fn room_state(app: &AppState, reader: &Session, room_id: &RoomId) -> R
         .map(|(_, id)| id)
         .collect();
     let stored = events::get_many(&app.db, &ids).await?;
-    viewer.client_events(&stored).await
+    Ok(viewer
+        .client_events(&stored)
+        .await?
+        .iter()
+        .map(raw)
+        .collect())
 }
 
 /// `GET /rooms/{roomId}/state/{eventType}/{stateKey}`: the event (client form).
@@ -490,12 +505,12 @@ pub fn filter_allows(filter: &EventFilter, ev: &StoredEvent) -> bool {
 }
 
 pub struct Page {
-    pub chunk: Vec<Value>,
+    pub chunk: Vec<Raw<AnyTimelineEvent>>,
     /// The `from` token as given, or the room's edge.
     pub start: String,
     pub end: Option<TopoToken>,
     /// Member events for the senders in `chunk` (lazy loading).
-    pub state: Vec<Value>,
+    pub state: Vec<Raw<AnyStateEvent>>,
 }
 
 /// `GET /rooms/{roomId}/messages`.
@@ -641,10 +656,10 @@ pub async fn messages(
         _ => None,
     };
     Ok(Page {
-        chunk,
+        chunk: chunk.iter().map(raw).collect(),
         start,
         end,
-        state,
+        state: state.iter().map(raw).collect(),
     })
 }
 
@@ -687,7 +702,7 @@ pub async fn members(
     at: Option<&str>,
     membership: Option<&str>,
     not_membership: Option<&str>,
-) -> Result<Vec<Value>> {
+) -> Result<Vec<Raw<RoomMemberEvent>>> {
     let mut viewer = Viewer::for_session(app, reader, room_id).await?;
     let mut group = viewer.readable_state_group().await?;
     if let Some(at) = at {
@@ -726,7 +741,17 @@ pub async fn members(
             let m = ev["content"]["membership"].as_str().unwrap_or_default();
             membership.is_none_or(|want| m == want) && not_membership.is_none_or(|not| m != not)
         })
+        .map(|ev| raw(&ev))
         .collect())
+}
+
+/// A joined member in `/joined_members`: both keys always there, `null` when
+/// unset (as Synapse answers; SyTest's "/joined_members return joined
+/// members" wants the keys).
+#[derive(Debug, serde::Serialize)]
+pub struct JoinedMember {
+    pub display_name: Option<String>,
+    pub avatar_url: Option<String>,
 }
 
 /// `GET /rooms/{roomId}/joined_members`: only for members, and (as Synapse
@@ -737,7 +762,7 @@ pub async fn joined_members(
     user: &UserId,
     appservice: Option<&crate::domain::appservice::Registration>,
     room_id: &RoomId,
-) -> Result<Value> {
+) -> Result<BTreeMap<String, JoinedMember>> {
     let viewer = Viewer::new(app, user, None, room_id).await?;
     let joined = rooms::joined_profiles(&app.db, room_id.as_str()).await?;
     let allowed = viewer.is_joined()
@@ -749,14 +774,18 @@ pub async fn joined_members(
     if !allowed {
         return Err(Error::forbidden("You are not in this room"));
     }
-    let mut out = serde_json::Map::new();
-    for (user, display_name, avatar_url) in joined {
-        out.insert(
-            user,
-            json!({ "display_name": display_name, "avatar_url": avatar_url }),
-        );
-    }
-    Ok(Value::Object(out))
+    Ok(joined
+        .into_iter()
+        .map(|(user, display_name, avatar_url)| {
+            (
+                user,
+                JoinedMember {
+                    display_name,
+                    avatar_url,
+                },
+            )
+        })
+        .collect())
 }
 
 pub async fn joined_rooms(app: &AppState, user: &UserId) -> Result<Vec<String>> {

@@ -8,15 +8,19 @@
 //! continues either. `groupings` and `include_state` are not implemented (the
 //! response carries neither).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use ruma::{
     OwnedRoomId, RoomId,
-    api::client::search::search_events::v3::{Criteria, OrderBy, SearchKeys},
+    api::client::search::search_events::v3::{Criteria, OrderBy, SearchKeys, UserProfile},
+    events::AnyTimelineEvent,
+    serde::Raw,
 };
-use serde_json::{Map, Value, json};
+use serde::Serialize;
+use serde_json::Value;
 
 use super::{
+    client_event::raw,
     read::{Viewer, filter_allows},
     session::Session,
     tokens::TopoToken,
@@ -93,12 +97,56 @@ impl Batch {
     }
 }
 
+/// The `/search` answer. ruma's response type leaves out `results` and
+/// `highlights` when they are empty, and a result's empty `events_before` and
+/// `events_after`; matrix-js-sdk reads `results` without checking, and
+/// Synapse always sends all four, so these types keep them.
+#[derive(Debug, Default, Serialize)]
+pub struct Response {
+    pub search_categories: Categories,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct Categories {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub room_events: Option<RoomEvents>,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct RoomEvents {
+    pub count: usize,
+    pub highlights: Vec<String>,
+    pub results: Vec<SearchResult>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_batch: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SearchResult {
+    /// PostgreSQL's `real`, widened as it always was on the wire.
+    pub rank: f64,
+    pub result: Option<Raw<AnyTimelineEvent>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub context: Option<ResultContext>,
+}
+
+/// Visible events around a result and, if asked, the senders' profiles.
+#[derive(Debug, Serialize)]
+pub struct ResultContext {
+    pub start: String,
+    pub end: String,
+    pub events_before: Vec<Raw<AnyTimelineEvent>>,
+    pub events_after: Vec<Raw<AnyTimelineEvent>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub profile_info: Option<BTreeMap<String, UserProfile>>,
+}
+
 pub async fn search(
     app: &AppState,
     reader: &Session,
     criteria: &Criteria,
     next_batch: Option<&str>,
-) -> Result<Value> {
+) -> Result<Response> {
     let user = &reader.user_id;
     let filter = &criteria.filter;
     let event_filter = EventFilter::from_room_event_filter(filter);
@@ -123,10 +171,12 @@ pub async fn search(
     let batch = Batch::parse(next_batch, by_rank)?;
     let limit = filter.limit.map_or(10, |l| u64::from(l).clamp(1, 50)) as usize;
     let (query, words) = tsquery(&criteria.search_term);
-    let empty = json!({ "search_categories": { "room_events": {
-        "count": 0, "highlights": [], "results": [] } } });
     if query.is_empty() || rooms.is_empty() {
-        return Ok(empty);
+        return Ok(Response {
+            search_categories: Categories {
+                room_events: Some(RoomEvents::default()),
+            },
+        });
     }
 
     // Results, count and next_batch come from the matches the user may see,
@@ -230,38 +280,44 @@ pub async fn search(
         if event.redacted_by.is_some() {
             continue;
         }
-        let mut result = json!({
-            "rank": hit.rank,
-            "result": viewer
-                .client_events(std::slice::from_ref(&event))
-                .await?
-                .pop()
-                .unwrap_or_default(),
-        });
+        let result = viewer
+            .client_events(std::slice::from_ref(&event))
+            .await?
+            .pop()
+            .map(|e| raw(&e));
         let ctx = &criteria.event_context;
         let (before_n, after_n) = (u64::from(ctx.before_limit), u64::from(ctx.after_limit));
-        if before_n > 0 || after_n > 0 || ctx.include_profile {
-            result["context"] = context(
-                app,
-                viewer,
-                &event,
-                before_n.min(20),
-                after_n.min(20),
-                ctx.include_profile,
+        let context = if before_n > 0 || after_n > 0 || ctx.include_profile {
+            Some(
+                context(
+                    app,
+                    viewer,
+                    &event,
+                    before_n.min(20),
+                    after_n.min(20),
+                    ctx.include_profile,
+                )
+                .await?,
             )
-            .await?;
-        }
-        results.push(result);
+        } else {
+            None
+        };
+        results.push(SearchResult {
+            rank: f64::from(hit.rank),
+            result,
+            context,
+        });
     }
-    let mut room_events = json!({
-        "count": count,
-        "highlights": words,
-        "results": results,
-    });
-    if let Some(next) = next {
-        room_events["next_batch"] = next.into();
-    }
-    Ok(json!({ "search_categories": { "room_events": room_events } }))
+    Ok(Response {
+        search_categories: Categories {
+            room_events: Some(RoomEvents {
+                count,
+                highlights: words,
+                results,
+                next_batch: next,
+            }),
+        },
+    })
 }
 
 /// `context` of a result: visible events around it and, if asked, the senders'
@@ -273,7 +329,7 @@ async fn context(
     before_n: u64,
     after_n: u64,
     include_profile: bool,
-) -> Result<Value> {
+) -> Result<ResultContext> {
     let page = |backwards: bool, n: u64| {
         events::page(
             &app.db,
@@ -298,14 +354,25 @@ async fn context(
     }
     // Gaps: before the oldest event shown, after the newest (`/messages`
     // continues from either).
-    let mut out = json!({
-        "start": TopoToken::before(before.last().unwrap_or(event)).to_string(),
-        "end": TopoToken::after(after.last().unwrap_or(event)).to_string(),
-        "events_before": viewer.client_events(&before).await?,
-        "events_after": viewer.client_events(&after).await?,
-    });
+    let mut out = ResultContext {
+        start: TopoToken::before(before.last().unwrap_or(event)).to_string(),
+        end: TopoToken::after(after.last().unwrap_or(event)).to_string(),
+        events_before: viewer
+            .client_events(&before)
+            .await?
+            .iter()
+            .map(raw)
+            .collect(),
+        events_after: viewer
+            .client_events(&after)
+            .await?
+            .iter()
+            .map(raw)
+            .collect(),
+        profile_info: None,
+    };
     if include_profile {
-        let mut profiles_out = Map::new();
+        let mut profiles_out = BTreeMap::new();
         for sender in before
             .iter()
             .chain(after.iter())
@@ -316,16 +383,12 @@ async fn context(
                 continue;
             }
             let p = profiles::get(&app.db, &sender).await?.unwrap_or_default();
-            let mut profile = json!({});
-            if let Some(name) = p.displayname {
-                profile["displayname"] = name.into();
-            }
-            if let Some(url) = p.avatar_url {
-                profile["avatar_url"] = url.into();
-            }
+            let mut profile = UserProfile::new();
+            profile.displayname = p.displayname;
+            profile.avatar_url = p.avatar_url.map(Into::into);
             profiles_out.insert(sender, profile);
         }
-        out["profile_info"] = Value::Object(profiles_out);
+        out.profile_info = Some(profiles_out);
     }
     Ok(out)
 }

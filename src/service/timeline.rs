@@ -2,10 +2,17 @@
 //! `/timestamp_to_event`, and reporting. (Bundled aggregations, thread summaries
 //! among them, are added where every event is formatted: `client_event`.)
 
-use ruma::{RoomId, UserId};
-use serde_json::{Value, json};
+use ruma::{
+    MilliSecondsSinceUnixEpoch, OwnedEventId, RoomId, UInt, UserId,
+    api::client::{
+        relations::get_relating_events, room::get_event_by_timestamp, threads::get_threads,
+    },
+    events::{AnyStateEvent, AnyTimelineEvent},
+    serde::Raw,
+};
 
 use super::{
+    client_event::raw,
     read::{Viewer, filter_allows},
     session::Session,
     tokens::{RoomPos, TopoToken, stream_counter},
@@ -79,6 +86,20 @@ async fn around(
     Ok((out, last))
 }
 
+/// The `/context` answer. ruma's response type leaves out `events_before`,
+/// `events_after` and `state` when they are empty, but matrix-js-sdk reads
+/// all three without checking (and Synapse always sends them), so this one
+/// always carries them.
+#[derive(Debug, serde::Serialize)]
+pub struct Context {
+    pub event: Option<Raw<AnyTimelineEvent>>,
+    pub events_before: Vec<Raw<AnyTimelineEvent>>,
+    pub events_after: Vec<Raw<AnyTimelineEvent>>,
+    pub start: String,
+    pub end: String,
+    pub state: Vec<Raw<AnyStateEvent>>,
+}
+
 /// `GET /rooms/{roomId}/context/{eventId}`: `limit` split between before and
 /// after as Synapse does; the filter (types, senders, `contains_url`, …) picks
 /// the events around but never hides the event asked for; with
@@ -90,7 +111,7 @@ pub async fn context(
     event_id: &str,
     limit: usize,
     filter: &EventFilter,
-) -> Result<Value> {
+) -> Result<Context> {
     let lazy = filter.lazy_load_members;
     let mut viewer = Viewer::for_session(app, reader, room_id).await?;
     if !viewer.may_read_history().await? {
@@ -132,18 +153,20 @@ pub async fn context(
     // One formatting pass for the three parts: the event, then before, then after.
     let (n_before, n_after) = (before.len(), after.len());
     let all: Vec<StoredEvent> = std::iter::once(target).chain(before).chain(after).collect();
-    let mut formatted = viewer.client_events(&all).await?.into_iter();
+    let formatted = viewer.client_events(&all).await?;
+    let mut formatted = formatted.iter().map(raw);
     let event = formatted.next();
-    let events_before: Vec<Value> = formatted.by_ref().take(n_before).collect();
-    let events_after: Vec<Value> = formatted.take(n_after).collect();
-    Ok(json!({
-        "event": event,
-        "events_before": events_before,
-        "events_after": events_after,
-        "start": start.to_string(),
-        "end": end.to_string(),
-        "state": viewer.client_events(&state_events).await?,
-    }))
+    let events_before = formatted.by_ref().take(n_before).collect();
+    let events_after = formatted.take(n_after).collect();
+    let state = viewer.client_events(&state_events).await?;
+    Ok(Context {
+        event,
+        events_before,
+        events_after,
+        start: start.to_string(),
+        end: end.to_string(),
+        state: state.iter().map(raw).collect(),
+    })
 }
 
 /// How many relations deep `recurse=true` follows (the spec asks for at least
@@ -167,7 +190,7 @@ pub async fn relations(
     backwards: bool,
     recurse: bool,
     limit: usize,
-) -> Result<Value> {
+) -> Result<get_relating_events::v1::Response> {
     let mut viewer = Viewer::for_session(app, reader, room_id).await?;
     if !viewer.may_read_history().await? {
         return Err(Error::forbidden("You are not allowed to view this room"));
@@ -228,16 +251,11 @@ pub async fn relations(
         }
     });
     let page = visible(&mut viewer, page).await?;
-    let mut body = json!({ "chunk": viewer.client_events(&page).await? });
-    if more && let Some(next) = next {
-        body["next_batch"] = next.to_string().into();
-    }
-    if let Some(from) = from {
-        body["prev_batch"] = from.into();
-    }
-    if recurse {
-        body["recursion_depth"] = RECURSION_DEPTH.into();
-    }
+    let chunk = viewer.client_events(&page).await?;
+    let mut body = get_relating_events::v1::Response::new(chunk.iter().map(raw).collect());
+    body.next_batch = next.filter(|_| more).map(|next| next.to_string());
+    body.prev_batch = from.map(str::to_owned);
+    body.recursion_depth = recurse.then(|| UInt::from(RECURSION_DEPTH as u32));
     Ok(body)
 }
 
@@ -249,7 +267,7 @@ pub async fn threads(
     from: Option<&str>,
     participated_only: bool,
     limit: usize,
-) -> Result<Value> {
+) -> Result<get_threads::v1::Response> {
     let mut viewer = Viewer::for_session(app, reader, room_id).await?;
     if !viewer.may_read_history().await? {
         return Err(Error::forbidden("You are not allowed to view this room"));
@@ -276,10 +294,8 @@ pub async fn threads(
     stored.sort_by_key(|e| ids.iter().position(|id| *id == e.event_id));
     let stored = visible(&mut viewer, stored).await?;
     let chunk = viewer.client_events(&stored).await?;
-    let mut body = json!({ "chunk": chunk });
-    if more && let Some(next) = next {
-        body["next_batch"] = next.to_string().into();
-    }
+    let mut body = get_threads::v1::Response::new(chunk.iter().map(raw).collect());
+    body.next_batch = next.filter(|_| more).map(|next| next.to_string());
     Ok(body)
 }
 
@@ -290,7 +306,7 @@ pub async fn timestamp_to_event(
     room_id: &RoomId,
     ts: i64,
     backwards: bool,
-) -> Result<Value> {
+) -> Result<get_event_by_timestamp::v1::Response> {
     let mut viewer = Viewer::new(app, user, None, room_id).await?;
     if !viewer.may_read_history().await? {
         return Err(Error::forbidden("You are not allowed to view this room"));
@@ -306,7 +322,12 @@ pub async fn timestamp_to_event(
     if !viewer.may_see(&ev).await? {
         return Err(not_found());
     }
-    Ok(json!({ "event_id": event_id, "origin_server_ts": origin_server_ts }))
+    let event_id = OwnedEventId::try_from(event_id).map_err(|_| not_found())?;
+    let ts = UInt::try_from(origin_server_ts).unwrap_or_default();
+    Ok(get_event_by_timestamp::v1::Response::new(
+        event_id,
+        MilliSecondsSinceUnixEpoch(ts),
+    ))
 }
 
 /// `POST /rooms/{roomId}/report/{eventId}`: recorded for the server admins. The

@@ -2,12 +2,15 @@
 //! room with the searcher and members of public rooms (join rule `public` or
 //! history `world_readable`) this server is in, as Synapse does by default.
 
-use serde_json::{Value, json};
+use ruma::{
+    OwnedUserId,
+    api::client::user_directory::search_users::v3::{Response, User},
+};
 
 use super::session::Session;
 use crate::{app::AppState, error::Result, storage::user_directory};
 
-pub async fn search(app: &AppState, session: &Session, term: &str, limit: u64) -> Result<Value> {
+pub async fn search(app: &AppState, session: &Session, term: &str, limit: u64) -> Result<Response> {
     let terms: Vec<String> = term
         .split_whitespace()
         .map(|t| {
@@ -19,7 +22,7 @@ pub async fn search(app: &AppState, session: &Session, term: &str, limit: u64) -
         .collect();
     let limit = limit.clamp(1, 50) as i64;
     if terms.is_empty() {
-        return Ok(json!({ "results": [], "limited": false }));
+        return Ok(Response::new(Vec::new(), false));
     }
     let mut rows = user_directory::search(
         &app.db,
@@ -31,18 +34,14 @@ pub async fn search(app: &AppState, session: &Session, term: &str, limit: u64) -
     .await?;
     let limited = rows.len() as i64 > limit;
     rows.truncate(limit as usize);
-    let results: Vec<Value> = rows
+    let results = rows
         .into_iter()
-        .map(|m| {
-            let mut out = json!({ "user_id": m.user_id });
-            if let Some(name) = m.display_name {
-                out["display_name"] = name.into();
-            }
-            if let Some(url) = m.avatar_url {
-                out["avatar_url"] = url.into();
-            }
-            out
+        .filter_map(|m| {
+            let mut out = User::new(OwnedUserId::try_from(m.user_id).ok()?);
+            out.display_name = m.display_name;
+            out.avatar_url = m.avatar_url.map(Into::into);
+            Some(out)
         })
         .collect();
-    Ok(json!({ "results": results, "limited": limited }))
+    Ok(Response::new(results, limited))
 }

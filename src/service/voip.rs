@@ -6,8 +6,7 @@
 
 use base64::Engine;
 use hmac::{Hmac, Mac};
-use ruma::UserId;
-use serde_json::{Value, json};
+use ruma::{UserId, api::client::voip::get_turn_server_info::v3::Response};
 use sha1::Sha1;
 
 use crate::{
@@ -25,15 +24,15 @@ pub fn credentials(secret: &str, user: &UserId, expiry: u64) -> (String, String)
     (username, password)
 }
 
-/// The `/voip/turnServer` body: `{}` when no TURN server is configured (as
-/// Synapse answers; clients then call without one).
-pub fn turn_server(app: &AppState, session: &Session) -> Result<Value> {
+/// The `/voip/turnServer` answer: `None` when no TURN server is configured
+/// (Synapse then answers `{}`; clients call without one).
+pub fn turn_server(app: &AppState, session: &Session) -> Result<Option<Response>> {
     let turn = &app.config.turn;
     let Some(secret) = turn.shared_secret.as_deref().filter(|s| !s.is_empty()) else {
-        return Ok(json!({}));
+        return Ok(None);
     };
     if turn.uris.is_empty() {
-        return Ok(json!({}));
+        return Ok(None);
     }
     if session.is_guest && !turn.allow_guests {
         return Err(Error::new(
@@ -43,12 +42,12 @@ pub fn turn_server(app: &AppState, session: &Session) -> Result<Value> {
     }
     let now = u64::try_from(crate::storage::now_ms() / 1000).unwrap_or(0);
     let (username, password) = credentials(secret, &session.user_id, now + turn.user_lifetime_secs);
-    Ok(json!({
-        "username": username,
-        "password": password,
-        "uris": turn.uris,
-        "ttl": turn.user_lifetime_secs,
-    }))
+    Ok(Some(Response::new(
+        username,
+        password,
+        turn.uris.clone(),
+        std::time::Duration::from_secs(turn.user_lifetime_secs),
+    )))
 }
 
 #[cfg(test)]

@@ -8,6 +8,11 @@
 //! `/_matrix/client/unstable/im.nheko.summary/rooms/{roomIdOrAlias}/summary` and
 //! `/_matrix/client/unstable/im.nheko.summary/summary/{roomIdOrAlias}`; the
 //! access token is optional.
+//!
+//! Directory entries and summaries are served as JSON, not as ruma's
+//! `PublicRoomsChunk` / `RoomSummary`: those leave out `"join_rule":
+//! "public"` (their default), which this server, like Synapse, always sends,
+//! and a relayed answer is rebuilt field by field (`service::directory`).
 
 use axum::{Json, Router, extract::State};
 use ruma::{
@@ -20,12 +25,12 @@ use ruma::{
     },
     directory::RoomNetwork,
 };
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use crate::{
     api::{
         auth::AuthUser,
-        ruma::{RouterExt, Ruma},
+        ruma::{RouterExt, Ruma, RumaResponse},
     },
     app::AppState,
     error::{Error, ErrorKind, Result},
@@ -48,7 +53,8 @@ pub fn router() -> Router<AppState> {
 }
 
 /// The access token is optional: without one, only rooms anyone may preview
-/// are summarised; a token that is given must be valid.
+/// are summarised; a token that is given must be valid. JSON, not ruma's
+/// response: see the module header.
 async fn room_summary(
     State(app): State<AppState>,
     auth: std::result::Result<AuthUser, Error>,
@@ -81,6 +87,7 @@ fn remote(app: &AppState, server: Option<&ruma::ServerName>) -> Option<ruma::Own
         .map(ToOwned::to_owned)
 }
 
+/// JSON, not ruma's response: see the module header.
 async fn public_rooms(
     State(app): State<AppState>,
     auth: std::result::Result<AuthUser, Error>,
@@ -112,6 +119,7 @@ async fn public_rooms(
     ))
 }
 
+/// JSON, not ruma's response: see the module header.
 async fn public_rooms_filtered(
     State(app): State<AppState>,
     auth: std::result::Result<AuthUser, Error>,
@@ -160,18 +168,22 @@ async fn public_rooms_filtered(
 async fn get_visibility(
     State(app): State<AppState>,
     Ruma(req): Ruma<get_room_visibility::v3::Request>,
-) -> Result<Json<Value>> {
+) -> Result<RumaResponse<get_room_visibility::v3::Response>> {
     let public = directory::visibility(&app, &req.room_id).await?;
-    Ok(Json(
-        json!({ "visibility": if public { "public" } else { "private" } }),
-    ))
+    Ok(RumaResponse(get_room_visibility::v3::Response::new(
+        if public {
+            Visibility::Public
+        } else {
+            Visibility::Private
+        },
+    )))
 }
 
 async fn set_visibility(
     State(app): State<AppState>,
     AuthUser(user): AuthUser,
     Ruma(req): Ruma<set_room_visibility::v3::Request>,
-) -> Result<Json<Value>> {
+) -> Result<RumaResponse<set_room_visibility::v3::Response>> {
     directory::set_visibility(
         &app,
         &user,
@@ -179,5 +191,5 @@ async fn set_visibility(
         req.visibility == Visibility::Public,
     )
     .await?;
-    Ok(Json(json!({})))
+    Ok(RumaResponse(set_room_visibility::v3::Response::new()))
 }

@@ -1,13 +1,12 @@
 //! `GET/PUT /presence/{userId}/status` (spec: "Presence").
 
-use axum::{Json, Router, extract::State};
+use axum::{Router, extract::State};
 use ruma::api::client::presence::{get_presence, set_presence};
-use serde_json::{Value, json};
 
 use crate::{
     api::{
         auth::AuthUser,
-        ruma::{RouterExt, Ruma},
+        ruma::{RouterExt, Ruma, RumaResponse},
     },
     app::AppState,
     error::Result,
@@ -24,15 +23,17 @@ async fn get(
     State(app): State<AppState>,
     AuthUser(session): AuthUser,
     Ruma(req): Ruma<get_presence::v3::Request>,
-) -> Result<Json<Value>> {
-    Ok(Json(presence::get(&app, &session, &req.user_id).await?))
+) -> Result<RumaResponse<get_presence::v3::Response>> {
+    Ok(RumaResponse(
+        presence::get(&app, &session, &req.user_id).await?,
+    ))
 }
 
 async fn set(
     State(app): State<AppState>,
     AuthUser(session): AuthUser,
     Ruma(req): Ruma<set_presence::v3::Request>,
-) -> Result<Json<Value>> {
+) -> Result<RumaResponse<set_presence::v3::Response>> {
     presence::set(
         &app,
         &session,
@@ -41,5 +42,5 @@ async fn set(
         req.status_msg,
     )
     .await?;
-    Ok(Json(json!({})))
+    Ok(RumaResponse(set_presence::v3::Response::new()))
 }

@@ -7,19 +7,24 @@
 use axum::{
     Json, Router,
     extract::{Path, State},
+    response::{IntoResponse, Response},
     routing::get,
 };
-use ruma::api::client::profile::{
-    get_avatar_url, get_display_name, get_profile, set_avatar_url, set_display_name,
+use ruma::{
+    api::client::profile::{
+        delete_profile_field, get_avatar_url, get_display_name, get_profile, get_profile_field,
+        set_avatar_url, set_display_name, set_profile_field,
+    },
+    profile::{ProfileFieldValue, UserProfile},
 };
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::{
     api::{
         auth::{AuthUser, GuestOk},
         json::JsonOrEmpty,
         rate_limited,
-        ruma::{RouterExt, Ruma},
+        ruma::{RouterExt, Ruma, RumaResponse},
     },
     app::AppState,
     error::{Error, ErrorKind, Result},
@@ -57,10 +62,15 @@ fn user_param(user_id: &str) -> Result<ruma::OwnedUserId> {
 async fn get_field(
     State(app): State<AppState>,
     Path((user_id, key)): Path<(String, String)>,
-) -> Result<Json<Value>> {
+) -> Result<Response> {
     let user = user_param(&user_id)?;
     let value = profile::field(&app, &user, &key).await?;
-    Ok(Json(json!({ key: value })))
+    Ok(match ProfileFieldValue::new(&key, value.clone()) {
+        Ok(value) => RumaResponse(get_profile_field::v3::Response::new(value)).into_response(),
+        // Another server's `displayname`, `avatar_url` or `m.tz` that is not a
+        // string, which ruma's value cannot hold: relayed as it came.
+        Err(_) => Json(json!({ key: value })).into_response(),
+    })
 }
 
 async fn put_field(
@@ -68,7 +78,7 @@ async fn put_field(
     AuthUser(session): AuthUser,
     Path((user_id, key)): Path<(String, String)>,
     JsonOrEmpty(mut body): JsonOrEmpty,
-) -> Result<Json<Value>> {
+) -> Result<RumaResponse<set_profile_field::v3::Response>> {
     // The spec rate-limits this endpoint (by user, as the `Ruma` extractor does).
     rate_limited(app.client_limiter.check(session.user_id.as_str()))?;
     let user = user_param(&user_id)?;
@@ -82,7 +92,7 @@ async fn put_field(
         ));
     };
     profile::set_field(&app, &session, &user, &key, value).await?;
-    Ok(Json(json!({})))
+    Ok(RumaResponse(set_profile_field::v3::Response::new()))
 }
 
 async fn delete_field(
@@ -90,7 +100,7 @@ async fn delete_field(
     AuthUser(session): AuthUser,
     Path(params): Path<Vec<(String, String)>>,
     uri: axum::http::Uri,
-) -> Result<Json<Value>> {
+) -> Result<RumaResponse<delete_profile_field::v3::Response>> {
     rate_limited(app.client_limiter.check(session.user_id.as_str()))?;
     let user_id = params
         .iter()
@@ -104,39 +114,46 @@ async fn delete_field(
         None => uri.path().rsplit('/').next().unwrap_or_default().to_owned(),
     };
     profile::delete_field(&app, &session, &user, &key).await?;
-    Ok(Json(json!({})))
+    Ok(RumaResponse(delete_profile_field::v3::Response::new()))
 }
 
 async fn get_all(
     State(app): State<AppState>,
     Ruma(req): Ruma<get_profile::v3::Request>,
-) -> Result<Json<Value>> {
-    Ok(Json(Value::Object(
-        profile::full(&app, &req.user_id).await?,
+) -> Result<RumaResponse<get_profile::v3::Response>> {
+    let fields = profile::full(&app, &req.user_id).await?;
+    Ok(RumaResponse(get_profile::v3::Response::from(
+        fields.into_iter().collect::<UserProfile>(),
     )))
 }
 
 async fn get_name(
     State(app): State<AppState>,
     Ruma(req): Ruma<get_display_name::v3::Request>,
-) -> Result<Json<Value>> {
+) -> Result<RumaResponse<get_display_name::v3::Response>> {
     let p = profile::get(&app, &req.user_id).await?;
-    Ok(Json(json!({ "displayname": p.displayname })))
+    // No name: `{}`, as Synapse answers.
+    Ok(RumaResponse(get_display_name::v3::Response::new(
+        p.displayname,
+    )))
 }
 
 async fn get_avatar(
     State(app): State<AppState>,
     Ruma(req): Ruma<get_avatar_url::v3::Request>,
-) -> Result<Json<Value>> {
+) -> Result<RumaResponse<get_avatar_url::v3::Response>> {
     let p = profile::get(&app, &req.user_id).await?;
-    Ok(Json(json!({ "avatar_url": p.avatar_url })))
+    // No avatar: `{}`, as Synapse answers.
+    Ok(RumaResponse(get_avatar_url::v3::Response::new(
+        p.avatar_url.map(Into::into),
+    )))
 }
 
 async fn set_name(
     State(app): State<AppState>,
     GuestOk(user): GuestOk,
     Ruma(req): Ruma<set_display_name::v3::Request>,
-) -> Result<Json<Value>> {
+) -> Result<RumaResponse<set_display_name::v3::Response>> {
     profile::set(
         &app,
         &user,
@@ -145,14 +162,14 @@ async fn set_name(
         req.displayname,
     )
     .await?;
-    Ok(Json(json!({})))
+    Ok(RumaResponse(set_display_name::v3::Response::new()))
 }
 
 async fn set_avatar(
     State(app): State<AppState>,
     AuthUser(user): AuthUser,
     Ruma(req): Ruma<set_avatar_url::v3::Request>,
-) -> Result<Json<Value>> {
+) -> Result<RumaResponse<set_avatar_url::v3::Response>> {
     profile::set(
         &app,
         &user,
@@ -161,5 +178,5 @@ async fn set_avatar(
         req.avatar_url.map(|u| u.to_string()),
     )
     .await?;
-    Ok(Json(json!({})))
+    Ok(RumaResponse(set_avatar_url::v3::Response::new()))
 }

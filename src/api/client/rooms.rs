@@ -16,7 +16,7 @@ use axum::{
     routing::post,
 };
 use ruma::{
-    OwnedEventId, OwnedRoomId, RoomId, RoomOrAliasId,
+    OwnedEventId, OwnedRoomAliasId, OwnedRoomId, RoomId, RoomOrAliasId,
     api::{
         Direction,
         client::{
@@ -34,18 +34,19 @@ use ruma::{
         },
     },
 };
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 
 use crate::{
     api::{
         auth::{AuthUser, GuestOk},
         json::JsonOrEmpty,
-        ruma::{RouterExt, Ruma, RumaWithObject},
+        ruma::{RouterExt, Ruma, RumaResponse, RumaWithObject},
     },
     app::AppState,
     domain::{filter::EventFilter, pdu::NewEvent},
     error::{Error, ErrorKind, Result},
     service::{
+        client_event::raw,
         directory, event,
         membership::{self, Change},
         read,
@@ -108,7 +109,7 @@ async fn create(
     State(app): State<AppState>,
     AuthUser(user): AuthUser,
     Ruma(req): Ruma<create_room::v3::Request>,
-) -> Result<Json<Value>> {
+) -> Result<RumaResponse<create_room::v3::Response>> {
     let invite_3pid: Vec<Invite3pid> = req.invite_3pid.iter().map(invite_3pid).collect();
     let mut initial_state = Vec::new();
     for raw in &req.initial_state {
@@ -175,7 +176,7 @@ async fn create(
     for invite in &invite_3pid {
         third_party_invite::invite(&app, &user.user_id, &room_id, invite).await?;
     }
-    Ok(Json(json!({ "room_id": room_id })))
+    Ok(RumaResponse(create_room::v3::Response::new(room_id)))
 }
 
 fn invite_3pid(invite: &ruma::api::client::membership::Invite3pid) -> Invite3pid {
@@ -203,20 +204,20 @@ async fn join_by_id(
     State(app): State<AppState>,
     GuestOk(user): GuestOk,
     RumaWithObject(req, body): RumaWithObject<join_room_by_id::v3::Request>,
-) -> Result<Json<Value>> {
+) -> Result<RumaResponse<join_room_by_id::v3::Response>> {
     if let Some(signed) = body.get("third_party_signed") {
         third_party_invite::join_signed(&app, &user.user_id, &req.room_id, signed).await?;
     }
     let content = membership::JoinContent::from_body(body);
     let room_id = membership::join_via(&app, &user.user_id, &req.room_id, content, &[]).await?;
-    Ok(Json(json!({ "room_id": room_id })))
+    Ok(RumaResponse(join_room_by_id::v3::Response::new(room_id)))
 }
 
 async fn join_by_id_or_alias(
     State(app): State<AppState>,
     GuestOk(user): GuestOk,
     RumaWithObject(req, body): RumaWithObject<join_room_by_id_or_alias::v3::Request>,
-) -> Result<Json<Value>> {
+) -> Result<RumaResponse<join_room_by_id_or_alias::v3::Response>> {
     let (room_id, mut servers) = resolve_with_servers(&app, &req.room_id_or_alias).await?;
     servers.extend(req.via);
     if let Some(signed) = body.get("third_party_signed") {
@@ -224,49 +225,51 @@ async fn join_by_id_or_alias(
     }
     let content = membership::JoinContent::from_body(body);
     let room_id = membership::join_via(&app, &user.user_id, &room_id, content, &servers).await?;
-    Ok(Json(json!({ "room_id": room_id })))
+    Ok(RumaResponse(join_room_by_id_or_alias::v3::Response::new(
+        room_id,
+    )))
 }
 
 async fn knock(
     State(app): State<AppState>,
     AuthUser(user): AuthUser,
     Ruma(req): Ruma<knock_room::v3::Request>,
-) -> Result<Json<Value>> {
+) -> Result<RumaResponse<knock_room::v3::Response>> {
     let (room_id, mut servers) = resolve_with_servers(&app, &req.room_id_or_alias).await?;
     servers.extend(req.via);
     membership::knock(&app, &user.user_id, &room_id, req.reason, &servers).await?;
-    Ok(Json(json!({ "room_id": room_id })))
+    Ok(RumaResponse(knock_room::v3::Response::new(room_id)))
 }
 
 async fn leave(
     State(app): State<AppState>,
     GuestOk(user): GuestOk,
     Ruma(req): Ruma<leave_room::v3::Request>,
-) -> Result<Json<Value>> {
+) -> Result<RumaResponse<leave_room::v3::Response>> {
     membership::leave(&app, &user.user_id, &req.room_id, req.reason).await?;
-    Ok(Json(json!({})))
+    Ok(RumaResponse(leave_room::v3::Response::new()))
 }
 
 async fn forget(
     State(app): State<AppState>,
     AuthUser(user): AuthUser,
     Ruma(req): Ruma<forget_room::v3::Request>,
-) -> Result<Json<Value>> {
+) -> Result<RumaResponse<forget_room::v3::Response>> {
     membership::forget(&app, &user.user_id, &req.room_id).await?;
-    Ok(Json(json!({})))
+    Ok(RumaResponse(forget_room::v3::Response::new()))
 }
 
 async fn invite(
     State(app): State<AppState>,
     AuthUser(user): AuthUser,
     Ruma(req): Ruma<invite_user::v3::Request>,
-) -> Result<Json<Value>> {
+) -> Result<RumaResponse<invite_user::v3::Response>> {
     let recipient = match req.recipient {
         invite_user::v3::InvitationRecipient::UserId(recipient) => recipient,
         invite_user::v3::InvitationRecipient::ThirdPartyId(invite) => {
             third_party_invite::invite(&app, &user.user_id, &req.room_id, &invite_3pid(&invite))
                 .await?;
-            return Ok(Json(json!({})));
+            return Ok(RumaResponse(invite_user::v3::Response::new()));
         }
         _ => {
             return Err(Error::new(
@@ -285,14 +288,14 @@ async fn invite(
         false,
     )
     .await?;
-    Ok(Json(json!({})))
+    Ok(RumaResponse(invite_user::v3::Response::new()))
 }
 
 async fn kick(
     State(app): State<AppState>,
     AuthUser(user): AuthUser,
     Ruma(req): Ruma<kick_user::v3::Request>,
-) -> Result<Json<Value>> {
+) -> Result<RumaResponse<kick_user::v3::Response>> {
     membership::change(
         &app,
         &user.user_id,
@@ -303,14 +306,14 @@ async fn kick(
         false,
     )
     .await?;
-    Ok(Json(json!({})))
+    Ok(RumaResponse(kick_user::v3::Response::new()))
 }
 
 async fn ban(
     State(app): State<AppState>,
     AuthUser(user): AuthUser,
     Ruma(req): Ruma<ban_user::v3::Request>,
-) -> Result<Json<Value>> {
+) -> Result<RumaResponse<ban_user::v3::Response>> {
     membership::change(
         &app,
         &user.user_id,
@@ -321,14 +324,14 @@ async fn ban(
         false,
     )
     .await?;
-    Ok(Json(json!({})))
+    Ok(RumaResponse(ban_user::v3::Response::new()))
 }
 
 async fn unban(
     State(app): State<AppState>,
     AuthUser(user): AuthUser,
     Ruma(req): Ruma<unban_user::v3::Request>,
-) -> Result<Json<Value>> {
+) -> Result<RumaResponse<unban_user::v3::Response>> {
     membership::change(
         &app,
         &user.user_id,
@@ -339,14 +342,14 @@ async fn unban(
         false,
     )
     .await?;
-    Ok(Json(json!({})))
+    Ok(RumaResponse(unban_user::v3::Response::new()))
 }
 
 async fn send(
     State(app): State<AppState>,
     GuestOk(user): GuestOk,
     Ruma(req): Ruma<send_message_event::v3::Request>,
-) -> Result<Json<Value>> {
+) -> Result<RumaResponse<send_message_event::v3::Response>> {
     let content = raw_object(req.body.json().get(), "Event content")?;
     send_event(
         &app,
@@ -368,7 +371,7 @@ async fn send_without_txn(
     GuestOk(user): GuestOk,
     Path((room_id, event_type)): Path<(String, String)>,
     crate::api::json::Json(content): crate::api::json::Json<Map<String, Value>>,
-) -> Result<Json<Value>> {
+) -> Result<RumaResponse<send_message_event::v3::Response>> {
     let room_id = parse_room_id(room_id)?;
     send_event(&app, &user, &room_id, event_type, content, None, None).await
 }
@@ -385,7 +388,7 @@ async fn send_event(
     content: Map<String, Value>,
     txn_id: Option<&str>,
     ts: Option<ruma::MilliSecondsSinceUnixEpoch>,
-) -> Result<Json<Value>> {
+) -> Result<RumaResponse<send_message_event::v3::Response>> {
     let txn = txn_id.map(|t| (user.device_id.as_str(), t));
     if kind == "m.room.redaction" {
         // Allowed in every room version since v1.18 (spec: "Redactions",
@@ -397,7 +400,9 @@ async fn send_event(
             .and_then(|id| ruma::EventId::parse(id).ok())
             .ok_or_else(|| Error::bad_json("A redaction needs `redacts`: an event ID"))?;
         let event_id = event::redact(app, room_id, &user.user_id, &target, content, txn).await?;
-        return Ok(Json(json!({ "event_id": event_id })));
+        return Ok(RumaResponse(send_message_event::v3::Response::new(
+            event_id,
+        )));
     }
     let content = Value::Object(content);
     let event_id = event::send(
@@ -415,14 +420,16 @@ async fn send_event(
         txn,
     )
     .await?;
-    Ok(Json(json!({ "event_id": event_id })))
+    Ok(RumaResponse(send_message_event::v3::Response::new(
+        event_id,
+    )))
 }
 
 async fn send_state(
     State(app): State<AppState>,
     GuestOk(user): GuestOk,
     Ruma(req): Ruma<send_state_event::v3::Request>,
-) -> Result<Json<Value>> {
+) -> Result<RumaResponse<send_state_event::v3::Response>> {
     let kind = req.event_type.to_string();
     if kind == "m.room.create" {
         return Err(Error::forbidden("m.room.create cannot be sent"));
@@ -446,7 +453,7 @@ async fn send_state(
         None,
     )
     .await?;
-    Ok(Json(json!({ "event_id": event_id })))
+    Ok(RumaResponse(send_state_event::v3::Response::new(event_id)))
 }
 
 /// Local aliases in `m.room.canonical_alias` must point at this room (spec:
@@ -481,7 +488,7 @@ async fn get_state_for_key(
     State(app): State<AppState>,
     GuestOk(user): GuestOk,
     Ruma(req): Ruma<get_state_event_for_key::v3::Request>,
-) -> Result<Json<Value>> {
+) -> Result<RumaResponse<get_state_event_for_key::v3::Response>> {
     let event = read::state_event(
         &app,
         &user,
@@ -490,37 +497,38 @@ async fn get_state_for_key(
         &req.state_key,
     )
     .await?;
-    Ok(Json(match req.format {
-        get_state_event_for_key::v3::StateEventFormat::Event => event,
-        _ => event["content"].clone(),
-    }))
+    let body = match req.format {
+        get_state_event_for_key::v3::StateEventFormat::Event => &event,
+        _ => &event["content"],
+    };
+    Ok(RumaResponse(get_state_event_for_key::v3::Response::new(
+        serde_json::value::to_raw_value(body).map_err(|e| Error::Internal(e.into()))?,
+    )))
 }
 
 async fn get_state(
     State(app): State<AppState>,
     GuestOk(user): GuestOk,
     Ruma(req): Ruma<get_state_events::v3::Request>,
-) -> Result<Json<Value>> {
-    Ok(Json(Value::Array(
-        read::room_state(&app, &user, &req.room_id).await?,
-    )))
+) -> Result<RumaResponse<get_state_events::v3::Response>> {
+    let state = read::room_state(&app, &user, &req.room_id).await?;
+    Ok(RumaResponse(get_state_events::v3::Response::new(state)))
 }
 
 async fn get_event(
     State(app): State<AppState>,
     GuestOk(user): GuestOk,
     Ruma(req): Ruma<get_room_event::v3::Request>,
-) -> Result<Json<Value>> {
-    Ok(Json(
-        read::event(&app, &user, &req.room_id, req.event_id.as_str()).await?,
-    ))
+) -> Result<RumaResponse<get_room_event::v3::Response>> {
+    let event = read::event(&app, &user, &req.room_id, req.event_id.as_str()).await?;
+    Ok(RumaResponse(get_room_event::v3::Response::new(raw(&event))))
 }
 
 async fn redact(
     State(app): State<AppState>,
     AuthUser(user): AuthUser,
     Ruma(req): Ruma<redact_event::v3::Request>,
-) -> Result<Json<Value>> {
+) -> Result<RumaResponse<redact_event::v3::Response>> {
     let mut content = Map::new();
     if let Some(reason) = req.reason {
         content.insert("reason".into(), reason.into());
@@ -534,7 +542,7 @@ async fn redact(
         Some((user.device_id.as_str(), req.txn_id.as_str())),
     )
     .await?;
-    Ok(Json(json!({ "event_id": event_id })))
+    Ok(RumaResponse(redact_event::v3::Response::new(event_id)))
 }
 
 /// `POST /rooms/{roomId}/redact/{eventId}`: the redaction without a
@@ -545,7 +553,7 @@ async fn redact_without_txn(
     AuthUser(user): AuthUser,
     Path((room_id, event_id)): Path<(String, String)>,
     JsonOrEmpty(body): JsonOrEmpty,
-) -> Result<Json<Value>> {
+) -> Result<RumaResponse<redact_event::v3::Response>> {
     let room_id = parse_room_id(room_id)?;
     let event_id =
         OwnedEventId::try_from(event_id).map_err(|_| Error::invalid_param("Invalid event ID"))?;
@@ -558,14 +566,14 @@ async fn redact_without_txn(
         Some(_) => return Err(Error::bad_json("`reason` must be a string")),
     }
     let event_id = event::redact(&app, &room_id, &user.user_id, &event_id, content, None).await?;
-    Ok(Json(json!({ "event_id": event_id })))
+    Ok(RumaResponse(redact_event::v3::Response::new(event_id)))
 }
 
 async fn messages(
     State(app): State<AppState>,
     GuestOk(user): GuestOk,
     Ruma(req): Ruma<get_message_events::v3::Request>,
-) -> Result<Json<Value>> {
+) -> Result<RumaResponse<get_message_events::v3::Response>> {
     // One room's timeline: `rooms` / `not_rooms` do not apply here.
     let filter = EventFilter {
         rooms: None,
@@ -586,21 +594,20 @@ async fn messages(
         &filter,
     )
     .await?;
-    let mut body = json!({ "chunk": page.chunk, "start": page.start.to_string() });
-    if let Some(end) = page.end {
-        body["end"] = end.to_string().into();
-    }
-    if !page.state.is_empty() {
-        body["state"] = Value::Array(page.state);
-    }
-    Ok(Json(body))
+    let mut body = get_message_events::v3::Response::new();
+    body.start = page.start;
+    body.end = page.end.map(|end| end.to_string());
+    body.chunk = page.chunk;
+    // Left out when empty, as before.
+    body.state = page.state;
+    Ok(RumaResponse(body))
 }
 
 async fn members(
     State(app): State<AppState>,
     GuestOk(user): GuestOk,
     Ruma(req): Ruma<get_member_events::v3::Request>,
-) -> Result<Json<Value>> {
+) -> Result<RumaResponse<get_member_events::v3::Response>> {
     let chunk = read::members(
         &app,
         &user,
@@ -610,14 +617,21 @@ async fn members(
         req.not_membership.as_ref().map(|m| m.as_str()),
     )
     .await?;
-    Ok(Json(json!({ "chunk": chunk })))
+    Ok(RumaResponse(get_member_events::v3::Response::new(chunk)))
+}
+
+/// ruma's response leaves out a member's unset `display_name` and
+/// `avatar_url`; they stay `null` (see [`read::JoinedMember`]).
+#[derive(serde::Serialize)]
+struct JoinedMembers {
+    joined: std::collections::BTreeMap<String, read::JoinedMember>,
 }
 
 async fn joined_members(
     State(app): State<AppState>,
     AuthUser(user): AuthUser,
     Ruma(req): Ruma<joined_members::v3::Request>,
-) -> Result<Json<Value>> {
+) -> Result<Json<JoinedMembers>> {
     let joined = read::joined_members(
         &app,
         &user.user_id,
@@ -625,50 +639,59 @@ async fn joined_members(
         &req.room_id,
     )
     .await?;
-    Ok(Json(json!({ "joined": joined })))
+    Ok(Json(JoinedMembers { joined }))
 }
 
 async fn joined_rooms(
     State(app): State<AppState>,
     AuthUser(user): AuthUser,
     Ruma(_): Ruma<joined_rooms::v3::Request>,
-) -> Result<Json<Value>> {
-    Ok(Json(
-        json!({ "joined_rooms": read::joined_rooms(&app, &user.user_id).await? }),
-    ))
+) -> Result<RumaResponse<joined_rooms::v3::Response>> {
+    let rooms = read::joined_rooms(&app, &user.user_id).await?;
+    Ok(RumaResponse(joined_rooms::v3::Response::new(
+        rooms
+            .into_iter()
+            .filter_map(|r| OwnedRoomId::try_from(r).ok())
+            .collect(),
+    )))
 }
 
 async fn put_alias(
     State(app): State<AppState>,
     AuthUser(user): AuthUser,
     Ruma(req): Ruma<create_alias::v3::Request>,
-) -> Result<Json<Value>> {
+) -> Result<RumaResponse<create_alias::v3::Response>> {
     directory::create_alias(&app, &user, req.room_alias.as_str(), &req.room_id).await?;
-    Ok(Json(json!({})))
+    Ok(RumaResponse(create_alias::v3::Response::new()))
 }
 
 async fn get_alias(
     State(app): State<AppState>,
     Ruma(req): Ruma<get_alias::v3::Request>,
-) -> Result<Json<Value>> {
+) -> Result<RumaResponse<get_alias::v3::Response>> {
     let (room_id, servers) = directory::association(&app, &req.room_alias).await?;
-    Ok(Json(json!({ "room_id": room_id, "servers": servers })))
+    Ok(RumaResponse(get_alias::v3::Response::new(room_id, servers)))
 }
 
 async fn remove_alias(
     State(app): State<AppState>,
     AuthUser(user): AuthUser,
     Ruma(req): Ruma<delete_alias::v3::Request>,
-) -> Result<Json<Value>> {
+) -> Result<RumaResponse<delete_alias::v3::Response>> {
     directory::delete_alias(&app, &user, req.room_alias.as_str()).await?;
-    Ok(Json(json!({})))
+    Ok(RumaResponse(delete_alias::v3::Response::new()))
 }
 
 async fn room_aliases(
     State(app): State<AppState>,
     AuthUser(user): AuthUser,
     Ruma(req): Ruma<aliases::v3::Request>,
-) -> Result<Json<Value>> {
+) -> Result<RumaResponse<aliases::v3::Response>> {
     let aliases = directory::room_aliases(&app, &user.user_id, &req.room_id).await?;
-    Ok(Json(json!({ "aliases": aliases })))
+    Ok(RumaResponse(aliases::v3::Response::new(
+        aliases
+            .into_iter()
+            .filter_map(|a| OwnedRoomAliasId::try_from(a).ok())
+            .collect(),
+    )))
 }

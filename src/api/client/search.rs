@@ -3,12 +3,11 @@
 
 use axum::{Json, Router, extract::State};
 use ruma::api::client::{search::search_events, user_directory::search_users};
-use serde_json::{Value, json};
 
 use crate::{
     api::{
         auth::AuthUser,
-        ruma::{RouterExt, Ruma},
+        ruma::{RouterExt, Ruma, RumaResponse},
     },
     app::AppState,
     error::Result,
@@ -25,9 +24,10 @@ async fn search_handler(
     State(app): State<AppState>,
     AuthUser(session): AuthUser,
     Ruma(req): Ruma<search_events::v3::Request>,
-) -> Result<Json<Value>> {
+) -> Result<Json<search::Response>> {
+    // Not ruma's response type: see `search::Response`.
     let Some(criteria) = &req.search_categories.room_events else {
-        return Ok(Json(json!({ "search_categories": {} })));
+        return Ok(Json(search::Response::default()));
     };
     Ok(Json(
         search::search(&app, &session, criteria, req.next_batch.as_deref()).await?,
@@ -38,8 +38,8 @@ async fn users(
     State(app): State<AppState>,
     AuthUser(session): AuthUser,
     Ruma(req): Ruma<search_users::v3::Request>,
-) -> Result<Json<Value>> {
-    Ok(Json(
+) -> Result<RumaResponse<search_users::v3::Response>> {
+    Ok(RumaResponse(
         user_directory::search(&app, &session, &req.search_term, u64::from(req.limit)).await?,
     ))
 }

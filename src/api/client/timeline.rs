@@ -21,12 +21,12 @@ use ruma::api::{
         threads::get_threads,
     },
 };
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use crate::{
     api::{
         auth::{AuthUser, GuestOk},
-        ruma::{RouterExt, Ruma, RumaOrObject},
+        ruma::{RouterExt, Ruma, RumaOrObject, RumaResponse},
     },
     app::AppState,
     domain::filter::EventFilter,
@@ -55,7 +55,7 @@ async fn context(
     State(app): State<AppState>,
     GuestOk(user): GuestOk,
     Ruma(req): Ruma<get_context::v3::Request>,
-) -> Result<Json<Value>> {
+) -> Result<Json<timeline::Context>> {
     let filter = EventFilter::from_room_event_filter(&req.filter);
     let body = timeline::context(
         &app,
@@ -77,7 +77,7 @@ async fn relations(
     State(app): State<AppState>,
     AuthUser(user): AuthUser,
     Ruma(req): Ruma<get_relating_events::v1::Request>,
-) -> Result<Json<Value>> {
+) -> Result<RumaResponse<get_relating_events::v1::Response>> {
     let body = timeline::relations(
         &app,
         &user,
@@ -92,14 +92,14 @@ async fn relations(
         limit(req.limit),
     )
     .await?;
-    Ok(Json(body))
+    Ok(RumaResponse(body))
 }
 
 async fn relations_of_type(
     State(app): State<AppState>,
     AuthUser(user): AuthUser,
     Ruma(req): Ruma<get_relating_events_with_rel_type::v1::Request>,
-) -> Result<Json<Value>> {
+) -> Result<RumaResponse<get_relating_events_with_rel_type::v1::Response>> {
     let rel_type = req.rel_type.to_string();
     let body = timeline::relations(
         &app,
@@ -115,14 +115,18 @@ async fn relations_of_type(
         limit(req.limit),
     )
     .await?;
-    Ok(Json(body))
+    let mut out = get_relating_events_with_rel_type::v1::Response::new(body.chunk);
+    out.next_batch = body.next_batch;
+    out.prev_batch = body.prev_batch;
+    out.recursion_depth = body.recursion_depth;
+    Ok(RumaResponse(out))
 }
 
 async fn relations_of_type_and_event(
     State(app): State<AppState>,
     AuthUser(user): AuthUser,
     Ruma(req): Ruma<get_relating_events_with_rel_type_and_event_type::v1::Request>,
-) -> Result<Json<Value>> {
+) -> Result<RumaResponse<get_relating_events_with_rel_type_and_event_type::v1::Response>> {
     let rel_type = req.rel_type.to_string();
     let event_type = req.event_type.to_string();
     let body = timeline::relations(
@@ -139,14 +143,18 @@ async fn relations_of_type_and_event(
         limit(req.limit),
     )
     .await?;
-    Ok(Json(body))
+    let mut out = get_relating_events_with_rel_type_and_event_type::v1::Response::new(body.chunk);
+    out.next_batch = body.next_batch;
+    out.prev_batch = body.prev_batch;
+    out.recursion_depth = body.recursion_depth;
+    Ok(RumaResponse(out))
 }
 
 async fn threads(
     State(app): State<AppState>,
     AuthUser(user): AuthUser,
     Ruma(req): Ruma<get_threads::v1::Request>,
-) -> Result<Json<Value>> {
+) -> Result<RumaResponse<get_threads::v1::Response>> {
     let participated = req.include == get_threads::v1::IncludeThreads::Participated;
     let body = timeline::threads(
         &app,
@@ -157,14 +165,14 @@ async fn threads(
         limit(req.limit),
     )
     .await?;
-    Ok(Json(body))
+    Ok(RumaResponse(body))
 }
 
 async fn timestamp_to_event(
     State(app): State<AppState>,
     AuthUser(user): AuthUser,
     Ruma(req): Ruma<get_event_by_timestamp::v1::Request>,
-) -> Result<Json<Value>> {
+) -> Result<RumaResponse<get_event_by_timestamp::v1::Response>> {
     let ts = u64::from(req.ts.0) as i64;
     let body = timeline::timestamp_to_event(
         &app,
@@ -174,14 +182,14 @@ async fn timestamp_to_event(
         req.dir == Direction::Backward,
     )
     .await?;
-    Ok(Json(body))
+    Ok(RumaResponse(body))
 }
 
 async fn report(
     State(app): State<AppState>,
     AuthUser(user): AuthUser,
     Ruma(req): Ruma<report_content::v3::Request>,
-) -> Result<Json<Value>> {
+) -> Result<RumaResponse<report_content::v3::Response>> {
     timeline::report(
         &app,
         &user.user_id,
@@ -190,7 +198,7 @@ async fn report(
         req.reason.as_deref(),
     )
     .await?;
-    Ok(Json(json!({})))
+    Ok(RumaResponse(report_content::v3::Response::new()))
 }
 
 /// Reporting a room needs no membership of it. A missing `reason` reads as
@@ -199,25 +207,25 @@ async fn report_room(
     State(app): State<AppState>,
     AuthUser(user): AuthUser,
     Ruma(req): Ruma<report_room::v3::Request>,
-) -> Result<Json<Value>> {
+) -> Result<RumaResponse<report_room::v3::Response>> {
     reports::report_room(&app, &user.user_id, &req.room_id, &req.reason).await?;
-    Ok(Json(json!({})))
+    Ok(RumaResponse(report_room::v3::Response::new()))
 }
 
 async fn report_user(
     State(app): State<AppState>,
     AuthUser(user): AuthUser,
     Ruma(req): Ruma<report_user::v3::Request>,
-) -> Result<Json<Value>> {
+) -> Result<RumaResponse<report_user::v3::Response>> {
     reports::report_user(&app, &user.user_id, &req.user_id, &req.reason).await?;
-    Ok(Json(json!({})))
+    Ok(RumaResponse(report_user::v3::Response::new()))
 }
 
 async fn upgrade(
     State(app): State<AppState>,
     AuthUser(user): AuthUser,
     RumaOrObject(req, body): RumaOrObject<upgrade_room::v3::Request>,
-) -> Result<Json<Value>> {
+) -> Result<RumaResponse<upgrade_room::v3::Response>> {
     // A version string that is not even a room version identifier
     // (`my_bad_version`) is a version this server does not support, as
     // Synapse answers, not a malformed body.
@@ -241,9 +249,12 @@ async fn upgrade(
         additional,
     )
     .await?;
-    Ok(Json(json!({ "replacement_room": new_room })))
+    Ok(RumaResponse(upgrade_room::v3::Response::new(new_room)))
 }
 
+/// Left as JSON: ruma's room summary leaves out `"join_rule": "public"` (its
+/// default), which this server, like Synapse, always sends; the rooms are
+/// built as JSON with the public room directory's entries (`service::directory`).
 async fn hierarchy(
     State(app): State<AppState>,
     AuthUser(user): AuthUser,

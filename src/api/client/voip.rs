@@ -1,14 +1,17 @@
 //! `GET /_matrix/client/v3/voip/turnServer` (spec: "Voice over IP", "Server
 //! behaviour"): TURN credentials from the `[turn]` settings.
 
-use axum::{Json, Router, extract::State};
+use axum::{
+    Json, Router,
+    extract::State,
+    response::{IntoResponse, Response},
+};
 use ruma::api::client::voip::get_turn_server_info;
-use serde_json::Value;
 
 use crate::{
     api::{
         auth::AuthUser,
-        ruma::{RouterExt, Ruma},
+        ruma::{RouterExt, Ruma, RumaResponse},
     },
     app::AppState,
     error::Result,
@@ -23,6 +26,11 @@ async fn turn_server(
     State(app): State<AppState>,
     AuthUser(user): AuthUser,
     Ruma(_): Ruma<get_turn_server_info::v3::Request>,
-) -> Result<Json<Value>> {
-    Ok(Json(voip::turn_server(&app, &user)?))
+) -> Result<Response> {
+    Ok(match voip::turn_server(&app, &user)? {
+        Some(turn) => RumaResponse(turn).into_response(),
+        // No TURN server: `{}`, as Synapse answers, which ruma's response
+        // (every field required) cannot express.
+        None => Json(serde_json::json!({})).into_response(),
+    })
 }
