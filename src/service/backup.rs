@@ -3,8 +3,12 @@
 
 use std::collections::BTreeMap;
 
-use ruma::UserId;
-use serde_json::{Map, Value, json};
+use ruma::{
+    OwnedRoomId, UInt, UserId,
+    api::client::backup::{BackupAlgorithm, KeyBackupData},
+    serde::Raw,
+};
+use serde_json::{Value, json};
 
 use crate::{
     app::AppState,
@@ -37,20 +41,47 @@ pub async fn create(app: &AppState, user: &UserId, algorithm: &Value) -> Result<
         .to_string())
 }
 
+/// JSON held for a backup, as ruma's raw type (the same JSON).
+fn raw<T>(value: &Value) -> Result<Raw<T>> {
+    let json = serde_json::value::to_raw_value(value).map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(Raw::from_json(json))
+}
+
+fn uint(n: i64) -> UInt {
+    UInt::try_from(n).unwrap_or_default()
+}
+
+/// A backup version, as `GET /room_keys/version[/{version}]` describes it.
+pub struct Info {
+    /// `algorithm` and `auth_data`, as uploaded.
+    pub algorithm: Raw<BackupAlgorithm>,
+    pub count: UInt,
+    pub etag: String,
+    pub version: String,
+}
+
 /// `GET /room_keys/version[/{version}]`.
-pub async fn info(app: &AppState, user: &UserId, version: Option<&str>) -> Result<Value> {
+pub async fn info(app: &AppState, user: &UserId, version: Option<&str>) -> Result<Info> {
     let version = version.map(parse_version).transpose()?;
     let backup = keys::backup(&app.db, user.as_str(), version)
         .await?
         .ok_or_else(|| Error::not_found("No backup found"))?;
     let count = keys::backup_key_count(&app.db, user.as_str(), backup.version).await?;
-    Ok(json!({
-        "algorithm": backup.algorithm,
-        "auth_data": serde_json::from_str::<Value>(&backup.auth_data).unwrap_or_default(),
-        "count": count,
-        "etag": backup.etag.to_string(),
-        "version": backup.version.to_string(),
-    }))
+    Ok(Info {
+        algorithm: raw(&json!({
+            "algorithm": backup.algorithm,
+            "auth_data": serde_json::from_str::<Value>(&backup.auth_data).unwrap_or_default(),
+        }))?,
+        count: uint(count),
+        etag: backup.etag.to_string(),
+        version: backup.version.to_string(),
+    })
+}
+
+/// A backup's `etag` and key `count`, the answer to changing its keys.
+pub struct Counts {
+    pub etag: String,
+    pub count: UInt,
 }
 
 pub async fn update(app: &AppState, user: &UserId, version: &str, algorithm: &Value) -> Result<()> {
@@ -88,7 +119,7 @@ pub async fn put_keys(
     user: &UserId,
     version: &str,
     sessions: Vec<(String, String, Value)>,
-) -> Result<Value> {
+) -> Result<Counts> {
     let v = parse_version(version)?;
     let current = keys::backup(&app.db, user.as_str(), None).await?;
     if current.as_ref().map(|b| b.version) != Some(v) {
@@ -134,12 +165,15 @@ pub async fn put_keys(
     counts(app, user, v).await
 }
 
-async fn counts(app: &AppState, user: &UserId, v: i64) -> Result<Value> {
+async fn counts(app: &AppState, user: &UserId, v: i64) -> Result<Counts> {
     let backup = keys::backup(&app.db, user.as_str(), Some(v))
         .await?
         .ok_or_else(|| Error::not_found("Unknown backup version"))?;
     let count = keys::backup_key_count(&app.db, user.as_str(), v).await?;
-    Ok(json!({ "etag": backup.etag.to_string(), "count": count }))
+    Ok(Counts {
+        etag: backup.etag.to_string(),
+        count: uint(count),
+    })
 }
 
 fn key_json(k: &BackupKey) -> Value {
@@ -151,41 +185,35 @@ fn key_json(k: &BackupKey) -> Value {
     })
 }
 
-/// `GET /room_keys/keys…`, narrowed to a room and a session when given.
+/// Backed-up keys: room → session → key data.
+pub type Keys = BTreeMap<OwnedRoomId, BTreeMap<String, Raw<KeyBackupData>>>;
+
+/// `GET /room_keys/keys…`, narrowed to a room and a session when given
+/// (`M_NOT_FOUND` when that session has no key).
 pub async fn get_keys(
     app: &AppState,
     user: &UserId,
     version: &str,
     room_id: Option<&str>,
     session_id: Option<&str>,
-) -> Result<Value> {
+) -> Result<Keys> {
     let v = parse_version(version)?;
     keys::backup(&app.db, user.as_str(), Some(v))
         .await?
         .ok_or_else(|| Error::not_found("Unknown backup version"))?;
     let rows = keys::backup_keys(&app.db, user.as_str(), v, room_id, session_id).await?;
-    if let (Some(_), Some(_)) = (room_id, session_id) {
-        return rows
-            .first()
-            .map(key_json)
-            .ok_or_else(|| Error::not_found("No key backed up for this session"));
+    if room_id.is_some() && session_id.is_some() && rows.is_empty() {
+        return Err(Error::not_found("No key backed up for this session"));
     }
-    let mut rooms: BTreeMap<String, Map<String, Value>> = BTreeMap::new();
+    let mut rooms = Keys::new();
     for k in &rows {
+        let room = OwnedRoomId::try_from(k.room_id.as_str()).map_err(|e| anyhow::anyhow!("{e}"))?;
         rooms
-            .entry(k.room_id.clone())
+            .entry(room)
             .or_default()
-            .insert(k.session_id.clone(), key_json(k));
+            .insert(k.session_id.clone(), raw(&key_json(k))?);
     }
-    if room_id.is_some() {
-        let sessions = rooms.into_values().next().unwrap_or_default();
-        return Ok(json!({ "sessions": sessions }));
-    }
-    let rooms: Map<String, Value> = rooms
-        .into_iter()
-        .map(|(r, s)| (r, json!({ "sessions": s })))
-        .collect();
-    Ok(json!({ "rooms": rooms }))
+    Ok(rooms)
 }
 
 pub async fn delete_keys(
@@ -194,7 +222,7 @@ pub async fn delete_keys(
     version: &str,
     room_id: Option<&str>,
     session_id: Option<&str>,
-) -> Result<Value> {
+) -> Result<Counts> {
     let v = parse_version(version)?;
     keys::backup(&app.db, user.as_str(), Some(v))
         .await?

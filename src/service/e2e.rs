@@ -7,7 +7,13 @@
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use ruma::{
-    CanonicalJsonObject, CanonicalJsonValue, OwnedUserId, UserId, api::client::uiaa::AuthData,
+    CanonicalJsonObject, CanonicalJsonValue, OneTimeKeyAlgorithm, OwnedDeviceId, OwnedOneTimeKeyId,
+    OwnedUserId, UInt, UserId,
+    api::client::{
+        keys::{claim_keys, get_keys, upload_signatures},
+        uiaa::AuthData,
+    },
+    serde::Raw,
     signatures::verify_json,
 };
 use serde_json::{Map, Value, json};
@@ -27,7 +33,7 @@ pub async fn upload(
     device_keys: Option<Value>,
     one_time_keys: Vec<(String, String)>,
     fallback_keys: Vec<(String, String)>,
-) -> Result<Map<String, Value>> {
+) -> Result<BTreeMap<OneTimeKeyAlgorithm, UInt>> {
     let user = session.user_id.as_str();
     let device = session.device_id.as_str();
     let mut tx = app.db.begin().await?;
@@ -69,8 +75,48 @@ pub async fn upload(
     drop(guard);
     Ok(counts
         .into_iter()
-        .map(|c| (c.algorithm, Value::from(c.count)))
+        .map(|c| {
+            let count = UInt::try_from(c.count).unwrap_or_default();
+            (OneTimeKeyAlgorithm::from(c.algorithm), count)
+        })
         .collect())
+}
+
+/// Keys held as JSON, as ruma's raw type (the same JSON).
+fn raw<T>(value: &Value) -> Result<Raw<T>> {
+    let json = serde_json::value::to_raw_value(value).map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(Raw::from_json(json))
+}
+
+/// Per-user keys, by user ID; an entry whose user ID does not parse (a remote
+/// server's answer) is left out.
+fn by_user<T>(keys: Map<String, Value>) -> Result<BTreeMap<OwnedUserId, Raw<T>>> {
+    let mut out = BTreeMap::new();
+    for (user, value) in keys {
+        if let Ok(user) = OwnedUserId::try_from(user) {
+            out.insert(user, raw(&value)?);
+        }
+    }
+    Ok(out)
+}
+
+/// Per-user, per-device keys; a user whose entry is not an object of devices
+/// (a remote server's answer) is left out.
+fn by_user_and_device<T>(
+    keys: Map<String, Value>,
+) -> Result<BTreeMap<OwnedUserId, BTreeMap<OwnedDeviceId, Raw<T>>>> {
+    let mut out = BTreeMap::new();
+    for (user, devices) in keys {
+        let (Ok(user), Value::Object(devices)) = (OwnedUserId::try_from(user), devices) else {
+            continue;
+        };
+        let mut per_device = BTreeMap::new();
+        for (device, value) in devices {
+            per_device.insert(OwnedDeviceId::from(device), raw(&value)?);
+        }
+        out.insert(user, per_device);
+    }
+    Ok(out)
 }
 
 fn split_key_id(id: &str) -> Result<(&str, &str)> {
@@ -88,7 +134,7 @@ pub async fn query(
     app: &AppState,
     session: &Session,
     wanted: Vec<(String, Vec<String>)>,
-) -> Result<Value> {
+) -> Result<get_keys::v3::Response> {
     let viewer = session.user_id.as_str();
     let mut out = KeysFound::default();
     let mut failures = Map::new();
@@ -114,13 +160,13 @@ pub async fn query(
             target.extend(users_of(server, &reply[field]));
         }
     }
-    Ok(json!({
-        "device_keys": out.device_keys,
-        "master_keys": out.master,
-        "self_signing_keys": out.self_signing,
-        "user_signing_keys": out.user_signing,
-        "failures": failures,
-    }))
+    let mut response = get_keys::v3::Response::new();
+    response.device_keys = by_user_and_device(out.device_keys)?;
+    response.master_keys = by_user(out.master)?;
+    response.self_signing_keys = by_user(out.self_signing)?;
+    response.user_signing_keys = by_user(out.user_signing)?;
+    response.failures = failures.into_iter().collect();
+    Ok(response)
 }
 
 /// Remote users at most one `/keys/query` fetches the device lists of.
@@ -342,7 +388,10 @@ async fn merge_signatures(
 
 /// `POST /keys/claim`: one one-time key per requested device, falling back to the
 /// device's fallback key. Remote users' keys are claimed from their servers.
-pub async fn claim(app: &AppState, wanted: Vec<(String, String, String)>) -> Result<Value> {
+pub async fn claim(
+    app: &AppState,
+    wanted: Vec<(String, String, String)>,
+) -> Result<claim_keys::v3::Response> {
     let mut remote: BTreeMap<String, Map<String, Value>> = BTreeMap::new();
     let mut local = Vec::new();
     for (user, device, algorithm) in wanted {
@@ -370,7 +419,28 @@ pub async fn claim(app: &AppState, wanted: Vec<(String, String, String)>) -> Res
             }
         }
     }
-    Ok(json!({ "one_time_keys": out, "failures": failures }))
+    // user → device → key ID → key; entries whose IDs do not parse (a
+    // remote server's answer) are left out.
+    let mut one_time_keys = BTreeMap::new();
+    for (user, devices) in out {
+        let Ok(user) = OwnedUserId::try_from(user) else {
+            continue;
+        };
+        let mut per_device = BTreeMap::new();
+        for (device, keys) in devices {
+            let mut per_key = BTreeMap::new();
+            for (key_id, key) in keys.as_object().into_iter().flatten() {
+                if let Ok(key_id) = OwnedOneTimeKeyId::try_from(key_id.as_str()) {
+                    per_key.insert(key_id, raw(key)?);
+                }
+            }
+            per_device.insert(OwnedDeviceId::from(device), per_key);
+        }
+        one_time_keys.insert(user, per_device);
+    }
+    let mut response = claim_keys::v3::Response::new(one_time_keys);
+    response.failures = failures.into_iter().collect();
+    Ok(response)
 }
 
 /// Remote servers one `/keys/query` or `/keys/claim` asks, at most; the others
@@ -694,7 +764,7 @@ pub async fn upload_signatures(
     app: &AppState,
     session: &Session,
     signed: Vec<(String, String, Value)>,
-) -> Result<Value> {
+) -> Result<upload_signatures::v3::Response> {
     let me = session.user_id.as_str();
     let mut failures: BTreeMap<String, Map<String, Value>> = BTreeMap::new();
     let mut changed_keys = BTreeSet::new();
@@ -735,7 +805,20 @@ pub async fn upload_signatures(
     }
     tx.commit().await?;
     drop(guards);
-    Ok(json!({ "failures": failures }))
+    let mut response = upload_signatures::v3::Response::new();
+    for (user, keys) in failures {
+        let Ok(user) = OwnedUserId::try_from(user) else {
+            continue;
+        };
+        let mut per_key = BTreeMap::new();
+        for (key, failure) in keys {
+            // ruma's `Failure` has no constructor: it is read from its JSON.
+            let failure = serde_json::from_value(failure).map_err(|e| anyhow::anyhow!("{e}"))?;
+            per_key.insert(key, failure);
+        }
+        response.failures.insert(user, per_key);
+    }
+    Ok(response)
 }
 
 /// The uploader's new, valid signatures on one key: `(key_id, signature)`.

@@ -22,7 +22,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use ruma::RoomId;
+use ruma::{
+    RoomId,
+    api::client::push::{Pusher as RumaPusher, PusherIds, PusherInit, PusherKind},
+};
 use serde_json::{Map, Value, json};
 use tokio_util::sync::CancellationToken;
 
@@ -151,28 +154,32 @@ fn check_http_data(app: &AppState, user: &str, data: &Map<String, Value>) -> Res
     Ok(())
 }
 
-/// `GET /pushers`.
-pub async fn list(app: &AppState, session: &Session) -> Result<Value> {
-    let pushers: Vec<Value> = rows::for_user(&app.db, session.user_id.as_str())
+/// `GET /pushers`. A stored pusher whose `data` does not fit its kind (an
+/// HTTP pusher without a `url`; `set` refuses those) is left out.
+pub async fn list(app: &AppState, session: &Session) -> Result<Vec<RumaPusher>> {
+    Ok(rows::for_user(&app.db, session.user_id.as_str())
         .await?
         .into_iter()
-        .map(|p| {
-            let mut out = json!({
-                "app_id": p.app_id,
-                "pushkey": p.pushkey,
-                "kind": p.kind,
-                "app_display_name": p.app_display_name,
-                "device_display_name": p.device_display_name,
-                "lang": p.lang,
-                "data": serde_json::from_str::<Value>(&p.data).unwrap_or_default(),
-            });
-            if let Some(tag) = p.profile_tag {
-                out["profile_tag"] = tag.into();
-            }
-            out
+        .filter_map(|p| {
+            let data = serde_json::from_str::<Value>(&p.data).unwrap_or_default();
+            let kind: PusherKind =
+                match serde_json::from_value(json!({ "kind": p.kind, "data": data })) {
+                    Ok(kind) => kind,
+                    Err(e) => {
+                        tracing::warn!(app_id = %p.app_id, error = %e, "stored pusher unreadable");
+                        return None;
+                    }
+                };
+            Some(RumaPusher::from(PusherInit {
+                ids: PusherIds::new(p.pushkey, p.app_id),
+                kind,
+                app_display_name: p.app_display_name,
+                device_display_name: p.device_display_name,
+                profile_tag: p.profile_tag,
+                lang: p.lang,
+            }))
         })
-        .collect();
-    Ok(json!({ "pushers": pushers }))
+        .collect())
 }
 
 /// `GET /notifications`: newest first, paginated by stream position.

@@ -160,6 +160,85 @@ async fn keys_upload_query_claim_with_fallback() {
     assert_eq!(s["device_unused_fallback_key_types"], json!([]));
 }
 
+/// The key endpoints answer with every map Synapse sends, empty ones
+/// included (SyTest reads `failures` of `/keys/query`, matrix-nio requires
+/// its `device_keys`), and keys come back as uploaded, fields beyond the
+/// spec's and signatures included.
+#[tokio::test]
+async fn key_answers_keep_empty_maps_and_unknown_fields() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice", "pw").await;
+    let bob = server.register("bob", "pw").await;
+    let post = |path: &'static str, who: &Login, body: Value| {
+        let server = &server;
+        let token = who.access_token.clone();
+        async move {
+            let (status, resp) = server
+                .post(&format!("{V3}{path}"), Some(&token), body)
+                .await;
+            assert_eq!(status, StatusCode::OK, "{path}: {resp}");
+            resp
+        }
+    };
+    assert_eq!(
+        post("/keys/query", &bob, json!({ "device_keys": {} })).await,
+        json!({ "device_keys": {}, "failures": {}, "master_keys": {},
+            "self_signing_keys": {}, "user_signing_keys": {} })
+    );
+    assert_eq!(
+        post("/keys/claim", &bob, json!({ "one_time_keys": {} })).await,
+        json!({ "one_time_keys": {}, "failures": {} })
+    );
+    assert_eq!(
+        post("/keys/signatures/upload", &bob, json!({})).await,
+        json!({ "failures": {} })
+    );
+
+    let mut keys = device_keys(&alice);
+    keys["org.example.extra"] = json!({ "nested": [1, "two", { "three": null }] });
+    keys["signatures"][&alice.user_id]["ed25519:OTHER"] = json!("sig2");
+    upload(
+        &server,
+        &alice,
+        json!({
+            "device_keys": keys,
+            "one_time_keys": { "signed_curve25519:AAAA":
+                { "key": "k1", "signatures": { alice.user_id.clone(): { "ed25519:X": "s" } },
+                  "org.example.extra": true } },
+        }),
+    )
+    .await;
+    let q = post(
+        "/keys/query",
+        &bob,
+        json!({ "device_keys": { alice.user_id.clone(): [] } }),
+    )
+    .await;
+    let mut got = q["device_keys"][&alice.user_id][&alice.device_id].clone();
+    assert!(got["unsigned"].is_object(), "{q}");
+    got.as_object_mut().unwrap().remove("unsigned");
+    assert_eq!(got, keys);
+    assert_eq!(q["failures"], json!({}), "{q}");
+    assert_eq!(q["master_keys"], json!({}), "{q}");
+
+    let c = post(
+        "/keys/claim",
+        &bob,
+        json!({ "one_time_keys": { alice.user_id.clone(): { alice.device_id.clone(): "signed_curve25519" } } }),
+    )
+    .await;
+    assert_eq!(
+        c,
+        json!({
+            "one_time_keys": { alice.user_id.clone(): { alice.device_id.clone(): {
+                "signed_curve25519:AAAA": { "key": "k1",
+                    "signatures": { alice.user_id.clone(): { "ed25519:X": "s" } },
+                    "org.example.extra": true } } } },
+            "failures": {},
+        })
+    );
+}
+
 #[tokio::test]
 async fn to_device_messages_are_delivered_once() {
     let server = TestServer::start().await;

@@ -32,6 +32,10 @@ pub fn router() -> Router<AppState> {
 }
 
 /// The user themself or a server admin; `M_FORBIDDEN` for anyone else.
+///
+/// Answered as JSON, not ruma's response: ruma's `ConnectionInfo` writes an
+/// unknown `ip`, `last_seen` or `user_agent` as `null` where Synapse (and
+/// Lattice) leave it out, and ruma drops `devices` when the user has none.
 async fn whois(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,

@@ -4,12 +4,11 @@
 //! `PUT /_matrix/client/v3/directory/list/appservice/{networkId}/{roomId}`
 //! (and its `DELETE`, which Synapse serves too).
 
-use axum::{Json, Router, extract::State};
+use axum::{Router, extract::State};
 use ruma::api::client::{
     appservice::{request_ping, set_room_visibility},
     room::Visibility,
 };
-use serde_json::{Value, json};
 
 use crate::{
     api::{
@@ -58,7 +57,7 @@ async fn set_listed(
     State(app): State<AppState>,
     AuthUser(session): AuthUser,
     Ruma(req): Ruma<set_room_visibility::v3::Request>,
-) -> Result<Json<Value>> {
+) -> Result<RumaResponse<set_room_visibility::v3::Response>> {
     let reg = appservice_of(&session)?;
     let listed = match req.visibility {
         Visibility::Public => true,
@@ -66,17 +65,19 @@ async fn set_listed(
         _ => return Err(Error::invalid_param("Unknown visibility")),
     };
     appservice::set_listed(&app, reg, &req.network_id, &req.room_id, listed).await?;
-    Ok(Json(json!({})))
+    Ok(RumaResponse(set_room_visibility::v3::Response::new()))
 }
 
+/// ruma has no request type for the `DELETE` (Synapse's extension); it
+/// answers as the `PUT` does, with an empty object.
 async fn unlist(
     State(app): State<AppState>,
     AuthUser(session): AuthUser,
     axum::extract::Path((network_id, room_id)): axum::extract::Path<(String, String)>,
-) -> Result<Json<Value>> {
+) -> Result<RumaResponse<set_room_visibility::v3::Response>> {
     let reg = appservice_of(&session)?;
     let room_id =
         ruma::RoomId::parse(&room_id).map_err(|_| Error::invalid_param("Invalid room ID"))?;
     appservice::set_listed(&app, reg, &network_id, &room_id, false).await?;
-    Ok(Json(json!({})))
+    Ok(RumaResponse(set_room_visibility::v3::Response::new()))
 }

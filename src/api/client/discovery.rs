@@ -5,7 +5,9 @@
 //! support discovery", "Capabilities negotiation"), and `GET /health`.
 
 use axum::{Json, Router, extract::State, routing::get};
-use ruma::api::client::discovery::{discover_support, get_capabilities, get_supported_versions};
+use ruma::api::client::discovery::{
+    discover_homeserver, discover_support, get_capabilities, get_supported_versions,
+};
 use serde_json::{Value, json};
 
 use crate::{
@@ -30,7 +32,7 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .ruma::<get_supported_versions::Request, _, _>(versions)
         .ruma::<get_capabilities::v3::Request, _, _>(capabilities)
-        .route("/.well-known/matrix/client", get(well_known_client))
+        .ruma::<discover_homeserver::Request, _, _>(well_known_client)
         .route("/.well-known/matrix/server", get(well_known_server))
         .ruma::<discover_support::Request, _, _>(well_known_support)
         .route("/health", get(health))
@@ -114,6 +116,10 @@ async fn versions(
 /// Lattice creates and joins; every profile field may be changed; third-party
 /// IDs (email addresses) can be added and removed when the server sends email;
 /// login tokens for other devices when `auth.login_via_existing_session` is on.
+///
+/// Answered as JSON, not ruma's response: ruma leaves out every capability
+/// equal to the spec's default (`m.change_password` enabled, for one), and
+/// SyTest requires `m.change_password` present, as Synapse always sends it.
 async fn capabilities(
     State(state): State<AppState>,
     AuthUser(_): AuthUser,
@@ -139,12 +145,19 @@ async fn capabilities(
     }))
 }
 
-async fn well_known_client(State(state): State<AppState>) -> Json<Value> {
-    Json(json!({ "m.homeserver": { "base_url": state.config.public_baseurl() } }))
+async fn well_known_client(
+    State(state): State<AppState>,
+    Ruma(_): Ruma<discover_homeserver::Request>,
+) -> RumaResponse<discover_homeserver::Response> {
+    RumaResponse(discover_homeserver::Response::new(
+        discover_homeserver::HomeserverInfo::new(state.config.public_baseurl()),
+    ))
 }
 
 /// Served only when `federation_delegate` is configured; otherwise other servers
 /// fall back to SRV records and port 8448, as the spec's discovery says.
+/// Answered as JSON, not ruma's (federation) response: that one needs a valid
+/// server name, and the setting is served as configured.
 async fn well_known_server(State(state): State<AppState>) -> Result<Json<Value>> {
     match &state.config.federation_delegate {
         Some(delegate) => Ok(Json(json!({ "m.server": delegate }))),
@@ -157,18 +170,34 @@ async fn well_known_server(State(state): State<AppState>) -> Result<Json<Value>>
 async fn well_known_support(
     State(state): State<AppState>,
     Ruma(_): Ruma<discover_support::Request>,
-) -> Result<Json<Value>> {
+) -> Result<RumaResponse<discover_support::Response>> {
     let support = &state.config.support;
     if support.contacts.is_empty() && support.support_page.is_none() {
         return Err(Error::not_found("No support information configured"));
     }
-    let mut body = json!({});
-    if !support.contacts.is_empty() {
-        body["contacts"] = serde_json::to_value(&support.contacts)
-            .map_err(|e| anyhow::anyhow!("support contacts: {e}"))?;
+    let mut contacts = Vec::new();
+    for c in &support.contacts {
+        let role = discover_support::ContactRole::from(c.role.as_str());
+        // The configuration checked each contact at load: a valid user ID,
+        // and a matrix ID or an email address.
+        let matrix_id = c
+            .matrix_id
+            .as_deref()
+            .map(ruma::UserId::parse)
+            .transpose()
+            .map_err(|e| anyhow::anyhow!("support contact: {e}"))?;
+        contacts.push(match (&c.email_address, matrix_id) {
+            (Some(email), id) => {
+                let mut contact =
+                    discover_support::Contact::with_email_address(role, email.clone());
+                contact.matrix_id = id;
+                contact
+            }
+            (None, Some(id)) => discover_support::Contact::with_matrix_id(role, id),
+            (None, None) => continue,
+        });
     }
-    if let Some(page) = &support.support_page {
-        body["support_page"] = page.clone().into();
-    }
-    Ok(Json(body))
+    let mut response = discover_support::Response::with_contacts(contacts);
+    response.support_page.clone_from(&support.support_page);
+    Ok(RumaResponse(response))
 }

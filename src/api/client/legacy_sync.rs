@@ -6,7 +6,8 @@
 //!
 //! ruma types only the peeking form of `/events` (where `room_id` is required)
 //! and the room `initialSync` without its `limit`, so these routes take their
-//! query with [`Query`] and are registered on the spec's paths here.
+//! query with [`Query`] and are registered on the spec's paths here. They
+//! answer with JSON too, for the reasons given on each handler.
 
 use std::time::Duration;
 
@@ -59,6 +60,8 @@ struct StreamQuery {
     room_id: Option<String>,
 }
 
+/// JSON, not ruma's peeking response: that one leaves out an empty `chunk`,
+/// which Synapse always sends and pollers read.
 async fn stream(
     State(app): State<AppState>,
     GuestOk(user): GuestOk,
@@ -101,6 +104,7 @@ fn snapshot_limit(q: &SnapshotQuery) -> usize {
         .min(initial_sync::MAX_LIMIT as u64) as usize
 }
 
+/// JSON: ruma has no type for the global `initialSync`.
 async fn initial_sync_all(
     State(app): State<AppState>,
     AuthUser(user): AuthUser,
@@ -111,6 +115,9 @@ async fn initial_sync_all(
     ))
 }
 
+/// JSON, not ruma's `get_current_state` response: that one has no
+/// `presence` (the spec's, which Synapse sends) and leaves out empty `state`
+/// and `account_data`.
 async fn initial_sync_room(
     State(app): State<AppState>,
     GuestOk(user): GuestOk,
@@ -125,7 +132,8 @@ async fn initial_sync_room(
 }
 
 /// `GET /events/{eventId}`: `GET /rooms/{roomId}/event/{eventId}` without the
-/// room, which is looked up; the same visibility rules.
+/// room, which is looked up; the same visibility rules. JSON: ruma has no
+/// type for it.
 async fn one_event(
     State(app): State<AppState>,
     AuthUser(user): AuthUser,

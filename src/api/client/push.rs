@@ -31,7 +31,7 @@ use crate::{
         auth::AuthUser,
         json::{Json as Body, Query},
         rate_limited,
-        ruma::{RouterExt, Ruma},
+        ruma::{RouterExt, Ruma, RumaResponse},
     },
     app::AppState,
     domain::push_rules::Kind,
@@ -78,20 +78,25 @@ async fn pushers(
     State(app): State<AppState>,
     AuthUser(user): AuthUser,
     Ruma(_): Ruma<get_pushers::v3::Request>,
-) -> Result<Json<Value>> {
-    Ok(Json(pusher::list(&app, &user).await?))
+) -> Result<RumaResponse<get_pushers::v3::Response>> {
+    Ok(RumaResponse(get_pushers::v3::Response::new(
+        pusher::list(&app, &user).await?,
+    )))
 }
 
 async fn set_pusher_handler(
     State(app): State<AppState>,
     AuthUser(user): AuthUser,
     Ruma(req): Ruma<set_pusher::v3::Request>,
-) -> Result<Json<Value>> {
+) -> Result<RumaResponse<set_pusher::v3::Response>> {
     let body = serde_json::to_value(&req.action).map_err(|e| Error::bad_json(e.to_string()))?;
     pusher::set(&app, &user, &body).await?;
-    Ok(Json(json!({})))
+    Ok(RumaResponse(set_pusher::v3::Response::new()))
 }
 
+/// Answered as JSON, not ruma's response: ruma leaves out a null
+/// `profile_tag`, which Synapse sends and SyTest requires, and would rewrite
+/// the stored actions through its typed `Action`.
 async fn notifications(
     State(app): State<AppState>,
     AuthUser(user): AuthUser,
@@ -124,6 +129,11 @@ async fn unrecognized(AuthUser(_): AuthUser) -> Error {
 fn kind(name: &str) -> Result<Kind> {
     Kind::parse(name).ok_or_else(|| Error::unrecognized(StatusCode::BAD_REQUEST))
 }
+
+// The rules are answered as JSON, not as ruma's `Ruleset` and `PushRule`:
+// rules are kept as clients wrote them (see `domain::push_rules`), and a room
+// rule's ID need not be a room ID, which ruma's types refuse; their typed
+// actions and conditions would also rewrite what they do not know.
 
 async fn all(
     State(app): State<AppState>,
@@ -176,7 +186,7 @@ async fn set_rule(
     Path((name, rule_id)): Path<(String, String)>,
     Query(placement): Query<Placement>,
     Body(body): Body<Value>,
-) -> Result<Json<Value>> {
+) -> Result<RumaResponse<set_pushrule::v3::Response>> {
     // The spec marks this endpoint rate-limited (`Ruma<T>` would take the token).
     rate_limited(app.client_limiter.check(user.user_id.as_str()))?;
     let kind = kind(&name)?;
@@ -193,39 +203,44 @@ async fn set_rule(
         placement.after.as_deref().filter(|s| !s.is_empty()),
     )
     .await?;
-    Ok(Json(json!({})))
+    Ok(RumaResponse(set_pushrule::v3::Response::new()))
 }
 
 async fn delete_rule(
     State(app): State<AppState>,
     AuthUser(user): AuthUser,
     Ruma(req): Ruma<delete_pushrule::v3::Request>,
-) -> Result<Json<Value>> {
+) -> Result<RumaResponse<delete_pushrule::v3::Response>> {
     let kind = kind(req.kind.as_str())?;
     push::delete(&app, &user.user_id, kind, &req.rule_id).await?;
-    Ok(Json(json!({})))
+    Ok(RumaResponse(delete_pushrule::v3::Response::new()))
 }
 
 async fn get_enabled(
     State(app): State<AppState>,
     AuthUser(user): AuthUser,
     Ruma(req): Ruma<get_pushrule_enabled::v3::Request>,
-) -> Result<Json<Value>> {
+) -> Result<RumaResponse<get_pushrule_enabled::v3::Response>> {
     let kind = kind(req.kind.as_str())?;
     let rule = push::get(&app, &user.user_id, kind, &req.rule_id).await?;
-    Ok(Json(json!({ "enabled": rule["enabled"] })))
+    // Every rule has `enabled` (`domain::push_rules` writes it on each).
+    let enabled = rule["enabled"].as_bool().unwrap_or(true);
+    Ok(RumaResponse(get_pushrule_enabled::v3::Response::new(
+        enabled,
+    )))
 }
 
 async fn set_enabled(
     State(app): State<AppState>,
     AuthUser(user): AuthUser,
     Ruma(req): Ruma<set_pushrule_enabled::v3::Request>,
-) -> Result<Json<Value>> {
+) -> Result<RumaResponse<set_pushrule_enabled::v3::Response>> {
     let kind = kind(req.kind.as_str())?;
     push::set_enabled(&app, &user.user_id, kind, &req.rule_id, req.enabled).await?;
-    Ok(Json(json!({})))
+    Ok(RumaResponse(set_pushrule_enabled::v3::Response::new()))
 }
 
+/// JSON, as the rules are (see above [`all`]).
 async fn get_actions(
     State(app): State<AppState>,
     AuthUser(user): AuthUser,
@@ -240,9 +255,9 @@ async fn set_actions(
     State(app): State<AppState>,
     AuthUser(user): AuthUser,
     Ruma(req): Ruma<set_pushrule_actions::v3::Request>,
-) -> Result<Json<Value>> {
+) -> Result<RumaResponse<set_pushrule_actions::v3::Response>> {
     let kind = kind(req.kind.as_str())?;
     let actions = serde_json::to_value(&req.actions).map_err(|e| Error::bad_json(e.to_string()))?;
     push::set_actions(&app, &user.user_id, kind, &req.rule_id, &actions).await?;
-    Ok(Json(json!({})))
+    Ok(RumaResponse(set_pushrule_actions::v3::Response::new()))
 }

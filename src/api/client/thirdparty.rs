@@ -5,6 +5,11 @@
 //! application services that registered each protocol
 //! (`service::appservice`); with none, `/protocols` is `{}` (Element asks on
 //! every start and reports an error on a 404).
+//!
+//! The handlers answer with the appservices' JSON as it came (instance IDs
+//! added), not ruma's responses: ruma's `Protocol`, `User` and `Location`
+//! would drop the fields bridges add beyond the spec's and refuse an answer
+//! whose `fields` are not all strings, where Synapse passes both on.
 
 use axum::{Json, Router, extract::State};
 use ruma::api::client::thirdparty::{
@@ -33,6 +38,7 @@ pub fn router() -> Router<AppState> {
         .ruma::<get_location_for_room_alias::v3::Request, _, _>(location_for_alias)
 }
 
+/// The appservices' JSON, passed through (see the module's note).
 async fn protocols(
     State(app): State<AppState>,
     AuthUser(_): AuthUser,
@@ -41,6 +47,7 @@ async fn protocols(
     Json(Value::Object(appservice::protocols(&app, None).await))
 }
 
+/// The appservices' JSON, passed through (see the module's note).
 async fn protocol(
     State(app): State<AppState>,
     AuthUser(_): AuthUser,
@@ -62,6 +69,7 @@ fn pairs(fields: std::collections::BTreeMap<String, String>) -> Vec<(String, Str
         .collect()
 }
 
+/// The appservices' JSON, passed through (see the module's note).
 async fn user_for_protocol(
     State(app): State<AppState>,
     AuthUser(_): AuthUser,
@@ -72,6 +80,7 @@ async fn user_for_protocol(
     Json(Value::Array(found))
 }
 
+/// The appservices' JSON, passed through (see the module's note).
 async fn location_for_protocol(
     State(app): State<AppState>,
     AuthUser(_): AuthUser,
@@ -83,6 +92,7 @@ async fn location_for_protocol(
     Json(Value::Array(found))
 }
 
+/// The appservices' JSON, passed through (see the module's note).
 async fn user_for_user_id(
     State(app): State<AppState>,
     AuthUser(_): AuthUser,
@@ -94,6 +104,7 @@ async fn user_for_user_id(
     ))
 }
 
+/// The appservices' JSON, passed through (see the module's note).
 async fn location_for_alias(
     State(app): State<AppState>,
     AuthUser(_): AuthUser,
