@@ -205,13 +205,18 @@ async fn store_batch(
             ingest::store_outlier(&app.db, &c, true).await?;
             continue;
         }
-        let at = match c
+        let base = c
             .pdu
             .prev_events
             .iter()
-            .find_map(|p| after.get(p.as_str()).copied())
-        {
-            Some(group) => StateAt::OnTopOf(group),
+            .find_map(|p| after.get(p.as_str()).copied());
+        let at = match base {
+            Some(group) => StateAt::OnTopOf(Some(group)),
+            // The create event: the state after it is itself (an answer that
+            // reaches the room's start needs no one's word for its state).
+            None if c.pdu.prev_events.is_empty() && c.pdu.state_key.is_some() => {
+                StateAt::OnTopOf(None)
+            }
             None => match super::gap::state_after(app, server, rules, room_id, c.event_id.as_str())
                 .await
             {
@@ -234,9 +239,10 @@ async fn store_batch(
 enum StateAt {
     /// The state after it, as the server we backfill from gave it.
     After(i64),
-    /// The state after its prev event in the same answer: its own state is
-    /// that, plus itself when it is a state event.
-    OnTopOf(i64),
+    /// The state after its prev event in the same answer (none for the
+    /// create event): its own state is that, plus itself when it is a state
+    /// event.
+    OnTopOf(Option<i64>),
 }
 
 /// Writes a backfilled event into the timeline at a negative stream position;
@@ -256,13 +262,16 @@ async fn write(
             crate::service::event::new_state_group(
                 &mut tx,
                 c.pdu.room_id.as_str(),
-                Some(parent),
+                parent,
                 (kind.clone(), state_key.clone()),
                 c.event_id.as_str(),
             )
             .await?
         }
-        (StateAt::OnTopOf(parent), None) => parent,
+        (StateAt::OnTopOf(Some(parent)), None) => parent,
+        (StateAt::OnTopOf(None), None) => {
+            return Err(anyhow::anyhow!("a message event without prev events").into());
+        }
     };
     let stream = events::next_backfill_ordering(&mut *tx).await?;
     crate::storage::federation::delete_outlier(&mut *tx, c.event_id.as_str()).await?;
