@@ -128,7 +128,7 @@ async fn list_users(
     State(app): State<AppState>,
     AdminUser(_): AdminUser,
     Query(q): Query<UserQuery>,
-) -> Result<AxumJson<Value>> {
+) -> Result<AxumJson<admin::users::UserList>> {
     let name = q.name.as_deref().or(q.user_id.as_deref());
     Ok(AxumJson(
         admin::list_users(
@@ -147,7 +147,7 @@ async fn user(
     State(app): State<AppState>,
     AdminUser(_): AdminUser,
     Path(user_id): Path<String>,
-) -> Result<AxumJson<Value>> {
+) -> Result<AxumJson<admin::users::UserDetails>> {
     Ok(AxumJson(admin::user(&app, &user_id).await?))
 }
 
@@ -156,7 +156,7 @@ async fn put_user(
     AdminUser(by): AdminUser,
     Path(user_id): Path<String>,
     Json(body): Json<Value>,
-) -> Result<(StatusCode, AxumJson<Value>)> {
+) -> Result<(StatusCode, AxumJson<admin::users::UserDetails>)> {
     let (created, user) = admin::put_user(&app, &by, &user_id, &body).await?;
     let status = if created {
         StatusCode::CREATED
@@ -199,7 +199,7 @@ async fn user_by_external_id(
     State(app): State<AppState>,
     AdminUser(_): AdminUser,
     Path((provider, external_id)): Path<(String, String)>,
-) -> Result<AxumJson<Value>> {
+) -> Result<AxumJson<admin::users::ExternalUser>> {
     Ok(AxumJson(
         admin::user_by_external_id(&app, &provider, &external_id).await?,
     ))
@@ -209,7 +209,7 @@ async fn whois(
     State(app): State<AppState>,
     AdminUser(_): AdminUser,
     Path(user_id): Path<String>,
-) -> Result<AxumJson<Value>> {
+) -> Result<AxumJson<admin::users::Whois>> {
     Ok(AxumJson(admin::whois(&app, &user_id).await?))
 }
 
@@ -233,7 +233,7 @@ async fn list_rooms(
     State(app): State<AppState>,
     AdminUser(_): AdminUser,
     Query(q): Query<RoomQuery>,
-) -> Result<AxumJson<Value>> {
+) -> Result<AxumJson<admin::rooms::RoomList>> {
     Ok(AxumJson(
         admin::list_rooms(&app, q.from.unwrap_or(0), q.limit.unwrap_or(100)).await?,
     ))
@@ -243,7 +243,7 @@ async fn room(
     State(app): State<AppState>,
     AdminUser(_): AdminUser,
     Path(room_id): Path<String>,
-) -> Result<AxumJson<Value>> {
+) -> Result<AxumJson<admin::rooms::RoomDetails>> {
     Ok(AxumJson(admin::room(&app, &room_id).await?))
 }
 
@@ -252,7 +252,7 @@ async fn delete_room(
     AdminUser(by): AdminUser,
     Path(room_id): Path<String>,
     JsonOrEmpty(body): JsonOrEmpty,
-) -> Result<AxumJson<Value>> {
+) -> Result<AxumJson<admin::deletion::ShutdownRoom>> {
     Ok(AxumJson(
         admin::delete_room(&app, &by, &room_id, &body).await?,
     ))
@@ -263,7 +263,7 @@ async fn delete_room_v2(
     AdminUser(by): AdminUser,
     Path(room_id): Path<String>,
     JsonOrEmpty(body): JsonOrEmpty,
-) -> Result<AxumJson<Value>> {
+) -> Result<AxumJson<admin::deletion::DeletionStarted>> {
     Ok(AxumJson(
         admin::delete_room_async(&app, &by, &room_id, &body).await?,
     ))
@@ -273,7 +273,7 @@ async fn room_delete_status(
     State(app): State<AppState>,
     AdminUser(_): AdminUser,
     Path(room_id): Path<String>,
-) -> Result<AxumJson<Value>> {
+) -> Result<AxumJson<admin::deletion::RoomDeletions>> {
     Ok(AxumJson(admin::room_deletion_statuses(&app, &room_id)?))
 }
 
@@ -281,7 +281,7 @@ async fn delete_status(
     State(app): State<AppState>,
     AdminUser(_): AdminUser,
     Path(delete_id): Path<String>,
-) -> Result<AxumJson<Value>> {
+) -> Result<AxumJson<admin::deletion::DeletionProgress>> {
     Ok(AxumJson(admin::deletion_status(&app, &delete_id)?))
 }
 
@@ -289,7 +289,7 @@ async fn block_status(
     State(app): State<AppState>,
     AdminUser(_): AdminUser,
     Path(room_id): Path<String>,
-) -> Result<AxumJson<Value>> {
+) -> Result<AxumJson<admin::rooms::BlockStatus>> {
     Ok(AxumJson(admin::block_status(&app, &room_id).await?))
 }
 
@@ -298,7 +298,7 @@ async fn set_block(
     AdminUser(by): AdminUser,
     Path(room_id): Path<String>,
     Json(body): Json<Value>,
-) -> Result<AxumJson<Value>> {
+) -> Result<AxumJson<admin::rooms::BlockStatus>> {
     Ok(AxumJson(
         admin::set_block(&app, &by, &room_id, &body).await?,
     ))
@@ -309,7 +309,7 @@ async fn login_as(
     AdminUser(by): AdminUser,
     Path(user_id): Path<String>,
     Json(body): Json<Value>,
-) -> Result<AxumJson<Value>> {
+) -> Result<AxumJson<admin::users::AdminLogin>> {
     Ok(AxumJson(admin::login_as(&app, &by, &user_id, &body).await?))
 }
 
@@ -338,7 +338,7 @@ async fn members(
     State(app): State<AppState>,
     AdminUser(_): AdminUser,
     Path(room_id): Path<String>,
-) -> Result<AxumJson<Value>> {
+) -> Result<AxumJson<admin::rooms::RoomMembers>> {
     Ok(AxumJson(admin::room_members(&app, &room_id).await?))
 }
 
@@ -346,14 +346,14 @@ async fn room_state(
     State(app): State<AppState>,
     AdminUser(_): AdminUser,
     Path(room_id): Path<String>,
-) -> Result<AxumJson<Value>> {
+) -> Result<AxumJson<admin::rooms::RoomState>> {
     Ok(AxumJson(admin::room_state(&app, &room_id).await?))
 }
 
 async fn list_tokens(
     State(app): State<AppState>,
     AdminUser(_): AdminUser,
-) -> Result<AxumJson<Value>> {
+) -> Result<AxumJson<admin::registration_tokens::RegistrationTokens>> {
     Ok(AxumJson(admin::list_tokens(&app).await?))
 }
 
@@ -361,7 +361,7 @@ async fn create_token(
     State(app): State<AppState>,
     AdminUser(by): AdminUser,
     Json(body): Json<Value>,
-) -> Result<AxumJson<Value>> {
+) -> Result<AxumJson<admin::registration_tokens::RegistrationToken>> {
     Ok(AxumJson(admin::create_token(&app, &by, &body).await?))
 }
 
@@ -369,7 +369,7 @@ async fn get_token(
     State(app): State<AppState>,
     AdminUser(_): AdminUser,
     Path(token): Path<String>,
-) -> Result<AxumJson<Value>> {
+) -> Result<AxumJson<admin::registration_tokens::RegistrationToken>> {
     Ok(AxumJson(admin::get_token(&app, &token).await?))
 }
 
@@ -378,7 +378,7 @@ async fn update_token(
     AdminUser(by): AdminUser,
     Path(token): Path<String>,
     Json(body): Json<Value>,
-) -> Result<AxumJson<Value>> {
+) -> Result<AxumJson<admin::registration_tokens::RegistrationToken>> {
     Ok(AxumJson(
         admin::update_token(&app, &by, &token, &body).await?,
     ))
@@ -397,7 +397,7 @@ async fn event_reports(
     State(app): State<AppState>,
     AdminUser(_): AdminUser,
     Query(q): Query<RoomQuery>,
-) -> Result<AxumJson<Value>> {
+) -> Result<AxumJson<admin::reports::EventReports>> {
     Ok(AxumJson(
         admin::event_reports(&app, q.from.unwrap_or(0), q.limit.unwrap_or(100)).await?,
     ))
@@ -407,7 +407,7 @@ async fn event_report(
     State(app): State<AppState>,
     AdminUser(_): AdminUser,
     Path(report_id): Path<String>,
-) -> Result<AxumJson<Value>> {
+) -> Result<AxumJson<admin::reports::EventReportDetails>> {
     Ok(AxumJson(
         admin::event_report(&app, report_number(&report_id)?).await?,
     ))
@@ -436,7 +436,7 @@ async fn room_reports(
     State(app): State<AppState>,
     AdminUser(_): AdminUser,
     Query(q): Query<ReportQuery>,
-) -> Result<AxumJson<Value>> {
+) -> Result<AxumJson<admin::reports::RoomReports>> {
     Ok(AxumJson(
         admin::room_reports(
             &app,
@@ -453,7 +453,7 @@ async fn room_report(
     State(app): State<AppState>,
     AdminUser(_): AdminUser,
     Path(report_id): Path<String>,
-) -> Result<AxumJson<Value>> {
+) -> Result<AxumJson<admin::reports::RoomReport>> {
     Ok(AxumJson(
         admin::room_report(&app, report_number(&report_id)?).await?,
     ))
@@ -463,7 +463,7 @@ async fn user_reports(
     State(app): State<AppState>,
     AdminUser(_): AdminUser,
     Query(q): Query<ReportQuery>,
-) -> Result<AxumJson<Value>> {
+) -> Result<AxumJson<admin::reports::UserReports>> {
     Ok(AxumJson(
         admin::user_reports(
             &app,
@@ -480,7 +480,7 @@ async fn user_report(
     State(app): State<AppState>,
     AdminUser(_): AdminUser,
     Path(report_id): Path<String>,
-) -> Result<AxumJson<Value>> {
+) -> Result<AxumJson<admin::reports::UserReport>> {
     Ok(AxumJson(
         admin::user_report(&app, report_number(&report_id)?).await?,
     ))

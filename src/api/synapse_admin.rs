@@ -202,7 +202,7 @@ async fn list_user_media(
     AdminUser(_): AdminUser,
     Path(user_id): Path<String>,
     crate::api::json::Query(page): crate::api::json::Query<Page>,
-) -> Result<AxumJson<Value>> {
+) -> Result<AxumJson<crate::service::admin::media::UserMediaList>> {
     Ok(AxumJson(
         crate::service::admin::user_media(
             &app,

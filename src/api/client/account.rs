@@ -10,7 +10,6 @@ use ruma::api::client::{
     uiaa::AuthData,
 };
 use serde::Deserialize;
-use serde_json::Value;
 
 use crate::{
     api::{
@@ -40,7 +39,7 @@ async fn whois(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
     Ruma(req): Ruma<get_user_info::v3::Request>,
-) -> Result<Json<Value>> {
+) -> Result<Json<admin::users::Whois>> {
     Ok(Json(
         admin::whois_for(&state, &user, req.user_id.as_str()).await?,
     ))
