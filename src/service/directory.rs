@@ -327,7 +327,7 @@ async fn power(
     event_type: &str,
 ) -> Result<(i64, i64)> {
     let mut tx = app.db.begin().await?;
-    let Some(room) = super::event::RoomCtx::lock_shared(&mut tx, room_id).await? else {
+    let Some(room) = super::event::RoomCtx::load_unlocked(&mut tx, room_id).await? else {
         return Err(Error::not_found("Unknown room"));
     };
     let keys = [("m.room.power_levels".to_owned(), String::new())];

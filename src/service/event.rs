@@ -103,9 +103,10 @@ impl RoomCtx {
         }))
     }
 
-    /// Loads a room without taking the event-creation lock (for reading its
-    /// version rules and state).
-    pub async fn lock_shared(
+    /// Loads a room's version, rules and current state group for reading,
+    /// taking no lock (unlike [`RoomCtx::lock`]): another transaction may
+    /// append to the room meanwhile, so nothing may be appended through it.
+    pub async fn load_unlocked(
         tx: &mut Transaction<'_, Postgres>,
         room_id: &RoomId,
     ) -> Result<Option<Self>> {
@@ -127,6 +128,16 @@ impl RoomCtx {
             in_flight: Vec::new(),
             federation_wake: None,
         }))
+    }
+
+    /// The old name of [`RoomCtx::load_unlocked`], which it calls: it never
+    /// took a lock. Kept only for `service/federation/join.rs`, which another
+    /// branch is changing; remove it once that file calls `load_unlocked`.
+    pub async fn lock_shared(
+        tx: &mut Transaction<'_, Postgres>,
+        room_id: &RoomId,
+    ) -> Result<Option<Self>> {
+        Self::load_unlocked(tx, room_id).await
     }
 
     pub fn room_id(&self) -> &RoomId {

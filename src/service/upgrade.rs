@@ -70,7 +70,7 @@ pub async fn upgrade(
 
     // 1. Read the old room's state; check the tombstone would be allowed.
     let mut tx = app.db.begin().await?;
-    let Some(old) = RoomCtx::lock_shared(&mut tx, old_room).await? else {
+    let Some(old) = RoomCtx::load_unlocked(&mut tx, old_room).await? else {
         return Err(Error::forbidden("Unknown room"));
     };
     let group = old
