@@ -126,7 +126,15 @@ enabled = false
             }
         }));
     }
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Killed once the load is well under way: at least ten sends answered.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while acked.lock().unwrap().len() < 10 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "fewer than ten sends answered in 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     server.child.start_kill().unwrap();
     server.child.wait().await.unwrap();
     for t in tasks {

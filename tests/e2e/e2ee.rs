@@ -473,6 +473,7 @@ async fn typing_and_receipts_arrive_as_ephemeral_events() {
     let since = next(&sync(&server, &bob, None, 0).await);
 
     // Bob long-polls; Alice starts typing and wakes him.
+    let parked = server.parked();
     let waiter = {
         let base = since.clone();
         let server = &server;
@@ -480,7 +481,7 @@ async fn typing_and_receipts_arrive_as_ephemeral_events() {
         async move { sync(server, bob, Some(&base), 10_000).await }
     };
     let typer = async {
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        server.until_parked(parked).await;
         let (status, body) = server
             .put(
                 &format!("{V3}/rooms/{r}/typing/{}", alice.user_id),

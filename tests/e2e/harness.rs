@@ -340,6 +340,27 @@ impl TestServer {
             db.close().await;
         }
     }
+
+    /// How many waits are parked on new events right now: long-polls (`/sync`,
+    /// sliding sync, `/events`) and the push worker's idle wait. Take it before
+    /// sending a long-poll, then [`TestServer::until_parked`].
+    pub fn parked(&self) -> usize {
+        self.state.notifier.waiting()
+    }
+
+    /// Waits (up to 30 s) until more waits are parked on new events than
+    /// `before`: the long-poll sent since is waiting, so what happens next
+    /// wakes it rather than being found when it starts.
+    pub async fn until_parked(&self, before: usize) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while self.parked() <= before {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no long-poll parked within 30 s"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
 }
 
 impl std::ops::Deref for TestServer {

@@ -189,6 +189,7 @@ async fn the_event_stream_long_polls() {
     let token = alice.access_token.clone();
     let client = server.client.clone();
     let started = std::time::Instant::now();
+    let parked = server.parked();
     let waiting = tokio::spawn(async move {
         client
             .get(url)
@@ -200,7 +201,7 @@ async fn the_event_stream_long_polls() {
             .await
             .unwrap()
     });
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    server.until_parked(parked).await;
     assert!(!waiting.is_finished(), "returned before anything happened");
     let sent = server
         .send_message(

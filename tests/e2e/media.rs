@@ -6,7 +6,7 @@ use std::io::Cursor;
 use reqwest::{StatusCode, header};
 use serde_json::Value;
 
-use crate::harness::{Login, TestServer};
+use crate::harness::{Login, TestServer, eventually};
 
 const UPLOAD: &str = "/_matrix/media/v3/upload";
 const V1: &str = "/_matrix/client/v1/media";
@@ -387,7 +387,11 @@ async fn async_uploads_wait_and_cannot_be_overwritten() {
     let wait_path = format!("{V1}/download/{id}?timeout_ms=10000");
     let waiting = get(&server, &wait_path, Some(&bob.access_token));
     let filling = async {
-        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        // The download is waiting for the upload (subscribed to uploads).
+        eventually("the download to wait", || async {
+            server.state.media_uploaded.receiver_count() > 0
+        })
+        .await;
         put(&alice, b"arrived later").await
     };
     let (download, filled) = tokio::join!(waiting, filling);

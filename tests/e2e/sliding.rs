@@ -116,9 +116,10 @@ async fn sliding_sync_lists_rooms_by_recency_and_sends_changes() {
 
     // Long-poll: nothing new, then a message wakes it.
     let query = format!("?pos={pos}&timeout=20000");
+    let parked = server.parked();
     let poll = slide(&server, &alice, &query, all_rooms(10));
     let send = async {
-        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        server.until_parked(parked).await;
         server
             .send_message(&alice, &alpha, json!({ "msgtype": "m.text", "body": "a3" }))
             .await

@@ -75,6 +75,7 @@ async fn presence_is_shared_with_room_members_and_wakes_sync() {
     );
 
     // A change wakes Bob's long-poll.
+    let parked = server.parked();
     let poll = {
         let url = format!("{V3}/sync?since={since}&timeout=20000&set_presence=offline");
         let token = bob.access_token.clone();
@@ -82,7 +83,7 @@ async fn presence_is_shared_with_room_members_and_wakes_sync() {
         async move { server.get(&url, Some(&token)).await }
     };
     let change = async {
-        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        server.until_parked(parked).await;
         server
             .put(
                 &status_path,
