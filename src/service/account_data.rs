@@ -185,20 +185,22 @@ pub async fn copy_to_upgraded_room(
     Ok(())
 }
 
-/// `GET /user/{userId}/rooms/{roomId}/tags`.
+/// `GET /user/{userId}/rooms/{roomId}/tags`: each tag's info as the client
+/// wrote it.
 pub async fn tags(
     app: &AppState,
     session: &Session,
     user: &UserId,
     room: &RoomId,
-) -> Result<Value> {
+) -> Result<Map<String, Value>> {
     check_owner(session, user)?;
-    let tags = load(app, user, Some(room), "m.tag")
+    Ok(load(app, user, Some(room), "m.tag")
         .await?
-        .and_then(|v| v.get("tags").cloned())
-        .filter(Value::is_object)
-        .unwrap_or_else(|| json!({}));
-    Ok(json!({ "tags": tags }))
+        .and_then(|mut v| match v.get_mut("tags").map(Value::take) {
+            Some(Value::Object(tags)) => Some(tags),
+            _ => None,
+        })
+        .unwrap_or_default())
 }
 
 /// `PUT` (with `Some(info)`) or `DELETE` a tag.

@@ -2,6 +2,7 @@
 //! room directory and room summaries.
 
 use ruma::{OwnedRoomId, RoomId, UserId};
+use serde::Serialize;
 
 use super::session::Session;
 use crate::{
@@ -406,7 +407,7 @@ pub async fn public_rooms(
     since: Option<&str>,
     search: Option<&str>,
     network: &Network,
-) -> Result<serde_json::Value> {
+) -> Result<PublicRooms> {
     let offset: usize = match since {
         Some(s) => s
             .strip_prefix('o')
@@ -439,11 +440,12 @@ pub async fn public_rooms(
     };
     for (room_id, group, joined) in listed {
         let Some(group) = group else { continue };
-        let summary = summary(app, &room_id, group, joined).await?;
+        let summary = room_entry(app, &room_id, group, joined).await?;
         if let Some(term) = &search {
-            let hay = ["name", "topic", "canonical_alias"]
-                .iter()
-                .filter_map(|k| summary[*k].as_str())
+            let hay = [&summary.name, &summary.topic, &summary.canonical_alias]
+                .into_iter()
+                .flatten()
+                .map(String::as_str)
                 .collect::<Vec<_>>()
                 .join(" ")
                 .to_lowercase();
@@ -456,14 +458,12 @@ pub async fn public_rooms(
     let total = chunk.len();
     let limit = limit.unwrap_or(usize::MAX).max(1);
     let page: Vec<_> = chunk.into_iter().skip(offset).take(limit).collect();
-    let mut body = serde_json::json!({ "chunk": page, "total_room_count_estimate": total });
-    if offset + limit < total {
-        body["next_batch"] = format!("o{}", offset + limit).into();
-    }
-    if offset > 0 {
-        body["prev_batch"] = format!("o{}", offset.saturating_sub(limit)).into();
-    }
-    Ok(body)
+    Ok(PublicRooms {
+        chunk: page,
+        next_batch: (offset + limit < total).then(|| format!("o{}", offset + limit)),
+        prev_batch: (offset > 0).then(|| format!("o{}", offset.saturating_sub(limit))),
+        total_room_count_estimate: Some(total as u64),
+    })
 }
 
 /// The most rooms relayed from another server's `/publicRooms` page (also
@@ -498,7 +498,7 @@ pub async fn remote_public_rooms(
     app: &AppState,
     server: &ruma::ServerName,
     query: RemotePublicRooms<'_>,
-) -> Result<serde_json::Value> {
+) -> Result<PublicRooms> {
     if !app.config.federation.enabled {
         return Err(Error::new(
             ErrorKind::BadRequest,
@@ -563,11 +563,11 @@ pub async fn remote_public_rooms(
 
 /// A `/publicRooms` answer from another server, rebuilt from its valid parts
 /// (`None` when it has no `chunk` list).
-fn relay_public_rooms(answer: &serde_json::Value, limit: usize) -> Option<serde_json::Value> {
-    let token = |v: &serde_json::Value| -> Option<serde_json::Value> {
+fn relay_public_rooms(answer: &serde_json::Value, limit: usize) -> Option<PublicRooms> {
+    let token = |v: &serde_json::Value| -> Option<String> {
         v.as_str()
             .filter(|s| !s.is_empty() && s.len() <= MAX_RELAYED_TOKEN)
-            .map(Into::into)
+            .map(str::to_owned)
     };
     let mut chunk = Vec::new();
     for entry in answer["chunk"].as_array()? {
@@ -579,57 +579,45 @@ fn relay_public_rooms(answer: &serde_json::Value, limit: usize) -> Option<serde_
         };
         chunk.push(out);
     }
-    let mut out = serde_json::json!({ "chunk": chunk });
-    if let Some(total) = answer["total_room_count_estimate"].as_u64() {
-        out["total_room_count_estimate"] = total.into();
-    }
-    for key in ["next_batch", "prev_batch"] {
-        if let Some(v) = token(&answer[key]) {
-            out[key] = v;
-        }
-    }
-    Some(out)
+    Some(PublicRooms {
+        chunk,
+        next_batch: token(&answer["next_batch"]),
+        prev_batch: token(&answer["prev_batch"]),
+        total_room_count_estimate: answer["total_room_count_estimate"].as_u64(),
+    })
 }
 
 /// A `/publicRooms` chunk entry of another server, rebuilt from its valid
 /// parts (`None` without a valid `room_id`).
-fn clean_chunk_entry(entry: &serde_json::Value) -> Option<serde_json::Value> {
-    let text = |v: &serde_json::Value| -> Option<serde_json::Value> {
+fn clean_chunk_entry(entry: &serde_json::Value) -> Option<RoomEntry> {
+    let text = |v: &serde_json::Value| -> Option<String> {
         v.as_str()
-            .map(|s| s.chars().take(MAX_RELAYED_TEXT).collect::<String>().into())
+            .map(|s| s.chars().take(MAX_RELAYED_TEXT).collect::<String>())
+    };
+    let short = |v: &serde_json::Value| -> Option<String> {
+        v.as_str().filter(|s| s.len() <= 255).map(str::to_owned)
     };
     let room_id = entry["room_id"]
         .as_str()
-        .filter(|r| RoomId::parse(*r).is_ok())?;
-    let mut out = serde_json::json!({
-        "room_id": room_id,
-        "num_joined_members": entry["num_joined_members"].as_u64().unwrap_or(0),
-        "world_readable": entry["world_readable"].as_bool().unwrap_or(false),
-        "guest_can_join": entry["guest_can_join"].as_bool().unwrap_or(false),
-    });
-    for key in ["name", "topic"] {
-        if let Some(v) = text(&entry[key]) {
-            out[key] = v;
-        }
-    }
-    if let Some(alias) = entry["canonical_alias"]
-        .as_str()
-        .filter(|a| ruma::RoomAliasId::parse(*a).is_ok())
-    {
-        out["canonical_alias"] = alias.into();
-    }
-    if let Some(url) = entry["avatar_url"]
-        .as_str()
-        .filter(|u| <&ruma::MxcUri>::from(*u).is_valid())
-    {
-        out["avatar_url"] = url.into();
-    }
-    for key in ["join_rule", "room_type"] {
-        if let Some(v) = entry[key].as_str().filter(|s| s.len() <= 255) {
-            out[key] = v.into();
-        }
-    }
-    Some(out)
+        .and_then(|r| RoomId::parse(r).ok())?;
+    Some(RoomEntry {
+        num_joined_members: entry["num_joined_members"].as_u64().unwrap_or(0),
+        world_readable: entry["world_readable"].as_bool().unwrap_or(false),
+        guest_can_join: entry["guest_can_join"].as_bool().unwrap_or(false),
+        name: text(&entry["name"]),
+        topic: text(&entry["topic"]),
+        canonical_alias: entry["canonical_alias"]
+            .as_str()
+            .filter(|a| ruma::RoomAliasId::parse(*a).is_ok())
+            .map(str::to_owned),
+        avatar_url: entry["avatar_url"]
+            .as_str()
+            .filter(|u| <&ruma::MxcUri>::from(*u).is_valid())
+            .map(str::to_owned),
+        join_rule: short(&entry["join_rule"]),
+        room_type: short(&entry["room_type"]),
+        ..RoomEntry::new(room_id)
+    })
 }
 
 /// The state types a room summary is made of.
@@ -645,47 +633,142 @@ const SUMMARY_TYPES: &[&str] = &[
     "m.room.encryption",
 ];
 
+/// A page of a room directory: ours (`/publicRooms`, client and federation)
+/// or another server's, relayed. Own type, not ruma's response: its entries
+/// are [`RoomEntry`]s.
+#[derive(Debug, Serialize)]
+pub struct PublicRooms {
+    pub chunk: Vec<RoomEntry>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_batch: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prev_batch: Option<String>,
+    /// Always ours; another server's when it gave one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub total_room_count_estimate: Option<u64>,
+}
+
+/// A room as the public room directory, room summaries (MSC3266) and
+/// `/hierarchy` (client and federation) show it.
+///
+/// Own type, not ruma's `PublicRoomsChunk`, `RoomSummary` or
+/// `SpaceHierarchyParentSummary`: those leave out `"join_rule": "public"`
+/// (their default), which this server, like Synapse, always sends for its own
+/// rooms, and this one also carries what only some answers have
+/// (`membership`, `children_state`). Absent fields are left out, never `null`.
+#[derive(Clone, Debug, Serialize)]
+pub struct RoomEntry {
+    pub room_id: OwnedRoomId,
+    pub num_joined_members: u64,
+    pub world_readable: bool,
+    pub guest_can_join: bool,
+    /// Always set for our rooms (`invite` without an `m.room.join_rules`);
+    /// another server's as it gave it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub join_rule: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub topic: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub canonical_alias: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub avatar_url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub room_type: Option<String>,
+    /// Summaries and `/hierarchy` only (not `/publicRooms`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub room_version: Option<String>,
+    /// The `m.room.encryption` algorithm; summaries and `/hierarchy` only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<String>,
+    /// Restricted rooms: the rooms whose members may join. Not shown to
+    /// clients in `/hierarchy`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub allowed_room_ids: Vec<OwnedRoomId>,
+    /// Room summaries to an authenticated requester: theirs (`leave` for none).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub membership: Option<String>,
+    /// `/hierarchy`: the room's `m.space.child` events, stripped.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub children_state: Option<Vec<serde_json::Value>>,
+}
+
+impl RoomEntry {
+    /// A room with no members or fields known yet.
+    fn new(room_id: OwnedRoomId) -> Self {
+        Self {
+            room_id,
+            num_joined_members: 0,
+            world_readable: false,
+            guest_can_join: false,
+            join_rule: None,
+            name: None,
+            topic: None,
+            canonical_alias: None,
+            avatar_url: None,
+            room_type: None,
+            room_version: None,
+            encryption: None,
+            allowed_room_ids: Vec::new(),
+            membership: None,
+            children_state: None,
+        }
+    }
+}
+
 /// A room's public summary from its current state (a `/publicRooms` chunk).
+pub async fn room_entry(
+    app: &AppState,
+    room_id: &str,
+    group: i64,
+    joined: i64,
+) -> Result<RoomEntry> {
+    let room_id = RoomId::parse(room_id)
+        .map_err(|e| Error::Internal(anyhow::anyhow!("stored room ID {room_id:?}: {e}")))?;
+    let state = state_contents(app, group, SUMMARY_TYPES).await?;
+    Ok(chunk(room_id, joined, &state))
+}
+
+/// [`room_entry`] as JSON, for the admin API, whose room answers add keys to
+/// it (`service::admin`).
 pub async fn summary(
     app: &AppState,
     room_id: &str,
     group: i64,
     joined: i64,
 ) -> Result<serde_json::Value> {
-    let state = state_contents(app, group, SUMMARY_TYPES).await?;
-    Ok(chunk(room_id, joined, &state))
+    let entry = room_entry(app, room_id, group, joined).await?;
+    serde_json::to_value(entry).map_err(|e| Error::Internal(e.into()))
 }
 
 fn chunk(
-    room_id: &str,
+    room_id: OwnedRoomId,
     joined: i64,
     state: &std::collections::HashMap<String, serde_json::Value>,
-) -> serde_json::Value {
-    let mut out = serde_json::json!({
-        "room_id": room_id,
-        "num_joined_members": joined,
-        "world_readable": false,
-        "guest_can_join": false,
-        "join_rule": "invite",
-    });
+) -> RoomEntry {
+    let mut out = RoomEntry {
+        num_joined_members: u64::try_from(joined).unwrap_or(0),
+        join_rule: Some("invite".to_owned()),
+        ..RoomEntry::new(room_id)
+    };
+    let text = |v: &serde_json::Value| v.as_str().map(str::to_owned);
     for (kind, c) in state {
         match kind.as_str() {
-            "m.room.name" if c["name"].is_string() => out["name"] = c["name"].clone(),
-            "m.room.topic" if c["topic"].is_string() => out["topic"] = c["topic"].clone(),
+            "m.room.name" if c["name"].is_string() => out.name = text(&c["name"]),
+            "m.room.topic" if c["topic"].is_string() => out.topic = text(&c["topic"]),
             "m.room.canonical_alias" if c["alias"].is_string() => {
-                out["canonical_alias"] = c["alias"].clone()
+                out.canonical_alias = text(&c["alias"])
             }
-            "m.room.avatar" if c["url"].is_string() => out["avatar_url"] = c["url"].clone(),
+            "m.room.avatar" if c["url"].is_string() => out.avatar_url = text(&c["url"]),
             "m.room.join_rules" if c["join_rule"].is_string() => {
-                out["join_rule"] = c["join_rule"].clone()
+                out.join_rule = text(&c["join_rule"])
             }
             "m.room.history_visibility" => {
-                out["world_readable"] = (c["history_visibility"] == "world_readable").into()
+                out.world_readable = c["history_visibility"] == "world_readable"
             }
-            "m.room.guest_access" => {
-                out["guest_can_join"] = (c["guest_access"] == "can_join").into()
-            }
-            "m.room.create" if c["type"].is_string() => out["room_type"] = c["type"].clone(),
+            "m.room.guest_access" => out.guest_can_join = c["guest_access"] == "can_join",
+            "m.room.create" if c["type"].is_string() => out.room_type = text(&c["type"]),
             _ => {}
         }
     }
@@ -696,13 +779,13 @@ fn chunk(
 pub(crate) struct LocalRoom {
     /// The `/publicRooms` chunk plus `room_version`, `encryption` and
     /// `allowed_room_ids` (restricted rooms).
-    pub entry: serde_json::Value,
+    pub entry: RoomEntry,
     /// A `public`, `knock` or `knock_restricted` join rule (where the room
     /// version has it): anyone may preview.
     pub open: bool,
     pub world_readable: bool,
     /// The rooms whose members may join (restricted join rules).
-    pub allowed_rooms: Vec<String>,
+    pub allowed_rooms: Vec<OwnedRoomId>,
 }
 
 impl LocalRoom {
@@ -724,7 +807,7 @@ impl LocalRoom {
             return Ok(true);
         }
         for other in &self.allowed_rooms {
-            if rooms::has_joined_members_of(&app.db, other, server.as_str()).await? {
+            if rooms::has_joined_members_of(&app.db, other.as_str(), server.as_str()).await? {
                 return Ok(true);
             }
         }
@@ -772,7 +855,7 @@ pub(crate) async fn local_room(app: &AppState, room_id: &RoomId) -> Result<Optio
     let join_rule = join_rules
         .and_then(|c| c["join_rule"].as_str())
         .unwrap_or("invite");
-    let allowed_rooms: Vec<String> = match join_rule {
+    let allowed_rooms: Vec<OwnedRoomId> = match join_rule {
         "restricted" if rules.authorization.restricted_join_rule => allowed_rooms(join_rules),
         "knock_restricted" if rules.authorization.knock_restricted_join_rule => {
             allowed_rooms(join_rules)
@@ -789,17 +872,13 @@ pub(crate) async fn local_room(app: &AppState, room_id: &RoomId) -> Result<Optio
         .get("m.room.history_visibility")
         .is_some_and(|c| c["history_visibility"] == "world_readable");
     let (joined, _, _) = rooms::summary(&app.db, room_id.as_str(), "").await?;
-    let mut entry = chunk(room_id.as_str(), joined, &state);
-    entry["room_version"] = room.room_version.into();
-    if let Some(algorithm) = state
+    let mut entry = chunk(room_id.to_owned(), joined, &state);
+    entry.room_version = Some(room.room_version);
+    entry.encryption = state
         .get("m.room.encryption")
         .and_then(|c| c["algorithm"].as_str())
-    {
-        entry["encryption"] = algorithm.into();
-    }
-    if !allowed_rooms.is_empty() {
-        entry["allowed_room_ids"] = allowed_rooms.clone().into();
-    }
+        .map(str::to_owned);
+    entry.allowed_room_ids.clone_from(&allowed_rooms);
     Ok(Some(LocalRoom {
         entry,
         open,
@@ -809,9 +888,13 @@ pub(crate) async fn local_room(app: &AppState, room_id: &RoomId) -> Result<Optio
 }
 
 /// Whether `user` is joined to any of `rooms` (here).
-pub(crate) async fn joined_any(app: &AppState, user: &UserId, rooms: &[String]) -> Result<bool> {
+pub(crate) async fn joined_any(
+    app: &AppState,
+    user: &UserId,
+    rooms: &[OwnedRoomId],
+) -> Result<bool> {
     for other in rooms {
-        if rooms::membership(&app.db, other, user.as_str())
+        if rooms::membership(&app.db, other.as_str(), user.as_str())
             .await?
             .as_deref()
             == Some("join")
@@ -830,36 +913,27 @@ pub(crate) async fn joined_any(app: &AppState, user: &UserId, rooms: &[String]) 
 pub(crate) async fn remote_visible_to_user(
     app: &AppState,
     user: Option<&UserId>,
-    room: &serde_json::Value,
+    room: &RoomEntry,
 ) -> Result<bool> {
     if matches!(
-        room["join_rule"].as_str(),
+        room.join_rule.as_deref(),
         Some("public" | "knock" | "knock_restricted")
-    ) || room["world_readable"] == true
+    ) || room.world_readable
     {
         return Ok(true);
     }
     let Some(user) = user else {
         return Ok(false);
     };
-    let Some(room_id) = room["room_id"].as_str() else {
-        return Ok(false);
-    };
     if matches!(
-        rooms::membership(&app.db, room_id, user.as_str())
+        rooms::membership(&app.db, room.room_id.as_str(), user.as_str())
             .await?
             .as_deref(),
         Some("join" | "invite" | "knock")
     ) {
         return Ok(true);
     }
-    let allowed: Vec<String> = room["allowed_room_ids"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|r| r.as_str().map(str::to_owned))
-        .collect();
-    joined_any(app, user, &allowed).await
+    joined_any(app, user, &room.allowed_room_ids).await
 }
 
 /// `GET /_matrix/client/v1/room_summary/{roomIdOrAlias}` (MSC3266): the
@@ -882,7 +956,7 @@ pub async fn room_summary(
     requester: Option<&UserId>,
     room_id: &RoomId,
     via: &[ruma::OwnedServerName],
-) -> Result<serde_json::Value> {
+) -> Result<RoomEntry> {
     let not_found = || Error::not_found("Room not found or not accessible");
     let membership = match requester {
         Some(user) => Some(
@@ -908,9 +982,7 @@ pub async fn room_summary(
             if !remote_visible_to_user(app, requester, &room).await? {
                 return Err(not_found());
             }
-            if let Some(map) = room.as_object_mut() {
-                map.remove("children_state");
-            }
+            room.children_state = None;
             room
         }
         None => {
@@ -924,9 +996,7 @@ pub async fn room_summary(
             local.entry
         }
     };
-    if let Some(membership) = membership {
-        out["membership"] = membership.into();
-    }
+    out.membership = membership;
     Ok(out)
 }
 
@@ -934,36 +1004,118 @@ pub async fn room_summary(
 /// valid parts, or `None` without a valid `room_id`: text cut to
 /// [`MAX_RELAYED_TEXT`] characters, fields of the wrong type dropped, at most
 /// 50 `allowed_room_ids`.
-pub(crate) fn clean_remote_entry(entry: &serde_json::Value) -> Option<serde_json::Value> {
+pub(crate) fn clean_remote_entry(entry: &serde_json::Value) -> Option<RoomEntry> {
     let mut out = clean_chunk_entry(entry)?;
-    for key in ["room_version", "encryption"] {
-        if let Some(v) = entry[key].as_str().filter(|s| s.len() <= 255) {
-            out[key] = v.into();
-        }
-    }
-    let allowed: Vec<serde_json::Value> = entry["allowed_room_ids"]
+    let short = |v: &serde_json::Value| -> Option<String> {
+        v.as_str().filter(|s| s.len() <= 255).map(str::to_owned)
+    };
+    out.room_version = short(&entry["room_version"]);
+    out.encryption = short(&entry["encryption"]);
+    out.allowed_room_ids = entry["allowed_room_ids"]
         .as_array()
         .into_iter()
         .flatten()
-        .filter_map(|r| r.as_str().filter(|r| RoomId::parse(*r).is_ok()))
+        .filter_map(|r| r.as_str().and_then(|r| RoomId::parse(r).ok()))
         .take(50)
-        .map(Into::into)
         .collect();
-    if !allowed.is_empty() {
-        out["allowed_room_ids"] = allowed.into();
-    }
     Some(out)
 }
 
 /// The rooms a `restricted` / `knock_restricted` join rule lets members of in.
-fn allowed_rooms(join_rules: Option<&serde_json::Value>) -> Vec<String> {
+fn allowed_rooms(join_rules: Option<&serde_json::Value>) -> Vec<OwnedRoomId> {
     join_rules
         .and_then(|c| c["allow"].as_array())
         .into_iter()
         .flatten()
         .filter(|a| a["type"] == "m.room_membership")
         .filter_map(|a| a["room_id"].as_str())
-        .filter(|r| RoomId::parse(*r).is_ok())
-        .map(str::to_owned)
+        .filter_map(|r| RoomId::parse(r).ok())
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use serde_json::json;
+
+    use super::*;
+
+    fn room() -> OwnedRoomId {
+        RoomId::parse("!a:example.org").unwrap()
+    }
+
+    /// Our entries always name their join rule (`public` included, which
+    /// ruma's types would leave out as their default) and leave out, never
+    /// `null`, what the room does not have.
+    #[test]
+    fn local_entries_name_their_join_rule_and_omit_what_is_absent() {
+        let bare = serde_json::to_value(chunk(room(), 3, &HashMap::new())).unwrap();
+        assert_eq!(
+            bare,
+            json!({ "room_id": "!a:example.org", "num_joined_members": 3,
+                "world_readable": false, "guest_can_join": false, "join_rule": "invite" })
+        );
+        let state = HashMap::from([
+            (
+                "m.room.join_rules".to_owned(),
+                json!({ "join_rule": "public" }),
+            ),
+            ("m.room.name".to_owned(), json!({ "name": "Lobby" })),
+            ("m.room.topic".to_owned(), json!({ "topic": 5 })),
+            (
+                "m.room.history_visibility".to_owned(),
+                json!({ "history_visibility": "world_readable" }),
+            ),
+            (
+                "m.room.guest_access".to_owned(),
+                json!({ "guest_access": "can_join" }),
+            ),
+            ("m.room.create".to_owned(), json!({ "type": "m.space" })),
+        ]);
+        let full = serde_json::to_value(chunk(room(), 1, &state)).unwrap();
+        assert_eq!(
+            full,
+            json!({ "room_id": "!a:example.org", "num_joined_members": 1,
+                "world_readable": true, "guest_can_join": true, "join_rule": "public",
+                "name": "Lobby", "room_type": "m.space" })
+        );
+    }
+
+    /// Another server's page is rebuilt from its valid parts: entries without
+    /// a valid room ID are dropped, fields of the wrong type left out, text
+    /// cut, empty tokens dropped, and no more entries than asked for.
+    #[test]
+    fn relayed_pages_keep_only_valid_parts() {
+        let answer = json!({
+            "chunk": [
+                { "room_id": "not a room" },
+                { "room_id": "!b:remote", "name": 7, "topic": "t".repeat(5000),
+                  "num_joined_members": "many", "canonical_alias": "#ok:remote",
+                  "avatar_url": "http://not.mxc/", "world_readable": true },
+                { "room_id": "!c:remote" },
+                { "room_id": "!d:remote" },
+            ],
+            "next_batch": "",
+            "prev_batch": "p1",
+            "total_room_count_estimate": 9,
+        });
+        let page = serde_json::to_value(relay_public_rooms(&answer, 2).unwrap()).unwrap();
+        assert_eq!(
+            page,
+            json!({
+                "chunk": [
+                    { "room_id": "!b:remote", "num_joined_members": 0,
+                      "world_readable": true, "guest_can_join": false,
+                      "topic": "t".repeat(MAX_RELAYED_TEXT),
+                      "canonical_alias": "#ok:remote" },
+                    { "room_id": "!c:remote", "num_joined_members": 0,
+                      "world_readable": false, "guest_can_join": false },
+                ],
+                "prev_batch": "p1",
+                "total_room_count_estimate": 9,
+            })
+        );
+        assert!(relay_public_rooms(&json!({ "rooms": [] }), 5).is_none());
+    }
 }

@@ -23,9 +23,10 @@ use std::{
 };
 
 use ruma::{
-    RoomId,
+    OwnedRoomId, RoomId,
     api::client::push::{Pusher as RumaPusher, PusherIds, PusherInit, PusherKind},
 };
+use serde::Serialize;
 use serde_json::{Map, Value, json};
 use tokio_util::sync::CancellationToken;
 
@@ -182,6 +183,31 @@ pub async fn list(app: &AppState, session: &Session) -> Result<Vec<RumaPusher>> 
         .collect())
 }
 
+/// A page of `GET /notifications`. Own type, not ruma's response: ruma
+/// leaves out a null `profile_tag`, which Synapse sends and SyTest requires,
+/// and would rewrite the stored actions through its typed `Action`.
+#[derive(Debug, Serialize)]
+pub struct Notifications {
+    pub notifications: Vec<Notification>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_token: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Notification {
+    /// The actions of the rule that matched, as stored.
+    pub actions: Value,
+    /// The event in its client form.
+    pub event: Value,
+    /// No rule carries a profile tag: always present and `null`, as Synapse
+    /// answers (SyTest checks the key).
+    pub profile_tag: Option<String>,
+    pub read: bool,
+    pub room_id: OwnedRoomId,
+    /// The event's `origin_server_ts`.
+    pub ts: Option<i64>,
+}
+
 /// `GET /notifications`: newest first, paginated by stream position.
 pub async fn notifications(
     app: &AppState,
@@ -189,7 +215,7 @@ pub async fn notifications(
     from: Option<&str>,
     limit: Option<u64>,
     only: Option<&str>,
-) -> Result<Value> {
+) -> Result<Notifications> {
     let user = session.user_id.as_str();
     let before = match from {
         None => i64::MAX,
@@ -227,23 +253,19 @@ pub async fn notifications(
                 .unwrap_or(0);
             read_at.insert(row.room_id.clone(), read);
         }
-        let ts = client["origin_server_ts"].clone();
-        out.push(json!({
-            "actions": serde_json::from_str::<Value>(&row.actions).unwrap_or_default(),
-            "event": client,
-            // No rule carries a profile tag; present and null, as Synapse
-            // answers (SyTest checks the key).
-            "profile_tag": Value::Null,
-            "read": row.stream_ordering <= read_at[&row.room_id],
-            "room_id": row.room_id,
-            "ts": ts,
-        }));
+        out.push(Notification {
+            actions: serde_json::from_str::<Value>(&row.actions).unwrap_or_default(),
+            ts: client["origin_server_ts"].as_i64(),
+            event: client,
+            profile_tag: None,
+            read: row.stream_ordering <= read_at[&row.room_id],
+            room_id,
+        });
     }
-    let mut body = json!({ "notifications": out });
-    if let Some(token) = next_token {
-        body["next_token"] = token.into();
-    }
-    Ok(body)
+    Ok(Notifications {
+        notifications: out,
+        next_token,
+    })
 }
 
 /// Backoff state of one failing pusher.
@@ -603,4 +625,36 @@ async fn describe(
         out["room_name"] = alias;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `profile_tag` is sent as `null` (SyTest reads the key); the stored
+    /// actions and the client event are passed on as they are.
+    #[test]
+    fn a_notification_carries_a_null_profile_tag() {
+        let n = Notification {
+            actions: json!(["notify", { "set_tweak": "highlight", "value": true }]),
+            event: json!({ "type": "m.room.message", "origin_server_ts": 5 }),
+            profile_tag: None,
+            read: false,
+            room_id: RoomId::parse("!r:example.org").unwrap(),
+            ts: Some(5),
+        };
+        let page = serde_json::to_value(Notifications {
+            notifications: vec![n],
+            next_token: None,
+        })
+        .unwrap();
+        assert_eq!(
+            page,
+            json!({ "notifications": [{
+                "actions": ["notify", { "set_tweak": "highlight", "value": true }],
+                "event": { "type": "m.room.message", "origin_server_ts": 5 },
+                "profile_tag": null, "read": false, "room_id": "!r:example.org", "ts": 5,
+            }] })
+        );
+    }
 }

@@ -8,14 +8,34 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 
-use ruma::{RoomId, UserId};
+use ruma::{OwnedRoomId, RoomId, UserId};
+use serde::Serialize;
 use serde_json::{Value, json};
 
+use super::directory::RoomEntry;
 use crate::{
     app::AppState,
     error::{Error, Result},
     storage::{events, rooms, state},
 };
+
+/// A page of `GET /rooms/{roomId}/hierarchy`. Own type, not ruma's response:
+/// its rooms are [`RoomEntry`]s (see there why).
+#[derive(Debug, Serialize)]
+pub struct Hierarchy {
+    pub rooms: Vec<RoomEntry>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_batch: Option<String>,
+}
+
+/// The answer of federation `/hierarchy`. Own type, not ruma's response: its
+/// rooms are [`RoomEntry`]s.
+#[derive(Debug, Serialize)]
+pub struct FederationHierarchy {
+    pub room: RoomEntry,
+    pub children: Vec<RoomEntry>,
+    pub inaccessible_children: Vec<OwnedRoomId>,
+}
 
 pub async fn hierarchy(
     app: &AppState,
@@ -25,7 +45,7 @@ pub async fn hierarchy(
     limit: usize,
     max_depth: Option<usize>,
     suggested_only: bool,
-) -> Result<Value> {
+) -> Result<Hierarchy> {
     let fingerprint = session_fingerprint(root, max_depth, suggested_only);
     let skip: usize = match from {
         Some(token) => parse_token(token, &fingerprint)
@@ -80,7 +100,7 @@ pub async fn hierarchy(
             // the `via` servers of its `m.space.child` event.
             let reuse = walk
                 .known
-                .filter(|k| k["room_type"] != "m.space" || !below_max);
+                .filter(|k| k.room_type.as_deref() != Some("m.space") || !below_max);
             let (room, remote_children, inaccessible) = match reuse {
                 Some(known) => (known, HashMap::new(), HashSet::new()),
                 None => {
@@ -95,9 +115,9 @@ pub async fn hierarchy(
             if !super::directory::remote_visible_to_user(app, Some(user), &room).await? {
                 continue;
             }
-            let children: Vec<Value> = room["children_state"]
-                .as_array()
-                .into_iter()
+            let children: Vec<Value> = room
+                .children_state
+                .iter()
                 .flatten()
                 .filter(|c| !suggested_only || c["content"]["suggested"] == true)
                 .cloned()
@@ -131,19 +151,23 @@ pub async fn hierarchy(
         }
         if index >= skip && out.len() < limit {
             // As on Synapse, clients are not told the allowed rooms.
-            if let Some(map) = entry.as_object_mut() {
-                map.remove("allowed_room_ids");
-            }
-            entry["children_state"] = Value::Array(children);
+            entry.allowed_room_ids.clear();
+            entry.children_state = Some(children);
             out.push(entry);
         }
         index += 1;
         if out.len() == limit && !queue.is_empty() {
             let next = format!("h{}_{fingerprint}", skip + limit);
-            return Ok(json!({ "rooms": out, "next_batch": next }));
+            return Ok(Hierarchy {
+                rooms: out,
+                next_batch: Some(next),
+            });
         }
     }
-    Ok(json!({ "rooms": out }))
+    Ok(Hierarchy {
+        rooms: out,
+        next_batch: None,
+    })
 }
 
 /// A room the hierarchy walk reached, with the servers its parent names and
@@ -152,7 +176,7 @@ struct Walk {
     room_id: ruma::OwnedRoomId,
     depth: usize,
     via: Vec<ruma::OwnedServerName>,
-    known: Option<Value>,
+    known: Option<RoomEntry>,
 }
 
 /// What a `from` token is bound to: the spec forbids changing `max_depth` and
@@ -251,9 +275,9 @@ const MAX_HIERARCHY_ANSWER_BYTES: usize = 4 * 1024 * 1024;
 /// Another server's `/hierarchy` answer for a room, checked and rebuilt.
 pub(crate) struct RemoteHierarchy {
     /// The room asked for, with its `children_state`.
-    pub room: Value,
+    pub room: RoomEntry,
     /// Summaries of its children, by room ID.
-    pub children: HashMap<String, Value>,
+    pub children: HashMap<String, RoomEntry>,
     /// Children the answering server says nobody here may see.
     pub inaccessible: HashSet<String>,
 }
@@ -323,7 +347,7 @@ fn clean_hierarchy(room_id: &RoomId, answer: &Value) -> Option<RemoteHierarchy> 
         .filter_map(clean_child_event)
         .take(MAX_CHILDREN)
         .collect();
-    room["children_state"] = Value::Array(children_state);
+    room.children_state = Some(children_state);
     let mut children = HashMap::new();
     for child in answer["children"]
         .as_array()
@@ -332,8 +356,7 @@ fn clean_hierarchy(room_id: &RoomId, answer: &Value) -> Option<RemoteHierarchy> 
         .take(MAX_CHILDREN)
     {
         if let Some(entry) = super::directory::clean_remote_entry(child) {
-            let id = entry["room_id"].as_str().unwrap_or_default().to_owned();
-            children.insert(id, entry);
+            children.insert(entry.room_id.to_string(), entry);
         }
     }
     let inaccessible = answer["inaccessible_children"]
@@ -400,7 +423,7 @@ pub async fn federation_hierarchy(
     origin: &ruma::ServerName,
     room_id: &RoomId,
     suggested_only: bool,
-) -> Result<Value> {
+) -> Result<FederationHierarchy> {
     let not_found = || Error::not_found("Room not found or not accessible");
     if !rooms::has_joined_members_of(&app.db, room_id.as_str(), app.server_name.as_str()).await? {
         return Err(not_found());
@@ -432,14 +455,14 @@ pub async fn federation_hierarchy(
         }
         match super::directory::local_room(app, &child_id).await? {
             Some(c) if c.visible_to_server(app, &child_id, origin).await? => children.push(c.entry),
-            _ => inaccessible.push(child_id.to_string()),
+            _ => inaccessible.push(child_id),
         }
     }
     let mut room = local.entry;
-    room["children_state"] = Value::Array(children_state);
-    Ok(json!({
-        "room": room,
-        "children": children,
-        "inaccessible_children": inaccessible,
-    }))
+    room.children_state = Some(children_state);
+    Ok(FederationHierarchy {
+        room,
+        children,
+        inaccessible_children: inaccessible,
+    })
 }

@@ -9,7 +9,8 @@
 //! `/_matrix/client/unstable/im.nheko.summary/summary/{roomIdOrAlias}`; the
 //! access token is optional.
 //!
-//! Directory entries and summaries are served as JSON, not as ruma's
+//! Directory pages and summaries are answered with this server's own types
+//! (`service::directory::{PublicRooms, RoomEntry}`), not ruma's
 //! `PublicRoomsChunk` / `RoomSummary`: those leave out `"join_rule":
 //! "public"` (their default), which this server, like Synapse, always sends,
 //! and a relayed answer is rebuilt field by field (`service::directory`).
@@ -25,7 +26,6 @@ use ruma::{
     },
     directory::RoomNetwork,
 };
-use serde_json::Value;
 
 use crate::{
     api::{
@@ -53,13 +53,13 @@ pub fn router() -> Router<AppState> {
 }
 
 /// The access token is optional: without one, only rooms anyone may preview
-/// are summarised; a token that is given must be valid. JSON, not ruma's
-/// response: see the module header.
+/// are summarised; a token that is given must be valid. Not ruma's response:
+/// see the module header.
 async fn room_summary(
     State(app): State<AppState>,
     auth: std::result::Result<AuthUser, Error>,
     Ruma(req): Ruma<get_summary::v1::Request>,
-) -> Result<Json<Value>> {
+) -> Result<Json<directory::RoomEntry>> {
     let requester = match auth {
         Ok(AuthUser(session)) => Some(session.user_id),
         Err(Error::Matrix {
@@ -87,12 +87,12 @@ fn remote(app: &AppState, server: Option<&ruma::ServerName>) -> Option<ruma::Own
         .map(ToOwned::to_owned)
 }
 
-/// JSON, not ruma's response: see the module header.
+/// Not ruma's response: see the module header.
 async fn public_rooms(
     State(app): State<AppState>,
     auth: std::result::Result<AuthUser, Error>,
     Ruma(req): Ruma<get_public_rooms::v3::Request>,
-) -> Result<Json<Value>> {
+) -> Result<Json<directory::PublicRooms>> {
     let limit = req.limit.map(|l| u64::from(l) as usize);
     if let Some(server) = remote(&app, req.server.as_deref()) {
         auth?;
@@ -119,12 +119,12 @@ async fn public_rooms(
     ))
 }
 
-/// JSON, not ruma's response: see the module header.
+/// Not ruma's response: see the module header.
 async fn public_rooms_filtered(
     State(app): State<AppState>,
     auth: std::result::Result<AuthUser, Error>,
     Ruma(req): Ruma<get_public_rooms_filtered::v3::Request>,
-) -> Result<Json<Value>> {
+) -> Result<Json<directory::PublicRooms>> {
     let limit = req.limit.map(|l| u64::from(l) as usize);
     auth?;
     let Some(server) = remote(&app, req.server.as_deref()) else {

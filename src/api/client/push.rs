@@ -94,14 +94,12 @@ async fn set_pusher_handler(
     Ok(RumaResponse(set_pusher::v3::Response::new()))
 }
 
-/// Answered as JSON, not ruma's response: ruma leaves out a null
-/// `profile_tag`, which Synapse sends and SyTest requires, and would rewrite
-/// the stored actions through its typed `Action`.
+/// Not ruma's response: see [`pusher::Notifications`].
 async fn notifications(
     State(app): State<AppState>,
     AuthUser(user): AuthUser,
     Ruma(req): Ruma<get_notifications::v3::Request>,
-) -> Result<Json<Value>> {
+) -> Result<Json<pusher::Notifications>> {
     Ok(Json(
         pusher::notifications(
             &app,

@@ -9,7 +9,8 @@ use axum::{Json, Router, extract::State};
 use ruma::api::client::account::{
     check_registration_token_validity, get_username_availability, register,
 };
-use serde_json::{Value, json};
+use serde::Serialize;
+use serde_json::Value;
 
 use crate::{
     api::{
@@ -34,7 +35,7 @@ async fn register(
     ClientIp(ip): ClientIp,
     AsToken(appservice): AsToken,
     RumaWithObject(req, body): RumaWithObject<register::v3::Request>,
-) -> Result<Json<Value>> {
+) -> Result<Json<Registered>> {
     if req.login_type == Some(register::LoginType::ApplicationService) {
         // Application services register without UIA, with their own token.
         let Some(appservice) = appservice? else {
@@ -90,24 +91,42 @@ async fn register(
     Ok(Json(registered_body(registered.user_id, registered.tokens)))
 }
 
-// Built by hand: ruma's response writes `"device_id": null` when login is
-// inhibited, and the spec (and Synapse) leave the field out.
+/// The answer to a registration: ruma's response but for `device_id`, which
+/// ruma writes as `null` when login is inhibited, where the spec (and Synapse)
+/// leave it out.
+#[derive(Serialize)]
+struct Registered {
+    user_id: ruma::OwnedUserId,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    access_token: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    device_id: Option<ruma::OwnedDeviceId>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    refresh_token: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    expires_in_ms: Option<u64>,
+}
+
 fn registered_body(
     user_id: ruma::OwnedUserId,
     tokens: Option<crate::service::session::Issued>,
-) -> Value {
-    let mut response = json!({ "user_id": user_id });
-    if let Some(tokens) = tokens {
-        response["access_token"] = tokens.access_token.into();
-        response["device_id"] = tokens.device_id.as_str().into();
-        if let Some(refresh) = tokens.refresh_token {
-            response["refresh_token"] = refresh.into();
-        }
-        if let Some(expires) = tokens.expires_in {
-            response["expires_in_ms"] = (expires.as_millis() as u64).into();
-        }
+) -> Registered {
+    match tokens {
+        Some(tokens) => Registered {
+            user_id,
+            access_token: Some(tokens.access_token),
+            device_id: Some(tokens.device_id),
+            refresh_token: tokens.refresh_token,
+            expires_in_ms: tokens.expires_in.map(|e| e.as_millis() as u64),
+        },
+        None => Registered {
+            user_id,
+            access_token: None,
+            device_id: None,
+            refresh_token: None,
+            expires_in_ms: None,
+        },
     }
-    response
 }
 
 async fn available(
@@ -135,4 +154,22 @@ async fn token_validity(
     Ok(RumaResponse(
         check_registration_token_validity::v1::Response::new(valid),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    /// With login inhibited the answer has only `user_id`: no `"device_id":
+    /// null` (ruma's response would write one).
+    #[test]
+    fn an_inhibited_login_leaves_the_device_out() {
+        let user: ruma::OwnedUserId = "@a:example.org".try_into().unwrap();
+        assert_eq!(
+            serde_json::to_value(registered_body(user, None)).unwrap(),
+            json!({ "user_id": "@a:example.org" })
+        );
+    }
 }

@@ -33,13 +33,16 @@ use axum::{
     response::Response,
     routing::{get, post},
 };
-use ruma::api::client::account::{
-    ThirdPartyIdRemovalStatus, add_3pid, delete_3pid, get_3pids,
-    request_3pid_management_token_via_email, request_password_change_token_via_email,
-    request_registration_token_via_email,
+use ruma::{
+    MilliSecondsSinceUnixEpoch, OwnedSessionId, UInt,
+    api::client::account::{
+        ThirdPartyIdRemovalStatus, add_3pid, bind_3pid, delete_3pid, get_3pids,
+        request_3pid_management_token_via_email, request_password_change_token_via_email,
+        request_registration_token_via_email, unbind_3pid,
+    },
+    thirdparty::{Medium, ThirdPartyIdentifier, ThirdPartyIdentifierInit},
 };
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
 
 use super::fallback::{escape_html, html, page};
 use crate::{
@@ -109,7 +112,7 @@ async fn bind(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
     json::Json(body): json::Json<Bind>,
-) -> Result<Json<Value>> {
+) -> Result<RumaResponse<bind_3pid::v3::Response>> {
     identity::bind(
         &state,
         &user.user_id,
@@ -119,7 +122,7 @@ async fn bind(
         &body.client_secret,
     )
     .await?;
-    Ok(Json(json!({})))
+    Ok(RumaResponse(bind_3pid::v3::Response::new()))
 }
 
 #[derive(Deserialize)]
@@ -135,7 +138,7 @@ async fn unbind(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
     json::Json(body): json::Json<Unbind>,
-) -> Result<Json<Value>> {
+) -> Result<RumaResponse<unbind_3pid::v3::Response>> {
     let result = identity::unbind(
         &state,
         &user.user_id,
@@ -144,7 +147,16 @@ async fn unbind(
         body.id_server.as_deref(),
     )
     .await?;
-    Ok(Json(json!({ "id_server_unbind_result": result.as_str() })))
+    Ok(RumaResponse(unbind_3pid::v3::Response::new(
+        removal_status(result),
+    )))
+}
+
+fn removal_status(unbound: identity::Unbound) -> ThirdPartyIdRemovalStatus {
+    match unbound {
+        identity::Unbound::Success => ThirdPartyIdRemovalStatus::Success,
+        identity::Unbound::NoSupport => ThirdPartyIdRemovalStatus::NoSupport,
+    }
 }
 
 /// The unsubscribe link's parameters, from its query string.
@@ -221,15 +233,18 @@ async fn unsubscribe_submit(
     }
 }
 
-fn sent(sent: threepid::TokenSent) -> Json<Value> {
-    Json(json!({ "sid": sent.sid, "submit_url": sent.submit_url }))
+/// The session ID of a token sent: one this server made (`token::random_string`,
+/// a valid session ID).
+fn session_id(sent: &threepid::TokenSent) -> Result<OwnedSessionId> {
+    OwnedSessionId::try_from(sent.sid.as_str())
+        .map_err(|e| Error::Internal(anyhow::anyhow!("session ID {:?}: {e}", sent.sid)))
 }
 
 async fn register_token(
     State(state): State<AppState>,
     ClientIp(ip): ClientIp,
     Ruma(req): Ruma<request_registration_token_via_email::v3::Request>,
-) -> Result<Json<Value>> {
+) -> Result<RumaResponse<request_registration_token_via_email::v3::Response>> {
     // Mail goes out only where registration would take the address.
     if state.mailer.is_some()
         && !account::registration_flows(&state)
@@ -238,7 +253,7 @@ async fn register_token(
     {
         return Err(Error::forbidden("Registration has been disabled"));
     }
-    request_token(
+    let sent = request_token(
         &state,
         Purpose::Register,
         req.client_secret.to_string(),
@@ -247,7 +262,10 @@ async fn register_token(
         req.next_link,
         ip,
     )
-    .await
+    .await?;
+    let mut response = request_registration_token_via_email::v3::Response::new(session_id(&sent)?);
+    response.submit_url = Some(sent.submit_url);
+    Ok(RumaResponse(response))
 }
 
 /// The three `requestToken` endpoints differ only in their purpose.
@@ -259,8 +277,8 @@ async fn request_token(
     send_attempt: u64,
     next_link: Option<String>,
     ip: Option<String>,
-) -> Result<Json<Value>> {
-    let result = threepid::request_token(
+) -> Result<threepid::TokenSent> {
+    threepid::request_token(
         state,
         TokenRequest {
             purpose,
@@ -271,16 +289,15 @@ async fn request_token(
             ip,
         },
     )
-    .await?;
-    Ok(sent(result))
+    .await
 }
 
 async fn password_token(
     State(state): State<AppState>,
     ClientIp(ip): ClientIp,
     Ruma(req): Ruma<request_password_change_token_via_email::v3::Request>,
-) -> Result<Json<Value>> {
-    request_token(
+) -> Result<RumaResponse<request_password_change_token_via_email::v3::Response>> {
+    let sent = request_token(
         &state,
         Purpose::PasswordReset,
         req.client_secret.to_string(),
@@ -289,15 +306,19 @@ async fn password_token(
         req.next_link,
         ip,
     )
-    .await
+    .await?;
+    let mut response =
+        request_password_change_token_via_email::v3::Response::new(session_id(&sent)?);
+    response.submit_url = Some(sent.submit_url);
+    Ok(RumaResponse(response))
 }
 
 async fn add_token(
     State(state): State<AppState>,
     ClientIp(ip): ClientIp,
     Ruma(req): Ruma<request_3pid_management_token_via_email::v3::Request>,
-) -> Result<Json<Value>> {
-    request_token(
+) -> Result<RumaResponse<request_3pid_management_token_via_email::v3::Response>> {
+    let sent = request_token(
         &state,
         Purpose::AddThreepid,
         req.client_secret.to_string(),
@@ -306,27 +327,45 @@ async fn add_token(
         req.next_link,
         ip,
     )
-    .await
+    .await?;
+    let mut response =
+        request_3pid_management_token_via_email::v3::Response::new(session_id(&sent)?);
+    response.submit_url = Some(sent.submit_url);
+    Ok(RumaResponse(response))
+}
+
+/// `GET /account/3pid`, in ruma's `ThirdPartyIdentifier`s but not ruma's
+/// response: that one leaves out an empty `threepids` list, which Synapse
+/// (and this server) always send.
+#[derive(Serialize)]
+struct Threepids {
+    threepids: Vec<ThirdPartyIdentifier>,
 }
 
 async fn list(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
     Ruma(_): Ruma<get_3pids::v3::Request>,
-) -> Result<Json<Value>> {
-    let threepids: Vec<Value> = threepid::list(&state, &user.user_id)
+) -> Result<Json<Threepids>> {
+    let ts = |ms: i64| {
+        UInt::try_from(ms)
+            .map(MilliSecondsSinceUnixEpoch)
+            .map_err(|e| Error::Internal(anyhow::anyhow!("3PID timestamp {ms}: {e}")))
+    };
+    let threepids = threepid::list(&state, &user.user_id)
         .await?
         .into_iter()
         .map(|t| {
-            json!({
-                "medium": t.medium,
-                "address": t.address,
-                "validated_at": t.validated_ts,
-                "added_at": t.added_ts,
-            })
+            Ok(ThirdPartyIdentifierInit {
+                address: t.address,
+                medium: Medium::from(t.medium),
+                validated_at: ts(t.validated_ts)?,
+                added_at: ts(t.added_ts)?,
+            }
+            .into())
         })
-        .collect();
-    Ok(Json(json!({ "threepids": threepids })))
+        .collect::<Result<_>>()?;
+    Ok(Json(Threepids { threepids }))
 }
 
 async fn add(
@@ -364,10 +403,7 @@ async fn delete(
     .await?;
     threepid::delete(&state, &user.user_id, req.medium.as_str(), &req.address).await?;
     Ok(RumaResponse(delete_3pid::v3::Response::new(
-        match unbound {
-            identity::Unbound::Success => ThirdPartyIdRemovalStatus::Success,
-            identity::Unbound::NoSupport => ThirdPartyIdRemovalStatus::NoSupport,
-        },
+        removal_status(unbound),
     )))
 }
 
@@ -378,15 +414,22 @@ struct SubmitToken {
     token: String,
 }
 
+/// The answer of `submitToken`: the identity service API's (ruma's type is in
+/// `ruma-identity-service-api`, which this server does not build).
+#[derive(Serialize)]
+struct TokenSubmitted {
+    success: bool,
+}
+
 /// The requestToken answers' `submit_url`.
 async fn submit_token(
     State(state): State<AppState>,
     ClientIp(ip): ClientIp,
     json::Json(body): json::Json<SubmitToken>,
-) -> Result<Json<Value>> {
+) -> Result<Json<TokenSubmitted>> {
     rate_limited(state.login_limiter.check(&ip.unwrap_or_default()))?;
     threepid::submit_token(&state, &body.sid, &body.client_secret, &body.token).await?;
-    Ok(Json(json!({ "success": true })))
+    Ok(Json(TokenSubmitted { success: true }))
 }
 
 /// `GET` of the mailed link. As on Synapse, a registration or an addition is

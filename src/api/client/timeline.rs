@@ -252,14 +252,15 @@ async fn upgrade(
     Ok(RumaResponse(upgrade_room::v3::Response::new(new_room)))
 }
 
-/// Left as JSON: ruma's room summary leaves out `"join_rule": "public"` (its
-/// default), which this server, like Synapse, always sends; the rooms are
-/// built as JSON with the public room directory's entries (`service::directory`).
+/// Not ruma's response: ruma's room summary leaves out `"join_rule":
+/// "public"` (its default), which this server, like Synapse, always sends;
+/// the rooms are the public room directory's entries
+/// (`service::directory::RoomEntry`).
 async fn hierarchy(
     State(app): State<AppState>,
     AuthUser(user): AuthUser,
     Ruma(req): Ruma<get_hierarchy::v1::Request>,
-) -> Result<Json<Value>> {
+) -> Result<Json<space::Hierarchy>> {
     let body = space::hierarchy(
         &app,
         &user.user_id,

@@ -22,6 +22,7 @@ use ruma::api::client::{
     typing::create_typing_event,
 };
 use ruma::{OwnedUserId, RoomId, UserId, serde::Raw};
+use serde::Serialize;
 use serde_json::Value;
 
 use crate::{
@@ -153,18 +154,23 @@ async fn get_room(
     )))
 }
 
-/// Answered as JSON, not ruma's response: ruma's `TagInfo` holds only
-/// `order`, as a float, so it would drop any other field of a tag (clients
-/// may set `m.tag` through the account data API) and write an `order` of `1`
-/// as `1.0`.
+/// The answer of `GET /tags`. Not ruma's response: ruma's `TagInfo` holds
+/// only `order`, as a float, so it would drop any other field of a tag
+/// (clients may set `m.tag` through the account data API) and write an
+/// `order` of `1` as `1.0`.
+#[derive(Serialize)]
+struct Tags {
+    tags: serde_json::Map<String, Value>,
+}
+
 async fn tags(
     State(app): State<AppState>,
     AuthUser(session): AuthUser,
     Ruma(req): Ruma<get_tags::v3::Request>,
-) -> Result<Json<Value>> {
-    Ok(Json(
-        account_data::tags(&app, &session, &req.user_id, &req.room_id).await?,
-    ))
+) -> Result<Json<Tags>> {
+    Ok(Json(Tags {
+        tags: account_data::tags(&app, &session, &req.user_id, &req.room_id).await?,
+    }))
 }
 
 async fn put_tag(

@@ -46,7 +46,7 @@ async fn hierarchy(
     axum::extract::Path(room_id): axum::extract::Path<String>,
     Query(q): Query<HierarchyQuery>,
     fed: FedRequest,
-) -> Result<Json<Value>> {
+) -> Result<Json<crate::service::space::FederationHierarchy>> {
     let room_id =
         ruma::RoomId::parse(&room_id).map_err(|_| Error::invalid_param("Invalid room ID"))?;
     crate::service::federation::acl::check(&app, room_id.as_str(), fed.origin.as_str()).await?;
@@ -66,7 +66,7 @@ async fn public_rooms_get(
     State(app): State<AppState>,
     Query(q): Query<PublicRoomsQuery>,
     _fed: FedRequest,
-) -> Result<Json<Value>> {
+) -> Result<Json<directory::PublicRooms>> {
     Ok(Json(
         directory::public_rooms(
             &app,
@@ -79,7 +79,10 @@ async fn public_rooms_get(
     ))
 }
 
-async fn public_rooms_post(State(app): State<AppState>, fed: FedRequest) -> Result<Json<Value>> {
+async fn public_rooms_post(
+    State(app): State<AppState>,
+    fed: FedRequest,
+) -> Result<Json<directory::PublicRooms>> {
     let body: Value = fed.json()?;
     let limit = body["limit"].as_u64().map(|l| l as usize);
     Ok(Json(
