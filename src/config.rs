@@ -1066,7 +1066,7 @@ impl Config {
             bail!("`listeners` must contain at least one listener");
         }
         for range in &self.trusted_proxies {
-            if crate::outbound::Cidr::parse(range).is_none() {
+            if ip_range(range).is_none() {
                 bail!("`trusted_proxies`: {range:?} is not an address or CIDR range");
             }
         }
@@ -1178,6 +1178,15 @@ impl Config {
             .shared_secret
             .as_deref()
             .filter(|s| !s.is_empty())
+    }
+}
+
+/// An address range as the configuration writes it: `address/prefix`, or a
+/// bare address for a range of that one address. `None` when it is neither.
+pub fn ip_range(s: &str) -> Option<ipnet::IpNet> {
+    match s.split_once('/') {
+        Some(_) => s.parse().ok(),
+        None => s.parse::<std::net::IpAddr>().ok().map(ipnet::IpNet::from),
     }
 }
 
