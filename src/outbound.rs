@@ -433,7 +433,6 @@ mod tests {
         ));
     }
 
-
     /// An appservice's registered host is reachable, and only that host.
     #[test]
     fn a_trusted_host_is_allowed_and_no_other() {
