@@ -68,7 +68,7 @@ pub struct AppState {
     /// Request, event and other counters for `/metrics`.
     pub metrics: Arc<crate::metrics::Metrics>,
     /// `trusted_proxies`, parsed.
-    pub trusted_proxies: Arc<Vec<crate::outbound::Cidr>>,
+    pub trusted_proxies: Arc<Vec<ipnet::IpNet>>,
     /// Room deletions running or finished (admin API v2), by delete ID.
     pub room_deletions: Arc<crate::service::admin::Deletions>,
     /// Application service registrations (`appservices`), loaded at start.
@@ -147,7 +147,7 @@ impl AppState {
                 config
                     .trusted_proxies
                     .iter()
-                    .filter_map(|r| crate::outbound::Cidr::parse(r))
+                    .filter_map(|r| crate::config::ip_range(r))
                     .collect(),
             ),
             notifier: Notifier::new(persisted),

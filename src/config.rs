@@ -60,6 +60,7 @@ pub struct Config {
     pub identity: Identity,
     pub support: Support,
     pub turn: Turn,
+    pub presence: Presence,
     pub email: Email,
     pub sso: Sso,
 }
@@ -311,6 +312,23 @@ impl Default for ServerNotices {
             display_name: "Server Notices".into(),
             room_name: "Server Notices".into(),
         }
+    }
+}
+
+/// Presence (online, unavailable, offline and status messages).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Presence {
+    /// Track and share presence. Off (as Synapse's `presence.enabled: false`):
+    /// `PUT /presence/{userId}/status` and `set_presence` are accepted and
+    /// ignored, `GET` answers `offline`, `/sync` carries none, and no
+    /// `m.presence` EDU is sent or taken in.
+    pub enabled: bool,
+}
+
+impl Default for Presence {
+    fn default() -> Self {
+        Self { enabled: true }
     }
 }
 
@@ -974,6 +992,10 @@ pub struct Federation {
     pub connect_timeout_secs: u64,
     /// Time limit of one outbound request.
     pub request_timeout_secs: u64,
+    /// A destination failing for this long is marked down: only the newest 50
+    /// PDUs of each room stay queued for it, and it is retried at most hourly.
+    /// Any request from it clears the backoff.
+    pub destination_down_after_secs: u64,
 }
 
 impl Default for Federation {
@@ -987,6 +1009,7 @@ impl Default for Federation {
             dangerously_accept_invalid_certs: false,
             connect_timeout_secs: 10,
             request_timeout_secs: 60,
+            destination_down_after_secs: 3600,
         }
     }
 }
@@ -1021,6 +1044,7 @@ impl Default for Config {
             identity: Identity::default(),
             support: Support::default(),
             turn: Turn::default(),
+            presence: Presence::default(),
             email: Email::default(),
             sso: Sso::default(),
         }
@@ -1066,7 +1090,7 @@ impl Config {
             bail!("`listeners` must contain at least one listener");
         }
         for range in &self.trusted_proxies {
-            if crate::outbound::Cidr::parse(range).is_none() {
+            if ip_range(range).is_none() {
                 bail!("`trusted_proxies`: {range:?} is not an address or CIDR range");
             }
         }
@@ -1178,6 +1202,15 @@ impl Config {
             .shared_secret
             .as_deref()
             .filter(|s| !s.is_empty())
+    }
+}
+
+/// An address range as the configuration writes it: `address/prefix`, or a
+/// bare address for a range of that one address. `None` when it is neither.
+pub fn ip_range(s: &str) -> Option<ipnet::IpNet> {
+    match s.split_once('/') {
+        Some(_) => s.parse().ok(),
+        None => s.parse::<std::net::IpAddr>().ok().map(ipnet::IpNet::from),
     }
 }
 

@@ -33,58 +33,24 @@ use std::{
 use anyhow::Context;
 use reqwest::{Url, header::LOCATION};
 
-use crate::config::Config;
+use ipnet::IpNet;
 
-/// An address range, `address/prefix`.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Cidr {
-    addr: IpAddr,
-    prefix: u8,
+use crate::config::{Config, ip_range};
+
+/// Whether any of `ranges` holds `ip`. An IPv4-mapped IPv6 address is
+/// checked as the IPv4 address it maps, so `::ffff:127.0.0.1` is loopback.
+pub fn ranges_contain(ranges: &[IpNet], ip: IpAddr) -> bool {
+    let ip = match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    };
+    ranges.iter().any(|r| r.contains(&ip))
 }
 
-impl Cidr {
-    pub fn parse(s: &str) -> Option<Self> {
-        let (addr, prefix) = match s.split_once('/') {
-            Some((a, p)) => (a.parse::<IpAddr>().ok()?, p.parse::<u8>().ok()?),
-            None => {
-                let a: IpAddr = s.parse().ok()?;
-                (a, if a.is_ipv4() { 32 } else { 128 })
-            }
-        };
-        let max = if addr.is_ipv4() { 32 } else { 128 };
-        (prefix <= max).then_some(Self { addr, prefix })
-    }
-
-    pub fn contains(&self, ip: IpAddr) -> bool {
-        // An IPv4-mapped IPv6 address is checked as the IPv4 address it maps.
-        let ip = match ip {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-            v4 => v4,
-        };
-        match (self.addr, ip) {
-            (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                let mask = u32::MAX
-                    .checked_shl(32 - u32::from(self.prefix))
-                    .unwrap_or(0);
-                u32::from(net) & mask == u32::from(ip) & mask
-            }
-            (IpAddr::V6(net), IpAddr::V6(ip)) => {
-                let mask = u128::MAX
-                    .checked_shl(128 - u32::from(self.prefix))
-                    .unwrap_or(0);
-                u128::from(net) & mask == u128::from(ip) & mask
-            }
-            _ => false,
-        }
-    }
-}
-
-/// Which addresses outbound requests may connect to: any address outside the
-/// blocked ranges, and blocked ones that an allowed range covers.
 #[derive(Clone, Debug)]
 pub struct OutboundPolicy {
-    block: Arc<[Cidr]>,
-    allow: Arc<[Cidr]>,
+    block: Arc<[IpNet]>,
+    allow: Arc<[IpNet]>,
     /// Hosts (names or IP literals, as written in URLs) every address of which
     /// is allowed: only an application service's client has one, its
     /// registration's host, which the administrator configured.
@@ -93,7 +59,7 @@ pub struct OutboundPolicy {
 
 impl OutboundPolicy {
     pub fn new(block: &[String], allow: &[String]) -> Self {
-        let parse = |l: &[String]| l.iter().filter_map(|s| Cidr::parse(s)).collect();
+        let parse = |l: &[String]| l.iter().filter_map(|s| ip_range(s)).collect();
         Self {
             block: parse(block),
             allow: parse(allow),
@@ -138,7 +104,7 @@ impl OutboundPolicy {
     }
 
     pub fn allowed(&self, ip: IpAddr) -> bool {
-        self.allow.iter().any(|c| c.contains(ip)) || !self.block.iter().any(|c| c.contains(ip))
+        ranges_contain(&self.allow, ip) || !ranges_contain(&self.block, ip)
     }
 
     /// Checks what can be checked of a URL before connecting: the scheme, and
@@ -441,21 +407,30 @@ mod tests {
     }
 
     #[test]
-    fn cidr_matching() {
-        let lo = Cidr::parse("127.0.0.0/8").unwrap();
-        assert!(lo.contains("127.1.2.3".parse().unwrap()));
-        assert!(!lo.contains("128.0.0.1".parse().unwrap()));
+    fn range_matching() {
+        let lo = [ip_range("127.0.0.0/8").unwrap()];
+        assert!(ranges_contain(&lo, "127.1.2.3".parse().unwrap()));
+        assert!(!ranges_contain(&lo, "128.0.0.1".parse().unwrap()));
         // IPv4-mapped IPv6 is checked as IPv4.
-        assert!(lo.contains("::ffff:127.0.0.1".parse().unwrap()));
-        let ula = Cidr::parse("fc00::/7").unwrap();
-        assert!(ula.contains("fd12::1".parse().unwrap()));
-        assert!(!ula.contains("2001:db8::1".parse().unwrap()));
-        assert_eq!(Cidr::parse("10.0.0.0/33"), None);
-        assert!(
-            Cidr::parse("0.0.0.0/0")
-                .unwrap()
-                .contains("8.8.8.8".parse().unwrap())
-        );
+        assert!(ranges_contain(&lo, "::ffff:127.0.0.1".parse().unwrap()));
+        let ula = [ip_range("fc00::/7").unwrap()];
+        assert!(ranges_contain(&ula, "fd12::1".parse().unwrap()));
+        assert!(!ranges_contain(&ula, "2001:db8::1".parse().unwrap()));
+        assert_eq!(ip_range("10.0.0.0/33"), None);
+        assert_eq!(ip_range("10.0.0.0/"), None);
+        assert!(ranges_contain(
+            &[ip_range("0.0.0.0/0").unwrap()],
+            "8.8.8.8".parse().unwrap()
+        ));
+        // A bare address is a range of one.
+        let one = [ip_range("192.0.2.7").unwrap()];
+        assert!(ranges_contain(&one, "192.0.2.7".parse().unwrap()));
+        assert!(!ranges_contain(&one, "192.0.2.8".parse().unwrap()));
+        // Host bits set: the range of the network they are in.
+        assert!(ranges_contain(
+            &[ip_range("10.1.2.3/8").unwrap()],
+            "10.200.0.1".parse().unwrap()
+        ));
     }
 
     /// An appservice's registered host is reachable, and only that host.

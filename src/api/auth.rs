@@ -184,9 +184,9 @@ pub fn client_ip(parts: &Parts, app: &AppState) -> Option<IpAddr> {
 fn forwarded_client<'a>(
     peer: IpAddr,
     headers: impl Iterator<Item = &'a str>,
-    trusted: &[crate::outbound::Cidr],
+    trusted: &[ipnet::IpNet],
 ) -> IpAddr {
-    let is_trusted = |ip: IpAddr| trusted.iter().any(|c| c.contains(ip));
+    let is_trusted = |ip: IpAddr| crate::outbound::ranges_contain(trusted, ip);
     if !is_trusted(peer) {
         return peer;
     }
@@ -258,7 +258,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::outbound::Cidr;
+    use crate::config::ip_range;
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
@@ -266,7 +266,7 @@ mod tests {
 
     #[test]
     fn forwarded_for_is_believed_only_from_trusted_proxies() {
-        let trusted = vec![Cidr::parse("10.0.0.0/8").unwrap()];
+        let trusted = vec![ip_range("10.0.0.0/8").unwrap()];
         let xff = ["203.0.113.7, 10.1.1.1"];
         // A direct client cannot forge its address.
         assert_eq!(

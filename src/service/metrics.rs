@@ -59,6 +59,19 @@ pub async fn render(app: &AppState) -> Result<String> {
             (at - now) as f64 / 1000.0
         );
     }
+    gauge_header(
+        &mut out,
+        "lattice_federation_destination_down",
+        "Destinations failing for longer than federation.destination_down_after_secs (1 each).",
+    );
+    let down_before = crate::service::federation::down_before(app, now);
+    for destination in storage::federation::down_destinations(&app.db, down_before).await? {
+        let _ = writeln!(
+            out,
+            "lattice_federation_destination_down{{destination=\"{}\"}} 1",
+            crate::metrics::escape(&destination)
+        );
+    }
     if !app.appservices.current().is_empty() {
         gauge_header(
             &mut out,

@@ -96,7 +96,13 @@ async fn queue_edu(
         .collect();
     let edu = json!({ "edu_type": "m.presence", "content": { "push": push } });
     let text = serde_json::to_string(&edu).map_err(|e| anyhow::anyhow!("{e}"))?;
-    crate::storage::federation::enqueue_edu(&mut **tx, servers, &text, now).await?;
+    // One user's presence replaces that user's still queued; an EDU carrying
+    // several users (a join's catch-up) is kept as it is.
+    let key = match states {
+        [one] => Some(format!("m.presence {}", one.user_id)),
+        _ => None,
+    };
+    crate::storage::federation::enqueue_edu(&mut **tx, servers, &text, now, key.as_deref()).await?;
     Ok(())
 }
 
@@ -111,7 +117,7 @@ pub async fn on_join(
     room_id: &str,
     target: &UserId,
 ) -> Result<bool> {
-    if !app.config.federation.enabled {
+    if !app.config.federation.enabled || !app.config.presence.enabled {
         return Ok(false);
     }
     if target.server_name() == app.server_name {
@@ -152,6 +158,9 @@ pub const MAX_PRESENCE_PER_EDU: usize = 500;
 /// members' presence as soon as it has accepted our user's join, which may
 /// be before we have written that join.
 pub async fn receive_edu(app: &AppState, origin: &ruma::ServerName, content: &Value) -> Result<()> {
+    if !app.config.presence.enabled {
+        return Ok(());
+    }
     let now = now_ms();
     let mut updates = Vec::new();
     for entry in content["push"]
@@ -214,6 +223,9 @@ pub async fn set(
     if !STATES.contains(&state) {
         return Err(Error::invalid_param("Unknown presence state"));
     }
+    if !app.config.presence.enabled {
+        return Ok(());
+    }
     write(
         app,
         Presence {
@@ -247,6 +259,9 @@ pub async fn get(
             "You are not allowed to see their presence",
         ));
     }
+    if !app.config.presence.enabled {
+        return Ok(get_presence::v3::Response::new(PresenceState::Offline));
+    }
     let now = now_ms();
     Ok(match rows::get(&app.db, target.as_str()).await? {
         Some(p) => {
@@ -267,7 +282,7 @@ pub async fn get(
 /// user is seen, and an `offline` user comes `online` (an explicit
 /// `unavailable` stays until changed).
 pub async fn on_sync(app: &AppState, user: &UserId, set_presence: &str) -> Result<()> {
-    if set_presence == "offline" {
+    if set_presence == "offline" || !app.config.presence.enabled {
         return Ok(());
     }
     let now = now_ms();
@@ -313,6 +328,9 @@ pub async fn sync_events(
     upto: i64,
     newly_met: &std::collections::HashSet<String>,
 ) -> Result<Vec<Value>> {
+    if !app.config.presence.enabled {
+        return Ok(Vec::new());
+    }
     let now = now_ms();
     let mut changes = rows::visible_changes(&app.db, user.as_str(), after, upto).await?;
     let others: Vec<String> = newly_met

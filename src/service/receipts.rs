@@ -200,7 +200,10 @@ async fn store(
             }}}},
         });
         let servers = super::directory::joined_servers(app, room_id).await?;
-        super::federation::enqueue_edu(app, servers, &edu).await?;
+        // A newer public receipt of the user in the room (and thread) replaces
+        // one still queued.
+        let key = format!("m.receipt {room_id} {user} {thread_id}");
+        super::federation::enqueue_edu(app, servers, &edu, Some(&key)).await?;
     }
     Ok(())
 }
@@ -227,6 +230,8 @@ pub async fn typing(
         },
     });
     let servers = super::directory::joined_servers(app, room_id).await?;
-    super::federation::enqueue_edu(app, servers, &edu).await?;
+    // Only the latest typing state of the user in the room counts.
+    let key = format!("m.typing {room_id} {user}");
+    super::federation::enqueue_edu(app, servers, &edu, Some(&key)).await?;
     Ok(())
 }

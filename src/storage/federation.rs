@@ -4,42 +4,119 @@
 
 use sqlx::PgExecutor;
 
-/// Queues a PDU for each destination.
+/// How many PDUs of one room stay queued for a destination that is down: the
+/// newest. One transaction's worth; a server away for longer than that misses
+/// the older ones unless it fetches them (`/get_missing_events` reaches 20 back
+/// from Lattice, 10 from Synapse; Synapse also backfills the gap later).
+pub const DOWN_PDUS_PER_ROOM: i64 = 50;
+
+/// Queues a PDU of `room_id` for each destination. For a destination that is
+/// down (failing since `down_before` or earlier) only the newest
+/// [`DOWN_PDUS_PER_ROOM`] PDUs of the room stay queued, so its queue stays
+/// bounded however long it is away.
 pub async fn enqueue_pdu(
     db: impl PgExecutor<'_>,
     destinations: &[String],
     event_id: &str,
+    room_id: &str,
     now: i64,
+    down_before: i64,
 ) -> sqlx::Result<()> {
     sqlx::query!(
-        "insert into federation_outbox (destination, event_id, created_ts)
-         select d, $2, $3 from unnest($1::text[]) as d",
+        "with down as (
+             select destination from federation_destinations
+             where destination = any($1) and failing_since_ts <= $5
+         ), gone as (
+             delete from federation_outbox where id in (
+                 select id from (
+                     select o.id, row_number() over (
+                                partition by o.destination order by o.id desc) as newer
+                     from federation_outbox o join down on o.destination = down.destination
+                     where o.collapse_key = 'pdu ' || $4
+                 ) q where q.newer >= $6
+             )
+         )
+         insert into federation_outbox (destination, event_id, created_ts, collapse_key)
+         select d, $2, $3,
+                case when d in (select destination from down) then 'pdu ' || $4 end
+         from unnest($1::text[]) as d",
         destinations,
         event_id,
-        now
+        now,
+        room_id,
+        down_before,
+        DOWN_PDUS_PER_ROOM
     )
     .execute(db)
     .await?;
     Ok(())
 }
 
-/// Queues an EDU (JSON) for each destination.
+/// Queues an EDU (JSON) for each destination. With a `collapse_key`, the EDU
+/// replaces any still queued with the same key for that destination (typing,
+/// receipts and presence: only the latest state matters).
 pub async fn enqueue_edu(
     db: impl PgExecutor<'_>,
     destinations: &[String],
     edu: &str,
     now: i64,
+    collapse_key: Option<&str>,
 ) -> sqlx::Result<()> {
     sqlx::query!(
-        "insert into federation_outbox (destination, edu, created_ts)
-         select d, $2, $3 from unnest($1::text[]) as d",
+        "with gone as (
+             delete from federation_outbox
+             where $4::text is not null and collapse_key = $4 and destination = any($1)
+         )
+         insert into federation_outbox (destination, edu, created_ts, collapse_key)
+         select d, $2, $3, $4 from unnest($1::text[]) as d",
         destinations,
         edu,
-        now
+        now,
+        collapse_key
     )
     .execute(db)
     .await?;
     Ok(())
+}
+
+/// Bounds the PDUs queued for a destination that is down to the newest
+/// [`DOWN_PDUS_PER_ROOM`] of each room (see [`enqueue_pdu`]), marking them so
+/// that later ones push the oldest out. Returns the rows dropped or marked.
+pub async fn collapse_down_queue(db: impl PgExecutor<'_>, destination: &str) -> sqlx::Result<u64> {
+    let done = sqlx::query!(
+        "with queued as (
+             select o.id, e.room_id,
+                    row_number() over (partition by e.room_id order by o.id desc) as newest
+             from federation_outbox o join events e on e.event_id = o.event_id
+             where o.destination = $1
+         ), gone as (
+             delete from federation_outbox o using queued q
+             where o.id = q.id and q.newest > $2
+             returning o.id
+         )
+         update federation_outbox o set collapse_key = 'pdu ' || q.room_id
+         from queued q
+         where o.id = q.id and q.newest <= $2 and o.collapse_key is null",
+        destination,
+        DOWN_PDUS_PER_ROOM
+    )
+    .execute(db)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+/// Destinations failing since `down_before` or earlier: marked down.
+pub async fn down_destinations(
+    db: impl PgExecutor<'_>,
+    down_before: i64,
+) -> sqlx::Result<Vec<String>> {
+    sqlx::query_scalar!(
+        "select destination from federation_destinations
+         where failing_since_ts <= $1 order by destination",
+        down_before
+    )
+    .fetch_all(db)
+    .await
 }
 
 /// Destinations with queued items that are not backing off.
@@ -139,7 +216,8 @@ pub async fn record_success(
         "insert into federation_destinations (destination, failures, retry_after_ts, last_success_ts)
          values ($1, 0, 0, $2)
          on conflict (destination) do update
-         set failures = 0, retry_after_ts = 0, last_error = null, last_success_ts = $2",
+         set failures = 0, retry_after_ts = 0, last_error = null, last_success_ts = $2,
+             failing_since_ts = null",
         destination,
         now
     )
@@ -148,8 +226,17 @@ pub async fn record_success(
     Ok(())
 }
 
+/// What [`record_failure`] leaves: the consecutive failures, and whether the
+/// destination is now down (failing since `down_before` or earlier).
+pub struct Failure {
+    pub failures: i32,
+    pub down: bool,
+}
+
 /// Records a failure and backs off: `base_ms` after the first, doubling with each
-/// further failure up to `cap_ms`. Returns the consecutive failures.
+/// further failure up to `cap_ms`, or `down_cap_ms` once the destination is
+/// down (failing since `down_before` or earlier).
+#[allow(clippy::too_many_arguments)]
 pub async fn record_failure(
     db: impl PgExecutor<'_>,
     destination: &str,
@@ -157,24 +244,35 @@ pub async fn record_failure(
     now: i64,
     base_ms: i64,
     cap_ms: i64,
-) -> sqlx::Result<i32> {
-    sqlx::query_scalar!(
-        r#"insert into federation_destinations (destination, failures, last_error, retry_after_ts)
-           values ($1, 1, $2, $3::bigint + $4::bigint)
+    down_cap_ms: i64,
+    down_before: i64,
+) -> sqlx::Result<Failure> {
+    let row = sqlx::query!(
+        r#"insert into federation_destinations
+               (destination, failures, last_error, retry_after_ts, failing_since_ts)
+           values ($1, 1, $2, $3::bigint + $4::bigint, $3)
            on conflict (destination) do update
            set failures = federation_destinations.failures + 1, last_error = $2,
+               failing_since_ts = coalesce(federation_destinations.failing_since_ts, $3),
                retry_after_ts = $3::bigint + least(
                    $4::bigint * power(2, least(federation_destinations.failures, 30))::bigint,
-                   $5::bigint)
-           returning failures as "failures!""#,
+                   case when federation_destinations.failing_since_ts <= $7
+                        then $6::bigint else $5::bigint end)
+           returning failures as "failures!", failing_since_ts <= $7 as "down!""#,
         destination,
         error,
         now,
         base_ms,
-        cap_ms
+        cap_ms,
+        down_cap_ms,
+        down_before
     )
     .fetch_one(db)
-    .await
+    .await?;
+    Ok(Failure {
+        failures: row.failures,
+        down: row.down,
+    })
 }
 
 /// Clears a destination's backoff (it just talked to us: it is up again).

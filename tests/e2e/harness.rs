@@ -332,6 +332,15 @@ impl TestServer {
         self._data = data;
     }
 
+    /// Stops the server, keeping its database and settings, to be started again
+    /// later with [`Stopped::start`] (a server that was down for a while).
+    pub async fn stop_for_now(mut self) -> Stopped {
+        let config = Config::clone(&self.state.config);
+        let data = self._data.take();
+        self.stop().await;
+        Stopped { config, data }
+    }
+
     pub async fn stop(mut self) {
         if let Some(server) = self.server.take() {
             server.stop().await;
@@ -360,6 +369,21 @@ impl TestServer {
             );
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
+    }
+}
+
+/// A server stopped by [`TestServer::stop_for_now`].
+pub struct Stopped {
+    config: Config,
+    data: Option<tempfile::TempDir>,
+}
+
+impl Stopped {
+    /// Starts it again on the same database, settings and fixed ports.
+    pub async fn start(self) -> TestServer {
+        let mut server = TestServer::start_config(self.config).await;
+        server._data = self.data;
+        server
     }
 }
 

@@ -14,6 +14,7 @@ mod crash;
 mod deploy;
 mod devicelists;
 mod devices;
+mod down;
 mod e2ee;
 mod email;
 mod embedded;

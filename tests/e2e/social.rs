@@ -395,3 +395,66 @@ async fn search_finds_visible_messages_ranked_and_paginated() {
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
 }
+
+/// `presence.enabled = false` (as Synapse's `presence.enabled: false`): updates
+/// are accepted and ignored, everyone reads as offline, and syncs carry no
+/// presence. Bad updates are still refused.
+#[tokio::test]
+async fn presence_off_accepts_updates_and_shares_nothing() {
+    let server = TestServer::start_with(|c| c.presence.enabled = false).await;
+    let alice = server.register("alice", "pw").await;
+    let bob = server.register("bob", "pw").await;
+    let room = server
+        .create_room(&alice, json!({ "preset": "public_chat" }))
+        .await;
+    server.join(&bob, &room).await;
+    let status_path = format!("{V3}/presence/{}/status", alice.user_id);
+    let (status, body) = server
+        .put(
+            &status_path,
+            Some(&alice.access_token),
+            json!({ "presence": "online", "status_msg": "writing tests" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    // Still no setting of another user's presence, nor an unknown state.
+    let (status, _) = server
+        .put(
+            &status_path,
+            Some(&bob.access_token),
+            json!({ "presence": "offline" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, _) = server
+        .put(
+            &status_path,
+            Some(&alice.access_token),
+            json!({ "presence": "away" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    // Alice reads as offline, without her status message.
+    let (status, seen) = server.get(&status_path, Some(&bob.access_token)).await;
+    assert_eq!(status, StatusCode::OK, "{seen}");
+    assert_eq!(seen["presence"], "offline", "{seen}");
+    assert!(seen.get("status_msg").is_none(), "{seen}");
+    // A sync that would set her online, then Bob's sync: no presence at all.
+    let (status, _) = server
+        .get(
+            &format!("{V3}/sync?set_presence=online&timeout=0"),
+            Some(&alice.access_token),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, sync) = server
+        .get(&format!("{V3}/sync?timeout=0"), Some(&bob.access_token))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let events = sync["presence"]["events"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert!(events.is_empty(), "{sync}");
+    server.stop().await;
+}

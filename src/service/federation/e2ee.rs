@@ -133,7 +133,7 @@ pub async fn queue_device_update(
     }
     let edu = json!({ "edu_type": "m.device_list_update", "content": content });
     let text = serde_json::to_string(&edu).map_err(|e| anyhow::anyhow!("{e}"))?;
-    fed_store::enqueue_edu(&mut **tx, servers, &text, now_ms()).await?;
+    fed_store::enqueue_edu(&mut **tx, servers, &text, now_ms(), None).await?;
     Ok(true)
 }
 
@@ -167,7 +167,7 @@ pub async fn queue_signing_key_update(
     }
     let edu = json!({ "edu_type": "m.signing_key_update", "content": content });
     let text = serde_json::to_string(&edu).map_err(|e| anyhow::anyhow!("{e}"))?;
-    fed_store::enqueue_edu(&mut **tx, servers, &text, now_ms()).await?;
+    fed_store::enqueue_edu(&mut **tx, servers, &text, now_ms(), None).await?;
     Ok(true)
 }
 
@@ -228,7 +228,8 @@ pub async fn send_to_device(
                 "messages": messages,
             },
         });
-        super::enqueue_edu(app, [server], &edu).await?;
+        // To-device messages are each delivered: never collapsed.
+        super::enqueue_edu(app, [server], &edu, None).await?;
     }
     Ok(())
 }

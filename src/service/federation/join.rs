@@ -658,7 +658,16 @@ async fn accept_membership(
     let mut others = rooms::joined_servers(&app.db, room_id.as_str()).await?;
     others.retain(|s| s != app.server_name.as_str() && s != origin.as_str());
     if !others.is_empty() {
-        fed_store::enqueue_pdu(&app.db, &others, event_id.as_str(), now_ms()).await?;
+        let now = now_ms();
+        fed_store::enqueue_pdu(
+            &app.db,
+            &others,
+            event_id.as_str(),
+            room_id.as_str(),
+            now,
+            super::down_before(app, now),
+        )
+        .await?;
         app.federation_wake.notify_one();
     }
     Ok((rules, sender))

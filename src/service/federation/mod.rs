@@ -66,7 +66,16 @@ pub async fn enqueue_pdu(
         return Ok(());
     }
     let destinations: Vec<String> = destinations.into_iter().collect();
-    federation::enqueue_pdu(&mut **tx, &destinations, event_id.as_str(), now_ms()).await?;
+    let now = now_ms();
+    federation::enqueue_pdu(
+        &mut **tx,
+        &destinations,
+        event_id.as_str(),
+        room.room_id().as_str(),
+        now,
+        down_before(app, now),
+    )
+    .await?;
     room.federation_wake = Some(app.federation_wake.clone());
     Ok(())
 }
@@ -76,11 +85,21 @@ fn is_invite(pdu: &Pdu) -> bool {
         .is_ok_and(|c| c["membership"] == "invite")
 }
 
+/// Failing since this time or earlier marks a destination down (see
+/// `sender`): its queue is collapsed and its backoff grows longer.
+pub fn down_before(app: &AppState, now: i64) -> i64 {
+    let after = app.config.federation.destination_down_after_secs;
+    now.saturating_sub(i64::try_from(after.saturating_mul(1000)).unwrap_or(i64::MAX))
+}
+
 /// Queues an EDU for the given servers (ours is skipped) and wakes the sender.
+/// With a `collapse_key`, it replaces an EDU of the same key still queued for
+/// a server (typing and receipts: only the latest counts).
 pub async fn enqueue_edu(
     app: &AppState,
     destinations: impl IntoIterator<Item = String>,
     edu: &serde_json::Value,
+    collapse_key: Option<&str>,
 ) -> Result<()> {
     if !app.config.federation.enabled {
         return Ok(());
@@ -95,7 +114,7 @@ pub async fn enqueue_edu(
         return Ok(());
     }
     let text = serde_json::to_string(edu).map_err(|e| anyhow::anyhow!("{e}"))?;
-    federation::enqueue_edu(&app.db, &destinations, &text, now_ms()).await?;
+    federation::enqueue_edu(&app.db, &destinations, &text, now_ms(), collapse_key).await?;
     app.federation_wake.notify_one();
     Ok(())
 }

@@ -2,8 +2,17 @@
 //! 50 PDUs and 100 EDUs, one transaction in flight per destination, in queue
 //! order. A failed destination backs off exponentially (2 s doubling, capped at
 //! 10 minutes) without delaying the others, and is retried at once when it
-//! contacts us. The queue is durable: after a restart delivery resumes where it
-//! stopped.
+//! contacts us; new items queued for it wait for the backoff to expire. The
+//! queue is durable: after a restart delivery resumes where it stopped.
+//!
+//! A destination failing for `federation.destination_down_after_secs` (an hour)
+//! is down: its backoff grows to an hour, and its queue stays bounded: only
+//! the newest 50 PDUs of each room stay queued for it (a server away for
+//! longer misses the older ones unless it fetches them: `/get_missing_events`,
+//! or a backfill of the gap, which Synapse does and Lattice does not yet).
+//! Typing, receipts and presence keep only their latest state for any
+//! destination (the `collapse_key` of each queued EDU). To-device messages and
+//! device-list updates are kept whole.
 
 use std::{
     collections::HashSet,
@@ -24,6 +33,8 @@ const MAX_PDUS: i64 = 50;
 const MAX_EDUS: i64 = 100;
 const BACKOFF_BASE_MS: i64 = 2_000;
 const BACKOFF_CAP_MS: i64 = 10 * 60 * 1000;
+/// The backoff cap of a destination that is down.
+const DOWN_BACKOFF_CAP_MS: i64 = 60 * 60 * 1000;
 
 /// Destinations currently backing off, so an inbound request from one of them
 /// can clear its backoff without a database write per request.
@@ -157,18 +168,39 @@ async fn deliver(app: &AppState, destination: &str) {
                 tracing::debug!(%destination, pdus = pdus.len(), edus = edus.len(), "transaction delivered");
             }
             Err(e) => {
-                let failures = federation::record_failure(
+                let now = now_ms();
+                let failure = match federation::record_failure(
                     &app.db,
                     destination,
                     &e.to_string(),
-                    now_ms(),
+                    now,
                     BACKOFF_BASE_MS,
                     BACKOFF_CAP_MS,
+                    DOWN_BACKOFF_CAP_MS,
+                    super::down_before(app, now),
                 )
                 .await
-                .unwrap_or(0);
+                {
+                    Ok(failure) => failure,
+                    Err(db) => {
+                        tracing::warn!(%destination, error = %db, "recording a failed delivery failed");
+                        return;
+                    }
+                };
                 app.federation_backed_off.insert(destination);
-                tracing::info!(%destination, failures, error = %e, "transaction failed; backing off");
+                if failure.down {
+                    // Bounded while it is away: the newest PDUs of each room.
+                    match federation::collapse_down_queue(&app.db, destination).await {
+                        Ok(dropped) if dropped > 0 => {
+                            tracing::info!(%destination, dropped, "destination down: its queue bounded to the newest PDUs per room");
+                        }
+                        Ok(_) => {}
+                        Err(db) => {
+                            tracing::warn!(%destination, error = %db, "collapsing the queue failed");
+                        }
+                    }
+                }
+                tracing::info!(%destination, failures = failure.failures, down = failure.down, error = %e, "transaction failed; backing off");
                 return;
             }
         }
