@@ -89,17 +89,16 @@ async fn sliding_sync_lists_rooms_by_recency_and_sends_changes() {
         .as_array()
         .unwrap();
     assert!(global.iter().any(|e| e["type"] == "m.push_rules"));
-    // The e2ee extension says fallback keys are supported; the counts are
-    // left out while there are none (ruma's response type, which
-    // matrix-rust-sdk reads, omits an empty map).
+    // The e2ee extension says fallback keys are supported, and counts
+    // `signed_curve25519` even with no key uploaded.
     let e2ee = &first["extensions"]["e2ee"];
     assert!(
         e2ee["device_unused_fallback_key_types"].is_array(),
         "{e2ee}"
     );
-    assert!(
-        e2ee.get("device_one_time_keys_count")
-            .is_none_or(Value::is_object),
+    assert_eq!(
+        e2ee["device_one_time_keys_count"],
+        json!({ "signed_curve25519": 0 }),
         "{e2ee}"
     );
     assert!(first["extensions"]["to_device"]["next_batch"].is_string());

@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, HashSet};
 
 use ruma::{
-    OneTimeKeyAlgorithm, OwnedUserId, RoomId, UserId,
+    OwnedUserId, RoomId, UserId,
     api::client::sync::sync_events::v5::{Request, response},
 };
 use serde_json::{Map, Value, json};
@@ -13,8 +13,8 @@ use super::{RoomConfig, connections::ConnState, to_device_since};
 use crate::{
     app::AppState,
     error::Result,
-    service::{client_event::raw, session::Session, sync::response::uint},
-    storage::{e2e_keys, user_streams},
+    service::{client_event::raw, session::Session},
+    storage::user_streams,
 };
 
 /// At most this many to-device messages per response, whatever the client asks.
@@ -80,19 +80,11 @@ pub(super) async fn extensions(
         let lists_changed = !e2ee.device_lists.is_empty();
         news |= lists_changed;
         if prev.is_none() || lists_changed {
-            e2ee.device_one_time_keys_count = e2e_keys::one_time_key_counts(&app.db, user, device)
-                .await?
-                .into_iter()
-                .map(|c| (OneTimeKeyAlgorithm::from(c.algorithm), uint(c.count)))
-                .collect();
+            let (counts, fallback) =
+                crate::service::e2e::sync_key_counts(app, user, device).await?;
+            e2ee.device_one_time_keys_count = counts;
             // Always there: it tells the client that fallback keys are supported.
-            e2ee.device_unused_fallback_key_types = Some(
-                e2e_keys::unused_fallback_algorithms(&app.db, user, device)
-                    .await?
-                    .into_iter()
-                    .map(OneTimeKeyAlgorithm::from)
-                    .collect(),
-            );
+            e2ee.device_unused_fallback_key_types = Some(fallback);
             out.e2ee = e2ee;
         }
     }

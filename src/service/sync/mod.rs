@@ -37,7 +37,7 @@ use std::{
 
 use futures_util::StreamExt;
 use ruma::{
-    OneTimeKeyAlgorithm, OwnedRoomId, OwnedUserId, RoomId, UserId,
+    OwnedRoomId, OwnedUserId, RoomId, UserId,
     api::client::sync::sync_events::DeviceLists,
     events::{AnyRoomAccountDataEvent, AnySyncEphemeralRoomEvent},
     serde::Raw,
@@ -49,7 +49,7 @@ use crate::{
     app::AppState,
     domain::filter::{Candidate, EventFilter, Filter},
     error::Result,
-    storage::{e2e_keys, sync as rows, user_streams},
+    storage::{sync as rows, user_streams},
 };
 
 mod recent;
@@ -408,23 +408,8 @@ async fn build(
     } else {
         super::e2e::device_lists(app, user, &delta, since, now).await?
     };
-    let otk_counts =
-        e2e_keys::one_time_key_counts(&app.db, user.as_str(), session.device_id.as_str())
-            .await?
-            .into_iter()
-            .map(|c| {
-                (
-                    OneTimeKeyAlgorithm::from(c.algorithm),
-                    response::uint(c.count),
-                )
-            })
-            .collect();
-    let fallback =
-        e2e_keys::unused_fallback_algorithms(&app.db, user.as_str(), session.device_id.as_str())
-            .await?
-            .into_iter()
-            .map(OneTimeKeyAlgorithm::from)
-            .collect();
+    let (otk_counts, fallback) =
+        super::e2e::sync_key_counts(app, user.as_str(), session.device_id.as_str()).await?;
 
     let presence: Vec<Value> = if filter.presence.allows_type("m.presence") {
         super::presence::sync_events(app, user, since, now, &delta.joined)
