@@ -110,8 +110,9 @@ impl RoomConfig {
 /// type, and it writes every field this server serves. Like the reference
 /// proxy (and unlike Synapse), it leaves out what is empty or default (an
 /// empty `timeline` or `required_state`, `limited: false`, empty `lists`,
-/// `rooms` and `extensions`, an empty `device_one_time_keys_count`), which
-/// such clients read as empty.
+/// `rooms` and `extensions`), which such clients read as empty. The e2ee
+/// extension's key counts are never empty (`signed_curve25519` is always
+/// counted: [`crate::service::e2e::sync_key_counts`]).
 pub async fn sync(app: &AppState, session: &Session, req: &Request) -> Result<Response> {
     let key: ConnKey = (
         session.user_id.to_string(),
