@@ -82,6 +82,33 @@ pub async fn upload(
         .collect())
 }
 
+/// A device's one-time key counts as `/sync` and sliding sync's e2ee
+/// extension carry them, and its unused fallback key types. The
+/// `signed_curve25519` count is always there, 0 once none is left, as Synapse
+/// sends it: matrix-rust-sdk (and matrix-js-sdk's Rust crypto) only act on a
+/// count they are given, so with no entry a client whose keys were all
+/// claimed would never upload new ones.
+pub async fn sync_key_counts(
+    app: &AppState,
+    user: &str,
+    device: &str,
+) -> Result<(
+    BTreeMap<OneTimeKeyAlgorithm, UInt>,
+    Vec<OneTimeKeyAlgorithm>,
+)> {
+    let mut counts = BTreeMap::from([(OneTimeKeyAlgorithm::SignedCurve25519, UInt::MIN)]);
+    for c in keys::one_time_key_counts(&app.db, user, device).await? {
+        let count = UInt::try_from(c.count).unwrap_or_default();
+        counts.insert(OneTimeKeyAlgorithm::from(c.algorithm), count);
+    }
+    let fallback = keys::unused_fallback_algorithms(&app.db, user, device)
+        .await?
+        .into_iter()
+        .map(OneTimeKeyAlgorithm::from)
+        .collect();
+    Ok((counts, fallback))
+}
+
 /// Keys held as JSON, as ruma's raw type (the same JSON).
 fn raw<T>(value: &Value) -> Result<Raw<T>> {
     let json = serde_json::value::to_raw_value(value).map_err(|e| anyhow::anyhow!("{e}"))?;

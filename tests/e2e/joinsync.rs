@@ -494,5 +494,12 @@ async fn lazy_loaded_members_cover_the_timeline_senders_in_sliding_sync() {
     let later = slide(&server, &bob, Some(&pos), request()).await;
     let section = &later["rooms"][&room];
     assert_eq!(bodies(&section["timeline"]), vec!["again"], "{later}");
-    assert!(members(&section["required_state"]).is_empty(), "{section}");
+    // No member events: ruma's response type (which matrix-rust-sdk reads)
+    // leaves an empty `required_state` out.
+    assert!(
+        section
+            .get("required_state")
+            .is_none_or(|s| members(s).is_empty()),
+        "{section}"
+    );
 }

@@ -89,7 +89,18 @@ async fn sliding_sync_lists_rooms_by_recency_and_sends_changes() {
         .as_array()
         .unwrap();
     assert!(global.iter().any(|e| e["type"] == "m.push_rules"));
-    assert!(first["extensions"]["e2ee"]["device_one_time_keys_count"].is_object());
+    // The e2ee extension says fallback keys are supported, and counts
+    // `signed_curve25519` even with no key uploaded.
+    let e2ee = &first["extensions"]["e2ee"];
+    assert!(
+        e2ee["device_unused_fallback_key_types"].is_array(),
+        "{e2ee}"
+    );
+    assert_eq!(
+        e2ee["device_one_time_keys_count"],
+        json!({ "signed_curve25519": 0 }),
+        "{e2ee}"
+    );
     assert!(first["extensions"]["to_device"]["next_batch"].is_string());
 
     // Only the newest room fits a one-room range.

@@ -1,6 +1,7 @@
 //! `GET /_matrix/client/v3/sync`, `POST /_matrix/client/v3/user/{userId}/filter`,
 //! `GET /_matrix/client/v3/user/{userId}/filter/{filterId}` (spec: "Syncing",
-//! "Filtering").
+//! "Filtering"), and simplified sliding sync
+//! (`POST /_matrix/client/unstable/org.matrix.simplified_msc3575/sync`, MSC4186).
 
 use std::time::Duration;
 
@@ -9,12 +10,11 @@ use ruma::api::client::{
     filter::{FilterDefinition, create_filter, get_filter},
     sync::sync_events::{self, v3::Filter},
 };
-use serde_json::{Value, json};
 
 use crate::{
     api::{
         auth::{AuthUser, GuestOk},
-        ruma::{RouterExt, Ruma},
+        ruma::{RouterExt, Ruma, RumaResponse},
     },
     app::AppState,
     domain::filter::{Filter as DomainFilter, InvalidFilter},
@@ -38,15 +38,17 @@ async fn sliding(
     State(app): State<AppState>,
     AuthUser(user): AuthUser,
     Ruma(req): Ruma<sync_events::v5::Request>,
-) -> Result<Json<Value>> {
-    Ok(Json(sliding_sync::sync(&app, &user, &req).await?))
+) -> Result<RumaResponse<sync_events::v5::Response>> {
+    Ok(RumaResponse(sliding_sync::sync(&app, &user, &req).await?))
 }
 
 async fn sync_handler(
     State(app): State<AppState>,
     GuestOk(user): GuestOk,
     Ruma(req): Ruma<sync_events::v3::Request>,
-) -> Result<Json<Value>> {
+) -> Result<Json<sync::Response>> {
+    // Not ruma's response type: see `sync::response` for what it would leave
+    // out.
     let definition = match req.filter {
         None => FilterDefinition::default(),
         Some(Filter::FilterDefinition(def)) => def,
@@ -92,26 +94,26 @@ async fn create(
     State(app): State<AppState>,
     AuthUser(user): AuthUser,
     Ruma(req): Ruma<create_filter::v3::Request>,
-) -> Result<Json<Value>> {
+) -> Result<RumaResponse<create_filter::v3::Response>> {
     if req.user_id != user.user_id {
         return Err(Error::forbidden("Cannot create filters for other users"));
     }
     checked(&req.filter)?;
     let json = serde_json::to_string(&req.filter).map_err(|e| Error::bad_json(e.to_string()))?;
     let id = crate::service::sync::store_filter(&app, user.user_id.as_str(), &json).await?;
-    Ok(Json(json!({ "filter_id": id.to_string() })))
+    Ok(RumaResponse(create_filter::v3::Response::new(
+        id.to_string(),
+    )))
 }
 
 async fn get(
     State(app): State<AppState>,
     AuthUser(user): AuthUser,
     Ruma(req): Ruma<get_filter::v3::Request>,
-) -> Result<Json<Value>> {
+) -> Result<RumaResponse<get_filter::v3::Response>> {
     if req.user_id != user.user_id {
         return Err(Error::forbidden("Cannot read other users' filters"));
     }
     let definition = load_filter(&app, user.user_id.as_str(), &req.filter_id).await?;
-    Ok(Json(
-        serde_json::to_value(definition).map_err(|e| anyhow::anyhow!("{e}"))?,
-    ))
+    Ok(RumaResponse(get_filter::v3::Response::new(definition)))
 }
