@@ -974,6 +974,10 @@ pub struct Federation {
     pub connect_timeout_secs: u64,
     /// Time limit of one outbound request.
     pub request_timeout_secs: u64,
+    /// Faster joins as the joining server (MSC3902): ask `send_join` for
+    /// partial state (`omit_members=true`), let `/join` return once it is
+    /// stored, and fetch the full state in the background.
+    pub faster_joins: bool,
 }
 
 impl Default for Federation {
@@ -987,6 +991,7 @@ impl Default for Federation {
             dangerously_accept_invalid_certs: false,
             connect_timeout_secs: 10,
             request_timeout_secs: 60,
+            faster_joins: false,
         }
     }
 }
