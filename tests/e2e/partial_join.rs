@@ -776,3 +776,97 @@ async fn a_resident_gone_mid_resync_is_replaced_by_another_server() {
     b.stop().await;
     other.stop();
 }
+
+/// Members of the big Synapse room Lattice joins with partial state.
+const SYNAPSE_MEMBERS: usize = 40;
+
+/// Interop: a Lattice user joins a Synapse-hosted public room of 40 members
+/// with faster joins. Synapse answers with members omitted (Lattice counts a
+/// partial-state join, then its resync); messages flow both ways as soon as
+/// the join returns; `/members` on Lattice lists every member; both servers
+/// end with the same joined members and the same current state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn joins_a_big_synapse_room_with_partial_state() {
+    let lattice = TestServer::start_federating_with(|c| {
+        faster_joins(c);
+        c.listeners[0]
+            .resources
+            .push(lattice::config::Resource::Metrics);
+    })
+    .await;
+    let synapse = crate::synapse::Synapse::start().await;
+    let sam = synapse.register("sam", "sam-password").await;
+    let alice = lattice.register("alice", "alice-password").await;
+    let room = synapse
+        .create_room(
+            &sam,
+            json!({"preset": "public_chat", "name": "Big Synapse room"}),
+        )
+        .await;
+    let numbers: Vec<usize> = (0..SYNAPSE_MEMBERS).collect();
+    for chunk in numbers.chunks(8) {
+        futures_util::future::join_all(chunk.iter().map(|i| {
+            let (synapse, room) = (&synapse, &room);
+            async move {
+                let who = synapse
+                    .register(&format!("member{i:03}"), "member-password")
+                    .await;
+                synapse.join(&who, room).await;
+            }
+        }))
+        .await;
+    }
+    synapse
+        .send_message(
+            &sam,
+            &room,
+            json!({"msgtype": "m.text", "body": "before the join"}),
+        )
+        .await;
+
+    join_via(&lattice, &alice, &room, synapse.name()).await;
+    let (_, metrics) = lattice.get("/metrics", None).await;
+    assert!(
+        metrics
+            .as_str()
+            .unwrap_or_default()
+            .contains("lattice_federation_partial_state_joins_total{stage=\"joined\"} 1"),
+        "{metrics}"
+    );
+    let (_, _) = tokio::join!(
+        lattice.send_message(
+            &alice,
+            &room,
+            json!({"msgtype": "m.text", "body": "from lattice"})
+        ),
+        synapse.send_message(
+            &sam,
+            &room,
+            json!({"msgtype": "m.text", "body": "from synapse"})
+        ),
+    );
+    for (server, who) in [(&*lattice, &alice), (&*synapse, &sam)] {
+        eventually("both messages on both servers", || async {
+            let seen = messages(server, &who.access_token, &room).await;
+            seen.iter().any(|b| b == "from lattice") && seen.iter().any(|b| b == "from synapse")
+        })
+        .await;
+    }
+    let everyone = members(&lattice, &alice, &room).await;
+    assert_eq!(everyone.len(), SYNAPSE_MEMBERS + 2, "{everyone:?}");
+    eventually("the resync counted", || async {
+        let (_, metrics) = lattice.get("/metrics", None).await;
+        metrics
+            .as_str()
+            .unwrap_or_default()
+            .contains("lattice_federation_partial_state_joins_total{stage=\"resynced\"} 1")
+    })
+    .await;
+    eventually("the same joined members and current state", || async {
+        joined_members(&lattice, &alice, &room).await == joined_members(&synapse, &sam, &room).await
+            && current_state(&lattice, &alice, &room).await
+                == current_state(&synapse, &sam, &room).await
+    })
+    .await;
+    lattice.stop().await;
+}

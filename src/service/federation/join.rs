@@ -257,6 +257,7 @@ async fn join_via(
         .map_err(|e| JoinError::Failed(e.to_string()))?;
     event::release(room);
     if partial {
+        app.metrics.partial_join(false);
         app.partial_state.wake.notify_one();
     }
     tracing::info!(%room_id, %server, %user, partial, "joined over federation");

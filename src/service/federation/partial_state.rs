@@ -138,6 +138,7 @@ pub async fn run(app: AppState, shutdown: CancellationToken) {
             };
             match outcome {
                 Ok(()) => {
+                    app.metrics.partial_join(true);
                     next_try.remove(&room.room_id);
                     app.partial_state.done.send_modify(|n| *n += 1);
                 }
