@@ -445,3 +445,69 @@ async fn learn_members(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn pdu(id: &str, kind: &str, state_key: &str, content: serde_json::Value) -> Pdu {
+        let event_id = EventId::parse(id).unwrap();
+        let json = json!({
+            "room_id": "!r:x", "sender": "@a:x", "type": kind, "state_key": state_key,
+            "content": content, "prev_events": [], "auth_events": [], "depth": 1,
+            "origin_server_ts": 1,
+        });
+        Pdu::from_json(&event_id, &json.to_string()).unwrap()
+    }
+
+    #[test]
+    fn auth_events_fill_only_the_keys_the_state_lacks() {
+        let ban = pdu(
+            "$ban",
+            "m.room.member",
+            "@m:x",
+            json!({"membership": "ban"}),
+        );
+        let mut state: auth::StateMap =
+            HashMap::from([(("m.room.member".to_owned(), "@m:x".to_owned()), ban.clone())]);
+        let join = pdu(
+            "$join",
+            "m.room.member",
+            "@m:x",
+            json!({"membership": "join"}),
+        );
+        let other = pdu(
+            "$other",
+            "m.room.member",
+            "@o:x",
+            json!({"membership": "join"}),
+        );
+        let mut rejected = pdu(
+            "$rej",
+            "m.room.member",
+            "@r:x",
+            json!({"membership": "join"}),
+        );
+        rejected.rejected = true;
+        let auth_events: HashMap<OwnedEventId, Pdu> = [join, other, rejected]
+            .into_iter()
+            .map(|p| (p.event_id.clone(), p))
+            .collect();
+        fill_from_auth_events(&mut state, &auth_events);
+        // A ban the state knows wins over the event's own claim.
+        assert_eq!(
+            state[&("m.room.member".to_owned(), "@m:x".to_owned())].event_id,
+            ban.event_id
+        );
+        // An unknown member comes from the auth events; a rejected one never.
+        assert_eq!(
+            state[&("m.room.member".to_owned(), "@o:x".to_owned())]
+                .event_id
+                .as_str(),
+            "$other"
+        );
+        assert!(!state.contains_key(&("m.room.member".to_owned(), "@r:x".to_owned())));
+    }
+}
