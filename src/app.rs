@@ -89,6 +89,9 @@ pub struct AppState {
     /// Upstream OpenID Connect providers (`sso.oidc_providers`), with their
     /// HTTP clients and cached metadata and keys.
     pub sso: Arc<crate::service::sso::Providers>,
+    /// The partial-state resync worker's wake-up, and news of rooms whose
+    /// full state is in (faster joins).
+    pub partial_state: Arc<crate::service::federation::partial_state::Resyncs>,
 }
 
 impl AppState {
@@ -156,6 +159,7 @@ impl AppState {
             lazy_members: Arc::default(),
             media_uploaded: Arc::new(tokio::sync::watch::Sender::new(0)),
             remote_fetches: Arc::default(),
+            partial_state: Arc::default(),
             config: Arc::new(config),
             db,
         })
@@ -215,6 +219,10 @@ impl Server {
             shutdown.clone(),
         ));
         tasks.spawn(crate::service::federation::sender::run(
+            state.clone(),
+            shutdown.clone(),
+        ));
+        tasks.spawn(crate::service::federation::partial_state::run(
             state.clone(),
             shutdown.clone(),
         ));

@@ -996,6 +996,10 @@ pub struct Federation {
     /// PDUs of each room stay queued for it, and it is retried at most hourly.
     /// Any request from it clears the backoff.
     pub destination_down_after_secs: u64,
+    /// Faster joins as the joining server (MSC3902): ask `send_join` for
+    /// partial state (`omit_members=true`), let `/join` return once it is
+    /// stored, and fetch the full state in the background.
+    pub faster_joins: bool,
 }
 
 impl Default for Federation {
@@ -1010,6 +1014,7 @@ impl Default for Federation {
             connect_timeout_secs: 10,
             request_timeout_secs: 60,
             destination_down_after_secs: 3600,
+            faster_joins: false,
         }
     }
 }

@@ -4,6 +4,7 @@
 //! Series: `lattice_http_requests_total` and `lattice_http_request_duration_seconds`
 //! by method, matched route and status; `lattice_events_persisted_total`;
 //! `lattice_federation_send_joins_total` by `members_omitted` (faster joins);
+//! `lattice_federation_partial_state_joins_total` by stage (joined, resynced);
 //! `lattice_sync_waiters`; `lattice_db_pool_connections` by state;
 //! `lattice_federation_queue_depth` and `lattice_federation_backoff_seconds` by
 //! destination.
@@ -38,6 +39,9 @@ pub struct Metrics {
     events_persisted: AtomicU64,
     /// `send_join`s answered: whole, and with membership events omitted.
     send_joins: [AtomicU64; 2],
+    /// Faster joins as the joining server: rooms joined with partial state,
+    /// and rooms whose full state was then swapped in.
+    partial_joins: [AtomicU64; 2],
     /// Per appservice: (events delivered, failed transactions).
     appservices: Mutex<BTreeMap<String, (u64, u64)>>,
 }
@@ -65,6 +69,12 @@ impl Metrics {
     /// A `send_join` answered, whole or with membership events omitted.
     pub fn send_join_answered(&self, members_omitted: bool) {
         self.send_joins[usize::from(members_omitted)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A room joined with partial state (`resynced` false), or its full
+    /// state swapped in (`resynced` true).
+    pub fn partial_join(&self, resynced: bool) {
+        self.partial_joins[usize::from(resynced)].fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn appservice_sent(&self, id: &str, events: usize) {
@@ -144,6 +154,15 @@ impl Metrics {
             let _ = writeln!(
                 out,
                 "lattice_federation_send_joins_total{{members_omitted=\"{omitted}\"}} {}",
+                n.load(Ordering::Relaxed)
+            );
+        }
+        out.push_str("# HELP lattice_federation_partial_state_joins_total Rooms joined with partial state (faster joins), by stage: joined, then resynced (full state in).\n");
+        out.push_str("# TYPE lattice_federation_partial_state_joins_total counter\n");
+        for (stage, n) in ["joined", "resynced"].iter().zip(&self.partial_joins) {
+            let _ = writeln!(
+                out,
+                "lattice_federation_partial_state_joins_total{{stage=\"{stage}\"}} {}",
                 n.load(Ordering::Relaxed)
             );
         }

@@ -130,16 +130,6 @@ impl RoomCtx {
         }))
     }
 
-    /// The old name of [`RoomCtx::load_unlocked`], which it calls: it never
-    /// took a lock. Kept only for `service/federation/join.rs`, which another
-    /// branch is changing; remove it once that file calls `load_unlocked`.
-    pub async fn lock_shared(
-        tx: &mut Transaction<'_, Postgres>,
-        room_id: &RoomId,
-    ) -> Result<Option<Self>> {
-        Self::load_unlocked(tx, room_id).await
-    }
-
     pub fn room_id(&self) -> &RoomId {
         self.room_id
             .as_deref()

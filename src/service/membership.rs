@@ -87,7 +87,11 @@ pub async fn join_via(
     servers: &[ruma::OwnedServerName],
 ) -> Result<OwnedRoomId> {
     ensure_not_blocked(app, room_id).await?;
-    let local_members = resident(app, room_id).await?;
+    // A room joined with partial state: this server cannot vouch for the
+    // joiner's membership (it may not know of a ban), so the join goes
+    // through a resident server, as Synapse's does.
+    let local_members = resident(app, room_id).await?
+        && !crate::storage::partial_state::is_partial(&app.db, room_id.as_str()).await?;
     let known = rooms::get(&app.db, room_id.as_str()).await?.is_some();
     // A room we left whole is joined again through the server that invited
     // us back: our copy of its state stopped with our leave.
@@ -126,6 +130,12 @@ pub async fn join_via(
     for (member, _) in rooms::members(&app.db, room_id.as_str(), "join").await? {
         if let Ok(u) = UserId::parse(member.as_str()) {
             candidates.push(u.server_name().to_owned());
+        }
+    }
+    // A room joined with partial state: the servers its resident named.
+    for server in crate::storage::partial_state::servers(&app.db, room_id.as_str()).await? {
+        if let Ok(server) = ruma::OwnedServerName::try_from(server) {
+            candidates.push(server);
         }
     }
     let mut seen = std::collections::HashSet::new();

@@ -704,6 +704,14 @@ pub async fn members(
     not_membership: Option<&str>,
 ) -> Result<Vec<Raw<RoomMemberEvent>>> {
     let mut viewer = Viewer::for_session(app, reader, room_id).await?;
+    // A room joined with partial state: wait for the full member list (as
+    // Synapse does), for a while; then answer from what is known.
+    crate::service::federation::partial_state::wait_for_full_state(
+        app,
+        room_id,
+        crate::service::federation::partial_state::MEMBERS_WAIT,
+    )
+    .await;
     let mut group = viewer.readable_state_group().await?;
     if let Some(at) = at {
         // The state after the newest event at or before the position (by

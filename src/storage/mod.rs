@@ -12,6 +12,7 @@ pub mod keys;
 pub mod login_tokens;
 pub mod media;
 pub mod openid;
+pub mod partial_state;
 pub mod presence;
 pub mod profiles;
 pub mod pushers;

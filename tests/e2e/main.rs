@@ -39,6 +39,7 @@ mod notary;
 mod old_versions;
 mod openid;
 mod outbound;
+mod partial_join;
 mod peeking;
 mod private_ca;
 mod push;

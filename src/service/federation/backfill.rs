@@ -65,11 +65,16 @@ pub async fn backfill(app: &AppState, room_id: &RoomId) -> Result<bool> {
         return Ok(false);
     }
 
-    let servers: Vec<String> = rooms::joined_servers(&app.db, room_id.as_str())
-        .await?
-        .into_iter()
-        .filter(|s| s != app.server_name.as_str())
-        .collect();
+    // A room joined with partial state: the servers its resident named
+    // first (the members we know may be only ourselves).
+    let mut servers: Vec<String> =
+        crate::storage::partial_state::servers(&app.db, room_id.as_str()).await?;
+    for s in rooms::joined_servers(&app.db, room_id.as_str()).await? {
+        if !servers.contains(&s) {
+            servers.push(s);
+        }
+    }
+    servers.retain(|s| s != app.server_name.as_str());
     let query: String = edge
         .iter()
         .map(|e| format!("v={}", enc(e)))

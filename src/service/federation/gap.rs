@@ -52,6 +52,32 @@ pub async fn state_after(
     room_id: &RoomId,
     prev: &str,
 ) -> Result<i64, String> {
+    let full = state_map_after(app, from, rules, room_id, prev).await?;
+    let db_err = |e: crate::error::Error| e.to_string();
+    let mut tx = app.db.begin().await.map_err(|e| e.to_string())?;
+    let group = event::write_snapshot(&mut tx, room_id.as_str(), full)
+        .await
+        .map_err(db_err)?;
+    // The prev event joins the room's graph as an outlier with the state
+    // after it: the events after it count it (`ingest::prev_state_groups`:
+    // the state at them, `/state_ids` at them) without asking again.
+    fed_store::set_outlier_state_group(&mut *tx, prev, group)
+        .await
+        .map_err(|e| e.to_string())?;
+    tx.commit().await.map_err(|e| e.to_string())?;
+    Ok(group)
+}
+
+/// The state after `prev` as `from` describes it, checked as above (the
+/// events it names fetched and stored as outliers, those failing auth left
+/// out), without writing it as a state group: `(type, state_key)` → event ID.
+pub async fn state_map_after(
+    app: &AppState,
+    from: &ServerName,
+    rules: &RoomVersionRules,
+    room_id: &RoomId,
+    prev: &str,
+) -> Result<HashMap<(String, String), String>, String> {
     let path = format!(
         "/_matrix/federation/v1/state_ids/{}?event_id={}",
         enc(room_id.as_str()),
@@ -146,18 +172,7 @@ pub async fn state_after(
             prev.to_owned(),
         );
     }
-    let mut tx = app.db.begin().await.map_err(|e| e.to_string())?;
-    let group = event::write_snapshot(&mut tx, room_id.as_str(), full)
-        .await
-        .map_err(db_err)?;
-    // The prev event joins the room's graph as an outlier with the state
-    // after it: the events after it count it (`ingest::prev_state_groups`:
-    // the state at them, `/state_ids` at them) without asking again.
-    fed_store::set_outlier_state_group(&mut *tx, prev, group)
-        .await
-        .map_err(|e| e.to_string())?;
-    tx.commit().await.map_err(|e| e.to_string())?;
-    Ok(group)
+    Ok(full)
 }
 
 /// A list of event IDs in an answer.

@@ -636,10 +636,19 @@ async fn receive_checked(
         return Err(format!("fails auth against its auth events: {reason}"));
     }
 
-    // Step 5: against the state before it.
-    let before = full_state_pdus(&mut pre, room_id, before_group)
+    // Step 5: against the state before it. In a room joined with partial
+    // state the sender's membership may be one we were not sent: the event's
+    // own auth events stand in for the keys we lack (as Synapse resolves
+    // them in), and the resync checks it again against the full state.
+    let partial = crate::storage::partial_state::is_partial(&mut *pre, room_id.as_str())
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut before = full_state_pdus(&mut pre, room_id, before_group)
         .await
         .map_err(db_err)?;
+    if partial {
+        super::partial_state::fill_from_auth_events(&mut before, &auth_events);
+    }
     if let Err(reason) = auth::authorize_with(rules, &checked.pdu, &auth_events, &before) {
         store_in_graph(&mut pre, &checked, true, before_group)
             .await
@@ -692,10 +701,13 @@ async fn receive_checked(
         return Ok(Outcome::AlreadyKnown);
     }
 
-    // Step 6: soft-fail against the current state.
-    let current = full_state_pdus(&mut tx, room_id, room.state_group)
+    // Step 6: soft-fail against the current state (partial: as in step 5).
+    let mut current = full_state_pdus(&mut tx, room_id, room.state_group)
         .await
         .map_err(db_err)?;
+    if partial {
+        super::partial_state::fill_from_auth_events(&mut current, &auth_events);
+    }
     if let Err(reason) = auth::authorize_with(rules, &checked.pdu, &auth_events, &current) {
         tracing::info!(%event_id, %reason, "soft-failed");
         store_in_graph(&mut tx, &checked, false, group)

@@ -97,13 +97,19 @@ async fn join_via(
         }
     }
     content.apply_to(&mut extra);
+    // Partial state only for a first join: a room already partial-stated
+    // here is joined with the whole state (its snapshot is the one the
+    // resync fills).
+    let ask_partial = app.config.federation.faster_joins
+        && !crate::storage::partial_state::is_partial(&app.db, room_id.as_str()).await?;
     let Handshake {
         mut object,
         event_id,
         version,
         rules,
         reply,
-    } = handshake(app, server, room_id, user, "join", extra).await?;
+    } = handshake(app, server, room_id, user, "join", extra, ask_partial).await?;
+    let partial = ask_partial && reply["members_omitted"] == true;
     // A restricted join comes back signed by the authorising server too.
     if let Some(signed) = reply.get("event").filter(|e| e.is_object()) {
         let signed_object: CanonicalJsonObject =
@@ -136,6 +142,11 @@ async fn join_via(
         }
     }
     let create_key = ("m.room.create".to_owned(), String::new());
+    if !partial && reply["members_omitted"] == true {
+        return Err(JoinError::Failed(
+            "the answer is a partial state we did not ask for".into(),
+        ));
+    }
     let Some(create_id) = state_map.get(&create_key).cloned() else {
         return Err(JoinError::Failed(
             "the returned state has no create event".into(),
@@ -226,12 +237,50 @@ async fn join_via(
         },
     )
     .await?;
+    if partial {
+        let servers = resync_servers(app, server, &reply["servers_in_room"]);
+        crate::storage::partial_state::insert(
+            &mut *tx,
+            &crate::storage::partial_state::PartialRoom {
+                room_id: room_id.to_string(),
+                join_event_id: event_id.to_string(),
+                state_group: state_before,
+                servers,
+                attempts: 0,
+            },
+            now_ms(),
+        )
+        .await?;
+    }
     tx.commit()
         .await
         .map_err(|e| JoinError::Failed(e.to_string()))?;
     event::release(room);
-    tracing::info!(%room_id, %server, %user, "joined over federation");
+    if partial {
+        app.metrics.partial_join(false);
+        app.partial_state.wake.notify_one();
+    }
+    tracing::info!(%room_id, %server, %user, partial, "joined over federation");
     Ok(())
+}
+
+/// Where a partial state is completed from: the server joined through, then
+/// the answer's `servers_in_room` (valid server names, ours left out, at
+/// most [`super::partial_state::MAX_SERVERS`]).
+fn resync_servers(app: &AppState, joined_through: &ServerName, listed: &Value) -> Vec<String> {
+    let mut servers = vec![joined_through.to_string()];
+    for s in listed.as_array().into_iter().flatten() {
+        let Some(name) = s.as_str().and_then(|s| ServerName::parse(s).ok()) else {
+            continue;
+        };
+        if name != app.server_name && !servers.iter().any(|k| k == name.as_str()) {
+            servers.push(name.to_string());
+        }
+        if servers.len() >= super::partial_state::MAX_SERVERS {
+            break;
+        }
+    }
+    servers
 }
 
 /// `make_join` as the resident server: a join template for `user` on the
@@ -297,6 +346,15 @@ async fn membership_template(
             .await?
     {
         return Err(Error::not_found("Not an active room on this server"));
+    }
+    // Joined with partial state: it knows too few memberships to vouch for
+    // the room (Synapse answers 404 too; the joiner tries another server).
+    if membership != "leave"
+        && crate::storage::partial_state::is_partial(&app.db, room_id.as_str()).await?
+    {
+        return Err(Error::not_found(
+            "This server is not fully joined to the room yet",
+        ));
     }
     let version = room.version.to_string();
     let unsupported = versions.is_some_and(|v| !v.iter().any(|v| v == &version));
@@ -529,7 +587,7 @@ async fn authorise_restricted(
         return Err(Error::forbidden("The user is not on the requesting server"));
     }
     let mut tx = app.db.begin().await?;
-    let Some(room) = RoomCtx::lock_shared(&mut tx, room_id).await? else {
+    let Some(room) = RoomCtx::load_unlocked(&mut tx, room_id).await? else {
         return Err(Error::not_found("Unknown room"));
     };
     let chosen = restricted_authoriser(&mut tx, app, &room, &user).await?;
@@ -574,7 +632,7 @@ pub async fn send_knock(
 ) -> Result<Value> {
     let (_, knocker) = accept_membership(app, origin, room_id, event_id, body, "knock").await?;
     let mut tx = app.db.begin().await?;
-    let Some(room) = RoomCtx::lock_shared(&mut tx, room_id).await? else {
+    let Some(room) = RoomCtx::load_unlocked(&mut tx, room_id).await? else {
         return Err(Error::not_found("Unknown room"));
     };
     let state = super::invite::invite_room_state(&mut tx, &room, &knocker).await?;
@@ -818,6 +876,7 @@ async fn handshake(
     user: &UserId,
     membership: &str,
     extra: serde_json::Map<String, Value>,
+    omit_members: bool,
 ) -> std::result::Result<Handshake, JoinError> {
     // `send_join` and `send_leave` have a deprecated v1, tried when the
     // server does not know v2.
@@ -878,9 +937,16 @@ async fn handshake(
         )
     };
     let body = serde_json::to_value(&object).map_err(|e| JoinError::Failed(e.to_string()))?;
+    // Faster joins: the state without most memberships, the rest fetched in
+    // the background (`super::partial_state`). v1 has no such answer.
+    let v2_path = if omit_members {
+        format!("{}?omit_members=true", send_path(send))
+    } else {
+        send_path(send)
+    };
     let sent = app
         .federation
-        .request_json(server, http::Method::PUT, &send_path(send), Some(&body))
+        .request_json(server, http::Method::PUT, &v2_path, Some(&body))
         .await;
     let reply = match (sent, send_v1) {
         (Ok(reply), _) => reply,
@@ -1064,7 +1130,7 @@ pub async fn leave_remote(
     if let Some(reason) = reason {
         extra.insert("reason".into(), reason.into());
     }
-    let done = handshake(app, server, room_id, user, "leave", extra)
+    let done = handshake(app, server, room_id, user, "leave", extra, false)
         .await
         .map_err(|e| {
             let e = match e {
@@ -1147,7 +1213,8 @@ pub async fn knock_remote(
     }
     let mut last_error = String::from("no servers to knock through");
     for server in servers {
-        let done = match handshake(app, server, room_id, user, "knock", extra.clone()).await {
+        let done = match handshake(app, server, room_id, user, "knock", extra.clone(), false).await
+        {
             Ok(done) => done,
             Err(JoinError::Refused(e)) => return Err(e),
             Err(JoinError::Failed(e)) => {

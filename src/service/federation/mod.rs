@@ -11,6 +11,7 @@ pub mod gap;
 pub mod ingest;
 pub mod invite;
 pub mod join;
+pub mod partial_state;
 pub mod reads;
 pub mod sender;
 pub mod visibility;
@@ -61,6 +62,10 @@ pub async fn enqueue_pdu(
     {
         destinations.insert(target.server_name().to_string());
     }
+    // A room joined with partial state: its members are not all known yet,
+    // so the servers the resident named (`servers_in_room`) hear of it too.
+    destinations
+        .extend(crate::storage::partial_state::servers(&mut **tx, room.room_id().as_str()).await?);
     destinations.remove(app.server_name.as_str());
     if destinations.is_empty() {
         return Ok(());

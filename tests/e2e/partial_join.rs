@@ -1,0 +1,872 @@
+//! Faster joins with Lattice as the joining server (MSC3902; spec: `PUT
+//! /v2/send_join`'s `omit_members`): `/join` returns once the partial state is
+//! stored, the user reads and sends at once, and the full state arrives in the
+//! background (`/state_ids`, `/event`) — checked, from another server when
+//! the first fails or lies, and resumed after a restart.
+//!
+//! The resident is another Lattice (which omits members), or a scripted peer
+//! hosting a room of its own ([`PeerRoom`]): it answers `make_join`,
+//! `send_join` with partial state, and `/state_ids` honestly, never, or with
+//! lies, as a test says.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::{Arc, Mutex},
+};
+
+use axum::http::Method;
+use reqwest::StatusCode;
+use ruma::RoomVersionId;
+use serde_json::{Value, json};
+
+use crate::{
+    harness::{ClientApi, Login, TestServer, enc, eventually, messages},
+    hostile::{Answer, HostilePeer},
+};
+
+/// Members besides the creator, so that leaving them out shows.
+const MEMBERS: usize = 12;
+
+fn faster_joins(c: &mut lattice::config::Config) {
+    c.federation.faster_joins = true;
+}
+
+/// The room's current state as `who` reads it: (type, state_key) → event ID.
+async fn current_state(
+    server: &ClientApi,
+    who: &Login,
+    room: &str,
+) -> BTreeMap<(String, String), String> {
+    let (status, state) = server
+        .get(
+            &format!("/_matrix/client/v3/rooms/{}/state", enc(room)),
+            Some(&who.access_token),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{state}");
+    state
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                (
+                    e["type"].as_str().unwrap().to_owned(),
+                    e["state_key"].as_str().unwrap().to_owned(),
+                ),
+                e["event_id"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// The joined members `/members` lists.
+async fn members(server: &ClientApi, who: &Login, room: &str) -> BTreeSet<String> {
+    let (status, body) = server
+        .get(
+            &format!(
+                "/_matrix/client/v3/rooms/{}/members?membership=join",
+                enc(room)
+            ),
+            Some(&who.access_token),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body["chunk"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["state_key"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// `/joined_members` as a set of user IDs.
+async fn joined_members(server: &ClientApi, who: &Login, room: &str) -> BTreeSet<String> {
+    let (status, body) = server
+        .get(
+            &format!("/_matrix/client/v3/rooms/{}/joined_members", enc(room)),
+            Some(&who.access_token),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body["joined"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .cloned()
+        .collect()
+}
+
+async fn join_via(server: &ClientApi, who: &Login, room: &str, via: &str) {
+    let (status, body) = server
+        .post(
+            &format!(
+                "/_matrix/client/v3/join/{}?server_name={}",
+                enc(room),
+                enc(via)
+            ),
+            Some(&who.access_token),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["room_id"], room);
+}
+
+/// Two Lattice servers: the joiner asks for partial state, the resident
+/// gives it (counted in its metrics); `/join` returns, the user reads the
+/// history and sends at once, messages flow both ways, and the members and
+/// the current state converge — `/members` waits for the full list.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partial_join_between_lattices_returns_and_converges() {
+    let a = TestServer::start_federating_with(|c| {
+        c.listeners[0]
+            .resources
+            .push(lattice::config::Resource::Metrics);
+    })
+    .await;
+    let b = TestServer::start_federating_with(faster_joins).await;
+    let alice = a.register("alice", "password-a").await;
+    let bob = b.register("bob", "password-b").await;
+    let room = a
+        .create_room(&alice, json!({"preset": "public_chat", "name": "Big"}))
+        .await;
+    let mut locals = vec![alice.clone()];
+    for i in 0..MEMBERS {
+        let who = a
+            .register(&format!("member{i:02}"), "member-password")
+            .await;
+        a.join(&who, &room).await;
+        locals.push(who);
+    }
+    a.send_message(
+        &alice,
+        &room,
+        json!({"msgtype": "m.text", "body": "before"}),
+    )
+    .await;
+
+    join_via(&b, &bob, &room, a.name()).await;
+    let (status, metrics) = a.get("/metrics", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        metrics
+            .as_str()
+            .unwrap()
+            .contains("lattice_federation_send_joins_total{members_omitted=\"true\"} 1"),
+        "{metrics}"
+    );
+    // Reading and sending at once.
+    b.send_message(
+        &bob,
+        &room,
+        json!({"msgtype": "m.text", "body": "from bob"}),
+    )
+    .await;
+    eventually("bob's message on A", || async {
+        messages(&a, &alice.access_token, &room)
+            .await
+            .iter()
+            .any(|m| m == "from bob")
+    })
+    .await;
+    a.send_message(
+        &locals[3],
+        &room,
+        json!({"msgtype": "m.text", "body": "from member02"}),
+    )
+    .await;
+    eventually("member02's message on B", || async {
+        messages(&b, &bob.access_token, &room)
+            .await
+            .iter()
+            .any(|m| m == "from member02")
+    })
+    .await;
+
+    // `/members` waits for the full state: every member, at once.
+    let want: BTreeSet<String> = locals
+        .iter()
+        .map(|l| l.user_id.clone())
+        .chain([bob.user_id.clone()])
+        .collect();
+    assert_eq!(members(&b, &bob, &room).await, want);
+    eventually("the same joined members on both", || async {
+        joined_members(&b, &bob, &room).await == want
+            && joined_members(&a, &alice, &room).await == want
+    })
+    .await;
+    eventually("the same current state on both", || async {
+        current_state(&b, &bob, &room).await == current_state(&a, &alice, &room).await
+    })
+    .await;
+    // And the room goes on: a member who never spoke is known to B.
+    a.send_message(
+        &locals[7],
+        &room,
+        json!({"msgtype": "m.text", "body": "late"}),
+    )
+    .await;
+    eventually("a late message on B", || async {
+        messages(&b, &bob.access_token, &room)
+            .await
+            .iter()
+            .any(|m| m == "late")
+    })
+    .await;
+    b.stop().await;
+    a.stop().await;
+}
+
+/// A room hosted by a scripted peer: every event built and signed by it.
+struct PeerRoom {
+    room_id: String,
+    version: RoomVersionId,
+    /// Every event of the room by ID.
+    events: BTreeMap<String, Value>,
+    /// The current state: (type, state_key) → ID.
+    state: BTreeMap<(String, String), String>,
+    latest: String,
+    depth: i64,
+    creator: String,
+    members: Vec<String>,
+}
+
+impl PeerRoom {
+    /// A public, named room of `peer`'s `creator` with `MEMBERS` more of the
+    /// peer's users joined.
+    fn build(peer: &HostilePeer) -> Self {
+        let version = RoomVersionId::V10;
+        let room_id = format!(
+            "!{}:{}",
+            lattice::domain::token::random_string(16),
+            peer.name()
+        );
+        let creator = peer.user("creator");
+        let mut room = Self {
+            room_id,
+            version,
+            events: BTreeMap::new(),
+            state: BTreeMap::new(),
+            latest: String::new(),
+            depth: 0,
+            creator: creator.clone(),
+            members: Vec::new(),
+        };
+        room.add(
+            peer,
+            &creator,
+            "m.room.create",
+            "",
+            json!({"creator": creator, "room_version": "10"}),
+            &[],
+        );
+        room.add(
+            peer,
+            &creator,
+            "m.room.member",
+            &creator,
+            json!({"membership": "join"}),
+            &[("m.room.create", "")],
+        );
+        let base = [("m.room.create", ""), ("m.room.member", creator.as_str())];
+        room.add(
+            peer,
+            &creator,
+            "m.room.power_levels",
+            "",
+            json!({"users": {&creator: 100}, "users_default": 0, "state_default": 50,
+                   "events_default": 0, "ban": 50, "kick": 50, "redact": 50, "invite": 0}),
+            &base,
+        );
+        let powered = [
+            ("m.room.create", ""),
+            ("m.room.member", creator.as_str()),
+            ("m.room.power_levels", ""),
+        ];
+        room.add(
+            peer,
+            &creator,
+            "m.room.join_rules",
+            "",
+            json!({"join_rule": "public"}),
+            &powered,
+        );
+        room.add(
+            peer,
+            &creator,
+            "m.room.history_visibility",
+            "",
+            json!({"history_visibility": "shared"}),
+            &powered,
+        );
+        room.add(
+            peer,
+            &creator,
+            "m.room.name",
+            "",
+            json!({"name": "Peer room"}),
+            &powered,
+        );
+        for i in 0..MEMBERS {
+            let member = peer.user(&format!("m{i:02}"));
+            room.add(
+                peer,
+                &member,
+                "m.room.member",
+                &member,
+                json!({"membership": "join"}),
+                &[
+                    ("m.room.create", ""),
+                    ("m.room.power_levels", ""),
+                    ("m.room.join_rules", ""),
+                ],
+            );
+            room.members.push(member);
+        }
+        room
+    }
+
+    /// Builds a state event after the latest, with the current state's events
+    /// at `auth` as its auth events, and applies it.
+    fn add(
+        &mut self,
+        peer: &HostilePeer,
+        sender: &str,
+        kind: &str,
+        state_key: &str,
+        content: Value,
+        auth: &[(&str, &str)],
+    ) -> String {
+        let (id, pdu) = self.build_event(peer, sender, kind, state_key, content, auth);
+        self.state
+            .insert((kind.to_owned(), state_key.to_owned()), id.clone());
+        self.latest = id.clone();
+        self.depth += 1;
+        self.events.insert(id.clone(), pdu);
+        id
+    }
+
+    /// A state event after the latest, not applied (a lie's material).
+    fn build_event(
+        &self,
+        peer: &HostilePeer,
+        sender: &str,
+        kind: &str,
+        state_key: &str,
+        content: Value,
+        auth: &[(&str, &str)],
+    ) -> (String, Value) {
+        let auth: Vec<String> = auth
+            .iter()
+            .map(|(t, k)| self.state[&((*t).to_owned(), (*k).to_owned())].clone())
+            .collect();
+        let prev: Vec<String> = if self.latest.is_empty() {
+            Vec::new()
+        } else {
+            vec![self.latest.clone()]
+        };
+        peer.pdu(
+            &self.version,
+            json!({
+                "room_id": self.room_id, "sender": sender, "type": kind,
+                "state_key": state_key, "content": content,
+                "prev_events": prev, "auth_events": auth, "depth": self.depth + 1,
+            }),
+        )
+    }
+
+    /// The auth chain of `ids` (not `ids` themselves unless reachable).
+    fn auth_chain(&self, ids: &[String]) -> BTreeSet<String> {
+        let mut seen = BTreeSet::new();
+        let mut todo: Vec<String> = ids.to_vec();
+        while let Some(id) = todo.pop() {
+            let Some(pdu) = self.events.get(&id) else {
+                continue;
+            };
+            for a in pdu["auth_events"].as_array().unwrap() {
+                let a = a.as_str().unwrap().to_owned();
+                if seen.insert(a.clone()) {
+                    todo.push(a);
+                }
+            }
+        }
+        seen
+    }
+
+    /// The `/state_ids` answer at the latest event for a state of `ids`.
+    fn state_ids_answer(&self, ids: &[String]) -> Value {
+        let chain: Vec<String> = self.auth_chain(ids).into_iter().collect();
+        json!({"pdu_ids": ids, "auth_chain_ids": chain})
+    }
+
+    /// The honest `/state_ids` answer.
+    fn honest_state_ids(&self) -> Value {
+        let ids: Vec<String> = self.state.values().cloned().collect();
+        self.state_ids_answer(&ids)
+    }
+}
+
+/// Scripts `peer` to serve `room` as its resident, for `joiner`: `make_join`,
+/// `send_join` with members omitted (naming `servers`), `/event`, `/state`,
+/// and `/send` (accepted). `/state_ids` is left to the test.
+fn serve_room(peer: &HostilePeer, room: &Arc<Mutex<PeerRoom>>, joiner: &str, servers: Vec<String>) {
+    let r = room.lock().unwrap();
+    let room_id = r.room_id.clone();
+    drop(r);
+    let (room2, joiner2) = (room.clone(), joiner.to_owned());
+    peer.on(
+        Method::GET,
+        &format!("/_matrix/federation/v1/make_join/{}/", enc(&room_id)),
+        Answer::With(Arc::new(move |_, _| {
+            let r = room2.lock().unwrap();
+            let auth: Vec<String> = [
+                ("m.room.create", ""),
+                ("m.room.power_levels", ""),
+                ("m.room.join_rules", ""),
+            ]
+            .iter()
+            .map(|(t, k)| r.state[&((*t).to_owned(), (*k).to_owned())].clone())
+            .collect();
+            Answer::Json(
+                StatusCode::OK,
+                json!({"room_version": "10", "event": {
+                    "room_id": r.room_id, "sender": joiner2, "state_key": joiner2,
+                    "type": "m.room.member", "content": {"membership": "join"},
+                    "prev_events": [r.latest], "auth_events": auth, "depth": r.depth + 1,
+                    "origin_server_ts": crate::hostile::now_ms(),
+                }}),
+            )
+        })),
+    );
+    let room2 = room.clone();
+    let name = peer.name().to_owned();
+    peer.on(
+        Method::PUT,
+        &format!("/_matrix/federation/v2/send_join/{}/", enc(&room_id)),
+        Answer::With(Arc::new(move |path, body| {
+            assert!(path.contains("omit_members=true"), "{path}");
+            let r = room2.lock().unwrap();
+            let state: Vec<String> = r
+                .state
+                .iter()
+                .filter(|((t, _), _)| t != "m.room.member")
+                .map(|(_, id)| id.clone())
+                .collect();
+            let mut roots = state.clone();
+            roots.extend(
+                body["auth_events"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|a| a.as_str().unwrap().to_owned()),
+            );
+            let mut chain = r.auth_chain(&roots);
+            chain.extend(roots.iter().filter(|id| !state.contains(id)).cloned());
+            let chain: Vec<Value> = chain
+                .iter()
+                .filter(|id| !state.contains(id))
+                .map(|id| r.events[id].clone())
+                .collect();
+            let state: Vec<Value> = state.iter().map(|id| r.events[id].clone()).collect();
+            Answer::Json(
+                StatusCode::OK,
+                json!({"origin": name, "state": state, "auth_chain": chain,
+                       "members_omitted": true, "servers_in_room": servers}),
+            )
+        })),
+    );
+    serve_reads(peer, room);
+    peer.on(
+        Method::PUT,
+        "/_matrix/federation/v1/send/",
+        Answer::Json(StatusCode::OK, json!({"pdus": {}})),
+    );
+}
+
+/// Scripts `peer` to serve `/event` and `/state` of `room`'s events.
+fn serve_reads(peer: &HostilePeer, room: &Arc<Mutex<PeerRoom>>) {
+    let room2 = room.clone();
+    let origin = peer.name().to_owned();
+    peer.on(
+        Method::GET,
+        "/_matrix/federation/v1/event/",
+        Answer::With(Arc::new(move |path, _| {
+            let id = path.trim_start_matches("/_matrix/federation/v1/event/");
+            let id = percent_decode(id);
+            let r = room2.lock().unwrap();
+            match r.events.get(&id) {
+                Some(pdu) => Answer::Json(
+                    StatusCode::OK,
+                    json!({"origin": origin, "origin_server_ts": crate::hostile::now_ms(), "pdus": [pdu]}),
+                ),
+                None => Answer::Json(StatusCode::NOT_FOUND, json!({"errcode": "M_NOT_FOUND"})),
+            }
+        })),
+    );
+    let room2 = room.clone();
+    let r = room.lock().unwrap();
+    let room_id = r.room_id.clone();
+    drop(r);
+    peer.on(
+        Method::GET,
+        &format!("/_matrix/federation/v1/state/{}", enc(&room_id)),
+        Answer::With(Arc::new(move |_, _| {
+            let r = room2.lock().unwrap();
+            let ids: Vec<String> = r.state.values().cloned().collect();
+            let pdus: Vec<Value> = ids.iter().map(|id| r.events[id].clone()).collect();
+            let chain: Vec<Value> = r
+                .auth_chain(&ids)
+                .iter()
+                .map(|id| r.events[id].clone())
+                .collect();
+            Answer::Json(StatusCode::OK, json!({"pdus": pdus, "auth_chain": chain}))
+        })),
+    );
+}
+
+fn percent_decode(s: &str) -> String {
+    form_urlencoded::parse(format!("x={s}").as_bytes())
+        .next()
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_default()
+}
+
+fn state_ids_prefix(room_id: &str) -> String {
+    format!("/_matrix/federation/v1/state_ids/{}", enc(room_id))
+}
+
+/// Every member of the peer's room and `bob`, as `/members` should list them.
+fn everyone(room: &PeerRoom, bob: &Login) -> BTreeSet<String> {
+    room.members
+        .iter()
+        .cloned()
+        .chain([room.creator.clone(), bob.user_id.clone()])
+        .collect()
+}
+
+/// The member state keys of a state map.
+fn member_keys(state: &BTreeMap<(String, String), String>) -> BTreeSet<String> {
+    state
+        .keys()
+        .filter(|(t, _)| t == "m.room.member")
+        .map(|(_, k)| k.clone())
+        .collect()
+}
+
+/// A restart of the joining server in the middle of the resync (its
+/// `/state_ids` request to the resident unanswered): the room stays usable
+/// with its partial state, and after the restart the resync resumes by
+/// itself and the members arrive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_mid_resync_completes_it() {
+    let peer = HostilePeer::start().await;
+    let b = TestServer::start_federating_with(faster_joins).await;
+    let bob = b.register("bob", "password-b").await;
+    let room = Arc::new(Mutex::new(PeerRoom::build(&peer)));
+    let room_id = room.lock().unwrap().room_id.clone();
+    serve_room(&peer, &room, &bob.user_id, vec![peer.name().to_owned()]);
+    peer.on(Method::GET, &state_ids_prefix(&room_id), Answer::Hang);
+
+    join_via(&b, &bob, &room_id, peer.name()).await;
+    // Usable at once: bob sends, and the peer receives it.
+    b.send_message(
+        &bob,
+        &room_id,
+        json!({"msgtype": "m.text", "body": "partial hello"}),
+    )
+    .await;
+    eventually("bob's message at the peer", || async {
+        peer.received("/_matrix/federation/v1/send/")
+            .iter()
+            .any(|r| r.body.to_string().contains("partial hello"))
+    })
+    .await;
+    eventually("the resync asking for the state", || async {
+        !peer.received(&state_ids_prefix(&room_id)).is_empty()
+    })
+    .await;
+    // Mid-resync: the omitted members are not known yet.
+    let partial = current_state(&b, &bob, &room_id).await;
+    assert_eq!(
+        member_keys(&partial),
+        BTreeSet::from([bob.user_id.clone()]),
+        "{partial:?}"
+    );
+    assert_eq!(
+        partial[&("m.room.name".to_owned(), String::new())],
+        room.lock().unwrap().state[&("m.room.name".to_owned(), String::new())]
+    );
+
+    // The resident answers from now on; the request in flight stays
+    // unanswered, and the server restarts under it.
+    let honest = room.lock().unwrap().honest_state_ids();
+    peer.on(
+        Method::GET,
+        &state_ids_prefix(&room_id),
+        Answer::Json(StatusCode::OK, honest),
+    );
+    let asked = peer.received(&state_ids_prefix(&room_id)).len();
+    let b = b.restart().await;
+    let want = everyone(&room.lock().unwrap(), &bob);
+    assert_eq!(members(&b, &bob, &room_id).await, want);
+    assert!(
+        peer.received(&state_ids_prefix(&room_id)).len() > asked,
+        "the resync was asked again after the restart"
+    );
+    let full = current_state(&b, &bob, &room_id).await;
+    assert_eq!(member_keys(&full), want);
+    assert!(
+        messages(&b, &bob.access_token, &room_id)
+            .await
+            .iter()
+            .any(|m| m == "partial hello"),
+        "bob's message kept"
+    );
+    b.stop().await;
+    peer.stop();
+}
+
+/// A resident that lies in the resync — its `/state_ids` names a power
+/// levels event of another history (validly signed by the room's creator,
+/// but not the one it sent at the join) and a ban of the joiner by a member
+/// without power — is refused: nothing of its answer is installed, and the
+/// full state comes from the next server in `servers_in_room`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resident_that_lies_in_the_resync_is_refused() {
+    let liar = HostilePeer::start().await;
+    let honest = HostilePeer::start().await;
+    let b = TestServer::start_federating_with(faster_joins).await;
+    let bob = b.register("bob", "password-b").await;
+    let room = Arc::new(Mutex::new(PeerRoom::build(&liar)));
+    let room_id = room.lock().unwrap().room_id.clone();
+
+    let (lies, forged_pl, forged_ban) = {
+        let r = room.lock().unwrap();
+        let creator = r.creator.clone();
+        let (forged_pl, pl_pdu) = r.build_event(
+            &liar,
+            &creator,
+            "m.room.power_levels",
+            "",
+            json!({"users": {&creator: 100, &r.members[0]: 100}, "users_default": 0,
+                   "state_default": 50, "events_default": 0, "ban": 50}),
+            &[
+                ("m.room.create", ""),
+                ("m.room.member", creator.as_str()),
+                ("m.room.power_levels", ""),
+            ],
+        );
+        let m1 = r.members[1].clone();
+        let (forged_ban, ban_pdu) = r.build_event(
+            &liar,
+            &m1,
+            "m.room.member",
+            &bob.user_id,
+            json!({"membership": "ban"}),
+            &[
+                ("m.room.create", ""),
+                ("m.room.power_levels", ""),
+                ("m.room.member", m1.as_str()),
+            ],
+        );
+        let mut ids: Vec<String> = r
+            .state
+            .iter()
+            .filter(|((t, _), _)| t != "m.room.power_levels")
+            .map(|(_, id)| id.clone())
+            .collect();
+        ids.push(forged_pl.clone());
+        ids.push(forged_ban.clone());
+        let lies = r.state_ids_answer(&ids);
+        drop(r);
+        let mut r = room.lock().unwrap();
+        r.events.insert(forged_pl.clone(), pl_pdu);
+        r.events.insert(forged_ban.clone(), ban_pdu);
+        (lies, forged_pl, forged_ban)
+    };
+    serve_room(
+        &liar,
+        &room,
+        &bob.user_id,
+        vec![liar.name().to_owned(), honest.name().to_owned()],
+    );
+    liar.on(
+        Method::GET,
+        &state_ids_prefix(&room_id),
+        Answer::Json(StatusCode::OK, lies),
+    );
+    serve_reads(&honest, &room);
+    let truth = room.lock().unwrap().honest_state_ids();
+    honest.on(
+        Method::GET,
+        &state_ids_prefix(&room_id),
+        Answer::Json(StatusCode::OK, truth),
+    );
+
+    join_via(&b, &bob, &room_id, liar.name()).await;
+    let want = everyone(&room.lock().unwrap(), &bob);
+    assert_eq!(members(&b, &bob, &room_id).await, want);
+    assert!(!liar.received(&state_ids_prefix(&room_id)).is_empty());
+    assert!(!honest.received(&state_ids_prefix(&room_id)).is_empty());
+    let full = current_state(&b, &bob, &room_id).await;
+    let truth = room.lock().unwrap().state.clone();
+    for (key, id) in &truth {
+        assert_eq!(full.get(key), Some(id), "{key:?}");
+    }
+    let ids: BTreeSet<&String> = full.values().collect();
+    assert!(
+        !ids.contains(&forged_pl),
+        "the forged power levels installed"
+    );
+    assert!(!ids.contains(&forged_ban), "the forged ban installed");
+    // Bob is still in, and may still speak.
+    b.send_message(
+        &bob,
+        &room_id,
+        json!({"msgtype": "m.text", "body": "still here"}),
+    )
+    .await;
+    b.stop().await;
+    liar.stop();
+    honest.stop();
+}
+
+/// The resident goes away in the middle of the resync (its `/state_ids`
+/// never answered, then it stops): the joining server gives up on it and
+/// completes the state through the next server in `servers_in_room`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resident_gone_mid_resync_is_replaced_by_another_server() {
+    let resident = HostilePeer::start().await;
+    let other = HostilePeer::start().await;
+    let b = TestServer::start_federating_with(|c| {
+        faster_joins(c);
+        c.federation.request_timeout_secs = 3;
+    })
+    .await;
+    let bob = b.register("bob", "password-b").await;
+    let room = Arc::new(Mutex::new(PeerRoom::build(&resident)));
+    let room_id = room.lock().unwrap().room_id.clone();
+    serve_room(
+        &resident,
+        &room,
+        &bob.user_id,
+        vec![resident.name().to_owned(), other.name().to_owned()],
+    );
+    resident.on(Method::GET, &state_ids_prefix(&room_id), Answer::Hang);
+    serve_reads(&other, &room);
+    let truth = room.lock().unwrap().honest_state_ids();
+    other.on(
+        Method::GET,
+        &state_ids_prefix(&room_id),
+        Answer::Json(StatusCode::OK, truth),
+    );
+
+    join_via(&b, &bob, &room_id, resident.name()).await;
+    eventually("the resync asking the resident", || async {
+        !resident.received(&state_ids_prefix(&room_id)).is_empty()
+    })
+    .await;
+    resident.stop();
+    let want = everyone(&room.lock().unwrap(), &bob);
+    assert_eq!(members(&b, &bob, &room_id).await, want);
+    assert!(!other.received(&state_ids_prefix(&room_id)).is_empty());
+    let full = current_state(&b, &bob, &room_id).await;
+    assert_eq!(member_keys(&full), want);
+    b.stop().await;
+    other.stop();
+}
+
+/// Members of the big Synapse room Lattice joins with partial state.
+const SYNAPSE_MEMBERS: usize = 40;
+
+/// Interop: a Lattice user joins a Synapse-hosted public room of 40 members
+/// with faster joins. Synapse answers with members omitted (Lattice counts a
+/// partial-state join, then its resync); messages flow both ways as soon as
+/// the join returns; `/members` on Lattice lists every member; both servers
+/// end with the same joined members and the same current state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn joins_a_big_synapse_room_with_partial_state() {
+    let lattice = TestServer::start_federating_with(|c| {
+        faster_joins(c);
+        c.listeners[0]
+            .resources
+            .push(lattice::config::Resource::Metrics);
+    })
+    .await;
+    let synapse = crate::synapse::Synapse::start().await;
+    let sam = synapse.register("sam", "sam-password").await;
+    let alice = lattice.register("alice", "alice-password").await;
+    let room = synapse
+        .create_room(
+            &sam,
+            json!({"preset": "public_chat", "name": "Big Synapse room"}),
+        )
+        .await;
+    let numbers: Vec<usize> = (0..SYNAPSE_MEMBERS).collect();
+    for chunk in numbers.chunks(8) {
+        futures_util::future::join_all(chunk.iter().map(|i| {
+            let (synapse, room) = (&synapse, &room);
+            async move {
+                let who = synapse
+                    .register(&format!("member{i:03}"), "member-password")
+                    .await;
+                synapse.join(&who, room).await;
+            }
+        }))
+        .await;
+    }
+    synapse
+        .send_message(
+            &sam,
+            &room,
+            json!({"msgtype": "m.text", "body": "before the join"}),
+        )
+        .await;
+
+    join_via(&lattice, &alice, &room, synapse.name()).await;
+    let (_, metrics) = lattice.get("/metrics", None).await;
+    assert!(
+        metrics
+            .as_str()
+            .unwrap_or_default()
+            .contains("lattice_federation_partial_state_joins_total{stage=\"joined\"} 1"),
+        "{metrics}"
+    );
+    let (_, _) = tokio::join!(
+        lattice.send_message(
+            &alice,
+            &room,
+            json!({"msgtype": "m.text", "body": "from lattice"})
+        ),
+        synapse.send_message(
+            &sam,
+            &room,
+            json!({"msgtype": "m.text", "body": "from synapse"})
+        ),
+    );
+    for (server, who) in [(&*lattice, &alice), (&*synapse, &sam)] {
+        eventually("both messages on both servers", || async {
+            let seen = messages(server, &who.access_token, &room).await;
+            seen.iter().any(|b| b == "from lattice") && seen.iter().any(|b| b == "from synapse")
+        })
+        .await;
+    }
+    let everyone = members(&lattice, &alice, &room).await;
+    assert_eq!(everyone.len(), SYNAPSE_MEMBERS + 2, "{everyone:?}");
+    eventually("the resync counted", || async {
+        let (_, metrics) = lattice.get("/metrics", None).await;
+        metrics
+            .as_str()
+            .unwrap_or_default()
+            .contains("lattice_federation_partial_state_joins_total{stage=\"resynced\"} 1")
+    })
+    .await;
+    eventually("the same joined members and current state", || async {
+        joined_members(&lattice, &alice, &room).await == joined_members(&synapse, &sam, &room).await
+            && current_state(&lattice, &alice, &room).await
+                == current_state(&synapse, &sam, &room).await
+    })
+    .await;
+    lattice.stop().await;
+}
