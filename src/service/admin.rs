@@ -9,9 +9,9 @@ use serde_json::{Value, json};
 
 use super::{account, profile, session::Session};
 use crate::{
-    app::AppState,
     domain::localpart,
     error::{Error, ErrorKind, Result},
+    service::AppState,
     storage::{devices, now_ms, registration_tokens as tokens, rooms, state, users},
 };
 

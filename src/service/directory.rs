@@ -5,8 +5,8 @@ use ruma::{OwnedRoomId, RoomId, UserId};
 
 use super::session::Session;
 use crate::{
-    app::AppState,
     error::{Error, ErrorKind, Result},
+    service::AppState,
     storage::{Postgres, Transaction, now_ms, rooms},
 };
 

@@ -35,9 +35,9 @@ use tokio::io::AsyncWriteExt;
 
 use super::session::Session;
 use crate::{
-    app::AppState,
     domain::multipart,
     error::{Error, ErrorKind, Result},
+    service::AppState,
     storage::{media as rows, media::Media, now_ms},
 };
 

@@ -40,8 +40,8 @@ use serde_json::{Map, Value, json};
 
 use super::{read::Viewer, session::Session, tokens::TopoToken};
 use crate::{
-    app::AppState,
     error::{Error, ErrorKind, Result},
+    service::AppState,
     storage::{e2e_keys, events, rooms, state, sync as rows, user_streams},
 };
 

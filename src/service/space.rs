@@ -12,8 +12,8 @@ use ruma::{RoomId, UserId};
 use serde_json::{Value, json};
 
 use crate::{
-    app::AppState,
     error::{Error, Result},
+    service::AppState,
     storage::{events, rooms, state},
 };
 

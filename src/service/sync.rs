@@ -46,9 +46,9 @@ use super::{
     tokens::TopoToken,
 };
 use crate::{
-    app::AppState,
     domain::filter::{Candidate, EventFilter, Filter},
     error::{Error, Result},
+    service::AppState,
     storage::{e2e_keys, events, events::StoredEvent, state, sync as rows, user_streams},
 };
 

@@ -328,7 +328,7 @@ async fn notary_batch_queries_fetch_a_bounded_number_of_servers() {
     assert_eq!(body["server_keys"], json!([]), "{body}");
     let fetched = hits.load(Ordering::SeqCst);
     assert!(
-        (1..=lattice::federation::keys::MAX_NOTARY_FETCHES).contains(&fetched),
+        (1..=lattice::service::server_keys::MAX_NOTARY_FETCHES).contains(&fetched),
         "{fetched} servers fetched for one request"
     );
 }

@@ -35,8 +35,8 @@ use crate::{
         auth::{AuthUser, ClientIp, GuestOk},
         ruma::{RouterExt, Ruma, RumaResponse},
     },
-    app::AppState,
     error::{Error, Result},
+    service::AppState,
     service::{
         backup, e2e,
         sync::SyncToken,

@@ -27,7 +27,7 @@ mod voip;
 
 use axum::Router;
 
-use crate::app::AppState;
+use crate::service::AppState;
 
 pub fn router() -> Router<AppState> {
     Router::new()

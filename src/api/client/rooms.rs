@@ -42,9 +42,9 @@ use crate::{
         json::JsonOrEmpty,
         ruma::{RouterExt, Ruma, RumaResponse, RumaWithObject},
     },
-    app::AppState,
     domain::{filter::EventFilter, pdu::NewEvent},
     error::{Error, ErrorKind, Result},
+    service::AppState,
     service::{
         client_event::raw,
         directory, event,

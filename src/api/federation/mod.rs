@@ -15,7 +15,10 @@ use axum::{
     extract::{FromRef, FromRequest, Request},
 };
 
-use crate::{app::AppState, error::Error, federation::auth};
+use crate::{
+    error::Error,
+    service::{AppState, federation::auth},
+};
 
 /// An authenticated federation request: its origin and its body (already
 /// checked to be JSON when not empty).

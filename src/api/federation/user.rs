@@ -11,8 +11,8 @@ use serde_json::{Value, json};
 
 use super::FedRequest;
 use crate::{
-    app::AppState,
     error::{Error, Result},
+    service::AppState,
     service::{e2e, federation::e2ee},
 };
 

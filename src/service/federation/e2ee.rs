@@ -14,8 +14,8 @@ use ruma::{OwnedUserId, ServerName, UserId};
 use serde_json::{Map, Value, json};
 
 use crate::{
-    app::AppState,
     error::Result,
+    service::AppState,
     service::stream,
     storage::{
         Postgres, Transaction, devices, e2e_keys, federation as fed_store, now_ms, remote_devices,
