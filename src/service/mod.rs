@@ -9,7 +9,7 @@ pub mod backup;
 pub mod client_event;
 pub mod devices;
 pub mod directory;
-pub mod e2e;
+pub mod e2e_keys;
 pub mod event;
 pub mod event_stream;
 pub mod federation;

@@ -848,7 +848,7 @@ async fn extensions(
         let mut e2ee = Map::new();
         if prev.is_some() {
             let (changed, left) =
-                super::e2e::device_list_delta(app, &session.user_id, since, now).await?;
+                super::e2e_keys::device_list_delta(app, &session.user_id, since, now).await?;
             if !changed.is_empty() || !left.is_empty() {
                 e2ee.insert(
                     "device_lists".into(),

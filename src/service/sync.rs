@@ -433,15 +433,15 @@ async fn build(
     // Who came to share or stopped sharing a room with the user: for
     // device_lists and for the presence of newly met users.
     let delta = if initial {
-        super::e2e::MemberDelta::default()
+        super::e2e_keys::MemberDelta::default()
     } else {
         let rooms: Vec<String> = memberships.iter().map(|m| m.room_id.clone()).collect();
-        super::e2e::member_delta(app, user, &rooms, since, now).await?
+        super::e2e_keys::member_delta(app, user, &rooms, since, now).await?
     };
     let (changed, left) = if initial {
         (Vec::new(), Vec::new())
     } else {
-        super::e2e::device_lists(app, user, &delta, since, now).await?
+        super::e2e_keys::device_lists(app, user, &delta, since, now).await?
     };
     let otk_counts: Map<String, Value> =
         e2e_keys::one_time_key_counts(&app.db, user.as_str(), session.device_id.as_str())

@@ -365,7 +365,7 @@ async fn remote_key_failures_are_uniform_and_bounded() {
     assert!(failures.values().all(|f| f == first), "{body}");
 
     // Many servers in one request: a bounded number is asked, the rest listed.
-    let max = lattice::service::e2e::MAX_REMOTE_SERVERS;
+    let max = lattice::service::e2e_keys::MAX_REMOTE_SERVERS;
     let users: serde_json::Map<String, Value> = (1..=max + 10)
         .map(|port| (format!("@u:127.0.0.2:{port}"), json!([])))
         .collect();

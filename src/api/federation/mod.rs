@@ -3,10 +3,10 @@
 //! request has been verified against the origin's keys.
 
 mod events;
-mod keys;
 mod media;
 mod openid;
 mod query;
+mod server_keys;
 mod third_party;
 mod user;
 
@@ -69,7 +69,7 @@ where
 
 pub fn router() -> Router<AppState> {
     Router::new()
-        .merge(keys::router())
+        .merge(server_keys::router())
         .merge(query::router())
         .merge(events::router())
         .merge(user::router())

@@ -47,8 +47,8 @@ pub async fn user_keys(
 
 /// `GET /user/devices/{userId}` for one of our users.
 pub async fn user_devices(app: &AppState, user: &UserId) -> Result<Value> {
-    let mut found = crate::service::e2e::KeysFound::default();
-    crate::service::e2e::local_keys(app, user.as_str(), &[], None, &mut found).await?;
+    let mut found = crate::service::e2e_keys::KeysFound::default();
+    crate::service::e2e_keys::local_keys(app, user.as_str(), &[], None, &mut found).await?;
     let keys = found.device_keys.remove(user.as_str()).unwrap_or_default();
     let mut out = Vec::new();
     for d in devices::list(&app.db, user.as_str()).await? {
