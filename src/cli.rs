@@ -7,9 +7,10 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use crate::{
-    app::{self, AppState},
     config::Config,
     domain::token,
+    server,
+    service::AppState,
     service::account,
     storage::{Database, now_ms, registration_tokens},
 };
@@ -137,7 +138,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         .build()?;
     runtime.block_on(async move {
         match cli.command.unwrap_or(Command::Serve) {
-            Command::Serve => app::serve(config, file).await,
+            Command::Serve => server::serve(config, file).await,
             Command::Migrate => {
                 let db = Database::open(&config).await?;
                 let result = db.migrate().await;

@@ -19,8 +19,8 @@ use super::json::{Json, JsonOrEmpty};
 use crate::{
     api::auth::AdminUser,
     api::json::Query,
-    app::AppState,
     error::{Error, Result},
+    service::AppState,
     service::{admin, server_notices},
 };
 

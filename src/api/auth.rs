@@ -17,8 +17,8 @@ use axum::{
 };
 
 use crate::{
-    app::AppState,
     error::{Error, ErrorKind},
+    service::AppState,
     service::session::{self, Session},
 };
 

@@ -5,7 +5,7 @@ use axum::extract::{FromRef, FromRequest, Request};
 use serde::de::DeserializeOwned;
 
 use super::ruma::{check_json, read_body};
-use crate::{app::AppState, error::Error};
+use crate::{error::Error, service::AppState};
 
 pub struct Json<T>(pub T);
 

@@ -27,8 +27,8 @@ use super::{
 };
 use crate::{
     api::json::Query,
-    app::AppState,
     error::{Error, Result},
+    service::AppState,
     service::{media, url_preview},
 };
 

@@ -20,8 +20,8 @@ use axum::{
 use tower_http::{cors::CorsLayer, trace::TraceLayer};
 
 use crate::{
-    app::AppState,
     error::{Error, ErrorKind},
+    service::AppState,
 };
 
 /// The whole HTTP surface of one listener.

@@ -23,8 +23,8 @@ use ruma::api::{
 
 use super::{auth::client_ip, rate_limited};
 use crate::{
-    app::AppState,
     error::{Error, ErrorKind},
+    service::AppState,
     service::session::Session,
 };
 

@@ -22,9 +22,9 @@ use sha1::Sha1;
 use super::{json::Json, rate_limited};
 use crate::{
     api::auth::{AdminUser, ClientIp},
-    app::AppState,
     domain::token,
     error::{Error, ErrorKind, Result},
+    service::AppState,
     service::{account, media},
 };
 

@@ -31,8 +31,9 @@ use std::{
 use anyhow::Context;
 use clap::Parser;
 use lattice::{
-    app::{AppState, Server},
     config::{Config, Listener, Resource},
+    server::Server,
+    service::AppState,
     storage::{Database, state},
 };
 use serde_json::{Value, json};

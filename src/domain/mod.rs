@@ -12,6 +12,7 @@ pub mod pdu;
 pub mod push_rules;
 pub mod redaction;
 pub mod room_version;
+pub mod signing_key;
 pub mod sso;
 pub mod state_res;
 pub mod state_res_v1;

@@ -1,7 +1,7 @@
 //! Server-Server request authentication (spec "Request Authentication"): the
 //! `Authorization: X-Matrix …` header and the JSON object whose signature it
 //! carries. Pure: parsing, formatting and the signed object; key lookup and
-//! verification happen in `federation::auth`.
+//! verification happen in `service::federation::auth`.
 
 use ruma::{
     CanonicalJsonObject, CanonicalJsonValue, OwnedServerName, OwnedServerSigningKeyId, ServerName,

@@ -18,9 +18,9 @@ use ruma::{
 use super::discovery::{self, Lookup, Target};
 use crate::{
     config::Config,
+    domain::signing_key::SigningKey,
     domain::xmatrix::{self, XMatrix},
     outbound::{self, OutboundClient, OutboundError, OutboundPolicy, ReadError},
-    service::event::SigningKey,
 };
 
 /// How a request to another server failed.

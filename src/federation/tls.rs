@@ -43,7 +43,7 @@ pub fn server_config(cert: &Path, key: &Path) -> anyhow::Result<Arc<rustls::Serv
     Ok(Arc::new(config))
 }
 
-/// A TLS listener (an `axum::serve::Listener`, served by `app::serve_listener`). Handshakes run in their own tasks with a time
+/// A TLS listener (an `axum::serve::Listener`, served by `server::serve_listener`). Handshakes run in their own tasks with a time
 /// limit, so a slow or silent client never holds up the others.
 pub struct TlsListener {
     incoming: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,

@@ -8,9 +8,9 @@ use super::{
     threepid, uia,
 };
 use crate::{
-    app::AppState,
     domain::localpart,
     error::{Error, ErrorKind, Result},
+    service::AppState,
     storage::{
         devices, e2e_keys, now_ms, profiles, pushers, rooms, threepids, uia as uia_store,
         user_streams, users,

@@ -8,8 +8,8 @@ use serde_json::{Map, Value, json};
 
 use super::{session::Session, stream};
 use crate::{
-    app::AppState,
     error::{Error, ErrorKind, Result},
+    service::AppState,
     storage::user_streams,
 };
 

@@ -11,8 +11,8 @@ use ruma::{
 use serde_json::{Value, json};
 
 use crate::{
-    app::AppState,
     error::{Error, ErrorKind, Result},
+    service::AppState,
     storage::e2e_keys::{self as keys, BackupKey},
 };
 

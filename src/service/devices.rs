@@ -4,8 +4,8 @@ use ruma::api::client::uiaa::AuthData;
 
 use super::{session::Session, uia};
 use crate::{
-    app::AppState,
     error::{Error, Result},
+    service::AppState,
     storage::devices,
 };
 

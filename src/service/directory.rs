@@ -6,8 +6,8 @@ use serde::Serialize;
 
 use super::session::Session;
 use crate::{
-    app::AppState,
     error::{Error, ErrorKind, Result},
+    service::AppState,
     storage::{Postgres, Transaction, now_ms, rooms},
 };
 

@@ -14,13 +14,12 @@ use std::collections::HashMap;
 
 use ruma::{
     EventId, MilliSecondsSinceUnixEpoch, OwnedEventId, OwnedRoomId, RoomId, RoomVersionId, UserId,
-    events::TimelineEventType, room_version_rules::RoomVersionRules, signatures::Ed25519KeyPair,
+    events::TimelineEventType, room_version_rules::RoomVersionRules,
     state_res::auth_types_for_event,
 };
 use serde_json::value::to_raw_value;
 
 use crate::{
-    app::AppState,
     domain::{
         auth,
         pdu::{self, Built, NewEvent, Pdu, PduError, Position},
@@ -28,6 +27,7 @@ use crate::{
     },
     error::{Error, ErrorKind, Result},
     notify::InFlight,
+    service::AppState,
     storage::{Postgres, Transaction, events, now_ms, redactions, relations, rooms, search, state},
 };
 
@@ -37,12 +37,6 @@ pub const MAX_STATE_CHAIN: i32 = 32;
 
 /// At most this many `prev_events` in a new event (the spec allows 20).
 const MAX_PREV_EVENTS: usize = 20;
-
-/// The server's signing key.
-pub struct SigningKey {
-    pub key_id: String,
-    pub pair: Ed25519KeyPair,
-}
 
 /// A room locked for event creation within one transaction.
 pub struct RoomCtx {

@@ -37,8 +37,8 @@ use super::{
     sync::SyncToken,
 };
 use crate::{
-    app::AppState,
     error::{Error, ErrorKind, Result},
+    service::AppState,
     storage::{
         events::StoredEvent, now_ms, presence as presence_rows, rooms, sync as rows, user_streams,
     },

@@ -26,7 +26,6 @@ use ruma::UserId;
 use serde_json::{Value, json};
 
 use crate::{
-    app::AppState,
     config::Config,
     domain::{
         third_party_invite::{self as tpi},
@@ -34,6 +33,7 @@ use crate::{
     },
     error::{Error, ErrorKind, Result},
     outbound::{self, OutboundClient, OutboundPolicy},
+    service::AppState,
     storage::identity_bindings,
 };
 

@@ -22,8 +22,8 @@ use super::{
     tokens::TopoToken,
 };
 use crate::{
-    app::AppState,
     error::{Error, Result},
+    service::AppState,
     storage::{
         events, now_ms, presence as presence_rows, rooms, state, sync as rows, user_streams,
     },

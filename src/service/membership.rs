@@ -7,9 +7,9 @@ use serde_json::{Value, json};
 
 use super::event::{self, RoomCtx};
 use crate::{
-    app::AppState,
     domain::pdu::NewEvent,
     error::{Error, ErrorKind, Result},
+    service::AppState,
     storage::{rooms, users},
 };
 

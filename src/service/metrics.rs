@@ -3,7 +3,7 @@
 
 use std::fmt::Write;
 
-use crate::{app::AppState, error::Result, storage};
+use crate::{error::Result, service::AppState, storage};
 
 fn gauge_header(out: &mut String, name: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}");

@@ -9,13 +9,12 @@ pub mod backup;
 pub mod client_event;
 pub mod devices;
 pub mod directory;
-pub mod e2e;
+pub mod e2e_keys;
 pub mod event;
 pub mod event_stream;
 pub mod federation;
 pub mod identity;
 pub mod initial_sync;
-pub mod keys;
 pub mod lazy_members;
 pub mod mail;
 pub mod media;
@@ -35,11 +34,14 @@ pub mod receipts;
 pub mod reports;
 pub mod room;
 pub mod search;
+pub mod server_keys;
 pub mod server_notices;
 pub mod session;
+pub mod signing_key;
 pub mod sliding_sync;
 pub mod space;
 pub mod sso;
+pub mod state;
 pub mod stream;
 pub mod sync;
 pub mod third_party_invite;
@@ -54,6 +56,8 @@ pub mod url_preview;
 pub mod user_directory;
 pub mod voip;
 
+pub use state::AppState;
+
 /// Runs CPU-heavy work (argon2, signing big events, state resolution) off the async
 /// workers.
 pub async fn blocking<T: Send + 'static>(
@@ -65,6 +69,6 @@ pub async fn blocking<T: Send + 'static>(
 }
 
 /// Whether the database answers (`GET /health`).
-pub async fn database_reachable(app: &crate::app::AppState) -> Result<(), crate::storage::DbError> {
+pub async fn database_reachable(app: &AppState) -> Result<(), crate::storage::DbError> {
     crate::storage::ping(&app.db).await
 }

@@ -4,8 +4,8 @@
 use ruma::UserId;
 
 use crate::{
-    app::AppState,
     error::{Error, Result},
+    service::AppState,
     storage::rooms,
 };
 

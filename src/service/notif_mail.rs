@@ -27,13 +27,13 @@ use tokio_util::sync::CancellationToken;
 
 use super::mail::Mailer;
 use crate::{
-    app::AppState,
     domain::{
         notif_mail::{self, Message, Recipient, Room},
         threepid::{EMAIL, canonical_email},
         token,
     },
     error::{Error, ErrorKind, Result},
+    service::AppState,
     storage::{
         events, now_ms,
         pushers::{self as rows, EmailPusher},

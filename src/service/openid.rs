@@ -9,9 +9,9 @@ use std::time::Duration;
 use ruma::{OwnedUserId, UserId};
 
 use crate::{
-    app::AppState,
     domain::token,
     error::{Error, ErrorKind, Result},
+    service::AppState,
     service::session::Session,
     storage::{now_ms, openid},
 };

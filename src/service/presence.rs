@@ -15,8 +15,8 @@ use serde_json::{Value, json};
 
 use super::{session::Session, stream};
 use crate::{
-    app::AppState,
     error::{Error, Result},
+    service::AppState,
     storage::{
         Postgres, Transaction, now_ms, presence as rows, presence::Presence, user_streams, users,
     },

@@ -9,9 +9,9 @@ use serde_json::{Map, Value, json};
 
 use super::{event, session::Session};
 use crate::{
-    app::AppState,
     domain::pdu::NewEvent,
     error::{Error, ErrorKind, Result},
+    service::AppState,
     storage::{Postgres, Transaction, profiles, rooms, users},
 };
 

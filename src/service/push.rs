@@ -17,12 +17,12 @@ use serde_json::{Value, json};
 
 use super::{account_data, event::RoomCtx};
 use crate::{
-    app::AppState,
     domain::{
         pdu::Pdu,
         push_rules::{Kind, RuleError, Rules},
     },
     error::{Error, ErrorKind, Result},
+    service::AppState,
     storage::{Postgres, Transaction, user_streams},
 };
 

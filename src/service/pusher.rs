@@ -32,9 +32,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::{read::Viewer, session::Session};
 use crate::{
-    app::AppState,
     error::{Error, Result},
     outbound::{self, OutboundClient, OutboundPolicy},
+    service::AppState,
     storage::{events, now_ms, pushers as rows, pushers::Pusher, rooms, state, user_streams},
 };
 

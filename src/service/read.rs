@@ -31,9 +31,9 @@ use super::{
     tokens::{RoomPos, TopoToken},
 };
 use crate::{
-    app::AppState,
     domain::filter::{Candidate, EventFilter},
     error::{Error, Result},
+    service::AppState,
     storage::{Postgres, Transaction, events, events::StoredEvent, redactions, rooms, state},
 };
 

@@ -9,8 +9,8 @@ use serde_json::{Map, Value, json};
 
 use super::{account_data, session::Session, stream};
 use crate::{
-    app::AppState,
     error::{Error, Result},
+    service::AppState,
     storage::{events, now_ms, pushers, rooms, user_streams},
 };
 

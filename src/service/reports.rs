@@ -6,8 +6,8 @@
 use ruma::{RoomId, UserId};
 
 use crate::{
-    app::AppState,
     error::{Error, Result},
+    service::AppState,
     storage::{now_ms, reports, rooms, users},
 };
 

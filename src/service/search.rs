@@ -26,9 +26,9 @@ use super::{
     tokens::TopoToken,
 };
 use crate::{
-    app::AppState,
     domain::filter::{Candidate, EventFilter},
     error::{Error, Result},
+    service::AppState,
     storage::{events, events::StoredEvent, profiles, search as rows},
 };
 

@@ -13,9 +13,9 @@ use super::{
     session::Session,
 };
 use crate::{
-    app::AppState,
     domain::pdu::NewEvent,
     error::{Error, ErrorKind, Result},
+    service::AppState,
     storage::{now_ms, profiles, rooms, users},
 };
 

@@ -5,9 +5,9 @@ use std::time::Duration;
 use ruma::{OwnedDeviceId, OwnedUserId, UserId};
 
 use crate::{
-    app::AppState,
     domain::{password, token},
     error::{Error, ErrorKind, Result},
+    service::AppState,
     storage::{self, Postgres, Transaction, devices, now_ms, tokens, users},
 };
 

@@ -14,8 +14,8 @@ use serde_json::{Value, json};
 
 use super::directory::RoomEntry;
 use crate::{
-    app::AppState,
     error::{Error, Result},
+    service::AppState,
     storage::{events, rooms, state},
 };
 

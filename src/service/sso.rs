@@ -35,7 +35,6 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
 use crate::{
-    app::AppState,
     config::{ClientAuthMethod, Config, OidcProvider, PkceMethod, UserProfileMethod},
     domain::{
         jwt::{self, JwkSet},
@@ -45,6 +44,7 @@ use crate::{
     },
     error::{Error, ErrorKind, Result},
     outbound::{self, OutboundClient, OutboundPolicy},
+    service::AppState,
     storage::{self, now_ms, profiles, sso as store, users},
 };
 

@@ -5,7 +5,7 @@
 
 use crate::storage::{Postgres, Transaction};
 
-use crate::{app::AppState, error::Result, notify::InFlight, storage::events};
+use crate::{error::Result, notify::InFlight, service::AppState, storage::events};
 
 /// Takes the next position. Hold the guard until the transaction has committed.
 pub async fn take(tx: &mut Transaction<'_, Postgres>, app: &AppState) -> Result<(i64, InFlight)> {

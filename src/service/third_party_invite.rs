@@ -30,9 +30,9 @@ use serde_json::{Map, Value, json};
 
 use super::{event, identity, membership};
 use crate::{
-    app::AppState,
     domain::{pdu::NewEvent, third_party_invite as tpi},
     error::{Error, ErrorKind, Result},
+    service::AppState,
     storage::{profiles, rooms},
 };
 

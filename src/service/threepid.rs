@@ -16,12 +16,12 @@ use ruma::UserId;
 use subtle::ConstantTimeEq;
 
 use crate::{
-    app::AppState,
     domain::{
         threepid::{self, EMAIL, Purpose},
         token,
     },
     error::{Error, ErrorKind, Result},
+    service::AppState,
     storage::{Postgres, Transaction, now_ms, pushers, threepids},
 };
 

@@ -18,9 +18,9 @@ use super::{
     tokens::{RoomPos, TopoToken, stream_counter},
 };
 use crate::{
-    app::AppState,
     domain::filter::EventFilter,
     error::{Error, Result},
+    service::AppState,
     storage::{events, events::StoredEvent, now_ms, relations, state},
 };
 

@@ -6,8 +6,8 @@ use serde_json::Value;
 
 use super::{session::Session, stream};
 use crate::{
-    app::AppState,
     error::{Error, Result},
+    service::AppState,
     storage::{devices, now_ms, user_streams},
 };
 

@@ -23,8 +23,8 @@
 
 use super::sync::SyncToken;
 use crate::{
-    app::AppState,
     error::{Error, Result},
+    service::AppState,
     storage::{events, events::StoredEvent},
 };
 

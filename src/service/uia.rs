@@ -19,9 +19,9 @@ use ruma::{
 use serde_json::json;
 
 use crate::{
-    app::AppState,
     domain::{localpart, token},
     error::{Error, ErrorKind, Result},
+    service::AppState,
     storage::{Postgres, Transaction, now_ms, registration_tokens, uia},
 };
 

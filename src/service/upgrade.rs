@@ -26,9 +26,9 @@ use serde_json::{Value, json};
 
 use super::event::{self, RoomCtx};
 use crate::{
-    app::AppState,
     domain::{pdu::NewEvent, room_version, token},
     error::{Error, ErrorKind, Result},
+    service::AppState,
     storage::{now_ms, rooms, state},
 };
 

@@ -16,9 +16,9 @@ use serde_json::{Map, Value};
 
 use super::{media, session::Session};
 use crate::{
-    app::AppState,
     error::{Error, Result},
     outbound::{self, OutboundClient, OutboundError, OutboundPolicy, ReadError},
+    service::AppState,
     storage::{media as rows, now_ms},
 };
 

@@ -8,7 +8,7 @@ use ruma::{
 };
 
 use super::session::Session;
-use crate::{app::AppState, error::Result, storage::user_directory};
+use crate::{error::Result, service::AppState, storage::user_directory};
 
 pub async fn search(app: &AppState, session: &Session, term: &str, limit: u64) -> Result<Response> {
     let terms: Vec<String> = term

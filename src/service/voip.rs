@@ -10,8 +10,8 @@ use ruma::{UserId, api::client::voip::get_turn_server_info::v3::Response};
 use sha1::Sha1;
 
 use crate::{
-    app::AppState,
     error::{Error, ErrorKind, Result},
+    service::AppState,
     service::session::Session,
 };
 

@@ -318,7 +318,7 @@ async fn notary_relays_keys_signed_by_both_servers() {
     .await;
     b.stop().await;
     let b_name = ruma::ServerName::parse(entry["server_name"].as_str().unwrap()).unwrap();
-    let keys = lattice::federation::keys::public_keys(
+    let keys = lattice::service::server_keys::public_keys(
         &c.state,
         &b_name,
         &[entry["verify_keys"]

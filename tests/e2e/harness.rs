@@ -8,8 +8,9 @@
 use std::sync::OnceLock;
 
 use lattice::{
-    app::{AppState, Server},
     config::{Config, Listener, Resource},
+    server::Server,
+    service::AppState,
     storage::{Database, embedded_pg::EmbeddedPostgres},
 };
 use reqwest::{Method, StatusCode};

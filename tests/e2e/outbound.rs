@@ -328,7 +328,7 @@ async fn notary_batch_queries_fetch_a_bounded_number_of_servers() {
     assert_eq!(body["server_keys"], json!([]), "{body}");
     let fetched = hits.load(Ordering::SeqCst);
     assert!(
-        (1..=lattice::federation::keys::MAX_NOTARY_FETCHES).contains(&fetched),
+        (1..=lattice::service::server_keys::MAX_NOTARY_FETCHES).contains(&fetched),
         "{fetched} servers fetched for one request"
     );
 }
@@ -365,7 +365,7 @@ async fn remote_key_failures_are_uniform_and_bounded() {
     assert!(failures.values().all(|f| f == first), "{body}");
 
     // Many servers in one request: a bounded number is asked, the rest listed.
-    let max = lattice::service::e2e::MAX_REMOTE_SERVERS;
+    let max = lattice::service::e2e_keys::MAX_REMOTE_SERVERS;
     let users: serde_json::Map<String, Value> = (1..=max + 10)
         .map(|port| (format!("@u:127.0.0.2:{port}"), json!([])))
         .collect();

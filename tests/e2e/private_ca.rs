@@ -214,7 +214,7 @@ async fn an_unreadable_ca_file_stops_the_start() {
     config.database.url = Some(crate::harness::fresh_database_url().await);
     let db = lattice::storage::Database::open(&config).await.unwrap();
     db.migrate().await.unwrap();
-    let err = match lattice::app::AppState::load(config, db.pool.clone()).await {
+    let err = match lattice::service::AppState::load(config, db.pool.clone()).await {
         Ok(_) => panic!("started with an unreadable CA file"),
         Err(e) => format!("{e:#}"),
     };

@@ -18,8 +18,8 @@ use crate::{
         rate_limited,
         ruma::{RouterExt, Ruma, RumaResponse},
     },
-    app::AppState,
     error::{Error, Result},
+    service::AppState,
     service::{account, admin, identity},
 };
 

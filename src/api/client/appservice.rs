@@ -15,9 +15,9 @@ use crate::{
         auth::AuthUser,
         ruma::{RouterExt, Ruma, RumaResponse},
     },
-    app::AppState,
     domain::appservice::Registration,
     error::{Error, Result},
+    service::AppState,
     service::{appservice, session::Session},
 };
 

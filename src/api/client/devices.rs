@@ -15,8 +15,8 @@ use crate::{
         auth::{AuthUser, ClientIp, GuestOk},
         ruma::{RouterExt, Ruma, RumaResponse},
     },
-    app::AppState,
     error::Result,
+    service::AppState,
     service::devices,
 };
 

@@ -32,8 +32,8 @@ use crate::{
         auth::AuthUser,
         ruma::{RouterExt, Ruma, RumaResponse},
     },
-    app::AppState,
     error::{Error, ErrorKind, Result},
+    service::AppState,
     service::directory,
 };
 

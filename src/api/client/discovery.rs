@@ -15,9 +15,9 @@ use crate::{
         auth::AuthUser,
         ruma::{RouterExt, Ruma, RumaResponse},
     },
-    app::AppState,
     domain::room_version,
     error::{Error, Result},
+    service::AppState,
 };
 
 /// The spec versions whose endpoints Lattice serves. Raised as features land.

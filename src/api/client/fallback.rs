@@ -37,8 +37,8 @@ use sha2::{Digest, Sha256};
 
 use crate::{
     api::{auth::ClientIp, rate_limited, ruma::read_body},
-    app::AppState,
     error::{Error, Result},
+    service::AppState,
     service::uia::{self, Fallback},
 };
 

@@ -21,8 +21,8 @@ use crate::{
         auth::{AuthUser, GuestOk},
         json::Query,
     },
-    app::AppState,
     error::{Error, ErrorKind, Result},
+    service::AppState,
     service::{
         event_stream::{self, Params},
         initial_sync, read,

@@ -5,8 +5,8 @@ mod appservice;
 mod devices;
 mod directory;
 mod discovery;
+mod e2ee;
 mod fallback;
-mod keys;
 mod legacy_sync;
 mod mutual_rooms;
 mod openid;
@@ -27,7 +27,7 @@ mod voip;
 
 use axum::Router;
 
-use crate::app::AppState;
+use crate::service::AppState;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -45,7 +45,7 @@ pub fn router() -> Router<AppState> {
         .merge(legacy_sync::router())
         .merge(profile::router())
         .merge(push::router())
-        .merge(keys::router())
+        .merge(e2ee::router())
         .merge(user_data::router())
         .merge(presence::router())
         .merge(search::router())

@@ -10,8 +10,8 @@ use crate::{
         auth::AuthUser,
         ruma::{RouterExt, Ruma, RumaResponse},
     },
-    app::AppState,
     error::Result,
+    service::AppState,
     service::mutual_rooms,
 };
 

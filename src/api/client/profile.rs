@@ -26,8 +26,8 @@ use crate::{
         rate_limited,
         ruma::{RouterExt, Ruma, RumaResponse},
     },
-    app::AppState,
     error::{Error, ErrorKind, Result},
+    service::AppState,
     service::profile::{self, Field},
 };
 

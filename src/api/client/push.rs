@@ -33,9 +33,9 @@ use crate::{
         rate_limited,
         ruma::{RouterExt, Ruma, RumaResponse},
     },
-    app::AppState,
     domain::push_rules::Kind,
     error::{Error, Result},
+    service::AppState,
     service::{push, pusher},
 };
 

@@ -18,8 +18,8 @@ use crate::{
         rate_limited,
         ruma::{RouterExt, Ruma, RumaResponse, RumaWithObject},
     },
-    app::AppState,
     error::{Error, ErrorKind, Result},
+    service::AppState,
     service::account::{self, Registration},
 };
 

@@ -9,8 +9,8 @@ use crate::{
         auth::AuthUser,
         ruma::{RouterExt, Ruma, RumaResponse},
     },
-    app::AppState,
     error::Result,
+    service::AppState,
     service::{search, user_directory},
 };
 

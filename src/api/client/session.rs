@@ -16,9 +16,9 @@ use crate::{
         rate_limited,
         ruma::{RouterExt, Ruma, RumaResponse, RumaWithObject},
     },
-    app::AppState,
     domain::localpart,
     error::{Error, ErrorKind, Result},
+    service::AppState,
     service::session,
 };
 

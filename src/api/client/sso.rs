@@ -31,8 +31,8 @@ use crate::{
         rate_limited,
         ruma::{RouterExt, Ruma, RumaResponse},
     },
-    app::AppState,
     error::{Error, ErrorKind, Result},
+    service::AppState,
     service::sso::{self, Completed, Purpose},
 };
 

@@ -16,9 +16,9 @@ use crate::{
         auth::{AuthUser, GuestOk},
         ruma::{RouterExt, Ruma, RumaResponse},
     },
-    app::AppState,
     domain::filter::{Filter as DomainFilter, InvalidFilter},
     error::{Error, ErrorKind, Result},
+    service::AppState,
     service::{
         presence, sliding_sync,
         sync::{self, Params},

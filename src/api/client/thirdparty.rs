@@ -23,8 +23,8 @@ use crate::{
         auth::AuthUser,
         ruma::{RouterExt, Ruma},
     },
-    app::AppState,
     error::{Error, Result},
+    service::AppState,
     service::appservice,
 };
 

@@ -51,9 +51,9 @@ use crate::{
         json, rate_limited,
         ruma::{RouterExt, Ruma, RumaResponse, read_body},
     },
-    app::AppState,
     domain::threepid::Purpose,
     error::{Error, ErrorKind, Result},
+    service::AppState,
     service::{
         account, identity, notif_mail,
         threepid::{self, TokenRequest},

@@ -28,9 +28,9 @@ use crate::{
         auth::{AuthUser, GuestOk},
         ruma::{RouterExt, Ruma, RumaOrObject, RumaResponse},
     },
-    app::AppState,
     domain::filter::EventFilter,
     error::{Error, ErrorKind, Result},
+    service::AppState,
     service::{reports, space, timeline, upgrade as upgrades},
 };
 

@@ -30,8 +30,8 @@ use crate::{
         auth::AuthUser,
         ruma::{RouterExt, Ruma, RumaResponse},
     },
-    app::AppState,
     error::{Error, Result},
+    service::AppState,
     service::{account_data, receipts},
 };
 

@@ -20,8 +20,8 @@ use serde_json::{Value, json};
 
 use super::FedRequest;
 use crate::{
-    app::AppState,
     error::{Error, ErrorKind, Result},
+    service::AppState,
     service::federation::{acl, ingest, invite, join, reads, visibility::ServerView},
 };
 

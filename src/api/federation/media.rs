@@ -19,7 +19,7 @@ use tokio_util::io::ReaderStream;
 use crate::api::json::Query;
 
 use super::FedRequest;
-use crate::{app::AppState, error::Result, service::media};
+use crate::{error::Result, service::AppState, service::media};
 
 pub fn router() -> Router<AppState> {
     Router::new()

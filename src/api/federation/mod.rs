@@ -3,10 +3,10 @@
 //! request has been verified against the origin's keys.
 
 mod events;
-mod keys;
 mod media;
 mod openid;
 mod query;
+mod server_keys;
 mod third_party;
 mod user;
 
@@ -15,7 +15,10 @@ use axum::{
     extract::{FromRef, FromRequest, Request},
 };
 
-use crate::{app::AppState, error::Error, federation::auth};
+use crate::{
+    error::Error,
+    service::{AppState, federation::auth},
+};
 
 /// An authenticated federation request: its origin and its body (already
 /// checked to be JSON when not empty).
@@ -66,7 +69,7 @@ where
 
 pub fn router() -> Router<AppState> {
     Router::new()
-        .merge(keys::router())
+        .merge(server_keys::router())
         .merge(query::router())
         .merge(events::router())
         .merge(user::router())

@@ -12,8 +12,8 @@ use serde_json::{Value, json};
 
 use crate::{
     api::{auth::ClientIp, rate_limited},
-    app::AppState,
     error::{Error, ErrorKind, Result},
+    service::AppState,
     service::openid,
 };
 

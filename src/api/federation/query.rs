@@ -10,8 +10,8 @@ use serde_json::{Value, json};
 use super::FedRequest;
 use crate::{
     api::json::Query,
-    app::AppState,
     error::{Error, Result},
+    service::AppState,
     service::{directory, profile},
 };
 

@@ -21,8 +21,8 @@ use serde_json::{Value, json};
 use super::FedRequest;
 use crate::{
     api::{auth::ClientIp, json, rate_limited},
-    app::AppState,
     error::Result,
+    service::AppState,
     service::third_party_invite,
 };
 

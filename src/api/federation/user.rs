@@ -11,9 +11,9 @@ use serde_json::{Value, json};
 
 use super::FedRequest;
 use crate::{
-    app::AppState,
     error::{Error, Result},
-    service::{e2e, federation::e2ee},
+    service::AppState,
+    service::{e2e_keys, federation::e2ee},
 };
 
 pub fn router() -> Router<AppState> {
@@ -39,7 +39,7 @@ async fn keys_query(State(app): State<AppState>, fed: FedRequest) -> Result<Json
     let wanted = body["device_keys"]
         .as_object()
         .ok_or_else(|| Error::bad_json("device_keys must be an object"))?;
-    let mut found = e2e::KeysFound::default();
+    let mut found = e2e_keys::KeysFound::default();
     for (user, devices) in wanted {
         let Some(user) = ours(&app, user) else {
             continue;
@@ -50,7 +50,7 @@ async fn keys_query(State(app): State<AppState>, fed: FedRequest) -> Result<Json
             .flatten()
             .filter_map(|d| d.as_str().map(str::to_owned))
             .collect();
-        e2e::local_keys(&app, &user, &devices, None, &mut found).await?;
+        e2e_keys::local_keys(&app, &user, &devices, None, &mut found).await?;
     }
     Ok(Json(json!({
         "device_keys": found.device_keys,
@@ -75,7 +75,7 @@ async fn keys_claim(State(app): State<AppState>, fed: FedRequest) -> Result<Json
             }
         }
     }
-    let claimed = e2e::claim_local(&app, claims).await?;
+    let claimed = e2e_keys::claim_local(&app, claims).await?;
     Ok(Json(json!({ "one_time_keys": claimed })))
 }
 

@@ -3,7 +3,7 @@
 use serde::Serialize;
 
 use super::{local_user, next_offset};
-use crate::{app::AppState, error::Result};
+use crate::{error::Result, service::AppState};
 
 /// An upload, in Synapse's shape.
 #[derive(Debug, Serialize)]

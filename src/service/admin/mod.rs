@@ -37,8 +37,8 @@ pub use users::{
 };
 
 use crate::{
-    app::AppState,
     error::{Error, Result},
+    service::AppState,
 };
 
 /// A local user's ID from a path parameter; `M_INVALID_PARAM` for a bad ID or

@@ -5,8 +5,8 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::{
-    app::AppState,
     error::{Error, Result},
+    service::AppState,
     service::session::Session,
     storage::{now_ms, registration_tokens as tokens},
 };

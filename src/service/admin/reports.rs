@@ -6,8 +6,8 @@ use serde_json::Value;
 
 use super::{next_offset, rooms::RoomSummary};
 use crate::{
-    app::AppState,
     error::{Error, Result},
+    service::AppState,
     service::{directory, session::Session},
     storage::rooms,
 };

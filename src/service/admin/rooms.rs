@@ -7,8 +7,8 @@ use serde_json::Value;
 
 use super::next_offset;
 use crate::{
-    app::AppState,
     error::{Error, Result},
+    service::AppState,
     service::{directory, session::Session},
     storage::{now_ms, rooms, state},
 };

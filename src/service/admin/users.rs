@@ -10,9 +10,9 @@ use serde_json::Value;
 
 use super::{local_user, next_offset};
 use crate::{
-    app::AppState,
     domain::localpart,
     error::{Error, ErrorKind, Result},
+    service::AppState,
     service::{account, profile, session::Session},
     storage::{devices, now_ms, users},
 };

@@ -21,9 +21,9 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    app::AppState,
     domain::appservice::Registration,
     error::Result,
+    service::AppState,
     storage::{self, Postgres, Transaction, presence::Presence},
 };
 

@@ -21,7 +21,6 @@ use serde_json::{Map, Value};
 
 use super::session::{self, Issued, Session};
 use crate::{
-    app::AppState,
     config::Config,
     domain::{
         appservice::{self, Registration, Registry},
@@ -29,6 +28,7 @@ use crate::{
     },
     error::{Error, ErrorKind, Result},
     outbound::{self, OutboundClient, OutboundPolicy},
+    service::AppState,
     storage::{self, Postgres, Transaction, now_ms, profiles, users},
 };
 

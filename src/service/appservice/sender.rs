@@ -17,7 +17,9 @@ use std::{sync::Arc, time::Duration};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-use crate::{app::AppState, domain::appservice::Registration, outbound::OutboundClient, storage};
+use crate::{
+    domain::appservice::Registration, outbound::OutboundClient, service::AppState, storage,
+};
 
 const FIRST_RETRY: Duration = Duration::from_secs(1);
 const MAX_RETRY: Duration = Duration::from_secs(5 * 60);

@@ -5,8 +5,8 @@
 use serde_json::Value;
 
 use crate::{
-    app::AppState,
     error::{Error, Result},
+    service::AppState,
     storage::{events, rooms, state},
 };
 

@@ -21,9 +21,9 @@ use serde_json::Value;
 
 use super::ingest::{self, Checked, enc};
 use crate::{
-    app::AppState,
     domain::{auth, pdu::Pdu},
     error::Result,
+    service::AppState,
     storage::{events, now_ms, rooms},
 };
 

@@ -14,8 +14,8 @@ use ruma::{OwnedUserId, ServerName, UserId};
 use serde_json::{Map, Value, json};
 
 use crate::{
-    app::AppState,
     error::Result,
+    service::AppState,
     service::stream,
     storage::{
         Postgres, Transaction, devices, e2e_keys, federation as fed_store, now_ms, remote_devices,
@@ -47,8 +47,8 @@ pub async fn user_keys(
 
 /// `GET /user/devices/{userId}` for one of our users.
 pub async fn user_devices(app: &AppState, user: &UserId) -> Result<Value> {
-    let mut found = crate::service::e2e::KeysFound::default();
-    crate::service::e2e::local_keys(app, user.as_str(), &[], None, &mut found).await?;
+    let mut found = crate::service::e2e_keys::KeysFound::default();
+    crate::service::e2e_keys::local_keys(app, user.as_str(), &[], None, &mut found).await?;
     let keys = found.device_keys.remove(user.as_str()).unwrap_or_default();
     let mut out = Vec::new();
     for d in devices::list(&app.db, user.as_str()).await? {

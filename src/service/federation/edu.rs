@@ -9,8 +9,8 @@ use ruma::{ServerName, UserId};
 use serde_json::Value;
 
 use crate::{
-    app::AppState,
     error::Result,
+    service::AppState,
     service::stream,
     storage::{now_ms, rooms, user_streams},
 };

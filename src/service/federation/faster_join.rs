@@ -21,9 +21,9 @@ use ruma::{EventId, RoomId, ServerName, UserId};
 
 use super::{join, visibility::ServerView};
 use crate::{
-    app::AppState,
     domain::pdu::Pdu,
     error::Result,
+    service::AppState,
     storage::{events, rooms, state::Entry},
 };
 

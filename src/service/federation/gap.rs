@@ -26,8 +26,8 @@ use serde_json::Value;
 
 use super::ingest::{enc, event_id_of, load_room_pdus, store_auth_events};
 use crate::{
-    app::AppState,
     domain::pdu::Pdu,
+    service::AppState,
     service::event,
     storage::{events, federation as fed_store},
 };

@@ -21,15 +21,15 @@ use ruma::{
 use serde_json::{Value, json};
 
 use crate::{
-    app::AppState,
     domain::{
         auth,
         pdu::{self, Built, MAX_PDU_BYTES, Pdu, canonical_len},
         state_res,
     },
     error::{Error, Result},
-    federation::keys,
+    service::AppState,
     service::event::{self, Placement, RoomCtx},
+    service::server_keys,
     storage::{events, federation as fed_store, now_ms, rooms, state},
 };
 
@@ -139,7 +139,7 @@ pub async fn check_pdu(
             _ => return Err(PduError::Signature("no signatures".into())),
         };
         // Keys valid when the event was sent (v5+ rooms enforce validity).
-        let set = keys::public_keys(app, server, &key_ids, ts.min(now_ms()))
+        let set = server_keys::public_keys(app, server, &key_ids, ts.min(now_ms()))
             .await
             .map_err(|e| PduError::Signature(format!("keys of {server}: {e}")))?;
         map.insert(server.to_string(), set);

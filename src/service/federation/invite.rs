@@ -11,12 +11,12 @@ use serde_json::{Value, json};
 
 use super::ingest::{self, enc};
 use crate::{
-    app::AppState,
     domain::{
         pdu::{self, Built},
         room_version,
     },
     error::{Error, ErrorKind, Result},
+    service::AppState,
     service::event::{self, RoomCtx},
     storage::{Postgres, Transaction, events, federation as fed_store, rooms},
 };

@@ -14,7 +14,6 @@ use serde_json::{Value, json};
 
 use super::ingest::{self, Checked, Outcome, enc};
 use crate::{
-    app::AppState,
     domain::{
         auth,
         pdu::{self, Built, Pdu},
@@ -22,6 +21,7 @@ use crate::{
     },
     error::{Error, ErrorKind, Result},
     federation::client::FedError,
+    service::AppState,
     service::event::{self, Placement, RoomCtx},
     storage::{events, federation as fed_store, now_ms, rooms},
 };

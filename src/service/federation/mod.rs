@@ -3,6 +3,7 @@
 //! us.
 
 pub mod acl;
+pub mod auth;
 pub mod backfill;
 pub mod e2ee;
 pub mod edu;
@@ -22,9 +23,9 @@ use ruma::{EventId, UserId, events::TimelineEventType};
 
 use super::event::RoomCtx;
 use crate::{
-    app::AppState,
     domain::pdu::Pdu,
     error::Result,
+    service::AppState,
     storage::{Postgres, Transaction, federation, now_ms, rooms},
 };
 

@@ -43,8 +43,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::ingest;
 use crate::{
-    app::AppState,
     domain::{auth, pdu::Pdu},
+    service::AppState,
     service::event::{self, RoomCtx},
     storage::{events, partial_state as store, rooms, state},
 };

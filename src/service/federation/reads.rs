@@ -13,9 +13,9 @@ use super::{
     visibility::{self, ServerView},
 };
 use crate::{
-    app::AppState,
     domain::pdu::Pdu,
     error::{Error, Result},
+    service::AppState,
     storage::{events, federation as fed_store, rooms},
 };
 

@@ -13,6 +13,9 @@
 //! Typing, receipts and presence keep only their latest state for any
 //! destination (the `collapse_key` of each queued EDU). To-device messages and
 //! device-list updates are kept whole.
+//!
+//! Backoff times are read from `AppState::clock`, so a test can walk the
+//! schedule (`tests/service/backoff.rs`).
 
 use std::{
     collections::HashSet,
@@ -24,10 +27,7 @@ use ruma::ServerName;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-use crate::{
-    app::AppState,
-    storage::{federation, now_ms},
-};
+use crate::{service::AppState, storage::federation};
 
 const MAX_PDUS: i64 = 50;
 const MAX_EDUS: i64 = 100;
@@ -67,7 +67,7 @@ pub async fn run(app: AppState, shutdown: CancellationToken) {
     let in_flight: Arc<Mutex<HashSet<String>>> = Arc::default();
     let mut tasks = tokio::task::JoinSet::new();
     loop {
-        let now = now_ms();
+        let now = app.clock.now_ms();
         match federation::ready_destinations(&app.db, now).await {
             Ok(ready) => {
                 for destination in ready {
@@ -107,9 +107,14 @@ pub async fn run(app: AppState, shutdown: CancellationToken) {
     while tasks.join_next().await.is_some() {}
 }
 
+/// Destinations with queued items that are not backing off now.
+pub async fn ready_destinations(app: &AppState) -> crate::error::Result<Vec<String>> {
+    Ok(federation::ready_destinations(&app.db, app.clock.now_ms()).await?)
+}
+
 /// Sends transactions to one destination until its queue is empty or a send
-/// fails.
-async fn deliver(app: &AppState, destination: &str) {
+/// fails (which backs it off). The worker runs one at a time per destination.
+pub async fn deliver(app: &AppState, destination: &str) {
     let Ok(server) = ServerName::parse(destination) else {
         tracing::warn!(%destination, "dropping the queue of an invalid server name");
         let _ = crate::storage::federation::clear_queue(&app.db, destination).await;
@@ -142,7 +147,7 @@ async fn deliver(app: &AppState, destination: &str) {
         let txn_id = format!("{}-{}-{}", ids[0], ids[ids.len() - 1], ids.len());
         let body = json!({
             "origin": app.server_name.as_str(),
-            "origin_server_ts": now_ms(),
+            "origin_server_ts": app.clock.now_ms(),
             "pdus": pdus.iter().filter_map(|p| serde_json::from_str::<Value>(&p.json).ok()).collect::<Vec<_>>(),
             "edus": edus.iter().filter_map(|e| serde_json::from_str::<Value>(&e.edu).ok()).collect::<Vec<_>>(),
         });
@@ -164,11 +169,11 @@ async fn deliver(app: &AppState, destination: &str) {
                     tracing::warn!(%destination, error = %e, "dequeuing delivered items failed");
                     return;
                 }
-                let _ = federation::record_success(&app.db, destination, now_ms()).await;
+                let _ = federation::record_success(&app.db, destination, app.clock.now_ms()).await;
                 tracing::debug!(%destination, pdus = pdus.len(), edus = edus.len(), "transaction delivered");
             }
             Err(e) => {
-                let now = now_ms();
+                let now = app.clock.now_ms();
                 let failure = match federation::record_failure(
                     &app.db,
                     destination,

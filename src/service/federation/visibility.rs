@@ -23,8 +23,8 @@ use ruma::{RoomId, ServerName};
 use serde_json::Value;
 
 use crate::{
-    app::AppState,
     error::{Error, Result},
+    service::AppState,
     storage::{events, events::StoredEvent, rooms, state, users},
 };
 

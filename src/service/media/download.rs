@@ -5,8 +5,8 @@ use std::{path::PathBuf, time::Duration};
 
 use super::{federation::find_remote, store::file_path};
 use crate::{
-    app::AppState,
     error::{Error, ErrorKind, Result},
+    service::AppState,
     storage::{media as rows, media::Media, now_ms},
 };
 

@@ -2,8 +2,8 @@
 
 use super::store::delete_unused_files;
 use crate::{
-    app::AppState,
     error::Result,
+    service::AppState,
     storage::{media as rows, now_ms},
 };
 

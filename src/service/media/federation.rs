@@ -6,9 +6,9 @@ use std::{collections::HashMap, path::PathBuf, sync::Arc, time::Duration};
 
 use super::store::{TempFile, delete_unused_files, file_path, new_media_id};
 use crate::{
-    app::AppState,
     domain::multipart,
     error::{Error, ErrorKind, Result},
+    service::AppState,
     storage::{media as rows, media::Media, now_ms},
 };
 

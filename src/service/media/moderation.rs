@@ -3,8 +3,8 @@
 
 use super::store::delete_unused_files;
 use crate::{
-    app::AppState,
     error::{Error, Result},
+    service::AppState,
     storage::media as rows,
 };
 

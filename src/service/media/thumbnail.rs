@@ -8,8 +8,8 @@ use super::{
     store::{file_path, store_bytes},
 };
 use crate::{
-    app::AppState,
     error::{Error, Result},
+    service::AppState,
     storage::media as rows,
 };
 

@@ -8,8 +8,8 @@ use futures_util::Stream;
 
 use super::store::{delete_unused_files, file_path, new_media_id, store_stream, upload_body};
 use crate::{
-    app::AppState,
     error::{Error, ErrorKind, Result},
+    service::AppState,
     service::session::Session,
     storage::{media as rows, media::Media, now_ms},
 };

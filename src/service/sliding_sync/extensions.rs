@@ -11,8 +11,8 @@ use serde_json::{Map, Value, json};
 
 use super::{RoomConfig, connections::ConnState, to_device_since};
 use crate::{
-    app::AppState,
     error::Result,
+    service::AppState,
     service::{client_event::raw, session::Session},
     storage::user_streams,
 };
@@ -71,7 +71,8 @@ pub(super) async fn extensions(
         let mut e2ee = response::E2EE::default();
         if prev.is_some() {
             let (changed, left) =
-                crate::service::e2e::device_list_delta(app, &session.user_id, since, now).await?;
+                crate::service::e2e_keys::device_list_delta(app, &session.user_id, since, now)
+                    .await?;
             e2ee.device_lists.changed = user_ids(changed);
             e2ee.device_lists.left = user_ids(left);
         }
@@ -81,7 +82,7 @@ pub(super) async fn extensions(
         news |= lists_changed;
         if prev.is_none() || lists_changed {
             let (counts, fallback) =
-                crate::service::e2e::sync_key_counts(app, user, device).await?;
+                crate::service::e2e_keys::sync_key_counts(app, user, device).await?;
             e2ee.device_one_time_keys_count = counts;
             // Always there: it tells the client that fallback keys are supported.
             e2ee.device_unused_fallback_key_types = Some(fallback);

@@ -7,8 +7,8 @@ use ruma::{UserId, api::client::sync::sync_events::v5::request};
 use serde_json::Value;
 
 use crate::{
-    app::AppState,
     error::Result,
+    service::AppState,
     storage::{events, rooms, state, user_streams},
 };
 

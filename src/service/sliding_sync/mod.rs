@@ -38,8 +38,8 @@ use ruma::{
 
 use super::session::Session;
 use crate::{
-    app::AppState,
     error::{Error, ErrorKind, Result},
+    service::AppState,
     storage::{sync as rows, user_streams},
 };
 
@@ -112,7 +112,7 @@ impl RoomConfig {
 /// empty `timeline` or `required_state`, `limited: false`, empty `lists`,
 /// `rooms` and `extensions`), which such clients read as empty. The e2ee
 /// extension's key counts are never empty (`signed_curve25519` is always
-/// counted: [`crate::service::e2e::sync_key_counts`]).
+/// counted: [`crate::service::e2e_keys::sync_key_counts`]).
 pub async fn sync(app: &AppState, session: &Session, req: &Request) -> Result<Response> {
     let key: ConnKey = (
         session.user_id.to_string(),

@@ -9,8 +9,8 @@ use serde_json::Value;
 
 use super::{RoomConfig, connections::SentRoom, lists::Candidate};
 use crate::{
-    app::AppState,
     error::Result,
+    service::AppState,
     service::{
         client_event::raw,
         read::Viewer,

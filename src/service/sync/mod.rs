@@ -46,9 +46,9 @@ use serde_json::{Value, json};
 
 use super::{client_event::raw, session::Session};
 use crate::{
-    app::AppState,
     domain::filter::{Candidate, EventFilter, Filter},
     error::Result,
+    service::AppState,
     storage::{sync as rows, user_streams},
 };
 
@@ -398,18 +398,18 @@ async fn build(
     // Who came to share or stopped sharing a room with the user: for
     // device_lists and for the presence of newly met users.
     let delta = if initial {
-        super::e2e::MemberDelta::default()
+        super::e2e_keys::MemberDelta::default()
     } else {
         let rooms: Vec<String> = memberships.iter().map(|m| m.room_id.clone()).collect();
-        super::e2e::member_delta(app, user, &rooms, since, now).await?
+        super::e2e_keys::member_delta(app, user, &rooms, since, now).await?
     };
     let (changed, left) = if initial {
         (Vec::new(), Vec::new())
     } else {
-        super::e2e::device_lists(app, user, &delta, since, now).await?
+        super::e2e_keys::device_lists(app, user, &delta, since, now).await?
     };
     let (otk_counts, fallback) =
-        super::e2e::sync_key_counts(app, user.as_str(), session.device_id.as_str()).await?;
+        super::e2e_keys::sync_key_counts(app, user.as_str(), session.device_id.as_str()).await?;
 
     let presence: Vec<Value> = if filter.presence.allows_type("m.presence") {
         super::presence::sync_events(app, user, since, now, &delta.joined)

@@ -4,8 +4,8 @@
 use ruma::RoomId;
 
 use crate::{
-    app::AppState,
     error::Result,
+    service::AppState,
     service::read::Viewer,
     storage::{events::StoredEvent, state, sync as rows},
 };

@@ -16,8 +16,8 @@ use super::{
     response::{self, Events, JoinedRoom, LeftRoom, RoomSummary, Timeline},
 };
 use crate::{
-    app::AppState,
     error::Result,
+    service::AppState,
     service::{
         client_event::{format_filtered_pair, raw},
         read::{Viewer, filter_allows, plain_client_event},

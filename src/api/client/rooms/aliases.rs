@@ -15,8 +15,8 @@ use crate::{
         auth::AuthUser,
         ruma::{RouterExt, Ruma, RumaResponse},
     },
-    app::AppState,
     error::Result,
+    service::AppState,
     service::directory,
 };
 

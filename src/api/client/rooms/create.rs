@@ -10,8 +10,8 @@ use crate::{
         auth::AuthUser,
         ruma::{RouterExt, Ruma, RumaResponse},
     },
-    app::AppState,
     error::{Error, Result},
+    service::AppState,
     service::{
         room::{self, CreateRoom, Preset},
         third_party_invite::{self, Invite3pid},

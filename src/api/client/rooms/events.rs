@@ -28,9 +28,9 @@ use crate::{
         json::JsonOrEmpty,
         ruma::{RouterExt, Ruma, RumaResponse},
     },
-    app::AppState,
     domain::{filter::EventFilter, pdu::NewEvent},
     error::{Error, Result},
+    service::AppState,
     service::{client_event::raw, event, read, session::Session},
 };
 

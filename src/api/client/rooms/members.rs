@@ -12,8 +12,8 @@ use crate::{
         auth::{AuthUser, GuestOk},
         ruma::{RouterExt, Ruma, RumaResponse},
     },
-    app::AppState,
     error::Result,
+    service::AppState,
     service::read,
 };
 

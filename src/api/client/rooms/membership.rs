@@ -19,8 +19,8 @@ use crate::{
         auth::{AuthUser, GuestOk},
         ruma::{RouterExt, Ruma, RumaResponse, RumaWithObject},
     },
-    app::AppState,
     error::{Error, ErrorKind, Result},
+    service::AppState,
     service::{
         directory,
         membership::{self, Change},

@@ -17,8 +17,8 @@ use ruma::OwnedRoomId;
 use serde_json::{Map, Value};
 
 use crate::{
-    app::AppState,
     error::{Error, Result},
+    service::AppState,
 };
 
 pub fn router() -> Router<AppState> {

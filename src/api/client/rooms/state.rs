@@ -14,9 +14,9 @@ use crate::{
         auth::GuestOk,
         ruma::{RouterExt, Ruma, RumaResponse},
     },
-    app::AppState,
     domain::pdu::NewEvent,
     error::{Error, ErrorKind, Result},
+    service::AppState,
     service::{directory, event, read},
 };
 

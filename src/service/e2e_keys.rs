@@ -20,8 +20,8 @@ use serde_json::{Map, Value, json};
 
 use super::{session::Session, stream, uia};
 use crate::{
-    app::AppState,
     error::{Error, ErrorKind, Result},
+    service::AppState,
     storage::{e2e_keys as keys, remote_devices, user_streams},
 };
 

@@ -6,11 +6,10 @@ use ruma::{
     signatures::{PublicKeyMap, verify_json},
 };
 
-use super::keys;
 use crate::{
-    app::AppState,
     domain::xmatrix::{self, XMatrix},
     error::{Error, ErrorKind, Result},
+    service::{AppState, server_keys},
     storage::now_ms,
 };
 
@@ -60,7 +59,8 @@ pub async fn check_header(app: &AppState, headers: &http::HeaderMap) -> Result<C
     }
     let key_id = header.key.to_string();
     let keys =
-        keys::public_keys(app, &header.origin, std::slice::from_ref(&key_id), now_ms()).await?;
+        server_keys::public_keys(app, &header.origin, std::slice::from_ref(&key_id), now_ms())
+            .await?;
     let Some(key) = keys.get(&key_id).cloned() else {
         return Err(unauthorized(format!(
             "Unknown or expired key {key_id} of {}",

@@ -35,10 +35,10 @@ use crate::{
         auth::{AuthUser, ClientIp, GuestOk},
         ruma::{RouterExt, Ruma, RumaResponse},
     },
-    app::AppState,
     error::{Error, Result},
+    service::AppState,
     service::{
-        backup, e2e,
+        backup, e2e_keys,
         sync::SyncToken,
         to_device::{self, Message},
     },
@@ -140,7 +140,7 @@ async fn upload(
         .iter()
         .map(|(id, raw)| (id.to_string(), raw.json().get().to_owned()))
         .collect();
-    let counts = e2e::upload(&app, &session, device_keys, otks, fallback).await?;
+    let counts = e2e_keys::upload(&app, &session, device_keys, otks, fallback).await?;
     Ok(RumaResponse(upload_keys::v3::Response::new(counts)))
 }
 
@@ -159,7 +159,7 @@ async fn query(
             )
         })
         .collect();
-    let response = e2e::query(&app, &session, wanted).await?;
+    let response = e2e_keys::query(&app, &session, wanted).await?;
     let empty = named(&[
         ("device_keys", response.device_keys.is_empty()),
         ("failures", response.failures.is_empty()),
@@ -181,7 +181,7 @@ async fn claim(
             wanted.push((user.to_string(), device.to_string(), algorithm.to_string()));
         }
     }
-    let response = e2e::claim(&app, wanted).await?;
+    let response = e2e_keys::claim(&app, wanted).await?;
     let empty = named(&[("failures", response.failures.is_empty())]);
     Ok(WithEmpty(response, empty))
 }
@@ -195,7 +195,7 @@ async fn changes(
     let to = SyncToken::parse(&req.to)?
         .stream
         .min(app.notifier.current());
-    let (changed, left) = e2e::changes(&app, &session.user_id, from, to).await?;
+    let (changed, left) = e2e_keys::changes(&app, &session.user_id, from, to).await?;
     let users = |ids: Vec<String>| -> Vec<OwnedUserId> {
         ids.into_iter()
             .filter_map(|id| OwnedUserId::try_from(id).ok())
@@ -223,7 +223,8 @@ async fn signing_keys(
             uploaded.push((kind, value(raw)?));
         }
     }
-    e2e::upload_signing_keys(&app, &session, req.auth.as_ref(), ip.as_deref(), uploaded).await?;
+    e2e_keys::upload_signing_keys(&app, &session, req.auth.as_ref(), ip.as_deref(), uploaded)
+        .await?;
     Ok(RumaResponse(upload_signing_keys::v3::Response::new()))
 }
 
@@ -240,7 +241,7 @@ async fn signatures(
             signed.push((user.to_string(), key.to_string(), object));
         }
     }
-    let response = e2e::upload_signatures(&app, &session, signed).await?;
+    let response = e2e_keys::upload_signatures(&app, &session, signed).await?;
     let empty = named(&[("failures", response.failures.is_empty())]);
     Ok(WithEmpty(response, empty))
 }

@@ -16,10 +16,10 @@ use ruma::{
 use serde_json::{Value, json};
 
 use crate::{
-    app::AppState,
     error::{Error, ErrorKind, Result},
     federation::client::FedError,
-    storage::{keys as own_keys, now_ms, server_keys},
+    service::AppState,
+    storage::{now_ms, server_keys, signing_keys},
 };
 
 /// How long our published keys are valid for; peers re-fetch after this.
@@ -170,7 +170,7 @@ fn reached(error: &anyhow::Error) -> bool {
 pub async fn own_response(app: &AppState) -> Result<Value> {
     let key = &app.signing_key;
     let mut old = serde_json::Map::new();
-    for stored in own_keys::expired(&app.db).await? {
+    for stored in signing_keys::expired(&app.db).await? {
         let version = stored.key_id.trim_start_matches("ed25519:").to_owned();
         let Ok(pair) = Ed25519KeyPair::from_der(&stored.pkcs8, version) else {
             continue;

@@ -18,17 +18,17 @@ use serde_json::{Value, json};
 use crate::{
     api::json::Json as JsonBody,
     api::json::Query,
-    app::AppState,
     error::{Error, Result},
-    federation::keys,
+    service::AppState,
+    service::server_keys,
 };
 
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/_matrix/federation/v1/version", get(version))
-        .route("/_matrix/key/v2/server", get(server_keys))
+        .route("/_matrix/key/v2/server", get(own_keys))
         // Older servers still ask with a key ID in the path.
-        .route("/_matrix/key/v2/server/{key_id}", get(server_keys))
+        .route("/_matrix/key/v2/server/{key_id}", get(own_keys))
         .route("/_matrix/key/v2/query/{server_name}", get(query_one))
         .route(
             "/_matrix/key/v2/query/{server_name}/{key_id}",
@@ -41,8 +41,8 @@ async fn version() -> Json<Value> {
     Json(json!({"server": {"name": "Lattice", "version": env!("CARGO_PKG_VERSION")}}))
 }
 
-async fn server_keys(State(app): State<AppState>) -> Result<Json<Value>> {
-    Ok(Json(keys::own_response(&app).await?))
+async fn own_keys(State(app): State<AppState>) -> Result<Json<Value>> {
+    Ok(Json(server_keys::own_response(&app).await?))
 }
 
 #[derive(Deserialize)]
@@ -78,12 +78,12 @@ async fn query_get(
 ) -> Result<Json<Value>> {
     let server =
         ServerName::parse(server_name).map_err(|_| Error::invalid_param("Invalid server name"))?;
-    let wanted = [keys::NotaryQuery {
+    let wanted = [server_keys::NotaryQuery {
         server,
         key_ids,
         minimum,
     }];
-    let found = keys::notary_responses(app, &wanted).await?;
+    let found = server_keys::notary_responses(app, &wanted).await?;
     Ok(Json(json!({"server_keys": found})))
 }
 
@@ -124,7 +124,7 @@ async fn query_batch(
         .into_iter()
         .filter_map(|(server_name, criteria)| {
             let server = ServerName::parse(&server_name).ok()?;
-            Some(keys::NotaryQuery {
+            Some(server_keys::NotaryQuery {
                 server,
                 key_ids: criteria
                     .into_iter()
@@ -134,6 +134,6 @@ async fn query_batch(
             })
         })
         .collect();
-    let out = keys::notary_responses(&app, &wanted).await?;
+    let out = server_keys::notary_responses(&app, &wanted).await?;
     Ok(Json(json!({"server_keys": out})))
 }

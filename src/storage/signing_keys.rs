@@ -1,4 +1,5 @@
-//! `server_signing_keys`.
+//! `server_signing_keys`: our own signing keys, current and expired (remote
+//! servers' keys are `server_keys`).
 
 use sqlx::PgExecutor;
 
