@@ -12,7 +12,7 @@ use crate::{
     server,
     service::AppState,
     service::account,
-    storage::{Database, now_ms, registration_tokens},
+    storage::{Database, registration_tokens},
 };
 
 /// The example configuration, printed by `lattice generate-config`.
@@ -212,8 +212,10 @@ async fn admin(state: &AppState, command: Admin) -> anyhow::Result<()> {
             {
                 anyhow::bail!("a token is 1-64 characters of [A-Za-z0-9._~-]");
             }
-            let expiry = expires_in_hours.map(|h| now_ms() + (h * 3_600_000) as i64);
-            if !registration_tokens::insert(&state.db, &token, uses, expiry, now_ms()).await? {
+            let expiry = expires_in_hours.map(|h| state.clock.now_ms() + (h * 3_600_000) as i64);
+            if !registration_tokens::insert(&state.db, &token, uses, expiry, state.clock.now_ms())
+                .await?
+            {
                 anyhow::bail!("token {token} already exists");
             }
             println!("{token}");

@@ -12,8 +12,8 @@ use crate::{
     error::{Error, ErrorKind, Result},
     service::AppState,
     storage::{
-        devices, e2e_keys, now_ms, profiles, pushers, rooms, threepids, uia as uia_store,
-        user_streams, users,
+        devices, e2e_keys, profiles, pushers, rooms, threepids, uia as uia_store, user_streams,
+        users,
     },
 };
 
@@ -92,7 +92,7 @@ pub async fn register(state: &AppState, reg: Registration) -> Result<Registered>
     let memory = match &session_id {
         Some(id) => {
             let lifetime_ms = state.config.auth.uia_session_lifetime_secs as i64 * 1000;
-            uia_store::registration_memory(&state.db, id, now_ms() - lifetime_ms)
+            uia_store::registration_memory(&state.db, id, state.clock.now_ms() - lifetime_ms)
                 .await?
                 .unwrap_or_default()
         }
@@ -190,7 +190,7 @@ pub async fn register(state: &AppState, reg: Registration) -> Result<Registered>
     // Spend the session (and its token use) first: of concurrent requests that
     // present one completed session, only the first gets past here.
     uia::consume(&mut tx, &completed).await?;
-    let now = now_ms();
+    let now = state.clock.now_ms();
     let user_id = match requested {
         Some(user_id) if upgrading_guest.is_some() => {
             if !users::upgrade_guest(&mut *tx, user_id.as_str(), &hash).await? {
@@ -312,7 +312,7 @@ async fn registered_again(
 /// Guests get a numeric user ID, no password, and a device.
 async fn register_guest(state: &AppState, reg: Registration) -> Result<Registered> {
     let mut tx = state.db.begin().await?;
-    let now = now_ms();
+    let now = state.clock.now_ms();
     let user_id = insert_numeric_user(&mut tx, state, None, true, now).await?;
     set_default_profile(&mut tx, &user_id).await?;
     let tokens = session::issue(
@@ -616,7 +616,7 @@ pub async fn create_by_admin(
         Some(&hash),
         admin,
         false,
-        now_ms(),
+        state.clock.now_ms(),
     )
     .await?
     {
@@ -651,8 +651,5 @@ async fn set_default_profile(
 /// Whether a registration token may be used now
 /// (`GET /register/m.login.registration_token/validity`).
 pub async fn registration_token_valid(app: &AppState, token: &str) -> Result<bool> {
-    Ok(
-        crate::storage::registration_tokens::is_valid(&app.db, token, crate::clock::now_ms())
-            .await?,
-    )
+    Ok(crate::storage::registration_tokens::is_valid(&app.db, token, app.clock.now_ms()).await?)
 }

@@ -187,7 +187,7 @@ pub async fn create_alias(
         alias,
         room_id.as_str(),
         user.user_id.as_str(),
-        now_ms(),
+        app.clock.now_ms(),
     )
     .await?
     {

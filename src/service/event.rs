@@ -28,7 +28,7 @@ use crate::{
     error::{Error, ErrorKind, Result},
     notify::InFlight,
     service::AppState,
-    storage::{Postgres, Transaction, events, now_ms, redactions, relations, rooms, search, state},
+    storage::{Postgres, Transaction, events, redactions, relations, rooms, search, state},
 };
 
 /// Deltas a state group may stack on its snapshot before a new snapshot is written:
@@ -483,7 +483,7 @@ pub async fn write_event(
             json: &text,
             state_group: group,
             rejected: false,
-            received_ts: now_ms(),
+            received_ts: app.clock.now_ms(),
         },
     )
     .await?;
@@ -910,7 +910,7 @@ pub async fn send(
             device,
             txn_id,
             appended.event_id.as_str(),
-            now_ms(),
+            app.clock.now_ms(),
         )
         .await?;
     }
@@ -1001,7 +1001,7 @@ pub async fn redact(
             device,
             txn_id,
             appended.event_id.as_str(),
-            now_ms(),
+            app.clock.now_ms(),
         )
         .await?;
     }

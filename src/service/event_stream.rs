@@ -39,9 +39,7 @@ use super::{
 use crate::{
     error::{Error, ErrorKind, Result},
     service::AppState,
-    storage::{
-        events::StoredEvent, now_ms, presence as presence_rows, rooms, sync as rows, user_streams,
-    },
+    storage::{events::StoredEvent, presence as presence_rows, rooms, sync as rows, user_streams},
 };
 
 /// The longest a call waits.
@@ -175,7 +173,7 @@ async fn window(
 
     let mut chunk = room_events(app, session, &stored).await?;
 
-    let at = now_ms();
+    let at = app.clock.now_ms();
     let presence_rows = if matches!(scope, Scope::Room(_)) {
         let members: Vec<String> = rooms::members(&app.db, &rooms[0], "join")
             .await?

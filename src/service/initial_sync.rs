@@ -24,9 +24,7 @@ use super::{
 use crate::{
     error::{Error, Result},
     service::AppState,
-    storage::{
-        events, now_ms, presence as presence_rows, rooms, state, sync as rows, user_streams,
-    },
+    storage::{events, presence as presence_rows, rooms, state, sync as rows, user_streams},
 };
 
 /// Messages per room at most.
@@ -114,7 +112,7 @@ pub async fn all_rooms(
         out.push(room);
     }
 
-    let at = now_ms();
+    let at = app.clock.now_ms();
     let mut presence: Vec<Value> = presence_rows::visible_changes(&app.db, user.as_str(), 0, now)
         .await?
         .iter()
@@ -309,7 +307,7 @@ async fn member_presence(app: &AppState, room_id: &RoomId) -> Result<Vec<Value>>
         .into_iter()
         .map(|(user, _)| user)
         .collect();
-    let at = now_ms();
+    let at = app.clock.now_ms();
     let set = presence_rows::changes_of(&app.db, &members, 0, app.notifier.current()).await?;
     Ok(members
         .iter()

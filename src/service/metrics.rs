@@ -50,7 +50,7 @@ pub async fn render(app: &AppState) -> Result<String> {
         "lattice_federation_backoff_seconds",
         "Seconds until a backed-off destination is retried.",
     );
-    let now = storage::now_ms();
+    let now = app.clock.now_ms();
     for (destination, at) in storage::federation::backoffs(&app.db, now).await? {
         let _ = writeln!(
             out,

@@ -35,7 +35,7 @@ use crate::{
     error::{Error, ErrorKind, Result},
     service::AppState,
     storage::{
-        events, now_ms,
+        events,
         pushers::{self as rows, EmailPusher},
         rooms, state, threepids, user_streams,
     },
@@ -209,7 +209,7 @@ async fn process(
         .await?;
     }
     let email = &app.config.email;
-    let now = now_ms();
+    let now = app.clock.now_ms();
     let due = (candidates[first_unread].received_ts + email.notif_delay_secs as i64 * 1000)
         .max(p.last_mail_ts + email.notif_throttle_secs as i64 * 1000);
     if now < due {
@@ -257,7 +257,7 @@ async fn process(
         .send_notification(&pusher.pushkey, mail, &unsubscribe_link)
         .await?;
     rows::advance(&app.db, pusher, last.stream_ordering).await?;
-    rows::mail_sent(&app.db, pusher, now_ms()).await?;
+    rows::mail_sent(&app.db, pusher, app.clock.now_ms()).await?;
     tracing::info!(user_id = %pusher.user_id, notifications = unread.len(), "notification mail sent");
     Ok(None)
 }

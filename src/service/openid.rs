@@ -13,7 +13,7 @@ use crate::{
     error::{Error, ErrorKind, Result},
     service::AppState,
     service::session::Session,
-    storage::{now_ms, openid},
+    storage::openid,
 };
 
 /// How long a token is valid (Synapse: one hour).
@@ -31,7 +31,7 @@ pub async fn request_token(
         ));
     }
     let token = format!("lato_{}", token::random_string(43));
-    let expires_ts = now_ms() + TOKEN_LIFETIME.as_millis() as i64;
+    let expires_ts = app.clock.now_ms() + TOKEN_LIFETIME.as_millis() as i64;
     openid::insert(
         &app.db,
         &token::hash(&token),
@@ -45,7 +45,7 @@ pub async fn request_token(
 /// The user a token was issued to; `401 M_UNKNOWN_TOKEN` when it is unknown,
 /// expired, or its user has been deactivated.
 pub async fn userinfo(app: &AppState, token: &str) -> Result<OwnedUserId> {
-    let owner = openid::lookup(&app.db, &token::hash(token), now_ms()).await?;
+    let owner = openid::lookup(&app.db, &token::hash(token), app.clock.now_ms()).await?;
     let Some(owner) = owner else {
         return Err(Error::new(
             ErrorKind::UnknownToken { soft_logout: false },
@@ -57,6 +57,6 @@ pub async fn userinfo(app: &AppState, token: &str) -> Result<OwnedUserId> {
 
 /// Deletes expired tokens. Run periodically.
 pub async fn purge_expired(app: &AppState) -> Result<()> {
-    openid::delete_expired(&app.db, now_ms()).await?;
+    openid::delete_expired(&app.db, app.clock.now_ms()).await?;
     Ok(())
 }

@@ -161,7 +161,7 @@ pub async fn receive_edu(app: &AppState, origin: &ruma::ServerName, content: &Va
     if !app.config.presence.enabled {
         return Ok(());
     }
-    let now = now_ms();
+    let now = app.clock.now_ms();
     let mut updates = Vec::new();
     for entry in content["push"]
         .as_array()
@@ -232,7 +232,7 @@ pub async fn set(
             user_id: target.to_string(),
             state: state.to_owned(),
             status_msg,
-            last_active_ts: now_ms(),
+            last_active_ts: app.clock.now_ms(),
             stream_ordering: 0,
         },
     )
@@ -262,7 +262,7 @@ pub async fn get(
     if !app.config.presence.enabled {
         return Ok(get_presence::v3::Response::new(PresenceState::Offline));
     }
-    let now = now_ms();
+    let now = app.clock.now_ms();
     Ok(match rows::get(&app.db, target.as_str()).await? {
         Some(p) => {
             let c = typed_content(&p, now);
@@ -285,7 +285,7 @@ pub async fn on_sync(app: &AppState, user: &UserId, set_presence: &str) -> Resul
     if set_presence == "offline" || !app.config.presence.enabled {
         return Ok(());
     }
-    let now = now_ms();
+    let now = app.clock.now_ms();
     let current = rows::get(&app.db, user.as_str()).await?;
     let wanted = match (&current, set_presence) {
         (None, s) => s.to_owned(),
@@ -331,7 +331,7 @@ pub async fn sync_events(
     if !app.config.presence.enabled {
         return Ok(Vec::new());
     }
-    let now = now_ms();
+    let now = app.clock.now_ms();
     let mut changes = rows::visible_changes(&app.db, user.as_str(), after, upto).await?;
     let others: Vec<String> = newly_met
         .iter()

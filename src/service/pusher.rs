@@ -35,7 +35,7 @@ use crate::{
     error::{Error, Result},
     outbound::{self, OutboundClient, OutboundPolicy},
     service::AppState,
-    storage::{events, now_ms, pushers as rows, pushers::Pusher, rooms, state, user_streams},
+    storage::{events, pushers as rows, pushers::Pusher, rooms, state, user_streams},
 };
 
 const FIRST_RETRY: Duration = Duration::from_secs(1);
@@ -104,7 +104,7 @@ pub async fn set(app: &AppState, session: &Session, body: &Value) -> Result<()> 
         profile_tag: optional("profile_tag")?,
         lang: required_str(body, "lang")?.to_owned(),
         data: Value::Object(data.clone()).to_string(),
-        created_ts: now_ms(),
+        created_ts: app.clock.now_ms(),
         // Only what happens from now on is pushed.
         last_stream_ordering: app.notifier.current(),
         // An email pusher belongs to the account's address, not to the

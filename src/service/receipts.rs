@@ -11,7 +11,7 @@ use super::{account_data, session::Session, stream};
 use crate::{
     error::{Error, Result},
     service::AppState,
-    storage::{events, now_ms, pushers, rooms, user_streams},
+    storage::{events, pushers, rooms, user_streams},
 };
 
 async fn require_joined(app: &AppState, user: &UserId, room_id: &RoomId) -> Result<()> {
@@ -159,7 +159,7 @@ async fn store(
             receipt_type,
             thread_id,
             event_id,
-            ts: now_ms(),
+            ts: app.clock.now_ms(),
         },
         position,
     )
@@ -178,7 +178,7 @@ async fn store(
             receipt_type,
             thread_id,
             event_id,
-            ts: now_ms(),
+            ts: app.clock.now_ms(),
         },
     )
     .await?;
@@ -188,7 +188,7 @@ async fn store(
     drop(guard);
     if receipt_type == "m.read" {
         // Public receipts go to the other servers in the room.
-        let mut data = json!({ "ts": now_ms() });
+        let mut data = json!({ "ts": app.clock.now_ms() });
         if !thread_id.is_empty() {
             data["thread_id"] = thread_id.into();
         }

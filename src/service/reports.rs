@@ -8,7 +8,7 @@ use ruma::{RoomId, UserId};
 use crate::{
     error::{Error, Result},
     service::AppState,
-    storage::{now_ms, reports, rooms, users},
+    storage::{reports, rooms, users},
 };
 
 /// Longest accepted reason of a user report, in characters (Synapse's limit).
@@ -30,7 +30,7 @@ pub async fn report_room(
         room_id.as_str(),
         reporter.as_str(),
         reason,
-        now_ms(),
+        app.clock.now_ms(),
     )
     .await?;
     tracing::info!(%room_id, reporter = %reporter, "room reported");
@@ -61,7 +61,7 @@ pub async fn report_user(
         target.as_str(),
         reporter.as_str(),
         reason,
-        now_ms(),
+        app.clock.now_ms(),
     )
     .await?;
     tracing::info!(target = %target, reporter = %reporter, "user reported");

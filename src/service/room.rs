@@ -11,7 +11,7 @@ use crate::{
     domain::{pdu::NewEvent, room_version, token},
     error::{Error, ErrorKind, Result},
     service::AppState,
-    storage::{now_ms, rooms},
+    storage::rooms,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -103,7 +103,7 @@ pub async fn create(app: &AppState, creator: &UserId, req: CreateRoom) -> Result
         room_id.as_str(),
         version.as_str(),
         creator.as_str(),
-        now_ms(),
+        app.clock.now_ms(),
     )
     .await?;
     let _ = created;

@@ -191,7 +191,7 @@ pub async fn own_response(app: &AppState) -> Result<Value> {
             }
         },
         "old_verify_keys": old,
-        "valid_until_ts": now_ms() + OWN_VALIDITY.as_millis() as i64,
+        "valid_until_ts": app.clock.now_ms() + OWN_VALIDITY.as_millis() as i64,
     });
     sign(app, response)
 }
@@ -330,12 +330,12 @@ async fn fetch_via_notary(
     server: &ServerName,
 ) -> anyhow::Result<()> {
     // The notary's own keys, to check its signature on what it relays.
-    let mut notary_keys = stored_usable(app, notary, now_ms())
+    let mut notary_keys = stored_usable(app, notary, app.clock.now_ms())
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     if notary_keys.is_empty() {
         fetch_direct(app, notary).await?;
-        notary_keys = stored_usable(app, notary, now_ms())
+        notary_keys = stored_usable(app, notary, app.clock.now_ms())
             .await
             .map_err(|e| anyhow::anyhow!("{e}"))?;
     }
@@ -380,7 +380,7 @@ async fn store_verified(
     let valid_until = response["valid_until_ts"]
         .as_i64()
         .ok_or_else(|| anyhow::anyhow!("no valid_until_ts"))?;
-    let now = now_ms();
+    let now = app.clock.now_ms();
     let valid_until = valid_until.min(now + MAX_VALIDITY_MS);
     let object: CanonicalJsonObject = match CanonicalJsonValue::try_from(response.clone())? {
         CanonicalJsonValue::Object(o) => o,

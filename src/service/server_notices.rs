@@ -16,7 +16,7 @@ use crate::{
     domain::pdu::NewEvent,
     error::{Error, ErrorKind, Result},
     service::AppState,
-    storage::{now_ms, profiles, rooms, users},
+    storage::{profiles, rooms, users},
 };
 
 /// The tag clients show server notice rooms under.
@@ -79,7 +79,16 @@ pub async fn send(app: &AppState, by: &Session, body: &Value, txn: Option<&str>)
 async fn system_user(app: &AppState, localpart: &str) -> Result<OwnedUserId> {
     let user = UserId::parse(format!("@{localpart}:{}", app.server_name))
         .map_err(|e| Error::new(ErrorKind::Unknown, format!("server_notices.localpart: {e}")))?;
-    if users::insert(&app.db, user.as_str(), None, false, false, now_ms()).await? {
+    if users::insert(
+        &app.db,
+        user.as_str(),
+        None,
+        false,
+        false,
+        app.clock.now_ms(),
+    )
+    .await?
+    {
         let name = app.config.server_notices.display_name.as_str();
         profiles::set_displayname(&app.db, user.as_str(), Some(name)).await?;
         tracing::info!(%user, "server notices: system user created");

@@ -8,7 +8,7 @@ use crate::{
     domain::{password, token},
     error::{Error, ErrorKind, Result},
     service::AppState,
-    storage::{self, Postgres, Transaction, devices, now_ms, tokens, users},
+    storage::{self, Postgres, Transaction, devices, tokens, users},
 };
 
 /// Who a request's access token belongs to.
@@ -51,7 +51,10 @@ pub async fn authenticate(state: &AppState, access_token: &str) -> Result<Sessio
             "This account has been deactivated",
         ));
     }
-    if owner.expires_ts.is_some_and(|exp| exp <= now_ms()) {
+    if owner
+        .expires_ts
+        .is_some_and(|exp| exp <= state.clock.now_ms())
+    {
         return Err(Error::new(
             ErrorKind::UnknownToken { soft_logout: true },
             "Access token has expired",
@@ -79,7 +82,7 @@ pub async fn issue(
     ip: Option<&str>,
 ) -> Result<Issued> {
     let device_id = device_id.unwrap_or_else(|| token::new_device_id().into());
-    let now = now_ms();
+    let now = state.clock.now_ms();
     let created = devices::upsert(
         &mut **tx,
         user_id.as_str(),
@@ -308,7 +311,15 @@ pub async fn refresh(state: &AppState, refresh_token: &str) -> Result<Issued> {
     };
     let user_id = UserId::parse(user_id).map_err(|e| anyhow::anyhow!("stored user id: {e}"))?;
     tokens::delete_for_device(&mut *tx, user_id.as_str(), &device_id).await?;
-    let issued = issue_tokens(&mut tx, state, &user_id, device_id.into(), true, now_ms()).await?;
+    let issued = issue_tokens(
+        &mut tx,
+        state,
+        &user_id,
+        device_id.into(),
+        true,
+        state.clock.now_ms(),
+    )
+    .await?;
     tx.commit().await?;
     Ok(issued)
 }
@@ -368,7 +379,7 @@ pub async fn touch_device(
         session.device_id.as_str(),
         ip,
         user_agent,
-        now_ms(),
+        state.clock.now_ms(),
     )
     .await;
     if let Err(e) = result {
@@ -405,7 +416,7 @@ pub async fn issue_login_token(
     let completed = super::uia::authenticate(state, &requirement, auth).await?;
     let lifetime = Duration::from_secs(state.config.auth.login_token_lifetime_secs);
     let login_token = token::random_string(43);
-    let now = now_ms();
+    let now = state.clock.now_ms();
     let mut tx = state.db.begin().await?;
     storage::login_tokens::insert(
         &mut *tx,
@@ -431,9 +442,10 @@ pub async fn login_token(
     refreshable: bool,
     ip: Option<&str>,
 ) -> Result<(OwnedUserId, Issued)> {
-    let user = storage::login_tokens::take(&state.db, &token::hash(login_token), now_ms())
-        .await?
-        .ok_or_else(|| Error::forbidden("Invalid login token"))?;
+    let user =
+        storage::login_tokens::take(&state.db, &token::hash(login_token), state.clock.now_ms())
+            .await?
+            .ok_or_else(|| Error::forbidden("Invalid login token"))?;
     if users::get(&state.db, &user)
         .await?
         .is_none_or(|u| u.deactivated)
@@ -462,6 +474,6 @@ pub async fn login_token(
 
 /// Deletes expired login tokens. Run periodically.
 pub async fn purge_expired_login_tokens(state: &AppState) -> Result<()> {
-    storage::login_tokens::delete_expired(&state.db, now_ms()).await?;
+    storage::login_tokens::delete_expired(&state.db, state.clock.now_ms()).await?;
     Ok(())
 }

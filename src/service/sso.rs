@@ -500,7 +500,7 @@ pub async fn start(state: &AppState, provider: &Provider, purpose: Purpose) -> R
             code_verifier: code_verifier.clone(),
             redirect_url,
             uia_session,
-            created_ts: now_ms(),
+            created_ts: state.clock.now_ms(),
         },
     )
     .await?;
@@ -607,7 +607,7 @@ async fn complete(
 ) -> Result<Completed> {
     let unknown = unknown_sign_in;
     let lifetime_ms = state.config.sso.session_lifetime_secs as i64 * 1000;
-    if pending.created_ts + lifetime_ms < now_ms() {
+    if pending.created_ts + lifetime_ms < state.clock.now_ms() {
         return Err(unknown());
     }
     let provider = state
@@ -718,7 +718,7 @@ async fn sign_in(
             ));
         }
         let login_token = token::random_string(43);
-        let now = now_ms();
+        let now = state.clock.now_ms();
         let lifetime = state.config.sso.login_token_lifetime_secs as i64 * 1000;
         storage::login_tokens::insert(
             &mut *tx,
@@ -760,7 +760,7 @@ async fn first_sign_in(
             "No account here is linked to your account at the identity provider",
         ));
     }
-    let now = now_ms();
+    let now = state.clock.now_ms();
     for attempt in 0..LOCALPART_ATTEMPTS {
         let candidate = if attempt == 0 {
             base.clone()
@@ -834,7 +834,7 @@ pub async fn providers_of(state: &AppState, user_id: &UserId) -> Result<Vec<Arc<
 
 /// Deletes sign-ins that were never completed. Run periodically.
 pub async fn purge_expired(state: &AppState) -> Result<()> {
-    let cutoff = now_ms() - state.config.sso.session_lifetime_secs as i64 * 1000;
+    let cutoff = state.clock.now_ms() - state.config.sso.session_lifetime_secs as i64 * 1000;
     store::delete_sessions_before(&state.db, cutoff).await?;
     Ok(())
 }

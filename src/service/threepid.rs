@@ -98,7 +98,7 @@ pub async fn request_token(state: &AppState, req: TokenRequest) -> Result<TokenS
 
     let send_attempt = i64::try_from(req.send_attempt)
         .map_err(|_| Error::invalid_param("send_attempt is too large"))?;
-    let now = now_ms();
+    let now = state.clock.now_ms();
     let mail_token = token::random_string(32);
     let token_hash = token::hash(&mail_token);
     let token_expires_ts = now + state.config.email.token_lifetime_secs as i64 * 1000;
@@ -229,9 +229,14 @@ pub async fn validate_link(
     sid: &str,
     mail_token: &str,
 ) -> Result<Option<String>> {
-    let session = threepids::validate(&state.db, sid, &token::hash(mail_token), now_ms())
-        .await?
-        .ok_or_else(invalid_token)?;
+    let session = threepids::validate(
+        &state.db,
+        sid,
+        &token::hash(mail_token),
+        state.clock.now_ms(),
+    )
+    .await?
+    .ok_or_else(invalid_token)?;
     tracing::info!(purpose = session.purpose, "email address validated");
     Ok(session.next_link)
 }
@@ -283,7 +288,7 @@ pub async fn validated_session(
             && s.purpose == purpose.as_str()
             && s.validated_ts.is_some()
             && !s.spent
-            && s.created_ts + lifetime_ms > now_ms()
+            && s.created_ts + lifetime_ms > state.clock.now_ms()
     }))
 }
 
@@ -410,6 +415,6 @@ pub async fn delete(state: &AppState, user_id: &UserId, medium: &str, address: &
 pub async fn purge_expired(state: &AppState) -> Result<()> {
     let email = &state.config.email;
     let keep_ms = email.session_lifetime_secs.max(email.token_lifetime_secs) as i64 * 1000;
-    threepids::delete_expired(&state.db, now_ms() - keep_ms).await?;
+    threepids::delete_expired(&state.db, state.clock.now_ms() - keep_ms).await?;
     Ok(())
 }

@@ -21,7 +21,7 @@ use crate::{
     domain::filter::EventFilter,
     error::{Error, Result},
     service::AppState,
-    storage::{events, events::StoredEvent, now_ms, relations, state},
+    storage::{events, events::StoredEvent, relations, state},
 };
 
 async fn visible(viewer: &mut Viewer<'_>, stored: Vec<StoredEvent>) -> Result<Vec<StoredEvent>> {
@@ -353,7 +353,7 @@ pub async fn report(
         event_id,
         user.as_str(),
         reason,
-        now_ms(),
+        app.clock.now_ms(),
     )
     .await?;
     tracing::info!(%room_id, event_id, reporter = %user, "event reported");

@@ -8,7 +8,7 @@ use super::{session::Session, stream};
 use crate::{
     error::{Error, Result},
     service::AppState,
-    storage::{devices, now_ms, user_streams},
+    storage::{devices, user_streams},
 };
 
 /// One target: a user and a device ID, or `*` for all their devices.
@@ -47,7 +47,7 @@ pub async fn send(
         sender,
         session.device_id.as_str(),
         txn_id,
-        now_ms(),
+        app.clock.now_ms(),
     )
     .await?
     {

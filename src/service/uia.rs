@@ -22,7 +22,7 @@ use crate::{
     domain::{localpart, token},
     error::{Error, ErrorKind, Result},
     service::AppState,
-    storage::{Postgres, Transaction, now_ms, registration_tokens, uia},
+    storage::{Postgres, Transaction, registration_tokens, uia},
 };
 
 pub const DUMMY: &str = "m.login.dummy";
@@ -182,7 +182,7 @@ pub async fn authenticate(
     if let AuthData::RegistrationToken(t) = auth
         && session.registration_token.is_none()
     {
-        if !registration_tokens::reserve(&mut *tx, &t.token, now_ms()).await? {
+        if !registration_tokens::reserve(&mut *tx, &t.token, state.clock.now_ms()).await? {
             return Err(challenge(
                 req,
                 &session_id,
@@ -293,7 +293,9 @@ pub async fn complete_fallback(
     if session.completed.iter().any(|c| c == stage) {
         return Ok(Fallback::Done);
     }
-    if token.is_empty() || !registration_tokens::reserve(&mut *tx, token, now_ms()).await? {
+    if token.is_empty()
+        || !registration_tokens::reserve(&mut *tx, token, state.clock.now_ms()).await?
+    {
         return Ok(Fallback::Retry("Invalid registration token".to_owned()));
     }
     uia::add_completed(&mut *tx, session_id, stage, Some(token)).await?;
@@ -305,7 +307,7 @@ pub async fn complete_fallback(
 fn live_session(state: &AppState, session: Option<uia::UiaSession>) -> Result<uia::UiaSession> {
     let lifetime_ms = state.config.auth.uia_session_lifetime_secs as i64 * 1000;
     session
-        .filter(|s| s.created_ts + lifetime_ms > now_ms() && !s.spent)
+        .filter(|s| s.created_ts + lifetime_ms > state.clock.now_ms() && !s.spent)
         .ok_or_else(|| Error::new(ErrorKind::InvalidParam, "Unknown or expired session ID"))
 }
 
@@ -363,7 +365,8 @@ fn valid_session(
     session: Option<uia::UiaSession>,
 ) -> Result<uia::UiaSession> {
     let lifetime_ms = state.config.auth.uia_session_lifetime_secs as i64 * 1000;
-    let Some(session) = session.filter(|s| s.created_ts + lifetime_ms > now_ms()) else {
+    let Some(session) = session.filter(|s| s.created_ts + lifetime_ms > state.clock.now_ms())
+    else {
         return Err(Error::new(
             ErrorKind::InvalidParam,
             "Unknown or expired session ID",
@@ -404,7 +407,7 @@ async fn new_session(state: &AppState, req: &Requirement<'_>) -> Result<String> 
         req.kind,
         req.user.map(|u| u.as_str()),
         req.operation.as_deref(),
-        now_ms(),
+        state.clock.now_ms(),
     )
     .await?;
     Ok(session_id)
@@ -492,7 +495,7 @@ fn challenge(
 /// Releases token reservations of sessions that expired unfinished, and deletes
 /// those sessions. Run periodically.
 pub async fn purge_expired(state: &AppState) -> Result<()> {
-    let cutoff = now_ms() - state.config.auth.uia_session_lifetime_secs as i64 * 1000;
+    let cutoff = state.clock.now_ms() - state.config.auth.uia_session_lifetime_secs as i64 * 1000;
     let mut tx = state.db.begin().await?;
     for token in uia::delete_expired(&mut *tx, cutoff).await? {
         registration_tokens::release(&mut *tx, &token).await?;

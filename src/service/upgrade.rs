@@ -29,7 +29,7 @@ use crate::{
     domain::{pdu::NewEvent, room_version, token},
     error::{Error, ErrorKind, Result},
     service::AppState,
-    storage::{now_ms, rooms, state},
+    storage::{rooms, state},
 };
 
 const TRANSFERRED: &[&str] = &[
@@ -203,7 +203,7 @@ pub async fn upgrade(
         new_room.as_str(),
         new_version.as_str(),
         user.as_str(),
-        now_ms(),
+        app.clock.now_ms(),
     )
     .await?;
     let state_event = |kind: &str, key: &str, content: Value| NewEvent {
@@ -313,7 +313,14 @@ pub async fn upgrade(
     let aliases = rooms::aliases_of(&app.db, old_room.as_str()).await?;
     for alias in &aliases {
         rooms::delete_alias(&app.db, alias).await?;
-        rooms::insert_alias(&app.db, alias, new_room.as_str(), user.as_str(), now_ms()).await?;
+        rooms::insert_alias(
+            &app.db,
+            alias,
+            new_room.as_str(),
+            user.as_str(),
+            app.clock.now_ms(),
+        )
+        .await?;
     }
     if let Some(canonical) = content(&("m.room.canonical_alias".to_owned(), String::new()))
         && (canonical.get("alias").is_some() || canonical.get("alt_aliases").is_some())
@@ -394,7 +401,14 @@ pub async fn carry_over_on_join(
                 .await?
                 .unwrap_or_else(|| user.to_string());
             rooms::delete_alias(&app.db, &alias).await?;
-            rooms::insert_alias(&app.db, &alias, room_id.as_str(), &creator, now_ms()).await?;
+            rooms::insert_alias(
+                &app.db,
+                &alias,
+                room_id.as_str(),
+                &creator,
+                app.clock.now_ms(),
+            )
+            .await?;
         }
     }
     super::account_data::copy_to_upgraded_room(app, user, &old_room, room_id).await

@@ -19,7 +19,7 @@ use crate::{
     error::{Error, Result},
     outbound::{self, OutboundClient, OutboundError, OutboundPolicy, ReadError},
     service::AppState,
-    storage::{media as rows, now_ms},
+    storage::media as rows,
 };
 
 const MAX_REDIRECTS: usize = 5;
@@ -53,7 +53,7 @@ pub async fn preview(app: &AppState, session: &Session, url: &str) -> Result<Val
             "Only http and https URLs are previewed",
         ));
     }
-    let now = now_ms();
+    let now = app.clock.now_ms();
     if let Some(cached) = rows::preview(&app.db, url, now).await? {
         return serde_json::from_str(&cached)
             .map_err(|e| Error::Internal(anyhow::anyhow!("cached preview: {e}")));

@@ -40,7 +40,7 @@ pub fn turn_server(app: &AppState, session: &Session) -> Result<Option<Response>
             "Guests may not use the TURN server",
         ));
     }
-    let now = u64::try_from(crate::storage::now_ms() / 1000).unwrap_or(0);
+    let now = u64::try_from(app.clock.now_ms() / 1000).unwrap_or(0);
     let (username, password) = credentials(secret, &session.user_id, now + turn.user_lifetime_secs);
     Ok(Some(Response::new(
         username,

@@ -12,7 +12,7 @@ use crate::{
     error::{Error, ErrorKind, Result},
     service::AppState,
     service::{membership, session::Session},
-    storage::{now_ms, rooms},
+    storage::rooms,
 };
 
 /// What a deletion did (Synapse's `shutdown_room` answer).
@@ -115,7 +115,13 @@ pub async fn run_deletion(app: &AppState, by: &Session, plan: Deletion) -> Resul
         force_purge,
     } = plan;
     if block {
-        rooms::block(&app.db, room_id.as_str(), by.user_id.as_str(), now_ms()).await?;
+        rooms::block(
+            &app.db,
+            room_id.as_str(),
+            by.user_id.as_str(),
+            app.clock.now_ms(),
+        )
+        .await?;
         tracing::info!(admin = %by.user_id, room = %room_id, "admin API: room blocked");
     }
     let (mut kicked, mut failed, mut aliases) = (Vec::new(), Vec::new(), Vec::new());

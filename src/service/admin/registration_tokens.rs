@@ -101,7 +101,7 @@ pub async fn create_token(app: &AppState, by: &Session, body: &Value) -> Result<
             ));
         }
     };
-    if !tokens::insert(&app.db, &token, uses, expiry, now_ms()).await? {
+    if !tokens::insert(&app.db, &token, uses, expiry, app.clock.now_ms()).await? {
         return Err(Error::invalid_param("Token already exists"));
     }
     tracing::info!(admin = %by.user_id, "admin API: registration token created");

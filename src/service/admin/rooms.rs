@@ -10,7 +10,7 @@ use crate::{
     error::{Error, Result},
     service::AppState,
     service::{directory, session::Session},
-    storage::{now_ms, rooms, state},
+    storage::{rooms, state},
 };
 
 /// A room as Synapse's admin API describes it (`GET /_synapse/admin/v1/rooms`
@@ -195,7 +195,13 @@ pub async fn set_block(
         .as_bool()
         .ok_or_else(|| Error::bad_json("block must be a boolean"))?;
     if block {
-        rooms::block(&app.db, room_id.as_str(), by.user_id.as_str(), now_ms()).await?;
+        rooms::block(
+            &app.db,
+            room_id.as_str(),
+            by.user_id.as_str(),
+            app.clock.now_ms(),
+        )
+        .await?;
     } else {
         rooms::unblock(&app.db, room_id.as_str()).await?;
     }

@@ -14,7 +14,7 @@ use crate::{
     error::{Error, ErrorKind, Result},
     service::AppState,
     service::{account, profile, session::Session},
-    storage::{devices, now_ms, users},
+    storage::{devices, users},
 };
 
 /// A user as Synapse's admin API lists them (`GET /_synapse/admin/v2/users`).
@@ -230,7 +230,9 @@ async fn set_external_ids(
     let mut tx = app.db.begin().await?;
     crate::storage::sso::delete_for_user(&mut *tx, user.as_str()).await?;
     for (provider, id) in ids {
-        if !crate::storage::sso::link(&mut *tx, provider, id, user.as_str(), now_ms()).await? {
+        if !crate::storage::sso::link(&mut *tx, provider, id, user.as_str(), app.clock.now_ms())
+            .await?
+        {
             return Err(Error::new(
                 ErrorKind::Conflict,
                 "External id is already in use",
@@ -278,7 +280,7 @@ pub async fn put_user(
             hash.as_deref(),
             admin_flag.unwrap_or(false),
             false,
-            now_ms(),
+            app.clock.now_ms(),
         )
         .await?;
         crate::storage::profiles::set_displayname(&app.db, user.as_str(), Some(user.localpart()))
@@ -362,7 +364,7 @@ pub async fn login_as(
     if row.deactivated {
         return Err(Error::invalid_param("The user is deactivated"));
     }
-    let now = now_ms();
+    let now = app.clock.now_ms();
     let valid_until = match &body["valid_until_ms"] {
         Value::Null => None,
         v => match v.as_i64() {

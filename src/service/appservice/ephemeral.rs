@@ -159,7 +159,7 @@ pub async fn on_presence(
         return Ok(());
     }
     let ids = interested_in_user(tx, app, &regs, &p.user_id).await?;
-    let event = crate::service::presence::event(p, storage::now_ms());
+    let event = crate::service::presence::event(p, app.clock.now_ms());
     queue(tx, &ids, "ephemeral", &event).await
 }
 

@@ -29,7 +29,7 @@ use crate::{
     error::{Error, ErrorKind, Result},
     outbound::{self, OutboundClient, OutboundPolicy},
     service::AppState,
-    storage::{self, Postgres, Transaction, now_ms, profiles, users},
+    storage::{self, Postgres, Transaction, profiles, users},
 };
 
 /// A value replaced whole on reload (the registrations, their HTTP
@@ -106,7 +106,16 @@ pub async fn reload(app: &AppState, paths: &[std::path::PathBuf]) -> anyhow::Res
 pub async fn create_senders(app: &AppState) -> anyhow::Result<()> {
     for reg in &app.appservices.current().list {
         let mut tx = app.db.begin().await?;
-        if users::insert(&mut *tx, reg.sender.as_str(), None, false, false, now_ms()).await? {
+        if users::insert(
+            &mut *tx,
+            reg.sender.as_str(),
+            None,
+            false,
+            false,
+            app.clock.now_ms(),
+        )
+        .await?
+        {
             profiles::set_displayname(&mut *tx, reg.sender.as_str(), Some(reg.sender.localpart()))
                 .await?;
             tracing::info!(user = %reg.sender, "created the appservice sender user");
@@ -194,7 +203,16 @@ pub async fn register(
         ));
     }
     let mut tx = app.db.begin().await?;
-    if !users::insert(&mut *tx, user_id.as_str(), None, false, false, now_ms()).await? {
+    if !users::insert(
+        &mut *tx,
+        user_id.as_str(),
+        None,
+        false,
+        false,
+        app.clock.now_ms(),
+    )
+    .await?
+    {
         return Err(Error::new(ErrorKind::UserInUse, "User ID already taken"));
     }
     profiles::set_displayname(&mut *tx, user_id.as_str(), Some(user_id.localpart())).await?;
@@ -622,7 +640,16 @@ pub async fn user_exists(app: &AppState, user_id: &UserId) -> Result<bool> {
     for reg in app.appservices.current().user_queriers(user_id.as_str()) {
         if query(app, &reg, &["users", user_id.as_str()]).await {
             let mut tx = app.db.begin().await?;
-            if users::insert(&mut *tx, user_id.as_str(), None, false, false, now_ms()).await? {
+            if users::insert(
+                &mut *tx,
+                user_id.as_str(),
+                None,
+                false,
+                false,
+                app.clock.now_ms(),
+            )
+            .await?
+            {
                 profiles::set_displayname(&mut *tx, user_id.as_str(), Some(user_id.localpart()))
                     .await?;
             }

@@ -10,7 +10,6 @@ use crate::{
     domain::xmatrix::{self, XMatrix},
     error::{Error, ErrorKind, Result},
     service::{AppState, server_keys},
-    storage::now_ms,
 };
 
 fn unauthorized(msg: impl Into<String>) -> Error {
@@ -58,9 +57,13 @@ pub async fn check_header(app: &AppState, headers: &http::HeaderMap) -> Result<C
         return Err(unauthorized("The request claims to come from this server"));
     }
     let key_id = header.key.to_string();
-    let keys =
-        server_keys::public_keys(app, &header.origin, std::slice::from_ref(&key_id), now_ms())
-            .await?;
+    let keys = server_keys::public_keys(
+        app,
+        &header.origin,
+        std::slice::from_ref(&key_id),
+        app.clock.now_ms(),
+    )
+    .await?;
     let Some(key) = keys.get(&key_id).cloned() else {
         return Err(unauthorized(format!(
             "Unknown or expired key {key_id} of {}",

@@ -24,7 +24,7 @@ use crate::{
     domain::{auth, pdu::Pdu},
     error::Result,
     service::AppState,
-    storage::{events, now_ms, rooms},
+    storage::{events, rooms},
 };
 
 /// How many events one `/backfill` request asks for.
@@ -293,7 +293,7 @@ async fn write(
             json: &text,
             state_group: Some(state_group),
             rejected: false,
-            received_ts: now_ms(),
+            received_ts: app.clock.now_ms(),
         },
         stream,
     )

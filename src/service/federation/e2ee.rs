@@ -375,7 +375,7 @@ pub async fn receive_device_list_update(
         stream_id,
         device,
         (!deleted).then_some((name, keys.as_deref())),
-        now_ms(),
+        app.clock.now_ms(),
     )
     .await?;
     let guard = stream::device_list_changed(
@@ -426,7 +426,7 @@ pub async fn receive_signing_key_update(
         user.as_str(),
         master.as_deref(),
         self_signing.as_deref(),
-        now_ms(),
+        app.clock.now_ms(),
     )
     .await?;
     let guard = stream::device_list_changed(
@@ -538,7 +538,7 @@ pub async fn resync(app: &AppState, user: &UserId) -> Result<()> {
     {
         return Ok(()); // a later update was applied meanwhile
     }
-    remote_devices::replace(&mut tx, &list, &devices, now_ms()).await?;
+    remote_devices::replace(&mut tx, &list, &devices, app.clock.now_ms()).await?;
     let guard = stream::device_list_changed(
         &mut tx,
         app,

@@ -139,7 +139,7 @@ pub async fn check_pdu(
             _ => return Err(PduError::Signature("no signatures".into())),
         };
         // Keys valid when the event was sent (v5+ rooms enforce validity).
-        let set = server_keys::public_keys(app, server, &key_ids, ts.min(now_ms()))
+        let set = server_keys::public_keys(app, server, &key_ids, ts.min(app.clock.now_ms()))
             .await
             .map_err(|e| PduError::Signature(format!("keys of {server}: {e}")))?;
         map.insert(server.to_string(), set);

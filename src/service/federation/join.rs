@@ -23,7 +23,7 @@ use crate::{
     federation::client::FedError,
     service::AppState,
     service::event::{self, Placement, RoomCtx},
-    storage::{events, federation as fed_store, now_ms, rooms},
+    storage::{events, federation as fed_store, rooms},
 };
 
 /// Room versions this server can join, for `make_join`'s `ver`: every version
@@ -172,7 +172,7 @@ async fn join_via(
             room_id.as_str(),
             version.as_str(),
             &creator,
-            now_ms(),
+            app.clock.now_ms(),
         )
         .await?;
     }
@@ -248,7 +248,7 @@ async fn join_via(
                 servers,
                 attempts: 0,
             },
-            now_ms(),
+            app.clock.now_ms(),
         )
         .await?;
     }
@@ -716,7 +716,7 @@ async fn accept_membership(
     let mut others = rooms::joined_servers(&app.db, room_id.as_str()).await?;
     others.retain(|s| s != app.server_name.as_str() && s != origin.as_str());
     if !others.is_empty() {
-        let now = now_ms();
+        let now = app.clock.now_ms();
         fed_store::enqueue_pdu(
             &app.db,
             &others,
@@ -825,7 +825,7 @@ pub fn sign_template(
     mut event: Value,
     rules: &ruma::room_version_rules::RoomVersionRules,
 ) -> std::result::Result<(CanonicalJsonObject, OwnedEventId), String> {
-    event["origin_server_ts"] = now_ms().into();
+    event["origin_server_ts"] = app.clock.now_ms().into();
     event["origin"] = app.server_name.as_str().into();
     let mut object: CanonicalJsonObject = match CanonicalJsonValue::try_from(event) {
         Ok(CanonicalJsonValue::Object(o)) => o,

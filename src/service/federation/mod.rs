@@ -26,7 +26,7 @@ use crate::{
     domain::pdu::Pdu,
     error::Result,
     service::AppState,
-    storage::{Postgres, Transaction, federation, now_ms, rooms},
+    storage::{Postgres, Transaction, federation, rooms},
 };
 
 /// Queues one of our events for every other server with members in the room
@@ -72,7 +72,7 @@ pub async fn enqueue_pdu(
         return Ok(());
     }
     let destinations: Vec<String> = destinations.into_iter().collect();
-    let now = now_ms();
+    let now = app.clock.now_ms();
     federation::enqueue_pdu(
         &mut **tx,
         &destinations,
@@ -120,7 +120,14 @@ pub async fn enqueue_edu(
         return Ok(());
     }
     let text = serde_json::to_string(edu).map_err(|e| anyhow::anyhow!("{e}"))?;
-    federation::enqueue_edu(&app.db, &destinations, &text, now_ms(), collapse_key).await?;
+    federation::enqueue_edu(
+        &app.db,
+        &destinations,
+        &text,
+        app.clock.now_ms(),
+        collapse_key,
+    )
+    .await?;
     app.federation_wake.notify_one();
     Ok(())
 }

@@ -212,7 +212,7 @@ pub async fn store_transaction_reply(
         origin.as_str(),
         txn_id,
         &reply.to_string(),
-        crate::clock::now_ms(),
+        app.clock.now_ms(),
     )
     .await?;
     Ok(())

@@ -7,7 +7,7 @@ use super::{federation::find_remote, store::file_path};
 use crate::{
     error::{Error, ErrorKind, Result},
     service::AppState,
-    storage::{media as rows, media::Media, now_ms},
+    storage::{media as rows, media::Media},
 };
 
 /// Content types served inline; everything else is an attachment.
@@ -73,10 +73,10 @@ pub async fn find(
         }
         if let Some(sha) = &media.sha256 {
             let path = file_path(app, sha);
-            rows::touch(&app.db, server_name, media_id, now_ms()).await?;
+            rows::touch(&app.db, server_name, media_id, app.clock.now_ms()).await?;
             return Ok((media, path));
         }
-        if media.unused_expires_ts <= Some(now_ms()) {
+        if media.unused_expires_ts <= Some(app.clock.now_ms()) {
             return Err(not_found());
         }
         if tokio::time::timeout_at(deadline, uploaded.changed())

@@ -1,17 +1,13 @@
 //! The background clean-up of lapsed, expired and unread media.
 
 use super::store::delete_unused_files;
-use crate::{
-    error::Result,
-    service::AppState,
-    storage::{media as rows, now_ms},
-};
+use crate::{error::Result, service::AppState, storage::media as rows};
 
 /// Background clean-up: lapsed `/create` ids, expired URL previews, and cached
 /// remote media unread for `media.remote_cache_days` (with their files, when
 /// nothing else uses them).
 pub async fn collect_garbage(app: &AppState) -> Result<(u64, u64)> {
-    let now = now_ms();
+    let now = app.clock.now_ms();
     let lapsed = rows::delete_lapsed(&app.db, now).await?;
     let previews = rows::delete_expired_previews(&app.db, now).await?;
     let days = app.config.media.remote_cache_days;

@@ -9,7 +9,7 @@ use crate::{
     domain::multipart,
     error::{Error, ErrorKind, Result},
     service::AppState,
-    storage::{media as rows, media::Media, now_ms},
+    storage::{media as rows, media::Media},
 };
 
 /// The largest JSON metadata part of a federation media answer (spec: "currently
@@ -97,7 +97,7 @@ async fn cached_remote(
     if !tokio::fs::try_exists(&path).await.unwrap_or(false) {
         return Ok(None);
     }
-    rows::touch(&app.db, server_name, media_id, now_ms()).await?;
+    rows::touch(&app.db, server_name, media_id, app.clock.now_ms()).await?;
     Ok(Some((media, path)))
 }
 
@@ -160,7 +160,7 @@ pub(super) async fn find_remote(
         upload_name: fetched.disposition.as_deref().and_then(filename_of),
         size: Some(size as i64),
         sha256: Some(sha.clone()),
-        created_ts: now_ms(),
+        created_ts: app.clock.now_ms(),
         unused_expires_ts: None,
         quarantined: false,
     };
@@ -169,7 +169,7 @@ pub(super) async fn find_remote(
         let _ = delete_unused_files(app, std::slice::from_ref(&sha)).await;
         return Err(e.into());
     }
-    rows::touch(&app.db, server_name, media_id, now_ms()).await?;
+    rows::touch(&app.db, server_name, media_id, app.clock.now_ms()).await?;
     Ok((media, file_path(app, &sha)))
 }
 

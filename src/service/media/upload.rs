@@ -11,7 +11,7 @@ use crate::{
     error::{Error, ErrorKind, Result},
     service::AppState,
     service::session::Session,
-    storage::{media as rows, media::Media, now_ms},
+    storage::{media as rows, media::Media},
 };
 
 pub fn mxc(app: &AppState, media_id: &str) -> String {
@@ -76,7 +76,7 @@ where
             upload_name: filename,
             size: Some(size as i64),
             sha256: Some(sha.clone()),
-            created_ts: now_ms(),
+            created_ts: app.clock.now_ms(),
             unused_expires_ts: None,
             quarantined: false,
         },
@@ -91,7 +91,7 @@ where
 
 /// `POST /_matrix/media/v1/create`: reserves an id to upload to later.
 pub async fn create(app: &AppState, session: &Session) -> Result<(String, i64)> {
-    let now = now_ms();
+    let now = app.clock.now_ms();
     if rows::pending_count(&app.db, session.user_id.as_str(), now).await?
         >= app.config.media.max_pending_uploads
     {
@@ -137,7 +137,7 @@ where
     S: Stream<Item = std::result::Result<Bytes, E>> + Unpin,
     E: std::fmt::Display,
 {
-    let now = now_ms();
+    let now = app.clock.now_ms();
     let existing = match server_name == app.server_name.as_str() {
         true => rows::get(&app.db, server_name, media_id).await?,
         false => None,

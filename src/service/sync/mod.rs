@@ -470,5 +470,5 @@ pub async fn stored_filter(app: &AppState, user: &str, id: i64) -> Result<Option
 
 /// Stores a filter definition (JSON) for a user; its new ID.
 pub async fn store_filter(app: &AppState, user: &str, json: &str) -> Result<i64> {
-    Ok(crate::storage::sync::insert_filter(&app.db, user, json, crate::clock::now_ms()).await?)
+    Ok(crate::storage::sync::insert_filter(&app.db, user, json, app.clock.now_ms()).await?)
 }
