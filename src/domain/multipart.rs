@@ -2,6 +2,12 @@
 //! "Content repository", `/_matrix/federation/v1/media/download`): a JSON
 //! metadata part, then the media part (bytes, or a `Location` header).
 //!
+//! Why not ruma's parser (`ruma::api::federation::authenticated_media`'s
+//! response, ruma 0.17): it takes the whole response body in memory and
+//! splits it afterwards, while a remote file is streamed to disk under
+//! `media.max_upload_bytes` and one deadline as it arrives (see
+//! `service::media`); a peer's body must never be held whole.
+//!
 //! The body comes from another server, so it is parsed as it arrives, in
 //! bounded memory and in time linear in its size whatever the boundary:
 //! [`Parser`] is fed the body chunk by chunk and hands back each part's

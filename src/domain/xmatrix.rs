@@ -2,6 +2,13 @@
 //! `Authorization: X-Matrix …` header and the JSON object whose signature it
 //! carries. Pure: parsing, formatting and the signed object; key lookup and
 //! verification happen in `service::federation::auth`.
+//!
+//! Why not ruma's `ruma::api::federation::authentication::XMatrix` (ruma
+//! 0.17): its parser reads the header with `http-auth`'s `ChallengeParser`,
+//! the RFC 9110 challenge grammar, where a bare (unquoted) parameter value is
+//! a token, and a token holds no colon: `origin=example.org:8448`, unquoted as
+//! older servers send it, would be refused. This parser takes it (and is
+//! fuzzed: `fuzz/`); formatting and the signed JSON stay beside it.
 
 use ruma::{
     CanonicalJsonObject, CanonicalJsonValue, OwnedServerName, OwnedServerSigningKeyId, ServerName,
