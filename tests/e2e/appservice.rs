@@ -1020,7 +1020,7 @@ async fn lattice_killed_mid_transaction_resends_it_and_loses_nothing() {
         format!(
             r#"server_name = "{SERVER_NAME}"
 data_dir = "{data}"
-log = "warn,lattice::app=info"
+log = "warn,lattice::server=info"
 appservices = ["{reg}"]
 [[listeners]]
 bind = "127.0.0.1:0"

@@ -145,7 +145,7 @@ async fn binary_serves_with_embedded_database_and_stops_on_sigterm() {
         .env_remove("RUST_LOG")
         .env("LATTICE__DATA_DIR", dir.path().join("data"))
         .env("LATTICE__LISTENERS", "[{bind=\"127.0.0.1:0\"}]")
-        .env("LATTICE__LOG", "warn,lattice::app=info")
+        .env("LATTICE__LOG", "warn,lattice::server=info")
         .env("NO_COLOR", "1")
         .current_dir(dir.path())
         .stderr(std::process::Stdio::piped())

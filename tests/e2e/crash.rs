@@ -46,7 +46,7 @@ async fn sends_acknowledged_before_a_kill_survive_it_exactly_once() {
         format!(
             r#"server_name = "crash.test"
 data_dir = "{data}"
-log = "warn,lattice::app=info"
+log = "warn,lattice::server=info"
 [[listeners]]
 bind = "127.0.0.1:0"
 [database]

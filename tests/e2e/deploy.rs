@@ -38,7 +38,7 @@ async fn container_entrypoint_serves_and_stops_outside_a_container() {
     let config = format!(
         r#"server_name = "deploy.test"
 data_dir = "{data}"
-log = "warn,lattice::app=info"
+log = "warn,lattice::server=info"
 [[listeners]]
 bind = "127.0.0.1:0"
 resources = ["client", "federation"]

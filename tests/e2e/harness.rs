@@ -621,7 +621,7 @@ pub async fn messages(server: &ClientApi, token: &str, room: &str) -> Vec<String
     out
 }
 
-/// Reads a spawned `lattice` binary's log (stderr, with `lattice::app=info`)
+/// Reads a spawned `lattice` binary's log (stderr, with `lattice::server=info`)
 /// until it reports the address it listens on. Listening on port 0 and reading
 /// the address back avoids racing other tests for a "free" port.
 pub async fn listening_addr(

@@ -27,7 +27,7 @@ fn write_config(config: &Path, dir: &Path, db: &str, registrations: &[&Path]) {
         format!(
             r#"server_name = "{SERVER_NAME}"
 data_dir = "{data}"
-log = "warn,lattice::app=info"
+log = "warn,lattice::server=info"
 appservices = [{list}]
 [[listeners]]
 bind = "127.0.0.1:0"
