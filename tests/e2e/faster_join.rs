@@ -12,7 +12,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::{
-    harness::{Login, TestServer, enc},
+    harness::{Login, TestServer, current_state, enc},
     hostile::{HostilePeer, SignedJoin},
 };
 
@@ -37,35 +37,6 @@ async fn populated_room(lattice: &TestServer, alice: &Login, extra: Value) -> (S
         members.push(who);
     }
     (room, members)
-}
-
-/// The room's current state as `who` reads it: (type, state_key) → event ID.
-async fn current_state(
-    lattice: &TestServer,
-    who: &Login,
-    room: &str,
-) -> BTreeMap<(String, String), String> {
-    let (status, state) = lattice
-        .get(
-            &format!("/_matrix/client/v3/rooms/{}/state", enc(room)),
-            Some(&who.access_token),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{state}");
-    state
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| {
-            (
-                (
-                    e["type"].as_str().unwrap().to_owned(),
-                    e["state_key"].as_str().unwrap().to_owned(),
-                ),
-                e["event_id"].as_str().unwrap().to_owned(),
-            )
-        })
-        .collect()
 }
 
 /// `PUT /v2/send_join` of a signed join, with `query` appended to the path.

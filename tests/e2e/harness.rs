@@ -596,6 +596,35 @@ where
     panic!("timed out waiting for {what}");
 }
 
+/// The room's current state as `who` reads it: (type, state_key) → event ID.
+pub async fn current_state(
+    server: &ClientApi,
+    who: &Login,
+    room: &str,
+) -> std::collections::BTreeMap<(String, String), String> {
+    let (status, state) = server
+        .get(
+            &format!("/_matrix/client/v3/rooms/{}/state", enc(room)),
+            Some(&who.access_token),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{state}");
+    state
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                (
+                    e["type"].as_str().unwrap().to_owned(),
+                    e["state_key"].as_str().unwrap().to_owned(),
+                ),
+                e["event_id"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
 /// The bodies of the `m.room.message` events a user's server shows in a room.
 pub async fn messages(server: &ClientApi, token: &str, room: &str) -> Vec<String> {
     let (status, body) = server

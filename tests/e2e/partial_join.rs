@@ -20,7 +20,7 @@ use ruma::RoomVersionId;
 use serde_json::{Value, json};
 
 use crate::{
-    harness::{ClientApi, Login, TestServer, enc, eventually, messages},
+    harness::{ClientApi, Login, TestServer, current_state, enc, eventually, messages},
     hostile::{Answer, HostilePeer},
 };
 
@@ -29,35 +29,6 @@ const MEMBERS: usize = 12;
 
 fn faster_joins(c: &mut lattice::config::Config) {
     c.federation.faster_joins = true;
-}
-
-/// The room's current state as `who` reads it: (type, state_key) → event ID.
-async fn current_state(
-    server: &ClientApi,
-    who: &Login,
-    room: &str,
-) -> BTreeMap<(String, String), String> {
-    let (status, state) = server
-        .get(
-            &format!("/_matrix/client/v3/rooms/{}/state", enc(room)),
-            Some(&who.access_token),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{state}");
-    state
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| {
-            (
-                (
-                    e["type"].as_str().unwrap().to_owned(),
-                    e["state_key"].as_str().unwrap().to_owned(),
-                ),
-                e["event_id"].as_str().unwrap().to_owned(),
-            )
-        })
-        .collect()
 }
 
 /// The joined members `/members` lists.

@@ -7,7 +7,9 @@ use std::{path::PathBuf, process::Stdio, time::Duration};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::harness::{ClientApi, Login, TestServer, dev_tls, enc, eventually, free_port, messages};
+use crate::harness::{
+    ClientApi, Login, TestServer, current_state, dev_tls, enc, eventually, free_port, messages,
+};
 
 /// A Synapse process with a client listener on plain HTTP (`base`) and a
 /// federation listener over TLS on the port in its server name.
@@ -215,34 +217,6 @@ async fn joined(server: &ClientApi, who: &Login, room: &str) -> Vec<String> {
 }
 
 /// The room's current state as a server shows it: (type, state_key) → event ID.
-async fn state_ids(
-    server: &ClientApi,
-    who: &Login,
-    room: &str,
-) -> std::collections::BTreeMap<(String, String), String> {
-    let (status, state) = server
-        .get(
-            &format!("/_matrix/client/v3/rooms/{}/state", enc(room)),
-            Some(&who.access_token),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{state}");
-    state
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| {
-            (
-                (
-                    e["type"].as_str().unwrap().to_owned(),
-                    e["state_key"].as_str().unwrap().to_owned(),
-                ),
-                e["event_id"].as_str().unwrap().to_owned(),
-            )
-        })
-        .collect()
-}
-
 async fn put_state(server: &ClientApi, who: &Login, room: &str, kind: &str, content: Value) {
     let (status, body) = server
         .put(
@@ -468,8 +442,8 @@ async fn rooms_messages_and_state_with_synapse() {
         let mut last = (Default::default(), Default::default());
         for _ in 0..300 {
             last = (
-                state_ids(&lattice, &alice, room).await,
-                state_ids(&synapse, &sam, room).await,
+                current_state(&lattice, &alice, room).await,
+                current_state(&synapse, &sam, room).await,
             );
             if last.0 == last.1 {
                 break;
@@ -1378,8 +1352,8 @@ async fn synapse_joins_a_big_lattice_room_with_partial_state() {
     assert_eq!(last.0, last.1, "joined members differ");
     assert_eq!(last.0.len(), BIG_ROOM_MEMBERS + 2);
     assert_eq!(
-        state_ids(&lattice, &alice, &room).await,
-        state_ids(&synapse, &sam, &room).await,
+        current_state(&lattice, &alice, &room).await,
+        current_state(&synapse, &sam, &room).await,
         "current state differs"
     );
     // The history from before the join, backfilled from Lattice.
