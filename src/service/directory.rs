@@ -730,18 +730,6 @@ pub async fn room_entry(
     Ok(chunk(room_id, joined, &state))
 }
 
-/// [`room_entry`] as JSON, for the admin API, whose room answers add keys to
-/// it (`service::admin`).
-pub async fn summary(
-    app: &AppState,
-    room_id: &str,
-    group: i64,
-    joined: i64,
-) -> Result<serde_json::Value> {
-    let entry = room_entry(app, room_id, group, joined).await?;
-    serde_json::to_value(entry).map_err(|e| Error::Internal(e.into()))
-}
-
 fn chunk(
     room_id: OwnedRoomId,
     joined: i64,

@@ -397,8 +397,15 @@ async fn merge_signatures(
 ) -> Result<()> {
     // Signatures by the owner and, for a local viewer, by the viewer.
     let extra = keys::signatures(&app.db, owner, target_key, viewer.unwrap_or(owner)).await?;
+    add_signatures(value, extra);
+    Ok(())
+}
+
+/// Adds stored signatures (uploaded with `/keys/signatures/upload`) to a key's
+/// JSON, under `signatures.<signer>.<key id>`.
+pub(crate) fn add_signatures(value: &mut Value, extra: Vec<keys::Signature>) {
     if extra.is_empty() {
-        return Ok(());
+        return;
     }
     if !value["signatures"].is_object() {
         value["signatures"] = json!({});
@@ -410,7 +417,6 @@ async fn merge_signatures(
         }
         signer[&s.signer_key_id] = Value::String(s.signature);
     }
-    Ok(())
 }
 
 /// `POST /keys/claim`: one one-time key per requested device, falling back to the

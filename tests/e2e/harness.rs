@@ -52,6 +52,7 @@ fn pg_server() -> &'static PgServer {
 /// Starts a private cluster on a thread that lives as long as the test process,
 /// so the postmaster (which dies with that thread) outlives every test.
 fn start_private_cluster() -> PgConnectOptions {
+    remove_stale_clusters();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let dir = std::env::temp_dir().join(format!("lattice-test-pg-{}", std::process::id()));
@@ -69,6 +70,29 @@ fn start_private_cluster() -> PgConnectOptions {
         }
     });
     rx.recv().expect("private cluster started")
+}
+
+/// Deletes the private clusters of earlier test processes that are gone. Each
+/// holds every database its run made (gigabytes for the e2e suite), and the
+/// cluster stops with its process but its directory stays: without this, runs
+/// fill the disk, and a full disk fails whatever test comes next.
+fn remove_stale_clusters() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("lattice-test-pg-"))
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid != std::process::id() && !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
 }
 
 async fn prepare_template(admin: PgConnectOptions, template: &str) {

@@ -187,8 +187,7 @@ async fn room_report_of(app: &AppState, r: &crate::storage::reports::Report) -> 
     if let Some(room) = rooms::get(&app.db, &r.subject).await?
         && let Some(group) = room.current_state_group
     {
-        let summary = directory::summary(app, &r.subject, group, 0).await?;
-        let summary = RoomSummary::from_directory(&summary);
+        let summary = RoomSummary::from(directory::room_entry(app, &r.subject, group, 0).await?);
         report.canonical_alias = summary.canonical_alias;
         report.name = summary.name;
         report.topic = summary.topic;

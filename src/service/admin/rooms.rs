@@ -32,7 +32,7 @@ pub struct RoomDetails {
 }
 
 /// The public-room summary of a room's current state (the `/publicRooms`
-/// chunk, `service::directory::summary`), less its `room_id`.
+/// chunk, `service::directory::room_entry`), less its `room_id`.
 #[derive(Debug, Serialize)]
 pub struct RoomSummary {
     pub num_joined_members: i64,
@@ -51,21 +51,20 @@ pub struct RoomSummary {
     pub room_type: Option<String>,
 }
 
-impl RoomSummary {
-    /// The fields of a directory summary (which writes a string field only
-    /// when the room's state has one).
-    pub(super) fn from_directory(summary: &Value) -> Self {
-        let text = |key: &str| summary[key].as_str().map(str::to_owned);
+impl From<directory::RoomEntry> for RoomSummary {
+    /// The fields of a directory entry (which has a string field only when the
+    /// room's state has one).
+    fn from(entry: directory::RoomEntry) -> Self {
         Self {
-            num_joined_members: summary["num_joined_members"].as_i64().unwrap_or(0),
-            world_readable: summary["world_readable"].as_bool().unwrap_or(false),
-            guest_can_join: summary["guest_can_join"].as_bool().unwrap_or(false),
-            join_rule: text("join_rule").unwrap_or_else(|| "invite".to_owned()),
-            name: text("name"),
-            topic: text("topic"),
-            canonical_alias: text("canonical_alias"),
-            avatar_url: text("avatar_url"),
-            room_type: text("room_type"),
+            num_joined_members: i64::try_from(entry.num_joined_members).unwrap_or(i64::MAX),
+            world_readable: entry.world_readable,
+            guest_can_join: entry.guest_can_join,
+            join_rule: entry.join_rule.unwrap_or_else(|| "invite".to_owned()),
+            name: entry.name,
+            topic: entry.topic,
+            canonical_alias: entry.canonical_alias,
+            avatar_url: entry.avatar_url,
+            room_type: entry.room_type,
         }
     }
 }
@@ -129,8 +128,8 @@ async fn details(
     local: i64,
 ) -> Result<RoomDetails> {
     let summary = match group {
-        Some(g) => Some(RoomSummary::from_directory(
-            &directory::summary(app, &room_id, g, joined).await?,
+        Some(g) => Some(RoomSummary::from(
+            directory::room_entry(app, &room_id, g, joined).await?,
         )),
         None => None,
     };

@@ -180,19 +180,7 @@ async fn owner_signatures(
     target_key: &str,
 ) -> Result<()> {
     let extra = e2e_keys::signatures(&mut **tx, owner, target_key, owner).await?;
-    if extra.is_empty() {
-        return Ok(());
-    }
-    if !value["signatures"].is_object() {
-        value["signatures"] = json!({});
-    }
-    for s in extra {
-        let signer = &mut value["signatures"][&s.signer_user_id];
-        if !signer.is_object() {
-            *signer = json!({});
-        }
-        signer[&s.signer_key_id] = Value::String(s.signature);
-    }
+    crate::service::e2e_keys::add_signatures(value, extra);
     Ok(())
 }
 
