@@ -1368,3 +1368,166 @@ async fn synapse_joins_a_big_lattice_room_with_partial_state() {
 fn synapse_log(synapse: &Synapse) -> String {
     std::fs::read_to_string(synapse.log_path()).unwrap_or_default()
 }
+
+/// Joins `room` through `via` as `who`: the status and body of `/join`.
+async fn join_via(server: &ClientApi, who: &Login, room: &str, via: &str) -> (StatusCode, Value) {
+    server
+        .post(
+            &format!(
+                "/_matrix/client/v3/join/{}?server_name={}",
+                enc(room),
+                enc(via)
+            ),
+            Some(&who.access_token),
+            json!({}),
+        )
+        .await
+}
+
+/// The content of `user`'s member event in `room`, as `server` holds it.
+async fn member_content(server: &ClientApi, who: &Login, room: &str, user: &str) -> Value {
+    let (status, body) = server
+        .get(
+            &format!(
+                "/_matrix/client/v3/rooms/{}/state/m.room.member/{}",
+                enc(room),
+                enc(user)
+            ),
+            Some(&who.access_token),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{user}'s member event: {body}");
+    body
+}
+
+/// A public space and a room restricted to the space's members (room version
+/// 10), created by `owner` on `server`.
+async fn restricted_pair(server: &ClientApi, owner: &Login) -> (String, String) {
+    let space = server
+        .create_room(
+            owner,
+            json!({"preset": "public_chat", "room_version": "10",
+                   "creation_content": {"type": "m.space"}}),
+        )
+        .await;
+    let room = server
+        .create_room(
+            owner,
+            json!({"preset": "private_chat", "room_version": "10", "initial_state": [{
+                "type": "m.room.join_rules", "state_key": "",
+                "content": {"join_rule": "restricted",
+                            "allow": [{"type": "m.room_membership", "room_id": space}]},
+            }]}),
+        )
+        .await;
+    (space, room)
+}
+
+/// Restricted joins across servers, both roles (spec: "Restricted rooms",
+/// `join_authorised_via_users_server`): a Synapse user who is in the allowed
+/// space joins a Lattice room through Lattice, which names its member as the
+/// authoriser and countersigns; a Lattice user joins a Synapse room the same
+/// way, Synapse authorising. Users of either server who are not in the space
+/// are refused, and end up with no membership.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restricted_joins_with_synapse() {
+    let lattice = TestServer::start_federating().await;
+    let synapse = Synapse::start().await;
+    let alice = lattice.register("alice", "alice-password").await;
+    let bob = lattice.register("bob", "bob-password").await;
+    let sam = synapse.register("sam", "sam-password").await;
+    let tom = synapse.register("tom", "tom-password").await;
+
+    // Lattice is the resident: Sam joins the space, then the room.
+    let (l_space, l_room) = restricted_pair(&lattice, &alice).await;
+    let (status, body) = join_via(&synapse, &tom, &l_room, lattice.name()).await;
+    assert!(
+        status.is_client_error(),
+        "tom, in no allowed room, joins Lattice's restricted room: {status} {body}"
+    );
+    let (status, body) = join_via(&synapse, &sam, &l_space, lattice.name()).await;
+    assert_eq!(status, StatusCode::OK, "sam joins the space: {body}");
+    eventually("sam in Lattice's space", || async {
+        joined(&lattice, &alice, &l_space)
+            .await
+            .contains(&sam.user_id)
+    })
+    .await;
+    let (status, body) = join_via(&synapse, &sam, &l_room, lattice.name()).await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "sam joins the restricted room: {body}"
+    );
+    eventually("sam in Lattice's restricted room", || async {
+        joined(&lattice, &alice, &l_room)
+            .await
+            .contains(&sam.user_id)
+    })
+    .await;
+    let content = member_content(&lattice, &alice, &l_room, &sam.user_id).await;
+    assert_eq!(
+        content["join_authorised_via_users_server"], alice.user_id,
+        "{content}"
+    );
+    assert_eq!(
+        membership_on(&lattice, &alice, &l_room, &tom.user_id).await,
+        None
+    );
+
+    // Synapse is the resident: Alice joins Sam's space, then the room.
+    let (s_space, s_room) = restricted_pair(&synapse, &sam).await;
+    let (status, body) = join_via(&lattice, &bob, &s_room, synapse.name()).await;
+    assert!(
+        status.is_client_error(),
+        "bob, in no allowed room, joins Synapse's restricted room: {status} {body}"
+    );
+    let (status, body) = join_via(&lattice, &alice, &s_space, synapse.name()).await;
+    assert_eq!(status, StatusCode::OK, "alice joins the space: {body}");
+    let (status, body) = join_via(&lattice, &alice, &s_room, synapse.name()).await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "alice joins the restricted room: {body}"
+    );
+    eventually("alice in Synapse's restricted room", || async {
+        joined(&synapse, &sam, &s_room)
+            .await
+            .contains(&alice.user_id)
+    })
+    .await;
+    let content = member_content(&synapse, &sam, &s_room, &alice.user_id).await;
+    assert_eq!(
+        content["join_authorised_via_users_server"], sam.user_id,
+        "{content}"
+    );
+    // Lattice holds the same countersigned join.
+    let content = member_content(&lattice, &alice, &s_room, &alice.user_id).await;
+    assert_eq!(
+        content["join_authorised_via_users_server"], sam.user_id,
+        "{content}"
+    );
+    assert_eq!(
+        membership_on(&synapse, &sam, &s_room, &bob.user_id).await,
+        None
+    );
+    // A message crosses once Alice is in.
+    let (status, body) = lattice
+        .put(
+            &format!(
+                "/_matrix/client/v3/rooms/{}/send/m.room.message/t1",
+                enc(&s_room)
+            ),
+            Some(&alice.access_token),
+            json!({"msgtype": "m.text", "body": "hello from a restricted join"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    eventually("alice's message on Synapse", || async {
+        all_messages(&synapse, &sam, &s_room)
+            .await
+            .iter()
+            .any(|b| b == "hello from a restricted join")
+    })
+    .await;
+}
