@@ -5,9 +5,13 @@ A Synapse ("resident") hosts a room with MEMBERS joined users and STATE state
 events in all. Then, side by side:
 
 * join: a Lattice user and a user of a second Synapse ("baseline") join the room
-  over federation. Reported: the time until `POST /join` returns, and until the
-  joining server answers `/joined_members` with every member (Synapse joins
-  with partial state and fills it in afterwards; Lattice joins with full state).
+  over federation. Reported: the time until `POST /join` returns; until a
+  message the resident sends right after the join is readable on the joining
+  server (`/messages`); and until the joining server answers `/joined_members`
+  with every member (Synapse joins with partial state and fills it in
+  afterwards; Lattice with full state, or with partial state under
+  `--faster-joins`, its `federation.faster_joins`). Then each joining
+  server's peak RSS (VmHWM) so far.
 * inbound PDUs: the resident's users send MESSAGES messages; reported: how long
   after the first send each joining server holds all of them, and the rate.
 
@@ -26,7 +30,7 @@ import subprocess
 import tempfile
 import time
 
-from servers import Lattice, Synapse, call, q, register, stop_all
+from servers import Lattice, Synapse, call, peak_rss_mib, q, register, stop_all
 
 
 def joined_count(server, token, room):
@@ -35,15 +39,36 @@ def joined_count(server, token, room):
     return len(body.get("joined", {})) if status == 200 else 0
 
 
-def timed_join(server, token, alias, room, expected_members):
+def readable(server, token, room, body):
+    """Whether `server` shows the message `body` among the room's newest events."""
+    path = f"/_matrix/client/v3/rooms/{q(room)}/messages?dir=b&limit=20"
+    status, page = call(server.base, "GET", path, token)
+    return status == 200 and any(
+        e.get("content", {}).get("body") == body for e in page.get("chunk", []))
+
+
+def timed_join(server, token, alias, room, expected_members, resident, resident_token, tag):
+    """(join returned, first message readable, all members visible), seconds."""
     start = time.monotonic()
     status, body = call(server.base, "POST", f"/_matrix/client/v3/join/{q(alias)}", token,
                         body={})
     joined = time.monotonic() - start
     assert status == 200, body
-    while joined_count(server, token, room) < expected_members:
+    text = f"first message after {tag}'s join"
+    status, body = call(resident.base, "PUT",
+                        f"/_matrix/client/v3/rooms/{q(room)}/send/m.room.message/first-{tag}",
+                        resident_token, {"msgtype": "m.text", "body": text})
+    assert status == 200, body
+    first = None
+    full = None
+    while first is None or full is None:
+        now = time.monotonic() - start
+        if first is None and readable(server, token, room, text):
+            first = now
+        if full is None and joined_count(server, token, room) >= expected_members:
+            full = now
         time.sleep(0.05)
-    return joined, time.monotonic() - start
+    return joined, first, full
 
 
 def message_count(server, token, room, prefix):
@@ -74,6 +99,8 @@ def main():
     ap.add_argument("--members", type=int, default=1000)
     ap.add_argument("--state", type=int, default=5000)
     ap.add_argument("--messages", type=int, default=500)
+    ap.add_argument("--faster-joins", action="store_true",
+                    help="Lattice joins with partial state (federation.faster_joins)")
     ap.add_argument("--keep", action="store_true")
     args = ap.parse_args()
 
@@ -87,7 +114,8 @@ def main():
         servers.append(resident)
         baseline = Synapse(args.synapse_python, work, "baseline", tls=tls)
         servers.append(baseline)
-        lattice = Lattice(args.lattice, work, args.database_url, tls=tls)
+        lattice = Lattice(args.lattice, work, args.database_url, tls=tls,
+                          faster_joins=args.faster_joins)
         servers.append(lattice)
 
         t0 = time.monotonic()
@@ -127,13 +155,21 @@ def main():
         b_token, _ = register(baseline.base, "joiner")
         expected = args.members + 1
         # Lattice first, then Synapse; the resident warmed up building the room.
-        l_join, l_full = timed_join(lattice, l_token, alias, room, expected + 0)
-        b_join, b_full = timed_join(baseline, b_token, alias, room, expected + 1)
-        print("join of the big room over federation (seconds):")
-        print(f"  lattice:  /join returned {l_join:7.2f}   all members visible {l_full:7.2f}")
-        print(f"  synapse:  /join returned {b_join:7.2f}   all members visible {b_full:7.2f}")
+        l_join, l_first, l_full = timed_join(lattice, l_token, alias, room, expected + 0,
+                                             resident, owner, "lattice")
+        b_join, b_first, b_full = timed_join(baseline, b_token, alias, room, expected + 1,
+                                             resident, owner, "synapse")
+        l_rss, b_rss = peak_rss_mib(lattice.proc), peak_rss_mib(baseline.proc)
+        mode = "partial state" if args.faster_joins else "full state"
+        print(f"join of the big room over federation (seconds; Lattice with {mode}):")
+        print("             /join returned   first message readable   all members visible"
+              "   peak RSS (MiB)")
+        for name, j, f, a, r in (("lattice", l_join, l_first, l_full, l_rss),
+                                 ("synapse", b_join, b_first, b_full, b_rss)):
+            print(f"  {name}:  {j:14.2f}   {f:22.2f}   {a:19.2f}   {r:14.1f}")
         print(f"  ratio lattice/synapse:   /join {l_join / b_join:5.2f}   "
-              f"full {l_full / b_full:5.2f}", flush=True)
+              f"first message {l_first / b_first:5.2f}   full {l_full / b_full:5.2f}   "
+              f"peak RSS {l_rss / b_rss:5.2f}", flush=True)
 
         # Inbound PDUs: the resident's members send; both joiners receive.
         prefix = "bench message "

@@ -65,6 +65,18 @@ def q(s):
     return urllib.parse.quote(s, safe="")
 
 
+def peak_rss_mib(proc):
+    """The process's peak resident set (VmHWM), in MiB; None once it is gone."""
+    try:
+        with open(f"/proc/{proc.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
 def stop_all(servers):
     for s in servers:
         s.proc.terminate()
@@ -152,7 +164,8 @@ class Lattice:
     """Lattice on the PostgreSQL database `database_url` (empty or Lattice's),
     with the appservice registration files `appservices`."""
 
-    def __init__(self, binary, work, database_url, tls=None, pool=16, appservices=()):
+    def __init__(self, binary, work, database_url, tls=None, pool=16, appservices=(),
+                 faster_joins=False):
         self.dir = os.path.join(work, "lattice")
         os.makedirs(self.dir)
         self.port, self.client_port = free_port(), free_port()
@@ -187,6 +200,8 @@ enabled = false
 trusted_key_servers = []
 ip_range_allowlist = ["127.0.0.0/8", "::1/128"]
 """
+        if faster_joins:
+            config += "faster_joins = true\n"
         if tls:
             config += f'extra_ca_files = ["{tls}/ca.pem"]\n'
         with open(f"{self.dir}/lattice.toml", "w") as f:
