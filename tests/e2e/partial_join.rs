@@ -924,12 +924,36 @@ fn serve_devices(peer: &HostilePeer) {
         Method::GET,
         "/_matrix/federation/v1/user/devices/",
         Answer::With(Arc::new(|path, _| {
-            let user = percent_decode(path.trim_start_matches("/_matrix/federation/v1/user/devices/"));
+            let user =
+                percent_decode(path.trim_start_matches("/_matrix/federation/v1/user/devices/"));
             Answer::Json(
                 StatusCode::OK,
                 json!({"user_id": user, "stream_id": 1,
                        "devices": [{"device_id": "PEERDEVICE", "keys": keys(&user)}]}),
             )
+        })),
+    );
+}
+
+/// Scripts `peer` to serve `/event_auth` for `room`'s events (the ones a
+/// test sends are added to `room.events` first).
+fn serve_event_auth(peer: &HostilePeer, room: &Arc<Mutex<PeerRoom>>) {
+    let room2 = room.clone();
+    let room_id = room.lock().unwrap().room_id.clone();
+    let prefix = format!("/_matrix/federation/v1/event_auth/{}/", enc(&room_id));
+    let prefix2 = prefix.clone();
+    peer.on(
+        Method::GET,
+        &prefix,
+        Answer::With(Arc::new(move |path, _| {
+            let id = percent_decode(path.trim_start_matches(prefix2.as_str()));
+            let r = room2.lock().unwrap();
+            let chain: Vec<Value> = r
+                .auth_chain(&[id])
+                .iter()
+                .map(|id| r.events[id].clone())
+                .collect();
+            Answer::Json(StatusCode::OK, json!({"auth_chain": chain}))
         })),
     );
 }
@@ -972,6 +996,7 @@ async fn after_the_resync_sync_sends_the_full_state_and_the_members_devices() {
         )
     };
     serve_room(&peer, &room, &bob.user_id, vec![peer.name().to_owned()]);
+    serve_event_auth(&peer, &room);
     serve_devices(&peer);
     // The resync is refused until the partial phase is over.
     let open = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -1019,6 +1044,10 @@ async fn after_the_resync_sync_sends_the_full_state_and_the_members_devices() {
         let m03 = r.members[3].clone();
         member_message(&peer, &r, &m03, &bob_join, r.depth + 2, auth, "from m03")
     };
+    room.lock()
+        .unwrap()
+        .events
+        .insert(spoke.clone(), pdu.clone());
     let answer = peer.send(&b, vec![pdu]).await;
     assert_eq!(answer[&spoke], json!({}), "{answer}");
     eventually("m03's message on B", || async {
@@ -1028,13 +1057,7 @@ async fn after_the_resync_sync_sends_the_full_state_and_the_members_devices() {
             .any(|m| m == "from m03")
     })
     .await;
-    let plain_partial = sync(
-        &b,
-        &bob,
-        plain_first["next_batch"].as_str(),
-        &plain,
-    )
-    .await;
+    let plain_partial = sync(&b, &bob, plain_first["next_batch"].as_str(), &plain).await;
     let lazy_partial = sync(&b, &bob, lazy_first["next_batch"].as_str(), &lazy).await;
     assert!(
         lazy_partial["rooms"]["join"][&room_id]["timeline"]["events"]
@@ -1074,20 +1097,17 @@ async fn after_the_resync_sync_sends_the_full_state_and_the_members_devices() {
 
     // Without lazy loading: every member, in a limited sync, and their
     // device lists.
-    let plain_after = sync(
-        &b,
-        &bob,
-        plain_partial["next_batch"].as_str(),
-        &plain,
-    )
-    .await;
+    let plain_after = sync(&b, &bob, plain_partial["next_batch"].as_str(), &plain).await;
     let section = &plain_after["rooms"]["join"][&room_id];
     assert_eq!(section["timeline"]["limited"], true, "{section}");
     let mut seen = state_members(section);
     seen.insert(bob.user_id.clone()); // his join is in the timeline
     assert_eq!(seen, want, "{section}");
     let changed = devices_changed(&plain_after);
-    assert!(learnt.is_subset(&changed), "{changed:?} lacks some of {learnt:?}");
+    assert!(
+        learnt.is_subset(&changed),
+        "{changed:?} lacks some of {learnt:?}"
+    );
     // Said once: the sync after says nothing more of the room.
     let plain_again = sync(&b, &bob, plain_after["next_batch"].as_str(), &plain).await;
     assert!(
@@ -1117,8 +1137,7 @@ async fn after_the_resync_sync_sends_the_full_state_and_the_members_devices() {
         .await;
     assert_eq!(status, StatusCode::OK, "{keys}");
     assert_eq!(
-        keys["device_keys"][&m03]["PEERDEVICE"]["keys"]["curve25519:PEERDEVICE"],
-        "curve-of-peer",
+        keys["device_keys"][&m03]["PEERDEVICE"]["keys"]["curve25519:PEERDEVICE"], "curve-of-peer",
         "{keys}"
     );
     assert!(
@@ -1176,6 +1195,7 @@ async fn an_event_the_full_state_forbids_is_rejected_after_the_resync() {
         (r.room_id.clone(), m05, m05_join, m03, m03_join)
     };
     serve_room(&peer, &room, &bob.user_id, vec![peer.name().to_owned()]);
+    serve_event_auth(&peer, &room);
     let open = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let (open2, room2) = (open.clone(), room.clone());
     peer.on(
@@ -1206,10 +1226,31 @@ async fn an_event_the_full_state_forbids_is_rejected_after_the_resync() {
             auth
         };
         (
-            member_message(&peer, &r, &m05, &bob_join, r.depth + 2, with(&m05_join), "banned speaks"),
-            member_message(&peer, &r, &m03, &bob_join, r.depth + 2, with(&m03_join), "m03 speaks"),
+            member_message(
+                &peer,
+                &r,
+                &m05,
+                &bob_join,
+                r.depth + 2,
+                with(&m05_join),
+                "banned speaks",
+            ),
+            member_message(
+                &peer,
+                &r,
+                &m03,
+                &bob_join,
+                r.depth + 2,
+                with(&m03_join),
+                "m03 speaks",
+            ),
         )
     };
+    {
+        let mut r = room.lock().unwrap();
+        r.events.insert(banned.0.clone(), banned.1.clone());
+        r.events.insert(honest.0.clone(), honest.1.clone());
+    }
     let answer = peer.send(&b, vec![banned.1, honest.1]).await;
     assert_eq!(answer[&banned.0], json!({}), "{answer}");
     assert_eq!(answer[&honest.0], json!({}), "{answer}");

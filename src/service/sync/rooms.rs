@@ -45,8 +45,7 @@ pub(super) async fn joined_room(
     // room's full state came since (a partial-state join resynced, whose
     // client holds only the partial state): the room is new to the client.
     let newly_joined = !initial
-        && (resynced
-            || (membership_changed && !joined_at(app, room_id, user, since).await?));
+        && (resynced || (membership_changed && !joined_at(app, room_id, user, since).await?));
     // A room new to the client gets its recent history, as far as the user may
     // see it, not only the window; and `limited`, so the client offers to page
     // back (as Synapse does for newly joined rooms).
@@ -73,7 +72,14 @@ pub(super) async fn joined_room(
 
     // State before the timeline, as the spec defines `state`.
     let full = initial || params.full_state || newly_joined;
-    let before = match rows::state_group_at(&app.db, room_id.as_str(), timeline_start - 1).await? {
+    // With no event before the timeline (a room joined over federation: our
+    // join is its first timeline event), the state at the first timeline
+    // event stands in; the timeline's own events are left out below.
+    let group = match rows::state_group_at(&app.db, room_id.as_str(), timeline_start - 1).await? {
+        Some(g) => Some(g),
+        None => timeline.first().and_then(|e| e.state_group),
+    };
+    let before = match group {
         Some(g) => state::full_state(&app.db, g).await?,
         None => Vec::new(),
     };
@@ -222,7 +228,9 @@ async fn members_from_auth_events(
         if ev.rejected || ev.event_type != "m.room.member" || !senders.contains(key) {
             continue;
         }
-        let slot = newest.entry(key.to_owned()).or_insert((i64::MIN, String::new()));
+        let slot = newest
+            .entry(key.to_owned())
+            .or_insert((i64::MIN, String::new()));
         if ev.depth > slot.0 {
             *slot = (ev.depth, ev.event_id.clone());
         }
