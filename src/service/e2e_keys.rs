@@ -655,6 +655,23 @@ pub async fn member_delta(
             delta.departed.insert(c.user_id);
         }
     }
+    // Rooms joined with partial state whose full state came in the window
+    // (faster joins): their members, learnt only now, arrive as if the user
+    // had just joined (as Synapse counts its un-partial-stated rooms).
+    for room in
+        crate::storage::partial_state::completed_between(&app.db, rooms, after, upto).await?
+    {
+        if mine.contains_key(&room) {
+            continue;
+        }
+        let members = crate::storage::rooms::members(&app.db, &room, "join").await?;
+        if members.iter().any(|(m, _)| m == me) {
+            for (member, _) in members {
+                delta.joined.insert(member.clone());
+                delta.arrived.insert(member);
+            }
+        }
+    }
     for (room, joined) in mine {
         for (member, _) in crate::storage::rooms::members(&app.db, &room, "join").await? {
             if joined {

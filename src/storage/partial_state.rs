@@ -161,7 +161,8 @@ pub async fn snapshots_after(
 }
 
 /// The room's timeline events after `stream` (events that arrived while it
-/// was partial-stated), in stream order: (event ID, state group).
+/// was partial-stated), in stream order, rejected ones left out: (event ID,
+/// state group).
 pub async fn events_after(
     db: impl PgExecutor<'_>,
     room_id: &str,
@@ -169,7 +170,8 @@ pub async fn events_after(
 ) -> sqlx::Result<Vec<(String, Option<i64>)>> {
     Ok(sqlx::query!(
         "select event_id, state_group from events
-         where room_id = $1 and stream_ordering > $2 order by stream_ordering",
+         where room_id = $1 and stream_ordering > $2 and not rejected
+         order by stream_ordering",
         room_id,
         stream
     )
@@ -188,4 +190,51 @@ pub async fn member_users(db: impl PgExecutor<'_>, room_id: &str) -> sqlx::Resul
     )
     .fetch_all(db)
     .await
+}
+
+/// Records that `room_id` got its full state at stream position `position`.
+pub async fn record_completion(
+    db: impl PgExecutor<'_>,
+    room_id: &str,
+    position: i64,
+) -> sqlx::Result<()> {
+    sqlx::query!(
+        "insert into partial_state_completions (room_id, stream_ordering) values ($1, $2)
+         on conflict do nothing",
+        room_id,
+        position
+    )
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// Of `rooms`, those whose full state came in `(after, upto]`.
+pub async fn completed_between(
+    db: impl PgExecutor<'_>,
+    rooms: &[String],
+    after: i64,
+    upto: i64,
+) -> sqlx::Result<Vec<String>> {
+    sqlx::query_scalar!(
+        r#"select distinct room_id as "room_id!" from partial_state_completions
+           where room_id = any($1) and stream_ordering > $2 and stream_ordering <= $3"#,
+        rooms,
+        after,
+        upto
+    )
+    .fetch_all(db)
+    .await
+}
+
+/// Marks an event rejected (it failed the auth rules against the full state
+/// once that came in): reads that leave out rejected events no longer show it.
+pub async fn mark_rejected(db: impl PgExecutor<'_>, event_id: &str) -> sqlx::Result<()> {
+    sqlx::query!(
+        "update events set rejected = true where event_id = $1",
+        event_id
+    )
+    .execute(db)
+    .await?;
+    Ok(())
 }

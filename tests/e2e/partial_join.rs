@@ -841,3 +841,459 @@ async fn joins_a_big_synapse_room_with_partial_state() {
     .await;
     lattice.stop().await;
 }
+
+/// `/sync` for `who`, from `since` (an initial sync without), with a filter.
+async fn sync(server: &ClientApi, who: &Login, since: Option<&str>, filter: &Value) -> Value {
+    let mut path = format!(
+        "/_matrix/client/v3/sync?timeout=0&filter={}",
+        enc(&filter.to_string())
+    );
+    if let Some(since) = since {
+        path.push_str(&format!("&since={}", enc(since)));
+    }
+    let (status, body) = server.get(&path, Some(&who.access_token)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body
+}
+
+/// The member state keys of a sync section's `state` events.
+fn state_members(section: &Value) -> BTreeSet<String> {
+    section["state"]["events"]
+        .as_array()
+        .map(|events| {
+            events
+                .iter()
+                .filter(|e| e["type"] == "m.room.member")
+                .map(|e| e["state_key"].as_str().unwrap().to_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// `device_lists.changed` of a sync answer.
+fn devices_changed(body: &Value) -> BTreeSet<String> {
+    body["device_lists"]["changed"]
+        .as_array()
+        .map(|l| l.iter().map(|u| u.as_str().unwrap().to_owned()).collect())
+        .unwrap_or_default()
+}
+
+/// A message from `sender` (a member of the peer's room) after `prev`, with
+/// `auth` (the sender's membership among them) as its auth events.
+fn member_message(
+    peer: &HostilePeer,
+    room: &PeerRoom,
+    sender: &str,
+    prev: &str,
+    depth: i64,
+    auth: Vec<String>,
+    body: &str,
+) -> (String, Value) {
+    peer.pdu(
+        &room.version,
+        json!({
+            "room_id": room.room_id, "sender": sender, "type": "m.room.message",
+            "content": {"msgtype": "m.text", "body": body},
+            "prev_events": [prev], "auth_events": auth, "depth": depth,
+        }),
+    )
+}
+
+/// Scripts the peer's answers about its users' devices: one device each,
+/// `PEERDEVICE`, by `/user/keys/query` and `/user/devices`.
+fn serve_devices(peer: &HostilePeer) {
+    fn keys(user: &str) -> Value {
+        json!({"user_id": user, "device_id": "PEERDEVICE",
+               "algorithms": ["m.olm.v1.curve25519-aes-sha2", "m.megolm.v1.aes-sha2"],
+               "keys": {"curve25519:PEERDEVICE": "curve-of-peer",
+                        "ed25519:PEERDEVICE": "ed-of-peer"},
+               "signatures": {user: {"ed25519:PEERDEVICE": "sig-of-peer"}}})
+    }
+    peer.on(
+        Method::POST,
+        "/_matrix/federation/v1/user/keys/query",
+        Answer::With(Arc::new(|_, body| {
+            let mut out = serde_json::Map::new();
+            for user in body["device_keys"].as_object().into_iter().flatten() {
+                out.insert(user.0.clone(), json!({"PEERDEVICE": keys(user.0)}));
+            }
+            Answer::Json(StatusCode::OK, json!({"device_keys": out}))
+        })),
+    );
+    peer.on(
+        Method::GET,
+        "/_matrix/federation/v1/user/devices/",
+        Answer::With(Arc::new(|path, _| {
+            let user =
+                percent_decode(path.trim_start_matches("/_matrix/federation/v1/user/devices/"));
+            Answer::Json(
+                StatusCode::OK,
+                json!({"user_id": user, "stream_id": 1,
+                       "devices": [{"device_id": "PEERDEVICE", "keys": keys(&user)}]}),
+            )
+        })),
+    );
+}
+
+/// Scripts `peer` to serve `/event_auth` for `room`'s events (the ones a
+/// test sends are added to `room.events` first).
+fn serve_event_auth(peer: &HostilePeer, room: &Arc<Mutex<PeerRoom>>) {
+    let room2 = room.clone();
+    let room_id = room.lock().unwrap().room_id.clone();
+    let prefix = format!("/_matrix/federation/v1/event_auth/{}/", enc(&room_id));
+    let prefix2 = prefix.clone();
+    peer.on(
+        Method::GET,
+        &prefix,
+        Answer::With(Arc::new(move |path, _| {
+            let id = percent_decode(path.trim_start_matches(prefix2.as_str()));
+            let r = room2.lock().unwrap();
+            let chain: Vec<Value> = r
+                .auth_chain(&[id])
+                .iter()
+                .map(|id| r.events[id].clone())
+                .collect();
+            Answer::Json(StatusCode::OK, json!({"auth_chain": chain}))
+        })),
+    );
+}
+
+/// After the resync, a local member's clients catch up as if they had just
+/// joined (MSC3902; Synapse treats un-partial-stated rooms as newly joined):
+/// in an encrypted room joined with partial state, bob syncs during the
+/// partial state (the omitted members unknown), and his next incremental
+/// sync after the resync is `limited` with the full state — every member
+/// without lazy loading; with lazy loading, the timeline's senders' — and
+/// `device_lists.changed` names the members learnt, whose keys `/keys/query`
+/// then gives (their lists tracked: fetched with `/user/devices`). Carol, on
+/// the same server but not in the room, learns nothing of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_the_resync_sync_sends_the_full_state_and_the_members_devices() {
+    let peer = HostilePeer::start().await;
+    let b = TestServer::start_federating_with(faster_joins).await;
+    let bob = b.register("bob", "password-b").await;
+    let carol = b.register("carol", "password-c").await;
+    let room = Arc::new(Mutex::new(PeerRoom::build(&peer)));
+    let (room_id, m03_join) = {
+        let mut r = room.lock().unwrap();
+        let creator = r.creator.clone();
+        r.add(
+            &peer,
+            &creator,
+            "m.room.encryption",
+            "",
+            json!({"algorithm": "m.megolm.v1.aes-sha2"}),
+            &[
+                ("m.room.create", ""),
+                ("m.room.member", creator.as_str()),
+                ("m.room.power_levels", ""),
+            ],
+        );
+        let m03 = r.members[3].clone();
+        (
+            r.room_id.clone(),
+            r.state[&("m.room.member".to_owned(), m03)].clone(),
+        )
+    };
+    serve_room(&peer, &room, &bob.user_id, vec![peer.name().to_owned()]);
+    serve_event_auth(&peer, &room);
+    serve_devices(&peer);
+    // The resync is refused until the partial phase is over.
+    let open = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (open2, room2) = (open.clone(), room.clone());
+    peer.on(
+        Method::GET,
+        &state_ids_prefix(&room_id),
+        Answer::With(Arc::new(move |_, _| {
+            if open2.load(std::sync::atomic::Ordering::SeqCst) {
+                Answer::Json(StatusCode::OK, room2.lock().unwrap().honest_state_ids())
+            } else {
+                Answer::Json(StatusCode::NOT_FOUND, json!({"errcode": "M_NOT_FOUND"}))
+            }
+        })),
+    );
+
+    let plain = json!({});
+    let lazy = json!({"room": {"state": {"lazy_load_members": true}}});
+    let carol_first = sync(&b, &carol, None, &plain).await;
+    join_via(&b, &bob, &room_id, peer.name()).await;
+    eventually("a refused resync round", || async {
+        !peer.received(&state_ids_prefix(&room_id)).is_empty()
+    })
+    .await;
+    let plain_first = sync(&b, &bob, None, &plain).await;
+    let lazy_first = sync(&b, &bob, None, &lazy).await;
+    let section = &plain_first["rooms"]["join"][&room_id];
+    assert!(section.is_object(), "{plain_first}");
+    assert!(
+        state_members(section).is_empty(),
+        "only bob's join is known, in the timeline: {section}"
+    );
+
+    // A member the partial state left out speaks: bob reads it at once.
+    let bob_join = current_state(&b, &bob, &room_id).await
+        [&("m.room.member".to_owned(), bob.user_id.clone())]
+        .clone();
+    let (spoke, pdu) = {
+        let r = room.lock().unwrap();
+        let auth = vec![
+            r.state[&("m.room.create".to_owned(), String::new())].clone(),
+            r.state[&("m.room.power_levels".to_owned(), String::new())].clone(),
+            m03_join.clone(),
+        ];
+        let m03 = r.members[3].clone();
+        member_message(&peer, &r, &m03, &bob_join, r.depth + 2, auth, "from m03")
+    };
+    room.lock()
+        .unwrap()
+        .events
+        .insert(spoke.clone(), pdu.clone());
+    let answer = peer.send(&b, vec![pdu]).await;
+    assert_eq!(answer[&spoke], json!({}), "{answer}");
+    eventually("m03's message on B", || async {
+        messages(&b, &bob.access_token, &room_id)
+            .await
+            .iter()
+            .any(|m| m == "from m03")
+    })
+    .await;
+    let plain_partial = sync(&b, &bob, plain_first["next_batch"].as_str(), &plain).await;
+    let lazy_partial = sync(&b, &bob, lazy_first["next_batch"].as_str(), &lazy).await;
+    assert!(
+        lazy_partial["rooms"]["join"][&room_id]["timeline"]["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["event_id"] == spoke.as_str()),
+        "{lazy_partial}"
+    );
+    // Lazy loading while partial: the sender's membership, from the
+    // event's auth events (the state has none yet).
+    let m03 = room.lock().unwrap().members[3].clone();
+    assert!(
+        state_members(&lazy_partial["rooms"]["join"][&room_id]).contains(&m03),
+        "{lazy_partial}"
+    );
+    let learnt: BTreeSet<String> = {
+        let r = room.lock().unwrap();
+        r.members
+            .iter()
+            .cloned()
+            .chain([r.creator.clone()])
+            .collect()
+    };
+    assert!(
+        devices_changed(&plain_partial).is_disjoint(&learnt),
+        "{plain_partial}"
+    );
+
+    // The full state comes in.
+    open.store(true, std::sync::atomic::Ordering::SeqCst);
+    let want = everyone(&room.lock().unwrap(), &bob);
+    eventually("the full state on B", || async {
+        joined_members(&b, &bob, &room_id).await == want
+    })
+    .await;
+
+    // Without lazy loading: every member, in a limited sync, and their
+    // device lists.
+    let plain_after = sync(&b, &bob, plain_partial["next_batch"].as_str(), &plain).await;
+    let section = &plain_after["rooms"]["join"][&room_id];
+    assert_eq!(section["timeline"]["limited"], true, "{section}");
+    let mut seen = state_members(section);
+    seen.insert(bob.user_id.clone()); // his join is in the timeline
+    assert_eq!(seen, want, "{section}");
+    let changed = devices_changed(&plain_after);
+    assert!(
+        learnt.is_subset(&changed),
+        "{changed:?} lacks some of {learnt:?}"
+    );
+    // Said once: the sync after says nothing more of the room.
+    let plain_again = sync(&b, &bob, plain_after["next_batch"].as_str(), &plain).await;
+    assert!(
+        plain_again["rooms"]["join"].get(&room_id).is_none(),
+        "{plain_again}"
+    );
+    assert!(devices_changed(&plain_again).is_disjoint(&learnt));
+
+    // With lazy loading: the senders' members (m03's, learnt only now).
+    let lazy_after = sync(&b, &bob, lazy_partial["next_batch"].as_str(), &lazy).await;
+    let section = &lazy_after["rooms"]["join"][&room_id];
+    assert_eq!(section["timeline"]["limited"], true, "{section}");
+    let lazy_members = state_members(section);
+    assert!(lazy_members.contains(&m03), "{section}");
+    assert!(
+        !lazy_members.contains(&room.lock().unwrap().members[7]),
+        "a member who never spoke, lazily left out: {section}"
+    );
+
+    // Their keys, from a list now tracked.
+    let (status, keys) = b
+        .post(
+            "/_matrix/client/v3/keys/query",
+            Some(&bob.access_token),
+            json!({"device_keys": {&m03: []}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{keys}");
+    assert_eq!(
+        keys["device_keys"][&m03]["PEERDEVICE"]["keys"]["curve25519:PEERDEVICE"], "curve-of-peer",
+        "{keys}"
+    );
+    assert!(
+        !peer
+            .received("/_matrix/federation/v1/user/devices/")
+            .is_empty(),
+        "the learnt member's list is tracked"
+    );
+
+    // Carol shares no room with them: nothing.
+    let carol_after = sync(&b, &carol, carol_first["next_batch"].as_str(), &plain).await;
+    assert!(
+        carol_after["rooms"]["join"].get(&room_id).is_none(),
+        "{carol_after}"
+    );
+    assert!(
+        devices_changed(&carol_after).is_disjoint(&learnt),
+        "{carol_after}"
+    );
+    b.stop().await;
+    peer.stop();
+}
+
+/// An event the partial state allowed but the full state forbids is
+/// rejected after the resync (as Synapse recomputes events received while
+/// partial): m05, banned before bob joined (the ban omitted with the other
+/// memberships), speaks citing his old join; B accepts it while partial,
+/// and once the full state is in it is gone from `/messages` and `/event`
+/// while an honest member's message stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_the_full_state_forbids_is_rejected_after_the_resync() {
+    let peer = HostilePeer::start().await;
+    let b = TestServer::start_federating_with(faster_joins).await;
+    let bob = b.register("bob", "password-b").await;
+    let room = Arc::new(Mutex::new(PeerRoom::build(&peer)));
+    let (room_id, m05, m05_join, m03, m03_join) = {
+        let mut r = room.lock().unwrap();
+        let creator = r.creator.clone();
+        let (m03, m05) = (r.members[3].clone(), r.members[5].clone());
+        let m03_join = r.state[&("m.room.member".to_owned(), m03.clone())].clone();
+        let m05_join = r.state[&("m.room.member".to_owned(), m05.clone())].clone();
+        r.add(
+            &peer,
+            &creator,
+            "m.room.member",
+            &m05,
+            json!({"membership": "ban"}),
+            &[
+                ("m.room.create", ""),
+                ("m.room.power_levels", ""),
+                ("m.room.member", creator.as_str()),
+                ("m.room.member", m05.as_str()),
+            ],
+        );
+        (r.room_id.clone(), m05, m05_join, m03, m03_join)
+    };
+    serve_room(&peer, &room, &bob.user_id, vec![peer.name().to_owned()]);
+    serve_event_auth(&peer, &room);
+    let open = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (open2, room2) = (open.clone(), room.clone());
+    peer.on(
+        Method::GET,
+        &state_ids_prefix(&room_id),
+        Answer::With(Arc::new(move |_, _| {
+            if open2.load(std::sync::atomic::Ordering::SeqCst) {
+                Answer::Json(StatusCode::OK, room2.lock().unwrap().honest_state_ids())
+            } else {
+                Answer::Json(StatusCode::NOT_FOUND, json!({"errcode": "M_NOT_FOUND"}))
+            }
+        })),
+    );
+
+    join_via(&b, &bob, &room_id, peer.name()).await;
+    let bob_join = current_state(&b, &bob, &room_id).await
+        [&("m.room.member".to_owned(), bob.user_id.clone())]
+        .clone();
+    let (banned, honest) = {
+        let r = room.lock().unwrap();
+        let base = [
+            r.state[&("m.room.create".to_owned(), String::new())].clone(),
+            r.state[&("m.room.power_levels".to_owned(), String::new())].clone(),
+        ];
+        let with = |join: &str| {
+            let mut auth = base.to_vec();
+            auth.push(join.to_owned());
+            auth
+        };
+        (
+            member_message(
+                &peer,
+                &r,
+                &m05,
+                &bob_join,
+                r.depth + 2,
+                with(&m05_join),
+                "banned speaks",
+            ),
+            member_message(
+                &peer,
+                &r,
+                &m03,
+                &bob_join,
+                r.depth + 2,
+                with(&m03_join),
+                "m03 speaks",
+            ),
+        )
+    };
+    {
+        let mut r = room.lock().unwrap();
+        r.events.insert(banned.0.clone(), banned.1.clone());
+        r.events.insert(honest.0.clone(), honest.1.clone());
+    }
+    let answer = peer.send(&b, vec![banned.1, honest.1]).await;
+    assert_eq!(answer[&banned.0], json!({}), "{answer}");
+    assert_eq!(answer[&honest.0], json!({}), "{answer}");
+    // While partial, B cannot tell: both are shown.
+    eventually("both messages on B", || async {
+        let seen = messages(&b, &bob.access_token, &room_id).await;
+        seen.iter().any(|m| m == "banned speaks") && seen.iter().any(|m| m == "m03 speaks")
+    })
+    .await;
+
+    open.store(true, std::sync::atomic::Ordering::SeqCst);
+    let want = everyone(&room.lock().unwrap(), &bob);
+    let want: BTreeSet<String> = want.into_iter().filter(|u| *u != m05).collect();
+    eventually("the full state on B", || async {
+        joined_members(&b, &bob, &room_id).await == want
+    })
+    .await;
+    let seen = messages(&b, &bob.access_token, &room_id).await;
+    assert!(!seen.iter().any(|m| m == "banned speaks"), "{seen:?}");
+    assert!(seen.iter().any(|m| m == "m03 speaks"), "{seen:?}");
+    let (status, body) = b
+        .get(
+            &format!(
+                "/_matrix/client/v3/rooms/{}/event/{}",
+                enc(&room_id),
+                enc(&banned.0)
+            ),
+            Some(&bob.access_token),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    assert_eq!(body["errcode"], "M_NOT_FOUND");
+    let (status, body) = b
+        .get(
+            &format!(
+                "/_matrix/client/v3/rooms/{}/event/{}",
+                enc(&room_id),
+                enc(&honest.0)
+            ),
+            Some(&bob.access_token),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    b.stop().await;
+    peer.stop();
+}

@@ -341,14 +341,26 @@ async fn resync_via(
     store::delete(&mut *tx, room_id.as_str())
         .await
         .map_err(|e| e.to_string())?;
+    // A position on the stream: the next sync of each member treats the
+    // room as newly joined (the full state, the members' device lists).
+    let (position, in_flight) = crate::service::stream::take(&mut tx, app)
+        .await
+        .map_err(db_err)?;
+    store::record_completion(&mut *tx, room_id.as_str(), position)
+        .await
+        .map_err(|e| e.to_string())?;
     tx.commit().await.map_err(|e| e.to_string())?;
+    drop(in_flight);
     event::release(locked);
     Ok(())
 }
 
 /// Checks the room's timeline events after `stream` against the auth rules
-/// and the state before each (now whole). One that fails is logged: it stays
-/// in the timeline, as it was shown already.
+/// and the state before each (now whole). A message (non-state) event that
+/// fails is marked rejected, as Synapse does when it recomputes the state of
+/// events received during the partial state: reads leave it out from then
+/// on (clients that synced it keep their copy). A state event that fails is
+/// only logged: the state groups built on it are not recomputed.
 async fn recheck_events_after(
     app: &AppState,
     rules: &ruma::room_version_rules::RoomVersionRules,
@@ -359,7 +371,7 @@ async fn recheck_events_after(
     let after = store::events_after(&app.db, room_id.as_str(), stream)
         .await
         .map_err(|e| e.to_string())?;
-    let mut failed = 0usize;
+    let mut rejected = 0usize;
     for (event_id, _) in &after {
         let mut tx = app.db.begin().await.map_err(|e| e.to_string())?;
         let Some(stored) = events::get(&mut *tx, event_id)
@@ -397,13 +409,21 @@ async fn recheck_events_after(
                 .collect();
         tx.commit().await.map_err(|e| e.to_string())?;
         if let Err(reason) = auth::authorize_with(rules, &pdu, &auth_events, &before) {
-            failed += 1;
-            tracing::warn!(%room_id, %event_id, %reason,
-                "an event received while the room was partial fails auth against the full state");
+            if pdu.state_key.is_some() {
+                tracing::warn!(%room_id, %event_id, %reason,
+                    "a state event received while the room was partial fails auth against the full state");
+                continue;
+            }
+            rejected += 1;
+            tracing::info!(%room_id, %event_id, %reason,
+                "an event received while the room was partial fails auth against the full state: rejected");
+            store::mark_rejected(&app.db, event_id)
+                .await
+                .map_err(|e| e.to_string())?;
         }
     }
-    if failed > 0 {
-        tracing::warn!(%room_id, failed, "events fail auth against the full state");
+    if rejected > 0 {
+        tracing::warn!(%room_id, rejected, "events rejected against the full state");
     }
     Ok(())
 }

@@ -263,6 +263,17 @@ async fn build(
         ));
     }
 
+    // Rooms joined with partial state whose full state came since the last
+    // sync (faster joins): new to the client, like a room just joined, so it
+    // gets the full state (as Synapse treats its un-partial-stated rooms).
+    let resynced: HashSet<String> = if initial {
+        HashSet::new()
+    } else {
+        crate::storage::partial_state::completed_between(&app.db, &joined, since, now)
+            .await?
+            .into_iter()
+            .collect()
+    };
     let active: HashSet<String> = if initial || params.full_state {
         joined.iter().cloned().collect()
     } else {
@@ -277,6 +288,7 @@ async fn build(
                 .cloned(),
         );
         active.extend(ephemeral.keys().cloned());
+        active.extend(resynced.iter().cloned());
         active
     };
 
@@ -293,7 +305,8 @@ async fn build(
         let changed = m.stream_ordering > since;
         match m.membership.as_str() {
             "join" if active.contains(&m.room_id) => {
-                joined.push((room_id, !initial && changed));
+                let resynced = resynced.contains(&m.room_id);
+                joined.push((room_id, !initial && changed, resynced));
             }
             "invite" if initial || changed => {
                 let events = stripped_state(app, &room_id, &m.event_id).await?;
@@ -345,10 +358,18 @@ async fn build(
     // (room, newly joined, section, member events sent)
     type Built = (OwnedRoomId, bool, response::JoinedRoom, MembersSent);
     let sections: Vec<Result<Built>> = futures_util::stream::iter(joined)
-        .map(|(room_id, changed)| async move {
-            let (section, sent, newly_joined) =
-                rooms::joined_room(app, session, &room_id, params, ignored, since, now, changed)
-                    .await?;
+        .map(|(room_id, changed, resynced)| async move {
+            let (section, sent, newly_joined) = rooms::joined_room(
+                app,
+                session,
+                &room_id,
+                params,
+                ignored,
+                (since, now),
+                changed,
+                resynced,
+            )
+            .await?;
             Ok((room_id, newly_joined, section, sent))
         })
         .buffered(ROOMS_AT_ONCE)

@@ -34,17 +34,18 @@ pub(super) async fn joined_room(
     room_id: &RoomId,
     params: &Params,
     ignored: &HashSet<String>,
-    since: i64,
-    upto: i64,
+    (since, upto): (i64, i64),
     membership_changed: bool,
+    resynced: bool,
 ) -> Result<(JoinedRoom, MembersSent, bool)> {
     let user: &UserId = &session.user_id;
     let mut viewer = Viewer::for_session(app, session, room_id).await?;
     let initial = params.since.is_none();
-    // Joined since the last sync (not a profile change of a member): the room is
-    // new to the client.
-    let newly_joined =
-        !initial && membership_changed && !joined_at(app, room_id, user, since).await?;
+    // Joined since the last sync (not a profile change of a member), or the
+    // room's full state came since (a partial-state join resynced, whose
+    // client holds only the partial state): the room is new to the client.
+    let newly_joined = !initial
+        && (resynced || (membership_changed && !joined_at(app, room_id, user, since).await?));
     // A room new to the client gets its recent history, as far as the user may
     // see it, not only the window; and `limited`, so the client offers to page
     // back (as Synapse does for newly joined rooms).
@@ -71,7 +72,14 @@ pub(super) async fn joined_room(
 
     // State before the timeline, as the spec defines `state`.
     let full = initial || params.full_state || newly_joined;
-    let before = match rows::state_group_at(&app.db, room_id.as_str(), timeline_start - 1).await? {
+    // With no event before the timeline (a room joined over federation: our
+    // join is its first timeline event), the state at the first timeline
+    // event stands in; the timeline's own events are left out below.
+    let group = match rows::state_group_at(&app.db, room_id.as_str(), timeline_start - 1).await? {
+        Some(g) => Some(g),
+        None => timeline.first().and_then(|e| e.state_group),
+    };
+    let before = match group {
         Some(g) => state::full_state(&app.db, g).await?,
         None => Vec::new(),
     };
@@ -122,6 +130,22 @@ pub(super) async fn joined_room(
             }
             state_ids.extend(extra);
         }
+        // A sender whose membership the state lacks: the room was joined
+        // with partial state (faster joins) and the memberships are not in
+        // yet. Their membership among the event's auth events stands in (as
+        // Synapse does); the sync after the resync sends the full state.
+        let known: HashSet<&str> = before
+            .iter()
+            .filter(|((t, _), _)| t == "m.room.member")
+            .map(|((_, k), _)| k.as_str())
+            .collect();
+        let lacking: Vec<&StoredEvent> = timeline
+            .iter()
+            .filter(|e| !known.contains(e.sender.as_str()))
+            .collect();
+        if !lacking.is_empty() {
+            state_ids.extend(members_from_auth_events(app, &lacking, &in_timeline).await?);
+        }
         let members = state_ids
             .iter()
             .filter(|((t, _), _)| t == "m.room.member")
@@ -170,6 +194,51 @@ pub(super) async fn joined_room(
         unread_thread_notifications,
     };
     Ok((section, members_sent, newly_joined))
+}
+
+/// The senders' member events among the auth events of `timeline` events
+/// (each sender's newest), as state entries, leaving out rejected ones and
+/// those in the timeline.
+async fn members_from_auth_events(
+    app: &AppState,
+    timeline: &[&StoredEvent],
+    in_timeline: &HashSet<&str>,
+) -> Result<Vec<((String, String), String)>> {
+    let mut wanted: HashSet<String> = HashSet::new();
+    for ev in timeline {
+        let json: Value = serde_json::from_str(&ev.json).unwrap_or_default();
+        for entry in json["auth_events"].as_array().into_iter().flatten() {
+            // Room versions 1 and 2 give `[id, hashes]` pairs.
+            let id = entry.as_str().or_else(|| entry[0].as_str());
+            if let Some(id) = id.filter(|id| !in_timeline.contains(id)) {
+                wanted.insert(id.to_owned());
+            }
+        }
+    }
+    if wanted.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids: Vec<String> = wanted.into_iter().collect();
+    let senders: HashSet<&str> = timeline.iter().map(|e| e.sender.as_str()).collect();
+    let mut newest: HashMap<String, (i64, String)> = HashMap::new();
+    for ev in events::get_many(&app.db, &ids).await? {
+        let Some(key) = ev.state_key.as_deref() else {
+            continue;
+        };
+        if ev.rejected || ev.event_type != "m.room.member" || !senders.contains(key) {
+            continue;
+        }
+        let slot = newest
+            .entry(key.to_owned())
+            .or_insert((i64::MIN, String::new()));
+        if ev.depth > slot.0 {
+            *slot = (ev.depth, ev.event_id.clone());
+        }
+    }
+    Ok(newest
+        .into_iter()
+        .map(|(user, (_, id))| (("m.room.member".to_owned(), user), id))
+        .collect())
 }
 
 /// Whether the user was joined to the room at stream position `at`.
