@@ -5,9 +5,9 @@
 use sqlx::PgExecutor;
 
 /// How many PDUs of one room stay queued for a destination that is down: the
-/// newest. One transaction's worth; a server away for longer than that misses
-/// the older ones unless it fetches them (`/get_missing_events` reaches 20 back
-/// from Lattice, 10 from Synapse; Synapse also backfills the gap later).
+/// newest. One transaction's worth; a server away for longer than that fetches
+/// the older ones (`/get_missing_events` reaches 20 back from Lattice, 10 from
+/// Synapse; both backfill the rest of the gap when a page reaches it).
 pub const DOWN_PDUS_PER_ROOM: i64 = 50;
 
 /// Queues a PDU of `room_id` for each destination. For a destination that is
@@ -627,17 +627,15 @@ pub async fn gaps_at(
 }
 
 /// Closes the gaps of `room_id` whose missing prev event is now in the
-/// room's graph (a timeline event, or a rejected or soft-failed one held with
-/// its state); returns how many rows went.
+/// timeline (the gap fallback holds it as an outlier with the state after
+/// it, which is not in the timeline: that gap stays); returns how many rows
+/// went.
 pub async fn close_filled_gaps(db: impl PgExecutor<'_>, room_id: &str) -> sqlx::Result<u64> {
     let done = sqlx::query!(
         "delete from event_gaps g
          where g.room_id = $1
-           and (exists (select 1 from events e
-                        where e.event_id = g.prev_event_id and e.room_id = $1)
-                or exists (select 1 from outlier_events o
-                           where o.event_id = g.prev_event_id and o.room_id = $1
-                             and o.state_group is not null))",
+           and exists (select 1 from events e
+                       where e.event_id = g.prev_event_id and e.room_id = $1)",
         room_id
     )
     .execute(db)

@@ -1,5 +1,7 @@
-//! History from before this server joined a room (`GET /backfill`), fetched when
-//! a client pages back past the oldest event we hold.
+//! History from before this server joined a room, or missed while it was away
+//! (`GET /backfill`), fetched when a client pages back past the oldest event we
+//! hold or to a gap in the middle of the timeline (`event_gaps`: prev events
+//! of an accepted event that we never got).
 //!
 //! Backfilled events pass the signature and hash checks and the auth rules
 //! against their own auth events (fetched with `/event_auth` when missing). They
@@ -69,16 +71,12 @@ pub async fn fill_gap(app: &AppState, room_id: &RoomId, gap: &fed_store::Gap) ->
     }
     // Filled meanwhile (by another page, or by events that arrived)?
     let closed = fed_store::close_filled_gaps(&app.db, room_id.as_str()).await?;
-    let mut in_graph: HashSet<String> = events::in_timeline(&app.db, &gap.missing)
+    // Held in the timeline: an outlier (as the gap fallback keeps the prev
+    // event it fetched) is not history a reader can page through.
+    let in_graph: HashSet<String> = events::in_timeline(&app.db, &gap.missing)
         .await?
         .into_iter()
         .collect();
-    in_graph.extend(
-        fed_store::graph_outliers(&app.db, &gap.missing)
-            .await?
-            .into_iter()
-            .map(|o| o.event_id),
-    );
     let missing: Vec<String> = gap
         .missing
         .iter()
@@ -324,16 +322,10 @@ async fn store_batch(
     // The prev events of what was written that we still do not hold (the
     // answer stopped short of them): gaps, filled when a page reaches them.
     let prevs: Vec<String> = written.iter().flat_map(|(_, p)| p.clone()).collect();
-    let mut in_graph: HashSet<String> = events::in_timeline(&app.db, &prevs)
+    let in_graph: HashSet<String> = events::in_timeline(&app.db, &prevs)
         .await?
         .into_iter()
         .collect();
-    in_graph.extend(
-        fed_store::graph_outliers(&app.db, &prevs)
-            .await?
-            .into_iter()
-            .map(|o| o.event_id),
-    );
     for (event_id, prevs) in written {
         let missing: Vec<String> = prevs
             .into_iter()
