@@ -34,7 +34,10 @@ use crate::{
     domain::filter::{Candidate, EventFilter},
     error::{Error, Result},
     service::AppState,
-    storage::{Postgres, Transaction, events, events::StoredEvent, redactions, rooms, state},
+    storage::{
+        Postgres, Transaction, events, events::StoredEvent, federation as fed_store, redactions,
+        rooms, state,
+    },
 };
 
 /// The creators of a room: the create event's sender, plus `additional_creators`
@@ -571,6 +574,15 @@ pub async fn messages(
     // Backfill requests one page may make.
     const MAX_BACKFILLS: usize = 3;
     let mut backfills = 0;
+    // Gaps in the middle of the timeline this page tried to fill.
+    let mut gap_state = GapFills::default();
+    // A page that starts just below an event with a gap before it (the last
+    // page ended there) starts by filling it.
+    if backwards && let RoomPos::Topo(t) = cursor {
+        let at = (t.depth, t.stream.saturating_add(1));
+        let gaps = fed_store::gaps_between(&app.db, room_id.as_str(), Some(at), at).await?;
+        fill_gaps(app, room_id, &gaps, to, &mut gap_state).await?;
+    }
     // Fetch in batches until `limit` visible events, the `to` token or the room's end.
     'fill: loop {
         let by_stream = matches!(cursor, RoomPos::Stream(_));
@@ -594,6 +606,19 @@ pub async fn messages(
                 events::page_by_stream(&app.db, room_id.as_str(), s, backwards, batch_size).await?
             }
         };
+        // Gaps in the middle of the timeline just before events of this
+        // batch (issue #20): filled when the page reaches them below.
+        let gaps: HashMap<String, fed_store::Gap> = if backwards && gap_state.fills < MAX_GAP_FILLS
+        {
+            let ids: Vec<String> = batch.iter().map(|e| e.event_id.clone()).collect();
+            fed_store::gaps_at(&app.db, room_id.as_str(), &ids)
+                .await?
+                .into_iter()
+                .map(|g| (g.event_id.clone(), g))
+                .collect()
+        } else {
+            HashMap::new()
+        };
         let fetched = batch.len() as i64;
         let mut scanned_batch = false;
         viewer.prefetch_events(&batch).await?;
@@ -614,15 +639,24 @@ pub async fn messages(
             // as Synapse's filter, and as `/sync`'s leave section shows it).
             let own_membership = ev.event_type == "m.room.member"
                 && ev.state_key.as_deref() == Some(reader.user_id.as_str());
-            if !filter_allows(filter, &ev)
-                || (ev.state_key.is_none() && ignored.contains(&ev.sender))
-                || !(own_membership || viewer.may_see(&ev).await?)
+            let gap = gaps.get(&ev.event_id);
+            if filter_allows(filter, &ev)
+                && !(ev.state_key.is_none() && ignored.contains(&ev.sender))
+                && (own_membership || viewer.may_see(&ev).await?)
             {
-                continue;
+                chunk_events.push(ev);
+                if chunk_events.len() == limit {
+                    break 'fill;
+                }
             }
-            chunk_events.push(ev);
-            if chunk_events.len() == limit {
-                break 'fill;
+            // The page goes on past an event with a gap before it: the gap's
+            // events are asked for, and the page reads on from just before
+            // that event with them in place. A gap that stays open is passed
+            // over, and the page returns what is held.
+            if let Some(gap) = gap
+                && fill_gaps(app, room_id, std::slice::from_ref(gap), to, &mut gap_state).await?
+            {
+                continue 'fill;
             }
         }
         if fetched < batch_size {
@@ -661,6 +695,44 @@ pub async fn messages(
         end,
         state: state.iter().map(raw).collect(),
     })
+}
+
+/// How many gaps one `/messages` page may try to fill (each one `/backfill`
+/// round, possibly with `/state_ids` and `/event_auth`).
+const MAX_GAP_FILLS: usize = 3;
+
+/// The gaps a page tried to fill.
+#[derive(Default)]
+struct GapFills {
+    fills: usize,
+    tried: std::collections::HashSet<String>,
+}
+
+/// Tries to fill `gaps` (newest first) until one fills, each at most once per
+/// page and none past `to`; returns whether one did.
+async fn fill_gaps(
+    app: &AppState,
+    room_id: &RoomId,
+    gaps: &[fed_store::Gap],
+    to: Option<RoomPos>,
+    state: &mut GapFills,
+) -> Result<bool> {
+    for gap in gaps {
+        if state.fills >= MAX_GAP_FILLS {
+            break;
+        }
+        // A gap before an event at or past `to` lies beyond the page.
+        if to.is_some_and(|to| to.holds(gap.depth, gap.stream_ordering))
+            || !state.tried.insert(gap.event_id.clone())
+        {
+            continue;
+        }
+        state.fills += 1;
+        if super::federation::backfill::fill_gap(app, room_id, gap).await? {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 /// The member events of the chunk's senders, as of the newest event in the chunk.

@@ -5,9 +5,9 @@
 use sqlx::PgExecutor;
 
 /// How many PDUs of one room stay queued for a destination that is down: the
-/// newest. One transaction's worth; a server away for longer than that misses
-/// the older ones unless it fetches them (`/get_missing_events` reaches 20 back
-/// from Lattice, 10 from Synapse; Synapse also backfills the gap later).
+/// newest. One transaction's worth; a server away for longer than that fetches
+/// the older ones (`/get_missing_events` reaches 20 back from Lattice, 10 from
+/// Synapse; both backfill the rest of the gap when a page reaches it).
 pub const DOWN_PDUS_PER_ROOM: i64 = 50;
 
 /// Queues a PDU of `room_id` for each destination. For a destination that is
@@ -540,4 +540,105 @@ pub async fn clear_queue(db: impl PgExecutor<'_>, destination: &str) -> sqlx::Re
     .execute(db)
     .await?;
     Ok(())
+}
+
+/// Records gaps: `event_id`, a timeline event of `room_id`, names the prev
+/// events `missing`, which we do not hold.
+pub async fn insert_gaps(
+    db: impl PgExecutor<'_>,
+    room_id: &str,
+    event_id: &str,
+    missing: &[String],
+) -> sqlx::Result<()> {
+    sqlx::query!(
+        "insert into event_gaps (room_id, event_id, prev_event_id)
+         select $1, $2, unnest($3::text[])
+         on conflict do nothing",
+        room_id,
+        event_id,
+        missing
+    )
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// A gap in a room's timeline: the event just after it and the prev events
+/// of that event we do not hold.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Gap {
+    pub event_id: String,
+    pub depth: i64,
+    pub stream_ordering: i64,
+    pub missing: Vec<String>,
+}
+
+/// The gaps of `room_id` just before events whose topological position
+/// (depth, stream ordering) lies within `[low, high]` (`low` none: no lower
+/// bound), the newest first.
+pub async fn gaps_between(
+    db: impl PgExecutor<'_>,
+    room_id: &str,
+    low: Option<(i64, i64)>,
+    high: (i64, i64),
+) -> sqlx::Result<Vec<Gap>> {
+    let (low_depth, low_stream) = low.unwrap_or((i64::MIN, i64::MIN));
+    sqlx::query_as!(
+        Gap,
+        r#"select g.event_id, e.depth, e.stream_ordering,
+                  array_agg(g.prev_event_id order by g.prev_event_id) as "missing!"
+           from event_gaps g join events e on e.event_id = g.event_id
+           where g.room_id = $1
+             and (e.depth, e.stream_ordering) <= ($2, $3)
+             and (e.depth, e.stream_ordering) >= ($4, $5)
+           group by g.event_id, e.depth, e.stream_ordering
+           order by e.depth desc, e.stream_ordering desc
+           limit 20"#,
+        room_id,
+        high.0,
+        high.1,
+        low_depth,
+        low_stream
+    )
+    .fetch_all(db)
+    .await
+}
+
+/// The gaps just before any of `event_ids` (a page read by stream ordering),
+/// the newest first.
+pub async fn gaps_at(
+    db: impl PgExecutor<'_>,
+    room_id: &str,
+    event_ids: &[String],
+) -> sqlx::Result<Vec<Gap>> {
+    sqlx::query_as!(
+        Gap,
+        r#"select g.event_id, e.depth, e.stream_ordering,
+                  array_agg(g.prev_event_id order by g.prev_event_id) as "missing!"
+           from event_gaps g join events e on e.event_id = g.event_id
+           where g.room_id = $1 and g.event_id = any($2)
+           group by g.event_id, e.depth, e.stream_ordering
+           order by e.depth desc, e.stream_ordering desc"#,
+        room_id,
+        event_ids
+    )
+    .fetch_all(db)
+    .await
+}
+
+/// Closes the gaps of `room_id` whose missing prev event is now in the
+/// timeline (the gap fallback holds it as an outlier with the state after
+/// it, which is not in the timeline: that gap stays); returns how many rows
+/// went.
+pub async fn close_filled_gaps(db: impl PgExecutor<'_>, room_id: &str) -> sqlx::Result<u64> {
+    let done = sqlx::query!(
+        "delete from event_gaps g
+         where g.room_id = $1
+           and exists (select 1 from events e
+                       where e.event_id = g.prev_event_id and e.room_id = $1)",
+        room_id
+    )
+    .execute(db)
+    .await?;
+    Ok(done.rows_affected())
 }

@@ -614,6 +614,7 @@ pub async fn purge(
     by_room!("room_aliases");
     by_room!("server_notice_rooms");
     by_room!("outlier_events");
+    by_room!("event_gaps");
     // State group entries go with their groups (on delete cascade).
     by_room!("state_groups");
     by_room!("events");

@@ -11,7 +11,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
 use crate::{
-    harness::{TestServer, enc, eventually, messages},
+    harness::{Login, TestServer, enc, eventually, messages},
     hostile::{Answer, HostilePeer},
 };
 
@@ -288,6 +288,205 @@ async fn a_server_back_from_down_catches_up_on_what_it_missed() {
         .is_none()
     })
     .await;
+    a.stop().await;
+    b.stop().await;
+}
+
+/// Every message body of `room` a user reads by paging `/messages` backwards
+/// from the newest event with `limit`, following `end` (as matrix-js-sdk and
+/// Element do), oldest first.
+async fn page_back_all(server: &TestServer, token: &str, room: &str, limit: usize) -> Vec<String> {
+    let mut bodies = Vec::new();
+    let mut from: Option<String> = None;
+    for _ in 0..200 {
+        let mut path = format!(
+            "/_matrix/client/v3/rooms/{}/messages?dir=b&limit={limit}",
+            enc(room)
+        );
+        if let Some(f) = &from {
+            path.push_str(&format!("&from={}", enc(f)));
+        }
+        let (status, body) = server.get(&path, Some(token)).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        bodies.extend(
+            body["chunk"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|e| e["type"] == "m.room.message")
+                .filter_map(|e| e["content"]["body"].as_str().map(str::to_owned)),
+        );
+        match body["end"].as_str() {
+            Some(end) => from = Some(end.to_owned()),
+            None => {
+                bodies.reverse();
+                return bodies;
+            }
+        }
+    }
+    panic!("paging never reached the start of the room");
+}
+
+/// The bodies of `n` messages sent while B is away.
+fn missed(n: usize) -> Vec<String> {
+    (1..=n).map(|i| format!("missed {i}")).collect()
+}
+
+/// A and B share a room made with `create` (B's `bob` joined and read
+/// "before"); B is stopped while alice sends `sent`, then started, and hears
+/// the newest of them (B's typing reaches A, which retries B at once).
+async fn b_misses(
+    create: Value,
+    sent: &[String],
+) -> (TestServer, TestServer, String, Login, Login) {
+    let a = start_server().await;
+    let b = TestServer::start_federating().await;
+    let alice = a.register("alice", "password-a").await;
+    let bob = b.register("bob", "password-b").await;
+    let room = a.create_room(&alice, create).await;
+    let (status, body) = b
+        .post(
+            &format!(
+                "/_matrix/client/v3/join/{}?server_name={}",
+                enc(&room),
+                enc(a.name())
+            ),
+            Some(&bob.access_token),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    a.send_message(
+        &alice,
+        &room,
+        json!({"msgtype": "m.text", "body": "before"}),
+    )
+    .await;
+    eventually("the first message on B", || async {
+        messages(&b, &bob.access_token, &room)
+            .await
+            .contains(&"before".to_owned())
+    })
+    .await;
+
+    let b_name = b.name().to_owned();
+    let stopped = b.stop_for_now().await;
+    for body in sent {
+        a.send_message(&alice, &room, json!({"msgtype": "m.text", "body": body}))
+            .await;
+    }
+    eventually("B marked down", || async {
+        gauge(
+            &metrics(&a).await,
+            "lattice_federation_destination_down",
+            &b_name,
+        ) == Some(1.0)
+    })
+    .await;
+
+    let b = stopped.start().await;
+    // Typing adds no event to the room (no fork); its EDU tells A B is up.
+    let (status, body) = b
+        .put(
+            &format!(
+                "/_matrix/client/v3/rooms/{}/typing/{}",
+                enc(&room),
+                enc(&bob.user_id)
+            ),
+            Some(&bob.access_token),
+            json!({"typing": true, "timeout": 30000}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let newest = sent.last().unwrap().clone();
+    eventually("the newest message on B", || async {
+        let (status, body) = b
+            .get(
+                &format!(
+                    "/_matrix/client/v3/rooms/{}/messages?dir=b&limit=1",
+                    enc(&room)
+                ),
+                Some(&bob.access_token),
+            )
+            .await;
+        status == StatusCode::OK && body["chunk"][0]["content"]["body"] == json!(newest)
+    })
+    .await;
+    (a, b, room, alice, bob)
+}
+
+/// The gap left by a long absence (more than the 50 PDUs a down destination
+/// keeps, more than `/get_missing_events` reaches) is filled from `/backfill`
+/// when B's user pages back to it: all 80 missed messages, in order, each
+/// once, paging with `end` as clients do; the room's current state is A's.
+#[tokio::test]
+async fn a_server_back_from_a_long_absence_backfills_the_gap_in_order() {
+    let sent = missed(80);
+    let (a, b, room, alice, bob) = b_misses(json!({"preset": "public_chat"}), &sent).await;
+    let state_before = crate::harness::current_state(&b, &bob, &room).await;
+    for limit in [7, 30] {
+        let read = page_back_all(&b, &bob.access_token, &room, limit).await;
+        let mut want = vec!["before".to_owned()];
+        want.extend(sent.iter().cloned());
+        assert_eq!(read, want, "limit {limit}");
+    }
+    // Filling history changed no current state, and B's current state is A's.
+    assert_eq!(
+        crate::harness::current_state(&b, &bob, &room).await,
+        state_before
+    );
+    assert_eq!(
+        crate::harness::current_state(&a, &alice, &room).await,
+        state_before
+    );
+    a.stop().await;
+    b.stop().await;
+}
+
+/// History visibility holds for a filled gap: in a `joined` room, carol, who
+/// joins on B after the gap, reads nothing from before her join through it,
+/// while bob, joined all along, reads all of it.
+#[tokio::test]
+async fn a_backfilled_gap_keeps_joined_history_visibility() {
+    let sent = missed(60);
+    let (a, b, room, _alice, bob) = b_misses(
+        json!({
+            "preset": "public_chat",
+            "initial_state": [{
+                "type": "m.room.history_visibility",
+                "state_key": "",
+                "content": {"history_visibility": "joined"},
+            }],
+        }),
+        &sent,
+    )
+    .await;
+    let carol = b.register("carol", "password-c").await;
+    let (status, body) = b
+        .post(
+            &format!("/_matrix/client/v3/join/{}", enc(&room)),
+            Some(&carol.access_token),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    b.send_message(
+        &carol,
+        &room,
+        json!({"msgtype": "m.text", "body": "carol here"}),
+    )
+    .await;
+    // Carol pages first, so the gap is filled on her page.
+    let read = page_back_all(&b, &carol.access_token, &room, 20).await;
+    assert_eq!(read, vec!["carol here".to_owned()]);
+    let read = page_back_all(&b, &bob.access_token, &room, 20).await;
+    let mut want = vec!["before".to_owned()];
+    want.extend(sent.iter().cloned());
+    want.push("carol here".to_owned());
+    assert_eq!(read, want);
+    // And carol still reads none of it now that it is held.
+    let read = page_back_all(&b, &carol.access_token, &room, 50).await;
+    assert_eq!(read, vec!["carol here".to_owned()]);
     a.stop().await;
     b.stop().await;
 }

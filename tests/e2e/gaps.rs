@@ -436,3 +436,182 @@ async fn lies_in_gap_answers_are_refused() {
     peer.stop();
     lattice.stop().await;
 }
+
+/// The message bodies `/messages` gives alice, oldest first (one page).
+async fn bodies(lattice: &TestServer, who: &Login, room: &str) -> Vec<String> {
+    crate::harness::messages(lattice, &who.access_token, room).await
+}
+
+/// A gap left by the state fallback (X accepted, its prev Y never fetched) is
+/// filled from `/backfill` when a page reaches it, and only with what checks
+/// out: a peer that answers with Y's body under a forged signature, or with
+/// another room's event, fills nothing, the gap stays (asked again on the
+/// next page) and the page still returns what is held; the honest answer
+/// puts Y in its place, before X, and closes the gap.
+#[tokio::test]
+async fn a_gap_backfill_takes_only_events_that_check_out() {
+    let lattice = TestServer::start_federating().await;
+    let peer = HostilePeer::start().await;
+    let alice = lattice.register("alice", "password-a").await;
+    let carol = lattice.register("carol", "password-c").await;
+    let room = lattice
+        .create_room(
+            &alice,
+            json!({"preset": "public_chat", "room_version": "10"}),
+        )
+        .await;
+    let other = lattice
+        .create_room(
+            &carol,
+            json!({"preset": "public_chat", "room_version": "10"}),
+        )
+        .await;
+    // Before mallory's join, so that it sorts before Y (a fork of the same
+    // depth would be ordered by the server).
+    lattice
+        .send_message(&alice, &room, json!({"msgtype": "m.text", "body": "a"}))
+        .await;
+    let mut v = peer.join(&lattice, &room, "mallory").await;
+    let o = peer.join(&lattice, &other, "mallory").await;
+
+    // join → Y → X → C: C pushed, X handed over by /get_missing_events, Y
+    // not: X is accepted with the state at Y from /state_ids (Y itself
+    // fetched with /event and held outside the timeline).
+    let (y, pdu_y) = peer.message(&v, "y");
+    v.advance(&y);
+    let (x, pdu_x) = peer.message(&v, "x");
+    v.advance(&x);
+    let (c, pdu_c) = peer.message(&v, "c");
+    serve_events(&peer, HashMap::from([(y.clone(), pdu_y.clone())]));
+    peer.on(
+        Method::POST,
+        "/_matrix/federation/v1/get_missing_events/",
+        Answer::Json(StatusCode::OK, json!({ "events": [pdu_x] })),
+    );
+    peer.on(
+        Method::GET,
+        "/_matrix/federation/v1/state_ids/",
+        Answer::Json(
+            StatusCode::OK,
+            json!({"pdu_ids": state_ids(&v), "auth_chain_ids": []}),
+        ),
+    );
+    const BACKFILL: &str = "/_matrix/federation/v1/backfill/";
+    peer.on(
+        Method::GET,
+        BACKFILL,
+        Answer::Json(
+            StatusCode::OK,
+            json!({"origin": peer.name(), "origin_server_ts": 0, "pdus": []}),
+        ),
+    );
+    let result = peer.send(&lattice, vec![pdu_c]).await;
+    assert_eq!(result[&c], json!({}), "{result}");
+    for id in [&x, &c] {
+        assert_eq!(
+            lattice.event_status(&alice, &room, id).await,
+            StatusCode::OK
+        );
+    }
+    let (status, body) = lattice
+        .get(
+            "/_matrix/client/v3/sync?timeout=0",
+            Some(&alice.access_token),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let since = body["next_batch"].as_str().unwrap().to_owned();
+
+    // Y with a forged signature (same ID: the reference hash leaves
+    // signatures out), and an event of the other room.
+    let mut forged = pdu_y.clone();
+    let key_id = forged["signatures"][peer.name()]
+        .as_object()
+        .unwrap()
+        .keys()
+        .next()
+        .unwrap()
+        .clone();
+    forged["signatures"][peer.name()][&key_id] = json!(
+        "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"
+    );
+    let (foreign, pdu_foreign) = peer.message(&o, "from the other room");
+    for (what, pdus) in [
+        ("forged", vec![forged]),
+        ("another room's", vec![pdu_foreign]),
+    ] {
+        peer.on(
+            Method::GET,
+            BACKFILL,
+            Answer::Json(
+                StatusCode::OK,
+                json!({"origin": peer.name(), "origin_server_ts": 0, "pdus": pdus}),
+            ),
+        );
+        let asked = peer.received(BACKFILL).len();
+        // The page returns what is held, in order, the gap passed over.
+        assert_eq!(
+            bodies(&lattice, &alice, &room).await,
+            vec!["a", "x", "c"],
+            "{what}"
+        );
+        let requests = peer.received(BACKFILL);
+        assert!(requests.len() > asked, "{what}: the gap was asked for");
+        assert!(
+            requests[asked..]
+                .iter()
+                .any(|r| r.path.contains(&format!("v={}", enc(&y)))),
+            "{what}: {requests:?}"
+        );
+        assert_eq!(
+            lattice.event_status(&alice, &room, &foreign).await,
+            StatusCode::NOT_FOUND,
+            "{what}"
+        );
+    }
+    // The other room did not get it either.
+    assert_eq!(
+        lattice.event_status(&carol, &other, &foreign).await,
+        StatusCode::NOT_FOUND
+    );
+
+    // The honest answer (with the events before Y that Lattice holds, as a
+    // server answers): Y in its place, the gap closed.
+    peer.on(
+        Method::GET,
+        BACKFILL,
+        Answer::Json(
+            StatusCode::OK,
+            json!({"origin": peer.name(), "origin_server_ts": 0, "pdus": [pdu_y]}),
+        ),
+    );
+    assert_eq!(
+        bodies(&lattice, &alice, &room).await,
+        vec!["a", "y", "x", "c"]
+    );
+    assert_eq!(
+        lattice.event_status(&alice, &room, &y).await,
+        StatusCode::OK
+    );
+    let asked = peer.received(BACKFILL).len();
+    assert_eq!(
+        bodies(&lattice, &alice, &room).await,
+        vec!["a", "y", "x", "c"]
+    );
+    assert_eq!(
+        peer.received(BACKFILL).len(),
+        asked,
+        "a closed gap is not asked for again"
+    );
+    // Filling history is not news: an incremental /sync does not carry Y.
+    let (status, body) = lattice
+        .get(
+            &format!("/_matrix/client/v3/sync?timeout=0&since={}", enc(&since)),
+            Some(&alice.access_token),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(!body.to_string().contains(&y), "{body}");
+    peer.stop();
+    lattice.stop().await;
+}

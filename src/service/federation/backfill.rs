@@ -1,5 +1,7 @@
-//! History from before this server joined a room (`GET /backfill`), fetched when
-//! a client pages back past the oldest event we hold.
+//! History from before this server joined a room, or missed while it was away
+//! (`GET /backfill`), fetched when a client pages back past the oldest event we
+//! hold or to a gap in the middle of the timeline (`event_gaps`: prev events
+//! of an accepted event that we never got).
 //!
 //! Backfilled events pass the signature and hash checks and the auth rules
 //! against their own auth events (fetched with `/event_auth` when missing). They
@@ -24,7 +26,7 @@ use crate::{
     domain::{auth, pdu::Pdu},
     error::Result,
     service::AppState,
-    storage::{events, rooms},
+    storage::{events, federation as fed_store, rooms},
 };
 
 /// How many events one `/backfill` request asks for.
@@ -36,15 +38,6 @@ pub async fn backfill(app: &AppState, room_id: &RoomId) -> Result<bool> {
     if !app.config.federation.enabled {
         return Ok(false);
     }
-    let Some(room) = rooms::get(&app.db, room_id.as_str()).await? else {
-        return Ok(false);
-    };
-    let Some(rules) = RoomVersionId::try_from(room.room_version.as_str())
-        .ok()
-        .and_then(|v| v.rules())
-    else {
-        return Ok(false);
-    };
     // The edge: prev events of the oldest timeline events we do not hold.
     let oldest = events::oldest_in_room(&app.db, room_id.as_str(), 20).await?;
     let mut edge: Vec<String> = Vec::new();
@@ -61,14 +54,78 @@ pub async fn backfill(app: &AppState, room_id: &RoomId) -> Result<bool> {
         .into_iter()
         .collect();
     edge.retain(|e| !held.contains(e));
-    if edge.is_empty() {
+    Ok(backfill_from(app, room_id, &edge, None).await? > 0)
+}
+
+/// Fills a gap in the middle of the timeline (issue #20): asks `/backfill`
+/// for the missing prev events of `gap.event_id` and what lies before them,
+/// first of the server that sent that event. The events are checked as any
+/// backfilled event and take their place before it (by depth); the room's
+/// current state and extremities do not change. The gap is closed once its
+/// events are held; the oldest events of a partial answer leave a gap of
+/// their own, filled when a page reaches it. Returns whether any event was
+/// added.
+pub async fn fill_gap(app: &AppState, room_id: &RoomId, gap: &fed_store::Gap) -> Result<bool> {
+    if !app.config.federation.enabled {
         return Ok(false);
     }
+    // Filled meanwhile (by another page, or by events that arrived)?
+    let closed = fed_store::close_filled_gaps(&app.db, room_id.as_str()).await?;
+    // Held in the timeline: an outlier (as the gap fallback keeps the prev
+    // event it fetched) is not history a reader can page through.
+    let in_graph: HashSet<String> = events::in_timeline(&app.db, &gap.missing)
+        .await?
+        .into_iter()
+        .collect();
+    let missing: Vec<String> = gap
+        .missing
+        .iter()
+        .filter(|m| !in_graph.contains(*m))
+        .cloned()
+        .collect();
+    if missing.is_empty() {
+        return Ok(closed > 0);
+    }
+    let first = events::get(&app.db, &gap.event_id)
+        .await?
+        .map(|e| e.sender)
+        .and_then(|s| ruma::UserId::parse(s).ok())
+        .map(|u| u.server_name().to_string());
+    let added = backfill_from(app, room_id, &missing, first).await?;
+    let closed = fed_store::close_filled_gaps(&app.db, room_id.as_str()).await?;
+    tracing::info!(%room_id, event_id = %gap.event_id, added, closed, "filled a gap");
+    Ok(added > 0)
+}
 
+/// Asks servers in the room (`first` before the others) for `edge` and the
+/// events before it, until one answers; stores what checks out. Returns how
+/// many events were added to the timeline.
+async fn backfill_from(
+    app: &AppState,
+    room_id: &RoomId,
+    edge: &[String],
+    first: Option<String>,
+) -> Result<usize> {
+    if edge.is_empty() {
+        return Ok(0);
+    }
+    let Some(room) = rooms::get(&app.db, room_id.as_str()).await? else {
+        return Ok(0);
+    };
+    let Some(rules) = RoomVersionId::try_from(room.room_version.as_str())
+        .ok()
+        .and_then(|v| v.rules())
+    else {
+        return Ok(0);
+    };
     // A room joined with partial state: the servers its resident named
     // first (the members we know may be only ourselves).
-    let mut servers: Vec<String> =
-        crate::storage::partial_state::servers(&app.db, room_id.as_str()).await?;
+    let mut servers: Vec<String> = first.into_iter().collect();
+    for s in crate::storage::partial_state::servers(&app.db, room_id.as_str()).await? {
+        if !servers.contains(&s) {
+            servers.push(s);
+        }
+    }
     for s in rooms::joined_servers(&app.db, room_id.as_str()).await? {
         if !servers.contains(&s) {
             servers.push(s);
@@ -101,11 +158,11 @@ pub async fn backfill(app: &AppState, room_id: &RoomId) -> Result<bool> {
             }
         };
         let pdus = reply["pdus"].as_array().cloned().unwrap_or_default();
-        let added = store_batch(app, &server, &rules, room_id, &edge, &pdus).await?;
+        let added = store_batch(app, &server, &rules, room_id, edge, &pdus).await?;
         tracing::info!(%room_id, %server, received = pdus.len(), added, "backfilled");
-        return Ok(added > 0);
+        return Ok(added);
     }
-    Ok(false)
+    Ok(0)
 }
 
 /// Checks and stores one `/backfill` answer, oldest first.
@@ -158,6 +215,8 @@ async fn store_batch(
     let mut added = 0;
     // The state group after each event written from this answer.
     let mut after: HashMap<String, i64> = HashMap::new();
+    // What was written, with its prev events.
+    let mut written: Vec<(String, Vec<String>)> = Vec::new();
     for c in checked {
         let auth_ids: Vec<String> = ingest::auth_ids_of(&c.pdu, rules)
             .iter()
@@ -210,11 +269,30 @@ async fn store_batch(
             ingest::store_outlier(&app.db, &c, true).await?;
             continue;
         }
-        let base = c
+        let mut base = c
             .pdu
             .prev_events
             .iter()
             .find_map(|p| after.get(p.as_str()).copied());
+        if base.is_none() && !c.pdu.prev_events.is_empty() {
+            // Its prev events are ours already (the answer reached the other
+            // side of a gap): the state after them is known here, and needs
+            // no one's word, when they all leave the room in one state.
+            let prevs: Vec<String> = c.pdu.prev_events.iter().map(|p| p.to_string()).collect();
+            let held = events::get_many(&app.db, &prevs).await?;
+            let mut groups: Vec<Option<i64>> = held
+                .iter()
+                .filter(|e| e.room_id == room_id.as_str())
+                .map(|e| e.state_group.filter(|_| !e.rejected))
+                .collect();
+            groups.sort_unstable();
+            groups.dedup();
+            if held.len() == prevs.len()
+                && let [Some(group)] = groups.as_slice()
+            {
+                base = Some(*group);
+            }
+        }
         let at = match base {
             Some(group) => StateAt::OnTopOf(Some(group)),
             // The create event: the state after it is itself (an answer that
@@ -235,7 +313,27 @@ async fn store_batch(
         };
         let group = write(app, rules, &c, at).await?;
         after.insert(c.event_id.to_string(), group);
+        written.push((
+            c.event_id.to_string(),
+            c.pdu.prev_events.iter().map(|p| p.to_string()).collect(),
+        ));
         added += 1;
+    }
+    // The prev events of what was written that we still do not hold (the
+    // answer stopped short of them): gaps, filled when a page reaches them.
+    let prevs: Vec<String> = written.iter().flat_map(|(_, p)| p.clone()).collect();
+    let in_graph: HashSet<String> = events::in_timeline(&app.db, &prevs)
+        .await?
+        .into_iter()
+        .collect();
+    for (event_id, prevs) in written {
+        let missing: Vec<String> = prevs
+            .into_iter()
+            .filter(|p| !in_graph.contains(p))
+            .collect();
+        if !missing.is_empty() {
+            fed_store::insert_gaps(&app.db, room_id.as_str(), &event_id, &missing).await?;
+        }
     }
     Ok(added)
 }

@@ -540,6 +540,9 @@ async fn receive_checked(
     // A gap that stays open: refused for an event sent to us, filled with the
     // state its sender gives for one we fetched.
     let mut gap_groups = Vec::new();
+    // The prev events still missing: a gap in the timeline once the event
+    // is accepted, filled when `/messages` reaches it (`super::backfill`).
+    let mut gap_missing: Vec<String> = Vec::new();
     if have.len() < prev_ids.len() {
         let Mode::Pulled(from) = mode else {
             return Err("prev events are missing and could not be fetched".into());
@@ -553,6 +556,7 @@ async fn receive_checked(
                 .await
                 .map_err(|e| format!("the state after missing prev event {prev}: {e}"))?;
             gap_groups.push(group);
+            gap_missing.push(prev.clone());
         }
     }
 
@@ -775,6 +779,11 @@ async fn receive_checked(
         sync_memberships(&mut tx, room_id, old_current, new_current)
             .await
             .map_err(db_err)?;
+    }
+    if !gap_missing.is_empty() {
+        fed_store::insert_gaps(&mut *tx, room_id.as_str(), event_id.as_str(), &gap_missing)
+            .await
+            .map_err(|e| e.to_string())?;
     }
     extremities.push(event_id.clone());
     room.extremities = extremities;

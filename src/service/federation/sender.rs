@@ -8,8 +8,8 @@
 //! A destination failing for `federation.destination_down_after_secs` (an hour)
 //! is down: its backoff grows to an hour, and its queue stays bounded: only
 //! the newest 50 PDUs of each room stay queued for it (a server away for
-//! longer misses the older ones unless it fetches them: `/get_missing_events`,
-//! or a backfill of the gap, which Synapse does and Lattice does not yet).
+//! longer fetches the older ones: `/get_missing_events` for the nearest, then
+//! `/backfill` of the gap when its users page back to it, as Synapse does).
 //! Typing, receipts and presence keep only their latest state for any
 //! destination (the `collapse_key` of each queued EDU). To-device messages and
 //! device-list updates are kept whole.
