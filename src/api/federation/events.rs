@@ -22,7 +22,9 @@ use super::FedRequest;
 use crate::{
     error::{Error, ErrorKind, Result},
     service::AppState,
-    service::federation::{acl, ingest, invite, join, reads, visibility::ServerView},
+    service::federation::{
+        acl, ingest, invite, reads, resident, state_before, visibility::ServerView,
+    },
 };
 
 pub fn router() -> Router<AppState> {
@@ -187,7 +189,7 @@ async fn make_leave(
     let room_id = acl_room(&app, &room_id, &fed.origin).await?;
     let user_id = path_user(&user_id)?;
     Ok(Json(
-        join::make_leave(&app, &fed.origin, &room_id, &user_id).await?,
+        resident::make_leave(&app, &fed.origin, &room_id, &user_id).await?,
     ))
 }
 
@@ -201,7 +203,7 @@ async fn make_knock(
     let user_id = path_user(&user_id)?;
     let versions = ver_params(query);
     Ok(Json(
-        join::make_knock(&app, &fed.origin, &room_id, &user_id, &versions).await?,
+        resident::make_knock(&app, &fed.origin, &room_id, &user_id, &versions).await?,
     ))
 }
 
@@ -214,7 +216,7 @@ async fn send_knock(
     let event_id = path_event(&event_id)?;
     let body: Value = fed.json()?;
     Ok(Json(
-        join::send_knock(&app, &fed.origin, &room_id, &event_id, &body).await?,
+        resident::send_knock(&app, &fed.origin, &room_id, &event_id, &body).await?,
     ))
 }
 
@@ -226,7 +228,7 @@ async fn send_leave(
     let room_id = acl_room(&app, &room_id, &fed.origin).await?;
     let event_id = path_event(&event_id)?;
     let body: Value = fed.json()?;
-    join::send_leave(&app, &fed.origin, &room_id, &event_id, &body).await?;
+    resident::send_leave(&app, &fed.origin, &room_id, &event_id, &body).await?;
     Ok(Json(json!({})))
 }
 
@@ -239,7 +241,7 @@ async fn send_leave_v1(
     let room_id = acl_room(&app, &room_id, &fed.origin).await?;
     let event_id = path_event(&event_id)?;
     let body: Value = fed.json()?;
-    join::send_leave(&app, &fed.origin, &room_id, &event_id, &body).await?;
+    resident::send_leave(&app, &fed.origin, &room_id, &event_id, &body).await?;
     Ok(Json(json!([200, {}])))
 }
 
@@ -344,7 +346,7 @@ async fn make_join(
         versions
     };
     Ok(Json(
-        join::make_join(&app, &fed.origin, &room_id, &user_id, &versions).await?,
+        resident::make_join(&app, &fed.origin, &room_id, &user_id, &versions).await?,
     ))
 }
 
@@ -363,7 +365,7 @@ async fn send_join(
     let omit_members = omit_members_param(query)?;
     let body: Value = fed.json()?;
     let joined =
-        join::send_join(&app, &fed.origin, &room_id, &event_id, &body, omit_members).await?;
+        resident::send_join(&app, &fed.origin, &room_id, &event_id, &body, omit_members).await?;
     let mut answer = json!({
         "origin": app.server_name.as_str(),
         "state": joined.state,
@@ -407,7 +409,7 @@ async fn send_join_v1(
     let room_id = acl_room(&app, &room_id, &fed.origin).await?;
     let event_id = path_event(&event_id)?;
     let body: Value = fed.json()?;
-    let joined = join::send_join(&app, &fed.origin, &room_id, &event_id, &body, false).await?;
+    let joined = resident::send_join(&app, &fed.origin, &room_id, &event_id, &body, false).await?;
     Ok(Json(json!([200, {
         "origin": app.server_name.as_str(),
         "state": joined.state,
@@ -435,9 +437,9 @@ async fn event_auth(
 ) -> Result<Json<Value>> {
     let room_id = RoomId::parse(&room_id).map_err(|_| Error::invalid_param("Invalid room ID"))?;
     let stored = reads::readable_event(&app, &fed.origin, &room_id, &event_id).await?;
-    let chain = join::auth_chain_ids(&app, &room_id, &[stored.event_id]).await?;
+    let chain = state_before::auth_chain_ids(&app, &room_id, &[stored.event_id]).await?;
     Ok(Json(
-        json!({"auth_chain": join::jsons(&app, &chain).await?}),
+        json!({"auth_chain": state_before::jsons(&app, &chain).await?}),
     ))
 }
 
@@ -464,8 +466,8 @@ async fn state(
 ) -> Result<Json<Value>> {
     let (ids, chain) = reads::state_at(&app, &fed.origin, &room_id, &q.event_id).await?;
     Ok(Json(json!({
-        "pdus": join::jsons(&app, &ids).await?,
-        "auth_chain": join::jsons(&app, &chain).await?,
+        "pdus": state_before::jsons(&app, &ids).await?,
+        "auth_chain": state_before::jsons(&app, &chain).await?,
     })))
 }
 
