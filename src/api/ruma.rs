@@ -253,7 +253,7 @@ fn nesting_exceeds(json: &[u8], max: usize) -> bool {
     false
 }
 
-fn request_error(e: FromHttpRequestError) -> Error {
+pub(super) fn request_error(e: FromHttpRequestError) -> Error {
     match e {
         FromHttpRequestError::MethodMismatch { .. } => {
             Error::unrecognized(StatusCode::METHOD_NOT_ALLOWED)

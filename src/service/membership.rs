@@ -369,16 +369,23 @@ pub async fn leave(
         && let Ok(server) = ruma::OwnedServerName::try_from(remote.via_server.as_str())
         && !resident(app, room_id).await?
     {
-        let through =
-            super::federation::join::leave_remote(app, user, room_id, &server, reason.clone());
+        let through = super::federation::leave_knock::leave_remote(
+            app,
+            user,
+            room_id,
+            &server,
+            reason.clone(),
+        );
         let Err(error) = through.await else {
             return Ok(());
         };
         // The user is not kept in a room they want out of because its server
         // cannot be asked: they leave here alone (as Synapse does).
         tracing::info!(%room_id, %server, %error, "remote rejection failed: leaving locally");
-        return super::federation::join::leave_out_of_band(app, user, room_id, &remote, reason)
-            .await;
+        return super::federation::leave_knock::leave_out_of_band(
+            app, user, room_id, &remote, reason,
+        )
+        .await;
     }
     let mut tx = app.db.begin().await?;
     let Some(mut room) = RoomCtx::lock(&mut tx, room_id).await? else {
@@ -552,8 +559,14 @@ pub async fn knock(
         let mut seen = std::collections::HashSet::new();
         candidates.retain(|s| seen.insert(s.clone()) && s != &app.server_name);
         if !candidates.is_empty() {
-            return super::federation::join::knock_remote(app, user, room_id, &candidates, reason)
-                .await;
+            return super::federation::leave_knock::knock_remote(
+                app,
+                user,
+                room_id,
+                &candidates,
+                reason,
+            )
+            .await;
         }
     }
     let mut tx = app.db.begin().await?;

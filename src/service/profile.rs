@@ -4,7 +4,7 @@
 //! `m.tz` and custom namespaced keys, any JSON value) are stored with them;
 //! the whole profile stays under 64 KiB.
 
-use ruma::{RoomId, UserId};
+use ruma::{RoomId, UserId, api::federation::query::get_profile_information};
 use serde_json::{Map, Value, json};
 
 use super::{event, session::Session};
@@ -51,23 +51,13 @@ async fn remote_body(app: &AppState, user_id: &UserId, field: Option<&str>) -> R
     if !app.config.federation.enabled {
         return Err(Error::not_found("Profile not found (federation is off)"));
     }
-    let enc = |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
-    let mut path = format!(
-        "/_matrix/federation/v1/query/profile?user_id={}",
-        enc(user_id.as_str())
-    );
-    if let Some(field) = field {
-        path.push_str(&format!("&field={}", enc(field)));
-    }
-    match app
-        .federation
-        .request_json(user_id.server_name(), http::Method::GET, &path, None)
-        .await
-    {
-        Ok(body) if body.is_object() => Ok(body),
-        Ok(_) => Err(Error::not_found("Profile not available")),
+    let mut request = get_profile_information::v1::Request::new(user_id.to_owned());
+    request.field = field.map(Into::into);
+    match app.federation.send(user_id.server_name(), request).await {
+        Ok(response) => Ok(Value::Object(response.into_iter().collect())),
         Err(e) if e.is_not_found() => Err(Error::not_found("Profile not found")),
         Err(e) => {
+            // An answer that is not a JSON object is ruma's parse error here.
             tracing::info!(%user_id, error = %e, "remote profile lookup failed");
             Err(Error::not_found("Profile not available"))
         }

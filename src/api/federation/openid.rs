@@ -4,14 +4,14 @@
 //! authentication; callers are rate-limited by IP instead.
 
 use axum::{
-    Json, Router,
+    Router,
     extract::{RawQuery, State},
     routing::get,
 };
-use serde_json::{Value, json};
+use ruma::api::federation::openid::get_openid_userinfo;
 
 use crate::{
-    api::{auth::ClientIp, rate_limited},
+    api::{auth::ClientIp, rate_limited, ruma::RumaResponse},
     error::{Error, ErrorKind, Result},
     service::AppState,
     service::openid,
@@ -24,8 +24,10 @@ pub fn router() -> Router<AppState> {
 async fn userinfo(
     State(app): State<AppState>,
     ClientIp(ip): ClientIp,
+    // Not ruma's request type: its `access_token` is required, so a missing
+    // token would be `M_INVALID_PARAM` instead of Synapse's `M_MISSING_TOKEN`.
     RawQuery(query): RawQuery,
-) -> Result<Json<Value>> {
+) -> Result<RumaResponse<get_openid_userinfo::v1::Response>> {
     rate_limited(app.client_limiter.check(&ip.unwrap_or_default()))?;
     let token = query.and_then(|q| {
         form_urlencoded::parse(q.as_bytes())
@@ -37,5 +39,7 @@ async fn userinfo(
         return Err(Error::new(ErrorKind::MissingToken, "Access token required"));
     };
     let user_id = openid::userinfo(&app, &token).await?;
-    Ok(Json(json!({ "sub": user_id })))
+    Ok(RumaResponse(get_openid_userinfo::v1::Response::new(
+        user_id,
+    )))
 }

@@ -3,13 +3,23 @@
 //! `/timestamp_to_event` and `/hierarchy/{roomId}` (spec: "Spaces").
 
 use axum::{Json, Router, extract::State, routing::get};
-use ruma::{RoomAliasId, UserId};
+use ruma::{
+    EventId, MilliSecondsSinceUnixEpoch, UInt,
+    api::{
+        Direction,
+        federation::{
+            event::get_event_by_timestamp,
+            query::{get_profile_information, get_room_information},
+        },
+    },
+};
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 
-use super::FedRequest;
+use super::{FedRequest, FedRuma};
 use crate::{
     api::json::Query,
+    api::ruma::{RouterExt, RumaResponse},
     error::{Error, Result},
     service::AppState,
     service::{directory, profile},
@@ -17,19 +27,13 @@ use crate::{
 
 pub fn router() -> Router<AppState> {
     Router::new()
-        .route("/_matrix/federation/v1/query/profile", get(query_profile))
-        .route(
-            "/_matrix/federation/v1/query/directory",
-            get(query_directory),
-        )
+        .ruma::<get_profile_information::v1::Request, _, _>(query_profile)
+        .ruma::<get_room_information::v1::Request, _, _>(query_directory)
         .route(
             "/_matrix/federation/v1/publicRooms",
             get(public_rooms_get).post(public_rooms_post),
         )
-        .route(
-            "/_matrix/federation/v1/timestamp_to_event/{room_id}",
-            get(timestamp_to_event),
-        )
+        .ruma::<get_event_by_timestamp::v1::Request, _, _>(timestamp_to_event)
         .route("/_matrix/federation/v1/hierarchy/{room_id}", get(hierarchy))
 }
 
@@ -109,82 +113,58 @@ fn network_of(body: &Value) -> directory::Network {
     }
 }
 
-#[derive(Deserialize)]
-struct TimestampQuery {
-    ts: i64,
-    dir: String,
-}
-
 /// The event closest to `ts` in a room the requesting server is in.
 async fn timestamp_to_event(
     State(app): State<AppState>,
-    axum::extract::Path(room_id): axum::extract::Path<String>,
-    Query(q): Query<TimestampQuery>,
-    fed: FedRequest,
-) -> Result<Json<Value>> {
-    let backwards = match q.dir.as_str() {
-        "b" => true,
-        "f" => false,
-        _ => return Err(Error::invalid_param("dir must be b or f")),
-    };
-    let room_id =
-        ruma::RoomId::parse(&room_id).map_err(|_| Error::invalid_param("Invalid room ID"))?;
+    FedRuma { origin, request }: FedRuma<get_event_by_timestamp::v1::Request>,
+) -> Result<RumaResponse<get_event_by_timestamp::v1::Response>> {
+    let backwards = request.dir == Direction::Backward;
+    let ts = i64::from(request.ts.get());
     let (event_id, origin_server_ts) = crate::service::federation::visibility::closest_to_ts(
         &app,
-        &fed.origin,
-        &room_id,
-        q.ts,
+        &origin,
+        &request.room_id,
+        ts,
         backwards,
     )
     .await?
     .ok_or_else(|| Error::not_found("No event found"))?;
-    Ok(Json(
-        json!({ "event_id": event_id, "origin_server_ts": origin_server_ts }),
-    ))
-}
-
-#[derive(Deserialize)]
-struct ProfileQuery {
-    user_id: String,
-    field: Option<String>,
+    let event_id =
+        EventId::parse(&event_id).map_err(|e| anyhow::anyhow!("stored event ID: {e}"))?;
+    let origin_server_ts = MilliSecondsSinceUnixEpoch(
+        UInt::try_from(origin_server_ts).map_err(|e| anyhow::anyhow!("stored timestamp: {e}"))?,
+    );
+    Ok(RumaResponse(get_event_by_timestamp::v1::Response::new(
+        event_id,
+        origin_server_ts,
+    )))
 }
 
 async fn query_profile(
     State(app): State<AppState>,
-    Query(q): Query<ProfileQuery>,
-    _fed: FedRequest,
-) -> Result<Json<Value>> {
-    let user_id = UserId::parse(&q.user_id).map_err(|_| Error::invalid_param("Invalid user_id"))?;
-    if user_id.server_name() != app.server_name {
+    FedRuma { request, .. }: FedRuma<get_profile_information::v1::Request>,
+) -> Result<RumaResponse<get_profile_information::v1::Response>> {
+    if request.user_id.server_name() != app.server_name {
         return Err(Error::invalid_param("The user is not on this server"));
     }
     // The whole profile, custom fields too (spec v1.16), or the one `field`.
-    let mut all = profile::full(&app, &user_id).await?;
-    Ok(Json(Value::Object(match &q.field {
-        None => all,
-        Some(field) => all
-            .remove_entry(field)
-            .into_iter()
-            .collect::<serde_json::Map<_, _>>(),
-    })))
-}
-
-#[derive(Deserialize)]
-struct DirectoryQuery {
-    room_alias: String,
+    let mut all = profile::full(&app, &request.user_id).await?;
+    Ok(RumaResponse(match &request.field {
+        None => all.into_iter().collect(),
+        Some(field) => all.remove_entry(field.as_str()).into_iter().collect(),
+    }))
 }
 
 async fn query_directory(
     State(app): State<AppState>,
-    Query(q): Query<DirectoryQuery>,
-    _fed: FedRequest,
-) -> Result<Json<Value>> {
-    let alias = RoomAliasId::parse(&q.room_alias)
-        .map_err(|_| Error::invalid_param("Invalid room_alias"))?;
-    if alias.server_name() != app.server_name {
+    FedRuma { request, .. }: FedRuma<get_room_information::v1::Request>,
+) -> Result<RumaResponse<get_room_information::v1::Response>> {
+    if request.room_alias.server_name() != app.server_name {
         return Err(Error::invalid_param("The alias is not on this server"));
     }
     // Our alias: the room and its joined servers, this one first.
-    let (room_id, servers) = directory::association(&app, &alias).await?;
-    Ok(Json(json!({"room_id": room_id, "servers": servers})))
+    let (room_id, servers) = directory::association(&app, &request.room_alias).await?;
+    Ok(RumaResponse(get_room_information::v1::Response::new(
+        room_id, servers,
+    )))
 }

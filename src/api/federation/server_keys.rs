@@ -37,10 +37,12 @@ pub fn router() -> Router<AppState> {
         .route("/_matrix/key/v2/query", post(query_batch))
 }
 
+// JSON: not yet ruma's type (issue #20).
 async fn version() -> Json<Value> {
     Json(json!({"server": {"name": "Lattice", "version": env!("CARGO_PKG_VERSION")}}))
 }
 
+// JSON: a signed key response, served exactly as signed.
 async fn own_keys(State(app): State<AppState>) -> Result<Json<Value>> {
     Ok(Json(server_keys::own_response(&app).await?))
 }
@@ -51,6 +53,7 @@ struct MinimumValidUntil {
 }
 
 /// `GET /query/{serverName}`: every key of the server.
+// JSON: signed key responses, served exactly as their servers signed them.
 async fn query_one(
     State(app): State<AppState>,
     Path(server_name): Path<String>,
@@ -61,6 +64,7 @@ async fn query_one(
 
 /// `GET /query/{serverName}/{keyId}` (deprecated; Synapse still serves it):
 /// one key of the server.
+// JSON: signed key responses, served exactly as their servers signed them.
 async fn query_one_key(
     State(app): State<AppState>,
     Path((server_name, key_id)): Path<(String, String)>,
@@ -70,6 +74,7 @@ async fn query_one_key(
     query_get(&app, &server_name, vec![(key_id, minimum)], minimum).await
 }
 
+// JSON: signed key responses, served exactly as their servers signed them.
 async fn query_get(
     app: &AppState,
     server_name: &str,
@@ -105,6 +110,7 @@ const MAX_KEYS_PER_SERVER: usize = 50;
 
 /// `POST /query`: per server, the keys named (each with its minimum
 /// validity), or all of them when none is named.
+// JSON: signed key responses, served exactly as their servers signed them.
 async fn query_batch(
     State(app): State<AppState>,
     JsonBody(body): JsonBody<BatchQuery>,

@@ -35,6 +35,7 @@ pub fn router() -> Router<AppState> {
         )
 }
 
+// JSON: an identity server's call, checked signature by signature over the raw invites; not yet ruma's type (issue #20).
 async fn on_bind(
     State(app): State<AppState>,
     ClientIp(ip): ClientIp,
@@ -45,6 +46,7 @@ async fn on_bind(
     Ok(Json(json!({})))
 }
 
+// JSON: not yet ruma's type (issue #20): the service checks the invite's signed block as JSON.
 async fn exchange(
     State(app): State<AppState>,
     Path(room_id): Path<OwnedRoomId>,

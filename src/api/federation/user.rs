@@ -34,6 +34,7 @@ fn ours(app: &AppState, user: &str) -> Option<String> {
         .map(|u| u.to_string())
 }
 
+// JSON: ruma's request refuses the whole body for one malformed user ID; other servers' users and bad IDs are skipped, as Synapse does.
 async fn keys_query(State(app): State<AppState>, fed: FedRequest) -> Result<Json<Value>> {
     let body: Value = fed.json()?;
     let wanted = body["device_keys"]
@@ -59,6 +60,7 @@ async fn keys_query(State(app): State<AppState>, fed: FedRequest) -> Result<Json
     })))
 }
 
+// JSON: ruma's request refuses the whole body for one malformed user ID; other servers' users and bad IDs are skipped, as Synapse does.
 async fn keys_claim(State(app): State<AppState>, fed: FedRequest) -> Result<Json<Value>> {
     let body: Value = fed.json()?;
     let wanted = body["one_time_keys"]
@@ -79,6 +81,7 @@ async fn keys_claim(State(app): State<AppState>, fed: FedRequest) -> Result<Json
     Ok(Json(json!({ "one_time_keys": claimed })))
 }
 
+// JSON: not yet ruma's type (issue #20).
 async fn devices(
     State(app): State<AppState>,
     Path(user_id): Path<String>,

@@ -19,7 +19,7 @@ use std::collections::HashSet;
 
 use ruma::{EventId, RoomId, ServerName, UserId};
 
-use super::{join, visibility::ServerView};
+use super::{state_before, visibility::ServerView};
 use crate::{
     domain::pdu::Pdu,
     error::Result,
@@ -44,7 +44,7 @@ pub async fn partial_state_before(
     joiner: &UserId,
     pdu: &Pdu,
 ) -> Result<PartialJoin> {
-    let before = join::keyed_state_before(app, rules, room_id, pdu).await?;
+    let before = state_before::keyed_state_before(app, rules, room_id, pdu).await?;
     let named = before.iter().any(|((kind, key), _)| {
         key.is_empty() && (kind == "m.room.name" || kind == "m.room.canonical_alias")
     });
@@ -70,7 +70,7 @@ pub async fn partial_state_before(
     let mut roots = state.clone();
     roots.push(join_id.to_string());
     let in_state: HashSet<&String> = state.iter().collect();
-    let auth_chain = join::auth_chain_ids(app, room_id, &roots)
+    let auth_chain = state_before::auth_chain_ids(app, room_id, &roots)
         .await?
         .into_iter()
         .filter(|id| !in_state.contains(id))

@@ -21,7 +21,10 @@
 use std::collections::{HashMap, HashSet};
 
 use futures_util::future::join_all;
-use ruma::{RoomId, ServerName, room_version_rules::RoomVersionRules};
+use ruma::{
+    EventId, RoomId, ServerName, api::federation::event::get_event,
+    room_version_rules::RoomVersionRules,
+};
 use serde_json::Value;
 
 use super::ingest::{enc, event_id_of, load_room_pdus, store_auth_events};
@@ -214,19 +217,19 @@ async fn fetch_one(
     rules: &RoomVersionRules,
     id: &str,
 ) -> Option<Value> {
-    let path = format!("/_matrix/federation/v1/event/{}", enc(id));
-    let body = match app
+    let event_id = EventId::parse(id).ok()?;
+    let response = match app
         .federation
-        .request_json(from, http::Method::GET, &path, None)
+        .send(from, get_event::v1::Request::new(event_id))
         .await
     {
-        Ok(b) => b,
+        Ok(r) => r,
         Err(e) => {
             tracing::info!(event_id = %id, error = %e, "fetching an event at a gap failed");
             return None;
         }
     };
-    let value = body["pdus"].as_array()?.first()?.clone();
+    let value: Value = serde_json::from_str(response.pdu.get()).ok()?;
     event_id_of(rules, &value)
         .is_some_and(|got| got.as_str() == id)
         .then_some(value)

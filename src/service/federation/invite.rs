@@ -184,7 +184,7 @@ pub async fn receive(
             via_server: origin.to_string(),
             stripped_state: Value::Array(state),
         };
-        super::join::record_remote_membership(app, &signed, "invite", Some(remote)).await?;
+        super::handshake::record_remote_membership(app, &signed, "invite", Some(remote)).await?;
     }
     Ok(object)
 }
@@ -314,7 +314,7 @@ async fn v1_invite(
         .request_json(server, http::Method::PUT, &path, Some(&event))
         .await
         .map_err(invite_refused)?;
-    super::join::v1_answer(reply).ok_or_else(|| {
+    super::handshake::v1_answer(reply).ok_or_else(|| {
         Error::new(
             ErrorKind::BadGateway,
             "The invitee's server answered /v1/invite with something else than [200, {…}]",

@@ -9,12 +9,16 @@ pub mod e2ee;
 pub mod edu;
 pub mod faster_join;
 pub mod gap;
+pub mod handshake;
 pub mod ingest;
 pub mod invite;
 pub mod join;
+pub mod leave_knock;
 pub mod partial_state;
 pub mod reads;
+pub mod resident;
 pub mod sender;
+pub mod state_before;
 pub mod visibility;
 
 use std::collections::BTreeSet;

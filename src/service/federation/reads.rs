@@ -9,7 +9,7 @@ use ruma::{EventId, RoomId, RoomVersionId, ServerName};
 use serde_json::Value;
 
 use super::{
-    join,
+    state_before,
     visibility::{self, ServerView},
 };
 use crate::{
@@ -160,8 +160,8 @@ pub async fn state_at(
     let rules = room_rules(app, &room_id).await?;
     let id = EventId::parse(&stored.event_id).map_err(|e| anyhow::anyhow!("{e}"))?;
     let pdu = Pdu::from_json(&id, &stored.json).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let ids = join::state_ids_before(app, &rules, &room_id, &pdu).await?;
-    let chain = join::auth_chain_ids(app, &room_id, &ids).await?;
+    let ids = state_before::state_ids_before(app, &rules, &room_id, &pdu).await?;
+    let chain = state_before::auth_chain_ids(app, &room_id, &ids).await?;
     Ok((ids, chain))
 }
 
