@@ -11,7 +11,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
 use crate::{
-    harness::{Login, TestServer, enc, eventually, messages},
+    harness::{Login, Stopped, TestServer, enc, eventually, messages, wait_for_message},
     hostile::{Answer, HostilePeer},
 };
 
@@ -210,54 +210,10 @@ async fn a_down_destination_keeps_the_newest_pdus_per_room_and_the_latest_epheme
 /// reads all of them.
 #[tokio::test]
 async fn a_server_back_from_down_catches_up_on_what_it_missed() {
-    let a = start_server().await;
-    let b = TestServer::start_federating().await;
-    let alice = a.register("alice", "password-a").await;
-    let bob = b.register("bob", "password-b").await;
-    let room = a
-        .create_room(&alice, json!({"preset": "public_chat"}))
-        .await;
-    let (status, body) = b
-        .post(
-            &format!(
-                "/_matrix/client/v3/join/{}?server_name={}",
-                enc(&room),
-                enc(a.name())
-            ),
-            Some(&bob.access_token),
-            json!({}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    a.send_message(
-        &alice,
-        &room,
-        json!({"msgtype": "m.text", "body": "before"}),
-    )
-    .await;
-    eventually("the first message on B", || async {
-        messages(&b, &bob.access_token, &room)
-            .await
-            .contains(&"before".to_owned())
-    })
-    .await;
-
+    let (a, b, room, alice, bob) = shared_room(json!({"preset": "public_chat"})).await;
     // B goes away; A keeps sending, fails, marks it down.
-    let b_name = b.name().to_owned();
-    let stopped = b.stop_for_now().await;
-    let sent: Vec<String> = (1..=15).map(|i| format!("missed {i}")).collect();
-    for body in &sent {
-        a.send_message(&alice, &room, json!({"msgtype": "m.text", "body": body}))
-            .await;
-    }
-    eventually("B marked down", || async {
-        gauge(
-            &metrics(&a).await,
-            "lattice_federation_destination_down",
-            &b_name,
-        ) == Some(1.0)
-    })
-    .await;
+    let sent = missed(15);
+    let (stopped, b_name) = away_while_a_sends(&a, b, &alice, &room, &sent).await;
     // Fifteen messages, fewer than the 50 kept per room: all still queued
     // (plus at most a few EDUs).
     let text = metrics(&a).await;
@@ -327,18 +283,9 @@ async fn page_back_all(server: &TestServer, token: &str, room: &str, limit: usiz
     panic!("paging never reached the start of the room");
 }
 
-/// The bodies of `n` messages sent while B is away.
-fn missed(n: usize) -> Vec<String> {
-    (1..=n).map(|i| format!("missed {i}")).collect()
-}
-
-/// A and B share a room made with `create` (B's `bob` joined and read
-/// "before"); B is stopped while alice sends `sent`, then started, and hears
-/// the newest of them (B's typing reaches A, which retries B at once).
-async fn b_misses(
-    create: Value,
-    sent: &[String],
-) -> (TestServer, TestServer, String, Login, Login) {
+/// A (marking destinations down at once) and a federating B sharing a room
+/// `alice` of A made with `create`; `bob` of B joined and read "before".
+async fn shared_room(create: Value) -> (TestServer, TestServer, String, Login, Login) {
     let a = start_server().await;
     let b = TestServer::start_federating().await;
     let alice = a.register("alice", "password-a").await;
@@ -362,27 +309,51 @@ async fn b_misses(
         json!({"msgtype": "m.text", "body": "before"}),
     )
     .await;
-    eventually("the first message on B", || async {
-        messages(&b, &bob.access_token, &room)
-            .await
-            .contains(&"before".to_owned())
-    })
-    .await;
+    wait_for_message(&b, &bob, &room, "before").await;
 
+    (a, b, room, alice, bob)
+}
+
+/// B is stopped while `alice` sends `sent` into `room`, until A marks B down;
+/// B's stopped state and its name.
+async fn away_while_a_sends(
+    a: &TestServer,
+    b: TestServer,
+    alice: &Login,
+    room: &str,
+    sent: &[String],
+) -> (Stopped, String) {
     let b_name = b.name().to_owned();
     let stopped = b.stop_for_now().await;
     for body in sent {
-        a.send_message(&alice, &room, json!({"msgtype": "m.text", "body": body}))
+        a.send_message(alice, room, json!({"msgtype": "m.text", "body": body}))
             .await;
     }
     eventually("B marked down", || async {
         gauge(
-            &metrics(&a).await,
+            &metrics(a).await,
             "lattice_federation_destination_down",
             &b_name,
         ) == Some(1.0)
     })
     .await;
+    (stopped, b_name)
+}
+
+/// The bodies of `n` messages sent while B is away.
+fn missed(n: usize) -> Vec<String> {
+    (1..=n).map(|i| format!("missed {i}")).collect()
+}
+
+/// A and B share a room made with `create` (B's `bob` joined and read
+/// "before"); B is stopped while alice sends `sent`, then started, and hears
+/// the newest of them (B's typing reaches A, which retries B at once).
+async fn b_misses(
+    create: Value,
+    sent: &[String],
+) -> (TestServer, TestServer, String, Login, Login) {
+    let (a, b, room, alice, bob) = shared_room(create).await;
+    let (stopped, _) = away_while_a_sends(&a, b, &alice, &room, sent).await;
 
     let b = stopped.start().await;
     // Typing adds no event to the room (no fork); its EDU tells A B is up.

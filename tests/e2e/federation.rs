@@ -5,7 +5,7 @@
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::harness::{TestServer, dev_tls, enc, eventually, messages};
+use crate::harness::{TestServer, dev_tls, enc, eventually, messages, wait_for_message};
 
 /// An HTTPS client that trusts the development CA (as a peer server would).
 fn https_client() -> reqwest::Client {
@@ -417,24 +417,14 @@ async fn join_a_remote_room_by_alias_and_chat_both_ways() {
         json!({"msgtype": "m.text", "body": "hello bob"}),
     )
     .await;
-    eventually("alice's message on B", || async {
-        messages(&b, &bob.access_token, &room)
-            .await
-            .contains(&"hello bob".to_owned())
-    })
-    .await;
+    wait_for_message(&b, &bob, &room, "hello bob").await;
     b.send_message(
         &bob,
         &room,
         json!({"msgtype": "m.text", "body": "hi alice"}),
     )
     .await;
-    eventually("bob's message on A", || async {
-        messages(&a, &alice.access_token, &room)
-            .await
-            .contains(&"hi alice".to_owned())
-    })
-    .await;
+    wait_for_message(&a, &alice, &room, "hi alice").await;
 
     // Bob's /sync shows the room with Alice's message in it.
     let (status, sync) = b

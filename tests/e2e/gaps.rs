@@ -16,6 +16,24 @@ use crate::{
 };
 
 /// Serves `GET /_matrix/federation/v1/event/{id}` from `events`.
+/// The peer answers `/get_missing_events` with `missing` and `/state_ids`
+/// with `state` (no auth chain): a gap the missing events do not close.
+fn answer_gap(peer: &HostilePeer, missing: Vec<Value>, state: Vec<String>) {
+    peer.on(
+        Method::POST,
+        "/_matrix/federation/v1/get_missing_events/",
+        Answer::Json(StatusCode::OK, json!({ "events": missing })),
+    );
+    peer.on(
+        Method::GET,
+        "/_matrix/federation/v1/state_ids/",
+        Answer::Json(
+            StatusCode::OK,
+            json!({"pdu_ids": state, "auth_chain_ids": []}),
+        ),
+    );
+}
+
 fn serve_events(peer: &HostilePeer, events: HashMap<String, Value>) {
     let origin = peer.name().to_owned();
     peer.on(
@@ -147,19 +165,7 @@ async fn a_gap_is_filled_with_the_state_after_the_missing_event() {
             &peer,
             HashMap::from([(t.clone(), pdu_t), (y.clone(), pdu_y)]),
         );
-        peer.on(
-            Method::POST,
-            "/_matrix/federation/v1/get_missing_events/",
-            Answer::Json(StatusCode::OK, json!({ "events": [pdu_x] })),
-        );
-        peer.on(
-            Method::GET,
-            "/_matrix/federation/v1/state_ids/",
-            Answer::Json(
-                StatusCode::OK,
-                json!({"pdu_ids": at_y, "auth_chain_ids": []}),
-            ),
-        );
+        answer_gap(&peer, vec![pdu_x], at_y);
         let result = peer.send(&lattice, vec![pdu_c]).await;
         assert_eq!(result[&c], json!({}), "v{version}: {result}");
         let asked = peer.received("/_matrix/federation/v1/state_ids/");
@@ -272,19 +278,7 @@ async fn a_made_up_power_levels_event_at_a_gap_does_not_take_the_room() {
             &peer,
             HashMap::from([(c.clone(), pdu_c), (x.clone(), pdu_x)]),
         );
-        peer.on(
-            Method::POST,
-            "/_matrix/federation/v1/get_missing_events/",
-            Answer::Json(StatusCode::OK, json!({ "events": [pdu_d] })),
-        );
-        peer.on(
-            Method::GET,
-            "/_matrix/federation/v1/state_ids/",
-            Answer::Json(
-                StatusCode::OK,
-                json!({"pdu_ids": at_c, "auth_chain_ids": []}),
-            ),
-        );
+        answer_gap(&peer, vec![pdu_d], at_c);
         let result = peer.send(&lattice, vec![pdu_e]).await;
         assert!(
             !peer
@@ -373,11 +367,6 @@ async fn lies_in_gap_answers_are_refused() {
     let (d, pdu_d) = peer.message(&chain, "d");
     chain.advance(&d);
     let (e, pdu_e) = peer.message(&chain, "e");
-    peer.on(
-        Method::POST,
-        "/_matrix/federation/v1/get_missing_events/",
-        Answer::Json(StatusCode::OK, json!({ "events": [pdu_d] })),
-    );
     // The state at C without mallory's join here, with the one in the other
     // room instead.
     let mut crossed: Vec<String> = state_ids(&v)
@@ -385,14 +374,7 @@ async fn lies_in_gap_answers_are_refused() {
         .filter(|id| *id != v.join_id)
         .collect();
     crossed.push(o.join_id.clone());
-    peer.on(
-        Method::GET,
-        "/_matrix/federation/v1/state_ids/",
-        Answer::Json(
-            StatusCode::OK,
-            json!({"pdu_ids": crossed, "auth_chain_ids": []}),
-        ),
-    );
+    answer_gap(&peer, vec![pdu_d], crossed);
 
     // 1. Asked for C, it serves another event: C cannot be had.
     let (_, decoy) = peer.message(&v, "not c");
@@ -483,19 +465,7 @@ async fn a_gap_backfill_takes_only_events_that_check_out() {
     v.advance(&x);
     let (c, pdu_c) = peer.message(&v, "c");
     serve_events(&peer, HashMap::from([(y.clone(), pdu_y.clone())]));
-    peer.on(
-        Method::POST,
-        "/_matrix/federation/v1/get_missing_events/",
-        Answer::Json(StatusCode::OK, json!({ "events": [pdu_x] })),
-    );
-    peer.on(
-        Method::GET,
-        "/_matrix/federation/v1/state_ids/",
-        Answer::Json(
-            StatusCode::OK,
-            json!({"pdu_ids": state_ids(&v), "auth_chain_ids": []}),
-        ),
-    );
+    answer_gap(&peer, vec![pdu_x], state_ids(&v));
     const BACKFILL: &str = "/_matrix/federation/v1/backfill/";
     peer.on(
         Method::GET,

@@ -674,6 +674,18 @@ pub async fn messages(server: &ClientApi, token: &str, room: &str) -> Vec<String
     out
 }
 
+/// Waits until `reader` on `server` reads a message with `body` in `room`
+/// (through `/messages`, as a client would).
+pub async fn wait_for_message(server: &ClientApi, reader: &Login, room: &str, body: &str) {
+    eventually(&format!("{body:?} readable"), || async {
+        messages(server, &reader.access_token, room)
+            .await
+            .iter()
+            .any(|m| m == body)
+    })
+    .await;
+}
+
 /// Reads a spawned `lattice` binary's log (stderr, with `lattice::server=info`)
 /// until it reports the address it listens on. Listening on port 0 and reading
 /// the address back avoids racing other tests for a "free" port.

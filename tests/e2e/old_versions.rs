@@ -7,7 +7,7 @@ use ruma::RoomVersionId;
 use serde_json::{Value, json};
 
 use crate::{
-    harness::{Login, TestServer, enc, eventually, messages},
+    harness::{Login, TestServer, enc, eventually, wait_for_message},
     hostile::{HostilePeer, now_ms},
 };
 
@@ -101,12 +101,7 @@ async fn v1_and_v2_rooms_are_created_joined_and_used_over_federation() {
             json!({"msgtype": "m.text", "body": "to bob"}),
         )
         .await;
-        eventually("alice's message on B", || async {
-            messages(&b, &bob.access_token, &room)
-                .await
-                .contains(&"to bob".to_owned())
-        })
-        .await;
+        wait_for_message(&b, &bob, &room, "to bob").await;
         let from_bob = b
             .send_message(
                 &bob,
@@ -115,12 +110,7 @@ async fn v1_and_v2_rooms_are_created_joined_and_used_over_federation() {
             )
             .await;
         assert!(from_bob.ends_with(&format!(":{}", b.name())), "{from_bob}");
-        eventually("bob's message on A", || async {
-            messages(&a, &alice.access_token, &room)
-                .await
-                .contains(&"to alice".to_owned())
-        })
-        .await;
+        wait_for_message(&a, &alice, &room, "to alice").await;
 
         // State converges; a redaction applies on both servers.
         let (status, _) = a

@@ -20,7 +20,9 @@ use ruma::RoomVersionId;
 use serde_json::{Value, json};
 
 use crate::{
-    harness::{ClientApi, Login, TestServer, current_state, enc, eventually, messages},
+    harness::{
+        ClientApi, Login, TestServer, current_state, enc, eventually, messages, wait_for_message,
+    },
     hostile::{Answer, HostilePeer},
 };
 
@@ -134,26 +136,14 @@ async fn a_partial_join_between_lattices_returns_and_converges() {
         json!({"msgtype": "m.text", "body": "from bob"}),
     )
     .await;
-    eventually("bob's message on A", || async {
-        messages(&a, &alice.access_token, &room)
-            .await
-            .iter()
-            .any(|m| m == "from bob")
-    })
-    .await;
+    wait_for_message(&a, &alice, &room, "from bob").await;
     a.send_message(
         &locals[3],
         &room,
         json!({"msgtype": "m.text", "body": "from member02"}),
     )
     .await;
-    eventually("member02's message on B", || async {
-        messages(&b, &bob.access_token, &room)
-            .await
-            .iter()
-            .any(|m| m == "from member02")
-    })
-    .await;
+    wait_for_message(&b, &bob, &room, "from member02").await;
 
     // `/members` waits for the full state: every member, at once.
     let want: BTreeSet<String> = locals
@@ -178,13 +168,7 @@ async fn a_partial_join_between_lattices_returns_and_converges() {
         json!({"msgtype": "m.text", "body": "late"}),
     )
     .await;
-    eventually("a late message on B", || async {
-        messages(&b, &bob.access_token, &room)
-            .await
-            .iter()
-            .any(|m| m == "late")
-    })
-    .await;
+    wait_for_message(&b, &bob, &room, "late").await;
     b.stop().await;
     a.stop().await;
 }
@@ -1050,13 +1034,7 @@ async fn after_the_resync_sync_sends_the_full_state_and_the_members_devices() {
         .insert(spoke.clone(), pdu.clone());
     let answer = peer.send(&b, vec![pdu]).await;
     assert_eq!(answer[&spoke], json!({}), "{answer}");
-    eventually("m03's message on B", || async {
-        messages(&b, &bob.access_token, &room_id)
-            .await
-            .iter()
-            .any(|m| m == "from m03")
-    })
-    .await;
+    wait_for_message(&b, &bob, &room_id, "from m03").await;
     let plain_partial = sync(&b, &bob, plain_first["next_batch"].as_str(), &plain).await;
     let lazy_partial = sync(&b, &bob, lazy_first["next_batch"].as_str(), &lazy).await;
     assert!(
