@@ -24,6 +24,7 @@ mod federation;
 mod fedir;
 mod fedv1;
 mod filters;
+mod forks;
 mod gaps;
 mod guests;
 mod harness;
