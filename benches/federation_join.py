@@ -1,8 +1,11 @@
 #!/usr/bin/env python3
 """Federation benchmark, Lattice against Synapse on the same machine, same run.
 
-A Synapse ("resident") hosts a room with MEMBERS joined users and STATE state
-events in all. Then, side by side:
+A resident server hosts a room with MEMBERS joined users and STATE state events
+in all: a Synapse by default, or with `--resident lattice` a second Lattice (a
+Synapse needs about 0.13 s per event to build the room, so rooms of 10,000
+members are built on a Lattice; both joiners then join the same room from the
+same resident, which is what the comparison needs). Then, side by side:
 
 * join: a Lattice user and a user of a second Synapse ("baseline") join the room
   over federation. Reported: the time until `POST /join` returns; until a
@@ -101,6 +104,11 @@ def main():
     ap.add_argument("--messages", type=int, default=500)
     ap.add_argument("--faster-joins", action="store_true",
                     help="Lattice joins with partial state (federation.faster_joins)")
+    ap.add_argument("--resident", choices=("synapse", "lattice"), default="synapse",
+                    help="the server hosting the big room (lattice: a second Lattice on "
+                         "the database --resident-database-url)")
+    ap.add_argument("--resident-database-url",
+                    help="a fresh, empty database for a Lattice resident")
     ap.add_argument("--keep", action="store_true")
     args = ap.parse_args()
 
@@ -110,7 +118,13 @@ def main():
                    capture_output=True)
     servers = []
     try:
-        resident = Synapse(args.synapse_python, work, "resident", tls=tls)
+        if args.resident == "lattice":
+            if not args.resident_database_url:
+                ap.error("--resident lattice needs --resident-database-url")
+            resident = Lattice(args.lattice, work, args.resident_database_url, tls=tls,
+                               name="resident")
+        else:
+            resident = Synapse(args.synapse_python, work, "resident", tls=tls)
         servers.append(resident)
         baseline = Synapse(args.synapse_python, work, "baseline", tls=tls)
         servers.append(baseline)
@@ -147,7 +161,7 @@ def main():
 
         with concurrent.futures.ThreadPoolExecutor(8) as pool:
             list(pool.map(state, range(extra)))
-        print(f"room built on the resident Synapse: {args.members} members, "
+        print(f"room built on the resident {args.resident}: {args.members} members, "
               f"~{args.members + extra + 7} state events, {time.monotonic() - t0:.0f} s",
               flush=True)
 

@@ -165,8 +165,8 @@ class Lattice:
     with the appservice registration files `appservices`."""
 
     def __init__(self, binary, work, database_url, tls=None, pool=16, appservices=(),
-                 faster_joins=False):
-        self.dir = os.path.join(work, "lattice")
+                 faster_joins=False, name="lattice"):
+        self.dir = os.path.join(work, name)
         os.makedirs(self.dir)
         self.port, self.client_port = free_port(), free_port()
         self.name = f"localhost:{self.port}"
@@ -209,4 +209,4 @@ ip_range_allowlist = ["127.0.0.0/8", "::1/128"]
         self.proc = subprocess.Popen(
             [binary, "--config", f"{self.dir}/lattice.toml"],
             stdout=subprocess.DEVNULL, stderr=open(f"{self.dir}/lattice.log", "w"))
-        wait_up(self.base, self.proc, "lattice")
+        wait_up(self.base, self.proc, name)
