@@ -9,6 +9,7 @@ use serde_json::{Value, json};
 
 use crate::harness::{
     ClientApi, Login, TestServer, current_state, dev_tls, enc, eventually, free_port, messages,
+    wait_for_message,
 };
 
 /// A Synapse process with a client listener on plain HTTP (`base`) and a
@@ -631,12 +632,7 @@ async fn invites_and_backfill_with_synapse() {
             json!({"msgtype": "m.text", "body": "after the invite"}),
         )
         .await;
-        eventually("a message after the invite", || async {
-            messages(to, &reader.access_token, room)
-                .await
-                .contains(&"after the invite".to_owned())
-        })
-        .await;
+        wait_for_message(to, &reader, room, "after the invite").await;
     }
 
     // History written before the other server's user joins.
@@ -701,12 +697,7 @@ async fn queued_messages_survive_a_peer_outage_and_a_restart() {
             json!({"msgtype": "m.text", "body": "before"}),
         )
         .await;
-    eventually("the first message on Synapse", || async {
-        messages(&synapse, &sam.access_token, &room)
-            .await
-            .contains(&"before".to_owned())
-    })
-    .await;
+    wait_for_message(&synapse, &sam, &room, "before").await;
 
     synapse.halt().await;
     let sent: Vec<String> = (0..20).map(|i| format!("while down {i}")).collect();
@@ -823,6 +814,47 @@ fn ephemeral<'a>(sync: &'a Value, room: &str) -> Vec<&'a Value> {
         .unwrap_or_default()
 }
 
+/// `inviter` on `host` invites `invitee` of `guest` to a private room; the
+/// invitee rejects it (`make_leave`/`send_leave` to `host`), and the inviter's
+/// server sees the leave while the invite is gone from the invitee's `/sync`.
+async fn rejected_invite_reaches_the_inviter(
+    host: &ClientApi,
+    inviter: &Login,
+    guest: &ClientApi,
+    invitee: &Login,
+) {
+    let room = host
+        .create_room(inviter, json!({"preset": "private_chat"}))
+        .await;
+    invite(host, inviter, &room, &invitee.user_id).await;
+    eventually("the invite on the invitee's server", || async {
+        sync(guest, invitee, None).await["rooms"]["invite"]
+            .get(&room)
+            .is_some()
+    })
+    .await;
+    let (status, body) = guest
+        .post(
+            &format!("/_matrix/client/v3/rooms/{}/leave", enc(&room)),
+            Some(&invitee.access_token),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    eventually("the rejection on the inviter's server", || async {
+        membership_on(host, inviter, &room, &invitee.user_id)
+            .await
+            .as_deref()
+            == Some("leave")
+    })
+    .await;
+    assert!(
+        sync(guest, invitee, None).await["rooms"]["invite"]
+            .get(&room)
+            .is_none()
+    );
+}
+
 /// Invites rejected on each side reach the inviter (`make_leave`/`send_leave`
 /// both ways); read receipts and typing notifications cross as EDUs both ways.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -832,64 +864,9 @@ async fn rejections_receipts_and_typing_with_synapse() {
     let alice = lattice.register("alice", "alice-password").await;
     let sam = synapse.register("sam", "sam-password").await;
 
-    // Alice rejects Sam's invite; Synapse sees her leave.
-    let s_room = synapse
-        .create_room(&sam, json!({"preset": "private_chat"}))
-        .await;
-    invite(&synapse, &sam, &s_room, &alice.user_id).await;
-    eventually("the invite on Lattice", || async {
-        sync(&lattice, &alice, None).await["rooms"]["invite"]
-            .get(&s_room)
-            .is_some()
-    })
-    .await;
-    let (status, body) = lattice
-        .post(
-            &format!("/_matrix/client/v3/rooms/{}/leave", enc(&s_room)),
-            Some(&alice.access_token),
-            json!({}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    eventually("alice's rejection on Synapse", || async {
-        membership_on(&synapse, &sam, &s_room, &alice.user_id)
-            .await
-            .as_deref()
-            == Some("leave")
-    })
-    .await;
-    assert!(
-        sync(&lattice, &alice, None).await["rooms"]["invite"]
-            .get(&s_room)
-            .is_none()
-    );
-
-    // Sam rejects Alice's invite; Lattice sees his leave.
-    let l_room = lattice
-        .create_room(&alice, json!({"preset": "private_chat"}))
-        .await;
-    invite(&lattice, &alice, &l_room, &sam.user_id).await;
-    eventually("the invite on Synapse", || async {
-        sync(&synapse, &sam, None).await["rooms"]["invite"]
-            .get(&l_room)
-            .is_some()
-    })
-    .await;
-    let (status, body) = synapse
-        .post(
-            &format!("/_matrix/client/v3/rooms/{}/leave", enc(&l_room)),
-            Some(&sam.access_token),
-            json!({}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    eventually("sam's rejection on Lattice", || async {
-        membership_on(&lattice, &alice, &l_room, &sam.user_id)
-            .await
-            .as_deref()
-            == Some("leave")
-    })
-    .await;
+    // Alice rejects Sam's invite; Synapse sees her leave. Then the mirror.
+    rejected_invite_reaches_the_inviter(&synapse, &sam, &lattice, &alice).await;
+    rejected_invite_reaches_the_inviter(&lattice, &alice, &synapse, &sam).await;
 
     // A shared room for receipts and typing.
     let room = lattice
@@ -902,12 +879,7 @@ async fn rejections_receipts_and_typing_with_synapse() {
     let from_sam = synapse
         .send_message(&sam, &room, json!({"msgtype": "m.text", "body": "read me"}))
         .await;
-    eventually("sam's message on Lattice", || async {
-        messages(&lattice, &alice.access_token, &room)
-            .await
-            .contains(&"read me".to_owned())
-    })
-    .await;
+    wait_for_message(&lattice, &alice, &room, "read me").await;
     let from_alice = lattice
         .send_message(
             &alice,
@@ -915,12 +887,7 @@ async fn rejections_receipts_and_typing_with_synapse() {
             json!({"msgtype": "m.text", "body": "me too"}),
         )
         .await;
-    eventually("alice's message on Synapse", || async {
-        messages(&synapse, &sam.access_token, &room)
-            .await
-            .contains(&"me too".to_owned())
-    })
-    .await;
+    wait_for_message(&synapse, &sam, &room, "me too").await;
     for (server, who, event) in [
         (&*lattice, &alice, &from_sam),
         (&*synapse, &sam, &from_alice),
