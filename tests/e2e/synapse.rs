@@ -632,7 +632,7 @@ async fn invites_and_backfill_with_synapse() {
             json!({"msgtype": "m.text", "body": "after the invite"}),
         )
         .await;
-        wait_for_message(to, &reader, room, "after the invite").await;
+        wait_for_message(to, reader, room, "after the invite").await;
     }
 
     // History written before the other server's user joins.
