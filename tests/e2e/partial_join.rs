@@ -1544,3 +1544,80 @@ async fn a_state_event_the_full_state_forbids_leaves_the_state_after_the_resync(
     );
     s.stop().await;
 }
+
+/// Sliding sync after the resync (MSC4186, as `/sync` treats the room as
+/// newly joined): a connection that sent the room while partial gets it
+/// again with `initial`, all of its required state (the creator's name,
+/// not the rename the full state forbids) and its `$LAZY` members afresh
+/// (m03, learnt only now), once; the response after says nothing more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_the_resync_sliding_sync_sends_the_room_afresh() {
+    const SLIDING: &str = "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync";
+    let s = banned_member_renames_while_partial().await;
+    let (b, bob, room_id) = (&s.b, &s.bob, &s.room_id);
+    let request = json!({
+        "conn_id": "room-list",
+        "lists": {"all": {
+            "ranges": [[0, 10]],
+            "timeline_limit": 1,
+            "required_state": [["m.room.name", ""], ["m.room.member", "$LAZY"]],
+        }},
+    });
+    let slide = |pos: Option<String>| {
+        let request = request.clone();
+        async move {
+            let path = match pos {
+                Some(pos) => format!("{SLIDING}?pos={}", enc(&pos)),
+                None => SLIDING.to_owned(),
+            };
+            let (status, body) = b.post(&path, Some(&bob.access_token), request).await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+            body
+        }
+    };
+    let first = slide(None).await;
+    let section = &first["rooms"][room_id];
+    assert_eq!(section["initial"], true, "{first}");
+    assert_eq!(section["name"], "taken", "{section}");
+    let lazy = |section: &Value| -> BTreeSet<String> {
+        section["required_state"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|e| e["type"] == "m.room.member")
+            .map(|e| e["state_key"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert!(
+        !lazy(section).contains(&s.m03),
+        "m03's membership is not known while partial: {section}"
+    );
+    // Nothing new: the room is not sent again.
+    let quiet = slide(first["pos"].as_str().map(str::to_owned)).await;
+    assert!(quiet["rooms"].get(room_id).is_none(), "{quiet}");
+
+    s.resync().await;
+    let next = slide(quiet["pos"].as_str().map(str::to_owned)).await;
+    let section = &next["rooms"][room_id];
+    assert_eq!(section["initial"], true, "{next}");
+    assert_eq!(section["name"], "Peer room", "{section}");
+    let names: Vec<&Value> = section["required_state"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["type"] == "m.room.name")
+        .collect();
+    assert_eq!(names.len(), 1, "{section}");
+    assert_eq!(names[0]["event_id"], s.name.as_str(), "{section}");
+    assert!(lazy(section).contains(&s.m03), "{section}");
+    assert_eq!(
+        section["timeline"][0]["event_id"],
+        s.after.as_str(),
+        "{section}"
+    );
+    assert!(!next.to_string().contains(&s.rename), "{next}");
+    // Said once.
+    let later = slide(next["pos"].as_str().map(str::to_owned)).await;
+    assert!(later["rooms"].get(room_id).is_none(), "{later}");
+    s.stop().await;
+}
