@@ -607,9 +607,9 @@ pub async fn messages(
             }
         };
         // Gaps in the middle of the timeline just before events of this
-        // batch (issue #20): filled when the page reaches them below.
-        let gaps: HashMap<String, fed_store::Gap> = if backwards && gap_state.fills < MAX_GAP_FILLS
-        {
+        // batch (issue #20): filled when the page reaches them (going back,
+        // after the event; going forward, before it).
+        let gaps: HashMap<String, fed_store::Gap> = if gap_state.fills < MAX_GAP_FILLS {
             let ids: Vec<String> = batch.iter().map(|e| e.event_id.clone()).collect();
             fed_store::gaps_at(&app.db, room_id.as_str(), &ids)
                 .await?
@@ -627,6 +627,23 @@ pub async fn messages(
             if to.is_some_and(|to| to.holds_event(&ev) == backwards) {
                 break 'fill;
             }
+            let gap = gaps.get(&ev.event_id);
+            // Going forward, a gap just before this event (within `to`, as
+            // the event is) is filled before it is read, and the page reads
+            // on from where it stands with the gap's events in place.
+            if !backwards
+                && let Some(gap) = gap
+                && fill_gaps(
+                    app,
+                    room_id,
+                    std::slice::from_ref(gap),
+                    None,
+                    &mut gap_state,
+                )
+                .await?
+            {
+                continue 'fill;
+            }
             scanned_any = true;
             scanned_batch = true;
             cursor = RoomPos::Topo(if backwards {
@@ -639,7 +656,6 @@ pub async fn messages(
             // as Synapse's filter, and as `/sync`'s leave section shows it).
             let own_membership = ev.event_type == "m.room.member"
                 && ev.state_key.as_deref() == Some(reader.user_id.as_str());
-            let gap = gaps.get(&ev.event_id);
             if filter_allows(filter, &ev)
                 && !(ev.state_key.is_none() && ignored.contains(&ev.sender))
                 && (own_membership || viewer.may_see(&ev).await?)
@@ -653,7 +669,8 @@ pub async fn messages(
             // events are asked for, and the page reads on from just before
             // that event with them in place. A gap that stays open is passed
             // over, and the page returns what is held.
-            if let Some(gap) = gap
+            if backwards
+                && let Some(gap) = gap
                 && fill_gaps(app, room_id, std::slice::from_ref(gap), to, &mut gap_state).await?
             {
                 continue 'fill;
@@ -697,20 +714,21 @@ pub async fn messages(
     })
 }
 
-/// How many gaps one `/messages` page may try to fill (each one `/backfill`
-/// round, possibly with `/state_ids` and `/event_auth`).
-const MAX_GAP_FILLS: usize = 3;
+/// How many gaps one `/messages` page (or one side of `/context`) may try to
+/// fill (each one `/backfill` round, possibly with `/state_ids` and
+/// `/event_auth`).
+pub(super) const MAX_GAP_FILLS: usize = 3;
 
 /// The gaps a page tried to fill.
 #[derive(Default)]
-struct GapFills {
-    fills: usize,
+pub(super) struct GapFills {
+    pub(super) fills: usize,
     tried: std::collections::HashSet<String>,
 }
 
 /// Tries to fill `gaps` (newest first) until one fills, each at most once per
-/// page and none past `to`; returns whether one did.
-async fn fill_gaps(
+/// page and none past `to` nor in its backoff; returns whether one did.
+pub(super) async fn fill_gaps(
     app: &AppState,
     room_id: &RoomId,
     gaps: &[fed_store::Gap],
@@ -721,8 +739,10 @@ async fn fill_gaps(
         if state.fills >= MAX_GAP_FILLS {
             break;
         }
-        // A gap before an event at or past `to` lies beyond the page.
+        // A gap before an event at or past `to` lies beyond the page; one
+        // whose last fill failed waits out its backoff.
         if to.is_some_and(|to| to.holds(gap.depth, gap.stream_ordering))
+            || gap.next_try_ts > app.clock.now_ms()
             || !state.tried.insert(gap.event_id.clone())
         {
             continue;

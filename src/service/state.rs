@@ -96,6 +96,8 @@ pub struct AppState {
     /// The partial-state resync worker's wake-up, and news of rooms whose
     /// full state is in (faster joins).
     pub partial_state: Arc<crate::service::federation::partial_state::Resyncs>,
+    /// History fetches (`/backfill`) running, one at a time per room.
+    pub backfills: Arc<crate::service::federation::backfill::Fills>,
 }
 
 impl AppState {
@@ -164,6 +166,7 @@ impl AppState {
             media_uploaded: Arc::new(tokio::sync::watch::Sender::new(0)),
             remote_fetches: Arc::default(),
             partial_state: Arc::default(),
+            backfills: Arc::default(),
             config: Arc::new(config),
             db,
             clock: Clock::system(),

@@ -2,6 +2,8 @@
 //! `/timestamp_to_event`, and reporting. (Bundled aggregations, thread summaries
 //! among them, are added where every event is formatted: `client_event`.)
 
+use std::collections::HashMap;
+
 use ruma::{
     MilliSecondsSinceUnixEpoch, OwnedEventId, RoomId, UInt, UserId,
     api::client::{
@@ -13,7 +15,7 @@ use ruma::{
 
 use super::{
     client_event::raw,
-    read::{Viewer, filter_allows},
+    read::{GapFills, MAX_GAP_FILLS, Viewer, fill_gaps, filter_allows},
     session::Session,
     tokens::{RoomPos, TopoToken, stream_counter},
 };
@@ -21,7 +23,7 @@ use crate::{
     domain::filter::EventFilter,
     error::{Error, Result},
     service::AppState,
-    storage::{events, events::StoredEvent, relations, state},
+    storage::{events, events::StoredEvent, federation as fed_store, relations, state},
 };
 
 async fn visible(viewer: &mut Viewer<'_>, stored: Vec<StoredEvent>) -> Result<Vec<StoredEvent>> {
@@ -41,7 +43,10 @@ const AROUND_PAGES: usize = 5;
 /// Up to `n` events next to `target` (older when `backwards`) that pass the
 /// filter and that the user may see, nearest first — filtered before the
 /// limit, as Synapse does — and the last event looked at, where the gap for
-/// `/messages` begins.
+/// `/messages` begins. Gaps in the middle of the timeline met on the way
+/// (issue #20) are filled from `/backfill` as `/messages` fills them: going
+/// back, the gap just before the target and those before the events read;
+/// going forward, the gap before an event before it is read.
 async fn around(
     app: &AppState,
     viewer: &mut Viewer<'_>,
@@ -55,8 +60,20 @@ async fn around(
     if n == 0 {
         return Ok((out, last));
     }
+    let room_id =
+        RoomId::parse(&target.room_id).map_err(|e| anyhow::anyhow!("stored room id: {e}"))?;
+    let mut gap_state = GapFills::default();
+    if backwards {
+        let gaps = fed_store::gaps_at(
+            &app.db,
+            room_id.as_str(),
+            std::slice::from_ref(&target.event_id),
+        )
+        .await?;
+        fill_gaps(app, &room_id, &gaps, None, &mut gap_state).await?;
+    }
     let page = (n * 2).max(10) as i64;
-    for _ in 0..AROUND_PAGES {
+    'pages: for _ in 0..AROUND_PAGES {
         let from = last.as_ref().unwrap_or(target);
         let batch = events::page(
             &app.db,
@@ -68,8 +85,32 @@ async fn around(
         )
         .await?;
         let done = (batch.len() as i64) < page;
+        let gaps: HashMap<String, fed_store::Gap> = if gap_state.fills < MAX_GAP_FILLS {
+            let ids: Vec<String> = batch.iter().map(|e| e.event_id.clone()).collect();
+            fed_store::gaps_at(&app.db, room_id.as_str(), &ids)
+                .await?
+                .into_iter()
+                .map(|g| (g.event_id.clone(), g))
+                .collect()
+        } else {
+            HashMap::new()
+        };
         viewer.prefetch_events(&batch).await?;
         for ev in batch {
+            let gap = gaps.get(&ev.event_id);
+            if !backwards
+                && let Some(gap) = gap
+                && fill_gaps(
+                    app,
+                    &room_id,
+                    std::slice::from_ref(gap),
+                    None,
+                    &mut gap_state,
+                )
+                .await?
+            {
+                continue 'pages;
+            }
             let keep = filter_allows(filter, &ev) && viewer.may_see(&ev).await?;
             if keep {
                 out.push(ev.clone());
@@ -77,6 +118,19 @@ async fn around(
             last = Some(ev);
             if out.len() == n {
                 return Ok((out, last));
+            }
+            if backwards
+                && let Some(gap) = gap
+                && fill_gaps(
+                    app,
+                    &room_id,
+                    std::slice::from_ref(gap),
+                    None,
+                    &mut gap_state,
+                )
+                .await?
+            {
+                continue 'pages;
             }
         }
         if done {

@@ -571,6 +571,10 @@ pub struct Gap {
     pub depth: i64,
     pub stream_ordering: i64,
     pub missing: Vec<String>,
+    /// Fills that brought none of its events, in a row.
+    pub failures: i32,
+    /// Not asked for before this time (ms).
+    pub next_try_ts: i64,
 }
 
 /// The gaps of `room_id` just before events whose topological position
@@ -586,7 +590,8 @@ pub async fn gaps_between(
     sqlx::query_as!(
         Gap,
         r#"select g.event_id, e.depth, e.stream_ordering,
-                  array_agg(g.prev_event_id order by g.prev_event_id) as "missing!"
+                  array_agg(g.prev_event_id order by g.prev_event_id) as "missing!",
+                  max(g.failures) as "failures!", max(g.next_try_ts) as "next_try_ts!"
            from event_gaps g join events e on e.event_id = g.event_id
            where g.room_id = $1
              and (e.depth, e.stream_ordering) <= ($2, $3)
@@ -614,7 +619,8 @@ pub async fn gaps_at(
     sqlx::query_as!(
         Gap,
         r#"select g.event_id, e.depth, e.stream_ordering,
-                  array_agg(g.prev_event_id order by g.prev_event_id) as "missing!"
+                  array_agg(g.prev_event_id order by g.prev_event_id) as "missing!",
+                  max(g.failures) as "failures!", max(g.next_try_ts) as "next_try_ts!"
            from event_gaps g join events e on e.event_id = g.event_id
            where g.room_id = $1 and g.event_id = any($2)
            group by g.event_id, e.depth, e.stream_ordering
@@ -624,6 +630,25 @@ pub async fn gaps_at(
     )
     .fetch_all(db)
     .await
+}
+
+/// Records a fill of the gap before `event_id` that brought none of its
+/// events: `failures` in a row, not to be asked for before `next_try_ts`.
+pub async fn record_gap_failure(
+    db: impl PgExecutor<'_>,
+    event_id: &str,
+    failures: i32,
+    next_try_ts: i64,
+) -> sqlx::Result<()> {
+    sqlx::query!(
+        "update event_gaps set failures = $2, next_try_ts = $3 where event_id = $1",
+        event_id,
+        failures,
+        next_try_ts
+    )
+    .execute(db)
+    .await?;
+    Ok(())
 }
 
 /// Closes the gaps of `room_id` whose missing prev event is now in the

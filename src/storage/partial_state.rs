@@ -228,11 +228,35 @@ pub async fn completed_between(
 }
 
 /// Marks an event rejected (it failed the auth rules against the full state
-/// once that came in): reads that leave out rejected events no longer show it.
-pub async fn mark_rejected(db: impl PgExecutor<'_>, event_id: &str) -> sqlx::Result<()> {
+/// once that came in), with `state_group` the state before it (a rejected
+/// event changes no state): reads that leave out rejected events no longer
+/// show it, and the events after it see the state without it.
+pub async fn mark_rejected(
+    db: impl PgExecutor<'_>,
+    event_id: &str,
+    state_group: Option<i64>,
+) -> sqlx::Result<()> {
     sqlx::query!(
-        "update events set rejected = true where event_id = $1",
-        event_id
+        "update events set rejected = true, state_group = $2 where event_id = $1",
+        event_id,
+        state_group
+    )
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// Sets the state after an event again (recomputed once an event before it
+/// was rejected).
+pub async fn set_state_group(
+    db: impl PgExecutor<'_>,
+    event_id: &str,
+    state_group: Option<i64>,
+) -> sqlx::Result<()> {
+    sqlx::query!(
+        "update events set state_group = $2 where event_id = $1",
+        event_id,
+        state_group
     )
     .execute(db)
     .await?;

@@ -4,9 +4,10 @@
 //! `/state_ids` — and a sender that lies there (a made-up power levels event,
 //! another room's events, the wrong event for an ID) does not take the room.
 
-use std::{collections::HashMap, sync::Arc};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use axum::http::Method;
+use lattice::clock::ManualClock;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -427,12 +428,14 @@ async fn bodies(lattice: &TestServer, who: &Login, room: &str) -> Vec<String> {
 /// A gap left by the state fallback (X accepted, its prev Y never fetched) is
 /// filled from `/backfill` when a page reaches it, and only with what checks
 /// out: a peer that answers with Y's body under a forged signature, or with
-/// another room's event, fills nothing, the gap stays (asked again on the
-/// next page) and the page still returns what is held; the honest answer
+/// another room's event, fills nothing, the gap stays (asked again once its
+/// backoff is over) and the page still returns what is held; the honest answer
 /// puts Y in its place, before X, and closes the gap.
 #[tokio::test]
 async fn a_gap_backfill_takes_only_events_that_check_out() {
-    let lattice = TestServer::start_federating().await;
+    // A failed fill backs the gap off: the clock is moved past each wait.
+    let clock = ManualClock::new(crate::hostile::now_ms());
+    let lattice = TestServer::start_federating_on(&clock).await;
     let peer = HostilePeer::start().await;
     let alice = lattice.register("alice", "password-a").await;
     let carol = lattice.register("carol", "password-c").await;
@@ -506,10 +509,13 @@ async fn a_gap_backfill_takes_only_events_that_check_out() {
         "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"
     );
     let (foreign, pdu_foreign) = peer.message(&o, "from the other room");
-    for (what, pdus) in [
+    for (failures, (what, pdus)) in [
         ("forged", vec![forged]),
         ("another room's", vec![pdu_foreign]),
-    ] {
+    ]
+    .into_iter()
+    .enumerate()
+    {
         peer.on(
             Method::GET,
             BACKFILL,
@@ -538,6 +544,9 @@ async fn a_gap_backfill_takes_only_events_that_check_out() {
             StatusCode::NOT_FOUND,
             "{what}"
         );
+        clock.advance(lattice::service::federation::backfill::gap_backoff(
+            failures as i32 + 1,
+        ));
     }
     // The other room did not get it either.
     assert_eq!(
@@ -584,4 +593,226 @@ async fn a_gap_backfill_takes_only_events_that_check_out() {
     assert!(!body.to_string().contains(&y), "{body}");
     peer.stop();
     lattice.stop().await;
+}
+
+const BACKFILL: &str = "/_matrix/federation/v1/backfill/";
+
+/// A room on Lattice with a gap in the middle of its timeline: alice's "a",
+/// mallory's join, then mallory's Y → X → C; C pushed, X handed over by
+/// `/get_missing_events`, Y never (X accepted with the state at Y from
+/// `/state_ids`): the gap is Y, just before X. `/backfill` is the test's.
+struct GapRoom {
+    lattice: TestServer,
+    peer: HostilePeer,
+    alice: Login,
+    room: String,
+    a: String,
+    y: String,
+    pdu_y: Value,
+    c: String,
+}
+
+async fn gap_room(lattice: TestServer) -> GapRoom {
+    let peer = HostilePeer::start().await;
+    let alice = lattice.register("alice", "password-a").await;
+    let room = lattice
+        .create_room(
+            &alice,
+            json!({"preset": "public_chat", "room_version": "10"}),
+        )
+        .await;
+    let a = lattice
+        .send_message(&alice, &room, json!({"msgtype": "m.text", "body": "a"}))
+        .await;
+    let mut v = peer.join(&lattice, &room, "mallory").await;
+    let (y, pdu_y) = peer.message(&v, "y");
+    v.advance(&y);
+    let (x, pdu_x) = peer.message(&v, "x");
+    v.advance(&x);
+    let (c, pdu_c) = peer.message(&v, "c");
+    serve_events(&peer, HashMap::from([(y.clone(), pdu_y.clone())]));
+    answer_gap(&peer, vec![pdu_x], state_ids(&v));
+    let result = peer.send(&lattice, vec![pdu_c]).await;
+    assert_eq!(result[&c], json!({}), "{result}");
+    assert_eq!(
+        lattice.event_status(&alice, &room, &x).await,
+        StatusCode::OK
+    );
+    GapRoom {
+        lattice,
+        peer,
+        alice,
+        room,
+        a,
+        y,
+        pdu_y,
+        c,
+    }
+}
+
+impl GapRoom {
+    /// Scripts the peer's `/backfill` to answer with Y, honestly.
+    fn answer_honestly(&self, delay: Option<Duration>) {
+        let honest = Answer::Json(
+            StatusCode::OK,
+            json!({"origin": self.peer.name(), "origin_server_ts": 0, "pdus": [self.pdu_y]}),
+        );
+        self.peer.on(
+            Method::GET,
+            BACKFILL,
+            match delay {
+                Some(delay) => Answer::Delayed(delay, Box::new(honest)),
+                None => honest,
+            },
+        );
+    }
+
+    /// A `/messages` or `/context` answer for alice.
+    async fn get(&self, path: &str) -> Value {
+        let (status, body) = self
+            .lattice
+            .get(
+                &format!("/_matrix/client/v3/rooms/{}/{path}", enc(&self.room)),
+                Some(&self.alice.access_token),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{path}: {body}");
+        body
+    }
+
+    async fn stop(self) {
+        self.peer.stop();
+        self.lattice.stop().await;
+    }
+}
+
+/// The bodies of the messages among `events`, in their order.
+fn message_bodies(events: &Value) -> Vec<String> {
+    events
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["type"] == "m.room.message")
+        .map(|e| e["content"]["body"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// Two pages reaching the same gap at once (two clients of alice's, or a
+/// client's retry while its first request still waits on a slow server):
+/// both answer with the history in order, each event once, and the gap is
+/// asked for once — the second page waits for the first one's fill instead
+/// of fetching and storing the same events again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_reaching_a_gap_at_once_fill_it_once() {
+    let g = gap_room(TestServer::start_federating().await).await;
+    // A slow server: the second page reaches the gap while the first waits.
+    g.answer_honestly(Some(Duration::from_millis(500)));
+    let page = || g.get("messages?dir=b&limit=10");
+    let (one, two) = tokio::join!(page(), page());
+    for page in [one, two] {
+        let mut bodies = message_bodies(&page["chunk"]);
+        bodies.reverse();
+        assert_eq!(bodies, ["a", "y", "x", "c"], "{page}");
+    }
+    assert_eq!(g.peer.received(BACKFILL).len(), 1);
+    assert_eq!(
+        g.lattice.event_status(&g.alice, &g.room, &g.y).await,
+        StatusCode::OK
+    );
+    g.stop().await;
+}
+
+/// A gap whose fill fails (its server answers `/backfill` with errors) is
+/// not asked for on every page: it waits 30 s after the first failure, and
+/// twice as long after each one after (a clock the test moves); pages
+/// meanwhile return what is held without asking. Once the server answers,
+/// the first page after the wait fills the gap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gap_whose_fill_fails_backs_off() {
+    let clock = ManualClock::new(crate::hostile::now_ms());
+    let g = gap_room(TestServer::start_federating_on(&clock).await).await;
+    g.peer.on(
+        Method::GET,
+        BACKFILL,
+        Answer::Json(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            json!({"errcode": "M_UNKNOWN", "error": "down"}),
+        ),
+    );
+    let asked = || g.peer.received(BACKFILL).len();
+    assert_eq!(bodies(&g.lattice, &g.alice, &g.room).await, ["a", "x", "c"]);
+    assert_eq!(asked(), 1);
+    assert_eq!(bodies(&g.lattice, &g.alice, &g.room).await, ["a", "x", "c"]);
+    assert_eq!(asked(), 1, "the next page does not ask again");
+    for (failures, secs) in [(1, 30), (2, 60), (3, 120)] {
+        clock.advance(Duration::from_millis(secs * 1000 - 1));
+        assert_eq!(bodies(&g.lattice, &g.alice, &g.room).await, ["a", "x", "c"]);
+        assert_eq!(asked(), failures, "asked again before {secs} s");
+        clock.advance(Duration::from_millis(1));
+        assert_eq!(bodies(&g.lattice, &g.alice, &g.room).await, ["a", "x", "c"]);
+        assert_eq!(asked(), failures + 1, "not asked again after {secs} s");
+    }
+    // The server is back: the page after the next wait (240 s) fills it.
+    g.answer_honestly(None);
+    clock.advance(Duration::from_secs(239));
+    assert_eq!(bodies(&g.lattice, &g.alice, &g.room).await, ["a", "x", "c"]);
+    clock.advance(Duration::from_secs(1));
+    assert_eq!(
+        bodies(&g.lattice, &g.alice, &g.room).await,
+        ["a", "y", "x", "c"]
+    );
+    g.stop().await;
+}
+
+/// Paging forwards fills a gap before the event it reaches: a client opens
+/// a permalink to "a" (`/context`, one event after it: mallory's join) and
+/// reads on with `end` (`dir=f`), getting y, x and c in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paging_forwards_fills_a_gap() {
+    let g = gap_room(TestServer::start_federating().await).await;
+    g.answer_honestly(None);
+    let context = g.get(&format!("context/{}?limit=2", enc(&g.a))).await;
+    assert_eq!(
+        context["events_after"].as_array().unwrap().len(),
+        1,
+        "{context}"
+    );
+    assert!(
+        g.peer.received(BACKFILL).is_empty(),
+        "the gap is not reached yet"
+    );
+    let end = context["end"].as_str().unwrap();
+    let page = g
+        .get(&format!("messages?dir=f&limit=10&from={}", enc(end)))
+        .await;
+    assert_eq!(message_bodies(&page["chunk"]), ["y", "x", "c"], "{page}");
+    assert_eq!(g.peer.received(BACKFILL).len(), 1);
+    g.stop().await;
+}
+
+/// `/context` fills the gaps it meets: the events before C are x, then y
+/// from the gap before x; the events after "a" are mallory's join, y, x, c.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn context_fills_the_gaps_around_an_event() {
+    for backwards in [true, false] {
+        let g = gap_room(TestServer::start_federating().await).await;
+        g.answer_honestly(None);
+        if backwards {
+            let context = g.get(&format!("context/{}?limit=8", enc(&g.c))).await;
+            assert_eq!(
+                message_bodies(&context["events_before"]),
+                ["x", "y", "a"],
+                "{context}"
+            );
+        } else {
+            let context = g.get(&format!("context/{}?limit=10", enc(&g.a))).await;
+            assert_eq!(
+                message_bodies(&context["events_after"]),
+                ["y", "x", "c"],
+                "{context}"
+            );
+        }
+        assert_eq!(g.peer.received(BACKFILL).len(), 1, "backwards {backwards}");
+        g.stop().await;
+    }
 }

@@ -262,9 +262,22 @@ impl TestServer {
     }
 
     pub async fn start_federating_with(tweak: impl FnOnce(&mut Config)) -> Self {
+        Self::federating(tweak, None).await
+    }
+
+    /// [`start_federating`](Self::start_federating) on a clock the test moves
+    /// (backoff schedules walked without waiting for them).
+    pub async fn start_federating_on(clock: &lattice::clock::ManualClock) -> Self {
+        Self::federating(|_| {}, Some(clock.clock())).await
+    }
+
+    async fn federating(
+        tweak: impl FnOnce(&mut Config),
+        clock: Option<lattice::clock::Clock>,
+    ) -> Self {
         let tls = dev_tls();
         let port = free_port();
-        Self::start_with(|config| {
+        Self::start_with_clock(clock, |config| {
             config.server_name = format!("localhost:{port}");
             config.listeners = vec![
                 Listener {
@@ -303,23 +316,37 @@ impl TestServer {
     }
 
     pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> Self {
+        Self::start_with_clock(None, tweak).await
+    }
+
+    async fn start_with_clock(
+        clock: Option<lattice::clock::Clock>,
+        tweak: impl FnOnce(&mut Config),
+    ) -> Self {
         let data = tempfile::tempdir().expect("data dir");
         let mut config = test_config();
         config.data_dir = data.path().to_owned();
         tweak(&mut config);
         config.database.url = Some(fresh_database_url().await);
         config.database.max_connections = 5;
-        let mut server = Self::start_config(config).await;
+        let mut server = Self::start_config_on(config, clock).await;
         server._data = Some(data);
         server
     }
 
     pub async fn start_config(config: Config) -> Self {
+        Self::start_config_on(config, None).await
+    }
+
+    async fn start_config_on(config: Config, clock: Option<lattice::clock::Clock>) -> Self {
         let db = Database::open(&config).await.expect("database opens");
         db.migrate().await.expect("migrations");
-        let state = AppState::load(config, db.pool.clone())
+        let mut state = AppState::load(config, db.pool.clone())
             .await
             .expect("state loads");
+        if let Some(clock) = clock {
+            state.clock = clock;
+        }
         let server = Server::start(state.clone()).await.expect("server starts");
         let addr = server.addrs[0];
         Self {

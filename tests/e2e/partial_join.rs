@@ -1275,3 +1275,349 @@ async fn an_event_the_full_state_forbids_is_rejected_after_the_resync() {
     b.stop().await;
     peer.stop();
 }
+
+/// A room where m05, whom the creator gave the power to rename it, was
+/// banned before bob's partial join (the ban omitted with the other
+/// memberships, the power levels not): m05 renames the room citing his old
+/// join, and m03 speaks after the rename. B accepts both while partial.
+struct Renamed {
+    peer: HostilePeer,
+    b: TestServer,
+    bob: Login,
+    room: Arc<Mutex<PeerRoom>>,
+    room_id: String,
+    /// Lets the resync through (`/state_ids` answered).
+    open: Arc<std::sync::atomic::AtomicBool>,
+    /// The creator's `m.room.name` ("Peer room").
+    name: String,
+    /// m05's rename ("taken").
+    rename: String,
+    /// m03's message after the rename.
+    after: String,
+    m03: String,
+    m05: String,
+}
+
+async fn banned_member_renames_while_partial() -> Renamed {
+    let peer = HostilePeer::start().await;
+    let b = TestServer::start_federating_with(faster_joins).await;
+    let bob = b.register("bob", "password-b").await;
+    let room = Arc::new(Mutex::new(PeerRoom::build(&peer)));
+    let (room_id, m03, m03_join, m05, m05_join, name) = {
+        let mut r = room.lock().unwrap();
+        let creator = r.creator.clone();
+        let (m03, m05) = (r.members[3].clone(), r.members[5].clone());
+        let m03_join = r.state[&("m.room.member".to_owned(), m03.clone())].clone();
+        let m05_join = r.state[&("m.room.member".to_owned(), m05.clone())].clone();
+        r.add(
+            &peer,
+            &creator,
+            "m.room.power_levels",
+            "",
+            json!({"users": {&creator: 100, &m05: 50}, "users_default": 0, "state_default": 50,
+                   "events_default": 0, "ban": 50, "kick": 50, "redact": 50, "invite": 0}),
+            &[
+                ("m.room.create", ""),
+                ("m.room.member", creator.as_str()),
+                ("m.room.power_levels", ""),
+            ],
+        );
+        r.add(
+            &peer,
+            &creator,
+            "m.room.member",
+            &m05,
+            json!({"membership": "ban"}),
+            &[
+                ("m.room.create", ""),
+                ("m.room.power_levels", ""),
+                ("m.room.member", creator.as_str()),
+                ("m.room.member", m05.as_str()),
+            ],
+        );
+        let name = r.state[&("m.room.name".to_owned(), String::new())].clone();
+        (r.room_id.clone(), m03, m03_join, m05, m05_join, name)
+    };
+    serve_room(&peer, &room, &bob.user_id, vec![peer.name().to_owned()]);
+    serve_event_auth(&peer, &room);
+    let open = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (open2, room2) = (open.clone(), room.clone());
+    peer.on(
+        Method::GET,
+        &state_ids_prefix(&room_id),
+        Answer::With(Arc::new(move |_, _| {
+            if open2.load(std::sync::atomic::Ordering::SeqCst) {
+                Answer::Json(StatusCode::OK, room2.lock().unwrap().honest_state_ids())
+            } else {
+                Answer::Json(StatusCode::NOT_FOUND, json!({"errcode": "M_NOT_FOUND"}))
+            }
+        })),
+    );
+
+    join_via(&b, &bob, &room_id, peer.name()).await;
+    let bob_join = current_state(&b, &bob, &room_id).await
+        [&("m.room.member".to_owned(), bob.user_id.clone())]
+        .clone();
+    let (rename, after) = {
+        let r = room.lock().unwrap();
+        let base = [
+            r.state[&("m.room.create".to_owned(), String::new())].clone(),
+            r.state[&("m.room.power_levels".to_owned(), String::new())].clone(),
+        ];
+        let with = |join: &str| {
+            let mut auth = base.to_vec();
+            auth.push(join.to_owned());
+            auth
+        };
+        let rename = peer.pdu(
+            &r.version,
+            json!({
+                "room_id": r.room_id, "sender": m05, "type": "m.room.name", "state_key": "",
+                "content": {"name": "taken"},
+                "prev_events": [bob_join], "auth_events": with(&m05_join), "depth": r.depth + 2,
+            }),
+        );
+        let after = member_message(
+            &peer,
+            &r,
+            &m03,
+            &rename.0,
+            r.depth + 3,
+            with(&m03_join),
+            "after the rename",
+        );
+        (rename, after)
+    };
+    {
+        let mut r = room.lock().unwrap();
+        r.events.insert(rename.0.clone(), rename.1.clone());
+        r.events.insert(after.0.clone(), after.1.clone());
+    }
+    let answer = peer.send(&b, vec![rename.1, after.1]).await;
+    assert_eq!(answer[&rename.0], json!({}), "{answer}");
+    assert_eq!(answer[&after.0], json!({}), "{answer}");
+    wait_for_message(&b, &bob, &room_id, "after the rename").await;
+    // While partial, B cannot tell: the room is renamed.
+    assert_eq!(room_name(&b, &bob, &room_id).await, "taken");
+    Renamed {
+        peer,
+        b,
+        bob,
+        room,
+        room_id,
+        open,
+        name,
+        rename: rename.0,
+        after: after.0,
+        m03,
+        m05,
+    }
+}
+
+/// The room's current name as `who` reads it.
+async fn room_name(server: &ClientApi, who: &Login, room: &str) -> String {
+    let (status, body) = server
+        .get(
+            &format!("/_matrix/client/v3/rooms/{}/state/m.room.name/", enc(room)),
+            Some(&who.access_token),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body["name"].as_str().unwrap().to_owned()
+}
+
+impl Renamed {
+    /// Lets the resync through and waits for the full state (m05 not joined).
+    async fn resync(&self) {
+        self.open.store(true, std::sync::atomic::Ordering::SeqCst);
+        let want: BTreeSet<String> = everyone(&self.room.lock().unwrap(), &self.bob)
+            .into_iter()
+            .filter(|u| *u != self.m05)
+            .collect();
+        eventually("the full state on B", || async {
+            joined_members(&self.b, &self.bob, &self.room_id).await == want
+        })
+        .await;
+    }
+
+    async fn stop(self) {
+        self.b.stop().await;
+        self.peer.stop();
+    }
+}
+
+/// A state event the partial state allowed but the full state forbids is
+/// rejected after the resync and leaves the room's state, as Synapse
+/// recomputes the state of events received while partial: m05, banned (the
+/// ban omitted), renames the room with the power the power levels gave him;
+/// once the full state is in, the room's name is the creator's again, the
+/// rename is gone, m03's message after it stays with the state at it
+/// recomputed without it, bob's next `/sync` gives the creator's name in the
+/// full state, and the room's later events build on that state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_event_the_full_state_forbids_leaves_the_state_after_the_resync() {
+    let s = banned_member_renames_while_partial().await;
+    let (b, bob, room_id) = (&s.b, &s.bob, &s.room_id);
+    let filter = json!({"room": {"timeline": {"limit": 1}}});
+    let partial = sync(b, bob, None, &filter).await;
+    assert!(
+        partial["rooms"]["join"][room_id]
+            .to_string()
+            .contains(&s.rename),
+        "the rename is the room's name while partial: {partial}"
+    );
+
+    s.resync().await;
+    // The current state: the creator's name.
+    assert_eq!(room_name(b, bob, room_id).await, "Peer room");
+    let state = current_state(b, bob, room_id).await;
+    assert_eq!(
+        state[&("m.room.name".to_owned(), String::new())],
+        s.name,
+        "{state:?}"
+    );
+    // The rename is rejected: not served, not in the timeline.
+    let (status, body) = b
+        .get(
+            &format!(
+                "/_matrix/client/v3/rooms/{}/event/{}",
+                enc(room_id),
+                enc(&s.rename)
+            ),
+            Some(&bob.access_token),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    // m03's message stays, and the state at it no longer holds the rename.
+    let (status, context) = b
+        .get(
+            &format!(
+                "/_matrix/client/v3/rooms/{}/context/{}?limit=2",
+                enc(room_id),
+                enc(&s.after)
+            ),
+            Some(&bob.access_token),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{context}");
+    assert_eq!(context["event"]["content"]["body"], "after the rename");
+    assert_eq!(context["event"]["sender"], s.m03.as_str());
+    let names: Vec<&Value> = context["state"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["type"] == "m.room.name")
+        .collect();
+    assert_eq!(names.len(), 1, "{context}");
+    assert_eq!(names[0]["event_id"], s.name.as_str(), "{context}");
+    assert!(!context.to_string().contains(&s.rename), "{context}");
+
+    // Bob's clients are told: the next sync treats the room as newly
+    // joined, with the creator's name in its full state.
+    let after = sync(b, bob, partial["next_batch"].as_str(), &filter).await;
+    let section = &after["rooms"]["join"][room_id];
+    assert_eq!(section["timeline"]["limited"], true, "{section}");
+    let named: Vec<&Value> = section["state"]["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(section["timeline"]["events"].as_array().unwrap())
+        .filter(|e| e["type"] == "m.room.name")
+        .collect();
+    assert_eq!(named.len(), 1, "{section}");
+    assert_eq!(named[0]["event_id"], s.name.as_str(), "{section}");
+    assert_eq!(named[0]["content"]["name"], "Peer room");
+    assert!(!section.to_string().contains(&s.rename), "{section}");
+
+    // The attack fails for good: the room goes on from the full state.
+    b.send_message(
+        bob,
+        room_id,
+        json!({"msgtype": "m.text", "body": "bob after the resync"}),
+    )
+    .await;
+    assert_eq!(room_name(b, bob, room_id).await, "Peer room");
+    let again = sync(b, bob, after["next_batch"].as_str(), &filter).await;
+    assert!(
+        !again.to_string().contains(&s.rename),
+        "the rename never comes back: {again}"
+    );
+    s.stop().await;
+}
+
+/// Sliding sync after the resync (MSC4186, as `/sync` treats the room as
+/// newly joined): a connection that sent the room while partial gets it
+/// again with `initial`, all of its required state (the creator's name,
+/// not the rename the full state forbids) and its `$LAZY` members afresh
+/// (m03, learnt only now), once; the response after says nothing more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_the_resync_sliding_sync_sends_the_room_afresh() {
+    const SLIDING: &str = "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync";
+    let s = banned_member_renames_while_partial().await;
+    let (b, bob, room_id) = (&s.b, &s.bob, &s.room_id);
+    let request = json!({
+        "conn_id": "room-list",
+        "lists": {"all": {
+            "ranges": [[0, 10]],
+            "timeline_limit": 1,
+            "required_state": [["m.room.name", ""], ["m.room.member", "$LAZY"]],
+        }},
+    });
+    let slide = |pos: Option<String>| {
+        let request = request.clone();
+        async move {
+            let path = match pos {
+                Some(pos) => format!("{SLIDING}?pos={}", enc(&pos)),
+                None => SLIDING.to_owned(),
+            };
+            let (status, body) = b.post(&path, Some(&bob.access_token), request).await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+            body
+        }
+    };
+    let first = slide(None).await;
+    let section = &first["rooms"][room_id];
+    assert_eq!(section["initial"], true, "{first}");
+    assert_eq!(section["name"], "taken", "{section}");
+    let lazy = |section: &Value| -> BTreeSet<String> {
+        section["required_state"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|e| e["type"] == "m.room.member")
+            .map(|e| e["state_key"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert!(
+        !lazy(section).contains(&s.m03),
+        "m03's membership is not known while partial: {section}"
+    );
+    // Nothing new: the room is not sent again.
+    let quiet = slide(first["pos"].as_str().map(str::to_owned)).await;
+    assert!(quiet["rooms"].get(room_id).is_none(), "{quiet}");
+
+    s.resync().await;
+    let next = slide(quiet["pos"].as_str().map(str::to_owned)).await;
+    let section = &next["rooms"][room_id];
+    assert_eq!(section["initial"], true, "{next}");
+    assert_eq!(section["name"], "Peer room", "{section}");
+    let names: Vec<&Value> = section["required_state"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["type"] == "m.room.name")
+        .collect();
+    assert_eq!(names.len(), 1, "{section}");
+    assert_eq!(names[0]["event_id"], s.name.as_str(), "{section}");
+    assert!(lazy(section).contains(&s.m03), "{section}");
+    assert_eq!(
+        section["timeline"][0]["event_id"],
+        s.after.as_str(),
+        "{section}"
+    );
+    assert!(!next.to_string().contains(&s.rename), "{next}");
+    // Said once.
+    let later = slide(next["pos"].as_str().map(str::to_owned)).await;
+    assert!(later["rooms"].get(room_id).is_none(), "{later}");
+    s.stop().await;
+}

@@ -15,8 +15,20 @@
 //! for the oldest event of each unbroken stretch of the answer, then carried
 //! forward through the stretch event by event. A server that lies about it can
 //! only show our users history it could have sent us anyway.
+//!
+//! One fill at a time per room ([`Fills`]): two pages reaching the same gap
+//! (or the room's oldest event) at once do not both fetch it; the second
+//! finds it filled. Writes are idempotent besides (an event already held is
+//! left as it is), for servers sharing a database. A gap whose fill fails
+//! (nothing of it came in) is not asked for again before its backoff ends
+//! ([`gap_backoff`]: stored with the gap, doubling, capped), so a dead or
+//! lying server does not slow every page.
 
-use std::collections::{HashMap, HashSet};
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use ruma::{OwnedEventId, RoomId, RoomVersionId, ServerName};
 use serde_json::Value;
@@ -32,12 +44,77 @@ use crate::{
 /// How many events one `/backfill` request asks for.
 const BATCH: usize = 50;
 
+/// The wait after a gap's first failed fill; doubled per failure.
+pub const GAP_FIRST_RETRY: Duration = Duration::from_secs(30);
+/// The longest wait between fills of a gap.
+pub const GAP_MAX_RETRY: Duration = Duration::from_secs(60 * 60);
+
+/// How long a gap that failed `failures` times in a row waits before it is
+/// asked for again: [`GAP_FIRST_RETRY`] doubled per failure after the first,
+/// at most [`GAP_MAX_RETRY`].
+pub fn gap_backoff(failures: i32) -> Duration {
+    let doublings = u32::try_from(failures.saturating_sub(1).clamp(0, 20)).unwrap_or(20);
+    GAP_FIRST_RETRY
+        .saturating_mul(2u32.saturating_pow(doublings))
+        .min(GAP_MAX_RETRY)
+}
+
+/// The rooms whose history is being fetched: one fill at a time per room.
+#[derive(Default)]
+pub struct Fills {
+    rooms: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// A room's turn to fill; its entry goes when no one else waits for it.
+struct Turn<'a> {
+    fills: &'a Fills,
+    room_id: String,
+    turn: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl Fills {
+    /// Waits for the room's turn and holds it until the guard drops.
+    async fn take<R>(&self, room_id: &RoomId, fill: impl std::future::Future<Output = R>) -> R {
+        let turn = Turn {
+            fills: self,
+            room_id: room_id.to_string(),
+            turn: self
+                .rooms
+                .lock()
+                .expect("fills")
+                .entry(room_id.to_string())
+                .or_default()
+                .clone(),
+        };
+        let _held = turn.turn.lock().await;
+        fill.await
+    }
+}
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        let mut rooms = self.fills.rooms.lock().expect("fills");
+        // Clones are taken only under this lock: the map's and ours mean no
+        // one else waits.
+        if Arc::strong_count(&self.turn) == 2 {
+            rooms.remove(&self.room_id);
+        }
+    }
+}
+
 /// Fetches history before the oldest events held in `room_id` from a server in
 /// the room. Returns whether any event was added to the timeline.
 pub async fn backfill(app: &AppState, room_id: &RoomId) -> Result<bool> {
     if !app.config.federation.enabled {
         return Ok(false);
     }
+    app.backfills
+        .take(room_id, backfill_oldest(app, room_id))
+        .await
+}
+
+/// [`backfill`], the room's turn held.
+async fn backfill_oldest(app: &AppState, room_id: &RoomId) -> Result<bool> {
     // The edge: prev events of the oldest timeline events we do not hold.
     let oldest = events::oldest_in_room(&app.db, room_id.as_str(), 20).await?;
     let mut edge: Vec<String> = Vec::new();
@@ -54,6 +131,15 @@ pub async fn backfill(app: &AppState, room_id: &RoomId) -> Result<bool> {
         .into_iter()
         .collect();
     edge.retain(|e| !held.contains(e));
+    // Prev events recorded as gaps (in a small room their events are among
+    // the oldest) are filled as gaps, with their backoff, not here.
+    let ids: Vec<String> = oldest.iter().map(|e| e.event_id.clone()).collect();
+    let gapped: HashSet<String> = fed_store::gaps_at(&app.db, room_id.as_str(), &ids)
+        .await?
+        .into_iter()
+        .flat_map(|g| g.missing)
+        .collect();
+    edge.retain(|e| !gapped.contains(e));
     Ok(backfill_from(app, room_id, &edge, None).await? > 0)
 }
 
@@ -63,14 +149,33 @@ pub async fn backfill(app: &AppState, room_id: &RoomId) -> Result<bool> {
 /// backfilled event and take their place before it (by depth); the room's
 /// current state and extremities do not change. The gap is closed once its
 /// events are held; the oldest events of a partial answer leave a gap of
-/// their own, filled when a page reaches it. Returns whether any event was
-/// added.
+/// their own, filled when a page reaches it. A gap in its backoff is not
+/// asked for; one whose fill brings none of its events backs off further.
+/// Returns whether the gap's events (some) are now held: the page reads on
+/// with them.
 pub async fn fill_gap(app: &AppState, room_id: &RoomId, gap: &fed_store::Gap) -> Result<bool> {
     if !app.config.federation.enabled {
         return Ok(false);
     }
+    app.backfills
+        .take(room_id, fill_gap_now(app, room_id, &gap.event_id))
+        .await
+}
+
+/// [`fill_gap`], the room's turn held: the gap as it is now (another page
+/// may have filled it, or failed and backed it off, while this one waited).
+async fn fill_gap_now(app: &AppState, room_id: &RoomId, event_id: &str) -> Result<bool> {
     // Filled meanwhile (by another page, or by events that arrived)?
-    let closed = fed_store::close_filled_gaps(&app.db, room_id.as_str()).await?;
+    fed_store::close_filled_gaps(&app.db, room_id.as_str()).await?;
+    let Some(gap) = fed_store::gaps_at(&app.db, room_id.as_str(), &[event_id.to_owned()])
+        .await?
+        .pop()
+    else {
+        return Ok(true);
+    };
+    if gap.next_try_ts > app.clock.now_ms() {
+        return Ok(false);
+    }
     // Held in the timeline: an outlier (as the gap fallback keeps the prev
     // event it fetched) is not history a reader can page through.
     let in_graph: HashSet<String> = events::in_timeline(&app.db, &gap.missing)
@@ -84,7 +189,7 @@ pub async fn fill_gap(app: &AppState, room_id: &RoomId, gap: &fed_store::Gap) ->
         .cloned()
         .collect();
     if missing.is_empty() {
-        return Ok(closed > 0);
+        return Ok(true);
     }
     let first = events::get(&app.db, &gap.event_id)
         .await?
@@ -93,8 +198,21 @@ pub async fn fill_gap(app: &AppState, room_id: &RoomId, gap: &fed_store::Gap) ->
         .map(|u| u.server_name().to_string());
     let added = backfill_from(app, room_id, &missing, first).await?;
     let closed = fed_store::close_filled_gaps(&app.db, room_id.as_str()).await?;
+    let filled = events::in_timeline(&app.db, &missing).await?;
+    if filled.is_empty() {
+        let failures = gap.failures.saturating_add(1);
+        let wait = gap_backoff(failures);
+        let next_try = app
+            .clock
+            .now_ms()
+            .saturating_add(i64::try_from(wait.as_millis()).unwrap_or(i64::MAX));
+        fed_store::record_gap_failure(&app.db, &gap.event_id, failures, next_try).await?;
+        tracing::info!(%room_id, event_id = %gap.event_id, failures, wait_secs = wait.as_secs(),
+            "a gap's fill brought none of its events: backing off");
+        return Ok(false);
+    }
     tracing::info!(%room_id, event_id = %gap.event_id, added, closed, "filled a gap");
-    Ok(added > 0)
+    Ok(true)
 }
 
 /// Asks servers in the room (`first` before the others) for `edge` and the
@@ -359,6 +477,16 @@ async fn write(
     let text = serde_json::to_string(&c.object).map_err(|e| anyhow::anyhow!("{e}"))?;
     let kind = c.pdu.kind.to_string();
     let mut tx = app.db.begin().await?;
+    // Held already (written by another server sharing the database, or
+    // arrived meanwhile): left as it is.
+    if !events::claim_id(&mut tx, c.event_id.as_str()).await? {
+        let held = events::get(&mut *tx, c.event_id.as_str()).await?;
+        tx.rollback().await?;
+        if let Some(group) = held.and_then(|e| e.state_group) {
+            return Ok(group);
+        }
+        return Err(anyhow::anyhow!("{} is held without a state", c.event_id).into());
+    }
     let state_group = match (at, &c.pdu.state_key) {
         (StateAt::After(group), _) => group,
         (StateAt::OnTopOf(parent), Some(state_key)) => {
@@ -402,4 +530,18 @@ async fn write(
         .await?;
     tx.commit().await?;
     Ok(state_group)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_gap_backs_off_doubling_to_the_cap() {
+        let secs: Vec<u64> = (1..=10).map(|f| gap_backoff(f).as_secs()).collect();
+        assert_eq!(secs, [30, 60, 120, 240, 480, 960, 1920, 3600, 3600, 3600]);
+        // Never negative or overflowing, whatever is stored.
+        assert_eq!(gap_backoff(0), GAP_FIRST_RETRY);
+        assert_eq!(gap_backoff(i32::MAX), GAP_MAX_RETRY);
+    }
 }

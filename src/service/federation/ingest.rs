@@ -608,7 +608,7 @@ async fn receive_checked(
     let mut prev_groups = prev_state_groups(&mut pre, room_id, &prev_ids)
         .await
         .map_err(db_err)?;
-    prev_groups.extend(gap_groups);
+    prev_groups.extend(gap_groups.iter().copied());
     let before_group = resolved_group(&mut pre, rules, room_id, &prev_groups)
         .await
         .map_err(db_err)?;
@@ -661,7 +661,7 @@ async fn receive_checked(
         return Err(format!("fails auth against the state before it: {reason}"));
     }
     // The state after it.
-    let group = match &checked.pdu.state_key {
+    let mut group = match &checked.pdu.state_key {
         Some(k) => Some(
             event::new_state_group(
                 &mut pre,
@@ -705,11 +705,53 @@ async fn receive_checked(
         return Ok(Outcome::AlreadyKnown);
     }
 
+    // The room's full state came in while this event waited for the lock
+    // (faster joins: the resync rechecks only the events before it): steps 5
+    // and the state after it again, against the state before it now whole.
+    let still_partial = partial
+        && crate::storage::partial_state::is_partial(&mut *tx, room_id.as_str())
+            .await
+            .map_err(|e| e.to_string())?;
+    let resynced = partial && !still_partial;
+    if resynced {
+        let mut prev_groups = prev_state_groups(&mut tx, room_id, &prev_ids)
+            .await
+            .map_err(db_err)?;
+        prev_groups.extend(gap_groups.iter().copied());
+        let before_group = resolved_group(&mut tx, rules, room_id, &prev_groups)
+            .await
+            .map_err(db_err)?;
+        let before = full_state_pdus(&mut tx, room_id, before_group)
+            .await
+            .map_err(db_err)?;
+        if let Err(reason) = auth::authorize_with(rules, &checked.pdu, &auth_events, &before) {
+            store_in_graph(&mut tx, &checked, true, before_group)
+                .await
+                .map_err(db_err)?;
+            tx.commit().await.map_err(|e| e.to_string())?;
+            return Err(format!("fails auth against the state before it: {reason}"));
+        }
+        group = match &checked.pdu.state_key {
+            Some(k) => Some(
+                event::new_state_group(
+                    &mut tx,
+                    room_id.as_str(),
+                    before_group,
+                    (checked.pdu.kind.to_string(), k.clone()),
+                    event_id.as_str(),
+                )
+                .await
+                .map_err(db_err)?,
+            ),
+            None => before_group,
+        };
+    }
+
     // Step 6: soft-fail against the current state (partial: as in step 5).
     let mut current = full_state_pdus(&mut tx, room_id, room.state_group)
         .await
         .map_err(db_err)?;
-    if partial {
+    if still_partial {
         super::partial_state::fill_from_auth_events(&mut current, &auth_events);
     }
     if let Err(reason) = auth::authorize_with(rules, &checked.pdu, &auth_events, &current) {
@@ -738,7 +780,7 @@ async fn receive_checked(
         .collect();
     let new_current = if linear {
         group
-    } else if room.extremities == seen {
+    } else if room.extremities == seen && !resynced {
         guess
     } else {
         // The room moved on meanwhile: resolve again, now under the lock.
@@ -1102,7 +1144,7 @@ pub async fn full_state_pdus(
 
 /// After a resolution changed the current state, brings `room_members` in line
 /// with the member events now current.
-async fn sync_memberships(
+pub(super) async fn sync_memberships(
     tx: &mut crate::storage::Transaction<'_, crate::storage::Postgres>,
     room_id: &RoomId,
     old: Option<i64>,

@@ -27,10 +27,13 @@
 //! the keys we lacked are added to the partial snapshot the join's state
 //! group (and every later group, as deltas) is built on — entries already
 //! there win, so what arrived meanwhile is kept — and to snapshots written
-//! since (forks resolved while partial); the events that arrived meanwhile
-//! are checked again against the state before them; the members learnt
-//! become `room_members` rows; the mark is cleared. No network I/O runs under
-//! the room lock or with a pooled connection held.
+//! since (forks resolved while partial); then, under the room lock, the
+//! events that arrived meanwhile are checked again against the state before
+//! them (one that fails is rejected; a rejected state event leaves the state
+//! of the events after it and the room's current state, both worked out
+//! again); the members learnt become `room_members` rows; the mark is
+//! cleared, and each member's next sync treats the room as newly joined. No
+//! network I/O runs under the room lock or with a pooled connection held.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -325,16 +328,14 @@ async fn resync_via(
     tx.commit().await.map_err(|e| e.to_string())?;
     tracing::info!(%room_id, %server, added = keys.len(), "full state swapped in");
 
-    // The events that arrived meanwhile, checked again against the state
-    // before them, now whole.
-    recheck_events_after(app, rules, room_id, join.stream_ordering).await?;
-
-    // Part two, under the room lock (no network): the members learnt, and
-    // the mark cleared.
+    // Part two, under the room lock (no network; no event arrives in the
+    // middle): the events that arrived meanwhile checked again against the
+    // state before them, now whole; the members learnt; the mark cleared.
     let mut tx = app.db.begin().await.map_err(|e| e.to_string())?;
-    let Some(locked) = RoomCtx::lock(&mut tx, room_id).await.map_err(db_err)? else {
+    let Some(mut locked) = RoomCtx::lock(&mut tx, room_id).await.map_err(db_err)? else {
         return Err("the room is gone".into());
     };
+    recheck_events_after(&mut tx, rules, &mut locked, join.stream_ordering).await?;
     if let Some(current) = locked.state_group {
         learn_members(&mut tx, room_id, current).await?;
     }
@@ -355,26 +356,34 @@ async fn resync_via(
     Ok(())
 }
 
-/// Checks the room's timeline events after `stream` against the auth rules
-/// and the state before each (now whole). A message (non-state) event that
-/// fails is marked rejected, as Synapse does when it recomputes the state of
-/// events received during the partial state: reads leave it out from then
-/// on (clients that synced it keep their copy). A state event that fails is
-/// only logged: the state groups built on it are not recomputed.
+/// Checks the room's timeline events after `stream` (those that arrived
+/// while it was partial-stated) against the auth rules and the state before
+/// each, now whole, oldest first, as Synapse recomputes the state of events
+/// received during the partial state. An event that fails is marked
+/// rejected: reads leave it out from then on (clients that synced it keep
+/// their copy until their next sync, which treats the room as newly joined).
+/// A rejected state event no longer counts: the state after it is the state
+/// before it, the events after it get their state again without it, and the
+/// room's current state is resolved again over its forward extremities (as
+/// Synapse resolves it again when it un-partial-states a room), with
+/// `room_members` following it. `room` is locked by the caller.
 async fn recheck_events_after(
-    app: &AppState,
+    tx: &mut crate::storage::Transaction<'_, crate::storage::Postgres>,
     rules: &ruma::room_version_rules::RoomVersionRules,
-    room_id: &RoomId,
+    room: &mut RoomCtx,
     stream: i64,
 ) -> Result<(), String> {
     let db_err = |e: crate::error::Error| e.to_string();
-    let after = store::events_after(&app.db, room_id.as_str(), stream)
+    let room_id = room.room_id().to_owned();
+    let after = store::events_after(&mut **tx, room_id.as_str(), stream)
         .await
         .map_err(|e| e.to_string())?;
     let mut rejected = 0usize;
-    for (event_id, _) in &after {
-        let mut tx = app.db.begin().await.map_err(|e| e.to_string())?;
-        let Some(stored) = events::get(&mut *tx, event_id)
+    // Events whose state after them changed: the events after them are
+    // given theirs again.
+    let mut regrouped: HashSet<String> = HashSet::new();
+    for (event_id, stored_group) in &after {
+        let Some(stored) = events::get(&mut **tx, event_id)
             .await
             .map_err(|e| e.to_string())?
         else {
@@ -387,13 +396,13 @@ async fn recheck_events_after(
             continue;
         };
         let prevs: Vec<String> = pdu.prev_events.iter().map(|e| e.to_string()).collect();
-        let groups = ingest::prev_state_groups(&mut tx, room_id, &prevs)
+        let groups = ingest::prev_state_groups(tx, &room_id, &prevs)
             .await
             .map_err(db_err)?;
-        let before_group = ingest::resolved_group(&mut tx, rules, room_id, &groups)
+        let before_group = ingest::resolved_group(tx, rules, &room_id, &groups)
             .await
             .map_err(db_err)?;
-        let before = ingest::full_state_pdus(&mut tx, room_id, before_group)
+        let before = ingest::full_state_pdus(tx, &room_id, before_group)
             .await
             .map_err(db_err)?;
         let auth_ids: Vec<String> = ingest::auth_ids_of(&pdu, rules)
@@ -401,29 +410,77 @@ async fn recheck_events_after(
             .map(|e| e.to_string())
             .collect();
         let auth_events: HashMap<OwnedEventId, Pdu> =
-            ingest::load_pdus(&mut *tx, room_id, &auth_ids)
+            ingest::load_pdus(&mut **tx, &room_id, &auth_ids)
                 .await
                 .map_err(db_err)?
                 .into_iter()
                 .map(|(id, (p, _))| (id, p))
                 .collect();
-        tx.commit().await.map_err(|e| e.to_string())?;
         if let Err(reason) = auth::authorize_with(rules, &pdu, &auth_events, &before) {
-            if pdu.state_key.is_some() {
-                tracing::warn!(%room_id, %event_id, %reason,
-                    "a state event received while the room was partial fails auth against the full state");
-                continue;
-            }
             rejected += 1;
-            tracing::info!(%room_id, %event_id, %reason,
+            tracing::info!(%room_id, %event_id, %reason, state = pdu.state_key.is_some(),
                 "an event received while the room was partial fails auth against the full state: rejected");
-            store::mark_rejected(&app.db, event_id)
+            store::mark_rejected(&mut **tx, event_id, before_group)
                 .await
                 .map_err(|e| e.to_string())?;
+            if before_group != *stored_group {
+                regrouped.insert(event_id.clone());
+            }
+            continue;
+        }
+        if !prevs.iter().any(|p| regrouped.contains(p)) {
+            continue;
+        }
+        // An event after a rejected one: its state again, on the state
+        // before it as it is now.
+        let group = match &pdu.state_key {
+            Some(key) => Some(
+                event::new_state_group(
+                    tx,
+                    room_id.as_str(),
+                    before_group,
+                    (pdu.kind.to_string(), key.clone()),
+                    event_id,
+                )
+                .await
+                .map_err(db_err)?,
+            ),
+            None => before_group,
+        };
+        if group != *stored_group {
+            store::set_state_group(&mut **tx, event_id, group)
+                .await
+                .map_err(|e| e.to_string())?;
+            regrouped.insert(event_id.clone());
         }
     }
     if rejected > 0 {
         tracing::warn!(%room_id, rejected, "events rejected against the full state");
+    }
+    if regrouped.is_empty() {
+        return Ok(());
+    }
+    // The current state, resolved again over the forward extremities.
+    let extremities = rooms::forward_extremities(&mut **tx, room_id.as_str())
+        .await
+        .map_err(|e| e.to_string())?;
+    let groups = ingest::prev_state_groups(tx, &room_id, &extremities)
+        .await
+        .map_err(db_err)?;
+    let current = ingest::resolved_group(tx, rules, &room_id, &groups)
+        .await
+        .map_err(db_err)?;
+    if let Some(group) = current
+        && current != room.state_group
+    {
+        rooms::set_current_state_group(&mut **tx, room_id.as_str(), group)
+            .await
+            .map_err(|e| e.to_string())?;
+        ingest::sync_memberships(tx, &room_id, room.state_group, current)
+            .await
+            .map_err(db_err)?;
+        tracing::info!(%room_id, "current state resolved again without the rejected events");
+        room.state_group = current;
     }
     Ok(())
 }

@@ -16,7 +16,8 @@
 //! parameters are not sticky: each request carries its lists, subscriptions
 //! and extensions, as matrix-rust-sdk sends them.
 //!
-//! A room new to the connection (or newly joined) comes with `initial: true`,
+//! A room new to the connection (or newly joined, or whose full state came in
+//! since it was sent: a faster join resynced) comes with `initial: true`,
 //! its recent history as far as the user may see it (`limited` when there is
 //! more, and a `prev_batch`), and all of its required state; `$LAZY` members are
 //! those of the timeline's senders (and the user's), each sent once per
@@ -171,6 +172,58 @@ pub async fn sync(app: &AppState, session: &Session, req: &Request) -> Result<Re
     }
 }
 
+/// Of the joined rooms selected that the connection has sent, those whose
+/// full state came in since (a room joined with partial state, resynced:
+/// faster joins). They are sent again as new to the connection (`initial`,
+/// all of the required state, `$LAZY` members afresh), as `/sync` treats
+/// them as newly joined.
+async fn resynced_rooms(
+    app: &AppState,
+    prev: Option<&ConnState>,
+    selected: &BTreeMap<String, RoomConfig>,
+    by_id: &HashMap<&str, &Candidate>,
+    now: i64,
+) -> Result<HashSet<String>> {
+    let Some(prev) = prev else {
+        return Ok(HashSet::new());
+    };
+    // Sent rooms, each with the position it was sent up to.
+    let sent: Vec<(&String, i64)> = selected
+        .keys()
+        .filter(|r| {
+            by_id
+                .get(r.as_str())
+                .is_some_and(|c| c.membership == "join")
+        })
+        .filter_map(|r| prev.rooms.get(r).map(|s| (r, s.upto)))
+        .collect();
+    let Some(oldest) = sent.iter().map(|(_, upto)| *upto).min() else {
+        return Ok(HashSet::new());
+    };
+    let rooms: Vec<String> = sent.iter().map(|(r, _)| (*r).clone()).collect();
+    let candidates =
+        crate::storage::partial_state::completed_between(&app.db, &rooms, oldest, now).await?;
+    let mut out = HashSet::new();
+    // Rarely any: each checked against its own position.
+    for room in candidates {
+        let Some((_, upto)) = sent.iter().find(|(r, _)| **r == room) else {
+            continue;
+        };
+        if !crate::storage::partial_state::completed_between(
+            &app.db,
+            std::slice::from_ref(&room),
+            *upto,
+            now,
+        )
+        .await?
+        .is_empty()
+        {
+            out.insert(room);
+        }
+    }
+    Ok(out)
+}
+
 /// The to-device extension's `since`: a `next_batch` it handed out (a message
 /// id), or a `/sync` token, whose to-device part matrix-rust-sdk carries over
 /// when it switches from `/sync`.
@@ -280,13 +333,15 @@ async fn build(
         rooms: prev.map(|p| p.rooms.clone()).unwrap_or_default(),
         lists: list_counts,
     };
+    let full_state_since = resynced_rooms(app, prev, &selected, &by_id, now).await?;
     let mut initial_rooms = HashSet::new();
     for (room_id, config) in &selected {
         let Some(c) = by_id.get(room_id.as_str()) else {
             continue;
         };
         let sent = prev.and_then(|p| p.rooms.get(room_id));
-        let built = room::room_section(app, session, c, config, sent, now).await?;
+        let resynced = full_state_since.contains(room_id);
+        let built = room::room_section(app, session, c, config, sent, resynced, now).await?;
         let lazy_members = match built {
             Some(built) => {
                 if built.initial {

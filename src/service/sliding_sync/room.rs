@@ -41,6 +41,7 @@ pub(super) async fn room_section(
     c: &Candidate,
     config: &RoomConfig,
     sent: Option<&SentRoom>,
+    resynced: bool,
     now: i64,
 ) -> Result<Option<Built>> {
     let user: &UserId = &session.user_id;
@@ -71,7 +72,9 @@ pub(super) async fn room_section(
         // A rejected invite to a room this server was never in.
         return Ok(None);
     }
-    let initial = sent.is_none() || (membership_changed && c.membership == "join");
+    // Newly joined, or its full state came in since it was sent (faster
+    // joins): the room is sent afresh, with all of its state.
+    let initial = sent.is_none() || (membership_changed && c.membership == "join") || resynced;
     let config_changed = sent.is_some_and(|s| s.config != config.fingerprint());
     let after = match sent {
         Some(s) if !initial => s.upto,
