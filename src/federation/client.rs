@@ -206,11 +206,42 @@ impl FederationClient {
     }
 
     /// Sends a ruma federation request to `destination`, signed, and parses the
-    /// answer.
+    /// answer (at most [`MAX_RESPONSE_BYTES`], as [`Self::request_json`]).
     pub async fn send<R>(
         &self,
         destination: &ServerName,
         request: R,
+    ) -> Result<R::IncomingResponse, FedError>
+    where
+        R: OutgoingRequest<PathBuilder = SinglePath>,
+    {
+        let limit = self.max_response_bytes;
+        self.send_limited(destination, request, limit).await
+    }
+
+    /// [`Self::send`] for queries made on a client's behalf, as
+    /// [`Self::request_json_bounded`]: the answer must fit in `limit` bytes and
+    /// the whole exchange, discovery included, must end within `timeout`.
+    pub async fn send_bounded<R>(
+        &self,
+        destination: &ServerName,
+        request: R,
+        limit: usize,
+        timeout: Duration,
+    ) -> Result<R::IncomingResponse, FedError>
+    where
+        R: OutgoingRequest<PathBuilder = SinglePath>,
+    {
+        tokio::time::timeout(timeout, self.send_limited(destination, request, limit))
+            .await
+            .map_err(|_| FedError::Unreachable(format!("{destination}: no answer in time")))?
+    }
+
+    async fn send_limited<R>(
+        &self,
+        destination: &ServerName,
+        request: R,
+        limit: usize,
     ) -> Result<R::IncomingResponse, FedError>
     where
         R: OutgoingRequest<PathBuilder = SinglePath>,
@@ -223,7 +254,7 @@ impl FederationClient {
         let body: Vec<u8> = ruma::api::OutgoingBody::try_into_buf(body)
             .map_err(|e| FedError::Invalid(format!("serialising request: {}", e.into())))?;
         let (status, _, bytes) = self
-            .execute(destination, &target, parts.method, &parts.uri, body)
+            .execute_limited(destination, &target, parts.method, &parts.uri, body, limit)
             .await?;
         let response = http::Response::builder()
             .status(status)

@@ -97,6 +97,8 @@ async fn resolve_remote(
         "/_matrix/federation/v1/query/directory?room_alias={}",
         form_urlencoded::byte_serialize(alias.as_str().as_bytes()).collect::<String>()
     );
+    // Raw, not ruma's `get_room_information`: a server name that does not
+    // parse is dropped from the list, not the whole answer.
     let body = app
         .federation
         .request_json_bounded(
@@ -535,6 +537,7 @@ pub async fn remote_public_rooms(
         }
         (http::Method::GET, format!("{path}?{}", q.finish()), None)
     };
+    // Raw: the list is relayed from its valid entries (`relay_public_rooms`).
     let answer = app
         .federation
         .request_json_bounded(

@@ -53,7 +53,18 @@ async fn remote_body(app: &AppState, user_id: &UserId, field: Option<&str>) -> R
     }
     let mut request = get_profile_information::v1::Request::new(user_id.to_owned());
     request.field = field.map(Into::into);
-    match app.federation.send(user_id.server_name(), request).await {
+    // On a client's behalf: a profile is under 64 KiB (spec), and the client
+    // waits at most the federation query time for it.
+    let answer = app
+        .federation
+        .send_bounded(
+            user_id.server_name(),
+            request,
+            2 * MAX_PROFILE_BYTES,
+            super::directory::query_timeout(app),
+        )
+        .await;
+    match answer {
         Ok(response) => Ok(Value::Object(response.into_iter().collect())),
         Err(e) if e.is_not_found() => Err(Error::not_found("Profile not found")),
         Err(e) => {

@@ -10,7 +10,10 @@ use std::{
 
 use ruma::{
     CanonicalJsonObject, CanonicalJsonValue, OwnedServerName, ServerName,
-    serde::Base64,
+    api::federation::discovery::{
+        ServerSigningKeys, get_remote_server_keys_batch, get_server_keys,
+    },
+    serde::{Base64, Raw},
     signatures::{Ed25519KeyPair, PublicKeyMap, PublicKeySet, sign_json, verify_json},
 };
 use serde_json::{Value, json};
@@ -167,7 +170,7 @@ fn reached(error: &anyhow::Error) -> bool {
 
 /// Our `/_matrix/key/v2/server` response: the current key, old keys with their
 /// expiry, signed by the current key.
-pub async fn own_response(app: &AppState) -> Result<Value> {
+pub async fn own_response(app: &AppState) -> Result<Raw<ServerSigningKeys>> {
     let key = &app.signing_key;
     let mut old = serde_json::Map::new();
     for stored in signing_keys::expired(&app.db).await? {
@@ -193,7 +196,14 @@ pub async fn own_response(app: &AppState) -> Result<Value> {
         "old_verify_keys": old,
         "valid_until_ts": app.clock.now_ms() + OWN_VALIDITY.as_millis() as i64,
     });
-    sign(app, response)
+    raw_keys(&sign(app, response)?)
+}
+
+/// A signed key response as ruma's raw type: served exactly as signed.
+fn raw_keys(signed: &Value) -> Result<Raw<ServerSigningKeys>> {
+    Ok(Raw::from_json(
+        serde_json::value::to_raw_value(signed).map_err(|e| anyhow::anyhow!("{e}"))?,
+    ))
 }
 
 /// Adds our signature to a JSON object.
@@ -319,9 +329,15 @@ async fn fetch(app: &AppState, server: &ServerName) -> std::result::Result<(), F
 async fn fetch_direct(app: &AppState, server: &ServerName) -> anyhow::Result<()> {
     let response = app
         .federation
-        .request_json(server, http::Method::GET, "/_matrix/key/v2/server", None)
+        .send(server, get_server_keys::v2::Request::new())
         .await?;
-    store_verified(app, server, response, None).await
+    // Ruma's raw type: the response as the server signed it.
+    store_verified(app, server, raw_json(&response.server_key)?, None).await
+}
+
+/// A signed key response as the JSON its signatures are checked over.
+fn raw_json(raw: &Raw<ServerSigningKeys>) -> anyhow::Result<Value> {
+    Ok(serde_json::from_str(raw.json().get())?)
 }
 
 async fn fetch_via_notary(
@@ -339,25 +355,18 @@ async fn fetch_via_notary(
             .await
             .map_err(|e| anyhow::anyhow!("{e}"))?;
     }
-    let body = json!({"server_keys": {server.as_str(): {}}});
-    let response = app
-        .federation
-        .request_json(
-            notary,
-            http::Method::POST,
-            "/_matrix/key/v2/query",
-            Some(&body),
-        )
-        .await?;
-    let entries = response["server_keys"]
-        .as_array()
-        .ok_or_else(|| anyhow::anyhow!("no server_keys in the notary's answer"))?;
+    let request = get_remote_server_keys_batch::v2::Request::new(BTreeMap::from([(
+        server.to_owned(),
+        BTreeMap::new(),
+    )]));
+    let response = app.federation.send(notary, request).await?;
     let mut stored = false;
-    for entry in entries {
+    for entry in &response.server_keys {
+        let entry = raw_json(entry)?;
         if entry["server_name"].as_str() != Some(server.as_str()) {
             continue;
         }
-        store_verified(app, server, entry.clone(), Some((notary, &notary_keys))).await?;
+        store_verified(app, server, entry, Some((notary, &notary_keys))).await?;
         stored = true;
     }
     if !stored {
@@ -535,7 +544,10 @@ impl NotaryQuery {
 /// unauthenticated, so it costs at most [`MAX_NOTARY_FETCHES`] fetches, run
 /// together, each within the server's [`FetchState`] budget; other servers are
 /// answered from the store.
-pub async fn notary_responses(app: &AppState, wanted: &[NotaryQuery]) -> Result<Vec<Value>> {
+pub async fn notary_responses(
+    app: &AppState,
+    wanted: &[NotaryQuery],
+) -> Result<Vec<Raw<ServerSigningKeys>>> {
     let mut stale: Vec<&NotaryQuery> = Vec::new();
     for query in wanted {
         if query.server == app.server_name || stale.len() >= MAX_NOTARY_FETCHES {
@@ -556,7 +568,7 @@ pub async fn notary_responses(app: &AppState, wanted: &[NotaryQuery]) -> Result<
         let stored = server_keys::responses(&app.db, query.server.as_str()).await?;
         for json in query.pick(stored) {
             let value: Value = serde_json::from_str(&json).map_err(|e| anyhow::anyhow!("{e}"))?;
-            out.push(sign(app, value)?);
+            out.push(raw_keys(&sign(app, value)?)?);
         }
     }
     Ok(out)

@@ -308,6 +308,7 @@ pub(crate) async fn fetch_remote(
         if left.is_zero() {
             return None;
         }
+        // Raw: the answer is rebuilt from its valid parts (`clean_hierarchy`).
         let answer = app
             .federation
             .request_json_bounded(

@@ -169,8 +169,9 @@ async fn store_invite_details(
 /// fails (a bad signature, a room we cannot reach) does not keep the others
 /// from being made; the answer is then the last failure's error, as Synapse
 /// answers (the identity server learns the invite was not delivered).
-pub async fn on_bind(app: &AppState, body: &Value) -> Result<()> {
-    let Some(invites) = body["invites"].as_array() else {
+/// `invites` is the body's `invites` field, each checked on its own.
+pub async fn on_bind(app: &AppState, invites: &Value) -> Result<()> {
+    let Some(invites) = invites.as_array() else {
         return Ok(());
     };
     // Anyone may call onbind, and each invite may make this server call
@@ -247,6 +248,8 @@ pub async fn exchange(
         servers.push(server.to_owned());
     }
     servers.retain(|s| s != &app.server_name);
+    // Raw, not ruma's `exchange_invite`: its body has no `room_id`, which the
+    // spec requires (and our side checks against the path).
     let path = format!(
         "/_matrix/federation/v1/exchange_third_party_invite/{}",
         super::federation::ingest::enc(room_id.as_str())

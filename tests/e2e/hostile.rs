@@ -251,7 +251,7 @@ impl HostilePeer {
             .unwrap()
             .received
             .iter()
-            .filter(|r| r.path.starts_with(prefix))
+            .filter(|r| same_prefix(&r.path, prefix))
             .cloned()
             .collect()
     }
@@ -658,7 +658,7 @@ async fn answer(
         script
             .answers
             .iter()
-            .filter(|(m, p, _)| *m == method && path.starts_with(p.as_str()))
+            .filter(|(m, p, _)| *m == method && same_prefix(&path, p))
             .max_by_key(|(_, p, _)| p.len())
             .map(|(_, _, a)| a.clone())
     };
@@ -765,4 +765,32 @@ pub fn now_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_millis() as i64
+}
+
+/// Whether `path` starts with `prefix`, both percent-decoded: servers encode
+/// path segments differently (`!room%3Aserver` or `!room:server`), and the
+/// tests write prefixes with `enc`.
+fn same_prefix(path: &str, prefix: &str) -> bool {
+    percent_decoded(path).starts_with(&percent_decoded(prefix))
+}
+
+/// `s` with its `%XX` escapes decoded (a `+` is kept: in a path it is itself).
+fn percent_decoded(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        if bytes[i] == b'%'
+            && i + 2 < bytes.len()
+            && let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2]))
+        {
+            out.push((h * 16 + l) as u8);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }

@@ -930,7 +930,11 @@ fn serve_event_auth(peer: &HostilePeer, room: &Arc<Mutex<PeerRoom>>) {
         Method::GET,
         &prefix,
         Answer::With(Arc::new(move |path, _| {
-            let id = percent_decode(path.trim_start_matches(prefix2.as_str()));
+            // Decoded before the prefix is taken off: servers encode the
+            // room ID's `!` and `:` or not.
+            let id = percent_decode(path)
+                .trim_start_matches(percent_decode(&prefix2).as_str())
+                .to_owned();
             let r = room2.lock().unwrap();
             let chain: Vec<Value> = r
                 .auth_chain(&[id])

@@ -246,6 +246,75 @@ async fn a_denied_server_is_refused_on_every_room_endpoint() {
     lattice.stop().await;
 }
 
+/// The ACL is checked before anything of a room request is parsed: a denied
+/// server's malformed requests are refused as any of its requests (403), and
+/// it cannot tell a well-formed request from a bad one. Each request is
+/// checked to be malformed (400) for an allowed server first.
+#[tokio::test]
+async fn a_denied_server_learns_nothing_from_malformed_requests() {
+    let lattice = TestServer::start_federating().await;
+    let denied = HostilePeer::start_as("127.0.0.1").await;
+    let allowed = HostilePeer::start().await;
+    let alice = lattice.register("alice", "password-a").await;
+    let room = lattice
+        .create_room(&alice, json!({"preset": "public_chat"}))
+        .await;
+    let (status, body) = lattice
+        .put(
+            &format!("/_matrix/client/v3/rooms/{room}/state/m.room.server_acl/"),
+            Some(&alice.access_token),
+            json!({"allow": ["*"], "deny": ["127.0.0.1"]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let r = enc(&room);
+    let event = enc(&format!("$an-event:{}", allowed.name()));
+    let malformed = [
+        // No `limit` (required).
+        (
+            Method::GET,
+            format!("/_matrix/federation/v1/backfill/{r}?v={event}"),
+            None,
+        ),
+        // Not an event ID.
+        (
+            Method::GET,
+            format!("/_matrix/federation/v1/event_auth/{r}/not-an-event"),
+            None,
+        ),
+        // Not a user ID.
+        (
+            Method::GET,
+            format!("/_matrix/federation/v1/make_join/{r}/not-a-user?ver=10"),
+            None,
+        ),
+        // `omit_members` neither true nor false.
+        (
+            Method::PUT,
+            format!("/_matrix/federation/v2/send_join/{r}/{event}?omit_members=maybe"),
+            Some(json!({})),
+        ),
+        // No `room_version`.
+        (
+            Method::PUT,
+            format!("/_matrix/federation/v2/invite/{r}/{event}"),
+            Some(json!({"event": {}, "invite_room_state": []})),
+        ),
+    ];
+    for (method, path, body) in malformed {
+        let (status, answer) = allowed
+            .request(lattice.name(), method.clone(), &path, body.clone())
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{path}: {answer}");
+        let (status, answer) = denied.request(lattice.name(), method, &path, body).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{path}: {answer}");
+        assert_eq!(answer["errcode"], "M_FORBIDDEN", "{path}: {answer}");
+    }
+    denied.stop();
+    allowed.stop();
+    lattice.stop().await;
+}
+
 /// An invite of a user this server does not have is countersigned, as Synapse
 /// does, and kept nowhere; one of a deactivated user is refused.
 #[tokio::test]

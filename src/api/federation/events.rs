@@ -8,21 +8,26 @@
 //! removed in v1.18 but still sent by older servers) answer `[200, {…}]`, a
 //! historical accident kept on the wire.
 
-use std::collections::BTreeMap;
-
 use axum::{
     Json, Router,
-    extract::{Path, RawQuery, State},
-    routing::{get, post, put},
+    extract::{Path, State},
+    routing::{post, put},
 };
 use ruma::{
-    EventId, MilliSecondsSinceUnixEpoch, RoomId, UserId,
+    EventId, MilliSecondsSinceUnixEpoch, RoomId,
     api::federation::{
         authorization::get_event_authorization,
-        event::{get_event, get_room_state, get_room_state_ids},
+        backfill::get_backfill,
+        event::{get_event, get_missing_events, get_room_state, get_room_state_ids},
+        membership::{
+            RawStrippedState, create_invite, create_join_event, create_knock_event,
+            create_leave_event, prepare_join_event, prepare_knock_event, prepare_leave_event,
+        },
+        transactions::send_transaction_message,
     },
 };
-use serde_json::{Value, json, value::RawValue as RawJsonValue};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, value::RawValue as RawJsonValue};
 
 use super::{FedRequest, FedRuma};
 use crate::{
@@ -40,48 +45,27 @@ pub fn router() -> Router<AppState> {
             "/_matrix/federation/v1/send/{txn_id}",
             put(send_transaction),
         )
-        .route(
-            "/_matrix/federation/v1/make_join/{room_id}/{user_id}",
-            get(make_join),
-        )
+        .ruma::<prepare_join_event::v1::Request, _, _>(make_join)
         .route(
             "/_matrix/federation/v1/send_join/{room_id}/{event_id}",
             put(send_join_v1),
         )
-        .route(
-            "/_matrix/federation/v2/send_join/{room_id}/{event_id}",
-            put(send_join),
-        )
+        .ruma::<create_join_event::v2::Request, _, _>(send_join)
         .route(
             "/_matrix/federation/v1/invite/{room_id}/{event_id}",
             put(invite_v1),
         )
-        .route(
-            "/_matrix/federation/v2/invite/{room_id}/{event_id}",
-            put(invite_v2),
-        )
-        .route(
-            "/_matrix/federation/v1/make_leave/{room_id}/{user_id}",
-            get(make_leave),
-        )
-        .route(
-            "/_matrix/federation/v1/make_knock/{room_id}/{user_id}",
-            get(make_knock),
-        )
-        .route(
-            "/_matrix/federation/v1/send_knock/{room_id}/{event_id}",
-            put(send_knock),
-        )
+        .ruma::<create_invite::v2::Request, _, _>(invite_v2)
+        .ruma::<prepare_leave_event::v1::Request, _, _>(make_leave)
+        .ruma::<prepare_knock_event::v1::Request, _, _>(make_knock)
+        .ruma::<create_knock_event::v1::Request, _, _>(send_knock)
         .route(
             "/_matrix/federation/v1/send_leave/{room_id}/{event_id}",
             put(send_leave_v1),
         )
-        .route(
-            "/_matrix/federation/v2/send_leave/{room_id}/{event_id}",
-            put(send_leave),
-        )
+        .ruma::<create_leave_event::v2::Request, _, _>(send_leave)
         .ruma::<get_event::v1::Request, _, _>(get_event)
-        .route("/_matrix/federation/v1/backfill/{room_id}", get(backfill))
+        .ruma::<get_backfill::v1::Request, _, _>(backfill)
         .ruma::<get_event_authorization::v1::Request, _, _>(event_auth)
         .ruma::<get_room_state_ids::v1::Request, _, _>(state_ids)
         .ruma::<get_room_state::v1::Request, _, _>(state)
@@ -92,41 +76,48 @@ pub fn router() -> Router<AppState> {
 }
 
 /// `PUT /v2/invite/{roomId}/{eventId}`: countersign an invite of one of our users.
-// JSON: not yet ruma's type (issue #20): the service checks and countersigns the body's event as canonical JSON.
 async fn invite_v2(
     State(app): State<AppState>,
-    Path((room_id, event_id)): Path<(String, String)>,
-    fed: FedRequest,
-) -> Result<Json<Value>> {
-    let (room_id, event_id) = invite_path(&app, &room_id, &event_id, &fed).await?;
-    let body: Value = fed.json()?;
-    let room_version = body["room_version"]
-        .as_str()
-        .ok_or_else(|| Error::bad_json("room_version is required"))?;
+    FedRuma { origin, request }: FedRuma<create_invite::v2::Request>,
+) -> Result<RumaResponse<create_invite::v2::Response>> {
+    let event = value(&request.event)?;
+    let invite_room_state = request
+        .invite_room_state
+        .iter()
+        .map(|s| serde_json::to_value(s).map_err(|e| Error::bad_json(e.to_string())))
+        .collect::<Result<_>>()?;
     let incoming = invite::Incoming {
         api: invite::InviteApi::V2,
-        room_version,
-        event: &body["event"],
-        invite_room_state: body["invite_room_state"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default(),
+        room_version: request.room_version.as_str(),
+        event: &event,
+        invite_room_state,
     };
-    let event = invite::receive(&app, &fed.origin, &room_id, &event_id, incoming).await?;
-    Ok(Json(json!({ "event": event })))
+    let event =
+        invite::receive(&app, &origin, &request.room_id, &request.event_id, incoming).await?;
+    Ok(RumaResponse(create_invite::v2::Response::new(raw(&event)?)))
+}
+
+/// The answer of the deprecated v1 `invite` and `send_join` (inside `[200, …]`).
+#[derive(Serialize)]
+struct EventAnswer {
+    event: Box<RawJsonValue>,
 }
 
 /// `PUT /v1/invite/{roomId}/{eventId}` (deprecated): the body is the event,
 /// its stripped state in `unsigned.invite_room_state`; the room version is not
 /// given, so it is taken to be "1" (the spec: "1" or "2", which differ only in
-/// state resolution, not used here), as Synapse does.
-// JSON: the deprecated v1 answer `[200, {…}]`, kept as JSON like v2 (issue #20).
+/// state resolution, not used here), as Synapse does. Not ruma's v1 type: its
+/// request keeps only the event's content fields (the service checks and
+/// countersigns the whole event), and its answer is `[200, event]` where the
+/// spec has `[200, {"event": …}]`.
 async fn invite_v1(
     State(app): State<AppState>,
     Path((room_id, event_id)): Path<(String, String)>,
     fed: FedRequest,
-) -> Result<Json<Value>> {
-    let (room_id, event_id) = invite_path(&app, &room_id, &event_id, &fed).await?;
+) -> Result<Json<(u16, EventAnswer)>> {
+    let room_id = RoomId::parse(&room_id).map_err(|_| Error::bad_json("Bad room ID"))?;
+    let event_id = EventId::parse(&event_id).map_err(|_| Error::bad_json("Bad event ID"))?;
+    acl::check(&app, room_id.as_str(), fed.origin.as_str()).await?;
     let event: Value = fed.json()?;
     let incoming = invite::Incoming {
         api: invite::InviteApi::V1,
@@ -138,123 +129,101 @@ async fn invite_v1(
             .unwrap_or_default(),
     };
     let event = invite::receive(&app, &fed.origin, &room_id, &event_id, incoming).await?;
-    Ok(Json(json!([200, { "event": event }])))
-}
-
-/// An invite's room and event IDs, the room one the origin's ACL lets it act in.
-async fn invite_path(
-    app: &AppState,
-    room_id: &str,
-    event_id: &str,
-    fed: &FedRequest,
-) -> Result<(ruma::OwnedRoomId, ruma::OwnedEventId)> {
-    let room_id = RoomId::parse(room_id).map_err(|_| Error::bad_json("Bad room ID"))?;
-    let event_id = EventId::parse(event_id).map_err(|_| Error::bad_json("Bad event ID"))?;
-    acl::check(app, room_id.as_str(), fed.origin.as_str()).await?;
-    Ok((room_id, event_id))
+    Ok(Json((
+        200,
+        EventAnswer {
+            event: raw(&event)?,
+        },
+    )))
 }
 
 /// `GET /backfill/{roomId}?v=…&limit=…`: the given events and those before them,
 /// newest (deepest) first, walking `prev_events`.
-// JSON: not yet ruma's type (issue #20).
 async fn backfill(
     State(app): State<AppState>,
-    Path(room_id): Path<String>,
-    RawQuery(query): RawQuery,
-    fed: FedRequest,
-) -> Result<Json<Value>> {
-    let mut from = Vec::new();
-    let mut limit = 10usize;
-    for (k, v) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
-        match k.as_ref() {
-            "v" => from.push(v.into_owned()),
-            "limit" => {
-                limit = v
-                    .parse()
-                    .map_err(|_| Error::new(ErrorKind::InvalidParam, "limit must be a number"))?
-            }
-            _ => {}
-        }
-    }
-    if from.is_empty() {
+    FedRuma { origin, request }: FedRuma<get_backfill::v1::Request>,
+) -> Result<RumaResponse<get_backfill::v1::Response>> {
+    if request.v.is_empty() {
         return Err(Error::new(ErrorKind::MissingParam, "v is required"));
     }
-    let room_id = RoomId::parse(&room_id).map_err(|_| Error::invalid_param("Invalid room ID"))?;
-    let pdus = reads::backfill(&app, &fed.origin, &room_id, from, limit).await?;
-    Ok(Json(json!({
-        "origin": app.server_name.as_str(),
-        "origin_server_ts": crate::clock::now_ms(),
-        "pdus": pdus,
-    })))
+    let from = request.v.iter().map(ToString::to_string).collect();
+    let limit = usize::try_from(u64::from(request.limit)).unwrap_or(usize::MAX);
+    let pdus = reads::backfill(&app, &origin, &request.room_id, from, limit).await?;
+    Ok(RumaResponse(get_backfill::v1::Response::new(
+        app.server_name.clone(),
+        MilliSecondsSinceUnixEpoch::now(),
+        pdus,
+    )))
 }
 
-// JSON: not yet ruma's type (issue #20).
 async fn make_leave(
     State(app): State<AppState>,
-    Path((room_id, user_id)): Path<(String, String)>,
-    fed: FedRequest,
-) -> Result<Json<Value>> {
-    let room_id = acl_room(&app, &room_id, &fed.origin).await?;
-    let user_id = path_user(&user_id)?;
-    Ok(Json(
-        resident::make_leave(&app, &fed.origin, &room_id, &user_id).await?,
-    ))
+    FedRuma { origin, request }: FedRuma<prepare_leave_event::v1::Request>,
+) -> Result<RumaResponse<prepare_leave_event::v1::Response>> {
+    let template = resident::make_leave(&app, &origin, &request.room_id, &request.user_id).await?;
+    Ok(RumaResponse(prepare_leave_event::v1::Response::new(
+        Some(template.room_version),
+        raw(&template.event)?,
+    )))
 }
 
-// JSON: not yet ruma's type (issue #20).
 async fn make_knock(
     State(app): State<AppState>,
-    Path((room_id, user_id)): Path<(String, String)>,
-    RawQuery(query): RawQuery,
-    fed: FedRequest,
-) -> Result<Json<Value>> {
-    let room_id = acl_room(&app, &room_id, &fed.origin).await?;
-    let user_id = path_user(&user_id)?;
-    let versions = ver_params(query);
-    Ok(Json(
-        resident::make_knock(&app, &fed.origin, &room_id, &user_id, &versions).await?,
-    ))
+    FedRuma { origin, request }: FedRuma<prepare_knock_event::v1::Request>,
+) -> Result<RumaResponse<prepare_knock_event::v1::Response>> {
+    let template = resident::make_knock(
+        &app,
+        &origin,
+        &request.room_id,
+        &request.user_id,
+        &request.ver,
+    )
+    .await?;
+    Ok(RumaResponse(prepare_knock_event::v1::Response::new(
+        template.room_version,
+        raw(&template.event)?,
+    )))
 }
 
-// JSON: not yet ruma's type (issue #20).
 async fn send_knock(
     State(app): State<AppState>,
-    Path((room_id, event_id)): Path<(String, String)>,
-    fed: FedRequest,
-) -> Result<Json<Value>> {
-    let room_id = acl_room(&app, &room_id, &fed.origin).await?;
-    let event_id = path_event(&event_id)?;
-    let body: Value = fed.json()?;
-    Ok(Json(
-        resident::send_knock(&app, &fed.origin, &room_id, &event_id, &body).await?,
-    ))
+    FedRuma { origin, request }: FedRuma<create_knock_event::v1::Request>,
+) -> Result<RumaResponse<create_knock_event::v1::Response>> {
+    let body = value(&request.pdu)?;
+    let state =
+        resident::send_knock(&app, &origin, &request.room_id, &request.event_id, &body).await?;
+    let state = state
+        .iter()
+        .map(|pdu| Ok(RawStrippedState::Pdu(raw(pdu)?)))
+        .collect::<Result<_>>()?;
+    Ok(RumaResponse(create_knock_event::v1::Response::new(state)))
 }
 
-// JSON: not yet ruma's type (issue #20).
 async fn send_leave(
     State(app): State<AppState>,
-    Path((room_id, event_id)): Path<(String, String)>,
-    fed: FedRequest,
-) -> Result<Json<Value>> {
-    let room_id = acl_room(&app, &room_id, &fed.origin).await?;
-    let event_id = path_event(&event_id)?;
-    let body: Value = fed.json()?;
-    resident::send_leave(&app, &fed.origin, &room_id, &event_id, &body).await?;
-    Ok(Json(json!({})))
+    FedRuma { origin, request }: FedRuma<create_leave_event::v2::Request>,
+) -> Result<RumaResponse<create_leave_event::v2::Response>> {
+    let body = value(&request.pdu)?;
+    resident::send_leave(&app, &origin, &request.room_id, &request.event_id, &body).await?;
+    Ok(RumaResponse(create_leave_event::v2::Response::new()))
 }
 
-/// `PUT /v1/send_leave/{roomId}/{eventId}` (deprecated): v2's, as `[200, {}]`.
-// JSON: the deprecated v1 answer `[200, {}]`, an accident of history kept on the wire.
+/// An empty JSON object (inside the v1 `send_leave`'s `[200, {}]`).
+#[derive(Serialize)]
+struct Empty {}
+
+/// `PUT /v1/send_leave/{roomId}/{eventId}` (deprecated): v2's, as `[200, {}]`
+/// (ruma has no v1 type).
 async fn send_leave_v1(
     State(app): State<AppState>,
     Path((room_id, event_id)): Path<(String, String)>,
     fed: FedRequest,
-) -> Result<Json<Value>> {
+) -> Result<Json<(u16, Empty)>> {
     let room_id = acl_room(&app, &room_id, &fed.origin).await?;
     let event_id = path_event(&event_id)?;
     let body: Value = fed.json()?;
     resident::send_leave(&app, &fed.origin, &room_id, &event_id, &body).await?;
-    Ok(Json(json!([200, {}])))
+    Ok(Json((200, Empty {})))
 }
 
 /// A room ID from the path, in which the requesting server's ACL lets it act.
@@ -268,51 +237,62 @@ async fn acl_room(
     Ok(room_id)
 }
 
-fn path_user(user_id: &str) -> Result<ruma::OwnedUserId> {
-    UserId::parse(user_id).map_err(|_| Error::invalid_param("Invalid user ID"))
-}
-
 fn path_event(event_id: &str) -> Result<ruma::OwnedEventId> {
     EventId::parse(event_id).map_err(|_| Error::invalid_param("Invalid event ID"))
-}
-
-/// The room versions a `make_join`/`make_knock` caller supports (`ver=`).
-fn ver_params(query: Option<String>) -> Vec<String> {
-    form_urlencoded::parse(query.unwrap_or_default().as_bytes())
-        .filter(|(k, _)| k == "ver")
-        .map(|(_, v)| v.into_owned())
-        .collect()
 }
 
 const MAX_PDUS: usize = 50;
 const MAX_EDUS: usize = 100;
 
-// JSON: not yet ruma's type (issue #20): its answer is the reply kept for retries of the same transaction.
+/// A `/send` transaction as it is read: leniently, unlike ruma's request
+/// (which needs `origin`, `origin_server_ts` and `pdus`): senders leave out
+/// `pdus` in EDU-only transactions (ruma's `compat-optional-txn-pdus`), and a
+/// PDU that does not parse is dropped alone, not with the whole transaction.
+#[derive(Deserialize)]
+struct Transaction {
+    #[serde(default)]
+    origin: Option<Value>,
+    #[serde(default)]
+    pdus: Option<Value>,
+    #[serde(default)]
+    edus: Option<Value>,
+}
+
+/// `PUT /send/{txnId}`: PDUs and EDUs. A retried transaction gets the reply
+/// kept from the first time.
 async fn send_transaction(
     State(app): State<AppState>,
     Path(txn_id): Path<String>,
     fed: FedRequest,
-) -> Result<Json<Value>> {
-    if let Some(reply) = reads::transaction_reply(&app, &fed.origin, &txn_id).await? {
-        return Ok(Json(reply));
+) -> Result<RumaResponse<send_transaction_message::v1::Response>> {
+    if let Some(results) = reads::transaction_reply(&app, &fed.origin, &txn_id).await? {
+        return Ok(RumaResponse(send_transaction_message::v1::Response::new(
+            results,
+        )));
     }
-    let body: Value = fed.json()?;
-    if body["origin"]
-        .as_str()
+    let body: Transaction = fed.json()?;
+    if body
+        .origin
+        .as_ref()
+        .and_then(Value::as_str)
         .is_some_and(|o| o != fed.origin.as_str())
     {
         return Err(Error::forbidden(
             "The transaction's origin is not the sender",
         ));
     }
-    let pdus = body["pdus"].as_array().cloned().unwrap_or_default();
-    let edus = body["edus"].as_array().cloned().unwrap_or_default();
+    let array = |v: Option<Value>| match v {
+        Some(Value::Array(items)) => items,
+        _ => Vec::new(),
+    };
+    let pdus = array(body.pdus);
+    let edus = array(body.edus);
     if pdus.len() > MAX_PDUS || edus.len() > MAX_EDUS {
         return Err(Error::bad_json(format!(
             "At most {MAX_PDUS} PDUs and {MAX_EDUS} EDUs per transaction"
         )));
     }
-    let mut results = BTreeMap::new();
+    let mut results = reads::PduResults::new();
     for value in &pdus {
         let (event_id, outcome) = ingest::receive_pdu(&app, &fed.origin, value).await;
         let Some(event_id) = event_id else {
@@ -320,117 +300,118 @@ async fn send_transaction(
             continue;
         };
         let entry = match outcome {
-            Ok(_) => json!({}),
+            Ok(_) => Ok(()),
             // Rejected by the auth rules but handled: held in the room's graph,
             // as Synapse does, so nothing is reported (spec: no `error` means
             // the PDU was handled).
             Err(error) if ingest::held_as_rejected(&app, &event_id).await => {
                 tracing::info!(origin = %fed.origin, %event_id, %error, "PDU rejected by the auth rules");
-                json!({})
+                Ok(())
             }
             Err(error) => {
                 tracing::info!(origin = %fed.origin, %event_id, %error, "PDU rejected");
-                json!({"error": error})
+                Err(error)
             }
         };
-        results.insert(event_id.to_string(), entry);
+        results.insert(event_id, entry);
     }
     for edu in &edus {
         crate::service::federation::edu::receive(&app, &fed.origin, edu).await;
     }
-    let reply = json!({"pdus": results});
-    reads::store_transaction_reply(&app, &fed.origin, &txn_id, &reply).await?;
-    Ok(Json(reply))
+    reads::store_transaction_reply(&app, &fed.origin, &txn_id, &results).await?;
+    Ok(RumaResponse(send_transaction_message::v1::Response::new(
+        results,
+    )))
 }
 
-// JSON: not yet ruma's type (issue #20).
 async fn make_join(
     State(app): State<AppState>,
-    Path((room_id, user_id)): Path<(String, String)>,
-    RawQuery(query): RawQuery,
-    fed: FedRequest,
-) -> Result<Json<Value>> {
-    let room_id = acl_room(&app, &room_id, &fed.origin).await?;
-    let user_id = path_user(&user_id)?;
-    let versions = ver_params(query);
-    // No `ver`: the server only knows version 1.
-    let versions = if versions.is_empty() {
-        vec!["1".to_owned()]
-    } else {
-        versions
-    };
-    Ok(Json(
-        resident::make_join(&app, &fed.origin, &room_id, &user_id, &versions).await?,
-    ))
+    FedRuma { origin, request }: FedRuma<prepare_join_event::v1::Request>,
+) -> Result<RumaResponse<prepare_join_event::v1::Response>> {
+    // No `ver`: ruma's request has the default, version 1 only.
+    let template = resident::make_join(
+        &app,
+        &origin,
+        &request.room_id,
+        &request.user_id,
+        &request.ver,
+    )
+    .await?;
+    let mut response = prepare_join_event::v1::Response::new(raw(&template.event)?);
+    response.room_version = Some(template.room_version);
+    Ok(RumaResponse(response))
+}
+
+/// The `send_join` v2 answer. Not ruma's `RoomState`, which leaves out
+/// `members_omitted` when false: it is always given, as Synapse does.
+#[derive(Serialize)]
+struct SendJoinAnswer {
+    origin: ruma::OwnedServerName,
+    state: Vec<Box<RawJsonValue>>,
+    auth_chain: Vec<Box<RawJsonValue>>,
+    members_omitted: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    servers_in_room: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    event: Option<Box<RawJsonValue>>,
 }
 
 /// `PUT /v2/send_join/{roomId}/{eventId}[?omit_members=true]`: the state
 /// before the join and its auth chain; with `omit_members=true` (faster joins,
 /// spec v1.6), without most membership events, with `members_omitted: true`
-/// and `servers_in_room`.
-// JSON: not yet ruma's type (issue #20): the faster-join answer's fields are built by the service.
+/// and `servers_in_room`. An `omit_members` other than `true` or `false` is
+/// `M_INVALID_PARAM`, as Synapse answers.
 async fn send_join(
     State(app): State<AppState>,
-    Path((room_id, event_id)): Path<(String, String)>,
-    RawQuery(query): RawQuery,
-    fed: FedRequest,
-) -> Result<Json<Value>> {
-    let room_id = acl_room(&app, &room_id, &fed.origin).await?;
-    let event_id = path_event(&event_id)?;
-    let omit_members = omit_members_param(query)?;
-    let body: Value = fed.json()?;
-    let joined =
-        resident::send_join(&app, &fed.origin, &room_id, &event_id, &body, omit_members).await?;
-    let mut answer = json!({
-        "origin": app.server_name.as_str(),
-        "state": joined.state,
-        "auth_chain": joined.auth_chain,
-        "members_omitted": joined.servers_in_room.is_some(),
-    });
-    if let Some(servers) = joined.servers_in_room {
-        answer["servers_in_room"] = servers.into();
-    }
-    if let Some(event) = joined.event {
-        answer["event"] = event;
-    }
-    Ok(Json(answer))
+    FedRuma { origin, request }: FedRuma<create_join_event::v2::Request>,
+) -> Result<Json<SendJoinAnswer>> {
+    let body = value(&request.pdu)?;
+    let joined = resident::send_join(
+        &app,
+        &origin,
+        &request.room_id,
+        &request.event_id,
+        &body,
+        request.omit_members,
+    )
+    .await?;
+    Ok(Json(SendJoinAnswer {
+        origin: app.server_name.clone(),
+        state: raws(joined.state)?,
+        auth_chain: raws(joined.auth_chain)?,
+        members_omitted: joined.servers_in_room.is_some(),
+        servers_in_room: joined.servers_in_room,
+        event: joined.event.as_ref().map(raw).transpose()?,
+    }))
 }
 
-/// `send_join`'s `omit_members` query parameter: `true` or `false` (absent:
-/// false); anything else is `M_INVALID_PARAM`, as Synapse answers.
-fn omit_members_param(query: Option<String>) -> Result<bool> {
-    let mut omit = false;
-    for (k, v) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
-        if k == "omit_members" {
-            omit = match v.as_ref() {
-                "true" => true,
-                "false" => false,
-                _ => {
-                    return Err(Error::invalid_param("omit_members must be true or false"));
-                }
-            };
-        }
-    }
-    Ok(omit)
+/// The v1 `send_join` answer (inside `[200, …]`).
+#[derive(Serialize)]
+struct SendJoinV1Answer {
+    origin: ruma::OwnedServerName,
+    state: Vec<Box<RawJsonValue>>,
+    auth_chain: Vec<Box<RawJsonValue>>,
 }
 
 /// `PUT /v1/send_join/{roomId}/{eventId}` (deprecated): v2's checks and
-/// answer, as `[200, {origin, state, auth_chain}]`.
-// JSON: the deprecated v1 answer `[200, {…}]`, an accident of history kept on the wire.
+/// answer, as `[200, {origin, state, auth_chain}]` (ruma has no v1 type).
 async fn send_join_v1(
     State(app): State<AppState>,
     Path((room_id, event_id)): Path<(String, String)>,
     fed: FedRequest,
-) -> Result<Json<Value>> {
+) -> Result<Json<(u16, SendJoinV1Answer)>> {
     let room_id = acl_room(&app, &room_id, &fed.origin).await?;
     let event_id = path_event(&event_id)?;
     let body: Value = fed.json()?;
     let joined = resident::send_join(&app, &fed.origin, &room_id, &event_id, &body, false).await?;
-    Ok(Json(json!([200, {
-        "origin": app.server_name.as_str(),
-        "state": joined.state,
-        "auth_chain": joined.auth_chain,
-    }])))
+    Ok(Json((
+        200,
+        SendJoinV1Answer {
+            origin: app.server_name.clone(),
+            state: raws(joined.state)?,
+            auth_chain: raws(joined.auth_chain)?,
+        },
+    )))
 }
 
 async fn get_event(
@@ -441,7 +422,7 @@ async fn get_event(
     Ok(RumaResponse(get_event::v1::Response::new(
         app.server_name.clone(),
         MilliSecondsSinceUnixEpoch::now(),
-        raw(&pdu)?,
+        pdu,
     )))
 }
 
@@ -491,9 +472,14 @@ async fn state(
     )))
 }
 
-/// A stored PDU as the raw JSON ruma's responses carry.
-fn raw(pdu: &Value) -> Result<Box<RawJsonValue>> {
+/// A PDU as the raw JSON ruma's responses carry.
+fn raw(pdu: &impl Serialize) -> Result<Box<RawJsonValue>> {
     Ok(serde_json::value::to_raw_value(pdu).map_err(|e| anyhow::anyhow!("PDU JSON: {e}"))?)
+}
+
+/// A request's raw event as the JSON the service checks.
+fn value(pdu: &RawJsonValue) -> Result<Value> {
+    serde_json::from_str(pdu.get()).map_err(|e| Error::bad_json(format!("Invalid event: {e}")))
 }
 
 fn raws(pdus: Vec<Value>) -> Result<Vec<Box<RawJsonValue>>> {
@@ -510,13 +496,15 @@ fn event_ids(ids: Vec<String>) -> Result<Vec<ruma::OwnedEventId>> {
 }
 
 /// Walks back from `latest_events` through `prev_events`, stopping at
-/// `earliest_events`, returning at most `limit` events (oldest first).
-// JSON: not yet ruma's type (issue #20).
+/// `earliest_events`, returning at most `limit` events (oldest first). The
+/// body is read leniently, not as ruma's request (which needs
+/// `earliest_events` and `latest_events`): SyTest sends `{}`, every field
+/// with its default.
 async fn get_missing_events(
     State(app): State<AppState>,
     Path(room_id): Path<String>,
     fed: FedRequest,
-) -> Result<Json<Value>> {
+) -> Result<RumaResponse<get_missing_events::v1::Response>> {
     let room_id = RoomId::parse(&room_id).map_err(|_| Error::invalid_param("Invalid room ID"))?;
     // The room's server ACL first (in `ServerView::new`): a denied server
     // learns nothing, not even whether its body was right.
@@ -524,5 +512,5 @@ async fn get_missing_events(
     let q: reads::MissingEvents = fed.json()?;
     view.require_in_room()?;
     let events = reads::missing_events(&app, view, &room_id, q).await?;
-    Ok(Json(json!({ "events": events })))
+    Ok(RumaResponse(get_missing_events::v1::Response::new(events)))
 }

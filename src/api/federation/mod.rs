@@ -1,9 +1,14 @@
 //! The Server-Server API. Every endpoint except the version and key endpoints
 //! takes a [`FedRuma`] (ruma's request type, registered on ruma's paths with
-//! [`RouterExt::ruma`](super::ruma::RouterExt::ruma)) or, where ruma's type
-//! would change what is on the wire, a [`FedRequest`] (raw JSON body). Both
-//! exist only once the `X-Matrix` signature of the request has been verified
-//! against the origin's keys.
+//! [`RouterExt::ruma`](super::ruma::RouterExt::ruma)) or, where ruma's parse
+//! would refuse requests Lattice (and Synapse) accept, a [`FedRequest`] (raw
+//! JSON body, read leniently by the handler). Both exist only once the
+//! `X-Matrix` signature of the request has been verified against the origin's
+//! keys. Answers are ruma's response types ([`RumaResponse`]), or typed
+//! structs where ruma's would change the wire; never `Json<Value>`
+//! (`tests/layers.rs`).
+//!
+//! [`RumaResponse`]: super::ruma::RumaResponse
 
 mod events;
 mod media;
@@ -22,7 +27,10 @@ use ruma::api::{IncomingRequest, IncomingRequestExt};
 
 use crate::{
     error::Error,
-    service::{AppState, federation::auth},
+    service::{
+        AppState,
+        federation::{acl, auth},
+    },
 };
 
 /// An authenticated federation request: its origin and its body (already
@@ -56,9 +64,13 @@ where
 }
 
 /// An authenticated federation request of ruma's type `T`: its origin and the
-/// request, parsed after the `X-Matrix` signature was verified. A path or
-/// query parameter that does not parse is `400 M_INVALID_PARAM`, a body of the
-/// wrong shape `400 M_BAD_JSON` (as the client API's `Ruma<T>`).
+/// request, parsed after the `X-Matrix` signature was verified and — for a
+/// request on a room (a `{room_id}` in the path) — after the room's server ACL
+/// let the origin in (`403 M_FORBIDDEN`): a denied server learns nothing of the
+/// room, not even whether its request was well formed (spec: "Server Access
+/// Control Lists"). A path or query parameter that does not parse is
+/// `400 M_INVALID_PARAM`, a body of the wrong shape `400 M_BAD_JSON` (as the
+/// client API's `Ruma<T>`).
 pub struct FedRuma<T> {
     pub origin: ruma::OwnedServerName,
     pub request: T,
@@ -79,6 +91,11 @@ where
         let params = RawPathParams::from_request_parts(&mut parts, state)
             .await
             .map_err(|e| Error::invalid_param(format!("Invalid path parameter: {e}")))?;
+        if let Some((_, room_id)) = params.iter().find(|(name, _)| *name == "room_id")
+            && let Ok(room_id) = ruma::RoomId::parse(room_id)
+        {
+            acl::check(&app, room_id.as_str(), origin.as_str()).await?;
+        }
         let params: Vec<&str> = params.iter().map(|(_, v)| v).collect();
         let request = http::Request::from_parts(parts, bytes.as_ref());
         // As in `Ruma<T>`: a body ruma's parser panics on is malformed input.

@@ -7,17 +7,22 @@
 use std::collections::BTreeMap;
 
 use axum::{
-    Json, Router,
+    Router,
     extract::{Path, State},
     routing::{get, post},
 };
-use ruma::ServerName;
+use ruma::{
+    ServerName,
+    api::federation::discovery::{
+        get_remote_server_keys, get_remote_server_keys_batch, get_server_keys, get_server_version,
+    },
+};
 use serde::Deserialize;
-use serde_json::{Value, json};
 
 use crate::{
     api::json::Json as JsonBody,
     api::json::Query,
+    api::ruma::RumaResponse,
     error::{Error, Result},
     service::AppState,
     service::server_keys,
@@ -37,14 +42,24 @@ pub fn router() -> Router<AppState> {
         .route("/_matrix/key/v2/query", post(query_batch))
 }
 
-// JSON: not yet ruma's type (issue #20).
-async fn version() -> Json<Value> {
-    Json(json!({"server": {"name": "Lattice", "version": env!("CARGO_PKG_VERSION")}}))
+async fn version() -> RumaResponse<get_server_version::v1::Response> {
+    let mut server = get_server_version::v1::Server::new();
+    server.name = Some("Lattice".to_owned());
+    server.version = Some(env!("CARGO_PKG_VERSION").to_owned());
+    let mut response = get_server_version::v1::Response::new();
+    response.server = Some(server);
+    RumaResponse(response)
 }
 
-// JSON: a signed key response, served exactly as signed.
-async fn own_keys(State(app): State<AppState>) -> Result<Json<Value>> {
-    Ok(Json(server_keys::own_response(&app).await?))
+/// Our keys, signed (ruma's raw type keeps the signed JSON as it is). Routed
+/// by hand: older servers still ask with a key ID in the path, which ruma's
+/// request does not have.
+async fn own_keys(
+    State(app): State<AppState>,
+) -> Result<RumaResponse<get_server_keys::v2::Response>> {
+    Ok(RumaResponse(get_server_keys::v2::Response::new(
+        server_keys::own_response(&app).await?,
+    )))
 }
 
 #[derive(Deserialize)]
@@ -52,35 +67,35 @@ struct MinimumValidUntil {
     minimum_valid_until_ts: Option<i64>,
 }
 
-/// `GET /query/{serverName}`: every key of the server.
-// JSON: signed key responses, served exactly as their servers signed them.
+/// `GET /query/{serverName}`: every key of the server. The query is read
+/// here, not as ruma's request, whose absent `minimum_valid_until_ts` becomes
+/// "now" (here: any response still valid, else a fetch).
 async fn query_one(
     State(app): State<AppState>,
     Path(server_name): Path<String>,
     Query(q): Query<MinimumValidUntil>,
-) -> Result<Json<Value>> {
+) -> Result<RumaResponse<get_remote_server_keys::v2::Response>> {
     query_get(&app, &server_name, Vec::new(), q.minimum_valid_until_ts).await
 }
 
 /// `GET /query/{serverName}/{keyId}` (deprecated; Synapse still serves it):
 /// one key of the server.
-// JSON: signed key responses, served exactly as their servers signed them.
 async fn query_one_key(
     State(app): State<AppState>,
     Path((server_name, key_id)): Path<(String, String)>,
     Query(q): Query<MinimumValidUntil>,
-) -> Result<Json<Value>> {
+) -> Result<RumaResponse<get_remote_server_keys::v2::Response>> {
     let minimum = q.minimum_valid_until_ts;
     query_get(&app, &server_name, vec![(key_id, minimum)], minimum).await
 }
 
-// JSON: signed key responses, served exactly as their servers signed them.
+/// The signed key responses, served exactly as their servers signed them.
 async fn query_get(
     app: &AppState,
     server_name: &str,
     key_ids: Vec<(String, Option<i64>)>,
     minimum: Option<i64>,
-) -> Result<Json<Value>> {
+) -> Result<RumaResponse<get_remote_server_keys::v2::Response>> {
     let server =
         ServerName::parse(server_name).map_err(|_| Error::invalid_param("Invalid server name"))?;
     let wanted = [server_keys::NotaryQuery {
@@ -89,7 +104,9 @@ async fn query_get(
         minimum,
     }];
     let found = server_keys::notary_responses(app, &wanted).await?;
-    Ok(Json(json!({"server_keys": found})))
+    Ok(RumaResponse(get_remote_server_keys::v2::Response::new(
+        found,
+    )))
 }
 
 #[derive(Deserialize)]
@@ -109,12 +126,13 @@ const MAX_BATCH: usize = 50;
 const MAX_KEYS_PER_SERVER: usize = 50;
 
 /// `POST /query`: per server, the keys named (each with its minimum
-/// validity), or all of them when none is named.
-// JSON: signed key responses, served exactly as their servers signed them.
+/// validity), or all of them when none is named. The body is read here, not
+/// as ruma's request (which refuses the whole query for one bad server name):
+/// a server name that does not parse is skipped.
 async fn query_batch(
     State(app): State<AppState>,
     JsonBody(body): JsonBody<BatchQuery>,
-) -> Result<Json<Value>> {
+) -> Result<RumaResponse<get_remote_server_keys_batch::v2::Response>> {
     if body.server_keys.len() > MAX_BATCH
         || body
             .server_keys
@@ -141,5 +159,7 @@ async fn query_batch(
         })
         .collect();
     let out = server_keys::notary_responses(&app, &wanted).await?;
-    Ok(Json(json!({"server_keys": out})))
+    Ok(RumaResponse(
+        get_remote_server_keys_batch::v2::Response::new(out),
+    ))
 }

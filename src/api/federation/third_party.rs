@@ -11,16 +11,20 @@
 //!   invited user's server asks the inviter's to make the invite.
 
 use axum::{
-    Json, Router,
+    Router,
     extract::{Path, State},
     routing::{post, put},
 };
-use ruma::OwnedRoomId;
-use serde_json::{Value, json};
+use ruma::{
+    OwnedRoomId,
+    api::federation::thirdparty::{bind_callback, exchange_invite},
+};
+use serde::Deserialize;
+use serde_json::Value;
 
 use super::FedRequest;
 use crate::{
-    api::{auth::ClientIp, json, rate_limited},
+    api::{auth::ClientIp, json, rate_limited, ruma::RumaResponse},
     error::Result,
     service::AppState,
     service::third_party_invite,
@@ -35,24 +39,35 @@ pub fn router() -> Router<AppState> {
         )
 }
 
-// JSON: an identity server's call, checked signature by signature over the raw invites; not yet ruma's type (issue #20).
+/// The `onbind` body as it is read: only `invites` matters, each invite
+/// checked on its own (one bad invite does not refuse the others), where
+/// ruma's request refuses the whole body for one malformed invite.
+#[derive(Deserialize)]
+struct OnBind {
+    #[serde(default)]
+    invites: Value,
+}
+
+/// Routed by hand: identity servers (Sydent) `POST` it, where ruma's type
+/// (after the spec) has `PUT`.
 async fn on_bind(
     State(app): State<AppState>,
     ClientIp(ip): ClientIp,
-    json::Json(body): json::Json<Value>,
-) -> Result<Json<Value>> {
+    json::Json(body): json::Json<OnBind>,
+) -> Result<RumaResponse<bind_callback::v1::Response>> {
     rate_limited(app.client_limiter.check(&ip.unwrap_or_default()))?;
-    third_party_invite::on_bind(&app, &body).await?;
-    Ok(Json(json!({})))
+    third_party_invite::on_bind(&app, &body.invites).await?;
+    Ok(RumaResponse(bind_callback::v1::Response::new()))
 }
 
-// JSON: not yet ruma's type (issue #20): the service checks the invite's signed block as JSON.
+/// The body is read as JSON, not as ruma's request: the service checks the
+/// invite's signed block exactly as the identity server signed it.
 async fn exchange(
     State(app): State<AppState>,
     Path(room_id): Path<OwnedRoomId>,
     request: FedRequest,
-) -> Result<Json<Value>> {
+) -> Result<RumaResponse<exchange_invite::v1::Response>> {
     let body: Value = request.json()?;
     third_party_invite::on_exchange(&app, &request.origin, &room_id, &body).await?;
-    Ok(Json(json!({})))
+    Ok(RumaResponse(exchange_invite::v1::Response::new()))
 }

@@ -30,10 +30,13 @@ use std::{
     time::Duration,
 };
 
-use ruma::{OwnedEventId, RoomId, RoomVersionId, ServerName};
+use ruma::{
+    EventId, OwnedEventId, RoomId, RoomVersionId, ServerName, UInt,
+    api::federation::{authorization::get_event_authorization, backfill::get_backfill},
+};
 use serde_json::Value;
 
-use super::ingest::{self, Checked, enc};
+use super::ingest::{self, Checked};
 use crate::{
     domain::{auth, pdu::Pdu},
     error::Result,
@@ -250,32 +253,24 @@ async fn backfill_from(
         }
     }
     servers.retain(|s| s != app.server_name.as_str());
-    let query: String = edge
-        .iter()
-        .map(|e| format!("v={}", enc(e)))
-        .chain(std::iter::once(format!("limit={BATCH}")))
-        .collect::<Vec<_>>()
-        .join("&");
-    let path = format!(
-        "/_matrix/federation/v1/backfill/{}?{query}",
-        enc(room_id.as_str())
-    );
+    let from: Vec<OwnedEventId> = edge.iter().filter_map(|e| EventId::parse(e).ok()).collect();
     for server in servers {
         let Ok(server) = ruma::OwnedServerName::try_from(server) else {
             continue;
         };
-        let reply = match app
-            .federation
-            .request_json(&server, http::Method::GET, &path, None)
-            .await
-        {
+        let request = get_backfill::v1::Request::new(
+            room_id.to_owned(),
+            from.clone(),
+            UInt::from(BATCH as u32),
+        );
+        let reply = match app.federation.send(&server, request).await {
             Ok(r) => r,
             Err(e) => {
                 tracing::info!(%room_id, %server, error = %e, "backfill failed");
                 continue;
             }
         };
-        let pdus = reply["pdus"].as_array().cloned().unwrap_or_default();
+        let pdus = super::pdu_values(&reply.pdus);
         let added = store_batch(app, &server, &rules, room_id, edge, &pdus).await?;
         tracing::info!(%room_id, %server, received = pdus.len(), added, "backfilled");
         return Ok(added);
@@ -346,17 +341,10 @@ async fn store_batch(
             continue;
         };
         if known.len() < auth_ids.len() {
-            let path = format!(
-                "/_matrix/federation/v1/event_auth/{}/{}",
-                enc(room_id.as_str()),
-                enc(c.event_id.as_str())
-            );
-            if let Ok(body) = app
-                .federation
-                .request_json(server, http::Method::GET, &path, None)
-                .await
-            {
-                let mut chain = body["auth_chain"].as_array().cloned().unwrap_or_default();
+            let request =
+                get_event_authorization::v1::Request::new(room_id.to_owned(), c.event_id.clone());
+            if let Ok(body) = app.federation.send(server, request).await {
+                let mut chain = super::pdu_values(&body.auth_chain);
                 chain.truncate(ingest::MAX_AUTH_CHAIN);
                 if let Err(e) = ingest::store_auth_events(app, rules, room_id, &chain).await {
                     tracing::info!(%room_id, error = %e, "storing a backfilled auth chain failed");

@@ -10,8 +10,12 @@
 //! `/user/devices` when one went missing; `/keys/query` answers from them.
 //! Other remote users' keys are asked of their servers each time.
 
-use ruma::{OwnedUserId, ServerName, UserId};
-use serde_json::{Map, Value, json};
+use ruma::{
+    OneTimeKeyId, OwnedDeviceId, OwnedUserId, ServerName, UserId,
+    api::federation::keys::{claim_keys, get_keys},
+    serde::Raw,
+};
+use serde_json::{Map, Value, json, value::RawValue as RawJsonValue};
 
 use crate::{
     error::Result,
@@ -34,6 +38,8 @@ pub async fn user_keys(
     users: Map<String, Value>,
 ) -> std::result::Result<Value, String> {
     let server = ServerName::parse(server).map_err(|e| e.to_string())?;
+    // Raw, not ruma's `get_keys`/`claim_keys`: the answer is read user by
+    // user (one malformed entry does not lose the others' keys).
     app.federation
         .request_json(
             &server,
@@ -45,34 +51,138 @@ pub async fn user_keys(
         .map_err(|e| e.to_string())
 }
 
+/// Our users' device and cross-signing keys for another server
+/// (`/user/keys/query`): per user, the devices named (all when none is).
+pub async fn keys_for_server(
+    app: &AppState,
+    wanted: Vec<(OwnedUserId, Vec<String>)>,
+) -> Result<get_keys::v1::Response> {
+    let mut found = crate::service::e2e_keys::KeysFound::default();
+    for (user, devices) in wanted {
+        crate::service::e2e_keys::local_keys(app, user.as_str(), &devices, None, &mut found)
+            .await?;
+    }
+    let mut response = get_keys::v1::Response::default();
+    for (user, devices) in found.device_keys {
+        let Ok(user) = UserId::parse(&user) else {
+            continue;
+        };
+        let devices = devices
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(device, keys)| Ok((OwnedDeviceId::from(device.as_str()), raw(keys)?)))
+            .collect::<Result<_>>()?;
+        response.device_keys.insert(user, devices);
+    }
+    response.master_keys = raw_by_user(found.master)?;
+    response.self_signing_keys = raw_by_user(found.self_signing)?;
+    Ok(response)
+}
+
+/// Claims our users' one-time keys for another server (`/user/keys/claim`):
+/// `(user, device, algorithm)` → user → device → key.
+pub async fn claim_for_server(
+    app: &AppState,
+    wanted: Vec<(String, String, String)>,
+) -> Result<claim_keys::v1::Response> {
+    let claimed = crate::service::e2e_keys::claim_local(app, wanted).await?;
+    let mut out = claim_keys::v1::OneTimeKeys::new();
+    for (user, devices) in claimed {
+        let Ok(user) = UserId::parse(&user) else {
+            continue;
+        };
+        let mut per_device = std::collections::BTreeMap::new();
+        for (device, keys) in devices {
+            let keys = keys
+                .as_object()
+                .into_iter()
+                .flatten()
+                .filter_map(|(id, key)| {
+                    let id = OneTimeKeyId::parse(id).ok()?;
+                    Some(raw(key).map(|key| (id, key)))
+                })
+                .collect::<Result<_>>()?;
+            per_device.insert(OwnedDeviceId::from(device.as_str()), keys);
+        }
+        out.insert(user, per_device);
+    }
+    Ok(claim_keys::v1::Response::new(out))
+}
+
+/// JSON the service holds as ruma's raw type (served exactly as stored).
+fn raw<T>(value: &Value) -> Result<Raw<T>> {
+    Ok(Raw::from_json(
+        serde_json::value::to_raw_value(value).map_err(|e| anyhow::anyhow!("key JSON: {e}"))?,
+    ))
+}
+
+fn raw_by_user<T>(
+    keys: Map<String, Value>,
+) -> Result<std::collections::BTreeMap<OwnedUserId, Raw<T>>> {
+    keys.iter()
+        .filter_map(|(user, key)| Some((UserId::parse(user).ok()?, key)))
+        .map(|(user, key)| Ok((user, raw(key)?)))
+        .collect()
+}
+
+/// One of our users' devices as `/user/devices` lists it. Not ruma's
+/// `UserDevice`, which needs `keys`: a device that uploaded none is listed
+/// without them, as before.
+#[derive(serde::Serialize)]
+pub struct ServedDevice {
+    pub device_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub keys: Option<Box<RawJsonValue>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device_display_name: Option<String>,
+}
+
+/// The `/user/devices` answer for one of our users.
+#[derive(serde::Serialize)]
+pub struct ServedDevices {
+    pub user_id: OwnedUserId,
+    pub stream_id: i64,
+    pub devices: Vec<ServedDevice>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub master_key: Option<Box<RawJsonValue>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub self_signing_key: Option<Box<RawJsonValue>>,
+}
+
 /// `GET /user/devices/{userId}` for one of our users.
-pub async fn user_devices(app: &AppState, user: &UserId) -> Result<Value> {
+pub async fn user_devices(app: &AppState, user: &UserId) -> Result<ServedDevices> {
     let mut found = crate::service::e2e_keys::KeysFound::default();
     crate::service::e2e_keys::local_keys(app, user.as_str(), &[], None, &mut found).await?;
     let keys = found.device_keys.remove(user.as_str()).unwrap_or_default();
-    let mut out = Vec::new();
+    let raw_json = |v: &Value| -> Result<Box<RawJsonValue>> {
+        Ok(serde_json::value::to_raw_value(v).map_err(|e| anyhow::anyhow!("key JSON: {e}"))?)
+    };
+    let mut devices = Vec::new();
     for d in devices::list(&app.db, user.as_str()).await? {
-        let mut entry = json!({ "device_id": d.device_id });
-        if let Some(k) = keys.get(&d.device_id) {
-            entry["keys"] = k.clone();
-        }
-        if let Some(name) = d.display_name {
-            entry["device_display_name"] = name.into();
-        }
-        out.push(entry);
+        devices.push(ServedDevice {
+            keys: keys.get(&d.device_id).map(raw_json).transpose()?,
+            device_id: d.device_id,
+            device_display_name: d.display_name,
+        });
     }
-    let mut reply = json!({
-        "user_id": user,
-        "stream_id": user_streams::device_list_position(&app.db, user.as_str()).await?,
-        "devices": out,
-    });
-    if let Some(master) = found.master.remove(user.as_str()) {
-        reply["master_key"] = master;
-    }
-    if let Some(ss) = found.self_signing.remove(user.as_str()) {
-        reply["self_signing_key"] = ss;
-    }
-    Ok(reply)
+    Ok(ServedDevices {
+        user_id: user.to_owned(),
+        stream_id: user_streams::device_list_position(&app.db, user.as_str()).await?,
+        devices,
+        master_key: found
+            .master
+            .remove(user.as_str())
+            .as_ref()
+            .map(raw_json)
+            .transpose()?,
+        self_signing_key: found
+            .self_signing
+            .remove(user.as_str())
+            .as_ref()
+            .map(raw_json)
+            .transpose()?,
+    })
 }
 
 /// The servers to tell of a change of `user`'s devices: those of everyone
@@ -473,6 +583,8 @@ pub async fn resync(app: &AppState, user: &UserId) -> Result<()> {
         "/_matrix/federation/v1/user/devices/{}",
         form_urlencoded::byte_serialize(user.as_str().as_bytes()).collect::<String>()
     );
+    // Raw, not ruma's `get_devices`: a device without keys, or one entry
+    // that does not parse, is kept or skipped alone.
     let reply = app
         .federation
         .request_json_bounded(

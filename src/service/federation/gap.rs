@@ -22,12 +22,13 @@ use std::collections::{HashMap, HashSet};
 
 use futures_util::future::join_all;
 use ruma::{
-    EventId, RoomId, ServerName, api::federation::event::get_event,
+    EventId, RoomId, ServerName,
+    api::federation::event::{get_event, get_room_state, get_room_state_ids},
     room_version_rules::RoomVersionRules,
 };
 use serde_json::Value;
 
-use super::ingest::{enc, event_id_of, load_room_pdus, store_auth_events};
+use super::ingest::{event_id_of, load_room_pdus, store_auth_events};
 use crate::{
     domain::pdu::Pdu,
     service::AppState,
@@ -81,18 +82,19 @@ pub async fn state_map_after(
     room_id: &RoomId,
     prev: &str,
 ) -> Result<HashMap<(String, String), String>, String> {
-    let path = format!(
-        "/_matrix/federation/v1/state_ids/{}?event_id={}",
-        enc(room_id.as_str()),
-        enc(prev)
-    );
+    let prev_id = EventId::parse(prev).map_err(|e| format!("{prev}: {e}"))?;
+    let request = get_room_state_ids::v1::Request::new(prev_id, room_id.to_owned());
     let body = app
         .federation
-        .request_json(from, http::Method::GET, &path, None)
+        .send(from, request)
         .await
         .map_err(|e| format!("/state_ids: {e}"))?;
-    let state_ids = id_list(&body["pdu_ids"], "pdu_ids")?;
-    let chain_ids = id_list(&body["auth_chain_ids"], "auth_chain_ids")?;
+    let state_ids: Vec<String> = body.pdu_ids.iter().map(ToString::to_string).collect();
+    let chain_ids: Vec<String> = body
+        .auth_chain_ids
+        .iter()
+        .map(ToString::to_string)
+        .collect();
     if state_ids.len() + chain_ids.len() > MAX_STATE_IDS {
         return Err(format!(
             "a state of {} events is refused",
@@ -178,21 +180,6 @@ pub async fn state_map_after(
     Ok(full)
 }
 
-/// A list of event IDs in an answer.
-fn id_list(value: &Value, field: &str) -> Result<Vec<String>, String> {
-    let Some(list) = value.as_array() else {
-        return Err(format!("{field} is not a list"));
-    };
-    list.iter()
-        .map(|v| {
-            v.as_str()
-                .filter(|s| s.starts_with('$') && s.len() <= 255)
-                .map(str::to_owned)
-                .ok_or_else(|| format!("{field} holds something other than an event ID"))
-        })
-        .collect()
-}
-
 /// The events `ids` as `from` serves them with `/event`, each only if it is
 /// the event asked for (its ID computed from its content where the room
 /// version does so). Events that cannot be had are left out.
@@ -245,23 +232,16 @@ async fn fetch_state(
     prev: &str,
     missing: &HashSet<String>,
 ) -> Result<Vec<Value>, String> {
-    let path = format!(
-        "/_matrix/federation/v1/state/{}?event_id={}",
-        enc(room_id.as_str()),
-        enc(prev)
-    );
+    let prev_id = EventId::parse(prev).map_err(|e| format!("{prev}: {e}"))?;
+    let request = get_room_state::v1::Request::new(prev_id, room_id.to_owned());
     let body = app
         .federation
-        .request_json(from, http::Method::GET, &path, None)
+        .send(from, request)
         .await
         .map_err(|e| format!("/state: {e}"))?;
-    let mut values = Vec::new();
-    for field in ["pdus", "auth_chain"] {
-        for value in body[field].as_array().into_iter().flatten() {
-            if event_id_of(rules, value).is_some_and(|id| missing.contains(id.as_str())) {
-                values.push(value.clone());
-            }
-        }
-    }
+    let mut values = super::pdu_values(&body.pdus);
+    values.extend(super::pdu_values(&body.auth_chain));
+    values
+        .retain(|value| event_id_of(rules, value).is_some_and(|id| missing.contains(id.as_str())));
     Ok(values)
 }

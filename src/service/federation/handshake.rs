@@ -4,8 +4,13 @@
 //! through to the client, and the resulting membership recorded.
 
 use ruma::{
-    CanonicalJsonObject, CanonicalJsonValue, OwnedEventId, RoomId, RoomVersionId, ServerName,
-    UserId, signatures::hash_and_sign_event,
+    CanonicalJsonObject, CanonicalJsonValue, EventId, OwnedEventId, RoomId, RoomVersionId,
+    ServerName, UserId,
+    api::federation::membership::{
+        create_join_event, create_knock_event, create_leave_event, prepare_join_event,
+        prepare_knock_event, prepare_leave_event,
+    },
+    signatures::hash_and_sign_event,
 };
 use serde_json::Value;
 
@@ -86,7 +91,108 @@ pub(super) struct Handshake {
     pub(super) event_id: OwnedEventId,
     pub(super) version: RoomVersionId,
     pub(super) rules: ruma::room_version_rules::RoomVersionRules,
-    pub(super) reply: Value,
+    pub(super) reply: SendAnswer,
+}
+
+/// A `send_*` answer as the joining side reads it: v2's through ruma's types,
+/// the deprecated v1's `[200, {…}]` leniently (fields of the wrong type read
+/// as absent). A leave's is empty; a knock's has only `knock_room_state`.
+#[derive(Default)]
+pub(super) struct SendAnswer {
+    pub(super) state: Vec<Value>,
+    pub(super) auth_chain: Vec<Value>,
+    pub(super) members_omitted: bool,
+    /// As listed, not yet checked to be server names.
+    pub(super) servers_in_room: Vec<String>,
+    /// The join signed by the authorising server too (restricted joins).
+    pub(super) event: Option<Value>,
+    pub(super) knock_room_state: Vec<Value>,
+}
+
+impl SendAnswer {
+    fn from_join(room_state: create_join_event::v2::RoomState) -> Self {
+        Self {
+            state: super::pdu_values(&room_state.state),
+            auth_chain: super::pdu_values(&room_state.auth_chain),
+            members_omitted: room_state.members_omitted,
+            servers_in_room: room_state.servers_in_room.unwrap_or_default(),
+            event: room_state
+                .event
+                .and_then(|e| serde_json::from_str(e.get()).ok()),
+            knock_room_state: Vec::new(),
+        }
+    }
+
+    /// The body of a v1 `send_join` answer (`send_leave`'s is `{}`).
+    fn from_v1(body: &Value) -> Self {
+        let list = |v: &Value| v.as_array().cloned().unwrap_or_default();
+        Self {
+            state: list(&body["state"]),
+            auth_chain: list(&body["auth_chain"]),
+            members_omitted: body["members_omitted"] == true,
+            servers_in_room: list(&body["servers_in_room"])
+                .iter()
+                .filter_map(|s| s.as_str().map(str::to_owned))
+                .collect(),
+            event: body.get("event").cloned(),
+            knock_room_state: Vec::new(),
+        }
+    }
+}
+
+/// A `make_*` answer: the room's version (absent: "1") and the template.
+async fn make_template(
+    app: &AppState,
+    server: &ServerName,
+    room_id: &RoomId,
+    user: &UserId,
+    membership: &str,
+) -> std::result::Result<(Option<RoomVersionId>, Value), JoinError> {
+    let failure = |e| make_failure(membership, e);
+    let (version, event) = match membership {
+        "join" => {
+            let mut request =
+                prepare_join_event::v1::Request::new(room_id.to_owned(), user.to_owned());
+            request.ver = supported_room_versions();
+            let answer = app
+                .federation
+                .send(server, request)
+                .await
+                .map_err(failure)?;
+            (answer.room_version, answer.event)
+        }
+        "leave" => {
+            let request =
+                prepare_leave_event::v1::Request::new(room_id.to_owned(), user.to_owned());
+            let answer = app
+                .federation
+                .send(server, request)
+                .await
+                .map_err(failure)?;
+            (answer.room_version, answer.event)
+        }
+        _ => {
+            let mut request =
+                prepare_knock_event::v1::Request::new(room_id.to_owned(), user.to_owned());
+            request.ver = supported_room_versions();
+            let answer = app
+                .federation
+                .send(server, request)
+                .await
+                .map_err(failure)?;
+            (Some(answer.room_version), answer.event)
+        }
+    };
+    let event = serde_json::from_str(event.get()).map_err(|e| JoinError::Failed(e.to_string()))?;
+    Ok((version, event))
+}
+
+/// [`supported_versions`] as ruma's type.
+fn supported_room_versions() -> Vec<RoomVersionId> {
+    supported_versions()
+        .iter()
+        .filter_map(|v| RoomVersionId::try_from(v.as_str()).ok())
+        .collect()
 }
 
 /// Our side of a membership change in a room this server is not in: asks
@@ -105,44 +211,15 @@ pub(super) async fn handshake(
     extra: serde_json::Map<String, Value>,
     omit_members: bool,
 ) -> std::result::Result<Handshake, JoinError> {
-    // `send_join` and `send_leave` have a deprecated v1, tried when the
-    // server does not know v2.
-    let (make, send, send_v1) = match membership {
-        "join" => ("v1/make_join", "v2/send_join", Some("v1/send_join")),
-        "leave" => ("v1/make_leave", "v2/send_leave", Some("v1/send_leave")),
-        _ => ("v1/make_knock", "v1/send_knock", None),
-    };
-    let query = if membership == "leave" {
-        String::new()
-    } else {
-        let vers: Vec<String> = supported_versions()
-            .iter()
-            .map(|v| format!("ver={v}"))
-            .collect();
-        format!("?{}", vers.join("&"))
-    };
-    let path = format!(
-        "/_matrix/federation/{make}/{}/{}{query}",
-        enc(room_id.as_str()),
-        enc(user.as_str())
-    );
-    let template = app
-        .federation
-        .request_json(server, http::Method::GET, &path, None)
-        .await
-        .map_err(|e| make_failure(membership, e))?;
-    let version = template["room_version"].as_str().unwrap_or("1");
-    let version = RoomVersionId::try_from(version)
-        .ok()
-        .filter(room_version::is_supported)
-        .ok_or_else(|| {
-            JoinError::Refused(Error::new(
-                ErrorKind::UnsupportedRoomVersion,
-                format!("Room version {version} is not supported"),
-            ))
-        })?;
+    let (version, mut event) = make_template(app, server, room_id, user, membership).await?;
+    let version = version.unwrap_or(RoomVersionId::V1);
+    if !room_version::is_supported(&version) {
+        return Err(JoinError::Refused(Error::new(
+            ErrorKind::UnsupportedRoomVersion,
+            format!("Room version {version} is not supported"),
+        )));
+    }
     let rules = version.rules().expect("supported versions have rules");
-    let mut event = template["event"].clone();
     if event["type"] != "m.room.member"
         || event["state_key"] != user.as_str()
         || event["sender"] != user.as_str()
@@ -156,40 +233,54 @@ pub(super) async fn handshake(
         event["content"][key] = value;
     }
     let (object, event_id) = sign_template(app, event, &rules).map_err(JoinError::Failed)?;
-    let send_path = |send: &str| {
-        format!(
-            "/_matrix/federation/{send}/{}/{}",
-            enc(room_id.as_str()),
-            enc(event_id.as_str())
-        )
-    };
-    let body = serde_json::to_value(&object).map_err(|e| JoinError::Failed(e.to_string()))?;
-    // Faster joins: the state without most memberships, the rest fetched in
-    // the background (`super::partial_state`). v1 has no such answer.
-    let v2_path = if omit_members {
-        format!("{}?omit_members=true", send_path(send))
-    } else {
-        send_path(send)
-    };
-    let sent = app
-        .federation
-        .request_json(server, http::Method::PUT, &v2_path, Some(&body))
-        .await;
-    let reply = match (sent, send_v1) {
-        (Ok(reply), _) => reply,
-        (Err(e), Some(send_v1)) if e.is_unknown_endpoint() => {
-            let reply = app
+    let pdu =
+        serde_json::value::to_raw_value(&object).map_err(|e| JoinError::Failed(e.to_string()))?;
+    let (room, id) = (room_id.to_owned(), event_id.clone());
+    // `send_join` and `send_leave` have a deprecated v1, tried when the
+    // server does not know v2.
+    let sent = match membership {
+        "join" => {
+            let mut request = create_join_event::v2::Request::new(room, id, pdu);
+            // Faster joins: the state without most memberships, the rest
+            // fetched in the background (`super::partial_state`). v1 has no
+            // such answer.
+            request.omit_members = omit_members;
+            app.federation
+                .send(server, request)
+                .await
+                .map(|answer| SendAnswer::from_join(answer.room_state))
+        }
+        "leave" => {
+            let request = create_leave_event::v2::Request::new(room, id, pdu);
+            app.federation
+                .send(server, request)
+                .await
+                .map(|_| SendAnswer::default())
+        }
+        _ => {
+            let request = create_knock_event::v1::Request::new(room, id, pdu);
+            let answer = app
                 .federation
-                .request_json(server, http::Method::PUT, &send_path(send_v1), Some(&body))
+                .send(server, request)
                 .await
                 .map_err(|e| send_failure(membership, e))?;
-            v1_answer(reply).ok_or_else(|| {
-                JoinError::Failed(format!(
-                    "{send_v1} answered something else than [200, {{…}}]"
-                ))
-            })?
+            let knock_room_state = answer
+                .knock_room_state
+                .iter()
+                .filter_map(|s| serde_json::to_value(s).ok())
+                .collect();
+            Ok(SendAnswer {
+                knock_room_state,
+                ..SendAnswer::default()
+            })
         }
-        (Err(e), _) => return Err(send_failure(membership, e)),
+    };
+    let reply = match sent {
+        Ok(reply) => reply,
+        Err(e) if e.is_unknown_endpoint() => {
+            send_v1(app, server, room_id, &event_id, membership, &object).await?
+        }
+        Err(e) => return Err(send_failure(membership, e)),
     };
     Ok(Handshake {
         object,
@@ -198,6 +289,40 @@ pub(super) async fn handshake(
         rules,
         reply,
     })
+}
+
+/// The deprecated v1 `send_join` / `send_leave`, answered `[200, {…}]`. Not
+/// ruma's: it has no v1 types for them.
+async fn send_v1(
+    app: &AppState,
+    server: &ServerName,
+    room_id: &RoomId,
+    event_id: &EventId,
+    membership: &str,
+    object: &CanonicalJsonObject,
+) -> std::result::Result<SendAnswer, JoinError> {
+    let send_v1 = if membership == "join" {
+        "v1/send_join"
+    } else {
+        "v1/send_leave"
+    };
+    let path = format!(
+        "/_matrix/federation/{send_v1}/{}/{}",
+        enc(room_id.as_str()),
+        enc(event_id.as_str())
+    );
+    let body = serde_json::to_value(object).map_err(|e| JoinError::Failed(e.to_string()))?;
+    let reply = app
+        .federation
+        .request_json(server, http::Method::PUT, &path, Some(&body))
+        .await
+        .map_err(|e| send_failure(membership, e))?;
+    let body = v1_answer(reply).ok_or_else(|| {
+        JoinError::Failed(format!(
+            "{send_v1} answered something else than [200, {{…}}]"
+        ))
+    })?;
+    Ok(SendAnswer::from_v1(&body))
 }
 
 /// The body of a deprecated v1 answer (`send_join`, `send_leave`, `invite`):

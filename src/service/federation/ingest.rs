@@ -13,12 +13,13 @@ use std::collections::{HashMap, HashSet};
 use ruma::{
     CanonicalJsonObject, CanonicalJsonValue, EventId, OwnedEventId, OwnedServerName, RoomId,
     RoomVersionId, ServerName,
+    api::federation::{authorization::get_event_authorization, event::get_missing_events},
     room_version_rules::RoomVersionRules,
     signatures::{
         PublicKeyMap, Verified, required_server_signatures_to_verify_event, verify_event,
     },
 };
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use crate::{
     domain::{
@@ -573,18 +574,11 @@ async fn receive_checked(
         Err(e) => (HashMap::new(), Some(e.to_string())),
     };
     if foreign_auth.is_none() && known_auth.len() < auth_ids.len() {
-        let path = format!(
-            "/_matrix/federation/v1/event_auth/{}/{}",
-            enc(room_id.as_str()),
-            enc(event_id.as_str())
-        );
-        match app
-            .federation
-            .request_json(origin, http::Method::GET, &path, None)
-            .await
-        {
-            Ok(body) => {
-                let chain = body["auth_chain"].as_array().cloned().unwrap_or_default();
+        let request =
+            get_event_authorization::v1::Request::new(room_id.to_owned(), event_id.to_owned());
+        match app.federation.send(origin, request).await {
+            Ok(response) => {
+                let chain = super::pdu_values(&response.auth_chain);
                 if chain.len() > MAX_AUTH_CHAIN {
                     return Err(format!(
                         "an auth chain of {} events is refused",
@@ -944,28 +938,21 @@ async fn fetch_missing_prevs(
     let earliest = rooms::forward_extremities(&app.db, room_id.as_str())
         .await
         .unwrap_or_default();
-    let body = json!({
-        "earliest_events": earliest,
-        "latest_events": [latest],
-        "limit": MISSING_EVENTS_LIMIT,
-        "min_depth": 0,
-    });
-    let path = format!(
-        "/_matrix/federation/v1/get_missing_events/{}",
-        enc(room_id.as_str())
-    );
-    let reply = match app
-        .federation
-        .request_json(origin, http::Method::POST, &path, Some(&body))
-        .await
-    {
+    let earliest = earliest
+        .iter()
+        .filter_map(|id| EventId::parse(id).ok())
+        .collect();
+    let mut request =
+        get_missing_events::v1::Request::new(room_id.to_owned(), earliest, vec![latest.to_owned()]);
+    request.limit = ruma::UInt::from(MISSING_EVENTS_LIMIT as u32);
+    let reply = match app.federation.send(origin, request).await {
         Ok(r) => r,
         Err(e) => {
             tracing::info!(%latest, error = %e, "get_missing_events failed");
             return;
         }
     };
-    let mut found: Vec<Value> = reply["events"].as_array().cloned().unwrap_or_default();
+    let mut found: Vec<Value> = super::pdu_values(&reply.events);
     // No more than we asked for: a bigger answer costs a signature check each.
     found.truncate(MISSING_EVENTS_LIMIT);
     found.sort_by_key(|v| v["depth"].as_i64().unwrap_or(0));

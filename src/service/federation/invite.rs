@@ -5,9 +5,11 @@
 
 use ruma::{
     CanonicalJsonObject, CanonicalJsonValue, EventId, RoomId, RoomVersionId, ServerName, UserId,
-    room_version_rules::RoomVersionRules, signatures::sign_json,
+    api::federation::membership::{RawStrippedState, create_invite},
+    room_version_rules::RoomVersionRules,
+    signatures::sign_json,
 };
-use serde_json::{Value, json};
+use serde_json::{Value, value::RawValue as RawJsonValue};
 
 use super::ingest::{self, enc};
 use crate::{
@@ -232,27 +234,25 @@ pub async fn countersigned(
         .and_then(|k| UserId::parse(k).ok())
         .ok_or_else(|| Error::bad_json("An invite needs a user ID as state key"))?;
     let server = target.server_name();
-    let path = format!(
-        "/_matrix/federation/v2/invite/{}/{}",
-        enc(built.room_id.as_str()),
-        enc(built.event_id.as_str())
+    let request = create_invite::v2::Request::new(
+        built.room_id.clone(),
+        built.event_id.clone(),
+        version.clone(),
+        raw_json(&built.json)?,
+        invite_state
+            .iter()
+            .map(|s| Ok(RawStrippedState::Pdu(raw_json(s)?)))
+            .collect::<Result<_>>()?,
     );
-    let body = json!({
-        "room_version": version.as_str(),
-        "event": built.json,
-        "invite_room_state": invite_state,
-    });
-    let reply = match app
-        .federation
-        .request_json(server, http::Method::PUT, &path, Some(&body))
-        .await
-    {
-        Ok(reply) => reply,
+    // The countersigned event.
+    let reply: Value = match app.federation.send(server, request).await {
+        Ok(reply) => serde_json::from_str(reply.event.get()).map_err(|e| anyhow::anyhow!("{e}"))?,
         // A server without `/v2/invite` knows only room versions 1 and 2: it
         // gets those invites through `/v1/invite` (as Synapse falls back), and
         // no invite to a room of a later version.
         Err(e) if e.is_unknown_endpoint() && pdu::is_v1_format(rules) => {
-            v1_invite(app, server, &built, body["invite_room_state"].clone()).await?
+            let v1 = v1_invite(app, server, &built, Value::Array(invite_state)).await?;
+            v1["event"].clone()
         }
         Err(e) if e.is_unknown_endpoint() => {
             return Err(Error::new(
@@ -262,7 +262,7 @@ pub async fn countersigned(
         }
         Err(e) => return Err(invite_refused(e)),
     };
-    let checked = ingest::check_pdu(app, rules, &reply["event"])
+    let checked = ingest::check_pdu(app, rules, &reply)
         .await
         .map_err(|e| match e {
             ingest::PduError::Format(e) => {
@@ -294,8 +294,14 @@ pub async fn countersigned(
     Ok(Built { json, ..built })
 }
 
+fn raw_json(value: &impl serde::Serialize) -> Result<Box<RawJsonValue>> {
+    Ok(serde_json::value::to_raw_value(value).map_err(|e| anyhow::anyhow!("{e}"))?)
+}
+
 /// `PUT /v1/invite` (deprecated): the body is the event itself, the stripped
-/// state in its `unsigned`; the answer is `[200, {"event": …}]`.
+/// state in its `unsigned`; the answer is `[200, {"event": …}]`. Not ruma's v1
+/// type: its request carries only the event's content fields (not the signed
+/// event), and it reads the answer as `[200, event]`.
 async fn v1_invite(
     app: &AppState,
     server: &ServerName,

@@ -80,9 +80,9 @@ async fn join_via(
         rules,
         reply,
     } = handshake(app, server, room_id, user, "join", extra, ask_partial).await?;
-    let partial = ask_partial && reply["members_omitted"] == true;
+    let partial = ask_partial && reply.members_omitted;
     // A restricted join comes back signed by the authorising server too.
-    if let Some(signed) = reply.get("event").filter(|e| e.is_object()) {
+    if let Some(signed) = reply.event.as_ref().filter(|e| e.is_object()) {
         let signed_object: CanonicalJsonObject =
             serde_json::from_value(signed.clone()).map_err(|e| JoinError::Failed(e.to_string()))?;
         if pdu::received_event_id(&rules, &signed_object).ok().as_ref() == Some(&event_id) {
@@ -91,8 +91,8 @@ async fn join_via(
     }
 
     // The room's state and auth chain: signatures, hashes and auth checked.
-    let mut all: Vec<Value> = reply["auth_chain"].as_array().cloned().unwrap_or_default();
-    let state_values: Vec<Value> = reply["state"].as_array().cloned().unwrap_or_default();
+    let mut all: Vec<Value> = reply.auth_chain;
+    let state_values: Vec<Value> = reply.state;
     all.extend(state_values.iter().cloned());
     let accepted = ingest::store_auth_events(app, &rules, room_id, &all)
         .await
@@ -113,7 +113,7 @@ async fn join_via(
         }
     }
     let create_key = ("m.room.create".to_owned(), String::new());
-    if !partial && reply["members_omitted"] == true {
+    if !partial && reply.members_omitted {
         return Err(JoinError::Failed(
             "the answer is a partial state we did not ask for".into(),
         ));
@@ -209,7 +209,7 @@ async fn join_via(
     )
     .await?;
     if partial {
-        let servers = resync_servers(app, server, &reply["servers_in_room"]);
+        let servers = resync_servers(app, server, &reply.servers_in_room);
         crate::storage::partial_state::insert(
             &mut *tx,
             &crate::storage::partial_state::PartialRoom {
@@ -238,10 +238,10 @@ async fn join_via(
 /// Where a partial state is completed from: the server joined through, then
 /// the answer's `servers_in_room` (valid server names, ours left out, at
 /// most [`super::partial_state::MAX_SERVERS`]).
-fn resync_servers(app: &AppState, joined_through: &ServerName, listed: &Value) -> Vec<String> {
+fn resync_servers(app: &AppState, joined_through: &ServerName, listed: &[String]) -> Vec<String> {
     let mut servers = vec![joined_through.to_string()];
-    for s in listed.as_array().into_iter().flatten() {
-        let Some(name) = s.as_str().and_then(|s| ServerName::parse(s).ok()) else {
+    for s in listed {
+        let Ok(name) = ServerName::parse(s) else {
             continue;
         };
         if name != app.server_name && !servers.iter().any(|k| k == name.as_str()) {

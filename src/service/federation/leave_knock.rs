@@ -135,10 +135,7 @@ pub async fn knock_remote(
                 continue;
             }
         };
-        let mut state: Vec<Value> = done.reply["knock_room_state"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default();
+        let mut state: Vec<Value> = done.reply.knock_room_state;
         state.retain(Value::is_object);
         let remote = fed_store::RemoteMembership {
             membership: "knock".into(),

@@ -135,3 +135,11 @@ pub async fn enqueue_edu(
     app.federation_wake.notify_one();
     Ok(())
 }
+
+/// The PDUs of a typed federation answer as the JSON the receipt checks read
+/// (each of ruma's raw values is JSON already; one that is not is dropped).
+pub(crate) fn pdu_values(raws: &[Box<serde_json::value::RawValue>]) -> Vec<serde_json::Value> {
+    raws.iter()
+        .filter_map(|raw| serde_json::from_str(raw.get()).ok())
+        .collect()
+}

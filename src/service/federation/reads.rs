@@ -3,10 +3,10 @@
 //! always through its [`ServerView`] (history visibility per server), and the
 //! replies to its `/send` transactions kept for retries.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 
-use ruma::{EventId, RoomId, RoomVersionId, ServerName};
-use serde_json::Value;
+use ruma::{EventId, OwnedEventId, RoomId, RoomVersionId, ServerName};
+use serde_json::{Value, json, value::RawValue as RawJsonValue};
 
 use super::{
     state_before,
@@ -28,7 +28,7 @@ pub async fn backfill(
     room_id: &RoomId,
     from: Vec<String>,
     limit: usize,
-) -> Result<Vec<Value>> {
+) -> Result<Vec<Box<RawJsonValue>>> {
     let mut view = ServerView::new(app, origin, room_id).await?;
     view.require_in_room()?;
     let rules = room_rules(app, room_id).await?;
@@ -85,7 +85,7 @@ pub async fn missing_events(
     mut view: ServerView<'_>,
     room_id: &RoomId,
     q: MissingEvents,
-) -> Result<Vec<Value>> {
+) -> Result<Vec<Box<RawJsonValue>>> {
     let rules = room_rules(app, room_id).await?;
     let limit = q.limit.clamp(1, 50);
     let stop: HashSet<String> = q.earliest_events.into_iter().collect();
@@ -123,7 +123,11 @@ pub async fn missing_events(
 
 /// `/event`: the PDU, if `origin` may see it; redacted when its sender asked
 /// for erasure (as `/backfill` sends it, and as Synapse does).
-pub async fn event(app: &AppState, origin: &ServerName, event_id: &str) -> Result<Value> {
+pub async fn event(
+    app: &AppState,
+    origin: &ServerName,
+    event_id: &str,
+) -> Result<Box<RawJsonValue>> {
     let not_found = || Error::not_found("Event not found");
     let stored = events::get(&app.db, event_id)
         .await?
@@ -186,18 +190,31 @@ pub async fn readable_event(
     Ok(stored)
 }
 
+/// What a `/send` transaction's PDUs came to, by event ID: handled, or the
+/// error that refused it (`send_transaction_message`'s answer).
+pub type PduResults = BTreeMap<OwnedEventId, std::result::Result<(), String>>;
+
 /// The reply given to `origin`'s transaction `txn_id`, if it was handled.
 pub async fn transaction_reply(
     app: &AppState,
     origin: &ServerName,
     txn_id: &str,
-) -> Result<Option<Value>> {
+) -> Result<Option<PduResults>> {
     let Some(reply) = fed_store::inbound_reply(&app.db, origin.as_str(), txn_id).await? else {
         return Ok(None);
     };
-    Ok(Some(
-        serde_json::from_str(&reply).map_err(|e| anyhow::anyhow!("{e}"))?,
-    ))
+    // Stored as it went on the wire: `{"pdus": {id: {} | {"error": …}}}`.
+    let reply: Value = serde_json::from_str(&reply).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut results = PduResults::new();
+    for (event_id, entry) in reply["pdus"].as_object().into_iter().flatten() {
+        let event_id = EventId::parse(event_id).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let outcome = match entry["error"].as_str() {
+            Some(error) => Err(error.to_owned()),
+            None => Ok(()),
+        };
+        results.insert(event_id, outcome);
+    }
+    Ok(Some(results))
 }
 
 /// Keeps the reply to `origin`'s transaction `txn_id` for its retries.
@@ -205,8 +222,19 @@ pub async fn store_transaction_reply(
     app: &AppState,
     origin: &ServerName,
     txn_id: &str,
-    reply: &Value,
+    results: &PduResults,
 ) -> Result<()> {
+    let pdus: serde_json::Map<String, Value> = results
+        .iter()
+        .map(|(event_id, outcome)| {
+            let entry = match outcome {
+                Ok(()) => json!({}),
+                Err(error) => json!({ "error": error }),
+            };
+            (event_id.to_string(), entry)
+        })
+        .collect();
+    let reply = json!({ "pdus": pdus });
     fed_store::store_inbound_reply(
         &app.db,
         origin.as_str(),
@@ -248,20 +276,21 @@ async fn visible_pdus(
     view: &mut ServerView<'_>,
     rules: &ruma::room_version_rules::RoomVersionRules,
     stored: &[events::StoredEvent],
-) -> Result<Vec<Value>> {
+) -> Result<Vec<Box<RawJsonValue>>> {
     let visible = view.whole(stored).await?;
-    Ok(stored
+    stored
         .iter()
         .zip(visible)
         .map(|(ev, visible)| {
             let pdu: Value = serde_json::from_str(&ev.json).unwrap_or_default();
-            if visible {
+            let pdu = if visible {
                 pdu
             } else {
                 visibility::redacted_pdu(rules, pdu)
-            }
+            };
+            Ok(serde_json::value::to_raw_value(&pdu).map_err(|e| anyhow::anyhow!("PDU: {e}"))?)
         })
-        .collect())
+        .collect()
 }
 
 async fn room_rules(

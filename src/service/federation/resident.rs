@@ -29,8 +29,8 @@ pub async fn make_join(
     origin: &ServerName,
     room_id: &RoomId,
     user: &UserId,
-    versions: &[String],
-) -> Result<Value> {
+    versions: &[RoomVersionId],
+) -> Result<Template> {
     membership_template(app, origin, room_id, user, "join", Some(versions)).await
 }
 
@@ -41,7 +41,7 @@ pub async fn make_leave(
     origin: &ServerName,
     room_id: &RoomId,
     user: &UserId,
-) -> Result<Value> {
+) -> Result<Template> {
     membership_template(app, origin, room_id, user, "leave", None).await
 }
 
@@ -52,9 +52,16 @@ pub async fn make_knock(
     origin: &ServerName,
     room_id: &RoomId,
     user: &UserId,
-    versions: &[String],
-) -> Result<Value> {
+    versions: &[RoomVersionId],
+) -> Result<Template> {
     membership_template(app, origin, room_id, user, "knock", Some(versions)).await
+}
+
+/// A `make_*` answer: the room's version and the event template, for the
+/// requesting server to fill in and sign.
+pub struct Template {
+    pub room_version: RoomVersionId,
+    pub event: Value,
 }
 
 /// The `make_*` answer: a `membership` event template for `user` (of the
@@ -67,8 +74,8 @@ async fn membership_template(
     room_id: &RoomId,
     user: &UserId,
     membership: &str,
-    versions: Option<&[String]>,
-) -> Result<Value> {
+    versions: Option<&[RoomVersionId]>,
+) -> Result<Template> {
     if user.server_name() != origin {
         return Err(Error::forbidden("The user is not on the requesting server"));
     }
@@ -95,8 +102,8 @@ async fn membership_template(
             "This server is not fully joined to the room yet",
         ));
     }
-    let version = room.version.to_string();
-    let unsupported = versions.is_some_and(|v| !v.iter().any(|v| v == &version));
+    let version = room.version.clone();
+    let unsupported = versions.is_some_and(|v| !v.contains(&version));
     let no_knocking = membership == "knock" && !room.rules.authorization.knocking;
     if unsupported || no_knocking {
         let message = if membership == "knock" {
@@ -106,7 +113,7 @@ async fn membership_template(
         };
         return Err(Error::new(
             ErrorKind::IncompatibleRoomVersion {
-                room_version: version,
+                room_version: version.to_string(),
             },
             message,
         ));
@@ -127,7 +134,10 @@ async fn membership_template(
         content,
     )
     .await?;
-    Ok(json!({"room_version": version, "event": template}))
+    Ok(Template {
+        room_version: version,
+        event: template,
+    })
 }
 
 /// For a restricted room, the local member who authorises `user`'s join
@@ -361,14 +371,15 @@ pub async fn send_leave(
 }
 
 /// `send_knock` as the resident server: accepts the signed knock like any
-/// received PDU, sends it on, and answers with the room's stripped state.
+/// received PDU, sends it on, and answers with the room's stripped state
+/// (full PDUs, as invites carry it).
 pub async fn send_knock(
     app: &AppState,
     origin: &ServerName,
     room_id: &RoomId,
     event_id: &EventId,
     body: &Value,
-) -> Result<Value> {
+) -> Result<Vec<Value>> {
     let (_, knocker) = accept_membership(app, origin, room_id, event_id, body, "knock").await?;
     let mut tx = app.db.begin().await?;
     let Some(room) = RoomCtx::load_unlocked(&mut tx, room_id).await? else {
@@ -376,7 +387,7 @@ pub async fn send_knock(
     };
     let state = super::invite::invite_room_state(&mut tx, &room, &knocker).await?;
     drop(tx);
-    Ok(json!({ "knock_room_state": state }))
+    Ok(state)
 }
 
 /// The `send_*` side of the resident server: the event must be the requesting

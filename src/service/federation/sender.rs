@@ -151,6 +151,9 @@ pub async fn deliver(app: &AppState, destination: &str) {
             "pdus": pdus.iter().filter_map(|p| serde_json::from_str::<Value>(&p.json).ok()).collect::<Vec<_>>(),
             "edus": edus.iter().filter_map(|e| serde_json::from_str::<Value>(&e.edu).ok()).collect::<Vec<_>>(),
         });
+        // Raw, not ruma's `send_transaction_message`: any 2xx answer is
+        // delivery (ruma's would refuse one without `pdus`, and the batch
+        // would be retried forever); its errors are only logged.
         let path = format!("/_matrix/federation/v1/send/{txn_id}");
         match app
             .federation
