@@ -10,7 +10,7 @@ use ruma::{
         AnySyncTimelineEvent,
         room::power_levels::{RoomPowerLevels, RoomPowerLevelsEventContent, RoomPowerLevelsSource},
     },
-    push::{Action, PushConditionPowerLevelsCtx, PushConditionRoomCtx, Ruleset},
+    push::{Action, FlattenedJson, PushConditionPowerLevelsCtx, PushConditionRoomCtx, Ruleset},
     serde::Raw,
 };
 use serde_json::{Value, json};
@@ -124,6 +124,22 @@ pub async fn set_actions(
     edit(app, user, |rules| rules.set_actions(kind, rule_id, actions)).await
 }
 
+/// The actions of the first rule of `rules` that applies to `event`, as
+/// `Ruleset::get_actions` gives them (the same rules in the same order), for
+/// an event already flattened.
+async fn first_match<'r>(
+    rules: &'r Ruleset,
+    event: &FlattenedJson,
+    ctx: &PushConditionRoomCtx,
+) -> &'r [Action] {
+    for rule in rules {
+        if rule.applies(event, ctx).await {
+            return rule.actions();
+        }
+    }
+    &[]
+}
+
 /// Evaluates the push rules of every local member (but the sender) for a newly
 /// persisted event, in the persisting transaction, and records who it notifies
 /// (and highlights). Sync turns these rows into `unread_notifications`.
@@ -213,6 +229,9 @@ pub async fn record_actions(
     let raw: Raw<AnySyncTimelineEvent> = Raw::from_json(
         serde_json::value::to_raw_value(&event).map_err(|e| anyhow::anyhow!("{e}"))?,
     );
+    // Flattened once for every member (ruma's `get_actions` flattens the event
+    // again for each call: O(members) flattenings per event in a big room).
+    let flat = FlattenedJson::from_raw(&raw);
     let thread_id = match (
         content["m.relates_to"]["rel_type"].as_str(),
         content["m.relates_to"]["event_id"].as_str(),
@@ -254,7 +273,7 @@ pub async fn record_actions(
                 &default
             }
         };
-        let actions = rules.get_actions(&raw, &ctx).await;
+        let actions = first_match(rules, &flat, &ctx).await;
         if actions.iter().any(Action::should_notify) {
             notified.users.push(user);
             notified
