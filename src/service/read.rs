@@ -609,16 +609,7 @@ pub async fn messages(
         // Gaps in the middle of the timeline just before events of this
         // batch (issue #20): filled when the page reaches them (going back,
         // after the event; going forward, before it).
-        let gaps: HashMap<String, fed_store::Gap> = if gap_state.fills < MAX_GAP_FILLS {
-            let ids: Vec<String> = batch.iter().map(|e| e.event_id.clone()).collect();
-            fed_store::gaps_at(&app.db, room_id.as_str(), &ids)
-                .await?
-                .into_iter()
-                .map(|g| (g.event_id.clone(), g))
-                .collect()
-        } else {
-            HashMap::new()
-        };
+        let gaps = gap_state.gaps_at(app, room_id, &batch).await?;
         let fetched = batch.len() as i64;
         let mut scanned_batch = false;
         viewer.prefetch_events(&batch).await?;
@@ -724,6 +715,27 @@ pub(super) const MAX_GAP_FILLS: usize = 3;
 pub(super) struct GapFills {
     pub(super) fills: usize,
     tried: std::collections::HashSet<String>,
+}
+
+impl GapFills {
+    /// The gaps just before events of `batch`, by the event naming them;
+    /// none once the page has used its fills.
+    pub(super) async fn gaps_at(
+        &self,
+        app: &AppState,
+        room_id: &RoomId,
+        batch: &[events::StoredEvent],
+    ) -> Result<HashMap<String, fed_store::Gap>> {
+        if self.fills >= MAX_GAP_FILLS {
+            return Ok(HashMap::new());
+        }
+        let ids: Vec<String> = batch.iter().map(|e| e.event_id.clone()).collect();
+        Ok(fed_store::gaps_at(&app.db, room_id.as_str(), &ids)
+            .await?
+            .into_iter()
+            .map(|g| (g.event_id.clone(), g))
+            .collect())
+    }
 }
 
 /// Tries to fill `gaps` (newest first) until one fills, each at most once per

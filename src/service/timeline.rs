@@ -2,8 +2,6 @@
 //! `/timestamp_to_event`, and reporting. (Bundled aggregations, thread summaries
 //! among them, are added where every event is formatted: `client_event`.)
 
-use std::collections::HashMap;
-
 use ruma::{
     MilliSecondsSinceUnixEpoch, OwnedEventId, RoomId, UInt, UserId,
     api::client::{
@@ -15,7 +13,7 @@ use ruma::{
 
 use super::{
     client_event::raw,
-    read::{GapFills, MAX_GAP_FILLS, Viewer, fill_gaps, filter_allows},
+    read::{GapFills, Viewer, fill_gaps, filter_allows},
     session::Session,
     tokens::{RoomPos, TopoToken, stream_counter},
 };
@@ -85,16 +83,7 @@ async fn around(
         )
         .await?;
         let done = (batch.len() as i64) < page;
-        let gaps: HashMap<String, fed_store::Gap> = if gap_state.fills < MAX_GAP_FILLS {
-            let ids: Vec<String> = batch.iter().map(|e| e.event_id.clone()).collect();
-            fed_store::gaps_at(&app.db, room_id.as_str(), &ids)
-                .await?
-                .into_iter()
-                .map(|g| (g.event_id.clone(), g))
-                .collect()
-        } else {
-            HashMap::new()
-        };
+        let gaps = gap_state.gaps_at(app, &room_id, &batch).await?;
         viewer.prefetch_events(&batch).await?;
         for ev in batch {
             let gap = gaps.get(&ev.event_id);
