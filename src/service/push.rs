@@ -140,6 +140,86 @@ async fn first_match<'r>(
     &[]
 }
 
+/// The server-default rules of many users evaluated against one event, with
+/// one evaluation shared by most of them.
+///
+/// The defaults (`Ruleset::server_default`) depend on their user in two rules
+/// only: `.m.rule.invite_for_me` (the event's `state_key` matches the user's
+/// ID as a case-insensitive glob) and `.m.rule.is_user_mention` (the ID is in
+/// `content.m.mentions.user_ids`). Everything else a condition reads (room,
+/// member count, the sender's power) is the same for every member, and the
+/// defaults hold no `contains_display_name`. So a user whose ID the event
+/// names in neither place, and whose ID holds no glob wildcard, gets exactly
+/// the actions of a stand-in user's defaults, evaluated once per event; the
+/// others are evaluated on their own defaults. Without this, a join into a
+/// room of 5,000 local members built and walked 5,000 rulesets under the room
+/// lock.
+struct SharedDefaults {
+    /// The event's `state_key`, lower-cased as ruma's glob match does.
+    state_key: Option<String>,
+    mentioned: Vec<String>,
+    sender: String,
+    /// The event names the stand-in itself: nobody shares.
+    names_stand_in: bool,
+    /// The stand-in's actions, once evaluated.
+    shared: Option<Vec<Action>>,
+}
+
+/// A user ID no event names unless it means to: if one does, nobody shares.
+const STAND_IN: &str = "@lattice-push-defaults:stand-in.invalid";
+
+impl SharedDefaults {
+    fn new(event: &Value) -> Self {
+        let mut defaults = Self {
+            state_key: event["state_key"].as_str().map(str::to_lowercase),
+            mentioned: event["content"]["m.mentions"]["user_ids"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|u| u.as_str().map(str::to_owned))
+                .collect(),
+            sender: event["sender"].as_str().unwrap_or_default().to_owned(),
+            names_stand_in: false,
+            shared: None,
+        };
+        defaults.names_stand_in = defaults.personal(STAND_IN);
+        defaults
+    }
+
+    /// Whether the defaults of `user` may come out differently from the
+    /// stand-in's for this event.
+    fn personal(&self, user: &str) -> bool {
+        user.contains(['*', '?'])
+            || user == self.sender
+            || self.state_key.as_deref() == Some(user.to_lowercase().as_str())
+            || self.mentioned.iter().any(|m| m == user)
+    }
+
+    async fn actions(
+        &mut self,
+        user: &UserId,
+        event: &FlattenedJson,
+        context: &impl Fn(&UserId, String) -> PushConditionRoomCtx,
+    ) -> Vec<Action> {
+        if self.names_stand_in || self.personal(user.as_str()) {
+            let rules = Ruleset::server_default(user);
+            let ctx = context(user, user.localpart().to_owned());
+            return first_match(&rules, event, &ctx).await.to_vec();
+        }
+        if let Some(shared) = &self.shared {
+            return shared.clone();
+        }
+        let Ok(stand_in) = UserId::parse(STAND_IN) else {
+            return Vec::new();
+        };
+        let rules = Ruleset::server_default(&stand_in);
+        let ctx = context(&stand_in, stand_in.localpart().to_owned());
+        let shared = first_match(&rules, event, &ctx).await.to_vec();
+        self.shared = Some(shared.clone());
+        shared
+    }
+}
+
 /// Evaluates the push rules of every local member (but the sender) for a newly
 /// persisted event, in the persisting transaction, and records who it notifies
 /// (and highlights). Sync turns these rows into `unread_notifications`.
@@ -177,12 +257,22 @@ pub async fn record_actions(
         return Ok(());
     }
     let content: Value = serde_json::from_str(pdu.content.get()).unwrap_or_default();
-    // Room display names matter only to `contains_display_name`, which looks at
-    // `body`: events without one (joins in a big room) skip loading every
-    // member's event.
+    let stored: HashMap<String, Ruleset> =
+        user_streams::account_data_for_users(&mut **tx, &local, ACCOUNT_DATA_TYPE)
+            .await?
+            .into_iter()
+            .filter_map(|(user, text)| {
+                let content: Value = serde_json::from_str(&text).ok()?;
+                Some((user, Rules::from_content(&content)?.evaluator()))
+            })
+            .collect();
+    // Room display names matter only to `contains_display_name`, which only a
+    // user's own rules can hold (the server defaults do not) and which looks at
+    // `body`: the member events loaded are those of users with rules of their
+    // own, and only for events with a body (not for joins in a big room).
     let mut keys: Vec<(String, String)> = if content["body"].is_string() {
-        local
-            .iter()
+        stored
+            .keys()
             .map(|u| ("m.room.member".to_owned(), u.clone()))
             .collect()
     } else {
@@ -205,16 +295,6 @@ pub async fn record_actions(
     let pl_ctx: PushConditionPowerLevelsCtx =
         RoomPowerLevels::new(source, &room.rules.authorization, creators).into();
 
-    let stored: HashMap<String, Ruleset> =
-        user_streams::account_data_for_users(&mut **tx, &local, ACCOUNT_DATA_TYPE)
-            .await?
-            .into_iter()
-            .filter_map(|(user, text)| {
-                let content: Value = serde_json::from_str(&text).ok()?;
-                Some((user, Rules::from_content(&content)?.evaluator()))
-            })
-            .collect();
-
     let mut event = json!({
         "type": pdu.kind.to_string(),
         "content": content,
@@ -233,13 +313,24 @@ pub async fn record_actions(
     // again for each call: O(members) flattenings per event in a big room).
     let flat = FlattenedJson::from_raw(&raw);
     let thread_id = match (
-        content["m.relates_to"]["rel_type"].as_str(),
-        content["m.relates_to"]["event_id"].as_str(),
+        event["content"]["m.relates_to"]["rel_type"].as_str(),
+        event["content"]["m.relates_to"]["event_id"].as_str(),
     ) {
         (Some("m.thread"), Some(root)) => root.to_owned(),
         _ => String::new(),
     };
     let member_count = UInt::try_from(joined.len() as u64).unwrap_or(UInt::MAX);
+    let context = |user_id: &UserId, display_name: String| {
+        let mut ctx = PushConditionRoomCtx::new(
+            room_id.to_owned(),
+            member_count,
+            user_id.to_owned(),
+            display_name,
+        );
+        ctx.power_levels = Some(pl_ctx.clone());
+        ctx
+    };
+    let mut defaults = SharedDefaults::new(&event);
     let mut notified = user_streams::PushActions {
         room_id: room_id.as_str(),
         stream_ordering: stream,
@@ -253,27 +344,19 @@ pub async fn record_actions(
         let Ok(user_id) = UserId::parse(user.as_str()) else {
             continue;
         };
-        let display_name = state
-            .get(&("m.room.member".to_owned(), user.clone()))
-            .and_then(|m| serde_json::from_str::<Value>(m.content.get()).ok())
-            .and_then(|c| c["displayname"].as_str().map(str::to_owned))
-            .unwrap_or_else(|| user_id.localpart().to_owned());
-        let mut ctx = PushConditionRoomCtx::new(
-            room_id.to_owned(),
-            member_count,
-            user_id.clone(),
-            display_name,
-        );
-        ctx.power_levels = Some(pl_ctx.clone());
-        let default;
-        let rules = match stored.get(user) {
-            Some(r) => r,
-            None => {
-                default = Ruleset::server_default(&user_id);
-                &default
+        let actions: Vec<Action> = match stored.get(user) {
+            Some(rules) => {
+                let display_name = state
+                    .get(&("m.room.member".to_owned(), user.clone()))
+                    .and_then(|m| serde_json::from_str::<Value>(m.content.get()).ok())
+                    .and_then(|c| c["displayname"].as_str().map(str::to_owned))
+                    .unwrap_or_else(|| user_id.localpart().to_owned());
+                first_match(rules, &flat, &context(&user_id, display_name))
+                    .await
+                    .to_vec()
             }
+            None => defaults.actions(&user_id, &flat, &context).await,
         };
-        let actions = first_match(rules, &flat, &ctx).await;
         if actions.iter().any(Action::should_notify) {
             notified.users.push(user);
             notified
@@ -286,4 +369,112 @@ pub async fn record_actions(
     }
     user_streams::insert_push_actions(&mut **tx, &notified).await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use ruma::{
+        events::room::power_levels::RoomPowerLevelsEventContent,
+        room_version_rules::{AuthorizationRules, RoomVersionRules},
+    };
+
+    use super::*;
+
+    /// Every member's actions through [`SharedDefaults`] are exactly those of
+    /// ruma's own evaluation of that member's server-default rules, for events
+    /// that hit each user-dependent rule and for those that hit none.
+    #[tokio::test]
+    async fn shared_defaults_give_each_member_their_own_defaults_actions() {
+        let room = ruma::owned_room_id!("!room:here");
+        let sender = "@sender:there";
+        let users = [
+            "@alice:here",
+            "@bob:here",
+            "@ALICE:here",
+            "@a*:here",
+            "@?lice:here",
+            "@carol:here",
+            STAND_IN,
+        ];
+        let message = |content: Value| json!({"type": "m.room.message", "content": content});
+        let member = |key: &str, membership: &str| json!({"type": "m.room.member", "state_key": key, "content": {"membership": membership}});
+        let events = [
+            message(json!({"msgtype": "m.text", "body": "hello"})),
+            message(json!({"msgtype": "m.text", "body": "hi alice",
+                "m.mentions": {"user_ids": ["@alice:here"]}})),
+            message(json!({"msgtype": "m.text", "body": "hi all",
+                "m.mentions": {"user_ids": ["@alice:here", "@a*:here"], "room": true}})),
+            message(json!({"msgtype": "m.text", "body": "@room",
+                "m.mentions": {"room": true}})),
+            message(json!({"msgtype": "m.notice", "body": "beep"})),
+            message(json!({"msgtype": "m.text", "body": "them",
+                "m.mentions": {"user_ids": [STAND_IN]}})),
+            json!({"type": "m.room.encrypted", "content": {"algorithm": "m.megolm.v1.aes-sha2"}}),
+            json!({"type": "m.reaction", "content": {"m.relates_to":
+                {"rel_type": "m.annotation", "event_id": "$x", "key": "1"}}}),
+            member("@alice:here", "invite"),
+            member("@Alice:HERE", "invite"),
+            member("@bob:here", "join"),
+            member("@dave:here", "invite"),
+            json!({"type": "m.room.tombstone", "state_key": "", "content":
+                {"body": "moved", "replacement_room": "!new:here"}}),
+        ];
+        let power: PushConditionPowerLevelsCtx = RoomPowerLevels::new(
+            RoomPowerLevelsSource::Original(RoomPowerLevelsEventContent::new(
+                &AuthorizationRules::V1,
+            )),
+            &RoomVersionRules::V10.authorization,
+            Vec::new(),
+        )
+        .into();
+        for members in [2u32, 20] {
+            for mut event in events.clone() {
+                event["sender"] = sender.into();
+                event["room_id"] = room.as_str().into();
+                event["event_id"] = "$e".into();
+                event["origin_server_ts"] = 1.into();
+                let raw: Raw<AnySyncTimelineEvent> =
+                    Raw::from_json(serde_json::value::to_raw_value(&event).unwrap());
+                let flat = FlattenedJson::from_raw(&raw);
+                let context = |user: &UserId, name: String| {
+                    let mut ctx =
+                        PushConditionRoomCtx::new(room.clone(), members.into(), user.into(), name);
+                    ctx.power_levels = Some(power.clone());
+                    ctx
+                };
+                let mut shared = SharedDefaults::new(&event);
+                for user in users {
+                    let user = UserId::parse(user).unwrap();
+                    let got = shared.actions(&user, &flat, &context).await;
+                    let ctx = context(&user, user.localpart().to_owned());
+                    let own = Ruleset::server_default(&user);
+                    let want = own.get_actions(&raw, &ctx).await;
+                    assert_eq!(
+                        serde_json::to_value(&got).unwrap(),
+                        serde_json::to_value(want).unwrap(),
+                        "{user} in a room of {members}, event {event}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// The cases the test above relies on do come out differently per user:
+    /// without per-user evaluation it would not tell anything.
+    #[tokio::test]
+    async fn mentions_and_invites_do_differ_between_members() {
+        let event = json!({"type": "m.room.message", "sender": "@s:there", "room_id": "!r:here",
+            "content": {"msgtype": "m.text", "body": "x",
+                "m.mentions": {"user_ids": ["@alice:here"]}}});
+        let shared = SharedDefaults::new(&event);
+        assert!(shared.personal("@alice:here"));
+        assert!(!shared.personal("@bob:here"));
+        assert!(
+            shared.personal("@b*:here"),
+            "a glob in an ID matches other state keys"
+        );
+        let invite = json!({"type": "m.room.member", "state_key": "@Bob:Here",
+            "content": {"membership": "invite"}});
+        assert!(SharedDefaults::new(&invite).personal("@bob:here"));
+    }
 }
