@@ -140,6 +140,93 @@ async fn first_match<'r>(
     &[]
 }
 
+/// The event as push rules match it (the client form's fields they read),
+/// and as ruma takes it.
+fn push_event(
+    pdu: &Pdu,
+    event_id: &str,
+    content: Value,
+) -> Result<(Value, Raw<AnySyncTimelineEvent>)> {
+    let mut event = json!({
+        "type": pdu.kind.to_string(),
+        "content": content,
+        "sender": pdu.sender,
+        "event_id": event_id,
+        "origin_server_ts": pdu.origin_server_ts,
+        "room_id": pdu.room_id,
+    });
+    if let Some(key) = &pdu.state_key {
+        event["state_key"] = key.clone().into();
+    }
+    let raw = Raw::from_json(
+        serde_json::value::to_raw_value(&event).map_err(|e| anyhow::anyhow!("{e}"))?,
+    );
+    Ok((event, raw))
+}
+
+/// An invite of one of our users into a room this server is not in (it came
+/// through the federation invite API, not the event writer, so
+/// [`record_actions`] never sees it): the invitee's rules decide whether it
+/// notifies, as Synapse pushes such invites. The room is known only through
+/// the stripped state sent with the invite, which holds no power levels (the
+/// conditions on them do not apply); the member count is that of the joined
+/// members in it. `stream` is the invite's position in the invitee's stream.
+pub async fn record_invite_actions(
+    tx: &mut Transaction<'_, Postgres>,
+    app: &AppState,
+    pdu: &Pdu,
+    event_id: &str,
+    stream: i64,
+    stripped_state: &Value,
+) -> Result<()> {
+    let Some(invitee) = pdu
+        .state_key
+        .as_deref()
+        .and_then(|k| UserId::parse(k).ok())
+        .filter(|u| u.server_name() == app.server_name && *u != pdu.sender)
+    else {
+        return Ok(());
+    };
+    let content: Value = serde_json::from_str(pdu.content.get()).unwrap_or_default();
+    let (_, raw) = push_event(pdu, event_id, content)?;
+    let stored =
+        user_streams::account_data_for_users(&mut **tx, &[invitee.to_string()], ACCOUNT_DATA_TYPE)
+            .await?
+            .into_iter()
+            .next()
+            .and_then(|(_, text)| serde_json::from_str::<Value>(&text).ok())
+            .and_then(|content| Rules::from_content(&content))
+            .map(|rules| rules.evaluator());
+    let rules = stored.unwrap_or_else(|| Ruleset::server_default(&invitee));
+    let joined = stripped_state.as_array().map_or(0, |events| {
+        events
+            .iter()
+            .filter(|e| e["type"] == "m.room.member" && e["content"]["membership"] == "join")
+            .count()
+    });
+    let ctx = PushConditionRoomCtx::new(
+        pdu.room_id.clone(),
+        UInt::try_from(joined as u64).unwrap_or(UInt::MAX),
+        invitee.clone(),
+        invitee.localpart().to_owned(),
+    );
+    let actions = first_match(&rules, &FlattenedJson::from_raw(&raw), &ctx).await;
+    if !actions.iter().any(Action::should_notify) {
+        return Ok(());
+    }
+    let notified = user_streams::PushActions {
+        room_id: pdu.room_id.as_str(),
+        stream_ordering: stream,
+        event_id,
+        thread_id: "",
+        users: vec![invitee.as_str()],
+        highlights: vec![actions.iter().any(Action::is_highlight)],
+        actions: vec![serde_json::to_string(actions).map_err(|e| anyhow::anyhow!("{e}"))?],
+    };
+    user_streams::insert_push_actions(&mut **tx, &notified).await?;
+    Ok(())
+}
+
 /// The server-default rules of many users evaluated against one event, with
 /// one evaluation shared by most of them.
 ///
@@ -295,20 +382,7 @@ pub async fn record_actions(
     let pl_ctx: PushConditionPowerLevelsCtx =
         RoomPowerLevels::new(source, &room.rules.authorization, creators).into();
 
-    let mut event = json!({
-        "type": pdu.kind.to_string(),
-        "content": content,
-        "sender": pdu.sender,
-        "event_id": event_id,
-        "origin_server_ts": pdu.origin_server_ts,
-        "room_id": room_id,
-    });
-    if let Some(key) = &pdu.state_key {
-        event["state_key"] = key.clone().into();
-    }
-    let raw: Raw<AnySyncTimelineEvent> = Raw::from_json(
-        serde_json::value::to_raw_value(&event).map_err(|e| anyhow::anyhow!("{e}"))?,
-    );
+    let (event, raw) = push_event(pdu, event_id, content)?;
     // Flattened once for every member (ruma's `get_actions` flattens the event
     // again for each call: O(members) flattenings per event in a big room).
     let flat = FlattenedJson::from_raw(&raw);

@@ -35,7 +35,7 @@ use crate::{
     error::{Error, Result},
     outbound::{self, OutboundClient, OutboundPolicy},
     service::AppState,
-    storage::{events, pushers as rows, pushers::Pusher, rooms, state, user_streams},
+    storage::{events, federation, pushers as rows, pushers::Pusher, rooms, state, user_streams},
 };
 
 const FIRST_RETRY: Duration = Duration::from_secs(1);
@@ -241,12 +241,22 @@ pub async fn notifications(
         };
         let room_id =
             RoomId::parse(&row.room_id).map_err(|e| anyhow::anyhow!("stored room id: {e}"))?;
-        let mut viewer = Viewer::for_session(app, session, &room_id).await?;
-        let client = viewer
-            .client_events(std::slice::from_ref(event))
-            .await?
-            .pop()
-            .unwrap_or_default();
+        let client = match Viewer::for_session(app, session, &room_id).await {
+            Ok(mut viewer) => viewer
+                .client_events(std::slice::from_ref(event))
+                .await?
+                .pop()
+                .unwrap_or_default(),
+            // A room this server is not in: the only notification it can
+            // have is the user's own invite, held as an outlier.
+            Err(_)
+                if event.event_type == "m.room.member"
+                    && event.state_key.as_deref() == Some(user) =>
+            {
+                invite_client_event(app, event).await?
+            }
+            Err(_) => continue,
+        };
         if !read_at.contains_key(&row.room_id) {
             let read = user_streams::read_position(&app.db, &row.room_id, user)
                 .await?
@@ -266,6 +276,29 @@ pub async fn notifications(
         notifications: out,
         next_token,
     })
+}
+
+/// The client form of an invite held as an outlier (a room this server is
+/// not in), in the room's own version's format.
+async fn invite_client_event(app: &AppState, event: &events::StoredEvent) -> Result<Value> {
+    let version = federation::remote_membership(
+        &app.db,
+        &event.room_id,
+        event.state_key.as_deref().unwrap_or_default(),
+    )
+    .await?
+    .and_then(|m| ruma::RoomVersionId::try_from(m.room_version.as_str()).ok())
+    .and_then(|v| v.rules())
+    .unwrap_or(ruma::room_version_rules::RoomVersionRules::V10);
+    Ok(crate::domain::pdu::to_client_event(
+        &event.event_id,
+        &event.room_id,
+        &event.json,
+        &version,
+        false,
+        None,
+        ruma::MilliSecondsSinceUnixEpoch::now(),
+    ))
 }
 
 /// Backoff state of one failing pusher.
@@ -594,21 +627,39 @@ async fn describe(
         ("m.room.member", sender),
     ]
     .map(|(t, k)| (t.to_owned(), k.to_owned()));
-    let Some(group) = rooms::get(&app.db, room_id)
+    // The room's state, or for an invite into a room this server is not in,
+    // the stripped state that came with it (as Synapse names such pushes).
+    let state: Vec<Value> = match rooms::get(&app.db, room_id)
         .await?
         .and_then(|r| r.current_state_group)
-    else {
-        return Ok(());
+    {
+        Some(group) => {
+            let ids: Vec<String> = state::state_for_keys(&app.db, group, &keys)
+                .await?
+                .into_iter()
+                .map(|(_, id)| id)
+                .collect();
+            events::get_many(&app.db, &ids)
+                .await?
+                .iter()
+                .filter_map(|ev| serde_json::from_str(&ev.json).ok())
+                .collect()
+        }
+        None => federation::remote_stripped_state(&app.db, event_id)
+            .await?
+            .and_then(|s| s.as_array().cloned())
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|ev| {
+                keys.iter().any(|(t, k)| {
+                    ev["type"].as_str() == Some(t) && ev["state_key"].as_str() == Some(k)
+                })
+            })
+            .collect(),
     };
-    let ids: Vec<String> = state::state_for_keys(&app.db, group, &keys)
-        .await?
-        .into_iter()
-        .map(|(_, id)| id)
-        .collect();
-    for ev in events::get_many(&app.db, &ids).await? {
-        let state: Value = serde_json::from_str(&ev.json)?;
+    for state in &state {
         let content = &state["content"];
-        let (field, value) = match ev.event_type.as_str() {
+        let (field, value) = match state["type"].as_str().unwrap_or_default() {
             "m.room.name" => ("room_name", &content["name"]),
             "m.room.canonical_alias" => ("room_alias", &content["alias"]),
             _ => ("sender_display_name", &content["displayname"]),

@@ -966,3 +966,92 @@ async fn pushers_go_with_the_sessions_that_set_them() {
     assert_eq!(status, StatusCode::OK);
     assert!(pushkeys(&server, &main).await.is_empty());
 }
+
+/// An invite from another server into a room this server is not in comes
+/// through the federation invite API, not the event writer, and is pushed all
+/// the same (as Synapse pushes it; SyTest "Invites over federation are
+/// correctly pushed [with name]"): named from the stripped state sent with
+/// it, listed in `/notifications`, and only when the invitee's own rules say
+/// so.
+#[tokio::test]
+async fn invites_from_another_server_are_pushed_by_the_invitees_rules() {
+    let home = TestServer::start_federating().await;
+    let remote = TestServer::start_federating().await;
+    let v3 = "/_matrix/client/v3";
+    let alice = home.register("alice", "pw").await;
+    let carol = home.register("carol", "pw").await;
+    let bob = remote.register("bob", "pw").await;
+    let (url, mut received) = gateway("no-such-key").await;
+    let (status, body) = home
+        .post(
+            &format!("{v3}/pushers/set"),
+            Some(&alice.access_token),
+            json!({
+                "pushkey": "k1", "kind": "http", "app_id": "org.example.app",
+                "app_display_name": "Example", "device_display_name": "Phone",
+                "lang": "en", "data": { "url": url },
+            }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    // Carol turned invites off: her rules, not the defaults, decide.
+    let (status, body) = home
+        .put(
+            &format!("{RULES}/override/.m.rule.invite_for_me/enabled"),
+            Some(&carol.access_token),
+            json!({ "enabled": false }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    let room = remote
+        .create_room(
+            &bob,
+            json!({ "preset": "private_chat", "name": "Test Name" }),
+        )
+        .await;
+    for invitee in [&carol, &alice] {
+        let (status, body) = remote
+            .post(
+                &format!("{v3}/rooms/{room}/invite"),
+                Some(&bob.access_token),
+                json!({ "user_id": invitee.user_id }),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+
+    // The gateway's first answer is a 503; the retry is accepted.
+    let got = tokio::time::timeout(std::time::Duration::from_secs(30), received.recv())
+        .await
+        .expect("the invite pushed within 30 s")
+        .unwrap();
+    let n = &got["notification"];
+    assert_eq!(n["type"], "m.room.member", "{got}");
+    assert_eq!(n["room_id"], room.as_str());
+    assert_eq!(n["sender"], bob.user_id.as_str());
+    assert_eq!(n["membership"], "invite");
+    assert_eq!(n["user_is_target"], true);
+    assert_eq!(n["room_name"], "Test Name", "named from the stripped state");
+    assert_eq!(n["devices"][0]["pushkey"], "k1");
+
+    let (status, listed) = home
+        .get(&format!("{v3}/notifications"), Some(&alice.access_token))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{listed}");
+    let first = &listed["notifications"][0];
+    assert_eq!(first["room_id"], room.as_str(), "{listed}");
+    assert_eq!(first["event"]["type"], "m.room.member");
+    assert_eq!(first["event"]["state_key"], alice.user_id.as_str());
+    assert_eq!(first["event"]["content"]["membership"], "invite");
+
+    let (status, listed) = home
+        .get(&format!("{v3}/notifications"), Some(&carol.access_token))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{listed}");
+    assert_eq!(
+        listed["notifications"],
+        json!([]),
+        "carol's disabled rule holds"
+    );
+}

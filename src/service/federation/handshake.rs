@@ -431,8 +431,22 @@ pub async fn record_remote_membership(
     )
     .await?;
     // An invite into a room none of our users is in does not pass through
-    // the event writer: appservices interested in the invitee (or the room)
-    // get it here, in the same transaction.
+    // the event writer: the invitee's push rules see it here, and
+    // appservices interested in the invitee (or the room) get it here, in
+    // the same transaction.
+    if let Some(r) = &remote
+        && membership == "invite"
+    {
+        crate::service::push::record_invite_actions(
+            &mut tx,
+            app,
+            &checked.pdu,
+            checked.event_id.as_str(),
+            position,
+            &r.stripped_state,
+        )
+        .await?;
+    }
     if let Some(r) = &remote
         && membership == "invite"
         && !app.appservices.current().is_empty()
