@@ -174,7 +174,7 @@ class Lattice:
         config = f"""server_name = "{self.name}"
 data_dir = "{self.dir}"
 log = "warn"
-appservices = [{", ".join(json.dumps(a) for a in appservices)}]
+{f'appservices = [{", ".join(json.dumps(a) for a in appservices)}]' if appservices else ""}
 [[listeners]]
 bind = "127.0.0.1:{self.client_port}"
 resources = ["client"]
