@@ -575,12 +575,12 @@ pub async fn messages(
     const MAX_BACKFILLS: usize = 3;
     let mut backfills = 0;
     // Gaps in the middle of the timeline this page tried to fill.
-    let mut gap_state = GapFills::default();
+    let mut gap_state = GapFills::of_room(app, room_id).await?;
     // A page that starts just below an event with a gap before it (the last
     // page ended there) starts by filling it.
     if backwards && let RoomPos::Topo(t) = cursor {
         let at = (t.depth, t.stream.saturating_add(1));
-        let gaps = fed_store::gaps_between(&app.db, room_id.as_str(), Some(at), at).await?;
+        let gaps = gap_state.gaps_between(app, room_id, at).await?;
         fill_gaps(app, room_id, &gaps, to, &mut gap_state).await?;
     }
     // Fetch in batches until `limit` visible events, the `to` token or the room's end.
@@ -715,9 +715,44 @@ pub(super) const MAX_GAP_FILLS: usize = 3;
 pub(super) struct GapFills {
     pub(super) fills: usize,
     tried: std::collections::HashSet<String>,
+    /// Every gap of the room, when one look-up at the start of the page found
+    /// them all (most rooms have none): the page's look-ups are answered from
+    /// it, without a statement each. Dropped once a fill is tried, as a fill
+    /// closes gaps and may open others.
+    known: Option<Vec<fed_store::Gap>>,
 }
 
+/// The most gaps [`fed_store::gaps_between`] returns at once.
+const GAPS_PER_LOOKUP: usize = 20;
+
 impl GapFills {
+    /// A page's gap state, with the room's gaps looked up once.
+    pub(super) async fn of_room(app: &AppState, room_id: &RoomId) -> Result<Self> {
+        let all =
+            fed_store::gaps_between(&app.db, room_id.as_str(), None, (i64::MAX, i64::MAX)).await?;
+        Ok(Self {
+            known: (all.len() < GAPS_PER_LOOKUP).then_some(all),
+            ..Self::default()
+        })
+    }
+
+    /// The gap just before the event at `at` (depth, stream ordering).
+    async fn gaps_between(
+        &self,
+        app: &AppState,
+        room_id: &RoomId,
+        at: (i64, i64),
+    ) -> Result<Vec<fed_store::Gap>> {
+        Ok(match &self.known {
+            Some(known) => known
+                .iter()
+                .filter(|g| (g.depth, g.stream_ordering) == at)
+                .cloned()
+                .collect(),
+            None => fed_store::gaps_between(&app.db, room_id.as_str(), Some(at), at).await?,
+        })
+    }
+
     /// The gaps just before events of `batch`, by the event naming them;
     /// none once the page has used its fills.
     pub(super) async fn gaps_at(
@@ -728,6 +763,15 @@ impl GapFills {
     ) -> Result<HashMap<String, fed_store::Gap>> {
         if self.fills >= MAX_GAP_FILLS {
             return Ok(HashMap::new());
+        }
+        if let Some(known) = &self.known {
+            let ids: std::collections::HashSet<&str> =
+                batch.iter().map(|e| e.event_id.as_str()).collect();
+            return Ok(known
+                .iter()
+                .filter(|g| ids.contains(g.event_id.as_str()))
+                .map(|g| (g.event_id.clone(), g.clone()))
+                .collect());
         }
         let ids: Vec<String> = batch.iter().map(|e| e.event_id.clone()).collect();
         Ok(fed_store::gaps_at(&app.db, room_id.as_str(), &ids)
@@ -760,6 +804,7 @@ pub(super) async fn fill_gaps(
             continue;
         }
         state.fills += 1;
+        state.known = None;
         if super::federation::backfill::fill_gap(app, room_id, gap).await? {
             return Ok(true);
         }

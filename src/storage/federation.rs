@@ -579,7 +579,8 @@ pub struct Gap {
 
 /// The gaps of `room_id` just before events whose topological position
 /// (depth, stream ordering) lies within `[low, high]` (`low` none: no lower
-/// bound), the newest first.
+/// bound), the newest first; at most 20 (`/messages` relies on that number:
+/// `service::read::GAPS_PER_LOOKUP`).
 pub async fn gaps_between(
     db: impl PgExecutor<'_>,
     room_id: &str,
