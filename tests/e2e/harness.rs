@@ -576,6 +576,23 @@ impl ClientApi {
         assert_eq!(status, StatusCode::OK, "{body}");
     }
 
+    /// Sets an HTTP pusher with pushkey `k1` for the push gateway at `url`
+    /// (asserting success).
+    pub async fn set_http_pusher(&self, who: &Login, url: &str) {
+        let (status, body) = self
+            .post(
+                "/_matrix/client/v3/pushers/set",
+                Some(&who.access_token),
+                json!({
+                    "pushkey": "k1", "kind": "http", "app_id": "org.example.app",
+                    "app_display_name": "Example", "device_display_name": "Phone",
+                    "lang": "en", "data": { "url": url },
+                }),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+
     /// Sends an `m.room.message` (asserting success) and returns its event id.
     pub async fn send_message(&self, who: &Login, room: &str, content: Value) -> String {
         let txn = TXN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

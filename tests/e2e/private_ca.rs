@@ -96,18 +96,7 @@ async fn push_once(
 ) -> Option<Value> {
     let alice = server.register("alice", "pw").await;
     let bob: Login = server.register("bob", "pw").await;
-    let (status, body) = server
-        .post(
-            "/_matrix/client/v3/pushers/set",
-            Some(&bob.access_token),
-            json!({
-                "pushkey": "k1", "kind": "http", "app_id": "org.example.app",
-                "app_display_name": "Example", "device_display_name": "Phone",
-                "lang": "en", "data": { "url": url },
-            }),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
+    server.set_http_pusher(&bob, url).await;
     let room = server
         .create_room(&alice, json!({ "preset": "public_chat" }))
         .await;

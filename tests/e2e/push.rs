@@ -982,18 +982,7 @@ async fn invites_from_another_server_are_pushed_by_the_invitees_rules() {
     let carol = home.register("carol", "pw").await;
     let bob = remote.register("bob", "pw").await;
     let (url, mut received) = gateway("no-such-key").await;
-    let (status, body) = home
-        .post(
-            &format!("{v3}/pushers/set"),
-            Some(&alice.access_token),
-            json!({
-                "pushkey": "k1", "kind": "http", "app_id": "org.example.app",
-                "app_display_name": "Example", "device_display_name": "Phone",
-                "lang": "en", "data": { "url": url },
-            }),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
+    home.set_http_pusher(&alice, &url).await;
     // Carol turned invites off: her rules, not the defaults, decide.
     let (status, body) = home
         .put(

@@ -446,25 +446,24 @@ pub async fn record_remote_membership(
             &r.stripped_state,
         )
         .await?;
-    }
-    if let Some(r) = &remote
-        && membership == "invite"
-        && !app.appservices.current().is_empty()
-        && let Some(rules) = RoomVersionId::try_from(r.room_version.as_str())
-            .ok()
-            .and_then(|v| v.rules())
-    {
-        let text = serde_json::to_string(&checked.object).map_err(|e| anyhow::anyhow!("{e}"))?;
-        crate::service::appservice::enqueue(
-            &mut tx,
-            app,
-            &rules,
-            &checked.pdu.room_id,
-            checked.event_id.as_str(),
-            &text,
-            &checked.pdu,
-        )
-        .await?;
+        if !app.appservices.current().is_empty()
+            && let Some(rules) = RoomVersionId::try_from(r.room_version.as_str())
+                .ok()
+                .and_then(|v| v.rules())
+        {
+            let text =
+                serde_json::to_string(&checked.object).map_err(|e| anyhow::anyhow!("{e}"))?;
+            crate::service::appservice::enqueue(
+                &mut tx,
+                app,
+                &rules,
+                &checked.pdu.room_id,
+                checked.event_id.as_str(),
+                &text,
+                &checked.pdu,
+            )
+            .await?;
+        }
     }
     tx.commit().await?;
     drop(guard);
