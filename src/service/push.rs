@@ -366,8 +366,13 @@ pub async fn record_actions(
         Vec::new()
     };
     keys.push(("m.room.power_levels".to_owned(), String::new()));
+    let create_key = ("m.room.create".to_owned(), String::new());
+    keys.push(create_key.clone());
     let state = super::event::state_events(tx, room.state_group, &keys).await?;
-    let creators = super::read::creators(tx, room).await?;
+    let creators = state
+        .get(&create_key)
+        .map(|create| super::read::creators_of(create, &room.rules))
+        .unwrap_or_default();
     let power_levels = state
         .get(&("m.room.power_levels".to_owned(), String::new()))
         .and_then(|pl| serde_json::from_str::<RoomPowerLevelsEventContent>(pl.content.get()).ok());

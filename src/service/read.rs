@@ -31,7 +31,10 @@ use super::{
     tokens::{RoomPos, TopoToken},
 };
 use crate::{
-    domain::filter::{Candidate, EventFilter},
+    domain::{
+        filter::{Candidate, EventFilter},
+        pdu::Pdu,
+    },
     error::{Error, Result},
     service::AppState,
     storage::{
@@ -46,11 +49,17 @@ pub async fn creators(tx: &mut Transaction<'_, Postgres>, room: &RoomCtx) -> Res
     let key = ("m.room.create".to_owned(), String::new());
     let state =
         super::event::state_events(tx, room.state_group, std::slice::from_ref(&key)).await?;
-    let Some(create) = state.get(&key) else {
-        return Ok(Vec::new());
-    };
+    Ok(state
+        .get(&key)
+        .map(|create| creators_of(create, &room.rules))
+        .unwrap_or_default())
+}
+
+/// The room's creators named by its create event: the sender, and in room
+/// versions that have them, the `additional_creators`.
+pub fn creators_of(create: &Pdu, rules: &RoomVersionRules) -> Vec<String> {
     let mut creators = vec![create.sender.to_string()];
-    if room.rules.authorization.additional_room_creators {
+    if rules.authorization.additional_room_creators {
         let content: Value = serde_json::from_str(create.content.get()).unwrap_or_default();
         for c in content["additional_creators"]
             .as_array()
@@ -62,7 +71,7 @@ pub async fn creators(tx: &mut Transaction<'_, Postgres>, room: &RoomCtx) -> Res
             }
         }
     }
-    Ok(creators)
+    creators
 }
 
 /// A room as one user reads it, from one device (whose transaction IDs its own

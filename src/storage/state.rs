@@ -134,6 +134,12 @@ pub async fn state_for_keys(
 /// [`state_for_keys`] with each event's JSON (a timeline event, or else an
 /// outlier), in one round trip: `(key, event ID, JSON)`. Entries whose event is
 /// not stored are left out.
+///
+/// The chain's groups are given to the entry look-up as an array, so that it
+/// uses both columns of the key `(state_group, state_key_id)`. Joined on the
+/// chain instead, PostgreSQL scanned the whole key index for each wanted key
+/// (the `state_key_id` column alone): a cost that grows with every entry of
+/// every room, about 3 ms per key at 70,000 entries.
 pub async fn state_events_for_keys(
     db: impl PgExecutor<'_>,
     group: i64,
@@ -156,9 +162,10 @@ pub async fn state_events_for_keys(
            found as (
                select distinct on (e.state_key_id)
                       w.event_type, w.state_key, e.event_id
-               from chain c
-               join state_group_entries e on e.state_group = c.state_group
-               join wanted w on w.state_key_id = e.state_key_id
+               from wanted w
+               join state_group_entries e on e.state_key_id = w.state_key_id
+                    and e.state_group = any(array(select state_group from chain))
+               join chain c on c.state_group = e.state_group
                order by e.state_key_id, c.n
            )
            select f.event_type as "event_type!", f.state_key as "state_key!",
@@ -179,7 +186,8 @@ pub async fn state_events_for_keys(
         .collect())
 }
 
-/// [`state_for_keys`] for many groups in one query: `(group, key, event ID)`.
+/// [`state_for_keys`] for many groups in one query: `(group, key, event ID)`;
+/// the entries looked up by both key columns, as in [`state_events_for_keys`].
 pub async fn state_for_keys_at(
     db: impl PgExecutor<'_>,
     groups: &[i64],
@@ -202,9 +210,10 @@ pub async fn state_for_keys_at(
            select distinct on (c.root, e.state_key_id)
                   c.root as "group!", w.event_type as "event_type!",
                   w.state_key as "state_key!", e.event_id as "event_id!"
-           from chain c
-           join state_group_entries e on e.state_group = c.state_group
-           join wanted w on w.state_key_id = e.state_key_id
+           from wanted w
+           join state_group_entries e on e.state_key_id = w.state_key_id
+                and e.state_group = any(array(select state_group from chain))
+           join chain c on c.state_group = e.state_group
            order by c.root, e.state_key_id, c.n"#,
         groups,
         &types,
