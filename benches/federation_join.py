@@ -110,6 +110,10 @@ def main():
     ap.add_argument("--resident-database-url",
                     help="a fresh, empty database for a Lattice resident")
     ap.add_argument("--keep", action="store_true")
+    ap.add_argument("--pause-file",
+                    help="once the room is built, wait while this file exists before the "
+                         "timed joins (building a big room takes long: quiet the machine, "
+                         "then remove the file)")
     args = ap.parse_args()
 
     work = tempfile.mkdtemp(prefix="lattice-fedbench-")
@@ -165,6 +169,10 @@ def main():
               f"~{args.members + extra + 7} state events, {time.monotonic() - t0:.0f} s",
               flush=True)
 
+        if args.pause_file and os.path.exists(args.pause_file):
+            print(f"waiting while {args.pause_file} exists", flush=True)
+            while os.path.exists(args.pause_file):
+                time.sleep(1)
         l_token, _ = register(lattice.base, "joiner")
         b_token, _ = register(baseline.base, "joiner")
         expected = args.members + 1

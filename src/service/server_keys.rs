@@ -255,7 +255,12 @@ pub async fn public_keys(
 /// Stored keys of `server` usable at `valid_at`.
 async fn stored_usable(app: &AppState, server: &ServerName, valid_at: i64) -> Result<PublicKeySet> {
     let stored = server_keys::keys_of(&app.db, server.as_str()).await?;
-    Ok(stored
+    Ok(usable(&stored, valid_at))
+}
+
+/// The keys among `stored` usable at `valid_at`.
+fn usable(stored: &[server_keys::ServerKey], valid_at: i64) -> PublicKeySet {
+    stored
         .iter()
         .filter(|k| match k.expired_ts {
             Some(expired) => expired > valid_at,
@@ -266,7 +271,38 @@ async fn stored_usable(app: &AppState, server: &ServerName, valid_at: i64) -> Re
                 .ok()
                 .map(|b| (k.key_id.clone(), b))
         })
-        .collect())
+        .collect()
+}
+
+/// Servers' stored keys, read once for a batch of events: a join's state
+/// and auth chain (tens of thousands of events in a big room) are signed by a
+/// few servers, and each event asked the database for its signers' keys.
+#[derive(Default)]
+pub struct BatchKeys(HashMap<String, Vec<server_keys::ServerKey>>);
+
+/// [`public_keys`] through `batch`: the stored keys are read once per server;
+/// a key not among them goes the usual way (fetched when allowed) and the
+/// server's stored keys are read again.
+pub async fn public_keys_batched(
+    app: &AppState,
+    server: &ServerName,
+    key_ids: &[String],
+    valid_at: i64,
+    batch: &mut BatchKeys,
+) -> Result<PublicKeySet> {
+    if server == app.server_name {
+        return own_key_set(app).await;
+    }
+    if let Some(stored) = batch.0.get(server.as_str()) {
+        let set = usable(stored, valid_at);
+        if key_ids.iter().all(|id| set.contains_key(id)) {
+            return Ok(set);
+        }
+    }
+    let set = public_keys(app, server, key_ids, valid_at).await?;
+    let stored = server_keys::keys_of(&app.db, server.as_str()).await?;
+    batch.0.insert(server.to_string(), stored);
+    Ok(set)
 }
 
 async fn own_key_set(app: &AppState) -> Result<PublicKeySet> {

@@ -135,6 +135,34 @@ pub async fn get_many(
     .await
 }
 
+/// What an event is, without its JSON: enough to place it in a state map.
+#[derive(Debug, Clone)]
+pub struct EventKey {
+    pub event_id: String,
+    pub room_id: String,
+    pub event_type: String,
+    pub state_key: Option<String>,
+    pub rejected: bool,
+}
+
+/// [`get_many`] without the JSON (timeline events, else outliers): a state of
+/// tens of thousands of events is placed without reading them all.
+pub async fn keys_of(db: impl PgExecutor<'_>, event_ids: &[String]) -> sqlx::Result<Vec<EventKey>> {
+    sqlx::query_as!(
+        EventKey,
+        r#"select event_id as "event_id!", room_id as "room_id!", event_type as "event_type!",
+                  state_key, rejected as "rejected!"
+           from events where event_id = any($1)
+           union all
+           select event_id, room_id, event_type, state_key, rejected
+           from outlier_events o where event_id = any($1)
+             and not exists (select 1 from events e where e.event_id = o.event_id)"#,
+        event_ids
+    )
+    .fetch_all(db)
+    .await
+}
+
 pub async fn set_redacted_by(
     db: impl PgExecutor<'_>,
     event_id: &str,

@@ -687,6 +687,96 @@ async fn a_resident_that_lies_in_the_resync_is_refused() {
     honest.stop();
 }
 
+/// A resident whose `send_join` answer slips forged events into the state —
+/// a topic set by a member without the power to, and a room avatar whose
+/// signature is not the sender's server's — has them left out: the partial
+/// state the join installs holds neither (else the honest full state would
+/// disagree with it and the resync never complete), and neither ever
+/// reaches the room's state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_state_in_a_send_join_answer_is_left_out() {
+    let liar = HostilePeer::start().await;
+    let b = TestServer::start_federating_with(faster_joins).await;
+    let bob = b.register("bob", "password-b").await;
+    let room = Arc::new(Mutex::new(PeerRoom::build(&liar)));
+    let room_id = room.lock().unwrap().room_id.clone();
+    let truth = room.lock().unwrap().honest_state_ids();
+    let honest_state = room.lock().unwrap().state.clone();
+    let (forged_topic, forged_avatar) = {
+        let mut r = room.lock().unwrap();
+        let m0 = r.members[0].clone();
+        let (topic, topic_pdu) = r.build_event(
+            &liar,
+            &m0,
+            "m.room.topic",
+            "",
+            json!({"topic": "set without power"}),
+            &[
+                ("m.room.create", ""),
+                ("m.room.power_levels", ""),
+                ("m.room.member", m0.as_str()),
+            ],
+        );
+        let creator = r.creator.clone();
+        let (avatar, mut avatar_pdu) = r.build_event(
+            &liar,
+            &creator,
+            "m.room.avatar",
+            "",
+            json!({"url": "mxc://forged/avatar"}),
+            &[
+                ("m.room.create", ""),
+                ("m.room.power_levels", ""),
+                ("m.room.member", creator.as_str()),
+            ],
+        );
+        // Another key's signature in the sender's server's name.
+        let sigs = avatar_pdu["signatures"][liar.name()]
+            .as_object_mut()
+            .unwrap();
+        for sig in sigs.values_mut() {
+            *sig = json!(
+                "c2lnbmVkIGJ5IHNvbWVib2R5IGVsc2Ugc2lnbmVkIGJ5IHNvbWVib2R5IGVsc2UgISEhISEhISEhISEhISE"
+            );
+        }
+        // In the state the resident serves at the join (`serve_room` sends
+        // `state`'s events), not in the honest `/state_ids`.
+        for (key, id, pdu) in [
+            ("m.room.topic", topic.clone(), topic_pdu),
+            ("m.room.avatar", avatar.clone(), avatar_pdu),
+        ] {
+            r.state.insert((key.to_owned(), String::new()), id.clone());
+            r.events.insert(id, pdu);
+        }
+        (topic, avatar)
+    };
+    serve_room(&liar, &room, &bob.user_id, vec![liar.name().to_owned()]);
+    liar.on(
+        Method::GET,
+        &state_ids_prefix(&room_id),
+        Answer::Json(StatusCode::OK, truth),
+    );
+
+    join_via(&b, &bob, &room_id, liar.name()).await;
+    // `/members` waits for the full state: the resync completed.
+    let want = everyone(&room.lock().unwrap(), &bob);
+    assert_eq!(members(&b, &bob, &room_id).await, want);
+    let full = current_state(&b, &bob, &room_id).await;
+    for (key, id) in &honest_state {
+        assert_eq!(full.get(key), Some(id), "{key:?}");
+    }
+    let ids: BTreeSet<&String> = full.values().collect();
+    assert!(
+        !ids.contains(&forged_topic),
+        "the unauthorised topic installed"
+    );
+    assert!(!ids.contains(&forged_avatar), "the forged avatar installed");
+    assert!(!full.contains_key(&("m.room.topic".to_owned(), String::new())));
+    assert!(!full.contains_key(&("m.room.avatar".to_owned(), String::new())));
+    b.stop().await;
+    liar.stop();
+}
+
 /// The resident goes away in the middle of the resync (its `/state_ids`
 /// never answered, then it stops): the joining server gives up on it and
 /// completes the state through the next server in `servers_in_room`.

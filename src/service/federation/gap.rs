@@ -28,9 +28,8 @@ use ruma::{
 };
 use serde_json::Value;
 
-use super::ingest::{event_id_of, load_room_pdus, store_auth_events};
+use super::ingest::{event_id_of, store_auth_events};
 use crate::{
-    domain::pdu::Pdu,
     service::AppState,
     service::event,
     storage::{events, federation as fed_store},
@@ -40,7 +39,10 @@ use crate::{
 /// for; an event with more is refused.
 pub const MAX_MISSING_PREVS: usize = 5;
 /// The most state and auth chain IDs accepted from one `/state_ids` answer.
-const MAX_STATE_IDS: usize = 50_000;
+/// Big public rooms hold well over 50,000 state events (a room of 10,000
+/// members and 50,000 state events answers about 60,000 IDs); the events
+/// themselves are bounded by the response size limit of the `/state` fetch.
+const MAX_STATE_IDS: usize = 250_000;
 /// Up to this many missing events are fetched one by one with `/event`; more
 /// are fetched with one `/state` request.
 const MAX_SINGLE_FETCHES: usize = 50;
@@ -108,8 +110,7 @@ pub async fn state_map_after(
 
     // What we lack. IDs of another room's events are held but never used
     // (as Synapse ignores them): they are not fetched, and not loaded below.
-    let db_err = |e: crate::error::Error| e.to_string();
-    let known: HashSet<String> = events::get_many(&app.db, &wanted)
+    let known: HashSet<String> = events::keys_of(&app.db, &wanted)
         .await
         .map_err(|e| e.to_string())?
         .into_iter()
@@ -135,29 +136,39 @@ pub async fn state_map_after(
         store_auth_events(app, rules, room_id, &values).await?;
     }
 
+    // Placed by their stored type and state key (a big room's state is tens
+    // of thousands of events: none of them is parsed again here). Another
+    // room's events are left out, as `ingest::load_room_pdus` does.
     let mut ids = state_ids.clone();
     ids.push(prev.to_owned());
-    let held: HashMap<String, Pdu> = load_room_pdus(&app.db, room_id, &ids)
+    let held: HashMap<String, events::EventKey> = events::keys_of(&app.db, &ids)
         .await
-        .map_err(db_err)?
+        .map_err(|e| e.to_string())?
         .into_iter()
-        .map(|(id, (pdu, _))| (id.to_string(), pdu))
+        .filter(|k| {
+            let ours = k.room_id == room_id.as_str();
+            if !ours {
+                tracing::info!(event_id = %k.event_id, "an event of another room left out");
+            }
+            ours
+        })
+        .map(|k| (k.event_id.clone(), k))
         .collect();
     let mut full: HashMap<(String, String), String> = HashMap::new();
     for id in &state_ids {
-        let Some(pdu) = held.get(id) else {
+        let Some(held) = held.get(id) else {
             tracing::info!(event_id = %id, "a state event at a gap could not be had");
             continue;
         };
-        if pdu.rejected {
+        if held.rejected {
             tracing::info!(event_id = %id, "a state event at a gap fails auth: left out");
             continue;
         }
-        let Some(state_key) = &pdu.state_key else {
+        let Some(state_key) = &held.state_key else {
             return Err(format!("{id} is not a state event"));
         };
         if full
-            .insert((pdu.kind.to_string(), state_key.clone()), id.clone())
+            .insert((held.event_type.clone(), state_key.clone()), id.clone())
             .is_some()
         {
             return Err("two events are given for one state key".into());
@@ -166,14 +177,14 @@ pub async fn state_map_after(
     if !full.contains_key(&("m.room.create".to_owned(), String::new())) {
         return Err("the state has no create event".into());
     }
-    let Some(prev_pdu) = held.get(prev) else {
+    let Some(prev_held) = held.get(prev) else {
         return Err("the prev event itself could not be had".into());
     };
-    if !prev_pdu.rejected
-        && let Some(state_key) = &prev_pdu.state_key
+    if !prev_held.rejected
+        && let Some(state_key) = &prev_held.state_key
     {
         full.insert(
-            (prev_pdu.kind.to_string(), state_key.clone()),
+            (prev_held.event_type.clone(), state_key.clone()),
             prev.to_owned(),
         );
     }

@@ -124,6 +124,17 @@ pub async fn check_pdu(
     rules: &RoomVersionRules,
     value: &Value,
 ) -> Result<Checked, PduError> {
+    check_pdu_batched(app, rules, value, &mut server_keys::BatchKeys::default()).await
+}
+
+/// [`check_pdu`] for one of many events, the signers' stored keys read once
+/// for all of them (`batch`).
+pub async fn check_pdu_batched(
+    app: &AppState,
+    rules: &RoomVersionRules,
+    value: &Value,
+    batch: &mut server_keys::BatchKeys,
+) -> Result<Checked, PduError> {
     let Formatted {
         mut object,
         event_id,
@@ -140,9 +151,15 @@ pub async fn check_pdu(
             _ => return Err(PduError::Signature("no signatures".into())),
         };
         // Keys valid when the event was sent (v5+ rooms enforce validity).
-        let set = server_keys::public_keys(app, server, &key_ids, ts.min(app.clock.now_ms()))
-            .await
-            .map_err(|e| PduError::Signature(format!("keys of {server}: {e}")))?;
+        let set = server_keys::public_keys_batched(
+            app,
+            server,
+            &key_ids,
+            ts.min(app.clock.now_ms()),
+            batch,
+        )
+        .await
+        .map_err(|e| PduError::Signature(format!("keys of {server}: {e}")))?;
         map.insert(server.to_string(), set);
     }
     let verified = verify_event(&map, &object, rules)
@@ -274,25 +291,28 @@ async fn store_in_graph(
 
 /// Checks a batch of auth-chain or state events and stores them as outliers:
 /// signatures first, then (in depth order) each against its own auth events.
-/// Events failing auth are stored as rejected. Returns the accepted IDs.
+/// Events failing auth are stored as rejected. Returns, for each of `values`
+/// in order, its ID if it was accepted (`None`: refused, of another room, or
+/// failing auth).
 pub async fn store_auth_events(
     app: &AppState,
     rules: &RoomVersionRules,
     room_id: &RoomId,
     values: &[Value],
-) -> Result<HashSet<OwnedEventId>, String> {
+) -> Result<Vec<Option<OwnedEventId>>, String> {
     let mut checked = Vec::new();
-    for value in values {
-        match check_pdu(app, rules, value).await {
-            Ok(c) if c.pdu.room_id == room_id => checked.push(c),
+    let mut keys = server_keys::BatchKeys::default();
+    for (index, value) in values.iter().enumerate() {
+        match check_pdu_batched(app, rules, value, &mut keys).await {
+            Ok(c) if c.pdu.room_id == room_id => checked.push((index, c)),
             Ok(c) => tracing::info!(event_id = %c.event_id, "auth event of another room ignored"),
             Err(e) => tracing::info!(error = %e, "auth event refused"),
         }
     }
-    checked.sort_by_key(|c| c.pdu.depth);
+    checked.sort_by_key(|(_, c)| c.pdu.depth);
     let ids: Vec<String> = checked
         .iter()
-        .flat_map(|c| {
+        .flat_map(|(_, c)| {
             auth_ids_of(&c.pdu, rules)
                 .into_iter()
                 .map(|a| a.to_string())
@@ -304,8 +324,8 @@ pub async fn store_auth_events(
         .into_iter()
         .map(|(id, (pdu, _))| (id, pdu))
         .collect();
-    let mut accepted = HashSet::new();
-    for c in checked {
+    let mut accepted = vec![None; values.len()];
+    for (index, c) in checked {
         let auth_state = auth_state(&c.pdu, rules, &known);
         let ok = auth::authorize_with(rules, &c.pdu, &known, &auth_state).is_ok();
         if !ok {
@@ -315,7 +335,7 @@ pub async fn store_auth_events(
             .await
             .map_err(|e| e.to_string())?;
         if ok {
-            accepted.insert(c.event_id.clone());
+            accepted[index] = Some(c.event_id.clone());
         }
         let mut pdu = c.pdu;
         pdu.rejected = !ok;
@@ -641,7 +661,7 @@ async fn receive_checked(
     let partial = crate::storage::partial_state::is_partial(&mut *pre, room_id.as_str())
         .await
         .map_err(|e| e.to_string())?;
-    let mut before = full_state_pdus(&mut pre, room_id, before_group)
+    let mut before = auth_state_pdus(&mut pre, rules, room_id, before_group, &checked.pdu)
         .await
         .map_err(db_err)?;
     if partial {
@@ -715,7 +735,7 @@ async fn receive_checked(
         let before_group = resolved_group(&mut tx, rules, room_id, &prev_groups)
             .await
             .map_err(db_err)?;
-        let before = full_state_pdus(&mut tx, room_id, before_group)
+        let before = auth_state_pdus(&mut tx, rules, room_id, before_group, &checked.pdu)
             .await
             .map_err(db_err)?;
         if let Err(reason) = auth::authorize_with(rules, &checked.pdu, &auth_events, &before) {
@@ -742,7 +762,7 @@ async fn receive_checked(
     }
 
     // Step 6: soft-fail against the current state (partial: as in step 5).
-    let mut current = full_state_pdus(&mut tx, room_id, room.state_group)
+    let mut current = auth_state_pdus(&mut tx, rules, room_id, room.state_group, &checked.pdu)
         .await
         .map_err(db_err)?;
     if still_partial {
@@ -1118,6 +1138,45 @@ pub async fn full_state_pdus(
         return Ok(HashMap::new());
     };
     let entries = state::full_state(&mut **tx, group).await?;
+    state_map_pdus(tx, room_id, entries).await
+}
+
+/// The part of the state at `group` that the auth rules consult for `pdu`
+/// (the spec's auth events selection, plus the create event), as parsed
+/// PDUs: all [`auth::authorize_with`] looks up. Loading the whole state
+/// instead cost O(state) per received event, under the room lock, in big
+/// rooms. An event whose content gives no selection (it will fail the rules)
+/// is checked against the whole state, as before.
+pub async fn auth_state_pdus(
+    tx: &mut crate::storage::Transaction<'_, crate::storage::Postgres>,
+    rules: &RoomVersionRules,
+    room_id: &RoomId,
+    group: Option<i64>,
+    pdu: &Pdu,
+) -> Result<auth::StateMap> {
+    let Some(group) = group else {
+        return Ok(HashMap::new());
+    };
+    let Ok(keys) = event::auth_keys(
+        rules,
+        &pdu.kind,
+        &pdu.sender,
+        pdu.state_key.as_deref(),
+        &pdu.content,
+    ) else {
+        return full_state_pdus(tx, room_id, Some(group)).await;
+    };
+    let entries = state::state_for_keys(&mut **tx, group, &keys).await?;
+    state_map_pdus(tx, room_id, entries).await
+}
+
+/// The events of state entries, parsed; entries whose event is not held are
+/// left out.
+async fn state_map_pdus(
+    tx: &mut crate::storage::Transaction<'_, crate::storage::Postgres>,
+    room_id: &RoomId,
+    entries: Vec<((String, String), String)>,
+) -> Result<auth::StateMap> {
     let ids: Vec<String> = entries.iter().map(|(_, id)| id.clone()).collect();
     let loaded = load_pdus(&mut **tx, room_id, &ids).await?;
     Ok(entries

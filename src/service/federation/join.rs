@@ -91,25 +91,24 @@ async fn join_via(
     }
 
     // The room's state and auth chain: signatures, hashes and auth checked.
+    // Each event is checked once (its signatures are the costly part: tens
+    // of thousands of them in a big room's state).
     let mut all: Vec<Value> = reply.auth_chain;
-    let state_values: Vec<Value> = reply.state;
-    all.extend(state_values.iter().cloned());
+    let chain_len = all.len();
+    all.extend(reply.state);
     let accepted = ingest::store_auth_events(app, &rules, room_id, &all)
         .await
         .map_err(JoinError::Failed)?;
     let mut state_map: HashMap<(String, String), String> = HashMap::new();
-    for value in &state_values {
-        let Ok(checked) = ingest::check_pdu(app, &rules, value).await else {
+    for (value, id) in all.iter().zip(&accepted).skip(chain_len) {
+        let Some(id) = id else {
             continue;
         };
-        if !accepted.contains(&checked.event_id) {
-            continue;
-        }
-        if let Some(k) = &checked.pdu.state_key {
-            state_map.insert(
-                (checked.pdu.kind.to_string(), k.clone()),
-                checked.event_id.to_string(),
-            );
+        // The type and state key of the event checked (kept by redaction,
+        // should its content hash not match).
+        if let (Some(kind), Some(state_key)) = (value["type"].as_str(), value["state_key"].as_str())
+        {
+            state_map.insert((kind.to_owned(), state_key.to_owned()), id.to_string());
         }
     }
     let create_key = ("m.room.create".to_owned(), String::new());
@@ -151,7 +150,8 @@ async fn join_via(
         return Err(JoinError::Failed("room row vanished".into()));
     };
     let state_before = event::write_snapshot(&mut tx, room_id.as_str(), state_map.clone()).await?;
-    let before = ingest::full_state_pdus(&mut tx, room_id, Some(state_before)).await?;
+    let before =
+        ingest::auth_state_pdus(&mut tx, &rules, room_id, Some(state_before), &pdu).await?;
     let auth_ids: Vec<String> = ingest::auth_ids_of(&pdu, &rules)
         .iter()
         .map(|e| e.to_string())
@@ -169,13 +169,10 @@ async fn join_via(
         .filter(|((t, _), _)| t == "m.room.member")
         .map(|((_, k), id)| (k.clone(), id.clone()))
         .collect();
+    let member_ids: Vec<String> = members.iter().map(|(_, id)| id.clone()).collect();
+    let member_events = ingest::load_pdus(&mut *tx, room_id, &member_ids).await?;
     for (member, id) in &members {
-        if let Some((p, _)) = EventId::parse(id).ok().and_then(|i| {
-            before
-                .values()
-                .find(|p| p.event_id == i)
-                .map(|p| (p.clone(), ()))
-        }) {
+        if let Some((p, _)) = EventId::parse(id).ok().and_then(|i| member_events.get(&i)) {
             let content: Value = serde_json::from_str(p.content.get()).unwrap_or_default();
             let membership = content["membership"].as_str().unwrap_or("leave");
             rooms::set_membership(&mut *tx, room_id.as_str(), member, membership, id, 0).await?;

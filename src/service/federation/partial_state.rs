@@ -276,19 +276,30 @@ async fn resync_via(
             ));
         }
     }
-    // Our join must pass the auth rules against it.
-    let ids: Vec<String> = full.values().cloned().collect();
+    // Our join must pass the auth rules against it (only the keys the rules
+    // consult are loaded: a big room's state is tens of thousands of events).
+    let keys = event::auth_keys(
+        rules,
+        &join_pdu.kind,
+        &join_pdu.sender,
+        join_pdu.state_key.as_deref(),
+        &join_pdu.content,
+    )
+    .map_err(db_err)?;
+    let wanted: HashMap<&(String, String), &String> =
+        keys.iter().filter_map(|k| full.get_key_value(k)).collect();
+    let ids: Vec<String> = wanted.values().map(|id| (*id).clone()).collect();
     let loaded = ingest::load_pdus(&mut *tx, room_id, &ids)
         .await
         .map_err(db_err)?;
-    let full_state: auth::StateMap = full
+    let full_state: auth::StateMap = wanted
         .iter()
         .filter_map(|(k, id)| {
-            let id = EventId::parse(id).ok()?;
-            loaded.get(&id).map(|(p, _)| (k.clone(), p.clone()))
+            let id = EventId::parse(id.as_str()).ok()?;
+            loaded.get(&id).map(|(p, _)| ((*k).clone(), p.clone()))
         })
         .collect();
-    if full_state.len() != full.len() {
+    if full_state.len() != wanted.len() {
         return Err("events of its state could not be had".into());
     }
     let auth_ids: Vec<String> = ingest::auth_ids_of(&join_pdu, rules)
@@ -402,7 +413,7 @@ async fn recheck_events_after(
         let before_group = ingest::resolved_group(tx, rules, &room_id, &groups)
             .await
             .map_err(db_err)?;
-        let before = ingest::full_state_pdus(tx, &room_id, before_group)
+        let before = ingest::auth_state_pdus(tx, rules, &room_id, before_group, &pdu)
             .await
             .map_err(db_err)?;
         let auth_ids: Vec<String> = ingest::auth_ids_of(&pdu, rules)
