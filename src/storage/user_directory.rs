@@ -66,11 +66,15 @@ pub async fn search(
                from chain c join state_groups g on g.state_group = c.state_group
                where g.parent_group is not null
            ),
+           -- The chains' groups go to the entry look-up as an array, so it
+           -- uses both key columns (joined on the chain, PostgreSQL read
+           -- every entry of every room: `storage::state`).
            room_rules as (
                select distinct on (c.room_id, k.state_key_id) c.room_id, k.event_type, se.event_id
-               from chain c
-               join state_group_entries se on se.state_group = c.state_group
-               join state_keys k on k.state_key_id = se.state_key_id
+               from state_keys k
+               join state_group_entries se on se.state_key_id = k.state_key_id
+                    and se.state_group = any(array(select state_group from chain))
+               join chain c on c.state_group = se.state_group
                where k.state_key = ''
                  and k.event_type in ('m.room.join_rules', 'm.room.history_visibility')
                order by c.room_id, k.state_key_id, c.n
