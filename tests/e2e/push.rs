@@ -825,18 +825,7 @@ async fn invites_are_pushed_to_the_invitee() {
     let alice = server.register("alice", "pw").await;
     let bob = server.register("bob", "pw").await;
     let (url, mut received) = gateway("none").await;
-    let (status, body) = server
-        .post(
-            "/_matrix/client/v3/pushers/set",
-            Some(&alice.access_token),
-            json!({
-                "pushkey": "k", "kind": "http", "app_id": "org.example.app",
-                "app_display_name": "Example", "device_display_name": "Phone",
-                "lang": "en", "data": { "url": url },
-            }),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
+    server.set_http_pusher(&alice, &url).await;
     let room = server
         .create_room(&bob, json!({ "preset": "private_chat" }))
         .await;
