@@ -169,6 +169,12 @@ def main():
               f"~{args.members + extra + 7} state events, {time.monotonic() - t0:.0f} s",
               flush=True)
 
+        if args.resident == "lattice":
+            # Table statistics, as autovacuum would have gathered them on a
+            # server that has held the room for a while (a PostgreSQL with
+            # autovacuum off, as on the CI machines, has none, and plans the
+            # resident's look-ups as sequential scans).
+            subprocess.run(["psql", "-qc", "analyze", args.resident_database_url], check=True)
         if args.pause_file and os.path.exists(args.pause_file):
             print(f"waiting while {args.pause_file} exists", flush=True)
             while os.path.exists(args.pause_file):

@@ -358,6 +358,42 @@ pub async fn insert_outlier(db: impl PgExecutor<'_>, o: &NewOutlier<'_>) -> sqlx
     Ok(())
 }
 
+/// [`insert_outlier`] for many events in one statement (a big room's state
+/// and auth chain are tens of thousands of events).
+pub async fn insert_outliers(db: impl PgExecutor<'_>, rows: &[NewOutlier<'_>]) -> sqlx::Result<()> {
+    fn column<'a>(rows: &[NewOutlier<'a>], f: fn(&NewOutlier<'a>) -> &'a str) -> Vec<&'a str> {
+        rows.iter().map(f).collect()
+    }
+    let state_keys: Vec<Option<&str>> = rows.iter().map(|o| o.state_key).collect();
+    let depths: Vec<i64> = rows.iter().map(|o| o.depth).collect();
+    let rejected: Vec<bool> = rows.iter().map(|o| o.rejected).collect();
+    let received: Vec<i64> = rows.iter().map(|o| o.received_ts).collect();
+    sqlx::query!(
+        "insert into outlier_events (event_id, room_id, depth, event_type, state_key, sender,
+                                     json, rejected, received_ts)
+         select r.event_id, r.room_id, r.depth, r.event_type, r.state_key, r.sender,
+                r.json, r.rejected, r.received_ts
+         from unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[],
+                     $6::text[], $7::text[], $8::boolean[], $9::bigint[])
+              as r(event_id, room_id, depth, event_type, state_key, sender, json,
+                   rejected, received_ts)
+         where not exists (select 1 from events e where e.event_id = r.event_id)
+         on conflict (event_id) do nothing",
+        &column(rows, |o| o.event_id) as &[&str],
+        &column(rows, |o| o.room_id) as &[&str],
+        &depths,
+        &column(rows, |o| o.event_type) as &[&str],
+        &state_keys as &[Option<&str>],
+        &column(rows, |o| o.sender) as &[&str],
+        &column(rows, |o| o.json) as &[&str],
+        &rejected,
+        &received
+    )
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
 /// Keeps the state group of an outlier in the room's graph (a soft-failed
 /// event's state after it, a rejected one's state before it).
 pub async fn set_outlier_state_group(

@@ -191,6 +191,11 @@ impl PeerRoom {
     /// A public, named room of `peer`'s `creator` with `MEMBERS` more of the
     /// peer's users joined.
     fn build(peer: &HostilePeer) -> Self {
+        Self::build_with(peer, MEMBERS)
+    }
+
+    /// [`PeerRoom::build`] with `members` more users joined.
+    fn build_with(peer: &HostilePeer, members: usize) -> Self {
         let version = RoomVersionId::V10;
         let room_id = format!(
             "!{}:{}",
@@ -263,7 +268,7 @@ impl PeerRoom {
             json!({"name": "Peer room"}),
             &powered,
         );
-        for i in 0..MEMBERS {
+        for i in 0..members {
             let member = peer.user(&format!("m{i:02}"));
             room.add(
                 peer,
@@ -773,6 +778,81 @@ async fn forged_state_in_a_send_join_answer_is_left_out() {
     assert!(!ids.contains(&forged_avatar), "the forged avatar installed");
     assert!(!full.contains_key(&("m.room.topic".to_owned(), String::new())));
     assert!(!full.contains_key(&("m.room.avatar".to_owned(), String::new())));
+    b.stop().await;
+    liar.stop();
+}
+
+/// A room whose state is too big to fetch event by event (more than 50
+/// events missing after the join): the resync takes the resident's `/state`
+/// answer, checks each event of it, and leaves out what does not hold: a
+/// member event whose signature is not its server's (its ID, a hash of all
+/// but the signatures, is the honest one) and the topic of another room,
+/// named in the state. Every other member arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_big_resync_through_state_leaves_out_what_does_not_hold() {
+    const BIG: usize = 80;
+    let liar = HostilePeer::start().await;
+    let b = TestServer::start_federating_with(faster_joins).await;
+    let bob = b.register("bob", "password-b").await;
+    let room = Arc::new(Mutex::new(PeerRoom::build_with(&liar, BIG)));
+    let other = PeerRoom::build_with(&liar, 0);
+    let (other_topic, other_pdu) = other.build_event(
+        &liar,
+        &other.creator,
+        "m.room.topic",
+        "",
+        json!({"topic": "of another room"}),
+        &[
+            ("m.room.create", ""),
+            ("m.room.power_levels", ""),
+            ("m.room.member", other.creator.as_str()),
+        ],
+    );
+    let (room_id, forged, want) = {
+        let mut r = room.lock().unwrap();
+        // Not the latest event (our join's prev event, which must be had).
+        let forged = r.members[BIG / 2].clone();
+        let id = r.state[&("m.room.member".to_owned(), forged.clone())].clone();
+        let sigs = r.events.get_mut(&id).unwrap()["signatures"][liar.name()]
+            .as_object_mut()
+            .unwrap();
+        for sig in sigs.values_mut() {
+            *sig = json!(
+                "c2lnbmVkIGJ5IHNvbWVib2R5IGVsc2Ugc2lnbmVkIGJ5IHNvbWVib2R5IGVsc2UgISEhISEhISEhISEhISE"
+            );
+        }
+        r.state.insert(
+            ("m.room.topic".to_owned(), String::new()),
+            other_topic.clone(),
+        );
+        r.events.insert(other_topic.clone(), other_pdu);
+        // Its auth chain (the other room's events) is served too.
+        r.events.extend(other.events.clone());
+        let mut want = everyone(&r, &bob);
+        want.remove(&forged);
+        (r.room_id.clone(), forged, want)
+    };
+    serve_room(&liar, &room, &bob.user_id, vec![liar.name().to_owned()]);
+    let truth = room.lock().unwrap().honest_state_ids();
+    assert!(truth["pdu_ids"].as_array().unwrap().len() > 50 + 10);
+    liar.on(
+        Method::GET,
+        &state_ids_prefix(&room_id),
+        Answer::Json(StatusCode::OK, truth),
+    );
+
+    join_via(&b, &bob, &room_id, liar.name()).await;
+    // `/members` waits for the full state: the resync completed.
+    assert_eq!(members(&b, &bob, &room_id).await, want);
+    let full = current_state(&b, &bob, &room_id).await;
+    assert!(!member_keys(&full).contains(&forged));
+    assert_eq!(member_keys(&full), want);
+    assert!(!full.values().any(|id| id == &other_topic));
+    assert!(!full.contains_key(&("m.room.topic".to_owned(), String::new())));
+    // Through one `/state` request, not event by event.
+    let state_path = format!("/_matrix/federation/v1/state/{}", enc(&room_id));
+    assert_eq!(liar.received(&state_path).len(), 1);
+    assert!(liar.received("/_matrix/federation/v1/event/").len() < 10);
     b.stop().await;
     liar.stop();
 }

@@ -28,7 +28,7 @@ use ruma::{
 };
 use serde_json::Value;
 
-use super::ingest::{event_id_of, store_auth_events};
+use super::ingest::{Pdus, event_id_of, store_auth_events, store_auth_values};
 use crate::{
     service::AppState,
     service::event,
@@ -120,19 +120,17 @@ pub async fn state_map_after(
         .into_iter()
         .filter(|id| !known.contains(id))
         .collect();
-    if !missing.is_empty() {
-        let values = if missing.len() > MAX_SINGLE_FETCHES {
-            let mut values = fetch_state(app, from, rules, room_id, prev, &missing).await?;
-            if missing.contains(prev) {
-                values.extend(fetch_each(app, from, rules, &[prev.to_owned()]).await);
-            }
-            values
-        } else {
-            let ids: Vec<String> = missing.iter().cloned().collect();
-            fetch_each(app, from, rules, &ids).await
-        };
-        // Signatures, hashes, the room, and auth against their own auth
-        // events; the ones failing auth are stored as rejected.
+    // Signatures, hashes, the room, and auth against their own auth events;
+    // the ones failing auth are stored as rejected.
+    if missing.len() > MAX_SINGLE_FETCHES {
+        fetch_state(app, from, rules, room_id, prev, &missing).await?;
+        if missing.contains(prev) {
+            let values = fetch_each(app, from, rules, &[prev.to_owned()]).await;
+            store_auth_events(app, rules, room_id, &values).await?;
+        }
+    } else if !missing.is_empty() {
+        let ids: Vec<String> = missing.iter().cloned().collect();
+        let values = fetch_each(app, from, rules, &ids).await;
         store_auth_events(app, rules, room_id, &values).await?;
     }
 
@@ -233,8 +231,8 @@ async fn fetch_one(
         .then_some(value)
 }
 
-/// The events among `missing` in `from`'s `/state` answer at `prev` (state
-/// and auth chain); anything else it holds is ignored.
+/// Checks and stores the events among `missing` in `from`'s `/state` answer
+/// at `prev` (state and auth chain); anything else it holds is ignored.
 async fn fetch_state(
     app: &AppState,
     from: &ServerName,
@@ -242,7 +240,7 @@ async fn fetch_state(
     room_id: &RoomId,
     prev: &str,
     missing: &HashSet<String>,
-) -> Result<Vec<Value>, String> {
+) -> Result<(), String> {
     let prev_id = EventId::parse(prev).map_err(|e| format!("{prev}: {e}"))?;
     let request = get_room_state::v1::Request::new(prev_id, room_id.to_owned());
     let body = app
@@ -250,9 +248,14 @@ async fn fetch_state(
         .send(from, request)
         .await
         .map_err(|e| format!("/state: {e}"))?;
-    let mut values = super::pdu_values(&body.pdus);
-    values.extend(super::pdu_values(&body.auth_chain));
-    values
-        .retain(|value| event_id_of(rules, value).is_some_and(|id| missing.contains(id.as_str())));
-    Ok(values)
+    // Parsed one at a time as they are checked: tens of thousands of events
+    // held as `Value`s at once were most of a big join's memory.
+    let raws: Vec<&serde_json::value::RawValue> = body
+        .pdus
+        .iter()
+        .chain(&body.auth_chain)
+        .map(|r| &**r)
+        .collect();
+    store_auth_values(app, rules, room_id, Pdus::Raw(&raws), Some(missing)).await?;
+    Ok(())
 }

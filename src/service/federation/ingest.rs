@@ -64,7 +64,12 @@ pub struct Formatted {
 /// the servers that must have signed it. Anything a remote server sends passes
 /// through here first (fuzzed by `fuzz/fuzz_targets/pdu.rs`).
 pub fn check_format(rules: &RoomVersionRules, value: &Value) -> Result<Formatted, String> {
-    let mut object = match CanonicalJsonValue::try_from(value.clone()) {
+    check_format_owned(rules, value.clone())
+}
+
+/// [`check_format`] of a value the caller is done with (no copy is made).
+pub fn check_format_owned(rules: &RoomVersionRules, value: Value) -> Result<Formatted, String> {
+    let mut object = match CanonicalJsonValue::try_from(value) {
         Ok(CanonicalJsonValue::Object(o)) => o,
         Ok(_) => return Err("PDU is not an object".into()),
         Err(e) => return Err(format!("PDU is not canonical JSON: {e}")),
@@ -135,12 +140,24 @@ pub async fn check_pdu_batched(
     value: &Value,
     batch: &mut server_keys::BatchKeys,
 ) -> Result<Checked, PduError> {
+    let formatted = check_format(rules, value).map_err(PduError::Format)?;
+    Ok(check_signed(app, rules, formatted, batch).await?.0)
+}
+
+/// Steps 2-3 for a PDU whose format is checked: its signatures and content
+/// hash; with the event as stored (canonical JSON text).
+async fn check_signed(
+    app: &AppState,
+    rules: &RoomVersionRules,
+    formatted: Formatted,
+    batch: &mut server_keys::BatchKeys,
+) -> Result<(Checked, String), PduError> {
     let Formatted {
         mut object,
         event_id,
         servers,
         ts,
-    } = check_format(rules, value).map_err(PduError::Format)?;
+    } = formatted;
     let mut map = PublicKeyMap::new();
     for server in &servers {
         let key_ids: Vec<String> = match object.get("signatures") {
@@ -171,11 +188,14 @@ pub async fn check_pdu_batched(
     }
     let text = serde_json::to_string(&object).map_err(|e| PduError::Format(e.to_string()))?;
     let pdu = Pdu::from_json(&event_id, &text).map_err(|e| PduError::Format(e.to_string()))?;
-    Ok(Checked {
-        event_id,
-        object,
-        pdu,
-    })
+    Ok((
+        Checked {
+            event_id,
+            object,
+            pdu,
+        },
+        text,
+    ))
 }
 
 /// The event ID (reference hash) of a PDU, when it can be computed, so a PDU
@@ -300,20 +320,89 @@ pub async fn store_auth_events(
     room_id: &RoomId,
     values: &[Value],
 ) -> Result<Vec<Option<OwnedEventId>>, String> {
+    store_auth_values(app, rules, room_id, Pdus::Values(values), None).await
+}
+
+/// PDUs to check, each parsed only when its turn comes.
+pub enum Pdus<'a> {
+    Values(&'a [Value]),
+    /// As received; one that is not JSON is skipped.
+    Raw(&'a [&'a serde_json::value::RawValue]),
+}
+
+impl Pdus<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Pdus::Values(v) => v.len(),
+            Pdus::Raw(r) => r.len(),
+        }
+    }
+
+    fn get(&self, index: usize) -> Option<Value> {
+        match self {
+            Pdus::Values(v) => v.get(index).cloned(),
+            Pdus::Raw(r) => r
+                .get(index)
+                .and_then(|raw| serde_json::from_str(raw.get()).ok()),
+        }
+    }
+}
+
+/// Outliers written per statement.
+const OUTLIER_BATCH: usize = 1000;
+
+/// [`store_auth_events`] over values taken one at a time: each is dropped
+/// once checked, and only its parsed form and stored text are kept (a big
+/// room's state and auth chain are tens of thousands of events, and a
+/// `Value` is several times the size of its text). With `only`, events whose
+/// ID is not in it are skipped before their signatures are checked.
+pub async fn store_auth_values(
+    app: &AppState,
+    rules: &RoomVersionRules,
+    room_id: &RoomId,
+    values: Pdus<'_>,
+    only: Option<&HashSet<String>>,
+) -> Result<Vec<Option<OwnedEventId>>, String> {
+    struct Held {
+        index: usize,
+        event_id: OwnedEventId,
+        pdu: Pdu,
+        json: String,
+    }
     let mut checked = Vec::new();
     let mut keys = server_keys::BatchKeys::default();
-    for (index, value) in values.iter().enumerate() {
-        match check_pdu_batched(app, rules, value, &mut keys).await {
-            Ok(c) if c.pdu.room_id == room_id => checked.push((index, c)),
-            Ok(c) => tracing::info!(event_id = %c.event_id, "auth event of another room ignored"),
+    for index in 0..values.len() {
+        let Some(value) = values.get(index) else {
+            continue;
+        };
+        let formatted = match check_format_owned(rules, value) {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::info!(error = %e, "auth event refused");
+                continue;
+            }
+        };
+        if only.is_some_and(|ids| !ids.contains(formatted.event_id.as_str())) {
+            continue;
+        }
+        match check_signed(app, rules, formatted, &mut keys).await {
+            Ok((c, json)) if c.pdu.room_id == room_id => checked.push(Held {
+                index,
+                event_id: c.event_id,
+                pdu: c.pdu,
+                json,
+            }),
+            Ok((c, _)) => {
+                tracing::info!(event_id = %c.event_id, "auth event of another room ignored")
+            }
             Err(e) => tracing::info!(error = %e, "auth event refused"),
         }
     }
-    checked.sort_by_key(|(_, c)| c.pdu.depth);
+    checked.sort_by_key(|h| h.pdu.depth);
     let ids: Vec<String> = checked
         .iter()
-        .flat_map(|(_, c)| {
-            auth_ids_of(&c.pdu, rules)
+        .flat_map(|h| {
+            auth_ids_of(&h.pdu, rules)
                 .into_iter()
                 .map(|a| a.to_string())
         })
@@ -325,21 +414,45 @@ pub async fn store_auth_events(
         .map(|(id, (pdu, _))| (id, pdu))
         .collect();
     let mut accepted = vec![None; values.len()];
-    for (index, c) in checked {
-        let auth_state = auth_state(&c.pdu, rules, &known);
-        let ok = auth::authorize_with(rules, &c.pdu, &known, &auth_state).is_ok();
-        if !ok {
-            tracing::info!(event_id = %c.event_id, "auth event fails auth: stored as rejected");
+    let received_ts = now_ms();
+    let mut rest = checked.into_iter();
+    loop {
+        let batch: Vec<Held> = rest.by_ref().take(OUTLIER_BATCH).collect();
+        if batch.is_empty() {
+            break;
         }
-        store_outlier(&app.db, &c, !ok)
+        let mut rows = Vec::with_capacity(batch.len());
+        let mut kinds = Vec::with_capacity(batch.len());
+        for h in &batch {
+            let auth_state = auth_state(&h.pdu, rules, &known);
+            let ok = auth::authorize_with(rules, &h.pdu, &known, &auth_state).is_ok();
+            if ok {
+                accepted[h.index] = Some(h.event_id.clone());
+            } else {
+                tracing::info!(event_id = %h.event_id, "auth event fails auth: stored as rejected");
+            }
+            // Later events (of this batch too) may name it as an auth event.
+            let mut pdu = h.pdu.clone();
+            pdu.rejected = !ok;
+            known.insert(h.event_id.clone(), pdu);
+            kinds.push(h.pdu.kind.to_string());
+        }
+        for (h, kind) in batch.iter().zip(&kinds) {
+            rows.push(fed_store::NewOutlier {
+                event_id: h.event_id.as_str(),
+                room_id: h.pdu.room_id.as_str(),
+                depth: h.pdu.depth,
+                event_type: kind,
+                state_key: h.pdu.state_key.as_deref(),
+                sender: h.pdu.sender.as_str(),
+                json: &h.json,
+                rejected: known.get(&h.event_id).is_some_and(|p| p.rejected),
+                received_ts,
+            });
+        }
+        fed_store::insert_outliers(&app.db, &rows)
             .await
             .map_err(|e| e.to_string())?;
-        if ok {
-            accepted[index] = Some(c.event_id.clone());
-        }
-        let mut pdu = c.pdu;
-        pdu.rejected = !ok;
-        known.insert(c.event_id, pdu);
     }
     Ok(accepted)
 }
