@@ -78,6 +78,19 @@ def timed_join(server, token, alias, room, expected_members, resident, resident_
         return joined, first.result(), full.result()
 
 
+def print_joins(lattice, synapse):
+    """The four figures of each joiner, (join, first message, full, peak RSS),
+    and their ratios."""
+    print("             /join returned   first message readable   all members visible"
+          "   peak RSS (MiB)")
+    for name, (j, f, a, r) in (("lattice", lattice), ("synapse", synapse)):
+        print(f"  {name}:  {j:14.2f}   {f:22.2f}   {a:19.2f}   {r:14.1f}")
+    l, b = lattice, synapse
+    print(f"  ratio lattice/synapse:   /join {l[0] / b[0]:5.2f}   "
+          f"first message {l[1] / b[1]:5.2f}   full {l[2] / b[2]:5.2f}   "
+          f"peak RSS {l[3] / b[3]:5.2f}", flush=True)
+
+
 def message_count(server, token, room, prefix):
     """Messages with `prefix` the server holds (paging back through the room)."""
     seen = 0
@@ -196,17 +209,10 @@ def main():
                                              resident, owner, "lattice")
         b_join, b_first, b_full = timed_join(baseline, b_token, alias, room, expected + 1,
                                              resident, owner, "synapse")
-        l_rss, b_rss = peak_rss_mib(lattice.proc), peak_rss_mib(baseline.proc)
         mode = "partial state" if args.faster_joins else "full state"
         print(f"join of the big room over federation (seconds; Lattice with {mode}):")
-        print("             /join returned   first message readable   all members visible"
-              "   peak RSS (MiB)")
-        for name, j, f, a, r in (("lattice", l_join, l_first, l_full, l_rss),
-                                 ("synapse", b_join, b_first, b_full, b_rss)):
-            print(f"  {name}:  {j:14.2f}   {f:22.2f}   {a:19.2f}   {r:14.1f}")
-        print(f"  ratio lattice/synapse:   /join {l_join / b_join:5.2f}   "
-              f"first message {l_first / b_first:5.2f}   full {l_full / b_full:5.2f}   "
-              f"peak RSS {l_rss / b_rss:5.2f}", flush=True)
+        print_joins((l_join, l_first, l_full, peak_rss_mib(lattice.proc)),
+                    (b_join, b_first, b_full, peak_rss_mib(baseline.proc)))
 
         # Inbound PDUs: the resident's members send; both joiners receive.
         prefix = "bench message "

@@ -17,7 +17,7 @@ password. The databases must be fresh and empty (C locale for Synapse's).
 import argparse
 import tempfile
 
-from federation_join import timed_join
+from federation_join import print_joins, timed_join
 from servers import Lattice, Synapse, call, peak_rss_mib, q, register, stop_all
 
 
@@ -66,14 +66,7 @@ def main():
         l = timed_join(lattice, l_token, args.alias, room, expected, resident, owner, "lattice2")
         b = timed_join(baseline, b_token, args.alias, room, expected + 1, resident, owner,
                        "synapse2")
-        l_rss, b_rss = peak_rss_mib(lattice.proc), peak_rss_mib(baseline.proc)
-        print("             /join returned   first message readable   all members visible"
-              "   peak RSS (MiB)")
-        for name, (j, f, a), r in (("lattice", l, l_rss), ("synapse", b, b_rss)):
-            print(f"  {name}:  {j:14.2f}   {f:22.2f}   {a:19.2f}   {r:14.1f}")
-        print(f"  ratio lattice/synapse:   /join {l[0] / b[0]:5.2f}   "
-              f"first message {l[1] / b[1]:5.2f}   full {l[2] / b[2]:5.2f}   "
-              f"peak RSS {l_rss / b_rss:5.2f}", flush=True)
+        print_joins((*l, peak_rss_mib(lattice.proc)), (*b, peak_rss_mib(baseline.proc)))
     finally:
         stop_all(servers)
 

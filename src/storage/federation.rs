@@ -337,25 +337,7 @@ pub struct NewOutlier<'a> {
 /// Stores an outlier unless the event is known already (as outlier or timeline
 /// event).
 pub async fn insert_outlier(db: impl PgExecutor<'_>, o: &NewOutlier<'_>) -> sqlx::Result<()> {
-    sqlx::query!(
-        "insert into outlier_events (event_id, room_id, depth, event_type, state_key, sender,
-                                     json, rejected, received_ts)
-         select $1, $2, $3, $4, $5, $6, $7, $8, $9
-         where not exists (select 1 from events where event_id = $1)
-         on conflict (event_id) do nothing",
-        o.event_id,
-        o.room_id,
-        o.depth,
-        o.event_type,
-        o.state_key,
-        o.sender,
-        o.json,
-        o.rejected,
-        o.received_ts
-    )
-    .execute(db)
-    .await?;
-    Ok(())
+    insert_outliers(db, std::slice::from_ref(o)).await
 }
 
 /// [`insert_outlier`] for many events in one statement (a big room's state

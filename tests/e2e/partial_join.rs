@@ -496,6 +496,20 @@ fn state_ids_prefix(room_id: &str) -> String {
     format!("/_matrix/federation/v1/state_ids/{}", enc(room_id))
 }
 
+/// Replaces `server`'s signatures of `pdu` with another key's, in its name
+/// (the event ID, a hash of all but the signatures, stays the same).
+fn forge_signature(pdu: &mut Value, server: &str) {
+    for sig in pdu["signatures"][server]
+        .as_object_mut()
+        .unwrap()
+        .values_mut()
+    {
+        *sig = json!(
+            "c2lnbmVkIGJ5IHNvbWVib2R5IGVsc2Ugc2lnbmVkIGJ5IHNvbWVib2R5IGVsc2UgISEhISEhISEhISEhISE"
+        );
+    }
+}
+
 /// Every member of the peer's room and `bob`, as `/members` should list them.
 fn everyone(room: &PeerRoom, bob: &Login) -> BTreeSet<String> {
     room.members
@@ -735,15 +749,7 @@ async fn forged_state_in_a_send_join_answer_is_left_out() {
                 ("m.room.member", creator.as_str()),
             ],
         );
-        // Another key's signature in the sender's server's name.
-        let sigs = avatar_pdu["signatures"][liar.name()]
-            .as_object_mut()
-            .unwrap();
-        for sig in sigs.values_mut() {
-            *sig = json!(
-                "c2lnbmVkIGJ5IHNvbWVib2R5IGVsc2Ugc2lnbmVkIGJ5IHNvbWVib2R5IGVsc2UgISEhISEhISEhISEhISE"
-            );
-        }
+        forge_signature(&mut avatar_pdu, liar.name());
         // In the state the resident serves at the join (`serve_room` sends
         // `state`'s events), not in the honest `/state_ids`.
         for (key, id, pdu) in [
@@ -813,14 +819,7 @@ async fn a_big_resync_through_state_leaves_out_what_does_not_hold() {
         // Not the latest event (our join's prev event, which must be had).
         let forged = r.members[BIG / 2].clone();
         let id = r.state[&("m.room.member".to_owned(), forged.clone())].clone();
-        let sigs = r.events.get_mut(&id).unwrap()["signatures"][liar.name()]
-            .as_object_mut()
-            .unwrap();
-        for sig in sigs.values_mut() {
-            *sig = json!(
-                "c2lnbmVkIGJ5IHNvbWVib2R5IGVsc2Ugc2lnbmVkIGJ5IHNvbWVib2R5IGVsc2UgISEhISEhISEhISEhISE"
-            );
-        }
+        forge_signature(r.events.get_mut(&id).unwrap(), liar.name());
         r.state.insert(
             ("m.room.topic".to_owned(), String::new()),
             other_topic.clone(),

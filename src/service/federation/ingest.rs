@@ -421,8 +421,8 @@ pub async fn store_auth_values(
         if batch.is_empty() {
             break;
         }
-        let mut rows = Vec::with_capacity(batch.len());
-        let mut kinds = Vec::with_capacity(batch.len());
+        // (event type, rejected) of each, for its row.
+        let mut verdicts = Vec::with_capacity(batch.len());
         for h in &batch {
             let auth_state = auth_state(&h.pdu, rules, &known);
             let ok = auth::authorize_with(rules, &h.pdu, &known, &auth_state).is_ok();
@@ -435,10 +435,12 @@ pub async fn store_auth_values(
             let mut pdu = h.pdu.clone();
             pdu.rejected = !ok;
             known.insert(h.event_id.clone(), pdu);
-            kinds.push(h.pdu.kind.to_string());
+            verdicts.push((h.pdu.kind.to_string(), !ok));
         }
-        for (h, kind) in batch.iter().zip(&kinds) {
-            rows.push(fed_store::NewOutlier {
+        let rows: Vec<fed_store::NewOutlier<'_>> = batch
+            .iter()
+            .zip(&verdicts)
+            .map(|(h, (kind, rejected))| fed_store::NewOutlier {
                 event_id: h.event_id.as_str(),
                 room_id: h.pdu.room_id.as_str(),
                 depth: h.pdu.depth,
@@ -446,10 +448,10 @@ pub async fn store_auth_values(
                 state_key: h.pdu.state_key.as_deref(),
                 sender: h.pdu.sender.as_str(),
                 json: &h.json,
-                rejected: known.get(&h.event_id).is_some_and(|p| p.rejected),
+                rejected: *rejected,
                 received_ts,
-            });
-        }
+            })
+            .collect();
         fed_store::insert_outliers(&app.db, &rows)
             .await
             .map_err(|e| e.to_string())?;
