@@ -166,6 +166,28 @@ async fn cors_preflight_and_headers() {
         .await
         .unwrap();
     assert_eq!(resp.headers()["access-control-allow-origin"], "*");
+
+    // Errors a browser client must be able to read carry the headers too:
+    // an unknown endpoint, a known one with the wrong method, a refused token.
+    for (method, path, status) in [
+        (Method::GET, "/_matrix/client/v3/no_such_endpoint", 404),
+        (Method::DELETE, "/_matrix/client/v3/login", 405),
+        (Method::GET, "/_matrix/client/v3/account/whoami", 401),
+    ] {
+        let resp = server
+            .client
+            .request(method.clone(), format!("{}{path}", server.base))
+            .header("origin", "https://app.element.io")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), status, "{method} {path}");
+        assert_eq!(
+            resp.headers()["access-control-allow-origin"],
+            "*",
+            "{method} {path}"
+        );
+    }
 }
 
 #[tokio::test]
