@@ -17,6 +17,28 @@ import urllib.parse
 import urllib.request
 
 
+ORDER_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "build",
+                          "startup-order.txt")
+
+
+def startup_order_report(binary):
+    """How many names of build/startup-order.txt the binary holds: idle RSS
+    depends on it (docs/performance.md), and the names go stale as the code
+    changes. Printed with each benchmark so a stale order is seen, not guessed."""
+    try:
+        with open(ORDER_FILE) as f:
+            wanted = {line.strip() for line in f if line.strip()}
+        out = subprocess.run(["nm", "--defined-only", binary], capture_output=True,
+                             text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError) as e:
+        return f"startup order: not checked ({e})"
+    held = {line.split()[-1] for line in out.splitlines() if line.strip()}
+    found = len(wanted & held)
+    note = "" if found >= 0.95 * len(wanted) else \
+        " (stale: run scripts/startup-order, then rebuild; idle RSS reads high)"
+    return f"startup order: {found} of {len(wanted)} names in {binary}{note}"
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -30,7 +30,7 @@ import sys
 import tempfile
 import urllib.parse
 
-from servers import Lattice, Synapse, free_port, stop_all
+from servers import Lattice, Synapse, free_port, startup_order_report, stop_all
 
 
 def psql(admin, sql):
@@ -133,6 +133,7 @@ def main():
                     help="skip the application-service phase")
     ap.add_argument("load_args", nargs="*", help="passed on to lattice-load")
     args = ap.parse_args()
+    print(startup_order_report(args.lattice), flush=True)
 
     work = tempfile.mkdtemp(prefix="lattice-sbs-")
     suffix = os.getpid()

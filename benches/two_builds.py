@@ -19,7 +19,7 @@ import statistics
 import subprocess
 import tempfile
 
-from servers import Lattice, stop_all
+from servers import Lattice, startup_order_report, stop_all
 from side_by_side import database_url, psql
 
 
@@ -34,6 +34,8 @@ def main():
                     help="runs, alternating which build goes first; medians are printed")
     ap.add_argument("load_args", nargs="*", help="passed on to lattice-load")
     args = ap.parse_args()
+    # The old build was linked with its own order file, if any.
+    print(startup_order_report(args.new), flush=True)
     results = [one_run(args, i) for i in range(args.runs)]
     if args.runs > 1:
         summarize(results)
